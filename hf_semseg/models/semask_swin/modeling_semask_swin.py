@@ -1,0 +1,838 @@
+"""SeMask-Swin: a Swin Transformer whose every stage ends in a Semantic Layer, and its Semantic-FPN segmentation model.
+
+Paper: Jain, Singh, Orlov, Huang, Li, Walton, Shi, "SeMask: Semantically Masked Transformers for Semantic
+Segmentation", arXiv 2112.12782. Original code: Picsart-AI-Research/SeMask-Segmentation (``SeMask-FPN/``).
+
+Structure (paper Sec. 3, Fig. 3):
+- Swin encoder stages (W-MSA / SW-MSA blocks with relative position bias, patch merging between stages);
+- after the blocks of each stage, a *Semantic Layer*: LayerNorm, then Semantic Attention, whose query projection
+  produces per-token class logits (the stage's *semantic prior*) and whose gated output (``gamma``) replaces the
+  stage's tokens;
+- the Semantic-FPN decode head (Kirillov et al., panoptic FPN semantic branch) on the four normalised stage outputs,
+  plus the parameter-free "semantic decoder" that sums the upsampled priors (supervised with weight 0.4).
+
+Portable module: imports only torch, transformers and its sibling configuration module.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_semask_swin import SeMaskSwinConfig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeMaskSwinModelOutput(ModelOutput):
+    """Output of :class:`SeMaskSwinModel`.
+
+    Args:
+        last_hidden_state: normalised output of the last stage, ``(B, C_3, H/32, W/32)``.
+        pooler_output: ``last_hidden_state`` averaged over space, ``(B, C_3)``.
+        hidden_states: the normalised output of every stage, ``(B, C_i, H_i, W_i)`` (on request).
+        semantic_priors: the semantic prior (pre-softmax class logits) of every stage, ``(B, K, H_i, W_i)``.
+        attentions: window attention probabilities of every Swin block (eager attention only, on request).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    semantic_priors: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SeMaskSwinBackboneOutput(ModelOutput):
+    """Output of :class:`SeMaskSwinBackbone`: ``BackboneOutput`` plus the semantic priors.
+
+    Args:
+        feature_maps: normalised outputs of the ``out_features`` stages, ``(B, C_i, H_i, W_i)``.
+        semantic_priors: semantic priors of the same stages, ``(B, K, H_i, W_i)``.
+        hidden_states: normalised outputs of all stages (on request).
+        attentions: window attention probabilities (eager attention only, on request).
+    """
+
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    semantic_priors: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SeMaskSemanticSegmenterOutput(ModelOutput):
+    """Output of :class:`SeMaskSwinForSemanticSegmentation`.
+
+    Args:
+        loss: cross-entropy of ``logits`` plus ``semantic_loss_weight`` x cross-entropy of ``semantic_logits``, both
+            upsampled to the label size (when ``labels`` are given).
+        logits: Semantic-FPN class scores at 1/4 of the input size, ``(B, num_labels, ceil(H/4), ceil(W/4))``.
+        semantic_logits: the semantic decoder's output (upsampled sum of the priors), same shape as ``logits``.
+        hidden_states: the backbone's four normalised feature maps (on request).
+        semantic_priors: the backbone's four semantic priors (on request).
+        attentions: window attention probabilities (eager attention only, on request).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    semantic_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    semantic_priors: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tensor gymnastics (channels-last maps throughout the encoder)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pad_to_multiple(hidden_states: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pads a ``(B, H, W, C)`` map on the right and bottom so that H and W are multiples of ``multiple``."""
+    height, width = hidden_states.shape[1:3]
+    pad_bottom = (multiple - height % multiple) % multiple
+    pad_right = (multiple - width % multiple) % multiple
+    if pad_bottom or pad_right:
+        hidden_states = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
+    return hidden_states
+
+
+def window_partition(hidden_states: torch.Tensor, window_size: int) -> torch.Tensor:
+    """``(B, H, W, C)`` with H, W multiples of ``window_size`` -> ``(B, num_windows, window_size**2, C)``.
+
+    Windows are numbered row-major over the grid of windows, tokens row-major inside a window.
+    """
+    batch_size, height, width, channels = hidden_states.shape
+    # (B, H/w, w, W/w, w, C) -> (B, H/w, W/w, w, w, C)
+    windows = hidden_states.view(
+        batch_size, height // window_size, window_size, width // window_size, window_size, channels
+    ).transpose(2, 3)
+    return windows.reshape(batch_size, -1, window_size * window_size, channels)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B, num_windows, window_size**2, C)`` -> ``(B, H, W, C)``."""
+    batch_size, channels = windows.shape[0], windows.shape[-1]
+    # (B, H/w, W/w, w, w, C) -> (B, H/w, w, W/w, w, C)
+    hidden_states = windows.view(
+        batch_size, height // window_size, width // window_size, window_size, window_size, channels
+    ).transpose(2, 3)
+    return hidden_states.reshape(batch_size, height, width, channels)
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Index into the ``((2w-1)**2, heads)`` relative position bias table for every (query, key) pair of a window,
+    flattened to ``(w**4,)`` (Swin, Liu et al. 2021, Sec. 3.2)."""
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+    ).flatten(1)  # (2, w*w)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)  # (w*w, w*w, 2)
+    return (relative[..., 0] * (2 * window_size - 1) + relative[..., 1]).flatten()
+
+
+def shifted_window_mask(
+    padded_height: int, padded_width: int, window_size: int, shift_size: int, device: torch.device
+) -> torch.Tensor:
+    """Additive mask of the shifted-window attention, ``(num_windows, w*w, w*w)``: -100 between tokens that came
+    from different regions of the cyclically shifted map, 0 otherwise (the value the original Swin code uses)."""
+
+    def region_ids(length: int) -> torch.Tensor:
+        # regions of the shifted axis: [0, L-w), [L-w, L-s), [L-s, L)
+        positions = torch.arange(length, device=device)
+        return (positions >= length - window_size).long() + (positions >= length - shift_size).long()
+
+    region = region_ids(padded_height)[:, None] * 3 + region_ids(padded_width)[None, :]  # (Hp, Wp)
+    region_windows = window_partition(region[None, :, :, None], window_size)[0, ..., 0]  # (num_windows, w*w)
+    different_region = region_windows[:, :, None] != region_windows[:, None, :]
+    return different_region.float() * -100.0
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample (Huang et al. 2016), as in Swin/timm."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    return hidden_states * mask / keep_prob
+
+
+class SeMaskSwinDropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    """Plain attention: ``(B, heads, N, d)`` inputs, additive float mask, returns ``(B, N, heads, d_v)`` and the
+    probabilities (the layout of transformers' attention interface)."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    attn_weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder modules
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SeMaskSwinPatchEmbeddings(nn.Module):
+    """Non-overlapping ``patch_size`` conv patchify + LayerNorm. The image is zero-padded right/bottom to a multiple
+    of the patch size first (as the original does). Returns channels-last ``(B, H/4, W/4, C)``."""
+
+    def __init__(self, config: SeMaskSwinConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.projection = nn.Conv2d(
+            config.num_channels, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        pad_bottom = (self.patch_size - height % self.patch_size) % self.patch_size
+        pad_right = (self.patch_size - width % self.patch_size) % self.patch_size
+        if pad_bottom or pad_right:
+            pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+        embeddings = self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
+        return self.norm(embeddings)
+
+
+class SeMaskSwinWindowAttention(nn.Module):
+    """(Shifted) window multi-head self-attention with relative position bias (Swin, Sec. 3.2), run through
+    transformers' attention interface (SDPA by default; the bias and the shift mask are an additive mask)."""
+
+    def __init__(self, config: SeMaskSwinConfig, dim: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window_size = config.window_size
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+
+        self.qkv = nn.Linear(dim, dim * 3, bias=config.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        tokens = self.window_size * self.window_size
+        bias = self.relative_position_bias_table[self.relative_position_index]  # (N*N, heads)
+        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
+
+    def forward(
+        self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``windows``: ``(B, num_windows, N, C)``; ``shift_mask``: ``(num_windows, N, N)`` or None.
+        Returns ``(B, num_windows, N, C)`` and the attention probabilities (eager only)."""
+        batch_size, num_windows, tokens, channels = windows.shape
+        # (B, nW, N, 3C) -> (3, B, nW, heads, N, d)
+        qkv = self.qkv(windows).view(batch_size, num_windows, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+        bias = self.relative_position_bias()
+        if shift_mask is None:
+            # every window shares the bias: windows go to the batch axis, the (1, heads, N, N) bias broadcasts
+            attention_shape = (batch_size * num_windows, self.num_heads, tokens, self.head_dim)
+            mask = bias.unsqueeze(0)
+        else:
+            # the shift mask differs per window: windows go to the head axis so that (1, nW*heads, N, N) broadcasts
+            # over the batch without being copied per image
+            attention_shape = (batch_size, num_windows * self.num_heads, tokens, self.head_dim)
+            mask = (shift_mask.unsqueeze(1).to(bias.dtype) + bias.unsqueeze(0)).reshape(1, -1, tokens, tokens)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query.reshape(attention_shape),
+            key.reshape(attention_shape),
+            value.reshape(attention_shape),
+            mask.to(query.dtype),
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        # attention layout (B', N, heads', d) -> (B, N, nW, heads, d) or (B, nW, N, heads, d) -> (B, nW, N, C)
+        if shift_mask is None:
+            attn_output = attn_output.reshape(batch_size, num_windows, tokens, channels)
+        else:
+            attn_output = attn_output.view(batch_size, tokens, num_windows, channels).transpose(1, 2)
+        return self.proj(attn_output), attn_weights
+
+
+class SeMaskSwinMLP(nn.Module):
+    def __init__(self, config: SeMaskSwinConfig, dim: int):
+        super().__init__()
+        hidden = int(dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.activation(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class SeMaskSwinBlock(GradientCheckpointingLayer):
+    """Swin Transformer block: ``x + DropPath(W-MSA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``. Odd blocks of a stage
+    shift the windows by ``window_size // 2``. The normalised map is zero-padded to a multiple of the window."""
+
+    def __init__(self, config: SeMaskSwinConfig, dim: int, num_heads: int, shift_size: int, drop_path_rate: float):
+        super().__init__()
+        self.window_size = config.window_size
+        self.shift_size = shift_size
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn = SeMaskSwinWindowAttention(config, dim, num_heads)
+        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = SeMaskSwinDropPath(drop_path_rate)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = SeMaskSwinMLP(config, dim)
+
+    def forward(
+        self, hidden_states: torch.Tensor, shift_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``hidden_states``: ``(B, H, W, C)``; ``shift_mask`` from :func:`shifted_window_mask` (used by shifted
+        blocks only)."""
+        height, width = hidden_states.shape[1:3]
+        shortcut = hidden_states
+        hidden_states = pad_to_multiple(self.norm1(hidden_states), self.window_size)
+        padded_height, padded_width = hidden_states.shape[1:3]
+        if self.shift_size:
+            hidden_states = torch.roll(hidden_states, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        windows = window_partition(hidden_states, self.window_size)
+        windows, attn_weights = self.attn(windows, shift_mask if self.shift_size else None)
+        hidden_states = window_reverse(self.proj_dropout(windows), self.window_size, padded_height, padded_width)
+        if self.shift_size:
+            hidden_states = torch.roll(hidden_states, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        hidden_states = shortcut + self.drop_path(hidden_states[:, :height, :width])
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return hidden_states, attn_weights
+
+
+class SeMaskSwinSemanticAttention(nn.Module):
+    """Semantic Attention (paper Sec. 3.2, original ``SemanticAttention``), single head, on tokens ``y`` (N x C):
+
+    ``prior = y Wq`` (N x K class logits, the semantic prior), ``A = softmax(prior (y Wk)^T)`` (no scaling, no bias),
+    ``y' = y + gamma * Dropout((A (y Wv)) Wout)``. ``gamma`` starts at 0, so a fresh model is a plain Swin.
+    Original names: ``mlp_cls_q`` / ``mlp_cls_k`` / ``mlp_v`` / ``mlp_res``.
+    """
+
+    def __init__(self, config: SeMaskSwinConfig, dim: int):
+        super().__init__()
+        self.config = config
+        self.is_causal = False
+        self.class_query_proj = nn.Linear(dim, config.num_labels)
+        self.class_key_proj = nn.Linear(dim, config.num_labels)
+        self.value_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(config.semantic_dropout_prob)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``tokens``: ``(B', N, C)`` -> prior ``(B', N, K)``, updated tokens ``(B', N, C)``, attention (eager only)."""
+        prior = self.class_query_proj(tokens)
+        class_keys = self.class_key_proj(tokens)
+        values = self.value_proj(tokens)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        # one head: (B', N, D) -> (B', 1, N, D); output (B', N, 1, C)
+        attended, attn_weights = attention_interface(
+            self, prior.unsqueeze(1), class_keys.unsqueeze(1), values.unsqueeze(1), None, scaling=1.0, dropout=0.0
+        )
+        update = self.dropout(self.out_proj(attended.flatten(2)))
+        return prior, tokens + self.gamma * update, attn_weights
+
+
+class SeMaskSwinSemanticLayer(nn.Module):
+    """Semantic Layer closing each stage (original ``SWSeMaskBlock`` / ``SeMaskBlock``): LayerNorm, then the
+    Semantic Attention modules, either inside non-overlapping windows (``"window"``: the normalised map is zero-padded
+    to a multiple of the window and the pad tokens take part as keys, as in the original) or over the whole map
+    (``"global"``). There is no residual from the un-normalised input: the output replaces the stage's tokens."""
+
+    def __init__(self, config: SeMaskSwinConfig, dim: int, num_blocks: int, attention_type: str):
+        super().__init__()
+        self.window_size = config.semantic_window_size
+        self.windowed = attention_type == "window"
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attentions = nn.ModuleList(SeMaskSwinSemanticAttention(config, dim) for _ in range(num_blocks))
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """``(B, H, W, C)`` -> prior ``(B, H, W, K)``, tokens ``(B, H, W, C)``, attention probabilities."""
+        batch_size, height, width, channels = hidden_states.shape
+        tokens = self.norm(hidden_states)
+        if self.windowed:
+            tokens = pad_to_multiple(tokens, self.window_size)
+            padded_height, padded_width = tokens.shape[1:3]
+            # (B, nW, w*w, C) -> (B*nW, w*w, C)
+            tokens = window_partition(tokens, self.window_size).flatten(0, 1)
+        else:
+            tokens = tokens.reshape(batch_size, 1, height * width, channels).flatten(0, 1)
+        attentions = ()
+        for attention in self.attentions:
+            prior, tokens, attn_weights = attention(tokens)
+            attentions += (attn_weights,)
+        if self.windowed:
+            tokens = window_reverse(tokens.unflatten(0, (batch_size, -1)), self.window_size, padded_height, padded_width)
+            prior = window_reverse(prior.unflatten(0, (batch_size, -1)), self.window_size, padded_height, padded_width)
+            tokens, prior = tokens[:, :height, :width], prior[:, :height, :width]
+        else:
+            tokens = tokens.view(batch_size, height, width, channels)
+            prior = prior.view(batch_size, height, width, -1)
+        return prior, tokens, attentions
+
+
+class SeMaskSwinPatchMerging(nn.Module):
+    """2x2 patch merging: zero-pad to even size, concatenate the four sub-grids in Swin's order
+    ``[(0,0), (1,0), (0,1), (1,1)]`` (row offset first), LayerNorm(4C), Linear(4C -> 2C, no bias)."""
+
+    def __init__(self, config: SeMaskSwinConfig, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = pad_to_multiple(hidden_states, 2)
+        batch_size, height, width, channels = hidden_states.shape
+        # (B, H/2, 2 [row offset], W/2, 2 [col offset], C) -> (B, H/2, W/2, col offset, row offset, C)
+        hidden_states = hidden_states.view(batch_size, height // 2, 2, width // 2, 2, channels).permute(0, 1, 3, 4, 2, 5)
+        hidden_states = hidden_states.reshape(batch_size, height // 2, width // 2, 4 * channels)
+        return self.reduction(self.norm(hidden_states))
+
+
+class SeMaskSwinStage(nn.Module):
+    """One encoder stage: Swin blocks, the Semantic Layer, then patch merging (all but the last stage)."""
+
+    def __init__(self, config: SeMaskSwinConfig, stage_index: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim = config.embed_dim * 2**stage_index
+        self.window_size = config.window_size
+        self.shift_size = config.window_size // 2
+        self.blocks = nn.ModuleList(
+            SeMaskSwinBlock(
+                config,
+                dim,
+                config.num_heads[stage_index],
+                shift_size=0 if block_index % 2 == 0 else self.shift_size,
+                drop_path_rate=drop_path_rates[block_index],
+            )
+            for block_index in range(config.depths[stage_index])
+        )
+        num_semantic_blocks = config.num_semantic_blocks[stage_index]
+        self.semantic_layer = (
+            SeMaskSwinSemanticLayer(
+                config, dim, num_semantic_blocks, config.semantic_attention_types[stage_index]
+            )
+            if num_semantic_blocks > 0
+            else None
+        )
+        is_last = stage_index == len(config.depths) - 1
+        self.downsample = None if is_last else SeMaskSwinPatchMerging(config, dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple]:
+        """``(B, H, W, C)`` -> stage output ``(B, H, W, C)``, prior ``(B, H, W, K)``, next stage input, attentions."""
+        height, width = hidden_states.shape[1:3]
+        shift_mask = None
+        if any(block.shift_size for block in self.blocks):
+            padded_height = math.ceil(height / self.window_size) * self.window_size
+            padded_width = math.ceil(width / self.window_size) * self.window_size
+            shift_mask = shifted_window_mask(
+                padded_height, padded_width, self.window_size, self.shift_size, hidden_states.device
+            )
+        attentions = ()
+        for block in self.blocks:
+            hidden_states, attn_weights = block(hidden_states, shift_mask)
+            attentions += (attn_weights,)
+        prior = None
+        if self.semantic_layer is not None:
+            prior, hidden_states, semantic_attentions = self.semantic_layer(hidden_states)
+            attentions += semantic_attentions
+        next_input = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        return hidden_states, prior, next_input, attentions
+
+
+class SeMaskSwinEncoder(nn.Module):
+    """The four stages and the LayerNorm applied to each stage output (original ``norm0..3``)."""
+
+    def __init__(self, config: SeMaskSwinConfig):
+        super().__init__()
+        total_blocks = sum(config.depths)
+        # stochastic depth rates as Python floats (no tensor ops: models are built on the meta device)
+        rates = [config.drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
+        self.stages = nn.ModuleList()
+        for stage_index, depth in enumerate(config.depths):
+            start = sum(config.depths[:stage_index])
+            self.stages.append(SeMaskSwinStage(config, stage_index, rates[start : start + depth]))
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(config.embed_dim * 2**i, eps=config.layer_norm_eps) for i in range(len(config.depths))
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> tuple[tuple, tuple, tuple]:
+        """``(B, H/4, W/4, C)`` -> (normalised stage maps ``(B, C_i, H_i, W_i)``, priors ``(B, K, H_i, W_i)``,
+        attentions)."""
+        hidden_states = embeddings
+        feature_maps, priors, attentions = (), (), ()
+        for stage, norm in zip(self.stages, self.norms):
+            stage_output, prior, hidden_states, stage_attentions = stage(hidden_states)
+            feature_maps += (norm(stage_output).permute(0, 3, 1, 2).contiguous(),)  # (B, H, W, C) -> (B, C, H, W)
+            priors += (None if prior is None else prior.permute(0, 3, 1, 2).contiguous(),)
+            attentions += stage_attentions
+        return feature_maps, priors, attentions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained-model plumbing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SeMaskSwinPreTrainedModel(PreTrainedModel):
+    config: SeMaskSwinConfig
+    config_class = SeMaskSwinConfig
+    base_model_prefix = "semask_swin"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SeMaskSwinStage"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The original init: trunc-normal(0.02) Linears with zero bias (this also overrides the semantic attention's
+        own kaiming init, as the original backbone init does), LayerNorm 1/0, gamma 0, decode-head convs kaiming
+        (fan-out, ReLU) with BN 1/0, classifier normal(0.01). Non-persistent buffers are rebuilt here."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, SeMaskSwinWindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=std)
+            init.copy_(module.relative_position_index, relative_position_index(module.window_size))
+        elif isinstance(module, SeMaskSwinSemanticAttention):
+            init.zeros_(module.gamma)
+        elif isinstance(module, SeMaskFPNConvModule):
+            init.kaiming_normal_(module.conv.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, SeMaskFPNHead):
+            init.normal_(module.classifier.weight, std=0.01)
+            init.zeros_(module.classifier.bias)
+        elif isinstance(module, SeMaskSwinPatchEmbeddings):
+            init.kaiming_uniform_(module.projection.weight, a=math.sqrt(5))
+            init.zeros_(module.projection.bias)
+
+    def _check_attentions_request(self, output_attentions: bool) -> None:
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                "output_attentions=True needs eager attention: load the model with attn_implementation='eager' "
+                f"(it uses {self.config._attn_implementation!r})"
+            )
+
+
+class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
+    """The bare SeMask-Swin encoder (the original ``SeMaskSwinTransformer``): patch embedding, four stages each
+    closed by a Semantic Layer, and a LayerNorm on each stage output."""
+
+    def __init__(self, config: SeMaskSwinConfig):
+        super().__init__(config)
+        self.embeddings = SeMaskSwinPatchEmbeddings(config)
+        self.encoder = SeMaskSwinEncoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SeMaskSwinModelOutput | tuple:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_attentions_request(output_attentions)
+        feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
+        output = SeMaskSwinModelOutput(
+            last_hidden_state=feature_maps[-1],
+            pooler_output=feature_maps[-1].mean(dim=(2, 3)),
+            hidden_states=feature_maps if output_hidden_states else None,
+            semantic_priors=priors,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
+    """SeMask-Swin as a transformers backbone: ``feature_maps`` (strides 4/8/16/32) of the ``out_features`` stages
+    plus their ``semantic_priors``. Module names equal :class:`SeMaskSwinModel`'s."""
+
+    def __init__(self, config: SeMaskSwinConfig):
+        super().__init__(config)
+        self.num_features = [config.embed_dim] + [config.embed_dim * 2**i for i in range(len(config.depths))]
+        self.embeddings = SeMaskSwinPatchEmbeddings(config)
+        self.encoder = SeMaskSwinEncoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SeMaskSwinBackboneOutput | tuple:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_attentions_request(output_attentions)
+        feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
+        # stage_names[0] is the stem: stage i+1 is encoder output i
+        selected = [self.stage_names.index(name) - 1 for name in self.out_features]
+        output = SeMaskSwinBackboneOutput(
+            feature_maps=tuple(feature_maps[i] for i in selected),
+            semantic_priors=tuple(priors[i] for i in selected),
+            hidden_states=feature_maps if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Semantic-FPN decode head and the semantic decoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SeMaskFPNConvModule(nn.Module):
+    """3x3 conv (no bias) -> BatchNorm -> ReLU (mmcv ``ConvModule``; SyncBN in the original multi-GPU training)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.batch_norm = nn.BatchNorm2d(out_channels)
+        self.activation = nn.ReLU()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.batch_norm(self.conv(hidden_states)))
+
+
+def upsample2x(hidden_states: torch.Tensor) -> torch.Tensor:
+    """``nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)``."""
+    return F.interpolate(hidden_states, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def resize_to(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners False); the identity when the size already matches."""
+    if tuple(hidden_states.shape[-2:]) == tuple(size):
+        return hidden_states
+    return F.interpolate(hidden_states, size=size, mode="bilinear", align_corners=False)
+
+
+class SeMaskFPNScaleHead(nn.Module):
+    """Scale head of Semantic FPN for a stride-``4 * 2**level`` map: ``max(1, level)`` times [conv module, then a 2x
+    bilinear upsampling when ``level > 0``]. Original keys ``scale_heads.{level}.{2k}`` are ``convs.{k}`` here."""
+
+    def __init__(self, in_channels: int, channels: int, level: int):
+        super().__init__()
+        self.upsample = level > 0
+        self.convs = nn.ModuleList(
+            SeMaskFPNConvModule(in_channels if k == 0 else channels, channels) for k in range(max(1, level))
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            hidden_states = conv(hidden_states)
+            if self.upsample:
+                hidden_states = upsample2x(hidden_states)
+        return hidden_states
+
+
+class SeMaskFPNHead(nn.Module):
+    """Semantic-FPN decode head (Kirillov et al., "Panoptic Feature Pyramid Networks", 2019; original
+    ``BranchFPNHead``): each level's scale head brings its map to stride 4, the maps are summed, then Dropout2d and a
+    1x1 classifier (original ``conv_seg``)."""
+
+    def __init__(self, config: SeMaskSwinConfig, in_channels: list[int]):
+        super().__init__()
+        self.scale_heads = nn.ModuleList(
+            SeMaskFPNScaleHead(channels, config.decoder_hidden_size, level) for level, channels in enumerate(in_channels)
+        )
+        self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
+        self.classifier = nn.Conv2d(config.decoder_hidden_size, config.num_labels, kernel_size=1)
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        fused = self.scale_heads[0](feature_maps[0])
+        for scale_head, feature_map in zip(self.scale_heads[1:], feature_maps[1:]):
+            fused = fused + resize_to(scale_head(feature_map), fused.shape[-2:])
+        return self.classifier(self.dropout(fused))
+
+
+def semantic_decoder(priors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The parameter-free "lightweight semantic decoder" (paper Sec. 3.3): the prior of level ``i`` is upsampled 2x
+    (bilinear) ``i`` times, resized to the stride-4 prior's size and all four are summed -> ``(B, K, H/4, W/4)``."""
+    semantic_logits = priors[0]
+    for level, prior in enumerate(priors[1:], start=1):
+        for _ in range(level):
+            prior = upsample2x(prior)
+        semantic_logits = semantic_logits + resize_to(prior, semantic_logits.shape[-2:])
+    return semantic_logits
+
+
+def ohem_pixel_weights(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, min_kept: int) -> torch.Tensor:
+    """mmseg's ``OHEMPixelSampler`` with ``thresh=None``: weight 1 for the ``min_kept * B`` valid pixels with the
+    highest cross-entropy, 0 elsewhere. ``logits`` ``(B, K, H, W)`` at label size, ``labels`` ``(B, H, W)``."""
+    with torch.no_grad():
+        losses = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
+        valid = labels != ignore_index
+        valid_losses = losses[valid]
+        keep = min(min_kept * labels.shape[0], valid_losses.numel())
+        threshold_index = valid_losses.topk(keep).indices if keep else valid_losses.new_zeros(0, dtype=torch.long)
+        valid_weights = torch.zeros_like(valid_losses)
+        valid_weights[threshold_index] = 1.0
+        weights = torch.zeros_like(losses)
+        weights[valid] = valid_weights
+    return weights
+
+
+def semask_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    mean_over_all_pixels: bool,
+    pixel_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-pixel cross-entropy averaged over all pixels (mmseg 0.x, ignored pixels count 0 in the sum and 1 in the
+    count) or over the valid pixels only. ``logits`` are already at label size."""
+    losses = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
+    if pixel_weights is not None:
+        losses = losses * pixel_weights
+    if mean_over_all_pixels:
+        return losses.mean()
+    return losses.sum() / (labels != ignore_index).sum().clamp(min=1)
+
+
+class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
+    """SeMask-Swin + Semantic-FPN (the released SeMask-FPN models). ``logits`` at 1/4 of the input size; with
+    ``labels`` ``(B, H, W)`` (255 = ignore) the loss is CE(logits) [+ OHEM] + ``semantic_loss_weight`` x
+    CE(semantic_logits), both bilinearly upsampled to the label size."""
+
+    def __init__(self, config: SeMaskSwinConfig):
+        super().__init__(config)
+        self.backbone = SeMaskSwinBackbone(config)
+        self.decode_head = SeMaskFPNHead(config, in_channels=self.backbone.channels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_semantic_priors: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SeMaskSemanticSegmenterOutput | tuple:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
+        feature_maps, priors = backbone_output.feature_maps, backbone_output.semantic_priors
+        if len(feature_maps) != 4 or any(prior is None for prior in priors):
+            raise ValueError(
+                "SeMaskSwinForSemanticSegmentation needs all four stages with semantic layers "
+                f"(out_features={self.backbone.out_features}, num_semantic_blocks={self.config.num_semantic_blocks})"
+            )
+        logits = self.decode_head(feature_maps)
+        semantic_logits = semantic_decoder(priors)
+
+        loss = None
+        if labels is not None:
+            loss = self.compute_loss(logits, semantic_logits, labels)
+
+        output = SeMaskSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            semantic_logits=semantic_logits,
+            hidden_states=feature_maps if output_hidden_states else None,
+            semantic_priors=priors if output_semantic_priors else None,
+            attentions=backbone_output.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_loss(self, logits: torch.Tensor, semantic_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.ndim == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 3:
+            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
+        labels = labels.long()
+        ignore_index = self.config.loss_ignore_index
+        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
+        if invalid.any():
+            bad = labels[invalid].unique()[:10].tolist()
+            raise ValueError(
+                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index {ignore_index}"
+            )
+        label_size = labels.shape[-2:]
+        upsampled_logits = resize_to(logits, label_size)
+        upsampled_semantic_logits = resize_to(semantic_logits, label_size)
+        pixel_weights = None
+        if self.config.use_ohem:
+            pixel_weights = ohem_pixel_weights(upsampled_logits, labels, ignore_index, self.config.ohem_min_kept)
+        mean_all = self.config.loss_mean_over_all_pixels
+        loss = semask_cross_entropy(upsampled_logits, labels, ignore_index, mean_all, pixel_weights)
+        semantic_loss = semask_cross_entropy(upsampled_semantic_logits, labels, ignore_index, mean_all)
+        return loss + self.config.semantic_loss_weight * semantic_loss
+
+
+__all__ = [
+    "SeMaskSwinPreTrainedModel",
+    "SeMaskSwinModel",
+    "SeMaskSwinBackbone",
+    "SeMaskSwinForSemanticSegmentation",
+    "SeMaskSwinModelOutput",
+    "SeMaskSwinBackboneOutput",
+    "SeMaskSemanticSegmenterOutput",
+]
