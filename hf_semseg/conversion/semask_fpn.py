@@ -112,11 +112,13 @@ def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     return dict(state_dict), dict(meta)
 
 
-def _meta_config_value(meta: dict, pattern: str) -> str | None:
+def _meta_config_value(meta: dict, key: str, value_pattern: str) -> str | None:
+    """First value of ``key`` in the mmseg config text of ``meta``; the text is either mmcv's ``key=value`` style or
+    a dict repr (``'key': value``)."""
     text = meta.get("config")
     if not isinstance(text, str):
         return None
-    match = re.search(pattern, text)
+    match = re.search(rf"['\"]?\b{key}['\"]?\s*[=:]\s*({value_pattern})", text)
     return match.group(1) if match else None
 
 
@@ -177,15 +179,15 @@ def infer_config(state_dict: dict[str, torch.Tensor], meta: dict | None = None) 
             "the priors with the same labels), so it cannot be converted faithfully"
         )
 
-    sem_window = _meta_config_value(meta, r"sem_window_size\s*=\s*(\d+)")
+    sem_window = _meta_config_value(meta, "sem_window_size", r"\d+")
     classes = meta.get("CLASSES")
     id2label = (
         {i: str(name) for i, name in enumerate(classes)}
         if classes is not None and len(classes) == num_classes
         else {i: f"class_{i}" for i in range(num_classes)}
     )
-    ohem = _meta_config_value(meta, r"(OHEMPixelSampler)") is not None
-    min_kept = _meta_config_value(meta, r"min_kept\s*=\s*(\d+)")
+    ohem = "OHEMPixelSampler" in str(meta.get("config", ""))
+    min_kept = _meta_config_value(meta, "min_kept", r"\d+")
     return SeMaskSwinConfig(
         patch_size=patch_size,
         num_channels=num_channels,
@@ -266,9 +268,9 @@ def convert_checkpoint(path: str | Path):
 def infer_test_scale(meta: dict, config: SeMaskSwinConfig) -> tuple[int, int]:
     """The (long, short) keep-ratio test scale: from the mmseg config text in ``meta`` when present, otherwise the
     released configs' values (Cityscapes 2048x1024; 640 models 2560x640; others 2048x512)."""
-    found = _meta_config_value(meta, r"img_scale\s*=\s*\((\d+\s*,\s*\d+)\)")
+    found = _meta_config_value(meta, "img_scale", r"\(\d+\s*,\s*\d+\)")
     if found:
-        long_edge, short_edge = (int(v) for v in found.split(","))
+        long_edge, short_edge = (int(v) for v in found.strip("()").split(","))
         return max(long_edge, short_edge), min(long_edge, short_edge)
     if config.num_labels == 19:
         return 2048, 1024
@@ -279,7 +281,7 @@ def infer_test_scale(meta: dict, config: SeMaskSwinConfig) -> tuple[int, int]:
 
 def reduces_zero_label(meta: dict, config: SeMaskSwinConfig) -> bool:
     """``reduce_zero_label`` of the dataset config (True for ADE20K and COCO-Stuff-10k)."""
-    found = _meta_config_value(meta, r"reduce_zero_label\s*=\s*(True|False)")
+    found = _meta_config_value(meta, "reduce_zero_label", "True|False")
     if found:
         return found == "True"
     return config.num_labels in (150, 171)

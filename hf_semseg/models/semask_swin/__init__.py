@@ -8,3 +8,5 @@ from .modeling_semask_swin import (
     SeMaskSwinModelOutput,
     SeMaskSwinPreTrainedModel,
 )
+from .image_processing_pil_semask_swin import SeMaskImageProcessorPil
+from .image_processing_semask_swin import SeMaskImageProcessor

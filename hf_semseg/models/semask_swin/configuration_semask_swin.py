@@ -5,6 +5,7 @@ Portable module: it imports only transformers and is copied next to saved weight
 ``trust_remote_code=True`` without hf_semseg installed.
 """
 
+from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
@@ -25,6 +26,7 @@ def semask_fpn_semantic_attention_types(embed_dim: int, num_labels: int) -> list
     return ["window"] * 4
 
 
+@strict
 class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of a SeMask Swin Transformer backbone and the SeMask Semantic-FPN segmentation model.
 

@@ -1,0 +1,69 @@
+"""Fills the model card templates of ``model_cards/`` for converted checkpoints."""
+
+import json
+from pathlib import Path
+from string import Template
+
+from ..variants import get_variant, list_variants
+
+
+_DATASET_IDS = {150: ("ADE20K", "scene_parse_150"), 19: ("Cityscapes", "cityscapes"), 171: ("COCO-Stuff-10k", "coco_stuff")}
+_DATASET_KEYS = {150: "ade20k", 19: "cityscapes", 171: "coco-stuff-10k"}
+_SIZE_NAMES = {(96, 6): "tiny", (96, 18): "small", (128, 18): "base", (192, 18): "large"}
+
+
+def matching_semask_variant(config) -> str | None:
+    """The registered SeMask-FPN variant with the same architecture as ``config``, if any."""
+    size = _SIZE_NAMES.get((config.embed_dim, config.depths[2]))
+    dataset = _DATASET_KEYS.get(config.num_labels)
+    name = f"semask-fpn-{size}-{dataset}"
+    return name if size and dataset and name in list_variants("semask_swin") else None
+
+
+def write_model_card(template_path: Path, output_dir: Path, model, checkpoint_name: str) -> Path:
+    """Renders ``template_path`` (``$placeholders``) for a converted ``model`` into ``output_dir/README.md``
+    (call it after the image processor was saved there: the card quotes its test size)."""
+    config = model.config
+    dataset, dataset_id = _DATASET_IDS.get(config.num_labels, (f"{config.num_labels} classes", "custom"))
+    variant_name = matching_semask_variant(config)
+    if variant_name:
+        reported = get_variant(variant_name).reported
+        reported_row = (
+            f"{reported['mIoU']} mIoU single-scale, {reported['mIoU_ms_flip']} mIoU multi-scale + flip "
+            f"({variant_name})."
+        )
+    else:
+        reported_row = "no published result matches this architecture."
+    processor_config = Path(output_dir) / "preprocessor_config.json"
+    size_text, reduce_note = "the configured size", ""
+    if processor_config.is_file():
+        processor = json.loads(processor_config.read_text())
+        size = processor.get("size", {})
+        size_text = f"{size.get('longest_edge')} x {size.get('shortest_edge')}"
+        if processor.get("do_reduce_labels"):
+            reduce_note = "; labels reduced (0 = ignore, class i+1 -> i)"
+    fields = {
+        "model_name": variant_name or Path(checkpoint_name).stem,
+        "dataset": dataset,
+        "dataset_id": dataset_id,
+        "checkpoint_name": checkpoint_name,
+        "embed_dim": config.embed_dim,
+        "depths": ", ".join(map(str, config.depths)),
+        "num_heads": ", ".join(map(str, config.num_heads)),
+        "window_size": config.window_size,
+        "semantic_attention_types": ", ".join(config.semantic_attention_types),
+        "semantic_window_size": config.semantic_window_size,
+        "num_labels": config.num_labels,
+        "decoder_hidden_size": config.decoder_hidden_size,
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+        "test_scale": size_text,
+        "reduce_labels_note": reduce_note,
+        "ohem_note": f" with OHEM (hardest {config.ohem_min_kept} pixels per image)" if config.use_ohem else "",
+        "reported_row": reported_row,
+        "repo_id": f"<user>/{variant_name or Path(checkpoint_name).stem}",
+    }
+    text = Template(Path(template_path).read_text()).substitute(fields)
+    card = Path(output_dir) / "README.md"
+    card.write_text(text)
+    return card
+

@@ -1,0 +1,180 @@
+"""Image processor for SeMask-FPN (PIL/NumPy backend).
+
+Same pipeline and numbers as ``SeMaskImageProcessor`` (torchvision backend) but works without torchvision: images
+are handled as NumPy arrays; the resize is done with ``torch.nn.functional.interpolate`` (no antialiasing, like
+OpenCV ``INTER_LINEAR`` in the original mmseg pipeline) rather than PIL's antialiasing resize.
+
+Portable remote code: only torch, numpy, PIL, transformers and sibling modules are imported (never torchvision).
+"""
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import ChannelDimension
+
+from .image_processing_utils_semask_swin import (
+    SEMASK_IGNORE_INDEX,
+    SeMaskImageProcessingMixin,
+    check_image_dtype,
+    check_stackable,
+    get_channel_axis,
+    get_output_size,
+    get_pad_size,
+    numpy_image_to_rgb,
+    pil_image_to_numpy,
+    pil_segmentation_map_to_numpy,
+    reduce_labels,
+    resize_array_with_torch,
+    resize_label_map_with_torch,
+    squeeze_segmentation_map,
+    torch_interpolation_mode,
+)
+
+
+class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
+    r"""
+    Image processor for SeMask-FPN semantic segmentation (PIL/NumPy backend; does not need torchvision). It takes the
+    same arguments, has the same defaults and gives the same numbers (up to one intensity level) as
+    `SeMaskImageProcessor`.
+
+    Pipeline (the original mmseg 0.11 test pipeline): convert to RGB, keep-ratio resize, rescale by 1/255, normalise
+    with the ImageNet mean/std; segmentation maps are optionally label-reduced, nearest-resized to the image size and
+    returned as int64 `labels` in which 255 means "ignore".
+
+    Args:
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Convert grayscale (1 channel / mode "L"), RGBA/LA/P... inputs to RGB (transparency composited on white).
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize the images (and segmentation maps).
+        size (`dict[str, int]`, *optional*, defaults to `{"longest_edge": 2048, "shortest_edge": 512}`):
+            `{"longest_edge": L, "shortest_edge": S}` is mmcv `imrescale(img, (L, S))`: the image is scaled by
+            `min(L / max(h, w), S / min(h, w))` and the new size is `(int(h * f + 0.5), int(w * f + 0.5))`. Use
+            2048/512 for the ADE20K and COCO-Stuff 512 models, 2560/640 for the 640 models and 2048/1024 for
+            Cityscapes. `{"height": H, "width": W}` resizes to a fixed size; `{"shortest_edge": S}` or
+            `{"longest_edge": L}` alone scale that side to the given length.
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
+            Interpolation for images: BILINEAR (default), NEAREST or BICUBIC, always without antialiasing like OpenCV.
+            Integer (uint8) images are resized in the 0-255 range and rounded/clamped to integers, as mmseg resizes
+            the uint8 image; float images are resized as they are. Segmentation maps always use nearest.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Multiply the pixel values by `rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            The rescale factor.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Normalise with `image_mean` and `image_std`.
+        image_mean (`list[float]`, *optional*, defaults to `(0.485, 0.456, 0.406)`):
+            Mean per channel (the originals' 123.675/116.28/103.53 on 0-255).
+        image_std (`list[float]`, *optional*, defaults to `(0.229, 0.224, 0.225)`):
+            Standard deviation per channel (the originals' 58.395/57.12/57.375 on 0-255).
+        do_reduce_labels (`bool`, *optional*, defaults to `False`):
+            Map label 0 to 255 (ignore) and reduce the other labels by 1 (255 stays 255), e.g. for ADE20K maps.
+        do_pad (`bool`, *optional*, defaults to `True`):
+            Images of different sizes in one batch are padded on the right and bottom to the largest height and width
+            of the batch (or to `pad_size`), pixel values with 0 (after normalisation) and labels with 255, so that
+            they can be batched. A batch of same-size images is not changed.
+        pad_size (`dict[str, int]`, *optional*):
+            Fixed `{"height": H, "width": W}` to pad to instead of the batch maximum.
+
+    Call with `segmentation_maps=` to also get `labels`; use `return_tensors="pt"` to get `pixel_values` as a
+    `(B, 3, H, W)` float32 tensor and `labels` as a `(B, H, W)` int64 tensor. Use
+    `post_process_semantic_segmentation(outputs, target_sizes=[(h, w), ...])` to get class-index maps at the original
+    image sizes.
+    """
+
+    def _interpolation_mode(self, resample) -> str:
+        return torch_interpolation_mode(resample)
+
+    def _prepare_semask_image(self, image, index, do_convert_rgb, input_data_format, device) -> np.ndarray:
+        if isinstance(image, PIL.Image.Image):
+            image = pil_image_to_numpy(image, do_convert_rgb)
+            input_data_format = ChannelDimension.LAST
+        elif isinstance(image, torch.Tensor):
+            check_image_dtype(image.dtype, index)
+            image = image.detach().cpu()
+            image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
+        check_image_dtype(image.dtype, index)
+
+        if image.ndim == 2:
+            image = image[None]
+        elif get_channel_axis(image.shape, input_data_format, index) == 2:
+            image = np.moveaxis(image, 2, 0)
+        if do_convert_rgb:
+            image = numpy_image_to_rgb(image, index)
+        return image
+
+    def _prepare_semask_segmentation_map(self, seg_map, index, device) -> np.ndarray:
+        if isinstance(seg_map, PIL.Image.Image):
+            seg_map = pil_segmentation_map_to_numpy(seg_map, index)
+        elif isinstance(seg_map, torch.Tensor):
+            seg_map = seg_map.detach().cpu().numpy()
+        return np.array(squeeze_segmentation_map(seg_map, index), dtype=np.int64)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        segmentation_maps: list[np.ndarray] | None = None,
+        do_resize: bool = True,
+        size=None,
+        resample=None,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean=None,
+        image_std=None,
+        do_reduce_labels: bool = False,
+        do_pad: bool = True,
+        pad_size=None,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        input_sizes = [tuple(image.shape[-2:]) for image in images]
+        output_sizes = [get_output_size(h, w, size) if do_resize else (h, w) for h, w in input_sizes]
+        mode = self._interpolation_mode(resample) if do_resize else None
+        check_stackable(output_sizes, do_pad, return_tensors)
+
+        pixel_values = []
+        for index, image in enumerate(images):
+            if output_sizes[index] != input_sizes[index]:
+                is_float = np.issubdtype(image.dtype, np.floating)
+                image = resize_array_with_torch(image, output_sizes[index], mode, round_to_uint8_range=not is_float)
+            else:
+                image = image.astype(np.float32)
+            if do_rescale:
+                image = self.rescale(image, rescale_factor)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            pixel_values.append(image.astype(np.float32, copy=False))
+
+        labels = None
+        if segmentation_maps is not None:
+            labels = []
+            for index, label in enumerate(segmentation_maps):
+                if do_reduce_labels:
+                    label = reduce_labels(label)
+                labels.append(resize_label_map_with_torch(label, output_sizes[index]))
+
+        if do_pad and len(pixel_values) > 0:
+            pad_height, pad_width = get_pad_size(output_sizes, pad_size)
+            pixel_values = [self._pad_right_bottom(image, pad_height, pad_width, 0.0) for image in pixel_values]
+            if labels is not None:
+                labels = [
+                    self._pad_right_bottom(label, pad_height, pad_width, SEMASK_IGNORE_INDEX) for label in labels
+                ]
+
+        data = {"pixel_values": pixel_values}
+        if labels is not None:
+            data["labels"] = labels
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _pad_right_bottom(array: np.ndarray, height: int, width: int, value) -> np.ndarray:
+        pad_bottom, pad_right = height - array.shape[-2], width - array.shape[-1]
+        if pad_bottom == 0 and pad_right == 0:
+            return array
+        pad_width = [(0, 0)] * (array.ndim - 2) + [(0, pad_bottom), (0, pad_right)]
+        return np.pad(array, pad_width, mode="constant", constant_values=value)
+
+
+__all__ = ["SeMaskImageProcessorPil"]

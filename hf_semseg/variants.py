@@ -1,0 +1,153 @@
+"""Package-wide registry of named model variants (the released models of every family).
+
+``list_variants()`` returns the names, ``variant_config(name)`` a fresh full model config, ``get_variant(name)`` the
+record with the dataset, the test-time scale and the paper's reported numbers. Families add their variants with
+:func:`register_variant`.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+from transformers import PreTrainedConfig
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named released model.
+
+    Attributes:
+        name: registry name, e.g. ``"semask-fpn-tiny-ade20k"``.
+        family: model family (``"semask_swin"``, ...).
+        dataset: dataset key of :func:`dataset_labels` (``"ade20k"``, ``"cityscapes"``, ``"coco-stuff-10k"``).
+        make_config: builds the full model config.
+        test_scale: keep-ratio test resize bound ``(longest_edge, shortest_edge)``.
+        crop_size: training crop ``(height, width)``.
+        reduce_labels: whether the dataset's label 0 is "other" and mapped to the ignore index.
+        reported: the paper/README numbers (mIoU single-scale, mIoU multi-scale+flip, params in M).
+    """
+
+    name: str
+    family: str
+    dataset: str
+    make_config: Callable[[], PreTrainedConfig]
+    test_scale: tuple[int, int]
+    crop_size: tuple[int, int]
+    reduce_labels: bool
+    reported: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant) -> None:
+    if variant.name in _REGISTRY:
+        raise ValueError(f"variant {variant.name!r} is already registered")
+    _REGISTRY[variant.name] = variant
+
+
+def list_variants(family: str | None = None) -> list[str]:
+    """Names of the registered variants (of one family when given)."""
+    return [name for name, variant in _REGISTRY.items() if family is None or variant.family == family]
+
+
+def get_variant(name: str) -> Variant:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown variant {name!r}; known variants: {', '.join(list_variants())}")
+    return _REGISTRY[name]
+
+
+def variant_config(name: str) -> PreTrainedConfig:
+    """A fresh full model config of the named variant."""
+    return get_variant(name).make_config()
+
+
+@cache
+def _labels_file() -> dict:
+    return json.loads(resources.files("hf_semseg.data").joinpath("dataset_labels.json").read_text())
+
+
+def dataset_labels(dataset: str) -> tuple[dict[int, str], list[list[int]]]:
+    """``(id2label, palette)`` of a known dataset (class names and colours of mmsegmentation's dataset classes)."""
+    table = _labels_file()
+    if dataset not in table:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(table)}")
+    entry = table[dataset]
+    return dict(enumerate(entry["classes"])), entry["palette"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SeMask-FPN (Jain et al. 2021, Table 2/3/4 and the SeMask-Segmentation README)
+# ----------------------------------------------------------------------------------------------------------------
+
+_SEMASK_SIZES = {
+    # size: (embed_dim, depths, heads, window)
+    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7),
+    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7),
+    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 12),
+    "large": (192, (2, 2, 18, 2), (6, 12, 24, 48), 12),
+}
+
+# (dataset, size): (mIoU, mIoU ms+flip, params M as counted from the original code)
+_SEMASK_REPORTED = {
+    ("ade20k", "tiny"): (42.06, 43.36, 34.66),
+    ("ade20k", "small"): (45.92, 47.63, 55.97),
+    ("ade20k", "base"): (49.35, 50.98, 96.49),
+    ("ade20k", "large"): (51.89, 53.52, 210.79),
+    ("cityscapes", "tiny"): (74.92, 76.56, 34.24),
+    ("cityscapes", "small"): (77.13, 79.14, 55.56),
+    ("cityscapes", "base"): (77.70, 79.73, 95.95),
+    ("cityscapes", "large"): (78.53, 80.39, 210.00),
+    ("coco-stuff-10k", "tiny"): (37.53, 38.88, 34.72),
+    ("coco-stuff-10k", "small"): (40.72, 42.27, 56.04),
+    ("coco-stuff-10k", "base"): (44.63, 46.30, 96.57),
+    ("coco-stuff-10k", "large"): (47.47, 48.54, 210.92),
+}
+
+
+def semask_fpn_config(size: str, dataset: str):
+    """The config of a released SeMask-FPN model (``size`` in tiny/small/base/large)."""
+    from .models.semask_swin.configuration_semask_swin import SeMaskSwinConfig
+
+    embed_dim, depths, heads, window = _SEMASK_SIZES[size]
+    id2label, _ = dataset_labels(dataset)
+    # OHEM in the released ADE20K-L and every COCO-Stuff-10k config
+    use_ohem = dataset == "coco-stuff-10k" or (dataset == "ade20k" and size == "large")
+    return SeMaskSwinConfig(
+        embed_dim=embed_dim,
+        depths=list(depths),
+        num_heads=list(heads),
+        window_size=window,
+        semantic_window_size=window,
+        drop_path_rate=0.3,
+        use_ohem=use_ohem,
+        id2label=id2label,
+        label2id={label: i for i, label in id2label.items()},
+    )
+
+
+def _register_semask_fpn() -> None:
+    for (dataset, size), (miou, miou_ms, params) in _SEMASK_REPORTED.items():
+        if dataset == "cityscapes":
+            test_scale, crop = (2048, 1024), (768, 768)
+        elif size == "large":
+            test_scale, crop = (2560, 640), (640, 640)
+        else:
+            test_scale, crop = (2048, 512), (512, 512)
+        register_variant(
+            Variant(
+                name=f"semask-fpn-{size}-{dataset}",
+                family="semask_swin",
+                dataset=dataset,
+                make_config=lambda size=size, dataset=dataset: semask_fpn_config(size, dataset),
+                test_scale=test_scale,
+                crop_size=crop,
+                reduce_labels=dataset != "cityscapes",
+                reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},
+            )
+        )
+
+
+_register_semask_fpn()

@@ -1,0 +1,25 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# remote-code modules loaded by the tests are cached in a throw-away folder, not in the user's ~/.cache
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf_semseg_modules_"))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# reference data made by running the original implementations; it lives next to the repository, never inside it
+FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+def fixture_dir(name: str) -> Path:
+    """Path of a shared fixture folder; skips the calling test with the reason when it is absent."""
+    path = FIXTURES / name
+    if not path.is_dir():
+        pytest.skip(f"shared fixture folder {path} is absent (the reference outputs of the original code)")
+    return path

@@ -1,0 +1,241 @@
+"""The common model suite, reused by every family.
+
+A family's test module subclasses :class:`SegmentationModelSuite` and provides a tiny config; every check below then
+runs against it. Each test asserts numbers (equal logits, lower loss, non-zero gradients), not only shapes.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+
+from conftest import REPO_ROOT
+
+
+class SegmentationModelSuite:
+    """Subclasses set ``model_class`` and implement :meth:`get_config` and :meth:`get_image_processor`."""
+
+    model_class = None
+    #: input size of the default batch (H, W)
+    image_size = (64, 64)
+    #: output stride of ``logits``
+    logits_stride = 4
+    #: sizes that are not multiples of any window / patch / stride of the model
+    odd_sizes = ((37, 53), (65, 31), (20, 90))
+    #: equality tolerance of repeated computations (batching, reload)
+    atol = 1e-5
+    #: config values that switch off every source of randomness in training mode
+    deterministic_overrides = {
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "drop_path_rate": 0.0,
+        "classifier_dropout_prob": 0.0,
+    }
+
+    # -- to provide ----------------------------------------------------------------------------------------------
+    def get_config(self):
+        raise NotImplementedError
+
+    def get_image_processor(self):
+        raise NotImplementedError
+
+    def prepare_for_gradient_check(self, model) -> None:
+        """Hook: make every parameter influence the loss (e.g. open gates that are initialised to zero)."""
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def make_model(self, seed: int = 0, **config_overrides):
+        torch.manual_seed(seed)
+        config = self.get_config()
+        for key, value in config_overrides.items():
+            setattr(config, key, value)
+        model = self.model_class(config)
+        self.prepare_for_gradient_check(model)
+        return model.eval()
+
+    def make_inputs(self, batch_size: int = 2, size=None, seed: int = 1):
+        height, width = size or self.image_size
+        generator = torch.Generator().manual_seed(seed)
+        pixel_values = torch.randn(batch_size, 3, height, width, generator=generator)
+        num_labels = self.get_config().num_labels
+        labels = torch.randint(0, num_labels, (batch_size, height, width), generator=generator)
+        labels[torch.rand(batch_size, height, width, generator=generator) < 0.1] = 255
+        return pixel_values, labels
+
+    def expected_logits_size(self, height: int, width: int) -> tuple[int, int]:
+        return -(-height // self.logits_stride), -(-width // self.logits_stride)
+
+    # -- the suite -----------------------------------------------------------------------------------------------
+    def test_config_round_trip(self, tmp_path):
+        config = self.get_config()
+        config.save_pretrained(tmp_path)
+        reloaded = AutoConfig.from_pretrained(tmp_path)
+        assert type(reloaded).__name__ == type(config).__name__
+        original, restored = config.to_dict(), reloaded.to_dict()
+        for key in ("transformers_version", "_name_or_path"):
+            original.pop(key, None), restored.pop(key, None)
+        assert restored == original
+        assert type(config).from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+    def test_save_load_gives_equal_outputs(self, tmp_path):
+        model = self.make_model()
+        pixel_values, _ = self.make_inputs()
+        with torch.no_grad():
+            expected = model(pixel_values).logits
+        model.save_pretrained(tmp_path)
+        reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+        assert type(reloaded) is self.model_class
+        with torch.no_grad():
+            actual = reloaded(pixel_values).logits
+        torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+        for (name, buffer), (_, reloaded_buffer) in zip(model.named_buffers(), reloaded.named_buffers()):
+            assert torch.equal(buffer, reloaded_buffer), f"buffer {name} differs after reload"
+
+    def test_logits_shape_and_return_dict(self):
+        model = self.make_model()
+        pixel_values, _ = self.make_inputs()
+        with torch.no_grad():
+            output = model(pixel_values)
+            as_tuple = model(pixel_values, return_dict=False)
+        assert output.logits.shape == (2, model.config.num_labels, *self.expected_logits_size(*self.image_size))
+        torch.testing.assert_close(as_tuple[0], output.logits, atol=0, rtol=0)
+
+    def test_batch_of_n_equals_n_single_forwards(self):
+        model = self.make_model()
+        pixel_values, _ = self.make_inputs(batch_size=3)
+        with torch.no_grad():
+            batched = model(pixel_values).logits
+            singles = torch.cat([model(pixel_values[i : i + 1]).logits for i in range(3)])
+        torch.testing.assert_close(batched, singles, atol=self.atol, rtol=1e-4)
+
+    @pytest.mark.parametrize("size_index", [0, 1, 2])
+    def test_odd_input_sizes(self, size_index):
+        height, width = self.odd_sizes[size_index]
+        model = self.make_model()
+        pixel_values, labels = self.make_inputs(batch_size=2, size=(height, width))
+        with torch.no_grad():
+            output = model(pixel_values, labels=labels)
+            singles = torch.cat([model(pixel_values[i : i + 1]).logits for i in range(2)])
+        assert output.logits.shape[-2:] == self.expected_logits_size(height, width)
+        assert torch.isfinite(output.logits).all() and torch.isfinite(output.loss)
+        torch.testing.assert_close(output.logits, singles, atol=self.atol, rtol=1e-4)
+
+    def test_gradients_reach_every_trainable_parameter(self):
+        model = self.make_model().train()
+        pixel_values, labels = self.make_inputs()
+        model(pixel_values, labels=labels).loss.backward()
+        no_grad = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        zero_grad = [
+            name for name, p in model.named_parameters() if p.requires_grad and p.grad is not None and not p.grad.any()
+        ]
+        assert not no_grad, f"parameters without gradient: {no_grad}"
+        assert not zero_grad, f"parameters with an all-zero gradient: {zero_grad}"
+
+    def test_one_optimizer_step_lowers_the_loss(self):
+        model = self.make_model(**self.deterministic_overrides).train()
+        pixel_values, labels = self.make_inputs()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        torch.manual_seed(0)
+        loss_before = model(pixel_values, labels=labels).loss
+        loss_before.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            loss_after = model(pixel_values, labels=labels).loss
+        assert loss_after < loss_before, (loss_before.item(), loss_after.item())
+
+    def test_training_with_gradient_checkpointing_matches(self):
+        model = self.make_model(**self.deterministic_overrides).train()
+        pixel_values, labels = self.make_inputs()
+        model(pixel_values, labels=labels).loss.backward()
+        reference = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        model.activation_checkpointing_enable()
+        model(pixel_values, labels=labels).loss.backward()
+        for name, p in model.named_parameters():
+            if name in reference:
+                torch.testing.assert_close(p.grad, reference[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    def test_eager_attention_matches_sdpa(self):
+        model = self.make_model()
+        pixel_values, _ = self.make_inputs()
+        with torch.no_grad():
+            sdpa_logits = model(pixel_values).logits
+            model.set_attn_implementation("eager")
+            eager_logits = model(pixel_values).logits
+        torch.testing.assert_close(eager_logits, sdpa_logits, atol=1e-4, rtol=1e-4)
+
+    def test_reload_in_fresh_process_without_package(self, tmp_path):
+        model = self.make_model()
+        processor = self.get_image_processor()
+        model.save_pretrained(tmp_path / "model")
+        processor.save_pretrained(tmp_path / "model")
+        pixel_values, _ = self.make_inputs()
+        with torch.no_grad():
+            expected = model(pixel_values).logits
+        torch.save({"pixel_values": pixel_values, "logits": expected}, tmp_path / "io.pt")
+        script = textwrap.dedent(
+            f"""
+            import sys, json
+            sys.modules["hf_semseg"] = None  # the package must not be needed
+            import torch
+            from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+            model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+            processor = AutoImageProcessor.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+            io = torch.load({str(tmp_path / "io.pt")!r})
+            with torch.no_grad():
+                logits = model(io["pixel_values"]).logits
+            print(json.dumps({{
+                "max_diff": (logits - io["logits"]).abs().max().item(),
+                "model_module": type(model).__module__,
+                "processor": type(processor).__name__,
+            }}))
+            """
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["max_diff"] == 0.0
+        assert report["model_module"].startswith("transformers_modules.")
+        assert report["processor"] == type(processor).__name__
+        saved_files = {path.name for path in (tmp_path / "model").iterdir()}
+        assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= saved_files
+        assert REPO_ROOT.name not in result.stderr  # nothing was imported from the repository
+
+    def test_image_segmentation_pipeline(self):
+        model = self.make_model()
+        processor = self.get_image_processor()
+        rng = np.random.default_rng(0)
+        image = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+        segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
+        segments = segmenter(image, subtask="semantic")
+        assert segments, "the pipeline returned no segment"
+        inputs = processor(image, return_tensors="pt")
+        with torch.no_grad():
+            expected = processor.post_process_semantic_segmentation(model(**inputs), target_sizes=[(48, 80)])[0]
+        coverage = np.zeros((48, 80), dtype=int)
+        for segment in segments:
+            mask = np.array(segment["mask"]) > 0
+            assert mask.shape == (48, 80)
+            label_id = model.config.label2id[segment["label"]]
+            assert (expected.numpy()[mask] == label_id).all()
+            coverage += mask
+        assert (coverage == 1).all(), "segments must tile the image exactly once"
+
+    def test_auto_image_processor_round_trip(self, tmp_path):
+        processor = self.get_image_processor()
+        processor.save_pretrained(tmp_path)
+        self.get_config().save_pretrained(tmp_path)
+        reloaded = AutoImageProcessor.from_pretrained(tmp_path)
+        assert type(reloaded) is type(processor)
+        original, restored = processor.to_dict(), reloaded.to_dict()
+        original.pop("_processor_class", None), restored.pop("_processor_class", None)
+        assert restored == original

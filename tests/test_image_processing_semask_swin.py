@@ -1,0 +1,473 @@
+"""Tests of the SeMask image processors (torchvision and PIL/NumPy backends).
+
+The expected numbers are computed by hand or with `torch.nn.functional.interpolate` in the test, following the
+SeMask-FPN mmseg 0.11 test pipeline: mmcv `imrescale` keep-ratio resize (bilinear, no antialiasing) of the uint8
+image, then ImageNet normalisation.
+"""
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from hf_semseg.models.semask_swin.image_processing_pil_semask_swin import SeMaskImageProcessorPil
+from hf_semseg.models.semask_swin.image_processing_semask_swin import SeMaskImageProcessor
+from hf_semseg.models.semask_swin.image_processing_utils_semask_swin import get_keep_ratio_output_size
+
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "hf_semseg" / "models" / "semask_swin"
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+ONE_LEVEL = 1 / 255 / 0.224 + 1e-5  # one intensity level after normalisation (largest over the three channels)
+
+BACKENDS = [SeMaskImageProcessor, SeMaskImageProcessorPil]
+
+
+@pytest.fixture(params=BACKENDS, ids=["torchvision", "pil"])
+def processor_class(request):
+    return request.param
+
+
+def reference_pixel_values(image_hwc: np.ndarray, output_size: tuple[int, int], antialias: bool = False) -> np.ndarray:
+    """What mmseg feeds the model: bilinear (align_corners=False) resize of the uint8 image, rounded, normalised."""
+    tensor = torch.from_numpy(image_hwc).permute(2, 0, 1)[None].to(torch.float32)
+    resized = F.interpolate(tensor, size=output_size, mode="bilinear", align_corners=False, antialias=antialias)
+    resized = resized.round().clamp(0, 255)[0].numpy().astype(np.float64)
+    return (resized / 255.0 - MEAN[:, None, None]) / STD[:, None, None]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Resize rule (mmcv imrescale)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "input_size, bounds, expected",
+    [
+        ((512, 683), (2048, 512), (512, 683)),  # already at the short bound: scale 1
+        ((375, 500), (2048, 512), (512, 683)),  # f = 512/375; 500 * f = 682.67 -> 683
+        ((1024, 2048), (2048, 1024), (1024, 2048)),  # Cityscapes: unchanged
+        ((1000, 3000), (2048, 512), (512, 1536)),  # f = min(2048/3000, 512/1000) = 0.512
+        ((100, 1000), (2048, 512), (205, 2048)),  # long bound wins: f = 2.048, 100 * f = 204.8 -> 205
+        ((375, 500), (2560, 640), (640, 853)),  # 640 models: f = 640/375, 500 * f = 853.3 -> 853
+        ((2000, 1500), (2048, 1024), (1365, 1024)),  # portrait: f = 1024/1500, 2000 * f = 1365.3 -> 1365
+    ],
+)
+def test_keep_ratio_output_size(input_size, bounds, expected):
+    assert get_keep_ratio_output_size(*input_size, *bounds) == expected
+    # mmcv takes the larger bound as the long one whatever the order
+    assert get_keep_ratio_output_size(*input_size, bounds[1], bounds[0]) == expected
+
+
+@pytest.mark.parametrize(
+    "input_size, expected", [((375, 500), (512, 683)), ((60, 40), (768, 512)), ((40, 2000), (41, 2048))]
+)
+def test_processed_shape_follows_keep_ratio_rule(processor_class, input_size, expected):
+    processor = processor_class()
+    assert processor.get_output_size(*input_size) == expected
+    image = np.zeros((*input_size, 3), dtype=np.uint8)
+    pixel_values = processor(image, return_tensors="pt").pixel_values
+    assert tuple(pixel_values.shape) == (1, 3, *expected)
+    assert pixel_values.dtype == torch.float32
+
+
+def test_fixed_size_and_no_resize(processor_class):
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    fixed = processor_class(size={"height": 64, "width": 48})(image, return_tensors="pt").pixel_values
+    assert tuple(fixed.shape) == (1, 3, 64, 48)
+    np.testing.assert_allclose(fixed[0].numpy(), reference_pixel_values(image, (64, 48)), atol=ONE_LEVEL)
+
+    unresized = processor_class()(image, do_resize=False, return_tensors="pt").pixel_values
+    assert tuple(unresized.shape) == (1, 3, 30, 50)
+    expected = (image.transpose(2, 0, 1) / 255.0 - MEAN[:, None, None]) / STD[:, None, None]
+    np.testing.assert_allclose(unresized[0].numpy(), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pixel values
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_constant_image_normalisation(processor_class):
+    pixel_values = processor_class()(np.full((40, 60, 3), 124, np.uint8), return_tensors="pt").pixel_values
+    assert tuple(pixel_values.shape) == (1, 3, 512, 768)
+    for channel in range(3):
+        expected = (124 / 255 - MEAN[channel]) / STD[channel]
+        torch.testing.assert_close(
+            pixel_values[0, channel], torch.full((512, 768), expected, dtype=torch.float32), atol=1e-6, rtol=0
+        )
+    # channel 0 equals the originals' (124 - 123.675) / 58.395
+    assert abs(pixel_values[0, 0, 0, 0].item() - (124 - 123.675) / 58.395) < 1e-6
+
+
+@pytest.mark.parametrize("input_size", [(97, 131), (700, 1100)], ids=["upscale", "downscale"])
+def test_backends_agree_with_interpolate_reference(input_size):
+    image = np.random.default_rng(1).integers(0, 256, (*input_size, 3), dtype=np.uint8)
+    size = {"longest_edge": 400, "shortest_edge": 300}
+    output_size = get_keep_ratio_output_size(*input_size, 400, 300)
+    reference = reference_pixel_values(image, output_size)
+
+    torchvision_values = SeMaskImageProcessor(size=size)(image, return_tensors="pt").pixel_values[0].numpy()
+    pil_values = SeMaskImageProcessorPil(size=size)(image, return_tensors="pt").pixel_values[0].numpy()
+    assert torchvision_values.shape == pil_values.shape == reference.shape == (3, *output_size)
+    assert np.abs(torchvision_values - pil_values).max() <= ONE_LEVEL
+    assert np.abs(torchvision_values - reference).max() <= ONE_LEVEL
+    assert np.abs(pil_values - reference).max() <= ONE_LEVEL
+    # the resized intensities are exactly those of the float32 reference (only the normalisation rounding differs)
+    assert np.abs(pil_values - reference).max() < 1e-5
+    assert np.abs(torchvision_values - reference).max() < 1e-5
+
+    if output_size[0] < input_size[0]:
+        # an antialiased resize would be measurably different: the processors really do not antialias
+        antialiased = reference_pixel_values(image, output_size, antialias=True)
+        assert np.abs(antialiased - reference).max() > 10 * ONE_LEVEL
+
+
+def test_input_types_give_same_result(processor_class):
+    image = np.random.default_rng(2).integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    processor = processor_class(size={"longest_edge": 100, "shortest_edge": 66})
+    from_numpy = processor(image, return_tensors="pt").pixel_values
+    from_pil = processor(Image.fromarray(image), return_tensors="pt").pixel_values
+    from_chw_tensor = processor(torch.from_numpy(image).permute(2, 0, 1), return_tensors="pt").pixel_values
+    torch.testing.assert_close(from_pil, from_numpy, atol=0, rtol=0)
+    torch.testing.assert_close(from_chw_tensor, from_numpy, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# RGB conversion
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_grayscale_inputs_become_rgb(processor_class):
+    processor = processor_class(do_resize=False)
+    gray = np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)
+    expected = np.stack([(gray / 255.0 - MEAN[c]) / STD[c] for c in range(3)])
+    for image in (gray, gray[..., None], gray[None], Image.fromarray(gray, mode="L"), torch.from_numpy(gray)):
+        pixel_values = processor(image, return_tensors="pt").pixel_values
+        assert tuple(pixel_values.shape) == (1, 3, 20, 30)
+        np.testing.assert_allclose(pixel_values[0].numpy(), expected, atol=1e-5)
+
+
+def test_alpha_and_palette_inputs_become_rgb(processor_class):
+    processor = processor_class(do_resize=False)
+    rgb = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    expected = processor(rgb, return_tensors="pt").pixel_values
+
+    opaque = np.concatenate([rgb, np.full((20, 30, 1), 255, np.uint8)], axis=-1)
+    for image in (opaque, Image.fromarray(opaque, mode="RGBA"), Image.fromarray(rgb).convert("P")):
+        pixel_values = processor(image, return_tensors="pt").pixel_values
+        assert tuple(pixel_values.shape) == (1, 3, 20, 30)
+        if not isinstance(image, Image.Image) or image.mode == "RGBA":
+            torch.testing.assert_close(pixel_values, expected, atol=1e-6, rtol=0)
+
+    # transparency is composited onto white: 124 at alpha 124 -> round(124 * a + 255 * (1 - a)) = 191
+    half = np.full((8, 8, 4), 124, np.uint8)
+    composited = (191 / 255 - MEAN) / STD
+    for image in (half, Image.fromarray(half, mode="RGBA")):
+        pixel_values = processor(image, return_tensors="pt").pixel_values
+        np.testing.assert_allclose(pixel_values[0, :, 0, 0].numpy(), composited, atol=1e-5)
+
+    gray_alpha = Image.fromarray(np.full((8, 8, 2), 255, np.uint8), mode="LA")
+    pixel_values = processor(gray_alpha, return_tensors="pt").pixel_values
+    np.testing.assert_allclose(pixel_values[0, :, 0, 0].numpy(), (1 - MEAN) / STD, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Segmentation maps
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_reduce_labels(processor_class):
+    seg = np.array([[0, 1, 2, 150], [255, 0, 7, 1]], dtype=np.uint8)
+    image = np.zeros((2, 4, 3), np.uint8)
+    processor = processor_class(do_resize=False)
+
+    reduced = processor(image, segmentation_maps=seg, do_reduce_labels=True, return_tensors="pt").labels
+    assert reduced.dtype == torch.int64
+    assert reduced.tolist() == [[[255, 0, 1, 149], [255, 255, 6, 0]]]
+
+    plain = processor(image, segmentation_maps=seg, return_tensors="pt").labels
+    assert plain.dtype == torch.int64
+    assert plain.tolist() == [seg.tolist()]
+
+    # the attribute set at construction is used by default
+    reduced_default = processor_class(do_resize=False, do_reduce_labels=True)(
+        image, segmentation_maps=Image.fromarray(seg), return_tensors="pt"
+    ).labels
+    assert torch.equal(reduced_default, reduced)
+
+
+def test_segmentation_map_nearest_resize(processor_class):
+    rng = np.random.default_rng(5)
+    seg = rng.choice(np.array([3, 17, 255], dtype=np.uint8), size=(30, 45))
+    image = rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    inputs = processor_class()(image, segmentation_maps=seg, return_tensors="pt")
+    assert tuple(inputs.labels.shape) == (1, *inputs.pixel_values.shape[-2:]) == (1, 512, 768)
+    assert inputs.labels.dtype == torch.int64
+    assert set(inputs.labels.unique().tolist()) == {3, 17, 255}
+    # OpenCV INTER_NEAREST == torch "nearest" (floor of dst * in / out)
+    expected = F.interpolate(torch.from_numpy(seg)[None, None].float(), size=(512, 768), mode="nearest")[0, 0]
+    assert torch.equal(inputs.labels[0], expected.long())
+
+
+def test_mismatched_segmentation_map_raises(processor_class):
+    images = [np.zeros((20, 30, 3), np.uint8), np.zeros((20, 30, 3), np.uint8)]
+    maps = [np.zeros((20, 30), np.uint8), np.zeros((21, 30), np.uint8)]
+    with pytest.raises(ValueError, match=r"Segmentation map 1 has size \(21, 30\).*image 1 has size \(20, 30\)"):
+        processor_class()(images, segmentation_maps=maps)
+    with pytest.raises(ValueError, match="2 images but 1 segmentation maps"):
+        processor_class()(images, segmentation_maps=maps[:1])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Batching and padding
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_different_sizes_are_padded(processor_class):
+    rng = np.random.default_rng(6)
+    wide, tall = rng.integers(0, 256, (40, 60, 3), np.uint8), rng.integers(0, 256, (60, 40, 3), np.uint8)
+    seg_wide, seg_tall = rng.integers(0, 5, (40, 60), np.uint8), rng.integers(0, 5, (60, 40), np.uint8)
+    processor = processor_class(size={"longest_edge": 120, "shortest_edge": 80})
+    batch = processor([wide, tall], segmentation_maps=[seg_wide, seg_tall], return_tensors="pt")
+    # wide -> (80, 120), tall -> (120, 80): both padded (bottom / right) to (120, 120)
+    assert tuple(batch.pixel_values.shape) == (2, 3, 120, 120)
+    assert tuple(batch.labels.shape) == (2, 120, 120)
+
+    for index, (image, seg, (height, width)) in enumerate([(wide, seg_wide, (80, 120)), (tall, seg_tall, (120, 80))]):
+        alone = processor(image, segmentation_maps=seg, return_tensors="pt")
+        assert tuple(alone.pixel_values.shape) == (1, 3, height, width)
+        valid = batch.pixel_values[index, :, :height, :width]
+        torch.testing.assert_close(valid, alone.pixel_values[0], atol=0, rtol=0)
+        assert torch.equal(batch.labels[index, :height, :width], alone.labels[0])
+        padding = torch.ones(120, 120, dtype=torch.bool)
+        padding[:height, :width] = False
+        assert torch.all(batch.pixel_values[index][:, padding] == 0)
+        assert torch.all(batch.labels[index][padding] == 255)
+
+    with pytest.raises(ValueError, match="do_pad"):
+        processor([wide, tall], do_pad=False, return_tensors="pt")
+    unpadded = processor([wide, tall], do_pad=False)
+    assert [tuple(p.shape) for p in unpadded.pixel_values] == [(3, 80, 120), (3, 120, 80)]
+    fixed = processor([wide, tall], pad_size={"height": 128, "width": 128}, return_tensors="pt")
+    assert tuple(fixed.pixel_values.shape) == (2, 3, 128, 128)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Post-processing
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class _Outputs:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+def test_post_process_semantic_segmentation(processor_class):
+    # one class per cell of a 2x2 grid, strongly dominant
+    logits = torch.zeros(1, 4, 2, 2)
+    for cls, (row, col) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        logits[0, cls, row, col] = 10.0
+    processor = processor_class()
+
+    (native,) = processor.post_process_semantic_segmentation(_Outputs(logits))
+    assert native.dtype == torch.int64
+    assert native.tolist() == [[0, 1], [2, 3]]
+
+    (resized,) = processor.post_process_semantic_segmentation(_Outputs(logits), target_sizes=[(4, 4)])
+    assert resized.dtype == torch.int64
+    assert resized.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+
+    batch_logits = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    maps = processor.post_process_semantic_segmentation(_Outputs(batch_logits), target_sizes=[(13, 21), (8, 8)])
+    assert [tuple(m.shape) for m in maps] == [(13, 21), (8, 8)]
+    assert torch.equal(maps[1], batch_logits[1].argmax(0))
+    expected = F.interpolate(batch_logits[:1], size=(13, 21), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(maps[0], expected)
+
+    with_scores = processor.post_process_semantic_segmentation(
+        _Outputs(batch_logits), target_sizes=torch.tensor([[13, 21], [8, 8]]), return_segmentation_scores=True
+    )
+    assert tuple(with_scores[0].segmentation_scores.shape) == (5, 13, 21)
+    assert torch.equal(with_scores[0].segmentation, maps[0])
+
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_semantic_segmentation(_Outputs(batch_logits), target_sizes=[(4, 4)])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Serialisation
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_defaults(processor_class):
+    processor = processor_class()
+    assert dict(processor.size) == {"longest_edge": 2048, "shortest_edge": 512}
+    assert processor.do_resize and processor.do_rescale and processor.do_normalize and processor.do_convert_rgb
+    assert processor.do_pad and not processor.do_reduce_labels
+    assert tuple(processor.image_mean) == (0.485, 0.456, 0.406)
+    assert tuple(processor.image_std) == (0.229, 0.224, 0.225)
+    assert abs(processor.rescale_factor - 1 / 255) < 1e-12
+
+
+def test_save_and_load_round_trip(processor_class, tmp_path):
+    processor = processor_class(
+        size={"longest_edge": 2560, "shortest_edge": 640},
+        image_mean=[0.5, 0.4, 0.3],
+        image_std=[0.2, 0.25, 0.3],
+        do_reduce_labels=True,
+    )
+    processor.save_pretrained(tmp_path)
+    config = (tmp_path / "preprocessor_config.json").read_text()
+    assert '"image_processor_type": "SeMaskImageProcessor"' in config
+
+    for loader in BACKENDS:
+        loaded = loader.from_pretrained(tmp_path)
+        assert type(loaded) is loader
+        assert dict(loaded.size) == {"longest_edge": 2560, "shortest_edge": 640}
+        assert tuple(loaded.image_mean) == (0.5, 0.4, 0.3)
+        assert tuple(loaded.image_std) == (0.2, 0.25, 0.3)
+        assert loaded.do_reduce_labels is True
+        image = np.zeros((300, 400, 3), np.uint8)
+        assert tuple(loaded(image, return_tensors="pt").pixel_values.shape) == (1, 3, 640, 853)
+
+    # to_dict / from_dict keep the same configuration
+    again = processor_class.from_dict(processor.to_dict())
+    assert again.to_dict() == processor.to_dict()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_input, message",
+    [
+        (np.zeros((20, 30, 2), np.uint8), r"Image 0 has shape \(20, 30, 2\).*2-channel"),
+        (np.zeros((20, 30, 5), np.uint8), r"Image 0 has shape \(20, 30, 5\).*1 \(grayscale\), 3 \(RGB\) or 4"),
+        (np.zeros((1, 2, 20, 30, 3), np.uint8), r"`images` has 5 dimensions"),
+        ([np.zeros((20, 30, 3), np.uint8), np.zeros((1, 20, 30, 3), np.uint8)], r"Image 1 has 4 dimensions"),
+        ([np.zeros((20, 30, 3), np.uint8), 3.0], r"Image 1 is a"),
+        (np.zeros((20, 30, 3), bool), r"Image 0 has dtype bool"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(processor_class, bad_input, message):
+    with pytest.raises(ValueError, match=message):
+        processor_class()(bad_input)
+
+
+def test_bad_options_raise_clear_errors(processor_class):
+    with pytest.raises(ValueError, match="support `size` dicts"):
+        processor_class(size={"max_height": 100, "max_width": 100})
+    with pytest.raises(ValueError, match="Unsupported `resample`"):
+        processor_class(resample=Image.Resampling.LANCZOS)
+    with pytest.raises(ValueError, match="1 channel"):
+        processor_class()(np.zeros((20, 30), np.uint8), do_convert_rgb=False)
+    with pytest.raises(ValueError, match=r"Segmentation map 0 .*mode 'RGB'"):
+        processor_class()(np.zeros((4, 4, 3), np.uint8), segmentation_maps=Image.new("RGB", (4, 4)))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Portability (remote code)
+# ------------------------------------------------------------------------------------------------------------------
+
+ALLOWED_TOP_LEVEL = {"torch", "numpy", "PIL", "transformers", "collections", "typing"}
+PROCESSOR_FILES = {
+    "image_processing_semask_swin.py": ALLOWED_TOP_LEVEL | {"torchvision"},
+    "image_processing_pil_semask_swin.py": ALLOWED_TOP_LEVEL,
+    "image_processing_utils_semask_swin.py": ALLOWED_TOP_LEVEL,
+}
+
+
+@pytest.mark.parametrize("filename", sorted(PROCESSOR_FILES))
+def test_processor_modules_only_use_portable_imports(filename):
+    tree = ast.parse((MODULE_DIR / filename).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                assert alias.name.split(".")[0] in PROCESSOR_FILES[filename], alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                assert node.module.split(".")[0] in PROCESSOR_FILES[filename], node.module
+            else:  # only `from .sibling import name`
+                assert node.level == 1 and node.module is not None, ast.dump(node)
+                assert node.module != "image_processing_semask_swin" or filename == "image_processing_semask_swin.py"
+
+
+def _load_as_remote_code(package_name: str, module_name: str):
+    """Load a processor module as trust_remote_code would: from its file, inside a package holding its siblings."""
+    package = types.ModuleType(package_name)
+    package.__path__ = [str(MODULE_DIR)]
+    sys.modules[package_name] = package
+    spec = importlib.util.spec_from_file_location(f"{package_name}.{module_name}", MODULE_DIR / f"{module_name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pil_backend_module_works_with_torchvision_blocked(monkeypatch):
+    # `import torchvision` (or any submodule) now raises ImportError, as if it were not installed
+    for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    for name in [name for name in sys.modules if name.startswith("semask_remote_code")]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        with pytest.raises(ImportError):  # sanity check: the block works on the torchvision backend
+            _load_as_remote_code("semask_remote_code_tv", "image_processing_semask_swin")
+        module = _load_as_remote_code("semask_remote_code", "image_processing_pil_semask_swin")
+        processor = module.SeMaskImageProcessorPil()
+        out = processor(
+            np.full((40, 60, 3), 124, np.uint8), segmentation_maps=np.ones((40, 60), np.uint8), return_tensors="pt"
+        )
+        assert tuple(out.pixel_values.shape) == (1, 3, 512, 768)
+        assert abs(out.pixel_values[0, 0, 0, 0].item() - (124 / 255 - 0.485) / 0.229) < 1e-6
+        assert out.labels.unique().tolist() == [1]
+    finally:
+        for name in [name for name in sys.modules if name.startswith("semask_remote_code")]:
+            del sys.modules[name]
+
+
+@pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="starts a fresh interpreter (~15 s); set RUN_SLOW=1")
+def test_pil_backend_works_without_torchvision_in_fresh_interpreter():
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, sys, types
+        sys.modules["torchvision"] = None  # import torchvision now raises ImportError
+        folder = {str(MODULE_DIR)!r}
+        package = types.ModuleType("semask_remote_code")
+        package.__path__ = [folder]
+        sys.modules["semask_remote_code"] = package
+        name = "semask_remote_code.image_processing_pil_semask_swin"
+        spec = importlib.util.spec_from_file_location(name, folder + "/image_processing_pil_semask_swin.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        import numpy as np
+        processor = module.SeMaskImageProcessorPil()
+        out = processor(np.full((40, 60, 3), 124, np.uint8), segmentation_maps=np.ones((40, 60), np.uint8),
+                        return_tensors="pt")
+        assert tuple(out.pixel_values.shape) == (1, 3, 512, 768), out.pixel_values.shape
+        assert abs(out.pixel_values[0, 0, 0, 0].item() - ((124 / 255) - 0.485) / 0.229) < 1e-6
+        assert out.labels.unique().tolist() == [1]
+        loaded = [m for m, v in sys.modules.items() if m.startswith("torchvision") and v is not None]
+        assert not loaded, loaded
+        print("OK")
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK")

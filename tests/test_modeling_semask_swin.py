@@ -1,0 +1,346 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import SwinConfig
+from transformers.models.swin.modeling_swin import SwinLayer
+
+import hf_semseg
+from hf_semseg import (
+    SeMaskImageProcessor,
+    SeMaskSwinBackbone,
+    SeMaskSwinConfig,
+    SeMaskSwinForSemanticSegmentation,
+    SeMaskSwinModel,
+)
+from hf_semseg.models.semask_swin.modeling_semask_swin import (
+    SeMaskSwinBlock,
+    SeMaskSwinPatchMerging,
+    SeMaskSwinSemanticLayer,
+    ohem_pixel_weights,
+    semantic_decoder,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
+from model_suite import SegmentationModelSuite
+
+
+def tiny_config(**overrides) -> SeMaskSwinConfig:
+    values = dict(
+        embed_dim=16,
+        depths=[2, 2, 2, 2],
+        num_heads=[1, 2, 2, 4],
+        window_size=4,
+        semantic_window_size=3,
+        semantic_attention_types=["window", "window", "global", "global"],
+        decoder_hidden_size=16,
+        drop_path_rate=0.1,
+        id2label={0: "sky", 1: "tree", 2: "road", 3: "car"},
+        label2id={"sky": 0, "tree": 1, "road": 2, "car": 3},
+    )
+    values.update(overrides)
+    return SeMaskSwinConfig(**values)
+
+
+def open_semantic_gates(model, value: float = 0.5) -> None:
+    """gamma starts at 0 (a fresh SeMask model is a plain Swin); open the gates so the semantic path matters."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".gamma"):
+                parameter.fill_(value)
+
+
+class TestSeMaskSwinForSemanticSegmentation(SegmentationModelSuite):
+    model_class = SeMaskSwinForSemanticSegmentation
+    deterministic_overrides = {**SegmentationModelSuite.deterministic_overrides, "semantic_dropout_prob": 0.0}
+
+    def get_config(self):
+        return tiny_config()
+
+    def get_image_processor(self):
+        return SeMaskImageProcessor(size={"longest_edge": 96, "shortest_edge": 64})
+
+    def prepare_for_gradient_check(self, model):
+        open_semantic_gates(model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pieces against independent references
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_window_partition_round_trip_and_order():
+    x = torch.arange(2 * 6 * 4 * 1, dtype=torch.float32).view(2, 6, 4, 1)
+    windows = window_partition(x, 2)
+    assert windows.shape == (2, 6, 4, 1)
+    # window 1 of image 0 = rows 0-1, columns 2-3, row-major inside
+    assert windows[0, 1, :, 0].tolist() == [2.0, 3.0, 6.0, 7.0]
+    torch.testing.assert_close(window_reverse(windows, 2, 6, 4), x, atol=0, rtol=0)
+
+
+def test_shifted_window_mask_matches_the_region_construction_of_swin():
+    # Swin's construction: label the 3x3 regions of the padded map, windows see -100 across regions
+    height, width, window, shift = 8, 12, 4, 2
+    regions = torch.zeros(height, width)
+    count = 0
+    for rows in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for cols in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            regions[rows, cols] = count
+            count += 1
+    windows = window_partition(regions[None, :, :, None], window)[0, ..., 0]
+    expected = (windows[:, None, :] != windows[:, :, None]).float() * -100.0
+    torch.testing.assert_close(shifted_window_mask(height, width, window, shift, torch.device("cpu")), expected)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+@pytest.mark.parametrize("size", [(8, 8), (9, 13), (5, 6)])
+def test_swin_block_equals_transformers_swin_layer(shift, size):
+    """An independent implementation of the same block (transformers' SwinLayer) on padded, shifted inputs."""
+    torch.manual_seed(0)
+    config = tiny_config(embed_dim=8, num_heads=[2, 2, 2, 2], window_size=4)
+    block = SeMaskSwinBlock(config, dim=8, num_heads=2, shift_size=shift, drop_path_rate=0.0).eval()
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.normal_(0, 0.5)
+    swin_config = SwinConfig(embed_dim=8, window_size=4, num_heads=[2], depths=[1])
+    reference = SwinLayer(swin_config, dim=8, input_resolution=size, num_heads=2, shift_size=shift).eval()
+    weights = {
+        "layernorm_before.weight": block.norm1.weight,
+        "layernorm_before.bias": block.norm1.bias,
+        "layernorm_after.weight": block.norm2.weight,
+        "layernorm_after.bias": block.norm2.bias,
+        "attention.q_proj.weight": block.attn.qkv.weight[:8],
+        "attention.k_proj.weight": block.attn.qkv.weight[8:16],
+        "attention.v_proj.weight": block.attn.qkv.weight[16:],
+        "attention.q_proj.bias": block.attn.qkv.bias[:8],
+        "attention.k_proj.bias": block.attn.qkv.bias[8:16],
+        "attention.v_proj.bias": block.attn.qkv.bias[16:],
+        "attention.o_proj.weight": block.attn.proj.weight,
+        "attention.o_proj.bias": block.attn.proj.bias,
+        "attention.relative_position_bias.relative_position_bias_table": block.attn.relative_position_bias_table,
+        "mlp.fc1.weight": block.mlp.fc1.weight,
+        "mlp.fc1.bias": block.mlp.fc1.bias,
+        "mlp.fc2.weight": block.mlp.fc2.weight,
+        "mlp.fc2.bias": block.mlp.fc2.bias,
+    }
+    reference.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=False)
+    height, width = size
+    x = torch.randn(2, height, width, 8)
+    padded_h, padded_w = math.ceil(height / 4) * 4, math.ceil(width / 4) * 4
+    mask = shifted_window_mask(padded_h, padded_w, 4, 2, x.device)
+    with torch.no_grad():
+        ours, _ = block(x, mask)
+        theirs = reference(x.view(2, height * width, 8), (height, width), always_partition=True)
+    theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    torch.testing.assert_close(ours.reshape(2, -1, 8), theirs, atol=1e-5, rtol=1e-5)
+
+
+def naive_semantic_layer(layer: SeMaskSwinSemanticLayer, x: torch.Tensor):
+    """The original's semantic layer written out window by window (loops allowed in a reference)."""
+    batch, height, width, channels = x.shape
+    y = layer.norm(x)
+    attention = layer.attentions[0]
+    w = layer.window_size if layer.windowed else None
+    if w is None:
+        groups = [(slice(0, height), slice(0, width))]
+        padded = y
+    else:
+        ph, pw = math.ceil(height / w) * w, math.ceil(width / w) * w
+        padded = F.pad(y, (0, 0, 0, pw - width, 0, ph - height))
+        groups = [(slice(r, r + w), slice(c, c + w)) for r in range(0, ph, w) for c in range(0, pw, w)]
+    out = torch.zeros_like(padded)
+    prior = torch.zeros(*padded.shape[:3], attention.class_query_proj.out_features)
+    for rows, cols in groups:
+        tokens = padded[:, rows, cols].reshape(batch, -1, channels)
+        q = attention.class_query_proj(tokens)
+        k = attention.class_key_proj(tokens)
+        v = attention.value_proj(tokens)
+        a = torch.softmax(q @ k.transpose(1, 2), dim=-1)
+        updated = tokens + attention.gamma * attention.out_proj(a @ v)
+        out[:, rows, cols] = updated.view(batch, rows.stop - rows.start, cols.stop - cols.start, channels)
+        prior[:, rows, cols] = q.view(batch, rows.stop - rows.start, cols.stop - cols.start, -1)
+    return prior[:, :height, :width], out[:, :height, :width]
+
+
+@pytest.mark.parametrize("attention_type", ["window", "global"])
+@pytest.mark.parametrize("size", [(6, 6), (7, 5)])
+def test_semantic_layer_equals_window_by_window_reference(attention_type, size):
+    torch.manual_seed(0)
+    layer = SeMaskSwinSemanticLayer(tiny_config(), dim=16, num_blocks=1, attention_type=attention_type).eval()
+    open_semantic_gates(layer, 0.7)
+    x = torch.randn(2, *size, 16)
+    with torch.no_grad():
+        prior, tokens, _ = layer(x)
+        ref_prior, ref_tokens = naive_semantic_layer(layer, x)
+    torch.testing.assert_close(prior, ref_prior, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens, ref_tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_merging_order_and_odd_padding():
+    merging = SeMaskSwinPatchMerging(tiny_config(), dim=1)
+    x = torch.arange(1 * 3 * 3, dtype=torch.float32).view(1, 3, 3, 1)
+    with torch.no_grad():
+        merging.norm.weight.fill_(1), merging.norm.bias.zero_()
+        merging.reduction.weight.copy_(torch.eye(2, 4))  # output = first two merged channels, before the norm
+        merging.norm = torch.nn.Identity()
+        out = merging(x)
+    # padded to 4x4; the first merged token takes x[0,0] then x[1,0] (row offset first)
+    assert out.shape == (1, 2, 2, 2)
+    assert out[0, 0, 0].tolist() == [0.0, 3.0]
+    assert out[0, 0, 1].tolist() == [2.0, 5.0]
+    assert out[0, 1, 1].tolist() == [8.0, 0.0]  # x[2,2] and the zero pad below it
+
+
+def test_semantic_decoder_upsamples_twofold_per_level():
+    priors = (
+        torch.zeros(1, 1, 8, 8),
+        torch.ones(1, 1, 4, 4),
+        torch.full((1, 1, 2, 2), 2.0),
+        torch.full((1, 1, 1, 1), 3.0),
+    )
+    out = semantic_decoder(priors)
+    torch.testing.assert_close(out, torch.full((1, 1, 8, 8), 6.0))
+    # odd sizes: 2x upsampling then a resize to the stride-4 size
+    priors = (torch.zeros(1, 1, 7, 5), torch.randn(1, 1, 4, 3), torch.randn(1, 1, 2, 2), torch.randn(1, 1, 1, 1))
+    expected = F.interpolate(
+        F.interpolate(priors[1], scale_factor=2.0, mode="bilinear"), size=(7, 5), mode="bilinear"
+    )
+    level2 = F.interpolate(F.interpolate(priors[2], scale_factor=2.0, mode="bilinear"), scale_factor=2.0, mode="bilinear")
+    expected = expected + F.interpolate(level2, size=(7, 5), mode="bilinear") + priors[3].expand(1, 1, 7, 5)
+    torch.testing.assert_close(semantic_decoder(priors), expected)
+
+
+def test_ohem_keeps_the_hardest_valid_pixels():
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 0] = torch.tensor([3.0, 1.0, -2.0, 0.0])  # class 0 confidence per pixel
+    labels = torch.tensor([[[0, 0, 0, 255]]])
+    weights = ohem_pixel_weights(logits, labels, ignore_index=255, min_kept=2)
+    assert weights.tolist() == [[[0.0, 1.0, 1.0, 0.0]]]  # the two least confident valid pixels
+    assert ohem_pixel_weights(logits, labels, 255, min_kept=10).tolist() == [[[1.0, 1.0, 1.0, 0.0]]]
+
+
+def test_loss_normalisation_and_ohem_switch():
+    torch.manual_seed(0)
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    labels = torch.randint(0, 4, (1, 32, 32))
+    labels[:, :8] = 255  # a quarter ignored
+    with torch.no_grad():
+        output = model(pixel_values)
+        mean_all = model.compute_loss(output.logits, output.semantic_logits, labels)
+        model.config.loss_mean_over_all_pixels = False
+        mean_valid = model.compute_loss(output.logits, output.semantic_logits, labels)
+        model.config.use_ohem, model.config.ohem_min_kept = True, 100
+        ohem = model.compute_loss(output.logits, output.semantic_logits, labels)
+    torch.testing.assert_close(mean_all, mean_valid * 0.75)
+    upsampled = F.interpolate(output.logits, size=(32, 32), mode="bilinear")
+    semantic = F.interpolate(output.semantic_logits, size=(32, 32), mode="bilinear")
+    expected = F.cross_entropy(upsampled, labels, ignore_index=255) + 0.4 * F.cross_entropy(
+        semantic, labels, ignore_index=255
+    )
+    torch.testing.assert_close(mean_valid, expected)
+    per_pixel = F.cross_entropy(upsampled, labels, ignore_index=255, reduction="none")[labels != 255]
+    hardest = per_pixel.topk(100).values.sum() / 768
+    torch.testing.assert_close(ohem, hardest + 0.4 * F.cross_entropy(semantic, labels, ignore_index=255))
+
+
+def test_labels_outside_the_classes_raise():
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, 3, 3] = 7
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        model(torch.randn(1, 3, 16, 16), labels=labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# base model / backbone / config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_model_backbone_and_segmentation_share_weights_and_outputs():
+    torch.manual_seed(0)
+    segmentation = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    open_semantic_gates(segmentation)
+    backbone = SeMaskSwinBackbone(tiny_config(out_features=["stage2", "stage4"])).eval()
+    base = SeMaskSwinModel(tiny_config()).eval()
+    backbone_state = {k.removeprefix("backbone."): v for k, v in segmentation.state_dict().items() if k.startswith("backbone.")}
+    backbone.load_state_dict(backbone_state)
+    base.load_state_dict(backbone_state)
+    pixel_values = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        full = segmentation(pixel_values, output_hidden_states=True, output_semantic_priors=True)
+        selected = backbone(pixel_values)
+        base_output = base(pixel_values, output_hidden_states=True)
+    assert backbone.channels == [32, 128]
+    assert [f.shape[1:] for f in selected.feature_maps] == [(32, 6, 8), (128, 2, 2)]
+    torch.testing.assert_close(selected.feature_maps[1], full.hidden_states[3])
+    torch.testing.assert_close(selected.semantic_priors[0], full.semantic_priors[1])
+    torch.testing.assert_close(base_output.last_hidden_state, full.hidden_states[3])
+    torch.testing.assert_close(base_output.pooler_output, full.hidden_states[3].mean((2, 3)))
+    assert [p.shape[1] for p in full.semantic_priors] == [4, 4, 4, 4]
+
+
+def test_fresh_model_is_a_plain_swin_until_gamma_opens():
+    """gamma = 0 at init, as in the original: the semantic attention update is off but the priors exist."""
+    torch.manual_seed(0)
+    model = SeMaskSwinModel(tiny_config()).eval()
+    assert all(p.item() == 0 for n, p in model.named_parameters() if n.endswith("gamma"))
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        closed = model(pixel_values, output_hidden_states=True)
+        open_semantic_gates(model)
+        opened = model(pixel_values, output_hidden_states=True)
+    assert not torch.allclose(closed.last_hidden_state, opened.last_hidden_state)
+    torch.testing.assert_close(closed.semantic_priors[0], opened.semantic_priors[0])  # stage 1 priors come first
+
+
+def test_attentions_need_eager_and_are_returned_with_it():
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    with pytest.raises(ValueError, match="eager"):
+        model(torch.randn(1, 3, 32, 32), output_attentions=True)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        output = model(torch.randn(1, 3, 32, 32), output_attentions=True)
+    # 8 Swin blocks + 4 semantic attentions; stage-1 windows of 4x4 tokens, 2x2 windows per image
+    assert len(output.attentions) == 12
+    assert output.attentions[0].shape == (4, 1, 16, 16)
+    torch.testing.assert_close(output.attentions[0].sum(-1), torch.ones(4, 1, 16))
+
+
+def test_fpn_rule_for_semantic_attention_types():
+    assert SeMaskSwinConfig(embed_dim=96, num_labels=150).semantic_attention_types == ["window", "window", "global", "global"]
+    assert SeMaskSwinConfig(embed_dim=128, num_heads=[4, 8, 16, 32], num_labels=150).semantic_attention_types == ["window"] * 4
+    assert SeMaskSwinConfig(embed_dim=192, num_labels=19).semantic_attention_types == ["window"] * 4
+    assert SeMaskSwinConfig(embed_dim=192, num_labels=171).semantic_attention_types == ["window", "window", "global", "global"]
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(Exception, match="semantic_attention_types"):
+        SeMaskSwinConfig(semantic_attention_types=["window", "local", "global", "global"])
+    with pytest.raises(Exception, match="num_heads"):
+        SeMaskSwinConfig(num_heads=[3, 6, 12])
+
+
+@pytest.mark.parametrize("name", hf_semseg.list_variants("semask_swin"))
+def test_variant_parameter_counts_equal_the_original(name):
+    variant = hf_semseg.get_variant(name)
+    config = hf_semseg.variant_config(name)
+    with torch.device("meta"):
+        model = SeMaskSwinForSemanticSegmentation(config)
+    params = sum(p.numel() for p in model.parameters())
+    assert round(params / 1e6, 2) == variant.reported["params_M"]
+
+
+def test_variant_registry():
+    names = hf_semseg.list_variants()
+    assert len(hf_semseg.list_variants("semask_swin")) == 12
+    assert "semask-fpn-tiny-ade20k" in names and "semask-fpn-large-coco-stuff-10k" in names
+    config = hf_semseg.variant_config("semask-fpn-large-ade20k")
+    assert (config.embed_dim, config.window_size, config.num_labels, config.use_ohem) == (192, 12, 150, True)
+    assert config.semantic_attention_types == ["window", "window", "global", "global"]
+    assert config.id2label[0] == "wall"
+    assert hf_semseg.variant_config("semask-fpn-base-cityscapes").semantic_attention_types == ["window"] * 4
+    with pytest.raises(KeyError, match="semask-fpn-tiny-ade20k"):
+        hf_semseg.variant_config("semask-fpn-huge-ade20k")
