@@ -22,7 +22,7 @@ from .image_processing_utils_semask_swin import (
     get_channel_axis,
     get_output_size,
     get_pad_size,
-    numpy_image_to_rgb,
+    image_to_rgb,
     pil_image_to_numpy,
     pil_segmentation_map_to_numpy,
     reduce_labels,
@@ -101,7 +101,7 @@ class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
         elif get_channel_axis(image.shape, input_data_format, index) == 2:
             image = np.moveaxis(image, 2, 0)
         if do_convert_rgb:
-            image = numpy_image_to_rgb(image, index)
+            image = image_to_rgb(torch.from_numpy(np.ascontiguousarray(image)), index).numpy()
         return image
 
     def _prepare_semask_segmentation_map(self, seg_map, index, device) -> np.ndarray:

@@ -25,6 +25,7 @@ from .image_processing_utils_semask_swin import (
     get_channel_axis,
     get_output_size,
     get_pad_size,
+    image_to_rgb,
     pil_image_to_numpy,
     pil_segmentation_map_to_numpy,
     reduce_labels,
@@ -111,29 +112,8 @@ class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
         if device is not None:
             tensor = tensor.to(device)
         if do_convert_rgb:
-            tensor = self._tensor_to_rgb(tensor, index)
+            tensor = image_to_rgb(tensor, index)
         return tensor.contiguous()
-
-    @staticmethod
-    def _tensor_to_rgb(image: torch.Tensor, index: int) -> torch.Tensor:
-        """``(C, H, W)`` with 1, 3 or 4 channels -> 3 channels (alpha composited onto white)."""
-        num_channels = image.shape[0]
-        if num_channels == 3:
-            return image
-        if num_channels == 1:
-            return image.expand(3, -1, -1)
-        if num_channels == 4:
-            is_float = image.is_floating_point()
-            if is_float and (image.min() < 0.0 or image.max() > 1.0):
-                raise ValueError(
-                    f"Image {index} is a float RGBA image with values in [{image.min().item()}, "
-                    f"{image.max().item()}]; float RGBA images must be in [0, 1] to composite the alpha channel."
-                )
-            white = 1.0 if is_float else 255.0
-            alpha = image[3:4].to(torch.float32) / white
-            composite = image[:3].to(torch.float32) * alpha + (1.0 - alpha) * white
-            return composite.to(image.dtype) if is_float else composite.round().to(image.dtype)
-        raise ValueError(f"Image {index} has {num_channels} channels; expected 1, 3 or 4.")
 
     def _prepare_semask_segmentation_map(self, seg_map, index, device) -> torch.Tensor:
         if isinstance(seg_map, PIL.Image.Image):

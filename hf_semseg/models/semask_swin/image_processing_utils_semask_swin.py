@@ -290,26 +290,26 @@ def get_channel_axis(shape: Sequence[int], input_data_format: Any, index: int) -
     )
 
 
-def numpy_image_to_rgb(image: np.ndarray, index: int) -> np.ndarray:
-    """Convert a ``(C, H, W)`` array with 1, 3 or 4 channels to 3 channels (alpha composited onto white)."""
+def image_to_rgb(image: torch.Tensor, index: int) -> torch.Tensor:
+    """Convert a ``(C, H, W)`` tensor with 1, 3 or 4 channels to 3 channels (alpha composited onto white); both
+    backends use it (the PIL backend on ``torch.from_numpy`` views)."""
     num_channels = image.shape[0]
     if num_channels == 3:
         return image
     if num_channels == 1:
-        return np.repeat(image, 3, axis=0)
+        return image.expand(3, -1, -1)
     if num_channels == 4:
-        is_float = np.issubdtype(image.dtype, np.floating)
+        is_float = image.is_floating_point()
         if is_float and (image.min() < 0.0 or image.max() > 1.0):
             raise ValueError(
-                f"Image {index} is a float RGBA image with values in [{image.min()}, {image.max()}]; float RGBA "
-                "images must be in [0, 1] to composite the alpha channel."
+                f"Image {index} is a float RGBA image with values in [{image.min().item()}, {image.max().item()}]; "
+                "float RGBA images must be in [0, 1] to composite the alpha channel."
             )
-        white = np.float32(1.0 if is_float else 255.0)
-        alpha = image[3:4].astype(np.float32) / white
-        composite = image[:3].astype(np.float32) * alpha + (np.float32(1.0) - alpha) * white
-        return composite.astype(image.dtype) if is_float else np.round(composite).astype(image.dtype)
+        white = 1.0 if is_float else 255.0
+        alpha = image[3:4].to(torch.float32) / white
+        composite = image[:3].to(torch.float32) * alpha + (1.0 - alpha) * white
+        return composite.to(image.dtype) if is_float else composite.round().to(image.dtype)
     raise ValueError(f"Image {index} has {num_channels} channels; expected 1, 3 or 4.")
-
 
 def check_image_dtype(dtype: Any, index: int) -> None:
     """Reject boolean and complex images."""

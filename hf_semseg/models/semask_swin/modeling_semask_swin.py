@@ -265,15 +265,20 @@ class SeMaskSwinWindowAttention(nn.Module):
         qkv = self.qkv(windows).view(batch_size, num_windows, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
         bias = self.relative_position_bias()
+        # With one shared bias, or one image, the windows go to the batch axis: q/k/v stay views of the fused
+        # projection and the (1 or nW, heads, N, N) mask broadcasts. Per-window shift masks with several images put
+        # the windows on the head axis instead, so that the (1, nW*heads, N, N) mask broadcasts over the images
+        # without being copied per image.
+        windows_in_batch = shift_mask is None or batch_size == 1
         if shift_mask is None:
-            # every window shares the bias: windows go to the batch axis, the (1, heads, N, N) bias broadcasts
-            attention_shape = (batch_size * num_windows, self.num_heads, tokens, self.head_dim)
             mask = bias.unsqueeze(0)
         else:
-            # the shift mask differs per window: windows go to the head axis so that (1, nW*heads, N, N) broadcasts
-            # over the batch without being copied per image
+            mask = shift_mask.unsqueeze(1).to(bias.dtype) + bias.unsqueeze(0)  # (nW, heads, N, N)
+        if windows_in_batch:
+            attention_shape = (batch_size * num_windows, self.num_heads, tokens, self.head_dim)
+        else:
             attention_shape = (batch_size, num_windows * self.num_heads, tokens, self.head_dim)
-            mask = (shift_mask.unsqueeze(1).to(bias.dtype) + bias.unsqueeze(0)).reshape(1, -1, tokens, tokens)
+            mask = mask.reshape(1, -1, tokens, tokens)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -288,7 +293,7 @@ class SeMaskSwinWindowAttention(nn.Module):
             scaling=self.scaling,
         )
         # attention layout (B', N, heads', d) -> (B, N, nW, heads, d) or (B, nW, N, heads, d) -> (B, nW, N, C)
-        if shift_mask is None:
+        if windows_in_batch:
             attn_output = attn_output.reshape(batch_size, num_windows, tokens, channels)
         else:
             attn_output = attn_output.view(batch_size, tokens, num_windows, channels).transpose(1, 2)
@@ -355,8 +360,6 @@ class SeMaskSwinSemanticAttention(nn.Module):
 
     def __init__(self, config: SeMaskSwinConfig, dim: int):
         super().__init__()
-        self.config = config
-        self.is_causal = False
         self.class_query_proj = nn.Linear(dim, config.num_labels)
         self.class_key_proj = nn.Linear(dim, config.num_labels)
         self.value_proj = nn.Linear(dim, dim)
@@ -364,19 +367,17 @@ class SeMaskSwinSemanticAttention(nn.Module):
         self.dropout = nn.Dropout(config.semantic_dropout_prob)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``tokens``: ``(B', N, C)`` -> prior ``(B', N, K)``, updated tokens ``(B', N, C)``, attention (eager only)."""
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``tokens``: ``(B', N, C)`` -> prior ``(B', N, K)``, updated tokens ``(B', N, C)``, attention ``(B', N, N)``.
+
+        Plain matmuls rather than the attention interface: queries/keys have K channels but values C, a single head
+        and no scaling, for which PyTorch's SDPA has no fused CPU kernel (its fallback was 1.6x slower here) and
+        flash/flex kernels do not apply."""
         prior = self.class_query_proj(tokens)
         class_keys = self.class_key_proj(tokens)
         values = self.value_proj(tokens)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        # one head: (B', N, D) -> (B', 1, N, D); output (B', N, 1, C)
-        attended, attn_weights = attention_interface(
-            self, prior.unsqueeze(1), class_keys.unsqueeze(1), values.unsqueeze(1), None, scaling=1.0, dropout=0.0
-        )
-        update = self.dropout(self.out_proj(attended.flatten(2)))
+        attn_weights = torch.softmax(prior @ class_keys.transpose(1, 2), dim=-1)  # (B', N, N)
+        update = self.dropout(self.out_proj(attn_weights @ values))
         return prior, tokens + self.gamma * update, attn_weights
 
 
@@ -510,8 +511,10 @@ class SeMaskSwinEncoder(nn.Module):
         feature_maps, priors, attentions = (), (), ()
         for stage, norm in zip(self.stages, self.norms):
             stage_output, prior, hidden_states, stage_attentions = stage(hidden_states)
-            feature_maps += (norm(stage_output).permute(0, 3, 1, 2).contiguous(),)  # (B, H, W, C) -> (B, C, H, W)
-            priors += (None if prior is None else prior.permute(0, 3, 1, 2).contiguous(),)
+            # (B, H, W, C) -> (B, C, H, W) as a view: the maps stay channels-last in memory, which the decode heads'
+            # convolutions run faster on, and no copy is made
+            feature_maps += (norm(stage_output).permute(0, 3, 1, 2),)
+            priors += (None if prior is None else prior.permute(0, 3, 1, 2),)
             attentions += stage_attentions
         return feature_maps, priors, attentions
 
@@ -565,12 +568,17 @@ class SeMaskSwinPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.projection.weight, a=math.sqrt(5))
             init.zeros_(module.projection.bias)
 
-    def _check_attentions_request(self, output_attentions: bool) -> None:
+    def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
+        """The forward's output switches, defaulting to the config's."""
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_attentions and self.config._attn_implementation != "eager":
             raise ValueError(
                 "output_attentions=True needs eager attention: load the model with attn_implementation='eager' "
                 f"(it uses {self.config._attn_implementation!r})"
             )
+        return output_hidden_states, output_attentions, return_dict
 
 
 class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
@@ -591,10 +599,9 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskSwinModelOutput | tuple:
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_attentions_request(output_attentions)
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         output = SeMaskSwinModelOutput(
             last_hidden_state=feature_maps[-1],
@@ -625,10 +632,9 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskSwinBackboneOutput | tuple:
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_attentions_request(output_attentions)
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         # stage_names[0] is the stem: stage i+1 is encoder output i
         selected = [self.stage_names.index(name) - 1 for name in self.out_features]
@@ -775,9 +781,9 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskSemanticSegmenterOutput | tuple:
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         feature_maps, priors = backbone_output.feature_maps, backbone_output.semantic_priors
         if len(feature_maps) != 4 or any(prior is None for prior in priors):
