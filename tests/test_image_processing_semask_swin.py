@@ -382,7 +382,7 @@ def test_bad_options_raise_clear_errors(processor_class):
 # Portability (remote code)
 # ------------------------------------------------------------------------------------------------------------------
 
-ALLOWED_TOP_LEVEL = {"torch", "numpy", "PIL", "transformers", "collections", "typing"}
+ALLOWED_TOP_LEVEL = {"torch", "numpy", "PIL", "transformers", "collections", "typing", "json", "shutil", "pathlib"}
 PROCESSOR_FILES = {
     "image_processing_semask_swin.py": ALLOWED_TOP_LEVEL | {"torchvision"},
     "image_processing_pil_semask_swin.py": ALLOWED_TOP_LEVEL,
@@ -471,3 +471,34 @@ def test_pil_backend_works_without_torchvision_in_fresh_interpreter():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("OK")
+
+
+def test_saved_processor_names_both_backends_and_loads_without_torchvision(tmp_path):
+    """auto_map names both classes; where torchvision is missing, backend="pil" loads the PIL twin remotely."""
+    import json
+    import subprocess
+    import sys
+
+    import hf_semseg
+
+    hf_semseg.SeMaskImageProcessor(size={"height": 32, "width": 48}).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["auto_map"]["AutoImageProcessor"] == {
+        "torchvision": "image_processing_semask_swin.SeMaskImageProcessor",
+        "pil": "image_processing_pil_semask_swin.SeMaskImageProcessorPil",
+    }
+    assert (tmp_path / "image_processing_pil_semask_swin.py").is_file()
+    script = f"""
+import sys
+sys.modules["torchvision"] = None
+sys.modules["hf_semseg"] = None
+import numpy as np
+from transformers import AutoImageProcessor
+processor = AutoImageProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True, backend="pil")
+out = processor(np.full((10, 20, 3), 124, dtype=np.uint8), return_tensors="pt")
+print(type(processor).__name__, tuple(out["pixel_values"].shape), round(float(out["pixel_values"][0, 0, 0, 0]), 5))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = round((124 / 255 - 0.485) / 0.229, 5)
+    assert result.stdout.split() == ["SeMaskImageProcessorPil", "(1,", "3,", "32,", "48)", str(expected)]

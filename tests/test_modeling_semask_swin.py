@@ -302,11 +302,12 @@ def test_attentions_need_eager_and_are_returned_with_it():
         model(torch.randn(1, 3, 32, 32), output_attentions=True)
     model.set_attn_implementation("eager")
     with torch.no_grad():
-        output = model(torch.randn(1, 3, 32, 32), output_attentions=True)
-    # 8 Swin blocks + 4 semantic attentions; stage-1 windows of 4x4 tokens, 2x2 windows per image
+        output = model(torch.randn(2, 3, 32, 32), output_attentions=True)
+    # per stage: 2 Swin blocks, then the semantic attention; stage-1 windows of 4x4 tokens, 2x2 windows per image
     assert len(output.attentions) == 12
-    assert output.attentions[0].shape == (4, 1, 16, 16)
-    torch.testing.assert_close(output.attentions[0].sum(-1), torch.ones(4, 1, 16))
+    assert output.attentions[0].shape == output.attentions[1].shape == (8, 1, 16, 16)  # unshifted and shifted block
+    assert output.attentions[2].shape == (18, 9, 9)  # semantic attention: 3x3 windows of 3x3 tokens (8x8 padded to 9x9)
+    torch.testing.assert_close(output.attentions[1].sum(-1), torch.ones(8, 1, 16))
 
 
 def test_fpn_rule_for_semantic_attention_types():
@@ -344,3 +345,24 @@ def test_variant_registry():
     assert hf_semseg.variant_config("semask-fpn-base-cityscapes").semantic_attention_types == ["window"] * 4
     with pytest.raises(KeyError, match="semask-fpn-tiny-ade20k"):
         hf_semseg.variant_config("semask-fpn-huge-ade20k")
+
+
+def test_import_registers_every_auto_class():
+    from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+
+    config = tiny_config()
+    assert type(AutoConfig.for_model("semask_swin")) is SeMaskSwinConfig
+    assert type(AutoModel.from_config(config)) is SeMaskSwinModel
+    assert type(AutoBackbone.from_config(config)) is SeMaskSwinBackbone
+    assert type(AutoModelForSemanticSegmentation.from_config(config)) is SeMaskSwinForSemanticSegmentation
+    assert IMAGE_PROCESSOR_MAPPING[SeMaskSwinConfig]["pil"] is hf_semseg.SeMaskImageProcessorPil
+    assert AutoImageProcessor is not None
+    for cls, auto in (
+        (SeMaskSwinConfig, "AutoConfig"),
+        (SeMaskSwinModel, "AutoModel"),
+        (SeMaskSwinBackbone, "AutoBackbone"),
+        (SeMaskSwinForSemanticSegmentation, "AutoModelForSemanticSegmentation"),
+        (SeMaskImageProcessor, "AutoImageProcessor"),
+    ):
+        assert cls._auto_class == auto

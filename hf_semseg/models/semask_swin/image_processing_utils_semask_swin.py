@@ -14,7 +14,10 @@ What lives here:
   ``post_process_semantic_segmentation``; the two backends only implement the tensor/array specific hooks.
 """
 
+import json
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -406,6 +409,13 @@ def get_pad_size(sizes: list, pad_size: SizeDict | None) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+# the two backend classes, as ``auto_map`` names them ("module.Class")
+_BACKEND_MODULES = {
+    "torchvision": "image_processing_semask_swin.SeMaskImageProcessor",
+    "pil": "image_processing_pil_semask_swin.SeMaskImageProcessorPil",
+}
+
+
 class SeMaskImageProcessingMixin:
     """Defaults, orchestration and post-processing shared by `SeMaskImageProcessor` and `SeMaskImageProcessorPil`.
 
@@ -439,6 +449,22 @@ class SeMaskImageProcessingMixin:
         if self.do_resize:
             validate_size(self.size)
             self._interpolation_mode(self.resample)  # fail early on an unsupported filter
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Saves as usual, then names BOTH backends in ``auto_map`` and copies both modules, so that
+        ``AutoImageProcessor.from_pretrained(dir, trust_remote_code=True)`` picks the torchvision class where
+        torchvision is installed and the PIL class (``backend="pil"``) where it is not."""
+        saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if getattr(self, "_auto_class", None) is None:
+            return saved
+        here = Path(__file__).resolve().parent
+        for module in _BACKEND_MODULES.values():
+            shutil.copyfile(here / f"{module.split('.')[0]}.py", Path(save_directory) / f"{module.split('.')[0]}.py")
+        config_file = Path(save_directory) / "preprocessor_config.json"
+        processor_config = json.loads(config_file.read_text())
+        processor_config.setdefault("auto_map", {})[self._auto_class] = dict(_BACKEND_MODULES)
+        config_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
+        return saved
 
     def preprocess(self, images, segmentation_maps=None, **kwargs) -> BatchFeature:
         r"""

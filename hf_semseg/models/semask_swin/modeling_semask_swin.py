@@ -259,7 +259,8 @@ class SeMaskSwinWindowAttention(nn.Module):
         self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``windows``: ``(B, num_windows, N, C)``; ``shift_mask``: ``(num_windows, N, N)`` or None.
-        Returns ``(B, num_windows, N, C)`` and the attention probabilities (eager only)."""
+        Returns ``(B, num_windows, N, C)`` and the attention probabilities ``(B*num_windows, heads, N, N)`` (eager
+        attention only, else None)."""
         batch_size, num_windows, tokens, channels = windows.shape
         # (B, nW, N, 3C) -> (3, B, nW, heads, N, d)
         qkv = self.qkv(windows).view(batch_size, num_windows, tokens, 3, self.num_heads, self.head_dim)
@@ -297,6 +298,8 @@ class SeMaskSwinWindowAttention(nn.Module):
             attn_output = attn_output.reshape(batch_size, num_windows, tokens, channels)
         else:
             attn_output = attn_output.view(batch_size, tokens, num_windows, channels).transpose(1, 2)
+            if attn_weights is not None:  # (B, nW*heads, N, N) -> (B*nW, heads, N, N), as in the other layout
+                attn_weights = attn_weights.reshape(batch_size * num_windows, self.num_heads, tokens, tokens)
         return self.proj(attn_output), attn_weights
 
 
