@@ -230,7 +230,8 @@ def time_iterations(step, warmup: int, repeats: int, synchronize) -> list[float]
 
 
 def run_worker(args) -> dict:
-    """Measure one (model, mode, batch size) and return its figures."""
+    """Peak memory and parameter count of one model for one (mode, batch size): a warm-up and one measured step in
+    a process of its own, so that nothing else's allocations count."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -238,7 +239,8 @@ def run_worker(args) -> dict:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
 
-    model = build_model(args.model).to(device)
+    (name,) = args.models
+    model = build_model(name).to(device)
     pixel_values, labels = make_inputs(args.batch_size, args.size, args.seed, device)
     batchnorm_frozen = set_mode(model, args.mode, args.batch_size)
 
@@ -251,60 +253,107 @@ def run_worker(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    step = make_step(model, args.model, args.mode, pixel_values, labels, autocast)
+    step = make_step(model, name, args.mode, pixel_values, labels, autocast)
     memory = PeakMemory(device)
     memory.start()
     times = time_iterations(step, args.warmup, args.repeats, synchronize)
-    median_s = statistics.median(times)
     return {
-        "model": args.model,
-        "mode": args.mode,
-        "batch_size": args.batch_size,
-        "size": args.size,
-        "median_s": median_s,
-        "images_per_s": args.batch_size / median_s,
-        "times_s": times,
+        "memory_run_s": times,
         "params_m": sum(parameter.numel() for parameter in model.parameters()) / 1e6,
         "batchnorm_frozen": batchnorm_frozen,
         **memory.stop(),
     }
 
 
+def run_latency_worker(args) -> dict:
+    """Latency of every model of ``args.models`` for one (mode, batch size), measured in ONE process round-robin:
+    each round runs every model once, so load changes on a shared machine hit all models alike (a run of one model
+    after another drifted by +-15% here). Returns ``{model: [seconds per timed round]}``."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    pixel_values, labels = make_inputs(args.batch_size, args.size, args.seed, device)
+
+    def autocast():
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    steps = {}
+    for name in args.models:
+        torch.manual_seed(args.seed)
+        model = build_model(name).to(device)
+        set_mode(model, args.mode, args.batch_size)
+        steps[name] = make_step(model, name, args.mode, pixel_values, labels, autocast)
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            synchronize()
+            start = time.perf_counter()
+            step()
+            synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Driver: one subprocess per measurement, table, ratios, JSON
+# Driver: a latency subprocess per (mode, batch), a memory subprocess per model, table, ratios, JSON
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def worker_command(args, model: str, mode: str, batch_size: int) -> list[str]:
-    return [
-        sys.executable, str(Path(__file__).resolve()), "--worker",
-        "--model", model, "--mode", mode, "--batch-size", str(batch_size),
+def worker_command(args, models: list[str], mode: str, batch_size: int, latency: bool) -> list[str]:
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--latency-worker" if latency else "--worker",
+        "--models", *models, "--mode", mode, "--batch-size", str(batch_size),
         "--size", str(args.size), "--device", args.device, "--dtype", args.dtype,
-        "--threads", str(args.threads), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-        "--seed", str(args.seed),
+        "--threads", str(args.threads), "--seed", str(args.seed),
     ]  # fmt: skip
+    # memory workers run one warm-up and one measured iteration; latency workers the requested counts
+    counts = (args.warmup, args.repeats) if latency else (1, 1)
+    return command + ["--warmup", str(counts[0]), "--repeats", str(counts[1])]
 
 
-def run_measurement(args, model: str, mode: str, batch_size: int) -> dict:
-    """Run one measurement in a fresh subprocess; a failure becomes a result with an ``error``."""
+def run_subprocess(args, models: list[str], mode: str, batch_size: int, latency: bool) -> dict:
+    """Run a worker in a fresh subprocess and return its JSON, or ``{"error": ...}``."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    process = subprocess.run(worker_command(args, model, mode, batch_size), capture_output=True, text=True, env=env)
+    command = worker_command(args, models, mode, batch_size, latency)
+    process = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in reversed(process.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
             return json.loads(line[len(RESULT_MARKER) :])
-    error = (process.stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]
-    return {"model": model, "mode": mode, "batch_size": batch_size, "size": args.size, "error": error}
+    return {"error": (process.stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]}
 
 
 def run_all(args) -> list[dict]:
-    """All measurements, models interleaved per batch size and mode."""
-    plan = [(batch, mode, model) for batch in args.batch_sizes for mode in args.modes for model in args.models]
+    """Per batch size and mode: the interleaved latency run of all models, then one memory run per model."""
     results = []
-    for index, (batch_size, mode, model) in enumerate(plan, 1):
-        print(f"[{index}/{len(plan)}] {model} {mode} batch={batch_size} ...", end=" ", file=sys.stderr, flush=True)
-        result = run_measurement(args, model, mode, batch_size)
-        print(result.get("error") or f"{result['median_s']:.4f} s/it", file=sys.stderr, flush=True)
-        results.append(result)
+    for batch_size in args.batch_sizes:
+        for mode in args.modes:
+            print(f"{mode} batch={batch_size}: latency of {len(args.models)} models, round-robin ...", end=" ",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            latency = run_subprocess(args, args.models, mode, batch_size, latency=True)
+            print(latency.get("error", "done"), file=sys.stderr, flush=True)
+            for model in args.models:
+                base = {"model": model, "mode": mode, "batch_size": batch_size, "size": args.size}
+                memory = run_subprocess(args, [model], mode, batch_size, latency=False)
+                error = latency.get("error") or memory.get("error")
+                if error:
+                    results.append({**base, "error": error})
+                    continue
+                times = latency[model]
+                median_s = statistics.median(times)
+                results.append({
+                    **memory, **base, "median_s": median_s, "images_per_s": batch_size / median_s, "times_s": times,
+                })  # fmt: skip
     return results
 
 
@@ -425,7 +474,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="smoke run: size 128, batch 1, 1 repeat, no warmup")
     # hidden worker mode: one measurement, printed as one JSON line
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--latency-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -439,8 +488,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        print(RESULT_MARKER + json.dumps(run_worker(args)), flush=True)
+    if args.worker or args.latency_worker:
+        result = run_latency_worker(args) if args.latency_worker else run_worker(args)
+        print(RESULT_MARKER + json.dumps(result), flush=True)
         return
     env = environment(args)
     print(f"torch {env['torch']}, transformers {env['transformers']}, {args.device} {args.dtype}, "

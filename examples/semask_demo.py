@@ -32,7 +32,9 @@ def generate_scene(height: int = 160, width: int = 224, seed: int = 0) -> tuple[
     labels = np.zeros((height, width), dtype=np.uint8)
     labels[(rows - 0.45 * height) ** 2 + (cols - 0.25 * width) ** 2 < (0.22 * height) ** 2] = 1
     labels[(rows > 0.15 * height) & (rows < 0.85 * height) & (np.abs(cols - 0.62 * width) < 0.05 * width)] = 2
-    triangle = (rows > 0.55 * height) & (rows < 0.95 * height) & (np.abs(cols - 0.85 * width) < (rows - 0.55 * height) * 0.4)
+    triangle = (
+        (rows > 0.55 * height) & (rows < 0.95 * height) & (np.abs(cols - 0.85 * width) < (rows - 0.55 * height) * 0.4)
+    )
     labels[triangle] = 3
     base = np.array([[90, 110, 80], [200, 60, 50], [50, 120, 200], [220, 190, 40]], dtype=np.float32)
     stripes = 25 * np.sin(cols[..., None] / 3.0 + rows[..., None] / 5.0)

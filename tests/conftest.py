@@ -13,8 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf_semseg_modules_"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# reference data made by running the original implementations; it lives next to the repository, never inside it
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+# reference data made by running the original implementations; it lives next to the repository (never inside it),
+# or where HF_SEMSEG_FIXTURES points
+FIXTURES = Path(os.environ.get("HF_SEMSEG_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
 
 def fixture_dir(name: str) -> Path:

@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg  # noqa: F401  (registers the Auto classes)
-from conftest import REPO_ROOT, fixture_dir
 from hf_semseg.conversion.semask_fpn import (
     CheckpointError,
     check_against_model,
@@ -21,6 +20,8 @@ from hf_semseg.models.semask_swin.modeling_semask_swin import (
     SeMaskSwinForSemanticSegmentation,
     relative_position_index,
 )
+
+from conftest import REPO_ROOT, fixture_dir
 
 
 SCRIPT = REPO_ROOT / "conversion" / "convert_semask_fpn_to_hf.py"
@@ -115,7 +116,9 @@ def test_every_released_fpn_layout_converts(name):
         model = SeMaskSwinForSemanticSegmentation(config)
     check_against_model(converted, model.state_dict())
     original_params = sum(
-        t.numel() for k, t in state_dict.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked", "relative_position_index"))
+        t.numel()
+        for k, t in state_dict.items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked", "relative_position_index"))
     )
     assert sum(p.numel() for p in model.parameters()) == original_params
     assert round(original_params / 1e6, 2) == params_m
@@ -188,7 +191,14 @@ def test_command_line_writes_a_loadable_folder(tmp_path, tiny_fixture):
     folder, model, _ = tiny_fixture
     output_dir = tmp_path / "converted"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--checkpoint_path", str(folder / "original_checkpoint.pth"), "--output_dir", str(output_dir)],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--checkpoint_path",
+            str(folder / "original_checkpoint.pth"),
+            "--output_dir",
+            str(output_dir),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -24,6 +24,7 @@ from hf_semseg.models.semask_swin.modeling_semask_swin import (
     window_partition,
     window_reverse,
 )
+
 from model_suite import SegmentationModelSuite
 
 
@@ -204,10 +205,10 @@ def test_semantic_decoder_upsamples_twofold_per_level():
     torch.testing.assert_close(out, torch.full((1, 1, 8, 8), 6.0))
     # odd sizes: 2x upsampling then a resize to the stride-4 size
     priors = (torch.zeros(1, 1, 7, 5), torch.randn(1, 1, 4, 3), torch.randn(1, 1, 2, 2), torch.randn(1, 1, 1, 1))
-    expected = F.interpolate(
-        F.interpolate(priors[1], scale_factor=2.0, mode="bilinear"), size=(7, 5), mode="bilinear"
+    expected = F.interpolate(F.interpolate(priors[1], scale_factor=2.0, mode="bilinear"), size=(7, 5), mode="bilinear")
+    level2 = F.interpolate(
+        F.interpolate(priors[2], scale_factor=2.0, mode="bilinear"), scale_factor=2.0, mode="bilinear"
     )
-    level2 = F.interpolate(F.interpolate(priors[2], scale_factor=2.0, mode="bilinear"), scale_factor=2.0, mode="bilinear")
     expected = expected + F.interpolate(level2, size=(7, 5), mode="bilinear") + priors[3].expand(1, 1, 7, 5)
     torch.testing.assert_close(semantic_decoder(priors), expected)
 
@@ -265,7 +266,9 @@ def test_model_backbone_and_segmentation_share_weights_and_outputs():
     open_semantic_gates(segmentation)
     backbone = SeMaskSwinBackbone(tiny_config(out_features=["stage2", "stage4"])).eval()
     base = SeMaskSwinModel(tiny_config()).eval()
-    backbone_state = {k.removeprefix("backbone."): v for k, v in segmentation.state_dict().items() if k.startswith("backbone.")}
+    backbone_state = {
+        k.removeprefix("backbone."): v for k, v in segmentation.state_dict().items() if k.startswith("backbone.")
+    }
     backbone.load_state_dict(backbone_state)
     base.load_state_dict(backbone_state)
     pixel_values = torch.randn(1, 3, 45, 61)
@@ -311,10 +314,23 @@ def test_attentions_need_eager_and_are_returned_with_it():
 
 
 def test_fpn_rule_for_semantic_attention_types():
-    assert SeMaskSwinConfig(embed_dim=96, num_labels=150).semantic_attention_types == ["window", "window", "global", "global"]
-    assert SeMaskSwinConfig(embed_dim=128, num_heads=[4, 8, 16, 32], num_labels=150).semantic_attention_types == ["window"] * 4
+    assert SeMaskSwinConfig(embed_dim=96, num_labels=150).semantic_attention_types == [
+        "window",
+        "window",
+        "global",
+        "global",
+    ]
+    assert (
+        SeMaskSwinConfig(embed_dim=128, num_heads=[4, 8, 16, 32], num_labels=150).semantic_attention_types
+        == ["window"] * 4
+    )
     assert SeMaskSwinConfig(embed_dim=192, num_labels=19).semantic_attention_types == ["window"] * 4
-    assert SeMaskSwinConfig(embed_dim=192, num_labels=171).semantic_attention_types == ["window", "window", "global", "global"]
+    assert SeMaskSwinConfig(embed_dim=192, num_labels=171).semantic_attention_types == [
+        "window",
+        "window",
+        "global",
+        "global",
+    ]
 
 
 def test_config_validation_names_the_field():

@@ -7,7 +7,11 @@ from string import Template
 from ..variants import get_variant, list_variants
 
 
-_DATASET_IDS = {150: ("ADE20K", "scene_parse_150"), 19: ("Cityscapes", "cityscapes"), 171: ("COCO-Stuff-10k", "coco_stuff")}
+_DATASET_IDS = {
+    150: ("ADE20K", "scene_parse_150"),
+    19: ("Cityscapes", "cityscapes"),
+    171: ("COCO-Stuff-10k", "coco_stuff"),
+}
 _DATASET_KEYS = {150: "ade20k", 19: "cityscapes", 171: "coco-stuff-10k"}
 _SIZE_NAMES = {(96, 6): "tiny", (96, 18): "small", (128, 18): "base", (192, 18): "large"}
 
@@ -66,4 +70,3 @@ def write_model_card(template_path: Path, output_dir: Path, model, checkpoint_na
     card = Path(output_dir) / "README.md"
     card.write_text(text)
     return card
-

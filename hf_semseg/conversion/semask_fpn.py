@@ -31,7 +31,10 @@ RENAMES: list[tuple[str, str]] = [
         r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table",
         r"backbone.encoder.stages.\1.blocks.\2.attn.relative_position_bias_table",
     ),
-    (r"backbone\.layers\.(\d+)\.semantic_layer\.norm1\.(weight|bias)", r"backbone.encoder.stages.\1.semantic_layer.norm.\2"),
+    (
+        r"backbone\.layers\.(\d+)\.semantic_layer\.norm1\.(weight|bias)",
+        r"backbone.encoder.stages.\1.semantic_layer.norm.\2",
+    ),
     (
         r"backbone\.layers\.(\d+)\.semantic_layer\.class_injection\.(\d+)\.gamma",
         r"backbone.encoder.stages.\1.semantic_layer.attentions.\2.gamma",
@@ -52,7 +55,10 @@ RENAMES: list[tuple[str, str]] = [
         r"backbone\.layers\.(\d+)\.semantic_layer\.class_injection\.(\d+)\.mlp_res\.(weight|bias)",
         r"backbone.encoder.stages.\1.semantic_layer.attentions.\2.out_proj.\3",
     ),
-    (r"backbone\.layers\.(\d+)\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)", r"backbone.encoder.stages.\1.downsample.\2"),
+    (
+        r"backbone\.layers\.(\d+)\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)",
+        r"backbone.encoder.stages.\1.downsample.\2",
+    ),
     (r"backbone\.norm(\d+)\.(weight|bias)", r"backbone.encoder.norms.\1.\2"),
     (r"decode_head\.conv_seg\.(weight|bias)", r"decode_head.classifier.\1"),
     # scale_heads.{level}.{2k} are ConvModules (odd indices are parameter-free Upsample layers)
@@ -152,7 +158,11 @@ def infer_config(state_dict: dict[str, torch.Tensor], meta: dict | None = None) 
         raise CheckpointError(f"stages {stage_ids} are not numbered 0..n-1")
     depths, num_heads, num_semantic_blocks = [], [], []
     for stage in stage_ids:
-        blocks = {int(m.group(1)) for key in state_dict if (m := re.match(rf"backbone\.layers\.{stage}\.blocks\.(\d+)\.", key))}
+        blocks = {
+            int(m.group(1))
+            for key in state_dict
+            if (m := re.match(rf"backbone\.layers\.{stage}\.blocks\.(\d+)\.", key))
+        }
         depths.append(len(blocks))
         num_heads.append(_shape(state_dict, f"backbone.layers.{stage}.blocks.0.attn.relative_position_bias_table")[1])
         injections = {
@@ -261,7 +271,9 @@ def convert_checkpoint(path: str | Path):
     converted = convert_state_dict(state_dict)
     model = SeMaskSwinForSemanticSegmentation(config)
     check_against_model(converted, model.state_dict())
-    model.load_state_dict({key: value.float() if value.is_floating_point() else value for key, value in converted.items()})
+    model.load_state_dict(
+        {key: value.float() if value.is_floating_point() else value for key, value in converted.items()}
+    )
     return model.eval(), meta
 
 

@@ -159,9 +159,7 @@ class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
             pad_height, pad_width = get_pad_size(output_sizes, pad_size)
             pixel_values = [self._pad_right_bottom(image, pad_height, pad_width, 0.0) for image in pixel_values]
             if labels is not None:
-                labels = [
-                    self._pad_right_bottom(label, pad_height, pad_width, SEMASK_IGNORE_INDEX) for label in labels
-                ]
+                labels = [self._pad_right_bottom(label, pad_height, pad_width, SEMASK_IGNORE_INDEX) for label in labels]
 
         data = {"pixel_values": pixel_values}
         if labels is not None:

@@ -314,6 +314,7 @@ def image_to_rgb(image: torch.Tensor, index: int) -> torch.Tensor:
         return composite.to(image.dtype) if is_float else composite.round().to(image.dtype)
     raise ValueError(f"Image {index} has {num_channels} channels; expected 1, 3 or 4.")
 
+
 def check_image_dtype(dtype: Any, index: int) -> None:
     """Reject boolean and complex images."""
     name = str(dtype)
@@ -565,9 +566,9 @@ class SeMaskImageProcessingMixin:
             results = []
             for index in range(len(logits)):
                 height, width = (int(value) for value in target_sizes[index])
-                scores = F.interpolate(
-                    logits[index][None], size=(height, width), mode="bilinear", align_corners=False
-                )[0]
+                scores = F.interpolate(logits[index][None], size=(height, width), mode="bilinear", align_corners=False)[
+                    0
+                ]
                 results.append((scores.argmax(dim=0), scores))
         else:
             segmentation = logits.argmax(dim=1)
@@ -576,8 +577,6 @@ class SeMaskImageProcessingMixin:
         if not return_segmentation_scores:
             return [segmentation for segmentation, _ in results]
         return [
-            SemanticSegmentationPostProcessorOutput(
-                data={"segmentation": segmentation, "segmentation_scores": scores}
-            )
+            SemanticSegmentationPostProcessorOutput(data={"segmentation": segmentation, "segmentation_scores": scores})
             for segmentation, scores in results
         ]
