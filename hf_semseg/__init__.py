@@ -10,9 +10,20 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
 )
 
+from .models.pale import (
+    PaleBackbone,
+    PaleConfig,
+    PaleForImageClassification,
+    PaleForSemanticSegmentation,
+    PaleModel,
+    PaleModelOutput,
+    PalePreTrainedModel,
+    PaleSemanticSegmenterOutput,
+)
 from .models.semask_swin import (
     SeMaskImageProcessor,
     SeMaskImageProcessorPil,
@@ -48,10 +59,35 @@ def _register_auto_classes() -> None:
     SeMaskImageProcessor.register_for_auto_class("AutoImageProcessor")
     SeMaskImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 
+    AutoConfig.register(PaleConfig.model_type, PaleConfig, exist_ok=True)
+    AutoModel.register(PaleConfig, PaleModel, exist_ok=True)
+    AutoBackbone.register(PaleConfig, PaleBackbone, exist_ok=True)
+    AutoModelForImageClassification.register(PaleConfig, PaleForImageClassification, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(PaleConfig, PaleForSemanticSegmentation, exist_ok=True)
+    # Pale has no original pre-processing to reproduce: it shares the mmseg-style keep-ratio processor
+    AutoImageProcessor.register(
+        PaleConfig,
+        image_processor_classes={"torchvision": SeMaskImageProcessor, "pil": SeMaskImageProcessorPil},
+        exist_ok=True,
+    )
+    PaleConfig.register_for_auto_class("AutoConfig")
+    PaleModel.register_for_auto_class("AutoModel")
+    PaleBackbone.register_for_auto_class("AutoBackbone")
+    PaleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+    PaleForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
 
 _register_auto_classes()
 
 __all__ = [
+    "PaleBackbone",
+    "PaleConfig",
+    "PaleForImageClassification",
+    "PaleForSemanticSegmentation",
+    "PaleModel",
+    "PaleModelOutput",
+    "PalePreTrainedModel",
+    "PaleSemanticSegmenterOutput",
     "SeMaskImageProcessor",
     "SeMaskImageProcessorPil",
     "SeMaskSemanticSegmenterOutput",

@@ -151,3 +151,63 @@ def _register_semask_fpn() -> None:
 
 
 _register_semask_fpn()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pale Transformer (Wu et al. 2022). No weights were ever released: these are architectures, randomly initialised.
+# ----------------------------------------------------------------------------------------------------------------
+
+_PALE_SIZES = {
+    # size: (embed_dim, heads, drop_path_rate, ImageNet-1k top-1 reported, params M reported, GFLOPs reported)
+    "tiny": (64, (2, 4, 8, 16), 0.1, 83.4, 22, 4.2),
+    "small": (96, (4, 8, 16, 32), 0.3, 84.3, 48, 9.0),
+    "base": (128, (4, 8, 16, 32), 0.5, 84.9, 85, 15.6),
+}
+
+
+def pale_config(size: str, num_labels: int = 1000, id2label: dict | None = None):
+    """Pale-T/S/B (depths 2-2-16-2, pale size 7 in every stage)."""
+    from .models.pale.configuration_pale import PaleConfig
+
+    embed_dim, heads, drop_path, *_ = _PALE_SIZES[size]
+    id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+    return PaleConfig(
+        embed_dim=embed_dim,
+        depths=[2, 2, 16, 2],
+        num_heads=list(heads),
+        pale_sizes=[7, 7, 7, 7],
+        drop_path_rate=drop_path,
+        id2label=id2label,
+        label2id={label: i for i, label in id2label.items()},
+    )
+
+
+def _register_pale() -> None:
+    for size, (_, _, _, top1, params, gflops) in _PALE_SIZES.items():
+        register_variant(
+            Variant(
+                name=f"pale-{size}",
+                family="pale",
+                dataset="imagenet-1k",
+                make_config=lambda size=size: pale_config(size),
+                test_scale=(224, 224),
+                crop_size=(224, 224),
+                reduce_labels=False,
+                reported={"top1": top1, "params_M": params, "GFLOPs_224": gflops, "weights": None},
+            )
+        )
+        register_variant(
+            Variant(
+                name=f"pale-{size}-upernet-ade20k",
+                family="pale",
+                dataset="ade20k",
+                make_config=lambda size=size: pale_config(size, id2label=dataset_labels("ade20k")[0]),
+                test_scale=(2048, 512),
+                crop_size=(512, 512),
+                reduce_labels=True,
+                reported={"weights": None},
+            )
+        )
+
+
+_register_pale()

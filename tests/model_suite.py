@@ -67,6 +67,12 @@ class SegmentationModelSuite:
         labels[torch.rand(batch_size, height, width, generator=generator) < 0.1] = 255
         return pixel_values, labels
 
+    def assert_same_computation(self, actual: torch.Tensor, expected: torch.Tensor) -> None:
+        """Equal up to float32 rounding, measured relative to the largest logit (convolution algorithms differ with
+        the batch size)."""
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(actual, expected, atol=self.atol * scale, rtol=0)
+
     def expected_logits_size(self, height: int, width: int) -> tuple[int, int]:
         return -(-height // self.logits_stride), -(-width // self.logits_stride)
 
@@ -111,7 +117,7 @@ class SegmentationModelSuite:
         with torch.no_grad():
             batched = model(pixel_values).logits
             singles = torch.cat([model(pixel_values[i : i + 1]).logits for i in range(3)])
-        torch.testing.assert_close(batched, singles, atol=self.atol, rtol=1e-4)
+        self.assert_same_computation(batched, singles)
 
     @pytest.mark.parametrize("size_index", [0, 1, 2])
     def test_odd_input_sizes(self, size_index):
@@ -123,7 +129,7 @@ class SegmentationModelSuite:
             singles = torch.cat([model(pixel_values[i : i + 1]).logits for i in range(2)])
         assert output.logits.shape[-2:] == self.expected_logits_size(height, width)
         assert torch.isfinite(output.logits).all() and torch.isfinite(output.loss)
-        torch.testing.assert_close(output.logits, singles, atol=self.atol, rtol=1e-4)
+        self.assert_same_computation(output.logits, singles)
 
     def test_gradients_reach_every_trainable_parameter(self):
         model = self.make_model().train()

@@ -1,0 +1,113 @@
+"""Configuration of the Pale Transformer (Wu, Wu, Tan, Guo, "Pale Transformer: A General Vision Transformer Backbone
+with Pale-Shaped Attention", AAAI 2022, arXiv 2112.14000) and of its UperNet segmentation model.
+
+No official code or weights were ever released; the layout follows the paper (and reproduces its parameter counts,
+22M / 48M / 85M for Pale-T / S / B). Portable module: imports only transformers and huggingface_hub.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
+
+
+@strict
+class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
+    r"""Configuration of a Pale Transformer backbone, image classifier and UperNet segmentation model.
+
+    Args:
+        num_channels: input channels.
+        embed_dim: channels of stage 1; stage ``i`` has ``embed_dim * 2**i`` (64 / 96 / 128 for Pale-T / S / B).
+        depths: Pale blocks per stage ([2, 2, 16, 2]).
+        num_heads: attention heads per stage, split evenly between the row and the column branch (a single head is
+            used by both branches).
+        pale_sizes: pale size ``s`` per stage: each pale holds ``s`` interlaced rows and ``s`` interlaced columns.
+        mlp_ratio: MLP hidden size ratio.
+        qkv_bias: bias of the point-wise Q/K/V projections.
+        qkv_depthwise_bias: bias of the depth-wise 3x3 convs of the separable Q/K/V projections (CvT style: none).
+        cpe_kernel_size: kernel of the depth-wise conditional position encoding conv before each block.
+        patch_sizes / patch_strides: overlapping conv embeddings (7/4 stem, 3/2 between stages).
+        embed_norm: LayerNorm after each conv embedding.
+        final_norm: LayerNorm on the pooled features before the classifier.
+        hidden_act: MLP activation.
+        layer_norm_eps: LayerNorm epsilon.
+        drop_path_rate: stochastic depth, linearly increased over all blocks (0.1 / 0.3 / 0.5 for T / S / B).
+        attention_probs_dropout_prob / hidden_dropout_prob: dropouts of the attention and of the projections.
+        initializer_range: std of the truncated-normal init of Linear layers.
+        decoder_hidden_size: channels of the UperNet head (512).
+        pool_scales: pyramid pooling scales of the UperNet head.
+        use_auxiliary_head: the FCN auxiliary head on stage 3 (Swin/CSWin ADE20K recipe).
+        auxiliary_loss_weight / auxiliary_channels / auxiliary_num_convs / auxiliary_concat_input: the FCN head.
+        loss_ignore_index: label ignored by the segmentation losses.
+        out_features / out_indices: stages returned by :class:`PaleBackbone`.
+    """
+
+    model_type = "pale"
+    attribute_map = {"num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"}
+
+    num_channels: int = 3
+    embed_dim: int = 64
+    depths: list[int] | tuple[int, ...] = (2, 2, 16, 2)
+    num_heads: list[int] | tuple[int, ...] = (2, 4, 8, 16)
+    pale_sizes: list[int] | tuple[int, ...] = (7, 7, 7, 7)
+    mlp_ratio: float | int = 4.0
+    qkv_bias: bool = True
+    qkv_depthwise_bias: bool = False
+    cpe_kernel_size: int = 3
+    patch_sizes: list[int] | tuple[int, ...] = (7, 3, 3, 3)
+    patch_strides: list[int] | tuple[int, ...] = (4, 2, 2, 2)
+    embed_norm: bool = True
+    final_norm: bool = True
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    drop_path_rate: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.0
+    hidden_dropout_prob: float | int = 0.0
+    initializer_range: float = 0.02
+    decoder_hidden_size: int = 512
+    pool_scales: list[int] | tuple[int, ...] = (1, 2, 3, 6)
+    use_auxiliary_head: bool = True
+    auxiliary_loss_weight: float | int = 0.4
+    auxiliary_channels: int = 256
+    auxiliary_num_convs: int = 1
+    auxiliary_concat_input: bool = False
+    loss_ignore_index: int = 255
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        for name in ("depths", "num_heads", "pale_sizes", "patch_sizes", "patch_strides", "pool_scales"):
+            setattr(self, name, list(getattr(self, name)))
+        self.num_layers = len(self.depths)
+        self.hidden_sizes = [self.embed_dim * 2**i for i in range(self.num_layers)]
+        self.hidden_size = self.hidden_sizes[-1]
+        self.stage_names = ["stem"] + [f"stage{idx}" for idx in range(1, self.num_layers + 1)]
+        out_features = kwargs.pop("out_features", None)
+        out_indices = kwargs.pop("out_indices", None)
+        if out_features is None and out_indices is None and self._out_features is None and self._out_indices is None:
+            out_features = self.stage_names[1:]
+        self.set_output_features_output_indices(
+            out_features=out_features if out_features is not None else self._out_features,
+            out_indices=out_indices if out_indices is not None else self._out_indices,
+        )
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        num_stages = len(self.depths)
+        for name in ("num_heads", "pale_sizes", "patch_sizes", "patch_strides"):
+            if len(getattr(self, name)) != num_stages:
+                raise ValueError(f"PaleConfig.{name} has {len(getattr(self, name))} entries, depths has {num_stages}")
+        for stage, heads in enumerate(self.num_heads):
+            dim = self.embed_dim * 2**stage
+            if heads > 1 and (heads % 2 or dim % heads):
+                raise ValueError(
+                    f"stage {stage}: num_heads[{stage}] = {heads} must be even (half per branch) and divide {dim}"
+                )
+            if dim % 2:
+                raise ValueError(f"stage {stage}: {dim} channels cannot be split into a row and a column half")
+        if any(size < 1 for size in self.pale_sizes):
+            raise ValueError(f"PaleConfig.pale_sizes must be positive, got {self.pale_sizes}")
+
+
+AutoConfig.register(PaleConfig.model_type, PaleConfig, exist_ok=True)
+
+__all__ = ["PaleConfig"]

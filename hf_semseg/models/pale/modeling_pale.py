@@ -1,0 +1,548 @@
+"""Pale Transformer: a hierarchical vision Transformer whose self-attention runs inside pale-shaped regions.
+
+Paper: Wu, Wu, Tan, Guo, "Pale Transformer: A General Vision Transformer Backbone with Pale-Shaped Attention",
+AAAI 2022, arXiv 2112.14000. No official code or weights were ever released: this is a first implementation from
+the paper, and every Pale model is randomly initialised or trained by its user.
+
+Structure (paper Sec. 3):
+- four stages (strides 4/8/16/32), each an overlapping conv embedding (7x7/4 stem, 3x3/2 between stages) followed
+  by Pale blocks: ``x + CPE(x)``, ``x + DropPath(PS-Attention(LN(x)))``, ``x + DropPath(MLP(LN(x)))``;
+- Pale-Shaped self-Attention (PS-Attention, Sec. 3.2): separable-conv Q/K/V (depth-wise 3x3, BatchNorm,
+  point-wise linear, as in CvT); the channels are split in two halves: the row half attends within groups of ``s``
+  interlaced rows (rows ``i, i + H/s, i + 2H/s, ...``), the column half within groups of ``s`` interlaced columns;
+  the outputs are concatenated and projected. Grouping is a reshape; sizes that ``s`` does not divide are padded and
+  the padded keys masked.
+
+Portable module: imports only torch, transformers and its sibling configuration module.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
+from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
+from transformers.utils import ModelOutput
+
+from .configuration_pale import PaleConfig
+
+
+@dataclass
+class PaleModelOutput(ModelOutput):
+    """Output of :class:`PaleModel`.
+
+    Args:
+        last_hidden_state: output of the last stage, ``(B, C_3, H/32, W/32)``.
+        pooler_output: the last stage averaged over space (then LayerNorm-ed when ``final_norm``), ``(B, C_3)``.
+        hidden_states: the output of every stage, ``(B, C_i, H_i, W_i)`` (on request).
+        attentions: attention probabilities per block, ``(row, column)`` pairs (eager attention only, on request).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple | None = None
+
+
+@dataclass
+class PaleSemanticSegmenterOutput(ModelOutput):
+    """Output of :class:`PaleForSemanticSegmentation`.
+
+    Args:
+        loss: cross-entropy of ``logits`` plus ``auxiliary_loss_weight`` x that of ``auxiliary_logits``, both upsampled
+            to the label size (when ``labels`` are given).
+        logits: UperNet class scores at 1/4 of the input size, ``(B, num_labels, H/4, W/4)``.
+        auxiliary_logits: the FCN auxiliary head's scores at 1/16 of the input size (when the head is used).
+        hidden_states: the backbone's normalised feature maps (on request).
+        attentions: attention probabilities (eager attention only, on request).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    auxiliary_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pale grouping (pure reshapes)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pale_group_rows(hidden_states: torch.Tensor, pale_size: int) -> torch.Tensor:
+    """``(B, H, W, c)`` with ``H = s * N`` -> ``(B * N, s * W, c)``: group ``i`` holds the interlaced rows
+    ``i, i + N, ..., i + (s - 1) N`` (all columns), row-major."""
+    batch_size, height, width, channels = hidden_states.shape
+    groups = height // pale_size
+    # row h = a * N + i  ->  (B, s [a], N [i], W, c) -> (B, N, s, W, c)
+    grouped = hidden_states.view(batch_size, pale_size, groups, width, channels).transpose(1, 2)
+    return grouped.reshape(batch_size * groups, pale_size * width, channels)
+
+
+def pale_ungroup_rows(grouped: torch.Tensor, pale_size: int, batch_size: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`pale_group_rows`: ``(B * N, s * W, c)`` -> ``(B, s * N, W, c)``."""
+    channels = grouped.shape[-1]
+    # (B, N, s, W, c) -> (B, s, N, W, c)
+    hidden_states = grouped.view(batch_size, -1, pale_size, width, channels).transpose(1, 2)
+    return hidden_states.reshape(batch_size, -1, width, channels)
+
+
+def padded_key_mask(height: int, padded_height: int, pale_size: int, width: int, batch_size: int, device, dtype):
+    """Additive ``(B * N, 1, 1, s * W)`` mask that hides the keys of padded rows (row ``a * N + i >= H``)."""
+    groups = padded_height // pale_size
+    rows = torch.arange(pale_size, device=device)[None, :] * groups + torch.arange(groups, device=device)[:, None]
+    is_padding = (rows >= height)[:, :, None].expand(groups, pale_size, width).reshape(groups, 1, 1, -1)
+    mask = torch.zeros(is_padding.shape, device=device, dtype=dtype).masked_fill(is_padding, torch.finfo(dtype).min)
+    return mask.repeat(batch_size, 1, 1, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PalePatchEmbeddings(nn.Module):
+    """Overlapping conv embedding ``Conv2d(k, stride, padding k // 2)`` (+ LayerNorm); channels-last output."""
+
+    def __init__(self, config: PaleConfig, in_channels: int, out_channels: int, kernel_size: int, stride: int):
+        super().__init__()
+        self.projection = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+        self.norm = nn.LayerNorm(out_channels, eps=config.layer_norm_eps) if config.embed_norm else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, H', W', C)``."""
+        return self.norm(self.projection(hidden_states).permute(0, 2, 3, 1))
+
+
+class PaleSeparableProjection(nn.Module):
+    """CvT-style separable projection: depth-wise 3x3 conv -> BatchNorm -> point-wise Linear."""
+
+    def __init__(self, config: PaleConfig, dim: int):
+        super().__init__()
+        self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=config.qkv_depthwise_bias)
+        self.norm = nn.BatchNorm2d(dim)
+        self.pointwise = nn.Linear(dim, dim, bias=config.qkv_bias)
+
+    def forward(self, channels_first: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, H, W, C)``."""
+        return self.pointwise(self.norm(self.depthwise(channels_first)).permute(0, 2, 3, 1))
+
+
+class PaleAttentionOutput(nn.Module):
+    def __init__(self, config: PaleConfig, dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class PaleShapedAttention(nn.Module):
+    """Pale-Shaped self-Attention (paper Sec. 3.2, Eq. 3-5) through transformers' attention interface.
+
+    The row half of the channels (``heads / 2`` heads) attends within groups of ``s`` interlaced rows, the column half
+    within groups of ``s`` interlaced columns; each token thus sees ``s * W + s * H - s * s`` tokens spread over the
+    whole image. ``s`` is clamped to the map size; a size that ``s`` does not divide is zero-padded at the bottom /
+    right and the padded keys are masked, so the result does not depend on the padding.
+    """
+
+    def __init__(self, config: PaleConfig, dim: int, num_heads: int, pale_size: int):
+        super().__init__()
+        self.config = config
+        self.pale_size = pale_size
+        self.heads_per_branch = max(num_heads // 2, 1)
+        self.head_dim = dim // 2 // self.heads_per_branch
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.query = PaleSeparableProjection(config, dim)
+        self.key = PaleSeparableProjection(config, dim)
+        self.value = PaleSeparableProjection(config, dim)
+        self.output = PaleAttentionOutput(config, dim)
+
+    def attend_rows(self, query, key, value):
+        """Row-branch attention on ``(B, H, W, c)`` maps; returns ``(B, H, W, c)`` and the probabilities."""
+        batch_size, height, width, channels = query.shape
+        pale_size = min(self.pale_size, height)
+        padded_height = -(-height // pale_size) * pale_size
+        mask = None
+        if padded_height != height:
+            padding = (0, 0, 0, 0, 0, padded_height - height)
+            query, key, value = (F.pad(t, padding) for t in (query, key, value))
+            mask = padded_key_mask(height, padded_height, pale_size, width, batch_size, query.device, query.dtype)
+
+        def heads(t):  # (B*N, s*W, c) -> (B*N, heads, s*W, d)
+            grouped = pale_group_rows(t, pale_size)
+            return grouped.view(grouped.shape[0], grouped.shape[1], self.heads_per_branch, -1).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attended, weights = attention_interface(
+            self,
+            heads(query),
+            heads(key),
+            heads(value),
+            mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        # (B*N, s*W, heads, d) -> (B*N, s*W, c) -> (B, Hp, W, c) -> crop
+        attended = pale_ungroup_rows(attended.flatten(2), pale_size, batch_size, width)
+        return attended[:, :height], weights
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)`` and ``(row, column)`` attention probabilities (eager only)."""
+        channels_first = hidden_states.permute(0, 3, 1, 2)
+        query, key, value = self.query(channels_first), self.key(channels_first), self.value(channels_first)
+        half = query.shape[-1] // 2
+        rows, row_weights = self.attend_rows(query[..., :half], key[..., :half], value[..., :half])
+        # the column branch is the row branch on the transposed map
+        columns, column_weights = self.attend_rows(*(t[..., half:].transpose(1, 2) for t in (query, key, value)))
+        attended = torch.cat([rows, columns.transpose(1, 2)], dim=-1)
+        return self.output(attended), (row_weights, column_weights)
+
+
+class PaleMLP(nn.Module):
+    def __init__(self, config: PaleConfig, dim: int):
+        super().__init__()
+        hidden = int(dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(self.activation(self.fc1(hidden_states)))))
+
+
+class PaleBlock(GradientCheckpointingLayer):
+    """``x + CPE(x)`` (depth-wise conv position encoding, Chu et al. 2021), then pre-norm PS-Attention and MLP."""
+
+    def __init__(self, config: PaleConfig, dim: int, num_heads: int, pale_size: int, drop_path_rate: float):
+        super().__init__()
+        kernel = config.cpe_kernel_size
+        self.cpe = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.layernorm_before = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attention = PaleShapedAttention(config, dim, num_heads, pale_size)
+        self.drop_path = SwinDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = PaleMLP(config, dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        hidden_states = hidden_states + self.cpe(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        attended, attentions = self.attention(self.layernorm_before(hidden_states))
+        hidden_states = hidden_states + self.drop_path(attended)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+        return hidden_states, attentions
+
+
+class PaleStage(nn.Module):
+    def __init__(self, config: PaleConfig, stage_index: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim = config.hidden_sizes[stage_index]
+        in_channels = config.num_channels if stage_index == 0 else config.hidden_sizes[stage_index - 1]
+        self.patch_embed = PalePatchEmbeddings(
+            config, in_channels, dim, config.patch_sizes[stage_index], config.patch_strides[stage_index]
+        )
+        self.layers = nn.ModuleList(
+            PaleBlock(config, dim, config.num_heads[stage_index], config.pale_sizes[stage_index], rate)
+            for rate in drop_path_rates
+        )
+
+    def forward(self, channels_first: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """``(B, C_in, H, W)`` -> ``(B, H', W', C)``."""
+        hidden_states = self.patch_embed(channels_first)
+        attentions = ()
+        for layer in self.layers:
+            hidden_states, layer_attentions = layer(hidden_states)
+            attentions += (layer_attentions,)
+        return hidden_states, attentions
+
+
+class PaleEncoder(nn.Module):
+    def __init__(self, config: PaleConfig):
+        super().__init__()
+        total = sum(config.depths)
+        # Python floats: models are built on the meta device
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        self.stages = nn.ModuleList(
+            PaleStage(config, i, rates[sum(config.depths[:i]) : sum(config.depths[: i + 1])])
+            for i in range(len(config.depths))
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[tuple, tuple]:
+        """-> (stage outputs ``(B, C_i, H_i, W_i)``, channels-last in memory; attentions)."""
+        hidden_states = pixel_values
+        stage_outputs, attentions = (), ()
+        for stage in self.stages:
+            channels_last, stage_attentions = stage(hidden_states)
+            hidden_states = channels_last.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W) view
+            stage_outputs += (hidden_states,)
+            attentions += stage_attentions
+        return stage_outputs, attentions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained-model plumbing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PalePreTrainedModel(PreTrainedModel):
+    config: PaleConfig
+    config_class = PaleConfig
+    base_model_prefix = "pale"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PaleBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Truncated-normal(0.02) Linears with zero bias, LayerNorm/BatchNorm 1/0, convs kaiming (fan-out)."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+    def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                "output_attentions=True needs eager attention: load the model with attn_implementation='eager' "
+                f"(it uses {self.config._attn_implementation!r})"
+            )
+        return output_hidden_states, output_attentions, return_dict
+
+
+class PaleModel(PalePreTrainedModel):
+    """The bare Pale Transformer encoder with a pooled (and LayerNorm-ed) last stage."""
+
+    def __init__(self, config: PaleConfig):
+        super().__init__(config)
+        self.encoder = PaleEncoder(config)
+        self.layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_norm else nn.Identity()
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PaleModelOutput | tuple:
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        stage_outputs, attentions = self.encoder(pixel_values)
+        output = PaleModelOutput(
+            last_hidden_state=stage_outputs[-1],
+            pooler_output=self.layernorm(stage_outputs[-1].mean(dim=(2, 3))),
+            hidden_states=stage_outputs if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class PaleForImageClassification(PalePreTrainedModel):
+    """Pale Transformer with global average pooling, LayerNorm and a linear classifier (paper Sec. 4.1)."""
+
+    def __init__(self, config: PaleConfig):
+        super().__init__(config)
+        self.pale = PaleModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        _, _, return_dict = self._output_flags(output_hidden_states, output_attentions, return_dict)
+        outputs = self.pale(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            if labels.dtype in (torch.long, torch.int) and labels.ndim == 1:
+                loss = F.cross_entropy(logits, labels)
+            else:  # soft / one-hot targets (mixup, cutmix, label smoothing done outside)
+                loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class PaleBackbone(BackboneMixin, PalePreTrainedModel):
+    """Pale Transformer as a transformers backbone: LayerNorm-ed ``feature_maps`` (strides 4/8/16/32) of the
+    ``out_features`` stages."""
+
+    def __init__(self, config: PaleConfig):
+        super().__init__(config)
+        self.num_features = [config.embed_dim] + list(config.hidden_sizes)
+        self.encoder = PaleEncoder(config)
+        self.hidden_states_norms = nn.ModuleDict(
+            {
+                stage: nn.LayerNorm(channels, eps=config.layer_norm_eps)
+                for stage, channels in zip(self.out_features, self.channels)
+            }
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        stage_outputs, attentions = self.encoder(pixel_values)
+        feature_maps = ()
+        for stage, hidden_state in zip(self.stage_names[1:], stage_outputs):
+            if stage in self.out_features:
+                # LayerNorm over channels of the channels-last memory, returned as a (B, C, H, W) view
+                normed = self.hidden_states_norms[stage](hidden_state.permute(0, 2, 3, 1))
+                feature_maps += (normed.permute(0, 3, 1, 2),)
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=stage_outputs if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def upernet_head_config(config: PaleConfig) -> SimpleNamespace:
+    """The fields transformers' ``UperNetHead`` / ``UperNetFCNHead`` read, from a :class:`PaleConfig`."""
+    return SimpleNamespace(
+        pool_scales=config.pool_scales,
+        hidden_size=config.decoder_hidden_size,
+        num_labels=config.num_labels,
+        auxiliary_in_channels=None,
+        auxiliary_channels=config.auxiliary_channels,
+        auxiliary_num_convs=config.auxiliary_num_convs,
+        auxiliary_concat_input=config.auxiliary_concat_input,
+    )
+
+
+class PaleForSemanticSegmentation(PalePreTrainedModel):
+    """Pale Transformer + UperNet (Xiao et al. 2018) with the FCN auxiliary head on stage 3 (weight 0.4), the
+    Swin/CSWin ADE20K recipe the paper follows. ``logits`` at 1/4 of the input size, like the other families."""
+
+    def __init__(self, config: PaleConfig):
+        super().__init__(config)
+        self.backbone = PaleBackbone(config)
+        head_config = upernet_head_config(config)
+        self.decode_head = UperNetHead(head_config, in_channels=self.backbone.channels)
+        self.auxiliary_head = (
+            UperNetFCNHead(head_config, in_channels=self.backbone.channels, in_index=2)
+            if config.use_auxiliary_head
+            else None
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PaleSemanticSegmenterOutput | tuple:
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
+        features = backbone_output.feature_maps
+        logits = self.decode_head(features)
+        auxiliary_logits = self.auxiliary_head(features) if self.auxiliary_head is not None else None
+        loss = None
+        if labels is not None:
+            loss = self.compute_loss(logits, auxiliary_logits, labels)
+        output = PaleSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            auxiliary_logits=auxiliary_logits,
+            hidden_states=features if output_hidden_states else None,
+            attentions=backbone_output.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
+        """Cross-entropy (mean over the labelled pixels) of the upsampled logits + weight x that of the auxiliary."""
+        if labels.ndim != 3:
+            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
+        labels = labels.long()
+        ignore_index = self.config.loss_ignore_index
+        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
+        if invalid.any():
+            bad = labels[invalid].unique()[:10].tolist()
+            raise ValueError(
+                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index {ignore_index}"
+            )
+
+        def cross_entropy(scores):
+            upsampled = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            return F.cross_entropy(upsampled, labels, ignore_index=ignore_index)
+
+        loss = cross_entropy(logits)
+        if auxiliary_logits is not None:
+            loss = loss + self.config.auxiliary_loss_weight * cross_entropy(auxiliary_logits)
+        return loss
+
+
+__all__ = [
+    "PaleBackbone",
+    "PaleForImageClassification",
+    "PaleForSemanticSegmentation",
+    "PaleModel",
+    "PaleModelOutput",
+    "PalePreTrainedModel",
+    "PaleSemanticSegmenterOutput",
+]
