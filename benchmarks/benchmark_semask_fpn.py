@@ -317,8 +317,9 @@ def worker_command(args, models: list[str], mode: str, batch_size: int, latency:
         "--size", str(args.size), "--device", args.device, "--dtype", args.dtype,
         "--threads", str(args.threads), "--seed", str(args.seed),
     ]  # fmt: skip
-    # memory workers run one warm-up and one measured iteration; latency workers the requested counts
-    counts = (args.warmup, args.repeats) if latency else (1, 1)
+    # memory workers measure the first iteration of a fresh process (once memory was freed the allocator keeps it,
+    # so a warmed-up process under-reports what a step needs); latency workers run the requested counts
+    counts = (args.warmup, args.repeats) if latency else (0, 1)
     return command + ["--warmup", str(counts[0]), "--repeats", str(counts[1])]
 
 

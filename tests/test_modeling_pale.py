@@ -199,3 +199,16 @@ def test_config_validation_names_the_field():
         PaleConfig(embed_dim=64, num_heads=[3, 4, 8, 16])
     with pytest.raises(Exception, match="pale_sizes"):
         PaleConfig(pale_sizes=[7, 7, 7])
+
+
+def test_model_card_says_no_weights_exist(tmp_path):
+    from hf_semseg.conversion.model_card import write_pale_model_card
+
+    from conftest import REPO_ROOT
+
+    model = PaleForSemanticSegmentation(tiny_pale_config())
+    card = write_pale_model_card(REPO_ROOT / "model_cards" / "pale.md", tmp_path, model, "me/pale-demo").read_text()
+    assert "No pretrained Pale Transformer weights exist anywhere" in card
+    assert "| Pale-T | 22M | 4.2G | 83.4 |" in card
+    assert "pipeline_tag: image-segmentation" in card and "me/pale-demo" in card
+    assert "$" not in card.split("```")[0]

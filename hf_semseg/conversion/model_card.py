@@ -70,3 +70,26 @@ def write_model_card(template_path: Path, output_dir: Path, model, checkpoint_na
     card = Path(output_dir) / "README.md"
     card.write_text(text)
     return card
+
+
+def write_pale_model_card(template_path: Path, output_dir: Path, model, repo_id: str | None = None) -> Path:
+    """Renders the Pale card (``model_cards/pale.md``) for ``model`` into ``output_dir/README.md``. Pale has no
+    released weights, so the card describes a model the user initialised or trained."""
+    config = model.config
+    task = type(model).__name__
+    name = repo_id.split("/")[-1] if repo_id else f"pale-{config.embed_dim}"
+    fields = {
+        "model_name": name,
+        "architecture": task,
+        "pipeline_tag": "image-classification" if "Classification" in task else "image-segmentation",
+        "weights_note": "The weights in this repository were trained (or initialised) by its owner; see below for how.",
+        "hidden_sizes": ", ".join(map(str, config.hidden_sizes)),
+        "depths": ", ".join(map(str, config.depths)),
+        "num_heads": ", ".join(map(str, config.num_heads)),
+        "pale_sizes": ", ".join(map(str, config.pale_sizes)),
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+        "repo_id": repo_id or f"<user>/{name}",
+    }
+    card = Path(output_dir) / "README.md"
+    card.write_text(Template(Path(template_path).read_text()).substitute(fields))
+    return card
