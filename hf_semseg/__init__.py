@@ -36,45 +36,56 @@ from .models.semask_swin import (
     SeMaskSwinModelOutput,
     SeMaskSwinPreTrainedModel,
 )
-from .variants import Variant, dataset_labels, get_variant, list_variants, register_variant, variant_config
+from .variants import (
+    Variant,
+    dataset_labels,
+    get_variant,
+    list_variants,
+    register_variant,
+    variant_config,
+    variant_image_processor,
+)
 
 
 __version__ = "0.1.0"
 
 
-def _register_auto_classes() -> None:
-    AutoConfig.register(SeMaskSwinConfig.model_type, SeMaskSwinConfig, exist_ok=True)
-    AutoModel.register(SeMaskSwinConfig, SeMaskSwinModel, exist_ok=True)
-    AutoBackbone.register(SeMaskSwinConfig, SeMaskSwinBackbone, exist_ok=True)
-    AutoModelForSemanticSegmentation.register(SeMaskSwinConfig, SeMaskSwinForSemanticSegmentation, exist_ok=True)
+def _register_family(config_class, models: dict) -> None:
+    """Registers ``config_class`` and its ``{auto class: model class}`` with transformers, marks every class for
+    auto-class saving, and gives the family the (shared) keep-ratio image processors."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    config_class.register_for_auto_class("AutoConfig")
+    for auto_class, model_class in models.items():
+        auto_class.register(config_class, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_class.__name__)
     AutoImageProcessor.register(
-        SeMaskSwinConfig,
+        config_class,
         image_processor_classes={"torchvision": SeMaskImageProcessor, "pil": SeMaskImageProcessorPil},
         exist_ok=True,
     )
-    SeMaskSwinConfig.register_for_auto_class("AutoConfig")
-    SeMaskSwinModel.register_for_auto_class("AutoModel")
-    SeMaskSwinBackbone.register_for_auto_class("AutoBackbone")
-    SeMaskSwinForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
+
+def _register_auto_classes() -> None:
     SeMaskImageProcessor.register_for_auto_class("AutoImageProcessor")
     SeMaskImageProcessorPil.register_for_auto_class("AutoImageProcessor")
-
-    AutoConfig.register(PaleConfig.model_type, PaleConfig, exist_ok=True)
-    AutoModel.register(PaleConfig, PaleModel, exist_ok=True)
-    AutoBackbone.register(PaleConfig, PaleBackbone, exist_ok=True)
-    AutoModelForImageClassification.register(PaleConfig, PaleForImageClassification, exist_ok=True)
-    AutoModelForSemanticSegmentation.register(PaleConfig, PaleForSemanticSegmentation, exist_ok=True)
-    # Pale has no original pre-processing to reproduce: it shares the mmseg-style keep-ratio processor
-    AutoImageProcessor.register(
-        PaleConfig,
-        image_processor_classes={"torchvision": SeMaskImageProcessor, "pil": SeMaskImageProcessorPil},
-        exist_ok=True,
+    _register_family(
+        SeMaskSwinConfig,
+        {
+            AutoModel: SeMaskSwinModel,
+            AutoBackbone: SeMaskSwinBackbone,
+            AutoModelForSemanticSegmentation: SeMaskSwinForSemanticSegmentation,
+        },
     )
-    PaleConfig.register_for_auto_class("AutoConfig")
-    PaleModel.register_for_auto_class("AutoModel")
-    PaleBackbone.register_for_auto_class("AutoBackbone")
-    PaleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-    PaleForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+    # Pale has no original pre-processing to reproduce: it shares the mmseg-style keep-ratio processor
+    _register_family(
+        PaleConfig,
+        {
+            AutoModel: PaleModel,
+            AutoBackbone: PaleBackbone,
+            AutoModelForImageClassification: PaleForImageClassification,
+            AutoModelForSemanticSegmentation: PaleForSemanticSegmentation,
+        },
+    )
 
 
 _register_auto_classes()
@@ -104,4 +115,5 @@ __all__ = [
     "list_variants",
     "register_variant",
     "variant_config",
+    "variant_image_processor",
 ]

@@ -64,6 +64,23 @@ def variant_config(name: str) -> PreTrainedConfig:
     return get_variant(name).make_config()
 
 
+def variant_image_processor(name: str, backend: str = "torchvision"):
+    """The image processor of the named variant: its test-time keep-ratio scale and label reduction
+    (``backend="pil"`` for the PIL/NumPy twin)."""
+    from .models.semask_swin.image_processing_pil_semask_swin import SeMaskImageProcessorPil
+    from .models.semask_swin.image_processing_semask_swin import SeMaskImageProcessor
+
+    variant = get_variant(name)
+    longest, shortest = variant.test_scale
+    processor_class = SeMaskImageProcessorPil if backend == "pil" else SeMaskImageProcessor
+    size = (
+        {"height": longest, "width": shortest}
+        if longest == shortest
+        else {"longest_edge": longest, "shortest_edge": shortest}
+    )
+    return processor_class(size=size, do_reduce_labels=variant.reduce_labels)
+
+
 @cache
 def _labels_file() -> dict:
     return json.loads(resources.files("hf_semseg.data").joinpath("dataset_labels.json").read_text())

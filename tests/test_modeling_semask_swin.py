@@ -382,3 +382,13 @@ def test_import_registers_every_auto_class():
         (SeMaskImageProcessor, "AutoImageProcessor"),
     ):
         assert cls._auto_class == auto
+
+
+def test_variant_image_processor_uses_the_test_scale():
+    processor = hf_semseg.variant_image_processor("semask-fpn-large-ade20k")
+    assert processor.size == {"longest_edge": 2560, "shortest_edge": 640} and processor.do_reduce_labels
+    city = hf_semseg.variant_image_processor("semask-fpn-tiny-cityscapes", backend="pil")
+    assert type(city).__name__ == "SeMaskImageProcessorPil"
+    assert city.size == {"longest_edge": 2048, "shortest_edge": 1024} and not city.do_reduce_labels
+    # a 512x683 ADE20K image keeps its size at the 512 scale, and is scaled by 1.25 at the 640 scale
+    assert processor(torch.zeros(3, 512, 683), return_tensors="pt")["pixel_values"].shape[-2:] == (640, 854)

@@ -26,6 +26,7 @@ from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
 from transformers.utils import ModelOutput
 
 from .configuration_semask_swin import SeMaskSwinConfig
@@ -159,51 +160,6 @@ def shifted_window_mask(
     return different_region.float() * -100.0
 
 
-def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth per sample (Huang et al. 2016), as in Swin/timm."""
-    if drop_prob == 0.0 or not training:
-        return hidden_states
-    keep_prob = 1 - drop_prob
-    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-    mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-    return hidden_states * mask / keep_prob
-
-
-class SeMaskSwinDropPath(nn.Module):
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return drop_path(hidden_states, self.drop_prob, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.drop_prob}"
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
-):
-    """Plain attention: ``(B, heads, N, d)`` inputs, additive float mask, returns ``(B, N, heads, d_v)`` and the
-    probabilities (the layout of transformers' attention interface)."""
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    attn_weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
-    return attn_output, attn_weights
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Encoder modules
 # ----------------------------------------------------------------------------------------------------------------
@@ -318,7 +274,7 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.attn = SeMaskSwinWindowAttention(config, dim, num_heads)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.drop_path = SeMaskSwinDropPath(drop_path_rate)
+        self.drop_path = SwinDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = SeMaskSwinMLP(config, dim)
 
@@ -371,7 +327,7 @@ class SeMaskSwinSemanticAttention(nn.Module):
         values = self.value_proj(tokens)
         attn_weights = torch.softmax(prior @ class_keys.transpose(1, 2), dim=-1)  # (B', N, N)
         update = self.dropout(self.out_proj(attn_weights @ values))
-        return prior, tokens + self.gamma * update, attn_weights
+        return prior, torch.addcmul(tokens, self.gamma, update), attn_weights  # tokens + gamma * update
 
 
 class SeMaskSwinSemanticLayer(nn.Module):
