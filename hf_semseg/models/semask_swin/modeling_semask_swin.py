@@ -302,8 +302,9 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
 class SeMaskSwinSemanticAttention(nn.Module):
     """Semantic Attention (paper Sec. 3.2, original ``SemanticAttention``), single head, on tokens ``y`` (N x C):
 
-    ``prior = y Wq`` (N x K class logits, the semantic prior), ``A = softmax(prior (y Wk)^T)`` (no scaling, no bias),
-    ``y' = y + gamma * Dropout((A (y Wv)) Wout)``. ``gamma`` starts at 0, so a fresh model is a plain Swin.
+    ``prior = y Wq + bq`` (N x K class logits, the semantic prior), ``A = softmax(prior (y Wk + bk)^T)`` (single head,
+    no scaling, no position bias), ``y' = y + gamma * Dropout(Linear_out(A Linear_v(y)))``. ``gamma`` starts at 0, so a
+    fresh model is a plain Swin.
     Original names: ``mlp_cls_q`` / ``mlp_cls_k`` / ``mlp_v`` / ``mlp_res``.
     """
 
