@@ -229,6 +229,22 @@ def time_iterations(step, warmup: int, repeats: int, synchronize) -> list[float]
     return times
 
 
+def device_helpers(device, dtype):
+    """``(autocast, synchronize)`` for a device: autocast is a no-op in float32, synchronize a no-op on CPU."""
+    import torch
+
+    def autocast():
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return autocast, synchronize
+
+
 def run_worker(args) -> dict:
     """Peak memory and parameter count of one model for one (mode, batch size): a warm-up and one measured step in
     a process of its own, so that nothing else's allocations count."""
@@ -244,14 +260,7 @@ def run_worker(args) -> dict:
     pixel_values, labels = make_inputs(args.batch_size, args.size, args.seed, device)
     batchnorm_frozen = set_mode(model, args.mode, args.batch_size)
 
-    def autocast():
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
-
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    autocast, synchronize = device_helpers(device, dtype)
 
     step = make_step(model, name, args.mode, pixel_values, labels, autocast)
     memory = PeakMemory(device)
@@ -276,14 +285,7 @@ def run_latency_worker(args) -> dict:
     dtype = getattr(torch, args.dtype)
     pixel_values, labels = make_inputs(args.batch_size, args.size, args.seed, device)
 
-    def autocast():
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
-
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    autocast, synchronize = device_helpers(device, dtype)
 
     steps = {}
     for name in args.models:
