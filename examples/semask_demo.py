@@ -19,31 +19,8 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg
-
-
-CLASSES = ["background", "disc", "bar", "triangle"]
-PALETTE = np.array([[40, 40, 40], [230, 80, 60], [60, 160, 230], [250, 210, 60]], dtype=np.uint8)
-
-
-def generate_scene(height: int = 160, width: int = 224, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
-    """A textured background with a disc, a bar and a triangle; returns the RGB image and its class-id map."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:height, 0:width]
-    labels = np.zeros((height, width), dtype=np.uint8)
-    labels[(rows - 0.45 * height) ** 2 + (cols - 0.25 * width) ** 2 < (0.22 * height) ** 2] = 1
-    labels[(rows > 0.15 * height) & (rows < 0.85 * height) & (np.abs(cols - 0.62 * width) < 0.05 * width)] = 2
-    triangle = (
-        (rows > 0.55 * height) & (rows < 0.95 * height) & (np.abs(cols - 0.85 * width) < (rows - 0.55 * height) * 0.4)
-    )
-    labels[triangle] = 3
-    base = np.array([[90, 110, 80], [200, 60, 50], [50, 120, 200], [220, 190, 40]], dtype=np.float32)
-    stripes = 25 * np.sin(cols[..., None] / 3.0 + rows[..., None] / 5.0)
-    image = base[labels] + stripes + rng.normal(0, 12, (height, width, 3))
-    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)), labels
-
-
-def colorize(labels: np.ndarray) -> Image.Image:
-    return Image.fromarray(PALETTE[labels])
+from hf_semseg.demo_data import DEMO_CLASSES as CLASSES
+from hf_semseg.demo_data import colorize, generate_scene
 
 
 def main() -> None:

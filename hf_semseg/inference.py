@@ -1,0 +1,92 @@
+"""Inference the way the papers evaluate: whole image, sliding window, multi-scale + flip.
+
+All functions take an hf-semseg (or transformers) segmentation model whose output has ``logits`` at any stride, and
+normalised ``pixel_values`` ``(B, 3, H, W)``; they return scores at the input resolution ``(B, K, H, W)``.
+mmsegmentation's ``mode='whole'`` / ``mode='slide'`` and ``--aug-test`` are the reference.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def _upsampled_logits(model, pixel_values: torch.Tensor, size) -> torch.Tensor:
+    logits = model(pixel_values=pixel_values).logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def whole_image_logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """One forward of the whole image, logits bilinearly resized to the input size (mmseg ``mode='whole'``)."""
+    return _upsampled_logits(model, pixel_values, pixel_values.shape[-2:])
+
+
+def window_origins(length: int, crop: int, stride: int) -> torch.Tensor:
+    """Start offsets of mmseg's sliding windows along one axis: every ``stride``, the last window moved back so that it
+    ends at the border; a single window when the image is smaller than the crop."""
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    starts = torch.arange(count) * stride
+    return (torch.minimum(starts + crop, torch.tensor(length)) - crop).clamp(min=0)
+
+
+@torch.no_grad()
+def sliding_window_logits(
+    model, pixel_values: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int], window_batch_size: int = 8
+) -> torch.Tensor:
+    """mmseg ``mode='slide'``: logits of overlapping ``crop_size`` windows every ``stride`` pixels, each resized to
+    its crop and averaged where windows overlap. Windows of all images are cut with one gather and run
+    ``window_batch_size`` at a time."""
+    batch_size, channels, height, width = pixel_values.shape
+    crop_height, crop_width = min(crop_size[0], height), min(crop_size[1], width)
+    rows = window_origins(height, crop_height, stride[0])[:, None] + torch.arange(crop_height)  # (nH, h)
+    cols = window_origins(width, crop_width, stride[1])[:, None] + torch.arange(crop_width)  # (nW, w)
+    # every (row window, column window) pair: (n, h, 1) and (n, 1, w) index grids, n = nH * nW
+    row_index = rows[:, None, :, None].expand(-1, cols.shape[0], -1, -1).reshape(-1, crop_height, 1)
+    col_index = cols[None, :, None, :].expand(rows.shape[0], -1, -1, -1).reshape(-1, 1, crop_width)
+    # (B, C, n, h, w) -> (B * n, C, h, w)
+    windows = pixel_values[:, :, row_index.to(pixel_values.device), col_index.to(pixel_values.device)]
+    windows = windows.permute(0, 2, 1, 3, 4).reshape(-1, channels, crop_height, crop_width)
+    window_logits = torch.cat(
+        [
+            _upsampled_logits(model, windows[start : start + window_batch_size], (crop_height, crop_width))
+            for start in range(0, windows.shape[0], window_batch_size)
+        ]
+    )
+    num_labels = window_logits.shape[1]
+    # scatter-add every window's logits into its place: flat pixel index of each window pixel
+    flat_index = (row_index * width + col_index).reshape(-1).to(pixel_values.device)  # (n * h * w,)
+    window_logits = window_logits.view(batch_size, -1, num_labels, crop_height * crop_width)  # (B, n, K, h*w)
+    values = window_logits.permute(0, 2, 1, 3).reshape(batch_size, num_labels, -1)  # (B, K, n*h*w)
+    summed = values.new_zeros(batch_size, num_labels, height * width).index_add_(2, flat_index, values)
+    counts = torch.bincount(flat_index, minlength=height * width).to(summed.dtype)
+    return (summed / counts).view(batch_size, num_labels, height, width)
+
+
+@torch.no_grad()
+def multi_scale_flip_probabilities(
+    model,
+    pixel_values: torch.Tensor,
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+    flip: bool = True,
+    crop_size: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    window_batch_size: int = 8,
+) -> torch.Tensor:
+    """mmseg ``--aug-test``: for each scale ratio (and its horizontal flip), resize the input, run whole-image (or,
+    with ``crop_size``/``stride``, sliding-window) inference, resize the logits back to the input size and average the
+    softmax probabilities of all passes. Returns ``(B, K, H, W)`` probabilities."""
+    size = pixel_values.shape[-2:]
+    total, passes = None, 0
+    for scale in scales:
+        scaled_size = (int(size[0] * scale + 0.5), int(size[1] * scale + 0.5))
+        scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            inputs = scaled.flip(-1) if flipped else scaled
+            if crop_size is None:
+                logits = whole_image_logits(model, inputs)
+            else:
+                logits = sliding_window_logits(model, inputs, crop_size, stride or crop_size, window_batch_size)
+            logits = logits.flip(-1) if flipped else logits
+            probabilities = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
+            total = probabilities if total is None else total + probabilities
+            passes += 1
+    return total / passes

@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from test_modeling_semask_swin import open_semantic_gates, tiny_config
+
+from hf_semseg import SeMaskSwinForSemanticSegmentation
+from hf_semseg.inference import (
+    multi_scale_flip_probabilities,
+    sliding_window_logits,
+    whole_image_logits,
+    window_origins,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    open_semantic_gates(model)
+    return model
+
+
+def test_window_origins_follow_mmseg():
+    assert window_origins(10, 4, 3).tolist() == [0, 3, 6]
+    assert window_origins(11, 4, 3).tolist() == [0, 3, 6, 7]  # the last window ends at the border
+    assert window_origins(3, 3, 3).tolist() == [0]
+
+
+def mmseg_slide_reference(model, image, crop, stride):
+    """mmseg's ``slide_inference`` loop (a reference: loops allowed)."""
+    batch, _, height, width = image.shape
+    num_labels = model.config.num_labels
+    crop_h, crop_w = crop
+    h_grids = max(height - crop_h + stride[0] - 1, 0) // stride[0] + 1
+    w_grids = max(width - crop_w + stride[1] - 1, 0) // stride[1] + 1
+    preds = image.new_zeros(batch, num_labels, height, width)
+    count = image.new_zeros(batch, 1, height, width)
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * stride[0], w_idx * stride[1]
+            y2, x2 = min(y1 + crop_h, height), min(x1 + crop_w, width)
+            y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+            crop_image = image[:, :, y1:y2, x1:x2]
+            logits = F.interpolate(model(crop_image).logits, size=crop_image.shape[-2:], mode="bilinear")
+            preds += F.pad(logits, (x1, width - x2, y1, height - y2))
+            count[:, :, y1:y2, x1:x2] += 1
+    return preds / count
+
+
+@pytest.mark.parametrize("window_batch_size", [1, 5])
+def test_sliding_window_equals_the_mmseg_loop(model, window_batch_size):
+    image = torch.randn(2, 3, 40, 52, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = sliding_window_logits(model, image, (24, 24), (16, 16), window_batch_size=window_batch_size)
+        reference = mmseg_slide_reference(model, image, (24, 24), (16, 16))
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_larger_than_the_image_is_whole_inference(model):
+    image = torch.randn(1, 3, 30, 26)
+    torch.testing.assert_close(
+        sliding_window_logits(model, image, (64, 64), (32, 32)), whole_image_logits(model, image), atol=1e-5, rtol=0
+    )
+
+
+def test_multi_scale_flip_averages_softmax_over_passes(model):
+    image = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+    single = multi_scale_flip_probabilities(model, image, scales=(1.0,), flip=False)
+    torch.testing.assert_close(single, whole_image_logits(model, image).softmax(1))
+    ours = multi_scale_flip_probabilities(model, image, scales=(0.5, 1.25), flip=True)
+    expected = 0
+    for scale in (0.5, 1.25):
+        scaled = F.interpolate(image, size=(int(32 * scale + 0.5), int(48 * scale + 0.5)), mode="bilinear")
+        for flip in (False, True):
+            logits = whole_image_logits(model, scaled.flip(-1) if flip else scaled)
+            logits = logits.flip(-1) if flip else logits
+            expected = expected + F.interpolate(logits, size=(32, 48), mode="bilinear").softmax(1) / 4
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.sum(1), torch.ones(1, 32, 48))
