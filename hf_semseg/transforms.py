@@ -1,0 +1,143 @@
+"""The mmsegmentation (0.x) training augmentation, on NumPy arrays: random keep-ratio resize, random crop with
+``cat_max_ratio``, horizontal flip, photometric distortion and padding (image 0, label 255).
+
+Every random draw comes from the ``numpy.random.Generator`` passed in, so a seeded pipeline is reproducible. Images
+are ``(H, W, 3)`` uint8 RGB arrays, labels ``(H, W)`` integer arrays with 255 = ignore.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+IGNORE_INDEX = 255
+
+
+def keep_ratio_size(height: int, width: int, long_bound: float, short_bound: float) -> tuple[int, int]:
+    """mmcv ``imrescale`` output size for the scale ``(long_bound, short_bound)``."""
+    factor = min(long_bound / max(height, width), short_bound / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear (no antialias, rounded to uint8) image resize and nearest label resize."""
+    if image.shape[:2] == tuple(size):
+        return image, label
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=False)
+    image = resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    label_tensor = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))[None, None].float()
+    label = F.interpolate(label_tensor, size=size, mode="nearest")[0, 0].long().numpy()
+    return image, label
+
+
+def random_crop_origin(label: np.ndarray, crop: tuple[int, int], cat_max_ratio: float, rng) -> tuple[int, int]:
+    """mmseg ``RandomCrop``: up to 10 random crops, keeping the first whose most frequent class covers less than
+    ``cat_max_ratio`` of its labelled pixels (and that holds more than one class); else the last one drawn."""
+    height, width = label.shape
+    max_top, max_left = max(height - crop[0], 0), max(width - crop[1], 0)
+    for _ in range(10 if cat_max_ratio < 1.0 else 1):
+        top, left = int(rng.integers(0, max_top + 1)), int(rng.integers(0, max_left + 1))
+        if cat_max_ratio >= 1.0:
+            break
+        window = label[top : top + crop[0], left : left + crop[1]]
+        _, counts = np.unique(window[window != IGNORE_INDEX], return_counts=True)
+        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+            break
+    return top, left
+
+
+def photometric_distortion(image: np.ndarray, rng) -> np.ndarray:
+    """mmseg ``PhotoMetricDistortion``: each with probability 0.5, brightness +-32, contrast x[0.5, 1.5] (before or
+    after the colour changes, at random), saturation x[0.5, 1.5] and hue +-18 (OpenCV's 0-180 hue scale)."""
+    image = image.astype(np.float32)
+    if rng.integers(2):
+        image = np.clip(image + rng.uniform(-32, 32), 0, 255)
+    contrast_first = bool(rng.integers(2))
+
+    def contrast(values):
+        return np.clip(values * rng.uniform(0.5, 1.5), 0, 255) if rng.integers(2) else values
+
+    if contrast_first:
+        image = contrast(image)
+    saturate, shift_hue = bool(rng.integers(2)), bool(rng.integers(2))
+    if saturate or shift_hue:
+        hsv = rgb_to_hsv(image)
+        if saturate:
+            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 1)
+        if shift_hue:
+            hsv[..., 0] = (hsv[..., 0] + rng.integers(-18, 19) * 2.0) % 360.0
+        image = hsv_to_rgb(hsv)
+    if not contrast_first:
+        image = contrast(image)
+    return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
+def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` RGB in [0, 255] -> HSV with hue in degrees [0, 360), saturation and value in [0, 1] / [0, 255]."""
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    value = image.max(-1)
+    delta = value - image.min(-1)
+    saturation = np.where(value > 0, delta / np.maximum(value, 1e-12), 0.0)
+    safe = np.maximum(delta, 1e-12)
+    hue = np.where(
+        value == red,
+        (green - blue) / safe % 6,
+        np.where(value == green, (blue - red) / safe + 2, (red - green) / safe + 4),
+    )
+    hue = np.where(delta > 0, hue * 60.0, 0.0)
+    return np.stack([hue, saturation, value], -1)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    hue, saturation, value = hsv[..., 0] / 60.0, hsv[..., 1], hsv[..., 2]
+    chroma = value * saturation
+    second = chroma * (1 - np.abs(hue % 2 - 1))  # the middle channel of the hue's sector
+    sector = np.floor(hue).astype(int) % 6
+    conditions = [sector == index for index in range(6)]
+    red = np.select(conditions, [chroma, second, 0, 0, second, chroma])
+    green = np.select(conditions, [second, chroma, chroma, second, 0, 0])
+    blue = np.select(conditions, [0, 0, second, chroma, chroma, second])
+    return np.stack([red, green, blue], -1) + (value - chroma)[..., None]
+
+
+@dataclass
+class SegmentationTrainTransform:
+    """The original training pipeline: ``Resize(scale, ratio_range)`` -> ``RandomCrop(crop, cat_max_ratio)`` ->
+    ``RandomFlip(0.5)`` -> ``PhotoMetricDistortion`` -> ``Pad(crop, 0 / 255)``.
+
+    Args:
+        scale: keep-ratio scale ``(long, short)`` before the random ratio, e.g. ``(2048, 512)``.
+        crop_size: ``(height, width)`` of the training crop.
+        ratio_range: the random resize ratio is uniform in this range (mmseg ``ratio_range=(0.5, 2.0)``).
+        cat_max_ratio: a crop is redrawn (up to 10 times) while one class covers this share of it (1 disables).
+        flip_prob: probability of a horizontal flip.
+        photometric: apply the photometric distortion.
+    """
+
+    scale: tuple[int, int] = (2048, 512)
+    crop_size: tuple[int, int] = (512, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"image {image.shape[:2]} and label {label.shape} differ in size")
+        ratio = rng.uniform(*self.ratio_range)
+        size = keep_ratio_size(*image.shape[:2], self.scale[0] * ratio, self.scale[1] * ratio)
+        image, label = resize_pair(image, label, size)
+        top, left = random_crop_origin(label, self.crop_size, self.cat_max_ratio, rng)
+        image = image[top : top + self.crop_size[0], left : left + self.crop_size[1]]
+        label = label[top : top + self.crop_size[0], left : left + self.crop_size[1]]
+        if rng.random() < self.flip_prob:
+            image, label = image[:, ::-1], label[:, ::-1]
+        if self.photometric:
+            image = photometric_distortion(image, rng)
+        pad_bottom, pad_right = self.crop_size[0] - image.shape[0], self.crop_size[1] - image.shape[1]
+        image = np.pad(image, ((0, pad_bottom), (0, pad_right), (0, 0)), constant_values=0)
+        label = np.pad(label, ((0, pad_bottom), (0, pad_right)), constant_values=IGNORE_INDEX)
+        return np.ascontiguousarray(image), np.ascontiguousarray(label)
