@@ -1,0 +1,30 @@
+import json
+import re
+import subprocess
+import sys
+
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+import hf_semseg  # noqa: F401  (registers the Auto classes)
+
+from conftest import REPO_ROOT
+
+
+def test_trainer_script_trains_on_the_demo_dataset_and_saves_a_loadable_model(tmp_path):
+    """A short run of the README's main job: 2 epochs on 16 demo images; the loss must fall and the folder load."""
+    command = [
+        sys.executable, str(REPO_ROOT / "examples" / "run_semantic_segmentation.py"), "--output_dir", str(tmp_path),
+        "--max_train_samples", "16", "--max_eval_samples", "4", "--num_train_epochs", "2", "--logging_steps", "1",
+        "--num_predictions", "1",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval_results.json").read_text())
+    assert {"eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_disc"} <= set(metrics)
+    assert 0.0 <= metrics["eval_mean_iou"] <= 1.0
+    losses = [float(m) for m in re.findall(r"'loss': '?([0-9.]+)", result.stdout + result.stderr)]
+    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert model.config.id2label[1] == "disc" and processor.size["longest_edge"] == 224
+    assert (tmp_path / "predictions" / "overlay_0.png").is_file()
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
