@@ -22,7 +22,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumentParser, Trainer, TrainingArguments
 
 import hf_semseg
-from hf_semseg.demo_data import DEMO_CLASSES, colorize
+from hf_semseg.demo_data import DEMO_CLASSES, colorize, demo_model_config
 from hf_semseg.training import (
     StreamingMeanIoU,
     load_segmentation_dataset,
@@ -58,21 +58,6 @@ class DataArguments:
     num_predictions: int = field(default=4, metadata={"help": "validation images written as colour-coded PNGs"})
 
 
-def demo_model():
-    """A small SeMask-Swin FPN for the demo dataset (2.9M parameters)."""
-    id2label = dict(enumerate(DEMO_CLASSES))
-    config = hf_semseg.SeMaskSwinConfig(
-        embed_dim=32,
-        depths=[2, 2, 2, 2],
-        num_heads=[1, 2, 4, 8],
-        decoder_hidden_size=64,
-        drop_path_rate=0.1,
-        id2label=id2label,
-        label2id={label: i for i, label in id2label.items()},
-    )
-    return hf_semseg.SeMaskSwinForSemanticSegmentation(config)
-
-
 def build_model(model_args: ModelArguments, id2label: dict):
     label2id = {label: i for i, label in id2label.items()}
     if model_args.model_name_or_path:
@@ -92,7 +77,7 @@ def build_model(model_args: ModelArguments, id2label: dict):
         config = hf_semseg.variant_config(model_args.variant)
         config.id2label, config.label2id = id2label, label2id
         return AutoModelForSemanticSegmentation.from_config(config)
-    return demo_model()
+    return hf_semseg.SeMaskSwinForSemanticSegmentation(demo_model_config())
 
 
 def write_predictions(model, dataset, image_column, output_dir: Path, count: int, scale) -> None:

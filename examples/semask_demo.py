@@ -20,7 +20,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg
 from hf_semseg.demo_data import DEMO_CLASSES as CLASSES
-from hf_semseg.demo_data import colorize, generate_scene
+from hf_semseg.demo_data import colorize, demo_model_config, generate_scene
 
 
 def main() -> None:
@@ -36,17 +36,7 @@ def main() -> None:
     image.save(output_dir / "image.png")
     colorize(labels).save(output_dir / "ground_truth.png")
 
-    config = hf_semseg.SeMaskSwinConfig(
-        embed_dim=32,
-        depths=[2, 2, 2, 2],
-        num_heads=[1, 2, 4, 8],
-        window_size=7,
-        semantic_window_size=7,
-        decoder_hidden_size=64,
-        drop_path_rate=0.0,
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
-    )
+    config = demo_model_config(drop_path_rate=0.0)
     model = hf_semseg.SeMaskSwinForSemanticSegmentation(config)
     processor = hf_semseg.SeMaskImageProcessor(size={"longest_edge": 224, "shortest_edge": 160})
     print(f"SeMask-Swin FPN with {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")

@@ -61,6 +61,22 @@ def make_demo_dataset(
     return DatasetDict({"train": split(0, num_train), "validation": split(1, num_validation)})
 
 
+def demo_model_config(drop_path_rate: float = 0.1):
+    """A small SeMask-Swin FPN config for the demo classes (2.9M parameters, trains in about a minute on a CPU)."""
+    from .models.semask_swin.configuration_semask_swin import SeMaskSwinConfig
+
+    id2label = dict(enumerate(DEMO_CLASSES))
+    return SeMaskSwinConfig(
+        embed_dim=32,
+        depths=[2, 2, 2, 2],
+        num_heads=[1, 2, 4, 8],
+        decoder_hidden_size=64,
+        drop_path_rate=drop_path_rate,
+        id2label=id2label,
+        label2id={label: i for i, label in id2label.items()},
+    )
+
+
 def colorize(labels: np.ndarray, palette: np.ndarray = DEMO_PALETTE) -> Image.Image:
     """Class-id map -> RGB image with one colour per class (ids outside the palette, e.g. 255, are white)."""
     palette = np.concatenate([np.asarray(palette, dtype=np.uint8), np.full((256 - len(palette), 3), 255, np.uint8)])
