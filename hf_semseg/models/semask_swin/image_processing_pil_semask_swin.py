@@ -37,50 +37,10 @@ class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
     r"""
     Image processor for SeMask-FPN semantic segmentation (PIL/NumPy backend; does not need torchvision). It takes the
     same arguments, has the same defaults and gives the same numbers (up to one intensity level) as
-    `SeMaskImageProcessor`.
-
-    Pipeline (the original mmseg 0.11 test pipeline): convert to RGB, keep-ratio resize, rescale by 1/255, normalise
-    with the ImageNet mean/std; segmentation maps are optionally label-reduced, nearest-resized to the image size and
-    returned as int64 `labels` in which 255 means "ignore".
-
-    Args:
-        do_convert_rgb (`bool`, *optional*, defaults to `True`):
-            Convert grayscale (1 channel / mode "L"), RGBA/LA/P... inputs to RGB (transparency composited on white).
-        do_resize (`bool`, *optional*, defaults to `True`):
-            Whether to resize the images (and segmentation maps).
-        size (`dict[str, int]`, *optional*, defaults to `{"longest_edge": 2048, "shortest_edge": 512}`):
-            `{"longest_edge": L, "shortest_edge": S}` is mmcv `imrescale(img, (L, S))`: the image is scaled by
-            `min(L / max(h, w), S / min(h, w))` and the new size is `(int(h * f + 0.5), int(w * f + 0.5))`. Use
-            2048/512 for the ADE20K and COCO-Stuff 512 models, 2560/640 for the 640 models and 2048/1024 for
-            Cityscapes. `{"height": H, "width": W}` resizes to a fixed size; `{"shortest_edge": S}` or
-            `{"longest_edge": L}` alone scale that side to the given length.
-        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
-            Interpolation for images: BILINEAR (default), NEAREST or BICUBIC, always without antialiasing like OpenCV.
-            Integer (uint8) images are resized in the 0-255 range and rounded/clamped to integers, as mmseg resizes
-            the uint8 image; float images are resized as they are. Segmentation maps always use nearest.
-        do_rescale (`bool`, *optional*, defaults to `True`):
-            Multiply the pixel values by `rescale_factor`.
-        rescale_factor (`float`, *optional*, defaults to `1/255`):
-            The rescale factor.
-        do_normalize (`bool`, *optional*, defaults to `True`):
-            Normalise with `image_mean` and `image_std`.
-        image_mean (`list[float]`, *optional*, defaults to `(0.485, 0.456, 0.406)`):
-            Mean per channel (the originals' 123.675/116.28/103.53 on 0-255).
-        image_std (`list[float]`, *optional*, defaults to `(0.229, 0.224, 0.225)`):
-            Standard deviation per channel (the originals' 58.395/57.12/57.375 on 0-255).
-        do_reduce_labels (`bool`, *optional*, defaults to `False`):
-            Map label 0 to 255 (ignore) and reduce the other labels by 1 (255 stays 255), e.g. for ADE20K maps.
-        do_pad (`bool`, *optional*, defaults to `True`):
-            Images of different sizes in one batch are padded on the right and bottom to the largest height and width
-            of the batch (or to `pad_size`), pixel values with 0 (after normalisation) and labels with 255, so that
-            they can be batched. A batch of same-size images is not changed.
-        pad_size (`dict[str, int]`, *optional*):
-            Fixed `{"height": H, "width": W}` to pad to instead of the batch maximum.
-
-    Call with `segmentation_maps=` to also get `labels`; use `return_tensors="pt"` to get `pixel_values` as a
-    `(B, 3, H, W)` float32 tensor and `labels` as a `(B, H, W)` int64 tensor. Use
-    `post_process_semantic_segmentation(outputs, target_sizes=[(h, w), ...])` to get class-index maps at the original
-    image sizes.
+    `SeMaskImageProcessor` (see its docstring for every argument): the original mmseg 0.11 test pipeline, i.e.
+    convert to RGB, keep-ratio resize (mmcv `imrescale`, no antialiasing), rescale by 1/255, normalise with the
+    ImageNet mean/std; segmentation maps optionally label-reduced, nearest-resized and returned as int64 `labels`
+    with 255 = ignore.
     """
 
     def _interpolation_mode(self, resample) -> str:
