@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Evaluate a segmentation model on a dataset split the way the papers do, and optionally write predictions.
+
+    python examples/evaluate_semantic_segmentation.py --model outputs/semask-demo [--dataset_name NAME] \
+        [--split validation] [--mode whole|slide|multi_scale] [--crop_size 512 --stride 341] \
+        [--predictions_dir preds/] [--do_reduce_labels]
+
+Reports mIoU, mean accuracy, overall accuracy and per-class IoU (streaming, nothing held in memory but the confusion
+matrix). ``--predictions_dir`` writes a colour-coded mask and an overlay PNG per image (with the dataset's palette
+when the classes are a known dataset's, else the demo palette).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+import hf_semseg  # noqa: F401  (registers the Auto classes)
+from hf_semseg.demo_data import DEMO_PALETTE, colorize
+from hf_semseg.inference import multi_scale_flip_probabilities, sliding_window_logits, whole_image_logits
+from hf_semseg.metrics import MeanIoU
+from hf_semseg.training import load_segmentation_dataset, to_arrays
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--model", required=True, help="saved model folder or Hub id")
+    parser.add_argument("--dataset_name", default=None, help="Hub id or local folder; none = the demo dataset")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--do_reduce_labels", action="store_true")
+    parser.add_argument("--mode", choices=("whole", "slide", "multi_scale"), default="whole")
+    parser.add_argument("--crop_size", type=int, default=512, help="sliding-window crop (slide mode)")
+    parser.add_argument("--stride", type=int, default=341, help="sliding-window stride (slide mode)")
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--predictions_dir", type=Path, default=None)
+    parser.add_argument("--trust_remote_code", action="store_true")
+    return parser.parse_args(argv)
+
+
+def palette_for(id2label: dict) -> np.ndarray:
+    """The palette of the known dataset with these classes, else the demo palette (cycled)."""
+    names = [id2label[i] for i in range(len(id2label))]
+    for dataset in ("ade20k", "cityscapes", "coco-stuff-10k"):
+        labels, palette = hf_semseg.dataset_labels(dataset)
+        if [labels[i] for i in range(len(labels))] == names:
+            return np.array(palette, dtype=np.uint8)
+    return DEMO_PALETTE[np.arange(len(names)) % len(DEMO_PALETTE)]
+
+
+def predict_probabilities(model, pixel_values, args) -> torch.Tensor:
+    if args.mode == "slide":
+        window = (args.crop_size, args.crop_size)
+        return sliding_window_logits(model, pixel_values, window, (args.stride, args.stride)).softmax(1)
+    if args.mode == "multi_scale":
+        return multi_scale_flip_probabilities(model, pixel_values)
+    return whole_image_logits(model, pixel_values).softmax(1)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    model.eval()
+    dataset = load_segmentation_dataset(args.dataset_name)[args.split]
+    if args.max_samples:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    num_labels = model.config.num_labels
+    metric = MeanIoU(num_labels)
+    palette = palette_for(model.config.id2label)
+    if args.predictions_dir:
+        args.predictions_dir.mkdir(parents=True, exist_ok=True)
+    for index in tqdm(range(len(dataset)), desc=f"evaluating ({args.mode})"):
+        sample = dataset[index]
+        image, label = to_arrays(
+            sample[args.image_column], sample[args.label_column], index, num_labels, args.do_reduce_labels
+        )
+        pixel_values = processor(image, return_tensors="pt")["pixel_values"].to(model.device)
+        with torch.no_grad():
+            probabilities = predict_probabilities(model, pixel_values, args)
+        # back to the original image size, as the papers evaluate
+        probabilities = F.interpolate(probabilities, size=label.shape, mode="bilinear", align_corners=False)
+        prediction = probabilities.argmax(1)[0].cpu()
+        metric.update(prediction, torch.from_numpy(label))
+        if args.predictions_dir:
+            mask = colorize(prediction.numpy().astype(np.uint8), palette)
+            mask.save(args.predictions_dir / f"{index:05d}_mask.png")
+            Image.blend(Image.fromarray(image), mask, alpha=0.5).save(args.predictions_dir / f"{index:05d}_overlay.png")
+    result = metric.compute()
+    summary = {key: result[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    summary["per_category_iou"] = {
+        model.config.id2label[i]: (None if np.isnan(v) else float(v)) for i, v in enumerate(result["per_category_iou"])
+    }
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+import hf_semseg
+from hf_semseg.demo_data import demo_model_config, make_demo_dataset
+from hf_semseg.metrics import MeanIoU
+
+from conftest import REPO_ROOT
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_script", REPO_ROOT / "examples" / "evaluate_semantic_segmentation.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = hf_semseg.SeMaskSwinForSemanticSegmentation(demo_model_config()).eval()
+    model.save_pretrained(folder)
+    hf_semseg.SeMaskImageProcessor(size={"longest_edge": 224, "shortest_edge": 160}).save_pretrained(folder)
+    return folder, model
+
+
+def test_whole_mode_equals_manual_evaluation_and_writes_predictions(saved_model, tmp_path):
+    folder, model = saved_model
+    script = load_script()
+    summary = script.main(["--model", str(folder), "--max_samples", "2", "--predictions_dir", str(tmp_path)])
+    processor = hf_semseg.SeMaskImageProcessor(size={"longest_edge": 224, "shortest_edge": 160})
+    metric = MeanIoU(model.config.num_labels)
+    for sample in make_demo_dataset()["validation"].select(range(2)):
+        label = np.array(sample["label"])
+        with torch.no_grad():
+            outputs = model(**processor(sample["image"], return_tensors="pt"))
+        prediction = processor.post_process_semantic_segmentation(outputs, target_sizes=[label.shape])[0]
+        metric.update(prediction, torch.from_numpy(label.astype(np.int64)))
+    assert summary["mean_iou"] == pytest.approx(metric.compute()["mean_iou"], abs=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "00000_mask.png", "00000_overlay.png", "00001_mask.png", "00001_overlay.png",
+    ]  # fmt: skip
+
+
+def test_slide_and_multi_scale_modes_run(saved_model):
+    folder, _ = saved_model
+    script = load_script()
+    slide = script.main(
+        ["--model", str(folder), "--max_samples", "1", "--mode", "slide", "--crop_size", "96", "--stride", "64"]
+    )
+    multi = script.main(["--model", str(folder), "--max_samples", "1", "--mode", "multi_scale"])
+    for summary in (slide, multi):
+        assert 0.0 <= summary["mean_iou"] <= 1.0 and set(summary["per_category_iou"]) == set(
+            hf_semseg.demo_data.DEMO_CLASSES
+        )
+
+
+def test_known_dataset_palette_is_used():
+    script = load_script()
+    id2label, palette = hf_semseg.dataset_labels("cityscapes")
+    assert script.palette_for(id2label).tolist() == palette
