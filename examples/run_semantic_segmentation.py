@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForSemanticSegmentation, HfArgumentParser, Trainer, TrainingArguments
+from transformers import (
+    AutoConfig,
+    AutoModelForSemanticSegmentation,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 import hf_semseg
 from hf_semseg.demo_data import DEMO_CLASSES, colorize, demo_model_config
@@ -106,6 +113,7 @@ def main(argv=None) -> dict:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     training_args.remove_unused_columns = False
     training_args.batch_eval_metrics = True
+    set_seed(training_args.seed)  # the model's initialisation too, not only the training
 
     dataset = load_segmentation_dataset(data_args.dataset_name)
     train, evaluation = dataset[data_args.train_split], dataset[data_args.eval_split]
