@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .metrics import MeanIoU
+from .models.semask_swin.image_processing_utils_semask_swin import reduce_labels as reduce_zero_label
 from .transforms import IGNORE_INDEX, SegmentationTrainTransform
 
 
@@ -50,7 +51,7 @@ def to_arrays(image, label, index, num_labels: int, reduce_labels: bool) -> tupl
     if image.shape[:2] != label.shape:
         raise ValueError(f"sample {index}: image size {image.shape[:2]} differs from label size {label.shape}")
     if reduce_labels:
-        label = np.where((label == 0) | (label == IGNORE_INDEX), IGNORE_INDEX, label - 1)
+        label = reduce_zero_label(label)
     bad = np.unique(label[(label != IGNORE_INDEX) & ((label < 0) | (label >= num_labels))])
     if bad.size:
         raise ValueError(f"sample {index}: label values {bad[:10].tolist()} are outside [0, {num_labels}) and 255")

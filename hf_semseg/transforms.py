@@ -11,14 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# mmcv ``imrescale`` output size: one rule for the processors and the training pipeline
+from .models.semask_swin.image_processing_utils_semask_swin import get_keep_ratio_output_size as keep_ratio_size
+
 
 IGNORE_INDEX = 255
-
-
-def keep_ratio_size(height: int, width: int, long_bound: float, short_bound: float) -> tuple[int, int]:
-    """mmcv ``imrescale`` output size for the scale ``(long_bound, short_bound)``."""
-    factor = min(long_bound / max(height, width), short_bound / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
 def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
