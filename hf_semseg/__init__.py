@@ -36,6 +36,12 @@ from .models.semask_swin import (
     SeMaskSwinModelOutput,
     SeMaskSwinPreTrainedModel,
 )
+from .models.vwformer import (
+    VWFormerConfig,
+    VWFormerForSemanticSegmentation,
+    VWFormerPreTrainedModel,
+    VWFormerSemanticSegmenterOutput,
+)
 from .variants import (
     Variant,
     dataset_labels,
@@ -86,6 +92,8 @@ def _register_auto_classes() -> None:
             AutoModelForSemanticSegmentation: PaleForSemanticSegmentation,
         },
     )
+    # VWFormer's test pipeline is the same keep-ratio resize (+ size_divisor=64 for the ADE20K models)
+    _register_family(VWFormerConfig, {AutoModelForSemanticSegmentation: VWFormerForSemanticSegmentation})
 
 
 _register_auto_classes()
@@ -109,6 +117,10 @@ __all__ = [
     "SeMaskSwinModel",
     "SeMaskSwinModelOutput",
     "SeMaskSwinPreTrainedModel",
+    "VWFormerConfig",
+    "VWFormerForSemanticSegmentation",
+    "VWFormerPreTrainedModel",
+    "VWFormerSemanticSegmenterOutput",
     "Variant",
     "dataset_labels",
     "get_variant",

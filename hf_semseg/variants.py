@@ -27,6 +27,7 @@ class Variant:
         crop_size: training crop ``(height, width)``.
         reduce_labels: whether the dataset's label 0 is "other" and mapped to the ignore index.
         reported: the paper/README numbers (mIoU single-scale, mIoU multi-scale+flip, params in M).
+        size_divisor: after the keep-ratio resize, resize up to a multiple of this (mmseg ``ResizeToMultiple``).
     """
 
     name: str
@@ -37,6 +38,7 @@ class Variant:
     crop_size: tuple[int, int]
     reduce_labels: bool
     reported: dict = field(default_factory=dict)
+    size_divisor: int | None = None
 
 
 _REGISTRY: dict[str, Variant] = {}
@@ -78,7 +80,7 @@ def variant_image_processor(name: str, backend: str = "torchvision"):
         if longest == shortest
         else {"longest_edge": longest, "shortest_edge": shortest}
     )
-    return processor_class(size=size, do_reduce_labels=variant.reduce_labels)
+    return processor_class(size=size, do_reduce_labels=variant.reduce_labels, size_divisor=variant.size_divisor)
 
 
 @cache
@@ -228,3 +230,104 @@ def _register_pale() -> None:
 
 
 _register_pale()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VWFormer (Yan et al. 2024): the 12 mmseg models of yan-hao-tian/VW (README tables; params counted on the original)
+# ----------------------------------------------------------------------------------------------------------------
+
+_VWFORMER_SWIN = {
+    # size: (embed_dim, heads, use_short_cut)
+    "base": (128, (4, 8, 16, 32), True),
+    "large": (192, (6, 12, 24, 48), False),
+}
+_VWFORMER_CONVNEXT = {
+    # size: (depths, hidden sizes)
+    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+    "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+}
+_VWFORMER_REPORTED = {
+    # (backbone, size, dataset): (mIoU, mIoU ms+flip, params M of the original model)
+    ("swin", "base", "ade20k"): (52.5, 53.5, 94.74),
+    ("swin", "large", "ade20k"): (54.4, 55.8, 203.52),
+    ("convnext", "tiny", "ade20k"): (47.3, 48.3, 35.45),
+    ("convnext", "small", "ade20k"): (48.8, 49.9, 56.56),
+    ("convnext", "base", "ade20k"): (53.3, 54.1, 95.42),
+    ("convnext", "large", "ade20k"): (54.3, 55.1, 204.55),
+    ("convnext", "xlarge", "ade20k"): (54.6, 55.3, 356.93),
+    ("convnext", "tiny", "cityscapes"): (81.3, 82.1, 34.85),
+    ("convnext", "small", "cityscapes"): (82.2, 83.1, 56.49),
+    ("convnext", "base", "cityscapes"): (83.2, 83.9, 94.83),
+    ("convnext", "large", "cityscapes"): (83.4, 84.1, 203.96),
+    ("convnext", "xlarge", "cityscapes"): (83.6, 84.3, 356.34),
+}
+
+
+def vwformer_config(backbone: str, size: str, dataset: str):
+    """The config of a released VWFormer model. The ADE20K models use the ``vw`` head, except ConvNeXt-S whose
+    released config (a copy of the Cityscapes one) uses the ``vw_city`` head, like every Cityscapes model."""
+    from transformers import ConvNextConfig, SwinConfig
+
+    from .models.vwformer.configuration_vwformer import VWFormerConfig
+
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if backbone == "swin":
+        embed_dim, heads, short_cut = _VWFORMER_SWIN[size]
+        backbone_config = SwinConfig(
+            image_size=384,
+            embed_dim=embed_dim,
+            depths=[2, 2, 18, 2],
+            num_heads=list(heads),
+            window_size=12,
+            drop_path_rate=0.3,
+            out_features=stages,
+        )
+    else:
+        depths, hidden_sizes = _VWFORMER_CONVNEXT[size]
+        short_cut = True
+        backbone_config = ConvNextConfig(
+            depths=list(depths),
+            hidden_sizes=list(hidden_sizes),
+            layer_scale_init_value=1.0,
+            drop_path_rate=0.4,
+            out_features=stages,
+        )
+    city_head = dataset == "cityscapes" or (backbone, size) == ("convnext", "small")
+    id2label, _ = dataset_labels(dataset)
+    return VWFormerConfig(
+        backbone_config=backbone_config,
+        head_type="vw_city" if city_head else "vw",
+        num_attention_heads=16 if city_head else 1,
+        use_short_cut=False if city_head else short_cut,
+        id2label=id2label,
+        label2id={label: i for i, label in id2label.items()},
+    )
+
+
+def _register_vwformer() -> None:
+    for (backbone, size, dataset), (miou, miou_ms, params) in _VWFORMER_REPORTED.items():
+        if dataset == "cityscapes":
+            test_scale, crop, divisor = (2048, 1024), (512, 1024), None
+        elif size in ("tiny", "small"):
+            test_scale, crop, divisor = (2048, 512), (512, 512), 64
+        else:
+            test_scale, crop, divisor = (2560, 640), (640, 640), 64
+        register_variant(
+            Variant(
+                name=f"vwformer-{backbone}-{size}-{dataset}",
+                family="vwformer",
+                dataset=dataset,
+                make_config=lambda b=backbone, s=size, d=dataset: vwformer_config(b, s, d),
+                test_scale=test_scale,
+                crop_size=crop,
+                reduce_labels=dataset != "cityscapes",
+                reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},
+                size_divisor=divisor,
+            )
+        )
+
+
+_register_vwformer()

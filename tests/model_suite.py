@@ -30,6 +30,8 @@ class SegmentationModelSuite:
     odd_sizes = ((37, 53), (65, 31), (20, 90))
     #: equality tolerance of repeated computations (batching, reload)
     atol = 1e-5
+    #: AdamW learning rate of the one-step training test
+    learning_rate = 1e-3
     #: config values that switch off every source of randomness in training mode
     deterministic_overrides = {
         "hidden_dropout_prob": 0.0,
@@ -145,7 +147,7 @@ class SegmentationModelSuite:
     def test_one_optimizer_step_lowers_the_loss(self):
         model = self.make_model(**self.deterministic_overrides).train()
         pixel_values, labels = self.make_inputs()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate)
         torch.manual_seed(0)
         loss_before = model(pixel_values, labels=labels).loss
         loss_before.backward()

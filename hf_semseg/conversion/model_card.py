@@ -93,3 +93,61 @@ def write_pale_model_card(template_path: Path, output_dir: Path, model, repo_id:
     card = Path(output_dir) / "README.md"
     card.write_text(Template(Path(template_path).read_text()).substitute(fields))
     return card
+
+
+def write_vwformer_model_card(
+    template_path: Path, output_dir: Path, model, checkpoint_name: str, variant: str | None = None
+) -> Path:
+    """Renders the VWFormer card (``model_cards/vwformer.md``) for a converted ``model`` into
+    ``output_dir/README.md`` (after the image processor was saved there: the card quotes its test size)."""
+    config = model.config
+    backbone_config = config.backbone_config
+    dataset, dataset_id = _DATASET_IDS.get(config.num_labels, (f"{config.num_labels} classes", "custom"))
+    if variant in list_variants("vwformer"):
+        reported = get_variant(variant).reported
+        reported_row = (
+            f"{reported['mIoU']} mIoU single-scale, {reported['mIoU_ms_flip']} mIoU multi-scale + flip ({variant})."
+        )
+    else:
+        reported_row = "no published result is known for this checkpoint (pass --variant for a released one)."
+    processor_config = Path(output_dir) / "preprocessor_config.json"
+    size_text, divisor_note, reduce_note = "the configured size", "", ""
+    if processor_config.is_file():
+        processor = json.loads(processor_config.read_text())
+        size = processor.get("size", {})
+        size_text = f"{size.get('longest_edge')} x {size.get('shortest_edge')}"
+        if processor.get("size_divisor"):
+            divisor_note = f", then resized up to a multiple of {processor['size_divisor']}"
+        if processor.get("do_reduce_labels"):
+            reduce_note = "; labels reduced (0 = ignore, class i+1 -> i)"
+    backbone_descriptions = {
+        "swin": lambda c: f"Swin, embed dim {c.embed_dim}, depths {c.depths}, window {c.window_size}",
+        "convnext": lambda c: f"ConvNeXt, widths {c.hidden_sizes}, depths {c.depths}",
+        "segformer": lambda c: f"MiT, widths {c.hidden_sizes}, depths {c.depths}",
+    }
+    describe = backbone_descriptions.get(backbone_config.model_type, lambda c: c.model_type)
+    fields = {
+        "model_name": variant or Path(checkpoint_name).stem,
+        "checkpoint_name": checkpoint_name,
+        "dataset": dataset,
+        "dataset_id": dataset_id,
+        "backbone": describe(backbone_config),
+        "backbone_class": type(model.backbone).__name__,
+        "head_type": config.head_type,
+        "head_description": "non-local attention, global pooling branch, linear projections"
+        if config.head_type == "vw"
+        else "multi-head attention, conv projections, no pooling branch",
+        "hidden_size": config.hidden_size,
+        "num_heads": config.num_attention_heads,
+        "short_cut": "on" if config.use_short_cut else "off",
+        "num_labels": config.num_labels,
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+        "test_scale": size_text,
+        "divisor_note": divisor_note,
+        "reduce_labels_note": reduce_note,
+        "reported_row": reported_row,
+        "repo_id": f"<user>/{variant or Path(checkpoint_name).stem}",
+    }
+    card = Path(output_dir) / "README.md"
+    card.write_text(Template(Path(template_path).read_text()).substitute(fields))
+    return card

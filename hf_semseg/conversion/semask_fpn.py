@@ -87,8 +87,9 @@ def rename_key(key: str) -> str | None:
     return None
 
 
-def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Reads an mmseg checkpoint (``{'meta', 'state_dict'}``) safely (``weights_only=True``).
+def load_original_checkpoint(path: str | Path, kind: str = "SeMask-FPN (mmseg)") -> tuple[dict[str, torch.Tensor], dict]:
+    """Reads an mmseg checkpoint (``{'meta', 'state_dict'}``) safely (``weights_only=True``); ``kind`` names the
+    checkpoints the calling converter reads, for the error messages.
 
     Returns the state dict (a ``module.`` prefix from DDP is stripped) and ``meta`` (empty when absent)."""
     path = Path(path)
@@ -107,7 +108,7 @@ def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
         state_dict, meta = checkpoint["state_dict"], checkpoint.get("meta") or {}
     elif "model" in checkpoint:
         raise CheckpointError(
-            f"{path}: a detectron2 checkpoint ({{'model': ...}}); this converter reads SeMask-FPN (mmseg) checkpoints"
+            f"{path}: a detectron2 checkpoint ({{'model': ...}}); this converter reads {kind} checkpoints"
         )
     elif all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         state_dict, meta = checkpoint, {}

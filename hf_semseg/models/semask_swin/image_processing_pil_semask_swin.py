@@ -28,6 +28,7 @@ from .image_processing_utils_semask_swin import (
     reduce_labels,
     resize_array_with_torch,
     resize_label_map_with_torch,
+    round_up_to_multiple,
     squeeze_segmentation_map,
     torch_interpolation_mode,
 )
@@ -84,23 +85,28 @@ class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
         image_mean=None,
         image_std=None,
         do_reduce_labels: bool = False,
+        size_divisor: int | None = None,
         do_pad: bool = True,
         pad_size=None,
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
         input_sizes = [tuple(image.shape[-2:]) for image in images]
-        output_sizes = [get_output_size(h, w, size) if do_resize else (h, w) for h, w in input_sizes]
+        # resize steps: the keep-ratio resize, then (size_divisor) the resize up to a multiple, as mmseg does both
+        steps = [[get_output_size(h, w, size) if do_resize else (h, w) for h, w in input_sizes]]
+        if do_resize and size_divisor is not None:
+            steps.append([round_up_to_multiple(output_size, size_divisor) for output_size in steps[0]])
+        output_sizes = steps[-1]
         mode = self._interpolation_mode(resample) if do_resize else None
         check_stackable(output_sizes, do_pad, return_tensors)
 
         pixel_values = []
         for index, image in enumerate(images):
-            if output_sizes[index] != input_sizes[index]:
-                is_float = np.issubdtype(image.dtype, np.floating)
-                image = resize_array_with_torch(image, output_sizes[index], mode, round_to_uint8_range=not is_float)
-            else:
-                image = image.astype(np.float32)
+            is_float = np.issubdtype(image.dtype, np.floating)
+            for step in steps:
+                if step[index] != tuple(image.shape[-2:]):
+                    image = resize_array_with_torch(image, step[index], mode, round_to_uint8_range=not is_float)
+            image = image.astype(np.float32, copy=False)
             if do_rescale:
                 image = self.rescale(image, rescale_factor)
             if do_normalize:
@@ -113,7 +119,9 @@ class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
             for index, label in enumerate(segmentation_maps):
                 if do_reduce_labels:
                     label = reduce_labels(label)
-                labels.append(resize_label_map_with_torch(label, output_sizes[index]))
+                for step in steps:
+                    label = resize_label_map_with_torch(label, step[index])
+                labels.append(label)
 
         if do_pad and len(pixel_values) > 0:
             pad_height, pad_width = get_pad_size(output_sizes, pad_size)

@@ -29,6 +29,7 @@ from .image_processing_utils_semask_swin import (
     pil_image_to_numpy,
     pil_segmentation_map_to_numpy,
     reduce_labels,
+    round_up_to_multiple,
     squeeze_segmentation_map,
     torch_interpolation_mode,
 )
@@ -77,6 +78,10 @@ class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
             Standard deviation per channel (the originals' 58.395/57.12/57.375 on 0-255).
         do_reduce_labels (`bool`, *optional*, defaults to `False`):
             Map label 0 to 255 (ignore) and reduce the other labels by 1 (255 stays 255), e.g. for ADE20K maps.
+        size_divisor (`int`, *optional*):
+            After the resize, resize again (bilinear for images, nearest for maps) so that both sides are rounded up
+            to a multiple of it: mmseg's `ResizeToMultiple`, the second step of the VWFormer ADE20K test pipeline
+            (`size_divisor=64`). Applied only with `do_resize`.
         do_pad (`bool`, *optional*, defaults to `True`):
             Images of different sizes in one batch are padded on the right and bottom to the largest height and width
             of the batch (or to `pad_size`), pixel values with 0 (after normalisation) and labels with 255, so that
@@ -138,13 +143,18 @@ class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
         image_mean=None,
         image_std=None,
         do_reduce_labels: bool = False,
+        size_divisor: int | None = None,
         do_pad: bool = True,
         pad_size=None,
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
         input_sizes = [tuple(image.shape[-2:]) for image in images]
-        output_sizes = [get_output_size(h, w, size) if do_resize else (h, w) for h, w in input_sizes]
+        # resize steps: the keep-ratio resize, then (size_divisor) the resize up to a multiple, as mmseg does both
+        steps = [[get_output_size(h, w, size) if do_resize else (h, w) for h, w in input_sizes]]
+        if do_resize and size_divisor is not None:
+            steps.append([round_up_to_multiple(output_size, size_divisor) for output_size in steps[0]])
+        output_sizes = steps[-1]
         mode = self._interpolation_mode(resample) if do_resize else None
         check_stackable(output_sizes, do_pad, return_tensors)
 
@@ -154,12 +164,13 @@ class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
             key = (input_sizes[index], output_sizes[index], image.is_floating_point(), str(image.device))
             groups.setdefault(key, []).append(index)
         pixel_values: list = [None] * len(images)
-        for (input_size, output_size, is_float, _), indices in groups.items():
+        for (_, _, is_float, _), indices in groups.items():
             stacked = torch.stack([images[index].to(torch.float32) for index in indices])
-            if output_size != input_size:
-                stacked = tvF.resize(stacked, list(output_size), interpolation=mode, antialias=False)
-                if not is_float:  # like resizing the uint8 image
-                    stacked = stacked.round_().clamp_(0, 255)
+            for step_size in [step[indices[0]] for step in steps]:
+                if tuple(stacked.shape[-2:]) != step_size:
+                    stacked = tvF.resize(stacked, list(step_size), interpolation=mode, antialias=False)
+                    if not is_float:  # like resizing the uint8 image
+                        stacked = stacked.round_().clamp_(0, 255)
             stacked = self.rescale_and_normalize(
                 stacked, do_rescale, rescale_factor, do_normalize, image_mean, image_std
             )
@@ -172,12 +183,13 @@ class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
             for index, label in enumerate(segmentation_maps):
                 if do_reduce_labels:
                     label = reduce_labels(label)
-                if tuple(label.shape) != output_sizes[index]:
-                    label = tvF.resize(
-                        label[None, None].to(torch.float64),
-                        list(output_sizes[index]),
-                        interpolation=tvF.InterpolationMode.NEAREST,
-                    )[0, 0].to(torch.int64)
+                for step in steps:
+                    if tuple(label.shape) != step[index]:
+                        label = tvF.resize(
+                            label[None, None].to(torch.float64),
+                            list(step[index]),
+                            interpolation=tvF.InterpolationMode.NEAREST,
+                        )[0, 0].to(torch.int64)
                 labels.append(label)
 
         if do_pad and len(pixel_values) > 0:

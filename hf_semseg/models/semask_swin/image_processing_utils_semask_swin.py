@@ -59,6 +59,7 @@ class SeMaskImageProcessorKwargs(ImagesKwargs, total=False):
     """
 
     do_reduce_labels: bool
+    size_divisor: int | None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -82,6 +83,16 @@ def get_keep_ratio_output_size(height: int, width: int, longest_edge: int, short
     short_bound = min(longest_edge, shortest_edge)
     scale_factor = min(long_bound / max(height, width), short_bound / min(height, width))
     return _scale_size(height, width, scale_factor)
+
+
+def round_up_to_multiple(size: tuple[int, int], divisor: int | None) -> tuple[int, int]:
+    """``(height, width)`` with each side rounded up to a multiple of ``divisor`` (mmseg's ``ResizeToMultiple``,
+    mmcv ``imresize_to_multiple``); unchanged when ``divisor`` is None."""
+    if divisor is None:
+        return tuple(size)
+    if not isinstance(divisor, (int, np.integer)) or divisor < 1:
+        raise ValueError(f"`size_divisor` must be a positive integer or None, got {divisor!r}.")
+    return tuple(-(-int(side) // divisor) * divisor for side in size)
 
 
 def validate_size(size: SizeDict | dict | None) -> None:
@@ -440,6 +451,7 @@ class SeMaskImageProcessingMixin:
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
     do_reduce_labels = False
+    size_divisor = None
     do_pad = True
     pad_size = None
     do_center_crop = None
@@ -490,7 +502,7 @@ class SeMaskImageProcessingMixin:
         """Resized ``(height, width)`` that `preprocess` produces (before padding) for an image of this size."""
         size = self.size if size is None else size
         size = size if isinstance(size, SizeDict) else SizeDict(**dict(size))
-        return get_output_size(int(height), int(width), size)
+        return round_up_to_multiple(get_output_size(int(height), int(width), size), self.size_divisor)
 
     def _load_image_paths(self, images):
         """Load the images given as paths/URLs (strings); leave everything else to the input validation."""

@@ -1,0 +1,473 @@
+"""Conversion of original VWFormer checkpoints (yan-hao-tian/VW, mmseg 0.30 fork) to
+:class:`VWFormerForSemanticSegmentation`.
+
+The backbones become transformers' own classes: mmseg Swin -> ``SwinBackbone``, mmcls ConvNeXt -> ``ConvNextBackbone``,
+mmseg MiT -> ``SegformerModel``; the head becomes :class:`VWFormerHead`. Read top to bottom: the rename tables
+(:data:`SWIN_RENAMES`, :data:`CONVNEXT_RENAMES`, :data:`MIT_RENAMES`, :data:`HEAD_RENAMES`) are the whole key mapping,
+the few tensors that need surgery (fused q/k/v, PatchMerging channel order, 1x1 convs stored as linears) are handled
+by named functions, and :func:`infer_config` derives every hyper-parameter from the tensors except the two that are
+not in the weights (attention heads and short-cut), read from the config text in ``meta`` or from the table of the
+released variants.
+"""
+
+import math
+import re
+from pathlib import Path
+
+import torch
+from transformers import ConvNextConfig, SegformerConfig, SwinConfig
+
+from ..models.semask_swin.modeling_semask_swin import relative_position_index
+from ..models.vwformer.configuration_vwformer import VWFormerConfig
+from ..models.vwformer.modeling_vwformer import VWFormerForSemanticSegmentation
+from .semask_fpn import CheckpointError, _meta_config_value, check_against_model, load_original_checkpoint
+
+
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+# (original key pattern, hf key template) - applied with re.fullmatch, first match wins. A template of None marks a
+# key handled by tensor surgery below.
+SWIN_RENAMES: list[tuple[str, str | None]] = [
+    (r"backbone\.patch_embed\.projection\.(weight|bias)", r"backbone.swin.embeddings.patch_embeddings.projection.\1"),
+    (r"backbone\.patch_embed\.norm\.(weight|bias)", r"backbone.swin.embeddings.norm.\1"),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm1\.(weight|bias)",
+        r"backbone.swin.encoder.layers.\1.blocks.\2.layernorm_before.\3",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm2\.(weight|bias)",
+        r"backbone.swin.encoder.layers.\1.blocks.\2.layernorm_after.\3",
+    ),
+    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.qkv\.(weight|bias)", None),  # split_fused_qkv
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.proj\.(weight|bias)",
+        r"backbone.swin.encoder.layers.\1.blocks.\2.attention.o_proj.\3",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_bias_table",
+        r"backbone.swin.encoder.layers.\1.blocks.\2.attention.relative_position_bias.relative_position_bias_table",
+    ),
+    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_index", None),  # checked, dropped
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)",
+        r"backbone.swin.encoder.layers.\1.blocks.\2.mlp.fc1.\3",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.(weight|bias)",
+        r"backbone.swin.encoder.layers.\1.blocks.\2.mlp.fc2.\3",
+    ),
+    (r"backbone\.stages\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)", None),  # unfold_to_concat
+    (r"backbone\.norm(\d+)\.(weight|bias)", None),  # stage output norms, index shifted by one
+]
+
+CONVNEXT_RENAMES: list[tuple[str, str | None]] = [
+    (r"backbone\.downsample_layers\.0\.0\.(weight|bias)", r"backbone.embeddings.patch_embeddings.\1"),
+    (r"backbone\.downsample_layers\.0\.1\.(weight|bias)", r"backbone.embeddings.layernorm.\1"),
+    (
+        r"backbone\.downsample_layers\.([123])\.([01])\.(weight|bias)",
+        r"backbone.encoder.stages.\1.downsampling_layer.\2.\3",
+    ),
+    (r"backbone\.stages\.(\d+)\.(\d+)\.gamma", r"backbone.encoder.stages.\1.layers.\2.layer_scale_parameter"),
+    (
+        r"backbone\.stages\.(\d+)\.(\d+)\.depthwise_conv\.(weight|bias)",
+        r"backbone.encoder.stages.\1.layers.\2.dwconv.\3",
+    ),
+    (r"backbone\.stages\.(\d+)\.(\d+)\.norm\.(weight|bias)", r"backbone.encoder.stages.\1.layers.\2.layernorm.\3"),
+    (
+        r"backbone\.stages\.(\d+)\.(\d+)\.pointwise_conv1\.(weight|bias)",
+        r"backbone.encoder.stages.\1.layers.\2.pwconv1.\3",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.(\d+)\.pointwise_conv2\.(weight|bias)",
+        r"backbone.encoder.stages.\1.layers.\2.pwconv2.\3",
+    ),
+    (r"backbone\.norm(\d+)\.(weight|bias)", None),  # stage output norms, index shifted by one
+]
+
+MIT_RENAMES: list[tuple[str, str | None]] = [
+    (r"backbone\.layers\.(\d+)\.0\.projection\.(weight|bias)", r"backbone.stages.\1.patch_embeddings.proj.\2"),
+    (r"backbone\.layers\.(\d+)\.0\.norm\.(weight|bias)", r"backbone.stages.\1.patch_embeddings.layer_norm.\2"),
+    (r"backbone\.layers\.(\d+)\.1\.(\d+)\.norm1\.(weight|bias)", r"backbone.stages.\1.blocks.\2.layernorm_before.\3"),
+    (r"backbone\.layers\.(\d+)\.1\.(\d+)\.norm2\.(weight|bias)", r"backbone.stages.\1.blocks.\2.layernorm_after.\3"),
+    (r"backbone\.layers\.(\d+)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", None),  # split_fused_qkv
+    (
+        r"backbone\.layers\.(\d+)\.1\.(\d+)\.attn\.attn\.out_proj\.(weight|bias)",
+        r"backbone.stages.\1.blocks.\2.attention.o_proj.\3",
+    ),
+    (
+        r"backbone\.layers\.(\d+)\.1\.(\d+)\.attn\.sr\.(weight|bias)",
+        r"backbone.stages.\1.blocks.\2.attention.sequence_reduction.sequence_reduction.\3",
+    ),
+    (
+        r"backbone\.layers\.(\d+)\.1\.(\d+)\.attn\.norm\.(weight|bias)",
+        r"backbone.stages.\1.blocks.\2.attention.sequence_reduction.layer_norm.\3",
+    ),
+    (
+        r"backbone\.layers\.(\d+)\.1\.(\d+)\.ffn\.layers\.0\.(weight|bias)",
+        r"backbone.stages.\1.blocks.\2.mlp.fc1.\3",
+    ),  # 1x1 conv
+    (
+        r"backbone\.layers\.(\d+)\.1\.(\d+)\.ffn\.layers\.1\.(weight|bias)",
+        r"backbone.stages.\1.blocks.\2.mlp.dwconv.dwconv.\3",
+    ),
+    (
+        r"backbone\.layers\.(\d+)\.1\.(\d+)\.ffn\.layers\.4\.(weight|bias)",
+        r"backbone.stages.\1.blocks.\2.mlp.fc2.\3",
+    ),  # 1x1 conv
+    (r"backbone\.layers\.(\d+)\.2\.(weight|bias)", r"backbone.stages.\1.layer_norm.\2"),
+]
+
+_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+# Both heads; keys of only one of them simply never occur in the other's checkpoints.
+HEAD_RENAMES: list[tuple[str, str | None]] = [
+    (r"decode_head\.linear_c(\d)\.proj\.(weight|bias)", r"decode_head.linear_c\1.proj.\2"),  # vw: nn.Linear
+    (r"decode_head\.linear_c(\d)\.conv\.weight", r"decode_head.linear_c\1.conv.weight"),  # vw_city: ConvModule
+    (rf"decode_head\.linear_c(\d)\.bn\.{_BN}", r"decode_head.linear_c\1.batch_norm.\2"),
+    (r"decode_head\.linear_fuse\.conv\.weight", r"decode_head.linear_fuse.conv.weight"),
+    (rf"decode_head\.linear_fuse\.bn\.{_BN}", r"decode_head.linear_fuse.batch_norm.\1"),
+    (r"decode_head\.short_path\.conv\.weight", r"decode_head.multi_scale.short_path.conv.weight"),
+    (rf"decode_head\.short_path\.bn\.{_BN}", r"decode_head.multi_scale.short_path.batch_norm.\1"),
+    (r"decode_head\.image_pool\.1\.conv\.weight", r"decode_head.multi_scale.image_pool.conv.weight"),
+    (rf"decode_head\.image_pool\.1\.bn\.{_BN}", r"decode_head.multi_scale.image_pool.batch_norm.\1"),
+    (r"decode_head\.ds\.(\d+)\.conv\.weight", r"decode_head.multi_scale.attentions.\1.context_embedding.conv.weight"),
+    (rf"decode_head\.ds\.(\d+)\.bn\.{_BN}", r"decode_head.multi_scale.attentions.\1.context_embedding.batch_norm.\2"),
+    # vw: mmcv NonLocal2d theta / phi / g (1x1 convs with bias) and conv_out (1x1 conv without bias + BN)
+    (r"decode_head\.attn\.(\d+)\.theta\.conv\.(weight|bias)", r"decode_head.multi_scale.attentions.\1.query_proj.\2"),
+    (r"decode_head\.attn\.(\d+)\.phi\.conv\.(weight|bias)", r"decode_head.multi_scale.attentions.\1.key_proj.\2"),
+    (r"decode_head\.attn\.(\d+)\.g\.conv\.(weight|bias)", r"decode_head.multi_scale.attentions.\1.value_proj.\2"),
+    (r"decode_head\.attn\.(\d+)\.conv_out\.conv\.weight", r"decode_head.multi_scale.attentions.\1.output_proj.weight"),
+    (rf"decode_head\.attn\.(\d+)\.conv_out\.bn\.{_BN}", r"decode_head.multi_scale.attentions.\1.output_norm.\2"),
+    # vw_city: nn.MultiheadAttention
+    (r"decode_head\.attn\.(\d+)\.in_proj_(weight|bias)", None),  # split_fused_qkv
+    (r"decode_head\.attn\.(\d+)\.out_proj\.(weight|bias)", r"decode_head.multi_scale.attentions.\1.output_proj.\2"),
+    (r"decode_head\.cat\.conv\.weight", r"decode_head.multi_scale.fuse.conv.weight"),
+    (rf"decode_head\.cat\.bn\.{_BN}", r"decode_head.multi_scale.fuse.batch_norm.\1"),
+    (r"decode_head\.low_level_fuse\.conv\.weight", r"decode_head.low_level_fuse.conv.weight"),
+    (rf"decode_head\.low_level_fuse\.bn\.{_BN}", r"decode_head.low_level_fuse.batch_norm.\1"),
+    (r"decode_head\.conv_seg\.(weight|bias)", r"decode_head.classifier.\1"),
+]
+
+BACKBONE_RENAMES = {"swin": SWIN_RENAMES, "convnext": CONVNEXT_RENAMES, "mit": MIT_RENAMES}
+
+# Hyper-parameters that are not in the weights, per released variant (the repo's config files)
+RELEASED_HEAD_SETTINGS = {
+    # variant name: (num_attention_heads, use_short_cut)
+    "vwformer-swin-base-ade20k": (1, True),
+    "vwformer-swin-large-ade20k": (1, False),
+    "vwformer-convnext-tiny-ade20k": (1, True),
+    "vwformer-convnext-small-ade20k": (16, False),
+    "vwformer-convnext-base-ade20k": (1, True),
+    "vwformer-convnext-large-ade20k": (1, True),
+    "vwformer-convnext-xlarge-ade20k": (1, True),
+    **{f"vwformer-convnext-{size}-cityscapes": (16, False) for size in ("tiny", "small", "base", "large", "xlarge")},
+}
+
+# MiT attention heads are not in the weights either; every MiT-B0..B5 uses these
+MIT_DEFAULT_HEADS = [1, 2, 5, 8]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Detection and config inference
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _shape(state_dict: dict, key: str) -> tuple[int, ...]:
+    if key not in state_dict:
+        raise CheckpointError(f"missing key {key!r}: not a VWFormer checkpoint (or a truncated state dict)")
+    return tuple(state_dict[key].shape)
+
+
+def _indices(state_dict: dict, pattern: str) -> list[int]:
+    """Sorted distinct values of the first group of ``pattern`` (``re.match``) over the keys."""
+    return sorted({int(match.group(1)) for key in state_dict if (match := re.match(pattern, key))})
+
+
+def detect_backbone_type(state_dict: dict) -> str:
+    if "backbone.patch_embed.projection.weight" in state_dict:
+        return "swin"
+    if "backbone.downsample_layers.0.0.weight" in state_dict:
+        return "convnext"
+    if "backbone.layers.0.0.projection.weight" in state_dict:
+        return "mit"
+    if "backbone.patch_embed.proj.weight" in state_dict:
+        raise CheckpointError(
+            "backbone.patch_embed.proj.weight: a Swin in the older (SeMask / Swin-Transformer-Semantic-Segmentation) "
+            "layout; VWFormer checkpoints use mmseg 0.30's Swin (backbone.patch_embed.projection.*)"
+        )
+    backbone_keys = [key for key in state_dict if key.startswith("backbone.")][:5]
+    raise CheckpointError(
+        "unknown backbone: expected mmseg Swin (backbone.patch_embed.projection.*), mmcls ConvNeXt "
+        f"(backbone.downsample_layers.*) or mmseg MiT (backbone.layers.*.0.projection.*); first backbone keys: "
+        f"{backbone_keys}"
+    )
+
+
+def detect_head_type(state_dict: dict) -> str:
+    if "decode_head.attn.0.in_proj_weight" in state_dict:
+        return "vw_city"
+    if "decode_head.attn.0.theta.conv.weight" in state_dict or "decode_head.image_pool.1.conv.weight" in state_dict:
+        return "vw"
+    head_keys = [key for key in state_dict if key.startswith("decode_head.")][:5]
+    raise CheckpointError(
+        "not a VWFormer decode head: neither decode_head.attn.0.theta.conv.weight (VWHead) nor "
+        f"decode_head.attn.0.in_proj_weight (VWCityHead); first decode_head keys: {head_keys or 'none'}"
+    )
+
+
+def _meta_float(meta: dict, key: str, default: float) -> float:
+    value = _meta_config_value(meta, key, r"[0-9.eE+-]+")
+    return float(value) if value is not None else default
+
+
+def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
+    embed_dim, num_channels, patch_size, _ = _shape(state_dict, "backbone.patch_embed.projection.weight")
+    stages = _indices(state_dict, r"backbone\.stages\.(\d+)\.")
+    depths = [len(_indices(state_dict, rf"backbone\.stages\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
+    table = "backbone.stages.{}.blocks.0.attn.w_msa.relative_position_bias_table"
+    num_heads = [_shape(state_dict, table.format(stage))[1] for stage in stages]
+    rows = _shape(state_dict, table.format(0))[0]
+    window_size = (math.isqrt(rows) + 1) // 2
+    if (2 * window_size - 1) ** 2 != rows:
+        raise CheckpointError(f"{table.format(0)} has {rows} rows, not (2w-1)^2 for any window size w")
+    mlp_hidden = _shape(state_dict, "backbone.stages.0.blocks.0.ffn.layers.0.0.weight")[0]
+    return SwinConfig(
+        image_size=int(_meta_float(meta, "pretrain_img_size", 224)),
+        patch_size=patch_size,
+        num_channels=num_channels,
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=num_heads,
+        window_size=window_size,
+        mlp_ratio=mlp_hidden / embed_dim,
+        qkv_bias="backbone.stages.0.blocks.0.attn.w_msa.qkv.bias" in state_dict,
+        drop_path_rate=_meta_float(meta, "drop_path_rate", 0.3),
+        out_features=STAGES,
+    )
+
+
+def infer_convnext_config(state_dict: dict, meta: dict) -> ConvNextConfig:
+    _, num_channels, patch_size, _ = _shape(state_dict, "backbone.downsample_layers.0.0.weight")
+    stages = _indices(state_dict, r"backbone\.stages\.(\d+)\.")
+    depths = [len(_indices(state_dict, rf"backbone\.stages\.{stage}\.(\d+)\.")) for stage in stages]
+    hidden_sizes = [_shape(state_dict, f"backbone.stages.{stage}.0.depthwise_conv.weight")[0] for stage in stages]
+    return ConvNextConfig(
+        num_channels=num_channels,
+        patch_size=patch_size,
+        hidden_sizes=hidden_sizes,
+        depths=depths,
+        layer_scale_init_value=1.0 if "backbone.stages.0.0.gamma" in state_dict else 0.0,
+        drop_path_rate=_meta_float(meta, "drop_path_rate", 0.4),
+        out_features=STAGES,
+    )
+
+
+def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
+    stages = _indices(state_dict, r"backbone\.layers\.(\d+)\.")
+    depths = [len(_indices(state_dict, rf"backbone\.layers\.{stage}\.1\.(\d+)\.")) for stage in stages]
+    hidden_sizes, patch_sizes, sr_ratios, mlp_ratios = [], [], [], []
+    for stage in stages:
+        hidden, _, kernel, _ = _shape(state_dict, f"backbone.layers.{stage}.0.projection.weight")
+        hidden_sizes.append(hidden)
+        patch_sizes.append(kernel)
+        sr_key = f"backbone.layers.{stage}.1.0.attn.sr.weight"
+        sr_ratios.append(_shape(state_dict, sr_key)[-1] if sr_key in state_dict else 1)
+        mlp_ratios.append(_shape(state_dict, f"backbone.layers.{stage}.1.0.ffn.layers.0.weight")[0] // hidden)
+    heads_text = _meta_config_value(meta, "num_heads", r"\[[0-9, ]+\]")
+    num_heads = [int(value) for value in re.findall(r"\d+", heads_text)] if heads_text else MIT_DEFAULT_HEADS
+    return SegformerConfig(
+        num_channels=_shape(state_dict, "backbone.layers.0.0.projection.weight")[1],
+        num_encoder_blocks=len(stages),
+        depths=depths,
+        sr_ratios=sr_ratios,
+        hidden_sizes=hidden_sizes,
+        patch_sizes=patch_sizes,
+        strides=[4] + [2] * (len(stages) - 1),
+        num_attention_heads=num_heads[: len(stages)],
+        mlp_ratios=mlp_ratios,
+        drop_path_rate=_meta_float(meta, "drop_path_rate", 0.1),
+    )
+
+
+def _head_settings(meta: dict, variant: str | None) -> tuple[int, bool]:
+    """(num_attention_heads, use_short_cut): from the config text in ``meta``, else from the released variant."""
+    heads = _meta_config_value(meta, "nheads", r"\d+")
+    short_cut = _meta_config_value(meta, "short_cut", r"True|False")
+    if heads is not None and short_cut is not None:
+        return int(heads), short_cut == "True"
+    if variant is not None:
+        if variant not in RELEASED_HEAD_SETTINGS:
+            raise CheckpointError(
+                f"unknown variant {variant!r}; the released VWFormer variants are {sorted(RELEASED_HEAD_SETTINGS)}"
+            )
+        return RELEASED_HEAD_SETTINGS[variant]
+    raise CheckpointError(
+        "the checkpoint's meta has no config text with `nheads` and `short_cut` (they are not in the weights): "
+        f"pass the released variant it comes from (--variant, one of {sorted(RELEASED_HEAD_SETTINGS)})"
+    )
+
+
+def infer_config(state_dict: dict, meta: dict | None = None, variant: str | None = None) -> VWFormerConfig:
+    """Derives the full :class:`VWFormerConfig` from the checkpoint: backbone architecture, head type, channels,
+    enlarging ratios and classes from the tensors; heads and short-cut from ``meta`` or ``variant``."""
+    meta = meta or {}
+    backbone_type = detect_backbone_type(state_dict)
+    head_type = detect_head_type(state_dict)
+    if any(key.startswith("auxiliary_head.") for key in state_dict):
+        raise CheckpointError(
+            "auxiliary_head.* keys: no released VWFormer has an auxiliary head and this converter does not map one"
+        )
+    backbone_config = {"swin": infer_swin_config, "convnext": infer_convnext_config, "mit": infer_mit_config}[
+        backbone_type
+    ](state_dict, meta)
+
+    hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight")[0]
+    num_labels = _shape(state_dict, "decode_head.conv_seg.weight")[0]
+    c1_key = "decode_head.linear_c1.proj.weight" if head_type == "vw" else "decode_head.linear_c1.conv.weight"
+    low_level_channels = _shape(state_dict, c1_key)[0]
+    ratios = [
+        _shape(state_dict, f"decode_head.ds.{j}.conv.weight")[-1]
+        for j in _indices(state_dict, r"decode_head\.ds\.(\d+)\.")
+    ]
+    num_heads, short_cut = _head_settings(meta, variant)
+
+    classes = meta.get("CLASSES")
+    if classes is not None and len(classes) == num_labels:
+        id2label = dict(enumerate(str(name) for name in classes))
+    else:
+        id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
+    return VWFormerConfig(
+        backbone_config=backbone_config,
+        head_type=head_type,
+        hidden_size=hidden_size,
+        num_attention_heads=num_heads,
+        use_short_cut=short_cut,
+        enlarging_ratios=ratios,
+        low_level_channels=low_level_channels,
+        id2label=id2label,
+        label2id={label: index for index, label in id2label.items()},
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tensor surgery
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def split_fused_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows (or entries) of a fused ``[q; k; v]`` projection, in that order."""
+    return tuple(tensor.chunk(3, dim=0))
+
+
+def unfold_to_concat_order(tensor: torch.Tensor) -> torch.Tensor:
+    """Input channels of mmseg's PatchMerging (``nn.Unfold(2, stride=2)``: channel-major, then the 2x2 positions
+    (0,0),(0,1),(1,0),(1,1)) reordered as transformers' Swin concatenates them (position-major: (0,0),(1,0),(0,1),
+    (1,1)). Works on the reduction weight (last dim) and the norm parameters (only dim)."""
+    *leading, channels = tensor.shape
+    grouped = tensor.reshape(*leading, channels // 4, 4)[..., [0, 2, 1, 3]]
+    return grouped.transpose(-1, -2).reshape(*leading, channels)
+
+
+def _squeeze_1x1(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv weight ``(out, in, 1, 1)`` as a linear weight ``(out, in)``."""
+    return tensor.flatten(1) if tensor.ndim == 4 else tensor
+
+
+def _rename(key: str, table: list) -> tuple[bool, str | None]:
+    for pattern, template in table:
+        match = re.fullmatch(pattern, key)
+        if match:
+            return True, (match.expand(template) if template is not None else None)
+    return False, None
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Maps every key; raises :class:`CheckpointError` naming the keys it cannot account for."""
+    backbone_type = detect_backbone_type(state_dict)
+    table = BACKBONE_RENAMES[backbone_type] + HEAD_RENAMES
+    converted: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, tensor in state_dict.items():
+        known, new_key = _rename(key, table)
+        if not known:
+            unmapped.append(key)
+            continue
+        if new_key is not None:
+            if new_key.endswith(
+                (".query_proj.weight", ".key_proj.weight", ".value_proj.weight", ".output_proj.weight")
+            ):
+                tensor = _squeeze_1x1(tensor)
+            elif re.search(r"\.mlp\.fc[12]\.weight$", new_key) and backbone_type == "mit":
+                tensor = _squeeze_1x1(tensor)
+            converted[new_key] = tensor
+            continue
+        converted.update(_surgery(key, tensor, backbone_type))
+    if unmapped:
+        raise CheckpointError(f"{len(unmapped)} keys with no mapping: {unmapped[:20]}")
+    return converted
+
+
+def _surgery(key: str, tensor: torch.Tensor, backbone_type: str) -> dict[str, torch.Tensor]:
+    """The keys whose rename table entry is ``None``."""
+    if match := re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.qkv\.(weight|bias)", key):
+        stage, block, kind = match.groups()
+        prefix = f"backbone.swin.encoder.layers.{stage}.blocks.{block}.attention"
+        return {
+            f"{prefix}.{name}.{kind}": part
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor))
+        }
+    if match := re.fullmatch(r"backbone\.layers\.(\d+)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", key):
+        stage, block, kind = match.groups()
+        prefix = f"backbone.stages.{stage}.blocks.{block}.attention"
+        return {
+            f"{prefix}.{name}.{kind}": part
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor))
+        }
+    if match := re.fullmatch(r"decode_head\.attn\.(\d+)\.in_proj_(weight|bias)", key):
+        branch, kind = match.groups()
+        prefix = f"decode_head.multi_scale.attentions.{branch}"
+        names = ("query_proj", "key_proj", "value_proj")
+        return {f"{prefix}.{name}.{kind}": part for name, part in zip(names, split_fused_qkv(tensor))}
+    if match := re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_index", key):
+        window = math.isqrt(tensor.shape[0]) if tensor.ndim == 2 else 0  # (w*w, w*w)
+        if (
+            tensor.ndim != 2
+            or window * window != tensor.shape[0]
+            or not torch.equal(tensor.long(), relative_position_index(window).view(tensor.shape).long())
+        ):
+            raise CheckpointError(f"{key}: not the standard Swin relative position index of a square window")
+        return {}
+    if match := re.fullmatch(r"backbone\.stages\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)", key):
+        stage, name = match.groups()
+        return {f"backbone.swin.encoder.layers.{stage}.downsample.{name}": unfold_to_concat_order(tensor)}
+    if match := re.fullmatch(r"backbone\.norm(\d+)\.(weight|bias)", key):
+        stage, kind = match.groups()
+        return {f"backbone.hidden_states_norms.stage{int(stage) + 1}.{kind}": tensor}
+    raise CheckpointError(f"{key}: no conversion rule")  # a table entry without a handler: a converter bug
+
+
+def convert_checkpoint(path: str | Path, variant: str | None = None):
+    """Reads, converts and loads an original checkpoint. Returns ``(model, meta)``; the model is in eval mode."""
+    state_dict, meta = load_original_checkpoint(path, kind="VWFormer (mmseg)")
+    try:
+        config = infer_config(state_dict, meta, variant)
+        converted = convert_state_dict(state_dict)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    model = VWFormerForSemanticSegmentation(config)
+    try:
+        check_against_model(converted, model.state_dict())
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    model.load_state_dict(converted, strict=True)
+    return model.eval(), meta
+
+
+__all__ = [
+    "BACKBONE_RENAMES",
+    "HEAD_RENAMES",
+    "RELEASED_HEAD_SETTINGS",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "infer_config",
+]

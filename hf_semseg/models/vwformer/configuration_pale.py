@@ -1,0 +1,1 @@
+../pale/configuration_pale.py

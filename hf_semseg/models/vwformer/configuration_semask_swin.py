@@ -1,0 +1,1 @@
+../semask_swin/configuration_semask_swin.py

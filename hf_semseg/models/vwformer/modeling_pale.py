@@ -1,0 +1,1 @@
+../pale/modeling_pale.py

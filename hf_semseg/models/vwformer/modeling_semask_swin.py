@@ -1,0 +1,1 @@
+../semask_swin/modeling_semask_swin.py

@@ -1,0 +1,495 @@
+"""VWFormer (Yan et al., "Multi-Scale Representations by Varying Window Attention for Semantic Segmentation",
+ICLR 2024, arXiv 2404.16573): a decode head that learns multi-scale representations with varying window attention
+(VWA) over any hierarchical backbone.
+
+The head follows the original code (yan-hao-tian/VW, ``mmsegmentation-custom/mmseg/models/decode_heads/vw_head.py``,
+classes ``VWHead`` and ``VWCityHead``) module for module, so converted checkpoints give the original's outputs:
+
+1. multi-layer aggregation: the stride 8/16/32 maps are projected to ``C`` channels, brought to stride 8 and fused;
+2. multi-scale representations (paper Sec. 3.2-3.3): a 1x1 short path, a global pooling branch (``vw`` head only) and
+   one VWA branch per enlarging ratio ``R`` (2, 4, 8). The fused map is split into an 8x8 grid of ``P x P`` query
+   windows; each query window attends to an ``RP x RP`` context window centred on it. The context is first embedded by
+   a densely overlapping ``R x R`` convolution that divides the channels by ``R**2`` (pre-scaling, "DOPE"), padded by
+   copying the content next to the border (copy-shift padding, "CSP"), cut into windows and folded space-to-depth
+   into ``P x P`` tokens of ``C`` channels, so every branch costs what plain ``P x P`` window attention costs;
+3. low-level enhancement: the fused result is upsampled to stride 4 and fused with a 48-channel projection of the
+   stride-4 map before the classifier. ``logits`` are at 1/4 of the input size.
+
+Window partition, context windows and space-to-depth are reshapes and strided views (no loop over windows);
+attention goes through ``ALL_ATTENTION_FUNCTIONS`` (SDPA by default). Unlike the original, which raises unless the
+input height and width are multiples of 64, any size works: see :meth:`VWFormerMultiScaleBlock.forward`.
+
+Portable remote code: imports torch, transformers and this package's SeMask-Swin and Pale backbones (from their family
+folders inside the package, from the copies saved next to this file otherwise).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoBackbone, ConvNextBackbone, SegformerModel, SwinBackbone
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.swin.modeling_swin import eager_attention_forward
+from transformers.models.upernet.modeling_upernet import UperNetFCNHead
+from transformers.utils import ModelOutput
+
+from .configuration_vwformer import VWFormerConfig
+
+
+try:  # inside the hf_semseg package: the family modules (one class object per process)
+    from hf_semseg.models.pale.modeling_pale import PaleBackbone
+    from hf_semseg.models.semask_swin.modeling_semask_swin import SeMaskSwinBackbone
+except ImportError:  # remote code: the copies saved next to this file
+    from .modeling_pale import PaleBackbone
+    from .modeling_semask_swin import SeMaskSwinBackbone
+
+
+@dataclass
+class VWFormerSemanticSegmenterOutput(ModelOutput):
+    r"""Output of :class:`VWFormerForSemanticSegmentation`.
+
+    Args:
+        loss: cross-entropy of ``logits`` upsampled to the label size (+ ``auxiliary_loss_weight`` x that of
+            ``auxiliary_logits``), when ``labels`` are given.
+        logits: class scores at 1/4 of the input size, ``(B, num_labels, H/4, W/4)``.
+        auxiliary_logits: scores of the FCN auxiliary head at 1/16 of the input size, when the model has one.
+        hidden_states: the four backbone feature maps, when ``output_hidden_states=True``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    auxiliary_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tensor gymnastics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def window_partition(channels_last: torch.Tensor, num_windows: int) -> torch.Tensor:
+    """``(B, nh*ph, nw*pw, C)`` -> ``(B*nh*nw, ph*pw, C)``: windows in row-major order, batch outermost."""
+    batch_size, height, width, channels = channels_last.shape
+    window_height, window_width = height // num_windows, width // num_windows
+    # (B, nh, ph, nw, pw, C) -> (B, nh, nw, ph, pw, C)
+    windows = channels_last.view(batch_size, num_windows, window_height, num_windows, window_width, channels)
+    windows = windows.permute(0, 1, 3, 2, 4, 5)
+    return windows.reshape(batch_size * num_windows * num_windows, window_height * window_width, channels)
+
+
+def window_reverse(windows: torch.Tensor, num_windows: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B*nh*nw, ph*pw, C)`` -> ``(B, nh*ph, nw*pw, C)``."""
+    channels = windows.shape[-1]
+    window_height, window_width = height // num_windows, width // num_windows
+    batch_size = windows.shape[0] // (num_windows * num_windows)
+    # (B, nh, nw, ph, pw, C) -> (B, nh, ph, nw, pw, C)
+    windows = windows.view(batch_size, num_windows, num_windows, window_height, window_width, channels)
+    return windows.permute(0, 1, 3, 2, 4, 5).reshape(batch_size, height, width, channels)
+
+
+def copy_shift_pad(context: torch.Tensor, ratio: int, window_height: int, window_width: int) -> torch.Tensor:
+    """Copy-shift padding (CSP, paper Sec. 3.3) of a ``(B, c, h, w)`` map, width first, then height.
+
+    Each side grows by ``R*P - (R+1)*P // 2`` columns (rows), copied from the map's own content next to that border
+    (the columns ``[(R+1)P//2, RP)`` on the left, the mirror range on the right): no zeros enter the context windows.
+    The integer arithmetic is the original's, which matters for odd ``P``.
+    """
+    width_start, width_end = (ratio + 1) * window_width // 2, ratio * window_width
+    context = torch.cat([context[..., width_start:width_end], context, context[..., -width_end:-width_start]], dim=3)
+    height_start, height_end = (ratio + 1) * window_height // 2, ratio * window_height
+    return torch.cat(
+        [context[..., height_start:height_end, :], context, context[..., -height_end:-height_start, :]], dim=2
+    )
+
+
+def context_windows(padded: torch.Tensor, ratio: int, num_windows: int, window_height: int, window_width: int):
+    """Cut the copy-shift-padded ``(B, c, H', W')`` map into the ``RP x RP`` context window of every query window and
+    fold each window space-to-depth into ``P x P`` tokens of ``R*R*c`` channels.
+
+    Window ``(i, j)`` starts at ``(i*ph, j*pw)``, as ``F.unfold(kernel=(R*ph, R*pw), stride=(ph, pw))`` in the original
+    (of which only the first ``num_windows`` per side exist there). Context pixel ``(y*R + rh, x*R + rw)`` of a window
+    becomes token ``(y, x)``, channel ``(rh*R + rw)*c + k`` (einops ``b c (ph rh) (pw rw) -> b (rh rw c) ph pw``).
+
+    Returns ``(B*nh*nw, ph*pw, R*R*c)``.
+    """
+    batch_size, channels = padded.shape[:2]
+    # strided views, no copy: (B, c, nh', nw', R*ph, R*pw), keep the first nh x nw windows
+    windows = padded.unfold(2, ratio * window_height, window_height).unfold(3, ratio * window_width, window_width)
+    windows = windows[:, :, :num_windows, :num_windows]
+    # (B, c, nh, nw, ph, rh, pw, rw) -> (B, nh, nw, ph, pw, rh, rw, c)
+    windows = windows.reshape(batch_size, channels, num_windows, num_windows, window_height, ratio, window_width, ratio)
+    windows = windows.permute(0, 2, 3, 4, 6, 5, 7, 1)
+    return windows.reshape(
+        batch_size * num_windows * num_windows, window_height * window_width, ratio * ratio * channels
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Head modules
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class VWFormerConvModule(nn.Module):
+    """Conv (no bias) -> BatchNorm -> optional ReLU: mmcv's ``ConvModule`` with a norm, as the original uses it."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, eps: float = 1e-5, relu=True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, bias=False)
+        self.batch_norm = nn.BatchNorm2d(out_channels, eps=eps)
+        self.activation = nn.ReLU() if relu else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.batch_norm(self.conv(hidden_states)))
+
+
+class VWFormerLinearEmbedding(nn.Module):
+    """Per-pixel ``nn.Linear`` of a ``(B, C_in, H, W)`` map (SegFormer's ``MLP``, the ``vw`` head's projections).
+    Returns ``(B, C_out, H, W)`` in channels-last memory."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Linear(in_channels, out_channels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
+    """One varying-window-attention branch with enlarging ratio ``R`` (paper Sec. 3.2-3.3).
+
+    ``context_embedding`` is the pre-scaling ``R x R`` conv (stride 1, ``C -> C / R**2``, BN, ReLU; original ``ds.j``)
+    on the zero-padded map. Queries come from the ``P x P`` query window, keys and values from the space-to-depth
+    folded ``RP x RP`` context window; heads split the channels contiguously; scale ``(C / heads) ** -0.5``.
+
+    * ``vw`` head (an mmcv ``NonLocal2d``, original ``attn.j``): ``query/key/value_proj`` are its ``theta/phi/g`` 1x1
+      convs, ``output_proj`` is ``conv_out`` (no bias) followed by ``output_norm`` (BatchNorm).
+    * ``vw_city`` head (``nn.MultiheadAttention``): the projections are the thirds of ``in_proj`` and ``out_proj``
+      (with bias); no norm.
+    """
+
+    def __init__(self, config: VWFormerConfig, ratio: int):
+        super().__init__()
+        channels = config.hidden_size
+        self.ratio = ratio
+        self.num_heads = config.num_attention_heads
+        self.head_dim = channels // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.num_windows = config.num_windows_per_side
+        self.config = config
+        self.context_embedding = VWFormerConvModule(
+            channels, channels // (ratio * ratio), kernel_size=ratio, eps=config.batch_norm_eps
+        )
+        self.query_proj = nn.Linear(channels, channels)
+        self.key_proj = nn.Linear(channels, channels)
+        self.value_proj = nn.Linear(channels, channels)
+        is_city_head = config.head_type == "vw_city"
+        self.output_proj = nn.Linear(channels, channels, bias=is_city_head)
+        self.output_norm = None if is_city_head else nn.BatchNorm2d(channels, eps=config.batch_norm_eps)
+
+    def context_tokens(self, fused: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B*nh*nw, ph*pw, C)``: pre-scaling, copy-shift padding, windows, space-to-depth."""
+        ratio = self.ratio
+        window_height, window_width = fused.shape[2] // self.num_windows, fused.shape[3] // self.num_windows
+        # zero padding (R/2 - 1 before, R/2 after) keeps the size through the R x R conv: (B, C/R^2, h, w)
+        context = self.context_embedding(F.pad(fused, (ratio // 2 - 1, ratio // 2, ratio // 2 - 1, ratio // 2)))
+        context = copy_shift_pad(context, ratio, window_height, window_width)
+        return context_windows(context, ratio, self.num_windows, window_height, window_width)
+
+    def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+        """``fused``: ``(B, C, h, w)``, ``h`` and ``w`` multiples of the window grid; ``query_tokens``: the same map as
+        ``(B*nh*nw, ph*pw, C)`` windows. Returns the branch output as a ``(B, C, h, w)`` map."""
+        batch_size, channels, height, width = fused.shape
+        context = self.context_tokens(fused)
+        num_windows, num_tokens = query_tokens.shape[:2]
+        head_shape = (num_windows, -1, self.num_heads, self.head_dim)
+        # (B*nh*nw, tokens, C) -> (B*nh*nw, heads, tokens, head_dim)
+        query = self.query_proj(query_tokens).view(head_shape).transpose(1, 2)
+        key = self.key_proj(context).view(head_shape).transpose(1, 2)
+        value = self.value_proj(context).view(head_shape).transpose(1, 2)
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation not in (None, "eager"):  # None: a module built outside a model
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attended, _ = attention_interface(self, query, key, value, None, dropout=0.0, scaling=self.scaling)
+        # attention functions return (B*nh*nw, tokens, heads, head_dim)
+        attended = self.output_proj(attended.reshape(num_windows, num_tokens, channels))
+        output = window_reverse(attended, self.num_windows, height, width).permute(0, 3, 1, 2)
+        if self.output_norm is not None:
+            output = self.output_norm(output)
+        return output
+
+
+class VWFormerMultiScaleBlock(nn.Module):
+    """Multi-scale representations of the fused stride-8 map (original ``vwformer``): short path, global pooling
+    (``vw`` head), one VWA branch per enlarging ratio (+ the map itself with ``use_short_cut``), fused by a 1x1
+    ConvModule (original ``cat``)."""
+
+    def __init__(self, config: VWFormerConfig):
+        super().__init__()
+        channels = config.hidden_size
+        eps = config.batch_norm_eps
+        self.num_windows = config.num_windows_per_side
+        self.use_short_cut = config.use_short_cut
+        self.short_path = VWFormerConvModule(channels, channels, eps=eps)
+        self.image_pool = VWFormerConvModule(channels, channels, eps=eps) if config.head_type == "vw" else None
+        self.attentions = nn.ModuleList(
+            VWFormerVaryingWindowAttention(config, ratio) for ratio in config.enlarging_ratios
+        )
+        num_branches = 1 + (self.image_pool is not None) + len(self.attentions)
+        self.fuse = VWFormerConvModule(num_branches * channels, channels, eps=eps)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B, C, h', w')``.
+
+        The window grid is ``num_windows x num_windows`` whatever the size. The original requires ``h`` and ``w`` to
+        be multiples of it (input sizes multiples of 64); then ``h' = h``, ``w' = w`` and the result is the
+        original's. Otherwise the map is first resized bilinearly up to the next multiple (as the original test
+        pipeline resizes images up to a multiple of 64) and the result keeps that size: the head upsamples it to the
+        stride-4 size next anyway.
+        """
+        height, width = fused.shape[-2:]
+        grid = self.num_windows
+        padded_height, padded_width = -(-height // grid) * grid, -(-width // grid) * grid
+        if (padded_height, padded_width) != (height, width):
+            fused = F.interpolate(fused, size=(padded_height, padded_width), mode="bilinear", align_corners=False)
+
+        branches = [self.short_path(fused)]
+        if self.image_pool is not None:
+            # global average -> 1x1 ConvModule -> broadcast (bilinear resizing of a 1x1 map is a broadcast)
+            pooled = self.image_pool(fused.mean(dim=(2, 3), keepdim=True))
+            branches.append(pooled.expand(-1, -1, padded_height, padded_width))
+        query_tokens = window_partition(fused.permute(0, 2, 3, 1), grid)
+        for attention in self.attentions:
+            output = attention(fused, query_tokens)
+            branches.append(output + fused if self.use_short_cut else output)
+        return self.fuse(torch.cat(branches, dim=1))
+
+
+class VWFormerHead(nn.Module):
+    """The VWFormer decode head (original ``VWHead`` / ``VWCityHead``): multi-layer aggregation, multi-scale
+    representations, low-level enhancement, classifier. Returns logits at the stride of the first feature map."""
+
+    def __init__(self, config: VWFormerConfig, in_channels: list[int]):
+        super().__init__()
+        channels = config.hidden_size
+        eps = config.batch_norm_eps
+        self.is_city_head = config.head_type == "vw_city"
+        if self.is_city_head:
+
+            def projection(in_dim, out_dim):
+                return VWFormerConvModule(in_dim, out_dim, eps=eps)
+        else:
+            projection = VWFormerLinearEmbedding
+        self.linear_c4 = projection(in_channels[3], channels)
+        self.linear_c3 = projection(in_channels[2], channels)
+        self.linear_c2 = projection(in_channels[1], channels)
+        self.linear_c1 = projection(in_channels[0], config.low_level_channels)
+        self.linear_fuse = VWFormerConvModule(3 * channels, channels, eps=eps)
+        self.multi_scale = VWFormerMultiScaleBlock(config)
+        self.low_level_fuse = VWFormerConvModule(channels + config.low_level_channels, channels, eps=eps)
+        self.dropout = nn.Dropout2d(config.classifier_dropout)
+        self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
+
+    def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        c1, c2, c3, c4 = features[:4]
+        stride8_size = c2.shape[-2:]
+        # vw: bilinear (mmseg `resize`, align_corners=False); vw_city: nearest
+        upsample = dict(mode="nearest") if self.is_city_head else dict(mode="bilinear", align_corners=False)
+        deep = F.interpolate(self.linear_c4(c4), size=stride8_size, **upsample)
+        middle = F.interpolate(self.linear_c3(c3), size=stride8_size, **upsample)
+        fused = self.linear_fuse(torch.cat([deep, middle, self.linear_c2(c2)], dim=1))  # (B, C, h, w)
+
+        multi_scale = self.multi_scale(fused)
+        low_level = self.linear_c1(c1)  # (B, 48, H/4, W/4)
+        upsampled = F.interpolate(multi_scale, size=c1.shape[-2:], mode="bilinear", align_corners=False)
+        hidden_states = self.low_level_fuse(torch.cat([upsampled, low_level], dim=1))
+        return self.classifier(self.dropout(hidden_states))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Backbones
+# --------------------------------------------------------------------------------------------------------------------
+
+
+#: backbone classes built directly, by ``backbone_config.model_type`` (others go through ``AutoBackbone``)
+_BACKBONE_CLASSES = {
+    "swin": SwinBackbone,
+    "convnext": ConvNextBackbone,
+    "segformer": SegformerModel,
+    "semask_swin": SeMaskSwinBackbone,
+    "pale": PaleBackbone,
+}
+
+
+def build_backbone(backbone_config) -> nn.Module:
+    """The backbone for ``backbone_config``: built from its class directly (remote code cannot rely on what
+    ``AutoBackbone`` knows in this process), falling back to ``AutoBackbone`` for other transformers backbones."""
+    backbone_class = _BACKBONE_CLASSES.get(backbone_config.model_type)
+    if backbone_class is None:
+        return AutoBackbone.from_config(backbone_config)
+    backbone = backbone_class(backbone_config)
+    if backbone_config.model_type == "swin":
+        # SwinBackbone keeps SwinModel's final LayerNorm but never uses it: drop it, so that every parameter is
+        # trained (DDP needs no `find_unused_parameters`) and the parameter count is the original model's
+        backbone.swin.layernorm = nn.Identity()
+    return backbone
+
+
+def backbone_channels(backbone: nn.Module) -> list[int]:
+    """Channels of the four feature maps (strides 4/8/16/32)."""
+    if backbone.config.model_type == "segformer":
+        return list(backbone.config.hidden_sizes)
+    channels = list(backbone.channels)
+    if len(channels) != 4:
+        raise ValueError(
+            f"VWFormer needs four backbone feature maps (strides 4/8/16/32); the {type(backbone).__name__} returns "
+            f"{len(channels)} (out_features={backbone.config.out_features})"
+        )
+    return channels
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class VWFormerPreTrainedModel(PreTrainedModel):
+    config: VWFormerConfig
+    config_class = VWFormerConfig
+    base_model_prefix = "vwformer"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = []
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The original initialisation of the head: convs kaiming-normal (fan-out, ReLU) as mmcv's ConvModule,
+        Linear truncated-normal, the attention output BatchNorm of the ``vw`` head zero (mmcv ``NonLocal2d``
+        ``zero_init``: a fresh branch adds nothing), the classifier normal(0.01)."""
+        if isinstance(module, VWFormerVaryingWindowAttention):
+            init.normal_(module.query_proj.weight, std=0.01)
+            if module.output_norm is not None:
+                init.zeros_(module.output_norm.weight)
+            return
+        if isinstance(module, VWFormerHead):
+            init.normal_(module.classifier.weight, std=0.01)
+            init.zeros_(module.classifier.bias)
+            return
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+
+class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
+    """A backbone + the VWFormer decode head (+ optionally transformers' UperNet FCN auxiliary head on stage 3).
+
+    ``logits`` are at 1/4 of the input size; with ``labels`` (``(B, H, W)``, 255 = ignore) the loss is the
+    cross-entropy of the logits upsampled bilinearly to the label size, as in mmseg.
+    """
+
+    def __init__(self, config: VWFormerConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.backbone_config)
+        in_channels = backbone_channels(self.backbone)
+        self.decode_head = VWFormerHead(config, in_channels)
+        self.auxiliary_head = None
+        if config.use_auxiliary_head:
+            auxiliary_config = SimpleNamespace(
+                num_labels=config.num_labels,
+                auxiliary_in_channels=None,
+                auxiliary_channels=config.auxiliary_channels,
+                auxiliary_num_convs=config.auxiliary_num_convs,
+                auxiliary_concat_input=config.auxiliary_concat_input,
+            )
+            self.auxiliary_head = UperNetFCNHead(auxiliary_config, in_channels=in_channels, in_index=2)
+        self.post_init()
+
+    def backbone_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The four feature maps (strides 4/8/16/32) of the backbone, NCHW."""
+        if self.backbone.config.model_type == "segformer":  # the MiT encoder: its hidden states are the stages
+            return tuple(self.backbone(pixel_values, output_hidden_states=True, return_dict=True).hidden_states)
+        return tuple(self.backbone(pixel_values, return_dict=True).feature_maps)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VWFormerSemanticSegmenterOutput | tuple:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        features = self.backbone_features(pixel_values)
+        logits = self.decode_head(features)
+        auxiliary_logits = self.auxiliary_head(features) if self.auxiliary_head is not None else None
+        loss = None
+        if labels is not None:
+            loss = self.compute_loss(logits, auxiliary_logits, labels)
+        output = VWFormerSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            auxiliary_logits=auxiliary_logits,
+            hidden_states=features if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
+        """Cross-entropy of the logits upsampled to the labels' size (mmseg 0.30 ``CrossEntropyLoss``), + weight x
+        that of the auxiliary logits. Labels outside ``[0, num_labels)`` other than the ignore index are an error."""
+        if labels.ndim != 3:
+            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
+        labels = labels.long()
+        ignore_index = self.config.loss_ignore_index
+        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
+        if invalid.any():
+            bad = labels[invalid].unique()[:10].tolist()
+            raise ValueError(
+                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index "
+                f"{ignore_index}"
+            )
+
+        def cross_entropy(scores: torch.Tensor) -> torch.Tensor:
+            upsampled = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            if not self.config.loss_mean_over_all_pixels:
+                return F.cross_entropy(upsampled, labels, ignore_index=ignore_index)
+            per_pixel = F.cross_entropy(upsampled, labels, ignore_index=ignore_index, reduction="none")
+            return per_pixel.mean()
+
+        loss = cross_entropy(logits)
+        if auxiliary_logits is not None:
+            loss = loss + self.config.auxiliary_loss_weight * cross_entropy(auxiliary_logits)
+        return loss
+
+
+__all__ = [
+    "VWFormerForSemanticSegmentation",
+    "VWFormerHead",
+    "VWFormerPreTrainedModel",
+    "VWFormerSemanticSegmenterOutput",
+    "VWFormerVaryingWindowAttention",
+]

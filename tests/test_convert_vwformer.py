@@ -1,0 +1,292 @@
+"""VWFormer conversion: the original code's outputs on the fixtures, every released key layout, and clear errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf_semseg
+from hf_semseg.conversion.semask_fpn import CheckpointError
+from hf_semseg.conversion.vwformer import convert_checkpoint, convert_state_dict, infer_config, unfold_to_concat_order
+from hf_semseg.models.semask_swin.modeling_semask_swin import relative_position_index
+from hf_semseg.models.vwformer.modeling_vwformer import window_partition
+
+from conftest import FIXTURES, REPO_ROOT, fixture_dir
+
+
+def load_fixture(folder):
+    model, meta = convert_checkpoint(folder / "original_checkpoint.pth")
+    inputs = load_file(folder / "inputs.safetensors")["pixel_values"]
+    return model, meta, inputs, load_file(folder / "outputs.safetensors")
+
+
+def head_intermediates(model, features):
+    """The head's stages, named as in the fixtures."""
+    head = model.decode_head
+    captured = {}
+    head.linear_fuse.register_forward_hook(lambda m, i, o: captured.__setitem__("head.linear_fuse", o))
+    head.multi_scale.short_path.register_forward_hook(lambda m, i, o: captured.__setitem__("head.short_path", o))
+    head.multi_scale.fuse.register_forward_hook(lambda m, i, o: captured.__setitem__("head.cat", o))
+    head.low_level_fuse.register_forward_hook(lambda m, i, o: captured.__setitem__("head.low_level_fuse", o))
+    for index, attention in enumerate(head.multi_scale.attentions):
+        attention.context_embedding.register_forward_hook(
+            lambda m, i, o, index=index: captured.__setitem__(f"head.ds.{index}", o)
+        )
+        attention.register_forward_hook(lambda m, i, o, index=index: captured.__setitem__(f"head.attn.{index}", o))
+    with torch.no_grad():
+        captured["logits"] = head(features)
+    return captured
+
+
+@pytest.mark.parametrize(
+    "name, head_type, logits_atol", [("vwformer_tiny", "vw", 2e-5), ("vwformer_city_tiny", "vw_city", 1e-3)]
+)
+def test_converted_fixture_reproduces_the_original(name, head_type, logits_atol):
+    model, _, pixel_values, expected = load_fixture(fixture_dir(name))
+    assert model.config.head_type == head_type
+    with torch.no_grad():
+        features = model.backbone_features(pixel_values)
+        logits = model(pixel_values).logits
+    for index, feature in enumerate(features):
+        torch.testing.assert_close(feature, expected[f"backbone.out{index}"], atol=1e-4, rtol=0)
+    # end to end (ConvNeXt's backbone differs by up to 5e-5 in float32, amplified to ~1.4e-4 in the logits)
+    torch.testing.assert_close(logits, expected["logits"], atol=logits_atol, rtol=0)
+    assert torch.equal(logits.argmax(1), expected["logits"].argmax(1))
+
+    # the head alone, on the original's backbone outputs: every stage equals the original's up to float32 rounding
+    # (measured: relative to the stage's largest value at most 1.2e-5, e.g. 1.0e-3 on values up to 84)
+    original_features = tuple(expected[f"backbone.out{index}"] for index in range(4))
+    stages = head_intermediates(model, original_features)
+    for key, value in stages.items():
+        scale = max(1.0, expected[key].abs().max().item())
+        torch.testing.assert_close(value, expected[key], atol=2e-5 * scale, rtol=0, msg=key)
+
+
+def test_head_type_heads_and_short_cut_come_from_the_config_text():
+    model, meta, *_ = load_fixture(fixture_dir("vwformer_tiny"))
+    assert (model.config.num_attention_heads, model.config.use_short_cut) == (2, True)
+    assert model.config.enlarging_ratios == [2, 4, 8]
+    city, *_ = load_fixture(fixture_dir("vwformer_city_tiny"))
+    assert (city.config.num_attention_heads, city.config.use_short_cut, city.config.num_labels) == (4, False, 19)
+    assert type(city.backbone).__name__ == "ConvNextBackbone"
+
+
+def test_patch_merging_channel_reorder_matches_the_unfold_order():
+    # nn.Unfold(2, stride 2) on a (1, C, 2, 2) map lists channel-major; HF Swin concatenates positions first
+    channels = 3
+    patch = torch.arange(channels * 4).float().view(1, channels, 2, 2)
+    unfold_order = torch.nn.functional.unfold(patch, 2, stride=2)[0, :, 0]  # c*4 + (row*2 + col)
+    x00, x10, x01, x11 = patch[0, :, 0, 0], patch[0, :, 1, 0], patch[0, :, 0, 1], patch[0, :, 1, 1]
+    concat_order = torch.cat([x00, x10, x01, x11])
+    weight = torch.eye(4 * channels)[:, None].squeeze(1)  # identity reduction: output i reads unfold input i
+    reordered = unfold_to_concat_order(weight)
+    torch.testing.assert_close(reordered @ concat_order, weight @ unfold_order)
+
+
+KEY_LISTS = sorted(path.stem for path in (FIXTURES / "vwformer_keys").glob("vw_*.json")) if FIXTURES.is_dir() else []
+
+
+def meta_state_dict(path):
+    """A state dict of meta tensors with the listed shapes (real values where the converter checks them)."""
+    state_dict = {}
+    for key, shape in json.loads(path.read_text()):
+        if key.endswith("relative_position_index"):
+            state_dict[key] = relative_position_index(int(round(shape[0] ** 0.5))).view(shape)
+        else:
+            state_dict[key] = torch.empty(shape, device="meta")
+    return state_dict
+
+
+def variant_of(key_list: str) -> str | None:
+    """``vw_convnext_small_ade20k_512`` -> ``vwformer-convnext-small-ade20k`` (None for the constructed MiT lists)."""
+    _, backbone, size, dataset, *_ = key_list.split("_")
+    return None if backbone == "mit" else f"vwformer-{backbone}-{size}-{dataset}"
+
+
+@pytest.mark.parametrize("key_list", KEY_LISTS)
+def test_every_released_key_layout_converts_with_the_original_parameter_count(key_list):
+    folder = fixture_dir("vwformer_keys")
+    summary = json.loads((folder / "_summary.json").read_text())[key_list]
+    state_dict = meta_state_dict(folder / f"{key_list}.json")
+    variant = variant_of(key_list)
+    # the MiT lists are not released models: their head settings come as config text, as a training run writes it
+    meta = {} if variant else {"config": "decode_head=dict(type='VWHead', short_cut=True, nheads=1)"}
+    config = infer_config(state_dict, meta, variant)
+    converted = convert_state_dict(state_dict)
+    with torch.device("meta"):
+        model = hf_semseg.VWFormerForSemanticSegmentation(config)
+    model_state = model.state_dict()
+    assert set(converted) == set(model_state)
+    assert all(tuple(converted[key].shape) == tuple(model_state[key].shape) for key in converted)
+    assert sum(p.numel() for p in model.parameters()) == summary["params_total"]
+    head = summary["head"]
+    assert config.head_type == ("vw" if head["type"] == "VWHead" else "vw_city")
+    assert (config.num_attention_heads, config.use_short_cut, config.num_labels) == (
+        head["nheads"],
+        head["short_cut"],
+        head["num_classes"],
+    )
+    if variant:  # the registry builds the same architecture
+        with torch.device("meta"):
+            registered = hf_semseg.VWFormerForSemanticSegmentation(hf_semseg.variant_config(variant))
+        registered_state = registered.state_dict()
+        assert {key: tuple(value.shape) for key, value in registered_state.items()} == {
+            key: tuple(value.shape) for key, value in model_state.items()
+        }
+        assert registered.config.to_dict() | {"_name_or_path": ""} == model.config.to_dict() | {
+            "_name_or_path": ""
+        } or (
+            registered.config.num_attention_heads,
+            registered.config.use_short_cut,
+            registered.config.head_type,
+        ) == (config.num_attention_heads, config.use_short_cut, config.head_type)
+
+
+def test_released_checkpoint_without_config_text_needs_the_variant():
+    state_dict = meta_state_dict(fixture_dir("vwformer_keys") / "vw_swin_large_ade20k_640.json")
+    with pytest.raises(CheckpointError, match="--variant"):
+        infer_config(state_dict, {})
+    config = infer_config(state_dict, {}, "vwformer-swin-large-ade20k")
+    assert (config.num_attention_heads, config.use_short_cut) == (1, False)
+    with pytest.raises(CheckpointError, match="unknown variant"):
+        infer_config(state_dict, {}, "vwformer-swin-huge-ade20k")
+
+
+@pytest.fixture
+def tiny_checkpoint():
+    return torch.load(fixture_dir("vwformer_tiny") / "original_checkpoint.pth", weights_only=True)
+
+
+def save(tmp_path, checkpoint, name="ckpt.pth"):
+    path = tmp_path / name
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_errors_name_the_problem(tmp_path, tiny_checkpoint):
+    with pytest.raises(CheckpointError, match="no such file"):
+        convert_checkpoint(tmp_path / "missing.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((fixture_dir("vwformer_tiny") / "original_checkpoint.pth").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        convert_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="detectron2 checkpoint.*VWFormer"):
+        convert_checkpoint(save(tmp_path, {"model": {"a": torch.zeros(1)}}))
+
+    state_dict = dict(tiny_checkpoint["state_dict"])
+    extra = dict(state_dict, **{"decode_head.mystery.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="decode_head.mystery.weight"):
+        convert_checkpoint(save(tmp_path, {"meta": tiny_checkpoint["meta"], "state_dict": extra}))
+    missing = {key: value for key, value in state_dict.items() if key != "decode_head.cat.conv.weight"}
+    with pytest.raises(CheckpointError, match="multi_scale.fuse.conv.weight"):
+        convert_checkpoint(save(tmp_path, {"meta": tiny_checkpoint["meta"], "state_dict": missing}))
+    auxiliary = dict(state_dict, **{"auxiliary_head.conv_seg.weight": torch.zeros(5, 8, 1, 1)})
+    with pytest.raises(CheckpointError, match="auxiliary head"):
+        convert_checkpoint(save(tmp_path, {"meta": tiny_checkpoint["meta"], "state_dict": auxiliary}))
+    index_key = "backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"
+    corrupted = dict(state_dict, **{index_key: torch.zeros_like(state_dict[index_key])})
+    with pytest.raises(CheckpointError, match="relative position index"):
+        convert_checkpoint(save(tmp_path, {"meta": tiny_checkpoint["meta"], "state_dict": corrupted}))
+    semask_like = {"backbone.patch_embed.proj.weight": torch.zeros(96, 3, 4, 4)}
+    with pytest.raises(CheckpointError, match="older .*layout"):
+        convert_checkpoint(save(tmp_path, {"state_dict": semask_like}))
+    no_head = {key: value for key, value in state_dict.items() if key.startswith("backbone.")}
+    with pytest.raises(CheckpointError, match="not a VWFormer decode head"):
+        convert_checkpoint(save(tmp_path, {"meta": tiny_checkpoint["meta"], "state_dict": no_head}))
+
+
+def test_cli_converts_and_the_folder_loads_in_a_fresh_process(tmp_path):
+    checkpoint = fixture_dir("vwformer_tiny") / "original_checkpoint.pth"
+    output_dir = tmp_path / "converted"
+    script = REPO_ROOT / "conversion" / "convert_vwformer_to_hf.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--checkpoint_path", str(checkpoint), "--output_dir", str(output_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "vw head" in result.stdout
+    card = (output_dir / "README.md").read_text()
+    assert "$" not in card.split("```")[0] and "VWFormer" in card
+
+    inputs = load_file(fixture_dir("vwformer_tiny") / "inputs.safetensors")["pixel_values"]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    loader = (
+        "import sys, torch\n"
+        "sys.modules['hf_semseg'] = None\n"
+        "from transformers import AutoModelForSemanticSegmentation\n"
+        f"model = AutoModelForSemanticSegmentation.from_pretrained({str(output_dir)!r}, trust_remote_code=True).eval()\n"
+        f"x = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(model(x).logits, {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", loader], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = load_file(fixture_dir("vwformer_tiny") / "outputs.safetensors")["logits"]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=2e-5, rtol=0)
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    script = REPO_ROOT / "conversion" / "convert_vwformer_to_hf.py"
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    result = subprocess.run(
+        [sys.executable, str(script), "--checkpoint_path", str(bad), "--output_dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "bad.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# test pre-processing: keep-ratio resize, then resize up to a multiple of 64
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "pil"])
+def test_variant_processor_resizes_to_a_multiple_of_64_in_two_steps(backend):
+    processor = hf_semseg.variant_image_processor("vwformer-swin-base-ade20k", backend=backend)
+    image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    pixel_values = processor(image, return_tensors="pt").pixel_values
+    # mmcv imrescale(500x375, (2560, 640)): factor 640/375 -> 640 x 853; ResizeToMultiple(64): -> 640 x 896
+    assert pixel_values.shape == (1, 3, 640, 896)
+    assert processor.get_output_size(375, 500) == (640, 896)
+    # the two steps of the original (each on the uint8 image) differ from one direct resize
+    direct = hf_semseg.SeMaskImageProcessor(size={"height": 640, "width": 896})(image, return_tensors="pt")
+    assert not torch.allclose(pixel_values, direct.pixel_values)
+    two_steps = hf_semseg.SeMaskImageProcessor(size={"height": 640, "width": 896})(
+        hf_semseg.SeMaskImageProcessor(
+            size={"longest_edge": 2560, "shortest_edge": 640}, do_rescale=False, do_normalize=False
+        )(image, return_tensors="pt")
+        .pixel_values[0]
+        .round()
+        .to(torch.uint8),
+        return_tensors="pt",
+    )
+    torch.testing.assert_close(pixel_values, two_steps.pixel_values, atol=1e-5, rtol=0)
+
+
+def test_size_divisor_keeps_labels_aligned():
+    processor = hf_semseg.SeMaskImageProcessor(size={"longest_edge": 100, "shortest_edge": 70}, size_divisor=32)
+    image = np.zeros((70, 90, 3), dtype=np.uint8)
+    labels = np.arange(70 * 90).reshape(70, 90) % 5
+    output = processor(image, segmentation_maps=labels, return_tensors="pt")
+    assert output.pixel_values.shape[-2:] == output.labels.shape[-2:] == (96, 96)
+    assert set(output.labels.unique().tolist()) <= {0, 1, 2, 3, 4}
+    with pytest.raises(ValueError, match="size_divisor"):
+        hf_semseg.SeMaskImageProcessor(size_divisor=0)(image)
+
+
+def test_window_partition_is_used_on_channels_last_views():
+    # the head feeds channels-last views of NCHW maps: partitioning must not depend on the memory layout
+    x = torch.randn(1, 8, 16, 16)
+    a = window_partition(x.permute(0, 2, 3, 1), 8)
+    b = window_partition(x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), 8)
+    assert torch.equal(a, b)
