@@ -24,6 +24,15 @@ from .models.pale import (
     PalePreTrainedModel,
     PaleSemanticSegmenterOutput,
 )
+from .models.semask_mask2former import (
+    SeMaskMask2FormerConfig,
+    SeMaskMask2FormerForSemanticSegmentation,
+    SeMaskMask2FormerImageProcessor,
+    SeMaskMask2FormerImageProcessorPil,
+    SeMaskMask2FormerModel,
+    SeMaskMask2FormerPreTrainedModel,
+    SeMaskMask2FormerSemanticSegmenterOutput,
+)
 from .models.semask_swin import (
     SeMaskImageProcessor,
     SeMaskImageProcessorPil,
@@ -95,6 +104,22 @@ def _register_auto_classes() -> None:
     # VWFormer's test pipeline is the same keep-ratio resize (+ size_divisor=64 for the ADE20K models)
     _register_family(VWFormerConfig, {AutoModelForSemanticSegmentation: VWFormerForSemanticSegmentation})
 
+    # SeMask Mask2Former has its own (detectron2) pre- and post-processing
+    _register_family(
+        SeMaskMask2FormerConfig,
+        {AutoModel: SeMaskMask2FormerModel, AutoModelForSemanticSegmentation: SeMaskMask2FormerForSemanticSegmentation},
+    )
+    SeMaskMask2FormerImageProcessor.register_for_auto_class("AutoImageProcessor")
+    SeMaskMask2FormerImageProcessorPil.register_for_auto_class("AutoImageProcessor")
+    AutoImageProcessor.register(
+        SeMaskMask2FormerConfig,
+        image_processor_classes={
+            "torchvision": SeMaskMask2FormerImageProcessor,
+            "pil": SeMaskMask2FormerImageProcessorPil,
+        },
+        exist_ok=True,
+    )
+
 
 _register_auto_classes()
 
@@ -109,6 +134,13 @@ __all__ = [
     "PaleSemanticSegmenterOutput",
     "SeMaskImageProcessor",
     "SeMaskImageProcessorPil",
+    "SeMaskMask2FormerConfig",
+    "SeMaskMask2FormerForSemanticSegmentation",
+    "SeMaskMask2FormerImageProcessor",
+    "SeMaskMask2FormerImageProcessorPil",
+    "SeMaskMask2FormerModel",
+    "SeMaskMask2FormerPreTrainedModel",
+    "SeMaskMask2FormerSemanticSegmenterOutput",
     "SeMaskSemanticSegmenterOutput",
     "SeMaskSwinBackbone",
     "SeMaskSwinBackboneOutput",

@@ -74,6 +74,12 @@ def variant_image_processor(name: str, backend: str = "torchvision"):
 
     variant = get_variant(name)
     longest, shortest = variant.test_scale
+    if variant.family == "semask_mask2former":  # detectron2 pipeline: ResizeShortestEdge, zero padding to 32
+        from .models.semask_mask2former import SeMaskMask2FormerImageProcessor, SeMaskMask2FormerImageProcessorPil
+
+        processor_class = SeMaskMask2FormerImageProcessorPil if backend == "pil" else SeMaskMask2FormerImageProcessor
+        size = {"shortest_edge": shortest, "longest_edge": longest}
+        return processor_class(size=size, do_reduce_labels=variant.reduce_labels)
     processor_class = SeMaskImageProcessorPil if backend == "pil" else SeMaskImageProcessor
     size = (
         {"height": longest, "width": shortest}
@@ -331,3 +337,55 @@ def _register_vwformer() -> None:
 
 
 _register_vwformer()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SeMask-L Mask2Former (Jain et al. 2021; SeMask-Mask2Former README). detectron2 checkpoints, SeMask Swin-L backbone.
+# ----------------------------------------------------------------------------------------------------------------
+
+# dataset: (classes, semantic window, test (longest, shortest), crop, mIoU, mIoU ms+flip, params M counted from the
+# original code)
+_SEMASK_MASK2FORMER = {
+    "ade20k": (150, 12, (2560, 640), (640, 640), 56.41, 57.52, 222.63),
+    "cityscapes": (19, 7, (2048, 1024), (512, 1024), 83.97, 84.98, 221.84),
+}
+
+
+def semask_mask2former_config(dataset: str):
+    """The config of a released SeMask-L Mask2Former model (ADE20K: last stage global semantic attention, semantic
+    window 12; Cityscapes: all windowed, semantic window 7 - detectron2's default, the yaml does not set it)."""
+    from .models.semask_mask2former.configuration_semask_mask2former import (
+        SEMASK_SWIN_LARGE,
+        SeMaskMask2FormerConfig,
+        semask_mask2former_semantic_attention_types,
+    )
+    from .models.semask_swin.configuration_semask_swin import SeMaskSwinConfig
+
+    num_labels, semantic_window, *_ = _SEMASK_MASK2FORMER[dataset]
+    id2label, _ = dataset_labels(dataset)
+    backbone = SeMaskSwinConfig(
+        **dict(SEMASK_SWIN_LARGE, semantic_window_size=semantic_window),
+        semantic_attention_types=semask_mask2former_semantic_attention_types(num_labels),
+    )
+    return SeMaskMask2FormerConfig(
+        backbone_config=backbone, id2label=id2label, label2id={label: i for i, label in id2label.items()}
+    )
+
+
+def _register_semask_mask2former() -> None:
+    for dataset, (_, _, test_scale, crop, miou, miou_ms, params) in _SEMASK_MASK2FORMER.items():
+        register_variant(
+            Variant(
+                name=f"semask-mask2former-large-{dataset}",
+                family="semask_mask2former",
+                dataset=dataset,
+                make_config=lambda dataset=dataset: semask_mask2former_config(dataset),
+                test_scale=test_scale,
+                crop_size=crop,
+                reduce_labels=dataset != "cityscapes",
+                reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},
+            )
+        )
+
+
+_register_semask_mask2former()

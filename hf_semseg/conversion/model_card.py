@@ -151,3 +151,54 @@ def write_vwformer_model_card(
     card = Path(output_dir) / "README.md"
     card.write_text(Template(Path(template_path).read_text()).substitute(fields))
     return card
+
+
+def write_semask_mask2former_model_card(template_path: Path, output_dir: Path, model, checkpoint_name: str) -> Path:
+    """Renders the SeMask Mask2Former card (``model_cards/semask_mask2former.md``) for a converted ``model`` into
+    ``output_dir/README.md`` (after the image processor was saved there: the card quotes its test size)."""
+    config = model.config
+    backbone = config.backbone_config
+    dataset, dataset_id = _DATASET_IDS.get(config.num_labels, (f"{config.num_labels} classes", "custom"))
+    dataset_key = _DATASET_KEYS.get(config.num_labels)
+    variant_name = f"semask-mask2former-large-{dataset_key}"
+    is_release = backbone.embed_dim == 192 and variant_name in list_variants("semask_mask2former")
+    if is_release:
+        reported = get_variant(variant_name).reported
+        reported_row = f"{reported['mIoU']} mIoU single-scale, {reported['mIoU_ms_flip']} mIoU multi-scale + flip ({variant_name})."
+    else:
+        variant_name = None
+        reported_row = "no published result matches this architecture."
+    processor_config = Path(output_dir) / "preprocessor_config.json"
+    size_text, reduce_note = "the configured size", ""
+    if processor_config.is_file():
+        processor = json.loads(processor_config.read_text())
+        size = processor.get("size", {})
+        size_text = f"shortest edge {size.get('shortest_edge')}, longest at most {size.get('longest_edge')}"
+        if processor.get("do_reduce_labels"):
+            reduce_note = "; labels reduced (0 = ignore, class i+1 -> i)"
+    name = variant_name or Path(checkpoint_name).stem
+    fields = {
+        "model_name": name,
+        "dataset": dataset,
+        "dataset_id": dataset_id,
+        "checkpoint_name": checkpoint_name,
+        "embed_dim": backbone.embed_dim,
+        "depths": ", ".join(map(str, backbone.depths)),
+        "num_heads": ", ".join(map(str, backbone.num_heads)),
+        "window_size": backbone.window_size,
+        "semantic_attention_types": ", ".join(backbone.semantic_attention_types),
+        "semantic_window_size": backbone.semantic_window_size,
+        "num_labels": config.num_labels,
+        "encoder_layers": config.encoder_layers,
+        "decoder_layers": config.decoder_layers - 1,
+        "num_queries": config.num_queries,
+        "hidden_dim": config.hidden_dim,
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+        "test_scale": size_text,
+        "reduce_labels_note": reduce_note,
+        "reported_row": reported_row,
+        "repo_id": f"<user>/{name}",
+    }
+    card = Path(output_dir) / "README.md"
+    card.write_text(Template(Path(template_path).read_text()).substitute(fields))
+    return card

@@ -1,0 +1,154 @@
+"""Configuration of SeMask Mask2Former: transformers' Mask2Former (Cheng et al., "Masked-attention Mask Transformer for
+Universal Image Segmentation", CVPR 2022) over a SeMask-Swin backbone (Jain et al., "SeMask: Semantically Masked
+Transformers for Semantic Segmentation", arXiv 2112.12782), as in the ``SeMask-Mask2Former`` folder of
+Picsart-AI-Research/SeMask-Segmentation.
+
+Portable module: it imports only transformers and sibling modules and is copied next to saved weights, so a saved
+model loads with ``trust_remote_code=True`` without hf_semseg installed.
+"""
+
+import importlib
+import shutil
+from pathlib import Path
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.dynamic_module_utils import get_relative_imports
+from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
+
+from .configuration_semask_swin import SeMaskSwinConfig
+
+
+def semask_mask2former_semantic_attention_types(num_labels: int, num_stages: int = 4) -> list[str]:
+    """The SeMask-Mask2Former code's rule for the semantic attention of each stage: with exactly 150 classes (ADE20K)
+    the last stage attends globally and the others inside windows; with any other number of classes (Cityscapes)
+    every stage is windowed. (The SeMask-FPN code uses a different rule for the same backbone.)"""
+    if num_labels == 150:
+        return ["window"] * (num_stages - 1) + ["global"]
+    return ["window"] * num_stages
+
+
+# The backbone of the released checkpoints: SeMask Swin-L, ImageNet-22k 384 pre-training (window 12).
+SEMASK_SWIN_LARGE = {
+    "embed_dim": 192,
+    "depths": [2, 2, 18, 2],
+    "num_heads": [6, 12, 24, 48],
+    "window_size": 12,
+    "semantic_window_size": 12,
+    "image_size": 384,
+    "drop_path_rate": 0.3,
+}
+
+
+@strict
+class SeMaskMask2FormerConfig(Mask2FormerConfig):
+    r"""Configuration of :class:`SeMaskMask2FormerForSemanticSegmentation`: every field of
+    :class:`~transformers.Mask2FormerConfig` (pixel decoder, masked-attention decoder and the Mask2Former losses; the
+    defaults are those of the released SeMask-L Mask2Former models) plus the SeMask parts.
+
+    The SeMask-Swin backbone is ``backbone_config`` (a :class:`SeMaskSwinConfig`). Its semantic layers predict the same
+    ``num_labels`` classes as the decoder, so its labels are kept equal to this config's. When ``backbone_config`` is
+    not given, the released SeMask Swin-L is used, with the semantic attention of each stage chosen by the
+    Mask2Former code's rule (:func:`semask_mask2former_semantic_attention_types`).
+
+    Args:
+        semantic_loss_weight: weight of the cross-entropy of the parameter-free semantic head on the backbone's
+            semantic priors (``CATE_WEIGHT`` = 0.4; final decoder layer only).
+        size_divisibility: the model zero-pads its input on the right and bottom to a multiple of this (32, as the
+            original meta-architecture does); 0 disables the padding.
+        (all other fields: see :class:`~transformers.Mask2FormerConfig`; ``decoder_layers`` counts the prediction on
+        the learnable queries, so 10 means 9 masked-attention layers, as ``DEC_LAYERS`` of the original.)
+    """
+
+    model_type = "semask_mask2former"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=SeMaskSwinConfig)}
+    backbones_supported = ["semask_swin"]
+
+    semantic_loss_weight: float | int = 0.4
+    size_divisibility: int = 32
+
+    def __post_init__(self, **kwargs):
+        backbone_config = self.backbone_config
+        if backbone_config is None:
+            backbone_config = dict(SEMASK_SWIN_LARGE)
+        if isinstance(backbone_config, dict):
+            backbone_config = dict(backbone_config)
+            backbone_config.setdefault("model_type", SeMaskSwinConfig.model_type)
+            if backbone_config.get("semantic_attention_types") is None:
+                num_stages = len(backbone_config.get("depths", SEMASK_SWIN_LARGE["depths"]))
+                backbone_config["semantic_attention_types"] = semask_mask2former_semantic_attention_types(
+                    self._num_labels_from(kwargs), num_stages
+                )
+        self.backbone_config = backbone_config
+        super().__post_init__(**kwargs)
+        self.sync_backbone_labels()
+
+    def _num_labels_from(self, kwargs: dict) -> int:
+        """The number of classes before ``PreTrainedConfig.__post_init__`` has resolved it."""
+        if self.id2label is not None:
+            return len(self.id2label)
+        return int(kwargs.get("num_labels", 2))
+
+    def sync_backbone_labels(self) -> None:
+        """Gives the backbone's semantic layers this config's classes (they are trained on the same labels)."""
+        if self.backbone_config.id2label != self.id2label:
+            self.backbone_config.id2label = dict(self.id2label)
+            self.backbone_config.label2id = {label: index for index, label in self.id2label.items()}
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if not isinstance(self.backbone_config, SeMaskSwinConfig):
+            raise ValueError(
+                f"SeMaskMask2FormerConfig.backbone_config must be a SeMaskSwinConfig, got {type(self.backbone_config).__name__}"
+            )
+        if len(self.backbone_config.depths) != 4 or any(n == 0 for n in self.backbone_config.num_semantic_blocks):
+            raise ValueError(
+                "SeMask Mask2Former needs a four-stage SeMask-Swin backbone with a semantic layer in every stage "
+                f"(depths={self.backbone_config.depths}, num_semantic_blocks={self.backbone_config.num_semantic_blocks})"
+            )
+        for name in ("feature_size", "mask_feature_size"):
+            if getattr(self, name) % 32:
+                raise ValueError(f"{name} = {getattr(self, name)} must be a multiple of 32 (GroupNorm with 32 groups)")
+        if self.hidden_dim % self.num_attention_heads or self.feature_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) and feature_size ({self.feature_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.decoder_layers < 1:
+            raise ValueError(f"decoder_layers = {self.decoder_layers}; it counts the query prediction, so it is >= 1")
+        if self.size_divisibility < 0:
+            raise ValueError(f"size_divisibility = {self.size_divisibility} must be >= 0")
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        write_real_module_sources(save_directory)
+        return saved
+
+
+def write_real_module_sources(save_directory) -> None:
+    """After ``save_pretrained`` copied this family's modules for remote code, replaces the copied alias modules
+    (``configuration_semask_swin.py``, ``modeling_semask_swin.py``, ... of this folder) by the source of the real
+    SeMask-Swin modules, and adds the sibling modules those import."""
+    save_directory = Path(save_directory)
+    pending = [path.stem for path in save_directory.glob("*.py")]
+    done = set()
+    while pending:
+        name = pending.pop()
+        if name in done:
+            continue
+        done.add(name)
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except ImportError:  # a file of the folder that is not one of this family's modules
+            continue
+        source = Path(module.__file__)
+        target = save_directory / f"{name}.py"
+        if not target.exists() or source.read_bytes() != target.read_bytes():
+            shutil.copyfile(source, target)
+        pending.extend(get_relative_imports(source))
+
+
+AutoConfig.register(SeMaskMask2FormerConfig.model_type, SeMaskMask2FormerConfig, exist_ok=True)
+
+__all__ = ["SeMaskMask2FormerConfig", "semask_mask2former_semantic_attention_types"]

@@ -1,0 +1,217 @@
+"""Backend-independent pieces of the SeMask Mask2Former image processors.
+
+They reproduce the detectron2 test path of the original SeMask-Mask2Former code, which differs from the SeMask-FPN
+(mmseg) one and from transformers' ``Mask2FormerImageProcessor``:
+
+* resize: detectron2 ``ResizeShortestEdge(short, max_size)`` (shortest edge 640 and longest at most 2560 for the
+  ADE20K model, 1024 / 2048 for Cityscapes), sizes rounded with ``int(x + 0.5)``; uint8 images are resized like
+  PIL's bilinear filter (antialiased when shrinking), float images by plain bilinear interpolation;
+* padding: zero padding on the right and bottom (after normalisation) to a multiple of 32 (``size_divisibility``) of the
+  largest image of the batch - no stretching; label maps are padded with 255;
+* post-processing: mask logits upsampled to the padded size, semantic inference there, the padding cropped, then a
+  bilinear resize to the target size (``sem_seg_postprocess``).
+
+Portable remote code: only torch, numpy, PIL, transformers and sibling modules are imported (never torchvision).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_utils import SizeDict
+
+from .configuration_semask_mask2former import write_real_module_sources
+from .image_processing_utils_semask_swin import SeMaskImageProcessorKwargs, validate_size
+
+
+class SeMaskMask2FormerImageProcessorKwargs(SeMaskImageProcessorKwargs, total=False):
+    r"""
+    size_divisibility (`int`, *optional*, defaults to `self.size_divisibility`):
+        Images are zero-padded on the right and bottom to a multiple of this (of the batch's largest size); 0 pads
+        only to the batch's largest size.
+    """
+
+    size_divisibility: int
+
+
+def get_resize_shortest_edge_output_size(height: int, width: int, shortest_edge: int, longest_edge: int | None):
+    """Output ``(height, width)`` of detectron2's ``ResizeShortestEdge`` test transform: the short side is scaled to
+    ``shortest_edge``; if the long side then exceeds ``longest_edge``, both are scaled down so it fits; each side is
+    rounded with ``int(x + 0.5)``."""
+    scale = shortest_edge / min(height, width)
+    if height < width:
+        new_height, new_width = shortest_edge, scale * width
+    else:
+        new_height, new_width = scale * height, shortest_edge
+    if longest_edge is not None and max(new_height, new_width) > longest_edge:
+        scale = longest_edge / max(new_height, new_width)
+        new_height, new_width = new_height * scale, new_width * scale
+    return int(new_height + 0.5), int(new_width + 0.5)
+
+
+def get_output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
+    """Resized ``(height, width)``: ``{"shortest_edge", "longest_edge"}`` or ``{"shortest_edge"}`` is detectron2's
+    ``ResizeShortestEdge``; ``{"longest_edge"}`` scales the long side to that length; ``{"height", "width"}`` is a
+    fixed size."""
+    validate_size(size)
+    if size.height is not None and size.width is not None:
+        return int(size.height), int(size.width)
+    if size.shortest_edge is not None:
+        longest = int(size.longest_edge) if size.longest_edge is not None else None
+        return get_resize_shortest_edge_output_size(height, width, int(size.shortest_edge), longest)
+    scale = int(size.longest_edge) / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def get_padded_size(sizes: list, size_divisibility: int, pad_size: SizeDict | None = None) -> tuple[int, int]:
+    """The size every image of the batch is padded to: ``pad_size`` if given, otherwise the largest height and width
+    rounded up to a multiple of ``size_divisibility`` (detectron2's ``ImageList.from_tensors``)."""
+    max_height = max(int(size[0]) for size in sizes)
+    max_width = max(int(size[1]) for size in sizes)
+    if pad_size is not None and pad_size.height is not None and pad_size.width is not None:
+        if pad_size.height < max_height or pad_size.width < max_width:
+            raise ValueError(
+                f"`pad_size`=({pad_size.height}, {pad_size.width}) is smaller than the largest (resized) image of the "
+                f"batch ({max_height}, {max_width})."
+            )
+        return int(pad_size.height), int(pad_size.width)
+    if size_divisibility and size_divisibility > 0:
+        max_height += -max_height % size_divisibility
+        max_width += -max_width % size_divisibility
+    return max_height, max_width
+
+
+def check_no_size_divisor(size_divisor) -> None:
+    """The SeMask-FPN processors' ``size_divisor`` resizes up to a multiple (stretching), which the original
+    Mask2Former pipeline never does; refuse it rather than silently ignoring it."""
+    if size_divisor:
+        raise ValueError(
+            f"size_divisor={size_divisor!r} (resize up to a multiple) is not part of the SeMask Mask2Former pipeline; "
+            "it zero-pads to a multiple instead: use `size_divisibility`."
+        )
+
+
+# the two backend classes, as ``auto_map`` names them ("module.Class")
+_BACKEND_MODULES = {
+    "torchvision": "image_processing_semask_mask2former.SeMaskMask2FormerImageProcessor",
+    "pil": "image_processing_pil_semask_mask2former.SeMaskMask2FormerImageProcessorPil",
+}
+
+
+class SeMaskMask2FormerImageProcessingMixin:
+    """Defaults, size rule, saving and post-processing shared by `SeMaskMask2FormerImageProcessor` and
+    `SeMaskMask2FormerImageProcessorPil` (they sit in front of the SeMask-FPN processors in the MRO and reuse their
+    input handling)."""
+
+    valid_kwargs = SeMaskMask2FormerImageProcessorKwargs
+    size = {"shortest_edge": 640, "longest_edge": 2560}
+    size_divisibility = 32
+
+    def get_output_size(self, height: int, width: int, size: dict | SizeDict | None = None) -> tuple[int, int]:
+        """Resized ``(height, width)`` that `preprocess` produces (before padding) for an image of this size."""
+        size = self.size if size is None else size
+        size = size if isinstance(size, SizeDict) else SizeDict(**dict(size))
+        return get_output_size(int(height), int(width), size)
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Saves as usual, then names both backends of THIS family in ``auto_map``, copies both modules and writes the
+        real SeMask-Swin modules they import (see ``write_real_module_sources``)."""
+        saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if getattr(self, "_auto_class", None) is None:
+            return saved
+        here = Path(__file__).resolve().parent
+        for module in _BACKEND_MODULES.values():
+            shutil.copyfile(here / f"{module.split('.')[0]}.py", Path(save_directory) / f"{module.split('.')[0]}.py")
+        write_real_module_sources(save_directory)
+        config_file = Path(save_directory) / "preprocessor_config.json"
+        processor_config = json.loads(config_file.read_text())
+        processor_config.setdefault("auto_map", {})[self._auto_class] = dict(_BACKEND_MODULES)
+        config_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
+        return saved
+
+    def _image_sizes_for(self, target_sizes: list, image_sizes: list | None) -> list | None:
+        """The unpadded (resized) size of every image: given, or derived from the original sizes (``target_sizes``)
+        with this processor's resize rule."""
+        if image_sizes is not None:
+            return [tuple(int(v) for v in size) for size in image_sizes]
+        if target_sizes is None:
+            return None
+        if not self.do_resize:
+            return [tuple(int(v) for v in size) for size in target_sizes]
+        return [self.get_output_size(*size) for size in target_sizes]
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs,
+        target_sizes: list[tuple] | None = None,
+        image_sizes: list[tuple] | None = None,
+        return_segmentation_scores: bool = False,
+    ):
+        """
+        Turn the output of `SeMaskMask2FormerForSemanticSegmentation` into per-pixel class indices, as the original:
+        mask logits upsampled (bilinear) to the padded input size, semantic inference there (per class, the sum over
+        queries of softmax(class) without no-object times sigmoid(mask)), the padding cropped, then a bilinear resize
+        to the target size.
+
+        Args:
+            outputs: model output with `class_queries_logits` and `masks_queries_logits` (the exact path), or only
+                `logits` (semantic scores at stride 4, then upsampled instead of the mask logits - an approximation).
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
+                Final `(height, width)` of each prediction, normally the original image sizes.
+            image_sizes (`list[tuple[int, int]]`, *optional*):
+                The size of each image after resizing and before padding. By default derived from `target_sizes`
+                with this processor's resize rule (exact when `target_sizes` are the original sizes); without either,
+                nothing is cropped.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Return `SemanticSegmentationPostProcessorOutput`s with `segmentation` and the class scores
+                `segmentation_scores` `(num_labels, height, width)` (the original's `sem_seg`).
+
+        Returns:
+            `list[torch.Tensor]`: one int64 `(height, width)` map per image (or the output objects described above).
+        """
+        get = outputs.get if isinstance(outputs, dict) else lambda name: getattr(outputs, name, None)
+        class_logits, mask_logits, logits = get("class_queries_logits"), get("masks_queries_logits"), get("logits")
+        stride4 = mask_logits if mask_logits is not None and class_logits is not None else logits
+        if stride4 is None:
+            raise ValueError("outputs have neither class_queries_logits/masks_queries_logits nor logits")
+        batch_size = len(stride4)
+        if isinstance(target_sizes, torch.Tensor):
+            target_sizes = target_sizes.tolist()
+        for name, sizes in (("target_sizes", target_sizes), ("image_sizes", image_sizes)):
+            if sizes is not None and len(sizes) != batch_size:
+                raise ValueError(
+                    f"Got {len(sizes)} {name} for a batch of {batch_size}; pass one (height, width) per image."
+                )
+        image_sizes = self._image_sizes_for(target_sizes, image_sizes)
+        padded_size = (4 * stride4.shape[-2], 4 * stride4.shape[-1])
+
+        results = []
+        for index in range(batch_size):
+            if stride4 is mask_logits:
+                masks = F.interpolate(mask_logits[index][None], size=padded_size, mode="bilinear", align_corners=False)
+                probabilities = class_logits[index].softmax(dim=-1)[..., :-1]
+                scores = torch.einsum("qk,qhw->khw", probabilities, masks[0].sigmoid())
+            else:
+                scores = F.interpolate(logits[index][None], size=padded_size, mode="bilinear", align_corners=False)[0]
+            if image_sizes is not None:
+                height, width = image_sizes[index]
+                if height > padded_size[0] or width > padded_size[1]:
+                    raise ValueError(
+                        f"image size {(height, width)} of image {index} exceeds the padded input {padded_size}; pass "
+                        "the unpadded sizes as `image_sizes`"
+                    )
+                scores = scores[:, :height, :width]
+            if target_sizes is not None:
+                target = tuple(int(v) for v in target_sizes[index])
+                scores = F.interpolate(scores[None], size=target, mode="bilinear", align_corners=False)[0]
+            results.append((scores.argmax(dim=0), scores))
+
+        if not return_segmentation_scores:
+            return [segmentation for segmentation, _ in results]
+        return [
+            SemanticSegmentationPostProcessorOutput(data={"segmentation": segmentation, "segmentation_scores": scores})
+            for segmentation, scores in results
+        ]

@@ -1,0 +1,672 @@
+"""SeMask Mask2Former: transformers' Mask2Former over a SeMask-Swin backbone, with SeMask's semantic head and loss.
+
+Papers: Jain, Singh, Orlov, Huang, Li, Walton, Shi, "SeMask: Semantically Masked Transformers for Semantic
+Segmentation", arXiv 2112.12782 (Sec. 3; the Mask2Former variant of Table 1); Cheng, Misra, Schwing, Kirillov,
+Girdhar, "Masked-attention Mask Transformer for Universal Image Segmentation", CVPR 2022. Original code:
+Picsart-AI-Research/SeMask-Segmentation (``SeMask-Mask2Former/``: ``SeMaskMaskFormer``, ``BranchMaskFormerHead``,
+``SemanticHead``, ``SeMaskSetCriterion``).
+
+Structure:
+- ``SeMaskSwinBackbone``: Swin stages each closed by a Semantic Layer; returns the four normalised feature maps
+  (strides 4-32) and the per-stage semantic priors (class logits);
+- transformers' ``Mask2FormerPixelDecoder`` (multi-scale deformable-attention encoder on strides 8-32 plus one FPN
+  level at stride 4) and ``Mask2FormerTransformerModule`` (masked-attention decoder, learnable queries) - the same
+  modules and parameter names as ``Mask2FormerForUniversalSegmentation``;
+- a class head on every decoder layer's queries;
+- the parameter-free semantic head of SeMask on the priors, used by the training loss only.
+
+``logits`` are the original's semantic-inference scores at mask resolution: for every class, the sum over the queries
+of softmax(class logits) without the no-object column times sigmoid(mask logits). The image processor of this
+family turns them (or, exactly as the original, the query logits) into label maps at the image size.
+
+Portable module: imports only torch, transformers and sibling modules (``modeling_semask_swin`` is the SeMask-Swin
+modeling module; see that file in this folder).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerPixelDecoder,
+    Mask2FormerPreTrainedModel,
+    Mask2FormerTransformerModule,
+    dice_loss,
+    pair_wise_dice_loss,
+    pair_wise_sigmoid_cross_entropy_loss,
+    sample_point,
+    sigmoid_cross_entropy_loss,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_semask_mask2former import SeMaskMask2FormerConfig, write_real_module_sources
+from .modeling_semask_swin import SeMaskSwinBackbone
+
+
+try:
+    from scipy.optimize import linear_sum_assignment as _scipy_linear_sum_assignment
+except ImportError:  # scipy is optional: the matcher falls back to the solver below
+    _scipy_linear_sum_assignment = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeMaskMask2FormerModelOutput(ModelOutput):
+    """Output of :class:`SeMaskMask2FormerModel` (shapes for a padded input of ``H x W``, multiples of 32).
+
+    Args:
+        encoder_last_hidden_state: last backbone feature map, ``(B, 8C, H/32, W/32)``.
+        semantic_priors: the backbone's semantic priors (pre-softmax class logits) of the four stages,
+            ``(B, K, H/4 * 2**-i, W/4 * 2**-i)``.
+        pixel_decoder_last_hidden_state: the mask features, ``(B, mask_feature_size, H/4, W/4)``.
+        transformer_decoder_last_hidden_state: final query states (before the decoder LayerNorm), ``(B, Q, D)``.
+        transformer_decoder_intermediate_states: LayerNorm-ed query states of every prediction, ``(Q, B, D)`` each:
+            the learnable queries first, then one per masked-attention layer.
+        masks_queries_logits: mask logits of every prediction (same order), ``(B, Q, H/4, W/4)`` each.
+        encoder_hidden_states: the four backbone feature maps (on request).
+        pixel_decoder_hidden_states: the multi-scale features fed to the decoder, strides 32, 16, 8 (on request).
+        transformer_decoder_hidden_states: query states entering each layer and the final ones (on request).
+        attentions: masked-attention decoder attention probabilities (on request).
+    """
+
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    semantic_priors: tuple[torch.FloatTensor, ...] | None = None
+    pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
+    transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
+    transformer_decoder_intermediate_states: tuple[torch.FloatTensor, ...] | None = None
+    masks_queries_logits: tuple[torch.FloatTensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SeMaskMask2FormerSemanticSegmenterOutput(ModelOutput):
+    """Output of :class:`SeMaskMask2FormerForSemanticSegmentation` (shapes for a padded input of ``H x W``).
+
+    Args:
+        loss: with ``labels``: the Mask2Former losses of the final and (``use_auxiliary_loss``) every earlier
+            prediction (class 2.0, mask 5.0, dice 5.0) plus 0.4 x the semantic head's cross-entropy.
+        logits: semantic scores ``(B, K, H/4, W/4)``: ``sum_q softmax(class_q)[k] * sigmoid(mask_q)`` without the
+            no-object class (probability-like, not normalised over the classes).
+        class_queries_logits: final class logits per query, ``(B, Q, K + 1)`` (last = no object).
+        masks_queries_logits: final mask logits per query, ``(B, Q, H/4, W/4)``.
+        semantic_logits: the parameter-free semantic head on the priors at stride 4, ``(B, K, H/4, W/4)`` (the
+            original upsamples it 4x, ``align_corners=True``, for its loss: :func:`upsample_semantic_logits`).
+        auxiliary_logits: the earlier predictions, ``[{"class_queries_logits", "masks_queries_logits"}, ...]``,
+            the learnable queries' first (on request: ``output_auxiliary_logits``).
+        encoder_hidden_states / semantic_priors / pixel_decoder_hidden_states / transformer_decoder_hidden_states /
+        attentions: see :class:`SeMaskMask2FormerModelOutput` (on request).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    class_queries_logits: torch.FloatTensor | None = None
+    masks_queries_logits: torch.FloatTensor | None = None
+    semantic_logits: torch.FloatTensor | None = None
+    auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    semantic_priors: tuple[torch.FloatTensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Functional pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pad_to_size_divisibility(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Zero-pads ``(B, C, H, W)`` on the right and bottom to multiples of ``divisor`` (detectron2's
+    ``ImageList.from_tensors``); the identity for ``divisor`` 0 or sizes that already are multiples."""
+    if divisor <= 0:
+        return pixel_values
+    height, width = pixel_values.shape[-2:]
+    pad_bottom, pad_right = -height % divisor, -width % divisor
+    if pad_bottom or pad_right:
+        pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+    return pixel_values
+
+
+def semantic_head(priors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """SeMask's parameter-free semantic head of the Mask2Former variant (original ``SemanticHead``): the prior of
+    level ``i`` is upsampled 2x ``i`` times (bilinear, ``align_corners=True``), resized to the stride-4 prior's size
+    (same mode) and the four are summed -> ``(B, K, H/4, W/4)``."""
+    semantic_logits = priors[0]
+    for level, prior in enumerate(priors[1:], start=1):
+        for _ in range(level):
+            prior = F.interpolate(prior, scale_factor=2.0, mode="bilinear", align_corners=True)
+        if prior.shape[-2:] != semantic_logits.shape[-2:]:
+            prior = F.interpolate(prior, size=semantic_logits.shape[-2:], mode="bilinear", align_corners=True)
+        semantic_logits = semantic_logits + prior
+    return semantic_logits
+
+
+def upsample_semantic_logits(semantic_logits: torch.Tensor) -> torch.Tensor:
+    """The original semantic head's last step: 4x bilinear upsampling (``align_corners=True``) to the padded input
+    size, ``(B, K, H/4, W/4)`` -> ``(B, K, H, W)``."""
+    height, width = semantic_logits.shape[-2:]
+    return F.interpolate(semantic_logits, size=(4 * height, 4 * width), mode="bilinear", align_corners=True)
+
+
+def semantic_scores(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor) -> torch.Tensor:
+    """Mask2Former's semantic inference: ``(B, Q, K+1)`` class logits and ``(B, Q, h, w)`` mask logits ->
+    ``(B, K, h, w)`` = ``sum_q softmax(class_q)[:K] * sigmoid(mask_q)``."""
+    class_probabilities = class_queries_logits.softmax(dim=-1)[..., :-1]
+    return torch.einsum("bqk,bqhw->bkhw", class_probabilities, masks_queries_logits.sigmoid())
+
+
+def min_cost_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost one-to-one assignment of the rows and columns of a finite ``(n, m)`` cost matrix (as many pairs
+    as the smaller side), like ``scipy.optimize.linear_sum_assignment``: returns ``(rows, columns)`` sorted by row.
+
+    Shortest augmenting paths with dual potentials (the Hungarian method in Jonker-Volgenant form): each row is
+    added by a Dijkstra-like search over the columns, vectorised over the columns. Used when scipy is absent."""
+    cost = np.asarray(cost, dtype=np.float64)
+    transposed = cost.shape[0] > cost.shape[1]
+    if transposed:
+        cost = cost.T
+    num_rows, num_cols = cost.shape
+    # index 0 is a virtual column; row_of[j] = 1-based row matched to column j (0 = free)
+    row_potential = np.zeros(num_rows + 1)
+    col_potential = np.zeros(num_cols + 1)
+    row_of = np.zeros(num_cols + 1, dtype=np.int64)
+    previous_col = np.zeros(num_cols + 1, dtype=np.int64)
+    for row in range(1, num_rows + 1):
+        row_of[0] = row
+        current_col = 0
+        min_slack = np.full(num_cols + 1, np.inf)
+        visited = np.zeros(num_cols + 1, dtype=bool)
+        while True:
+            visited[current_col] = True
+            current_row = row_of[current_col]
+            slack = cost[current_row - 1] - row_potential[current_row] - col_potential[1:]
+            better = ~visited[1:] & (slack < min_slack[1:])
+            min_slack[1:][better] = slack[better]
+            previous_col[1:][better] = current_col
+            candidates = np.where(visited[1:], np.inf, min_slack[1:])
+            next_col = int(np.argmin(candidates)) + 1
+            delta = candidates[next_col - 1]
+            row_potential[row_of[visited]] += delta
+            col_potential[visited] -= delta
+            min_slack[~visited] -= delta
+            current_col = next_col
+            if row_of[current_col] == 0:
+                break
+        while current_col:  # flip the augmenting path
+            previous = previous_col[current_col]
+            row_of[current_col] = row_of[previous]
+            current_col = previous
+    cols = np.nonzero(row_of[1:])[0]
+    rows = row_of[1:][cols] - 1
+    if transposed:
+        rows, cols = cols, rows
+    order = np.argsort(rows)
+    return rows[order], cols[order]
+
+
+def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's solver when installed, :func:`min_cost_assignment` otherwise."""
+    if _scipy_linear_sum_assignment is not None:
+        return _scipy_linear_sum_assignment(cost)
+    return min_cost_assignment(cost)
+
+
+def semantic_map_to_mask_targets(
+    labels: torch.Tensor, ignore_index: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per image, the classes present in a ``(B, H, W)`` label map (ignore excluded, ascending) and their binary masks
+    ``(N_i, H, W)`` - what the original's ``MaskFormerSemanticDatasetMapper`` builds from a semantic map."""
+    class_labels, mask_labels = [], []
+    for label_map in labels:
+        classes = label_map.unique()
+        classes = classes[classes != ignore_index]
+        class_labels.append(classes)
+        mask_labels.append((label_map[None] == classes[:, None, None]).float())
+    return class_labels, mask_labels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SeMaskMask2FormerLoss(nn.Module):
+    """The original ``SeMaskSetCriterion``: Mask2Former's set loss plus SeMask's semantic loss.
+
+    For every prediction (the final one and, with ``use_auxiliary_loss``, each earlier one) the queries are matched
+    one-to-one to the target masks (Hungarian matching on ``class_weight * -p(class) + mask_weight * BCE + dice_weight
+    * dice``, the mask costs on ``train_num_points`` uniformly random points), then
+    ``loss_ce`` (cross-entropy over the queries, no-object weight ``no_object_weight``), ``loss_mask`` (BCE) and
+    ``loss_dice`` on points sampled by uncertainty (oversampling ``oversample_ratio``, ``importance_sample_ratio``
+    of them the most uncertain), each normalised by the number of target masks. ``loss_cate`` is the cross-entropy
+    (ignore index) of the upsampled semantic head against the semantic label map, for the final prediction only.
+    Returned weighted, keys ``loss_ce, loss_mask, loss_dice, loss_cate`` and ``loss_ce_{i}, ...`` for the earlier
+    predictions (``i = 0`` is the learnable queries).
+    """
+
+    def __init__(self, config: SeMaskMask2FormerConfig):
+        super().__init__()
+        self.num_labels = config.num_labels
+        self.no_object_weight = config.no_object_weight
+        self.ignore_index = config.ignore_value
+        self.num_points = config.train_num_points
+        self.oversample_ratio = config.oversample_ratio
+        self.importance_sample_ratio = config.importance_sample_ratio
+        self.weight_dict = {
+            "loss_ce": config.class_weight,
+            "loss_mask": config.mask_weight,
+            "loss_dice": config.dice_weight,
+            "loss_cate": config.semantic_loss_weight,
+        }
+        empty_weight = torch.ones(config.num_labels + 1)
+        empty_weight[-1] = config.no_object_weight
+        self.register_buffer("empty_weight", empty_weight)
+
+    @torch.no_grad()
+    def match(
+        self,
+        class_queries_logits: torch.Tensor,
+        masks_queries_logits: torch.Tensor,
+        class_labels: list[torch.Tensor],
+        mask_labels: list[torch.Tensor],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Hungarian matching per image -> ``[(query indices, target indices), ...]`` (original
+        ``HungarianMatcher``)."""
+        indices = []
+        for class_logits, mask_logits, classes, masks in zip(
+            class_queries_logits, masks_queries_logits, class_labels, mask_labels
+        ):
+            if len(classes) == 0:
+                empty = torch.zeros(0, dtype=torch.long)
+                indices.append((empty, empty))
+                continue
+            cost_class = -class_logits.float().softmax(-1)[:, classes]  # (Q, N)
+            points = torch.rand(1, self.num_points, 2, device=mask_logits.device)
+            # (Q, 1, h, w) / (N, 1, H, W) sampled at the same points -> (Q, P) / (N, P)
+            predicted = sample_point(
+                mask_logits[:, None].float(), points.expand(len(mask_logits), -1, -1), align_corners=False
+            )[:, 0]
+            target = sample_point(masks[:, None].to(predicted), points.expand(len(masks), -1, -1), align_corners=False)[
+                :, 0
+            ]
+            cost = (
+                self.weight_dict["loss_mask"] * pair_wise_sigmoid_cross_entropy_loss(predicted, target)
+                + self.weight_dict["loss_ce"] * cost_class
+                + self.weight_dict["loss_dice"] * pair_wise_dice_loss(predicted, target)
+            )
+            cost = torch.nan_to_num(cost, nan=1e10, posinf=1e10, neginf=-1e10)
+            query_index, target_index = linear_sum_assignment(cost.cpu().numpy())
+            indices.append((torch.as_tensor(query_index, dtype=torch.long), torch.as_tensor(target_index)))
+        return indices
+
+    def loss_labels(
+        self, class_queries_logits: torch.Tensor, class_labels: list[torch.Tensor], indices: list
+    ) -> torch.Tensor:
+        """Weighted cross-entropy of every query's class logits; unmatched queries target the no-object class."""
+        batch_size, num_queries = class_queries_logits.shape[:2]
+        target_classes = torch.full(
+            (batch_size, num_queries), self.num_labels, dtype=torch.long, device=class_queries_logits.device
+        )
+        for image, (query_index, target_index) in enumerate(indices):
+            target_classes[image, query_index.to(target_classes.device)] = class_labels[image][target_index]
+        return F.cross_entropy(class_queries_logits.float().transpose(1, 2), target_classes, self.empty_weight)
+
+    def sample_points_by_uncertainty(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """``(R, 1, h, w)`` mask logits -> ``(R, train_num_points, 2)`` coordinates in [0, 1]: of
+        ``oversample_ratio * num_points`` random points the ``importance_sample_ratio * num_points`` with the logit
+        closest to 0, then uniformly random points (PointRend's ``get_uncertain_point_coords_with_randomness``)."""
+        num_masks = mask_logits.shape[0]
+        num_sampled = int(self.num_points * self.oversample_ratio)
+        num_uncertain = int(self.importance_sample_ratio * self.num_points)
+        candidates = torch.rand(num_masks, num_sampled, 2, device=mask_logits.device)
+        uncertainty = -sample_point(mask_logits, candidates, align_corners=False).abs()[:, 0]  # (R, num_sampled)
+        chosen = uncertainty.topk(num_uncertain, dim=1).indices
+        points = torch.gather(candidates, 1, chosen[..., None].expand(-1, -1, 2))
+        num_random = self.num_points - num_uncertain
+        if num_random > 0:
+            points = torch.cat([points, torch.rand(num_masks, num_random, 2, device=mask_logits.device)], dim=1)
+        return points
+
+    def loss_masks(
+        self, masks_queries_logits: torch.Tensor, mask_labels: list[torch.Tensor], indices: list, num_masks: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point-sampled BCE and dice between every matched query's mask logits and its target mask."""
+        query_masks = torch.cat(
+            [logits[query_index] for logits, (query_index, _) in zip(masks_queries_logits, indices)]
+        )  # (R, h, w)
+        target_masks = torch.cat([masks[target_index] for masks, (_, target_index) in zip(mask_labels, indices)])
+        if len(query_masks) == 0:  # no target in the batch
+            zero = masks_queries_logits.sum() * 0.0
+            return zero, zero
+        query_masks, target_masks = query_masks[:, None].float(), target_masks[:, None].to(query_masks.dtype)
+        with torch.no_grad():
+            points = self.sample_points_by_uncertainty(query_masks)
+            point_labels = sample_point(target_masks.float(), points, align_corners=False)[:, 0]
+        point_logits = sample_point(query_masks, points, align_corners=False)[:, 0]
+        return (
+            sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks),
+            dice_loss(point_logits, point_labels, num_masks),
+        )
+
+    def loss_semantic(self, semantic_logits: torch.Tensor, semantic_labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (mean over the non-ignored pixels) of the semantic head upsampled to the label size."""
+        upsampled = upsample_semantic_logits(semantic_logits.float())
+        if not (semantic_labels != self.ignore_index).any():  # nothing to learn; F.cross_entropy would give NaN
+            return upsampled.sum() * 0.0
+        return F.cross_entropy(upsampled, semantic_labels, ignore_index=self.ignore_index)
+
+    def num_target_masks(self, class_labels: list[torch.Tensor], device: torch.device) -> float:
+        """Number of target masks per process (averaged over a distributed run), at least 1."""
+        count = torch.tensor(float(sum(len(classes) for classes in class_labels)), device=device)
+        world_size = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(count)
+            world_size = torch.distributed.get_world_size()
+        return max(count.item() / world_size, 1.0)
+
+    def forward(
+        self,
+        class_queries_logits: tuple[torch.Tensor, ...],
+        masks_queries_logits: tuple[torch.Tensor, ...],
+        semantic_logits: torch.Tensor,
+        class_labels: list[torch.Tensor],
+        mask_labels: list[torch.Tensor],
+        semantic_labels: torch.Tensor,
+        use_auxiliary_loss: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """``class_queries_logits`` / ``masks_queries_logits``: every prediction, the final one last; targets at the
+        padded input size: ``class_labels[i]`` ``(N_i,)``, ``mask_labels[i]`` ``(N_i, H, W)``, ``semantic_labels``
+        ``(B, H, W)``. Returns the weighted losses."""
+        num_masks = self.num_target_masks(class_labels, semantic_labels.device)
+        predictions = list(zip(class_queries_logits, masks_queries_logits))
+        final_index = len(predictions) - 1
+        if not use_auxiliary_loss:
+            predictions = predictions[-1:]
+            final_index = 0
+        losses = {}
+        for index, (class_logits, mask_logits) in enumerate(predictions):
+            indices = self.match(class_logits, mask_logits, class_labels, mask_labels)
+            loss_mask, loss_dice = self.loss_masks(mask_logits, mask_labels, indices, num_masks)
+            suffix = "" if index == final_index else f"_{index}"
+            losses[f"loss_ce{suffix}"] = self.weight_dict["loss_ce"] * self.loss_labels(
+                class_logits, class_labels, indices
+            )
+            losses[f"loss_mask{suffix}"] = self.weight_dict["loss_mask"] * loss_mask
+            losses[f"loss_dice{suffix}"] = self.weight_dict["loss_dice"] * loss_dice
+        losses["loss_cate"] = self.weight_dict["loss_cate"] * self.loss_semantic(semantic_logits, semantic_labels)
+        return losses
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SeMaskMask2FormerPixelLevelModule(nn.Module):
+    """SeMask-Swin backbone (``encoder``) and Mask2Former's multi-scale deformable-attention pixel decoder
+    (``decoder``); the same names as ``Mask2FormerPixelLevelModule``."""
+
+    def __init__(self, config: SeMaskMask2FormerConfig):
+        super().__init__()
+        self.encoder = SeMaskSwinBackbone(config.backbone_config)
+        self.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.encoder.channels)
+
+
+class SeMaskMask2FormerPreTrainedModel(Mask2FormerPreTrainedModel):
+    config: SeMaskMask2FormerConfig
+    config_class = SeMaskMask2FormerConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SeMaskSwinStage", "Mask2FormerMaskedAttentionDecoderLayer"]
+    _supports_sdpa = True  # the backbone's window attention; the Mask2Former modules have a single implementation
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """transformers' Mask2Former init for the head (the backbone is a sub-model with its own SeMask-Swin init),
+        and the no-object weighting of the loss."""
+        if isinstance(module, SeMaskMask2FormerLoss):
+            empty_weight = torch.ones(module.num_labels + 1)
+            empty_weight[-1] = module.no_object_weight
+            init.copy_(module.empty_weight, empty_weight)
+        else:
+            super()._init_weights(module)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves as usual; the remote-code copy of the SeMask-Swin modules is their real source (see
+        ``write_real_module_sources``)."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        write_real_module_sources(save_directory)
+        return saved
+
+    def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output_hidden_states, output_attentions, return_dict
+
+
+class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
+    """Backbone, pixel decoder and masked-attention decoder (without the class head): the query states and mask
+    logits of every decoder prediction, and the backbone's semantic priors."""
+
+    def __init__(self, config: SeMaskMask2FormerConfig):
+        config.sync_backbone_labels()
+        super().__init__(config)
+        self.pixel_level_module = SeMaskMask2FormerPixelLevelModule(config)
+        self.transformer_module = Mask2FormerTransformerModule(in_features=config.feature_size, config=config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SeMaskMask2FormerModelOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            Normalised images; zero-padded here on the right and bottom to multiples of `config.size_divisibility`.
+        """
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        pixel_values = pad_to_size_divisibility(pixel_values, self.config.size_divisibility)
+        backbone_output = self.pixel_level_module.encoder(pixel_values, return_dict=True)
+        feature_maps = backbone_output.feature_maps  # strides 4, 8, 16, 32
+        # as the original, the deformable-attention pixel decoder runs outside autocast, in its weights' dtype
+        decoder = self.pixel_level_module.decoder
+        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            decoder_output = decoder(
+                tuple(feature_map.to(decoder.level_embed.dtype) for feature_map in feature_maps),
+                output_hidden_states=False,
+                return_dict=True,
+            )
+        transformer_output = self.transformer_module(
+            multi_scale_features=decoder_output.multi_scale_features,  # strides 32, 16, 8
+            mask_features=decoder_output.mask_features,  # stride 4
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+        )
+        output = SeMaskMask2FormerModelOutput(
+            encoder_last_hidden_state=feature_maps[-1],
+            semantic_priors=backbone_output.semantic_priors,
+            pixel_decoder_last_hidden_state=decoder_output.mask_features,
+            transformer_decoder_last_hidden_state=transformer_output.last_hidden_state,
+            transformer_decoder_intermediate_states=transformer_output.intermediate_hidden_states,
+            masks_queries_logits=transformer_output.masks_queries_logits,
+            encoder_hidden_states=feature_maps if output_hidden_states else None,
+            pixel_decoder_hidden_states=decoder_output.multi_scale_features if output_hidden_states else None,
+            transformer_decoder_hidden_states=transformer_output.hidden_states if output_hidden_states else None,
+            attentions=transformer_output.attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel):
+    """SeMask Mask2Former for semantic segmentation (the released SeMask-L Mask2Former models).
+
+    ``logits`` are the semantic scores at stride 4 of the padded input (see :func:`semantic_scores`); the query-level
+    outputs (``class_queries_logits``, ``masks_queries_logits``, ``auxiliary_logits``) stay available. With ``labels``
+    (a semantic label map, 255 = ignore) the per-class target masks are built here and the full training loss of the
+    original is returned (:class:`SeMaskMask2FormerLoss`).
+    """
+
+    def __init__(self, config: SeMaskMask2FormerConfig):
+        super().__init__(config)
+        self.model = SeMaskMask2FormerModel(config)
+        self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
+        self.criterion = SeMaskMask2FormerLoss(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_auxiliary_logits: bool | None = None,
+        output_semantic_priors: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SeMaskMask2FormerSemanticSegmenterOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            Normalised images (zero-padded here to multiples of `config.size_divisibility`).
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Semantic label maps of the input size, values in `[0, num_labels)` or `config.ignore_value` (255).
+        output_auxiliary_logits (`bool`, *optional*):
+            Return the class and mask logits of the earlier decoder predictions.
+        output_semantic_priors (`bool`, *optional*):
+            Return the backbone's semantic priors.
+        """
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
+        if labels is not None:  # checked before the forward pass
+            labels = self.prepare_labels(labels, pixel_values.shape[-2:])
+        model_output = self.model(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        # one class prediction per decoder prediction: (Q, B, D) -> (B, Q, K + 1)
+        class_queries_logits = tuple(
+            self.class_predictor(states.transpose(0, 1))
+            for states in model_output.transformer_decoder_intermediate_states
+        )
+        masks_queries_logits = model_output.masks_queries_logits
+        logits = semantic_scores(class_queries_logits[-1], masks_queries_logits[-1])
+        semantic_logits = semantic_head(model_output.semantic_priors)
+
+        loss = None
+        if labels is not None:
+            losses = self.compute_losses(
+                class_queries_logits, masks_queries_logits, semantic_logits, labels, input_size=pixel_values.shape[-2:]
+            )
+            loss = sum(losses.values())
+
+        auxiliary_logits = None
+        if output_auxiliary_logits:
+            auxiliary_logits = [
+                {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
+                for class_logits, mask_logits in zip(class_queries_logits[:-1], masks_queries_logits[:-1])
+            ]
+        output = SeMaskMask2FormerSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            class_queries_logits=class_queries_logits[-1],
+            masks_queries_logits=masks_queries_logits[-1],
+            semantic_logits=semantic_logits,
+            auxiliary_logits=auxiliary_logits,
+            encoder_hidden_states=model_output.encoder_hidden_states,
+            semantic_priors=model_output.semantic_priors if output_semantic_priors else None,
+            pixel_decoder_hidden_states=model_output.pixel_decoder_hidden_states,
+            transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
+            attentions=model_output.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
+        ``input_size`` (a map that is already padded is returned unchanged)."""
+        if labels.ndim == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 3:
+            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
+        labels = labels.long()
+        ignore_index = self.config.ignore_value
+        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
+        if invalid.any():
+            bad = labels[invalid].unique()[:10].tolist()
+            raise ValueError(
+                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index {ignore_index}"
+            )
+        height, width = labels.shape[-2:]
+        padded_height, padded_width = input_size
+        padded_height += -padded_height % max(self.config.size_divisibility, 1)
+        padded_width += -padded_width % max(self.config.size_divisibility, 1)
+        if height > padded_height or width > padded_width:
+            raise ValueError(
+                f"labels of size {(height, width)} are larger than the (padded) input {(padded_height, padded_width)}"
+            )
+        return F.pad(labels, (0, padded_width - width, 0, padded_height - height), value=ignore_index)
+
+    def compute_losses(
+        self,
+        class_queries_logits: tuple[torch.Tensor, ...],
+        masks_queries_logits: tuple[torch.Tensor, ...],
+        semantic_logits: torch.Tensor,
+        labels: torch.Tensor,
+        input_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """The weighted losses of :class:`SeMaskMask2FormerLoss` (keys ``loss_ce``, ``loss_mask``, ``loss_dice``,
+        ``loss_cate`` and ``loss_{ce,mask,dice}_{i}`` for the earlier predictions) for a semantic label map
+        ``(B, H, W)`` at the input size ``input_size`` (of ``pixel_values`` before the model's padding; the map is
+        padded with the ignore index like the input)."""
+        semantic_labels = self.prepare_labels(labels, input_size)  # idempotent
+        if tuple(semantic_labels.shape[-2:]) != tuple(4 * s for s in masks_queries_logits[-1].shape[-2:]):
+            raise ValueError(
+                f"labels padded to {tuple(semantic_labels.shape[-2:])} do not match the masks of the padded input "
+                f"({tuple(masks_queries_logits[-1].shape[-2:])} at stride 4); use size_divisibility >= 4"
+            )
+        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.ignore_value)
+        return self.criterion(
+            class_queries_logits,
+            masks_queries_logits,
+            semantic_logits,
+            class_labels,
+            mask_labels,
+            semantic_labels,
+            use_auxiliary_loss=self.config.use_auxiliary_loss,
+        )
+
+
+__all__ = [
+    "SeMaskMask2FormerPreTrainedModel",
+    "SeMaskMask2FormerModel",
+    "SeMaskMask2FormerForSemanticSegmentation",
+    "SeMaskMask2FormerModelOutput",
+    "SeMaskMask2FormerSemanticSegmenterOutput",
+    "SeMaskMask2FormerLoss",
+]

@@ -1,0 +1,259 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+import hf_semseg
+from hf_semseg.conversion.semask_fpn import CheckpointError, check_against_model
+from hf_semseg.conversion.semask_mask2former import (
+    apply_legacy_renames,
+    convert_checkpoint,
+    convert_state_dict,
+    infer_backbone_config,
+    infer_config,
+    load_detectron2_checkpoint,
+)
+from hf_semseg.models.semask_mask2former.modeling_semask_mask2former import (
+    SeMaskMask2FormerForSemanticSegmentation,
+    semantic_scores,
+    upsample_semantic_logits,
+)
+from hf_semseg.models.semask_swin.modeling_semask_swin import SeMaskSwinBackbone, relative_position_index
+
+from conftest import REPO_ROOT, fixture_dir
+
+
+SCRIPT = REPO_ROOT / "conversion" / "convert_semask_mask2former_to_hf.py"
+FIXTURES = ["semask_mask2former_tiny", "semask_mask2former_tiny_ade150"]
+# full released layouts -> (params in M counted from the original code, semantic attention per stage, semantic window)
+FULL_KEY_LISTS = {"mask2former_ade20k_large": (222.63, "WWWG", 12), "mask2former_cityscapes_large": (221.84, "WWWW", 7)}
+BACKBONE_KEY_LISTS = [
+    "mask2former_ade20k_large_backbone",
+    "mask2former_cityscapes_large_backbone",
+    "mask2former_fapn_ade20k_large_backbone",
+]
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def converted(request):
+    folder = fixture_dir(request.param)
+    model, state_dict = convert_checkpoint(folder / "original_checkpoint.pth")
+    inputs = load_file(folder / "inputs.safetensors")
+    expected = load_file(folder / "outputs.safetensors")
+    with torch.no_grad():
+        output = model(
+            inputs["pixel_values"], output_hidden_states=True, output_auxiliary_logits=True, output_semantic_priors=True
+        )
+    return folder, model, inputs, expected, output
+
+
+def test_logits_equal_the_original_semantic_scores(converted):
+    _, _, _, expected, output = converted
+    original_scores = semantic_scores(expected["pred_logits"], expected["pred_masks"])
+    assert (output.logits - original_scores).abs().max() < 1e-4
+    assert (output.class_queries_logits - expected["pred_logits"]).abs().max() < 1e-4
+    assert (output.masks_queries_logits - expected["pred_masks"]).abs().max() < 1e-4
+
+
+def test_post_processed_probabilities_equal_the_original_sem_seg(converted):
+    _, _, inputs, expected, output = converted
+    height, width = inputs["pixel_values"].shape[-2:]  # the fixtures feed unresized (normalised) tensors
+    processor = hf_semseg.SeMaskMask2FormerImageProcessor()
+    result = processor.post_process_semantic_segmentation(
+        output, target_sizes=[(height, width)], image_sizes=[(height, width)], return_segmentation_scores=True
+    )[0]
+    assert result["segmentation_scores"].shape == expected["sem_seg"].shape
+    assert (result["segmentation_scores"] - expected["sem_seg"]).abs().max() < 1e-4
+    assert torch.equal(result["segmentation"], expected["sem_seg"].argmax(0))
+
+
+def test_intermediate_outputs_equal_the_original(converted):
+    _, _, _, expected, output = converted
+    differences = {}
+    for i in range(4):
+        differences[f"res{i + 2}"] = output.encoder_hidden_states[i] - expected[f"backbone_res{i + 2}"]
+        differences[f"prior{i + 2}"] = output.semantic_priors[i] - expected[f"semantic_prior_res{i + 2}"]
+    for i in range(3):
+        differences[f"multi_scale_{i}"] = output.pixel_decoder_hidden_states[i] - expected[f"multi_scale_feature_{i}"]
+    for i, auxiliary in enumerate(output.auxiliary_logits):
+        differences[f"aux{i}_logits"] = auxiliary["class_queries_logits"] - expected[f"aux_{i}_pred_logits"]
+        differences[f"aux{i}_masks"] = auxiliary["masks_queries_logits"] - expected[f"aux_{i}_pred_masks"]
+    differences["semantic_head"] = upsample_semantic_logits(output.semantic_logits) - expected["semantic_head_pred"]
+    maxima = {name: diff.abs().max().item() for name, diff in differences.items()}
+    assert max(maxima.values()) < 1e-4, maxima
+
+
+def test_inferred_config_equals_the_original(converted):
+    folder, model, *_ = converted
+    original = json.loads((folder / "config.json").read_text())
+    d2 = original["detectron2_config"]["MODEL"]
+    config, backbone = model.config, model.config.backbone_config
+    assert backbone.embed_dim == d2["SWIN"]["EMBED_DIM"] and backbone.depths == d2["SWIN"]["DEPTHS"]
+    assert backbone.num_heads == d2["SWIN"]["NUM_HEADS"] and backbone.window_size == d2["SWIN"]["WINDOW_SIZE"]
+    assert backbone.semantic_window_size == d2["SWIN"]["SEM_WINDOW_SIZE"]
+    windowed = original["derived"]["semantic_attention_windowed_per_stage"]
+    assert backbone.semantic_attention_types == ["window" if w else "global" for w in windowed]
+    head, mask_former = d2["SEM_SEG_HEAD"], d2["MASK_FORMER"]
+    assert config.num_labels == head["NUM_CLASSES"] == backbone.num_labels
+    assert (config.feature_size, config.mask_feature_size) == (head["CONVS_DIM"], head["MASK_DIM"])
+    assert config.encoder_layers == head["TRANSFORMER_ENC_LAYERS"]
+    assert config.encoder_feedforward_dim == original["derived"]["pixel_decoder_encoder_ffn_dim"]
+    assert (config.hidden_dim, config.num_attention_heads) == (mask_former["HIDDEN_DIM"], mask_former["NHEADS"])
+    assert (config.dim_feedforward, config.num_queries) == (
+        mask_former["DIM_FEEDFORWARD"],
+        mask_former["NUM_OBJECT_QUERIES"],
+    )
+    assert config.decoder_layers == mask_former["DEC_LAYERS"]
+    assert config.no_object_weight == pytest.approx(mask_former["NO_OBJECT_WEIGHT"])
+    assert sum(p.numel() for p in model.parameters()) == original["num_parameters"]
+
+
+def state_dict_from_key_list(name: str) -> dict[str, torch.Tensor]:
+    """Meta tensors of the listed shapes, real relative position indices (the converter checks them)."""
+    pairs = json.loads((fixture_dir("semask_keys") / f"{name}.json").read_text())
+    state_dict = {}
+    for key, shape in pairs:
+        if key.endswith("relative_position_index"):
+            state_dict[key] = relative_position_index(int(round(shape[0] ** 0.5))).view(shape)
+        else:
+            state_dict[key] = torch.empty(shape, device="meta")
+    return state_dict
+
+
+@pytest.mark.parametrize("name", sorted(FULL_KEY_LISTS))
+def test_every_released_layout_converts(name):
+    params_m, types, semantic_window = FULL_KEY_LISTS[name]
+    state_dict = state_dict_from_key_list(name)
+    assert len(state_dict) == 694
+    config = infer_config(state_dict)
+    converted = convert_state_dict(state_dict)
+    with torch.device("meta"):
+        model = SeMaskMask2FormerForSemanticSegmentation(config)
+    check_against_model(converted, model.state_dict())
+    original_params = sum(
+        t.numel() for k, t in state_dict.items() if not k.endswith(("relative_position_index", "empty_weight"))
+    )
+    assert sum(p.numel() for p in model.parameters()) == original_params
+    assert round(original_params / 1e6, 2) == params_m
+    backbone = config.backbone_config
+    assert "".join(t[0].upper() for t in backbone.semantic_attention_types) == types
+    assert backbone.semantic_window_size == semantic_window
+    assert (config.decoder_layers, config.num_queries, config.num_attention_heads) == (10, 100, 8)
+    assert (config.encoder_layers, config.encoder_feedforward_dim, config.dim_feedforward) == (6, 1024, 2048)
+    # the registered variant is this architecture
+    registered = hf_semseg.variant_config(f"semask-mask2former-large-{name.split('_')[1]}")
+    for field in ("feature_size", "hidden_dim", "decoder_layers", "num_queries", "num_labels"):
+        assert getattr(registered, field) == getattr(config, field), field
+    for field in (
+        "embed_dim",
+        "depths",
+        "num_heads",
+        "window_size",
+        "semantic_window_size",
+        "semantic_attention_types",
+    ):
+        assert getattr(registered.backbone_config, field) == getattr(backbone, field), field
+
+
+@pytest.mark.parametrize("name", BACKBONE_KEY_LISTS)
+def test_every_released_backbone_layout_converts(name):
+    state_dict = state_dict_from_key_list(name)
+    assert len(state_dict) == 401
+    num_labels = state_dict["backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight"].shape[0]
+    config = infer_backbone_config(state_dict, num_labels)
+    converted = convert_state_dict(state_dict)
+    with torch.device("meta"):
+        backbone = SeMaskSwinBackbone(config)
+    expected = {"model.pixel_level_module.encoder." + key: value for key, value in backbone.state_dict().items()}
+    check_against_model(converted, expected)
+
+
+def test_legacy_key_layouts_are_renamed(converted):
+    folder = converted[0]
+    state_dict = apply_legacy_renames(load_detectron2_checkpoint(folder / "original_checkpoint.pth"))
+    legacy = {}
+    for key, value in state_dict.items():
+        key = key.replace("sem_seg_head.pixel_decoder.", "sem_seg_head.")  # version-1 head layout
+        legacy[key.replace(".query_feat.", ".static_query.")] = value
+    renamed = apply_legacy_renames(legacy)
+    assert renamed.keys() == state_dict.keys()
+    assert all(torch.equal(renamed[key], state_dict[key]) for key in state_dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI and bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_writes_a_folder_that_loads_with_the_auto_classes(tmp_path):
+    folder = fixture_dir("semask_mask2former_tiny_ade150")
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import convert_semask_mask2former_to_hf as cli
+    finally:
+        sys.path.pop(0)
+    assert cli.main(["--checkpoint_path", str(folder / "original_checkpoint.pth"), "--output_dir", str(tmp_path)]) == 0
+    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(processor).__name__ == "SeMaskMask2FormerImageProcessor" and processor.do_reduce_labels
+    assert processor.size["shortest_edge"] == 640 and processor.size["longest_edge"] == 2560
+    assert model.config.id2label[0] == "wall" and model.config.backbone_config.id2label[0] == "wall"
+    inputs = load_file(folder / "inputs.safetensors")
+    expected = load_file(folder / "outputs.safetensors")
+    with torch.no_grad():
+        logits = model(inputs["pixel_values"]).logits
+    assert (logits - semantic_scores(expected["pred_logits"], expected["pred_masks"])).abs().max() < 1e-4
+    card = (tmp_path / "README.md").read_text()
+    assert "| semantic attention per stage | window, window, window, global (semantic window 7) |" in card
+    assert "150 (ADE20K)" in card and "no published result" in card  # a tiny model is not the released one
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_fails_cleanly_on_a_corrupt_file(tmp_path):
+    corrupt = tmp_path / "broken.pth"
+    corrupt.write_bytes((fixture_dir("semask_mask2former_tiny") / "original_checkpoint.pth").read_bytes()[:5000])
+    result = run_cli("--checkpoint_path", str(corrupt), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "broken.pth" in result.stderr and "corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_wrong_checkpoints_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_detectron2_checkpoint(tmp_path / "missing.pth")
+    mmseg = tmp_path / "fpn.pth"
+    torch.save({"meta": {}, "state_dict": {"backbone.x": torch.zeros(1)}}, mmseg)
+    with pytest.raises(CheckpointError, match="mmseg checkpoint.*convert_semask_fpn_to_hf"):
+        load_detectron2_checkpoint(mmseg)
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.layers.0.blocks.0.norm1.weight": torch.zeros(1)}}, other)
+    with pytest.raises(CheckpointError, match="plain Swin"):
+        convert_checkpoint(other)
+
+
+def test_unmapped_missing_and_misshaped_keys_are_named(converted):
+    folder = converted[0]
+    state_dict = apply_legacy_renames(load_detectron2_checkpoint(folder / "original_checkpoint.pth"))
+    with pytest.raises(CheckpointError, match=r"sem_seg_head\.predictor\.extra_head\.weight"):
+        convert_state_dict(dict(state_dict, **{"sem_seg_head.predictor.extra_head.weight": torch.zeros(1)}))
+    missing = {k: v for k, v in state_dict.items() if k != "sem_seg_head.pixel_decoder.layer_1.norm.bias"}
+    config = infer_config(missing)
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing from the checkpoint: \['model\.pixel_level_module\.decoder\.layer_1\.1\.bias'\]",
+    ):
+        check_against_model(convert_state_dict(missing), SeMaskMask2FormerForSemanticSegmentation(config).state_dict())
+    misshaped = dict(state_dict)
+    misshaped["sem_seg_head.predictor.decoder_norm.weight"] = torch.zeros(7)
+    with pytest.raises(CheckpointError, match=r"decoder\.layernorm\.weight: checkpoint \(7,\)"):
+        check_against_model(
+            convert_state_dict(misshaped), SeMaskMask2FormerForSemanticSegmentation(config).state_dict()
+        )
+    with pytest.raises(CheckpointError, match="missing key 'sem_seg_head.predictor.class_embed.weight'"):
+        infer_config({k: v for k, v in state_dict.items() if "class_embed" not in k})

@@ -1,0 +1,368 @@
+import itertools
+import math
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassClassValidationError
+
+import hf_semseg
+from hf_semseg import (
+    SeMaskMask2FormerConfig,
+    SeMaskMask2FormerForSemanticSegmentation,
+    SeMaskMask2FormerImageProcessor,
+    SeMaskMask2FormerImageProcessorPil,
+    SeMaskSwinConfig,
+)
+from hf_semseg.models.semask_mask2former.image_processing_utils_semask_mask2former import (
+    get_resize_shortest_edge_output_size,
+)
+from hf_semseg.models.semask_mask2former.modeling_semask_mask2former import (
+    min_cost_assignment,
+    semantic_head,
+    semantic_map_to_mask_targets,
+    semantic_scores,
+)
+
+from model_suite import SegmentationModelSuite
+
+
+LABELS = {0: "sky", 1: "tree", 2: "road", 3: "car"}
+
+
+def tiny_backbone(**overrides) -> SeMaskSwinConfig:
+    values = dict(
+        embed_dim=16,
+        depths=[2, 1, 2, 1],
+        num_heads=[1, 2, 2, 4],
+        window_size=4,
+        semantic_window_size=3,
+        semantic_attention_types=["window", "window", "window", "global"],
+        drop_path_rate=0.1,
+    )
+    values.update(overrides)
+    return SeMaskSwinConfig(**values)
+
+
+def tiny_config(**overrides) -> SeMaskMask2FormerConfig:
+    values = dict(
+        backbone_config=tiny_backbone(),
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_layers=1,
+        encoder_feedforward_dim=64,
+        num_attention_heads=4,
+        dim_feedforward=64,
+        decoder_layers=3,
+        num_queries=6,
+        train_num_points=256,
+        id2label=dict(LABELS),
+        label2id={label: i for i, label in LABELS.items()},
+    )
+    values.update(overrides)
+    return SeMaskMask2FormerConfig(**values)
+
+
+def open_semantic_gates(model, value: float = 0.5) -> None:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".gamma"):
+                parameter.fill_(value)
+
+
+class TestSeMaskMask2FormerForSemanticSegmentation(SegmentationModelSuite):
+    model_class = SeMaskMask2FormerForSemanticSegmentation
+    odd_sizes = ((37, 53), (65, 31), (20, 90))
+    deterministic_overrides = {
+        "dropout": 0.0,
+        "backbone_config": tiny_backbone(drop_path_rate=0.0, semantic_dropout_prob=0.0),
+    }
+
+    def get_config(self):
+        return tiny_config()
+
+    def get_image_processor(self):
+        return SeMaskMask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
+
+    def prepare_for_gradient_check(self, model):
+        open_semantic_gates(model)
+
+    def expected_logits_size(self, height: int, width: int) -> tuple[int, int]:
+        # the model pads its input to a multiple of 32 (as the original): logits are at 1/4 of the padded size
+        return 8 * math.ceil(height / 32), 8 * math.ceil(width / 32)
+
+    def test_training_with_gradient_checkpointing_matches(self):
+        # the Mask2Former loss samples random points: same seed for both passes
+        model = self.make_model(**self.deterministic_overrides).train()
+        pixel_values, labels = self.make_inputs()
+        torch.manual_seed(3)
+        model(pixel_values, labels=labels).loss.backward()
+        reference = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        model.activation_checkpointing_enable()
+        torch.manual_seed(3)
+        model(pixel_values, labels=labels).loss.backward()
+        for name, p in model.named_parameters():
+            if name in reference:
+                torch.testing.assert_close(p.grad, reference[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pieces against hand computations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_semantic_scores_are_the_query_sum_of_class_times_mask_probabilities():
+    generator = torch.Generator().manual_seed(0)
+    class_logits = torch.randn(2, 3, 5, generator=generator)  # 4 classes + no object
+    mask_logits = torch.randn(2, 3, 2, 2, generator=generator)
+    scores = semantic_scores(class_logits, mask_logits)
+    for b, k, y, x in itertools.product(range(2), range(4), range(2), range(2)):
+        expected = sum(
+            math.exp(class_logits[b, q, k])
+            / sum(math.exp(v) for v in class_logits[b, q].tolist())
+            * (1 / (1 + math.exp(-mask_logits[b, q, y, x])))
+            for q in range(3)
+        )
+        assert abs(scores[b, k, y, x].item() - expected) < 1e-6
+
+
+def test_semantic_head_upsamples_with_aligned_corners_and_sums():
+    priors = (
+        torch.zeros(1, 1, 4, 4),
+        torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]]),
+        torch.full((1, 1, 1, 1), 5.0),
+        torch.full((1, 1, 1, 1), -1.0),
+    )
+    head = semantic_head(priors)
+    # align_corners=True maps the corners of the 2x2 prior onto the corners of the 4x4 map: 0 .. 1 along x
+    expected = torch.tensor(
+        [[0.0, 1 / 3, 2 / 3, 1.0], [2 / 3, 1.0, 4 / 3, 5 / 3], [4 / 3, 5 / 3, 2.0, 7 / 3], [2.0, 7 / 3, 8 / 3, 3.0]]
+    )
+    torch.testing.assert_close(head[0, 0], expected + 5.0 - 1.0, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 5), (6, 4), (1, 4), (5, 1)])
+def test_min_cost_assignment_equals_brute_force(shape):
+    rng = np.random.default_rng(sum(shape))
+    for trial in range(5):
+        cost = rng.normal(size=shape)
+        if trial == 1:
+            cost = np.round(cost)  # ties
+        rows, cols = min_cost_assignment(cost)
+        assert len(rows) == min(shape) and len(set(rows)) == len(rows) and len(set(cols)) == len(cols)
+        assert list(rows) == sorted(rows)
+        small, large = sorted(shape)
+        costs = []
+        for chosen in itertools.permutations(range(large), small):
+            pairs = zip(range(small), chosen) if shape[0] <= shape[1] else zip(chosen, range(small))
+            costs.append(sum(cost[r, c] for r, c in pairs))
+        assert abs(cost[rows, cols].sum() - min(costs)) < 1e-9
+
+
+def test_semantic_map_to_mask_targets_skips_ignore():
+    labels = torch.tensor([[[2, 2, 255], [0, 2, 255]]])
+    classes, masks = semantic_map_to_mask_targets(labels, 255)
+    assert classes[0].tolist() == [0, 2]
+    assert masks[0].tolist() == [[[0, 0, 0], [1, 0, 0]], [[1, 1, 0], [0, 1, 0]]]
+
+
+def test_full_loss_equals_hand_computation_for_constant_predictions():
+    """Zeroed class/mask heads make every query predict the same class logits b and mask logit 0 everywhere, so every
+    loss term has a closed form (one target mask per image covering the image)."""
+    config = tiny_config(train_num_points=200)
+    torch.manual_seed(0)
+    model = SeMaskMask2FormerForSemanticSegmentation(config).eval()
+    bias = torch.tensor([0.3, -0.2, 0.5, 0.1, 0.7])
+    with torch.no_grad():
+        model.class_predictor.weight.zero_()
+        model.class_predictor.bias.copy_(bias)
+        last = model.model.transformer_module.decoder.mask_predictor.mask_embedder.get_submodule("2.0")
+        last.weight.zero_()
+        last.bias.zero_()
+    # points away from the border (bilinear sampling there would mix in the zero padding of grid_sample)
+    model.criterion.sample_points_by_uncertainty = lambda logits: torch.rand(len(logits), 200, 2) * 0.5 + 0.25
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    labels = torch.full((2, 64, 64), 2)
+    with torch.no_grad():
+        output = model(pixel_values, labels=labels)
+
+    num_queries, no_object = config.num_queries, config.no_object_weight
+    log_p = torch.log_softmax(bias, dim=0)
+    # one matched query (class 2, weight 1) and Q-1 no-object queries (weight 0.1) per image: weighted mean
+    loss_ce = -(log_p[2] + (num_queries - 1) * no_object * log_p[-1]) / (1 + (num_queries - 1) * no_object)
+    loss_mask = math.log(2.0)  # BCE of logit 0 against 1, averaged over points and the 2 masks (one per image)
+    points = config.train_num_points
+    loss_dice = 1 - (2 * 0.5 * points + 1) / (0.5 * points + points + 1)
+    upsampled = F.interpolate(output.semantic_logits, scale_factor=4, mode="bilinear", align_corners=True)
+    loss_cate = F.cross_entropy(upsampled, labels)
+    num_predictions = config.decoder_layers  # the learnable queries' prediction + 2 layers, all identical here
+    expected = num_predictions * (2.0 * loss_ce + 5.0 * loss_mask + 5.0 * loss_dice) + 0.4 * loss_cate
+    torch.testing.assert_close(output.loss, expected.float(), atol=1e-5, rtol=1e-5)
+
+    losses = model.compute_losses(
+        (torch.zeros(2, num_queries, 5) + bias,) * 3,
+        (torch.zeros(2, num_queries, 16, 16),) * 3,
+        output.semantic_logits,
+        labels,
+        input_size=(64, 64),
+    )
+    assert sorted(losses) == sorted(
+        ["loss_ce", "loss_mask", "loss_dice", "loss_cate"]
+        + [f"loss_{n}_{i}" for n in ("ce", "mask", "dice") for i in (0, 1)]
+    )
+    torch.testing.assert_close(losses["loss_cate"], 0.4 * loss_cate, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(losses["loss_ce_0"], 2.0 * loss_ce.float(), atol=1e-6, rtol=1e-6)
+    # no auxiliary loss: only the final prediction's terms
+    model.config.use_auxiliary_loss = False
+    with torch.no_grad():
+        no_aux = model(pixel_values, labels=labels).loss
+    torch.testing.assert_close(
+        no_aux,
+        (expected - (num_predictions - 1) * (2.0 * loss_ce + 5.0 * loss_mask + 5.0 * loss_dice)).float(),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_semantic_loss_ignores_255_and_padding():
+    torch.manual_seed(0)
+    model = SeMaskMask2FormerForSemanticSegmentation(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 40, 50, generator=torch.Generator().manual_seed(2))
+    labels = torch.randint(0, 4, (1, 40, 50), generator=torch.Generator().manual_seed(3))
+    labels[:, :10] = 255
+    with torch.no_grad():
+        output = model(pixel_values)
+        losses = model.compute_losses(
+            (output.class_queries_logits,), (output.masks_queries_logits,), output.semantic_logits, labels, (40, 50)
+        )
+    upsampled = F.interpolate(output.semantic_logits, scale_factor=4, mode="bilinear", align_corners=True)[
+        :, :, :40, :50
+    ]
+    valid = labels != 255
+    log_probabilities = upsampled.log_softmax(dim=1)
+    expected = -log_probabilities.gather(1, labels.clamp(max=3)[:, None])[:, 0][valid].mean()
+    torch.testing.assert_close(losses["loss_cate"], 0.4 * expected, atol=1e-6, rtol=1e-6)
+
+
+def test_bad_labels_are_named():
+    model = SeMaskMask2FormerForSemanticSegmentation(tiny_config()).eval()
+    pixel_values = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"\[7\] outside \[0, 3\]"):
+        model(pixel_values, labels=torch.full((1, 32, 32), 7))
+    with pytest.raises(ValueError, match="shape"):
+        model(pixel_values, labels=torch.zeros(32, 32, dtype=torch.long))
+    with pytest.raises(ValueError, match="larger than"):
+        model(pixel_values, labels=torch.zeros(1, 40, 32, dtype=torch.long))
+
+
+def test_input_is_padded_to_32_like_the_original():
+    torch.manual_seed(0)
+    model = SeMaskMask2FormerForSemanticSegmentation(tiny_config()).eval()
+    open_semantic_gates(model)
+    pixel_values = torch.randn(1, 3, 40, 50)
+    padded = F.pad(pixel_values, (0, 14, 0, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values).logits, model(padded).logits, atol=0, rtol=0)
+        assert model(pixel_values).logits.shape[-2:] == (16, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_semantic_attention_rule_of_the_mask2former_code():
+    ade = SeMaskMask2FormerConfig(num_labels=150)
+    assert ade.backbone_config.semantic_attention_types == ["window", "window", "window", "global"]
+    assert ade.backbone_config.embed_dim == 192 and ade.backbone_config.window_size == 12
+    assert SeMaskMask2FormerConfig(num_labels=19).backbone_config.semantic_attention_types == ["window"] * 4
+    # explicit choices are kept; the backbone always gets the decoder's classes
+    config = tiny_config()
+    assert config.backbone_config.semantic_attention_types == ["window", "window", "window", "global"]
+    assert config.backbone_config.id2label == config.id2label
+
+
+def test_invalid_config_values_are_named():
+    with pytest.raises(StrictDataclassClassValidationError, match="feature_size = 40"):
+        tiny_config(feature_size=40)
+    with pytest.raises(StrictDataclassClassValidationError, match="num_attention_heads"):
+        tiny_config(num_attention_heads=5)
+
+
+def test_variants_are_registered():
+    ade = hf_semseg.variant_config("semask-mask2former-large-ade20k")
+    assert ade.num_labels == 150 and ade.backbone_config.semantic_attention_types[-1] == "global"
+    assert ade.backbone_config.semantic_window_size == 12
+    cityscapes = hf_semseg.variant_config("semask-mask2former-large-cityscapes")
+    assert cityscapes.num_labels == 19 and cityscapes.backbone_config.semantic_window_size == 7
+    processor = hf_semseg.variant_image_processor("semask-mask2former-large-ade20k")
+    assert isinstance(processor, SeMaskMask2FormerImageProcessor) and processor.do_reduce_labels
+    assert processor.get_output_size(512, 683) == (640, 854)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image processor
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, short, longest, expected",
+    [
+        ((512, 683), 640, 2560, (640, 854)),
+        ((40, 68), 640, 2560, (640, 1088)),
+        ((100, 1000), 640, 2560, (256, 2560)),
+        ((1024, 2048), 1024, 2048, (1024, 2048)),
+        ((300, 300), 640, 2560, (640, 640)),
+    ],
+)
+def test_resize_shortest_edge_rule(size, short, longest, expected):
+    assert get_resize_shortest_edge_output_size(*size, short, longest) == expected
+
+
+def test_processor_pads_to_32_without_stretching_and_pads_labels_with_255():
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 160})
+    image = np.random.default_rng(0).integers(0, 256, (40, 68, 3), dtype=np.uint8)
+    label = np.random.default_rng(1).integers(0, 5, (40, 68), dtype=np.int64)
+    inputs = processor(image, segmentation_maps=label, do_reduce_labels=True, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 64, 96)
+    assert (inputs["pixel_values"][0, :, 40:] == 0).all() and (inputs["pixel_values"][0, :, :, 68:] == 0).all()
+    expected = (
+        torch.from_numpy(image).permute(2, 0, 1) / 255.0 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    ) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(inputs["pixel_values"][0, :, :40, :68], expected, atol=1e-5, rtol=0)
+    reduced = np.where(label == 0, 255, label - 1)
+    assert (inputs["labels"][0, :40, :68].numpy() == reduced).all() and (inputs["labels"][0, 40:] == 255).all()
+    with pytest.raises(ValueError, match="size_divisibility"):
+        processor(image, size_divisor=32)
+
+
+def test_pil_backend_resizes_uint8_exactly_like_pil_and_torchvision_within_one_level():
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    size = {"shortest_edge": 30, "longest_edge": 100}  # shrinking: the antialiased PIL filter matters
+    pil = SeMaskMask2FormerImageProcessorPil(size=size, do_normalize=False, do_rescale=False)(
+        image, return_tensors="pt"
+    )
+    expected = np.asarray(PIL.Image.fromarray(image).resize((42, 30), PIL.Image.Resampling.BILINEAR))
+    assert (pil["pixel_values"][0, :, :30, :42].permute(1, 2, 0).numpy() == expected).all()
+    tv = SeMaskMask2FormerImageProcessor(size=size, do_normalize=False, do_rescale=False)(image, return_tensors="pt")
+    assert (tv["pixel_values"] - pil["pixel_values"]).abs().max() <= 1.0
+
+
+def test_post_processing_crops_the_padding_before_resizing():
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 160})
+    generator = torch.Generator().manual_seed(0)
+    class_logits = torch.randn(1, 3, 4, generator=generator)
+    mask_logits = torch.randn(1, 3, 16, 24, generator=generator)  # padded input 64 x 96, image 40 x 68
+    outputs = {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
+    result = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(20, 34)], return_segmentation_scores=True
+    )[0]
+    masks = F.interpolate(mask_logits, size=(64, 96), mode="bilinear", align_corners=False)
+    scores = semantic_scores(class_logits, masks)[:, :, :40, :68]
+    expected = F.interpolate(scores, size=(20, 34), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(result["segmentation_scores"], expected, atol=1e-6, rtol=0)
+    assert torch.equal(result["segmentation"], expected.argmax(0))
