@@ -17,13 +17,12 @@ released weights. Target (issue 4): Pale-T at most 1.3x Swin-T's latency at both
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from benchmark_semask_fpn import RESULT_MARKER, PeakMemory, environment
+from benchmark_semask_fpn import RESULT_MARKER, PeakMemory, environment, run_worker_command
 
 
 MODELS = ("pale_tiny", "hf_swin_tiny")
@@ -88,11 +87,7 @@ def measure_memory(args, name: str, size: int) -> dict:
 def memory_in_subprocess(args, name: str, size: int) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", name, "--sizes", str(size)]
     command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
-    process = subprocess.run(command, capture_output=True, text=True)
-    for line in reversed(process.stdout.splitlines()):
-        if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER) :])
-    return {"error": (process.stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]}
+    return run_worker_command(command, args.threads)
 
 
 def parse_args(argv=None):

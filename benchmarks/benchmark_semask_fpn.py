@@ -327,8 +327,13 @@ def worker_command(args, models: list[str], mode: str, batch_size: int, latency:
 
 def run_subprocess(args, models: list[str], mode: str, batch_size: int, latency: bool) -> dict:
     """Run a worker in a fresh subprocess and return its JSON, or ``{"error": ...}``."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    command = worker_command(args, models, mode, batch_size, latency)
+    return run_worker_command(worker_command(args, models, mode, batch_size, latency), args.threads)
+
+
+def run_worker_command(command: list[str], threads: int) -> dict:
+    """Run a benchmark worker command in a fresh process; its last ``RESULT_MARKER`` line as JSON, or
+    ``{"error": <last stderr line>}``. Every benchmark script measures peak memory this way."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     process = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in reversed(process.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
