@@ -9,34 +9,33 @@ streaming mIoU evaluation.
         --do_reduce_labels --crop_size 512 --scale 2048 512 --output_dir out --push_to_hub
 
 With no ``--dataset_name`` it trains on the generated demo dataset; with no ``--variant`` / ``--model_name_or_path`` a
-small SeMask-Swin FPN. Any Trainer argument works (``--per_device_train_batch_size``, ``--bf16``, ...), and so does
-``accelerate launch`` for multi-GPU DDP / FSDP / DeepSpeed.
+small SeMask-Swin FPN. Any Trainer argument works (``--per_device_train_batch_size``, ``--bf16``, ``--save_strategy
+steps --save_steps N``, ``--resume_from_checkpoint PATH|latest``, ...), and so does ``accelerate launch`` for
+multi-GPU DDP / FSDP / DeepSpeed (``examples/accelerate_configs/``; ``--sync_batchnorm`` for SyncBN). Every sample's
+augmentation is a function of (seed, epoch, sample index), so resumed and multi-process runs see the augmentations
+of one uninterrupted process.
 """
 
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForSemanticSegmentation,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 import hf_semseg
-from hf_semseg.demo_data import DEMO_CLASSES, colorize, demo_model_config
 from hf_semseg.training import (
+    EpochCallback,
     StreamingMeanIoU,
-    load_segmentation_dataset,
+    build_model,
+    build_processor,
+    convert_sync_batchnorm,
+    load_splits,
     make_transform,
     pad_collate,
     parameter_groups,
-    with_sample_index,
+    resolve_id2label,
+    write_predictions,
 )
 from hf_semseg.transforms import SegmentationTrainTransform
 
@@ -47,6 +46,12 @@ class ModelArguments:
     variant: str | None = field(default=None, metadata={"help": f"a registered variant: {hf_semseg.list_variants()}"})
     trust_remote_code: bool = False
     layer_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay over backbone stages"})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "JSON object of config attributes, e.g. '{\"drop_path_rate\": 0.0}'"}
+    )
+    sync_batchnorm: bool = field(
+        default=False, metadata={"help": "batch statistics over all processes (mmseg SyncBN), also on CPU"}
+    )
 
 
 @dataclass
@@ -65,79 +70,51 @@ class DataArguments:
     num_predictions: int = field(default=4, metadata={"help": "validation images written as colour-coded PNGs"})
 
 
-def build_model(model_args: ModelArguments, id2label: dict):
-    label2id = {label: i for i, label in id2label.items()}
-    if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            id2label=id2label,
-            label2id=label2id,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-        return AutoModelForSemanticSegmentation.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=True,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-    if model_args.variant:
-        config = hf_semseg.variant_config(model_args.variant)
-        config.id2label, config.label2id = id2label, label2id
-        return AutoModelForSemanticSegmentation.from_config(config)
-    return hf_semseg.SeMaskSwinForSemanticSegmentation(demo_model_config())
+DEMO_DEFAULTS = [
+    "--learning_rate", "1e-3", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "8", "--lr_scheduler_type", "polynomial", "--warmup_steps", "5",
+    "--weight_decay", "0.01", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "8",
+    "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false",
+]  # fmt: skip
+"""The demo recipe; any of these given on the command line wins (argparse keeps the last value)."""
 
 
-def write_predictions(model, dataset, image_column, output_dir: Path, count: int, scale) -> None:
-    """Colour-coded predictions and overlays of the first ``count`` evaluation images."""
-    from PIL import Image
-
-    from hf_semseg.training import normalise
-    from hf_semseg.transforms import keep_ratio_size, resize_pair
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    for index in range(min(count, len(dataset))):
-        image = dataset[index][image_column].convert("RGB")
-        array = np.asarray(image)
-        resized, _ = resize_pair(array, np.zeros(array.shape[:2], np.int64), keep_ratio_size(*array.shape[:2], *scale))
-        with torch.no_grad():
-            logits = model(pixel_values=normalise(resized)[None].to(model.device)).logits
-        logits = torch.nn.functional.interpolate(logits, size=array.shape[:2], mode="bilinear", align_corners=False)
-        prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        colorize(prediction).save(output_dir / f"prediction_{index}.png")
-        Image.blend(image, colorize(prediction), alpha=0.5).save(output_dir / f"overlay_{index}.png")
-
-
-def main(argv=None) -> dict:
+def main(argv=None, callbacks=None) -> dict:
+    """Trains and evaluates; ``callbacks`` are extra ``TrainerCallback``s. Returns the evaluation metrics."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     training_args.remove_unused_columns = False
     training_args.batch_eval_metrics = True
     set_seed(training_args.seed)  # the model's initialisation too, not only the training
 
-    dataset = load_segmentation_dataset(data_args.dataset_name)
-    train, evaluation = dataset[data_args.train_split], dataset[data_args.eval_split]
-    if data_args.max_train_samples:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if data_args.max_eval_samples:
-        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
-    train, evaluation = with_sample_index(train), with_sample_index(evaluation)
-    if data_args.dataset_name is None:
-        id2label = dict(enumerate(DEMO_CLASSES))
-    elif model_args.variant:
-        id2label = hf_semseg.variant_config(model_args.variant).id2label
-    else:
-        id2label = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
-        ).id2label
-    model = build_model(model_args, id2label)
+    train, evaluation = load_splits(
+        data_args.dataset_name,
+        data_args.train_split,
+        data_args.eval_split,
+        data_args.max_train_samples,
+        data_args.max_eval_samples,
+    )
+    id2label = resolve_id2label(
+        data_args.dataset_name, model_args.model_name_or_path, model_args.variant, model_args.trust_remote_code
+    )
+    model = build_model(
+        id2label,
+        model_args.model_name_or_path,
+        model_args.variant,
+        model_args.trust_remote_code,
+        model_args.config_overrides,
+    )
+    if model_args.sync_batchnorm:
+        model = convert_sync_batchnorm(model, training_args.device)
     num_labels = model.config.num_labels
 
     augmentation = SegmentationTrainTransform(
         scale=tuple(data_args.scale), crop_size=(data_args.crop_size,) * 2, cat_max_ratio=data_args.cat_max_ratio
     )
     columns = (data_args.image_column, data_args.label_column, num_labels, data_args.do_reduce_labels)
-    train.set_transform(make_transform(*columns, augmentation, seed=training_args.seed))
+    # each sample's augmentation is drawn from (seed, epoch, sample index): the same in resumed and multi-process runs
+    train_transform = make_transform(*columns, augmentation, seed=training_args.seed)
+    train.set_transform(train_transform)
     eval_transform = make_transform(*columns, None, eval_scale=tuple(data_args.scale))
     evaluation_with_transform = evaluation.with_transform(eval_transform)
 
@@ -145,12 +122,9 @@ def main(argv=None) -> dict:
         parameter_groups(model, training_args.weight_decay, model_args.layer_decay, training_args.learning_rate),
         lr=training_args.learning_rate,
         betas=(training_args.adam_beta1, training_args.adam_beta2),
+        eps=training_args.adam_epsilon,
     )
-    # saved next to the model, so that AutoImageProcessor loads the evaluation pre-processing with it
-    processor = hf_semseg.SeMaskImageProcessor(
-        size={"longest_edge": max(data_args.scale), "shortest_edge": min(data_args.scale)},
-        do_reduce_labels=data_args.do_reduce_labels,
-    )
+    processor = build_processor(tuple(data_args.scale), data_args.do_reduce_labels)
     trainer = Trainer(
         model=model,
         processing_class=processor,
@@ -160,8 +134,10 @@ def main(argv=None) -> dict:
         data_collator=pad_collate,
         compute_metrics=StreamingMeanIoU(num_labels, model.config.id2label),
         optimizers=(optimizer, None),
+        callbacks=[EpochCallback(train_transform), *(callbacks or [])],
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)  # "latest": the output_dir's last
     metrics = trainer.evaluate()
     trainer.save_model()
     trainer.log_metrics("eval", metrics)
@@ -177,11 +153,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    # the demo recipe; any of these given on the command line wins (argparse keeps the last value)
-    defaults = [
-        "--learning_rate", "1e-3", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "8", "--lr_scheduler_type", "polynomial", "--warmup_steps", "5",
-        "--weight_decay", "0.01", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "8",
-        "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false",
-    ]  # fmt: skip
-    main(defaults + sys.argv[1:])
+    main(DEMO_DEFAULTS + sys.argv[1:])

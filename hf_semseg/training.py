@@ -1,13 +1,18 @@
 """Training helpers shared by the Trainer and the Accelerate example scripts: dataset loading, the original
-augmentation as a ``datasets`` transform, a padding collator, the optimizer recipe and a streaming-mIoU
-``compute_metrics``."""
+augmentation as a ``datasets`` transform (deterministic per sample and epoch), a padding collator, the model, the
+optimizer recipe, a cross-process BatchNorm, a streaming-mIoU ``compute_metrics`` and prediction overlays."""
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
+from transformers import TrainerCallback
 
 from .metrics import MeanIoU
 from .models.semask_swin.image_processing_utils_semask_swin import reduce_labels as reduce_zero_label
@@ -37,6 +42,105 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
     return load_dataset(name)
 
 
+def load_splits(
+    dataset_name: str | None,
+    train_split: str = "train",
+    eval_split: str = "validation",
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+):
+    """``(train, evaluation)`` datasets of :func:`load_segmentation_dataset`, cut to the maximum sizes, with the
+    ``sample_index`` column (:func:`with_sample_index`). Of the demo dataset only the samples used are generated
+    (sample ``i`` is the same whatever the size)."""
+    demo_sizes = (max_train_samples or 64, max_eval_samples or 16)
+    dataset = load_segmentation_dataset(dataset_name, demo_sizes=demo_sizes)
+    for split in (train_split, eval_split):
+        if split not in dataset:
+            raise ValueError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
+    train, evaluation = dataset[train_split], dataset[eval_split]
+    if max_train_samples:
+        train = train.select(range(min(max_train_samples, len(train))))
+    if max_eval_samples:
+        evaluation = evaluation.select(range(min(max_eval_samples, len(evaluation))))
+    return with_sample_index(train), with_sample_index(evaluation)
+
+
+def resolve_id2label(
+    dataset_name: str | None, model_name_or_path: str | None, variant: str | None, trust_remote_code: bool = False
+) -> dict:
+    """The classes: the demo classes for the demo dataset, else those of the variant or of the pretrained model."""
+    from transformers import AutoConfig
+
+    from .demo_data import DEMO_CLASSES
+    from .variants import variant_config
+
+    if dataset_name is None:
+        return dict(enumerate(DEMO_CLASSES))
+    if variant:
+        return variant_config(variant).id2label
+    if model_name_or_path:
+        return AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).id2label
+    raise ValueError("a dataset other than the demo needs --variant or --model_name_or_path for its classes")
+
+
+def apply_config_overrides(config, overrides: str | dict | None):
+    """Sets config attributes from a JSON object (e.g. ``'{"drop_path_rate": 0.0, "depths": [1, 1, 1, 1]}'``);
+    an attribute the config does not have is an error."""
+    if not overrides:
+        return config
+    values = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    if not isinstance(values, dict):
+        raise ValueError(f"config overrides must be a JSON object, got {overrides!r}")
+    for key, value in values.items():
+        if not hasattr(config, key):
+            raise ValueError(f"config override {key!r}: {type(config).__name__} has no such attribute")
+        setattr(config, key, value)
+    return config
+
+
+def build_model(
+    id2label: dict,
+    model_name_or_path: str | None = None,
+    variant: str | None = None,
+    trust_remote_code: bool = False,
+    config_overrides: str | dict | None = None,
+):
+    """A segmentation model for the classes ``id2label``: pretrained (the head is re-initialised when the classes
+    differ), a registered variant (random init), or with neither the small demo SeMask-Swin FPN."""
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation
+
+    from .demo_data import demo_model_config
+    from .models.semask_swin import SeMaskSwinForSemanticSegmentation
+    from .variants import variant_config
+
+    label2id = {label: i for i, label in id2label.items()}
+    if model_name_or_path:
+        config = AutoConfig.from_pretrained(
+            model_name_or_path, id2label=id2label, label2id=label2id, trust_remote_code=trust_remote_code
+        )
+        return AutoModelForSemanticSegmentation.from_pretrained(
+            model_name_or_path,
+            config=apply_config_overrides(config, config_overrides),
+            ignore_mismatched_sizes=True,
+            trust_remote_code=trust_remote_code,
+        )
+    if variant:
+        config = variant_config(variant)
+        config.id2label, config.label2id = id2label, label2id
+        return AutoModelForSemanticSegmentation.from_config(apply_config_overrides(config, config_overrides))
+    return SeMaskSwinForSemanticSegmentation(apply_config_overrides(demo_model_config(), config_overrides))
+
+
+def build_processor(scale: tuple[int, int], do_reduce_labels: bool):
+    """The evaluation pre-processing (keep-ratio resize to ``scale``), saved next to the trained model so that
+    ``AutoImageProcessor`` loads it."""
+    from .models.semask_swin import SeMaskImageProcessor
+
+    return SeMaskImageProcessor(
+        size={"longest_edge": max(scale), "shortest_edge": min(scale)}, do_reduce_labels=do_reduce_labels
+    )
+
+
 def to_arrays(image, label, index, num_labels: int, reduce_labels: bool) -> tuple[np.ndarray, np.ndarray]:
     """One sample as (RGB uint8 array, int64 label array), checked: readable, same size, labels in the classes."""
     try:
@@ -62,7 +166,8 @@ SAMPLE_INDEX = "sample_index"
 
 
 def with_sample_index(dataset):
-    """Adds the row number as a column, so that errors in the on-the-fly transform name the dataset row."""
+    """Adds the row number as a column: errors in the on-the-fly transform name the dataset row, and it keys each
+    training sample's augmentation (:func:`augmentation_rng`)."""
     return (
         dataset if SAMPLE_INDEX in dataset.column_names else dataset.add_column(SAMPLE_INDEX, list(range(len(dataset))))
     )
@@ -73,6 +178,64 @@ def normalise(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(((image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
 
 
+def augmentation_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's augmentation: a function of ``(seed, epoch, sample index)`` only, so a resumed,
+    multi-process or multi-worker run draws the same augmentation for a sample as one uninterrupted process."""
+    if min(seed, epoch, index) < 0:
+        raise ValueError(f"seed, epoch and sample index must be non-negative, got {(seed, epoch, index)}")
+    return np.random.default_rng([seed, epoch, index])
+
+
+class SegmentationDatasetTransform:
+    """A ``datasets.set_transform`` function: training samples go through ``augmentation`` with the generator
+    :func:`augmentation_rng` ``(seed, epoch, sample index)``; evaluation samples are keep-ratio resized to
+    ``eval_scale`` (labels stay at their size unless resized with it).
+
+    The sample index is the ``sample_index`` column (:func:`with_sample_index`); the epoch is set with
+    :meth:`set_epoch` before each epoch's data loader is iterated (:class:`EpochCallback` does it for ``Trainer``). A
+    plain picklable object, so data loader workers get a copy with the epoch it had when they started.
+    """
+
+    def __init__(
+        self,
+        image_column: str,
+        label_column: str,
+        num_labels: int,
+        reduce_labels: bool,
+        augmentation: SegmentationTrainTransform | None,
+        seed: int = 0,
+        eval_scale: tuple[int, int] | None = None,
+    ):
+        self.image_column, self.label_column = image_column, label_column
+        self.num_labels, self.reduce_labels = num_labels, reduce_labels
+        self.augmentation, self.seed, self.eval_scale = augmentation, seed, eval_scale
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, batch: dict) -> dict:
+        from .transforms import keep_ratio_size, resize_pair
+
+        if self.augmentation is not None and SAMPLE_INDEX not in batch:
+            raise ValueError(
+                f"the training dataset has no {SAMPLE_INDEX!r} column, which keys each sample's augmentation: "
+                "apply hf_semseg.training.with_sample_index to it before set_transform"
+            )
+        pixel_values, labels = [], []
+        # the dataset row of each sample, for error messages and the augmentation's generator
+        indices = batch.get(SAMPLE_INDEX, range(len(batch[self.image_column])))
+        for index, image, label in zip(indices, batch[self.image_column], batch[self.label_column]):
+            image, label = to_arrays(image, label, index, self.num_labels, self.reduce_labels)
+            if self.augmentation is not None:
+                image, label = self.augmentation(image, label, augmentation_rng(self.seed, self.epoch, int(index)))
+            elif self.eval_scale is not None:
+                image, label = resize_pair(image, label, keep_ratio_size(*image.shape[:2], *self.eval_scale))
+            pixel_values.append(normalise(image))
+            labels.append(torch.from_numpy(np.ascontiguousarray(label)))
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
 def make_transform(
     image_column: str,
     label_column: str,
@@ -81,28 +244,29 @@ def make_transform(
     augmentation: SegmentationTrainTransform | None,
     seed: int = 0,
     eval_scale: tuple[int, int] | None = None,
-):
-    """A ``datasets.set_transform`` function: training samples go through ``augmentation`` (seeded per call),
-    evaluation samples are keep-ratio resized to ``eval_scale`` (labels stay at their size unless resized with it)."""
-    from .transforms import keep_ratio_size, resize_pair
+) -> SegmentationDatasetTransform:
+    """See :class:`SegmentationDatasetTransform`."""
+    return SegmentationDatasetTransform(
+        image_column, label_column, num_labels, reduce_labels, augmentation, seed, eval_scale
+    )
 
-    rng = np.random.default_rng(seed)
 
-    def transform(batch):
-        pixel_values, labels = [], []
-        # the dataset row of each sample, for error messages (see ``with_sample_index``)
-        indices = batch.get(SAMPLE_INDEX, range(len(batch[image_column])))
-        for index, image, label in zip(indices, batch[image_column], batch[label_column]):
-            image, label = to_arrays(image, label, index, num_labels, reduce_labels)
-            if augmentation is not None:
-                image, label = augmentation(image, label, rng)
-            elif eval_scale is not None:
-                image, label = resize_pair(image, label, keep_ratio_size(*image.shape[:2], *eval_scale))
-            pixel_values.append(normalise(image))
-            labels.append(torch.from_numpy(np.ascontiguousarray(label)))
-        return {"pixel_values": pixel_values, "labels": labels}
+class EpochCallback(TrainerCallback):
+    """Tells a :class:`SegmentationDatasetTransform` the epoch ``Trainer`` is about to run (also when it resumes in the
+    middle of an epoch: ``state.epoch`` is then the checkpoint's fractional epoch)."""
 
-    return transform
+    def __init__(self, transform: SegmentationDatasetTransform):
+        self.transform = transform
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
+            raise ValueError(
+                "dataloader_persistent_workers keeps the workers' dataset copies of the first epoch, so the "
+                "augmentation could not follow the epoch: run without --dataloader_persistent_workers"
+            )
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.transform.set_epoch(math.floor(state.epoch or 0))
 
 
 def pad_collate(samples: list[dict]) -> dict:
@@ -144,6 +308,60 @@ def parameter_groups(model, weight_decay: float, layer_decay: float | None = Non
     return result
 
 
+class CrossProcessBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training statistics are those of the batches of all processes together (mmseg's SyncBN),
+    on any device and backend (``torch.nn.SyncBatchNorm`` only runs on GPUs). The statistics are summed with the
+    differentiable ``all_reduce`` of ``torch.distributed.nn``, so gradients flow to every process's inputs; with one
+    process, in evaluation or outside a process group it is ``BatchNorm2d``. Same parameters and buffers, so saved
+    weights load into ``BatchNorm2d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(input)
+        dims, shape = (0, 2, 3), (1, -1, 1, 1)
+        values = input.float()  # statistics in float32 also under mixed precision
+        count = all_reduce(torch.tensor(float(input.numel() // input.shape[1]), device=input.device))
+        mean = all_reduce(values.sum(dims)) / count
+        centred = values - mean.view(shape)
+        variance = all_reduce((centred * centred).sum(dims)) / count  # biased, as BatchNorm normalises with
+        output = centred * torch.rsqrt(variance + self.eps).view(shape)
+        if self.affine:
+            output = output * self.weight.view(shape) + self.bias.view(shape)
+        output = output.to(input.dtype)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = variance * (count / max(float(count) - 1.0, 1.0))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        return output
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Replaces every ``BatchNorm2d`` with a batch norm synchronised across processes: ``torch.nn.SyncBatchNorm`` on
+    CUDA / XPU, :class:`CrossProcessBatchNorm2d` elsewhere (CPU with gloo). Weights and buffers are kept."""
+    if torch.device(device).type in ("cuda", "xpu"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def convert(module: nn.Module) -> nn.Module:
+        if type(module) is nn.BatchNorm2d:
+            converted = CrossProcessBatchNorm2d(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            )
+            converted.load_state_dict(module.state_dict())
+            converted.train(module.training)
+            return converted.to(module.weight.device if module.affine else "cpu")
+        for name, child in module.named_children():
+            setattr(module, name, convert(child))
+        return module
+
+    return convert(model)
+
+
 class StreamingMeanIoU:
     """``compute_metrics`` for ``Trainer(batch_eval_metrics=True)``: upsample the logits to the label size, argmax,
     accumulate; only the confusion matrix is kept between batches."""
@@ -157,6 +375,8 @@ class StreamingMeanIoU:
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         labels = eval_prediction.label_ids
         logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
+        # Trainer pads the labels of different processes to one size with -100 before gathering them
+        labels = torch.where(labels == -100, torch.full_like(labels, self.metric.ignore_index), labels)
         upsampled = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         self.metric.update(upsampled.argmax(1).cpu(), labels.cpu())
         if not compute_result:
@@ -168,3 +388,29 @@ class StreamingMeanIoU:
         for index, value in enumerate(result["per_category_iou"]):
             metrics[f"iou_{self.id2label.get(index, index)}"] = float(value)
         return metrics
+
+
+def write_predictions(model, dataset, image_column: str, output_dir: Path, count: int, scale) -> None:
+    """Colour-coded predictions and overlays (PNG, demo palette) of the first ``count`` images of ``dataset``, each
+    keep-ratio resized to ``scale`` for the model and its logits upsampled back to the image size."""
+    from .demo_data import colorize
+    from .transforms import keep_ratio_size, resize_pair
+
+    if count <= 0:
+        return
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for index in range(min(count, len(dataset))):
+        image = dataset[index][image_column].convert("RGB")
+        array = np.array(image)  # writable, for torch.from_numpy
+        resized, _ = resize_pair(array, np.zeros(array.shape[:2], np.int64), keep_ratio_size(*array.shape[:2], *scale))
+        with torch.no_grad():
+            logits = model(pixel_values=normalise(resized)[None].to(device)).logits
+        logits = F.interpolate(logits.float(), size=array.shape[:2], mode="bilinear", align_corners=False)
+        prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        colorize(prediction).save(output_dir / f"prediction_{index}.png")
+        Image.blend(image, colorize(prediction), alpha=0.5).save(output_dir / f"overlay_{index}.png")
+    model.train(was_training)

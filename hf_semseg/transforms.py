@@ -22,12 +22,31 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> 
     """Bilinear (no antialias, rounded to uint8) image resize and nearest label resize."""
     if image.shape[:2] == tuple(size):
         return image, label
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=False)
-    image = resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    image = bilinear_resize(image, size)
     label_tensor = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))[None, None].float()
     label = F.interpolate(label_tensor, size=size, mode="nearest")[0, 0].long().numpy()
     return image, label
+
+
+def _bilinear_taps(out_length: int, in_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source pixels and weights of ``align_corners=False`` bilinear sampling along one axis."""
+    source = np.maximum((np.arange(out_length, dtype=np.float64) + 0.5) * (in_length / out_length) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), in_length - 1)
+    return low, np.minimum(low + 1, in_length - 1), source - low
+
+
+def bilinear_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W, C)`` uint8 -> ``size`` with the sampling of ``F.interpolate(mode="bilinear", align_corners=False,
+    antialias=False)``, in float32 NumPy, rounded. Torch's CPU kernel rounds differently with the number of threads
+    (a data loader worker, or ``torchrun``'s ``OMP_NUM_THREADS=1``, gives some pixels one grey level apart); NumPy's
+    element-wise arithmetic does not, so an augmented sample is the same in every process."""
+    rows, row_below, row_weight = _bilinear_taps(size[0], image.shape[0])
+    cols, col_right, col_weight = _bilinear_taps(size[1], image.shape[1])
+    row_weight = row_weight.astype(np.float32)[:, None, None]
+    col_weight = col_weight.astype(np.float32)[None, :, None]
+    vertical = image[rows].astype(np.float32) * (1 - row_weight) + image[row_below].astype(np.float32) * row_weight
+    resized = vertical[:, cols] * (1 - col_weight) + vertical[:, col_right] * col_weight
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
 
 
 def random_crop_origin(label: np.ndarray, crop: tuple[int, int], cat_max_ratio: float, rng) -> tuple[int, int]:

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import hf_semseg  # noqa: F401  (registers the Auto classes)
 from conftest import REPO_ROOT
 
 
+# one torch thread: on a busy 2-core machine two spinning OpenMP threads make a run several times slower
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def test_trainer_script_trains_on_the_demo_dataset_and_saves_a_loadable_model(tmp_path):
     """A short run of the README's main job: 2 epochs on 16 demo images; the loss must fall and the folder load."""
     command = [
@@ -17,7 +22,7 @@ def test_trainer_script_trains_on_the_demo_dataset_and_saves_a_loadable_model(tm
         "--max_train_samples", "16", "--max_eval_samples", "4", "--num_train_epochs", "2", "--logging_steps", "1",
         "--num_predictions", "1",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval_results.json").read_text())
     assert {"eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_disc"} <= set(metrics)
@@ -36,7 +41,7 @@ def first_logged_loss(output_dir, *extra):
         "--max_train_samples", "8", "--max_eval_samples", "1", "--num_train_epochs", "1", "--logging_steps", "1",
         "--num_predictions", "0", "--seed", "3", *extra,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return float(re.findall(r"'loss': '?([0-9.]+)", result.stdout + result.stderr)[0])
 

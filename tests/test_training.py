@@ -71,3 +71,112 @@ def test_parameter_groups_exclude_norms_and_decay_layers():
             if name.startswith("backbone.encoder.stages.0."):
                 assert group["lr"] == 0.5**4
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def augmented(dataset, transform, rows, epoch):
+    """``pixel_values`` and ``labels`` of ``rows`` fetched together (one transform call), at ``epoch``."""
+    transform.set_epoch(epoch)
+    batch = dataset[rows]
+    return [(batch["pixel_values"][i], batch["labels"][i]) for i in range(len(rows))]
+
+
+def test_augmentation_depends_on_seed_epoch_and_sample_index_only():
+    """A sample's augmentation must not depend on what else was drawn before (another worker, another process, a run
+    resumed half-way through an epoch): only on (seed, epoch, sample index)."""
+    import pickle
+
+    from hf_semseg.demo_data import make_demo_dataset
+
+    dataset = with_sample_index(make_demo_dataset(num_train=6, num_validation=1, height=40, width=56)["train"])
+    augmentation = SegmentationTrainTransform(scale=(56, 40), crop_size=(32, 32))
+    transform = make_transform("image", "label", 4, False, augmentation, seed=5)
+    dataset.set_transform(transform)
+
+    reference = augmented(dataset, transform, [0, 1, 2, 3, 4, 5], epoch=1)
+    # other batch compositions and orders, after other draws, give every sample the same augmentation
+    for rows in ([3], [5, 3, 0], [2, 4, 1]):
+        augmented(dataset, transform, [0, 1], epoch=0)  # draws in between must not matter
+        for row, (pixels, labels) in zip(rows, augmented(dataset, transform, rows, epoch=1)):
+            assert torch.equal(pixels, reference[row][0]) and torch.equal(labels, reference[row][1]), row
+    # a copy as a data loader worker gets (pickled) draws the same
+    copy = pickle.loads(pickle.dumps(transform))
+    raw = dataset.with_format(None)[[4]]  # the row without the transform
+    assert torch.equal(copy(raw)["pixel_values"][0], reference[4][0])
+    # and the augmentation changes with the epoch, the sample and the seed
+    other_epoch = augmented(dataset, transform, [0, 1, 2, 3, 4, 5], epoch=2)
+    assert sum(torch.equal(a[0], b[0]) for a, b in zip(reference, other_epoch)) == 0
+    assert not torch.equal(reference[0][0], reference[1][0])
+    other_seed = make_transform("image", "label", 4, False, augmentation, seed=6)
+    dataset.set_transform(other_seed)
+    assert not torch.equal(augmented(dataset, other_seed, [0], epoch=1)[0][0], reference[0][0])
+
+
+def test_training_transform_needs_the_sample_index():
+    dataset = dataset_with([1]).remove_columns("sample_index")
+    dataset.set_transform(make_transform("image", "label", 4, False, SegmentationTrainTransform(crop_size=(8, 8))))
+    with pytest.raises(ValueError, match="no 'sample_index' column"):
+        dataset[0]
+
+
+def test_epoch_callback_follows_trainer_epochs():
+    from types import SimpleNamespace
+
+    from hf_semseg.training import EpochCallback
+
+    transform = make_transform("image", "label", 4, False, None)
+    callback = EpochCallback(transform)
+    args = SimpleNamespace(dataloader_num_workers=0, dataloader_persistent_workers=True)
+    callback.on_train_begin(args, None, None)  # persistent workers without workers: fine
+    for state_epoch, expected in ((None, 0), (1.0, 1), (1.75, 1), (3.0, 3)):  # fresh, after epoch 0, resumed
+        callback.on_epoch_begin(args, SimpleNamespace(epoch=state_epoch), None)
+        assert transform.epoch == expected
+    with pytest.raises(ValueError, match="persistent_workers"):
+        callback.on_train_begin(
+            SimpleNamespace(dataloader_num_workers=2, dataloader_persistent_workers=True), None, None
+        )
+
+
+def test_cross_process_batchnorm_is_batchnorm_in_one_process():
+    """Converted norms keep weights and buffers (saved models load into BatchNorm2d) and compute what BatchNorm2d
+    does without a process group; their cross-process statistics are tested by the 2-process run of
+    test_scale_out.py."""
+    from hf_semseg.training import CrossProcessBatchNorm2d, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    model[1].running_mean.uniform_()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 8, 8)
+    expected = model(inputs)
+    model.load_state_dict(reference)
+    converted = convert_sync_batchnorm(model)
+    assert isinstance(converted[1], CrossProcessBatchNorm2d) and set(converted.state_dict()) == set(reference)
+    converted.load_state_dict(reference)
+    torch.testing.assert_close(converted(inputs), expected, rtol=0, atol=0)
+
+
+def test_config_overrides_set_known_attributes_only():
+    from hf_semseg.demo_data import demo_model_config
+    from hf_semseg.training import apply_config_overrides
+
+    config = apply_config_overrides(demo_model_config(), '{"drop_path_rate": 0.0, "depths": [1, 1, 1, 1]}')
+    assert config.drop_path_rate == 0.0 and list(config.depths) == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="'no_such_field'"):
+        apply_config_overrides(config, '{"no_such_field": 1}')
+    with pytest.raises(ValueError, match="JSON object"):
+        apply_config_overrides(config, "[1, 2]")
+
+
+def test_streaming_mean_iou_ignores_the_label_padding_of_trainer_gathers():
+    """Trainer pads labels of different processes to one size with -100 before gathering: those pixels are ignored."""
+    from transformers import EvalPrediction
+
+    from hf_semseg.training import StreamingMeanIoU
+
+    metric = StreamingMeanIoU(2, {0: "a", 1: "b"})
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, :, 1] = 1.0  # predicts class 0 in column 0, class 1 in column 1
+    labels = torch.tensor([[[0, 1], [-100, -100]]])
+    assert metric(EvalPrediction(predictions=logits, label_ids=labels), compute_result=False) == {}
+    result = metric(EvalPrediction(predictions=logits, label_ids=labels), compute_result=True)
+    assert result["mean_iou"] == 1.0 and result["iou_b"] == 1.0 and result["overall_accuracy"] == 1.0

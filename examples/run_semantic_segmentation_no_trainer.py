@@ -1,0 +1,327 @@
+#!/usr/bin/env python
+"""Finetune an hf-semseg (or transformers) segmentation model with an explicit Accelerate loop: the recipe of
+``run_semantic_segmentation.py`` (random keep-ratio resize, crop with cat_max_ratio, flip, photometric distortion,
+padding with 255; AdamW without weight decay on norms and position tables; poly schedule with linear warm-up) with
+gradient accumulation, mixed precision, checkpoints every N steps and resumption, mIoU summed over all processes.
+
+    python examples/run_semantic_segmentation_no_trainer.py --output_dir outputs/semask-demo-accelerate
+    accelerate launch --config_file examples/accelerate_configs/ddp.yaml \
+        examples/run_semantic_segmentation_no_trainer.py --variant semask-fpn-tiny-ade20k --dataset_name DATASET \
+        --do_reduce_labels --crop_size 512 --scale 2048 512 --sync_batchnorm --checkpointing_steps 1000 --output_dir out
+
+With no ``--dataset_name`` it trains on the generated demo dataset, with no ``--variant`` / ``--model_name_or_path``
+a small SeMask-Swin FPN; the defaults are the demo recipe of the Trainer script. ``--resume_from_checkpoint latest``
+continues from the last ``step_N`` folder of ``--output_dir``; a resumed run ends with the weights of an uninterrupted
+one (every sample's augmentation is a function of seed, epoch and sample index; the RNG states are restored).
+"""
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_polynomial_decay_schedule_with_warmup
+
+import hf_semseg
+from hf_semseg.metrics import MeanIoU
+from hf_semseg.training import (
+    build_model,
+    build_processor,
+    convert_sync_batchnorm,
+    load_splits,
+    make_transform,
+    pad_collate,
+    parameter_groups,
+    resolve_id2label,
+    write_predictions,
+)
+from hf_semseg.transforms import SegmentationTrainTransform
+
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", default=None, help="saved model folder or Hub id")
+    model.add_argument("--variant", default=None, help=f"a registered variant: {hf_semseg.list_variants()}")
+    model.add_argument("--trust_remote_code", action="store_true")
+    model.add_argument("--config_overrides", default=None, help="JSON object, e.g. '{\"drop_path_rate\": 0.0}'")
+    model.add_argument("--sync_batchnorm", action="store_true", help="batch statistics over all processes (SyncBN)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None, help="Hub id or local folder; none = the demo dataset")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default="label")
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--eval_split", default="validation")
+    data.add_argument("--do_reduce_labels", action="store_true")
+    data.add_argument("--scale", type=int, nargs=2, default=[224, 160], help="keep-ratio scale (long short)")
+    data.add_argument("--crop_size", type=int, default=160)
+    data.add_argument("--cat_max_ratio", type=float, default=0.75)
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--num_predictions", type=int, default=4, help="validation images written as PNGs")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", required=True)
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--per_device_train_batch_size", type=int, default=8)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--layer_decay", type=float, default=None, help="layer-wise lr decay over backbone stages")
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.999)
+    train.add_argument("--adam_epsilon", type=float, default=1e-8)
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
+    train.add_argument("--num_train_epochs", type=int, default=6)
+    train.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides the epochs")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--warmup_steps", type=int, default=5, help="linear warm-up (optimizer steps)")
+    train.add_argument("--poly_power", type=float, default=1.0)
+    train.add_argument("--lr_end", type=float, default=1e-7, help="learning rate at the end of the poly decay")
+    train.add_argument("--use_cpu", action="store_true", help="train on CPUs (with several processes: DDP on gloo)")
+    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's")
+    train.add_argument("--logging_steps", type=int, default=8)
+    train.add_argument("--checkpointing_steps", default=None, help='save a step_N state every N steps, or "epoch"')
+    train.add_argument("--resume_from_checkpoint", default=None, help='a step_N folder, or "latest" in output_dir')
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id", default=None, help="default: the output folder's name")
+    hub.add_argument("--hub_token", default=None)
+    args = parser.parse_args(argv)
+    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+        parser.error(f'--checkpointing_steps must be a number of steps or "epoch", got {args.checkpointing_steps!r}')
+    return args
+
+
+class Progress:
+    """Optimizer steps done; saved and restored with the accelerator state (``register_for_checkpointing``)."""
+
+    def __init__(self):
+        self.completed_steps = 0
+
+    def state_dict(self) -> dict:
+        return {"completed_steps": self.completed_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.completed_steps = int(state["completed_steps"])
+
+
+def find_checkpoint(output_dir: str, name: str) -> Path:
+    """The checkpoint folder to resume from: ``name`` itself, or the ``step_N`` folder with the largest N."""
+    if name != "latest":
+        path = Path(name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {name}: no such folder")
+        return path
+    steps = [
+        (int(match.group(1)), path)
+        for path in Path(output_dir).glob("step_*")
+        if path.is_dir() and (match := CHECKPOINT_PATTERN.match(path.name))
+    ]
+    if not steps:
+        raise FileNotFoundError(f"--resume_from_checkpoint latest: no step_N checkpoint in {output_dir}")
+    return max(steps)[1]
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> dict:
+    """mIoU of ``model`` on ``dataset``: each process evaluates its shard (images of any size, nothing gathered but
+    the confusion matrices, which are summed). Every process runs as many forward passes as the one with the most
+    batches (repeating a batch, not counted), since a sharded (FSDP) forward is a collective operation."""
+    shard = dataset.shard(num_shards=accelerator.num_processes, index=accelerator.process_index, contiguous=True)
+    loader = DataLoader(shard, batch_size=batch_size, collate_fn=pad_collate)
+    rounds = int(accelerator.gather(torch.tensor([len(loader)], device=accelerator.device)).max())
+    spare = pad_collate([dataset[0]])  # for a process whose shard is empty
+    was_training = model.training
+    model.eval()
+    metric = MeanIoU(num_labels)
+    batches = iter(loader)
+    for _ in tqdm(range(rounds), desc="evaluation", disable=not accelerator.is_local_main_process):
+        batch = next(batches, None)
+        pixel_values = (spare if batch is None else batch)["pixel_values"].to(accelerator.device)
+        logits = model(pixel_values=pixel_values).logits
+        if batch is None:
+            continue
+        labels = batch["labels"]
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        metric.update(logits.argmax(1).cpu(), labels)
+    for name in ("confusion", "missed"):  # summed over the processes, on the accelerator's device (NCCL needs it)
+        total = accelerator.reduce(getattr(metric, name).to(accelerator.device), reduction="sum")
+        setattr(metric, name, total.cpu())
+    model.train(was_training)
+    return metric.compute()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    accelerator = Accelerator(
+        cpu=args.use_cpu,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        # the shuffling is seeded by --seed on every process, whatever each process's torch seed
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)  # the same initial weights on every process
+
+    with accelerator.main_process_first():  # the main process writes the datasets cache first
+        train, evaluation = load_splits(
+            args.dataset_name, args.train_split, args.eval_split, args.max_train_samples, args.max_eval_samples
+        )
+    id2label = resolve_id2label(args.dataset_name, args.model_name_or_path, args.variant, args.trust_remote_code)
+    model = build_model(id2label, args.model_name_or_path, args.variant, args.trust_remote_code, args.config_overrides)
+    if args.sync_batchnorm:
+        model = convert_sync_batchnorm(model, accelerator.device)
+    num_labels = model.config.num_labels
+
+    augmentation = SegmentationTrainTransform(
+        scale=tuple(args.scale), crop_size=(args.crop_size,) * 2, cat_max_ratio=args.cat_max_ratio
+    )
+    columns = (args.image_column, args.label_column, num_labels, args.do_reduce_labels)
+    # each sample's augmentation is drawn from (seed, epoch, sample index): the same in resumed and multi-process runs
+    train_transform = make_transform(*columns, augmentation, seed=args.seed)
+    train.set_transform(train_transform)
+    evaluation_with_transform = evaluation.with_transform(make_transform(*columns, None, eval_scale=tuple(args.scale)))
+
+    train_loader = DataLoader(
+        train,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        collate_fn=pad_collate,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),  # draws of the loader leave the global torch RNG alone
+    )
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.weight_decay, args.layer_decay, args.learning_rate),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    # stepped once per optimizer step, by hand: the schedule is in optimizer steps for any number of processes
+    scheduler = get_polynomial_decay_schedule_with_warmup(
+        optimizer, args.warmup_steps, max_train_steps, lr_end=args.lr_end, power=args.poly_power
+    )
+    progress = Progress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    # dropout and drop-path draw differently on each process (after the identical initialisation)
+    set_seed(args.seed, device_specific=True)
+
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        accelerator.print(f"resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, progress, RNG states
+    start_epoch, done_in_epoch = divmod(progress.completed_steps, steps_per_epoch)
+
+    accelerator.print(
+        f"{len(train)} training samples, {accelerator.num_processes} processes x {args.per_device_train_batch_size} "
+        f"x {args.gradient_accumulation_steps} accumulation; {max_train_steps} optimizer steps"
+    )
+    bar = tqdm(total=max_train_steps, initial=progress.completed_steps, disable=not accelerator.is_local_main_process)
+    logged_loss, logged_batches = torch.zeros((), device=accelerator.device), 0
+    model.train()
+    for epoch in range(start_epoch, num_epochs):
+        train_transform.set_epoch(epoch)  # before the loader starts (its workers copy the transform)
+        train_loader.set_epoch(epoch)  # the shuffling of this epoch
+        loader = train_loader
+        if epoch == start_epoch and done_in_epoch:
+            loader = accelerator.skip_first_batches(train_loader, done_in_epoch * args.gradient_accumulation_steps)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            logged_loss += loss.detach().float()
+            logged_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+            learning_rate = scheduler.get_last_lr()[0]  # the rate of this step, as Trainer logs it
+            scheduler.step()
+            progress.completed_steps += 1
+            bar.update(1)
+            step = progress.completed_steps
+            if step % args.logging_steps == 0 or step == max_train_steps:
+                mean_loss = accelerator.reduce(logged_loss, reduction="mean").item() / logged_batches
+                epoch_done = round(step / steps_per_epoch, 4)
+                record = {
+                    "step": step,
+                    "epoch": epoch_done,
+                    "loss": round(mean_loss, 6),
+                    "learning_rate": learning_rate,
+                }
+                accelerator.print(json.dumps(record))
+                logged_loss.zero_()
+                logged_batches = 0
+            if args.checkpointing_steps not in (None, "epoch") and step % int(args.checkpointing_steps) == 0:
+                accelerator.save_state(str(output_dir / f"step_{step}"))
+            if step >= max_train_steps:
+                break
+        if args.checkpointing_steps == "epoch":
+            accelerator.save_state(str(output_dir / f"step_{progress.completed_steps}"))
+        if progress.completed_steps >= max_train_steps:
+            break
+    bar.close()
+
+    result = evaluate(accelerator, model, evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
+    metrics = {f"eval_{key}": result[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    for index, value in enumerate(result["per_category_iou"]):
+        metrics[f"eval_iou_{id2label.get(index, index)}"] = float(value)
+    metrics["epoch"] = progress.completed_steps / steps_per_epoch
+    accelerator.print(json.dumps(metrics))
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(
+        output_dir,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=accelerator.get_state_dict(model),  # gathered from the shards under FSDP / DeepSpeed
+    )
+    if accelerator.is_main_process:
+        build_processor(tuple(args.scale), args.do_reduce_labels).save_pretrained(output_dir)
+        (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        write_predictions(
+            unwrapped,
+            evaluation,
+            args.image_column,
+            output_dir / "predictions",
+            args.num_predictions,
+            tuple(args.scale),
+        )
+        if args.push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=args.hub_token)
+            repo_id = api.create_repo(args.hub_model_id or output_dir.name, exist_ok=True).repo_id
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(output_dir),
+                ignore_patterns=["step_*", "step_*/**"],
+                commit_message="End of training",
+            )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Scale-out and resilience of the finetuning scripts (issue 5, item 7), on CPUs:
+
+* two processes (DDP on gloo, ``accelerate launch``) reach the result of one process with the same global batch;
+* the Trainer and the Accelerate scripts implement the same recipe (the same weights);
+* a run killed after a checkpoint and resumed ends with the weights of an uninterrupted run;
+* the example Accelerate configs parse with accelerate's own config classes.
+
+Every run trains a tiny SeMask-Swin FPN for a few steps on the demo data. BatchNorm: one process normalises a batch
+of 8 with the statistics of the 8 images, two processes of 4 each with their own 4 unless ``--sync_batchnorm`` sums the
+statistics across processes; with it the two runs differ only by float summation order.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+
+
+EXAMPLES = REPO_ROOT / "examples"
+TRAINER_SCRIPT = EXAMPLES / "run_semantic_segmentation.py"
+NO_TRAINER_SCRIPT = EXAMPLES / "run_semantic_segmentation_no_trainer.py"
+TINY = {"embed_dim": 16, "depths": [1, 1, 1, 1], "decoder_hidden_size": 16}
+NO_DROPOUT = {"drop_path_rate": 0.0, "classifier_dropout_prob": 0.0, "semantic_dropout_prob": 0.0}
+# 16 training images at 64x64 crops (never padded: the smallest random resize of the 160x224 demo images is 80x112),
+# 5 validation images (uneven shards over 2 processes)
+COMMON = [
+    "--max_train_samples", "16", "--max_eval_samples", "5", "--crop_size", "64", "--scale", "112", "80",
+    "--warmup_steps", "1", "--logging_steps", "1", "--num_predictions", "0", "--seed", "7",
+]  # fmt: skip
+
+# Kill a run right after it saved the checkpoint of step KILL_AT_STEP (os._exit: no clean-up, like a lost machine).
+TRAINER_KILLER = """
+import os, sys
+sys.path.insert(0, {examples!r})
+import run_semantic_segmentation as script
+from transformers import TrainerCallback
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == {step}:
+            os._exit(17)
+
+script.main(script.DEMO_DEFAULTS + sys.argv[1:], callbacks=[KillAfterSave()])
+"""
+NO_TRAINER_KILLER = """
+import os, sys
+sys.path.insert(0, {examples!r})
+import accelerate
+import run_semantic_segmentation_no_trainer as script
+
+save_state = accelerate.Accelerator.save_state
+
+def save_then_exit(self, output_dir=None, **kwargs):
+    save_state(self, output_dir, **kwargs)
+    if os.path.basename(str(output_dir)) == "step_{step}":
+        os._exit(17)
+
+accelerate.Accelerator.save_state = save_then_exit
+script.main(sys.argv[1:])
+"""
+
+
+# One torch thread per process, as accelerate launch gives each DDP process: the runs compute alike, and a run on a
+# 2-core machine shared with other work does not slow down tenfold with two spinning OpenMP threads (measured 62 s
+# instead of 10 s).
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(script, output_dir, *args, processes: int = 1, config=None, expect_rc: int = 0) -> str:
+    """Runs an example script (or a killer driver) and returns its output; ``processes > 1`` uses ``accelerate
+    launch`` (its ``--multi_gpu`` launcher starts the processes; ``--use_cpu`` makes them DDP on gloo)."""
+    command = [sys.executable, str(script)]
+    if processes > 1:
+        launcher = [
+            str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()),
+        ]  # fmt: skip
+        command = launcher + [str(script), "--use_cpu"]
+    command += ["--output_dir", str(output_dir), *COMMON, *args]
+    command += ["--config_overrides", json.dumps(config if config is not None else TINY)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=ONE_THREAD)
+    output = result.stdout + result.stderr
+    assert result.returncode == expect_rc, output[-4000:]
+    return output
+
+
+def trainer_losses(output: str) -> list[float]:
+    return [float(value) for value in re.findall(r"'loss': '?([0-9.]+)", output)]
+
+
+def no_trainer_losses(output: str) -> list[float]:
+    return [json.loads(line)["loss"] for line in re.findall(r'^\{"step".*$', output, flags=re.M)]
+
+
+def weight_difference(first: Path, second: Path) -> tuple[float, float]:
+    """(max absolute difference, relative L2 difference) of the floating tensors of two saved models."""
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys()
+    largest, squared, norm = 0.0, 0.0, 0.0
+    for key in a:
+        if a[key].is_floating_point():
+            difference = a[key].double() - b[key].double()
+            largest = max(largest, difference.abs().max().item())
+            squared += difference.pow(2).sum().item()
+            norm += a[key].double().pow(2).sum().item()
+    return largest, (squared / norm) ** 0.5
+
+
+def eval_results(output_dir: Path) -> dict:
+    return json.loads((output_dir / "eval_results.json").read_text())
+
+
+TRAINER_RUN = ["--num_train_epochs", "3", "--save_strategy", "steps", "--save_steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """Trainer script, one process, batch 8, 3 epochs of 2 steps, no dropout, a checkpoint every 3 steps: the
+    reference run of the DDP, cross-script and resume tests."""
+    output_dir = tmp_path_factory.mktemp("trainer_one_process")
+    output = run(TRAINER_SCRIPT, output_dir, *TRAINER_RUN, config=TINY | NO_DROPOUT)
+    return output_dir, trainer_losses(output)
+
+
+def test_two_processes_with_sync_batchnorm_reach_the_one_process_result(one_process, tmp_path):
+    """DDP over 2 processes x 4 images = the global batch of 8 of one process: the same samples per step (accelerate's
+    seedable sampler gives batch i of the shuffle to process i % 2), the same augmentations, gradients averaged.
+    Measured: the same logged losses and metrics (mIoU 0.50313), weights max |diff| 2.5e-7, relative L2 4e-8 (float
+    summation order: sums over 4 images and an all-reduce instead of sums over 8). Without --sync_batchnorm: mIoU 0.4887, weights max
+    |diff| 7.8e-2, relative L2 1.7e-2. (With torch's bilinear resize in the augmentation, which rounds some pixels
+    differently with one thread, it was max |diff| 1.4e-4.)"""
+    reference_dir, reference_losses = one_process
+    output = run(
+        TRAINER_SCRIPT, tmp_path, "--num_train_epochs", "3", "--per_device_train_batch_size", "4",
+        "--sync_batchnorm", processes=2, config=TINY | NO_DROPOUT,
+    )  # fmt: skip
+    losses = trainer_losses(output)
+    assert len(losses) == len(reference_losses) == 6, (losses, reference_losses)  # 6 steps, not 6 per process
+    torch.testing.assert_close(losses, reference_losses, rtol=1e-3, atol=0)
+    reference, metrics = eval_results(reference_dir), eval_results(tmp_path)
+    assert reference["eval_mean_iou"] > 0.4  # learned something (measured 0.50; untrained: about 0.04)
+    for key in ("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy"):
+        assert abs(metrics[key] - reference[key]) < 1e-3, (key, metrics[key], reference[key])
+    largest, relative = weight_difference(reference_dir, tmp_path)
+    assert relative < 1e-5 and largest < 5e-5, (largest, relative)
+
+
+@pytest.fixture(scope="module")
+def no_trainer_one_process(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("no_trainer_one_process")
+    output = run(NO_TRAINER_SCRIPT, output_dir, "--num_train_epochs", "3", config=TINY | NO_DROPOUT)
+    return output_dir, no_trainer_losses(output)
+
+
+def test_no_trainer_script_trains_exactly_as_the_trainer_script(one_process, no_trainer_one_process):
+    """Same data order, augmentations, optimizer groups, schedule, clipping and loss: the same weights (measured
+    bit-identical; without dropout, whose random draws the two loops consume differently)."""
+    (trainer_dir, trainer_run_losses), (loop_dir, loop_losses) = one_process, no_trainer_one_process
+    torch.testing.assert_close(loop_losses, trainer_run_losses, rtol=2e-3, atol=0)
+    largest, _ = weight_difference(trainer_dir, loop_dir)
+    assert largest < 1e-6, largest
+    assert abs(eval_results(trainer_dir)["eval_mean_iou"] - eval_results(loop_dir)["eval_mean_iou"]) < 1e-6
+
+
+def test_no_trainer_script_on_two_processes_sums_the_confusion_matrices(no_trainer_one_process, tmp_path):
+    """The Accelerate loop in DDP: the same steps as one process, and mIoU of the 5 validation images evaluated as
+    uneven shards (3 + 2) whose confusion matrices are summed. Measured: the same mIoU, weights max |diff| 2.5e-7
+    (bit-identical to the 2-process Trainer run's)."""
+    reference_dir, reference_losses = no_trainer_one_process
+    output = run(
+        NO_TRAINER_SCRIPT, tmp_path, "--num_train_epochs", "3", "--per_device_train_batch_size", "4",
+        "--sync_batchnorm", processes=2, config=TINY | NO_DROPOUT,
+    )  # fmt: skip
+    losses = no_trainer_losses(output)
+    assert "2 processes x 4" in output and len(losses) == 6, output[-3000:]
+    torch.testing.assert_close(losses, reference_losses, rtol=1e-3, atol=0)
+    reference, metrics = eval_results(reference_dir), eval_results(tmp_path)
+    for key in ("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy"):
+        assert abs(metrics[key] - reference[key]) < 1e-3, (key, metrics[key], reference[key])
+    largest, relative = weight_difference(reference_dir, tmp_path)
+    assert relative < 1e-5 and largest < 5e-5, (largest, relative)
+
+
+def test_trainer_run_killed_after_a_checkpoint_resumes_to_the_same_weights(one_process, tmp_path):
+    """The reference run killed with os._exit right after checkpoint-3 (one step into epoch 1), then resumed with
+    --resume_from_checkpoint latest: the losses of steps 4-6 and the final weights equal those of the uninterrupted
+    run (measured bit-identical). The resumed run skips the first batch of epoch 1 and must give epoch 1's and 2's
+    samples the augmentations of the uninterrupted run. (Dropout off here, as in the reference run; the Accelerate
+    loop's resume test has it on.)"""
+    reference_dir, reference_losses = one_process
+    killer = tmp_path / "killer.py"
+    killer.write_text(TRAINER_KILLER.format(examples=str(EXAMPLES), step=3))
+    killed_losses = trainer_losses(run(killer, tmp_path, *TRAINER_RUN, config=TINY | NO_DROPOUT, expect_rc=17))
+    assert [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-3"] and len(killed_losses) == 3
+    assert not (tmp_path / "model.safetensors").exists()
+    resumed_losses = trainer_losses(
+        run(TRAINER_SCRIPT, tmp_path, *TRAINER_RUN, "--resume_from_checkpoint", "latest", config=TINY | NO_DROPOUT)
+    )
+    assert killed_losses + resumed_losses == reference_losses, (killed_losses, resumed_losses, reference_losses)
+    assert weight_difference(reference_dir, tmp_path) == (0.0, 0.0)
+    assert eval_results(tmp_path)["eval_mean_iou"] == eval_results(reference_dir)["eval_mean_iou"]
+
+
+def launch_environment(config_file: Path) -> tuple[dict, object]:
+    """What ``accelerate launch --config_file CONFIG`` hands its processes (environment variables), computed by
+    accelerate's own launcher code without starting anything, and the launcher's arguments."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), str(TRAINER_SCRIPT)])
+    args, defaults, _ = _validate_launch_command(args)  # reads the file with accelerate's ClusterConfig
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return prepare_deepspeed_cmd_env(args)[1], args
+    return prepare_multi_gpu_env(args), args
+
+
+def test_accelerate_configs_are_what_accelerate_launch_reads(monkeypatch):
+    """Each example config goes through accelerate launch's parsing (unknown keys are errors there) to the
+    environment of the training processes; the FSDP plugin built from that environment wraps the model's
+    _no_split_modules. (DeepSpeed itself is not installed here: its plugin is not built.)"""
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from hf_semseg import SeMaskSwinForSemanticSegmentation
+    from hf_semseg.demo_data import demo_model_config
+
+    folder = EXAMPLES / "accelerate_configs"
+    assert sorted(path.name for path in folder.glob("*.yaml")) == ["ddp.yaml", "deepspeed.yaml", "fsdp.yaml"]
+    expected_types = {"ddp": DistributedType.MULTI_GPU, "fsdp": DistributedType.FSDP}
+    expected_types["deepspeed"] = DistributedType.DEEPSPEED
+    for name, distributed_type in expected_types.items():
+        config = load_config_from_file(str(folder / f"{name}.yaml"))
+        assert isinstance(config, ClusterConfig) and config.distributed_type == distributed_type, name
+        assert config.num_processes > 1 and config.mixed_precision == "bf16", name
+
+    environment, args = launch_environment(folder / "ddp.yaml")
+    assert args.multi_gpu and environment["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+    environment, args = launch_environment(folder / "deepspeed.yaml")
+    assert args.use_deepspeed and environment["ACCELERATE_USE_DEEPSPEED"] == "true"
+    assert environment["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
+    assert environment["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] == "1"
+
+    environment, args = launch_environment(folder / "fsdp.yaml")
+    assert args.use_fsdp and environment["FSDP_VERSION"] == "2"
+    for key, value in environment.items():
+        if key.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()  # reads and checks the FSDP_* variables, as Accelerator does
+    assert plugin.fsdp_version == 2 and "FULL_STATE_DICT" in str(plugin.state_dict_type)
+    plugin.set_auto_wrap_policy(SeMaskSwinForSemanticSegmentation(demo_model_config()))
+    assert [cls.__name__ for cls in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]] == ["SeMaskSwinStage"]
