@@ -150,7 +150,7 @@ def make_step(model, name: str, mode: str, pixel_values, labels, autocast):
     """The function timed once per iteration."""
     import torch
 
-    from hf_semseg.models.semask_mask2former.modeling_semask_mask2former import semantic_map_to_mask_targets
+    from hf_semseg.models.modeling_semask_mask2former import semantic_map_to_mask_targets
 
     def forward_step():
         with torch.no_grad(), autocast():

@@ -51,7 +51,7 @@ def build_model(name: str) -> torch.nn.Module:
     import hf_semseg
 
     if name == "vwformer_head":
-        from hf_semseg.models.vwformer.modeling_vwformer import VWFormerHead
+        from hf_semseg.models.modeling_vwformer import VWFormerHead
 
         return VWFormerHead(hf_semseg.variant_config("vwformer-swin-base-ade20k"), list(SWIN_B_CHANNELS))
     if name == "upernet_head":

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         return 1
     config = model.config
     long_edge, short_edge = infer_test_scale(meta, config)
-    processor = hf_semseg.SeMaskImageProcessor(
+    processor = hf_semseg.KeepRatioImageProcessor(
         size={"longest_edge": long_edge, "shortest_edge": short_edge},
         do_reduce_labels=reduces_zero_label(meta, config),
     )

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     pipeline = test_pipeline(meta, model.config, args.variant)
-    processor = hf_semseg.SeMaskImageProcessor(
+    processor = hf_semseg.KeepRatioImageProcessor(
         size=pipeline["size"], size_divisor=pipeline["size_divisor"], do_reduce_labels=pipeline["reduce"]
     )
 

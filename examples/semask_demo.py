@@ -38,7 +38,7 @@ def main() -> None:
 
     config = demo_model_config(drop_path_rate=0.0)
     model = hf_semseg.SeMaskSwinForSemanticSegmentation(config)
-    processor = hf_semseg.SeMaskImageProcessor(size={"longest_edge": 224, "shortest_edge": 160})
+    processor = hf_semseg.KeepRatioImageProcessor(size={"longest_edge": 224, "shortest_edge": 160})
     print(f"SeMask-Swin FPN with {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
 
     inputs = processor(image, segmentation_maps=Image.fromarray(labels), return_tensors="pt")

@@ -14,9 +14,16 @@ from transformers import (
     AutoModelForSemanticSegmentation,
 )
 
-from .models.pale import (
+from .models.configuration_pale import PaleConfig
+from .models.configuration_semask_mask2former import SeMaskMask2FormerConfig
+from .models.configuration_semask_swin import SeMaskSwinConfig
+from .models.configuration_vwformer import VWFormerConfig
+from .models.image_processing_keep_ratio import KeepRatioImageProcessor
+from .models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
+from .models.image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil
+from .models.image_processing_semask_mask2former import SeMaskMask2FormerImageProcessor
+from .models.modeling_pale import (
     PaleBackbone,
-    PaleConfig,
     PaleForImageClassification,
     PaleForSemanticSegmentation,
     PaleModel,
@@ -24,29 +31,22 @@ from .models.pale import (
     PalePreTrainedModel,
     PaleSemanticSegmenterOutput,
 )
-from .models.semask_mask2former import (
-    SeMaskMask2FormerConfig,
+from .models.modeling_semask_mask2former import (
     SeMaskMask2FormerForSemanticSegmentation,
-    SeMaskMask2FormerImageProcessor,
-    SeMaskMask2FormerImageProcessorPil,
     SeMaskMask2FormerModel,
     SeMaskMask2FormerPreTrainedModel,
     SeMaskMask2FormerSemanticSegmenterOutput,
 )
-from .models.semask_swin import (
-    SeMaskImageProcessor,
-    SeMaskImageProcessorPil,
+from .models.modeling_semask_swin import (
     SeMaskSemanticSegmenterOutput,
     SeMaskSwinBackbone,
     SeMaskSwinBackboneOutput,
-    SeMaskSwinConfig,
     SeMaskSwinForSemanticSegmentation,
     SeMaskSwinModel,
     SeMaskSwinModelOutput,
     SeMaskSwinPreTrainedModel,
 )
-from .models.vwformer import (
-    VWFormerConfig,
+from .models.modeling_vwformer import (
     VWFormerForSemanticSegmentation,
     VWFormerPreTrainedModel,
     VWFormerSemanticSegmenterOutput,
@@ -64,6 +64,10 @@ from .variants import (
 
 __version__ = "0.1.0"
 
+# former names of the keep-ratio image processors (the same classes)
+SeMaskImageProcessor = KeepRatioImageProcessor
+SeMaskImageProcessorPil = KeepRatioImageProcessorPil
+
 
 def _register_family(config_class, models: dict) -> None:
     """Registers ``config_class`` and its ``{auto class: model class}`` with transformers, marks every class for
@@ -75,14 +79,14 @@ def _register_family(config_class, models: dict) -> None:
         model_class.register_for_auto_class(auto_class.__name__)
     AutoImageProcessor.register(
         config_class,
-        image_processor_classes={"torchvision": SeMaskImageProcessor, "pil": SeMaskImageProcessorPil},
+        image_processor_classes={"torchvision": KeepRatioImageProcessor, "pil": KeepRatioImageProcessorPil},
         exist_ok=True,
     )
 
 
 def _register_auto_classes() -> None:
-    SeMaskImageProcessor.register_for_auto_class("AutoImageProcessor")
-    SeMaskImageProcessorPil.register_for_auto_class("AutoImageProcessor")
+    KeepRatioImageProcessor.register_for_auto_class("AutoImageProcessor")
+    KeepRatioImageProcessorPil.register_for_auto_class("AutoImageProcessor")
     _register_family(
         SeMaskSwinConfig,
         {
@@ -124,6 +128,8 @@ def _register_auto_classes() -> None:
 _register_auto_classes()
 
 __all__ = [
+    "KeepRatioImageProcessor",
+    "KeepRatioImageProcessorPil",
     "PaleBackbone",
     "PaleConfig",
     "PaleForImageClassification",

@@ -63,7 +63,7 @@ def make_demo_dataset(
 
 def demo_model_config(drop_path_rate: float = 0.1):
     """A small SeMask-Swin FPN config for the demo classes (2.9M parameters, trains in about a minute on a CPU)."""
-    from .models.semask_swin.configuration_semask_swin import SeMaskSwinConfig
+    from .models.configuration_semask_swin import SeMaskSwinConfig
 
     id2label = dict(enumerate(DEMO_CLASSES))
     return SeMaskSwinConfig(

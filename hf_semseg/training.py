@@ -15,7 +15,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .metrics import MeanIoU
-from .models.semask_swin.image_processing_utils_semask_swin import reduce_labels as reduce_zero_label
+from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
 from .transforms import IGNORE_INDEX, SegmentationTrainTransform
 
 
@@ -110,7 +110,7 @@ def build_model(
     from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
     from .demo_data import demo_model_config
-    from .models.semask_swin import SeMaskSwinForSemanticSegmentation
+    from .models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
     from .variants import variant_config
 
     label2id = {label: i for i, label in id2label.items()}
@@ -134,9 +134,9 @@ def build_model(
 def build_processor(scale: tuple[int, int], do_reduce_labels: bool):
     """The evaluation pre-processing (keep-ratio resize to ``scale``), saved next to the trained model so that
     ``AutoImageProcessor`` loads it."""
-    from .models.semask_swin import SeMaskImageProcessor
+    from .models.image_processing_keep_ratio import KeepRatioImageProcessor
 
-    return SeMaskImageProcessor(
+    return KeepRatioImageProcessor(
         size={"longest_edge": max(scale), "shortest_edge": min(scale)}, do_reduce_labels=do_reduce_labels
     )
 

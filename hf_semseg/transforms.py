@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 # mmcv ``imrescale`` output size: one rule for the processors and the training pipeline
-from .models.semask_swin.image_processing_utils_semask_swin import get_keep_ratio_output_size as keep_ratio_size
+from .models.image_processing_utils_segmentation import get_keep_ratio_output_size as keep_ratio_size
 
 
 IGNORE_INDEX = 255

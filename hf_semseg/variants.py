@@ -69,18 +69,19 @@ def variant_config(name: str) -> PreTrainedConfig:
 def variant_image_processor(name: str, backend: str = "torchvision"):
     """The image processor of the named variant: its test-time keep-ratio scale and label reduction
     (``backend="pil"`` for the PIL/NumPy twin)."""
-    from .models.semask_swin.image_processing_pil_semask_swin import SeMaskImageProcessorPil
-    from .models.semask_swin.image_processing_semask_swin import SeMaskImageProcessor
+    from .models.image_processing_keep_ratio import KeepRatioImageProcessor
+    from .models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
 
     variant = get_variant(name)
     longest, shortest = variant.test_scale
     if variant.family == "semask_mask2former":  # detectron2 pipeline: ResizeShortestEdge, zero padding to 32
-        from .models.semask_mask2former import SeMaskMask2FormerImageProcessor, SeMaskMask2FormerImageProcessorPil
+        from .models.image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil
+        from .models.image_processing_semask_mask2former import SeMaskMask2FormerImageProcessor
 
         processor_class = SeMaskMask2FormerImageProcessorPil if backend == "pil" else SeMaskMask2FormerImageProcessor
         size = {"shortest_edge": shortest, "longest_edge": longest}
         return processor_class(size=size, do_reduce_labels=variant.reduce_labels)
-    processor_class = SeMaskImageProcessorPil if backend == "pil" else SeMaskImageProcessor
+    processor_class = KeepRatioImageProcessorPil if backend == "pil" else KeepRatioImageProcessor
     size = (
         {"height": longest, "width": shortest}
         if longest == shortest
@@ -134,7 +135,7 @@ _SEMASK_REPORTED = {
 
 def semask_fpn_config(size: str, dataset: str):
     """The config of a released SeMask-FPN model (``size`` in tiny/small/base/large)."""
-    from .models.semask_swin.configuration_semask_swin import SeMaskSwinConfig
+    from .models.configuration_semask_swin import SeMaskSwinConfig
 
     embed_dim, depths, heads, window = _SEMASK_SIZES[size]
     id2label, _ = dataset_labels(dataset)
@@ -192,7 +193,7 @@ _PALE_SIZES = {
 
 def pale_config(size: str, num_labels: int = 1000, id2label: dict | None = None):
     """Pale-T/S/B (depths 2-2-16-2, pale size 7 in every stage)."""
-    from .models.pale.configuration_pale import PaleConfig
+    from .models.configuration_pale import PaleConfig
 
     embed_dim, heads, drop_path, *_ = _PALE_SIZES[size]
     id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
@@ -277,7 +278,7 @@ def vwformer_config(backbone: str, size: str, dataset: str):
     released config (a copy of the Cityscapes one) uses the ``vw_city`` head, like every Cityscapes model."""
     from transformers import ConvNextConfig, SwinConfig
 
-    from .models.vwformer.configuration_vwformer import VWFormerConfig
+    from .models.configuration_vwformer import VWFormerConfig
 
     stages = ["stage1", "stage2", "stage3", "stage4"]
     if backbone == "swin":
@@ -354,12 +355,12 @@ _SEMASK_MASK2FORMER = {
 def semask_mask2former_config(dataset: str):
     """The config of a released SeMask-L Mask2Former model (ADE20K: last stage global semantic attention, semantic
     window 12; Cityscapes: all windowed, semantic window 7 - detectron2's default, the yaml does not set it)."""
-    from .models.semask_mask2former.configuration_semask_mask2former import (
+    from .models.configuration_semask_mask2former import (
         SEMASK_SWIN_LARGE,
         SeMaskMask2FormerConfig,
         semask_mask2former_semantic_attention_types,
     )
-    from .models.semask_swin.configuration_semask_swin import SeMaskSwinConfig
+    from .models.configuration_semask_swin import SeMaskSwinConfig
 
     num_labels, semantic_window, *_ = _SEMASK_MASK2FORMER[dataset]
     id2label, _ = dataset_labels(dataset)

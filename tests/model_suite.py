@@ -179,7 +179,11 @@ class SegmentationModelSuite:
             eager_logits = model(pixel_values).logits
         torch.testing.assert_close(eager_logits, sdpa_logits, atol=1e-4, rtol=1e-4)
 
-    def test_reload_in_fresh_process_without_package(self, tmp_path):
+    @pytest.mark.parametrize("package", ["importable", "blocked"])
+    def test_reload_in_fresh_process_uses_only_saved_code(self, tmp_path, package):
+        """A saved folder loads with ``trust_remote_code=True`` from its own code alone: with hf_semseg importable
+        (installed) no ``hf_semseg`` module is imported, and with the package blocked it loads all the same; the
+        logits equal the in-process model's bit for bit, and the saved modules are the package's files unchanged."""
         model = self.make_model()
         processor = self.get_image_processor()
         model.save_pretrained(tmp_path / "model")
@@ -188,10 +192,12 @@ class SegmentationModelSuite:
         with torch.no_grad():
             expected = model(pixel_values).logits
         torch.save({"pixel_values": pixel_values, "logits": expected}, tmp_path / "io.pt")
+        block = 'sys.modules["hf_semseg"] = None' if package == "blocked" else "assert find_spec('hf_semseg')"
         script = textwrap.dedent(
             f"""
             import sys, json
-            sys.modules["hf_semseg"] = None  # the package must not be needed
+            from importlib.util import find_spec
+            {block}
             import torch
             from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
             model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
@@ -203,6 +209,7 @@ class SegmentationModelSuite:
                 "max_diff": (logits - io["logits"]).abs().max().item(),
                 "model_module": type(model).__module__,
                 "processor": type(processor).__name__,
+                "hf_semseg_modules": sorted(m for m, v in sys.modules.items() if m.startswith("hf_semseg") and v),
             }}))
             """
         )
@@ -211,11 +218,15 @@ class SegmentationModelSuite:
         )
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["hf_semseg_modules"] == []
         assert report["max_diff"] == 0.0
         assert report["model_module"].startswith("transformers_modules.")
         assert report["processor"] == type(processor).__name__
         saved_files = {path.name for path in (tmp_path / "model").iterdir()}
         assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= saved_files
+        model_folder = REPO_ROOT / "hf_semseg" / "models"
+        for module in (tmp_path / "model").glob("*.py"):  # copied as they are, nothing rewritten after the save
+            assert module.read_bytes() == (model_folder / module.name).read_bytes(), module.name
         assert REPO_ROOT.name not in result.stderr  # nothing was imported from the repository
 
     def test_image_segmentation_pipeline(self):

@@ -16,7 +16,7 @@ from hf_semseg.conversion.semask_fpn import (
     infer_config,
     load_original_checkpoint,
 )
-from hf_semseg.models.semask_swin.modeling_semask_swin import (
+from hf_semseg.models.modeling_semask_swin import (
     SeMaskSwinForSemanticSegmentation,
     relative_position_index,
 )

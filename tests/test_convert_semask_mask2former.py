@@ -17,12 +17,12 @@ from hf_semseg.conversion.semask_mask2former import (
     infer_config,
     load_detectron2_checkpoint,
 )
-from hf_semseg.models.semask_mask2former.modeling_semask_mask2former import (
+from hf_semseg.models.modeling_semask_mask2former import (
     SeMaskMask2FormerForSemanticSegmentation,
     semantic_scores,
     upsample_semantic_logits,
 )
-from hf_semseg.models.semask_swin.modeling_semask_swin import SeMaskSwinBackbone, relative_position_index
+from hf_semseg.models.modeling_semask_swin import SeMaskSwinBackbone, relative_position_index
 
 from conftest import REPO_ROOT, fixture_dir
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 import hf_semseg
 from hf_semseg.conversion.semask_fpn import CheckpointError
 from hf_semseg.conversion.vwformer import convert_checkpoint, convert_state_dict, infer_config, unfold_to_concat_order
-from hf_semseg.models.semask_swin.modeling_semask_swin import relative_position_index
-from hf_semseg.models.vwformer.modeling_vwformer import window_partition
+from hf_semseg.models.modeling_semask_swin import relative_position_index
+from hf_semseg.models.modeling_vwformer import window_partition
 
 from conftest import FIXTURES, REPO_ROOT, fixture_dir
 
@@ -259,10 +259,10 @@ def test_variant_processor_resizes_to_a_multiple_of_64_in_two_steps(backend):
     assert pixel_values.shape == (1, 3, 640, 896)
     assert processor.get_output_size(375, 500) == (640, 896)
     # the two steps of the original (each on the uint8 image) differ from one direct resize
-    direct = hf_semseg.SeMaskImageProcessor(size={"height": 640, "width": 896})(image, return_tensors="pt")
+    direct = hf_semseg.KeepRatioImageProcessor(size={"height": 640, "width": 896})(image, return_tensors="pt")
     assert not torch.allclose(pixel_values, direct.pixel_values)
-    two_steps = hf_semseg.SeMaskImageProcessor(size={"height": 640, "width": 896})(
-        hf_semseg.SeMaskImageProcessor(
+    two_steps = hf_semseg.KeepRatioImageProcessor(size={"height": 640, "width": 896})(
+        hf_semseg.KeepRatioImageProcessor(
             size={"longest_edge": 2560, "shortest_edge": 640}, do_rescale=False, do_normalize=False
         )(image, return_tensors="pt")
         .pixel_values[0]
@@ -274,14 +274,14 @@ def test_variant_processor_resizes_to_a_multiple_of_64_in_two_steps(backend):
 
 
 def test_size_divisor_keeps_labels_aligned():
-    processor = hf_semseg.SeMaskImageProcessor(size={"longest_edge": 100, "shortest_edge": 70}, size_divisor=32)
+    processor = hf_semseg.KeepRatioImageProcessor(size={"longest_edge": 100, "shortest_edge": 70}, size_divisor=32)
     image = np.zeros((70, 90, 3), dtype=np.uint8)
     labels = np.arange(70 * 90).reshape(70, 90) % 5
     output = processor(image, segmentation_maps=labels, return_tensors="pt")
     assert output.pixel_values.shape[-2:] == output.labels.shape[-2:] == (96, 96)
     assert set(output.labels.unique().tolist()) <= {0, 1, 2, 3, 4}
     with pytest.raises(ValueError, match="size_divisor"):
-        hf_semseg.SeMaskImageProcessor(size_divisor=0)(image)
+        hf_semseg.KeepRatioImageProcessor(size_divisor=0)(image)
 
 
 def test_window_partition_is_used_on_channels_last_views():

@@ -26,7 +26,7 @@ def saved_model(tmp_path_factory):
     torch.manual_seed(0)
     model = hf_semseg.SeMaskSwinForSemanticSegmentation(demo_model_config()).eval()
     model.save_pretrained(folder)
-    hf_semseg.SeMaskImageProcessor(size={"longest_edge": 224, "shortest_edge": 160}).save_pretrained(folder)
+    hf_semseg.KeepRatioImageProcessor(size={"longest_edge": 224, "shortest_edge": 160}).save_pretrained(folder)
     return folder, model
 
 
@@ -34,7 +34,7 @@ def test_whole_mode_equals_manual_evaluation_and_writes_predictions(saved_model,
     folder, model = saved_model
     script = load_script()
     summary = script.main(["--model", str(folder), "--max_samples", "2", "--predictions_dir", str(tmp_path)])
-    processor = hf_semseg.SeMaskImageProcessor(size={"longest_edge": 224, "shortest_edge": 160})
+    processor = hf_semseg.KeepRatioImageProcessor(size={"longest_edge": 224, "shortest_edge": 160})
     metric = MeanIoU(model.config.num_labels)
     for sample in make_demo_dataset()["validation"].select(range(2)):
         label = np.array(sample["label"])

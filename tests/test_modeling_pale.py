@@ -3,13 +3,13 @@ import torch
 
 import hf_semseg
 from hf_semseg import (
+    KeepRatioImageProcessor,
     PaleBackbone,
     PaleConfig,
     PaleForImageClassification,
     PaleForSemanticSegmentation,
-    SeMaskImageProcessor,
 )
-from hf_semseg.models.pale.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
+from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
 
 from model_suite import SegmentationModelSuite
 
@@ -38,7 +38,7 @@ class TestPaleForSemanticSegmentation(SegmentationModelSuite):
         return tiny_pale_config()
 
     def get_image_processor(self):
-        return SeMaskImageProcessor(size={"longest_edge": 96, "shortest_edge": 64})
+        return KeepRatioImageProcessor(size={"longest_edge": 96, "shortest_edge": 64})
 
 
 # ---------------------------------------------------------------------------------------------------------------

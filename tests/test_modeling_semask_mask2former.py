@@ -16,10 +16,10 @@ from hf_semseg import (
     SeMaskMask2FormerImageProcessorPil,
     SeMaskSwinConfig,
 )
-from hf_semseg.models.semask_mask2former.image_processing_utils_semask_mask2former import (
+from hf_semseg.models.image_processing_utils_semask_mask2former import (
     get_resize_shortest_edge_output_size,
 )
-from hf_semseg.models.semask_mask2former.modeling_semask_mask2former import (
+from hf_semseg.models.modeling_semask_mask2former import (
     min_cost_assignment,
     semantic_head,
     semantic_map_to_mask_targets,

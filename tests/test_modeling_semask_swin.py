@@ -8,13 +8,13 @@ from transformers.models.swin.modeling_swin import SwinLayer
 
 import hf_semseg
 from hf_semseg import (
-    SeMaskImageProcessor,
+    KeepRatioImageProcessor,
     SeMaskSwinBackbone,
     SeMaskSwinConfig,
     SeMaskSwinForSemanticSegmentation,
     SeMaskSwinModel,
 )
-from hf_semseg.models.semask_swin.modeling_semask_swin import (
+from hf_semseg.models.modeling_semask_swin import (
     SeMaskSwinBlock,
     SeMaskSwinPatchMerging,
     SeMaskSwinSemanticLayer,
@@ -61,7 +61,7 @@ class TestSeMaskSwinForSemanticSegmentation(SegmentationModelSuite):
         return tiny_config()
 
     def get_image_processor(self):
-        return SeMaskImageProcessor(size={"longest_edge": 96, "shortest_edge": 64})
+        return KeepRatioImageProcessor(size={"longest_edge": 96, "shortest_edge": 64})
 
     def prepare_for_gradient_check(self, model):
         open_semantic_gates(model)
@@ -372,14 +372,14 @@ def test_import_registers_every_auto_class():
     assert type(AutoModel.from_config(config)) is SeMaskSwinModel
     assert type(AutoBackbone.from_config(config)) is SeMaskSwinBackbone
     assert type(AutoModelForSemanticSegmentation.from_config(config)) is SeMaskSwinForSemanticSegmentation
-    assert IMAGE_PROCESSOR_MAPPING[SeMaskSwinConfig]["pil"] is hf_semseg.SeMaskImageProcessorPil
+    assert IMAGE_PROCESSOR_MAPPING[SeMaskSwinConfig]["pil"] is hf_semseg.KeepRatioImageProcessorPil
     assert AutoImageProcessor is not None
     for cls, auto in (
         (SeMaskSwinConfig, "AutoConfig"),
         (SeMaskSwinModel, "AutoModel"),
         (SeMaskSwinBackbone, "AutoBackbone"),
         (SeMaskSwinForSemanticSegmentation, "AutoModelForSemanticSegmentation"),
-        (SeMaskImageProcessor, "AutoImageProcessor"),
+        (KeepRatioImageProcessor, "AutoImageProcessor"),
     ):
         assert cls._auto_class == auto
 
@@ -388,7 +388,7 @@ def test_variant_image_processor_uses_the_test_scale():
     processor = hf_semseg.variant_image_processor("semask-fpn-large-ade20k")
     assert processor.size == {"longest_edge": 2560, "shortest_edge": 640} and processor.do_reduce_labels
     city = hf_semseg.variant_image_processor("semask-fpn-tiny-cityscapes", backend="pil")
-    assert type(city).__name__ == "SeMaskImageProcessorPil"
+    assert type(city).__name__ == "KeepRatioImageProcessorPil"
     assert city.size == {"longest_edge": 2048, "shortest_edge": 1024} and not city.do_reduce_labels
     # a 512x683 ADE20K image keeps its size at the 512 scale, and is scaled by 1.25 at the 640 scale
     assert processor(torch.zeros(3, 512, 683), return_tensors="pt")["pixel_values"].shape[-2:] == (640, 854)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import ConvNextConfig, SegformerConfig, SwinConfig
 
-from hf_semseg import SeMaskImageProcessor, SeMaskSwinConfig, VWFormerConfig, VWFormerForSemanticSegmentation
-from hf_semseg.models.pale.configuration_pale import PaleConfig
-from hf_semseg.models.vwformer.modeling_vwformer import (
+from hf_semseg import KeepRatioImageProcessor, SeMaskSwinConfig, VWFormerConfig, VWFormerForSemanticSegmentation
+from hf_semseg.models.configuration_pale import PaleConfig
+from hf_semseg.models.modeling_vwformer import (
     VWFormerVaryingWindowAttention,
     context_windows,
     copy_shift_pad,
@@ -38,7 +38,12 @@ def tiny_vwformer_config(backbone_config, **overrides) -> VWFormerConfig:
 
 def tiny_swin():
     return SwinConfig(
-        embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4, drop_path_rate=0.0, out_features=STAGES
+        embed_dim=16,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 2, 4],
+        window_size=4,
+        drop_path_rate=0.0,
+        out_features=STAGES,
     )
 
 
@@ -59,7 +64,7 @@ class VWFormerSuite(SegmentationModelSuite):
     deterministic_overrides = {"classifier_dropout": 0.0}
 
     def get_image_processor(self):
-        return SeMaskImageProcessor(size={"longest_edge": 192, "shortest_edge": 128}, size_divisor=64)
+        return KeepRatioImageProcessor(size={"longest_edge": 192, "shortest_edge": 128}, size_divisor=64)
 
     def prepare_for_gradient_check(self, model):
         open_attention_outputs(model)

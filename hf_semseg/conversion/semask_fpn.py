@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.semask_swin.configuration_semask_swin import SeMaskSwinConfig, semask_fpn_semantic_attention_types
-from ..models.semask_swin.modeling_semask_swin import relative_position_index
+from ..models.configuration_semask_swin import SeMaskSwinConfig, semask_fpn_semantic_attention_types
+from ..models.modeling_semask_swin import relative_position_index
 
 
 class CheckpointError(ValueError):
@@ -87,7 +87,9 @@ def rename_key(key: str) -> str | None:
     return None
 
 
-def load_original_checkpoint(path: str | Path, kind: str = "SeMask-FPN (mmseg)") -> tuple[dict[str, torch.Tensor], dict]:
+def load_original_checkpoint(
+    path: str | Path, kind: str = "SeMask-FPN (mmseg)"
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Reads an mmseg checkpoint (``{'meta', 'state_dict'}``) safely (``weights_only=True``); ``kind`` names the
     checkpoints the calling converter reads, for the error messages.
 
@@ -265,7 +267,7 @@ def convert_checkpoint(path: str | Path):
     """Loads an original SeMask-FPN checkpoint file into a :class:`SeMaskSwinForSemanticSegmentation` (eval mode).
 
     Returns ``(model, meta)``."""
-    from ..models.semask_swin.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
+    from ..models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
 
     state_dict, meta = load_original_checkpoint(path)
     config = infer_config(state_dict, meta)

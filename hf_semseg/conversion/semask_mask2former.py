@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..models.semask_mask2former.configuration_semask_mask2former import (
+from ..models.configuration_semask_mask2former import (
     SeMaskMask2FormerConfig,
     semask_mask2former_semantic_attention_types,
 )
-from ..models.semask_swin.configuration_semask_swin import SeMaskSwinConfig
+from ..models.configuration_semask_swin import SeMaskSwinConfig
 from .semask_fpn import CheckpointError, check_against_model
 from .semask_fpn import convert_state_dict as convert_backbone_state_dict
 
@@ -330,7 +330,7 @@ def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], 
 def convert_checkpoint(path: str | Path, id2label: dict[int, str] | None = None):
     """Loads an original SeMask-Mask2Former checkpoint file into a :class:`SeMaskMask2FormerForSemanticSegmentation`
     (eval mode). Returns ``(model, state_dict)`` (the original state dict, after the legacy renames)."""
-    from ..models.semask_mask2former.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
+    from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
 
     path = Path(path)
     state_dict = apply_legacy_renames(load_detectron2_checkpoint(path))

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import ConvNextConfig, SegformerConfig, SwinConfig
 
-from ..models.semask_swin.modeling_semask_swin import relative_position_index
-from ..models.vwformer.configuration_vwformer import VWFormerConfig
-from ..models.vwformer.modeling_vwformer import VWFormerForSemanticSegmentation
+from ..models.configuration_vwformer import VWFormerConfig
+from ..models.modeling_semask_swin import relative_position_index
+from ..models.modeling_vwformer import VWFormerForSemanticSegmentation
 from .semask_fpn import CheckpointError, _meta_config_value, check_against_model, load_original_checkpoint
 
 

@@ -1,6 +1,6 @@
 """Image processor for SeMask-FPN (PIL/NumPy backend).
 
-Same pipeline and numbers as ``SeMaskImageProcessor`` (torchvision backend) but works without torchvision: images
+Same pipeline and numbers as ``KeepRatioImageProcessor`` (torchvision backend) but works without torchvision: images
 are handled as NumPy arrays; the resize is done with ``torch.nn.functional.interpolate`` (no antialiasing, like
 OpenCV ``INTER_LINEAR`` in the original mmseg pipeline) rather than PIL's antialiasing resize.
 
@@ -14,7 +14,7 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import ChannelDimension
 
-from .image_processing_utils_semask_swin import (
+from .image_processing_utils_segmentation import (
     SEMASK_IGNORE_INDEX,
     SeMaskImageProcessingMixin,
     check_image_dtype,
@@ -34,15 +34,17 @@ from .image_processing_utils_semask_swin import (
 )
 
 
-class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
+class KeepRatioImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
     r"""
     Image processor for SeMask-FPN semantic segmentation (PIL/NumPy backend; does not need torchvision). It takes the
     same arguments, has the same defaults and gives the same numbers (up to one intensity level) as
-    `SeMaskImageProcessor` (see its docstring for every argument): the original mmseg 0.11 test pipeline, i.e.
+    `KeepRatioImageProcessor` (see its docstring for every argument): the original mmseg 0.11 test pipeline, i.e.
     convert to RGB, keep-ratio resize (mmcv `imrescale`, no antialiasing), rescale by 1/255, normalise with the
     ImageNet mean/std; segmentation maps optionally label-reduced, nearest-resized and returned as int64 `labels`
     with 255 = ignore.
     """
+
+    saved_backends = {"pil": "image_processing_pil_keep_ratio.KeepRatioImageProcessorPil"}
 
     def _interpolation_mode(self, resample) -> str:
         return torch_interpolation_mode(resample)
@@ -143,4 +145,4 @@ class SeMaskImageProcessorPil(SeMaskImageProcessingMixin, PilBackend):
         return np.pad(array, pad_width, mode="constant", constant_values=value)
 
 
-__all__ = ["SeMaskImageProcessorPil"]
+__all__ = ["KeepRatioImageProcessorPil"]

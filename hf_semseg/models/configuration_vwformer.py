@@ -11,13 +11,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-
-try:  # inside the hf_semseg package: the family modules (one class object per process)
-    from hf_semseg.models.pale.configuration_pale import PaleConfig  # noqa: F401 (registers "pale")
-    from hf_semseg.models.semask_swin.configuration_semask_swin import SeMaskSwinConfig  # noqa: F401
-except ImportError:  # remote code: the copies saved next to this file register the two model types
-    from .configuration_pale import PaleConfig  # noqa: F401
-    from .configuration_semask_swin import SeMaskSwinConfig  # noqa: F401
+from .configuration_pale import PaleConfig  # noqa: F401  (registers the "pale" backbone type)
+from .configuration_semask_swin import SeMaskSwinConfig  # noqa: F401  (registers "semask_swin")
 
 
 #: the two decode heads of the original code (``mmseg/models/decode_heads/vw_head.py``)

@@ -42,14 +42,8 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 from transformers.utils import ModelOutput
 
-from .configuration_semask_mask2former import SeMaskMask2FormerConfig, write_real_module_sources
+from .configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .modeling_semask_swin import SeMaskSwinBackbone
-
-
-try:
-    from scipy.optimize import linear_sum_assignment as _scipy_linear_sum_assignment
-except ImportError:  # scipy is optional: the matcher falls back to the solver below
-    _scipy_linear_sum_assignment = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,13 +208,6 @@ def min_cost_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows[order], cols[order]
 
 
-def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """scipy's solver when installed, :func:`min_cost_assignment` otherwise."""
-    if _scipy_linear_sum_assignment is not None:
-        return _scipy_linear_sum_assignment(cost)
-    return min_cost_assignment(cost)
-
-
 def semantic_map_to_mask_targets(
     labels: torch.Tensor, ignore_index: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -305,7 +292,7 @@ class SeMaskMask2FormerLoss(nn.Module):
                 + self.weight_dict["loss_dice"] * pair_wise_dice_loss(predicted, target)
             )
             cost = torch.nan_to_num(cost, nan=1e10, posinf=1e10, neginf=-1e10)
-            query_index, target_index = linear_sum_assignment(cost.cpu().numpy())
+            query_index, target_index = min_cost_assignment(cost.cpu().numpy())
             indices.append((torch.as_tensor(query_index, dtype=torch.long), torch.as_tensor(target_index)))
         return indices
 
@@ -445,13 +432,6 @@ class SeMaskMask2FormerPreTrainedModel(Mask2FormerPreTrainedModel):
             init.copy_(module.empty_weight, empty_weight)
         else:
             super()._init_weights(module)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves as usual; the remote-code copy of the SeMask-Swin modules is their real source (see
-        ``write_real_module_sources``)."""
-        saved = super().save_pretrained(save_directory, *args, **kwargs)
-        write_real_module_sources(save_directory)
-        return saved
 
     def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
         output_hidden_states = (

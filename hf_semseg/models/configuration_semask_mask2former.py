@@ -7,14 +7,9 @@ Portable module: it imports only transformers and sibling modules and is copied 
 model loads with ``trust_remote_code=True`` without hf_semseg installed.
 """
 
-import importlib
-import shutil
-from pathlib import Path
-
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.dynamic_module_utils import get_relative_imports
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 
 from .configuration_semask_swin import SeMaskSwinConfig
@@ -98,9 +93,11 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
-        if not isinstance(self.backbone_config, SeMaskSwinConfig):
+        backbone_type = getattr(self.backbone_config, "model_type", None)
+        if backbone_type != SeMaskSwinConfig.model_type:  # duck-typed: remote code loads its own copy of the class
             raise ValueError(
-                f"SeMaskMask2FormerConfig.backbone_config must be a SeMaskSwinConfig, got {type(self.backbone_config).__name__}"
+                f"SeMaskMask2FormerConfig.backbone_config must be a SeMask-Swin config (model_type "
+                f"{SeMaskSwinConfig.model_type!r}), got {type(self.backbone_config).__name__} ({backbone_type!r})"
             )
         if len(self.backbone_config.depths) != 4 or any(n == 0 for n in self.backbone_config.num_semantic_blocks):
             raise ValueError(
@@ -119,34 +116,6 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
             raise ValueError(f"decoder_layers = {self.decoder_layers}; it counts the query prediction, so it is >= 1")
         if self.size_divisibility < 0:
             raise ValueError(f"size_divisibility = {self.size_divisibility} must be >= 0")
-
-    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        write_real_module_sources(save_directory)
-        return saved
-
-
-def write_real_module_sources(save_directory) -> None:
-    """After ``save_pretrained`` copied this family's modules for remote code, replaces the copied alias modules
-    (``configuration_semask_swin.py``, ``modeling_semask_swin.py``, ... of this folder) by the source of the real
-    SeMask-Swin modules, and adds the sibling modules those import."""
-    save_directory = Path(save_directory)
-    pending = [path.stem for path in save_directory.glob("*.py")]
-    done = set()
-    while pending:
-        name = pending.pop()
-        if name in done:
-            continue
-        done.add(name)
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ImportError:  # a file of the folder that is not one of this family's modules
-            continue
-        source = Path(module.__file__)
-        target = save_directory / f"{name}.py"
-        if not target.exists() or source.read_bytes() != target.read_bytes():
-            shutil.copyfile(source, target)
-        pending.extend(get_relative_imports(source))
 
 
 AutoConfig.register(SeMaskMask2FormerConfig.model_type, SeMaskMask2FormerConfig, exist_ok=True)

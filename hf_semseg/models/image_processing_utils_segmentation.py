@@ -14,10 +14,7 @@ What lives here:
   ``post_process_semantic_segmentation``; the two backends only implement the tensor/array specific hooks.
 """
 
-import json
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -421,15 +418,8 @@ def get_pad_size(sizes: list, pad_size: SizeDict | None) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-# the two backend classes, as ``auto_map`` names them ("module.Class")
-_BACKEND_MODULES = {
-    "torchvision": "image_processing_semask_swin.SeMaskImageProcessor",
-    "pil": "image_processing_pil_semask_swin.SeMaskImageProcessorPil",
-}
-
-
 class SeMaskImageProcessingMixin:
-    """Defaults, orchestration and post-processing shared by `SeMaskImageProcessor` and `SeMaskImageProcessorPil`.
+    """Defaults, orchestration and post-processing shared by `KeepRatioImageProcessor` and `KeepRatioImageProcessorPil`.
 
     Backends implement ``_prepare_semask_image(image, index, do_convert_rgb, input_data_format, device)`` (one input
     -> channels-first array/tensor with 3 channels), ``_prepare_semask_segmentation_map(seg_map, index, device)``
@@ -463,21 +453,20 @@ class SeMaskImageProcessingMixin:
             validate_size(self.size)
             self._interpolation_mode(self.resample)  # fail early on an unsupported filter
 
-    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """Saves as usual, then names BOTH backends in ``auto_map`` and copies both modules, so that
+    #: ``{backend: "module.Class"}`` written as this processor's ``auto_map`` entry when it is saved for remote code:
+    #: the torchvision classes name both backends (their module imports the PIL twin, so ``save_pretrained`` copies
+    #: both modules), the PIL classes only themselves (their module never imports torchvision)
+    saved_backends: dict[str, str] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The processor's settings. Saved for remote code, ``auto_map`` names every saved backend, so that
         ``AutoImageProcessor.from_pretrained(dir, trust_remote_code=True)`` picks the torchvision class where
-        torchvision is installed and the PIL class (``backend="pil"``) where it is not."""
-        saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        if getattr(self, "_auto_class", None) is None:
-            return saved
-        here = Path(__file__).resolve().parent
-        for module in _BACKEND_MODULES.values():
-            shutil.copyfile(here / f"{module.split('.')[0]}.py", Path(save_directory) / f"{module.split('.')[0]}.py")
-        config_file = Path(save_directory) / "preprocessor_config.json"
-        processor_config = json.loads(config_file.read_text())
-        processor_config.setdefault("auto_map", {})[self._auto_class] = dict(_BACKEND_MODULES)
-        config_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
-        return saved
+        torchvision is installed and the PIL class where it is not."""
+        output = super().to_dict()
+        auto_class, auto_map = getattr(self, "_auto_class", None), output.get("auto_map")
+        if auto_class is not None and isinstance(auto_map, dict) and self.saved_backends:
+            output["auto_map"] = {**auto_map, auto_class: dict(self.saved_backends)}
+        return output
 
     def preprocess(self, images, segmentation_maps=None, **kwargs) -> BatchFeature:
         r"""

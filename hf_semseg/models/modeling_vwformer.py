@@ -39,14 +39,8 @@ from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 from transformers.utils import ModelOutput
 
 from .configuration_vwformer import VWFormerConfig
-
-
-try:  # inside the hf_semseg package: the family modules (one class object per process)
-    from hf_semseg.models.pale.modeling_pale import PaleBackbone
-    from hf_semseg.models.semask_swin.modeling_semask_swin import SeMaskSwinBackbone
-except ImportError:  # remote code: the copies saved next to this file
-    from .modeling_pale import PaleBackbone
-    from .modeling_semask_swin import SeMaskSwinBackbone
+from .modeling_pale import PaleBackbone
+from .modeling_semask_swin import SeMaskSwinBackbone
 
 
 @dataclass

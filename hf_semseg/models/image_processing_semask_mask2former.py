@@ -12,21 +12,22 @@ import torch
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_base import BatchFeature
 
-from .image_processing_semask_swin import SeMaskImageProcessor
+from .image_processing_keep_ratio import KeepRatioImageProcessor
+from .image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil  # noqa: F401  (saved with this module)
+from .image_processing_utils_segmentation import SEMASK_IGNORE_INDEX, check_stackable, reduce_labels
 from .image_processing_utils_semask_mask2former import (
     SeMaskMask2FormerImageProcessingMixin,
     check_no_size_divisor,
     get_output_size,
     get_padded_size,
 )
-from .image_processing_utils_semask_swin import SEMASK_IGNORE_INDEX, check_stackable, reduce_labels
 
 
-class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, SeMaskImageProcessor):
+class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, KeepRatioImageProcessor):
     r"""
     Image processor for SeMask Mask2Former semantic segmentation (torchvision backend; `SeMaskMask2FormerImageProcessorPil`
     is the PIL/NumPy twin). Input handling (RGB conversion, accepted types, label reduction, error messages) is that of
-    `SeMaskImageProcessor`; the differences are those of the original detectron2 pipeline:
+    `KeepRatioImageProcessor`; the differences are those of the original detectron2 pipeline:
 
     Args:
         size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 640, "longest_edge": 2560}`):
@@ -42,11 +43,16 @@ class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, SeM
         do_reduce_labels (`bool`, *optional*, defaults to `False`):
             Map label 0 to 255 and reduce the others by 1 (ADE20K annotation files, as the original's preparation
             script does).
-        (other arguments: see `SeMaskImageProcessor`.)
+        (other arguments: see `KeepRatioImageProcessor`.)
 
     `post_process_semantic_segmentation(outputs, target_sizes=[(h, w), ...])` gives label maps at the original image
     sizes exactly as the original's `semantic_inference` + `sem_seg_postprocess`.
     """
+
+    saved_backends = {
+        "torchvision": "image_processing_semask_mask2former.SeMaskMask2FormerImageProcessor",
+        "pil": "image_processing_pil_semask_mask2former.SeMaskMask2FormerImageProcessorPil",
+    }
 
     def _preprocess(
         self,

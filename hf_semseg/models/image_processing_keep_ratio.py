@@ -2,7 +2,7 @@
 
 Reproduces the test pipeline of the original SeMask-FPN code (mmseg 0.11): keep-ratio resize as mmcv
 ``imrescale(img, (2048, 512))`` with bilinear interpolation and no antialiasing (OpenCV ``INTER_LINEAR``), ImageNet
-mean/std normalisation on RGB. The PIL/NumPy twin is ``SeMaskImageProcessorPil`` in
+mean/std normalisation on RGB. The PIL/NumPy twin is ``KeepRatioImageProcessorPil`` in
 ``image_processing_pil_semask_swin.py``; both share ``image_processing_utils_semask_swin.py``.
 
 Portable remote code: only torch, torchvision, numpy, PIL, transformers and sibling modules are imported.
@@ -17,7 +17,8 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import ChannelDimension
 
-from .image_processing_utils_semask_swin import (
+from .image_processing_pil_keep_ratio import KeepRatioImageProcessorPil  # noqa: F401  (saved with this module)
+from .image_processing_utils_segmentation import (
     SEMASK_IGNORE_INDEX,
     SeMaskImageProcessingMixin,
     check_image_dtype,
@@ -42,9 +43,9 @@ _TORCHVISION_MODES = {
 }
 
 
-class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
+class KeepRatioImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
     r"""
-    Image processor for SeMask-FPN semantic segmentation (torchvision backend; see `SeMaskImageProcessorPil` for the
+    Image processor for SeMask-FPN semantic segmentation (torchvision backend; see `KeepRatioImageProcessorPil` for the
     PIL/NumPy backend, which gives the same numbers up to one intensity level).
 
     Pipeline (the original mmseg 0.11 test pipeline): convert to RGB, keep-ratio resize, rescale by 1/255, normalise
@@ -94,6 +95,11 @@ class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
     `post_process_semantic_segmentation(outputs, target_sizes=[(h, w), ...])` to get class-index maps at the original
     image sizes.
     """
+
+    saved_backends = {
+        "torchvision": "image_processing_keep_ratio.KeepRatioImageProcessor",
+        "pil": "image_processing_pil_keep_ratio.KeepRatioImageProcessorPil",
+    }
 
     def _interpolation_mode(self, resample) -> "tvF.InterpolationMode":
         return _TORCHVISION_MODES[torch_interpolation_mode(resample)]
@@ -211,4 +217,4 @@ class SeMaskImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
         return F.pad(tensor, (0, pad_right, 0, pad_bottom), mode="constant", value=value)
 
 
-__all__ = ["SeMaskImageProcessor"]
+__all__ = ["KeepRatioImageProcessor"]

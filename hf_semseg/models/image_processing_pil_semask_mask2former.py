@@ -11,19 +11,19 @@ import numpy as np
 import PIL.Image
 from transformers.image_processing_base import BatchFeature
 
-from .image_processing_pil_semask_swin import SeMaskImageProcessorPil
-from .image_processing_utils_semask_mask2former import (
-    SeMaskMask2FormerImageProcessingMixin,
-    check_no_size_divisor,
-    get_output_size,
-    get_padded_size,
-)
-from .image_processing_utils_semask_swin import (
+from .image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
+from .image_processing_utils_segmentation import (
     SEMASK_IGNORE_INDEX,
     check_stackable,
     reduce_labels,
     resize_array_with_torch,
     resize_label_map_with_torch,
+)
+from .image_processing_utils_semask_mask2former import (
+    SeMaskMask2FormerImageProcessingMixin,
+    check_no_size_divisor,
+    get_output_size,
+    get_padded_size,
 )
 
 
@@ -48,13 +48,15 @@ def resize_uint8_with_pil(image: np.ndarray, output_size: tuple[int, int], mode:
     return np.stack(channels).astype(np.float32)
 
 
-class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, SeMaskImageProcessorPil):
+class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, KeepRatioImageProcessorPil):
     r"""
     Image processor for SeMask Mask2Former semantic segmentation (PIL/NumPy backend; does not need torchvision). It takes
     the same arguments, has the same defaults and gives the same numbers (up to one intensity level for shrunk uint8
     images) as `SeMaskMask2FormerImageProcessor` (see its docstring): detectron2's `ResizeShortestEdge` (uint8 images
     resized by PIL, exactly as the original), ImageNet normalisation, zero padding to a multiple of 32.
     """
+
+    saved_backends = {"pil": "image_processing_pil_semask_mask2former.SeMaskMask2FormerImageProcessorPil"}
 
     def _preprocess(
         self,

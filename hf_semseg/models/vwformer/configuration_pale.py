@@ -1,1 +1,0 @@
-../pale/configuration_pale.py

@@ -1,1 +1,0 @@
-../semask_swin/configuration_semask_swin.py

@@ -1,1 +1,0 @@
-../pale/modeling_pale.py

@@ -1,1 +1,0 @@
-../semask_swin/modeling_semask_swin.py
