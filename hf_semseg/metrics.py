@@ -8,6 +8,8 @@ evaluation never holds the logits of a whole split; ``compute()`` returns the ke
 import numpy as np
 import torch
 
+from .models.configuration_utils_segmentation import IGNORE_INDEX
+
 
 class MeanIoU:
     """mIoU / mean accuracy / overall accuracy from a streaming confusion matrix.
@@ -21,7 +23,7 @@ class MeanIoU:
     predictions outside that range count as wrong (they never match a label), as in evaluate's ``mean_iou``.
     """
 
-    def __init__(self, num_labels: int, ignore_index: int = 255):
+    def __init__(self, num_labels: int, ignore_index: int = IGNORE_INDEX):
         if num_labels < 1:
             raise ValueError(f"num_labels must be positive, got {num_labels}")
         self.num_labels = num_labels

@@ -11,11 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .models.configuration_utils_segmentation import IGNORE_INDEX
+
 # mmcv ``imrescale`` output size: one rule for the processors and the training pipeline
 from .models.image_processing_utils_segmentation import get_keep_ratio_output_size as keep_ratio_size
-
-
-IGNORE_INDEX = 255
 
 
 def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

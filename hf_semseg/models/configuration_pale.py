@@ -9,6 +9,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
+from .configuration_utils_segmentation import IGNORE_INDEX, set_backbone_stages
+
 
 @strict
 class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -70,7 +72,7 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
     auxiliary_channels: int = 256
     auxiliary_num_convs: int = 1
     auxiliary_concat_input: bool = False
-    loss_ignore_index: int = 255
+    loss_ignore_index: int = IGNORE_INDEX
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -80,15 +82,7 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
         self.num_layers = len(self.depths)
         self.hidden_sizes = [self.embed_dim * 2**i for i in range(self.num_layers)]
         self.hidden_size = self.hidden_sizes[-1]
-        self.stage_names = ["stem"] + [f"stage{idx}" for idx in range(1, self.num_layers + 1)]
-        out_features = kwargs.pop("out_features", None)
-        out_indices = kwargs.pop("out_indices", None)
-        if out_features is None and out_indices is None and self._out_features is None and self._out_indices is None:
-            out_features = self.stage_names[1:]
-        self.set_output_features_output_indices(
-            out_features=out_features if out_features is not None else self._out_features,
-            out_indices=out_indices if out_indices is not None else self._out_indices,
-        )
+        set_backbone_stages(self, kwargs)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

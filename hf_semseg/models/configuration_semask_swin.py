@@ -9,6 +9,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
+from .configuration_utils_segmentation import IGNORE_INDEX, set_backbone_stages
+
 
 SEMANTIC_ATTENTION_TYPES = ("window", "global")
 
@@ -94,7 +96,7 @@ class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
     semantic_loss_weight: float | int = 0.4
     use_ohem: bool = False
     ohem_min_kept: int = 100000
-    loss_ignore_index: int = 255
+    loss_ignore_index: int = IGNORE_INDEX
     loss_mean_over_all_pixels: bool = True
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
@@ -107,15 +109,7 @@ class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
         self.num_layers = num_stages
         # channels after the last stage (HF Swin convention, used by VisionEncoderDecoder-style wrappers)
         self.hidden_size = int(self.embed_dim * 2 ** (num_stages - 1))
-        self.stage_names = ["stem"] + [f"stage{idx}" for idx in range(1, num_stages + 1)]
-        out_features = kwargs.pop("out_features", None)
-        out_indices = kwargs.pop("out_indices", None)
-        if out_features is None and out_indices is None and self._out_features is None and self._out_indices is None:
-            out_features = self.stage_names[1:]
-        self.set_output_features_output_indices(
-            out_features=out_features if out_features is not None else self._out_features,
-            out_indices=out_indices if out_indices is not None else self._out_indices,
-        )
+        set_backbone_stages(self, kwargs)
         super().__post_init__(**kwargs)
         if self.semantic_attention_types is None:
             self.semantic_attention_types = semask_fpn_semantic_attention_types(self.embed_dim, self.num_labels)

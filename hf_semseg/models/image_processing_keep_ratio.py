@@ -19,7 +19,7 @@ from transformers.image_utils import ChannelDimension
 
 from .image_processing_pil_keep_ratio import KeepRatioImageProcessorPil  # noqa: F401  (saved with this module)
 from .image_processing_utils_segmentation import (
-    SEMASK_IGNORE_INDEX,
+    IGNORE_INDEX,
     SeMaskImageProcessingMixin,
     check_image_dtype,
     check_stackable,
@@ -202,7 +202,7 @@ class KeepRatioImageProcessor(SeMaskImageProcessingMixin, TorchvisionBackend):
             pad_height, pad_width = get_pad_size(output_sizes, pad_size)
             pixel_values = [self._pad_right_bottom(image, pad_height, pad_width, 0.0) for image in pixel_values]
             if labels is not None:
-                labels = [self._pad_right_bottom(label, pad_height, pad_width, SEMASK_IGNORE_INDEX) for label in labels]
+                labels = [self._pad_right_bottom(label, pad_height, pad_width, IGNORE_INDEX) for label in labels]
 
         data = {"pixel_values": pixel_values}
         if labels is not None:

@@ -13,7 +13,7 @@ from transformers.image_processing_base import BatchFeature
 
 from .image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
 from .image_processing_utils_segmentation import (
-    SEMASK_IGNORE_INDEX,
+    IGNORE_INDEX,
     check_stackable,
     reduce_labels,
     resize_array_with_torch,
@@ -110,7 +110,7 @@ class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, 
             pad_height, pad_width = get_padded_size(output_sizes, size_divisibility, pad_size)
             pixel_values = [self._pad_right_bottom(image, pad_height, pad_width, 0.0) for image in pixel_values]
             if labels is not None:
-                labels = [self._pad_right_bottom(label, pad_height, pad_width, SEMASK_IGNORE_INDEX) for label in labels]
+                labels = [self._pad_right_bottom(label, pad_height, pad_width, IGNORE_INDEX) for label in labels]
 
         data = {"pixel_values": pixel_values}
         if labels is not None:

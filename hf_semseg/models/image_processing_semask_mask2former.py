@@ -14,7 +14,7 @@ from transformers.image_processing_base import BatchFeature
 
 from .image_processing_keep_ratio import KeepRatioImageProcessor
 from .image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil  # noqa: F401  (saved with this module)
-from .image_processing_utils_segmentation import SEMASK_IGNORE_INDEX, check_stackable, reduce_labels
+from .image_processing_utils_segmentation import IGNORE_INDEX, check_stackable, reduce_labels
 from .image_processing_utils_semask_mask2former import (
     SeMaskMask2FormerImageProcessingMixin,
     check_no_size_divisor,
@@ -111,7 +111,7 @@ class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, Kee
             pad_height, pad_width = get_padded_size(output_sizes, size_divisibility, pad_size)
             pixel_values = [self._pad_right_bottom(image, pad_height, pad_width, 0.0) for image in pixel_values]
             if labels is not None:
-                labels = [self._pad_right_bottom(label, pad_height, pad_width, SEMASK_IGNORE_INDEX) for label in labels]
+                labels = [self._pad_right_bottom(label, pad_height, pad_width, IGNORE_INDEX) for label in labels]
 
         data = {"pixel_values": pixel_values}
         if labels is not None:

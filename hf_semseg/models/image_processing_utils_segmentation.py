@@ -33,9 +33,8 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs
 
+from .configuration_utils_segmentation import IGNORE_INDEX
 
-# Label value ignored by the SeMask losses (config.loss_ignore_index) and used to pad segmentation maps.
-SEMASK_IGNORE_INDEX = 255
 
 # Channel counts an input image may have before RGB conversion.
 _VALID_INPUT_CHANNELS = (1, 3, 4)
@@ -357,7 +356,7 @@ def pil_segmentation_map_to_numpy(seg_map: PIL.Image.Image, index: int) -> np.nd
 def reduce_labels(labels: Any) -> Any:
     """ADE20K-style label reduction on an int64 array/tensor: ``0 -> 255``, ``255 -> 255``, other ``l -> l - 1``."""
     reduced = labels - 1
-    reduced[(labels == 0) | (labels == SEMASK_IGNORE_INDEX)] = SEMASK_IGNORE_INDEX
+    reduced[(labels == 0) | (labels == IGNORE_INDEX)] = IGNORE_INDEX
     return reduced
 
 
