@@ -75,7 +75,7 @@ def test_intermediate_outputs_equal_the_original(converted):
     _, _, _, expected, output = converted
     differences = {}
     for i in range(4):
-        differences[f"res{i + 2}"] = output.encoder_hidden_states[i] - expected[f"backbone_res{i + 2}"]
+        differences[f"res{i + 2}"] = output.hidden_states[i] - expected[f"backbone_res{i + 2}"]
         differences[f"prior{i + 2}"] = output.semantic_priors[i] - expected[f"semantic_prior_res{i + 2}"]
     for i in range(3):
         differences[f"multi_scale_{i}"] = output.pixel_decoder_hidden_states[i] - expected[f"multi_scale_feature_{i}"]

@@ -27,7 +27,7 @@ LABELS = {0: "sky", 1: "tree", 2: "road", 3: "car"}
 def tiny_vwformer_config(backbone_config, **overrides) -> VWFormerConfig:
     values = dict(
         backbone_config=backbone_config,
-        hidden_size=64,
+        decoder_hidden_size=64,
         num_attention_heads=2,
         id2label=LABELS,
         label2id={label: i for i, label in LABELS.items()},
@@ -61,7 +61,7 @@ def open_attention_outputs(model) -> None:
 class VWFormerSuite(SegmentationModelSuite):
     model_class = VWFormerForSemanticSegmentation
     image_size = (128, 96)
-    deterministic_overrides = {"classifier_dropout": 0.0}
+    deterministic_overrides = {"classifier_dropout_prob": 0.0}
 
     def get_image_processor(self):
         return KeepRatioImageProcessor(size={"longest_edge": 192, "shortest_edge": 128}, size_divisor=64)
@@ -190,7 +190,7 @@ def original_branch(attention: VWFormerVaryingWindowAttention, fused: torch.Tens
 @pytest.mark.parametrize("size", [(16, 16), (24, 40), (40, 24), (8, 16)])  # P = 2, odd 3x5 / 5x3, and P = 1
 def test_varying_window_attention_equals_the_original_computation(head_type, size):
     torch.manual_seed(0)
-    config = tiny_vwformer_config(tiny_swin(), hidden_size=64, num_attention_heads=4, head_type=head_type)
+    config = tiny_vwformer_config(tiny_swin(), decoder_hidden_size=64, num_attention_heads=4, head_type=head_type)
     fused = torch.randn(2, 64, *size)
     for ratio in (2, 4, 8):
         attention = VWFormerVaryingWindowAttention(config, ratio).eval()

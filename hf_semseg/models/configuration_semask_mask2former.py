@@ -57,6 +57,8 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
     """
 
     model_type = "semask_mask2former"
+    # ``loss_ignore_index``, the name every family uses, answers for transformers' ``ignore_value`` field
+    attribute_map = {**Mask2FormerConfig.attribute_map, "loss_ignore_index": "ignore_value"}
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=SeMaskSwinConfig)}
     backbones_supported = ["semask_swin"]
 

@@ -13,6 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_pale import PaleConfig  # noqa: F401  (registers the "pale" backbone type)
 from .configuration_semask_swin import SeMaskSwinConfig  # noqa: F401  (registers "semask_swin")
+from .configuration_utils_segmentation import IGNORE_INDEX
 
 
 #: the two decode heads of the original code (``mmseg/models/decode_heads/vw_head.py``)
@@ -34,7 +35,8 @@ class VWFormerConfig(PreTrainedConfig):
             features), or ``"vw_city"``, the ``VWCityHead`` of the Cityscapes models and of the released ConvNeXt-S
             ADE20K model (1x1 conv + BN + ReLU projections, multi-head attention with an output bias, no pooling
             branch, nearest upsampling of the deep features).
-        hidden_size: channels ``C`` of the head (512 in every released model).
+        decoder_hidden_size: channels ``C`` of the head (512 in every released model; ``hidden_size`` in configs
+            saved before hf-semseg 0.2, still read).
         num_attention_heads: heads of the varying window attention (1 for ``vw``, 16 for ``vw_city`` models).
         use_short_cut: add the fused 1/8 map to each attention branch (``short_cut``; Swin-B, ConvNeXt ``vw``
             models: on; Swin-L and ``vw_city`` models: off).
@@ -42,17 +44,19 @@ class VWFormerConfig(PreTrainedConfig):
         num_windows_per_side: the 1/8 map is split into this many query windows along each side (8, fixed in the
             original code).
         low_level_channels: channels of the projected 1/4 map fused before the classifier (48).
-        classifier_dropout: ``Dropout2d`` before the classifier (0.1).
+        classifier_dropout_prob: ``Dropout2d`` before the classifier (0.1; formerly ``classifier_dropout``).
         batch_norm_eps: epsilon of the head's BatchNorms.
         use_auxiliary_head: add transformers' UperNet FCN auxiliary head on stage 3 (no released model has one).
         auxiliary_loss_weight / auxiliary_channels / auxiliary_num_convs / auxiliary_concat_input: that head.
-        loss_ignore_index: label ignored by the loss (255).
+        loss_ignore_index: label ignored by the loss (``IGNORE_INDEX``, 255).
         loss_mean_over_all_pixels: average the cross-entropy over all pixels, ignored ones counting as zero, as mmseg
             0.30 does by default (``avg_non_ignore=False``); ``False`` averages over the labelled pixels only.
         initializer_range: std of the truncated-normal init of the head's Linear projections.
     """
 
     model_type = "vwformer"
+    # names of earlier versions of this config, still read and written through to the current ones
+    attribute_map = {"hidden_size": "decoder_hidden_size", "classifier_dropout": "classifier_dropout_prob"}
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(
             config_class=AutoConfig,
@@ -71,20 +75,20 @@ class VWFormerConfig(PreTrainedConfig):
 
     backbone_config: dict | PreTrainedConfig | None = None
     head_type: str = "vw"
-    hidden_size: int = 512
+    decoder_hidden_size: int = 512
     num_attention_heads: int = 1
     use_short_cut: bool = True
     enlarging_ratios: list[int] | tuple[int, ...] = (2, 4, 8)
     num_windows_per_side: int = 8
     low_level_channels: int = 48
-    classifier_dropout: float | int = 0.1
+    classifier_dropout_prob: float | int = 0.1
     batch_norm_eps: float = 1e-5
     use_auxiliary_head: bool = False
     auxiliary_loss_weight: float | int = 0.4
     auxiliary_channels: int = 256
     auxiliary_num_convs: int = 1
     auxiliary_concat_input: bool = False
-    loss_ignore_index: int = 255
+    loss_ignore_index: int = IGNORE_INDEX
     loss_mean_over_all_pixels: bool = True
     initializer_range: float = 0.02
 
@@ -95,16 +99,16 @@ class VWFormerConfig(PreTrainedConfig):
     def validate_architecture(self):
         if self.head_type not in VWFORMER_HEAD_TYPES:
             raise ValueError(f"VWFormerConfig.head_type must be one of {VWFORMER_HEAD_TYPES}, got {self.head_type!r}")
-        if self.hidden_size % self.num_attention_heads:
+        if self.decoder_hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"VWFormerConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"VWFormerConfig.decoder_hidden_size={self.decoder_hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
         for ratio in self.enlarging_ratios:
-            if ratio < 2 or ratio % 2 or self.hidden_size % (ratio * ratio):
+            if ratio < 2 or ratio % 2 or self.decoder_hidden_size % (ratio * ratio):
                 raise ValueError(
                     f"VWFormerConfig.enlarging_ratios: {ratio} must be an even number >= 2 whose square divides "
-                    f"hidden_size={self.hidden_size} (the context embedding has hidden_size / ratio**2 channels)"
+                    f"decoder_hidden_size={self.decoder_hidden_size} (the context embedding has decoder_hidden_size / ratio**2 channels)"
                 )
             if ratio > self.num_windows_per_side:
                 raise ValueError(

@@ -23,17 +23,23 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
-from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
-from transformers.utils import ModelOutput
+from transformers.models.upernet.modeling_upernet import UperNetHead
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_pale import PaleConfig
+from .modeling_utils_segmentation import (
+    fcn_auxiliary_head,
+    init_conv_kaiming,
+    init_norm_and_linear,
+    resolve_output_flags,
+    segmentation_loss,
+)
 
 
 @dataclass
@@ -315,34 +321,9 @@ class PalePreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """Truncated-normal(0.02) Linears with zero bias, LayerNorm/BatchNorm 1/0, convs kaiming (fan-out)."""
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            if isinstance(module, nn.BatchNorm2d):
-                init.zeros_(module.running_mean)
-                init.ones_(module.running_var)
-                init.zeros_(module.num_batches_tracked)
-
-    def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                "output_attentions=True needs eager attention: load the model with attn_implementation='eager' "
-                f"(it uses {self.config._attn_implementation!r})"
-            )
-        return output_hidden_states, output_attentions, return_dict
+        init_norm_and_linear(module, self.config.initializer_range)
+        if isinstance(module, nn.Conv2d):
+            init_conv_kaiming(module)
 
 
 class PaleModel(PalePreTrainedModel):
@@ -356,16 +337,16 @@ class PaleModel(PalePreTrainedModel):
         )
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> PaleModelOutput | tuple:
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions
         )
         stage_outputs, attentions = self.encoder(pixel_values)
         output = PaleModelOutput(
@@ -374,7 +355,7 @@ class PaleModel(PalePreTrainedModel):
             hidden_states=stage_outputs if output_hidden_states else None,
             attentions=attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 class PaleForImageClassification(PalePreTrainedModel):
@@ -386,16 +367,15 @@ class PaleForImageClassification(PalePreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
-        _, _, return_dict = self._output_flags(output_hidden_states, output_attentions, return_dict)
         outputs = self.pale(
             pixel_values,
             output_hidden_states=output_hidden_states,
@@ -412,7 +392,7 @@ class PaleForImageClassification(PalePreTrainedModel):
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 class PaleBackbone(BackboneMixin, PalePreTrainedModel):
@@ -431,16 +411,16 @@ class PaleBackbone(BackboneMixin, PalePreTrainedModel):
         )
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> BackboneOutput | tuple:
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions
         )
         stage_outputs, attentions = self.encoder(pixel_values)
         feature_maps = ()
@@ -454,20 +434,7 @@ class PaleBackbone(BackboneMixin, PalePreTrainedModel):
             hidden_states=stage_outputs if output_hidden_states else None,
             attentions=attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
-
-
-def upernet_head_config(config: PaleConfig) -> SimpleNamespace:
-    """The fields transformers' ``UperNetHead`` / ``UperNetFCNHead`` read, from a :class:`PaleConfig`."""
-    return SimpleNamespace(
-        pool_scales=config.pool_scales,
-        hidden_size=config.decoder_hidden_size,
-        num_labels=config.num_labels,
-        auxiliary_in_channels=None,
-        auxiliary_channels=config.auxiliary_channels,
-        auxiliary_num_convs=config.auxiliary_num_convs,
-        auxiliary_concat_input=config.auxiliary_concat_input,
-    )
+        return output
 
 
 class PaleForSemanticSegmentation(PalePreTrainedModel):
@@ -477,26 +444,25 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
     def __init__(self, config: PaleConfig):
         super().__init__(config)
         self.backbone = PaleBackbone(config)
-        head_config = upernet_head_config(config)
-        self.decode_head = UperNetHead(head_config, in_channels=self.backbone.channels)
-        self.auxiliary_head = (
-            UperNetFCNHead(head_config, in_channels=self.backbone.channels, in_index=2)
-            if config.use_auxiliary_head
-            else None
+        # the fields transformers' UperNetHead reads
+        head_config = SimpleNamespace(
+            pool_scales=config.pool_scales, hidden_size=config.decoder_hidden_size, num_labels=config.num_labels
         )
+        self.decode_head = UperNetHead(head_config, in_channels=self.backbone.channels)
+        self.auxiliary_head = fcn_auxiliary_head(config, self.backbone.channels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> PaleSemanticSegmenterOutput | tuple:
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions
         )
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         features = backbone_output.feature_maps
@@ -512,29 +478,11 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
             hidden_states=features if output_hidden_states else None,
             attentions=backbone_output.attentions,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
         """Cross-entropy (mean over the labelled pixels) of the upsampled logits + weight x that of the auxiliary."""
-        if labels.ndim != 3:
-            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
-        labels = labels.long()
-        ignore_index = self.config.loss_ignore_index
-        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
-        if invalid.any():
-            bad = labels[invalid].unique()[:10].tolist()
-            raise ValueError(
-                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index {ignore_index}"
-            )
-
-        def cross_entropy(scores):
-            upsampled = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            return F.cross_entropy(upsampled, labels, ignore_index=ignore_index)
-
-        loss = cross_entropy(logits)
-        if auxiliary_logits is not None:
-            loss = loss + self.config.auxiliary_loss_weight * cross_entropy(auxiliary_logits)
-        return loss
+        return segmentation_loss(self.config, logits, labels, auxiliary_logits)
 
 
 __all__ = [

@@ -40,10 +40,11 @@ from transformers.models.mask2former.modeling_mask2former import (
     sample_point,
     sigmoid_cross_entropy_loss,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .modeling_semask_swin import SeMaskSwinBackbone
+from .modeling_utils_segmentation import check_segmentation_labels, resolve_output_flags
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ class SeMaskMask2FormerModelOutput(ModelOutput):
         transformer_decoder_intermediate_states: LayerNorm-ed query states of every prediction, ``(Q, B, D)`` each:
             the learnable queries first, then one per masked-attention layer.
         masks_queries_logits: mask logits of every prediction (same order), ``(B, Q, H/4, W/4)`` each.
-        encoder_hidden_states: the four backbone feature maps (on request).
+        hidden_states: the four backbone feature maps (on request).
         pixel_decoder_hidden_states: the multi-scale features fed to the decoder, strides 32, 16, 8 (on request).
         transformer_decoder_hidden_states: query states entering each layer and the final ones (on request).
         attentions: masked-attention decoder attention probabilities (on request).
@@ -76,7 +77,7 @@ class SeMaskMask2FormerModelOutput(ModelOutput):
     transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
     transformer_decoder_intermediate_states: tuple[torch.FloatTensor, ...] | None = None
     masks_queries_logits: tuple[torch.FloatTensor, ...] | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -97,7 +98,7 @@ class SeMaskMask2FormerSemanticSegmenterOutput(ModelOutput):
             original upsamples it 4x, ``align_corners=True``, for its loss: :func:`upsample_semantic_logits`).
         auxiliary_logits: the earlier predictions, ``[{"class_queries_logits", "masks_queries_logits"}, ...]``,
             the learnable queries' first (on request: ``output_auxiliary_logits``).
-        encoder_hidden_states / semantic_priors / pixel_decoder_hidden_states / transformer_decoder_hidden_states /
+        hidden_states / semantic_priors / pixel_decoder_hidden_states / transformer_decoder_hidden_states /
         attentions: see :class:`SeMaskMask2FormerModelOutput` (on request).
     """
 
@@ -107,7 +108,7 @@ class SeMaskMask2FormerSemanticSegmenterOutput(ModelOutput):
     masks_queries_logits: torch.FloatTensor | None = None
     semantic_logits: torch.FloatTensor | None = None
     auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     semantic_priors: tuple[torch.FloatTensor, ...] | None = None
     pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -245,7 +246,7 @@ class SeMaskMask2FormerLoss(nn.Module):
         super().__init__()
         self.num_labels = config.num_labels
         self.no_object_weight = config.no_object_weight
-        self.ignore_index = config.ignore_value
+        self.ignore_index = config.loss_ignore_index
         self.num_points = config.train_num_points
         self.oversample_ratio = config.oversample_ratio
         self.importance_sample_ratio = config.importance_sample_ratio
@@ -433,14 +434,6 @@ class SeMaskMask2FormerPreTrainedModel(Mask2FormerPreTrainedModel):
         else:
             super()._init_weights(module)
 
-    def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output_hidden_states, output_attentions, return_dict
-
 
 class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
     """Backbone, pixel decoder and masked-attention decoder (without the class head): the query states and mask
@@ -453,20 +446,21 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
         self.transformer_module = Mask2FormerTransformerModule(in_features=config.feature_size, config=config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskMask2FormerModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Normalised images; zero-padded here on the right and bottom to multiples of `config.size_divisibility`.
         """
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions, attentions_need_eager=False
         )
         pixel_values = pad_to_size_divisibility(pixel_values, self.config.size_divisibility)
         backbone_output = self.pixel_level_module.encoder(pixel_values, return_dict=True)
@@ -492,12 +486,12 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
             transformer_decoder_last_hidden_state=transformer_output.last_hidden_state,
             transformer_decoder_intermediate_states=transformer_output.intermediate_hidden_states,
             masks_queries_logits=transformer_output.masks_queries_logits,
-            encoder_hidden_states=feature_maps if output_hidden_states else None,
+            hidden_states=feature_maps if output_hidden_states else None,
             pixel_decoder_hidden_states=decoder_output.multi_scale_features if output_hidden_states else None,
             transformer_decoder_hidden_states=transformer_output.hidden_states if output_hidden_states else None,
             attentions=transformer_output.attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel):
@@ -516,6 +510,7 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
         self.criterion = SeMaskMask2FormerLoss(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -524,21 +519,21 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
         output_attentions: bool | None = None,
         output_auxiliary_logits: bool | None = None,
         output_semantic_priors: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskMask2FormerSemanticSegmenterOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Normalised images (zero-padded here to multiples of `config.size_divisibility`).
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
-            Semantic label maps of the input size, values in `[0, num_labels)` or `config.ignore_value` (255).
+            Semantic label maps of the input size, values in `[0, num_labels)` or `config.loss_ignore_index` (255).
         output_auxiliary_logits (`bool`, *optional*):
             Return the class and mask logits of the earlier decoder predictions.
         output_semantic_priors (`bool`, *optional*):
             Return the backbone's semantic priors.
         """
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions, attentions_need_eager=False
         )
         if output_auxiliary_logits is None:
             output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
@@ -579,29 +574,19 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
             masks_queries_logits=masks_queries_logits[-1],
             semantic_logits=semantic_logits,
             auxiliary_logits=auxiliary_logits,
-            encoder_hidden_states=model_output.encoder_hidden_states,
+            hidden_states=model_output.hidden_states,
             semantic_priors=model_output.semantic_priors if output_semantic_priors else None,
             pixel_decoder_hidden_states=model_output.pixel_decoder_hidden_states,
             transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
             attentions=model_output.attentions,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
         ``input_size`` (a map that is already padded is returned unchanged)."""
-        if labels.ndim == 4 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 3:
-            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
-        labels = labels.long()
-        ignore_index = self.config.ignore_value
-        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
-        if invalid.any():
-            bad = labels[invalid].unique()[:10].tolist()
-            raise ValueError(
-                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index {ignore_index}"
-            )
+        ignore_index = self.config.loss_ignore_index
+        labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
         height, width = labels.shape[-2:]
         padded_height, padded_width = input_size
         padded_height += -padded_height % max(self.config.size_divisibility, 1)
@@ -630,7 +615,7 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
                 f"labels padded to {tuple(semantic_labels.shape[-2:])} do not match the masks of the padded input "
                 f"({tuple(masks_queries_logits[-1].shape[-2:])} at stride 4); use size_divisibility >= 4"
             )
-        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.ignore_value)
+        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.loss_ignore_index)
         return self.criterion(
             class_queries_logits,
             masks_queries_logits,

@@ -27,9 +27,17 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_semask_swin import SeMaskSwinConfig
+from .modeling_utils_segmentation import (
+    check_segmentation_labels,
+    init_conv_kaiming,
+    init_norm_and_linear,
+    resize_to,
+    resolve_output_flags,
+    upsampled_cross_entropy,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -495,44 +503,20 @@ class SeMaskSwinPreTrainedModel(PreTrainedModel):
         own kaiming init, as the original backbone init does), LayerNorm 1/0, gamma 0, decode-head convs kaiming
         (fan-out, ReLU) with BN 1/0, classifier normal(0.01). Non-persistent buffers are rebuilt here."""
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            if isinstance(module, nn.BatchNorm2d):
-                init.zeros_(module.running_mean)
-                init.ones_(module.running_var)
-                init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, SeMaskSwinWindowAttention):
+        init_norm_and_linear(module, std)
+        if isinstance(module, SeMaskSwinWindowAttention):
             init.trunc_normal_(module.relative_position_bias_table, std=std)
             init.copy_(module.relative_position_index, relative_position_index(module.window_size))
         elif isinstance(module, SeMaskSwinSemanticAttention):
             init.zeros_(module.gamma)
         elif isinstance(module, SeMaskFPNConvModule):
-            init.kaiming_normal_(module.conv.weight, mode="fan_out", nonlinearity="relu")
+            init_conv_kaiming(module.conv)
         elif isinstance(module, SeMaskFPNHead):
             init.normal_(module.classifier.weight, std=0.01)
             init.zeros_(module.classifier.bias)
         elif isinstance(module, SeMaskSwinPatchEmbeddings):
             init.kaiming_uniform_(module.projection.weight, a=math.sqrt(5))
             init.zeros_(module.projection.bias)
-
-    def _output_flags(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
-        """The forward's output switches, defaulting to the config's."""
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                "output_attentions=True needs eager attention: load the model with attn_implementation='eager' "
-                f"(it uses {self.config._attn_implementation!r})"
-            )
-        return output_hidden_states, output_attentions, return_dict
 
 
 class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
@@ -545,16 +529,16 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
         self.encoder = SeMaskSwinEncoder(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskSwinModelOutput | tuple:
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions
         )
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         output = SeMaskSwinModelOutput(
@@ -564,7 +548,7 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
             semantic_priors=priors,
             attentions=attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
@@ -578,16 +562,16 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
         self.encoder = SeMaskSwinEncoder(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskSwinBackboneOutput | tuple:
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions
         )
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         # stage_names[0] is the stem: stage i+1 is encoder output i
@@ -598,7 +582,7 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
             hidden_states=feature_maps if output_hidden_states else None,
             attentions=attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -622,13 +606,6 @@ class SeMaskFPNConvModule(nn.Module):
 def upsample2x(hidden_states: torch.Tensor) -> torch.Tensor:
     """``nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)``."""
     return F.interpolate(hidden_states, scale_factor=2.0, mode="bilinear", align_corners=False)
-
-
-def resize_to(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners False); the identity when the size already matches."""
-    if tuple(hidden_states.shape[-2:]) == tuple(size):
-        return hidden_states
-    return F.interpolate(hidden_states, size=size, mode="bilinear", align_corners=False)
 
 
 class SeMaskFPNScaleHead(nn.Module):
@@ -698,23 +675,6 @@ def ohem_pixel_weights(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     return weights
 
 
-def semask_cross_entropy(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ignore_index: int,
-    mean_over_all_pixels: bool,
-    pixel_weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-pixel cross-entropy averaged over all pixels (mmseg 0.x, ignored pixels count 0 in the sum and 1 in the
-    count) or over the valid pixels only. ``logits`` are already at label size."""
-    losses = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
-    if pixel_weights is not None:
-        losses = losses * pixel_weights
-    if mean_over_all_pixels:
-        return losses.mean()
-    return losses.sum() / (labels != ignore_index).sum().clamp(min=1)
-
-
 class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
     """SeMask-Swin + Semantic-FPN (the released SeMask-FPN models). ``logits`` at 1/4 of the input size; with
     ``labels`` ``(B, H, W)`` (255 = ignore) the loss is CE(logits) [+ OHEM] + ``semantic_loss_weight`` x
@@ -726,6 +686,7 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         self.decode_head = SeMaskFPNHead(config, in_channels=self.backbone.channels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -733,11 +694,10 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         output_semantic_priors: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> SeMaskSemanticSegmenterOutput | tuple:
-        output_hidden_states, output_attentions, return_dict = self._output_flags(
-            output_hidden_states, output_attentions, return_dict
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_hidden_states, output_attentions
         )
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         feature_maps, priors = backbone_output.feature_maps, backbone_output.semantic_priors
@@ -761,30 +721,19 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
             semantic_priors=priors if output_semantic_priors else None,
             attentions=backbone_output.attentions,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def compute_loss(self, logits: torch.Tensor, semantic_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if labels.ndim == 4 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 3:
-            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
-        labels = labels.long()
+        """CE(logits) [with OHEM] + ``semantic_loss_weight`` x CE(semantic_logits), both upsampled to the labels."""
         ignore_index = self.config.loss_ignore_index
-        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
-        if invalid.any():
-            bad = labels[invalid].unique()[:10].tolist()
-            raise ValueError(
-                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index {ignore_index}"
-            )
-        label_size = labels.shape[-2:]
-        upsampled_logits = resize_to(logits, label_size)
-        upsampled_semantic_logits = resize_to(semantic_logits, label_size)
+        labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
+        upsampled_logits = resize_to(logits, labels.shape[-2:])
         pixel_weights = None
         if self.config.use_ohem:
             pixel_weights = ohem_pixel_weights(upsampled_logits, labels, ignore_index, self.config.ohem_min_kept)
         mean_all = self.config.loss_mean_over_all_pixels
-        loss = semask_cross_entropy(upsampled_logits, labels, ignore_index, mean_all, pixel_weights)
-        semantic_loss = semask_cross_entropy(upsampled_semantic_logits, labels, ignore_index, mean_all)
+        loss = upsampled_cross_entropy(upsampled_logits, labels, ignore_index, mean_all, pixel_weights)
+        semantic_loss = upsampled_cross_entropy(semantic_logits, labels, ignore_index, mean_all)
         return loss + self.config.semantic_loss_weight * semantic_loss
 
 

@@ -25,7 +25,6 @@ folders inside the package, from the copies saved next to this file otherwise).
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +34,18 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.swin.modeling_swin import eager_attention_forward
-from transformers.models.upernet.modeling_upernet import UperNetFCNHead
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_vwformer import VWFormerConfig
 from .modeling_pale import PaleBackbone
 from .modeling_semask_swin import SeMaskSwinBackbone
+from .modeling_utils_segmentation import (
+    fcn_auxiliary_head,
+    init_conv_kaiming,
+    init_norm_and_linear,
+    resolve_output_flags,
+    segmentation_loss,
+)
 
 
 @dataclass
@@ -168,7 +173,7 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
 
     def __init__(self, config: VWFormerConfig, ratio: int):
         super().__init__()
-        channels = config.hidden_size
+        channels = config.decoder_hidden_size
         self.ratio = ratio
         self.num_heads = config.num_attention_heads
         self.head_dim = channels // self.num_heads
@@ -226,7 +231,7 @@ class VWFormerMultiScaleBlock(nn.Module):
 
     def __init__(self, config: VWFormerConfig):
         super().__init__()
-        channels = config.hidden_size
+        channels = config.decoder_hidden_size
         eps = config.batch_norm_eps
         self.num_windows = config.num_windows_per_side
         self.use_short_cut = config.use_short_cut
@@ -271,7 +276,7 @@ class VWFormerHead(nn.Module):
 
     def __init__(self, config: VWFormerConfig, in_channels: list[int]):
         super().__init__()
-        channels = config.hidden_size
+        channels = config.decoder_hidden_size
         eps = config.batch_norm_eps
         self.is_city_head = config.head_type == "vw_city"
         if self.is_city_head:
@@ -287,7 +292,7 @@ class VWFormerHead(nn.Module):
         self.linear_fuse = VWFormerConvModule(3 * channels, channels, eps=eps)
         self.multi_scale = VWFormerMultiScaleBlock(config)
         self.low_level_fuse = VWFormerConvModule(channels + config.low_level_channels, channels, eps=eps)
-        self.dropout = nn.Dropout2d(config.classifier_dropout)
+        self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
         self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
 
     def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -380,20 +385,10 @@ class VWFormerPreTrainedModel(PreTrainedModel):
             init.normal_(module.classifier.weight, std=0.01)
             init.zeros_(module.classifier.bias)
             return
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        if isinstance(module, (nn.Linear, nn.BatchNorm2d)):
+            init_norm_and_linear(module, self.config.initializer_range)
         elif isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
+            init_conv_kaiming(module)
 
 
 class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
@@ -408,16 +403,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         self.backbone = build_backbone(config.backbone_config)
         in_channels = backbone_channels(self.backbone)
         self.decode_head = VWFormerHead(config, in_channels)
-        self.auxiliary_head = None
-        if config.use_auxiliary_head:
-            auxiliary_config = SimpleNamespace(
-                num_labels=config.num_labels,
-                auxiliary_in_channels=None,
-                auxiliary_channels=config.auxiliary_channels,
-                auxiliary_num_convs=config.auxiliary_num_convs,
-                auxiliary_concat_input=config.auxiliary_concat_input,
-            )
-            self.auxiliary_head = UperNetFCNHead(auxiliary_config, in_channels=in_channels, in_index=2)
+        self.auxiliary_head = fcn_auxiliary_head(config, in_channels)
         self.post_init()
 
     def backbone_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -426,18 +412,15 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
             return tuple(self.backbone(pixel_values, output_hidden_states=True, return_dict=True).hidden_states)
         return tuple(self.backbone(pixel_values, return_dict=True).feature_maps)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> VWFormerSemanticSegmenterOutput | tuple:
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states, _ = resolve_output_flags(self.config, output_hidden_states, False)
         features = self.backbone_features(pixel_values)
         logits = self.decode_head(features)
         auxiliary_logits = self.auxiliary_head(features) if self.auxiliary_head is not None else None
@@ -450,34 +433,14 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
             auxiliary_logits=auxiliary_logits,
             hidden_states=features if output_hidden_states else None,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
         """Cross-entropy of the logits upsampled to the labels' size (mmseg 0.30 ``CrossEntropyLoss``), + weight x
         that of the auxiliary logits. Labels outside ``[0, num_labels)`` other than the ignore index are an error."""
-        if labels.ndim != 3:
-            raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
-        labels = labels.long()
-        ignore_index = self.config.loss_ignore_index
-        invalid = (labels != ignore_index) & ((labels < 0) | (labels >= self.config.num_labels))
-        if invalid.any():
-            bad = labels[invalid].unique()[:10].tolist()
-            raise ValueError(
-                f"labels contain values {bad} outside [0, {self.config.num_labels - 1}] and the ignore index "
-                f"{ignore_index}"
-            )
-
-        def cross_entropy(scores: torch.Tensor) -> torch.Tensor:
-            upsampled = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            if not self.config.loss_mean_over_all_pixels:
-                return F.cross_entropy(upsampled, labels, ignore_index=ignore_index)
-            per_pixel = F.cross_entropy(upsampled, labels, ignore_index=ignore_index, reduction="none")
-            return per_pixel.mean()
-
-        loss = cross_entropy(logits)
-        if auxiliary_logits is not None:
-            loss = loss + self.config.auxiliary_loss_weight * cross_entropy(auxiliary_logits)
-        return loss
+        return segmentation_loss(
+            self.config, logits, labels, auxiliary_logits, mean_over_all_pixels=self.config.loss_mean_over_all_pixels
+        )
 
 
 __all__ = [

@@ -1,0 +1,146 @@
+"""Model-side pieces every family shares: output switches, label checks, the pixel-wise losses and the common init.
+
+Portable module: imports torch, transformers and its sibling configuration module only; the modeling modules of this
+folder import it as a sibling, and ``save_pretrained`` copies it next to them. Returning a tuple when
+``return_dict=False`` is transformers' own ``can_return_tuple``.
+"""
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.models.upernet.modeling_upernet import UperNetFCNHead
+
+
+def resolve_output_flags(
+    config, output_hidden_states: bool | None, output_attentions: bool | None, attentions_need_eager: bool = True
+) -> tuple[bool, bool]:
+    """A forward's ``output_hidden_states`` / ``output_attentions``, defaulting to the config's. Attention
+    probabilities of the attention-interface layers exist only with eager attention (SDPA never materialises them),
+    so asking for them otherwise is an error that says how to load the model (``attentions_need_eager=False`` for
+    models whose returned attentions come from layers with a single implementation)."""
+    if output_hidden_states is None:
+        output_hidden_states = config.output_hidden_states
+    if output_attentions is None:
+        output_attentions = config.output_attentions
+    if output_attentions and attentions_need_eager and config._attn_implementation != "eager":
+        raise ValueError(
+            "output_attentions=True needs eager attention: load the model with attn_implementation='eager' "
+            f"(it uses {config._attn_implementation!r})"
+        )
+    return bool(output_hidden_states), bool(output_attentions)
+
+
+def check_segmentation_labels(labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
+    """A semantic label batch as ``(B, H, W)`` int64 (a singleton channel axis is dropped). Values other than
+    ``[0, num_labels)`` and the ignore index are an error naming them, raised before any loss is computed."""
+    if labels.ndim == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 3:
+        raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
+    labels = labels.long()
+    invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
+    if invalid.any():
+        bad = labels[invalid].unique()[:10].tolist()
+        raise ValueError(
+            f"labels contain values {bad} outside [0, {num_labels - 1}] and the ignore index {ignore_index}"
+        )
+    return labels
+
+
+def resize_to(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``, mmseg's ``resize``); the identity when the size already matches."""
+    if tuple(hidden_states.shape[-2:]) == tuple(size):
+        return hidden_states
+    return F.interpolate(hidden_states, size=size, mode="bilinear", align_corners=False)
+
+
+def upsampled_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    mean_over_all_pixels: bool = False,
+    pixel_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pixel-wise cross-entropy of ``logits`` ``(B, K, h, w)`` resized bilinearly to the labels' ``(B, H, W)`` size.
+
+    Averaged over all pixels, ignored ones counting 0 in the sum and 1 in the count (mmseg 0.x, ``avg_non_ignore=
+    False``: the original training of SeMask-FPN and VWFormer), or over the labelled pixels only (PyTorch's and
+    transformers' convention; 0 rather than NaN when no pixel is labelled). ``pixel_weights`` (OHEM) scale each
+    pixel's loss."""
+    losses = F.cross_entropy(resize_to(logits, labels.shape[-2:]), labels, ignore_index=ignore_index, reduction="none")
+    if pixel_weights is not None:
+        losses = losses * pixel_weights
+    if mean_over_all_pixels:
+        return losses.mean()
+    return losses.sum() / (labels != ignore_index).sum().clamp(min=1)
+
+
+def segmentation_loss(
+    config,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    auxiliary_logits: torch.Tensor | None = None,
+    mean_over_all_pixels: bool = False,
+) -> torch.Tensor:
+    """The decode head's upsampled cross-entropy + ``config.auxiliary_loss_weight`` x the auxiliary head's (when
+    there is one), labels checked first (``config.loss_ignore_index`` ignored)."""
+    ignore_index = config.loss_ignore_index
+    labels = check_segmentation_labels(labels, config.num_labels, ignore_index)
+    loss = upsampled_cross_entropy(logits, labels, ignore_index, mean_over_all_pixels)
+    if auxiliary_logits is not None:
+        auxiliary_loss = upsampled_cross_entropy(auxiliary_logits, labels, ignore_index, mean_over_all_pixels)
+        loss = loss + config.auxiliary_loss_weight * auxiliary_loss
+    return loss
+
+
+def fcn_auxiliary_head(config, in_channels: list[int]) -> UperNetFCNHead | None:
+    """transformers' UperNet FCN auxiliary head on the third feature map (stride 16) when
+    ``config.use_auxiliary_head``: ``auxiliary_num_convs`` 3x3 ConvModules of ``auxiliary_channels``, a classifier."""
+    if not config.use_auxiliary_head:
+        return None
+    head_config = SimpleNamespace(
+        num_labels=config.num_labels,
+        auxiliary_in_channels=None,
+        auxiliary_channels=config.auxiliary_channels,
+        auxiliary_num_convs=config.auxiliary_num_convs,
+        auxiliary_concat_input=config.auxiliary_concat_input,
+    )
+    return UperNetFCNHead(head_config, in_channels=in_channels, in_index=2)
+
+
+def init_norm_and_linear(module: nn.Module, initializer_range: float) -> None:
+    """The initialisation every family uses for its plain layers: Linear truncated-normal(``initializer_range``)
+    with zero bias, LayerNorm and BatchNorm weight 1 / bias 0 (BatchNorm running statistics reset)."""
+    if isinstance(module, nn.Linear):
+        init.trunc_normal_(module.weight, std=initializer_range)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+        if isinstance(module, nn.BatchNorm2d):
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+
+def init_conv_kaiming(conv: nn.Conv2d) -> None:
+    """mmcv's ConvModule init: kaiming-normal (fan-out, ReLU) weight, zero bias."""
+    init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        init.zeros_(conv.bias)
+
+
+__all__ = [
+    "check_segmentation_labels",
+    "init_conv_kaiming",
+    "init_norm_and_linear",
+    "resize_to",
+    "fcn_auxiliary_head",
+    "resolve_output_flags",
+    "segmentation_loss",
+    "upsampled_cross_entropy",
+]
