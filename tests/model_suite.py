@@ -18,6 +18,24 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 from conftest import REPO_ROOT
 
 
+#: the four classes of every tiny test config
+TINY_LABELS = {0: "sky", 1: "tree", 2: "road", 3: "car"}
+
+
+def tiny_label_kwargs() -> dict:
+    """``id2label`` / ``label2id`` of :data:`TINY_LABELS`, for a config constructor."""
+    return {"id2label": dict(TINY_LABELS), "label2id": {label: index for index, label in TINY_LABELS.items()}}
+
+
+def open_semantic_gates(model, value: float = 0.5) -> None:
+    """SeMask's gates (``gamma``) start at 0, so a fresh SeMask model is a plain Swin; open them so that the semantic
+    path matters."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".gamma"):
+                parameter.fill_(value)
+
+
 class SegmentationModelSuite:
     """Subclasses set ``model_class`` and implement :meth:`get_config` and :meth:`get_image_processor`."""
 
@@ -112,6 +130,13 @@ class SegmentationModelSuite:
             as_tuple = model(pixel_values, return_dict=False)
         assert output.logits.shape == (2, model.config.num_labels, *self.expected_logits_size(*self.image_size))
         torch.testing.assert_close(as_tuple[0], output.logits, atol=0, rtol=0)
+
+    def test_labels_outside_the_classes_are_an_error_naming_them(self):
+        model = self.make_model()
+        pixel_values, labels = self.make_inputs(batch_size=1)
+        labels[0, 3, 4] = 7
+        with pytest.raises(ValueError, match=r"values \[7\] outside \[0, 3\] and the ignore index 255"):
+            model(pixel_values, labels=labels)
 
     def test_batch_of_n_equals_n_single_forwards(self):
         model = self.make_model()

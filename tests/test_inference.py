@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_modeling_semask_swin import open_semantic_gates, tiny_config
+from test_modeling_semask_swin import tiny_config
 
 from hf_semseg import SeMaskSwinForSemanticSegmentation
 from hf_semseg.inference import (
@@ -10,6 +10,8 @@ from hf_semseg.inference import (
     whole_image_logits,
     window_origins,
 )
+
+from model_suite import open_semantic_gates
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from hf_semseg import (
 )
 from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
 
-from model_suite import SegmentationModelSuite
+from model_suite import SegmentationModelSuite, tiny_label_kwargs
 
 
 def tiny_pale_config(**overrides) -> PaleConfig:
@@ -24,8 +24,7 @@ def tiny_pale_config(**overrides) -> PaleConfig:
         auxiliary_channels=8,
         pool_scales=[1, 2],
         drop_path_rate=0.1,
-        id2label={0: "sky", 1: "tree", 2: "road", 3: "car"},
-        label2id={"sky": 0, "tree": 1, "road": 2, "car": 3},
+        **tiny_label_kwargs(),
     )
     values.update(overrides)
     return PaleConfig(**values)

@@ -26,10 +26,7 @@ from hf_semseg.models.modeling_semask_mask2former import (
     semantic_scores,
 )
 
-from model_suite import SegmentationModelSuite
-
-
-LABELS = {0: "sky", 1: "tree", 2: "road", 3: "car"}
+from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_label_kwargs
 
 
 def tiny_backbone(**overrides) -> SeMaskSwinConfig:
@@ -59,18 +56,10 @@ def tiny_config(**overrides) -> SeMaskMask2FormerConfig:
         decoder_layers=3,
         num_queries=6,
         train_num_points=256,
-        id2label=dict(LABELS),
-        label2id={label: i for i, label in LABELS.items()},
+        **tiny_label_kwargs(),
     )
     values.update(overrides)
     return SeMaskMask2FormerConfig(**values)
-
-
-def open_semantic_gates(model, value: float = 0.5) -> None:
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(".gamma"):
-                parameter.fill_(value)
 
 
 class TestSeMaskMask2FormerForSemanticSegmentation(SegmentationModelSuite):

@@ -34,6 +34,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_pale import PaleConfig
 from .modeling_utils_segmentation import (
+    SegmentationModelDefaults,
     fcn_auxiliary_head,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -305,18 +306,11 @@ class PaleEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class PalePreTrainedModel(PreTrainedModel):
+class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     config: PaleConfig
     config_class = PaleConfig
     base_model_prefix = "pale"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["PaleBlock"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -44,7 +44,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .modeling_semask_swin import SeMaskSwinBackbone
-from .modeling_utils_segmentation import check_segmentation_labels, resolve_output_flags
+from .modeling_utils_segmentation import SegmentationModelDefaults, check_segmentation_labels, resolve_output_flags
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,18 +410,11 @@ class SeMaskMask2FormerPixelLevelModule(nn.Module):
         self.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.encoder.channels)
 
 
-class SeMaskMask2FormerPreTrainedModel(Mask2FormerPreTrainedModel):
+class SeMaskMask2FormerPreTrainedModel(SegmentationModelDefaults, Mask2FormerPreTrainedModel):
     config: SeMaskMask2FormerConfig
     config_class = SeMaskMask2FormerConfig
     base_model_prefix = "model"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["SeMaskSwinStage", "Mask2FormerMaskedAttentionDecoderLayer"]
-    _supports_sdpa = True  # the backbone's window attention; the Mask2Former modules have a single implementation
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):

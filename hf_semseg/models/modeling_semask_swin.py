@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_semask_swin import SeMaskSwinConfig
 from .modeling_utils_segmentation import (
+    SegmentationModelDefaults,
     check_segmentation_labels,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -484,18 +485,11 @@ class SeMaskSwinEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class SeMaskSwinPreTrainedModel(PreTrainedModel):
+class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     config: SeMaskSwinConfig
     config_class = SeMaskSwinConfig
     base_model_prefix = "semask_swin"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["SeMaskSwinStage"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):

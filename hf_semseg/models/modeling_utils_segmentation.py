@@ -14,6 +14,21 @@ from transformers import initialization as init
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 
 
+class SegmentationModelDefaults:
+    """Class attributes every family's ``PreTrainedModel`` shares (listed first among its bases): image input,
+    activation checkpointing, attention through SDPA or eager (window biases are additive masks, so no flash / flex),
+    and ``accepts_loss_kwargs = False``: the segmentation losses are pixel means, which Trainer must not rescale under
+    gradient accumulation."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    accepts_loss_kwargs = False
+
+
 def resolve_output_flags(
     config, output_hidden_states: bool | None, output_attentions: bool | None, attentions_need_eager: bool = True
 ) -> tuple[bool, bool]:
@@ -135,6 +150,7 @@ def init_conv_kaiming(conv: nn.Conv2d) -> None:
 
 
 __all__ = [
+    "SegmentationModelDefaults",
     "check_segmentation_labels",
     "init_conv_kaiming",
     "init_norm_and_linear",

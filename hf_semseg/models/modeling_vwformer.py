@@ -40,6 +40,7 @@ from .configuration_vwformer import VWFormerConfig
 from .modeling_pale import PaleBackbone
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
+    SegmentationModelDefaults,
     fcn_auxiliary_head,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -358,18 +359,11 @@ def backbone_channels(backbone: nn.Module) -> list[int]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class VWFormerPreTrainedModel(PreTrainedModel):
+class VWFormerPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     config: VWFormerConfig
     config_class = VWFormerConfig
     base_model_prefix = "vwformer"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = []
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):
