@@ -30,7 +30,8 @@ from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
 from transformers.models.upernet.modeling_upernet import UperNetHead
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_pale import PaleConfig
 from .modeling_utils_segmentation import (
@@ -335,13 +336,9 @@ class PaleModel(PalePreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PaleModelOutput | tuple:
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         stage_outputs, attentions = self.encoder(pixel_values)
         output = PaleModelOutput(
             last_hidden_state=stage_outputs[-1],
@@ -366,16 +363,9 @@ class PaleForImageClassification(PalePreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput | tuple:
-        outputs = self.pale(
-            pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        outputs = self.pale(pixel_values, **kwargs, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -409,13 +399,9 @@ class PaleBackbone(BackboneMixin, PalePreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BackboneOutput | tuple:
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         stage_outputs, attentions = self.encoder(pixel_values)
         feature_maps = ()
         for stage, hidden_state in zip(self.stage_names[1:], stage_outputs):
@@ -451,13 +437,9 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PaleSemanticSegmenterOutput | tuple:
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         features = backbone_output.feature_maps
         logits = self.decode_head(features)

@@ -40,7 +40,8 @@ from transformers.models.mask2former.modeling_mask2former import (
     sample_point,
     sigmoid_cross_entropy_loss,
 )
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .modeling_semask_swin import SeMaskSwinBackbone
@@ -443,18 +444,14 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SeMaskMask2FormerModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Normalised images; zero-padded here on the right and bottom to multiples of `config.size_divisibility`.
         """
         # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions, attentions_need_eager=False
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         pixel_values = pad_to_size_divisibility(pixel_values, self.config.size_divisibility)
         backbone_output = self.pixel_level_module.encoder(pixel_values, return_dict=True)
         feature_maps = backbone_output.feature_maps  # strides 4, 8, 16, 32
@@ -508,11 +505,9 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         output_auxiliary_logits: bool | None = None,
         output_semantic_priors: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SeMaskMask2FormerSemanticSegmenterOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -525,9 +520,7 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
             Return the backbone's semantic priors.
         """
         # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions, attentions_need_eager=False
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         if output_auxiliary_logits is None:
             output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
         if labels is not None:  # checked before the forward pass

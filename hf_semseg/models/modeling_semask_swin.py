@@ -27,7 +27,8 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_semask_swin import SeMaskSwinConfig
 from .modeling_utils_segmentation import (
@@ -527,13 +528,9 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SeMaskSwinModelOutput | tuple:
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         output = SeMaskSwinModelOutput(
             last_hidden_state=feature_maps[-1],
@@ -560,13 +557,9 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SeMaskSwinBackboneOutput | tuple:
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         # stage_names[0] is the stem: stage i+1 is encoder output i
         selected = [self.stage_names.index(name) - 1 for name in self.out_features]
@@ -685,14 +678,10 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         output_semantic_priors: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SeMaskSemanticSegmenterOutput | tuple:
-        output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_hidden_states, output_attentions
-        )
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         feature_maps, priors = backbone_output.feature_maps, backbone_output.semantic_priors
         if len(feature_maps) != 4 or any(prior is None for prior in priors):

@@ -29,13 +29,14 @@ class SegmentationModelDefaults:
     accepts_loss_kwargs = False
 
 
-def resolve_output_flags(
-    config, output_hidden_states: bool | None, output_attentions: bool | None, attentions_need_eager: bool = True
-) -> tuple[bool, bool]:
-    """A forward's ``output_hidden_states`` / ``output_attentions``, defaulting to the config's. Attention
-    probabilities of the attention-interface layers exist only with eager attention (SDPA never materialises them),
-    so asking for them otherwise is an error that says how to load the model (``attentions_need_eager=False`` for
-    models whose returned attentions come from layers with a single implementation)."""
+def resolve_output_flags(config, kwargs: dict, attentions_need_eager: bool = True) -> tuple[bool, bool]:
+    """A forward's ``output_hidden_states`` / ``output_attentions`` (transformers' ``TransformersKwargs``), the
+    config's values where a call does not give them. Attention probabilities of the attention-interface layers exist
+    only with eager attention (SDPA never materialises them), so asking for them otherwise is an error that says how to
+    load the model (``attentions_need_eager=False`` for a model whose returned attentions come from layers with a
+    single implementation, or that returns none)."""
+    output_hidden_states = kwargs.get("output_hidden_states")
+    output_attentions = kwargs.get("output_attentions")
     if output_hidden_states is None:
         output_hidden_states = config.output_hidden_states
     if output_attentions is None:

@@ -34,7 +34,8 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.swin.modeling_swin import eager_attention_forward
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vwformer import VWFormerConfig
 from .modeling_pale import PaleBackbone
@@ -411,10 +412,9 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VWFormerSemanticSegmenterOutput | tuple:
-        output_hidden_states, _ = resolve_output_flags(self.config, output_hidden_states, False)
+        output_hidden_states, _ = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         features = self.backbone_features(pixel_values)
         logits = self.decode_head(features)
         auxiliary_logits = self.auxiliary_head(features) if self.auxiliary_head is not None else None
