@@ -27,6 +27,31 @@ def tiny_label_kwargs() -> dict:
     return {"id2label": dict(TINY_LABELS), "label2id": {label: index for index, label in TINY_LABELS.items()}}
 
 
+def tiny_semask_swin_kwargs(**overrides) -> dict:
+    """Arguments of a SeMask-Swin small enough for the tests (16 channels, windows of 4, semantic windows of 3, the
+    four tiny classes); ``overrides`` replace or add values."""
+    values = dict(
+        embed_dim=16,
+        depths=[2, 2, 2, 2],
+        num_heads=[1, 2, 2, 4],
+        window_size=4,
+        semantic_window_size=3,
+        drop_path_rate=0.1,
+        **tiny_label_kwargs(),
+    )
+    values.update(overrides)
+    return values
+
+
+def tiny_pale_kwargs(**overrides) -> dict:
+    """Arguments of a Pale Transformer small enough for the tests (16 channels, pales of 3 and 2)."""
+    values = dict(
+        embed_dim=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4], pale_sizes=[3, 3, 2, 2], drop_path_rate=0.1
+    )
+    values.update(overrides)
+    return values
+
+
 def open_semantic_gates(model, value: float = 0.5) -> None:
     """SeMask's gates (``gamma``) start at 0, so a fresh SeMask model is a plain Swin; open them so that the semantic
     path matters."""

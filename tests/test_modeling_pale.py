@@ -11,21 +11,11 @@ from hf_semseg import (
 )
 from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
 
-from model_suite import SegmentationModelSuite, tiny_label_kwargs
+from model_suite import SegmentationModelSuite, tiny_label_kwargs, tiny_pale_kwargs
 
 
 def tiny_pale_config(**overrides) -> PaleConfig:
-    values = dict(
-        embed_dim=16,
-        depths=[1, 1, 2, 1],
-        num_heads=[2, 2, 4, 4],
-        pale_sizes=[3, 3, 2, 2],
-        decoder_hidden_size=16,
-        auxiliary_channels=8,
-        pool_scales=[1, 2],
-        drop_path_rate=0.1,
-        **tiny_label_kwargs(),
-    )
+    values = tiny_pale_kwargs(decoder_hidden_size=16, auxiliary_channels=8, pool_scales=[1, 2], **tiny_label_kwargs())
     values.update(overrides)
     return PaleConfig(**values)
 

@@ -26,21 +26,14 @@ from hf_semseg.models.modeling_semask_mask2former import (
     semantic_scores,
 )
 
-from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_label_kwargs
+from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_label_kwargs, tiny_semask_swin_kwargs
 
 
 def tiny_backbone(**overrides) -> SeMaskSwinConfig:
-    values = dict(
-        embed_dim=16,
-        depths=[2, 1, 2, 1],
-        num_heads=[1, 2, 2, 4],
-        window_size=4,
-        semantic_window_size=3,
-        semantic_attention_types=["window", "window", "window", "global"],
-        drop_path_rate=0.1,
+    attention_types = ["window", "window", "window", "global"]
+    return SeMaskSwinConfig(
+        **tiny_semask_swin_kwargs(depths=[2, 1, 2, 1], semantic_attention_types=attention_types, **overrides)
     )
-    values.update(overrides)
-    return SeMaskSwinConfig(**values)
 
 
 def tiny_config(**overrides) -> SeMaskMask2FormerConfig:

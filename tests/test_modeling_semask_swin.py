@@ -25,23 +25,14 @@ from hf_semseg.models.modeling_semask_swin import (
     window_reverse,
 )
 
-from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_label_kwargs
+from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_semask_swin_kwargs
 
 
 def tiny_config(**overrides) -> SeMaskSwinConfig:
-    values = dict(
-        embed_dim=16,
-        depths=[2, 2, 2, 2],
-        num_heads=[1, 2, 2, 4],
-        window_size=4,
-        semantic_window_size=3,
-        semantic_attention_types=["window", "window", "global", "global"],
-        decoder_hidden_size=16,
-        drop_path_rate=0.1,
-        **tiny_label_kwargs(),
+    attention_types = ["window", "window", "global", "global"]
+    return SeMaskSwinConfig(
+        **tiny_semask_swin_kwargs(semantic_attention_types=attention_types, decoder_hidden_size=16, **overrides)
     )
-    values.update(overrides)
-    return SeMaskSwinConfig(**values)
 
 
 class TestSeMaskSwinForSemanticSegmentation(SegmentationModelSuite):

@@ -17,7 +17,7 @@ from hf_semseg.models.modeling_vwformer import (
     window_reverse,
 )
 
-from model_suite import SegmentationModelSuite, tiny_label_kwargs
+from model_suite import SegmentationModelSuite, tiny_label_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
 
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -103,25 +103,15 @@ class TestVWFormerOverSeMaskSwin(VWFormerSuite):
     learning_rate = 3e-4
 
     def get_config(self):
-        backbone = SeMaskSwinConfig(
-            embed_dim=16,
-            depths=[1, 1, 2, 1],
-            num_heads=[1, 2, 2, 4],
-            window_size=4,
-            semantic_window_size=4,
-            num_labels=4,
-            drop_path_rate=0.0,
-            semantic_dropout_prob=0.0,
-            out_features=STAGES,
+        backbone = tiny_semask_swin_kwargs(
+            depths=[1, 1, 2, 1], semantic_window_size=4, drop_path_rate=0.0, semantic_dropout_prob=0.0
         )
-        return tiny_vwformer_config(backbone)
+        return tiny_vwformer_config(SeMaskSwinConfig(**backbone, out_features=STAGES))
 
 
 class TestVWFormerOverPale(VWFormerSuite):
     def get_config(self):
-        backbone = PaleConfig(
-            embed_dim=16, depths=[1, 1, 1, 1], num_heads=[2, 2, 4, 4], pale_sizes=[3, 3, 2, 2], drop_path_rate=0.0
-        )
+        backbone = PaleConfig(**tiny_pale_kwargs(depths=[1, 1, 1, 1], drop_path_rate=0.0))
         return tiny_vwformer_config(backbone)
 
 

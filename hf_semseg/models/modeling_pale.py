@@ -23,7 +23,6 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
@@ -36,6 +35,8 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from .configuration_pale import PaleConfig
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
+    TransformerMLP,
+    decode_with_auxiliary_head,
     fcn_auxiliary_head,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -221,19 +222,6 @@ class PaleShapedAttention(nn.Module):
         return self.output(attended), (row_weights, column_weights)
 
 
-class PaleMLP(nn.Module):
-    def __init__(self, config: PaleConfig, dim: int):
-        super().__init__()
-        hidden = int(dim * config.mlp_ratio)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.activation = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(self.dropout(self.activation(self.fc1(hidden_states)))))
-
-
 class PaleBlock(GradientCheckpointingLayer):
     """``x + CPE(x)`` (depth-wise conv position encoding, Chu et al. 2021), then pre-norm PS-Attention and MLP."""
 
@@ -245,7 +233,7 @@ class PaleBlock(GradientCheckpointingLayer):
         self.attention = PaleShapedAttention(config, dim, num_heads, pale_size)
         self.drop_path = SwinDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = PaleMLP(config, dim)
+        self.mlp = TransformerMLP(config, dim)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
@@ -309,7 +297,6 @@ class PaleEncoder(nn.Module):
 
 class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     config: PaleConfig
-    config_class = PaleConfig
     base_model_prefix = "pale"
     _no_split_modules = ["PaleBlock"]
 
@@ -333,11 +320,7 @@ class PaleModel(PalePreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> PaleModelOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaleModelOutput | tuple:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         stage_outputs, attentions = self.encoder(pixel_values)
         output = PaleModelOutput(
@@ -396,11 +379,7 @@ class PaleBackbone(BackboneMixin, PalePreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BackboneOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput | tuple:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         stage_outputs, attentions = self.encoder(pixel_values)
         feature_maps = ()
@@ -442,11 +421,7 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         features = backbone_output.feature_maps
-        logits = self.decode_head(features)
-        auxiliary_logits = self.auxiliary_head(features) if self.auxiliary_head is not None else None
-        loss = None
-        if labels is not None:
-            loss = self.compute_loss(logits, auxiliary_logits, labels)
+        logits, auxiliary_logits, loss = decode_with_auxiliary_head(self, features, labels)
         output = PaleSemanticSegmenterOutput(
             loss=loss,
             logits=logits,

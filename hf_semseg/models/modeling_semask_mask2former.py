@@ -413,7 +413,6 @@ class SeMaskMask2FormerPixelLevelModule(nn.Module):
 
 class SeMaskMask2FormerPreTrainedModel(SegmentationModelDefaults, Mask2FormerPreTrainedModel):
     config: SeMaskMask2FormerConfig
-    config_class = SeMaskMask2FormerConfig
     base_model_prefix = "model"
     _no_split_modules = ["SeMaskSwinStage", "Mask2FormerMaskedAttentionDecoderLayer"]
 

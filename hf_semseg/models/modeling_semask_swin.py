@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -33,6 +32,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from .configuration_semask_swin import SeMaskSwinConfig
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
+    TransformerMLP,
     check_segmentation_labels,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -259,20 +259,6 @@ class SeMaskSwinWindowAttention(nn.Module):
         return self.proj(attn_output), attn_weights
 
 
-class SeMaskSwinMLP(nn.Module):
-    def __init__(self, config: SeMaskSwinConfig, dim: int):
-        super().__init__()
-        hidden = int(dim * config.mlp_ratio)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.activation = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dropout(self.activation(self.fc1(hidden_states)))
-        return self.dropout(self.fc2(hidden_states))
-
-
 class SeMaskSwinBlock(GradientCheckpointingLayer):
     """Swin Transformer block: ``x + DropPath(W-MSA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``. Odd blocks of a stage
     shift the windows by ``window_size // 2``. The normalised map is zero-padded to a multiple of the window."""
@@ -286,7 +272,7 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = SwinDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = SeMaskSwinMLP(config, dim)
+        self.mlp = TransformerMLP(config, dim)
 
     def forward(
         self, hidden_states: torch.Tensor, shift_mask: torch.Tensor | None
@@ -488,7 +474,6 @@ class SeMaskSwinEncoder(nn.Module):
 
 class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     config: SeMaskSwinConfig
-    config_class = SeMaskSwinConfig
     base_model_prefix = "semask_swin"
     _no_split_modules = ["SeMaskSwinStage"]
 

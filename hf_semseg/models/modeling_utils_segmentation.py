@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 
 
@@ -27,6 +28,23 @@ class SegmentationModelDefaults:
     _supports_flash_attn = False
     _supports_flex_attn = False
     accepts_loss_kwargs = False
+
+
+class TransformerMLP(nn.Module):
+    """The two-layer MLP of a Transformer block (Swin, Pale): ``Linear(C -> mlp_ratio C)``, activation, dropout,
+    ``Linear(-> C)``, dropout; reads ``mlp_ratio``, ``hidden_act`` and ``hidden_dropout_prob`` from the config."""
+
+    def __init__(self, config, dim: int):
+        super().__init__()
+        hidden = int(dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.activation(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
 
 
 def resolve_output_flags(config, kwargs: dict, attentions_need_eager: bool = True) -> tuple[bool, bool]:
@@ -112,6 +130,19 @@ def segmentation_loss(
     return loss
 
 
+def decode_with_auxiliary_head(
+    model, features: tuple[torch.Tensor, ...], labels: torch.Tensor | None, mean_over_all_pixels: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``model.decode_head`` and, when the model has one, ``model.auxiliary_head`` on the feature maps, and with
+    ``labels`` their :func:`segmentation_loss`. Returns ``(logits, auxiliary_logits, loss)``."""
+    logits = model.decode_head(features)
+    auxiliary_logits = model.auxiliary_head(features) if model.auxiliary_head is not None else None
+    loss = None
+    if labels is not None:
+        loss = segmentation_loss(model.config, logits, labels, auxiliary_logits, mean_over_all_pixels)
+    return logits, auxiliary_logits, loss
+
+
 def fcn_auxiliary_head(config, in_channels: list[int]) -> UperNetFCNHead | None:
     """transformers' UperNet FCN auxiliary head on the third feature map (stride 16) when
     ``config.use_auxiliary_head``: ``auxiliary_num_convs`` 3x3 ConvModules of ``auxiliary_channels``, a classifier."""
@@ -152,7 +183,9 @@ def init_conv_kaiming(conv: nn.Conv2d) -> None:
 
 __all__ = [
     "SegmentationModelDefaults",
+    "TransformerMLP",
     "check_segmentation_labels",
+    "decode_with_auxiliary_head",
     "init_conv_kaiming",
     "init_norm_and_linear",
     "resize_to",

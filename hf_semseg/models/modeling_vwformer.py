@@ -42,6 +42,7 @@ from .modeling_pale import PaleBackbone
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
+    decode_with_auxiliary_head,
     fcn_auxiliary_head,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -362,7 +363,6 @@ def backbone_channels(backbone: nn.Module) -> list[int]:
 
 class VWFormerPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     config: VWFormerConfig
-    config_class = VWFormerConfig
     base_model_prefix = "vwformer"
     _no_split_modules = []
 
@@ -416,11 +416,9 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
     ) -> VWFormerSemanticSegmenterOutput | tuple:
         output_hidden_states, _ = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         features = self.backbone_features(pixel_values)
-        logits = self.decode_head(features)
-        auxiliary_logits = self.auxiliary_head(features) if self.auxiliary_head is not None else None
-        loss = None
-        if labels is not None:
-            loss = self.compute_loss(logits, auxiliary_logits, labels)
+        logits, auxiliary_logits, loss = decode_with_auxiliary_head(
+            self, features, labels, self.config.loss_mean_over_all_pixels
+        )
         output = VWFormerSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
