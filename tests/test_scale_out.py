@@ -133,6 +133,24 @@ def assert_same_eval_metrics(reference_dir: Path, output_dir: Path, tolerance: f
         assert abs(metrics[key] - reference[key]) < tolerance, (key, metrics[key], reference[key])
 
 
+def run_two_processes_and_compare(script: Path, output_dir: Path, reference: tuple, losses_of) -> str:
+    """Runs ``script`` in DDP over 2 processes x 4 images with SyncBN and checks it against the one-process run
+    ``reference`` = ``(output_dir, losses)``: the same 6 logged losses (not 6 per process), the same metrics, weights
+    within float summation-order differences. Returns the script's output."""
+    reference_dir, reference_losses = reference
+    output = run(
+        script, output_dir, "--num_train_epochs", "3", "--per_device_train_batch_size", "4", "--sync_batchnorm",
+        processes=2, config=TINY | NO_DROPOUT,
+    )  # fmt: skip
+    losses = losses_of(output)
+    assert len(losses) == len(reference_losses) == 6, (losses, reference_losses)
+    torch.testing.assert_close(losses, reference_losses, rtol=1e-3, atol=0)
+    assert_same_eval_metrics(reference_dir, output_dir)
+    largest, relative = weight_difference(reference_dir, output_dir)
+    assert relative < 1e-5 and largest < 5e-5, (largest, relative)
+    return output
+
+
 TRAINER_RUN = ["--num_train_epochs", "3", "--save_strategy", "steps", "--save_steps", "3"]
 
 
@@ -152,18 +170,9 @@ def test_two_processes_with_sync_batchnorm_reach_the_one_process_result(one_proc
     summation order: sums over 4 images and an all-reduce instead of sums over 8). Without --sync_batchnorm: mIoU 0.4887, weights max
     |diff| 7.8e-2, relative L2 1.7e-2. (With torch's bilinear resize in the augmentation, which rounds some pixels
     differently with one thread, it was max |diff| 1.4e-4.)"""
-    reference_dir, reference_losses = one_process
-    output = run(
-        TRAINER_SCRIPT, tmp_path, "--num_train_epochs", "3", "--per_device_train_batch_size", "4",
-        "--sync_batchnorm", processes=2, config=TINY | NO_DROPOUT,
-    )  # fmt: skip
-    losses = trainer_losses(output)
-    assert len(losses) == len(reference_losses) == 6, (losses, reference_losses)  # 6 steps, not 6 per process
-    torch.testing.assert_close(losses, reference_losses, rtol=1e-3, atol=0)
+    reference_dir, _ = one_process
     assert eval_results(reference_dir)["eval_mean_iou"] > 0.4  # learned something (measured 0.50; untrained: 0.04)
-    assert_same_eval_metrics(reference_dir, tmp_path)
-    largest, relative = weight_difference(reference_dir, tmp_path)
-    assert relative < 1e-5 and largest < 5e-5, (largest, relative)
+    run_two_processes_and_compare(TRAINER_SCRIPT, tmp_path, one_process, trainer_losses)
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +196,8 @@ def test_no_trainer_script_on_two_processes_sums_the_confusion_matrices(no_train
     """The Accelerate loop in DDP: the same steps as one process, and mIoU of the 5 validation images evaluated as
     uneven shards (3 + 2) whose confusion matrices are summed. Measured: the same mIoU, weights max |diff| 2.5e-7
     (bit-identical to the 2-process Trainer run's)."""
-    reference_dir, reference_losses = no_trainer_one_process
-    output = run(
-        NO_TRAINER_SCRIPT, tmp_path, "--num_train_epochs", "3", "--per_device_train_batch_size", "4",
-        "--sync_batchnorm", processes=2, config=TINY | NO_DROPOUT,
-    )  # fmt: skip
-    losses = no_trainer_losses(output)
-    assert "2 processes x 4" in output and len(losses) == 6, output[-3000:]
-    torch.testing.assert_close(losses, reference_losses, rtol=1e-3, atol=0)
-    assert_same_eval_metrics(reference_dir, tmp_path)
-    largest, relative = weight_difference(reference_dir, tmp_path)
-    assert relative < 1e-5 and largest < 5e-5, (largest, relative)
+    output = run_two_processes_and_compare(NO_TRAINER_SCRIPT, tmp_path, no_trainer_one_process, no_trainer_losses)
+    assert "2 processes x 4" in output, output[-3000:]
 
 
 def test_trainer_run_killed_after_a_checkpoint_resumes_to_the_same_weights(one_process, tmp_path):

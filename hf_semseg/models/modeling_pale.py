@@ -41,7 +41,6 @@ from .modeling_utils_segmentation import (
     init_conv_kaiming,
     init_norm_and_linear,
     resolve_output_flags,
-    segmentation_loss,
 )
 
 
@@ -320,7 +319,7 @@ class PaleModel(PalePreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaleModelOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaleModelOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         stage_outputs, attentions = self.encoder(pixel_values)
         output = PaleModelOutput(
@@ -347,7 +346,7 @@ class PaleForImageClassification(PalePreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> ImageClassifierOutput | tuple:
+    ) -> ImageClassifierOutput:
         outputs = self.pale(pixel_values, **kwargs, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None
@@ -379,7 +378,7 @@ class PaleBackbone(BackboneMixin, PalePreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         stage_outputs, attentions = self.encoder(pixel_values)
         feature_maps = ()
@@ -417,7 +416,7 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> PaleSemanticSegmenterOutput | tuple:
+    ) -> PaleSemanticSegmenterOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         features = backbone_output.feature_maps
@@ -430,10 +429,6 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
             attentions=backbone_output.attentions,
         )
         return output
-
-    def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
-        """Cross-entropy (mean over the labelled pixels) of the upsampled logits + weight x that of the auxiliary."""
-        return segmentation_loss(self.config, logits, labels, auxiliary_logits)
 
 
 __all__ = [

@@ -440,11 +440,7 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> SeMaskMask2FormerModelOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskMask2FormerModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Normalised images; zero-padded here on the right and bottom to multiples of `config.size_divisibility`.
@@ -507,7 +503,7 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
         output_auxiliary_logits: bool | None = None,
         output_semantic_priors: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> SeMaskMask2FormerSemanticSegmenterOutput | tuple:
+    ) -> SeMaskMask2FormerSemanticSegmenterOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Normalised images (zero-padded here to multiples of `config.size_divisibility`).

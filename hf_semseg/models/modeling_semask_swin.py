@@ -510,11 +510,7 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> SeMaskSwinModelOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskSwinModelOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         output = SeMaskSwinModelOutput(
@@ -539,11 +535,7 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> SeMaskSwinBackboneOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskSwinBackboneOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         # stage_names[0] is the stem: stage i+1 is encoder output i
@@ -665,7 +657,7 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_semantic_priors: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> SeMaskSemanticSegmenterOutput | tuple:
+    ) -> SeMaskSemanticSegmenterOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
         feature_maps, priors = backbone_output.feature_maps, backbone_output.semantic_priors

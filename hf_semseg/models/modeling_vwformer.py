@@ -413,7 +413,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> VWFormerSemanticSegmenterOutput | tuple:
+    ) -> VWFormerSemanticSegmenterOutput:
         output_hidden_states, _ = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         features = self.backbone_features(pixel_values)
         logits, auxiliary_logits, loss = decode_with_auxiliary_head(
