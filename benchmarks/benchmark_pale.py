@@ -8,67 +8,62 @@
 * Latency: both models live in ONE process and are timed round-robin (one forward of each per round, ``--repeats``
   rounds after ``--warmup``), so that load changes on a shared machine hit them alike; the median is reported.
 * Peak memory: the increase of the resident set (CPU) or of allocated memory (CUDA) during one forward, measured in
-  a fresh subprocess per model (helpers shared with ``benchmark_semask_fpn.py``).
+  a fresh subprocess per model (``harness.py``, shared with the other scripts).
 
 Both models are the bare encoders with pooling (``PaleModel``, ``SwinModel``), randomly initialised: Pale has no
 released weights. Target (issue 4): Pale-T at most 1.3x Swin-T's latency at both sizes.
 """
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from benchmark_semask_fpn import RESULT_MARKER, PeakMemory, environment, run_worker_command
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py sits next to this script
+
+import harness  # noqa: E402
 
 
 MODELS = ("pale_tiny", "hf_swin_tiny")
 TARGET_RATIO = 1.3
+COLUMNS = (
+    harness.Column("model", "model", "<", 14),
+    harness.Column("size", "size", ">", 5),
+    harness.Column("GMACs", "gmacs_per_image", ">", 7, 2),
+    harness.Column("s/iter", "median_s", ">", 8, 4),
+    harness.Column("img/s", "images_per_s", ">", 7, 2),
+    harness.Column("peak MB", "peak_mem_mb", ">", 8, 1),
+)
 
 
 def build_model(name: str):
+    """Randomly initialised encoder ``name`` (one of ``MODELS``)."""
     if name == "pale_tiny":
         import hf_semseg
 
         return hf_semseg.PaleModel(hf_semseg.variant_config("pale-tiny"))
     if name == "hf_swin_tiny":
-        from transformers import SwinConfig, SwinModel
+        from transformers import SwinModel
 
-        return SwinModel(SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7))
+        return SwinModel(harness.swin_config(harness.SWIN_TINY, out_features=None))
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
-def count_gmacs(model, pixel_values) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(pixel_values)
-    return counter.get_total_flops() / 2 / 1e9
+def make_pixel_values(args, size: int) -> torch.Tensor:
+    """The seeded input batch at ``size``, on ``args.device``."""
+    return harness.random_pixel_values(args.batch_size, size, harness.seeded_generator(0)).to(args.device)
 
 
 def measure_latency(args, size: int) -> dict:
-    """GMACs and round-robin forward latencies of every model at one input size."""
+    """GMACs per image and round-robin forward latencies of every model at one input size."""
     models = {name: build_model(name).eval().to(args.device) for name in MODELS}
-    pixel_values = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
-    pixel_values = pixel_values.to(args.device)
-    gmacs = {name: count_gmacs(model, pixel_values[:1]) for name, model in models.items()}
-    times = {name: [] for name in models}
-    synchronize = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    with torch.no_grad():
-        for _ in range(args.warmup):
-            for model in models.values():
-                model(pixel_values)
-        for _ in range(args.repeats):
-            for name, model in models.items():
-                synchronize()
-                start = time.perf_counter()
-                model(pixel_values)
-                synchronize()
-                times[name].append(time.perf_counter() - start)
+    pixel_values = make_pixel_values(args, size)
+    gmacs = {name: harness.count_gmacs(model, pixel_values[:1]) for name, model in models.items()}
+    _, synchronize = harness.device_helpers(torch.device(args.device), torch.float32)
+    inputs = dict.fromkeys(models, pixel_values)
+    times = harness.forward_round_robin(models, inputs, args.warmup, args.repeats, synchronize)
     return {"gmacs_per_image": gmacs, "times_s": times}
 
 
@@ -76,77 +71,73 @@ def measure_memory(args, name: str, size: int) -> dict:
     """Peak memory of the first forward of one model in this (fresh) process: once memory was freed, the allocator
     keeps it, so a warmed-up process under-reports what a forward needs."""
     model = build_model(name).eval().to(args.device)
-    pixel_values = torch.randn(args.batch_size, 3, size, size).to(args.device)
-    with torch.no_grad():
-        memory = PeakMemory(torch.device(args.device))
-        memory.start()
-        model(pixel_values)
-        return memory.stop()
+    return harness.first_forward_peak_memory(model, make_pixel_values(args, size), torch.device(args.device))
 
 
 def memory_in_subprocess(args, name: str, size: int) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", name, "--sizes", str(size)]
-    command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
-    return run_worker_command(command, args.threads)
+    """``measure_memory`` in a fresh process of this script."""
+    command = harness.script_command(
+        __file__, "--memory-worker", name, "--sizes", size,
+        "--batch-size", args.batch_size, "--threads", args.threads, "--device", args.device,
+    )  # fmt: skip
+    return harness.run_worker_command(command, args.threads)
+
+
+def measure_size(args, size: int) -> tuple[list[dict], dict]:
+    """The result rows of both models at one size, and the Pale-T / Swin-T latency ratio."""
+    latency = measure_latency(args, size)
+    rows = []
+    for name in MODELS:
+        median_s = harness.median(latency["times_s"][name])
+        rows.append({
+            "model": name, "size": size, "batch_size": args.batch_size, "median_s": median_s,
+            "images_per_s": args.batch_size / median_s, "gmacs_per_image": latency["gmacs_per_image"][name],
+            "times_s": latency["times_s"][name], **memory_in_subprocess(args, name, size),
+        })  # fmt: skip
+    pale, swin = rows
+    ratio = pale["median_s"] / swin["median_s"]
+    return rows, {"size": size, "pale_over_swin": ratio, "target_max": TARGET_RATIO, "meets": ratio <= TARGET_RATIO}
 
 
 def parse_args(argv=None):
+    """The options; the dtype is always float32."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512], help="square input sides in pixels")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", type=Path, default=None)
+    harness.add_timing_options(parser, warmup=2, repeats=10)
+    harness.add_device_options(parser, dtype=False)
+    parser.add_argument("--output", type=Path, default=None, help="JSON report (default results/pale_<device>.json)")
     parser.add_argument("--memory-worker", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.dtype = "float32"
     if args.output is None:
-        args.output = Path(__file__).resolve().parent / "results" / f"pale_{args.device.replace(':', '')}.json"
+        args.output = harness.default_output("pale", args.device)
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    harness.set_threads(args.threads)
     if args.memory_worker:
-        print(RESULT_MARKER + json.dumps(measure_memory(args, args.memory_worker, args.sizes[0])), flush=True)
+        harness.emit_result(measure_memory(args, args.memory_worker, args.sizes[0]))
         return
-    env = environment(args)
-    print(f"torch {env['torch']}, transformers {env['transformers']}, {args.device}, {args.threads} threads, "
-          f"{env['cpu_model']}, batch {args.batch_size}, warmup {args.warmup}, repeats {args.repeats}")  # fmt: skip
+    env = harness.environment(args.device, args.dtype, args.threads)
+    details = f"batch {args.batch_size}", f"warmup {args.warmup}", f"repeats {args.repeats}"
+    print(harness.describe_run(env, *details))
     rows, ratios = [], []
     for size in args.sizes:
-        latency = measure_latency(args, size)
-        for name in MODELS:
-            median_s = statistics.median(latency["times_s"][name])
-            rows.append({
-                "model": name, "size": size, "batch_size": args.batch_size, "median_s": median_s,
-                "images_per_s": args.batch_size / median_s, "gmacs_per_image": latency["gmacs_per_image"][name],
-                "times_s": latency["times_s"][name], **memory_in_subprocess(args, name, size),
-            })  # fmt: skip
-        pale, swin = rows[-2], rows[-1]
-        ratio = pale["median_s"] / swin["median_s"]
-        ratios.append(
-            {"size": size, "pale_over_swin": ratio, "target_max": TARGET_RATIO, "meets": ratio <= TARGET_RATIO}
-        )
+        size_rows, ratio = measure_size(args, size)
+        rows += size_rows
+        ratios.append(ratio)
 
-    print(f"\n{'model':<14} {'size':>5} {'GMACs':>7} {'s/iter':>8} {'img/s':>7} {'peak MB':>8}")
-    for r in rows:
-        peak = f"{r['peak_mem_mb']:8.1f}" if "peak_mem_mb" in r else "   error"
-        print(
-            f"{r['model']:<14} {r['size']:>5} {r['gmacs_per_image']:>7.2f} {r['median_s']:>8.4f} "
-            f"{r['images_per_s']:>7.2f} {peak}"
-        )
+    print()
+    print(harness.format_table(rows, COLUMNS))
     print()
     for r in ratios:
-        verdict = "ok" if r["meets"] else "MISSED"
         print(
-            f"Pale-T / Swin-T latency at {r['size']}: {r['pale_over_swin']:.3f} (target <= {TARGET_RATIO}: {verdict})"
+            f"Pale-T / Swin-T latency at {r['size']}: {r['pale_over_swin']:.3f} ({harness.verdict(r['pale_over_swin'], TARGET_RATIO)})"
         )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"environment": env, "results": rows, "ratios": ratios}, indent=2) + "\n")
+    harness.write_report(args.output, {"environment": env, "results": rows, "ratios": ratios})
     print(f"\nwrote {args.output}")
 
 

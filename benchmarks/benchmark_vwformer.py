@@ -13,41 +13,40 @@ two whole models: GMACs, parameters, forward latency and peak memory, in one run
 * Latency: all models of a group live in ONE process and are timed round-robin (median over ``--repeats`` rounds).
 * Peak memory: the increase of the resident set during one forward, in a fresh subprocess per model.
 
+The measurement code is shared with the other scripts in ``harness.py``.
+
 Target (issue 3): our head at most 0.25x the UperNet head's latency in the same run, with the original's GMACs
 (53.2; the original head measured 0.30x here with the original code).
 """
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from benchmark_semask_fpn import RESULT_MARKER, PeakMemory, environment, run_worker_command
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py sits next to this script
+
+import harness  # noqa: E402
 
 
 HEADS = ("vwformer_head", "upernet_head")
 WHOLE_MODELS = ("vwformer_swin_base", "upernet_swin_base")
 TARGET_RATIO = 0.25
 SWIN_B_CHANNELS = (128, 256, 512, 1024)
-
-
-def swin_base_config():
-    from transformers import SwinConfig
-
-    return SwinConfig(
-        embed_dim=128,
-        depths=[2, 2, 18, 2],
-        num_heads=[4, 8, 16, 32],
-        window_size=12,
-        image_size=384,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
+SWIN_BASE = {"embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12}
+COLUMNS = (
+    harness.Column("model", "model", "<", 20),
+    harness.Column("GMACs", "gmacs", ">", 8, 1),
+    harness.Column("params M", "params_M", ">", 9, 2),
+    harness.Column("s/iter", "median_s", ">", 8, 3),
+    harness.Column("peak MB", "peak_mem_mb", ">", 8, 1),
+)
 
 
 def build_model(name: str) -> torch.nn.Module:
+    """Randomly initialised head or whole model ``name`` (one of ``HEADS + WHOLE_MODELS``)."""
     import hf_semseg
 
     if name == "vwformer_head":
@@ -66,77 +65,68 @@ def build_model(name: str) -> torch.nn.Module:
     if name == "upernet_swin_base":
         from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
-        config = UperNetConfig(
-            backbone_config=swin_base_config(), hidden_size=512, num_labels=150, use_auxiliary_head=False
-        )
+        backbone = harness.swin_config(SWIN_BASE, image_size=384)
+        config = UperNetConfig(backbone_config=backbone, hidden_size=512, num_labels=150, use_auxiliary_head=False)
         return UperNetForSemanticSegmentation(config)
     raise ValueError(f"unknown model {name!r}")
 
 
 def make_input(name: str, size: int):
     """Swin-B feature maps for the heads, an image for the whole models (fixed seeds: the same for every model)."""
-    generator = torch.Generator().manual_seed(0)
+    generator = harness.seeded_generator(0)
     if name in HEADS:
         return tuple(
             torch.randn(1, channels, size // stride, size // stride, generator=generator)
             for channels, stride in zip(SWIN_B_CHANNELS, (4, 8, 16, 32))
         )
-    return torch.randn(1, 3, size, size, generator=generator)
-
-
-def count_gmacs(model, inputs) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(inputs)
-    return counter.get_total_flops() / 2 / 1e9
+    return harness.random_pixel_values(1, size, generator)
 
 
 def measure_group(args, names) -> dict:
+    """GMACs, round-robin forward latencies and parameter counts of the models ``names``, all in this process."""
     models = {name: build_model(name).eval() for name in names}
     inputs = {name: make_input(name, args.size) for name in names}
-    gmacs = {name: count_gmacs(models[name], inputs[name]) for name in names}
-    times = {name: [] for name in names}
-    with torch.no_grad():
-        for _ in range(args.warmup):
-            for name in names:
-                models[name](inputs[name])
-        for _ in range(args.repeats):
-            for name in names:
-                start = time.perf_counter()
-                models[name](inputs[name])
-                times[name].append(time.perf_counter() - start)
-    params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    gmacs = {name: harness.count_gmacs(models[name], inputs[name]) for name in names}
+    times = harness.forward_round_robin(models, inputs, args.warmup, args.repeats)
+    params = {name: harness.count_params(model) for name, model in models.items()}
     return {"gmacs": gmacs, "times_s": times, "params": params}
 
 
 def measure_memory(args, name: str) -> dict:
+    """Peak memory of the first forward of one model in this (fresh) process."""
     model = build_model(name).eval()
-    inputs = make_input(name, args.size)
-    with torch.no_grad():
-        memory = PeakMemory(torch.device("cpu"))
-        memory.start()
-        model(inputs)
-        return memory.stop()
+    return harness.first_forward_peak_memory(model, make_input(name, args.size), torch.device("cpu"))
 
 
 def memory_in_subprocess(args, name: str) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", name, "--size", str(args.size)]
-    command += ["--threads", str(args.threads)]
-    return run_worker_command(command, args.threads)
+    """``measure_memory`` in a fresh process of this script."""
+    command = harness.script_command(__file__, "--memory-worker", name, "--size", args.size, "--threads", args.threads)
+    return harness.run_worker_command(command, args.threads)
+
+
+def measure_pair(args, names) -> tuple[list[dict], dict]:
+    """The result rows of one group (ours, then the peer) and their latency and GMACs ratios."""
+    measured = measure_group(args, names)
+    rows = []
+    for name in names:
+        median_s = harness.median(measured["times_s"][name])
+        rows.append({
+            "model": name, "size": args.size, "median_s": median_s, "gmacs": measured["gmacs"][name],
+            "params_M": measured["params"][name] / 1e6, "times_s": measured["times_s"][name],
+            **memory_in_subprocess(args, name),
+        })  # fmt: skip
+    ours, peer = rows
+    ratio = {"latency": ours["median_s"] / peer["median_s"], "gmacs": ours["gmacs"] / peer["gmacs"]}
+    return rows, ratio
 
 
 def parse_args(argv=None):
+    """The options; the device is always the CPU, the dtype float32, the batch one."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--size", type=int, default=640)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-whole-models", action="store_true")
-    parser.add_argument(
-        "--output", type=Path, default=Path(__file__).resolve().parent / "results" / "vwformer_cpu.json"
-    )
+    parser.add_argument("--size", type=int, default=640, help="square input side in pixels")
+    harness.add_timing_options(parser, warmup=2, repeats=10)
+    parser.add_argument("--skip-whole-models", action="store_true", help="measure the heads only")
+    parser.add_argument("--output", type=Path, default=harness.default_output("vwformer", "cpu"), help="JSON report")
     parser.add_argument("--memory-worker", choices=HEADS + WHOLE_MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device, args.dtype, args.batch_size = "cpu", "float32", 1
@@ -145,43 +135,27 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    harness.set_threads(args.threads)
     if args.memory_worker:
-        print(RESULT_MARKER + json.dumps(measure_memory(args, args.memory_worker)), flush=True)
+        harness.emit_result(measure_memory(args, args.memory_worker))
         return
-    env = environment(args)
-    print(f"torch {env['torch']}, transformers {env['transformers']}, cpu, {args.threads} threads, "
-          f"{env['cpu_model']}, {args.size}x{args.size}, warmup {args.warmup}, repeats {args.repeats}")  # fmt: skip
-    groups = [HEADS] if args.skip_whole_models else [HEADS, WHOLE_MODELS]
+    env = harness.environment(args.device, args.dtype, args.threads)
+    details = f"{args.size}x{args.size}", f"warmup {args.warmup}", f"repeats {args.repeats}"
+    print(harness.describe_run(env, *details))
     rows, ratios = [], {}
-    for names in groups:
-        measured = measure_group(args, names)
-        for name in names:
-            median_s = statistics.median(measured["times_s"][name])
-            rows.append({
-                "model": name, "size": args.size, "median_s": median_s, "gmacs": measured["gmacs"][name],
-                "params_M": measured["params"][name] / 1e6, "times_s": measured["times_s"][name],
-                **memory_in_subprocess(args, name),
-            })  # fmt: skip
-        ours, peer = rows[-2], rows[-1]
-        ratios[f"{ours['model']}/{peer['model']}"] = {
-            "latency": ours["median_s"] / peer["median_s"],
-            "gmacs": ours["gmacs"] / peer["gmacs"],
-        }
+    for names in [HEADS] if args.skip_whole_models else [HEADS, WHOLE_MODELS]:
+        group_rows, ratios[f"{names[0]}/{names[1]}"] = measure_pair(args, names)
+        rows += group_rows
 
-    print(f"\n{'model':<20} {'GMACs':>8} {'params M':>9} {'s/iter':>8} {'peak MB':>8}")
-    for r in rows:
-        peak = f"{r['peak_mem_mb']:8.1f}" if "peak_mem_mb" in r else "   error"
-        print(f"{r['model']:<20} {r['gmacs']:>8.1f} {r['params_M']:>9.2f} {r['median_s']:>8.3f} {peak}")
+    print()
+    print(harness.format_table(rows, COLUMNS))
     print()
     for pair, ratio in ratios.items():
         print(f"{pair}: latency {ratio['latency']:.3f}x, GMACs {ratio['gmacs']:.3f}x")
     head_ratio = ratios["vwformer_head/upernet_head"]["latency"]
-    verdict = "ok" if head_ratio <= TARGET_RATIO else "MISSED"
-    print(f"head latency ratio {head_ratio:.3f} (target <= {TARGET_RATIO}: {verdict})")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    print(f"head latency ratio {head_ratio:.3f} ({harness.verdict(head_ratio, TARGET_RATIO)})")
     report = {"environment": env, "results": rows, "ratios": ratios, "target_head_ratio": TARGET_RATIO}
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    harness.write_report(args.output, report)
     print(f"\nwrote {args.output}")
 
 
