@@ -18,8 +18,8 @@ from .models.configuration_pale import PaleConfig
 from .models.configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .models.configuration_semask_swin import SeMaskSwinConfig
 from .models.configuration_vwformer import VWFormerConfig
-from .models.image_processing_keep_ratio import KeepRatioImageProcessor
-from .models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
+from .models.image_processing_keep_ratio import KeepRatioImageProcessor, SeMaskImageProcessor
+from .models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil, SeMaskImageProcessorPil
 from .models.image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil
 from .models.image_processing_semask_mask2former import SeMaskMask2FormerImageProcessor
 from .models.modeling_pale import (
@@ -64,9 +64,6 @@ from .variants import (
 
 __version__ = "0.1.0"
 
-# former names of the keep-ratio image processors (the same classes)
-SeMaskImageProcessor = KeepRatioImageProcessor
-SeMaskImageProcessorPil = KeepRatioImageProcessorPil
 
 
 def _register_family(config_class, models: dict) -> None:
@@ -107,6 +104,14 @@ def _register_auto_classes() -> None:
     )
     # VWFormer's test pipeline is the same keep-ratio resize (+ size_divisor=64 for the ADE20K models)
     _register_family(VWFormerConfig, {AutoModelForSemanticSegmentation: VWFormerForSemanticSegmentation})
+    # former names of the keep-ratio processors, which folders saved by earlier versions give as their
+    # `image_processor_type`: AutoImageProcessor finds a class by name only among registered ones (the name lookup is
+    # not per config), and then loads the "torchvision" / "pil" class of the same entry
+    AutoImageProcessor.register(
+        SeMaskSwinConfig,
+        image_processor_classes={"semask_torchvision": SeMaskImageProcessor, "semask_pil": SeMaskImageProcessorPil},
+        exist_ok=True,
+    )
 
     # SeMask Mask2Former has its own (detectron2) pre- and post-processing
     _register_family(

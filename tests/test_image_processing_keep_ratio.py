@@ -262,6 +262,20 @@ def test_different_sizes_are_padded(processor_class):
     assert tuple(fixed.pixel_values.shape) == (2, 3, 128, 128)
 
 
+def test_grouped_batch_gives_the_same_numbers(processor_class):
+    """Images of one shape are resized and normalised as one batch with `disable_grouping=False` (the default on
+    GPU); the numbers are those of one image at a time."""
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, shape, np.uint8) for shape in [(40, 60, 3), (60, 40, 3), (40, 60, 3)]]
+    images.append(rng.random((40, 60, 3)).astype(np.float32))
+    maps = [rng.integers(0, 5, image.shape[:2], np.uint8) for image in images]
+    processor = processor_class(size={"longest_edge": 120, "shortest_edge": 80}, size_divisor=32)
+    grouped = processor(images, segmentation_maps=maps, disable_grouping=False, return_tensors="pt")
+    alone = processor(images, segmentation_maps=maps, disable_grouping=True, return_tensors="pt")
+    assert tuple(grouped.pixel_values.shape) == (4, 3, 128, 128)
+    assert torch.equal(grouped.pixel_values, alone.pixel_values) and torch.equal(grouped.labels, alone.labels)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Post-processing
 # ------------------------------------------------------------------------------------------------------------------

@@ -2,50 +2,16 @@
 
 Same pipeline as ``SeMaskMask2FormerImageProcessor`` without torchvision: uint8 images are resized with PIL itself,
 as detectron2's ``ResizeTransform`` does (so the numbers are those of the original exactly), float images by plain
-bilinear interpolation with torch.
+bilinear interpolation with torch. The flow is that of `KeepRatioImageProcessorPil`.
 
 Portable remote code: only torch, numpy, PIL, transformers and sibling modules are imported (never torchvision).
 """
 
 import numpy as np
-import PIL.Image
-from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import SizeDict
 
 from .image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
-from .image_processing_utils_segmentation import (
-    IGNORE_INDEX,
-    check_stackable,
-    reduce_labels,
-    resize_array_with_torch,
-    resize_label_map_with_torch,
-)
-from .image_processing_utils_semask_mask2former import (
-    SeMaskMask2FormerImageProcessingMixin,
-    check_no_size_divisor,
-    get_output_size,
-    get_padded_size,
-)
-
-
-_PIL_FILTERS = {
-    "nearest": PIL.Image.Resampling.NEAREST,
-    "bilinear": PIL.Image.Resampling.BILINEAR,
-    "bicubic": PIL.Image.Resampling.BICUBIC,
-}
-
-
-def resize_uint8_with_pil(image: np.ndarray, output_size: tuple[int, int], mode: str) -> np.ndarray:
-    """Resizes a ``(C, H, W)`` image with values in 0-255 as a uint8 PIL image (RGB for 3 channels, else channel by
-    channel), exactly as detectron2's ``ResizeTransform`` treats uint8 images. Returns float32 ``(C, h, w)``."""
-    height, width = output_size
-    image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.shape[0] == 3:
-        resized = PIL.Image.fromarray(np.moveaxis(image, 0, 2)).resize((width, height), _PIL_FILTERS[mode])
-        return np.moveaxis(np.asarray(resized), 2, 0).astype(np.float32)
-    channels = [
-        np.asarray(PIL.Image.fromarray(channel).resize((width, height), _PIL_FILTERS[mode])) for channel in image
-    ]
-    return np.stack(channels).astype(np.float32)
+from .image_processing_utils_semask_mask2former import SeMaskMask2FormerImageProcessingMixin
 
 
 class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, KeepRatioImageProcessorPil):
@@ -58,64 +24,13 @@ class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, 
 
     saved_backends = {"pil": "image_processing_pil_semask_mask2former.SeMaskMask2FormerImageProcessorPil"}
 
-    def _preprocess(
-        self,
-        images: list[np.ndarray],
-        segmentation_maps: list[np.ndarray] | None = None,
-        do_resize: bool = True,
-        size=None,
-        resample=None,
-        do_rescale: bool = True,
-        rescale_factor: float = 1 / 255,
-        do_normalize: bool = True,
-        image_mean=None,
-        image_std=None,
-        do_reduce_labels: bool = False,
-        do_pad: bool = True,
-        pad_size=None,
-        size_divisibility: int | None = None,
-        return_tensors=None,
-        **kwargs,
-    ) -> BatchFeature:
-        size_divisibility = self.size_divisibility if size_divisibility is None else size_divisibility
-        check_no_size_divisor(kwargs.get("size_divisor"))
-        input_sizes = [tuple(image.shape[-2:]) for image in images]
-        output_sizes = [get_output_size(h, w, size) if do_resize else (h, w) for h, w in input_sizes]
-        mode = self._interpolation_mode(resample) if do_resize else None
-        check_stackable(output_sizes, do_pad, return_tensors)
-
-        pixel_values = []
-        for image, input_size, output_size in zip(images, input_sizes, output_sizes):
-            if output_size != input_size:
-                if np.issubdtype(image.dtype, np.floating):
-                    image = resize_array_with_torch(image, output_size, mode, round_to_uint8_range=False)
-                else:
-                    image = resize_uint8_with_pil(image, output_size, mode)
-            image = image.astype(np.float32)
-            if do_rescale:
-                image = self.rescale(image, rescale_factor)
-            if do_normalize:
-                image = self.normalize(image, image_mean, image_std)
-            pixel_values.append(image.astype(np.float32, copy=False))
-
-        labels = None
-        if segmentation_maps is not None:
-            labels = []
-            for label, output_size in zip(segmentation_maps, output_sizes):
-                if do_reduce_labels:
-                    label = reduce_labels(label)
-                labels.append(resize_label_map_with_torch(label, output_size))
-
-        if do_pad and pixel_values:
-            pad_height, pad_width = get_padded_size(output_sizes, size_divisibility, pad_size)
-            pixel_values = [self._pad_right_bottom(image, pad_height, pad_width, 0.0) for image in pixel_values]
-            if labels is not None:
-                labels = [self._pad_right_bottom(label, pad_height, pad_width, IGNORE_INDEX) for label in labels]
-
-        data = {"pixel_values": pixel_values}
-        if labels is not None:
-            data["labels"] = labels
-        return BatchFeature(data=data, tensor_type=return_tensors)
+    def _resize_images(self, images: np.ndarray, output_size: tuple[int, int], resample, is_integer: bool):
+        if not is_integer:
+            return super()._resize_images(images, output_size, resample, is_integer)
+        # integer images: the PIL backend's own resize, i.e. PIL's filter on the uint8 image, as detectron2 does
+        size = SizeDict(height=output_size[0], width=output_size[1])
+        images = np.clip(images, 0, 255).astype(np.uint8)
+        return np.stack([self.resize(image, size, resample=resample) for image in images]).astype(np.float32)
 
 
 __all__ = ["SeMaskMask2FormerImageProcessorPil"]

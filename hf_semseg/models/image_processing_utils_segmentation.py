@@ -1,20 +1,20 @@
-"""Backend-independent pieces shared by the SeMask image processors.
+"""What every semantic-segmentation image processor of this folder shares, whatever its backend.
 
-This module is imported (with a single-dot relative import) by both ``image_processing_semask_swin.py`` (torchvision
-backend) and ``image_processing_pil_semask_swin.py`` (PIL/NumPy backend). It is copied next to saved weights for
-``trust_remote_code`` loading, so it may only depend on torch, numpy, PIL and transformers. It must never import
-torchvision: the PIL backend has to work where torchvision is not installed.
+``SegmentationImageProcessingMixin`` sits in front of transformers' ``TorchvisionBackend`` / ``PilBackend`` and holds
+the whole preprocessing flow once: per-sample input checks, then the base's ``process_image`` (type conversion, RGB
+conversion, channel inference, channels first), then the size rule, the resize steps, rescale/normalise, label
+reduction, nearest-resized labels, padding with the base's ``pad`` and the ``BatchFeature``. A backend only provides
+the primitives ``_stack`` (images to one float32 batch) and ``_resize_images``; a model family only its size rule
+(``_resize_steps``) and padded size (``_get_pad_size``).
 
-What lives here:
+The defaults are those of the mmseg test pipeline of SeMask-FPN, VWFormer and Pale: mmcv ``imrescale`` keep-ratio
+resize without antialiasing, optional ``ResizeToMultiple`` (``size_divisor``), ImageNet normalisation, padding on the
+right and bottom with 0 (pixels) and 255 (labels).
 
-* the keep-ratio output-size rule of mmcv's ``imrescale`` (used by the SeMask-FPN mmseg 0.11 test pipeline),
-* input flattening/validation with messages that name the offending sample,
-* RGB conversion for arrays, label reduction, the resampling-mode mapping,
-* ``SeMaskImageProcessingMixin``: the defaults, ``preprocess(images, segmentation_maps=...)`` orchestration and
-  ``post_process_semantic_segmentation``; the two backends only implement the tensor/array specific hooks.
+Portable module: imported with single-dot imports by both backends and saved next to them, so it imports only
+torch, numpy, PIL and transformers - never torchvision (the PIL backend must work where it is not installed).
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
-from transformers.image_transforms import convert_to_rgb
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -47,11 +46,14 @@ _TORCH_MODE_FOR_PIL_RESAMPLE = {
 }
 
 
-class SeMaskImageProcessorKwargs(ImagesKwargs, total=False):
+class SegmentationImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
         Whether to reduce every label of the segmentation maps by one and map the background label 0 to 255 (the
         ignore index), as done for ADE20K whose label 0 means "other". A label of 255 stays 255.
+    size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
+        After the resize, resize again so that both sides are rounded up to a multiple of it (mmseg's
+        `ResizeToMultiple`).
     """
 
     do_reduce_labels: bool
@@ -92,7 +94,7 @@ def round_up_to_multiple(size: tuple[int, int], divisor: int | None) -> tuple[in
 
 
 def validate_size(size: SizeDict | dict | None) -> None:
-    """Raise a `ValueError` unless ``size`` is one of the size dicts the SeMask processors understand."""
+    """Raise a `ValueError` unless ``size`` is one of the size dicts these processors understand."""
     if size is None:
         raise ValueError("`size` must be set when `do_resize=True`.")
     values = {key: value for key, value in dict(size).items() if value is not None}
@@ -127,6 +129,24 @@ def get_output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
     return _scale_size(height, width, int(size.longest_edge) / max(height, width))
 
 
+def get_pad_size(sizes: list, pad_size: SizeDict | None, size_divisibility: int | None = None) -> SizeDict:
+    """Size every image of the batch is padded to: ``pad_size`` if given, otherwise the largest height and width,
+    rounded up to a multiple of ``size_divisibility`` when it is set (detectron2's ``ImageList.from_tensors``)."""
+    max_height = max(int(size[0]) for size in sizes)
+    max_width = max(int(size[1]) for size in sizes)
+    if pad_size is not None and pad_size.height is not None and pad_size.width is not None:
+        if pad_size.height < max_height or pad_size.width < max_width:
+            raise ValueError(
+                f"`pad_size`=({pad_size.height}, {pad_size.width}) is smaller than the largest (resized) image of the "
+                f"batch ({max_height}, {max_width})."
+            )
+        return SizeDict(height=int(pad_size.height), width=int(pad_size.width))
+    if size_divisibility:
+        max_height += -max_height % size_divisibility
+        max_width += -max_width % size_divisibility
+    return SizeDict(height=max_height, width=max_width)
+
+
 def torch_interpolation_mode(resample: Any) -> str:
     """Map a `PILImageResampling` (or its int value) to the `torch.nn.functional.interpolate` mode."""
     # Also accept mode names and enums whose value is a mode name (e.g. torchvision's InterpolationMode).
@@ -142,195 +162,155 @@ def torch_interpolation_mode(resample: Any) -> str:
         ) from None
 
 
-def interpolate_without_antialias(array: torch.Tensor, output_size: tuple[int, int], mode: str) -> torch.Tensor:
-    """``F.interpolate`` on a ``(N, C, H, W)`` float tensor, ``align_corners=False`` and no antialiasing."""
-    align_corners = False if mode in ("bilinear", "bicubic") else None
-    return F.interpolate(array, size=tuple(output_size), mode=mode, align_corners=align_corners, antialias=False)
-
-
-def resize_array_with_torch(
-    array: np.ndarray, output_size: tuple[int, int], mode: str, round_to_uint8_range: bool
-) -> np.ndarray:
-    """Resize a ``(C, H, W)`` NumPy array with torch (no antialiasing); returns a float32 array.
-
-    When ``round_to_uint8_range`` is set (integer input images), the result is rounded to the nearest integer and
-    clamped to ``[0, 255]``, as when a uint8 image is resized by OpenCV.
-    """
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
-    if tuple(tensor.shape[-2:]) != tuple(output_size):
-        tensor = interpolate_without_antialias(tensor, output_size, mode)
-    if round_to_uint8_range:
-        tensor = tensor.round_().clamp_(0, 255)
-    return tensor[0].numpy()
-
-
-def resize_label_map_with_torch(label_map: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a ``(H, W)`` int64 label map (OpenCV ``INTER_NEAREST`` = torch ``"nearest"``)."""
+def resize_label_map(label_map: Any, output_size: tuple[int, int]) -> Any:
+    """Nearest-neighbour resize of a ``(1, H, W)`` int64 map, tensor or array (OpenCV ``INTER_NEAREST`` is torch's
+    ``"nearest"``, not transformers' default ``NEAREST_EXACT``)."""
     if tuple(label_map.shape[-2:]) == tuple(output_size):
         return label_map
-    tensor = torch.from_numpy(np.ascontiguousarray(label_map, dtype=np.float64))[None, None]
-    tensor = F.interpolate(tensor, size=tuple(output_size), mode="nearest")
-    return tensor[0, 0].numpy().astype(np.int64)
+    tensor = torch.as_tensor(label_map)[None].to(torch.float64)
+    resized = F.interpolate(tensor, size=tuple(output_size), mode="nearest")[0].to(torch.int64)
+    return resized.numpy() if isinstance(label_map, np.ndarray) else resized
+
+
+def reduce_labels(labels: Any) -> Any:
+    """ADE20K-style label reduction on an int64 array/tensor: ``0 -> 255``, ``255 -> 255``, other ``l -> l - 1``."""
+    reduced = labels - 1
+    reduced[(labels == 0) | (labels == IGNORE_INDEX)] = IGNORE_INDEX
+    return reduced
+
+
+def is_floating_point(image: Any) -> bool:
+    return image.is_floating_point() if isinstance(image, torch.Tensor) else np.issubdtype(image.dtype, np.floating)
+
+
+def group_same_shapes(images: list, disable_grouping: bool | None) -> list[list[int]]:
+    """Indices of the images that are resized and normalised as one batch (same shape, dtype and device). As in
+    transformers' ``group_images_by_shape``, grouping is off for CPU images unless ``disable_grouping=False``."""
+    groups: dict[Any, list[int]] = {}
+    for index, image in enumerate(images):
+        device = str(getattr(image, "device", "cpu"))
+        alone = device == "cpu" if disable_grouping is None else disable_grouping
+        groups.setdefault(index if alone else (tuple(image.shape), str(image.dtype), device), []).append(index)
+    return list(groups.values())
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Inputs
+# Input checks: run on every sample before the base's `process_image`, so that errors name the sample
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _is_array_like(value: Any) -> bool:
-    return isinstance(value, (np.ndarray, torch.Tensor))
 
 
 def _describe(value: Any) -> str:
     if isinstance(value, PIL.Image.Image):
         return f"PIL image (mode {value.mode!r}, size {value.size})"
-    if _is_array_like(value):
+    if isinstance(value, (np.ndarray, torch.Tensor)):
         return f"{type(value).__name__} of shape {tuple(value.shape)}"
     return repr(type(value))
 
 
+def _flatten(inputs: Any, name: str, item: str, single_ndims: tuple[int, ...], shapes: str, types: tuple) -> list:
+    """Flatten one input, a batch array/tensor (``single_ndims[-1] + 1`` dimensions) or a (once nested) list."""
+    if isinstance(inputs, types) and not isinstance(inputs, (np.ndarray, torch.Tensor)):
+        return [inputs]
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        if inputs.ndim in single_ndims:
+            return [inputs]
+        if inputs.ndim == single_ndims[-1] + 1:
+            return list(inputs)
+        raise ValueError(
+            f"`{name}` has {inputs.ndim} dimensions (shape {tuple(inputs.shape)}); expected a single {item} with "
+            f"{shapes} dimensions, or a batch with {single_ndims[-1] + 1} dimensions."
+        )
+    if not isinstance(inputs, (list, tuple)):
+        raise ValueError(
+            f"`{name}` is a {_describe(inputs)}; expected a PIL image, a numpy array, a torch tensor or a list of them."
+        )
+    if len(inputs) == 0:
+        raise ValueError(f"`{name}` is an empty list; pass at least one {item}.")
+    flat = [value for entry in inputs for value in (entry if isinstance(entry, (list, tuple)) else [entry])]
+    for index, value in enumerate(flat):
+        if not isinstance(value, types):
+            raise ValueError(
+                f"{item.capitalize()} {index} is a {_describe(value)}; expected a PIL image, a numpy array or a "
+                "torch tensor."
+            )
+    return flat
+
+
 def flatten_images(images: Any) -> list:
-    """Flatten ``images`` into a list of single images (PIL images or 2D/3D arrays/tensors).
+    """Flatten ``images`` into a list of single images (PIL images, paths/URLs, or 2D/3D arrays/tensors).
 
     Accepted: one PIL image, one ``(H, W)`` / ``(H, W, C)`` / ``(C, H, W)`` array or tensor, a 4D batch of those, or a
-    list/tuple (optionally nested once) of single images.
+    list/tuple (optionally nested once) of single images. (transformers' ``make_flat_list_of_images`` takes one number
+    of dimensions for the whole batch, so no ``(H, W)`` grayscale array next to RGB ones, and does not name the sample.)
     """
-    if isinstance(images, PIL.Image.Image):
-        return [images]
-    if _is_array_like(images):
-        if images.ndim in (2, 3):
-            return [images]
-        if images.ndim == 4:
-            return list(images)
-        raise ValueError(
-            f"`images` has {images.ndim} dimensions (shape {tuple(images.shape)}); expected a single image with 2 "
-            "(H, W) or 3 ((H, W, C) or (C, H, W)) dimensions, or a batch with 4 dimensions."
-        )
-    if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError("`images` is an empty list; pass at least one image.")
-        flat = []
-        for item in images:
-            flat.extend(item if isinstance(item, (list, tuple)) else [item])
-        for index, image in enumerate(flat):
-            if isinstance(image, PIL.Image.Image):
-                continue
-            if not _is_array_like(image):
-                raise ValueError(
-                    f"Image {index} is a {_describe(image)}; expected a PIL image, a numpy array or a torch tensor."
-                )
-            if image.ndim not in (2, 3):
-                raise ValueError(
-                    f"Image {index} has {image.ndim} dimensions (shape {tuple(image.shape)}); expected 2 (H, W) or 3 "
-                    "((H, W, C) or (C, H, W)) dimensions."
-                )
-        return flat
-    raise ValueError(
-        f"`images` is a {_describe(images)}; expected a PIL image, a numpy array, a torch tensor or a list of them."
-    )
+    types = (PIL.Image.Image, str, np.ndarray, torch.Tensor)
+    flat = _flatten(images, "images", "image", (2, 3), "2 (H, W) or 3 ((H, W, C) or (C, H, W))", types)
+    for index, image in enumerate(flat):
+        if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim not in (2, 3):
+            raise ValueError(
+                f"Image {index} has {image.ndim} dimensions (shape {tuple(image.shape)}); expected 2 (H, W) or 3 "
+                "((H, W, C) or (C, H, W)) dimensions."
+            )
+    return flat
 
 
 def flatten_segmentation_maps(segmentation_maps: Any) -> list:
-    """Flatten ``segmentation_maps`` into a list of single maps (PIL images or ``(H, W)`` arrays/tensors).
-
-    Accepted: one PIL image, one ``(H, W)`` array/tensor, a ``(B, H, W)`` batch, or a list/tuple (optionally nested
-    once) of PIL images, ``(H, W)`` arrays or ``(1, H, W)`` / ``(H, W, 1)`` arrays.
-    """
-    if isinstance(segmentation_maps, PIL.Image.Image):
-        return [segmentation_maps]
-    if _is_array_like(segmentation_maps):
-        if segmentation_maps.ndim == 2:
-            return [segmentation_maps]
-        if segmentation_maps.ndim == 3:
-            return list(segmentation_maps)
-        raise ValueError(
-            f"`segmentation_maps` has {segmentation_maps.ndim} dimensions (shape {tuple(segmentation_maps.shape)}); "
-            "expected a single (H, W) map or a (B, H, W) batch."
-        )
-    if isinstance(segmentation_maps, (list, tuple)):
-        flat = []
-        for item in segmentation_maps:
-            flat.extend(item if isinstance(item, (list, tuple)) else [item])
-        for index, seg_map in enumerate(flat):
-            if not (isinstance(seg_map, PIL.Image.Image) or _is_array_like(seg_map)):
-                raise ValueError(
-                    f"Segmentation map {index} is a {_describe(seg_map)}; expected a PIL image, a numpy array or a "
-                    "torch tensor."
-                )
-        return flat
-    raise ValueError(
-        f"`segmentation_maps` is a {_describe(segmentation_maps)}; expected a PIL image, a numpy array, a torch "
-        "tensor or a list of them."
-    )
+    """Flatten ``segmentation_maps`` into a list of single maps: one PIL image, one ``(H, W)`` array/tensor, a
+    ``(B, H, W)`` batch, or a list/tuple (optionally nested once) of PIL images, ``(H, W)``, ``(1, H, W)`` or
+    ``(H, W, 1)`` arrays."""
+    types = (PIL.Image.Image, np.ndarray, torch.Tensor)
+    return _flatten(segmentation_maps, "segmentation_maps", "segmentation map", (2,), "2 (H, W)", types)
 
 
-def pil_image_to_numpy(image: PIL.Image.Image, do_convert_rgb: bool) -> np.ndarray:
-    """PIL image -> ``(H, W, C)`` or ``(H, W)`` array. With ``do_convert_rgb``, modes such as L, LA, P, RGBA and CMYK
-    are converted to RGB (transparency composited onto white, as everywhere in transformers)."""
-    if do_convert_rgb:
-        return convert_to_rgb(image, return_numpy=True)
-    return np.array(image)
-
-
-def get_channel_axis(shape: Sequence[int], input_data_format: Any, index: int) -> int:
-    """Channel axis (0 or 2) of a 3D image of ``shape``, validated to hold 1, 3 or 4 channels."""
-    if input_data_format is not None:
-        channel_format = ChannelDimension(input_data_format)
-        axis = 0 if channel_format == ChannelDimension.FIRST else 2
-        if shape[axis] not in _VALID_INPUT_CHANNELS:
-            raise ValueError(
-                f"Image {index} has shape {tuple(shape)} and input_data_format={channel_format.value!r}, i.e. "
-                f"{shape[axis]} channels; expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels."
-            )
-        return axis
-    if shape[0] in _VALID_INPUT_CHANNELS:
-        return 0
-    if shape[2] in _VALID_INPUT_CHANNELS:
-        return 2
-    two_channel_hint = (
-        " 2-channel (grayscale + alpha) arrays are not supported: pass a PIL image in mode 'LA' or drop the alpha "
-        "channel."
-        if 2 in (shape[0], shape[2])
-        else ""
-    )
-    raise ValueError(
-        f"Image {index} has shape {tuple(shape)}: could not find a channel dimension of size 1 (grayscale), 3 (RGB) "
-        f"or 4 (RGBA) first or last.{two_channel_hint}"
-    )
-
-
-def image_to_rgb(image: torch.Tensor, index: int) -> torch.Tensor:
-    """Convert a ``(C, H, W)`` tensor with 1, 3 or 4 channels to 3 channels (alpha composited onto white); both
-    backends use it (the PIL backend on ``torch.from_numpy`` views)."""
-    num_channels = image.shape[0]
-    if num_channels == 3:
+def check_image(image: Any, index: int, input_data_format: Any = None, do_convert_rgb: bool = True) -> Any:
+    """Check one image (dtype; 1, 3 or 4 channels first or last, or where ``input_data_format`` says; float RGBA in
+    [0, 1]) and return it, tensors detached. The channel axis itself is inferred later by the base, the same way."""
+    if isinstance(image, PIL.Image.Image):
         return image
-    if num_channels == 1:
-        return image.expand(3, -1, -1)
-    if num_channels == 4:
-        is_float = image.is_floating_point()
-        if is_float and (image.min() < 0.0 or image.max() > 1.0):
+    dtype = str(image.dtype)
+    if dtype in ("bool", "torch.bool") or "complex" in dtype:
+        raise ValueError(f"Image {index} has dtype {dtype}; expected uint8 (0-255) or floating point values.")
+    shape = tuple(image.shape)
+    if len(shape) == 3:
+        if input_data_format is not None:
+            channel_format = ChannelDimension(input_data_format)
+            axis = 0 if channel_format == ChannelDimension.FIRST else 2
+            if shape[axis] not in _VALID_INPUT_CHANNELS:
+                raise ValueError(
+                    f"Image {index} has shape {shape} and input_data_format={channel_format.value!r}, i.e. "
+                    f"{shape[axis]} channels; expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels."
+                )
+        elif shape[0] in _VALID_INPUT_CHANNELS or shape[2] in _VALID_INPUT_CHANNELS:
+            axis = 0 if shape[0] in _VALID_INPUT_CHANNELS else 2
+        else:
+            hint = (
+                " 2-channel (grayscale + alpha) arrays are not supported: pass a PIL image in mode 'LA' or drop the "
+                "alpha channel."
+                if 2 in (shape[0], shape[2])
+                else ""
+            )
+            raise ValueError(
+                f"Image {index} has shape {shape}: could not find a channel dimension of size 1 (grayscale), 3 (RGB) "
+                f"or 4 (RGBA) first or last.{hint}"
+            )
+        if do_convert_rgb and shape[axis] == 4 and is_floating_point(image) and (image.min() < 0 or image.max() > 1):
             raise ValueError(
                 f"Image {index} is a float RGBA image with values in [{image.min().item()}, {image.max().item()}]; "
                 "float RGBA images must be in [0, 1] to composite the alpha channel."
             )
-        white = 1.0 if is_float else 255.0
-        alpha = image[3:4].to(torch.float32) / white
-        composite = image[:3].to(torch.float32) * alpha + (1.0 - alpha) * white
-        return composite.to(image.dtype) if is_float else composite.round().to(image.dtype)
-    raise ValueError(f"Image {index} has {num_channels} channels; expected 1, 3 or 4.")
+    return image.detach() if isinstance(image, torch.Tensor) else image
 
 
-def check_image_dtype(dtype: Any, index: int) -> None:
-    """Reject boolean and complex images."""
-    name = str(dtype)
-    if name in ("bool", "torch.bool") or "complex" in name:
-        raise ValueError(f"Image {index} has dtype {name}; expected uint8 (0-255) or floating point values.")
-
-
-def squeeze_segmentation_map(seg_map: Any, index: int) -> Any:
-    """Return a ``(H, W)`` view of an array/tensor map, accepting a singleton channel first or last."""
+def check_segmentation_map(seg_map: Any, index: int) -> Any:
+    """One map as an ``(H, W)`` int64 array/tensor (a singleton channel first or last is dropped)."""
+    if isinstance(seg_map, PIL.Image.Image):
+        array = np.array(seg_map)
+        if array.ndim != 2:
+            raise ValueError(
+                f"Segmentation map {index} is a PIL image in mode {seg_map.mode!r} with shape {array.shape}; expected "
+                "a single-channel map of class indices (mode 'L', 'P', 'I' or 'I;16')."
+            )
+        seg_map = array
     if seg_map.ndim == 3 and seg_map.shape[0] == 1:
         seg_map = seg_map[0]
     elif seg_map.ndim == 3 and seg_map.shape[-1] == 1:
@@ -340,24 +320,10 @@ def squeeze_segmentation_map(seg_map: Any, index: int) -> Any:
             f"Segmentation map {index} has shape {tuple(seg_map.shape)}; expected a single-channel (H, W) map of "
             "class indices."
         )
-    return seg_map
-
-
-def pil_segmentation_map_to_numpy(seg_map: PIL.Image.Image, index: int) -> np.ndarray:
-    array = np.array(seg_map)
-    if array.ndim != 2:
-        raise ValueError(
-            f"Segmentation map {index} is a PIL image in mode {seg_map.mode!r} with shape {array.shape}; expected a "
-            "single-channel map of class indices (mode 'L', 'P', 'I' or 'I;16')."
-        )
-    return array
-
-
-def reduce_labels(labels: Any) -> Any:
-    """ADE20K-style label reduction on an int64 array/tensor: ``0 -> 255``, ``255 -> 255``, other ``l -> l - 1``."""
-    reduced = labels - 1
-    reduced[(labels == 0) | (labels == IGNORE_INDEX)] = IGNORE_INDEX
-    return reduced
+    # int64 from the start, so that label reduction cannot wrap around
+    if isinstance(seg_map, torch.Tensor):
+        return seg_map.detach().to(torch.int64)
+    return np.array(seg_map, dtype=np.int64)
 
 
 def check_segmentation_maps_match(image_sizes: list, map_sizes: list) -> None:
@@ -396,37 +362,21 @@ def check_stackable(sizes: list, do_pad: bool, return_tensors: Any) -> None:
         )
 
 
-def get_pad_size(sizes: list, pad_size: SizeDict | None) -> tuple[int, int]:
-    """Size every image of the batch is padded to: ``pad_size`` if given, otherwise the largest height/width."""
-    max_height = max(int(size[0]) for size in sizes)
-    max_width = max(int(size[1]) for size in sizes)
-    if pad_size is None or pad_size.height is None or pad_size.width is None:
-        if pad_size is not None and (pad_size.height is not None or pad_size.width is not None):
-            raise ValueError(f"`pad_size` must have both 'height' and 'width', got {dict(pad_size)}.")
-        return max_height, max_width
-    if pad_size.height < max_height or pad_size.width < max_width:
-        raise ValueError(
-            f"`pad_size`=({pad_size.height}, {pad_size.width}) is smaller than the largest (resized) image of the "
-            f"batch ({max_height}, {max_width})."
-        )
-    return int(pad_size.height), int(pad_size.width)
-
-
 # --------------------------------------------------------------------------------------------------------------------
-# Shared processor behaviour
+# The processor skeleton
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class SeMaskImageProcessingMixin:
-    """Defaults, orchestration and post-processing shared by `KeepRatioImageProcessor` and `KeepRatioImageProcessorPil`.
+class SegmentationImageProcessingMixin:
+    """Defaults, the preprocessing flow and post-processing shared by every processor of this folder (placed before
+    ``TorchvisionBackend`` / ``PilBackend`` in the bases).
 
-    Backends implement ``_prepare_semask_image(image, index, do_convert_rgb, input_data_format, device)`` (one input
-    -> channels-first array/tensor with 3 channels), ``_prepare_semask_segmentation_map(seg_map, index, device)``
-    (one map -> ``(H, W)`` int64 array/tensor) and ``_preprocess(images, segmentation_maps, ...)`` (resize, rescale,
-    normalize, reduce labels, pad -> `BatchFeature`).
+    Backends implement ``_stack(images) -> float32 (N, C, H, W) batch`` and ``_resize_images(batch, output_size,
+    resample, is_integer)``; ``process_image``, ``convert_to_rgb``, ``rescale_and_normalize`` and ``pad`` are the
+    backends' own (adapted where noted). Model families override ``_resize_steps`` (size rule) and ``_get_pad_size``.
     """
 
-    valid_kwargs = SeMaskImageProcessorKwargs
+    valid_kwargs = SegmentationImageProcessorKwargs
     model_input_names = ["pixel_values"]
 
     do_convert_rgb = True
@@ -446,16 +396,22 @@ class SeMaskImageProcessingMixin:
     do_center_crop = None
     crop_size = None
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.do_resize:
-            validate_size(self.size)
-            self._interpolation_mode(self.resample)  # fail early on an unsupported filter
-
     #: ``{backend: "module.Class"}`` written as this processor's ``auto_map`` entry when it is saved for remote code:
     #: the torchvision classes name both backends (their module imports the PIL twin, so ``save_pretrained`` copies
     #: both modules), the PIL classes only themselves (their module never imports torchvision)
     saved_backends: dict[str, str] = {}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # fail at construction, not at the first call, on a size or filter the pipeline cannot reproduce
+        names = ("do_resize", "size", "resample", "size_divisor")
+        self._validate_preprocess_kwargs(**{name: getattr(self, name, None) for name in names})
+
+    def _validate_preprocess_kwargs(self, do_resize=None, size=None, resample=None, **kwargs):
+        if do_resize:
+            validate_size(size)
+            torch_interpolation_mode(resample)
+        super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, resample=resample, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The processor's settings. Saved for remote code, ``auto_map`` names every saved backend, so that
@@ -490,52 +446,107 @@ class SeMaskImageProcessingMixin:
         """Resized ``(height, width)`` that `preprocess` produces (before padding) for an image of this size."""
         size = self.size if size is None else size
         size = size if isinstance(size, SizeDict) else SizeDict(**dict(size))
-        return round_up_to_multiple(get_output_size(int(height), int(width), size), self.size_divisor)
+        return self._resize_steps([(int(height), int(width))], size, size_divisor=self.size_divisor)[-1][0]
 
-    def _load_image_paths(self, images):
-        """Load the images given as paths/URLs (strings); leave everything else to the input validation."""
-        if isinstance(images, str):
-            return self.fetch_images(images)
-        if isinstance(images, (list, tuple)):
-            return [self._load_image_paths(image) for image in images]
-        return images
+    def _resize_steps(self, input_sizes: list, size: SizeDict, size_divisor: int | None = None, **kwargs) -> list:
+        """Output size of every image after each resize step: the keep-ratio resize, then (with ``size_divisor``) the
+        resize up to a multiple, as mmseg's test pipeline does them."""
+        steps = [[get_output_size(height, width, size) for height, width in input_sizes]]
+        if size_divisor is not None:
+            steps.append([round_up_to_multiple(output_size, size_divisor) for output_size in steps[0]])
+        return steps
+
+    def _get_pad_size(self, output_sizes: list, pad_size: SizeDict | None, **kwargs) -> SizeDict:
+        return get_pad_size(output_sizes, pad_size)
 
     def _preprocess_image_like_inputs(
-        self,
-        images,
-        segmentation_maps=None,
-        do_convert_rgb: bool = True,
-        input_data_format=None,
-        device=None,
-        **kwargs,
+        self, images, segmentation_maps=None, do_convert_rgb=True, input_data_format=None, device=None, **kwargs
     ) -> BatchFeature:
-        if kwargs.get("do_resize"):
-            validate_size(kwargs.get("size"))
-            self._interpolation_mode(kwargs.get("resample"))
+        # Our flattening and per-sample checks, then the base's `process_image` on each sample (see `flatten_images`).
         images = [
-            self._prepare_semask_image(image, index, do_convert_rgb, input_data_format, device)
-            for index, image in enumerate(flatten_images(self._load_image_paths(images)))
+            self.fetch_images(image)
+            if isinstance(image, str)
+            else check_image(image, index, input_data_format, do_convert_rgb)
+            for index, image in enumerate(flatten_images(images))
         ]
+        images = [self.process_image(image, do_convert_rgb, input_data_format, device=device) for image in images]
         if kwargs.get("do_normalize"):
-            channels = [image.shape[0] for image in images]
-            check_channels_for_normalize(channels, kwargs["image_mean"], kwargs["image_std"])
+            check_channels_for_normalize(
+                [image.shape[0] for image in images], kwargs["image_mean"], kwargs["image_std"]
+            )
 
         labels = None
         if segmentation_maps is not None:
             labels = [
-                self._prepare_semask_segmentation_map(seg_map, index, device)
+                self.process_image(
+                    check_segmentation_map(seg_map, index), input_data_format=ChannelDimension.FIRST, device=device
+                )
                 for index, seg_map in enumerate(flatten_segmentation_maps(segmentation_maps))
             ]
             check_segmentation_maps_match(
-                [tuple(image.shape[-2:]) for image in images], [tuple(label.shape[-2:]) for label in labels]
+                [image.shape[-2:] for image in images], [label.shape[-2:] for label in labels]
             )
         return self._preprocess(images, segmentation_maps=labels, **kwargs)
+
+    def _preprocess(
+        self,
+        images: list,
+        segmentation_maps: list | None = None,
+        do_resize: bool = True,
+        size: SizeDict | None = None,
+        resample=None,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean=None,
+        image_std=None,
+        do_reduce_labels: bool = False,
+        do_pad: bool = True,
+        pad_size: SizeDict | None = None,
+        disable_grouping: bool | None = None,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Resize, rescale and normalise channels-first images; reduce, resize and pad their ``(1, H, W)`` int64
+        label maps; pad both to one size. Integer images are resized as uint8 images are (rounded to 0-255)."""
+        input_sizes = [tuple(image.shape[-2:]) for image in images]
+        steps = self._resize_steps(input_sizes, size, **kwargs) if do_resize else []
+        output_sizes = steps[-1] if steps else input_sizes
+        check_stackable(output_sizes, do_pad, return_tensors)
+
+        pixel_values = [None] * len(images)
+        for indices in group_same_shapes(images, disable_grouping):
+            is_integer = not is_floating_point(images[indices[0]])
+            batch = self._stack([images[index] for index in indices])
+            for step in steps:
+                if tuple(batch.shape[-2:]) != step[indices[0]]:
+                    batch = self._resize_images(batch, step[indices[0]], resample, is_integer)
+            batch = self.rescale_and_normalize(batch, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            for position, index in enumerate(indices):
+                pixel_values[index] = batch[position]
+
+        labels = segmentation_maps
+        if labels is not None:
+            labels = [reduce_labels(label) if do_reduce_labels else label for label in labels]
+            for step in steps:
+                labels = [resize_label_map(label, output_size) for label, output_size in zip(labels, step)]
+
+        if do_pad and pixel_values:
+            pad_size = self._get_pad_size(output_sizes, pad_size, **kwargs)
+            pixel_values = self.pad(pixel_values, pad_size=pad_size, fill_value=0.0, disable_grouping=True)
+            if labels is not None:
+                labels = self.pad(labels, pad_size=pad_size, fill_value=IGNORE_INDEX, disable_grouping=True)
+
+        data = {"pixel_values": pixel_values}
+        if labels is not None:
+            data["labels"] = [label[0] for label in labels]
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_semantic_segmentation(
         self, outputs, target_sizes: list[tuple] | None = None, return_segmentation_scores: bool = False
     ):
         """
-        Turn the logits of `SeMaskSwinForSemanticSegmentation` into per-pixel class indices.
+        Turn the logits of a semantic-segmentation model into per-pixel class indices.
 
         Args:
             outputs: model output with a `logits` field of shape `(batch_size, num_labels, height, width)`.
@@ -566,10 +577,8 @@ class SeMaskImageProcessingMixin:
             results = []
             for index in range(len(logits)):
                 height, width = (int(value) for value in target_sizes[index])
-                scores = F.interpolate(logits[index][None], size=(height, width), mode="bilinear", align_corners=False)[
-                    0
-                ]
-                results.append((scores.argmax(dim=0), scores))
+                scores = F.interpolate(logits[index][None], size=(height, width), mode="bilinear", align_corners=False)
+                results.append((scores[0].argmax(dim=0), scores[0]))
         else:
             segmentation = logits.argmax(dim=1)
             results = [(segmentation[index], logits[index]) for index in range(len(logits))]

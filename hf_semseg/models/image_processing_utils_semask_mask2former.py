@@ -1,6 +1,7 @@
-"""Backend-independent pieces of the SeMask Mask2Former image processors.
+"""Backend-independent pieces of the SeMask Mask2Former image processors: size rule, padded size, post-processing.
 
-They reproduce the detectron2 test path of the original SeMask-Mask2Former code, which differs from the SeMask-FPN
+The preprocessing flow is that of the keep-ratio processors (``image_processing_utils_segmentation.py``); these pieces
+reproduce the detectron2 test path of the original SeMask-Mask2Former code, which differs from the SeMask-FPN
 (mmseg) one and from transformers' ``Mask2FormerImageProcessor``:
 
 * resize: detectron2 ``ResizeShortestEdge(short, max_size)`` (shortest edge 640 and longest at most 2560 for the
@@ -19,10 +20,11 @@ import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import SizeDict
 
-from .image_processing_utils_segmentation import SeMaskImageProcessorKwargs, validate_size
+from .image_processing_utils_segmentation import SegmentationImageProcessorKwargs, get_pad_size, validate_size
+from .image_processing_utils_segmentation import get_output_size as get_keep_ratio_processor_output_size
 
 
-class SeMaskMask2FormerImageProcessorKwargs(SeMaskImageProcessorKwargs, total=False):
+class SeMaskMask2FormerImageProcessorKwargs(SegmentationImageProcessorKwargs, total=False):
     r"""
     size_divisibility (`int`, *optional*, defaults to `self.size_divisibility`):
         Images are zero-padded on the right and bottom to a multiple of this (of the batch's largest size); 0 pads
@@ -49,60 +51,39 @@ def get_resize_shortest_edge_output_size(height: int, width: int, shortest_edge:
 
 def get_output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
     """Resized ``(height, width)``: ``{"shortest_edge", "longest_edge"}`` or ``{"shortest_edge"}`` is detectron2's
-    ``ResizeShortestEdge``; ``{"longest_edge"}`` scales the long side to that length; ``{"height", "width"}`` is a
-    fixed size."""
+    ``ResizeShortestEdge``; ``{"longest_edge"}`` and ``{"height", "width"}`` resize as the keep-ratio processors."""
     validate_size(size)
-    if size.height is not None and size.width is not None:
-        return int(size.height), int(size.width)
     if size.shortest_edge is not None:
         longest = int(size.longest_edge) if size.longest_edge is not None else None
         return get_resize_shortest_edge_output_size(height, width, int(size.shortest_edge), longest)
-    scale = int(size.longest_edge) / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def get_padded_size(sizes: list, size_divisibility: int, pad_size: SizeDict | None = None) -> tuple[int, int]:
-    """The size every image of the batch is padded to: ``pad_size`` if given, otherwise the largest height and width
-    rounded up to a multiple of ``size_divisibility`` (detectron2's ``ImageList.from_tensors``)."""
-    max_height = max(int(size[0]) for size in sizes)
-    max_width = max(int(size[1]) for size in sizes)
-    if pad_size is not None and pad_size.height is not None and pad_size.width is not None:
-        if pad_size.height < max_height or pad_size.width < max_width:
-            raise ValueError(
-                f"`pad_size`=({pad_size.height}, {pad_size.width}) is smaller than the largest (resized) image of the "
-                f"batch ({max_height}, {max_width})."
-            )
-        return int(pad_size.height), int(pad_size.width)
-    if size_divisibility and size_divisibility > 0:
-        max_height += -max_height % size_divisibility
-        max_width += -max_width % size_divisibility
-    return max_height, max_width
-
-
-def check_no_size_divisor(size_divisor) -> None:
-    """The SeMask-FPN processors' ``size_divisor`` resizes up to a multiple (stretching), which the original
-    Mask2Former pipeline never does; refuse it rather than silently ignoring it."""
-    if size_divisor:
-        raise ValueError(
-            f"size_divisor={size_divisor!r} (resize up to a multiple) is not part of the SeMask Mask2Former pipeline; "
-            "it zero-pads to a multiple instead: use `size_divisibility`."
-        )
+    return get_keep_ratio_processor_output_size(height, width, size)
 
 
 class SeMaskMask2FormerImageProcessingMixin:
-    """Defaults, size rule, saving and post-processing shared by `SeMaskMask2FormerImageProcessor` and
-    `SeMaskMask2FormerImageProcessorPil` (they sit in front of the SeMask-FPN processors in the MRO and reuse their
-    input handling)."""
+    """Defaults, size rule, padded size and post-processing of `SeMaskMask2FormerImageProcessor` and
+    `SeMaskMask2FormerImageProcessorPil`. They sit in front of the keep-ratio processors in the MRO and reuse their
+    input handling and preprocessing flow (``SegmentationImageProcessingMixin._preprocess``)."""
 
     valid_kwargs = SeMaskMask2FormerImageProcessorKwargs
     size = {"shortest_edge": 640, "longest_edge": 2560}
     size_divisibility = 32
 
-    def get_output_size(self, height: int, width: int, size: dict | SizeDict | None = None) -> tuple[int, int]:
-        """Resized ``(height, width)`` that `preprocess` produces (before padding) for an image of this size."""
-        size = self.size if size is None else size
-        size = size if isinstance(size, SizeDict) else SizeDict(**dict(size))
-        return get_output_size(int(height), int(width), size)
+    def _validate_preprocess_kwargs(self, size_divisor=None, **kwargs):
+        # the keep-ratio processors' `size_divisor` resizes up to a multiple (stretching), which the original
+        # Mask2Former pipeline never does; refuse it rather than silently ignoring it
+        if size_divisor:
+            raise ValueError(
+                f"size_divisor={size_divisor!r} (resize up to a multiple) is not part of the SeMask Mask2Former "
+                "pipeline; it zero-pads to a multiple instead: use `size_divisibility`."
+            )
+        super()._validate_preprocess_kwargs(**kwargs)
+
+    def _resize_steps(self, input_sizes: list, size: SizeDict, **kwargs) -> list:
+        """One resize step: detectron2's ``ResizeShortestEdge`` (see `get_output_size`)."""
+        return [[get_output_size(height, width, size) for height, width in input_sizes]]
+
+    def _get_pad_size(self, output_sizes: list, pad_size: SizeDict | None, size_divisibility=None, **kwargs):
+        return get_pad_size(output_sizes, pad_size, size_divisibility)
 
     def _image_sizes_for(self, target_sizes: list, image_sizes: list | None) -> list | None:
         """The unpadded (resized) size of every image: given, or derived from the original sizes (``target_sizes``)
