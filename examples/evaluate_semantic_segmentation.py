@@ -3,11 +3,12 @@
 
     python examples/evaluate_semantic_segmentation.py --model outputs/semask-demo [--dataset_name NAME] \
         [--split validation] [--mode whole|slide|multi_scale] [--crop_size 512 --stride 341] \
-        [--predictions_dir preds/] [--do_reduce_labels]
+        [--predictions_dir preds/] [--do_reduce_labels [true|false]]
 
-Reports mIoU, mean accuracy, overall accuracy and per-class IoU (streaming, nothing held in memory but the confusion
-matrix). ``--predictions_dir`` writes a colour-coded mask and an overlay PNG per image (with the dataset's palette
-when the classes are a known dataset's, else the demo palette).
+The labels are reduced (label 0 ignored, the others shifted down by one) as the model's saved image processor says,
+unless ``--do_reduce_labels`` is given. Reports mIoU, mean accuracy, overall accuracy and per-class IoU (streaming,
+nothing held in memory but the confusion matrix). ``--predictions_dir`` writes a colour-coded mask and an overlay PNG
+per image (with the dataset's palette when the classes are a known dataset's, else the demo palette).
 """
 
 import argparse
@@ -25,7 +26,8 @@ import hf_semseg  # noqa: F401  (registers the Auto classes)
 from hf_semseg.demo_data import DEMO_PALETTE, colorize
 from hf_semseg.inference import multi_scale_flip_probabilities, sliding_window_logits, whole_image_logits
 from hf_semseg.metrics import MeanIoU
-from hf_semseg.training import load_segmentation_dataset, to_arrays
+from hf_semseg.training import OPTIONAL_FLAG, load_segmentation_dataset, to_arrays
+from hf_semseg.variants import dataset_labels, datasets_with_labels
 
 
 def parse_args(argv=None):
@@ -35,7 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="validation")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--label_column", default="label")
-    parser.add_argument("--do_reduce_labels", action="store_true")
+    parser.add_argument(
+        "--do_reduce_labels", **OPTIONAL_FLAG, help="reduce label 0 (default: as the model's processor)"
+    )
     parser.add_argument("--mode", choices=("whole", "slide", "multi_scale"), default="whole")
     parser.add_argument("--crop_size", type=int, default=512, help="sliding-window crop (slide mode)")
     parser.add_argument("--stride", type=int, default=341, help="sliding-window stride (slide mode)")
@@ -48,8 +52,8 @@ def parse_args(argv=None):
 def palette_for(id2label: dict) -> np.ndarray:
     """The palette of the known dataset with these classes, else the demo palette (cycled)."""
     names = [id2label[i] for i in range(len(id2label))]
-    for dataset in ("ade20k", "cityscapes", "coco-stuff-10k"):
-        labels, palette = hf_semseg.dataset_labels(dataset)
+    for dataset in datasets_with_labels():
+        labels, palette = dataset_labels(dataset)
         if [labels[i] for i in range(len(labels))] == names:
             return np.array(palette, dtype=np.uint8)
     return DEMO_PALETTE[np.arange(len(names)) % len(DEMO_PALETTE)]
@@ -73,15 +77,16 @@ def main(argv=None) -> dict:
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     num_labels = model.config.num_labels
+    reduce_labels = args.do_reduce_labels
+    if reduce_labels is None:  # as the model's own pre-processing
+        reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
     metric = MeanIoU(num_labels)
     palette = palette_for(model.config.id2label)
     if args.predictions_dir:
         args.predictions_dir.mkdir(parents=True, exist_ok=True)
     for index in tqdm(range(len(dataset)), desc=f"evaluating ({args.mode})"):
         sample = dataset[index]
-        image, label = to_arrays(
-            sample[args.image_column], sample[args.label_column], index, num_labels, args.do_reduce_labels
-        )
+        image, label = to_arrays(sample[args.image_column], sample[args.label_column], index, num_labels, reduce_labels)
         pixel_values = processor(image, return_tensors="pt")["pixel_values"].to(model.device)
         with torch.no_grad():
             probabilities = predict_probabilities(model, pixel_values, args)

@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Finetune an hf-semseg (or transformers) segmentation model with transformers' Trainer, with the recipe of the
 papers: random keep-ratio resize (ratio 0.5-2.0), random crop with cat_max_ratio 0.75, flip, photometric distortion,
-padding with 255; AdamW without weight decay on norms and position tables; poly schedule with linear warm-up;
-streaming mIoU evaluation.
+padding with the ignore index; AdamW without weight decay on norms and position tables; poly schedule with linear
+warm-up; streaming mIoU evaluation.
 
     python examples/run_semantic_segmentation.py --output_dir outputs/semask-demo
     python examples/run_semantic_segmentation.py --variant semask-fpn-tiny-ade20k --dataset_name scene_parse_150 \
-        --do_reduce_labels --crop_size 512 --scale 2048 512 --output_dir out --push_to_hub
+        --crop_size 512 --output_dir out --push_to_hub
 
 With no ``--dataset_name`` it trains on the generated demo dataset; with no ``--variant`` / ``--model_name_or_path`` a
-small SeMask-Swin FPN. Any Trainer argument works (``--per_device_train_batch_size``, ``--bf16``, ``--save_strategy
-steps --save_steps N``, ``--resume_from_checkpoint PATH|latest``, ...), and so does ``accelerate launch`` for
+small SeMask-Swin FPN. With ``--variant``, its test scale and label reduction (``hf_semseg.variants``) are the
+defaults of ``--scale`` / ``--do_reduce_labels`` and the saved image processor is its family's (SeMask Mask2Former:
+``SeMaskMask2FormerImageProcessor``); an option given on the command line wins. Any Trainer argument works
+(``--per_device_train_batch_size``, ``--bf16``, ``--save_strategy steps --save_steps N``,
+``--resume_from_checkpoint PATH|latest``, ...), and so does ``accelerate launch`` for
 multi-GPU DDP / FSDP / DeepSpeed (``examples/accelerate_configs/``; ``--sync_batchnorm`` for SyncBN). Every sample's
 augmentation is a function of (seed, epoch, sample index), so resumed and multi-process runs see the augmentations
 of one uninterrupted process.
@@ -27,17 +30,11 @@ import hf_semseg
 from hf_semseg.training import (
     EpochCallback,
     StreamingMeanIoU,
-    build_model,
-    build_processor,
-    convert_sync_batchnorm,
-    load_splits,
-    make_transform,
     pad_collate,
     parameter_groups,
-    resolve_id2label,
+    set_up_run,
     write_predictions,
 )
-from hf_semseg.transforms import SegmentationTrainTransform
 
 
 @dataclass
@@ -61,8 +58,14 @@ class DataArguments:
     label_column: str = "label"
     train_split: str = "train"
     eval_split: str = "validation"
-    do_reduce_labels: bool = False
-    scale: list[int] = field(default_factory=lambda: [224, 160], metadata={"help": "keep-ratio scale (long short)"})
+    do_reduce_labels: bool | None = field(
+        default=None,
+        # a bare --do_reduce_labels is true; "--do_reduce_labels false" overrides a variant's reduction
+        metadata={"help": "reduce label 0 (default: the variant's, else no)", "nargs": "?", "const": True},
+    )
+    scale: list[int] | None = field(
+        default=None, metadata={"help": "keep-ratio scale (long short); default: the variant's, else 224 160"}
+    )
     crop_size: int = 160
     cat_max_ratio: float = 0.75
     max_train_samples: int | None = None
@@ -87,36 +90,8 @@ def main(argv=None, callbacks=None) -> dict:
     training_args.batch_eval_metrics = True
     set_seed(training_args.seed)  # the model's initialisation too, not only the training
 
-    train, evaluation = load_splits(
-        data_args.dataset_name,
-        data_args.train_split,
-        data_args.eval_split,
-        data_args.max_train_samples,
-        data_args.max_eval_samples,
-    )
-    id2label = resolve_id2label(
-        data_args.dataset_name, model_args.model_name_or_path, model_args.variant, model_args.trust_remote_code
-    )
-    model = build_model(
-        id2label,
-        model_args.model_name_or_path,
-        model_args.variant,
-        model_args.trust_remote_code,
-        model_args.config_overrides,
-    )
-    if model_args.sync_batchnorm:
-        model = convert_sync_batchnorm(model, training_args.device)
-    num_labels = model.config.num_labels
-
-    augmentation = SegmentationTrainTransform(
-        scale=tuple(data_args.scale), crop_size=(data_args.crop_size,) * 2, cat_max_ratio=data_args.cat_max_ratio
-    )
-    columns = (data_args.image_column, data_args.label_column, num_labels, data_args.do_reduce_labels)
-    # each sample's augmentation is drawn from (seed, epoch, sample index): the same in resumed and multi-process runs
-    train_transform = make_transform(*columns, augmentation, seed=training_args.seed)
-    train.set_transform(train_transform)
-    eval_transform = make_transform(*columns, None, eval_scale=tuple(data_args.scale))
-    evaluation_with_transform = evaluation.with_transform(eval_transform)
+    run = set_up_run(model_args, data_args, training_args.seed, training_args.device)
+    model = run.model
 
     optimizer = torch.optim.AdamW(
         parameter_groups(model, training_args.weight_decay, model_args.layer_decay, training_args.learning_rate),
@@ -124,17 +99,16 @@ def main(argv=None, callbacks=None) -> dict:
         betas=(training_args.adam_beta1, training_args.adam_beta2),
         eps=training_args.adam_epsilon,
     )
-    processor = build_processor(tuple(data_args.scale), data_args.do_reduce_labels)
     trainer = Trainer(
         model=model,
-        processing_class=processor,
+        processing_class=run.processor,
         args=training_args,
-        train_dataset=train,
-        eval_dataset=evaluation_with_transform,
+        train_dataset=run.train,
+        eval_dataset=run.evaluation_with_transform,
         data_collator=pad_collate,
-        compute_metrics=StreamingMeanIoU(num_labels, model.config.id2label),
+        compute_metrics=StreamingMeanIoU(model.config.num_labels, model.config.id2label),
         optimizers=(optimizer, None),
-        callbacks=[EpochCallback(train_transform), *(callbacks or [])],
+        callbacks=[EpochCallback(run.train_transform), *(callbacks or [])],
     )
     resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)  # "latest": the output_dir's last
@@ -144,8 +118,8 @@ def main(argv=None, callbacks=None) -> dict:
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         write_predictions(
-            trainer.model, evaluation, data_args.image_column, Path(training_args.output_dir) / "predictions",
-            data_args.num_predictions, tuple(data_args.scale),
+            trainer.model, run.evaluation, data_args.image_column, Path(training_args.output_dir) / "predictions",
+            data_args.num_predictions, run.settings.scale,
         )  # fmt: skip
     if training_args.push_to_hub:
         trainer.push_to_hub()

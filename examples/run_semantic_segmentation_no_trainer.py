@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Finetune an hf-semseg (or transformers) segmentation model with an explicit Accelerate loop: the recipe of
 ``run_semantic_segmentation.py`` (random keep-ratio resize, crop with cat_max_ratio, flip, photometric distortion,
-padding with 255; AdamW without weight decay on norms and position tables; poly schedule with linear warm-up) with
-gradient accumulation, mixed precision, checkpoints every N steps and resumption, mIoU summed over all processes.
+padding with the ignore index; AdamW without weight decay on norms and position tables; poly schedule with linear
+warm-up) with gradient accumulation, mixed precision, checkpoints every N steps and resumption, mIoU summed over all
+processes.
 
     python examples/run_semantic_segmentation_no_trainer.py --output_dir outputs/semask-demo-accelerate
     accelerate launch --config_file examples/accelerate_configs/ddp.yaml \
         examples/run_semantic_segmentation_no_trainer.py --variant semask-fpn-tiny-ade20k --dataset_name DATASET \
-        --do_reduce_labels --crop_size 512 --scale 2048 512 --sync_batchnorm --checkpointing_steps 1000 --output_dir out
+        --crop_size 512 --sync_batchnorm --checkpointing_steps 1000 --output_dir out
 
 With no ``--dataset_name`` it trains on the generated demo dataset, with no ``--variant`` / ``--model_name_or_path``
-a small SeMask-Swin FPN; the defaults are the demo recipe of the Trainer script. ``--resume_from_checkpoint latest``
+a small SeMask-Swin FPN; the defaults are the demo recipe of the Trainer script. With ``--variant``, its test scale
+and label reduction are the defaults of ``--scale`` / ``--do_reduce_labels`` and the saved image processor is its
+family's; an option given on the command line wins. ``--resume_from_checkpoint latest``
 continues from the last ``step_N`` folder of ``--output_dir``; a resumed run ends with the weights of an uninterrupted
 one (every sample's augmentation is a function of seed, epoch and sample index; the RNG states are restored).
 """
@@ -31,18 +34,7 @@ from transformers import get_polynomial_decay_schedule_with_warmup
 
 import hf_semseg
 from hf_semseg.metrics import MeanIoU
-from hf_semseg.training import (
-    build_model,
-    build_processor,
-    convert_sync_batchnorm,
-    load_splits,
-    make_transform,
-    pad_collate,
-    parameter_groups,
-    resolve_id2label,
-    write_predictions,
-)
-from hf_semseg.transforms import SegmentationTrainTransform
+from hf_semseg.training import OPTIONAL_FLAG, pad_collate, parameter_groups, set_up_run, write_predictions
 
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
@@ -62,8 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--label_column", default="label")
     data.add_argument("--train_split", default="train")
     data.add_argument("--eval_split", default="validation")
-    data.add_argument("--do_reduce_labels", action="store_true")
-    data.add_argument("--scale", type=int, nargs=2, default=[224, 160], help="keep-ratio scale (long short)")
+    data.add_argument("--do_reduce_labels", **OPTIONAL_FLAG, help="reduce label 0 (default: the variant's, else no)")
+    data.add_argument(
+        "--scale",
+        type=int,
+        nargs=2,
+        default=None,
+        help="keep-ratio scale (long short); default: the variant's, else 224 160",
+    )
     data.add_argument("--crop_size", type=int, default=160)
     data.add_argument("--cat_max_ratio", type=float, default=0.75)
     data.add_argument("--max_train_samples", type=int, default=None)
@@ -176,24 +174,9 @@ def main(argv=None) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)  # the same initial weights on every process
 
-    with accelerator.main_process_first():  # the main process writes the datasets cache first
-        train, evaluation = load_splits(
-            args.dataset_name, args.train_split, args.eval_split, args.max_train_samples, args.max_eval_samples
-        )
-    id2label = resolve_id2label(args.dataset_name, args.model_name_or_path, args.variant, args.trust_remote_code)
-    model = build_model(id2label, args.model_name_or_path, args.variant, args.trust_remote_code, args.config_overrides)
-    if args.sync_batchnorm:
-        model = convert_sync_batchnorm(model, accelerator.device)
+    run = set_up_run(args, args, args.seed, accelerator.device, accelerator.main_process_first)
+    model, train, evaluation = run.model, run.train, run.evaluation
     num_labels = model.config.num_labels
-
-    augmentation = SegmentationTrainTransform(
-        scale=tuple(args.scale), crop_size=(args.crop_size,) * 2, cat_max_ratio=args.cat_max_ratio
-    )
-    columns = (args.image_column, args.label_column, num_labels, args.do_reduce_labels)
-    # each sample's augmentation is drawn from (seed, epoch, sample index): the same in resumed and multi-process runs
-    train_transform = make_transform(*columns, augmentation, seed=args.seed)
-    train.set_transform(train_transform)
-    evaluation_with_transform = evaluation.with_transform(make_transform(*columns, None, eval_scale=tuple(args.scale)))
 
     train_loader = DataLoader(
         train,
@@ -237,7 +220,7 @@ def main(argv=None) -> dict:
     logged_loss, logged_batches = torch.zeros((), device=accelerator.device), 0
     model.train()
     for epoch in range(start_epoch, num_epochs):
-        train_transform.set_epoch(epoch)  # before the loader starts (its workers copy the transform)
+        run.train_transform.set_epoch(epoch)  # before the loader starts (its workers copy the transform)
         train_loader.set_epoch(epoch)  # the shuffling of this epoch
         loader = train_loader
         if epoch == start_epoch and done_in_epoch:
@@ -281,10 +264,10 @@ def main(argv=None) -> dict:
             break
     bar.close()
 
-    result = evaluate(accelerator, model, evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
+    result = evaluate(accelerator, model, run.evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
     metrics = {f"eval_{key}": result[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
     for index, value in enumerate(result["per_category_iou"]):
-        metrics[f"eval_iou_{id2label.get(index, index)}"] = float(value)
+        metrics[f"eval_iou_{run.model.config.id2label.get(index, index)}"] = float(value)
     metrics["epoch"] = progress.completed_steps / steps_per_epoch
     accelerator.print(json.dumps(metrics))
 
@@ -297,7 +280,7 @@ def main(argv=None) -> dict:
         state_dict=accelerator.get_state_dict(model),  # gathered from the shards under FSDP / DeepSpeed
     )
     if accelerator.is_main_process:
-        build_processor(tuple(args.scale), args.do_reduce_labels).save_pretrained(output_dir)
+        run.processor.save_pretrained(output_dir)
         (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         write_predictions(
             unwrapped,
@@ -305,7 +288,7 @@ def main(argv=None) -> dict:
             args.image_column,
             output_dir / "predictions",
             args.num_predictions,
-            tuple(args.scale),
+            run.settings.scale,
         )
         if args.push_to_hub:
             from huggingface_hub import HfApi

@@ -1,9 +1,12 @@
-"""Training helpers shared by the Trainer and the Accelerate example scripts: dataset loading, the original
-augmentation as a ``datasets`` transform (deterministic per sample and epoch), a padding collator, the model, the
-optimizer recipe, a cross-process BatchNorm, a streaming-mIoU ``compute_metrics`` and prediction overlays."""
+"""Training helpers shared by the Trainer and the Accelerate example scripts: dataset loading, the data settings
+(scale, label reduction: the variant's unless given), the original augmentation as a ``datasets`` transform
+(deterministic per sample and epoch), a padding collator, the model and its image processor, the optimizer recipe, a
+cross-process BatchNorm, a streaming-mIoU ``compute_metrics`` and prediction overlays."""
 
 import json
 import math
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from transformers import TrainerCallback
+from transformers.hf_argparser import string_to_bool
 
 from .metrics import MeanIoU
+from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
-from .transforms import IGNORE_INDEX, SegmentationTrainTransform
+from .transforms import SegmentationTrainTransform
 
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -63,6 +68,52 @@ def load_splits(
     if max_eval_samples:
         evaluation = evaluation.select(range(min(max_eval_samples, len(evaluation))))
     return with_sample_index(train), with_sample_index(evaluation)
+
+
+#: keep-ratio scale ``(longest, shortest)`` of the demo recipe (the generated demo images are 224 x 160)
+DEMO_SCALE = (224, 160)
+
+#: ``argparse`` keyword arguments of an optional yes/no option: absent it is None (a default applies), a bare
+#: ``--option`` is true, ``--option false`` is false (to override a default that is true)
+OPTIONAL_FLAG = {"type": string_to_bool, "nargs": "?", "const": True, "default": None}
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """What the data pipeline of a training run needs to know about the model's dataset.
+
+    Attributes:
+        scale: keep-ratio scale ``(longest, shortest)`` of the random resize and of the evaluation resize.
+        reduce_labels: map the annotations' label 0 to the ignore index and shift the others down by one.
+        size_divisor: the test pipeline's resize up to a multiple of this (saved with the image processor).
+    """
+
+    scale: tuple[int, int]
+    reduce_labels: bool
+    size_divisor: int | None = None
+
+
+def resolve_data_settings(
+    variant: str | None, scale: list[int] | tuple[int, int] | None = None, do_reduce_labels: bool | None = None
+) -> DataSettings:
+    """``--scale`` and ``--do_reduce_labels`` as given; where one is not given, the variant's test scale and label
+    reduction (:mod:`hf_semseg.variants`); without a variant, the demo recipe's (:data:`DEMO_SCALE`, no reduction).
+    The size divisor is the variant's."""
+    from .variants import get_variant
+
+    if scale is not None and len(scale) != 2:
+        raise ValueError(f"--scale takes two numbers (long short), got {list(scale)}")
+    if variant is None:
+        return DataSettings(
+            scale=tuple(scale) if scale is not None else DEMO_SCALE,
+            reduce_labels=bool(do_reduce_labels),
+        )
+    record = get_variant(variant)
+    return DataSettings(
+        scale=tuple(scale) if scale is not None else record.test_scale,
+        reduce_labels=record.reduce_labels if do_reduce_labels is None else do_reduce_labels,
+        size_divisor=record.size_divisor,
+    )
 
 
 def resolve_id2label(
@@ -131,13 +182,121 @@ def build_model(
     return SeMaskSwinForSemanticSegmentation(apply_config_overrides(demo_model_config(), config_overrides))
 
 
-def build_processor(scale: tuple[int, int], do_reduce_labels: bool):
-    """The evaluation pre-processing (keep-ratio resize to ``scale``), saved next to the trained model so that
-    ``AutoImageProcessor`` loads it."""
-    from .models.image_processing_keep_ratio import KeepRatioImageProcessor
+def build_processor(
+    scale: tuple[int, int], do_reduce_labels: bool, family: str | None = None, size_divisor: int | None = None
+):
+    """The evaluation pre-processing, saved next to the trained model so that ``AutoImageProcessor`` loads it: the
+    image processor class of the model's ``family`` (its config's ``model_type``; the keep-ratio resize, or
+    detectron2's ``ResizeShortestEdge`` for SeMask Mask2Former) bounded by ``scale``, then resized up to a multiple of
+    ``size_divisor`` when given."""
+    from .variants import image_processor_class
 
-    return KeepRatioImageProcessor(
-        size={"longest_edge": max(scale), "shortest_edge": min(scale)}, do_reduce_labels=do_reduce_labels
+    kwargs = {"size": {"longest_edge": max(scale), "shortest_edge": min(scale)}, "do_reduce_labels": do_reduce_labels}
+    if size_divisor is not None:
+        kwargs["size_divisor"] = size_divisor
+    return image_processor_class(family or "")(**kwargs)
+
+
+def build_transforms(
+    image_column: str,
+    label_column: str,
+    num_labels: int,
+    settings: DataSettings,
+    crop_size: int,
+    cat_max_ratio: float,
+    seed: int,
+) -> tuple["SegmentationDatasetTransform", "SegmentationDatasetTransform"]:
+    """``(training transform, evaluation transform)`` of the recipe: random keep-ratio resize around
+    ``settings.scale``, ``crop_size`` square crop with ``cat_max_ratio``, flip and photometric distortion, each
+    sample's augmentation drawn from (seed, epoch, sample index), so the same in resumed and multi-process runs; the
+    evaluation samples keep-ratio resized to ``settings.scale``."""
+    augmentation = SegmentationTrainTransform(
+        scale=settings.scale, crop_size=(crop_size, crop_size), cat_max_ratio=cat_max_ratio
+    )
+    columns = (image_column, label_column, num_labels, settings.reduce_labels)
+    return (
+        make_transform(*columns, augmentation, seed=seed),
+        make_transform(*columns, None, eval_scale=settings.scale),
+    )
+
+
+@dataclass
+class RunSetup:
+    """The model and data of a finetuning run (:func:`set_up_run`).
+
+    Attributes:
+        model: the model to train (with cross-process BatchNorm when asked).
+        settings: scale and label reduction of the data (:func:`resolve_data_settings`).
+        train: the training split, its transform set to ``train_transform``.
+        train_transform: the augmentation; call its ``set_epoch`` before each epoch.
+        evaluation: the evaluation split as loaded (for prediction overlays).
+        evaluation_with_transform: the evaluation split, keep-ratio resized to the scale.
+        processor: the evaluation pre-processing to save next to the model (:func:`build_processor`).
+    """
+
+    model: nn.Module
+    settings: DataSettings
+    train: object
+    train_transform: "SegmentationDatasetTransform"
+    evaluation: object
+    evaluation_with_transform: object
+    processor: object
+
+
+def set_up_run(model_options, data_options, seed: int, device, main_process_first=nullcontext) -> RunSetup:
+    """The model and data of a run of the example scripts, from their options.
+
+    ``model_options`` has ``model_name_or_path``, ``variant``, ``trust_remote_code``, ``config_overrides`` and
+    ``sync_batchnorm``; ``data_options`` has ``dataset_name``, ``train_split``, ``eval_split``, ``max_train_samples``,
+    ``max_eval_samples``, ``image_column``, ``label_column``, ``scale``, ``do_reduce_labels``, ``crop_size`` and
+    ``cat_max_ratio`` (the Trainer script's dataclasses or the Accelerate script's namespace). The datasets are loaded
+    inside ``main_process_first()`` (the main process writes the datasets cache first). Call it after seeding: the
+    model is initialised here.
+    """
+    with main_process_first():
+        train, evaluation = load_splits(
+            data_options.dataset_name,
+            data_options.train_split,
+            data_options.eval_split,
+            data_options.max_train_samples,
+            data_options.max_eval_samples,
+        )
+    id2label = resolve_id2label(
+        data_options.dataset_name,
+        model_options.model_name_or_path,
+        model_options.variant,
+        model_options.trust_remote_code,
+    )
+    model = build_model(
+        id2label,
+        model_options.model_name_or_path,
+        model_options.variant,
+        model_options.trust_remote_code,
+        model_options.config_overrides,
+    )
+    if model_options.sync_batchnorm:
+        model = convert_sync_batchnorm(model, device)
+    settings = resolve_data_settings(model_options.variant, data_options.scale, data_options.do_reduce_labels)
+    train_transform, eval_transform = build_transforms(
+        data_options.image_column,
+        data_options.label_column,
+        model.config.num_labels,
+        settings,
+        data_options.crop_size,
+        data_options.cat_max_ratio,
+        seed,
+    )
+    train.set_transform(train_transform)
+    return RunSetup(
+        model=model,
+        settings=settings,
+        train=train,
+        train_transform=train_transform,
+        evaluation=evaluation,
+        evaluation_with_transform=evaluation.with_transform(eval_transform),
+        processor=build_processor(
+            settings.scale, settings.reduce_labels, model.config.model_type, settings.size_divisor
+        ),
     )
 
 
@@ -158,7 +317,9 @@ def to_arrays(image, label, index, num_labels: int, reduce_labels: bool) -> tupl
         label = reduce_zero_label(label)
     bad = np.unique(label[(label != IGNORE_INDEX) & ((label < 0) | (label >= num_labels))])
     if bad.size:
-        raise ValueError(f"sample {index}: label values {bad[:10].tolist()} are outside [0, {num_labels}) and 255")
+        raise ValueError(
+            f"sample {index}: label values {bad[:10].tolist()} are outside [0, {num_labels}) and {IGNORE_INDEX}"
+        )
     return image, label
 
 
@@ -236,19 +397,8 @@ class SegmentationDatasetTransform:
         return {"pixel_values": pixel_values, "labels": labels}
 
 
-def make_transform(
-    image_column: str,
-    label_column: str,
-    num_labels: int,
-    reduce_labels: bool,
-    augmentation: SegmentationTrainTransform | None,
-    seed: int = 0,
-    eval_scale: tuple[int, int] | None = None,
-) -> SegmentationDatasetTransform:
-    """See :class:`SegmentationDatasetTransform`."""
-    return SegmentationDatasetTransform(
-        image_column, label_column, num_labels, reduce_labels, augmentation, seed, eval_scale
-    )
+#: builds a :class:`SegmentationDatasetTransform` (the name the scripts and tests use)
+make_transform = SegmentationDatasetTransform
 
 
 class EpochCallback(TrainerCallback):
@@ -270,7 +420,8 @@ class EpochCallback(TrainerCallback):
 
 
 def pad_collate(samples: list[dict]) -> dict:
-    """Stacks samples, padding pixels with 0 and labels with 255 on the right/bottom to the largest size."""
+    """Stacks samples, padding pixels with 0 and labels with the ignore index on the right/bottom to the largest
+    size."""
     height = max(s["pixel_values"].shape[-2] for s in samples)
     width = max(s["pixel_values"].shape[-1] for s in samples)
 

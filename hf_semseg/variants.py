@@ -1,8 +1,13 @@
-"""Package-wide registry of named model variants (the released models of every family).
+"""Package-wide registry of named model variants (the released models of every family) and of their datasets: the
+one place for every fact about a released model that is not in its weights.
 
 ``list_variants()`` returns the names, ``variant_config(name)`` a fresh full model config, ``get_variant(name)`` the
-record with the dataset, the test-time scale and the paper's reported numbers. Families add their variants with
-:func:`register_variant`.
+record: dataset, test-time scale, size divisor, label reduction, the settings a converter cannot read from the
+weights (VWFormer attention heads and short-cut, the SeMask semantic window) and the paper's reported numbers.
+:data:`DATASETS` holds the facts of each dataset (display name, Hub dataset id, classes, label reduction, base test
+scale). The converters, the model cards, :func:`variant_image_processor` and the training scripts read them from
+here. Families add their variants with :func:`register_variant`; :func:`find_variant` tells which registered variant
+a config builds (the exact architecture).
 """
 
 import json
@@ -14,31 +19,128 @@ from importlib import resources
 from transformers import PreTrainedConfig
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The facts of a dataset that every model trained on it shares.
+
+    Attributes:
+        key: registry key (``"ade20k"``); also the key of :func:`dataset_labels` when the dataset has class names there.
+        name: display name (``"ADE20K"``).
+        hub_id: Hub dataset id, for the ``datasets:`` field of a model card.
+        num_labels: classes after label reduction.
+        reduce_labels: whether the annotations' label 0 is "other", mapped to the ignore index and the other labels
+            shifted down by one (mmseg ``reduce_zero_label``).
+        test_scale: keep-ratio test resize bound ``(longest_edge, shortest_edge)`` of the dataset's base config (a
+            variant's own config may use another one).
+    """
+
+    key: str
+    name: str
+    hub_id: str
+    num_labels: int
+    reduce_labels: bool
+    test_scale: tuple[int, int]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "ade20k": DatasetInfo("ade20k", "ADE20K", "scene_parse_150", 150, True, (2048, 512)),
+    "cityscapes": DatasetInfo("cityscapes", "Cityscapes", "cityscapes", 19, False, (2048, 1024)),
+    "coco-stuff-10k": DatasetInfo("coco-stuff-10k", "COCO-Stuff-10k", "coco_stuff", 171, True, (2048, 512)),
+    "imagenet-1k": DatasetInfo("imagenet-1k", "ImageNet-1k", "ILSVRC/imagenet-1k", 1000, False, (224, 224)),
+}
+
+
+def get_dataset(key: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``key``."""
+    if key not in DATASETS:
+        raise KeyError(f"unknown dataset {key!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[key]
+
+
+def dataset_with_num_labels(num_labels: int) -> str | None:
+    """The key of the one known dataset with ``num_labels`` classes, or None. A guess: use it only where no variant
+    tells the dataset."""
+    keys = [key for key, dataset in DATASETS.items() if dataset.num_labels == num_labels]
+    return keys[0] if len(keys) == 1 else None
+
+
+@cache
+def _labels_file() -> dict:
+    return json.loads(resources.files("hf_semseg.data").joinpath("dataset_labels.json").read_text())
+
+
+def dataset_labels(dataset: str) -> tuple[dict[int, str], list[list[int]]]:
+    """``(id2label, palette)`` of a known dataset (class names and colours of mmsegmentation's dataset classes)."""
+    table = _labels_file()
+    if dataset not in table:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(table)}")
+    entry = table[dataset]
+    return dict(enumerate(entry["classes"])), entry["palette"]
+
+
+def datasets_with_labels() -> list[str]:
+    """Keys of the datasets whose class names and palette :func:`dataset_labels` knows."""
+    return [key for key in DATASETS if key in _labels_file()]
+
+
+def _labels_config_kwargs(dataset: str) -> dict:
+    """``id2label`` / ``label2id`` of a dataset with class names, as config keyword arguments."""
+    id2label, _ = dataset_labels(dataset)
+    return {"id2label": id2label, "label2id": {label: index for index, label in id2label.items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Variants
+# ----------------------------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Variant:
     """A named released model.
 
     Attributes:
         name: registry name, e.g. ``"semask-fpn-tiny-ade20k"``.
-        family: model family (``"semask_swin"``, ...).
-        dataset: dataset key of :func:`dataset_labels` (``"ade20k"``, ``"cityscapes"``, ``"coco-stuff-10k"``).
+        family: model family, the ``model_type`` of its config (``"semask_swin"``, ``"vwformer"``, ...).
+        dataset: key of :data:`DATASETS` (``"ade20k"``, ``"cityscapes"``, ``"coco-stuff-10k"``, ``"imagenet-1k"``).
         make_config: builds the full model config.
-        test_scale: keep-ratio test resize bound ``(longest_edge, shortest_edge)``.
+        test_scale: keep-ratio test resize bound ``(longest_edge, shortest_edge)``; defaults to the dataset's.
         crop_size: training crop ``(height, width)``.
-        reduce_labels: whether the dataset's label 0 is "other" and mapped to the ignore index.
+        reduce_labels: whether the dataset's label 0 is "other" and mapped to the ignore index; defaults to the
+            dataset's.
         reported: the paper/README numbers (mIoU single-scale, mIoU multi-scale+flip, params in M).
         size_divisor: after the keep-ratio resize, resize up to a multiple of this (mmseg ``ResizeToMultiple``).
+        num_attention_heads: VWFormer: attention heads of the decode head (not in the weights).
+        use_short_cut: VWFormer: the decode head's short-cut (not in the weights).
+        semantic_window_size: SeMask backbones: window of the semantic attention (not in the weights).
     """
 
     name: str
     family: str
     dataset: str
     make_config: Callable[[], PreTrainedConfig]
-    test_scale: tuple[int, int]
     crop_size: tuple[int, int]
-    reduce_labels: bool
+    test_scale: tuple[int, int] | None = None
+    reduce_labels: bool | None = None
     reported: dict = field(default_factory=dict)
     size_divisor: int | None = None
+    num_attention_heads: int | None = None
+    use_short_cut: bool | None = None
+    semantic_window_size: int | None = None
+
+    def __post_init__(self):
+        if self.test_scale is None:
+            object.__setattr__(self, "test_scale", get_dataset(self.dataset).test_scale)
+        if self.reduce_labels is None:
+            object.__setattr__(self, "reduce_labels", get_dataset(self.dataset).reduce_labels)
+
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        return get_dataset(self.dataset)
 
 
 _REGISTRY: dict[str, Variant] = {}
@@ -66,42 +168,93 @@ def variant_config(name: str) -> PreTrainedConfig:
     return get_variant(name).make_config()
 
 
-def variant_image_processor(name: str, backend: str = "torchvision"):
-    """The image processor of the named variant: its test-time keep-ratio scale and label reduction
-    (``backend="pil"`` for the PIL/NumPy twin)."""
+def shared_variant_value(family: str, dataset: str, attribute: str):
+    """The value of ``attribute`` that every registered variant of ``family`` on ``dataset`` has; None when there is
+    no such variant or they differ (what the registry can tell about an unregistered model of that family and
+    dataset)."""
+    values = {
+        getattr(get_variant(name), attribute) for name in list_variants(family) if get_variant(name).dataset == dataset
+    }
+    return values.pop() if len(values) == 1 else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image processors and matching
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def image_processor_class(family: str, backend: str = "torchvision"):
+    """The image processor class registered for ``family`` (a config ``model_type``) with ``AutoImageProcessor``
+    (``backend`` ``"torchvision"`` or ``"pil"``); the keep-ratio processor for a family this package does not
+    register (transformers' own models)."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+
     from .models.image_processing_keep_ratio import KeepRatioImageProcessor
     from .models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
 
-    variant = get_variant(name)
-    longest, shortest = variant.test_scale
-    if variant.family == "semask_mask2former":  # detectron2 pipeline: ResizeShortestEdge, zero padding to 32
-        from .models.image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil
-        from .models.image_processing_semask_mask2former import SeMaskMask2FormerImageProcessor
+    if backend not in ("torchvision", "pil"):
+        raise ValueError(f"backend must be 'torchvision' or 'pil', got {backend!r}")
+    families = {variant.family for variant in _REGISTRY.values()}
+    if family in families and family in CONFIG_MAPPING:
+        return IMAGE_PROCESSOR_MAPPING[CONFIG_MAPPING[family]][backend]
+    return KeepRatioImageProcessorPil if backend == "pil" else KeepRatioImageProcessor
 
-        processor_class = SeMaskMask2FormerImageProcessorPil if backend == "pil" else SeMaskMask2FormerImageProcessor
-        size = {"shortest_edge": shortest, "longest_edge": longest}
-        return processor_class(size=size, do_reduce_labels=variant.reduce_labels)
-    processor_class = KeepRatioImageProcessorPil if backend == "pil" else KeepRatioImageProcessor
+
+def variant_image_processor(
+    name: str,
+    backend: str = "torchvision",
+    test_scale: tuple[int, int] | None = None,
+    reduce_labels: bool | None = None,
+):
+    """The image processor of the named variant: its family's processor class (keep-ratio resize; detectron2's
+    ``ResizeShortestEdge`` for SeMask Mask2Former) with the variant's test scale, size divisor and label reduction
+    (``backend="pil"`` for the PIL/NumPy twin); a square scale (the classification variants') is a fixed-size resize.
+    ``test_scale`` ``(longest, shortest)`` and ``reduce_labels`` replace the variant's values when given (a model
+    finetuned at another scale or on other annotations)."""
+    variant = get_variant(name)
+    longest, shortest = max(test_scale or variant.test_scale), min(test_scale or variant.test_scale)
     size = (
         {"height": longest, "width": shortest}
         if longest == shortest
         else {"longest_edge": longest, "shortest_edge": shortest}
     )
-    return processor_class(size=size, do_reduce_labels=variant.reduce_labels, size_divisor=variant.size_divisor)
+    kwargs = {"size": size, "do_reduce_labels": variant.reduce_labels if reduce_labels is None else reduce_labels}
+    if variant.size_divisor is not None:
+        kwargs["size_divisor"] = variant.size_divisor
+    return image_processor_class(variant.family, backend)(**kwargs)
+
+
+def _weight_shapes(config: PreTrainedConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the parameters and buffers of the segmentation model ``config`` builds (on the meta
+    device: no memory)."""
+    import torch
+    from transformers import AutoModelForSemanticSegmentation
+
+    with torch.device("meta"):
+        model = AutoModelForSemanticSegmentation.from_config(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 @cache
-def _labels_file() -> dict:
-    return json.loads(resources.files("hf_semseg.data").joinpath("dataset_labels.json").read_text())
+def _variant_weight_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    return _weight_shapes(variant_config(name))
 
 
-def dataset_labels(dataset: str) -> tuple[dict[int, str], list[list[int]]]:
-    """``(id2label, palette)`` of a known dataset (class names and colours of mmsegmentation's dataset classes)."""
-    table = _labels_file()
-    if dataset not in table:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(table)}")
-    entry = table[dataset]
-    return dict(enumerate(entry["classes"])), entry["palette"]
+def find_variant(config: PreTrainedConfig) -> str | None:
+    """The registered variant with exactly the architecture of ``config``: of its family (``model_type``), trained on
+    a dataset with ``config.num_labels`` classes, and whose model has the same weights (names and shapes) as the
+    model ``config`` builds. None when no variant, or more than one, has them."""
+    candidates = [
+        name
+        for name in list_variants(config.model_type)
+        if get_variant(name).dataset_info.num_labels == config.num_labels
+    ]
+    if not candidates:
+        return None
+    shapes = _weight_shapes(config)
+    matches = [name for name in candidates if _variant_weight_shapes(name) == shapes]
+    return matches[0] if len(matches) == 1 else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,7 +262,7 @@ def dataset_labels(dataset: str) -> tuple[dict[int, str], list[list[int]]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 _SEMASK_SIZES = {
-    # size: (embed_dim, depths, heads, window)
+    # size: (embed_dim, depths, heads, window = semantic window in every released config)
     "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7),
     "small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7),
     "base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 12),
@@ -138,7 +291,6 @@ def semask_fpn_config(size: str, dataset: str):
     from .models.configuration_semask_swin import SeMaskSwinConfig
 
     embed_dim, depths, heads, window = _SEMASK_SIZES[size]
-    id2label, _ = dataset_labels(dataset)
     # OHEM in the released ADE20K-L and every COCO-Stuff-10k config
     use_ohem = dataset == "coco-stuff-10k" or (dataset == "ade20k" and size == "large")
     return SeMaskSwinConfig(
@@ -149,19 +301,22 @@ def semask_fpn_config(size: str, dataset: str):
         semantic_window_size=window,
         drop_path_rate=0.3,
         use_ohem=use_ohem,
-        id2label=id2label,
-        label2id={label: i for i, label in id2label.items()},
+        **_labels_config_kwargs(dataset),
     )
+
+
+def _semask_fpn_pipeline(dataset: str, size: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(test scale, crop) of a released SeMask-FPN config."""
+    if dataset == "cityscapes":
+        return get_dataset(dataset).test_scale, (768, 768)
+    if size == "large":  # the 640 configs
+        return (2560, 640), (640, 640)
+    return get_dataset(dataset).test_scale, (512, 512)
 
 
 def _register_semask_fpn() -> None:
     for (dataset, size), (miou, miou_ms, params) in _SEMASK_REPORTED.items():
-        if dataset == "cityscapes":
-            test_scale, crop = (2048, 1024), (768, 768)
-        elif size == "large":
-            test_scale, crop = (2560, 640), (640, 640)
-        else:
-            test_scale, crop = (2048, 512), (512, 512)
+        test_scale, crop = _semask_fpn_pipeline(dataset, size)
         register_variant(
             Variant(
                 name=f"semask-fpn-{size}-{dataset}",
@@ -170,8 +325,8 @@ def _register_semask_fpn() -> None:
                 make_config=lambda size=size, dataset=dataset: semask_fpn_config(size, dataset),
                 test_scale=test_scale,
                 crop_size=crop,
-                reduce_labels=dataset != "cityscapes",
                 reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},
+                semantic_window_size=_SEMASK_SIZES[size][3],
             )
         )
 
@@ -209,16 +364,15 @@ def pale_config(size: str, num_labels: int = 1000, id2label: dict | None = None)
 
 
 def _register_pale() -> None:
+    classes = get_dataset("imagenet-1k").num_labels
     for size, (_, _, _, top1, params, gflops) in _PALE_SIZES.items():
         register_variant(
             Variant(
                 name=f"pale-{size}",
                 family="pale",
                 dataset="imagenet-1k",
-                make_config=lambda size=size: pale_config(size),
-                test_scale=(224, 224),
+                make_config=lambda size=size: pale_config(size, num_labels=classes),
                 crop_size=(224, 224),
-                reduce_labels=False,
                 reported={"top1": top1, "params_M": params, "GFLOPs_224": gflops, "weights": None},
             )
         )
@@ -228,9 +382,7 @@ def _register_pale() -> None:
                 family="pale",
                 dataset="ade20k",
                 make_config=lambda size=size: pale_config(size, id2label=dataset_labels("ade20k")[0]),
-                test_scale=(2048, 512),
                 crop_size=(512, 512),
-                reduce_labels=True,
                 reported={"weights": None},
             )
         )
@@ -244,9 +396,9 @@ _register_pale()
 # ----------------------------------------------------------------------------------------------------------------
 
 _VWFORMER_SWIN = {
-    # size: (embed_dim, heads, use_short_cut)
-    "base": (128, (4, 8, 16, 32), True),
-    "large": (192, (6, 12, 24, 48), False),
+    # size: (embed_dim, heads)
+    "base": (128, (4, 8, 16, 32)),
+    "large": (192, (6, 12, 24, 48)),
 }
 _VWFORMER_CONVNEXT = {
     # size: (depths, hidden sizes)
@@ -256,6 +408,26 @@ _VWFORMER_CONVNEXT = {
     "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
     "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
 }
+# The decode head of each released config. Heads and short-cut are not in the weights. The ADE20K models use the
+# ``vw`` head, except ConvNeXt-S whose released config (a copy of the Cityscapes one) uses the ``vw_city`` head, like
+# every Cityscapes model.
+_VWFORMER_HEADS = {
+    # (backbone, size, dataset): (head type, attention heads, short-cut)
+    ("swin", "base", "ade20k"): ("vw", 1, True),
+    ("swin", "large", "ade20k"): ("vw", 1, False),
+    ("convnext", "tiny", "ade20k"): ("vw", 1, True),
+    ("convnext", "small", "ade20k"): ("vw_city", 16, False),
+    ("convnext", "base", "ade20k"): ("vw", 1, True),
+    ("convnext", "large", "ade20k"): ("vw", 1, True),
+    ("convnext", "xlarge", "ade20k"): ("vw", 1, True),
+    ("convnext", "tiny", "cityscapes"): ("vw_city", 16, False),
+    ("convnext", "small", "cityscapes"): ("vw_city", 16, False),
+    ("convnext", "base", "cityscapes"): ("vw_city", 16, False),
+    ("convnext", "large", "cityscapes"): ("vw_city", 16, False),
+    ("convnext", "xlarge", "cityscapes"): ("vw_city", 16, False),
+}
+#: MiT (SegFormer) attention heads per stage, not in the weights: the same in every MiT-B0..B5
+MIT_ATTENTION_HEADS = (1, 2, 5, 8)
 _VWFORMER_REPORTED = {
     # (backbone, size, dataset): (mIoU, mIoU ms+flip, params M of the original model)
     ("swin", "base", "ade20k"): (52.5, 53.5, 94.74),
@@ -274,15 +446,14 @@ _VWFORMER_REPORTED = {
 
 
 def vwformer_config(backbone: str, size: str, dataset: str):
-    """The config of a released VWFormer model. The ADE20K models use the ``vw`` head, except ConvNeXt-S whose
-    released config (a copy of the Cityscapes one) uses the ``vw_city`` head, like every Cityscapes model."""
+    """The config of a released VWFormer model (its head: :data:`_VWFORMER_HEADS`)."""
     from transformers import ConvNextConfig, SwinConfig
 
     from .models.configuration_vwformer import VWFormerConfig
 
     stages = ["stage1", "stage2", "stage3", "stage4"]
     if backbone == "swin":
-        embed_dim, heads, short_cut = _VWFORMER_SWIN[size]
+        embed_dim, heads = _VWFORMER_SWIN[size]
         backbone_config = SwinConfig(
             image_size=384,
             embed_dim=embed_dim,
@@ -294,7 +465,6 @@ def vwformer_config(backbone: str, size: str, dataset: str):
         )
     else:
         depths, hidden_sizes = _VWFORMER_CONVNEXT[size]
-        short_cut = True
         backbone_config = ConvNextConfig(
             depths=list(depths),
             hidden_sizes=list(hidden_sizes),
@@ -302,26 +472,29 @@ def vwformer_config(backbone: str, size: str, dataset: str):
             drop_path_rate=0.4,
             out_features=stages,
         )
-    city_head = dataset == "cityscapes" or (backbone, size) == ("convnext", "small")
-    id2label, _ = dataset_labels(dataset)
+    head_type, num_heads, short_cut = _VWFORMER_HEADS[(backbone, size, dataset)]
     return VWFormerConfig(
         backbone_config=backbone_config,
-        head_type="vw_city" if city_head else "vw",
-        num_attention_heads=16 if city_head else 1,
-        use_short_cut=False if city_head else short_cut,
-        id2label=id2label,
-        label2id={label: i for i, label in id2label.items()},
+        head_type=head_type,
+        num_attention_heads=num_heads,
+        use_short_cut=short_cut,
+        **_labels_config_kwargs(dataset),
     )
+
+
+def _vwformer_pipeline(dataset: str, size: str) -> tuple[tuple[int, int], tuple[int, int], int | None]:
+    """(test scale, crop, size divisor) of a released VWFormer config."""
+    if dataset == "cityscapes":
+        return get_dataset(dataset).test_scale, (512, 1024), None
+    if size in ("tiny", "small"):
+        return get_dataset(dataset).test_scale, (512, 512), 64
+    return (2560, 640), (640, 640), 64  # the 640 configs
 
 
 def _register_vwformer() -> None:
     for (backbone, size, dataset), (miou, miou_ms, params) in _VWFORMER_REPORTED.items():
-        if dataset == "cityscapes":
-            test_scale, crop, divisor = (2048, 1024), (512, 1024), None
-        elif size in ("tiny", "small"):
-            test_scale, crop, divisor = (2048, 512), (512, 512), 64
-        else:
-            test_scale, crop, divisor = (2560, 640), (640, 640), 64
+        test_scale, crop, divisor = _vwformer_pipeline(dataset, size)
+        _, num_heads, short_cut = _VWFORMER_HEADS[(backbone, size, dataset)]
         register_variant(
             Variant(
                 name=f"vwformer-{backbone}-{size}-{dataset}",
@@ -330,9 +503,10 @@ def _register_vwformer() -> None:
                 make_config=lambda b=backbone, s=size, d=dataset: vwformer_config(b, s, d),
                 test_scale=test_scale,
                 crop_size=crop,
-                reduce_labels=dataset != "cityscapes",
                 reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},
                 size_divisor=divisor,
+                num_attention_heads=num_heads,
+                use_short_cut=short_cut,
             )
         )
 
@@ -344,17 +518,21 @@ _register_vwformer()
 # SeMask-L Mask2Former (Jain et al. 2021; SeMask-Mask2Former README). detectron2 checkpoints, SeMask Swin-L backbone.
 # ----------------------------------------------------------------------------------------------------------------
 
-# dataset: (classes, semantic window, test (longest, shortest), crop, mIoU, mIoU ms+flip, params M counted from the
-# original code)
+#: ``MODEL.SWIN.SEM_WINDOW_SIZE`` of the SeMask-Mask2Former code when the yaml does not set it (``add_swin_config``)
+SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW = 7
+
+# dataset: (semantic window, test (longest, shortest), crop, mIoU, mIoU ms+flip, params M counted from the original
+# code). ADE20K: the 640 config, semantic window 12; Cityscapes: the dataset's scale, the yaml sets no semantic window.
 _SEMASK_MASK2FORMER = {
-    "ade20k": (150, 12, (2560, 640), (640, 640), 56.41, 57.52, 222.63),
-    "cityscapes": (19, 7, (2048, 1024), (512, 1024), 83.97, 84.98, 221.84),
+    "ade20k": (12, (2560, 640), (640, 640), 56.41, 57.52, 222.63),
+    "cityscapes": (SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW, None, (512, 1024), 83.97, 84.98, 221.84),
 }
 
 
 def semask_mask2former_config(dataset: str):
-    """The config of a released SeMask-L Mask2Former model (ADE20K: last stage global semantic attention, semantic
-    window 12; Cityscapes: all windowed, semantic window 7 - detectron2's default, the yaml does not set it)."""
+    """The config of a released SeMask-L Mask2Former model. The semantic attention of each stage follows the
+    SeMask-Mask2Former code's rule (``semask_mask2former_semantic_attention_types``: ADE20K's last stage attends
+    globally); the semantic window is the released config's."""
     from .models.configuration_semask_mask2former import (
         SEMASK_SWIN_LARGE,
         SeMaskMask2FormerConfig,
@@ -362,19 +540,17 @@ def semask_mask2former_config(dataset: str):
     )
     from .models.configuration_semask_swin import SeMaskSwinConfig
 
-    num_labels, semantic_window, *_ = _SEMASK_MASK2FORMER[dataset]
-    id2label, _ = dataset_labels(dataset)
+    semantic_window = _SEMASK_MASK2FORMER[dataset][0]
+    labels = _labels_config_kwargs(dataset)
     backbone = SeMaskSwinConfig(
         **dict(SEMASK_SWIN_LARGE, semantic_window_size=semantic_window),
-        semantic_attention_types=semask_mask2former_semantic_attention_types(num_labels),
+        semantic_attention_types=semask_mask2former_semantic_attention_types(len(labels["id2label"])),
     )
-    return SeMaskMask2FormerConfig(
-        backbone_config=backbone, id2label=id2label, label2id={label: i for i, label in id2label.items()}
-    )
+    return SeMaskMask2FormerConfig(backbone_config=backbone, **labels)
 
 
 def _register_semask_mask2former() -> None:
-    for dataset, (_, _, test_scale, crop, miou, miou_ms, params) in _SEMASK_MASK2FORMER.items():
+    for dataset, (semantic_window, test_scale, crop, miou, miou_ms, params) in _SEMASK_MASK2FORMER.items():
         register_variant(
             Variant(
                 name=f"semask-mask2former-large-{dataset}",
@@ -383,8 +559,8 @@ def _register_semask_mask2former() -> None:
                 make_config=lambda dataset=dataset: semask_mask2former_config(dataset),
                 test_scale=test_scale,
                 crop_size=crop,
-                reduce_labels=dataset != "cityscapes",
                 reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},
+                semantic_window_size=semantic_window,
             )
         )
 

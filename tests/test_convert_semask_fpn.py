@@ -1,46 +1,43 @@
 import json
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_helpers import key_list_state_dict, run_script
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg  # noqa: F401  (registers the Auto classes)
+from hf_semseg.conversion import semask_fpn
+from hf_semseg.conversion.common import CheckpointError, Conversion, build_image_processor, check_against_model
+from hf_semseg.conversion.model_card import semask_fpn_card_fields
 from hf_semseg.conversion.semask_fpn import (
-    CheckpointError,
-    check_against_model,
     convert_checkpoint,
     convert_state_dict,
     infer_config,
+    infer_config_and_variant,
     load_original_checkpoint,
 )
-from hf_semseg.models.modeling_semask_swin import (
-    SeMaskSwinForSemanticSegmentation,
-    relative_position_index,
-)
+from hf_semseg.models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
 
 from conftest import REPO_ROOT, fixture_dir
 
 
 SCRIPT = REPO_ROOT / "conversion" / "convert_semask_fpn_to_hf.py"
 
-# released variant -> (params in M counted from the original code, semantic attention per stage)
-KEY_LISTS = {
-    "fpn_ade20k_tiny": (34.66, "WWGG"),
-    "fpn_ade20k_small": (55.97, "WWGG"),
-    "fpn_ade20k_base": (96.49, "WWWW"),
-    "fpn_ade20k_large": (210.79, "WWGG"),
-    "fpn_cityscapes_tiny": (34.24, "WWWW"),
-    "fpn_cityscapes_small": (55.56, "WWWW"),
-    "fpn_cityscapes_base": (95.95, "WWWW"),
-    "fpn_cityscapes_large": (210.00, "WWWW"),
-    "fpn_coco10k_tiny": (34.72, "WWGG"),
-    "fpn_coco10k_small": (56.04, "WWGG"),
-    "fpn_coco10k_base": (96.57, "WWWW"),
-    "fpn_coco10k_large": (210.92, "WWGG"),
-}
+# the 12 released SeMask-FPN key lists: every size on ADE20K, Cityscapes and COCO-Stuff-10k
+KEY_LISTS = [
+    f"fpn_{dataset}_{size}"
+    for dataset in ("ade20k", "cityscapes", "coco10k")
+    for size in ("tiny", "small", "base", "large")
+]
+
+
+def released_attention_pattern(key_list: str) -> str:
+    """Per stage, W(indow) or G(lobal) semantic attention in the released configs: global in stages 3-4 except for
+    SeMask-B (embed 128) and every Cityscapes model (19 classes)."""
+    _, dataset, size = key_list.split("_")
+    return "WWWW" if dataset == "cityscapes" or size == "base" else "WWGG"
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +92,12 @@ def test_inferred_config_of_tiny_fixture(tiny_fixture):
 
 
 def state_dict_from_key_list(name: str) -> dict[str, torch.Tensor]:
-    """Meta tensors of the listed shapes (no memory), real relative position indices (the converter checks them)."""
-    pairs = json.loads((fixture_dir("semask_keys") / f"{name}.json").read_text())
-    state_dict = {}
-    for key, shape in pairs:
-        if key.endswith("relative_position_index"):
-            state_dict[key] = relative_position_index(int(round(shape[0] ** 0.5))).view(shape)
-        else:
-            state_dict[key] = torch.empty(shape, device="meta")
-    return state_dict
+    return key_list_state_dict(fixture_dir("semask_keys") / f"{name}.json")
 
 
-@pytest.mark.parametrize("name", sorted(KEY_LISTS))
+@pytest.mark.parametrize("name", KEY_LISTS)
 def test_every_released_fpn_layout_converts(name):
-    params_m, types = KEY_LISTS[name]
+    params_m = hf_semseg.get_variant(variant_of(name)).reported["params_M"]  # counted on the original code
     state_dict = state_dict_from_key_list(name)
     config = infer_config(state_dict)
     converted = convert_state_dict(state_dict)
@@ -122,17 +111,66 @@ def test_every_released_fpn_layout_converts(name):
     )
     assert sum(p.numel() for p in model.parameters()) == original_params
     assert round(original_params / 1e6, 2) == params_m
-    assert "".join(t[0].upper() for t in config.semantic_attention_types) == types
+    assert "".join(t[0].upper() for t in config.semantic_attention_types) == released_attention_pattern(name)
 
 
-def test_registered_variants_match_the_released_layouts():
-    for name in KEY_LISTS:
-        _, dataset, size = name.split("_")
-        dataset = {"coco10k": "coco-stuff-10k"}.get(dataset, dataset)
-        inferred = infer_config(state_dict_from_key_list(name))
-        registered = hf_semseg.variant_config(f"semask-fpn-{size}-{dataset}")
-        for field in ("embed_dim", "depths", "num_heads", "window_size", "num_labels", "semantic_attention_types"):
-            assert getattr(inferred, field) == getattr(registered, field), (name, field)
+def variant_of(key_list: str) -> str:
+    """``fpn_coco10k_tiny`` -> ``semask-fpn-tiny-coco-stuff-10k``."""
+    _, dataset, size = key_list.split("_")
+    return f"semask-fpn-{size}-{ {'coco10k': 'coco-stuff-10k'}.get(dataset, dataset) }"
+
+
+@pytest.mark.parametrize("name", KEY_LISTS)
+def test_every_released_layout_is_matched_to_its_registered_variant(name):
+    inferred, variant = infer_config_and_variant(state_dict_from_key_list(name))
+    assert variant == variant_of(name)
+    registered = hf_semseg.variant_config(variant)
+    for field in (
+        "embed_dim",
+        "depths",
+        "num_heads",
+        "window_size",
+        "num_labels",
+        "semantic_attention_types",
+        "semantic_window_size",
+    ):
+        assert getattr(inferred, field) == getattr(registered, field), (name, field)
+
+
+def test_config_text_with_another_semantic_window_is_not_the_released_variant():
+    state_dict = state_dict_from_key_list("fpn_ade20k_tiny")
+    config, variant = infer_config_and_variant(state_dict, {"config": "backbone=dict(sem_window_size=7)"})
+    assert variant == "semask-fpn-tiny-ade20k" and config.semantic_window_size == 7
+    config, variant = infer_config_and_variant(state_dict, {"config": "backbone=dict(sem_window_size=5)"})
+    assert variant is None and config.semantic_window_size == 5
+
+
+def test_a_matched_checkpoint_gets_the_variant_pipeline_dataset_and_card():
+    """Without config text, the test scale, label reduction, class names and reported numbers of a released
+    checkpoint come from the registry (the variant it was matched to)."""
+    config, variant = infer_config_and_variant(state_dict_from_key_list("fpn_ade20k_large"))
+    with torch.device("meta"):
+        model = SeMaskSwinForSemanticSegmentation(config)
+    conversion = Conversion(Path("semask_large_fpn_ade20k.pth"), model, variant=variant)
+    processor = build_image_processor(conversion)
+    assert dict(processor.size) == {"longest_edge": 2560, "shortest_edge": 640} and processor.do_reduce_labels
+    fields = semask_fpn_card_fields(conversion, processor)
+    assert fields["model_name"] == "semask-fpn-large-ade20k" and "51.89 mIoU" in fields["reported_row"]
+    assert (fields["dataset"], fields["dataset_id"], fields["test_scale"]) == (
+        "ADE20K",
+        "scene_parse_150",
+        "2560 x 640",
+    )
+    # the checkpoint's own config text wins over the variant
+    conversion.meta = {"config": "test_pipeline = [dict(type='MultiScaleFlipAug', img_scale=(1024, 256))]"}
+    assert dict(build_image_processor(conversion).size) == {"longest_edge": 1024, "shortest_edge": 256}
+
+
+def test_checkpoint_error_is_importable_where_it_was():
+    from hf_semseg.conversion.vwformer import CheckpointError as vwformer_error
+
+    assert semask_fpn.CheckpointError is CheckpointError is vwformer_error
+    assert issubclass(CheckpointError, ValueError)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,20 +228,11 @@ def test_wrong_files_are_explained(tmp_path, tiny_fixture):
 def test_command_line_writes_a_loadable_folder(tmp_path, tiny_fixture):
     folder, model, _ = tiny_fixture
     output_dir = tmp_path / "converted"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--checkpoint_path",
-            str(folder / "original_checkpoint.pth"),
-            "--output_dir",
-            str(output_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_script(
+        SCRIPT, "--checkpoint_path", str(folder / "original_checkpoint.pth"), "--output_dir", str(output_dir)
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "no released variant has this architecture; dataset unknown" in result.stdout
     files = {path.name for path in output_dir.iterdir()}
     assert {
         "model.safetensors",
@@ -231,13 +260,9 @@ def test_command_line_writes_a_loadable_folder(tmp_path, tiny_fixture):
 def test_command_line_fails_cleanly_on_a_foreign_file(tmp_path):
     foreign = tmp_path / "resnet.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(2, 3, 3, 3)}}, foreign)
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--checkpoint_path", str(foreign), "--output_dir", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(SCRIPT, "--checkpoint_path", str(foreign), "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {foreign}: ") and result.stderr.count("\n") == 1, result.stderr
     assert "not a SeMask-FPN checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()

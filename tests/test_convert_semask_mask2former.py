@@ -1,20 +1,21 @@
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_helpers import key_list_state_dict, run_script
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg
-from hf_semseg.conversion.semask_fpn import CheckpointError, check_against_model
+from hf_semseg.conversion.common import CheckpointError, check_against_model
 from hf_semseg.conversion.semask_mask2former import (
     apply_legacy_renames,
     convert_checkpoint,
     convert_state_dict,
     infer_backbone_config,
     infer_config,
+    infer_config_and_variant,
     load_detectron2_checkpoint,
 )
 from hf_semseg.models.modeling_semask_mask2former import (
@@ -22,7 +23,7 @@ from hf_semseg.models.modeling_semask_mask2former import (
     semantic_scores,
     upsample_semantic_logits,
 )
-from hf_semseg.models.modeling_semask_swin import SeMaskSwinBackbone, relative_position_index
+from hf_semseg.models.modeling_semask_swin import SeMaskSwinBackbone
 
 from conftest import REPO_ROOT, fixture_dir
 
@@ -113,15 +114,7 @@ def test_inferred_config_equals_the_original(converted):
 
 
 def state_dict_from_key_list(name: str) -> dict[str, torch.Tensor]:
-    """Meta tensors of the listed shapes, real relative position indices (the converter checks them)."""
-    pairs = json.loads((fixture_dir("semask_keys") / f"{name}.json").read_text())
-    state_dict = {}
-    for key, shape in pairs:
-        if key.endswith("relative_position_index"):
-            state_dict[key] = relative_position_index(int(round(shape[0] ** 0.5))).view(shape)
-        else:
-            state_dict[key] = torch.empty(shape, device="meta")
-    return state_dict
+    return key_list_state_dict(fixture_dir("semask_keys") / f"{name}.json")
 
 
 @pytest.mark.parametrize("name", sorted(FULL_KEY_LISTS))
@@ -129,7 +122,9 @@ def test_every_released_layout_converts(name):
     params_m, types, semantic_window = FULL_KEY_LISTS[name]
     state_dict = state_dict_from_key_list(name)
     assert len(state_dict) == 694
-    config = infer_config(state_dict)
+    config, variant = infer_config_and_variant(state_dict)
+    # the semantic window is not in the weights: it is the matched variant's
+    assert variant == f"semask-mask2former-large-{name.split('_')[1]}"
     converted = convert_state_dict(state_dict)
     with torch.device("meta"):
         model = SeMaskMask2FormerForSemanticSegmentation(config)
@@ -145,7 +140,7 @@ def test_every_released_layout_converts(name):
     assert (config.decoder_layers, config.num_queries, config.num_attention_heads) == (10, 100, 8)
     assert (config.encoder_layers, config.encoder_feedforward_dim, config.dim_feedforward) == (6, 1024, 2048)
     # the registered variant is this architecture
-    registered = hf_semseg.variant_config(f"semask-mask2former-large-{name.split('_')[1]}")
+    registered = hf_semseg.variant_config(variant)
     for field in ("feature_size", "hidden_dim", "decoder_layers", "num_queries", "num_labels"):
         assert getattr(registered, field) == getattr(config, field), field
     for field in (
@@ -165,6 +160,7 @@ def test_every_released_backbone_layout_converts(name):
     assert len(state_dict) == 401
     num_labels = state_dict["backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight"].shape[0]
     config = infer_backbone_config(state_dict, num_labels)
+    assert config.semantic_window_size == 7  # detectron2's default: no variant tells another one
     converted = convert_state_dict(state_dict)
     with torch.device("meta"):
         backbone = SeMaskSwinBackbone(config)
@@ -189,7 +185,7 @@ def test_legacy_key_layouts_are_renamed(converted):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_cli_writes_a_folder_that_loads_with_the_auto_classes(tmp_path):
+def test_cli_writes_a_folder_that_loads_with_the_auto_classes(tmp_path, capsys):
     folder = fixture_dir("semask_mask2former_tiny_ade150")
     sys.path.insert(0, str(SCRIPT.parent))
     try:
@@ -197,6 +193,9 @@ def test_cli_writes_a_folder_that_loads_with_the_auto_classes(tmp_path):
     finally:
         sys.path.pop(0)
     assert cli.main(["--checkpoint_path", str(folder / "original_checkpoint.pth"), "--output_dir", str(tmp_path)]) == 0
+    # a tiny model is no released variant: the dataset (names, test resize, label reduction) is the class count's
+    summary = capsys.readouterr().out
+    assert "no released variant has this architecture; dataset ADE20K (guessed from the 150 classes)" in summary
     model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(processor).__name__ == "SeMaskMask2FormerImageProcessor" and processor.do_reduce_labels
@@ -213,7 +212,7 @@ def test_cli_writes_a_folder_that_loads_with_the_auto_classes(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    return run_script(SCRIPT, *args, timeout=120)
 
 
 def test_cli_fails_cleanly_on_a_corrupt_file(tmp_path):

@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_helpers import key_list_state_dict, run_script
 
 import hf_semseg
-from hf_semseg.conversion.semask_fpn import CheckpointError
-from hf_semseg.conversion.vwformer import convert_checkpoint, convert_state_dict, infer_config, unfold_to_concat_order
-from hf_semseg.models.modeling_semask_swin import relative_position_index
+from hf_semseg.conversion.common import CheckpointError, parse_converter_args
+from hf_semseg.conversion.vwformer import (
+    CONVERTER,
+    convert_checkpoint,
+    convert_state_dict,
+    infer_config,
+    infer_config_and_variant,
+    unfold_to_concat_order,
+)
 from hf_semseg.models.modeling_vwformer import window_partition
 
 from conftest import FIXTURES, REPO_ROOT, fixture_dir
@@ -90,15 +97,7 @@ def test_patch_merging_channel_reorder_matches_the_unfold_order():
 KEY_LISTS = sorted(path.stem for path in (FIXTURES / "vwformer_keys").glob("vw_*.json")) if FIXTURES.is_dir() else []
 
 
-def meta_state_dict(path):
-    """A state dict of meta tensors with the listed shapes (real values where the converter checks them)."""
-    state_dict = {}
-    for key, shape in json.loads(path.read_text()):
-        if key.endswith("relative_position_index"):
-            state_dict[key] = relative_position_index(int(round(shape[0] ** 0.5))).view(shape)
-        else:
-            state_dict[key] = torch.empty(shape, device="meta")
-    return state_dict
+meta_state_dict = key_list_state_dict
 
 
 def variant_of(key_list: str) -> str | None:
@@ -156,6 +155,36 @@ def test_released_checkpoint_without_config_text_needs_the_variant():
         infer_config(state_dict, {}, "vwformer-swin-huge-ade20k")
 
 
+def test_a_named_variant_must_have_the_checkpoint_weights():
+    state_dict = meta_state_dict(fixture_dir("vwformer_keys") / "vw_swin_large_ade20k_640.json")
+    with pytest.raises(CheckpointError, match="--variant vwformer-swin-base-ade20k: .*vwformer-swin-large-ade20k's"):
+        infer_config(state_dict, {}, "vwformer-swin-base-ade20k")
+    config, variant = infer_config_and_variant(state_dict, {}, "vwformer-swin-large-ade20k")
+    assert variant == "vwformer-swin-large-ade20k"
+
+
+def test_config_text_heads_decide_whether_the_checkpoint_is_the_released_variant():
+    state_dict = meta_state_dict(fixture_dir("vwformer_keys") / "vw_swin_large_ade20k_640.json")
+    released = {"config": "decode_head=dict(type='VWHead', short_cut=False, nheads=1)"}
+    assert infer_config_and_variant(state_dict, released)[1] == "vwformer-swin-large-ade20k"
+    other_heads = {"config": "decode_head=dict(type='VWHead', short_cut=False, nheads=2)"}
+    config, variant = infer_config_and_variant(state_dict, other_heads)
+    assert variant is None and config.num_attention_heads == 2
+
+
+def test_variant_choices_of_the_command_line_are_the_registry():
+    args = parse_converter_args(CONVERTER, "x", ["--checkpoint_path", "a", "--output_dir", "b"])
+    assert args.variant is None
+    with pytest.raises(SystemExit):
+        parse_converter_args(CONVERTER, "x", ["--checkpoint_path", "a", "--output_dir", "b", "--variant", "semask"])
+    args = parse_converter_args(
+        CONVERTER,
+        "x",
+        ["--checkpoint_path", "a", "--output_dir", "b", "--variant", "vwformer-convnext-xlarge-cityscapes"],
+    )
+    assert args.variant in hf_semseg.list_variants("vwformer")
+
+
 @pytest.fixture
 def tiny_checkpoint():
     return torch.load(fixture_dir("vwformer_tiny") / "original_checkpoint.pth", weights_only=True)
@@ -203,14 +232,9 @@ def test_cli_converts_and_the_folder_loads_in_a_fresh_process(tmp_path):
     checkpoint = fixture_dir("vwformer_tiny") / "original_checkpoint.pth"
     output_dir = tmp_path / "converted"
     script = REPO_ROOT / "conversion" / "convert_vwformer_to_hf.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--checkpoint_path", str(checkpoint), "--output_dir", str(output_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(script, "--checkpoint_path", str(checkpoint), "--output_dir", str(output_dir))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "vw head" in result.stdout
+    assert "vw head" in result.stdout and "no released variant has this architecture" in result.stdout
     card = (output_dir / "README.md").read_text()
     assert "$" not in card.split("```")[0] and "VWFormer" in card
 
@@ -235,12 +259,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     script = REPO_ROOT / "conversion" / "convert_vwformer_to_hf.py"
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    result = subprocess.run(
-        [sys.executable, str(script), "--checkpoint_path", str(bad), "--output_dir", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script(script, "--checkpoint_path", str(bad), "--output_dir", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 1
     assert "bad.pth" in result.stderr and "Traceback" not in result.stderr
 

@@ -1,8 +1,7 @@
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
+from script_helpers import load_example
 
 import hf_semseg
 from hf_semseg.demo_data import demo_model_config, make_demo_dataset
@@ -12,12 +11,7 @@ from conftest import REPO_ROOT
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_script", REPO_ROOT / "examples" / "evaluate_semantic_segmentation.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(REPO_ROOT / "examples" / "evaluate_semantic_segmentation.py")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,11 @@ import re
 import subprocess
 import sys
 
+from script_helpers import load_example
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-import hf_semseg  # noqa: F401  (registers the Auto classes)
+import hf_semseg
+from hf_semseg import training
 
 from conftest import REPO_ROOT
 
@@ -57,3 +59,46 @@ def test_gradient_accumulation_logs_the_same_loss(tmp_path):
     )
     # BatchNorm statistics of 4 vs 8 images differ slightly (measured 2.777 vs 2.783); the bug gives twice the loss
     assert abs(accumulated / full - 1) < 0.02, (full, accumulated)
+
+
+def load_trainer_script():
+    return load_example(REPO_ROOT / "examples" / "run_semantic_segmentation.py")
+
+
+def test_variant_defaults_and_explicit_options_of_the_command_line():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    script = load_trainer_script()
+    parser = HfArgumentParser((script.ModelArguments, script.DataArguments, TrainingArguments))
+    _, data_args, _ = parser.parse_args_into_dataclasses(["--output_dir", "out"])
+    assert (data_args.scale, data_args.do_reduce_labels) == (None, None)  # resolved later: variant, else demo
+    _, data_args, _ = parser.parse_args_into_dataclasses(["--output_dir", "out", "--do_reduce_labels"])
+    assert data_args.do_reduce_labels is True
+    arguments = ["--output_dir", "out", "--do_reduce_labels", "false", "--scale", "1024", "256"]
+    _, data_args, _ = parser.parse_args_into_dataclasses(arguments)
+    assert (data_args.scale, data_args.do_reduce_labels) == ([1024, 256], False)
+
+
+def test_mask2former_variant_trains_with_its_processor_scale_and_label_reduction(tmp_path, monkeypatch):
+    """With --variant semask-mask2former-large-ade20k and neither --scale nor --do_reduce_labels, the run uses the
+    variant's test scale and label reduction and saves the Mask2Former image processor (a tiny model of the family
+    stands in for SeMask-L)."""
+    from test_modeling_semask_mask2former import tiny_config
+
+    script = load_trainer_script()
+
+    def tiny_model(id2label, *args, **kwargs):
+        label2id = {label: index for index, label in id2label.items()}
+        return hf_semseg.SeMaskMask2FormerForSemanticSegmentation(tiny_config(id2label=id2label, label2id=label2id))
+
+    monkeypatch.setattr(training, "build_model", tiny_model)
+    arguments = [
+        "--output_dir", str(tmp_path), "--variant", "semask-mask2former-large-ade20k", "--max_train_samples", "2",
+        "--max_eval_samples", "1", "--max_steps", "1", "--per_device_train_batch_size", "2", "--crop_size", "64",
+        "--num_predictions", "0",
+    ]  # fmt: skip
+    metrics = script.main(script.DEMO_DEFAULTS + arguments)
+    assert 0.0 <= metrics["eval_mean_iou"] <= 1.0
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(processor) is hf_semseg.SeMaskMask2FormerImageProcessor and processor.do_reduce_labels
+    assert dict(processor.size) == {"longest_edge": 2560, "shortest_edge": 640}

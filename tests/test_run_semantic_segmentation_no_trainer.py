@@ -1,10 +1,10 @@
 """The Accelerate-loop finetuning script: trains, evaluates, saves a loadable model, and resumes exactly.
 (Its equality with the Trainer script and its 2-process run are in test_scale_out.py.)"""
 
-import importlib.util
 import json
 
 import pytest
+from script_helpers import load_example
 from test_scale_out import (
     NO_TRAINER_KILLER,
     NO_TRAINER_SCRIPT,
@@ -22,10 +22,7 @@ from conftest import REPO_ROOT
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("run_no_trainer", NO_TRAINER_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(NO_TRAINER_SCRIPT)
 
 
 # 16 images, 4 per batch, 2 batches accumulated per optimizer step: 2 steps per epoch, 6 in all; dropout and drop-path
@@ -79,3 +76,10 @@ def test_checkpoint_lookup_and_argument_errors(tmp_path):
         script.parse_args(["--output_dir", str(tmp_path), "--checkpointing_steps", "often"])
     args = script.parse_args(["--output_dir", str(tmp_path), "--config_overrides", json.dumps(TINY)])
     assert args.checkpointing_steps is None and args.crop_size == 160 and args.mixed_precision is None
+    # --scale / --do_reduce_labels not given: the variant's, else the demo's (resolve_data_settings)
+    assert (args.scale, args.do_reduce_labels) == (None, None)
+    assert script.parse_args(["--output_dir", "o", "--do_reduce_labels"]).do_reduce_labels is True
+    explicit = script.parse_args(
+        ["--output_dir", "o", "--variant", "semask-fpn-tiny-ade20k", "--do_reduce_labels", "no"]
+    )
+    assert explicit.do_reduce_labels is False

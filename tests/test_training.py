@@ -180,3 +180,34 @@ def test_streaming_mean_iou_ignores_the_label_padding_of_trainer_gathers():
     assert metric(EvalPrediction(predictions=logits, label_ids=labels), compute_result=False) == {}
     result = metric(EvalPrediction(predictions=logits, label_ids=labels), compute_result=True)
     assert result["mean_iou"] == 1.0 and result["iou_b"] == 1.0 and result["overall_accuracy"] == 1.0
+
+
+def test_data_settings_are_the_variant_facts_unless_given():
+    from hf_semseg.training import DEMO_SCALE, resolve_data_settings
+
+    assert resolve_data_settings(None) == resolve_data_settings(None, None, None)
+    demo = resolve_data_settings(None)
+    assert (demo.scale, demo.reduce_labels, demo.size_divisor) == (DEMO_SCALE, False, None)
+    assert resolve_data_settings(None, [448, 320], True).scale == (448, 320)
+    ade = resolve_data_settings("vwformer-convnext-base-ade20k")
+    assert (ade.scale, ade.reduce_labels, ade.size_divisor) == ((2560, 640), True, 64)
+    explicit = resolve_data_settings("vwformer-convnext-base-ade20k", [1024, 256], False)
+    assert (explicit.scale, explicit.reduce_labels, explicit.size_divisor) == ((1024, 256), False, 64)
+    city = resolve_data_settings("semask-fpn-tiny-cityscapes", None, None)
+    assert (city.scale, city.reduce_labels) == ((2048, 1024), False)
+    with pytest.raises(ValueError, match="two numbers"):
+        resolve_data_settings(None, [512])
+    with pytest.raises(KeyError, match="unknown variant"):
+        resolve_data_settings("semask-fpn-huge-ade20k")
+
+
+def test_processor_is_the_model_family_processor():
+    from hf_semseg import KeepRatioImageProcessor, SeMaskMask2FormerImageProcessor
+    from hf_semseg.training import build_processor
+
+    mask2former = build_processor((2048, 1024), False, "semask_mask2former")
+    assert type(mask2former) is SeMaskMask2FormerImageProcessor
+    assert dict(mask2former.size) == {"longest_edge": 2048, "shortest_edge": 1024}
+    keep_ratio = build_processor((2560, 640), True, "vwformer", size_divisor=64)
+    assert type(keep_ratio) is KeepRatioImageProcessor and keep_ratio.size_divisor == 64 and keep_ratio.do_reduce_labels
+    assert type(build_processor((224, 160), False)) is KeepRatioImageProcessor  # the demo model, no family given

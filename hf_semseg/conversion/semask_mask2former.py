@@ -3,11 +3,11 @@
 Read top to bottom: :func:`apply_legacy_renames` repeats detectron2's loader renames of old checkpoints;
 :data:`HEAD_RENAMES` maps the Mask2Former head onto transformers' module names (the backbone keys go through the
 SeMask-FPN converter's table, :mod:`hf_semseg.conversion.semask_fpn`); :func:`infer_config` derives every
-hyper-parameter from the tensors; :func:`convert_state_dict` fails, naming the keys, on anything it cannot account
-for.
+hyper-parameter from the tensors (the semantic window, which is not in the weights, from the registered variant with
+the same architecture); :func:`convert_state_dict` fails, naming the keys, on anything it cannot account for.
+:data:`CONVERTER` is what ``conversion/convert_semask_mask2former_to_hf.py`` runs.
 """
 
-import math
 import re
 from pathlib import Path
 
@@ -18,10 +18,28 @@ from ..models.configuration_semask_mask2former import (
     semask_mask2former_semantic_attention_types,
 )
 from ..models.configuration_semask_swin import SeMaskSwinConfig
-from .semask_fpn import CheckpointError, check_against_model
+from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
+from ..variants import SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW, find_variant, get_variant
+from .common import (
+    DETECTRON2,
+    CheckpointError,
+    Conversion,
+    Converter,
+    build_conversion,
+    checkpoint_id2label,
+    find_rename,
+    indices,
+    raise_on_unmapped,
+    read_checkpoint,
+    split_fused_qkv,
+    tensor_shape,
+)
+from .model_card import semask_mask2former_card_fields
+from .semask_fpn import check_semask_backbone, infer_backbone_fields
 from .semask_fpn import convert_state_dict as convert_backbone_state_dict
 
 
+KIND = "SeMask-Mask2Former"
 PIXEL_DECODER = r"sem_seg_head\.pixel_decoder\."
 PREDICTOR = r"sem_seg_head\.predictor\."
 HF_PIXEL_DECODER = "model.pixel_level_module.decoder."
@@ -111,36 +129,12 @@ PIXEL_STATISTICS = ("pixel_mean", "pixel_std")
 
 def load_detectron2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads a detectron2 checkpoint (``{'model': state_dict, ...}``; a bare state dict is accepted too) safely
-    (``weights_only=True``). A ``module.`` prefix from DDP is stripped; optimizer/scheduler entries are ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error}); "
-            "the file is corrupt, truncated, or not a torch.save file"
-        ) from error
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not a detectron2 checkpoint dict")
-    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
-        state_dict = checkpoint["model"]
-    elif "state_dict" in checkpoint:
-        raise CheckpointError(
-            f"{path}: an mmseg checkpoint ({{'state_dict': ...}}); this converter reads SeMask-Mask2Former "
-            "(detectron2) checkpoints - use convert_semask_fpn_to_hf.py for SeMask-FPN"
-        )
-    elif checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
-        state_dict = checkpoint
-    else:
-        raise CheckpointError(f"{path}: no 'model' entry (top-level keys: {sorted(map(str, checkpoint))[:10]})")
-    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: entries that are not tensors: {not_tensors[:10]}")
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    return dict(state_dict)
+    (:func:`.common.read_checkpoint`). A ``module.`` prefix from DDP is stripped; optimizer/scheduler entries are
+    ignored."""
+    state_dict, _ = read_checkpoint(
+        path, DETECTRON2, f"{KIND} (detectron2)", " - use convert_semask_fpn_to_hf.py for SeMask-FPN"
+    )
+    return state_dict
 
 
 def apply_legacy_renames(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -162,80 +156,47 @@ def apply_legacy_renames(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def _shape(state_dict: dict, key: str) -> tuple[int, ...]:
-    if key not in state_dict:
-        raise CheckpointError(f"missing key {key!r}: not a SeMask-Mask2Former checkpoint (or a truncated state dict)")
-    return tuple(state_dict[key].shape)
+    return tensor_shape(state_dict, key, KIND)
 
 
 def _count(state_dict: dict, pattern: str) -> int:
     """Number of distinct indices captured by ``pattern``'s first group."""
-    return len({int(m.group(1)) for key in state_dict if (m := re.match(pattern, key))})
+    return len(indices(state_dict, pattern))
 
 
-def check_semask_backbone(state_dict: dict[str, torch.Tensor]) -> None:
-    """Fails clearly unless the state dict holds a SeMask-Swin backbone (Swin stages with semantic layers)."""
-    if not any(key.startswith("backbone.layers.") and ".semantic_layer." in key for key in state_dict):
-        if any(key.startswith("backbone.layers.") for key in state_dict):
-            raise CheckpointError("no backbone.layers.*.semantic_layer keys: a plain Swin backbone, not SeMask")
-        raise CheckpointError(
-            f"no 'backbone.layers.*' keys: not a SeMask-Swin detectron2 checkpoint (first keys: {list(state_dict)[:5]})"
-        )
-    if "backbone.absolute_pos_embed" in state_dict:
-        raise CheckpointError("backbone.absolute_pos_embed: absolute position embeddings (APE) are not supported")
-
-
-def infer_backbone_config(state_dict: dict[str, torch.Tensor], num_labels: int) -> SeMaskSwinConfig:
-    """The SeMask-Swin backbone from the ``backbone.*`` tensors. The semantic window is not stored in the weights:
-    the released ADE20K config sets it to the window size, the Cityscapes one keeps detectron2's default 7."""
-    check_semask_backbone(state_dict)
-    embed_dim, num_channels, patch_size, _ = _shape(state_dict, "backbone.patch_embed.proj.weight")
-    num_stages = _count(state_dict, r"backbone\.layers\.(\d+)\.")
-    depths, num_heads, num_semantic_blocks = [], [], []
-    for stage in range(num_stages):
-        depths.append(_count(state_dict, rf"backbone\.layers\.{stage}\.blocks\.(\d+)\."))
-        num_heads.append(_shape(state_dict, f"backbone.layers.{stage}.blocks.0.attn.relative_position_bias_table")[1])
-        num_semantic_blocks.append(
-            _count(state_dict, rf"backbone\.layers\.{stage}\.semantic_layer\.class_injection\.(\d+)\.")
-        )
-    table_rows = _shape(state_dict, "backbone.layers.0.blocks.0.attn.relative_position_bias_table")[0]
-    window_size = (math.isqrt(table_rows) + 1) // 2
-    if (2 * window_size - 1) ** 2 != table_rows:
-        raise CheckpointError(f"relative_position_bias_table has {table_rows} rows, not (2w-1)^2 for any window w")
-    semantic_classes = _shape(state_dict, "backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight")[0]
+def infer_backbone_config(
+    state_dict: dict[str, torch.Tensor], num_labels: int, semantic_window_size: int | None = None
+) -> SeMaskSwinConfig:
+    """The SeMask-Swin backbone from the ``backbone.*`` tensors (:func:`.semask_fpn.infer_backbone_fields`), with the
+    SeMask-Mask2Former code's semantic attention rule. The semantic window is not stored in the weights: the given
+    one, else detectron2's default (:data:`~hf_semseg.variants.SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW`)."""
+    fields, semantic_classes = infer_backbone_fields(state_dict, KIND)
     if semantic_classes != num_labels:
         raise CheckpointError(
             f"the class head predicts {num_labels} classes but the semantic layers {semantic_classes} (mlp_cls_q); "
             "the original builds both from NUM_CLASSES, so this is not a SeMask-Mask2Former checkpoint"
         )
-    mlp_hidden = _shape(state_dict, "backbone.layers.0.blocks.0.mlp.fc1.weight")[0]
     return SeMaskSwinConfig(
-        patch_size=patch_size,
-        num_channels=num_channels,
-        embed_dim=embed_dim,
-        depths=depths,
-        num_heads=num_heads,
-        window_size=window_size,
-        mlp_ratio=mlp_hidden / embed_dim,
-        qkv_bias="backbone.layers.0.blocks.0.attn.qkv.bias" in state_dict,
-        semantic_window_size=window_size if num_labels == 150 else 7,
-        num_semantic_blocks=num_semantic_blocks,
-        semantic_attention_types=semask_mask2former_semantic_attention_types(num_labels, num_stages),
+        **fields,
+        semantic_window_size=semantic_window_size or SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW,
+        semantic_attention_types=semask_mask2former_semantic_attention_types(num_labels, len(fields["depths"])),
         drop_path_rate=0.3,
         num_labels=num_labels,
     )
 
 
-def infer_config(
+def infer_config_and_variant(
     state_dict: dict[str, torch.Tensor], id2label: dict[int, str] | None = None
-) -> SeMaskMask2FormerConfig:
-    """Derives the full :class:`SeMaskMask2FormerConfig` from a (legacy-renamed) detectron2 state dict.
+) -> tuple[SeMaskMask2FormerConfig, str | None]:
+    """Derives the full :class:`SeMaskMask2FormerConfig` from a (legacy-renamed) detectron2 state dict, and the
+    registered variant with exactly its architecture (None when there is none).
 
     From the tensors: the backbone (see :func:`infer_backbone_config`), classes (``class_embed``), pixel-decoder
     channels, encoder layers and FFN size, mask-feature channels, attention heads (``sampling_offsets`` has
     heads x 3 levels x 4 points x 2 rows), queries, hidden size, decoder layers, decoder FFN size, input projections
-    and the no-object weight (``criterion.empty_weight``). ``PRE_NORM`` is not visible in the weights and is False in
-    every released config."""
-    check_semask_backbone(state_dict)
+    and the no-object weight (``criterion.empty_weight``). Not in the weights: the semantic window, the matched
+    variant's (detectron2's default without one), and ``PRE_NORM``, False in every released config."""
+    check_semask_backbone(state_dict, KIND)
     num_classes = _shape(state_dict, "sem_seg_head.predictor.class_embed.weight")[0] - 1
     backbone_config = infer_backbone_config(state_dict, num_classes)
     feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.input_proj.0.0.weight")[0]
@@ -261,10 +222,10 @@ def infer_config(
             no_object_weight = float(empty_weight[-1])
             if not torch.all(empty_weight[:-1] == 1):
                 raise CheckpointError("criterion.empty_weight: class weights other than 1 are not supported")
-    id2label = id2label if id2label is not None else {i: f"class_{i}" for i in range(num_classes)}
-    if len(id2label) != num_classes:
+    if id2label is not None and len(id2label) != num_classes:
         raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_classes} classes")
-    return SeMaskMask2FormerConfig(
+    id2label = id2label if id2label is not None else checkpoint_id2label(None, num_classes)
+    config = SeMaskMask2FormerConfig(
         backbone_config=backbone_config,
         feature_size=feature_size,
         mask_feature_size=_shape(state_dict, "sem_seg_head.pixel_decoder.mask_features.weight")[0],
@@ -283,6 +244,17 @@ def infer_config(
         id2label=id2label,
         label2id={label: i for i, label in id2label.items()},
     )
+    variant = find_variant(config)
+    if variant is not None:
+        config.backbone_config.semantic_window_size = get_variant(variant).semantic_window_size
+    return config, variant
+
+
+def infer_config(
+    state_dict: dict[str, torch.Tensor], id2label: dict[int, str] | None = None
+) -> SeMaskMask2FormerConfig:
+    """The full :class:`SeMaskMask2FormerConfig` of the checkpoint (see :func:`infer_config_and_variant`)."""
+    return infer_config_and_variant(state_dict, id2label)[0]
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -302,19 +274,14 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         match = SELF_ATTENTION_IN_PROJ.fullmatch(key)
         if match:
             layer, kind = match.groups()
-            if tensor.shape[0] % 3:
-                raise CheckpointError(f"{key}: {tuple(tensor.shape)} is not three stacked (q, k, v) projections")
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                converted[f"{HF_TRANSFORMER}decoder.layers.{layer}.self_attn.{name}.{kind}"] = part
+            converted.update(split_fused_qkv(key, tensor, f"{HF_TRANSFORMER}decoder.layers.{layer}.self_attn", kind))
             continue
-        for pattern, template in HEAD_RENAMES:
-            if re.fullmatch(pattern, key):
-                converted[re.sub(pattern, template, key)] = tensor
-                break
+        known, new_key = find_rename(key, HEAD_RENAMES)
+        if known:
+            converted[new_key] = tensor
         else:
             unmapped.append(key)
-    if unmapped:
-        raise CheckpointError(f"{len(unmapped)} keys have no conversion rule: {unmapped}")
+    raise_on_unmapped(unmapped)
     return converted
 
 
@@ -327,22 +294,33 @@ def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], 
     return mean.tolist(), std.tolist()
 
 
+def convert(path: str | Path, id2label: dict[int, str] | None = None) -> Conversion:
+    """Converts an original SeMask-Mask2Former checkpoint file: the model (eval mode), the registered variant with
+    its architecture, and the pixel statistics for the image processor when the checkpoint has them."""
+    state_dict = apply_legacy_renames(load_detectron2_checkpoint(path))
+    statistics = pixel_statistics(state_dict)
+    return build_conversion(
+        path,
+        SeMaskMask2FormerForSemanticSegmentation,
+        infer=lambda: infer_config_and_variant(state_dict, id2label),
+        convert_keys=lambda: convert_state_dict(state_dict),
+        class_names=list(id2label.values()) if id2label is not None else None,
+        state_dict=state_dict,
+        processor_kwargs=dict(zip(("image_mean", "image_std"), statistics)) if statistics else {},
+    )
+
+
 def convert_checkpoint(path: str | Path, id2label: dict[int, str] | None = None):
     """Loads an original SeMask-Mask2Former checkpoint file into a :class:`SeMaskMask2FormerForSemanticSegmentation`
     (eval mode). Returns ``(model, state_dict)`` (the original state dict, after the legacy renames)."""
-    from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
+    conversion = convert(path, id2label)
+    return conversion.model, conversion.state_dict
 
-    path = Path(path)
-    state_dict = apply_legacy_renames(load_detectron2_checkpoint(path))
-    try:
-        config = infer_config(state_dict, id2label)
-        converted = convert_state_dict(state_dict)
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from error
-    model = SeMaskMask2FormerForSemanticSegmentation(config)
-    try:
-        check_against_model(converted, model.state_dict())
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from error
-    model.load_state_dict({key: value.float() for key, value in converted.items()})
-    return model.eval(), state_dict
+
+#: the summary line of the command line (card fields)
+SUMMARY = (
+    "SeMask-Swin embed_dim {embed_dim}, depths [{depths}], window {window_size}, semantic attention "
+    "[{semantic_attention_types}] (window {semantic_window_size}); Mask2Former {encoder_layers} encoder / "
+    "{decoder_layers} decoder layers, {num_queries} queries; {num_labels} classes"
+)
+CONVERTER = Converter(SeMaskMask2FormerConfig.model_type, DETECTRON2, convert, semask_mask2former_card_fields, SUMMARY)

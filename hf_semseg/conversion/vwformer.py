@@ -6,11 +6,10 @@ mmseg MiT -> ``SegformerModel``; the head becomes :class:`VWFormerHead`. Read to
 (:data:`SWIN_RENAMES`, :data:`CONVNEXT_RENAMES`, :data:`MIT_RENAMES`, :data:`HEAD_RENAMES`) are the whole key mapping,
 the few tensors that need surgery (fused q/k/v, PatchMerging channel order, 1x1 convs stored as linears) are handled
 by named functions, and :func:`infer_config` derives every hyper-parameter from the tensors except the two that are
-not in the weights (attention heads and short-cut), read from the config text in ``meta`` or from the table of the
-released variants.
+not in the weights (attention heads and short-cut), read from the config text in ``meta`` or from the released
+variant (:mod:`hf_semseg.variants`). :data:`CONVERTER` is what ``conversion/convert_vwformer_to_hf.py`` runs.
 """
 
-import math
 import re
 from pathlib import Path
 
@@ -18,11 +17,31 @@ import torch
 from transformers import ConvNextConfig, SegformerConfig, SwinConfig
 
 from ..models.configuration_vwformer import VWFormerConfig
-from ..models.modeling_semask_swin import relative_position_index
 from ..models.modeling_vwformer import VWFormerForSemanticSegmentation
-from .semask_fpn import CheckpointError, _meta_config_value, check_against_model, load_original_checkpoint
+from ..variants import MIT_ATTENTION_HEADS, find_variant, get_variant, list_variants
+from .common import (
+    MMSEG,
+    CheckpointError,
+    Conversion,
+    Converter,
+    ReloadCheck,
+    build_conversion,
+    check_relative_position_index,
+    checkpoint_id2label,
+    config_text_float,
+    config_text_value,
+    find_rename,
+    indices,
+    raise_on_unmapped,
+    read_checkpoint,
+    split_fused_qkv,
+    tensor_shape,
+    window_size_from_table,
+)
+from .model_card import vwformer_card_fields
 
 
+KIND = "VWFormer (mmseg)"
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
 # (original key pattern, hf key template) - applied with re.fullmatch, first match wins. A template of None marks a
@@ -150,37 +169,13 @@ HEAD_RENAMES: list[tuple[str, str | None]] = [
 
 BACKBONE_RENAMES = {"swin": SWIN_RENAMES, "convnext": CONVNEXT_RENAMES, "mit": MIT_RENAMES}
 
-# Hyper-parameters that are not in the weights, per released variant (the repo's config files)
-RELEASED_HEAD_SETTINGS = {
-    # variant name: (num_attention_heads, use_short_cut)
-    "vwformer-swin-base-ade20k": (1, True),
-    "vwformer-swin-large-ade20k": (1, False),
-    "vwformer-convnext-tiny-ade20k": (1, True),
-    "vwformer-convnext-small-ade20k": (16, False),
-    "vwformer-convnext-base-ade20k": (1, True),
-    "vwformer-convnext-large-ade20k": (1, True),
-    "vwformer-convnext-xlarge-ade20k": (1, True),
-    **{f"vwformer-convnext-{size}-cityscapes": (16, False) for size in ("tiny", "small", "base", "large", "xlarge")},
-}
-
-# MiT attention heads are not in the weights either; every MiT-B0..B5 uses these
-MIT_DEFAULT_HEADS = [1, 2, 5, 8]
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Detection and config inference
 # --------------------------------------------------------------------------------------------------------------------
 
 
 def _shape(state_dict: dict, key: str) -> tuple[int, ...]:
-    if key not in state_dict:
-        raise CheckpointError(f"missing key {key!r}: not a VWFormer checkpoint (or a truncated state dict)")
-    return tuple(state_dict[key].shape)
-
-
-def _indices(state_dict: dict, pattern: str) -> list[int]:
-    """Sorted distinct values of the first group of ``pattern`` (``re.match``) over the keys."""
-    return sorted({int(match.group(1)) for key in state_dict if (match := re.match(pattern, key))})
+    return tensor_shape(state_dict, key, "VWFormer")
 
 
 def detect_backbone_type(state_dict: dict) -> str:
@@ -215,24 +210,16 @@ def detect_head_type(state_dict: dict) -> str:
     )
 
 
-def _meta_float(meta: dict, key: str, default: float) -> float:
-    value = _meta_config_value(meta, key, r"[0-9.eE+-]+")
-    return float(value) if value is not None else default
-
-
 def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
     embed_dim, num_channels, patch_size, _ = _shape(state_dict, "backbone.patch_embed.projection.weight")
-    stages = _indices(state_dict, r"backbone\.stages\.(\d+)\.")
-    depths = [len(_indices(state_dict, rf"backbone\.stages\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
+    stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
+    depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     table = "backbone.stages.{}.blocks.0.attn.w_msa.relative_position_bias_table"
     num_heads = [_shape(state_dict, table.format(stage))[1] for stage in stages]
-    rows = _shape(state_dict, table.format(0))[0]
-    window_size = (math.isqrt(rows) + 1) // 2
-    if (2 * window_size - 1) ** 2 != rows:
-        raise CheckpointError(f"{table.format(0)} has {rows} rows, not (2w-1)^2 for any window size w")
+    window_size = window_size_from_table(_shape(state_dict, table.format(0))[0], table.format(0))
     mlp_hidden = _shape(state_dict, "backbone.stages.0.blocks.0.ffn.layers.0.0.weight")[0]
     return SwinConfig(
-        image_size=int(_meta_float(meta, "pretrain_img_size", 224)),
+        image_size=int(config_text_float(meta, "pretrain_img_size", 224)),
         patch_size=patch_size,
         num_channels=num_channels,
         embed_dim=embed_dim,
@@ -241,15 +228,15 @@ def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
         window_size=window_size,
         mlp_ratio=mlp_hidden / embed_dim,
         qkv_bias="backbone.stages.0.blocks.0.attn.w_msa.qkv.bias" in state_dict,
-        drop_path_rate=_meta_float(meta, "drop_path_rate", 0.3),
+        drop_path_rate=config_text_float(meta, "drop_path_rate", 0.3),
         out_features=STAGES,
     )
 
 
 def infer_convnext_config(state_dict: dict, meta: dict) -> ConvNextConfig:
     _, num_channels, patch_size, _ = _shape(state_dict, "backbone.downsample_layers.0.0.weight")
-    stages = _indices(state_dict, r"backbone\.stages\.(\d+)\.")
-    depths = [len(_indices(state_dict, rf"backbone\.stages\.{stage}\.(\d+)\.")) for stage in stages]
+    stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
+    depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.(\d+)\.")) for stage in stages]
     hidden_sizes = [_shape(state_dict, f"backbone.stages.{stage}.0.depthwise_conv.weight")[0] for stage in stages]
     return ConvNextConfig(
         num_channels=num_channels,
@@ -257,14 +244,14 @@ def infer_convnext_config(state_dict: dict, meta: dict) -> ConvNextConfig:
         hidden_sizes=hidden_sizes,
         depths=depths,
         layer_scale_init_value=1.0 if "backbone.stages.0.0.gamma" in state_dict else 0.0,
-        drop_path_rate=_meta_float(meta, "drop_path_rate", 0.4),
+        drop_path_rate=config_text_float(meta, "drop_path_rate", 0.4),
         out_features=STAGES,
     )
 
 
 def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
-    stages = _indices(state_dict, r"backbone\.layers\.(\d+)\.")
-    depths = [len(_indices(state_dict, rf"backbone\.layers\.{stage}\.1\.(\d+)\.")) for stage in stages]
+    stages = indices(state_dict, r"backbone\.layers\.(\d+)\.")
+    depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.1\.(\d+)\.")) for stage in stages]
     hidden_sizes, patch_sizes, sr_ratios, mlp_ratios = [], [], [], []
     for stage in stages:
         hidden, _, kernel, _ = _shape(state_dict, f"backbone.layers.{stage}.0.projection.weight")
@@ -273,8 +260,8 @@ def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
         sr_key = f"backbone.layers.{stage}.1.0.attn.sr.weight"
         sr_ratios.append(_shape(state_dict, sr_key)[-1] if sr_key in state_dict else 1)
         mlp_ratios.append(_shape(state_dict, f"backbone.layers.{stage}.1.0.ffn.layers.0.weight")[0] // hidden)
-    heads_text = _meta_config_value(meta, "num_heads", r"\[[0-9, ]+\]")
-    num_heads = [int(value) for value in re.findall(r"\d+", heads_text)] if heads_text else MIT_DEFAULT_HEADS
+    heads_text = config_text_value(meta, "num_heads", r"\[[0-9, ]+\]")
+    num_heads = [int(value) for value in re.findall(r"\d+", heads_text)] if heads_text else list(MIT_ATTENTION_HEADS)
     return SegformerConfig(
         num_channels=_shape(state_dict, "backbone.layers.0.0.projection.weight")[1],
         num_encoder_blocks=len(stages),
@@ -285,32 +272,57 @@ def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
         strides=[4] + [2] * (len(stages) - 1),
         num_attention_heads=num_heads[: len(stages)],
         mlp_ratios=mlp_ratios,
-        drop_path_rate=_meta_float(meta, "drop_path_rate", 0.1),
+        drop_path_rate=config_text_float(meta, "drop_path_rate", 0.1),
     )
 
 
-def _head_settings(meta: dict, variant: str | None) -> tuple[int, bool]:
-    """(num_attention_heads, use_short_cut): from the config text in ``meta``, else from the released variant."""
-    heads = _meta_config_value(meta, "nheads", r"\d+")
-    short_cut = _meta_config_value(meta, "short_cut", r"True|False")
+def _head_settings(meta: dict, variant: str | None) -> tuple[int, bool] | None:
+    """(num_attention_heads, use_short_cut): from the config text in ``meta``, else from the named released variant;
+    None when neither has them."""
+    heads = config_text_value(meta, "nheads", r"\d+")
+    short_cut = config_text_value(meta, "short_cut", r"True|False")
     if heads is not None and short_cut is not None:
         return int(heads), short_cut == "True"
     if variant is not None:
-        if variant not in RELEASED_HEAD_SETTINGS:
-            raise CheckpointError(
-                f"unknown variant {variant!r}; the released VWFormer variants are {sorted(RELEASED_HEAD_SETTINGS)}"
-            )
-        return RELEASED_HEAD_SETTINGS[variant]
-    raise CheckpointError(
-        "the checkpoint's meta has no config text with `nheads` and `short_cut` (they are not in the weights): "
-        f"pass the released variant it comes from (--variant, one of {sorted(RELEASED_HEAD_SETTINGS)})"
+        return get_variant(variant).num_attention_heads, get_variant(variant).use_short_cut
+    return None
+
+
+def _check_variant_name(variant: str | None) -> None:
+    if variant is not None and variant not in list_variants("vwformer"):
+        raise CheckpointError(
+            f"unknown variant {variant!r}; the released VWFormer variants are {sorted(list_variants('vwformer'))}"
+        )
+
+
+def _matching_variant(config: VWFormerConfig, variant: str | None) -> str | None:
+    """The released variant ``config`` is. A named ``variant`` must have exactly the checkpoint's weights (names and
+    shapes); otherwise the registered variant with those weights whose heads and short-cut equal the config's, if
+    any."""
+    matched = find_variant(config)
+    if variant is not None:
+        if matched != variant:
+            whose = f"they are {matched}'s" if matched else "no registered variant has them"
+            raise CheckpointError(f"--variant {variant}: the checkpoint's weights are not that variant's ({whose})")
+        return variant
+    if matched is None:
+        return None
+    released = get_variant(matched)
+    same_head = (released.num_attention_heads, released.use_short_cut) == (
+        config.num_attention_heads,
+        config.use_short_cut,
     )
+    return matched if same_head else None
 
 
-def infer_config(state_dict: dict, meta: dict | None = None, variant: str | None = None) -> VWFormerConfig:
-    """Derives the full :class:`VWFormerConfig` from the checkpoint: backbone architecture, head type, channels,
-    enlarging ratios and classes from the tensors; heads and short-cut from ``meta`` or ``variant``."""
+def infer_config_and_variant(
+    state_dict: dict, meta: dict | None = None, variant: str | None = None
+) -> tuple[VWFormerConfig, str | None]:
+    """The full :class:`VWFormerConfig` of the checkpoint and the released variant it is: backbone architecture,
+    head type, channels, enlarging ratios and classes from the tensors; heads and short-cut from ``meta`` or the
+    named ``variant`` (whose weights must then be the checkpoint's, see :func:`_matching_variant`)."""
     meta = meta or {}
+    _check_variant_name(variant)
     backbone_type = detect_backbone_type(state_dict)
     head_type = detect_head_type(state_dict)
     if any(key.startswith("auxiliary_head.") for key in state_dict):
@@ -321,25 +333,26 @@ def infer_config(state_dict: dict, meta: dict | None = None, variant: str | None
         backbone_type
     ](state_dict, meta)
 
-    hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight")[0]
+    decoder_hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight")[0]
     num_labels = _shape(state_dict, "decode_head.conv_seg.weight")[0]
     c1_key = "decode_head.linear_c1.proj.weight" if head_type == "vw" else "decode_head.linear_c1.conv.weight"
     low_level_channels = _shape(state_dict, c1_key)[0]
     ratios = [
         _shape(state_dict, f"decode_head.ds.{j}.conv.weight")[-1]
-        for j in _indices(state_dict, r"decode_head\.ds\.(\d+)\.")
+        for j in indices(state_dict, r"decode_head\.ds\.(\d+)\.")
     ]
-    num_heads, short_cut = _head_settings(meta, variant)
-
-    classes = meta.get("CLASSES")
-    if classes is not None and len(classes) == num_labels:
-        id2label = dict(enumerate(str(name) for name in classes))
-    else:
-        id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
-    return VWFormerConfig(
+    head_settings = _head_settings(meta, variant)
+    if head_settings is None:
+        raise CheckpointError(
+            "the checkpoint's meta has no config text with `nheads` and `short_cut` (they are not in the weights): "
+            f"pass the released variant it comes from (--variant, one of {sorted(list_variants('vwformer'))})"
+        )
+    num_heads, short_cut = head_settings
+    id2label = checkpoint_id2label(meta.get("CLASSES"), num_labels)
+    config = VWFormerConfig(
         backbone_config=backbone_config,
         head_type=head_type,
-        hidden_size=hidden_size,
+        decoder_hidden_size=decoder_hidden_size,
         num_attention_heads=num_heads,
         use_short_cut=short_cut,
         enlarging_ratios=ratios,
@@ -347,16 +360,17 @@ def infer_config(state_dict: dict, meta: dict | None = None, variant: str | None
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )
+    return config, _matching_variant(config, variant)
+
+
+def infer_config(state_dict: dict, meta: dict | None = None, variant: str | None = None) -> VWFormerConfig:
+    """The full :class:`VWFormerConfig` of the checkpoint (see :func:`infer_config_and_variant`)."""
+    return infer_config_and_variant(state_dict, meta, variant)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Tensor surgery
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def split_fused_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows (or entries) of a fused ``[q; k; v]`` projection, in that order."""
-    return tuple(tensor.chunk(3, dim=0))
 
 
 def unfold_to_concat_order(tensor: torch.Tensor) -> torch.Tensor:
@@ -373,14 +387,6 @@ def _squeeze_1x1(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.flatten(1) if tensor.ndim == 4 else tensor
 
 
-def _rename(key: str, table: list) -> tuple[bool, str | None]:
-    for pattern, template in table:
-        match = re.fullmatch(pattern, key)
-        if match:
-            return True, (match.expand(template) if template is not None else None)
-    return False, None
-
-
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Maps every key; raises :class:`CheckpointError` naming the keys it cannot account for."""
     backbone_type = detect_backbone_type(state_dict)
@@ -388,7 +394,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     converted: dict[str, torch.Tensor] = {}
     unmapped = []
     for key, tensor in state_dict.items():
-        known, new_key = _rename(key, table)
+        known, new_key = find_rename(key, table)
         if not known:
             unmapped.append(key)
             continue
@@ -402,8 +408,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
             converted[new_key] = tensor
             continue
         converted.update(_surgery(key, tensor, backbone_type))
-    if unmapped:
-        raise CheckpointError(f"{len(unmapped)} keys with no mapping: {unmapped[:20]}")
+    raise_on_unmapped(unmapped)
     return converted
 
 
@@ -411,31 +416,16 @@ def _surgery(key: str, tensor: torch.Tensor, backbone_type: str) -> dict[str, to
     """The keys whose rename table entry is ``None``."""
     if match := re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.qkv\.(weight|bias)", key):
         stage, block, kind = match.groups()
-        prefix = f"backbone.swin.encoder.layers.{stage}.blocks.{block}.attention"
-        return {
-            f"{prefix}.{name}.{kind}": part
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor))
-        }
+        return split_fused_qkv(key, tensor, f"backbone.swin.encoder.layers.{stage}.blocks.{block}.attention", kind)
     if match := re.fullmatch(r"backbone\.layers\.(\d+)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", key):
         stage, block, kind = match.groups()
-        prefix = f"backbone.stages.{stage}.blocks.{block}.attention"
-        return {
-            f"{prefix}.{name}.{kind}": part
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor))
-        }
+        return split_fused_qkv(key, tensor, f"backbone.stages.{stage}.blocks.{block}.attention", kind)
     if match := re.fullmatch(r"decode_head\.attn\.(\d+)\.in_proj_(weight|bias)", key):
         branch, kind = match.groups()
         prefix = f"decode_head.multi_scale.attentions.{branch}"
-        names = ("query_proj", "key_proj", "value_proj")
-        return {f"{prefix}.{name}.{kind}": part for name, part in zip(names, split_fused_qkv(tensor))}
-    if match := re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_index", key):
-        window = math.isqrt(tensor.shape[0]) if tensor.ndim == 2 else 0  # (w*w, w*w)
-        if (
-            tensor.ndim != 2
-            or window * window != tensor.shape[0]
-            or not torch.equal(tensor.long(), relative_position_index(window).view(tensor.shape).long())
-        ):
-            raise CheckpointError(f"{key}: not the standard Swin relative position index of a square window")
+        return split_fused_qkv(key, tensor, prefix, kind, names=("query_proj", "key_proj", "value_proj"))
+    if re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_index", key):
+        check_relative_position_index(key, tensor)
         return {}
     if match := re.fullmatch(r"backbone\.stages\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)", key):
         stage, name = match.groups()
@@ -446,28 +436,34 @@ def _surgery(key: str, tensor: torch.Tensor, backbone_type: str) -> dict[str, to
     raise CheckpointError(f"{key}: no conversion rule")  # a table entry without a handler: a converter bug
 
 
+def convert(path: str | Path, variant: str | None = None) -> Conversion:
+    """Converts an original VWFormer checkpoint file: the model (eval mode), its ``meta`` and the released variant
+    (the named ``variant``, or the one matched by architecture)."""
+    state_dict, meta = read_checkpoint(path, MMSEG, KIND)
+    return build_conversion(
+        path,
+        VWFormerForSemanticSegmentation,
+        infer=lambda: infer_config_and_variant(state_dict, meta, variant),
+        convert_keys=lambda: convert_state_dict(state_dict),
+        class_names=meta.get("CLASSES"),
+        meta=meta,
+        variant_given=variant is not None,
+    )
+
+
 def convert_checkpoint(path: str | Path, variant: str | None = None):
     """Reads, converts and loads an original checkpoint. Returns ``(model, meta)``; the model is in eval mode."""
-    state_dict, meta = load_original_checkpoint(path, kind="VWFormer (mmseg)")
-    try:
-        config = infer_config(state_dict, meta, variant)
-        converted = convert_state_dict(state_dict)
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    model = VWFormerForSemanticSegmentation(config)
-    try:
-        check_against_model(converted, model.state_dict())
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    model.load_state_dict(converted, strict=True)
-    return model.eval(), meta
+    conversion = convert(path, variant)
+    return conversion.model, conversion.meta
 
 
-__all__ = [
-    "BACKBONE_RENAMES",
-    "HEAD_RENAMES",
-    "RELEASED_HEAD_SETTINGS",
-    "convert_checkpoint",
-    "convert_state_dict",
-    "infer_config",
-]
+#: the summary line of the command line (card fields)
+SUMMARY = (
+    "{backbone}; {head_type} head, {decoder_hidden_size} channels, {num_heads} heads, short-cut {short_cut}, "
+    "{num_labels} classes"
+)
+# the saved folder must reproduce the converted model: equal weights, so equal logits up to float rounding (the
+# reloaded tensors can sit at other memory alignments, which changes the GEMM kernels' summation order); inputs are
+# multiples of 64, as the test pipeline makes them
+RELOAD_CHECK = ReloadCheck(input_size=(128, 192), tolerance=1e-5)
+CONVERTER = Converter(VWFormerConfig.model_type, MMSEG, convert, vwformer_card_fields, SUMMARY, RELOAD_CHECK, True)

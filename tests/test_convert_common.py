@@ -1,0 +1,135 @@
+"""The shared conversion module: reading checkpoints of both layouts, key accounting, the test pipeline taken from the
+registry, the reload check and the command-line skeleton."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import hf_semseg
+from hf_semseg.conversion.common import (
+    DETECTRON2,
+    MMSEG,
+    CheckpointError,
+    Conversion,
+    ConversionError,
+    ReloadCheck,
+    build_image_processor,
+    check_reload,
+    config_text_test_pipeline,
+    describe_provenance,
+    find_rename,
+    raise_on_unmapped,
+    read_checkpoint,
+    resolve_test_pipeline,
+)
+from hf_semseg.demo_data import demo_model_config
+
+
+def saved(tmp_path, checkpoint, name="checkpoint.pth") -> Path:
+    path = tmp_path / name
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_both_layouts_are_read_and_the_other_one_is_named(tmp_path):
+    tensors = {"module.backbone.a": torch.zeros(2), "module.decode_head.b": torch.ones(1)}
+    state_dict, meta = read_checkpoint(
+        saved(tmp_path, {"state_dict": tensors, "meta": {"CLASSES": ("a",)}}), MMSEG, "X"
+    )
+    assert set(state_dict) == {"backbone.a", "decode_head.b"} and meta == {"CLASSES": ("a",)}
+    state_dict, meta = read_checkpoint(saved(tmp_path, {"model": tensors, "iteration": 3}), DETECTRON2, "Y")
+    assert set(state_dict) == {"backbone.a", "decode_head.b"} and meta == {}
+    bare, _ = read_checkpoint(saved(tmp_path, {"backbone.a": torch.zeros(1)}), DETECTRON2, "Y")
+    assert set(bare) == {"backbone.a"}
+    with pytest.raises(CheckpointError, match=r"checkpoint.pth: a detectron2 checkpoint .*reads X checkpoints - hint"):
+        read_checkpoint(saved(tmp_path, {"model": tensors}), MMSEG, "X", " - hint")
+    with pytest.raises(CheckpointError, match=r"an mmseg checkpoint \(\{'state_dict': ...\}\); this converter reads Y"):
+        read_checkpoint(saved(tmp_path, {"state_dict": tensors}), DETECTRON2, "Y")
+    with pytest.raises(CheckpointError, match=r"entries that are not tensors: \['step'\]"):
+        read_checkpoint(saved(tmp_path, {"state_dict": {"step": 3}}), MMSEG, "X")
+    with pytest.raises(CheckpointError, match=r"no 'model' entry \(top-level keys: \['optimizer'\]\)"):
+        read_checkpoint(saved(tmp_path, {"optimizer": {"lr": 1}}), DETECTRON2, "Y")
+    with pytest.raises(CheckpointError, match="holds a list, not an mmseg checkpoint dict"):
+        read_checkpoint(saved(tmp_path, [1]), MMSEG, "X")
+
+
+def test_key_accounting_names_the_keys():
+    table = [(r"a\.(\d+)\.weight", r"b.\1.weight"), (r"a\.(\d+)\.fused", None)]
+    assert find_rename("a.3.weight", table) == (True, "b.3.weight")
+    assert find_rename("a.3.fused", table) == (True, None)
+    assert find_rename("a.3.bias", table) == (False, None)
+    raise_on_unmapped([])
+    with pytest.raises(CheckpointError, match=r"25 keys have no conversion rule: \['k0', .*'k19'\] and 5 more"):
+        raise_on_unmapped([f"k{index}" for index in range(25)])
+
+
+def conversion_of(config, variant=None, given=False, meta=None) -> Conversion:
+    """A conversion of a model with ``config`` (the pipeline and provenance need only the config)."""
+    return Conversion(Path("ckpt.pth"), SimpleNamespace(config=config), variant, given, meta or {})
+
+
+CONFIG_TEXT = (
+    "test_pipeline = [dict(type='MultiScaleFlipAug', img_scale=(1024, 256)), "
+    "dict(type='ResizeToMultiple', size_divisor=32)]; reduce_zero_label=False"
+)
+
+
+def test_test_pipeline_sources_in_order():
+    """given variant > the checkpoint's config text > matched variant > the dataset of the class count > defaults."""
+    vw = hf_semseg.variant_config("vwformer-convnext-base-ade20k")
+    released = {"test_scale": (2560, 640), "size_divisor": 64, "reduce_labels": True}
+    from_text = {"test_scale": (1024, 256), "size_divisor": 32, "reduce_labels": False}
+    assert config_text_test_pipeline({"config": CONFIG_TEXT}) == from_text
+    assert (
+        resolve_test_pipeline(
+            conversion_of(vw, "vwformer-convnext-base-ade20k", given=True, meta={"config": CONFIG_TEXT})
+        )
+        == released
+    )
+    assert (
+        resolve_test_pipeline(conversion_of(vw, "vwformer-convnext-base-ade20k", meta={"config": CONFIG_TEXT}))
+        == from_text
+    )
+    assert resolve_test_pipeline(conversion_of(vw, "vwformer-convnext-base-ade20k")) == released
+    # an unregistered ADE20K VWFormer: the family's shared divisor, the dataset's scale (the variants' differ)
+    assert resolve_test_pipeline(conversion_of(vw)) == {
+        "test_scale": (2048, 512),
+        "size_divisor": 64,
+        "reduce_labels": True,
+    }
+    tiny = demo_model_config()
+    assert resolve_test_pipeline(conversion_of(tiny)) == {}  # nothing known: the image processor's defaults
+    processor = build_image_processor(conversion_of(tiny))
+    assert dict(processor.size) == {"longest_edge": 2048, "shortest_edge": 512} and not processor.do_reduce_labels
+
+
+def test_the_mask2former_family_gets_its_processor_and_its_dataset_pipeline():
+    config = hf_semseg.variant_config("semask-mask2former-large-cityscapes")
+    config.num_queries = 50  # not the released architecture: the dataset of its 19 classes
+    conversion = conversion_of(config)
+    processor = build_image_processor(conversion)
+    assert type(processor) is hf_semseg.SeMaskMask2FormerImageProcessor
+    assert dict(processor.size) == {"longest_edge": 2048, "shortest_edge": 1024} and not processor.do_reduce_labels
+    assert describe_provenance(conversion) == (
+        "no released variant has this architecture; dataset Cityscapes (guessed from the 19 classes)"
+    )
+    matched = conversion_of(config, "semask-mask2former-large-cityscapes")
+    assert describe_provenance(matched) == (
+        "released variant semask-mask2former-large-cityscapes (matched by its architecture); dataset Cityscapes"
+    )
+
+
+def test_reload_check_compares_the_saved_folder(tmp_path):
+    torch.manual_seed(0)
+    model = hf_semseg.SeMaskSwinForSemanticSegmentation(demo_model_config()).eval()
+    model.save_pretrained(tmp_path)
+    check_reload(model, tmp_path, ReloadCheck(input_size=(64, 64)))
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["decode_head.classifier.bias"] = weights["decode_head.classifier.bias"] + 1e-3
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=f"the saved model in {tmp_path} differs"):
+        check_reload(model, tmp_path, ReloadCheck(input_size=(64, 64)))
+    check_reload(model, tmp_path, ReloadCheck(input_size=(64, 64), tolerance=1e-2))  # a relative tolerance
