@@ -65,7 +65,6 @@ from .variants import (
 __version__ = "0.1.0"
 
 
-
 def _register_family(config_class, models: dict) -> None:
     """Registers ``config_class`` and its ``{auto class: model class}`` with transformers, marks every class for
     auto-class saving, and gives the family the (shared) keep-ratio image processors."""

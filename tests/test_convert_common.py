@@ -12,6 +12,7 @@ import hf_semseg
 from hf_semseg.conversion.common import (
     DETECTRON2,
     MMSEG,
+    RELOAD_TOLERANCE,
     CheckpointError,
     Conversion,
     ConversionError,
@@ -122,14 +123,25 @@ def test_the_mask2former_family_gets_its_processor_and_its_dataset_pipeline():
     )
 
 
-def test_reload_check_compares_the_saved_folder(tmp_path):
+def test_reload_check_compares_the_saved_folder_in_a_fresh_process(tmp_path):
     torch.manual_seed(0)
     model = hf_semseg.SeMaskSwinForSemanticSegmentation(demo_model_config()).eval()
     model.save_pretrained(tmp_path)
-    check_reload(model, tmp_path, ReloadCheck(input_size=(64, 64)))
+    check = ReloadCheck(input_size=(64, 64))
+    result = check_reload(model, tmp_path, check)
+    assert result.max_diff <= result.limit and result.input_size == (64, 64)
+    assert "fresh process without hf-semseg" in result.card_line() and "1x3x64x64" in result.card_line()
     weights = load_file(tmp_path / "model.safetensors")
     weights["decode_head.classifier.bias"] = weights["decode_head.classifier.bias"] + 1e-3
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ConversionError, match=f"the saved model in {tmp_path} differs"):
-        check_reload(model, tmp_path, ReloadCheck(input_size=(64, 64)))
-    check_reload(model, tmp_path, ReloadCheck(input_size=(64, 64), tolerance=1e-2))  # a relative tolerance
+    with pytest.raises(ConversionError, match=r"reloaded in a fresh process, differs .* differ by up to 0\.001"):
+        check_reload(model, tmp_path, check)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ConversionError, match="does not load and run in a fresh process without hf-semseg"):
+        check_reload(model, tmp_path, check)
+
+
+def test_one_reload_tolerance_for_every_family():
+    assert ReloadCheck().tolerance == RELOAD_TOLERANCE == 1e-5
+    with pytest.raises(ValueError, match="one tolerance for every family"):
+        ReloadCheck(tolerance=1e-2)

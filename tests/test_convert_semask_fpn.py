@@ -156,6 +156,7 @@ def test_a_matched_checkpoint_gets_the_variant_pipeline_dataset_and_card():
     assert dict(processor.size) == {"longest_edge": 2560, "shortest_edge": 640} and processor.do_reduce_labels
     fields = semask_fpn_card_fields(conversion, processor)
     assert fields["model_name"] == "semask-fpn-large-ade20k" and "51.89 mIoU" in fields["reported_row"]
+    assert fields["dataset_row"] == "ADE20K, 150 classes" and fields["repo_id"] == "<user>/semask-fpn-large-ade20k"
     assert (fields["dataset"], fields["dataset_id"], fields["test_scale"]) == (
         "ADE20K",
         "scene_parse_150",

@@ -6,6 +6,7 @@ variant and its reported numbers come from the registry (:mod:`hf_semseg.variant
 :class:`~.common.Conversion`.
 """
 
+import re
 from pathlib import Path
 from string import Template
 
@@ -29,17 +30,42 @@ def _parameters(model) -> str:
     return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
 
 
-def converted_card_fields(conversion, processor) -> dict:
-    """The fields of every converted checkpoint's card: names, dataset, reported numbers (of the released variant,
-    when the checkpoint is one), label reduction, parameters and the ignore index."""
+def _dashed(values) -> str:
+    return "-".join(map(str, values))
+
+
+def _slug(name: str) -> str:
+    """A Hub repository name for the model name ``name``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def model_name(conversion, architecture: str) -> str:
+    """The name a converted checkpoint's card is titled with: the registered variant it is, else ``architecture``
+    (the family's description of the converted architecture) with the class count - never the file's name."""
+    if conversion.variant is not None:
+        return conversion.variant
+    return f"{architecture}, {conversion.num_labels} classes"
+
+
+def converted_card_fields(conversion, processor, architecture: str | None = None) -> dict:
+    """The fields of every converted checkpoint's card: names (:func:`model_name`; ``architecture`` describes the
+    converted architecture, for a checkpoint that is no registered variant), dataset, reported numbers (of the
+    released variant, when the checkpoint is one), label reduction, parameters and the ignore index. The class count
+    is written once: in the dataset row for a variant, in the title otherwise."""
     from .common import conversion_dataset
 
     model = conversion.model
-    dataset_key, _ = conversion_dataset(conversion)
+    dataset_key, how = conversion_dataset(conversion)
     if dataset_key is not None:
         dataset, dataset_id = get_dataset(dataset_key).name, get_dataset(dataset_key).hub_id
     else:
-        dataset, dataset_id = f"{model.config.num_labels} classes", "custom"
+        dataset, dataset_id = "unknown", "custom"
+    if conversion.variant is not None:
+        dataset_row = f"{dataset}, {model.config.num_labels} classes"
+    elif how.startswith("guessed"):
+        dataset_row = f"{dataset} (guessed from the class count)"
+    else:
+        dataset_row = dataset
     if conversion.variant is not None:
         reported = get_variant(conversion.variant).reported
         reported_row = (
@@ -48,18 +74,19 @@ def converted_card_fields(conversion, processor) -> dict:
         )
     else:
         reported_row = "no published result matches this architecture."
-    name = conversion.variant or conversion.path.stem
+    name = model_name(conversion, architecture or model.config.model_type)
     return {
         "model_name": name,
         "checkpoint_name": conversion.path.name,
         "dataset": dataset,
+        "dataset_row": dataset_row,
         "dataset_id": dataset_id,
         "num_labels": model.config.num_labels,
         "parameters": _parameters(model),
         "reduce_labels_note": "; labels reduced (0 = ignore, class i+1 -> i)" if processor.do_reduce_labels else "",
         "ignore_index": IGNORE_INDEX,
         "reported_row": reported_row,
-        "repo_id": f"<user>/{name}",
+        "repo_id": f"<user>/{_slug(name)}",
     }
 
 
@@ -71,8 +98,9 @@ def _keep_ratio_scale(processor) -> str:
 def semask_fpn_card_fields(conversion, processor) -> dict:
     """The fields of ``model_cards/semask_fpn.md``."""
     config = conversion.model.config
+    architecture = f"SeMask-Swin (embed {config.embed_dim}, depths {_dashed(config.depths)}) Semantic-FPN"
     return {
-        **converted_card_fields(conversion, processor),
+        **converted_card_fields(conversion, processor, architecture),
         "embed_dim": config.embed_dim,
         "depths": _joined(config.depths),
         "num_heads": _joined(config.num_heads),
@@ -84,6 +112,12 @@ def semask_fpn_card_fields(conversion, processor) -> dict:
         "ohem_note": f" with OHEM (hardest {config.ohem_min_kept} pixels per image)" if config.use_ohem else "",
     }
 
+
+_BACKBONE_NAMES = {
+    "swin": lambda c: f"Swin (embed {c.embed_dim}, depths {_dashed(c.depths)})",
+    "convnext": lambda c: f"ConvNeXt (widths {_dashed(c.hidden_sizes)}, depths {_dashed(c.depths)})",
+    "segformer": lambda c: f"MiT (widths {_dashed(c.hidden_sizes)}, depths {_dashed(c.depths)})",
+}
 
 _BACKBONE_DESCRIPTIONS = {
     "swin": lambda c: f"Swin, embed dim {c.embed_dim}, depths {c.depths}, window {c.window_size}",
@@ -99,8 +133,10 @@ def vwformer_card_fields(conversion, processor) -> dict:
     backbone_config = config.backbone_config
     describe = _BACKBONE_DESCRIPTIONS.get(backbone_config.model_type, lambda c: c.model_type)
     divisor = getattr(processor, "size_divisor", None)
+    backbone_name = _BACKBONE_NAMES.get(backbone_config.model_type, lambda c: c.model_type)(backbone_config)
+    architecture = f"{backbone_name} VWFormer ({config.head_type} head)"
     return {
-        **converted_card_fields(conversion, processor),
+        **converted_card_fields(conversion, processor, architecture),
         "backbone": describe(backbone_config),
         "backbone_class": type(model.backbone).__name__,
         "head_type": config.head_type,
@@ -120,8 +156,9 @@ def semask_mask2former_card_fields(conversion, processor) -> dict:
     config = conversion.model.config
     backbone = config.backbone_config
     size = dict(processor.size)
+    architecture = f"SeMask-Swin (embed {backbone.embed_dim}, depths {_dashed(backbone.depths)}) Mask2Former"
     return {
-        **converted_card_fields(conversion, processor),
+        **converted_card_fields(conversion, processor, architecture),
         "embed_dim": backbone.embed_dim,
         "depths": _joined(backbone.depths),
         "num_heads": _joined(backbone.num_heads),

@@ -28,6 +28,7 @@ from .common import (
     indices,
     raise_on_unmapped,
     read_checkpoint,
+    relative_position_window,
     tensor_shape,
     window_size_from_table,
 )
@@ -115,8 +116,8 @@ def load_original_checkpoint(path: str | Path, kind: str = KIND) -> tuple[dict[s
     )
 
 
-def _shape(state_dict: dict, key: str) -> tuple[int, ...]:
-    return tensor_shape(state_dict, key, "SeMask-FPN")
+def _shape(state_dict: dict, key: str, ndim: int | None = None) -> tuple[int, ...]:
+    return tensor_shape(state_dict, key, "SeMask-FPN", ndim)
 
 
 def check_semask_backbone(state_dict: dict[str, torch.Tensor], kind: str) -> None:
@@ -139,18 +140,18 @@ def infer_backbone_fields(state_dict: dict[str, torch.Tensor], kind: str) -> tup
     heads, window size, MLP ratio, qkv bias, semantic blocks per stage) and the number of classes of the semantic
     layers. Shared by the SeMask-FPN and SeMask-Mask2Former converters (``kind`` names the checkpoints)."""
     check_semask_backbone(state_dict, kind)
-    embed_dim, num_channels, patch_size, _ = tensor_shape(state_dict, "backbone.patch_embed.proj.weight", kind)
+    embed_dim, num_channels, patch_size, _ = tensor_shape(state_dict, "backbone.patch_embed.proj.weight", kind, 4)
     stages = indices(state_dict, r"backbone\.layers\.(\d+)\.")
     if stages != list(range(len(stages))):
         raise CheckpointError(f"stages {stages} are not numbered 0..n-1")
     table = "backbone.layers.{}.blocks.0.attn.relative_position_bias_table"
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
-    num_heads = [tensor_shape(state_dict, table.format(stage), kind)[1] for stage in stages]
+    num_heads = [tensor_shape(state_dict, table.format(stage), kind, 2)[1] for stage in stages]
     injection = r"backbone\.layers\.{}\.semantic_layer\.class_injection\.(\d+)\."
     num_semantic_blocks = [len(indices(state_dict, injection.format(stage))) for stage in stages]
     first_semantic = next(stage for stage, count in enumerate(num_semantic_blocks) if count)
     semantic_query = f"backbone.layers.{first_semantic}.semantic_layer.class_injection.0.mlp_cls_q.weight"
-    mlp_hidden = tensor_shape(state_dict, "backbone.layers.0.blocks.0.mlp.fc1.weight", kind)[0]
+    mlp_hidden = tensor_shape(state_dict, "backbone.layers.0.blocks.0.mlp.fc1.weight", kind, 2)[0]
     fields = {
         "patch_size": patch_size,
         "num_channels": num_channels,
@@ -162,7 +163,7 @@ def infer_backbone_fields(state_dict: dict[str, torch.Tensor], kind: str) -> tup
         "qkv_bias": "backbone.layers.0.blocks.0.attn.qkv.bias" in state_dict,
         "num_semantic_blocks": num_semantic_blocks,
     }
-    return fields, tensor_shape(state_dict, semantic_query, kind)[0]
+    return fields, tensor_shape(state_dict, semantic_query, kind, 2)[0]
 
 
 def infer_config_and_variant(
@@ -179,7 +180,7 @@ def infer_config_and_variant(
     """
     meta = meta or {}
     backbone, num_semantic_classes = infer_backbone_fields(state_dict, "SeMask-FPN")
-    num_classes, decoder_channels = _shape(state_dict, "decode_head.conv_seg.weight")[:2]
+    num_classes, decoder_channels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[:2]
     if num_classes != num_semantic_classes:
         raise CheckpointError(
             f"the decode head predicts {num_classes} classes but the semantic layers {num_semantic_classes} "
@@ -220,7 +221,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     converted, unmapped = {}, []
     for key, tensor in state_dict.items():
         if RELATIVE_POSITION_INDEX.fullmatch(key):
-            check_relative_position_index(key, tensor)
+            check_relative_position_index(key, tensor, relative_position_window(state_dict, key))
             continue
         new_key = rename_key(key)
         if new_key is None:

@@ -27,6 +27,8 @@ from .common import (
     Converter,
     build_conversion,
     checkpoint_id2label,
+    errors_name_the_file,
+    expect_shape,
     find_rename,
     indices,
     raise_on_unmapped,
@@ -155,8 +157,8 @@ def apply_legacy_renames(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return renamed
 
 
-def _shape(state_dict: dict, key: str) -> tuple[int, ...]:
-    return tensor_shape(state_dict, key, KIND)
+def _shape(state_dict: dict, key: str, ndim: int | None = None) -> tuple[int, ...]:
+    return tensor_shape(state_dict, key, KIND, ndim)
 
 
 def _count(state_dict: dict, pattern: str) -> int:
@@ -197,17 +199,17 @@ def infer_config_and_variant(
     and the no-object weight (``criterion.empty_weight``). Not in the weights: the semantic window, the matched
     variant's (detectron2's default without one), and ``PRE_NORM``, False in every released config."""
     check_semask_backbone(state_dict, KIND)
-    num_classes = _shape(state_dict, "sem_seg_head.predictor.class_embed.weight")[0] - 1
+    num_classes = _shape(state_dict, "sem_seg_head.predictor.class_embed.weight", 2)[0] - 1
     backbone_config = infer_backbone_config(state_dict, num_classes)
-    feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.input_proj.0.0.weight")[0]
+    feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.input_proj.0.0.weight", 4)[0]
     sampling_rows = _shape(
-        state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight"
+        state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight", 2
     )[0]
     if sampling_rows % 24:
         raise CheckpointError(
             f"sampling_offsets has {sampling_rows} rows, not heads x 3 levels x 4 points x 2 as in Mask2Former"
         )
-    num_queries, hidden_dim = _shape(state_dict, "sem_seg_head.predictor.query_feat.weight")
+    num_queries, hidden_dim = _shape(state_dict, "sem_seg_head.predictor.query_feat.weight", 2)
     decoder_layers = _count(state_dict, r"sem_seg_head\.predictor\.transformer_self_attention_layers\.(\d+)\.") + 1
     num_fpn_levels = _count(state_dict, r"sem_seg_head\.pixel_decoder\.adapter_(\d+)\.")
     if num_fpn_levels != 1:
@@ -218,6 +220,12 @@ def infer_config_and_variant(
     no_object_weight = 0.1
     if "criterion.empty_weight" in state_dict:
         empty_weight = state_dict["criterion.empty_weight"]
+        expect_shape(
+            "criterion.empty_weight",
+            empty_weight,
+            (num_classes + 1,),
+            f"{num_classes} class weights, then the no-object weight",
+        )
         if empty_weight.device.type != "meta":
             no_object_weight = float(empty_weight[-1])
             if not torch.all(empty_weight[:-1] == 1):
@@ -228,15 +236,15 @@ def infer_config_and_variant(
     config = SeMaskMask2FormerConfig(
         backbone_config=backbone_config,
         feature_size=feature_size,
-        mask_feature_size=_shape(state_dict, "sem_seg_head.pixel_decoder.mask_features.weight")[0],
+        mask_feature_size=_shape(state_dict, "sem_seg_head.pixel_decoder.mask_features.weight", 4)[0],
         hidden_dim=hidden_dim,
         encoder_feedforward_dim=_shape(
-            state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight"
+            state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight", 2
         )[0],
         encoder_layers=_count(state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\."),
         decoder_layers=decoder_layers,
         num_attention_heads=sampling_rows // 24,
-        dim_feedforward=_shape(state_dict, "sem_seg_head.predictor.transformer_ffn_layers.0.linear1.weight")[0],
+        dim_feedforward=_shape(state_dict, "sem_seg_head.predictor.transformer_ffn_layers.0.linear1.weight", 2)[0],
         enforce_input_projection=any(key.startswith("sem_seg_head.predictor.input_proj.") for key in state_dict)
         and feature_size == hidden_dim,
         num_queries=num_queries,
@@ -267,6 +275,9 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         HF_BACKBONE + key.removeprefix("backbone."): value
         for key, value in convert_backbone_state_dict(backbone).items()
     }
+    # the decoder's width (the queries'): the fused self-attention projections are (3 x hidden, hidden)
+    queries = state_dict.get("sem_seg_head.predictor.query_feat.weight")
+    hidden_dim = queries.shape[1] if queries is not None and queries.ndim == 2 else None
     unmapped = []
     for key, tensor in state_dict.items():
         if key.startswith("backbone.") or key in PIXEL_STATISTICS:
@@ -274,7 +285,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         match = SELF_ATTENTION_IN_PROJ.fullmatch(key)
         if match:
             layer, kind = match.groups()
-            converted.update(split_fused_qkv(key, tensor, f"{HF_TRANSFORMER}decoder.layers.{layer}.self_attn", kind))
+            prefix = f"{HF_TRANSFORMER}decoder.layers.{layer}.self_attn"
+            converted.update(split_fused_qkv(key, tensor, prefix, kind, dim=hidden_dim))
             continue
         known, new_key = find_rename(key, HEAD_RENAMES)
         if known:
@@ -290,6 +302,9 @@ def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], 
     them (detectron2 keeps them non-persistent, so released checkpoints do not)."""
     if not all(name in state_dict for name in PIXEL_STATISTICS):
         return None
+    for name in PIXEL_STATISTICS:
+        if state_dict[name].numel() != 3:
+            expect_shape(name, state_dict[name], (3, 1, 1), "one value per RGB channel")
     mean, std = (state_dict[name].flatten().double() / 255.0 for name in PIXEL_STATISTICS)
     return mean.tolist(), std.tolist()
 
@@ -297,8 +312,10 @@ def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], 
 def convert(path: str | Path, id2label: dict[int, str] | None = None) -> Conversion:
     """Converts an original SeMask-Mask2Former checkpoint file: the model (eval mode), the registered variant with
     its architecture, and the pixel statistics for the image processor when the checkpoint has them."""
-    state_dict = apply_legacy_renames(load_detectron2_checkpoint(path))
-    statistics = pixel_statistics(state_dict)
+    state_dict = load_detectron2_checkpoint(path)
+    with errors_name_the_file(path):
+        state_dict = apply_legacy_renames(state_dict)
+        statistics = pixel_statistics(state_dict)
     return build_conversion(
         path,
         SeMaskMask2FormerForSemanticSegmentation,

@@ -5,7 +5,7 @@ The backbones become transformers' own classes: mmseg Swin -> ``SwinBackbone``, 
 mmseg MiT -> ``SegformerModel``; the head becomes :class:`VWFormerHead`. Read top to bottom: the rename tables
 (:data:`SWIN_RENAMES`, :data:`CONVNEXT_RENAMES`, :data:`MIT_RENAMES`, :data:`HEAD_RENAMES`) are the whole key mapping,
 the few tensors that need surgery (fused q/k/v, PatchMerging channel order, 1x1 convs stored as linears) are handled
-by named functions, and :func:`infer_config` derives every hyper-parameter from the tensors except the two that are
+by named functions, which check each tensor's shape first (an error names the original key), and :func:`infer_config` derives every hyper-parameter from the tensors except the two that are
 not in the weights (attention heads and short-cut), read from the config text in ``meta`` or from the released
 variant (:mod:`hf_semseg.variants`). :data:`CONVERTER` is what ``conversion/convert_vwformer_to_hf.py`` runs.
 """
@@ -30,10 +30,12 @@ from .common import (
     checkpoint_id2label,
     config_text_float,
     config_text_value,
+    expect_shape,
     find_rename,
     indices,
     raise_on_unmapped,
     read_checkpoint,
+    relative_position_window,
     split_fused_qkv,
     tensor_shape,
     window_size_from_table,
@@ -174,8 +176,8 @@ BACKBONE_RENAMES = {"swin": SWIN_RENAMES, "convnext": CONVNEXT_RENAMES, "mit": M
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _shape(state_dict: dict, key: str) -> tuple[int, ...]:
-    return tensor_shape(state_dict, key, "VWFormer")
+def _shape(state_dict: dict, key: str, ndim: int | None = None) -> tuple[int, ...]:
+    return tensor_shape(state_dict, key, "VWFormer", ndim)
 
 
 def detect_backbone_type(state_dict: dict) -> str:
@@ -211,13 +213,13 @@ def detect_head_type(state_dict: dict) -> str:
 
 
 def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
-    embed_dim, num_channels, patch_size, _ = _shape(state_dict, "backbone.patch_embed.projection.weight")
+    embed_dim, num_channels, patch_size, _ = _shape(state_dict, "backbone.patch_embed.projection.weight", 4)
     stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
     depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     table = "backbone.stages.{}.blocks.0.attn.w_msa.relative_position_bias_table"
-    num_heads = [_shape(state_dict, table.format(stage))[1] for stage in stages]
+    num_heads = [_shape(state_dict, table.format(stage), 2)[1] for stage in stages]
     window_size = window_size_from_table(_shape(state_dict, table.format(0))[0], table.format(0))
-    mlp_hidden = _shape(state_dict, "backbone.stages.0.blocks.0.ffn.layers.0.0.weight")[0]
+    mlp_hidden = _shape(state_dict, "backbone.stages.0.blocks.0.ffn.layers.0.0.weight", 2)[0]
     return SwinConfig(
         image_size=int(config_text_float(meta, "pretrain_img_size", 224)),
         patch_size=patch_size,
@@ -234,10 +236,10 @@ def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
 
 
 def infer_convnext_config(state_dict: dict, meta: dict) -> ConvNextConfig:
-    _, num_channels, patch_size, _ = _shape(state_dict, "backbone.downsample_layers.0.0.weight")
+    _, num_channels, patch_size, _ = _shape(state_dict, "backbone.downsample_layers.0.0.weight", 4)
     stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
     depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.(\d+)\.")) for stage in stages]
-    hidden_sizes = [_shape(state_dict, f"backbone.stages.{stage}.0.depthwise_conv.weight")[0] for stage in stages]
+    hidden_sizes = [_shape(state_dict, f"backbone.stages.{stage}.0.depthwise_conv.weight", 4)[0] for stage in stages]
     return ConvNextConfig(
         num_channels=num_channels,
         patch_size=patch_size,
@@ -254,16 +256,16 @@ def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.1\.(\d+)\.")) for stage in stages]
     hidden_sizes, patch_sizes, sr_ratios, mlp_ratios = [], [], [], []
     for stage in stages:
-        hidden, _, kernel, _ = _shape(state_dict, f"backbone.layers.{stage}.0.projection.weight")
+        hidden, _, kernel, _ = _shape(state_dict, f"backbone.layers.{stage}.0.projection.weight", 4)
         hidden_sizes.append(hidden)
         patch_sizes.append(kernel)
         sr_key = f"backbone.layers.{stage}.1.0.attn.sr.weight"
-        sr_ratios.append(_shape(state_dict, sr_key)[-1] if sr_key in state_dict else 1)
-        mlp_ratios.append(_shape(state_dict, f"backbone.layers.{stage}.1.0.ffn.layers.0.weight")[0] // hidden)
+        sr_ratios.append(_shape(state_dict, sr_key, 4)[-1] if sr_key in state_dict else 1)
+        mlp_ratios.append(_shape(state_dict, f"backbone.layers.{stage}.1.0.ffn.layers.0.weight", 4)[0] // hidden)
     heads_text = config_text_value(meta, "num_heads", r"\[[0-9, ]+\]")
     num_heads = [int(value) for value in re.findall(r"\d+", heads_text)] if heads_text else list(MIT_ATTENTION_HEADS)
     return SegformerConfig(
-        num_channels=_shape(state_dict, "backbone.layers.0.0.projection.weight")[1],
+        num_channels=_shape(state_dict, "backbone.layers.0.0.projection.weight", 4)[1],
         num_encoder_blocks=len(stages),
         depths=depths,
         sr_ratios=sr_ratios,
@@ -333,12 +335,12 @@ def infer_config_and_variant(
         backbone_type
     ](state_dict, meta)
 
-    decoder_hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight")[0]
-    num_labels = _shape(state_dict, "decode_head.conv_seg.weight")[0]
+    decoder_hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight", 4)[0]
+    num_labels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[0]
     c1_key = "decode_head.linear_c1.proj.weight" if head_type == "vw" else "decode_head.linear_c1.conv.weight"
-    low_level_channels = _shape(state_dict, c1_key)[0]
+    low_level_channels = _shape(state_dict, c1_key, 2 if head_type == "vw" else 4)[0]
     ratios = [
-        _shape(state_dict, f"decode_head.ds.{j}.conv.weight")[-1]
+        _shape(state_dict, f"decode_head.ds.{j}.conv.weight", 4)[-1]
         for j in indices(state_dict, r"decode_head\.ds\.(\d+)\.")
     ]
     head_settings = _head_settings(meta, variant)
@@ -373,18 +375,45 @@ def infer_config(state_dict: dict, meta: dict | None = None, variant: str | None
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def unfold_to_concat_order(tensor: torch.Tensor) -> torch.Tensor:
+def unfold_to_concat_order(tensor: torch.Tensor, key: str = "tensor") -> torch.Tensor:
     """Input channels of mmseg's PatchMerging (``nn.Unfold(2, stride=2)``: channel-major, then the 2x2 positions
     (0,0),(0,1),(1,0),(1,1)) reordered as transformers' Swin concatenates them (position-major: (0,0),(1,0),(0,1),
-    (1,1)). Works on the reduction weight (last dim) and the norm parameters (only dim)."""
-    *leading, channels = tensor.shape
+    (1,1)). Works on the reduction weight (last dim) and the norm parameters (only dim); ``key`` names the tensor in
+    the error when its last dimension is not 4 x channels."""
+    *leading, channels = tensor.shape if tensor.ndim else (0,)
+    if not tensor.ndim or channels % 4:
+        raise CheckpointError(
+            f"{key}: shape {tuple(tensor.shape)}, expected a last dimension of 4 x channels (the 2x2 patch merging)"
+        )
     grouped = tensor.reshape(*leading, channels // 4, 4)[..., [0, 2, 1, 3]]
     return grouped.transpose(-1, -2).reshape(*leading, channels)
 
 
-def _squeeze_1x1(tensor: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv weight ``(out, in, 1, 1)`` as a linear weight ``(out, in)``."""
-    return tensor.flatten(1) if tensor.ndim == 4 else tensor
+def _squeeze_1x1(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv weight ``(out, in, 1, 1)`` as a linear weight ``(out, in)`` (a linear weight stays as it is);
+    anything else is an error naming ``key``."""
+    if tensor.ndim == 4 and tuple(tensor.shape[2:]) == (1, 1):
+        return tensor.flatten(1)
+    if tensor.ndim == 2:
+        return tensor
+    out_channels, in_channels = (tuple(tensor.shape) + (0, 0))[:2] if tensor.ndim else ("out", "in")
+    raise CheckpointError(
+        f"{key}: shape {tuple(tensor.shape)}, expected ({out_channels}, {in_channels}, 1, 1) (a 1x1 convolution) "
+        f"or ({out_channels}, {in_channels}) (a linear layer)"
+    )
+
+
+def _stage_channels(state_dict: dict, stage: str) -> int | None:
+    """The channels of mmseg Swin stage ``stage`` (its first block's norm), None when the state dict lacks it."""
+    norm = state_dict.get(f"backbone.stages.{stage}.blocks.0.norm1.weight")
+    return norm.shape[0] if norm is not None and norm.ndim == 1 else None
+
+
+def _projection_width(state_dict: dict, out_proj_key: str) -> int | None:
+    """The input width of the output projection ``out_proj_key`` (the width of the fused q, k, v projections before
+    it); None when the state dict lacks it."""
+    weight = state_dict.get(out_proj_key)
+    return weight.shape[1] if weight is not None and weight.ndim >= 2 else None
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -402,34 +431,42 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
             if new_key.endswith(
                 (".query_proj.weight", ".key_proj.weight", ".value_proj.weight", ".output_proj.weight")
             ):
-                tensor = _squeeze_1x1(tensor)
+                tensor = _squeeze_1x1(key, tensor)
             elif re.search(r"\.mlp\.fc[12]\.weight$", new_key) and backbone_type == "mit":
-                tensor = _squeeze_1x1(tensor)
+                tensor = _squeeze_1x1(key, tensor)
             converted[new_key] = tensor
             continue
-        converted.update(_surgery(key, tensor, backbone_type))
+        converted.update(_surgery(key, tensor, state_dict))
     raise_on_unmapped(unmapped)
     return converted
 
 
-def _surgery(key: str, tensor: torch.Tensor, backbone_type: str) -> dict[str, torch.Tensor]:
-    """The keys whose rename table entry is ``None``."""
+def _surgery(key: str, tensor: torch.Tensor, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys whose rename table entry is ``None``; every tensor is shape-checked (against the widths its
+    neighbours in ``state_dict`` give) before it is split or reordered."""
     if match := re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.qkv\.(weight|bias)", key):
         stage, block, kind = match.groups()
-        return split_fused_qkv(key, tensor, f"backbone.swin.encoder.layers.{stage}.blocks.{block}.attention", kind)
+        prefix = f"backbone.swin.encoder.layers.{stage}.blocks.{block}.attention"
+        return split_fused_qkv(key, tensor, prefix, kind, dim=_stage_channels(state_dict, stage))
     if match := re.fullmatch(r"backbone\.layers\.(\d+)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", key):
         stage, block, kind = match.groups()
-        return split_fused_qkv(key, tensor, f"backbone.stages.{stage}.blocks.{block}.attention", kind)
+        width = _projection_width(state_dict, f"backbone.layers.{stage}.1.{block}.attn.attn.out_proj.weight")
+        return split_fused_qkv(key, tensor, f"backbone.stages.{stage}.blocks.{block}.attention", kind, dim=width)
     if match := re.fullmatch(r"decode_head\.attn\.(\d+)\.in_proj_(weight|bias)", key):
         branch, kind = match.groups()
         prefix = f"decode_head.multi_scale.attentions.{branch}"
-        return split_fused_qkv(key, tensor, prefix, kind, names=("query_proj", "key_proj", "value_proj"))
+        width = _projection_width(state_dict, f"decode_head.attn.{branch}.out_proj.weight")
+        return split_fused_qkv(key, tensor, prefix, kind, names=("query_proj", "key_proj", "value_proj"), dim=width)
     if re.fullmatch(r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_index", key):
-        check_relative_position_index(key, tensor)
+        check_relative_position_index(key, tensor, relative_position_window(state_dict, key))
         return {}
     if match := re.fullmatch(r"backbone\.stages\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)", key):
         stage, name = match.groups()
-        return {f"backbone.swin.encoder.layers.{stage}.downsample.{name}": unfold_to_concat_order(tensor)}
+        channels = _stage_channels(state_dict, stage)
+        if channels is not None:
+            expected = (2 * channels, 4 * channels) if name == "reduction.weight" else (4 * channels,)
+            expect_shape(key, tensor, expected, f"the patch merging {name} of a {channels}-channel stage")
+        return {f"backbone.swin.encoder.layers.{stage}.downsample.{name}": unfold_to_concat_order(tensor, key)}
     if match := re.fullmatch(r"backbone\.norm(\d+)\.(weight|bias)", key):
         stage, kind = match.groups()
         return {f"backbone.hidden_states_norms.stage{int(stage) + 1}.{kind}": tensor}
