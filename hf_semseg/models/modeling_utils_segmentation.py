@@ -131,15 +131,14 @@ def segmentation_loss(
 
 
 def decode_with_auxiliary_head(
-    model, features: tuple[torch.Tensor, ...], labels: torch.Tensor | None, mean_over_all_pixels: bool = False
+    model, features: tuple[torch.Tensor, ...], labels: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``model.decode_head`` and, when the model has one, ``model.auxiliary_head`` on the feature maps, and with
-    ``labels`` their :func:`segmentation_loss`. Returns ``(logits, auxiliary_logits, loss)``."""
+    ``labels`` the family's ``model.compute_loss(logits, auxiliary_logits, labels)``. Returns
+    ``(logits, auxiliary_logits, loss)``."""
     logits = model.decode_head(features)
     auxiliary_logits = model.auxiliary_head(features) if model.auxiliary_head is not None else None
-    loss = None
-    if labels is not None:
-        loss = segmentation_loss(model.config, logits, labels, auxiliary_logits, mean_over_all_pixels)
+    loss = None if labels is None else model.compute_loss(logits, auxiliary_logits, labels)
     return logits, auxiliary_logits, loss
 
 

@@ -416,9 +416,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
     ) -> VWFormerSemanticSegmenterOutput:
         output_hidden_states, _ = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         features = self.backbone_features(pixel_values)
-        logits, auxiliary_logits, loss = decode_with_auxiliary_head(
-            self, features, labels, self.config.loss_mean_over_all_pixels
-        )
+        logits, auxiliary_logits, loss = decode_with_auxiliary_head(self, features, labels)
         output = VWFormerSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
