@@ -241,6 +241,15 @@ def _variant_weight_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return _weight_shapes(variant_config(name))
 
 
+def variant_has_weights(name: str, config: PreTrainedConfig) -> bool:
+    """Whether the registered variant ``name`` has exactly the weights (names and shapes) and the number of classes of
+    the model ``config`` builds."""
+    variant = get_variant(name)
+    if variant.family != config.model_type or variant.dataset_info.num_labels != config.num_labels:
+        return False
+    return _variant_weight_shapes(name) == _weight_shapes(config)
+
+
 def find_variant(config: PreTrainedConfig) -> str | None:
     """The registered variant with exactly the architecture of ``config``: of its family (``model_type``), trained on
     a dataset with ``config.num_labels`` classes, and whose model has the same weights (names and shapes) as the

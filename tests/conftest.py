@@ -24,3 +24,23 @@ def fixture_dir(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"shared fixture folder {path} is absent (the reference outputs of the original code)")
     return path
+
+
+def fixture_config_file(name: str, folder: Path) -> Path:
+    """The config file the original run of the shared fixture ``name`` would have written, made from the fixture's
+    config.json the way a user would pass it to a converter (``--config_file``): ``model = {...}`` as an mmseg ``.py``
+    for the mmseg fixtures, the detectron2 config as ``config.yaml`` for the detectron2 ones. Written into
+    ``folder``."""
+    import json
+
+    import yaml
+
+    config = json.loads((fixture_dir(name) / "config.json").read_text())
+    if "detectron2_config" in config:
+        path = Path(folder) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config["detectron2_config"]))
+        return path
+    model = config.get("mmseg_config") or config.get("original_config")
+    path = Path(folder) / f"{name}.py"
+    path.write_text(f"model = {model!r}\n")
+    return path

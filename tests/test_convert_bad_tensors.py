@@ -13,7 +13,7 @@ from script_helpers import load_example
 
 from hf_semseg.conversion.common import CheckpointError, check_finite, split_fused_qkv
 
-from conftest import REPO_ROOT, fixture_dir
+from conftest import REPO_ROOT, fixture_config_file, fixture_dir
 
 
 SCRIPTS = REPO_ROOT / "conversion"
@@ -40,10 +40,15 @@ def bad_checkpoint(tmp_path, fixture: str, replace) -> str:
     return str(path)
 
 
-def run_cli(family: str, checkpoint: str, tmp_path, capsys) -> tuple[int, list[str], object]:
-    """Runs the family's converter in-process: exit status, the lines on stderr, and the output folder."""
+def run_cli(family: str, checkpoint: str, tmp_path, capsys, fixture: str | None = None) -> tuple[int, list[str], object]:
+    """Runs the family's converter in-process: exit status, the lines on stderr, and the output folder; with
+    ``fixture``, passing that fixture's run config (``--config_file``) as a user would."""
     output_dir = tmp_path / "out"
-    status = _cli(family).main(["--checkpoint_path", checkpoint, "--output_dir", str(output_dir)])
+    arguments = ["--checkpoint_path", checkpoint, "--output_dir", str(output_dir)]
+    if fixture is not None:
+        (tmp_path / "run_config").mkdir(exist_ok=True)
+        arguments += ["--config_file", str(fixture_config_file(fixture, tmp_path / "run_config"))]
+    status = _cli(family).main(arguments)
     return status, capsys.readouterr().err.splitlines(), output_dir
 
 
@@ -55,7 +60,8 @@ def assert_refused(status, lines, output_dir, *expected: str) -> str:
     for text in expected:
         assert text in lines[0], (text, lines[0])
     assert not output_dir.exists()
-    assert [path.name for path in output_dir.parent.iterdir()] == ["bad.pth"]  # no temporary folder either
+    written = sorted(path.name for path in output_dir.parent.iterdir())
+    assert written in (["bad.pth"], ["bad.pth", "run_config"]), written  # no temporary folder either
     return lines[0]
 
 
@@ -77,7 +83,7 @@ def test_non_finite_values_are_refused_naming_the_keys(family, fixture, key, tmp
         state_dict[key] = state_dict[key].clone()
         state_dict[key].view(-1)[0] = math.nan
 
-    status, lines, output_dir = run_cli(family, bad_checkpoint(tmp_path, fixture, poison), tmp_path, capsys)
+    status, lines, output_dir = run_cli(family, bad_checkpoint(tmp_path, fixture, poison), tmp_path, capsys, fixture)
     line = assert_refused(status, lines, output_dir, "bad.pth", "non-finite", repr(key))
     assert "1 tensor:" in line
 
@@ -180,7 +186,7 @@ def test_wrong_shapes_are_refused_naming_the_key_and_the_shapes(
     family, fixture, key, shape, expected, dtype, tmp_path, capsys
 ):
     replace = _replaced(key, shape, dtype or torch.float32)
-    status, lines, output_dir = run_cli(family, bad_checkpoint(tmp_path, fixture, replace), tmp_path, capsys)
+    status, lines, output_dir = run_cli(family, bad_checkpoint(tmp_path, fixture, replace), tmp_path, capsys, fixture)
     assert_refused(status, lines, output_dir, "bad.pth", f"{key}: shape {shape}, expected {expected}")
 
 

@@ -21,13 +21,13 @@ from hf_semseg.conversion.common import (
     ReloadCheck,
     build_image_processor,
     check_reload,
-    config_text_test_pipeline,
     describe_provenance,
     find_rename,
     raise_on_unmapped,
     read_checkpoint,
     resolve_test_pipeline,
 )
+from hf_semseg.conversion.run_config import RunConfig, detectron2_pipeline, mmseg_pipeline, mmseg_run_configs
 from hf_semseg.demo_data import demo_model_config
 
 
@@ -69,59 +69,102 @@ def test_key_accounting_names_the_keys():
         raise_on_unmapped([f"k{index}" for index in range(25)])
 
 
-def conversion_of(config, variant=None, given=False, meta=None) -> Conversion:
+def conversion_of(config, variant=None, given=False, meta=None, pipeline=None, **fields) -> Conversion:
     """A conversion of a model with ``config`` (the pipeline and provenance need only the config)."""
-    return Conversion(Path("ckpt.pth"), SimpleNamespace(config=config), variant, given, meta or {})
+    return Conversion(
+        Path("ckpt.pth"), SimpleNamespace(config=config), variant, given, meta or {}, pipeline=pipeline or {}, **fields
+    )
 
 
-CONFIG_TEXT = (
-    "test_pipeline = [dict(type='MultiScaleFlipAug', img_scale=(1024, 256)), "
-    "dict(type='ResizeToMultiple', size_divisor=32)]; reduce_zero_label=False"
-)
+# an mmseg run's test pipeline, as mmcv writes it into meta['config'] (a non-ImageNet normalisation on purpose)
+CONFIG_TEXT = """
+img_norm_cfg = dict(mean=[127.5, 127.5, 127.5], std=[51.0, 51.0, 51.0], to_rgb=True)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(1024, 256),
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='Normalize', **img_norm_cfg),
+        ]),
+]
+data = dict(test=dict(type='ADE20KDataset', reduce_zero_label=False, pipeline=test_pipeline))
+"""
 
 
 def test_test_pipeline_sources_in_order():
-    """given variant > the checkpoint's config text > matched variant > the dataset of the class count > defaults."""
-    vw = hf_semseg.variant_config("vwformer-convnext-base-ade20k")
-    released = {"test_scale": (2560, 640), "size_divisor": 64, "reduce_labels": True}
-    from_text = {"test_scale": (1024, 256), "size_divisor": 32, "reduce_labels": False}
-    assert config_text_test_pipeline({"config": CONFIG_TEXT}) == from_text
-    assert (
-        resolve_test_pipeline(
-            conversion_of(vw, "vwformer-convnext-base-ade20k", given=True, meta={"config": CONFIG_TEXT})
-        )
-        == released
-    )
-    assert (
-        resolve_test_pipeline(conversion_of(vw, "vwformer-convnext-base-ade20k", meta={"config": CONFIG_TEXT}))
-        == from_text
-    )
-    assert resolve_test_pipeline(conversion_of(vw, "vwformer-convnext-base-ade20k")) == released
-    # an unregistered ADE20K VWFormer: the family's shared divisor, the dataset's scale (the variants' differ)
-    assert resolve_test_pipeline(conversion_of(vw)) == {
-        "test_scale": (2048, 512),
-        "size_divisor": 64,
-        "reduce_labels": True,
+    """the run's config (file, then the checkpoint's text) > the released variant > the processor's defaults (said);
+    never the dataset of the class count."""
+    from_text = mmseg_pipeline(mmseg_run_configs(None, {"config": CONFIG_TEXT}))
+    assert from_text == {
+        "test_scale": (1024, 256),
+        "size_divisor": 32,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.2, 0.2, 0.2],
+        "reduce_labels": False,
+        "dataset": "ade20k",
+        "source": "the checkpoint's config text",
     }
-    tiny = demo_model_config()
-    assert resolve_test_pipeline(conversion_of(tiny)) == {}  # nothing known: the image processor's defaults
-    processor = build_image_processor(conversion_of(tiny))
+    vw = hf_semseg.variant_config("vwformer-convnext-base-ade20k")
+    imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    released = {"test_scale": (2560, 640), "size_divisor": 64, "reduce_labels": True, **imagenet}
+    pipeline, defaults, _ = resolve_test_pipeline(
+        conversion_of(vw, "vwformer-convnext-base-ade20k", given=True, pipeline=from_text)
+    )
+    assert pipeline == {name: from_text[name] for name in released} and defaults == []
+    pipeline, defaults, where = resolve_test_pipeline(conversion_of(vw, "vwformer-convnext-base-ade20k"))
+    assert pipeline == released and where["test_scale"] == "released variant vwformer-convnext-base-ade20k"
+    # an unregistered 150-class VWFormer without a config: nothing is guessed from the class count
+    pipeline, defaults, _ = resolve_test_pipeline(conversion_of(vw))
+    assert pipeline == {} and defaults == ["test_scale", "size_divisor", "reduce_labels", "image_mean", "image_std"]
+    assert describe_provenance(conversion_of(vw)).startswith("no released variant has these weights; dataset unknown")
+    processor = build_image_processor(conversion_of(vw))
     assert dict(processor.size) == {"longest_edge": 2048, "shortest_edge": 512} and not processor.do_reduce_labels
+    processor = build_image_processor(conversion_of(vw, pipeline=from_text))
+    assert dict(processor.size) == {"longest_edge": 1024, "shortest_edge": 256} and processor.size_divisor == 32
+    assert list(processor.image_mean) == [0.5, 0.5, 0.5] and list(processor.image_std) == [0.2, 0.2, 0.2]
 
 
-def test_the_mask2former_family_gets_its_processor_and_its_dataset_pipeline():
+def test_pipelines_the_processor_cannot_reproduce_are_refused():
+    bgr = CONFIG_TEXT.replace("to_rgb=True", "to_rgb=False")
+    with pytest.raises(ConversionError, match=r"test pipeline: Normalize\(to_rgb=False\): the model was trained on BGR"):
+        mmseg_pipeline(mmseg_run_configs(None, {"config": bgr}))
+    multi = CONFIG_TEXT.replace("img_scale=(1024, 256)", "img_scale=[(1024, 256), (2048, 512)]")
+    with pytest.raises(ConversionError, match=r"img_scale = \[\(1024, 256\), \(2048, 512\)\], expected one"):
+        mmseg_pipeline(mmseg_run_configs(None, {"config": multi}))
+    yaml_config = RunConfig({"INPUT": {"FORMAT": "BGR"}}, "--config_file c.yaml")
+    with pytest.raises(ConversionError, match=r"c.yaml: INPUT.FORMAT = 'BGR': the model was trained on BGR"):
+        detectron2_pipeline([yaml_config])
+
+
+def test_the_mask2former_family_gets_its_processor_and_its_config_pipeline():
     config = hf_semseg.variant_config("semask-mask2former-large-cityscapes")
-    config.num_queries = 50  # not the released architecture: the dataset of its 19 classes
-    conversion = conversion_of(config)
+    config.num_queries = 50  # not the released architecture
+    run = RunConfig(
+        {
+            "INPUT": {"MIN_SIZE_TEST": 1024, "MAX_SIZE_TEST": 2048},
+            "MODEL": {"PIXEL_MEAN": [123.675, 116.28, 103.53], "PIXEL_STD": [58.395, 57.12, 57.375]},
+            "DATASETS": {"TEST": ["cityscapes_fine_sem_seg_val"]},
+        },
+        "--config_file config.yaml",
+    )
+    conversion = conversion_of(
+        config, pipeline=detectron2_pipeline([run]), pipeline_fields=("test_scale", "reduce_labels", "image_mean")
+    )
     processor = build_image_processor(conversion)
     assert type(processor) is hf_semseg.SeMaskMask2FormerImageProcessor
     assert dict(processor.size) == {"longest_edge": 2048, "shortest_edge": 1024} and not processor.do_reduce_labels
-    assert describe_provenance(conversion) == (
-        "no released variant has this architecture; dataset Cityscapes (guessed from the 19 classes)"
+    assert describe_provenance(conversion).startswith(
+        "no released variant has these weights; dataset Cityscapes (--config_file config.yaml); every value is in "
+        "the weights; test pre-processing: test_scale, image_mean from --config_file config.yaml; reduce_labels from "
+        "dataset Cityscapes"
     )
     matched = conversion_of(config, "semask-mask2former-large-cityscapes")
-    assert describe_provenance(matched) == (
-        "released variant semask-mask2former-large-cityscapes (matched by its architecture); dataset Cityscapes"
+    assert describe_provenance(matched).startswith(
+        "released variant semask-mask2former-large-cityscapes (same weights, names and shapes); dataset Cityscapes"
     )
 
 

@@ -11,6 +11,7 @@ import hf_semseg  # noqa: F401  (registers the Auto classes)
 from hf_semseg.conversion import semask_fpn
 from hf_semseg.conversion.common import CheckpointError, Conversion, build_image_processor, check_against_model
 from hf_semseg.conversion.model_card import semask_fpn_card_fields
+from hf_semseg.conversion.run_config import mmseg_pipeline, mmseg_run_configs
 from hf_semseg.conversion.semask_fpn import (
     convert_checkpoint,
     convert_state_dict,
@@ -139,10 +140,15 @@ def test_every_released_layout_is_matched_to_its_registered_variant(name):
 
 def test_config_text_with_another_semantic_window_is_not_the_released_variant():
     state_dict = state_dict_from_key_list("fpn_ade20k_tiny")
-    config, variant = infer_config_and_variant(state_dict, {"config": "backbone=dict(sem_window_size=7)"})
+    same = {"config": "model = dict(backbone=dict(sem_window_size=7))"}
+    config, variant = infer_config_and_variant(state_dict, same)
     assert variant == "semask-fpn-tiny-ade20k" and config.semantic_window_size == 7
-    config, variant = infer_config_and_variant(state_dict, {"config": "backbone=dict(sem_window_size=5)"})
+    other = {"config": "model = dict(backbone=dict(sem_window_size=5))"}
+    config, variant = infer_config_and_variant(state_dict, other)
     assert variant is None and config.semantic_window_size == 5
+    # a config that leaves the key out: the original class's default (7), as in the run
+    config, variant = infer_config_and_variant(state_dict, {"config": "model = dict(backbone=dict(embed_dim=96))"})
+    assert variant == "semask-fpn-tiny-ade20k" and config.semantic_window_size == 7
 
 
 def test_a_matched_checkpoint_gets_the_variant_pipeline_dataset_and_card():
@@ -162,8 +168,9 @@ def test_a_matched_checkpoint_gets_the_variant_pipeline_dataset_and_card():
         "scene_parse_150",
         "2560 x 640",
     )
-    # the checkpoint's own config text wins over the variant
-    conversion.meta = {"config": "test_pipeline = [dict(type='MultiScaleFlipAug', img_scale=(1024, 256))]"}
+    # the run's own config (here: the checkpoint's config text) wins over the variant
+    text = "test_pipeline = [dict(type='MultiScaleFlipAug', img_scale=(1024, 256))]"
+    conversion.pipeline = mmseg_pipeline(mmseg_run_configs(None, {"config": text}))
     assert dict(build_image_processor(conversion).size) == {"longest_edge": 1024, "shortest_edge": 256}
 
 
@@ -181,14 +188,14 @@ def test_checkpoint_error_is_importable_where_it_was():
 
 def test_missing_and_unmapped_keys_are_named(tiny_fixture):
     folder = tiny_fixture[0]
-    state_dict, _ = load_original_checkpoint(folder / "original_checkpoint.pth")
+    state_dict, meta = load_original_checkpoint(folder / "original_checkpoint.pth")
     extra = dict(state_dict, **{"decode_head.lateral_convs.0.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match=r"decode_head\.lateral_convs\.0\.weight"):
         convert_state_dict(extra)
     missing = {k: v for k, v in state_dict.items() if k != "backbone.layers.1.blocks.0.mlp.fc2.bias"}
     converted = convert_state_dict(missing)
     with torch.device("meta"):
-        model = SeMaskSwinForSemanticSegmentation(infer_config(missing))
+        model = SeMaskSwinForSemanticSegmentation(infer_config(missing, meta))
     with pytest.raises(CheckpointError, match=r"stages\.1\.blocks\.0\.mlp\.fc2\.bias"):
         check_against_model(converted, model.state_dict())
     broken_index = dict(state_dict)
@@ -233,7 +240,9 @@ def test_command_line_writes_a_loadable_folder(tmp_path, tiny_fixture):
         SCRIPT, "--checkpoint_path", str(folder / "original_checkpoint.pth"), "--output_dir", str(output_dir)
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "no released variant has this architecture; dataset unknown" in result.stdout
+    assert "no released variant has these weights; dataset unknown" in result.stdout
+    # the semantic window is not in the weights: from the checkpoint's own config text (mmseg meta)
+    assert "semantic_window_size=7 from the checkpoint's config text; training-only values from" in result.stdout
     files = {path.name for path in output_dir.iterdir()}
     assert {
         "model.safetensors",

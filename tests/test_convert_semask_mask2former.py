@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from script_helpers import key_list_state_dict, run_script
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -25,7 +26,7 @@ from hf_semseg.models.modeling_semask_mask2former import (
 )
 from hf_semseg.models.modeling_semask_swin import SeMaskSwinBackbone
 
-from conftest import REPO_ROOT, fixture_dir
+from conftest import REPO_ROOT, fixture_config_file, fixture_dir
 
 
 SCRIPT = REPO_ROOT / "conversion" / "convert_semask_mask2former_to_hf.py"
@@ -40,9 +41,10 @@ BACKBONE_KEY_LISTS = [
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
-def converted(request):
+def converted(request, tmp_path_factory):
     folder = fixture_dir(request.param)
-    model, state_dict = convert_checkpoint(folder / "original_checkpoint.pth")
+    config_file = fixture_config_file(request.param, tmp_path_factory.mktemp("config"))
+    model, state_dict = convert_checkpoint(folder / "original_checkpoint.pth", config_file=config_file)
     inputs = load_file(folder / "inputs.safetensors")
     expected = load_file(folder / "outputs.safetensors")
     with torch.no_grad():
@@ -160,7 +162,6 @@ def test_every_released_backbone_layout_converts(name):
     assert len(state_dict) == 401
     num_labels = state_dict["backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight"].shape[0]
     config = infer_backbone_config(state_dict, num_labels)
-    assert config.semantic_window_size == 7  # detectron2's default: no variant tells another one
     converted = convert_state_dict(state_dict)
     with torch.device("meta"):
         backbone = SeMaskSwinBackbone(config)
@@ -192,25 +193,34 @@ def test_cli_writes_a_folder_that_loads_with_the_auto_classes(tmp_path, capsys):
         import convert_semask_mask2former_to_hf as cli
     finally:
         sys.path.pop(0)
-    assert cli.main(["--checkpoint_path", str(folder / "original_checkpoint.pth"), "--output_dir", str(tmp_path)]) == 0
-    # a tiny model is no released variant: the dataset (names, test resize, label reduction) is the class count's
+    # the run's config.yaml, as detectron2 writes it, with the test resize and dataset of an ADE20K run
+    config = yaml.safe_load(fixture_config_file("semask_mask2former_tiny_ade150", tmp_path).read_text())
+    config.update(INPUT={"MIN_SIZE_TEST": 640, "MAX_SIZE_TEST": 2560}, DATASETS={"TEST": ["ade20k_sem_seg_val"]})
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    output_dir = tmp_path / "out"
+    arguments = ["--checkpoint_path", str(folder / "original_checkpoint.pth"), "--output_dir", str(output_dir)]
+    assert cli.main(arguments + ["--config_file", str(config_file)]) == 0
+    # a tiny model is no released variant: the dataset (names, label reduction) and test resize are the config's
     summary = capsys.readouterr().out
-    assert "no released variant has this architecture; dataset ADE20K (guessed from the 150 classes)" in summary
-    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
-    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert f"no released variant has these weights; dataset ADE20K (--config_file {config_file});" in summary
+    assert f"semantic_window_size=7, pre_norm=False, size_divisibility=32 from --config_file {config_file}" in summary
+    model = AutoModelForSemanticSegmentation.from_pretrained(output_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(output_dir)
     assert type(processor).__name__ == "SeMaskMask2FormerImageProcessor" and processor.do_reduce_labels
     assert processor.size["shortest_edge"] == 640 and processor.size["longest_edge"] == 2560
+    assert list(processor.image_mean) == [0.0, 0.0, 0.0]  # the fixture run's PIXEL_MEAN
     assert model.config.id2label[0] == "wall" and model.config.backbone_config.id2label[0] == "wall"
     inputs = load_file(folder / "inputs.safetensors")
     expected = load_file(folder / "outputs.safetensors")
     with torch.no_grad():
         logits = model(inputs["pixel_values"]).logits
     assert (logits - semantic_scores(expected["pred_logits"], expected["pred_masks"])).abs().max() < 1e-4
-    card = (tmp_path / "README.md").read_text()
+    card = (output_dir / "README.md").read_text()
     assert "| semantic attention per stage | window, window, window, global (semantic window 7) |" in card
     # a tiny model is not the released one: titled with its architecture (the class count there, once)
     assert "\n# SeMask-Swin (embed 16, depths 2-2-2-2) Mask2Former, 150 classes\n" in card
-    assert card.count("150 classes") == 1 and "| dataset | ADE20K (guessed from the class count) |" in card
+    assert card.count("150 classes") == 1 and "| dataset | ADE20K |" in card
     assert "no published result" in card
 
 
@@ -239,13 +249,13 @@ def test_wrong_checkpoints_are_named(tmp_path):
         convert_checkpoint(other)
 
 
-def test_unmapped_missing_and_misshaped_keys_are_named(converted):
+def test_unmapped_missing_and_misshaped_keys_are_named(converted, tmp_path):
     folder = converted[0]
     state_dict = apply_legacy_renames(load_detectron2_checkpoint(folder / "original_checkpoint.pth"))
     with pytest.raises(CheckpointError, match=r"sem_seg_head\.predictor\.extra_head\.weight"):
         convert_state_dict(dict(state_dict, **{"sem_seg_head.predictor.extra_head.weight": torch.zeros(1)}))
     missing = {k: v for k, v in state_dict.items() if k != "sem_seg_head.pixel_decoder.layer_1.norm.bias"}
-    config = infer_config(missing)
+    config = infer_config(missing, variant=None, config_file=fixture_config_file(folder.name, tmp_path))
     with pytest.raises(
         CheckpointError,
         match=r"missing from the checkpoint: \['model\.pixel_level_module\.decoder\.layer_1\.1\.bias'\]",

@@ -113,7 +113,11 @@ def test_every_released_key_layout_converts_with_the_original_parameter_count(ke
     state_dict = meta_state_dict(folder / f"{key_list}.json")
     variant = variant_of(key_list)
     # the MiT lists are not released models: their head settings come as config text, as a training run writes it
-    meta = {} if variant else {"config": "decode_head=dict(type='VWHead', short_cut=True, nheads=1)"}
+    text = (
+        "model = dict(backbone=dict(type='MixVisionTransformer', num_heads=[1, 2, 5, 8]), "
+        "decode_head=dict(type='VWHead', short_cut=True, nheads=1))"
+    )
+    meta = {} if variant else {"config": text}
     config = infer_config(state_dict, meta, variant)
     converted = convert_state_dict(state_dict)
     with torch.device("meta"):
@@ -145,14 +149,19 @@ def test_every_released_key_layout_converts_with_the_original_parameter_count(ke
         ) == (config.num_attention_heads, config.use_short_cut, config.head_type)
 
 
-def test_released_checkpoint_without_config_text_needs_the_variant():
+def test_released_checkpoint_without_config_text_takes_the_matching_variant():
     state_dict = meta_state_dict(fixture_dir("vwformer_keys") / "vw_swin_large_ade20k_640.json")
-    with pytest.raises(CheckpointError, match="--variant"):
-        infer_config(state_dict, {})
+    config, variant = infer_config_and_variant(state_dict, {})  # the released key layout: its heads and short-cut
+    assert variant == "vwformer-swin-large-ade20k" and (config.num_attention_heads, config.use_short_cut) == (1, False)
     config = infer_config(state_dict, {}, "vwformer-swin-large-ade20k")
     assert (config.num_attention_heads, config.use_short_cut) == (1, False)
-    with pytest.raises(CheckpointError, match="unknown variant"):
+    with pytest.raises(CheckpointError, match="not a released vwformer variant"):
         infer_config(state_dict, {}, "vwformer-swin-huge-ade20k")
+    # one tensor of another shape: no released layout, so the values the weights do not hold must be given
+    resized = dict(state_dict, **{"decode_head.conv_seg.weight": torch.empty(7, 512, 1, 1, device="meta")})
+    resized["decode_head.conv_seg.bias"] = torch.empty(7, device="meta")
+    with pytest.raises(CheckpointError, match=r"attention heads \(model\.decode_head\.nheads\); .*short-cut"):
+        infer_config(state_dict | resized, {})
 
 
 def test_a_named_variant_must_have_the_checkpoint_weights():
@@ -165,9 +174,9 @@ def test_a_named_variant_must_have_the_checkpoint_weights():
 
 def test_config_text_heads_decide_whether_the_checkpoint_is_the_released_variant():
     state_dict = meta_state_dict(fixture_dir("vwformer_keys") / "vw_swin_large_ade20k_640.json")
-    released = {"config": "decode_head=dict(type='VWHead', short_cut=False, nheads=1)"}
+    released = {"config": "model = dict(decode_head=dict(type='VWHead', short_cut=False, nheads=1))"}
     assert infer_config_and_variant(state_dict, released)[1] == "vwformer-swin-large-ade20k"
-    other_heads = {"config": "decode_head=dict(type='VWHead', short_cut=False, nheads=2)"}
+    other_heads = {"config": "model = dict(decode_head=dict(type='VWHead', short_cut=False, nheads=2))"}
     config, variant = infer_config_and_variant(state_dict, other_heads)
     assert variant is None and config.num_attention_heads == 2
 
@@ -234,7 +243,7 @@ def test_cli_converts_and_the_folder_loads_in_a_fresh_process(tmp_path):
     script = REPO_ROOT / "conversion" / "convert_vwformer_to_hf.py"
     result = run_script(script, "--checkpoint_path", str(checkpoint), "--output_dir", str(output_dir))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "vw head" in result.stdout and "no released variant has this architecture" in result.stdout
+    assert "vw head" in result.stdout and "no released variant has these weights" in result.stdout
     card = (output_dir / "README.md").read_text()
     assert "$" not in card.split("```")[0] and "VWFormer" in card
 

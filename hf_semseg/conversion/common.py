@@ -32,12 +32,13 @@ import torch
 from ..models.modeling_semask_swin import relative_position_index
 from ..variants import (
     dataset_labels,
-    dataset_with_num_labels,
     datasets_with_labels,
+    find_variant,
     get_dataset,
     get_variant,
     image_processor_class,
-    shared_variant_value,
+    list_variants,
+    variant_has_weights,
 )
 
 
@@ -290,42 +291,8 @@ def load_converted(model_class, config, converted: dict[str, torch.Tensor]):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# mmseg metadata
+# Class names
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def config_text_value(meta: dict, key: str, value_pattern: str) -> str | None:
-    """First value of ``key`` in the mmseg config text of ``meta``; the text is either mmcv's ``key=value`` style or
-    a dict repr (``'key': value``)."""
-    text = meta.get("config")
-    if not isinstance(text, str):
-        return None
-    match = re.search(rf"['\"]?\b{key}['\"]?\s*[=:]\s*({value_pattern})", text)
-    return match.group(1) if match else None
-
-
-def config_text_float(meta: dict, key: str, default: float) -> float:
-    """A number of the mmseg config text (:func:`config_text_value`), ``default`` when absent."""
-    value = config_text_value(meta, key, r"[0-9.eE+-]+")
-    return float(value) if value is not None else default
-
-
-def config_text_test_pipeline(meta: dict) -> dict:
-    """What the mmseg config text in ``meta`` says about the test pipeline: ``test_scale`` ``(longest, shortest)``
-    and ``size_divisor`` (``ResizeToMultiple``; None when the text has a scale but no such step) when it has an
-    ``img_scale``, ``reduce_labels`` when it has ``reduce_zero_label``. Empty without config text."""
-    found = {}
-    scale = config_text_value(meta, "img_scale", r"\(\d+\s*,\s*\d+\)")
-    if scale:
-        edges = [int(value) for value in scale.strip("()").split(",")]
-        found["test_scale"] = (max(edges), min(edges))
-        text = meta["config"]
-        divisor = re.search(r"ResizeToMultiple['\"]?,\s*['\"]?size_divisor['\"]?\s*[=:]\s*(\d+)", text)
-        found["size_divisor"] = int(divisor.group(1)) if divisor else None
-    reduce = config_text_value(meta, "reduce_zero_label", "True|False")
-    if reduce:
-        found["reduce_labels"] = reduce == "True"
-    return found
 
 
 def checkpoint_id2label(class_names, num_labels: int) -> dict[int, str]:
@@ -349,13 +316,18 @@ class Conversion:
         path: the original checkpoint file.
         model: the converted model (eval mode).
         variant: the registered variant the checkpoint is: named by the user (``variant_given``) or matched by its
-            exact architecture (:func:`hf_semseg.variants.find_variant`); None when neither.
+            exact weights, names and shapes (:func:`hf_semseg.variants.find_variant`); None when neither.
         variant_given: whether ``variant`` was named by the user (``--variant``).
         meta: the mmseg ``meta`` (config text, ``CLASSES``); empty for detectron2 checkpoints.
         state_dict: the original tensors (after the loader's renames) where the caller wants them back.
         has_class_names: whether the checkpoint named its classes (otherwise :func:`name_classes` names them after
             the dataset, when it is known).
-        processor_kwargs: family-specific image processor arguments read from the checkpoint (e.g. pixel statistics).
+        processor_kwargs: image processor arguments read from the checkpoint's tensors (e.g. pixel statistics).
+        settings: the values the weights do not hold, and where each came from
+            (:class:`~.run_config.ResolvedSettings`); None for a converter without such values.
+        pipeline: what the run's config says about the test pre-processing and the dataset: ``test_scale``
+            ``(longest, shortest)``, ``size_divisor``, ``reduce_labels``, ``image_mean`` / ``image_std`` (0-1 scale),
+            ``dataset`` (a :data:`~hf_semseg.variants.DATASETS` key); ``source`` names the config.
     """
 
     path: Path
@@ -366,6 +338,9 @@ class Conversion:
     state_dict: dict = field(default_factory=dict)
     has_class_names: bool = False
     processor_kwargs: dict = field(default_factory=dict)
+    settings: object = None
+    pipeline: dict = field(default_factory=dict)
+    pipeline_fields: tuple = ("test_scale", "size_divisor", "reduce_labels", "image_mean", "image_std")
 
     @property
     def family(self) -> str:
@@ -379,32 +354,52 @@ class Conversion:
 def build_conversion(
     path: str | Path,
     model_class,
-    infer: Callable[[], tuple[object, str | None]],
+    infer: Callable[[], tuple[object, object]],
     convert_keys: Callable[[], dict[str, torch.Tensor]],
     class_names=None,
     **fields,
 ) -> Conversion:
-    """The steps every converter ends with: ``infer()`` -> ``(config, variant)`` and ``convert_keys()`` -> the
-    renamed tensors (their :class:`CheckpointError` name the file), the model loaded with them
-    (:func:`load_converted`), the :class:`Conversion` with ``fields``, and the classes named after the dataset when
-    ``class_names`` (saved with the checkpoint) are not one per class."""
+    """The steps every converter ends with: ``infer()`` -> ``(config, settings)`` (the
+    :class:`~.run_config.ResolvedSettings`, whose ``variant`` is the released variant the checkpoint is) and
+    ``convert_keys()`` -> the renamed tensors (their :class:`CheckpointError` name the file), the model loaded with
+    them (:func:`load_converted`), the :class:`Conversion` with ``fields``, and the classes named after the dataset
+    when ``class_names`` (saved with the checkpoint) are not one per class."""
     with errors_name_the_file(path):
-        config, variant = infer()
+        config, settings = infer()
         model = load_converted(model_class, config, convert_keys())
     has_class_names = class_names is not None and len(class_names) == config.num_labels
-    conversion = Conversion(Path(path), model, variant=variant, has_class_names=has_class_names, **fields)
+    conversion = Conversion(
+        Path(path), model, variant=settings.variant, has_class_names=has_class_names, settings=settings, **fields
+    )
     name_classes(conversion)
     return conversion
 
 
+def released_variant(config, variant: str | None) -> str | None:
+    """The released variant a checkpoint whose weights build ``config`` is: the named ``variant`` (``--variant``),
+    which must have exactly these weights, names and shapes, else the one registered variant that has them (None
+    when none or several do)."""
+    if variant is None:
+        return find_variant(config)
+    if variant not in list_variants(config.model_type):
+        raise CheckpointError(
+            f"--variant {variant}: not a released {config.model_type} variant; they are "
+            f"{sorted(list_variants(config.model_type))}"
+        )
+    if not variant_has_weights(variant, config):
+        matched = find_variant(config)
+        whose = f"they are {matched}'s" if matched else "no released variant has them"
+        raise CheckpointError(f"--variant {variant}: the checkpoint's weights are not that variant's ({whose})")
+    return variant
+
+
 def conversion_dataset(conversion: Conversion) -> tuple[str | None, str]:
-    """``(dataset key, how it is known)``: the variant's dataset, else the one dataset of :data:`DATASETS` with the
-    checkpoint's number of classes (a guess), else ``(None, "")``."""
+    """``(dataset key, how it is known)``: the run's config's dataset, else the released variant's, else
+    ``(None, "")`` (never guessed from the number of classes)."""
+    if conversion.pipeline.get("dataset") is not None:
+        return conversion.pipeline["dataset"], conversion.pipeline.get("source", "the run's config")
     if conversion.variant is not None:
         return get_variant(conversion.variant).dataset, "variant"
-    guessed = dataset_with_num_labels(conversion.num_labels)
-    if guessed is not None:
-        return guessed, f"guessed from the {conversion.num_labels} classes"
     return None, ""
 
 
@@ -414,59 +409,48 @@ def name_classes(conversion: Conversion) -> None:
     if conversion.has_class_names or dataset not in datasets_with_labels():
         return
     id2label, _ = dataset_labels(dataset)
+    if len(id2label) != conversion.num_labels:
+        return  # e.g. a run on a subset of the classes: keep the checkpoint's names
     config = conversion.model.config
     config.id2label, config.label2id = id2label, {label: index for index, label in id2label.items()}
     if hasattr(config, "sync_backbone_labels"):  # SeMask Mask2Former: the backbone's semantic layers share them
         config.sync_backbone_labels()
 
 
-_PIPELINE_FIELDS = ("test_scale", "size_divisor", "reduce_labels")
-
-
-def _variant_pipeline(name: str) -> dict:
-    """The test pipeline of the registered variant ``name``."""
-    variant = get_variant(name)
-    return {field_name: getattr(variant, field_name) for field_name in _PIPELINE_FIELDS}
-
-
-def _dataset_pipeline(family: str, dataset: str) -> dict:
-    """What the registry tells about the test pipeline of an unregistered ``family`` model trained on ``dataset``:
-    the values every registered variant of the family on that dataset shares, else the dataset's."""
-    info = get_dataset(dataset)
-    return {
-        "test_scale": shared_variant_value(family, dataset, "test_scale") or info.test_scale,
-        "size_divisor": shared_variant_value(family, dataset, "size_divisor"),
-        "reduce_labels": info.reduce_labels,
-    }
-
-
-def resolve_test_pipeline(conversion: Conversion) -> dict:
-    """The test pipeline of the converted model (``test_scale``, ``size_divisor``, ``reduce_labels``), each value from
-    the first source that knows it: the variant named by the user; the checkpoint's mmseg config text; the variant
-    matched by architecture; the family's registered variants on the dataset guessed from the class count (else that
-    dataset's values). A value no source knows is left out (the image processor's default)."""
+def resolve_test_pipeline(conversion: Conversion) -> tuple[dict, list[str], dict]:
+    """The test pre-processing of the converted model: ``(values, left at the processor's defaults, sources)``. Each
+    of the conversion's ``pipeline_fields`` comes from the first source that knows it: the run's config (config file, then the
+    checkpoint's config text), the released variant, and, for the label reduction only, the dataset the config
+    names; a value no source knows keeps the image processor's default (listed, so the summary and the card say
+    so)."""
     sources = []
-    if conversion.variant is not None and conversion.variant_given:
-        sources.append(_variant_pipeline(conversion.variant))
-    sources.append(config_text_test_pipeline(conversion.meta))
-    if conversion.variant is not None and not conversion.variant_given:
-        sources.append(_variant_pipeline(conversion.variant))
-    dataset, _ = conversion_dataset(conversion)
-    if conversion.variant is None and dataset is not None:
-        sources.append(_dataset_pipeline(conversion.family, dataset))
-    pipeline = {}
-    for name in _PIPELINE_FIELDS:
-        source = next((source for source in sources if name in source), None)
-        if source is not None:
-            pipeline[name] = source[name]
-    return pipeline
+    if conversion.pipeline:
+        sources.append((conversion.pipeline, conversion.pipeline.get("source", "the run's config")))
+    if conversion.variant is not None:
+        variant = get_variant(conversion.variant)
+        values = {"test_scale": variant.test_scale, "size_divisor": variant.size_divisor}
+        values["reduce_labels"] = variant.reduce_labels
+        processor_class = image_processor_class(variant.family)  # its defaults are the released models' statistics
+        values["image_mean"], values["image_std"] = list(processor_class.image_mean), list(processor_class.image_std)
+        sources.append((values, f"released variant {conversion.variant}"))
+    dataset = conversion.pipeline.get("dataset")
+    if dataset is not None:
+        sources.append(({"reduce_labels": get_dataset(dataset).reduce_labels}, f"dataset {get_dataset(dataset).name}"))
+    pipeline, where, defaults = {}, {}, []
+    for name in conversion.pipeline_fields:
+        found = next(((values, how) for values, how in sources if name in values), None)
+        if found is None:
+            defaults.append(name)
+        else:
+            pipeline[name], where[name] = found[0][name], found[1]
+    return pipeline, defaults, where
 
 
 def build_image_processor(conversion: Conversion):
     """The image processor of the converted model: its family's class (:func:`image_processor_class`) with the
-    :func:`resolve_test_pipeline` and the family's extra arguments."""
-    pipeline = resolve_test_pipeline(conversion)
-    kwargs = dict(conversion.processor_kwargs)
+    :func:`resolve_test_pipeline` values and those read from the checkpoint's tensors."""
+    pipeline, _, _ = resolve_test_pipeline(conversion)
+    kwargs = {}
     if "test_scale" in pipeline:
         longest, shortest = pipeline["test_scale"]
         kwargs["size"] = {"longest_edge": longest, "shortest_edge": shortest}
@@ -474,21 +458,41 @@ def build_image_processor(conversion: Conversion):
         kwargs["size_divisor"] = pipeline["size_divisor"]
     if "reduce_labels" in pipeline:
         kwargs["do_reduce_labels"] = pipeline["reduce_labels"]
+    for name in ("image_mean", "image_std"):
+        if name in pipeline:
+            kwargs[name] = list(pipeline[name])
+    kwargs.update(conversion.processor_kwargs)
     return image_processor_class(conversion.family)(**kwargs)
 
 
+def describe_pipeline(conversion: Conversion) -> str:
+    """Where the test pre-processing came from, for the summary line and the card."""
+    _, defaults, where = resolve_test_pipeline(conversion)
+    by_source: dict[str, list[str]] = {}
+    for name, source in where.items():
+        by_source.setdefault(source, []).append(name)
+    parts = [f"{', '.join(names)} from {source}" for source, names in by_source.items()]
+    defaults = [name for name in defaults if name not in conversion.processor_kwargs]
+    if defaults:
+        parts.append(f"{', '.join(defaults)} NOT GIVEN (the image processor's defaults; pass --config_file to set them)")
+    return "test pre-processing: " + "; ".join(parts)
+
+
 def describe_provenance(conversion: Conversion) -> str:
-    """Which released variant the checkpoint is and how that is known, and its dataset (for the summary line)."""
+    """Which released variant the checkpoint is and how that is known, its dataset, and where the values the weights
+    do not hold came from (for the summary line)."""
     if conversion.variant is not None and conversion.variant_given:
-        variant = f"released variant {conversion.variant} (--variant; the architecture matches)"
+        variant = f"released variant {conversion.variant} (--variant; the weights match)"
     elif conversion.variant is not None:
-        variant = f"released variant {conversion.variant} (matched by its architecture)"
+        variant = f"released variant {conversion.variant} (same weights, names and shapes)"
     else:
-        variant = "no released variant has this architecture"
+        variant = "no released variant has these weights"
     dataset, how = conversion_dataset(conversion)
-    if dataset is None:
-        return f"{variant}; dataset unknown"
-    return f"{variant}; dataset {get_dataset(dataset).name}" + (f" ({how})" if how != "variant" else "")
+    dataset_part = "dataset unknown" if dataset is None else f"dataset {get_dataset(dataset).name}" + (
+        f" ({how})" if how != "variant" else ""
+    )
+    settings = conversion.settings.describe() if conversion.settings is not None else "every value is in the weights"
+    return f"{variant}; {dataset_part}; {settings}; {describe_pipeline(conversion)}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -813,11 +817,11 @@ class Converter:
     Attributes:
         family: ``model_type`` of the converted models (the ``--variant`` choices are its registered variants).
         layout: the checkpoint layout it reads (for the help text).
-        convert: ``convert(path)`` or, with ``accepts_variant``, ``convert(path, variant)`` -> :class:`Conversion`.
+        convert: ``convert(path, variant=None, config_file=None)`` -> :class:`Conversion`.
         card_fields: ``card_fields(conversion, processor)`` -> the model card template's fields.
         summary: the converted architecture in one line, a ``str.format`` template of the card fields.
+        config_file_help: what ``--config_file`` takes (the mmseg ``.py`` or detectron2 ``config.yaml`` of the run).
         reload_check: the input of the fresh-process reload check (:data:`RELOAD_CHECK`; one tolerance for all).
-        accepts_variant: whether the command line has ``--variant`` (settings that are not in the weights).
     """
 
     family: str
@@ -825,8 +829,8 @@ class Converter:
     convert: Callable[..., Conversion]
     card_fields: Callable[[Conversion, object], dict]
     summary: str
+    config_file_help: str
     reload_check: ReloadCheck = RELOAD_CHECK
-    accepts_variant: bool = False
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -837,8 +841,8 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_converter_args(converter: Converter, description: str, argv=None) -> argparse.Namespace:
-    """``--checkpoint_path``, ``--output_dir``, ``--overwrite``, ``--push_to_hub``, ``--skip_reload_check`` (and
-    ``--variant`` where the family needs it); a usage error is one ``error:`` line and exit status 1."""
+    """``--checkpoint_path``, ``--output_dir``, ``--overwrite``, ``--config_file``, ``--variant``, ``--push_to_hub`` and
+    ``--skip_reload_check``; a usage error is one ``error:`` line and exit status 1."""
     from ..variants import list_variants
 
     parser = _ArgumentParser(description=description)
@@ -851,14 +855,20 @@ def parse_converter_args(converter: Converter, description: str, argv=None) -> a
         action="store_true",
         help="replace a non-empty --output_dir (only once the new folder is complete and checked)",
     )
-    if converter.accepts_variant:
-        parser.add_argument(
-            "--variant",
-            choices=sorted(list_variants(converter.family)),
-            default=None,
-            help="released variant the checkpoint comes from (settings that are not in the weights, when the "
-            "checkpoint has no config text)",
-        )
+    parser.add_argument(
+        "--config_file",
+        default=None,
+        help=f"{converter.config_file_help}: the values the weights do not hold (and the test pre-processing) are "
+        "read from it; without it they come from the checkpoint's own config text or the released variant with "
+        "exactly its weights, else the converter stops and names them",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=sorted(list_variants(converter.family)),
+        default=None,
+        help="the released variant the checkpoint is (its weights must match exactly): the values the weights do "
+        "not hold come from it where the config does not give them",
+    )
     parser.add_argument(
         "--push_to_hub",
         metavar="REPO_ID",
@@ -891,8 +901,7 @@ def converter_main(converter: Converter, card_template: Path, description: str, 
     try:
         check_output_dir(args.output_dir, args.overwrite, args.checkpoint_path)
         token = check_hub_access(args.push_to_hub) if args.push_to_hub else None
-        variant_args = (args.variant,) if converter.accepts_variant else ()
-        conversion = converter.convert(args.checkpoint_path, *variant_args)
+        conversion = converter.convert(args.checkpoint_path, args.variant, args.config_file)
         check = None if args.skip_reload_check else converter.reload_check
         fields = write_output_folder(
             conversion, args.output_dir, card_template, converter.card_fields, check, overwrite=args.overwrite

@@ -52,20 +52,15 @@ def converted_card_fields(conversion, processor, architecture: str | None = None
     converted architecture, for a checkpoint that is no registered variant), dataset, reported numbers (of the
     released variant, when the checkpoint is one), label reduction, parameters and the ignore index. The class count
     is written once: in the dataset row for a variant, in the title otherwise."""
-    from .common import conversion_dataset
+    from .common import conversion_dataset, describe_pipeline
 
     model = conversion.model
-    dataset_key, how = conversion_dataset(conversion)
+    dataset_key, _ = conversion_dataset(conversion)
     if dataset_key is not None:
         dataset, dataset_id = get_dataset(dataset_key).name, get_dataset(dataset_key).hub_id
     else:
         dataset, dataset_id = "unknown", "custom"
-    if conversion.variant is not None:
-        dataset_row = f"{dataset}, {model.config.num_labels} classes"
-    elif how.startswith("guessed"):
-        dataset_row = f"{dataset} (guessed from the class count)"
-    else:
-        dataset_row = dataset
+    dataset_row = f"{dataset}, {model.config.num_labels} classes" if conversion.variant is not None else dataset
     if conversion.variant is not None:
         reported = get_variant(conversion.variant).reported
         reported_row = (
@@ -87,7 +82,15 @@ def converted_card_fields(conversion, processor, architecture: str | None = None
         "ignore_index": IGNORE_INDEX,
         "reported_row": reported_row,
         "repo_id": f"<user>/{_slug(name)}",
+        "settings_provenance": _settings_provenance(conversion, describe_pipeline(conversion)),
     }
+
+
+def _settings_provenance(conversion, pipeline: str) -> str:
+    """The card's account of the values the weights do not hold: where each came from (the run's config file, the
+    checkpoint's config text or a released variant with exactly these weights), and the test pre-processing's."""
+    settings = conversion.settings.describe() if conversion.settings is not None else "every value is in the weights"
+    return f"Values the weights do not hold: {settings}. The {pipeline[0].lower()}{pipeline[1:]}."
 
 
 def _keep_ratio_scale(processor) -> str:

@@ -14,7 +14,6 @@ import torch
 
 from ..models.configuration_semask_swin import SeMaskSwinConfig, semask_fpn_semantic_attention_types
 from ..models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
-from ..variants import find_variant, get_variant
 from .common import (
     MMSEG,
     CheckpointError,
@@ -24,7 +23,7 @@ from .common import (
     check_against_model,  # noqa: F401  (importable from here, as before the shared module)
     check_relative_position_index,
     checkpoint_id2label,
-    config_text_value,
+    released_variant,
     indices,
     raise_on_unmapped,
     read_checkpoint,
@@ -33,6 +32,16 @@ from .common import (
     window_size_from_table,
 )
 from .model_card import semask_fpn_card_fields
+from .run_config import (
+    ResolvedSettings,
+    Setting,
+    check_consistent,
+    mmseg_pipeline,
+    mmseg_run_configs,
+    number,
+    positive_int,
+    resolve_settings,
+)
 
 
 KIND = "SeMask-FPN (mmseg)"
@@ -166,19 +175,49 @@ def infer_backbone_fields(state_dict: dict[str, torch.Tensor], kind: str) -> tup
     return fields, tensor_shape(state_dict, semantic_query, kind, 2)[0]
 
 
-def infer_config_and_variant(
-    state_dict: dict[str, torch.Tensor], meta: dict | None = None
-) -> tuple[SeMaskSwinConfig, str | None]:
-    """The full :class:`SeMaskSwinConfig` of the checkpoint, and the registered variant with exactly its
-    architecture (None when there is none).
+#: the values of a SeMask-FPN model the weights do not hold: where an mmseg config has them, and the defaults of the
+#: original ``SeMaskSwinTransformer`` / mmseg classes when a run's config leaves a key out
+SETTINGS = [
+    Setting(
+        "semantic_window_size",
+        "the semantic attention window",
+        "model.backbone.sem_window_size",
+        code_default=7,
+        read=positive_int,
+    ),
+    Setting("drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", 0.2, number, required=False),
+    Setting("semantic_loss_weight", "the semantic loss weight", "model.decode_head.cate_w", read=number, required=False),
+    Setting(
+        "use_ohem",
+        "online hard example mining",
+        "model.decode_head.sampler",
+        code_default=None,
+        read=lambda sampler: sampler is not None and dict(sampler).get("type") == "OHEMPixelSampler",
+        required=False,
+    ),
+    Setting("ohem_min_kept", "OHEM pixels kept", "model.decode_head.sampler.min_kept", 100000, positive_int, False),
+]
+CONFIG_FILE_HELP = "the run's mmseg config (.py)"
+
+
+def infer_config_and_settings(
+    state_dict: dict[str, torch.Tensor],
+    meta: dict | None = None,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+) -> tuple[SeMaskSwinConfig, ResolvedSettings]:
+    """The full :class:`SeMaskSwinConfig` of the checkpoint, and where the values the weights do not hold came from
+    (whose ``variant`` is the released variant it is, None when it is none).
 
     From the tensors: the backbone (:func:`infer_backbone_fields`), classes, decoder channels. Global vs windowed
-    semantic attention per stage follows the SeMask-FPN code's rule on (embed_dim, classes). Not in the weights:
-    ``sem_window_size`` comes from the mmseg config text in ``meta``, else from the matched variant, else equals the
-    window size (the original's default); OHEM and the class names from ``meta`` only. A checkpoint whose config
-    text sets another semantic window than the variant with its weights is not that variant.
+    semantic attention per stage follows the SeMask-FPN code's rule on (embed_dim, classes). Not in the weights
+    (:data:`SETTINGS`): the semantic window (required), stochastic depth, the semantic loss weight and OHEM (training
+    only), from ``config_file``, the config text in ``meta``, or the released variant (``variant``, or the one with
+    exactly these weights); a required value none of them has stops the conversion, naming it. A config that
+    contradicts the weights (classes, widths, depths, heads, window) is refused.
     """
     meta = meta or {}
+    run_configs = mmseg_run_configs(config_file, meta)
     backbone, num_semantic_classes = infer_backbone_fields(state_dict, "SeMask-FPN")
     num_classes, decoder_channels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[:2]
     if num_classes != num_semantic_classes:
@@ -187,32 +226,46 @@ def infer_config_and_variant(
             "(mlp_cls_q); the original training cannot have produced this checkpoint (its semantic loss compares "
             "the priors with the same labels), so it cannot be converted faithfully"
         )
-    semantic_window = config_text_value(meta, "sem_window_size", r"\d+")
-    min_kept = config_text_value(meta, "min_kept", r"\d+")
+    check_consistent(
+        run_configs,
+        [
+            ("model.backbone.type", "SeMaskSwinTransformer", "a SeMask-Swin backbone"),
+            ("model.decode_head.type", "BranchFPNHead", "a SeMask-FPN decode head"),
+            ("model.decode_head.num_classes", num_classes, "decode_head.conv_seg.weight"),
+            ("model.backbone.num_cls", num_semantic_classes, "the semantic layers' mlp_cls_q"),
+            ("model.backbone.embed_dim", backbone["embed_dim"], "backbone.patch_embed.proj.weight"),
+            ("model.backbone.depths", backbone["depths"], "the backbone.layers.*.blocks.* keys"),
+            ("model.backbone.num_heads", backbone["num_heads"], "the relative position bias tables"),
+            ("model.backbone.window_size", backbone["window_size"], "the relative position bias tables"),
+            ("model.decode_head.channels", decoder_channels, "decode_head.conv_seg.weight"),
+        ],
+    )
     id2label = checkpoint_id2label(meta.get("CLASSES"), num_classes)
     config = SeMaskSwinConfig(
         **backbone,
-        semantic_window_size=int(semantic_window) if semantic_window else backbone["window_size"],
         semantic_attention_types=semask_fpn_semantic_attention_types(backbone["embed_dim"], num_classes),
         decoder_hidden_size=decoder_channels,
-        use_ohem="OHEMPixelSampler" in str(meta.get("config", "")),
-        ohem_min_kept=int(min_kept) if min_kept else 100000,
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )
-    variant = find_variant(config)
-    if variant is not None:
-        released_window = get_variant(variant).semantic_window_size
-        if semantic_window is None:
-            config.semantic_window_size = released_window
-        elif int(semantic_window) != released_window:
-            variant = None
-    return config, variant
+    settings = resolve_settings(
+        config, SETTINGS, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
+    )
+    return config, settings
 
 
-def infer_config(state_dict: dict[str, torch.Tensor], meta: dict | None = None) -> SeMaskSwinConfig:
-    """The full :class:`SeMaskSwinConfig` of the checkpoint (see :func:`infer_config_and_variant`)."""
-    return infer_config_and_variant(state_dict, meta)[0]
+def infer_config_and_variant(
+    state_dict: dict[str, torch.Tensor], meta: dict | None = None, **sources
+) -> tuple[SeMaskSwinConfig, str | None]:
+    """The full :class:`SeMaskSwinConfig` of the checkpoint and the released variant it is (see
+    :func:`infer_config_and_settings`; ``sources``: its ``variant`` and ``config_file``)."""
+    config, settings = infer_config_and_settings(state_dict, meta, **sources)
+    return config, settings.variant
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], meta: dict | None = None, **sources) -> SeMaskSwinConfig:
+    """The full :class:`SeMaskSwinConfig` of the checkpoint (see :func:`infer_config_and_settings`)."""
+    return infer_config_and_settings(state_dict, meta, **sources)[0]
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,25 +285,28 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return converted
 
 
-def convert(path: str | Path) -> Conversion:
-    """Converts an original SeMask-FPN checkpoint file: the model (eval mode), its ``meta`` and the registered
-    variant with its architecture."""
+def convert(path: str | Path, variant: str | None = None, config_file: str | Path | None = None) -> Conversion:
+    """Converts an original SeMask-FPN checkpoint file (see :func:`infer_config_and_settings` for ``variant`` and
+    ``config_file``): the model (eval mode), its ``meta``, the released variant it is and the run's test
+    pre-processing."""
     state_dict, meta = load_original_checkpoint(path)
     return build_conversion(
         path,
         SeMaskSwinForSemanticSegmentation,
-        infer=lambda: infer_config_and_variant(state_dict, meta),
+        infer=lambda: infer_config_and_settings(state_dict, meta, variant, config_file),
         convert_keys=lambda: convert_state_dict(state_dict),
         class_names=meta.get("CLASSES"),
         meta=meta,
+        variant_given=variant is not None,
+        pipeline=mmseg_pipeline(mmseg_run_configs(config_file, meta)),
     )
 
 
-def convert_checkpoint(path: str | Path):
+def convert_checkpoint(path: str | Path, variant: str | None = None, config_file: str | Path | None = None):
     """Loads an original SeMask-FPN checkpoint file into a :class:`SeMaskSwinForSemanticSegmentation` (eval mode).
 
     Returns ``(model, meta)``."""
-    conversion = convert(path)
+    conversion = convert(path, variant, config_file)
     return conversion.model, conversion.meta
 
 
@@ -259,4 +315,4 @@ SUMMARY = (
     "embed_dim {embed_dim}, depths [{depths}], heads [{num_heads}], window {window_size}, {num_labels} classes, "
     "semantic attention [{semantic_attention_types}] (window {semantic_window_size}){ohem_note}"
 )
-CONVERTER = Converter(SeMaskSwinConfig.model_type, MMSEG, convert, semask_fpn_card_fields, SUMMARY)
+CONVERTER = Converter(SeMaskSwinConfig.model_type, MMSEG, convert, semask_fpn_card_fields, SUMMARY, CONFIG_FILE_HELP)

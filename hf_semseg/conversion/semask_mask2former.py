@@ -19,7 +19,6 @@ from ..models.configuration_semask_mask2former import (
 )
 from ..models.configuration_semask_swin import SeMaskSwinConfig
 from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
-from ..variants import SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW, find_variant, get_variant
 from .common import (
     DETECTRON2,
     CheckpointError,
@@ -33,10 +32,23 @@ from .common import (
     indices,
     raise_on_unmapped,
     read_checkpoint,
+    released_variant,
     split_fused_qkv,
     tensor_shape,
 )
 from .model_card import semask_mask2former_card_fields
+from .run_config import (
+    ResolvedSettings,
+    Setting,
+    boolean,
+    check_consistent,
+    detectron2_pipeline,
+    detectron2_run_configs,
+    non_negative_int,
+    number,
+    positive_int,
+    resolve_settings,
+)
 from .semask_fpn import check_semask_backbone, infer_backbone_fields
 from .semask_fpn import convert_state_dict as convert_backbone_state_dict
 
@@ -166,12 +178,10 @@ def _count(state_dict: dict, pattern: str) -> int:
     return len(indices(state_dict, pattern))
 
 
-def infer_backbone_config(
-    state_dict: dict[str, torch.Tensor], num_labels: int, semantic_window_size: int | None = None
-) -> SeMaskSwinConfig:
+def infer_backbone_config(state_dict: dict[str, torch.Tensor], num_labels: int) -> SeMaskSwinConfig:
     """The SeMask-Swin backbone from the ``backbone.*`` tensors (:func:`.semask_fpn.infer_backbone_fields`), with the
-    SeMask-Mask2Former code's semantic attention rule. The semantic window is not stored in the weights: the given
-    one, else detectron2's default (:data:`~hf_semseg.variants.SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW`)."""
+    SeMask-Mask2Former code's semantic attention rule. The semantic window is not stored in the weights:
+    :func:`infer_config_and_settings` sets it from the run's config or the released variant."""
     fields, semantic_classes = infer_backbone_fields(state_dict, KIND)
     if semantic_classes != num_labels:
         raise CheckpointError(
@@ -180,24 +190,78 @@ def infer_backbone_config(
         )
     return SeMaskSwinConfig(
         **fields,
-        semantic_window_size=semantic_window_size or SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW,
         semantic_attention_types=semask_mask2former_semantic_attention_types(num_labels, len(fields["depths"])),
         drop_path_rate=0.3,
         num_labels=num_labels,
     )
 
 
-def infer_config_and_variant(
-    state_dict: dict[str, torch.Tensor], id2label: dict[int, str] | None = None
-) -> tuple[SeMaskMask2FormerConfig, str | None]:
-    """Derives the full :class:`SeMaskMask2FormerConfig` from a (legacy-renamed) detectron2 state dict, and the
-    registered variant with exactly its architecture (None when there is none).
+#: the values of a SeMask Mask2Former model the weights do not hold: where a detectron2 config has them, and the
+#: defaults of the original code's config (``add_semask_config``, ``add_maskformer2_config``) for a key a run's
+#: config leaves out. Attention heads are in the weights (``sampling_offsets``: heads x 3 levels x 4 points x 2, both
+#: hard-coded; the decoder uses the same ``NHEADS``).
+SETTINGS = [
+    Setting(
+        "backbone_config.semantic_window_size",
+        "the semantic attention window",
+        "MODEL.SWIN.SEM_WINDOW_SIZE",
+        code_default=7,
+        read=positive_int,
+    ),
+    Setting("pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=boolean),
+    Setting(
+        "size_divisibility",
+        "the input padding multiple",
+        "MODEL.MASK_FORMER.SIZE_DIVISIBILITY",
+        code_default=32,
+        read=non_negative_int,
+    ),
+    Setting("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE", read=number, required=False),
+    Setting("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT", read=number, required=False),
+    Setting("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT", read=number, required=False),
+    Setting("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT", read=number, required=False),
+    Setting(
+        "semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT", read=number, required=False
+    ),
+    Setting(
+        "train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", read=positive_int, required=False
+    ),
+    Setting(
+        "oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO", read=number, required=False
+    ),
+    Setting(
+        "importance_sample_ratio",
+        "the importance sample ratio",
+        "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO",
+        read=number,
+        required=False,
+    ),
+]
+#: the no-object class weight, when the checkpoint has no ``criterion.empty_weight`` that holds it
+NO_OBJECT_WEIGHT = Setting(
+    "no_object_weight", "the no-object weight", "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT", read=number, required=False
+)
+CONFIG_FILE_HELP = "the run's detectron2 config.yaml (its output folder has it)"
+
+
+def infer_config_and_settings(
+    state_dict: dict[str, torch.Tensor],
+    id2label: dict[int, str] | None = None,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+) -> tuple[SeMaskMask2FormerConfig, ResolvedSettings]:
+    """Derives the full :class:`SeMaskMask2FormerConfig` from a (legacy-renamed) detectron2 state dict, and where the
+    values the weights do not hold came from (whose ``variant`` is the released variant the checkpoint is).
 
     From the tensors: the backbone (see :func:`infer_backbone_config`), classes (``class_embed``), pixel-decoder
     channels, encoder layers and FFN size, mask-feature channels, attention heads (``sampling_offsets`` has
     heads x 3 levels x 4 points x 2 rows), queries, hidden size, decoder layers, decoder FFN size, input projections
-    and the no-object weight (``criterion.empty_weight``). Not in the weights: the semantic window, the matched
-    variant's (detectron2's default without one), and ``PRE_NORM``, False in every released config."""
+    and the no-object weight (``criterion.empty_weight``). Not in the weights (:data:`SETTINGS`): the semantic
+    window, pre-norm and the padding multiple, from ``config_file`` (detectron2's ``config.yaml``) or the released
+    variant (``variant``, or the one with exactly these weights), else the conversion stops naming them; the loss
+    weights likewise, else the package defaults (the released configs'). A config that contradicts the weights is
+    refused."""
+    run_configs = detectron2_run_configs(config_file)
     check_semask_backbone(state_dict, KIND)
     num_classes = _shape(state_dict, "sem_seg_head.predictor.class_embed.weight", 2)[0] - 1
     backbone_config = infer_backbone_config(state_dict, num_classes)
@@ -211,13 +275,16 @@ def infer_config_and_variant(
         )
     num_queries, hidden_dim = _shape(state_dict, "sem_seg_head.predictor.query_feat.weight", 2)
     decoder_layers = _count(state_dict, r"sem_seg_head\.predictor\.transformer_self_attention_layers\.(\d+)\.") + 1
+    mask_feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.mask_features.weight", 4)[0]
+    encoder_layers = _count(state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.")
+    dim_feedforward = _shape(state_dict, "sem_seg_head.predictor.transformer_ffn_layers.0.linear1.weight", 2)[0]
     num_fpn_levels = _count(state_dict, r"sem_seg_head\.pixel_decoder\.adapter_(\d+)\.")
     if num_fpn_levels != 1:
         raise CheckpointError(
             f"{num_fpn_levels} FPN levels (adapter_*) in the pixel decoder; transformers' Mask2Former builds one "
             "(common stride 4 from stride-8 encoder features)"
         )
-    no_object_weight = 0.1
+    no_object_weight = None  # training only; from the run's config when the checkpoint has no criterion.empty_weight
     if "criterion.empty_weight" in state_dict:
         empty_weight = state_dict["criterion.empty_weight"]
         expect_shape(
@@ -230,39 +297,74 @@ def infer_config_and_variant(
             no_object_weight = float(empty_weight[-1])
             if not torch.all(empty_weight[:-1] == 1):
                 raise CheckpointError("criterion.empty_weight: class weights other than 1 are not supported")
+    check_consistent(
+        run_configs,
+        [
+            ("MODEL.META_ARCHITECTURE", "SeMaskMaskFormer", "a SeMask Mask2Former checkpoint"),
+            ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", "MSDeformAttnPixelDecoder", "the pixel decoder's key layout"),
+            (
+                "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
+                "MultiScaleMaskedTransformerDecoder",
+                "the transformer decoder's key layout",
+            ),
+            ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes, "sem_seg_head.predictor.class_embed.weight"),
+            ("MODEL.SEM_SEG_HEAD.CONVS_DIM", feature_size, "sem_seg_head.pixel_decoder.input_proj.0.0.weight"),
+            ("MODEL.SEM_SEG_HEAD.MASK_DIM", mask_feature_size, "sem_seg_head.pixel_decoder.mask_features.weight"),
+            ("MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", encoder_layers, "the pixel decoder's encoder layers"),
+            ("MODEL.MASK_FORMER.HIDDEN_DIM", hidden_dim, "sem_seg_head.predictor.query_feat.weight"),
+            ("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", num_queries, "sem_seg_head.predictor.query_feat.weight"),
+            ("MODEL.MASK_FORMER.DEC_LAYERS", decoder_layers, "the predictor's transformer layers"),
+            ("MODEL.MASK_FORMER.NHEADS", sampling_rows // 24, "the deformable attention's sampling_offsets"),
+            ("MODEL.MASK_FORMER.DIM_FEEDFORWARD", dim_feedforward, "the predictor's transformer_ffn_layers"),
+            ("MODEL.SWIN.EMBED_DIM", backbone_config.embed_dim, "backbone.patch_embed.proj.weight"),
+            ("MODEL.SWIN.DEPTHS", backbone_config.depths, "the backbone.layers.*.blocks.* keys"),
+            ("MODEL.SWIN.NUM_HEADS", backbone_config.num_heads, "the relative position bias tables"),
+            ("MODEL.SWIN.WINDOW_SIZE", backbone_config.window_size, "the relative position bias tables"),
+        ],
+    )
     if id2label is not None and len(id2label) != num_classes:
         raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_classes} classes")
     id2label = id2label if id2label is not None else checkpoint_id2label(None, num_classes)
     config = SeMaskMask2FormerConfig(
         backbone_config=backbone_config,
         feature_size=feature_size,
-        mask_feature_size=_shape(state_dict, "sem_seg_head.pixel_decoder.mask_features.weight", 4)[0],
+        mask_feature_size=mask_feature_size,
         hidden_dim=hidden_dim,
         encoder_feedforward_dim=_shape(
             state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight", 2
         )[0],
-        encoder_layers=_count(state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\."),
+        encoder_layers=encoder_layers,
         decoder_layers=decoder_layers,
         num_attention_heads=sampling_rows // 24,
-        dim_feedforward=_shape(state_dict, "sem_seg_head.predictor.transformer_ffn_layers.0.linear1.weight", 2)[0],
+        dim_feedforward=dim_feedforward,
         enforce_input_projection=any(key.startswith("sem_seg_head.predictor.input_proj.") for key in state_dict)
         and feature_size == hidden_dim,
         num_queries=num_queries,
-        no_object_weight=no_object_weight,
+        **({"no_object_weight": no_object_weight} if no_object_weight is not None else {}),
         id2label=id2label,
         label2id={label: i for i, label in id2label.items()},
     )
-    variant = find_variant(config)
-    if variant is not None:
-        config.backbone_config.semantic_window_size = get_variant(variant).semantic_window_size
-    return config, variant
+    settings = SETTINGS + ([NO_OBJECT_WEIGHT] if no_object_weight is None else [])
+    resolved = resolve_settings(
+        config, settings, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
+    )
+    return config, resolved
+
+
+def infer_config_and_variant(
+    state_dict: dict[str, torch.Tensor], id2label: dict[int, str] | None = None, **sources
+) -> tuple[SeMaskMask2FormerConfig, str | None]:
+    """The full :class:`SeMaskMask2FormerConfig` of the checkpoint and the released variant it is (see
+    :func:`infer_config_and_settings`; ``sources``: its ``variant`` and ``config_file``)."""
+    config, settings = infer_config_and_settings(state_dict, id2label, **sources)
+    return config, settings.variant
 
 
 def infer_config(
-    state_dict: dict[str, torch.Tensor], id2label: dict[int, str] | None = None
+    state_dict: dict[str, torch.Tensor], id2label: dict[int, str] | None = None, **sources
 ) -> SeMaskMask2FormerConfig:
-    """The full :class:`SeMaskMask2FormerConfig` of the checkpoint (see :func:`infer_config_and_variant`)."""
-    return infer_config_and_variant(state_dict, id2label)[0]
+    """The full :class:`SeMaskMask2FormerConfig` of the checkpoint (see :func:`infer_config_and_settings`)."""
+    return infer_config_and_settings(state_dict, id2label, **sources)[0]
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -309,9 +411,15 @@ def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], 
     return mean.tolist(), std.tolist()
 
 
-def convert(path: str | Path, id2label: dict[int, str] | None = None) -> Conversion:
-    """Converts an original SeMask-Mask2Former checkpoint file: the model (eval mode), the registered variant with
-    its architecture, and the pixel statistics for the image processor when the checkpoint has them."""
+def convert(
+    path: str | Path,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+    id2label: dict[int, str] | None = None,
+) -> Conversion:
+    """Converts an original SeMask-Mask2Former checkpoint file (see :func:`infer_config_and_settings` for
+    ``variant`` and ``config_file``): the model (eval mode), the released variant it is, the run's test
+    pre-processing, and the pixel statistics for the image processor when the checkpoint has them."""
     state_dict = load_detectron2_checkpoint(path)
     with errors_name_the_file(path):
         state_dict = apply_legacy_renames(state_dict)
@@ -319,18 +427,26 @@ def convert(path: str | Path, id2label: dict[int, str] | None = None) -> Convers
     return build_conversion(
         path,
         SeMaskMask2FormerForSemanticSegmentation,
-        infer=lambda: infer_config_and_variant(state_dict, id2label),
+        infer=lambda: infer_config_and_settings(state_dict, id2label, variant, config_file),
         convert_keys=lambda: convert_state_dict(state_dict),
         class_names=list(id2label.values()) if id2label is not None else None,
         state_dict=state_dict,
+        variant_given=variant is not None,
         processor_kwargs=dict(zip(("image_mean", "image_std"), statistics)) if statistics else {},
+        pipeline=detectron2_pipeline(detectron2_run_configs(config_file)),
+        pipeline_fields=("test_scale", "reduce_labels", "image_mean", "image_std"),  # the model pads, no divisor
     )
 
 
-def convert_checkpoint(path: str | Path, id2label: dict[int, str] | None = None):
+def convert_checkpoint(
+    path: str | Path,
+    id2label: dict[int, str] | None = None,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+):
     """Loads an original SeMask-Mask2Former checkpoint file into a :class:`SeMaskMask2FormerForSemanticSegmentation`
     (eval mode). Returns ``(model, state_dict)`` (the original state dict, after the legacy renames)."""
-    conversion = convert(path, id2label)
+    conversion = convert(path, variant, config_file, id2label)
     return conversion.model, conversion.state_dict
 
 
@@ -340,4 +456,6 @@ SUMMARY = (
     "[{semantic_attention_types}] (window {semantic_window_size}); Mask2Former {encoder_layers} encoder / "
     "{decoder_layers} decoder layers, {num_queries} queries; {num_labels} classes"
 )
-CONVERTER = Converter(SeMaskMask2FormerConfig.model_type, DETECTRON2, convert, semask_mask2former_card_fields, SUMMARY)
+CONVERTER = Converter(
+    SeMaskMask2FormerConfig.model_type, DETECTRON2, convert, semask_mask2former_card_fields, SUMMARY, CONFIG_FILE_HELP
+)

@@ -18,17 +18,17 @@ from transformers import ConvNextConfig, SegformerConfig, SwinConfig
 
 from ..models.configuration_vwformer import VWFormerConfig
 from ..models.modeling_vwformer import VWFormerForSemanticSegmentation
-from ..variants import MIT_ATTENTION_HEADS, find_variant, get_variant, list_variants
+from ..variants import MIT_ATTENTION_HEADS
 from .common import (
     MMSEG,
     CheckpointError,
     Conversion,
+    ConversionError,
     Converter,
     build_conversion,
     check_relative_position_index,
     checkpoint_id2label,
-    config_text_float,
-    config_text_value,
+    released_variant,
     expect_shape,
     find_rename,
     indices,
@@ -40,6 +40,18 @@ from .common import (
     window_size_from_table,
 )
 from .model_card import vwformer_card_fields
+from .run_config import (
+    ResolvedSettings,
+    Setting,
+    boolean,
+    check_consistent,
+    int_list,
+    mmseg_pipeline,
+    mmseg_run_configs,
+    number,
+    positive_int,
+    resolve_settings,
+)
 
 
 KIND = "VWFormer (mmseg)"
@@ -211,7 +223,7 @@ def detect_head_type(state_dict: dict) -> str:
     )
 
 
-def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
+def infer_swin_config(state_dict: dict) -> SwinConfig:
     embed_dim, num_channels, patch_size, _ = _shape(state_dict, "backbone.patch_embed.projection.weight", 4)
     stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
     depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
@@ -220,7 +232,6 @@ def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
     window_size = window_size_from_table(_shape(state_dict, table.format(0))[0], table.format(0))
     mlp_hidden = _shape(state_dict, "backbone.stages.0.blocks.0.ffn.layers.0.0.weight", 2)[0]
     return SwinConfig(
-        image_size=int(config_text_float(meta, "pretrain_img_size", 224)),
         patch_size=patch_size,
         num_channels=num_channels,
         embed_dim=embed_dim,
@@ -229,12 +240,12 @@ def infer_swin_config(state_dict: dict, meta: dict) -> SwinConfig:
         window_size=window_size,
         mlp_ratio=mlp_hidden / embed_dim,
         qkv_bias="backbone.stages.0.blocks.0.attn.w_msa.qkv.bias" in state_dict,
-        drop_path_rate=config_text_float(meta, "drop_path_rate", 0.3),
+        drop_path_rate=0.3,
         out_features=STAGES,
     )
 
 
-def infer_convnext_config(state_dict: dict, meta: dict) -> ConvNextConfig:
+def infer_convnext_config(state_dict: dict) -> ConvNextConfig:
     _, num_channels, patch_size, _ = _shape(state_dict, "backbone.downsample_layers.0.0.weight", 4)
     stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
     depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.(\d+)\.")) for stage in stages]
@@ -245,12 +256,12 @@ def infer_convnext_config(state_dict: dict, meta: dict) -> ConvNextConfig:
         hidden_sizes=hidden_sizes,
         depths=depths,
         layer_scale_init_value=1.0 if "backbone.stages.0.0.gamma" in state_dict else 0.0,
-        drop_path_rate=config_text_float(meta, "drop_path_rate", 0.4),
+        drop_path_rate=0.4,
         out_features=STAGES,
     )
 
 
-def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
+def infer_mit_config(state_dict: dict) -> SegformerConfig:
     stages = indices(state_dict, r"backbone\.layers\.(\d+)\.")
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.1\.(\d+)\.")) for stage in stages]
     hidden_sizes, patch_sizes, sr_ratios, mlp_ratios = [], [], [], []
@@ -261,8 +272,6 @@ def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
         sr_key = f"backbone.layers.{stage}.1.0.attn.sr.weight"
         sr_ratios.append(_shape(state_dict, sr_key, 4)[-1] if sr_key in state_dict else 1)
         mlp_ratios.append(_shape(state_dict, f"backbone.layers.{stage}.1.0.ffn.layers.0.weight", 4)[0] // hidden)
-    heads_text = config_text_value(meta, "num_heads", r"\[[0-9, ]+\]")
-    num_heads = [int(value) for value in re.findall(r"\d+", heads_text)] if heads_text else list(MIT_ATTENTION_HEADS)
     return SegformerConfig(
         num_channels=_shape(state_dict, "backbone.layers.0.0.projection.weight", 4)[1],
         num_encoder_blocks=len(stages),
@@ -271,59 +280,65 @@ def infer_mit_config(state_dict: dict, meta: dict) -> SegformerConfig:
         hidden_sizes=hidden_sizes,
         patch_sizes=patch_sizes,
         strides=[4] + [2] * (len(stages) - 1),
-        num_attention_heads=num_heads[: len(stages)],
+        num_attention_heads=list(MIT_ATTENTION_HEADS)[: len(stages)],  # not in the weights: set from the run
         mlp_ratios=mlp_ratios,
-        drop_path_rate=config_text_float(meta, "drop_path_rate", 0.1),
+        drop_path_rate=0.1,
     )
 
 
-def _head_settings(meta: dict, variant: str | None) -> tuple[int, bool] | None:
-    """(num_attention_heads, use_short_cut): from the config text in ``meta``, else from the named released variant;
-    None when neither has them."""
-    heads = config_text_value(meta, "nheads", r"\d+")
-    short_cut = config_text_value(meta, "short_cut", r"True|False")
-    if heads is not None and short_cut is not None:
-        return int(heads), short_cut == "True"
-    if variant is not None:
-        return get_variant(variant).num_attention_heads, get_variant(variant).use_short_cut
-    return None
+#: the values of a VWFormer model the weights do not hold, and where an mmseg config has them (``VWHead`` and
+#: ``VWCityHead`` have no defaults for ``nheads`` and ``short_cut``)
+HEAD_SETTINGS = [
+    Setting("num_attention_heads", "the decode head's attention heads", "model.decode_head.nheads", read=positive_int),
+    Setting("use_short_cut", "the decode head's short-cut", "model.decode_head.short_cut", read=boolean),
+]
+#: MiT's attention heads per stage (mmseg ``MixVisionTransformer`` default ``[1, 2, 4, 8]``)
+MIT_HEADS = Setting(
+    "backbone_config.num_attention_heads",
+    "the MiT backbone's attention heads per stage",
+    "model.backbone.num_heads",
+    code_default=[1, 2, 4, 8],
+    read=int_list,
+)
+DROP_PATH = Setting(
+    "backbone_config.drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", read=number, required=False
+)
+CONFIG_FILE_HELP = "the run's mmseg config (.py)"
+#: the original backbone and head class of each converted type, as a run's config names them
+BACKBONE_TYPES = {"swin": "SwinTransformer", "convnext": "mmcls.ConvNeXt", "mit": "MixVisionTransformer"}
+HEAD_TYPES = {"vw": "VWHead", "vw_city": "VWCityHead"}
 
 
-def _check_variant_name(variant: str | None) -> None:
-    if variant is not None and variant not in list_variants("vwformer"):
-        raise CheckpointError(
-            f"unknown variant {variant!r}; the released VWFormer variants are {sorted(list_variants('vwformer'))}"
-        )
+def _backbone_checks(backbone_type: str, backbone_config) -> list[tuple[str, object, str]]:
+    """What a run's config may say about the backbone that the weights also tell."""
+    checks = [("model.backbone.type", BACKBONE_TYPES[backbone_type], "the backbone's key layout")]
+    if backbone_type == "swin":
+        checks += [
+            ("model.backbone.embed_dims", backbone_config.embed_dim, "backbone.patch_embed.projection.weight"),
+            ("model.backbone.depths", backbone_config.depths, "the backbone.stages.*.blocks.* keys"),
+            ("model.backbone.num_heads", backbone_config.num_heads, "the relative position bias tables"),
+            ("model.backbone.window_size", backbone_config.window_size, "the relative position bias tables"),
+        ]
+    elif backbone_type == "convnext":
+        checks += [
+            ("model.backbone.arch.depths", backbone_config.depths, "the backbone.stages.* keys"),
+            ("model.backbone.arch.channels", backbone_config.hidden_sizes, "the depthwise convolutions"),
+        ]
+    else:
+        checks += [("model.backbone.num_layers", backbone_config.depths, "the backbone.layers.*.1.* keys")]
+    return checks
 
 
-def _matching_variant(config: VWFormerConfig, variant: str | None) -> str | None:
-    """The released variant ``config`` is. A named ``variant`` must have exactly the checkpoint's weights (names and
-    shapes); otherwise the registered variant with those weights whose heads and short-cut equal the config's, if
-    any."""
-    matched = find_variant(config)
-    if variant is not None:
-        if matched != variant:
-            whose = f"they are {matched}'s" if matched else "no registered variant has them"
-            raise CheckpointError(f"--variant {variant}: the checkpoint's weights are not that variant's ({whose})")
-        return variant
-    if matched is None:
-        return None
-    released = get_variant(matched)
-    same_head = (released.num_attention_heads, released.use_short_cut) == (
-        config.num_attention_heads,
-        config.use_short_cut,
-    )
-    return matched if same_head else None
-
-
-def infer_config_and_variant(
-    state_dict: dict, meta: dict | None = None, variant: str | None = None
-) -> tuple[VWFormerConfig, str | None]:
-    """The full :class:`VWFormerConfig` of the checkpoint and the released variant it is: backbone architecture,
-    head type, channels, enlarging ratios and classes from the tensors; heads and short-cut from ``meta`` or the
-    named ``variant`` (whose weights must then be the checkpoint's, see :func:`_matching_variant`)."""
+def infer_config_and_settings(
+    state_dict: dict, meta: dict | None = None, variant: str | None = None, config_file: str | Path | None = None
+) -> tuple[VWFormerConfig, ResolvedSettings]:
+    """The full :class:`VWFormerConfig` of the checkpoint and where the values the weights do not hold came from
+    (whose ``variant`` is the released variant the checkpoint is). Backbone architecture, head type, channels,
+    enlarging ratios and classes from the tensors; the head's attention heads and short-cut (and MiT's heads) from
+    ``config_file``, the config text in ``meta`` or the released variant (``variant``, whose weights must then be the
+    checkpoint's, or the one with exactly these weights), else the conversion stops naming them."""
     meta = meta or {}
-    _check_variant_name(variant)
+    run_configs = mmseg_run_configs(config_file, meta)
     backbone_type = detect_backbone_type(state_dict)
     head_type = detect_head_type(state_dict)
     if any(key.startswith("auxiliary_head.") for key in state_dict):
@@ -332,7 +347,7 @@ def infer_config_and_variant(
         )
     backbone_config = {"swin": infer_swin_config, "convnext": infer_convnext_config, "mit": infer_mit_config}[
         backbone_type
-    ](state_dict, meta)
+    ](state_dict)
 
     decoder_hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight", 4)[0]
     num_labels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[0]
@@ -342,31 +357,51 @@ def infer_config_and_variant(
         _shape(state_dict, f"decode_head.ds.{j}.conv.weight", 4)[-1]
         for j in indices(state_dict, r"decode_head\.ds\.(\d+)\.")
     ]
-    head_settings = _head_settings(meta, variant)
-    if head_settings is None:
-        raise CheckpointError(
-            "the checkpoint's meta has no config text with `nheads` and `short_cut` (they are not in the weights): "
-            f"pass the released variant it comes from (--variant, one of {sorted(list_variants('vwformer'))})"
-        )
-    num_heads, short_cut = head_settings
+    check_consistent(
+        run_configs,
+        _backbone_checks(backbone_type, backbone_config)
+        + [
+            ("model.decode_head.type", HEAD_TYPES[head_type], "the decode head's key layout"),
+            ("model.decode_head.num_classes", num_labels, "decode_head.conv_seg.weight"),
+            ("model.decode_head.channels", decoder_hidden_size, "decode_head.linear_fuse.conv.weight"),
+        ],
+    )
     id2label = checkpoint_id2label(meta.get("CLASSES"), num_labels)
     config = VWFormerConfig(
         backbone_config=backbone_config,
         head_type=head_type,
         decoder_hidden_size=decoder_hidden_size,
-        num_attention_heads=num_heads,
-        use_short_cut=short_cut,
         enlarging_ratios=ratios,
         low_level_channels=low_level_channels,
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )
-    return config, _matching_variant(config, variant)
+    settings = HEAD_SETTINGS + ([MIT_HEADS] if backbone_type == "mit" else []) + [DROP_PATH]
+    resolved = resolve_settings(
+        config, settings, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
+    )
+    if backbone_type == "mit" and len(config.backbone_config.num_attention_heads) != len(config.backbone_config.depths):
+        raise ConversionError(
+            f"{resolved.sources[MIT_HEADS.name]}: {MIT_HEADS.path} = {config.backbone_config.num_attention_heads}, "
+            f"expected one value per stage ({len(config.backbone_config.depths)} stages in the weights)"
+        )
+    return config, resolved
 
 
-def infer_config(state_dict: dict, meta: dict | None = None, variant: str | None = None) -> VWFormerConfig:
-    """The full :class:`VWFormerConfig` of the checkpoint (see :func:`infer_config_and_variant`)."""
-    return infer_config_and_variant(state_dict, meta, variant)[0]
+def infer_config_and_variant(
+    state_dict: dict, meta: dict | None = None, variant: str | None = None, config_file: str | Path | None = None
+) -> tuple[VWFormerConfig, str | None]:
+    """The full :class:`VWFormerConfig` of the checkpoint and the released variant it is (see
+    :func:`infer_config_and_settings`)."""
+    config, settings = infer_config_and_settings(state_dict, meta, variant, config_file)
+    return config, settings.variant
+
+
+def infer_config(
+    state_dict: dict, meta: dict | None = None, variant: str | None = None, config_file: str | Path | None = None
+) -> VWFormerConfig:
+    """The full :class:`VWFormerConfig` of the checkpoint (see :func:`infer_config_and_settings`)."""
+    return infer_config_and_settings(state_dict, meta, variant, config_file)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -472,24 +507,26 @@ def _surgery(key: str, tensor: torch.Tensor, state_dict: dict[str, torch.Tensor]
     raise CheckpointError(f"{key}: no conversion rule")  # a table entry without a handler: a converter bug
 
 
-def convert(path: str | Path, variant: str | None = None) -> Conversion:
-    """Converts an original VWFormer checkpoint file: the model (eval mode), its ``meta`` and the released variant
-    (the named ``variant``, or the one matched by architecture)."""
+def convert(path: str | Path, variant: str | None = None, config_file: str | Path | None = None) -> Conversion:
+    """Converts an original VWFormer checkpoint file (see :func:`infer_config_and_settings` for ``variant`` and
+    ``config_file``): the model (eval mode), its ``meta``, the released variant it is and the run's test
+    pre-processing."""
     state_dict, meta = read_checkpoint(path, MMSEG, KIND)
     return build_conversion(
         path,
         VWFormerForSemanticSegmentation,
-        infer=lambda: infer_config_and_variant(state_dict, meta, variant),
+        infer=lambda: infer_config_and_settings(state_dict, meta, variant, config_file),
         convert_keys=lambda: convert_state_dict(state_dict),
         class_names=meta.get("CLASSES"),
         meta=meta,
         variant_given=variant is not None,
+        pipeline=mmseg_pipeline(mmseg_run_configs(config_file, meta)),
     )
 
 
-def convert_checkpoint(path: str | Path, variant: str | None = None):
+def convert_checkpoint(path: str | Path, variant: str | None = None, config_file: str | Path | None = None):
     """Reads, converts and loads an original checkpoint. Returns ``(model, meta)``; the model is in eval mode."""
-    conversion = convert(path, variant)
+    conversion = convert(path, variant, config_file)
     return conversion.model, conversion.meta
 
 
@@ -501,4 +538,4 @@ SUMMARY = (
 # the saved folder must reproduce the converted model: equal weights, so equal logits up to float rounding (the
 # reloaded tensors can sit at other memory alignments, which changes the GEMM kernels' summation order); inputs are
 # multiples of 64, as the test pipeline makes them
-CONVERTER = Converter(VWFormerConfig.model_type, MMSEG, convert, vwformer_card_fields, SUMMARY, accepts_variant=True)
+CONVERTER = Converter(VWFormerConfig.model_type, MMSEG, convert, vwformer_card_fields, SUMMARY, CONFIG_FILE_HELP)

@@ -1,0 +1,592 @@
+"""The configuration of the training run a checkpoint comes from, and the settings a converter takes from it.
+
+A checkpoint's weights do not hold every value the model needs (the SeMask semantic window, VWFormer's attention heads
+and short-cut, Mask2Former's pre-norm, the test pre-processing). A converter takes each such value, in this order, from
+
+1. the run's config file (``--config_file``): the mmseg config (``.py``) of the run, or the ``config.yaml`` detectron2
+   writes into its output folder (the full ``cfg.dump()``);
+2. the config text inside the checkpoint (mmseg's ``meta['config']``, the run's ``cfg.pretty_text``);
+3. the released variant whose weights (names and shapes) are exactly the checkpoint's - named with ``--variant``, or
+   found by matching - and then says so;
+
+and otherwise stops before writing anything, naming each missing value and the flag that supplies it. A key a run's
+config leaves out has the value the original code gives it (the class's or detectron2's default), as in the run.
+
+Config files are read without running them: an mmseg config is parsed (:mod:`ast`) and only literals, ``dict(...)``
+calls, arithmetic and earlier names are evaluated (``_base_`` files are merged as mmcv merges them); a detectron2 config
+is read with ``yaml.safe_load`` (``_BASE_`` merged as detectron2 does).
+"""
+
+import ast
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .common import CheckpointError, ConversionError
+
+
+class ConfigFileError(ConversionError):
+    """A run's config file cannot be read, or contradicts the checkpoint."""
+
+
+_MISSING = object()
+#: the largest list or string an mmseg config expression may build (``[0] * 10**9`` is refused, not evaluated)
+_MAX_LENGTH = 100_000
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading config files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _evaluate(node: ast.AST, names: dict, where: str):
+    """The value of an mmseg config expression: literals, containers, ``dict(...)`` calls, names assigned earlier in
+    the file, unary minus and arithmetic; anything else (calls, attributes, comprehensions ...) is refused, naming the
+    line."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_evaluate(element, names, where) for element in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Dict):
+        result = {}
+        for key, value in zip(node.keys, node.values):
+            if key is None:  # {**other}
+                result.update(_as_dict(_evaluate(value, names, where), node, where))
+            else:
+                result[_evaluate(key, names, where)] = _evaluate(value, names, where)
+        return result
+    if isinstance(node, ast.Name):
+        if node.id in names:
+            return copy.deepcopy(names[node.id])
+        raise ConfigFileError(f"{where}, line {node.lineno}: {node.id!r} is not defined before it is used")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and len(node.args) <= 1:
+        result = _as_dict(_evaluate(node.args[0], names, where), node, where) if node.args else {}
+        for keyword in node.keywords:
+            value = _evaluate(keyword.value, names, where)
+            if keyword.arg is None:  # dict(**other)
+                result.update(_as_dict(value, node, where))
+            else:
+                result[keyword.arg] = value
+        return result
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = _evaluate(node.operand, names, where)
+        if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+            return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv)):
+        left, right = _evaluate(node.left, names, where), _evaluate(node.right, names, where)
+        return _arithmetic(node, left, right, where)
+    raise ConfigFileError(
+        f"{where}, line {getattr(node, 'lineno', '?')}: cannot read `{ast.unparse(node)[:60]}` without running the "
+        "file (only literals, dict(...), arithmetic and names assigned earlier are read)"
+    )
+
+
+def _as_dict(value, node: ast.AST, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigFileError(f"{where}, line {node.lineno}: `{ast.unparse(node)[:60]}` unpacks a non-dict")
+    return value
+
+
+def _arithmetic(node: ast.BinOp, left, right, where: str):
+    numbers = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (left, right))
+    sequences = isinstance(left, (list, tuple, str)) and type(left) is type(right)
+    repeat = isinstance(left, (list, tuple, str)) and isinstance(right, int) and not isinstance(right, bool)
+    allowed = numbers or (sequences and isinstance(node.op, ast.Add)) or (repeat and isinstance(node.op, ast.Mult))
+    if allowed and repeat and not sequences and len(left) * max(right, 0) > _MAX_LENGTH:
+        allowed = False
+    if allowed and isinstance(node.op, (ast.Div, ast.FloorDiv)) and right == 0:
+        allowed = False
+    if not allowed:
+        raise ConfigFileError(f"{where}, line {node.lineno}: cannot evaluate `{ast.unparse(node)[:60]}`")
+    operations = {
+        ast.Add: lambda: left + right,
+        ast.Sub: lambda: left - right,
+        ast.Mult: lambda: left * right,
+        ast.Div: lambda: left / right,
+        ast.FloorDiv: lambda: left // right,
+    }
+    return operations[type(node.op)]()
+
+
+def parse_mmseg_config_text(text: str, where: str) -> dict:
+    """The top-level names of an mmseg config's text (a config file, or ``meta['config']``), evaluated without running
+    it (:func:`_evaluate`); ``where`` names the text in errors. Imports and other statements are refused, naming the
+    line."""
+    if "{{" in text and "_base_." in text:
+        raise ConfigFileError(f"{where}: `{{{{_base_.…}}}}` references are not supported; pass the run's dumped config")
+    try:
+        module = ast.parse(text)
+    except SyntaxError as error:
+        raise ConfigFileError(f"{where}: not a Python (mmseg) config: line {error.lineno}: {error.msg}") from error
+    names: dict = {}
+    for statement in module.body:
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+            continue  # a docstring
+        if (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+        ):
+            names[statement.targets[0].id] = _evaluate(statement.value, names, where)
+            continue
+        raise ConfigFileError(
+            f"{where}, line {statement.lineno}: `{ast.unparse(statement).splitlines()[0][:60]}` is not a plain "
+            "assignment; only `name = value` statements are read"
+        )
+    return names
+
+
+def merge_config(base: dict, child: dict) -> dict:
+    """mmcv's merge of a config over its ``_base_``: dicts merge key by key (unless the child's has
+    ``_delete_=True``), anything else is replaced."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict):
+            value = dict(value)
+            delete = value.pop("_delete_", False)
+            if not delete and isinstance(merged.get(key), dict):
+                value = merge_config(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise ConfigFileError(f"--config_file {path}: no such file ({what})")
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigFileError(f"--config_file {path}: cannot be read ({error})") from error
+
+
+def read_mmseg_config(path: str | Path, _seen: tuple = ()) -> dict:
+    """The names of an mmseg config file (``.py``), with its ``_base_`` files merged in as mmcv does."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigFileError(f"--config_file {_seen[0]}: _base_ files include each other ({path})")
+    values = parse_mmseg_config_text(_read_text(path, "an mmseg config"), str(path))
+    bases = values.pop("_base_", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        if not isinstance(base, str):
+            raise ConfigFileError(f"{path}: _base_ entries must be file names, got {base!r}")
+        merged = merge_config(merged, read_mmseg_config(path.parent / base, _seen + (path.resolve(),)))
+    return merge_config(merged, values)
+
+
+def read_detectron2_config(path: str | Path, _seen: tuple = ()) -> dict:
+    """A detectron2 ``config.yaml`` (``yaml.safe_load``), with its ``_BASE_`` file merged in as detectron2 does."""
+    import yaml
+
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigFileError(f"--config_file {_seen[0]}: _BASE_ files include each other ({path})")
+    try:
+        values = yaml.safe_load(_read_text(path, "a detectron2 config.yaml"))
+    except yaml.YAMLError as error:
+        detail = " ".join(str(error).split())
+        raise ConfigFileError(f"--config_file {path}: not a YAML file ({detail})") from error
+    if not isinstance(values, dict):
+        raise ConfigFileError(f"--config_file {path}: holds {type(values).__name__}, not a detectron2 config mapping")
+    base = values.pop("_BASE_", None)
+    if base is None:
+        return values
+    return _merge_yaml(read_detectron2_config(path.parent / str(base), _seen + (path.resolve(),)), values)
+
+
+def _merge_yaml(base: dict, child: dict) -> dict:
+    merged = dict(base)
+    for key, value in child.items():
+        merged[key] = _merge_yaml(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A run's config and the settings taken from it
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's configuration as nested dicts. ``source`` names it in messages (``"--config_file x.py"``, ``"the
+    checkpoint's config text"``)."""
+
+    values: dict
+    source: str
+
+    def get(self, path: str, default=_MISSING):
+        """The value at the dotted ``path`` (``"model.backbone.sem_window_size"``); ``default`` (else a
+        ``KeyError``) when absent."""
+        node = self.values
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is _MISSING:
+                    raise KeyError(path)
+                return default
+            node = node[part]
+        return node
+
+    def has(self, path: str) -> bool:
+        absent = object()
+        return self.get(path, absent) is not absent
+
+
+def mmseg_run_configs(config_file: str | Path | None, meta: dict) -> list[RunConfig]:
+    """The run configs of an mmseg checkpoint, first source first: ``config_file``, then ``meta['config']`` (text a
+    reader cannot parse is reported, not silently skipped)."""
+    configs = []
+    if config_file is not None:
+        configs.append(RunConfig(read_mmseg_config(config_file), f"--config_file {config_file}"))
+    text = meta.get("config")
+    if isinstance(text, str) and text.strip():
+        try:
+            configs.append(RunConfig(parse_mmseg_config_text(text, "meta['config']"), "the checkpoint's config text"))
+        except ConfigFileError as error:
+            if config_file is None:
+                raise CheckpointError(f"the config text saved in the checkpoint cannot be read: {error}") from error
+    return configs
+
+
+def detectron2_run_configs(config_file: str | Path | None) -> list[RunConfig]:
+    """The run config of a detectron2 checkpoint (which holds none itself): ``config_file`` when given."""
+    if config_file is None:
+        return []
+    return [RunConfig(read_detectron2_config(config_file), f"--config_file {config_file}")]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A value the weights do not hold.
+
+    Attributes:
+        name: the HF config field it sets (a dotted path below the model config, e.g.
+            ``"backbone_config.semantic_window_size"``).
+        description: what it is, for messages (``"semantic attention window"``).
+        path: where the run's config holds it (``"model.backbone.sem_window_size"``).
+        code_default: the value the original code gives it when the run's config leaves the key out (only used when
+            the config has ``path``'s parent section); ``_MISSING`` when the original has no default.
+        read: turns the config's value into the HF field's (checked; a ``ValueError`` names the bad value).
+        required: False for training-only values (loss weights, stochastic depth): without a source they keep the
+            package's default, and the conversion says so.
+    """
+
+    name: str
+    description: str
+    path: str
+    code_default: object = _MISSING
+    read: Callable = lambda value: value
+    required: bool = True
+
+
+def get_field(config, name: str):
+    for part in name.split(".")[:-1]:
+        config = getattr(config, part)
+    return getattr(config, name.split(".")[-1])
+
+
+def set_field(config, name: str, value) -> None:
+    for part in name.split(".")[:-1]:
+        config = getattr(config, part)
+    setattr(config, name.split(".")[-1], value)
+
+
+@dataclass
+class ResolvedSettings:
+    """The values of a conversion's :class:`Setting` s and where each came from (``sources[name]``)."""
+
+    values: dict
+    sources: dict
+    variant: str | None
+    defaults: list  # the training-only settings left at the package's default
+    training_only: tuple = ()  # the names of the training-only settings
+
+    def describe(self) -> str:
+        """One phrase for the summary line and the card: the values that change the model's output and where each
+        came from ("original default": the run's config leaves the key out, so the original code's default is the
+        run's value), then where the training-only values came from."""
+        by_source: dict[str, list[str]] = {}
+        for name, source in self.sources.items():
+            if name in self.training_only:
+                continue
+            value = f"{name.split('.')[-1]}={self.values[name]!r}"
+            value += " (original default)" if source.endswith(" [default]") else ""
+            by_source.setdefault(source.removesuffix(" [default]"), []).append(value)
+        parts = [f"{', '.join(values)} from {source}" for source, values in by_source.items()]
+        training = sorted({self.sources[name].removesuffix(" [default]") for name in self.training_only if name in self.sources})
+        if training:
+            parts.append(f"training-only values from {' and '.join(training)}")
+        if self.defaults:
+            parts.append(f"training-only {', '.join(self.defaults)} at the package defaults")
+        return "; ".join(parts) if parts else "every value is in the weights"
+
+
+def _from_config(setting: Setting, run_config: RunConfig):
+    """``(value, source)`` of ``setting`` in ``run_config``: the key's value, or the original code's default when
+    the key's section is there but the key is not; ``_MISSING`` when the config does not tell."""
+    parent = setting.path.rsplit(".", 1)[0]
+    if run_config.has(setting.path):
+        raw, how = run_config.get(setting.path), run_config.source
+    elif setting.code_default is not _MISSING and "." in setting.path and isinstance(run_config.get(parent, None), dict):
+        raw, how = setting.code_default, f"{run_config.source} [default]"
+    else:
+        return _MISSING, None
+    try:
+        return setting.read(raw), how
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ConfigFileError(f"{run_config.source}: {setting.path} = {raw!r}: {error}") from error
+
+
+def resolve_settings(
+    config,
+    settings: list[Setting],
+    run_configs: list[RunConfig],
+    variant: str | None,
+    variant_given: bool,
+    config_flag_help: str,
+) -> ResolvedSettings:
+    """Sets each of ``settings`` on ``config`` from the first source that has it: the ``run_configs`` (config file,
+    then the checkpoint's config text), then the released ``variant`` (named, or matched by its exact weights). A
+    required value no source has stops the conversion: a :class:`CheckpointError` naming every missing value, where
+    a run's config holds it, and the flags that supply it (``config_flag_help``: the config file to pass). A required
+    value a config sets differently from a *matched* variant means the checkpoint is not that variant (``variant``
+    becomes None); from a *named* variant (``--variant``) it is an error."""
+    from ..variants import variant_config
+
+    from_configs = {}
+    for setting in settings:
+        for run_config in run_configs:
+            value, how = _from_config(setting, run_config)
+            if value is not _MISSING:
+                from_configs[setting.name] = (value, how)
+                break
+    released = variant_config(variant) if variant is not None else None
+    for setting in settings:
+        if released is None or not setting.required or setting.name not in from_configs:
+            continue
+        value, how = from_configs[setting.name]
+        if get_field(released, setting.name) != value:
+            if variant_given:
+                raise ConfigFileError(
+                    f"{how.removesuffix(' [default]')}: {setting.path} = {value!r}, but the released variant {variant} (--variant) has "
+                    f"{setting.description} {get_field(released, setting.name)!r}; drop --variant or check the config"
+                )
+            variant, released = None, None
+    values, sources, missing, defaults = {}, {}, [], []
+    for setting in settings:
+        if setting.name in from_configs:
+            value, how = from_configs[setting.name]
+        elif released is not None:
+            value = get_field(released, setting.name)
+            how = f"released variant {variant} ({'--variant' if variant_given else 'same weights, names and shapes'})"
+        elif setting.required:
+            missing.append(f"{setting.description} ({setting.path})")
+            continue
+        else:
+            defaults.append(f"{setting.name.split('.')[-1]}={get_field(config, setting.name)!r}")
+            continue
+        set_field(config, setting.name, value)
+        values[setting.name], sources[setting.name] = value, how
+    if missing:
+        if run_configs:
+            reason = f"not set in {' or '.join(run_config.source for run_config in run_configs)}"
+        else:
+            reason = "the checkpoint has no config text"
+        raise CheckpointError(
+            f"the weights do not hold {'; '.join(missing)}: {reason}, and no released model has exactly these "
+            f"weights; pass {config_flag_help} with --config_file PATH (or --variant NAME for a released model's "
+            "checkpoint)"
+        )
+    training_only = tuple(setting.name for setting in settings if not setting.required)
+    return ResolvedSettings(values, sources, variant, defaults, training_only)
+
+
+def check_consistent(run_configs: list[RunConfig], checks: list[tuple[str, object, str]]) -> None:
+    """Each ``(path, value in the weights, where the weights hold it)`` must agree with the run's config where the
+    config sets ``path`` explicitly: a config of another run is refused, naming the key and both values."""
+    for run_config in run_configs:
+        for path, weights_value, where in checks:
+            if not run_config.has(path):
+                continue
+            value = run_config.get(path)
+            if isinstance(value, (list, tuple)) and isinstance(weights_value, (list, tuple)):
+                equal = list(value) == list(weights_value)
+            else:
+                equal = value == weights_value
+            if not equal:
+                raise ConfigFileError(
+                    f"{run_config.source}: {path} = {value!r}, but the checkpoint's weights have {weights_value!r} "
+                    f"({where}); it is not the config of the run that saved this checkpoint"
+                )
+
+
+def first_value(run_configs: list[RunConfig], paths: list[str]):
+    """``(value, source)`` of the first of ``paths`` any run config sets, ``(None, None)`` when none does."""
+    for run_config in run_configs:
+        for path in paths:
+            if run_config.has(path):
+                return run_config.get(path), run_config.source
+    return None, None
+
+
+def positive_int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def non_negative_int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def boolean(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected True or False")
+    return value
+
+
+def number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected a number")
+    return value
+
+
+def int_list(value) -> list[int]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError("expected a list of integers")
+    return list(value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Test pre-processing and dataset
+# --------------------------------------------------------------------------------------------------------------------
+
+#: mmseg dataset classes -> registry dataset keys (COCO-Stuff only when the data root says which one)
+MMSEG_DATASETS = {"ADE20KDataset": "ade20k", "CityscapesDataset": "cityscapes"}
+#: detectron2 registered dataset names start with these -> registry dataset keys
+DETECTRON2_DATASETS = {"ade20k_sem_seg": "ade20k", "cityscapes_fine_sem_seg": "cityscapes"}
+
+
+def _walk_transforms(pipeline):
+    """Every transform dict of an mmseg pipeline list, nested ones (``MultiScaleFlipAug.transforms``) included."""
+    for step in pipeline if isinstance(pipeline, (list, tuple)) else []:
+        if isinstance(step, dict):
+            yield step
+            yield from _walk_transforms(step.get("transforms"))
+
+
+def _edges(scale, where: str) -> tuple[int, int]:
+    """``(longest, shortest)`` of an mmseg ``img_scale``: one ``(width, height)`` pair (or a list holding one)."""
+    if isinstance(scale, list) and len(scale) == 1:
+        scale = scale[0]
+    if not (
+        isinstance(scale, (list, tuple))
+        and len(scale) == 2
+        and all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in scale)
+    ):
+        raise ConfigFileError(
+            f"{where}: img_scale = {scale!r}, expected one (width, height) pair of positive integers (the processor "
+            "resizes to one scale)"
+        )
+    return max(scale), min(scale)
+
+
+def mmseg_pipeline(run_configs: list[RunConfig]) -> dict:
+    """What the first run config with a test pipeline says about the test pre-processing (``test_scale``,
+    ``size_divisor``, ``image_mean`` / ``image_std`` on the 0-1 scale, ``reduce_labels``) and the ``dataset``, with
+    ``source``; empty when no config has a test pipeline or dataset. A pipeline the image processor cannot reproduce
+    (BGR input, a fixed-size resize) is an error naming the step."""
+    found: dict = {}
+    for run_config in run_configs:
+        test = run_config.get("data.test", None)
+        test = test if isinstance(test, dict) else {}
+        pipeline = test.get("pipeline", run_config.get("test_pipeline", None))
+        dataset_type = test.get("type", run_config.get("dataset_type", None))
+        if pipeline is None and dataset_type is None:
+            continue
+        where = f"{run_config.source}: test pipeline"
+        for step in _walk_transforms(pipeline):
+            kind = step.get("type")
+            if kind == "MultiScaleFlipAug" and "img_scale" in step:
+                found["test_scale"] = _edges(step["img_scale"], where)
+            elif kind == "Resize" and step.get("keep_ratio") is False:
+                raise ConfigFileError(f"{where}: Resize(keep_ratio=False) is not supported by the keep-ratio processor")
+            elif kind == "ResizeToMultiple":
+                found["size_divisor"] = positive_int(step.get("size_divisor", 32))
+            elif kind == "Normalize":
+                if step.get("to_rgb", True) is False:
+                    raise ConfigFileError(
+                        f"{where}: Normalize(to_rgb=False): the model was trained on BGR images, which the image "
+                        "processor does not produce"
+                    )
+                for name in ("mean", "std"):
+                    values = step.get(name)
+                    if not (isinstance(values, (list, tuple)) and len(values) == 3):
+                        raise ConfigFileError(f"{where}: Normalize {name} = {values!r}, expected 3 numbers")
+                    found[f"image_{name}"] = [float(number(value)) / 255.0 for value in values]
+        if "reduce_zero_label" in test:
+            found["reduce_labels"] = boolean(test["reduce_zero_label"])
+        dataset = MMSEG_DATASETS.get(dataset_type)
+        if dataset_type == "COCOStuffDataset" and "10k" in str(test.get("data_root", run_config.get("data_root", ""))):
+            dataset = "coco-stuff-10k"
+        if dataset is not None:
+            found["dataset"] = dataset
+        found["source"] = run_config.source
+        return found
+    return found
+
+
+def detectron2_pipeline(run_configs: list[RunConfig]) -> dict:
+    """What a detectron2 run config says about the test pre-processing: ``test_scale`` from
+    ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, ``image_mean`` / ``image_std`` (0-1 scale) from
+    ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``, and the ``dataset`` of ``DATASETS.TEST``; only the keys the config sets
+    (detectron2's own defaults are not this family's). BGR input (``INPUT.FORMAT``) is an error."""
+    found: dict = {}
+    for run_config in run_configs:
+        where = run_config.source
+        if run_config.get("INPUT.FORMAT", "RGB") != "RGB":
+            raise ConfigFileError(
+                f"{where}: INPUT.FORMAT = {run_config.get('INPUT.FORMAT')!r}: the model was trained on BGR images, "
+                "which the image processor does not produce"
+            )
+        shortest, longest = run_config.get("INPUT.MIN_SIZE_TEST", None), run_config.get("INPUT.MAX_SIZE_TEST", None)
+        if shortest is not None:
+            shortest = positive_int(shortest)
+            longest = positive_int(longest) if longest else None
+            if longest is None:
+                raise ConfigFileError(f"{where}: INPUT.MIN_SIZE_TEST is set but INPUT.MAX_SIZE_TEST is not")
+            found["test_scale"] = (longest, shortest)
+        for name, key in (("image_mean", "MODEL.PIXEL_MEAN"), ("image_std", "MODEL.PIXEL_STD")):
+            values = run_config.get(key, None)
+            if values is not None:
+                if not (isinstance(values, (list, tuple)) and len(values) == 3):
+                    raise ConfigFileError(f"{where}: {key} = {values!r}, expected 3 numbers")
+                found[name] = [float(number(value)) / 255.0 for value in values]
+        test_sets = run_config.get("DATASETS.TEST", None) or []
+        for prefix, dataset in DETECTRON2_DATASETS.items():
+            if test_sets and str(list(test_sets)[0]).startswith(prefix):
+                found["dataset"] = dataset
+        if found:
+            found["source"] = where
+            return found
+    return found
+
+
+__all__ = [
+    "ConfigFileError",
+    "RunConfig",
+    "Setting",
+    "ResolvedSettings",
+    "check_consistent",
+    "detectron2_run_configs",
+    "first_value",
+    "mmseg_run_configs",
+    "parse_mmseg_config_text",
+    "read_detectron2_config",
+    "read_mmseg_config",
+    "resolve_settings",
+]
+
