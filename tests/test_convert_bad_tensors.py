@@ -40,7 +40,9 @@ def bad_checkpoint(tmp_path, fixture: str, replace) -> str:
     return str(path)
 
 
-def run_cli(family: str, checkpoint: str, tmp_path, capsys, fixture: str | None = None) -> tuple[int, list[str], object]:
+def run_cli(
+    family: str, checkpoint: str, tmp_path, capsys, fixture: str | None = None
+) -> tuple[int, list[str], object]:
     """Runs the family's converter in-process: exit status, the lines on stderr, and the output folder; with
     ``fixture``, passing that fixture's run config (``--config_file``) as a user would."""
     output_dir = tmp_path / "out"

@@ -130,7 +130,9 @@ def test_test_pipeline_sources_in_order():
 
 def test_pipelines_the_processor_cannot_reproduce_are_refused():
     bgr = CONFIG_TEXT.replace("to_rgb=True", "to_rgb=False")
-    with pytest.raises(ConversionError, match=r"test pipeline: Normalize\(to_rgb=False\): the model was trained on BGR"):
+    with pytest.raises(
+        ConversionError, match=r"test pipeline: Normalize\(to_rgb=False\): the model was trained on BGR"
+    ):
         mmseg_pipeline(mmseg_run_configs(None, {"config": bgr}))
     multi = CONFIG_TEXT.replace("img_scale=(1024, 256)", "img_scale=[(1024, 256), (2048, 512)]")
     with pytest.raises(ConversionError, match=r"img_scale = \[\(1024, 256\), \(2048, 512\)\], expected one"):

@@ -474,7 +474,9 @@ def describe_pipeline(conversion: Conversion) -> str:
     parts = [f"{', '.join(names)} from {source}" for source, names in by_source.items()]
     defaults = [name for name in defaults if name not in conversion.processor_kwargs]
     if defaults:
-        parts.append(f"{', '.join(defaults)} NOT GIVEN (the image processor's defaults; pass --config_file to set them)")
+        parts.append(
+            f"{', '.join(defaults)} NOT GIVEN (the image processor's defaults; pass --config_file to set them)"
+        )
     return "test pre-processing: " + "; ".join(parts)
 
 
@@ -488,8 +490,10 @@ def describe_provenance(conversion: Conversion) -> str:
     else:
         variant = "no released variant has these weights"
     dataset, how = conversion_dataset(conversion)
-    dataset_part = "dataset unknown" if dataset is None else f"dataset {get_dataset(dataset).name}" + (
-        f" ({how})" if how != "variant" else ""
+    dataset_part = (
+        "dataset unknown"
+        if dataset is None
+        else f"dataset {get_dataset(dataset).name}" + (f" ({how})" if how != "variant" else "")
     )
     settings = conversion.settings.describe() if conversion.settings is not None else "every value is in the weights"
     return f"{variant}; {dataset_part}; {settings}; {describe_pipeline(conversion)}"

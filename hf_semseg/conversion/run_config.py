@@ -61,7 +61,12 @@ def _evaluate(node: ast.AST, names: dict, where: str):
         if node.id in names:
             return copy.deepcopy(names[node.id])
         raise ConfigFileError(f"{where}, line {node.lineno}: {node.id!r} is not defined before it is used")
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and len(node.args) <= 1:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "dict"
+        and len(node.args) <= 1
+    ):
         result = _as_dict(_evaluate(node.args[0], names, where), node, where) if node.args else {}
         for keyword in node.keywords:
             value = _evaluate(keyword.value, names, where)
@@ -199,7 +204,9 @@ def read_detectron2_config(path: str | Path, _seen: tuple = ()) -> dict:
 def _merge_yaml(base: dict, child: dict) -> dict:
     merged = dict(base)
     for key, value in child.items():
-        merged[key] = _merge_yaml(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge_yaml(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -314,7 +321,9 @@ class ResolvedSettings:
             value += " (original default)" if source.endswith(" [default]") else ""
             by_source.setdefault(source.removesuffix(" [default]"), []).append(value)
         parts = [f"{', '.join(values)} from {source}" for source, values in by_source.items()]
-        training = sorted({self.sources[name].removesuffix(" [default]") for name in self.training_only if name in self.sources})
+        training = sorted(
+            {self.sources[name].removesuffix(" [default]") for name in self.training_only if name in self.sources}
+        )
         if training:
             parts.append(f"training-only values from {' and '.join(training)}")
         if self.defaults:
@@ -328,7 +337,9 @@ def _from_config(setting: Setting, run_config: RunConfig):
     parent = setting.path.rsplit(".", 1)[0]
     if run_config.has(setting.path):
         raw, how = run_config.get(setting.path), run_config.source
-    elif setting.code_default is not _MISSING and "." in setting.path and isinstance(run_config.get(parent, None), dict):
+    elif (
+        setting.code_default is not _MISSING and "." in setting.path and isinstance(run_config.get(parent, None), dict)
+    ):
         raw, how = setting.code_default, f"{run_config.source} [default]"
     else:
         return _MISSING, None
@@ -589,4 +600,3 @@ __all__ = [
     "read_mmseg_config",
     "resolve_settings",
 ]
-

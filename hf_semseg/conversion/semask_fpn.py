@@ -23,11 +23,11 @@ from .common import (
     check_against_model,  # noqa: F401  (importable from here, as before the shared module)
     check_relative_position_index,
     checkpoint_id2label,
-    released_variant,
     indices,
     raise_on_unmapped,
     read_checkpoint,
     relative_position_window,
+    released_variant,
     tensor_shape,
     window_size_from_table,
 )
@@ -186,7 +186,9 @@ SETTINGS = [
         read=positive_int,
     ),
     Setting("drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", 0.2, number, required=False),
-    Setting("semantic_loss_weight", "the semantic loss weight", "model.decode_head.cate_w", read=number, required=False),
+    Setting(
+        "semantic_loss_weight", "the semantic loss weight", "model.decode_head.cate_w", read=number, required=False
+    ),
     Setting(
         "use_ohem",
         "online hard example mining",

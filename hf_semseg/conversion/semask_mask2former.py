@@ -216,7 +216,9 @@ SETTINGS = [
         code_default=32,
         read=non_negative_int,
     ),
-    Setting("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE", read=number, required=False),
+    Setting(
+        "backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE", read=number, required=False
+    ),
     Setting("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT", read=number, required=False),
     Setting("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT", read=number, required=False),
     Setting("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT", read=number, required=False),
@@ -224,7 +226,11 @@ SETTINGS = [
         "semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT", read=number, required=False
     ),
     Setting(
-        "train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", read=positive_int, required=False
+        "train_num_points",
+        "the sampled points",
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+        read=positive_int,
+        required=False,
     ),
     Setting(
         "oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO", read=number, required=False
