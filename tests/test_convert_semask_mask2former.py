@@ -1,4 +1,5 @@
 import json
+import re
 import sys
 
 import pytest
@@ -269,3 +270,18 @@ def test_unmapped_missing_and_misshaped_keys_are_named(converted, tmp_path):
         )
     with pytest.raises(CheckpointError, match="missing key 'sem_seg_head.predictor.class_embed.weight'"):
         infer_config({k: v for k, v in state_dict.items() if "class_embed" not in k})
+
+
+@pytest.mark.parametrize(
+    "fixture, named",
+    [
+        ("semask_maskformer_tiny", "a SeMask MaskFormer checkpoint (DETR decoder)"),
+        ("semask_fapn_tiny", "a SeMask Mask2Former-FaPN checkpoint"),
+        ("semask_msfapn_tiny", "a SeMask Mask2Former-MSFaPN checkpoint"),
+    ],
+)
+def test_other_semask_detectron2_heads_are_named_not_half_converted(fixture, named, tmp_path):
+    """The other released SeMask detectron2 heads are refused for what they are, before any value is asked for."""
+    checkpoint = fixture_dir(fixture) / "original_checkpoint.pth"
+    with pytest.raises(CheckpointError, match=re.escape(named)):
+        convert_checkpoint(checkpoint, config_file=None)

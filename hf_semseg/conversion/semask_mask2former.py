@@ -173,6 +173,26 @@ def _shape(state_dict: dict, key: str, ndim: int | None = None) -> tuple[int, ..
     return tensor_shape(state_dict, key, KIND, ndim)
 
 
+def check_head_layout(state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuses, naming what it is, a SeMask detectron2 checkpoint with another head than Mask2Former's deformable
+    pixel decoder and masked-attention decoder: SeMask MaskFormer (a DETR ``predictor.transformer``) or the FaPN /
+    MSFaPN pixel decoders (``pixel_decoder.align_*`` FeatureAlign modules)."""
+    if any(key.startswith("sem_seg_head.predictor.transformer.") for key in state_dict):
+        raise CheckpointError(
+            "sem_seg_head.predictor.transformer.* keys: a SeMask MaskFormer checkpoint (DETR decoder), which this "
+            "converter does not convert (it reads SeMask Mask2Former with the MSDeformAttn pixel decoder)"
+        )
+    aligned = sorted({key.split(".")[2] for key in state_dict if key.startswith("sem_seg_head.pixel_decoder.align_")})
+    if aligned:
+        kind = (
+            "MSFaPN" if any(key.startswith("sem_seg_head.pixel_decoder.transformer.") for key in state_dict) else "FaPN"
+        )
+        raise CheckpointError(
+            f"sem_seg_head.pixel_decoder.{aligned[0]}.* keys: a SeMask Mask2Former-{kind} checkpoint (FeatureAlign "
+            "pixel decoder), which this converter does not convert (it reads the MSDeformAttn pixel decoder)"
+        )
+
+
 def _count(state_dict: dict, pattern: str) -> int:
     """Number of distinct indices captured by ``pattern``'s first group."""
     return len(indices(state_dict, pattern))
@@ -269,6 +289,7 @@ def infer_config_and_settings(
     refused."""
     run_configs = detectron2_run_configs(config_file)
     check_semask_backbone(state_dict, KIND)
+    check_head_layout(state_dict)
     num_classes = _shape(state_dict, "sem_seg_head.predictor.class_embed.weight", 2)[0] - 1
     backbone_config = infer_backbone_config(state_dict, num_classes)
     feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.input_proj.0.0.weight", 4)[0]
