@@ -62,13 +62,6 @@ def get_dataset(key: str) -> DatasetInfo:
     return DATASETS[key]
 
 
-def dataset_with_num_labels(num_labels: int) -> str | None:
-    """The key of the one known dataset with ``num_labels`` classes, or None. A guess: use it only where no variant
-    tells the dataset."""
-    keys = [key for key, dataset in DATASETS.items() if dataset.num_labels == num_labels]
-    return keys[0] if len(keys) == 1 else None
-
-
 @cache
 def _labels_file() -> dict:
     return json.loads(resources.files("hf_semseg.data").joinpath("dataset_labels.json").read_text())
@@ -166,16 +159,6 @@ def get_variant(name: str) -> Variant:
 def variant_config(name: str) -> PreTrainedConfig:
     """A fresh full model config of the named variant."""
     return get_variant(name).make_config()
-
-
-def shared_variant_value(family: str, dataset: str, attribute: str):
-    """The value of ``attribute`` that every registered variant of ``family`` on ``dataset`` has; None when there is
-    no such variant or they differ (what the registry can tell about an unregistered model of that family and
-    dataset)."""
-    values = {
-        getattr(get_variant(name), attribute) for name in list_variants(family) if get_variant(name).dataset == dataset
-    }
-    return values.pop() if len(values) == 1 else None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ..models.configuration_semask_mask2former import (
 )
 from ..models.configuration_semask_swin import SeMaskSwinConfig
 from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
+from ..variants import SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW
 from .common import (
     DETECTRON2,
     CheckpointError,
@@ -225,7 +226,7 @@ SETTINGS = [
         "backbone_config.semantic_window_size",
         "the semantic attention window",
         "MODEL.SWIN.SEM_WINDOW_SIZE",
-        code_default=7,
+        code_default=SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW,
         read=positive_int,
     ),
     Setting("pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=boolean),
