@@ -138,6 +138,17 @@ def test_a_key_the_run_config_leaves_out_takes_the_original_code_default(tmp_pat
     assert "semantic_window_size=7 (original default), pre_norm=False (original default)" in summary
 
 
+def refused_with(fixture: str, config_file, tmp_path, capsys) -> list[str]:
+    """Converts the fixture's checkpoint with ``config_file``: exit status 1, one error line (returned), nothing
+    written."""
+    checkpoint = fixture_dir(fixture) / "original_checkpoint.pth"
+    arguments = ["--checkpoint_path", checkpoint, "--output_dir", tmp_path / "out", "--config_file", config_file]
+    status, _, errors = run_converter(FAMILIES[fixture], capsys, *arguments)
+    assert status == 1 and len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert not (tmp_path / "out").exists()
+    return errors
+
+
 @pytest.mark.parametrize(
     "fixture, change, expected",
     [
@@ -169,18 +180,8 @@ def test_a_detectron2_config_of_another_run_is_refused(fixture, change, expected
     change(config)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    status, _, errors = run_converter(
-        "semask_mask2former",
-        capsys,
-        "--checkpoint_path",
-        fixture_dir(fixture) / "original_checkpoint.pth",
-        "--output_dir",
-        tmp_path / "out",
-        "--config_file",
-        config_file,
-    )
-    assert status == 1 and len(errors) == 1 and expected in errors[0], errors
-    assert "config.yaml" in errors[0] and not (tmp_path / "out").exists()
+    errors = refused_with(fixture, config_file, tmp_path, capsys)
+    assert expected in errors[0] and "config.yaml" in errors[0], errors
 
 
 @pytest.mark.parametrize(
@@ -198,18 +199,8 @@ def test_an_mmseg_config_of_another_run_is_refused(fixture, old, new, expected, 
     text = config_file.read_text()
     assert old in text
     config_file.write_text(text.replace(old, new, 1))
-    status, _, errors = run_converter(
-        FAMILIES[fixture],
-        capsys,
-        "--checkpoint_path",
-        fixture_dir(fixture) / "original_checkpoint.pth",
-        "--output_dir",
-        tmp_path / "out",
-        "--config_file",
-        config_file,
-    )
-    assert status == 1 and len(errors) == 1 and expected in errors[0], errors
-    assert not (tmp_path / "out").exists()
+    errors = refused_with(fixture, config_file, tmp_path, capsys)
+    assert expected in errors[0], errors
 
 
 def test_a_named_variant_that_the_config_contradicts_is_refused():

@@ -287,6 +287,12 @@ class Setting:
     required: bool = True
 
 
+def training_only(name: str, description: str, path: str, read: Callable = None, code_default=_MISSING) -> Setting:
+    """A :class:`Setting` only training reads (a loss weight, stochastic depth): without a source it keeps the
+    package's default, and the conversion says so."""
+    return Setting(name, description, path, code_default, read or number, required=False)
+
+
 def get_field(config, name: str):
     for part in name.split(".")[:-1]:
         config = getattr(config, part)

@@ -38,9 +38,9 @@ from .run_config import (
     check_consistent,
     mmseg_pipeline,
     mmseg_run_configs,
-    number,
     positive_int,
     resolve_settings,
+    training_only,
 )
 
 
@@ -185,19 +185,16 @@ SETTINGS = [
         code_default=7,
         read=positive_int,
     ),
-    Setting("drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", 0.2, number, required=False),
-    Setting(
-        "semantic_loss_weight", "the semantic loss weight", "model.decode_head.cate_w", read=number, required=False
-    ),
-    Setting(
+    training_only("drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", code_default=0.2),
+    training_only("semantic_loss_weight", "the semantic loss weight", "model.decode_head.cate_w"),
+    training_only(
         "use_ohem",
         "online hard example mining",
         "model.decode_head.sampler",
-        code_default=None,
         read=lambda sampler: sampler is not None and dict(sampler).get("type") == "OHEMPixelSampler",
-        required=False,
+        code_default=None,
     ),
-    Setting("ohem_min_kept", "OHEM pixels kept", "model.decode_head.sampler.min_kept", 100000, positive_int, False),
+    training_only("ohem_min_kept", "OHEM pixels kept", "model.decode_head.sampler.min_kept", positive_int, 100000),
 ]
 CONFIG_FILE_HELP = "the run's mmseg config (.py)"
 

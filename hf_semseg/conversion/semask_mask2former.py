@@ -46,9 +46,9 @@ from .run_config import (
     detectron2_pipeline,
     detectron2_run_configs,
     non_negative_int,
-    number,
     positive_int,
     resolve_settings,
+    training_only,
 )
 from .semask_fpn import check_semask_backbone, infer_backbone_fields
 from .semask_fpn import convert_state_dict as convert_backbone_state_dict
@@ -237,37 +237,17 @@ SETTINGS = [
         code_default=32,
         read=non_negative_int,
     ),
-    Setting(
-        "backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE", read=number, required=False
-    ),
-    Setting("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT", read=number, required=False),
-    Setting("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT", read=number, required=False),
-    Setting("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT", read=number, required=False),
-    Setting(
-        "semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT", read=number, required=False
-    ),
-    Setting(
-        "train_num_points",
-        "the sampled points",
-        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
-        read=positive_int,
-        required=False,
-    ),
-    Setting(
-        "oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO", read=number, required=False
-    ),
-    Setting(
-        "importance_sample_ratio",
-        "the importance sample ratio",
-        "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO",
-        read=number,
-        required=False,
-    ),
+    training_only("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE"),
+    training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT"),
+    training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
+    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    training_only("semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT"),
+    training_only("train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", positive_int),
+    training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
+    training_only("importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
 ]
 #: the no-object class weight, when the checkpoint has no ``criterion.empty_weight`` that holds it
-NO_OBJECT_WEIGHT = Setting(
-    "no_object_weight", "the no-object weight", "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT", read=number, required=False
-)
+NO_OBJECT_WEIGHT = training_only("no_object_weight", "the no-object weight", "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT")
 CONFIG_FILE_HELP = "the run's detectron2 config.yaml (its output folder has it)"
 
 

@@ -48,9 +48,9 @@ from .run_config import (
     int_list,
     mmseg_pipeline,
     mmseg_run_configs,
-    number,
     positive_int,
     resolve_settings,
+    training_only,
 )
 
 
@@ -300,9 +300,7 @@ MIT_HEADS = Setting(
     code_default=[1, 2, 4, 8],
     read=int_list,
 )
-DROP_PATH = Setting(
-    "backbone_config.drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", read=number, required=False
-)
+DROP_PATH = training_only("backbone_config.drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate")
 CONFIG_FILE_HELP = "the run's mmseg config (.py)"
 #: the original backbone and head class of each converted type, as a run's config names them
 BACKBONE_TYPES = {"swin": "SwinTransformer", "convnext": "mmcls.ConvNeXt", "mit": "MixVisionTransformer"}
