@@ -2,16 +2,37 @@
 
 All functions take an hf-semseg (or transformers) segmentation model whose output has ``logits`` at any stride, and
 normalised ``pixel_values`` ``(B, 3, H, W)``; they return scores at the input resolution ``(B, K, H, W)``.
-mmsegmentation's ``mode='whole'`` / ``mode='slide'`` and ``--aug-test`` are the reference.
+mmsegmentation's ``mode='whole'`` / ``mode='slide'`` and ``--aug-test`` are the reference. A model that pads its input
+to a multiple of ``config.size_divisibility`` (SeMask-Mask2Former, as detectron2) returns logits over the padded
+image: :func:`logits_to_size` crops the padding before resizing, as detectron2's ``sem_seg_postprocess`` does.
 """
 
 import torch
 import torch.nn.functional as F
 
 
+def logits_to_size(logits: torch.Tensor, input_size, size, size_divisibility: int = 0) -> torch.Tensor:
+    """``logits`` of a model input of ``input_size`` ``(H, W)``, bilinearly resized to ``size``. With
+    ``size_divisibility`` > 0 the model padded its input on the right and bottom to multiples of it and the logits
+    cover that padded image: they are upsampled to the padded size, the padding is cropped, and only then resized."""
+    height, width = (int(side) for side in input_size)
+    if size_divisibility and size_divisibility > 0:
+        padded = (height + -height % size_divisibility, width + -width % size_divisibility)
+        if padded != (height, width):
+            logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def model_size_divisibility(model) -> int:
+    """The multiple a model pads its input to (``config.size_divisibility``; 0 for models that do not pad)."""
+    return int(getattr(getattr(model, "config", None), "size_divisibility", 0) or 0)
+
+
 def _upsampled_logits(model, pixel_values: torch.Tensor, size) -> torch.Tensor:
     logits = model(pixel_values=pixel_values).logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits_to_size(logits, pixel_values.shape[-2:], size, model_size_divisibility(model))
 
 
 @torch.no_grad()
@@ -34,7 +55,18 @@ def sliding_window_logits(
 ) -> torch.Tensor:
     """mmseg ``mode='slide'``: logits of overlapping ``crop_size`` windows every ``stride`` pixels, each resized to
     its crop and averaged where windows overlap. Windows of all images are cut with one gather and run
-    ``window_batch_size`` at a time."""
+    ``window_batch_size`` at a time. A stride of 0 or one larger than the crop (windows that leave pixels uncovered,
+    which mmseg refuses too) is a ``ValueError``."""
+    for name, value in (("crop_size", crop_size), ("stride", stride)):
+        if len(value) != 2 or any(isinstance(side, bool) or not isinstance(side, int) or side < 1 for side in value):
+            raise ValueError(f"{name} must be two positive integers (height, width), got {value!r}")
+    if stride[0] > crop_size[0] or stride[1] > crop_size[1]:
+        raise ValueError(
+            f"stride {tuple(stride)} is larger than crop_size {tuple(crop_size)}: the windows would leave pixels "
+            "uncovered; use a stride <= the crop size"
+        )
+    if window_batch_size < 1:
+        raise ValueError(f"window_batch_size must be >= 1, got {window_batch_size}")
     batch_size, channels, height, width = pixel_values.shape
     crop_height, crop_width = min(crop_size[0], height), min(crop_size[1], width)
     rows = window_origins(height, crop_height, stride[0])[:, None] + torch.arange(crop_height)  # (nH, h)

@@ -18,7 +18,8 @@ class MeanIoU:
         num_labels: number of classes; predictions and labels are class ids in ``[0, num_labels)``.
         ignore_index: label value excluded from every statistic (255 in mmsegmentation and hf-semseg).
 
-    ``update(predictions, references)`` takes integer maps of equal shape (tensors or arrays, any batch layout);
+    ``update(predictions, references)`` takes integer maps of equal shape (tensors or arrays, any batch layout; float
+    or boolean maps are a ``TypeError``, never truncated to class ids);
     labels outside ``[0, num_labels)`` other than ``ignore_index`` raise a ``ValueError`` naming them, and
     predictions outside that range count as wrong (they never match a label), as in evaluate's ``mean_iou``.
     """
@@ -40,6 +41,12 @@ class MeanIoU:
     def update(self, predictions, references) -> None:
         predictions = torch.as_tensor(np.asarray(predictions) if not torch.is_tensor(predictions) else predictions)
         references = torch.as_tensor(np.asarray(references) if not torch.is_tensor(references) else references)
+        for name, values in (("predictions", predictions), ("references", references)):
+            if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+                raise TypeError(
+                    f"{name} must be integer class ids, got {values.dtype} (take the argmax over the class dimension "
+                    "of the logits first)"
+                )
         if predictions.shape != references.shape:
             raise ValueError(
                 f"predictions {tuple(predictions.shape)} and references {tuple(references.shape)} differ in shape"

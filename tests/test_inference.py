@@ -5,6 +5,7 @@ from test_modeling_semask_swin import tiny_config
 
 from hf_semseg import SeMaskSwinForSemanticSegmentation
 from hf_semseg.inference import (
+    logits_to_size,
     multi_scale_flip_probabilities,
     sliding_window_logits,
     whole_image_logits,
@@ -79,3 +80,49 @@ def test_multi_scale_flip_averages_softmax_over_passes(model):
             expected = expected + F.interpolate(logits, size=(32, 48), mode="bilinear").softmax(1) / 4
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ours.sum(1), torch.ones(1, 32, 48))
+
+
+class PaddingStub(torch.nn.Module):
+    """A model that pads its input to multiples of 8 (zeros, right and bottom, as SeMask-Mask2Former does) and returns
+    its first channel as stride-1 logits over the padded image, with the padding marked 1000."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("Config", (), {"size_divisibility": 8, "num_labels": 1})()
+
+    def forward(self, pixel_values):
+        height, width = pixel_values.shape[-2:]
+        padded = F.pad(pixel_values[:, :1], (0, -width % 8, 0, -height % 8), value=1000.0)
+        return type("Output", (), {"logits": padded})()
+
+
+def test_logits_over_a_padded_input_are_cropped_before_resizing():
+    """SeMask-Mask2Former's logits cover its padded input: stretching them over the image mixed the padding in."""
+    image = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).view(2, 3, 6, 5)
+    logits = whole_image_logits(PaddingStub(), image)
+    assert torch.equal(logits, image[:, :1])  # exactly the image's own positions, no padding
+    windows = sliding_window_logits(PaddingStub(), image, (4, 4), (2, 2))
+    assert torch.equal(windows, image[:, :1])
+    # at stride 4 over the padded 8x8 input, cropped to the 6x5 image before resizing to (12, 10)
+    quarter = F.avg_pool2d(F.pad(image[:, :1], (0, 3, 0, 2)), 4)
+    expected = F.interpolate(
+        F.interpolate(quarter, size=(8, 8), mode="bilinear", align_corners=False)[..., :6, :5],
+        size=(12, 10),
+        mode="bilinear",
+        align_corners=False,
+    )
+    assert torch.allclose(logits_to_size(quarter, (6, 5), (12, 10), 8), expected)
+    assert torch.equal(logits_to_size(image, (6, 5), (6, 5), 0), image)  # nothing to crop or resize
+
+
+@pytest.mark.parametrize(
+    "crop, stride, message",
+    [
+        ((4, 4), (5, 2), r"stride \(5, 2\) is larger than crop_size \(4, 4\)"),
+        ((4, 4), (0, 2), r"stride must be two positive integers \(height, width\), got \(0, 2\)"),
+        ((0, 4), (1, 1), r"crop_size must be two positive integers"),
+    ],
+)
+def test_windows_that_cannot_cover_the_image_are_refused(model, crop, stride, message):
+    with pytest.raises(ValueError, match=message):
+        sliding_window_logits(model, torch.zeros(1, 3, 8, 8), crop, stride)

@@ -69,10 +69,22 @@ def test_streaming_equals_evaluate_formula_on_random_batches():
 
 def test_bad_input_is_named():
     metric = MeanIoU(4)
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long)  # noqa: E731
     with pytest.raises(ValueError, match=r"\[7\]"):
-        metric.update(torch.zeros(2, 2), torch.tensor([[0, 7], [1, 255]]))
+        metric.update(zeros(2, 2), torch.tensor([[0, 7], [1, 255]]))
     with pytest.raises(ValueError, match="shape"):
-        metric.update(torch.zeros(2, 2), torch.zeros(2, 3))
-    metric.update(torch.zeros(1, 2), torch.zeros(1, 2))
+        metric.update(zeros(2, 2), zeros(2, 3))
+    metric.update(zeros(1, 2), zeros(1, 2))
     metric.reset()
     assert metric.confusion.sum() == 0 and metric.missed.sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool])
+def test_predictions_that_are_not_class_ids_are_refused(dtype):
+    """Float maps (logits, probabilities) were truncated to class ids; now they are refused, saying what to do."""
+    metric = MeanIoU(num_labels=3)
+    with pytest.raises(TypeError, match=rf"predictions must be integer class ids, got {dtype} \(take the argmax"):
+        metric.update(torch.tensor([[0.9, 1.7]]).to(dtype), torch.tensor([[0, 1]]))
+    with pytest.raises(TypeError, match=rf"references must be integer class ids, got {dtype}"):
+        metric.update(torch.tensor([[0, 1]]), torch.tensor([[0.0, 1.0]]).to(dtype))
+    assert metric.confusion.sum() == 0
