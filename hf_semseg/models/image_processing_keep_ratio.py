@@ -15,7 +15,11 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import SizeDict
 from transformers.utils import logging
 
-from .image_processing_pil_keep_ratio import KeepRatioImageProcessorPil  # noqa: F401  (saved with this module)
+from .image_processing_pil_keep_ratio import (  # the PIL twin is saved with this module
+    KeepRatioImageProcessorKwargs,
+    KeepRatioImageProcessorPil,  # noqa: F401
+    SeMaskImageProcessorKwargs,
+)
 from .image_processing_utils_segmentation import SegmentationImageProcessingMixin, torch_interpolation_mode
 
 
@@ -44,7 +48,8 @@ class KeepRatioImageProcessor(SegmentationImageProcessingMixin, TorchvisionBacke
             Whether to resize the images (and segmentation maps).
         size (`dict[str, int]`, *optional*, defaults to `{"longest_edge": 2048, "shortest_edge": 512}`):
             `{"longest_edge": L, "shortest_edge": S}` is mmcv `imrescale(img, (L, S))`: the image is scaled by
-            `min(L / max(h, w), S / min(h, w))` and the new size is `(int(h * f + 0.5), int(w * f + 0.5))`. Use
+            `min(L / max(h, w), S / min(h, w))` and the new size is `(int(h * f + 0.5), int(w * f + 0.5))` - mmcv's
+            rounding, not the truncation of transformers' own processors - with each side at least 1 pixel. Use
             2048/512 for the ADE20K and COCO-Stuff 512 models, 2560/640 for the 640 models and 2048/1024 for
             Cityscapes. `{"height": H, "width": W}` resizes to a fixed size; `{"shortest_edge": S}` or
             `{"longest_edge": L}` alone scale that side to the given length.
@@ -81,6 +86,7 @@ class KeepRatioImageProcessor(SegmentationImageProcessingMixin, TorchvisionBacke
     image sizes.
     """
 
+    valid_kwargs = KeepRatioImageProcessorKwargs
     saved_backends = {
         "torchvision": "image_processing_keep_ratio.KeepRatioImageProcessor",
         "pil": "image_processing_pil_keep_ratio.KeepRatioImageProcessorPil",
@@ -95,6 +101,10 @@ class KeepRatioImageProcessor(SegmentationImageProcessingMixin, TorchvisionBacke
             alpha = image[3:4] / 255.0
             return (image[:3] * alpha + (1.0 - alpha) * 255.0).round().to(image.dtype)
         return super().convert_to_rgb(image, input_data_format=input_data_format)
+
+    def _read_image_file(self, path: str) -> torch.Tensor:
+        # decoded as transformers' torchvision backend decodes files: a (C, H, W) tensor, uint16 for 16-bit PNGs
+        return self.fetch_images(path)
 
     def _stack(self, images: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([image.to(torch.float32) for image in images])
@@ -116,4 +126,9 @@ class SeMaskImageProcessor(KeepRatioImageProcessor):
         super().__init__(**kwargs)
 
 
-__all__ = ["KeepRatioImageProcessor", "SeMaskImageProcessor"]
+__all__ = [
+    "KeepRatioImageProcessor",
+    "KeepRatioImageProcessorKwargs",
+    "SeMaskImageProcessor",
+    "SeMaskImageProcessorKwargs",
+]

@@ -14,10 +14,28 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import ChannelDimension
 from transformers.utils import logging
 
-from .image_processing_utils_segmentation import SegmentationImageProcessingMixin, torch_interpolation_mode
+from .image_processing_utils_segmentation import (
+    SegmentationImageProcessingMixin,
+    SegmentationImageProcessorKwargs,
+    torch_interpolation_mode,
+)
 
 
 logger = logging.get_logger(__name__)
+
+
+class KeepRatioImageProcessorKwargs(SegmentationImageProcessorKwargs, total=False):
+    r"""
+    Keyword arguments of `KeepRatioImageProcessor` and `KeepRatioImageProcessorPil` (the torchvision module imports
+    this class, so that each processor's module holds its `valid_kwargs` class under the name transformers expects).
+
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        Whether to reduce every label of the segmentation maps by one and map the background label 0 to 255 (the
+        ignore index), as done for ADE20K whose label 0 means "other". A label of 255 stays 255.
+    size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
+        After the resize, resize again so that both sides are rounded up to a multiple of it (mmseg's
+        `ResizeToMultiple`).
+    """
 
 
 class KeepRatioImageProcessorPil(SegmentationImageProcessingMixin, PilBackend):
@@ -30,6 +48,7 @@ class KeepRatioImageProcessorPil(SegmentationImageProcessingMixin, PilBackend):
     with 255 = ignore.
     """
 
+    valid_kwargs = KeepRatioImageProcessorKwargs
     saved_backends = {"pil": "image_processing_pil_keep_ratio.KeepRatioImageProcessorPil"}
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
@@ -66,6 +85,10 @@ class KeepRatioImageProcessorPil(SegmentationImageProcessingMixin, PilBackend):
         return (resized.round_().clamp_(0, 255) if is_integer else resized).numpy()
 
 
+# `valid_kwargs` of the deprecated name, under the name transformers looks up for it
+SeMaskImageProcessorKwargs = KeepRatioImageProcessorKwargs
+
+
 class SeMaskImageProcessorPil(KeepRatioImageProcessorPil):
     """Deprecated: the former name of `KeepRatioImageProcessorPil`, kept so that folders saved under that name load."""
 
@@ -74,4 +97,4 @@ class SeMaskImageProcessorPil(KeepRatioImageProcessorPil):
         super().__init__(**kwargs)
 
 
-__all__ = ["KeepRatioImageProcessorPil", "SeMaskImageProcessorPil"]
+__all__ = ["KeepRatioImageProcessorKwargs", "KeepRatioImageProcessorPil", "SeMaskImageProcessorPil"]

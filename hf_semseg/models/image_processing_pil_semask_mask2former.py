@@ -11,7 +11,10 @@ import numpy as np
 from transformers.image_utils import SizeDict
 
 from .image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
-from .image_processing_utils_semask_mask2former import SeMaskMask2FormerImageProcessingMixin
+from .image_processing_utils_semask_mask2former import (  # the kwargs class: this module's `valid_kwargs`
+    SeMaskMask2FormerImageProcessingMixin,
+    SeMaskMask2FormerImageProcessorKwargs,
+)
 
 
 class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, KeepRatioImageProcessorPil):
@@ -33,4 +36,4 @@ class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, 
         return np.stack([self.resize(image, size, resample=resample) for image in images]).astype(np.float32)
 
 
-__all__ = ["SeMaskMask2FormerImageProcessorPil"]
+__all__ = ["SeMaskMask2FormerImageProcessorPil", "SeMaskMask2FormerImageProcessorKwargs"]

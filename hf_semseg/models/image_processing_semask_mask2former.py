@@ -11,7 +11,10 @@ Portable remote code: only torch, torchvision, numpy, PIL, transformers and sibl
 
 from .image_processing_keep_ratio import KeepRatioImageProcessor
 from .image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil  # noqa: F401  (saved with this module)
-from .image_processing_utils_semask_mask2former import SeMaskMask2FormerImageProcessingMixin
+from .image_processing_utils_semask_mask2former import (  # the kwargs class: this module's `valid_kwargs`
+    SeMaskMask2FormerImageProcessingMixin,
+    SeMaskMask2FormerImageProcessorKwargs,
+)
 
 
 class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, KeepRatioImageProcessor):
@@ -23,7 +26,8 @@ class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, Kee
     Args:
         size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 640, "longest_edge": 2560}`):
             `{"shortest_edge": S, "longest_edge": L}` is detectron2's `ResizeShortestEdge(S, max_size=L)`: the short
-            side becomes `S` unless the long side would exceed `L`, sizes rounded with `int(x + 0.5)`. Use 640/2560
+            side becomes `S` unless the long side would exceed `L`, sizes rounded with `int(x + 0.5)` as detectron2
+            does (not truncated as in transformers' own processors) and at least 1 pixel. Use 640/2560
             for the ADE20K model and 1024/2048 for Cityscapes. `{"height": H, "width": W}` resizes to a fixed size.
         resample (`PILImageResampling`, *optional*, defaults to `BILINEAR`):
             Interpolation. uint8 images are resized like PIL's filters (antialiased when shrinking) and rounded, as
@@ -47,4 +51,4 @@ class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, Kee
     antialias_integer_images = True  # detectron2 resizes uint8 images with PIL
 
 
-__all__ = ["SeMaskMask2FormerImageProcessor"]
+__all__ = ["SeMaskMask2FormerImageProcessor", "SeMaskMask2FormerImageProcessorKwargs"]

@@ -15,10 +15,13 @@ Portable module: imported with single-dot imports by both backends and saved nex
 torch, numpy, PIL and transformers - never torchvision (the PIL backend must work where it is not installed).
 """
 
+import os
+import re
 from typing import Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_base import BatchFeature
@@ -31,12 +34,25 @@ from transformers.image_utils import (
     SizeDict,
 )
 from transformers.processing_utils import ImagesKwargs
+from transformers.utils import logging
 
 from .configuration_utils_segmentation import IGNORE_INDEX
 
 
+logger = logging.get_logger(__name__)
+
 # Channel counts an input image may have before RGB conversion.
 _VALID_INPUT_CHANNELS = (1, 3, 4)
+
+# PIL modes of 16-bit grayscale images (16-bit PNGs open as "I;16"; Pillow before 10 opened them as "I")
+_SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+# transformers' message (e.g. `VivitImageProcessor`, `Emu3ImageProcessor`) when `do_rescale=True` meets images whose
+# values are already in [0, 1]; like transformers we warn and still rescale
+ALREADY_RESCALED_WARNING = (
+    "The float images given already have pixel values in [0, 1] and are rescaled by the rescale factor again; if they "
+    "are already rescaled, pass `do_rescale=False`."
+)
 
 # PIL resampling filters we can reproduce without antialiasing (like cv2 INTER_NEAREST / INTER_LINEAR / INTER_CUBIC).
 _TORCH_MODE_FOR_PIL_RESAMPLE = {
@@ -65,9 +81,16 @@ class SegmentationImageProcessorKwargs(ImagesKwargs, total=False):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def round_side(length: float) -> int:
+    """One side of a resized image: rounded half up with ``int(x + 0.5)`` as mmcv (``_scale_size``) and detectron2
+    (``ResizeShortestEdge``) do - not truncated with ``int(x)`` as transformers' own ``get_resize_output_image_size``
+    does - and at least 1 pixel, so that a very elongated image never gets a side of 0 (mmcv would fail there)."""
+    return max(1, int(length + 0.5))
+
+
 def _scale_size(height: int, width: int, scale_factor: float) -> tuple[int, int]:
-    """Scale ``(height, width)`` and round half up, like mmcv's ``_scale_size``."""
-    return int(height * float(scale_factor) + 0.5), int(width * float(scale_factor) + 0.5)
+    """Scale ``(height, width)`` and round half up (at least 1 pixel), like mmcv's ``_scale_size``."""
+    return round_side(height * float(scale_factor)), round_side(width * float(scale_factor))
 
 
 def get_keep_ratio_output_size(height: int, width: int, longest_edge: int, shortest_edge: int) -> tuple[int, int]:
@@ -76,6 +99,8 @@ def get_keep_ratio_output_size(height: int, width: int, longest_edge: int, short
     The image is scaled by ``min(long_bound / max(h, w), short_bound / min(h, w))`` so that its long side is at most
     the long bound and its short side at most the short bound (one of them is reached exactly, up to rounding), keeping
     the aspect ratio. Like mmcv, the larger of the two bounds is the long bound whatever order they are given in.
+    Each side is rounded with ``int(x + 0.5)`` (mmcv's rounding, not transformers' truncation) and kept at least 1
+    pixel: a 10000 x 10 image with bounds (64, 32) becomes 64 x 1.
     """
     long_bound = max(longest_edge, shortest_edge)
     short_bound = min(longest_edge, shortest_edge)
@@ -118,6 +143,9 @@ def get_output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
     * ``{"shortest_edge": S}``: keep ratio, short side scaled to ``S`` (mmcv ``imrescale`` with a float factor).
     * ``{"longest_edge": L}``: keep ratio, long side scaled to ``L``.
     * ``{"height": H, "width": W}``: plain resize to ``(H, W)``.
+
+    Keep-ratio sizes are rounded with ``int(x + 0.5)`` like mmcv (a documented deviation from transformers, whose
+    resize helpers truncate) and are at least 1 pixel (see `round_side`).
     """
     validate_size(size)
     if size.height is not None and size.width is not None:
@@ -207,7 +235,9 @@ def _describe(value: Any) -> str:
     return repr(type(value))
 
 
-def _flatten(inputs: Any, name: str, item: str, single_ndims: tuple[int, ...], shapes: str, types: tuple) -> list:
+def _flatten(
+    inputs: Any, name: str, item: str, single_ndims: tuple[int, ...], shapes: str, types: tuple, kinds: str
+) -> list:
     """Flatten one input, a batch array/tensor (``single_ndims[-1] + 1`` dimensions) or a (once nested) list."""
     if isinstance(inputs, types) and not isinstance(inputs, (np.ndarray, torch.Tensor)):
         return [inputs]
@@ -221,30 +251,27 @@ def _flatten(inputs: Any, name: str, item: str, single_ndims: tuple[int, ...], s
             f"{shapes} dimensions, or a batch with {single_ndims[-1] + 1} dimensions."
         )
     if not isinstance(inputs, (list, tuple)):
-        raise ValueError(
-            f"`{name}` is a {_describe(inputs)}; expected a PIL image, a numpy array, a torch tensor or a list of them."
-        )
+        raise ValueError(f"`{name}` is a {_describe(inputs)}; expected {kinds} or a list of them.")
     if len(inputs) == 0:
         raise ValueError(f"`{name}` is an empty list; pass at least one {item}.")
     flat = [value for entry in inputs for value in (entry if isinstance(entry, (list, tuple)) else [entry])]
     for index, value in enumerate(flat):
         if not isinstance(value, types):
-            raise ValueError(
-                f"{item.capitalize()} {index} is a {_describe(value)}; expected a PIL image, a numpy array or a "
-                "torch tensor."
-            )
+            raise ValueError(f"{item.capitalize()} {index} is a {_describe(value)}; expected {kinds}.")
     return flat
 
 
 def flatten_images(images: Any) -> list:
     """Flatten ``images`` into a list of single images (PIL images, paths/URLs, or 2D/3D arrays/tensors).
 
-    Accepted: one PIL image, one ``(H, W)`` / ``(H, W, C)`` / ``(C, H, W)`` array or tensor, a 4D batch of those, or a
-    list/tuple (optionally nested once) of single images. (transformers' ``make_flat_list_of_images`` takes one number
-    of dimensions for the whole batch, so no ``(H, W)`` grayscale array next to RGB ones, and does not name the sample.)
+    Accepted: one PIL image, one path (``str`` or ``os.PathLike``), URL or base64 string, one ``(H, W)`` /
+    ``(H, W, C)`` / ``(C, H, W)`` array or tensor, a 4D batch of those, or a list/tuple (optionally nested once) of
+    single images. (transformers' ``make_flat_list_of_images`` takes one number of dimensions for the whole batch, so
+    no ``(H, W)`` grayscale array next to RGB ones, and does not name the sample.)
     """
-    types = (PIL.Image.Image, str, np.ndarray, torch.Tensor)
-    flat = _flatten(images, "images", "image", (2, 3), "2 (H, W) or 3 ((H, W, C) or (C, H, W))", types)
+    types = (PIL.Image.Image, str, os.PathLike, np.ndarray, torch.Tensor)
+    kinds = "a PIL image, a numpy array, a torch tensor, or the path or URL of an image file"
+    flat = _flatten(images, "images", "image", (2, 3), "2 (H, W) or 3 ((H, W, C) or (C, H, W))", types, kinds)
     for index, image in enumerate(flat):
         if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim not in (2, 3):
             raise ValueError(
@@ -259,46 +286,192 @@ def flatten_segmentation_maps(segmentation_maps: Any) -> list:
     ``(B, H, W)`` batch, or a list/tuple (optionally nested once) of PIL images, ``(H, W)``, ``(1, H, W)`` or
     ``(H, W, 1)`` arrays."""
     types = (PIL.Image.Image, np.ndarray, torch.Tensor)
-    return _flatten(segmentation_maps, "segmentation_maps", "segmentation map", (2,), "2 (H, W)", types)
+    kinds = "a PIL image, a numpy array or a torch tensor"
+    return _flatten(segmentation_maps, "segmentation_maps", "segmentation map", (2,), "2 (H, W)", types, kinds)
 
 
-def check_image(image: Any, index: int, input_data_format: Any = None, do_convert_rgb: bool = True) -> Any:
-    """Check one image (dtype; 1, 3 or 4 channels first or last, or where ``input_data_format`` says; float RGBA in
-    [0, 1]) and return it, tensors detached. The channel axis itself is inferred later by the base, the same way."""
-    if isinstance(image, PIL.Image.Image):
-        return image
-    dtype = str(image.dtype)
-    if dtype in ("bool", "torch.bool") or "complex" in dtype:
-        raise ValueError(f"Image {index} has dtype {dtype}; expected uint8 (0-255) or floating point values.")
-    shape = tuple(image.shape)
-    if len(shape) == 3:
-        if input_data_format is not None:
+def _value_range(image: Any) -> tuple:
+    """``(min, max)`` of an array or tensor as Python numbers (integer tensors widened first: torch has no min/max for
+    its unsigned 16/32/64-bit types)."""
+    if isinstance(image, torch.Tensor):
+        values = image.detach()
+        if not values.is_floating_point():
+            values = values.to(torch.int64)
+        return values.min().item(), values.max().item()
+    return image.min().item(), image.max().item()
+
+
+def sixteen_to_eight_bits(image: Any) -> Any:
+    """A 16-bit (uint16) array or tensor as uint8: ``round(v * 255 / 65535)`` (round half up), so that a 16-bit image
+    made from an 8-bit one (``v * 257``) gives back exactly the 8-bit values."""
+    if isinstance(image, torch.Tensor):
+        wide = image.detach().to(torch.int64)
+        return torch.div(wide * 510 + 65535, 131070, rounding_mode="floor").to(torch.uint8)
+    return ((image.astype(np.int64) * 510 + 65535) // 131070).astype(np.uint8)
+
+
+def resolve_channel_format(shape: tuple, index: int, input_data_format: Any = None) -> ChannelDimension:
+    """Channel axis of a 3D image of ``shape``: where ``input_data_format`` says, otherwise transformers' rule
+    (``infer_channel_dimension_format`` with 1, 3 or 4 channels, as its backends call it): the dimension of 1, 3 or 4
+    first or last; channels first when both are, with a warning naming the image and how to state the layout."""
+    if input_data_format is not None:
+        try:
             channel_format = ChannelDimension(input_data_format)
-            axis = 0 if channel_format == ChannelDimension.FIRST else 2
-            if shape[axis] not in _VALID_INPUT_CHANNELS:
-                raise ValueError(
-                    f"Image {index} has shape {shape} and input_data_format={channel_format.value!r}, i.e. "
-                    f"{shape[axis]} channels; expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels."
-                )
-        elif shape[0] in _VALID_INPUT_CHANNELS or shape[2] in _VALID_INPUT_CHANNELS:
-            axis = 0 if shape[0] in _VALID_INPUT_CHANNELS else 2
-        else:
-            hint = (
-                " 2-channel (grayscale + alpha) arrays are not supported: pass a PIL image in mode 'LA' or drop the "
-                "alpha channel."
-                if 2 in (shape[0], shape[2])
-                else ""
-            )
+        except ValueError:
             raise ValueError(
-                f"Image {index} has shape {shape}: could not find a channel dimension of size 1 (grayscale), 3 (RGB) "
-                f"or 4 (RGBA) first or last.{hint}"
-            )
-        if do_convert_rgb and shape[axis] == 4 and is_floating_point(image) and (image.min() < 0 or image.max() > 1):
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+            ) from None
+        if channel_format not in (ChannelDimension.FIRST, ChannelDimension.LAST):
             raise ValueError(
-                f"Image {index} is a float RGBA image with values in [{image.min().item()}, {image.max().item()}]; "
-                "float RGBA images must be in [0, 1] to composite the alpha channel."
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
             )
-    return image.detach() if isinstance(image, torch.Tensor) else image
+        axis = 0 if channel_format == ChannelDimension.FIRST else 2
+        if shape[axis] not in _VALID_INPUT_CHANNELS:
+            raise ValueError(
+                f"Image {index} has shape {shape} and input_data_format={channel_format.value!r}, i.e. "
+                f"{shape[axis]} channels; expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels."
+            )
+        return channel_format
+    first, last = shape[0] in _VALID_INPUT_CHANNELS, shape[2] in _VALID_INPUT_CHANNELS
+    if first and last:
+        logger.warning(
+            f"Image {index} has shape {shape}: its channel dimension is ambiguous (the first and the last dimension "
+            f"could both be channels). Assuming channels first as transformers does, i.e. {shape[0]} channel(s) of "
+            f'{shape[1]} x {shape[2]} pixels; pass `input_data_format="channels_last"` (or "channels_first") to '
+            "state the layout."
+        )
+        return ChannelDimension.FIRST
+    if first or last:
+        return ChannelDimension.FIRST if first else ChannelDimension.LAST
+    hint = (
+        " 2-channel (grayscale + alpha) arrays are not supported: pass a PIL image in mode 'LA' or drop the alpha "
+        "channel."
+        if 2 in (shape[0], shape[2])
+        else ""
+    )
+    raise ValueError(
+        f"Image {index} has shape {shape}: could not find a channel dimension of size 1 (grayscale), 3 (RGB) or 4 "
+        f"(RGBA) first or last.{hint}"
+    )
+
+
+def _prepare_pil_image(image: PIL.Image.Image, index: int) -> Any:
+    """PIL images whose values PIL's RGB conversion would clip to 0-255: 16-bit grayscale (modes ``I;16*``, and mode
+    ``I`` read from a PNG) to 8 bits, 32-bit integers (mode ``I``) when they hold 8-bit values, 32-bit floats (mode
+    ``F``) as float arrays (then checked as any float array)."""
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"Image {index} is a PIL image of size {image.size} (width, height); it has no pixels.")
+    if image.mode in _SIXTEEN_BIT_PIL_MODES or (image.mode == "I" and getattr(image, "format", None) == "PNG"):
+        return PIL.Image.fromarray(sixteen_to_eight_bits(np.asarray(image).astype(np.uint16)))
+    if image.mode == "I":
+        array = np.asarray(image)
+        low, high = _value_range(array)
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Image {index} is a PIL image in mode 'I' (32-bit integers) with values in [{low}, {high}]; expected "
+                "8-bit values (0-255), or a 16-bit image in mode 'I;16' (0-65535). Convert it to mode 'L' or 'I;16', "
+                "or pass a float array with `rescale_factor` set for its range."
+            )
+        return PIL.Image.fromarray(array.astype(np.uint8))
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    return image
+
+
+def prepare_image(
+    image: Any, index: int, input_data_format: Any = None, do_convert_rgb: bool = True, rescale_factor: Any = None
+) -> tuple[Any, ChannelDimension | None, bool]:
+    """Check one image and bring its values to what the pipeline expects; run on every sample before the base's
+    ``process_image`` so that every error names the sample.
+
+    Returns ``(image, channel_format, already_rescaled)``:
+
+    * ``image``: PIL images as they are (16-bit and 32-bit modes: see `_prepare_pil_image`); uint8 and float arrays as
+      they are (tensors detached); uint16 arrays/tensors reduced to 8 bits (``round(v * 255 / 65535)``) and other
+      integer dtypes cast to uint8 when their values are in 0-255. Other integer values, bool, complex, empty or
+      non-finite images raise a `ValueError`.
+    * ``channel_format``: the channel axis of a 3D array (`resolve_channel_format`), passed on to ``process_image``
+      so that the base does not guess again; None for PIL images and 2D arrays.
+    * ``already_rescaled``: a float image with all values in [0, 1] (transformers' ``is_scaled_image``, for float
+      images only).
+
+    ``rescale_factor`` is the one the image will be rescaled with (None: no rescaling); it must be the 8-bit 1/255
+    for a 16-bit image, since the image is reduced to 8 bits first.
+    """
+    if isinstance(image, PIL.Image.Image):
+        image = _prepare_pil_image(image, index)
+        if isinstance(image, PIL.Image.Image):
+            return image, None, False
+    shape = tuple(image.shape)
+    if 0 in shape:
+        raise ValueError(f"Image {index} has shape {shape}; it has no pixels.")
+    dtype = str(image.dtype).replace("torch.", "")
+    if dtype == "bool" or "complex" in dtype:
+        raise ValueError(
+            f"Image {index} has dtype {dtype}; expected uint8 (0-255), uint16 (0-65535) or floating point values."
+        )
+    channel_format = resolve_channel_format(shape, index, input_data_format) if len(shape) == 3 else None
+    if isinstance(image, torch.Tensor):
+        image = image.detach()
+    low, high = (0, 255) if dtype == "uint8" else _value_range(image)  # uint8: nothing to check, skip the pass
+
+    already_rescaled = False
+    if is_floating_point(image):
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(
+                f"Image {index} has non-finite values (NaN or infinity; range [{low}, {high}]); expected finite "
+                "pixel values."
+            )
+        already_rescaled = 0 <= low and high <= 1
+    elif dtype == "uint16":
+        if rescale_factor is not None and not np.isclose(float(rescale_factor), 1 / 255, rtol=1e-6, atol=0):
+            raise ValueError(
+                f"Image {index} is a 16-bit image (uint16); it is reduced to 8 bits (v * 255 / 65535) and then "
+                f"rescaled with `rescale_factor`, which must then be 1/255, got {rescale_factor!r}. Leave "
+                "`rescale_factor` at 1/255, or convert the image to float yourself and set `rescale_factor` for its "
+                "range."
+            )
+        image = sixteen_to_eight_bits(image)
+    elif dtype != "uint8":
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Image {index} has dtype {dtype} with values in [{low}, {high}]; integer images must be uint8 "
+                "(0-255), uint16 (0-65535, 16-bit) or hold 8-bit values (0-255). Convert it to uint8, to uint16 if "
+                "it holds 16-bit values, or to float with `rescale_factor` set for its range."
+            )
+        image = image.to(torch.uint8) if isinstance(image, torch.Tensor) else image.astype(np.uint8)
+
+    if do_convert_rgb and channel_format is not None:
+        channels = shape[0] if channel_format == ChannelDimension.FIRST else shape[2]
+        if channels == 4 and is_floating_point(image) and (low < 0 or high > 1):
+            raise ValueError(
+                f"Image {index} is a float RGBA image with values in [{low}, {high}]; float RGBA images must be in "
+                "[0, 1] to composite the alpha channel."
+            )
+    return image, channel_format, already_rescaled
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+
+
+def _is_url_or_base64(source: str) -> bool:
+    """Whether a string that is not an existing file can still be an image source for transformers' loaders."""
+    if source.startswith(("http://", "https://", "data:image/")):
+        return True
+    return len(source) >= 16 and _BASE64.fullmatch(source) is not None
+
+
+def load_image_file(path: str) -> PIL.Image.Image:
+    """An image file as a PIL image, as transformers' ``load_image`` reads it (EXIF orientation applied, RGB), except
+    that 16-bit grayscale images stay 16-bit (``load_image`` would clip them to 255 when converting to RGB)."""
+    image = PIL.Image.open(path)
+    image.load()  # decode now, so that a truncated or corrupt file fails here
+    if image.mode == "I" and image.format == "PNG":  # a 16-bit PNG as Pillow < 10 opens it
+        image = PIL.Image.fromarray(np.asarray(image).astype(np.uint16))
+    image = PIL.ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_PIL_MODES:
+        return image
+    return image.convert("RGB")
 
 
 def check_segmentation_map(seg_map: Any, index: int) -> Any:
@@ -333,10 +506,12 @@ def check_segmentation_maps_match(image_sizes: list, map_sizes: list) -> None:
             f"Got {len(image_sizes)} images but {len(map_sizes)} segmentation maps; pass one map per image."
         )
     for index, (image_size, map_size) in enumerate(zip(image_sizes, map_sizes)):
-        if tuple(image_size) != tuple(map_size):
+        image_size, map_size = tuple(int(v) for v in image_size), tuple(int(v) for v in map_size)
+        if image_size != map_size:
+            hint = " (height and width swapped?)" if map_size == image_size[::-1] else ""
             raise ValueError(
-                f"Segmentation map {index} has size {tuple(map_size)} (height, width) but image {index} has size "
-                f"{tuple(image_size)}; each segmentation map must have the same height and width as its image."
+                f"Segmentation map {index} has size {map_size} (height, width) but image {index} has size "
+                f"{image_size}{hint}; each segmentation map must have the same height and width as its image."
             )
 
 
@@ -416,11 +591,18 @@ class SegmentationImageProcessingMixin:
     def to_dict(self) -> dict[str, Any]:
         """The processor's settings. Saved for remote code, ``auto_map`` names every saved backend, so that
         ``AutoImageProcessor.from_pretrained(dir, trust_remote_code=True)`` picks the torchvision class where
-        torchvision is installed and the PIL class where it is not."""
+        torchvision is installed and the PIL class where it is not.
+
+        Only the entry ``save_pretrained`` has just written for this class (transformers' ``custom_object_save`` sets
+        ``auto_map[auto_class] = "module.Class"``) is widened to ``saved_backends``; an ``auto_map`` read from a saved
+        folder is kept as it is, so that a processor loaded with either backend gives the ``to_dict()`` of the one
+        that was saved."""
         output = super().to_dict()
         auto_class, auto_map = getattr(self, "_auto_class", None), output.get("auto_map")
         if auto_class is not None and isinstance(auto_map, dict) and self.saved_backends:
-            output["auto_map"] = {**auto_map, auto_class: dict(self.saved_backends)}
+            written_by_save = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            if auto_map.get(auto_class) == written_by_save:
+                output["auto_map"] = {**auto_map, auto_class: dict(self.saved_backends)}
         return output
 
     def preprocess(self, images, segmentation_maps=None, **kwargs) -> BatchFeature:
@@ -428,13 +610,21 @@ class SegmentationImageProcessingMixin:
         Preprocess an image or a batch of images (and optionally their segmentation maps).
 
         Args:
-            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
-                Images with values in 0-255 (uint8) or floats; channels first or last; grayscale, RGB or RGBA.
-            segmentation_maps (same types, *optional*):
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, a path (`str` / `os.PathLike`) or URL, or a list of them):
+                Grayscale, RGB or RGBA images. Values: uint8 (0-255); 16-bit images (uint16 arrays/tensors, PIL
+                mode "I;16", 16-bit PNG files) are reduced to 8 bits, `round(v * 255 / 65535)`, and then processed
+                exactly as 8-bit images (as the original pipelines read them); other integer dtypes only with values
+                in 0-255; floats on the scale `rescale_factor` expects (0-255 by default: float images already in
+                [0, 1] need `do_rescale=False`, and a warning says so, as in transformers). Arrays may be channels
+                first or last: when both the first and the last dimension could be channels (e.g. `(3, 40, 3)`),
+                `input_data_format` decides, otherwise channels first is assumed with a warning, as transformers
+                does.
+            segmentation_maps (same types but paths, *optional*):
                 Single-channel maps of class indices, one per image, of the same height and width as the image.
             **kwargs:
                 Any processor attribute (`do_resize`, `size`, `do_reduce_labels`, `do_pad`, `return_tensors`, ...)
-                to override for this call.
+                to override for this call, and `input_data_format` (`"channels_first"` / `"channels_last"`) for
+                array inputs.
 
         Returns:
             `BatchFeature` with `pixel_values` (and `labels` when `segmentation_maps` is given); stacked into
@@ -459,17 +649,63 @@ class SegmentationImageProcessingMixin:
     def _get_pad_size(self, output_sizes: list, pad_size: SizeDict | None, **kwargs) -> SizeDict:
         return get_pad_size(output_sizes, pad_size)
 
+    def _read_image_file(self, path: str) -> Any:
+        """One image file, decoded by this backend (PIL here, see `load_image_file`; torchvision in the torchvision
+        backend)."""
+        return load_image_file(path)
+
+    def _load_image(self, source: Any, index: int) -> Any:
+        """Image ``index`` given as a path (``str`` / ``os.PathLike``), URL or base64 string. A missing file raises
+        `FileNotFoundError` and a file that cannot be decoded `ValueError`, both naming the file, before any decoder
+        of torchvision or PIL sees it."""
+        text = os.fspath(source)
+        if os.path.isfile(text):
+            try:
+                return self._read_image_file(text)
+            except Exception as error:
+                raise ValueError(
+                    f"Image {index}: could not read the image file {text!r} (corrupt, truncated or not an image?): "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+        if os.path.isdir(text):
+            raise ValueError(f"Image {index} is the path {text!r}, which is a directory; expected an image file.")
+        if isinstance(source, os.PathLike) or not _is_url_or_base64(text):
+            raise FileNotFoundError(
+                f"Image {index}: no such image file: {text!r} (absolute path {os.path.abspath(text)!r})."
+            )
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        try:
+            return self.fetch_images(text)
+        except Exception as error:
+            raise ValueError(
+                f"Image {index}: could not load the image {shown!r}: it is not an existing file, and reading it as a "
+                f"URL or base64-encoded image failed with {type(error).__name__}: {error}"
+            ) from error
+
     def _preprocess_image_like_inputs(
         self, images, segmentation_maps=None, do_convert_rgb=True, input_data_format=None, device=None, **kwargs
     ) -> BatchFeature:
         # Our flattening and per-sample checks, then the base's `process_image` on each sample (see `flatten_images`).
+        rescale_factor = kwargs.get("rescale_factor") if kwargs.get("do_rescale") else None
+        prepared, already_rescaled = [], []
+        for index, image in enumerate(flatten_images(images)):
+            channel_format = input_data_format
+            if isinstance(image, (str, os.PathLike)):
+                image = self._load_image(image, index)
+                # a decoded file is channels first (torchvision) or a PIL image: never ambiguous
+                channel_format = ChannelDimension.FIRST if isinstance(image, (np.ndarray, torch.Tensor)) else None
+            image, channel_format, rescaled = prepare_image(
+                image, index, channel_format, do_convert_rgb, rescale_factor
+            )
+            prepared.append((image, channel_format))
+            if rescaled:
+                already_rescaled.append(index)
+        if already_rescaled and kwargs.get("do_rescale"):
+            logger.warning_once(ALREADY_RESCALED_WARNING)
         images = [
-            self.fetch_images(image)
-            if isinstance(image, str)
-            else check_image(image, index, input_data_format, do_convert_rgb)
-            for index, image in enumerate(flatten_images(images))
+            self.process_image(image, do_convert_rgb, channel_format, device=device)
+            for image, channel_format in prepared
         ]
-        images = [self.process_image(image, do_convert_rgb, input_data_format, device=device) for image in images]
         if kwargs.get("do_normalize"):
             check_channels_for_normalize(
                 [image.shape[0] for image in images], kwargs["image_mean"], kwargs["image_std"]

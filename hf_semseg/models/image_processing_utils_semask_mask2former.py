@@ -5,8 +5,8 @@ reproduce the detectron2 test path of the original SeMask-Mask2Former code, whic
 (mmseg) one and from transformers' ``Mask2FormerImageProcessor``:
 
 * resize: detectron2 ``ResizeShortestEdge(short, max_size)`` (shortest edge 640 and longest at most 2560 for the
-  ADE20K model, 1024 / 2048 for Cityscapes), sizes rounded with ``int(x + 0.5)``; uint8 images are resized like
-  PIL's bilinear filter (antialiased when shrinking), float images by plain bilinear interpolation;
+  ADE20K model, 1024 / 2048 for Cityscapes), sizes rounded with ``int(x + 0.5)`` (at least 1 pixel); uint8 images
+  are resized like PIL's bilinear filter (antialiased when shrinking), float images by plain bilinear interpolation;
 * padding: zero padding on the right and bottom (after normalisation) to a multiple of 32 (``size_divisibility``) of the
   largest image of the batch - no stretching; label maps are padded with 255;
 * post-processing: mask logits upsampled to the padded size, semantic inference there, the padding cropped, then a
@@ -20,7 +20,12 @@ import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import SizeDict
 
-from .image_processing_utils_segmentation import SegmentationImageProcessorKwargs, get_pad_size, validate_size
+from .image_processing_utils_segmentation import (
+    SegmentationImageProcessorKwargs,
+    get_pad_size,
+    round_side,
+    validate_size,
+)
 from .image_processing_utils_segmentation import get_output_size as get_keep_ratio_processor_output_size
 
 
@@ -37,7 +42,8 @@ class SeMaskMask2FormerImageProcessorKwargs(SegmentationImageProcessorKwargs, to
 def get_resize_shortest_edge_output_size(height: int, width: int, shortest_edge: int, longest_edge: int | None):
     """Output ``(height, width)`` of detectron2's ``ResizeShortestEdge`` test transform: the short side is scaled to
     ``shortest_edge``; if the long side then exceeds ``longest_edge``, both are scaled down so it fits; each side is
-    rounded with ``int(x + 0.5)``."""
+    rounded with ``int(x + 0.5)`` as detectron2 does (transformers' own resize helpers truncate instead) and kept at
+    least 1 pixel (see `round_side`): a 10000 x 10 image with (32, 64) becomes 64 x 1."""
     scale = shortest_edge / min(height, width)
     if height < width:
         new_height, new_width = shortest_edge, scale * width
@@ -46,7 +52,7 @@ def get_resize_shortest_edge_output_size(height: int, width: int, shortest_edge:
     if longest_edge is not None and max(new_height, new_width) > longest_edge:
         scale = longest_edge / max(new_height, new_width)
         new_height, new_width = new_height * scale, new_width * scale
-    return int(new_height + 0.5), int(new_width + 0.5)
+    return round_side(new_height), round_side(new_width)
 
 
 def get_output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:

@@ -1,0 +1,398 @@
+"""Inputs a new user passes to the image processors, and what each one now gives.
+
+Every test runs on both backends (torchvision and PIL/NumPy) and on both processor families (keep-ratio:
+`KeepRatioImageProcessor(+Pil)`; detectron2: `SeMaskMask2FormerImageProcessor(+Pil)`), since they share the input
+handling of ``image_processing_utils_segmentation.py``. Expected pixel values are computed by hand: 8-bit values
+``v`` become ``(v / 255 - mean) / std``.
+"""
+
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+from transformers import AutoImageProcessor
+from transformers.processing_utils import ImagesKwargs
+
+import hf_semseg  # noqa: F401  (registers the processors with AutoImageProcessor)
+from hf_semseg.models.image_processing_keep_ratio import KeepRatioImageProcessor
+from hf_semseg.models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
+from hf_semseg.models.image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil
+from hf_semseg.models.image_processing_semask_mask2former import SeMaskMask2FormerImageProcessor
+from hf_semseg.models.image_processing_utils_segmentation import (
+    ALREADY_RESCALED_WARNING,
+    get_keep_ratio_output_size,
+    round_side,
+)
+from hf_semseg.models.image_processing_utils_semask_mask2former import get_resize_shortest_edge_output_size
+
+
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+ONE_LEVEL = 1 / 255 / 0.224 + 1e-5  # one 8-bit intensity level after normalisation (largest over the channels)
+
+PROCESSORS = [
+    KeepRatioImageProcessor,
+    KeepRatioImageProcessorPil,
+    SeMaskMask2FormerImageProcessor,
+    SeMaskMask2FormerImageProcessorPil,
+]
+IDS = ["keep_ratio-torchvision", "keep_ratio-pil", "mask2former-torchvision", "mask2former-pil"]
+FAMILIES = {
+    KeepRatioImageProcessor: (KeepRatioImageProcessor, KeepRatioImageProcessorPil),
+    KeepRatioImageProcessorPil: (KeepRatioImageProcessor, KeepRatioImageProcessorPil),
+    SeMaskMask2FormerImageProcessor: (SeMaskMask2FormerImageProcessor, SeMaskMask2FormerImageProcessorPil),
+    SeMaskMask2FormerImageProcessorPil: (SeMaskMask2FormerImageProcessor, SeMaskMask2FormerImageProcessorPil),
+}
+
+
+@pytest.fixture(params=PROCESSORS, ids=IDS)
+def processor_class(request):
+    return request.param
+
+
+@pytest.fixture
+def warnings_of(caplog):
+    """Warnings logged by our modules (which propagate) and by transformers (whose root logger does not), as text."""
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(caplog.handler)
+    transformers.utils.logging.warning_once.cache_clear()  # `warning_once` remembers what it said in other tests
+    caplog.set_level(logging.WARNING)
+    yield lambda: [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    transformers_logger.removeHandler(caplog.handler)
+
+
+def pixels(processor, image, **kwargs) -> np.ndarray:
+    """``pixel_values`` of one image, the padding (Mask2Former pads to a multiple of 32) cropped, as float64 CHW."""
+    kwargs.setdefault("do_resize", False)
+    out = processor(image, return_tensors="pt", **kwargs).pixel_values
+    if kwargs["do_resize"]:
+        height, width = processor.get_output_size(*_height_width(image), size=kwargs.get("size"))
+    else:
+        height, width = _height_width(image)
+    return out[0, :, :height, :width].double().numpy()
+
+
+def _height_width(image) -> tuple[int, int]:
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    return tuple(image.shape[:2])  # the tests pass unambiguous channels-last arrays or 2D arrays here
+
+
+def normalised(rgb_hwc_uint8: np.ndarray) -> np.ndarray:
+    """What an 8-bit RGB image becomes with the default rescale (1/255) and ImageNet normalisation, CHW."""
+    values = rgb_hwc_uint8.astype(np.float64) / 255.0
+    return ((values - MEAN) / STD).transpose(2, 0, 1)
+
+
+def to_16_bits(image_uint8: np.ndarray, rng) -> np.ndarray:
+    """The 16-bit image whose 8-bit version (rounded) is ``image_uint8``: ``v * 257`` plus up to half a level."""
+    noise = rng.integers(-128, 128, image_uint8.shape)
+    return np.clip(image_uint8.astype(np.int64) * 257 + noise, 0, 65535).astype(np.uint16)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 1. 16-bit images are scaled by their own range; other integer ranges are refused
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+def test_uint16_image_is_scaled_by_65535_not_255(processor_class, container):
+    rng = np.random.default_rng(0)
+    image8 = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    image16 = to_16_bits(image8, rng)
+    image16 = torch.from_numpy(image16) if container == "torch" else image16
+    processor = processor_class()
+    np.testing.assert_allclose(pixels(processor, image16), normalised(image8), atol=1e-5)
+    # the first pixel by hand: v / 65535 normalised, to within 8-bit rounding
+    v = np.asarray(image16[0, 0], dtype=np.float64)
+    np.testing.assert_allclose(pixels(processor, image16)[:, 0, 0], (v / 65535 - MEAN) / STD, atol=0.5 * ONE_LEVEL)
+
+
+def test_uint16_image_after_resize_matches_the_8_bit_image(processor_class):
+    """Resized (Mask2Former: antialiased when shrinking, as detectron2 resizes uint8 images): the same numbers."""
+    rng = np.random.default_rng(1)
+    image8 = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    size = {"shortest_edge": 20, "longest_edge": 40}
+    processor = processor_class(size=size)
+    expected = pixels(processor, image8, do_resize=True)
+    assert expected.shape[1:] == processor.get_output_size(50, 70)
+    np.testing.assert_array_equal(pixels(processor, to_16_bits(image8, rng), do_resize=True), expected)
+
+
+def test_16_bit_grayscale_png_and_pil_image(processor_class, tmp_path):
+    """A 16-bit PNG opens as PIL mode "I;16"; as a PIL image and as a path it gives the 8-bit image's numbers."""
+    rng = np.random.default_rng(2)
+    gray8 = rng.integers(0, 256, (5, 9), dtype=np.uint8)
+    gray16 = to_16_bits(gray8, rng)
+    Image.fromarray(gray16).save(tmp_path / "depth16.png")
+    opened = Image.open(tmp_path / "depth16.png")
+    assert opened.mode == "I;16"
+    expected = normalised(np.repeat(gray8[..., None], 3, axis=-1))
+    processor = processor_class()
+    np.testing.assert_allclose(pixels(processor, opened), expected, atol=1e-5)
+    from_path = processor(str(tmp_path / "depth16.png"), do_resize=False, return_tensors="pt").pixel_values
+    np.testing.assert_allclose(from_path[0, :, :5, :9].double().numpy(), expected, atol=1e-5)
+    # e.g. 30000 / 65535 = 0.4578 (0.4588 after 8-bit rounding), not 30000 / 255 clipped to 1
+    single = Image.fromarray(np.full((2, 2), 30000, np.uint16))
+    np.testing.assert_allclose(pixels(processor, single)[:, 0, 0], (117 / 255 - MEAN) / STD, atol=1e-5)
+
+
+def test_uint16_with_a_16_bit_rescale_factor_is_refused(processor_class):
+    """The 16-bit image is reduced to 8 bits first, so a `rescale_factor` of 1/65535 would silently be wrong."""
+    image = np.full((6, 7, 3), 40000, np.uint16)
+    with pytest.raises(ValueError, match=r"Image 0 is a 16-bit image \(uint16\).*rescale_factor.*1/255"):
+        processor_class()(image, rescale_factor=1 / 65535)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int16])
+def test_other_integer_dtypes_beyond_8_bit_values_are_refused(processor_class, dtype):
+    image = np.zeros((6, 7, 3), dtype)
+    image[0, 0] = 300
+    with pytest.raises(ValueError, match=rf"Image 0 has dtype {np.dtype(dtype).name} with values in \[0, 300\]"):
+        processor_class()(image)
+    negative = np.full((6, 7, 3), -1, dtype)
+    with pytest.raises(ValueError, match=rf"Image 1 has dtype {np.dtype(dtype).name} with values in \[-1, -1\]"):
+        processor_class()([np.zeros((6, 7, 3), np.uint8), negative])
+
+
+def test_other_integer_dtypes_with_8_bit_values_are_8_bit(processor_class):
+    rng = np.random.default_rng(3)
+    image8 = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    processor = processor_class()
+    for image in (image8.astype(np.int32), torch.from_numpy(image8.astype(np.int64))):
+        np.testing.assert_allclose(pixels(processor, image), normalised(image8), atol=1e-5)
+
+
+def test_pil_32_bit_integer_image_beyond_8_bits_is_refused(processor_class):
+    image = Image.fromarray(np.full((4, 5), 4000, np.int32))
+    assert image.mode == "I"
+    with pytest.raises(ValueError, match=r"Image 0 is a PIL image in mode 'I' .*values in \[4000, 4000\]"):
+        processor_class()(image)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 2. Float images already in [0, 1]: transformers' warning; do_rescale=False gives the right values
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_float_image_in_0_1_warns_like_transformers(processor_class, warnings_of):
+    image = np.full((6, 7, 3), 0.5, np.float32)
+    image[0, 0] = (0.2, 0.4, 1.0)
+    processor = processor_class()
+
+    rescaled_twice = pixels(processor, image)
+    assert warnings_of() == [ALREADY_RESCALED_WARNING]
+    assert "pass `do_rescale=False`" in ALREADY_RESCALED_WARNING
+    # like transformers, the warning does not change the numbers: the values are still divided by 255
+    np.testing.assert_allclose(rescaled_twice[:, 0, 0], (np.array([0.2, 0.4, 1.0]) / 255 - MEAN) / STD, atol=1e-5)
+
+    right = pixels(processor, image, do_rescale=False)
+    np.testing.assert_allclose(right[:, 0, 0], (np.array([0.2, 0.4, 1.0]) - MEAN) / STD, atol=1e-5)
+    np.testing.assert_allclose(right[:, 1, 1], (0.5 - MEAN) / STD, atol=1e-5)
+    assert warnings_of() == [ALREADY_RESCALED_WARNING]  # no second warning with do_rescale=False
+
+
+def test_float_image_in_0_255_and_uint8_do_not_warn(processor_class, warnings_of):
+    processor = processor_class()
+    image = np.full((6, 7, 3), 128.0, np.float32)
+    np.testing.assert_allclose(pixels(processor, image)[:, 0, 0], (128 / 255 - MEAN) / STD, atol=1e-5)
+    pixels(processor, np.zeros((6, 7, 3), np.uint8))
+    assert warnings_of() == []
+
+
+def test_non_finite_float_image_is_refused(processor_class):
+    image = np.full((6, 7, 3), 10.0, np.float32)
+    image[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="Image 1 has non-finite values"):
+        processor_class()([np.zeros((6, 7, 3), np.float32) + 3, image])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 3. Ambiguous channel layouts
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _three_by_forty_channels_last() -> np.ndarray:
+    image = np.zeros((3, 40, 3), np.uint8)  # 3 rows, 40 columns, RGB: red 255, green 51, blue a ramp
+    image[..., 0] = 255
+    image[..., 1] = 51
+    image[..., 2] = np.arange(40, dtype=np.uint8)[None, :] * 5
+    return image
+
+
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+def test_input_data_format_resolves_an_ambiguous_layout(processor_class, container, warnings_of):
+    image = _three_by_forty_channels_last()
+    data = torch.from_numpy(image) if container == "torch" else image
+    out = processor_class()(data, input_data_format="channels_last", do_resize=False, return_tensors="pt")
+    values = out.pixel_values[0, :, :3, :40].double().numpy()
+    np.testing.assert_allclose(values, normalised(image), atol=1e-5)
+    assert values[2, 0, 39] == pytest.approx((195 / 255 - 0.406) / 0.225, abs=1e-5)
+    assert warnings_of() == []  # stated: nothing guessed, nothing said
+
+    # channels first stated for the same array: 3 channels of 40 x 3 pixels, silently too
+    first = processor_class()(data, input_data_format="channels_first", do_resize=False, return_tensors="pt")
+    np.testing.assert_allclose(
+        first.pixel_values[0, 0, :40, :3].double().numpy()[0], (image[0, 0] / 255 - 0.485) / 0.229, atol=1e-5
+    )
+    assert warnings_of() == []
+
+
+def test_ambiguous_layout_is_guessed_with_one_warning_naming_the_image(processor_class, warnings_of):
+    image = _three_by_forty_channels_last()
+    out = processor_class()([np.zeros((20, 30, 3), np.uint8), image], do_resize=False, do_pad=False)
+    # transformers' rule: channels first, i.e. 3 channels of 40 x 3 pixels
+    assert tuple(out.pixel_values[1].shape) == (3, 40, 3)
+    np.testing.assert_allclose(np.asarray(out.pixel_values[1])[0, 0], (image[0, 0] / 255 - 0.485) / 0.229, atol=1e-5)
+    messages = warnings_of()
+    assert len(messages) == 1, messages  # ours only, not transformers' (which the PIL backend printed twice)
+    assert "Image 1 has shape (3, 40, 3)" in messages[0]
+    assert "channels first" in messages[0] and 'input_data_format="channels_last"' in messages[0]
+
+
+def test_unambiguous_layouts_stay_silent(processor_class, warnings_of):
+    processor = processor_class()
+    for image in (np.zeros((5, 40, 3), np.uint8), np.zeros((3, 40, 5), np.uint8), np.zeros((7, 9), np.uint8)):
+        processor(image, do_resize=False)
+    assert warnings_of() == []
+
+
+def test_bad_input_data_format_is_named(processor_class):
+    with pytest.raises(ValueError, match="`input_data_format` must be 'channels_first' or 'channels_last', got 'hwc'"):
+        processor_class()(np.zeros((6, 7, 3), np.uint8), input_data_format="hwc")
+    with pytest.raises(ValueError, match=r"Image 0 has shape \(6, 7, 3\) and input_data_format='channels_first'"):
+        processor_class()(np.zeros((6, 7, 3), np.uint8), input_data_format="channels_first")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 4. Paths: missing, corrupt, truncated
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_path", [False, True], ids=["str", "Path"])
+def test_missing_image_file_is_named(processor_class, tmp_path, as_path):
+    missing = tmp_path / "no_such_image.png"
+    source = missing if as_path else str(missing)
+    with pytest.raises(FileNotFoundError, match=r"Image 0: no such image file: '.*no_such_image\.png'"):
+        processor_class()(source)
+    with pytest.raises(FileNotFoundError, match=r"Image 1: no such image file: 'cat\.jpg'"):
+        processor_class()([np.zeros((6, 7, 3), np.uint8), "cat.jpg"])
+
+
+def test_existing_image_file_as_str_or_path(processor_class, tmp_path):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    processor = processor_class()
+    for source in (str(tmp_path / "image.png"), tmp_path / "image.png"):
+        out = processor(source, do_resize=False, return_tensors="pt").pixel_values
+        np.testing.assert_allclose(out[0, :, :6, :8].double().numpy(), normalised(image), atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated_png", "truncated_jpeg"])
+def test_unreadable_image_file_is_named(processor_class, tmp_path, damage):
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    path = tmp_path / f"{damage}.{'jpg' if damage.endswith('jpeg') else 'png'}"
+    if damage == "corrupt":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    else:
+        image.save(path, format="JPEG" if damage.endswith("jpeg") else "PNG")
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"Image 0: could not read the image file '.*{path.name}'"):
+        processor_class()(str(path))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 5. Very elongated images: every side at least 1 pixel, int(x + 0.5) rounding
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_size_rules_keep_one_pixel_and_round_half_up():
+    assert round_side(0.064) == 1 and round_side(0.5) == 1 and round_side(2.5) == 3 and round_side(2.49) == 2
+    assert get_keep_ratio_output_size(10000, 10, 64, 32) == (64, 1)  # 10 * 0.0064 = 0.064 -> 1, not 0
+    assert get_keep_ratio_output_size(10, 10000, 64, 32) == (1, 64)
+    assert get_resize_shortest_edge_output_size(10000, 10, 32, 64) == (64, 1)
+    assert get_keep_ratio_output_size(100, 1000, 2048, 512) == (205, 2048)  # 204.8 -> 205 (transformers: 204)
+
+
+def test_very_elongated_image_is_resized_to_at_least_one_pixel(processor_class):
+    size = {"longest_edge": 64, "shortest_edge": 32}
+    processor = processor_class(size=size)
+    assert processor.get_output_size(10000, 10) == (64, 1)
+    image = np.full((10000, 10, 3), 124, np.uint8)
+    labels = np.full((10000, 10), 7, np.uint8)
+    out = processor(image, segmentation_maps=labels, return_tensors="pt")
+    np.testing.assert_allclose(
+        out.pixel_values[0, :, :64, 0].numpy(), np.repeat(((124 / 255 - MEAN) / STD)[:, None], 64, 1), atol=1e-5
+    )
+    assert out.labels[0, :64, 0].tolist() == [7] * 64
+    padded_width = out.pixel_values.shape[-1]
+    assert padded_width == (1 if processor_class in FAMILIES[KeepRatioImageProcessor] else 32)
+
+
+def test_docstrings_state_the_rounding(processor_class):
+    doc = processor_class.__doc__ if "Pil" not in processor_class.__name__ else FAMILIES[processor_class][0].__doc__
+    assert "int(x + 0.5)" in doc or "int(h * f + 0.5)" in doc
+    assert "at least 1 pixel" in doc
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 6. Segmentation maps that do not fit their images
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_segmentation_map_with_swapped_height_and_width_is_refused(processor_class):
+    images = [np.zeros((20, 30, 3), np.uint8), np.zeros((20, 30, 3), np.uint8)]
+    maps = [np.zeros((20, 30), np.uint8), np.zeros((30, 20), np.uint8)]
+    with pytest.raises(
+        ValueError,
+        match=r"Segmentation map 1 has size \(30, 20\).*image 1 has size \(20, 30\) \(height and width swapped\?\)",
+    ):
+        processor_class()(images, segmentation_maps=maps)
+    # a PIL map is (width, height) in PIL's terms: a 30 x 20 PIL map fits a 20 x 30 array
+    ok = processor_class()(images[0], segmentation_maps=Image.new("L", (30, 20), 3), do_resize=False)
+    assert np.asarray(ok.labels[0])[:20, :30].tolist() == [[3] * 30] * 20
+    with pytest.raises(ValueError, match=r"Segmentation map 0 has size \(21, 30\).*image 0 has size \(20, 30\);"):
+        processor_class()(images[0], segmentation_maps=np.zeros((21, 30), np.uint8))
+
+
+def test_label_batch_of_another_length_is_refused(processor_class):
+    images = np.zeros((2, 20, 30, 3), np.uint8)  # a 4D batch of 2
+    with pytest.raises(ValueError, match="Got 2 images but 1 segmentation maps"):
+        processor_class()(images, segmentation_maps=[np.zeros((20, 30), np.uint8)])
+    with pytest.raises(ValueError, match="Got 2 images but 3 segmentation maps"):
+        processor_class()(images, segmentation_maps=np.zeros((3, 20, 30), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 7. Save / reload: to_dict() unchanged whatever backend loads it; valid_kwargs where transformers looks for it
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_to_dict_survives_save_and_reload_with_either_backend(processor_class, tmp_path):
+    processor = processor_class(image_mean=[0.5, 0.4, 0.3], do_reduce_labels=True)
+    processor.save_pretrained(tmp_path)
+    saved = processor.to_dict()
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["auto_map"] == saved["auto_map"]
+    for loader in FAMILIES[processor_class]:
+        assert loader.from_pretrained(tmp_path).to_dict() == saved, loader.__name__
+    for backend in ("torchvision", "pil"):
+        loaded = AutoImageProcessor.from_pretrained(tmp_path, backend=backend)
+        assert type(loaded) in FAMILIES[processor_class]
+        assert loaded.to_dict() == saved, backend
+
+
+def test_valid_kwargs_class_lives_in_the_processor_module(processor_class):
+    """transformers' `test_valid_kwargs_set`: the module of each processor holds `<Name without Pil>Kwargs`, and it
+    is the processor's `valid_kwargs`."""
+    module = sys.modules[processor_class.__module__]
+    expected = vars(module).get(f"{processor_class.__name__.removesuffix('Pil')}Kwargs", ImagesKwargs)
+    assert processor_class().valid_kwargs is expected
+    assert {"do_reduce_labels", "size_divisor"} <= set(expected.__annotations__)
