@@ -250,6 +250,8 @@ def infer_config_and_settings(
     settings = resolve_settings(
         config, SETTINGS, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
     )
+    if not config.use_ohem:  # the pixels OHEM keeps mean nothing without OHEM
+        settings.defaults = [default for default in settings.defaults if not default.startswith("ohem_min_kept=")]
     return config, settings
 
 
