@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 import hf_semseg
 from hf_semseg import (
@@ -122,6 +123,28 @@ def test_500x375_input_sizes():
 # ---------------------------------------------------------------------------------------------------------------
 # classification, variants, registration
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_classification_labels_of_every_integer_layout_are_class_ids():
+    """(B, 1) class ids took the soft-label branch (a meaningless loss) and int32 ids crashed; now both are class ids,
+    and labels that are neither class ids nor soft targets are named."""
+    torch.manual_seed(0)
+    model = PaleForImageClassification(tiny_pale_config(num_labels=5)).eval()
+    logits = torch.randn(3, 5)
+    ids = torch.tensor([4, 0, 2])
+    expected = F.cross_entropy(logits, ids)
+    for labels in (ids, ids.int(), ids[:, None], ids.to(torch.uint8)[:, None]):
+        torch.testing.assert_close(model.compute_loss(logits, labels), expected)
+    ignored = torch.tensor([4, -100, 2])
+    torch.testing.assert_close(model.compute_loss(logits, ignored), F.cross_entropy(logits[[0, 2]], ids[[0, 2]]))
+    with pytest.raises(ValueError, match=r"class ids \[7\] outside \[0, 5\)"):
+        model.compute_loss(logits, torch.tensor([4, 7, 2]))
+    with pytest.raises(ValueError, match=r"labels of shape \(2,\) and dtype torch.int64 for 3 images"):
+        model.compute_loss(logits, ids[:2])
+    with pytest.raises(ValueError, match=r"soft-target labels of shape \(3, 4\): expected \(3, 5\)"):
+        model.compute_loss(logits, torch.rand(3, 4))
+    with pytest.raises(ValueError, match=r"dtype torch.bool"):
+        model.compute_loss(logits, torch.ones(3, dtype=torch.bool))
 
 
 def test_classification_training_step_and_reload(tmp_path):

@@ -352,14 +352,43 @@ class PaleForImageClassification(PalePreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
-            if labels.dtype in (torch.long, torch.int) and labels.ndim == 1:
-                loss = F.cross_entropy(logits, labels)
-            else:  # soft / one-hot targets (mixup, cutmix, label smoothing done outside)
-                loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+            loss = self.compute_loss(logits, labels)
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with class ids (any integer dtype, shape ``(B,)`` or ``(B, 1)``; -100 is ignored, as in
+        transformers' classifiers) or with soft targets (floating ``(B, num_labels)``: mixup, cutmix or label
+        smoothing done outside). Anything else is a ``ValueError`` naming the shape and dtype."""
+        batch_size, num_labels = logits.shape
+        if labels.dtype == torch.bool or labels.is_complex() or labels.shape[0] != batch_size:
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} for {batch_size} images: expected "
+                f"class ids ({batch_size},) or ({batch_size}, 1) of an integer dtype, or soft targets "
+                f"({batch_size}, {num_labels}) of a floating dtype"
+            )
+        if not labels.is_floating_point():
+            if labels.ndim == 2 and labels.shape[1] == 1:
+                labels = labels[:, 0]
+            if labels.ndim != 1:
+                raise ValueError(
+                    f"labels of shape {tuple(labels.shape)}: class ids must be ({batch_size},) or ({batch_size}, 1)"
+                )
+            labels = labels.long()
+            bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
+            if bad.numel():
+                raise ValueError(
+                    f"labels hold class ids {bad.unique()[:10].tolist()} outside [0, {num_labels}) (and -100, ignored)"
+                )
+            return F.cross_entropy(logits, labels)
+        if tuple(labels.shape) != (batch_size, num_labels):
+            raise ValueError(
+                f"soft-target labels of shape {tuple(labels.shape)}: expected ({batch_size}, {num_labels}) (one "
+                "probability per class); class ids must be an integer tensor"
+            )
+        return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
 class PaleBackbone(BackboneMixin, PalePreTrainedModel):
