@@ -308,7 +308,8 @@ class SeMaskMask2FormerLoss(nn.Module):
         )
         for image, (query_index, target_index) in enumerate(indices):
             target_classes[image, query_index.to(target_classes.device)] = class_labels[image][target_index]
-        return F.cross_entropy(class_queries_logits.float().transpose(1, 2), target_classes, self.empty_weight)
+        # in float32 whatever the model dtype (a bf16 model casts this buffer too), as the original criterion does
+        return F.cross_entropy(class_queries_logits.float().transpose(1, 2), target_classes, self.empty_weight.float())
 
     def sample_points_by_uncertainty(self, mask_logits: torch.Tensor) -> torch.Tensor:
         """``(R, 1, h, w)`` mask logits -> ``(R, train_num_points, 2)`` coordinates in [0, 1]: of
