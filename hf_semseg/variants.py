@@ -146,7 +146,12 @@ def register_variant(variant: Variant) -> None:
 
 
 def list_variants(family: str | None = None) -> list[str]:
-    """Names of the registered variants (of one family when given)."""
+    """Names of the registered variants, of one ``family`` when given: a config ``model_type``, one of
+    ``"semask_swin"`` (SeMask-FPN), ``"semask_mask2former"``, ``"vwformer"`` and ``"pale"``; another name is a
+    ``ValueError`` listing them."""
+    if family is not None and family not in {variant.family for variant in _REGISTRY.values()}:
+        families = sorted({variant.family for variant in _REGISTRY.values()})
+        raise ValueError(f"unknown family {family!r}; the families with registered variants are {families}")
     return [name for name, variant in _REGISTRY.items() if family is None or variant.family == family]
 
 
@@ -156,9 +161,23 @@ def get_variant(name: str) -> Variant:
     return _REGISTRY[name]
 
 
+#: the model class of each family's released models (``config.architectures``), by whether they classify images
+_ARCHITECTURES = {
+    ("semask_swin", False): "SeMaskSwinForSemanticSegmentation",
+    ("semask_mask2former", False): "SeMaskMask2FormerForSemanticSegmentation",
+    ("vwformer", False): "VWFormerForSemanticSegmentation",
+    ("pale", False): "PaleForSemanticSegmentation",
+    ("pale", True): "PaleForImageClassification",
+}
+
+
 def variant_config(name: str) -> PreTrainedConfig:
-    """A fresh full model config of the named variant."""
-    return get_variant(name).make_config()
+    """A fresh full model config of the named variant, with ``architectures`` naming the model class its released
+    weights belong to (as a config saved with them says)."""
+    variant = get_variant(name)
+    config = variant.make_config()
+    config.architectures = [_ARCHITECTURES[(variant.family, variant.dataset == "imagenet-1k")]]
+    return config
 
 
 # ----------------------------------------------------------------------------------------------------------------

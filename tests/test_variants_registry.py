@@ -132,3 +132,22 @@ def test_variant_configs_are_fresh_objects():
     first, second = variant_config("semask-fpn-tiny-ade20k"), variant_config("semask-fpn-tiny-ade20k")
     first.id2label[0] = "changed"
     assert second.id2label[0] == "wall" and first is not second
+
+
+def test_variant_configs_name_their_model_class_and_families_are_checked():
+    import transformers
+
+    for name in list_variants():
+        config = variant_config(name)
+        (architecture,) = config.architectures
+        model_class = getattr(hf_semseg, architecture)
+        auto = (
+            transformers.AutoModelForImageClassification
+            if get_variant(name).dataset == "imagenet-1k"
+            else transformers.AutoModelForSemanticSegmentation
+        )
+        assert auto._model_mapping[type(config)] is model_class, name  # what the auto class builds from it
+    assert variant_config("pale-tiny").architectures == ["PaleForImageClassification"]
+    assert variant_config("semask-fpn-tiny-ade20k").architectures == ["SeMaskSwinForSemanticSegmentation"]
+    with pytest.raises(ValueError, match=r"unknown family 'semask'; the families .*'semask_swin'"):
+        list_variants("semask")
