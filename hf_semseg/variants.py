@@ -258,8 +258,8 @@ def find_variant(config: PreTrainedConfig) -> str | None:
     model ``config`` builds. None when no variant, or more than one, has them."""
     candidates = [
         name
-        for name in list_variants(config.model_type)
-        if get_variant(name).dataset_info.num_labels == config.num_labels
+        for name, variant in _REGISTRY.items()  # any model type: one without variants has no candidates
+        if variant.family == config.model_type and variant.dataset_info.num_labels == config.num_labels
     ]
     if not candidates:
         return None

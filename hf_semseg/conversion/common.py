@@ -375,13 +375,21 @@ def build_conversion(
     return conversion
 
 
+def get_variant_or_none(name: str):
+    """The registered variant ``name``, None when there is none."""
+    try:
+        return get_variant(name)
+    except KeyError:
+        return None
+
+
 def released_variant(config, variant: str | None) -> str | None:
     """The released variant a checkpoint whose weights build ``config`` is: the named ``variant`` (``--variant``),
     which must have exactly these weights, names and shapes, else the one registered variant that has them (None
     when none or several do)."""
     if variant is None:
         return find_variant(config)
-    if variant not in list_variants(config.model_type):
+    if get_variant_or_none(variant) is None or get_variant(variant).family != config.model_type:
         raise CheckpointError(
             f"--variant {variant}: not a released {config.model_type} variant; they are "
             f"{sorted(list_variants(config.model_type))}"
