@@ -41,11 +41,14 @@ from transformers.models.mask2former.modeling_mask2former import (
     sigmoid_cross_entropy_loss,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import SegmentationModelDefaults, check_segmentation_labels, resolve_output_flags
+
+
+logger = logging.get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -427,6 +430,19 @@ class SeMaskMask2FormerPreTrainedModel(SegmentationModelDefaults, Mask2FormerPre
             init.copy_(module.empty_weight, empty_weight)
         else:
             super()._init_weights(module)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None):
+        """Activation checkpointing, always non-reentrant: transformers' Mask2Former decoder layers take tensors as
+        keyword arguments, which reentrant checkpointing does not detach, so its backward would run through the
+        decoder's graph twice. ``use_reentrant=True`` is replaced (with a warning); the gradients are the same."""
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant"):
+            logger.warning(
+                "SeMask-Mask2Former uses non-reentrant activation checkpointing (use_reentrant=False): the Mask2Former "
+                "decoder layers cannot be checkpointed reentrantly; the gradients are the same"
+            )
+        kwargs["use_reentrant"] = False
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
