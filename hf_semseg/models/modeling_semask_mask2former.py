@@ -232,6 +232,10 @@ def semantic_map_to_mask_targets(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+#: the seed of the points the loss samples in eval mode (a fixed draw: the same loss for the same inputs)
+EVAL_POINT_SEED = 0
+
+
 class SeMaskMask2FormerLoss(nn.Module):
     """The original ``SeMaskSetCriterion``: Mask2Former's set loss plus SeMask's semantic loss.
 
@@ -243,7 +247,9 @@ class SeMaskMask2FormerLoss(nn.Module):
     of them the most uncertain), each normalised by the number of target masks. ``loss_cate`` is the cross-entropy
     (ignore index) of the upsampled semantic head against the semantic label map, for the final prediction only.
     Returned weighted, keys ``loss_ce, loss_mask, loss_dice, loss_cate`` and ``loss_ce_{i}, ...`` for the earlier
-    predictions (``i = 0`` is the learnable queries).
+    predictions (``i = 0`` is the learnable queries). In eval mode the random points are drawn from a generator seeded
+    with :data:`EVAL_POINT_SEED` on every call, so an evaluation loss is the same for the same inputs (training draws
+    from the global RNG, as the original).
     """
 
     def __init__(self, config: SeMaskMask2FormerConfig):
@@ -263,6 +269,14 @@ class SeMaskMask2FormerLoss(nn.Module):
         empty_weight = torch.ones(config.num_labels + 1)
         empty_weight[-1] = config.no_object_weight
         self.register_buffer("empty_weight", empty_weight)
+        self._points_generator = None  # set for the duration of an eval-mode forward
+
+    def random_points(self, *shape: int, device: torch.device) -> torch.Tensor:
+        """Uniform points in ``[0, 1]`` of ``shape``: from the eval generator when one is set, else the global RNG."""
+        generator = self._points_generator
+        if generator is not None and generator.device != torch.device(device):
+            generator = None
+        return torch.rand(*shape, device=device, generator=generator)
 
     @torch.no_grad()
     def match(
@@ -283,7 +297,7 @@ class SeMaskMask2FormerLoss(nn.Module):
                 indices.append((empty, empty))
                 continue
             cost_class = -class_logits.float().softmax(-1)[:, classes]  # (Q, N)
-            points = torch.rand(1, self.num_points, 2, device=mask_logits.device)
+            points = self.random_points(1, self.num_points, 2, device=mask_logits.device)
             # (Q, 1, h, w) / (N, 1, H, W) sampled at the same points -> (Q, P) / (N, P)
             predicted = sample_point(
                 mask_logits[:, None].float(), points.expand(len(mask_logits), -1, -1), align_corners=False
@@ -321,13 +335,14 @@ class SeMaskMask2FormerLoss(nn.Module):
         num_masks = mask_logits.shape[0]
         num_sampled = int(self.num_points * self.oversample_ratio)
         num_uncertain = int(self.importance_sample_ratio * self.num_points)
-        candidates = torch.rand(num_masks, num_sampled, 2, device=mask_logits.device)
+        candidates = self.random_points(num_masks, num_sampled, 2, device=mask_logits.device)
         uncertainty = -sample_point(mask_logits, candidates, align_corners=False).abs()[:, 0]  # (R, num_sampled)
         chosen = uncertainty.topk(num_uncertain, dim=1).indices
         points = torch.gather(candidates, 1, chosen[..., None].expand(-1, -1, 2))
         num_random = self.num_points - num_uncertain
         if num_random > 0:
-            points = torch.cat([points, torch.rand(num_masks, num_random, 2, device=mask_logits.device)], dim=1)
+            random_points = self.random_points(num_masks, num_random, 2, device=mask_logits.device)
+            points = torch.cat([points, random_points], dim=1)
         return points
 
     def loss_masks(
@@ -380,6 +395,31 @@ class SeMaskMask2FormerLoss(nn.Module):
         """``class_queries_logits`` / ``masks_queries_logits``: every prediction, the final one last; targets at the
         padded input size: ``class_labels[i]`` ``(N_i,)``, ``mask_labels[i]`` ``(N_i, H, W)``, ``semantic_labels``
         ``(B, H, W)``. Returns the weighted losses."""
+        if not self.training:
+            self._points_generator = torch.Generator(semantic_labels.device).manual_seed(EVAL_POINT_SEED)
+        try:
+            return self._losses(
+                class_queries_logits,
+                masks_queries_logits,
+                semantic_logits,
+                class_labels,
+                mask_labels,
+                semantic_labels,
+                use_auxiliary_loss,
+            )
+        finally:
+            self._points_generator = None
+
+    def _losses(
+        self,
+        class_queries_logits,
+        masks_queries_logits,
+        semantic_logits,
+        class_labels,
+        mask_labels,
+        semantic_labels,
+        use_auxiliary_loss,
+    ) -> dict[str, torch.Tensor]:
         num_masks = self.num_target_masks(class_labels, semantic_labels.device)
         predictions = list(zip(class_queries_logits, masks_queries_logits))
         final_index = len(predictions) - 1
