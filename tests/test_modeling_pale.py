@@ -147,6 +147,19 @@ def test_classification_labels_of_every_integer_layout_are_class_ids():
         model.compute_loss(logits, torch.ones(3, dtype=torch.bool))
 
 
+def test_classification_losses_follow_the_problem_type():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5)
+    model = PaleForImageClassification(tiny_pale_config(num_labels=5, problem_type="multi_label_classification"))
+    targets = (torch.rand(3, 5) > 0.5).float()
+    torch.testing.assert_close(model.compute_loss(logits, targets), F.binary_cross_entropy_with_logits(logits, targets))
+    regression = PaleForImageClassification(tiny_pale_config(num_labels=1))  # one label: regression, as transformers
+    values = torch.randn(3)
+    torch.testing.assert_close(regression.compute_loss(logits[:, :1], values), F.mse_loss(logits[:, 0], values))
+    with pytest.raises(ValueError, match=r"labels of shape \(2,\) and dtype torch.float32 for regression"):
+        regression.compute_loss(logits[:, :1], values[:2])
+
+
 def test_classification_training_step_and_reload(tmp_path):
     torch.manual_seed(0)
     config = tiny_pale_config(num_labels=5, drop_path_rate=0.0)

@@ -53,7 +53,8 @@ class PaleModelOutput(ModelOutput):
         last_hidden_state: output of the last stage, ``(B, C_3, H/32, W/32)``.
         pooler_output: the last stage averaged over space (then LayerNorm-ed when ``final_norm``), ``(B, C_3)``.
         hidden_states: the output of every stage, ``(B, C_i, H_i, W_i)`` (on request).
-        attentions: attention probabilities per block, ``(row, column)`` pairs (eager attention only, on request).
+        attentions: attention probabilities, two per block: its row branch then its column branch (eager attention
+            only, on request).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -262,8 +263,8 @@ class PaleStage(nn.Module):
         hidden_states = self.patch_embed(channels_first)
         attentions = ()
         for layer in self.layers:
-            hidden_states, layer_attentions = layer(hidden_states)
-            attentions += (layer_attentions,)
+            hidden_states, (row_attentions, column_attentions) = layer(hidden_states)
+            attentions += (row_attentions, column_attentions)  # one tensor per attention, as transformers' models
         return hidden_states, attentions
 
 
@@ -299,6 +300,10 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     config: PaleConfig
     base_model_prefix = "pale"
     _no_split_modules = ["PaleBlock"]
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The first stage's patch embedding, the module that turns pixels into tokens (Swin's ``patch_embeddings``)."""
+        return next(module for module in self.modules() if isinstance(module, PalePatchEmbeddings))
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -359,9 +364,23 @@ class PaleForImageClassification(PalePreTrainedModel):
         return output
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy with class ids (any integer dtype, shape ``(B,)`` or ``(B, 1)``; -100 is ignored, as in
-        transformers' classifiers) or with soft targets (floating ``(B, num_labels)``: mixup, cutmix or label
-        smoothing done outside). Anything else is a ``ValueError`` naming the shape and dtype."""
+        """The loss of ``config.problem_type``, as transformers' image classifiers: ``"regression"`` (also when it is
+        unset and there is one label) is the mean squared error; ``"multi_label_classification"`` the binary
+        cross-entropy of ``(B, num_labels)`` targets; otherwise cross-entropy with class ids (any integer dtype,
+        shape ``(B,)`` or ``(B, 1)``; -100 is ignored) or with soft targets (floating ``(B, num_labels)``: mixup,
+        cutmix or label smoothing done outside). Anything else is a ``ValueError`` naming the shape and dtype."""
+        problem_type = self.config.problem_type or ("regression" if logits.shape[-1] == 1 else None)
+        if problem_type in ("regression", "multi_label_classification"):
+            expected = (logits.shape[0],) if logits.shape[-1] == 1 and problem_type == "regression" else logits.shape
+            if labels.dtype == torch.bool or labels.is_complex() or labels.numel() != logits.numel():
+                raise ValueError(
+                    f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} for {problem_type}: expected "
+                    f"{tuple(expected)} or {tuple(logits.shape)} numbers"
+                )
+            labels = labels.reshape(logits.shape).to(logits.dtype)
+            if problem_type == "regression":
+                return F.mse_loss(logits, labels)
+            return F.binary_cross_entropy_with_logits(logits, labels)
         batch_size, num_labels = logits.shape
         if labels.dtype == torch.bool or labels.is_complex() or labels.shape[0] != batch_size:
             raise ValueError(
