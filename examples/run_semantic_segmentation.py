@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Finetune an hf-semseg (or transformers) segmentation model with transformers' Trainer, with the recipe of the
 papers: random keep-ratio resize (ratio 0.5-2.0), random crop with cat_max_ratio 0.75, flip, photometric distortion,
-padding with the ignore index; AdamW without weight decay on norms and position tables; poly schedule with linear
-warm-up; streaming mIoU evaluation.
+padding with the ignore index; AdamW without weight decay on norms and position tables, the decode and auxiliary
+heads at ``--head_lr_multiplier`` (10 in the demo recipe) times the learning rate; poly schedule with linear warm-up;
+streaming mIoU evaluation.
 
     python examples/run_semantic_segmentation.py --output_dir outputs/semask-demo
     python examples/run_semantic_segmentation.py --variant semask-fpn-tiny-ade20k --dataset_name scene_parse_150 \
@@ -43,6 +44,9 @@ class ModelArguments:
     variant: str | None = field(default=None, metadata={"help": f"a registered variant: {hf_semseg.list_variants()}"})
     trust_remote_code: bool = False
     layer_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay over backbone stages"})
+    head_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "learning rate of the decode / auxiliary heads relative to the backbone's"}
+    )
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON object of config attributes, e.g. '{\"drop_path_rate\": 0.0}'"}
     )
@@ -74,9 +78,10 @@ class DataArguments:
 
 
 DEMO_DEFAULTS = [
-    "--learning_rate", "1e-3", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
-    "--per_device_eval_batch_size", "8", "--lr_scheduler_type", "polynomial", "--warmup_steps", "5",
-    "--weight_decay", "0.01", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "8",
+    "--learning_rate", "1e-3", "--head_lr_multiplier", "10", "--num_train_epochs", "6",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--lr_scheduler_type", "polynomial",
+    "--warmup_steps", "5", "--weight_decay", "0.01", "--eval_strategy", "no", "--save_strategy", "no",
+    "--logging_steps", "8",
     "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false",
 ]  # fmt: skip
 """The demo recipe; any of these given on the command line wins (argparse keeps the last value)."""
@@ -94,7 +99,13 @@ def main(argv=None, callbacks=None) -> dict:
     model = run.model
 
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, training_args.weight_decay, model_args.layer_decay, training_args.learning_rate),
+        parameter_groups(
+            model,
+            training_args.weight_decay,
+            model_args.layer_decay,
+            training_args.learning_rate,
+            model_args.head_lr_multiplier,
+        ),
         lr=training_args.learning_rate,
         betas=(training_args.adam_beta1, training_args.adam_beta2),
         eps=training_args.adam_epsilon,

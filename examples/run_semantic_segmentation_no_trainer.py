@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Finetune an hf-semseg (or transformers) segmentation model with an explicit Accelerate loop: the recipe of
 ``run_semantic_segmentation.py`` (random keep-ratio resize, crop with cat_max_ratio, flip, photometric distortion,
-padding with the ignore index; AdamW without weight decay on norms and position tables; poly schedule with linear
-warm-up) with gradient accumulation, mixed precision, checkpoints every N steps and resumption, mIoU summed over all
-processes.
+padding with the ignore index; AdamW without weight decay on norms and position tables, the heads at
+``--head_lr_multiplier`` times the learning rate; poly schedule with linear warm-up) with gradient accumulation,
+mixed precision, checkpoints every N steps and resumption, mIoU summed over all processes.
 
     python examples/run_semantic_segmentation_no_trainer.py --output_dir outputs/semask-demo-accelerate
     accelerate launch --config_file examples/accelerate_configs/ddp.yaml \
@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--layer_decay", type=float, default=None, help="layer-wise lr decay over backbone stages")
+    train.add_argument(
+        "--head_lr_multiplier", type=float, default=10.0, help="learning rate of the heads relative to the backbone's"
+    )
     train.add_argument("--adam_beta1", type=float, default=0.9)
     train.add_argument("--adam_beta2", type=float, default=0.999)
     train.add_argument("--adam_epsilon", type=float, default=1e-8)
@@ -187,7 +190,7 @@ def main(argv=None) -> dict:
         generator=torch.Generator().manual_seed(args.seed),  # draws of the loader leave the global torch RNG alone
     )
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, args.weight_decay, args.layer_decay, args.learning_rate),
+        parameter_groups(model, args.weight_decay, args.layer_decay, args.learning_rate, args.head_lr_multiplier),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,

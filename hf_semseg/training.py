@@ -434,10 +434,22 @@ def pad_collate(samples: list[dict]) -> dict:
     }
 
 
-def parameter_groups(model, weight_decay: float, layer_decay: float | None = None, base_lr: float | None = None):
+#: parameter-name prefixes of the decode and auxiliary heads, which ``head_lr_multiplier`` applies to
+HEAD_PREFIXES = ("decode_head.", "auxiliary_head.")
+
+
+def parameter_groups(
+    model,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    base_lr: float | None = None,
+    head_lr_multiplier: float = 1.0,
+):
     """AdamW groups of the original recipe: no weight decay on norms (any name containing ``norm``), biases, gates and
     position tables; optional layer-wise lr decay over the backbone stages (stage ``i`` of ``n`` gets
-    ``layer_decay ** (n - i)``, the decode head 1)."""
+    ``layer_decay ** (n - i)``); the decode and auxiliary heads (parameters named ``decode_head.*`` /
+    ``auxiliary_head.*``) get ``head_lr_multiplier`` (mmseg's ``lr_mult`` on the heads). The scales multiply
+    ``base_lr``; without it every group has the optimizer's learning rate."""
     groups: dict[tuple[float, float], list] = {}
     num_stages = len(getattr(model.config, "depths", [])) or 1
     for name, parameter in model.named_parameters():
@@ -448,6 +460,8 @@ def parameter_groups(model, weight_decay: float, layer_decay: float | None = Non
         if layer_decay is not None and name.startswith("backbone."):
             stage = next((int(part) for part in name.split(".") if part.isdigit()), 0)
             scale = layer_decay ** (num_stages - stage)
+        elif name.startswith(HEAD_PREFIXES):
+            scale = head_lr_multiplier
         key = (0.0 if no_decay else weight_decay, scale)
         groups.setdefault(key, []).append(parameter)
     result = []

@@ -6,6 +6,8 @@ import json
 import pytest
 from script_helpers import load_example
 from test_scale_out import (
+    LEARNER,
+    LEARNING_EPOCHS,
     NO_TRAINER_KILLER,
     NO_TRAINER_SCRIPT,
     TINY,
@@ -25,20 +27,21 @@ def load_script():
     return load_example(NO_TRAINER_SCRIPT)
 
 
-# 16 images, 4 per batch, 2 batches accumulated per optimizer step: 2 steps per epoch, 6 in all; dropout and drop-path
-# on (the demo model's 0.1); a checkpoint every 3 steps
-RUN = ["--num_train_epochs", "3", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+# 16 images, 4 per batch, 2 batches accumulated per optimizer step: 2 steps per epoch, 24 in all (the 12 epochs and
+# the 64-channel decoder of test_scale_out's runs that must learn); dropout and drop-path on (the demo model's 0.1); a
+# checkpoint every 3 steps
+RUN = [*LEARNING_EPOCHS, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
        "--learning_rate", "2e-3", "--checkpointing_steps", "3"]  # fmt: skip
 
 
 def test_trains_saves_and_resumes_a_killed_run_to_the_same_weights(tmp_path):
-    """The uninterrupted run learns (mIoU measured 0.54, the untrained model about 0.04) and saves a folder that the
+    """The uninterrupted run learns (mIoU measured 0.68, the untrained model about 0.04) and saves a folder that the
     Auto classes load; a run killed right after its step_3 checkpoint (mid-epoch 1) and resumed with
-    --resume_from_checkpoint latest logs the losses of steps 4-6 and ends with the same weights (measured
+    --resume_from_checkpoint latest logs the losses of steps 4-24 and ends with the same weights (measured
     bit-identical: augmentation keyed by (seed, epoch, sample), RNG states restored, the skipped batches not drawn)."""
     full = tmp_path / "full"
-    full_losses = no_trainer_losses(run(NO_TRAINER_SCRIPT, full, *RUN, "--num_predictions", "1"))
-    assert len(full_losses) == 6 and full_losses[-1] < full_losses[0], full_losses
+    full_losses = no_trainer_losses(run(NO_TRAINER_SCRIPT, full, *RUN, "--num_predictions", "1", config=LEARNER))
+    assert len(full_losses) == 24 and full_losses[-1] < full_losses[0], full_losses
     metrics = eval_results(full)
     assert {"eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_disc"} <= set(metrics)
     assert metrics["eval_mean_iou"] > 0.4, metrics
@@ -53,9 +56,9 @@ def test_trains_saves_and_resumes_a_killed_run_to_the_same_weights(tmp_path):
     killer = tmp_path / "killer.py"
     killer.write_text(NO_TRAINER_KILLER.format(examples=str(REPO_ROOT / "examples"), step=3))
     killed = tmp_path / "killed"
-    killed_losses = no_trainer_losses(run(killer, killed, *RUN, expect_rc=17))
+    killed_losses = no_trainer_losses(run(killer, killed, *RUN, config=LEARNER, expect_rc=17))
     assert [path.name for path in killed.iterdir()] == ["step_3"] and killed_losses == full_losses[:3]
-    output = run(NO_TRAINER_SCRIPT, killed, *RUN, "--resume_from_checkpoint", "latest")
+    output = run(NO_TRAINER_SCRIPT, killed, *RUN, "--resume_from_checkpoint", "latest", config=LEARNER)
     assert f"resuming from {killed / 'step_3'}" in output
     assert no_trainer_losses(output) == full_losses[3:]
     assert weight_difference(full, killed) == (0.0, 0.0)

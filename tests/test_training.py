@@ -73,6 +73,27 @@ def test_parameter_groups_exclude_norms_and_decay_layers():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_parameter_groups_scale_the_heads_learning_rate():
+    from test_modeling_pale import tiny_pale_config
+
+    from hf_semseg import PaleForSemanticSegmentation
+
+    model = PaleForSemanticSegmentation(tiny_pale_config(use_auxiliary_head=True))
+    groups = parameter_groups(model, weight_decay=0.05, layer_decay=0.5, base_lr=2.0, head_lr_multiplier=10)
+    learning_rates = {}
+    for group in groups:
+        for parameter in group["params"]:
+            learning_rates[id(parameter)] = group["lr"]
+    heads = 0
+    for name, parameter in model.named_parameters():
+        if name.startswith(("decode_head.", "auxiliary_head.")):
+            heads += 1
+            assert learning_rates[id(parameter)] == 20.0, name
+        else:
+            assert learning_rates[id(parameter)] < 2.0, name  # backbone stages: layer decay
+    assert heads > 0 and any(name.startswith("auxiliary_head.") for name, _ in model.named_parameters())
+
+
 def augmented(dataset, transform, rows, epoch):
     """``pixel_values`` and ``labels`` of ``rows`` fetched together (one transform call), at ``epoch``."""
     transform.set_epoch(epoch)

@@ -480,8 +480,10 @@ class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """The original init: trunc-normal(0.02) Linears with zero bias (this also overrides the semantic attention's
-        own kaiming init, as the original backbone init does), LayerNorm 1/0, gamma 0, decode-head convs kaiming
-        (fan-out, ReLU) with BN 1/0, classifier normal(0.01). Non-persistent buffers are rebuilt here."""
+        own kaiming init, as the original backbone init does), relative position bias tables trunc-normal(0.02),
+        LayerNorm 1/0, gamma 0, the patch embedding PyTorch's conv default (kaiming-uniform) with zero bias,
+        decode-head convs kaiming (fan-out, ReLU) with BN 1/0, classifier normal(0.01). Non-persistent buffers are
+        rebuilt here."""
         std = self.config.initializer_range
         init_norm_and_linear(module, std)
         if isinstance(module, SeMaskSwinWindowAttention):

@@ -29,6 +29,20 @@ class SegmentationModelDefaults:
     _supports_flex_attn = False
     accepts_loss_kwargs = False
 
+    def _initialize_weights(self, module, is_custom_code=False):
+        """Runs ``_init_weights`` on every module not yet initialised, as transformers does for its own models.
+
+        transformers treats a model from outside its package (ours, saved remote code included) as custom code and
+        then skips every module whose own parameters and buffers are all flagged as loaded, which vacuously includes
+        every module that has none of its own: the branches of ``_init_weights`` written for container modules
+        (patch embeddings, decode-head conv modules and classifiers, the varying-window attention, Mask2Former's
+        deformable attention and decoder layers) never ran, and a parameter missing from a checkpoint there (a patch
+        embedding resized by ``ignore_mismatched_sizes``) kept uninitialised memory. That skip protects remote code
+        that writes parameters in place; every ``_init_weights`` here (and Mask2Former's, which this reuses) uses
+        transformers' ``initialization`` functions, which leave tensors flagged as loaded untouched, so running it on
+        every module cannot overwrite a loaded weight."""
+        super()._initialize_weights(module, is_custom_code=False)
+
 
 class TransformerMLP(nn.Module):
     """The two-layer MLP of a Transformer block (Swin, Pale): ``Linear(C -> mlp_ratio C)``, activation, dropout,

@@ -369,8 +369,9 @@ class VWFormerPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """The original initialisation of the head: convs kaiming-normal (fan-out, ReLU) as mmcv's ConvModule,
-        Linear truncated-normal, the attention output BatchNorm of the ``vw`` head zero (mmcv ``NonLocal2d``
-        ``zero_init``: a fresh branch adds nothing), the classifier normal(0.01)."""
+        Linear truncated-normal with zero bias (the attention's query projection normal(0.01)), the attention output
+        BatchNorm of the ``vw`` head zero (mmcv ``NonLocal2d`` ``zero_init``: a fresh branch adds nothing), the
+        classifier normal(0.01)."""
         if isinstance(module, VWFormerVaryingWindowAttention):
             init.normal_(module.query_proj.weight, std=0.01)
             if module.output_norm is not None:
