@@ -369,3 +369,14 @@ def test_variant_image_processor_uses_the_test_scale():
     assert city.size == {"longest_edge": 2048, "shortest_edge": 1024} and not city.do_reduce_labels
     # a 512x683 ADE20K image keeps its size at the 512 scale, and is scaled by 1.25 at the 640 scale
     assert processor(torch.zeros(3, 512, 683), return_tensors="pt")["pixel_values"].shape[-2:] == (640, 854)
+
+
+def test_input_embeddings_are_the_patch_embedding():
+    from hf_semseg import SeMaskSwinBackbone, SeMaskSwinModel
+    from hf_semseg.models.modeling_semask_swin import SeMaskSwinPatchEmbeddings
+
+    for model_class in (SeMaskSwinModel, SeMaskSwinBackbone, SeMaskSwinForSemanticSegmentation):
+        model = model_class(tiny_config())
+        embeddings = model.get_input_embeddings()
+        assert isinstance(embeddings, SeMaskSwinPatchEmbeddings)
+        assert embeddings is next(m for m in model.modules() if isinstance(m, SeMaskSwinPatchEmbeddings))

@@ -471,18 +471,22 @@ class SeMaskMask2FormerPreTrainedModel(SegmentationModelDefaults, Mask2FormerPre
         else:
             super()._init_weights(module)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None):
-        """Activation checkpointing, always non-reentrant: transformers' Mask2Former decoder layers take tensors as
-        keyword arguments, which reentrant checkpointing does not detach, so its backward would run through the
-        decoder's graph twice. ``use_reentrant=True`` is replaced (with a warning); the gradients are the same."""
-        kwargs = dict(gradient_checkpointing_kwargs or {})
+    def _activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ):
+        """Activation checkpointing (``activation_checkpointing_enable`` and the deprecated
+        ``gradient_checkpointing_enable`` both end here), always non-reentrant: transformers' Mask2Former decoder
+        layers take tensors as keyword arguments, which reentrant checkpointing does not detach, so its backward would
+        run through the decoder's graph twice. ``use_reentrant=True`` is replaced (with a warning); the gradients are
+        the same."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
         if kwargs.get("use_reentrant"):
             logger.warning(
                 "SeMask-Mask2Former uses non-reentrant activation checkpointing (use_reentrant=False): the Mask2Former "
                 "decoder layers cannot be checkpointed reentrantly; the gradients are the same"
             )
         kwargs["use_reentrant"] = False
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        super()._activation_checkpointing_enable(kwargs, every_n_layers, offload)
 
 
 class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):

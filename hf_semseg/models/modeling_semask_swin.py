@@ -477,6 +477,10 @@ class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     base_model_prefix = "semask_swin"
     _no_split_modules = ["SeMaskSwinStage"]
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding, the module that turns pixels into tokens (Swin's ``patch_embeddings``)."""
+        return next(module for module in self.modules() if isinstance(module, SeMaskSwinPatchEmbeddings))
+
     @torch.no_grad()
     def _init_weights(self, module):
         """The original init: trunc-normal(0.02) Linears with zero bias (this also overrides the semantic attention's
