@@ -24,7 +24,10 @@ setup(
         "pillow>=10.0",
         "numpy>=1.24",
     ],
-    extras_require={"test": ["pytest>=8.0"]},
+    extras_require={
+        # parameterized: imported by transformers' common test modules (tests/transformers_tests.py fetches them)
+        "test": ["pytest>=8.0", "parameterized>=0.9"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

@@ -44,3 +44,16 @@ def fixture_config_file(name: str, folder: Path) -> Path:
     path = Path(folder) / f"{name}.py"
     path.write_text(f"model = {model!r}\n")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test module may list tests that fail today for a known, open reason: ``KNOWN_FAILURES`` maps
+    ``"TestClass.test_name"`` to the reason. Those tests are strict xfails: each still runs, and one that starts
+    passing fails the suite until it is taken off the list."""
+    for item in items:
+        known = getattr(getattr(item, "module", None), "KNOWN_FAILURES", None)
+        if not known or item.cls is None:
+            continue
+        reason = known.get(f"{item.cls.__name__}.{getattr(item, 'originalname', item.name)}")
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))

@@ -276,13 +276,27 @@ def test_fresh_model_is_a_plain_swin_until_gamma_opens():
     torch.testing.assert_close(closed.semantic_priors[0], opened.semantic_priors[0])  # stage 1 priors come first
 
 
-def test_attentions_need_eager_and_are_returned_with_it():
+def test_attentions_fall_back_to_eager_and_are_returned_with_it():
+    """An SDPA model asked for attentions runs that call eagerly (a warning once), as transformers' models do; it
+    raised before. The outputs equal an eager model's, and the model stays on SDPA for the next call."""
+    from transformers.testing_utils import CaptureLogger
+
+    from hf_semseg.models import modeling_utils_segmentation
+
+    torch.manual_seed(0)
     model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
-    with pytest.raises(ValueError, match="eager"):
-        model(torch.randn(1, 3, 32, 32), output_attentions=True)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    assert model.config._attn_implementation == "sdpa"
+    modeling_utils_segmentation.logger.warning_once.cache_clear()
+    with CaptureLogger(modeling_utils_segmentation.logger) as captured, torch.no_grad():
+        fallback = model(pixel_values, output_attentions=True)
+    assert "output_attentions=True needs eager attention (the model uses 'sdpa')" in captured.out
+    assert model.config._attn_implementation == "sdpa"  # restored
     model.set_attn_implementation("eager")
     with torch.no_grad():
-        output = model(torch.randn(2, 3, 32, 32), output_attentions=True)
+        output = model(pixel_values, output_attentions=True)
+    torch.testing.assert_close(fallback.logits, output.logits, rtol=0, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(fallback.attentions, output.attentions))
     # per stage: 2 Swin blocks, then the semantic attention; stage-1 windows of 4x4 tokens, 2x2 windows per image
     assert len(output.attentions) == 12
     assert output.attentions[0].shape == output.attentions[1].shape == (8, 1, 16, 16)  # unshifted and shifted block

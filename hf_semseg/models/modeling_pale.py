@@ -37,6 +37,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
     decode_with_auxiliary_head,
+    eager_attention,
     fcn_auxiliary_head,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -327,7 +328,8 @@ class PaleModel(PalePreTrainedModel):
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaleModelOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        stage_outputs, attentions = self.encoder(pixel_values)
+        with eager_attention(self.config, output_attentions):
+            stage_outputs, attentions = self.encoder(pixel_values)
         output = PaleModelOutput(
             last_hidden_state=stage_outputs[-1],
             pooler_output=self.layernorm(stage_outputs[-1].mean(dim=(2, 3))),
@@ -429,7 +431,8 @@ class PaleBackbone(BackboneMixin, PalePreTrainedModel):
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        stage_outputs, attentions = self.encoder(pixel_values)
+        with eager_attention(self.config, output_attentions):
+            stage_outputs, attentions = self.encoder(pixel_values)
         feature_maps = ()
         for stage, hidden_state in zip(self.stage_names[1:], stage_outputs):
             if stage in self.out_features:

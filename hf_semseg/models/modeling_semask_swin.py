@@ -34,6 +34,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
     check_segmentation_labels,
+    eager_attention,
     init_conv_kaiming,
     init_norm_and_linear,
     resize_to,
@@ -518,7 +519,8 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskSwinModelOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
+        with eager_attention(self.config, output_attentions):
+            feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         output = SeMaskSwinModelOutput(
             last_hidden_state=feature_maps[-1],
             pooler_output=feature_maps[-1].mean(dim=(2, 3)),
@@ -543,7 +545,8 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskSwinBackboneOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
+        with eager_attention(self.config, output_attentions):
+            feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
         # stage_names[0] is the stem: stage i+1 is encoder output i
         selected = [self.stage_names.index(name) - 1 for name in self.out_features]
         output = SeMaskSwinBackboneOutput(

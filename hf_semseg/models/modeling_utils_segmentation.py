@@ -5,6 +5,8 @@ folder import it as a sibling, and ``save_pretrained`` copies it next to them. R
 ``return_dict=False`` is transformers' own ``can_return_tuple``.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -13,6 +15,10 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 class SegmentationModelDefaults:
@@ -64,9 +70,10 @@ class TransformerMLP(nn.Module):
 def resolve_output_flags(config, kwargs: dict, attentions_need_eager: bool = True) -> tuple[bool, bool]:
     """A forward's ``output_hidden_states`` / ``output_attentions`` (transformers' ``TransformersKwargs``), the
     config's values where a call does not give them. Attention probabilities of the attention-interface layers exist
-    only with eager attention (SDPA never materialises them), so asking for them otherwise is an error that says how to
-    load the model (``attentions_need_eager=False`` for a model whose returned attentions come from layers with a
-    single implementation, or that returns none)."""
+    only with eager attention (SDPA never materialises them): asking for them from a model that uses another
+    implementation logs a warning (once), and the forward runs its attention eagerly for that call
+    (:func:`eager_attention`), as transformers' models fall back. ``attentions_need_eager=False`` for a model whose
+    returned attentions come from layers with a single implementation, or that returns none."""
     output_hidden_states = kwargs.get("output_hidden_states")
     output_attentions = kwargs.get("output_attentions")
     if output_hidden_states is None:
@@ -74,11 +81,41 @@ def resolve_output_flags(config, kwargs: dict, attentions_need_eager: bool = Tru
     if output_attentions is None:
         output_attentions = config.output_attentions
     if output_attentions and attentions_need_eager and config._attn_implementation != "eager":
-        raise ValueError(
-            "output_attentions=True needs eager attention: load the model with attn_implementation='eager' "
-            f"(it uses {config._attn_implementation!r})"
+        logger.warning_once(
+            f"output_attentions=True needs eager attention (the model uses {config._attn_implementation!r}): the "
+            "calls that return attentions run eager attention; load the model with attn_implementation='eager' to "
+            "avoid the switch"
         )
     return bool(output_hidden_states), bool(output_attentions)
+
+
+def select_hidden_states(hidden_states: tuple, request) -> tuple:
+    """``hidden_states`` as a call asked for them: all for ``output_hidden_states=True``, and for a list of indices
+    (transformers' ``output_hidden_states=[0, 2, -1]``; negative ones count from the end) the chosen ones in place and
+    None elsewhere."""
+    if not isinstance(request, (list, tuple)):
+        return hidden_states
+    count = len(hidden_states)
+    for index in request:
+        if isinstance(index, bool) or not isinstance(index, int) or not -count <= index < count:
+            raise ValueError(f"output_hidden_states index {index!r} is not one of the {count} hidden states")
+    kept = {index % count for index in request}
+    return tuple(state if position in kept else None for position, state in enumerate(hidden_states))
+
+
+@contextmanager
+def eager_attention(config, enabled: bool) -> Iterator[None]:
+    """Inside, the attention layers that read ``config`` run eager attention when ``enabled`` (a call that returns
+    attention probabilities, see :func:`resolve_output_flags`); the config's implementation is restored after."""
+    previous = config._attn_implementation_internal
+    if not enabled or previous == "eager":
+        yield
+        return
+    config._attn_implementation_internal = "eager"  # this config only, not its sub-configs
+    try:
+        yield
+    finally:
+        config._attn_implementation_internal = previous
 
 
 def check_segmentation_labels(labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
@@ -204,6 +241,8 @@ __all__ = [
     "resize_to",
     "fcn_auxiliary_head",
     "resolve_output_flags",
+    "eager_attention",
+    "select_hidden_states",
     "segmentation_loss",
     "upsampled_cross_entropy",
 ]

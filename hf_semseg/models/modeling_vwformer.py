@@ -48,6 +48,7 @@ from .modeling_utils_segmentation import (
     init_norm_and_linear,
     resolve_output_flags,
     segmentation_loss,
+    select_hidden_states,
 )
 
 
@@ -422,7 +423,9 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
             loss=loss,
             logits=logits,
             auxiliary_logits=auxiliary_logits,
-            hidden_states=features if output_hidden_states else None,
+            hidden_states=select_hidden_states(features, kwargs.get("output_hidden_states"))
+            if output_hidden_states
+            else None,
         )
         return output
 
