@@ -27,6 +27,26 @@ def tiny_label_kwargs() -> dict:
     return {"id2label": dict(TINY_LABELS), "label2id": {label: index for index, label in TINY_LABELS.items()}}
 
 
+def tiny_mask2former_kwargs(**overrides) -> dict:
+    """Keyword arguments of a tiny ``SeMaskMask2FormerConfig`` head (pixel decoder, decoder, loss sampling) with the
+    tiny labels; the caller adds ``backbone_config``."""
+    values = dict(
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_layers=1,
+        encoder_feedforward_dim=64,
+        num_attention_heads=4,
+        dim_feedforward=64,
+        decoder_layers=3,
+        num_queries=6,
+        train_num_points=256,
+        **tiny_label_kwargs(),
+    )
+    values.update(overrides)
+    return values
+
+
 def tiny_semask_swin_kwargs(**overrides) -> dict:
     """Arguments of a SeMask-Swin small enough for the tests (16 channels, windows of 4, semantic windows of 3, the
     four tiny classes); ``overrides`` replace or add values."""

@@ -43,7 +43,7 @@ from hf_semseg import (
 from hf_semseg.models.modeling_semask_swin import SeMaskFPNConvModule, SeMaskSwinWindowAttention
 from hf_semseg.models.modeling_vwformer import VWFormerConvModule, VWFormerVaryingWindowAttention
 
-from model_suite import tiny_label_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
+from model_suite import tiny_label_kwargs, tiny_mask2former_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
 
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -72,20 +72,7 @@ def vwformer_config(backbone_config, **overrides):
 
 
 def mask2former_config(**overrides):
-    values = dict(
-        backbone_config=SeMaskSwinConfig(**tiny_semask_swin_kwargs(depths=[2, 1, 2, 1])),
-        feature_size=32,
-        mask_feature_size=32,
-        hidden_dim=32,
-        encoder_layers=1,
-        encoder_feedforward_dim=64,
-        num_attention_heads=4,
-        dim_feedforward=64,
-        decoder_layers=3,
-        num_queries=6,
-        train_num_points=256,
-        **tiny_label_kwargs(),
-    )
+    values = tiny_mask2former_kwargs(backbone_config=SeMaskSwinConfig(**tiny_semask_swin_kwargs(depths=[2, 1, 2, 1])))
     return SeMaskMask2FormerConfig(**{**values, **overrides})
 
 

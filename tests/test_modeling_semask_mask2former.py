@@ -26,7 +26,12 @@ from hf_semseg.models.modeling_semask_mask2former import (
     semantic_scores,
 )
 
-from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_label_kwargs, tiny_semask_swin_kwargs
+from model_suite import (
+    SegmentationModelSuite,
+    open_semantic_gates,
+    tiny_mask2former_kwargs,
+    tiny_semask_swin_kwargs,
+)
 
 
 def tiny_backbone(**overrides) -> SeMaskSwinConfig:
@@ -37,20 +42,7 @@ def tiny_backbone(**overrides) -> SeMaskSwinConfig:
 
 
 def tiny_config(**overrides) -> SeMaskMask2FormerConfig:
-    values = dict(
-        backbone_config=tiny_backbone(),
-        feature_size=32,
-        mask_feature_size=32,
-        hidden_dim=32,
-        encoder_layers=1,
-        encoder_feedforward_dim=64,
-        num_attention_heads=4,
-        dim_feedforward=64,
-        decoder_layers=3,
-        num_queries=6,
-        train_num_points=256,
-        **tiny_label_kwargs(),
-    )
+    values = tiny_mask2former_kwargs(backbone_config=tiny_backbone())
     values.update(overrides)
     return SeMaskMask2FormerConfig(**values)
 

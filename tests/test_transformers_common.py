@@ -51,7 +51,7 @@ from hf_semseg import (
 )
 from hf_semseg.models.modeling_semask_mask2former import SeMaskMask2FormerSemanticSegmenterOutput
 
-from model_suite import tiny_label_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
+from model_suite import tiny_label_kwargs, tiny_mask2former_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
 
 
 #: tests that fail today for a reason issue 12 still has open: strict xfails (``conftest.py``), so each runs and one
@@ -217,20 +217,7 @@ def semask_mask2former_config(**overrides) -> SeMaskMask2FormerConfig:
             depths=[2, 1, 1, 1], semantic_attention_types=["window", "window", "window", "global"]
         )
     )
-    values = dict(
-        backbone_config=backbone,
-        feature_size=32,
-        mask_feature_size=32,
-        hidden_dim=32,
-        encoder_layers=1,
-        encoder_feedforward_dim=64,
-        num_attention_heads=4,
-        dim_feedforward=64,
-        decoder_layers=2,
-        num_queries=6,
-        train_num_points=256,
-        **tiny_label_kwargs(),
-    )
+    values = tiny_mask2former_kwargs(backbone_config=backbone, decoder_layers=2)
     values.update(overrides)
     return SeMaskMask2FormerConfig(**values)
 

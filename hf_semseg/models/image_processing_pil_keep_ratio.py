@@ -26,15 +26,9 @@ logger = logging.get_logger(__name__)
 
 class KeepRatioImageProcessorKwargs(SegmentationImageProcessorKwargs, total=False):
     r"""
-    Keyword arguments of `KeepRatioImageProcessor` and `KeepRatioImageProcessorPil` (the torchvision module imports
-    this class, so that each processor's module holds its `valid_kwargs` class under the name transformers expects).
-
-    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
-        Whether to reduce every label of the segmentation maps by one and map the background label 0 to 255 (the
-        ignore index), as done for ADE20K whose label 0 means "other". A label of 255 stays 255.
-    size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
-        After the resize, resize again so that both sides are rounded up to a multiple of it (mmseg's
-        `ResizeToMultiple`).
+    Keyword arguments of `KeepRatioImageProcessor` and `KeepRatioImageProcessorPil`: those of
+    `SegmentationImageProcessorKwargs` (`do_reduce_labels`, `size_divisor`). The torchvision module imports this class,
+    so that each processor's module holds its `valid_kwargs` class under the name transformers expects.
     """
 
 

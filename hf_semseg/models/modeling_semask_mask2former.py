@@ -23,6 +23,8 @@ Portable module: imports only torch, transformers and sibling modules (``modelin
 modeling module; see that file in this folder).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,6 +273,16 @@ class SeMaskMask2FormerLoss(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
         self._points_generator = None  # set for the duration of an eval-mode forward
 
+    @contextmanager
+    def seeded_points_in_eval(self, device: torch.device) -> Iterator[None]:
+        """In eval mode, the random points drawn inside come from a generator seeded with :data:`EVAL_POINT_SEED`."""
+        if not self.training:
+            self._points_generator = torch.Generator(device).manual_seed(EVAL_POINT_SEED)
+        try:
+            yield
+        finally:
+            self._points_generator = None
+
     def random_points(self, *shape: int, device: torch.device) -> torch.Tensor:
         """Uniform points in ``[0, 1]`` of ``shape``: from the eval generator when one is set, else the global RNG."""
         generator = self._points_generator
@@ -395,49 +407,25 @@ class SeMaskMask2FormerLoss(nn.Module):
         """``class_queries_logits`` / ``masks_queries_logits``: every prediction, the final one last; targets at the
         padded input size: ``class_labels[i]`` ``(N_i,)``, ``mask_labels[i]`` ``(N_i, H, W)``, ``semantic_labels``
         ``(B, H, W)``. Returns the weighted losses."""
-        if not self.training:
-            self._points_generator = torch.Generator(semantic_labels.device).manual_seed(EVAL_POINT_SEED)
-        try:
-            return self._losses(
-                class_queries_logits,
-                masks_queries_logits,
-                semantic_logits,
-                class_labels,
-                mask_labels,
-                semantic_labels,
-                use_auxiliary_loss,
-            )
-        finally:
-            self._points_generator = None
-
-    def _losses(
-        self,
-        class_queries_logits,
-        masks_queries_logits,
-        semantic_logits,
-        class_labels,
-        mask_labels,
-        semantic_labels,
-        use_auxiliary_loss,
-    ) -> dict[str, torch.Tensor]:
-        num_masks = self.num_target_masks(class_labels, semantic_labels.device)
-        predictions = list(zip(class_queries_logits, masks_queries_logits))
-        final_index = len(predictions) - 1
-        if not use_auxiliary_loss:
-            predictions = predictions[-1:]
-            final_index = 0
-        losses = {}
-        for index, (class_logits, mask_logits) in enumerate(predictions):
-            indices = self.match(class_logits, mask_logits, class_labels, mask_labels)
-            loss_mask, loss_dice = self.loss_masks(mask_logits, mask_labels, indices, num_masks)
-            suffix = "" if index == final_index else f"_{index}"
-            losses[f"loss_ce{suffix}"] = self.weight_dict["loss_ce"] * self.loss_labels(
-                class_logits, class_labels, indices
-            )
-            losses[f"loss_mask{suffix}"] = self.weight_dict["loss_mask"] * loss_mask
-            losses[f"loss_dice{suffix}"] = self.weight_dict["loss_dice"] * loss_dice
-        losses["loss_cate"] = self.weight_dict["loss_cate"] * self.loss_semantic(semantic_logits, semantic_labels)
-        return losses
+        with self.seeded_points_in_eval(semantic_labels.device):
+            num_masks = self.num_target_masks(class_labels, semantic_labels.device)
+            predictions = list(zip(class_queries_logits, masks_queries_logits))
+            final_index = len(predictions) - 1
+            if not use_auxiliary_loss:
+                predictions = predictions[-1:]
+                final_index = 0
+            losses = {}
+            for index, (class_logits, mask_logits) in enumerate(predictions):
+                indices = self.match(class_logits, mask_logits, class_labels, mask_labels)
+                loss_mask, loss_dice = self.loss_masks(mask_logits, mask_labels, indices, num_masks)
+                suffix = "" if index == final_index else f"_{index}"
+                losses[f"loss_ce{suffix}"] = self.weight_dict["loss_ce"] * self.loss_labels(
+                    class_logits, class_labels, indices
+                )
+                losses[f"loss_mask{suffix}"] = self.weight_dict["loss_mask"] * loss_mask
+                losses[f"loss_dice{suffix}"] = self.weight_dict["loss_dice"] * loss_dice
+            losses["loss_cate"] = self.weight_dict["loss_cate"] * self.loss_semantic(semantic_logits, semantic_labels)
+            return losses
 
 
 # ----------------------------------------------------------------------------------------------------------------
