@@ -28,6 +28,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 import hf_semseg
+from hf_semseg.inference import model_size_divisibility
 from hf_semseg.training import (
     EpochCallback,
     StreamingMeanIoU,
@@ -117,7 +118,9 @@ def main(argv=None, callbacks=None) -> dict:
         train_dataset=run.train,
         eval_dataset=run.evaluation_with_transform,
         data_collator=pad_collate,
-        compute_metrics=StreamingMeanIoU(model.config.num_labels, model.config.id2label),
+        compute_metrics=StreamingMeanIoU(
+            model.config.num_labels, model.config.id2label, size_divisibility=model_size_divisibility(model)
+        ),
         optimizers=(optimizer, None),
         callbacks=[EpochCallback(run.train_transform), *(callbacks or [])],
     )

@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
 import hf_semseg
+from hf_semseg.inference import logits_to_size, model_size_divisibility
 from hf_semseg.metrics import MeanIoU
 from hf_semseg.training import OPTIONAL_FLAG, pad_collate, parameter_groups, set_up_run, write_predictions
 
@@ -146,6 +146,7 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
     was_training = model.training
     model.eval()
     metric = MeanIoU(num_labels)
+    divisor = model_size_divisibility(accelerator.unwrap_model(model))
     batches = iter(loader)
     for _ in tqdm(range(rounds), desc="evaluation", disable=not accelerator.is_local_main_process):
         batch = next(batches, None)
@@ -154,7 +155,8 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
         if batch is None:
             continue
         labels = batch["labels"]
-        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        # crop a padding model's logits (SeMask-Mask2Former) to the collated input before upsampling
+        logits = logits_to_size(logits.float(), pixel_values.shape[-2:], labels.shape[-2:], divisor)
         metric.update(logits.argmax(1).cpu(), labels)
     for name in ("confusion", "missed"):  # summed over the processes, on the accelerator's device (NCCL needs it)
         total = accelerator.reduce(getattr(metric, name).to(accelerator.device), reduction="sum")

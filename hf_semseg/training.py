@@ -18,6 +18,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.hf_argparser import string_to_bool
 
+from .inference import logits_to_size, model_size_divisibility
 from .metrics import MeanIoU
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
@@ -529,11 +530,19 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device | str = "cpu")
 
 class StreamingMeanIoU:
     """``compute_metrics`` for ``Trainer(batch_eval_metrics=True)``: upsample the logits to the label size, argmax,
-    accumulate; only the confusion matrix is kept between batches."""
+    accumulate; only the confusion matrix is kept between batches. ``size_divisibility``: the multiple a model pads
+    its input to (:func:`~hf_semseg.inference.model_size_divisibility`), whose logits are cropped before the upsampling."""
 
-    def __init__(self, num_labels: int, id2label: dict | None = None, ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        num_labels: int,
+        id2label: dict | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        size_divisibility: int = 0,
+    ):
         self.metric = MeanIoU(num_labels, ignore_index)
         self.id2label = id2label or {}
+        self.size_divisibility = size_divisibility
 
     def __call__(self, eval_prediction, compute_result: bool = False) -> dict:
         logits = eval_prediction.predictions
@@ -542,7 +551,8 @@ class StreamingMeanIoU:
         logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
         # Trainer pads the labels of different processes to one size with -100 before gathering them
         labels = torch.where(labels == -100, torch.full_like(labels, self.metric.ignore_index), labels)
-        upsampled = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        # the labels have the (collated) input's size; a padding model's logits are cropped to it first
+        upsampled = logits_to_size(logits.float(), labels.shape[-2:], labels.shape[-2:], self.size_divisibility)
         self.metric.update(upsampled.argmax(1).cpu(), labels.cpu())
         if not compute_result:
             return {}
@@ -574,7 +584,8 @@ def write_predictions(model, dataset, image_column: str, output_dir: Path, count
         resized, _ = resize_pair(array, np.zeros(array.shape[:2], np.int64), keep_ratio_size(*array.shape[:2], *scale))
         with torch.no_grad():
             logits = model(pixel_values=normalise(resized)[None].to(device)).logits
-        logits = F.interpolate(logits.float(), size=array.shape[:2], mode="bilinear", align_corners=False)
+        # a model that pads its input (SeMask-Mask2Former) has logits over the padding too: cropped first
+        logits = logits_to_size(logits.float(), resized.shape[:2], array.shape[:2], model_size_divisibility(model))
         prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         colorize(prediction).save(output_dir / f"prediction_{index}.png")
         Image.blend(image, colorize(prediction), alpha=0.5).save(output_dir / f"overlay_{index}.png")

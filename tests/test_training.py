@@ -232,3 +232,22 @@ def test_processor_is_the_model_family_processor():
     keep_ratio = build_processor((2560, 640), True, "vwformer", size_divisor=64)
     assert type(keep_ratio) is KeepRatioImageProcessor and keep_ratio.size_divisor == 64 and keep_ratio.do_reduce_labels
     assert type(build_processor((224, 160), False)) is KeepRatioImageProcessor  # the demo model, no family given
+
+
+def test_streaming_miou_crops_the_logits_of_a_padding_model():
+    """SeMask-Mask2Former's logits cover its input padded to a multiple of 32; stretching them over the labels (as
+    before) mixed the padding's scores into the image."""
+    from transformers import EvalPrediction
+
+    from hf_semseg.training import StreamingMeanIoU
+
+    labels = torch.zeros(1, 6, 5, dtype=torch.long)
+    labels[..., 3:] = 1  # class 1 in the right columns
+    logits = torch.zeros(1, 2, 8, 8)  # stride 1 over the 8 x 8 padded input
+    logits[:, 1, :6, 3:5] = 5.0  # the image: right columns class 1
+    logits[:, 1, :, 5:] = 9.0  # the padding on the right: class 1 everywhere
+    logits[:, 1, 6:, :] = 9.0  # the padding at the bottom
+    cropped = StreamingMeanIoU(2, size_divisibility=8)
+    assert cropped(EvalPrediction(logits.numpy(), labels.numpy()), compute_result=True)["mean_iou"] == 1.0
+    stretched = StreamingMeanIoU(2)
+    assert stretched(EvalPrediction(logits.numpy(), labels.numpy()), compute_result=True)["mean_iou"] < 0.8
