@@ -5,6 +5,7 @@ cross-process BatchNorm, a streaming-mIoU ``compute_metrics`` and prediction ove
 
 import json
 import math
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,6 +438,22 @@ def pad_collate(samples: list[dict]) -> dict:
 
 #: parameter-name prefixes of the decode and auxiliary heads, which ``head_lr_multiplier`` applies to
 HEAD_PREFIXES = ("decode_head.", "auxiliary_head.")
+#: parameter-name prefixes of the backbones, which ``layer_decay`` applies to (SeMask-Mask2Former's is inside the
+#: pixel-level module)
+BACKBONE_PREFIXES = ("backbone.", "model.pixel_level_module.encoder.")
+#: the stage index in a backbone parameter's name (SeMask-Swin, Pale, ConvNeXt ``stages.i``, Swin ``layers.i``, MiT
+#: ``block.i``)
+BACKBONE_STAGE = re.compile(r"\.(?:stages|layers|block)\.(\d+)\.")
+
+
+def backbone_stage_count(config) -> int:
+    """The number of stages of a model's backbone: of its own config (SeMask-Swin, Pale) or its ``backbone_config``
+    (VWFormer, SeMask-Mask2Former, UperNet); 4 when neither says."""
+    for candidate in (config, getattr(config, "backbone_config", None)):
+        depths = getattr(candidate, "depths", None)
+        if depths:
+            return len(depths)
+    return 4
 
 
 def parameter_groups(
@@ -448,19 +465,21 @@ def parameter_groups(
 ):
     """AdamW groups of the original recipe: no weight decay on norms (any name containing ``norm``), biases, gates and
     position tables; optional layer-wise lr decay over the backbone stages (stage ``i`` of ``n`` gets
-    ``layer_decay ** (n - i)``); the decode and auxiliary heads (parameters named ``decode_head.*`` /
-    ``auxiliary_head.*``) get ``head_lr_multiplier`` (mmseg's ``lr_mult`` on the heads). The scales multiply
-    ``base_lr``; without it every group has the optimizer's learning rate."""
+    ``layer_decay ** (n - i)``, the patch embedding ``layer_decay ** n``, so every backbone scale is below the heads'
+    1; the backbone is ``backbone.*``, or SeMask-Mask2Former's ``model.pixel_level_module.encoder.*``, and its stage
+    the index after ``stages.`` / ``layers.`` / ``block.``); the decode and auxiliary heads (parameters named
+    ``decode_head.*`` / ``auxiliary_head.*``) get ``head_lr_multiplier`` (mmseg's ``lr_mult`` on the heads). The
+    scales multiply ``base_lr``; without it every group has the optimizer's learning rate."""
     groups: dict[tuple[float, float], list] = {}
-    num_stages = len(getattr(model.config, "depths", [])) or 1
+    num_stages = backbone_stage_count(model.config)
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         no_decay = parameter.ndim <= 1 or "norm" in name or "relative_position_bias_table" in name
         scale = 1.0
-        if layer_decay is not None and name.startswith("backbone."):
-            stage = next((int(part) for part in name.split(".") if part.isdigit()), 0)
-            scale = layer_decay ** (num_stages - stage)
+        if layer_decay is not None and name.startswith(BACKBONE_PREFIXES):
+            stage = BACKBONE_STAGE.search(name)
+            scale = layer_decay ** (num_stages - (int(stage.group(1)) if stage else 0))
         elif name.startswith(HEAD_PREFIXES):
             scale = head_lr_multiplier
         key = (0.0 if no_decay else weight_decay, scale)

@@ -251,3 +251,35 @@ def test_streaming_miou_crops_the_logits_of_a_padding_model():
     assert cropped(EvalPrediction(logits.numpy(), labels.numpy()), compute_result=True)["mean_iou"] == 1.0
     stretched = StreamingMeanIoU(2)
     assert stretched(EvalPrediction(logits.numpy(), labels.numpy()), compute_result=True)["mean_iou"] < 0.8
+
+
+def test_layer_decay_keeps_every_backbone_stage_below_the_heads():
+    """VWFormer's stages 2 and 3 got 1.11x and 1.23x the head's rate (its config has no depths, so one stage was
+    assumed); SeMask-Mask2Former's backbone got no decay at all (it is not named backbone.*)."""
+    from test_modeling_semask_mask2former import tiny_config as mask2former_config
+    from test_modeling_vwformer import tiny_swin, tiny_vwformer_config
+
+    from hf_semseg import SeMaskMask2FormerForSemanticSegmentation, VWFormerForSemanticSegmentation
+
+    for model, backbone_prefix, stage_pattern in (
+        (
+            VWFormerForSemanticSegmentation(tiny_vwformer_config(tiny_swin())),
+            "backbone.",
+            "backbone.swin.encoder.layers.{}.",
+        ),
+        (
+            SeMaskMask2FormerForSemanticSegmentation(mask2former_config()),
+            "model.pixel_level_module.encoder.",
+            "model.pixel_level_module.encoder.encoder.stages.{}.",
+        ),
+    ):
+        groups = parameter_groups(model, weight_decay=0.05, layer_decay=0.5, base_lr=1.0)
+        rates = {id(parameter): group["lr"] for group in groups for parameter in group["params"]}
+        for name, parameter in model.named_parameters():
+            if name.startswith(backbone_prefix):
+                assert rates[id(parameter)] <= 0.5, (name, rates[id(parameter)])
+                for stage in range(4):
+                    if name.startswith(stage_pattern.format(stage)):
+                        assert rates[id(parameter)] == 0.5 ** (4 - stage), name
+            else:
+                assert rates[id(parameter)] == 1.0, name
