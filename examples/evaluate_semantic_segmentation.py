@@ -24,7 +24,12 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg  # noqa: F401  (registers the Auto classes)
 from hf_semseg.demo_data import DEMO_PALETTE, colorize
-from hf_semseg.inference import multi_scale_flip_probabilities, sliding_window_logits, whole_image_logits
+from hf_semseg.inference import (
+    crop_processor_padding,
+    multi_scale_flip_probabilities,
+    sliding_window_logits,
+    whole_image_logits,
+)
 from hf_semseg.metrics import MeanIoU
 from hf_semseg.training import OPTIONAL_FLAG, load_segmentation_dataset, to_arrays
 from hf_semseg.variants import dataset_labels, datasets_with_labels
@@ -90,7 +95,8 @@ def main(argv=None) -> dict:
         pixel_values = processor(image, return_tensors="pt")["pixel_values"].to(model.device)
         with torch.no_grad():
             probabilities = predict_probabilities(model, pixel_values, args)
-        # back to the original image size, as the papers evaluate
+        # back to the original image size, as the papers evaluate (without a processor's padding)
+        probabilities = crop_processor_padding(probabilities, processor, label.shape)
         probabilities = F.interpolate(probabilities, size=label.shape, mode="bilinear", align_corners=False)
         prediction = probabilities.argmax(1)[0].cpu()
         metric.update(prediction, torch.from_numpy(label))

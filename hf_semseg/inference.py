@@ -25,6 +25,16 @@ def logits_to_size(logits: torch.Tensor, input_size, size, size_divisibility: in
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def crop_processor_padding(scores: torch.Tensor, processor, image_size) -> torch.Tensor:
+    """``scores`` over the pixel values an image processor made from an image of ``image_size`` ``(H, W)``, cropped
+    to the resized image when the processor pads its output (SeMask-Mask2Former's pads to ``size_divisibility``, as
+    detectron2), so that resizing them back to the image does not stretch the padding over it."""
+    if not getattr(processor, "size_divisibility", 0):
+        return scores
+    height, width = processor.get_output_size(*image_size) if processor.do_resize else tuple(image_size)
+    return scores[..., :height, :width]
+
+
 def model_size_divisibility(model) -> int:
     """The multiple a model pads its input to (``config.size_divisibility``; 0 for models that do not pad)."""
     return int(getattr(getattr(model, "config", None), "size_divisibility", 0) or 0)

@@ -126,3 +126,20 @@ def test_logits_over_a_padded_input_are_cropped_before_resizing():
 def test_windows_that_cannot_cover_the_image_are_refused(model, crop, stride, message):
     with pytest.raises(ValueError, match=message):
         sliding_window_logits(model, torch.zeros(1, 3, 8, 8), crop, stride)
+
+
+def test_scores_over_a_padding_processor_output_are_cropped_to_the_image():
+    """SeMask-Mask2Former's processor pads its output to a multiple of 32: the evaluation stretched the padding over
+    the image when resizing the scores back."""
+    import numpy as np
+
+    from hf_semseg import KeepRatioImageProcessor, SeMaskMask2FormerImageProcessor
+    from hf_semseg.inference import crop_processor_padding
+
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 100})
+    pixel_values = processor(np.zeros((30, 50, 3), np.uint8), return_tensors="pt")["pixel_values"]
+    assert tuple(pixel_values.shape[-2:]) == (64, 96)  # 40 x 67 resized, padded to 64 x 96
+    scores = torch.arange(64 * 96, dtype=torch.float32).view(1, 1, 64, 96)
+    assert torch.equal(crop_processor_padding(scores, processor, (30, 50)), scores[..., :40, :67])
+    keep_ratio = KeepRatioImageProcessor()  # resizes without padding: nothing to crop
+    assert crop_processor_padding(scores, keep_ratio, (30, 50)) is scores
