@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
 import hf_semseg
+from hf_semseg.conversion.common import ConversionError, check_hub_access
 from hf_semseg.inference import logits_to_size, model_size_divisibility
 from hf_semseg.metrics import MeanIoU
 from hf_semseg.training import OPTIONAL_FLAG, pad_collate, parameter_groups, set_up_run, write_predictions
@@ -167,6 +168,12 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.push_to_hub:  # before any work: a run that cannot push fails now, not after training (one error line)
+        try:
+            repo_id = args.hub_model_id or Path(args.output_dir).name
+            args.hub_token = check_hub_access(repo_id, args.hub_token, task="train")
+        except ConversionError as error:
+            raise SystemExit(f"error: {error}") from None
     accelerator = Accelerator(
         cpu=args.use_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,

@@ -86,3 +86,18 @@ def test_checkpoint_lookup_and_argument_errors(tmp_path):
         ["--output_dir", "o", "--variant", "semask-fpn-tiny-ade20k", "--do_reduce_labels", "no"]
     )
     assert explicit.do_reduce_labels is False
+
+
+def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypatch):
+    """--push_to_hub failed only after training, evaluation and saving; now the Hub access is checked first."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    output_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main(["--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", "me/demo"])
+    assert str(exit_info.value) == (
+        "error: --push_to_hub: the Hub is switched off here (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE to push, or "
+        "train without --push_to_hub"
+    )
+    assert not output_dir.exists()  # nothing was trained or written

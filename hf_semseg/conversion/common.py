@@ -745,9 +745,10 @@ def write_output_folder(
     return fields
 
 
-def check_hub_access(repo_id: str) -> str:
+def check_hub_access(repo_id: str, token: str | None = None, task: str = "convert") -> str:
     """Checks, before any work, that ``repo_id`` can be pushed to (a one-line :class:`ConversionError` saying what to
-    do otherwise): the Hub is not switched off (``HF_HUB_OFFLINE``), there is a token (``huggingface_hub.get_token``),
+    do otherwise; ``task`` names the work in the advice, "convert" or "train"): the Hub is not switched off
+    (``HF_HUB_OFFLINE``), there is a token (``token``, else ``huggingface_hub.get_token``),
     and ``HfApi().whoami`` says it can write there (role ``write``, or a fine-grained token with ``repo.write`` on the
     repository's namespace or on the repository); a failing ``whoami`` is reported as the Hub being out of reach.
     Returns the token."""
@@ -756,9 +757,9 @@ def check_hub_access(repo_id: str) -> str:
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise ConversionError(
             "--push_to_hub: the Hub is switched off here (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE to push, or "
-            "convert without --push_to_hub"
+            f"{task} without --push_to_hub"
         )
-    token = huggingface_hub.get_token()
+    token = token or huggingface_hub.get_token()
     if token is None:
         raise ConversionError(
             "--push_to_hub: no Hugging Face token found; run `hf auth login` (or `huggingface-cli login`) or set "
@@ -770,7 +771,7 @@ def check_hub_access(repo_id: str) -> str:
         detail = (str(error).strip().splitlines() or [""])[0]
         raise ConversionError(
             f"--push_to_hub: cannot reach the Hub to check the token ({type(error).__name__}: {detail}); check the "
-            "network connection (and HF_ENDPOINT) and that the token is valid, or convert without --push_to_hub"
+            f"network connection (and HF_ENDPOINT) and that the token is valid, or {task} without --push_to_hub"
         ) from error
     access = (info.get("auth") or {}).get("accessToken") or {}
     role = access.get("role")
