@@ -389,7 +389,8 @@ def released_variant(config, variant: str | None) -> str | None:
     when none or several do)."""
     if variant is None:
         return find_variant(config)
-    if get_variant_or_none(variant) is None or get_variant(variant).family != config.model_type:
+    named = get_variant_or_none(variant)
+    if named is None or named.family != config.model_type:
         raise CheckpointError(
             f"--variant {variant}: not a released {config.model_type} variant; they are "
             f"{sorted(list_variants(config.model_type))}"

@@ -23,6 +23,7 @@ from .common import (
     check_against_model,  # noqa: F401  (importable from here, as before the shared module)
     check_relative_position_index,
     checkpoint_id2label,
+    errors_name_the_file,
     indices,
     raise_on_unmapped,
     read_checkpoint,
@@ -204,6 +205,7 @@ def infer_config_and_settings(
     meta: dict | None = None,
     variant: str | None = None,
     config_file: str | Path | None = None,
+    run_configs: list | None = None,
 ) -> tuple[SeMaskSwinConfig, ResolvedSettings]:
     """The full :class:`SeMaskSwinConfig` of the checkpoint, and where the values the weights do not hold came from
     (whose ``variant`` is the released variant it is, None when it is none).
@@ -216,7 +218,8 @@ def infer_config_and_settings(
     contradicts the weights (classes, widths, depths, heads, window) is refused.
     """
     meta = meta or {}
-    run_configs = mmseg_run_configs(config_file, meta)
+    if run_configs is None:  # the caller may have read them already
+        run_configs = mmseg_run_configs(config_file, meta)
     backbone, num_semantic_classes = infer_backbone_fields(state_dict, "SeMask-FPN")
     num_classes, decoder_channels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[:2]
     if num_classes != num_semantic_classes:
@@ -291,15 +294,17 @@ def convert(path: str | Path, variant: str | None = None, config_file: str | Pat
     ``config_file``): the model (eval mode), its ``meta``, the released variant it is and the run's test
     pre-processing."""
     state_dict, meta = load_original_checkpoint(path)
+    with errors_name_the_file(path):  # read once: the settings and the test pipeline both use them
+        run_configs = mmseg_run_configs(config_file, meta)
     return build_conversion(
         path,
         SeMaskSwinForSemanticSegmentation,
-        infer=lambda: infer_config_and_settings(state_dict, meta, variant, config_file),
+        infer=lambda: infer_config_and_settings(state_dict, meta, variant, run_configs=run_configs),
         convert_keys=lambda: convert_state_dict(state_dict),
         class_names=meta.get("CLASSES"),
         meta=meta,
         variant_given=variant is not None,
-        pipeline=mmseg_pipeline(mmseg_run_configs(config_file, meta)),
+        pipeline=mmseg_pipeline(run_configs),
     )
 
 

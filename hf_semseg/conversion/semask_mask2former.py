@@ -256,6 +256,7 @@ def infer_config_and_settings(
     id2label: dict[int, str] | None = None,
     variant: str | None = None,
     config_file: str | Path | None = None,
+    run_configs: list | None = None,
 ) -> tuple[SeMaskMask2FormerConfig, ResolvedSettings]:
     """Derives the full :class:`SeMaskMask2FormerConfig` from a (legacy-renamed) detectron2 state dict, and where the
     values the weights do not hold came from (whose ``variant`` is the released variant the checkpoint is).
@@ -268,7 +269,8 @@ def infer_config_and_settings(
     variant (``variant``, or the one with exactly these weights), else the conversion stops naming them; the loss
     weights likewise, else the package defaults (the released configs'). A config that contradicts the weights is
     refused."""
-    run_configs = detectron2_run_configs(config_file)
+    if run_configs is None:  # the caller may have read them already
+        run_configs = detectron2_run_configs(config_file)
     check_semask_backbone(state_dict, KIND)
     check_head_layout(state_dict)
     num_classes = _shape(state_dict, "sem_seg_head.predictor.class_embed.weight", 2)[0] - 1
@@ -432,16 +434,17 @@ def convert(
     with errors_name_the_file(path):
         state_dict = apply_legacy_renames(state_dict)
         statistics = pixel_statistics(state_dict)
+    run_configs = detectron2_run_configs(config_file)  # read once: the settings and the test pipeline
     return build_conversion(
         path,
         SeMaskMask2FormerForSemanticSegmentation,
-        infer=lambda: infer_config_and_settings(state_dict, id2label, variant, config_file),
+        infer=lambda: infer_config_and_settings(state_dict, id2label, variant, run_configs=run_configs),
         convert_keys=lambda: convert_state_dict(state_dict),
         class_names=list(id2label.values()) if id2label is not None else None,
         state_dict=state_dict,
         variant_given=variant is not None,
         processor_kwargs=dict(zip(("image_mean", "image_std"), statistics)) if statistics else {},
-        pipeline=detectron2_pipeline(detectron2_run_configs(config_file)),
+        pipeline=detectron2_pipeline(run_configs),
         pipeline_fields=("test_scale", "reduce_labels", "image_mean", "image_std"),  # the model pads, no divisor
     )
 

@@ -28,6 +28,7 @@ from .common import (
     build_conversion,
     check_relative_position_index,
     checkpoint_id2label,
+    errors_name_the_file,
     expect_shape,
     find_rename,
     indices,
@@ -328,7 +329,11 @@ def _backbone_checks(backbone_type: str, backbone_config) -> list[tuple[str, obj
 
 
 def infer_config_and_settings(
-    state_dict: dict, meta: dict | None = None, variant: str | None = None, config_file: str | Path | None = None
+    state_dict: dict,
+    meta: dict | None = None,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+    run_configs: list | None = None,
 ) -> tuple[VWFormerConfig, ResolvedSettings]:
     """The full :class:`VWFormerConfig` of the checkpoint and where the values the weights do not hold came from
     (whose ``variant`` is the released variant the checkpoint is). Backbone architecture, head type, channels,
@@ -336,7 +341,8 @@ def infer_config_and_settings(
     ``config_file``, the config text in ``meta`` or the released variant (``variant``, whose weights must then be the
     checkpoint's, or the one with exactly these weights), else the conversion stops naming them."""
     meta = meta or {}
-    run_configs = mmseg_run_configs(config_file, meta)
+    if run_configs is None:  # the caller may have read them already
+        run_configs = mmseg_run_configs(config_file, meta)
     backbone_type = detect_backbone_type(state_dict)
     head_type = detect_head_type(state_dict)
     if any(key.startswith("auxiliary_head.") for key in state_dict):
@@ -510,15 +516,17 @@ def convert(path: str | Path, variant: str | None = None, config_file: str | Pat
     ``config_file``): the model (eval mode), its ``meta``, the released variant it is and the run's test
     pre-processing."""
     state_dict, meta = read_checkpoint(path, MMSEG, KIND)
+    with errors_name_the_file(path):  # read once: the settings and the test pipeline both use them
+        run_configs = mmseg_run_configs(config_file, meta)
     return build_conversion(
         path,
         VWFormerForSemanticSegmentation,
-        infer=lambda: infer_config_and_settings(state_dict, meta, variant, config_file),
+        infer=lambda: infer_config_and_settings(state_dict, meta, variant, run_configs=run_configs),
         convert_keys=lambda: convert_state_dict(state_dict),
         class_names=meta.get("CLASSES"),
         meta=meta,
         variant_given=variant is not None,
-        pipeline=mmseg_pipeline(mmseg_run_configs(config_file, meta)),
+        pipeline=mmseg_pipeline(run_configs),
     )
 
 
