@@ -31,7 +31,13 @@ from hf_semseg.inference import (
     whole_image_logits,
 )
 from hf_semseg.metrics import MeanIoU
-from hf_semseg.training import OPTIONAL_FLAG, load_segmentation_dataset, to_arrays
+from hf_semseg.training import (
+    OPTIONAL_FLAG,
+    exit_on_sample_error,
+    load_segmentation_dataset,
+    to_arrays,
+    without_image_decoding,
+)
 from hf_semseg.variants import dataset_labels, datasets_with_labels
 
 
@@ -81,6 +87,8 @@ def main(argv=None) -> dict:
     dataset = load_segmentation_dataset(args.dataset_name)[args.split]
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    # decoded per sample by to_arrays, which names a file it cannot read
+    dataset = without_image_decoding(dataset, (args.image_column, args.label_column))
     num_labels = model.config.num_labels
     reduce_labels = args.do_reduce_labels
     if reduce_labels is None:  # as the model's own pre-processing
@@ -91,7 +99,8 @@ def main(argv=None) -> dict:
         args.predictions_dir.mkdir(parents=True, exist_ok=True)
     for index in tqdm(range(len(dataset)), desc=f"evaluating ({args.mode})"):
         sample = dataset[index]
-        image, label = to_arrays(sample[args.image_column], sample[args.label_column], index, num_labels, reduce_labels)
+        columns = (args.image_column, args.label_column)
+        image, label = to_arrays(*(sample[c] for c in columns), index, num_labels, reduce_labels, columns)
         pixel_values = processor(image, return_tensors="pt")["pixel_values"].to(model.device)
         with torch.no_grad():
             probabilities = predict_probabilities(model, pixel_values, args)
@@ -114,4 +123,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_sample_error():
+        main()

@@ -17,23 +17,27 @@ defaults of ``--scale`` / ``--do_reduce_labels`` and the saved image processor i
 ``--resume_from_checkpoint PATH|latest``, ...), and so does ``accelerate launch`` for
 multi-GPU DDP / FSDP / DeepSpeed (``examples/accelerate_configs/``; ``--sync_batchnorm`` for SyncBN). Every sample's
 augmentation is a function of (seed, epoch, sample index), so resumed and multi-process runs see the augmentations
-of one uninterrupted process.
+of one uninterrupted process. Checkpoints are complete or absent (written to a hidden staging folder, then renamed), and
+a run resumed from the checkpoint of its last step trains no further step (``SegmentationTrainer``). The demo
+recipe's values are the defaults (``--help`` lists them).
 """
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import hf_semseg
 from hf_semseg.inference import model_size_divisibility
 from hf_semseg.training import (
     EpochCallback,
+    SegmentationTrainer,
     StreamingMeanIoU,
+    exit_on_sample_error,
     pad_collate,
     parameter_groups,
+    resolve_checkpoint,
     set_up_run,
     write_predictions,
 )
@@ -78,20 +82,24 @@ class DataArguments:
     num_predictions: int = field(default=4, metadata={"help": "validation images written as colour-coded PNGs"})
 
 
-DEMO_DEFAULTS = [
-    "--learning_rate", "1e-3", "--head_lr_multiplier", "10", "--num_train_epochs", "6",
-    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--lr_scheduler_type", "polynomial",
-    "--warmup_steps", "5", "--weight_decay", "0.01", "--eval_strategy", "no", "--save_strategy", "no",
-    "--logging_steps", "8",
-    "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false",
-]  # fmt: skip
-"""The demo recipe; any of these given on the command line wins (argparse keeps the last value)."""
+RECIPE_DEFAULTS = {
+    "learning_rate": 1e-3, "head_lr_multiplier": 10.0, "num_train_epochs": 6.0, "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8, "lr_scheduler_type": "polynomial", "warmup_steps": 5, "weight_decay": 0.01,
+    "eval_strategy": "no", "save_strategy": "no", "logging_steps": 8, "report_to": "none",
+    "dataloader_num_workers": 0, "dataloader_pin_memory": False,
+}  # fmt: skip
+"""The demo recipe: the parser's defaults (``--help`` shows them); an option given on the command line wins."""
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(**RECIPE_DEFAULTS)
+    return parser
 
 
 def main(argv=None, callbacks=None) -> dict:
     """Trains and evaluates; ``callbacks`` are extra ``TrainerCallback``s. Returns the evaluation metrics."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(argv)
     training_args.remove_unused_columns = False
     training_args.batch_eval_metrics = True
     set_seed(training_args.seed)  # the model's initialisation too, not only the training
@@ -111,7 +119,7 @@ def main(argv=None, callbacks=None) -> dict:
         betas=(training_args.adam_beta1, training_args.adam_beta2),
         eps=training_args.adam_epsilon,
     )
-    trainer = Trainer(
+    trainer = SegmentationTrainer(
         model=model,
         processing_class=run.processor,
         args=training_args,
@@ -124,8 +132,9 @@ def main(argv=None, callbacks=None) -> dict:
         optimizers=(optimizer, None),
         callbacks=[EpochCallback(run.train_transform), *(callbacks or [])],
     )
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)  # "latest": the output_dir's last
+    # "latest": the output folder's last checkpoint (complete: SegmentationTrainer publishes whole checkpoints only)
+    checkpoint = resolve_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint, "checkpoint")
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     metrics = trainer.evaluate()
     trainer.save_model()
     trainer.log_metrics("eval", metrics)
@@ -141,4 +150,5 @@ def main(argv=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(DEMO_DEFAULTS + sys.argv[1:])
+    with exit_on_sample_error():
+        main()

@@ -14,14 +14,16 @@ With no ``--dataset_name`` it trains on the generated demo dataset, with no ``--
 a small SeMask-Swin FPN; the defaults are the demo recipe of the Trainer script. With ``--variant``, its test scale
 and label reduction are the defaults of ``--scale`` / ``--do_reduce_labels`` and the saved image processor is its
 family's; an option given on the command line wins. ``--resume_from_checkpoint latest``
-continues from the last ``step_N`` folder of ``--output_dir``; a resumed run ends with the weights of an uninterrupted
-one (every sample's augmentation is a function of seed, epoch and sample index; the RNG states are restored).
+continues from the last ``step_N`` folder of ``--output_dir``. A checkpoint is written to a hidden staging folder and
+then renamed, so a ``step_N`` folder is always complete, also when the run was killed while saving; a resumed run ends
+with the weights of an uninterrupted one (every sample's augmentation is a function of seed, epoch and sample index;
+the RNG states are restored), also from the checkpoint of its last step. ``--max_steps`` is the step limit, as in the
+Trainer script.
 """
 
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -35,14 +37,23 @@ import hf_semseg
 from hf_semseg.conversion.common import ConversionError, check_hub_access
 from hf_semseg.inference import logits_to_size, model_size_divisibility
 from hf_semseg.metrics import MeanIoU
-from hf_semseg.training import OPTIONAL_FLAG, pad_collate, parameter_groups, set_up_run, write_predictions
-
-
-CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+from hf_semseg.training import (
+    OPTIONAL_FLAG,
+    STAGING_FOLDER,
+    exit_on_sample_error,
+    pad_collate,
+    parameter_groups,
+    publish_checkpoint,
+    resolve_checkpoint,
+    set_up_run,
+    write_predictions,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None, help="saved model folder or Hub id")
     model.add_argument("--variant", default=None, help=f"a registered variant: {hf_semseg.list_variants()}")
@@ -71,28 +82,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--dataloader_num_workers", type=int, default=0)
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True)
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--per_device_train_batch_size", type=int, default=8)
-    train.add_argument("--per_device_eval_batch_size", type=int, default=8)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
-    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--seed", type=int, default=42, help="initialisation, shuffling and augmentation")
+    train.add_argument("--per_device_train_batch_size", type=int, default=8, help="images per process and step")
+    train.add_argument("--per_device_eval_batch_size", type=int, default=8, help="images per process")
+    train.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate of the backbone")
+    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (none on norms, biases)")
     train.add_argument("--layer_decay", type=float, default=None, help="layer-wise lr decay over backbone stages")
     train.add_argument(
         "--head_lr_multiplier", type=float, default=10.0, help="learning rate of the heads relative to the backbone's"
     )
-    train.add_argument("--adam_beta1", type=float, default=0.9)
-    train.add_argument("--adam_beta2", type=float, default=0.999)
-    train.add_argument("--adam_epsilon", type=float, default=1e-8)
+    train.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1")
+    train.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2")
+    train.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
-    train.add_argument("--num_train_epochs", type=int, default=6)
-    train.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides the epochs")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--num_train_epochs", type=int, default=6, help="epochs (unless --max_steps)")
+    train.add_argument("--max_steps", type=int, default=-1, help="optimizer steps; if > 0, overrides the epochs")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
     train.add_argument("--warmup_steps", type=int, default=5, help="linear warm-up (optimizer steps)")
-    train.add_argument("--poly_power", type=float, default=1.0)
+    train.add_argument("--poly_power", type=float, default=1.0, help="power of the poly decay")
     train.add_argument("--lr_end", type=float, default=1e-7, help="learning rate at the end of the poly decay")
     train.add_argument("--use_cpu", action="store_true", help="train on CPUs (with several processes: DDP on gloo)")
     train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's")
-    train.add_argument("--logging_steps", type=int, default=8)
+    train.add_argument("--logging_steps", type=int, default=8, help="log the mean loss every N steps")
     train.add_argument("--checkpointing_steps", default=None, help='save a step_N state every N steps, or "epoch"')
     train.add_argument("--resume_from_checkpoint", default=None, help='a step_N folder, or "latest" in output_dir')
     hub = parser.add_argument_group("hub")
@@ -118,21 +129,20 @@ class Progress:
         self.completed_steps = int(state["completed_steps"])
 
 
-def find_checkpoint(output_dir: str, name: str) -> Path:
-    """The checkpoint folder to resume from: ``name`` itself, or the ``step_N`` folder with the largest N."""
-    if name != "latest":
-        path = Path(name)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume_from_checkpoint {name}: no such folder")
-        return path
-    steps = [
-        (int(match.group(1)), path)
-        for path in Path(output_dir).glob("step_*")
-        if path.is_dir() and (match := CHECKPOINT_PATTERN.match(path.name))
-    ]
-    if not steps:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no step_N checkpoint in {output_dir}")
-    return max(steps)[1]
+def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
+    """``accelerator.save_state`` into the staging folder, then published as ``step_N`` with one rename: a run killed
+    while saving leaves no ``step_N`` folder, so ``latest`` is always a complete checkpoint."""
+    import shutil
+
+    staging = output_dir / STAGING_FOLDER
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging / f"step_{step}"))
+    accelerator.wait_for_everyone()  # every process has written its part (RNG states)
+    if accelerator.is_main_process:
+        publish_checkpoint(staging / f"step_{step}", output_dir / f"step_{step}")
+    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()
@@ -207,7 +217,7 @@ def main(argv=None) -> dict:
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    max_train_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     # stepped once per optimizer step, by hand: the schedule is in optimizer steps for any number of processes
     scheduler = get_polynomial_decay_schedule_with_warmup(
@@ -218,8 +228,8 @@ def main(argv=None) -> dict:
     # dropout and drop-path draw differently on each process (after the identical initialisation)
     set_seed(args.seed, device_specific=True)
 
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, "step", "_")
+    if checkpoint is not None:
         accelerator.print(f"resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, progress, RNG states
     start_epoch, done_in_epoch = divmod(progress.completed_steps, steps_per_epoch)
@@ -231,7 +241,8 @@ def main(argv=None) -> dict:
     bar = tqdm(total=max_train_steps, initial=progress.completed_steps, disable=not accelerator.is_local_main_process)
     logged_loss, logged_batches = torch.zeros((), device=accelerator.device), 0
     model.train()
-    for epoch in range(start_epoch, num_epochs):
+    # a checkpoint of the last step (mid-epoch too) leaves nothing to train
+    for epoch in range(start_epoch, num_epochs if progress.completed_steps < max_train_steps else start_epoch):
         run.train_transform.set_epoch(epoch)  # before the loader starts (its workers copy the transform)
         train_loader.set_epoch(epoch)  # the shuffling of this epoch
         loader = train_loader
@@ -267,11 +278,11 @@ def main(argv=None) -> dict:
                 logged_loss.zero_()
                 logged_batches = 0
             if args.checkpointing_steps not in (None, "epoch") and step % int(args.checkpointing_steps) == 0:
-                accelerator.save_state(str(output_dir / f"step_{step}"))
+                save_checkpoint(accelerator, output_dir, step)
             if step >= max_train_steps:
                 break
         if args.checkpointing_steps == "epoch":
-            accelerator.save_state(str(output_dir / f"step_{progress.completed_steps}"))
+            save_checkpoint(accelerator, output_dir, progress.completed_steps)
         if progress.completed_steps >= max_train_steps:
             break
     bar.close()
@@ -310,7 +321,7 @@ def main(argv=None) -> dict:
             api.upload_folder(
                 repo_id=repo_id,
                 folder_path=str(output_dir),
-                ignore_patterns=["step_*", "step_*/**"],
+                ignore_patterns=["step_*", "step_*/**", f"{STAGING_FOLDER}/**"],
                 commit_message="End of training",
             )
     accelerator.wait_for_everyone()
@@ -319,4 +330,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_sample_error():
+        main()

@@ -6,7 +6,7 @@ cross-process BatchNorm, a streaming-mIoU ``compute_metrics`` and prediction ove
 import json
 import math
 import re
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.hf_argparser import string_to_bool
 
 from .inference import logits_to_size, model_size_divisibility
@@ -95,26 +95,52 @@ class DataSettings:
     size_divisor: int | None = None
 
 
+def pretrained_processor_settings(model_name_or_path: str | None) -> dict | None:
+    """The saved image processor settings (``preprocessor_config.json``) of a pretrained model folder or Hub id, or
+    None when it has none."""
+    if not model_name_or_path:
+        return None
+    from transformers.utils import cached_file
+
+    path = cached_file(
+        model_name_or_path,
+        "preprocessor_config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    return json.loads(Path(path).read_text()) if path else None
+
+
 def resolve_data_settings(
-    variant: str | None, scale: list[int] | tuple[int, int] | None = None, do_reduce_labels: bool | None = None
+    variant: str | None,
+    scale: list[int] | tuple[int, int] | None = None,
+    do_reduce_labels: bool | None = None,
+    pretrained_processor: dict | None = None,
 ) -> DataSettings:
     """``--scale`` and ``--do_reduce_labels`` as given; where one is not given, the variant's test scale and label
-    reduction (:mod:`hf_semseg.variants`); without a variant, the demo recipe's (:data:`DEMO_SCALE`, no reduction).
-    The size divisor is the variant's."""
+    reduction (:mod:`hf_semseg.variants`); without a variant, those of the pretrained model's saved image processor
+    (``pretrained_processor``, :func:`pretrained_processor_settings`: its keep-ratio ``size``, ``do_reduce_labels``
+    and ``size_divisor``), so a finetuned model keeps its pre-processing; without either, the demo recipe's
+    (:data:`DEMO_SCALE`, no reduction). The size divisor is the variant's or the saved processor's."""
     from .variants import get_variant
 
     if scale is not None and len(scale) != 2:
         raise ValueError(f"--scale takes two numbers (long short), got {list(scale)}")
-    if variant is None:
-        return DataSettings(
-            scale=tuple(scale) if scale is not None else DEMO_SCALE,
-            reduce_labels=bool(do_reduce_labels),
-        )
-    record = get_variant(variant)
+    if variant is not None:
+        record = get_variant(variant)
+        default_scale, default_reduce, size_divisor = record.test_scale, record.reduce_labels, record.size_divisor
+    elif pretrained_processor is not None:
+        size = pretrained_processor.get("size") or {}
+        keep_ratio = size.get("longest_edge") and size.get("shortest_edge")
+        default_scale = (size["longest_edge"], size["shortest_edge"]) if keep_ratio else DEMO_SCALE
+        default_reduce = bool(pretrained_processor.get("do_reduce_labels", False))
+        size_divisor = pretrained_processor.get("size_divisor")
+    else:
+        default_scale, default_reduce, size_divisor = DEMO_SCALE, False, None
     return DataSettings(
-        scale=tuple(scale) if scale is not None else record.test_scale,
-        reduce_labels=record.reduce_labels if do_reduce_labels is None else do_reduce_labels,
-        size_divisor=record.size_divisor,
+        scale=tuple(scale) if scale is not None else tuple(default_scale),
+        reduce_labels=default_reduce if do_reduce_labels is None else bool(do_reduce_labels),
+        size_divisor=size_divisor,
     )
 
 
@@ -231,7 +257,8 @@ class RunSetup:
         settings: scale and label reduction of the data (:func:`resolve_data_settings`).
         train: the training split, its transform set to ``train_transform``.
         train_transform: the augmentation; call its ``set_epoch`` before each epoch.
-        evaluation: the evaluation split as loaded (for prediction overlays).
+        evaluation: the evaluation split, its images undecoded (:func:`without_image_decoding`; for the prediction
+            overlays).
         evaluation_with_transform: the evaluation split, keep-ratio resized to the scale.
         processor: the evaluation pre-processing to save next to the model (:func:`build_processor`).
     """
@@ -278,7 +305,12 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
     )
     if model_options.sync_batchnorm:
         model = convert_sync_batchnorm(model, device)
-    settings = resolve_data_settings(model_options.variant, data_options.scale, data_options.do_reduce_labels)
+    settings = resolve_data_settings(
+        model_options.variant,
+        data_options.scale,
+        data_options.do_reduce_labels,
+        None if model_options.variant else pretrained_processor_settings(model_options.model_name_or_path),
+    )
     train_transform, eval_transform = build_transforms(
         data_options.image_column,
         data_options.label_column,
@@ -288,6 +320,9 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
         data_options.cat_max_ratio,
         seed,
     )
+    # the files are decoded in the transform, which names the sample and file it cannot read
+    columns = (data_options.image_column, data_options.label_column)
+    train, evaluation = without_image_decoding(train, columns), without_image_decoding(evaluation, columns)
     train.set_transform(train_transform)
     return RunSetup(
         model=model,
@@ -302,24 +337,77 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
     )
 
 
-def to_arrays(image, label, index, num_labels: int, reduce_labels: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One sample as (RGB uint8 array, int64 label array), checked: readable, same size, labels in the classes."""
+class DatasetSampleError(ValueError):
+    """A sample of the dataset cannot be used (unreadable file, wrong size, label values outside the classes); the
+    message names the sample (its dataset row) and, where known, its file. The example scripts end with this message
+    as one line (exit status 1)."""
+
+
+@contextmanager
+def exit_on_sample_error():
+    """For a script's ``__main__``: a :class:`DatasetSampleError` ends the script with its message as one line (exit
+    status 1), also when a data loader worker raised it (torch re-raises it with the worker's traceback)."""
+    try:
+        yield
+    except DatasetSampleError as error:
+        message = str(error).strip().splitlines()[-1]
+        message = re.sub(rf"^[\w.]*{DatasetSampleError.__name__}: ", "", message)  # the traceback's last line
+        raise SystemExit(f"error: {message}") from None
+
+
+def without_image_decoding(dataset, columns):
+    """``dataset`` with its ``datasets.Image`` columns among ``columns`` left undecoded (``{"path", "bytes"}``):
+    ``datasets`` decodes them before a transform sees the sample, so an unreadable file (a truncated PNG) would fail
+    there without naming it; :func:`open_image` decodes them and names the sample and the file."""
+    from datasets import Image as ImageFeature
+
+    for column in columns:
+        feature = dataset.features.get(column)
+        if isinstance(feature, ImageFeature) and feature.decode:
+            dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    return dataset
+
+
+def open_image(value, index, column: str):
+    """A dataset value as an image: a PIL image or an array as they are, an undecoded ``datasets.Image`` value
+    (``{"path", "bytes"}``, :func:`without_image_decoding`) read completely; a file that cannot be read is a
+    :class:`DatasetSampleError` naming the sample, the column and the file."""
+    if not isinstance(value, dict):
+        return value
+    from datasets import Image as ImageFeature
+
+    try:
+        image = ImageFeature().decode_example(value)
+        image.load()
+    except Exception as error:  # PIL and the file system raise several types for unreadable files
+        where = value.get("path") or "bytes in the dataset"
+        raise DatasetSampleError(f"sample {index}: {column} {where} cannot be read ({error})") from error
+    return image
+
+
+def to_arrays(
+    image, label, index, num_labels: int, reduce_labels: bool, columns: tuple[str, str] = ("image", "label")
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sample as (RGB uint8 array, int64 label array), checked: readable, same size, labels in the classes.
+    ``image`` and ``label`` are PIL images, arrays or undecoded ``datasets.Image`` values (:func:`open_image`);
+    ``columns`` name them in errors. Errors are :class:`DatasetSampleError`."""
+    image, label = open_image(image, index, columns[0]), open_image(label, index, columns[1])
     try:
         image = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image)  # a writable copy
         label = np.array(label, dtype=np.int64)
     except Exception as error:  # PIL raises several types for unreadable files
-        raise ValueError(f"sample {index}: the image or label cannot be read ({error})") from error
+        raise DatasetSampleError(f"sample {index}: the image or label cannot be read ({error})") from error
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"sample {index}: image has shape {image.shape}, expected (H, W, 3)")
+        raise DatasetSampleError(f"sample {index}: image has shape {image.shape}, expected (H, W, 3)")
     if label.ndim == 3:
         label = label[..., 0]
     if image.shape[:2] != label.shape:
-        raise ValueError(f"sample {index}: image size {image.shape[:2]} differs from label size {label.shape}")
+        raise DatasetSampleError(f"sample {index}: image size {image.shape[:2]} differs from label size {label.shape}")
     if reduce_labels:
         label = reduce_zero_label(label)
     bad = np.unique(label[(label != IGNORE_INDEX) & ((label < 0) | (label >= num_labels))])
     if bad.size:
-        raise ValueError(
+        raise DatasetSampleError(
             f"sample {index}: label values {bad[:10].tolist()} are outside [0, {num_labels}) and {IGNORE_INDEX}"
         )
     return image, label
@@ -389,7 +477,9 @@ class SegmentationDatasetTransform:
         # the dataset row of each sample, for error messages and the augmentation's generator
         indices = batch.get(SAMPLE_INDEX, range(len(batch[self.image_column])))
         for index, image, label in zip(indices, batch[self.image_column], batch[self.label_column]):
-            image, label = to_arrays(image, label, index, self.num_labels, self.reduce_labels)
+            image, label = to_arrays(
+                image, label, index, self.num_labels, self.reduce_labels, (self.image_column, self.label_column)
+            )
             if self.augmentation is not None:
                 image, label = self.augmentation(image, label, augmentation_rng(self.seed, self.epoch, int(index)))
             elif self.eval_scale is not None:
@@ -419,6 +509,111 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.transform.set_epoch(math.floor(state.epoch or 0))
+
+
+#: the hidden folder of the output folder where checkpoints are written before they are published complete
+STAGING_FOLDER = ".incomplete-checkpoints"
+
+
+def publish_checkpoint(staged: Path, final: Path) -> None:
+    """Moves the fully written checkpoint folder ``staged`` to ``final`` with one rename, so a checkpoint is complete
+    or absent whenever the process is killed; an older folder of that name is replaced (moved aside first, then
+    deleted). Call it on the main process, after every process has written its part."""
+    import shutil
+
+    staged, final = Path(staged), Path(final)
+    replaced = staged.with_name(staged.name + ".replaced")
+    if final.exists():
+        shutil.rmtree(replaced, ignore_errors=True)
+        final.rename(replaced)
+    staged.rename(final)
+    shutil.rmtree(replaced, ignore_errors=True)
+    if staged.parent.name == STAGING_FOLDER and not any(staged.parent.iterdir()):
+        staged.parent.rmdir()
+
+
+def last_checkpoint(output_dir, prefix: str, separator: str = "-") -> Path:
+    """The checkpoint ``<prefix><separator><N>`` of ``output_dir`` with the largest N (by number, not by name), for
+    ``--resume_from_checkpoint latest``. Checkpoints are published complete (:func:`publish_checkpoint`), and a
+    checkpoint being written lives in :data:`STAGING_FOLDER`, so the largest is the last complete one."""
+    pattern = re.compile(rf"^{re.escape(prefix + separator)}(\d+)$")
+    steps = [
+        (int(match.group(1)), path)
+        for path in Path(output_dir).glob(f"{prefix}{separator}*")
+        if path.is_dir() and (match := pattern.match(path.name))
+    ]
+    if not steps:
+        raise FileNotFoundError(f"--resume_from_checkpoint latest: no {prefix}{separator}N checkpoint in {output_dir}")
+    return max(steps)[1]
+
+
+def resolve_checkpoint(output_dir, name: str | None, prefix: str, separator: str = "-") -> Path | None:
+    """The folder ``--resume_from_checkpoint name`` means: None without it, the last complete checkpoint of
+    ``output_dir`` for ``latest`` (:func:`last_checkpoint`), else the named folder, which must exist."""
+    if name is None:
+        return None
+    if name == "latest":
+        return last_checkpoint(output_dir, prefix, separator)
+    if not Path(name).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {name}: no such folder")
+    return Path(name)
+
+
+class SegmentationTrainer(Trainer):
+    """``Trainer`` with checkpoints that are complete or absent, and a resumed run that trains exactly the steps
+    left.
+
+    * Each checkpoint is written to :data:`STAGING_FOLDER` and published with one rename
+      (:func:`publish_checkpoint`): a run killed while saving leaves no ``checkpoint-N`` folder behind, and
+      ``--resume_from_checkpoint latest`` resumes from the last complete one. The older checkpoints are then rotated
+      (``save_total_limit``) in the output folder, and the best-model path points at the published folder.
+    * ``Trainer`` resumes a checkpoint whose step is a run's last step in the middle of an epoch by training one more
+      step; here an epoch begins only while steps are left.
+    """
+
+    _staging: Path | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        # while a checkpoint is saved, Trainer's checkpoint logic writes into the staging folder
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        import shutil
+
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / STAGING_FOLDER
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+        self.accelerator.wait_for_everyone()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best).parent == staging:
+            self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            if self.args.should_save:  # the saved state names the published folder too
+                self.state.save_to_json(str(staging / name / "trainer_state.json"))
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states)
+        if self.args.should_save:
+            publish_checkpoint(staging / name, run_dir / name)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _run_epoch(self, *args, **kwargs):
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
 
 def pad_collate(samples: list[dict]) -> dict:
@@ -598,7 +793,7 @@ def write_predictions(model, dataset, image_column: str, output_dir: Path, count
     model.eval()
     device = next(model.parameters()).device
     for index in range(min(count, len(dataset))):
-        image = dataset[index][image_column].convert("RGB")
+        image = open_image(dataset[index][image_column], index, image_column).convert("RGB")
         array = np.array(image)  # writable, for torch.from_numpy
         resized, _ = resize_pair(array, np.zeros(array.shape[:2], np.int64), keep_ratio_size(*array.shape[:2], *scale))
         with torch.no_grad():

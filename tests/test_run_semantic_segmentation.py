@@ -97,8 +97,61 @@ def test_mask2former_variant_trains_with_its_processor_scale_and_label_reduction
         "--max_eval_samples", "1", "--max_steps", "1", "--per_device_train_batch_size", "2", "--crop_size", "64",
         "--num_predictions", "0",
     ]  # fmt: skip
-    metrics = script.main(script.DEMO_DEFAULTS + arguments)
+    metrics = script.main(arguments)
     assert 0.0 <= metrics["eval_mean_iou"] <= 1.0
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(processor) is hf_semseg.SeMaskMask2FormerImageProcessor and processor.do_reduce_labels
     assert dict(processor.size) == {"longest_edge": 2560, "shortest_edge": 640}
+
+
+def test_help_shows_the_recipe_defaults_the_script_uses():
+    """The demo recipe was appended to the command line, so --help showed Trainer's defaults (learning rate 5e-05,
+    3 epochs, linear schedule) instead of the values used; the recipe is now the parser's defaults."""
+    script = load_trainer_script()
+    help_text = " ".join(script.build_parser().format_help().split())
+    for option, default in [("learning_rate", "0.001"), ("head_lr_multiplier", "10.0"), ("num_train_epochs", "6.0"),
+                            ("warmup_steps", "5"), ("weight_decay", "0.01"), ("max_steps", "-1")]:  # fmt: skip
+        assert re.search(rf"--{option} \S+ (?:(?!\(default: ).)*\(default: {re.escape(default)}\)", help_text), option
+    assert re.search(r"--lr_scheduler_type [^()]*\(default: polynomial\)", help_text)
+    _, _, training_args = script.build_parser().parse_args_into_dataclasses(["--output_dir", "o"])
+    assert (training_args.learning_rate, training_args.num_train_epochs, training_args.warmup_steps) == (1e-3, 6, 5)
+    assert (training_args.weight_decay, training_args.lr_scheduler_type.value) == (0.01, "polynomial")
+    _, _, training_args = script.build_parser().parse_args_into_dataclasses(
+        ["--output_dir", "o", "--learning_rate", "3e-4", "--max_steps", "9"]
+    )
+    assert (training_args.learning_rate, training_args.max_steps) == (3e-4, 9)  # the command line wins
+
+
+def test_an_unreadable_training_image_ends_the_run_with_one_line_naming_it(tmp_path):
+    """A truncated PNG in the training set ended the run in PIL's 'image file is truncated' naming neither the file
+    nor the sample; now the script stops with one line that names both (exit status 1)."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+    from test_training import truncated_png
+
+    images, labels = [], []
+    for index in range(4):
+        image, label = tmp_path / f"image_{index}.png", tmp_path / f"label_{index}.png"
+        Image.fromarray(np.full((32, 48, 3), 40 * index, np.uint8)).save(image)
+        Image.fromarray(np.full((32, 48), index % 2, np.uint8)).save(label)
+        images.append(str(image))
+        labels.append(str(label))
+    truncated_png(tmp_path / "image_2.png", size=(32, 48))
+    features = Features({"image": ImageFeature(), "label": ImageFeature()})
+    split = Dataset.from_dict({"image": images, "label": labels}, features=features)
+    DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "data")  # the bytes go in the arrow
+    command = [
+        sys.executable, str(REPO_ROOT / "examples" / "run_semantic_segmentation.py"), "--output_dir",
+        str(tmp_path / "out"), "--dataset_name", str(tmp_path / "data"), "--variant", "semask-fpn-tiny-ade20k",
+        "--config_overrides", '{"embed_dim": 16, "depths": [1, 1, 1, 1], "decoder_hidden_size": 16}',
+        "--max_steps", "1", "--per_device_train_batch_size", "4", "--crop_size", "32", "--scale", "48", "32",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    assert result.returncode == 1, result.stderr[-3000:]
+    # one error line (Trainer's progress bar, left open, redraws around it)
+    errors = [line for line in re.split(r"[\r\n]|(?=error: )", result.stderr) if line.startswith("error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        r"error: sample 2: image (\S*/)?image_2\.png cannot be read \(.*truncated.*\)", errors[0]
+    ), result.stderr[-2000:]

@@ -23,6 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_semseg.training import STAGING_FOLDER
+
 from conftest import REPO_ROOT
 
 
@@ -48,34 +50,64 @@ COMMON = [
     "--warmup_steps", "1", "--logging_steps", "1", "--num_predictions", "0", "--seed", "7",
 ]  # fmt: skip
 
-# Kill a run right after it saved the checkpoint of step KILL_AT_STEP (os._exit: no clean-up, like a lost machine).
+# Kill a run (os._exit: no clean-up, like a lost machine) at step KILL_AT_STEP: "after_save" right after its
+# checkpoint was published; "mid_save" while its checkpoint is being written (the model written, the optimizer not);
+# "after_training" when training has ended (its last checkpoint published, the final model not yet saved).
 TRAINER_KILLER = """
 import os, sys
 sys.path.insert(0, {examples!r})
+import transformers
 import run_semantic_segmentation as script
 from transformers import TrainerCallback
 
-class KillAfterSave(TrainerCallback):
+STEP, MOMENT = {step}, {moment!r}
+
+class Kill(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
-        if state.global_step == {step}:
+        if MOMENT == "after_save" and state.global_step == STEP:
             os._exit(17)
 
-script.main(script.DEMO_DEFAULTS + sys.argv[1:], callbacks=[KillAfterSave()])
+    def on_train_end(self, args, state, control, **kwargs):
+        if MOMENT == "after_training":
+            os._exit(17)
+
+save_optimizer = transformers.Trainer._save_optimizer_and_scheduler
+
+def save_optimizer_or_exit(self, output_dir):
+    if MOMENT == "mid_save" and self.state.global_step == STEP:
+        os._exit(17)
+    save_optimizer(self, output_dir)
+
+transformers.Trainer._save_optimizer_and_scheduler = save_optimizer_or_exit
+script.main(sys.argv[1:], callbacks=[Kill()])
 """
 NO_TRAINER_KILLER = """
 import os, sys
 sys.path.insert(0, {examples!r})
-import accelerate
+import accelerate, accelerate.checkpointing
 import run_semantic_segmentation_no_trainer as script
 
-save_state = accelerate.Accelerator.save_state
+STEP, MOMENT = {step}, {moment!r}
+publish, save_file, evaluate = script.publish_checkpoint, accelerate.checkpointing.save, script.evaluate
 
-def save_then_exit(self, output_dir=None, **kwargs):
-    save_state(self, output_dir, **kwargs)
-    if os.path.basename(str(output_dir)) == "step_{step}":
+def publish_then_exit(staged, final):
+    publish(staged, final)
+    if MOMENT == "after_save" and os.path.basename(str(final)) == f"step_{{STEP}}":
         os._exit(17)
 
-accelerate.Accelerator.save_state = save_then_exit
+def save_file_or_exit(obj, path, *args, **kwargs):
+    if MOMENT == "mid_save" and f"step_{{STEP}}" in str(path) and "optimizer" in os.path.basename(str(path)):
+        os._exit(17)
+    return save_file(obj, path, *args, **kwargs)
+
+def exit_before_evaluation(*args, **kwargs):
+    if MOMENT == "after_training":
+        os._exit(17)
+    return evaluate(*args, **kwargs)
+
+script.publish_checkpoint = publish_then_exit
+accelerate.checkpointing.save = save_file_or_exit
+script.evaluate = exit_before_evaluation
 script.main(sys.argv[1:])
 """
 
@@ -220,7 +252,7 @@ def test_trainer_run_killed_after_a_checkpoint_resumes_to_the_same_weights(one_p
     loop's resume test has it on.)"""
     reference_dir, reference_losses = one_process
     killer = tmp_path / "killer.py"
-    killer.write_text(TRAINER_KILLER.format(examples=str(EXAMPLES), step=3))
+    killer.write_text(TRAINER_KILLER.format(examples=str(EXAMPLES), step=3, moment="after_save"))
     killed_losses = trainer_losses(run(killer, tmp_path, *TRAINER_RUN, config=TINY | NO_DROPOUT, expect_rc=17))
     assert [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-3"] and len(killed_losses) == 3
     assert not (tmp_path / "model.safetensors").exists()
@@ -230,6 +262,37 @@ def test_trainer_run_killed_after_a_checkpoint_resumes_to_the_same_weights(one_p
     assert killed_losses + resumed_losses == reference_losses, (killed_losses, resumed_losses, reference_losses)
     assert weight_difference(reference_dir, tmp_path) == (0.0, 0.0)
     assert eval_results(tmp_path)["eval_mean_iou"] == eval_results(reference_dir)["eval_mean_iou"]
+
+
+def test_trainer_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(one_process, tmp_path):
+    """Killed while checkpoint-6 was being written (its model saved, its optimizer not): Trainer wrote checkpoints in
+    place, so checkpoint-6 was left half-written and 'latest' picked it and failed. Checkpoints are now published
+    whole: only checkpoint-3 is there, the run resumes from it and ends with the uninterrupted run's weights."""
+    reference_dir, reference_losses = one_process
+    killer = tmp_path / "killer.py"
+    killer.write_text(TRAINER_KILLER.format(examples=str(EXAMPLES), step=6, moment="mid_save"))
+    killed_losses = trainer_losses(run(killer, tmp_path, *TRAINER_RUN, config=TINY | NO_DROPOUT, expect_rc=17))
+    assert len(killed_losses) == 6 and [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-3"]
+    staged = tmp_path / STAGING_FOLDER / "checkpoint-6"
+    assert (staged / "model.safetensors").is_file() and not (staged / "optimizer.pt").exists()  # killed mid-save
+    output = run(TRAINER_SCRIPT, tmp_path, *TRAINER_RUN, "--resume_from_checkpoint", "latest", config=TINY | NO_DROPOUT)
+    assert killed_losses[:3] + trainer_losses(output) == reference_losses
+    assert weight_difference(reference_dir, tmp_path) == (0.0, 0.0)
+    assert sorted(path.name for path in tmp_path.glob("*checkpoint*")) == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_trainer_run_resumed_after_its_last_step_trains_no_further_step(tmp_path):
+    """--max_steps 3 (the last step in the middle of epoch 1) and killed after training: resumed from checkpoint-3,
+    Trainer trained a fourth step (the weights moved on); now nothing is trained and the final model is the
+    checkpoint's."""
+    killer = tmp_path / "killer.py"
+    killer.write_text(TRAINER_KILLER.format(examples=str(EXAMPLES), step=3, moment="after_training"))
+    limited = [*TRAINER_RUN, "--max_steps", "3"]
+    assert len(trainer_losses(run(killer, tmp_path, *limited, config=TINY | NO_DROPOUT, expect_rc=17))) == 3
+    assert not (tmp_path / "model.safetensors").exists()
+    output = run(TRAINER_SCRIPT, tmp_path, *limited, "--resume_from_checkpoint", "latest", config=TINY | NO_DROPOUT)
+    assert trainer_losses(output) == []
+    assert weight_difference(tmp_path / "checkpoint-3", tmp_path) == (0.0, 0.0)
 
 
 def test_the_demo_recipe_learns(tmp_path):

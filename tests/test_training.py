@@ -218,6 +218,14 @@ def test_data_settings_are_the_variant_facts_unless_given():
     assert (city.scale, city.reduce_labels) == ((2048, 1024), False)
     with pytest.raises(ValueError, match="two numbers"):
         resolve_data_settings(None, [512])
+    # finetuning a saved model: its processor's settings unless given (a variant wins over them)
+    saved = {"size": {"longest_edge": 2048, "shortest_edge": 512}, "do_reduce_labels": True, "size_divisor": 32}
+    finetuned = resolve_data_settings(None, None, None, saved)
+    assert (finetuned.scale, finetuned.reduce_labels, finetuned.size_divisor) == ((2048, 512), True, 32)
+    assert resolve_data_settings(None, [640, 480], False, saved).scale == (640, 480)
+    assert resolve_data_settings(None, [640, 480], False, saved).reduce_labels is False
+    fixed_size = resolve_data_settings(None, None, None, {"size": {"height": 512, "width": 512}})
+    assert (fixed_size.scale, fixed_size.reduce_labels) == (DEMO_SCALE, False)  # not a keep-ratio size
     with pytest.raises(KeyError, match="unknown variant"):
         resolve_data_settings("semask-fpn-huge-ade20k")
 
@@ -283,3 +291,101 @@ def test_layer_decay_keeps_every_backbone_stage_below_the_heads():
                         assert rates[id(parameter)] == 0.5 ** (4 - stage), name
             else:
                 assert rates[id(parameter)] == 1.0, name
+
+
+def truncated_png(path, size=(16, 24)) -> None:
+    """A PNG cut in the middle of its pixel data (a download or copy that stopped)."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_an_unreadable_file_is_named_with_its_sample(tmp_path):
+    """datasets decodes a truncated PNG before any transform sees it and ends in PIL's 'image file is truncated'
+    without naming the file or the sample; the run's datasets are left undecoded and the transform names both."""
+    from hf_semseg.training import DatasetSampleError, to_arrays, without_image_decoding
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(good)
+    truncated_png(bad)
+    label = tmp_path / "label.png"
+    Image.fromarray(np.ones((16, 24), np.uint8)).save(label)
+    features = Features({"image": ImageFeature(), "label": ImageFeature()})
+    rows = {"image": [str(good), str(bad)], "label": [str(label), str(label)]}
+    dataset = with_sample_index(Dataset.from_dict(rows, features=features))
+    with pytest.raises(OSError, match="truncated"):  # what datasets itself does
+        dataset[1]
+    dataset = without_image_decoding(dataset, ("image", "label"))
+    dataset.set_transform(make_transform("image", "label", 4, False, None))
+    assert dataset[0]["labels"].unique().tolist() == [1]
+    with pytest.raises(DatasetSampleError, match=rf"^sample 1: image {bad} cannot be read \(.*truncated"):
+        dataset[1]
+    # the label column is named too, and a sample without a path is named by its row
+    with pytest.raises(DatasetSampleError, match=r"^sample 7: label bytes in the dataset cannot be read"):
+        to_arrays(np.zeros((16, 24, 3), np.uint8), {"path": None, "bytes": bad.read_bytes()}, 7, 4, False)
+    with pytest.raises(DatasetSampleError, match=r"^sample 3: image size \(16, 24\) differs from label size"):
+        to_arrays(np.zeros((16, 24, 3), np.uint8), np.zeros((24, 16)), 3, 4, False)
+
+
+def test_a_sample_error_ends_a_script_with_one_line():
+    from hf_semseg.training import DatasetSampleError, exit_on_sample_error
+
+    with pytest.raises(SystemExit) as exit_info, exit_on_sample_error():
+        raise DatasetSampleError("sample 4: image a.png cannot be read (image file is truncated)")
+    assert str(exit_info.value) == "error: sample 4: image a.png cannot be read (image file is truncated)"
+    # as a data loader worker re-raises it: the worker's traceback first, the message on the last line
+    worker = "Caught DatasetSampleError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+    with pytest.raises(SystemExit) as exit_info, exit_on_sample_error():
+        raise DatasetSampleError(worker + "  File x\nhf_semseg.training.DatasetSampleError: sample 4: bad\n")
+    assert str(exit_info.value) == "error: sample 4: bad"
+    with pytest.raises(ValueError, match="other"), exit_on_sample_error():  # other errors pass through
+        raise ValueError("other")
+
+
+def test_checkpoints_are_published_whole_and_latest_is_the_largest_step(tmp_path):
+    from hf_semseg.training import STAGING_FOLDER, last_checkpoint, publish_checkpoint, resolve_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=r"latest: no checkpoint-N checkpoint in"):
+        last_checkpoint(tmp_path, "checkpoint")
+    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-9", "checkpoint-x", "checkpoint-11.tmp", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-12").write_text("a file, not a checkpoint")
+    assert last_checkpoint(tmp_path, "checkpoint").name == "checkpoint-10"  # by number, not by name
+    # a checkpoint being written is in the staging folder, invisible to latest until it is published
+    staged = tmp_path / STAGING_FOLDER / "checkpoint-20"
+    staged.mkdir(parents=True)
+    (staged / "weights").write_text("new")
+    assert last_checkpoint(tmp_path, "checkpoint").name == "checkpoint-10"
+    publish_checkpoint(staged, tmp_path / "checkpoint-20")
+    assert (tmp_path / "checkpoint-20" / "weights").read_text() == "new"
+    assert not (tmp_path / STAGING_FOLDER).exists()  # removed once empty
+    assert last_checkpoint(tmp_path, "checkpoint").name == "checkpoint-20"
+    # publishing a step again replaces the older folder whole
+    staged.mkdir(parents=True)
+    (staged / "other").write_text("newer")
+    publish_checkpoint(staged, tmp_path / "checkpoint-20")
+    assert sorted(p.name for p in (tmp_path / "checkpoint-20").iterdir()) == ["other"]
+    assert resolve_checkpoint(tmp_path, None, "checkpoint") is None
+    assert resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-2"), "checkpoint").name == "checkpoint-2"
+    with pytest.raises(FileNotFoundError, match="step_404: no such folder"):
+        resolve_checkpoint(tmp_path, str(tmp_path / "step_404"), "step", "_")
+    (tmp_path / "step_3").mkdir()
+    assert resolve_checkpoint(tmp_path, "latest", "step", "_").name == "step_3"
+
+
+def test_a_finetuned_model_keeps_its_saved_pre_processing(tmp_path):
+    """The training scripts built the demo scale for --model_name_or_path, so a finetuned converted model (SeMask
+    Mask2Former: 2560 x 640) was saved with a 224 x 160 processor; its saved processor is now the default."""
+    from hf_semseg import SeMaskMask2FormerImageProcessor
+    from hf_semseg.training import build_processor, pretrained_processor_settings, resolve_data_settings
+
+    assert pretrained_processor_settings(str(tmp_path)) is None and pretrained_processor_settings(None) is None
+    SeMaskMask2FormerImageProcessor(
+        size={"longest_edge": 2560, "shortest_edge": 640}, do_reduce_labels=True
+    ).save_pretrained(tmp_path)
+    settings = resolve_data_settings(None, None, None, pretrained_processor_settings(str(tmp_path)))
+    assert (settings.scale, settings.reduce_labels) == ((2560, 640), True)
+    processor = build_processor(settings.scale, settings.reduce_labels, "semask_mask2former", settings.size_divisor)
+    saved = type(processor).from_pretrained(tmp_path).to_dict()
+    assert type(processor) is SeMaskMask2FormerImageProcessor
+    assert processor.to_dict() == {key: value for key, value in saved.items() if key != "auto_map"}
