@@ -29,6 +29,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import hf_semseg
+from hf_semseg.hub import HubAccessError, check_hub_access
 from hf_semseg.inference import model_size_divisibility
 from hf_semseg.training import (
     EpochCallback,
@@ -100,6 +101,12 @@ def build_parser() -> HfArgumentParser:
 def main(argv=None, callbacks=None) -> dict:
     """Trains and evaluates; ``callbacks`` are extra ``TrainerCallback``s. Returns the evaluation metrics."""
     model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(argv)
+    if training_args.push_to_hub:  # before any work: a run that cannot push fails now, not after training
+        try:
+            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+            training_args.hub_token = check_hub_access(repo_id, training_args.hub_token, task="train")
+        except HubAccessError as error:
+            raise SystemExit(f"error: {error}") from None
     training_args.remove_unused_columns = False
     training_args.batch_eval_metrics = True
     set_seed(training_args.seed)  # the model's initialisation too, not only the training

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
 import hf_semseg
-from hf_semseg.conversion.common import ConversionError, check_hub_access
+from hf_semseg.hub import HubAccessError, check_hub_access
 from hf_semseg.inference import logits_to_size, model_size_divisibility
 from hf_semseg.metrics import MeanIoU
 from hf_semseg.training import (
@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
         try:
             repo_id = args.hub_model_id or Path(args.output_dir).name
             args.hub_token = check_hub_access(repo_id, args.hub_token, task="train")
-        except ConversionError as error:
+        except HubAccessError as error:
             raise SystemExit(f"error: {error}") from None
     accelerator = Accelerator(
         cpu=args.use_cpu,

@@ -15,6 +15,7 @@ import pytest
 from script_helpers import load_example
 
 from hf_semseg.conversion import common
+from hf_semseg.hub import HubAccessError, check_hub_access
 
 from conftest import REPO_ROOT, fixture_dir
 
@@ -46,7 +47,7 @@ def contents(folder: Path) -> dict[str, str]:
 
 
 def mock_hub(monkeypatch, offline=False, token="hf_test", whoami=WRITE_TOKEN, upload_error=None) -> list:
-    """Replaces what :func:`common.check_hub_access` and :func:`common.push_to_hub` read of ``huggingface_hub``;
+    """Replaces what :func:`check_hub_access` and :func:`common.push_to_hub` read of ``huggingface_hub``;
     returns the list the repository creation and the upload are recorded in (the upload with the files it was
     given, read at the time of the call)."""
     calls = []
@@ -284,12 +285,12 @@ def test_the_hub_is_checked_before_any_work(case, tmp_path, monkeypatch):
 )
 def test_tokens_that_can_write_are_accepted(whoami, monkeypatch):
     mock_hub(monkeypatch, whoami=whoami)
-    assert common.check_hub_access(REPO_ID) == "hf_test"
+    assert check_hub_access(REPO_ID) == "hf_test"
     org_token = fine_grained(("org", "lab", ["repo.write"]))
     mock_hub(monkeypatch, whoami=org_token)
-    assert common.check_hub_access("lab/model") == "hf_test"
-    with pytest.raises(common.ConversionError, match="no write permission on someone"):
-        common.check_hub_access("model")  # no namespace: the token owner's
+    assert check_hub_access("lab/model") == "hf_test"
+    with pytest.raises(HubAccessError, match="no write permission on someone"):
+        check_hub_access("model")  # no namespace: the token owner's
 
 
 def test_a_failed_upload_is_one_line_and_keeps_the_folder(tmp_path, monkeypatch):

@@ -155,3 +155,19 @@ def test_an_unreadable_training_image_ends_the_run_with_one_line_naming_it(tmp_p
     assert len(errors) == 1 and re.fullmatch(
         r"error: sample 2: image (\S*/)?image_2\.png cannot be read \(.*truncated.*\)", errors[0]
     ), result.stderr[-2000:]
+
+
+def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypatch):
+    """As the Accelerate script: the Hub access is checked before the model and data are set up (one error line)."""
+    import huggingface_hub
+    import pytest
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    output_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        load_trainer_script().main(["--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", "me/demo"])
+    assert str(exit_info.value) == (
+        "error: --push_to_hub: the Hub is switched off here (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE to push, or "
+        "train without --push_to_hub"
+    )
+    assert not output_dir.exists()
