@@ -33,8 +33,10 @@ from hf_semseg.inference import (
 from hf_semseg.metrics import MeanIoU
 from hf_semseg.training import (
     OPTIONAL_FLAG,
-    exit_on_sample_error,
+    RunOptionError,
+    exit_on_user_error,
     load_segmentation_dataset,
+    loading,
     to_arrays,
     without_image_decoding,
 )
@@ -81,10 +83,15 @@ def predict_probabilities(model, pixel_values, args) -> torch.Tensor:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    with loading(f"--model {args.model}"):
+        model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     model.eval()
-    dataset = load_segmentation_dataset(args.dataset_name)[args.split]
+    with loading(f"--dataset_name {args.dataset_name}"):
+        splits = load_segmentation_dataset(args.dataset_name)
+    if args.split not in splits:
+        raise RunOptionError(f"--split {args.split}: dataset {args.dataset_name or 'demo'} has splits {list(splits)}")
+    dataset = splits[args.split]
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     # decoded per sample by to_arrays, which names a file it cannot read
@@ -123,5 +130,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    with exit_on_sample_error():
+    with exit_on_user_error():
         main()

@@ -35,7 +35,7 @@ from hf_semseg.training import (
     EpochCallback,
     SegmentationTrainer,
     StreamingMeanIoU,
-    exit_on_sample_error,
+    exit_on_user_error,
     pad_collate,
     parameter_groups,
     resolve_checkpoint,
@@ -109,6 +109,8 @@ def main(argv=None, callbacks=None) -> dict:
             raise SystemExit(f"error: {error}") from None
     training_args.remove_unused_columns = False
     training_args.batch_eval_metrics = True
+    # "latest": the output folder's last checkpoint (complete: SegmentationTrainer publishes whole checkpoints only)
+    checkpoint = resolve_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint, "checkpoint")
     set_seed(training_args.seed)  # the model's initialisation too, not only the training
 
     run = set_up_run(model_args, data_args, training_args.seed, training_args.device)
@@ -139,8 +141,6 @@ def main(argv=None, callbacks=None) -> dict:
         optimizers=(optimizer, None),
         callbacks=[EpochCallback(run.train_transform), *(callbacks or [])],
     )
-    # "latest": the output folder's last checkpoint (complete: SegmentationTrainer publishes whole checkpoints only)
-    checkpoint = resolve_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint, "checkpoint")
     trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     metrics = trainer.evaluate()
     trainer.save_model()
@@ -157,5 +157,5 @@ def main(argv=None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    with exit_on_sample_error():
+    with exit_on_user_error():
         main()

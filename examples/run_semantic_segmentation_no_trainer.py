@@ -40,7 +40,7 @@ from hf_semseg.metrics import MeanIoU
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     STAGING_FOLDER,
-    exit_on_sample_error,
+    exit_on_user_error,
     pad_collate,
     parameter_groups,
     publish_checkpoint,
@@ -184,6 +184,7 @@ def main(argv=None) -> dict:
             args.hub_token = check_hub_access(repo_id, args.hub_token, task="train")
         except HubAccessError as error:
             raise SystemExit(f"error: {error}") from None
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, "step", "_")  # before any work
     accelerator = Accelerator(
         cpu=args.use_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -228,7 +229,6 @@ def main(argv=None) -> dict:
     # dropout and drop-path draw differently on each process (after the identical initialisation)
     set_seed(args.seed, device_specific=True)
 
-    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, "step", "_")
     if checkpoint is not None:
         accelerator.print(f"resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, progress, RNG states
@@ -330,5 +330,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    with exit_on_sample_error():
+    with exit_on_user_error():
         main()

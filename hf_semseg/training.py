@@ -30,6 +30,25 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
+class RunOptionError(ValueError):
+    """An option of a training or evaluation run that cannot work (an unknown variant, a dataset or model that cannot
+    be loaded, a bad ``--scale``, ``--config_overrides`` or checkpoint); the message names the option and the value.
+    The example scripts end with it as one line (exit status 1: :func:`exit_on_user_error`)."""
+
+
+@contextmanager
+def loading(option: str):
+    """Turns the failure to load what ``option`` names (a dataset or pretrained model: missing folder, unknown Hub
+    id, no network) into a one-line :class:`RunOptionError` naming the option and the cause."""
+    try:
+        yield
+    except RunOptionError:
+        raise
+    except Exception as error:  # datasets, transformers and the Hub client raise many types here
+        detail = (str(error).strip().splitlines() or [""])[0]
+        raise RunOptionError(f"{option}: cannot be loaded ({type(error).__name__}: {detail})") from error
+
+
 def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (64, 16)):
     """A ``DatasetDict``: the generated demo dataset (``None``), a ``save_to_disk`` folder, a folder of parquet files
     or images (``imagefolder``), or a Hub dataset id."""
@@ -63,7 +82,7 @@ def load_splits(
     dataset = load_segmentation_dataset(dataset_name, demo_sizes=demo_sizes)
     for split in (train_split, eval_split):
         if split not in dataset:
-            raise ValueError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
+            raise RunOptionError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
     train, evaluation = dataset[train_split], dataset[eval_split]
     if max_train_samples:
         train = train.select(range(min(max_train_samples, len(train))))
@@ -125,7 +144,7 @@ def resolve_data_settings(
     from .variants import get_variant
 
     if scale is not None and len(scale) != 2:
-        raise ValueError(f"--scale takes two numbers (long short), got {list(scale)}")
+        raise RunOptionError(f"--scale takes two numbers (long short), got {list(scale)}")
     if variant is not None:
         record = get_variant(variant)
         default_scale, default_reduce, size_divisor = record.test_scale, record.reduce_labels, record.size_divisor
@@ -159,7 +178,7 @@ def resolve_id2label(
         return variant_config(variant).id2label
     if model_name_or_path:
         return AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).id2label
-    raise ValueError("a dataset other than the demo needs --variant or --model_name_or_path for its classes")
+    raise RunOptionError("a dataset other than the demo needs --variant or --model_name_or_path for its classes")
 
 
 def apply_config_overrides(config, overrides: str | dict | None):
@@ -167,12 +186,15 @@ def apply_config_overrides(config, overrides: str | dict | None):
     an attribute the config does not have is an error."""
     if not overrides:
         return config
-    values = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    try:
+        values = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    except ValueError as error:
+        raise RunOptionError(f"--config_overrides {overrides!r} is not valid JSON ({error})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"config overrides must be a JSON object, got {overrides!r}")
+        raise RunOptionError(f"config overrides must be a JSON object, got {overrides!r}")
     for key, value in values.items():
         if not hasattr(config, key):
-            raise ValueError(f"config override {key!r}: {type(config).__name__} has no such attribute")
+            raise RunOptionError(f"config override {key!r}: {type(config).__name__} has no such attribute")
         setattr(config, key, value)
     return config
 
@@ -282,7 +304,14 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
     inside ``main_process_first()`` (the main process writes the datasets cache first). Call it after seeding: the
     model is initialised here.
     """
-    with main_process_first():
+    from .variants import get_variant
+
+    if model_options.variant is not None:
+        try:
+            get_variant(model_options.variant)
+        except KeyError as error:
+            raise RunOptionError(f"--variant {error.args[0]}") from None
+    with main_process_first(), loading(f"--dataset_name {data_options.dataset_name}"):
         train, evaluation = load_splits(
             data_options.dataset_name,
             data_options.train_split,
@@ -290,26 +319,30 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
             data_options.max_train_samples,
             data_options.max_eval_samples,
         )
-    id2label = resolve_id2label(
-        data_options.dataset_name,
-        model_options.model_name_or_path,
-        model_options.variant,
-        model_options.trust_remote_code,
-    )
-    model = build_model(
-        id2label,
-        model_options.model_name_or_path,
-        model_options.variant,
-        model_options.trust_remote_code,
-        model_options.config_overrides,
-    )
+    with loading(f"--model_name_or_path {model_options.model_name_or_path}"):
+        id2label = resolve_id2label(
+            data_options.dataset_name,
+            model_options.model_name_or_path,
+            model_options.variant,
+            model_options.trust_remote_code,
+        )
+        model = build_model(
+            id2label,
+            model_options.model_name_or_path,
+            model_options.variant,
+            model_options.trust_remote_code,
+            model_options.config_overrides,
+        )
+        saved_processor = (
+            None if model_options.variant else pretrained_processor_settings(model_options.model_name_or_path)
+        )
     if model_options.sync_batchnorm:
         model = convert_sync_batchnorm(model, device)
     settings = resolve_data_settings(
         model_options.variant,
         data_options.scale,
         data_options.do_reduce_labels,
-        None if model_options.variant else pretrained_processor_settings(model_options.model_name_or_path),
+        saved_processor,
     )
     train_transform, eval_transform = build_transforms(
         data_options.image_column,
@@ -337,21 +370,22 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
     )
 
 
-class DatasetSampleError(ValueError):
+class DatasetSampleError(RunOptionError):
     """A sample of the dataset cannot be used (unreadable file, wrong size, label values outside the classes); the
     message names the sample (its dataset row) and, where known, its file. The example scripts end with this message
     as one line (exit status 1)."""
 
 
 @contextmanager
-def exit_on_sample_error():
-    """For a script's ``__main__``: a :class:`DatasetSampleError` ends the script with its message as one line (exit
-    status 1), also when a data loader worker raised it (torch re-raises it with the worker's traceback)."""
+def exit_on_user_error():
+    """For a script's ``__main__``: a :class:`RunOptionError` (a bad option, a :class:`DatasetSampleError`) ends the
+    script with its message as one line (exit status 1), also when a data loader worker raised it (torch re-raises
+    it with the worker's traceback, whose last line is the message)."""
     try:
         yield
-    except DatasetSampleError as error:
+    except RunOptionError as error:
         message = str(error).strip().splitlines()[-1]
-        message = re.sub(rf"^[\w.]*{DatasetSampleError.__name__}: ", "", message)  # the traceback's last line
+        message = re.sub(r"^[\w.]*(RunOptionError|DatasetSampleError): ", "", message)  # a traceback's last line
         raise SystemExit(f"error: {message}") from None
 
 
@@ -543,7 +577,7 @@ def last_checkpoint(output_dir, prefix: str, separator: str = "-") -> Path:
         if path.is_dir() and (match := pattern.match(path.name))
     ]
     if not steps:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no {prefix}{separator}N checkpoint in {output_dir}")
+        raise RunOptionError(f"--resume_from_checkpoint latest: no {prefix}{separator}N checkpoint in {output_dir}")
     return max(steps)[1]
 
 
@@ -555,7 +589,7 @@ def resolve_checkpoint(output_dir, name: str | None, prefix: str, separator: str
     if name == "latest":
         return last_checkpoint(output_dir, prefix, separator)
     if not Path(name).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {name}: no such folder")
+        raise RunOptionError(f"--resume_from_checkpoint {name}: no such folder")
     return Path(name)
 
 

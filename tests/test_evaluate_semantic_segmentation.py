@@ -59,3 +59,16 @@ def test_known_dataset_palette_is_used():
     script = load_script()
     id2label, palette = hf_semseg.dataset_labels("cityscapes")
     assert script.palette_for(id2label).tolist() == palette
+
+
+def test_a_missing_model_or_split_is_one_error_line(saved_model, tmp_path):
+    from hf_semseg.training import exit_on_user_error
+
+    folder, _ = saved_model
+    script = load_script()
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        script.main(["--model", str(tmp_path / "no_such_model")])
+    assert str(exit_info.value).startswith(f"error: --model {tmp_path / 'no_such_model'}: cannot be loaded (")
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        script.main(["--model", str(folder), "--split", "test", "--max_samples", "1"])
+    assert str(exit_info.value) == "error: --split test: dataset demo has splits ['train', 'validation']"

@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from script_helpers import load_example
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
@@ -171,3 +172,44 @@ def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypa
         "train without --push_to_hub"
     )
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--variant", "semask-fpn-huge-ade20k"],
+            r"--variant unknown variant 'semask-fpn-huge-ade20k'; known variants: ",
+        ),
+        (["--dataset_name", "{tmp}/no_such_dataset"], r"--dataset_name \S*no_such_dataset: cannot be loaded \(\w+"),
+        (["--model_name_or_path", "{tmp}/no_such_model"], r"--model_name_or_path \S*no_such_model: cannot be loaded"),
+        (["--config_overrides", "{{depths: 1"], r"--config_overrides '\{depths: 1' is not valid JSON"),
+        (
+            ["--config_overrides", '{{"no_such": 1}}'],
+            r"config override 'no_such': SeMaskSwinConfig has no such attribute",
+        ),
+        # (the Accelerate script's argparse takes exactly two numbers: its usage and exit status 2)
+        (["--scale", "512"], r"--scale takes two numbers \(long short\), got \[512\]"),
+        (["--eval_split", "test"], r"dataset demo has no split 'test'; it has \['train', 'validation'\]"),
+        (["--resume_from_checkpoint", "latest"], r"--resume_from_checkpoint latest: no checkpoint-N checkpoint in"),
+    ],
+)
+def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, arguments, message):
+    """Each of these ended in a traceback from datasets, transformers, json or the Hub client."""
+    from script_helpers import load_example
+
+    from hf_semseg.training import exit_on_user_error
+
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    scripts = ["run_semantic_segmentation.py", "run_semantic_segmentation_no_trainer.py"]
+    for script in scripts[:1] if arguments[0] == "--scale" else scripts:
+        output_dir = tmp_path / script
+        module = load_example(REPO_ROOT / "examples" / script)
+        with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+            module.main(
+                ["--output_dir", str(output_dir), "--max_train_samples", "2", "--max_eval_samples", "1", *arguments]
+            )
+        text = str(exit_info.value)
+        step_name = message.replace("checkpoint-N", "step_N") if "no_trainer" in script else message
+        assert text.startswith("error: ") and "\n" not in text and re.match(step_name, text[7:]), text
+        assert not (output_dir / "model.safetensors").exists()

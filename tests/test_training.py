@@ -328,24 +328,30 @@ def test_an_unreadable_file_is_named_with_its_sample(tmp_path):
 
 
 def test_a_sample_error_ends_a_script_with_one_line():
-    from hf_semseg.training import DatasetSampleError, exit_on_sample_error
+    from hf_semseg.training import DatasetSampleError, exit_on_user_error
 
-    with pytest.raises(SystemExit) as exit_info, exit_on_sample_error():
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
         raise DatasetSampleError("sample 4: image a.png cannot be read (image file is truncated)")
     assert str(exit_info.value) == "error: sample 4: image a.png cannot be read (image file is truncated)"
     # as a data loader worker re-raises it: the worker's traceback first, the message on the last line
     worker = "Caught DatasetSampleError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-    with pytest.raises(SystemExit) as exit_info, exit_on_sample_error():
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
         raise DatasetSampleError(worker + "  File x\nhf_semseg.training.DatasetSampleError: sample 4: bad\n")
     assert str(exit_info.value) == "error: sample 4: bad"
-    with pytest.raises(ValueError, match="other"), exit_on_sample_error():  # other errors pass through
+    with pytest.raises(ValueError, match="other"), exit_on_user_error():  # other errors pass through
         raise ValueError("other")
 
 
 def test_checkpoints_are_published_whole_and_latest_is_the_largest_step(tmp_path):
-    from hf_semseg.training import STAGING_FOLDER, last_checkpoint, publish_checkpoint, resolve_checkpoint
+    from hf_semseg.training import (
+        STAGING_FOLDER,
+        RunOptionError,
+        last_checkpoint,
+        publish_checkpoint,
+        resolve_checkpoint,
+    )
 
-    with pytest.raises(FileNotFoundError, match=r"latest: no checkpoint-N checkpoint in"):
+    with pytest.raises(RunOptionError, match=r"latest: no checkpoint-N checkpoint in"):
         last_checkpoint(tmp_path, "checkpoint")
     for name in ("checkpoint-2", "checkpoint-10", "checkpoint-9", "checkpoint-x", "checkpoint-11.tmp", "other"):
         (tmp_path / name).mkdir()
@@ -367,7 +373,7 @@ def test_checkpoints_are_published_whole_and_latest_is_the_largest_step(tmp_path
     assert sorted(p.name for p in (tmp_path / "checkpoint-20").iterdir()) == ["other"]
     assert resolve_checkpoint(tmp_path, None, "checkpoint") is None
     assert resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-2"), "checkpoint").name == "checkpoint-2"
-    with pytest.raises(FileNotFoundError, match="step_404: no such folder"):
+    with pytest.raises(RunOptionError, match="step_404: no such folder"):
         resolve_checkpoint(tmp_path, str(tmp_path / "step_404"), "step", "_")
     (tmp_path / "step_3").mkdir()
     assert resolve_checkpoint(tmp_path, "latest", "step", "_").name == "step_3"
