@@ -30,7 +30,7 @@ from hf_semseg.inference import (
     sliding_window_logits,
     whole_image_logits,
 )
-from hf_semseg.metrics import MeanIoU
+from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     RunOptionError,
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     reduce_labels = args.do_reduce_labels
     if reduce_labels is None:  # as the model's own pre-processing
         reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
-    metric = MeanIoU(num_labels)
+    metric = SegmentationMetrics(num_labels)
     palette = palette_for(model.config.id2label)
     if args.predictions_dir:
         args.predictions_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
             mask.save(args.predictions_dir / f"{index:05d}_mask.png")
             Image.blend(Image.fromarray(image), mask, alpha=0.5).save(args.predictions_dir / f"{index:05d}_overlay.png")
     result = metric.compute()
-    summary = {key: result[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    keys = ("mean_iou", "mean_accuracy", "overall_accuracy", "mean_boundary_iou", "trimap_mean_iou")
+    summary = {key: result[key] for key in keys}
     summary["per_category_iou"] = {
         model.config.id2label[i]: (None if np.isnan(v) else float(v)) for i, v in enumerate(result["per_category_iou"])
     }

@@ -36,7 +36,7 @@ from transformers import get_polynomial_decay_schedule_with_warmup
 import hf_semseg
 from hf_semseg.hub import HubAccessError, check_hub_access
 from hf_semseg.inference import logits_to_size, model_size_divisibility
-from hf_semseg.metrics import MeanIoU
+from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     STAGING_FOLDER,
@@ -46,6 +46,8 @@ from hf_semseg.training import (
     publish_checkpoint,
     resolve_checkpoint,
     set_up_run,
+    summary_metrics,
+    update_unpadded,
     write_predictions,
 )
 
@@ -156,7 +158,7 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
     spare = pad_collate([dataset[0]])  # for a process whose shard is empty
     was_training = model.training
     model.eval()
-    metric = MeanIoU(num_labels)
+    metric = SegmentationMetrics(num_labels)
     divisor = model_size_divisibility(accelerator.unwrap_model(model))
     batches = iter(loader)
     for _ in tqdm(range(rounds), desc="evaluation", disable=not accelerator.is_local_main_process):
@@ -168,10 +170,9 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
         labels = batch["labels"]
         # crop a padding model's logits (SeMask-Mask2Former) to the collated input before upsampling
         logits = logits_to_size(logits.float(), pixel_values.shape[-2:], labels.shape[-2:], divisor)
-        metric.update(logits.argmax(1).cpu(), labels)
-    for name in ("confusion", "missed"):  # summed over the processes, on the accelerator's device (NCCL needs it)
-        total = accelerator.reduce(getattr(metric, name).to(accelerator.device), reduction="sum")
-        setattr(metric, name, total.cpu())
+        update_unpadded(metric, logits.argmax(1).cpu(), labels)
+    # the counts summed over the processes, on the accelerator's device (NCCL needs it)
+    metric.reduce(lambda counts: accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu())
     model.train(was_training)
     return metric.compute()
 
@@ -288,9 +289,7 @@ def main(argv=None) -> dict:
     bar.close()
 
     result = evaluate(accelerator, model, run.evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
-    metrics = {f"eval_{key}": result[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
-    for index, value in enumerate(result["per_category_iou"]):
-        metrics[f"eval_iou_{run.model.config.id2label.get(index, index)}"] = float(value)
+    metrics = {f"eval_{key}": value for key, value in summary_metrics(result, run.model.config.id2label).items()}
     metrics["epoch"] = progress.completed_steps / steps_per_epoch
     accelerator.print(json.dumps(metrics))
 

@@ -330,3 +330,58 @@ class TrimapMeanIoU:
         """``trimap_mean_iou`` (float) and ``per_category_trimap_iou`` (array, NaN for classes absent from the band)."""
         result = self.band.compute()
         return {"trimap_mean_iou": result["mean_iou"], "per_category_trimap_iou": result["per_category_iou"]}
+
+
+class SegmentationMetrics:
+    """:class:`MeanIoU`, :class:`BoundaryIoU` and :class:`TrimapMeanIoU` of the same predictions, as the evaluation
+    script and the training scripts' evaluations report them.
+
+    ``update(predictions, references)`` updates the three; ``reduce(function)`` replaces every counting tensor of the
+    three by ``function(tensor)`` (e.g. accelerate's ``reduce(..., "sum")``; :meth:`gather` sums with
+    ``torch.distributed``); ``compute()`` merges their results: ``mean_iou``, ``mean_accuracy``,
+    ``overall_accuracy``, ``mean_boundary_iou``, ``trimap_mean_iou`` and the per-category arrays.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        ignore_index: int = IGNORE_INDEX,
+        dilation_ratio: float = 0.02,
+        trimap_width: int = 5,
+    ):
+        self.mean_iou = MeanIoU(num_labels, ignore_index)
+        self.boundary_iou = BoundaryIoU(num_labels, dilation_ratio, ignore_index)
+        self.trimap_mean_iou = TrimapMeanIoU(num_labels, trimap_width, ignore_index)
+        self.num_labels, self.ignore_index = num_labels, ignore_index
+
+    def _counts(self) -> list[tuple[object, str]]:
+        band = self.trimap_mean_iou.band
+        return [
+            (self.mean_iou, "confusion"),
+            (self.mean_iou, "missed"),
+            (self.boundary_iou, "intersection"),
+            (self.boundary_iou, "union"),
+            (band, "confusion"),
+            (band, "missed"),
+        ]
+
+    def update(self, predictions, references) -> None:
+        for metric in (self.mean_iou, self.boundary_iou, self.trimap_mean_iou):
+            metric.update(predictions, references)
+
+    def reduce(self, function) -> None:
+        for owner, name in self._counts():
+            setattr(owner, name, function(getattr(owner, name)))
+
+    def gather(self) -> None:
+        """Sums the counts of all processes (call once, before ``compute``, in a distributed run)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for owner, name in self._counts():
+                torch.distributed.all_reduce(getattr(owner, name))
+
+    def reset(self) -> None:
+        for metric in (self.mean_iou, self.boundary_iou, self.trimap_mean_iou):
+            metric.reset()
+
+    def compute(self) -> dict:
+        return {**self.mean_iou.compute(), **self.boundary_iou.compute(), **self.trimap_mean_iou.compute()}

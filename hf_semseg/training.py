@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.hf_argparser import string_to_bool
 
 from .inference import logits_to_size, model_size_divisibility
-from .metrics import MeanIoU
+from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
 from .transforms import SegmentationTrainTransform
@@ -776,10 +776,25 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device | str = "cpu")
     return convert(model)
 
 
+def update_unpadded(metric, predictions: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> None:
+    """Updates ``metric`` with each sample of a collated batch cropped to its labelled extent: :func:`pad_collate`
+    pads the labels on the right and bottom with the ignore index, and the boundary metrics must see the image's own
+    border there, not the batch's (rows and columns with no labelled pixel at the bottom and right are dropped; they
+    count in no statistic)."""
+    labelled = labels != ignore_index
+    for prediction, label, mask in zip(predictions, labels, labelled):
+        rows, columns = mask.any(1).nonzero(), mask.any(0).nonzero()
+        if rows.numel() == 0:
+            continue  # nothing labelled: counts in no statistic
+        height, width = int(rows[-1]) + 1, int(columns[-1]) + 1
+        metric.update(prediction[:height, :width], label[:height, :width])
+
+
 class StreamingMeanIoU:
     """``compute_metrics`` for ``Trainer(batch_eval_metrics=True)``: upsample the logits to the label size, argmax,
-    accumulate; only the confusion matrix is kept between batches. ``size_divisibility``: the multiple a model pads
-    its input to (:func:`~hf_semseg.inference.model_size_divisibility`), whose logits are cropped before the upsampling."""
+    accumulate (:class:`~hf_semseg.metrics.SegmentationMetrics`: mIoU, Boundary IoU, trimap mIoU); only the counts are
+    kept between batches. ``size_divisibility``: the multiple a model pads its input to
+    (:func:`~hf_semseg.inference.model_size_divisibility`), whose logits are cropped before the upsampling."""
 
     def __init__(
         self,
@@ -788,7 +803,7 @@ class StreamingMeanIoU:
         ignore_index: int = IGNORE_INDEX,
         size_divisibility: int = 0,
     ):
-        self.metric = MeanIoU(num_labels, ignore_index)
+        self.metric = SegmentationMetrics(num_labels, ignore_index)
         self.id2label = id2label or {}
         self.size_divisibility = size_divisibility
 
@@ -801,16 +816,23 @@ class StreamingMeanIoU:
         labels = torch.where(labels == -100, torch.full_like(labels, self.metric.ignore_index), labels)
         # the labels have the (collated) input's size; a padding model's logits are cropped to it first
         upsampled = logits_to_size(logits.float(), labels.shape[-2:], labels.shape[-2:], self.size_divisibility)
-        self.metric.update(upsampled.argmax(1).cpu(), labels.cpu())
+        update_unpadded(self.metric, upsampled.argmax(1).cpu(), labels.cpu(), self.metric.ignore_index)
         if not compute_result:
             return {}
         # no gather(): Trainer already gathers predictions and labels of all processes before calling this
         result = self.metric.compute()
         self.metric.reset()
-        metrics = {key: result[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
-        for index, value in enumerate(result["per_category_iou"]):
-            metrics[f"iou_{self.id2label.get(index, index)}"] = float(value)
-        return metrics
+        return summary_metrics(result, self.id2label)
+
+
+def summary_metrics(result: dict, id2label: dict) -> dict:
+    """The scalar metrics of :meth:`~hf_semseg.metrics.SegmentationMetrics.compute` and one ``iou_<class>`` per
+    class, as the training scripts log them."""
+    keys = ("mean_iou", "mean_accuracy", "overall_accuracy", "mean_boundary_iou", "trimap_mean_iou")
+    metrics = {key: result[key] for key in keys}
+    for index, value in enumerate(result["per_category_iou"]):
+        metrics[f"iou_{id2label.get(index, index)}"] = float(value)
+    return metrics
 
 
 def write_predictions(model, dataset, image_column: str, output_dir: Path, count: int, scale) -> None:

@@ -5,7 +5,7 @@ from script_helpers import load_example
 
 import hf_semseg
 from hf_semseg.demo_data import demo_model_config, make_demo_dataset
-from hf_semseg.metrics import MeanIoU
+from hf_semseg.metrics import SegmentationMetrics
 
 from conftest import REPO_ROOT
 
@@ -29,14 +29,16 @@ def test_whole_mode_equals_manual_evaluation_and_writes_predictions(saved_model,
     script = load_script()
     summary = script.main(["--model", str(folder), "--max_samples", "2", "--predictions_dir", str(tmp_path)])
     processor = hf_semseg.KeepRatioImageProcessor(size={"longest_edge": 224, "shortest_edge": 160})
-    metric = MeanIoU(model.config.num_labels)
+    metric = SegmentationMetrics(model.config.num_labels)
     for sample in make_demo_dataset()["validation"].select(range(2)):
         label = np.array(sample["label"])
         with torch.no_grad():
             outputs = model(**processor(sample["image"], return_tensors="pt"))
         prediction = processor.post_process_semantic_segmentation(outputs, target_sizes=[label.shape])[0]
         metric.update(prediction, torch.from_numpy(label.astype(np.int64)))
-    assert summary["mean_iou"] == pytest.approx(metric.compute()["mean_iou"], abs=1e-6)
+    expected = metric.compute()
+    for key in ("mean_iou", "mean_boundary_iou", "trimap_mean_iou"):  # the boundary metrics at the image size
+        assert summary[key] == pytest.approx(expected[key], abs=1e-6), key
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "00000_mask.png", "00000_overlay.png", "00001_mask.png", "00001_overlay.png",
     ]  # fmt: skip

@@ -29,6 +29,7 @@ def test_trainer_script_trains_on_the_demo_dataset_and_saves_a_loadable_model(tm
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval_results.json").read_text())
     assert {"eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_disc"} <= set(metrics)
+    assert 0.0 <= metrics["eval_mean_boundary_iou"] <= 1.0 and 0.0 <= metrics["eval_trimap_mean_iou"] <= 1.0
     assert 0.0 <= metrics["eval_mean_iou"] <= 1.0
     losses = [float(m) for m in re.findall(r"'loss': '?([0-9.]+)", result.stdout + result.stderr)]
     model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)

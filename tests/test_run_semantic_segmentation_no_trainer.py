@@ -58,6 +58,7 @@ def test_trains_saves_and_resumes_a_killed_run_to_the_same_weights(full_run, tmp
     full, full_losses, metrics = full_run
     assert len(full_losses) == 24 and full_losses[-1] < full_losses[0], full_losses
     assert {"eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_disc"} <= set(metrics)
+    assert 0.0 <= metrics["eval_mean_boundary_iou"] <= 1.0 and 0.0 <= metrics["eval_trimap_mean_iou"] <= 1.0
     assert metrics["eval_mean_iou"] > 0.4, metrics
     model = AutoModelForSemanticSegmentation.from_pretrained(full)
     assert model.config.id2label[1] == "disc" and model.config.embed_dim == 16

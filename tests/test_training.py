@@ -395,3 +395,37 @@ def test_a_finetuned_model_keeps_its_saved_pre_processing(tmp_path):
     saved = type(processor).from_pretrained(tmp_path).to_dict()
     assert type(processor) is SeMaskMask2FormerImageProcessor
     assert processor.to_dict() == {key: value for key, value in saved.items() if key != "auto_map"}
+
+
+def test_training_evaluation_reports_boundary_metrics_of_each_unpadded_sample():
+    """The training scripts' evaluation reports Boundary IoU and trimap mIoU next to mIoU; each sample of a collated
+    batch is measured at its own size (the collate padding is not the image's border), so the result equals that of
+    the samples measured one by one."""
+    from transformers import EvalPrediction
+
+    from hf_semseg.metrics import SegmentationMetrics
+    from hf_semseg.training import StreamingMeanIoU
+
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for height, width in ((24, 40), (32, 20)):
+        label = torch.randint(0, 3, (height // 4, width // 4), generator=generator)
+        label = label.repeat_interleave(4, 0).repeat_interleave(4, 1)  # blocks: boundaries to measure
+        label[0, :5] = 255
+        logits = torch.randn(3, height, width, generator=generator) + 3 * torch.nn.functional.one_hot(
+            label.clamp(max=2), 3
+        ).permute(2, 0, 1)
+        samples.append({"pixel_values": logits, "labels": label})
+    batch = pad_collate(samples)  # logits padded with 0, labels with 255, to 32 x 40
+    metric = StreamingMeanIoU(3, {0: "a", 1: "b", 2: "c"})
+    result = metric(EvalPrediction(predictions=batch["pixel_values"].numpy(), label_ids=batch["labels"].numpy()), True)
+    expected = SegmentationMetrics(3)
+    for sample in samples:
+        expected.update(sample["pixel_values"].argmax(0), sample["labels"])
+    expected = expected.compute()
+    for key in ("mean_iou", "mean_boundary_iou", "trimap_mean_iou"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-12), key
+    assert 0.0 < result["mean_boundary_iou"] < 1.0 and set(result) >= {"iou_a", "iou_b", "iou_c"}
+    padded = SegmentationMetrics(3)  # what measuring the padded batch would give instead
+    padded.update(batch["pixel_values"].argmax(1), batch["labels"])
+    assert padded.compute()["mean_boundary_iou"] != pytest.approx(expected["mean_boundary_iou"])
