@@ -72,6 +72,7 @@ def demo_model_config(drop_path_rate: float = 0.1):
         num_heads=[1, 2, 4, 8],
         decoder_hidden_size=64,
         drop_path_rate=drop_path_rate,
+        out_features=["stage1", "stage2", "stage3", "stage4"],  # the Semantic-FPN head takes the four stages
         id2label=id2label,
         label2id={label: i for i, label in id2label.items()},
     )

@@ -161,6 +161,10 @@ def get_variant(name: str) -> Variant:
     return _REGISTRY[name]
 
 
+#: ``out_features`` of the backbone of every released segmentation model: its decode head takes the four stages
+#: (transformers' backbone configs return the last stage only when ``out_features`` is not given)
+FOUR_STAGES = ("stage1", "stage2", "stage3", "stage4")
+
 #: the model class of each family's released models (``config.architectures``), by whether they classify images
 _ARCHITECTURES = {
     ("semask_swin", False): "SeMaskSwinForSemanticSegmentation",
@@ -312,6 +316,7 @@ def semask_fpn_config(size: str, dataset: str):
         semantic_window_size=window,
         drop_path_rate=0.3,
         use_ohem=use_ohem,
+        out_features=list(FOUR_STAGES),
         **_labels_config_kwargs(dataset),
     )
 
@@ -358,7 +363,8 @@ _PALE_SIZES = {
 
 
 def pale_config(size: str, num_labels: int = 1000, id2label: dict | None = None):
-    """Pale-T/S/B (depths 2-2-16-2, pale size 7 in every stage)."""
+    """Pale-T/S/B (depths 2-2-16-2, pale size 7 in every stage), the backbone returning the four stages (the UperNet
+    head takes them; the classifier pools the last stage whatever they are)."""
     from .models.configuration_pale import PaleConfig
 
     embed_dim, heads, drop_path, *_ = _PALE_SIZES[size]
@@ -369,6 +375,7 @@ def pale_config(size: str, num_labels: int = 1000, id2label: dict | None = None)
         num_heads=list(heads),
         pale_sizes=[7, 7, 7, 7],
         drop_path_rate=drop_path,
+        out_features=list(FOUR_STAGES),
         id2label=id2label,
         label2id={label: i for i, label in id2label.items()},
     )
@@ -462,7 +469,7 @@ def vwformer_config(backbone: str, size: str, dataset: str):
 
     from .models.configuration_vwformer import VWFormerConfig
 
-    stages = ["stage1", "stage2", "stage3", "stage4"]
+    stages = list(FOUR_STAGES)
     if backbone == "swin":
         embed_dim, heads = _VWFORMER_SWIN[size]
         backbone_config = SwinConfig(
@@ -556,6 +563,7 @@ def semask_mask2former_config(dataset: str):
     backbone = SeMaskSwinConfig(
         **dict(SEMASK_SWIN_LARGE, semantic_window_size=semantic_window),
         semantic_attention_types=semask_mask2former_semantic_attention_types(len(labels["id2label"])),
+        out_features=list(FOUR_STAGES),
     )
     return SeMaskMask2FormerConfig(backbone_config=backbone, **labels)
 

@@ -72,6 +72,43 @@ def tiny_pale_kwargs(**overrides) -> dict:
     return values
 
 
+#: the four backbone stages the decode heads read (``out_features`` of a backbone config)
+FOUR_STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+def tiny_vwformer_kwargs(**overrides) -> dict:
+    """Keyword arguments of a tiny ``VWFormerConfig`` head (64 channels, 2 heads) with the tiny labels; the caller adds
+    ``backbone_config``."""
+    values = dict(decoder_hidden_size=64, num_attention_heads=2, **tiny_label_kwargs())
+    values.update(overrides)
+    return values
+
+
+def tiny_vwformer_backbone_config(name: str):
+    """A tiny config of a backbone VWFormer takes: ``"swin"``, ``"convnext"`` (transformers' ``ConvNextBackbone``,
+    which needs 32 px per side on its own), ``"mit"`` (SegFormer's encoder with the released key reductions 8/4/2/1,
+    29 px per side on its own), ``"semask_swin"`` or ``"pale"``."""
+    from transformers import ConvNextConfig, SegformerConfig, SwinConfig
+
+    from hf_semseg import PaleConfig, SeMaskSwinConfig
+
+    if name == "swin":
+        return SwinConfig(
+            embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4, out_features=FOUR_STAGES
+        )
+    if name == "convnext":
+        return ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], out_features=FOUR_STAGES)
+    if name == "mit":
+        return SegformerConfig(
+            depths=[1, 1, 1, 1], hidden_sizes=[16, 24, 32, 48], num_attention_heads=[1, 1, 2, 2], sr_ratios=[8, 4, 2, 1]
+        )
+    if name == "semask_swin":
+        return SeMaskSwinConfig(**tiny_semask_swin_kwargs(depths=[1, 1, 1, 1]), out_features=FOUR_STAGES)
+    if name == "pale":
+        return PaleConfig(**tiny_pale_kwargs(depths=[1, 1, 1, 1]), out_features=FOUR_STAGES)
+    raise ValueError(f"no tiny VWFormer backbone {name!r}")
+
+
 def open_semantic_gates(model, value: float = 0.5) -> None:
     """SeMask's gates (``gamma``) start at 0, so a fresh SeMask model is a plain Swin; open them so that the semantic
     path matters."""

@@ -58,12 +58,12 @@ def many_labels(num_labels: int = 150) -> dict:
 
 
 def semask_config(**overrides):
-    return SeMaskSwinConfig(**{**tiny_semask_swin_kwargs(decoder_hidden_size=16), **overrides})
+    return SeMaskSwinConfig(**{**tiny_semask_swin_kwargs(decoder_hidden_size=16), "out_features": STAGES, **overrides})
 
 
 def pale_config(**overrides):
     values = tiny_pale_kwargs(decoder_hidden_size=16, auxiliary_channels=8, pool_scales=[1, 2], **tiny_label_kwargs())
-    return PaleConfig(**{**values, **overrides})
+    return PaleConfig(**{**values, "out_features": STAGES, **overrides})
 
 
 def vwformer_config(backbone_config, **overrides):

@@ -15,8 +15,14 @@ from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows,
 from model_suite import SegmentationModelSuite, tiny_label_kwargs, tiny_pale_kwargs
 
 
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
 def tiny_pale_config(**overrides) -> PaleConfig:
-    values = tiny_pale_kwargs(decoder_hidden_size=16, auxiliary_channels=8, pool_scales=[1, 2], **tiny_label_kwargs())
+    """A tiny Pale Transformer with the four stages, which the UperNet model takes."""
+    values = tiny_pale_kwargs(
+        decoder_hidden_size=16, auxiliary_channels=8, pool_scales=[1, 2], out_features=STAGES, **tiny_label_kwargs()
+    )
     values.update(overrides)
     return PaleConfig(**values)
 
@@ -118,6 +124,90 @@ def test_500x375_input_sizes():
         features = backbone(torch.randn(1, 3, 500, 375)).feature_maps
     assert [tuple(f.shape[-2:]) for f in features] == [(125, 94), (63, 47), (32, 24), (16, 12)]
     assert all(torch.isfinite(f).all() for f in features)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hidden states and backbone stages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_hidden_states_are_the_embedding_output_then_every_stage():
+    """transformers' convention for a hierarchical model (SwinModel, ConvNextModel): len(depths) + 1 hidden states,
+    the embedding output first. Here the stem (conv 7x7 / 4, padding 3, then its LayerNorm) is computed with
+    torch.nn.functional from the weights; the backbone's feature maps are its hidden states through the LayerNorm of
+    each selected stage; every model class returns the same hidden states, and the outputs depend on the first."""
+    torch.manual_seed(0)
+    model = PaleForSemanticSegmentation(tiny_pale_config()).eval()
+    classifier = PaleForImageClassification(tiny_pale_config()).eval()
+    classifier.pale.encoder.load_state_dict(model.backbone.encoder.state_dict())
+    stem = model.backbone.encoder.stages[0].patch_embed
+    with torch.no_grad():
+        stem.norm.weight.normal_(1.0, 0.3), stem.norm.bias.normal_(0.0, 0.3)
+        classifier.pale.encoder.load_state_dict(model.backbone.encoder.state_dict())
+    pixel_values = torch.randn(2, 3, 45, 61)
+    projected = F.conv2d(pixel_values, stem.projection.weight, stem.projection.bias, stride=4, padding=3)
+    expected = F.layer_norm(projected.permute(0, 2, 3, 1), (16,), stem.norm.weight, stem.norm.bias)
+    expected = expected.permute(0, 3, 1, 2).detach()
+    assert expected.shape == (2, 16, 12, 16)
+    output = model(pixel_values, output_hidden_states=True)
+    hidden_states = output.hidden_states
+    assert [tuple(h.shape[1:]) for h in hidden_states] == [
+        (16, 12, 16),
+        (16, 12, 16),
+        (32, 6, 8),
+        (64, 3, 4),
+        (128, 2, 2),
+    ]
+    torch.testing.assert_close(hidden_states[0], expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        backbone_output = model.backbone(pixel_values, output_hidden_states=True)
+        classified = classifier(pixel_values, output_hidden_states=True)
+        # stage 2 is its conv embedding (3x3 / 2) and its block, applied to stage 1's output
+        stage2_embedding, stage2, _ = model.backbone.encoder.stages[1](hidden_states[1])
+    for ours in (backbone_output.hidden_states, classified.hidden_states):
+        for a, b in zip(ours, hidden_states, strict=True):
+            torch.testing.assert_close(a, b.detach())
+    torch.testing.assert_close(stage2.permute(0, 3, 1, 2), hidden_states[2].detach())
+    assert stage2_embedding.shape == (2, 32, 6, 8)
+    for stage, hidden_state, feature_map in zip(STAGES, hidden_states[1:], backbone_output.feature_maps):
+        norm = model.backbone.hidden_states_norms[stage]
+        expected_map = F.layer_norm(
+            hidden_state.detach().permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias
+        )
+        torch.testing.assert_close(feature_map, expected_map.permute(0, 3, 1, 2))
+    first = hidden_states[0]
+    first.retain_grad()
+    output.logits.sum().backward()
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_out_features_none_means_the_last_stage_as_transformers_backbones():
+    """transformers' rule (BackboneConfigMixin): neither out_features nor out_indices -> the last stage; the
+    configs of the models that take the four stages say so, or their parent config gives them."""
+    from hf_semseg import VWFormerConfig
+
+    for config in (PaleConfig(), PaleConfig(out_features=None, out_indices=None)):
+        assert (config.out_features, config.out_indices) == (["stage4"], [4])
+    backbone = PaleBackbone(tiny_pale_config(out_features=None)).eval()
+    with torch.no_grad():
+        feature_maps = backbone(torch.randn(1, 3, 32, 32)).feature_maps
+    assert backbone.channels == [128] and [tuple(f.shape) for f in feature_maps] == [(1, 128, 1, 1)]
+    assert list(backbone.hidden_states_norms) == ["stage4"]
+    # the stem is a stage name too: its feature map is the embedding output through its own LayerNorm
+    backbone = PaleBackbone(tiny_pale_config(out_features=["stem", "stage2"])).eval()
+    with torch.no_grad():
+        output = backbone(torch.randn(1, 3, 32, 32), output_hidden_states=True)
+    assert backbone.channels == [16, 32] and [f.shape[1] for f in output.feature_maps] == [16, 32]
+    stem_norm = backbone.hidden_states_norms["stem"]
+    torch.testing.assert_close(
+        output.feature_maps[0], stem_norm(output.hidden_states[0].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    )
+    for name in ("pale-tiny", "pale-tiny-upernet-ade20k"):
+        assert hf_semseg.variant_config(name).out_features == STAGES
+    vwformer = VWFormerConfig(backbone_config=PaleConfig(**tiny_pale_kwargs()), decoder_hidden_size=64)
+    assert vwformer.backbone_config.out_features == STAGES
+    reloaded = PaleConfig.from_dict(tiny_pale_config().to_dict())
+    assert (reloaded.out_features, reloaded.out_indices) == (STAGES, [1, 2, 3, 4])
 
 
 # ---------------------------------------------------------------------------------------------------------------

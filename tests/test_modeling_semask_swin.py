@@ -28,11 +28,15 @@ from hf_semseg.models.modeling_semask_swin import (
 from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_semask_swin_kwargs
 
 
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
 def tiny_config(**overrides) -> SeMaskSwinConfig:
-    attention_types = ["window", "window", "global", "global"]
-    return SeMaskSwinConfig(
-        **tiny_semask_swin_kwargs(semantic_attention_types=attention_types, decoder_hidden_size=16, **overrides)
-    )
+    """A tiny SeMask-Swin with the four stages, which the Semantic-FPN model takes."""
+    values = dict(semantic_attention_types=["window", "window", "global", "global"], decoder_hidden_size=16)
+    values["out_features"] = STAGES
+    values.update(overrides)
+    return SeMaskSwinConfig(**tiny_semask_swin_kwargs(**values))
 
 
 class TestSeMaskSwinForSemanticSegmentation(SegmentationModelSuite):
@@ -248,18 +252,120 @@ def test_model_backbone_and_segmentation_share_weights_and_outputs():
     }
     backbone.load_state_dict(backbone_state)
     base.load_state_dict(backbone_state)
+    encoder = segmentation.backbone.encoder
     pixel_values = torch.randn(1, 3, 45, 61)
     with torch.no_grad():
         full = segmentation(pixel_values, output_hidden_states=True, output_semantic_priors=True)
-        selected = backbone(pixel_values)
+        selected = backbone(pixel_values, output_hidden_states=True)
         base_output = base(pixel_values, output_hidden_states=True)
+        # the segmentation model returns its backbone's hidden states (as transformers' UperNet): the embedding
+        # output, then the four stage outputs before the patch merging, not normalised
+        assert [tuple(h.shape[1:]) for h in full.hidden_states] == [
+            (16, 12, 16),
+            (16, 12, 16),
+            (32, 6, 8),
+            (64, 3, 4),
+            (128, 2, 2),
+        ]
+        for ours, theirs in zip(selected.hidden_states, full.hidden_states, strict=True):
+            torch.testing.assert_close(ours, theirs)
+        # feature maps: the stage outputs through the stage LayerNorms (original norm0..3)
+        stage4 = encoder.norms[3](full.hidden_states[4].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        stage2 = encoder.norms[1](full.hidden_states[2].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        # the base model's hidden states (SwinModel's): the embedding output, then each stage after its patch
+        # merging (the next stage's input); the last stage has none
+        merged1 = encoder.stages[0].downsample(full.hidden_states[1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     assert backbone.channels == [32, 128]
     assert [f.shape[1:] for f in selected.feature_maps] == [(32, 6, 8), (128, 2, 2)]
-    torch.testing.assert_close(selected.feature_maps[1], full.hidden_states[3])
+    torch.testing.assert_close(selected.feature_maps[0], stage2)
+    torch.testing.assert_close(selected.feature_maps[1], stage4)
     torch.testing.assert_close(selected.semantic_priors[0], full.semantic_priors[1])
-    torch.testing.assert_close(base_output.last_hidden_state, full.hidden_states[3])
-    torch.testing.assert_close(base_output.pooler_output, full.hidden_states[3].mean((2, 3)))
+    torch.testing.assert_close(base_output.last_hidden_state, stage4)
+    torch.testing.assert_close(base_output.pooler_output, stage4.mean((2, 3)))
+    assert [tuple(h.shape[1:]) for h in base_output.hidden_states] == [
+        (16, 12, 16),
+        (32, 6, 8),
+        (64, 3, 4),
+        (128, 2, 2),
+        (128, 2, 2),
+    ]
+    torch.testing.assert_close(base_output.hidden_states[0], full.hidden_states[0])
+    torch.testing.assert_close(base_output.hidden_states[1], merged1)
+    torch.testing.assert_close(base_output.hidden_states[4], full.hidden_states[4])
     assert [p.shape[1] for p in full.semantic_priors] == [4, 4, 4, 4]
+
+
+def test_first_hidden_state_is_the_patch_embedding_output():
+    """hidden_states[0] of the model, the backbone and the segmentation model is the embedding output, as in
+    transformers' Swin: the image zero-padded to a multiple of the patch, the stride-4 patch projection and its
+    LayerNorm, here computed with torch.nn.functional from the weights. The outputs depend on it (a gradient reaches
+    it) and selecting hidden states by index keeps the others None."""
+    torch.manual_seed(0)
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    open_semantic_gates(model)
+    embeddings = model.backbone.embeddings
+    with torch.no_grad():
+        embeddings.norm.weight.normal_(1.0, 0.3), embeddings.norm.bias.normal_(0.0, 0.3)
+    base = SeMaskSwinModel(model.config).eval()
+    base.load_state_dict({k.removeprefix("backbone."): v for k, v in model.state_dict().items() if "backbone." in k})
+    pixel_values = torch.randn(2, 3, 45, 61)
+    padded = F.pad(pixel_values, (0, 3, 0, 3))  # 45 x 61 -> 48 x 64
+    projected = F.conv2d(padded, embeddings.projection.weight, embeddings.projection.bias, stride=4)
+    expected = F.layer_norm(projected.permute(0, 2, 3, 1), (16,), embeddings.norm.weight, embeddings.norm.bias)
+    expected = expected.permute(0, 3, 1, 2).detach()
+    assert expected.shape == (2, 16, 12, 16)
+    output = model(pixel_values, output_hidden_states=True)
+    base_output = base(pixel_values, output_hidden_states=True)
+    backbone_output = model.backbone(pixel_values, output_hidden_states=True)
+    for hidden_states in (output.hidden_states, base_output.hidden_states, backbone_output.hidden_states):
+        assert len(hidden_states) == 5
+        torch.testing.assert_close(hidden_states[0], expected, atol=1e-5, rtol=1e-5)
+    first = output.hidden_states[0]
+    first.retain_grad()
+    output.logits.sum().backward()
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    with torch.no_grad():
+        chosen = model(pixel_values, output_hidden_states=[0, -1]).hidden_states
+    assert chosen[1] is None and chosen[2] is None and chosen[3] is None
+    torch.testing.assert_close(chosen[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chosen[4], output.hidden_states[4].detach())
+
+
+def test_out_features_none_means_the_last_stage_as_transformers_backbones():
+    """transformers' rule (BackboneConfigMixin.set_output_features_output_indices): neither out_features nor
+    out_indices -> the last stage; the configs of models that take the four stages say so."""
+    from transformers import SwinConfig
+
+    from hf_semseg import SeMaskMask2FormerConfig, VWFormerConfig
+    from hf_semseg.demo_data import demo_model_config
+
+    for config in (SeMaskSwinConfig(), SeMaskSwinConfig(out_features=None, out_indices=None)):
+        swin = SwinConfig()
+        assert (config.out_features, config.out_indices) == (swin.out_features, swin.out_indices) == (["stage4"], [4])
+    backbone = SeMaskSwinBackbone(tiny_config(out_features=None))
+    with torch.no_grad():
+        feature_maps = backbone(torch.randn(1, 3, 32, 32)).feature_maps
+    assert backbone.channels == [128] and [tuple(f.shape) for f in feature_maps] == [(1, 128, 1, 1)]
+    assert SeMaskSwinConfig(out_indices=[0, 2]).out_features == ["stem", "stage2"]
+    # the stem is a stage name too: its feature map is the embedding output (normalised by the patch embedding's
+    # LayerNorm), without a semantic prior
+    backbone = SeMaskSwinBackbone(tiny_config(out_features=["stem", "stage2"])).eval()
+    with torch.no_grad():
+        output = backbone(torch.randn(1, 3, 32, 32), output_hidden_states=True)
+    assert backbone.channels == [16, 32] and [f.shape[1] for f in output.feature_maps] == [16, 32]
+    torch.testing.assert_close(output.feature_maps[0], output.hidden_states[0])
+    assert output.semantic_priors[0] is None and output.semantic_priors[1].shape == (1, 4, 4, 4)
+    # the models that take the four stages
+    assert hf_semseg.variant_config("semask-fpn-tiny-ade20k").out_features == STAGES
+    assert demo_model_config().out_features == STAGES
+    assert SeMaskMask2FormerConfig().backbone_config.out_features == STAGES
+    assert SeMaskMask2FormerConfig(backbone_config=SeMaskSwinConfig()).backbone_config.out_features == STAGES
+    assert VWFormerConfig(backbone_config=SeMaskSwinConfig()).backbone_config.out_features == STAGES
+    # a config saved with its stages (every saved model's config lists them) loads them back
+    reloaded = SeMaskSwinConfig.from_dict(tiny_config().to_dict())
+    assert (reloaded.out_features, reloaded.out_indices) == (STAGES, [1, 2, 3, 4])
+    partial = SeMaskSwinConfig.from_dict(tiny_config(out_features=["stage2", "stage4"]).to_dict())
+    assert (partial.out_features, partial.out_indices) == (["stage2", "stage4"], [2, 4])
 
 
 def test_fresh_model_is_a_plain_swin_until_gamma_opens():

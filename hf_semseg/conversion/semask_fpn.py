@@ -14,6 +14,7 @@ import torch
 
 from ..models.configuration_semask_swin import SeMaskSwinConfig, semask_fpn_semantic_attention_types
 from ..models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
+from ..variants import FOUR_STAGES
 from .common import (
     MMSEG,
     CheckpointError,
@@ -246,6 +247,7 @@ def infer_config_and_settings(
     config = SeMaskSwinConfig(
         **backbone,
         semantic_attention_types=semask_fpn_semantic_attention_types(backbone["embed_dim"], num_classes),
+        out_features=list(FOUR_STAGES),  # the Semantic-FPN head takes the four stages
         decoder_hidden_size=decoder_channels,
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},

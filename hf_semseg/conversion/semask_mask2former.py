@@ -19,7 +19,7 @@ from ..models.configuration_semask_mask2former import (
 )
 from ..models.configuration_semask_swin import SeMaskSwinConfig
 from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
-from ..variants import SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW
+from ..variants import FOUR_STAGES, SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW
 from .common import (
     DETECTRON2,
     CheckpointError,
@@ -213,6 +213,7 @@ def infer_backbone_config(state_dict: dict[str, torch.Tensor], num_labels: int) 
         **fields,
         semantic_attention_types=semask_mask2former_semantic_attention_types(num_labels, len(fields["depths"])),
         drop_path_rate=0.3,
+        out_features=list(FOUR_STAGES),  # the pixel decoder takes the four stages
         num_labels=num_labels,
     )
 

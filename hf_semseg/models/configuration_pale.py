@@ -9,7 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils_segmentation import IGNORE_INDEX, set_backbone_stages
+from .configuration_utils_segmentation import IGNORE_INDEX
 
 
 @strict
@@ -40,7 +40,11 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
         use_auxiliary_head: the FCN auxiliary head on stage 3 (Swin/CSWin ADE20K recipe).
         auxiliary_loss_weight / auxiliary_channels / auxiliary_num_convs / auxiliary_concat_input: the FCN head.
         loss_ignore_index: label ignored by the segmentation losses.
-        out_features / out_indices: stages returned by :class:`PaleBackbone`.
+        out_features / out_indices: stages (``stem``, ``stage1`` ... ``stage4``) returned by :class:`PaleBackbone`.
+            Neither given: the last stage only, the rule of transformers' backbone configs
+            (``BackboneConfigMixin.set_output_features_output_indices``). The UperNet model
+            (:class:`PaleForSemanticSegmentation`) needs the four stages: its configs set
+            ``out_features=["stage1", "stage2", "stage3", "stage4"]``, as the variants do.
     """
 
     model_type = "pale"
@@ -82,7 +86,11 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
         self.num_layers = len(self.depths)
         self.hidden_sizes = [self.embed_dim * 2**i for i in range(self.num_layers)]
         self.hidden_size = self.hidden_sizes[-1]
-        set_backbone_stages(self, kwargs)
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_layers + 1)]
+        # transformers' backbone rule (as SwinConfig): neither given -> the last stage
+        self.set_output_features_output_indices(
+            out_features=kwargs.pop("out_features", None), out_indices=kwargs.pop("out_indices", None)
+        )
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

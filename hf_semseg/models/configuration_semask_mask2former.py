@@ -13,6 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 
 from .configuration_semask_swin import SeMaskSwinConfig
+from .configuration_utils_segmentation import use_four_backbone_stages
 
 
 def semask_mask2former_semantic_attention_types(num_labels: int, num_stages: int = 4) -> list[str]:
@@ -45,7 +46,9 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
     The SeMask-Swin backbone is ``backbone_config`` (a :class:`SeMaskSwinConfig`). Its semantic layers predict the same
     ``num_labels`` classes as the decoder, so its labels are kept equal to this config's. When ``backbone_config`` is
     not given, the released SeMask Swin-L is used, with the semantic attention of each stage chosen by the
-    Mask2Former code's rule (:func:`semask_mask2former_semantic_attention_types`).
+    Mask2Former code's rule (:func:`semask_mask2former_semantic_attention_types`). The model takes the backbone's four
+    stages: a backbone config that leaves ``out_features`` unset (transformers' rule: the last stage only) is given
+    the four.
 
     Args:
         semantic_loss_weight: weight of the cross-entropy of the parameter-free semantic head on the backbone's
@@ -79,7 +82,13 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
                 )
         self.backbone_config = backbone_config
         super().__post_init__(**kwargs)
+        use_four_backbone_stages(self.backbone_config)
         self.sync_backbone_labels()
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        if key == "backbone_config" and getattr(self, "_post_init_done", False):
+            use_four_backbone_stages(value)  # a backbone config assigned after construction too
 
     def _num_labels_from(self, kwargs: dict) -> int:
         """The number of classes before ``PreTrainedConfig.__post_init__`` has resolved it."""

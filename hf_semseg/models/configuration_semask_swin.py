@@ -9,7 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils_segmentation import IGNORE_INDEX, set_backbone_stages
+from .configuration_utils_segmentation import IGNORE_INDEX
 
 
 SEMANTIC_ATTENTION_TYPES = ("window", "global")
@@ -66,7 +66,11 @@ class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
         loss_ignore_index: label ignored by the losses.
         loss_mean_over_all_pixels: average the per-pixel losses over all pixels, ignored ones included, as mmseg 0.x
             (and so the original training) does; ``False`` averages over the non-ignored pixels only.
-        out_features / out_indices: stages returned by :class:`SeMaskSwinBackbone`.
+        out_features / out_indices: stages (``stem``, ``stage1`` ... ``stage4``) returned by
+            :class:`SeMaskSwinBackbone`. Neither given: the last stage only, the rule of transformers' backbone
+            configs (``BackboneConfigMixin.set_output_features_output_indices``). The Semantic-FPN model
+            (:class:`SeMaskSwinForSemanticSegmentation`) needs the four stages: its configs set
+            ``out_features=["stage1", "stage2", "stage3", "stage4"]``, as the variants and converters do.
     """
 
     model_type = "semask_swin"
@@ -109,7 +113,11 @@ class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
         self.num_layers = num_stages
         # channels after the last stage (HF Swin convention, used by VisionEncoderDecoder-style wrappers)
         self.hidden_size = int(self.embed_dim * 2 ** (num_stages - 1))
-        set_backbone_stages(self, kwargs)
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, num_stages + 1)]
+        # transformers' backbone rule (as SwinConfig): neither given -> the last stage
+        self.set_output_features_output_indices(
+            out_features=kwargs.pop("out_features", None), out_indices=kwargs.pop("out_indices", None)
+        )
         super().__post_init__(**kwargs)
         if self.semantic_attention_types is None:
             self.semantic_attention_types = semask_fpn_semantic_attention_types(self.embed_dim, self.num_labels)

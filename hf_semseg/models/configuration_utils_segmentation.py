@@ -1,4 +1,4 @@
-"""What the configurations of every family share: the ignore index and the stage bookkeeping of a backbone config.
+"""What the configurations of every family share: the ignore index and one vocabulary.
 
 Portable module (no third-party import); the configuration, modeling and image-processing modules of this folder import
 it as a sibling, and it is saved next to them.
@@ -13,25 +13,24 @@ config's ``attribute_map``):
 - ``semantic_loss_weight`` / ``auxiliary_loss_weight``: weights of the semantic (SeMask) and auxiliary (FCN) losses.
 """
 
-from typing import Any
-
-
 #: label value that marks unlabelled pixels: ignored by every loss and metric, used to pad label maps
 IGNORE_INDEX = 255
 
 
-def set_backbone_stages(config: Any, kwargs: dict[str, Any]) -> None:
-    """Sets ``stage_names`` (``stem``, ``stage1`` ...) and the backbone's ``out_features`` / ``out_indices`` of a
-    ``BackboneConfigMixin`` config with ``config.num_layers`` stages, from ``kwargs`` or the saved fields; all four
-    stages when neither is given. Pops the two keys from ``kwargs``."""
-    config.stage_names = ["stem"] + [f"stage{index}" for index in range(1, config.num_layers + 1)]
-    out_features = kwargs.pop("out_features", None)
-    out_indices = kwargs.pop("out_indices", None)
-    if out_features is None and out_indices is None:
-        out_features, out_indices = config._out_features, config._out_indices
-    if out_features is None and out_indices is None:
-        out_features = config.stage_names[1:]
-    config.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+def use_four_backbone_stages(backbone_config) -> None:
+    """Gives a four-stage backbone config whose ``out_features`` were left unset the four stages the heads take
+    (VWFormer's decode head, SeMask-Mask2Former's pixel decoder).
+
+    transformers' backbone configs (``BackboneConfigMixin``) return the last stage only when neither ``out_features``
+    nor ``out_indices`` is given; no head here can use that, so a backbone config with exactly that selection is set to
+    ``stage1`` ... ``stage4`` (the configs call this at construction and when ``backbone_config`` is assigned). Any
+    other selection is kept (and refused by the heads' validation unless it is the four). The MiT encoder
+    (``segformer``) has no stage selection."""
+    stage_names = getattr(backbone_config, "stage_names", None)
+    if stage_names is None or len(stage_names) != 5 or getattr(backbone_config, "model_type", None) == "segformer":
+        return
+    if list(backbone_config.out_features or []) == [stage_names[-1]]:
+        backbone_config.out_features = list(stage_names[1:])
 
 
-__all__ = ["IGNORE_INDEX", "set_backbone_stages"]
+__all__ = ["IGNORE_INDEX", "use_four_backbone_stages"]

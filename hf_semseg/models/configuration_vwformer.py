@@ -13,7 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_pale import PaleConfig  # noqa: F401  (registers the "pale" backbone type)
 from .configuration_semask_swin import SeMaskSwinConfig  # noqa: F401  (registers "semask_swin")
-from .configuration_utils_segmentation import IGNORE_INDEX
+from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages
 
 
 #: the two decode heads of the original code (``mmseg/models/decode_heads/vw_head.py``)
@@ -28,8 +28,10 @@ class VWFormerConfig(PreTrainedConfig):
     Args:
         backbone_config: configuration of the backbone. transformers' ``SwinConfig``, ``ConvNextConfig`` (their
             backbones, with ``out_features`` set to the four stages) and ``SegformerConfig`` (MiT encoder, its four
-            hidden states), or this package's ``SeMaskSwinConfig`` / ``PaleConfig``. Any other transformers backbone
-            config is built with ``AutoBackbone``. Defaults to the Swin-B of the released ADE20K model.
+            hidden states), or this package's ``SeMaskSwinConfig`` / ``PaleConfig``. A backbone config whose
+            ``out_features`` were left unset (transformers' rule: the last stage only) is given the four stages
+            (:func:`use_four_backbone_stages`). Any other transformers backbone config is built with
+            ``AutoBackbone``. Defaults to the Swin-B of the released ADE20K model.
         head_type: ``"vw"``, the ``VWHead`` of the ADE20K models (per-pixel linear projections, non-local attention
             whose output goes through a BatchNorm, a global image-pooling branch, bilinear upsampling of the deep
             features), or ``"vw_city"``, the ``VWCityHead`` of the Cityscapes models and of the released ConvNeXt-S
@@ -95,6 +97,12 @@ class VWFormerConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         self.enlarging_ratios = list(self.enlarging_ratios)
         super().__post_init__(**kwargs)
+        use_four_backbone_stages(self.backbone_config)
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        if key == "backbone_config" and getattr(self, "_post_init_done", False):
+            use_four_backbone_stages(value)  # a backbone config assigned after construction too
 
     def validate_architecture(self):
         if self.head_type not in VWFORMER_HEAD_TYPES:

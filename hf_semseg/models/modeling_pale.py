@@ -36,6 +36,7 @@ from .configuration_pale import PaleConfig
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
+    check_pixel_values,
     decode_with_auxiliary_head,
     eager_attention,
     fcn_auxiliary_head,
@@ -43,6 +44,7 @@ from .modeling_utils_segmentation import (
     init_norm_and_linear,
     resolve_output_flags,
     segmentation_loss,
+    select_hidden_states,
 )
 
 
@@ -53,7 +55,10 @@ class PaleModelOutput(ModelOutput):
     Args:
         last_hidden_state: output of the last stage, ``(B, C_3, H/32, W/32)``.
         pooler_output: the last stage averaged over space (then LayerNorm-ed when ``final_norm``), ``(B, C_3)``.
-        hidden_states: the output of every stage, ``(B, C_i, H_i, W_i)`` (on request).
+        hidden_states: (on request) ``len(depths) + 1`` maps ``(B, C, H, W)``, the convention of transformers'
+            hierarchical models (``SwinModel``, ``ConvNextModel``): the embedding output (stage 1's conv embedding,
+            after its LayerNorm, ``(B, C_0, H/4, W/4)``), then the output of every stage (its conv embedding, which
+            downsamples, comes first in the stage, so a stage's output is that of its last block). Not normalised.
         attentions: attention probabilities, two per block: its row branch then its column branch (eager attention
             only, on request).
     """
@@ -73,7 +78,8 @@ class PaleSemanticSegmenterOutput(ModelOutput):
             to the label size (when ``labels`` are given).
         logits: UperNet class scores at 1/4 of the input size, ``(B, num_labels, H/4, W/4)``.
         auxiliary_logits: the FCN auxiliary head's scores at 1/16 of the input size (when the head is used).
-        hidden_states: the backbone's normalised feature maps (on request).
+        hidden_states: the backbone's hidden states (on request): the embedding output and the four stage outputs,
+            not normalised (:class:`PaleBackbone`), as transformers' UperNet returns its backbone's.
         attentions: attention probabilities (eager attention only, on request).
     """
 
@@ -259,14 +265,18 @@ class PaleStage(nn.Module):
             for rate in drop_path_rates
         )
 
-    def forward(self, channels_first: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        """``(B, C_in, H, W)`` -> ``(B, H', W', C)``."""
-        hidden_states = self.patch_embed(channels_first)
+    def forward(self, channels_first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """``(B, C_in, H, W)`` -> the conv embedding's output as a ``(B, C, H', W')`` view, the stage output
+        ``(B, H', W', C)`` and the attentions. The blocks are fed that view permuted back to channels-last (the same
+        memory and values), so the returned embedding is the tensor the output is computed from (``retain_grad`` on
+        it gets a gradient, as on transformers' first hidden state)."""
+        embedding_output = self.patch_embed(channels_first).permute(0, 3, 1, 2)
+        hidden_states = embedding_output.permute(0, 2, 3, 1)
         attentions = ()
         for layer in self.layers:
             hidden_states, (row_attentions, column_attentions) = layer(hidden_states)
             attentions += (row_attentions, column_attentions)  # one tensor per attention, as transformers' models
-        return hidden_states, attentions
+        return embedding_output, hidden_states, attentions
 
 
 class PaleEncoder(nn.Module):
@@ -281,15 +291,18 @@ class PaleEncoder(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[tuple, tuple]:
-        """-> (stage outputs ``(B, C_i, H_i, W_i)``, channels-last in memory; attentions)."""
+        """-> (hidden states: stage 1's embedding output, then every stage's output, ``(B, C_i, H_i, W_i)`` views
+        of channels-last memory; attentions)."""
         hidden_states = pixel_values
-        stage_outputs, attentions = (), ()
+        all_hidden_states, attentions = (), ()
         for stage in self.stages:
-            channels_last, stage_attentions = stage(hidden_states)
+            embedding_output, channels_last, stage_attentions = stage(hidden_states)
+            if not all_hidden_states:
+                all_hidden_states = (embedding_output,)
             hidden_states = channels_last.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W) view
-            stage_outputs += (hidden_states,)
+            all_hidden_states += (hidden_states,)
             attentions += stage_attentions
-        return stage_outputs, attentions
+        return all_hidden_states, attentions
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,11 +342,13 @@ class PaleModel(PalePreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> PaleModelOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         with eager_attention(self.config, output_attentions):
-            stage_outputs, attentions = self.encoder(pixel_values)
+            hidden_states, attentions = self.encoder(pixel_values)
         output = PaleModelOutput(
-            last_hidden_state=stage_outputs[-1],
-            pooler_output=self.layernorm(stage_outputs[-1].mean(dim=(2, 3))),
-            hidden_states=stage_outputs if output_hidden_states else None,
+            last_hidden_state=hidden_states[-1],
+            pooler_output=self.layernorm(hidden_states[-1].mean(dim=(2, 3))),
+            hidden_states=select_hidden_states(hidden_states, kwargs.get("output_hidden_states"))
+            if output_hidden_states
+            else None,
             attentions=attentions if output_attentions else None,
         )
         return output
@@ -355,6 +370,10 @@ class PaleForImageClassification(PalePreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
+        # the attention's BatchNorms in the last stage normalise the stride-32 map
+        check_pixel_values(
+            pixel_values, self.config.num_channels, labels, label_maps=False, model=self, batch_norm_stride=32
+        )
         outputs = self.pale(pixel_values, **kwargs, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None
@@ -414,7 +433,8 @@ class PaleForImageClassification(PalePreTrainedModel):
 
 class PaleBackbone(BackboneMixin, PalePreTrainedModel):
     """Pale Transformer as a transformers backbone: LayerNorm-ed ``feature_maps`` (strides 4/8/16/32) of the
-    ``out_features`` stages."""
+    ``out_features`` stages (one LayerNorm per selected stage, as transformers' ``SwinBackbone``); ``hidden_states``
+    one map per ``stage_names`` entry, not normalised (:class:`PaleModelOutput`)."""
 
     def __init__(self, config: PaleConfig):
         super().__init__(config)
@@ -432,16 +452,18 @@ class PaleBackbone(BackboneMixin, PalePreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         with eager_attention(self.config, output_attentions):
-            stage_outputs, attentions = self.encoder(pixel_values)
+            hidden_states, attentions = self.encoder(pixel_values)
         feature_maps = ()
-        for stage, hidden_state in zip(self.stage_names[1:], stage_outputs):
+        for stage, hidden_state in zip(self.stage_names, hidden_states):
             if stage in self.out_features:
                 # LayerNorm over channels of the channels-last memory, returned as a (B, C, H, W) view
                 normed = self.hidden_states_norms[stage](hidden_state.permute(0, 2, 3, 1))
                 feature_maps += (normed.permute(0, 3, 1, 2),)
         output = BackboneOutput(
             feature_maps=feature_maps,
-            hidden_states=stage_outputs if output_hidden_states else None,
+            hidden_states=select_hidden_states(hidden_states, kwargs.get("output_hidden_states"))
+            if output_hidden_states
+            else None,
             attentions=attentions if output_attentions else None,
         )
         return output
@@ -469,15 +491,25 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> PaleSemanticSegmenterOutput:
+        # BatchNorm normalises the pyramid pooling's globally pooled map (pool scale 1), else the stride-32 map
+        batch_norm_stride = 0 if 1 in self.config.pool_scales else 32
+        check_pixel_values(
+            pixel_values, self.config.num_channels, labels, model=self, batch_norm_stride=batch_norm_stride
+        )
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
+        backbone_output = self.backbone(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=kwargs.get("output_hidden_states") or output_hidden_states,
+            return_dict=True,
+        )
         features = backbone_output.feature_maps
         logits, auxiliary_logits, loss = decode_with_auxiliary_head(self, features, labels)
         output = PaleSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
             auxiliary_logits=auxiliary_logits,
-            hidden_states=features if output_hidden_states else None,
+            hidden_states=backbone_output.hidden_states,
             attentions=backbone_output.attentions,
         )
         return output

@@ -47,7 +47,12 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .modeling_semask_swin import SeMaskSwinBackbone
-from .modeling_utils_segmentation import SegmentationModelDefaults, check_segmentation_labels, resolve_output_flags
+from .modeling_utils_segmentation import (
+    SegmentationModelDefaults,
+    check_pixel_values,
+    check_segmentation_labels,
+    resolve_output_flags,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -433,14 +438,53 @@ class SeMaskMask2FormerLoss(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class SeMaskMask2FormerGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that also normalises groups of a single value.
+
+    torch's ``group_norm`` refuses an input whose batch size x channels per group x pixels is 1 ("Expected more than
+    1 value per channel when training", in eval mode too: group statistics are per sample, and the guard is the one
+    of BatchNorm). The pixel decoder meets that with one channel per group (``feature_size`` 32, 32 groups) on the
+    1x1 stride-32 map of one image of at most 32 x 32 px (padded). A group of one value has that value as its mean
+    and variance 0, so the result is defined: the bias, as torch computes it for each image of a larger batch. That
+    case is computed here with the same formula; every other input goes to ``nn.GroupNorm``. Same parameters and
+    names, so checkpoints load unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, channels = hidden_states.shape[:2]
+        if batch_size * (channels // self.num_groups) * hidden_states[0, 0].numel() != 1:
+            return super().forward(hidden_states)
+        grouped = hidden_states.reshape(batch_size, self.num_groups, -1)
+        mean = grouped.mean(dim=-1, keepdim=True)
+        variance = grouped.var(dim=-1, unbiased=False, keepdim=True)
+        normalised = ((grouped - mean) * torch.rsqrt(variance + self.eps)).reshape(hidden_states.shape)
+        if not self.affine:
+            return normalised
+        shape = (1, channels) + (1,) * (hidden_states.ndim - 2)
+        return normalised * self.weight.view(shape) + self.bias.view(shape)
+
+
+def group_norms_for_single_values(module: nn.Module) -> None:
+    """Replaces every ``nn.GroupNorm`` inside ``module`` with a :class:`SeMaskMask2FormerGroupNorm` of the same
+    settings (before the weights are initialised or loaded)."""
+    for name, child in list(module.named_modules()):
+        if type(child) is nn.GroupNorm:
+            parent_name, _, child_name = name.rpartition(".")
+            replacement = SeMaskMask2FormerGroupNorm(
+                child.num_groups, child.num_channels, eps=child.eps, affine=child.affine
+            )
+            setattr(module.get_submodule(parent_name), child_name, replacement)
+
+
 class SeMaskMask2FormerPixelLevelModule(nn.Module):
     """SeMask-Swin backbone (``encoder``) and Mask2Former's multi-scale deformable-attention pixel decoder
-    (``decoder``); the same names as ``Mask2FormerPixelLevelModule``."""
+    (``decoder``); the same names as ``Mask2FormerPixelLevelModule``. The decoder's GroupNorms are
+    :class:`SeMaskMask2FormerGroupNorm`, so that any input size works."""
 
     def __init__(self, config: SeMaskMask2FormerConfig):
         super().__init__()
         self.encoder = SeMaskSwinBackbone(config.backbone_config)
         self.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.encoder.channels)
+        group_norms_for_single_values(self.decoder)
 
 
 class SeMaskMask2FormerPreTrainedModel(SegmentationModelDefaults, Mask2FormerPreTrainedModel):
@@ -494,6 +538,11 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Normalised images; zero-padded here on the right and bottom to multiples of `config.size_divisibility`.
         """
+        check_pixel_values(
+            pixel_values,
+            self.config.backbone_config.num_channels,
+            num_channels_name="config.backbone_config.num_channels",
+        )
         # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         pixel_values = pad_to_size_divisibility(pixel_values, self.config.size_divisibility)
@@ -563,6 +612,12 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
         output_semantic_priors (`bool`, *optional*):
             Return the backbone's semantic priors.
         """
+        check_pixel_values(
+            pixel_values,
+            self.config.backbone_config.num_channels,
+            labels,
+            num_channels_name="config.backbone_config.num_channels",
+        )
         # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         if output_auxiliary_logits is None:
@@ -614,10 +669,17 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
 
     def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
-        ``input_size`` (a map that is already padded is returned unchanged)."""
+        ``input_size`` (a map that is already padded is returned unchanged). The map must cover the input: one
+        smaller than it would be padded over image pixels and supervise them with the wrong labels."""
         ignore_index = self.config.loss_ignore_index
         labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
         height, width = labels.shape[-2:]
+        if height < input_size[0] or width < input_size[1]:
+            raise ValueError(
+                f"labels of size {(height, width)} are smaller than the input {tuple(input_size)}: SeMask-Mask2Former "
+                "pads the labels with the ignore index like the input, so they must have the input's size (or its "
+                "padded size)"
+            )
         padded_height, padded_width = input_size
         padded_height += -padded_height % max(self.config.size_divisibility, 1)
         padded_width += -padded_width % max(self.config.size_divisibility, 1)

@@ -33,12 +33,14 @@ from .configuration_semask_swin import SeMaskSwinConfig
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
+    check_pixel_values,
     check_segmentation_labels,
     eager_attention,
     init_conv_kaiming,
     init_norm_and_linear,
     resize_to,
     resolve_output_flags,
+    select_hidden_states,
     upsampled_cross_entropy,
 )
 
@@ -55,7 +57,11 @@ class SeMaskSwinModelOutput(ModelOutput):
     Args:
         last_hidden_state: normalised output of the last stage, ``(B, C_3, H/32, W/32)``.
         pooler_output: ``last_hidden_state`` averaged over space, ``(B, C_3)``.
-        hidden_states: the normalised output of every stage, ``(B, C_i, H_i, W_i)`` (on request).
+        hidden_states: (on request) ``len(depths) + 1`` maps ``(B, C, H, W)``, transformers' ``SwinModel``
+            convention (its ``reshaped_hidden_states``): the embedding output (the patch embedding, after its
+            LayerNorm, ``(B, C_0, H/4, W/4)``), then the output of every stage after its patch merging (the next
+            stage's input; the last stage has none). Not normalised by the stage LayerNorms (``last_hidden_state``
+            is).
         semantic_priors: the semantic prior (pre-softmax class logits) of every stage, ``(B, K, H_i, W_i)``.
         attentions: window attention probabilities of every Swin block (eager attention only, on request).
     """
@@ -72,9 +78,11 @@ class SeMaskSwinBackboneOutput(ModelOutput):
     """Output of :class:`SeMaskSwinBackbone`: ``BackboneOutput`` plus the semantic priors.
 
     Args:
-        feature_maps: normalised outputs of the ``out_features`` stages, ``(B, C_i, H_i, W_i)``.
-        semantic_priors: semantic priors of the same stages, ``(B, K, H_i, W_i)``.
-        hidden_states: normalised outputs of all stages (on request).
+        feature_maps: the ``out_features`` stages' outputs through their LayerNorms (original ``norm0..3``),
+            ``(B, C_i, H_i, W_i)`` (``stem``: the embedding output, normalised by the patch embedding).
+        semantic_priors: semantic priors of the same stages, ``(B, K, H_i, W_i)`` (None for ``stem``).
+        hidden_states: (on request) one map per ``stage_names`` entry, transformers' ``SwinBackbone`` convention:
+            the embedding output, then the output of every stage before its patch merging, not normalised.
         attentions: window attention probabilities (eager attention only, on request).
     """
 
@@ -93,7 +101,8 @@ class SeMaskSemanticSegmenterOutput(ModelOutput):
             upsampled to the label size (when ``labels`` are given).
         logits: Semantic-FPN class scores at 1/4 of the input size, ``(B, num_labels, ceil(H/4), ceil(W/4))``.
         semantic_logits: the semantic decoder's output (upsampled sum of the priors), same shape as ``logits``.
-        hidden_states: the backbone's four normalised feature maps (on request).
+        hidden_states: the backbone's hidden states (on request): the embedding output and the four stage outputs,
+            not normalised (:class:`SeMaskSwinBackboneOutput`), as transformers' UperNet returns its backbone's.
         semantic_priors: the backbone's four semantic priors (on request).
         attentions: window attention probabilities (eager attention only, on request).
     """
@@ -453,19 +462,35 @@ class SeMaskSwinEncoder(nn.Module):
             nn.LayerNorm(config.embed_dim * 2**i, eps=config.layer_norm_eps) for i in range(len(config.depths))
         )
 
-    def forward(self, embeddings: torch.Tensor) -> tuple[tuple, tuple, tuple]:
-        """``(B, H/4, W/4, C)`` -> (normalised stage maps ``(B, C_i, H_i, W_i)``, priors ``(B, K, H_i, W_i)``,
-        attentions)."""
+    def forward(self, embeddings: torch.Tensor) -> tuple[tuple, tuple, tuple, tuple]:
+        """``(B, H/4, W/4, C)`` -> (stage outputs before the patch merging ``(B, H_i, W_i, C_i)``, stage outputs after
+        it (the next stage's input; the last stage's own output), priors ``(B, K, H_i, W_i)``, attentions). The maps
+        are channels-last and not normalised (:meth:`normalised_map`)."""
         hidden_states = embeddings
-        feature_maps, priors, attentions = (), (), ()
-        for stage, norm in zip(self.stages, self.norms):
+        stage_outputs, merged_outputs, priors, attentions = (), (), (), ()
+        for stage in self.stages:
             stage_output, prior, hidden_states, stage_attentions = stage(hidden_states)
-            # (B, H, W, C) -> (B, C, H, W) as a view: the maps stay channels-last in memory, which the decode heads'
-            # convolutions run faster on, and no copy is made
-            feature_maps += (norm(stage_output).permute(0, 3, 1, 2),)
+            stage_outputs += (stage_output,)
+            merged_outputs += (hidden_states,)
             priors += (None if prior is None else prior.permute(0, 3, 1, 2),)
             attentions += stage_attentions
-        return feature_maps, priors, attentions
+        return stage_outputs, merged_outputs, priors, attentions
+
+    def normalised_map(self, index: int, stage_output: torch.Tensor) -> torch.Tensor:
+        """Stage ``index``'s output ``(B, H, W, C)`` through its LayerNorm, as a ``(B, C, H, W)`` view: the map stays
+        channels-last in memory, which the decode heads' convolutions run faster on, and no copy is made."""
+        return self.norms[index](stage_output).permute(0, 3, 1, 2)
+
+
+def embed_and_encode(
+    embeddings: SeMaskSwinPatchEmbeddings, encoder: SeMaskSwinEncoder, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, tuple, tuple, tuple, tuple]:
+    """The patch embedding and the encoder. Returns the embedding output as a ``(B, C, H/4, W/4)`` view (the first
+    hidden state) and the encoder's outputs (:meth:`SeMaskSwinEncoder.forward`). The encoder is fed that view
+    permuted back to channels-last (the same memory and values), so the returned map is the tensor the outputs are
+    computed from (``retain_grad`` on it gets a gradient, as on transformers' first hidden state)."""
+    embedding_output = embeddings(pixel_values).permute(0, 3, 1, 2)
+    return (embedding_output, *encoder(embedding_output.permute(0, 2, 3, 1)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -508,7 +533,8 @@ class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
 
 class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
     """The bare SeMask-Swin encoder (the original ``SeMaskSwinTransformer``): patch embedding, four stages each
-    closed by a Semantic Layer, and a LayerNorm on each stage output."""
+    closed by a Semantic Layer, and a LayerNorm on each stage output (the model uses the last one, for
+    ``last_hidden_state``; :class:`SeMaskSwinBackbone` those of its ``out_features``)."""
 
     def __init__(self, config: SeMaskSwinConfig):
         super().__init__(config)
@@ -520,11 +546,19 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskSwinModelOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         with eager_attention(self.config, output_attentions):
-            feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
+            embedding_output, stage_outputs, merged_outputs, priors, attentions = embed_and_encode(
+                self.embeddings, self.encoder, pixel_values
+            )
+        last_hidden_state = self.encoder.normalised_map(len(stage_outputs) - 1, stage_outputs[-1])
+        hidden_states = None
+        if output_hidden_states:
+            # SwinModel's: the embedding output, then every stage's output after its patch merging
+            hidden_states = (embedding_output, *(merged.permute(0, 3, 1, 2) for merged in merged_outputs))
+            hidden_states = select_hidden_states(hidden_states, kwargs.get("output_hidden_states"))
         output = SeMaskSwinModelOutput(
-            last_hidden_state=feature_maps[-1],
-            pooler_output=feature_maps[-1].mean(dim=(2, 3)),
-            hidden_states=feature_maps if output_hidden_states else None,
+            last_hidden_state=last_hidden_state,
+            pooler_output=last_hidden_state.mean(dim=(2, 3)),
+            hidden_states=hidden_states,
             semantic_priors=priors,
             attentions=attentions if output_attentions else None,
         )
@@ -533,7 +567,9 @@ class SeMaskSwinModel(SeMaskSwinPreTrainedModel):
 
 class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
     """SeMask-Swin as a transformers backbone: ``feature_maps`` (strides 4/8/16/32) of the ``out_features`` stages
-    plus their ``semantic_priors``. Module names equal :class:`SeMaskSwinModel`'s."""
+    plus their ``semantic_priors``; ``hidden_states`` as transformers' ``SwinBackbone`` (one per ``stage_names``
+    entry: the embedding output, then each stage's output before its patch merging). Module names equal
+    :class:`SeMaskSwinModel`'s."""
 
     def __init__(self, config: SeMaskSwinConfig):
         super().__init__(config)
@@ -546,13 +582,28 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskSwinBackboneOutput:
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         with eager_attention(self.config, output_attentions):
-            feature_maps, priors, attentions = self.encoder(self.embeddings(pixel_values))
-        # stage_names[0] is the stem: stage i+1 is encoder output i
-        selected = [self.stage_names.index(name) - 1 for name in self.out_features]
+            embedding_output, stage_outputs, _, priors, attentions = embed_and_encode(
+                self.embeddings, self.encoder, pixel_values
+            )
+        feature_maps, selected_priors = (), ()
+        for name in self.out_features:
+            # stage_names[0] is the stem (the embedding output, already normalised): stage i is encoder output i - 1
+            index = self.stage_names.index(name)
+            if index == 0:
+                feature_maps += (embedding_output,)
+                selected_priors += (None,)
+            else:
+                feature_maps += (self.encoder.normalised_map(index - 1, stage_outputs[index - 1]),)
+                selected_priors += (priors[index - 1],)
+        hidden_states = None
+        if output_hidden_states:
+            # SwinBackbone's: the embedding output, then every stage's output before its patch merging
+            hidden_states = (embedding_output, *(stage_output.permute(0, 3, 1, 2) for stage_output in stage_outputs))
+            hidden_states = select_hidden_states(hidden_states, kwargs.get("output_hidden_states"))
         output = SeMaskSwinBackboneOutput(
-            feature_maps=tuple(feature_maps[i] for i in selected),
-            semantic_priors=tuple(priors[i] for i in selected),
-            hidden_states=feature_maps if output_hidden_states else None,
+            feature_maps=feature_maps,
+            semantic_priors=selected_priors,
+            hidden_states=hidden_states,
             attentions=attentions if output_attentions else None,
         )
         return output
@@ -667,8 +718,15 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         output_semantic_priors: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SeMaskSemanticSegmenterOutput:
+        # the Semantic-FPN head's last BatchNorms normalise the stride-32 map
+        check_pixel_values(pixel_values, self.config.num_channels, labels, model=self, batch_norm_stride=32)
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        backbone_output = self.backbone(pixel_values, output_attentions=output_attentions, return_dict=True)
+        backbone_output = self.backbone(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=kwargs.get("output_hidden_states") or output_hidden_states,
+            return_dict=True,
+        )
         feature_maps, priors = backbone_output.feature_maps, backbone_output.semantic_priors
         if len(feature_maps) != 4 or any(prior is None for prior in priors):
             raise ValueError(
@@ -686,7 +744,7 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
             loss=loss,
             logits=logits,
             semantic_logits=semantic_logits,
-            hidden_states=feature_maps if output_hidden_states else None,
+            hidden_states=backbone_output.hidden_states,
             semantic_priors=priors if output_semantic_priors else None,
             attentions=backbone_output.attentions,
         )

@@ -1,4 +1,5 @@
-"""Model-side pieces every family shares: output switches, label checks, the pixel-wise losses and the common init.
+"""Model-side pieces every family shares: output switches, input and label checks, the pixel-wise losses and the
+common init.
 
 Portable module: imports torch, transformers and its sibling configuration module only; the modeling modules of this
 folder import it as a sibling, and ``save_pretrained`` copies it next to them. Returning a tuple when
@@ -118,14 +119,113 @@ def eager_attention(config, enabled: bool) -> Iterator[None]:
         config._attn_implementation_internal = previous
 
 
-def check_segmentation_labels(labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
-    """A semantic label batch as ``(B, H, W)`` int64 (a singleton channel axis is dropped). Values other than
-    ``[0, num_labels)`` and the ignore index are an error naming them, raised before any loss is computed."""
+def _check_label_map_shape(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` as ``(B, H, W)`` (a singleton channel axis dropped); any other shape, or an empty map, is an
+    error naming the shape."""
     if labels.ndim == 4 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 3:
         raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
-    labels = labels.long()
+    if labels.shape[1] == 0 or labels.shape[2] == 0:
+        raise ValueError(f"labels has an empty label map of size {labels.shape[1]}x{labels.shape[2]}")
+    return labels
+
+
+def check_pixel_values(
+    pixel_values,
+    num_channels: int,
+    labels=None,
+    *,
+    num_channels_name: str = "config.num_channels",
+    label_maps: bool = True,
+    model: nn.Module | None = None,
+    batch_norm_stride: int | None = None,
+) -> None:
+    """Checks a forward's inputs before any module runs, raising a ``ValueError`` that names the wrong value.
+
+    ``pixel_values`` must be a floating-point ``(batch_size, num_channels, height, width)`` tensor with at least one
+    image of at least 1x1 pixel, ``num_channels`` read from ``num_channels_name`` (the model's config, or its
+    backbone's). ``labels``, when given, must hold one entry per image: label maps ``(B, H, W)`` or ``(B, 1, H, W)``
+    (any non-empty size: the losses resize the logits to the labels) with ``label_maps``, otherwise one class id or
+    target row per image (image classification).
+
+    With ``model`` and ``batch_norm_stride``, a batch of one image in training mode is refused where a plain
+    ``BatchNorm2d`` of the model would normalise a single value per channel, for which batch statistics do not
+    exist (torch refuses them): ``batch_norm_stride`` is the stride of the smallest map a BatchNorm normalises, 0
+    for a globally pooled map (UperNet's pyramid pooling, VWFormer's image pooling), which a single image never
+    passes; see :func:`check_batch_norm_batch`."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"pixel_values must be a torch.Tensor; got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        hint = " (a single image needs a batch axis: pixel_values[None])" if pixel_values.ndim == 3 else ""
+        raise ValueError(
+            f"pixel_values has shape {tuple(pixel_values.shape)}; this model takes (batch_size, num_channels, "
+            f"height, width){hint}"
+        )
+    batch_size, channels, height, width = pixel_values.shape
+    if batch_size == 0:
+        raise ValueError("pixel_values has batch size 0: pass at least one image")
+    if channels != num_channels:
+        raise ValueError(f"pixel_values has {channels} channels; this model takes {num_channels} ({num_channels_name})")
+    if height == 0 or width == 0:
+        raise ValueError(f"pixel_values has images of size {height}x{width}: each side needs at least 1 pixel")
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values has dtype {pixel_values.dtype}; this model takes floating-point pixel values (normalised "
+            "images, as its image processor makes them)"
+        )
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(f"labels must be a torch.Tensor; got {type(labels).__name__}")
+        if label_maps:
+            labels = _check_label_map_shape(labels)
+        if labels.ndim > 0 and labels.shape[0] != batch_size:
+            raise ValueError(f"labels has batch size {labels.shape[0]} but pixel_values has {batch_size}")
+    if model is not None and batch_norm_stride is not None:
+        if batch_norm_stride == 0:
+            smallest_map = (1, 1)
+        else:
+            smallest_map = (-(-height // batch_norm_stride), -(-width // batch_norm_stride))
+        check_batch_norm_batch(model, batch_size, smallest_map, batch_norm_stride, (height, width))
+
+
+def check_batch_norm_batch(
+    model: nn.Module,
+    batch_size: int,
+    smallest_map: tuple[int, int],
+    stride: int,
+    input_size: tuple[int, int],
+    minimum_side: int | None = None,
+) -> None:
+    """Refuses a batch of one image in training mode when the smallest map a BatchNorm of ``model`` normalises,
+    ``smallest_map`` (at ``stride``; 0 for a globally pooled map), is a single pixel: the batch statistics of one
+    value per channel do not exist (torch refuses them, and the running variance would divide by zero). Models whose
+    BatchNorms are synchronised over processes (``SyncBatchNorm``, ``hf_semseg.training``'s cross-process one) or
+    in eval mode are left alone. ``minimum_side``: the smallest single-image side that trains, when it is not
+    ``stride + 1`` (a backbone that drops remainders)."""
+    if batch_size != 1 or not model.training or smallest_map[0] * smallest_map[1] != 1:
+        return
+    if not any(type(module) is nn.BatchNorm2d and module.training for module in model.modules()):
+        return
+    name = type(model).__name__
+    if stride == 0:
+        raise ValueError(
+            f"{name} in training mode needs at least 2 images per batch (got 1): its decode head applies BatchNorm "
+            "to a globally pooled map, whose batch statistics need 2 values per channel; train with a larger batch, "
+            "or with BatchNorm synchronised over several processes"
+        )
+    minimum_side = stride + 1 if minimum_side is None else minimum_side
+    raise ValueError(
+        f"{name} in training mode cannot take a batch of 1 image of {input_size[0]}x{input_size[1]}: its stride-"
+        f"{stride} map is 1x1, which leaves a BatchNorm a single value per channel; a single image must be at least "
+        f"{minimum_side} px on one side (or train with 2 or more images per batch)"
+    )
+
+
+def check_segmentation_labels(labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
+    """A semantic label batch as ``(B, H, W)`` int64 (a singleton channel axis is dropped). Values other than
+    ``[0, num_labels)`` and the ignore index are an error naming them, raised before any loss is computed."""
+    labels = _check_label_map_shape(labels).long()
     invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
     if invalid.any():
         bad = labels[invalid].unique()[:10].tolist()
@@ -234,6 +334,8 @@ def init_conv_kaiming(conv: nn.Conv2d) -> None:
 __all__ = [
     "SegmentationModelDefaults",
     "TransformerMLP",
+    "check_batch_norm_batch",
+    "check_pixel_values",
     "check_segmentation_labels",
     "decode_with_auxiliary_head",
     "init_conv_kaiming",

@@ -42,6 +42,8 @@ from .modeling_pale import PaleBackbone
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
+    check_batch_norm_batch,
+    check_pixel_values,
     decode_with_auxiliary_head,
     fcn_auxiliary_head,
     init_conv_kaiming,
@@ -61,7 +63,8 @@ class VWFormerSemanticSegmenterOutput(ModelOutput):
             ``auxiliary_logits``), when ``labels`` are given.
         logits: class scores at 1/4 of the input size, ``(B, num_labels, H/4, W/4)``.
         auxiliary_logits: scores of the FCN auxiliary head at 1/16 of the input size, when the model has one.
-        hidden_states: the four backbone feature maps, when ``output_hidden_states=True``.
+        hidden_states: the backbone's hidden states, when ``output_hidden_states=True`` (as UperNet: for a backbone
+            model its embedding output and stage outputs; for the MiT encoder its four stage outputs).
     """
 
     loss: torch.FloatTensor | None = None
@@ -344,6 +347,47 @@ def build_backbone(backbone_config) -> nn.Module:
     return backbone
 
 
+def backbone_feature_sides(backbone_config, side: int) -> tuple[list[int] | None, bool]:
+    """Along one axis, the lengths of the four feature maps (strides 4/8/16/32) the backbone of ``backbone_config``
+    makes from an input of ``side`` pixels, and whether it runs on that side at all.
+
+    * ConvNeXt: a ``patch_size`` stem of that stride and 2x2 stride-2 downsamplings, all unpadded, so remainders are
+      dropped and the stride-32 map needs at least 32 px (transformers' ``ConvNextBackbone`` fails below that);
+    * MiT (SegFormer): overlapping padded patch embeddings (any size) and, in each stage with ``sr_ratio`` R > 1, an
+      unpadded R x R stride-R reduction of the keys, which needs a map of at least R (29 px for the released MiT);
+    * Swin, SeMask-Swin and Pale pad every map to what they need: any side runs, the maps are ``ceil(side / s)``.
+
+    Other backbones (through ``AutoBackbone``) are not known here: ``(None, True)``.
+    """
+    model_type = backbone_config.model_type
+    if model_type == "convnext":
+        sides = [side // backbone_config.patch_size]
+        for _ in range(1, backbone_config.num_stages):
+            sides.append(sides[-1] // 2)
+        return sides, sides[-1] >= 1
+    if model_type == "segformer":
+        sides, runs, length = [], True, side
+        for kernel, stride, ratio in zip(
+            backbone_config.patch_sizes, backbone_config.strides, backbone_config.sr_ratios
+        ):
+            length = max((length + 2 * (kernel // 2) - kernel) // stride + 1, 0)
+            runs = runs and length >= max(ratio, 1)
+            sides.append(length)
+        return sides, runs
+    if model_type in ("swin", "semask_swin", "pale"):
+        return [-(-side // (4 * 2**level)) for level in range(4)], True
+    return None, True
+
+
+def minimum_backbone_side(backbone_config) -> int:
+    """The smallest input side (pixels) on which the backbone runs: 1 unless :func:`backbone_feature_sides` says
+    otherwise (32 for ConvNeXt)."""
+    side = 1
+    while not backbone_feature_sides(backbone_config, side)[1]:
+        side += 1
+    return side
+
+
 def backbone_channels(backbone: nn.Module) -> list[int]:
     """Channels of the four feature maps (strides 4/8/16/32)."""
     if backbone.config.model_type == "segformer":
@@ -391,8 +435,15 @@ class VWFormerPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
 class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
     """A backbone + the VWFormer decode head (+ optionally transformers' UperNet FCN auxiliary head on stage 3).
 
-    ``logits`` are at 1/4 of the input size; with ``labels`` (``(B, H, W)``, 255 = ignore) the loss is the
+    ``logits`` are at 1/4 of the input size (the backbone's stride-4 map: ``ceil(H / 4)``, or ``H // 4`` for
+    ConvNeXt, whose stem drops the remainder); with ``labels`` (``(B, H, W)``, 255 = ignore) the loss is the
     cross-entropy of the logits upsampled bilinearly to the label size, as in mmseg.
+
+    Any input size works: an input side too small for the backbone (below 32 px for ConvNeXt, or the side MiT's key
+    reduction needs) is zero-padded on the right / bottom to the smallest side the backbone runs on, and the logits
+    (and auxiliary logits) are cropped back to the part that covers the input, at least 1 px (``hidden_states`` stay
+    those of the padded input). Every size the backbone runs on is left as it is, so the result there is the
+    original's.
     """
 
     def __init__(self, config: VWFormerConfig):
@@ -403,11 +454,17 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         self.auxiliary_head = fcn_auxiliary_head(config, in_channels)
         self.post_init()
 
-    def backbone_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The four feature maps (strides 4/8/16/32) of the backbone, NCHW."""
+    def backbone_features(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+        """The four feature maps (strides 4/8/16/32) of the backbone, NCHW, and the backbone's own ``hidden_states``
+        when ``output_hidden_states`` (for a backbone model, as UperNet returns them; for the MiT encoder, which
+        has no backbone class, its four stage outputs)."""
         if self.backbone.config.model_type == "segformer":  # the MiT encoder: its hidden states are the stages
-            return tuple(self.backbone(pixel_values, output_hidden_states=True, return_dict=True).hidden_states)
-        return tuple(self.backbone(pixel_values, return_dict=True).feature_maps)
+            stages = tuple(self.backbone(pixel_values, output_hidden_states=True, return_dict=True).hidden_states)
+            return stages, stages if output_hidden_states else None
+        output = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        return tuple(output.feature_maps), output.hidden_states if output_hidden_states else None
 
     @can_return_tuple
     def forward(
@@ -416,18 +473,74 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> VWFormerSemanticSegmenterOutput:
+        backbone_config = self.config.backbone_config
+        check_pixel_values(
+            pixel_values, backbone_config.num_channels, labels, num_channels_name="config.backbone_config.num_channels"
+        )
         output_hidden_states, _ = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
-        features = self.backbone_features(pixel_values)
-        logits, auxiliary_logits, loss = decode_with_auxiliary_head(self, features, labels)
+        height, width = pixel_values.shape[-2:]
+        input_height, input_width = self.backbone_input_size(height, width)
+        self.check_single_image_training(pixel_values.shape[0], height, width)
+        if (input_height, input_width) != (height, width):
+            pixel_values = F.pad(pixel_values, (0, input_width - width, 0, input_height - height))
+        features, hidden_states = self.backbone_features(pixel_values, output_hidden_states)
+        logits, auxiliary_logits, _ = decode_with_auxiliary_head(self, features, None)
+        if (input_height, input_width) != (height, width):
+            logits = self.crop_to_input(logits, 0, height, width)
+            if auxiliary_logits is not None:
+                auxiliary_logits = self.crop_to_input(auxiliary_logits, 2, height, width)
+        loss = None if labels is None else self.compute_loss(logits, auxiliary_logits, labels)
         output = VWFormerSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
             auxiliary_logits=auxiliary_logits,
-            hidden_states=select_hidden_states(features, kwargs.get("output_hidden_states"))
+            hidden_states=select_hidden_states(hidden_states, kwargs.get("output_hidden_states"))
             if output_hidden_states
             else None,
         )
         return output
+
+    def backbone_input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The input size the backbone gets for an input of ``height x width``: each side below the backbone's
+        minimum (:func:`minimum_backbone_side`) raised to it, every other side unchanged."""
+        backbone_config = self.config.backbone_config
+        sizes = []
+        for side in (height, width):
+            if not backbone_feature_sides(backbone_config, side)[1]:
+                side = minimum_backbone_side(backbone_config)
+            sizes.append(side)
+        return sizes[0], sizes[1]
+
+    def crop_to_input(self, scores: torch.Tensor, level: int, height: int, width: int) -> torch.Tensor:
+        """Scores of a padded input at the stride of backbone level ``level`` cropped to an input of
+        ``height x width``: the size the backbone's map of that level has for that input (at least 1)."""
+        backbone_config = self.config.backbone_config
+        crop_height = max(backbone_feature_sides(backbone_config, height)[0][level], 1)
+        crop_width = max(backbone_feature_sides(backbone_config, width)[0][level], 1)
+        return scores[..., :crop_height, :crop_width]
+
+    def check_single_image_training(self, batch_size: int, height: int, width: int) -> None:
+        """A batch of one ``height x width`` image in training mode is refused where a BatchNorm would normalise a
+        single value per channel (:func:`check_batch_norm_batch`): in the ``vw`` head's image pooling always, in the
+        ``vw_city`` head's stride-32 projection (and the Pale backbone's stride-32 BatchNorms) when the stride-32 map
+        of the (padded) input is 1x1."""
+        if batch_size != 1 or not self.training:
+            return
+        if self.decode_head.multi_scale.image_pool is not None:
+            check_batch_norm_batch(self, batch_size, (1, 1), 0, (height, width))
+            return
+        backbone_config = self.config.backbone_config
+        input_height, input_width = self.backbone_input_size(height, width)
+        height_sides, _ = backbone_feature_sides(backbone_config, input_height)
+        width_sides, _ = backbone_feature_sides(backbone_config, input_width)
+        if height_sides is None or width_sides is None:
+            return
+        side = minimum_backbone_side(backbone_config)
+        while backbone_feature_sides(backbone_config, side)[0][3] < 2:
+            side += 1
+        check_batch_norm_batch(
+            self, batch_size, (height_sides[3], width_sides[3]), 32, (height, width), minimum_side=side
+        )
 
     def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
         """Cross-entropy of the logits upsampled to the labels' size (mmseg 0.30 ``CrossEntropyLoss``), + weight x
