@@ -118,6 +118,15 @@ def open_semantic_gates(model, value: float = 0.5) -> None:
                 parameter.fill_(value)
 
 
+def perturb_sdn_fuse(model, scale: float = 0.05) -> None:
+    """Moves the SDN neck's fuse convolutions off their identity start (seeded), so every neck parameter reaches the
+    loss (at the identity start only ``fuse`` gets a gradient, as a zero-initialised residual branch)."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for level in model.neck.levels:
+            level.fuse.weight.add_(scale * torch.randn(level.fuse.weight.shape, generator=generator))
+
+
 class SegmentationModelSuite:
     """Subclasses set ``model_class`` and implement :meth:`get_config` and :meth:`get_image_processor`."""
 

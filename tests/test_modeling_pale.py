@@ -12,7 +12,7 @@ from hf_semseg import (
 )
 from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
 
-from model_suite import SegmentationModelSuite, tiny_label_kwargs, tiny_pale_kwargs
+from model_suite import SegmentationModelSuite, perturb_sdn_fuse, tiny_label_kwargs, tiny_pale_kwargs
 
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -35,6 +35,22 @@ class TestPaleForSemanticSegmentation(SegmentationModelSuite):
 
     def get_image_processor(self):
         return KeepRatioImageProcessor(size={"longest_edge": 96, "shortest_edge": 64})
+
+
+class TestPaleWithSDNNeck(TestPaleForSemanticSegmentation):
+    """The common suite with the SDN-style neck on."""
+
+    # the deepest level's guidance (a stride-2 convolution of the stride-32 map) must be wider than 1 pixel, or its
+    # differences, and so its gradients, vanish
+    image_size = (128, 96)
+
+    def get_config(self):
+        config = tiny_pale_config()
+        config.use_sdn_neck = True
+        return config
+
+    def prepare_for_gradient_check(self, model):
+        perturb_sdn_fuse(model)
 
 
 # ---------------------------------------------------------------------------------------------------------------

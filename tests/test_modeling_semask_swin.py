@@ -25,7 +25,7 @@ from hf_semseg.models.modeling_semask_swin import (
     window_reverse,
 )
 
-from model_suite import SegmentationModelSuite, open_semantic_gates, tiny_semask_swin_kwargs
+from model_suite import SegmentationModelSuite, open_semantic_gates, perturb_sdn_fuse, tiny_semask_swin_kwargs
 
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -54,6 +54,23 @@ class TestSeMaskSwinForSemanticSegmentation(SegmentationModelSuite):
 
     def prepare_for_gradient_check(self, model):
         open_semantic_gates(model)
+
+
+class TestSeMaskSwinWithSDNNeck(TestSeMaskSwinForSemanticSegmentation):
+    """The common suite with the SDN-style neck on (save / reload without hf-semseg included)."""
+
+    # the deepest level's guidance (a stride-2 convolution of the stride-32 map) must be wider than 1 pixel, or its
+    # differences, and so its gradients, vanish
+    image_size = (128, 96)
+
+    def get_config(self):
+        config = tiny_config()
+        config.use_sdn_neck = True
+        return config
+
+    def prepare_for_gradient_check(self, model):
+        super().prepare_for_gradient_check(model)
+        perturb_sdn_fuse(model)
 
 
 # ---------------------------------------------------------------------------------------------------------------

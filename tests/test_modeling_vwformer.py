@@ -17,7 +17,13 @@ from hf_semseg.models.modeling_vwformer import (
     window_reverse,
 )
 
-from model_suite import SegmentationModelSuite, tiny_label_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
+from model_suite import (
+    SegmentationModelSuite,
+    perturb_sdn_fuse,
+    tiny_label_kwargs,
+    tiny_pale_kwargs,
+    tiny_semask_swin_kwargs,
+)
 
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -71,6 +77,17 @@ class VWFormerSuite(SegmentationModelSuite):
 class TestVWFormerOverSwin(VWFormerSuite):
     def get_config(self):
         return tiny_vwformer_config(tiny_swin())
+
+
+class TestVWFormerWithSDNNeck(VWFormerSuite):
+    """The common suite with the SDN-style neck on."""
+
+    def get_config(self):
+        return tiny_vwformer_config(tiny_swin(), use_sdn_neck=True)
+
+    def prepare_for_gradient_check(self, model):
+        super().prepare_for_gradient_check(model)
+        perturb_sdn_fuse(model)
 
 
 class TestVWFormerCityHeadOverConvNeXt(VWFormerSuite):

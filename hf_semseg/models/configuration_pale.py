@@ -9,7 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils_segmentation import IGNORE_INDEX
+from .configuration_utils_segmentation import IGNORE_INDEX, validate_sdn_options
 
 
 @strict
@@ -45,6 +45,11 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
             (``BackboneConfigMixin.set_output_features_output_indices``). The UperNet model
             (:class:`PaleForSemanticSegmentation`) needs the four stages: its configs set
             ``out_features=["stage1", "stage2", "stage3", "stage4"]``, as the variants do.
+        use_sdn_neck: put an SDN-style neck (unofficial reconstruction of Tan et al., NeurIPS 2022; no official code
+            exists: :mod:`modeling_sdn`) between the backbone and the decode head. Off by default; on, it is
+            randomly initialised as the identity and leaves the checkpoint keys of everything else unchanged.
+        sdn_lambda / sdn_similarity / sdn_groups: the neck's similarity scale, guidance similarity (``"per_channel"``
+            or ``"l2"``) and semantic-difference-convolution groups (``"depthwise"``, ours, or a number).
     """
 
     model_type = "pale"
@@ -77,6 +82,10 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
     auxiliary_num_convs: int = 1
     auxiliary_concat_input: bool = False
     loss_ignore_index: int = IGNORE_INDEX
+    use_sdn_neck: bool = False
+    sdn_lambda: float | int = 1.0
+    sdn_similarity: str = "per_channel"
+    sdn_groups: str | int = "depthwise"
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -94,6 +103,7 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
+        validate_sdn_options(self)
         num_stages = len(self.depths)
         for name in ("num_heads", "pale_sizes", "patch_sizes", "patch_strides"):
             if len(getattr(self, name)) != num_stages:

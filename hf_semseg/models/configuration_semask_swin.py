@@ -9,7 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils_segmentation import IGNORE_INDEX
+from .configuration_utils_segmentation import IGNORE_INDEX, validate_sdn_options
 
 
 SEMANTIC_ATTENTION_TYPES = ("window", "global")
@@ -71,6 +71,11 @@ class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
             configs (``BackboneConfigMixin.set_output_features_output_indices``). The Semantic-FPN model
             (:class:`SeMaskSwinForSemanticSegmentation`) needs the four stages: its configs set
             ``out_features=["stage1", "stage2", "stage3", "stage4"]``, as the variants and converters do.
+        use_sdn_neck: put an SDN-style neck (unofficial reconstruction of Tan et al., NeurIPS 2022; no official code
+            exists: :mod:`modeling_sdn`) between the backbone and the decode head. Off by default; on, it is
+            randomly initialised as the identity and leaves the checkpoint keys of everything else unchanged.
+        sdn_lambda / sdn_similarity / sdn_groups: the neck's similarity scale, guidance similarity (``"per_channel"``
+            or ``"l2"``) and semantic-difference-convolution groups (``"depthwise"``, ours, or a number).
     """
 
     model_type = "semask_swin"
@@ -102,6 +107,10 @@ class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
     ohem_min_kept: int = 100000
     loss_ignore_index: int = IGNORE_INDEX
     loss_mean_over_all_pixels: bool = True
+    use_sdn_neck: bool = False
+    sdn_lambda: float | int = 1.0
+    sdn_similarity: str = "per_channel"
+    sdn_groups: str | int = "depthwise"
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -124,6 +133,7 @@ class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
         self.semantic_attention_types = list(self.semantic_attention_types)
 
     def validate_architecture(self):
+        validate_sdn_options(self)
         num_stages = len(self.depths)
         for name in ("num_heads", "num_semantic_blocks", "semantic_attention_types"):
             value = getattr(self, name)

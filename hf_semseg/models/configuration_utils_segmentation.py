@@ -13,6 +13,9 @@ config's ``attribute_map``):
 - ``semantic_loss_weight`` / ``auxiliary_loss_weight``: weights of the semantic (SeMask) and auxiliary (FCN) losses.
 """
 
+from typing import Any
+
+
 #: label value that marks unlabelled pixels: ignored by every loss and metric, used to pad label maps
 IGNORE_INDEX = 255
 
@@ -33,4 +36,22 @@ def use_four_backbone_stages(backbone_config) -> None:
         backbone_config.out_features = list(stage_names[1:])
 
 
-__all__ = ["IGNORE_INDEX", "use_four_backbone_stages"]
+#: the guidance similarities of the SDN-style neck (``sdn_similarity``; :mod:`modeling_sdn`)
+SDN_SIMILARITIES = ("per_channel", "l2")
+
+
+def validate_sdn_options(config: Any) -> None:
+    """Checks the SDN-style neck options a config shares (``use_sdn_neck``, ``sdn_lambda``, ``sdn_similarity``,
+    ``sdn_groups``): the neck is off by default and, on, randomly initialised as the identity (no released weights
+    exist; see :mod:`modeling_sdn`)."""
+    name = type(config).__name__
+    if config.sdn_similarity not in SDN_SIMILARITIES:
+        raise ValueError(f"{name}.sdn_similarity must be one of {SDN_SIMILARITIES}, got {config.sdn_similarity!r}")
+    if not config.sdn_lambda > 0:
+        raise ValueError(f"{name}.sdn_lambda must be positive, got {config.sdn_lambda}")
+    groups = config.sdn_groups
+    if groups != "depthwise" and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
+        raise ValueError(f"{name}.sdn_groups must be 'depthwise' or a positive number of groups, got {groups!r}")
+
+
+__all__ = ["IGNORE_INDEX", "SDN_SIMILARITIES", "use_four_backbone_stages", "validate_sdn_options"]

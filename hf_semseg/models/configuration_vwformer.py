@@ -13,7 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_pale import PaleConfig  # noqa: F401  (registers the "pale" backbone type)
 from .configuration_semask_swin import SeMaskSwinConfig  # noqa: F401  (registers "semask_swin")
-from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages
+from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages, validate_sdn_options
 
 
 #: the two decode heads of the original code (``mmseg/models/decode_heads/vw_head.py``)
@@ -54,6 +54,11 @@ class VWFormerConfig(PreTrainedConfig):
         loss_mean_over_all_pixels: average the cross-entropy over all pixels, ignored ones counting as zero, as mmseg
             0.30 does by default (``avg_non_ignore=False``); ``False`` averages over the labelled pixels only.
         initializer_range: std of the truncated-normal init of the head's Linear projections.
+        use_sdn_neck: put an SDN-style neck (unofficial reconstruction of Tan et al., NeurIPS 2022; no official code
+            exists: :mod:`modeling_sdn`) between the backbone and the decode head. Off by default; on, it is
+            randomly initialised as the identity and leaves the checkpoint keys of everything else unchanged.
+        sdn_lambda / sdn_similarity / sdn_groups: the neck's similarity scale, guidance similarity (``"per_channel"``
+            or ``"l2"``) and semantic-difference-convolution groups (``"depthwise"``, ours, or a number).
     """
 
     model_type = "vwformer"
@@ -93,6 +98,10 @@ class VWFormerConfig(PreTrainedConfig):
     loss_ignore_index: int = IGNORE_INDEX
     loss_mean_over_all_pixels: bool = True
     initializer_range: float = 0.02
+    use_sdn_neck: bool = False
+    sdn_lambda: float | int = 1.0
+    sdn_similarity: str = "per_channel"
+    sdn_groups: str | int = "depthwise"
 
     def __post_init__(self, **kwargs):
         self.enlarging_ratios = list(self.enlarging_ratios)
@@ -105,6 +114,7 @@ class VWFormerConfig(PreTrainedConfig):
             use_four_backbone_stages(value)  # a backbone config assigned after construction too
 
     def validate_architecture(self):
+        validate_sdn_options(self)
         if self.head_type not in VWFORMER_HEAD_TYPES:
             raise ValueError(f"VWFormerConfig.head_type must be one of {VWFORMER_HEAD_TYPES}, got {self.head_type!r}")
         if self.decoder_hidden_size % self.num_attention_heads:

@@ -33,6 +33,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_pale import PaleConfig
+from .modeling_sdn import sdn_neck
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
@@ -480,6 +481,7 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
         head_config = SimpleNamespace(
             pool_scales=config.pool_scales, hidden_size=config.decoder_hidden_size, num_labels=config.num_labels
         )
+        self.neck = sdn_neck(config, self.backbone.channels)  # None unless config.use_sdn_neck
         self.decode_head = UperNetHead(head_config, in_channels=self.backbone.channels)
         self.auxiliary_head = fcn_auxiliary_head(config, self.backbone.channels)
         self.post_init()

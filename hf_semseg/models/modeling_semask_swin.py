@@ -30,6 +30,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_semask_swin import SeMaskSwinConfig
+from .modeling_sdn import sdn_neck
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
@@ -707,6 +708,7 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
     def __init__(self, config: SeMaskSwinConfig):
         super().__init__(config)
         self.backbone = SeMaskSwinBackbone(config)
+        self.neck = sdn_neck(config, self.backbone.channels)  # None unless config.use_sdn_neck
         self.decode_head = SeMaskFPNHead(config, in_channels=self.backbone.channels)
         self.post_init()
 
@@ -733,6 +735,8 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
                 "SeMaskSwinForSemanticSegmentation needs all four stages with semantic layers "
                 f"(out_features={self.backbone.out_features}, num_semantic_blocks={self.config.num_semantic_blocks})"
             )
+        if self.neck is not None:
+            feature_maps = self.neck(feature_maps)
         logits = self.decode_head(feature_maps)
         semantic_logits = semantic_decoder(priors)
 

@@ -18,6 +18,8 @@ from transformers.activations import ACT2FN
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 from transformers.utils import logging
 
+from .modeling_sdn import SDNLevel, SDNNeck, init_sdn_weights
+
 
 logger = logging.get_logger(__name__)
 
@@ -48,7 +50,12 @@ class SegmentationModelDefaults:
         that writes parameters in place; every ``_init_weights`` here (and Mask2Former's, which this reuses) uses
         transformers' ``initialization`` functions, which leave tensors flagged as loaded untouched, so running it on
         every module cannot overwrite a loaded weight."""
+        already_initialised = getattr(module, "_is_hf_initialized", False)
         super()._initialize_weights(module, is_custom_code=False)
+        if not already_initialised and isinstance(module, (SDNLevel, SDNNeck)):
+            # the SDN-style neck's own init (identity at the start), over the family's generic conv / norm rules
+            # that reached its children first
+            init_sdn_weights(module, init=init)
 
 
 class TransformerMLP(nn.Module):
@@ -284,9 +291,12 @@ def segmentation_loss(
 def decode_with_auxiliary_head(
     model, features: tuple[torch.Tensor, ...], labels: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``model.decode_head`` and, when the model has one, ``model.auxiliary_head`` on the feature maps, and with
+    """``model.decode_head`` and, when the model has one, ``model.auxiliary_head`` on the feature maps (through
+    ``model.neck`` first when the model has one), and with
     ``labels`` the family's ``model.compute_loss(logits, auxiliary_logits, labels)``. Returns
     ``(logits, auxiliary_logits, loss)``."""
+    if getattr(model, "neck", None) is not None:  # the optional SDN-style neck
+        features = model.neck(features)
     logits = model.decode_head(features)
     auxiliary_logits = model.auxiliary_head(features) if model.auxiliary_head is not None else None
     loss = None if labels is None else model.compute_loss(logits, auxiliary_logits, labels)

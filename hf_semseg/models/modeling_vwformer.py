@@ -39,6 +39,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vwformer import VWFormerConfig
 from .modeling_pale import PaleBackbone
+from .modeling_sdn import sdn_neck
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -450,6 +451,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         super().__init__(config)
         self.backbone = build_backbone(config.backbone_config)
         in_channels = backbone_channels(self.backbone)
+        self.neck = sdn_neck(config, in_channels)  # None unless config.use_sdn_neck
         self.decode_head = VWFormerHead(config, in_channels)
         self.auxiliary_head = fcn_auxiliary_head(config, in_channels)
         self.post_init()
