@@ -343,3 +343,17 @@ def test_model_card_says_no_weights_exist(tmp_path):
     assert "| Pale-T | 22M | 4.2G | 83.4 |" in card
     assert "pipeline_tag: image-segmentation" in card and "me/pale-demo" in card
     assert "$" not in card.split("```")[0]
+
+
+def test_a_segmentation_model_without_the_four_stages_and_scalar_class_labels_are_named():
+    """A Pale UperNet whose config selects fewer stages ended in an IndexError of the auxiliary head; a 0-d class label
+    in an IndexError of the loss."""
+    from hf_semseg import PaleForImageClassification
+
+    config = tiny_pale_config()
+    config.out_features = ["stage4"]
+    with pytest.raises(ValueError, match=r"takes the backbone's 4 stages, but config.out_features is \['stage4'\]"):
+        PaleForSemanticSegmentation(config)
+    classifier = PaleForImageClassification(tiny_pale_config()).eval()
+    with pytest.raises(ValueError, match=r"labels of shape \(\) and dtype torch.int64 for 1 images"):
+        classifier(torch.randn(1, 3, 32, 32), labels=torch.tensor(2))

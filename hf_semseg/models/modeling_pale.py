@@ -404,7 +404,7 @@ class PaleForImageClassification(PalePreTrainedModel):
                 return F.mse_loss(logits, labels)
             return F.binary_cross_entropy_with_logits(logits, labels)
         batch_size, num_labels = logits.shape
-        if labels.dtype == torch.bool or labels.is_complex() or labels.shape[0] != batch_size:
+        if labels.dtype == torch.bool or labels.is_complex() or labels.ndim == 0 or labels.shape[0] != batch_size:
             raise ValueError(
                 f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} for {batch_size} images: expected "
                 f"class ids ({batch_size},) or ({batch_size}, 1) of an integer dtype, or soft targets "
@@ -477,6 +477,13 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
     def __init__(self, config: PaleConfig):
         super().__init__(config)
         self.backbone = PaleBackbone(config)
+        stages = [f"stage{index}" for index in range(1, len(config.depths) + 1)]
+        if list(self.backbone.out_features) != stages:
+            raise ValueError(
+                f"PaleForSemanticSegmentation takes the backbone's {len(stages)} stages, but config.out_features is "
+                f"{self.backbone.out_features} (unset means the last stage only, as transformers' backbones): set "
+                f"out_features={stages}"
+            )
         # the fields transformers' UperNetHead reads
         head_config = SimpleNamespace(
             pool_scales=config.pool_scales, hidden_size=config.decoder_hidden_size, num_labels=config.num_labels
