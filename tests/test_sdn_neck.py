@@ -432,3 +432,22 @@ def test_neck_options_are_checked_by_every_config():
             config_class(sdn_lambda=0)
         with pytest.raises(Invalid, match=r"sdn_groups must be 'depthwise' or a positive number of groups"):
             config_class(sdn_groups="grouped")
+
+
+def test_a_saved_model_loads_with_the_neck_switched_on_unchanged(tmp_path):
+    """What the model cards promise: ``from_pretrained(folder, use_sdn_neck=True)`` adds the neck (its weights
+    initialised by transformers' loading as the identity) and the model computes what it did."""
+    from test_modeling_semask_swin import tiny_config
+    from transformers import AutoModelForSemanticSegmentation
+
+    import hf_semseg
+
+    torch.manual_seed(0)
+    model = hf_semseg.SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    with_neck = AutoModelForSemanticSegmentation.from_pretrained(tmp_path, use_sdn_neck=True).eval()
+    assert type(with_neck.neck).__name__ == "SDNNeck"
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        torch.testing.assert_close(with_neck(pixel_values).logits, expected, atol=2e-6 * expected.abs().max(), rtol=0)
