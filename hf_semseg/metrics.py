@@ -41,25 +41,10 @@ class MeanIoU:
 
     @torch.no_grad()
     def update(self, predictions, references) -> None:
-        predictions = torch.as_tensor(np.asarray(predictions) if not torch.is_tensor(predictions) else predictions)
-        references = torch.as_tensor(np.asarray(references) if not torch.is_tensor(references) else references)
-        for name, values in (("predictions", predictions), ("references", references)):
-            if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
-                raise TypeError(
-                    f"{name} must be integer class ids, got {values.dtype} (take the argmax over the class dimension "
-                    "of the logits first)"
-                )
-        if predictions.shape != references.shape:
-            raise ValueError(
-                f"predictions {tuple(predictions.shape)} and references {tuple(references.shape)} differ in shape"
-            )
+        predictions, references = _integer_maps(predictions, references)
         predictions = predictions.reshape(-1).long()
         references = references.reshape(-1).long()
-        valid = references != self.ignore_index
-        out_of_range = valid & ((references < 0) | (references >= self.num_labels))
-        if out_of_range.any():
-            bad = references[out_of_range].unique()[:10].tolist()
-            raise ValueError(f"references contain labels {bad} outside [0, {self.num_labels}) and {self.ignore_index}")
+        valid = _check_references(references, self.num_labels, self.ignore_index)
         predictions, references = predictions[valid], references[valid]
         in_range = (predictions >= 0) & (predictions < self.num_labels)
         # a prediction outside the classes is a miss: it counts in the label's area, not in any intersection
@@ -98,9 +83,8 @@ class MeanIoU:
             }
 
 
-def _label_maps(predictions, references) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both maps as ``(B, H, W)`` integer tensors (an ``(H, W)`` map is one image); float, boolean or complex maps and
-    maps of other ranks or of different shapes are refused."""
+def _integer_maps(predictions, references) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both maps as tensors of one shape; float, boolean or complex maps (not class ids) are refused."""
     predictions = torch.as_tensor(np.asarray(predictions) if not torch.is_tensor(predictions) else predictions)
     references = torch.as_tensor(np.asarray(references) if not torch.is_tensor(references) else references)
     for name, values in (("predictions", predictions), ("references", references)):
@@ -113,6 +97,13 @@ def _label_maps(predictions, references) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(
             f"predictions {tuple(predictions.shape)} and references {tuple(references.shape)} differ in shape"
         )
+    return predictions, references
+
+
+def _label_maps(predictions, references) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both maps as ``(B, H, W)`` integer tensors (an ``(H, W)`` map is one image); float, boolean or complex maps and
+    maps of other ranks or of different shapes are refused."""
+    predictions, references = _integer_maps(predictions, references)
     if predictions.dim() not in (2, 3):
         raise ValueError(f"label maps must be (H, W) or (batch, H, W), got shape {tuple(predictions.shape)}")
     if predictions.dim() == 2:
