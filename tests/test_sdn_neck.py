@@ -451,3 +451,42 @@ def test_a_saved_model_loads_with_the_neck_switched_on_unchanged(tmp_path):
     with torch.no_grad():
         expected = model(pixel_values).logits
         torch.testing.assert_close(with_neck(pixel_values).logits, expected, atol=2e-6 * expected.abs().max(), rtol=0)
+
+
+def test_a_narrow_diffusion_width_projects_every_level_and_still_starts_as_the_identity():
+    """``width`` (``config.sdn_width``): each level is projected to D channels (``input_proj``) before the diffusion,
+    and ``fuse`` maps C + D back to C: cheaper on wide levels, still the identity at initialisation, and every part
+    trains."""
+    channels = (8, 16, 32, 64)
+    neck = SDNNeck(channels, width=8)
+    names = {name for name, _ in neck.named_parameters()}
+    assert {"levels.3.input_proj.weight", "levels.3.input_proj.bias"} <= names
+    assert neck.levels[3].fuse.weight.shape == (64, 64 + 8, 1, 1) and neck.levels[3].sdc.weight.shape == (8, 1, 3, 3)
+    full = sum(p.numel() for p in SDNNeck(channels).parameters())
+    assert sum(p.numel() for p in neck.parameters()) < full
+    generator = torch.Generator().manual_seed(0)
+    sizes = ((17, 23), (9, 12), (5, 6), (3, 3))
+    features = [torch.randn(2, c, h, w, generator=generator, requires_grad=True) for c, (h, w) in zip(channels, sizes)]
+    for before, after in zip(features, neck(features)):
+        assert torch.equal(before, after)
+    with torch.no_grad():
+        for level in neck.levels:
+            level.fuse.weight.add_(0.05 * torch.randn(level.fuse.weight.shape, generator=generator))
+    sum(output.square().mean() for output in neck(features)).backward()
+    for name, parameter in neck.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="width must be None or a positive number of channels; got 0"):
+        SDNNeck(channels, width=0)
+
+
+def test_the_width_option_in_a_family_config():
+    from huggingface_hub.errors import StrictDataclassClassValidationError as Invalid
+
+    from hf_semseg import VWFormerConfig, VWFormerForSemanticSegmentation
+
+    config = family_configs()["vwformer"]()
+    config.use_sdn_neck, config.sdn_width = True, 8
+    model = VWFormerForSemanticSegmentation(config)
+    assert all(level.input_proj.out_channels == 8 for level in model.neck.levels)
+    with pytest.raises(Invalid, match=r"VWFormerConfig.sdn_width must be None or a positive number of channels"):
+        VWFormerConfig(sdn_width=-1)

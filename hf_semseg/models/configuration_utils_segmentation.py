@@ -42,8 +42,8 @@ SDN_SIMILARITIES = ("per_channel", "l2")
 
 def validate_sdn_options(config: Any) -> None:
     """Checks the SDN-style neck options a config shares (``use_sdn_neck``, ``sdn_lambda``, ``sdn_similarity``,
-    ``sdn_groups``): the neck is off by default and, on, randomly initialised as the identity (no released weights
-    exist; see :mod:`modeling_sdn`)."""
+    ``sdn_groups``, ``sdn_width``): the neck is off by default and, on, randomly initialised as the identity (no
+    released weights exist; see :mod:`modeling_sdn`)."""
     name = type(config).__name__
     if config.sdn_similarity not in SDN_SIMILARITIES:
         raise ValueError(f"{name}.sdn_similarity must be one of {SDN_SIMILARITIES}, got {config.sdn_similarity!r}")
@@ -52,6 +52,9 @@ def validate_sdn_options(config: Any) -> None:
     groups = config.sdn_groups
     if groups != "depthwise" and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
         raise ValueError(f"{name}.sdn_groups must be 'depthwise' or a positive number of groups, got {groups!r}")
+    width = getattr(config, "sdn_width", None)
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise ValueError(f"{name}.sdn_width must be None or a positive number of channels, got {width!r}")
 
 
 __all__ = ["IGNORE_INDEX", "SDN_SIMILARITIES", "use_four_backbone_stages", "validate_sdn_options"]

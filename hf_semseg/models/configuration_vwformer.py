@@ -59,6 +59,8 @@ class VWFormerConfig(PreTrainedConfig):
             randomly initialised as the identity and leaves the checkpoint keys of everything else unchanged.
         sdn_lambda / sdn_similarity / sdn_groups: the neck's similarity scale, guidance similarity (``"per_channel"``
             or ``"l2"``) and semantic-difference-convolution groups (``"depthwise"``, ours, or a number).
+        sdn_width: the neck's diffusion width; None (default) diffuses at each backbone stage's own width, a number
+            projects every stage to it first (cheaper on wide stages; ours).
     """
 
     model_type = "vwformer"
@@ -102,6 +104,7 @@ class VWFormerConfig(PreTrainedConfig):
     sdn_lambda: float | int = 1.0
     sdn_similarity: str = "per_channel"
     sdn_groups: str | int = "depthwise"
+    sdn_width: int | None = None
 
     def __post_init__(self, **kwargs):
         self.enlarging_ratios = list(self.enlarging_ratios)

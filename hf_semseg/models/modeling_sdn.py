@@ -225,11 +225,13 @@ class SemanticDifferenceConvolution(nn.Module):
 class SDNLevel(nn.Module):
     """One pyramid level of the neck: U (B, C, H, W) enhanced under the guidance G (B, C_g, H_g, W_g) of any size.
 
-    1. ``guide_proj`` (1x1 conv C_g -> C, with bias; ours), then bilinear upsampling (align_corners False) to U's
+    1. ``guide_proj`` (1x1 conv C_g -> D, with bias; ours), then bilinear upsampling (align_corners False) to U's
        size: V. The projection runs at the guidance's (coarser) size; a 1x1 convolution commutes with bilinear
        resampling, so the order only changes the cost.
-    2. ``Y = ReLU(norm(sdc(U, V)))`` with a C -> C SDC (no bias) and ``norm`` a BatchNorm2d(C) [secondary].
-    3. ``fuse`` (1x1 conv 2C -> C, with bias) over ``cat([U, Y])`` [secondary]: a learned explicit-Euler update
+    2. ``Y = ReLU(norm(sdc(U', V)))`` with a D -> D SDC (no bias) and ``norm`` a BatchNorm2d(D) [secondary]. The
+       diffusion width D is ``width`` (ours): None (default) is the level's own C and U' = U; a number projects U
+       first (``input_proj``, 1x1 conv C -> D with bias), so a narrow D makes the neck cheap on wide levels.
+    3. ``fuse`` (1x1 conv C + D -> C, with bias) over ``cat([U, Y])`` [secondary]: a learned explicit-Euler update
        "U + step * Y" (reconstructed reading). Output: (B, C, H, W).
     """
 
@@ -241,13 +243,18 @@ class SDNLevel(nn.Module):
         similarity: str = "per_channel",
         groups: int = 1,
         recompute: bool = True,
+        width: int | None = None,
     ):
         super().__init__()
-        self.guide_proj = nn.Conv2d(guide_channels, channels, kernel_size=1)
-        self.sdc = SemanticDifferenceConvolution(channels, channels, lambda_, similarity, groups, recompute)
-        self.norm = nn.BatchNorm2d(channels)
+        diffusion_width = channels if width is None else int(width)
+        self.input_proj = None if width is None else nn.Conv2d(channels, diffusion_width, kernel_size=1)
+        self.guide_proj = nn.Conv2d(guide_channels, diffusion_width, kernel_size=1)
+        self.sdc = SemanticDifferenceConvolution(
+            diffusion_width, diffusion_width, lambda_, similarity, groups, recompute
+        )
+        self.norm = nn.BatchNorm2d(diffusion_width)
         self.activation = nn.ReLU()
-        self.fuse = nn.Conv2d(2 * channels, channels, kernel_size=1)
+        self.fuse = nn.Conv2d(channels + diffusion_width, channels, kernel_size=1)
         init_sdn_weights(self)
 
     def forward(self, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
@@ -255,8 +262,9 @@ class SDNLevel(nn.Module):
         if guide.shape[-2:] != features.shape[-2:]:
             # any size ratio (odd sizes included): resample straight to U's size
             guide = F.interpolate(guide, size=features.shape[-2:], mode="bilinear", align_corners=False)
-        diffusion = self.activation(self.norm(self.sdc(features, guide)))  # (B, C, H, W)
-        return self.fuse(torch.cat([features, diffusion], dim=1))  # (B, 2C, H, W) -> (B, C, H, W)
+        diffused = features if self.input_proj is None else self.input_proj(features)  # (B, D, H, W)
+        diffusion = self.activation(self.norm(self.sdc(diffused, guide)))  # (B, D, H, W)
+        return self.fuse(torch.cat([features, diffusion], dim=1))  # (B, C + D, H, W) -> (B, C, H, W)
 
 
 def _resolve_groups(groups: int | str, channels: int, what: str) -> int:
@@ -284,6 +292,8 @@ class SDNNeck(nn.Module):
             ours) and with it ``groups=1`` gives the full-weight neck.
         recompute: recompute the SDC's taps in the backward pass (default True, ours); see
             :func:`semantic_difference_convolution`.
+        width: the diffusion width of every level (ours): None (default) diffuses at each level's own channels; a
+            number projects each level to it first (:class:`SDNLevel`), e.g. the decoder's width.
 
     Initialisation (:func:`init_sdn_weights`, run at construction; ours): convolutions kaiming-normal (fan-out, ReLU)
     with zero bias, BatchNorm weight 1 / bias 0, and ``fuse`` = [I | 0] with zero bias, so the neck starts as the
@@ -301,8 +311,11 @@ class SDNNeck(nn.Module):
         groups: int | str = "depthwise",
         top_guide_groups: int | str | None = None,
         recompute: bool = True,
+        width: int | None = None,
     ):
         super().__init__()
+        if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+            raise ValueError(f"width must be None or a positive number of channels; got {width!r}")
         in_channels = [int(c) for c in in_channels]
         if not in_channels:
             raise ValueError("in_channels must name at least one level")
@@ -314,8 +327,9 @@ class SDNNeck(nn.Module):
                 guide,
                 lambda_,
                 similarity,
-                _resolve_groups(groups, channels, "groups"),
+                _resolve_groups(groups, channels if width is None else width, "groups"),
                 recompute,
+                width,
             )
             for channels, guide in zip(in_channels, guide_channels)
         )
@@ -344,7 +358,11 @@ def sdn_neck(config, in_channels: Sequence[int]) -> "SDNNeck | None":
     if not getattr(config, "use_sdn_neck", False):
         return None
     return SDNNeck(
-        list(in_channels), lambda_=config.sdn_lambda, similarity=config.sdn_similarity, groups=config.sdn_groups
+        list(in_channels),
+        lambda_=config.sdn_lambda,
+        similarity=config.sdn_similarity,
+        groups=config.sdn_groups,
+        width=getattr(config, "sdn_width", None),
     )
 
 
@@ -368,6 +386,8 @@ def init_sdn_weights(module: nn.Module, init=nn.init) -> None:
         if isinstance(part, SDNNeck):
             kaiming(part.top_guide)
         elif isinstance(part, SDNLevel):
+            if part.input_proj is not None:
+                kaiming(part.input_proj)
             kaiming(part.guide_proj)
             kaiming(part.sdc)
             init.ones_(part.norm.weight)
@@ -375,7 +395,7 @@ def init_sdn_weights(module: nn.Module, init=nn.init) -> None:
             init.zeros_(part.norm.running_mean)
             init.ones_(part.norm.running_var)
             init.zeros_(part.norm.num_batches_tracked)
-            # (C, 2C, 1, 1): weight[k, k] = 1 for k < C, zero elsewhere, i.e. [I | 0]: fuse(cat([U, Y])) = U
+            # (C, C + D, 1, 1): weight[k, k] = 1 for k < C, zero elsewhere, i.e. [I | 0]: fuse(cat([U, Y])) = U
             init.dirac_(part.fuse.weight)
             init.zeros_(part.fuse.bias)
         elif isinstance(part, SemanticDifferenceConvolution):
