@@ -64,6 +64,7 @@ def make_demo_dataset(
 def demo_model_config(drop_path_rate: float = 0.1):
     """A small SeMask-Swin FPN config for the demo classes (2.9M parameters, trains in about a minute on a CPU)."""
     from .models.configuration_semask_swin import SeMaskSwinConfig
+    from .variants import FOUR_STAGES
 
     id2label = dict(enumerate(DEMO_CLASSES))
     return SeMaskSwinConfig(
@@ -72,7 +73,7 @@ def demo_model_config(drop_path_rate: float = 0.1):
         num_heads=[1, 2, 4, 8],
         decoder_hidden_size=64,
         drop_path_rate=drop_path_rate,
-        out_features=["stage1", "stage2", "stage3", "stage4"],  # the Semantic-FPN head takes the four stages
+        out_features=list(FOUR_STAGES),  # the Semantic-FPN head takes the four stages
         id2label=id2label,
         label2id={label: i for i, label in id2label.items()},
     )

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,10 @@ def load_example(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def help_default(help_text: str, option: str) -> str | None:
+    """The ``(default: X)`` that ``--help`` prints for ``--option`` (whitespace-normalised help text), or None: the
+    first default after the option's own entry (its metavar not closing a usage bracket)."""
+    match = re.search(rf"--{option} \S+(?<!\]) (?:(?!\(default: ).)*\(default: ([^)]*)\)", help_text)
+    return match.group(1) if match else None

@@ -43,10 +43,16 @@ from hf_semseg import (
 from hf_semseg.models.modeling_semask_swin import SeMaskFPNConvModule, SeMaskSwinWindowAttention
 from hf_semseg.models.modeling_vwformer import VWFormerConvModule, VWFormerVaryingWindowAttention
 
-from model_suite import tiny_label_kwargs, tiny_mask2former_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
+from model_suite import (
+    FOUR_STAGES,
+    tiny_label_kwargs,
+    tiny_mask2former_kwargs,
+    tiny_pale_kwargs,
+    tiny_semask_swin_kwargs,
+)
 
 
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
+STAGES = FOUR_STAGES
 
 
 def many_labels(num_labels: int = 150) -> dict:

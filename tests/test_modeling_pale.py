@@ -12,10 +12,10 @@ from hf_semseg import (
 )
 from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
 
-from model_suite import SegmentationModelSuite, perturb_sdn_fuse, tiny_label_kwargs, tiny_pale_kwargs
+from model_suite import FOUR_STAGES, SegmentationModelSuite, perturb_sdn_fuse, tiny_label_kwargs, tiny_pale_kwargs
 
 
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
+STAGES = FOUR_STAGES
 
 
 def tiny_pale_config(**overrides) -> PaleConfig:

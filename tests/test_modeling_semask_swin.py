@@ -25,10 +25,16 @@ from hf_semseg.models.modeling_semask_swin import (
     window_reverse,
 )
 
-from model_suite import SegmentationModelSuite, open_semantic_gates, perturb_sdn_fuse, tiny_semask_swin_kwargs
+from model_suite import (
+    FOUR_STAGES,
+    SegmentationModelSuite,
+    open_semantic_gates,
+    perturb_sdn_fuse,
+    tiny_semask_swin_kwargs,
+)
 
 
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
+STAGES = FOUR_STAGES
 
 
 def tiny_config(**overrides) -> SeMaskSwinConfig:

@@ -18,6 +18,7 @@ from hf_semseg.models.modeling_vwformer import (
 )
 
 from model_suite import (
+    FOUR_STAGES,
     SegmentationModelSuite,
     perturb_sdn_fuse,
     tiny_label_kwargs,
@@ -26,7 +27,7 @@ from model_suite import (
 )
 
 
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
+STAGES = FOUR_STAGES
 
 
 def tiny_vwformer_config(backbone_config, **overrides) -> VWFormerConfig:

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from script_helpers import load_example
+from script_helpers import help_default, load_example
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg
@@ -113,7 +113,7 @@ def test_help_shows_the_recipe_defaults_the_script_uses():
     help_text = " ".join(script.build_parser().format_help().split())
     for option, default in [("learning_rate", "0.001"), ("head_lr_multiplier", "10.0"), ("num_train_epochs", "6.0"),
                             ("warmup_steps", "5"), ("weight_decay", "0.01"), ("max_steps", "-1")]:  # fmt: skip
-        assert re.search(rf"--{option} \S+ (?:(?!\(default: ).)*\(default: {re.escape(default)}\)", help_text), option
+        assert help_default(help_text, option) == default, option
     assert re.search(r"--lr_scheduler_type [^()]*\(default: polynomial\)", help_text)
     _, _, training_args = script.build_parser().parse_args_into_dataclasses(["--output_dir", "o"])
     assert (training_args.learning_rate, training_args.num_train_epochs, training_args.warmup_steps) == (1e-3, 6, 5)
@@ -197,8 +197,6 @@ def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypa
 )
 def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, arguments, message):
     """Each of these ended in a traceback from datasets, transformers, json or the Hub client."""
-    from script_helpers import load_example
-
     from hf_semseg.training import exit_on_user_error
 
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]

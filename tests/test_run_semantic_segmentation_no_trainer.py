@@ -2,10 +2,9 @@
 (Its equality with the Trainer script and its 2-process run are in test_scale_out.py.)"""
 
 import json
-import re
 
 import pytest
-from script_helpers import load_example
+from script_helpers import help_default, load_example
 from test_scale_out import (
     LEARNER,
     LEARNING_EPOCHS,
@@ -133,7 +132,7 @@ def test_argument_errors_and_defaults(tmp_path, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for option, default in [("learning_rate", "0.001"), ("head_lr_multiplier", "10.0"), ("num_train_epochs", "6"),
                             ("warmup_steps", "5"), ("weight_decay", "0.01"), ("max_steps", "-1")]:  # fmt: skip
-        assert re.search(rf"--{option} \S+ (?:(?!\(default: ).)*\(default: {re.escape(default)}\)", help_text), option
+        assert help_default(help_text, option) == default, option
 
 
 def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypatch):

@@ -51,7 +51,13 @@ from hf_semseg import (
 )
 from hf_semseg.models.modeling_semask_mask2former import SeMaskMask2FormerSemanticSegmenterOutput
 
-from model_suite import tiny_label_kwargs, tiny_mask2former_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
+from model_suite import (
+    FOUR_STAGES,
+    tiny_label_kwargs,
+    tiny_mask2former_kwargs,
+    tiny_pale_kwargs,
+    tiny_semask_swin_kwargs,
+)
 
 
 #: tests that fail for a known open reason, as ``{"Class.test_name": "reason"}``: strict xfails (``conftest.py``), so
@@ -91,7 +97,7 @@ _TASK_TABLES = {
 for _table, _entries in _TASK_TABLES.items():
     setattr(common.modeling, _table, {**getattr(common.modeling, _table), **_entries})
 
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
+STAGES = FOUR_STAGES
 
 
 @pytest.fixture(autouse=True, scope="module")

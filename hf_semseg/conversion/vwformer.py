@@ -18,7 +18,7 @@ from transformers import ConvNextConfig, SegformerConfig, SwinConfig
 
 from ..models.configuration_vwformer import VWFormerConfig
 from ..models.modeling_vwformer import VWFormerForSemanticSegmentation
-from ..variants import MIT_ATTENTION_HEADS
+from ..variants import FOUR_STAGES, MIT_ATTENTION_HEADS
 from .common import (
     MMSEG,
     CheckpointError,
@@ -56,7 +56,6 @@ from .run_config import (
 
 
 KIND = "VWFormer (mmseg)"
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
 # (original key pattern, hf key template) - applied with re.fullmatch, first match wins. A template of None marks a
 # key handled by tensor surgery below.
@@ -242,7 +241,7 @@ def infer_swin_config(state_dict: dict) -> SwinConfig:
         mlp_ratio=mlp_hidden / embed_dim,
         qkv_bias="backbone.stages.0.blocks.0.attn.w_msa.qkv.bias" in state_dict,
         drop_path_rate=0.3,
-        out_features=STAGES,
+        out_features=list(FOUR_STAGES),
     )
 
 
@@ -258,7 +257,7 @@ def infer_convnext_config(state_dict: dict) -> ConvNextConfig:
         depths=depths,
         layer_scale_init_value=1.0 if "backbone.stages.0.0.gamma" in state_dict else 0.0,
         drop_path_rate=0.4,
-        out_features=STAGES,
+        out_features=list(FOUR_STAGES),
     )
 
 

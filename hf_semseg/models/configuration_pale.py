@@ -45,13 +45,8 @@ class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
             (``BackboneConfigMixin.set_output_features_output_indices``). The UperNet model
             (:class:`PaleForSemanticSegmentation`) needs the four stages: its configs set
             ``out_features=["stage1", "stage2", "stage3", "stage4"]``, as the variants do.
-        use_sdn_neck: put an SDN-style neck (unofficial reconstruction of Tan et al., NeurIPS 2022; no official code
-            exists: :mod:`modeling_sdn`) between the backbone and the decode head. Off by default; on, it is
-            randomly initialised as the identity and leaves the checkpoint keys of everything else unchanged.
-        sdn_lambda / sdn_similarity / sdn_groups: the neck's similarity scale, guidance similarity (``"per_channel"``
-            or ``"l2"``) and semantic-difference-convolution groups (``"depthwise"``, ours, or a number).
-        sdn_width: the neck's diffusion width; None (default) diffuses at each backbone stage's own width, a number
-            projects every stage to it first (cheaper on wide stages; ours).
+        use_sdn_neck / sdn_lambda / sdn_similarity / sdn_groups / sdn_width: the SDN-style neck between the backbone
+            and the decode head, off by default (:func:`validate_sdn_options` describes the options).
     """
 
     model_type = "pale"

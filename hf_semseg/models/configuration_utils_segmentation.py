@@ -41,9 +41,17 @@ SDN_SIMILARITIES = ("per_channel", "l2")
 
 
 def validate_sdn_options(config: Any) -> None:
-    """Checks the SDN-style neck options a config shares (``use_sdn_neck``, ``sdn_lambda``, ``sdn_similarity``,
-    ``sdn_groups``, ``sdn_width``): the neck is off by default and, on, randomly initialised as the identity (no
-    released weights exist; see :mod:`modeling_sdn`)."""
+    """Checks the SDN-style neck options the configs of SeMask-FPN, Pale-UperNet and VWFormer share:
+
+    - ``use_sdn_neck``: put an SDN-style neck (unofficial reconstruction of Tan et al., NeurIPS 2022; no official code
+      exists: :mod:`modeling_sdn`) between the backbone and the decode head. Off by default; on, it is randomly
+      initialised as the identity and leaves the checkpoint keys of everything else unchanged.
+    - ``sdn_lambda`` / ``sdn_similarity`` / ``sdn_groups``: the similarity scale, the guidance similarity
+      (``"per_channel"`` or ``"l2"``) and the semantic-difference-convolution groups (``"depthwise"``, ours, or a
+      number).
+    - ``sdn_width``: the diffusion width; None (default) diffuses at each backbone stage's own width, a number
+      projects every stage to it first (cheaper on wide stages; ours).
+    """
     name = type(config).__name__
     if config.sdn_similarity not in SDN_SIMILARITIES:
         raise ValueError(f"{name}.sdn_similarity must be one of {SDN_SIMILARITIES}, got {config.sdn_similarity!r}")
