@@ -539,43 +539,57 @@ _register_vwformer()
 #: ``MODEL.SWIN.SEM_WINDOW_SIZE`` of the SeMask-Mask2Former code when the yaml does not set it (``add_swin_config``)
 SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW = 7
 
-# dataset: (semantic window, test (longest, shortest), crop, mIoU, mIoU ms+flip, params M counted from the original
-# code). ADE20K: the 640 config, semantic window 12; Cityscapes: the dataset's scale, the yaml sets no semantic window.
+# name suffix: (pixel decoder, dataset, semantic window, test (longest, shortest), crop, mIoU, mIoU ms+flip, params M
+# counted from the original code). ADE20K: the 640 configs, semantic window 12; Cityscapes: the dataset's scale, the
+# yaml sets no semantic window. FaPN / MSFaPN: the SeMask-FAPN copy of the code (README table of the repository).
 _SEMASK_MASK2FORMER = {
-    "ade20k": (12, (2560, 640), (640, 640), 56.41, 57.52, 222.63),
-    "cityscapes": (SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW, None, (512, 1024), 83.97, 84.98, 221.84),
+    "large-ade20k": ("msdeformattn", "ade20k", 12, (2560, 640), (640, 640), 56.41, 57.52, 222.63),
+    "large-cityscapes": (
+        "msdeformattn",
+        "cityscapes",
+        SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW,
+        None,
+        (512, 1024),
+        83.97,
+        84.98,
+        221.84,
+    ),
+    "fapn-large-ade20k": ("fapn", "ade20k", 12, (2560, 640), (640, 640), 56.88, 58.25, 226.75),
+    "msfapn-large-ade20k": ("msfapn", "ade20k", 12, (2560, 640), (640, 640), 57.00, 58.25, 223.85),
 }
 
 
-def semask_mask2former_config(dataset: str):
-    """The config of a released SeMask-L Mask2Former model. The semantic attention of each stage follows the
-    SeMask-Mask2Former code's rule (``semask_mask2former_semantic_attention_types``: ADE20K's last stage attends
-    globally); the semantic window is the released config's."""
+def semask_mask2former_config(name: str):
+    """The config of a released SeMask-L Mask2Former model (``name``: a key of ``_SEMASK_MASK2FORMER``, e.g.
+    ``"fapn-large-ade20k"``). The semantic attention of each stage follows the rule of the code copy the model
+    comes from (``default_semantic_attention_types``: the SeMask-Mask2Former code's, where ADE20K's last stage
+    attends globally, or the SeMask-FAPN code's W W G G); the semantic window is the released config's. The FaPN
+    decoder's attention heads are the original's default (8; the released yaml does not set them)."""
     from .models.configuration_semask_mask2former import (
         SEMASK_SWIN_LARGE,
         SeMaskMask2FormerConfig,
-        semask_mask2former_semantic_attention_types,
+        default_semantic_attention_types,
     )
     from .models.configuration_semask_swin import SeMaskSwinConfig
 
-    semantic_window = _SEMASK_MASK2FORMER[dataset][0]
+    pixel_decoder_type, dataset, semantic_window = _SEMASK_MASK2FORMER[name][:3]
     labels = _labels_config_kwargs(dataset)
     backbone = SeMaskSwinConfig(
         **dict(SEMASK_SWIN_LARGE, semantic_window_size=semantic_window),
-        semantic_attention_types=semask_mask2former_semantic_attention_types(len(labels["id2label"])),
+        semantic_attention_types=default_semantic_attention_types(pixel_decoder_type, len(labels["id2label"])),
         out_features=list(FOUR_STAGES),
     )
-    return SeMaskMask2FormerConfig(backbone_config=backbone, **labels)
+    return SeMaskMask2FormerConfig(backbone_config=backbone, pixel_decoder_type=pixel_decoder_type, **labels)
 
 
 def _register_semask_mask2former() -> None:
-    for dataset, (semantic_window, test_scale, crop, miou, miou_ms, params) in _SEMASK_MASK2FORMER.items():
+    for suffix, (_, dataset, semantic_window, test_scale, crop, miou, miou_ms, params) in _SEMASK_MASK2FORMER.items():
         register_variant(
             Variant(
-                name=f"semask-mask2former-large-{dataset}",
+                name=f"semask-mask2former-{suffix}",
                 family="semask_mask2former",
                 dataset=dataset,
-                make_config=lambda dataset=dataset: semask_mask2former_config(dataset),
+                make_config=lambda suffix=suffix: semask_mask2former_config(suffix),
                 test_scale=test_scale,
                 crop_size=crop,
                 reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},

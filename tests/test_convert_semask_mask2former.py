@@ -31,9 +31,29 @@ from conftest import REPO_ROOT, fixture_config_file, fixture_dir
 
 
 SCRIPT = REPO_ROOT / "conversion" / "convert_semask_mask2former_to_hf.py"
-FIXTURES = ["semask_mask2former_tiny", "semask_mask2former_tiny_ade150"]
-# full released layouts -> (params in M counted from the original code, semantic attention per stage, semantic window)
-FULL_KEY_LISTS = {"mask2former_ade20k_large": (222.63, "WWWG", 12), "mask2former_cityscapes_large": (221.84, "WWWW", 7)}
+FIXTURES = ["semask_mask2former_tiny", "semask_mask2former_tiny_ade150", "semask_fapn_tiny", "semask_msfapn_tiny"]
+# full released layouts -> (keys, parameters counted from the original code, semantic attention per stage, semantic
+# window, pixel decoder, variant)
+FULL_KEY_LISTS = {
+    "mask2former_ade20k_large": (694, 222_630_000, "WWWG", 12, "msdeformattn", "semask-mask2former-large-ade20k"),
+    "mask2former_cityscapes_large": (
+        694,
+        221_840_000,
+        "WWWW",
+        7,
+        "msdeformattn",
+        "semask-mask2former-large-cityscapes",
+    ),
+    "mask2former_fapn_ade20k_large": (621, 226_745_479, "WWGG", 12, "fapn", "semask-mask2former-fapn-large-ade20k"),
+    "mask2former_msfapn_ade20k_large": (
+        701,
+        223_851_415,
+        "WWGG",
+        12,
+        "msfapn",
+        "semask-mask2former-msfapn-large-ade20k",
+    ),
+}
 BACKBONE_KEY_LISTS = [
     "mask2former_ade20k_large_backbone",
     "mask2former_cityscapes_large_backbone",
@@ -76,13 +96,17 @@ def test_post_processed_probabilities_equal_the_original_sem_seg(converted):
 
 
 def test_intermediate_outputs_equal_the_original(converted):
-    _, _, _, expected, output = converted
+    _, model, inputs, expected, output = converted
     differences = {}
     for i in range(4):
         differences[f"res{i + 2}"] = output.hidden_states[i] - expected[f"backbone_res{i + 2}"]
         differences[f"prior{i + 2}"] = output.semantic_priors[i] - expected[f"semantic_prior_res{i + 2}"]
     for i in range(3):
         differences[f"multi_scale_{i}"] = output.pixel_decoder_hidden_states[i] - expected[f"multi_scale_feature_{i}"]
+    if "mask_features" in expected:  # recorded in the FaPN / MSFaPN fixtures
+        with torch.no_grad():
+            mask_features = model.model(inputs["pixel_values"]).pixel_decoder_last_hidden_state
+        differences["mask_features"] = mask_features - expected["mask_features"]
     for i, auxiliary in enumerate(output.auxiliary_logits):
         differences[f"aux{i}_logits"] = auxiliary["class_queries_logits"] - expected[f"aux_{i}_pred_logits"]
         differences[f"aux{i}_masks"] = auxiliary["masks_queries_logits"] - expected[f"aux_{i}_pred_masks"]
@@ -104,8 +128,13 @@ def test_inferred_config_equals_the_original(converted):
     head, mask_former = d2["SEM_SEG_HEAD"], d2["MASK_FORMER"]
     assert config.num_labels == head["NUM_CLASSES"] == backbone.num_labels
     assert (config.feature_size, config.mask_feature_size) == (head["CONVS_DIM"], head["MASK_DIM"])
-    assert config.encoder_layers == head["TRANSFORMER_ENC_LAYERS"]
-    assert config.encoder_feedforward_dim == original["derived"]["pixel_decoder_encoder_ffn_dim"]
+    expected_decoder = {"PixelFANDecoder": "fapn", "MSDeformAttnPixelFANDecoder": "msfapn"}
+    assert config.pixel_decoder_type == expected_decoder.get(head["PIXEL_DECODER_NAME"], "msdeformattn")
+    if config.pixel_decoder_type == "fapn":  # no deformable encoder: TRANSFORMER_ENC_LAYERS is unused
+        assert config.encoder_layers == 0
+    else:
+        assert config.encoder_layers == head["TRANSFORMER_ENC_LAYERS"]
+        assert config.encoder_feedforward_dim == original["derived"]["pixel_decoder_encoder_ffn_dim"]
     assert (config.hidden_dim, config.num_attention_heads) == (mask_former["HIDDEN_DIM"], mask_former["NHEADS"])
     assert (config.dim_feedforward, config.num_queries) == (
         mask_former["DIM_FEEDFORWARD"],
@@ -122,26 +151,36 @@ def state_dict_from_key_list(name: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(FULL_KEY_LISTS))
 def test_every_released_layout_converts(name):
-    params_m, types, semantic_window = FULL_KEY_LISTS[name]
+    num_keys, params, types, semantic_window, pixel_decoder, expected_variant = FULL_KEY_LISTS[name]
     state_dict = state_dict_from_key_list(name)
-    assert len(state_dict) == 694
+    assert len(state_dict) == num_keys
     config, variant = infer_config_and_variant(state_dict)
-    # the semantic window is not in the weights: it is the matched variant's
-    assert variant == f"semask-mask2former-large-{name.split('_')[1]}"
+    # the semantic window (and FaPN's decoder heads) are not in the weights: they are the matched variant's
+    assert variant == expected_variant
+    assert config.pixel_decoder_type == pixel_decoder
     converted = convert_state_dict(state_dict)
     with torch.device("meta"):
         model = SeMaskMask2FormerForSemanticSegmentation(config)
     check_against_model(converted, model.state_dict())
+    # the original's count: every parameter once (a tied GroupNorm copy is a second name of one)
+    tied_copies = [key for key in state_dict if re.fullmatch(r".*\.align_\d+\.offset\.norm\.(weight|bias)", key)]
     original_params = sum(
-        t.numel() for k, t in state_dict.items() if not k.endswith(("relative_position_index", "empty_weight"))
+        t.numel()
+        for k, t in state_dict.items()
+        if not k.endswith(("relative_position_index", "empty_weight")) and k not in tied_copies
     )
     assert sum(p.numel() for p in model.parameters()) == original_params
-    assert round(original_params / 1e6, 2) == params_m
+    if params % 10_000:  # the README's exact count
+        assert original_params == params
+    else:
+        assert round(original_params / 1e6, 2) == params / 1e6
     backbone = config.backbone_config
     assert "".join(t[0].upper() for t in backbone.semantic_attention_types) == types
     assert backbone.semantic_window_size == semantic_window
     assert (config.decoder_layers, config.num_queries, config.num_attention_heads) == (10, 100, 8)
-    assert (config.encoder_layers, config.encoder_feedforward_dim, config.dim_feedforward) == (6, 1024, 2048)
+    assert config.dim_feedforward == 2048
+    if pixel_decoder != "fapn":
+        assert (config.encoder_layers, config.encoder_feedforward_dim) == (6, 1024)
     # the registered variant is this architecture
     registered = hf_semseg.variant_config(variant)
     for field in ("feature_size", "hidden_dim", "decoder_layers", "num_queries", "num_labels"):
@@ -255,11 +294,11 @@ def test_unmapped_missing_and_misshaped_keys_are_named(converted, tmp_path):
     state_dict = apply_legacy_renames(load_detectron2_checkpoint(folder / "original_checkpoint.pth"))
     with pytest.raises(CheckpointError, match=r"sem_seg_head\.predictor\.extra_head\.weight"):
         convert_state_dict(dict(state_dict, **{"sem_seg_head.predictor.extra_head.weight": torch.zeros(1)}))
-    missing = {k: v for k, v in state_dict.items() if k != "sem_seg_head.pixel_decoder.layer_1.norm.bias"}
+    missing = {k: v for k, v in state_dict.items() if k != "sem_seg_head.pixel_decoder.adapter_1.norm.bias"}
     config = infer_config(missing, variant=None, config_file=fixture_config_file(folder.name, tmp_path))
     with pytest.raises(
         CheckpointError,
-        match=r"missing from the checkpoint: \['model\.pixel_level_module\.decoder\.layer_1\.1\.bias'\]",
+        match=r"missing from the checkpoint: \['model\.pixel_level_module\.decoder\.adapter_1\.1\.bias'\]",
     ):
         check_against_model(convert_state_dict(missing), SeMaskMask2FormerForSemanticSegmentation(config).state_dict())
     misshaped = dict(state_dict)
@@ -272,16 +311,38 @@ def test_unmapped_missing_and_misshaped_keys_are_named(converted, tmp_path):
         infer_config({k: v for k, v in state_dict.items() if "class_embed" not in k})
 
 
-@pytest.mark.parametrize(
-    "fixture, named",
-    [
-        ("semask_maskformer_tiny", "a SeMask MaskFormer checkpoint (DETR decoder)"),
-        ("semask_fapn_tiny", "a SeMask Mask2Former-FaPN checkpoint"),
-        ("semask_msfapn_tiny", "a SeMask Mask2Former-MSFaPN checkpoint"),
-    ],
-)
-def test_other_semask_detectron2_heads_are_named_not_half_converted(fixture, named, tmp_path):
-    """The other released SeMask detectron2 heads are refused for what they are, before any value is asked for."""
-    checkpoint = fixture_dir(fixture) / "original_checkpoint.pth"
-    with pytest.raises(CheckpointError, match=re.escape(named)):
+def test_a_maskformer_checkpoint_is_named_not_half_converted():
+    """SeMask MaskFormer is another model class: this family's converter refuses it for what it is, before any value
+    is asked for (the SeMask detectron2 converter routes it to its own)."""
+    checkpoint = fixture_dir("semask_maskformer_tiny") / "original_checkpoint.pth"
+    with pytest.raises(CheckpointError, match=re.escape("a SeMask MaskFormer checkpoint (DETR decoder)")):
         convert_checkpoint(checkpoint, config_file=None)
+
+
+@pytest.mark.parametrize("fixture", ["semask_fapn_tiny", "semask_msfapn_tiny"])
+def test_tied_group_norm_copies_must_be_equal(fixture):
+    """FaPN's offset GroupNorm is the output conv's under a second name: loaded once, the copy checked equal."""
+    state_dict = apply_legacy_renames(load_detectron2_checkpoint(fixture_dir(fixture) / "original_checkpoint.pth"))
+    converted = convert_state_dict(state_dict)
+    assert not any("offset.norm" in key or "offset_norm" in key for key in converted)
+    edited = dict(state_dict)
+    edited["sem_seg_head.pixel_decoder.align_1.offset.norm.bias"] = (
+        state_dict["sem_seg_head.pixel_decoder.align_1.offset.norm.bias"] + 0.5
+    )
+    with pytest.raises(
+        CheckpointError, match=r"align_1\.offset\.norm\.bias differs from .*layer_1\.norm\.bias by up to 0\.5"
+    ):
+        convert_state_dict(edited)
+    orphan = {k: v for k, v in state_dict.items() if k != "sem_seg_head.pixel_decoder.layer_1.norm.weight"}
+    with pytest.raises(CheckpointError, match=r"align_1\.offset\.norm\.weight is a copy of .*layer_1\.norm\.weight"):
+        convert_state_dict(orphan)
+
+
+def test_fapn_decoder_heads_come_from_the_config_or_the_variant(tmp_path):
+    """FaPN has no deformable encoder whose sampling_offsets show the heads: without a config or a variant with
+    these weights the converter stops and names MODEL.MASK_FORMER.NHEADS; the run's config gives them."""
+    checkpoint = fixture_dir("semask_fapn_tiny") / "original_checkpoint.pth"
+    with pytest.raises(CheckpointError, match=r"MODEL\.MASK_FORMER\.NHEADS"):
+        convert_checkpoint(checkpoint, config_file=None)
+    model, _ = convert_checkpoint(checkpoint, config_file=fixture_config_file("semask_fapn_tiny", tmp_path))
+    assert model.config.num_attention_heads == 4

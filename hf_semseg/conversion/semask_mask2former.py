@@ -15,7 +15,7 @@ import torch
 
 from ..models.configuration_semask_mask2former import (
     SeMaskMask2FormerConfig,
-    semask_mask2former_semantic_attention_types,
+    default_semantic_attention_types,
 )
 from ..models.configuration_semask_swin import SeMaskSwinConfig
 from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSegmentation
@@ -89,6 +89,15 @@ HEAD_RENAMES: list[tuple[str, str]] = [
         HF_PIXEL_DECODER + r"encoder.layers.\1.final_layer_norm.\2",
     ),
     (PIXEL_DECODER + r"mask_features\.(weight|bias)", HF_PIXEL_DECODER + r"mask_projection.\1"),
+    # FaPN / MSFaPN feature alignment: the offset conv, the DCNv2 weights and its offset/mask predictor. The offset
+    # conv's GroupNorm is the level's output-conv GroupNorm (one module, two keys): checked equal, loaded once.
+    (PIXEL_DECODER + r"align_(\d+)\.offset\.weight", HF_PIXEL_DECODER + r"align_\1.offset_projection.weight"),
+    (PIXEL_DECODER + r"align_(\d+)\.offset\.norm\.(weight|bias)", None),
+    (PIXEL_DECODER + r"align_(\d+)\.dcpack_L2\.(weight|bias)", HF_PIXEL_DECODER + r"align_\1.deformable_conv.\2"),
+    (
+        PIXEL_DECODER + r"align_(\d+)\.dcpack_L2\.conv_offset_mask\.(weight|bias)",
+        HF_PIXEL_DECODER + r"align_\1.deformable_conv.offset_mask.\2",
+    ),
     # detectron2 Conv2d-with-norm (conv weight, norm.*) -> nn.Sequential(conv, GroupNorm[, ReLU])
     (PIXEL_DECODER + r"(adapter|layer)_(\d+)\.weight", HF_PIXEL_DECODER + r"\1_\2.0.weight"),
     (PIXEL_DECODER + r"(adapter|layer)_(\d+)\.norm\.(weight|bias)", HF_PIXEL_DECODER + r"\1_\2.1.\3"),
@@ -135,6 +144,7 @@ HEAD_RENAMES: list[tuple[str, str]] = [
     (r"criterion\.empty_weight", "criterion.empty_weight"),
 ]
 
+TIED_OFFSET_NORM = re.compile(PIXEL_DECODER + r"align_(\d+)\.offset\.norm\.(weight|bias)")
 SELF_ATTENTION_IN_PROJ = re.compile(
     PREDICTOR + r"transformer_self_attention_layers\.(\d+)\.self_attn\.in_proj_(weight|bias)"
 )
@@ -174,24 +184,44 @@ def _shape(state_dict: dict, key: str, ndim: int | None = None) -> tuple[int, ..
     return tensor_shape(state_dict, key, KIND, ndim)
 
 
-def check_head_layout(state_dict: dict[str, torch.Tensor]) -> None:
-    """Refuses, naming what it is, a SeMask detectron2 checkpoint with another head than Mask2Former's deformable
-    pixel decoder and masked-attention decoder: SeMask MaskFormer (a DETR ``predictor.transformer``) or the FaPN /
-    MSFaPN pixel decoders (``pixel_decoder.align_*`` FeatureAlign modules)."""
+#: the pixel decoder of each SeMask Mask2Former head (``config.pixel_decoder_type``) and its detectron2 name
+PIXEL_DECODER_NAMES = {
+    "msdeformattn": "MSDeformAttnPixelDecoder",
+    "fapn": "PixelFANDecoder",
+    "msfapn": "MSDeformAttnPixelFANDecoder",
+}
+#: what each head is called in messages and summaries
+HEAD_NAMES = {
+    "maskformer": "SeMask MaskFormer",
+    "msdeformattn": "SeMask Mask2Former",
+    "fapn": "SeMask Mask2Former-FaPN",
+    "msfapn": "SeMask Mask2Former-MSFaPN",
+}
+
+
+def detect_head(state_dict: dict[str, torch.Tensor]) -> str:
+    """Which SeMask detectron2 head a state dict holds, from its keys: ``"maskformer"`` (a DETR
+    ``predictor.transformer``), ``"fapn"`` (FeatureAlign ``pixel_decoder.align_*`` modules without a deformable
+    encoder), ``"msfapn"`` (both) or ``"msdeformattn"`` (the deformable encoder alone: SeMask Mask2Former)."""
     if any(key.startswith("sem_seg_head.predictor.transformer.") for key in state_dict):
-        raise CheckpointError(
-            "sem_seg_head.predictor.transformer.* keys: a SeMask MaskFormer checkpoint (DETR decoder), which this "
-            "converter does not convert (it reads SeMask Mask2Former with the MSDeformAttn pixel decoder)"
-        )
-    aligned = sorted({key.split(".")[2] for key in state_dict if key.startswith("sem_seg_head.pixel_decoder.align_")})
+        return "maskformer"
+    aligned = any(key.startswith("sem_seg_head.pixel_decoder.align_") for key in state_dict)
+    deformable = any(key.startswith("sem_seg_head.pixel_decoder.transformer.") for key in state_dict)
     if aligned:
-        kind = (
-            "MSFaPN" if any(key.startswith("sem_seg_head.pixel_decoder.transformer.") for key in state_dict) else "FaPN"
-        )
+        return "msfapn" if deformable else "fapn"
+    return "msdeformattn"
+
+
+def check_head_layout(state_dict: dict[str, torch.Tensor]) -> str:
+    """The Mask2Former pixel decoder of the state dict (:func:`detect_head`); a SeMask MaskFormer checkpoint is
+    refused, naming what it is (:mod:`.semask_d2` converts it)."""
+    head = detect_head(state_dict)
+    if head == "maskformer":
         raise CheckpointError(
-            f"sem_seg_head.pixel_decoder.{aligned[0]}.* keys: a SeMask Mask2Former-{kind} checkpoint (FeatureAlign "
-            "pixel decoder), which this converter does not convert (it reads the MSDeformAttn pixel decoder)"
+            "sem_seg_head.predictor.transformer.* keys: a SeMask MaskFormer checkpoint (DETR decoder), not a "
+            "Mask2Former one - use convert_semask_d2_to_hf.py, which converts every SeMask detectron2 head"
         )
+    return head
 
 
 def _count(state_dict: dict, pattern: str) -> int:
@@ -199,10 +229,14 @@ def _count(state_dict: dict, pattern: str) -> int:
     return len(indices(state_dict, pattern))
 
 
-def infer_backbone_config(state_dict: dict[str, torch.Tensor], num_labels: int) -> SeMaskSwinConfig:
+def infer_backbone_config(
+    state_dict: dict[str, torch.Tensor], num_labels: int, pixel_decoder_type: str = "msdeformattn"
+) -> SeMaskSwinConfig:
     """The SeMask-Swin backbone from the ``backbone.*`` tensors (:func:`.semask_fpn.infer_backbone_fields`), with the
-    SeMask-Mask2Former code's semantic attention rule. The semantic window is not stored in the weights:
-    :func:`infer_config_and_settings` sets it from the run's config or the released variant."""
+    semantic attention rule of the code copy the head comes from (the SeMask-Mask2Former code's for the deformable
+    decoder, the SeMask-FAPN code's for FaPN / MSFaPN: :func:`default_semantic_attention_types`; the keys are the
+    same either way, but the head says which copy made the checkpoint). The semantic window is not stored in the
+    weights: :func:`infer_config_and_settings` sets it from the run's config or the released variant."""
     fields, semantic_classes = infer_backbone_fields(state_dict, KIND)
     if semantic_classes != num_labels:
         raise CheckpointError(
@@ -211,7 +245,9 @@ def infer_backbone_config(state_dict: dict[str, torch.Tensor], num_labels: int) 
         )
     return SeMaskSwinConfig(
         **fields,
-        semantic_attention_types=semask_mask2former_semantic_attention_types(num_labels, len(fields["depths"])),
+        semantic_attention_types=default_semantic_attention_types(
+            pixel_decoder_type, num_labels, len(fields["depths"])
+        ),
         drop_path_rate=0.3,
         out_features=list(FOUR_STAGES),  # the pixel decoder takes the four stages
         num_labels=num_labels,
@@ -247,9 +283,33 @@ SETTINGS = [
     training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
     training_only("importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
 ]
+#: the masked-attention decoder's heads, for the FaPN decoder (without a deformable encoder whose sampling_offsets
+#: would show them; nn.MultiheadAttention's weights do not)
+DECODER_HEADS = Setting(
+    "num_attention_heads", "the decoder attention heads", "MODEL.MASK_FORMER.NHEADS", code_default=8, read=positive_int
+)
 #: the no-object class weight, when the checkpoint has no ``criterion.empty_weight`` that holds it
 NO_OBJECT_WEIGHT = training_only("no_object_weight", "the no-object weight", "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT")
 CONFIG_FILE_HELP = "the run's detectron2 config.yaml (its output folder has it)"
+
+
+def read_no_object_weight(state_dict: dict[str, torch.Tensor], num_classes: int) -> float | None:
+    """The no-object class weight from ``criterion.empty_weight`` (``num_classes`` ones, then it); None when the
+    checkpoint has no such buffer (or only its shape: a key list), so that the run's config must give it."""
+    if "criterion.empty_weight" not in state_dict:
+        return None
+    empty_weight = state_dict["criterion.empty_weight"]
+    expect_shape(
+        "criterion.empty_weight",
+        empty_weight,
+        (num_classes + 1,),
+        f"{num_classes} class weights, then the no-object weight",
+    )
+    if empty_weight.device.type == "meta":
+        return None
+    if not torch.all(empty_weight[:-1] == 1):
+        raise CheckpointError("criterion.empty_weight: class weights other than 1 are not supported")
+    return float(empty_weight[-1])
 
 
 def infer_config_and_settings(
@@ -273,59 +333,73 @@ def infer_config_and_settings(
     if run_configs is None:  # the caller may have read them already
         run_configs = detectron2_run_configs(config_file)
     check_semask_backbone(state_dict, KIND)
-    check_head_layout(state_dict)
+    head = check_head_layout(state_dict)
+    deformable = head != "fapn"  # MSDeformAttn encoder on strides 8-32 (Mask2Former's decoder and MSFaPN)
     num_classes = _shape(state_dict, "sem_seg_head.predictor.class_embed.weight", 2)[0] - 1
-    backbone_config = infer_backbone_config(state_dict, num_classes)
-    feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.input_proj.0.0.weight", 4)[0]
-    sampling_rows = _shape(
-        state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight", 2
-    )[0]
-    if sampling_rows % 24:
-        raise CheckpointError(
-            f"sampling_offsets has {sampling_rows} rows, not heads x 3 levels x 4 points x 2 as in Mask2Former"
-        )
+    backbone_config = infer_backbone_config(state_dict, num_classes, head)
+    num_stages = len(backbone_config.depths)
     num_queries, hidden_dim = _shape(state_dict, "sem_seg_head.predictor.query_feat.weight", 2)
     decoder_layers = _count(state_dict, r"sem_seg_head\.predictor\.transformer_self_attention_layers\.(\d+)\.") + 1
     mask_feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.mask_features.weight", 4)[0]
-    encoder_layers = _count(state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.")
     dim_feedforward = _shape(state_dict, "sem_seg_head.predictor.transformer_ffn_layers.0.linear1.weight", 2)[0]
     num_fpn_levels = _count(state_dict, r"sem_seg_head\.pixel_decoder\.adapter_(\d+)\.")
-    if num_fpn_levels != 1:
+    num_aligned = _count(state_dict, r"sem_seg_head\.pixel_decoder\.align_(\d+)\.")
+    head_fields, consistent = {}, []
+    if deformable:
+        feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.input_proj.0.0.weight", 4)[0]
+        sampling_rows = _shape(
+            state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight", 2
+        )[0]
+        if sampling_rows % 24:
+            raise CheckpointError(
+                f"sampling_offsets has {sampling_rows} rows, not heads x 3 levels x 4 points x 2 as in Mask2Former"
+            )
+        encoder_layers = _count(state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.")
+        head_fields = {
+            "encoder_layers": encoder_layers,
+            "encoder_feedforward_dim": _shape(
+                state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight", 2
+            )[0],
+            "num_attention_heads": sampling_rows // 24,
+        }
+        consistent = [
+            ("MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", encoder_layers, "the pixel decoder's encoder layers"),
+            ("MODEL.MASK_FORMER.NHEADS", sampling_rows // 24, "the deformable attention's sampling_offsets"),
+        ]
+        expected_fpn_levels = 1  # transformers' Mask2Former: common stride 4 from stride-8 encoder features
+    else:
+        feature_size = _shape(state_dict, f"sem_seg_head.pixel_decoder.layer_{num_stages}.weight", 4)[0]
+        expected_fpn_levels = num_stages - 1  # FaPN: every level below the coarsest is a lateral level
+        # no deformable encoder (TRANSFORMER_ENC_LAYERS is in the run's config but unused by this decoder)
+        head_fields = {"encoder_layers": 0}
+    if num_fpn_levels != expected_fpn_levels:
         raise CheckpointError(
-            f"{num_fpn_levels} FPN levels (adapter_*) in the pixel decoder; transformers' Mask2Former builds one "
-            "(common stride 4 from stride-8 encoder features)"
+            f"{num_fpn_levels} FPN levels (adapter_*) in the {HEAD_NAMES[head]} pixel decoder; the original builds "
+            f"{expected_fpn_levels}"
         )
-    no_object_weight = None  # training only; from the run's config when the checkpoint has no criterion.empty_weight
-    if "criterion.empty_weight" in state_dict:
-        empty_weight = state_dict["criterion.empty_weight"]
-        expect_shape(
-            "criterion.empty_weight",
-            empty_weight,
-            (num_classes + 1,),
-            f"{num_classes} class weights, then the no-object weight",
+    if head in ("fapn", "msfapn") and num_aligned != num_fpn_levels:
+        raise CheckpointError(
+            f"{num_aligned} FeatureAlign modules (align_*) for {num_fpn_levels} FPN levels; the original aligns "
+            "every FPN level"
         )
-        if empty_weight.device.type != "meta":
-            no_object_weight = float(empty_weight[-1])
-            if not torch.all(empty_weight[:-1] == 1):
-                raise CheckpointError("criterion.empty_weight: class weights other than 1 are not supported")
+    no_object_weight = read_no_object_weight(state_dict, num_classes)
     check_consistent(
         run_configs,
         [
             ("MODEL.META_ARCHITECTURE", "SeMaskMaskFormer", "a SeMask Mask2Former checkpoint"),
-            ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", "MSDeformAttnPixelDecoder", "the pixel decoder's key layout"),
+            ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", PIXEL_DECODER_NAMES[head], "the pixel decoder's key layout"),
             (
                 "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
                 "MultiScaleMaskedTransformerDecoder",
                 "the transformer decoder's key layout",
             ),
             ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes, "sem_seg_head.predictor.class_embed.weight"),
-            ("MODEL.SEM_SEG_HEAD.CONVS_DIM", feature_size, "sem_seg_head.pixel_decoder.input_proj.0.0.weight"),
+            ("MODEL.SEM_SEG_HEAD.CONVS_DIM", feature_size, "the pixel decoder's convolutions"),
             ("MODEL.SEM_SEG_HEAD.MASK_DIM", mask_feature_size, "sem_seg_head.pixel_decoder.mask_features.weight"),
-            ("MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", encoder_layers, "the pixel decoder's encoder layers"),
+            *consistent,
             ("MODEL.MASK_FORMER.HIDDEN_DIM", hidden_dim, "sem_seg_head.predictor.query_feat.weight"),
             ("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", num_queries, "sem_seg_head.predictor.query_feat.weight"),
             ("MODEL.MASK_FORMER.DEC_LAYERS", decoder_layers, "the predictor's transformer layers"),
-            ("MODEL.MASK_FORMER.NHEADS", sampling_rows // 24, "the deformable attention's sampling_offsets"),
             ("MODEL.MASK_FORMER.DIM_FEEDFORWARD", dim_feedforward, "the predictor's transformer_ffn_layers"),
             ("MODEL.SWIN.EMBED_DIM", backbone_config.embed_dim, "backbone.patch_embed.proj.weight"),
             ("MODEL.SWIN.DEPTHS", backbone_config.depths, "the backbone.layers.*.blocks.* keys"),
@@ -338,15 +412,12 @@ def infer_config_and_settings(
     id2label = id2label if id2label is not None else checkpoint_id2label(None, num_classes)
     config = SeMaskMask2FormerConfig(
         backbone_config=backbone_config,
+        pixel_decoder_type=head,
         feature_size=feature_size,
         mask_feature_size=mask_feature_size,
         hidden_dim=hidden_dim,
-        encoder_feedforward_dim=_shape(
-            state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight", 2
-        )[0],
-        encoder_layers=encoder_layers,
+        **head_fields,
         decoder_layers=decoder_layers,
-        num_attention_heads=sampling_rows // 24,
         dim_feedforward=dim_feedforward,
         enforce_input_projection=any(key.startswith("sem_seg_head.predictor.input_proj.") for key in state_dict)
         and feature_size == hidden_dim,
@@ -355,7 +426,9 @@ def infer_config_and_settings(
         id2label=id2label,
         label2id={label: i for i, label in id2label.items()},
     )
-    settings = SETTINGS + ([NO_OBJECT_WEIGHT] if no_object_weight is None else [])
+    settings = (
+        SETTINGS + ([] if deformable else [DECODER_HEADS]) + ([NO_OBJECT_WEIGHT] if no_object_weight is None else [])
+    )
     resolved = resolve_settings(
         config, settings, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
     )
@@ -395,6 +468,12 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     for key, tensor in state_dict.items():
         if key.startswith("backbone.") or key in PIXEL_STATISTICS:
             continue
+        match = TIED_OFFSET_NORM.fullmatch(key)
+        if match:  # one GroupNorm under two keys: the output conv's copy is loaded, this one must equal it
+            level, kind = match.groups()
+            tied_key = f"sem_seg_head.pixel_decoder.layer_{level}.norm.{kind}"
+            check_tied_copy(state_dict, key, tied_key)
+            continue
         match = SELF_ATTENTION_IN_PROJ.fullmatch(key)
         if match:
             layer, kind = match.groups()
@@ -408,6 +487,25 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
             unmapped.append(key)
     raise_on_unmapped(unmapped)
     return converted
+
+
+def check_tied_copy(state_dict: dict[str, torch.Tensor], key: str, tied_key: str) -> None:
+    """``key`` is a second name of the tensor ``tied_key`` (one module registered twice in the original): both
+    present, same shape, equal values (a meta tensor from a key list is compared by shape only)."""
+    if tied_key not in state_dict:
+        raise CheckpointError(f"{key} is a copy of {tied_key} (one GroupNorm under both names), which is missing")
+    tensor, tied = state_dict[key], state_dict[tied_key]
+    if tensor.shape != tied.shape:
+        raise CheckpointError(
+            f"{key} {tuple(tensor.shape)} is a copy of {tied_key} {tuple(tied.shape)} (one GroupNorm under both "
+            "names), but their shapes differ"
+        )
+    if tensor.device.type != "meta" and tied.device.type != "meta" and not torch.equal(tensor, tied):
+        difference = (tensor.double() - tied.double()).abs().max().item()
+        raise CheckpointError(
+            f"{key} differs from {tied_key} by up to {difference:.3g}; the original registers one GroupNorm under "
+            "both names, so they must be equal (was the checkpoint edited?)"
+        )
 
 
 def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], list[float]] | None:

@@ -25,6 +25,26 @@ def semask_mask2former_semantic_attention_types(num_labels: int, num_stages: int
     return ["window"] * num_stages
 
 
+def semask_fapn_semantic_attention_types(num_stages: int = 4) -> list[str]:
+    """The rule of the SeMask-FAPN copy of the backbone (the FaPN and MSFaPN models): the first two stages attend
+    inside windows and the others globally, for every number of classes."""
+    return ["window"] * 2 + ["global"] * (num_stages - 2)
+
+
+#: the pixel decoders of the released SeMask Mask2Former models: Mask2Former's multi-scale deformable-attention
+#: decoder, SeMask's FaPN (FPN with feature alignment) and MSFaPN (the deformable-attention decoder with feature
+#: alignment in its stride-4 level)
+PIXEL_DECODER_TYPES = ("msdeformattn", "fapn", "msfapn")
+
+
+def default_semantic_attention_types(pixel_decoder_type: str, num_labels: int, num_stages: int = 4) -> list[str]:
+    """The per-stage semantic attention of the original code that a pixel decoder came with (the keys of a checkpoint
+    are the same either way, so this is a config value: the converter and the variants set it)."""
+    if pixel_decoder_type in ("fapn", "msfapn"):
+        return semask_fapn_semantic_attention_types(num_stages)
+    return semask_mask2former_semantic_attention_types(num_labels, num_stages)
+
+
 # The backbone of the released checkpoints: SeMask Swin-L, ImageNet-22k 384 pre-training (window 12).
 SEMASK_SWIN_LARGE = {
     "embed_dim": 192,
@@ -45,12 +65,17 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
 
     The SeMask-Swin backbone is ``backbone_config`` (a :class:`SeMaskSwinConfig`). Its semantic layers predict the same
     ``num_labels`` classes as the decoder, so its labels are kept equal to this config's. When ``backbone_config`` is
-    not given, the released SeMask Swin-L is used, with the semantic attention of each stage chosen by the
-    Mask2Former code's rule (:func:`semask_mask2former_semantic_attention_types`). The model takes the backbone's four
+    not given, the released SeMask Swin-L is used; a backbone config without ``semantic_attention_types`` gets the
+    rule of the code its pixel decoder came with (:func:`default_semantic_attention_types`: the Mask2Former code's
+    rule for ``"msdeformattn"``, the SeMask-FAPN code's W W G G for ``"fapn"`` and ``"msfapn"``). The model takes the backbone's four
     stages: a backbone config that leaves ``out_features`` unset (transformers' rule: the last stage only) is given
     the four.
 
     Args:
+        pixel_decoder_type: ``"msdeformattn"`` (Mask2Former's multi-scale deformable-attention pixel decoder, the
+            SeMask-L Mask2Former model), ``"fapn"`` (SeMask's FaPN: an FPN whose levels are aligned by modulated
+            deformable convolution) or ``"msfapn"`` (the deformable-attention decoder with that alignment in its
+            stride-4 level); see ``modeling_fapn.py``.
         semantic_loss_weight: weight of the cross-entropy of the parameter-free semantic head on the backbone's
             semantic priors (``CATE_WEIGHT`` = 0.4; final decoder layer only).
         size_divisibility: the model zero-pads its input on the right and bottom to a multiple of this (32, as the
@@ -65,6 +90,7 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=SeMaskSwinConfig)}
     backbones_supported = ["semask_swin"]
 
+    pixel_decoder_type: str = "msdeformattn"
     semantic_loss_weight: float | int = 0.4
     size_divisibility: int = 32
 
@@ -77,8 +103,8 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
             backbone_config.setdefault("model_type", SeMaskSwinConfig.model_type)
             if backbone_config.get("semantic_attention_types") is None:
                 num_stages = len(backbone_config.get("depths", SEMASK_SWIN_LARGE["depths"]))
-                backbone_config["semantic_attention_types"] = semask_mask2former_semantic_attention_types(
-                    self._num_labels_from(kwargs), num_stages
+                backbone_config["semantic_attention_types"] = default_semantic_attention_types(
+                    self.pixel_decoder_type, self._num_labels_from(kwargs), num_stages
                 )
         self.backbone_config = backbone_config
         super().__post_init__(**kwargs)
@@ -115,6 +141,10 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
                 "SeMask Mask2Former needs a four-stage SeMask-Swin backbone with a semantic layer in every stage "
                 f"(depths={self.backbone_config.depths}, num_semantic_blocks={self.backbone_config.num_semantic_blocks})"
             )
+        if self.pixel_decoder_type not in PIXEL_DECODER_TYPES:
+            raise ValueError(
+                f"pixel_decoder_type = {self.pixel_decoder_type!r}; expected one of {', '.join(PIXEL_DECODER_TYPES)}"
+            )
         for name in ("feature_size", "mask_feature_size"):
             if getattr(self, name) % 32:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a multiple of 32 (GroupNorm with 32 groups)")
@@ -131,4 +161,10 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
 
 AutoConfig.register(SeMaskMask2FormerConfig.model_type, SeMaskMask2FormerConfig, exist_ok=True)
 
-__all__ = ["SeMaskMask2FormerConfig", "semask_mask2former_semantic_attention_types"]
+__all__ = [
+    "SeMaskMask2FormerConfig",
+    "PIXEL_DECODER_TYPES",
+    "default_semantic_attention_types",
+    "semask_fapn_semantic_attention_types",
+    "semask_mask2former_semantic_attention_types",
+]

@@ -24,7 +24,7 @@ modeling module; see that file in this folder).
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +46,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
+from .modeling_fapn import FeatureAlign, SeMaskFaPNPixelDecoder, SeMaskMSFaPNPixelDecoder, init_feature_align
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -475,16 +476,25 @@ def group_norms_for_single_values(module: nn.Module) -> None:
             setattr(module.get_submodule(parent_name), child_name, replacement)
 
 
+PIXEL_DECODERS = {
+    "msdeformattn": Mask2FormerPixelDecoder,
+    "fapn": SeMaskFaPNPixelDecoder,
+    "msfapn": SeMaskMSFaPNPixelDecoder,
+}
+
+
 class SeMaskMask2FormerPixelLevelModule(nn.Module):
-    """SeMask-Swin backbone (``encoder``) and Mask2Former's multi-scale deformable-attention pixel decoder
-    (``decoder``); the same names as ``Mask2FormerPixelLevelModule``. The decoder's GroupNorms are
-    :class:`SeMaskMask2FormerGroupNorm`, so that any input size works."""
+    """SeMask-Swin backbone (``encoder``) and the pixel decoder of ``config.pixel_decoder_type`` (``decoder``):
+    Mask2Former's multi-scale deformable-attention decoder, or SeMask's FaPN / MSFaPN (``modeling_fapn.py``); the
+    same names as ``Mask2FormerPixelLevelModule``. The decoder's GroupNorms are :class:`SeMaskMask2FormerGroupNorm`,
+    so that any input size works."""
 
     def __init__(self, config: SeMaskMask2FormerConfig):
         super().__init__()
         self.encoder = SeMaskSwinBackbone(config.backbone_config)
-        self.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.encoder.channels)
+        self.decoder = PIXEL_DECODERS[config.pixel_decoder_type](config, feature_channels=self.encoder.channels)
         group_norms_for_single_values(self.decoder)
+        self.decoder_outside_autocast = config.pixel_decoder_type != "fapn"
 
 
 class SeMaskMask2FormerPreTrainedModel(SegmentationModelDefaults, Mask2FormerPreTrainedModel):
@@ -500,6 +510,18 @@ class SeMaskMask2FormerPreTrainedModel(SegmentationModelDefaults, Mask2FormerPre
             empty_weight = torch.ones(module.num_labels + 1)
             empty_weight[-1] = module.no_object_weight
             init.copy_(module.empty_weight, empty_weight)
+        elif isinstance(module, FeatureAlign):
+            init_feature_align(module)
+        elif isinstance(module, SeMaskFaPNPixelDecoder):
+            # detectron2's c2_xavier_fill of every FaPN convolution (Kaiming-uniform, a = 1, zero bias)
+            for child in module.children():
+                convolutions = (
+                    [child] if isinstance(child, nn.Conv2d) else [child[0]] if isinstance(child, nn.Sequential) else []
+                )
+                for convolution in convolutions:
+                    init.kaiming_uniform_(convolution.weight, a=1)
+                    if convolution.bias is not None:
+                        init.zeros_(convolution.bias)
         else:
             super()._init_weights(module)
 
@@ -548,14 +570,16 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
         pixel_values = pad_to_size_divisibility(pixel_values, self.config.size_divisibility)
         backbone_output = self.pixel_level_module.encoder(pixel_values, return_dict=True)
         feature_maps = backbone_output.feature_maps  # strides 4, 8, 16, 32
-        # as the original, the deformable-attention pixel decoder runs outside autocast, in its weights' dtype
-        decoder = self.pixel_level_module.decoder
-        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
-            decoder_output = decoder(
-                tuple(feature_map.to(decoder.level_embed.dtype) for feature_map in feature_maps),
-                output_hidden_states=False,
-                return_dict=True,
-            )
+        # as the originals, the deformable-attention pixel decoders run outside autocast, in their weights' dtype
+        # (FaPN runs under it; its feature alignment computes in float32 either way)
+        pixel_level_module = self.pixel_level_module
+        decoder_context = nullcontext()
+        if pixel_level_module.decoder_outside_autocast:
+            decoder_context = torch.autocast(device_type=pixel_values.device.type, enabled=False)
+            decoder_dtype = pixel_level_module.decoder.mask_projection.weight.dtype
+            feature_maps = tuple(feature_map.to(decoder_dtype) for feature_map in feature_maps)
+        with decoder_context:
+            decoder_output = pixel_level_module.decoder(feature_maps, output_hidden_states=False, return_dict=True)
         transformer_output = self.transformer_module(
             multi_scale_features=decoder_output.multi_scale_features,  # strides 32, 16, 8
             mask_features=decoder_output.mask_features,  # stride 4

@@ -1,0 +1,247 @@
+"""FaPN pixel decoders of SeMask's headline Mask2Former models: feature alignment by modulated deformable convolution.
+
+Papers: Huang, Wei, Wang, Cai, Huang, Chen, "FaPN: Feature-aligned Pyramid Network for Dense Image Prediction", ICCV
+2021 (Sec. 3.1, feature alignment module); Jain et al., "SeMask: Semantically Masked Transformers for Semantic
+Segmentation", arXiv 2112.12782 (the SeMask-L FaPN / MSFaPN Mask2Former results). Original code:
+Picsart-AI-Research/SeMask-Segmentation, ``SeMask-FAPN/SeMask-Mask2Former/mask2former/modeling/pixel_decoder/``
+(``fapn.py``: ``PixelFANDecoder``; ``msdeformattn_fapn.py``: ``MSDeformAttnPixelFANDecoder``) and the DCNv2 ``DCN``
+module of ``SeMask-FAPN/DCNv2``.
+
+- :class:`ModulatedDeformableConv2d`: DCNv2 with the offsets and masks predicted from a separate guide map. The
+  kernel is ``torchvision.ops.deform_conv2d``, whose offset layout (per deformable group, ``(dy, dx)`` interleaved per
+  kernel tap) and border rule are those of the original CUDA/CPU kernels (bit-identical in float32).
+- :class:`FeatureAlign`: ``ReLU(DCN(feat_s; offsets from GN(conv1x1([feat_l, 2 feat_s])))) + feat_l``. The
+  GroupNorm of the offset branch is the one of the level's output convolution (one module under two names in the
+  original), so it is passed in, not owned: the pair stays tied.
+- :class:`SeMaskFaPNPixelDecoder` ("FaPN"): an FPN with nearest upsampling in which every lateral level is aligned. As
+  in SeMask's code (and unlike upstream FaPN) the coarser level is added to the lateral features first and the sum is
+  aligned against the lateral features.
+- :class:`SeMaskMSFaPNPixelDecoder` ("MSFaPN"): transformers' ``Mask2FormerPixelDecoder`` (multi-scale deformable
+  attention on strides 8-32) with a :class:`FeatureAlign` in each of its FPN levels (stride 4).
+
+Both return ``Mask2FormerPixelDecoderOutput`` and plug into SeMask-Mask2Former (``config.pixel_decoder_type``).
+
+Portable module: imports only torch, torchvision, transformers and sibling modules.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import deform_conv2d
+from transformers import initialization as init
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerPixelDecoder,
+    Mask2FormerPixelDecoderOutput,
+)
+
+
+#: deformable groups of every FeatureAlign of the original (hard-coded there)
+FEATURE_ALIGN_DEFORMABLE_GROUPS = 8
+#: kernel size of the deformable convolution (3x3, padding 1)
+FEATURE_ALIGN_KERNEL_SIZE = 3
+
+
+class ModulatedDeformableConv2d(nn.Module):
+    """Modulated deformable convolution (DCNv2; Zhu, Hu, Lin, Dai, "Deformable ConvNets v2", CVPR 2019) whose offsets
+    and modulation masks come from a separate guide map, as the original ``DCN(extra_offset_mask=True)``.
+
+    ``offset_mask`` is a ``kernel x kernel`` convolution of the guide to ``3 * groups * kernel**2`` channels, split in
+    three equal chunks ``o1, o2, m``: the offsets are ``cat(o1, o2)`` (channel ``g * 2K + 2t`` is the row offset and
+    ``g * 2K + 2t + 1`` the column offset of tap ``t`` of deformable group ``g``, ``K = kernel**2``; the original's
+    comment calls them "x, y", but its kernel reads them as ``(dy, dx)``) and the masks ``sigmoid(m)`` (channel
+    ``g * K + t``). The convolution runs in float32 with autocast off and the result is cast back to the input's
+    dtype (the original casts every operand to float32; its offset predictor ran in the autocast dtype).
+    """
+
+    def __init__(
+        self, channels: int, kernel_size: int = FEATURE_ALIGN_KERNEL_SIZE, groups: int = FEATURE_ALIGN_DEFORMABLE_GROUPS
+    ):
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"channels ({channels}) must be divisible by the {groups} deformable groups")
+        self.kernel_size = kernel_size
+        self.padding = kernel_size // 2
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(channels, channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels))
+        self.offset_mask = nn.Conv2d(
+            channels, 3 * groups * kernel_size * kernel_size, kernel_size, padding=self.padding, bias=True
+        )
+
+    def offsets_and_masks(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, h, w)`` guide -> float32 offsets ``(B, 2 * groups * K, h, w)`` and masks ``(B, groups * K, h, w)``."""
+        predicted = F.conv2d(
+            guide.float(), self.offset_mask.weight.float(), self.offset_mask.bias.float(), padding=self.padding
+        )
+        offsets_first, offsets_second, mask_logits = predicted.chunk(3, dim=1)
+        return torch.cat([offsets_first, offsets_second], dim=1), mask_logits.sigmoid()
+
+    def forward(self, hidden_states: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` features resampled at the offsets predicted from the ``(B, C, h, w)`` guide. In float32;
+        under autocast the float32 result is returned (as the original's), otherwise it is cast to the input dtype."""
+        device_type = hidden_states.device.type
+        under_autocast = torch.is_autocast_enabled(device_type)
+        with torch.autocast(device_type=device_type, enabled=False):
+            offsets, masks = self.offsets_and_masks(guide)
+            output = deform_conv2d(
+                hidden_states.float(), offsets, self.weight.float(), self.bias.float(), padding=self.padding, mask=masks
+            )
+        return output if under_autocast else output.to(hidden_states.dtype)
+
+
+class FeatureAlign(nn.Module):
+    """SeMask's FaPN feature alignment (original ``FeatureAlign``, without feature selection).
+
+    ``feat_l`` ``(B, C, h, w)`` are the lateral (fine) features, ``feat_s`` the features to align (in SeMask's
+    decoders, already the sum of the lateral features and the upsampled coarser level, so of the same size; a smaller
+    map would be resized bilinearly first). The offsets are predicted from ``offset_norm(conv1x1([feat_l, 2 *
+    feat_s]))`` (the factor 2 is the original's), ``feat_s`` is resampled by :class:`ModulatedDeformableConv2d` and
+    ``ReLU(...) + feat_l`` returned.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.offset_projection = nn.Conv2d(2 * channels, channels, kernel_size=1, bias=False)
+        self.deformable_conv = ModulatedDeformableConv2d(channels)
+
+    def forward(self, feat_l: torch.Tensor, feat_s: torch.Tensor, offset_norm: nn.Module) -> torch.Tensor:
+        if feat_s.shape[-2:] != feat_l.shape[-2:]:
+            feat_s = F.interpolate(feat_s, size=feat_l.shape[-2:], mode="bilinear", align_corners=False)
+        offset_features = offset_norm(self.offset_projection(torch.cat([feat_l, 2 * feat_s], dim=1)))
+        aligned = F.relu(self.deformable_conv(feat_s, offset_features))
+        return aligned + feat_l
+
+
+def init_feature_align(module: FeatureAlign) -> None:
+    """The original initialisation: the offset projection ``c2_xavier_fill`` (Kaiming-uniform with ``a = 1``), the
+    deformable weights uniform in ``+-1 / sqrt(C * k * k)`` with zero bias, and an all-zero offset/mask predictor (so
+    a new FeatureAlign starts with zero offsets and masks 0.5)."""
+    init.kaiming_uniform_(module.offset_projection.weight, a=1)
+    deformable = module.deformable_conv
+    fan_in = deformable.weight.shape[1] * deformable.kernel_size**2
+    init.uniform_(deformable.weight, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+    init.zeros_(deformable.bias)
+    init.zeros_(deformable.offset_mask.weight)
+    init.zeros_(deformable.offset_mask.bias)
+
+
+def conv_norm(in_channels: int, out_channels: int, kernel_size: int, relu: bool) -> nn.Sequential:
+    """detectron2's ``Conv2d(bias=False, norm=GN(32))`` [+ ReLU] as ``nn.Sequential(conv, GroupNorm[, ReLU])`` (the
+    layout of transformers' Mask2Former pixel decoder)."""
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.GroupNorm(32, out_channels),
+    ]
+    if relu:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class SeMaskFaPNPixelDecoder(nn.Module):
+    """SeMask's FaPN pixel decoder (original ``PixelFANDecoder``) for backbone features at strides 4, 8, 16, 32.
+
+    ``layer_4`` (3x3 conv, GN, ReLU) on the stride-32 map starts the pyramid; then for the stride-16, 8 and 4 levels
+    ``k = 3, 2, 1``: ``feat_l = adapter_k(x)`` (1x1 conv, GN), ``feat_s = feat_l + nearest_up(previous)``,
+    ``layer_k(align_k(feat_l, feat_s))`` (3x3 conv, GN, ReLU; the GN is also ``align_k``'s offset norm). The first
+    three levels (strides 32, 16, 8) feed the masked-attention decoder; a 3x3 convolution of the stride-4 level gives
+    the mask features. The original's ``TRANSFORMER_ENC_LAYERS`` is not used by this decoder.
+    """
+
+    def __init__(self, config, feature_channels: list[int]):
+        super().__init__()
+        feature_size = config.feature_size
+        self.num_levels = len(feature_channels)
+        self.num_multi_scale_levels = 3  # what the masked-attention decoder reads
+        self.add_module(f"layer_{self.num_levels}", conv_norm(feature_channels[-1], feature_size, 3, relu=True))
+        for level, in_channels in enumerate(feature_channels[:-1], start=1):
+            self.add_module(f"adapter_{level}", conv_norm(in_channels, feature_size, 1, relu=False))
+            self.add_module(f"align_{level}", FeatureAlign(feature_size))
+            self.add_module(f"layer_{level}", conv_norm(feature_size, feature_size, 3, relu=True))
+        self.mask_projection = nn.Conv2d(feature_size, config.mask_feature_size, kernel_size=3, padding=1)
+
+    def forward(self, features: tuple[torch.Tensor, ...], **kwargs) -> Mask2FormerPixelDecoderOutput:
+        hidden_states = getattr(self, f"layer_{self.num_levels}")(features[-1])
+        levels = [hidden_states]
+        for level in range(self.num_levels - 1, 0, -1):  # strides 16, 8, 4
+            lateral = getattr(self, f"adapter_{level}")(features[level - 1])
+            summed = lateral + F.interpolate(hidden_states, size=lateral.shape[-2:], mode="nearest")
+            output_conv = getattr(self, f"layer_{level}")
+            hidden_states = output_conv(getattr(self, f"align_{level}")(lateral, summed, offset_norm=output_conv[1]))
+            levels.append(hidden_states)
+        return Mask2FormerPixelDecoderOutput(
+            mask_features=self.mask_projection(hidden_states),
+            multi_scale_features=tuple(levels[: self.num_multi_scale_levels]),
+        )
+
+
+class SeMaskMSFaPNPixelDecoder(Mask2FormerPixelDecoder):
+    """SeMask's MSFaPN pixel decoder (original ``MSDeformAttnPixelFANDecoder``): transformers' Mask2Former pixel
+    decoder, whose FPN levels (stride 4) align ``adapter_k(x) + bilinear_up(coarser level)`` against the lateral
+    features with ``align_k`` before ``layer_k``. Same parameter names as ``Mask2FormerPixelDecoder`` plus ``align_k``.
+    """
+
+    def __init__(self, config, feature_channels: list[int]):
+        super().__init__(config, feature_channels=feature_channels)
+        for level in range(1, self.num_fpn_levels + 1):
+            self.add_module(f"align_{level}", FeatureAlign(config.feature_size))
+        self.feature_aligns = [getattr(self, f"align_{level}") for level in range(1, self.num_fpn_levels + 1)][::-1]
+
+    def encode(self, features: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The deformable-attention encoder on the three coarsest maps -> their refined maps, coarsest first."""
+        coarsest_first = features[::-1][: self.num_feature_levels]
+        inputs_embeds = [projection(x) for projection, x in zip(self.input_projections, coarsest_first)]
+        spatial_shapes_list = [tuple(embed.shape[-2:]) for embed in inputs_embeds]
+        # (B, C, h, w) -> (B, h * w, C), the levels concatenated
+        input_embeds_flat = torch.cat([embed.flatten(2).transpose(1, 2) for embed in inputs_embeds], 1)
+        position_embeddings = torch.cat(
+            [
+                self.position_embedding(x.shape, x.device, x.dtype).flatten(2).transpose(1, 2)
+                + self.level_embed[level].view(1, 1, -1)
+                for level, x in enumerate(coarsest_first)
+            ],
+            1,
+        )
+        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=input_embeds_flat.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        batch_size = input_embeds_flat.shape[0]
+        # no padding mask (the original passes none): every valid ratio is 1
+        valid_ratios = input_embeds_flat.new_ones(batch_size, self.num_feature_levels, 2)
+        encoder_output = self.encoder(
+            inputs_embeds=input_embeds_flat,
+            attention_mask=torch.zeros(input_embeds_flat.shape[:2], dtype=torch.bool, device=input_embeds_flat.device),
+            position_embeddings=position_embeddings,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+        ).last_hidden_state
+        split_sizes = [height * width for height, width in spatial_shapes_list]
+        # (B, sum h * w, C) -> one (B, C, h, w) map per level
+        return [
+            tokens.transpose(1, 2).reshape(batch_size, -1, height, width)
+            for tokens, (height, width) in zip(encoder_output.split(split_sizes, dim=1), spatial_shapes_list)
+        ]
+
+    def forward(self, features: tuple[torch.Tensor, ...], **kwargs) -> Mask2FormerPixelDecoderOutput:
+        levels = self.encode(features)
+        fpn_inputs = features[: self.num_fpn_levels][::-1]
+        for lateral_conv, align, output_conv, feature in zip(
+            self.lateral_convolutions, self.feature_aligns, self.output_convolutions, fpn_inputs
+        ):
+            lateral = lateral_conv(feature)
+            summed = lateral + F.interpolate(levels[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            levels.append(output_conv(align(lateral, summed, offset_norm=output_conv[1])))
+        return Mask2FormerPixelDecoderOutput(
+            mask_features=self.mask_projection(levels[-1]),
+            multi_scale_features=tuple(levels[: self.num_feature_levels]),
+        )
+
+
+__all__ = [
+    "ModulatedDeformableConv2d",
+    "FeatureAlign",
+    "SeMaskFaPNPixelDecoder",
+    "SeMaskMSFaPNPixelDecoder",
+    "init_feature_align",
+]
