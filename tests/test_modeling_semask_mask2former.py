@@ -92,6 +92,30 @@ class TestSeMaskMask2FormerForSemanticSegmentation(SegmentationModelSuite):
                 torch.testing.assert_close(p.grad, reference[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+class TestSeMaskMask2FormerFaPN(TestSeMaskMask2FormerForSemanticSegmentation):
+    """The common suite with SeMask's FaPN pixel decoder (feature alignment by modulated deformable convolution)."""
+
+    def get_config(self):
+        return tiny_config(pixel_decoder_type="fapn")
+
+    def prepare_for_gradient_check(self, model):
+        super().prepare_for_gradient_check(model)
+        # the offset/mask predictor starts at zero (the original's init): the offset projection and its GroupNorm
+        # would get an all-zero gradient
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("offset_mask.weight"):
+                    parameter.copy_(0.01 * torch.randn(parameter.shape, generator=generator))
+
+
+class TestSeMaskMask2FormerMSFaPN(TestSeMaskMask2FormerFaPN):
+    """The common suite with SeMask's MSFaPN pixel decoder (deformable attention, then an aligned FPN level)."""
+
+    def get_config(self):
+        return tiny_config(pixel_decoder_type="msfapn")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # pieces against hand computations
 # ---------------------------------------------------------------------------------------------------------------

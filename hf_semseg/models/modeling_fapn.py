@@ -69,24 +69,46 @@ class ModulatedDeformableConv2d(nn.Module):
         self.offset_mask = nn.Conv2d(
             channels, 3 * groups * kernel_size * kernel_size, kernel_size, padding=self.padding, bias=True
         )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The original ``DCN`` initialisation: weights uniform in ``+-1 / sqrt(C * k * k)``, zero bias, and an
+        all-zero offset/mask predictor (zero offsets, masks 0.5)."""
+        bound = 1.0 / math.sqrt(self.weight.shape[1] * self.kernel_size**2)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32, or float64 for float64 weights (never a half type)."""
+        return torch.promote_types(self.weight.dtype, torch.float32)
 
     def offsets_and_masks(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, C, h, w)`` guide -> float32 offsets ``(B, 2 * groups * K, h, w)`` and masks ``(B, groups * K, h, w)``."""
+        """``(B, C, h, w)`` guide -> offsets ``(B, 2 * groups * K, h, w)`` and masks ``(B, groups * K, h, w)``."""
+        dtype = self.compute_dtype
         predicted = F.conv2d(
-            guide.float(), self.offset_mask.weight.float(), self.offset_mask.bias.float(), padding=self.padding
+            guide.to(dtype), self.offset_mask.weight.to(dtype), self.offset_mask.bias.to(dtype), padding=self.padding
         )
         offsets_first, offsets_second, mask_logits = predicted.chunk(3, dim=1)
         return torch.cat([offsets_first, offsets_second], dim=1), mask_logits.sigmoid()
 
     def forward(self, hidden_states: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        """``(B, C, h, w)`` features resampled at the offsets predicted from the ``(B, C, h, w)`` guide. In float32;
-        under autocast the float32 result is returned (as the original's), otherwise it is cast to the input dtype."""
+        """``(B, C, h, w)`` features resampled at the offsets predicted from the ``(B, C, h, w)`` guide. In float32
+        (float64 for float64 weights); under autocast the float32 result is returned (as the original's), otherwise it is cast to the input dtype."""
         device_type = hidden_states.device.type
         under_autocast = torch.is_autocast_enabled(device_type)
         with torch.autocast(device_type=device_type, enabled=False):
             offsets, masks = self.offsets_and_masks(guide)
+            dtype = self.compute_dtype
             output = deform_conv2d(
-                hidden_states.float(), offsets, self.weight.float(), self.bias.float(), padding=self.padding, mask=masks
+                hidden_states.to(dtype),
+                offsets,
+                self.weight.to(dtype),
+                self.bias.to(dtype),
+                padding=self.padding,
+                mask=masks,
             )
         return output if under_autocast else output.to(hidden_states.dtype)
 
