@@ -20,6 +20,7 @@ from transformers.models.auto.modeling_auto import (
 
 from .models.configuration_pale import PaleConfig
 from .models.configuration_semask_mask2former import SeMaskMask2FormerConfig
+from .models.configuration_semask_maskformer import SeMaskMaskFormerConfig
 from .models.configuration_semask_swin import SeMaskSwinConfig
 from .models.configuration_vwformer import VWFormerConfig
 from .models.image_processing_keep_ratio import KeepRatioImageProcessor, SeMaskImageProcessor
@@ -40,6 +41,12 @@ from .models.modeling_semask_mask2former import (
     SeMaskMask2FormerModel,
     SeMaskMask2FormerPreTrainedModel,
     SeMaskMask2FormerSemanticSegmenterOutput,
+)
+from .models.modeling_semask_maskformer import (
+    SeMaskMaskFormerForSemanticSegmentation,
+    SeMaskMaskFormerModel,
+    SeMaskMaskFormerPreTrainedModel,
+    SeMaskMaskFormerSemanticSegmenterOutput,
 )
 from .models.modeling_semask_swin import (
     SeMaskSemanticSegmenterOutput,
@@ -137,6 +144,19 @@ def _register_auto_classes() -> None:
     SeMaskMask2FormerImageProcessorPil.register_for_auto_class("AutoImageProcessor")
     AutoImageProcessor.register(
         SeMaskMask2FormerConfig,
+        image_processor_classes={
+            "torchvision": SeMaskMask2FormerImageProcessor,
+            "pil": SeMaskMask2FormerImageProcessorPil,
+        },
+        exist_ok=True,
+    )
+    # SeMask MaskFormer: the same detectron2 test pipeline, so the SeMask Mask2Former processors
+    _register_family(
+        SeMaskMaskFormerConfig,
+        {AutoModel: SeMaskMaskFormerModel, AutoModelForSemanticSegmentation: SeMaskMaskFormerForSemanticSegmentation},
+    )
+    AutoImageProcessor.register(
+        SeMaskMaskFormerConfig,
         image_processor_classes={
             "torchvision": SeMaskMask2FormerImageProcessor,
             "pil": SeMaskMask2FormerImageProcessorPil,

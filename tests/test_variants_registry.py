@@ -23,7 +23,7 @@ from hf_semseg.variants import (
 
 ALL_VARIANTS = list_variants()
 # families with a converter: their variants must be recognisable from a config by the exact architecture
-CONVERTED_FAMILIES = ("semask_swin", "vwformer", "semask_mask2former")
+CONVERTED_FAMILIES = ("semask_swin", "vwformer", "semask_mask2former", "semask_maskformer")
 
 
 @pytest.mark.parametrize("name", ALL_VARIANTS)
@@ -48,7 +48,7 @@ def test_every_variant_has_its_facts(name):
         assert variant.num_attention_heads is None and variant.use_short_cut is None
     if variant.family == "semask_swin":
         assert variant.semantic_window_size == config.semantic_window_size
-    elif variant.family == "semask_mask2former":
+    elif variant.family in ("semask_mask2former", "semask_maskformer"):
         assert variant.semantic_window_size == config.backbone_config.semantic_window_size
     else:
         assert variant.semantic_window_size is None

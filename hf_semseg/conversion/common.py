@@ -772,7 +772,8 @@ class Converter:
     """A family converter as the command line drives it.
 
     Attributes:
-        family: ``model_type`` of the converted models (the ``--variant`` choices are its registered variants).
+        family: ``model_type`` of the converted models, or a tuple of them for a converter of several model classes
+            (the ``--variant`` choices are their registered variants).
         layout: the checkpoint layout it reads (for the help text).
         convert: ``convert(path, variant=None, config_file=None)`` -> :class:`Conversion`.
         card_fields: ``card_fields(conversion, processor)`` -> the model card template's fields.
@@ -781,7 +782,7 @@ class Converter:
         reload_check: the input of the fresh-process reload check (:data:`RELOAD_CHECK`; one tolerance for all).
     """
 
-    family: str
+    family: str | tuple[str, ...]
     layout: CheckpointLayout
     convert: Callable[..., Conversion]
     card_fields: Callable[[Conversion, object], dict]
@@ -821,7 +822,11 @@ def parse_converter_args(converter: Converter, description: str, argv=None) -> a
     )
     parser.add_argument(
         "--variant",
-        choices=sorted(list_variants(converter.family)),
+        choices=sorted(
+            name
+            for family in ((converter.family,) if isinstance(converter.family, str) else converter.family)
+            for name in list_variants(family)
+        ),
         default=None,
         help="the released variant the checkpoint is (its weights must match exactly): the values the weights do "
         "not hold come from it where the config does not give them",

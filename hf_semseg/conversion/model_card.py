@@ -154,24 +154,121 @@ def vwformer_card_fields(conversion, processor) -> dict:
     }
 
 
-def semask_mask2former_card_fields(conversion, processor) -> dict:
-    """The fields of ``model_cards/semask_mask2former.md``."""
+FAPN_CITATION = """@inproceedings{huang2021fapn,
+  title     = {FaPN: Feature-aligned Pyramid Network for Dense Image Prediction},
+  author    = {Huang, Shihua and Lu, Zhichao and Cheng, Ran and He, Cheng},
+  booktitle = {ICCV},
+  year      = {2021}
+}"""
+MASKFORMER_CITATION = """@inproceedings{cheng2021maskformer,
+  title     = {Per-Pixel Classification is Not All You Need for Semantic Segmentation},
+  author    = {Cheng, Bowen and Schwing, Alexander G. and Kirillov, Alexander},
+  booktitle = {NeurIPS},
+  year      = {2021}
+}"""
+MASK2FORMER_HOSTED = (
+    "Here the encoder feeds Mask2Former (Cheng et al., *Masked-attention Mask Transformer for Universal Image "
+    "Segmentation*, CVPR 2022): {pixel_decoder} and a masked-attention transformer decoder whose queries each predict "
+    "a class and a mask; the transformer decoder{shared} transformers' own `Mask2Former` modules."
+)
+#: per SeMask Mask2Former pixel decoder: (name, card tag, description, pixel decoder row, citation)
+SEMASK_MASK2FORMER_HEADS = {
+    "msdeformattn": (
+        "Mask2Former",
+        "mask2former",
+        MASK2FORMER_HOSTED.format(
+            pixel_decoder="a multi-scale deformable-attention pixel decoder", shared=" and the pixel decoder are"
+        ),
+        "multi-scale deformable attention, {encoder_layers} encoder layers",
+        "",  # the card always cites Mask2Former
+    ),
+    "fapn": (
+        "Mask2Former-FaPN",
+        "fapn",
+        MASK2FORMER_HOSTED.format(
+            pixel_decoder="SeMask's FaPN pixel decoder (Huang et al., ICCV 2021: an FPN whose every level is aligned by "
+            "a modulated deformable convolution predicted from the lateral and upsampled features)",
+            shared=" is",
+        ),
+        "FaPN: FPN with feature alignment (modulated deformable convolution, 8 groups) at strides 4, 8 and 16",
+        FAPN_CITATION,
+    ),
+    "msfapn": (
+        "Mask2Former-MSFaPN",
+        "fapn",
+        MASK2FORMER_HOSTED.format(
+            pixel_decoder="SeMask's MSFaPN pixel decoder (Mask2Former's deformable-attention decoder whose stride-4 "
+            "level is aligned by FaPN's modulated deformable convolution)",
+            shared=" and the deformable-attention encoder are",
+        ),
+        "MSFaPN: multi-scale deformable attention, {encoder_layers} encoder layers, feature alignment at stride 4",
+        FAPN_CITATION,
+    ),
+}
+
+
+def semask_maskformer_head_fields(config) -> dict:
+    """The head part of the card of a SeMask MaskFormer (FPN pixel decoder, DETR decoder on the stride-32 map)."""
+    decoder = config.decoder_config
+    return {
+        "head_name": "MaskFormer",
+        "head_tag": "maskformer",
+        "head_host": "MaskFormer",
+        "head_description": (
+            "Here the encoder feeds MaskFormer (Cheng et al., *Per-Pixel Classification is Not All You Need for "
+            "Semantic Segmentation*, NeurIPS 2021): an FPN pixel decoder gives the mask features and a DETR "
+            "transformer decoder on the stride-32 features turns learnable queries into a class and a mask each; "
+            "both are transformers' own `MaskFormer` modules."
+        ),
+        "head_citation": MASKFORMER_CITATION,
+        "original_folder": "SeMask-MaskFormer",
+        "pixel_decoder_row": f"FPN, {config.fpn_feature_size} channels",
+        "transformer_decoder_row": f"{decoder.decoder_layers} DETR decoder layers on the stride-32 features, "
+        f"{decoder.num_queries} queries, hidden size {decoder.d_model}, {decoder.decoder_attention_heads} heads",
+        "training_loss_row": f"MaskFormer (class {config.cross_entropy_weight}, focal mask {config.mask_weight}, dice "
+        f"{config.dice_weight}, no-object {config.no_object_weight:g}, {decoder.decoder_layers} predictions)",
+    }
+
+
+def semask_d2_card_fields(conversion, processor) -> dict:
+    """The fields of ``model_cards/semask_d2.md``: every SeMask detectron2 model (MaskFormer, and Mask2Former with
+    its deformable-attention, FaPN or MSFaPN pixel decoder)."""
     config = conversion.model.config
     backbone = config.backbone_config
     size = dict(processor.size)
-    architecture = f"SeMask-Swin (embed {backbone.embed_dim}, depths {_dashed(backbone.depths)}) Mask2Former"
+    if config.model_type == "semask_maskformer":
+        head = semask_maskformer_head_fields(config)
+    else:
+        name, tag, description, pixel_decoder_row, citation = SEMASK_MASK2FORMER_HEADS[config.pixel_decoder_type]
+        head = {
+            "head_name": name,
+            "head_tag": tag,
+            "head_host": "Mask2Former",
+            "head_description": description,
+            "head_citation": citation,
+            "original_folder": "SeMask-FAPN" if config.pixel_decoder_type != "msdeformattn" else "SeMask-Mask2Former",
+            "pixel_decoder_row": pixel_decoder_row.format(encoder_layers=config.encoder_layers),
+            "transformer_decoder_row": f"{config.decoder_layers - 1} masked-attention layers, {config.num_queries} "
+            f"queries, hidden size {config.hidden_dim}, {config.num_attention_heads} heads",
+            "training_loss_row": f"Mask2Former (class {config.class_weight}, mask {config.mask_weight}, dice "
+            f"{config.dice_weight}, no-object {config.no_object_weight:g}, {config.train_num_points} points, "
+            f"{config.decoder_layers} predictions)",
+            "encoder_layers": config.encoder_layers,
+            "decoder_layers": config.decoder_layers - 1,
+            "num_queries": config.num_queries,
+        }
+    architecture = f"SeMask-Swin (embed {backbone.embed_dim}, depths {_dashed(backbone.depths)}) {head['head_name']}"
     return {
         **converted_card_fields(conversion, processor, architecture),
+        **head,
         "embed_dim": backbone.embed_dim,
         "depths": _joined(backbone.depths),
         "num_heads": _joined(backbone.num_heads),
         "window_size": backbone.window_size,
         "semantic_attention_types": _joined(backbone.semantic_attention_types),
         "semantic_window_size": backbone.semantic_window_size,
-        "encoder_layers": config.encoder_layers,
-        "decoder_layers": config.decoder_layers - 1,
-        "num_queries": config.num_queries,
-        "hidden_dim": config.hidden_dim,
+        "semantic_loss_weight": config.semantic_loss_weight,
+        "size_divisibility": config.size_divisibility,
         "test_scale": f"shortest edge {size.get('shortest_edge')}, longest at most {size.get('longest_edge')}",
     }
 

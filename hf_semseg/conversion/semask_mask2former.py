@@ -5,7 +5,7 @@ Read top to bottom: :func:`apply_legacy_renames` repeats detectron2's loader ren
 SeMask-FPN converter's table, :mod:`hf_semseg.conversion.semask_fpn`); :func:`infer_config` derives every
 hyper-parameter from the tensors (the semantic window, which is not in the weights, from the registered variant with
 the same architecture); :func:`convert_state_dict` fails, naming the keys, on anything it cannot account for.
-:data:`CONVERTER` is what ``conversion/convert_semask_mask2former_to_hf.py`` runs.
+:mod:`.semask_d2` (the command line of every SeMask detectron2 checkpoint) sends the Mask2Former ones here.
 """
 
 import re
@@ -24,7 +24,6 @@ from .common import (
     DETECTRON2,
     CheckpointError,
     Conversion,
-    Converter,
     build_conversion,
     checkpoint_id2label,
     errors_name_the_file,
@@ -37,7 +36,6 @@ from .common import (
     split_fused_qkv,
     tensor_shape,
 )
-from .model_card import semask_mask2former_card_fields
 from .run_config import (
     ResolvedSettings,
     Setting,
@@ -526,17 +524,34 @@ def convert(
     config_file: str | Path | None = None,
     id2label: dict[int, str] | None = None,
 ) -> Conversion:
-    """Converts an original SeMask-Mask2Former checkpoint file (see :func:`infer_config_and_settings` for
-    ``variant`` and ``config_file``): the model (eval mode), the released variant it is, the run's test
-    pre-processing, and the pixel statistics for the image processor when the checkpoint has them."""
+    """Converts an original SeMask Mask2Former checkpoint file (any of its pixel decoders; see
+    :func:`infer_config_and_settings` for ``variant`` and ``config_file``): the model (eval mode), the released variant
+    it is, the run's test pre-processing, and the pixel statistics for the image processor when the checkpoint has
+    them."""
     state_dict = load_detectron2_checkpoint(path)
     with errors_name_the_file(path):
         state_dict = apply_legacy_renames(state_dict)
+    return convert_loaded(path, state_dict, variant, config_file, id2label)
+
+
+def convert_loaded(
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+    id2label: dict[int, str] | None = None,
+    model_class=SeMaskMask2FormerForSemanticSegmentation,
+    infer_config_and_settings=infer_config_and_settings,
+    convert_state_dict=convert_state_dict,
+) -> Conversion:
+    """:func:`convert` of a state dict already read from ``path`` (and legacy-renamed); the SeMask MaskFormer
+    converter passes its own model class, config inference and key mapping (the rest is shared)."""
+    with errors_name_the_file(path):
         statistics = pixel_statistics(state_dict)
     run_configs = detectron2_run_configs(config_file)  # read once: the settings and the test pipeline
     return build_conversion(
         path,
-        SeMaskMask2FormerForSemanticSegmentation,
+        model_class,
         infer=lambda: infer_config_and_settings(state_dict, id2label, variant, run_configs=run_configs),
         convert_keys=lambda: convert_state_dict(state_dict),
         class_names=list(id2label.values()) if id2label is not None else None,
@@ -558,14 +573,3 @@ def convert_checkpoint(
     (eval mode). Returns ``(model, state_dict)`` (the original state dict, after the legacy renames)."""
     conversion = convert(path, variant, config_file, id2label)
     return conversion.model, conversion.state_dict
-
-
-#: the summary line of the command line (card fields)
-SUMMARY = (
-    "SeMask-Swin embed_dim {embed_dim}, depths [{depths}], window {window_size}, semantic attention "
-    "[{semantic_attention_types}] (window {semantic_window_size}); Mask2Former {encoder_layers} encoder / "
-    "{decoder_layers} decoder layers, {num_queries} queries; {num_labels} classes"
-)
-CONVERTER = Converter(
-    SeMaskMask2FormerConfig.model_type, DETECTRON2, convert, semask_mask2former_card_fields, SUMMARY, CONFIG_FILE_HELP
-)
