@@ -17,12 +17,14 @@ FAMILY_CONFIGS = {
     "pale": hf_semseg.PaleConfig,
     "vwformer": hf_semseg.VWFormerConfig,
     "semask_mask2former": hf_semseg.SeMaskMask2FormerConfig,
+    "semask_maskformer": hf_semseg.SeMaskMaskFormerConfig,
 }
 SEGMENTER_OUTPUTS = [
     hf_semseg.SeMaskSemanticSegmenterOutput,
     hf_semseg.PaleSemanticSegmenterOutput,
     hf_semseg.VWFormerSemanticSegmenterOutput,
     hf_semseg.SeMaskMask2FormerSemanticSegmenterOutput,
+    hf_semseg.SeMaskMaskFormerSemanticSegmenterOutput,
 ]
 
 
