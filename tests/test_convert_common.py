@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hf_semseg
-from hf_semseg.conversion import semask_fpn, semask_mask2former, vwformer
+from hf_semseg.conversion import semask_d2, semask_fpn, vwformer
 from hf_semseg.conversion.common import (
     DETECTRON2,
     MMSEG,
@@ -190,5 +190,5 @@ def test_reload_check_compares_the_saved_folder_in_a_fresh_process(tmp_path):
 
 def test_one_reload_tolerance_for_every_family():
     assert RELOAD_TOLERANCE == 1e-5
-    converters = [semask_fpn.CONVERTER, vwformer.CONVERTER, semask_mask2former.CONVERTER]
+    converters = [semask_fpn.CONVERTER, vwformer.CONVERTER, semask_d2.CONVERTER]
     assert {converter.reload_check for converter in converters} == {RELOAD_CHECK}

@@ -33,6 +33,9 @@ from hf_semseg import (
     SeMaskMask2FormerConfig,
     SeMaskMask2FormerForSemanticSegmentation,
     SeMaskMask2FormerModel,
+    SeMaskMaskFormerConfig,
+    SeMaskMaskFormerForSemanticSegmentation,
+    SeMaskMaskFormerModel,
     SeMaskSwinBackbone,
     SeMaskSwinConfig,
     SeMaskSwinForSemanticSegmentation,
@@ -82,6 +85,18 @@ def mask2former_config(**overrides):
     return SeMaskMask2FormerConfig(**{**values, **overrides})
 
 
+def maskformer_config(**overrides):
+    decoder = dict(d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64, num_queries=6)
+    values = dict(
+        backbone_config=SeMaskSwinConfig(**tiny_semask_swin_kwargs(depths=[2, 1, 2, 1])),
+        fpn_feature_size=32,
+        mask_feature_size=32,
+        decoder_config=decoder,
+        **tiny_label_kwargs(),
+    )
+    return SeMaskMaskFormerConfig(**{**values, **overrides})
+
+
 #: (model class, tiny config factory) for every registered model class; VWFormer over each backbone it supports
 CASES = {
     "semask-model": (SeMaskSwinModel, semask_config),
@@ -124,6 +139,16 @@ CASES = {
     ),
     "mask2former-model": (SeMaskMask2FormerModel, mask2former_config),
     "mask2former": (SeMaskMask2FormerForSemanticSegmentation, mask2former_config),
+    "mask2former-fapn": (
+        SeMaskMask2FormerForSemanticSegmentation,
+        lambda: mask2former_config(pixel_decoder_type="fapn"),
+    ),
+    "mask2former-msfapn": (
+        SeMaskMask2FormerForSemanticSegmentation,
+        lambda: mask2former_config(pixel_decoder_type="msfapn"),
+    ),
+    "maskformer-model": (SeMaskMaskFormerModel, maskformer_config),
+    "maskformer": (SeMaskMaskFormerForSemanticSegmentation, maskformer_config),
 }
 
 
@@ -158,7 +183,7 @@ def test_cases_cover_every_registered_model_class():
         and issubclass(value, PreTrainedModel)
         and not value.__name__.endswith("PreTrainedModel")
     }
-    assert len(registered) == 10
+    assert len(registered) == 12
     assert registered == {model_class for model_class, _ in CASES.values()}
 
 

@@ -93,7 +93,10 @@ class TestSeMaskMask2FormerForSemanticSegmentation(SegmentationModelSuite):
 
 
 class TestSeMaskMask2FormerFaPN(TestSeMaskMask2FormerForSemanticSegmentation):
-    """The common suite with SeMask's FaPN pixel decoder (feature alignment by modulated deformable convolution)."""
+    """The common suite with SeMask's FaPN pixel decoder (feature alignment by modulated deformable convolution).
+    MSFaPN (the same FeatureAlign in the deformable-attention decoder) runs transformers' common tests
+    (``test_transformers_common.py``), its fresh-process reload against the original (``test_convert_semask_d2.py``)
+    and the weight-init tests; a second copy of this suite would only repeat them."""
 
     def get_config(self):
         return tiny_config(pixel_decoder_type="fapn")
@@ -107,13 +110,6 @@ class TestSeMaskMask2FormerFaPN(TestSeMaskMask2FormerForSemanticSegmentation):
             for name, parameter in model.named_parameters():
                 if name.endswith("offset_mask.weight"):
                     parameter.copy_(0.01 * torch.randn(parameter.shape, generator=generator))
-
-
-class TestSeMaskMask2FormerMSFaPN(TestSeMaskMask2FormerFaPN):
-    """The common suite with SeMask's MSFaPN pixel decoder (deformable attention, then an aligned FPN level)."""
-
-    def get_config(self):
-        return tiny_config(pixel_decoder_type="msfapn")
 
 
 # ---------------------------------------------------------------------------------------------------------------
