@@ -750,16 +750,9 @@ class SeMaskMask2FormerForSemanticSegmentationTest(Mask2FormerLikeTestMixin, uni
         self.assertTrue(outputs.loss is not None)
 
 
-class SeMaskMask2FormerFaPNTest(SeMaskMask2FormerForSemanticSegmentationTest):
-    """The same tests with SeMask's FaPN pixel decoder."""
-
-    @staticmethod
-    def get_config():
-        return semask_mask2former_config(pixel_decoder_type="fapn")
-
-
 class SeMaskMask2FormerMSFaPNTest(SeMaskMask2FormerForSemanticSegmentationTest):
-    """The same tests with SeMask's MSFaPN pixel decoder."""
+    """The same tests with SeMask's MSFaPN pixel decoder (FeatureAlign inside the deformable-attention decoder; the
+    FaPN decoder's FeatureAligns run the package's own model suite, ``TestSeMaskMask2FormerFaPN``)."""
 
     @staticmethod
     def get_config():

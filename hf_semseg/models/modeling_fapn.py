@@ -1,6 +1,6 @@
 """FaPN pixel decoders of SeMask's headline Mask2Former models: feature alignment by modulated deformable convolution.
 
-Papers: Huang, Wei, Wang, Cai, Huang, Chen, "FaPN: Feature-aligned Pyramid Network for Dense Image Prediction", ICCV
+Papers: Huang, Lu, Cheng, He, "FaPN: Feature-aligned Pyramid Network for Dense Image Prediction", ICCV
 2021 (Sec. 3.1, feature alignment module); Jain et al., "SeMask: Semantically Masked Transformers for Semantic
 Segmentation", arXiv 2112.12782 (the SeMask-L FaPN / MSFaPN Mask2Former results). Original code:
 Picsart-AI-Research/SeMask-Segmentation, ``SeMask-FAPN/SeMask-Mask2Former/mask2former/modeling/pixel_decoder/``
