@@ -272,7 +272,7 @@ class SeMaskMask2FormerLoss(nn.Module):
             "loss_ce": config.class_weight,
             "loss_mask": config.mask_weight,
             "loss_dice": config.dice_weight,
-            "loss_cate": config.semantic_loss_weight,
+            "loss_cate": getattr(config, "semantic_loss_weight", 0.0),  # configs without a semantic head
         }
         empty_weight = torch.ones(config.num_labels + 1)
         empty_weight[-1] = config.no_object_weight
@@ -430,7 +430,10 @@ class SeMaskMask2FormerLoss(nn.Module):
                 )
                 losses[f"loss_mask{suffix}"] = self.weight_dict["loss_mask"] * loss_mask
                 losses[f"loss_dice{suffix}"] = self.weight_dict["loss_dice"] * loss_dice
-            losses["loss_cate"] = self.weight_dict["loss_cate"] * self.loss_semantic(semantic_logits, semantic_labels)
+            if semantic_logits is not None:  # None: no semantic head (VW models), no loss_cate
+                losses["loss_cate"] = self.weight_dict["loss_cate"] * self.loss_semantic(
+                    semantic_logits, semantic_labels
+                )
             return losses
 
 
@@ -601,7 +604,112 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
         return output
 
 
-class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel):
+class SemanticMaskClassificationMixin:
+    """What SeMask's mask-classification segmenters share (the Mask2Former and the MaskFormer heads): label maps padded
+    like the input, the set loss plus the semantic loss, and the output built from the class and mask logits of every
+    prediction. The model has ``config`` (``size_divisibility``, ``num_labels``, ``loss_ignore_index``,
+    ``use_auxiliary_loss``) and ``criterion`` (:class:`SeMaskMask2FormerLoss` or the MaskFormer loss)."""
+
+    #: the model's name in messages
+    family_name = "SeMask-Mask2Former"
+
+    def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
+        ``input_size`` (a map that is already padded is returned unchanged). The map must cover the input: one
+        smaller than it would be padded over image pixels and supervise them with the wrong labels."""
+        ignore_index = self.config.loss_ignore_index
+        labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
+        height, width = labels.shape[-2:]
+        if height < input_size[0] or width < input_size[1]:
+            raise ValueError(
+                f"labels of size {(height, width)} are smaller than the input {tuple(input_size)}: {self.family_name} "
+                "pads the labels with the ignore index like the input, so they must have the input's size (or its "
+                "padded size)"
+            )
+        divisor = max(self.config.size_divisibility, 1)
+        padded_height, padded_width = (side + -side % divisor for side in input_size)
+        if height > padded_height or width > padded_width:
+            raise ValueError(
+                f"labels of size {(height, width)} are larger than the (padded) input {(padded_height, padded_width)}"
+            )
+        return F.pad(labels, (0, padded_width - width, 0, padded_height - height), value=ignore_index)
+
+    def compute_losses(
+        self,
+        class_queries_logits: tuple[torch.Tensor, ...],
+        masks_queries_logits: tuple[torch.Tensor, ...],
+        semantic_logits: torch.Tensor,
+        labels: torch.Tensor,
+        input_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """The weighted losses of the model's criterion (keys ``loss_ce``, ``loss_mask``, ``loss_dice``,
+        ``loss_cate`` and ``loss_{ce,mask,dice}_{i}`` for the earlier predictions) of every prediction given, the
+        final one last, for a semantic label map ``(B, H, W)`` at the input size ``input_size`` (of ``pixel_values``
+        before the model's padding; the map is padded with the ignore index like the input)."""
+        semantic_labels = self.prepare_labels(labels, input_size)  # idempotent
+        if tuple(semantic_labels.shape[-2:]) != tuple(4 * s for s in masks_queries_logits[-1].shape[-2:]):
+            raise ValueError(
+                f"labels padded to {tuple(semantic_labels.shape[-2:])} do not match the masks of the padded input "
+                f"({tuple(masks_queries_logits[-1].shape[-2:])} at stride 4); use a size_divisibility that is a "
+                "multiple of 32"
+            )
+        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.loss_ignore_index)
+        return self.criterion(
+            class_queries_logits,
+            masks_queries_logits,
+            semantic_logits,
+            class_labels,
+            mask_labels,
+            semantic_labels,
+            use_auxiliary_loss=self.config.use_auxiliary_loss,
+        )
+
+    def segmentation_output(
+        self,
+        output_class: type[ModelOutput],
+        model_output: ModelOutput,
+        class_queries_logits: tuple[torch.Tensor, ...],
+        masks_queries_logits: tuple[torch.Tensor, ...],
+        labels: torch.Tensor | None,
+        input_size: tuple[int, int],
+        output_auxiliary_logits: bool,
+        output_semantic_priors: bool | None,
+        **fields,
+    ) -> ModelOutput:
+        """``output_class`` from the class and mask logits of the predictions (the final one last): the semantic
+        scores of the final one as ``logits``, the semantic head on the backbone's priors, the loss with ``labels``,
+        the earlier predictions as ``auxiliary_logits`` on request, and the model output's hidden states; ``fields``
+        are further fields of ``output_class``."""
+        semantic_logits = semantic_head(model_output.semantic_priors)
+        loss = None
+        if labels is not None:
+            losses = self.compute_losses(
+                class_queries_logits, masks_queries_logits, semantic_logits, labels, input_size=input_size
+            )
+            loss = sum(losses.values())
+        auxiliary_logits = None
+        if output_auxiliary_logits:
+            auxiliary_logits = [
+                {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
+                for class_logits, mask_logits in zip(class_queries_logits[:-1], masks_queries_logits[:-1])
+            ]
+        return output_class(
+            loss=loss,
+            logits=semantic_scores(class_queries_logits[-1], masks_queries_logits[-1]),
+            class_queries_logits=class_queries_logits[-1],
+            masks_queries_logits=masks_queries_logits[-1],
+            semantic_logits=semantic_logits,
+            auxiliary_logits=auxiliary_logits,
+            hidden_states=model_output.hidden_states,
+            semantic_priors=model_output.semantic_priors if output_semantic_priors else None,
+            pixel_decoder_hidden_states=model_output.pixel_decoder_hidden_states,
+            transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
+            attentions=model_output.attentions,
+            **fields,
+        )
+
+
+class SeMaskMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, SeMaskMask2FormerPreTrainedModel):
     """SeMask Mask2Former for semantic segmentation (the released SeMask-L Mask2Former models).
 
     ``logits`` are the semantic scores at stride 4 of the padded input (see :func:`semantic_scores`); the query-level
@@ -659,91 +767,20 @@ class SeMaskMask2FormerForSemanticSegmentation(SeMaskMask2FormerPreTrainedModel)
             self.class_predictor(states.transpose(0, 1))
             for states in model_output.transformer_decoder_intermediate_states
         )
-        masks_queries_logits = model_output.masks_queries_logits
-        logits = semantic_scores(class_queries_logits[-1], masks_queries_logits[-1])
-        semantic_logits = semantic_head(model_output.semantic_priors)
-
-        loss = None
-        if labels is not None:
-            losses = self.compute_losses(
-                class_queries_logits, masks_queries_logits, semantic_logits, labels, input_size=pixel_values.shape[-2:]
-            )
-            loss = sum(losses.values())
-
-        auxiliary_logits = None
-        if output_auxiliary_logits:
-            auxiliary_logits = [
-                {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
-                for class_logits, mask_logits in zip(class_queries_logits[:-1], masks_queries_logits[:-1])
-            ]
-        output = SeMaskMask2FormerSemanticSegmenterOutput(
-            loss=loss,
-            logits=logits,
-            class_queries_logits=class_queries_logits[-1],
-            masks_queries_logits=masks_queries_logits[-1],
-            semantic_logits=semantic_logits,
-            auxiliary_logits=auxiliary_logits,
-            hidden_states=model_output.hidden_states,
-            semantic_priors=model_output.semantic_priors if output_semantic_priors else None,
-            pixel_decoder_hidden_states=model_output.pixel_decoder_hidden_states,
-            transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
-            attentions=model_output.attentions,
-        )
-        return output
-
-    def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-        """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
-        ``input_size`` (a map that is already padded is returned unchanged). The map must cover the input: one
-        smaller than it would be padded over image pixels and supervise them with the wrong labels."""
-        ignore_index = self.config.loss_ignore_index
-        labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
-        height, width = labels.shape[-2:]
-        if height < input_size[0] or width < input_size[1]:
-            raise ValueError(
-                f"labels of size {(height, width)} are smaller than the input {tuple(input_size)}: SeMask-Mask2Former "
-                "pads the labels with the ignore index like the input, so they must have the input's size (or its "
-                "padded size)"
-            )
-        padded_height, padded_width = input_size
-        padded_height += -padded_height % max(self.config.size_divisibility, 1)
-        padded_width += -padded_width % max(self.config.size_divisibility, 1)
-        if height > padded_height or width > padded_width:
-            raise ValueError(
-                f"labels of size {(height, width)} are larger than the (padded) input {(padded_height, padded_width)}"
-            )
-        return F.pad(labels, (0, padded_width - width, 0, padded_height - height), value=ignore_index)
-
-    def compute_losses(
-        self,
-        class_queries_logits: tuple[torch.Tensor, ...],
-        masks_queries_logits: tuple[torch.Tensor, ...],
-        semantic_logits: torch.Tensor,
-        labels: torch.Tensor,
-        input_size: tuple[int, int],
-    ) -> dict[str, torch.Tensor]:
-        """The weighted losses of :class:`SeMaskMask2FormerLoss` (keys ``loss_ce``, ``loss_mask``, ``loss_dice``,
-        ``loss_cate`` and ``loss_{ce,mask,dice}_{i}`` for the earlier predictions) for a semantic label map
-        ``(B, H, W)`` at the input size ``input_size`` (of ``pixel_values`` before the model's padding; the map is
-        padded with the ignore index like the input)."""
-        semantic_labels = self.prepare_labels(labels, input_size)  # idempotent
-        if tuple(semantic_labels.shape[-2:]) != tuple(4 * s for s in masks_queries_logits[-1].shape[-2:]):
-            raise ValueError(
-                f"labels padded to {tuple(semantic_labels.shape[-2:])} do not match the masks of the padded input "
-                f"({tuple(masks_queries_logits[-1].shape[-2:])} at stride 4); use size_divisibility >= 4"
-            )
-        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.loss_ignore_index)
-        return self.criterion(
+        return self.segmentation_output(
+            SeMaskMask2FormerSemanticSegmenterOutput,
+            model_output,
             class_queries_logits,
-            masks_queries_logits,
-            semantic_logits,
-            class_labels,
-            mask_labels,
-            semantic_labels,
-            use_auxiliary_loss=self.config.use_auxiliary_loss,
+            model_output.masks_queries_logits,
+            labels,
+            pixel_values.shape[-2:],
+            output_auxiliary_logits,
+            output_semantic_priors,
         )
 
 
 __all__ = [
+    "SemanticMaskClassificationMixin",
     "SeMaskMask2FormerPreTrainedModel",
     "SeMaskMask2FormerModel",
     "SeMaskMask2FormerForSemanticSegmentation",

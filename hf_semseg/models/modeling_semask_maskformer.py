@@ -48,19 +48,16 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_semask_maskformer import SeMaskMaskFormerConfig
 from .modeling_semask_mask2former import (
+    SemanticMaskClassificationMixin,
     SeMaskMask2FormerLoss,
     group_norms_for_single_values,
     min_cost_assignment,
     pad_to_size_divisibility,
-    semantic_head,
-    semantic_map_to_mask_targets,
-    semantic_scores,
 )
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     check_pixel_values,
-    check_segmentation_labels,
     eager_attention,
     resolve_output_flags,
 )
@@ -166,7 +163,7 @@ class SeMaskMaskFormerLoss(nn.Module):
             "loss_ce": config.cross_entropy_weight,
             "loss_mask": config.mask_weight,
             "loss_dice": config.dice_weight,
-            "loss_cate": config.semantic_loss_weight,
+            "loss_cate": getattr(config, "semantic_loss_weight", 0.0),  # configs without a semantic head
         }
         empty_weight = torch.ones(config.num_labels + 1)
         empty_weight[-1] = config.no_object_weight
@@ -260,7 +257,8 @@ class SeMaskMaskFormerLoss(nn.Module):
             )
             losses[f"loss_mask{suffix}"] = self.weight_dict["loss_mask"] * loss_mask
             losses[f"loss_dice{suffix}"] = self.weight_dict["loss_dice"] * loss_dice
-        losses["loss_cate"] = self.weight_dict["loss_cate"] * self.loss_semantic(semantic_logits, semantic_labels)
+        if semantic_logits is not None:  # None: no semantic head (VW models), no loss_cate
+            losses["loss_cate"] = self.weight_dict["loss_cate"] * self.loss_semantic(semantic_logits, semantic_labels)
         return losses
 
 
@@ -373,7 +371,7 @@ class SeMaskMaskFormerModel(SeMaskMaskFormerPreTrainedModel):
         return output
 
 
-class SeMaskMaskFormerForSemanticSegmentation(SeMaskMaskFormerPreTrainedModel):
+class SeMaskMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, SeMaskMaskFormerPreTrainedModel):
     """SeMask MaskFormer for semantic segmentation (the released SeMask-L MaskFormer).
 
     ``logits`` are the semantic scores at stride 4 of the padded input (see ``semantic_scores``); the query-level
@@ -381,6 +379,8 @@ class SeMaskMaskFormerForSemanticSegmentation(SeMaskMaskFormerPreTrainedModel):
     (a semantic label map, 255 = ignore) the per-class target masks are built here and the full training loss of the
     original is returned (:class:`SeMaskMaskFormerLoss`).
     """
+
+    family_name = "SeMask MaskFormer"
 
     def __init__(self, config: SeMaskMaskFormerConfig):
         super().__init__(config)
@@ -443,87 +443,16 @@ class SeMaskMaskFormerForSemanticSegmentation(SeMaskMaskFormerPreTrainedModel):
         if not needs_earlier:  # the final prediction only
             states = states[-1:]
         class_queries_logits, masks_queries_logits = self.predict(states, model_output.pixel_decoder_last_hidden_state)
-        logits = semantic_scores(class_queries_logits[-1], masks_queries_logits[-1])
-        semantic_logits = semantic_head(model_output.semantic_priors)
-
-        loss = None
-        if labels is not None:
-            losses = self.compute_losses(
-                class_queries_logits, masks_queries_logits, semantic_logits, labels, input_size=pixel_values.shape[-2:]
-            )
-            loss = sum(losses.values())
-
-        auxiliary_logits = None
-        if output_auxiliary_logits:
-            auxiliary_logits = [
-                {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
-                for class_logits, mask_logits in zip(class_queries_logits[:-1], masks_queries_logits[:-1])
-            ]
-        output = SeMaskMaskFormerSemanticSegmenterOutput(
-            loss=loss,
-            logits=logits,
-            class_queries_logits=class_queries_logits[-1],
-            masks_queries_logits=masks_queries_logits[-1],
-            semantic_logits=semantic_logits,
-            auxiliary_logits=auxiliary_logits,
-            hidden_states=model_output.hidden_states,
-            semantic_priors=model_output.semantic_priors if output_semantic_priors else None,
-            pixel_decoder_hidden_states=model_output.pixel_decoder_hidden_states,
-            transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
-            attentions=model_output.attentions,
-            cross_attentions=model_output.cross_attentions,
-        )
-        return output
-
-    def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-        """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
-        ``input_size``, as the model pads the input (a map that is already padded is returned unchanged). The map
-        must cover the input: one smaller than it would be padded over image pixels."""
-        ignore_index = self.config.loss_ignore_index
-        labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
-        height, width = labels.shape[-2:]
-        if height < input_size[0] or width < input_size[1]:
-            raise ValueError(
-                f"labels of size {(height, width)} are smaller than the input {tuple(input_size)}: SeMask MaskFormer "
-                "pads the labels with the ignore index like the input, so they must have the input's size (or its "
-                "padded size)"
-            )
-        divisor = max(self.config.size_divisibility, 1)
-        padded_height, padded_width = (side + -side % divisor for side in input_size)
-        if height > padded_height or width > padded_width:
-            raise ValueError(
-                f"labels of size {(height, width)} are larger than the (padded) input {(padded_height, padded_width)}"
-            )
-        return F.pad(labels, (0, padded_width - width, 0, padded_height - height), value=ignore_index)
-
-    def compute_losses(
-        self,
-        class_queries_logits: tuple[torch.Tensor, ...],
-        masks_queries_logits: tuple[torch.Tensor, ...],
-        semantic_logits: torch.Tensor,
-        labels: torch.Tensor,
-        input_size: tuple[int, int],
-    ) -> dict[str, torch.Tensor]:
-        """The weighted losses of :class:`SeMaskMaskFormerLoss` (keys ``loss_ce``, ``loss_mask``, ``loss_dice``,
-        ``loss_cate`` and ``loss_{ce,mask,dice}_{i}`` for the earlier predictions) of every prediction given, the
-        final one last, for a semantic label map ``(B, H, W)`` at the input size ``input_size`` (of ``pixel_values``
-        before the model's padding; the map is padded with the ignore index like the input)."""
-        semantic_labels = self.prepare_labels(labels, input_size)  # idempotent
-        if tuple(semantic_labels.shape[-2:]) != tuple(4 * s for s in semantic_logits.shape[-2:]):
-            raise ValueError(
-                f"labels padded to {tuple(semantic_labels.shape[-2:])} do not match the semantic head of the padded "
-                f"input ({tuple(semantic_logits.shape[-2:])} at stride 4); use a size_divisibility that is a "
-                "multiple of 32"
-            )
-        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.loss_ignore_index)
-        return self.criterion(
+        return self.segmentation_output(
+            SeMaskMaskFormerSemanticSegmenterOutput,
+            model_output,
             class_queries_logits,
             masks_queries_logits,
-            semantic_logits,
-            class_labels,
-            mask_labels,
-            semantic_labels,
-            use_auxiliary_loss=self.config.use_auxiliary_loss,
+            labels,
+            pixel_values.shape[-2:],
+            output_auxiliary_logits,
+            output_semantic_priors,
+            cross_attentions=model_output.cross_attentions,
         )
 
 
