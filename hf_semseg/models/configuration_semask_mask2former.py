@@ -57,6 +57,29 @@ SEMASK_SWIN_LARGE = {
 }
 
 
+def semask_backbone_config(backbone_config, semantic_attention_rule):
+    """The ``backbone_config`` of a SeMask detectron2 model as ``__post_init__`` receives it: None is the released
+    SeMask Swin-L; a dict gets the SeMask-Swin ``model_type`` and, without ``semantic_attention_types``, the rule of
+    the code copy (``semantic_attention_rule(num_stages)``); a config object is returned as it is."""
+    if backbone_config is None:
+        backbone_config = dict(SEMASK_SWIN_LARGE)
+    if isinstance(backbone_config, dict):
+        backbone_config = dict(backbone_config)
+        backbone_config.setdefault("model_type", SeMaskSwinConfig.model_type)
+        if backbone_config.get("semantic_attention_types") is None:
+            num_stages = len(backbone_config.get("depths", SEMASK_SWIN_LARGE["depths"]))
+            backbone_config["semantic_attention_types"] = semantic_attention_rule(num_stages)
+    return backbone_config
+
+
+def sync_backbone_labels(config) -> None:
+    """Gives a SeMask model's backbone (its semantic layers) the classes of ``config``: they are trained on the same
+    labels."""
+    if config.backbone_config.id2label != config.id2label:
+        config.backbone_config.id2label = dict(config.id2label)
+        config.backbone_config.label2id = {label: index for index, label in config.id2label.items()}
+
+
 @strict
 class SeMaskMask2FormerConfig(Mask2FormerConfig):
     r"""Configuration of :class:`SeMaskMask2FormerForSemanticSegmentation`: every field of
@@ -95,18 +118,11 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
     size_divisibility: int = 32
 
     def __post_init__(self, **kwargs):
-        backbone_config = self.backbone_config
-        if backbone_config is None:
-            backbone_config = dict(SEMASK_SWIN_LARGE)
-        if isinstance(backbone_config, dict):
-            backbone_config = dict(backbone_config)
-            backbone_config.setdefault("model_type", SeMaskSwinConfig.model_type)
-            if backbone_config.get("semantic_attention_types") is None:
-                num_stages = len(backbone_config.get("depths", SEMASK_SWIN_LARGE["depths"]))
-                backbone_config["semantic_attention_types"] = default_semantic_attention_types(
-                    self.pixel_decoder_type, self._num_labels_from(kwargs), num_stages
-                )
-        self.backbone_config = backbone_config
+        num_labels = self._num_labels_from(kwargs)
+        self.backbone_config = semask_backbone_config(
+            self.backbone_config,
+            lambda num_stages: default_semantic_attention_types(self.pixel_decoder_type, num_labels, num_stages),
+        )
         super().__post_init__(**kwargs)
         use_four_backbone_stages(self.backbone_config)
         self.sync_backbone_labels()
@@ -123,10 +139,8 @@ class SeMaskMask2FormerConfig(Mask2FormerConfig):
         return int(kwargs.get("num_labels", 2))
 
     def sync_backbone_labels(self) -> None:
-        """Gives the backbone's semantic layers this config's classes (they are trained on the same labels)."""
-        if self.backbone_config.id2label != self.id2label:
-            self.backbone_config.id2label = dict(self.id2label)
-            self.backbone_config.label2id = {label: index for index, label in self.id2label.items()}
+        """Gives the backbone's semantic layers this config's classes (:func:`sync_backbone_labels`)."""
+        sync_backbone_labels(self)
 
     def validate_architecture(self):
         super().validate_architecture()
@@ -165,6 +179,8 @@ __all__ = [
     "SeMaskMask2FormerConfig",
     "PIXEL_DECODER_TYPES",
     "default_semantic_attention_types",
+    "semask_backbone_config",
+    "sync_backbone_labels",
     "semask_fapn_semantic_attention_types",
     "semask_mask2former_semantic_attention_types",
 ]

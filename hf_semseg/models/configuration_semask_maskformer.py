@@ -13,7 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.maskformer.configuration_maskformer import MaskFormerConfig
 from transformers.utils import logging
 
-from .configuration_semask_mask2former import SEMASK_SWIN_LARGE
+from .configuration_semask_mask2former import semask_backbone_config, sync_backbone_labels
 from .configuration_semask_swin import SeMaskSwinConfig
 from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages
 
@@ -98,16 +98,7 @@ class SeMaskMaskFormerConfig(MaskFormerConfig):
     loss_ignore_index: int = IGNORE_INDEX
 
     def __post_init__(self, **kwargs):
-        backbone_config = self.backbone_config
-        if backbone_config is None:
-            backbone_config = dict(SEMASK_SWIN_LARGE)
-        if isinstance(backbone_config, dict):
-            backbone_config = dict(backbone_config)
-            backbone_config.setdefault("model_type", SeMaskSwinConfig.model_type)
-            if backbone_config.get("semantic_attention_types") is None:
-                num_stages = len(backbone_config.get("depths", SEMASK_SWIN_LARGE["depths"]))
-                backbone_config["semantic_attention_types"] = semask_maskformer_semantic_attention_types(num_stages)
-        self.backbone_config = backbone_config
+        self.backbone_config = semask_backbone_config(self.backbone_config, semask_maskformer_semantic_attention_types)
         if isinstance(self.decoder_config, dict):  # a partial dict gets the released values, not DETR's defaults
             self.decoder_config = {**SEMASK_MASKFORMER_DECODER, **self.decoder_config}
         super().__post_init__(**kwargs)
@@ -143,10 +134,8 @@ class SeMaskMaskFormerConfig(MaskFormerConfig):
         self.num_hidden_layers = decoder_config.decoder_layers
 
     def sync_backbone_labels(self) -> None:
-        """Gives the backbone's semantic layers this config's classes (they are trained on the same labels)."""
-        if self.backbone_config.id2label != self.id2label:
-            self.backbone_config.id2label = dict(self.id2label)
-            self.backbone_config.label2id = {label: index for index, label in self.id2label.items()}
+        """Gives the backbone's semantic layers this config's classes (:func:`sync_backbone_labels`)."""
+        sync_backbone_labels(self)
 
     def validate_architecture(self):
         super().validate_architecture()
