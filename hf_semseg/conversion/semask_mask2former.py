@@ -256,23 +256,27 @@ def infer_backbone_config(
 #: defaults of the original code's config (``add_semask_config``, ``add_maskformer2_config``) for a key a run's
 #: config leaves out. Attention heads are in the weights (``sampling_offsets``: heads x 3 levels x 4 points x 2, both
 #: hard-coded; the decoder uses the same ``NHEADS``).
+#: the settings every SeMask detectron2 head has (the SeMask MaskFormer converter takes them too)
+SEMANTIC_WINDOW = Setting(
+    "backbone_config.semantic_window_size",
+    "the semantic attention window",
+    "MODEL.SWIN.SEM_WINDOW_SIZE",
+    code_default=SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW,
+    read=positive_int,
+)
+SIZE_DIVISIBILITY = Setting(
+    "size_divisibility",
+    "the input padding multiple",
+    "MODEL.MASK_FORMER.SIZE_DIVISIBILITY",
+    code_default=32,
+    read=non_negative_int,
+)
+DROP_PATH = training_only("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE")
 SETTINGS = [
-    Setting(
-        "backbone_config.semantic_window_size",
-        "the semantic attention window",
-        "MODEL.SWIN.SEM_WINDOW_SIZE",
-        code_default=SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW,
-        read=positive_int,
-    ),
+    SEMANTIC_WINDOW,
     Setting("pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=boolean),
-    Setting(
-        "size_divisibility",
-        "the input padding multiple",
-        "MODEL.MASK_FORMER.SIZE_DIVISIBILITY",
-        code_default=32,
-        read=non_negative_int,
-    ),
-    training_only("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE"),
+    SIZE_DIVISIBILITY,
+    DROP_PATH,
     training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT"),
     training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
     training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),

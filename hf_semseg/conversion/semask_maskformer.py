@@ -21,7 +21,7 @@ from ..models.configuration_semask_maskformer import (
 )
 from ..models.configuration_semask_swin import SeMaskSwinConfig
 from ..models.modeling_semask_maskformer import SeMaskMaskFormerForSemanticSegmentation
-from ..variants import FOUR_STAGES, SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW
+from ..variants import FOUR_STAGES
 from .common import (
     CheckpointError,
     Conversion,
@@ -39,14 +39,21 @@ from .run_config import (
     boolean,
     check_consistent,
     detectron2_run_configs,
-    non_negative_int,
     positive_int,
     resolve_settings,
     training_only,
 )
 from .semask_fpn import check_semask_backbone, infer_backbone_fields
 from .semask_fpn import convert_state_dict as convert_backbone_state_dict
-from .semask_mask2former import CONFIG_FILE_HELP, NO_OBJECT_WEIGHT, convert_loaded, read_no_object_weight
+from .semask_mask2former import (
+    CONFIG_FILE_HELP,
+    DROP_PATH,
+    NO_OBJECT_WEIGHT,
+    SEMANTIC_WINDOW,
+    SIZE_DIVISIBILITY,
+    convert_loaded,
+    read_no_object_weight,
+)
 
 
 KIND = "SeMask-MaskFormer"
@@ -214,13 +221,7 @@ def post_norm_only(value) -> bool:
 #: defaults of the SeMask-MaskFormer code's config (``add_mask_former_config``) for a key a run's config leaves out.
 #: nn.MultiheadAttention packs every head in one matrix, so NHEADS is not in the weights.
 SETTINGS = [
-    Setting(
-        "backbone_config.semantic_window_size",
-        "the semantic attention window",
-        "MODEL.SWIN.SEM_WINDOW_SIZE",
-        code_default=SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW,
-        read=positive_int,
-    ),
+    SEMANTIC_WINDOW,
     Setting(
         "decoder_config.decoder_attention_heads",
         "the decoder attention heads",
@@ -231,14 +232,8 @@ SETTINGS = [
     Setting(
         "pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=post_norm_only
     ),
-    Setting(
-        "size_divisibility",
-        "the input padding multiple",
-        "MODEL.MASK_FORMER.SIZE_DIVISIBILITY",
-        code_default=32,
-        read=non_negative_int,
-    ),
-    training_only("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE"),
+    SIZE_DIVISIBILITY,
+    DROP_PATH,
     training_only("decoder_config.dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
     training_only("mask_weight", "the mask (focal) loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
     training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
