@@ -1,0 +1,157 @@
+"""Configuration of VW-MaskFormer: transformers' MaskFormer modules (Cheng, Schwing, Kirillov, "Per-Pixel
+Classification is Not All You Need for Semantic Segmentation", NeurIPS 2021) with the varying-window-attention pixel
+decoder of VWFormer (Yan et al., "Multi-Scale Representations by Varying Window Attention for Semantic
+Segmentation", ICLR 2024), as in the ``MaskFormer`` folder of yan-hao-tian/VW.
+
+Portable module: it imports only transformers, huggingface_hub and sibling modules and is copied next to saved
+weights, so a saved model loads with ``trust_remote_code=True`` without hf_semseg installed.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.maskformer.configuration_maskformer import MaskFormerConfig
+from transformers.utils import logging
+
+from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages
+from .configuration_vw_mask2former import VW_FEATURE_SIZE, VW_SIZE_MULTIPLE, VW_SWIN_TINY
+
+
+logger = logging.get_logger(__name__)
+
+#: the transformer decoder of the released VW-MaskFormer models (``MODEL.MASK_FORMER``: HIDDEN_DIM 256, NHEADS 8,
+#: DIM_FEEDFORWARD 2048, DEC_LAYERS 6, NUM_OBJECT_QUERIES 100, DROPOUT 0.1, ENC_LAYERS 0, PRE_NORM False) in the
+#: field names of transformers' DETR config; the original DETR layers apply DROPOUT inside both attentions and in the
+#: FFN too. ``auxiliary_loss`` is always False (:meth:`VWMaskFormerConfig.force_original_decoder`).
+VW_MASKFORMER_DECODER = {
+    "d_model": 256,
+    "decoder_layers": 6,
+    "decoder_attention_heads": 8,
+    "decoder_ffn_dim": 2048,
+    "num_queries": 100,
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.1,
+    "encoder_layers": 0,
+    "auxiliary_loss": False,
+}
+
+
+@strict
+class VWMaskFormerConfig(MaskFormerConfig):
+    r"""Configuration of :class:`VWMaskFormerForSemanticSegmentation`: the fields of
+    :class:`~transformers.MaskFormerConfig` (DETR transformer decoder in ``decoder_config``, the MaskFormer losses:
+    cross-entropy 1, focal mask 20, dice 1, no-object 0.1) plus the VW pixel decoder's settings.
+
+    ``backbone_config`` is a transformers ``SwinConfig`` (``SwinBackbone``, the four stages). Default: the Swin-T of
+    the released VW-MaskFormer-Ti. ``decoder_config`` is a DETR config (``d_model`` = HIDDEN_DIM, ``decoder_layers``
+    = DEC_LAYERS, each layer giving one prediction, ``decoder_attention_heads`` = NHEADS, ``decoder_ffn_dim``,
+    ``num_queries``, the dropouts); a dict is completed with the released values (:data:`VW_MASKFORMER_DECODER`), and
+    ``auxiliary_loss`` is always False. The decoder reads the backbone's stride-32 map (TRANSFORMER_IN_FEATURE res5).
+
+    Args:
+        vw_num_heads: attention heads of the VW block (``MODEL.SEM_SEG_HEAD.NHEADS``: 16 for the released T, S and L
+            models, 8 for B). Not in the weights.
+        vw_use_short_cut: add the fused stride-8 map to each attention branch (``MODEL.SEM_SEG_HEAD.SHORT_CUT``: on
+            for the released T model, off for S, B and L). Not in the weights.
+        mask_feature_size: must be 256 (the VW decoder's hard-coded mask-feature width; MASK_DIM).
+        use_auxiliary_loss: also apply the set loss to every decoder layer's prediction but the last
+            (DEEP_SUPERVISION, True as released).
+        size_divisibility: the model zero-pads its input on the right and bottom to a multiple of this and each side
+            to at least 128 (the VW block's 8 x 8 windows need it). A positive multiple of 64; 64 is the value of every
+            command of the original README (``MODEL.MASK_FORMER.SIZE_DIVISIBILITY 64``; its config files say 32).
+        loss_ignore_index: label value ignored by the losses (255), also the value label maps are padded with.
+        (``fpn_feature_size`` is not used: the VW decoder has no FPN.)
+    """
+
+    model_type = "vw_maskformer"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="swin", init_kwargs=dict(VW_SWIN_TINY)),
+        "decoder_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="detr", init_kwargs=dict(VW_MASKFORMER_DECODER)
+        ),
+    }
+    backbones_supported = ["swin"]
+
+    vw_num_heads: int = 16
+    vw_use_short_cut: bool = True
+    use_auxiliary_loss: bool = True
+    size_divisibility: int = VW_SIZE_MULTIPLE
+    loss_ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict):
+            backbone_config = dict(self.backbone_config)
+            backbone_config.setdefault("model_type", "swin")
+            self.backbone_config = backbone_config
+        if isinstance(self.decoder_config, dict):  # a partial dict gets the released values, not DETR's defaults
+            self.decoder_config = {**VW_MASKFORMER_DECODER, **self.decoder_config}
+        super().__post_init__(**kwargs)
+        use_four_backbone_stages(self.backbone_config)
+        self.force_original_decoder()
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        if getattr(self, "_post_init_done", False):  # sub-configs assigned after construction too
+            if key == "backbone_config":
+                use_four_backbone_stages(value)
+            elif key == "decoder_config" and not isinstance(value, dict):
+                self.force_original_decoder()
+
+    def force_original_decoder(self) -> None:
+        """Sets ``decoder_config.auxiliary_loss`` to False and gives the config the decoder's head and layer counts.
+        With True, transformers' DETR decoder feeds each layer's LayerNorm-ed output into the next layer, which the
+        original does not; the model normalises the per-layer outputs itself for the auxiliary predictions."""
+        decoder_config = self.decoder_config
+        if getattr(decoder_config, "auxiliary_loss", False):
+            logger.warning(
+                "VWMaskFormerConfig: decoder_config.auxiliary_loss is set to False (with True the DETR decoder would "
+                "feed normalised states to the next layer, unlike the original); use_auxiliary_loss controls the "
+                "auxiliary losses"
+            )
+            decoder_config.auxiliary_loss = False
+        # MaskFormerConfig reads these from the DETR encoder fields, which this model does not use
+        self.num_attention_heads = decoder_config.decoder_attention_heads
+        self.num_hidden_layers = decoder_config.decoder_layers
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        name = type(self).__name__
+        backbone = self.backbone_config
+        if getattr(backbone, "model_type", None) != "swin":  # duck-typed: remote code loads its own config classes
+            raise ValueError(
+                f"{name}.backbone_config must be a Swin config (model_type 'swin'), got {type(backbone).__name__} "
+                f"({getattr(backbone, 'model_type', None)!r})"
+            )
+        if len(backbone.depths) != 4 or len(backbone.out_features) != 4:
+            raise ValueError(
+                f"{name} needs the four stages of a four-stage Swin (depths={backbone.depths}, "
+                f"out_features={backbone.out_features})"
+            )
+        if self.mask_feature_size != VW_FEATURE_SIZE:
+            raise ValueError(
+                f"{name}.mask_feature_size = {self.mask_feature_size}; the VW pixel decoder hard-codes "
+                f"{VW_FEATURE_SIZE} mask-feature channels"
+            )
+        if self.vw_num_heads < 1 or 512 % self.vw_num_heads:
+            raise ValueError(f"{name}.vw_num_heads = {self.vw_num_heads} must divide the VW block's 512 channels")
+        decoder = self.decoder_config
+        if decoder.d_model % decoder.decoder_attention_heads:
+            raise ValueError(
+                f"{name}.decoder_config.d_model ({decoder.d_model}) must be divisible by "
+                f"decoder_config.decoder_attention_heads ({decoder.decoder_attention_heads})"
+            )
+        if decoder.decoder_layers < 1:
+            raise ValueError(f"{name}.decoder_config.decoder_layers = {decoder.decoder_layers} must be >= 1")
+        if decoder.num_queries < 1:
+            raise ValueError(f"{name}.decoder_config.num_queries = {decoder.num_queries} must be >= 1")
+        if self.size_divisibility <= 0 or self.size_divisibility % VW_SIZE_MULTIPLE:
+            raise ValueError(
+                f"{name}.size_divisibility = {self.size_divisibility} must be a positive multiple of "
+                f"{VW_SIZE_MULTIPLE} (the VW block splits the stride-8 map into 8 x 8 windows)"
+            )
+
+
+AutoConfig.register(VWMaskFormerConfig.model_type, VWMaskFormerConfig, exist_ok=True)
+
+__all__ = ["VW_MASKFORMER_DECODER", "VWMaskFormerConfig"]

@@ -1,0 +1,458 @@
+"""VW-MaskFormer and VW-Mask2Former (plain and deformable) against the original detectron2 code (shared fixtures),
+their converter's key mapping, any input size, the tied GroupNorm and the saved folder's remote code."""
+
+import copy
+import functools
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from safetensors.torch import load_file
+from script_helpers import key_list_state_dict
+from transformers import SwinConfig
+
+from hf_semseg import SeMaskMask2FormerImageProcessor
+from hf_semseg.conversion.common import CheckpointError, check_against_model
+from hf_semseg.conversion.vwformer_d2 import (
+    VW_HEADS,
+    convert_vw_d2_state_dict,
+    detect_vw_head,
+    load_vw_d2_checkpoint,
+    vw_head_fields,
+)
+from hf_semseg.models.configuration_vw_mask2former import VWMask2FormerConfig
+from hf_semseg.models.configuration_vw_maskformer import VWMaskFormerConfig
+from hf_semseg.models.modeling_vw_mask2former import VWMask2FormerForSemanticSegmentation
+from hf_semseg.models.modeling_vw_maskformer import VWMaskFormerForSemanticSegmentation
+from hf_semseg.models.modeling_vw_pixel_decoder import vw_padded_size
+
+from conftest import fixture_dir
+
+
+#: the shared fixtures and the head each holds
+FIXTURES = {
+    "vw_maskformer_tiny": "vw_maskformer",
+    "vw_mask2former_tiny": "vw",
+    "vw_mask2former_deform_tiny": "vw_deformable",
+}
+FOUR_STAGES = ["stage1", "stage2", "stage3", "stage4"]
+TOLERANCE = 1e-4
+
+
+def fixture_config(folder):
+    """The model config of a fixture from the detectron2 values of its config.json."""
+    original = json.loads((folder / "config.json").read_text())
+    d2 = original["detectron2_config"]["MODEL"]
+    swin, head, mask_former = d2["SWIN"], d2["SEM_SEG_HEAD"], d2["MASK_FORMER"]
+    backbone = SwinConfig(
+        embed_dim=swin["EMBED_DIM"],
+        depths=swin["DEPTHS"],
+        num_heads=swin["NUM_HEADS"],
+        window_size=swin["WINDOW_SIZE"],
+        patch_size=swin["PATCH_SIZE"],
+        mlp_ratio=swin["MLP_RATIO"],
+        qkv_bias=swin["QKV_BIAS"],
+        drop_path_rate=swin["DROP_PATH_RATE"],
+        out_features=FOUR_STAGES,
+    )
+    common = dict(
+        backbone_config=backbone,
+        num_labels=head["NUM_CLASSES"],
+        mask_feature_size=head["MASK_DIM"],
+        size_divisibility=mask_former["SIZE_DIVISIBILITY"],
+        no_object_weight=mask_former["NO_OBJECT_WEIGHT"],
+        mask_weight=mask_former["MASK_WEIGHT"],
+        dice_weight=mask_former["DICE_WEIGHT"],
+        use_auxiliary_loss=mask_former["DEEP_SUPERVISION"],
+    )
+    if head["PIXEL_DECODER_NAME"] == "VWTransformerPixelDecoder":
+        return VWMaskFormerConfig(
+            **common,
+            vw_num_heads=head["NHEADS"],
+            vw_use_short_cut=head["SHORT_CUT"],
+            decoder_config={
+                "d_model": mask_former["HIDDEN_DIM"],
+                "decoder_attention_heads": mask_former["NHEADS"],
+                "decoder_ffn_dim": mask_former["DIM_FEEDFORWARD"],
+                "decoder_layers": mask_former["DEC_LAYERS"],
+                "num_queries": mask_former["NUM_OBJECT_QUERIES"],
+                "dropout": mask_former["DROPOUT"],
+                "attention_dropout": mask_former["DROPOUT"],
+                "activation_dropout": mask_former["DROPOUT"],
+            },
+        )
+    deformable = head["PIXEL_DECODER_NAME"] == "VWDeformAttnPixelDecoder"
+    return VWMask2FormerConfig(
+        **common,
+        pixel_decoder_type="vw_deformable" if deformable else "vw",
+        feature_size=head["CONVS_DIM"],
+        hidden_dim=mask_former["HIDDEN_DIM"],
+        num_attention_heads=mask_former["NHEADS"],
+        dim_feedforward=mask_former["DIM_FEEDFORWARD"],
+        decoder_layers=mask_former["DEC_LAYERS"],
+        num_queries=mask_former["NUM_OBJECT_QUERIES"],
+        dropout=mask_former["DROPOUT"],
+        enforce_input_projection=mask_former["ENFORCE_INPUT_PROJ"],
+        encoder_layers=head["TRANSFORMER_ENC_LAYERS"] if deformable else 0,
+        encoder_feedforward_dim=original["derived"].get("pixel_decoder_encoder_ffn_dim", 1024),
+        class_weight=mask_former["CLASS_WEIGHT"],
+        train_num_points=mask_former["TRAIN_NUM_POINTS"],
+        oversample_ratio=mask_former["OVERSAMPLE_RATIO"],
+        importance_sample_ratio=mask_former["IMPORTANCE_SAMPLE_RATIO"],
+    )
+
+
+def check_fields_against_config(fields: dict, config) -> None:
+    """Every value :func:`vw_head_fields` reads from the tensors equals the fixture's."""
+    fields = dict(fields)
+    backbone = fields.pop("backbone_config")
+    for name in ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "mlp_ratio", "qkv_bias"):
+        assert getattr(backbone, name) == getattr(config.backbone_config, name), name
+    assert backbone.out_features == FOUR_STAGES
+    decoder = fields.pop("decoder_config", None)
+    if decoder is not None:
+        for name, value in decoder.items():
+            assert getattr(config.decoder_config, name) == value, name
+    assert fields.pop("no_object_weight") == pytest.approx(config.no_object_weight)
+    for name, value in fields.items():
+        assert getattr(config, name) == value, name
+
+
+def capture(model) -> tuple[dict, list]:
+    """Forward hooks recording the VW intermediates the original's fixture holds under the same names."""
+    captured, handles = {}, []
+    decoder = model.model.pixel_level_module.decoder
+    vw = decoder.vw
+
+    def record(name):
+        def hook(module, inputs, output):
+            captured[name] = output
+
+        return hook
+
+    modules = {
+        "vw_linear_c4": vw.linear_c4,
+        "vw_linear_c3": vw.linear_c3,
+        "vw_linear_c2": vw.linear_c2,
+        "vw_linear_c1": vw.linear_c1,
+        "vw_linear_fuse": vw.linear_fuse,
+        "vw_short_path": vw.short_path,
+        "vw_cat": vw.fuse,
+        "decoder_output": decoder,
+    }
+    if vw.image_pool is not None:
+        modules["vw_image_pool"] = vw.image_pool
+    for j, attention in enumerate(vw.attentions):
+        modules[f"vw_ds_{j}"] = attention.context_embedding
+        modules[f"vw_attn_{j}"] = attention  # before the short-cut, as saved
+    if hasattr(decoder, "input_projections"):
+        for level, projection in enumerate(decoder.input_projections):
+            modules[f"deform_input_proj_{level}"] = projection
+    for name, module in modules.items():
+        handles.append(module.register_forward_hook(record(name)))
+    return captured, handles
+
+
+@functools.cache
+def fixture_model(name: str):
+    """A fixture's checkpoint converted (:func:`convert_vw_d2_state_dict`) and loaded strictly into the model its
+    config.json describes (eval mode), whose config must agree with what :func:`vw_head_fields` reads from the
+    tensors. Cached: one conversion per fixture and test run (tests that change the model work on a copy)."""
+    folder = fixture_dir(name)
+    state_dict = load_vw_d2_checkpoint(folder / "original_checkpoint.pth")
+    head = detect_vw_head(state_dict)
+    assert head == FIXTURES[name]
+    config = fixture_config(folder)
+    assert isinstance(config, VW_HEADS[head][1])
+    check_fields_against_config(vw_head_fields(state_dict), config)
+    model_class = (
+        VWMaskFormerForSemanticSegmentation if head == "vw_maskformer" else VWMask2FormerForSemanticSegmentation
+    )
+    model = model_class(config)
+    converted_keys = convert_vw_d2_state_dict(state_dict)
+    check_against_model(converted_keys, model.state_dict())
+    model.load_state_dict(converted_keys, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=list(FIXTURES))
+def converted(request):
+    """A fixture's converted model and one forward pass on the fixture's input with every VW intermediate
+    recorded."""
+    name = request.param
+    folder = fixture_dir(name)
+    model = fixture_model(name)
+    inputs = load_file(folder / "inputs.safetensors")
+    expected = load_file(folder / "outputs.safetensors")
+    captured, handles = capture(model)
+    with torch.no_grad():
+        output = model(inputs["pixel_values"], output_hidden_states=True, output_auxiliary_logits=True)
+        # the context tokens of each branch from the model's own fused map (a method, not a module: called here)
+        for j, attention in enumerate(model.model.pixel_level_module.decoder.vw.attentions):
+            captured[f"vw_context_{j}"] = attention.context_tokens(captured["vw_linear_fuse"])
+    for handle in handles:
+        handle.remove()
+    return name, model, inputs, expected, output, captured
+
+
+def test_every_output_equals_the_original(converted):
+    name, model, inputs, expected, output, captured = converted
+    height, width = inputs["pixel_values"].shape[-2:]
+    decoder_output = captured.pop("decoder_output")
+    actual = dict(captured)
+    actual["mask_features"] = decoder_output.mask_features
+    for i in range(4):
+        actual[f"backbone_res{i + 2}"] = output.hidden_states[i]
+    if decoder_output.multi_scale_features is not None:
+        for i, feature in enumerate(decoder_output.multi_scale_features):
+            actual[f"multi_scale_feature_{i}"] = feature
+    actual["pred_logits"] = output.class_queries_logits
+    actual["pred_masks"] = output.masks_queries_logits
+    for i, auxiliary in enumerate(output.auxiliary_logits):
+        actual[f"aux_{i}_pred_logits"] = auxiliary["class_queries_logits"]
+        actual[f"aux_{i}_pred_masks"] = auxiliary["masks_queries_logits"]
+    processor = SeMaskMask2FormerImageProcessor()
+    actual["sem_seg"] = processor.post_process_semantic_segmentation(
+        output, target_sizes=[(height, width)], image_sizes=[(height, width)], return_segmentation_scores=True
+    )[0]["segmentation_scores"]
+    # the logits are the same scores at stride 4 (before the upsampling the original applies to the mask logits)
+    torch.testing.assert_close(
+        output.logits[0],
+        torch.einsum(
+            "qk,qhw->khw",
+            expected["pred_logits"][0].softmax(-1)[:, :-1],
+            expected["pred_masks"][0].sigmoid(),
+        ),
+        atol=TOLERANCE,
+        rtol=0,
+    )
+    missing = sorted(set(expected) - set(actual) - {"pixel_values_padded"})
+    assert not missing, f"fixture outputs not compared: {missing}"
+    differences = {}
+    for key, value in actual.items():
+        assert value.shape == expected[key].shape, (key, value.shape, expected[key].shape)
+        differences[key] = (value - expected[key]).abs().max().item()
+    print(f"{name}: max |hf - original|:", json.dumps(differences, indent=1))
+    assert max(differences.values()) < TOLERANCE, differences
+    assert len(output.auxiliary_logits) == len([key for key in expected if key.startswith("aux_")]) // 2
+
+
+def test_tied_group_norm_is_one_parameter(converted):
+    """The original's one GroupNorm(32, 512) (six or seven state-dict names there) is one module, one pair of
+    tensors and one pair of keys here, used by every shared-norm convolution."""
+    name, model, *_ = converted
+    vw = model.model.pixel_level_module.decoder.vw
+    group_norms_512 = [
+        module_name
+        for module_name, module in model.named_modules()
+        if isinstance(module, torch.nn.GroupNorm) and module.num_channels == 512
+    ]
+    assert group_norms_512 == ["model.pixel_level_module.decoder.vw.output_norm"]
+    keys = [key for key in model.state_dict() if "output_norm" in key]
+    assert keys == [
+        "model.pixel_level_module.decoder.vw.output_norm.weight",
+        "model.pixel_level_module.decoder.vw.output_norm.bias",
+    ]
+    # changing the one tensor changes every shared-norm output
+    fused = torch.randn(1, 512, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = vw.multi_scale(fused)
+        vw.output_norm.bias.add_(1.0)
+        after = vw.multi_scale(fused)
+        vw.output_norm.bias.sub_(1.0)
+    assert not torch.allclose(before, after)
+
+
+def test_tied_group_norm_copies_must_agree():
+    folder = fixture_dir("vw_mask2former_tiny")
+    state_dict = load_vw_d2_checkpoint(folder / "original_checkpoint.pth")
+    edited = dict(state_dict)
+    edited["sem_seg_head.pixel_decoder.cat_0.norm.bias"] = state_dict["sem_seg_head.pixel_decoder.cat_0.norm.bias"] + 1
+    with pytest.raises(CheckpointError, match=r"cat_0\.norm\.bias differs from .*linear_c4\.norm\.bias"):
+        convert_vw_d2_state_dict(edited)
+
+
+def test_unmapped_keys_are_named():
+    folder = fixture_dir("vw_maskformer_tiny")
+    state_dict = load_vw_d2_checkpoint(folder / "original_checkpoint.pth")
+    state_dict["sem_seg_head.pixel_decoder.extra_branch.weight"] = torch.zeros(1)
+    state_dict["backbone.absolute_pos_embed"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"2 keys have no conversion rule: .*extra_branch.*absolute_pos_embed"):
+        convert_vw_d2_state_dict(state_dict)
+    with pytest.raises(CheckpointError, match="not a VW pixel decoder"):
+        detect_vw_head({"sem_seg_head.pixel_decoder.mask_features.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("size", [(37, 53), (1, 1), (130, 70)])
+def test_any_input_size_equals_the_explicitly_padded_input(converted, size):
+    """The model zero-pads to multiples of 64, each side at least 128 (what the original needs), on the right and
+    bottom: an odd size gives exactly the result of that padded input."""
+    name, model, *_ = converted
+    pixel_values = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    padded_height, padded_width = vw_padded_size(*size, model.config.size_divisibility)
+    padded = F.pad(pixel_values, (0, padded_width - size[1], 0, padded_height - size[0]))
+    with torch.no_grad():
+        output = model(pixel_values)
+        reference = model(padded)
+    assert output.logits.shape == (1, model.config.num_labels, padded_height // 4, padded_width // 4)
+    torch.testing.assert_close(output.logits, reference.logits, atol=0, rtol=0)
+    torch.testing.assert_close(output.masks_queries_logits, reference.masks_queries_logits, atol=0, rtol=0)
+
+
+def test_loss_is_the_set_loss_without_a_semantic_term(converted):
+    name, model, inputs, *_ = converted
+    pixel_values = inputs["pixel_values"][..., :100, :90]
+    labels = torch.randint(0, model.config.num_labels, (1, 100, 90), generator=torch.Generator().manual_seed(0))
+    labels[:, :10] = 255
+    with torch.no_grad():
+        output = model(pixel_values, labels=labels)
+        states = model.model(pixel_values).transformer_decoder_intermediate_states
+    assert torch.isfinite(output.loss)
+    if name == "vw_maskformer_tiny":
+        class_logits, mask_logits = model.predict(states, model.model(pixel_values).pixel_decoder_last_hidden_state)
+        expected_weights = (1.0, 20.0, 1.0)
+    else:
+        class_logits = tuple(model.class_predictor(s.transpose(0, 1)) for s in states)
+        mask_logits = model.model(pixel_values).masks_queries_logits
+        expected_weights = (2.0, 5.0, 5.0)
+    with torch.no_grad():
+        losses = model.compute_losses(class_logits, mask_logits, labels, (100, 90))
+    assert "loss_cate" not in losses
+    num_predictions = len(class_logits)
+    assert len(losses) == 3 * num_predictions
+    assert sum(losses.values()).item() == pytest.approx(output.loss.item(), rel=1e-5)
+    weights = model.criterion.weight_dict
+    assert (weights["loss_ce"], weights["loss_mask"], weights["loss_dice"]) == expected_weights
+
+
+def test_released_key_lists_convert_onto_full_size_models():
+    """The key lists of the 12 released checkpoints: head detected, every key mapped one to one onto the model built
+    from :func:`vw_head_fields` (meta device), with the original's parameter count (the tied GroupNorm once)."""
+    folder = fixture_dir("vwformer_keys")
+    summary = json.loads((folder / "_summary_d2.json").read_text())
+    files = sorted(folder.glob("d2_*.json"))
+    assert len(files) == 12
+    for path in files:
+        state_dict = key_list_state_dict(path)
+        head = detect_vw_head(state_dict)
+        expected_head = (
+            "vw_maskformer" if "_maskformer_" in path.name else "vw_deformable" if "deform" in path.name else "vw"
+        )
+        assert head == expected_head, path.name
+        config_class = VW_HEADS[head][1]
+        model_class = (
+            VWMaskFormerForSemanticSegmentation if head == "vw_maskformer" else VWMask2FormerForSemanticSegmentation
+        )
+        with torch.device("meta"):
+            model = model_class(config_class(**vw_head_fields(state_dict)))
+        check_against_model(convert_vw_d2_state_dict(state_dict), model.state_dict())
+        num_parameters = sum(parameter.numel() for parameter in model.parameters())
+        assert num_parameters == summary[path.stem]["params_total"], path.name
+
+
+def test_saved_folders_load_in_a_fresh_process_without_hf_semseg(tmp_path):
+    """``save_pretrained`` copies the modules next to the weights; a fresh interpreter with ``hf_semseg`` blocked loads
+    the folders (VW-MaskFormer and the deformable VW-Mask2Former, which between them use every VW module) with
+    ``trust_remote_code=True`` and gives bit-equal logits, importing no hf_semseg module."""
+    names = ("vw_maskformer_tiny", "vw_mask2former_deform_tiny")
+    io = {}
+    for name in names:
+        model = fixture_model(name)
+        type(model.config).register_for_auto_class("AutoConfig")
+        type(model).register_for_auto_class("AutoModelForSemanticSegmentation")
+        model.save_pretrained(tmp_path / name)
+        pixel_values = load_file(fixture_dir(name) / "inputs.safetensors")["pixel_values"][..., :100, :150]
+        with torch.no_grad():
+            io[name] = {"pixel_values": pixel_values, "logits": model(pixel_values).logits}
+    torch.save(io, tmp_path / "io.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, json
+        sys.modules["hf_semseg"] = None
+        import torch
+        from transformers import AutoModelForSemanticSegmentation
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        report = {{}}
+        for name, data in io.items():
+            model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True)
+            with torch.no_grad():
+                logits = model.eval()(data["pixel_values"]).logits
+            report[name] = {{
+                "max_diff": (logits - data["logits"]).abs().max().item(),
+                "model_module": type(model).__module__,
+            }}
+        report["hf_semseg_modules"] = sorted(m for m, v in sys.modules.items() if m.startswith("hf_semseg") and v)
+        print(json.dumps(report))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report.pop("hf_semseg_modules") == []
+    for name in names:
+        assert report[name]["model_module"].startswith("transformers_modules."), name
+        assert report[name]["max_diff"] == 0.0, name
+    saved = {path.name for path in (tmp_path / "vw_mask2former_deform_tiny").glob("*.py")}
+    assert {"modeling_vw_mask2former.py", "modeling_vw_pixel_decoder.py", "configuration_vw_mask2former.py"} <= saved
+    saved = {path.name for path in (tmp_path / "vw_maskformer_tiny").glob("*.py")}
+    assert {"modeling_vw_maskformer.py", "modeling_vw_pixel_decoder.py", "configuration_vw_maskformer.py"} <= saved
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_trains_on_any_input_size(name):
+    """One training step (on a copy of the converted model) at an odd size: finite loss, a gradient in the VW block's
+    shared GroupNorm, its attentions and the class head."""
+    model = copy.deepcopy(fixture_model(name)).train()
+    pixel_values = torch.randn(2, 3, 45, 70, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, model.config.num_labels, (2, 45, 70), generator=torch.Generator().manual_seed(1))
+    loss = model(pixel_values, labels=labels).loss
+    loss.backward()
+    vw = model.model.pixel_level_module.decoder.vw
+    assert torch.isfinite(loss)
+    for parameter in (vw.output_norm.weight, vw.attentions[2].query_proj.weight, model.class_predictor.weight):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+
+
+def test_default_configs_are_the_released_models():
+    mask2former = VWMask2FormerConfig()
+    assert (mask2former.class_weight, mask2former.mask_weight, mask2former.dice_weight) == (2.0, 5.0, 5.0)
+    assert mask2former.no_object_weight == 0.1 and mask2former.size_divisibility == 64
+    assert mask2former.pixel_decoder_type == "vw" and mask2former.decoder_layers == 10
+    assert mask2former.backbone_config.model_type == "swin" and mask2former.backbone_config.out_features == FOUR_STAGES
+    maskformer = VWMaskFormerConfig()
+    weights = (maskformer.cross_entropy_weight, maskformer.mask_weight, maskformer.dice_weight)
+    assert weights == (1.0, 20.0, 1.0) and maskformer.no_object_weight == 0.1
+    assert (maskformer.vw_num_heads, maskformer.vw_use_short_cut, maskformer.size_divisibility) == (16, True, 64)
+    decoder = maskformer.decoder_config
+    assert (decoder.d_model, decoder.decoder_layers, decoder.num_queries, decoder.auxiliary_loss) == (
+        256,
+        6,
+        100,
+        False,
+    )
+    assert (
+        VWMaskFormerConfig(decoder_config={"d_model": 64, "auxiliary_loss": True}).decoder_config.auxiliary_loss
+        is False
+    )
+
+
+@pytest.mark.parametrize(
+    "config_class, overrides, message",
+    [
+        (VWMask2FormerConfig, {"size_divisibility": 32}, "size_divisibility = 32"),
+        (VWMask2FormerConfig, {"feature_size": 128}, "feature_size = 128"),
+        (VWMask2FormerConfig, {"pixel_decoder_type": "fpn"}, "pixel_decoder_type = 'fpn'"),
+        (VWMask2FormerConfig, {"backbone_config": {"model_type": "convnext"}}, "must be a Swin config"),
+        (VWMaskFormerConfig, {"vw_num_heads": 7}, "vw_num_heads = 7"),
+        (VWMaskFormerConfig, {"mask_feature_size": 64}, "mask_feature_size = 64"),
+        (VWMaskFormerConfig, {"size_divisibility": 0}, "size_divisibility = 0"),
+    ],
+)
+def test_invalid_config_values_are_named(config_class, overrides, message):
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        config_class(**overrides)
