@@ -22,6 +22,8 @@ from .models.configuration_pale import PaleConfig
 from .models.configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .models.configuration_semask_maskformer import SeMaskMaskFormerConfig
 from .models.configuration_semask_swin import SeMaskSwinConfig
+from .models.configuration_vw_mask2former import VWMask2FormerConfig
+from .models.configuration_vw_maskformer import VWMaskFormerConfig
 from .models.configuration_vwformer import VWFormerConfig
 from .models.image_processing_keep_ratio import KeepRatioImageProcessor, SeMaskImageProcessor
 from .models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil, SeMaskImageProcessorPil
@@ -56,6 +58,18 @@ from .models.modeling_semask_swin import (
     SeMaskSwinModel,
     SeMaskSwinModelOutput,
     SeMaskSwinPreTrainedModel,
+)
+from .models.modeling_vw_mask2former import (
+    VWMask2FormerForSemanticSegmentation,
+    VWMask2FormerModel,
+    VWMask2FormerPreTrainedModel,
+    VWMask2FormerSemanticSegmenterOutput,
+)
+from .models.modeling_vw_maskformer import (
+    VWMaskFormerForSemanticSegmentation,
+    VWMaskFormerModel,
+    VWMaskFormerPreTrainedModel,
+    VWMaskFormerSemanticSegmenterOutput,
 )
 from .models.modeling_vwformer import (
     VWFormerForSemanticSegmentation,
@@ -135,34 +149,25 @@ def _register_auto_classes() -> None:
         exist_ok=True,
     )
 
-    # SeMask Mask2Former has its own (detectron2) pre- and post-processing
-    _register_family(
-        SeMaskMask2FormerConfig,
-        {AutoModel: SeMaskMask2FormerModel, AutoModelForSemanticSegmentation: SeMaskMask2FormerForSemanticSegmentation},
-    )
+    # the detectron2 heads (SeMask and VWFormer's MaskFormer / Mask2Former) share detectron2's test pipeline, so the
+    # SeMask Mask2Former processors
     SeMaskMask2FormerImageProcessor.register_for_auto_class("AutoImageProcessor")
     SeMaskMask2FormerImageProcessorPil.register_for_auto_class("AutoImageProcessor")
-    AutoImageProcessor.register(
-        SeMaskMask2FormerConfig,
-        image_processor_classes={
-            "torchvision": SeMaskMask2FormerImageProcessor,
-            "pil": SeMaskMask2FormerImageProcessorPil,
-        },
-        exist_ok=True,
-    )
-    # SeMask MaskFormer: the same detectron2 test pipeline, so the SeMask Mask2Former processors
-    _register_family(
-        SeMaskMaskFormerConfig,
-        {AutoModel: SeMaskMaskFormerModel, AutoModelForSemanticSegmentation: SeMaskMaskFormerForSemanticSegmentation},
-    )
-    AutoImageProcessor.register(
-        SeMaskMaskFormerConfig,
-        image_processor_classes={
-            "torchvision": SeMaskMask2FormerImageProcessor,
-            "pil": SeMaskMask2FormerImageProcessorPil,
-        },
-        exist_ok=True,
-    )
+    for config_class, model, model_for_segmentation in (
+        (SeMaskMask2FormerConfig, SeMaskMask2FormerModel, SeMaskMask2FormerForSemanticSegmentation),
+        (SeMaskMaskFormerConfig, SeMaskMaskFormerModel, SeMaskMaskFormerForSemanticSegmentation),
+        (VWMask2FormerConfig, VWMask2FormerModel, VWMask2FormerForSemanticSegmentation),
+        (VWMaskFormerConfig, VWMaskFormerModel, VWMaskFormerForSemanticSegmentation),
+    ):
+        _register_family(config_class, {AutoModel: model, AutoModelForSemanticSegmentation: model_for_segmentation})
+        AutoImageProcessor.register(
+            config_class,
+            image_processor_classes={
+                "torchvision": SeMaskMask2FormerImageProcessor,
+                "pil": SeMaskMask2FormerImageProcessorPil,
+            },
+            exist_ok=True,
+        )
 
 
 _register_auto_classes()

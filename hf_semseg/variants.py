@@ -107,6 +107,8 @@ class Variant:
             dataset's.
         reported: the paper/README numbers (mIoU single-scale, mIoU multi-scale+flip, params in M).
         size_divisor: after the keep-ratio resize, resize up to a multiple of this (mmseg ``ResizeToMultiple``).
+        size_divisibility: detectron2 heads: after the resize, zero-pad to a multiple of this (the processor's
+            ``size_divisibility``; the processor's default, 32, when None).
         num_attention_heads: VWFormer: attention heads of the decode head (not in the weights).
         use_short_cut: VWFormer: the decode head's short-cut (not in the weights).
         semantic_window_size: SeMask backbones: window of the semantic attention (not in the weights).
@@ -121,6 +123,7 @@ class Variant:
     reduce_labels: bool | None = None
     reported: dict = field(default_factory=dict)
     size_divisor: int | None = None
+    size_divisibility: int | None = None
     num_attention_heads: int | None = None
     use_short_cut: bool | None = None
     semantic_window_size: int | None = None
@@ -147,8 +150,8 @@ def register_variant(variant: Variant) -> None:
 
 def list_variants(family: str | None = None) -> list[str]:
     """Names of the registered variants, of one ``family`` when given: a config ``model_type``, one of
-    ``"semask_swin"`` (SeMask-FPN), ``"semask_mask2former"``, ``"semask_maskformer"``, ``"vwformer"`` and ``"pale"``; another name is a
-    ``ValueError`` listing them."""
+    ``"semask_swin"`` (SeMask-FPN), ``"semask_mask2former"``, ``"semask_maskformer"``, ``"vwformer"``,
+    ``"vw_mask2former"``, ``"vw_maskformer"`` and ``"pale"``; another name is a ``ValueError`` listing them."""
     if family is not None and family not in {variant.family for variant in _REGISTRY.values()}:
         families = sorted({variant.family for variant in _REGISTRY.values()})
         raise ValueError(f"unknown family {family!r}; the families with registered variants are {families}")
@@ -171,6 +174,8 @@ _ARCHITECTURES = {
     ("semask_mask2former", False): "SeMaskMask2FormerForSemanticSegmentation",
     ("semask_maskformer", False): "SeMaskMaskFormerForSemanticSegmentation",
     ("vwformer", False): "VWFormerForSemanticSegmentation",
+    ("vw_mask2former", False): "VWMask2FormerForSemanticSegmentation",
+    ("vw_maskformer", False): "VWMaskFormerForSemanticSegmentation",
     ("pale", False): "PaleForSemanticSegmentation",
     ("pale", True): "PaleForImageClassification",
 }
@@ -229,6 +234,8 @@ def variant_image_processor(
     kwargs = {"size": size, "do_reduce_labels": variant.reduce_labels if reduce_labels is None else reduce_labels}
     if variant.size_divisor is not None:
         kwargs["size_divisor"] = variant.size_divisor
+    if variant.size_divisibility is not None:
+        kwargs["size_divisibility"] = variant.size_divisibility
     return image_processor_class(variant.family, backend)(**kwargs)
 
 
