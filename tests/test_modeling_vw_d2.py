@@ -321,7 +321,7 @@ def test_loss_is_the_set_loss_without_a_semantic_term(converted):
         mask_logits = model.model(pixel_values).masks_queries_logits
         expected_weights = (2.0, 5.0, 5.0)
     with torch.no_grad():
-        losses = model.compute_losses(class_logits, mask_logits, labels, (100, 90))
+        losses = model.compute_losses(class_logits, mask_logits, None, labels, (100, 90))
     assert "loss_cate" not in losses
     num_predictions = len(class_logits)
     assert len(losses) == 3 * num_predictions

@@ -604,14 +604,66 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
         return output
 
 
+#: the fields of a mask-classification model's output that its segmenter passes on unchanged (when it has them)
+MODEL_OUTPUT_PASSED_ON = (
+    "hidden_states",
+    "pixel_decoder_hidden_states",
+    "transformer_decoder_hidden_states",
+    "attentions",
+    "cross_attentions",
+)
+
+
 class SemanticMaskClassificationMixin:
-    """What SeMask's mask-classification segmenters share (the Mask2Former and the MaskFormer heads): label maps padded
-    like the input, the set loss plus the semantic loss, and the output built from the class and mask logits of every
-    prediction. The model has ``config`` (``size_divisibility``, ``num_labels``, ``loss_ignore_index``,
-    ``use_auxiliary_loss``) and ``criterion`` (:class:`SeMaskMask2FormerLoss` or the MaskFormer loss)."""
+    """What the mask-classification segmenters share (SeMask's and VWFormer's MaskFormer and Mask2Former heads): the
+    checks and label padding before the forward pass, the set loss (plus the semantic loss of a SeMask backbone), and
+    the output built from the class and mask logits of every prediction. The model has ``model`` (returning the
+    backbone maps, the decoder's query states and, for SeMask, the semantic priors), ``config``
+    (``size_divisibility``, ``num_labels``, ``loss_ignore_index``, ``use_auxiliary_loss``,
+    ``output_auxiliary_logits``) and ``criterion`` (:class:`SeMaskMask2FormerLoss` or the MaskFormer loss)."""
 
     #: the model's name in messages
     family_name = "SeMask-Mask2Former"
+    #: whether the backbone is SeMask's: semantic priors, a semantic head and its loss term
+    has_semantic_head = True
+    #: the returned attentions come from layers with a single (eager) implementation (see ``resolve_output_flags``)
+    attentions_need_eager = False
+
+    def padded_input_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """The size the model pads an input of ``input_size`` to: each side to the next multiple of
+        ``config.size_divisibility``, as detectron2's ``ImageList``."""
+        divisor = max(self.config.size_divisibility, 1)
+        return tuple(side + -side % divisor for side in input_size)
+
+    def run_model(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        output_auxiliary_logits: bool | None,
+        kwargs: dict,
+    ) -> tuple[ModelOutput, torch.Tensor | None, bool]:
+        """Checks the inputs (before any module runs), pads the labels like the input and runs ``self.model``:
+        ``(model output, padded labels or None, output_auxiliary_logits resolved from the config)``."""
+        check_pixel_values(
+            pixel_values,
+            self.config.backbone_config.num_channels,
+            labels,
+            num_channels_name="config.backbone_config.num_channels",
+        )
+        output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, kwargs, attentions_need_eager=self.attentions_need_eager
+        )
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
+        if labels is not None:  # checked before the forward pass
+            labels = self.prepare_labels(labels, pixel_values.shape[-2:])
+        model_output = self.model(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        return model_output, labels, output_auxiliary_logits
 
     def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
@@ -626,8 +678,7 @@ class SemanticMaskClassificationMixin:
                 "pads the labels with the ignore index like the input, so they must have the input's size (or its "
                 "padded size)"
             )
-        divisor = max(self.config.size_divisibility, 1)
-        padded_height, padded_width = (side + -side % divisor for side in input_size)
+        padded_height, padded_width = self.padded_input_size(input_size)
         if height > padded_height or width > padded_width:
             raise ValueError(
                 f"labels of size {(height, width)} are larger than the (padded) input {(padded_height, padded_width)}"
@@ -638,14 +689,15 @@ class SemanticMaskClassificationMixin:
         self,
         class_queries_logits: tuple[torch.Tensor, ...],
         masks_queries_logits: tuple[torch.Tensor, ...],
-        semantic_logits: torch.Tensor,
+        semantic_logits: torch.Tensor | None,
         labels: torch.Tensor,
         input_size: tuple[int, int],
     ) -> dict[str, torch.Tensor]:
         """The weighted losses of the model's criterion (keys ``loss_ce``, ``loss_mask``, ``loss_dice``,
-        ``loss_cate`` and ``loss_{ce,mask,dice}_{i}`` for the earlier predictions) of every prediction given, the
-        final one last, for a semantic label map ``(B, H, W)`` at the input size ``input_size`` (of ``pixel_values``
-        before the model's padding; the map is padded with the ignore index like the input)."""
+        ``loss_cate`` - with ``semantic_logits`` only - and ``loss_{ce,mask,dice}_{i}`` for the earlier predictions)
+        of every prediction given, the final one last, for a semantic label map ``(B, H, W)`` at the input size
+        ``input_size`` (of ``pixel_values`` before the model's padding; the map is padded with the ignore index like
+        the input)."""
         semantic_labels = self.prepare_labels(labels, input_size)  # idempotent
         if tuple(semantic_labels.shape[-2:]) != tuple(4 * s for s in masks_queries_logits[-1].shape[-2:]):
             raise ValueError(
@@ -673,14 +725,21 @@ class SemanticMaskClassificationMixin:
         labels: torch.Tensor | None,
         input_size: tuple[int, int],
         output_auxiliary_logits: bool,
-        output_semantic_priors: bool | None,
+        output_semantic_priors: bool | None = None,
         **fields,
     ) -> ModelOutput:
         """``output_class`` from the class and mask logits of the predictions (the final one last): the semantic
-        scores of the final one as ``logits``, the semantic head on the backbone's priors, the loss with ``labels``,
-        the earlier predictions as ``auxiliary_logits`` on request, and the model output's hidden states; ``fields``
-        are further fields of ``output_class``."""
-        semantic_logits = semantic_head(model_output.semantic_priors)
+        scores of the final one as ``logits``, the semantic head on the backbone's priors (SeMask), the loss with
+        ``labels``, the earlier predictions as ``auxiliary_logits`` on request, and the model output's hidden states;
+        ``fields`` are further fields of ``output_class``."""
+        for name in MODEL_OUTPUT_PASSED_ON:
+            if name in output_class.__dataclass_fields__:
+                fields.setdefault(name, getattr(model_output, name))
+        semantic_logits = None
+        if self.has_semantic_head:
+            semantic_logits = semantic_head(model_output.semantic_priors)
+            fields["semantic_logits"] = semantic_logits
+            fields["semantic_priors"] = model_output.semantic_priors if output_semantic_priors else None
         loss = None
         if labels is not None:
             losses = self.compute_losses(
@@ -698,13 +757,7 @@ class SemanticMaskClassificationMixin:
             logits=semantic_scores(class_queries_logits[-1], masks_queries_logits[-1]),
             class_queries_logits=class_queries_logits[-1],
             masks_queries_logits=masks_queries_logits[-1],
-            semantic_logits=semantic_logits,
             auxiliary_logits=auxiliary_logits,
-            hidden_states=model_output.hidden_states,
-            semantic_priors=model_output.semantic_priors if output_semantic_priors else None,
-            pixel_decoder_hidden_states=model_output.pixel_decoder_hidden_states,
-            transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
-            attentions=model_output.attentions,
             **fields,
         )
 
@@ -744,23 +797,8 @@ class SeMaskMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, 
         output_semantic_priors (`bool`, *optional*):
             Return the backbone's semantic priors.
         """
-        check_pixel_values(
-            pixel_values,
-            self.config.backbone_config.num_channels,
-            labels,
-            num_channels_name="config.backbone_config.num_channels",
-        )
-        # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
-        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
-        if output_auxiliary_logits is None:
-            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
-        if labels is not None:  # checked before the forward pass
-            labels = self.prepare_labels(labels, pixel_values.shape[-2:])
-        model_output = self.model(
-            pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+        model_output, labels, output_auxiliary_logits = self.run_model(
+            pixel_values, labels, output_auxiliary_logits, kwargs
         )
         # one class prediction per decoder prediction: (Q, B, D) -> (B, Q, K + 1)
         class_queries_logits = tuple(

@@ -381,6 +381,7 @@ class SeMaskMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, S
     """
 
     family_name = "SeMask MaskFormer"
+    attentions_need_eager = True  # the DETR decoder's attentions
 
     def __init__(self, config: SeMaskMaskFormerConfig):
         super().__init__(config)
@@ -421,22 +422,8 @@ class SeMaskMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, S
         output_semantic_priors (`bool`, *optional*):
             Return the backbone's semantic priors.
         """
-        check_pixel_values(
-            pixel_values,
-            self.config.backbone_config.num_channels,
-            labels,
-            num_channels_name="config.backbone_config.num_channels",
-        )
-        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        if output_auxiliary_logits is None:
-            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
-        if labels is not None:  # checked before the forward pass
-            labels = self.prepare_labels(labels, pixel_values.shape[-2:])
-        model_output = self.model(
-            pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+        model_output, labels, output_auxiliary_logits = self.run_model(
+            pixel_values, labels, output_auxiliary_logits, kwargs
         )
         states = model_output.transformer_decoder_intermediate_states
         needs_earlier = output_auxiliary_logits or (labels is not None and self.config.use_auxiliary_loss)
@@ -452,7 +439,6 @@ class SeMaskMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, S
             pixel_values.shape[-2:],
             output_auxiliary_logits,
             output_semantic_priors,
-            cross_attentions=model_output.cross_attentions,
         )
 
 

@@ -36,7 +36,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_vw_mask2former import VWMask2FormerConfig
-from .modeling_semask_mask2former import SeMaskMask2FormerLoss, semantic_map_to_mask_targets, semantic_scores
+from .modeling_semask_mask2former import SemanticMaskClassificationMixin, SeMaskMask2FormerLoss
 from .modeling_utils_segmentation import SegmentationModelDefaults, check_pixel_values, resolve_output_flags
 from .modeling_vw_pixel_decoder import (
     VW_MASK2FORMER_PIXEL_DECODERS,
@@ -45,7 +45,7 @@ from .modeling_vw_pixel_decoder import (
     VWDeformAttnPixelDecoder,
     init_vw_weights,
     pad_for_vw,
-    pad_labels_for_vw,
+    vw_padded_size,
 )
 from .modeling_vwformer import backbone_channels, build_backbone
 
@@ -213,7 +213,7 @@ class VWMask2FormerModel(VWMask2FormerPreTrainedModel):
         )
 
 
-class VWMask2FormerForSemanticSegmentation(VWMask2FormerPreTrainedModel):
+class VWMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMask2FormerPreTrainedModel):
     """VW-Mask2Former for semantic segmentation (the released VW-Mask2Former and VW-Mask2Former with deformable
     attention models).
 
@@ -222,6 +222,14 @@ class VWMask2FormerForSemanticSegmentation(VWMask2FormerPreTrainedModel):
     (a semantic label map, 255 = ignore) the per-class target masks are built here and Mask2Former's set loss is
     returned (SeMask-Mask2Former's criterion, which is Mask2Former's, without its semantic term).
     """
+
+    family_name = "VW-Mask2Former"
+    has_semantic_head = False  # a plain Swin backbone
+
+    def padded_input_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """The size the model pads an input of ``input_size`` to (:func:`vw_padded_size`: multiples of
+        ``config.size_divisibility``, each side at least 128)."""
+        return vw_padded_size(*input_size, self.config.size_divisibility)
 
     def __init__(self, config: VWMask2FormerConfig):
         super().__init__(config)
@@ -246,22 +254,8 @@ class VWMask2FormerForSemanticSegmentation(VWMask2FormerPreTrainedModel):
         output_auxiliary_logits (`bool`, *optional*):
             Return the class and mask logits of the earlier decoder predictions.
         """
-        check_pixel_values(
-            pixel_values,
-            self.config.backbone_config.num_channels,
-            labels,
-            num_channels_name="config.backbone_config.num_channels",
-        )
-        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
-        if output_auxiliary_logits is None:
-            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
-        if labels is not None:  # checked before the forward pass
-            labels = self.prepare_labels(labels, pixel_values.shape[-2:])
-        model_output = self.model(
-            pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+        model_output, labels, output_auxiliary_logits = self.run_model(
+            pixel_values, labels, output_auxiliary_logits, kwargs
         )
         # one class prediction per decoder prediction: (Q, B, D) -> (B, Q, K + 1)
         class_queries_logits = tuple(
@@ -269,60 +263,14 @@ class VWMask2FormerForSemanticSegmentation(VWMask2FormerPreTrainedModel):
             for states in model_output.transformer_decoder_intermediate_states
         )
         masks_queries_logits = model_output.masks_queries_logits
-        logits = semantic_scores(class_queries_logits[-1], masks_queries_logits[-1])
-
-        loss = None
-        if labels is not None:
-            losses = self.compute_losses(class_queries_logits, masks_queries_logits, labels, pixel_values.shape[-2:])
-            loss = sum(losses.values())
-
-        auxiliary_logits = None
-        if output_auxiliary_logits:
-            auxiliary_logits = [
-                {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
-                for class_logits, mask_logits in zip(class_queries_logits[:-1], masks_queries_logits[:-1])
-            ]
-        return VWMask2FormerSemanticSegmenterOutput(
-            loss=loss,
-            logits=logits,
-            class_queries_logits=class_queries_logits[-1],
-            masks_queries_logits=masks_queries_logits[-1],
-            auxiliary_logits=auxiliary_logits,
-            hidden_states=model_output.hidden_states,
-            pixel_decoder_hidden_states=model_output.pixel_decoder_hidden_states,
-            transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
-            attentions=model_output.attentions,
-        )
-
-    def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-        """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
-        ``input_size``, as the model pads the input (a map already of that size is returned unchanged)."""
-        config = self.config
-        return pad_labels_for_vw(
-            labels, input_size, config.size_divisibility, config.num_labels, config.loss_ignore_index, "VW-Mask2Former"
-        )
-
-    def compute_losses(
-        self,
-        class_queries_logits: tuple[torch.Tensor, ...],
-        masks_queries_logits: tuple[torch.Tensor, ...],
-        labels: torch.Tensor,
-        input_size: tuple[int, int],
-    ) -> dict[str, torch.Tensor]:
-        """The weighted Mask2Former losses (keys ``loss_ce``, ``loss_mask``, ``loss_dice`` and
-        ``loss_{ce,mask,dice}_{i}`` for the earlier predictions, ``i = 0`` the learnable queries) of every prediction
-        given, the final one last, for a semantic label map ``(B, H, W)`` at the input size ``input_size`` (of
-        ``pixel_values`` before the model's padding; the map is padded with the ignore index like the input)."""
-        semantic_labels = self.prepare_labels(labels, input_size)  # idempotent
-        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.loss_ignore_index)
-        return self.criterion(
+        return self.segmentation_output(
+            VWMask2FormerSemanticSegmenterOutput,
+            model_output,
             class_queries_logits,
             masks_queries_logits,
-            None,  # no semantic head: Mask2Former's set loss only
-            class_labels,
-            mask_labels,
-            semantic_labels,
-            use_auxiliary_loss=self.config.use_auxiliary_loss,
+            labels,
+            pixel_values.shape[-2:],
+            output_auxiliary_logits,
         )
 
 

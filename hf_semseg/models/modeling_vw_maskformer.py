@@ -38,7 +38,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vw_maskformer import VWMaskFormerConfig
-from .modeling_semask_mask2former import semantic_map_to_mask_targets, semantic_scores
+from .modeling_semask_mask2former import SemanticMaskClassificationMixin
 from .modeling_semask_maskformer import SeMaskMaskFormerForSemanticSegmentation, SeMaskMaskFormerLoss
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -51,7 +51,7 @@ from .modeling_vw_pixel_decoder import (
     VWTransformerPixelDecoder,
     init_vw_weights,
     pad_for_vw,
-    pad_labels_for_vw,
+    vw_padded_size,
 )
 from .modeling_vwformer import backbone_channels, build_backbone
 
@@ -191,13 +191,22 @@ class VWMaskFormerModel(VWMaskFormerPreTrainedModel):
         )
 
 
-class VWMaskFormerForSemanticSegmentation(VWMaskFormerPreTrainedModel):
+class VWMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMaskFormerPreTrainedModel):
     """VW-MaskFormer for semantic segmentation (the released VW-MaskFormer models).
 
     ``logits`` are the semantic scores at stride 4 of the padded input; the query-level outputs
     (``class_queries_logits``, ``masks_queries_logits``, ``auxiliary_logits``) stay available. With ``labels`` (a
     semantic label map, 255 = ignore) the per-class target masks are built here and MaskFormer's set loss is returned.
     """
+
+    family_name = "VW-MaskFormer"
+    has_semantic_head = False  # a plain Swin backbone
+    attentions_need_eager = True  # the DETR decoder's attentions
+
+    def padded_input_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """The size the model pads an input of ``input_size`` to (:func:`vw_padded_size`: multiples of
+        ``config.size_divisibility``, each side at least 128)."""
+        return vw_padded_size(*input_size, self.config.size_divisibility)
 
     def __init__(self, config: VWMaskFormerConfig):
         super().__init__(config)
@@ -227,82 +236,22 @@ class VWMaskFormerForSemanticSegmentation(VWMaskFormerPreTrainedModel):
         output_auxiliary_logits (`bool`, *optional*):
             Return the class and mask logits of the earlier decoder layers' predictions.
         """
-        check_pixel_values(
-            pixel_values,
-            self.config.backbone_config.num_channels,
-            labels,
-            num_channels_name="config.backbone_config.num_channels",
-        )
-        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
-        if output_auxiliary_logits is None:
-            output_auxiliary_logits = bool(self.config.output_auxiliary_logits)
-        if labels is not None:  # checked before the forward pass
-            labels = self.prepare_labels(labels, pixel_values.shape[-2:])
-        model_output = self.model(
-            pixel_values,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
+        model_output, labels, output_auxiliary_logits = self.run_model(
+            pixel_values, labels, output_auxiliary_logits, kwargs
         )
         states = model_output.transformer_decoder_intermediate_states
         needs_earlier = output_auxiliary_logits or (labels is not None and self.config.use_auxiliary_loss)
         if not needs_earlier:  # the final prediction only
             states = states[-1:]
         class_queries_logits, masks_queries_logits = self.predict(states, model_output.pixel_decoder_last_hidden_state)
-        logits = semantic_scores(class_queries_logits[-1], masks_queries_logits[-1])
-
-        loss = None
-        if labels is not None:
-            losses = self.compute_losses(class_queries_logits, masks_queries_logits, labels, pixel_values.shape[-2:])
-            loss = sum(losses.values())
-
-        auxiliary_logits = None
-        if output_auxiliary_logits:
-            auxiliary_logits = [
-                {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
-                for class_logits, mask_logits in zip(class_queries_logits[:-1], masks_queries_logits[:-1])
-            ]
-        return VWMaskFormerSemanticSegmenterOutput(
-            loss=loss,
-            logits=logits,
-            class_queries_logits=class_queries_logits[-1],
-            masks_queries_logits=masks_queries_logits[-1],
-            auxiliary_logits=auxiliary_logits,
-            hidden_states=model_output.hidden_states,
-            transformer_decoder_hidden_states=model_output.transformer_decoder_hidden_states,
-            attentions=model_output.attentions,
-            cross_attentions=model_output.cross_attentions,
-        )
-
-    def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-        """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
-        ``input_size``, as the model pads the input (a map already of that size is returned unchanged)."""
-        config = self.config
-        return pad_labels_for_vw(
-            labels, input_size, config.size_divisibility, config.num_labels, config.loss_ignore_index, "VW-MaskFormer"
-        )
-
-    def compute_losses(
-        self,
-        class_queries_logits: tuple[torch.Tensor, ...],
-        masks_queries_logits: tuple[torch.Tensor, ...],
-        labels: torch.Tensor,
-        input_size: tuple[int, int],
-    ) -> dict[str, torch.Tensor]:
-        """The weighted MaskFormer losses (keys ``loss_ce``, ``loss_mask``, ``loss_dice`` and
-        ``loss_{ce,mask,dice}_{i}`` for the earlier predictions, ``i = 0`` the first decoder layer) of every
-        prediction given, the final one last, for a semantic label map ``(B, H, W)`` at the input size
-        ``input_size`` (of ``pixel_values`` before the model's padding)."""
-        semantic_labels = self.prepare_labels(labels, input_size)  # idempotent
-        class_labels, mask_labels = semantic_map_to_mask_targets(semantic_labels, self.config.loss_ignore_index)
-        return self.criterion(
+        return self.segmentation_output(
+            VWMaskFormerSemanticSegmenterOutput,
+            model_output,
             class_queries_logits,
             masks_queries_logits,
-            None,  # no semantic head: MaskFormer's set loss only
-            class_labels,
-            mask_labels,
-            semantic_labels,
-            use_auxiliary_loss=self.config.use_auxiliary_loss,
+            labels,
+            pixel_values.shape[-2:],
+            output_auxiliary_logits,
         )
 
 

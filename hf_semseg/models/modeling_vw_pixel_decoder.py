@@ -50,7 +50,6 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from .modeling_fapn import SeMaskMSFaPNPixelDecoder
-from .modeling_utils_segmentation import check_segmentation_labels
 from .modeling_vwformer import VWFormerConvModule, VWFormerVaryingWindowAttention, window_partition
 
 
@@ -103,32 +102,6 @@ def pad_for_vw(pixel_values: torch.Tensor, size_divisibility: int) -> torch.Tens
     if (padded_height, padded_width) != (height, width):
         pixel_values = F.pad(pixel_values, (0, padded_width - width, 0, padded_height - height))
     return pixel_values
-
-
-def pad_labels_for_vw(
-    labels: torch.Tensor,
-    input_size: tuple[int, int],
-    size_divisibility: int,
-    num_labels: int,
-    ignore_index: int,
-    model_name: str,
-) -> torch.Tensor:
-    """Checks a ``(B, H, W)`` semantic label map and pads it with ``ignore_index`` to the padded size of an input of
-    ``input_size`` (as the model pads the input; a map already of that size is returned unchanged). The map must
-    cover the input: a smaller one would be padded over image pixels and supervise them with the wrong labels."""
-    labels = check_segmentation_labels(labels, num_labels, ignore_index)
-    height, width = labels.shape[-2:]
-    if height < input_size[0] or width < input_size[1]:
-        raise ValueError(
-            f"labels of size {(height, width)} are smaller than the input {tuple(input_size)}: {model_name} pads the "
-            "labels with the ignore index like the input, so they must have the input's size (or its padded size)"
-        )
-    padded_height, padded_width = vw_padded_size(input_size[0], input_size[1], size_divisibility)
-    if height > padded_height or width > padded_width:
-        raise ValueError(
-            f"labels of size {(height, width)} are larger than the (padded) input {(padded_height, padded_width)}"
-        )
-    return F.pad(labels, (0, padded_width - width, 0, padded_height - height), value=ignore_index)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -412,6 +385,5 @@ __all__ = [
     "VWWindowAttention",
     "init_vw_weights",
     "pad_for_vw",
-    "pad_labels_for_vw",
     "vw_padded_size",
 ]
