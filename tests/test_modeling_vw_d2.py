@@ -32,6 +32,13 @@ from hf_semseg.models.modeling_vw_maskformer import VWMaskFormerForSemanticSegme
 from hf_semseg.models.modeling_vw_pixel_decoder import vw_padded_size
 
 from conftest import fixture_dir
+from model_suite import (
+    DETR_FIRST_LAYER_WITHOUT_GRADIENT,
+    SegmentationModelSuite,
+    perturb_deformable_attention,
+    perturb_detr_first_layer,
+    tiny_label_kwargs,
+)
 
 
 #: the shared fixtures and the head each holds
@@ -456,3 +463,109 @@ def test_default_configs_are_the_released_models():
 def test_invalid_config_values_are_named(config_class, overrides, message):
     with pytest.raises(StrictDataclassClassValidationError, match=message):
         config_class(**overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the common model suite (tiny Swin; the VW widths are hard-coded by the original)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tiny_swin(**overrides) -> SwinConfig:
+    values = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4, out_features=FOUR_STAGES)
+    values.update(overrides)
+    return SwinConfig(**values)
+
+
+def tiny_vw_mask2former_config(**overrides) -> VWMask2FormerConfig:
+    values = dict(
+        backbone_config=tiny_swin(),
+        pixel_decoder_type="vw_deformable",
+        hidden_dim=32,
+        num_attention_heads=4,
+        dim_feedforward=64,
+        encoder_layers=1,
+        encoder_feedforward_dim=64,
+        decoder_layers=4,  # the query prediction and one masked-attention layer per multi-scale level
+        num_queries=6,
+        train_num_points=256,
+        **tiny_label_kwargs(),
+    )
+    values.update(overrides)
+    return VWMask2FormerConfig(**values)
+
+
+TINY_DETR_DECODER = dict(d_model=32, decoder_attention_heads=4, decoder_ffn_dim=64, decoder_layers=3, num_queries=6)
+
+
+def tiny_vw_maskformer_config(**overrides) -> VWMaskFormerConfig:
+    values = dict(
+        backbone_config=tiny_swin(),
+        vw_num_heads=8,
+        vw_use_short_cut=True,
+        decoder_config=dict(TINY_DETR_DECODER),
+        **tiny_label_kwargs(),
+    )
+    values.update(overrides)
+    return VWMaskFormerConfig(**values)
+
+
+class VWSuite(SegmentationModelSuite):
+    """What the two VW suites share: the detectron2 processor padding to 64, logits at 1/4 of the padded input (a
+    multiple of 64, each side at least 128)."""
+
+    odd_sizes = ((37, 53), (65, 131), (20, 90))
+
+    def get_image_processor(self):
+        return SeMaskMask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, size_divisibility=64)
+
+    def expected_logits_size(self, height: int, width: int) -> tuple[int, int]:
+        padded_height, padded_width = vw_padded_size(height, width, 64)
+        return padded_height // 4, padded_width // 4
+
+    def prepare_for_gradient_check(self, model):
+        # the 64 px test images are zero-padded to 128: at transformers' Swin init (zero patch-embedding bias) the
+        # padded patches are tokens of exactly zero, whose LayerNorms (variance 0) scale gradients by 1/sqrt(eps)
+        # per layer (1e30 here); a pretrained backbone's patch embedding has a bias
+        generator = torch.Generator().manual_seed(2)
+        bias = model.get_parameter("model.pixel_level_module.encoder.swin.embeddings.patch_embeddings.projection.bias")
+        with torch.no_grad():
+            bias.copy_(0.1 * torch.randn(bias.shape, generator=generator))
+
+
+class TestVWMask2FormerDeformable(VWSuite):
+    """VW-Mask2Former with the deformable-attention pixel decoder (the plain VW decoder runs transformers' common
+    tests in ``test_transformers_common.py``; both run their fixtures and fresh-process reloads above)."""
+
+    model_class = VWMask2FormerForSemanticSegmentation
+    loss_is_random = True  # the Mask2Former loss samples random points
+    deterministic_overrides = {"dropout": 0.0, "backbone_config": tiny_swin(drop_path_rate=0.0)}
+
+    def get_config(self):
+        return tiny_vw_mask2former_config()
+
+    def prepare_for_gradient_check(self, model):
+        super().prepare_for_gradient_check(model)
+        perturb_deformable_attention(model)
+
+
+class TestVWMaskFormer(VWSuite):
+    model_class = VWMaskFormerForSemanticSegmentation
+    # the focal mask loss (weight 20) of a fresh model is sharp: at 1e-3 one AdamW step overshoots (measured: 1e-4
+    # lowers it 10.45 -> 10.09, 3e-5 to 8.88)
+    learning_rate = 3e-5
+    parameters_without_gradient = DETR_FIRST_LAYER_WITHOUT_GRADIENT
+    # the value bias carries the first layer's output: the scale the rounding noise is measured against
+    gradient_scale_parameter = "model.transformer_module.decoder.layers.0.self_attn.v_proj.bias"
+    deterministic_overrides = {
+        "decoder_config": tiny_vw_maskformer_config(
+            decoder_config={**TINY_DETR_DECODER, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
+        ).decoder_config,
+        "backbone_config": tiny_swin(drop_path_rate=0.0),
+    }
+
+    def get_config(self):
+        return tiny_vw_maskformer_config()
+
+    def prepare_for_gradient_check(self, model):
+        super().prepare_for_gradient_check(model)
+        perturb_detr_first_layer(model)
