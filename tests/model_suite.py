@@ -109,6 +109,58 @@ def tiny_vwformer_backbone_config(name: str):
     raise ValueError(f"no tiny VWFormer backbone {name!r}")
 
 
+def tiny_swin(**overrides):
+    """A tiny transformers Swin with its four stages (the backbone of the VW detectron2 heads)."""
+    from transformers import SwinConfig
+
+    values = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4, out_features=FOUR_STAGES)
+    values.update(overrides)
+    return SwinConfig(**values)
+
+
+def tiny_vw_mask2former_config(**overrides):
+    """A tiny VW-Mask2Former (deformable pixel decoder unless overridden); the VW block's widths are the original's
+    hard-coded ones."""
+    from hf_semseg import VWMask2FormerConfig
+
+    values = dict(
+        backbone_config=tiny_swin(),
+        pixel_decoder_type="vw_deformable",
+        hidden_dim=32,
+        num_attention_heads=4,
+        dim_feedforward=64,
+        encoder_layers=1,
+        encoder_feedforward_dim=64,
+        decoder_layers=4,  # the query prediction and one masked-attention layer per multi-scale level
+        num_queries=6,
+        train_num_points=256,
+        **tiny_label_kwargs(),
+    )
+    values.update(overrides)
+    return VWMask2FormerConfig(**values)
+
+
+#: a tiny DETR decoder (MaskFormer's ``decoder_config``)
+TINY_DETR_DECODER_KWARGS = dict(
+    d_model=32, decoder_attention_heads=4, decoder_ffn_dim=64, decoder_layers=3, num_queries=6
+)
+
+
+def tiny_vw_maskformer_config(**overrides):
+    """A tiny VW-MaskFormer (8 VW heads, with the short-cut branch)."""
+    from hf_semseg import VWMaskFormerConfig
+
+    values = dict(
+        backbone_config=tiny_swin(),
+        vw_num_heads=8,
+        vw_use_short_cut=True,
+        decoder_config=dict(TINY_DETR_DECODER_KWARGS),
+        **tiny_label_kwargs(),
+    )
+    values.update(overrides)
+    return VWMaskFormerConfig(**values)
+
+
 def open_semantic_gates(model, value: float = 0.5) -> None:
     """SeMask's gates (``gamma``) start at 0, so a fresh SeMask model is a plain Swin; open them so that the semantic
     path matters."""

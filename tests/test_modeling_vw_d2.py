@@ -34,10 +34,13 @@ from hf_semseg.models.modeling_vw_pixel_decoder import vw_padded_size
 from conftest import fixture_dir
 from model_suite import (
     DETR_FIRST_LAYER_WITHOUT_GRADIENT,
+    TINY_DETR_DECODER_KWARGS,
     SegmentationModelSuite,
     perturb_deformable_attention,
     perturb_detr_first_layer,
-    tiny_label_kwargs,
+    tiny_swin,
+    tiny_vw_mask2former_config,
+    tiny_vw_maskformer_config,
 )
 
 
@@ -470,45 +473,6 @@ def test_invalid_config_values_are_named(config_class, overrides, message):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def tiny_swin(**overrides) -> SwinConfig:
-    values = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4, out_features=FOUR_STAGES)
-    values.update(overrides)
-    return SwinConfig(**values)
-
-
-def tiny_vw_mask2former_config(**overrides) -> VWMask2FormerConfig:
-    values = dict(
-        backbone_config=tiny_swin(),
-        pixel_decoder_type="vw_deformable",
-        hidden_dim=32,
-        num_attention_heads=4,
-        dim_feedforward=64,
-        encoder_layers=1,
-        encoder_feedforward_dim=64,
-        decoder_layers=4,  # the query prediction and one masked-attention layer per multi-scale level
-        num_queries=6,
-        train_num_points=256,
-        **tiny_label_kwargs(),
-    )
-    values.update(overrides)
-    return VWMask2FormerConfig(**values)
-
-
-TINY_DETR_DECODER = dict(d_model=32, decoder_attention_heads=4, decoder_ffn_dim=64, decoder_layers=3, num_queries=6)
-
-
-def tiny_vw_maskformer_config(**overrides) -> VWMaskFormerConfig:
-    values = dict(
-        backbone_config=tiny_swin(),
-        vw_num_heads=8,
-        vw_use_short_cut=True,
-        decoder_config=dict(TINY_DETR_DECODER),
-        **tiny_label_kwargs(),
-    )
-    values.update(overrides)
-    return VWMaskFormerConfig(**values)
-
-
 class VWSuite(SegmentationModelSuite):
     """What the two VW suites share: the detectron2 processor padding to 64, logits at 1/4 of the padded input (a
     multiple of 64, each side at least 128)."""
@@ -558,7 +522,12 @@ class TestVWMaskFormer(VWSuite):
     gradient_scale_parameter = "model.transformer_module.decoder.layers.0.self_attn.v_proj.bias"
     deterministic_overrides = {
         "decoder_config": tiny_vw_maskformer_config(
-            decoder_config={**TINY_DETR_DECODER, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
+            decoder_config={
+                **TINY_DETR_DECODER_KWARGS,
+                "dropout": 0.0,
+                "attention_dropout": 0.0,
+                "activation_dropout": 0.0,
+            }
         ).decoder_config,
         "backbone_config": tiny_swin(drop_path_rate=0.0),
     }

@@ -659,7 +659,8 @@ class SemanticMaskClassificationMixin:
             labels = self.prepare_labels(labels, pixel_values.shape[-2:])
         model_output = self.model(
             pixel_values,
-            output_hidden_states=output_hidden_states,
+            # a list of indices (transformers' layer selection) goes on to the model, which selects
+            output_hidden_states=kwargs.get("output_hidden_states") or output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
         )

@@ -37,7 +37,12 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vw_mask2former import VWMask2FormerConfig
 from .modeling_semask_mask2former import SemanticMaskClassificationMixin, SeMaskMask2FormerLoss
-from .modeling_utils_segmentation import SegmentationModelDefaults, check_pixel_values, resolve_output_flags
+from .modeling_utils_segmentation import (
+    SegmentationModelDefaults,
+    check_pixel_values,
+    resolve_output_flags,
+    select_hidden_states,
+)
 from .modeling_vw_pixel_decoder import (
     VW_MASK2FORMER_PIXEL_DECODERS,
     VWBasePixelDecoder,
@@ -206,7 +211,9 @@ class VWMask2FormerModel(VWMask2FormerPreTrainedModel):
             transformer_decoder_last_hidden_state=transformer_output.last_hidden_state,
             transformer_decoder_intermediate_states=transformer_output.intermediate_hidden_states,
             masks_queries_logits=transformer_output.masks_queries_logits,
-            hidden_states=feature_maps if output_hidden_states else None,
+            hidden_states=(
+                select_hidden_states(feature_maps, kwargs.get("output_hidden_states")) if output_hidden_states else None
+            ),
             pixel_decoder_hidden_states=decoder_output.multi_scale_features if output_hidden_states else None,
             transformer_decoder_hidden_states=transformer_output.hidden_states if output_hidden_states else None,
             attentions=transformer_output.attentions if output_attentions else None,

@@ -45,6 +45,7 @@ from .modeling_utils_segmentation import (
     check_pixel_values,
     eager_attention,
     resolve_output_flags,
+    select_hidden_states,
 )
 from .modeling_vw_pixel_decoder import (
     VWBlock,
@@ -184,7 +185,9 @@ class VWMaskFormerModel(VWMaskFormerPreTrainedModel):
             pixel_decoder_last_hidden_state=mask_features,
             transformer_decoder_last_hidden_state=transformer_output.last_hidden_state,
             transformer_decoder_intermediate_states=intermediate_states,
-            hidden_states=feature_maps if output_hidden_states else None,
+            hidden_states=(
+                select_hidden_states(feature_maps, kwargs.get("output_hidden_states")) if output_hidden_states else None
+            ),
             transformer_decoder_hidden_states=transformer_output.hidden_states if output_hidden_states else None,
             attentions=transformer_output.attentions if output_attentions else None,
             cross_attentions=transformer_output.cross_attentions if output_attentions else None,
