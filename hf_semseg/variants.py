@@ -640,3 +640,93 @@ register_variant(
         semantic_window_size=12,
     )
 )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VW-MaskFormer and VW-Mask2Former (Yan et al. 2024): the 12 detectron2 models of yan-hao-tian/VW (MaskFormer/ and
+# Mask2Former/ READMEs; params counted on the original code). ADE20K, Swin backbones.
+# ----------------------------------------------------------------------------------------------------------------
+
+_VW_D2_SWIN = {
+    # size: (embed_dim, depths, heads, window, pretraining image size): the released yamls; T/S ImageNet-1k 224
+    # (window 7), B/L ImageNet-22k 384 (window 12), as the relative position bias tables of the checkpoints show
+    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224),
+    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224),
+    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384),
+    "large": (192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384),
+}
+#: VW-MaskFormer's VW block per size: (attention heads, short-cut) of the released yamls (MODEL.SEM_SEG_HEAD.NHEADS /
+#: SHORT_CUT; not in the weights). VW-Mask2Former hard-codes 16 heads and no short-cut in its code.
+_VW_MASKFORMER_HEADS = {"tiny": (16, True), "small": (16, False), "base": (8, False), "large": (16, False)}
+#: name part: (config model_type, VW-Mask2Former pixel decoder type)
+_VW_D2_MODELS = {
+    "maskformer": ("vw_maskformer", None),
+    "mask2former": ("vw_mask2former", "vw"),
+    "mask2former-deformattn": ("vw_mask2former", "vw_deformable"),
+}
+_VW_D2_REPORTED = {
+    # (model, size): (mIoU, mIoU ms+flip, params M counted on the original code)
+    ("maskformer", "tiny"): (47.4, 49.0, 44.85),
+    ("maskformer", "small"): (50.5, 52.7, 66.17),
+    ("maskformer", "base"): (53.8, 54.6, 104.51),
+    ("maskformer", "large"): (55.3, 56.5, 213.42),
+    ("mask2former", "tiny"): (48.2, 50.5, 49.76),
+    ("mask2former", "small"): (52.1, 53.7, 71.08),
+    ("mask2former", "base"): (54.6, 56.0, 109.47),
+    ("mask2former", "large"): (56.5, 57.8, 218.48),
+    ("mask2former-deformattn", "tiny"): (48.5, 50.3, 53.34),
+    ("mask2former-deformattn", "small"): (52.0, 53.6, 74.66),
+    ("mask2former-deformattn", "base"): (55.2, 56.5, 112.81),
+    ("mask2former-deformattn", "large"): (56.9, 58.3, 221.37),
+}
+
+
+def vw_d2_config(model: str, size: str):
+    """The config of a released VW detectron2 model (``model``: ``"maskformer"``, ``"mask2former"`` or
+    ``"mask2former-deformattn"``; ``size`` in tiny/small/base/large): the released Swin, the VW block (VW-MaskFormer:
+    the size's heads and short-cut) and the released decoders (the configs' defaults: DETR 6 layers / masked attention
+    9 layers, 100 queries, hidden 256, 8 heads; deformable encoder 6 layers, FFN 1024)."""
+    from transformers import SwinConfig
+
+    from .models.configuration_vw_mask2former import VWMask2FormerConfig
+    from .models.configuration_vw_maskformer import VWMaskFormerConfig
+
+    embed_dim, depths, heads, window, image_size = _VW_D2_SWIN[size]
+    backbone = SwinConfig(
+        image_size=image_size,
+        embed_dim=embed_dim,
+        depths=list(depths),
+        num_heads=list(heads),
+        window_size=window,
+        drop_path_rate=0.3,
+        out_features=list(FOUR_STAGES),
+    )
+    labels = _labels_config_kwargs("ade20k")
+    if model == "maskformer":
+        vw_heads, short_cut = _VW_MASKFORMER_HEADS[size]
+        return VWMaskFormerConfig(backbone_config=backbone, vw_num_heads=vw_heads, vw_use_short_cut=short_cut, **labels)
+    return VWMask2FormerConfig(backbone_config=backbone, pixel_decoder_type=_VW_D2_MODELS[model][1], **labels)
+
+
+def _register_vw_d2() -> None:
+    for (model, size), (miou, miou_ms, params) in _VW_D2_REPORTED.items():
+        family = _VW_D2_MODELS[model][0]
+        heads, short_cut = _VW_MASKFORMER_HEADS[size] if family == "vw_maskformer" else (None, None)
+        small = size in ("tiny", "small")  # the 512 configs; B and L are the 640 ones
+        register_variant(
+            Variant(
+                name=f"vw-{model}-swin-{size}-ade20k",
+                family=family,
+                dataset="ade20k",
+                make_config=lambda model=model, size=size: vw_d2_config(model, size),
+                test_scale=(2048, 512) if small else (2560, 640),
+                crop_size=(512, 512) if small else (640, 640),
+                reported={"mIoU": miou, "mIoU_ms_flip": miou_ms, "params_M": params},
+                size_divisibility=64,  # every README command; the yamls' 32 fails on sizes not a multiple of 64
+                num_attention_heads=heads,
+                use_short_cut=short_cut,
+            )
+        )
+
+
+_register_vw_d2()

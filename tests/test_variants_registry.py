@@ -23,7 +23,14 @@ from hf_semseg.variants import (
 
 ALL_VARIANTS = list_variants()
 # families with a converter: their variants must be recognisable from a config by the exact architecture
-CONVERTED_FAMILIES = ("semask_swin", "vwformer", "semask_mask2former", "semask_maskformer")
+CONVERTED_FAMILIES = (
+    "semask_swin",
+    "vwformer",
+    "semask_mask2former",
+    "semask_maskformer",
+    "vw_maskformer",
+    "vw_mask2former",
+)
 
 
 @pytest.mark.parametrize("name", ALL_VARIANTS)
@@ -44,6 +51,8 @@ def test_every_variant_has_its_facts(name):
             config.num_attention_heads,
             config.use_short_cut,
         )
+    elif variant.family == "vw_maskformer":  # the VW block's heads and short-cut: not in the weights either
+        assert (variant.num_attention_heads, variant.use_short_cut) == (config.vw_num_heads, config.vw_use_short_cut)
     else:
         assert variant.num_attention_heads is None and variant.use_short_cut is None
     if variant.family == "semask_swin":
@@ -123,7 +132,7 @@ def test_registered_models_load_with_the_processor_auto_class():
     """The processor class a variant gets is the one AutoImageProcessor registers for its config."""
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
-    for family in ("semask_swin", "pale", "vwformer", "semask_mask2former"):
+    for family in ("semask_swin", "pale", "vwformer", "semask_mask2former", "vw_maskformer", "vw_mask2former"):
         config_class = type(variant_config(list_variants(family)[0]))
         assert IMAGE_PROCESSOR_MAPPING[config_class]["torchvision"] is image_processor_class(family)
 

@@ -273,6 +273,104 @@ def semask_d2_card_fields(conversion, processor) -> dict:
     }
 
 
+#: per VW detectron2 head (``vw_maskformer``, or VW-Mask2Former's ``pixel_decoder_type``): name, card tag, host and
+#: what the hosted model is
+VW_D2_HEADS = {
+    "vw_maskformer": (
+        "VW-MaskFormer",
+        "maskformer",
+        "MaskFormer",
+        "Here VW is the pixel decoder of MaskFormer (Cheng et al., *Per-Pixel Classification is Not All You Need for "
+        "Semantic Segmentation*, NeurIPS 2021): it turns the backbone's stride-8/16/32 maps into the mask features, "
+        "while a DETR transformer decoder on the stride-32 map turns learnable queries into a class and a mask each; "
+        "the decoder is transformers' own `MaskFormer` module.",
+    ),
+    "vw": (
+        "VW-Mask2Former",
+        "mask2former",
+        "Mask2Former",
+        "Here VW is the pixel decoder of Mask2Former (Cheng et al., *Masked-attention Mask Transformer for Universal "
+        "Image Segmentation*, CVPR 2022): it makes the mask features, 1x1 projections of the backbone's stride-8/16/32 "
+        "maps the multi-scale features, and a masked-attention transformer decoder turns learnable queries into a "
+        "class and a mask each; the decoder is transformers' own `Mask2Former` module.",
+    ),
+    "vw_deformable": (
+        "VW-Mask2Former (deformable attention)",
+        "mask2former",
+        "Mask2Former",
+        "Here VW is the pixel decoder of Mask2Former (Cheng et al., *Masked-attention Mask Transformer for Universal "
+        "Image Segmentation*, CVPR 2022) after Mask2Former's multi-scale deformable-attention encoder: the encoder "
+        "refines the stride-8/16/32 maps (the multi-scale features), the VW block turns its outputs into the mask "
+        "features, and a masked-attention transformer decoder turns learnable queries into a class and a mask each; "
+        "the encoder and the decoder are transformers' own `Mask2Former` modules.",
+    ),
+}
+
+
+def vw_d2_card_fields(conversion, processor) -> dict:
+    """The fields of ``model_cards/vwformer_d2.md``: every VW detectron2 model (VW-MaskFormer, VW-Mask2Former with the
+    plain or the deformable-attention VW pixel decoder)."""
+    config = conversion.model.config
+    backbone = config.backbone_config
+    size = dict(processor.size)
+    if config.model_type == "vw_maskformer":
+        head = "vw_maskformer"
+        decoder = config.decoder_config
+        pixel_decoder_row = (
+            f"VW on strides 8-32 ({config.vw_num_heads} heads, short-cut {'on' if config.vw_use_short_cut else 'off'}, "
+            "image pooling), low-level fusion at stride 4"
+        )
+        transformer_decoder_row = (
+            f"{decoder.decoder_layers} DETR decoder layers on the stride-32 features, {decoder.num_queries} queries, "
+            f"hidden size {decoder.d_model}, {decoder.decoder_attention_heads} heads"
+        )
+        training_loss_row = (
+            f"MaskFormer (class {config.cross_entropy_weight}, focal mask {config.mask_weight}, dice "
+            f"{config.dice_weight}, no-object {config.no_object_weight:g}, {decoder.decoder_layers} predictions)"
+        )
+    else:
+        head = config.pixel_decoder_type
+        if head == "vw_deformable":
+            pixel_decoder_row = (
+                f"{config.encoder_layers} deformable-attention encoder layers ({config.num_attention_heads} heads) on "
+                "strides 8-32, then VW on their outputs (16 heads, no short-cut, no image pooling), low-level fusion "
+                "at stride 4"
+            )
+        else:
+            pixel_decoder_row = (
+                "VW on strides 8-32 (16 heads, no short-cut, image pooling), low-level fusion at stride 4; 1x1 "
+                "projections of strides 8-32 as the multi-scale features"
+            )
+        transformer_decoder_row = (
+            f"{config.decoder_layers - 1} masked-attention layers, {config.num_queries} queries, hidden size "
+            f"{config.hidden_dim}, {config.num_attention_heads} heads"
+        )
+        training_loss_row = (
+            f"Mask2Former (class {config.class_weight}, mask {config.mask_weight}, dice {config.dice_weight}, "
+            f"no-object {config.no_object_weight:g}, {config.train_num_points} points, {config.decoder_layers} "
+            "predictions)"
+        )
+    name, tag, host, description = VW_D2_HEADS[head]
+    architecture = f"Swin (embed {backbone.embed_dim}, depths {_dashed(backbone.depths)}) {name}"
+    return {
+        **converted_card_fields(conversion, processor, architecture),
+        "head_name": name,
+        "head_tag": tag,
+        "head_host": host,
+        "head_description": description,
+        "original_folder": "MaskFormer" if head == "vw_maskformer" else "Mask2Former",
+        "pixel_decoder_row": pixel_decoder_row,
+        "transformer_decoder_row": transformer_decoder_row,
+        "training_loss_row": training_loss_row,
+        "embed_dim": backbone.embed_dim,
+        "depths": _joined(backbone.depths),
+        "num_heads": _joined(backbone.num_heads),
+        "window_size": backbone.window_size,
+        "size_divisibility": config.size_divisibility,
+        "test_scale": f"shortest edge {size.get('shortest_edge')}, longest at most {size.get('longest_edge')}",
+    }
+
+
 def write_pale_model_card(template_path: Path, output_dir: Path, model, repo_id: str | None = None) -> Path:
     """Renders the Pale card (``model_cards/pale.md``) for ``model`` into ``output_dir/README.md``. Pale has no
     released weights, so the card describes a model the user initialised or trained."""

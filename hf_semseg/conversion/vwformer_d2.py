@@ -21,35 +21,72 @@ Pure functions, no command line. Read top to bottom:
   transformers modules;
 - :func:`convert_vw_d2_state_dict` applies all of it and raises a :class:`CheckpointError` (a ``ValueError``) naming
   every key it cannot account for; :func:`vw_head_fields` reads every hyper-parameter the tensors hold as config
-  arguments.
+  arguments;
+- :func:`infer_config_and_settings` adds the values the weights do not hold (:func:`vw_settings`: VW-MaskFormer's VW
+  heads and short-cut, the transformer decoder's heads where no deformable encoder shows them, pre-norm, the padding
+  multiple, the training-only values) from the run's detectron2 ``config.yaml`` or the released variant with exactly
+  these weights, and refuses a config that contradicts the weights; :func:`convert` and :data:`CONVERTER` are what
+  ``conversion/convert_vwformer_d2_to_hf.py`` runs.
 """
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import SwinConfig
 
-from ..models.configuration_vw_mask2former import VWMask2FormerConfig
+from ..models.configuration_vw_mask2former import VW_FEATURE_SIZE, VW_SIZE_MULTIPLE, VWMask2FormerConfig
 from ..models.configuration_vw_maskformer import VWMaskFormerConfig
+from ..models.modeling_vw_mask2former import VWMask2FormerForSemanticSegmentation
+from ..models.modeling_vw_maskformer import VWMaskFormerForSemanticSegmentation
 from ..variants import FOUR_STAGES
 from .common import (
     DETECTRON2,
     CheckpointError,
+    Conversion,
+    Converter,
+    build_conversion,
     check_relative_position_index,
+    checkpoint_id2label,
+    errors_name_the_file,
     expect_shape,
     find_rename,
     indices,
     raise_on_unmapped,
     read_checkpoint,
     relative_position_window,
+    released_variant,
     split_fused_qkv,
     tensor_shape,
     window_size_from_table,
 )
+from .model_card import vw_d2_card_fields
+from .run_config import (
+    ResolvedSettings,
+    Setting,
+    boolean,
+    check_consistent,
+    detectron2_pipeline,
+    detectron2_run_configs,
+    first_value,
+    positive_int,
+    resolve_settings,
+    training_only,
+)
+from .semask_mask2former import (
+    CONFIG_FILE_HELP,
+    DECODER_HEADS,
+    DROP_PATH,
+    NO_OBJECT_WEIGHT,
+    SELF_ATTENTION_IN_PROJ,
+    check_tied_copy,
+    pixel_statistics,
+    read_no_object_weight,
+)
 from .semask_mask2former import HEAD_RENAMES as MASK2FORMER_HEAD_RENAMES
-from .semask_mask2former import SELF_ATTENTION_IN_PROJ, check_tied_copy, read_no_object_weight
-from .semask_maskformer import HF_ATTENTION, MASKFORMER_HEAD_RENAMES, PACKED_ATTENTION
+from .semask_maskformer import HF_ATTENTION, MASKFORMER_HEAD_RENAMES, PACKED_ATTENTION, post_norm_only
 
 
 KIND = "VW-MaskFormer / VW-Mask2Former (detectron2)"
@@ -117,6 +154,18 @@ def tied_group_norm_pattern(head: str) -> re.Pattern:
         ["linear_c3", "linear_c2", "linear_fuse", names["short_path"], names["image_pool"], names["cat"]]
     )
     return re.compile(PIXEL_DECODER + rf"({alternatives})\.norm\.(weight|bias)")
+
+
+def tied_group_norm_copies(head: str) -> list[str]:
+    """The keys of every name of the block's one GroupNorm(32, 512) other than ``linear_c4.norm`` in a ``head``
+    checkpoint (weight and bias of six names, five in the deformable decoder, which has no image pool): a checkpoint
+    of the original holds them all, equal to ``linear_c4.norm.*``."""
+    names = vw_block_names(head)
+    modules = ["linear_c3", "linear_c2", "linear_fuse", names["short_path"], names["cat"]]
+    if head != "vw_deformable":
+        modules.append(names["image_pool"])
+    unescaped = [re.sub(r"\\(.)", r"\1", module) for module in modules]
+    return [f"sem_seg_head.pixel_decoder.{module}.norm.{kind}" for module in unescaped for kind in ("weight", "bias")]
 
 
 def vw_block_renames(head: str) -> list[tuple[str, str | None]]:
@@ -366,6 +415,13 @@ def convert_vw_d2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, t
     ``relative_position_index`` buffers are checked and dropped. Raises :class:`CheckpointError` naming every key
     without a rule."""
     head = detect_vw_head(state_dict)
+    missing_copies = [key for key in tied_group_norm_copies(head) if key not in state_dict]
+    if missing_copies:
+        raise CheckpointError(
+            f"{missing_copies[0]} is missing ({len(missing_copies)} key{'s' if len(missing_copies) > 1 else ''} of "
+            "the VW block's GroupNorm missing): the original registers its one GroupNorm(32, 512) under "
+            f"{len(tied_group_norm_copies(head)) // 2 + 1} names, and its checkpoints hold every one of them"
+        )
     block_renames = vw_block_renames(head)
     tied = tied_group_norm_pattern(head)
     vw_in_proj = vw_attention_in_proj_pattern(head)
@@ -419,13 +475,360 @@ def convert_vw_d2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, t
     return converted
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# The values the weights do not hold
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def vw_padding_multiple(value) -> int:
+    """The model's ``size_divisibility`` for a run's ``MODEL.MASK_FORMER.SIZE_DIVISIBILITY``: the VW block splits the
+    stride-8 map into 8 x 8 windows, so the original runs only on inputs whose padded sides are multiples of 64; on
+    those, padding to the least common multiple of the value and 64 gives the identical result. So 64 and its
+    multiples are kept, 32 (the released yamls' value; every README command passes 64) becomes 64, 96 becomes 192,
+    and 0 (no padding) or a negative value (the Swin backbone's 32) becomes 64."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return VW_SIZE_MULTIPLE if value <= 0 else math.lcm(value, VW_SIZE_MULTIPLE)
+
+
+def vw_attention_heads(value) -> int:
+    """VW-MaskFormer's ``MODEL.SEM_SEG_HEAD.NHEADS``: a positive divisor of the VW block's 512 channels."""
+    value = positive_int(value)
+    if 512 % value:
+        raise ValueError("the VW attention heads must divide the VW block's 512 channels")
+    return value
+
+
+def mask2former_post_norm_only(value) -> bool:
+    """PRE_NORM of a VW-Mask2Former run: only False (post-norm masked-attention layers, as every released model)."""
+    value = boolean(value)
+    if value:
+        raise ValueError(
+            "PRE_NORM True (pre-norm masked-attention decoder layers) is not supported: every released VW-Mask2Former "
+            "is post-norm, and only post-norm layers are checked against the original"
+        )
+    return value
+
+
+#: the padding multiple (the VW block needs multiples of 64: :func:`vw_padding_multiple`)
+SIZE_DIVISIBILITY = Setting(
+    "size_divisibility",
+    "the input padding multiple",
+    "MODEL.MASK_FORMER.SIZE_DIVISIBILITY",
+    code_default=32,
+    read=vw_padding_multiple,
+)
+#: VW-MaskFormer's pre-norm (only False: transformers' DETR decoder layers are post-norm)
+MASKFORMER_PRE_NORM = Setting(
+    "pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=post_norm_only
+)
+#: the values of a VW-MaskFormer model the weights do not hold (``add_mask_former_config`` of the MaskFormer copy
+#: gives the defaults of a key a run's config leaves out): the VW block's heads and short-cut, the DETR decoder's
+#: heads (``nn.MultiheadAttention`` packs every head in one matrix), the padding multiple, the training-only values
+VW_MASKFORMER_SETTINGS = [
+    MASKFORMER_PRE_NORM,
+    Setting(
+        "vw_num_heads", "the VW attention heads", "MODEL.SEM_SEG_HEAD.NHEADS", code_default=16, read=vw_attention_heads
+    ),
+    Setting("vw_use_short_cut", "the VW short-cut", "MODEL.SEM_SEG_HEAD.SHORT_CUT", code_default=True, read=boolean),
+    Setting(
+        "decoder_config.decoder_attention_heads",
+        "the decoder attention heads",
+        "MODEL.MASK_FORMER.NHEADS",
+        code_default=8,
+        read=positive_int,
+    ),
+    SIZE_DIVISIBILITY,
+    DROP_PATH,
+    training_only("decoder_config.dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
+    training_only("mask_weight", "the mask (focal) loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
+    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    training_only("use_auxiliary_loss", "deep supervision", "MODEL.MASK_FORMER.DEEP_SUPERVISION", boolean),
+]
+#: the values of a VW-Mask2Former model the weights do not hold (``add_maskformer2_config`` of the Mask2Former copy
+#: gives the defaults). The VW block's heads (16) and the absent short-cut are hard-coded there; the decoder heads are
+#: in the weights only with the deformable encoder (:data:`DECODER_HEADS` for the plain decoder).
+VW_MASK2FORMER_SETTINGS = [
+    Setting(
+        "pre_norm",
+        "pre-norm decoder layers",
+        "MODEL.MASK_FORMER.PRE_NORM",
+        code_default=False,
+        read=mask2former_post_norm_only,
+    ),
+    SIZE_DIVISIBILITY,
+    DROP_PATH,
+    training_only("dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
+    training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT"),
+    training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
+    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    training_only("train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", positive_int),
+    training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
+    training_only("importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
+    training_only("use_auxiliary_loss", "deep supervision", "MODEL.MASK_FORMER.DEEP_SUPERVISION", boolean),
+]
+
+
+def vw_settings(head: str, no_object_weight_in_weights: bool = False) -> list[Setting]:
+    """The :class:`Setting` s of a ``head`` checkpoint (:func:`detect_vw_head`): :data:`VW_MASKFORMER_SETTINGS` or
+    :data:`VW_MASK2FORMER_SETTINGS` (with :data:`DECODER_HEADS` for the plain decoder), and the no-object weight when
+    ``criterion.empty_weight`` does not hold it."""
+    if head == "vw_maskformer":
+        settings = list(VW_MASKFORMER_SETTINGS)
+    else:
+        settings = VW_MASK2FORMER_SETTINGS + ([DECODER_HEADS] if head == "vw" else [])
+    return settings + ([] if no_object_weight_in_weights else [NO_OBJECT_WEIGHT])
+
+
+#: the original's name of each head's pixel decoder (``MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME``)
+PIXEL_DECODER_NAMES = {
+    "vw_maskformer": "VWTransformerPixelDecoder",
+    "vw": "BasePixelDecoder",  # the Mask2Former copy's BasePixelDecoder is the plain VW decoder
+    "vw_deformable": "VWDeformAttnPixelDecoder",
+}
+#: the model class of each head
+MODEL_CLASSES = {
+    "vw_maskformer": VWMaskFormerForSemanticSegmentation,
+    "vw": VWMask2FormerForSemanticSegmentation,
+    "vw_deformable": VWMask2FormerForSemanticSegmentation,
+}
+
+
+@dataclass
+class VWResolvedSettings(ResolvedSettings):
+    """:class:`~.run_config.ResolvedSettings` with ``notes`` for the summary line and the card (how a padding multiple
+    that is not a multiple of 64 was taken)."""
+
+    notes: tuple = ()
+
+    def describe(self) -> str:
+        return "; ".join([super().describe(), *self.notes])
+
+
+def _consistency_checks(state_dict: dict[str, torch.Tensor], head: str, fields: dict) -> list[tuple]:
+    """What a run's config must agree on with the weights (:func:`.run_config.check_consistent`)."""
+    backbone = fields["backbone_config"]
+    checks = [
+        ("MODEL.META_ARCHITECTURE", "MaskFormer", "a VW-MaskFormer / VW-Mask2Former checkpoint"),
+        ("MODEL.BACKBONE.NAME", "D2SwinTransformer", "the backbone.* keys (a detectron2 Swin)"),
+        ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", PIXEL_DECODER_NAMES[head], "the pixel decoder's key layout"),
+        ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", fields["num_labels"], "sem_seg_head.predictor.class_embed.weight"),
+        ("MODEL.SEM_SEG_HEAD.MASK_DIM", VW_FEATURE_SIZE, "sem_seg_head.predictor.mask_embed.layers.2.weight"),
+        ("MODEL.SWIN.EMBED_DIM", backbone.embed_dim, "backbone.patch_embed.proj.weight"),
+        ("MODEL.SWIN.PATCH_SIZE", backbone.patch_size, "backbone.patch_embed.proj.weight"),
+        ("MODEL.SWIN.DEPTHS", backbone.depths, "the backbone.layers.*.blocks.* keys"),
+        ("MODEL.SWIN.NUM_HEADS", backbone.num_heads, "the relative position bias tables"),
+        ("MODEL.SWIN.WINDOW_SIZE", backbone.window_size, "the relative position bias tables"),
+        ("MODEL.SWIN.MLP_RATIO", backbone.mlp_ratio, "backbone.layers.0.blocks.0.mlp.fc1.weight"),
+        ("MODEL.SWIN.QKV_BIAS", backbone.qkv_bias, "the backbone's attn.qkv.bias keys"),
+        ("MODEL.SWIN.APE", False, "no backbone.absolute_pos_embed key"),
+    ]
+    if head == "vw_maskformer":
+        decoder = fields["decoder_config"]
+        encoder_layers = indices(state_dict, r"sem_seg_head\.predictor\.transformer\.encoder\.layers\.(\d+)\.")
+        return checks + [
+            ("MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE", "res5", "the predictor's input_proj (res5 channels)"),
+            ("MODEL.MASK_FORMER.HIDDEN_DIM", decoder["d_model"], "sem_seg_head.predictor.query_embed.weight"),
+            ("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", decoder["num_queries"], "sem_seg_head.predictor.query_embed"),
+            ("MODEL.MASK_FORMER.DEC_LAYERS", decoder["decoder_layers"], "the DETR decoder layers"),
+            ("MODEL.MASK_FORMER.ENC_LAYERS", len(encoder_layers), "the DETR encoder layers"),
+            ("MODEL.MASK_FORMER.DIM_FEEDFORWARD", decoder["decoder_ffn_dim"], "the decoder layers' linear1"),
+        ]
+    checks += [
+        (
+            "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
+            "MultiScaleMaskedTransformerDecoder",
+            "the transformer decoder's key layout",
+        ),
+        ("MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE", "multi_scale_pixel_decoder", "the predictor's input levels"),
+        ("MODEL.SEM_SEG_HEAD.CONVS_DIM", VW_FEATURE_SIZE, "the 256-channel multi-scale features"),
+        ("MODEL.MASK_FORMER.HIDDEN_DIM", fields["hidden_dim"], "sem_seg_head.predictor.query_feat.weight"),
+        ("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", fields["num_queries"], "sem_seg_head.predictor.query_feat.weight"),
+        ("MODEL.MASK_FORMER.DEC_LAYERS", fields["decoder_layers"], "the predictor's transformer layers"),
+        ("MODEL.MASK_FORMER.DIM_FEEDFORWARD", fields["dim_feedforward"], "the predictor's transformer_ffn_layers"),
+    ]
+    if fields["hidden_dim"] == VW_FEATURE_SIZE:  # otherwise the projections are there whatever the config says
+        checks.append(
+            (
+                "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ",
+                fields["enforce_input_projection"],
+                "the presence of sem_seg_head.predictor.input_proj.* keys",
+            )
+        )
+    if head == "vw_deformable":
+        checks += [
+            (
+                "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+                fields["encoder_layers"],
+                "the pixel decoder's encoder layers",
+            ),
+            ("MODEL.MASK_FORMER.NHEADS", fields["num_attention_heads"], "the deformable attention's sampling_offsets"),
+        ]
+    return checks
+
+
+def _padding_note(resolved: ResolvedSettings, run_configs: list) -> tuple[str, ...]:
+    """The note of the summary and the card when the run's SIZE_DIVISIBILITY is not the model's (not a multiple of
+    64: :func:`vw_padding_multiple`)."""
+    source = resolved.sources.get("size_divisibility", "")
+    if not source.startswith("--config_file"):
+        return ()
+    if source.endswith(" [default]"):
+        raw = SIZE_DIVISIBILITY.code_default
+    else:
+        raw, _ = first_value(run_configs, [SIZE_DIVISIBILITY.path])
+    value = resolved.values["size_divisibility"]
+    if raw == value:
+        return ()
+    return (
+        f"SIZE_DIVISIBILITY {raw} of the run padded to {value} instead (the VW block needs multiples of 64; the "
+        f"original runs only on inputs whose padded size is a multiple of 64, where padding to {value} gives the "
+        "identical result)",
+    )
+
+
+def infer_config_and_settings(
+    state_dict: dict[str, torch.Tensor],
+    id2label: dict[int, str] | None = None,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+    run_configs: list | None = None,
+) -> tuple[VWMaskFormerConfig | VWMask2FormerConfig, VWResolvedSettings]:
+    """The full config of a VW detectron2 state dict (``VW_HEADS[detect_vw_head(state_dict)][1]``) and where the
+    values the weights do not hold came from (whose ``variant`` is the released variant the checkpoint is).
+
+    From the tensors: :func:`vw_head_fields`. Not in the weights (:func:`vw_settings`): VW-MaskFormer's VW heads and
+    short-cut (``MODEL.SEM_SEG_HEAD.NHEADS`` / ``SHORT_CUT``) and DETR heads, the plain VW-Mask2Former's decoder heads,
+    pre-norm (only False converts), the padding multiple (mapped to a multiple of 64: :func:`vw_padding_multiple`) and
+    the training-only values, from ``config_file`` (the run's detectron2 ``config.yaml``) or the released variant
+    (``variant``, or the one with exactly these weights); a required value neither has stops the conversion, naming
+    it. A config that contradicts the weights (another head, other sizes, the deformable encoder's heads) is
+    refused, naming the key and both values."""
+    if run_configs is None:
+        run_configs = detectron2_run_configs(config_file)
+    head = detect_vw_head(state_dict)
+    fields = vw_head_fields(state_dict)
+    check_consistent(run_configs, _consistency_checks(state_dict, head, fields))
+    num_labels = fields.pop("num_labels")
+    if id2label is not None and len(id2label) != num_labels:
+        raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_labels} classes")
+    id2label = id2label if id2label is not None else checkpoint_id2label(None, num_labels)
+    config = VW_HEADS[head][1](**fields, id2label=id2label, label2id={label: i for i, label in id2label.items()})
+    settings = vw_settings(head, "no_object_weight" in fields)
+    matched = released_variant(config, variant)
+    resolved = resolve_settings(config, settings, run_configs, matched, variant is not None, CONFIG_FILE_HELP)
+    if head == "vw_maskformer":
+        decoder = config.decoder_config
+        if "decoder_config.dropout" in resolved.values:  # the original applies DROPOUT in the attentions and FFN too
+            decoder.attention_dropout = decoder.activation_dropout = decoder.dropout
+        config.force_original_decoder()  # the decoder heads may have changed: the config's copy of them follows
+    resolved = VWResolvedSettings(**vars(resolved), notes=_padding_note(resolved, run_configs))
+    return config, resolved
+
+
+def infer_config(
+    state_dict: dict[str, torch.Tensor], id2label: dict[int, str] | None = None, **sources
+) -> VWMaskFormerConfig | VWMask2FormerConfig:
+    """The full config of a VW detectron2 state dict (see :func:`infer_config_and_settings`)."""
+    return infer_config_and_settings(state_dict, id2label, **sources)[0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The conversion
+# --------------------------------------------------------------------------------------------------------------------
+
+#: the test pre-processing a run's config or the released variant gives; the padding multiple is the model's
+#: (``processor_kwargs``), and there is no resize to a multiple
+PIPELINE_FIELDS = ("test_scale", "reduce_labels", "image_mean", "image_std")
+
+
+def convert_loaded(
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+    id2label: dict[int, str] | None = None,
+) -> Conversion:
+    """:func:`convert` of a state dict already read from ``path``."""
+    with errors_name_the_file(path):
+        head = detect_vw_head(state_dict)
+        statistics = pixel_statistics(state_dict)
+    run_configs = detectron2_run_configs(config_file)  # read once: the settings and the test pipeline
+    conversion = build_conversion(
+        path,
+        MODEL_CLASSES[head],
+        infer=lambda: infer_config_and_settings(state_dict, id2label, variant, run_configs=run_configs),
+        convert_keys=lambda: convert_vw_d2_state_dict(state_dict),
+        class_names=list(id2label.values()) if id2label is not None else None,
+        state_dict=state_dict,
+        variant_given=variant is not None,
+        processor_kwargs=dict(zip(("image_mean", "image_std"), statistics)) if statistics else {},
+        pipeline=detectron2_pipeline(run_configs),
+        pipeline_fields=PIPELINE_FIELDS,
+    )
+    # the image processor pads to the model's multiple (the VW block's windows need it; the model pads too)
+    conversion.processor_kwargs["size_divisibility"] = conversion.model.config.size_divisibility
+    return conversion
+
+
+def convert(
+    path: str | Path,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+    id2label: dict[int, str] | None = None,
+) -> Conversion:
+    """Converts any VW-MaskFormer / VW-Mask2Former (plain or deformable) detectron2 checkpoint file: the head told
+    from the keys, the model (eval mode), the released variant it is, the run's test pre-processing (see
+    :func:`infer_config_and_settings` for ``variant`` and ``config_file``) and the image processor's padding multiple
+    (the model's)."""
+    return convert_loaded(path, load_vw_d2_checkpoint(path), variant, config_file, id2label)
+
+
+def convert_checkpoint(
+    path: str | Path,
+    id2label: dict[int, str] | None = None,
+    variant: str | None = None,
+    config_file: str | Path | None = None,
+):
+    """Loads any VW detectron2 checkpoint file into its hf-semseg model (eval mode). Returns ``(model,
+    state_dict)``."""
+    conversion = convert(path, variant, config_file, id2label)
+    return conversion.model, conversion.state_dict
+
+
+#: the summary line of the command line (card fields)
+SUMMARY = (
+    "{head_name}: Swin embed_dim {embed_dim}, depths [{depths}], window {window_size}; pixel decoder "
+    "{pixel_decoder_row}; {transformer_decoder_row}; padding multiple {size_divisibility}; {num_labels} classes"
+)
+CONVERTER = Converter(
+    (VWMaskFormerConfig.model_type, VWMask2FormerConfig.model_type),
+    DETECTRON2,
+    convert,
+    vw_d2_card_fields,
+    SUMMARY,
+    CONFIG_FILE_HELP,
+)
+
+
 __all__ = [
+    "CONVERTER",
     "D2_SWIN_RENAMES",
     "VW_HEADS",
+    "VW_MASK2FORMER_SETTINGS",
+    "VW_MASKFORMER_SETTINGS",
+    "convert",
+    "convert_checkpoint",
+    "convert_loaded",
     "convert_vw_d2_state_dict",
     "detect_vw_head",
+    "infer_config",
+    "infer_config_and_settings",
     "load_vw_d2_checkpoint",
     "swin_backbone_fields",
+    "tied_group_norm_copies",
     "vw_block_renames",
     "vw_head_fields",
+    "vw_padding_multiple",
+    "vw_settings",
 ]

@@ -61,6 +61,8 @@ class VWMaskFormerConfig(MaskFormerConfig):
             to at least 128 (the VW block's 8 x 8 windows need it). A positive multiple of 64; 64 is the value of every
             command of the original README (``MODEL.MASK_FORMER.SIZE_DIVISIBILITY 64``; its config files say 32).
         loss_ignore_index: label value ignored by the losses (255), also the value label maps are padded with.
+        pre_norm: the original's PRE_NORM; only False (post-norm decoder layers, as released and as transformers'
+            DETR decoder) is supported. Recorded so that a converted config says what it was converted from.
         (``fpn_feature_size`` is not used: the VW decoder has no FPN.)
     """
 
@@ -78,6 +80,7 @@ class VWMaskFormerConfig(MaskFormerConfig):
     use_auxiliary_loss: bool = True
     size_divisibility: int = VW_SIZE_MULTIPLE
     loss_ignore_index: int = IGNORE_INDEX
+    pre_norm: bool = False
 
     def __post_init__(self, **kwargs):
         if isinstance(self.backbone_config, dict):
@@ -118,6 +121,11 @@ class VWMaskFormerConfig(MaskFormerConfig):
         super().validate_architecture()
         name = type(self).__name__
         backbone = self.backbone_config
+        if self.pre_norm:
+            raise ValueError(
+                f"{name}.pre_norm = True is not supported: transformers' DETR decoder layers are post-norm (the "
+                "released VW-MaskFormer models are post-norm too)"
+            )
         if getattr(backbone, "model_type", None) != "swin":  # duck-typed: remote code loads its own config classes
             raise ValueError(
                 f"{name}.backbone_config must be a Swin config (model_type 'swin'), got {type(backbone).__name__} "

@@ -1,6 +1,6 @@
 """VW-Mask2Former: transformers' Mask2Former with the varying-window-attention pixel decoders of VWFormer.
 
-Papers: Yan, Wu, Wang, "Multi-Scale Representations by Varying Window Attention for Semantic Segmentation", ICLR
+Papers: Yan, Wu, Zhang, "Multi-Scale Representations by Varying Window Attention for Semantic Segmentation", ICLR
 2024 (arXiv 2404.16573; the VW-Mask2Former results); Cheng, Misra, Schwing, Kirillov, Girdhar, "Masked-attention Mask
 Transformer for Universal Image Segmentation", CVPR 2022. Original code: yan-hao-tian/VW, ``Mask2Former/``
 (``MaskFormer`` meta-architecture, ``BasePixelDecoder`` / ``VWDeformAttnPixelDecoder`` in

@@ -1,6 +1,6 @@
 """VW-MaskFormer: transformers' MaskFormer modules with the varying-window-attention pixel decoder of VWFormer.
 
-Papers: Yan, Wu, Wang, "Multi-Scale Representations by Varying Window Attention for Semantic Segmentation", ICLR
+Papers: Yan, Wu, Zhang, "Multi-Scale Representations by Varying Window Attention for Semantic Segmentation", ICLR
 2024 (arXiv 2404.16573; the VW-MaskFormer results); Cheng, Schwing, Kirillov, "Per-Pixel Classification is Not All
 You Need for Semantic Segmentation", NeurIPS 2021 (MaskFormer). Original code: yan-hao-tian/VW, ``MaskFormer/``
 (``MaskFormer`` meta-architecture, ``MaskFormerHead`` with ``VWTransformerPixelDecoder`` and
