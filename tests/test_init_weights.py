@@ -42,6 +42,10 @@ from hf_semseg import (
     SeMaskSwinModel,
     VWFormerConfig,
     VWFormerForSemanticSegmentation,
+    VWMask2FormerForSemanticSegmentation,
+    VWMask2FormerModel,
+    VWMaskFormerForSemanticSegmentation,
+    VWMaskFormerModel,
 )
 from hf_semseg.models.modeling_semask_swin import SeMaskFPNConvModule, SeMaskSwinWindowAttention
 from hf_semseg.models.modeling_vwformer import VWFormerConvModule, VWFormerVaryingWindowAttention
@@ -52,6 +56,8 @@ from model_suite import (
     tiny_mask2former_kwargs,
     tiny_pale_kwargs,
     tiny_semask_swin_kwargs,
+    tiny_vw_mask2former_config,
+    tiny_vw_maskformer_config,
 )
 
 
@@ -149,6 +155,10 @@ CASES = {
     ),
     "maskformer-model": (SeMaskMaskFormerModel, maskformer_config),
     "maskformer": (SeMaskMaskFormerForSemanticSegmentation, maskformer_config),
+    "vw-mask2former-model": (VWMask2FormerModel, lambda: tiny_vw_mask2former_config(pixel_decoder_type="vw")),
+    "vw-mask2former-deformable": (VWMask2FormerForSemanticSegmentation, tiny_vw_mask2former_config),
+    "vw-maskformer-model": (VWMaskFormerModel, tiny_vw_maskformer_config),
+    "vw-maskformer": (VWMaskFormerForSemanticSegmentation, tiny_vw_maskformer_config),
 }
 
 
@@ -183,7 +193,7 @@ def test_cases_cover_every_registered_model_class():
         and issubclass(value, PreTrainedModel)
         and not value.__name__.endswith("PreTrainedModel")
     }
-    assert len(registered) == 12
+    assert len(registered) == 16
     assert registered == {model_class for model_class, _ in CASES.values()}
 
 

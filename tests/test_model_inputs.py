@@ -20,8 +20,10 @@ from hf_semseg import (
     SeMaskSwinForSemanticSegmentation,
     VWFormerConfig,
     VWFormerForSemanticSegmentation,
+    VWMask2FormerForSemanticSegmentation,
 )
 from hf_semseg.models.modeling_semask_mask2former import SeMaskMask2FormerGroupNorm
+from hf_semseg.models.modeling_vw_pixel_decoder import vw_padded_side
 
 from model_suite import (
     FOUR_STAGES,
@@ -29,6 +31,7 @@ from model_suite import (
     tiny_mask2former_kwargs,
     tiny_pale_kwargs,
     tiny_semask_swin_kwargs,
+    tiny_vw_mask2former_config,
     tiny_vwformer_backbone_config,
     tiny_vwformer_kwargs,
 )
@@ -44,6 +47,10 @@ def convnext_stride4(side: int) -> int:
 
 def mask2former_stride4(side: int) -> int:
     return 8 * math.ceil(side / 32)  # logits cover the input padded to a multiple of 32
+
+
+def vw_stride4(side: int) -> int:
+    return vw_padded_side(side, 64) // 4  # logits cover the input padded to a multiple of 64, at least 128
 
 
 def vwformer(backbone: str, **overrides):
@@ -109,6 +116,11 @@ MODELS = {
         ),
         "config.backbone_config.num_channels",
         mask2former_stride4,
+    ),
+    "vw_mask2former": (
+        lambda: VWMask2FormerForSemanticSegmentation(tiny_vw_mask2former_config(train_num_points=64)),
+        "config.backbone_config.num_channels",
+        vw_stride4,
     ),
 }
 
