@@ -66,17 +66,14 @@ pixel decoders on Swin-B features at 640x640: latency, GMACs, parameters, peak m
   and of the CPU SDPA kernel, and the top operators by self time.
 
 ``--combine`` reads the reports of several runs and writes their per-run ratios and the medians over the runs.
-The measurement code is shared with the other scripts in ``harness.py``.
+The measurement code is in ``harness.py``: this script supplies its decoders, inputs, hooked modules, profiled
+kernels, GMAC counting, ratio pairs and the whole-model counts (``harness.DecoderBenchmark``), as
+``benchmark_semask_fapn.py`` does.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -119,40 +116,34 @@ SWIN_BASE = {
 FEATURE_CHANNELS = (128, 256, 512, 1024)
 FEATURE_STRIDES = (4, 8, 16, 32)
 NUM_LABELS = 150  # ADE20K
-GEMM = "gemm_2048"
-GEMM_SIZE = 2048
-IN_AUTOCAST = "@autocast"  # suffix of the bf16 steps that run a deformable decoder fully under autocast
-#: MACs per sampled value of the deformable attention: 4 for the bilinear interpolation, 1 for the attention weight
-SAMPLING_MACS = 5
 #: the CPU kernel of scaled_dot_product_attention, which FlopCounterMode has no formula for
 SDPA_CPU_KERNEL = "aten::_scaled_dot_product_flash_attention_for_cpu"
-#: the module kinds that forward hooks time (their classes: ``timed_classes``)
-TIMED = ("msda_encoder", "vw_block", "vw_attention")
 FULL_MODELS = ("hf_mask2former_swin_base", "vw_mask2former_swin_base", "vw_deformattn_mask2former_swin_base")
 FULL_RATIOS = (
     ("vw_mask2former_swin_base", "hf_mask2former_swin_base"),
     ("vw_deformattn_mask2former_swin_base", "hf_mask2former_swin_base"),
 )
+#: the table's columns of this script's own figures (``harness.decoder_columns``)
 COLUMNS = (
-    harness.Column("model", "model", "<", 28),
-    harness.Column("fp32 ms", "median_ms", ">", 8, 0),
-    harness.Column("x peer", "ratio_to_peer", ">", 7, 3),
-    harness.Column("bf16 ms", "bf16_median_ms", ">", 8, 0),
-    harness.Column("in AC ms", "bf16_in_autocast_median_ms", ">", 8, 0),
-    harness.Column("GMACs", "gmacs", ">", 7, 1),
-    harness.Column("counted", "gmacs_flop_counter", ">", 8, 1),
-    harness.Column("params M", "params_m", ">", 9, 2),
-    harness.Column("peak MB", "peak_mem_mb", ">", 8, 0),
     harness.Column("enc shr", "msda_encoder_share", ">", 7, 3),
     harness.Column("VW shr", "vw_block_share", ">", 7, 3),
     harness.Column("attn shr", "vw_attention_share", ">", 8, 3),
-    harness.Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
-    harness.Column("of GEMM", "fraction_of_gemm", ">", 7, 3),
 )
+#: the operators whose inclusive time the profiler pass records: row field -> operator
+PROFILED_KERNELS = {"grid_sampler_share": "aten::grid_sampler_2d", "sdpa_kernel_share": SDPA_CPU_KERNEL}
+#: the row figures ``--combine`` gathers per run, and those it takes from the first run (the counts)
+RUN_FIGURES = (
+    "median_ms", "bf16_median_ms", "bf16_in_autocast_median_ms", "peak_mem_mb", "msda_encoder_share",
+    "vw_block_share", "vw_attention_share", "grid_sampler_share", "sdpa_kernel_share", "achieved_gflops",
+    "fraction_of_gemm", "fraction_of_gemm_max", "ratio_to_peer",
+)  # fmt: skip
+STATIC_FIGURES = (
+    "released", "class", "params_m", "gmacs", "gmacs_flop_counter", "gmacs_sdpa", "gmacs_msda_sampling",
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Configurations, decoders and inputs
+# Configurations and decoders
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -293,30 +284,19 @@ def registry_check() -> dict[str, str]:
     return checks
 
 
-def make_features(size: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """The four seeded Swin-B feature maps of one ``size`` x ``size`` image."""
-    generator = harness.seeded_generator(seed)
-    return tuple(
-        torch.randn(1, channels, size // stride, size // stride, generator=generator)
-        for channels, stride in zip(FEATURE_CHANNELS, FEATURE_STRIDES)
-    )
-
-
-def deformable_attention_class():
-    from transformers.models.mask2former.modeling_mask2former import (
-        Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
-    )
-
-    return Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention
-
-
 def timed_classes() -> dict[str, type]:
-    """The module classes timed by hooks: ``TIMED`` key -> class."""
+    """The module classes timed by forward hooks (key -> class): the deformable-attention encoder, the VW block and
+    its attention branches."""
     from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoderEncoderOnly
 
     from hf_semseg.models.modeling_vw_pixel_decoder import VWBlock, VWWindowAttention
 
     return {"msda_encoder": Mask2FormerPixelDecoderEncoderOnly, "vw_block": VWBlock, "vw_attention": VWWindowAttention}
+
+
+def describe(name: str, model: torch.nn.Module) -> dict:
+    """The row fields of decoder ``name``: the released model it is configured after and its class."""
+    return {"released": RELEASED[name], "class": type(model).__name__}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,204 +315,24 @@ def count_macs(model: torch.nn.Module, inputs) -> dict:
     """GMACs of one ``model(inputs)``: ``FlopCounterMode``'s count (with the CPU SDPA formula; its SDPA part as
     ``gmacs_sdpa``) and the analytic count of the deformable attention's sampling, from the shapes of the actual
     calls."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counts = {"msda_sampling": 0}
-
-    def on_deformable_attention(module, args, kwargs, output):
-        hidden_states = args[0] if args else kwargs["hidden_states"]
-        batch, queries = hidden_states.shape[:2]
-        samples = batch * queries * module.n_heads * module.n_levels * module.n_points
-        counts["msda_sampling"] += samples * (module.d_model // module.n_heads) * SAMPLING_MACS
-
-    handles = [
-        module.register_forward_hook(on_deformable_attention, with_kwargs=True)
-        for module in model.modules()
-        if isinstance(module, deformable_attention_class())
-    ]
     sdpa_kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    counter = FlopCounterMode(display=False, custom_mapping={sdpa_kernel: sdpa_cpu_flops})
-    try:
-        with torch.no_grad(), counter:
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    by_op = counter.get_flop_counts()["Global"]
-    counted = counter.get_total_flops() / 2 / 1e9
-    sampling = counts["msda_sampling"] / 1e9
-    return {
-        "gmacs": counted + sampling,
-        "gmacs_flop_counter": counted,
-        "gmacs_sdpa": sum(flops for op, flops in by_op.items() if "scaled_dot_product" in str(op)) / 2 / 1e9,
-        "gmacs_msda_sampling": sampling,
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Latency: round-robin decoders plus a GEMM step; hook timing of the encoder, the VW block and its attention
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class ModuleTimer:
-    """Forward hooks that add up the seconds spent in the ``TIMED`` modules of a decoder (outermost calls of each
-    kind) during one call; ``calls`` holds one ``{key: seconds}`` per decoder call."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.calls: list[dict[str, float]] = []
-        self.current = dict.fromkeys(TIMED, 0.0)
-        self.starts: dict[int, float] = {}
-        self.keys: set[str] = set()
-        self.handles = []
-        for key, cls in timed_classes().items():
-            for module in model.modules():
-                if isinstance(module, cls):
-                    self.keys.add(key)
-                    self.handles.append(module.register_forward_pre_hook(self._start))
-                    self.handles.append(module.register_forward_hook(self._stopper(key)))
-
-    @property
-    def active(self) -> bool:
-        return bool(self.handles)
-
-    def _start(self, module, args):
-        self.starts[id(module)] = time.perf_counter()
-
-    def _stopper(self, key: str):
-        def stop(module, args, output):
-            self.current[key] += time.perf_counter() - self.starts.pop(id(module))
-
-        return stop
-
-    def wrap(self, step: harness.Step) -> harness.Step:
-        """``step`` that records the module seconds of each of its calls in ``calls``."""
-
-        def timed_step():
-            self.current = dict.fromkeys(TIMED, 0.0)
-            step()
-            self.calls.append(self.current)
-
-        return timed_step
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def gemm_step(dtype: torch.dtype) -> harness.Step:
-    """One ``GEMM_SIZE`` square matmul in ``dtype`` into a preallocated output."""
-    generator = harness.seeded_generator(1)
-    a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE, generator=generator).to(dtype) for _ in range(2))
-    out = torch.empty(GEMM_SIZE, GEMM_SIZE, dtype=dtype)
-    return lambda: torch.mm(a, b, out=out)
-
-
-def load_average() -> float | None:
-    """The 1-minute load average of the machine (``/proc/loadavg``): other processes competing for the cores."""
-    try:
-        with open("/proc/loadavg") as loadavg:
-            return float(loadavg.read().split()[0])
-    except OSError:
-        return None
-
-
-def gemm_gflops(seconds: float) -> float:
-    return 2 * GEMM_SIZE**3 / seconds / 1e9
-
-
-def time_decoders(models, features, dtype: torch.dtype, warmup: int, repeats: int, hooks: bool) -> dict:
-    """Round-robin latency of ``models`` and one GEMM under ``dtype``. In bf16 the deformable decoders run outside
-    autocast (as in the models), and a second step of each runs fully under autocast (``name + IN_AUTOCAST``). With
-    ``hooks`` also the per-round seconds of the ``TIMED`` modules."""
-    autocast, _ = harness.device_helpers(torch.device("cpu"), dtype)
-    steps, timers = {}, {}
-    for name, model in models.items():
-        outside = dtype != torch.float32 and name in DEFORMABLE
-        step = harness.forward_step(model, features, contextlib.nullcontext if outside else autocast)
-        timer = ModuleTimer(model) if hooks else None
-        if timer is not None and timer.active:
-            timers[name] = timer
-            step = timer.wrap(step)
-        steps[name] = step
-        if outside:
-            steps[name + IN_AUTOCAST] = harness.forward_step(model, features, autocast)
-    steps[GEMM] = gemm_step(dtype)
-    try:
-        times, _ = harness.time_round_robin(steps, warmup, repeats)
-    finally:
-        for timer in timers.values():
-            timer.remove()
-    shares = {}
-    for name, timer in timers.items():
-        calls = timer.calls[-repeats:]  # the timed rounds
-        shares[name] = {
-            key: harness.median([call[key] / seconds for call, seconds in zip(calls, times[name])])
-            for key in sorted(timer.keys)
-        }
-        shares[name].update({f"{key}_s": [call[key] for call in calls] for key in sorted(timer.keys)})
-    return {"times_s": times, "shares": shares}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# torch.profiler: the kernels of one forward
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def inclusive_seconds(events, name: str) -> float:
-    """Seconds inside operator ``name``, not counting calls nested in a call of the same name."""
-    total = 0.0
-    for event in events:
-        if event.name != name:
-            continue
-        parent = event.cpu_parent
-        while parent is not None and parent.name != name:
-            parent = parent.cpu_parent
-        if parent is None:
-            total += event.cpu_time_total / 1e6
-    return total
-
-
-def profile_forward(model: torch.nn.Module, features, top: int = 8) -> dict:
-    """One fp32 forward under ``torch.profiler``: its wall seconds, the inclusive seconds (and shares) of
-    ``aten::grid_sampler_2d`` and the CPU SDPA kernel, and the ``top`` operators by self time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as profiler:
-        start = time.perf_counter()
-        model(features)
-        wall = time.perf_counter() - start
-    events = profiler.events()
-    kernels = {name: inclusive_seconds(events, name) for name in ("aten::grid_sampler_2d", SDPA_CPU_KERNEL)}
-    averages = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
-    return {
-        "profiled_forward_s": wall,
-        "kernels_s": kernels,
-        "kernel_shares": {name: seconds / wall for name, seconds in kernels.items()},
-        "top_self_time": [
-            {"op": event.key, "self_s": event.self_cpu_time_total / 1e6, "calls": event.count}
-            for event in averages[:top]
-        ],
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Peak memory in a fresh process
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def measure_memory(args, name: str) -> dict:
-    """Peak memory of the first forward of decoder ``name`` in this (fresh) process."""
-    torch.manual_seed(args.seed)
-    model = build_decoder(name)
-    return harness.first_forward_peak_memory(model, make_features(args.size, args.seed), torch.device("cpu"))
-
-
-def memory_in_subprocess(args, name: str) -> dict:
-    """``measure_memory`` in a fresh process of this script."""
-    command = harness.script_command(
-        __file__, "--memory-worker", name, "--size", args.size, "--seed", args.seed, "--threads", args.threads
+    return harness.count_macs_with_analytic(
+        model,
+        inputs,
+        [harness.deformable_attention_sampling()],
+        custom_mapping={sdpa_kernel: sdpa_cpu_flops},
+        counted_parts={"sdpa": "scaled_dot_product"},
     )
-    return harness.run_worker_command(command, args.threads)
+
+
+def peer_differences(top: dict, bottom: dict) -> dict:
+    """A VW decoder's differences to its peer in GMACs, GFLOPs (2 x MACs) and parameters."""
+    gmacs = top["gmacs"] - bottom["gmacs"]
+    return {
+        "gmacs_difference": gmacs,
+        "gflops_difference": 2 * gmacs,
+        "params_m_difference": top["params_m"] - bottom["params_m"],
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -588,219 +388,55 @@ def count_full_models(args) -> dict:
     return {"size": args.size, "results": list(rows.values()), "differences": differences}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# One run
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def ratios_of(rows: dict[str, dict], fp32_times: dict[str, list[float]]) -> dict:
-    """VW decoder / peer of latency (fp32, bf16 as in the models, bf16 fully in autocast: ratios of the medians),
-    GMACs, parameters and peak memory; ``latency_paired``: the median over the fp32 rounds of the ratio within each
-    round; ``latency_min``: the ratio of the fastest fp32 rounds (the least disturbed by other processes); and the
-    differences in GMACs, GFLOPs (2 x MACs) and parameters."""
-    ratios = {}
-    for numerator, denominator in RATIOS:
-        if numerator not in rows or denominator not in rows:
-            continue
-        top, bottom = rows[numerator], rows[denominator]
-        entry = {
-            "latency_paired": harness.median(
-                [a / b for a, b in zip(fp32_times[numerator], fp32_times[denominator], strict=True)]
-            ),
-            "latency_min": min(fp32_times[numerator]) / min(fp32_times[denominator]),
-        }
-        for key in ("median_s", "bf16_median_s", "bf16_in_autocast_median_s", "gmacs", "params_m", "peak_mem_mb"):
-            # the non-deformable decoders have no separate in-autocast figure: their bf16 one is in autocast
-            top_value = top.get(key, top.get("bf16_median_s") if "in_autocast" in key else None)
-            bottom_value = bottom.get(key, bottom.get("bf16_median_s") if "in_autocast" in key else None)
-            if top_value is not None and bottom_value:
-                entry[key.replace("median_s", "latency")] = top_value / bottom_value
-        entry["gmacs_difference"] = top["gmacs"] - bottom["gmacs"]
-        entry["gflops_difference"] = 2 * entry["gmacs_difference"]
-        entry["params_m_difference"] = top["params_m"] - bottom["params_m"]
-        ratios[f"{numerator}/{denominator}"] = entry
-    return ratios
-
-
-def run_benchmark(args) -> dict:
-    """All measurements of one run: the report's ``results`` (one row per decoder), ``gemm``, ``ratios`` and
-    ``full_models``."""
-    features = make_features(args.size, args.seed)
-    print("building decoders ...", file=sys.stderr, flush=True)
-    models = {}
-    for name in args.models:
-        torch.manual_seed(args.seed)
-        models[name] = build_decoder(name)
-    rows = {name: {"model": name, "released": RELEASED[name], "size": args.size} for name in args.models}
-    for name, model in models.items():
-        rows[name]["class"] = type(model).__name__
-        rows[name]["params_m"] = harness.count_params(model) / 1e6
-    print("counting GMACs ...", file=sys.stderr, flush=True)
-    for name, model in models.items():
-        rows[name].update(count_macs(model, features))
-
-    print(f"fp32 latency: {args.warmup} + {args.repeats} round-robin rounds ...", file=sys.stderr, flush=True)
-    load_before = load_average()
-    fp32 = time_decoders(models, features, torch.float32, args.warmup, args.repeats, hooks=True)
-    gemm = {"size": GEMM_SIZE, "fp32_times_s": fp32["times_s"][GEMM]}
-    gemm["load_average_1min_before_after_fp32"] = [load_before, load_average()]
-    gemm["fp32_gflops_median"] = gemm_gflops(harness.median(gemm["fp32_times_s"]))
-    gemm["fp32_gflops_max"] = gemm_gflops(min(gemm["fp32_times_s"]))
-    for name in models:
-        row = rows[name]
-        row["times_s"] = fp32["times_s"][name]
-        row["median_s"] = harness.median(row["times_s"])
-        row["median_ms"] = 1e3 * row["median_s"]
-        row["achieved_gflops"] = 2 * row["gmacs"] / row["median_s"]
-        row["fraction_of_gemm"] = row["achieved_gflops"] / gemm["fp32_gflops_median"]
-        row["fraction_of_gemm_max"] = row["achieved_gflops"] / gemm["fp32_gflops_max"]
-        for key, value in fp32["shares"].get(name, {}).items():
-            row[key if key.endswith("_s") else f"{key}_share"] = value
-
-    if args.bf16_repeats > 0:
-        print(f"bf16 autocast latency: 1 + {args.bf16_repeats} rounds ...", file=sys.stderr, flush=True)
-        bf16 = time_decoders(models, features, torch.bfloat16, 1, args.bf16_repeats, hooks=False)
-        gemm["bf16_times_s"] = bf16["times_s"][GEMM]
-        gemm["bf16_gflops_median"] = gemm_gflops(harness.median(gemm["bf16_times_s"]))
-        for name in models:
-            row = rows[name]
-            row["bf16_outside_autocast"] = name in DEFORMABLE
-            row["bf16_times_s"] = bf16["times_s"][name]
-            row["bf16_median_s"] = harness.median(row["bf16_times_s"])
-            row["bf16_median_ms"] = 1e3 * row["bf16_median_s"]
-            if name + IN_AUTOCAST in bf16["times_s"]:
-                row["bf16_in_autocast_times_s"] = bf16["times_s"][name + IN_AUTOCAST]
-                row["bf16_in_autocast_median_s"] = harness.median(row["bf16_in_autocast_times_s"])
-                row["bf16_in_autocast_median_ms"] = 1e3 * row["bf16_in_autocast_median_s"]
-
-    if not args.skip_profile:
-        print("torch.profiler pass ...", file=sys.stderr, flush=True)
-        for name, model in models.items():
-            profiled = profile_forward(model, features)
-            rows[name]["profile"] = profiled
-            rows[name]["grid_sampler_share"] = profiled["kernel_shares"]["aten::grid_sampler_2d"] or None
-            rows[name]["sdpa_kernel_share"] = profiled["kernel_shares"][SDPA_CPU_KERNEL] or None
-
-    del models
-    print("peak memory, one fresh process per decoder ...", file=sys.stderr, flush=True)
-    for name in args.models:
-        rows[name].update(memory_in_subprocess(args, name))
-
-    for name, row in rows.items():
-        if PEER[name] in rows:
-            row["ratio_to_peer"] = row["median_s"] / rows[PEER[name]]["median_s"]
-    report = {"results": list(rows.values()), "gemm": gemm, "ratios": ratios_of(rows, fp32["times_s"])}
+def add_full_models(args, report: dict) -> None:
+    """The report's ``full_models`` section, unless ``--skip-full-models``."""
     if not args.skip_full_models:
         print("whole models: GMACs of one forward ...", file=sys.stderr, flush=True)
         report["full_models"] = count_full_models(args)
-    return report
 
 
-def print_run(report: dict) -> None:
-    print(harness.format_table(report["results"], COLUMNS))
-    print("(in AC ms: the deformable decoders fully under bf16 autocast; their bf16 ms runs outside it, in fp32)")
-    gemm = report["gemm"]
-    line = f"\n{GEMM_SIZE}^2 fp32 GEMM (a step of the same rounds): {gemm['fp32_gflops_median']:.1f} GFLOP/s median"
-    line += f", {gemm['fp32_gflops_max']:.1f} max"
-    if "bf16_gflops_median" in gemm:
-        line += f"; bf16 GEMM: {gemm['bf16_gflops_median']:.1f} GFLOP/s median"
-    load = gemm["load_average_1min_before_after_fp32"]
-    print(line + f"; load average before/after the fp32 rounds: {load[0]} / {load[1]}")
-    for pair, ratio in report["ratios"].items():
-        print(pair + ": " + ", ".join(f"{key} {value:.3f}" for key, value in ratio.items()))
-    if "full_models" in report:
-        full = report["full_models"]
-        print(f"\nwhole models at {full['size']}x{full['size']} (GMACs = counted + analytic sampling):")
-        for row in full["results"]:
-            if "error" in row:
-                print(f"  {row['model']:<38} ERROR: {row['error']}")
-                continue
-            print(
-                f"  {row['model']:<38} {row['gmacs']:8.1f} GMACs ({row['gmacs_flop_counter']:.1f} + "
-                f"{row['gmacs_msda_sampling']:.2f}), {row['params_m']:.2f}M params"
-            )
-        for pair, entry in full["differences"].items():
-            print(
-                f"  {pair}: {entry['gmacs']:+.2f} GMACs = {entry['gflops']:+.2f} GFLOPs (FLOPs = 2 x MACs), "
-                f"{entry['params_m']:+.2f}M params"
-            )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Combining runs
-# ----------------------------------------------------------------------------------------------------------------
-
-RUN_FIGURES = (
-    "median_ms", "bf16_median_ms", "bf16_in_autocast_median_ms", "peak_mem_mb", "msda_encoder_share",
-    "vw_block_share", "vw_attention_share", "grid_sampler_share", "sdpa_kernel_share", "achieved_gflops",
-    "fraction_of_gemm", "fraction_of_gemm_max", "ratio_to_peer",
-)  # fmt: skip
-STATIC_FIGURES = (
-    "released", "class", "params_m", "gmacs", "gmacs_flop_counter", "gmacs_sdpa", "gmacs_msda_sampling",
-)  # fmt: skip
-
-
-def combine(paths: list[Path]) -> dict:
-    """Per-run ratios and figures of the reports at ``paths`` and their medians over the runs."""
-    runs = [json.loads(path.read_text()) for path in paths]
-    per_run = []
-    for path, run in zip(paths, runs):
-        rows = {row["model"]: row for row in run["results"]}
-        per_run.append({
-            "file": str(path),
-            "date": run["environment"]["date"],
-            "ratios": run["ratios"],
-            "gemm_fp32_gflops": run["gemm"]["fp32_gflops_median"],
-            "gemm_fp32_gflops_max": run["gemm"]["fp32_gflops_max"],
-            "load_average_1min_before_after_fp32": run["gemm"].get("load_average_1min_before_after_fp32"),
-            "gemm_bf16_gflops": run["gemm"].get("bf16_gflops_median"),
-            "models": {name: {key: row.get(key) for key in RUN_FIGURES} for name, row in rows.items()},
-        })  # fmt: skip
-
-    def median_of(values):
-        values = [value for value in values if value is not None]
-        return statistics.median(values) if values else None
-
-    medians = {
-        "ratios": {
-            pair: {key: median_of([run["ratios"].get(pair, {}).get(key) for run in per_run]) for key in entry}
-            for pair, entry in per_run[0]["ratios"].items()
-        },
-        **{
-            key: median_of([run[key] for run in per_run])
-            for key in ("gemm_fp32_gflops", "gemm_fp32_gflops_max", "gemm_bf16_gflops")
-        },
-        "models": {
-            name: {key: median_of([run["models"][name][key] for run in per_run]) for key in figures}
-            for name, figures in per_run[0]["models"].items()
-        },
-    }
-    # the counts do not change between runs: those of the first
-    static = {row["model"]: {key: row.get(key) for key in STATIC_FIGURES} for row in runs[0]["results"]}
-    combined = {
-        "environment": runs[0]["environment"],
-        "settings": runs[0]["settings"],
-        "counts": static,
-        "runs": per_run,
-        "medians_over_runs": medians,
-    }
-    full_models = next((run["full_models"] for run in runs if "full_models" in run), None)
-    if full_models is not None:
-        combined["full_models"] = full_models
-    return combined
-
-
-def print_combined(combined: dict) -> None:
-    def describe(ratios: dict) -> str:
-        return ", ".join(
-            f"{pair.split('/')[0]} {entry['latency']:.3f}x (paired {entry['latency_paired']:.3f}x, "
-            f"fastest rounds {entry['latency_min']:.3f}x)"
-            for pair, entry in ratios.items()
+def print_full_models(report: dict) -> None:
+    """The whole models' GMACs and parameters, and the differences of the VW models to the stock one."""
+    if "full_models" not in report:
+        return
+    full = report["full_models"]
+    print(f"\nwhole models at {full['size']}x{full['size']} (GMACs = counted + analytic sampling):")
+    for row in full["results"]:
+        if "error" in row:
+            print(f"  {row['model']:<38} ERROR: {row['error']}")
+            continue
+        print(
+            f"  {row['model']:<38} {row['gmacs']:8.1f} GMACs ({row['gmacs_flop_counter']:.1f} + "
+            f"{row['gmacs_msda_sampling']:.2f}), {row['params_m']:.2f}M params"
+        )
+    for pair, entry in full["differences"].items():
+        print(
+            f"  {pair}: {entry['gmacs']:+.2f} GMACs = {entry['gflops']:+.2f} GFLOPs (FLOPs = 2 x MACs), "
+            f"{entry['params_m']:+.2f}M params"
         )
 
-    for index, run in enumerate(combined["runs"], start=1):
-        print(f"run {index} ({run['file']}): {describe(run['ratios'])}")
-    print("median over runs: " + describe(combined["medians_over_runs"]["ratios"]))
+
+def add_options(parser) -> None:
+    """``--skip-full-models``."""
+    parser.add_argument("--skip-full-models", action="store_true", help="no whole-model GMAC counts")
+
+
+def check_args(args) -> str | None:
+    """The VW block's 8 x 8 windows of the stride-8 map need a size that is a multiple of 64."""
+    if args.size % 64:
+        return "--size must be a multiple of 64 (the VW block's 8 x 8 windows of the stride-8 map)"
+    return None
+
+
+def settings() -> dict:
+    """The report's settings of this script: the Swin-B, the decoders outside autocast, the MAC counting, and
+    whether the configurations equal the registered variants."""
+    return {
+        "swin_base": SWIN_BASE,
+        "bf16_outside_autocast": list(DEFORMABLE),
+        "macs": "FLOPs / 2; FlopCounterMode with torch's SDPA formula for the CPU SDPA kernel",
+        "registry_check": registry_check(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -808,58 +444,38 @@ def print_combined(combined: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    """The options; the device is always the CPU, the batch one."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="decoders to measure")
-    parser.add_argument("--size", type=int, default=640, help="square input side in pixels (features at 1/4-1/32)")
-    harness.add_timing_options(parser, warmup=1, repeats=5)
-    parser.add_argument("--bf16-repeats", type=int, default=2, help="timed bf16 autocast rounds (0: skip)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
-    parser.add_argument("--skip-profile", action="store_true", help="no torch.profiler pass")
-    parser.add_argument("--skip-full-models", action="store_true", help="no whole-model GMAC counts")
-    parser.add_argument("--combine", type=Path, nargs="+", help="combine these run reports into --output")
-    parser.add_argument("--output", type=Path, default=None, help="JSON report (default results/vw_d2_cpu.json)")
-    parser.add_argument("--memory-worker", choices=MODELS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.size % 64:
-        parser.error("--size must be a multiple of 64 (the VW block's 8 x 8 windows of the stride-8 map)")
-    args.device, args.dtype, args.batch_size = "cpu", "float32", 1
-    if args.output is None:
-        args.output = harness.default_output("vw_d2", "cpu", "_combined" if args.combine else "")
-    return args
+BENCHMARK = harness.DecoderBenchmark(
+    script=__file__,
+    models=MODELS,
+    output_stem="vw_d2",
+    inputs_label="Swin-B features",
+    feature_channels=FEATURE_CHANNELS,
+    feature_strides=FEATURE_STRIDES,
+    build=build_decoder,
+    describe=describe,
+    count_macs=count_macs,
+    timed_classes=timed_classes,
+    profiled_kernels=PROFILED_KERNELS,
+    pairs=RATIOS,
+    peers=PEER,
+    peer_column="ratio_to_peer",
+    columns=COLUMNS,
+    run_figures=RUN_FIGURES,
+    static_figures=STATIC_FIGURES,
+    pair_extras=peer_differences,
+    outside_autocast=DEFORMABLE,
+    table_note="(in AC ms: the deformable decoders fully under bf16 autocast; their bf16 ms runs outside it, in fp32)",
+    print_extra=print_full_models,
+    settings=settings,
+    extend_report=add_full_models,
+    combined_sections=("full_models",),
+    add_options=add_options,
+    check_args=check_args,
+)
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.combine:
-        combined = combine(args.combine)
-        print_combined(combined)
-        harness.write_report(args.output, combined)
-        print(f"\nwrote {args.output}")
-        return
-    harness.set_threads(args.threads)
-    if args.memory_worker:
-        harness.emit_result(measure_memory(args, args.memory_worker))
-        return
-    env = harness.environment(args.device, args.dtype, args.threads)
-    details = f"{args.size}x{args.size} Swin-B features", f"warmup {args.warmup}", f"repeats {args.repeats}"
-    print(harness.describe_run(env, *details), flush=True)
-    start = time.perf_counter()
-    report = run_benchmark(args)
-    print()
-    print_run(report)
-    settings = {key: getattr(args, key) for key in ("models", "size", "warmup", "repeats", "bf16_repeats", "seed")}
-    settings["feature_shapes"] = [
-        [1, c, args.size // s, args.size // s] for c, s in zip(FEATURE_CHANNELS, FEATURE_STRIDES)
-    ]
-    settings["swin_base"] = SWIN_BASE
-    settings["bf16_outside_autocast"] = list(DEFORMABLE)
-    settings["macs"] = "FLOPs / 2; FlopCounterMode with torch's SDPA formula for the CPU SDPA kernel"
-    settings["registry_check"] = registry_check()
-    report = {"environment": env, "settings": settings, **report, "wall_s": time.perf_counter() - start}
-    harness.write_report(args.output, report)
-    print(f"\nwrote {args.output} ({report['wall_s']:.0f} s)")
+    harness.decoder_benchmark_main(BENCHMARK, __doc__, argv)
 
 
 if __name__ == "__main__":

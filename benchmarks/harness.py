@@ -16,6 +16,12 @@ Every script measures our models against named peers from transformers in the sa
 * **Reporting**: ratios, the environment (CPU model, threads, versions, git revision), tables and the JSON report.
 * **Forward/train benchmarks** (``StepBenchmark``, ``run_step_benchmark``): the latency of all models of one
   (mode, batch size) round-robin in one worker, then the peak memory of each model in a worker of its own.
+* **Pixel-decoder benchmarks** (``DecoderBenchmark``, ``decoder_benchmark_main``): decoders on seeded backbone
+  feature maps in one process, timed round-robin in fp32 and bf16 autocast with a square GEMM as one more step of the
+  same rounds (the machine's throughput under the same load), forward hooks timing chosen modules
+  (``ModuleTimer``), GMACs with analytic counts of what ``FlopCounterMode`` does not see (``AnalyticMacs``, e.g. the
+  deformable attention's sampling), a ``torch.profiler`` pass, peak memory in a fresh process per decoder, ratios of
+  decoder pairs, and ``--combine`` of several runs' reports.
 
 Importing it: the scripts run as ``python benchmarks/benchmark_x.py`` from the repository root, where Python puts
 ``benchmarks/`` first on ``sys.path``. Each script also inserts its own folder into ``sys.path`` before
@@ -35,7 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -751,3 +757,664 @@ def step_benchmark_main(
         print("(--quick is a smoke run: tiny input, no warmup, one repeat; its figures and verdicts mean nothing)")
     write_report(args.output, step_report(env, args, results, ratios))
     print(f"\nwrote {args.output}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder benchmarks: pixel decoders on seeded feature maps, timed round-robin in one process with a GEMM step
+# ----------------------------------------------------------------------------------------------------------------
+
+#: MACs per value that a deformable operator samples: 4 for the bilinear interpolation, 1 for the modulation mask
+#: (deformable convolution) or the attention weight (multi-scale deformable attention)
+SAMPLING_MACS = 5
+#: side of the square fp32/bf16 matmul that is one more step of the decoders' rounds
+GEMM_SIZE = 2048
+#: suffix of the bf16 step that runs a decoder of ``DecoderBenchmark.outside_autocast`` fully under autocast
+IN_AUTOCAST = "@autocast"
+#: the row figures whose numerator / denominator ratios a decoder benchmark reports
+DECODER_RATIO_KEYS = ("median_s", "bf16_median_s", "gmacs", "params_m", "peak_mem_mb")
+#: the settings of a decoder benchmark's report taken from its options
+DECODER_SETTINGS = ("models", "size", "warmup", "repeats", "bf16_repeats", "seed")
+
+
+def feature_maps(size: int, seed: int, channels: Sequence[int], strides: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """Seeded ``randn`` backbone feature maps of one ``size`` x ``size`` image: ``(1, c, size // s, size // s)`` for
+    each channel count ``c`` and stride ``s``."""
+    generator = seeded_generator(seed)
+    return tuple(
+        torch.randn(1, c, size // s, size // s, generator=generator) for c, s in zip(channels, strides, strict=True)
+    )
+
+
+def feature_shapes(size: int, channels: Sequence[int], strides: Sequence[int]) -> list[list[int]]:
+    """The shapes of ``feature_maps``."""
+    return [[1, c, size // s, size // s] for c, s in zip(channels, strides, strict=True)]
+
+
+def load_average() -> float | None:
+    """The 1-minute load average of the machine (``/proc/loadavg``): other processes competing for the cores."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            return float(loadavg.read().split()[0])
+    except OSError:
+        return None
+
+
+def gemm_name(size: int) -> str:
+    """The name of the GEMM step among the decoders' steps and times: ``gemm_<size>``."""
+    return f"gemm_{size}"
+
+
+def gemm_step(size: int, dtype: torch.dtype) -> Step:
+    """One ``size`` square matmul in ``dtype`` into a preallocated output, on seeded operands."""
+    generator = seeded_generator(1)
+    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
+    out = torch.empty(size, size, dtype=dtype)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def gemm_gflops(size: int, seconds: float) -> float:
+    """GFLOP/s of one ``size`` square matmul (``2 * size**3`` FLOPs) that took ``seconds``."""
+    return 2 * size**3 / seconds / 1e9
+
+
+class ModuleTimer:
+    """Forward hooks that add up the seconds spent in the modules of ``classes`` (key -> module class) during each
+    call of a model; a call nested in one of the same key counts once (the outermost). ``keys``: those with a module
+    in the model, in the order of ``classes``; ``calls`` holds one ``{key: seconds}`` per call of a ``wrap``-ped
+    step."""
+
+    def __init__(self, model: torch.nn.Module, classes: Mapping[str, type]):
+        modules = list(model.modules())
+        self.keys = [key for key, cls in classes.items() if any(isinstance(module, cls) for module in modules)]
+        self.calls: list[dict[str, float]] = []
+        self.current = dict.fromkeys(self.keys, 0.0)
+        self.depth = dict.fromkeys(self.keys, 0)
+        self.starts: dict[str, float] = {}
+        self.handles = []
+        for key in self.keys:
+            for module in modules:
+                if isinstance(module, classes[key]):
+                    self.handles.append(module.register_forward_pre_hook(self._starter(key)))
+                    self.handles.append(module.register_forward_hook(self._stopper(key)))
+
+    def _starter(self, key: str):
+        def start(module, args):
+            if self.depth[key] == 0:
+                self.starts[key] = time.perf_counter()
+            self.depth[key] += 1
+
+        return start
+
+    def _stopper(self, key: str):
+        def stop(module, args, output):
+            self.depth[key] -= 1
+            if self.depth[key] == 0:
+                self.current[key] += time.perf_counter() - self.starts[key]
+
+        return stop
+
+    def wrap(self, step: Step) -> Step:
+        """``step`` that records the module seconds of each of its calls in ``calls``."""
+
+        def timed_step():
+            self.current = dict.fromkeys(self.keys, 0.0)
+            self.depth = dict.fromkeys(self.keys, 0)
+            step()
+            self.calls.append(self.current)
+
+        return timed_step
+
+    def fields(self, times: Sequence[float]) -> dict:
+        """Row fields of the last ``len(times)`` calls, whose step took ``times`` (the timed rounds): per key,
+        ``<key>_share``, the median over the rounds of its seconds over the step's, then per key ``<key>_s``, its
+        seconds per round."""
+        calls = self.calls[len(self.calls) - len(times) :]
+        shares = {
+            f"{key}_share": median([call[key] / seconds for call, seconds in zip(calls, times, strict=True)])
+            for key in self.keys
+        }
+        return {**shares, **{f"{key}_s": [call[key] for call in calls] for key in self.keys}}
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def time_decoder_rounds(
+    models: Mapping[str, torch.nn.Module],
+    inputs,
+    dtype: torch.dtype,
+    warmup: int,
+    repeats: int,
+    timed_classes: Mapping[str, type] | None = None,
+    outside_autocast: Collection[str] = (),
+    gemm_size: int = GEMM_SIZE,
+) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """Round-robin latency (``time_round_robin``) on the CPU of ``model(inputs)`` for every model, under
+    ``torch.no_grad()`` and, for a half ``dtype``, ``torch.autocast``, and of one ``gemm_size`` square matmul in
+    ``dtype`` (step ``gemm_name(gemm_size)``): the machine's GEMM throughput under the same load. In a half dtype the
+    models of ``outside_autocast`` run outside autocast (in fp32), and a second step of each, ``name + IN_AUTOCAST``,
+    runs fully under it. With ``timed_classes``, a ``ModuleTimer`` of them on every model that has any. Returns
+    ``({step: [seconds per timed round]}, {model: ModuleTimer.fields})``."""
+    autocast, _ = device_helpers(torch.device("cpu"), dtype)
+    steps, timers = {}, {}
+    for name, model in models.items():
+        outside = dtype != torch.float32 and name in outside_autocast
+        step = forward_step(model, inputs, contextlib.nullcontext if outside else autocast)
+        timer = ModuleTimer(model, timed_classes) if timed_classes else None
+        if timer is not None and timer.keys:
+            timers[name] = timer
+            step = timer.wrap(step)
+        steps[name] = step
+        if outside:
+            steps[name + IN_AUTOCAST] = forward_step(model, inputs, autocast)
+    steps[gemm_name(gemm_size)] = gemm_step(gemm_size, dtype)
+    try:
+        times, _ = time_round_robin(steps, warmup, repeats)
+    finally:
+        for timer in timers.values():
+            timer.remove()
+    return times, {name: timer.fields(times[name]) for name, timer in timers.items()}
+
+
+def inclusive_seconds(events, name: str) -> float:
+    """Seconds inside operator ``name`` among profiler ``events``, not counting calls nested in a call of the same
+    name."""
+    total = 0.0
+    for event in events:
+        if event.name != name:
+            continue
+        parent = event.cpu_parent
+        while parent is not None and parent.name != name:
+            parent = parent.cpu_parent
+        if parent is None:
+            total += event.cpu_time_total / 1e6
+    return total
+
+
+def profile_forward(model: torch.nn.Module, inputs, kernels: Sequence[str], top: int = 8) -> dict:
+    """One ``model(inputs)`` under ``torch.no_grad()`` and ``torch.profiler`` (CPU): its wall seconds, the inclusive
+    seconds (and shares of the wall time) of the operators ``kernels``, and the ``top`` operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        model(inputs)
+        wall = time.perf_counter() - start
+    events = profiler.events()
+    kernel_seconds = {name: inclusive_seconds(events, name) for name in kernels}
+    averages = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    return {
+        "profiled_forward_s": wall,
+        "kernels_s": kernel_seconds,
+        "kernel_shares": {name: seconds / wall for name, seconds in kernel_seconds.items()},
+        "top_self_time": [
+            {"op": event.key, "self_s": event.self_cpu_time_total / 1e6, "calls": event.count}
+            for event in averages[:top]
+        ],
+    }
+
+
+class AnalyticMacs(NamedTuple):
+    """MACs that ``FlopCounterMode`` does not see, counted by a forward hook on every module of ``module_class``:
+    ``count(module, args, kwargs, output)`` returns ``{key: MACs}`` of one call, for ``keys``."""
+
+    module_class: type
+    keys: tuple[str, ...]
+    count: Callable[..., Mapping[str, int]]
+
+
+def _deformable_attention_sampling_macs(module, args, kwargs, output) -> dict[str, int]:
+    """``queries*heads*levels*points*head_dim*SAMPLING_MACS`` of one multi-scale deformable attention call."""
+    hidden_states = args[0] if args else kwargs["hidden_states"]
+    batch, queries = hidden_states.shape[:2]
+    samples = batch * queries * module.n_heads * module.n_levels * module.n_points
+    return {"msda_sampling": samples * (module.d_model // module.n_heads) * SAMPLING_MACS}
+
+
+def deformable_attention_sampling() -> AnalyticMacs:
+    """The bilinear sampling of transformers' multi-scale deformable attention (``grid_sample`` plus its weighted
+    sum), ``msda_sampling``: ``queries*heads*levels*points*head_dim*SAMPLING_MACS`` per call."""
+    from transformers.models.mask2former.modeling_mask2former import (
+        Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    )
+
+    return AnalyticMacs(
+        Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+        ("msda_sampling",),
+        _deformable_attention_sampling_macs,
+    )
+
+
+def count_macs_with_analytic(
+    model: torch.nn.Module,
+    inputs,
+    analytic: Sequence[AnalyticMacs],
+    custom_mapping: Mapping | None = None,
+    counted_parts: Mapping[str, str] | None = None,
+) -> dict:
+    """GMACs of one ``model(inputs)`` under ``torch.no_grad()``: ``gmacs_flop_counter``, the count of
+    ``FlopCounterMode`` (MACs = FLOPs / 2; ``custom_mapping``: formulas of operators it has none for); per
+    ``counted_parts`` entry ``part: substring``, ``gmacs_<part>``, the part of that count from the operators whose
+    name contains the substring; per key of ``analytic``, ``gmacs_<key>``, counted from the shapes of the actual
+    calls (0 when no such module ran); ``gmacs``, the count plus the analytic MACs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {key: 0 for entry in analytic for key in entry.keys}
+
+    def hook_of(count):
+        def hook(module, args, kwargs, output):
+            for key, macs in count(module, args, kwargs, output).items():
+                counts[key] += macs
+
+        return hook
+
+    handles = []
+    for module in model.modules():
+        entry = next((entry for entry in analytic if isinstance(module, entry.module_class)), None)
+        if entry is not None:
+            handles.append(module.register_forward_hook(hook_of(entry.count), with_kwargs=True))
+    counter = FlopCounterMode(display=False, custom_mapping=dict(custom_mapping or {}))
+    try:
+        with torch.no_grad(), counter:
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counted = counter.get_total_flops() / 2 / 1e9
+    by_op = counter.get_flop_counts()["Global"]
+    parts = {
+        f"gmacs_{part}": sum(flops for op, flops in by_op.items() if substring in str(op)) / 2 / 1e9
+        for part, substring in (counted_parts or {}).items()
+    }
+    sampled = {f"gmacs_{key}": value / 1e9 for key, value in counts.items()}
+    return {"gmacs": counted + sum(sampled.values()), "gmacs_flop_counter": counted, **parts, **sampled}
+
+
+def no_settings() -> dict:
+    """No script-specific settings."""
+    return {}
+
+
+@dataclass(frozen=True)
+class DecoderBenchmark:
+    """What a pixel-decoder benchmark script (``benchmark_semask_fapn.py``, ``benchmark_vw_d2.py``) supplies; the
+    harness does the rest (``decoder_benchmark_main``): build the decoders, count, time fp32 and bf16 round-robin
+    with a GEMM step, profile, measure the peak memory in fresh processes, compare, report, combine runs.
+
+    * ``script``: the script's path; its memory workers are fresh processes of it (hidden ``--memory-worker``).
+    * ``models``: the decoder names (``--models``); ``output_stem``: the default report is
+      ``results/<output_stem>_cpu.json`` (``_cpu_combined`` with ``--combine``).
+    * ``inputs_label``, ``feature_channels``, ``feature_strides``: the backbone feature maps of one image
+      (``feature_maps``), the same for every decoder, and their name in the first line printed.
+    * ``build(name)``: the decoder in eval mode (called after ``torch.manual_seed(args.seed)``);
+      ``describe(name, model)``: its row's own fields (besides model, size and ``params_m``).
+    * ``count_macs(model, inputs)``: the ``gmacs*`` fields of one forward (``count_macs_with_analytic``).
+    * ``timed_classes()``: ``{key: module class}`` that forward hooks time in the fp32 rounds (``ModuleTimer``).
+    * ``profiled_kernels``: ``{row field: operator}``, the operator's inclusive-time share in the profiled forward.
+    * ``pairs``: the (numerator, denominator) decoders of ``ratios``; ``pair_extras(top, bottom)``: more fields of a
+      pair's entry. ``peers``: ``{decoder: peer}`` of the row column ``peer_column`` (median over the peer's).
+    * ``outside_autocast``: decoders that run outside autocast in the bf16 rounds, as in their models (each is also
+      timed fully under autocast: ``bf16_in_autocast_*`` fields and ratios); ``gemm_size``: the GEMM step's side.
+    * ``columns``: the table's columns of the script's own figures (after peak memory; ``decoder_columns``);
+      ``table_note``: a line under the table; ``print_extra(report)``: more printed output.
+    * ``settings()``: more settings of the report; ``extend_report(args, report)``: more sections of it.
+    * ``run_figures``, ``static_figures``: the row figures ``--combine`` gathers per run (with their medians over the
+      runs) and from the first run only (counts); ``combined_sections``: report sections it copies from the first
+      run that has them.
+    * ``add_options(parser)``: more command-line options; ``check_args(args)``: an error message for bad options, or
+      ``None``.
+    """
+
+    script: str
+    models: tuple[str, ...]
+    output_stem: str
+    inputs_label: str
+    feature_channels: tuple[int, ...]
+    feature_strides: tuple[int, ...]
+    build: Callable[[str], torch.nn.Module]
+    describe: Callable[[str, torch.nn.Module], dict]
+    count_macs: Callable[[torch.nn.Module, Any], dict]
+    timed_classes: Callable[[], Mapping[str, type]]
+    profiled_kernels: Mapping[str, str]
+    pairs: tuple[tuple[str, str], ...]
+    peers: Mapping[str, str]
+    peer_column: str
+    columns: tuple[Column, ...]
+    run_figures: tuple[str, ...]
+    static_figures: tuple[str, ...]
+    pair_extras: Callable[[dict, dict], dict] | None = None
+    outside_autocast: tuple[str, ...] = ()
+    gemm_size: int = GEMM_SIZE
+    table_note: str | None = None
+    print_extra: Callable[[dict], None] | None = None
+    settings: Callable[[], dict] = no_settings
+    extend_report: Callable[[argparse.Namespace, dict], None] | None = None
+    combined_sections: tuple[str, ...] = ()
+    add_options: Callable[[argparse.ArgumentParser], None] | None = None
+    check_args: Callable[[argparse.Namespace], str | None] | None = None
+
+
+def decoder_inputs(args: argparse.Namespace, bench: DecoderBenchmark) -> tuple[torch.Tensor, ...]:
+    """The seeded feature maps of ``args.size`` and ``args.seed``."""
+    return feature_maps(args.size, args.seed, bench.feature_channels, bench.feature_strides)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _latency_fields(times: list[float], prefix: str = "") -> dict:
+    """``<prefix>times_s``, ``<prefix>median_s`` and ``<prefix>median_ms`` of the timed rounds ``times``."""
+    median_s = median(times)
+    return {f"{prefix}times_s": times, f"{prefix}median_s": median_s, f"{prefix}median_ms": 1e3 * median_s}
+
+
+def measure_decoder_latency(
+    rows: dict[str, dict],
+    models: Mapping[str, torch.nn.Module],
+    inputs,
+    args: argparse.Namespace,
+    bench: DecoderBenchmark,
+) -> tuple[dict[str, list[float]], dict]:
+    """The fp32 rounds (``args.warmup`` + ``args.repeats``, with the module timers and the load average before and
+    after), then the bf16 autocast rounds (1 + ``args.bf16_repeats``, none if 0), each with the GEMM step. Adds the
+    latency, achieved GFLOP/s (2 x GMACs over the median) and its fraction of the GEMM's (median; fastest round),
+    and the module shares to ``rows``. Returns ``(fp32 times per step, the report's gemm section)``."""
+    gemm_key, size = gemm_name(bench.gemm_size), bench.gemm_size
+    _progress(f"fp32 latency: {args.warmup} + {args.repeats} round-robin rounds ...")
+    load_before = load_average()
+    times, module_fields = time_decoder_rounds(
+        models, inputs, torch.float32, args.warmup, args.repeats, bench.timed_classes(), gemm_size=size
+    )
+    gemm = {"size": size, "fp32_times_s": times[gemm_key]}
+    gemm["load_average_1min_before_after_fp32"] = [load_before, load_average()]
+    gemm["fp32_gflops_median"] = gemm_gflops(size, median(gemm["fp32_times_s"]))
+    gemm["fp32_gflops_max"] = gemm_gflops(size, min(gemm["fp32_times_s"]))
+    for name in models:
+        row = rows[name]
+        row.update(_latency_fields(times[name]))
+        row["achieved_gflops"] = 2 * row["gmacs"] / row["median_s"]
+        row["fraction_of_gemm"] = row["achieved_gflops"] / gemm["fp32_gflops_median"]
+        row["fraction_of_gemm_max"] = row["achieved_gflops"] / gemm["fp32_gflops_max"]
+        row.update(module_fields.get(name, {}))
+
+    if args.bf16_repeats > 0:
+        _progress(f"bf16 autocast latency: 1 + {args.bf16_repeats} rounds ...")
+        bf16, _ = time_decoder_rounds(
+            models, inputs, torch.bfloat16, 1, args.bf16_repeats, None, bench.outside_autocast, size
+        )
+        gemm["bf16_times_s"] = bf16[gemm_key]
+        gemm["bf16_gflops_median"] = gemm_gflops(size, median(gemm["bf16_times_s"]))
+        for name in models:
+            row = rows[name]
+            if bench.outside_autocast:
+                row["bf16_outside_autocast"] = name in bench.outside_autocast
+            row.update(_latency_fields(bf16[name], "bf16_"))
+            if name + IN_AUTOCAST in bf16:
+                row.update(_latency_fields(bf16[name + IN_AUTOCAST], "bf16_in_autocast_"))
+    return times, gemm
+
+
+def _ratio_figure(row: dict, key: str):
+    """Figure ``key`` of ``row``; a decoder without a separate in-autocast bf16 figure ran in autocast: its bf16 one."""
+    if key == "bf16_in_autocast_median_s" and key not in row:
+        return row.get("bf16_median_s")
+    return row.get(key)
+
+
+def decoder_ratios(rows: dict[str, dict], fp32_times: Mapping[str, list[float]], bench: DecoderBenchmark) -> dict:
+    """Per pair ``numerator/denominator`` of ``bench.pairs`` with both measured: ``latency_paired``, the median over
+    the fp32 rounds of the ratio within each round (the two calls of a round are seconds apart, so a load change
+    between rounds cancels out); ``latency_min``, the ratio of the fastest fp32 rounds (the least disturbed by other
+    processes); the ratios of the medians (fp32 ``latency``, ``bf16_latency`` and, with ``outside_autocast``,
+    ``bf16_in_autocast_latency``), of the GMACs, parameters and peak memory; then ``bench.pair_extras``."""
+    keys = list(DECODER_RATIO_KEYS)
+    if bench.outside_autocast:
+        keys.insert(keys.index("bf16_median_s") + 1, "bf16_in_autocast_median_s")
+    ratios = {}
+    for numerator, denominator in bench.pairs:
+        if numerator not in rows or denominator not in rows:
+            continue
+        top, bottom = rows[numerator], rows[denominator]
+        entry = {
+            "latency_paired": median(
+                [a / b for a, b in zip(fp32_times[numerator], fp32_times[denominator], strict=True)]
+            ),
+            "latency_min": min(fp32_times[numerator]) / min(fp32_times[denominator]),
+        }
+        for key in keys:
+            top_value, bottom_value = _ratio_figure(top, key), _ratio_figure(bottom, key)
+            if top_value is not None and bottom_value:
+                entry[key.replace("median_s", "latency")] = top_value / bottom_value
+        if bench.pair_extras is not None:
+            entry.update(bench.pair_extras(top, bottom))
+        ratios[f"{numerator}/{denominator}"] = entry
+    return ratios
+
+
+def decoder_memory_command(args: argparse.Namespace, bench: DecoderBenchmark, name: str) -> list[str]:
+    """The command of the memory worker of decoder ``name``: a fresh process of the script."""
+    return script_command(
+        bench.script, "--memory-worker", name, "--size", args.size, "--seed", args.seed, "--threads", args.threads
+    )
+
+
+def measure_decoder_memory(args: argparse.Namespace, bench: DecoderBenchmark, name: str) -> dict:
+    """The memory worker: peak memory of the first forward of decoder ``name`` in this (fresh) process."""
+    torch.manual_seed(args.seed)
+    model = bench.build(name)
+    return first_forward_peak_memory(model, decoder_inputs(args, bench), torch.device("cpu"))
+
+
+def run_decoder_benchmark(args: argparse.Namespace, bench: DecoderBenchmark) -> dict:
+    """All measurements of one run: the report's ``results`` (one row per decoder), ``gemm`` and ``ratios``, then
+    what ``bench.extend_report`` adds."""
+    inputs = decoder_inputs(args, bench)
+    _progress("building decoders ...")
+    models = {}
+    for name in args.models:
+        torch.manual_seed(args.seed)
+        models[name] = bench.build(name)
+    rows = {
+        name: {"model": name, "size": args.size, "params_m": count_params(model) / 1e6, **bench.describe(name, model)}
+        for name, model in models.items()
+    }
+    _progress("counting GMACs ...")
+    for name, model in models.items():
+        rows[name].update(bench.count_macs(model, inputs))
+    fp32_times, gemm = measure_decoder_latency(rows, models, inputs, args, bench)
+
+    if not args.skip_profile:
+        _progress("torch.profiler pass ...")
+        for name, model in models.items():
+            profiled = profile_forward(model, inputs, list(bench.profiled_kernels.values()))
+            rows[name]["profile"] = profiled
+            for field, kernel in bench.profiled_kernels.items():
+                rows[name][field] = profiled["kernel_shares"][kernel] or None
+
+    del models
+    _progress("peak memory, one fresh process per decoder ...")
+    for name in args.models:
+        rows[name].update(run_worker_command(decoder_memory_command(args, bench, name), args.threads))
+
+    for name, row in rows.items():
+        if bench.peers.get(name) in rows:
+            row[bench.peer_column] = row["median_s"] / rows[bench.peers[name]]["median_s"]
+    report = {"results": list(rows.values()), "gemm": gemm, "ratios": decoder_ratios(rows, fp32_times, bench)}
+    if bench.extend_report is not None:
+        bench.extend_report(args, report)
+    return report
+
+
+def format_gemm(gemm: dict) -> str:
+    """The GEMM step's throughput (fp32 median and max, bf16 median) and the load average around the fp32 rounds."""
+    line = f"{gemm['size']}^2 fp32 GEMM (a step of the same rounds): {gemm['fp32_gflops_median']:.1f} GFLOP/s median"
+    line += f", {gemm['fp32_gflops_max']:.1f} max"
+    if "bf16_gflops_median" in gemm:
+        line += f"; bf16 GEMM: {gemm['bf16_gflops_median']:.1f} GFLOP/s median"
+    load = gemm.get("load_average_1min_before_after_fp32")
+    if load is not None:
+        line += f"; load average before/after the fp32 rounds: {load[0]} / {load[1]}"
+    return line
+
+
+def decoder_columns(bench: DecoderBenchmark) -> tuple[Column, ...]:
+    """The printed table's columns: decoder, fp32 latency and its ratio to the peer (``x <peer column without
+    ratio_to_>``), bf16 latency (and fully under autocast, with ``outside_autocast``), GMACs (all; counted by
+    ``FlopCounterMode``), parameters, peak memory, ``bench.columns``, achieved GFLOP/s and its fraction of the GEMM's."""
+    in_autocast = (Column("in AC ms", "bf16_in_autocast_median_ms", ">", 8, 0),) if bench.outside_autocast else ()
+    return (
+        Column("model", "model", "<", 28),
+        Column("fp32 ms", "median_ms", ">", 8, 0),
+        Column(f"x {bench.peer_column.removeprefix('ratio_to_')}", bench.peer_column, ">", 7, 3),
+        Column("bf16 ms", "bf16_median_ms", ">", 8, 0),
+        *in_autocast,
+        Column("GMACs", "gmacs", ">", 7, 1),
+        Column("counted", "gmacs_flop_counter", ">", 8, 1),
+        Column("params M", "params_m", ">", 9, 2),
+        Column("peak MB", "peak_mem_mb", ">", 8, 0),
+        *bench.columns,
+        Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
+        Column("of GEMM", "fraction_of_gemm", ">", 7, 3),
+    )
+
+
+def print_decoder_run(report: dict, bench: DecoderBenchmark) -> None:
+    """The table, the GEMM line, one line of ratios (``x``) and differences per pair, then ``bench.print_extra``."""
+    print(format_table(report["results"], decoder_columns(bench)))
+    if bench.table_note:
+        print(bench.table_note)
+    print("\n" + format_gemm(report["gemm"]))
+    for pair, ratio in report["ratios"].items():
+        figures = (f"{key} {value:.3f}{'' if 'difference' in key else 'x'}" for key, value in ratio.items())
+        print(pair + ": " + ", ".join(figures))
+    if bench.print_extra is not None:
+        bench.print_extra(report)
+
+
+def _median_of(values: Iterable) -> float | None:
+    """Median of the values that are not ``None``; ``None`` if there are none."""
+    values = [value for value in values if value is not None]
+    return statistics.median(values) if values else None
+
+
+def combine_decoder_runs(paths: Sequence[Path], bench: DecoderBenchmark) -> dict:
+    """Per-run ratios and figures (``bench.run_figures``) of the reports at ``paths`` and their medians over the
+    runs; the counts (``bench.static_figures``) of the first run, which do not change between runs."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    per_run = []
+    for path, run in zip(paths, runs, strict=True):
+        rows = {row["model"]: row for row in run["results"]}
+        per_run.append({
+            "file": str(path),
+            "date": run["environment"]["date"],
+            "ratios": run["ratios"],
+            "gemm_fp32_gflops": run["gemm"]["fp32_gflops_median"],
+            "gemm_fp32_gflops_max": run["gemm"]["fp32_gflops_max"],
+            "load_average_1min_before_after_fp32": run["gemm"].get("load_average_1min_before_after_fp32"),
+            "gemm_bf16_gflops": run["gemm"].get("bf16_gflops_median"),
+            "models": {name: {key: row.get(key) for key in bench.run_figures} for name, row in rows.items()},
+        })  # fmt: skip
+    medians = {
+        "ratios": {
+            pair: {key: _median_of(run["ratios"].get(pair, {}).get(key) for run in per_run) for key in entry}
+            for pair, entry in per_run[0]["ratios"].items()
+        },
+        **{
+            key: _median_of(run[key] for run in per_run)
+            for key in ("gemm_fp32_gflops", "gemm_fp32_gflops_max", "gemm_bf16_gflops")
+        },
+        "models": {
+            name: {key: _median_of(run["models"][name][key] for run in per_run) for key in figures}
+            for name, figures in per_run[0]["models"].items()
+        },
+    }
+    combined = {
+        "environment": runs[0]["environment"],
+        "settings": runs[0]["settings"],
+        "counts": {row["model"]: {key: row.get(key) for key in bench.static_figures} for row in runs[0]["results"]},
+        "runs": per_run,
+        "medians_over_runs": medians,
+    }
+    for section in bench.combined_sections:
+        found = next((run[section] for run in runs if section in run), None)
+        if found is not None:
+            combined[section] = found
+    return combined
+
+
+def print_combined(combined: dict) -> None:
+    """The latency ratios of each run and their medians over the runs."""
+
+    def describe(ratios: dict) -> str:
+        return ", ".join(
+            f"{pair.split('/')[0]} {entry['latency']:.3f}x (paired {entry['latency_paired']:.3f}x, "
+            f"fastest rounds {entry['latency_min']:.3f}x)"
+            for pair, entry in ratios.items()
+        )
+
+    for index, run in enumerate(combined["runs"], start=1):
+        print(f"run {index} ({run['file']}): {describe(run['ratios'])}")
+    print("median over runs: " + describe(combined["medians_over_runs"]["ratios"]))
+
+
+def parse_decoder_args(bench: DecoderBenchmark, description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with the options of a decoder benchmark (see benchmarks/README.md), ``bench.add_options`` and
+    the hidden ``--memory-worker``; the device is always the CPU, the dtype fp32 (bf16 runs under autocast), the
+    batch one."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--models", nargs="+", choices=bench.models, default=list(bench.models), help="decoders to measure"
+    )
+    parser.add_argument("--size", type=int, default=640, help="square input side in pixels (features at 1/4-1/32)")
+    add_timing_options(parser, warmup=1, repeats=5)
+    parser.add_argument("--bf16-repeats", type=int, default=2, help="timed bf16 autocast rounds (0: skip)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
+    parser.add_argument("--skip-profile", action="store_true", help="no torch.profiler pass")
+    if bench.add_options is not None:
+        bench.add_options(parser)
+    parser.add_argument("--combine", type=Path, nargs="+", help="combine these run reports into --output")
+    parser.add_argument(
+        "--output", type=Path, default=None, help=f"JSON report (default results/{bench.output_stem}_cpu.json)"
+    )
+    parser.add_argument("--memory-worker", choices=bench.models, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    error = None if bench.check_args is None else bench.check_args(args)
+    if error:
+        parser.error(error)
+    args.device, args.dtype, args.batch_size = "cpu", "float32", 1
+    if args.output is None:
+        args.output = default_output(bench.output_stem, "cpu", "_combined" if args.combine else "")
+    return args
+
+
+def decoder_benchmark_main(bench: DecoderBenchmark, doc: str, argv: Sequence[str] | None = None) -> None:
+    """The ``main`` of a decoder benchmark whose docstring is ``doc`` (its first line describes the command):
+    ``--combine``, a memory worker's one measurement, or the whole run, its printout and its JSON report
+    (``environment``, ``settings``, ``results``, ``gemm``, ``ratios``, what ``bench.extend_report`` adds,
+    ``wall_s``)."""
+    args = parse_decoder_args(bench, doc.splitlines()[0], argv)
+    if args.combine:
+        combined = combine_decoder_runs(args.combine, bench)
+        print_combined(combined)
+        write_report(args.output, combined)
+        print(f"\nwrote {args.output}")
+        return
+    set_threads(args.threads)
+    if args.memory_worker:
+        emit_result(measure_decoder_memory(args, bench, args.memory_worker))
+        return
+    env = environment(args.device, args.dtype, args.threads)
+    details = f"{args.size}x{args.size} {bench.inputs_label}", f"warmup {args.warmup}", f"repeats {args.repeats}"
+    print(describe_run(env, *details), flush=True)
+    start = time.perf_counter()
+    report = run_decoder_benchmark(args, bench)
+    print()
+    print_decoder_run(report, bench)
+    settings = {key: getattr(args, key) for key in DECODER_SETTINGS}
+    settings["feature_shapes"] = feature_shapes(args.size, bench.feature_channels, bench.feature_strides)
+    settings.update(bench.settings())
+    report = {"environment": env, "settings": settings, **report, "wall_s": time.perf_counter() - start}
+    write_report(args.output, report)
+    print(f"\nwrote {args.output} ({report['wall_s']:.0f} s)")

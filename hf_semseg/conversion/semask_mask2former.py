@@ -272,18 +272,26 @@ SIZE_DIVISIBILITY = Setting(
     read=non_negative_int,
 )
 DROP_PATH = training_only("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE")
+#: the training-only values of Mask2Former's set loss (its weights and point sampling), every Mask2Former head's
+MASK2FORMER_LOSS_SETTINGS = [
+    training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT"),
+    training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
+    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    training_only("train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", positive_int),
+    training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
+    training_only("importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
+]
+#: the semantic head's loss weight (SeMask's heads)
+SEMANTIC_LOSS_WEIGHT = training_only(
+    "semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT"
+)
 SETTINGS = [
     SEMANTIC_WINDOW,
     Setting("pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=boolean),
     SIZE_DIVISIBILITY,
     DROP_PATH,
-    training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT"),
-    training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
-    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
-    training_only("semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT"),
-    training_only("train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", positive_int),
-    training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
-    training_only("importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
+    *MASK2FORMER_LOSS_SETTINGS,
+    SEMANTIC_LOSS_WEIGHT,
 ]
 #: the masked-attention decoder's heads, for the FaPN decoder (without a deformable encoder whose sampling_offsets
 #: would show them; nn.MultiheadAttention's weights do not)

@@ -49,6 +49,7 @@ from .semask_mask2former import (
     CONFIG_FILE_HELP,
     DROP_PATH,
     NO_OBJECT_WEIGHT,
+    SEMANTIC_LOSS_WEIGHT,
     SEMANTIC_WINDOW,
     SIZE_DIVISIBILITY,
     convert_loaded,
@@ -220,25 +221,33 @@ def post_norm_only(value) -> bool:
 #: the values of a SeMask MaskFormer model the weights do not hold: where a detectron2 config has them, and the
 #: defaults of the SeMask-MaskFormer code's config (``add_mask_former_config``) for a key a run's config leaves out.
 #: nn.MultiheadAttention packs every head in one matrix, so NHEADS is not in the weights.
-SETTINGS = [
-    SEMANTIC_WINDOW,
-    Setting(
-        "decoder_config.decoder_attention_heads",
-        "the decoder attention heads",
-        "MODEL.MASK_FORMER.NHEADS",
-        code_default=8,
-        read=positive_int,
-    ),
-    Setting(
-        "pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=post_norm_only
-    ),
-    SIZE_DIVISIBILITY,
-    DROP_PATH,
+#: the DETR decoder's heads (nn.MultiheadAttention packs every head in one matrix), every MaskFormer head's
+DETR_DECODER_HEADS = Setting(
+    "decoder_config.decoder_attention_heads",
+    "the decoder attention heads",
+    "MODEL.MASK_FORMER.NHEADS",
+    code_default=8,
+    read=positive_int,
+)
+#: pre-norm DETR layers (refused: transformers' are post-norm), every MaskFormer head's
+DETR_PRE_NORM = Setting(
+    "pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=post_norm_only
+)
+#: the training-only values of MaskFormer's decoder and set loss, every MaskFormer head's
+MASKFORMER_TRAINING_SETTINGS = [
     training_only("decoder_config.dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
     training_only("mask_weight", "the mask (focal) loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
     training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
-    training_only("semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT"),
     training_only("use_auxiliary_loss", "deep supervision", "MODEL.MASK_FORMER.DEEP_SUPERVISION", boolean),
+]
+SETTINGS = [
+    SEMANTIC_WINDOW,
+    DETR_DECODER_HEADS,
+    DETR_PRE_NORM,
+    SIZE_DIVISIBILITY,
+    DROP_PATH,
+    *MASKFORMER_TRAINING_SETTINGS,
+    SEMANTIC_LOSS_WEIGHT,
 ]
 
 

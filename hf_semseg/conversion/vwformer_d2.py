@@ -79,6 +79,7 @@ from .semask_mask2former import (
     CONFIG_FILE_HELP,
     DECODER_HEADS,
     DROP_PATH,
+    MASK2FORMER_LOSS_SETTINGS,
     NO_OBJECT_WEIGHT,
     SELF_ATTENTION_IN_PROJ,
     check_tied_copy,
@@ -86,7 +87,14 @@ from .semask_mask2former import (
     read_no_object_weight,
 )
 from .semask_mask2former import HEAD_RENAMES as MASK2FORMER_HEAD_RENAMES
-from .semask_maskformer import HF_ATTENTION, MASKFORMER_HEAD_RENAMES, PACKED_ATTENTION, post_norm_only
+from .semask_maskformer import (
+    DETR_DECODER_HEADS,
+    DETR_PRE_NORM,
+    HF_ATTENTION,
+    MASKFORMER_HEAD_RENAMES,
+    MASKFORMER_TRAINING_SETTINGS,
+    PACKED_ATTENTION,
+)
 
 
 KIND = "VW-MaskFormer / VW-Mask2Former (detectron2)"
@@ -518,32 +526,16 @@ SIZE_DIVISIBILITY = Setting(
     code_default=32,
     read=vw_padding_multiple,
 )
-#: VW-MaskFormer's pre-norm (only False: transformers' DETR decoder layers are post-norm)
-MASKFORMER_PRE_NORM = Setting(
-    "pre_norm", "pre-norm decoder layers", "MODEL.MASK_FORMER.PRE_NORM", code_default=False, read=post_norm_only
-)
-#: the values of a VW-MaskFormer model the weights do not hold (``add_mask_former_config`` of the MaskFormer copy
-#: gives the defaults of a key a run's config leaves out): the VW block's heads and short-cut, the DETR decoder's
-#: heads (``nn.MultiheadAttention`` packs every head in one matrix), the padding multiple, the training-only values
 VW_MASKFORMER_SETTINGS = [
-    MASKFORMER_PRE_NORM,
+    DETR_PRE_NORM,
     Setting(
         "vw_num_heads", "the VW attention heads", "MODEL.SEM_SEG_HEAD.NHEADS", code_default=16, read=vw_attention_heads
     ),
     Setting("vw_use_short_cut", "the VW short-cut", "MODEL.SEM_SEG_HEAD.SHORT_CUT", code_default=True, read=boolean),
-    Setting(
-        "decoder_config.decoder_attention_heads",
-        "the decoder attention heads",
-        "MODEL.MASK_FORMER.NHEADS",
-        code_default=8,
-        read=positive_int,
-    ),
+    DETR_DECODER_HEADS,
     SIZE_DIVISIBILITY,
     DROP_PATH,
-    training_only("decoder_config.dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
-    training_only("mask_weight", "the mask (focal) loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
-    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
-    training_only("use_auxiliary_loss", "deep supervision", "MODEL.MASK_FORMER.DEEP_SUPERVISION", boolean),
+    *MASKFORMER_TRAINING_SETTINGS,
 ]
 #: the values of a VW-Mask2Former model the weights do not hold (``add_maskformer2_config`` of the Mask2Former copy
 #: gives the defaults). The VW block's heads (16) and the absent short-cut are hard-coded there; the decoder heads are
@@ -559,12 +551,7 @@ VW_MASK2FORMER_SETTINGS = [
     SIZE_DIVISIBILITY,
     DROP_PATH,
     training_only("dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
-    training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT"),
-    training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
-    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
-    training_only("train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", positive_int),
-    training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
-    training_only("importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
+    *MASK2FORMER_LOSS_SETTINGS,
     training_only("use_auxiliary_loss", "deep supervision", "MODEL.MASK_FORMER.DEEP_SUPERVISION", boolean),
 ]
 

@@ -47,8 +47,68 @@ SEMASK_MASKFORMER_DECODER = {
 }
 
 
+class OriginalDETRDecoderMixin:
+    """What the configs of the MaskFormer heads (SeMask's and VW's) share about their DETR decoder
+    (``decoder_config``): a partial dict gets the released values (``released_decoder``), ``auxiliary_loss`` stays
+    False, the decoder's head and layer counts are the config's, and the decoder's sizes are checked."""
+
+    #: the released decoder's values a partial ``decoder_config`` dict is completed with
+    released_decoder = SEMASK_MASKFORMER_DECODER
+
+    def complete_decoder_config(self) -> None:
+        """A ``decoder_config`` dict gets the released values where it does not set them (not DETR's defaults)."""
+        if isinstance(self.decoder_config, dict):
+            self.decoder_config = {**self.released_decoder, **self.decoder_config}
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        if getattr(self, "_post_init_done", False):  # sub-configs assigned after construction too
+            if key == "backbone_config":
+                use_four_backbone_stages(value)
+            elif key == "decoder_config" and not isinstance(value, dict):
+                self.force_original_decoder()
+
+    def force_original_decoder(self) -> None:
+        """Sets ``decoder_config.auxiliary_loss`` to False and gives the config the decoder's head and layer counts.
+
+        With ``auxiliary_loss`` True transformers' DETR decoder feeds each layer's LayerNorm-ed output into the next
+        layer, which the original (DETR's ``return_intermediate``, which only records the normalised states) does not:
+        every prediction after the first would differ from the original's. The model takes the per-layer outputs
+        itself and normalises them, so the flag is not needed for the auxiliary predictions."""
+        decoder_config = self.decoder_config
+        if getattr(decoder_config, "auxiliary_loss", False):
+            logger.warning(
+                f"{type(self).__name__}: decoder_config.auxiliary_loss is set to False (with True the DETR decoder "
+                "would feed normalised states to the next layer, unlike the original); use_auxiliary_loss controls "
+                "the auxiliary losses"
+            )
+            decoder_config.auxiliary_loss = False
+        # MaskFormerConfig reads these from the DETR encoder fields, which this model does not use
+        self.num_attention_heads = decoder_config.decoder_attention_heads
+        self.num_hidden_layers = decoder_config.decoder_layers
+
+    def validate_detr_decoder(self) -> None:
+        """Refuses decoder sizes the DETR decoder cannot run and pre-norm layers (transformers' are post-norm)."""
+        name = type(self).__name__
+        decoder = self.decoder_config
+        if decoder.d_model % decoder.decoder_attention_heads:
+            raise ValueError(
+                f"{name}.decoder_config.d_model ({decoder.d_model}) must be divisible by "
+                f"decoder_config.decoder_attention_heads ({decoder.decoder_attention_heads})"
+            )
+        if decoder.decoder_layers < 1:
+            raise ValueError(f"{name}.decoder_config.decoder_layers = {decoder.decoder_layers} must be >= 1")
+        if decoder.num_queries < 1:
+            raise ValueError(f"{name}.decoder_config.num_queries = {decoder.num_queries} must be >= 1")
+        if self.pre_norm:
+            raise ValueError(
+                f"{name}.pre_norm = True is not supported: transformers' DETR decoder layers are post-norm (the "
+                "released models are post-norm too)"
+            )
+
+
 @strict
-class SeMaskMaskFormerConfig(MaskFormerConfig):
+class SeMaskMaskFormerConfig(OriginalDETRDecoderMixin, MaskFormerConfig):
     r"""Configuration of :class:`SeMaskMaskFormerForSemanticSegmentation`: every field of
     :class:`~transformers.MaskFormerConfig` (FPN pixel decoder, DETR transformer decoder in ``decoder_config`` and
     the MaskFormer losses; the defaults are those of the released SeMask-L MaskFormer) plus the SeMask parts.
@@ -99,39 +159,11 @@ class SeMaskMaskFormerConfig(MaskFormerConfig):
 
     def __post_init__(self, **kwargs):
         self.backbone_config = semask_backbone_config(self.backbone_config, semask_maskformer_semantic_attention_types)
-        if isinstance(self.decoder_config, dict):  # a partial dict gets the released values, not DETR's defaults
-            self.decoder_config = {**SEMASK_MASKFORMER_DECODER, **self.decoder_config}
+        self.complete_decoder_config()
         super().__post_init__(**kwargs)
         use_four_backbone_stages(self.backbone_config)
         self.force_original_decoder()
         self.sync_backbone_labels()
-
-    def __setattr__(self, key, value):
-        super().__setattr__(key, value)
-        if getattr(self, "_post_init_done", False):  # sub-configs assigned after construction too
-            if key == "backbone_config":
-                use_four_backbone_stages(value)
-            elif key == "decoder_config" and not isinstance(value, dict):
-                self.force_original_decoder()
-
-    def force_original_decoder(self) -> None:
-        """Sets ``decoder_config.auxiliary_loss`` to False and gives the config the decoder's head and layer counts.
-
-        With ``auxiliary_loss`` True transformers' DETR decoder feeds each layer's LayerNorm-ed output into the next
-        layer, which the original (DETR's ``return_intermediate``, which only records the normalised states) does not:
-        every prediction after the first would differ from the original's. The model takes the per-layer outputs
-        itself and normalises them, so the flag is not needed for the auxiliary predictions."""
-        decoder_config = self.decoder_config
-        if getattr(decoder_config, "auxiliary_loss", False):
-            logger.warning(
-                "SeMaskMaskFormerConfig: decoder_config.auxiliary_loss is set to False (with True the DETR decoder "
-                "would feed normalised states to the next layer, unlike the original); use_auxiliary_loss controls "
-                "the auxiliary losses"
-            )
-            decoder_config.auxiliary_loss = False
-        # MaskFormerConfig reads these from the DETR encoder fields, which this model does not use
-        self.num_attention_heads = decoder_config.decoder_attention_heads
-        self.num_hidden_layers = decoder_config.decoder_layers
 
     def sync_backbone_labels(self) -> None:
         """Gives the backbone's semantic layers this config's classes (:func:`sync_backbone_labels`)."""
@@ -164,28 +196,15 @@ class SeMaskMaskFormerConfig(MaskFormerConfig):
             )
         if self.mask_feature_size <= 0:
             raise ValueError(f"{name}.mask_feature_size = {self.mask_feature_size} must be positive")
-        decoder = self.decoder_config
-        if decoder.d_model % decoder.decoder_attention_heads:
-            raise ValueError(
-                f"{name}.decoder_config.d_model ({decoder.d_model}) must be divisible by "
-                f"decoder_config.decoder_attention_heads ({decoder.decoder_attention_heads})"
-            )
-        if decoder.decoder_layers < 1:
-            raise ValueError(f"{name}.decoder_config.decoder_layers = {decoder.decoder_layers} must be >= 1")
-        if decoder.num_queries < 1:
-            raise ValueError(f"{name}.decoder_config.num_queries = {decoder.num_queries} must be >= 1")
         if self.size_divisibility < 0:
             raise ValueError(f"{name}.size_divisibility = {self.size_divisibility} must be >= 0")
-        if self.pre_norm:
-            raise ValueError(
-                f"{name}.pre_norm = True is not supported: transformers' DETR decoder layers are post-norm (the "
-                "released SeMask MaskFormer is post-norm too)"
-            )
+        self.validate_detr_decoder()
 
 
 AutoConfig.register(SeMaskMaskFormerConfig.model_type, SeMaskMaskFormerConfig, exist_ok=True)
 
 __all__ = [
+    "OriginalDETRDecoderMixin",
     "SEMASK_MASKFORMER_DECODER",
     "SeMaskMaskFormerConfig",
     "semask_maskformer_semantic_attention_types",

@@ -38,6 +38,36 @@ VW_SWIN_TINY = {
 }
 
 
+def swin_backbone_config_dict(backbone_config):
+    """A ``backbone_config`` dict without a model type is a Swin's (the backbone of every VW detectron2 model)."""
+    if isinstance(backbone_config, dict):
+        backbone_config = dict(backbone_config)
+        backbone_config.setdefault("model_type", "swin")
+    return backbone_config
+
+
+def validate_vw_d2_config(config) -> None:
+    """What the configs of VW-MaskFormer and VW-Mask2Former check alike: a four-stage Swin backbone with its four
+    stages out, and a padding multiple the VW block runs on."""
+    name = type(config).__name__
+    backbone = config.backbone_config
+    if getattr(backbone, "model_type", None) != "swin":  # duck-typed: remote code loads its own config classes
+        raise ValueError(
+            f"{name}.backbone_config must be a Swin config (model_type 'swin'), got {type(backbone).__name__} "
+            f"({getattr(backbone, 'model_type', None)!r})"
+        )
+    if len(backbone.depths) != 4 or len(backbone.out_features) != 4:
+        raise ValueError(
+            f"{name} needs the four stages of a four-stage Swin (depths={backbone.depths}, "
+            f"out_features={backbone.out_features})"
+        )
+    if config.size_divisibility <= 0 or config.size_divisibility % VW_SIZE_MULTIPLE:
+        raise ValueError(
+            f"{name}.size_divisibility = {config.size_divisibility} must be a positive multiple of "
+            f"{VW_SIZE_MULTIPLE} (the VW block splits the stride-8 map into 8 x 8 windows)"
+        )
+
+
 @strict
 class VWMask2FormerConfig(Mask2FormerConfig):
     r"""Configuration of :class:`VWMask2FormerForSemanticSegmentation`: every field of
@@ -77,10 +107,7 @@ class VWMask2FormerConfig(Mask2FormerConfig):
     size_divisibility: int = VW_SIZE_MULTIPLE
 
     def __post_init__(self, **kwargs):
-        if isinstance(self.backbone_config, dict):
-            backbone_config = dict(self.backbone_config)
-            backbone_config.setdefault("model_type", "swin")
-            self.backbone_config = backbone_config
+        self.backbone_config = swin_backbone_config_dict(self.backbone_config)
         super().__post_init__(**kwargs)
         use_four_backbone_stages(self.backbone_config)
 
@@ -92,17 +119,7 @@ class VWMask2FormerConfig(Mask2FormerConfig):
     def validate_architecture(self):
         super().validate_architecture()
         name = type(self).__name__
-        backbone = self.backbone_config
-        if getattr(backbone, "model_type", None) != "swin":  # duck-typed: remote code loads its own config classes
-            raise ValueError(
-                f"{name}.backbone_config must be a Swin config (model_type 'swin'), got {type(backbone).__name__} "
-                f"({getattr(backbone, 'model_type', None)!r})"
-            )
-        if len(backbone.depths) != 4 or len(backbone.out_features) != 4:
-            raise ValueError(
-                f"{name} needs the four stages of a four-stage Swin (depths={backbone.depths}, "
-                f"out_features={backbone.out_features})"
-            )
+        validate_vw_d2_config(self)
         if self.pixel_decoder_type not in VW_PIXEL_DECODER_TYPES:
             raise ValueError(
                 f"{name}.pixel_decoder_type = {self.pixel_decoder_type!r}; expected one of "
@@ -121,13 +138,14 @@ class VWMask2FormerConfig(Mask2FormerConfig):
             )
         if self.decoder_layers < 1:
             raise ValueError(f"{name}.decoder_layers = {self.decoder_layers}; it counts the query prediction, so >= 1")
-        if self.size_divisibility <= 0 or self.size_divisibility % VW_SIZE_MULTIPLE:
-            raise ValueError(
-                f"{name}.size_divisibility = {self.size_divisibility} must be a positive multiple of "
-                f"{VW_SIZE_MULTIPLE} (the VW block splits the stride-8 map into 8 x 8 windows)"
-            )
 
 
 AutoConfig.register(VWMask2FormerConfig.model_type, VWMask2FormerConfig, exist_ok=True)
 
-__all__ = ["VW_PIXEL_DECODER_TYPES", "VW_SWIN_TINY", "VWMask2FormerConfig"]
+__all__ = [
+    "VW_PIXEL_DECODER_TYPES",
+    "VW_SWIN_TINY",
+    "VWMask2FormerConfig",
+    "swin_backbone_config_dict",
+    "validate_vw_d2_config",
+]

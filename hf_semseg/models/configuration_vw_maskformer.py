@@ -11,34 +11,26 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.maskformer.configuration_maskformer import MaskFormerConfig
-from transformers.utils import logging
 
+from .configuration_semask_maskformer import SEMASK_MASKFORMER_DECODER, OriginalDETRDecoderMixin
 from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages
-from .configuration_vw_mask2former import VW_FEATURE_SIZE, VW_SIZE_MULTIPLE, VW_SWIN_TINY
+from .configuration_vw_mask2former import (
+    VW_FEATURE_SIZE,
+    VW_SIZE_MULTIPLE,
+    VW_SWIN_TINY,
+    swin_backbone_config_dict,
+    validate_vw_d2_config,
+)
 
 
-logger = logging.get_logger(__name__)
-
-#: the transformer decoder of the released VW-MaskFormer models (``MODEL.MASK_FORMER``: HIDDEN_DIM 256, NHEADS 8,
-#: DIM_FEEDFORWARD 2048, DEC_LAYERS 6, NUM_OBJECT_QUERIES 100, DROPOUT 0.1, ENC_LAYERS 0, PRE_NORM False) in the
-#: field names of transformers' DETR config; the original DETR layers apply DROPOUT inside both attentions and in the
-#: FFN too. ``auxiliary_loss`` is always False (:meth:`VWMaskFormerConfig.force_original_decoder`).
-VW_MASKFORMER_DECODER = {
-    "d_model": 256,
-    "decoder_layers": 6,
-    "decoder_attention_heads": 8,
-    "decoder_ffn_dim": 2048,
-    "num_queries": 100,
-    "dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.1,
-    "encoder_layers": 0,
-    "auxiliary_loss": False,
-}
+#: the transformer decoder of the released VW-MaskFormer models: the same as SeMask MaskFormer's (``MODEL.MASK_FORMER``
+#: of the MaskFormer code: HIDDEN_DIM 256, NHEADS 8, DIM_FEEDFORWARD 2048, DEC_LAYERS 6, NUM_OBJECT_QUERIES 100, DROPOUT
+#: 0.1, ENC_LAYERS 0, PRE_NORM False; :data:`SEMASK_MASKFORMER_DECODER`)
+VW_MASKFORMER_DECODER = SEMASK_MASKFORMER_DECODER
 
 
 @strict
-class VWMaskFormerConfig(MaskFormerConfig):
+class VWMaskFormerConfig(OriginalDETRDecoderMixin, MaskFormerConfig):
     r"""Configuration of :class:`VWMaskFormerForSemanticSegmentation`: the fields of
     :class:`~transformers.MaskFormerConfig` (DETR transformer decoder in ``decoder_config``, the MaskFormer losses:
     cross-entropy 1, focal mask 20, dice 1, no-object 0.1) plus the VW pixel decoder's settings.
@@ -83,59 +75,16 @@ class VWMaskFormerConfig(MaskFormerConfig):
     pre_norm: bool = False
 
     def __post_init__(self, **kwargs):
-        if isinstance(self.backbone_config, dict):
-            backbone_config = dict(self.backbone_config)
-            backbone_config.setdefault("model_type", "swin")
-            self.backbone_config = backbone_config
-        if isinstance(self.decoder_config, dict):  # a partial dict gets the released values, not DETR's defaults
-            self.decoder_config = {**VW_MASKFORMER_DECODER, **self.decoder_config}
+        self.backbone_config = swin_backbone_config_dict(self.backbone_config)
+        self.complete_decoder_config()
         super().__post_init__(**kwargs)
         use_four_backbone_stages(self.backbone_config)
         self.force_original_decoder()
 
-    def __setattr__(self, key, value):
-        super().__setattr__(key, value)
-        if getattr(self, "_post_init_done", False):  # sub-configs assigned after construction too
-            if key == "backbone_config":
-                use_four_backbone_stages(value)
-            elif key == "decoder_config" and not isinstance(value, dict):
-                self.force_original_decoder()
-
-    def force_original_decoder(self) -> None:
-        """Sets ``decoder_config.auxiliary_loss`` to False and gives the config the decoder's head and layer counts.
-        With True, transformers' DETR decoder feeds each layer's LayerNorm-ed output into the next layer, which the
-        original does not; the model normalises the per-layer outputs itself for the auxiliary predictions."""
-        decoder_config = self.decoder_config
-        if getattr(decoder_config, "auxiliary_loss", False):
-            logger.warning(
-                "VWMaskFormerConfig: decoder_config.auxiliary_loss is set to False (with True the DETR decoder would "
-                "feed normalised states to the next layer, unlike the original); use_auxiliary_loss controls the "
-                "auxiliary losses"
-            )
-            decoder_config.auxiliary_loss = False
-        # MaskFormerConfig reads these from the DETR encoder fields, which this model does not use
-        self.num_attention_heads = decoder_config.decoder_attention_heads
-        self.num_hidden_layers = decoder_config.decoder_layers
-
     def validate_architecture(self):
         super().validate_architecture()
         name = type(self).__name__
-        backbone = self.backbone_config
-        if self.pre_norm:
-            raise ValueError(
-                f"{name}.pre_norm = True is not supported: transformers' DETR decoder layers are post-norm (the "
-                "released VW-MaskFormer models are post-norm too)"
-            )
-        if getattr(backbone, "model_type", None) != "swin":  # duck-typed: remote code loads its own config classes
-            raise ValueError(
-                f"{name}.backbone_config must be a Swin config (model_type 'swin'), got {type(backbone).__name__} "
-                f"({getattr(backbone, 'model_type', None)!r})"
-            )
-        if len(backbone.depths) != 4 or len(backbone.out_features) != 4:
-            raise ValueError(
-                f"{name} needs the four stages of a four-stage Swin (depths={backbone.depths}, "
-                f"out_features={backbone.out_features})"
-            )
+        validate_vw_d2_config(self)
         if self.mask_feature_size != VW_FEATURE_SIZE:
             raise ValueError(
                 f"{name}.mask_feature_size = {self.mask_feature_size}; the VW pixel decoder hard-codes "
@@ -143,21 +92,7 @@ class VWMaskFormerConfig(MaskFormerConfig):
             )
         if self.vw_num_heads < 1 or 512 % self.vw_num_heads:
             raise ValueError(f"{name}.vw_num_heads = {self.vw_num_heads} must divide the VW block's 512 channels")
-        decoder = self.decoder_config
-        if decoder.d_model % decoder.decoder_attention_heads:
-            raise ValueError(
-                f"{name}.decoder_config.d_model ({decoder.d_model}) must be divisible by "
-                f"decoder_config.decoder_attention_heads ({decoder.decoder_attention_heads})"
-            )
-        if decoder.decoder_layers < 1:
-            raise ValueError(f"{name}.decoder_config.decoder_layers = {decoder.decoder_layers} must be >= 1")
-        if decoder.num_queries < 1:
-            raise ValueError(f"{name}.decoder_config.num_queries = {decoder.num_queries} must be >= 1")
-        if self.size_divisibility <= 0 or self.size_divisibility % VW_SIZE_MULTIPLE:
-            raise ValueError(
-                f"{name}.size_divisibility = {self.size_divisibility} must be a positive multiple of "
-                f"{VW_SIZE_MULTIPLE} (the VW block splits the stride-8 map into 8 x 8 windows)"
-            )
+        self.validate_detr_decoder()
 
 
 AutoConfig.register(VWMaskFormerConfig.model_type, VWMaskFormerConfig, exist_ok=True)

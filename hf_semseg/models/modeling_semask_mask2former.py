@@ -666,6 +666,43 @@ class SemanticMaskClassificationMixin:
         )
         return model_output, labels, output_auxiliary_logits
 
+    def predictions(
+        self, model_output: ModelOutput, labels: torch.Tensor | None, output_auxiliary_logits: bool
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The class and mask logits of every prediction of the masked-attention decoder (Mask2Former), the final one
+        last: the class head on each prediction's query states ``(Q, B, D) -> (B, Q, K + 1)``, the decoder's mask
+        logits ``(B, Q, h, w)``."""
+        class_queries_logits = tuple(
+            self.class_predictor(states.transpose(0, 1))
+            for states in model_output.transformer_decoder_intermediate_states
+        )
+        return class_queries_logits, model_output.masks_queries_logits
+
+    def segment(
+        self,
+        output_class: type[ModelOutput],
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        output_auxiliary_logits: bool | None,
+        kwargs: dict,
+        output_semantic_priors: bool | None = None,
+    ) -> ModelOutput:
+        """The segmenter's forward pass: :meth:`run_model`, :meth:`predictions`, then :meth:`segmentation_output`."""
+        model_output, labels, output_auxiliary_logits = self.run_model(
+            pixel_values, labels, output_auxiliary_logits, kwargs
+        )
+        class_queries_logits, masks_queries_logits = self.predictions(model_output, labels, output_auxiliary_logits)
+        return self.segmentation_output(
+            output_class,
+            model_output,
+            class_queries_logits,
+            masks_queries_logits,
+            labels,
+            pixel_values.shape[-2:],
+            output_auxiliary_logits,
+            output_semantic_priors,
+        )
+
     def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
         ``input_size`` (a map that is already padded is returned unchanged). The map must cover the input: one
@@ -798,22 +835,12 @@ class SeMaskMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, 
         output_semantic_priors (`bool`, *optional*):
             Return the backbone's semantic priors.
         """
-        model_output, labels, output_auxiliary_logits = self.run_model(
-            pixel_values, labels, output_auxiliary_logits, kwargs
-        )
-        # one class prediction per decoder prediction: (Q, B, D) -> (B, Q, K + 1)
-        class_queries_logits = tuple(
-            self.class_predictor(states.transpose(0, 1))
-            for states in model_output.transformer_decoder_intermediate_states
-        )
-        return self.segmentation_output(
+        return self.segment(
             SeMaskMask2FormerSemanticSegmenterOutput,
-            model_output,
-            class_queries_logits,
-            model_output.masks_queries_logits,
+            pixel_values,
             labels,
-            pixel_values.shape[-2:],
             output_auxiliary_logits,
+            kwargs,
             output_semantic_priors,
         )
 

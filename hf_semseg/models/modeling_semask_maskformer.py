@@ -371,7 +371,37 @@ class SeMaskMaskFormerModel(SeMaskMaskFormerPreTrainedModel):
         return output
 
 
-class SeMaskMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, SeMaskMaskFormerPreTrainedModel):
+class DETRMaskPredictionMixin:
+    """MaskFormer's predictions (SeMask's and VW's MaskFormer heads): a class head (``class_predictor``) and a mask
+    embedding MLP (``mask_embedder``) on each DETR decoder prediction's query states; the mask logits are the mask
+    embeddings dotted with the mask features. Used with :class:`SemanticMaskClassificationMixin`."""
+
+    def predict(
+        self, states: tuple[torch.Tensor, ...], mask_features: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Class and mask logits of each prediction's query states ``(B, Q, D)``: ``(B, Q, K + 1)`` and
+        ``(B, Q, h, w)``, the mask embeddings ``(B, Q, C)`` dotted with the mask features ``(B, C, h, w)``."""
+        class_logits = tuple(self.class_predictor(query_states) for query_states in states)
+        mask_logits = tuple(
+            torch.einsum("bqc,bchw->bqhw", self.mask_embedder(query_states), mask_features) for query_states in states
+        )
+        return class_logits, mask_logits
+
+    def predictions(
+        self, model_output: ModelOutput, labels: torch.Tensor | None, output_auxiliary_logits: bool
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The class and mask logits of the final prediction, and of the earlier decoder layers' ones (first layer
+        first) when they are returned or their loss is computed."""
+        states = model_output.transformer_decoder_intermediate_states
+        needs_earlier = output_auxiliary_logits or (labels is not None and self.config.use_auxiliary_loss)
+        if not needs_earlier:  # the final prediction only
+            states = states[-1:]
+        return self.predict(states, model_output.pixel_decoder_last_hidden_state)
+
+
+class SeMaskMaskFormerForSemanticSegmentation(
+    DETRMaskPredictionMixin, SemanticMaskClassificationMixin, SeMaskMaskFormerPreTrainedModel
+):
     """SeMask MaskFormer for semantic segmentation (the released SeMask-L MaskFormer).
 
     ``logits`` are the semantic scores at stride 4 of the padded input (see ``semantic_scores``); the query-level
@@ -392,17 +422,6 @@ class SeMaskMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, S
         self.criterion = SeMaskMaskFormerLoss(config)
         self.post_init()
 
-    def predict(
-        self, states: tuple[torch.Tensor, ...], mask_features: torch.Tensor
-    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """Class and mask logits of each prediction's query states ``(B, Q, D)``: ``(B, Q, K + 1)`` and
-        ``(B, Q, h, w)``, the mask embeddings ``(B, Q, C)`` dotted with the mask features ``(B, C, h, w)``."""
-        class_logits = tuple(self.class_predictor(query_states) for query_states in states)
-        mask_logits = tuple(
-            torch.einsum("bqc,bchw->bqhw", self.mask_embedder(query_states), mask_features) for query_states in states
-        )
-        return class_logits, mask_logits
-
     @can_return_tuple
     def forward(
         self,
@@ -422,27 +441,18 @@ class SeMaskMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, S
         output_semantic_priors (`bool`, *optional*):
             Return the backbone's semantic priors.
         """
-        model_output, labels, output_auxiliary_logits = self.run_model(
-            pixel_values, labels, output_auxiliary_logits, kwargs
-        )
-        states = model_output.transformer_decoder_intermediate_states
-        needs_earlier = output_auxiliary_logits or (labels is not None and self.config.use_auxiliary_loss)
-        if not needs_earlier:  # the final prediction only
-            states = states[-1:]
-        class_queries_logits, masks_queries_logits = self.predict(states, model_output.pixel_decoder_last_hidden_state)
-        return self.segmentation_output(
+        return self.segment(
             SeMaskMaskFormerSemanticSegmenterOutput,
-            model_output,
-            class_queries_logits,
-            masks_queries_logits,
+            pixel_values,
             labels,
-            pixel_values.shape[-2:],
             output_auxiliary_logits,
+            kwargs,
             output_semantic_priors,
         )
 
 
 __all__ = [
+    "DETRMaskPredictionMixin",
     "SeMaskMaskFormerPreTrainedModel",
     "SeMaskMaskFormerModel",
     "SeMaskMaskFormerForSemanticSegmentation",

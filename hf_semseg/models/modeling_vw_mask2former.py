@@ -261,24 +261,7 @@ class VWMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMa
         output_auxiliary_logits (`bool`, *optional*):
             Return the class and mask logits of the earlier decoder predictions.
         """
-        model_output, labels, output_auxiliary_logits = self.run_model(
-            pixel_values, labels, output_auxiliary_logits, kwargs
-        )
-        # one class prediction per decoder prediction: (Q, B, D) -> (B, Q, K + 1)
-        class_queries_logits = tuple(
-            self.class_predictor(states.transpose(0, 1))
-            for states in model_output.transformer_decoder_intermediate_states
-        )
-        masks_queries_logits = model_output.masks_queries_logits
-        return self.segmentation_output(
-            VWMask2FormerSemanticSegmenterOutput,
-            model_output,
-            class_queries_logits,
-            masks_queries_logits,
-            labels,
-            pixel_values.shape[-2:],
-            output_auxiliary_logits,
-        )
+        return self.segment(VWMask2FormerSemanticSegmenterOutput, pixel_values, labels, output_auxiliary_logits, kwargs)
 
 
 __all__ = [

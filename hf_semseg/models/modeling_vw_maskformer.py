@@ -39,7 +39,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vw_maskformer import VWMaskFormerConfig
 from .modeling_semask_mask2former import SemanticMaskClassificationMixin
-from .modeling_semask_maskformer import SeMaskMaskFormerForSemanticSegmentation, SeMaskMaskFormerLoss
+from .modeling_semask_maskformer import DETRMaskPredictionMixin, SeMaskMaskFormerLoss
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     check_pixel_values,
@@ -194,7 +194,9 @@ class VWMaskFormerModel(VWMaskFormerPreTrainedModel):
         )
 
 
-class VWMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMaskFormerPreTrainedModel):
+class VWMaskFormerForSemanticSegmentation(
+    DETRMaskPredictionMixin, SemanticMaskClassificationMixin, VWMaskFormerPreTrainedModel
+):
     """VW-MaskFormer for semantic segmentation (the released VW-MaskFormer models).
 
     ``logits`` are the semantic scores at stride 4 of the padded input; the query-level outputs
@@ -220,9 +222,6 @@ class VWMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMas
         self.criterion = SeMaskMaskFormerLoss(config)
         self.post_init()
 
-    # class and mask logits of each prediction's query states (the same heads as SeMask-MaskFormer's)
-    predict = SeMaskMaskFormerForSemanticSegmentation.predict
-
     @can_return_tuple
     def forward(
         self,
@@ -239,23 +238,7 @@ class VWMaskFormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMas
         output_auxiliary_logits (`bool`, *optional*):
             Return the class and mask logits of the earlier decoder layers' predictions.
         """
-        model_output, labels, output_auxiliary_logits = self.run_model(
-            pixel_values, labels, output_auxiliary_logits, kwargs
-        )
-        states = model_output.transformer_decoder_intermediate_states
-        needs_earlier = output_auxiliary_logits or (labels is not None and self.config.use_auxiliary_loss)
-        if not needs_earlier:  # the final prediction only
-            states = states[-1:]
-        class_queries_logits, masks_queries_logits = self.predict(states, model_output.pixel_decoder_last_hidden_state)
-        return self.segmentation_output(
-            VWMaskFormerSemanticSegmenterOutput,
-            model_output,
-            class_queries_logits,
-            masks_queries_logits,
-            labels,
-            pixel_values.shape[-2:],
-            output_auxiliary_logits,
-        )
+        return self.segment(VWMaskFormerSemanticSegmenterOutput, pixel_values, labels, output_auxiliary_logits, kwargs)
 
 
 __all__ = [
