@@ -792,6 +792,15 @@ class VWMask2FormerForSemanticSegmentationTest(SeMaskMask2FormerForSemanticSegme
     def test_model_is_small(self):
         pass
 
+    # the fp16 variants take 20 s each on the CPU (no fp16 kernels for the VW block's 512-channel convolutions, which
+    # the test runs 4 times); the fp32 and bf16 variants run the same eager and SDPA attention paths
+    for _name in dir(ModelTesterMixin):
+        if _name.startswith("test_eager_matches_sdpa_inference_") and "_fp16_" in _name:
+            locals()[_name] = unittest.skip(reason="fp16 on the CPU is too slow for the VW block; fp32 and bf16 run")(
+                lambda self: None
+            )
+    del _name
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # SeMask-MaskFormer
