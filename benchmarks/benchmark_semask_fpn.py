@@ -23,6 +23,9 @@ Models (random initialisation, nothing downloaded):
 * ``semask_backbone_tiny``: its ``SeMaskSwinBackbone`` alone (Swin-T plus the semantic layers).
 * ``hf_swin_tiny_backbone``: transformers' ``SwinBackbone``, Swin-T.
 * ``hf_upernet_swin_tiny``: transformers' ``UperNetForSemanticSegmentation`` on Swin-T (hidden 512, auxiliary head).
+* ``semask_fpn_tiny_whole_batch_loss``: ``semask_fpn_tiny`` with its loss computed as before the package's loss went
+  one image at a time (``whole_batch_loss``: the whole batch's logits of both heads at label size, 1.3 GB each for 8
+  images of 512 x 512 with 150 classes); the reference of the training-memory figure (not among the default models).
 
 Why the ratios matter: the HF Swin-T backbone is the reference cost of the shared Swin-T trunk. SeMask-T FPN /
 Swin-T (target <= 1.55) bounds what the semantic layers, the Semantic-FPN head and the semantic decoder may add on
@@ -51,13 +54,22 @@ import harness  # noqa: E402
 
 
 NUM_LABELS = 150
-MODELS = ("semask_fpn_tiny", "semask_backbone_tiny", "hf_swin_tiny_backbone", "hf_upernet_swin_tiny")
-SEGMENTATION_MODELS = ("semask_fpn_tiny", "hf_upernet_swin_tiny")
+MODELS = (
+    "semask_fpn_tiny",
+    "semask_backbone_tiny",
+    "hf_swin_tiny_backbone",
+    "hf_upernet_swin_tiny",
+    "semask_fpn_tiny_whole_batch_loss",
+)
+SEGMENTATION_MODELS = ("semask_fpn_tiny", "hf_upernet_swin_tiny", "semask_fpn_tiny_whole_batch_loss")
 # (numerator, denominator, target upper bound or None)
 RATIOS = (
     ("semask_fpn_tiny", "hf_swin_tiny_backbone", 1.55),
     ("semask_backbone_tiny", "hf_swin_tiny_backbone", 1.1),
     ("semask_fpn_tiny", "hf_upernet_swin_tiny", None),
+    # the loss one image at a time (the package) against the whole batch's logits at label size (before); computed
+    # when both run (--models ... semask_fpn_tiny_whole_batch_loss)
+    ("semask_fpn_tiny", "semask_fpn_tiny_whole_batch_loss", None),
 )
 
 
@@ -68,12 +80,30 @@ def semask_tiny_config():
     return hf_semseg.variant_config("semask-fpn-tiny-ade20k")
 
 
+def whole_batch_loss(model, logits, semantic_logits, labels):
+    """SeMask-FPN's loss as the package computed it before the loss went one image at a time: both heads' logits of
+    the whole batch resized to the labels, then one cross-entropy each (mean over the labelled pixels, as the
+    package's default; no OHEM). The reference of ``semask_fpn_tiny_whole_batch_loss``."""
+    import torch.nn.functional as F
+
+    def cross_entropy(head_logits):
+        upsampled = F.interpolate(head_logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(upsampled, labels, ignore_index=model.config.loss_ignore_index)
+
+    return cross_entropy(logits) + model.config.semantic_loss_weight * cross_entropy(semantic_logits)
+
+
 def build_model(name: str):
     """Randomly initialised model ``name`` (one of ``MODELS``)."""
-    if name == "semask_fpn_tiny":
+    if name in ("semask_fpn_tiny", "semask_fpn_tiny_whole_batch_loss"):
         from hf_semseg import SeMaskSwinForSemanticSegmentation
 
-        return SeMaskSwinForSemanticSegmentation(semask_tiny_config())
+        model = SeMaskSwinForSemanticSegmentation(semask_tiny_config())
+        if name == "semask_fpn_tiny_whole_batch_loss":
+            model.compute_loss = lambda logits, semantic_logits, labels: whole_batch_loss(
+                model, logits, semantic_logits, labels
+            )
+        return model
     if name == "semask_backbone_tiny":
         from hf_semseg import SeMaskSwinBackbone
 
@@ -129,12 +159,13 @@ def parse_args(argv=None):
         size=512,
         output_help="JSON report (default benchmarks/results/semask_fpn_<device>.json)",
         quick_help="smoke run: size 128, batch 1, 1 repeat, no warmup",
+        default_models=MODELS[:4],
     )
     return harness.parse_step_benchmark_args(parser, argv, "semask_fpn")
 
 
 def main(argv=None) -> None:
-    harness.step_benchmark_main(parse_args(argv), BENCHMARK, RATIOS)
+    harness.step_benchmark_main(parse_args(argv), BENCHMARK, RATIOS, memory_ratio=True)
 
 
 if __name__ == "__main__":

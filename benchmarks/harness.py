@@ -577,11 +577,20 @@ class StepBenchmark:
 
 
 def step_benchmark_parser(
-    description: str, models: Sequence[str], batch_sizes: list[int], size: int, output_help: str, quick_help: str
+    description: str,
+    models: Sequence[str],
+    batch_sizes: list[int],
+    size: int,
+    output_help: str,
+    quick_help: str,
+    default_models: Sequence[str] | None = None,
 ) -> argparse.ArgumentParser:
-    """The options of a forward/train benchmark (see benchmarks/README.md) and its hidden worker options."""
+    """The options of a forward/train benchmark (see benchmarks/README.md) and its hidden worker options;
+    ``--models`` defaults to ``default_models`` (all ``models`` when None)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--models", nargs="+", choices=models, default=list(models), help="models to measure")
+    parser.add_argument(
+        "--models", nargs="+", choices=models, default=list(default_models or models), help="models to measure"
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="forward and/or train")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=batch_sizes)
     parser.add_argument("--size", type=int, default=size, help="square input side in pixels")

@@ -24,6 +24,7 @@ from hf_semseg.models.modeling_semask_swin import (
     window_partition,
     window_reverse,
 )
+from hf_semseg.models.modeling_utils_segmentation import pixel_cross_entropy
 
 from model_suite import (
     FOUR_STAGES,
@@ -229,9 +230,10 @@ def test_ohem_keeps_the_hardest_valid_pixels():
     logits = torch.zeros(1, 2, 1, 4)
     logits[0, 0] = torch.tensor([3.0, 1.0, -2.0, 0.0])  # class 0 confidence per pixel
     labels = torch.tensor([[[0, 0, 0, 255]]])
-    weights = ohem_pixel_weights(logits, labels, ignore_index=255, min_kept=2)
+    losses = pixel_cross_entropy(logits, labels, ignore_index=255)
+    weights = ohem_pixel_weights(losses, labels, ignore_index=255, min_kept=2)
     assert weights.tolist() == [[[0.0, 1.0, 1.0, 0.0]]]  # the two least confident valid pixels
-    assert ohem_pixel_weights(logits, labels, 255, min_kept=10).tolist() == [[[1.0, 1.0, 1.0, 0.0]]]
+    assert ohem_pixel_weights(losses, labels, 255, min_kept=10).tolist() == [[[1.0, 1.0, 1.0, 0.0]]]
 
 
 def test_loss_normalisation_and_ohem_switch():

@@ -53,6 +53,7 @@ from .modeling_utils_segmentation import (
     check_pixel_values,
     check_segmentation_labels,
     resolve_output_flags,
+    upsampled_cross_entropy,
 )
 
 
@@ -386,10 +387,14 @@ class SeMaskMask2FormerLoss(nn.Module):
 
     def loss_semantic(self, semantic_logits: torch.Tensor, semantic_labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (mean over the non-ignored pixels) of the semantic head upsampled to the label size."""
-        upsampled = upsample_semantic_logits(semantic_logits.float())
-        if not (semantic_labels != self.ignore_index).any():  # nothing to learn; F.cross_entropy would give NaN
-            return upsampled.sum() * 0.0
-        return F.cross_entropy(upsampled, semantic_labels, ignore_index=self.ignore_index)
+        # one image at a time (upsampled_cross_entropy): never the whole batch's logits at label size; 0 when no
+        # pixel is labelled
+        return upsampled_cross_entropy(
+            semantic_logits.float(),
+            semantic_labels,
+            self.ignore_index,
+            resize=lambda logits, size: upsample_semantic_logits(logits),
+        )
 
     def num_target_masks(self, class_labels: list[torch.Tensor], device: torch.device) -> float:
         """Number of target masks per process (averaged over a distributed run), at least 1."""

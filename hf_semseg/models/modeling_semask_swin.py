@@ -39,6 +39,7 @@ from .modeling_utils_segmentation import (
     eager_attention,
     init_conv_kaiming,
     init_norm_and_linear,
+    pixel_cross_entropy,
     resize_to,
     resolve_output_flags,
     select_hidden_states,
@@ -684,11 +685,11 @@ def semantic_decoder(priors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return semantic_logits
 
 
-def ohem_pixel_weights(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, min_kept: int) -> torch.Tensor:
+def ohem_pixel_weights(losses: torch.Tensor, labels: torch.Tensor, ignore_index: int, min_kept: int) -> torch.Tensor:
     """mmseg's ``OHEMPixelSampler`` with ``thresh=None``: weight 1 for the ``min_kept * B`` valid pixels with the
-    highest cross-entropy, 0 elsewhere. ``logits`` ``(B, K, H, W)`` at label size, ``labels`` ``(B, H, W)``."""
+    highest cross-entropy, 0 elsewhere. ``losses`` ``(B, H, W)``: the pixels' cross-entropy at label size
+    (:func:`pixel_cross_entropy`), ``labels`` ``(B, H, W)``."""
     with torch.no_grad():
-        losses = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
         valid = labels != ignore_index
         valid_losses = losses[valid]
         keep = min(min_kept * labels.shape[0], valid_losses.numel())
@@ -758,12 +759,12 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         """CE(logits) [with OHEM] + ``semantic_loss_weight`` x CE(semantic_logits), both upsampled to the labels."""
         ignore_index = self.config.loss_ignore_index
         labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
-        upsampled_logits = resize_to(logits, labels.shape[-2:])
         pixel_weights = None
         if self.config.use_ohem:
-            pixel_weights = ohem_pixel_weights(upsampled_logits, labels, ignore_index, self.config.ohem_min_kept)
+            losses = pixel_cross_entropy(logits, labels, ignore_index)
+            pixel_weights = ohem_pixel_weights(losses, labels, ignore_index, self.config.ohem_min_kept)
         mean_all = self.config.loss_mean_over_all_pixels
-        loss = upsampled_cross_entropy(upsampled_logits, labels, ignore_index, mean_all, pixel_weights)
+        loss = upsampled_cross_entropy(logits, labels, ignore_index, mean_all, pixel_weights)
         semantic_loss = upsampled_cross_entropy(semantic_logits, labels, ignore_index, mean_all)
         return loss + self.config.semantic_loss_weight * semantic_loss
 
