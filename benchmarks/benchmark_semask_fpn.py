@@ -82,13 +82,20 @@ def semask_tiny_config():
 
 def whole_batch_loss(model, logits, semantic_logits, labels):
     """SeMask-FPN's loss as the package computed it before the loss went one image at a time: both heads' logits of
-    the whole batch resized to the labels, then one cross-entropy each (mean over the labelled pixels, as the
-    package's default; no OHEM). The reference of ``semask_fpn_tiny_whole_batch_loss``."""
+    the whole batch resized to the labels, then one cross-entropy each, averaged as the config says (over all pixels
+    or the labelled ones; the released configs have no OHEM). The reference of ``semask_fpn_tiny_whole_batch_loss``."""
     import torch.nn.functional as F
+
+    config = model.config
+    if config.use_ohem:
+        raise ValueError("whole_batch_loss has no OHEM (the released SeMask-T FPN config has none)")
 
     def cross_entropy(head_logits):
         upsampled = F.interpolate(head_logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(upsampled, labels, ignore_index=model.config.loss_ignore_index)
+        losses = F.cross_entropy(upsampled, labels, ignore_index=config.loss_ignore_index, reduction="none")
+        if config.loss_mean_over_all_pixels:
+            return losses.mean()
+        return losses.sum() / (labels != config.loss_ignore_index).sum().clamp(min=1)
 
     return cross_entropy(logits) + model.config.semantic_loss_weight * cross_entropy(semantic_logits)
 
