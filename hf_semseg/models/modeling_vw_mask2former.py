@@ -48,9 +48,9 @@ from .modeling_vw_pixel_decoder import (
     VWBasePixelDecoder,
     VWBlock,
     VWDeformAttnPixelDecoder,
+    VWSegmenterMixin,
     init_vw_weights,
     pad_for_vw,
-    vw_padded_size,
 )
 from .modeling_vwformer import backbone_channels, build_backbone
 
@@ -220,7 +220,9 @@ class VWMask2FormerModel(VWMask2FormerPreTrainedModel):
         )
 
 
-class VWMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMask2FormerPreTrainedModel):
+class VWMask2FormerForSemanticSegmentation(
+    VWSegmenterMixin, SemanticMaskClassificationMixin, VWMask2FormerPreTrainedModel
+):
     """VW-Mask2Former for semantic segmentation (the released VW-Mask2Former and VW-Mask2Former with deformable
     attention models).
 
@@ -231,12 +233,6 @@ class VWMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, VWMa
     """
 
     family_name = "VW-Mask2Former"
-    has_semantic_head = False  # a plain Swin backbone
-
-    def padded_input_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
-        """The size the model pads an input of ``input_size`` to (:func:`vw_padded_size`: multiples of
-        ``config.size_divisibility``, each side at least 128)."""
-        return vw_padded_size(*input_size, self.config.size_divisibility)
 
     def __init__(self, config: VWMask2FormerConfig):
         super().__init__(config)

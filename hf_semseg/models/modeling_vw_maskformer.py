@@ -49,10 +49,10 @@ from .modeling_utils_segmentation import (
 )
 from .modeling_vw_pixel_decoder import (
     VWBlock,
+    VWSegmenterMixin,
     VWTransformerPixelDecoder,
     init_vw_weights,
     pad_for_vw,
-    vw_padded_size,
 )
 from .modeling_vwformer import backbone_channels, build_backbone
 
@@ -195,7 +195,7 @@ class VWMaskFormerModel(VWMaskFormerPreTrainedModel):
 
 
 class VWMaskFormerForSemanticSegmentation(
-    DETRMaskPredictionMixin, SemanticMaskClassificationMixin, VWMaskFormerPreTrainedModel
+    DETRMaskPredictionMixin, VWSegmenterMixin, SemanticMaskClassificationMixin, VWMaskFormerPreTrainedModel
 ):
     """VW-MaskFormer for semantic segmentation (the released VW-MaskFormer models).
 
@@ -205,13 +205,7 @@ class VWMaskFormerForSemanticSegmentation(
     """
 
     family_name = "VW-MaskFormer"
-    has_semantic_head = False  # a plain Swin backbone
     attentions_need_eager = True  # the DETR decoder's attentions
-
-    def padded_input_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
-        """The size the model pads an input of ``input_size`` to (:func:`vw_padded_size`: multiples of
-        ``config.size_divisibility``, each side at least 128)."""
-        return vw_padded_size(*input_size, self.config.size_divisibility)
 
     def __init__(self, config: VWMaskFormerConfig):
         super().__init__(config)

@@ -104,6 +104,18 @@ def pad_for_vw(pixel_values: torch.Tensor, size_divisibility: int) -> torch.Tens
     return pixel_values
 
 
+class VWSegmenterMixin:
+    """What the VW segmenters (VW-MaskFormer, VW-Mask2Former) tell ``SemanticMaskClassificationMixin``: a plain Swin
+    backbone (no semantic head) and the padding of :func:`pad_for_vw`, which the labels follow."""
+
+    has_semantic_head = False
+
+    def padded_input_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """The size the model pads an input of ``input_size`` to (:func:`vw_padded_size`: multiples of
+        ``config.size_divisibility``, each side at least 128)."""
+        return vw_padded_size(*input_size, self.config.size_divisibility)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------------------------
@@ -377,6 +389,7 @@ def init_vw_weights(module: nn.Module) -> None:
 
 
 __all__ = [
+    "VWSegmenterMixin",
     "VW_MASK2FORMER_PIXEL_DECODERS",
     "VWBasePixelDecoder",
     "VWBlock",
