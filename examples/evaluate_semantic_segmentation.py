@@ -3,7 +3,7 @@
 
     python examples/evaluate_semantic_segmentation.py --model outputs/semask-demo [--dataset_name NAME] \
         [--split validation] [--mode whole|slide|multi_scale] [--crop_size 512 --stride 341] \
-        [--predictions_dir preds/] [--do_reduce_labels [true|false]]
+        [--predictions_dir preds/] [--do_reduce_labels [true|false]] [--weight_bits 4]
 
 The labels are reduced (label 0 ignored, the others shifted down by one) as the model's saved image processor says,
 unless ``--do_reduce_labels`` is given. Reports mIoU, mean accuracy, overall accuracy and per-class IoU (streaming,
@@ -59,7 +59,26 @@ def parse_args(argv=None):
     parser.add_argument("--max_samples", type=int, default=None)
     parser.add_argument("--predictions_dir", type=Path, default=None)
     parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument(
+        "--weight_bits",
+        type=int,
+        default=None,
+        help="evaluate at this weight width (1-8): an any-precision model's top bits, a float model quantised first",
+    )
     return parser.parse_args(argv)
+
+
+def use_weight_bits(model, bits: int) -> None:
+    """Sets an any-precision model to ``bits``; a float hf-semseg model is quantised first (post-training, 8-bit
+    codes by rounding, then the top ``bits``)."""
+    if not hasattr(model, "set_weight_bits"):
+        raise RunOptionError(f"--weight_bits {bits}: {type(model).__name__} has no any-precision weights")
+    try:
+        if not model.config.weight_bits:
+            model.to_any_precision([bits])
+        model.set_weight_bits(bits)
+    except ValueError as error:
+        raise RunOptionError(f"--weight_bits {bits}: {error}") from None
 
 
 def palette_for(id2label: dict) -> np.ndarray:
@@ -87,6 +106,8 @@ def main(argv=None) -> dict:
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     model.eval()
+    if args.weight_bits is not None:
+        use_weight_bits(model, args.weight_bits)
     with loading(f"--dataset_name {args.dataset_name}"):
         splits = load_segmentation_dataset(args.dataset_name)
     if args.split not in splits:

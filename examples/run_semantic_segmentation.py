@@ -14,7 +14,8 @@ small SeMask-Swin FPN. With ``--variant``, its test scale and label reduction (`
 defaults of ``--scale`` / ``--do_reduce_labels`` and the saved image processor is its family's (SeMask Mask2Former:
 ``SeMaskMask2FormerImageProcessor``); an option given on the command line wins. Any Trainer argument works
 (``--per_device_train_batch_size``, ``--bf16``, ``--save_strategy steps --save_steps N``,
-``--resume_from_checkpoint PATH|latest``, ...), and so does ``accelerate launch`` for
+``--resume_from_checkpoint PATH|latest``, ...), ``--weight_bits 8 4 2`` trains any-precision weights once for all
+those widths (once QAT; the saved folder holds 8-bit codes), and so does ``accelerate launch`` for
 multi-GPU DDP / FSDP / DeepSpeed (``examples/accelerate_configs/``; ``--sync_batchnorm`` for SyncBN). Every sample's
 augmentation is a function of (seed, epoch, sample index), so resumed and multi-process runs see the augmentations
 of one uninterrupted process. Checkpoints are complete or absent (written to a hidden staging folder, then renamed), and
@@ -58,6 +59,16 @@ class ModelArguments:
     )
     sync_batchnorm: bool = field(
         default=False, metadata={"help": "batch statistics over all processes (mmseg SyncBN), also on CPU"}
+    )
+    weight_bits: list[int] | None = field(
+        default=None,
+        metadata={"help": "once QAT of any-precision weights at these widths, e.g. 8 4 2 (saves 8-bit codes)"},
+    )
+    weight_bits_loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "weight of each --weight_bits width's loss (default: 1 each)"}
+    )
+    weight_bits_distillation: float = field(
+        default=0.0, metadata={"help": "weight of the narrower widths' KL divergence to the widest width's output"}
     )
 
 
@@ -141,7 +152,9 @@ def main(argv=None, callbacks=None) -> dict:
         optimizers=(optimizer, None),
         callbacks=[EpochCallback(run.train_transform), *(callbacks or [])],
     )
-    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    trainer.once_qat = run.once_qat
+    train_result = trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    trainer.save_metrics("train", {**train_result.metrics, "train_steps": train_result.global_step})
     metrics = trainer.evaluate()
     trainer.save_model()
     trainer.log_metrics("eval", metrics)

@@ -40,6 +40,7 @@ from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     STAGING_FOLDER,
+    MasterWeights,
     exit_on_user_error,
     pad_collate,
     parameter_groups,
@@ -62,6 +63,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--trust_remote_code", action="store_true")
     model.add_argument("--config_overrides", default=None, help="JSON object, e.g. '{\"drop_path_rate\": 0.0}'")
     model.add_argument("--sync_batchnorm", action="store_true", help="batch statistics over all processes (SyncBN)")
+    model.add_argument(
+        "--weight_bits", type=int, nargs="+", default=None, help="once QAT of any-precision weights, e.g. 8 4 2"
+    )
+    model.add_argument(
+        "--weight_bits_loss_weights", type=float, nargs="+", default=None, help="each width's loss weight (1 each)"
+    )
+    model.add_argument(
+        "--weight_bits_distillation", type=float, default=0.0, help="narrower widths' KL weight to the widest's output"
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", default=None, help="Hub id or local folder; none = the demo dataset")
     data.add_argument("--image_column", default="image")
@@ -227,6 +237,8 @@ def main(argv=None) -> dict:
     )
     progress = Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
+    if run.once_qat is not None:  # the float master weights below the saved 8-bit codes: an exact resume
+        accelerator.register_for_checkpointing(MasterWeights(accelerator.unwrap_model(model)))
     # dropout and drop-path draw differently on each process (after the identical initialisation)
     set_seed(args.seed, device_specific=True)
 
@@ -251,7 +263,10 @@ def main(argv=None) -> dict:
             loader = accelerator.skip_first_batches(train_loader, done_in_epoch * args.gradient_accumulation_steps)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                if run.once_qat is None:
+                    loss = model(**batch).loss
+                else:  # every width inside one call, before one backward pass (DDP sees one forward)
+                    loss, _ = run.once_qat.loss(model, accelerator.unwrap_model(model), batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

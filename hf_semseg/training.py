@@ -292,6 +292,7 @@ class RunSetup:
     evaluation: object
     evaluation_with_transform: object
     processor: object
+    once_qat: "OnceQAT | None" = None
 
 
 def set_up_run(model_options, data_options, seed: int, device, main_process_first=nullcontext) -> RunSetup:
@@ -336,6 +337,12 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
         saved_processor = (
             None if model_options.variant else pretrained_processor_settings(model_options.model_name_or_path)
         )
+    once_qat = prepare_once_qat(
+        model,
+        getattr(model_options, "weight_bits", None),
+        getattr(model_options, "weight_bits_loss_weights", None),
+        getattr(model_options, "weight_bits_distillation", 0.0),
+    )
     if model_options.sync_batchnorm:
         model = convert_sync_batchnorm(model, device)
     settings = resolve_data_settings(
@@ -367,7 +374,106 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
         processor=build_processor(
             settings.scale, settings.reduce_labels, model.config.model_type, settings.size_divisor
         ),
+        once_qat=once_qat,
     )
+
+
+@dataclass
+class OnceQAT:
+    """Once quantisation-aware training (Wu et al., "Vertical Layering of Quantized Neural Networks", arXiv
+    2212.05326): every step runs the model at each weight width, from the same float master weights through the
+    straight-through estimator, and sums ``loss_weights[i]`` times the loss at ``weight_bits[i]``; with
+    ``distillation`` > 0 each narrower width also learns the widest width's per-pixel class distribution
+    (``distillation`` times the mean KL divergence over pixels, the widest output detached), as Any-Precision DNN
+    does. The widths run widest first, and the model is left at the widest."""
+
+    weight_bits: list[int]
+    loss_weights: list[float]
+    distillation: float = 0.0
+
+    def loss(self, model: nn.Module, unwrapped: nn.Module, inputs: dict):
+        """``(total loss, outputs at the widest width)``; ``model`` is what runs (a DDP wrapper), ``unwrapped`` the
+        model whose width is set. All widths run inside this one call, before one backward pass."""
+        total, widest, teacher = 0.0, None, None
+        try:
+            for bits, weight in zip(self.weight_bits, self.loss_weights):
+                unwrapped.set_weight_bits(bits)
+                outputs = model(**inputs)
+                total = total + weight * outputs.loss
+                if widest is None:
+                    widest = outputs
+                    if self.distillation:
+                        teacher = F.log_softmax(outputs.logits.detach().float(), dim=1)
+                elif teacher is not None:
+                    student = F.log_softmax(outputs.logits.float(), dim=1)
+                    divergence = F.kl_div(student, teacher, log_target=True, reduction="none").sum(1).mean()
+                    total = total + self.distillation * divergence
+        finally:
+            unwrapped.set_weight_bits(self.weight_bits[0])
+        return total, widest
+
+
+#: the float master weights of a once-QAT run, saved in each checkpoint next to the model's 8-bit codes
+MASTER_WEIGHTS_FILE = "once_qat_master_weights.safetensors"
+
+
+class MasterWeights:
+    """The float master weights of a once-QAT model as a checkpointable object (``state_dict`` /
+    ``load_state_dict``): the model's own state dict holds their 8-bit codes, which keep every width's network but not
+    the weights below one code step, so a resumed run reads these to continue exactly where it stopped (the Trainer
+    script saves them as :data:`MASTER_WEIGHTS_FILE`, the Accelerate loop registers this object for checkpointing)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return {f"{name}.weight": layer.weight.detach().cpu().clone() for name, layer in self.model.vertical_layers()}
+
+    def load_state_dict(self, state: dict) -> None:
+        layers = dict(self.model.vertical_layers())
+        expected = {f"{name}.weight" for name in layers}
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise RunOptionError(f"once-QAT master weights: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for name, layer in layers.items():
+                layer.weight.copy_(state[f"{name}.weight"])
+
+
+def prepare_once_qat(model: nn.Module, weight_bits, loss_weights=None, distillation: float = 0.0) -> OnceQAT | None:
+    """Makes ``model`` ready for once QAT at ``weight_bits`` (``--weight_bits``): a float model gets float master
+    weights behind quantised layers, an any-precision one (a saved codes folder) its dequantised 8-bit codes as master
+    weights. Returns the plan, or None without ``weight_bits``."""
+    if not weight_bits:
+        if loss_weights or distillation:
+            raise RunOptionError("--weight_bits_loss_weights / --weight_bits_distillation need --weight_bits")
+        return None
+    widths = sorted(weight_bits, reverse=True)
+    if len(set(widths)) != len(widths) or any(not 1 <= bits <= 8 for bits in widths):
+        raise RunOptionError(
+            f"--weight_bits {' '.join(map(str, weight_bits))}: distinct widths between 1 and 8 expected"
+        )
+    if loss_weights is None:
+        loss_weights = [1.0] * len(widths)
+    elif len(loss_weights) != len(widths) or any(not weight >= 0 for weight in loss_weights):
+        raise RunOptionError(
+            f"--weight_bits_loss_weights {' '.join(map(str, loss_weights))}: one non-negative weight per width of "
+            f"--weight_bits {' '.join(map(str, weight_bits))} expected"
+        )
+    else:  # in the order the widths were given
+        loss_weights = [loss_weights[list(weight_bits).index(bits)] for bits in widths]
+    if not distillation >= 0:
+        raise RunOptionError(f"--weight_bits_distillation {distillation}: a non-negative weight expected")
+    if not hasattr(model, "set_weight_bits"):
+        raise RunOptionError(
+            f"--weight_bits: {type(model).__name__} is not an hf-semseg model (no any-precision weights)"
+        )
+    if getattr(model.config, "weight_bits", None):
+        model.config.weight_bits = widths
+        model.use_float_master_weights().set_weight_bits(widths[0])
+    else:
+        model.to_any_precision(widths, trainable=True)
+    return OnceQAT(widths, [float(weight) for weight in loss_weights], float(distillation))
 
 
 class DatasetSampleError(RunOptionError):
@@ -606,6 +712,22 @@ class SegmentationTrainer(Trainer):
     """
 
     _staging: Path | None = None
+    #: once quantisation-aware training (``--weight_bits``): the training loss sums every width's
+    once_qat: OnceQAT | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.once_qat is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = self.once_qat.loss(model, self.accelerator.unwrap_model(model), inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        master = Path(resume_from_checkpoint) / MASTER_WEIGHTS_FILE
+        if self.once_qat is not None and master.is_file():
+            from safetensors.torch import load_file
+
+            MasterWeights(self.accelerator.unwrap_model(model or self.model)).load_state_dict(load_file(str(master)))
 
     def _get_output_dir(self, trial) -> str:
         # while a checkpoint is saved, Trainer's checkpoint logic writes into the staging folder
@@ -632,6 +754,11 @@ class SegmentationTrainer(Trainer):
             self.state.best_model_checkpoint = str(run_dir / Path(best).name)
             if self.args.should_save:  # the saved state names the published folder too
                 self.state.save_to_json(str(staging / name / "trainer_state.json"))
+        if self.once_qat is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            master = MasterWeights(self.accelerator.unwrap_model(model)).state_dict()
+            save_file(master, str(staging / name / MASTER_WEIGHTS_FILE))
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG states)
         if self.args.should_save:
             publish_checkpoint(staging / name, run_dir / name)

@@ -9,11 +9,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils_segmentation import IGNORE_INDEX, validate_sdn_options
+from .configuration_utils_segmentation import IGNORE_INDEX, AnyPrecisionConfigMixin, validate_sdn_options
 
 
 @strict
-class PaleConfig(BackboneConfigMixin, PreTrainedConfig):
+class PaleConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of a Pale Transformer backbone, image classifier and UperNet segmentation model.
 
     Args:

@@ -13,7 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 
 from .configuration_semask_swin import SeMaskSwinConfig
-from .configuration_utils_segmentation import use_four_backbone_stages
+from .configuration_utils_segmentation import AnyPrecisionConfigMixin, use_four_backbone_stages
 
 
 def semask_mask2former_semantic_attention_types(num_labels: int, num_stages: int = 4) -> list[str]:
@@ -81,7 +81,7 @@ def sync_backbone_labels(config) -> None:
 
 
 @strict
-class SeMaskMask2FormerConfig(Mask2FormerConfig):
+class SeMaskMask2FormerConfig(AnyPrecisionConfigMixin, Mask2FormerConfig):
     r"""Configuration of :class:`SeMaskMask2FormerForSemanticSegmentation`: every field of
     :class:`~transformers.Mask2FormerConfig` (pixel decoder, masked-attention decoder and the Mask2Former losses; the
     defaults are those of the released SeMask-L Mask2Former models) plus the SeMask parts.

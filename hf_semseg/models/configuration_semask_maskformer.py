@@ -15,7 +15,7 @@ from transformers.utils import logging
 
 from .configuration_semask_mask2former import semask_backbone_config, sync_backbone_labels
 from .configuration_semask_swin import SeMaskSwinConfig
-from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages
+from .configuration_utils_segmentation import IGNORE_INDEX, AnyPrecisionConfigMixin, use_four_backbone_stages
 
 
 logger = logging.get_logger(__name__)
@@ -108,7 +108,7 @@ class OriginalDETRDecoderMixin:
 
 
 @strict
-class SeMaskMaskFormerConfig(OriginalDETRDecoderMixin, MaskFormerConfig):
+class SeMaskMaskFormerConfig(AnyPrecisionConfigMixin, OriginalDETRDecoderMixin, MaskFormerConfig):
     r"""Configuration of :class:`SeMaskMaskFormerForSemanticSegmentation`: every field of
     :class:`~transformers.MaskFormerConfig` (FPN pixel decoder, DETR transformer decoder in ``decoder_config`` and
     the MaskFormer losses; the defaults are those of the released SeMask-L MaskFormer) plus the SeMask parts.

@@ -9,7 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils_segmentation import IGNORE_INDEX, validate_sdn_options
+from .configuration_utils_segmentation import IGNORE_INDEX, AnyPrecisionConfigMixin, validate_sdn_options
 
 
 SEMANTIC_ATTENTION_TYPES = ("window", "global")
@@ -29,7 +29,7 @@ def semask_fpn_semantic_attention_types(embed_dim: int, num_labels: int) -> list
 
 
 @strict
-class SeMaskSwinConfig(BackboneConfigMixin, PreTrainedConfig):
+class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of a SeMask Swin Transformer backbone and the SeMask Semantic-FPN segmentation model.
 
     The semantic layers predict ``num_labels`` classes (the priors), so ``id2label`` / ``num_labels`` describe both

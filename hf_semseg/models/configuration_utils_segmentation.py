@@ -13,6 +13,7 @@ config's ``attribute_map``):
 - ``semantic_loss_weight`` / ``auxiliary_loss_weight``: weights of the semantic (SeMask) and auxiliary (FCN) losses.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -65,4 +66,53 @@ def validate_sdn_options(config: Any) -> None:
         raise ValueError(f"{name}.sdn_width must be None or a positive number of channels, got {width!r}")
 
 
-__all__ = ["IGNORE_INDEX", "SDN_SIMILARITIES", "use_four_backbone_stages", "validate_sdn_options"]
+#: bits of the stored weight codes of an any-precision model (:mod:`modeling_any_precision`); every narrower width is
+#: a prefix of them
+STORAGE_WEIGHT_BITS = 8
+
+
+@dataclass(kw_only=True)
+class AnyPrecisionConfigMixin:
+    """The any-precision fields every family's configuration shares (listed first among its bases), after "Vertical
+    Layering of Quantized Neural Networks" (Wu et al., arXiv 2212.05326): one checkpoint whose 8-bit weight codes
+    serve every narrower width by dropping low bits (:mod:`modeling_any_precision`).
+
+    Args:
+        weight_bits: the weight widths the model serves and once-QAT trains, e.g. ``[8, 4, 2]`` (each 1 ... 8). None
+            (default): an ordinary float model.
+        active_weight_bits: the width the model computes with; None means the largest of ``weight_bits``.
+            ``model.set_weight_bits(b)`` changes it (any width 1 ... 8: the 8-bit codes define them all).
+        weight_bits_float_modules: regular expressions (``re.search`` on module names) of the ``nn.Linear`` /
+            ``nn.Conv2d`` layers kept in floating point; None keeps the patch embedding that meets the pixels and the
+            final classifiers (``DEFAULT_FLOAT_MODULES`` of :mod:`modeling_any_precision`).
+    """
+
+    weight_bits: list[int] | None = None
+    active_weight_bits: int | None = None
+    weight_bits_float_modules: list[str] | None = None
+
+    def validate_weight_bits(self):
+        name = type(self).__name__
+        widths = self.weight_bits
+        if widths is None:
+            if self.active_weight_bits is not None:
+                raise ValueError(f"{name}.active_weight_bits={self.active_weight_bits} needs weight_bits to be set")
+            return
+        if not widths or len(set(widths)) != len(widths):
+            raise ValueError(f"{name}.weight_bits must list distinct widths, got {widths}")
+        for bits in [*widths, self.active_weight_bits]:
+            if bits is not None and (isinstance(bits, bool) or not 1 <= bits <= STORAGE_WEIGHT_BITS):
+                raise ValueError(
+                    f"{name}: weight width {bits!r} is not between 1 and {STORAGE_WEIGHT_BITS} (weight_bits={widths}, "
+                    f"active_weight_bits={self.active_weight_bits})"
+                )
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SDN_SIMILARITIES",
+    "STORAGE_WEIGHT_BITS",
+    "AnyPrecisionConfigMixin",
+    "use_four_backbone_stages",
+    "validate_sdn_options",
+]

@@ -12,7 +12,7 @@ from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 
-from .configuration_utils_segmentation import use_four_backbone_stages
+from .configuration_utils_segmentation import AnyPrecisionConfigMixin, use_four_backbone_stages
 
 
 #: the pixel decoders of the released VW-Mask2Former models: ``"vw"`` (the repository's ``BasePixelDecoder``, the VW
@@ -69,7 +69,7 @@ def validate_vw_d2_config(config) -> None:
 
 
 @strict
-class VWMask2FormerConfig(Mask2FormerConfig):
+class VWMask2FormerConfig(AnyPrecisionConfigMixin, Mask2FormerConfig):
     r"""Configuration of :class:`VWMask2FormerForSemanticSegmentation`: every field of
     :class:`~transformers.Mask2FormerConfig` (the masked-attention decoder, the deformable encoder of the
     ``"vw_deformable"`` decoder and the Mask2Former losses: class 2, mask 5, dice 5, no-object 0.1, as released) plus

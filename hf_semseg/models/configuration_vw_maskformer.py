@@ -13,7 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.maskformer.configuration_maskformer import MaskFormerConfig
 
 from .configuration_semask_maskformer import SEMASK_MASKFORMER_DECODER, OriginalDETRDecoderMixin
-from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages
+from .configuration_utils_segmentation import IGNORE_INDEX, AnyPrecisionConfigMixin, use_four_backbone_stages
 from .configuration_vw_mask2former import (
     VW_FEATURE_SIZE,
     VW_SIZE_MULTIPLE,
@@ -30,7 +30,7 @@ VW_MASKFORMER_DECODER = SEMASK_MASKFORMER_DECODER
 
 
 @strict
-class VWMaskFormerConfig(OriginalDETRDecoderMixin, MaskFormerConfig):
+class VWMaskFormerConfig(AnyPrecisionConfigMixin, OriginalDETRDecoderMixin, MaskFormerConfig):
     r"""Configuration of :class:`VWMaskFormerForSemanticSegmentation`: the fields of
     :class:`~transformers.MaskFormerConfig` (DETR transformer decoder in ``decoder_config``, the MaskFormer losses:
     cross-entropy 1, focal mask 20, dice 1, no-object 0.1) plus the VW pixel decoder's settings.

@@ -13,7 +13,12 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_pale import PaleConfig  # noqa: F401  (registers the "pale" backbone type)
 from .configuration_semask_swin import SeMaskSwinConfig  # noqa: F401  (registers "semask_swin")
-from .configuration_utils_segmentation import IGNORE_INDEX, use_four_backbone_stages, validate_sdn_options
+from .configuration_utils_segmentation import (
+    IGNORE_INDEX,
+    AnyPrecisionConfigMixin,
+    use_four_backbone_stages,
+    validate_sdn_options,
+)
 
 
 #: the two decode heads of the original code (``mmseg/models/decode_heads/vw_head.py``)
@@ -21,7 +26,7 @@ VWFORMER_HEAD_TYPES = ("vw", "vw_city")
 
 
 @strict
-class VWFormerConfig(PreTrainedConfig):
+class VWFormerConfig(AnyPrecisionConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`VWFormerForSemanticSegmentation`: a backbone (any model giving four feature maps
     at strides 4/8/16/32) and the VWFormer decode head.
 

@@ -19,17 +19,18 @@ from transformers.activations import ACT2FN
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 from transformers.utils import logging
 
+from .modeling_any_precision import AnyPrecisionMixin
 from .modeling_sdn import SDNLevel, SDNNeck, init_sdn_weights
 
 
 logger = logging.get_logger(__name__)
 
 
-class SegmentationModelDefaults:
+class SegmentationModelDefaults(AnyPrecisionMixin):
     """Class attributes every family's ``PreTrainedModel`` shares (listed first among its bases): image input,
     activation checkpointing, attention through SDPA or eager (window biases are additive masks, so no flash / flex),
-    and ``accepts_loss_kwargs = False``: the segmentation losses are pixel means, which Trainer must not rescale under
-    gradient accumulation."""
+    ``accepts_loss_kwargs = False`` (the segmentation losses are pixel means, which Trainer must not rescale under
+    gradient accumulation), and the any-precision weights of ``config.weight_bits`` (:class:`AnyPrecisionMixin`)."""
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
