@@ -329,6 +329,40 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
+def count_step_gmacs(step: Step) -> float:
+    """GMACs of one call of ``step`` (forward, or forward + backward for a ``train_step``), from ``FlopCounterMode``
+    (MACs = FLOPs / 2); the call runs for real, so it also serves as a warm-up iteration."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def matmul_tflops(
+    device: torch.device, dtype: torch.dtype, size: int, samples: int = 7, inner: int = 10, warmup: int = 3
+) -> list[float]:
+    """The device's dense matmul throughput: TFLOP/s of ``samples`` timings of ``inner`` back-to-back ``size``
+    square matmuls in ``dtype`` (``2 * size**3`` FLOPs each), after ``warmup`` untimed ones, the device synchronized
+    before and after each timing. Its median is the peak that achieved throughputs are compared with."""
+    _, synchronize = device_helpers(device, dtype)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    for _ in range(warmup):
+        torch.mm(a, b, out=out)
+    synchronize()
+    throughputs = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+        synchronize()
+        throughputs.append(2 * size**3 * inner / (time.perf_counter() - start) / 1e12)
+    del a, b, out
+    return throughputs
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Worker subprocesses
 # ----------------------------------------------------------------------------------------------------------------
