@@ -11,12 +11,14 @@ patch embedding initialised by the family's rule; (c) the documented rules thems
 
 import copy
 import math
+import random
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import ConvNextConfig, PreTrainedModel, SegformerConfig, SwinConfig, set_seed
+from transformers import ConvNextConfig, PreTrainedModel, SegformerConfig, SwinConfig
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerMaskedAttentionDecoderLayer,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
@@ -162,14 +164,28 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread while this module runs: the tiny models' inits and loads gain nothing from a second
+    thread, and on a busy 2-core machine two contending threads make the module about 1.6x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @contextmanager
 def seeded_weight_init():
     """transformers' test helper of the same name: the seed is set again before each module's init, so a model built
-    by ``__init__`` and one initialised from the meta device get the same random values."""
+    by ``__init__`` and one initialised from the meta device get the same random values. ``set_seed(42)`` without its
+    accelerator seeds (every test model is initialised on the CPU): with no accelerator initialised, each of those is
+    a call queued with its stack trace, 2-3 s per VW detectron2 model, whose init runs once per module (741 times)."""
     original = PreTrainedModel._initialize_weights
 
     def seeded(*args, **kwargs):
-        set_seed(42)
+        random.seed(42)
+        np.random.seed(42)
+        torch.default_generator.manual_seed(42)
         original(*args, **kwargs)
 
     PreTrainedModel._initialize_weights = seeded

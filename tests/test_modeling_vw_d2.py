@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file
-from script_helpers import key_list_state_dict
 from transformers import SwinConfig
 
 from hf_semseg import SeMaskMask2FormerImageProcessor
@@ -50,6 +49,20 @@ FIXTURES = {
 }
 FOUR_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread while this module runs, here and in the fresh processes it starts (``OMP_NUM_THREADS``:
+    the reload test compares their logits with this process's bit for bit). The VW block's 512 channels on 128 px
+    inputs are too small for a second thread to pay: on a busy 2-core machine two contending threads make a training
+    step of the tiny models 3-4x slower (measured: 0.8 s against 2.3-3.4 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)
 
 
 def fixture_config(folder):
@@ -296,11 +309,18 @@ def test_unmapped_keys_are_named():
         detect_vw_head({"sem_seg_head.pixel_decoder.mask_features.weight": torch.zeros(1)})
 
 
+#: one fixture per model class, for the checks of what the class does around its pixel decoder: the plain and the
+#: deformable VW-Mask2Former pad in the same ``VWMask2FormerModel.forward`` before the pixel decoder runs and share the
+#: class head, the masked-attention decoder and the criterion
+MODEL_CLASS_FIXTURES = ["vw_maskformer_tiny", "vw_mask2former_deform_tiny"]
+
+
 @pytest.mark.parametrize("size", [(37, 53), (1, 1), (130, 70)])
-def test_any_input_size_equals_the_explicitly_padded_input(converted, size):
+@pytest.mark.parametrize("name", MODEL_CLASS_FIXTURES)
+def test_any_input_size_equals_the_explicitly_padded_input(name, size):
     """The model zero-pads to multiples of 64, each side at least 128 (what the original needs), on the right and
     bottom: an odd size gives exactly the result of that padded input."""
-    name, model, *_ = converted
+    model = fixture_model(name)
     pixel_values = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     padded_height, padded_width = vw_padded_size(*size, model.config.size_divisibility)
     padded = F.pad(pixel_values, (0, padded_width - size[1], 0, padded_height - size[0]))
@@ -312,9 +332,11 @@ def test_any_input_size_equals_the_explicitly_padded_input(converted, size):
     torch.testing.assert_close(output.masks_queries_logits, reference.masks_queries_logits, atol=0, rtol=0)
 
 
-def test_loss_is_the_set_loss_without_a_semantic_term(converted):
-    name, model, inputs, *_ = converted
-    pixel_values = inputs["pixel_values"][..., :100, :90]
+@pytest.mark.parametrize("name", MODEL_CLASS_FIXTURES)
+def test_loss_is_the_set_loss_without_a_semantic_term(name):
+    """The loss of each model class is the sum of its set-loss terms, with the released weights."""
+    model = fixture_model(name)
+    pixel_values = load_file(fixture_dir(name) / "inputs.safetensors")["pixel_values"][..., :100, :90]
     labels = torch.randint(0, model.config.num_labels, (1, 100, 90), generator=torch.Generator().manual_seed(0))
     labels[:, :10] = 255
     with torch.no_grad():
@@ -338,36 +360,19 @@ def test_loss_is_the_set_loss_without_a_semantic_term(converted):
     assert (weights["loss_ce"], weights["loss_mask"], weights["loss_dice"]) == expected_weights
 
 
-def test_released_key_lists_convert_onto_full_size_models():
-    """The key lists of the 12 released checkpoints: head detected, every key mapped one to one onto the model built
-    from :func:`vw_head_fields` (meta device), with the original's parameter count (the tied GroupNorm once)."""
-    folder = fixture_dir("vwformer_keys")
-    summary = json.loads((folder / "_summary_d2.json").read_text())
-    files = sorted(folder.glob("d2_*.json"))
-    assert len(files) == 12
-    for path in files:
-        state_dict = key_list_state_dict(path)
-        head = detect_vw_head(state_dict)
-        expected_head = (
-            "vw_maskformer" if "_maskformer_" in path.name else "vw_deformable" if "deform" in path.name else "vw"
-        )
-        assert head == expected_head, path.name
-        config_class = VW_HEADS[head][1]
-        model_class = (
-            VWMaskFormerForSemanticSegmentation if head == "vw_maskformer" else VWMask2FormerForSemanticSegmentation
-        )
-        with torch.device("meta"):
-            model = model_class(config_class(**vw_head_fields(state_dict)))
-        check_against_model(convert_vw_d2_state_dict(state_dict), model.state_dict())
-        num_parameters = sum(parameter.numel() for parameter in model.parameters())
-        assert num_parameters == summary[path.stem]["params_total"], path.name
+# the 12 released key lists (head detected, every key mapped onto the model of vw_head_fields' config, the original's
+# parameter count): test_convert_vwformer_d2.py's test_each_released_key_list_converts_onto_its_variant_..., whose
+# config is the one vw_head_fields gives plus the values the weights do not hold
 
 
-@pytest.mark.parametrize("name", list(FIXTURES))
-def test_trains_on_any_input_size(name):
-    """One training step (on a copy of the converted model) at an odd size: finite loss, a gradient in the VW block's
-    shared GroupNorm, its attentions and the class head."""
-    model = copy.deepcopy(fixture_model(name)).train()
+def test_trains_on_any_input_size():
+    """One training step (on a copy of the converted plain VW-Mask2Former) at an odd size: finite loss, a gradient in
+    the VW block's shared GroupNorm, its attentions and the class head. The deformable VW-Mask2Former and
+    VW-MaskFormer train at a padded size in their suites (``test_gradients_reach_every_trainable_parameter``: 64 px,
+    padded to 128, a gradient in every parameter), the deformable one also in ``test_model_inputs.py`` (five sizes);
+    the plain one has no suite (transformers' common tests train it at 128 px, which needs no padding, and require no
+    parameter's gradient)."""
+    model = copy.deepcopy(fixture_model("vw_mask2former_tiny")).train()
     pixel_values = torch.randn(2, 3, 45, 70, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, model.config.num_labels, (2, 45, 70), generator=torch.Generator().manual_seed(1))
     loss = model(pixel_values, labels=labels).loss
@@ -423,11 +428,27 @@ def test_invalid_config_values_are_named(config_class, overrides, message):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+#: the suites' models by suite, seed and config overrides, with the random state their build left (:meth:`make_model`)
+BUILT_MODELS = {}
+
+
 class VWSuite(SegmentationModelSuite):
     """What the two VW suites share: the detectron2 processor padding to 64, logits at 1/4 of the padded input (a
     multiple of 64, each side at least 128)."""
 
     odd_sizes = ((37, 53), (65, 131), (20, 90))
+
+    def make_model(self, seed: int = 0, **config_overrides):
+        """The suite's model, built once per suite, seed and overrides (building and initialising the 512-channel VW
+        block is a good part of a test) and handed out as a deep copy, with the random state a fresh build leaves (the
+        Mask2Former loss samples its points from it)."""
+        key = (type(self), seed, repr(sorted(config_overrides.items())))
+        if key not in BUILT_MODELS:
+            model = super().make_model(seed, **config_overrides)
+            BUILT_MODELS[key] = (model, torch.get_rng_state())
+        model, random_state = BUILT_MODELS[key]
+        torch.set_rng_state(random_state)
+        return copy.deepcopy(model)
 
     def get_image_processor(self):
         return SeMaskMask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, size_divisibility=64)
@@ -445,6 +466,14 @@ class VWSuite(SegmentationModelSuite):
         with torch.no_grad():
             bias.copy_(0.1 * torch.randn(bias.shape, generator=generator))
 
+    @pytest.mark.parametrize("package", ["importable"])
+    def test_reload_in_fresh_process_uses_only_saved_code(self, tmp_path, package):
+        """With hf_semseg importable only (no hf_semseg module imported, the logits bit for bit, the saved modules
+        unchanged). The load with the package blocked runs for all three VW heads (plain and deformable
+        VW-Mask2Former, VW-MaskFormer: model and processor) in ``test_convert_vwformer_d2.py``'s fresh process,
+        against the original's outputs."""
+        super().test_reload_in_fresh_process_uses_only_saved_code(tmp_path, package)
+
 
 class TestVWMask2FormerDeformable(VWSuite):
     """VW-Mask2Former with the deformable-attention pixel decoder (the plain VW decoder runs transformers' common
@@ -460,6 +489,15 @@ class TestVWMask2FormerDeformable(VWSuite):
     def prepare_for_gradient_check(self, model):
         super().prepare_for_gradient_check(model)
         perturb_deformable_attention(model)
+
+    @pytest.mark.skip(
+        reason="the attention implementation switches the Swin backbone and the VW block only (the masked-attention "
+        "decoder and the deformable encoder have one implementation each): TestVWMaskFormer runs this test on the same "
+        "Swin and VW block, and transformers' test_eager_matches_sdpa_inference_* on the plain VW-Mask2Former's "
+        "(16 VW heads, as here)"
+    )
+    def test_eager_attention_matches_sdpa(self):
+        pass
 
 
 class TestVWMaskFormer(VWSuite):

@@ -792,6 +792,30 @@ class VWMask2FormerForSemanticSegmentationTest(SeMaskMask2FormerForSemanticSegme
     def test_model_is_small(self):
         pass
 
+    @unittest.skip(
+        reason="from_pretrained maps the torch_dtype alias to dtype before any model class is involved: "
+        "SeMaskMask2FormerForSemanticSegmentationTest runs this test (the same Mask2FormerPreTrainedModel loading), "
+        "and this model's own loads in bfloat16 run in the bf16 variants of test_eager_matches_sdpa_inference"
+    )
+    def test_bc_torch_dtype(self):
+        pass
+
+    @unittest.skip(
+        reason="VW-Mask2Former always checkpoints non-reentrantly (_activation_checkpointing_enable): this run repeats "
+        "test_training_gradient_checkpointing_use_reentrant_true's computation, which runs (and "
+        "TestVWMask2FormerDeformable compares the gradients with and without checkpointing)"
+    )
+    def test_training_gradient_checkpointing(self):
+        pass
+
+    @unittest.skip(
+        reason="VW-Mask2Former always checkpoints non-reentrantly (_activation_checkpointing_enable): this run repeats "
+        "test_training_gradient_checkpointing_use_reentrant_true's computation, which runs (and "
+        "TestVWMask2FormerDeformable compares the gradients with and without checkpointing)"
+    )
+    def test_training_gradient_checkpointing_use_reentrant_false(self):
+        pass
+
     # the fp16 variants take 20 s each on the CPU (no fp16 kernels for the VW block's 512-channel convolutions, which
     # the test runs 4 times); the fp32 and bf16 variants run the same eager and SDPA attention paths
     for _name in dir(ModelTesterMixin):
