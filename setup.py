@@ -25,8 +25,10 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        # parameterized: imported by transformers' common test modules (tests/transformers_tests.py fetches them)
-        "test": ["pytest>=8.0", "parameterized>=0.9"],
+        # parameterized: imported by transformers' common test modules (tests/transformers_tests.py fetches them);
+        # onnx / onnxscript / onnxruntime: the ONNX export and its round trips (hf_semseg.export, tests/test_export.py;
+        # onnx 1.14 brought opset 19, whose DeformConv carries FaPN's deformable convolution)
+        "test": ["pytest>=8.0", "parameterized>=0.9", "onnx>=1.14", "onnxscript", "onnxruntime"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

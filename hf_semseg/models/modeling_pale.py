@@ -191,10 +191,13 @@ class PaleShapedAttention(nn.Module):
     def attend_rows(self, query, key, value):
         """Row-branch attention on ``(B, H, W, c)`` maps; returns ``(B, H, W, c)`` and the probabilities."""
         batch_size, height, width, channels = query.shape
-        pale_size = min(self.pale_size, height)
-        padded_height = -(-height // pale_size) * pale_size
+        # traced (torch.compile / torch.export) the clamp stays symbolic and the map is always padded and masked
+        # (maybe by 0 rows): a comparison of sizes would fix its outcome for the traced size in the graph
+        compiling = torch.compiler.is_compiling()
+        pale_size = torch.sym_min(self.pale_size, height) if compiling else min(self.pale_size, height)
+        padded_height = (height + pale_size - 1) // pale_size * pale_size  # positive operands: ONNX's division
         mask = None
-        if padded_height != height:
+        if compiling or padded_height != height:
             padding = (0, 0, 0, 0, 0, padded_height - height)
             query, key, value = (F.pad(t, padding) for t in (query, key, value))
             mask = padded_key_mask(height, padded_height, pale_size, width, batch_size, query.device, query.dtype)
@@ -217,7 +220,7 @@ class PaleShapedAttention(nn.Module):
         )
         # (B*N, s*W, heads, d) -> (B*N, s*W, c) -> (B, Hp, W, c) -> crop
         attended = pale_ungroup_rows(attended.flatten(2), pale_size, batch_size, width)
-        return attended[:, :height], weights
+        return attended.narrow(1, 0, height), weights  # narrow: exactly `height` rows when traced, not a min
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)`` and ``(row, column)`` attention probabilities (eager only)."""

@@ -139,8 +139,11 @@ def pad_to_size_divisibility(pixel_values: torch.Tensor, divisor: int) -> torch.
     if divisor <= 0:
         return pixel_values
     height, width = pixel_values.shape[-2:]
-    pad_bottom, pad_right = -height % divisor, -width % divisor
-    if pad_bottom or pad_right:
+    # positive operands only (ONNX's integer division truncates); traced (torch.compile / torch.export) it always
+    # pads, maybe by 0: a branch on the size would fix its outcome for the traced size in the graph
+    pad_bottom = (height + divisor - 1) // divisor * divisor - height
+    pad_right = (width + divisor - 1) // divisor * divisor - width
+    if torch.compiler.is_compiling() or pad_bottom or pad_right:
         pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
     return pixel_values
 
@@ -396,14 +399,15 @@ class SeMaskMask2FormerLoss(nn.Module):
             resize=lambda logits, size: upsample_semantic_logits(logits),
         )
 
-    def num_target_masks(self, class_labels: list[torch.Tensor], device: torch.device) -> float:
-        """Number of target masks per process (averaged over a distributed run), at least 1."""
-        count = torch.tensor(float(sum(len(classes) for classes in class_labels)), device=device)
-        world_size = 1
+    def num_target_masks(self, class_labels: list[torch.Tensor], device: torch.device) -> float | torch.Tensor:
+        """Number of target masks per process (averaged over a distributed run, as a 0-dim tensor), at least 1."""
+        count = float(sum(len(classes) for classes in class_labels))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            count = torch.tensor(count, device=device)
             torch.distributed.all_reduce(count)
-            world_size = torch.distributed.get_world_size()
-        return max(count.item() / world_size, 1.0)
+            # kept a tensor (no .item()): no host sync, and no graph break under torch.compile
+            return (count / torch.distributed.get_world_size()).clamp(min=1.0)
+        return max(count, 1.0)
 
     def forward(
         self,
@@ -728,6 +732,11 @@ class SemanticMaskClassificationMixin:
             )
         return F.pad(labels, (0, padded_width - width, 0, padded_height - height), value=ignore_index)
 
+    # the set loss runs eagerly under torch.compile / torch.export: its targets (the classes present in each label
+    # map) have data-dependent sizes and the Hungarian matching runs on the host, so no graph can hold it. Disabling
+    # it here makes that the training step's one graph break, instead of a break (and a recompilation for every new
+    # target count) at each of them
+    @torch.compiler.disable
     def compute_losses(
         self,
         class_queries_logits: tuple[torch.Tensor, ...],

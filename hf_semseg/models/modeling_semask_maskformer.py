@@ -45,6 +45,7 @@ from transformers.models.maskformer.modeling_maskformer import (
 )
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
 from .configuration_semask_maskformer import SeMaskMaskFormerConfig
 from .modeling_semask_mask2former import (
@@ -326,6 +327,9 @@ class SeMaskMaskFormerModel(SeMaskMaskFormerPreTrainedModel):
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
         self.post_init()
+        # the DETR decoder records its layers' outputs through hooks that transformers installs on the first call
+        # otherwise, a graph break under torch.compile (its backbones install them in post_init the same way)
+        maybe_install_capturing_hooks(self.transformer_module.decoder)
 
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> SeMaskMaskFormerModelOutput:

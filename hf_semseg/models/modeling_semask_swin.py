@@ -125,11 +125,20 @@ class SeMaskSemanticSegmenterOutput(ModelOutput):
 def pad_to_multiple(hidden_states: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pads a ``(B, H, W, C)`` map on the right and bottom so that H and W are multiples of ``multiple``."""
     height, width = hidden_states.shape[1:3]
-    pad_bottom = (multiple - height % multiple) % multiple
-    pad_right = (multiple - width % multiple) % multiple
-    if pad_bottom or pad_right:
+    # the integer ceil minus the size (not (m - h % m) % m): traced by torch.export, each side stays a short symbolic
+    # expression through the stages (and positive operands only: ONNX's integer division truncates)
+    pad_bottom = (height + multiple - 1) // multiple * multiple - height
+    pad_right = (width + multiple - 1) // multiple * multiple - width
+    # traced (torch.compile / torch.export) it always pads, maybe by 0: a branch on the size would fix it in the graph
+    if torch.compiler.is_compiling() or pad_bottom or pad_right:
         hidden_states = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
     return hidden_states
+
+
+def crop(hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The top-left ``height x width`` of a padded ``(B, H, W, C)`` map. ``narrow`` rather than slicing: traced by
+    torch.export, the size is then exactly ``height``, where a slice's is ``min(H, height)``."""
+    return hidden_states.narrow(1, 0, height).narrow(2, 0, width)
 
 
 def window_partition(hidden_states: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -201,9 +210,9 @@ class SeMaskSwinPatchEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         height, width = pixel_values.shape[-2:]
-        pad_bottom = (self.patch_size - height % self.patch_size) % self.patch_size
-        pad_right = (self.patch_size - width % self.patch_size) % self.patch_size
-        if pad_bottom or pad_right:
+        pad_bottom = (height + self.patch_size - 1) // self.patch_size * self.patch_size - height  # pad_to_multiple
+        pad_right = (width + self.patch_size - 1) // self.patch_size * self.patch_size - width
+        if torch.compiler.is_compiling() or pad_bottom or pad_right:  # see pad_to_multiple
             pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
         embeddings = self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
         return self.norm(embeddings)
@@ -302,7 +311,7 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
         hidden_states = window_reverse(self.proj_dropout(windows), self.window_size, padded_height, padded_width)
         if self.shift_size:
             hidden_states = torch.roll(hidden_states, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        hidden_states = shortcut + self.drop_path(hidden_states[:, :height, :width])
+        hidden_states = shortcut + self.drop_path(crop(hidden_states, height, width))
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         return hidden_states, attn_weights
 
@@ -372,7 +381,7 @@ class SeMaskSwinSemanticLayer(nn.Module):
                 tokens.unflatten(0, (batch_size, -1)), self.window_size, padded_height, padded_width
             )
             prior = window_reverse(prior.unflatten(0, (batch_size, -1)), self.window_size, padded_height, padded_width)
-            tokens, prior = tokens[:, :height, :width], prior[:, :height, :width]
+            tokens, prior = crop(tokens, height, width), crop(prior, height, width)
         else:
             tokens = tokens.view(batch_size, height, width, channels)
             prior = prior.view(batch_size, height, width, -1)
@@ -431,8 +440,9 @@ class SeMaskSwinStage(nn.Module):
         height, width = hidden_states.shape[1:3]
         shift_mask = None
         if any(block.shift_size for block in self.blocks):
-            padded_height = math.ceil(height / self.window_size) * self.window_size
-            padded_width = math.ceil(width / self.window_size) * self.window_size
+            # integer ceil (no float division: exact, and symbolic under torch.export)
+            padded_height = (height + self.window_size - 1) // self.window_size * self.window_size
+            padded_width = (width + self.window_size - 1) // self.window_size * self.window_size
             shift_mask = shifted_window_mask(
                 padded_height, padded_width, self.window_size, self.shift_size, hidden_states.device
             )

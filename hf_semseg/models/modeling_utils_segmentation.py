@@ -7,7 +7,7 @@ folder import it as a sibling, and ``save_pretrained`` copies it next to them. R
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -113,14 +113,19 @@ def select_hidden_states(hidden_states: tuple, request) -> tuple:
     return tuple(state if position in kept else None for position, state in enumerate(hidden_states))
 
 
-@contextmanager
-def eager_attention(config, enabled: bool) -> Iterator[None]:
+def eager_attention(config, enabled: bool) -> AbstractContextManager[None]:
     """Inside, the attention layers that read ``config`` run eager attention when ``enabled`` (a call that returns
     attention probabilities, see :func:`resolve_output_flags`); the config's implementation is restored after."""
+    if not enabled or config._attn_implementation_internal == "eager":
+        # a nullcontext, not a generator: torch.compile resumes after a graph break inside it (transformers' MaskFormer
+        # decoder has one in training), where a generator-based context makes it skip the whole enclosing frame
+        return nullcontext()
+    return _eager_attention(config)
+
+
+@contextmanager
+def _eager_attention(config) -> Iterator[None]:
     previous = config._attn_implementation_internal
-    if not enabled or previous == "eager":
-        yield
-        return
     config._attn_implementation_internal = "eager"  # this config only, not its sub-configs
     try:
         yield
@@ -212,7 +217,8 @@ def check_batch_norm_batch(
     BatchNorms are synchronised over processes (``SyncBatchNorm``, ``hf_semseg.training``'s cross-process one) or
     in eval mode are left alone. ``minimum_side``: the smallest single-image side that trains, when it is not
     ``stride + 1`` (a backbone that drops remainders)."""
-    if batch_size != 1 or not model.training or smallest_map[0] * smallest_map[1] != 1:
+    # the mode first: in eval mode (and so under torch.export) no size is compared, which would fix it in the graph
+    if not model.training or batch_size != 1 or smallest_map[0] * smallest_map[1] != 1:
         return
     if not any(type(module) is nn.BatchNorm2d and module.training for module in model.modules()):
         return
@@ -236,6 +242,13 @@ def check_segmentation_labels(labels: torch.Tensor, num_labels: int, ignore_inde
     ``[0, num_labels)`` and the ignore index are an error naming them, raised before any loss is computed."""
     labels = _check_label_map_shape(labels).long()
     invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
+    if torch.compiler.is_compiling():
+        # torch.compile / torch.export cannot branch on tensor values while tracing: the check becomes an assertion
+        # inside the graph (a RuntimeError with this message when it fails, without the offending values)
+        torch._assert_async(
+            ~invalid.any(), f"labels contain values outside [0, {num_labels - 1}] and the ignore index {ignore_index}"
+        )
+        return labels
     if invalid.any():
         bad = labels[invalid].unique()[:10].tolist()
         raise ValueError(
@@ -246,7 +259,9 @@ def check_segmentation_labels(labels: torch.Tensor, num_labels: int, ignore_inde
 
 def resize_to(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize (``align_corners=False``, mmseg's ``resize``); the identity when the size already matches."""
-    if tuple(hidden_states.shape[-2:]) == tuple(size):
+    # traced (torch.compile / torch.export) it always interpolates (the identity at equal sizes): comparing symbolic
+    # sizes would fix the outcome for the traced size in the graph
+    if not torch.compiler.is_compiling() and tuple(hidden_states.shape[-2:]) == tuple(size):
         return hidden_states
     return F.interpolate(hidden_states, size=size, mode="bilinear", align_corners=False)
 

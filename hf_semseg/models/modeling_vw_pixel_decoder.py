@@ -83,10 +83,9 @@ def vw_padded_side(side: int, size_divisibility: int) -> int:
     raised to the smallest multiple that is at least :data:`VW_MIN_INPUT_SIDE`. A side the original runs on (a
     multiple of 64, at least 128, with ``size_divisibility`` 64) is left as it is."""
     divisor = max(size_divisibility, 1)
-    padded = -(-side // divisor) * divisor
-    if padded < VW_MIN_INPUT_SIDE:
-        padded = -(-VW_MIN_INPUT_SIDE // divisor) * divisor
-    return padded
+    padded = (side + divisor - 1) // divisor * divisor  # positive operands only: ONNX's integer division truncates
+    # sym_max: the plain max of two ints, and no branch on the size when traced by torch.compile / torch.export
+    return torch.sym_max(padded, (VW_MIN_INPUT_SIDE + divisor - 1) // divisor * divisor)
 
 
 def vw_padded_size(height: int, width: int, size_divisibility: int) -> tuple[int, int]:
@@ -99,7 +98,8 @@ def pad_for_vw(pixel_values: torch.Tensor, size_divisibility: int) -> torch.Tens
     already is)."""
     height, width = pixel_values.shape[-2:]
     padded_height, padded_width = vw_padded_size(height, width, size_divisibility)
-    if (padded_height, padded_width) != (height, width):
+    # traced it always pads, maybe by 0 (a branch on the size would fix its outcome for the traced size)
+    if torch.compiler.is_compiling() or (padded_height, padded_width) != (height, width):
         pixel_values = F.pad(pixel_values, (0, padded_width - width, 0, padded_height - height))
     return pixel_values
 
@@ -234,7 +234,8 @@ class VWBlock(nn.Module):
         """Short path, image pooling, the attention branches, fused: ``(B, 512, h, w)``."""
         height, width = fused.shape[-2:]
         grid = VW_NUM_WINDOWS
-        if height % grid or width % grid or height < 2 * grid or width < 2 * grid:
+        # (the padded input guarantees it; not checked when traced, where the sizes are symbolic)
+        if not torch.compiler.is_compiling() and (height % grid or width % grid or min(height, width) < 2 * grid):
             raise ValueError(
                 f"the VW block needs a stride-8 map whose sides are multiples of {grid} and at least {2 * grid} (an "
                 f"input padded to multiples of {VW_INPUT_MULTIPLE}, at least {VW_MIN_INPUT_SIDE}); got "

@@ -106,11 +106,27 @@ def copy_shift_pad(context: torch.Tensor, ratio: int, window_height: int, window
     (the columns ``[(R+1)P//2, RP)`` on the left, the mirror range on the right): no zeros enter the context windows.
     The integer arithmetic is the original's, which matters for odd ``P``.
     """
+    # narrow with non-negative starts (the slices [start:end] and [-end:-start]): traced by torch.export the sizes
+    # stay exact and ONNX gets no negative symbolic bounds
     width_start, width_end = (ratio + 1) * window_width // 2, ratio * window_width
-    context = torch.cat([context[..., width_start:width_end], context, context[..., -width_end:-width_start]], dim=3)
+    width = context.shape[3]
+    context = torch.cat(
+        [
+            context.narrow(3, width_start, width_end - width_start),
+            context,
+            context.narrow(3, width - width_end, width_end - width_start),
+        ],
+        dim=3,
+    )
     height_start, height_end = (ratio + 1) * window_height // 2, ratio * window_height
+    height = context.shape[2]
     return torch.cat(
-        [context[..., height_start:height_end, :], context, context[..., -height_end:-height_start, :]], dim=2
+        [
+            context.narrow(2, height_start, height_end - height_start),
+            context,
+            context.narrow(2, height - height_end, height_end - height_start),
+        ],
+        dim=2,
     )
 
 
@@ -125,12 +141,27 @@ def context_windows(padded: torch.Tensor, ratio: int, num_windows: int, window_h
     Returns ``(B*nh*nw, ph*pw, R*R*c)``.
     """
     batch_size, channels = padded.shape[:2]
-    # strided views, no copy: (B, c, nh', nw', R*ph, R*pw), keep the first nh x nw windows
-    windows = padded.unfold(2, ratio * window_height, window_height).unfold(3, ratio * window_width, window_width)
-    windows = windows[:, :, :num_windows, :num_windows]
-    # (B, c, nh, nw, ph, rh, pw, rw) -> (B, nh, nw, ph, pw, rh, rw, c)
-    windows = windows.reshape(batch_size, channels, num_windows, num_windows, window_height, ratio, window_width, ratio)
-    windows = windows.permute(0, 2, 3, 4, 6, 5, 7, 1)
+    if torch.compiler.is_compiling():
+        # traced (torch.compile / torch.export): the first nh x nw windows gathered by index, rows i*ph + [0, R*ph)
+        # and columns j*pw + [0, R*pw), since the exported unfold fixes its window count at the traced size:
+        # (B, c, nh*R*ph, nw*R*pw) -> (B, c, nh, ph, rh, nw, pw, rw) -> (B, nh, nw, ph, pw, rh, rw, c)
+        device = padded.device
+        windows_index = torch.arange(num_windows, device=device)[:, None]
+        rows = (windows_index * window_height + torch.arange(ratio * window_height, device=device)).flatten()
+        columns = (windows_index * window_width + torch.arange(ratio * window_width, device=device)).flatten()
+        windows = padded.index_select(2, rows).index_select(3, columns)
+        windows = windows.reshape(
+            batch_size, channels, num_windows, window_height, ratio, num_windows, window_width, ratio
+        ).permute(0, 2, 5, 3, 6, 4, 7, 1)
+    else:
+        # eager: strided views, no copy before the final one (4-9x faster than the gather on the CPU):
+        # (B, c, nh', nw', R*ph, R*pw), the first nh x nw windows -> (B, c, nh, nw, ph, rh, pw, rw)
+        # -> (B, nh, nw, ph, pw, rh, rw, c)
+        windows = padded.unfold(2, ratio * window_height, window_height).unfold(3, ratio * window_width, window_width)
+        windows = windows[:, :, :num_windows, :num_windows]
+        windows = windows.reshape(
+            batch_size, channels, num_windows, num_windows, window_height, ratio, window_width, ratio
+        ).permute(0, 2, 3, 4, 6, 5, 7, 1)
     return windows.reshape(
         batch_size * num_windows * num_windows, window_height * window_width, ratio * ratio * channels
     )
@@ -262,8 +293,10 @@ class VWFormerMultiScaleBlock(nn.Module):
         """
         height, width = fused.shape[-2:]
         grid = self.num_windows
-        padded_height, padded_width = -(-height // grid) * grid, -(-width // grid) * grid
-        if (padded_height, padded_width) != (height, width):
+        # positive operands only (ONNX's integer division truncates); traced it always resizes (the identity at the
+        # same size): a comparison of sizes would fix its outcome for the traced size in the graph
+        padded_height, padded_width = (height + grid - 1) // grid * grid, (width + grid - 1) // grid * grid
+        if torch.compiler.is_compiling() or (padded_height, padded_width) != (height, width):
             fused = F.interpolate(fused, size=(padded_height, padded_width), mode="bilinear", align_corners=False)
 
         branches = [self.short_path(fused)]
@@ -526,7 +559,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         single value per channel (:func:`check_batch_norm_batch`): in the ``vw`` head's image pooling always, in the
         ``vw_city`` head's stride-32 projection (and the Pale backbone's stride-32 BatchNorms) when the stride-32 map
         of the (padded) input is 1x1."""
-        if batch_size != 1 or not self.training:
+        if not self.training or batch_size != 1:  # the mode first: no size compared in eval mode (torch.export)
             return
         if self.decode_head.multi_scale.image_pool is not None:
             check_batch_norm_batch(self, batch_size, (1, 1), 0, (height, width))

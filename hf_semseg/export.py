@@ -1,0 +1,449 @@
+"""Export a saved segmentation model to ONNX or to a torch.export program (``.pt2``).
+
+    python -m hf_semseg.export --model DIR --format onnx --output model.onnx
+    python -m hf_semseg.export --model DIR --format torch_export --output model.pt2 [--batch_size N]
+
+``DIR`` is a folder written by ``save_pretrained`` (any model ``AutoModelForSemanticSegmentation`` loads once hf_semseg
+is imported). The exported graph maps ``pixel_values`` ``(B, 3, H, W)`` float32, normalised as the model's image
+processor does, to ``logits`` ``(B, num_labels, h, w)`` - the model's own logits, at 1/4 of the (padded) input for
+every family here: resize them to the image as ``post_process_semantic_segmentation`` does. Height and width are
+dynamic; the batch size ``B`` is fixed at export (``--batch_size``, 1 by default; see :func:`dynamic_shapes`). Next to the output go ``<stem>.preprocessor_config.json`` (the folder's image processor settings, when it has
+them) and ``<stem>.labels.json`` (``id2label`` and the input / output names). Every file is written to a temporary
+name in the destination folder and renamed when complete. User errors (a missing folder, a model that is not a
+semantic-segmentation model, an unknown format, an unwritable output) exit with status 1 and one line on stderr.
+
+ONNX goes through torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``); FaPN's modulated deformable
+convolution (``torchvision.ops.deform_conv2d``) becomes ONNX ``DeformConv`` (opset 19), which onnxruntime implements.
+Attention runs its eager implementation in the exported graph (the same numbers as SDPA within float rounding).
+Before anything is written, the export is run at :data:`VERIFY_SIDES` and compared with the model: an export that
+does not reproduce it (a model whose code fixes sizes in the traced graph, see the README) is refused.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+FORMATS = ("onnx", "torch_export")
+#: the ONNX opset: 19 for DeformConv (FaPN); torch's ONNX functions are written for 18 and converted up
+ONNX_OPSET = 19
+#: the traced example's height and width: different (export gives equal sizes one symbol), large enough that no map
+#: of a released model is one window on a side (export specialises sizes of 1), and multiples of nothing the models
+#: pad to (a size that needs no padding can fix the padding out of the graph)
+EXAMPLE_SIDES = (458, 522)
+#: the sides the command line checks an export at before writing it (other padding than the example's)
+VERIFY_SIDES = ((424, 488), (474, 442))
+#: the largest difference accepted there, relative to the largest logit (at least 1)
+VERIFY_TOLERANCE = 1e-4
+
+
+class ExportError(Exception):
+    """A user error of the export: its message is one line naming the thing and what was expected."""
+
+
+class LogitsModel(nn.Module):
+    """``pixel_values -> logits`` of a segmentation model (the graph that is exported)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values, return_dict=True).logits
+
+
+def dynamic_shapes() -> dict:
+    """Height and width of ``pixel_values`` dynamic; the batch size is fixed. A dynamic batch is not offered: torch's
+    convolution and transformers' Swin attention choose their memory layout by whether the batch is 1, so a traced
+    dynamic batch holds either for 1 or for more than 1, not for both."""
+    dynamic = torch.export.Dim.DYNAMIC
+    return {"pixel_values": {2: dynamic, 3: dynamic}}
+
+
+def example_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
+    """A seeded example ``pixel_values`` of ``batch_size`` images of :data:`EXAMPLE_SIDES` (the model's channels)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch_size, config_channels(model.config), *EXAMPLE_SIDES, generator=generator)
+
+
+def adaptive_pooling_matrix(size: int, output_size: int, like: torch.Tensor) -> torch.Tensor:
+    """``(output_size, size)`` averaging weights of adaptive average pooling along one axis: bin ``i`` covers
+    ``[floor(i*size/o), ceil((i+1)*size/o))``, torch's bins. Built from tensor arithmetic on ``size``, so a traced
+    ``size`` stays symbolic (positive operands only: ONNX's integer division truncates)."""
+    bins = torch.arange(output_size, device=like.device)
+    start = bins * size // output_size
+    end = ((bins + 1) * size + output_size - 1) // output_size
+    positions = torch.arange(size, device=like.device)
+    inside = (positions[None, :] >= start[:, None]) & (positions[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
+class TraceableAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products whose pooling windows follow the input's symbolic size.
+
+    torch's own ``adaptive_avg_pool2d`` decomposition sizes its windows for the traced input, so an export of it
+    (UperNet's pyramid pooling) is wrong at any other size. Equal to it within float rounding."""
+
+    def __init__(self, output_size: tuple[int, int]):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        height, width = hidden_states.shape[-2:]
+        rows = adaptive_pooling_matrix(height, self.output_size[0], hidden_states)  # (oh, H)
+        columns = adaptive_pooling_matrix(width, self.output_size[1], hidden_states)  # (ow, W)
+        # (B, C, H, W) -> (B, C, oh, ow)
+        return torch.einsum("oh,bchw,pw->bcop", rows, hidden_states, columns)
+
+
+def _always_padding_patch_embeddings(self, pixel_values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """transformers' ``SwinPatchEmbeddings.maybe_pad`` padding always (maybe by 0): no branch on the size."""
+    patch_height, patch_width = self.patch_size
+    pad_right = (width + patch_width - 1) // patch_width * patch_width - width
+    pad_bottom = (height + patch_height - 1) // patch_height * patch_height - height
+    return F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+
+
+def _always_padding_patch_merging(self, input_feature: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """transformers' ``SwinPatchMerging.maybe_pad`` padding always (maybe by 0): no branch on the size's parity."""
+    return F.pad(input_feature, (0, 0, 0, width % 2, 0, height % 2))
+
+
+def _always_cropping_window_padding(self, hidden_states: torch.Tensor, height: int, width: int):
+    """transformers' ``SwinLayer.maybe_pad`` (always pads, maybe by 0) returning padding flags that make the layer
+    always crop back to ``height x width`` (the identity when nothing was padded) instead of branching on them."""
+    window = self.window_size
+    pad_right = (width + window - 1) // window * window - width
+    pad_bottom = (height + window - 1) // window * window - height
+    hidden_states = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
+    return hidden_states, (0, 0, 0, 1, 0, 1)  # read by SwinLayer.forward as "was padded" only
+
+
+def _size_branch_free_methods() -> dict[type, tuple[str, Callable]]:
+    """transformers' modules whose methods branch on sizes, with a replacement that does not."""
+    from transformers.models.swin import modeling_swin
+
+    return {
+        modeling_swin.SwinPatchEmbeddings: ("maybe_pad", _always_padding_patch_embeddings),
+        modeling_swin.SwinPatchMerging: ("maybe_pad", _always_padding_patch_merging),
+        modeling_swin.SwinLayer: ("maybe_pad", _always_cropping_window_padding),
+    }
+
+
+@contextmanager
+def traceable_sizes(model: nn.Module) -> Iterator[None]:
+    """Inside, ``model`` computes the same function with no Python branch on its input's sizes: adaptive average
+    pooling as :class:`TraceableAdaptiveAvgPool2d`, and transformers' Swin (VWFormer's and VW-Mask(2)Former's
+    backbone) padding and cropping unconditionally. Such a branch would be fixed for the traced size in an export. The
+    model is restored on exit."""
+    replaced_modules, replaced_lists, patched_methods = [], [], []
+    methods = _size_branch_free_methods()
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.AdaptiveAvgPool2d:
+                output_size = child.output_size
+                output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+                if None in output_size:
+                    continue  # keeps that input side: no size-dependent window
+                replacement = TraceableAdaptiveAvgPool2d(output_size)
+                replaced_modules.append((parent, name, child))
+                setattr(parent, name, replacement)
+                # modules that call their children through a plain list (transformers' UperNet pooling blocks)
+                for attribute in vars(parent).values():
+                    if isinstance(attribute, list):
+                        for index, entry in enumerate(attribute):
+                            if entry is child:
+                                attribute[index] = replacement
+                                replaced_lists.append((attribute, index, child))
+        if type(parent) in methods:
+            name, function = methods[type(parent)]
+            patched_methods.append((parent, name))
+            setattr(parent, name, types.MethodType(function, parent))
+    try:
+        yield
+    finally:
+        for parent, name, child in replaced_modules:
+            setattr(parent, name, child)
+        for attribute, index, child in replaced_lists:
+            attribute[index] = child
+        for module, name in patched_methods:
+            delattr(module, name)
+
+
+def prepare_for_export(model: nn.Module) -> LogitsModel:
+    """The model in eval mode with eager attention, wrapped to return its logits only."""
+    model.eval()
+    if hasattr(model, "set_attn_implementation"):
+        # SDPA's output strides differ between the traced kernel and its decomposition, which breaks the re-traced
+        # reshape of the attention output when torch.onnx decomposes the program
+        model.set_attn_implementation("eager")
+    return LogitsModel(model)
+
+
+def export_program(model: nn.Module, batch_size: int = 1) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``pixel_values -> logits`` for ``batch_size`` images of any height and width."""
+    wrapped = prepare_for_export(model)
+    pixel_values = example_input(model, batch_size)
+    # size-oblivious tracing: sizes of 1 are not special-cased, which would add guards fixing a size in the program
+    with (
+        torch.no_grad(),
+        traceable_sizes(model),
+        torch.fx.experimental._config.patch(backed_size_oblivious=True),
+    ):
+        return torch.export.export(wrapped, (pixel_values,), dynamic_shapes=dynamic_shapes())
+
+
+def _deform_conv2d_to_onnx(
+    input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups,
+    offset_groups, use_mask,
+):  # fmt: skip
+    """``torchvision::deform_conv2d`` as ONNX ``DeformConv`` (opset 19): the same offset layout (per kernel tap,
+    ``(dy, dx)``) and modulation mask."""
+    from onnxscript import opset19
+
+    return opset19.DeformConv(
+        input,
+        weight,
+        offset,
+        bias,
+        mask if use_mask else None,
+        dilations=[dilation_h, dilation_w],
+        group=groups,
+        offset_group=offset_groups,
+        pads=[pad_h, pad_w, pad_h, pad_w],
+        strides=[stride_h, stride_w],
+    )
+
+
+def exported_runner(output_format: str, path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``pixel_values -> logits`` of an exported file: onnxruntime for ONNX (None when it is not installed), the
+    loaded program for torch.export."""
+    if output_format == "torch_export":
+        program = torch.export.load(str(path)).module()
+        return lambda pixel_values: program(pixel_values)
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda pixel_values: torch.from_numpy(session.run(None, {"pixel_values": pixel_values.numpy()})[0])
+
+
+def verify_export(
+    model: nn.Module, output_format: str, path: str | os.PathLike, batch_size: int = 1, sides=VERIFY_SIDES
+) -> bool:
+    """Checks that the exported file computes the model's logits on ``batch_size`` images of each of ``sides``
+    (within :data:`VERIFY_TOLERANCE` of the largest logit); :class:`ExportError` names the first size where it does
+    not. False when it cannot be run (onnxruntime missing)."""
+    run = exported_runner(output_format, path)
+    if run is None:
+        return False
+    generator = torch.Generator().manual_seed(1)
+    for side in sides:
+        pixel_values = torch.randn(batch_size, config_channels(model.config), *side, generator=generator)
+        shape = "x".join(str(side) for side in pixel_values.shape)
+        with torch.no_grad():
+            expected = model(pixel_values=pixel_values, return_dict=True).logits
+            try:
+                logits = run(pixel_values)
+            except Exception as error:  # onnxruntime's and torch.export's failures have no common type
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+                raise ExportError(
+                    f"the {output_format} export of this model fails on an input of {shape} ({first_line}): it does "
+                    "not export with dynamic sizes"
+                ) from error
+        if logits.shape != expected.shape:
+            raise ExportError(
+                f"the {output_format} export of this model returns logits of shape {tuple(logits.shape)} where the "
+                f"model returns {tuple(expected.shape)} on an input of {shape}: it does not export with dynamic sizes"
+            )
+        difference = (logits - expected).abs().max().item()
+        if not difference <= VERIFY_TOLERANCE * max(1.0, expected.abs().max().item()):
+            raise ExportError(
+                f"the {output_format} export of this model computes other logits than the model on an input of "
+                f"{shape} (largest difference {difference:.3g}): it does not export with dynamic sizes"
+            )
+    return True
+
+
+def custom_translation_table() -> dict[Callable, Callable]:
+    """The ONNX translations torch's exporter lacks: torchvision's deformable convolution (FaPN)."""
+    table = {}
+    try:
+        import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+    except ImportError:
+        return table
+    table[torch.ops.torchvision.deform_conv2d.default] = _deform_conv2d_to_onnx
+    return table
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, batch_size: int = 1) -> None:
+    """Writes ``pixel_values -> logits`` (``batch_size`` images of any size) as one ONNX file, weights inside."""
+    program = export_program(model, batch_size)
+    onnx_program = torch.onnx.export(
+        program,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        custom_translation_table=custom_translation_table(),
+        verbose=False,
+    )
+    onnx_program.save(str(path), external_data=False)
+
+
+def export_torch(model: nn.Module, path: str | os.PathLike, batch_size: int = 1) -> None:
+    """Writes the ``torch.export`` program of ``pixel_values -> logits`` (``batch_size`` images of any size) at
+    ``path`` (``torch.export.save``)."""
+    torch.export.save(export_program(model, batch_size), str(path))
+
+
+EXPORTERS = {"onnx": export_onnx, "torch_export": export_torch}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_segmentation_model(folder: str | os.PathLike) -> nn.Module:
+    """The semantic-segmentation model saved in ``folder``; :class:`ExportError` when there is none."""
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+
+    import hf_semseg  # noqa: F401  (registers the families with the Auto classes)
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"--model {folder}: no such folder (expected a model folder written by save_pretrained)")
+    if not (folder / "config.json").is_file():
+        raise ExportError(f"--model {folder}: no config.json (expected a model folder written by save_pretrained)")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (ValueError, KeyError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"--model {folder}: config.json does not load ({first_line})") from error
+    if config.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
+        raise ExportError(
+            f"--model {folder}: model type {config.model_type!r} is not a semantic-segmentation model (expected one "
+            "that AutoModelForSemanticSegmentation loads)"
+        )
+    return AutoModelForSemanticSegmentation.from_pretrained(folder)
+
+
+def side_files(
+    model: nn.Module, folder: Path, output: Path, output_format: str, batch_size: int = 1
+) -> dict[Path, bytes]:
+    """The files written next to the export: the image processor's settings (the folder's own file) and the labels
+    with the graph's input / output names."""
+    files = {}
+    processor_config = folder / "preprocessor_config.json"
+    if processor_config.is_file():
+        files[output.with_name(f"{output.stem}.preprocessor_config.json")] = processor_config.read_bytes()
+    config = model.config
+    labels = {
+        "format": output_format,
+        "model_type": config.model_type,
+        "input": {"name": "pixel_values", "shape": [batch_size, config_channels(config), "height", "width"]},
+        "output": {"name": "logits", "shape": [batch_size, config.num_labels, "logits_height", "logits_width"]},
+        "size_divisibility": int(getattr(config, "size_divisibility", 0) or 0),
+        "id2label": {str(index): label for index, label in sorted(config.id2label.items())},
+    }
+    files[output.with_name(f"{output.stem}.labels.json")] = (json.dumps(labels, indent=2) + "\n").encode()
+    return files
+
+
+def config_channels(config) -> int:
+    return int(getattr(getattr(config, "backbone_config", None) or config, "num_channels", 3))
+
+
+def check_output(output: Path) -> None:
+    """:class:`ExportError` when ``output`` cannot be written (a folder, a missing or read-only parent)."""
+    if output.is_dir():
+        raise ExportError(f"--output {output}: is a folder (expected a file path)")
+    parent = output.parent
+    if not parent.is_dir():
+        raise ExportError(f"--output {output}: folder {parent} does not exist (expected an existing, writable folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"--output {output}: folder {parent} is not writable (expected a writable folder)")
+
+
+def _temporary_path(destination: Path) -> Path:
+    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def export_folder(
+    folder: str | os.PathLike, output_format: str, output: str | os.PathLike, batch_size: int = 1
+) -> list[Path]:
+    """Exports the model saved in ``folder`` as ``output_format`` to ``output`` plus its side files; returns the
+    paths written. Every file goes to a temporary name in the destination folder first: on any error nothing is
+    left."""
+    if output_format not in FORMATS:
+        raise ExportError(f"--format {output_format}: unknown format (expected one of {', '.join(FORMATS)})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"--batch_size {batch_size}: expected a whole number of images, at least 1")
+    output = Path(output)
+    check_output(output)
+    model = load_segmentation_model(folder)
+    written = {}  # final path -> temporary path
+    try:
+        for path, content in side_files(model, Path(folder), output, output_format, batch_size).items():
+            temporary = written[path] = _temporary_path(path)
+            temporary.write_bytes(content)
+        temporary = written[output] = _temporary_path(output)
+        EXPORTERS[output_format](model, temporary, batch_size=batch_size)
+        try:
+            verified = verify_export(model, output_format, temporary, batch_size)
+        except ExportError as error:
+            raise ExportError(f"--model {folder}: {error}") from error
+        if not verified:
+            print(f"note: onnxruntime is not installed: {output} was not checked", file=sys.stderr)
+        # the export itself last: its presence means the side files are there too
+        for path in sorted(written, key=lambda path: path == output):
+            os.replace(written[path], path)
+    except BaseException:
+        for temporary in written.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    return list(written)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_semseg.export", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
+    parser.add_argument("--model", required=True, help="a model folder written by save_pretrained")
+    parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--output", required=True, help="the file to write (.onnx or .pt2)")
+    parser.add_argument("--batch_size", default="1", help="the number of images the export takes per call (1)")
+    arguments = parser.parse_args(argv)
+    try:
+        try:
+            batch_size = int(arguments.batch_size)
+        except ValueError:
+            raise ExportError(
+                f"--batch_size {arguments.batch_size}: expected a whole number of images, at least 1"
+            ) from None
+        paths = export_folder(arguments.model, arguments.format, arguments.output, batch_size)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
