@@ -84,3 +84,120 @@ def test_pixel_cross_entropy_is_the_per_pixel_loss_without_gradient():
     expected = F.cross_entropy(upsampled, labels, ignore_index=255, reduction="none")
     torch.testing.assert_close(losses, expected, rtol=0, atol=1e-12)
     assert not losses.requires_grad and losses.shape == labels.shape
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Transformer MLPs (Swin, Pale): GELU recomputed in the backward pass
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def tiny_models_with_mlps():
+    from hf_semseg import PaleConfig, PaleForSemanticSegmentation, SeMaskSwinConfig, SeMaskSwinForSemanticSegmentation
+
+    from model_suite import FOUR_STAGES, tiny_label_kwargs, tiny_pale_kwargs, tiny_semask_swin_kwargs
+
+    semask = SeMaskSwinConfig(**tiny_semask_swin_kwargs(depths=[2, 1, 1, 1], out_features=FOUR_STAGES))
+    pale = PaleConfig(**tiny_pale_kwargs(depths=[1, 1, 1, 1], out_features=FOUR_STAGES, **tiny_label_kwargs()))
+    return {"semask_fpn": (SeMaskSwinForSemanticSegmentation, semask), "pale": (PaleForSemanticSegmentation, pale)}
+
+
+@pytest.mark.parametrize("name", ["semask_fpn", "pale"])
+def test_mlp_gelu_recomputation_gives_the_same_loss_and_gradients(name):
+    """The MLPs' GELU + second layer as ``GeluLinearFunction`` (training) against autograd's GELU and linear layer:
+    the same loss and the same gradient of every parameter (bit for bit in practice; asserted to 1e-6 relative)."""
+    import copy
+
+    from hf_semseg.models.modeling_utils_segmentation import GeluLinearFunction, TransformerMLP
+
+    model_class, config = tiny_models_with_mlps()[name]
+    torch.manual_seed(0)
+    model = model_class(config).train()
+    plain = copy.deepcopy(model)
+    mlps = [module for module in plain.modules() if isinstance(module, TransformerMLP)]
+    assert mlps and all(module.recomputes_gelu() for module in mlps)
+    for module in mlps:
+        module.exact_gelu = False
+    assert not any(module.recomputes_gelu() for module in mlps)
+
+    calls = []
+    original_apply = GeluLinearFunction.apply
+
+    def counting_apply(*arguments):
+        calls.append(1)
+        return original_apply(*arguments)
+
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(2, 3, 64, 80, generator=generator)
+    labels = torch.randint(0, config.num_labels, (2, 64, 80), generator=generator)
+    GeluLinearFunction.apply = counting_apply
+    try:
+        torch.manual_seed(2)  # the same drop-path and dropout draws in both
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+    finally:
+        GeluLinearFunction.apply = original_apply
+    assert len(calls) == len(mlps)
+    torch.manual_seed(2)
+    reference = plain(pixel_values=pixel_values, labels=labels).loss
+    loss.backward()
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6, abs=0)
+    for (parameter_name, parameter), reference_parameter in zip(model.named_parameters(), plain.parameters()):
+        if reference_parameter.grad is None:
+            assert parameter.grad is None, parameter_name
+            continue
+        torch.testing.assert_close(parameter.grad, reference_parameter.grad, rtol=1e-6, atol=1e-9, msg=parameter_name)
+
+
+def test_gelu_linear_function_keeps_one_hidden_map_for_backward():
+    """What the backward pass keeps of one MLP: its hidden map once (autograd's GELU and linear keep it twice: the
+    GELU's input and output)."""
+    from hf_semseg.models.modeling_utils_segmentation import GeluLinearFunction
+
+    hidden = torch.randn(4, 6, 32, requires_grad=True)
+    weight = torch.randn(8, 32, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+
+    def saved_hidden_maps(function) -> int:
+        storages = set()
+
+        def pack(tensor):
+            if tensor.numel() == hidden.numel():  # F.linear keeps a 2-D view
+                storages.add(tensor.untyped_storage().data_ptr())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            function(hidden * 1.0)
+        return len(storages)
+
+    assert saved_hidden_maps(lambda h: GeluLinearFunction.apply(h, weight, bias)) == 1
+    assert saved_hidden_maps(lambda h: F.linear(F.gelu(h), weight, bias)) == 2
+    output = GeluLinearFunction.apply(hidden, weight, bias)
+    grads = torch.autograd.grad(output.square().sum(), (hidden, weight, bias))
+    expected = torch.autograd.grad(F.linear(F.gelu(hidden), weight, bias).square().sum(), (hidden, weight, bias))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_gelu_linear_function_under_bfloat16_autocast_matches_autograd():
+    """Under autocast the function computes in bfloat16 as autocast's linear layer does, and returns the gradients
+    in the parameters' float32 (autograd's cast nodes)."""
+    from hf_semseg.models.modeling_utils_segmentation import GeluLinearFunction
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 10, 32, generator=generator)
+    weight = torch.randn(8, 32, generator=generator, requires_grad=True)
+    bias = torch.randn(8, generator=generator, requires_grad=True)
+
+    def gradients(function):
+        source = hidden.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = function(source.to(torch.bfloat16))
+        assert output.dtype == torch.bfloat16
+        return output, torch.autograd.grad(output.float().square().sum(), (source, weight, bias))
+
+    output, grads = gradients(lambda h: GeluLinearFunction.apply(h, weight, bias))
+    expected_output, expected = gradients(lambda h: F.linear(F.gelu(h), weight, bias))
+    torch.testing.assert_close(output, expected_output, rtol=0, atol=0)
+    for got, want in zip(grads, expected):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # bit for bit here

@@ -252,7 +252,7 @@ class PaleBlock(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.cpe(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         attended, attentions = self.attention(self.layernorm_before(hidden_states))
         hidden_states = hidden_states + self.drop_path(attended)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+        hidden_states = hidden_states + self.drop_path(self.mlp(hidden_states, norm=self.layernorm_after))
         return hidden_states, attentions
 
 

@@ -39,6 +39,7 @@ from .modeling_utils_segmentation import (
     eager_attention,
     init_conv_kaiming,
     init_norm_and_linear,
+    layer_norm_linear,
     pixel_cross_entropy,
     resize_to,
     resolve_output_flags,
@@ -312,7 +313,7 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
         if self.shift_size:
             hidden_states = torch.roll(hidden_states, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
         hidden_states = shortcut + self.drop_path(crop(hidden_states, height, width))
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        hidden_states = hidden_states + self.drop_path(self.mlp(hidden_states, norm=self.norm2))
         return hidden_states, attn_weights
 
 
@@ -405,7 +406,7 @@ class SeMaskSwinPatchMerging(nn.Module):
             0, 1, 3, 4, 2, 5
         )
         hidden_states = hidden_states.reshape(batch_size, height // 2, width // 2, 4 * channels)
-        return self.reduction(self.norm(hidden_states))
+        return layer_norm_linear(self.norm, self.reduction, hidden_states)
 
 
 class SeMaskSwinStage(nn.Module):
@@ -633,7 +634,9 @@ class SeMaskFPNConvModule(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.batch_norm = nn.BatchNorm2d(out_channels)
-        self.activation = nn.ReLU()
+        # in place, as mmcv's: BatchNorm's backward reads its input, not its output, so training keeps one map of
+        # the two
+        self.activation = nn.ReLU(inplace=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.batch_norm(self.conv(hidden_states)))

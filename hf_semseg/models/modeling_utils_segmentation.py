@@ -60,9 +60,95 @@ class SegmentationModelDefaults(AnyPrecisionMixin):
             init_sdn_weights(module, init=init)
 
 
+class GeluLinearFunction(torch.autograd.Function):
+    """``F.linear(F.gelu(hidden_states), weight, bias)`` that saves ``hidden_states`` only and recomputes the GELU in
+    the backward pass. Autograd would keep both the GELU's input (for its own backward) and its output (for the linear
+    layer's weight gradient), two ``mlp_ratio * C`` maps per block; recomputing an elementwise GELU gives the same
+    values bit for bit, so the gradients are the ones autograd computes, for one map less of training memory.
+
+    Under autocast the forward's linear layer runs in the autocast dtype (its weight and bias cast, as autocast casts
+    them), and the backward computes in that dtype too and returns the gradients in the parameters' dtype, as
+    autograd's cast nodes do."""
+
+    @staticmethod
+    def forward(ctx, hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(hidden_states, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return F.linear(F.gelu(hidden_states), weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        hidden_states, weight = ctx.saved_tensors
+        compute_dtype = grad_output.dtype  # the forward output's: the autocast dtype, or the weight's without autocast
+        activated = F.gelu(hidden_states).to(compute_dtype)
+        # (..., out) -> (tokens, out); (..., hidden) -> (tokens, hidden)
+        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_weight = grad_rows.t().mm(activated.reshape(-1, activated.shape[-1])).to(weight.dtype)
+        grad_bias = None if ctx.bias_dtype is None else grad_rows.sum(0).to(ctx.bias_dtype)
+        grad_activated = grad_output.matmul(weight.to(compute_dtype)).to(hidden_states.dtype)
+        grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden_states)
+        return grad_hidden, grad_weight, grad_bias
+
+
+class LayerNormLinearFunction(torch.autograd.Function):
+    """``F.linear(F.layer_norm(hidden_states), weight, bias)`` that saves the LayerNorm's input and statistics only and
+    recomputes its output in the backward pass (the same kernel on the same inputs: the same values bit for bit).
+    Autograd would keep both the LayerNorm's input and its output (the linear layer's input), two maps."""
+
+    @staticmethod
+    def forward(ctx, hidden_states, norm_weight, norm_bias, eps: float, weight, bias):
+        normalized_shape = (hidden_states.shape[-1],)
+        normalized, mean, rstd = torch.native_layer_norm(hidden_states, normalized_shape, norm_weight, norm_bias, eps)
+        ctx.save_for_backward(hidden_states, mean, rstd, norm_weight, norm_bias, weight)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        return F.linear(normalized, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        hidden_states, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+        normalized_shape = (hidden_states.shape[-1],)
+        normalized = torch.native_layer_norm(hidden_states, normalized_shape, norm_weight, norm_bias, ctx.eps)[0]
+        # (..., out) -> (tokens, out); (..., C) -> (tokens, C)
+        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_weight = grad_rows.t().mm(normalized.reshape(-1, normalized.shape[-1]))
+        grad_bias = grad_rows.sum(0) if ctx.has_bias else None
+        grad_normalized = grad_output.matmul(weight)
+        grad_hidden, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
+            grad_normalized, hidden_states, normalized_shape, mean, rstd, norm_weight, norm_bias, [True, True, True]
+        )
+        return grad_hidden, grad_norm_weight, grad_norm_bias, None, grad_weight, grad_bias
+
+
+def layer_norm_linear(norm: nn.LayerNorm, linear: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``linear(norm(hidden_states))``; in a float training step of a plain ``nn.LayerNorm`` (affine, over the last
+    axis) and ``nn.Linear``, as :class:`LayerNormLinearFunction`: the same values and gradients, one map less kept for
+    the backward pass. Under autocast, or for other layer types (quantised, adapted), the two modules run as they are."""
+    if (
+        torch.is_grad_enabled()
+        and norm.training
+        and type(norm) is nn.LayerNorm
+        and type(linear) is nn.Linear
+        and norm.elementwise_affine
+        and norm.bias is not None
+        and len(norm.normalized_shape) == 1
+        and not torch.is_autocast_enabled(hidden_states.device.type)
+    ):
+        return LayerNormLinearFunction.apply(
+            hidden_states, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias
+        )
+    return linear(norm(hidden_states))
+
+
 class TransformerMLP(nn.Module):
     """The two-layer MLP of a Transformer block (Swin, Pale): ``Linear(C -> mlp_ratio C)``, activation, dropout,
-    ``Linear(-> C)``, dropout; reads ``mlp_ratio``, ``hidden_act`` and ``hidden_dropout_prob`` from the config."""
+    ``Linear(-> C)``, dropout; reads ``mlp_ratio``, ``hidden_act`` and ``hidden_dropout_prob`` from the config.
+
+    In training with the exact GELU, no dropout between the layers and a plain ``nn.Linear`` second layer (every
+    released config), the GELU and second layer run as :class:`GeluLinearFunction`: the same values and gradients,
+    one ``mlp_ratio * C`` map less kept for the backward pass; given the block's LayerNorm, it runs with ``fc1`` as
+    :func:`layer_norm_linear` (one ``C`` map less)."""
 
     def __init__(self, config, dim: int):
         super().__init__()
@@ -71,9 +157,27 @@ class TransformerMLP(nn.Module):
         self.activation = ACT2FN[config.hidden_act]
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.exact_gelu = config.hidden_act == "gelu"
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dropout(self.activation(self.fc1(hidden_states)))
+    def recomputes_gelu(self) -> bool:
+        """Whether this forward runs the GELU and ``fc2`` as :class:`GeluLinearFunction`."""
+        return (
+            self.exact_gelu
+            and self.training
+            and torch.is_grad_enabled()
+            and self.dropout.p == 0.0
+            and type(self.fc2) is nn.Linear  # not a quantised or adapted layer with its own forward
+        )
+
+    def forward(self, hidden_states: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+        """``norm``: the block's LayerNorm before the MLP, applied here (:func:`layer_norm_linear` with ``fc1``)."""
+        if norm is None:
+            hidden_states = self.fc1(hidden_states)
+        else:
+            hidden_states = layer_norm_linear(norm, self.fc1, hidden_states)
+        if self.recomputes_gelu():
+            return GeluLinearFunction.apply(hidden_states, self.fc2.weight, self.fc2.bias)
+        hidden_states = self.dropout(self.activation(hidden_states))
         return self.dropout(self.fc2(hidden_states))
 
 
