@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""Pale-T versus transformers' Swin-T (similar FLOPs): GMACs, forward latency and peak memory, in one run.
+"""Pale-T versus transformers' Swin-T (similar FLOPs): GMACs, forward latency, achieved GFLOP/s and peak memory, in
+one run.
 
     python benchmarks/benchmark_pale.py [--sizes 224 512] [--batch-size 1] [--repeats 10] [--threads 2]
+        [--device cpu] [--dtype float32|bfloat16]
 
-* GMACs: counted with ``torch.utils.flop_counter.FlopCounterMode`` on one forward (matmuls, convolutions and
-  attention; MACs = FLOPs / 2).
+* GMACs: counted per image with ``harness.count_gmacs`` (``torch.utils.flop_counter.FlopCounterMode`` on one fp32
+  forward, plus the CPU's fused attention kernel; matmuls, convolutions and attention; MACs = FLOPs / 2).
 * Latency: both models live in ONE process and are timed round-robin (one forward of each per round, ``--repeats``
-  rounds after ``--warmup``), so that load changes on a shared machine hit them alike; the median is reported.
-* Peak memory: the increase of the resident set (CPU) or of allocated memory (CUDA) during one forward, measured in
-  a fresh subprocess per model (``harness.py``, shared with the other scripts).
+  rounds after ``--warmup``), so that load changes on a shared machine hit them alike; the median is reported. With
+  ``--dtype bfloat16`` (or ``float16``) the forwards run under ``torch.autocast`` with fp32 weights.
+* Achieved GFLOP/s: 2 x GMACs per image x batch size / median latency. On the CPU, a ``harness.GEMM_SIZE`` square
+  matmul in the run's dtype (fp32, or bf16 for a bf16 run) is one more step of the same rounds: its median GFLOP/s is
+  the machine's matmul throughput under the same load, and each model's GFLOP/s is also reported as a fraction of it
+  (``of matmul``). The matmul is left out on CUDA (``run_cuda.py`` measures the GPU's peak).
+* Peak memory: the increase of the resident set (CPU) or of allocated memory (CUDA) during one forward (under the
+  same autocast), measured in a fresh subprocess per model (``harness.py``, shared with the other scripts).
 
 Both models are the bare encoders with pooling (``PaleModel``, ``SwinModel``), randomly initialised: Pale has no
 released weights. Target (issue 4): Pale-T at most 1.3x Swin-T's latency at both sizes.
@@ -35,6 +42,8 @@ COLUMNS = (
     harness.Column("s/iter", "median_s", ">", 8, 4),
     harness.Column("img/s", "images_per_s", ">", 7, 2),
     harness.Column("peak MB", "peak_mem_mb", ">", 8, 1),
+    harness.Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
+    harness.Column("of matmul", "fraction_of_matmul", ">", 9, 3),
 )
 
 
@@ -57,59 +66,79 @@ def make_pixel_values(args, size: int) -> torch.Tensor:
 
 
 def measure_latency(args, size: int) -> dict:
-    """GMACs per image and round-robin forward latencies of every model at one input size."""
+    """GMACs per image and round-robin forward latencies (in ``args.dtype``) of every model at one input size, with
+    the seconds of the square matmul timed in the same rounds (``None`` on CUDA)."""
     models = {name: build_model(name).eval().to(args.device) for name in MODELS}
     pixel_values = make_pixel_values(args, size)
     gmacs = {name: harness.count_gmacs(model, pixel_values[:1]) for name, model in models.items()}
-    _, synchronize = harness.device_helpers(torch.device(args.device), torch.float32)
+    device, dtype = harness.device_and_dtype(args.device, args.dtype)
+    autocast, synchronize = harness.device_helpers(device, dtype)
     inputs = dict.fromkeys(models, pixel_values)
-    times = harness.forward_round_robin(models, inputs, args.warmup, args.repeats, synchronize)
-    return {"gmacs_per_image": gmacs, "times_s": times}
+    times, matmul_times = harness.forward_round_robin_with_matmul(
+        models, inputs, args.warmup, args.repeats, synchronize, autocast, None if device.type == "cuda" else dtype
+    )
+    return {"gmacs_per_image": gmacs, "times_s": times, "matmul_times_s": matmul_times}
 
 
 def measure_memory(args, name: str, size: int) -> dict:
-    """Peak memory of the first forward of one model in this (fresh) process: once memory was freed, the allocator
-    keeps it, so a warmed-up process under-reports what a forward needs."""
+    """Peak memory of the first forward (under the run's autocast) of one model in this (fresh) process: once memory
+    was freed, the allocator keeps it, so a warmed-up process under-reports what a forward needs."""
     model = build_model(name).eval().to(args.device)
-    return harness.first_forward_peak_memory(model, make_pixel_values(args, size), torch.device(args.device))
+    autocast, _ = harness.device_helpers(*harness.device_and_dtype(args.device, args.dtype))
+    with autocast():
+        return harness.first_forward_peak_memory(model, make_pixel_values(args, size), torch.device(args.device))
 
 
 def memory_in_subprocess(args, name: str, size: int) -> dict:
     """``measure_memory`` in a fresh process of this script."""
     command = harness.script_command(
         __file__, "--memory-worker", name, "--sizes", size,
-        "--batch-size", args.batch_size, "--threads", args.threads, "--device", args.device,
+        "--batch-size", args.batch_size, "--threads", args.threads, "--device", args.device, "--dtype", args.dtype,
     )  # fmt: skip
     return harness.run_worker_command(command, args.threads)
 
 
-def measure_size(args, size: int) -> tuple[list[dict], dict]:
-    """The result rows of both models at one size, and the Pale-T / Swin-T latency ratio."""
+def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
+    """The result rows of both models at one size, the Pale-T / Swin-T latency ratio, and the matmul of the same
+    rounds (``size``, ``dtype``, ``input_size``, ``times_s``, ``gflops_median``; ``None`` on CUDA)."""
     latency = measure_latency(args, size)
+    matmul = None
+    if latency["matmul_times_s"] is not None:
+        matmul = {
+            "size": harness.GEMM_SIZE, "dtype": args.dtype, "input_size": size, "times_s": latency["matmul_times_s"],
+            "gflops_median": harness.gemm_gflops(harness.GEMM_SIZE, harness.median(latency["matmul_times_s"])),
+        }  # fmt: skip
     rows = []
     for name in MODELS:
         median_s = harness.median(latency["times_s"][name])
-        rows.append({
+        gmacs = latency["gmacs_per_image"][name]
+        row = {
             "model": name, "size": size, "batch_size": args.batch_size, "median_s": median_s,
-            "images_per_s": args.batch_size / median_s, "gmacs_per_image": latency["gmacs_per_image"][name],
+            "images_per_s": args.batch_size / median_s, "gmacs_per_image": gmacs,
             "times_s": latency["times_s"][name], **memory_in_subprocess(args, name, size),
-        })  # fmt: skip
+            "gmacs": gmacs, "achieved_gflops": 2 * gmacs * args.batch_size / median_s,
+        }  # fmt: skip
+        if matmul is not None:
+            row["matmul_gflops"] = matmul["gflops_median"]
+            row["matmul_dtype"] = matmul["dtype"]
+            row["fraction_of_matmul"] = row["achieved_gflops"] / matmul["gflops_median"]
+        rows.append(row)
     pale, swin = rows
     ratio = pale["median_s"] / swin["median_s"]
-    return rows, {"size": size, "pale_over_swin": ratio, "target_max": TARGET_RATIO, "meets": ratio <= TARGET_RATIO}
+    ratios = {"size": size, "pale_over_swin": ratio, "target_max": TARGET_RATIO, "meets": ratio <= TARGET_RATIO}
+    return rows, ratios, matmul
 
 
 def parse_args(argv=None):
-    """The options; the dtype is always float32."""
+    """The options: sizes, batch, timing, ``--device`` and ``--dtype`` (half types run under ``torch.autocast``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512], help="square input sides in pixels")
     parser.add_argument("--batch-size", type=int, default=1)
     harness.add_timing_options(parser, warmup=2, repeats=10)
-    harness.add_device_options(parser, dtype=False)
+    harness.add_device_options(parser)
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default results/pale_<device>.json)")
     parser.add_argument("--memory-worker", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.dtype = "float32"
     if args.output is None:
         args.output = harness.default_output("pale", args.device)
     return args
@@ -124,20 +153,27 @@ def main(argv=None) -> None:
     env = harness.environment(args.device, args.dtype, args.threads)
     details = f"batch {args.batch_size}", f"warmup {args.warmup}", f"repeats {args.repeats}"
     print(harness.describe_run(env, *details))
-    rows, ratios = [], []
+    rows, ratios, matmuls = [], [], []
     for size in args.sizes:
-        size_rows, ratio = measure_size(args, size)
+        size_rows, ratio, matmul = measure_size(args, size)
         rows += size_rows
         ratios.append(ratio)
+        if matmul is not None:
+            matmuls.append(matmul)
 
     print()
     print(harness.format_table(rows, COLUMNS))
     print()
+    if matmuls:
+        figures = ", ".join(f"{m['gflops_median']:.1f} (size {m['input_size']})" for m in matmuls)
+        print(f"{harness.GEMM_SIZE}^2 {args.dtype} matmul in the same rounds, median GFLOP/s: {figures}")
+    else:
+        print("matmul: not measured on CUDA")
     for r in ratios:
         print(
             f"Pale-T / Swin-T latency at {r['size']}: {r['pale_over_swin']:.3f} ({harness.verdict(r['pale_over_swin'], TARGET_RATIO)})"
         )
-    harness.write_report(args.output, {"environment": env, "results": rows, "ratios": ratios})
+    harness.write_report(args.output, {"environment": env, "results": rows, "ratios": ratios, "matmul": matmuls})
     print(f"\nwrote {args.output}")
 
 

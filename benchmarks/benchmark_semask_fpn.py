@@ -23,9 +23,10 @@ Models (random initialisation, nothing downloaded):
 * ``semask_backbone_tiny``: its ``SeMaskSwinBackbone`` alone (Swin-T plus the semantic layers).
 * ``hf_swin_tiny_backbone``: transformers' ``SwinBackbone``, Swin-T.
 * ``hf_upernet_swin_tiny``: transformers' ``UperNetForSemanticSegmentation`` on Swin-T (hidden 512, auxiliary head).
-* ``semask_fpn_tiny_whole_batch_loss``: ``semask_fpn_tiny`` with its loss computed as before the package's loss went
-  one image at a time (``whole_batch_loss``: the whole batch's logits of both heads at label size, 1.3 GB each for 8
-  images of 512 x 512 with 150 classes); the reference of the training-memory figure (not among the default models).
+* ``semask_fpn_tiny_whole_batch_loss``: ``semask_fpn_tiny`` training as before the package's training-memory work
+  (:func:`use_training_memory_path_before_issue_17`: the whole batch's logits of both heads at label size, 1.3 GB each
+  for 8 images of 512 x 512 with 150 classes, the MLPs' GELU outputs kept, the head's ReLU out of place); the
+  reference of the training-memory figure (not among the default models).
 
 Why the ratios matter: the HF Swin-T backbone is the reference cost of the shared Swin-T trunk. SeMask-T FPN /
 Swin-T (target <= 1.55) bounds what the semantic layers, the Semantic-FPN head and the semantic decoder may add on
@@ -100,6 +101,24 @@ def whole_batch_loss(model, logits, semantic_logits, labels):
     return cross_entropy(logits) + model.config.semantic_loss_weight * cross_entropy(semantic_logits)
 
 
+def use_training_memory_path_before_issue_17(model) -> None:
+    """``model`` trains as the package did before its training-memory work (issue 17): the whole batch's loss
+    (:func:`whole_batch_loss`), the MLPs' GELU output kept for the backward pass (autograd's GELU and ``fc2``, not
+    ``GeluLinearFunction``) and the decode head's ReLU out of place. The same values and gradients."""
+    import torch.nn as nn
+
+    from hf_semseg.models.modeling_utils_segmentation import TransformerMLP
+
+    model.compute_loss = lambda logits, semantic_logits, labels: whole_batch_loss(
+        model, logits, semantic_logits, labels
+    )
+    for module in model.modules():
+        if isinstance(module, TransformerMLP):
+            module.exact_gelu = False  # the plain path (ACT2FN's exact GELU all the same)
+        elif isinstance(module, nn.ReLU):
+            module.inplace = False
+
+
 def build_model(name: str):
     """Randomly initialised model ``name`` (one of ``MODELS``)."""
     if name in ("semask_fpn_tiny", "semask_fpn_tiny_whole_batch_loss"):
@@ -107,9 +126,7 @@ def build_model(name: str):
 
         model = SeMaskSwinForSemanticSegmentation(semask_tiny_config())
         if name == "semask_fpn_tiny_whole_batch_loss":
-            model.compute_loss = lambda logits, semantic_logits, labels: whole_batch_loss(
-                model, logits, semantic_logits, labels
-            )
+            use_training_memory_path_before_issue_17(model)
         return model
     if name == "semask_backbone_tiny":
         from hf_semseg import SeMaskSwinBackbone

@@ -1,17 +1,24 @@
 #!/usr/bin/env python
 """The VWFormer head versus transformers' UperNet head (hidden 512) on the same Swin-B features at 640x640, and the
-two whole models: GMACs, parameters, forward latency and peak memory, in one run.
+two whole models: GMACs, parameters, forward latency, achieved GFLOP/s and peak memory, in one run.
 
     python benchmarks/benchmark_vwformer.py [--size 640] [--repeats 10] [--threads 2] [--skip-whole-models]
+        [--dtype float32|bfloat16]
 
 * Heads: ``VWFormerHead`` of the released Swin-B ADE20K model (C = 512, 1 head, short-cut, 150 classes) and
   transformers' ``UperNetHead`` (hidden 512, pool scales 1/2/3/6, 150 classes) on one fixed set of random Swin-B
   feature maps (128/256/512/1024 channels at strides 4/8/16/32).
 * Whole models: ``VWFormerForSemanticSegmentation`` (variant ``vwformer-swin-base-ade20k``) versus
   ``UperNetForSemanticSegmentation`` with the same Swin-B backbone (no auxiliary head).
-* GMACs: ``torch.utils.flop_counter.FlopCounterMode`` on one forward (MACs = FLOPs / 2; reshapes not counted).
+* GMACs: ``harness.count_gmacs`` (``torch.utils.flop_counter.FlopCounterMode`` on one fp32 forward, plus the CPU's
+  fused attention kernel; MACs = FLOPs / 2; reshapes not counted).
 * Latency: all models of a group live in ONE process and are timed round-robin (median over ``--repeats`` rounds).
-* Peak memory: the increase of the resident set during one forward, in a fresh subprocess per model.
+  With ``--dtype bfloat16`` the forwards run under ``torch.autocast`` with fp32 weights. The device is the CPU.
+* Achieved GFLOP/s: 2 x GMACs / median latency (batch 1). A ``harness.GEMM_SIZE`` square matmul in the run's dtype
+  (fp32, or bf16 for a bf16 run) is one more step of each group's rounds: its median GFLOP/s is the machine's matmul
+  throughput under the same load, and each model's GFLOP/s is also reported as a fraction of it (``of matmul``).
+* Peak memory: the increase of the resident set during one forward (under the same autocast), in a fresh subprocess
+  per model.
 
 The measurement code is shared with the other scripts in ``harness.py``.
 
@@ -42,6 +49,8 @@ COLUMNS = (
     harness.Column("params M", "params_M", ">", 9, 2),
     harness.Column("s/iter", "median_s", ">", 8, 3),
     harness.Column("peak MB", "peak_mem_mb", ">", 8, 1),
+    harness.Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
+    harness.Column("of matmul", "fraction_of_matmul", ">", 9, 3),
 )
 
 
@@ -83,53 +92,75 @@ def make_input(name: str, size: int):
 
 
 def measure_group(args, names) -> dict:
-    """GMACs, round-robin forward latencies and parameter counts of the models ``names``, all in this process."""
+    """GMACs, round-robin forward latencies (in ``args.dtype``) and parameter counts of the models ``names``, all in
+    this process, with the seconds of the square matmul timed in the same rounds."""
     models = {name: build_model(name).eval() for name in names}
     inputs = {name: make_input(name, args.size) for name in names}
     gmacs = {name: harness.count_gmacs(models[name], inputs[name]) for name in names}
-    times = harness.forward_round_robin(models, inputs, args.warmup, args.repeats)
+    device, dtype = harness.device_and_dtype(args.device, args.dtype)
+    autocast, synchronize = harness.device_helpers(device, dtype)
+    times, matmul_times = harness.forward_round_robin_with_matmul(
+        models, inputs, args.warmup, args.repeats, synchronize, autocast, dtype
+    )
     params = {name: harness.count_params(model) for name, model in models.items()}
-    return {"gmacs": gmacs, "times_s": times, "params": params}
+    return {"gmacs": gmacs, "times_s": times, "params": params, "matmul_times_s": matmul_times}
 
 
 def measure_memory(args, name: str) -> dict:
-    """Peak memory of the first forward of one model in this (fresh) process."""
+    """Peak memory of the first forward (under the run's autocast) of one model in this (fresh) process."""
     model = build_model(name).eval()
-    return harness.first_forward_peak_memory(model, make_input(name, args.size), torch.device("cpu"))
+    autocast, _ = harness.device_helpers(*harness.device_and_dtype(args.device, args.dtype))
+    with autocast():
+        return harness.first_forward_peak_memory(model, make_input(name, args.size), torch.device("cpu"))
 
 
 def memory_in_subprocess(args, name: str) -> dict:
     """``measure_memory`` in a fresh process of this script."""
-    command = harness.script_command(__file__, "--memory-worker", name, "--size", args.size, "--threads", args.threads)
+    command = harness.script_command(
+        __file__, "--memory-worker", name, "--size", args.size, "--threads", args.threads, "--dtype", args.dtype
+    )
     return harness.run_worker_command(command, args.threads)
 
 
-def measure_pair(args, names) -> tuple[list[dict], dict]:
-    """The result rows of one group (ours, then the peer) and their latency and GMACs ratios."""
+def measure_pair(args, names) -> tuple[list[dict], dict, dict]:
+    """The result rows of one group (ours, then the peer), their latency and GMACs ratios, and the matmul of the
+    same rounds (``size``, ``dtype``, ``group``, ``times_s``, ``gflops_median``)."""
     measured = measure_group(args, names)
+    matmul = {
+        "size": harness.GEMM_SIZE, "dtype": args.dtype, "group": f"{names[0]}/{names[1]}",
+        "times_s": measured["matmul_times_s"],
+        "gflops_median": harness.gemm_gflops(harness.GEMM_SIZE, harness.median(measured["matmul_times_s"])),
+    }  # fmt: skip
     rows = []
     for name in names:
         median_s = harness.median(measured["times_s"][name])
+        gmacs = measured["gmacs"][name]
+        achieved = 2 * gmacs * args.batch_size / median_s
         rows.append({
-            "model": name, "size": args.size, "median_s": median_s, "gmacs": measured["gmacs"][name],
+            "model": name, "size": args.size, "median_s": median_s, "gmacs": gmacs,
             "params_M": measured["params"][name] / 1e6, "times_s": measured["times_s"][name],
             **memory_in_subprocess(args, name),
+            "achieved_gflops": achieved, "matmul_gflops": matmul["gflops_median"], "matmul_dtype": matmul["dtype"],
+            "fraction_of_matmul": achieved / matmul["gflops_median"],
         })  # fmt: skip
     ours, peer = rows
     ratio = {"latency": ours["median_s"] / peer["median_s"], "gmacs": ours["gmacs"] / peer["gmacs"]}
-    return rows, ratio
+    return rows, ratio, matmul
 
 
 def parse_args(argv=None):
-    """The options; the device is always the CPU, the dtype float32, the batch one."""
+    """The options; the device is always the CPU, the batch one; ``--dtype bfloat16`` runs under ``torch.autocast``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--size", type=int, default=640, help="square input side in pixels")
     harness.add_timing_options(parser, warmup=2, repeats=10)
     parser.add_argument("--skip-whole-models", action="store_true", help="measure the heads only")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 runs under torch.autocast"
+    )
     parser.add_argument("--output", type=Path, default=harness.default_output("vwformer", "cpu"), help="JSON report")
     parser.add_argument("--memory-worker", choices=HEADS + WHOLE_MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.device, args.dtype, args.batch_size = "cpu", "float32", 1
+    args.device, args.batch_size = "cpu", 1
     return args
 
 
@@ -142,19 +173,24 @@ def main(argv=None) -> None:
     env = harness.environment(args.device, args.dtype, args.threads)
     details = f"{args.size}x{args.size}", f"warmup {args.warmup}", f"repeats {args.repeats}"
     print(harness.describe_run(env, *details))
-    rows, ratios = [], {}
+    rows, ratios, matmuls = [], {}, []
     for names in [HEADS] if args.skip_whole_models else [HEADS, WHOLE_MODELS]:
-        group_rows, ratios[f"{names[0]}/{names[1]}"] = measure_pair(args, names)
+        group_rows, ratios[f"{names[0]}/{names[1]}"], matmul = measure_pair(args, names)
         rows += group_rows
+        matmuls.append(matmul)
 
     print()
     print(harness.format_table(rows, COLUMNS))
     print()
+    figures = ", ".join(f"{m['gflops_median']:.1f} ({m['group']})" for m in matmuls)
+    print(f"{harness.GEMM_SIZE}^2 {args.dtype} matmul in the same rounds, median GFLOP/s: {figures}")
     for pair, ratio in ratios.items():
         print(f"{pair}: latency {ratio['latency']:.3f}x, GMACs {ratio['gmacs']:.3f}x")
     head_ratio = ratios["vwformer_head/upernet_head"]["latency"]
     print(f"head latency ratio {head_ratio:.3f} ({harness.verdict(head_ratio, TARGET_RATIO)})")
-    report = {"environment": env, "results": rows, "ratios": ratios, "target_head_ratio": TARGET_RATIO}
+    report = {
+        "environment": env, "results": rows, "ratios": ratios, "target_head_ratio": TARGET_RATIO, "matmul": matmuls,
+    }  # fmt: skip
     harness.write_report(args.output, report)
     print(f"\nwrote {args.output}")
 

@@ -6,6 +6,7 @@ Every script measures our models against named peers from transformers in the sa
   inputs, the Swin-T configuration of the peers, and ``(autocast, synchronize)`` helpers for a device and dtype.
 * **Timing**: ``time_iterations`` (warm-up, then timed iterations of one step) and ``time_round_robin`` (every round
   runs each model once, so load changes on a shared machine hit all models alike); the median is reported.
+  ``forward_round_robin_with_matmul`` adds a square matmul (``gemm_step``) to the models' forward rounds.
 * **Peak memory**: ``PeakMemory`` / ``peak_memory_during``, the increase over what the process held when the
   measurement started. CPU: the resident-set high-water mark ``VmHWM``, reset through ``/proc/self/clear_refs``
   when the kernel allows it; CUDA: ``torch.cuda.max_memory_allocated``. It is taken in a fresh worker subprocess,
@@ -212,23 +213,28 @@ def time_round_robin(
     return times, errors
 
 
-def forward_round_robin(
+def forward_round_robin_with_matmul(
     models: Mapping[str, torch.nn.Module],
     inputs: Mapping[str, Any],
     warmup: int,
     repeats: int,
     synchronize: Step = no_synchronize,
-) -> dict[str, list[float]]:
-    """``time_round_robin`` of ``models[name](inputs[name])`` under ``torch.no_grad()``: seconds per timed round."""
-    steps = {name: _call(model, inputs[name]) for name, model in models.items()}
-    with torch.no_grad():
-        times, _ = time_round_robin(steps, warmup, repeats, synchronize)
-    return times
-
-
-def _call(model: torch.nn.Module, inputs) -> Step:
-    """``model(inputs)`` as a step."""
-    return lambda: model(inputs)
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    matmul_dtype: torch.dtype | None = torch.float32,
+    matmul_size: int | None = None,
+) -> tuple[dict[str, list[float]], list[float] | None]:
+    """``time_round_robin`` of ``models[name](inputs[name])`` under ``torch.no_grad()`` and ``autocast``
+    (``forward_step``), with one ``matmul_size`` (default ``GEMM_SIZE``) square matmul in ``matmul_dtype`` as one more
+    step of every round (``gemm_step``, named ``gemm_name(size)``): the machine's matmul throughput under the same
+    load. The matmul runs on the CPU; ``matmul_dtype=None`` leaves it out (on CUDA). Returns ``({model: [seconds per
+    timed round]}, [seconds of the matmul per timed round] or None)``."""
+    size = GEMM_SIZE if matmul_size is None else matmul_size
+    steps = {name: forward_step(model, inputs[name], autocast) for name, model in models.items()}
+    if matmul_dtype is not None:
+        steps[gemm_name(size)] = gemm_step(size, matmul_dtype)
+    times, _ = time_round_robin(steps, warmup, repeats, synchronize)
+    matmul_times = times.pop(gemm_name(size)) if matmul_dtype is not None else None
+    return times, matmul_times
 
 
 def median(times: Sequence[float]) -> float:
@@ -314,11 +320,36 @@ def first_forward_peak_memory(model: torch.nn.Module, inputs, device: torch.devi
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def count_gmacs(model: torch.nn.Module, inputs) -> float:
-    """GMACs of one ``model(inputs)`` under ``torch.no_grad()``, from ``FlopCounterMode`` (MACs = FLOPs / 2)."""
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_output, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_output, query, key, value)
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts the CPU's fused attention kernel (torch's own table has the CUDA kernels
+    only, so SDPA on the CPU counted as zero FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+        },
+    )
+
+
+def count_gmacs(model: torch.nn.Module, inputs) -> float:
+    """GMACs of one ``model(inputs)`` under ``torch.no_grad()``, from :func:`flop_counter` (MACs = FLOPs / 2)."""
+    counter = flop_counter()
     with torch.no_grad(), counter:
         model(inputs)
     return counter.get_total_flops() / 2 / 1e9
@@ -332,9 +363,7 @@ def count_params(model: torch.nn.Module) -> int:
 def count_step_gmacs(step: Step) -> float:
     """GMACs of one call of ``step`` (forward, or forward + backward for a ``train_step``), from ``FlopCounterMode``
     (MACs = FLOPs / 2); the call runs for real, so it also serves as a warm-up iteration."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         step()
     return counter.get_total_flops() / 2 / 1e9
@@ -690,13 +719,33 @@ def run_memory_worker(args: argparse.Namespace, bench: StepBenchmark) -> dict:
 
 
 def run_latency_worker(args: argparse.Namespace, bench: StepBenchmark) -> dict:
-    """Latency of every model of ``args.models`` for one (mode, batch size), round-robin in ONE process:
-    ``{"times": {model: [seconds per timed round]}, "errors": {model: message}}``."""
+    """Latency of every model of ``args.models`` for one (mode, batch size), round-robin in ONE process, with a
+    square matmul in the run's dtype as one more step of every round (the machine's own peak, measured under the same
+    load), and each step's GMACs (one counted call, run before the warm-up): ``{"times": {model: [seconds per timed
+    round]}, "gmacs": {model: GMACs}, "gemm": {"size", "dtype", "times_s"}, "errors": {model: message}}``. The GEMM
+    is skipped on CUDA (``benchmarks/run_cuda.py`` measures the device's peak)."""
     device, autocast, synchronize, inputs = _worker_setup(args, bench)
-    steps = {name: _prepare(args, bench, name, device, inputs, autocast).step for name in args.models}
-    warmup = max(args.warmup, bench.min_warmup)
-    times, errors = time_round_robin(steps, warmup, args.repeats, synchronize, bench.skipped_errors)
-    return {"times": times, "errors": errors}
+    steps, gmacs, errors = {}, {}, {}
+    for name in args.models:
+        step = _prepare(args, bench, name, device, inputs, autocast).step
+        try:
+            gmacs[name] = count_step_gmacs(step)
+        except bench.skipped_errors as error:
+            errors[name] = str(error)
+            continue
+        steps[name] = step
+    gemm = None
+    if device.type == "cpu":
+        gemm_dtype = torch.float32 if args.dtype == "float32" else device_and_dtype(args.device, args.dtype)[1]
+        gemm = {"size": GEMM_SIZE, "dtype": str(gemm_dtype).removeprefix("torch."), "times_s": []}
+        steps[gemm_name(GEMM_SIZE)] = gemm_step(GEMM_SIZE, gemm_dtype)
+    # the counted call was each model's first warm-up iteration (the GEMM needs none)
+    warmup = max(args.warmup - 1, bench.min_warmup)
+    times, round_errors = time_round_robin(steps, warmup, args.repeats, synchronize, bench.skipped_errors)
+    errors.update(round_errors)
+    if gemm is not None:
+        gemm["times_s"] = times.pop(gemm_name(GEMM_SIZE))
+    return {"times": times, "gmacs": gmacs, "gemm": gemm, "errors": errors}
 
 
 def serve_worker(args: argparse.Namespace, bench: StepBenchmark) -> bool:
@@ -734,6 +783,11 @@ def run_step_benchmark(args: argparse.Namespace, bench: StepBenchmark) -> list[d
             command = step_worker_command(args, bench, args.models, mode, batch_size, latency=True)
             latency = run_worker_command(command, args.threads)
             print(latency.get("error", "done"), file=sys.stderr, flush=True)
+            gemm = latency.get("gemm")
+            gemm_gflops_median = gemm_gflops(gemm["size"], median(gemm["times_s"])) if gemm else None
+            if gemm:
+                print(f"{mode} batch={batch_size}: {gemm['size']}^2 {gemm['dtype']} matmul in the same rounds: "
+                      f"{gemm_gflops_median:.1f} GFLOP/s (median)", file=sys.stderr, flush=True)  # fmt: skip
             for model in args.models:
                 base = {"model": model, "mode": mode, "batch_size": batch_size, "size": args.size}
                 error = latency.get("error") or latency.get("errors", {}).get(model)
@@ -746,9 +800,15 @@ def run_step_benchmark(args: argparse.Namespace, bench: StepBenchmark) -> list[d
                     continue
                 times = latency["times"][model]
                 median_s = median(times)
-                results.append({
-                    **memory, **base, "median_s": median_s, "images_per_s": batch_size / median_s, "times_s": times,
-                })  # fmt: skip
+                row = {**memory, **base, "median_s": median_s, "images_per_s": batch_size / median_s, "times_s": times}
+                if model in latency.get("gmacs", {}):
+                    row["gmacs"] = latency["gmacs"][model]
+                    row["achieved_gflops"] = 2 * row["gmacs"] / median_s
+                    if gemm:
+                        row["matmul_gflops"] = gemm_gflops_median
+                        row["matmul_dtype"] = gemm["dtype"]
+                        row["fraction_of_matmul"] = row["achieved_gflops"] / gemm_gflops_median
+                results.append(row)
     return results
 
 
@@ -760,6 +820,9 @@ STEP_RESULT_COLUMNS = (
     Column("img/s", "images_per_s", ">", 8, 2),
     Column("peak MB", "peak_mem_mb", ">", 9, 1),
     Column("params M", "params_m", ">", 9, 2),
+    Column("GMACs", "gmacs", ">", 8, 1),
+    Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
+    Column("of matmul", "fraction_of_matmul", ">", 9, 3),
     Column(" note", lambda row: " BN frozen" if row.get("batchnorm_frozen") else "", "<", 0),
 )
 
