@@ -129,23 +129,100 @@ def _always_cropping_window_padding(self, hidden_states: torch.Tensor, height: i
     return hidden_states, (0, 0, 0, 1, 0, 1)  # read by SwinLayer.forward as "was padded" only
 
 
+def _traceable_reference_points(self, spatial_shapes_list, valid_ratios: torch.Tensor, device) -> torch.Tensor:
+    """transformers' ``Mask2FormerPixelDecoderEncoderOnly.get_reference_points``: the centre of every pixel of every
+    level, relative to the level's valid size, repeated for every level. The centres come from ``arange(n) + 0.5``
+    instead of ``linspace(0.5, n - 0.5, n)`` (the same values: its step is exactly 1), whose length follows a
+    symbolic size where the linspace's is fixed at the traced one. Returns ``(B, sum of h*w, levels, 2)``."""
+    per_level = []
+    for level, (height, width) in enumerate(spatial_shapes_list):
+        rows = torch.arange(height, dtype=valid_ratios.dtype, device=device) + 0.5
+        columns = torch.arange(width, dtype=valid_ratios.dtype, device=device) + 0.5
+        # (h, w) grid, row-major -> (h*w,)
+        centre_y = rows[:, None].expand(height, width).reshape(-1)
+        centre_x = columns[None, :].expand(height, width).reshape(-1)
+        y = centre_y[None] / (valid_ratios[:, None, level, 1] * height)
+        x = centre_x[None] / (valid_ratios[:, None, level, 0] * width)
+        per_level.append(torch.stack((x, y), -1))  # (B, h*w, 2)
+    return torch.cat(per_level, 1)[:, :, None] * valid_ratios[:, None]
+
+
+def _traceable_deformable_attention(
+    self,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask=None,
+    position_embeddings: torch.Tensor | None = None,
+    reference_points: torch.Tensor | None = None,
+    spatial_shapes_list=None,
+    level_start_index=None,
+    output_attentions: bool = False,
+):
+    """transformers' ``Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention.forward`` (2-d reference points,
+    the pixel decoder's case) with the sampling offsets' normaliser, each level's ``(width, height)``, built as tensors
+    that follow symbolic sizes (``new_full``) where ``torch.tensor`` of the sizes fixes them at the traced ones. The
+    same operations and values otherwise."""
+    from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
+
+    if reference_points.shape[-1] != 2:
+        raise ExportError("the deformable attention of this model takes boxes as reference points: not exportable")
+    if position_embeddings is not None:
+        hidden_states = hidden_states + position_embeddings
+    batch_size, num_queries, _ = hidden_states.shape
+    sequence_length = encoder_hidden_states.shape[1]
+    value = self.value_proj(encoder_hidden_states)
+    if attention_mask is not None:
+        value = value.masked_fill(attention_mask[..., None], 0.0)
+    # (B, S, C) -> (B, S, heads, C / heads)
+    value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
+    sampling_offsets = self.sampling_offsets(hidden_states).view(
+        batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2
+    )
+    attention_weights = self.attention_weights(hidden_states).view(
+        batch_size, num_queries, self.n_heads, self.n_levels * self.n_points
+    )
+    attention_weights = attention_weights.softmax(-1).view(
+        batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
+    )
+    # (levels, 2): each level's (width, height)
+    normaliser = torch.stack(
+        [
+            torch.stack([sampling_offsets.new_full((), width), sampling_offsets.new_full((), height)])
+            for height, width in spatial_shapes_list
+        ]
+    )
+    sampling_locations = (
+        reference_points[:, :, None, :, None, :] + sampling_offsets / normaliser[None, None, None, :, None, :]
+    )
+    output = multi_scale_deformable_attention(value, spatial_shapes_list, sampling_locations, attention_weights)
+    return self.output_proj(output), attention_weights
+
+
 def _size_branch_free_methods() -> dict[type, tuple[str, Callable]]:
-    """transformers' modules whose methods branch on sizes, with a replacement that does not."""
+    """transformers' modules whose methods branch on sizes or fix them, with a replacement that does not."""
+    from transformers.models.mask2former import modeling_mask2former
     from transformers.models.swin import modeling_swin
 
     return {
         modeling_swin.SwinPatchEmbeddings: ("maybe_pad", _always_padding_patch_embeddings),
         modeling_swin.SwinPatchMerging: ("maybe_pad", _always_padding_patch_merging),
         modeling_swin.SwinLayer: ("maybe_pad", _always_cropping_window_padding),
+        modeling_mask2former.Mask2FormerPixelDecoderEncoderOnly: ("get_reference_points", _traceable_reference_points),
+        modeling_mask2former.Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention: (
+            "forward",
+            _traceable_deformable_attention,
+        ),
     }
 
 
 @contextmanager
 def traceable_sizes(model: nn.Module) -> Iterator[None]:
-    """Inside, ``model`` computes the same function with no Python branch on its input's sizes: adaptive average
-    pooling as :class:`TraceableAdaptiveAvgPool2d`, and transformers' Swin (VWFormer's and VW-Mask(2)Former's
-    backbone) padding and cropping unconditionally. Such a branch would be fixed for the traced size in an export. The
-    model is restored on exit."""
+    """Inside, ``model`` computes the same function with nothing fixed at its input's size: adaptive average pooling
+    as :class:`TraceableAdaptiveAvgPool2d`, transformers' Swin (VWFormer's and VW-Mask(2)Former's backbone) padding
+    and cropping unconditionally, and transformers' deformable-attention encoder (the Mask2Former pixel decoders)
+    building its reference points and offset normaliser from symbolic sizes. A branch on a size, or a size read into a
+    constant, would be fixed for the traced size in an export. The model is restored on exit."""
     replaced_modules, replaced_lists, patched_methods = [], [], []
     methods = _size_branch_free_methods()
     for parent in model.modules():

@@ -4,8 +4,8 @@
 onnxruntime's logits equal PyTorch's (eager, SDPA attention) within 1e-4 at two input sizes that are neither the
 traced example's size nor multiples of what the models pad to. The tiny configs are the ones of ``test_compile.py``.
 An export takes 0.5-10 min on 2 cores: the ONNX files are made once per module (fixtures), SeMask-FPN's by the
-command-line test, and the other families' round trips run with RUN_SLOW=1 only. The exports that do not reproduce
-their model are strict xfails naming the cause (:data:`ONNX_FAILURES`).
+command-line test, and the other families' round trips run with RUN_SLOW=1 only. An export that does not reproduce its
+model would be a strict xfail naming the cause (:data:`ONNX_FAILURES`; none at present).
 """
 
 import copy
@@ -45,18 +45,10 @@ VW_D2_SIZES = ((1, 3, 136, 200), (1, 3, 150, 130))
 DEFAULT_ONNX = {"semask_fpn", "pale", "vwformer"}
 SLOW = pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="an ONNX export takes 1-10 min; set RUN_SLOW=1")
 
-MASK2FORMER_DEFORMABLE = (
-    "transformers' Mask2Former deformable-attention encoder builds its reference points (torch.linspace with one "
-    "step per pixel of each level) and its offset normaliser (torch.tensor of the level sizes) from Python ints: "
-    "torch.export records them for the traced size, and the ONNX graph fails at any other size (a broadcast error "
-    "in the sum of reference points and sampling offsets)"
-)
-#: the exports that do not reproduce their model at other sizes (the command line refuses them): strict xfails
-ONNX_FAILURES = {
-    "semask_mask2former_msdeformattn": MASK2FORMER_DEFORMABLE,
-    "semask_mask2former_msfapn": MASK2FORMER_DEFORMABLE,
-    "vw_mask2former_vw_deformable": MASK2FORMER_DEFORMABLE,
-}
+#: the exports that do not reproduce their model at other sizes (the command line refuses them): strict xfails naming
+#: the cause. None at present: the deformable-attention encoder's size-fixed reference points and offset normaliser
+#: are replaced while tracing (``hf_semseg.export.traceable_sizes``).
+ONNX_FAILURES: dict[str, str] = {}
 
 
 def onnx_marks(name: str) -> list:
@@ -149,6 +141,22 @@ def test_onnx_matches_eager_at_two_sizes(name, onnx_files):
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"{name} at {size}")
 
 
+@pytest.mark.parametrize(
+    "name", ["pale", "vwformer", "semask_mask2former_msdeformattn", "vw_mask2former_vw_deformable"]
+)
+def test_traceable_sizes_computes_what_the_model_computes(name):
+    """The replacements used while tracing (pooling, transformers' Swin padding, the deformable encoder's reference
+    points and offset normaliser) compute the model's own logits in eager mode, at a size that pads."""
+    model = fresh_model(name)
+    size = VW_D2_SIZES[1] if name.startswith("vw_mask") else SIZES[1]
+    pixel_values = torch.randn(*size, generator=torch.Generator().manual_seed(5))
+    expected = eager_logits(model, pixel_values)
+    with export.traceable_sizes(model):
+        replaced = eager_logits(model, pixel_values)
+    np.testing.assert_allclose(replaced, expected, rtol=0, atol=1e-4)  # the pooling sums in another order
+    assert expected.std() > 1e-2
+
+
 #: torch.export keeps the guards that sizes of 1 produce: a single window on a side is refused, so these sides are
 #: larger (one of them odd)
 TORCH_EXPORT_SIDES = ((200, 232), (265, 184))
@@ -171,6 +179,46 @@ def test_torch_export_round_trip(name, tmp_path):
         np.testing.assert_allclose(logits.numpy(), eager_logits(reference, pixel_values), rtol=0, atol=1e-4)
     with pytest.raises(Exception, match="size"), torch.no_grad():
         program(pixel_values[:1])
+
+
+@pytest.mark.parametrize("output_size", [1, 2, 3, 6, (2, 5)])
+def test_traceable_adaptive_pooling_equals_torch_at_every_size(output_size):
+    """The pyramid pooling of an export: torch's bins (overlapping where the size is not a multiple) at sizes below,
+    at and above the output size, including odd ones."""
+    pooling = torch.nn.AdaptiveAvgPool2d(output_size)
+    sides = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+    traceable = export.TraceableAdaptiveAvgPool2d(sides)
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(1, 1), (5, 7), (6, 6), (13, 4), (32, 45)]:
+        hidden_states = torch.randn(2, 3, height, width, generator=generator, dtype=torch.float64)
+        torch.testing.assert_close(traceable(hidden_states), pooling(hidden_states), rtol=1e-12, atol=1e-12)
+
+
+def test_traceable_sizes_reaches_list_held_layers_and_restores_the_model():
+    """transformers' UperNet pooling blocks call their layers through a plain list: the replacement reaches them, and
+    everything is put back afterwards (transformers' Swin and deformable encoder methods included)."""
+    model = fresh_model("pale")
+    block = model.decode_head.psp_modules.blocks[0]
+    pooling = block.layers[0]
+    with export.traceable_sizes(model):
+        assert isinstance(block.layers[0], export.TraceableAdaptiveAvgPool2d)
+        assert block.layers[0] is getattr(block, "0")
+    assert block.layers[0] is pooling and getattr(block, "0") is pooling
+    for name, patched_classes in [
+        ("vwformer", ["SwinLayer", "SwinPatchEmbeddings", "SwinPatchMerging"]),
+        (
+            "semask_mask2former_msdeformattn",
+            ["Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention", "Mask2FormerPixelDecoderEncoderOnly"],
+        ),
+    ]:
+        model = fresh_model(name)
+        with export.traceable_sizes(model):
+            patched = {type(module).__name__ for module in model.modules() if set(vars(module)) & {"maybe_pad",
+                       "forward", "get_reference_points"}}  # fmt: skip
+            assert sorted(patched) == patched_classes
+        assert not any(
+            set(vars(module)) & {"maybe_pad", "forward", "get_reference_points"} for module in model.modules()
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------

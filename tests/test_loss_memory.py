@@ -61,19 +61,24 @@ def test_float32_loss_and_gradients_within_the_targets():
 
 def test_no_label_size_tensor_of_the_whole_batch_is_kept_for_the_backward_pass():
     """The tensors autograd keeps for the backward pass: the whole-batch computation keeps log-softmax's output at
-    label size for every image; image at a time under checkpointing keeps the low-resolution logits and labels only."""
+    label size for every image; image at a time keeps the precomputed gradient of the low-resolution logits only (each
+    image's label-size tensors are freed before the next image)."""
+    import weakref
+
     logits, labels, _ = batch(batch_size=4, num_labels=6, size=48)
     logits = logits.float().requires_grad_()
     label_size = logits.shape[0] * logits.shape[1] * labels.shape[1] * labels.shape[2]
 
-    def largest_saved(compute) -> int:
-        sizes = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            compute()
-        return max(sizes)
+    def largest_kept(compute) -> int:
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(weakref.ref(t)) or t, lambda t: t):
+            loss = compute()
+        kept = [reference() for reference in saved if reference() is not None]
+        assert loss.requires_grad
+        return max(tensor.numel() for tensor in kept)
 
-    assert largest_saved(lambda: whole_batch_cross_entropy(logits, labels, 255, False)) >= label_size
-    assert largest_saved(lambda: upsampled_cross_entropy(logits, labels, 255)) <= labels.numel()
+    assert largest_kept(lambda: whole_batch_cross_entropy(logits, labels, 255, False)) >= label_size
+    assert largest_kept(lambda: upsampled_cross_entropy(logits, labels, 255)) <= logits.numel()
 
 
 def test_pixel_cross_entropy_is_the_per_pixel_loss_without_gradient():

@@ -420,22 +420,48 @@ def upsampled_cross_entropy(
 
     Memory: the logits at label size (``B x K x H x W``, 1.3 GB for 8 ADE20K images of 512 x 512 in float32, and as
     much again for log-softmax's saved output) never exist for the whole batch. The loss is summed one image at a
-    time, and when it needs a gradient each image's term runs under activation checkpointing, so its resized logits
-    are recomputed in the backward pass instead of kept: the same loss and gradients (up to the order of the float
-    sums), one image's worth of label-size tensors at a time."""
-    checkpointed = torch.is_grad_enabled() and logits.requires_grad
-    terms = []
+    time; when it needs a gradient, each image's term is differentiated with respect to that image's logits right
+    away, in the forward pass (:class:`LossWithGradient`), so its label-size tensors are freed before the next image
+    and nothing is recomputed in the backward pass: the same loss and gradients (up to the order of the float sums),
+    at the cost of the whole-batch computation. Traced by torch.compile, each term runs under activation
+    checkpointing instead (the resized logits recomputed in the backward pass), which Dynamo traces."""
+    differentiated = torch.is_grad_enabled() and logits.requires_grad
+    terms, gradients = [], []
     for i in range(len(labels)):  # images, not windows or tokens: bounds the memory of the label-size tensors
         weights = pixel_weights[i : i + 1] if pixel_weights is not None else None
         arguments = (logits[i : i + 1], labels[i : i + 1], ignore_index, weights, resize)
-        if checkpointed:
+        if not differentiated:
+            terms.append(_image_cross_entropy(*arguments))
+        elif torch.compiler.is_compiling():
             terms.append(torch.utils.checkpoint.checkpoint(_image_cross_entropy, *arguments, use_reentrant=False))
         else:
-            terms.append(_image_cross_entropy(*arguments))
+            image_logits = arguments[0].detach().requires_grad_()
+            term = _image_cross_entropy(image_logits, *arguments[1:])
+            (gradient,) = torch.autograd.grad(term, image_logits)
+            terms.append(term.detach())
+            gradients.append(gradient)
     total = torch.stack(terms).sum()
+    if gradients:
+        total = LossWithGradient.apply(logits, total, torch.cat(gradients))
     if mean_over_all_pixels:
         return total / labels.numel()
     return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+class LossWithGradient(torch.autograd.Function):
+    """A loss whose gradient with respect to ``inputs`` was computed already: returns ``value``, and its backward
+    pass scales ``gradient`` by the incoming gradient (:func:`upsampled_cross_entropy`)."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, value: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gradient)
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        (gradient,) = ctx.saved_tensors
+        return gradient * grad_output, None, None
 
 
 def segmentation_loss(
