@@ -36,7 +36,7 @@ import harness  # noqa: E402
 MODELS = ("pale_tiny", "hf_swin_tiny")
 TARGET_RATIO = 1.3
 COLUMNS = (
-    harness.Column("model", "model", "<", 14),
+    harness.Column("model", "model", "<", 22),
     harness.Column("size", "size", ">", 5),
     harness.Column("GMACs", "gmacs_per_image", ">", 7, 2),
     harness.Column("s/iter", "median_s", ">", 8, 4),
@@ -44,6 +44,7 @@ COLUMNS = (
     harness.Column("peak MB", "peak_mem_mb", ">", 8, 1),
     harness.Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
     harness.Column("of matmul", "fraction_of_matmul", ">", 9, 3),
+    harness.Column("compile s", "compile_s", ">", 9, 1),
 )
 
 
@@ -74,10 +75,14 @@ def measure_latency(args, size: int) -> dict:
     device, dtype = harness.device_and_dtype(args.device, args.dtype)
     autocast, synchronize = harness.device_helpers(device, dtype)
     inputs = dict.fromkeys(models, pixel_values)
-    times, matmul_times = harness.forward_round_robin_with_matmul(
-        models, inputs, args.warmup, args.repeats, synchronize, autocast, None if device.type == "cuda" else dtype
-    )
-    return {"gmacs_per_image": gmacs, "times_s": times, "matmul_times_s": matmul_times}
+    rounds = harness.forward_round_robin_with_matmul(
+        models, inputs, args.warmup, args.repeats, synchronize, autocast, None if device.type == "cuda" else dtype,
+        compile_models=args.compile,
+    )  # fmt: skip
+    return {
+        "gmacs_per_image": gmacs, "times_s": rounds.times, "matmul_times_s": rounds.matmul_times,
+        "compile_s": rounds.compile_s,
+    }  # fmt: skip
 
 
 def measure_memory(args, name: str, size: int) -> dict:
@@ -108,25 +113,33 @@ def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
             "size": harness.GEMM_SIZE, "dtype": args.dtype, "input_size": size, "times_s": latency["matmul_times_s"],
             "gflops_median": harness.gemm_gflops(harness.GEMM_SIZE, harness.median(latency["matmul_times_s"])),
         }  # fmt: skip
-    rows = []
-    for name in MODELS:
+    rows = {}
+    twins = [harness.compiled_name(name) for name in MODELS] if args.compile else []
+    for name in [*MODELS, *twins]:
         median_s = harness.median(latency["times_s"][name])
-        gmacs = latency["gmacs_per_image"][name]
+        gmacs = latency["gmacs_per_image"][name.removesuffix(harness.COMPILED)]
+        # a compiled twin: latency only (its first call in a fresh process would be its compilation)
+        extra = {"compile_s": latency["compile_s"][name]} if name in twins else memory_in_subprocess(args, name, size)
         row = {
             "model": name, "size": size, "batch_size": args.batch_size, "median_s": median_s,
             "images_per_s": args.batch_size / median_s, "gmacs_per_image": gmacs,
-            "times_s": latency["times_s"][name], **memory_in_subprocess(args, name, size),
+            "times_s": latency["times_s"][name], **extra,
             "gmacs": gmacs, "achieved_gflops": 2 * gmacs * args.batch_size / median_s,
         }  # fmt: skip
         if matmul is not None:
             row["matmul_gflops"] = matmul["gflops_median"]
             row["matmul_dtype"] = matmul["dtype"]
             row["fraction_of_matmul"] = row["achieved_gflops"] / matmul["gflops_median"]
-        rows.append(row)
-    pale, swin = rows
-    ratio = pale["median_s"] / swin["median_s"]
+        rows[name] = row
+    ratio = rows["pale_tiny"]["median_s"] / rows["hf_swin_tiny"]["median_s"]
     ratios = {"size": size, "pale_over_swin": ratio, "target_max": TARGET_RATIO, "meets": ratio <= TARGET_RATIO}
-    return rows, ratios, matmul
+    if args.compile:
+        compiled = {name: rows[name]["median_s"] for name in twins}
+        ratios["compiled_pale_over_compiled_swin"] = compiled["pale_tiny@compiled"] / compiled["hf_swin_tiny@compiled"]
+        ratios["compiled_over_eager"] = {
+            name: rows[harness.compiled_name(name)]["median_s"] / rows[name]["median_s"] for name in MODELS
+        }
+    return list(rows.values()), ratios, matmul
 
 
 def parse_args(argv=None):
@@ -136,6 +149,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=1)
     harness.add_timing_options(parser, warmup=2, repeats=10)
     harness.add_device_options(parser)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time both models compiled with torch.compile (latency only)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default results/pale_<device>.json)")
     parser.add_argument("--memory-worker", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -173,6 +189,9 @@ def main(argv=None) -> None:
         print(
             f"Pale-T / Swin-T latency at {r['size']}: {r['pale_over_swin']:.3f} ({harness.verdict(r['pale_over_swin'], TARGET_RATIO)})"
         )
+        if "compiled_over_eager" in r:
+            own = ", ".join(f"{name} {value:.3f}" for name, value in r["compiled_over_eager"].items())
+            print(f"  compiled: Pale-T / Swin-T {r['compiled_pale_over_compiled_swin']:.3f}; compiled / eager: {own}")
     harness.write_report(args.output, {"environment": env, "results": rows, "ratios": ratios, "matmul": matmuls})
     print(f"\nwrote {args.output}")
 

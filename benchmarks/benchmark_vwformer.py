@@ -44,13 +44,14 @@ TARGET_RATIO = 0.25
 SWIN_B_CHANNELS = (128, 256, 512, 1024)
 SWIN_BASE = {"embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12}
 COLUMNS = (
-    harness.Column("model", "model", "<", 20),
+    harness.Column("model", "model", "<", 28),
     harness.Column("GMACs", "gmacs", ">", 8, 1),
     harness.Column("params M", "params_M", ">", 9, 2),
     harness.Column("s/iter", "median_s", ">", 8, 3),
     harness.Column("peak MB", "peak_mem_mb", ">", 8, 1),
     harness.Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
     harness.Column("of matmul", "fraction_of_matmul", ">", 9, 3),
+    harness.Column("compile s", "compile_s", ">", 9, 1),
 )
 
 
@@ -99,11 +100,14 @@ def measure_group(args, names) -> dict:
     gmacs = {name: harness.count_gmacs(models[name], inputs[name]) for name in names}
     device, dtype = harness.device_and_dtype(args.device, args.dtype)
     autocast, synchronize = harness.device_helpers(device, dtype)
-    times, matmul_times = harness.forward_round_robin_with_matmul(
-        models, inputs, args.warmup, args.repeats, synchronize, autocast, dtype
+    rounds = harness.forward_round_robin_with_matmul(
+        models, inputs, args.warmup, args.repeats, synchronize, autocast, dtype, compile_models=args.compile
     )
     params = {name: harness.count_params(model) for name, model in models.items()}
-    return {"gmacs": gmacs, "times_s": times, "params": params, "matmul_times_s": matmul_times}
+    return {
+        "gmacs": gmacs, "times_s": rounds.times, "params": params, "matmul_times_s": rounds.matmul_times,
+        "compile_s": rounds.compile_s,
+    }  # fmt: skip
 
 
 def measure_memory(args, name: str) -> dict:
@@ -131,21 +135,30 @@ def measure_pair(args, names) -> tuple[list[dict], dict, dict]:
         "times_s": measured["matmul_times_s"],
         "gflops_median": harness.gemm_gflops(harness.GEMM_SIZE, harness.median(measured["matmul_times_s"])),
     }  # fmt: skip
-    rows = []
-    for name in names:
+    rows = {}
+    twins = [harness.compiled_name(name) for name in names] if args.compile else []
+    for name in [*names, *twins]:
         median_s = harness.median(measured["times_s"][name])
-        gmacs = measured["gmacs"][name]
+        model = name.removesuffix(harness.COMPILED)
+        gmacs = measured["gmacs"][model]
         achieved = 2 * gmacs * args.batch_size / median_s
-        rows.append({
+        # a compiled twin: latency only (its first call in a fresh process would be its compilation)
+        extra = {"compile_s": measured["compile_s"][name]} if name in twins else memory_in_subprocess(args, name)
+        rows[name] = {
             "model": name, "size": args.size, "median_s": median_s, "gmacs": gmacs,
-            "params_M": measured["params"][name] / 1e6, "times_s": measured["times_s"][name],
-            **memory_in_subprocess(args, name),
+            "params_M": measured["params"][model] / 1e6, "times_s": measured["times_s"][name], **extra,
             "achieved_gflops": achieved, "matmul_gflops": matmul["gflops_median"], "matmul_dtype": matmul["dtype"],
             "fraction_of_matmul": achieved / matmul["gflops_median"],
-        })  # fmt: skip
-    ours, peer = rows
-    ratio = {"latency": ours["median_s"] / peer["median_s"], "gmacs": ours["gmacs"] / peer["gmacs"]}
-    return rows, ratio, matmul
+        }  # fmt: skip
+    ours, peer = (rows[name]["median_s"] for name in names)
+    ratio = {"latency": ours / peer, "gmacs": rows[names[0]]["gmacs"] / rows[names[1]]["gmacs"]}
+    if args.compile:
+        ours_compiled, peer_compiled = (rows[name]["median_s"] for name in twins)
+        ratio["compiled_latency"] = ours_compiled / peer_compiled
+        ratio["compiled_over_eager"] = {
+            name: rows[harness.compiled_name(name)]["median_s"] / rows[name]["median_s"] for name in names
+        }
+    return list(rows.values()), ratio, matmul
 
 
 def parse_args(argv=None):
@@ -154,6 +167,9 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=640, help="square input side in pixels")
     harness.add_timing_options(parser, warmup=2, repeats=10)
     parser.add_argument("--skip-whole-models", action="store_true", help="measure the heads only")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time every model compiled with torch.compile (latency only)"
+    )
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 runs under torch.autocast"
     )
@@ -186,6 +202,9 @@ def main(argv=None) -> None:
     print(f"{harness.GEMM_SIZE}^2 {args.dtype} matmul in the same rounds, median GFLOP/s: {figures}")
     for pair, ratio in ratios.items():
         print(f"{pair}: latency {ratio['latency']:.3f}x, GMACs {ratio['gmacs']:.3f}x")
+        if "compiled_over_eager" in ratio:
+            own = ", ".join(f"{name} {value:.3f}" for name, value in ratio["compiled_over_eager"].items())
+            print(f"  compiled: latency {ratio['compiled_latency']:.3f}x; compiled / eager: {own}")
     head_ratio = ratios["vwformer_head/upernet_head"]["latency"]
     print(f"head latency ratio {head_ratio:.3f} ({harness.verdict(head_ratio, TARGET_RATIO)})")
     report = {

@@ -62,6 +62,8 @@ FOUR_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 SWIN_TINY = {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7}
 
 Step = Callable[[], Any]
+#: suffix of a model's twin compiled with ``torch.compile`` (``--compile``), timed in the same rounds as the model
+COMPILED = "@compiled"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -213,6 +215,41 @@ def time_round_robin(
     return times, errors
 
 
+def compiled_name(name: str) -> str:
+    """The name of ``name``'s twin compiled with ``torch.compile``."""
+    return name + COMPILED
+
+
+def first_call_seconds(step: Step, synchronize: Step = no_synchronize) -> float:
+    """Seconds of one call of ``step``: for a compiled step its first call, which traces and compiles it (the
+    backward graph too, for a training step)."""
+    synchronize()
+    start = time.perf_counter()
+    step()
+    synchronize()
+    return time.perf_counter() - start
+
+
+def compiled_ratio_specs(
+    models: Iterable[str], specs: Iterable[tuple[str, str, float | None]]
+) -> list[tuple[str, str, float | None]]:
+    """The ratios a ``--compile`` run adds: each model compiled / eager, and every ratio of ``specs`` between the
+    compiled twins (without a target: the targets are the eager ones). ``compute_ratios`` skips those of models that
+    were not run."""
+    own = [(compiled_name(name), name, None) for name in models]
+    return own + [(compiled_name(top), compiled_name(bottom), None) for top, bottom, _ in specs]
+
+
+class ForwardRounds(NamedTuple):
+    """What ``forward_round_robin_with_matmul`` measured: ``times`` ``{model: [seconds per timed round]}``,
+    ``matmul_times`` (seconds of the matmul per timed round, or None) and ``compile_s`` ``{compiled twin: seconds of
+    its first call}`` (empty without ``compile_models``)."""
+
+    times: dict[str, list[float]]
+    matmul_times: list[float] | None
+    compile_s: dict[str, float]
+
+
 def forward_round_robin_with_matmul(
     models: Mapping[str, torch.nn.Module],
     inputs: Mapping[str, Any],
@@ -222,19 +259,29 @@ def forward_round_robin_with_matmul(
     autocast: Callable[[], Any] = contextlib.nullcontext,
     matmul_dtype: torch.dtype | None = torch.float32,
     matmul_size: int | None = None,
-) -> tuple[dict[str, list[float]], list[float] | None]:
+    compile_models: bool = False,
+) -> ForwardRounds:
     """``time_round_robin`` of ``models[name](inputs[name])`` under ``torch.no_grad()`` and ``autocast``
     (``forward_step``), with one ``matmul_size`` (default ``GEMM_SIZE``) square matmul in ``matmul_dtype`` as one more
     step of every round (``gemm_step``, named ``gemm_name(size)``): the machine's matmul throughput under the same
-    load. The matmul runs on the CPU; ``matmul_dtype=None`` leaves it out (on CUDA). Returns ``({model: [seconds per
-    timed round]}, [seconds of the matmul per timed round] or None)``."""
+    load. The matmul runs on the CPU; ``matmul_dtype=None`` leaves it out (on CUDA).
+
+    With ``compile_models`` every model also runs as ``torch.compile(model)`` (the same weights), named
+    ``compiled_name(name)``, in the same rounds; its first call, which compiles it, is timed on its own before the
+    warm-up."""
     size = GEMM_SIZE if matmul_size is None else matmul_size
     steps = {name: forward_step(model, inputs[name], autocast) for name, model in models.items()}
+    compile_s = {}
+    if compile_models:
+        for name, model in models.items():
+            step = forward_step(torch.compile(model), inputs[name], autocast)
+            compile_s[compiled_name(name)] = first_call_seconds(step, synchronize)
+            steps[compiled_name(name)] = step
     if matmul_dtype is not None:
         steps[gemm_name(size)] = gemm_step(size, matmul_dtype)
     times, _ = time_round_robin(steps, warmup, repeats, synchronize)
     matmul_times = times.pop(gemm_name(size)) if matmul_dtype is not None else None
-    return times, matmul_times
+    return ForwardRounds(times, matmul_times, compile_s)
 
 
 def median(times: Sequence[float]) -> float:
@@ -447,7 +494,7 @@ def compute_ratios(
                 continue
             entry = {"numerator": numerator, "denominator": denominator, "mode": mode, "batch_size": batch_size}
             entry["ratio"] = top["median_s"] / bottom["median_s"]
-            if memory_ratio:
+            if memory_ratio and "peak_mem_mb" in top and "peak_mem_mb" in bottom:
                 entry["memory_ratio"] = top["peak_mem_mb"] / max(bottom["peak_mem_mb"], 1e-9)
             entry["target_max"] = target
             entry["meets_target"] = meets_target(entry["ratio"], target)
@@ -662,6 +709,11 @@ def step_benchmark_parser(
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--output", type=Path, default=None, help=output_help)
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help=f"also time every model compiled with torch.compile ('<model>{COMPILED}', the same rounds; latency only)",
+    )
     # hidden worker mode: one measurement, printed as one JSON line
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--latency-worker", action="store_true", help=argparse.SUPPRESS)
@@ -722,10 +774,11 @@ def run_latency_worker(args: argparse.Namespace, bench: StepBenchmark) -> dict:
     """Latency of every model of ``args.models`` for one (mode, batch size), round-robin in ONE process, with a
     square matmul in the run's dtype as one more step of every round (the machine's own peak, measured under the same
     load), and each step's GMACs (one counted call, run before the warm-up): ``{"times": {model: [seconds per timed
-    round]}, "gmacs": {model: GMACs}, "gemm": {"size", "dtype", "times_s"}, "errors": {model: message}}``. The GEMM
-    is skipped on CUDA (``benchmarks/run_cuda.py`` measures the device's peak)."""
+    round]}, "gmacs": {model: GMACs}, "gemm": {"size", "dtype", "times_s"}, "errors": {model: message}, "compile_s":
+    {compiled twin: seconds of its first call}}``. The GEMM is skipped on CUDA (``benchmarks/run_cuda.py`` measures
+    the device's peak). With ``--compile`` every model has a twin ``compiled_name(model)`` in the same rounds."""
     device, autocast, synchronize, inputs = _worker_setup(args, bench)
-    steps, gmacs, errors = {}, {}, {}
+    steps, gmacs, errors, compile_s = {}, {}, {}, {}
     for name in args.models:
         step = _prepare(args, bench, name, device, inputs, autocast).step
         try:
@@ -734,6 +787,18 @@ def run_latency_worker(args: argparse.Namespace, bench: StepBenchmark) -> dict:
             errors[name] = str(error)
             continue
         steps[name] = step
+        if args.compile:
+            # a second instance with the same weights, its forward compiled (nn.Module.compile: the step's closures
+            # call the module); the first call compiles the forward, and the backward for a training step
+            twin = _prepare(args, bench, name, device, inputs, autocast)
+            twin.model.compile()
+            try:
+                compile_s[compiled_name(name)] = first_call_seconds(twin.step, synchronize)
+            except Exception as error:  # a compiler failure drops the twin, not the run  # noqa: BLE001
+                errors[compiled_name(name)] = f"torch.compile failed: {type(error).__name__}: {error}".splitlines()[0]
+                continue
+            steps[compiled_name(name)] = twin.step
+            gmacs[compiled_name(name)] = gmacs[name]
     gemm = None
     if device.type == "cpu":
         gemm_dtype = torch.float32 if args.dtype == "float32" else device_and_dtype(args.device, args.dtype)[1]
@@ -745,7 +810,7 @@ def run_latency_worker(args: argparse.Namespace, bench: StepBenchmark) -> dict:
     errors.update(round_errors)
     if gemm is not None:
         gemm["times_s"] = times.pop(gemm_name(GEMM_SIZE))
-    return {"times": times, "gmacs": gmacs, "gemm": gemm, "errors": errors}
+    return {"times": times, "gmacs": gmacs, "gemm": gemm, "errors": errors, "compile_s": compile_s}
 
 
 def serve_worker(args: argparse.Namespace, bench: StepBenchmark) -> bool:
@@ -768,7 +833,7 @@ def step_worker_command(
         "--models", *models, "--mode", mode, "--batch-size", batch_size,
         "--size", args.size, "--device", args.device, "--dtype", args.dtype,
         "--threads", args.threads, "--seed", args.seed, *bench.worker_options(args),
-        "--warmup", warmup, "--repeats", repeats,
+        "--warmup", warmup, "--repeats", repeats, *(["--compile"] if latency and args.compile else []),
     )  # fmt: skip
 
 
@@ -788,10 +853,17 @@ def run_step_benchmark(args: argparse.Namespace, bench: StepBenchmark) -> list[d
             if gemm:
                 print(f"{mode} batch={batch_size}: {gemm['size']}^2 {gemm['dtype']} matmul in the same rounds: "
                       f"{gemm_gflops_median:.1f} GFLOP/s (median)", file=sys.stderr, flush=True)  # fmt: skip
-            for model in args.models:
+            twins = [compiled_name(model) for model in args.models] if args.compile else []
+            for model in [*args.models, *twins]:
                 base = {"model": model, "mode": mode, "batch_size": batch_size, "size": args.size}
                 error = latency.get("error") or latency.get("errors", {}).get(model)
-                if not error:
+                memory = {}
+                if model in twins:
+                    # latency only: a compiled model's first step in a fresh process is its compilation
+                    error = error or latency.get("errors", {}).get(model.removesuffix(COMPILED))
+                    if model in latency.get("compile_s", {}):
+                        memory = {"compile_s": latency["compile_s"][model]}
+                elif not error:
                     command = step_worker_command(args, bench, [model], mode, batch_size, latency=False)
                     memory = run_worker_command(command, args.threads)
                     error = memory.get("error")
@@ -813,7 +885,7 @@ def run_step_benchmark(args: argparse.Namespace, bench: StepBenchmark) -> list[d
 
 
 STEP_RESULT_COLUMNS = (
-    Column("model", "model", "<", 24),
+    Column("model", "model", "<", 32),
     Column("mode", "mode", "<", 8),
     Column("batch", "batch_size", ">", 5),
     Column("s/iter", "median_s", ">", 9, 4),
@@ -823,6 +895,7 @@ STEP_RESULT_COLUMNS = (
     Column("GMACs", "gmacs", ">", 8, 1),
     Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
     Column("of matmul", "fraction_of_matmul", ">", 9, 3),
+    Column("compile s", "compile_s", ">", 9, 1),
     Column(" note", lambda row: " BN frozen" if row.get("batchnorm_frozen") else "", "<", 0),
 )
 
@@ -831,7 +904,7 @@ def step_report(env: dict, args: argparse.Namespace, results: list[dict], ratios
     """The JSON report of a forward/train benchmark: ``environment``, ``settings``, ``results``, ``ratios``."""
     settings = {
         key: getattr(args, key)
-        for key in ("models", "modes", "batch_sizes", "size", "warmup", "repeats", "seed", "quick")
+        for key in ("models", "modes", "batch_sizes", "size", "warmup", "repeats", "seed", "quick", "compile")
     }
     return {"environment": env, "settings": settings, "results": results, "ratios": ratios}
 
@@ -853,6 +926,9 @@ def step_benchmark_main(
         describe_run(env, f"size {args.size}", *details, f"warmup {args.warmup}", f"repeats {args.repeats}"), flush=True
     )
     results = run_step_benchmark(args, bench)
+    ratio_specs = list(ratio_specs)
+    if args.compile:
+        ratio_specs += compiled_ratio_specs(args.models, ratio_specs)
     ratios = compute_ratios(results, ratio_specs, memory_ratio)
     print()
     print(format_table(results, STEP_RESULT_COLUMNS))
