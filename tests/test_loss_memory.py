@@ -1,6 +1,8 @@
-"""The upsampled cross-entropy of every per-pixel family (SeMask-FPN's main and semantic terms, VWFormer's and
-Pale-UperNet's main and auxiliary terms) is computed one image at a time under activation checkpointing: the same loss
-and gradients as the whole-batch computation, without the batch's logits at label size in memory."""
+"""Training memory (issue 17). The upsampled cross-entropy of every per-pixel family (SeMask-FPN's main and semantic
+terms, VWFormer's and Pale-UperNet's main and auxiliary terms) is computed one image at a time: the same loss and
+gradients as the whole-batch computation, without the batch's logits at label size in memory. The Transformer MLPs
+recompute their GELU and LayerNorm outputs, SeMask-Swin's window attention its probabilities, in the backward pass:
+the same values and gradients."""
 
 import pytest
 import torch
@@ -206,3 +208,146 @@ def test_gelu_linear_function_under_bfloat16_autocast_matches_autograd():
     for got, want in zip(grads, expected):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # bit for bit here
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SeMask-Swin's window attention: the probabilities recomputed in the backward pass
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def window_attention_inputs(shifted: bool, seed: int = 0):
+    """q, k, v ``(B*nW, heads, N, d)`` of 2 images x 3 windows, 2 heads, 9 tokens, 4 channels; a bias ``(heads, N,
+    N)``; a shift mask ``(nW, N, N)`` of 0 and -100 or None."""
+    generator = torch.Generator().manual_seed(seed)
+    query, key, value = (torch.randn(6, 2, 9, 4, generator=generator, requires_grad=True) for _ in range(3))
+    bias = torch.randn(2, 9, 9, generator=generator, requires_grad=True)
+    shift_mask = None
+    if shifted:
+        shift_mask = torch.where(torch.rand(3, 9, 9, generator=generator) < 0.3, -100.0, 0.0)
+    return query, key, value, bias, shift_mask
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_function_matches_autograd_attention(shifted):
+    """Values and the gradients of q, k, v and the bias against autograd through softmax(q k^T s + mask) v, the
+    mask the bias plus each image's windows' shift mask; hand-checked on one entry: the bias's gradient is the sum
+    over the windows of the scores' gradient."""
+    from hf_semseg.models.modeling_semask_swin import WindowAttentionFunction
+
+    query, key, value, bias, shift_mask = window_attention_inputs(shifted)
+    scaling = 0.5
+    grad_output = torch.randn(6, 2, 9, 4, generator=torch.Generator().manual_seed(9))
+
+    output = WindowAttentionFunction.apply(query, key, value, bias, shift_mask, scaling)
+    grads = torch.autograd.grad(output, (query, key, value, bias), grad_output)
+
+    mask = bias.unsqueeze(0)
+    if shift_mask is not None:
+        mask = (shift_mask.unsqueeze(1) + bias.unsqueeze(0)).repeat(2, 1, 1, 1)  # image-major windows
+    scores = query @ key.transpose(-2, -1) * scaling + mask
+    reference = torch.softmax(scores, dim=-1) @ value
+    expected = torch.autograd.grad(reference, (query, key, value, bias, scores), grad_output)
+    torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected[:4]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    grad_scores = expected[4]
+    assert grads[3][1, 4, 7].item() == pytest.approx(grad_scores[:, 1, 4, 7].sum().item(), rel=1e-5, abs=1e-7)
+    assert grads[3].abs().max() > 1e-3  # a real gradient
+
+
+def test_window_attention_keeps_no_probabilities_for_the_backward_pass():
+    """What the backward pass keeps of one shifted SeMask-Swin block's attention: no ``(B*nW, heads, N, N)`` map (the
+    math path of SDPA with a bias that needs a gradient keeps the probabilities)."""
+    import weakref
+
+    from hf_semseg import SeMaskSwinConfig
+    from hf_semseg.models.modeling_semask_swin import SeMaskSwinWindowAttention
+
+    config = SeMaskSwinConfig(embed_dim=16, num_heads=[2, 2, 4, 4], window_size=4, attn_implementation="sdpa")
+    attention = SeMaskSwinWindowAttention(config, dim=16, num_heads=2).train()
+    windows = torch.randn(2, 3, 16, 16)
+    shift_mask = torch.where(torch.rand(3, 16, 16) < 0.3, -100.0, 0.0)
+    probabilities = 2 * 3 * 2 * 16 * 16
+
+    def largest_kept() -> int:
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(weakref.ref(t)) or t, lambda t: t):
+            output, _ = attention(windows, shift_mask)
+        assert output.requires_grad
+        return max(tensor.numel() for tensor in (reference() for reference in saved) if tensor is not None)
+
+    assert attention.recomputes_probabilities(windows)
+    assert largest_kept() < probabilities
+    attention.recomputes_probabilities = lambda query: False  # the attention interface (SDPA's math path)
+    assert largest_kept() >= probabilities
+
+
+def test_window_attention_recomputation_gives_the_same_loss_and_gradients():
+    """A SeMask-FPN training step with the window attention as ``WindowAttentionFunction`` and the blocks' first
+    LayerNorm run with the qkv projection before the padding (``layer_norm_linear``, the pad tokens' projection the
+    bias) against the plain path (LayerNorm, zero padding, qkv projection, the attention interface: SDPA, whose math
+    path autograd differentiates): the same loss and every parameter's gradient (the relative position bias tables
+    included). In float64: the fused kernel and the math path round differently, and
+    the tiny model's BatchNorm over a few values amplifies float32's differences in some gradients to 1e-3."""
+    import copy
+
+    from hf_semseg.models.modeling_semask_swin import (
+        SeMaskSwinBlock,
+        SeMaskSwinWindowAttention,
+        WindowAttentionFunction,
+    )
+    from hf_semseg.models.modeling_utils_segmentation import LayerNormLinearFunction
+
+    model_class, config = tiny_models_with_mlps()["semask_fpn"]
+    torch.manual_seed(0)
+    model = model_class(config).train().double()
+    for module in model.modules():  # gamma starts at 0: give the semantic attention a say in the gradients
+        if hasattr(module, "gamma"):
+            module.gamma.data.fill_(0.5)
+    plain = copy.deepcopy(model)
+    attentions = [module for module in plain.modules() if isinstance(module, SeMaskSwinWindowAttention)]
+    for module in attentions:
+        module.recomputes_probabilities = lambda query: False
+
+    class PlainLayerNorm(torch.nn.LayerNorm):
+        """Not exactly ``nn.LayerNorm``: ``layer_norm_linear`` runs it as it is."""
+
+    blocks = [module for module in plain.modules() if isinstance(module, SeMaskSwinBlock)]
+    for module in blocks:
+        module.norm1.__class__ = PlainLayerNorm
+    layer_norm_calls = []
+    original_layer_norm_apply = LayerNormLinearFunction.apply
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(2, 3, 64, 80, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, config.num_labels, (2, 64, 80), generator=generator)
+    assert model.config._attn_implementation == "sdpa"
+    calls = []
+    original_apply = WindowAttentionFunction.apply
+    WindowAttentionFunction.apply = lambda *arguments: calls.append(1) or original_apply(*arguments)
+    # (hidden_states, norm weight, norm bias, eps, weight, bias): a qkv projection (3C outputs), its bias left out
+    LayerNormLinearFunction.apply = lambda *arguments: (
+        layer_norm_calls.append(arguments[4].shape[0] == 3 * arguments[0].shape[-1] and arguments[5] is None)
+        or original_layer_norm_apply(*arguments)
+    )
+    try:
+        torch.manual_seed(2)
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+    finally:
+        WindowAttentionFunction.apply = original_apply
+        LayerNormLinearFunction.apply = original_layer_norm_apply
+    assert len(calls) == len(attentions)
+    assert sum(layer_norm_calls) == len(blocks)  # the qkv projections, without their bias
+    torch.manual_seed(2)
+    reference = plain(pixel_values=pixel_values, labels=labels).loss
+    loss.backward()
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-12, abs=0)
+    checked = 0
+    for (parameter_name, parameter), reference_parameter in zip(model.named_parameters(), plain.parameters()):
+        if reference_parameter.grad is None:
+            assert parameter.grad is None, parameter_name
+            continue
+        # atol: the key projections' bias has a zero gradient (the softmax ignores it), 1e-13 in float64's rounding
+        torch.testing.assert_close(parameter.grad, reference_parameter.grad, rtol=1e-9, atol=1e-12, msg=parameter_name)
+        checked += "relative_position_bias_table" in parameter_name and reference_parameter.grad.abs().max() > 0
+    assert checked == len(attentions)

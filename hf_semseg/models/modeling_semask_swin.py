@@ -41,6 +41,7 @@ from .modeling_utils_segmentation import (
     init_norm_and_linear,
     layer_norm_linear,
     pixel_cross_entropy,
+    recomputes_layer_norm,
     resize_to,
     resolve_output_flags,
     select_hidden_states,
@@ -219,9 +220,65 @@ class SeMaskSwinPatchEmbeddings(nn.Module):
         return self.norm(embeddings)
 
 
+def window_attention_mask(bias: torch.Tensor, shift_mask: torch.Tensor | None, windows: int) -> torch.Tensor:
+    """The additive mask of ``windows`` = B x nW windows: the relative position bias ``(heads, N, N)``, plus the shift
+    mask ``(nW, N, N)`` of a shifted block, repeated per image (image-major like the windows): ``(1, heads, N, N)``
+    or ``(B*nW, heads, N, N)``."""
+    if shift_mask is None:
+        return bias.unsqueeze(0)
+    mask = shift_mask.unsqueeze(1).to(bias.dtype) + bias.unsqueeze(0)  # (nW, heads, N, N)
+    return mask.repeat(windows // shift_mask.shape[0], 1, 1, 1)
+
+
+class WindowAttentionFunction(torch.autograd.Function):
+    """``softmax(q k^T scaling + bias [+ shift mask]) v`` over windows that keeps q, k and v for the backward pass
+    and recomputes the probabilities there.
+
+    With a bias that needs a gradient (the relative position bias), PyTorch's SDPA runs its math path on the CPU,
+    which keeps copies of the scaled queries, the transposed keys and the values and the probabilities
+    ``(B*nW, heads, N, N)``: N/d maps more than q, k and v (1.5 for Swin's 49-token windows of 32 channels). Here the
+    forward pass runs the fused kernel (the bias does not need a gradient inside it) and keeps q, k and v, views of
+    the fused projection; the backward pass recomputes the probabilities (one more ``q k^T`` product per window) and
+    takes the softmax's gradient, which is also the bias's (summed over windows). The same values and gradients up to
+    float rounding. ``query``/``key``/``value``: ``(B*nW, heads, N, d)``; ``bias``: ``(heads, N, N)``;
+    ``shift_mask``: ``(nW, N, N)`` or None. Returns ``(B*nW, heads, N, d)``."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, bias, shift_mask, scaling: float):
+        ctx.save_for_backward(query, key, value, bias, shift_mask)
+        ctx.scaling = scaling
+        mask = window_attention_mask(bias, shift_mask, query.shape[0])
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        query, key, value, bias, shift_mask = ctx.saved_tensors
+        windows, heads, tokens = query.shape[:3]
+        scores = torch.matmul(query, key.transpose(-2, -1)).mul_(ctx.scaling)  # (B*nW, heads, N, N)
+        if shift_mask is None:
+            scores += bias
+        else:
+            # (B*nW, heads, N, N) -> (B, nW, heads, N, N): the shift mask broadcasts over the images
+            scores.view(-1, shift_mask.shape[0], heads, tokens, tokens).add_(shift_mask.unsqueeze(1).to(bias.dtype))
+            scores += bias
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        grad_value = torch.matmul(probs.transpose(-2, -1), grad_output)
+        grad_probs = torch.matmul(grad_output, value.transpose(-2, -1))
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        del probs, grad_probs
+        grad_query = torch.matmul(grad_scores, key).mul_(ctx.scaling)
+        grad_key = torch.matmul(grad_scores.transpose(-2, -1), query).mul_(ctx.scaling)
+        grad_bias = grad_scores.sum(0) if ctx.needs_input_grad[3] else None
+        return grad_query, grad_key, grad_value, grad_bias, None, None
+
+
 class SeMaskSwinWindowAttention(nn.Module):
     """(Shifted) window multi-head self-attention with relative position bias (Swin, Sec. 3.2), run through
-    transformers' attention interface (SDPA by default; the bias and the shift mask are an additive mask)."""
+    transformers' attention interface (SDPA by default; the bias and the shift mask are an additive mask). In a
+    float32 training step with SDPA and no attention dropout it runs as :class:`WindowAttentionFunction` (the same
+    values and gradients, the probabilities recomputed in the backward pass instead of kept; also in float64)."""
 
     def __init__(self, config: SeMaskSwinConfig, dim: int, num_heads: int):
         super().__init__()
@@ -238,40 +295,57 @@ class SeMaskSwinWindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
 
+    def recomputes_probabilities(self, query: torch.Tensor) -> bool:
+        """Whether this forward runs as :class:`WindowAttentionFunction`: a float32/64 step that builds a graph (not
+        under autocast), with SDPA (the other implementations return or need the probabilities) and no attention
+        dropout."""
+        return (
+            torch.is_grad_enabled()
+            and self.config._attn_implementation == "sdpa"
+            and (self.attention_dropout == 0.0 or not self.training)
+            and query.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(query.device.type)
+        )
+
     def relative_position_bias(self) -> torch.Tensor:
         tokens = self.window_size * self.window_size
         bias = self.relative_position_bias_table[self.relative_position_index]  # (N*N, heads)
         return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
 
     def forward(
-        self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None
+        self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None, projected: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``windows``: ``(B, num_windows, N, C)``; ``shift_mask``: ``(num_windows, N, N)`` or None.
-        Returns ``(B, num_windows, N, C)`` and the attention probabilities ``(B*num_windows, heads, N, N)`` (eager
-        attention only, else None)."""
-        batch_size, num_windows, tokens, channels = windows.shape
+        """``windows``: ``(B, num_windows, N, C)``, or with ``projected`` their qkv projection ``(B, num_windows, N,
+        3C)`` (the block's training path); ``shift_mask``: ``(num_windows, N, N)`` or None. Returns ``(B,
+        num_windows, N, C)`` and the attention probabilities ``(B*num_windows, heads, N, N)`` (eager attention only,
+        else None)."""
+        qkv = windows if projected else self.qkv(windows)
+        batch_size, num_windows, tokens = qkv.shape[:3]
+        channels = self.num_heads * self.head_dim
         # (B, nW, N, 3C) -> (3, B, nW, heads, N, d)
-        qkv = self.qkv(windows).view(batch_size, num_windows, tokens, 3, self.num_heads, self.head_dim)
+        qkv = qkv.view(batch_size, num_windows, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
         bias = self.relative_position_bias()
         # Windows go to the batch axis, so q/k/v stay views of the fused projection: (B*nW, heads, N, d). The bias is
         # shared by all windows and broadcasts; the shift mask differs per window and is repeated per image (cheaper
         # than putting the windows on the head axis, which copies q, k, v and the output: 1.7x slower at batch 8).
         attention_shape = (batch_size * num_windows, self.num_heads, tokens, self.head_dim)
-        if shift_mask is None:
-            mask = bias.unsqueeze(0)  # (1, heads, N, N)
-        else:
-            mask = shift_mask.unsqueeze(1).to(bias.dtype) + bias.unsqueeze(0)  # (nW, heads, N, N)
-            mask = mask.repeat(batch_size, 1, 1, 1)  # (B*nW, heads, N, N), image-major like the windows
+        query, key, value = (tensor.reshape(attention_shape) for tensor in (query, key, value))
+        if self.recomputes_probabilities(query):
+            attn_output = WindowAttentionFunction.apply(query, key, value, bias, shift_mask, self.scaling)
+            # (B*nW, heads, N, d) -> (B*nW, N, heads, d) -> (B, nW, N, C)
+            attn_output = attn_output.transpose(1, 2).reshape(batch_size, num_windows, tokens, channels)
+            return self.proj(attn_output), None
+        mask = window_attention_mask(bias, shift_mask, batch_size * num_windows)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
         attn_output, attn_weights = attention_interface(
             self,
-            query.reshape(attention_shape),
-            key.reshape(attention_shape),
-            value.reshape(attention_shape),
+            query,
+            key,
+            value,
             mask.to(query.dtype),
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
@@ -283,7 +357,9 @@ class SeMaskSwinWindowAttention(nn.Module):
 
 class SeMaskSwinBlock(GradientCheckpointingLayer):
     """Swin Transformer block: ``x + DropPath(W-MSA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``. Odd blocks of a stage
-    shift the windows by ``window_size // 2``. The normalised map is zero-padded to a multiple of the window."""
+    shift the windows by ``window_size // 2``. The normalised map is zero-padded to a multiple of the window. In
+    training both LayerNorms run with the next linear layer (the qkv projection, ``fc1``) as
+    :func:`layer_norm_linear`, their outputs recomputed in the backward pass."""
 
     def __init__(self, config: SeMaskSwinConfig, dim: int, num_heads: int, shift_size: int, drop_path_rate: float):
         super().__init__()
@@ -303,12 +379,23 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
         blocks only)."""
         height, width = hidden_states.shape[1:3]
         shortcut = hidden_states
-        hidden_states = pad_to_multiple(self.norm1(hidden_states), self.window_size)
+        projected = recomputes_layer_norm(self.norm1, self.attn.qkv, hidden_states)
+        if projected:
+            # training: LayerNorm + qkv projection per token before the padding, the LayerNorm's output recomputed
+            # in the backward pass (layer_norm_linear); the pad tokens' projection is the bias, as for the zero
+            # tokens the original pads with: (B, H, W, C) -> (B, H', W', 3C)
+            hidden_states = pad_to_multiple(
+                layer_norm_linear(self.norm1, self.attn.qkv, hidden_states, False), self.window_size
+            )
+            if self.attn.qkv.bias is not None:
+                hidden_states = hidden_states + self.attn.qkv.bias
+        else:
+            hidden_states = pad_to_multiple(self.norm1(hidden_states), self.window_size)
         padded_height, padded_width = hidden_states.shape[1:3]
         if self.shift_size:
             hidden_states = torch.roll(hidden_states, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
         windows = window_partition(hidden_states, self.window_size)
-        windows, attn_weights = self.attn(windows, shift_mask if self.shift_size else None)
+        windows, attn_weights = self.attn(windows, shift_mask if self.shift_size else None, projected)
         hidden_states = window_reverse(self.proj_dropout(windows), self.window_size, padded_height, padded_width)
         if self.shift_size:
             hidden_states = torch.roll(hidden_states, shifts=(self.shift_size, self.shift_size), dims=(1, 2))

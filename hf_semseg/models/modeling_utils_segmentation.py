@@ -121,11 +121,11 @@ class LayerNormLinearFunction(torch.autograd.Function):
         return grad_hidden, grad_norm_weight, grad_norm_bias, None, grad_weight, grad_bias
 
 
-def layer_norm_linear(norm: nn.LayerNorm, linear: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    """``linear(norm(hidden_states))``; in a float training step of a plain ``nn.LayerNorm`` (affine, over the last
-    axis) and ``nn.Linear``, as :class:`LayerNormLinearFunction`: the same values and gradients, one map less kept for
-    the backward pass. Under autocast, or for other layer types (quantised, adapted), the two modules run as they are."""
-    if (
+def recomputes_layer_norm(norm: nn.Module, linear: nn.Module, hidden_states: torch.Tensor) -> bool:
+    """Whether :func:`layer_norm_linear` runs ``linear(norm(hidden_states))`` as :class:`LayerNormLinearFunction`:
+    a training step that builds a graph, a plain ``nn.LayerNorm`` (affine, over the last axis) and ``nn.Linear``, not
+    under autocast. Other layer types (quantised, adapted) run as they are."""
+    return (
         torch.is_grad_enabled()
         and norm.training
         and type(norm) is nn.LayerNorm
@@ -134,10 +134,20 @@ def layer_norm_linear(norm: nn.LayerNorm, linear: nn.Module, hidden_states: torc
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
         and not torch.is_autocast_enabled(hidden_states.device.type)
-    ):
-        return LayerNormLinearFunction.apply(
-            hidden_states, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias
-        )
+    )
+
+
+def layer_norm_linear(
+    norm: nn.LayerNorm, linear: nn.Module, hidden_states: torch.Tensor, add_bias: bool = True
+) -> torch.Tensor:
+    """``linear(norm(hidden_states))``; where :func:`recomputes_layer_norm`, as :class:`LayerNormLinearFunction`: the
+    same values and gradients, one map less kept for the backward pass. ``add_bias=False`` leaves the linear layer's
+    bias out (the caller adds it: SeMask-Swin's qkv projection before zero padding); only on that path."""
+    if recomputes_layer_norm(norm, linear, hidden_states):
+        bias = linear.bias if add_bias else None
+        return LayerNormLinearFunction.apply(hidden_states, norm.weight, norm.bias, norm.eps, linear.weight, bias)
+    if not add_bias:
+        raise ValueError("layer_norm_linear(add_bias=False) runs only where recomputes_layer_norm(...) holds")
     return linear(norm(hidden_states))
 
 
