@@ -284,8 +284,8 @@ def test_window_attention_keeps_no_probabilities_for_the_backward_pass():
 
 def test_window_attention_recomputation_gives_the_same_loss_and_gradients():
     """A SeMask-FPN training step with the window attention as ``WindowAttentionFunction`` and the blocks' first
-    LayerNorm run with the qkv projection before the padding (``layer_norm_linear``, the pad tokens' projection the
-    bias) against the plain path (LayerNorm, zero padding, qkv projection, the attention interface: SDPA, whose math
+    LayerNorm run with the qkv projection on the windows of the zero-padded map (``layer_norm_linear``, the pad
+    tokens' projection then set to the bias) against the plain path (LayerNorm, zero padding, qkv projection, the attention interface: SDPA, whose math
     path autograd differentiates): the same loss and every parameter's gradient (the relative position bias tables
     included). In float64: the fused kernel and the math path round differently, and
     the tiny model's BatchNorm over a few values amplifies float32's differences in some gradients to 1e-3."""
@@ -324,9 +324,9 @@ def test_window_attention_recomputation_gives_the_same_loss_and_gradients():
     calls = []
     original_apply = WindowAttentionFunction.apply
     WindowAttentionFunction.apply = lambda *arguments: calls.append(1) or original_apply(*arguments)
-    # (hidden_states, norm weight, norm bias, eps, weight, bias): a qkv projection (3C outputs), its bias left out
+    # (hidden_states, norm weight, norm bias, eps, weight, bias): a qkv projection (3C outputs)
     LayerNormLinearFunction.apply = lambda *arguments: (
-        layer_norm_calls.append(arguments[4].shape[0] == 3 * arguments[0].shape[-1] and arguments[5] is None)
+        layer_norm_calls.append(arguments[4].shape[0] == 3 * arguments[0].shape[-1])
         or original_layer_norm_apply(*arguments)
     )
     try:
@@ -336,7 +336,7 @@ def test_window_attention_recomputation_gives_the_same_loss_and_gradients():
         WindowAttentionFunction.apply = original_apply
         LayerNormLinearFunction.apply = original_layer_norm_apply
     assert len(calls) == len(attentions)
-    assert sum(layer_norm_calls) == len(blocks)  # the qkv projections, without their bias
+    assert sum(layer_norm_calls) == len(blocks)  # the qkv projections
     torch.manual_seed(2)
     reference = plain(pixel_values=pixel_values, labels=labels).loss
     loss.backward()

@@ -372,6 +372,17 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = TransformerMLP(config, dim)
 
+    def real_token_windows(
+        self, height: int, width: int, padded_height: int, padded_width: int, device: torch.device
+    ) -> torch.Tensor:
+        """Which tokens of the (shifted) windows of a map padded from ``height x width`` are the map's: ``(1, nW,
+        N, 1)`` booleans, False at the pad tokens."""
+        real = torch.zeros(1, padded_height, padded_width, 1, dtype=torch.bool, device=device)
+        real[:, :height, :width] = True
+        if self.shift_size:
+            real = torch.roll(real, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        return window_partition(real, self.window_size)
+
     def forward(
         self, hidden_states: torch.Tensor, shift_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -379,22 +390,24 @@ class SeMaskSwinBlock(GradientCheckpointingLayer):
         blocks only)."""
         height, width = hidden_states.shape[1:3]
         shortcut = hidden_states
+        # training: the LayerNorm runs with the qkv projection on the windows (layer_norm_linear, the LayerNorm's
+        # output recomputed in the backward pass), after the zero padding of the un-normalised map
         projected = recomputes_layer_norm(self.norm1, self.attn.qkv, hidden_states)
-        if projected:
-            # training: LayerNorm + qkv projection per token before the padding, the LayerNorm's output recomputed
-            # in the backward pass (layer_norm_linear); the pad tokens' projection is the bias, as for the zero
-            # tokens the original pads with: (B, H, W, C) -> (B, H', W', 3C)
-            hidden_states = pad_to_multiple(
-                layer_norm_linear(self.norm1, self.attn.qkv, hidden_states, False), self.window_size
-            )
-            if self.attn.qkv.bias is not None:
-                hidden_states = hidden_states + self.attn.qkv.bias
-        else:
-            hidden_states = pad_to_multiple(self.norm1(hidden_states), self.window_size)
+        if not projected:
+            hidden_states = self.norm1(hidden_states)
+        hidden_states = pad_to_multiple(hidden_states, self.window_size)
         padded_height, padded_width = hidden_states.shape[1:3]
         if self.shift_size:
             hidden_states = torch.roll(hidden_states, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
         windows = window_partition(hidden_states, self.window_size)
+        if projected:
+            windows = layer_norm_linear(self.norm1, self.attn.qkv, windows)  # (B, nW, N, C) -> (B, nW, N, 3C)
+            if (padded_height, padded_width) != (height, width):
+                # the pad tokens' projection is the qkv bias, as for the zeros the original pads its normalised map
+                # with (not the projection of LayerNorm(0))
+                real = self.real_token_windows(height, width, padded_height, padded_width, windows.device)
+                bias = self.attn.qkv.bias if self.attn.qkv.bias is not None else windows.new_zeros(())
+                windows = torch.where(real, windows, bias)
         windows, attn_weights = self.attn(windows, shift_mask if self.shift_size else None, projected)
         hidden_states = window_reverse(self.proj_dropout(windows), self.window_size, padded_height, padded_width)
         if self.shift_size:

@@ -137,17 +137,13 @@ def recomputes_layer_norm(norm: nn.Module, linear: nn.Module, hidden_states: tor
     )
 
 
-def layer_norm_linear(
-    norm: nn.LayerNorm, linear: nn.Module, hidden_states: torch.Tensor, add_bias: bool = True
-) -> torch.Tensor:
+def layer_norm_linear(norm: nn.LayerNorm, linear: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """``linear(norm(hidden_states))``; where :func:`recomputes_layer_norm`, as :class:`LayerNormLinearFunction`: the
-    same values and gradients, one map less kept for the backward pass. ``add_bias=False`` leaves the linear layer's
-    bias out (the caller adds it: SeMask-Swin's qkv projection before zero padding); only on that path."""
+    same values and gradients, one map less kept for the backward pass."""
     if recomputes_layer_norm(norm, linear, hidden_states):
-        bias = linear.bias if add_bias else None
-        return LayerNormLinearFunction.apply(hidden_states, norm.weight, norm.bias, norm.eps, linear.weight, bias)
-    if not add_bias:
-        raise ValueError("layer_norm_linear(add_bias=False) runs only where recomputes_layer_norm(...) holds")
+        return LayerNormLinearFunction.apply(
+            hidden_states, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias
+        )
     return linear(norm(hidden_states))
 
 
