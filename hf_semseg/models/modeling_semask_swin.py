@@ -254,14 +254,11 @@ class WindowAttentionFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
         query, key, value, bias, shift_mask = ctx.saved_tensors
-        windows, heads, tokens = query.shape[:3]
-        scores = torch.matmul(query, key.transpose(-2, -1)).mul_(ctx.scaling)  # (B*nW, heads, N, N)
-        if shift_mask is None:
-            scores += bias
-        else:
+        heads, tokens = query.shape[1:3]
+        scores = torch.matmul(query, key.transpose(-2, -1)).mul_(ctx.scaling).add_(bias)  # (B*nW, heads, N, N)
+        if shift_mask is not None:
             # (B*nW, heads, N, N) -> (B, nW, heads, N, N): the shift mask broadcasts over the images
             scores.view(-1, shift_mask.shape[0], heads, tokens, tokens).add_(shift_mask.unsqueeze(1).to(bias.dtype))
-            scores += bias
         probs = torch.softmax(scores, dim=-1)
         del scores
         grad_value = torch.matmul(probs.transpose(-2, -1), grad_output)
