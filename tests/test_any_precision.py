@@ -28,6 +28,7 @@ from hf_semseg.models.modeling_any_precision import (
     quantize_weight,
     top_bits,
 )
+from hf_semseg.models.modeling_linear import PLAIN_LINEAR_TYPES
 from hf_semseg.models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
 from hf_semseg.training import OnceQAT, RunOptionError, prepare_once_qat
 
@@ -116,14 +117,18 @@ def test_straight_through_estimator_value_and_gradient():
     (quantized * torch.arange(5.0)).sum().backward()
     torch.testing.assert_close(weight.grad, torch.arange(5.0).expand(8, 5))
 
+#: the float layers the any-precision swap replaces
+FLOAT_LAYER_TYPES = (*PLAIN_LINEAR_TYPES, torch.nn.Conv2d)
+
 
 # -- the model -----------------------------------------------------------------------------------------------------
 def test_to_any_precision_quantizes_all_but_the_patch_embedding_and_the_classifier():
     _, model = tiny_fpn()
-    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    linears = sum(type(m) in PLAIN_LINEAR_TYPES for m in model.modules())
+    assert linears > 0
     convs = sum(type(m) is torch.nn.Conv2d for m in model.modules())
     model.to_any_precision(WIDTHS)
-    kept = sorted(name for name, m in model.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d))
+    kept = sorted(name for name, m in model.named_modules() if type(m) in FLOAT_LAYER_TYPES)
     assert kept == ["backbone.embeddings.projection", "decode_head.classifier"]
     layers = dict(model.vertical_layers())
     assert sum(isinstance(m, VerticalLayeredLinear) for m in layers.values()) == linears
@@ -150,7 +155,7 @@ def test_to_any_precision_quantizes_all_but_the_patch_embedding_and_the_classifi
 )
 def test_each_family_keeps_its_first_patch_embedding_and_final_classifiers_in_float(suite, kept):
     model = suite().make_model().to_any_precision(WIDTHS)
-    plain = sorted(name for name, m in model.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d))
+    plain = sorted(name for name, m in model.named_modules() if type(m) in FLOAT_LAYER_TYPES)
     assert plain == kept
     # no float layer is left where a forward still calls it (Mask2Former's prediction blocks keep their layers in a
     # list as well as registered)

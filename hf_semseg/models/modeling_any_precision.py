@@ -35,10 +35,10 @@ import re
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .configuration_utils_segmentation import STORAGE_WEIGHT_BITS
+from .modeling_linear import OneDNNLinear, onednn_linear
 
 
 #: modules kept in floating point unless ``config.weight_bits_float_modules`` says otherwise (``re.search`` on module
@@ -219,7 +219,7 @@ class VerticalLayeredLinear(VerticalLayeredWeight, nn.Linear):
         return VerticalLayeredLinear(layer.in_features, layer.out_features, bias=False, device="meta")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden_states, self.quantized_weight(), self.bias)
+        return onednn_linear(hidden_states, self.quantized_weight(), self.bias)
 
 
 class VerticalLayeredConv2d(VerticalLayeredWeight, nn.Conv2d):
@@ -244,7 +244,11 @@ class VerticalLayeredConv2d(VerticalLayeredWeight, nn.Conv2d):
         return self._conv_forward(hidden_states, self.quantized_weight(), self.bias)
 
 
-_QUANTIZED_TWINS = {nn.Linear: VerticalLayeredLinear, nn.Conv2d: VerticalLayeredConv2d}
+_QUANTIZED_TWINS = {
+    nn.Linear: VerticalLayeredLinear,
+    OneDNNLinear: VerticalLayeredLinear,
+    nn.Conv2d: VerticalLayeredConv2d,
+}
 
 
 def replace_with_vertical_layers(model: nn.Module, float_modules, trainable: bool, active_bits: int) -> list[str]:

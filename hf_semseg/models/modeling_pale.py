@@ -33,6 +33,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_pale import PaleConfig
+from .modeling_linear import OneDNNLinear
 from .modeling_sdn import sdn_neck
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -148,7 +149,7 @@ class PaleSeparableProjection(nn.Module):
         super().__init__()
         self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=config.qkv_depthwise_bias)
         self.norm = nn.BatchNorm2d(dim)
-        self.pointwise = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.pointwise = OneDNNLinear(dim, dim, bias=config.qkv_bias)
 
     def forward(self, channels_first: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, H, W, C)``."""
@@ -158,7 +159,7 @@ class PaleSeparableProjection(nn.Module):
 class PaleAttentionOutput(nn.Module):
     def __init__(self, config: PaleConfig, dim: int):
         super().__init__()
-        self.dense = nn.Linear(dim, dim)
+        self.dense = OneDNNLinear(dim, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_semask_swin import SeMaskSwinConfig
+from .modeling_linear import OneDNNLinear
 from .modeling_sdn import sdn_neck
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -287,8 +288,8 @@ class SeMaskSwinWindowAttention(nn.Module):
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = False
 
-        self.qkv = nn.Linear(dim, dim * 3, bias=config.qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = OneDNNLinear(dim, dim * 3, bias=config.qkv_bias)
+        self.proj = OneDNNLinear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
 
@@ -425,10 +426,10 @@ class SeMaskSwinSemanticAttention(nn.Module):
 
     def __init__(self, config: SeMaskSwinConfig, dim: int):
         super().__init__()
-        self.class_query_proj = nn.Linear(dim, config.num_labels)
-        self.class_key_proj = nn.Linear(dim, config.num_labels)
-        self.value_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.class_query_proj = OneDNNLinear(dim, config.num_labels)
+        self.class_key_proj = OneDNNLinear(dim, config.num_labels)
+        self.value_proj = OneDNNLinear(dim, dim)
+        self.out_proj = OneDNNLinear(dim, dim)
         self.dropout = nn.Dropout(config.semantic_dropout_prob)
         self.gamma = nn.Parameter(torch.zeros(1))
 
@@ -493,7 +494,7 @@ class SeMaskSwinPatchMerging(nn.Module):
     def __init__(self, config: SeMaskSwinConfig, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = OneDNNLinear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = pad_to_multiple(hidden_states, 2)

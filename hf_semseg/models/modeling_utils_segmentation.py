@@ -20,6 +20,7 @@ from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 from transformers.utils import logging
 
 from .modeling_any_precision import AnyPrecisionMixin
+from .modeling_linear import PLAIN_LINEAR_TYPES, OneDNNLinear, linear_backward, onednn_linear
 from .modeling_sdn import SDNLevel, SDNNeck, init_sdn_weights
 
 
@@ -74,7 +75,7 @@ class GeluLinearFunction(torch.autograd.Function):
     def forward(ctx, hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(hidden_states, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(F.gelu(hidden_states), weight, bias)
+        return onednn_linear(F.gelu(hidden_states), weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -82,13 +83,12 @@ class GeluLinearFunction(torch.autograd.Function):
         hidden_states, weight = ctx.saved_tensors
         compute_dtype = grad_output.dtype  # the forward output's: the autocast dtype, or the weight's without autocast
         activated = F.gelu(hidden_states).to(compute_dtype)
-        # (..., out) -> (tokens, out); (..., hidden) -> (tokens, hidden)
-        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
-        grad_weight = grad_rows.t().mm(activated.reshape(-1, activated.shape[-1])).to(weight.dtype)
-        grad_bias = None if ctx.bias_dtype is None else grad_rows.sum(0).to(ctx.bias_dtype)
-        grad_activated = grad_output.matmul(weight.to(compute_dtype)).to(hidden_states.dtype)
-        grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden_states)
-        return grad_hidden, grad_weight, grad_bias
+        grad_activated, grad_weight, grad_bias = linear_backward(
+            grad_output, activated, weight.to(compute_dtype), ctx.bias_dtype is not None
+        )
+        grad_bias = None if grad_bias is None else grad_bias.to(ctx.bias_dtype)
+        grad_hidden = torch.ops.aten.gelu_backward(grad_activated.to(hidden_states.dtype), hidden_states)
+        return grad_hidden, grad_weight.to(weight.dtype), grad_bias
 
 
 class LayerNormLinearFunction(torch.autograd.Function):
@@ -102,7 +102,7 @@ class LayerNormLinearFunction(torch.autograd.Function):
         normalized, mean, rstd = torch.native_layer_norm(hidden_states, normalized_shape, norm_weight, norm_bias, eps)
         ctx.save_for_backward(hidden_states, mean, rstd, norm_weight, norm_bias, weight)
         ctx.eps, ctx.has_bias = eps, bias is not None
-        return F.linear(normalized, weight, bias)
+        return onednn_linear(normalized, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -110,11 +110,7 @@ class LayerNormLinearFunction(torch.autograd.Function):
         hidden_states, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
         normalized_shape = (hidden_states.shape[-1],)
         normalized = torch.native_layer_norm(hidden_states, normalized_shape, norm_weight, norm_bias, ctx.eps)[0]
-        # (..., out) -> (tokens, out); (..., C) -> (tokens, C)
-        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
-        grad_weight = grad_rows.t().mm(normalized.reshape(-1, normalized.shape[-1]))
-        grad_bias = grad_rows.sum(0) if ctx.has_bias else None
-        grad_normalized = grad_output.matmul(weight)
+        grad_normalized, grad_weight, grad_bias = linear_backward(grad_output, normalized, weight, ctx.has_bias)
         grad_hidden, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
             grad_normalized, hidden_states, normalized_shape, mean, rstd, norm_weight, norm_bias, [True, True, True]
         )
@@ -129,7 +125,7 @@ def recomputes_layer_norm(norm: nn.Module, linear: nn.Module, hidden_states: tor
         torch.is_grad_enabled()
         and norm.training
         and type(norm) is nn.LayerNorm
-        and type(linear) is nn.Linear
+        and type(linear) in PLAIN_LINEAR_TYPES
         and norm.elementwise_affine
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
@@ -159,9 +155,9 @@ class TransformerMLP(nn.Module):
     def __init__(self, config, dim: int):
         super().__init__()
         hidden = int(dim * config.mlp_ratio)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = OneDNNLinear(dim, hidden)
         self.activation = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = OneDNNLinear(hidden, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.exact_gelu = config.hidden_act == "gelu"
 
@@ -172,7 +168,7 @@ class TransformerMLP(nn.Module):
             and self.training
             and torch.is_grad_enabled()
             and self.dropout.p == 0.0
-            and type(self.fc2) is nn.Linear  # not a quantised or adapted layer with its own forward
+            and type(self.fc2) in PLAIN_LINEAR_TYPES  # not a quantised or adapted layer with its own forward
         )
 
     def forward(self, hidden_states: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:

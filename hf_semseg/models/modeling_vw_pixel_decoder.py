@@ -50,6 +50,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from .modeling_fapn import SeMaskMSFaPNPixelDecoder
+from .modeling_linear import OneDNNLinear
 from .modeling_vwformer import VWFormerConvModule, VWFormerVaryingWindowAttention, window_partition
 
 
@@ -186,10 +187,10 @@ class VWWindowAttention(VWFormerVaryingWindowAttention):
         self.num_windows = VW_NUM_WINDOWS
         self.config = config  # read for the attention implementation only
         self.context_embedding = VWContextEmbedding(channels, ratio)
-        self.query_proj = nn.Linear(channels, channels)
-        self.key_proj = nn.Linear(channels, channels)
-        self.value_proj = nn.Linear(channels, channels)
-        self.output_proj = nn.Linear(channels, channels)
+        self.query_proj = OneDNNLinear(channels, channels)
+        self.key_proj = OneDNNLinear(channels, channels)
+        self.value_proj = OneDNNLinear(channels, channels)
+        self.output_proj = OneDNNLinear(channels, channels)
         self.output_norm = None
 
 

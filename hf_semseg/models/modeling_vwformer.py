@@ -38,6 +38,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vwformer import VWFormerConfig
+from .modeling_linear import OneDNNLinear
 from .modeling_pale import PaleBackbone
 from .modeling_sdn import sdn_neck
 from .modeling_semask_swin import SeMaskSwinBackbone
@@ -191,7 +192,7 @@ class VWFormerLinearEmbedding(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.proj = nn.Linear(in_channels, out_channels)
+        self.proj = OneDNNLinear(in_channels, out_channels)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.proj(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -223,11 +224,11 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
         self.context_embedding = VWFormerConvModule(
             channels, channels // (ratio * ratio), kernel_size=ratio, eps=config.batch_norm_eps
         )
-        self.query_proj = nn.Linear(channels, channels)
-        self.key_proj = nn.Linear(channels, channels)
-        self.value_proj = nn.Linear(channels, channels)
+        self.query_proj = OneDNNLinear(channels, channels)
+        self.key_proj = OneDNNLinear(channels, channels)
+        self.value_proj = OneDNNLinear(channels, channels)
         is_city_head = config.head_type == "vw_city"
-        self.output_proj = nn.Linear(channels, channels, bias=is_city_head)
+        self.output_proj = OneDNNLinear(channels, channels, bias=is_city_head)
         self.output_norm = None if is_city_head else nn.BatchNorm2d(channels, eps=config.batch_norm_eps)
 
     def context_tokens(self, fused: torch.Tensor) -> torch.Tensor:
