@@ -117,6 +117,7 @@ def test_straight_through_estimator_value_and_gradient():
     (quantized * torch.arange(5.0)).sum().backward()
     torch.testing.assert_close(weight.grad, torch.arange(5.0).expand(8, 5))
 
+
 #: the float layers the any-precision swap replaces
 FLOAT_LAYER_TYPES = (*PLAIN_LINEAR_TYPES, torch.nn.Conv2d)
 

@@ -295,3 +295,50 @@ def test_config_rejects_bad_values():
         tiny_vwformer_config(tiny_swin(), enlarging_ratios=[2, 3])
     with pytest.raises(StrictDataclassClassValidationError, match="four backbone stages"):
         tiny_vwformer_config(SwinConfig(out_features=["stage3", "stage4"]))
+
+
+@pytest.mark.parametrize("head_type", ["vw", "vw_city"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_fusions_split_over_their_inputs_equal_the_concatenation(monkeypatch, head_type, training):
+    """The three 1x1 fusions (``linear_fuse``, the multi-scale ``fuse``, ``low_level_fuse``) run as sums of each
+    input's convolution, resized after it (the pooled branch as a per-image term): the original's
+    resize-concatenate-convolve values and gradients (float64, batch statistics in training), with the hand-counted
+    MACs fewer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hf_semseg.models.modeling_vwformer import VWFormerConvModule, VWFormerHead
+
+    torch.manual_seed(0)
+    config = tiny_vwformer_config(tiny_swin(), head_type=head_type, num_attention_heads=1)
+    channels, classes = config.decoder_hidden_size, config.num_labels
+    head = VWFormerHead(config, [16, 32, 64, 128]).double().train(training)
+    open_attention_outputs(head)
+    sides = (32, 16, 8, 4)  # a 128 x 128 image: strides 4, 8, 16, 32
+    features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip((16, 32, 64, 128), sides)]
+
+    def logits_and_gradients():
+        head.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks in training
+        with FlopCounterMode(display=False) as counter:
+            logits = head(features)
+        logits.pow(2).sum().backward()
+        gradients = {name: parameter.grad.clone() for name, parameter in head.named_parameters()}
+        return logits.detach(), gradients, counter.get_total_flops() // 2  # MACs
+
+    split_logits, split_gradients, split_macs = logits_and_gradients()
+    monkeypatch.setattr(VWFormerConvModule, "splits_over_inputs", lambda self: False)
+    logits, gradients, macs = logits_and_gradients()
+    torch.testing.assert_close(split_logits, logits, rtol=1e-10, atol=1e-10)
+    assert split_gradients.keys() == gradients.keys()
+    for name in gradients:
+        torch.testing.assert_close(split_gradients[name], gradients[name], rtol=1e-9, atol=1e-9, msg=name)
+    assert logits.shape == (2, classes, 32, 32)
+
+    # the forward's MACs (counted outside the backward pass) per image, two images:
+    # linear_fuse: 3C -> C at 16x16 becomes C -> C at 4x4, 8x8 and 16x16; low_level_fuse: (C + 48) -> C at 32x32
+    # becomes C -> C at 16x16 and 48 -> C at 32x32; the vw head's pooled branch: C -> C at 16x16 becomes at 1x1
+    saved = 3 * channels * channels * 16 * 16 - channels * channels * (4 * 4 + 8 * 8 + 16 * 16)
+    saved += channels * channels * (32 * 32 - 16 * 16)
+    if head_type == "vw":
+        saved += channels * channels * (16 * 16 - 1)
+    assert macs - split_macs == 2 * saved

@@ -183,7 +183,21 @@ class VWFormerConvModule(nn.Module):
         self.activation = nn.ReLU() if relu else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.batch_norm(self.conv(hidden_states)))
+        return self.normalize(self.conv(hidden_states))
+
+    def normalize(self, convolved: torch.Tensor) -> torch.Tensor:
+        """The BatchNorm and activation after the convolution."""
+        return self.activation(self.batch_norm(convolved))
+
+    def splits_over_inputs(self) -> bool:
+        """Whether the convolution of a channel concatenation may run as the sum of each part's convolution with its
+        slice of the kernel (:meth:`input_kernels`): a plain 1x1 ``nn.Conv2d`` without bias (not a quantised or
+        adapted layer with a forward of its own)."""
+        return type(self.conv) is nn.Conv2d and self.conv.kernel_size == (1, 1) and self.conv.bias is None
+
+    def input_kernels(self, channels: list[int]) -> tuple[torch.Tensor, ...]:
+        """The kernel's slices ``(C_out, c_i, 1, 1)`` over concatenated inputs of ``channels`` channels."""
+        return self.conv.weight.split(channels, dim=1)
 
 
 class VWFormerLinearEmbedding(nn.Module):
@@ -300,16 +314,27 @@ class VWFormerMultiScaleBlock(nn.Module):
         if torch.compiler.is_compiling() or (padded_height, padded_width) != (height, width):
             fused = F.interpolate(fused, size=(padded_height, padded_width), mode="bilinear", align_corners=False)
 
-        branches = [self.short_path(fused)]
+        branches = [self.short_path(fused)]  # the maps, in the original's order of the concatenation
+        pooled = None
         if self.image_pool is not None:
-            # global average -> 1x1 ConvModule -> broadcast (bilinear resizing of a 1x1 map is a broadcast)
+            # global average -> 1x1 ConvModule: (B, C, 1, 1), broadcast over the map (bilinear resizing of a 1x1 map
+            # is a broadcast)
             pooled = self.image_pool(fused.mean(dim=(2, 3), keepdim=True))
-            branches.append(pooled.expand(-1, -1, padded_height, padded_width))
         query_tokens = window_partition(fused.permute(0, 2, 3, 1), grid)
         for attention in self.attentions:
             output = attention(fused, query_tokens)
             branches.append(output + fused if self.use_short_cut else output)
-        return self.fuse(torch.cat(branches, dim=1))
+        if pooled is None:
+            return self.fuse(torch.cat(branches, dim=1))
+        if not self.fuse.splits_over_inputs():
+            branches.insert(1, pooled.expand(-1, -1, padded_height, padded_width))
+            return self.fuse(torch.cat(branches, dim=1))
+        # the 1x1 fusion of the constant pooled branch is a per-image (B, C, 1, 1) term added to that of the other
+        # branches: the original's result without the broadcast map (one fifth of the fusion's GMACs)
+        channels = fused.shape[1]
+        short_kernel, pooled_kernel, *attention_kernels = self.fuse.input_kernels([channels] * (len(branches) + 1))
+        kernel = torch.cat([short_kernel, *attention_kernels], dim=1)
+        return self.fuse.normalize(F.conv2d(torch.cat(branches, dim=1), kernel) + F.conv2d(pooled, pooled_kernel))
 
 
 class VWFormerHead(nn.Module):
@@ -342,14 +367,37 @@ class VWFormerHead(nn.Module):
         stride8_size = c2.shape[-2:]
         # vw: bilinear (mmseg `resize`, align_corners=False); vw_city: nearest
         upsample = dict(mode="nearest") if self.is_city_head else dict(mode="bilinear", align_corners=False)
-        deep = F.interpolate(self.linear_c4(c4), size=stride8_size, **upsample)
-        middle = F.interpolate(self.linear_c3(c3), size=stride8_size, **upsample)
-        fused = self.linear_fuse(torch.cat([deep, middle, self.linear_c2(c2)], dim=1))  # (B, C, h, w)
+        deep, middle, shallow = self.linear_c4(c4), self.linear_c3(c3), self.linear_c2(c2)
+        if self.linear_fuse.splits_over_inputs():
+            # A 1x1 convolution and a resizing commute (one mixes channels, the other pixels of each channel, both
+            # linear): each map is convolved by its slice of the kernel at its own size, then resized, and the three
+            # summed, the original's resize-concatenate-convolve with 2.8 of its 53.2 GMACs fewer at 640x640
+            deep_kernel, middle_kernel, shallow_kernel = self.linear_fuse.input_kernels([deep.shape[1]] * 3)
+            fused = (
+                F.interpolate(F.conv2d(deep, deep_kernel), size=stride8_size, **upsample)
+                + F.interpolate(F.conv2d(middle, middle_kernel), size=stride8_size, **upsample)
+                + F.conv2d(shallow, shallow_kernel)
+            )
+            fused = self.linear_fuse.normalize(fused)  # (B, C, h, w)
+        else:
+            deep = F.interpolate(deep, size=stride8_size, **upsample)
+            middle = F.interpolate(middle, size=stride8_size, **upsample)
+            fused = self.linear_fuse(torch.cat([deep, middle, shallow], dim=1))  # (B, C, h, w)
 
         multi_scale = self.multi_scale(fused)
         low_level = self.linear_c1(c1)  # (B, 48, H/4, W/4)
-        upsampled = F.interpolate(multi_scale, size=c1.shape[-2:], mode="bilinear", align_corners=False)
-        hidden_states = self.low_level_fuse(torch.cat([upsampled, low_level], dim=1))
+        if self.low_level_fuse.splits_over_inputs():
+            # as above: the multi-scale map's share of the fusion at stride 8, then upsampled (12.4 GMACs fewer)
+            multi_scale_kernel, low_level_kernel = self.low_level_fuse.input_kernels(
+                [multi_scale.shape[1], low_level.shape[1]]
+            )
+            upsampled = F.interpolate(
+                F.conv2d(multi_scale, multi_scale_kernel), size=c1.shape[-2:], mode="bilinear", align_corners=False
+            )
+            hidden_states = self.low_level_fuse.normalize(upsampled + F.conv2d(low_level, low_level_kernel))
+        else:
+            upsampled = F.interpolate(multi_scale, size=c1.shape[-2:], mode="bilinear", align_corners=False)
+            hidden_states = self.low_level_fuse(torch.cat([upsampled, low_level], dim=1))
         return self.classifier(self.dropout(hidden_states))
 
 
