@@ -309,7 +309,7 @@ def test_fusions_split_over_their_inputs_equal_the_concatenation(monkeypatch, he
     from hf_semseg.models.modeling_vwformer import VWFormerConvModule, VWFormerHead
 
     torch.manual_seed(0)
-    config = tiny_vwformer_config(tiny_swin(), head_type=head_type, num_attention_heads=1)
+    config = tiny_vwformer_config(tiny_swin(), head_type=head_type)
     channels, classes = config.decoder_hidden_size, config.num_labels
     head = VWFormerHead(config, [16, 32, 64, 128]).double().train(training)
     open_attention_outputs(head)
@@ -342,3 +342,73 @@ def test_fusions_split_over_their_inputs_equal_the_concatenation(monkeypatch, he
     if head_type == "vw":
         saved += channels * channels * (16 * 16 - 1)
     assert macs - split_macs == 2 * saved
+
+
+@pytest.mark.parametrize("head_type", ["vw", "vw_city"])
+def test_single_head_inference_folds_the_key_and_value_projections(monkeypatch, head_type):
+    """At inference a single-head branch attends with queries ``(Wk^T Wq) x + Wk^T bq`` to the context tokens
+    themselves and projects their mix by ``Wo Wv`` (bias ``Wo bv + bo``): the original's logits (float64), with two
+    projections of the stride-8 map fewer per branch (hand-counted MACs); a training step runs the four projections,
+    the key bias keeping its (zero) gradient."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hf_semseg.models.modeling_vwformer import VWFormerHead, VWFormerVaryingWindowAttention
+
+    torch.manual_seed(0)
+    config = tiny_vwformer_config(tiny_swin(), head_type=head_type, num_attention_heads=1)
+    config._attn_implementation = "sdpa"  # float64 throughout (the eager function takes its softmax in float32)
+    channels, branches = config.decoder_hidden_size, len(config.enlarging_ratios)
+    head = VWFormerHead(config, [16, 32, 64, 128]).double().eval()
+    open_attention_outputs(head)
+    with torch.no_grad():  # biases away from 0, so that each term of the folding shows
+        for name, parameter in head.named_parameters():
+            if name.endswith(("proj.bias", "output_norm.bias")):
+                parameter.normal_()
+    features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip((16, 32, 64, 128), (32, 16, 8, 4))]
+
+    def logits_and_macs():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            logits = head(features)
+        return logits, counter.get_total_flops() // 2
+
+    folded_logits, folded_macs = logits_and_macs()
+    monkeypatch.setattr(VWFormerVaryingWindowAttention, "folds_projections", lambda self: False)
+    logits, macs = logits_and_macs()
+    torch.testing.assert_close(folded_logits, logits, rtol=1e-10, atol=1e-10)
+    # per branch: the key and value projections of the 2 x 16 x 16 context tokens, less the two C x C x C products
+    assert macs - folded_macs == branches * (2 * 2 * 16 * 16 * channels * channels - 2 * channels**3)
+
+    monkeypatch.undo()
+    head.train()
+    head(features).pow(2).sum().backward()
+    key_bias_grad = head.multi_scale.attentions[0].key_proj.bias.grad
+    assert key_bias_grad is not None and key_bias_grad.abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("head_type", ["vw", "vw_city"])
+def test_inference_folds_the_batch_norms_into_the_layers_before_them(monkeypatch, head_type):
+    """In eval mode every ConvModule's BatchNorm (and the ``vw`` branches' output norm, into the folded output
+    projection) is a per-channel scale and shift folded into the convolution's kernel and bias: the unfolded
+    logits (float64, running statistics and affine parameters away from the identity)."""
+    from hf_semseg.models import modeling_vwformer
+    from hf_semseg.models.modeling_vwformer import VWFormerHead
+
+    torch.manual_seed(0)
+    config = tiny_vwformer_config(tiny_swin(), head_type=head_type, num_attention_heads=1)
+    config._attn_implementation = "sdpa"
+    head = VWFormerHead(config, [16, 32, 64, 128]).double().eval()
+    norms = [module for module in head.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert len(norms) >= 8
+    with torch.no_grad():
+        for norm in norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip((16, 32, 64, 128), (32, 16, 8, 4))]
+    with torch.no_grad():
+        folded = head(features)
+        monkeypatch.setattr(modeling_vwformer, "folds_into_previous_layer", lambda norm: False)
+        unfolded = head(features)
+    assert unfolded.abs().max() > 0.1
+    torch.testing.assert_close(folded, unfolded, rtol=1e-10, atol=1e-10)

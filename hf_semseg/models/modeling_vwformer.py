@@ -38,7 +38,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vwformer import VWFormerConfig
-from .modeling_linear import OneDNNLinear
+from .modeling_linear import PLAIN_LINEAR_TYPES, OneDNNLinear, onednn_linear
 from .modeling_pale import PaleBackbone
 from .modeling_sdn import sdn_neck
 from .modeling_semask_swin import SeMaskSwinBackbone
@@ -173,6 +173,21 @@ def context_windows(padded: torch.Tensor, ratio: int, num_windows: int, window_h
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def folds_into_previous_layer(norm: nn.Module) -> bool:
+    """Whether a BatchNorm is a fixed per-channel affine map to fold into the layer before it: a plain
+    ``nn.BatchNorm2d`` in eval mode with running statistics."""
+    return type(norm) is nn.BatchNorm2d and not norm.training and norm.running_mean is not None
+
+
+def batch_norm_scale_and_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x) = scale * x + shift`` per channel, from the running statistics: ``(C,)`` each."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    return scale, shift if norm.bias is None else shift + norm.bias
+
+
 class VWFormerConvModule(nn.Module):
     """Conv (no bias) -> BatchNorm -> optional ReLU: mmcv's ``ConvModule`` with a norm, as the original uses it."""
 
@@ -180,14 +195,35 @@ class VWFormerConvModule(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, bias=False)
         self.batch_norm = nn.BatchNorm2d(out_channels, eps=eps)
-        self.activation = nn.ReLU() if relu else nn.Identity()
+        # in place, as mmcv's ConvModule: the norm's (or convolution's) output is needed by no backward pass
+        self.activation = nn.ReLU(inplace=True) if relu else nn.Identity()
+
+    def folds_batch_norm(self) -> bool:
+        """Whether the BatchNorm is folded into the convolution (:func:`folds_into_previous_layer`, a plain
+        ``nn.Conv2d``): at inference a convolution with a kernel scaled per output channel and a bias, and no pass
+        over the map for the norm."""
+        return folds_into_previous_layer(self.batch_norm) and type(self.conv) is nn.Conv2d
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.folds_batch_norm():
+            scale, shift = batch_norm_scale_and_shift(self.batch_norm)
+            bias = shift if self.conv.bias is None else shift + scale * self.conv.bias
+            # (C_out,) -> (C_out, 1, 1, 1): each output channel's kernel scaled
+            return self.activation(
+                self.conv._conv_forward(hidden_states, self.conv.weight * scale[:, None, None, None], bias)
+            )
         return self.normalize(self.conv(hidden_states))
 
     def normalize(self, convolved: torch.Tensor) -> torch.Tensor:
-        """The BatchNorm and activation after the convolution."""
-        return self.activation(self.batch_norm(convolved))
+        """The BatchNorm and activation after a convolution by :meth:`input_kernels` (the norm's scale already in
+        them where it folds; without the convolution's bias)."""
+        if self.folds_batch_norm():
+            scale, shift = batch_norm_scale_and_shift(self.batch_norm)
+            bias = shift if self.conv.bias is None else shift + scale * self.conv.bias
+            return self.activation(convolved.add_(bias[:, None, None]))  # a fresh sum: added in place
+        return self.activation(
+            self.batch_norm(convolved if self.conv.bias is None else convolved + self.conv.bias[:, None, None])
+        )
 
     def splits_over_inputs(self) -> bool:
         """Whether the convolution of a channel concatenation may run as the sum of each part's convolution with its
@@ -196,8 +232,12 @@ class VWFormerConvModule(nn.Module):
         return type(self.conv) is nn.Conv2d and self.conv.kernel_size == (1, 1) and self.conv.bias is None
 
     def input_kernels(self, channels: list[int]) -> tuple[torch.Tensor, ...]:
-        """The kernel's slices ``(C_out, c_i, 1, 1)`` over concatenated inputs of ``channels`` channels."""
-        return self.conv.weight.split(channels, dim=1)
+        """The kernel's slices ``(C_out, c_i, 1, 1)`` over concatenated inputs of ``channels`` channels (scaled by
+        the BatchNorm where it folds); :meth:`normalize` finishes their sum."""
+        kernel = self.conv.weight
+        if self.folds_batch_norm():
+            kernel = kernel * batch_norm_scale_and_shift(self.batch_norm)[0][:, None, None, None]
+        return kernel.split(channels, dim=1)
 
 
 class VWFormerLinearEmbedding(nn.Module):
@@ -254,6 +294,40 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
         context = copy_shift_pad(context, ratio, window_height, window_width)
         return context_windows(context, ratio, self.num_windows, window_height, window_width)
 
+    def folds_projections(self) -> bool:
+        """Whether the forward runs with :meth:`folded_projections`: inference (no graph: in training every weight
+        keeps the gradient the original gives it, and no parameter goes unused under DDP), a single head and plain
+        dense layers (not quantised or adapted ones with forwards of their own)."""
+        layers = (self.query_proj, self.key_proj, self.value_proj, self.output_proj)
+        return (
+            not torch.is_grad_enabled()
+            and self.num_heads == 1
+            and all(type(layer) in PLAIN_LINEAR_TYPES for layer in layers)
+        )
+
+    def folded_projections(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """The single-head attention with two dense layers instead of four: ``(query weight, query bias, output
+        weight, output bias)``.
+
+        With ``q = Wq x + bq``, ``k_j = Wk c_j + bk``: ``q . k_j = (Wk^T q) . c_j + q . bk``, and the last term, the
+        same for every key, cancels in the softmax; so queries ``(Wk^T Wq) x + Wk^T bq`` attend to the context
+        tokens themselves. The probabilities ``P`` sum to 1 over the keys, so ``Wo P (Wv c + bv) + bo = (Wo Wv) (P c)
+        + Wo bv + bo``: the values are the context tokens and one dense layer follows. The same function, for two
+        projections of ``B*h*w`` tokens less (3.1 GMACs per branch of the Swin-B ADE20K head at 640x640) and two
+        ``C x C`` weight products (0.13 GMACs each). The products are computed in the weights' dtype, also under
+        autocast."""
+        query_proj, key_proj, value_proj, output_proj = (
+            self.query_proj, self.key_proj, self.value_proj, self.output_proj
+        )  # fmt: skip
+        with torch.autocast(device_type=query_proj.weight.device.type, enabled=False):
+            query_weight = key_proj.weight.t() @ query_proj.weight  # (C, C): Wk^T Wq
+            query_bias = None if query_proj.bias is None else key_proj.weight.t() @ query_proj.bias
+            output_weight = output_proj.weight @ value_proj.weight  # (C, C): Wo Wv
+            output_bias = None if value_proj.bias is None else output_proj.weight @ value_proj.bias
+            if output_proj.bias is not None:
+                output_bias = output_proj.bias if output_bias is None else output_bias + output_proj.bias
+        return query_weight, query_bias, output_weight, output_bias
+
     def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
         """``fused``: ``(B, C, h, w)``, ``h`` and ``w`` multiples of the window grid; ``query_tokens``: the same map as
         ``(B*nh*nw, ph*pw, C)`` windows. Returns the branch output as a ``(B, C, h, w)`` map."""
@@ -261,20 +335,38 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
         context = self.context_tokens(fused)
         num_windows, num_tokens = query_tokens.shape[:2]
         head_shape = (num_windows, -1, self.num_heads, self.head_dim)
-        # (B*nh*nw, tokens, C) -> (B*nh*nw, heads, tokens, head_dim)
-        query = self.query_proj(query_tokens).view(head_shape).transpose(1, 2)
-        key = self.key_proj(context).view(head_shape).transpose(1, 2)
-        value = self.value_proj(context).view(head_shape).transpose(1, 2)
+        output_weight = output_bias = None
+        output_norm = self.output_norm
+        if self.folds_projections():
+            query_weight, query_bias, output_weight, output_bias = self.folded_projections()
+            if output_norm is not None and folds_into_previous_layer(output_norm):
+                # the norm's per-channel scale and shift folded into the output projection
+                scale, shift = batch_norm_scale_and_shift(output_norm)
+                output_weight = scale[:, None] * output_weight
+                output_bias = shift if output_bias is None else scale * output_bias + shift
+                output_norm = None
+            # (B*nh*nw, tokens, C) -> (B*nh*nw, 1, tokens, C)
+            query = onednn_linear(query_tokens, query_weight, query_bias).unsqueeze(1)
+            key = value = context.unsqueeze(1)
+        else:
+            # (B*nh*nw, tokens, C) -> (B*nh*nw, heads, tokens, head_dim)
+            query = self.query_proj(query_tokens).view(head_shape).transpose(1, 2)
+            key = self.key_proj(context).view(head_shape).transpose(1, 2)
+            value = self.value_proj(context).view(head_shape).transpose(1, 2)
 
         attention_interface: Callable = eager_attention_forward
         if self.config._attn_implementation not in (None, "eager"):  # None: a module built outside a model
             attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         attended, _ = attention_interface(self, query, key, value, None, dropout=0.0, scaling=self.scaling)
         # attention functions return (B*nh*nw, tokens, heads, head_dim)
-        attended = self.output_proj(attended.reshape(num_windows, num_tokens, channels))
+        attended = attended.reshape(num_windows, num_tokens, channels)
+        if output_weight is None:
+            attended = self.output_proj(attended)
+        else:
+            attended = onednn_linear(attended, output_weight, output_bias)
         output = window_reverse(attended, self.num_windows, height, width).permute(0, 3, 1, 2)
-        if self.output_norm is not None:
-            output = self.output_norm(output)
+        if output_norm is not None:
+            output = output_norm(output)
         return output
 
 
@@ -334,7 +426,7 @@ class VWFormerMultiScaleBlock(nn.Module):
         channels = fused.shape[1]
         short_kernel, pooled_kernel, *attention_kernels = self.fuse.input_kernels([channels] * (len(branches) + 1))
         kernel = torch.cat([short_kernel, *attention_kernels], dim=1)
-        return self.fuse.normalize(F.conv2d(torch.cat(branches, dim=1), kernel) + F.conv2d(pooled, pooled_kernel))
+        return self.fuse.normalize(F.conv2d(torch.cat(branches, dim=1), kernel).add_(F.conv2d(pooled, pooled_kernel)))
 
 
 class VWFormerHead(nn.Module):
@@ -373,11 +465,11 @@ class VWFormerHead(nn.Module):
             # linear): each map is convolved by its slice of the kernel at its own size, then resized, and the three
             # summed, the original's resize-concatenate-convolve with 2.8 of its 53.2 GMACs fewer at 640x640
             deep_kernel, middle_kernel, shallow_kernel = self.linear_fuse.input_kernels([deep.shape[1]] * 3)
-            fused = (
-                F.interpolate(F.conv2d(deep, deep_kernel), size=stride8_size, **upsample)
-                + F.interpolate(F.conv2d(middle, middle_kernel), size=stride8_size, **upsample)
-                + F.conv2d(shallow, shallow_kernel)
-            )
+            # summed in place into the fresh resized maps (neither resizing nor convolution keeps its output for
+            # the backward pass)
+            fused = F.interpolate(F.conv2d(deep, deep_kernel), size=stride8_size, **upsample)
+            fused.add_(F.interpolate(F.conv2d(middle, middle_kernel), size=stride8_size, **upsample))
+            fused.add_(F.conv2d(shallow, shallow_kernel))
             fused = self.linear_fuse.normalize(fused)  # (B, C, h, w)
         else:
             deep = F.interpolate(deep, size=stride8_size, **upsample)
@@ -394,7 +486,7 @@ class VWFormerHead(nn.Module):
             upsampled = F.interpolate(
                 F.conv2d(multi_scale, multi_scale_kernel), size=c1.shape[-2:], mode="bilinear", align_corners=False
             )
-            hidden_states = self.low_level_fuse.normalize(upsampled + F.conv2d(low_level, low_level_kernel))
+            hidden_states = self.low_level_fuse.normalize(upsampled.add_(F.conv2d(low_level, low_level_kernel)))
         else:
             upsampled = F.interpolate(multi_scale, size=c1.shape[-2:], mode="bilinear", align_corners=False)
             hidden_states = self.low_level_fuse(torch.cat([upsampled, low_level], dim=1))
