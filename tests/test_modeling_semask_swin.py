@@ -525,3 +525,46 @@ def test_input_embeddings_are_the_patch_embedding():
         embeddings = model.get_input_embeddings()
         assert isinstance(embeddings, SeMaskSwinPatchEmbeddings)
         assert embeddings is next(m for m in model.modules() if isinstance(m, SeMaskSwinPatchEmbeddings))
+
+
+def test_inference_folds_the_head_batch_norms_into_the_convolutions(monkeypatch):
+    """In eval mode each Semantic-FPN ConvModule is one convolution, its BatchNorm's scale folded into the kernel and
+    its shift the bias: the unfolded logits (float64, running statistics and affine parameters away from the
+    identity); training runs the BatchNorm on batch statistics."""
+    from hf_semseg.models import modeling_utils_segmentation
+
+    torch.manual_seed(0)
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).double().eval()
+    norms = [module for module in model.decode_head.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert len(norms) == 7  # one per conv module of the four scale heads: 1 + 1 + 2 + 3
+    with torch.no_grad():
+        for norm in norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    pixel_values = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    norm_calls = []
+    model.decode_head.register_forward_pre_hook(lambda module, args: norm_calls.clear())
+    for norm in norms:
+        norm.register_forward_hook(lambda module, args, output: norm_calls.append(module))
+    with torch.no_grad():
+        folded = model(pixel_values).logits
+        assert norm_calls == []  # no BatchNorm ran
+        monkeypatch.setattr(modeling_utils_segmentation, "folds_into_previous_layer", lambda norm: False)
+        unfolded = model(pixel_values).logits
+        assert len(norm_calls) == 7
+    assert unfolded.abs().max() > 0.1
+    torch.testing.assert_close(folded, unfolded, rtol=1e-10, atol=1e-10)
+
+
+def test_batch_norms_are_not_folded_under_autocast():
+    """Under autocast the folded kernel would be cast and reordered on every call (slower than the norm): the
+    BatchNorm runs."""
+    from hf_semseg.models.modeling_utils_segmentation import folds_into_previous_layer
+
+    norm = torch.nn.BatchNorm2d(4).eval()
+    assert folds_into_previous_layer(norm)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not folds_into_previous_layer(norm)
+    assert not folds_into_previous_layer(norm.train())

@@ -390,7 +390,7 @@ def test_inference_folds_the_batch_norms_into_the_layers_before_them(monkeypatch
     """In eval mode every ConvModule's BatchNorm (and the ``vw`` branches' output norm, into the folded output
     projection) is a per-channel scale and shift folded into the convolution's kernel and bias: the unfolded
     logits (float64, running statistics and affine parameters away from the identity)."""
-    from hf_semseg.models import modeling_vwformer
+    from hf_semseg.models import modeling_utils_segmentation, modeling_vwformer
     from hf_semseg.models.modeling_vwformer import VWFormerHead
 
     torch.manual_seed(0)
@@ -408,7 +408,8 @@ def test_inference_folds_the_batch_norms_into_the_layers_before_them(monkeypatch
     features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip((16, 32, 64, 128), (32, 16, 8, 4))]
     with torch.no_grad():
         folded = head(features)
-        monkeypatch.setattr(modeling_vwformer, "folds_into_previous_layer", lambda norm: False)
+        for module in (modeling_utils_segmentation, modeling_vwformer):
+            monkeypatch.setattr(module, "folds_into_previous_layer", lambda norm: False)
         unfolded = head(features)
     assert unfolded.abs().max() > 0.1
     torch.testing.assert_close(folded, unfolded, rtol=1e-10, atol=1e-10)

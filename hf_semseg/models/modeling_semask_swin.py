@@ -37,6 +37,7 @@ from .modeling_utils_segmentation import (
     TransformerMLP,
     check_pixel_values,
     check_segmentation_labels,
+    convolve_and_normalize,
     eager_attention,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -737,7 +738,7 @@ class SeMaskFPNConvModule(nn.Module):
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.batch_norm(self.conv(hidden_states)))
+        return self.activation(convolve_and_normalize(self.conv, self.batch_norm, hidden_states))
 
 
 def upsample2x(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -781,6 +782,7 @@ class SeMaskFPNHead(nn.Module):
     def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
         fused = self.scale_heads[0](feature_maps[0])
         for scale_head, feature_map in zip(self.scale_heads[1:], feature_maps[1:]):
+            # not in place: the first map is a ReLU's output, which its backward pass reads
             fused = fused + resize_to(scale_head(feature_map), fused.shape[-2:])
         return self.classifier(self.dropout(fused))
 

@@ -183,6 +183,41 @@ class TransformerMLP(nn.Module):
         return self.dropout(self.fc2(hidden_states))
 
 
+def folds_into_previous_layer(norm: nn.Module) -> bool:
+    """Whether a BatchNorm is a fixed per-channel affine map to fold into the layer before it: a plain
+    ``nn.BatchNorm2d`` in eval mode with running statistics, not under autocast (there the folded kernel, a new
+    tensor each call, is cast and reordered for oneDNN on every call: the VWFormer head ran 1.7x slower in bf16 on the
+    CPU, where folding saved 4% in fp32)."""
+    return (
+        type(norm) is nn.BatchNorm2d
+        and not norm.training
+        and norm.running_mean is not None
+        and not torch.is_autocast_enabled(norm.running_mean.device.type)
+    )
+
+
+def batch_norm_scale_and_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x) = scale * x + shift`` per channel, from the running statistics: ``(C,)`` each."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    return scale, shift if norm.bias is None else shift + norm.bias
+
+
+def convolve_and_normalize(conv: nn.Module, norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(hidden_states))`` (mmcv's ConvModule before its activation). At inference, with a plain
+    ``nn.Conv2d`` and a BatchNorm that :func:`folds_into_previous_layer`, one convolution whose kernel is scaled per
+    output channel and whose bias is the norm's shift: no pass over the map for the norm (the same values up to
+    float rounding). Quantised or adapted convolutions, and training, run the two layers."""
+    if type(conv) is nn.Conv2d and folds_into_previous_layer(norm):
+        scale, shift = batch_norm_scale_and_shift(norm)
+        bias = shift if conv.bias is None else shift + scale * conv.bias
+        # (C_out,) -> (C_out, 1, 1, 1): each output channel's kernel scaled
+        return conv._conv_forward(hidden_states, conv.weight * scale[:, None, None, None], bias)
+    return norm(conv(hidden_states))
+
+
 def resolve_output_flags(config, kwargs: dict, attentions_need_eager: bool = True) -> tuple[bool, bool]:
     """A forward's ``output_hidden_states`` / ``output_attentions`` (transformers' ``TransformersKwargs``), the
     config's values where a call does not give them. Attention probabilities of the attention-interface layers exist

@@ -44,10 +44,13 @@ from .modeling_sdn import sdn_neck
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
+    batch_norm_scale_and_shift,
     check_batch_norm_batch,
     check_pixel_values,
+    convolve_and_normalize,
     decode_with_auxiliary_head,
     fcn_auxiliary_head,
+    folds_into_previous_layer,
     init_conv_kaiming,
     init_norm_and_linear,
     resolve_output_flags,
@@ -173,21 +176,6 @@ def context_windows(padded: torch.Tensor, ratio: int, num_windows: int, window_h
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def folds_into_previous_layer(norm: nn.Module) -> bool:
-    """Whether a BatchNorm is a fixed per-channel affine map to fold into the layer before it: a plain
-    ``nn.BatchNorm2d`` in eval mode with running statistics."""
-    return type(norm) is nn.BatchNorm2d and not norm.training and norm.running_mean is not None
-
-
-def batch_norm_scale_and_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``norm(x) = scale * x + shift`` per channel, from the running statistics: ``(C,)`` each."""
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    return scale, shift if norm.bias is None else shift + norm.bias
-
-
 class VWFormerConvModule(nn.Module):
     """Conv (no bias) -> BatchNorm -> optional ReLU: mmcv's ``ConvModule`` with a norm, as the original uses it."""
 
@@ -199,20 +187,11 @@ class VWFormerConvModule(nn.Module):
         self.activation = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def folds_batch_norm(self) -> bool:
-        """Whether the BatchNorm is folded into the convolution (:func:`folds_into_previous_layer`, a plain
-        ``nn.Conv2d``): at inference a convolution with a kernel scaled per output channel and a bias, and no pass
-        over the map for the norm."""
+        """Whether the BatchNorm is folded into the convolution (as :func:`convolve_and_normalize` folds it)."""
         return folds_into_previous_layer(self.batch_norm) and type(self.conv) is nn.Conv2d
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.folds_batch_norm():
-            scale, shift = batch_norm_scale_and_shift(self.batch_norm)
-            bias = shift if self.conv.bias is None else shift + scale * self.conv.bias
-            # (C_out,) -> (C_out, 1, 1, 1): each output channel's kernel scaled
-            return self.activation(
-                self.conv._conv_forward(hidden_states, self.conv.weight * scale[:, None, None, None], bias)
-            )
-        return self.normalize(self.conv(hidden_states))
+        return self.activation(convolve_and_normalize(self.conv, self.batch_norm, hidden_states))
 
     def normalize(self, convolved: torch.Tensor) -> torch.Tensor:
         """The BatchNorm and activation after a convolution by :meth:`input_kernels` (the norm's scale already in
