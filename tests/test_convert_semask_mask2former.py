@@ -91,8 +91,14 @@ def test_post_processed_probabilities_equal_the_original_sem_seg(converted):
         output, target_sizes=[(height, width)], image_sizes=[(height, width)], return_segmentation_scores=True
     )[0]
     assert result["segmentation_scores"].shape == expected["sem_seg"].shape
-    assert (result["segmentation_scores"] - expected["sem_seg"]).abs().max() < 1e-4
-    assert torch.equal(result["segmentation"], expected["sem_seg"].argmax(0))
+    tolerance = 1e-4
+    assert (result["segmentation_scores"] - expected["sem_seg"]).abs().max() < tolerance
+    # the labels are the original's wherever its decision is not a near tie: its best two classes more than twice the
+    # score tolerance apart (within it, a different summation order may swap them)
+    top_two = expected["sem_seg"].topk(2, dim=0).values
+    decided = top_two[0] - top_two[1] > 2 * tolerance
+    assert decided.float().mean() > 0.9  # 97% with the tiny random fixtures
+    assert torch.equal(result["segmentation"][decided], expected["sem_seg"].argmax(0)[decided])
 
 
 def test_intermediate_outputs_equal_the_original(converted):
