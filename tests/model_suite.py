@@ -170,6 +170,20 @@ def open_semantic_gates(model, value: float = 0.5) -> None:
                 parameter.fill_(value)
 
 
+def perturb_batch_norms(module) -> list:
+    """Moves the running statistics and affine parameters of every ``BatchNorm2d`` in ``module`` away from the
+    identity (from the global seed), so that folding a norm into the layer before it shows in the outputs. Returns the
+    norms."""
+    norms = [child for child in module.modules() if isinstance(child, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    return norms
+
+
 def perturb_sdn_fuse(model, scale: float = 0.05) -> None:
     """Moves the SDN neck's fuse convolutions off their identity start (seeded), so every neck parameter reaches the
     loss (at the identity start only ``fuse`` gets a gradient, as a zero-initialised residual branch)."""

@@ -30,6 +30,7 @@ from model_suite import (
     FOUR_STAGES,
     SegmentationModelSuite,
     open_semantic_gates,
+    perturb_batch_norms,
     perturb_sdn_fuse,
     tiny_semask_swin_kwargs,
 )
@@ -535,14 +536,8 @@ def test_inference_folds_the_head_batch_norms_into_the_convolutions(monkeypatch)
 
     torch.manual_seed(0)
     model = SeMaskSwinForSemanticSegmentation(tiny_config()).double().eval()
-    norms = [module for module in model.decode_head.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    norms = perturb_batch_norms(model.decode_head)
     assert len(norms) == 7  # one per conv module of the four scale heads: 1 + 1 + 2 + 3
-    with torch.no_grad():
-        for norm in norms:
-            norm.running_mean.normal_()
-            norm.running_var.uniform_(0.5, 2.0)
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.normal_()
     pixel_values = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     norm_calls = []
     model.decode_head.register_forward_pre_hook(lambda module, args: norm_calls.clear())

@@ -20,6 +20,7 @@ from hf_semseg.models.modeling_vwformer import (
 from model_suite import (
     FOUR_STAGES,
     SegmentationModelSuite,
+    perturb_batch_norms,
     perturb_sdn_fuse,
     tiny_label_kwargs,
     tiny_pale_kwargs,
@@ -397,14 +398,8 @@ def test_inference_folds_the_batch_norms_into_the_layers_before_them(monkeypatch
     config = tiny_vwformer_config(tiny_swin(), head_type=head_type, num_attention_heads=1)
     config._attn_implementation = "sdpa"
     head = VWFormerHead(config, [16, 32, 64, 128]).double().eval()
-    norms = [module for module in head.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    norms = perturb_batch_norms(head)
     assert len(norms) >= 8
-    with torch.no_grad():
-        for norm in norms:
-            norm.running_mean.normal_()
-            norm.running_var.uniform_(0.5, 2.0)
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.normal_()
     features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip((16, 32, 64, 128), (32, 16, 8, 4))]
     with torch.no_grad():
         folded = head(features)

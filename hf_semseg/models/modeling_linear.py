@@ -57,11 +57,11 @@ def onednn_linear(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch
     """``F.linear(hidden_states, weight, bias)``; where :func:`runs_on_onednn` (and not under autocast), as a oneDNN
     1x1 convolution of the tokens (see the module docstring). Autograd differentiates the convolution, which runs
     oneDNN's backward kernels too."""
+    operands = (hidden_states, weight) if bias is None else (hidden_states, weight, bias)
     if (
         hidden_states.numel() == 0
         or torch.is_autocast_enabled(hidden_states.device.type)
-        or not runs_on_onednn(hidden_states, weight)
-        or (bias is not None and bias.dtype != torch.float32)
+        or not runs_on_onednn(*operands)
     ):
         return F.linear(hidden_states, weight, bias)
     # (C_out, C_in) -> (C_out, C_in, 1, 1); the output (1, C_out, T, 1) is channels-last like the input

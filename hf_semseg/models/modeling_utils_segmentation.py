@@ -196,12 +196,16 @@ def folds_into_previous_layer(norm: nn.Module) -> bool:
     )
 
 
-def batch_norm_scale_and_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``norm(x) = scale * x + shift`` per channel, from the running statistics: ``(C,)`` each."""
+def batch_norm_scale_and_shift(
+    norm: nn.BatchNorm2d, preceding_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x + preceding_bias) = scale * x + shift`` per channel, from the running statistics: ``(C,)`` each (the
+    bias of the layer the norm folds into, if any, is taken into the shift)."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
-    shift = -norm.running_mean * scale
+    mean = norm.running_mean if preceding_bias is None else norm.running_mean - preceding_bias
+    shift = -mean * scale
     return scale, shift if norm.bias is None else shift + norm.bias
 
 
@@ -211,10 +215,9 @@ def convolve_and_normalize(conv: nn.Module, norm: nn.Module, hidden_states: torc
     output channel and whose bias is the norm's shift: no pass over the map for the norm (the same values up to
     float rounding). Quantised or adapted convolutions, and training, run the two layers."""
     if type(conv) is nn.Conv2d and folds_into_previous_layer(norm):
-        scale, shift = batch_norm_scale_and_shift(norm)
-        bias = shift if conv.bias is None else shift + scale * conv.bias
+        scale, shift = batch_norm_scale_and_shift(norm, conv.bias)
         # (C_out,) -> (C_out, 1, 1, 1): each output channel's kernel scaled
-        return conv._conv_forward(hidden_states, conv.weight * scale[:, None, None, None], bias)
+        return conv._conv_forward(hidden_states, conv.weight * scale[:, None, None, None], shift)
     return norm(conv(hidden_states))
 
 
