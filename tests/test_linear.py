@@ -1,6 +1,7 @@
-"""The dense layer of the model folder (``hf_semseg/models/modeling_linear.py``): ``F.linear`` run on the CPU in float32
-as a oneDNN 1x1 convolution, the same values and gradients, and ``F.linear`` wherever oneDNN would not compute in full
-float32."""
+"""The dense layer of the model folder (``hf_semseg/models/modeling_linear.py``): ``F.linear`` run on the CPU through
+oneDNN, at inference as its matmul primitive (float32, or bfloat16 under autocast / with bfloat16 operands), in
+training in float32 as a 1x1 convolution; the same values and gradients, and ``F.linear`` wherever oneDNN would not
+compute at the precision asked for, where a gradient is needed from the primitive, or while traced."""
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from hf_semseg.models.modeling_linear import (
     PLAIN_LINEAR_TYPES,
     OneDNNLinear,
+    inference_product_dtype,
     linear_backward,
     onednn_linear,
     runs_on_onednn,
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 
 @pytest.fixture
 def convolutions(monkeypatch):
-    """Counts the ``F.conv2d`` calls (the oneDNN path) while a test runs."""
+    """Counts the ``F.conv2d`` calls (the training path) while a test runs."""
     calls = []
     original = F.conv2d
 
@@ -31,6 +33,25 @@ def convolutions(monkeypatch):
 
     monkeypatch.setattr(F, "conv2d", counting)
     return calls
+
+
+@pytest.fixture
+def primitives(monkeypatch):
+    """Records the dtypes of the operands of oneDNN's matmul primitive (the inference path) on each call."""
+    calls = []
+    original = torch.ops.mkldnn._linear_pointwise
+
+    def counting(inputs, weight, bias, *args):
+        calls.append(tuple(None if operand is None else operand.dtype for operand in (inputs, weight, bias)))
+        return original(inputs, weight, bias, *args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counting)
+    return calls
+
+
+needs_bfloat16_kernels = pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bfloat16 kernels for this CPU"
+)
 
 
 def float64_linear(inputs, weight, bias):
@@ -64,61 +85,136 @@ def test_values_and_gradients_are_the_linear_layers(convolutions, shape, with_bi
         torch.testing.assert_close(bias.grad.double(), grad_rows.sum(0), rtol=1e-6, atol=1e-5)
 
 
-def test_a_hand_computed_product():
-    inputs = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+@pytest.mark.parametrize(
+    "shape", [(7, 5), (2, 3, 4, 5), (1, 200, 5)], ids=["tokens", "windows (B, nW, N, C)", "one image"]
+)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_inference_runs_the_matmul_primitive(convolutions, primitives, shape, with_bias):
+    generator = torch.Generator().manual_seed(2)
+    inputs = torch.randn(shape, generator=generator)
+    weight = torch.randn(6, shape[-1], generator=generator, requires_grad=True)  # a parameter, under no_grad
+    bias = torch.randn(6, generator=generator, requires_grad=True) if with_bias else None
+    with torch.no_grad():
+        output = onednn_linear(inputs, weight, bias)
+    assert primitives == [(torch.float32, torch.float32, torch.float32 if with_bias else None)]
+    assert convolutions == []
+    assert output.shape == (*shape[:-1], 6) and output.is_contiguous() and not output.requires_grad
+    expected = float64_linear(inputs, weight.detach(), None if bias is None else bias.detach())
+    torch.testing.assert_close(output.double(), expected, rtol=1e-6, atol=1e-5)
+
+
+@needs_bfloat16_kernels
+@pytest.mark.parametrize("case", ["autocast", "bfloat16 operands"])
+def test_bfloat16_inference_runs_the_matmul_primitive_in_bfloat16(convolutions, primitives, case):
+    generator = torch.Generator().manual_seed(3)
+    inputs, weight, bias = (torch.randn(shape, generator=generator) for shape in ((2, 9, 16), (8, 16), (8,)))
+    with torch.no_grad():
+        if case == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                output, expected = onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias)
+        else:
+            operands = (inputs.bfloat16(), weight.bfloat16(), bias.bfloat16())
+            output, expected = onednn_linear(*operands), F.linear(*operands)
+    # the float32 operands cast as autocast casts them
+    assert primitives == [(torch.bfloat16,) * 3] and convolutions == []
+    assert output.dtype == torch.bfloat16 and output.shape == (2, 9, 8)
+    # the same bfloat16 operands and float32 accumulation as autocast's F.linear: within a bfloat16 rounding of it
+    torch.testing.assert_close(output.float(), expected.float(), rtol=2**-7, atol=1e-2)
+    exact = float64_linear(inputs.bfloat16().float(), weight.bfloat16().float(), bias.bfloat16().float())
+    torch.testing.assert_close(output.double(), exact, rtol=2**-7, atol=1e-2)
+
+
+@pytest.mark.parametrize("requires_grad", [True, False], ids=["training", "inference"])
+def test_a_hand_computed_product(requires_grad):
+    inputs = torch.tensor([[1.0, 2.0], [3.0, -1.0]], requires_grad=requires_grad)
     weight = torch.tensor([[1.0, 0.0], [2.0, 1.0], [-1.0, 4.0]])
     bias = torch.tensor([0.5, 0.0, -2.0])
     expected = torch.tensor([[1.5, 4.0, 5.0], [3.5, 5.0, -9.0]])
-    assert torch.equal(onednn_linear(inputs, weight, bias), expected)
+    assert torch.equal(onednn_linear(inputs, weight, bias).detach(), expected)
 
 
-def test_a_non_contiguous_input(convolutions):
+@pytest.mark.parametrize("requires_grad", [True, False], ids=["training", "inference"])
+def test_a_non_contiguous_input(convolutions, primitives, requires_grad):
     inputs = torch.randn(4, 6, 5).transpose(0, 1)  # (6, 4, 5), not contiguous
-    weight, bias = torch.randn(3, 5), torch.randn(3)
+    weight, bias = torch.randn(3, 5, requires_grad=requires_grad), torch.randn(3)
     torch.testing.assert_close(onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias))
-    assert len(convolutions) == 1
+    assert (len(convolutions), len(primitives)) == ((1, 0) if requires_grad else (0, 1))
+
+
+def test_the_torchscript_tracer_records_the_linear_layer(primitives):
+    with torch.no_grad():
+        traced = torch.jit.trace(OneDNNLinear(5, 3), torch.randn(4, 5), check_trace=False)
+    assert primitives == []
+    assert [node.kind() for node in traced.graph.nodes() if node.kind().startswith("aten::")] == ["aten::linear"]
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")
-@pytest.mark.parametrize("case", ["float64", "bfloat16 autocast", "medium matmul precision", "oneDNN off", "empty"])
-def test_falls_back_to_the_linear_layer(convolutions, case):
-    inputs, weight, bias = torch.randn(3, 4, 5), torch.randn(2, 5), torch.randn(2)
+@pytest.mark.parametrize(
+    "case",
+    [
+        "float64",
+        "bfloat16 autocast, training",
+        "float16 autocast",
+        "medium matmul precision",
+        "oneDNN off",
+        "empty",
+        "traced",
+    ],
+)
+@pytest.mark.parametrize("requires_grad", [True, False], ids=["training", "inference"])
+def test_falls_back_to_the_linear_layer(convolutions, primitives, case, requires_grad):
+    inputs, weight, bias = torch.randn(3, 4, 5), torch.randn(2, 5, requires_grad=requires_grad), torch.randn(2)
     if case == "float64":
         inputs, weight, bias = inputs.double(), weight.double(), bias.double()
     if case == "empty":
         inputs = inputs[:0]
-    if case == "bfloat16 autocast":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    if case.startswith("bfloat16 autocast") or case == "float16 autocast":
+        if case.startswith("bfloat16") and not requires_grad:
+            pytest.skip("bfloat16 autocast at inference runs the primitive (tested above)")
+        dtype = torch.float16 if case == "float16 autocast" else torch.bfloat16
+        with torch.autocast("cpu", dtype=dtype):
             output, expected = onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias)
-        assert output.dtype == torch.bfloat16
+        assert output.dtype == dtype
+    elif case == "traced":
+        monkeypatch = pytest.MonkeyPatch()
+        with monkeypatch.context() as patched:
+            patched.setattr(torch.jit, "is_tracing", lambda: True)
+            assert not runs_on_onednn(inputs, weight) and inference_product_dtype(inputs, weight) is None
+            output, expected = onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias)
     elif case == "medium matmul precision":
         previous = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("medium")
         try:
-            assert not runs_on_onednn(inputs, weight)
+            assert not runs_on_onednn(inputs, weight) and inference_product_dtype(inputs, weight) is None
             output, expected = onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias)
         finally:
             torch.set_float32_matmul_precision(previous)
     elif case == "oneDNN off":
         with torch.backends.mkldnn.flags(enabled=False):
-            assert not runs_on_onednn(inputs, weight)
+            assert not runs_on_onednn(inputs, weight) and inference_product_dtype(inputs, weight) is None
             output, expected = onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias)
     else:
         output, expected = onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias)
-    assert convolutions == []
+    assert convolutions == [] and primitives == []
     assert torch.equal(output, expected)
 
 
-def test_bfloat16_oneDNN_convolutions_keep_the_linear_layer():
-    """A user who lets oneDNN convolutions compute float32 in bfloat16 still gets full-precision dense layers."""
+@pytest.mark.parametrize("backend", ["conv", "matmul"])
+def test_bfloat16_oneDNN_products_keep_the_linear_layer(backend):
+    """A user who lets oneDNN convolutions or matmuls compute float32 in bfloat16 still gets full-precision dense
+    layers: a path that would compute through them is not taken (the training path's convolution stands in for a
+    matmul, so it needs both)."""
     inputs, weight = torch.randn(3, 5), torch.randn(2, 5)
-    assert runs_on_onednn(inputs, weight)
-    previous = torch.backends.mkldnn.conv.fp32_precision
-    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    assert runs_on_onednn(inputs, weight) and inference_product_dtype(inputs, weight) == torch.float32
+    settings = getattr(torch.backends.mkldnn, backend)
+    previous = settings.fp32_precision
+    settings.fp32_precision = "bf16"
     try:
-        assert not runs_on_onednn(inputs, weight)
+        assert not runs_on_onednn(inputs, weight)  # the training path needs both at full precision
+        expected_dtype = torch.float32 if backend == "conv" else None
+        assert inference_product_dtype(inputs, weight) == expected_dtype
     finally:
-        torch.backends.mkldnn.conv.fp32_precision = previous
+        settings.fp32_precision = previous
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])

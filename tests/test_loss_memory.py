@@ -351,3 +351,27 @@ def test_window_attention_recomputation_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(parameter.grad, reference_parameter.grad, rtol=1e-9, atol=1e-12, msg=parameter_name)
         checked += "relative_position_bias_table" in parameter_name and reference_parameter.grad.abs().max() > 0
     assert checked == len(attentions)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "graph"])
+def test_mlp_inference_runs_the_gelu_in_place(grad):
+    """At inference the MLP's GELU overwrites ``fc1``'s output (no second ``mlp_ratio * C`` map is allocated); where a
+    graph is built it runs out of place. The output is the plain layers' either way."""
+    from hf_semseg import SeMaskSwinConfig
+    from hf_semseg.models.modeling_utils_segmentation import TransformerMLP
+
+    from model_suite import tiny_semask_swin_kwargs
+
+    torch.manual_seed(0)
+    mlp = TransformerMLP(SeMaskSwinConfig(**tiny_semask_swin_kwargs()), 8).double().eval()
+    hidden_states = torch.randn(2, 5, 8, dtype=torch.float64)
+    fc1_outputs = []
+    mlp.fc1.register_forward_hook(lambda module, inputs, output: fc1_outputs.append(output))
+    with torch.set_grad_enabled(grad):
+        output = mlp(hidden_states)
+    with torch.no_grad():
+        pre_activation = F.linear(hidden_states, mlp.fc1.weight, mlp.fc1.bias)
+        expected = F.linear(F.gelu(pre_activation), mlp.fc2.weight, mlp.fc2.bias)
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    # what fc1 returned now holds the GELU's output (in place) or still its own (out of place)
+    torch.testing.assert_close(fc1_outputs[0], pre_activation if grad else F.gelu(pre_activation), rtol=0, atol=1e-12)

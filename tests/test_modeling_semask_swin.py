@@ -17,10 +17,12 @@ from hf_semseg import (
 from hf_semseg.models.modeling_semask_swin import (
     SeMaskSwinBlock,
     SeMaskSwinPatchMerging,
+    SeMaskSwinSemanticAttention,
     SeMaskSwinSemanticLayer,
     ohem_pixel_weights,
     semantic_decoder,
     shifted_window_mask,
+    window_attention_mask,
     window_partition,
     window_reverse,
 )
@@ -191,6 +193,92 @@ def test_semantic_layer_equals_window_by_window_reference(attention_type, size):
         ref_prior, ref_tokens = naive_semantic_layer(layer, x)
     torch.testing.assert_close(prior, ref_prior, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tokens, ref_tokens, atol=1e-5, rtol=1e-5)
+
+
+def many_classes_config(classes: int) -> SeMaskSwinConfig:
+    """:func:`tiny_config` with ``classes`` labels."""
+    id2label = {index: f"class {index}" for index in range(classes)}
+    return tiny_config(id2label=id2label, label2id={label: index for index, label in id2label.items()})
+
+
+@pytest.mark.parametrize("classes", [24, 4], ids=["K > C: both pairs fold", "K < C: value and output fold"])
+@pytest.mark.parametrize("attention_type", ["window", "global"])
+def test_semantic_attention_inference_folds_its_projections(monkeypatch, classes, attention_type):
+    """At inference the Semantic Attention scores with queries ``(Wk^T Wq) y + Wk^T bq`` against the tokens themselves
+    where K > C, and projects ``A y`` by ``Wo Wv`` (bias ``Wo bv + bo``): the same prior, tokens and probabilities as
+    the four projections (float64), with the hand-counted MACs fewer; a training step runs the four projections."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    channels = 16
+    layer = SeMaskSwinSemanticLayer(many_classes_config(classes), channels, 1, attention_type).double().eval()
+    open_semantic_gates(layer, 0.7)
+    with torch.no_grad():  # biases away from 0, so that each term of the folding shows
+        for name, parameter in layer.named_parameters():
+            if name.endswith("proj.bias"):
+                parameter.normal_()
+    x = torch.randn(2, 7, 5, channels, dtype=torch.float64)
+    # windows of 3 on the 9 x 6 padded map: 6 per image of 9 tokens; globally one window of 35 tokens per image
+    windows, tokens = (12, 9) if attention_type == "window" else (2, 35)
+
+    def outputs_and_macs():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            outputs = layer(x)
+        return outputs, counter.get_total_flops() // 2
+
+    (prior, updated, (probabilities,)), folded_macs = outputs_and_macs()
+    monkeypatch.setattr(SeMaskSwinSemanticAttention, "folded_projections", lambda self, tokens: (False, False))
+    (plain_prior, plain_updated, (plain_probabilities,)), macs = outputs_and_macs()
+    assert (updated - x).abs().max() > 0.1  # the gate is open: the update shows
+    for ours, plain in ((prior, plain_prior), (updated, plain_updated), (probabilities, plain_probabilities)):
+        torch.testing.assert_close(ours, plain, rtol=1e-10, atol=1e-10)
+    # the value/output pair: one C x C projection of every token less, for the C x C x C weight product
+    saved = windows * tokens * channels * channels - channels**3
+    if classes > channels:  # the query/key pair: C x C queries and C-channel scores instead of C x K keys and K-channel
+        saved += windows * tokens * (channels + tokens) * (classes - channels) - channels * classes * channels
+    assert macs - folded_macs == saved
+
+    monkeypatch.undo()
+    layer.train()
+    layer(x)[1].pow(2).sum().backward()
+    attention = layer.attentions[0]
+    for projection in (attention.class_query_proj, attention.class_key_proj, attention.value_proj, attention.out_proj):
+        assert projection.weight.grad is not None and projection.weight.grad.abs().max() > 0
+
+
+def test_the_value_and_output_projections_stay_apart_for_fewer_tokens_than_channels():
+    """Folding ``Wo Wv`` costs a ``C^3`` product: with fewer tokens than channels the two projections are cheaper."""
+    attention = SeMaskSwinSemanticAttention(many_classes_config(24), 16)
+    with torch.no_grad():
+        assert attention.folded_projections(torch.zeros(1, 16, 16)) == (True, False)
+        assert attention.folded_projections(torch.zeros(1, 17, 16)) == (True, True)
+        assert attention.folded_projections(torch.zeros(2, 9, 16)) == (True, True)
+    assert attention.folded_projections(torch.zeros(2, 9, 16)) == (False, False)  # grad mode: a training step
+
+
+def test_semantic_attention_keeps_the_tokens_dtype_under_autocast():
+    """Under bfloat16 autocast the update is added to the bfloat16 tokens in float32 and rounded (not a float32 map
+    the next LayerNorm and patch merging would run in), in training as at inference."""
+    attention = SeMaskSwinSemanticAttention(many_classes_config(24), 16)
+    open_semantic_gates(attention, 0.7)
+    tokens = torch.randn(3, 9, 16).bfloat16()
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            prior, updated, _ = attention(tokens)
+        assert updated.dtype == torch.bfloat16 and prior.dtype == torch.bfloat16
+
+
+def test_window_attention_mask_in_the_compute_dtype():
+    """The relative position bias plus the shift mask, made once in the dtype asked for; a single image's mask is
+    not repeated, two images' are, image-major like the windows."""
+    bias = torch.tensor([[[0.25, -0.5], [1.0, 0.0]]])  # (heads 1, N 2, N 2)
+    shift_mask = torch.tensor([[[0.0, -100.0], [-100.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])  # (nW 2, N, N)
+    mask = window_attention_mask(bias, shift_mask, windows=2, dtype=torch.bfloat16)
+    assert mask.dtype == torch.bfloat16 and mask.shape == (2, 1, 2, 2)
+    expected = torch.tensor([[[[0.25, -100.5], [-99.0, 0.0]]], [[[0.25, -0.5], [1.0, 0.0]]]])
+    assert torch.equal(mask.float(), expected.bfloat16().float())
+    assert torch.equal(window_attention_mask(bias, shift_mask, windows=4), torch.cat([expected, expected]))
+    assert torch.equal(window_attention_mask(bias, None, windows=4, dtype=torch.bfloat16), bias[None].bfloat16())
 
 
 def test_patch_merging_order_and_odd_padding():

@@ -1,19 +1,28 @@
-"""The dense layer every family's token MLPs, projections and heads use: ``nn.Linear``, run on the CPU in float32 as a
-1x1 convolution through oneDNN.
+"""The dense layer every family's token MLPs, projections and heads use: ``nn.Linear``, run on the CPU through oneDNN.
 
 Why: PyTorch runs a float32 ``nn.Linear`` on the CPU as a BLAS ``sgemm`` (MKL in the official wheels), and MKL picks
 its AVX2 kernels on AMD processors: on the 2-core AMD EPYC (Zen 5) we benchmark on, a 2048^2 matmul reaches about
-190 GFLOP/s, while oneDNN's 1x1 convolution of the same product, with the tokens laid out channels-last, reaches
-350-450 GFLOP/s (AVX-512); the projections of Swin-T's blocks at 512x512 ran 1.6-2.4x faster (forward) and 1.4-2x
-(training step). The values are the same product with another summation order (relative differences of 1e-7 to
-1e-6, like any change of BLAS kernel); no layout changes hands: the ``(..., C)`` tokens are viewed as a ``(1, C, T, 1)``
-channels-last map and the output comes back as ``(..., C_out)`` views of the convolution's.
+190 GFLOP/s, while oneDNN's products of the same operands reach 350-450 GFLOP/s (AVX-512). Two oneDNN routes:
 
-It runs only where oneDNN computes in full float32: the CPU, float32 inputs and weights, no autocast (autocast runs
-``F.linear`` in bfloat16 through oneDNN already), the float32 precision of both matmuls and oneDNN convolutions left
-at full precision (a user who allows bfloat16 or TF32 inside float32 matmuls gets ``F.linear`` as asked), and not
-while traced by torch.compile / torch.export (a traced ``F.linear`` is what inductor fuses and ONNX exports as a
-``MatMul``). Elsewhere it is ``F.linear``.
+* **Inference** (no operand needs a gradient): oneDNN's matmul primitive, ``mkldnn::_linear_pointwise`` (the op
+  inductor lowers a CPU linear layer to), in float32, or in bfloat16 under CPU autocast to bfloat16 (the operands
+  cast as autocast casts them) or with bfloat16 operands. The bias is added inside the primitive; ``F.linear``'s
+  ``addmm`` first copies the broadcast bias into the output. Swin-T's projections at 512x512 ran 2-3.7x faster than
+  ``F.linear`` in float32 and 1.1-1.4x in bfloat16 (autocast's ``F.linear``, which runs oneDNN's bfloat16 matmul as
+  ``addmm``).
+* **Training** (the primitive has no autograd formula): in float32, a 1x1 convolution of the tokens laid out
+  channels-last; autograd differentiates it with oneDNN's convolution backward. The projections of Swin-T's blocks
+  ran 1.4-2x faster in a training step. Under autocast, ``F.linear``.
+
+The values are the same product with another summation order (relative differences of 1e-7 to 1e-6 in float32, like
+any change of BLAS kernel); no layout changes hands: the ``(..., C)`` tokens go in as they are (the convolution views
+them as a ``(1, C, T, 1)`` channels-last map) and the output comes back as ``(..., C_out)``.
+
+It runs only where oneDNN computes at the precision asked for: the CPU, float32 operands with the float32 precision
+of matmuls and of oneDNN's matmuls / convolutions left at full precision (a user who allows bfloat16 or TF32 inside
+float32 matmuls gets ``F.linear`` as asked), bfloat16 only where oneDNN has bfloat16 kernels for this CPU, and not
+while traced by torch.compile / torch.export / the TorchScript tracer (a traced ``F.linear`` is what inductor fuses
+and ONNX exports as a ``MatMul``). Elsewhere it is ``F.linear``.
 
 Portable module: imports torch only.
 """
@@ -23,21 +32,59 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def onednn_runs(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
+    """Whether oneDNN may compute on ``tensors``: all on the CPU and of one of ``dtypes``, oneDNN available and
+    enabled, not traced (torch.compile / torch.export / the TorchScript tracer)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if not all(tensor.device.type == "cpu" and tensor.dtype in dtypes for tensor in tensors):
+        return False
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def full_float32_precision(*onednn_backends) -> bool:
+    """Whether ``onednn_backends`` (``torch.backends.mkldnn.matmul`` / ``.conv``) compute float32 in full precision:
+    no bfloat16 or TF32 inside float32 products allowed by the user, through the backend's own setting or, where it
+    is ``"none"``, oneDNN's, then PyTorch's (``torch.set_float32_matmul_precision`` sets oneDNN's matmul one)."""
+    for backend in onednn_backends:
+        precision = backend.fp32_precision
+        if precision == "none":  # "none": the oneDNN-wide setting applies, then the global one
+            precision = torch.backends.mkldnn.fp32_precision
+        if precision == "none":
+            precision = torch.backends.fp32_precision
+        if precision not in ("none", "ieee"):
+            return False
+    return True
+
+
 def runs_on_onednn(*tensors: torch.Tensor) -> bool:
     """Whether a dense layer over ``tensors`` (its input or output gradient, weight, ...) runs as a oneDNN 1x1
-    convolution: all on the CPU in float32, full-precision float32 matmuls and oneDNN convolutions, not traced."""
-    if torch.compiler.is_compiling():
-        return False
-    if not all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors):
-        return False
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        return False
-    if torch.get_float32_matmul_precision() != "highest":
-        return False
-    convolution_precision = torch.backends.mkldnn.conv.fp32_precision
-    if convolution_precision == "none":  # "none": the oneDNN-wide setting applies
-        convolution_precision = torch.backends.mkldnn.fp32_precision
-    return convolution_precision in ("none", "ieee")
+    convolution (the training path): all on the CPU in float32, full-precision float32 matmuls and oneDNN
+    convolutions, not traced."""
+    mkldnn = torch.backends.mkldnn
+    return onednn_runs(*tensors) and full_float32_precision(mkldnn.matmul, mkldnn.conv)
+
+
+def inference_product_dtype(*operands: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which a dense layer over ``operands`` (input, weight[, bias]) runs as oneDNN's matmul primitive,
+    or None where it does not: no operand needing a gradient (the primitive has no autograd formula); under CPU
+    autocast to bfloat16 on float32 / bfloat16 operands, or on bfloat16 operands without autocast, bfloat16 where
+    oneDNN has bfloat16 kernels for this CPU; float32 operands without autocast at full float32 precision."""
+    if torch.is_grad_enabled() and any(operand.requires_grad for operand in operands):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+            return None
+        dtype, dtypes = torch.bfloat16, (torch.float32, torch.bfloat16)  # autocast casts float32 operands
+    else:
+        dtype = operands[0].dtype
+        dtypes = (dtype,)
+    if dtype == torch.bfloat16:
+        supported = onednn_runs(*operands, dtypes=dtypes) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return dtype if supported else None
+    if dtype == torch.float32 and onednn_runs(*operands):
+        return dtype if full_float32_precision(torch.backends.mkldnn.matmul) else None
+    return None
 
 
 def tokens_as_channels_last_map(tokens: torch.Tensor) -> torch.Tensor:
@@ -54,9 +101,26 @@ def channels_last_map_as_tokens(channels_last: torch.Tensor, leading_shape: torc
 
 
 def onednn_linear(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(hidden_states, weight, bias)``; where :func:`runs_on_onednn` (and not under autocast), as a oneDNN
-    1x1 convolution of the tokens (see the module docstring). Autograd differentiates the convolution, which runs
-    oneDNN's backward kernels too."""
+    """``F.linear(hidden_states, weight, bias)`` through oneDNN (see the module docstring): at inference, where
+    :func:`inference_product_dtype` gives a dtype, oneDNN's matmul primitive in that dtype; elsewhere
+    :func:`training_linear`."""
+    operands = (hidden_states, weight) if bias is None else (hidden_states, weight, bias)
+    dtype = None if hidden_states.numel() == 0 else inference_product_dtype(*operands)
+    if dtype is None:
+        return training_linear(hidden_states, weight, bias)
+    cast = (operand.to(dtype) for operand in operands)  # a no-op for operands already in dtype
+    hidden_states, weight, bias = (*cast, None) if bias is None else tuple(cast)
+    return torch.ops.mkldnn._linear_pointwise(hidden_states, weight, bias, "none", [], "")
+
+
+def training_linear(
+    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`onednn_linear`'s training path: where :func:`runs_on_onednn` (and not under autocast), a oneDNN 1x1
+    convolution of the tokens, which autograd differentiates with oneDNN's backward kernels; elsewhere
+    ``F.linear``. The memory-saving autograd functions run their forward's dense layer with it: grad mode is off
+    inside them, but they are part of a training step and compute what the plain layers of that step compute, bit for
+    bit."""
     operands = (hidden_states, weight) if bias is None else (hidden_states, weight, bias)
     if (
         hidden_states.numel() == 0

@@ -20,7 +20,7 @@ from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 from transformers.utils import logging
 
 from .modeling_any_precision import AnyPrecisionMixin
-from .modeling_linear import PLAIN_LINEAR_TYPES, OneDNNLinear, linear_backward, onednn_linear
+from .modeling_linear import PLAIN_LINEAR_TYPES, OneDNNLinear, linear_backward, training_linear
 from .modeling_sdn import SDNLevel, SDNNeck, init_sdn_weights
 
 
@@ -75,7 +75,7 @@ class GeluLinearFunction(torch.autograd.Function):
     def forward(ctx, hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(hidden_states, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return onednn_linear(F.gelu(hidden_states), weight, bias)
+        return training_linear(F.gelu(hidden_states), weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -102,7 +102,7 @@ class LayerNormLinearFunction(torch.autograd.Function):
         normalized, mean, rstd = torch.native_layer_norm(hidden_states, normalized_shape, norm_weight, norm_bias, eps)
         ctx.save_for_backward(hidden_states, mean, rstd, norm_weight, norm_bias, weight)
         ctx.eps, ctx.has_bias = eps, bias is not None
-        return onednn_linear(normalized, weight, bias)
+        return training_linear(normalized, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -179,8 +179,46 @@ class TransformerMLP(nn.Module):
             hidden_states = layer_norm_linear(norm, self.fc1, hidden_states)
         if self.recomputes_gelu():
             return GeluLinearFunction.apply(hidden_states, self.fc2.weight, self.fc2.bias)
+        if self.exact_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad):
+            # inference: the GELU overwrites fc1's output, a fresh map nothing else holds; a second mlp_ratio * C map
+            # is a fresh allocation (and its page faults) per block, 12.6 MB in bf16 in Swin-T's first stage at 512
+            hidden_states = self.dropout(torch.ops.aten.gelu_(hidden_states))
+            return self.dropout(self.fc2(hidden_states))
         hidden_states = self.dropout(self.activation(hidden_states))
         return self.dropout(self.fc2(hidden_states))
+
+
+def folds_attention_projections(*layers: nn.Module) -> bool:
+    """Whether a single-head attention with these dense layers may run with :func:`folded_query_projection` and
+    :func:`folded_output_projection`: inference (no graph: in training every weight keeps the gradient the original
+    gives it, and no parameter goes unused under DDP) and plain dense layers (not quantised or adapted ones with
+    forwards of their own)."""
+    return not torch.is_grad_enabled() and all(type(layer) in PLAIN_LINEAR_TYPES for layer in layers)
+
+
+def folded_query_projection(query_proj: nn.Linear, key_proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of the queries that attend to the context tokens themselves in a single-head attention.
+
+    With ``q = Wq x + bq``, ``k_j = Wk c_j + bk``: ``q . k_j = (Wk^T q) . c_j + q . bk``, and the last term, the same
+    for every key, cancels in the softmax; so queries ``(Wk^T Wq) x + Wk^T bq`` attend to the context tokens (any
+    scaling applies as before). One weight product, in the weights' dtype also under autocast."""
+    with torch.autocast(device_type=query_proj.weight.device.type, enabled=False):
+        weight = key_proj.weight.t() @ query_proj.weight  # (C_in, C_in): Wk^T Wq
+        bias = None if query_proj.bias is None else key_proj.weight.t() @ query_proj.bias
+    return weight, bias
+
+
+def folded_output_projection(value_proj: nn.Linear, output_proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of the one dense layer after a single-head attention over the context tokens themselves.
+
+    The probabilities ``P`` sum to 1 over the keys, so ``Wo P (Wv c + bv) + bo = (Wo Wv) (P c) + Wo bv + bo``. One
+    weight product, in the weights' dtype also under autocast."""
+    with torch.autocast(device_type=value_proj.weight.device.type, enabled=False):
+        weight = output_proj.weight @ value_proj.weight  # (C_out, C_in): Wo Wv
+        bias = None if value_proj.bias is None else output_proj.weight @ value_proj.bias
+        if output_proj.bias is not None:
+            bias = output_proj.bias if bias is None else bias + output_proj.bias
+    return weight, bias
 
 
 def folds_into_previous_layer(norm: nn.Module) -> bool:

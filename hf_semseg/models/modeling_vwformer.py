@@ -38,7 +38,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vwformer import VWFormerConfig
-from .modeling_linear import PLAIN_LINEAR_TYPES, OneDNNLinear, onednn_linear
+from .modeling_linear import OneDNNLinear, onednn_linear
 from .modeling_pale import PaleBackbone
 from .modeling_sdn import sdn_neck
 from .modeling_semask_swin import SeMaskSwinBackbone
@@ -50,6 +50,9 @@ from .modeling_utils_segmentation import (
     convolve_and_normalize,
     decode_with_auxiliary_head,
     fcn_auxiliary_head,
+    folded_output_projection,
+    folded_query_projection,
+    folds_attention_projections,
     folds_into_previous_layer,
     init_conv_kaiming,
     init_norm_and_linear,
@@ -271,38 +274,20 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
         return context_windows(context, ratio, self.num_windows, window_height, window_width)
 
     def folds_projections(self) -> bool:
-        """Whether the forward runs with :meth:`folded_projections`: inference (no graph: in training every weight
-        keeps the gradient the original gives it, and no parameter goes unused under DDP), a single head and plain
-        dense layers (not quantised or adapted ones with forwards of their own)."""
+        """Whether the forward runs with :meth:`folded_projections`: a single head and
+        :func:`folds_attention_projections` (inference, plain dense layers)."""
         layers = (self.query_proj, self.key_proj, self.value_proj, self.output_proj)
-        return (
-            not torch.is_grad_enabled()
-            and self.num_heads == 1
-            and all(type(layer) in PLAIN_LINEAR_TYPES for layer in layers)
-        )
+        return self.num_heads == 1 and folds_attention_projections(*layers)
 
     def folded_projections(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """The single-head attention with two dense layers instead of four: ``(query weight, query bias, output
-        weight, output bias)``.
-
-        With ``q = Wq x + bq``, ``k_j = Wk c_j + bk``: ``q . k_j = (Wk^T q) . c_j + q . bk``, and the last term, the
-        same for every key, cancels in the softmax; so queries ``(Wk^T Wq) x + Wk^T bq`` attend to the context
-        tokens themselves. The probabilities ``P`` sum to 1 over the keys, so ``Wo P (Wv c + bv) + bo = (Wo Wv) (P c)
-        + Wo bv + bo``: the values are the context tokens and one dense layer follows. The same function, for two
-        projections of ``B*h*w`` tokens less (3.1 GMACs per branch of the Swin-B ADE20K head at 640x640) and two
-        ``C x C`` weight products (0.13 GMACs each). The products are computed in the weights' dtype, also under
-        autocast."""
-        query_proj, key_proj, value_proj, output_proj = (
-            self.query_proj, self.key_proj, self.value_proj, self.output_proj
-        )  # fmt: skip
-        with torch.autocast(device_type=query_proj.weight.device.type, enabled=False):
-            query_weight = key_proj.weight.t() @ query_proj.weight  # (C, C): Wk^T Wq
-            query_bias = None if query_proj.bias is None else key_proj.weight.t() @ query_proj.bias
-            output_weight = output_proj.weight @ value_proj.weight  # (C, C): Wo Wv
-            output_bias = None if value_proj.bias is None else output_proj.weight @ value_proj.bias
-            if output_proj.bias is not None:
-                output_bias = output_proj.bias if output_bias is None else output_bias + output_proj.bias
-        return query_weight, query_bias, output_weight, output_bias
+        weight, output bias)`` (:func:`folded_query_projection`, :func:`folded_output_projection`): two projections
+        of ``B*h*w`` tokens less (3.1 GMACs per branch of the Swin-B ADE20K head at 640x640) for two ``C x C``
+        weight products (0.13 GMACs each)."""
+        return (
+            *folded_query_projection(self.query_proj, self.key_proj),
+            *folded_output_projection(self.value_proj, self.output_proj),
+        )
 
     def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
         """``fused``: ``(B, C, h, w)``, ``h`` and ``w`` multiples of the window grid; ``query_tokens``: the same map as
