@@ -380,19 +380,25 @@ def _cpu_sdpa_backward_flops(grad_output, query, key, value, *args, out_shape=No
     return sdpa_backward_flop_count(grad_output, query, key, value)
 
 
+def _onednn_linear_flops(inputs_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    # FlopCounterMode passes shapes: (..., C_in) tokens times the (C_out, C_in) weight, 2 FLOPs per multiply-add
+    return 2 * inputs_shape.numel() * weight_shape[0]
+
+
 def flop_counter():
     """``FlopCounterMode`` that also counts the CPU's fused attention kernel (torch's own table has the CUDA kernels
-    only, so SDPA on the CPU counted as zero FLOPs)."""
+    only, so SDPA on the CPU counted as zero FLOPs) and oneDNN's matmul primitive, which the package's dense layers
+    run at inference on the CPU (``hf_semseg/models/modeling_linear.py``; torch's table does not know it either)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
-    return FlopCounterMode(
-        display=False,
-        custom_mapping={
-            aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
-        },
-    )
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    }
+    if torch.backends.mkldnn.is_available():
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def count_gmacs(model: torch.nn.Module, inputs) -> float:

@@ -8,7 +8,7 @@ its AVX2 kernels on AMD processors: on the 2-core AMD EPYC (Zen 5) we benchmark 
   inductor lowers a CPU linear layer to), in float32, or in bfloat16 under CPU autocast to bfloat16 (the operands
   cast as autocast casts them) or with bfloat16 operands. The bias is added inside the primitive; ``F.linear``'s
   ``addmm`` first copies the broadcast bias into the output. Swin-T's projections at 512x512 ran 2-3.7x faster than
-  ``F.linear`` in float32 and 1.1-1.4x in bfloat16 (autocast's ``F.linear``, which runs oneDNN's bfloat16 matmul as
+  ``F.linear`` in float32 and 1.0-1.4x in bfloat16 (autocast's ``F.linear``, which runs oneDNN's bfloat16 matmul as
   ``addmm``).
 * **Training** (the primitive has no autograd formula): in float32, a 1x1 convolution of the tokens laid out
   channels-last; autograd differentiates it with oneDNN's convolution backward. The projections of Swin-T's blocks
