@@ -385,10 +385,11 @@ def _onednn_linear_flops(inputs_shape, weight_shape, *args, out_shape=None, **kw
     return 2 * inputs_shape.numel() * weight_shape[0]
 
 
-def flop_counter():
+def flop_counter(custom_mapping: Mapping | None = None):
     """``FlopCounterMode`` that also counts the CPU's fused attention kernel (torch's own table has the CUDA kernels
     only, so SDPA on the CPU counted as zero FLOPs) and oneDNN's matmul primitive, which the package's dense layers
-    run at inference on the CPU (``hf_semseg/models/modeling_linear.py``; torch's table does not know it either)."""
+    run at inference on the CPU (``hf_semseg/models/modeling_linear.py``; torch's table does not know it either);
+    ``custom_mapping``: formulas of further operators."""
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
@@ -398,7 +399,7 @@ def flop_counter():
     }
     if torch.backends.mkldnn.is_available():
         mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
-    return FlopCounterMode(display=False, custom_mapping=mapping)
+    return FlopCounterMode(display=False, custom_mapping={**mapping, **(custom_mapping or {})})
 
 
 def count_gmacs(model: torch.nn.Module, inputs) -> float:
@@ -1192,12 +1193,10 @@ def count_macs_with_analytic(
     counted_parts: Mapping[str, str] | None = None,
 ) -> dict:
     """GMACs of one ``model(inputs)`` under ``torch.no_grad()``: ``gmacs_flop_counter``, the count of
-    ``FlopCounterMode`` (MACs = FLOPs / 2; ``custom_mapping``: formulas of operators it has none for); per
+    :func:`flop_counter` (MACs = FLOPs / 2; ``custom_mapping``: formulas of further operators); per
     ``counted_parts`` entry ``part: substring``, ``gmacs_<part>``, the part of that count from the operators whose
     name contains the substring; per key of ``analytic``, ``gmacs_<key>``, counted from the shapes of the actual
     calls (0 when no such module ran); ``gmacs``, the count plus the analytic MACs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     counts = {key: 0 for entry in analytic for key in entry.keys}
 
     def hook_of(count):
@@ -1212,7 +1211,7 @@ def count_macs_with_analytic(
         entry = next((entry for entry in analytic if isinstance(module, entry.module_class)), None)
         if entry is not None:
             handles.append(module.register_forward_hook(hook_of(entry.count), with_kwargs=True))
-    counter = FlopCounterMode(display=False, custom_mapping=dict(custom_mapping or {}))
+    counter = flop_counter(custom_mapping)
     try:
         with torch.no_grad(), counter:
             model(inputs)

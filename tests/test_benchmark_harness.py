@@ -27,3 +27,11 @@ def test_the_cpu_attention_kernel_counts_its_two_products():
     with torch.no_grad(), counter:
         torch.nn.functional.scaled_dot_product_attention(query, key, value)
     assert counter.get_total_flops() == 2 * 2 * (1 * 2 * 6 * 6 * 4)  # q k^T and P v, 2 heads
+
+
+def test_the_decoder_count_also_counts_the_dense_layers():
+    """``count_macs_with_analytic`` (the decoder benchmarks' count) runs the model under ``no_grad``, where the dense
+    layers run oneDNN's matmul primitive: it counts them."""
+    layer = OneDNNLinear(8, 16)
+    counts = harness.count_macs_with_analytic(layer, torch.randn(2, 5, 8), [])
+    assert counts["gmacs"] == counts["gmacs_flop_counter"] == (2 * 5) * 8 * 16 / 1e9
