@@ -304,24 +304,12 @@ def describe(name: str, model: torch.nn.Module) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """torch's SDPA formula (the two matrix products) for the CPU kernel, which has none registered."""
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
 def count_macs(model: torch.nn.Module, inputs) -> dict:
-    """GMACs of one ``model(inputs)``: ``FlopCounterMode``'s count (with the CPU SDPA formula; its SDPA part as
+    """GMACs of one ``model(inputs)``: ``harness.flop_counter``'s count (with the CPU SDPA formula; its SDPA part as
     ``gmacs_sdpa``) and the analytic count of the deformable attention's sampling, from the shapes of the actual
     calls."""
-    sdpa_kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     return harness.count_macs_with_analytic(
-        model,
-        inputs,
-        [harness.deformable_attention_sampling()],
-        custom_mapping={sdpa_kernel: sdpa_cpu_flops},
-        counted_parts={"sdpa": "scaled_dot_product"},
+        model, inputs, [harness.deformable_attention_sampling()], counted_parts={"sdpa": "scaled_dot_product"}
     )
 
 

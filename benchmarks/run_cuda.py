@@ -161,15 +161,10 @@ def labels_loss(model, x, labels) -> Callable[[], torch.Tensor]:
 
 
 def generic_count(model, x) -> dict:
-    """GMACs of one forward as the harness counts them (``FlopCounterMode``, MACs = FLOPs / 2), with torch's SDPA
-    formula for the CPU SDPA kernel (as ``benchmark_vw_d2.py`` gives it) and the analytic count of the multi-scale
-    deformable attention's sampling (0 in models without it)."""
-    return harness.count_macs_with_analytic(
-        model,
-        x,
-        [harness.deformable_attention_sampling()],
-        custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: benchmark_vw_d2.sdpa_cpu_flops},
-    )
+    """GMACs of one forward as the harness counts them (``harness.flop_counter``, MACs = FLOPs / 2: with torch's
+    SDPA formula for the CPU SDPA kernel) and the analytic count of the multi-scale deformable attention's sampling
+    (0 in models without it)."""
+    return harness.count_macs_with_analytic(model, x, [harness.deformable_attention_sampling()])
 
 
 def pixel_inputs(seed: int, labelled: bool = True):
