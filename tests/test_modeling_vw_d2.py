@@ -383,6 +383,51 @@ def test_trains_on_any_input_size():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_block_fusions_split_over_their_inputs_equal_the_concatenation(monkeypatch, training):
+    """The VW block's three 1x1 fusions (``linear_fuse``, ``fuse``, ``low_level_fuse``) convolve each input at its own
+    size and resize after (the pooled branch as a per-image term): the original's resize-concatenate-convolve values
+    and gradients (float64, batch statistics in training), with the hand-counted MACs fewer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hf_semseg.models import modeling_vwformer
+    from hf_semseg.models.modeling_vw_pixel_decoder import VW_CHANNELS, VW_FEATURE_CHANNELS, VWBlock
+
+    torch.manual_seed(0)
+    config = tiny_vw_maskformer_config()
+    config._attn_implementation = "sdpa"  # float64 throughout (the eager function takes its softmax in float32)
+    channels = [16, 32, 64, 128]
+    block = VWBlock(config, channels, num_heads=2, use_short_cut=False, use_image_pool=True)
+    block = block.double().train(training)
+    sides = (32, 16, 8, 4)  # a 128 x 128 image: strides 4, 8, 16, 32
+    features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip(channels, sides)]
+
+    def output_and_gradients():
+        block.zero_grad()
+        with FlopCounterMode(display=False) as counter:
+            output = block(*features)
+        output.pow(2).sum().backward()
+        gradients = {name: parameter.grad.clone() for name, parameter in block.named_parameters()}
+        return output.detach(), gradients, counter.get_total_flops() // 2  # MACs
+
+    split_output, split_gradients, split_macs = output_and_gradients()
+    monkeypatch.setattr(modeling_vwformer, "convolution_splits_over_inputs", lambda conv: False)
+    output, gradients, macs = output_and_gradients()
+    assert output.shape == (2, VW_FEATURE_CHANNELS, 32, 32)
+    torch.testing.assert_close(split_output, output, rtol=1e-10, atol=1e-10)
+    assert split_gradients.keys() == gradients.keys()
+    for name in gradients:
+        torch.testing.assert_close(split_gradients[name], gradients[name], rtol=1e-9, atol=1e-9, msg=name)
+    # per image: linear_fuse 3C -> C at 16x16 becomes C -> C at 4x4, 8x8 and 16x16; the pooled branch's C -> C at
+    # 16x16 runs on its one pixel; low_level_fuse (C + 48) -> 256 at 32x32 becomes C -> 256 at 16x16 and 48 -> 256
+    # at 32x32
+    width = VW_CHANNELS
+    saved = width * width * (3 * 16 * 16 - 4 * 4 - 8 * 8 - 16 * 16)
+    saved += width * width * (16 * 16 - 1)
+    saved += width * VW_FEATURE_CHANNELS * (32 * 32 - 16 * 16)
+    assert macs - split_macs == 2 * saved
+
+
 def test_default_configs_are_the_released_models():
     mask2former = VWMask2FormerConfig()
     assert (mask2former.class_weight, mask2former.mask_weight, mask2former.dice_weight) == (2.0, 5.0, 5.0)

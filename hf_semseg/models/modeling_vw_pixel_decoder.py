@@ -51,7 +51,12 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from .modeling_fapn import SeMaskMSFaPNPixelDecoder
 from .modeling_linear import OneDNNLinear
-from .modeling_vwformer import VWFormerConvModule, VWFormerVaryingWindowAttention, window_partition
+from .modeling_vwformer import (
+    VWFormerConvModule,
+    VWFormerVaryingWindowAttention,
+    convolve_concatenation,
+    window_partition,
+)
 
 
 #: channels inside the VW block (hard-coded in the original)
@@ -142,7 +147,7 @@ class VWSharedNormConv(nn.Module):
             hidden_states = F.conv2d(hidden_states, self.conv.weight.clone())
         else:
             hidden_states = self.conv(hidden_states)
-        return F.relu(norm(hidden_states))
+        return F.relu(norm(hidden_states), inplace=True)
 
 
 class VWConvGroupNorm(nn.Module):
@@ -155,7 +160,26 @@ class VWConvGroupNorm(nn.Module):
         self.norm = nn.GroupNorm(VW_NORM_GROUPS, out_channels)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.norm(self.conv(hidden_states)))
+        return F.relu(self.norm(self.conv(hidden_states)), inplace=True)
+
+
+class VWSharedNormFusion(VWSharedNormConv):
+    """:class:`VWSharedNormConv` on a channel concatenation of maps of different sizes (``linear_fuse``, ``fuse``):
+    the parts are passed as they are and :func:`convolve_concatenation` convolves each at its own size."""
+
+    def forward(self, parts: list[torch.Tensor], resizes: list[str | None], size, norm: nn.Module) -> torch.Tensor:
+        return F.relu(norm(convolve_concatenation(self.conv, parts, resizes, size)), inplace=True)
+
+
+class VWLowLevelFusion(VWConvGroupNorm):
+    """The low-level fusion (original ``low_level_fuse``): :class:`VWConvGroupNorm` on the concatenation of the
+    multi-scale map upsampled bilinearly to the stride-4 size and the projected stride-4 map, each convolved at its
+    own size (:func:`convolve_concatenation`: the multi-scale map's share at stride 8, then upsampled)."""
+
+    def forward(self, multi_scale: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
+        size = low_level.shape[-2:]
+        parts, resizes = [multi_scale, low_level], ["bilinear", None]
+        return F.relu(self.norm(convolve_concatenation(self.conv, parts, resizes, size)), inplace=True)
 
 
 class VWContextEmbedding(VWFormerConvModule):
@@ -214,22 +238,20 @@ class VWBlock(nn.Module):
         self.linear_c4 = VWSharedNormConv(in_channels[3])
         self.linear_c3 = VWSharedNormConv(in_channels[2])
         self.linear_c2 = VWSharedNormConv(in_channels[1])
-        self.linear_fuse = VWSharedNormConv(3 * VW_CHANNELS)
+        self.linear_fuse = VWSharedNormFusion(3 * VW_CHANNELS)
         self.short_path = VWSharedNormConv(VW_CHANNELS)
         self.image_pool = VWSharedNormConv(VW_CHANNELS, on_single_pixel=True) if use_image_pool else None
         self.attentions = nn.ModuleList(VWWindowAttention(config, ratio, num_heads) for ratio in VW_ENLARGING_RATIOS)
         num_branches = 1 + int(use_image_pool) + len(VW_ENLARGING_RATIOS)
-        self.fuse = VWSharedNormConv(num_branches * VW_CHANNELS)
+        self.fuse = VWSharedNormFusion(num_branches * VW_CHANNELS)
         self.linear_c1 = VWFormerConvModule(in_channels[0], VW_LOW_LEVEL_CHANNELS)
-        self.low_level_fuse = VWConvGroupNorm(VW_CHANNELS + VW_LOW_LEVEL_CHANNELS, VW_FEATURE_CHANNELS)
+        self.low_level_fuse = VWLowLevelFusion(VW_CHANNELS + VW_LOW_LEVEL_CHANNELS, VW_FEATURE_CHANNELS)
 
     def fused_map(self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
         """The fused stride-8 map ``(B, 512, h, w)`` (original ``_c``)."""
         norm = self.output_norm
-        size = c2.shape[-2:]
-        deep = F.interpolate(self.linear_c4(c4, norm), size=size, mode="nearest")
-        middle = F.interpolate(self.linear_c3(c3, norm), size=size, mode="nearest")
-        return self.linear_fuse(torch.cat([deep, middle, self.linear_c2(c2, norm)], dim=1), norm)
+        parts = [self.linear_c4(c4, norm), self.linear_c3(c3, norm), self.linear_c2(c2, norm)]
+        return self.linear_fuse(parts, ["nearest", "nearest", None], c2.shape[-2:], norm)
 
     def multi_scale(self, fused: torch.Tensor) -> torch.Tensor:
         """Short path, image pooling, the attention branches, fused: ``(B, 512, h, w)``."""
@@ -243,22 +265,21 @@ class VWBlock(nn.Module):
                 f"{height}x{width} (the models pad their input to that)"
             )
         norm = self.output_norm
-        branches = [self.short_path(fused, norm)]
+        branches, resizes = [self.short_path(fused, norm)], [None]
         if self.image_pool is not None:
-            pooled = self.image_pool(fused.mean(dim=(2, 3), keepdim=True), norm)  # (B, 512, 1, 1)
-            branches.append(pooled.expand(-1, -1, height, width))
+            branches.append(self.image_pool(fused.mean(dim=(2, 3), keepdim=True), norm))  # (B, 512, 1, 1)
+            resizes.append("broadcast")
         query_tokens = window_partition(fused.permute(0, 2, 3, 1), grid)
         for attention in self.attentions:
             output = attention(fused, query_tokens)
             branches.append(output + fused if self.use_short_cut else output)
-        return self.fuse(torch.cat(branches, dim=1), norm)
+            resizes.append(None)
+        return self.fuse(branches, resizes, (height, width), norm)
 
     def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
         """Maps at strides 4, 8, 16, 32 -> the mask features ``(B, 256, H/4, W/4)``."""
         multi_scale = self.multi_scale(self.fused_map(c2, c3, c4))
-        low_level = self.linear_c1(c1)
-        upsampled = F.interpolate(multi_scale, size=c1.shape[-2:], mode="bilinear", align_corners=False)
-        return self.low_level_fuse(torch.cat([upsampled, low_level], dim=1))
+        return self.low_level_fuse(multi_scale, self.linear_c1(c1))
 
 
 class VWTransformerPixelDecoder(nn.Module):

@@ -174,6 +174,53 @@ def context_windows(padded: torch.Tensor, ratio: int, num_windows: int, window_h
     )
 
 
+def convolution_splits_over_inputs(conv: nn.Module) -> bool:
+    """Whether the convolution of a channel concatenation may run as the sum of each part's convolution with its slice
+    of the kernel: a plain 1x1 ``nn.Conv2d`` without bias (not a quantised or adapted layer with a forward of its
+    own)."""
+    return type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.bias is None
+
+
+def convolve_concatenation(
+    conv: nn.Module, parts: list[torch.Tensor], resizes: list[str | None], size: tuple[int, int]
+) -> torch.Tensor:
+    """``conv`` (a 1x1 convolution) of the channel concatenation of ``parts``, each first brought to ``size`` as its
+    entry of ``resizes`` says: ``None`` (already that size), ``"nearest"`` or ``"bilinear"`` (``align_corners=False``)
+    resizing, or ``"broadcast"`` (a ``(B, c, 1, 1)`` map, the same at every pixel).
+
+    Where :func:`convolution_splits_over_inputs`, it runs as the sum of each part's convolution with its slice of
+    the kernel, resized after it: a 1x1 convolution mixes channels and a resizing mixes pixels of one channel, both
+    linear, so they commute. Each part is thus convolved at its own size (a broadcast part on its single pixel, a
+    per-image term), and neither the resized maps nor their concatenation is made: the original's
+    resize-concatenate-convolve up to float rounding. The sum is accumulated in place in a fresh map (neither a
+    convolution nor a resizing keeps its output for the backward pass). Any other layer gets the concatenation
+    itself. The resizings are the caller's to state, not decided by comparing sizes, so that a traced graph holds no
+    comparison of symbolic sizes.
+    """
+    if not convolution_splits_over_inputs(conv):
+        maps = [resize_map(part, how, size) for part, how in zip(parts, resizes)]
+        return conv(torch.cat(maps, dim=1))
+    kernels = conv.weight.split([part.shape[1] for part in parts], dim=1)
+    terms = [(F.conv2d(part, kernel), how) for part, kernel, how in zip(parts, kernels, resizes)]
+    # the per-image terms last: they are added to the full-size sum by broadcasting
+    terms.sort(key=lambda term: term[1] == "broadcast")
+    total = resize_map(*terms[0], size)
+    if terms[0][1] == "broadcast":  # broadcast parts only: a map of its own to add into
+        total = total.contiguous()
+    for term, how in terms[1:]:
+        total = total.add_(term if how == "broadcast" else resize_map(term, how, size))
+    return total
+
+
+def resize_map(hidden_states: torch.Tensor, how: str | None, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, c, h, w)`` brought to ``size`` as :func:`convolve_concatenation`'s ``resizes`` entry ``how`` says."""
+    if how is None:
+        return hidden_states
+    if how == "broadcast":
+        return hidden_states.expand(-1, -1, *size)
+    return F.interpolate(hidden_states, size=size, mode=how, align_corners=False if how == "bilinear" else None)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Head modules
 # --------------------------------------------------------------------------------------------------------------------
@@ -206,9 +253,8 @@ class VWFormerConvModule(nn.Module):
 
     def splits_over_inputs(self) -> bool:
         """Whether the convolution of a channel concatenation may run as the sum of each part's convolution with its
-        slice of the kernel (:meth:`input_kernels`): a plain 1x1 ``nn.Conv2d`` without bias (not a quantised or
-        adapted layer with a forward of its own)."""
-        return type(self.conv) is nn.Conv2d and self.conv.kernel_size == (1, 1) and self.conv.bias is None
+        slice of the kernel (:meth:`input_kernels`; :func:`convolution_splits_over_inputs`)."""
+        return convolution_splits_over_inputs(self.conv)
 
     def input_kernels(self, channels: list[int]) -> tuple[torch.Tensor, ...]:
         """The kernel's slices ``(C_out, c_i, 1, 1)`` over concatenated inputs of ``channels`` channels (scaled by
