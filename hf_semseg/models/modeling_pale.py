@@ -16,7 +16,6 @@ Structure (paper Sec. 3):
 Portable module: imports only torch, transformers and its sibling configuration module.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -26,8 +25,8 @@ from torch import nn
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.swin.modeling_swin import SwinDropPath
 from transformers.models.upernet.modeling_upernet import UperNetHead
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
@@ -38,6 +37,7 @@ from .modeling_sdn import sdn_neck
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
+    attention_function,
     check_pixel_values,
     decode_with_auxiliary_head,
     eager_attention,
@@ -207,14 +207,13 @@ class PaleShapedAttention(nn.Module):
             grouped = pale_group_rows(t, pale_size)
             return grouped.view(grouped.shape[0], grouped.shape[1], self.heads_per_branch, -1).transpose(1, 2)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        query, key, value = heads(query), heads(key), heads(value)
+        attention_interface = attention_function(self.config, query, key, value)
         attended, weights = attention_interface(
             self,
-            heads(query),
-            heads(key),
-            heads(value),
+            query,
+            key,
+            value,
             mask,
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,

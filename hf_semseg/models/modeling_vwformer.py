@@ -23,7 +23,6 @@ Portable remote code: imports torch, transformers and this package's SeMask-Swin
 folders inside the package, from the copies saved next to this file otherwise).
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +31,7 @@ from torch import nn
 from transformers import AutoBackbone, ConvNextBackbone, SegformerModel, SwinBackbone
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.models.swin.modeling_swin import eager_attention_forward
+from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
@@ -44,6 +42,7 @@ from .modeling_sdn import sdn_neck
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
+    attention_function,
     batch_norm_scale_and_shift,
     check_batch_norm_batch,
     check_pixel_values,
@@ -360,9 +359,7 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
             key = self.key_proj(context).view(head_shape).transpose(1, 2)
             value = self.value_proj(context).view(head_shape).transpose(1, 2)
 
-        attention_interface: Callable = eager_attention_forward
-        if self.config._attn_implementation not in (None, "eager"):  # None: a module built outside a model
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attention_interface = attention_function(self.config, query, key, value)
         attended, _ = attention_interface(self, query, key, value, None, dropout=0.0, scaling=self.scaling)
         # attention functions return (B*nh*nw, tokens, heads, head_dim)
         attended = attended.reshape(num_windows, num_tokens, channels)

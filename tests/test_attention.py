@@ -1,0 +1,111 @@
+"""The attention function the models pick (``attention_function`` in ``modeling_utils_segmentation``): the configured
+implementation, with ``cpu_bfloat16_attention`` standing in for SDPA at CPU inference in bfloat16 (Pale-T and the
+VW attention), and nowhere else."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.swin.modeling_swin import eager_attention_forward
+
+from hf_semseg.models import modeling_utils_segmentation
+from hf_semseg.models.configuration_pale import PaleConfig
+from hf_semseg.models.modeling_pale import PaleModel
+from hf_semseg.models.modeling_utils_segmentation import attention_function, cpu_bfloat16_attention
+
+from model_suite import tiny_pale_kwargs
+
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
+class Config:
+    def __init__(self, implementation):
+        self._attn_implementation = implementation
+
+
+def bfloat16_operands(shape=(2, 3, 40, 16), keys=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    batch, heads, length, head_dim = shape
+    query = torch.randn(batch, heads, length, head_dim, generator=generator)
+    key, value = (torch.randn(batch, heads, keys, head_dim, generator=generator) for _ in range(2))
+    return query.bfloat16(), key.bfloat16(), value.bfloat16()
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no mask", "key mask"])
+def test_bfloat16_attention_equals_scaled_dot_product_attention(masked):
+    """Against float64 SDPA of the same bfloat16 operands: within bfloat16 rounding of the scores and probabilities
+    (2e-2 on outputs of magnitude ~1), in transformers' output layout; masked keys get no weight at all."""
+    query, key, value = bfloat16_operands()
+    mask = None
+    if masked:  # the last 5 keys of the second image hidden, as Pale masks padded rows: (B, 1, 1, S)
+        mask = torch.zeros(2, 1, 1, 24, dtype=torch.bfloat16)
+        mask[1, ..., -5:] = torch.finfo(torch.bfloat16).min
+    with torch.no_grad():
+        attended, weights = cpu_bfloat16_attention(None, query, key, value, mask, scaling=0.3)
+    reference = F.scaled_dot_product_attention(
+        query.double(), key.double(), value.double(), attn_mask=None if mask is None else mask.double(), scale=0.3
+    ).transpose(1, 2)
+    assert weights is None
+    assert attended.dtype == torch.bfloat16 and attended.shape == (2, 40, 3, 16)
+    torch.testing.assert_close(attended.double(), reference, atol=2e-2, rtol=0)
+    if masked:
+        # a change of the hidden keys' values changes nothing
+        changed = value.clone()
+        changed[1, :, -5:] = 100.0
+        with torch.no_grad():
+            unchanged, _ = cpu_bfloat16_attention(None, query, key, changed, mask, scaling=0.3)
+        assert torch.equal(unchanged, attended)
+
+
+def test_default_scaling_is_the_inverse_square_root_of_the_head_size():
+    query, key, value = bfloat16_operands()
+    with torch.no_grad():
+        default, _ = cpu_bfloat16_attention(None, query, key, value, None)
+        explicit, _ = cpu_bfloat16_attention(None, query, key, value, None, scaling=16**-0.5)
+    assert torch.equal(default, explicit)
+
+
+def test_function_choice():
+    """SDPA in bfloat16 on the CPU at inference: the bfloat16 products; with a gradient to keep, in float32, traced,
+    or another implementation: the configured function (Swin's eager one where unset)."""
+    query, key, value = bfloat16_operands()
+    sdpa = Config("sdpa")
+    with torch.no_grad():
+        assert attention_function(sdpa, query, key, value) is cpu_bfloat16_attention
+        assert attention_function(sdpa, query.float(), key.float(), value.float()) is sdpa_attention_forward
+        assert attention_function(Config("eager"), query, key, value) is eager_attention_forward
+        assert attention_function(Config(None), query, key, value) is eager_attention_forward
+    leaf = query.clone().requires_grad_()
+    assert attention_function(sdpa, leaf, key, value) is sdpa_attention_forward
+    with torch.no_grad():
+        assert attention_function(sdpa, leaf, key, value) is cpu_bfloat16_attention
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert attention_function(sdpa, query, key, value) is sdpa_attention_forward
+
+
+def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
+    """A tiny Pale model (a 36 x 44 input: both branches pad and mask) under CPU bfloat16 autocast: the bfloat16
+    products run for all its attentions, and its output is SDPA's within bfloat16 rounding."""
+    config = PaleConfig(**tiny_pale_kwargs())
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = PaleModel(config).eval()
+    pixel_values = torch.randn(1, 3, 36, 44)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape)
+        return cpu_bfloat16_attention(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils_segmentation, "cpu_bfloat16_attention", counting)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(pixel_values).last_hidden_state
+        assert len(calls) == 2 * sum(config.depths)  # a row and a column branch per block
+        monkeypatch.setattr(modeling_utils_segmentation, "runs_cpu_bfloat16_attention", lambda *tensors: False)
+        reference = model(pixel_values).last_hidden_state
+    assert len(calls) == 2 * sum(config.depths)
+    scale = reference.float().abs().max().item()
+    # measured 0.5% of the largest value; the mask itself is checked exactly above
+    torch.testing.assert_close(output.float(), reference.float(), atol=0.02 * scale, rtol=0)
