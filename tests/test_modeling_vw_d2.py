@@ -26,7 +26,7 @@ from hf_semseg.models.configuration_vw_mask2former import VWMask2FormerConfig
 from hf_semseg.models.configuration_vw_maskformer import VWMaskFormerConfig
 from hf_semseg.models.modeling_vw_mask2former import VWMask2FormerForSemanticSegmentation
 from hf_semseg.models.modeling_vw_maskformer import VWMaskFormerForSemanticSegmentation
-from hf_semseg.models.modeling_vw_pixel_decoder import vw_padded_size
+from hf_semseg.models.modeling_vw_pixel_decoder import VWBlock, vw_padded_size
 
 from conftest import fixture_dir
 from model_suite import (
@@ -218,6 +218,22 @@ def converted(request):
             captured[f"vw_context_{j}"] = attention.context_tokens(captured["vw_linear_fuse"])
     for handle in handles:
         handle.remove()
+    # at inference the branches' output projections fold into the fusion (VWBlock.folds_output_projections): their
+    # outputs, which the original saves, exist only in a forward without the folding
+    with torch.no_grad():
+        folds = model.model.pixel_level_module.decoder.vw.folds_output_projections()
+    assert folds
+    assert any(key.startswith("vw_attn_") for key in captured) == (not folds)
+    unfolded, handles = capture(model)
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(VWBlock, "folds_output_projections", lambda self: False)
+        model(inputs["pixel_values"])
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(
+        unfolded["decoder_output"].mask_features, captured["decoder_output"].mask_features, atol=TOLERANCE, rtol=0
+    )
+    captured.update({key: value for key, value in unfolded.items() if key.startswith("vw_attn_")})
     return name, model, inputs, expected, output, captured
 
 
@@ -426,6 +442,44 @@ def test_block_fusions_split_over_their_inputs_equal_the_concatenation(monkeypat
     saved += width * width * (16 * 16 - 1)
     saved += width * VW_FEATURE_CHANNELS * (32 * 32 - 16 * 16)
     assert macs - split_macs == 2 * saved
+
+
+@pytest.mark.parametrize("use_short_cut", [False, True], ids=["no short-cut", "short-cut"])
+def test_inference_folds_the_branch_output_projections_into_the_fusion(monkeypatch, use_short_cut):
+    """At inference each attention branch's output projection ``Wo`` and the fusion's kernel slice ``K`` after it run
+    as one dense layer ``K Wo`` of the branch's tokens, the three branches summed in token order (a short-cut's map
+    convolved once, by the sum of the slices): the unfolded block's output (float64), with the hand-counted MACs
+    fewer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hf_semseg.models.modeling_vw_pixel_decoder import VW_CHANNELS
+
+    torch.manual_seed(0)
+    config = tiny_vw_maskformer_config()
+    config._attn_implementation = "sdpa"  # float64 throughout (the eager function takes its softmax in float32)
+    channels = [16, 32, 64, 128]
+    block = VWBlock(config, channels, num_heads=2, use_short_cut=use_short_cut, use_image_pool=True)
+    block = block.double().eval()
+    sides = (64, 32, 16, 8)  # a 256 x 256 image: strides 4, 8, 16, 32
+    features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip(channels, sides)]
+
+    def output_and_macs():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            output = block(*features)
+        return output, counter.get_total_flops() // 2
+
+    with torch.no_grad():
+        assert block.folds_output_projections()
+    assert not block.folds_output_projections()  # training keeps every projection's gradient
+    folded, folded_macs = output_and_macs()
+    monkeypatch.setattr(VWBlock, "folds_output_projections", lambda self: False)
+    output, macs = output_and_macs()
+    torch.testing.assert_close(folded, output, rtol=1e-10, atol=1e-10)
+    # per image and branch, Wo on the 32 x 32 tokens; with the short-cut the fused map's convolution by each
+    # branch's slice becomes one by their sum; once per branch, the weight product K Wo
+    width, tokens, branches = VW_CHANNELS, 32 * 32, 3
+    saved = 2 * (branches - (1 if use_short_cut else 0)) * width * width * tokens - branches * width**3
+    assert macs - folded_macs == saved
 
 
 def test_default_configs_are_the_released_models():

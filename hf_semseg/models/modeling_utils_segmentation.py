@@ -232,17 +232,19 @@ def cpu_bfloat16_attention(
     softmax itself computes in float32 and overwrites its input: no second score map)."""
     batch_size, num_heads, length, head_dim = query.shape
     scaling = head_dim**-0.5 if scaling is None else scaling
-    # (B, heads, L, d) -> (B * heads, L, d); keys transposed to (B * heads, d, S)
-    queries = query.reshape(batch_size * num_heads, length, head_dim)
+    # (B, heads, L, d) -> (B * heads, L, d), scaled in the one pass that also makes them contiguous (the heads are
+    # usually a transposed view); keys transposed to (B * heads, d, S)
+    queries = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    queries = torch.mul(query, scaling, out=queries).view(batch_size * num_heads, length, head_dim)
     keys = key.reshape(batch_size * num_heads, -1, head_dim).transpose(1, 2)
     values = value.reshape(batch_size * num_heads, -1, value.shape[-1])
     if attention_mask is None:
-        scores = torch.bmm(queries * scaling, keys)
+        scores = torch.bmm(queries, keys)
     else:
         # the mask's rows broadcast over the queries: (B, heads or 1, 1 or L, S) -> (B * heads, 1 or L, S)
         mask = attention_mask.to(queries.dtype).expand(batch_size, num_heads, -1, -1)
         mask = mask.reshape(batch_size * num_heads, -1, mask.shape[-1])
-        scores = torch.baddbmm(mask, queries, keys, alpha=scaling)
+        scores = torch.baddbmm(mask, queries, keys)
     probabilities = torch.softmax(scores, dim=-1, out=scores)
     if dropout > 0.0:
         probabilities = F.dropout(probabilities, p=dropout, training=True)

@@ -180,12 +180,34 @@ def convolution_splits_over_inputs(conv: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.bias is None
 
 
+@dataclass
+class WindowTokenMap:
+    """A ``(B, C, h, w)`` map given as the window tokens a dense layer makes it from, plus an optional map:
+    ``window_reverse(tokens W^T + b) + residual`` (an attention branch before its output projection, with its
+    short-cut), a part of :func:`convolve_concatenation`."""
+
+    tokens: torch.Tensor  # (B*nh*nw, ph*pw, C_in)
+    weight: torch.Tensor  # (C, C_in)
+    bias: torch.Tensor | None
+    num_windows: int
+    residual: torch.Tensor | None = None  # (B, C, h, w)
+
+    def as_map(self, size: tuple[int, int]) -> torch.Tensor:
+        """The ``(B, C, h, w)`` map itself."""
+        tokens = onednn_linear(self.tokens, self.weight, self.bias)
+        output = window_reverse(tokens, self.num_windows, *size).permute(0, 3, 1, 2)
+        return output if self.residual is None else output + self.residual
+
+
 def convolve_concatenation(
-    conv: nn.Module, parts: list[torch.Tensor], resizes: list[str | None], size: tuple[int, int]
+    conv: nn.Module, parts: list[torch.Tensor | WindowTokenMap], resizes: list[str | None], size: tuple[int, int]
 ) -> torch.Tensor:
     """``conv`` (a 1x1 convolution) of the channel concatenation of ``parts``, each first brought to ``size`` as its
     entry of ``resizes`` says: ``None`` (already that size), ``"nearest"`` or ``"bilinear"`` (``align_corners=False``)
-    resizing, or ``"broadcast"`` (a ``(B, c, 1, 1)`` map, the same at every pixel).
+    resizing, or ``"broadcast"`` (a ``(B, c, 1, 1)`` map, the same at every pixel). A part may also be a
+    :class:`WindowTokenMap` at ``size`` (entry ``None``): its kernel slice then folds into its dense layer, one
+    dense layer of its tokens (the slices of all such parts summed in token order, put into map order once), and
+    convolves its residual (once per residual map, with the sum of the slices of the parts that share it).
 
     Where :func:`convolution_splits_over_inputs`, it runs as the sum of each part's convolution with its slice of
     the kernel, resized after it: a 1x1 convolution mixes channels and a resizing mixes pixels of one channel, both
@@ -197,10 +219,28 @@ def convolve_concatenation(
     comparison of symbolic sizes.
     """
     if not convolution_splits_over_inputs(conv):
-        maps = [resize_map(part, how, size) for part, how in zip(parts, resizes)]
-        return conv(torch.cat(maps, dim=1))
-    kernels = conv.weight.split([part.shape[1] for part in parts], dim=1)
-    terms = [(F.conv2d(part, kernel), how) for part, kernel, how in zip(parts, kernels, resizes)]
+        maps = [part.as_map(size) if isinstance(part, WindowTokenMap) else part for part in parts]
+        return conv(torch.cat([resize_map(part, how, size) for part, how in zip(maps, resizes)], dim=1))
+    channels = [part.weight.shape[0] if isinstance(part, WindowTokenMap) else part.shape[1] for part in parts]
+    kernels = conv.weight.split(channels, dim=1)
+    terms = []
+    windows = None  # the window-token parts' share, summed over them in token order
+    residuals = {}  # id -> (a residual map, the sum of its parts' kernel slices): one convolution per map
+    for part, kernel, how in zip(parts, kernels, resizes):
+        if isinstance(part, WindowTokenMap):
+            # the kernel slice after the part's dense layer: one dense layer, (kernel W, kernel b)
+            share = onednn_linear(part.tokens, *dense_after_dense(kernel.flatten(1), part))
+            windows = share if windows is None else windows.add_(share)
+            num_windows = part.num_windows
+            if part.residual is not None:
+                summed = residuals.get(id(part.residual), (None, 0))[1]
+                residuals[id(part.residual)] = (part.residual, kernel + summed)
+        else:
+            terms.append((F.conv2d(part, kernel), how))
+    terms += [(F.conv2d(residual, kernel), None) for residual, kernel in residuals.values()]
+    if windows is not None:
+        # (B*nh*nw, ph*pw, C_out) -> (B, C_out, h, w), channels-last view
+        terms.insert(0, (window_reverse(windows, num_windows, *size).permute(0, 3, 1, 2), None))
     # the per-image terms last: they are added to the full-size sum by broadcasting
     terms.sort(key=lambda term: term[1] == "broadcast")
     total = resize_map(*terms[0], size)
@@ -209,6 +249,13 @@ def convolve_concatenation(
     for term, how in terms[1:]:
         total = total.add_(term if how == "broadcast" else resize_map(term, how, size))
     return total
+
+
+def dense_after_dense(kernel: torch.Tensor, part: WindowTokenMap) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of ``kernel`` (``(C_out, C)``, no bias) applied after ``part``'s dense layer: ``(kernel W,
+    kernel b)``, one weight product, in the weights' dtype also under autocast."""
+    with torch.autocast(device_type=kernel.device.type, enabled=False):
+        return kernel @ part.weight, None if part.bias is None else kernel @ part.bias
 
 
 def resize_map(hidden_states: torch.Tensor, how: str | None, size: tuple[int, int]) -> torch.Tensor:
@@ -334,10 +381,13 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
             *folded_output_projection(self.value_proj, self.output_proj),
         )
 
-    def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
-        """``fused``: ``(B, C, h, w)``, ``h`` and ``w`` multiples of the window grid; ``query_tokens``: the same map as
-        ``(B*nh*nw, ph*pw, C)`` windows. Returns the branch output as a ``(B, C, h, w)`` map."""
-        batch_size, channels, height, width = fused.shape
+    def attend(
+        self, fused: torch.Tensor, query_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, nn.Module | None]:
+        """The branch up to its output projection: the attended tokens ``(B*nh*nw, ph*pw, C)``, the ``(weight,
+        bias)`` of the dense layer that follows them (``(None, None)``: ``output_proj`` itself) and the norm after
+        that (``None``: none, or folded into the weight). Arguments as :meth:`forward`'s."""
+        channels = fused.shape[1]
         context = self.context_tokens(fused)
         num_windows, num_tokens = query_tokens.shape[:2]
         head_shape = (num_windows, -1, self.num_heads, self.head_dim)
@@ -362,7 +412,13 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
         attention_interface = attention_function(self.config, query, key, value)
         attended, _ = attention_interface(self, query, key, value, None, dropout=0.0, scaling=self.scaling)
         # attention functions return (B*nh*nw, tokens, heads, head_dim)
-        attended = attended.reshape(num_windows, num_tokens, channels)
+        return attended.reshape(num_windows, num_tokens, channels), output_weight, output_bias, output_norm
+
+    def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+        """``fused``: ``(B, C, h, w)``, ``h`` and ``w`` multiples of the window grid; ``query_tokens``: the same map as
+        ``(B*nh*nw, ph*pw, C)`` windows. Returns the branch output as a ``(B, C, h, w)`` map."""
+        height, width = fused.shape[-2:]
+        attended, output_weight, output_bias, output_norm = self.attend(fused, query_tokens)
         if output_weight is None:
             attended = self.output_proj(attended)
         else:
