@@ -152,6 +152,8 @@ def capture(model) -> tuple[dict, list]:
 
     def record(name):
         def hook(module, inputs, output):
+            if isinstance(output, tuple):  # an attention branch before its output projection, folded at inference
+                return
             captured[name] = output
 
         return hook

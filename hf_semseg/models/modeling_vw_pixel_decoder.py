@@ -276,7 +276,7 @@ class VWBlock(nn.Module):
         folds_output_projections = self.folds_output_projections()
         for attention in self.attentions:
             if folds_output_projections:
-                attended, weight, bias, _ = attention.attend(fused, query_tokens)
+                attended, weight, bias, _ = attention(fused, query_tokens, project_output=False)
                 if weight is None:
                     weight, bias = attention.output_proj.weight, attention.output_proj.bias
                 branches.append(WindowTokenMap(attended, weight, bias, grid, fused if self.use_short_cut else None))

@@ -414,11 +414,15 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
         # attention functions return (B*nh*nw, tokens, heads, head_dim)
         return attended.reshape(num_windows, num_tokens, channels), output_weight, output_bias, output_norm
 
-    def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor, project_output: bool = True):
         """``fused``: ``(B, C, h, w)``, ``h`` and ``w`` multiples of the window grid; ``query_tokens``: the same map as
-        ``(B*nh*nw, ph*pw, C)`` windows. Returns the branch output as a ``(B, C, h, w)`` map."""
+        ``(B*nh*nw, ph*pw, C)`` windows. Returns the branch output as a ``(B, C, h, w)`` map; with
+        ``project_output=False`` what :meth:`attend` returns (for a caller that folds the output projection into what
+        follows it)."""
         height, width = fused.shape[-2:]
         attended, output_weight, output_bias, output_norm = self.attend(fused, query_tokens)
+        if not project_output:
+            return attended, output_weight, output_bias, output_norm
         if output_weight is None:
             attended = self.output_proj(attended)
         else:
