@@ -447,14 +447,16 @@ def test_block_fusions_split_over_their_inputs_equal_the_concatenation(monkeypat
 
 
 @pytest.mark.parametrize("use_short_cut", [False, True], ids=["no short-cut", "short-cut"])
-def test_inference_folds_the_branch_output_projections_into_the_fusion(monkeypatch, use_short_cut):
-    """At inference each attention branch's output projection ``Wo`` and the fusion's kernel slice ``K`` after it run
-    as one dense layer ``K Wo`` of the branch's tokens, the three branches summed in token order (a short-cut's map
-    convolved once, by the sum of the slices): the unfolded block's output (float64), with the hand-counted MACs
-    fewer."""
+def test_inference_rewrites_equal_the_original_layer_order(monkeypatch, use_short_cut):
+    """At inference, on top of the split fusions (previous test): each attention branch's output projection ``Wo``
+    and the fusion's kernel slice ``K`` after it run as one dense layer ``K Wo`` of the branch's tokens, the three
+    branches summed in token order (a short-cut's map convolved once, by the sum of the slices), and the projected
+    stride-4 map's share is added into the channels-last sum in place. The output of the original's layer order
+    (float64), with the hand-counted MACs fewer."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hf_semseg.models.modeling_vw_pixel_decoder import VW_CHANNELS
+    from hf_semseg.models import modeling_vwformer
+    from hf_semseg.models.modeling_vw_pixel_decoder import VW_CHANNELS, VW_FEATURE_CHANNELS
 
     torch.manual_seed(0)
     config = tiny_vw_maskformer_config()
@@ -464,6 +466,12 @@ def test_inference_folds_the_branch_output_projections_into_the_fusion(monkeypat
     block = block.double().eval()
     sides = (64, 32, 16, 8)  # a 256 x 256 image: strides 4, 8, 16, 32
     features = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip(channels, sides)]
+    in_place = []
+    original_addmm = torch.addmm
+
+    def recording_addmm(*args, **kwargs):
+        in_place.append("out" in kwargs and kwargs["out"] is args[0])
+        return original_addmm(*args, **kwargs)
 
     def output_and_macs():
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -473,15 +481,21 @@ def test_inference_folds_the_branch_output_projections_into_the_fusion(monkeypat
     with torch.no_grad():
         assert block.folds_output_projections()
     assert not block.folds_output_projections()  # training keeps every projection's gradient
-    folded, folded_macs = output_and_macs()
+    monkeypatch.setattr(torch, "addmm", recording_addmm)
+    rewritten, rewritten_macs = output_and_macs()
+    assert in_place == [True]  # the stride-4 map's share, added into the sum
     monkeypatch.setattr(VWBlock, "folds_output_projections", lambda self: False)
+    monkeypatch.setattr(modeling_vwformer, "convolution_splits_over_inputs", lambda conv: False)
     output, macs = output_and_macs()
-    torch.testing.assert_close(folded, output, rtol=1e-10, atol=1e-10)
-    # per image and branch, Wo on the 32 x 32 tokens; with the short-cut the fused map's convolution by each
+    torch.testing.assert_close(rewritten, output, rtol=1e-10, atol=1e-10)
+    # per image: the split fusions (as in the previous test, at this size: stride 8 is 32 x 32, stride 4 64 x 64);
+    # per image and branch, Wo on the 32 x 32 tokens, and with the short-cut the fused map's convolution by each
     # branch's slice becomes one by their sum; once per branch, the weight product K Wo
     width, tokens, branches = VW_CHANNELS, 32 * 32, 3
-    saved = 2 * (branches - (1 if use_short_cut else 0)) * width * width * tokens - branches * width**3
-    assert macs - folded_macs == saved
+    saved = width * width * (3 * tokens - 8 * 8 - 16 * 16 - tokens) + width * width * (tokens - 1)
+    saved += width * VW_FEATURE_CHANNELS * (64 * 64 - tokens)
+    saved += (branches - (1 if use_short_cut else 0)) * width * width * tokens
+    assert macs - rewritten_macs == 2 * saved - branches * width**3
 
 
 def test_default_configs_are_the_released_models():
