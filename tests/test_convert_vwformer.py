@@ -32,20 +32,33 @@ def load_fixture(folder):
 
 
 def head_intermediates(model, features):
-    """The head's stages, named as in the fixtures."""
+    """The head's stages, named as in the fixtures. The split fusions (``splits_over_inputs``) skip the fusion
+    modules' forwards, whose outputs the original saves: they are turned off here (the test of the split itself is
+    in ``test_modeling_vwformer.py``)."""
+    from hf_semseg.models.modeling_vwformer import VWFormerConvModule
+
     head = model.decode_head
     captured = {}
-    head.linear_fuse.register_forward_hook(lambda m, i, o: captured.__setitem__("head.linear_fuse", o))
-    head.multi_scale.short_path.register_forward_hook(lambda m, i, o: captured.__setitem__("head.short_path", o))
-    head.multi_scale.fuse.register_forward_hook(lambda m, i, o: captured.__setitem__("head.cat", o))
-    head.low_level_fuse.register_forward_hook(lambda m, i, o: captured.__setitem__("head.low_level_fuse", o))
+    modules = {
+        "head.linear_fuse": head.linear_fuse,
+        "head.short_path": head.multi_scale.short_path,
+        "head.cat": head.multi_scale.fuse,
+        "head.low_level_fuse": head.low_level_fuse,
+    }
+    if head.multi_scale.image_pool is not None:
+        modules["head.image_pool_1x1"] = head.multi_scale.image_pool
     for index, attention in enumerate(head.multi_scale.attentions):
-        attention.context_embedding.register_forward_hook(
-            lambda m, i, o, index=index: captured.__setitem__(f"head.ds.{index}", o)
-        )
-        attention.register_forward_hook(lambda m, i, o, index=index: captured.__setitem__(f"head.attn.{index}", o))
-    with torch.no_grad():
+        modules[f"head.ds.{index}"] = attention.context_embedding
+        modules[f"head.attn.{index}"] = attention
+    handles = [
+        module.register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, o))
+        for name, module in modules.items()
+    ]
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(VWFormerConvModule, "splits_over_inputs", lambda self: False)
         captured["logits"] = head(features)
+    for handle in handles:
+        handle.remove()
     return captured
 
 
@@ -68,6 +81,7 @@ def test_converted_fixture_reproduces_the_original(name, head_type, logits_atol)
     # (measured: relative to the stage's largest value at most 1.2e-5, e.g. 1.0e-3 on values up to 84)
     original_features = tuple(expected[f"backbone.out{index}"] for index in range(4))
     stages = head_intermediates(model, original_features)
+    assert set(stages) == {key for key in expected if key.startswith("head.")} | {"logits"}
     for key, value in stages.items():
         scale = max(1.0, expected[key].abs().max().item())
         torch.testing.assert_close(value, expected[key], atol=2e-5 * scale, rtol=0, msg=key)
