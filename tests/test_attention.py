@@ -86,8 +86,8 @@ def test_function_choice():
 
 
 def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
-    """A tiny Pale model (a 36 x 44 input: both branches pad and mask) under CPU bfloat16 autocast: the bfloat16
-    products run for all its attentions, and its output is SDPA's within bfloat16 rounding."""
+    """A tiny Pale model (a 36 x 44 input: both branches pad) under CPU bfloat16 autocast: the bfloat16 products run
+    for all its attentions, and its output is SDPA's within bfloat16 rounding."""
     config = PaleConfig(**tiny_pale_kwargs())
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -102,10 +102,15 @@ def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
     monkeypatch.setattr(modeling_utils_segmentation, "cpu_bfloat16_attention", counting)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(pixel_values).last_hidden_state
-        assert len(calls) == 2 * sum(config.depths)  # a row and a column branch per block
+        # a row and a column branch per block; a padded branch is one call per kind of group (its longer and
+        # shorter groups, attend_unpadded_groups). Maps 9x11, 5x6, 3x3, 2x2 with pales 3, 3, 2, 2: stage 1 rows
+        # 1 call, columns 11 = 2 * 4 + 3: 2; stage 2 rows 5 = 2 * 2 + 1: 2, columns 1; stage 3 (two blocks) rows
+        # and columns 3 = 1 * 2 + 1: 2 each; stage 4 one each
+        expected_calls = (1 + 2) + (2 + 1) + 2 * (2 + 2) + (1 + 1)
+        assert len(calls) == expected_calls
         monkeypatch.setattr(modeling_utils_segmentation, "runs_cpu_bfloat16_attention", lambda *tensors: False)
         reference = model(pixel_values).last_hidden_state
-    assert len(calls) == 2 * sum(config.depths)
+    assert len(calls) == expected_calls
     scale = reference.float().abs().max().item()
     # measured 0.5% of the largest value; the mask itself is checked exactly above
     torch.testing.assert_close(output.float(), reference.float(), atol=0.02 * scale, rtol=0)

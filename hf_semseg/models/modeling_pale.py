@@ -26,7 +26,7 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
-from transformers.models.swin.modeling_swin import SwinDropPath
+from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
 from transformers.models.upernet.modeling_upernet import UperNetHead
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
@@ -197,30 +197,74 @@ class PaleShapedAttention(nn.Module):
         compiling = torch.compiler.is_compiling()
         pale_size = torch.sym_min(self.pale_size, height) if compiling else min(self.pale_size, height)
         padded_height = (height + pale_size - 1) // pale_size * pale_size  # positive operands: ONNX's division
-        mask = None
-        if compiling or padded_height != height:
+        attention_interface = attention_function(self.config, query, key, value)
+        padded = compiling or padded_height != height
+        if padded:
             padding = (0, 0, 0, 0, 0, padded_height - height)
             query, key, value = (F.pad(t, padding) for t in (query, key, value))
-            mask = padded_key_mask(height, padded_height, pale_size, width, batch_size, query.device, query.dtype)
 
         def heads(t):  # (B*N, s*W, c) -> (B*N, heads, s*W, d)
             grouped = pale_group_rows(t, pale_size)
             return grouped.view(grouped.shape[0], grouped.shape[1], self.heads_per_branch, -1).transpose(1, 2)
 
         query, key, value = heads(query), heads(key), heads(value)
-        attention_interface = attention_function(self.config, query, key, value)
-        attended, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-        )
-        # (B*N, s*W, heads, d) -> (B*N, s*W, c) -> (B, Hp, W, c) -> crop
-        attended = pale_ungroup_rows(attended.flatten(2), pale_size, batch_size, width)
+        dropout = self.attention_dropout if self.training else 0.0
+        if padded and not compiling and attention_interface is not eager_attention_forward:
+            # the groups' real rows, no mask: attention weights are only returned by eager attention, whose
+            # (B*N, heads, s*W, s*W) maps keep the masked layout
+            attended = self.attend_unpadded_groups(
+                attention_interface, query, key, value, height, width, batch_size, dropout
+            )
+            weights = None
+        else:
+            mask = None
+            if padded:
+                mask = padded_key_mask(height, padded_height, pale_size, width, batch_size, query.device, query.dtype)
+            attended, weights = attention_interface(
+                self, query, key, value, mask, dropout=dropout, scaling=self.scaling
+            )
+            attended = attended.flatten(2)  # (B*N, s*W, heads, d) -> (B*N, s*W, c)
+        # (B*N, s*W, c) -> (B, Hp, W, c) -> crop
+        attended = pale_ungroup_rows(attended, pale_size, batch_size, width)
         return attended.narrow(1, 0, height), weights  # narrow: exactly `height` rows when traced, not a min
+
+    def attend_unpadded_groups(self, attention_interface, query, key, value, height, width, batch_size, dropout):
+        """Attention of zero-padded groups ``(B*N, heads, s*W, d)`` over their real rows only, without a key mask.
+
+        With ``H = q N + r`` (``0 <= r < N``), groups ``i < r`` hold ``q + 1`` real rows and the others ``q``; a
+        group's real tokens are its first ``q + 1`` or ``q`` rows (its row ``a`` is map row ``i + a N``). Each kind of
+        group is attended in one call over its real tokens: the values of the masked keys (whose probabilities are
+        exactly 0), without the mask's score-sized copy and with fewer scores (Pale-T at 512: 7% fewer in stage 1,
+        16% in stages 2 and 3). Returns ``(B*N, s*W, c)``; the outputs of padded rows are left unset (they are
+        cropped)."""
+        groups = query.shape[0] // batch_size
+        num_heads, padded_tokens = query.shape[1], query.shape[2]
+        rows_per_group, longer_groups = divmod(height, groups)
+        attended = None
+        # the two kinds of groups: [first, last) with `rows` real rows each
+        for first, last, rows in ((0, longer_groups, rows_per_group + 1), (longer_groups, groups, rows_per_group)):
+            if last == first:
+                continue
+            tokens = rows * width
+
+            def real_tokens(t, first=first, last=last, tokens=tokens):
+                # (B*N, heads, s*W, d) -> (B, N, heads, s*W, d) -> (B*n, heads, rows*W, d)
+                return t.view(batch_size, groups, num_heads, padded_tokens, -1)[:, first:last, :, :tokens].flatten(0, 1)
+
+            output, _ = attention_interface(
+                self,
+                real_tokens(query),
+                real_tokens(key),
+                real_tokens(value),
+                None,
+                dropout=dropout,
+                scaling=self.scaling,
+            )
+            if attended is None:
+                attended = output.new_empty(batch_size, groups, padded_tokens, num_heads * output.shape[-1])
+            # (B*n, rows*W, heads, d) -> (B, n, rows*W, c)
+            attended[:, first:last, :tokens] = output.reshape(batch_size, last - first, tokens, -1)
+        return attended.view(batch_size * groups, padded_tokens, -1)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)`` and ``(row, column)`` attention probabilities (eager only)."""
