@@ -14,6 +14,12 @@ one run.
   matmul in the run's dtype (fp32, or bf16 for a bf16 run) is one more step of the same rounds: its median GFLOP/s is
   the machine's matmul throughput under the same load, and each model's GFLOP/s is also reported as a fraction of it
   (``of matmul``). The matmul is left out on CUDA (``run_cuda.py`` measures the GPU's peak).
+* Attention split: in the same rounds each model's attention functions are timed (``timed_attention``: Pale's
+  SDPA or its bf16 matmul stand-in, Swin's SDPA; the scores, softmax and weighted sums with their copies). Reported:
+  per row ``attention_share`` (median over the rounds of the attention seconds over the forward's) and
+  ``attention_s``; per size ``pale_attention_over_swin``, Pale-T's attention alone over Swin-T's whole forward (at
+  1.0 or more Pale-T cannot reach Swin-T's latency whatever the rest costs), and ``pale_rest_over_swin_rest``,
+  everything outside the attention functions over each other.
 * Peak memory: the increase of the resident set (CPU) or of allocated memory (CUDA) during one forward (under the
   same autocast), measured in a fresh subprocess per model (``harness.py``, shared with the other scripts).
 
@@ -23,8 +29,10 @@ sizes.
 """
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -45,6 +53,7 @@ COLUMNS = (
     harness.Column("peak MB", "peak_mem_mb", ">", 8, 1),
     harness.Column("GFLOP/s", "achieved_gflops", ">", 8, 1),
     harness.Column("of matmul", "fraction_of_matmul", ">", 9, 3),
+    harness.Column("attention", "attention_share", ">", 9, 3),
     harness.Column("compile s", "compile_s", ">", 9, 1),
 )
 
@@ -67,22 +76,50 @@ def make_pixel_values(args, size: int) -> torch.Tensor:
     return harness.random_pixel_values(args.batch_size, size, harness.seeded_generator(0)).to(args.device)
 
 
+@contextlib.contextmanager
+def timed_attention(timers: dict[str, harness.AttentionTimer]):
+    """Each model's attention functions timed by its ``timers`` entry, at the place it looks them up: Pale's
+    ``modeling_pale.attention_function`` (the SDPA function, or the bf16 matmul attention that stands in for it at CPU
+    inference), Swin's ``ALL_ATTENTION_FUNCTIONS.get_interface``."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from hf_semseg.models import modeling_pale
+
+    pale_lookup, swin_lookup = modeling_pale.attention_function, ALL_ATTENTION_FUNCTIONS.get_interface
+
+    def pale_function(*args):
+        return timers["pale_tiny"].timed(pale_lookup(*args))
+
+    def swin_function(*args, **kwargs):
+        return timers["hf_swin_tiny"].timed(swin_lookup(*args, **kwargs))
+
+    with (
+        mock.patch.object(modeling_pale, "attention_function", pale_function),
+        mock.patch.object(ALL_ATTENTION_FUNCTIONS, "get_interface", swin_function),
+    ):
+        yield
+
+
 def measure_latency(args, size: int) -> dict:
     """GMACs per image and round-robin forward latencies (in ``args.dtype``) of every model at one input size, with
-    the seconds of the square matmul timed in the same rounds (``None`` on CUDA)."""
+    the seconds of the square matmul timed in the same rounds (``None`` on CUDA) and the seconds each eager forward
+    spent in its attention functions (``timed_attention``)."""
     models = {name: build_model(name).eval().to(args.device) for name in MODELS}
     pixel_values = make_pixel_values(args, size)
     gmacs = {name: harness.count_gmacs(model, pixel_values[:1]) for name, model in models.items()}
     device, dtype = harness.device_and_dtype(args.device, args.dtype)
     autocast, synchronize = harness.device_helpers(device, dtype)
     inputs = dict.fromkeys(models, pixel_values)
-    rounds = harness.forward_round_robin_with_matmul(
-        models, inputs, args.warmup, args.repeats, synchronize, autocast, None if device.type == "cuda" else dtype,
-        compile_models=args.compile,
-    )  # fmt: skip
+    timers = {name: harness.AttentionTimer() for name in MODELS}
+    with timed_attention(timers):
+        rounds = harness.forward_round_robin_with_matmul(
+            models, inputs, args.warmup, args.repeats, synchronize, autocast, None if device.type == "cuda" else dtype,
+            compile_models=args.compile, eager_forwards={name: timers[name].wrap(models[name]) for name in MODELS},
+        )  # fmt: skip
     return {
         "gmacs_per_image": gmacs, "times_s": rounds.times, "matmul_times_s": rounds.matmul_times,
         "compile_s": rounds.compile_s,
+        "attention": {name: timers[name].fields(rounds.times[name]) for name in MODELS},
     }  # fmt: skip
 
 
@@ -126,6 +163,7 @@ def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
             "images_per_s": args.batch_size / median_s, "gmacs_per_image": gmacs,
             "times_s": latency["times_s"][name], **extra,
             "gmacs": gmacs, "achieved_gflops": 2 * gmacs * args.batch_size / median_s,
+            **latency["attention"].get(name, {}),
         }  # fmt: skip
         if matmul is not None:
             row["matmul_gflops"] = matmul["gflops_median"]
@@ -134,6 +172,7 @@ def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
         rows[name] = row
     ratio = rows["pale_tiny"]["median_s"] / rows["hf_swin_tiny"]["median_s"]
     ratios = {"size": size, "pale_over_swin": ratio, "target_max": TARGET_RATIO, "meets": ratio <= TARGET_RATIO}
+    ratios.update(attention_split(rows["pale_tiny"], rows["hf_swin_tiny"]))
     if args.compile:
         compiled = {name: rows[name]["median_s"] for name in twins}
         ratios["compiled_pale_over_compiled_swin"] = compiled["pale_tiny@compiled"] / compiled["hf_swin_tiny@compiled"]
@@ -141,6 +180,18 @@ def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
             name: rows[harness.compiled_name(name)]["median_s"] / rows[name]["median_s"] for name in MODELS
         }
     return list(rows.values()), ratios, matmul
+
+
+def attention_split(pale: dict, swin: dict) -> dict:
+    """The latency ratio split at the attention functions, from the medians over the rounds: Pale-T's attention alone
+    over Swin-T's whole forward (``pale_attention_over_swin``; Pale-T cannot be faster than Swin-T where it is 1.0
+    or more), and the rest of the forwards, everything outside the attention functions, over each other
+    (``pale_rest_over_swin_rest``)."""
+    pale_attention, swin_attention = harness.median(pale["attention_s"]), harness.median(swin["attention_s"])
+    return {
+        "pale_attention_over_swin": pale_attention / swin["median_s"],
+        "pale_rest_over_swin_rest": (pale["median_s"] - pale_attention) / (swin["median_s"] - swin_attention),
+    }
 
 
 def parse_args(argv=None):
@@ -189,6 +240,10 @@ def main(argv=None) -> None:
     for r in ratios:
         print(
             f"Pale-T / Swin-T latency at {r['size']}: {r['pale_over_swin']:.3f} ({harness.verdict(r['pale_over_swin'], TARGET_RATIO)})"
+        )
+        print(
+            f"  Pale-T's attention functions alone / Swin-T's forward: {r['pale_attention_over_swin']:.3f}; the rest "
+            f"of the forwards: {r['pale_rest_over_swin_rest']:.3f}"
         )
         if "compiled_over_eager" in r:
             own = ", ".join(f"{name} {value:.3f}" for name, value in r["compiled_over_eager"].items())

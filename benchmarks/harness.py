@@ -141,7 +141,7 @@ def freeze_batchnorm(model: torch.nn.Module) -> bool:
     return bool(batchnorms)
 
 
-def forward_step(model: torch.nn.Module, inputs, autocast: Callable[[], Any]) -> Step:
+def forward_step(model: Callable, inputs, autocast: Callable[[], Any]) -> Step:
     """The timed inference step: ``model(inputs)`` under ``torch.no_grad()`` and ``autocast``."""
 
     def step():
@@ -261,6 +261,7 @@ def forward_round_robin_with_matmul(
     matmul_dtype: torch.dtype | None = torch.float32,
     matmul_size: int | None = None,
     compile_models: bool = False,
+    eager_forwards: Mapping[str, Callable] | None = None,
 ) -> ForwardRounds:
     """``time_round_robin`` of ``models[name](inputs[name])`` under ``torch.no_grad()`` and ``autocast``
     (``forward_step``), with one ``matmul_size`` (default ``GEMM_SIZE``) square matmul in ``matmul_dtype`` as one more
@@ -269,9 +270,11 @@ def forward_round_robin_with_matmul(
 
     With ``compile_models`` every model also runs as ``torch.compile(model)`` (the same weights), named
     ``compiled_name(name)``, in the same rounds; its first call, which compiles it, is timed on its own before the
-    warm-up."""
+    warm-up. ``eager_forwards``: what the eager step of a model calls instead of the model itself (a wrapper that
+    records something per forward, such as ``AttentionTimer.wrap(model)``); the compiled twins compile the models."""
     size = GEMM_SIZE if matmul_size is None else matmul_size
-    steps = {name: forward_step(model, inputs[name], autocast) for name, model in models.items()}
+    forwards = {**models, **(eager_forwards or {})}
+    steps = {name: forward_step(forwards[name], inputs[name], autocast) for name in models}
     compile_s = {}
     if compile_models:
         for name, model in models.items():
@@ -1014,6 +1017,49 @@ def gemm_step(size: int, dtype: torch.dtype) -> Step:
 def gemm_gflops(size: int, seconds: float) -> float:
     """GFLOP/s of one ``size`` square matmul (``2 * size**3`` FLOPs) that took ``seconds``."""
     return 2 * size**3 / seconds / 1e9
+
+
+class AttentionTimer:
+    """The seconds a model spends inside its attention functions (transformers' attention-interface callables: the
+    scores, the softmax and the weighted sum, with the copies they make), per forward.
+
+    ``timed(function)`` returns ``function`` timed into the current forward; ``wrap(model)`` a callable that runs one
+    forward of ``model`` and records its attention seconds in ``calls`` (one float per forward). The scripts patch the
+    place where each model looks its attention function up so that it gets ``timed(...)`` of it. Forward hooks cannot
+    do this: the attention function is not a module."""
+
+    def __init__(self):
+        self.current = 0.0
+        self.calls: list[float] = []
+
+    def timed(self, function: Callable) -> Callable:
+        def timed_function(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.current += time.perf_counter() - start
+
+        return timed_function
+
+    def wrap(self, model: Callable) -> Callable:
+        def timed_forward(*args, **kwargs):
+            self.current = 0.0
+            output = model(*args, **kwargs)
+            self.calls.append(self.current)
+            return output
+
+        return timed_forward
+
+    def fields(self, times: Sequence[float]) -> dict:
+        """Row fields of the last ``len(times)`` forwards, which took ``times`` (the timed rounds):
+        ``attention_share``, the median over the rounds of the attention seconds over the forward's, and
+        ``attention_s``, the attention seconds per round."""
+        if len(self.calls) < len(times):
+            raise ValueError(f"{len(self.calls)} forwards recorded for {len(times)} timed rounds")
+        calls = self.calls[len(self.calls) - len(times) :]
+        shares = [attention / seconds for attention, seconds in zip(calls, times, strict=True)]
+        return {"attention_share": median(shares), "attention_s": calls}
 
 
 class ModuleTimer:

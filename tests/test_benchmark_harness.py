@@ -1,6 +1,8 @@
 """``benchmarks/harness.py``'s operation count: what the package's layers run on the CPU is counted, the fused
 attention kernel and oneDNN's matmul primitive (the dense layers at inference) included."""
 
+import time
+
 import pytest
 import torch
 from test_benchmark_cuda_script import load_benchmark_module
@@ -35,3 +37,54 @@ def test_the_decoder_count_also_counts_the_dense_layers():
     layer = OneDNNLinear(8, 16)
     counts = harness.count_macs_with_analytic(layer, torch.randn(2, 5, 8), [])
     assert counts["gmacs"] == counts["gmacs_flop_counter"] == (2 * 5) * 8 * 16 / 1e9
+
+
+def test_the_attention_timer_times_each_models_own_attention_functions():
+    """``benchmark_pale.timed_attention`` gives each model's attention functions to its own timer: a Pale forward
+    adds to Pale's timer only, a Swin forward to Swin's only; the recorded seconds are part of the forward's."""
+    from transformers import SwinConfig, SwinModel
+
+    from hf_semseg import PaleConfig, PaleModel
+
+    from model_suite import tiny_pale_kwargs
+
+    pale_benchmark = load_benchmark_module("benchmark_pale")
+    torch.manual_seed(0)
+    models = {
+        "pale_tiny": PaleModel(PaleConfig(**tiny_pale_kwargs(), attn_implementation="sdpa")).eval(),
+        "hf_swin_tiny": SwinModel(
+            SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, attn_implementation="sdpa")
+        ).eval(),
+    }
+    inputs = {"pale_tiny": torch.randn(1, 3, 36, 44), "hf_swin_tiny": torch.randn(1, 3, 32, 32)}
+    timers = {name: harness.AttentionTimer() for name in models}
+    with pale_benchmark.timed_attention(timers), torch.no_grad():
+        for name, model in models.items():
+            other = next(timer for key, timer in timers.items() if key != name)
+            before = list(other.calls), other.current
+            start = time.perf_counter()
+            timers[name].wrap(model)(inputs[name])
+            forward_s = time.perf_counter() - start
+            assert len(timers[name].calls) == 1 and 0 < timers[name].calls[0] < forward_s
+            assert (other.calls, other.current) == before  # nothing of this forward in the other model's timer
+    # outside the context the lookups are the models' own again: nothing more is recorded
+    with torch.no_grad():
+        models["pale_tiny"](inputs["pale_tiny"])
+    assert timers["pale_tiny"].current == timers["pale_tiny"].calls[0]
+
+
+def test_the_attention_fields_and_the_split_of_the_ratio():
+    timer = harness.AttentionTimer()
+    timer.calls = [9.0, 0.5, 1.5]  # a warm-up forward, then two timed rounds
+    fields = timer.fields([2.0, 3.0])
+    assert fields == {"attention_share": (0.25 + 0.5) / 2, "attention_s": [0.5, 1.5]}
+    with pytest.raises(ValueError, match="3 forwards recorded for 4 timed rounds"):
+        timer.fields([1.0] * 4)
+    pale_benchmark = load_benchmark_module("benchmark_pale")
+    pale = {"median_s": 2.0, "attention_s": [1.0, 1.2, 0.8]}
+    swin = {"median_s": 1.0, "attention_s": [0.5, 0.5, 0.4]}
+    # Pale's attention alone (median 1.0 s) is Swin's whole forward; outside it 1.0 s against Swin's 0.5 s
+    assert pale_benchmark.attention_split(pale, swin) == {
+        "pale_attention_over_swin": 1.0,
+        "pale_rest_over_swin_rest": 2.0,
+    }

@@ -26,7 +26,7 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
-from transformers.models.swin.modeling_swin import SwinDropPath, eager_attention_forward
+from transformers.models.swin.modeling_swin import SwinDropPath
 from transformers.models.upernet.modeling_upernet import UperNetHead
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
@@ -209,9 +209,9 @@ class PaleShapedAttention(nn.Module):
 
         query, key, value = heads(query), heads(key), heads(value)
         dropout = self.attention_dropout if self.training else 0.0
-        if padded and not compiling and attention_interface is not eager_attention_forward:
-            # the groups' real rows, no mask: attention weights are only returned by eager attention, whose
-            # (B*N, heads, s*W, s*W) maps keep the masked layout
+        if padded and not compiling and self.config._attn_implementation not in (None, "eager"):
+            # the groups' real rows, no mask: attention weights are only returned by eager attention (also the
+            # function of an unset implementation), whose (B*N, heads, s*W, s*W) maps keep the masked layout
             attended = self.attend_unpadded_groups(
                 attention_interface, query, key, value, height, width, batch_size, dropout
             )
