@@ -10,8 +10,8 @@ Structure (paper Sec. 3):
 - Pale-Shaped self-Attention (PS-Attention, Sec. 3.2): separable-conv Q/K/V (depth-wise 3x3, BatchNorm,
   point-wise linear, as in CvT); the channels are split in two halves: the row half attends within groups of ``s``
   interlaced rows (rows ``i, i + H/s, i + 2H/s, ...``), the column half within groups of ``s`` interlaced columns;
-  the outputs are concatenated and projected. Grouping is a reshape; sizes that ``s`` does not divide are padded and
-  the padded keys masked.
+  the outputs are concatenated and projected. Grouping is a reshape; sizes that ``s`` does not divide are padded, and
+  the padded keys masked or (SDPA, not traced) each group attended over its real rows only.
 
 Portable module: imports only torch, transformers and its sibling configuration module.
 """
@@ -172,7 +172,8 @@ class PaleShapedAttention(nn.Module):
     The row half of the channels (``heads / 2`` heads) attends within groups of ``s`` interlaced rows, the column half
     within groups of ``s`` interlaced columns; each token thus sees ``s * W + s * H - s * s`` tokens spread over the
     whole image. ``s`` is clamped to the map size; a size that ``s`` does not divide is zero-padded at the bottom /
-    right and the padded keys are masked, so the result does not depend on the padding.
+    right and the padded keys are masked (eager attention, traced graphs) or left out (:meth:`attend_unpadded_groups`),
+    so the result does not depend on the padding.
     """
 
     def __init__(self, config: PaleConfig, dim: int, num_heads: int, pale_size: int):
