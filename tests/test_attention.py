@@ -1,6 +1,6 @@
 """The attention function the models pick (``attention_function`` in ``modeling_utils_segmentation``): the configured
-implementation, with ``cpu_bfloat16_attention`` standing in for SDPA at CPU inference in bfloat16 (Pale-T and the
-VW attention), and nowhere else."""
+implementation, with ``cpu_bfloat16_attention`` standing in for SDPA at CPU inference in bfloat16 (Pale-T, SeMask's
+Swin windows and the VW attention), and nowhere else."""
 
 import pytest
 import torch
@@ -10,10 +10,12 @@ from transformers.models.swin.modeling_swin import eager_attention_forward
 
 from hf_semseg.models import modeling_utils_segmentation
 from hf_semseg.models.configuration_pale import PaleConfig
+from hf_semseg.models.configuration_semask_swin import SeMaskSwinConfig
 from hf_semseg.models.modeling_pale import PaleModel
+from hf_semseg.models.modeling_semask_swin import SeMaskSwinModel
 from hf_semseg.models.modeling_utils_segmentation import attention_function, cpu_bfloat16_attention
 
-from model_suite import tiny_pale_kwargs
+from model_suite import tiny_pale_kwargs, tiny_semask_swin_kwargs
 
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
@@ -113,4 +115,37 @@ def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
     assert len(calls) == expected_calls
     scale = reference.float().abs().max().item()
     # measured 0.5% of the largest value; the mask itself is checked exactly above
+    torch.testing.assert_close(output.float(), reference.float(), atol=0.02 * scale, rtol=0)
+
+
+def test_semask_swin_windows_under_bfloat16_autocast_use_it_and_keep_their_output(monkeypatch):
+    """A tiny SeMask-Swin (windows of 4, a 36 x 44 input: padded windows, shifted blocks with their shift mask) under
+    CPU bfloat16 autocast: every Swin block's window attention runs the bfloat16 products, batched over all windows
+    with the bias and shift mask as the additive mask, and the output is SDPA's within bfloat16 rounding."""
+    config = SeMaskSwinConfig(**tiny_semask_swin_kwargs())
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = SeMaskSwinModel(config).eval()
+    pixel_values = torch.randn(1, 3, 36, 44)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append((args[1].shape, args[4].shape))
+        return cpu_bfloat16_attention(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils_segmentation, "cpu_bfloat16_attention", counting)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(pixel_values).last_hidden_state
+        monkeypatch.setattr(modeling_utils_segmentation, "runs_cpu_bfloat16_attention", lambda *tensors: False)
+        reference = model(pixel_values).last_hidden_state
+    # maps 9 x 11, 5 x 6, 3 x 3, 2 x 2 zero-padded to whole windows of 4 x 4 = 16 tokens (the original pads; it
+    # never shrinks the window): 3 x 3, 2 x 2, 1 and 1 windows of 16 / 32 / 64 / 128 channels over 1 / 2 / 2 / 4
+    # heads; two blocks per stage, the first's mask the bias alone (1, heads, 16, 16), the shifted one's the bias
+    # plus a shift mask per window (windows, heads, 16, 16)
+    expected = []
+    for windows, heads, head_dim in [(9, 1, 16), (4, 2, 16), (1, 2, 32), (1, 4, 32)]:
+        query = (windows, heads, 16, head_dim)
+        expected += [(query, (1, heads, 16, 16)), (query, (windows, heads, 16, 16))]
+    assert [(tuple(query), tuple(mask)) for query, mask in calls] == expected
+    scale = reference.float().abs().max().item()
     torch.testing.assert_close(output.float(), reference.float(), atol=0.02 * scale, rtol=0)
