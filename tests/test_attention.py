@@ -87,57 +87,55 @@ def test_function_choice():
         assert attention_function(sdpa, query, key, value) is sdpa_attention_forward
 
 
-def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
-    """A tiny Pale model (a 36 x 44 input: both branches pad) under CPU bfloat16 autocast: the bfloat16 products run
-    for all its attentions, and its output is SDPA's within bfloat16 rounding."""
-    config = PaleConfig(**tiny_pale_kwargs())
+def forwards_with_and_without_bfloat16_products(monkeypatch, model_class, config):
+    """A seeded tiny ``model_class(config)`` with SDPA on a 36 x 44 input, under CPU bfloat16 autocast: the calls of
+    :func:`cpu_bfloat16_attention` (``(query shape, mask shape or None)`` each) and the last hidden state, then the
+    same forward with torch's SDPA (the stand-in switched off: no further calls)."""
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    model = PaleModel(config).eval()
+    model = model_class(config).eval()
     pixel_values = torch.randn(1, 3, 36, 44)
     calls = []
 
     def counting(*args, **kwargs):
-        calls.append(args[1].shape)
+        mask = args[4]
+        calls.append((tuple(args[1].shape), None if mask is None else tuple(mask.shape)))
         return cpu_bfloat16_attention(*args, **kwargs)
 
     monkeypatch.setattr(modeling_utils_segmentation, "cpu_bfloat16_attention", counting)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(pixel_values).last_hidden_state
-        # a row and a column branch per block; a padded branch is one call per kind of group (its longer and
-        # shorter groups, attend_unpadded_groups). Maps 9x11, 5x6, 3x3, 2x2 with pales 3, 3, 2, 2: stage 1 rows
-        # 1 call, columns 11 = 2 * 4 + 3: 2; stage 2 rows 5 = 2 * 2 + 1: 2, columns 1; stage 3 (two blocks) rows
-        # and columns 3 = 1 * 2 + 1: 2 each; stage 4 one each
-        expected_calls = (1 + 2) + (2 + 1) + 2 * (2 + 2) + (1 + 1)
-        assert len(calls) == expected_calls
+        products_calls = list(calls)
         monkeypatch.setattr(modeling_utils_segmentation, "runs_cpu_bfloat16_attention", lambda *tensors: False)
         reference = model(pixel_values).last_hidden_state
-    assert len(calls) == expected_calls
-    scale = reference.float().abs().max().item()
+    assert calls == products_calls
+    return products_calls, output.float(), reference.float()
+
+
+def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
+    """A tiny Pale model (a 36 x 44 input: both branches pad) under CPU bfloat16 autocast: the bfloat16 products run
+    for all its attentions, and its output is SDPA's within bfloat16 rounding."""
+    calls, output, reference = forwards_with_and_without_bfloat16_products(
+        monkeypatch, PaleModel, PaleConfig(**tiny_pale_kwargs())
+    )
+    # a row and a column branch per block; a padded branch is one call per kind of group (its longer and shorter
+    # groups, attend_unpadded_groups, no mask). Maps 9x11, 5x6, 3x3, 2x2 with pales 3, 3, 2, 2: stage 1 rows 1 call,
+    # columns 11 = 2 * 4 + 3: 2; stage 2 rows 5 = 2 * 2 + 1: 2, columns 1; stage 3 (two blocks) rows and columns
+    # 3 = 1 * 2 + 1: 2 each; stage 4 one each
+    assert len(calls) == (1 + 2) + (2 + 1) + 2 * (2 + 2) + (1 + 1)
+    assert all(mask is None for _, mask in calls)
+    scale = reference.abs().max().item()
     # measured 0.5% of the largest value; the mask itself is checked exactly above
-    torch.testing.assert_close(output.float(), reference.float(), atol=0.02 * scale, rtol=0)
+    torch.testing.assert_close(output, reference, atol=0.02 * scale, rtol=0)
 
 
 def test_semask_swin_windows_under_bfloat16_autocast_use_it_and_keep_their_output(monkeypatch):
     """A tiny SeMask-Swin (windows of 4, a 36 x 44 input: padded windows, shifted blocks with their shift mask) under
     CPU bfloat16 autocast: every Swin block's window attention runs the bfloat16 products, batched over all windows
     with the bias and shift mask as the additive mask, and the output is SDPA's within bfloat16 rounding."""
-    config = SeMaskSwinConfig(**tiny_semask_swin_kwargs())
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = SeMaskSwinModel(config).eval()
-    pixel_values = torch.randn(1, 3, 36, 44)
-    calls = []
-
-    def counting(*args, **kwargs):
-        calls.append((args[1].shape, args[4].shape))
-        return cpu_bfloat16_attention(*args, **kwargs)
-
-    monkeypatch.setattr(modeling_utils_segmentation, "cpu_bfloat16_attention", counting)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        output = model(pixel_values).last_hidden_state
-        monkeypatch.setattr(modeling_utils_segmentation, "runs_cpu_bfloat16_attention", lambda *tensors: False)
-        reference = model(pixel_values).last_hidden_state
+    calls, output, reference = forwards_with_and_without_bfloat16_products(
+        monkeypatch, SeMaskSwinModel, SeMaskSwinConfig(**tiny_semask_swin_kwargs())
+    )
     # maps 9 x 11, 5 x 6, 3 x 3, 2 x 2 zero-padded to whole windows of 4 x 4 = 16 tokens (the original pads; it
     # never shrinks the window): 3 x 3, 2 x 2, 1 and 1 windows of 16 / 32 / 64 / 128 channels over 1 / 2 / 2 / 4
     # heads; two blocks per stage, the first's mask the bias alone (1, heads, 16, 16), the shifted one's the bias
@@ -146,6 +144,6 @@ def test_semask_swin_windows_under_bfloat16_autocast_use_it_and_keep_their_outpu
     for windows, heads, head_dim in [(9, 1, 16), (4, 2, 16), (1, 2, 32), (1, 4, 32)]:
         query = (windows, heads, 16, head_dim)
         expected += [(query, (1, heads, 16, 16)), (query, (windows, heads, 16, 16))]
-    assert [(tuple(query), tuple(mask)) for query, mask in calls] == expected
-    scale = reference.float().abs().max().item()
-    torch.testing.assert_close(output.float(), reference.float(), atol=0.02 * scale, rtol=0)
+    assert calls == expected
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(output, reference, atol=0.02 * scale, rtol=0)
