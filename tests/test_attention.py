@@ -147,3 +147,42 @@ def test_semask_swin_windows_under_bfloat16_autocast_use_it_and_keep_their_outpu
     assert calls == expected
     scale = reference.abs().max().item()
     torch.testing.assert_close(output, reference, atol=0.02 * scale, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "model_class, config_class, kwargs, attention_calls",
+    [
+        # SeMask-Swin: one window attention per block, 2 + 2 + 2 + 2 blocks; Pale: a row and a column branch per
+        # block, 1 + 1 + 2 + 1 blocks (masked, not split into kinds of groups, with eager attention)
+        (SeMaskSwinModel, SeMaskSwinConfig, tiny_semask_swin_kwargs, 8),
+        (PaleModel, PaleConfig, tiny_pale_kwargs, 10),
+    ],
+    ids=["semask_swin", "pale"],
+)
+def test_set_attn_implementation_switches_every_attention(
+    monkeypatch, model_class, config_class, kwargs, attention_calls
+):
+    """``model.set_attn_implementation`` reaches every attention layer: transformers' source heuristic does not see
+    :func:`attention_function`, and without ``SegmentationModelDefaults._can_set_attn_implementation`` it refused
+    the switch with a warning (so ``hf_semseg.export`` exported SDPA, whose decomposition torch.onnx cannot re-trace
+    for SeMask)."""
+    config = config_class(**kwargs())
+    config._attn_implementation = "sdpa"
+    model = model_class(config).eval()
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape)
+        return eager_attention_forward(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils_segmentation, "eager_attention_forward", counting)
+    pixel_values = torch.randn(1, 3, 36, 44)
+    with torch.no_grad():
+        model(pixel_values)
+        assert calls == []
+        model.set_attn_implementation("eager")
+        model(pixel_values)
+        assert len(calls) == attention_calls
+        model.set_attn_implementation("sdpa")
+        model(pixel_values)
+    assert len(calls) == attention_calls

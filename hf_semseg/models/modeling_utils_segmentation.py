@@ -43,6 +43,15 @@ class SegmentationModelDefaults(AnyPrecisionMixin):
     _supports_flex_attn = False
     accepts_loss_kwargs = False
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """``set_attn_implementation`` works: every attention layer with more than one implementation reads
+        ``config._attn_implementation`` on each call (:func:`attention_function`, transformers' attention
+        interface). transformers decides this from the module source: it looks for
+        ``ALL_ATTENTION_FUNCTIONS.get_interface(``. Our layers call :func:`attention_function` instead, so without
+        this override it would refuse the switch with a warning, and the model would keep SDPA."""
+        return True
+
     def _initialize_weights(self, module, is_custom_code=False):
         """Runs ``_init_weights`` on every module not yet initialised, as transformers does for its own models.
 
