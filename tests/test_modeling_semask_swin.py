@@ -22,6 +22,8 @@ from hf_semseg.models.modeling_semask_swin import (
     ohem_pixel_weights,
     semantic_decoder,
     shifted_window_mask,
+    upsample2x,
+    upsample2x_by_transposed_convolution,
     window_attention_mask,
     window_partition,
     window_reverse,
@@ -313,6 +315,42 @@ def test_semantic_decoder_upsamples_twofold_per_level():
     )
     expected = expected + F.interpolate(level2, size=(7, 5), mode="bilinear") + priors[3].expand(1, 1, 7, 5)
     torch.testing.assert_close(semantic_decoder(priors), expected)
+
+
+def test_upsample2x_by_transposed_convolution_is_the_bilinear_resizing():
+    # hand values along one axis: x = [1, 3] -> [1, 1.5, 2.5, 3] (0.75 / 0.25 of the neighbour, the border repeated)
+    row = torch.tensor([[[[1.0, 3.0]]]], dtype=torch.float64)
+    assert upsample2x_by_transposed_convolution(row).tolist() == [[[[1.0, 1.5, 2.5, 3.0]] * 2]]
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((2, 3, 5, 4), (1, 2, 1, 1), (1, 4, 7, 2)):
+        hidden_states = torch.randn(shape, generator=generator, dtype=torch.float64)
+        torch.testing.assert_close(
+            upsample2x_by_transposed_convolution(hidden_states), upsample2x(hidden_states), rtol=0, atol=1e-12
+        )
+    # under bfloat16 autocast it keeps the input's dtype, as the resizing does
+    hidden_states = torch.randn(1, 2, 3, 3, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert upsample2x_by_transposed_convolution(hidden_states).dtype == torch.float32
+
+
+def test_traced_semantic_decoder_materialises_each_upsampling():
+    """Traced, the chain of 2x steps is transposed convolutions (inductor would fuse the bilinear resizings into one
+    kernel recomputing every step per pixel); the values are the eager ones."""
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    generator = torch.Generator().manual_seed(0)
+    priors = tuple(torch.randn(1, 3, 8 >> level, 8 >> level, generator=generator) for level in range(4))
+    traced = torch.compile(semantic_decoder, backend=record, fullgraph=True)(priors)
+    torch.testing.assert_close(traced, semantic_decoder(priors), rtol=1e-6, atol=1e-6)
+    targets = [node.target for graph in graphs for node in graph.graph.nodes if node.op == "call_function"]
+    assert targets.count(F.conv_transpose2d) == 1 + 2 + 3
+    # no bilinear 2x step left: the only resizings are resize_to's three to the stride-4 size (traced, it resizes
+    # whatever the sizes)
+    assert targets.count(F.interpolate) == 3
 
 
 def test_ohem_keeps_the_hardest_valid_pixels():
