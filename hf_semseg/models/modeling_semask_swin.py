@@ -801,7 +801,12 @@ def upsample2x_by_transposed_convolution(hidden_states: torch.Tensor) -> torch.T
         taps = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=hidden_states.dtype, device=hidden_states.device)
         # (4,) x (4,) -> (C, 1, 4, 4): one kernel per channel
         kernel = (taps[:, None] * taps[None, :]).expand(channels, 1, 4, 4)
-        padded = F.pad(hidden_states, (1, 1, 1, 1), mode="replicate")
+        padded = hidden_states
+        for dim, length in ((2, height), (3, width)):
+            # the border pixels repeated (F.pad's "replicate" mode, whose traced backward fails on channels-last
+            # maps in torch 2.14: its fake kernel gives other strides than the kernel)
+            first, last = padded.narrow(dim, 0, 1), padded.narrow(dim, length - 1, 1)
+            padded = torch.cat([first, padded, last], dim=dim)
         upsampled = F.conv_transpose2d(padded, kernel, stride=2, padding=1, groups=channels)
     return upsampled.narrow(2, 2, 2 * height).narrow(3, 2, 2 * width)
 
