@@ -11,6 +11,7 @@ purpose) and two lines of transformers' own Mask2Former / MaskFormer modules. Ea
 fails when one goes away and its entry can be dropped.
 """
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,3 +299,53 @@ def test_label_check_is_traced_as_an_assertion():
         compiled(pixel_values=pixel_values, labels=labels)
     with pytest.raises(ValueError, match=r"labels contain values \[7\] outside \[0, 3\]"):
         model(pixel_values=pixel_values, labels=labels)
+
+
+#: dropout rates held as floats by transformers' modules (DETR's and Mask2Former's decoder layers)
+FLOAT_DROPOUT_ATTRIBUTES = ("dropout", "attention_dropout", "activation_dropout", "drop_prob")
+
+
+def without_randomness(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every dropout and drop-path rate 0: eager and compiled graphs draw different random numbers."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for attribute in FLOAT_DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(module, attribute, None), float):
+                setattr(module, attribute, 0.0)
+    return model
+
+
+INDUCTOR = pytest.mark.skipif(
+    not os.environ.get("RUN_SLOW"), reason="inductor compiles a model's step in 1-4 min on 2 cores; set RUN_SLOW=1"
+)
+
+
+@INDUCTOR
+@pytest.mark.parametrize("name", list(MODELS))
+def test_inductor_training_step_gives_the_eager_loss_and_gradients(name):
+    """The training step through inductor (torch.compile's default backend), not only traced: the loss and every
+    gradient of the eager step (relative to the largest gradient of the model: some gradients are exactly zero in
+    exact arithmetic, such as those of key biases and of biases before a BatchNorm, and are float noise here). It
+    caught F.pad's replicate mode in SeMask's traced semantic decoder, whose fake backward kernel inductor rejected."""
+    model, _ = build(name)
+    eager_model = without_randomness(model).train()
+    compiled_model = copy.deepcopy(eager_model)
+    pixel_values, labels = inputs()
+
+    def train_step(model, pixel_values, labels):
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+        loss.backward()
+        return loss
+
+    torch.manual_seed(0)  # the same random points for the Mask2Former losses
+    eager_loss = train_step(eager_model, pixel_values, labels)
+    torch.manual_seed(0)
+    compiled_loss = torch.compile(train_step)(compiled_model, pixel_values, labels)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    pairs = list(zip(eager_model.named_parameters(), compiled_model.parameters()))
+    assert all((eager.grad is None) == (compiled.grad is None) for (_, eager), compiled in pairs)
+    scale = max(eager.grad.abs().max().item() for (_, eager), _ in pairs if eager.grad is not None)
+    for (parameter_name, eager), compiled in pairs:
+        if eager.grad is not None:
+            torch.testing.assert_close(compiled.grad, eager.grad, rtol=1e-3, atol=1e-4 * scale, msg=parameter_name)
