@@ -201,6 +201,13 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return pixel_values, labels
 
 
+def train_step(model, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One training step without the optimiser: the forward with labels and ``loss.backward()``."""
+    loss = model(pixel_values=pixel_values, labels=labels).loss
+    loss.backward()
+    return loss
+
+
 def break_sites(explanation) -> list[tuple[str, str, str, int]]:
     """``(first line of the reason, file name, function, line)`` of the innermost user frame of every break reason,
     without the training step's own ``backward()``."""
@@ -262,13 +269,7 @@ def test_training_step_has_no_graph_break_but_the_known_ones(name):
     model, known = build(name)
     model.train()
     pixel_values, labels = inputs()
-
-    def train_step(pixel_values, labels):
-        loss = model(pixel_values=pixel_values, labels=labels).loss
-        loss.backward()
-        return loss
-
-    explanation = torch._dynamo.explain(train_step)(pixel_values, labels)
+    explanation = torch._dynamo.explain(train_step)(model, pixel_values, labels)
     message = describe(explanation)
     if not known:
         assert explanation.graph_break_count == 0, message
@@ -332,12 +333,6 @@ def test_inductor_training_step_gives_the_eager_loss_and_gradients(name):
     eager_model = without_randomness(model).train()
     compiled_model = copy.deepcopy(eager_model)
     pixel_values, labels = inputs()
-
-    def train_step(model, pixel_values, labels):
-        loss = model(pixel_values=pixel_values, labels=labels).loss
-        loss.backward()
-        return loss
-
     torch.manual_seed(0)  # the same random points for the Mask2Former losses
     eager_loss = train_step(eager_model, pixel_values, labels)
     torch.manual_seed(0)
