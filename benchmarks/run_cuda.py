@@ -4,9 +4,9 @@
     python benchmarks/run_cuda.py                                    # the GPU run (CUDA required)
     python benchmarks/run_cuda.py --device cpu --smoke --output_dir /tmp/smoke   # tiny end-to-end check on the CPU
 
-For every model and peer of the six benchmark scripts (``benchmark_semask_fpn.py``, ``benchmark_pale.py``,
+For every model and peer of the seven benchmark scripts (``benchmark_semask_fpn.py``, ``benchmark_pale.py``,
 ``benchmark_vwformer.py``, ``benchmark_semask_mask2former.py``, ``benchmark_semask_fapn.py``,
-``benchmark_vw_d2.py``), built with the scripts' own builders (random weights, nothing downloaded), and for each
+``benchmark_vw_d2.py``, ``benchmark_d2_models.py``), built with the scripts' own builders (random weights, nothing downloaded), and for each
 input shape of its benchmark, two measurements:
 
 * ``forward``: ``model.eval()``, ``torch.no_grad()``, under autocast (``harness.forward_step``);
@@ -55,6 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py and the benchmark scripts sit next to this one
 
+import benchmark_d2_models  # noqa: E402
 import benchmark_pale  # noqa: E402
 import benchmark_semask_fapn  # noqa: E402
 import benchmark_semask_fpn  # noqa: E402
@@ -64,9 +65,17 @@ import benchmark_vwformer  # noqa: E402
 import harness  # noqa: E402
 
 
-BENCHMARKS = ("semask_fpn", "pale", "vwformer", "semask_mask2former", "semask_fapn", "vw_d2")
+BENCHMARKS = ("semask_fpn", "pale", "vwformer", "semask_mask2former", "semask_fapn", "vw_d2", "d2_models")
 #: seconds each benchmark may take on CUDA (builds, counting, warm-up and timing), before ``--cap-scale``
-CAPS_S = {"semask_fpn": 60, "pale": 35, "vwformer": 60, "semask_mask2former": 90, "semask_fapn": 40, "vw_d2": 60}
+CAPS_S = {
+    "semask_fpn": 60,
+    "pale": 35,
+    "vwformer": 60,
+    "semask_mask2former": 90,
+    "semask_fapn": 40,
+    "vw_d2": 60,
+    "d2_models": 75,
+}
 SMOKE_CAP_S = 600
 #: the (size, batch) shapes of each benchmark on CUDA; ``--smoke`` uses SMOKE_SHAPES, else SMOKE_SHAPE
 CUDA_SHAPES = {
@@ -76,12 +85,14 @@ CUDA_SHAPES = {
     "semask_mask2former": [(640, 4)],
     "semask_fapn": [(640, 8)],
     "vw_d2": [(640, 8)],
+    "d2_models": [(640, 4)],
 }
 #: the smoke run's shape, batch 1 (train steps then keep BatchNorm in eval mode); larger where a model needs it: the
 #: VW decoders take a stride-8 map of at least 16 x 16 (8 x 8 windows), hence 128, and transformers' SwinModel a
-#: stride-32 map of at least its 7 x 7 window, hence 224 for Pale
+#: stride-32 map of at least its 7 x 7 window, hence 224 for Pale; the whole detectron2-style models take the VW
+#: models' smallest input, 128
 SMOKE_SHAPE = (64, 1)
-SMOKE_SHAPES = {"pale": [(224, 1)], "vw_d2": [(128, 1)]}
+SMOKE_SHAPES = {"pale": [(224, 1)], "vw_d2": [(128, 1)], "d2_models": [(benchmark_d2_models.SMOKE_SIZE, 1)]}
 NUM_LABELS = 150
 #: the suffix of a decoder that its model runs outside autocast, measured fully under autocast
 IN_AUTOCAST = harness.IN_AUTOCAST
@@ -281,6 +292,14 @@ def make_spec(name: str, smoke: bool, seed: int, dtype: torch.dtype) -> Spec:
             for ours, peer in bench.pairs
             if peer in outside
         ]
+    elif name == "d2_models":
+        script = benchmark_d2_models
+        make = pixel_inputs(seed, labelled=False)
+        cases = [
+            Case(row, _builder(script.build_model, row, smoke), make, outputs_mean_loss, script.count_macs, plain(row))
+            for row in script.MODELS
+        ]
+        ratios = [(ours, peer, None) for ours, peer, _ in script.PAIRS]
     else:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
     return Spec(name, f"benchmarks/{Path(script.__file__).name}", shapes, cases, ratios)
@@ -715,7 +734,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--min-repeats", type=int, default=None, help="fewest timed steps (default 3; --smoke 1)")
     parser.add_argument("--max-repeats", type=int, default=None, help="most timed steps (default 20; --smoke 1)")
     parser.add_argument("--cap-scale", type=float, default=1.0, help="multiplies every benchmark's time cap")
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run: a benchmark that "
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run: a benchmark that "
                         "would start with less than 30 s left is not run")  # fmt: skip
     parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                         help="one subprocess per benchmark (default: on for CUDA, off for the CPU)")  # fmt: skip

@@ -51,6 +51,7 @@ def expected_rows() -> dict[str, set[tuple[str, str]]]:
     mask2former = load_benchmark_module("benchmark_semask_mask2former")
     fapn = load_benchmark_module("benchmark_semask_fapn")
     vw_d2 = load_benchmark_module("benchmark_vw_d2")
+    d2_models = load_benchmark_module("benchmark_d2_models")
     models = {
         "semask_fpn": list(fpn.MODELS),
         "pale": list(pale.MODELS),
@@ -58,6 +59,7 @@ def expected_rows() -> dict[str, set[tuple[str, str]]]:
         "semask_mask2former": list(mask2former.MODELS),
         "semask_fapn": list(fapn.MODELS),
         "vw_d2": [*vw_d2.MODELS, *(name + "@autocast" for name in vw_d2.DEFORMABLE)],
+        "d2_models": list(d2_models.MODELS),
     }
     return {
         benchmark: {
