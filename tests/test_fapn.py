@@ -1,18 +1,24 @@
 """SeMask's FaPN pieces (``hf_semseg/models/modeling_fapn.py``) against hand computations: the modulated deformable
-convolution against a direct per-tap bilinear sampling, the feature alignment formula, the tied GroupNorm, float32
-under autocast, and the per-copy semantic attention rule."""
+convolution against a direct per-tap bilinear sampling (torchvision's kernel and, at CPU inference, the sampling
+form), the feature alignment formula, the tied GroupNorm, float32 under autocast, and the per-copy semantic attention
+rule."""
+
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from torchvision.ops import deform_conv2d
 
 from hf_semseg import SeMaskMask2FormerConfig, SeMaskMask2FormerForSemanticSegmentation
+from hf_semseg.models import modeling_fapn
 from hf_semseg.models.modeling_fapn import (
     FeatureAlign,
     ModulatedDeformableConv2d,
     SeMaskFaPNPixelDecoder,
     SeMaskMSFaPNPixelDecoder,
+    modulated_deformable_conv_by_sampling,
 )
 
 from model_suite import tiny_mask2former_kwargs, tiny_semask_swin_kwargs
@@ -81,6 +87,62 @@ def test_modulated_deformable_conv_equals_a_direct_per_tap_bilinear_computation(
     expected = direct_modulated_deformable_conv(x, offsets, masks, module.weight, module.bias, groups=8)
     output = module(x, guide)
     assert (output - expected).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups", "kernel"),
+    [((2, 16, 6, 7), 8, 3), ((1, 8, 1, 5), 2, 3), ((1, 6, 4, 1), 3, 3), ((2, 4, 5, 5), 1, 1), ((1, 4, 6, 6), 2, 5)],
+)
+def test_deformable_conv_by_sampling_equals_torchvision_in_float64(shape, groups, kernel):
+    """Offsets of a few pixels (samples outside the map, across its border and on it), maps of one row or one
+    column, one to eight deformable groups, 1x1 to 5x5 kernels."""
+    torch.manual_seed(5)
+    batch, channels, height, width = shape
+    taps = kernel * kernel
+    x = torch.randn(shape, dtype=torch.float64)
+    offsets = 2.5 * torch.randn(batch, 2 * groups * taps, height, width, dtype=torch.float64)
+    offsets[:, :4] = offsets[:, :4].round()  # some samples exactly on pixels, on the border and one past it
+    masks = torch.rand(batch, groups * taps, height, width, dtype=torch.float64)
+    weight = torch.randn(5, channels, kernel, kernel, dtype=torch.float64)
+    bias = torch.randn(5, dtype=torch.float64)
+    expected = deform_conv2d(x, offsets, weight, bias, padding=kernel // 2, mask=masks)
+    output = modulated_deformable_conv_by_sampling(x, offsets, masks, weight, bias)
+    assert output.shape == expected.shape
+    assert (output - expected).abs().max() < 1e-12
+
+
+def test_deformable_conv_by_sampling_in_float32_is_as_close_to_float64_as_torchvision():
+    torch.manual_seed(6)
+    x = torch.randn(1, 32, 40, 40, dtype=torch.float64)
+    offsets = 3 * torch.randn(1, 144, 40, 40, dtype=torch.float64)
+    masks = torch.rand(1, 72, 40, 40, dtype=torch.float64)
+    weight, bias = 0.1 * torch.randn(32, 32, 3, 3, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    exact = deform_conv2d(x, offsets, weight, bias, padding=1, mask=masks)
+    operands = [t.float() for t in (x, offsets, masks, weight, bias)]
+    torchvision_error = (deform_conv2d(*operands[:2], *operands[3:], padding=1, mask=operands[2]) - exact).abs().max()
+    sampling_error = (modulated_deformable_conv_by_sampling(*operands) - exact).abs().max()
+    assert sampling_error < max(3 * torchvision_error, 1e-5)
+
+
+def test_cpu_inference_runs_the_sampling_form_and_training_torchvision():
+    torch.manual_seed(7)
+    module = ModulatedDeformableConv2d(16, groups=8).double()
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0, 0.5)
+    x, guide = torch.randn(1, 16, 6, 7, dtype=torch.float64), torch.randn(1, 16, 6, 7, dtype=torch.float64)
+    offsets, masks = module.offsets_and_masks(guide)
+    expected = direct_modulated_deformable_conv(x, offsets, masks, module.weight, module.bias, groups=8)
+    refused = mock.Mock(side_effect=AssertionError("torchvision's kernel ran"))
+    with torch.no_grad(), mock.patch.object(modeling_fapn, "deform_conv2d", refused):
+        inference = module(x, guide)
+    assert (inference - expected).abs().max() < 1e-10
+    sampling = mock.Mock(side_effect=AssertionError("the sampling form ran"))
+    with mock.patch.object(modeling_fapn, "modulated_deformable_conv_by_sampling", sampling):
+        training = module(x, guide)  # the weights need gradients: torchvision's kernel and its backward
+        training.sum().backward()
+    assert (training - expected).abs().max() < 1e-10
+    assert module.weight.grad is not None and module.offset_mask.weight.grad.abs().max() > 0
 
 
 def test_offsets_are_read_row_first():

@@ -9,7 +9,9 @@ module of ``SeMask-FAPN/DCNv2``.
 
 - :class:`ModulatedDeformableConv2d`: DCNv2 with the offsets and masks predicted from a separate guide map. The
   kernel is ``torchvision.ops.deform_conv2d``, whose offset layout (per deformable group, ``(dy, dx)`` interleaved per
-  kernel tap) and border rule are those of the original CUDA/CPU kernels (bit-identical in float32).
+  kernel tap) and border rule are those of the original CUDA/CPU kernels (bit-identical in float32); at CPU
+  inference the same function runs as :func:`modulated_deformable_conv_by_sampling` (``grid_sample`` per tap and a
+  dense product: 3.8x faster than torchvision's CPU kernel on a 256-channel 160 x 160 map, 2 threads).
 - :class:`FeatureAlign`: ``ReLU(DCN(feat_s; offsets from GN(conv1x1([feat_l, 2 feat_s])))) + feat_l``. The
   GroupNorm of the offset branch is the one of the level's output convolution (one module under two names in the
   original), so it is passed in, not owned: the pair stays tied.
@@ -41,6 +43,69 @@ from transformers.models.mask2former.modeling_mask2former import (
 FEATURE_ALIGN_DEFORMABLE_GROUPS = 8
 #: kernel size of the deformable convolution (3x3, padding 1)
 FEATURE_ALIGN_KERNEL_SIZE = 3
+
+
+def modulated_deformable_conv_by_sampling(
+    hidden_states: torch.Tensor, offsets: torch.Tensor, masks: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d(hidden_states, offsets, weight, bias, padding=k // 2, mask=masks)`` (stride 1,
+    dilation 1, one weight group) as one bilinear ``grid_sample`` per kernel tap and a dense product per tap.
+
+    Why: torchvision's CPU kernel samples element by element on barely more than one thread (1.2-1.6 s for a
+    256-channel 160 x 160 map, 8 deformable groups, 2 threads, of which the product is 0.35 s); ``grid_sample`` is
+    vectorised and threaded (0.32 s for the whole convolution). Tap ``t`` of deformable group ``g`` samples the
+    group's channels at ``(y - k // 2 + t // k + dy, x - k // 2 + t % k + dx)`` with the DCNv2 border rule (a
+    neighbour outside the map counts 0, which is ``grid_sample``'s ``padding_mode="zeros"``), scales them by the
+    tap's mask and adds ``W[:, :, t // k, t % k]`` times them to the output. The sampling points are passed in
+    ``grid_sample``'s normalised coordinates (``align_corners=False``: ``(2 p + 1) / size - 1``), the tap's grid
+    point computed in float64 and the offset added scaled by ``2 / size``. Equal to torchvision's kernel within
+    1e-13 in float64; in float32 both differ from the float64 result by about 2e-5 on that map (their coordinate
+    rounding). Memory: one ``(B, C, H, W)`` map of samples at a time.
+
+    ``hidden_states`` ``(B, C, H, W)``, ``offsets`` ``(B, 2 G K, H, W)``, ``masks`` ``(B, G K, H, W)``, ``weight``
+    ``(C_out, C, k, k)``, ``bias`` ``(C_out,)``, ``K = k * k``; all of one floating dtype."""
+    batch_size, channels, height, width = hidden_states.shape
+    kernel = weight.shape[-1]
+    taps = kernel * kernel
+    groups = masks.shape[1] // taps
+    pixels = height * width
+    dtype = hidden_states.dtype
+    # the taps' grid points in normalised coordinates: (K, W) columns and (K, H) rows
+    tap = torch.arange(taps, dtype=torch.float64, device=hidden_states.device)
+    tap_rows, tap_columns = tap // kernel - kernel // 2, tap % kernel - kernel // 2
+    columns = torch.arange(width, dtype=torch.float64, device=hidden_states.device)
+    rows = torch.arange(height, dtype=torch.float64, device=hidden_states.device)
+    base_x = ((2 * (columns[None, :] + tap_columns[:, None]) + 1) / width - 1).to(dtype)
+    base_y = ((2 * (rows[None, :] + tap_rows[:, None]) + 1) / height - 1).to(dtype)
+    # offsets (B, G * K * 2, H, W) -> (B, G, K, (dy, dx), H, W); grid (B, G, K, H, W, (x, y))
+    offsets = offsets.view(batch_size, groups, taps, 2, height, width)
+    grid = hidden_states.new_empty(batch_size, groups, taps, height, width, 2)
+    torch.add(base_x[:, None, :], offsets[:, :, :, 1], alpha=2 / width, out=grid[..., 0])
+    torch.add(base_y[:, :, None], offsets[:, :, :, 0], alpha=2 / height, out=grid[..., 1])
+    grid = grid.view(batch_size * groups, taps, height, width, 2)
+    # (B, C, H, W) -> (B * G, C / G, H, W): each deformable group samples its own channels
+    grouped = hidden_states.reshape(batch_size * groups, channels // groups, height, width)
+    masks = masks.view(batch_size, groups, 1, taps, pixels)
+    tap_weights = weight.permute(2, 3, 0, 1).reshape(taps, weight.shape[0], channels)  # (K, C_out, C)
+    output = bias.view(1, -1, 1).expand(batch_size, -1, pixels).contiguous()  # (B, C_out, H * W)
+    for index in range(taps):
+        sampled = F.grid_sample(grouped, grid[:, index], mode="bilinear", padding_mode="zeros", align_corners=False)
+        # (B * G, C / G, H, W) -> (B, G, C / G, H * W), scaled by the tap's mask
+        sampled = sampled.view(batch_size, groups, -1, pixels).mul_(masks[:, :, :, index])
+        for image in range(batch_size):
+            output[image].addmm_(tap_weights[index], sampled[image].view(channels, pixels))
+    return output.view(batch_size, -1, height, width)
+
+
+def samples_deformable_conv(*tensors: torch.Tensor) -> bool:
+    """Whether :class:`ModulatedDeformableConv2d` runs as :func:`modulated_deformable_conv_by_sampling`: eager CPU
+    inference (nothing traced, so exported graphs keep ``deform_conv2d`` and its ONNX ``DeformConv``; no operand
+    needs a gradient, so training keeps torchvision's backward, which stores no samples)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+        return False
+    return all(tensor.device.type == "cpu" for tensor in tensors)
 
 
 class ModulatedDeformableConv2d(nn.Module):
@@ -102,14 +167,12 @@ class ModulatedDeformableConv2d(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             offsets, masks = self.offsets_and_masks(guide)
             dtype = self.compute_dtype
-            output = deform_conv2d(
-                hidden_states.to(dtype),
-                offsets,
-                self.weight.to(dtype),
-                self.bias.to(dtype),
-                padding=self.padding,
-                mask=masks,
-            )
+            operands = (hidden_states.to(dtype), offsets, masks, self.weight.to(dtype), self.bias.to(dtype))
+            if samples_deformable_conv(*operands):
+                output = modulated_deformable_conv_by_sampling(*operands)
+            else:
+                features, offsets, masks, weight, bias = operands
+                output = deform_conv2d(features, offsets, weight, bias, padding=self.padding, mask=masks)
         return output if under_autocast else output.to(hidden_states.dtype)
 
 
