@@ -111,7 +111,6 @@ SEMASK_VARIANTS = {
     "semask_mask2former_msfapn_large": "semask-mask2former-msfapn-large-ade20k",
     "semask_maskformer_large": "semask-maskformer-large-ade20k",
 }
-SWIN_LARGE = {"embed_dim": 192, "depths": [2, 2, 18, 2], "num_heads": [6, 12, 24, 48], "window_size": 12}
 #: the backbone of ``--smoke`` (every group)
 SWIN_SMOKE = {"embed_dim": 32, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 4, 8], "window_size": 4}
 SMOKE_SIZE = 128
@@ -134,6 +133,15 @@ COLUMNS = (
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def swin_large_architecture() -> dict:
+    """The Swin-L of SeMask-L Mask2Former (``benchmark_semask_mask2former.SWIN``): embed 192, depths 2-2-18-2, heads
+    6-12-24-48, window 12."""
+    import benchmark_semask_mask2former as semask_m2f
+
+    embed_dim, depths, heads, window = semask_m2f.SWIN["large"][0]
+    return {"embed_dim": embed_dim, "depths": depths, "num_heads": heads, "window_size": window}
 
 
 def set_swin_architecture(backbone_config, architecture: dict) -> None:
@@ -166,10 +174,10 @@ def model_config(name: str, smoke: bool = False):
         }[name]
         config = vw_d2.model_config(decoder)
     elif name == "hf_mask2former_swin_large":
-        backbone = harness.swin_config(SWIN_LARGE)
+        backbone = harness.swin_config(swin_large_architecture())
         config = Mask2FormerConfig(backbone_config=backbone, **semask_m2f.head_kwargs("large"))
     elif name == "hf_maskformer_swin_large":
-        backbone = harness.swin_config(SWIN_LARGE)
+        backbone = harness.swin_config(swin_large_architecture())
         config = MaskFormerConfig(
             backbone_config=backbone, fpn_feature_size=256, mask_feature_size=256, num_labels=NUM_LABELS
         )
