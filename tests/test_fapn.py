@@ -110,6 +110,14 @@ def test_deformable_conv_by_sampling_equals_torchvision_in_float64(shape, groups
     assert output.shape == expected.shape
     assert (output - expected).abs().max() < 1e-12
 
+    # operands that are crops of wider maps (not contiguous) and channels-last: the same values
+    def cropped(t):
+        return F.pad(t, (0, 3)).contiguous(memory_format=torch.channels_last)[..., :width]
+
+    operands = [cropped(t) for t in (x, offsets, masks)]
+    assert not operands[1].is_contiguous()
+    assert (modulated_deformable_conv_by_sampling(*operands, weight, bias) - expected).abs().max() < 1e-12
+
 
 def test_deformable_conv_by_sampling_in_float32_is_as_close_to_float64_as_torchvision():
     torch.manual_seed(6)

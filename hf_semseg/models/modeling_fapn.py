@@ -78,14 +78,14 @@ def modulated_deformable_conv_by_sampling(
     base_x = ((2 * (columns[None, :] + tap_columns[:, None]) + 1) / width - 1).to(dtype)
     base_y = ((2 * (rows[None, :] + tap_rows[:, None]) + 1) / height - 1).to(dtype)
     # offsets (B, G * K * 2, H, W) -> (B, G, K, (dy, dx), H, W); grid (B, G, K, H, W, (x, y))
-    offsets = offsets.view(batch_size, groups, taps, 2, height, width)
+    offsets = offsets.reshape(batch_size, groups, taps, 2, height, width)
     grid = hidden_states.new_empty(batch_size, groups, taps, height, width, 2)
     torch.add(base_x[:, None, :], offsets[:, :, :, 1], alpha=2 / width, out=grid[..., 0])
     torch.add(base_y[:, :, None], offsets[:, :, :, 0], alpha=2 / height, out=grid[..., 1])
     grid = grid.view(batch_size * groups, taps, height, width, 2)
     # (B, C, H, W) -> (B * G, C / G, H, W): each deformable group samples its own channels
     grouped = hidden_states.reshape(batch_size * groups, channels // groups, height, width)
-    masks = masks.view(batch_size, groups, 1, taps, pixels)
+    masks = masks.reshape(batch_size, groups, 1, taps, pixels)
     tap_weights = weight.permute(2, 3, 0, 1).reshape(taps, weight.shape[0], channels)  # (K, C_out, C)
     output = bias.view(1, -1, 1).expand(batch_size, -1, pixels).contiguous()  # (B, C_out, H * W)
     for index in range(taps):
