@@ -38,6 +38,8 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderOutput,
 )
 
+from .modeling_linear import needs_gradient, traced
+
 
 #: deformable groups of every FeatureAlign of the original (hard-coded there)
 FEATURE_ALIGN_DEFORMABLE_GROUPS = 8
@@ -101,9 +103,7 @@ def samples_deformable_conv(*tensors: torch.Tensor) -> bool:
     """Whether :class:`ModulatedDeformableConv2d` runs as :func:`modulated_deformable_conv_by_sampling`: eager CPU
     inference (nothing traced, so exported graphs keep ``deform_conv2d`` and its ONNX ``DeformConv``; no operand
     needs a gradient, so training keeps torchvision's backward, which stores no samples)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+    if traced() or needs_gradient(*tensors):
         return False
     return all(tensor.device.type == "cpu" for tensor in tensors)
 

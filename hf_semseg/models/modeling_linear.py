@@ -32,10 +32,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def traced() -> bool:
+    """Whether the forward is being traced (torch.compile / torch.export / the TorchScript tracer): a graph is being
+    recorded, so an eager-only kernel choice must not be made."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def needs_gradient(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will differentiate through an operation on ``tensors``: grad mode is on and one of them
+    requires a gradient."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+
+
 def onednn_runs(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
     """Whether oneDNN may compute on ``tensors``: all on the CPU and of one of ``dtypes``, oneDNN available and
     enabled, not traced (torch.compile / torch.export / the TorchScript tracer)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if traced():
         return False
     if not all(tensor.device.type == "cpu" and tensor.dtype in dtypes for tensor in tensors):
         return False
@@ -70,7 +82,7 @@ def inference_product_dtype(*operands: torch.Tensor) -> torch.dtype | None:
     or None where it does not: no operand needing a gradient (the primitive has no autograd formula); under CPU
     autocast to bfloat16 on float32 / bfloat16 operands, or on bfloat16 operands without autocast, bfloat16 where
     oneDNN has bfloat16 kernels for this CPU; float32 operands without autocast at full float32 precision."""
-    if torch.is_grad_enabled() and any(operand.requires_grad for operand in operands):
+    if needs_gradient(*operands):
         return None
     if torch.is_autocast_enabled("cpu"):
         if torch.get_autocast_dtype("cpu") != torch.bfloat16:

@@ -22,7 +22,14 @@ from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 from transformers.utils import logging
 
 from .modeling_any_precision import AnyPrecisionMixin
-from .modeling_linear import PLAIN_LINEAR_TYPES, OneDNNLinear, linear_backward, onednn_runs, training_linear
+from .modeling_linear import (
+    PLAIN_LINEAR_TYPES,
+    OneDNNLinear,
+    linear_backward,
+    needs_gradient,
+    onednn_runs,
+    training_linear,
+)
 from .modeling_sdn import SDNLevel, SDNNeck, init_sdn_weights
 
 
@@ -215,7 +222,7 @@ def runs_cpu_bfloat16_attention(*tensors: torch.Tensor) -> bool:
     """Whether :func:`cpu_bfloat16_attention` stands in for SDPA on ``tensors``: bfloat16 on the CPU (an autocast
     forward's projections), inference (no operand needs a gradient: it keeps no graph of its own), and not traced
     (compiled and exported graphs keep SDPA)."""
-    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+    if needs_gradient(*tensors):
         return False
     return onednn_runs(*tensors, dtypes=(torch.bfloat16,))
 
