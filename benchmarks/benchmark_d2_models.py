@@ -36,7 +36,7 @@ in fp32 and under bf16 autocast, achieved GFLOP/s, in one run.
   transformers' Mask2Former does not. The ratios are those of the medians.
 * GMACs: ``harness.count_macs_with_analytic`` on one fp32 forward (``FlopCounterMode``, MACs = FLOPs / 2, with the
   CPU SDPA formula), plus the analytic counts of what it does not see: the deformable attention's sampling and
-  FaPN's modulated deformable convolutions (``benchmark_semask_fapn.deformable_conv_macs``).
+  FaPN's modulated deformable convolutions (``benchmark_semask_fapn.deformable_conv_analytic``).
 * Achieved GFLOP/s: 2 x GMACs / median latency, and its fraction of the matmul's median GFLOP/s in the same rounds.
 
 ``--smoke`` runs the same code on tiny backbones (Swin embed 32, depths 2-2-2-2, window 4) at 128x128 with one
@@ -215,15 +215,10 @@ def count_macs(model: torch.nn.Module, pixel_values: torch.Tensor) -> dict:
     import benchmark_semask_fapn as semask_fapn
     import benchmark_vw_d2 as vw_d2
 
-    from hf_semseg.models.modeling_fapn import ModulatedDeformableConv2d
     from hf_semseg.models.modeling_vw_pixel_decoder import VWBlock
 
-    deformable_conv = harness.AnalyticMacs(
-        ModulatedDeformableConv2d, ("dcn_gemm", "dcn_sampling"), semask_fapn.deformable_conv_macs
-    )
-
     def count():
-        analytic = [harness.deformable_attention_sampling(), deformable_conv]
+        analytic = [harness.deformable_attention_sampling(), semask_fapn.deformable_conv_analytic()]
         return harness.count_macs_with_analytic(model, pixel_values, analytic)
 
     counts = count()

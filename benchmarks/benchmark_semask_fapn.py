@@ -162,12 +162,16 @@ def deformable_conv_macs(module, args, kwargs, output) -> dict[str, int]:
     }
 
 
+def deformable_conv_analytic() -> harness.AnalyticMacs:
+    """The analytic count of every ``ModulatedDeformableConv2d`` call (:func:`deformable_conv_macs`)."""
+    return harness.AnalyticMacs(timed_classes()["deformable_conv"], ("dcn_gemm", "dcn_sampling"), deformable_conv_macs)
+
+
 def count_macs(model: torch.nn.Module, features) -> dict:
     """GMACs of one forward: ``FlopCounterMode``'s count and the analytic counts of the deformable convolutions
     (matrix product and sampling) and of the deformable attention's sampling, from the shapes of the actual calls."""
-    deformable_conv = timed_classes()["deformable_conv"]
-    analytic = harness.AnalyticMacs(deformable_conv, ("dcn_gemm", "dcn_sampling"), deformable_conv_macs)
-    return harness.count_macs_with_analytic(model, features, [analytic, harness.deformable_attention_sampling()])
+    analytic = [deformable_conv_analytic(), harness.deformable_attention_sampling()]
+    return harness.count_macs_with_analytic(model, features, analytic)
 
 
 # ----------------------------------------------------------------------------------------------------------------
