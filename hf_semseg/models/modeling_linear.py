@@ -183,6 +183,23 @@ class OneDNNLinear(nn.Linear):
         return onednn_linear(hidden_states, self.weight, self.bias)
 
 
+def use_onednn_linear(module: nn.Module) -> None:
+    """Replaces every plain ``nn.Linear`` inside ``module`` (a transformers module built with ``nn.Linear``) with a
+    :class:`OneDNNLinear` of the same shape (before the weights are initialised or loaded; the parameter names are the
+    same)."""
+    for name, child in list(module.named_modules()):
+        if type(child) is nn.Linear:
+            parent_name, _, child_name = name.rpartition(".")
+            replacement = OneDNNLinear(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                device=child.weight.device,
+                dtype=child.weight.dtype,
+            )
+            setattr(module.get_submodule(parent_name), child_name, replacement)
+
+
 #: the dense layers whose forward is the plain product (``nn.Linear``'s or :class:`OneDNNLinear`'s): the memory-saving
 #: autograd functions may run them themselves; quantised or adapted subclasses, with forwards of their own, run as
 #: they are
