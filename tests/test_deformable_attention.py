@@ -19,9 +19,10 @@ from hf_semseg.models import modeling_deformable_attention
 from hf_semseg.models.modeling_deformable_attention import (
     GatheringMultiscaleDeformableAttention,
     multi_scale_deformable_attention_by_gathering,
-    use_gathering_deformable_attention,
+    use_cpu_deformable_encoder,
 )
-from hf_semseg.models.modeling_linear import OneDNNLinear, use_onednn_linear
+from hf_semseg.models.modeling_fapn import SeMaskMSFaPNPixelDecoder
+from hf_semseg.models.modeling_linear import OneDNNLinear
 
 from model_suite import tiny_mask2former_kwargs, tiny_semask_swin_kwargs, tiny_vw_mask2former_config
 
@@ -151,27 +152,29 @@ def test_the_gathering_runs_in_the_value_dtype():
     assert (output.double() - expected).abs().max() < 0.05 * expected.abs().max()
 
 
-def pixel_decoder_models():
-    semask = SeMaskMask2FormerModel(
-        SeMaskMask2FormerConfig(
-            **tiny_mask2former_kwargs(pixel_decoder_type="msdeformattn", backbone_config=tiny_semask_swin_kwargs())
+def pixel_decoders():
+    """The deformable pixel decoders of the tiny models, and MSFaPN's built on its own (as the decoder benchmarks
+    build it)."""
+    semask, msfapn = (
+        SeMaskMask2FormerModel(
+            SeMaskMask2FormerConfig(
+                **tiny_mask2former_kwargs(pixel_decoder_type=decoder_type, backbone_config=tiny_semask_swin_kwargs())
+            )
         )
+        for decoder_type in ("msdeformattn", "msfapn")
     )
-    msfapn = SeMaskMask2FormerModel(
-        SeMaskMask2FormerConfig(
-            **tiny_mask2former_kwargs(pixel_decoder_type="msfapn", backbone_config=tiny_semask_swin_kwargs())
-        )
-    )
+    vw_deformable = VWMask2FormerModel(tiny_vw_mask2former_config())
+    channels = msfapn.pixel_level_module.encoder.channels
     return {
-        "semask_msdeformattn": semask,
-        "semask_msfapn": msfapn,
-        "vw_deformable": VWMask2FormerModel(tiny_vw_mask2former_config()),
+        "semask_msdeformattn": semask.pixel_level_module.decoder,
+        "semask_msfapn": msfapn.pixel_level_module.decoder,
+        "vw_deformable": vw_deformable.pixel_level_module.decoder,
+        "msfapn_built_alone": SeMaskMSFaPNPixelDecoder(msfapn.config, feature_channels=channels),
     }
 
 
 def test_the_deformable_pixel_decoders_gather_with_onednn_dense_layers_under_transformers_names():
-    for name, model in pixel_decoder_models().items():
-        decoder = model.pixel_level_module.decoder
+    for name, decoder in pixel_decoders().items():
         attentions = [
             module
             for module in decoder.modules()
@@ -180,17 +183,14 @@ def test_the_deformable_pixel_decoders_gather_with_onednn_dense_layers_under_tra
         assert attentions and all(type(module) is GatheringMultiscaleDeformableAttention for module in attentions), name
         linears = [module for module in decoder.modules() if isinstance(module, nn.Linear)]
         assert linears and all(type(module) is OneDNNLinear for module in linears), name
-        assert any(key.endswith("encoder.layers.0.self_attn.sampling_offsets.weight") for key in model.state_dict()), (
-            name
-        )
+        assert "encoder.layers.0.self_attn.sampling_offsets.weight" in decoder.state_dict(), name
 
 
 def test_the_replacements_keep_the_state_dict_keys_and_settings():
     reference, _ = module_pair()
     container = nn.Sequential(nn.Sequential(reference), nn.Linear(3, 4, bias=False))
     keys = list(container.state_dict())
-    use_gathering_deformable_attention(container)
-    use_onednn_linear(container)
+    use_cpu_deformable_encoder(container)
     attention = container[0][0]
     assert type(attention) is GatheringMultiscaleDeformableAttention
     assert (attention.d_model, attention.n_heads, attention.n_levels, attention.n_points) == (16, 2, 2, 3)

@@ -17,8 +17,8 @@ output projection takes. 4-5x faster at that size; equal to the ``grid_sample`` 
 
 :class:`GatheringMultiscaleDeformableAttention` is transformers' module with that computation at eager CPU inference
 (:func:`gathers_deformable_attention`); training, tracing (torch.compile, torch.export, ONNX) and other devices run
-transformers' forward unchanged. :func:`use_gathering_deformable_attention` puts it in a pixel decoder: same
-parameters, same state-dict keys.
+transformers' forward unchanged. :func:`use_cpu_deformable_encoder` puts it in a pixel decoder, with oneDNN dense
+layers: same parameters, same state-dict keys.
 
 Portable module: imports only torch, transformers and sibling modules.
 """
@@ -29,7 +29,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
 )
 
-from .modeling_linear import needs_gradient, traced
+from .modeling_linear import needs_gradient, traced, use_onednn_linear
 
 
 #: zero rows / columns around each level's map: a point whose pixel coordinate is clamped to ``[-2, size]`` touches
@@ -202,9 +202,19 @@ def use_gathering_deformable_attention(module: torch.nn.Module) -> None:
             setattr(module.get_submodule(parent_name), child_name, replacement)
 
 
+def use_cpu_deformable_encoder(decoder: torch.nn.Module) -> None:
+    """The deformable-attention encoder of a Mask2Former-style pixel decoder (built by transformers) as it runs
+    fastest on the CPU, under the same state-dict keys: its attentions :class:`GatheringMultiscaleDeformableAttention`
+    (:func:`use_gathering_deformable_attention`), its ``nn.Linear`` layers ``OneDNNLinear`` (``use_onednn_linear``).
+    Modules already replaced are left as they are."""
+    use_gathering_deformable_attention(decoder)
+    use_onednn_linear(decoder)
+
+
 __all__ = [
     "GatheringMultiscaleDeformableAttention",
     "gathers_deformable_attention",
     "multi_scale_deformable_attention_by_gathering",
+    "use_cpu_deformable_encoder",
     "use_gathering_deformable_attention",
 ]

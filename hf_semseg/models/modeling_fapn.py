@@ -19,7 +19,8 @@ module of ``SeMask-FAPN/DCNv2``.
   in SeMask's code (and unlike upstream FaPN) the coarser level is added to the lateral features first and the sum is
   aligned against the lateral features.
 - :class:`SeMaskMSFaPNPixelDecoder` ("MSFaPN"): transformers' ``Mask2FormerPixelDecoder`` (multi-scale deformable
-  attention on strides 8-32) with a :class:`FeatureAlign` in each of its FPN levels (stride 4).
+  attention on strides 8-32, its encoder as ``modeling_deformable_attention.use_cpu_deformable_encoder`` makes it)
+  with a :class:`FeatureAlign` in each of its FPN levels (stride 4).
 
 Both return ``Mask2FormerPixelDecoderOutput`` and plug into SeMask-Mask2Former (``config.pixel_decoder_type``).
 
@@ -38,6 +39,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderOutput,
 )
 
+from .modeling_deformable_attention import use_cpu_deformable_encoder
 from .modeling_linear import needs_gradient, traced
 
 
@@ -269,6 +271,7 @@ class SeMaskMSFaPNPixelDecoder(Mask2FormerPixelDecoder):
 
     def __init__(self, config, feature_channels: list[int]):
         super().__init__(config, feature_channels=feature_channels)
+        use_cpu_deformable_encoder(self)
         for level in range(1, self.num_fpn_levels + 1):
             self.add_module(f"align_{level}", FeatureAlign(config.feature_size))
         self.feature_aligns = [getattr(self, f"align_{level}") for level in range(1, self.num_fpn_levels + 1)][::-1]

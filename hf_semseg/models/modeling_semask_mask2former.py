@@ -46,9 +46,8 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
-from .modeling_deformable_attention import use_gathering_deformable_attention
+from .modeling_deformable_attention import use_cpu_deformable_encoder
 from .modeling_fapn import FeatureAlign, SeMaskFaPNPixelDecoder, SeMaskMSFaPNPixelDecoder, init_feature_align
-from .modeling_linear import use_onednn_linear
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -508,8 +507,7 @@ class SeMaskMask2FormerPixelLevelModule(nn.Module):
         self.encoder = SeMaskSwinBackbone(config.backbone_config)
         self.decoder = PIXEL_DECODERS[config.pixel_decoder_type](config, feature_channels=self.encoder.channels)
         group_norms_for_single_values(self.decoder)
-        use_gathering_deformable_attention(self.decoder)
-        use_onednn_linear(self.decoder)  # the deformable encoder's, built by transformers as nn.Linear
+        use_cpu_deformable_encoder(self.decoder)  # transformers' Mask2FormerPixelDecoder's (MSFaPN's has it already)
         self.decoder_outside_autocast = config.pixel_decoder_type != "fapn"
 
 

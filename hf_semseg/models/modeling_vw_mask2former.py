@@ -36,8 +36,6 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_vw_mask2former import VWMask2FormerConfig
-from .modeling_deformable_attention import use_gathering_deformable_attention
-from .modeling_linear import use_onednn_linear
 from .modeling_semask_mask2former import SemanticMaskClassificationMixin, SeMaskMask2FormerLoss
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -127,8 +125,6 @@ class VWMask2FormerPixelLevelModule(nn.Module):
         self.decoder = VW_MASK2FORMER_PIXEL_DECODERS[config.pixel_decoder_type](
             config, feature_channels=backbone_channels(self.encoder)
         )
-        use_gathering_deformable_attention(self.decoder)
-        use_onednn_linear(self.decoder)  # the deformable encoder's, built by transformers as nn.Linear
         self.decoder_outside_autocast = config.pixel_decoder_type == "vw_deformable"
 
 

@@ -14,8 +14,9 @@ released models:
   backbone's stride-8/16/32 maps, the multi-scale features of the masked-attention decoder.
 - :class:`VWDeformAttnPixelDecoder` (VW-Mask2Former with deformable attention, original
   ``VWDeformAttnPixelDecoder``): transformers' ``Mask2FormerPixelDecoder`` encoder part (input projections, level
-  embeddings, multi-scale deformable-attention encoder; the encoder outputs are the multi-scale features) and the
-  VW block on the encoder outputs (no image pooling).
+  embeddings, multi-scale deformable-attention encoder, as ``modeling_deformable_attention.use_cpu_deformable_encoder``
+  makes it; the encoder outputs are the multi-scale features) and the VW block on the encoder outputs (no image
+  pooling).
 
 What the original hard-codes, and this module therefore too: 512 channels inside the block, 48 for the projected
 stride-4 map, 256 for the mask features and the multi-scale features, the 8 x 8 window grid, the enlarging ratios
@@ -49,6 +50,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderOutput,
 )
 
+from .modeling_deformable_attention import use_cpu_deformable_encoder
 from .modeling_fapn import SeMaskMSFaPNPixelDecoder
 from .modeling_linear import OneDNNLinear
 from .modeling_utils_segmentation import folds_attention_projections
@@ -354,6 +356,7 @@ class VWDeformAttnPixelDecoder(Mask2FormerPixelDecoder):
 
     def __init__(self, config, feature_channels: list[int]):
         super().__init__(config, feature_channels=feature_channels)
+        use_cpu_deformable_encoder(self)
         del self.mask_projection
         for level in range(1, self.num_fpn_levels + 1):
             delattr(self, f"adapter_{level}")
