@@ -165,25 +165,12 @@ def _traceable_deformable_attention(
     same operations and values otherwise."""
     from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
 
+    from .models.modeling_deformable_attention import deformable_attention_projections
+
     if reference_points.shape[-1] != 2:
         raise ExportError("the deformable attention of this model takes boxes as reference points: not exportable")
-    if position_embeddings is not None:
-        hidden_states = hidden_states + position_embeddings
-    batch_size, num_queries, _ = hidden_states.shape
-    sequence_length = encoder_hidden_states.shape[1]
-    value = self.value_proj(encoder_hidden_states)
-    if attention_mask is not None:
-        value = value.masked_fill(attention_mask[..., None], 0.0)
-    # (B, S, C) -> (B, S, heads, C / heads)
-    value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
-    sampling_offsets = self.sampling_offsets(hidden_states).view(
-        batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2
-    )
-    attention_weights = self.attention_weights(hidden_states).view(
-        batch_size, num_queries, self.n_heads, self.n_levels * self.n_points
-    )
-    attention_weights = attention_weights.softmax(-1).view(
-        batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
+    value, sampling_offsets, attention_weights = deformable_attention_projections(
+        self, hidden_states, encoder_hidden_states, attention_mask, position_embeddings
     )
     # (levels, 2): each level's (width, height)
     normaliser = torch.stack(
@@ -204,6 +191,8 @@ def _size_branch_free_methods() -> dict[type, tuple[str, Callable]]:
     from transformers.models.mask2former import modeling_mask2former
     from transformers.models.swin import modeling_swin
 
+    from .models.modeling_deformable_attention import GatheringMultiscaleDeformableAttention
+
     return {
         modeling_swin.SwinPatchEmbeddings: ("maybe_pad", _always_padding_patch_embeddings),
         modeling_swin.SwinPatchMerging: ("maybe_pad", _always_padding_patch_merging),
@@ -213,6 +202,8 @@ def _size_branch_free_methods() -> dict[type, tuple[str, Callable]]:
             "forward",
             _traceable_deformable_attention,
         ),
+        # the deformable pixel decoders' own (transformers' module, gathering at eager CPU inference)
+        GatheringMultiscaleDeformableAttention: ("forward", _traceable_deformable_attention),
     }
 
 

@@ -206,9 +206,20 @@ def test_traceable_sizes_reaches_list_held_layers_and_restores_the_model():
     assert block.layers[0] is pooling and getattr(block, "0") is pooling
     for name, patched_classes in [
         ("vwformer", ["SwinLayer", "SwinPatchEmbeddings", "SwinPatchMerging"]),
+        # the deformable decoders' attention is transformers' module subclassed (modeling_deformable_attention)
         (
             "semask_mask2former_msdeformattn",
-            ["Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention", "Mask2FormerPixelDecoderEncoderOnly"],
+            ["GatheringMultiscaleDeformableAttention", "Mask2FormerPixelDecoderEncoderOnly"],
+        ),
+        (
+            "vw_mask2former_vw_deformable",
+            [
+                "GatheringMultiscaleDeformableAttention",
+                "Mask2FormerPixelDecoderEncoderOnly",
+                "SwinLayer",
+                "SwinPatchEmbeddings",
+                "SwinPatchMerging",
+            ],
         ),
     ]:
         model = fresh_model(name)

@@ -118,6 +118,34 @@ def multi_scale_deformable_attention_by_gathering(
     return output.view(batch_size, num_queries, num_heads * head_dim)
 
 
+def deformable_attention_projections(
+    module: Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_embeddings: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The projections of transformers' deformable-attention ``module`` (its forward's first half): the queries are
+    ``hidden_states + position_embeddings``; returns the value ``(B, tokens, heads, head_dim)`` (zero where
+    ``attention_mask`` is True), the sampling offsets ``(B, queries, heads, levels, points, 2)`` (``(x, y)`` in
+    pixels of each level) and the softmaxed attention weights ``(B, queries, heads, levels, points)``."""
+    if position_embeddings is not None:
+        hidden_states = hidden_states + position_embeddings
+    batch_size, num_queries, _ = hidden_states.shape
+    sequence_length = encoder_hidden_states.shape[1]
+    heads, levels, points = module.n_heads, module.n_levels, module.n_points
+    value = module.value_proj(encoder_hidden_states)
+    if attention_mask is not None:
+        value = value.masked_fill(attention_mask[..., None], 0.0)  # True marks a padded token
+    # (B, tokens, C) -> (B, tokens, heads, head_dim)
+    value = value.view(batch_size, sequence_length, heads, module.d_model // heads)
+    # (B, queries, heads * levels * points * 2) -> (B, queries, heads, levels, points, 2)
+    sampling_offsets = module.sampling_offsets(hidden_states).view(batch_size, num_queries, heads, levels, points, 2)
+    attention_weights = module.attention_weights(hidden_states).view(batch_size, num_queries, heads, levels * points)
+    attention_weights = attention_weights.softmax(-1).view(batch_size, num_queries, heads, levels, points)
+    return value, sampling_offsets, attention_weights
+
+
 def gathers_deformable_attention(*tensors: torch.Tensor) -> bool:
     """Whether :class:`GatheringMultiscaleDeformableAttention` computes by gathering: eager CPU inference (nothing
     traced, so exported graphs keep ``grid_sample``; no operand needs a gradient, so training keeps transformers'
@@ -157,24 +185,8 @@ class GatheringMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMulti
                 level_start_index=level_start_index,
                 output_attentions=output_attentions,
             )
-        if position_embeddings is not None:
-            hidden_states = hidden_states + position_embeddings
-        batch_size, num_queries, _ = hidden_states.shape
-        sequence_length = encoder_hidden_states.shape[1]
-        value = self.value_proj(encoder_hidden_states)
-        if attention_mask is not None:
-            value = value.masked_fill(attention_mask[..., None], 0.0)  # True marks a padded token
-        # (B, tokens, C) -> (B, tokens, heads, head_dim)
-        value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
-        # (B, queries, heads * levels * points * 2) -> (B, queries, heads, levels, points, 2), (x, y) in pixels
-        sampling_offsets = self.sampling_offsets(hidden_states).view(
-            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2
-        )
-        attention_weights = self.attention_weights(hidden_states).view(
-            batch_size, num_queries, self.n_heads, self.n_levels * self.n_points
-        )
-        attention_weights = attention_weights.softmax(-1).view(
-            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
+        value, sampling_offsets, attention_weights = deformable_attention_projections(
+            self, hidden_states, encoder_hidden_states, attention_mask, position_embeddings
         )
         offset_normalizer = torch.tensor(
             [[width, height] for height, width in spatial_shapes_list], device=reference_points.device
@@ -213,6 +225,7 @@ def use_cpu_deformable_encoder(decoder: torch.nn.Module) -> None:
 
 __all__ = [
     "GatheringMultiscaleDeformableAttention",
+    "deformable_attention_projections",
     "gathers_deformable_attention",
     "multi_scale_deformable_attention_by_gathering",
     "use_cpu_deformable_encoder",
