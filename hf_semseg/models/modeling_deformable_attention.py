@@ -29,7 +29,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
 )
 
-from .modeling_linear import needs_gradient, traced, use_onednn_linear
+from .modeling_linear import needs_gradient, replace_modules, traced, use_onednn_linear
 
 
 #: zero rows / columns around each level's map: a point whose pixel coordinate is clamped to ``[-2, size]`` touches
@@ -205,13 +205,13 @@ def use_gathering_deformable_attention(module: torch.nn.Module) -> None:
     """Replaces every transformers ``Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention`` inside ``module``
     with a :class:`GatheringMultiscaleDeformableAttention` of the same settings, device and dtype (before the weights
     are initialised or loaded; the parameter names are the same)."""
-    for name, child in list(module.named_modules()):
-        if type(child) is Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention:
-            parent_name, _, child_name = name.rpartition(".")
-            replacement = GatheringMultiscaleDeformableAttention(
-                child.d_model, child.n_heads, child.n_levels, child.n_points
-            ).to(device=child.value_proj.weight.device, dtype=child.value_proj.weight.dtype)
-            setattr(module.get_submodule(parent_name), child_name, replacement)
+    replace_modules(
+        module,
+        Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+        lambda child: GatheringMultiscaleDeformableAttention(
+            child.d_model, child.n_heads, child.n_levels, child.n_points
+        ).to(device=child.value_proj.weight.device, dtype=child.value_proj.weight.dtype),
+    )
 
 
 def use_cpu_deformable_encoder(decoder: torch.nn.Module) -> None:

@@ -183,21 +183,30 @@ class OneDNNLinear(nn.Linear):
         return onednn_linear(hidden_states, self.weight, self.bias)
 
 
+def replace_modules(module: nn.Module, module_type: type, make_replacement) -> None:
+    """Replaces every submodule of ``module`` whose type is exactly ``module_type`` (not a subclass) with
+    ``make_replacement(submodule)``, under the same name (before the weights are initialised or loaded)."""
+    for name, child in list(module.named_modules()):
+        if type(child) is module_type:
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(module.get_submodule(parent_name), child_name, make_replacement(child))
+
+
 def use_onednn_linear(module: nn.Module) -> None:
     """Replaces every plain ``nn.Linear`` inside ``module`` (a transformers module built with ``nn.Linear``) with a
     :class:`OneDNNLinear` of the same shape (before the weights are initialised or loaded; the parameter names are the
     same)."""
-    for name, child in list(module.named_modules()):
-        if type(child) is nn.Linear:
-            parent_name, _, child_name = name.rpartition(".")
-            replacement = OneDNNLinear(
-                child.in_features,
-                child.out_features,
-                bias=child.bias is not None,
-                device=child.weight.device,
-                dtype=child.weight.dtype,
-            )
-            setattr(module.get_submodule(parent_name), child_name, replacement)
+    replace_modules(
+        module,
+        nn.Linear,
+        lambda child: OneDNNLinear(
+            child.in_features,
+            child.out_features,
+            bias=child.bias is not None,
+            device=child.weight.device,
+            dtype=child.weight.dtype,
+        ),
+    )
 
 
 #: the dense layers whose forward is the plain product (``nn.Linear``'s or :class:`OneDNNLinear`'s): the memory-saving

@@ -48,6 +48,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
 from .modeling_deformable_attention import use_cpu_deformable_encoder
 from .modeling_fapn import FeatureAlign, SeMaskFaPNPixelDecoder, SeMaskMSFaPNPixelDecoder, init_feature_align
+from .modeling_linear import replace_modules
 from .modeling_semask_swin import SeMaskSwinBackbone
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -480,13 +481,13 @@ class SeMaskMask2FormerGroupNorm(nn.GroupNorm):
 def group_norms_for_single_values(module: nn.Module) -> None:
     """Replaces every ``nn.GroupNorm`` inside ``module`` with a :class:`SeMaskMask2FormerGroupNorm` of the same
     settings (before the weights are initialised or loaded)."""
-    for name, child in list(module.named_modules()):
-        if type(child) is nn.GroupNorm:
-            parent_name, _, child_name = name.rpartition(".")
-            replacement = SeMaskMask2FormerGroupNorm(
-                child.num_groups, child.num_channels, eps=child.eps, affine=child.affine
-            )
-            setattr(module.get_submodule(parent_name), child_name, replacement)
+    replace_modules(
+        module,
+        nn.GroupNorm,
+        lambda child: SeMaskMask2FormerGroupNorm(
+            child.num_groups, child.num_channels, eps=child.eps, affine=child.affine
+        ),
+    )
 
 
 PIXEL_DECODERS = {
