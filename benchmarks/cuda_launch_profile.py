@@ -35,17 +35,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py and the b
 import benchmark_pale  # noqa: E402
 import benchmark_semask_fpn  # noqa: E402
 import harness  # noqa: E402
+import run_cuda  # noqa: E402
 
 
+#: the backbones of benchmark_semask_fpn.py that this script profiles, ours then the peer
+SEMASK_BACKBONES = ("semask_backbone_tiny", "hf_swin_tiny_backbone")
 #: (model, builder, the (size, batch) shapes of run_cuda.py's benchmark of it)
 MODELS = (
-    ("pale_tiny", benchmark_pale.build_model, ((224, 32), (512, 8))),
-    ("hf_swin_tiny", benchmark_pale.build_model, ((224, 32), (512, 8))),
-    ("semask_backbone_tiny", benchmark_semask_fpn.build_model, ((512, 8),)),
-    ("hf_swin_tiny_backbone", benchmark_semask_fpn.build_model, ((512, 8),)),
+    *((name, benchmark_pale.build_model, run_cuda.CUDA_SHAPES["pale"]) for name in benchmark_pale.MODELS),
+    *((name, benchmark_semask_fpn.build_model, run_cuda.CUDA_SHAPES["semask_fpn"]) for name in SEMASK_BACKBONES),
 )
 #: (ours, peer) pairs whose ratios are reported
-PAIRS = (("pale_tiny", "hf_swin_tiny"), ("semask_backbone_tiny", "hf_swin_tiny_backbone"))
+PAIRS = (tuple(benchmark_pale.MODELS), SEMASK_BACKBONES)
 TOP_KERNELS = 8
 
 
@@ -129,7 +130,7 @@ def measure(args, name: str, build, size: int, batch: int, device, autocast, syn
             try:
                 row.update(run())
             except Exception as error:  # noqa: BLE001 - recorded in the report, the run goes on
-                row[f"{field}_error"] = f"{type(error).__name__}: {str(error).strip()[:300]}"
+                row[f"{field}_error"] = run_cuda.error_message(error)
         if row.get("kernels"):
             row["host_us_per_kernel"] = 1e3 * host / row["kernels"]
     return row
