@@ -121,8 +121,9 @@ def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
     # a row and a column branch per block; a padded branch is one call per kind of group (its longer and shorter
     # groups, attend_unpadded_groups, no mask). Maps 9x11, 5x6, 3x3, 2x2 with pales 3, 3, 2, 2: stage 1 rows 1 call,
     # columns 11 = 2 * 4 + 3: 2; stage 2 rows 5 = 2 * 2 + 1: 2, columns 1; stage 3 (two blocks) rows and columns
-    # 3 = 1 * 2 + 1: 2 each; stage 4 one each
-    assert len(calls) == (1 + 2) + (2 + 1) + 2 * (2 + 2) + (1 + 1)
+    # 3 = 1 * 2 + 1: 2 each; stage 4 (square, 2 divides it) both branches in one call (attend_both_branches)
+    assert len(calls) == (1 + 2) + (2 + 1) + 2 * (2 + 2) + 1
+    assert calls[-1][0] == (2 * 1 * 1, 2, 2 * 2, 32)  # 2 branches x B x 1 group, 2 heads, 2 x 2 tokens, head size 32
     assert all(mask is None for _, mask in calls)
     scale = reference.abs().max().item()
     # measured 0.5% of the largest value; the mask itself is checked exactly above

@@ -9,6 +9,7 @@ from hf_semseg import (
     PaleConfig,
     PaleForImageClassification,
     PaleForSemanticSegmentation,
+    PaleModel,
 )
 from hf_semseg.models import modeling_pale
 from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
@@ -195,6 +196,177 @@ def test_sdpa_attends_the_real_rows_of_padded_groups_without_a_mask(height, pale
     assert split.dtype == torch.bfloat16
     torch.testing.assert_close(split.double(), masked.double(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(split.double(), reference, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize(("size", "pale_size"), [(6, 3), (4, 2), (3, 3), (2, 7)])
+def test_both_branches_in_one_call_are_the_two_branch_calls(size, pale_size, monkeypatch):
+    """On a square map that the (clamped) pale size divides, SDPA attends the row and the column groups in ONE call
+    (``attend_both_branches``): its values are those of the two calls of ``attend_rows`` and of the loop over the
+    groups of each branch (float64, 1e-12), row half of the channels first."""
+    calls = []
+    real_function = modeling_pale.attention_function
+
+    def recording_function(config, query, key, value):
+        function = real_function(config, query, key, value)
+
+        def record(module, query, key, value, mask, **kwargs):
+            calls.append(tuple(query.shape))
+            return function(module, query, key, value, mask, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(modeling_pale, "attention_function", recording_function)
+    torch.manual_seed(0)
+    attention = PaleShapedAttention(attention_config("sdpa"), dim=16, num_heads=4, pale_size=pale_size).eval()
+    q, k, v = (torch.randn(2, size, size, 16, dtype=torch.float64) for _ in range(3))
+    assert attention.attends_branches_together(size, size)
+    with torch.no_grad():
+        together, weights = attention.attend_pales(q, k, v)
+        rows, _ = attention.attend_rows(q[..., :8], k[..., :8], v[..., :8])
+        columns, _ = attention.attend_rows(*(t[..., 8:].transpose(1, 2) for t in (q, k, v)))
+    assert weights == (None, None)
+    groups = size // min(pale_size, size)
+    # one call: 2 branches x B x N groups, 2 heads, s x H tokens, head size 4; then the two attend_rows calls
+    assert calls[0] == (2 * 2 * groups, 2, min(pale_size, size) * size, 4) and len(calls) == 3
+    torch.testing.assert_close(together, torch.cat([rows, columns.transpose(1, 2)], -1), atol=1e-12, rtol=1e-12)
+    scaling = attention.scaling
+    reference_rows = naive_row_attention(q[..., :8], k[..., :8], v[..., :8], pale_size, heads=2, scaling=scaling)
+    reference_columns = naive_row_attention(
+        *(t[..., 8:].transpose(1, 2) for t in (q, k, v)), pale_size, heads=2, scaling=scaling
+    ).transpose(1, 2)
+    torch.testing.assert_close(together[..., :8], reference_rows, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(together[..., 8:], reference_columns, atol=1e-12, rtol=1e-12)
+
+
+def test_branches_are_attended_apart_where_one_call_cannot_hold_both(monkeypatch):
+    """Not square, padded (7 rows in pales of 3), eager attention (it returns each branch's weights) or traced (a
+    graph keeps the size comparison): one call per branch, as before."""
+    sdpa = PaleShapedAttention(attention_config("sdpa"), dim=8, num_heads=2, pale_size=3)
+    eager = PaleShapedAttention(attention_config("eager"), dim=8, num_heads=2, pale_size=3)
+    assert sdpa.attends_branches_together(6, 6) and sdpa.attends_branches_together(9, 9)
+    assert not sdpa.attends_branches_together(6, 9)
+    assert not sdpa.attends_branches_together(7, 7)
+    assert not eager.attends_branches_together(6, 6)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not sdpa.attends_branches_together(6, 6)
+
+
+def tiny_inference_model(**overrides) -> PaleModel:
+    """A seeded tiny ``PaleModel`` with SDPA in eval mode, its BatchNorms holding non-trivial running statistics."""
+    config = PaleConfig(**tiny_pale_kwargs(**overrides))
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = PaleModel(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2), module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1.0, 0.2), module.bias.normal_(0.0, 0.2)
+    return model
+
+
+def count_inference_forwards(monkeypatch) -> list:
+    """Records each block that runs ``PaleBlock.inference_forward``."""
+    blocks = []
+    real = modeling_pale.PaleBlock.inference_forward
+
+    def counting(self, hidden_states):
+        blocks.append(self)
+        return real(self, hidden_states)
+
+    monkeypatch.setattr(modeling_pale.PaleBlock, "inference_forward", counting)
+    return blocks
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])
+@pytest.mark.parametrize("size", [(48, 48), (36, 44)], ids=["square", "padded"])
+def test_inference_forward_is_the_module_forward_bit_for_bit(size, autocast, monkeypatch):
+    """At inference every block runs ``inference_forward`` (direct kernel calls), and the model's output is the
+    module-by-module forward's exactly (atol 0), in float32 and under CPU bfloat16 autocast, on a map whose branches
+    attend together (48: maps 12, 6, 3, 2 with pales 3, 3, 2, 2; stages 1, 2 and 4) and on padded ones."""
+    model = tiny_inference_model()
+    pixel_values = torch.randn(2, 3, *size)
+    blocks = count_inference_forwards(monkeypatch)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        fast = model(pixel_values).last_hidden_state
+        assert len(blocks) == sum(model.config.depths)
+        monkeypatch.setattr(modeling_pale.PaleBlock, "runs_inference_forward", lambda self, hidden_states: False)
+        modular = model(pixel_values).last_hidden_state
+    assert len(blocks) == sum(model.config.depths)
+    assert fast.dtype == modular.dtype and fast.abs().max() > 0
+    torch.testing.assert_close(fast, modular, atol=0, rtol=0)
+
+
+class RecordingLinear(torch.nn.Linear):
+    """A dense layer with a forward of its own (as a quantised or adapted layer has)."""
+
+    def forward(self, hidden_states):
+        return super().forward(hidden_states) + 1.0
+
+
+def eval_batch_norm_in_train_mode(model):
+    model.encoder.stages[0].layers[0].attention.key.norm.train()  # test-time adaptation of the norms
+
+
+def dropout_in_train_mode(model):
+    model.encoder.stages[0].layers[0].mlp.dropout.train()  # Monte-Carlo dropout
+
+
+def replaced_dense_layer(model):
+    model.encoder.stages[0].layers[0].attention.output.dense = RecordingLinear(16, 16).eval()
+
+
+def replaced_convolution(model):
+    from hf_semseg.models.modeling_any_precision import VerticalLayeredConv2d
+
+    model.encoder.stages[0].layers[0].cpe.__class__ = VerticalLayeredConv2d
+
+
+@pytest.mark.parametrize(
+    "change", [eval_batch_norm_in_train_mode, dropout_in_train_mode, replaced_dense_layer, replaced_convolution]
+)
+def test_a_block_someone_changed_runs_its_modules(change, monkeypatch):
+    """A submodule in train mode or of another type (its own forward) keeps that block on the module forward, and
+    only that block; the others still run ``inference_forward``."""
+    model = tiny_inference_model()
+    change(model)
+    blocks = count_inference_forwards(monkeypatch)
+    changed = model.encoder.stages[0].layers[0]
+    assert not changed.runs_inference_forward(torch.ones(1, 12, 12, 16))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 48, 48))
+    assert len(blocks) == sum(model.config.depths) - 1 and changed not in blocks
+
+
+def test_hooks_gradients_weights_and_tracing_keep_the_module_forward(monkeypatch):
+    """A forward hook on any submodule fires (so that block runs its modules), and so does a global one; with
+    gradients on, attention weights asked for (eager attention) or while traced no block runs ``inference_forward``."""
+    model = tiny_inference_model()
+    pixel_values = torch.randn(1, 3, 48, 48)
+    blocks = count_inference_forwards(monkeypatch)
+    seen = []
+    dense = model.encoder.stages[3].layers[0].attention.output.dense
+    handle = dense.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    with torch.no_grad():
+        model(pixel_values)
+    handle.remove()
+    assert seen == [(1, 2, 2, 128)] and len(blocks) == sum(model.config.depths) - 1
+    blocks.clear()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, inputs, output: None)
+    try:
+        with torch.no_grad():
+            model(pixel_values)
+    finally:
+        handle.remove()
+    assert blocks == []
+    model(pixel_values)  # gradients on
+    with torch.no_grad():
+        output = model(pixel_values, output_attentions=True)
+    assert blocks == [] and len(output.attentions) == 2 * sum(model.config.depths)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    block = model.encoder.stages[0].layers[0]
+    with torch.no_grad():
+        assert not block.runs_inference_forward(torch.ones(1, 12, 12, 16))
 
 
 def test_500x375_input_sizes():

@@ -120,8 +120,17 @@ def onednn_linear(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch
     dtype = None if hidden_states.numel() == 0 else inference_product_dtype(*operands)
     if dtype is None:
         return training_linear(hidden_states, weight, bias)
-    cast = (operand.to(dtype) for operand in operands)  # a no-op for operands already in dtype
-    hidden_states, weight, bias = (*cast, None) if bias is None else tuple(cast)
+    return onednn_inference_linear(hidden_states, weight, bias, dtype)
+
+
+def onednn_inference_linear(
+    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """oneDNN's matmul primitive on the operands cast to ``dtype`` (a no-op for those already in it): the inference
+    path of :func:`onednn_linear`, for a caller that has already obtained ``dtype`` from
+    :func:`inference_product_dtype` for operands like these (same device, dtypes and autocast state)."""
+    hidden_states, weight = hidden_states.to(dtype), weight.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
     return torch.ops.mkldnn._linear_pointwise(hidden_states, weight, bias, "none", [], "")
 
 

@@ -32,7 +32,13 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_pale import PaleConfig
-from .modeling_linear import OneDNNLinear
+from .modeling_linear import (
+    PLAIN_LINEAR_TYPES,
+    OneDNNLinear,
+    inference_product_dtype,
+    onednn_inference_linear,
+    traced,
+)
 from .modeling_sdn import sdn_neck
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
@@ -124,6 +130,14 @@ def padded_key_mask(height: int, padded_height: int, pale_size: int, width: int,
     return mask.repeat(batch_size, 1, 1, 1)
 
 
+def dense_layer(layer: nn.Linear, hidden_states: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
+    """A plain dense layer's product without its module call: oneDNN's matmul primitive in ``product_dtype``
+    (:func:`inference_product_dtype`), ``F.linear`` where that is None."""
+    if product_dtype is None:
+        return F.linear(hidden_states, layer.weight, layer.bias)
+    return onednn_inference_linear(hidden_states, layer.weight, layer.bias, product_dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,6 +168,23 @@ class PaleSeparableProjection(nn.Module):
     def forward(self, channels_first: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, H, W, C)``."""
         return self.pointwise(self.norm(self.depthwise(channels_first)).permute(0, 2, 3, 1))
+
+    def inference_forward(self, channels_first: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
+        """:meth:`forward` in eval mode as direct kernel calls (:meth:`PaleBlock.inference_forward`): the same
+        convolution, the BatchNorm's eval-mode normalisation and the dense layer as oneDNN's product in
+        ``product_dtype`` (``F.linear`` where it is None)."""
+        norm = self.norm
+        normed = F.batch_norm(
+            self.depthwise._conv_forward(channels_first, self.depthwise.weight, self.depthwise.bias),
+            norm.running_mean,
+            norm.running_var,
+            norm.weight,
+            norm.bias,
+            norm.running_mean is None,  # eval mode: batch statistics only without running ones, as nn.BatchNorm2d
+            0.0,
+            norm.eps,
+        )
+        return dense_layer(self.pointwise, normed.permute(0, 2, 3, 1), product_dtype)
 
 
 class PaleAttentionOutput(nn.Module):
@@ -267,16 +298,68 @@ class PaleShapedAttention(nn.Module):
             attended[:, first:last, :tokens] = output.reshape(batch_size, last - first, tokens, -1)
         return attended.view(batch_size * groups, padded_tokens, -1)
 
+    def attends_branches_together(self, height: int, width: int) -> bool:
+        """Whether :meth:`attend_pales` attends both branches in one call (:meth:`attend_both_branches`): a square
+        map that the pale size divides (no padding: the row and the column groups hold the same number of tokens),
+        an implementation without attention weights, not traced (a traced graph would keep the comparison of sizes
+        made for the traced input)."""
+        if traced() or self.config._attn_implementation in (None, "eager"):
+            return False
+        return height == width and height % min(self.pale_size, height) == 0
+
+    def attend_pales(self, query, key, value):
+        """Both branches on projected ``(B, H, W, C)`` maps: the row branch on the first half of the channels, the
+        column branch (the row branch on the transposed map) on the second. Returns ``(B, H, W, C)`` (row half, then
+        column half) and the ``(row, column)`` attention probabilities (eager attention only)."""
+        if self.attends_branches_together(query.shape[1], query.shape[2]):
+            return self.attend_both_branches(query, key, value), (None, None)
+        half = query.shape[-1] // 2
+        rows, row_weights = self.attend_rows(query[..., :half], key[..., :half], value[..., :half])
+        columns, column_weights = self.attend_rows(*(t[..., half:].transpose(1, 2) for t in (query, key, value)))
+        return torch.cat([rows, columns.transpose(1, 2)], dim=-1), (row_weights, column_weights)
+
+    def attend_both_branches(self, query, key, value):
+        """:meth:`attend_pales` on a square ``(B, H, H, C)`` map with ``H = s N``: the ``N`` row groups and the
+        ``N`` column groups, ``s H`` tokens each, attended in ONE call of the attention function (the groups are the
+        batch), with one copy that groups queries, keys and values for both branches and one that writes the output
+        back: the same per-group products as two calls of :meth:`attend_rows`, with a third of the copies."""
+        batch_size, height, width, channels = query.shape
+        pale_size = min(self.pale_size, height)
+        groups = height // pale_size
+        heads = self.heads_per_branch
+        tokens = pale_size * width
+
+        def branch_groups(t):
+            # (B, H, W, C) -> (B, s [a], N [i], s [b], N [j], 2 [branch], heads, d): row h = a N + i, column w = b N + j
+            t = t.view(batch_size, pale_size, groups, pale_size, groups, 2, heads, -1)
+            # row group i: tokens (a, w) = (a, b, j), row-major -> (B, N [i], heads, s [a], s [b], N [j], d)
+            rows = t[:, :, :, :, :, 0].permute(0, 2, 5, 1, 3, 4, 6)
+            # column group j: tokens (b, h) = (b, a, i), as the row branch of the transposed map
+            columns = t[:, :, :, :, :, 1].permute(0, 4, 5, 3, 1, 2, 6)
+            return rows, columns
+
+        # (3 [q, k, v], 2 [branch], B, N, heads, s, s, N, d) -> (3, 2 B N, heads, s W, d): one copy
+        grouped = torch.stack([half for t in (query, key, value) for half in branch_groups(t)])
+        grouped = grouped.view(3, 2 * batch_size * groups, heads, tokens, -1)
+        query, key, value = grouped[0], grouped[1], grouped[2]
+        attention_interface = attention_function(self.config, query, key, value)
+        dropout = self.attention_dropout if self.training else 0.0
+        attended, _ = attention_interface(self, query, key, value, None, dropout=dropout, scaling=self.scaling)
+        # (2 B N, s W, heads, d), any strides -> (2, B, N [i or j], s, s, N, heads, d) (a view: the token axis splits)
+        attended = attended.view(2, batch_size, groups, pale_size, pale_size, groups, heads, -1)
+        # rows: (B, N [i], s [a], s [b], N [j], ...) -> (B, a, i, b, j, ...)
+        rows = attended[0].permute(0, 2, 1, 3, 4, 5, 6)
+        # columns: (B, N [j], s [b], s [a], N [i], ...) -> (B, a, i, b, j, ...)
+        columns = attended[1].permute(0, 3, 4, 2, 1, 5, 6)
+        # (B, s, N, s, N, 2, heads, d) = (B, H, W, C), the row half of the channels first: one copy
+        return torch.stack([rows, columns], dim=5).view(batch_size, height, width, channels)
+
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)`` and ``(row, column)`` attention probabilities (eager only)."""
         channels_first = hidden_states.permute(0, 3, 1, 2)
         query, key, value = self.query(channels_first), self.key(channels_first), self.value(channels_first)
-        half = query.shape[-1] // 2
-        rows, row_weights = self.attend_rows(query[..., :half], key[..., :half], value[..., :half])
-        # the column branch is the row branch on the transposed map
-        columns, column_weights = self.attend_rows(*(t[..., half:].transpose(1, 2) for t in (query, key, value)))
-        attended = torch.cat([rows, columns.transpose(1, 2)], dim=-1)
-        return self.output(attended), (row_weights, column_weights)
+        attended, weights = self.attend_pales(query, key, value)
+        return self.output(attended), weights
 
 
 class PaleBlock(GradientCheckpointingLayer):
@@ -294,11 +377,88 @@ class PaleBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        if self.runs_inference_forward(hidden_states):
+            return self.inference_forward(hidden_states), (None, None)
         hidden_states = hidden_states + self.cpe(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         attended, attentions = self.attention(self.layernorm_before(hidden_states))
         hidden_states = hidden_states + self.drop_path(attended)
         hidden_states = hidden_states + self.drop_path(self.mlp(hidden_states, norm=self.layernorm_after))
         return hidden_states, attentions
+
+    def runs_inference_forward(self, hidden_states: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs as :meth:`inference_forward`: only where nothing could tell them apart, as
+        PyTorch's ``nn.TransformerEncoderLayer`` takes its fast path. Gradients off (``torch.no_grad`` /
+        ``torch.inference_mode``), every submodule in eval mode, of the block's own types (a replaced dense layer,
+        e.g. an any-precision one, a PEFT adapter or a parametrisation, keeps its own forward) and without forward
+        hooks (module or global ones), an attention implementation without attention weights, not traced
+        (compiled and exported graphs record the modules' forwards), and a non-empty input."""
+        if torch.is_grad_enabled() or traced() or hidden_states.numel() == 0:
+            return False
+        if self.attention.config._attn_implementation in (None, "eager"):
+            return False
+        if self.training or any(getattr(nn.modules.module, name, None) for name in GLOBAL_FORWARD_HOOKS):
+            return False
+        activation = self.mlp.activation
+        # a walk over the submodules without named_modules' names and memo: this runs in every block's forward
+        pending = [module for module in self._modules.values() if module is not None]
+        while pending:
+            module = pending.pop()
+            if module.training or module._forward_hooks or module._forward_pre_hooks:
+                return False
+            if type(module) not in INFERENCE_FORWARD_TYPES and module is not activation:
+                return False
+            pending.extend(child for child in module._modules.values() if child is not None)
+        return True
+
+    def inference_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` at inference (see :meth:`runs_inference_forward`) as direct kernel calls: the same
+        kernels on the same operands in the same order, so the same values bit for bit, without the ~25 submodule
+        calls and the per-layer dispatch checks of every block. Pale-T makes 22 blocks of about 30 operator calls;
+        at 224 x 224 on 2 CPU threads this Python-side work was about a tenth of the forward (benchmarks/README.md).
+        The dense layers' product dtype (:func:`inference_product_dtype`) is decided once for the block: all its
+        operands share a device, a dtype and the autocast state."""
+        attention, mlp = self.attention, self.mlp
+        product_dtype = inference_product_dtype(hidden_states, attention.output.dense.weight)
+        # x + CPE(x): (B, H, W, C) -> channels-first view -> (B, H, W, C)
+        channels_first = hidden_states.permute(0, 3, 1, 2)
+        position = self.cpe._conv_forward(channels_first, self.cpe.weight, self.cpe.bias)
+        hidden_states = hidden_states + position.permute(0, 2, 3, 1)
+        norm = self.layernorm_before
+        normed = F.layer_norm(hidden_states, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        channels_first = normed.permute(0, 3, 1, 2)
+        query, key, value = (
+            projection.inference_forward(channels_first, product_dtype)
+            for projection in (attention.query, attention.key, attention.value)
+        )
+        attended, _ = attention.attend_pales(query, key, value)
+        hidden_states = hidden_states + dense_layer(attention.output.dense, attended, product_dtype)
+        norm = self.layernorm_after
+        normed = F.layer_norm(hidden_states, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        expanded = dense_layer(mlp.fc1, normed, product_dtype)
+        # the exact GELU in place on fc1's fresh output, as TransformerMLP at inference
+        expanded = torch.ops.aten.gelu_(expanded) if mlp.exact_gelu else mlp.activation(expanded)
+        return hidden_states + dense_layer(mlp.fc2, expanded, product_dtype)
+
+
+#: torch's registries of forward hooks every module runs (``nn.modules.module.register_module_forward_hook`` / ``_pre_hook``)
+GLOBAL_FORWARD_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks")
+
+#: the module types :meth:`PaleBlock.inference_forward` computes itself (exact types: a subclass has its own forward)
+INFERENCE_FORWARD_TYPES = frozenset(
+    {
+        PaleShapedAttention,
+        PaleSeparableProjection,
+        PaleAttentionOutput,
+        TransformerMLP,
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.LayerNorm,
+        nn.Dropout,
+        nn.Identity,
+        SwinDropPath,
+        *PLAIN_LINEAR_TYPES,
+    }
+)
 
 
 class PaleStage(nn.Module):
