@@ -26,6 +26,10 @@ one run.
 Both models are the bare encoders with pooling (``PaleModel``, ``SwinModel``), randomly initialised: Pale has no
 released weights. Target (issue 17, tightened from issue 4's 1.3x): Pale-T at most 1.0x Swin-T's latency at both
 sizes.
+
+``--module-forward-twin`` adds a third model to the same rounds, ``pale_tiny_module_forward``: Pale-T with the same
+weights computed as before 60429f3, every block module by module and each branch of its attention in its own call
+(``use_module_forward``), the same values; the report gives Pale-T over it per size (``pale_over_module_forward``).
 """
 
 import argparse
@@ -43,6 +47,8 @@ import harness  # noqa: E402
 
 
 MODELS = ("pale_tiny", "hf_swin_tiny")
+MODULE_FORWARD_TWIN = "pale_tiny_module_forward"
+PALE_MODELS = ("pale_tiny", MODULE_FORWARD_TWIN)
 TARGET_RATIO = 1.0
 COLUMNS = (
     harness.Column("model", "model", "<", 22),
@@ -59,16 +65,38 @@ COLUMNS = (
 
 
 def build_model(name: str):
-    """Randomly initialised encoder ``name`` (one of ``MODELS``)."""
-    if name == "pale_tiny":
+    """Randomly initialised encoder ``name`` (one of ``MODELS`` or ``MODULE_FORWARD_TWIN``, seeded: the twin has
+    Pale-T's weights)."""
+    if name in PALE_MODELS:
         import hf_semseg
 
-        return hf_semseg.PaleModel(hf_semseg.variant_config("pale-tiny"))
+        torch.manual_seed(0)
+        model = hf_semseg.PaleModel(hf_semseg.variant_config("pale-tiny"))
+        if name == MODULE_FORWARD_TWIN:
+            use_module_forward(model)
+        return model
     if name == "hf_swin_tiny":
         from transformers import SwinModel
 
         return SwinModel(harness.swin_config(harness.SWIN_TINY, out_features=None))
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+
+
+def use_module_forward(model) -> None:
+    """Pale ``model`` computed as before 60429f3: every block module by module (``PaleBlock.inference_forward`` off)
+    and the row and column branches in a call each (``attends_branches_together`` off), set on the instances."""
+    from hf_semseg.models.modeling_pale import PaleBlock, PaleShapedAttention
+
+    for module in model.modules():
+        if isinstance(module, PaleBlock):
+            module.runs_inference_forward = lambda hidden_states: False
+        elif isinstance(module, PaleShapedAttention):
+            module.attends_branches_together = lambda height, width: False
+
+
+def model_names(args) -> tuple[str, ...]:
+    """The models of the run: ``MODELS``, and the module-forward twin where asked for."""
+    return (*MODELS, MODULE_FORWARD_TWIN) if args.module_forward_twin else MODELS
 
 
 def make_pixel_values(args, size: int) -> torch.Tensor:
@@ -86,9 +114,12 @@ def timed_attention(timers: dict[str, harness.AttentionTimer]):
     from hf_semseg.models import modeling_pale
 
     pale_lookup, swin_lookup = modeling_pale.attention_function, ALL_ATTENTION_FUNCTIONS.get_interface
+    pale_timers = [timer for name, timer in timers.items() if name in PALE_MODELS]
 
     def pale_function(*args):
-        return timers["pale_tiny"].timed(pale_lookup(*args))
+        # the Pale models share the lookup: the timer of the one whose forward is running
+        timer = next((timer for timer in pale_timers if timer.active), pale_timers[0])
+        return timer.timed(pale_lookup(*args))
 
     def swin_function(*args, **kwargs):
         return timers["hf_swin_tiny"].timed(swin_lookup(*args, **kwargs))
@@ -104,22 +135,23 @@ def measure_latency(args, size: int) -> dict:
     """GMACs per image and round-robin forward latencies (in ``args.dtype``) of every model at one input size, with
     the seconds of the square matmul timed in the same rounds (``None`` on CUDA) and the seconds each eager forward
     spent in its attention functions (``timed_attention``)."""
-    models = {name: build_model(name).eval().to(args.device) for name in MODELS}
+    names = model_names(args)
+    models = {name: build_model(name).eval().to(args.device) for name in names}
     pixel_values = make_pixel_values(args, size)
     gmacs = {name: harness.count_gmacs(model, pixel_values[:1]) for name, model in models.items()}
     device, dtype = harness.device_and_dtype(args.device, args.dtype)
     autocast, synchronize = harness.device_helpers(device, dtype)
     inputs = dict.fromkeys(models, pixel_values)
-    timers = {name: harness.AttentionTimer() for name in MODELS}
+    timers = {name: harness.AttentionTimer() for name in names}
     with timed_attention(timers):
         rounds = harness.forward_round_robin_with_matmul(
             models, inputs, args.warmup, args.repeats, synchronize, autocast, None if device.type == "cuda" else dtype,
-            compile_models=args.compile, eager_forwards={name: timers[name].wrap(models[name]) for name in MODELS},
+            compile_models=args.compile, eager_forwards={name: timers[name].wrap(models[name]) for name in names},
         )  # fmt: skip
     return {
         "gmacs_per_image": gmacs, "times_s": rounds.times, "matmul_times_s": rounds.matmul_times,
         "compile_s": rounds.compile_s,
-        "attention": {name: timers[name].fields(rounds.times[name]) for name in MODELS},
+        "attention": {name: timers[name].fields(rounds.times[name]) for name in names},
     }  # fmt: skip
 
 
@@ -153,7 +185,7 @@ def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
         }  # fmt: skip
     rows = {}
     twins = [harness.compiled_name(name) for name in MODELS] if args.compile else []
-    for name in [*MODELS, *twins]:
+    for name in [*model_names(args), *twins]:
         median_s = harness.median(latency["times_s"][name])
         gmacs = latency["gmacs_per_image"][name.removesuffix(harness.COMPILED)]
         # a compiled twin: latency only (its first call in a fresh process would be its compilation)
@@ -173,6 +205,9 @@ def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
     ratio = rows["pale_tiny"]["median_s"] / rows["hf_swin_tiny"]["median_s"]
     ratios = {"size": size, "pale_over_swin": ratio, "target_max": TARGET_RATIO, "meets": ratio <= TARGET_RATIO}
     ratios.update(attention_split(rows["pale_tiny"], rows["hf_swin_tiny"]))
+    if MODULE_FORWARD_TWIN in rows:
+        ratios["pale_over_module_forward"] = rows["pale_tiny"]["median_s"] / rows[MODULE_FORWARD_TWIN]["median_s"]
+        ratios["module_forward_over_swin"] = rows[MODULE_FORWARD_TWIN]["median_s"] / rows["hf_swin_tiny"]["median_s"]
     if args.compile:
         compiled = {name: rows[name]["median_s"] for name in twins}
         ratios["compiled_pale_over_compiled_swin"] = compiled["pale_tiny@compiled"] / compiled["hf_swin_tiny@compiled"]
@@ -204,8 +239,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--compile", action="store_true", help="also time both models compiled with torch.compile (latency only)"
     )
+    parser.add_argument(
+        "--module-forward-twin",
+        action="store_true",
+        help=f"also time {MODULE_FORWARD_TWIN}: Pale-T module by module, each branch in its own call (as before 60429f3)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default results/pale_<device>.json)")
-    parser.add_argument("--memory-worker", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", choices=(*MODELS, MODULE_FORWARD_TWIN), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = harness.default_output("pale", args.device)
@@ -245,6 +285,11 @@ def main(argv=None) -> None:
             f"  Pale-T's attention functions alone / Swin-T's forward: {r['pale_attention_over_swin']:.3f}; the rest "
             f"of the forwards: {r['pale_rest_over_swin_rest']:.3f}"
         )
+        if "pale_over_module_forward" in r:
+            print(
+                f"  Pale-T / its module forward (as before 60429f3): {r['pale_over_module_forward']:.3f}; the module "
+                f"forward / Swin-T: {r['module_forward_over_swin']:.3f}"
+            )
         if "compiled_over_eager" in r:
             own = ", ".join(f"{name} {value:.3f}" for name, value in r["compiled_over_eager"].items())
             print(f"  compiled: Pale-T / Swin-T {r['compiled_pale_over_compiled_swin']:.3f}; compiled / eager: {own}")

@@ -1031,6 +1031,7 @@ class AttentionTimer:
     def __init__(self):
         self.current = 0.0
         self.calls: list[float] = []
+        self.active = False  # inside a forward of ``wrap``: the scripts route a shared lookup to the active timer
 
     def timed(self, function: Callable) -> Callable:
         def timed_function(*args, **kwargs):
@@ -1045,7 +1046,11 @@ class AttentionTimer:
     def wrap(self, model: Callable) -> Callable:
         def timed_forward(*args, **kwargs):
             self.current = 0.0
-            output = model(*args, **kwargs)
+            self.active = True
+            try:
+                output = model(*args, **kwargs)
+            finally:
+                self.active = False
             self.calls.append(self.current)
             return output
 

@@ -2,6 +2,7 @@
 attention kernel and oneDNN's matmul primitive (the dense layers at inference) included."""
 
 import time
+from unittest import mock
 
 import pytest
 import torch
@@ -71,6 +72,46 @@ def test_the_attention_timer_times_each_models_own_attention_functions():
     with torch.no_grad():
         models["pale_tiny"](inputs["pale_tiny"])
     assert timers["pale_tiny"].current == timers["pale_tiny"].calls[0]
+
+
+def test_the_module_forward_twin_is_pale_before_the_inference_forward_with_its_own_attention_timer():
+    """``use_module_forward`` switches the instance (not the class) to the module-by-module forward with a call per
+    branch: the same output bit for bit, more attention calls; under ``timed_attention`` each Pale model's
+    attention seconds go to its own timer."""
+    from hf_semseg import PaleConfig, PaleModel
+    from hf_semseg.models import modeling_pale
+
+    from model_suite import tiny_pale_kwargs
+
+    pale_benchmark = load_benchmark_module("benchmark_pale")
+    config = PaleConfig(**tiny_pale_kwargs(), attn_implementation="sdpa")
+    torch.manual_seed(0)
+    models = {"pale_tiny": PaleModel(config).eval()}
+    models[pale_benchmark.MODULE_FORWARD_TWIN] = PaleModel(config).eval()
+    models[pale_benchmark.MODULE_FORWARD_TWIN].load_state_dict(models["pale_tiny"].state_dict())
+    pale_benchmark.use_module_forward(models[pale_benchmark.MODULE_FORWARD_TWIN])
+    pixel_values = torch.randn(1, 3, 48, 48)  # maps 12, 6, 3, 2: the branches of stages 1, 2 and 4 attend together
+    timers = {name: harness.AttentionTimer() for name in models}
+    calls = {name: 0 for name in models}
+    real_function = modeling_pale.attention_function
+
+    def counting_lookup(*args):
+        calls[next(name for name, timer in timers.items() if timer.active)] += 1
+        return real_function(*args)
+
+    outputs = {}
+    with mock.patch.object(modeling_pale, "attention_function", counting_lookup):
+        with pale_benchmark.timed_attention(timers), torch.no_grad():
+            for name, model in models.items():
+                outputs[name] = timers[name].wrap(model)(pixel_values).last_hidden_state
+    assert [len(timer.calls) for timer in timers.values()] == [1, 1]
+    assert all(timer.calls[0] > 0 for timer in timers.values())
+    # attention lookups (one per call of attend_rows or attend_both_branches), blocks per stage 1, 1, 2, 1: together
+    # 1 + 1 + 2 * 2 (stage 3's 3 x 3 maps pad: a lookup per branch) + 1; the twin 2 per block
+    assert calls == {"pale_tiny": 7, pale_benchmark.MODULE_FORWARD_TWIN: 10}
+    torch.testing.assert_close(outputs["pale_tiny"], outputs[pale_benchmark.MODULE_FORWARD_TWIN], atol=0, rtol=0)
+    with torch.no_grad():  # the class is untouched: the other model's blocks still take the inference forward
+        assert models["pale_tiny"].encoder.stages[0].layers[0].runs_inference_forward(torch.ones(1, 12, 12, 16))
 
 
 def test_the_attention_fields_and_the_split_of_the_ratio():
