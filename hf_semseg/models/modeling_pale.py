@@ -413,9 +413,9 @@ class PaleBlock(GradientCheckpointingLayer):
     def inference_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` at inference (see :meth:`runs_inference_forward`) as direct kernel calls: the same
         kernels on the same operands in the same order, so the same values bit for bit, without the ~25 submodule
-        calls and the per-layer dispatch checks of every block. Pale-T makes 22 blocks of about 30 operator calls;
-        at 224 x 224 on 2 CPU threads this Python-side work was about a tenth of the forward (benchmarks/README.md).
-        The dense layers' product dtype (:func:`inference_product_dtype`) is decided once for the block: all its
+        calls and the per-layer dispatch checks of every block. Pale-T has 22 blocks; at 224 x 224 on 2 CPU threads
+        its forward takes 0.93-0.95 of the module forward's (benchmarks/README.md, ``--module-forward-twin``). The
+        dense layers' product dtype (:func:`inference_product_dtype`) is decided once for the block: all its
         operands share a device, a dtype and the autocast state."""
         attention, mlp = self.attention, self.mlp
         product_dtype = inference_product_dtype(hidden_states, attention.output.dense.weight)
