@@ -145,6 +145,24 @@ def test_padding_does_not_change_the_result(height):
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
+def record_attention_calls(monkeypatch) -> list:
+    """Records ``(query shape, key shape, mask)`` of every attention call of the Pale attention layers."""
+    calls = []
+    real_function = modeling_pale.attention_function
+
+    def recording_function(config, query, key, value):
+        function = real_function(config, query, key, value)
+
+        def record(module, query, key, value, mask, **kwargs):
+            calls.append((tuple(query.shape), tuple(key.shape), mask))
+            return function(module, query, key, value, mask, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(modeling_pale, "attention_function", recording_function)
+    return calls
+
+
 # (height, pale size) -> (groups, real rows) of the longer and of the shorter groups: H = q N + r, N = ceil(H / s)
 UNPADDED_GROUPS = {
     (7, 3): [(1, 3), (2, 2)],  # N = 3: group 0 has rows 0, 3, 6; groups 1, 2 two rows each
@@ -163,19 +181,7 @@ def test_sdpa_attends_the_real_rows_of_padded_groups_without_a_mask(height, pale
     matmul attention) they equal the masked computation's to bfloat16 rounding. The hand-counted calls are the
     savings: Pale-T's first stage at 512 scores 14 x 896^2 + 5 x 768^2 keys instead of 19 x 896^2 (7% fewer)."""
     width = 3 if height > 16 else 5
-    calls = []
-    real_function = modeling_pale.attention_function
-
-    def recording_function(config, query, key, value):
-        function = real_function(config, query, key, value)
-
-        def record(module, query, key, value, mask, **kwargs):
-            calls.append((query.shape[0], key.shape[2], mask))
-            return function(module, query, key, value, mask, **kwargs)
-
-        return record
-
-    monkeypatch.setattr(modeling_pale, "attention_function", recording_function)
+    calls = record_attention_calls(monkeypatch)
     torch.manual_seed(0)
     attention = PaleShapedAttention(attention_config("sdpa"), dim=8, num_heads=4, pale_size=pale_size).eval()
     q, k, v = (torch.randn(2, height, width, 4, dtype=torch.float64) for _ in range(3))
@@ -183,7 +189,7 @@ def test_sdpa_attends_the_real_rows_of_padded_groups_without_a_mask(height, pale
         ours, weights = attention.attend_rows(q, k, v)
     assert weights is None
     expected_calls = [(2 * groups, rows * width) for groups, rows in UNPADDED_GROUPS[(height, pale_size)]]
-    assert [(batch, keys) for batch, keys, _ in calls] == expected_calls
+    assert [(query_shape[0], key_shape[2]) for query_shape, key_shape, _ in calls] == expected_calls
     assert all(mask is None for _, _, mask in calls)
     reference = naive_row_attention(q, k, v, pale_size, heads=2, scaling=attention.scaling)
     torch.testing.assert_close(ours, reference, atol=1e-12, rtol=1e-12)
@@ -203,19 +209,7 @@ def test_both_branches_in_one_call_are_the_two_branch_calls(size, pale_size, mon
     """On a square map that the (clamped) pale size divides, SDPA attends the row and the column groups in ONE call
     (``attend_both_branches``): its values are those of the two calls of ``attend_rows`` and of the loop over the
     groups of each branch (float64, 1e-12), row half of the channels first."""
-    calls = []
-    real_function = modeling_pale.attention_function
-
-    def recording_function(config, query, key, value):
-        function = real_function(config, query, key, value)
-
-        def record(module, query, key, value, mask, **kwargs):
-            calls.append(tuple(query.shape))
-            return function(module, query, key, value, mask, **kwargs)
-
-        return record
-
-    monkeypatch.setattr(modeling_pale, "attention_function", recording_function)
+    calls = record_attention_calls(monkeypatch)
     torch.manual_seed(0)
     attention = PaleShapedAttention(attention_config("sdpa"), dim=16, num_heads=4, pale_size=pale_size).eval()
     q, k, v = (torch.randn(2, size, size, 16, dtype=torch.float64) for _ in range(3))
@@ -227,7 +221,7 @@ def test_both_branches_in_one_call_are_the_two_branch_calls(size, pale_size, mon
     assert weights == (None, None)
     groups = size // min(pale_size, size)
     # one call: 2 branches x B x N groups, 2 heads, s x H tokens, head size 4; then the two attend_rows calls
-    assert calls[0] == (2 * 2 * groups, 2, min(pale_size, size) * size, 4) and len(calls) == 3
+    assert calls[0][0] == (2 * 2 * groups, 2, min(pale_size, size) * size, 4) and len(calls) == 3
     torch.testing.assert_close(together, torch.cat([rows, columns.transpose(1, 2)], -1), atol=1e-12, rtol=1e-12)
     scaling = attention.scaling
     reference_rows = naive_row_attention(q[..., :8], k[..., :8], v[..., :8], pale_size, heads=2, scaling=scaling)
