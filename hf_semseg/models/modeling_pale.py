@@ -322,7 +322,8 @@ class PaleShapedAttention(nn.Module):
         """:meth:`attend_pales` on a square ``(B, H, H, C)`` map with ``H = s N``: the ``N`` row groups and the
         ``N`` column groups, ``s H`` tokens each, attended in ONE call of the attention function (the groups are the
         batch), with one copy that groups queries, keys and values for both branches and one that writes the output
-        back: the same per-group products as two calls of :meth:`attend_rows`, with a third of the copies."""
+        back: the same per-group products as two calls of :meth:`attend_rows`, which copy nine times (six grouped
+        operands, two outputs and their concatenation)."""
         batch_size, height, width, channels = query.shape
         pale_size = min(self.pale_size, height)
         groups = height // pale_size
