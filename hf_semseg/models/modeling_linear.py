@@ -124,11 +124,14 @@ def onednn_linear(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch
 
 
 def onednn_inference_linear(
-    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype | None
 ) -> torch.Tensor:
     """oneDNN's matmul primitive on the operands cast to ``dtype`` (a no-op for those already in it): the inference
     path of :func:`onednn_linear`, for a caller that has already obtained ``dtype`` from
-    :func:`inference_product_dtype` for operands like these (same device, dtypes and autocast state)."""
+    :func:`inference_product_dtype` for operands like these (same device, dtypes and autocast state); where that
+    gave None, ``F.linear`` (what :func:`onednn_linear` runs for operands that need no gradient)."""
+    if dtype is None:
+        return F.linear(hidden_states, weight, bias)
     hidden_states, weight = hidden_states.to(dtype), weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
     return torch.ops.mkldnn._linear_pointwise(hidden_states, weight, bias, "none", [], "")

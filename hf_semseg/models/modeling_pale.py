@@ -130,14 +130,6 @@ def padded_key_mask(height: int, padded_height: int, pale_size: int, width: int,
     return mask.repeat(batch_size, 1, 1, 1)
 
 
-def dense_layer(layer: nn.Linear, hidden_states: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
-    """A plain dense layer's product without its module call: oneDNN's matmul primitive in ``product_dtype``
-    (:func:`inference_product_dtype`), ``F.linear`` where that is None."""
-    if product_dtype is None:
-        return F.linear(hidden_states, layer.weight, layer.bias)
-    return onednn_inference_linear(hidden_states, layer.weight, layer.bias, product_dtype)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,7 +164,7 @@ class PaleSeparableProjection(nn.Module):
     def inference_forward(self, channels_first: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
         """:meth:`forward` in eval mode as direct kernel calls (:meth:`PaleBlock.inference_forward`): the same
         convolution, the BatchNorm's eval-mode normalisation and the dense layer as oneDNN's product in
-        ``product_dtype`` (``F.linear`` where it is None)."""
+        ``product_dtype`` (:func:`onednn_inference_linear`)."""
         norm = self.norm
         normed = F.batch_norm(
             self.depthwise._conv_forward(channels_first, self.depthwise.weight, self.depthwise.bias),
@@ -184,7 +176,8 @@ class PaleSeparableProjection(nn.Module):
             0.0,
             norm.eps,
         )
-        return dense_layer(self.pointwise, normed.permute(0, 2, 3, 1), product_dtype)
+        pointwise = self.pointwise
+        return onednn_inference_linear(normed.permute(0, 2, 3, 1), pointwise.weight, pointwise.bias, product_dtype)
 
 
 class PaleAttentionOutput(nn.Module):
@@ -432,13 +425,14 @@ class PaleBlock(GradientCheckpointingLayer):
             for projection in (attention.query, attention.key, attention.value)
         )
         attended, _ = attention.attend_pales(query, key, value)
-        hidden_states = hidden_states + dense_layer(attention.output.dense, attended, product_dtype)
+        dense = attention.output.dense
+        hidden_states = hidden_states + onednn_inference_linear(attended, dense.weight, dense.bias, product_dtype)
         norm = self.layernorm_after
         normed = F.layer_norm(hidden_states, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        expanded = dense_layer(mlp.fc1, normed, product_dtype)
+        expanded = onednn_inference_linear(normed, mlp.fc1.weight, mlp.fc1.bias, product_dtype)
         # the exact GELU in place on fc1's fresh output, as TransformerMLP at inference
         expanded = torch.ops.aten.gelu_(expanded) if mlp.exact_gelu else mlp.activation(expanded)
-        return hidden_states + dense_layer(mlp.fc2, expanded, product_dtype)
+        return hidden_states + onednn_inference_linear(expanded, mlp.fc2.weight, mlp.fc2.bias, product_dtype)
 
 
 #: torch's registries of forward hooks every module runs (``nn.modules.module.register_module_forward_hook`` / ``_pre_hook``)
