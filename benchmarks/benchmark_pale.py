@@ -30,6 +30,12 @@ sizes.
 ``--module-forward-twin`` adds a third model to the same rounds, ``pale_tiny_module_forward``: Pale-T with the same
 weights computed as before 60429f3, every block module by module and each branch of its attention in its own call
 (``use_module_forward``), the same values; the report gives Pale-T over it per size (``pale_over_module_forward``).
+
+``--optimized-twin`` adds ``pale_tiny_optimized``: Pale-T with the same weights after
+``model.optimize_for_inference()`` (the blocks' weights cast and packed for oneDNN once, the q/k/v BatchNorms folded
+into their depth-wise convolutions; the same values up to rounding). The report gives it over Swin-T
+(``optimized_over_swin``, with its own verdict against the target) and over Pale-T as loaded
+(``optimized_over_pale``); its peak memory includes the prepared copies of the weights.
 """
 
 import argparse
@@ -48,7 +54,9 @@ import harness  # noqa: E402
 
 MODELS = ("pale_tiny", "hf_swin_tiny")
 MODULE_FORWARD_TWIN = "pale_tiny_module_forward"
-PALE_MODELS = ("pale_tiny", MODULE_FORWARD_TWIN)
+OPTIMIZED_TWIN = "pale_tiny_optimized"
+TWINS = (MODULE_FORWARD_TWIN, OPTIMIZED_TWIN)
+PALE_MODELS = ("pale_tiny", *TWINS)
 TARGET_RATIO = 1.0
 COLUMNS = (
     harness.Column("model", "model", "<", 22),
@@ -65,8 +73,8 @@ COLUMNS = (
 
 
 def build_model(name: str):
-    """Randomly initialised encoder ``name`` (one of ``MODELS`` or ``MODULE_FORWARD_TWIN``, seeded: the twin has
-    Pale-T's weights)."""
+    """Randomly initialised encoder ``name`` (one of ``MODELS`` or ``TWINS``, seeded: the twins have Pale-T's
+    weights)."""
     if name in PALE_MODELS:
         import hf_semseg
 
@@ -74,6 +82,8 @@ def build_model(name: str):
         model = hf_semseg.PaleModel(hf_semseg.variant_config("pale-tiny"))
         if name == MODULE_FORWARD_TWIN:
             use_module_forward(model)
+        elif name == OPTIMIZED_TWIN:
+            model.optimize_for_inference()
         return model
     if name == "hf_swin_tiny":
         from transformers import SwinModel
@@ -95,8 +105,9 @@ def use_module_forward(model) -> None:
 
 
 def model_names(args) -> tuple[str, ...]:
-    """The models of the run: ``MODELS``, and the module-forward twin where asked for."""
-    return (*MODELS, MODULE_FORWARD_TWIN) if args.module_forward_twin else MODELS
+    """The models of the run: ``MODELS``, and the twins asked for."""
+    asked = (args.module_forward_twin, args.optimized_twin)
+    return (*MODELS, *(twin for twin, wanted in zip(TWINS, asked) if wanted))
 
 
 def make_pixel_values(args, size: int) -> torch.Tensor:
@@ -208,6 +219,11 @@ def measure_size(args, size: int) -> tuple[list[dict], dict, dict | None]:
     if MODULE_FORWARD_TWIN in rows:
         ratios["pale_over_module_forward"] = rows["pale_tiny"]["median_s"] / rows[MODULE_FORWARD_TWIN]["median_s"]
         ratios["module_forward_over_swin"] = rows[MODULE_FORWARD_TWIN]["median_s"] / rows["hf_swin_tiny"]["median_s"]
+    if OPTIMIZED_TWIN in rows:
+        optimized = rows[OPTIMIZED_TWIN]["median_s"]
+        ratios["optimized_over_swin"] = optimized / rows["hf_swin_tiny"]["median_s"]
+        ratios["optimized_meets"] = ratios["optimized_over_swin"] <= TARGET_RATIO
+        ratios["optimized_over_pale"] = optimized / rows["pale_tiny"]["median_s"]
     if args.compile:
         compiled = {name: rows[name]["median_s"] for name in twins}
         ratios["compiled_pale_over_compiled_swin"] = compiled["pale_tiny@compiled"] / compiled["hf_swin_tiny@compiled"]
@@ -244,8 +260,13 @@ def parse_args(argv=None):
         action="store_true",
         help=f"also time {MODULE_FORWARD_TWIN}: Pale-T module by module, each branch in its own call (as before 60429f3)",
     )
+    parser.add_argument(
+        "--optimized-twin",
+        action="store_true",
+        help=f"also time {OPTIMIZED_TWIN}: Pale-T after model.optimize_for_inference()",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default results/pale_<device>.json)")
-    parser.add_argument("--memory-worker", choices=(*MODELS, MODULE_FORWARD_TWIN), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", choices=(*MODELS, *TWINS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = harness.default_output("pale", args.device)
@@ -289,6 +310,12 @@ def main(argv=None) -> None:
             print(
                 f"  Pale-T / its module forward (as before 60429f3): {r['pale_over_module_forward']:.3f}; the module "
                 f"forward / Swin-T: {r['module_forward_over_swin']:.3f}"
+            )
+        if "optimized_over_swin" in r:
+            verdict = harness.verdict(r["optimized_over_swin"], TARGET_RATIO)
+            print(
+                f"  optimized for inference: / Swin-T {r['optimized_over_swin']:.3f} ({verdict}); / Pale-T as loaded "
+                f"{r['optimized_over_pale']:.3f}"
             )
         if "compiled_over_eager" in r:
             own = ", ".join(f"{name} {value:.3f}" for name, value in r["compiled_over_eager"].items())

@@ -388,11 +388,17 @@ def _onednn_linear_flops(inputs_shape, weight_shape, *args, out_shape=None, **kw
     return 2 * inputs_shape.numel() * weight_shape[0]
 
 
+def _onednn_convolution_flops(inputs_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    # each output element: C_in / groups x kh x kw multiply-adds (the weight's trailing sizes), 2 FLOPs each
+    return 2 * out_shape.numel() * weight_shape[1:].numel()
+
+
 def flop_counter(custom_mapping: Mapping | None = None):
     """``FlopCounterMode`` that also counts the CPU's fused attention kernel (torch's own table has the CUDA kernels
-    only, so SDPA on the CPU counted as zero FLOPs) and oneDNN's matmul primitive, which the package's dense layers
-    run at inference on the CPU (``hf_semseg/models/modeling_linear.py``; torch's table does not know it either);
-    ``custom_mapping``: formulas of further operators."""
+    only, so SDPA on the CPU counted as zero FLOPs) and oneDNN's matmul primitive and convolution with packed weights,
+    which the package's dense layers run at inference on the CPU (``hf_semseg/models/modeling_linear.py``) and Pale's
+    blocks optimised for inference (``PalePreTrainedModel.optimize_for_inference``); torch's table does not know
+    them either. ``custom_mapping``: formulas of further operators."""
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
@@ -402,6 +408,7 @@ def flop_counter(custom_mapping: Mapping | None = None):
     }
     if torch.backends.mkldnn.is_available():
         mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
+        mapping[torch.ops.mkldnn._convolution_pointwise] = _onednn_convolution_flops
     return FlopCounterMode(display=False, custom_mapping={**mapping, **(custom_mapping or {})})
 
 

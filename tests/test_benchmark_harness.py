@@ -129,3 +129,31 @@ def test_the_attention_fields_and_the_split_of_the_ratio():
         "pale_attention_over_swin": 1.0,
         "pale_rest_over_swin_rest": 2.0,
     }
+
+
+def test_the_optimized_twin_is_pale_optimized_for_inference_with_the_same_gmacs():
+    """``--optimized-twin`` adds Pale-T with the same weights after ``optimize_for_inference``: nearly the same
+    output (the folded BatchNorms' rounding), and the same GMACs, since the FLOP counter counts oneDNN's packed
+    convolutions (2 x 9 FLOPs per output of a 3 x 3 depth-wise one, worked out below) and products."""
+    from hf_semseg.models.modeling_pale import PackedInferenceConvolution
+
+    pale_benchmark = load_benchmark_module("benchmark_pale")
+    names = pale_benchmark.model_names(pale_benchmark.parse_args(["--optimized-twin"]))
+    assert names == ("pale_tiny", "hf_swin_tiny", pale_benchmark.OPTIMIZED_TWIN)
+    both = pale_benchmark.parse_args(["--optimized-twin", "--module-forward-twin"])
+    assert pale_benchmark.model_names(both) == (*pale_benchmark.MODELS, *pale_benchmark.TWINS)
+    models = {name: pale_benchmark.build_model(name).eval() for name in ("pale_tiny", pale_benchmark.OPTIMIZED_TWIN)}
+    blocks = {name: [m for m in model.modules() if hasattr(m, "inference_weights")] for name, model in models.items()}
+    assert all(block.inference_weights is None for block in blocks["pale_tiny"])
+    assert all(block.inference_weights.fold_batch_norm for block in blocks[pale_benchmark.OPTIMIZED_TWIN])
+    pixel_values = torch.randn(1, 3, 64, 64)
+    gmacs = {name: harness.count_gmacs(model, pixel_values) for name, model in models.items()}
+    assert gmacs["pale_tiny"] > 0.1 and gmacs[pale_benchmark.OPTIMIZED_TWIN] == pytest.approx(gmacs["pale_tiny"])
+    with torch.no_grad():
+        outputs = [model(pixel_values).last_hidden_state for model in models.values()]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
+    convolution = PackedInferenceConvolution(torch.randn(8, 1, 3, 3), torch.randn(8), 8, torch.float32)
+    counter = harness.flop_counter()
+    with torch.no_grad(), counter:
+        convolution(torch.randn(1, 5, 5, 8).permute(0, 3, 1, 2))
+    assert counter.get_total_flops() == 2 * 9 * 8 * 5 * 5

@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -361,6 +364,218 @@ def test_hooks_gradients_weights_and_tracing_keep_the_module_forward(monkeypatch
     block = model.encoder.stages[0].layers[0]
     with torch.no_grad():
         assert not block.runs_inference_forward(torch.ones(1, 12, 12, 16))
+
+
+def count_optimized_forwards(monkeypatch) -> list:
+    """Records each block that runs ``PaleBlock.optimized_inference_forward``."""
+    blocks = []
+    real = modeling_pale.PaleBlock.optimized_inference_forward
+
+    def counting(self, hidden_states, weights):
+        blocks.append(self)
+        return real(self, hidden_states, weights)
+
+    monkeypatch.setattr(modeling_pale.PaleBlock, "optimized_inference_forward", counting)
+    return blocks
+
+
+def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((output.double() - reference.double()).abs().max() / reference.double().abs().max())
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])
+@pytest.mark.parametrize("size", [(48, 48), (36, 44)], ids=["square", "padded"])
+def test_optimized_for_inference_computes_the_model(size, autocast, fold, monkeypatch):
+    """After ``optimize_for_inference`` every block runs on its prepared weights, and the output is the model's:
+    without folding the same kernels' (float32 within 1e-6, bfloat16 within the module forward's own error), with
+    the BatchNorms folded float32 within 1e-5 and bfloat16 as close to the float64 model as the unoptimised one
+    (within 1.5x its error)."""
+    model = tiny_inference_model()
+    pixel_values = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        reference = copy.deepcopy(model).double()(pixel_values.double()).last_hidden_state
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            loaded = model(pixel_values).last_hidden_state
+            blocks = count_optimized_forwards(monkeypatch)
+            assert model.optimize_for_inference(fold_batch_norm=fold) is model
+            optimized = model(pixel_values).last_hidden_state
+            assert len(blocks) == sum(model.config.depths)
+            again = model(pixel_values).last_hidden_state  # on the weights prepared by the first forward
+    assert optimized.dtype == loaded.dtype and optimized.abs().max() > 0
+    torch.testing.assert_close(again, optimized, atol=0, rtol=0)
+    loaded_error, optimized_error = relative_error(loaded, reference), relative_error(optimized, reference)
+    if not autocast:
+        assert relative_error(optimized, loaded) < (1e-5 if fold else 1e-6)
+    else:
+        assert loaded_error > 1e-3  # bfloat16 rounding shows
+        assert optimized_error < 1.5 * loaded_error
+        if not fold:
+            assert relative_error(optimized, loaded) < loaded_error
+
+
+def test_fold_batch_norm_by_hand():
+    """``fold_batch_norm`` on numbers worked out by hand: one output channel, gamma 2, beta 1, mean 3, var 3,
+    eps 1: scale 2 / sqrt(4) = 1, so w' = w and b' = (b - 3) * 1 + 1; a second channel with gamma 1, var 0 and eps
+    0.25: scale 2."""
+    norm = torch.nn.BatchNorm2d(2, eps=1.0).eval()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([2.0, 1.0])), norm.bias.copy_(torch.tensor([1.0, 0.0]))
+        norm.running_mean.copy_(torch.tensor([3.0, 1.0])), norm.running_var.copy_(torch.tensor([3.0, -0.75]))
+    weight = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 4.0]]]])  # (2, 1, 1, 2)
+    folded_weight, folded_bias = modeling_pale.fold_batch_norm(weight, torch.tensor([5.0, 1.0]), norm)
+    # channel 2: scale 1 / sqrt(-0.75 + 1) = 2, bias (1 - 1) * 2 + 0 = 0
+    assert folded_weight.tolist() == [[[[1.0, 2.0]]], [[[6.0, 8.0]]]] and folded_bias.tolist() == [3.0, 0.0]
+    _, without_bias = modeling_pale.fold_batch_norm(weight, None, norm)
+    assert without_bias.tolist() == [-2.0, -2.0]
+    conv = torch.nn.Conv2d(2, 2, (1, 2), groups=2).eval()
+    x = torch.randn(1, 2, 3, 4)
+    with torch.no_grad():
+        conv.weight.copy_(weight), conv.bias.copy_(torch.tensor([5.0, 1.0]))
+        expected = norm(conv(x))
+    torch.testing.assert_close(F.conv2d(x, folded_weight, folded_bias, groups=2), expected)
+
+
+def change_in_place(model):
+    with torch.no_grad():
+        model.encoder.stages[1].layers[0].attention.value.depthwise.weight.mul_(-2.0)
+
+
+def load_other_weights(model):
+    other = tiny_inference_model()
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.mul_(1.5)
+    model.load_state_dict(other.state_dict())
+
+
+def change_batch_norm_statistics(model):
+    model.encoder.stages[0].layers[0].attention.value.norm.running_var.mul_(4.0)
+
+
+def replace_a_weight(model):
+    dense = model.encoder.stages[2].layers[1].mlp.fc1
+    dense.weight = torch.nn.Parameter(torch.randn_like(dense.weight))
+
+
+def optimizer_step(model):
+    model.train()
+    loss = model(torch.randn(1, 3, 48, 48)).last_hidden_state.square().mean()
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    model.eval()
+
+
+@pytest.mark.parametrize(
+    "change", [change_in_place, load_other_weights, change_batch_norm_statistics, replace_a_weight, optimizer_step]
+)
+def test_changed_weights_are_prepared_again(change):
+    """A weight changed after the first optimised forward (in place, by ``load_state_dict``, a BatchNorm's running
+    statistics, a new ``Parameter``, an optimiser step) is noticed: the next output is the changed model's."""
+    model = tiny_inference_model().optimize_for_inference()
+    pixel_values = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        before = model(pixel_values).last_hidden_state
+    change(model)
+    with torch.no_grad():
+        changed = model(pixel_values).last_hidden_state
+        model.clear_inference_optimization()
+        expected = model(pixel_values).last_hidden_state
+    assert relative_error(changed, before) > 1e-4
+    assert relative_error(changed, expected) < 1e-6
+
+
+def test_a_change_through_data_needs_optimize_again():
+    """The documented limit: ``.data`` has no version counter, so an in-place change through it keeps the prepared
+    weights until ``optimize_for_inference`` is called again."""
+    model = tiny_inference_model().optimize_for_inference()
+    pixel_values = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        before = model(pixel_values).last_hidden_state
+        model.encoder.stages[0].layers[0].mlp.fc2.weight.data.mul_(3.0)
+        stale = model(pixel_values).last_hidden_state
+        fresh = model.optimize_for_inference()(pixel_values).last_hidden_state
+        expected = model.clear_inference_optimization()(pixel_values).last_hidden_state
+    torch.testing.assert_close(stale, before, atol=0, rtol=0)
+    assert relative_error(fresh, expected) < 1e-5 and relative_error(fresh, before) > 1e-3
+
+
+def test_optimized_for_inference_leaves_the_rest_alone(tmp_path, monkeypatch):
+    """The state dict and a saved folder are the model's own; training, gradients and another input size take their
+    usual paths (the prepared convolutions pack their weights again for the new size); a deep copy and a pickled
+    copy keep the setting (not the packed tensors) and compute the same; ``clear_inference_optimization`` drops it.
+    (Training last: its forward updates the BatchNorms' running statistics.)"""
+    model = tiny_inference_model()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model.optimize_for_inference()
+    blocks = count_optimized_forwards(monkeypatch)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 48, 48))
+        padded_input = torch.randn(1, 3, 36, 44)
+        padded = model(padded_input).last_hidden_state
+    assert len(blocks) == 2 * sum(model.config.depths)
+    first_block = model.encoder.stages[0].layers[0].inference_weights.by_dtype[torch.float32]
+    assert first_block.position_encoding.input_shape == [1, 16, 9, 11]  # packed again for the 36 x 44 input's map
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
+    model.save_pretrained(tmp_path)
+    reloaded = PaleModel.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(padded, reloaded(padded_input).last_hidden_state, rtol=1e-5, atol=1e-5)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert all(
+            block.inference_weights.fold_batch_norm and not block.inference_weights.by_dtype
+            for block in copied.modules()
+            if isinstance(block, modeling_pale.PaleBlock)
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(copied(padded_input).last_hidden_state, padded, atol=0, rtol=0)
+    blocks.clear()
+    model(padded_input).last_hidden_state.sum().backward()  # gradients on
+    model.train()
+    with torch.no_grad():
+        model(padded_input)
+    model.eval()
+    assert blocks == []
+    model.clear_inference_optimization()
+    blocks.clear()
+    with torch.no_grad():
+        model(padded_input)
+    assert blocks == []
+
+
+def test_batch_norm_without_running_statistics_is_not_folded():
+    """A BatchNorm without running statistics normalises with the batch's in eval mode: it stays a BatchNorm (no
+    weight can hold it) and the optimised model computes what the model computes."""
+    model = tiny_inference_model()
+    key = model.encoder.stages[0].layers[0].attention.key
+    key.norm.track_running_stats, key.norm.running_mean, key.norm.running_var = False, None, None
+    pixel_values = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = model(pixel_values).last_hidden_state
+        optimized = model.optimize_for_inference()(pixel_values).last_hidden_state
+    weights = model.encoder.stages[0].layers[0].inference_weights.by_dtype[torch.float32]
+    assert [projection.norm is not None for projection in weights.projections] == [False, True, False]
+    assert relative_error(optimized, expected) < 1e-5
+
+
+def test_reduced_precision_float32_convolutions_keep_the_inference_forward(monkeypatch):
+    """Where float32 convolutions may run in reduced precision (the user's setting), the prepared weights are not
+    used: the block's inference forward runs as without the optimisation."""
+    from hf_semseg.models.modeling_linear import packs_inference_weights
+
+    model = tiny_inference_model().optimize_for_inference()
+    blocks = count_optimized_forwards(monkeypatch)
+    settings = torch.backends.mkldnn.conv
+    previous = settings.fp32_precision
+    settings.fp32_precision = "bf16"
+    try:
+        assert not packs_inference_weights(torch.float32) and packs_inference_weights(torch.bfloat16)
+        with torch.no_grad():
+            model(torch.randn(1, 3, 48, 48))
+    finally:
+        settings.fp32_precision = previous
+    assert blocks == [] and packs_inference_weights(torch.float32) and not packs_inference_weights(None)
 
 
 def test_500x375_input_sizes():

@@ -35,8 +35,10 @@ from .configuration_pale import PaleConfig
 from .modeling_linear import (
     PLAIN_LINEAR_TYPES,
     OneDNNLinear,
+    PackedInferenceLinear,
     inference_product_dtype,
     onednn_inference_linear,
+    packs_inference_weights,
     traced,
 )
 from .modeling_sdn import sdn_neck
@@ -368,6 +370,8 @@ class PaleBlock(GradientCheckpointingLayer):
         self.drop_path = SwinDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = TransformerMLP(config, dim)
+        #: set by :meth:`PalePreTrainedModel.optimize_for_inference` (None: off); not a parameter or a buffer
+        self.inference_weights: PaleInferenceWeights | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
@@ -413,6 +417,8 @@ class PaleBlock(GradientCheckpointingLayer):
         operands share a device, a dtype and the autocast state."""
         attention, mlp = self.attention, self.mlp
         product_dtype = inference_product_dtype(hidden_states, attention.output.dense.weight)
+        if self.inference_weights is not None and packs_inference_weights(product_dtype):
+            return self.optimized_inference_forward(hidden_states, self.inference_weights.prepared(self, product_dtype))
         # x + CPE(x): (B, H, W, C) -> channels-first view -> (B, H, W, C)
         channels_first = hidden_states.permute(0, 3, 1, 2)
         position = self.cpe._conv_forward(channels_first, self.cpe.weight, self.cpe.bias)
@@ -433,6 +439,175 @@ class PaleBlock(GradientCheckpointingLayer):
         # the exact GELU in place on fc1's fresh output, as TransformerMLP at inference
         expanded = torch.ops.aten.gelu_(expanded) if mlp.exact_gelu else mlp.activation(expanded)
         return hidden_states + onednn_inference_linear(expanded, mlp.fc2.weight, mlp.fc2.bias, product_dtype)
+
+    def optimized_inference_forward(self, hidden_states: torch.Tensor, weights: "PreparedPaleBlock") -> torch.Tensor:
+        """:meth:`inference_forward` of a block optimised for inference (:meth:`PalePreTrainedModel.
+        optimize_for_inference`), with the weights prepared once in the product dtype (``weights``): cast, packed for
+        oneDNN, the BatchNorms folded into the q/k/v depth-wise convolutions (where asked), and the normalised map cast
+        once for the three convolutions (autocast casts it for each)."""
+        dtype = weights.dtype
+        # x + CPE(x): (B, H, W, C) -> channels-first view -> (B, H, W, C)
+        position = weights.position_encoding(hidden_states.permute(0, 3, 1, 2).to(dtype))
+        hidden_states = hidden_states + position.permute(0, 2, 3, 1)
+        norm = self.layernorm_before
+        normed = F.layer_norm(hidden_states, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        channels_first = normed.permute(0, 3, 1, 2).to(dtype)
+        query, key, value = (projection(channels_first) for projection in weights.projections)
+        attended, _ = self.attention.attend_pales(query, key, value)
+        hidden_states = hidden_states + weights.output(attended)
+        norm = self.layernorm_after
+        normed = F.layer_norm(hidden_states, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        expanded = weights.fc1(normed)
+        mlp = self.mlp
+        expanded = torch.ops.aten.gelu_(expanded) if mlp.exact_gelu else mlp.activation(expanded)
+        return hidden_states + weights.fc2(expanded)
+
+
+def fold_batch_norm(
+    weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.BatchNorm2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution's ``weight`` and ``bias`` with the eval-mode BatchNorm after it folded in (as mmcv's
+    ``fuse_conv_bn``): ``norm(conv(x)) = conv'(x)`` with ``w' = w s`` and ``b' = (b - mean) s + beta`` per output
+    channel, ``s = gamma / sqrt(var + eps)``; computed in float64, returned in ``weight``'s dtype. ``norm`` keeps
+    running statistics (without them eval mode normalises with the batch's, which no weight can hold)."""
+    dtype = weight.dtype
+    scale = norm.running_var.double().add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.double()
+    shift = -norm.running_mean.double() if bias is None else bias.double() - norm.running_mean.double()
+    shift = shift * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.double()
+    # (C_out,) scales the (C_out, C_in / groups, k, k) weight per output channel
+    return (weight.double() * scale[:, None, None, None]).to(dtype), shift.to(dtype)
+
+
+class PackedInferenceConvolution:
+    """A stride-1 convolution with "same" padding (Pale's depth-wise ones) prepared once for inference in a product
+    ``dtype``: weight and bias cast to it, and the weight reordered into oneDNN's layout for the input's shape
+    (``mkldnn::_reorder_convolution_weight``), again when the shape changes (a layout chosen for one size can be
+    several times slower on another: a float32 14 x 14 one took 650 against 170 us on a 64 x 64 map)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, dtype: torch.dtype):
+        self.dtype = dtype
+        self.weight = weight.detach().to(dtype)
+        self.bias = None if bias is None else bias.detach().to(dtype)
+        self.groups = groups
+        self.padding = [weight.shape[-2] // 2, weight.shape[-1] // 2]
+        self.input_shape: list[int] | None = None
+        self.packed_weight: torch.Tensor | None = None
+
+    def __call__(self, channels_first: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` in ``dtype`` (channels-last memory) -> ``(B, C_out, H, W)``, channels-last."""
+        shape = list(channels_first.shape)
+        if shape != self.input_shape:
+            self.packed_weight = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, [1, 1], [1, 1], self.groups, shape
+            )
+            self.input_shape = shape
+        return torch.ops.mkldnn._convolution_pointwise(
+            channels_first, self.packed_weight, self.bias, self.padding, [1, 1], [1, 1], self.groups, "none", [], ""
+        )
+
+
+class PreparedSeparableProjection:
+    """:class:`PaleSeparableProjection` prepared for inference: the depth-wise convolution (with the BatchNorm folded
+    in, or the BatchNorm kept as ``norm``) and the point-wise dense layer, packed."""
+
+    def __init__(self, projection: PaleSeparableProjection, dtype: torch.dtype, fold_norm: bool):
+        depthwise, norm = projection.depthwise, projection.norm
+        weight, bias = depthwise.weight, depthwise.bias
+        self.norm = None if fold_norm else norm
+        if fold_norm:
+            weight, bias = fold_batch_norm(weight, bias, norm)
+        self.depthwise = PackedInferenceConvolution(weight, bias, depthwise.groups, dtype)
+        self.pointwise = PackedInferenceLinear(projection.pointwise.weight, projection.pointwise.bias, dtype)
+
+    def __call__(self, channels_first: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` in the product dtype -> ``(B, H, W, C)``."""
+        projected = self.depthwise(channels_first)
+        norm = self.norm
+        if norm is not None:
+            projected = F.batch_norm(
+                projected, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                norm.running_mean is None, 0.0, norm.eps,
+            )  # fmt: skip
+        return self.pointwise(projected.permute(0, 2, 3, 1))
+
+
+def pale_block_weights(block: "PaleBlock") -> tuple:
+    """Every tensor and setting a :class:`PreparedPaleBlock` is made from, in a fixed order (None where a layer
+    has no bias)."""
+    attention, mlp = block.attention, block.mlp
+    weights = [block.cpe.weight, block.cpe.bias]
+    for projection in (attention.query, attention.key, attention.value):
+        norm = projection.norm
+        weights += [projection.depthwise.weight, projection.depthwise.bias, norm.weight, norm.bias]
+        weights += [norm.running_mean, norm.running_var, norm.eps, projection.pointwise.weight]
+        weights.append(projection.pointwise.bias)
+    for dense in (attention.output.dense, mlp.fc1, mlp.fc2):
+        weights += [dense.weight, dense.bias]
+    return tuple(weights)
+
+
+def weight_stamps(weights: tuple) -> tuple:
+    """What tells whether a tensor of ``weights`` has changed since: its in-place version counter (optimiser steps,
+    ``load_state_dict``, ``torch.nn.init``) and its memory (``.to()``, a replaced ``.data``); other entries as they
+    are."""
+    return tuple((w._version, w.data_ptr()) if isinstance(w, torch.Tensor) else w for w in weights)
+
+
+class PreparedPaleBlock:
+    """A :class:`PaleBlock`'s weights prepared for :meth:`PaleBlock.optimized_inference_forward` in one product
+    ``dtype``, with a record of what they were made from (:func:`pale_block_weights`) to tell when they are stale."""
+
+    def __init__(self, block: "PaleBlock", dtype: torch.dtype, fold_batch_norm: bool):
+        self.dtype = dtype
+        self.sources = pale_block_weights(block)
+        self.stamps = weight_stamps(self.sources)
+        cpe = block.cpe
+        self.position_encoding = PackedInferenceConvolution(cpe.weight, cpe.bias, cpe.groups, dtype)
+        attention, mlp = block.attention, block.mlp
+        self.projections = tuple(
+            # eval mode without running statistics normalises with the batch's: that BatchNorm stays
+            PreparedSeparableProjection(projection, dtype, fold_batch_norm and projection.norm.running_mean is not None)
+            for projection in (attention.query, attention.key, attention.value)
+        )
+        self.output, self.fc1, self.fc2 = (
+            PackedInferenceLinear(dense.weight, dense.bias, dtype)
+            for dense in (attention.output.dense, mlp.fc1, mlp.fc2)
+        )
+
+    def is_current(self, block: "PaleBlock") -> bool:
+        """Whether ``block`` still holds the very tensors (and settings) these were made from, unchanged."""
+        sources = pale_block_weights(block)
+        if any(now is not then for now, then in zip(sources, self.sources) if isinstance(then, torch.Tensor)):
+            return False
+        return weight_stamps(sources) == self.stamps
+
+
+class PaleInferenceWeights:
+    """What :meth:`PalePreTrainedModel.optimize_for_inference` sets on each block: whether to fold the BatchNorms,
+    and the block's prepared weights per product dtype (:class:`PreparedPaleBlock`), made on the first inference
+    forward in that dtype and made again when a weight has changed. Copies (``copy.deepcopy``, pickling) keep the
+    setting, not the prepared tensors (oneDNN's packed tensors have no storage to copy); they are made again."""
+
+    def __init__(self, fold_batch_norm: bool):
+        self.fold_batch_norm = fold_batch_norm
+        self.by_dtype: dict[torch.dtype, PreparedPaleBlock] = {}
+
+    def prepared(self, block: "PaleBlock", dtype: torch.dtype) -> PreparedPaleBlock:
+        weights = self.by_dtype.get(dtype)
+        if weights is None or not weights.is_current(block):
+            self.by_dtype.pop(dtype, None)  # the stale tensors go before the new ones are made
+            weights = self.by_dtype[dtype] = PreparedPaleBlock(block, dtype, self.fold_batch_norm)
+        return weights
+
+    def __getstate__(self) -> dict:
+        return {"fold_batch_norm": self.fold_batch_norm}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["fold_batch_norm"])
 
 
 #: torch's registries of forward hooks every module runs (``nn.modules.module.register_module_forward_hook`` / ``_pre_hook``)
@@ -529,6 +704,40 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
         init_norm_and_linear(module, self.config.initializer_range)
         if isinstance(module, nn.Conv2d):
             init_conv_kaiming(module)
+
+    def optimize_for_inference(self, fold_batch_norm: bool = True):
+        """Prepares the blocks' weights once for CPU inference, as ``torch.jit.optimize_for_inference`` or mmcv's
+        ``fuse_conv_bn`` do for deployment; returns the model (changed in place).
+
+        Where a block runs its inference forward (:meth:`PaleBlock.runs_inference_forward`) with a oneDNN product
+        (:func:`inference_product_dtype`: the CPU, float32 or bfloat16 / bfloat16 autocast), its convolutions and
+        dense layers use copies of their weights cast to that dtype and packed in oneDNN's layout, made on the first
+        such forward (per dtype) instead of in every forward; with ``fold_batch_norm`` each eval-mode BatchNorm of
+        the q/k/v projections is folded into its depth-wise convolution. Pale-T at 224 x 224 on 2 CPU threads:
+        benchmarks/README.md, ``--optimized-twin``.
+
+        * Values: those of the model up to rounding. Folding changes the rounding (float32: about 1e-6 relative;
+          bfloat16 autocast: the folded weights are rounded to bfloat16 instead of the convolution's output); without
+          it the products are the same kernels' (bit for bit in our tests, not promised).
+        * Nothing else changes: parameters, buffers, ``state_dict`` and ``save_pretrained`` are the model's own, and
+          training, gradients, hooks, tracing, export and other devices take the paths they take without it.
+        * Changed weights (an optimiser step, ``load_state_dict``, ``.to()``) are noticed by their version counters
+          and memory, and their copies made again; a change made through ``.data`` in place is not (call this
+          method again after one).
+        * Memory: one extra copy of the blocks' weights per dtype used (Pale-T: 88 MB in float32, 44 MB in
+          bfloat16). :meth:`clear_inference_optimization` frees them and turns this off.
+        """
+        for module in self.modules():
+            if isinstance(module, PaleBlock):
+                module.inference_weights = PaleInferenceWeights(fold_batch_norm)
+        return self
+
+    def clear_inference_optimization(self):
+        """Undoes :meth:`optimize_for_inference`: drops the prepared weights; returns the model."""
+        for module in self.modules():
+            if isinstance(module, PaleBlock):
+                module.inference_weights = None
+        return self
 
 
 class PaleModel(PalePreTrainedModel):
