@@ -11,8 +11,10 @@ from torch import nn
 from hf_semseg.models.modeling_linear import (
     PLAIN_LINEAR_TYPES,
     OneDNNLinear,
+    PackedInferenceLinear,
     inference_product_dtype,
     linear_backward,
+    onednn_inference_linear,
     onednn_linear,
     runs_on_onednn,
 )
@@ -244,3 +246,33 @@ def test_the_layer_is_an_nn_linear_with_its_state_dict():
     assert layer.state_dict().keys() == plain.state_dict().keys()
     inputs = torch.randn(4, 5)
     torch.testing.assert_close(layer(inputs), plain(inputs))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_packed_weight_is_the_same_product(with_bias, dtype):
+    """``PackedInferenceLinear``: the weight cast and packed once; on a hand-computed product exactly, and on random
+    ``(2, 5, 7, C)`` tokens what the per-call cast and reorder (:func:`onednn_inference_linear`) computes, bit for bit
+    (float32 inputs are cast to ``dtype``, as autocast casts them); the parameters stay as they are."""
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bfloat16 kernels for this CPU")
+    weight = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]], requires_grad=True)
+    bias = torch.tensor([1.0, 0.0, -2.0]) if with_bias else None
+    packed = PackedInferenceLinear(weight, bias, dtype)
+    with torch.no_grad():
+        output = packed(torch.tensor([[2.0, 1.0], [0.0, 4.0]]))
+    product = [[4.0, 5.0, 1.0], [8.0, -4.0, 0.0]]
+    expected = [[a + b for a, b in zip(row, [1.0, 0.0, -2.0] if with_bias else [0.0] * 3)] for row in product]
+    assert output.dtype == dtype and output.tolist() == expected
+    torch.manual_seed(0)
+    weight, bias = torch.randn(24, 40), torch.randn(24) if with_bias else None
+    packed = PackedInferenceLinear(weight, bias, dtype)
+    tokens = torch.randn(2, 5, 7, 40)
+    with torch.no_grad():
+        output = packed(tokens)
+        reference = onednn_inference_linear(tokens, weight, bias, dtype)
+    assert output.shape == (2, 5, 7, 24) and weight.dtype == torch.float32
+    torch.testing.assert_close(output, reference, atol=0, rtol=0)
+    # against float32's F.linear: bfloat16 within a bfloat16 rounding of the operands (as autocast's F.linear)
+    tolerance = {"rtol": 1.3e-6, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2**-6, "atol": 5e-2}
+    torch.testing.assert_close(output.float(), F.linear(tokens, weight, bias), **tolerance)

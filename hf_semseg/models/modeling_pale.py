@@ -718,13 +718,13 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
 
         * Values: those of the model up to rounding. Folding changes the rounding (float32: about 1e-6 relative;
           bfloat16 autocast: the folded weights are rounded to bfloat16 instead of the convolution's output); without
-          it the products are the same kernels' (bit for bit in our tests, not promised).
+          it the products are the same kernels' (bit for bit in our checks, not promised).
         * Nothing else changes: parameters, buffers, ``state_dict`` and ``save_pretrained`` are the model's own, and
           training, gradients, hooks, tracing, export and other devices take the paths they take without it.
         * Changed weights (an optimiser step, ``load_state_dict``, ``.to()``) are noticed by their version counters
           and memory, and their copies made again; a change made through ``.data`` in place is not (call this
           method again after one).
-        * Memory: one extra copy of the blocks' weights per dtype used (Pale-T: 88 MB in float32, 44 MB in
+        * Memory: one extra copy of the blocks' weights per dtype used (Pale-T: 78 MB in float32, 39 MB in
           bfloat16). :meth:`clear_inference_optimization` frees them and turns this off.
         """
         for module in self.modules():
