@@ -28,8 +28,8 @@ released weights. Target (issue 17, tightened from issue 4's 1.3x): Pale-T at mo
 sizes.
 
 ``--module-forward-twin`` adds a third model to the same rounds, ``pale_tiny_module_forward``: Pale-T with the same
-weights computed as before 60429f3, every block module by module and each branch of its attention in its own call
-(``use_module_forward``), the same values; the report gives Pale-T over it per size (``pale_over_module_forward``).
+weights computed the way 60429f3 sped up, every block module by module and each branch of its attention in calls of
+its own (``use_module_forward``), the same values; the report gives Pale-T over it per size (``pale_over_module_forward``).
 
 ``--optimized-twin`` adds ``pale_tiny_optimized``: Pale-T with the same weights after
 ``model.optimize_for_inference()`` (the blocks' weights cast and packed for oneDNN once, the q/k/v BatchNorms folded
@@ -93,8 +93,9 @@ def build_model(name: str):
 
 
 def use_module_forward(model) -> None:
-    """Pale ``model`` computed as before 60429f3: every block module by module (``PaleBlock.inference_forward`` off)
-    and the row and column branches in a call each (``attends_branches_together`` off), set on the instances."""
+    """Pale ``model`` computed the way 60429f3 sped up: every block module by module (``PaleBlock.inference_forward``
+    off) and the row and column branches in calls of their own (``attends_branches_together`` off), set on the
+    instances. (Each branch's grouping is the current one, ``attend_real_rows``.)"""
     from hf_semseg.models.modeling_pale import PaleBlock, PaleShapedAttention
 
     for module in model.modules():
@@ -258,7 +259,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--module-forward-twin",
         action="store_true",
-        help=f"also time {MODULE_FORWARD_TWIN}: Pale-T module by module, each branch in its own call (as before 60429f3)",
+        help=f"also time {MODULE_FORWARD_TWIN}: Pale-T module by module, each branch in calls of its own",
     )
     parser.add_argument(
         "--optimized-twin",
@@ -308,7 +309,7 @@ def main(argv=None) -> None:
         )
         if "pale_over_module_forward" in r:
             print(
-                f"  Pale-T / its module forward (as before 60429f3): {r['pale_over_module_forward']:.3f}; the module "
+                f"  Pale-T / its module forward (branches apart): {r['pale_over_module_forward']:.3f}; the module "
                 f"forward / Swin-T: {r['module_forward_over_swin']:.3f}"
             )
         if "optimized_over_swin" in r:

@@ -60,6 +60,40 @@ def test_bfloat16_attention_equals_scaled_dot_product_attention(masked):
         assert torch.equal(unchanged, attended)
 
 
+@pytest.mark.parametrize(
+    ("budget", "mask_rows"),
+    [(2 * 40 * 24, 1), (3 * 40 * 24, 40), (7 * 24, 1), (7 * 24, 40), (20, 40)],
+    ids=["two pairs", "three pairs, full mask", "7 query rows", "7 query rows, full mask", "one row at a time"],
+)
+def test_chunks_of_the_scores_give_the_same_values(budget, mask_rows, monkeypatch):
+    """A call with more scores than ``SCORES_PER_CHUNK`` runs in chunks of (batch, head) pairs, or of one pair's
+    query rows where a pair's 40 x 24 scores exceed it (a budget below one row still takes one row): the output is
+    the one-chunk call's, bit for bit, with a key mask broadcast over the queries or one row per query."""
+    query, key, value = bfloat16_operands()
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.randn(2, 1, mask_rows, 24, generator=generator).bfloat16()
+    mask[1, ..., -5:] = torch.finfo(torch.bfloat16).min
+    products = []
+    real_bmm = torch.bmm
+
+    def counting_bmm(*args, **kwargs):
+        products.append(args[0].shape)
+        return real_bmm(*args, **kwargs)
+
+    with torch.no_grad():
+        whole = [cpu_bfloat16_attention(None, query, key, value, m, scaling=0.3)[0] for m in (None, mask)]
+        monkeypatch.setattr(modeling_utils_segmentation, "SCORES_PER_CHUNK", budget)
+        monkeypatch.setattr(torch, "bmm", counting_bmm)
+        chunked = [cpu_bfloat16_attention(None, query, key, value, m, scaling=0.3)[0] for m in (None, mask)]
+    pairs = max(1, budget // (40 * 24))
+    rows = 40 if pairs > 1 else max(1, budget // 24)
+    chunks = -(-6 // pairs) * -(-40 // rows)  # 2 x 3 = 6 pairs of 40 query rows
+    assert len(products) == 2 * chunks + chunks  # unmasked: two products per chunk; masked: one (and a baddbmm)
+    for one, several in zip(whole, chunked):
+        assert several.shape == (2, 40, 3, 16)
+        torch.testing.assert_close(several, one, atol=0, rtol=0)
+
+
 def test_default_scaling_is_the_inverse_square_root_of_the_head_size():
     query, key, value = bfloat16_operands()
     with torch.no_grad():
@@ -118,11 +152,11 @@ def test_pale_under_bfloat16_autocast_uses_it_and_keeps_its_output(monkeypatch):
     calls, output, reference = forwards_with_and_without_bfloat16_products(
         monkeypatch, PaleModel, PaleConfig(**tiny_pale_kwargs())
     )
-    # a row and a column branch per block; a padded branch is one call per kind of group (its longer and shorter
-    # groups, attend_unpadded_groups, no mask). Maps 9x11, 5x6, 3x3, 2x2 with pales 3, 3, 2, 2: stage 1 rows 1 call,
-    # columns 11 = 2 * 4 + 3: 2; stage 2 rows 5 = 2 * 2 + 1: 2, columns 1; stage 3 (two blocks) rows and columns
-    # 3 = 1 * 2 + 1: 2 each; stage 4 (square, 2 divides it) both branches in one call (attend_both_branches)
-    assert len(calls) == (1 + 2) + (2 + 1) + 2 * (2 + 2) + 1
+    # a call per kind of group (a padded branch's longer and shorter groups, attend_real_rows, no mask), a square
+    # map's two branches in the same calls. Maps 9x11, 5x6, 3x3, 2x2 with pales 3, 3, 2, 2: stage 1 rows 1 call,
+    # columns 11 = 2 * 4 + 3: 2; stage 2 rows 5 = 2 * 2 + 1: 2, columns 1; stage 3 (square, two blocks) 3 = 1 * 2 + 1:
+    # 2 calls for both branches; stage 4 (square, 2 divides it) 1 call for both
+    assert len(calls) == (1 + 2) + (2 + 1) + 2 * 2 + 1
     assert calls[-1][0] == (2 * 1 * 1, 2, 2 * 2, 32)  # 2 branches x B x 1 group, 2 heads, 2 x 2 tokens, head size 32
     assert all(mask is None for _, mask in calls)
     scale = reference.abs().max().item()

@@ -91,7 +91,7 @@ def test_receptive_field_is_exactly_the_pale(size, implementation):
     """In one attention layer, the output at (h0, w0) depends on the projected keys/values of exactly the tokens of
     its pale: the rows of its row group (all columns) for the row half of the channels, and the columns of its column
     group (all rows) for the column half. Eager attention masks the padded keys; SDPA attends each kind of group over
-    its real rows (``attend_unpadded_groups``), and its gradients too stay inside the pale."""
+    its real rows (``attend_real_rows``), and its gradients too stay inside the pale."""
     height, width = size
     pale_size = 3
     torch.manual_seed(0)
@@ -207,11 +207,13 @@ def test_sdpa_attends_the_real_rows_of_padded_groups_without_a_mask(height, pale
     torch.testing.assert_close(split.double(), reference, atol=3e-2, rtol=3e-2)
 
 
-@pytest.mark.parametrize(("size", "pale_size"), [(6, 3), (4, 2), (3, 3), (2, 7)])
+@pytest.mark.parametrize(("size", "pale_size"), [(6, 3), (4, 2), (3, 3), (2, 7), (7, 3), (8, 3), (5, 2)])
 def test_both_branches_in_one_call_are_the_two_branch_calls(size, pale_size, monkeypatch):
-    """On a square map that the (clamped) pale size divides, SDPA attends the row and the column groups in ONE call
-    (``attend_both_branches``): its values are those of the two calls of ``attend_rows`` and of the loop over the
-    groups of each branch (float64, 1e-12), row half of the channels first."""
+    """On a square map SDPA attends the row and the column groups in the same calls (``attend_real_rows`` with both
+    branches): one call where the (clamped) pale size divides the map, one per kind of group where it does not (7 in
+    pales of 3: 3 groups, one of 3 rows and two of 2). The values are those of the two calls of ``attend_rows`` and
+    of the loop over the (zero-padded, masked) groups of each branch (float64, 1e-12), row half of the channels
+    first."""
     calls = record_attention_calls(monkeypatch)
     torch.manual_seed(0)
     attention = PaleShapedAttention(attention_config("sdpa"), dim=16, num_heads=4, pale_size=pale_size).eval()
@@ -222,9 +224,13 @@ def test_both_branches_in_one_call_are_the_two_branch_calls(size, pale_size, mon
         rows, _ = attention.attend_rows(q[..., :8], k[..., :8], v[..., :8])
         columns, _ = attention.attend_rows(*(t[..., 8:].transpose(1, 2) for t in (q, k, v)))
     assert weights == (None, None)
-    groups = size // min(pale_size, size)
-    # one call: 2 branches x B x N groups, 2 heads, s x H tokens, head size 4; then the two attend_rows calls
-    assert calls[0][0] == (2 * 2 * groups, 2, min(pale_size, size) * size, 4) and len(calls) == 3
+    groups = -(-size // min(pale_size, size))
+    rows_per_group, longer_groups = divmod(size, groups)
+    # a call per kind: 2 branches x B x n groups, 2 heads, rows x H tokens, head size 4; then as many per branch
+    kinds = [(longer_groups, rows_per_group + 1)] if longer_groups else []
+    kinds.append((groups - longer_groups, rows_per_group))
+    assert [call[0] for call in calls[: len(kinds)]] == [(2 * 2 * n, 2, rows * size, 4) for n, rows in kinds]
+    assert len(calls) == 3 * len(kinds)
     torch.testing.assert_close(together, torch.cat([rows, columns.transpose(1, 2)], -1), atol=1e-12, rtol=1e-12)
     scaling = attention.scaling
     reference_rows = naive_row_attention(q[..., :8], k[..., :8], v[..., :8], pale_size, heads=2, scaling=scaling)
@@ -236,13 +242,13 @@ def test_both_branches_in_one_call_are_the_two_branch_calls(size, pale_size, mon
 
 
 def test_branches_are_attended_apart_where_one_call_cannot_hold_both(monkeypatch):
-    """Not square, padded (7 rows in pales of 3), eager attention (it returns each branch's weights) or traced (a
-    graph keeps the size comparison): one call per branch, as before."""
+    """Not square (the branches' groups differ), eager attention (it returns each branch's weights) or traced (a
+    graph keeps the size comparison): each branch in calls of its own. Square maps, padded or not, share them."""
     sdpa = PaleShapedAttention(attention_config("sdpa"), dim=8, num_heads=2, pale_size=3)
     eager = PaleShapedAttention(attention_config("eager"), dim=8, num_heads=2, pale_size=3)
     assert sdpa.attends_branches_together(6, 6) and sdpa.attends_branches_together(9, 9)
+    assert sdpa.attends_branches_together(7, 7)
     assert not sdpa.attends_branches_together(6, 9)
-    assert not sdpa.attends_branches_together(7, 7)
     assert not eager.attends_branches_together(6, 6)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not sdpa.attends_branches_together(6, 6)

@@ -123,6 +123,21 @@ def pale_ungroup_rows(grouped: torch.Tensor, pale_size: int, batch_size: int, wi
     return hidden_states.reshape(batch_size, -1, width, channels)
 
 
+def pale_real_rows(hidden_states: torch.Tensor, groups: int, first: int, last: int, rows: int, heads: int):
+    """The real rows of groups ``first <= i < last`` of a ``(B, H, W, c)`` map (or view) in ``groups`` (``N``)
+    interlaced-row groups: rows ``i + a N`` for ``a < rows``, yielded as views ``(start, end, (B, end - start, n, W,
+    heads, d))`` over ``a``: one for the rows ``a < H // N`` every group has, then one for the last row
+    ``a = H // N`` of the groups that have it (``i < H mod N``). A generator: each view is made when the previous
+    one has been used (autograd does not allow writing in place into a view made before its base was written)."""
+    batch_size, height, width, _ = hidden_states.shape
+    full = min(rows, height // groups)
+    # rows a N + i with a < full: (B, full N, W, c) -> (B, full, N, W, heads, d), groups first..last
+    yield 0, full, hidden_states[:, : full * groups].view(batch_size, full, groups, width, heads, -1)[:, :, first:last]
+    if rows > full:  # a = full: map rows full N + i, i in [first, last)
+        last_rows = hidden_states[:, full * groups + first : full * groups + last]
+        yield full, rows, last_rows.view(batch_size, 1, last - first, width, heads, -1)
+
+
 def padded_key_mask(height: int, padded_height: int, pale_size: int, width: int, batch_size: int, device, dtype):
     """Additive ``(B * N, 1, 1, s * W)`` mask that hides the keys of padded rows (row ``a * N + i >= H``)."""
     groups = padded_height // pale_size
@@ -198,7 +213,7 @@ class PaleShapedAttention(nn.Module):
     The row half of the channels (``heads / 2`` heads) attends within groups of ``s`` interlaced rows, the column half
     within groups of ``s`` interlaced columns; each token thus sees ``s * W + s * H - s * s`` tokens spread over the
     whole image. ``s`` is clamped to the map size; a size that ``s`` does not divide is zero-padded at the bottom /
-    right and the padded keys are masked (eager attention, traced graphs) or left out (:meth:`attend_unpadded_groups`),
+    right and the padded keys are masked (eager attention, traced graphs) or left out (:meth:`attend_real_rows`),
     so the result does not depend on the padding.
     """
 
@@ -217,7 +232,12 @@ class PaleShapedAttention(nn.Module):
         self.output = PaleAttentionOutput(config, dim)
 
     def attend_rows(self, query, key, value):
-        """Row-branch attention on ``(B, H, W, c)`` maps; returns ``(B, H, W, c)`` and the probabilities."""
+        """Row-branch attention on ``(B, H, W, c)`` maps; returns ``(B, H, W, c)`` and the probabilities (eager
+        attention only). Outside tracing and eager attention: :meth:`attend_real_rows`."""
+        if self.gathers_real_rows():
+            attended = query.new_empty(query.shape)
+            self.attend_real_rows(((query, key, value),), (attended,))
+            return attended, None
         batch_size, height, width, channels = query.shape
         # traced (torch.compile / torch.export) the clamp stays symbolic and the map is always padded and masked
         # (maybe by 0 rows): a comparison of sizes would fix its outcome for the traced size in the graph
@@ -236,119 +256,87 @@ class PaleShapedAttention(nn.Module):
 
         query, key, value = heads(query), heads(key), heads(value)
         dropout = self.attention_dropout if self.training else 0.0
-        if padded and not compiling and self.config._attn_implementation not in (None, "eager"):
-            # the groups' real rows, no mask: attention weights are only returned by eager attention (also the
-            # function of an unset implementation), whose (B*N, heads, s*W, s*W) maps keep the masked layout
-            attended = self.attend_unpadded_groups(
-                attention_interface, query, key, value, height, width, batch_size, dropout
-            )
-            weights = None
-        else:
-            mask = None
-            if padded:
-                mask = padded_key_mask(height, padded_height, pale_size, width, batch_size, query.device, query.dtype)
-            attended, weights = attention_interface(
-                self, query, key, value, mask, dropout=dropout, scaling=self.scaling
-            )
-            attended = attended.flatten(2)  # (B*N, s*W, heads, d) -> (B*N, s*W, c)
+        mask = None
+        if padded:
+            mask = padded_key_mask(height, padded_height, pale_size, width, batch_size, query.device, query.dtype)
+        attended, weights = attention_interface(self, query, key, value, mask, dropout=dropout, scaling=self.scaling)
+        attended = attended.flatten(2)  # (B*N, s*W, heads, d) -> (B*N, s*W, c)
         # (B*N, s*W, c) -> (B, Hp, W, c) -> crop
         attended = pale_ungroup_rows(attended, pale_size, batch_size, width)
         return attended.narrow(1, 0, height), weights  # narrow: exactly `height` rows when traced, not a min
 
-    def attend_unpadded_groups(self, attention_interface, query, key, value, height, width, batch_size, dropout):
-        """Attention of zero-padded groups ``(B*N, heads, s*W, d)`` over their real rows only, without a key mask.
+    def gathers_real_rows(self) -> bool:
+        """Whether the branches run as :meth:`attend_real_rows`: not traced (a traced graph pads and masks: it must
+        not fix the outcome of size comparisons), and an attention implementation without attention weights (eager
+        attention returns ``(B*N, heads, s*W, s*W)`` maps in the padded, masked layout)."""
+        return not traced() and self.config._attn_implementation not in (None, "eager")
 
-        With ``H = q N + r`` (``0 <= r < N``), groups ``i < r`` hold ``q + 1`` real rows and the others ``q``; a
-        group's real tokens are its first ``q + 1`` or ``q`` rows (its row ``a`` is map row ``i + a N``). Each kind of
-        group is attended in one call over its real tokens: the values of the masked keys (whose probabilities are
-        exactly 0), without the mask's score-sized copy and with fewer scores (Pale-T at 512: 7% fewer in stage 1,
-        16% in stages 2 and 3). Returns ``(B*N, s*W, c)``; the outputs of padded rows are left unset (they are
-        cropped)."""
-        groups = query.shape[0] // batch_size
-        num_heads, padded_tokens = query.shape[1], query.shape[2]
+    def attend_real_rows(self, branches, outputs) -> None:
+        """Row-branch attention of one or more branches whose maps have one shape (the row branch's ``(B, H, W, c)``
+        maps, the column branch's transposed ones), each group over its real rows only, written into ``outputs``
+        (one ``(B, H, W, c)`` map or view per branch).
+
+        With ``N = ceil(H / s)`` groups and ``H = q N + r`` (``0 <= r < N``), group ``i`` holds the map rows
+        ``i + a N`` below ``H``: ``q + 1`` of them for ``i < r``, ``q`` for the others (the rows a zero-padding to
+        ``N s`` would add are padding keys whose probabilities are exactly 0, and padding queries that are cropped).
+        Each kind of group is attended in ONE call for all branches (the groups are the batch), over its real tokens:
+        no mask and fewer scores than the padded groups (Pale-T at 512: 7% fewer in stage 1, 16% in stages 2 and
+        3). The queries, keys and values of a kind are copied once from the maps into the call's
+        ``(branches B n, heads, rows W, d)`` layout, and the call's output once into ``outputs``: no padding, no
+        grouping copy of the padded maps, no concatenation of the branches (a square map's row and column groups
+        have the same sizes, so both branches share the calls)."""
+        query = branches[0][0]
+        batch_size, height, width, channels = query.shape
+        pale_size = min(self.pale_size, height)
+        groups = -(-height // pale_size)  # N = ceil(H / s)
         rows_per_group, longer_groups = divmod(height, groups)
-        attended = None
+        heads = self.heads_per_branch
+        head_dim = channels // heads
+        attention_interface = attention_function(self.config, *branches[0])
+        dropout = self.attention_dropout if self.training else 0.0
         # the two kinds of groups: [first, last) with `rows` real rows each
         for first, last, rows in ((0, longer_groups, rows_per_group + 1), (longer_groups, groups, rows_per_group)):
             if last == first:
                 continue
-            tokens = rows * width
-
-            def real_tokens(t, first=first, last=last, tokens=tokens):
-                # (B*N, heads, s*W, d) -> (B, N, heads, s*W, d) -> (B*n, heads, rows*W, d)
-                return t.view(batch_size, groups, num_heads, padded_tokens, -1)[:, first:last, :, :tokens].flatten(0, 1)
-
-            output, _ = attention_interface(
-                self,
-                real_tokens(query),
-                real_tokens(key),
-                real_tokens(value),
-                None,
-                dropout=dropout,
-                scaling=self.scaling,
+            count = last - first
+            # (3 [q, k, v], branches, B, n, heads, rows, W, d)
+            grouped = query.new_empty(3, len(branches), batch_size, count, heads, rows, width, head_dim)
+            for branch, maps in enumerate(branches):
+                for operand, hidden_states in enumerate(maps):
+                    for start, end, view in pale_real_rows(hidden_states, groups, first, last, rows, heads):
+                        # (B, a, n, W, heads, d) -> (B, n, heads, a, W, d)
+                        grouped[operand, branch, :, :, :, start:end].copy_(view.permute(0, 2, 4, 1, 3, 5))
+            grouped = grouped.view(3, len(branches) * batch_size * count, heads, rows * width, head_dim)
+            attended, _ = attention_interface(
+                self, grouped[0], grouped[1], grouped[2], None, dropout=dropout, scaling=self.scaling
             )
-            if attended is None:
-                attended = output.new_empty(batch_size, groups, padded_tokens, num_heads * output.shape[-1])
-            # (B*n, rows*W, heads, d) -> (B, n, rows*W, c)
-            attended[:, first:last, :tokens] = output.reshape(batch_size, last - first, tokens, -1)
-        return attended.view(batch_size * groups, padded_tokens, -1)
+            # (branches B n, rows W, heads, d), any strides -> (branches, B, n, rows, W, heads, d): a view
+            attended = attended.view(len(branches), batch_size, count, rows, width, heads, head_dim)
+            for branch, output in enumerate(outputs):
+                for start, end, view in pale_real_rows(output, groups, first, last, rows, heads):
+                    # (B, n, a, W, heads, d) -> (B, a, n, W, heads, d)
+                    view.copy_(attended[branch, :, :, start:end].transpose(1, 2))
 
     def attends_branches_together(self, height: int, width: int) -> bool:
-        """Whether :meth:`attend_pales` attends both branches in one call (:meth:`attend_both_branches`): a square
-        map that the pale size divides (no padding: the row and the column groups hold the same number of tokens),
-        an implementation without attention weights, not traced (a traced graph would keep the comparison of sizes
-        made for the traced input)."""
-        if traced() or self.config._attn_implementation in (None, "eager"):
-            return False
-        return height == width and height % min(self.pale_size, height) == 0
+        """Whether :meth:`attend_pales` attends both branches in the same calls of :meth:`attend_real_rows`: a
+        square map (the row and the column groups have the same sizes), where it gathers real rows."""
+        return height == width and self.gathers_real_rows()
 
     def attend_pales(self, query, key, value):
         """Both branches on projected ``(B, H, W, C)`` maps: the row branch on the first half of the channels, the
         column branch (the row branch on the transposed map) on the second. Returns ``(B, H, W, C)`` (row half, then
         column half) and the ``(row, column)`` attention probabilities (eager attention only)."""
-        if self.attends_branches_together(query.shape[1], query.shape[2]):
-            return self.attend_both_branches(query, key, value), (None, None)
         half = query.shape[-1] // 2
-        rows, row_weights = self.attend_rows(query[..., :half], key[..., :half], value[..., :half])
-        columns, column_weights = self.attend_rows(*(t[..., half:].transpose(1, 2) for t in (query, key, value)))
+        rows_of = tuple(t[..., :half] for t in (query, key, value))
+        columns_of = tuple(t[..., half:].transpose(1, 2) for t in (query, key, value))
+        if self.attends_branches_together(query.shape[1], query.shape[2]):
+            attended = query.new_empty(query.shape)
+            outputs = (attended[..., :half], attended[..., half:].transpose(1, 2))
+            self.attend_real_rows((rows_of, columns_of), outputs)
+            return attended, (None, None)
+        rows, row_weights = self.attend_rows(*rows_of)
+        columns, column_weights = self.attend_rows(*columns_of)
         return torch.cat([rows, columns.transpose(1, 2)], dim=-1), (row_weights, column_weights)
-
-    def attend_both_branches(self, query, key, value):
-        """:meth:`attend_pales` on a square ``(B, H, H, C)`` map with ``H = s N``: the ``N`` row groups and the
-        ``N`` column groups, ``s H`` tokens each, attended in ONE call of the attention function (the groups are the
-        batch), with one copy that groups queries, keys and values for both branches and one that writes the output
-        back: the same per-group products as two calls of :meth:`attend_rows`, which copy nine times (six grouped
-        operands, two outputs and their concatenation)."""
-        batch_size, height, width, channels = query.shape
-        pale_size = min(self.pale_size, height)
-        groups = height // pale_size
-        heads = self.heads_per_branch
-        tokens = pale_size * width
-
-        def branch_groups(t):
-            # (B, H, W, C) -> (B, s [a], N [i], s [b], N [j], 2 [branch], heads, d): row h = a N + i, column w = b N + j
-            t = t.view(batch_size, pale_size, groups, pale_size, groups, 2, heads, -1)
-            # row group i: tokens (a, w) = (a, b, j), row-major -> (B, N [i], heads, s [a], s [b], N [j], d)
-            rows = t[:, :, :, :, :, 0].permute(0, 2, 5, 1, 3, 4, 6)
-            # column group j: tokens (b, h) = (b, a, i), as the row branch of the transposed map
-            columns = t[:, :, :, :, :, 1].permute(0, 4, 5, 3, 1, 2, 6)
-            return rows, columns
-
-        # (3 [q, k, v], 2 [branch], B, N, heads, s, s, N, d) -> (3, 2 B N, heads, s W, d): one copy
-        grouped = torch.stack([half for t in (query, key, value) for half in branch_groups(t)])
-        grouped = grouped.view(3, 2 * batch_size * groups, heads, tokens, -1)
-        query, key, value = grouped[0], grouped[1], grouped[2]
-        attention_interface = attention_function(self.config, query, key, value)
-        dropout = self.attention_dropout if self.training else 0.0
-        attended, _ = attention_interface(self, query, key, value, None, dropout=dropout, scaling=self.scaling)
-        # (2 B N, s W, heads, d), any strides -> (2, B, N [i or j], s, s, N, heads, d) (a view: the token axis splits)
-        attended = attended.view(2, batch_size, groups, pale_size, pale_size, groups, heads, -1)
-        # rows: (B, N [i], s [a], s [b], N [j], ...) -> (B, a, i, b, j, ...)
-        rows = attended[0].permute(0, 2, 1, 3, 4, 5, 6)
-        # columns: (B, N [j], s [b], s [a], N [i], ...) -> (B, a, i, b, j, ...)
-        columns = attended[1].permute(0, 3, 4, 2, 1, 5, 6)
-        # (B, s, N, s, N, 2, heads, d) = (B, H, W, C), the row half of the channels first: one copy
-        return torch.stack([rows, columns], dim=5).view(batch_size, height, width, channels)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)`` and ``(row, column)`` attention probabilities (eager only)."""
