@@ -135,7 +135,7 @@ def test_the_optimized_twin_is_pale_optimized_for_inference_with_the_same_gmacs(
     """``--optimized-twin`` adds Pale-T with the same weights after ``optimize_for_inference``: nearly the same
     output (the folded BatchNorms' rounding), and the same GMACs, since the FLOP counter counts oneDNN's packed
     convolutions (2 x 9 FLOPs per output of a 3 x 3 depth-wise one, worked out below) and products."""
-    from hf_semseg.models.modeling_pale import PackedInferenceConvolution
+    from hf_semseg.models.modeling_pale import PackedInferenceConvolution, PaleBlock
 
     pale_benchmark = load_benchmark_module("benchmark_pale")
     names = pale_benchmark.model_names(pale_benchmark.parse_args(["--optimized-twin"]))
@@ -143,9 +143,10 @@ def test_the_optimized_twin_is_pale_optimized_for_inference_with_the_same_gmacs(
     both = pale_benchmark.parse_args(["--optimized-twin", "--module-forward-twin"])
     assert pale_benchmark.model_names(both) == (*pale_benchmark.MODELS, *pale_benchmark.TWINS)
     models = {name: pale_benchmark.build_model(name).eval() for name in ("pale_tiny", pale_benchmark.OPTIMIZED_TWIN)}
-    blocks = {name: [m for m in model.modules() if hasattr(m, "inference_weights")] for name, model in models.items()}
-    assert all(block.inference_weights is None for block in blocks["pale_tiny"])
-    assert all(block.inference_weights.fold_batch_norm for block in blocks[pale_benchmark.OPTIMIZED_TWIN])
+    blocks = {name: [m for m in model.modules() if isinstance(m, PaleBlock)] for name, model in models.items()}
+    assert len(blocks["pale_tiny"]) == 22 and all(block.inference_weights is None for block in blocks["pale_tiny"])
+    optimized_blocks = blocks[pale_benchmark.OPTIMIZED_TWIN]
+    assert all(block.inference_weights.settings == {"fold_batch_norm": True} for block in optimized_blocks)
     pixel_values = torch.randn(1, 3, 64, 64)
     gmacs = {name: harness.count_gmacs(model, pixel_values) for name, model in models.items()}
     assert gmacs["pale_tiny"] > 0.1 and gmacs[pale_benchmark.OPTIMIZED_TWIN] == pytest.approx(gmacs["pale_tiny"])

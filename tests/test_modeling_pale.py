@@ -520,7 +520,7 @@ def test_optimized_for_inference_leaves_the_rest_alone(tmp_path, monkeypatch):
         padded_input = torch.randn(1, 3, 36, 44)
         padded = model(padded_input).last_hidden_state
     assert len(blocks) == 2 * sum(model.config.depths)
-    first_block = model.encoder.stages[0].layers[0].inference_weights.by_dtype[torch.float32]
+    first_block = model.encoder.stages[0].layers[0].inference_weights.by_dtype[torch.float32][-1]
     assert first_block.position_encoding.input_shape == [1, 16, 9, 11]  # packed again for the 36 x 44 input's map
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
@@ -530,7 +530,7 @@ def test_optimized_for_inference_leaves_the_rest_alone(tmp_path, monkeypatch):
         torch.testing.assert_close(padded, reloaded(padded_input).last_hidden_state, rtol=1e-5, atol=1e-5)
     for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert all(
-            block.inference_weights.fold_batch_norm and not block.inference_weights.by_dtype
+            block.inference_weights.settings == {"fold_batch_norm": True} and not block.inference_weights.by_dtype
             for block in copied.modules()
             if isinstance(block, modeling_pale.PaleBlock)
         )
@@ -560,7 +560,7 @@ def test_batch_norm_without_running_statistics_is_not_folded():
     with torch.no_grad():
         expected = model(pixel_values).last_hidden_state
         optimized = model.optimize_for_inference()(pixel_values).last_hidden_state
-    weights = model.encoder.stages[0].layers[0].inference_weights.by_dtype[torch.float32]
+    weights = model.encoder.stages[0].layers[0].inference_weights.by_dtype[torch.float32][-1]
     assert [projection.norm is not None for projection in weights.projections] == [False, True, False]
     assert relative_error(optimized, expected) < 1e-5
 

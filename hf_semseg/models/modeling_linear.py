@@ -156,6 +156,45 @@ PACKED_WEIGHT_OPERATORS = (
 )
 
 
+def weight_stamps(weights: tuple) -> tuple:
+    """What tells whether a tensor of ``weights`` has changed since: its in-place version counter (optimiser steps,
+    ``load_state_dict``, ``torch.nn.init``) and its memory (``.to()``, a replaced ``.data``); other entries (None,
+    numbers) as they are."""
+    return tuple((w._version, w.data_ptr()) if isinstance(w, torch.Tensor) else w for w in weights)
+
+
+class InferenceWeights:
+    """A module's weights prepared once for inference (``optimize_for_inference``), per product dtype, with a
+    record of what each preparation was made from, to tell when it is stale: the very tensors (not replaced) and
+    their :func:`weight_stamps` (not changed in place, not moved). ``settings``: the options of the preparation.
+    Copies (``copy.deepcopy``, pickling) keep the settings, not the prepared tensors (oneDNN's packed tensors have
+    no storage to copy): they are made again on the copy's first inference forward."""
+
+    def __init__(self, **settings):
+        self.settings = settings
+        self.by_dtype: dict = {}
+
+    def prepared(self, dtype: torch.dtype, sources: tuple, make):
+        """The preparation for ``dtype`` made from ``sources`` (tensors and settings), by ``make()`` when there is
+        none yet or ``sources`` changed since it was made."""
+        entry = self.by_dtype.get(dtype)
+        if entry is not None:
+            made_from, stamps, prepared = entry
+            unreplaced = all(now is then for now, then in zip(sources, made_from) if isinstance(then, torch.Tensor))
+            if unreplaced and weight_stamps(sources) == stamps:
+                return prepared
+            del self.by_dtype[dtype]  # the stale tensors go before the new ones are made
+        prepared = make()
+        self.by_dtype[dtype] = (sources, weight_stamps(sources), prepared)
+        return prepared
+
+    def __getstate__(self) -> dict:
+        return {"settings": self.settings}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["settings"])
+
+
 class PackedInferenceLinear:
     """A dense layer's weight and bias prepared once for inference in a product ``dtype``: cast to it and the weight
     reordered into oneDNN's own layout for its matmul primitive (``mkldnn::_reorder_linear_weight``, as inductor
@@ -227,10 +266,34 @@ def linear_backward(
 
 
 class OneDNNLinear(nn.Linear):
-    """``nn.Linear`` (same parameters, state dict and init) whose forward is :func:`onednn_linear`."""
+    """``nn.Linear`` (same parameters, state dict and init) whose forward is :func:`onednn_linear`; optimised for
+    inference (:func:`optimize_linear_layers_for_inference`), its oneDNN products use the weight cast and packed
+    once (:class:`PackedInferenceLinear`) instead of in every call."""
+
+    #: set by :func:`optimize_linear_layers_for_inference` (None: off); not a parameter or a buffer
+    inference_weights: InferenceWeights | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.inference_weights is not None and hidden_states.numel():
+            weight, bias = self.weight, self.bias
+            dtype = inference_product_dtype(
+                *((hidden_states, weight) if bias is None else (hidden_states, weight, bias))
+            )
+            if packs_inference_weights(dtype):
+                packed = self.inference_weights.prepared(
+                    dtype, (weight, bias), lambda: PackedInferenceLinear(weight, bias, dtype)
+                )
+                return packed(hidden_states)
         return onednn_linear(hidden_states, self.weight, self.bias)
+
+
+def optimize_linear_layers_for_inference(module: nn.Module, enabled: bool = True) -> None:
+    """Turns the packed inference weights of every :class:`OneDNNLinear` inside ``module`` on (made on the first
+    inference forward per product dtype) or off (dropped). Exact type only: a subclass (quantised, any-precision)
+    has a forward of its own."""
+    for layer in module.modules():
+        if type(layer) is OneDNNLinear:
+            layer.inference_weights = InferenceWeights() if enabled else None
 
 
 def replace_modules(module: nn.Module, module_type: type, make_replacement) -> None:

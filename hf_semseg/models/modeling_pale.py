@@ -34,6 +34,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from .configuration_pale import PaleConfig
 from .modeling_linear import (
     PLAIN_LINEAR_TYPES,
+    InferenceWeights,
     OneDNNLinear,
     PackedInferenceLinear,
     inference_product_dtype,
@@ -358,8 +359,9 @@ class PaleBlock(GradientCheckpointingLayer):
         self.drop_path = SwinDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = TransformerMLP(config, dim)
-        #: set by :meth:`PalePreTrainedModel.optimize_for_inference` (None: off); not a parameter or a buffer
-        self.inference_weights: PaleInferenceWeights | None = None
+        #: set by :meth:`PalePreTrainedModel.optimize_for_inference` (None: off; its setting ``fold_batch_norm``, its
+        #: preparations :class:`PreparedPaleBlock`); not a parameter or a buffer
+        self.inference_weights: InferenceWeights | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
@@ -406,7 +408,7 @@ class PaleBlock(GradientCheckpointingLayer):
         attention, mlp = self.attention, self.mlp
         product_dtype = inference_product_dtype(hidden_states, attention.output.dense.weight)
         if self.inference_weights is not None and packs_inference_weights(product_dtype):
-            return self.optimized_inference_forward(hidden_states, self.inference_weights.prepared(self, product_dtype))
+            return self.optimized_inference_forward(hidden_states, self.prepared_weights(product_dtype))
         # x + CPE(x): (B, H, W, C) -> channels-first view -> (B, H, W, C)
         channels_first = hidden_states.permute(0, 3, 1, 2)
         position = self.cpe._conv_forward(channels_first, self.cpe.weight, self.cpe.bias)
@@ -427,6 +429,12 @@ class PaleBlock(GradientCheckpointingLayer):
         # the exact GELU in place on fc1's fresh output, as TransformerMLP at inference
         expanded = torch.ops.aten.gelu_(expanded) if mlp.exact_gelu else mlp.activation(expanded)
         return hidden_states + onednn_inference_linear(expanded, mlp.fc2.weight, mlp.fc2.bias, product_dtype)
+
+    def prepared_weights(self, dtype: torch.dtype) -> "PreparedPaleBlock":
+        """This block's weights prepared in ``dtype`` (made again where a weight changed since)."""
+        fold = self.inference_weights.settings["fold_batch_norm"]
+        sources = (*pale_block_weights(self), fold)
+        return self.inference_weights.prepared(dtype, sources, lambda: PreparedPaleBlock(self, dtype, fold))
 
     def optimized_inference_forward(self, hidden_states: torch.Tensor, weights: "PreparedPaleBlock") -> torch.Tensor:
         """:meth:`inference_forward` of a block optimised for inference (:meth:`PalePreTrainedModel.
@@ -538,21 +546,13 @@ def pale_block_weights(block: "PaleBlock") -> tuple:
     return tuple(weights)
 
 
-def weight_stamps(weights: tuple) -> tuple:
-    """What tells whether a tensor of ``weights`` has changed since: its in-place version counter (optimiser steps,
-    ``load_state_dict``, ``torch.nn.init``) and its memory (``.to()``, a replaced ``.data``); other entries as they
-    are."""
-    return tuple((w._version, w.data_ptr()) if isinstance(w, torch.Tensor) else w for w in weights)
-
-
 class PreparedPaleBlock:
     """A :class:`PaleBlock`'s weights prepared for :meth:`PaleBlock.optimized_inference_forward` in one product
-    ``dtype``, with a record of what they were made from (:func:`pale_block_weights`) to tell when they are stale."""
+    ``dtype``: the CPE and q/k/v depth-wise convolutions (the BatchNorms folded in where ``fold_batch_norm``) and the
+    dense layers, cast and packed for oneDNN."""
 
     def __init__(self, block: "PaleBlock", dtype: torch.dtype, fold_batch_norm: bool):
         self.dtype = dtype
-        self.sources = pale_block_weights(block)
-        self.stamps = weight_stamps(self.sources)
         cpe = block.cpe
         self.position_encoding = PackedInferenceConvolution(cpe.weight, cpe.bias, cpe.groups, dtype)
         attention, mlp = block.attention, block.mlp
@@ -565,37 +565,6 @@ class PreparedPaleBlock:
             PackedInferenceLinear(dense.weight, dense.bias, dtype)
             for dense in (attention.output.dense, mlp.fc1, mlp.fc2)
         )
-
-    def is_current(self, block: "PaleBlock") -> bool:
-        """Whether ``block`` still holds the very tensors (and settings) these were made from, unchanged."""
-        sources = pale_block_weights(block)
-        if any(now is not then for now, then in zip(sources, self.sources) if isinstance(then, torch.Tensor)):
-            return False
-        return weight_stamps(sources) == self.stamps
-
-
-class PaleInferenceWeights:
-    """What :meth:`PalePreTrainedModel.optimize_for_inference` sets on each block: whether to fold the BatchNorms,
-    and the block's prepared weights per product dtype (:class:`PreparedPaleBlock`), made on the first inference
-    forward in that dtype and made again when a weight has changed. Copies (``copy.deepcopy``, pickling) keep the
-    setting, not the prepared tensors (oneDNN's packed tensors have no storage to copy); they are made again."""
-
-    def __init__(self, fold_batch_norm: bool):
-        self.fold_batch_norm = fold_batch_norm
-        self.by_dtype: dict[torch.dtype, PreparedPaleBlock] = {}
-
-    def prepared(self, block: "PaleBlock", dtype: torch.dtype) -> PreparedPaleBlock:
-        weights = self.by_dtype.get(dtype)
-        if weights is None or not weights.is_current(block):
-            self.by_dtype.pop(dtype, None)  # the stale tensors go before the new ones are made
-            weights = self.by_dtype[dtype] = PreparedPaleBlock(block, dtype, self.fold_batch_norm)
-        return weights
-
-    def __getstate__(self) -> dict:
-        return {"fold_batch_norm": self.fold_batch_norm}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["fold_batch_norm"])
 
 
 #: torch's registries of forward hooks every module runs (``nn.modules.module.register_module_forward_hook`` / ``_pre_hook``)
@@ -715,13 +684,15 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
         * Memory: one extra copy of the blocks' weights per dtype used (Pale-T: 78 MB in float32, 39 MB in
           bfloat16). :meth:`clear_inference_optimization` frees them and turns this off.
         """
+        super().optimize_for_inference()  # the dense layers outside the blocks (the heads)
         for module in self.modules():
             if isinstance(module, PaleBlock):
-                module.inference_weights = PaleInferenceWeights(fold_batch_norm)
+                module.inference_weights = InferenceWeights(fold_batch_norm=fold_batch_norm)
         return self
 
     def clear_inference_optimization(self):
         """Undoes :meth:`optimize_for_inference`: drops the prepared weights; returns the model."""
+        super().clear_inference_optimization()
         for module in self.modules():
             if isinstance(module, PaleBlock):
                 module.inference_weights = None

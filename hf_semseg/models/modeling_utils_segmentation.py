@@ -28,6 +28,7 @@ from .modeling_linear import (
     linear_backward,
     needs_gradient,
     onednn_runs,
+    optimize_linear_layers_for_inference,
     training_linear,
 )
 from .modeling_sdn import SDNLevel, SDNNeck, init_sdn_weights
@@ -49,6 +50,24 @@ class SegmentationModelDefaults(AnyPrecisionMixin):
     _supports_flash_attn = False
     _supports_flex_attn = False
     accepts_loss_kwargs = False
+
+    def optimize_for_inference(self):
+        """Prepares the model's dense layers once for CPU inference, as ``torch.jit.optimize_for_inference`` does
+        for deployment; returns the model (changed in place). Where a :class:`OneDNNLinear` runs oneDNN's product at
+        inference (the CPU, float32 or bfloat16 / bfloat16 autocast, no gradient), it uses a copy of its weight cast
+        to that dtype and packed in oneDNN's layout (:class:`PackedInferenceLinear`), made on the first such forward
+        per dtype, instead of casting and reordering the weight in every call. The values are the same products
+        (bit for bit in our checks); parameters, state dict, saving, training, tracing and other devices are
+        unchanged; changed weights (in place, ``load_state_dict``, an optimiser step, ``.to()``) are prepared again,
+        a change through ``.data`` is not (call this again). Costs a copy of the dense layers' weights per dtype
+        until :meth:`clear_inference_optimization`. Pale models also prepare their blocks' convolutions."""
+        optimize_linear_layers_for_inference(self)
+        return self
+
+    def clear_inference_optimization(self):
+        """Undoes :meth:`optimize_for_inference`: drops the prepared weights; returns the model."""
+        optimize_linear_layers_for_inference(self, enabled=False)
+        return self
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:

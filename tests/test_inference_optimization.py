@@ -1,0 +1,141 @@
+"""``optimize_for_inference()`` on every family: the dense layers' (and Pale's blocks') weights prepared once for CPU
+inference (cast, packed for oneDNN); the outputs are the model's and the prepared copies are what the layers use."""
+
+import copy
+
+import pytest
+import torch
+
+from hf_semseg import (
+    PaleConfig,
+    PaleForSemanticSegmentation,
+    SeMaskSwinConfig,
+    SeMaskSwinForSemanticSegmentation,
+    VWFormerConfig,
+    VWFormerForSemanticSegmentation,
+)
+from hf_semseg.models import modeling_linear
+from hf_semseg.models.modeling_linear import OneDNNLinear
+
+from model_suite import (
+    FOUR_STAGES,
+    open_semantic_gates,
+    tiny_label_kwargs,
+    tiny_pale_kwargs,
+    tiny_semask_swin_kwargs,
+    tiny_vw_mask2former_config,
+    tiny_vw_maskformer_config,
+    tiny_vwformer_backbone_config,
+    tiny_vwformer_kwargs,
+)
+
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
+def semask_swin():
+    config = SeMaskSwinConfig(**tiny_semask_swin_kwargs(), out_features=FOUR_STAGES)
+    model = SeMaskSwinForSemanticSegmentation(config)
+    open_semantic_gates(model)
+    return model
+
+
+def vwformer_on_semask_swin():
+    config = VWFormerConfig(backbone_config=tiny_vwformer_backbone_config("semask_swin"), **tiny_vwformer_kwargs())
+    return VWFormerForSemanticSegmentation(config)
+
+
+def vw_mask2former():
+    from hf_semseg import VWMask2FormerForSemanticSegmentation
+
+    return VWMask2FormerForSemanticSegmentation(tiny_vw_mask2former_config())
+
+
+def vw_maskformer():
+    from hf_semseg import VWMaskFormerForSemanticSegmentation
+
+    return VWMaskFormerForSemanticSegmentation(tiny_vw_maskformer_config())
+
+
+def pale_unfolded():
+    return PaleForSemanticSegmentation(
+        PaleConfig(**tiny_pale_kwargs(), **tiny_label_kwargs(), out_features=FOUR_STAGES)
+    )
+
+
+FAMILIES = [semask_swin, vwformer_on_semask_swin, vw_mask2former, vw_maskformer, pale_unfolded]
+
+
+def output_tensors(output) -> list[torch.Tensor]:
+    return [value for value in output.values() if isinstance(value, torch.Tensor)]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])
+@pytest.mark.parametrize("build", FAMILIES, ids=lambda build: build.__name__)
+def test_optimized_models_compute_their_outputs(build, autocast, monkeypatch):
+    """Every family after ``optimize_for_inference()`` (Pale's BatchNorms not folded): every output equals the
+    unoptimised model's (float32 within 1e-5, bfloat16 within 1e-2 of the largest value: the same products; bit for
+    bit in our checks), and the dense layers that ran oneDNN's product ran it on their prepared weights, each
+    packed once over two forwards."""
+    torch.manual_seed(0)
+    model = build().eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    packs = []
+    real_pack = modeling_linear.PackedInferenceLinear.__init__
+
+    def counting_pack(self, weight, bias, dtype):
+        packs.append(weight)
+        real_pack(self, weight, bias, dtype)
+
+    monkeypatch.setattr(modeling_linear.PackedInferenceLinear, "__init__", counting_pack)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        expected = output_tensors(model(pixel_values))
+        assert not packs
+        if build is pale_unfolded:
+            model.optimize_for_inference(fold_batch_norm=False)
+        else:
+            assert model.optimize_for_inference() is model
+        optimized = output_tensors(model(pixel_values))
+        packed_once = len(packs)
+        again = output_tensors(model(pixel_values))
+    assert packed_once > 0 and len(packs) == packed_once  # the second forward packs nothing
+    assert len({id(weight) for weight in packs}) == packed_once
+    for ours, theirs, repeated in zip(optimized, expected, again, strict=True):
+        torch.testing.assert_close(repeated, ours, atol=0, rtol=0)
+        scale = theirs.abs().max().item() if theirs.numel() else 1.0
+        tolerance = dict(rtol=1e-5, atol=1e-5 * scale) if not autocast else dict(rtol=0, atol=1e-2 * scale)
+        torch.testing.assert_close(ours, theirs, **tolerance)
+
+
+def test_a_dense_layer_packs_once_and_again_after_a_change():
+    """A ``OneDNNLinear`` optimised for inference packs its weight on the first inference forward per dtype, reuses
+    it, packs again after an in-place change, keeps the unpacked path with gradients on, and copies keep the setting
+    without the packed tensors; a subclass (a forward of its own) is left alone; clearing turns it off."""
+
+    class Adapted(OneDNNLinear):
+        def forward(self, hidden_states):
+            return super().forward(hidden_states) * 2.0
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(OneDNNLinear(8, 6), Adapted(6, 4))
+    modeling_linear.optimize_linear_layers_for_inference(model)
+    layer = model[0]
+    assert layer.inference_weights is not None and model[1].inference_weights is None
+    tokens = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        first = layer(tokens)
+        packed = layer.inference_weights.by_dtype[torch.float32][-1]
+        torch.testing.assert_close(first, torch.nn.functional.linear(tokens, layer.weight, layer.bias))
+        assert layer(tokens) is not first and layer.inference_weights.by_dtype[torch.float32][-1] is packed
+        layer.weight.mul_(-1.0)
+        changed = layer(tokens)
+    assert layer.inference_weights.by_dtype[torch.float32][-1] is not packed
+    torch.testing.assert_close(changed, -first + 2 * layer.bias)
+    layer(tokens).sum().backward()  # gradients on: the plain product, a gradient for the weight
+    assert layer.weight.grad is not None
+    for copied in (copy.deepcopy(layer), __import__("pickle").loads(__import__("pickle").dumps(layer))):
+        assert copied.inference_weights.settings == {} and not copied.inference_weights.by_dtype
+        with torch.no_grad():
+            torch.testing.assert_close(copied(tokens), changed, atol=0, rtol=0)
+    modeling_linear.optimize_linear_layers_for_inference(model, enabled=False)
+    assert layer.inference_weights is None
