@@ -28,6 +28,10 @@ Models (random initialisation, nothing downloaded):
   for 8 images of 512 x 512 with 150 classes, the MLPs' GELU outputs, the LayerNorms' outputs and the attention
   probabilities kept, the head's ReLU out of place); the
   reference of the training-memory figure (not among the default models).
+* ``semask_fpn_tiny_optimized`` / ``semask_backbone_tiny_optimized``: the same models after
+  ``model.optimize_for_inference()`` (the dense layers' weights cast and packed for oneDNN once; the same values),
+  the CPU deployment path; not among the default models nor in ``run_cuda.py`` (on CUDA they are the models
+  themselves).
 
 Why the ratios matter: the HF Swin-T backbone is the reference cost of the shared Swin-T trunk. SeMask-T FPN /
 Swin-T (target <= 1.40, issue 17; 1.55 before) bounds what the semantic layers, the Semantic-FPN head and the semantic decoder may add on
@@ -63,7 +67,14 @@ MODELS = (
     "hf_upernet_swin_tiny",
     "semask_fpn_tiny_whole_batch_loss",
 )
-SEGMENTATION_MODELS = ("semask_fpn_tiny", "hf_upernet_swin_tiny", "semask_fpn_tiny_whole_batch_loss")
+#: the models after ``optimize_for_inference()``: ``<model>_optimized``
+OPTIMIZED_TWINS = ("semask_fpn_tiny_optimized", "semask_backbone_tiny_optimized")
+SEGMENTATION_MODELS = (
+    "semask_fpn_tiny",
+    "hf_upernet_swin_tiny",
+    "semask_fpn_tiny_whole_batch_loss",
+    "semask_fpn_tiny_optimized",
+)
 # (numerator, denominator, target upper bound or None)
 RATIOS = (
     ("semask_fpn_tiny", "hf_swin_tiny_backbone", 1.40),
@@ -72,6 +83,9 @@ RATIOS = (
     # the loss one image at a time (the package) against the whole batch's logits at label size (before); computed
     # when both run (--models ... semask_fpn_tiny_whole_batch_loss)
     ("semask_fpn_tiny", "semask_fpn_tiny_whole_batch_loss", None),
+    # optimised for inference (--models ... semask_fpn_tiny_optimized semask_backbone_tiny_optimized)
+    ("semask_fpn_tiny_optimized", "hf_swin_tiny_backbone", 1.40),
+    ("semask_backbone_tiny_optimized", "hf_swin_tiny_backbone", 1.05),
 )
 
 
@@ -132,7 +146,9 @@ def use_training_memory_path_before_issue_17(model) -> None:
 
 
 def build_model(name: str):
-    """Randomly initialised model ``name`` (one of ``MODELS``)."""
+    """Randomly initialised model ``name`` (one of ``MODELS`` or ``OPTIMIZED_TWINS``)."""
+    if name in OPTIMIZED_TWINS:
+        return build_model(name.removesuffix("_optimized")).optimize_for_inference()
     if name in ("semask_fpn_tiny", "semask_fpn_tiny_whole_batch_loss"):
         from hf_semseg import SeMaskSwinForSemanticSegmentation
 
@@ -190,7 +206,7 @@ def parse_args(argv=None):
     """The options of benchmarks/README.md, with the ``--quick`` overrides and the default output applied."""
     parser = harness.step_benchmark_parser(
         __doc__.split("\n\n")[0],
-        MODELS,
+        (*MODELS, *OPTIMIZED_TWINS),
         batch_sizes=[1, 8],
         size=512,
         output_help="JSON report (default benchmarks/results/semask_fpn_<device>.json)",
