@@ -663,15 +663,16 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
             init_conv_kaiming(module)
 
     def optimize_for_inference(self, fold_batch_norm: bool = True):
-        """Prepares the blocks' weights once for CPU inference, as ``torch.jit.optimize_for_inference`` or mmcv's
-        ``fuse_conv_bn`` do for deployment; returns the model (changed in place).
+        """Prepares the blocks' weights (and, as on every family, the other dense layers') once for CPU inference, as
+        ``torch.jit.optimize_for_inference`` or mmcv's ``fuse_conv_bn`` do for deployment; returns the model
+        (changed in place).
 
         Where a block runs its inference forward (:meth:`PaleBlock.runs_inference_forward`) with a oneDNN product
         (:func:`inference_product_dtype`: the CPU, float32 or bfloat16 / bfloat16 autocast), its convolutions and
         dense layers use copies of their weights cast to that dtype and packed in oneDNN's layout, made on the first
         such forward (per dtype) instead of in every forward; with ``fold_batch_norm`` each eval-mode BatchNorm of
-        the q/k/v projections is folded into its depth-wise convolution. Pale-T at 224 x 224 on 2 CPU threads:
-        benchmarks/README.md, ``--optimized-twin``.
+        the q/k/v projections is folded into its depth-wise convolution. Measured for Pale-T in
+        benchmarks/README.md (``benchmark_pale.py --optimized-twin``).
 
         * Values: those of the model up to rounding. Folding changes the rounding (float32: about 1e-6 relative;
           bfloat16 autocast: the folded weights are rounded to bfloat16 instead of the convolution's output); without
