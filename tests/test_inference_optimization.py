@@ -2,6 +2,10 @@
 inference (cast, packed for oneDNN); the outputs are the model's and the prepared copies are what the layers use."""
 
 import copy
+import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -139,3 +143,44 @@ def test_a_dense_layer_packs_once_and_again_after_a_change():
             torch.testing.assert_close(copied(tokens), changed, atol=0, rtol=0)
     modeling_linear.optimize_linear_layers_for_inference(model, enabled=False)
     assert layer.inference_weights is None
+
+
+def test_a_saved_model_optimizes_in_a_fresh_process_without_hf_semseg(tmp_path):
+    """The step is part of the saved code: a Pale model loaded with ``trust_remote_code=True`` where hf-semseg cannot
+    be imported optimises for inference (its blocks' weights prepared, BatchNorms folded) and computes the logits of
+    the model that was saved (float32, within 1e-5)."""
+    torch.manual_seed(0)
+    model = pale_unfolded().eval()
+    model.save_pretrained(tmp_path / "model")
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+    torch.save({"pixel_values": pixel_values, "logits": expected}, tmp_path / "io.pt")
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["hf_semseg"] = None
+        import torch
+        from transformers import AutoModelForSemanticSegmentation
+        model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        model = model.eval().optimize_for_inference()
+        with torch.no_grad():
+            logits = model(io["pixel_values"]).logits
+        blocks = [m for m in model.modules() if type(m).__name__ == "PaleBlock"]
+        print(json.dumps({{
+            "difference": (logits - io["logits"]).abs().max().item(),
+            "scale": io["logits"].abs().max().item(),
+            "prepared": all(torch.float32 in block.inference_weights.by_dtype for block in blocks),
+            "blocks": len(blocks),
+            "module": type(model).__module__,
+            "hf_semseg": [m for m, v in sys.modules.items() if m.startswith("hf_semseg") and v],
+        }}))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["prepared"] and report["blocks"] == sum(model.config.depths) and report["hf_semseg"] == []
+    assert report["module"].startswith("transformers_modules.")
+    assert report["difference"] <= 1e-5 * report["scale"]  # folded BatchNorms: within rounding
