@@ -116,11 +116,19 @@ def onednn_linear(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch
     """``F.linear(hidden_states, weight, bias)`` through oneDNN (see the module docstring): at inference, where
     :func:`inference_product_dtype` gives a dtype, oneDNN's matmul primitive in that dtype; elsewhere
     :func:`training_linear`."""
-    operands = (hidden_states, weight) if bias is None else (hidden_states, weight, bias)
-    dtype = None if hidden_states.numel() == 0 else inference_product_dtype(*operands)
+    dtype = linear_product_dtype(hidden_states, weight, bias)
     if dtype is None:
         return training_linear(hidden_states, weight, bias)
     return onednn_inference_linear(hidden_states, weight, bias, dtype)
+
+
+def linear_product_dtype(
+    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.dtype | None:
+    """:func:`inference_product_dtype` of a dense layer's operands; None for an empty input."""
+    if hidden_states.numel() == 0:
+        return None
+    return inference_product_dtype(*((hidden_states, weight) if bias is None else (hidden_states, weight, bias)))
 
 
 def onednn_inference_linear(
@@ -142,7 +150,7 @@ def packs_inference_weights(dtype: torch.dtype | None) -> bool:
     prepare their weights for inference) may run in ``dtype``, a product dtype from :func:`inference_product_dtype`
     (None: they may not): the packing operators are in this build, and a float32 product is asked at full precision
     of oneDNN's convolutions as well as of its matmuls."""
-    if dtype is None or not all(hasattr(torch.ops.mkldnn, name) for name in PACKED_WEIGHT_OPERATORS):
+    if dtype is None or not HAS_PACKED_WEIGHT_OPERATORS:
         return False
     return dtype == torch.bfloat16 or full_float32_precision(torch.backends.mkldnn.conv)
 
@@ -154,6 +162,8 @@ PACKED_WEIGHT_OPERATORS = (
     "_reorder_convolution_weight",
     "_convolution_pointwise",
 )
+#: whether this torch build has them (looked up once: :func:`packs_inference_weights` runs in every forward)
+HAS_PACKED_WEIGHT_OPERATORS = all(hasattr(torch.ops.mkldnn, name) for name in PACKED_WEIGHT_OPERATORS)
 
 
 def weight_stamps(weights: tuple) -> tuple:
@@ -274,17 +284,18 @@ class OneDNNLinear(nn.Linear):
     inference_weights: InferenceWeights | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.inference_weights is not None and hidden_states.numel():
-            weight, bias = self.weight, self.bias
-            dtype = inference_product_dtype(
-                *((hidden_states, weight) if bias is None else (hidden_states, weight, bias))
-            )
-            if packs_inference_weights(dtype):
-                packed = self.inference_weights.prepared(
-                    dtype, (weight, bias), lambda: PackedInferenceLinear(weight, bias, dtype)
-                )
-                return packed(hidden_states)
-        return onednn_linear(hidden_states, self.weight, self.bias)
+        weight, bias = self.weight, self.bias
+        if self.inference_weights is None:
+            return onednn_linear(hidden_states, weight, bias)
+        dtype = linear_product_dtype(hidden_states, weight, bias)
+        if dtype is None:
+            return training_linear(hidden_states, weight, bias)
+        if not packs_inference_weights(dtype):
+            return onednn_inference_linear(hidden_states, weight, bias, dtype)
+        packed = self.inference_weights.prepared(
+            dtype, (weight, bias), lambda: PackedInferenceLinear(weight, bias, dtype)
+        )
+        return packed(hidden_states)
 
 
 def optimize_linear_layers_for_inference(module: nn.Module, enabled: bool = True) -> None:

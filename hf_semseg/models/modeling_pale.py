@@ -139,6 +139,15 @@ def pale_real_rows(hidden_states: torch.Tensor, groups: int, first: int, last: i
         yield full, rows, last_rows.view(batch_size, 1, last - first, width, heads, -1)
 
 
+def eval_batch_norm(hidden_states: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
+    """``norm(hidden_states)`` in eval mode as one kernel call: the running statistics, or the batch's where the
+    norm keeps none (as ``nn.BatchNorm2d`` in eval mode), without updating anything."""
+    return F.batch_norm(
+        hidden_states, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+        norm.running_mean is None, 0.0, norm.eps,
+    )  # fmt: skip
+
+
 def padded_key_mask(height: int, padded_height: int, pale_size: int, width: int, batch_size: int, device, dtype):
     """Additive ``(B * N, 1, 1, s * W)`` mask that hides the keys of padded rows (row ``a * N + i >= H``)."""
     groups = padded_height // pale_size
@@ -183,17 +192,8 @@ class PaleSeparableProjection(nn.Module):
         """:meth:`forward` in eval mode as direct kernel calls (:meth:`PaleBlock.inference_forward`): the same
         convolution, the BatchNorm's eval-mode normalisation and the dense layer as oneDNN's product in
         ``product_dtype`` (:func:`onednn_inference_linear`)."""
-        norm = self.norm
-        normed = F.batch_norm(
-            self.depthwise._conv_forward(channels_first, self.depthwise.weight, self.depthwise.bias),
-            norm.running_mean,
-            norm.running_var,
-            norm.weight,
-            norm.bias,
-            norm.running_mean is None,  # eval mode: batch statistics only without running ones, as nn.BatchNorm2d
-            0.0,
-            norm.eps,
-        )
+        depthwise = self.depthwise
+        normed = eval_batch_norm(depthwise._conv_forward(channels_first, depthwise.weight, depthwise.bias), self.norm)
         pointwise = self.pointwise
         return onednn_inference_linear(normed.permute(0, 2, 3, 1), pointwise.weight, pointwise.bias, product_dtype)
 
@@ -330,10 +330,15 @@ class PaleShapedAttention(nn.Module):
         half = query.shape[-1] // 2
         rows_of = tuple(t[..., :half] for t in (query, key, value))
         columns_of = tuple(t[..., half:].transpose(1, 2) for t in (query, key, value))
-        if self.attends_branches_together(query.shape[1], query.shape[2]):
+        if self.gathers_real_rows():
+            # both halves written in place into one output: no concatenation
             attended = query.new_empty(query.shape)
             outputs = (attended[..., :half], attended[..., half:].transpose(1, 2))
-            self.attend_real_rows((rows_of, columns_of), outputs)
+            if self.attends_branches_together(query.shape[1], query.shape[2]):
+                self.attend_real_rows((rows_of, columns_of), outputs)
+            else:
+                for maps, output in zip((rows_of, columns_of), outputs):
+                    self.attend_real_rows((maps,), (output,))
             return attended, (None, None)
         rows, row_weights = self.attend_rows(*rows_of)
         columns, column_weights = self.attend_rows(*columns_of)
@@ -522,12 +527,8 @@ class PreparedSeparableProjection:
     def __call__(self, channels_first: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in the product dtype -> ``(B, H, W, C)``."""
         projected = self.depthwise(channels_first)
-        norm = self.norm
-        if norm is not None:
-            projected = F.batch_norm(
-                projected, norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                norm.running_mean is None, 0.0, norm.eps,
-            )  # fmt: skip
+        if self.norm is not None:
+            projected = eval_batch_norm(projected, self.norm)
         return self.pointwise(projected.permute(0, 2, 3, 1))
 
 
