@@ -94,6 +94,45 @@ def test_chunks_of_the_scores_give_the_same_values(budget, mask_rows, monkeypatc
         torch.testing.assert_close(several, one, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["no mask", "key mask"])
+def test_chunks_write_their_scores_into_one_buffer(masked, monkeypatch):
+    """Every chunk's scores are written (``out=``) at the start of one buffer allocated once per call: no fresh score
+    map per chunk, which the product would first fault in page by page."""
+    query, key, value = bfloat16_operands()
+    mask = torch.zeros(2, 1, 1, 24, dtype=torch.bfloat16) if masked else None
+    score_buffers = []
+    real_bmm, real_baddbmm = torch.bmm, torch.baddbmm
+
+    def recording(product):
+        def record(*args, out=None, **kwargs):
+            assert out is not None, "every product of the chunk loop writes into a given tensor"
+            if out.shape[-1] == 24:  # a (pairs, rows, S) score map, not the (pairs, rows, d) output
+                score_buffers.append((out.data_ptr(), out.shape))
+            return product(*args, out=out, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(modeling_utils_segmentation, "SCORES_PER_CHUNK", 4 * 40 * 24)
+    monkeypatch.setattr(torch, "bmm", recording(real_bmm))
+    monkeypatch.setattr(torch, "baddbmm", recording(real_baddbmm))
+    with torch.no_grad():
+        cpu_bfloat16_attention(None, query, key, value, mask, scaling=0.3)
+    # 6 (batch, head) pairs in chunks of 4: (4, 40, 24), then (2, 40, 24), both at the buffer's start
+    assert [shape for _, shape in score_buffers] == [(4, 40, 24), (2, 40, 24)]
+    assert len({pointer for pointer, _ in score_buffers}) == 1
+
+
+@pytest.mark.parametrize(("queries", "keys"), [(0, 24), (40, 0)], ids=["no queries", "no keys"])
+def test_empty_calls_return_empty_or_zero_outputs(queries, keys):
+    """No queries: an empty output; no keys: zeros, as SDPA gives (no division by zero in the chunking)."""
+    query, key, value = bfloat16_operands(shape=(2, 3, queries, 16), keys=keys)
+    with torch.no_grad():
+        attended, _ = cpu_bfloat16_attention(None, query, key, value, None, scaling=0.3)
+    reference = F.scaled_dot_product_attention(query, key, value, scale=0.3).transpose(1, 2)
+    assert attended.shape == (2, queries, 3, 16)
+    torch.testing.assert_close(attended, reference, atol=0, rtol=0)
+
+
 def test_default_scaling_is_the_inverse_square_root_of_the_head_size():
     query, key, value = bfloat16_operands()
     with torch.no_grad():
