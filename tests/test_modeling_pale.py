@@ -254,6 +254,54 @@ def test_branches_are_attended_apart_where_one_call_cannot_hold_both(monkeypatch
     assert not sdpa.attends_branches_together(6, 6)
 
 
+def test_gather_plan_on_hand_computed_rows():
+    """A 5 x 3 map, pales of 2, one head of 2 channels per branch: rows of ``d`` channels ``r = (h * 3 + w) * 2 +
+    branch``. Row branch: 3 groups of interlaced rows (5 = 1 x 3 + 2), groups 0 and 1 hold rows {0, 3} and {1, 4},
+    group 2 row {2}; column branch: 2 groups of columns (3 = 1 x 2 + 1), group 0 columns {0, 2} (all 5 rows each),
+    group 1 column {1}. Not square: each branch's two kinds in calls of their own, in the call's (group, head, line,
+    token) order; the inverse puts every map row back."""
+    plan = modeling_pale.pale_gather_plan(1, 5, 3, 2, 1, 2, (False, True), True, torch.device("cpu"))
+    calls = [(index.tolist(), pairs, length) for index, pairs, length in plan.calls]
+    assert calls == [
+        ([0, 2, 4, 18, 20, 22, 6, 8, 10, 24, 26, 28], 2, 6),  # row groups 0, 1: rows 0, 3 / 1, 4
+        ([12, 14, 16], 1, 3),  # row group 2: row 2
+        ([1, 7, 13, 19, 25, 5, 11, 17, 23, 29], 1, 10),  # column group 0: columns 0, 2
+        ([3, 9, 15, 21, 27], 1, 5),  # column group 1: column 1
+    ]
+    gathered = torch.cat([index for index, _, _ in plan.calls])
+    assert torch.equal(gathered[plan.inverse], torch.arange(30))
+    # square, two images, two heads per branch: every kind holds both branches' groups, images, then heads
+    plan = modeling_pale.pale_gather_plan(2, 3, 3, 4, 2, 2, (False, True), True, torch.device("cpu"))
+    # pairs: 2 branches x 2 images x 1 group per kind
+    assert [(pairs, length) for _, pairs, length in plan.calls] == [(4, 6), (4, 3)]
+    first = plan.calls[0][0].view(2, 2, 1, 2, 2, 3)  # (branch, image, group, head, line, token)
+    assert first[0, 1, 0, 1, 1].tolist() == [((9 + 2 * 3 + w) * 4 + 1) for w in range(3)]  # image 1, row 2, head 1
+    assert first[1, 0, 0, 0, 1].tolist() == [((h * 3 + 2) * 4 + 2) for h in range(3)]  # column 2, head 0 = chunk 2
+    apart = modeling_pale.pale_gather_plan(2, 3, 3, 4, 2, 2, (False, True), False, torch.device("cpu"))
+    assert len(apart.calls) == 4
+
+
+def test_gather_plan_made_in_inference_mode_serves_a_training_step():
+    """The plans are cached across calls: one made under ``torch.inference_mode`` is made of normal tensors, so a
+    later training forward and backward can use it (autograd saves the index of ``index_select``)."""
+    modeling_pale.pale_gather_plan.cache_clear()
+    torch.manual_seed(0)
+    attention = PaleShapedAttention(attention_config("sdpa"), dim=8, num_heads=2, pale_size=3)
+    q, k, v = (torch.randn(1, 7, 7, 8) for _ in range(3))
+    with torch.inference_mode():
+        attention.attend_pales(q, k, v)
+    # 8 channels: 2 chunks of d = 4, one head per branch
+    plan = modeling_pale.pale_gather_plan(1, 7, 7, 2, 1, 3, (False, True), True, torch.device("cpu"))
+    assert modeling_pale.pale_gather_plan.cache_info().hits >= 1
+    assert not plan.inverse.is_inference() and not any(index.is_inference() for index, _, _ in plan.calls)
+    v.requires_grad_(True)
+    attended, _ = attention.attend_pales(q, k, v)
+    (gradient,) = torch.autograd.grad(attended.sum(), v)
+    # every output sums its pale's value rows with probabilities summing to 1: each value row's gradient is the sum
+    # of the probabilities it gets, and over the map they sum to the number of queries, per channel
+    torch.testing.assert_close(gradient.sum((0, 1, 2)), torch.full((8,), 49.0), atol=1e-4, rtol=0)
+
+
 def tiny_inference_model(**overrides) -> PaleModel:
     """A seeded tiny ``PaleModel`` with SDPA in eval mode, its BatchNorms holding non-trivial running statistics."""
     config = PaleConfig(**tiny_pale_kwargs(**overrides))

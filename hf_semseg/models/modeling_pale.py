@@ -16,6 +16,7 @@ Structure (paper Sec. 3):
 Portable module: imports only torch, transformers and its sibling configuration module.
 """
 
+import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -124,19 +125,79 @@ def pale_ungroup_rows(grouped: torch.Tensor, pale_size: int, batch_size: int, wi
     return hidden_states.reshape(batch_size, -1, width, channels)
 
 
-def pale_real_rows(hidden_states: torch.Tensor, groups: int, first: int, last: int, rows: int, heads: int):
-    """The real rows of groups ``first <= i < last`` of a ``(B, H, W, c)`` map (or view) in ``groups`` (``N``)
-    interlaced-row groups: rows ``i + a N`` for ``a < rows``, yielded as views ``(start, end, (B, end - start, n, W,
-    heads, d))`` over ``a``: one for the rows ``a < H // N`` every group has, then one for the last row
-    ``a = H // N`` of the groups that have it (``i < H mod N``). A generator: each view is made when the previous
-    one has been used (autograd does not allow writing in place into a view made before its base was written)."""
-    batch_size, height, width, _ = hidden_states.shape
-    full = min(rows, height // groups)
-    # rows a N + i with a < full: (B, full N, W, c) -> (B, full, N, W, heads, d), groups first..last
-    yield 0, full, hidden_states[:, : full * groups].view(batch_size, full, groups, width, heads, -1)[:, :, first:last]
-    if rows > full:  # a = full: map rows full N + i, i in [first, last)
-        last_rows = hidden_states[:, full * groups + first : full * groups + last]
-        yield full, rows, last_rows.view(batch_size, 1, last - first, width, heads, -1)
+def pale_group_kinds(length: int, pale_size: int) -> tuple[int, tuple[tuple[int, int, int], ...]]:
+    """The ``N = ceil(L / s)`` interlaced groups of an axis of ``length`` ``L`` (``s`` clamped to it) and their kinds
+    ``(first, last, rows)``: with ``L = q N + r``, groups ``i < r`` hold ``q + 1`` real lines, the others ``q``."""
+    pale_size = min(pale_size, length)
+    groups = -(-length // pale_size)
+    rows, longer = divmod(length, groups)
+    return groups, tuple(kind for kind in ((0, longer, rows + 1), (longer, groups, rows)) if kind[1] > kind[0])
+
+
+def pale_group_index(
+    batch_size: int, height: int, width: int, chunks: int, first_chunk: int, heads: int, transposed: bool,
+    groups: int, first: int, last: int, rows: int, device: torch.device,
+) -> torch.Tensor:  # fmt: skip
+    """The rows that groups ``first <= i < last`` of one branch attend, of a ``(B, H, W, chunks * d)`` map viewed as
+    ``(B H W chunks, d)`` rows (one row: one head's ``d`` channels of one token), flat in the attention call's order
+    ``(B, n, heads, a, W')``: group ``i`` holds the lines ``i + a N`` (``a < rows``) of the grouping axis, each with
+    all ``W'`` tokens of the other axis, and the branch's heads are chunks ``first_chunk ...``. The row branch groups
+    the map's rows; the column branch (``transposed``) its columns."""
+    other = height if transposed else width
+    line = torch.arange(first, last, device=device).view(1, -1, 1, 1, 1) + groups * torch.arange(
+        rows, device=device
+    ).view(1, 1, 1, -1, 1)  # (1, n, 1, a, 1): i + a N
+    along = torch.arange(other, device=device).view(1, 1, 1, 1, -1)  # (1, 1, 1, 1, W')
+    row, column = (along, line) if transposed else (line, along)
+    batch = torch.arange(batch_size, device=device).view(-1, 1, 1, 1, 1)
+    head = torch.arange(first_chunk, first_chunk + heads, device=device).view(1, 1, -1, 1, 1)
+    return (((batch * height + row) * width + column) * chunks + head).flatten()
+
+
+@dataclass(frozen=True)
+class PaleGatherPlan:
+    """How :meth:`PaleShapedAttention.attend_real_rows` attends the pale groups of a map over their real rows.
+
+    Args:
+        calls: one ``(index, pairs, length)`` per attention call: the map rows (:func:`pale_group_index`) gathered
+            into its ``(pairs, heads, length, d)`` operands, one kind of group of one branch, or of both branches
+            (square maps: their row and column groups have the same sizes).
+        inverse: the map's row ``r`` is row ``inverse[r]`` of the calls' outputs, in the calls' order.
+    """
+
+    calls: tuple[tuple[torch.Tensor, int, int], ...]
+    inverse: torch.Tensor
+
+
+@functools.lru_cache(maxsize=32)
+def pale_gather_plan(
+    batch_size: int, height: int, width: int, chunks: int, heads: int, pale_size: int, branches: tuple[bool, ...],
+    together: bool, device: torch.device,
+) -> PaleGatherPlan:  # fmt: skip
+    """The :class:`PaleGatherPlan` of a ``(B, H, W, chunks * d)`` map whose ``branches`` (``False``: the row branch,
+    ``True``: the column branch) hold ``heads`` chunks each, in that order; ``together``: every kind of group in one
+    call for all branches, where their groups have the same sizes (a square map). Cached (the blocks of a stage share
+    a plan; its tensors are only read); made outside inference mode, so that a plan made there serves autograd too."""
+    with torch.inference_mode(False), torch.no_grad():
+        lengths = {transposed: width if transposed else height for transposed in branches}
+        together = together and len(set(lengths.values())) == 1
+        calls = []
+        for branch_set in (branches,) if together else tuple((branch,) for branch in branches):
+            groups, kinds = pale_group_kinds(lengths[branch_set[0]], pale_size)
+            for first, last, rows in kinds:
+                index = torch.cat([
+                    pale_group_index(
+                        batch_size, height, width, chunks, branches.index(transposed) * heads, heads, transposed,
+                        groups, first, last, rows, device,
+                    )
+                    for transposed in branch_set
+                ])  # fmt: skip
+                other = height if branch_set[0] else width
+                calls.append((index, len(branch_set) * batch_size * (last - first), rows * other))
+        gathered = torch.cat([index for index, _, _ in calls])
+        inverse = torch.empty_like(gathered)
+        inverse[gathered] = torch.arange(gathered.numel(), device=device)
+    return PaleGatherPlan(tuple(calls), inverse)
 
 
 def eval_batch_norm(hidden_states: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
@@ -236,9 +297,7 @@ class PaleShapedAttention(nn.Module):
         """Row-branch attention on ``(B, H, W, c)`` maps; returns ``(B, H, W, c)`` and the probabilities (eager
         attention only). Outside tracing and eager attention: :meth:`attend_real_rows`."""
         if self.gathers_real_rows():
-            attended = query.new_empty(query.shape)
-            self.attend_real_rows(((query, key, value),), (attended,))
-            return attended, None
+            return self.attend_real_rows(query, key, value, branches=(False,), together=False), None
         batch_size, height, width, channels = query.shape
         # traced (torch.compile / torch.export) the clamp stays symbolic and the map is always padded and masked
         # (maybe by 0 rows): a comparison of sizes would fix its outcome for the traced size in the graph
@@ -272,51 +331,42 @@ class PaleShapedAttention(nn.Module):
         attention returns ``(B*N, heads, s*W, s*W)`` maps in the padded, masked layout)."""
         return not traced() and self.config._attn_implementation not in (None, "eager")
 
-    def attend_real_rows(self, branches, outputs) -> None:
-        """Row-branch attention of one or more branches whose maps have one shape (the row branch's ``(B, H, W, c)``
-        maps, the column branch's transposed ones), each group over its real rows only, written into ``outputs``
-        (one ``(B, H, W, c)`` map or view per branch).
+    def attend_real_rows(self, query, key, value, branches: tuple[bool, ...], together: bool) -> torch.Tensor:
+        """The ``branches`` of projected ``(B, H, W, C)`` maps (``False``: the row branch, ``True``: the column
+        branch, each on the next ``heads * d`` channels), each pale group over its real rows only; returns
+        ``(B, H, W, C)``.
 
         With ``N = ceil(H / s)`` groups and ``H = q N + r`` (``0 <= r < N``), group ``i`` holds the map rows
         ``i + a N`` below ``H``: ``q + 1`` of them for ``i < r``, ``q`` for the others (the rows a zero-padding to
         ``N s`` would add are padding keys whose probabilities are exactly 0, and padding queries that are cropped).
-        Each kind of group is attended in ONE call for all branches (the groups are the batch), over its real tokens:
-        no mask and fewer scores than the padded groups (Pale-T at 512: 7% fewer in stage 1, 16% in stages 2 and
-        3). The queries, keys and values of a kind are copied once from the maps into the call's
-        ``(branches B n, heads, rows W, d)`` layout, and the call's output once into ``outputs``: no padding, no
-        grouping copy of the padded maps, no concatenation of the branches (a square map's row and column groups
-        have the same sizes, so both branches share the calls)."""
-        query = branches[0][0]
+        Each kind of group is attended in ONE call (the groups are the batch), for both branches where ``together``
+        and the map is square, over its real tokens: no mask and fewer scores than the padded groups (Pale-T at 512:
+        7% fewer in stage 1, 16% in stages 2 and 3).
+
+        The maps are viewed as rows of one head's ``d`` channels of one token; each call's queries, keys and values
+        are gathered from them with one ``index_select`` each (:func:`pale_gather_plan`, cached per shape), and the
+        output is put back in the map's layout with one more: no padding, no grouping copies, no concatenation of
+        the branches, and 5 kernel calls per kind instead of ~16 strided copies."""
         batch_size, height, width, channels = query.shape
-        pale_size = min(self.pale_size, height)
-        groups = -(-height // pale_size)  # N = ceil(H / s)
-        rows_per_group, longer_groups = divmod(height, groups)
-        heads = self.heads_per_branch
-        head_dim = channels // heads
-        attention_interface = attention_function(self.config, *branches[0])
+        heads, head_dim = self.heads_per_branch, self.head_dim
+        plan = pale_gather_plan(
+            batch_size, height, width, channels // head_dim, heads, self.pale_size, branches, together, query.device
+        )
+        # (B, H, W, chunks * d) -> (B H W chunks, d): a view of a contiguous map
+        operands = [hidden_states.reshape(-1, head_dim) for hidden_states in (query, key, value)]
+        attention_interface = attention_function(self.config, query, key, value)
         dropout = self.attention_dropout if self.training else 0.0
-        # the two kinds of groups: [first, last) with `rows` real rows each
-        for first, last, rows in ((0, longer_groups, rows_per_group + 1), (longer_groups, groups, rows_per_group)):
-            if last == first:
-                continue
-            count = last - first
-            # (3 [q, k, v], branches, B, n, heads, rows, W, d)
-            grouped = query.new_empty(3, len(branches), batch_size, count, heads, rows, width, head_dim)
-            for branch, maps in enumerate(branches):
-                for operand, hidden_states in enumerate(maps):
-                    for start, end, view in pale_real_rows(hidden_states, groups, first, last, rows, heads):
-                        # (B, a, n, W, heads, d) -> (B, n, heads, a, W, d)
-                        grouped[operand, branch, :, :, :, start:end].copy_(view.permute(0, 2, 4, 1, 3, 5))
-            grouped = grouped.view(3, len(branches) * batch_size * count, heads, rows * width, head_dim)
-            attended, _ = attention_interface(
-                self, grouped[0], grouped[1], grouped[2], None, dropout=dropout, scaling=self.scaling
-            )
-            # (branches B n, rows W, heads, d), any strides -> (branches, B, n, rows, W, heads, d): a view
-            attended = attended.view(len(branches), batch_size, count, rows, width, heads, head_dim)
-            for branch, output in enumerate(outputs):
-                for start, end, view in pale_real_rows(output, groups, first, last, rows, heads):
-                    # (B, n, a, W, heads, d) -> (B, a, n, W, heads, d)
-                    view.copy_(attended[branch, :, :, start:end].transpose(1, 2))
+        attended_rows = query.new_empty(plan.inverse.numel(), head_dim)
+        start = 0
+        for index, pairs, length in plan.calls:
+            # (pairs heads length, d) rows -> (pairs, heads, length, d)
+            grouped = [torch.index_select(rows, 0, index).view(pairs, heads, length, head_dim) for rows in operands]
+            attended, _ = attention_interface(self, *grouped, None, dropout=dropout, scaling=self.scaling)
+            end = start + index.numel()
+            # (pairs, length, heads, d), any strides -> the call's rows (pairs, heads, length, d), in index's order
+            attended_rows[start:end].view(pairs, heads, length, head_dim).copy_(attended.transpose(1, 2))
+            start = end
+        return torch.index_select(attended_rows, 0, plan.inverse).view(query.shape)
 
     def attends_branches_together(self, height: int, width: int) -> bool:
         """Whether :meth:`attend_pales` attends both branches in the same calls of :meth:`attend_real_rows`: a
@@ -327,21 +377,12 @@ class PaleShapedAttention(nn.Module):
         """Both branches on projected ``(B, H, W, C)`` maps: the row branch on the first half of the channels, the
         column branch (the row branch on the transposed map) on the second. Returns ``(B, H, W, C)`` (row half, then
         column half) and the ``(row, column)`` attention probabilities (eager attention only)."""
-        half = query.shape[-1] // 2
-        rows_of = tuple(t[..., :half] for t in (query, key, value))
-        columns_of = tuple(t[..., half:].transpose(1, 2) for t in (query, key, value))
         if self.gathers_real_rows():
-            # both halves written in place into one output: no concatenation
-            attended = query.new_empty(query.shape)
-            outputs = (attended[..., :half], attended[..., half:].transpose(1, 2))
-            if self.attends_branches_together(query.shape[1], query.shape[2]):
-                self.attend_real_rows((rows_of, columns_of), outputs)
-            else:
-                for maps, output in zip((rows_of, columns_of), outputs):
-                    self.attend_real_rows((maps,), (output,))
-            return attended, (None, None)
-        rows, row_weights = self.attend_rows(*rows_of)
-        columns, column_weights = self.attend_rows(*columns_of)
+            together = self.attends_branches_together(query.shape[1], query.shape[2])
+            return self.attend_real_rows(query, key, value, (False, True), together), (None, None)
+        half = query.shape[-1] // 2
+        rows, row_weights = self.attend_rows(*(t[..., :half] for t in (query, key, value)))
+        columns, column_weights = self.attend_rows(*(t[..., half:].transpose(1, 2) for t in (query, key, value)))
         return torch.cat([rows, columns.transpose(1, 2)], dim=-1), (row_weights, column_weights)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
