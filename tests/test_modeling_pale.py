@@ -281,6 +281,17 @@ def test_gather_plan_on_hand_computed_rows():
     assert len(apart.calls) == 4
 
 
+def test_maps_whose_channels_are_not_the_branches_heads_are_refused():
+    """Every map row must fall in exactly one attention call: a map wider or narrower than the branches' heads would
+    leave rows of the output unwritten, so it stops and names the sizes."""
+    attention = PaleShapedAttention(attention_config("sdpa"), dim=8, num_heads=2, pale_size=3)
+    q = torch.randn(1, 4, 4, 12)
+    with pytest.raises(
+        ValueError, match=r"maps of 12 channels for 2 branch\(es\) of 1 head\(s\) of 4 channels; expected 8"
+    ):
+        attention.attend_pales(q, q, q)
+
+
 def test_gather_plan_made_in_inference_mode_serves_a_training_step():
     """The plans are cached across calls: one made under ``torch.inference_mode`` is made of normal tensors, so a
     later training forward and backward can use it (autograd saves the index of ``index_select``)."""

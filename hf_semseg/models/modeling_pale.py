@@ -349,6 +349,11 @@ class PaleShapedAttention(nn.Module):
         the branches, and 5 kernel calls per kind instead of ~16 strided copies."""
         batch_size, height, width, channels = query.shape
         heads, head_dim = self.heads_per_branch, self.head_dim
+        if channels != len(branches) * heads * head_dim:  # every row of the map in exactly one call
+            raise ValueError(
+                f"PaleShapedAttention: maps of {channels} channels for {len(branches)} branch(es) of {heads} head(s) of "
+                f"{head_dim} channels; expected {len(branches) * heads * head_dim}"
+            )
         plan = pale_gather_plan(
             batch_size, height, width, channels // head_dim, heads, self.pale_size, branches, together, query.device
         )
