@@ -361,16 +361,15 @@ class PaleShapedAttention(nn.Module):
         operands = [hidden_states.reshape(-1, head_dim) for hidden_states in (query, key, value)]
         attention_interface = attention_function(self.config, query, key, value)
         dropout = self.attention_dropout if self.training else 0.0
-        attended_rows = query.new_empty(plan.inverse.numel(), head_dim)
-        start = 0
+        outputs = []
         for index, pairs, length in plan.calls:
             # (pairs heads length, d) rows -> (pairs, heads, length, d)
             grouped = [torch.index_select(rows, 0, index).view(pairs, heads, length, head_dim) for rows in operands]
             attended, _ = attention_interface(self, *grouped, None, dropout=dropout, scaling=self.scaling)
-            end = start + index.numel()
-            # (pairs, length, heads, d), any strides -> the call's rows (pairs, heads, length, d), in index's order
-            attended_rows[start:end].view(pairs, heads, length, head_dim).copy_(attended.transpose(1, 2))
-            start = end
+            # (pairs, length, heads, d) -> the call's rows (pairs heads length, d), in index's order: a view where
+            # the heads lead in memory (cpu_bfloat16_attention's output), a copy otherwise
+            outputs.append(attended.transpose(1, 2).reshape(-1, head_dim))
+        attended_rows = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         return torch.index_select(attended_rows, 0, plan.inverse).view(query.shape)
 
     def attends_branches_together(self, height: int, width: int) -> bool:
@@ -732,7 +731,8 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
         * Memory: one extra copy of the blocks' weights per dtype used (Pale-T: 78 MB in float32, 39 MB in
           bfloat16). :meth:`clear_inference_optimization` frees them and turns this off.
         """
-        super().optimize_for_inference()  # the dense layers outside the blocks (the heads)
+        # every dense layer, as on every family: the heads', and the blocks' own where a block runs module by module
+        super().optimize_for_inference()
         for module in self.modules():
             if isinstance(module, PaleBlock):
                 module.inference_weights = InferenceWeights(fold_batch_norm=fold_batch_norm)
