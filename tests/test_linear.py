@@ -17,6 +17,8 @@ from hf_semseg.models.modeling_linear import (
     onednn_inference_linear,
     onednn_linear,
     runs_on_onednn,
+    unchanged_since,
+    weight_stamps,
 )
 
 
@@ -276,3 +278,25 @@ def test_the_packed_weight_is_the_same_product(with_bias, dtype):
     # against float32's F.linear: bfloat16 within a bfloat16 rounding of the operands (as autocast's F.linear)
     tolerance = {"rtol": 1.3e-6, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2**-6, "atol": 5e-2}
     torch.testing.assert_close(output.float(), F.linear(tokens, weight, bias), **tolerance)
+
+
+def test_unchanged_since_notices_every_kind_of_change():
+    """``unchanged_since`` against the stamps taken when a preparation was made: True only for the very tensors,
+    unchanged, and equal settings; an in-place change, a replaced tensor, new memory (``.data =``), a changed setting,
+    a tensor where a setting was (and back) and another number of entries each make it False."""
+    weight, bias = torch.ones(3, 2), torch.zeros(3)
+    sources = (weight, None, 1e-5, bias)
+    stamps = weight_stamps(sources)
+    assert unchanged_since(sources, sources, stamps)
+    assert unchanged_since((weight, None, 1e-5, bias), sources, stamps)  # a new tuple of the same entries
+    assert not unchanged_since((weight.clone(), None, 1e-5, bias), sources, stamps)  # the same values, replaced
+    assert not unchanged_since((weight, None, 1e-6, bias), sources, stamps)
+    assert not unchanged_since((weight, torch.zeros(1), 1e-5, bias), sources, stamps)
+    assert not unchanged_since((None, None, 1e-5, bias), sources, stamps)
+    assert not unchanged_since((weight, None, 1e-5), sources, stamps)
+    bias.add_(1.0)  # in place: the version counter moves
+    assert not unchanged_since(sources, sources, stamps)
+    stamps = weight_stamps(sources)
+    weight.data = torch.ones(3, 2)  # new memory under the same tensor, no version change
+    assert not unchanged_since(sources, sources, stamps)
+    assert unchanged_since(sources, sources, weight_stamps(sources))

@@ -523,6 +523,11 @@ def replace_a_weight(model):
     dense.weight = torch.nn.Parameter(torch.randn_like(dense.weight))
 
 
+def change_an_embedding(model):
+    with torch.no_grad():
+        model.encoder.stages[0].patch_embed.projection.weight.mul_(-2.0)
+
+
 def optimizer_step(model):
     model.train()
     loss = model(torch.randn(1, 3, 48, 48)).last_hidden_state.square().mean()
@@ -532,7 +537,15 @@ def optimizer_step(model):
 
 
 @pytest.mark.parametrize(
-    "change", [change_in_place, load_other_weights, change_batch_norm_statistics, replace_a_weight, optimizer_step]
+    "change",
+    [
+        change_in_place,
+        load_other_weights,
+        change_batch_norm_statistics,
+        replace_a_weight,
+        change_an_embedding,
+        optimizer_step,
+    ],
 )
 def test_changed_weights_are_prepared_again(change):
     """A weight changed after the first optimised forward (in place, by ``load_state_dict``, a BatchNorm's running
@@ -641,6 +654,111 @@ def test_reduced_precision_float32_convolutions_keep_the_inference_forward(monke
     finally:
         settings.fp32_precision = previous
     assert blocks == [] and packs_inference_weights(torch.float32) and not packs_inference_weights(None)
+
+
+def count_packed_embeddings(monkeypatch) -> list:
+    """Records the product dtype each conv embedding's forward ran its prepared convolution in (None: the module)."""
+    dtypes = []
+    real = modeling_pale.PalePatchEmbeddings.packed_projection_dtype
+
+    def recording(self, hidden_states):
+        dtypes.append(real(self, hidden_states))
+        return dtypes[-1]
+
+    monkeypatch.setattr(modeling_pale.PalePatchEmbeddings, "packed_projection_dtype", recording)
+    return dtypes
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])
+@pytest.mark.parametrize("size", [(48, 48), (36, 44)], ids=["square", "padded"])
+def test_optimized_conv_embeddings_run_their_packed_weights_bit_for_bit(size, autocast, monkeypatch):
+    """After ``optimize_for_inference`` the four conv embeddings (7x7 / 4, then 3x3 / 2) run their prepared
+    convolutions in the forward's product dtype, and every hidden state is the module convolution's exactly."""
+    model = tiny_inference_model().optimize_for_inference()
+    pixel_values = torch.randn(2, 3, *size)
+    dtypes = count_packed_embeddings(monkeypatch)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        packed = model(pixel_values, output_hidden_states=True).hidden_states
+        assert dtypes == [torch.bfloat16 if autocast else torch.float32] * 4
+        monkeypatch.setattr(modeling_pale.PalePatchEmbeddings, "packed_projection_dtype", lambda self, h: None)
+        modular = model(pixel_values, output_hidden_states=True).hidden_states
+    embedding = model.encoder.stages[1].patch_embed
+    assert embedding.inference_weights.by_dtype[packed[0].dtype][-1].stride == [2, 2]
+    assert len(packed) == len(modular) == 5 and packed[0].abs().max() > 0
+    for ours, theirs in zip(packed, modular):
+        torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+
+
+def test_conv_embeddings_keep_the_module_where_it_could_tell(monkeypatch):
+    """The embedding's convolution runs as the module with a forward hook on it (which fires), another padding
+    mode, gradients on, while traced, on an empty input and after ``clear_inference_optimization``; copies keep
+    the setting without the packed tensors."""
+    model = tiny_inference_model().optimize_for_inference()
+    embedding = model.encoder.stages[0].patch_embed
+    pixel_values = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert embedding.packed_projection_dtype(pixel_values) == torch.float32
+        assert embedding.packed_projection_dtype(pixel_values[:0]) is None
+        seen = []
+        handle = embedding.projection.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+        assert embedding.packed_projection_dtype(pixel_values) is None
+        embedding(pixel_values)
+        handle.remove()
+        assert seen == [(1, 16, 12, 12)]
+        embedding.projection.padding_mode = "reflect"
+        assert embedding.packed_projection_dtype(pixel_values) is None
+        embedding.projection.padding_mode = "zeros"
+    assert embedding.packed_projection_dtype(pixel_values) is None  # gradients on
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        weights = copied.encoder.stages[0].patch_embed.inference_weights
+        assert weights.settings == {} and not weights.by_dtype
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.no_grad():
+        assert embedding.packed_projection_dtype(pixel_values) is None
+        monkeypatch.undo()
+        model.clear_inference_optimization()
+        assert embedding.inference_weights is None and embedding.packed_projection_dtype(pixel_values) is None
+
+
+def test_a_strided_packed_convolution_by_hand():
+    """``PackedInferenceConvolution`` with stride 2 and padding 1 on a 4 x 4 map holding ``4 i + j``, a 3 x 3 kernel
+    of ones and bias 0.5: each output is the sum of a zero-padded window (worked out by hand), and a second input
+    size packs the weight again."""
+    convolution = modeling_pale.PackedInferenceConvolution(
+        torch.ones(1, 1, 3, 3), torch.tensor([0.5]), 1, torch.float32, stride=(2, 2), padding=(1, 1)
+    )
+    with torch.no_grad():
+        output = convolution(torch.arange(16.0).view(1, 1, 4, 4))
+        # windows centred on (0, 0), (0, 2), (2, 0), (2, 2): 0+1+4+5, 1+2+3+5+6+7, 4+5+8+9+12+13, 5+...+15 (9 values)
+        assert output.tolist() == [[[[10.5, 24.5], [51.5, 90.5]]]]
+        assert convolution.input_shape == [1, 1, 4, 4]
+        wider = convolution(torch.ones(1, 1, 2, 6))
+    assert convolution.input_shape == [1, 1, 2, 6]
+    # rows -1..1 of a 2-row map: 2 real rows; columns centred on 0, 2, 4: 2, 3, 3 real columns
+    assert wider.tolist() == [[[[4.5, 6.5, 6.5]]]]
+
+
+def test_block_weights_are_the_modules_tensors():
+    """``pale_block_weights`` (read through the modules' dicts) is the block's tensors and settings as attributes,
+    in order: the very tensors, None for a missing bias and for a BatchNorm without running statistics."""
+    model = tiny_inference_model(qkv_bias=False)
+    block = model.encoder.stages[1].layers[0]
+    norm = block.attention.key.norm
+    norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
+    attention, mlp = block.attention, block.mlp
+    expected = [block.cpe.weight, block.cpe.bias]
+    for projection in (attention.query, attention.key, attention.value):
+        depthwise, norm, pointwise = projection.depthwise, projection.norm, projection.pointwise
+        expected += [depthwise.weight, depthwise.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        expected += [norm.eps, pointwise.weight, pointwise.bias]
+    for dense in (attention.output.dense, mlp.fc1, mlp.fc2):
+        expected += [dense.weight, dense.bias]
+    weights = modeling_pale.pale_block_weights(block)
+    assert len(weights) == len(expected) == 35
+    assert all(ours is theirs for ours, theirs in zip(weights, expected))
+    # 9 entries per projection after the CPE's 2: the key's running statistics and its eps at 15, 16, 17
+    assert weights[15] is None and weights[16] is None and weights[17] == attention.key.norm.eps == 1e-5
+    assert weights[3] is None and weights[10] is None  # the query's depth-wise and point-wise biases (none)
 
 
 def test_500x375_input_sizes():

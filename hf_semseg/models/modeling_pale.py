@@ -230,10 +230,46 @@ class PalePatchEmbeddings(nn.Module):
         super().__init__()
         self.projection = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
         self.norm = nn.LayerNorm(out_channels, eps=config.layer_norm_eps) if config.embed_norm else nn.Identity()
+        #: set by :meth:`PalePreTrainedModel.optimize_for_inference` (None: off; its preparations
+        #: :class:`PackedInferenceConvolution`); not a parameter or a buffer
+        self.inference_weights: InferenceWeights | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` -> ``(B, H', W', C)``."""
-        return self.norm(self.projection(hidden_states).permute(0, 2, 3, 1))
+        projection = self.projection
+        dtype = self.packed_projection_dtype(hidden_states)
+        if dtype is None:
+            projected = projection(hidden_states)
+        else:
+            weight, bias = projection.weight, projection.bias
+            packed = self.inference_weights.prepared(
+                dtype,
+                (weight, bias),
+                lambda: PackedInferenceConvolution(
+                    weight, bias, projection.groups, dtype, stride=projection.stride, padding=projection.padding
+                ),
+            )
+            projected = packed(hidden_states.to(dtype))
+        return self.norm(projected.permute(0, 2, 3, 1))
+
+    def packed_projection_dtype(self, hidden_states: torch.Tensor) -> torch.dtype | None:
+        """The product dtype in which the convolution runs with its weight prepared once (optimised for inference:
+        :meth:`PalePreTrainedModel.optimize_for_inference`), or None where it runs as the module. Prepared: a plain
+        ``nn.Conv2d`` (zero padding, no dilation) without forward hooks, no gradient, not traced, a non-empty input
+        and a packed oneDNN product (:func:`packs_inference_weights`). The same kernel as the module's on the same
+        operands (bit for bit in our checks, float32 and bfloat16 autocast), without casting and reordering the
+        weight in every call (Pale-T's last embedding at 224 x 224 in float32: 3.3 against 0.5 ms)."""
+        projection = self.projection
+        if self.inference_weights is None or traced() or hidden_states.numel() == 0:
+            return None
+        if type(projection) is not nn.Conv2d or projection._forward_hooks or projection._forward_pre_hooks:
+            return None
+        if projection.padding_mode != "zeros" or isinstance(projection.padding, str) or projection.dilation != (1, 1):
+            return None
+        if any(getattr(nn.modules.module, name, None) for name in GLOBAL_FORWARD_HOOKS):
+            return None
+        dtype = inference_product_dtype(hidden_states, projection.weight)
+        return dtype if packs_inference_weights(dtype) else None
 
 
 class PaleSeparableProjection(nn.Module):
@@ -436,16 +472,18 @@ class PaleBlock(GradientCheckpointingLayer):
             return False
         if self.training or any(getattr(nn.modules.module, name, None) for name in GLOBAL_FORWARD_HOOKS):
             return False
-        activation = self.mlp.activation
-        # a walk over the submodules without named_modules' names and memo: this runs in every block's forward
-        pending = [module for module in self._modules.values() if module is not None]
-        while pending:
-            module = pending.pop()
+        activation = self._modules["mlp"]._modules.get("activation")
+        # a walk over the submodules without named_modules' names and memo, through the modules' own dicts (no
+        # nn.Module.__getattr__): this runs in every block's forward
+        pending = list(self._modules.values())
+        for module in pending:  # grows as it goes: breadth first
+            if module is None:
+                continue
             if module.training or module._forward_hooks or module._forward_pre_hooks:
                 return False
             if type(module) not in INFERENCE_FORWARD_TYPES and module is not activation:
                 return False
-            pending.extend(child for child in module._modules.values() if child is not None)
+            pending.extend(module._modules.values())
         return True
 
     def inference_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -529,30 +567,49 @@ def fold_batch_norm(
 
 
 class PackedInferenceConvolution:
-    """A stride-1 convolution with "same" padding (Pale's depth-wise ones) prepared once for inference in a product
-    ``dtype``: weight and bias cast to it, and the weight reordered into oneDNN's layout for the input's shape
-    (``mkldnn::_reorder_convolution_weight``), again when the shape changes (a layout chosen for one size can be
-    several times slower on another: a float32 14 x 14 one took 650 against 170 us on a 64 x 64 map)."""
+    """A zero-padded convolution prepared once for inference in a product ``dtype``: weight and bias cast to it, and
+    the weight reordered into oneDNN's layout for the input's shape (``mkldnn::_reorder_convolution_weight``), again
+    when the shape changes (a layout chosen for one size can be several times slower on another: a float32 14 x 14
+    one took 650 against 170 us on a 64 x 64 map). By default stride 1 and "same" padding (Pale's depth-wise ones);
+    the conv embeddings give their own ``stride`` and ``padding``."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, dtype: torch.dtype):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        groups: int,
+        dtype: torch.dtype,
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] | None = None,
+    ):
         self.dtype = dtype
         self.weight = weight.detach().to(dtype)
         self.bias = None if bias is None else bias.detach().to(dtype)
         self.groups = groups
-        self.padding = [weight.shape[-2] // 2, weight.shape[-1] // 2]
+        self.stride = list(stride)
+        self.padding = [weight.shape[-2] // 2, weight.shape[-1] // 2] if padding is None else list(padding)
         self.input_shape: list[int] | None = None
         self.packed_weight: torch.Tensor | None = None
 
     def __call__(self, channels_first: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` in ``dtype`` (channels-last memory) -> ``(B, C_out, H, W)``, channels-last."""
+        """``(B, C, H, W)`` in ``dtype`` -> ``(B, C_out, H', W')``, channels-last."""
         shape = list(channels_first.shape)
         if shape != self.input_shape:
             self.packed_weight = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, [1, 1], [1, 1], self.groups, shape
+                self.weight, self.padding, self.stride, [1, 1], self.groups, shape
             )
             self.input_shape = shape
         return torch.ops.mkldnn._convolution_pointwise(
-            channels_first, self.packed_weight, self.bias, self.padding, [1, 1], [1, 1], self.groups, "none", [], ""
+            channels_first,
+            self.packed_weight,
+            self.bias,
+            self.padding,
+            self.stride,
+            [1, 1],
+            self.groups,
+            "none",
+            [],
+            "",
         )
 
 
@@ -579,16 +636,21 @@ class PreparedSeparableProjection:
 
 def pale_block_weights(block: "PaleBlock") -> tuple:
     """Every tensor and setting a :class:`PreparedPaleBlock` is made from, in a fixed order (None where a layer
-    has no bias)."""
-    attention, mlp = block.attention, block.mlp
-    weights = [block.cpe.weight, block.cpe.bias]
-    for projection in (attention.query, attention.key, attention.value):
-        norm = projection.norm
-        weights += [projection.depthwise.weight, projection.depthwise.bias, norm.weight, norm.bias]
-        weights += [norm.running_mean, norm.running_var, norm.eps, projection.pointwise.weight]
-        weights.append(projection.pointwise.bias)
-    for dense in (attention.output.dense, mlp.fc1, mlp.fc2):
-        weights += [dense.weight, dense.bias]
+    has no bias). Read from the modules' own parameter, buffer and submodule dicts rather than as attributes: this
+    runs in every inference forward of an optimised block, and each ``nn.Module.__getattr__`` is a Python call."""
+    modules = block._modules
+    attention, mlp = modules["attention"]._modules, modules["mlp"]._modules
+    cpe = modules["cpe"]._parameters
+    weights = [cpe["weight"], cpe["bias"]]
+    for name in ("query", "key", "value"):
+        projection = attention[name]._modules
+        depthwise, norm, pointwise = projection["depthwise"]._parameters, projection["norm"], projection["pointwise"]
+        norm_parameters, norm_buffers = norm._parameters, norm._buffers
+        weights += [depthwise["weight"], depthwise["bias"], norm_parameters["weight"], norm_parameters["bias"]]
+        weights += [norm_buffers["running_mean"], norm_buffers["running_var"], norm.eps]
+        weights += [pointwise._parameters["weight"], pointwise._parameters["bias"]]
+    for dense in (attention["output"]._modules["dense"], mlp["fc1"], mlp["fc2"]):
+        weights += [dense._parameters["weight"], dense._parameters["bias"]]
     return tuple(weights)
 
 
@@ -709,16 +771,17 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
             init_conv_kaiming(module)
 
     def optimize_for_inference(self, fold_batch_norm: bool = True):
-        """Prepares the blocks' weights (and, as on every family, the other dense layers') once for CPU inference, as
-        ``torch.jit.optimize_for_inference`` or mmcv's ``fuse_conv_bn`` do for deployment; returns the model
-        (changed in place).
+        """Prepares the blocks' and the conv embeddings' weights (and, as on every family, the other dense layers')
+        once for CPU inference, as ``torch.jit.optimize_for_inference`` or mmcv's ``fuse_conv_bn`` do for deployment;
+        returns the model (changed in place).
 
         Where a block runs its inference forward (:meth:`PaleBlock.runs_inference_forward`) with a oneDNN product
         (:func:`inference_product_dtype`: the CPU, float32 or bfloat16 / bfloat16 autocast), its convolutions and
         dense layers use copies of their weights cast to that dtype and packed in oneDNN's layout, made on the first
         such forward (per dtype) instead of in every forward; with ``fold_batch_norm`` each eval-mode BatchNorm of
-        the q/k/v projections is folded into its depth-wise convolution. Measured for Pale-T in
-        benchmarks/README.md (``benchmark_pale.py --optimized-twin``).
+        the q/k/v projections is folded into its depth-wise convolution. The conv embeddings do the same with their
+        convolution (:meth:`PalePatchEmbeddings.packed_projection_dtype`: the same values, bit for bit in our
+        checks). Measured for Pale-T in benchmarks/README.md (``benchmark_pale.py --optimized-twin``).
 
         * Values: those of the model up to rounding. Folding changes the rounding (float32: about 1e-6 relative;
           bfloat16 autocast: the folded weights are rounded to bfloat16 instead of the convolution's output); without
@@ -728,21 +791,23 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
         * Changed weights (an optimiser step, ``load_state_dict``, ``.to()``) are noticed by their version counters
           and memory, and their copies made again; a change made through ``.data`` in place is not (call this
           method again after one).
-        * Memory: one extra copy of the blocks' weights per dtype used (Pale-T: 78 MB in float32, 39 MB in
-          bfloat16). :meth:`clear_inference_optimization` frees them and turns this off.
+        * Memory: one extra copy of the blocks' and the embeddings' weights per dtype used (Pale-T: 85 MB in
+          float32, 42 MB in bfloat16). :meth:`clear_inference_optimization` frees them and turns this off.
         """
         # every dense layer, as on every family: the heads', and the blocks' own where a block runs module by module
         super().optimize_for_inference()
         for module in self.modules():
             if isinstance(module, PaleBlock):
                 module.inference_weights = InferenceWeights(fold_batch_norm=fold_batch_norm)
+            elif isinstance(module, PalePatchEmbeddings):
+                module.inference_weights = InferenceWeights()
         return self
 
     def clear_inference_optimization(self):
         """Undoes :meth:`optimize_for_inference`: drops the prepared weights; returns the model."""
         super().clear_inference_optimization()
         for module in self.modules():
-            if isinstance(module, PaleBlock):
+            if isinstance(module, (PaleBlock, PalePatchEmbeddings)):
                 module.inference_weights = None
         return self
 
