@@ -11,6 +11,7 @@ from torch import nn
 from hf_semseg.models.modeling_linear import (
     PLAIN_LINEAR_TYPES,
     OneDNNLinear,
+    PackedInferenceConvolution,
     PackedInferenceLinear,
     inference_product_dtype,
     linear_backward,
@@ -300,3 +301,19 @@ def test_unchanged_since_notices_every_kind_of_change():
     weight.data = torch.ones(3, 2)  # new memory under the same tensor, no version change
     assert not unchanged_since(sources, sources, stamps)
     assert unchanged_since(sources, sources, weight_stamps(sources))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_convolution_with_its_relu_by_hand(dtype):
+    """``PackedInferenceConvolution`` with stride 2, padding 1 and the ReLU post-op on a 4 x 4 map holding
+    ``4 i + j``, a 3 x 3 kernel of ones and bias -30: the window sums 10, 24, 51, 90 (worked out by hand) less 30,
+    the negative ones cut to 0; exact in bfloat16 too (small integers); the weight and bias are cast to ``dtype``."""
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bfloat16 kernels for this CPU")
+    convolution = PackedInferenceConvolution(
+        torch.ones(1, 1, 3, 3), torch.tensor([-30.0]), 1, dtype, stride=(2, 2), padding=(1, 1), activation="relu"
+    )
+    assert convolution.weight.dtype == convolution.bias.dtype == dtype
+    with torch.no_grad():
+        output = convolution(torch.arange(16.0).view(1, 1, 4, 4).to(dtype))
+    assert output.dtype == dtype and output.tolist() == [[[[0.0, 0.0], [21.0, 60.0]]]]

@@ -34,12 +34,16 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_pale import PaleConfig
 from .modeling_linear import (
+    GLOBAL_FORWARD_HOOKS,
     PLAIN_LINEAR_TYPES,
     InferenceWeights,
     OneDNNLinear,
+    PackedInferenceConvolution,
     PackedInferenceLinear,
+    fold_batch_norm,
     inference_product_dtype,
     onednn_inference_linear,
+    packed_convolution_dtype,
     packs_inference_weights,
     traced,
 )
@@ -254,22 +258,13 @@ class PalePatchEmbeddings(nn.Module):
 
     def packed_projection_dtype(self, hidden_states: torch.Tensor) -> torch.dtype | None:
         """The product dtype in which the convolution runs with its weight prepared once (optimised for inference:
-        :meth:`PalePreTrainedModel.optimize_for_inference`), or None where it runs as the module. Prepared: a plain
-        ``nn.Conv2d`` (zero padding, no dilation) without forward hooks, no gradient, not traced, a non-empty input
-        and a packed oneDNN product (:func:`packs_inference_weights`). The same kernel as the module's on the same
-        operands (bit for bit in our checks, float32 and bfloat16 autocast), without casting and reordering the
-        weight in every call (Pale-T's last embedding at 224 x 224 in float32: 3.3 against 0.5 ms)."""
-        projection = self.projection
-        if self.inference_weights is None or traced() or hidden_states.numel() == 0:
+        :meth:`PalePreTrainedModel.optimize_for_inference`), or None where it runs as the module (see
+        :func:`packed_convolution_dtype`). The same kernel as the module's on the same operands (bit for bit in our
+        checks, float32 and bfloat16 autocast), without casting and reordering the weight in every call (Pale-T's
+        last embedding at 224 x 224 in float32: 3.3 against 0.5 ms)."""
+        if self.inference_weights is None:
             return None
-        if type(projection) is not nn.Conv2d or projection._forward_hooks or projection._forward_pre_hooks:
-            return None
-        if projection.padding_mode != "zeros" or isinstance(projection.padding, str) or projection.dilation != (1, 1):
-            return None
-        if any(getattr(nn.modules.module, name, None) for name in GLOBAL_FORWARD_HOOKS):
-            return None
-        dtype = inference_product_dtype(hidden_states, projection.weight)
-        return dtype if packs_inference_weights(dtype) else None
+        return packed_convolution_dtype(hidden_states, self.projection)
 
 
 class PaleSeparableProjection(nn.Module):
@@ -547,72 +542,6 @@ class PaleBlock(GradientCheckpointingLayer):
         return hidden_states + weights.fc2(expanded)
 
 
-def fold_batch_norm(
-    weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.BatchNorm2d
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A convolution's ``weight`` and ``bias`` with the eval-mode BatchNorm after it folded in (as mmcv's
-    ``fuse_conv_bn``): ``norm(conv(x)) = conv'(x)`` with ``w' = w s`` and ``b' = (b - mean) s + beta`` per output
-    channel, ``s = gamma / sqrt(var + eps)``; computed in float64, returned in ``weight``'s dtype. ``norm`` keeps
-    running statistics (without them eval mode normalises with the batch's, which no weight can hold)."""
-    dtype = weight.dtype
-    scale = norm.running_var.double().add(norm.eps).rsqrt()
-    if norm.weight is not None:
-        scale = scale * norm.weight.double()
-    shift = -norm.running_mean.double() if bias is None else bias.double() - norm.running_mean.double()
-    shift = shift * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias.double()
-    # (C_out,) scales the (C_out, C_in / groups, k, k) weight per output channel
-    return (weight.double() * scale[:, None, None, None]).to(dtype), shift.to(dtype)
-
-
-class PackedInferenceConvolution:
-    """A zero-padded convolution prepared once for inference in a product ``dtype``: weight and bias cast to it, and
-    the weight reordered into oneDNN's layout for the input's shape (``mkldnn::_reorder_convolution_weight``), again
-    when the shape changes (a layout chosen for one size can be several times slower on another: a float32 14 x 14
-    one took 650 against 170 us on a 64 x 64 map). By default stride 1 and "same" padding (Pale's depth-wise ones);
-    the conv embeddings give their own ``stride`` and ``padding``."""
-
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        groups: int,
-        dtype: torch.dtype,
-        stride: tuple[int, int] = (1, 1),
-        padding: tuple[int, int] | None = None,
-    ):
-        self.dtype = dtype
-        self.weight = weight.detach().to(dtype)
-        self.bias = None if bias is None else bias.detach().to(dtype)
-        self.groups = groups
-        self.stride = list(stride)
-        self.padding = [weight.shape[-2] // 2, weight.shape[-1] // 2] if padding is None else list(padding)
-        self.input_shape: list[int] | None = None
-        self.packed_weight: torch.Tensor | None = None
-
-    def __call__(self, channels_first: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` in ``dtype`` -> ``(B, C_out, H', W')``, channels-last."""
-        shape = list(channels_first.shape)
-        if shape != self.input_shape:
-            self.packed_weight = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, self.stride, [1, 1], self.groups, shape
-            )
-            self.input_shape = shape
-        return torch.ops.mkldnn._convolution_pointwise(
-            channels_first,
-            self.packed_weight,
-            self.bias,
-            self.padding,
-            self.stride,
-            [1, 1],
-            self.groups,
-            "none",
-            [],
-            "",
-        )
-
-
 class PreparedSeparableProjection:
     """:class:`PaleSeparableProjection` prepared for inference: the depth-wise convolution (with the BatchNorm folded
     in, or the BatchNorm kept as ``norm``) and the point-wise dense layer, packed."""
@@ -674,9 +603,6 @@ class PreparedPaleBlock:
             for dense in (attention.output.dense, mlp.fc1, mlp.fc2)
         )
 
-
-#: torch's registries of forward hooks every module runs (``nn.modules.module.register_module_forward_hook`` / ``_pre_hook``)
-GLOBAL_FORWARD_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks")
 
 #: the module types :meth:`PaleBlock.inference_forward` computes itself (exact types: a subclass has its own forward)
 INFERENCE_FORWARD_TYPES = frozenset(

@@ -60,7 +60,8 @@ class SegmentationModelDefaults(AnyPrecisionMixin):
         (bit for bit in our checks); parameters, state dict, saving, training, tracing and other devices are
         unchanged; changed weights (in place, ``load_state_dict``, an optimiser step, ``.to()``) are prepared again,
         a change through ``.data`` is not (call this again). Costs a copy of the dense layers' weights per dtype
-        until :meth:`clear_inference_optimization`. Pale models also prepare their blocks' convolutions."""
+        until :meth:`clear_inference_optimization`. Pale models also prepare their blocks' and conv embeddings'
+        convolutions, SeMask-Swin models their Semantic-FPN head's conv modules."""
         optimize_linear_layers_for_inference(self)
         return self
 
