@@ -184,6 +184,20 @@ def perturb_batch_norms(module) -> list:
     return norms
 
 
+def record_results(monkeypatch, owner: type, name: str) -> list:
+    """Patches method ``name`` of class ``owner`` to record what each call returns (in call order) and returns that
+    record; the calls compute what they computed."""
+    results = []
+    real = getattr(owner, name)
+
+    def recording(self, *args, **kwargs):
+        results.append(real(self, *args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(owner, name, recording)
+    return results
+
+
 def perturb_sdn_fuse(model, scale: float = 0.05) -> None:
     """Moves the SDN neck's fuse convolutions off their identity start (seeded), so every neck parameter reaches the
     loss (at the identity start only ``fuse`` gets a gradient, as a zero-initialised residual branch)."""

@@ -17,7 +17,14 @@ from hf_semseg import (
 from hf_semseg.models import modeling_pale
 from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
 
-from model_suite import FOUR_STAGES, SegmentationModelSuite, perturb_sdn_fuse, tiny_label_kwargs, tiny_pale_kwargs
+from model_suite import (
+    FOUR_STAGES,
+    SegmentationModelSuite,
+    perturb_sdn_fuse,
+    record_results,
+    tiny_label_kwargs,
+    tiny_pale_kwargs,
+)
 
 
 STAGES = FOUR_STAGES
@@ -658,15 +665,7 @@ def test_reduced_precision_float32_convolutions_keep_the_inference_forward(monke
 
 def count_packed_embeddings(monkeypatch) -> list:
     """Records the product dtype each conv embedding's forward ran its prepared convolution in (None: the module)."""
-    dtypes = []
-    real = modeling_pale.PalePatchEmbeddings.packed_projection_dtype
-
-    def recording(self, hidden_states):
-        dtypes.append(real(self, hidden_states))
-        return dtypes[-1]
-
-    monkeypatch.setattr(modeling_pale.PalePatchEmbeddings, "packed_projection_dtype", recording)
-    return dtypes
+    return record_results(monkeypatch, modeling_pale.PalePatchEmbeddings, "packed_projection_dtype")
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])

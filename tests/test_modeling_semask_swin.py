@@ -38,6 +38,7 @@ from model_suite import (
     open_semantic_gates,
     perturb_batch_norms,
     perturb_sdn_fuse,
+    record_results,
     tiny_semask_swin_kwargs,
 )
 
@@ -728,15 +729,7 @@ def count_packed_conv_modules(monkeypatch) -> list:
     """Records the product dtype each Semantic-FPN conv module ran its prepared convolution in (None: the modules)."""
     from hf_semseg.models.modeling_semask_swin import SeMaskFPNConvModule
 
-    dtypes = []
-    real = SeMaskFPNConvModule.packed_dtype
-
-    def recording(self, hidden_states):
-        dtypes.append(real(self, hidden_states))
-        return dtypes[-1]
-
-    monkeypatch.setattr(SeMaskFPNConvModule, "packed_dtype", recording)
-    return dtypes
+    return record_results(monkeypatch, SeMaskFPNConvModule, "packed_dtype")
 
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
