@@ -413,6 +413,15 @@ def optimize_linear_layers_for_inference(module: nn.Module, enabled: bool = True
             layer.inference_weights = InferenceWeights() if enabled else None
 
 
+def set_inference_weights(module: nn.Module, module_types, enabled: bool = True, **settings) -> None:
+    """Turns the prepared inference weights of every submodule of ``module`` that is a ``module_types`` on (an empty
+    :class:`InferenceWeights` with ``settings``, filled on the first inference forward per product dtype) or off
+    (dropped): the models' ``optimize_for_inference`` / ``clear_inference_optimization`` for their own modules."""
+    for child in module.modules():
+        if isinstance(child, module_types):
+            child.inference_weights = InferenceWeights(**settings) if enabled else None
+
+
 def replace_modules(module: nn.Module, module_type: type, make_replacement) -> None:
     """Replaces every submodule of ``module`` whose type is exactly ``module_type`` (not a subclass) with
     ``make_replacement(submodule)``, under the same name (before the weights are initialised or loaded)."""

@@ -45,6 +45,7 @@ from .modeling_linear import (
     onednn_inference_linear,
     packed_convolution_dtype,
     packs_inference_weights,
+    set_inference_weights,
     traced,
 )
 from .modeling_sdn import sdn_neck
@@ -722,19 +723,14 @@ class PalePreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
         """
         # every dense layer, as on every family: the heads', and the blocks' own where a block runs module by module
         super().optimize_for_inference()
-        for module in self.modules():
-            if isinstance(module, PaleBlock):
-                module.inference_weights = InferenceWeights(fold_batch_norm=fold_batch_norm)
-            elif isinstance(module, PalePatchEmbeddings):
-                module.inference_weights = InferenceWeights()
+        set_inference_weights(self, PaleBlock, fold_batch_norm=fold_batch_norm)
+        set_inference_weights(self, PalePatchEmbeddings)
         return self
 
     def clear_inference_optimization(self):
         """Undoes :meth:`optimize_for_inference`: drops the prepared weights; returns the model."""
         super().clear_inference_optimization()
-        for module in self.modules():
-            if isinstance(module, (PaleBlock, PalePatchEmbeddings)):
-                module.inference_weights = None
+        set_inference_weights(self, (PaleBlock, PalePatchEmbeddings), enabled=False)
         return self
 
 

@@ -37,6 +37,7 @@ from .modeling_linear import (
     fold_batch_norm,
     onednn_linear,
     packed_convolution_dtype,
+    set_inference_weights,
 )
 from .modeling_sdn import sdn_neck
 from .modeling_utils_segmentation import (
@@ -701,17 +702,13 @@ class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
         convolution weights per dtype (SeMask-T: 20 MB in float32, 10 MB in bfloat16) until
         :meth:`clear_inference_optimization`."""
         super().optimize_for_inference()
-        for module in self.modules():
-            if isinstance(module, SeMaskFPNConvModule):
-                module.inference_weights = InferenceWeights()
+        set_inference_weights(self, SeMaskFPNConvModule)
         return self
 
     def clear_inference_optimization(self):
         """Undoes :meth:`optimize_for_inference`: drops the prepared weights; returns the model."""
         super().clear_inference_optimization()
-        for module in self.modules():
-            if isinstance(module, SeMaskFPNConvModule):
-                module.inference_weights = None
+        set_inference_weights(self, SeMaskFPNConvModule, enabled=False)
         return self
 
 
