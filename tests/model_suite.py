@@ -4,6 +4,7 @@ A family's test module subclasses :class:`SegmentationModelSuite` and provides a
 runs against it. Each test asserts numbers (equal logits, lower loss, non-zero gradients), not only shapes.
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -237,6 +238,51 @@ def perturb_detr_first_layer(model) -> None:
             parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
 
 
+#: the models' fused paths and the answer that switches each off: module-level predicates (patched wherever a
+#: module of the models package holds them) and methods, ``(class name, method)``
+FUSED_PATH_SWITCHES = {
+    "folds_into_previous_layer": False,
+    "folds_attention_projections": False,
+    "recomputes_layer_norm": False,
+    "convolution_splits_over_inputs": False,
+    "packed_convolution_dtype": None,
+    ("TransformerMLP", "recomputes_gelu"): False,
+    ("TransformerMLP", "activates_in_place"): False,
+    ("PaleBlock", "runs_inference_forward"): False,
+}
+
+
+@contextlib.contextmanager
+def module_by_module():
+    """Every fused path of :data:`FUSED_PATH_SWITCHES` off: the models call each of their modules."""
+    modules = [module for name, module in sys.modules.items() if name.startswith("hf_semseg.models.")]
+    with pytest.MonkeyPatch.context() as patch:
+        for switch, answer in FUSED_PATH_SWITCHES.items():
+            off = lambda *args, answer=answer, **kwargs: answer  # noqa: E731
+            if isinstance(switch, tuple):
+                class_name, method = switch
+                owner = next(getattr(m, class_name) for m in modules if class_name in vars(m))
+                patch.setattr(owner, method, off)
+            else:
+                found = [module for module in modules if switch in vars(module)]
+                assert found, f"no module of the models package holds {switch}"
+                for module in found:
+                    patch.setattr(module, switch, off)
+        yield
+
+
+def tensors_in(output) -> list[torch.Tensor]:
+    """The tensors of a module's output (a tensor, a tuple / list / dict / ``ModelOutput`` of them, nested), copied
+    (a later in-place layer may overwrite them)."""
+    if isinstance(output, torch.Tensor):
+        return [output.detach().clone()]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [tensor for item in output for tensor in tensors_in(item)]
+    return []
+
+
 class SegmentationModelSuite:
     """Subclasses set ``model_class`` and implement :meth:`get_config` and :meth:`get_image_processor`."""
 
@@ -409,6 +455,58 @@ class SegmentationModelSuite:
         for name, p in model.named_parameters():
             if name in reference:
                 torch.testing.assert_close(p.grad, reference[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    @pytest.mark.parametrize("mode", ["inference", "optimized", "training"])
+    def test_a_hook_on_any_module_sees_every_call_of_it(self, mode):
+        """The fused paths (folded norms and projections, convolutions split over their inputs, recomputing autograd
+        functions, Pale's direct kernel calls, prepared weights) compute some modules without calling them; a forward
+        hook on one of those modules turns off the paths that skip it. Reference: every module hooked and every fused
+        path switched off (:data:`FUSED_PATH_SWITCHES`), module by module. Hooked in groups of modules far apart in
+        the module order (the layers of one fusion fall into different groups), each module is called as often as
+        there, with the same outputs, and the logits stay the unhooked model's. ``optimized``: after
+        ``optimize_for_inference()``; ``training``: train mode, gradients on."""
+        model = self.make_model(**self.deterministic_overrides)
+        if mode == "optimized":
+            model.optimize_for_inference()
+        model.train(mode == "training")
+        pixel_values, _ = self.make_inputs()
+        named = [(name, module) for name, module in model.named_modules() if name]
+
+        def run(hooked):
+            calls = {name: [] for name, _ in hooked}
+            handles = [
+                module.register_forward_hook(lambda _, args, output, name=name: calls[name].append(tensors_in(output)))
+                for name, module in hooked
+            ]
+            try:
+                with torch.set_grad_enabled(mode == "training"):
+                    torch.manual_seed(0)
+                    logits = model(pixel_values).logits.detach()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            return logits, calls
+
+        plain_logits, _ = run([])
+        with module_by_module():
+            reference_logits, reference = run(named)
+        self.assert_same_computation(reference_logits, plain_logits)
+        assert sum(map(len, reference.values())) > len(named) // 2  # most modules take part in a forward
+        groups = 12
+        for first in range(groups):
+            logits, calls = run(named[first::groups])
+            self.assert_same_computation(logits, plain_logits)
+            for name, outputs in calls.items():
+                expected = reference[name]
+                assert len(outputs) == len(expected), f"{name}: hooked, {len(outputs)} calls seen of {len(expected)}"
+                for got, want in zip(outputs, expected):
+                    assert [t.shape for t in got] == [t.shape for t in want], name
+                    for actual, wanted in zip(got, want):
+                        if not wanted.is_floating_point():  # masks, indices
+                            assert torch.equal(actual, wanted), name
+                            continue
+                        scale = max(1.0, wanted.abs().max().item()) if wanted.numel() else 1.0
+                        torch.testing.assert_close(actual, wanted, atol=10 * self.atol * scale, rtol=0, msg=name)
 
     def test_eager_attention_matches_sdpa(self):
         model = self.make_model()

@@ -13,6 +13,7 @@ from hf_semseg.models.modeling_linear import (
     OneDNNLinear,
     PackedInferenceConvolution,
     PackedInferenceLinear,
+    calls_hooks,
     inference_product_dtype,
     linear_backward,
     onednn_inference_linear,
@@ -317,3 +318,43 @@ def test_a_packed_convolution_with_its_relu_by_hand(dtype):
     with torch.no_grad():
         output = convolution(torch.arange(16.0).view(1, 1, 4, 4).to(dtype))
     assert output.dtype == dtype and output.tolist() == [[[[0.0, 0.0], [21.0, 60.0]]]]
+
+
+def test_calls_hooks_counts_the_modules_own_hooks():
+    """``calls_hooks``: a forward hook or pre-hook of any of the modules, always; a backward hook or pre-hook only
+    with grad mode on (under ``no_grad`` a call sets none up); global hooks (torch's module trackers) never."""
+    layer, other = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert not calls_hooks(layer, other)
+    forward_hooks = (
+        lambda module: module.register_forward_hook(lambda *args: None),
+        lambda module: module.register_forward_pre_hook(lambda *args: None),
+    )
+    for register in forward_hooks:
+        handle = register(other)
+        assert calls_hooks(layer, other) and calls_hooks(other, layer) and not calls_hooks(layer)
+        with torch.no_grad():
+            assert calls_hooks(other)
+        handle.remove()
+        assert not calls_hooks(other)
+    backward_hooks = (
+        lambda module: module.register_full_backward_hook(lambda *args: None),
+        lambda module: module.register_full_backward_pre_hook(lambda *args: None),
+    )
+    for register in backward_hooks:
+        handle = register(other)
+        assert calls_hooks(layer, other)
+        with torch.no_grad():
+            assert not calls_hooks(layer, other)
+        handle.remove()
+        assert not calls_hooks(other)
+    module_hooks = torch.nn.modules.module
+    handles = [
+        module_hooks.register_module_forward_hook(lambda *args: None),
+        module_hooks.register_module_forward_pre_hook(lambda *args: None),
+        module_hooks.register_module_full_backward_hook(lambda *args: None),
+    ]
+    try:
+        assert not calls_hooks(layer, other)
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -375,3 +375,52 @@ def test_mlp_inference_runs_the_gelu_in_place(grad):
     torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
     # what fc1 returned now holds the GELU's output (in place) or still its own (out of place)
     torch.testing.assert_close(fc1_outputs[0], pre_activation if grad else F.gelu(pre_activation), rtol=0, atol=1e-12)
+
+
+def test_hooked_layers_of_the_recomputing_functions_run_as_modules():
+    """A hook on a layer that ``GeluLinearFunction`` (the activation, the dropout, ``fc2``) or
+    ``LayerNormLinearFunction`` (the LayerNorm, ``fc1``) computes without calling it turns that function off: the hooked
+    layer's forward hook sees its output, its full backward hook its output's gradient, and the output and
+    gradients are the functions' (float64)."""
+    import copy
+
+    from hf_semseg import SeMaskSwinConfig
+    from hf_semseg.models.modeling_utils_segmentation import TransformerMLP, recomputes_layer_norm
+
+    from model_suite import tiny_semask_swin_kwargs
+
+    torch.manual_seed(0)
+    config = SeMaskSwinConfig(**tiny_semask_swin_kwargs(hidden_dropout_prob=0.0))
+    fused_mlp = TransformerMLP(config, 8).double().train()
+    fused_norm = torch.nn.LayerNorm(8).double()
+    hidden_states = torch.randn(2, 5, 8, dtype=torch.float64)
+
+    def output_and_gradients(mlp, norm):
+        inputs = hidden_states.clone().requires_grad_()
+        output = mlp(inputs, norm=norm)
+        output.pow(2).sum().backward()
+        parameters = [*mlp.parameters(), *norm.parameters()]
+        return output.detach(), [inputs.grad, *(parameter.grad for parameter in parameters)]
+
+    assert fused_mlp.recomputes_gelu() and recomputes_layer_norm(fused_norm, fused_mlp.fc1, hidden_states)
+    expected_output, expected_gradients = output_and_gradients(fused_mlp, fused_norm)
+    for layer_name in ("activation", "dropout", "fc2", "norm", "fc1"):
+        mlp, norm = copy.deepcopy(fused_mlp), copy.deepcopy(fused_norm)
+        mlp.zero_grad(), norm.zero_grad()
+        layer = norm if layer_name == "norm" else getattr(mlp, layer_name)
+        outputs, output_gradients = [], []
+        layer.register_forward_hook(lambda module, args, output, seen=outputs: seen.append(output.detach().clone()))
+        layer.register_full_backward_hook(
+            lambda module, grad_in, grad_out, seen=output_gradients: seen.append(grad_out[0])
+        )
+        fused = mlp.recomputes_gelu() if layer_name in ("activation", "dropout", "fc2") else None
+        if fused is None:
+            fused = recomputes_layer_norm(norm, mlp.fc1, hidden_states)
+        assert not fused, layer_name
+        output, gradients = output_and_gradients(mlp, norm)
+        calls = 2 if layer_name == "dropout" else 1  # after the activation and after fc2
+        assert len(outputs) == len(output_gradients) == calls, layer_name
+        assert all(gradient is not None and gradient.abs().max() > 0 for gradient in output_gradients), layer_name
+        torch.testing.assert_close(output, expected_output, rtol=1e-12, atol=1e-12)
+        for gradient, expected in zip(gradients, expected_gradients):
+            torch.testing.assert_close(gradient, expected, rtol=1e-10, atol=1e-12, msg=layer_name)

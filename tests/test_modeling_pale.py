@@ -408,8 +408,10 @@ def test_a_block_someone_changed_runs_its_modules(change, monkeypatch):
 
 
 def test_hooks_gradients_weights_and_tracing_keep_the_module_forward(monkeypatch):
-    """A forward hook on any submodule fires (so that block runs its modules), and so does a global one; with
-    gradients on, attention weights asked for (eager attention) or while traced no block runs ``inference_forward``."""
+    """A forward hook on any submodule fires (so that block runs its modules). A global hook (torch's module trackers:
+    FlopCounterMode, the memory tracker) observes the path that runs: every block still runs ``inference_forward``,
+    and the hook sees the blocks, not their submodules. With gradients on, attention weights asked for (eager
+    attention) or while traced no block runs ``inference_forward``."""
     model = tiny_inference_model()
     pixel_values = torch.randn(1, 3, 48, 48)
     blocks = count_inference_forwards(monkeypatch)
@@ -421,13 +423,20 @@ def test_hooks_gradients_weights_and_tracing_keep_the_module_forward(monkeypatch
     handle.remove()
     assert seen == [(1, 2, 2, 128)] and len(blocks) == sum(model.config.depths) - 1
     blocks.clear()
-    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, inputs, output: None)
+    observed = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: observed.append(module)
+    )
     try:
         with torch.no_grad():
             model(pixel_values)
     finally:
         handle.remove()
-    assert blocks == []
+    all_blocks = [block for stage in model.encoder.stages for block in stage.layers]
+    assert len(blocks) == len(all_blocks) == sum(model.config.depths)
+    assert all(any(module is block for module in observed) for block in all_blocks)
+    assert not any(module is dense for module in observed)
+    blocks.clear()
     model(pixel_values)  # gradients on
     with torch.no_grad():
         output = model(pixel_values, output_attentions=True)

@@ -212,30 +212,27 @@ def converted(request):
     model = fixture_model(name)
     inputs = load_file(folder / "inputs.safetensors")
     expected = load_file(folder / "outputs.safetensors")
-    captured, handles = capture(model)
+    vw = model.model.pixel_level_module.decoder.vw
     with torch.no_grad():
+        # at inference the branches' output projections fold into the fusion (VWBlock.folds_output_projections):
+        # the model's own forward, compared with the original's outputs
+        assert vw.folds_output_projections()
         output = model(inputs["pixel_values"], output_hidden_states=True, output_auxiliary_logits=True)
-        # the context tokens of each branch from the model's own fused map (a method, not a module: called here)
-        for j, attention in enumerate(model.model.pixel_level_module.decoder.vw.attentions):
-            captured[f"vw_context_{j}"] = attention.context_tokens(captured["vw_linear_fuse"])
-    for handle in handles:
-        handle.remove()
-    # at inference the branches' output projections fold into the fusion (VWBlock.folds_output_projections): their
-    # outputs, which the original saves, exist only in a forward without the folding
-    with torch.no_grad():
-        folds = model.model.pixel_level_module.decoder.vw.folds_output_projections()
-    assert folds
-    assert any(key.startswith("vw_attn_") for key in captured) == (not folds)
-    unfolded, handles = capture(model)
-    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(VWBlock, "folds_output_projections", lambda self: False)
-        model(inputs["pixel_values"])
-    for handle in handles:
-        handle.remove()
-    torch.testing.assert_close(
-        unfolded["decoder_output"].mask_features, captured["decoder_output"].mask_features, atol=TOLERANCE, rtol=0
-    )
-    captured.update({key: value for key, value in unfolded.items() if key.startswith("vw_attn_")})
+    # a hook on a branch turns the folding off (its call then returns its map): the recording pass runs unfolded and
+    # records every intermediate the original saves, the branches' outputs too
+    captured, handles = capture(model)
+    try:
+        with torch.no_grad():
+            assert not vw.folds_output_projections()
+            recorded = model(inputs["pixel_values"])
+            # the context tokens of each branch from the model's own fused map (a method, not a module: called here)
+            for j, attention in enumerate(vw.attentions):
+                captured[f"vw_context_{j}"] = attention.context_tokens(captured["vw_linear_fuse"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(f"vw_attn_{j}" in captured for j in range(len(vw.attentions)))
+    torch.testing.assert_close(recorded.masks_queries_logits, output.masks_queries_logits, atol=TOLERANCE, rtol=0)
     return name, model, inputs, expected, output, captured
 
 

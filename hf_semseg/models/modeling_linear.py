@@ -308,23 +308,38 @@ class PackedInferenceConvolution:
         )
 
 
-#: torch's registries of forward hooks every module runs (``nn.modules.module.register_module_forward_hook`` / ``_pre_hook``)
-GLOBAL_FORWARD_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks")
+def calls_hooks(*modules: nn.Module) -> bool:
+    """Whether calling any of ``modules`` would run a hook of its own: a forward (pre-)hook, or, with grad mode on, a
+    backward (pre-)hook (which a module sets up in its call; under ``no_grad`` it has nothing to set up). A fused or
+    prepared path that computes these modules without calling them (a folded norm, folded projections, a
+    convolution split over its inputs, a recomputing autograd function, a block's direct kernel calls) runs only
+    where this is False: a hook put on a module (a feature extractor, transformers' output capturing, a pruning
+    tool) sees every call of it, with the module's own input and output.
+
+    Global hooks (``register_module_forward_hook``) do not count: torch's module trackers register them
+    (``FlopCounterMode``, the memory tracker, ``ModuleTracker``) to observe every module, and an observer must not
+    change the path it measures (the fusions change the MACs; the prepared paths the kernels and memory). They see
+    the modules the model calls, as they do around PyTorch's own fast paths (``nn.TransformerEncoderLayer``)."""
+    grad_enabled = torch.is_grad_enabled()
+    for module in modules:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return True
+        if grad_enabled and (module._backward_hooks or module._backward_pre_hooks):
+            return True
+    return False
 
 
 def packed_convolution_dtype(hidden_states: torch.Tensor, conv: nn.Module, *modules: nn.Module) -> torch.dtype | None:
     """The product dtype in which ``conv`` (and ``modules``, the layers computed with it: a folded norm, a fused
     activation) may run on ``hidden_states`` with weights prepared once (:class:`PackedInferenceConvolution`), or None
-    where they run as modules: a plain ``nn.Conv2d`` (zero padding given as numbers, no dilation), no forward hooks on
-    any of them nor global ones, no gradient, not traced, a non-empty input and a packed oneDNN product
+    where they run as modules: a plain ``nn.Conv2d`` (zero padding given as numbers, no dilation), no hooks on any of
+    them (:func:`calls_hooks`), no gradient, not traced, a non-empty input and a packed oneDNN product
     (:func:`packs_inference_weights`)."""
     if traced() or hidden_states.numel() == 0 or type(conv) is not nn.Conv2d:
         return None
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.dilation != (1, 1):
         return None
-    if any(module._forward_hooks or module._forward_pre_hooks for module in (conv, *modules)):
-        return None
-    if any(getattr(nn.modules.module, name, None) for name in GLOBAL_FORWARD_HOOKS):
+    if calls_hooks(conv, *modules):
         return None
     dtype = inference_product_dtype(hidden_states, conv.weight)
     return dtype if packs_inference_weights(dtype) else None

@@ -34,7 +34,6 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_pale import PaleConfig
 from .modeling_linear import (
-    GLOBAL_FORWARD_HOOKS,
     PLAIN_LINEAR_TYPES,
     InferenceWeights,
     OneDNNLinear,
@@ -456,17 +455,18 @@ class PaleBlock(GradientCheckpointingLayer):
         return hidden_states, attentions
 
     def runs_inference_forward(self, hidden_states: torch.Tensor) -> bool:
-        """Whether :meth:`forward` runs as :meth:`inference_forward`: only where nothing could tell them apart, as
-        PyTorch's ``nn.TransformerEncoderLayer`` takes its fast path. Gradients off (``torch.no_grad`` /
-        ``torch.inference_mode``), every submodule in eval mode, of the block's own types (a replaced dense layer,
-        e.g. an any-precision one, a PEFT adapter or a parametrisation, keeps its own forward) and without forward
-        hooks (module or global ones), an attention implementation without attention weights, not traced
-        (compiled and exported graphs record the modules' forwards), and a non-empty input."""
+        """Whether :meth:`forward` runs as :meth:`inference_forward`: only where nothing attached to the block's
+        submodules could tell them apart, as PyTorch's ``nn.TransformerEncoderLayer`` takes its fast path. Gradients
+        off (``torch.no_grad`` / ``torch.inference_mode``), every submodule in eval mode, of the block's own types (a
+        replaced dense layer, e.g. an any-precision one, a PEFT adapter or a parametrisation, keeps its own forward)
+        and without hooks of its own (:func:`calls_hooks`; global hooks, torch's module trackers, observe the path
+        that runs), an attention implementation without attention weights, not traced (compiled and exported graphs
+        record the modules' forwards), and a non-empty input."""
         if torch.is_grad_enabled() or traced() or hidden_states.numel() == 0:
             return False
         if self.attention.config._attn_implementation in (None, "eager"):
             return False
-        if self.training or any(getattr(nn.modules.module, name, None) for name in GLOBAL_FORWARD_HOOKS):
+        if self.training:
             return False
         activation = self._modules["mlp"]._modules.get("activation")
         # a walk over the submodules without named_modules' names and memo, through the modules' own dicts (no
@@ -475,7 +475,7 @@ class PaleBlock(GradientCheckpointingLayer):
         for module in pending:  # grows as it goes: breadth first
             if module is None:
                 continue
-            if module.training or module._forward_hooks or module._forward_pre_hooks:
+            if module.training or module._forward_hooks or module._forward_pre_hooks:  # calls_hooks without grad
                 return False
             if type(module) not in INFERENCE_FORWARD_TYPES and module is not activation:
                 return False

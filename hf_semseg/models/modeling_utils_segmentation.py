@@ -25,6 +25,7 @@ from .modeling_any_precision import AnyPrecisionMixin
 from .modeling_linear import (
     PLAIN_LINEAR_TYPES,
     OneDNNLinear,
+    calls_hooks,
     linear_backward,
     needs_gradient,
     onednn_runs,
@@ -157,8 +158,9 @@ class LayerNormLinearFunction(torch.autograd.Function):
 
 def recomputes_layer_norm(norm: nn.Module, linear: nn.Module, hidden_states: torch.Tensor) -> bool:
     """Whether :func:`layer_norm_linear` runs ``linear(norm(hidden_states))`` as :class:`LayerNormLinearFunction`:
-    a training step that builds a graph, a plain ``nn.LayerNorm`` (affine, over the last axis) and ``nn.Linear``, not
-    under autocast. Other layer types (quantised, adapted) run as they are."""
+    a training step that builds a graph, a plain ``nn.LayerNorm`` (affine, over the last axis) and ``nn.Linear``
+    without hooks (:func:`calls_hooks`), not under autocast. Other layer types (quantised, adapted), and hooked
+    layers, run as they are."""
     return (
         torch.is_grad_enabled()
         and norm.training
@@ -168,6 +170,7 @@ def recomputes_layer_norm(norm: nn.Module, linear: nn.Module, hidden_states: tor
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
         and not torch.is_autocast_enabled(hidden_states.device.type)
+        and not calls_hooks(norm, linear)
     )
 
 
@@ -207,7 +210,22 @@ class TransformerMLP(nn.Module):
             and torch.is_grad_enabled()
             and self.dropout.p == 0.0
             and type(self.fc2) in PLAIN_LINEAR_TYPES  # not a quantised or adapted layer with its own forward
+            and not calls_hooks(*self.fused_modules())
         )
+
+    def activates_in_place(self, hidden_states: torch.Tensor) -> bool:
+        """Whether the exact GELU overwrites ``fc1``'s output ``hidden_states`` (inference: a fresh map nothing else
+        holds; a second ``mlp_ratio * C`` map is a fresh allocation, and its page faults, per block: 12.6 MB in bf16
+        in Swin-T's first stage at 512), computed without calling the activation module (not where it has hooks)."""
+        if not self.exact_gelu or (torch.is_grad_enabled() and hidden_states.requires_grad):
+            return False
+        return not (isinstance(self.activation, nn.Module) and calls_hooks(self.activation))
+
+    def fused_modules(self) -> list[nn.Module]:
+        """The layers :class:`GeluLinearFunction` computes without calling them: the activation (where it is a
+        module), the dropout (both of its calls) and ``fc2``."""
+        modules = [self.dropout, self.fc2]
+        return [self.activation, *modules] if isinstance(self.activation, nn.Module) else modules
 
     def forward(self, hidden_states: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
         """``norm``: the block's LayerNorm before the MLP, applied here (:func:`layer_norm_linear` with ``fc1``)."""
@@ -217,11 +235,7 @@ class TransformerMLP(nn.Module):
             hidden_states = layer_norm_linear(norm, self.fc1, hidden_states)
         if self.recomputes_gelu():
             return GeluLinearFunction.apply(hidden_states, self.fc2.weight, self.fc2.bias)
-        activation = self.activation
-        if self.exact_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad):
-            # inference: the GELU overwrites fc1's output, a fresh map nothing else holds; a second mlp_ratio * C map
-            # is a fresh allocation (and its page faults) per block, 12.6 MB in bf16 in Swin-T's first stage at 512
-            activation = torch.ops.aten.gelu_
+        activation = torch.ops.aten.gelu_ if self.activates_in_place(hidden_states) else self.activation
         hidden_states = self.dropout(activation(hidden_states))
         return self.dropout(self.fc2(hidden_states))
 
@@ -321,8 +335,10 @@ def folds_attention_projections(*layers: nn.Module) -> bool:
     """Whether a single-head attention with these dense layers may run with :func:`folded_query_projection` and
     :func:`folded_output_projection`: inference (no graph: in training every weight keeps the gradient the original
     gives it, and no parameter goes unused under DDP) and plain dense layers (not quantised or adapted ones with
-    forwards of their own)."""
-    return not torch.is_grad_enabled() and all(type(layer) in PLAIN_LINEAR_TYPES for layer in layers)
+    forwards of their own) without hooks (:func:`calls_hooks`: folded, a layer is never called)."""
+    if torch.is_grad_enabled() or not all(type(layer) in PLAIN_LINEAR_TYPES for layer in layers):
+        return False
+    return not calls_hooks(*layers)
 
 
 def folded_query_projection(query_proj: nn.Linear, key_proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -352,14 +368,15 @@ def folded_output_projection(value_proj: nn.Linear, output_proj: nn.Linear) -> t
 
 def folds_into_previous_layer(norm: nn.Module) -> bool:
     """Whether a BatchNorm is a fixed per-channel affine map to fold into the layer before it: a plain
-    ``nn.BatchNorm2d`` in eval mode with running statistics, not under autocast (there the folded kernel, a new
-    tensor each call, is cast and reordered for oneDNN on every call: the VWFormer head ran 1.7x slower in bf16 on the
-    CPU, where folding saved 4% in fp32)."""
+    ``nn.BatchNorm2d`` in eval mode with running statistics, without hooks (:func:`calls_hooks`: folded, it is never
+    called), not under autocast (there the folded kernel, a new tensor each call, is cast and reordered for oneDNN on
+    every call: the VWFormer head ran 1.7x slower in bf16 on the CPU, where folding saved 4% in fp32)."""
     return (
         type(norm) is nn.BatchNorm2d
         and not norm.training
         and norm.running_mean is not None
         and not torch.is_autocast_enabled(norm.running_mean.device.type)
+        and not calls_hooks(norm)
     )
 
 
@@ -378,10 +395,10 @@ def batch_norm_scale_and_shift(
 
 def convolve_and_normalize(conv: nn.Module, norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """``norm(conv(hidden_states))`` (mmcv's ConvModule before its activation). At inference, with a plain
-    ``nn.Conv2d`` and a BatchNorm that :func:`folds_into_previous_layer`, one convolution whose kernel is scaled per
-    output channel and whose bias is the norm's shift: no pass over the map for the norm (the same values up to
-    float rounding). Quantised or adapted convolutions, and training, run the two layers."""
-    if type(conv) is nn.Conv2d and folds_into_previous_layer(norm):
+    ``nn.Conv2d`` without hooks and a BatchNorm that :func:`folds_into_previous_layer`, one convolution whose kernel is
+    scaled per output channel and whose bias is the norm's shift: no pass over the map for the norm (the same values
+    up to float rounding). Quantised, adapted or hooked convolutions, and training, run the two layers."""
+    if type(conv) is nn.Conv2d and folds_into_previous_layer(norm) and not calls_hooks(conv):
         scale, shift = batch_norm_scale_and_shift(norm, conv.bias)
         # (C_out,) -> (C_out, 1, 1, 1): each output channel's kernel scaled
         return conv._conv_forward(hidden_states, conv.weight * scale[:, None, None, None], shift)

@@ -52,7 +52,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from .modeling_deformable_attention import use_cpu_deformable_encoder
 from .modeling_fapn import SeMaskMSFaPNPixelDecoder
-from .modeling_linear import OneDNNLinear
+from .modeling_linear import OneDNNLinear, calls_hooks
 from .modeling_utils_segmentation import folds_attention_projections
 from .modeling_vwformer import (
     VWFormerConvModule,
@@ -292,8 +292,11 @@ class VWBlock(nn.Module):
         """Whether the attention branches' output projections fold into the fusion after them (each is a dense layer
         followed by the fusion's 1x1 kernel slice, nothing between: one dense layer ``K Wo``, and one token-order sum
         of the branches, 5.0 GMACs fewer at 640x640; a short-cut is a term of its own): at inference with plain
-        layers (:func:`folds_attention_projections`, :func:`convolution_splits_over_inputs`)."""
+        layers (:func:`folds_attention_projections`, :func:`convolution_splits_over_inputs`), and no hooks on the
+        attention branches (folded, a branch's call returns its tokens before the output projection, not its map)."""
         projections = [attention.output_proj for attention in self.attentions]
+        if calls_hooks(*self.attentions):
+            return False
         return folds_attention_projections(*projections) and convolution_splits_over_inputs(self.fuse.conv)
 
     def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vwformer import VWFormerConfig
-from .modeling_linear import OneDNNLinear, onednn_linear
+from .modeling_linear import OneDNNLinear, calls_hooks, onednn_linear
 from .modeling_pale import PaleBackbone
 from .modeling_sdn import sdn_neck
 from .modeling_semask_swin import SeMaskSwinBackbone
@@ -176,8 +176,8 @@ def context_windows(padded: torch.Tensor, ratio: int, num_windows: int, window_h
 def convolution_splits_over_inputs(conv: nn.Module) -> bool:
     """Whether the convolution of a channel concatenation may run as the sum of each part's convolution with its slice
     of the kernel: a plain 1x1 ``nn.Conv2d`` without bias (not a quantised or adapted layer with a forward of its
-    own)."""
-    return type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.bias is None
+    own) and without hooks (:func:`calls_hooks`: split, it is never called)."""
+    return type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.bias is None and not calls_hooks(conv)
 
 
 @dataclass
@@ -308,7 +308,8 @@ class VWFormerConvModule(nn.Module):
         self.activation = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def folds_batch_norm(self) -> bool:
-        """Whether the BatchNorm is folded into the convolution (as :func:`convolve_and_normalize` folds it)."""
+        """Whether the BatchNorm is folded into the kernel slices of :meth:`input_kernels` (as
+        :func:`convolve_and_normalize` folds it; those run only where the convolution has no hooks)."""
         return folds_into_previous_layer(self.batch_norm) and type(self.conv) is nn.Conv2d
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -324,8 +325,9 @@ class VWFormerConvModule(nn.Module):
 
     def splits_over_inputs(self) -> bool:
         """Whether the convolution of a channel concatenation may run as the sum of each part's convolution with its
-        slice of the kernel (:meth:`input_kernels`; :func:`convolution_splits_over_inputs`)."""
-        return convolution_splits_over_inputs(self.conv)
+        slice of the kernel (:meth:`input_kernels`; :func:`convolution_splits_over_inputs`), and this module is then
+        not called (:meth:`normalize` finishes it): not where it has hooks of its own."""
+        return convolution_splits_over_inputs(self.conv) and not calls_hooks(self)
 
     def input_kernels(self, channels: list[int]) -> tuple[torch.Tensor, ...]:
         """The kernel's slices ``(C_out, c_i, 1, 1)`` over concatenated inputs of ``channels`` channels (scaled by
