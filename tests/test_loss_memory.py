@@ -406,17 +406,18 @@ def test_hooked_layers_of_the_recomputing_functions_run_as_modules():
     expected_output, expected_gradients = output_and_gradients(fused_mlp, fused_norm)
     for layer_name in ("activation", "dropout", "fc2", "norm", "fc1"):
         mlp, norm = copy.deepcopy(fused_mlp), copy.deepcopy(fused_norm)
-        mlp.zero_grad(), norm.zero_grad()
+        mlp.zero_grad()
+        norm.zero_grad()
         layer = norm if layer_name == "norm" else getattr(mlp, layer_name)
         outputs, output_gradients = [], []
         layer.register_forward_hook(lambda module, args, output, seen=outputs: seen.append(output.detach().clone()))
         layer.register_full_backward_hook(
             lambda module, grad_in, grad_out, seen=output_gradients: seen.append(grad_out[0])
         )
-        fused = mlp.recomputes_gelu() if layer_name in ("activation", "dropout", "fc2") else None
-        if fused is None:
-            fused = recomputes_layer_norm(norm, mlp.fc1, hidden_states)
-        assert not fused, layer_name
+        if layer_name in ("activation", "dropout", "fc2"):
+            assert not mlp.recomputes_gelu(), layer_name
+        else:
+            assert not recomputes_layer_norm(norm, mlp.fc1, hidden_states), layer_name
         output, gradients = output_and_gradients(mlp, norm)
         calls = 2 if layer_name == "dropout" else 1  # after the activation and after fc2
         assert len(outputs) == len(output_gradients) == calls, layer_name

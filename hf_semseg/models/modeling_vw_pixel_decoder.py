@@ -294,9 +294,9 @@ class VWBlock(nn.Module):
         of the branches, 5.0 GMACs fewer at 640x640; a short-cut is a term of its own): at inference with plain
         layers (:func:`folds_attention_projections`, :func:`convolution_splits_over_inputs`), and no hooks on the
         attention branches (folded, a branch's call returns its tokens before the output projection, not its map)."""
-        projections = [attention.output_proj for attention in self.attentions]
         if calls_hooks(*self.attentions):
             return False
+        projections = [attention.output_proj for attention in self.attentions]
         return folds_attention_projections(*projections) and convolution_splits_over_inputs(self.fuse.conv)
 
     def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
