@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,8 +11,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# remote-code modules loaded by the tests are cached in a throw-away folder, not in the user's ~/.cache
-os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf_semseg_modules_"))
+# remote-code modules loaded by the tests are cached in a throw-away folder, not in the user's ~/.cache; the folder is
+# removed when the session ends (the fresh processes the tests start inherit it through the environment)
+if "HF_MODULES_CACHE" not in os.environ:
+    _MODULES_CACHE = tempfile.mkdtemp(prefix="hf_semseg_modules_")
+    os.environ["HF_MODULES_CACHE"] = _MODULES_CACHE
+    atexit.register(shutil.rmtree, _MODULES_CACHE, ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # reference data made by running the original implementations; it lives next to the repository (never inside it),

@@ -517,54 +517,75 @@ class SegmentationModelSuite:
             eager_logits = model(pixel_values).logits
         torch.testing.assert_close(eager_logits, sdpa_logits, atol=1e-4, rtol=1e-4)
 
-    @pytest.mark.parametrize("package", ["importable", "blocked"])
-    def test_reload_in_fresh_process_uses_only_saved_code(self, tmp_path, package):
+    #: the loads of :meth:`test_reload_in_fresh_process_uses_only_saved_code`, in this order, in one fresh process
+    RELOAD_PACKAGE_STATES = ("importable", "blocked")
+
+    def test_reload_in_fresh_process_uses_only_saved_code(self, tmp_path):
         """A saved folder loads with ``trust_remote_code=True`` from its own code alone: with hf_semseg importable
-        (installed) no ``hf_semseg`` module is imported, and with the package blocked it loads all the same; the
-        logits equal the in-process model's bit for bit, and the saved modules are the package's files unchanged."""
+        (installed) no ``hf_semseg`` module is imported, and with the package then blocked a second saved copy loads
+        all the same (its modules imported anew, under their own folder's name); the logits equal the in-process
+        model's bit for bit, and the saved modules are the package's files unchanged.
+
+        Both loads share one fresh process (its interpreter and torch start once): the first one proves that nothing
+        imported so far is hf_semseg's, so the second one runs as it would in a process of its own."""
+        states = self.RELOAD_PACKAGE_STATES
+        assert states and list(states) == sorted(states, key=["importable", "blocked"].index), states
         model = self.make_model()
         processor = self.get_image_processor()
-        model.save_pretrained(tmp_path / "model")
-        processor.save_pretrained(tmp_path / "model")
+        for state in states:  # one copy per load: each load imports the copy's own modules
+            model.save_pretrained(tmp_path / state)
+            processor.save_pretrained(tmp_path / state)
         pixel_values, _ = self.make_inputs()
         with torch.no_grad():
             expected = model(pixel_values).logits
         torch.save({"pixel_values": pixel_values, "logits": expected}, tmp_path / "io.pt")
-        block = 'sys.modules["hf_semseg"] = None' if package == "blocked" else "assert find_spec('hf_semseg')"
         script = textwrap.dedent(
             f"""
             import sys, json
             from importlib.util import find_spec
-            {block}
             import torch
             from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-            model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-            processor = AutoImageProcessor.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
             io = torch.load({str(tmp_path / "io.pt")!r})
-            with torch.no_grad():
-                logits = model(io["pixel_values"]).logits
-            print(json.dumps({{
-                "max_diff": (logits - io["logits"]).abs().max().item(),
-                "model_module": type(model).__module__,
-                "processor": type(processor).__name__,
-                "hf_semseg_modules": sorted(m for m, v in sys.modules.items() if m.startswith("hf_semseg") and v),
-            }}))
+            reports = {{}}
+            for state in {tuple(states)!r}:
+                if state == "blocked":
+                    sys.modules["hf_semseg"] = None
+                else:
+                    assert find_spec("hf_semseg"), "hf_semseg is not importable in the test's environment"
+                folder = {str(tmp_path)!r} + "/" + state
+                model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+                processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+                with torch.no_grad():
+                    logits = model(io["pixel_values"]).logits
+                reports[state] = {{
+                    "max_diff": (logits - io["logits"]).abs().max().item(),
+                    "model_module": type(model).__module__,
+                    "processor_module": type(processor).__module__,
+                    "processor": type(processor).__name__,
+                    "hf_semseg_modules": sorted(m for m, v in sys.modules.items() if m.startswith("hf_semseg") and v),
+                }}
+            print(json.dumps(reports))
             """
         )
         result = subprocess.run(
             [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        assert report["hf_semseg_modules"] == []
-        assert report["max_diff"] == 0.0
-        assert report["model_module"].startswith("transformers_modules.")
-        assert report["processor"] == type(processor).__name__
-        saved_files = {path.name for path in (tmp_path / "model").iterdir()}
-        assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= saved_files
+        reports = json.loads(result.stdout.strip().splitlines()[-1])
+        assert list(reports) == list(states)
+        for state, report in reports.items():
+            assert report["hf_semseg_modules"] == [], state
+            assert report["max_diff"] == 0.0, state
+            # the copy's own modules, imported under its folder's name (not the other copy's, already imported)
+            assert report["model_module"].startswith(f"transformers_modules.{state}."), report["model_module"]
+            assert report["processor_module"].startswith(f"transformers_modules.{state}."), report["processor_module"]
+            assert report["processor"] == type(processor).__name__, state
         model_folder = REPO_ROOT / "hf_semseg" / "models"
-        for module in (tmp_path / "model").glob("*.py"):  # copied as they are, nothing rewritten after the save
-            assert module.read_bytes() == (model_folder / module.name).read_bytes(), module.name
+        for state in states:
+            saved_files = {path.name for path in (tmp_path / state).iterdir()}
+            assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= saved_files
+            for module in (tmp_path / state).glob("*.py"):  # copied as they are, nothing rewritten after the save
+                assert module.read_bytes() == (model_folder / module.name).read_bytes(), module.name
         assert REPO_ROOT.name not in result.stderr  # nothing was imported from the repository
 
     def test_image_segmentation_pipeline(self):

@@ -350,10 +350,8 @@ class AnyPrecisionSuite:
         config.active_weight_bits = 4
         return config
 
-    @pytest.mark.parametrize("package", ["blocked"])
-    def test_reload_in_fresh_process_uses_only_saved_code(self, tmp_path, package):
-        # without hf-semseg: the stricter half; the family's own suite runs the other
-        super().test_reload_in_fresh_process_uses_only_saved_code(tmp_path, package)
+    #: without hf-semseg: the stricter half; the family's own suite runs the other
+    RELOAD_PACKAGE_STATES = ("blocked",)
 
     def test_eager_attention_matches_sdpa(self):
         pytest.skip("the attention implementation is independent of the weights: the family's own suite checks it")

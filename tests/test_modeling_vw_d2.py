@@ -578,13 +578,11 @@ class VWSuite(SegmentationModelSuite):
         with torch.no_grad():
             bias.copy_(0.1 * torch.randn(bias.shape, generator=generator))
 
-    @pytest.mark.parametrize("package", ["importable"])
-    def test_reload_in_fresh_process_uses_only_saved_code(self, tmp_path, package):
-        """With hf_semseg importable only (no hf_semseg module imported, the logits bit for bit, the saved modules
-        unchanged). The load with the package blocked runs for all three VW heads (plain and deformable
-        VW-Mask2Former, VW-MaskFormer: model and processor) in ``test_convert_vwformer_d2.py``'s fresh process,
-        against the original's outputs."""
-        super().test_reload_in_fresh_process_uses_only_saved_code(tmp_path, package)
+    #: with hf_semseg importable only (no hf_semseg module imported, the logits bit for bit, the saved modules
+    #: unchanged). The load with the package blocked runs for all three VW heads (plain and deformable
+    #: VW-Mask2Former, VW-MaskFormer: model and processor) in ``test_convert_vwformer_d2.py``'s fresh process, against
+    #: the original's outputs.
+    RELOAD_PACKAGE_STATES = ("importable",)
 
 
 class TestVWMask2FormerDeformable(VWSuite):

@@ -137,7 +137,9 @@ def run(script, output_dir, *args, processes: int = 1, config=None, expect_rc: i
         command = launcher + [str(script), "--use_cpu"]
     command += ["--output_dir", str(output_dir), *COMMON, *args]
     command += ["--config_overrides", json.dumps(config if config is not None else TINY)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=ONE_THREAD)
+    # the launcher's own temporary files (torch elastic's log folders) go to the test's folder, not to /tmp
+    environment = {**ONE_THREAD, "TMPDIR": str(Path(output_dir).parent)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=environment)
     output = result.stdout + result.stderr
     assert result.returncode == expect_rc, output[-4000:]
     return output
