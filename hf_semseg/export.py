@@ -22,8 +22,8 @@ does not reproduce it (a model whose code fixes sizes in the traced graph, see t
 import argparse
 import json
 import os
+import secrets
 import sys
-import tempfile
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -447,9 +447,11 @@ def check_output(output: Path) -> None:
 
 
 def _temporary_path(destination: Path) -> Path:
-    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    os.close(handle)
-    return Path(name)
+    """A new empty file next to ``destination``, made as a plain new file is (mode 0o666 less the umask), so that the
+    file renamed into place is readable as any other the user writes (``mkstemp`` would make it private, 0o600)."""
+    path = destination.parent / f".{destination.name}.{secrets.token_hex(8)}.tmp"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return path
 
 
 def export_folder(

@@ -379,3 +379,25 @@ def test_failed_export_leaves_nothing(saved_folder, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="the exporter failed"):
         export.export_folder(folder, "onnx", tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask_022", "umask_077"])
+def test_written_files_have_the_permissions_of_any_new_file(saved_folder, tmp_path, monkeypatch, umask):
+    """The export and its side files are made under temporary names and renamed into place: they end with the mode
+    a plain new file gets (0o666 less the umask), not a temporary file's private 0o600."""
+    folder, _ = saved_folder
+
+    def fake_export(model, path, batch_size):
+        path.write_bytes(b"an exported graph")
+
+    monkeypatch.setitem(export.EXPORTERS, "onnx", fake_export)
+    monkeypatch.setattr(export, "verify_export", lambda *arguments: True)
+    previous = os.umask(umask)
+    try:
+        written = export.export_folder(folder, "onnx", tmp_path / "m.onnx")
+    finally:
+        os.umask(previous)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in written)
+    assert len(written) == 3
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, f"{path.name}: {oct(path.stat().st_mode & 0o777)}"
