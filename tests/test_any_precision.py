@@ -350,9 +350,6 @@ class AnyPrecisionSuite:
         config.active_weight_bits = 4
         return config
 
-    #: without hf-semseg: the stricter half; the family's own suite runs the other
-    RELOAD_PACKAGE_STATES = ("blocked",)
-
     def test_eager_attention_matches_sdpa(self):
         pytest.skip("the attention implementation is independent of the weights: the family's own suite checks it")
 

@@ -578,12 +578,6 @@ class VWSuite(SegmentationModelSuite):
         with torch.no_grad():
             bias.copy_(0.1 * torch.randn(bias.shape, generator=generator))
 
-    #: with hf_semseg importable only (no hf_semseg module imported, the logits bit for bit, the saved modules
-    #: unchanged). The load with the package blocked runs for all three VW heads (plain and deformable
-    #: VW-Mask2Former, VW-MaskFormer: model and processor) in ``test_convert_vwformer_d2.py``'s fresh process, against
-    #: the original's outputs.
-    RELOAD_PACKAGE_STATES = ("importable",)
-
 
 class TestVWMask2FormerDeformable(VWSuite):
     """VW-Mask2Former with the deformable-attention pixel decoder (the plain VW decoder runs transformers' common
