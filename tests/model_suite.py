@@ -543,7 +543,7 @@ class SegmentationModelSuite:
             from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
             io = torch.load({str(tmp_path / "io.pt")!r})
             reports = {{}}
-            for state in {tuple(states)!r}:
+            for state in {states!r}:
                 if state == "blocked":
                     sys.modules["hf_semseg"] = None
                 else:
