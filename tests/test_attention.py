@@ -1,6 +1,7 @@
 """The attention function the models pick (``attention_function`` in ``modeling_utils_segmentation``): the configured
-implementation, with ``cpu_bfloat16_attention`` standing in for SDPA at CPU inference in bfloat16 (Pale-T, SeMask's
-Swin windows and the VW attention), and nowhere else."""
+implementation, with ``cpu_bfloat16_attention`` standing in for SDPA at CPU inference in bfloat16 on CPUs without AMX
+(Pale-T, SeMask's Swin windows and the VW attention), and nowhere else. The tests that check the stand-in's calls set
+the CPU check (``cpu_has_amx_tiles``) as they need it, so they run the same on every CPU."""
 
 import pytest
 import torch
@@ -141,7 +142,13 @@ def test_default_scaling_is_the_inverse_square_root_of_the_head_size():
     assert torch.equal(default, explicit)
 
 
-def test_function_choice():
+@pytest.fixture
+def cpu_without_amx(monkeypatch):
+    """The CPU check reads "no AMX": :func:`cpu_bfloat16_attention` stands in for SDPA in bfloat16 at inference."""
+    monkeypatch.setattr(modeling_utils_segmentation, "cpu_has_amx_tiles", lambda: False)
+
+
+def test_function_choice(cpu_without_amx):
     """SDPA in bfloat16 on the CPU at inference: the bfloat16 products; with a gradient to keep, in float32, traced,
     or another implementation: the configured function (Swin's eager one where unset)."""
     query, key, value = bfloat16_operands()
@@ -160,6 +167,31 @@ def test_function_choice():
         assert attention_function(sdpa, query, key, value) is sdpa_attention_forward
 
 
+def test_a_cpu_with_amx_keeps_sdpa(monkeypatch):
+    """On a CPU with AMX torch's SDPA kernel is the faster bfloat16 attention (benchmarks/README.md): the configured
+    SDPA runs there, also in bfloat16 at inference; without AMX the stand-in does."""
+    query, key, value = bfloat16_operands()
+    sdpa = Config("sdpa")
+    with torch.no_grad():
+        for has_amx, expected in ((True, sdpa_attention_forward), (False, cpu_bfloat16_attention)):
+            monkeypatch.setattr(modeling_utils_segmentation, "cpu_has_amx_tiles", lambda: has_amx)
+            assert attention_function(sdpa, query, key, value) is expected
+
+
+def test_the_amx_check_reads_torchs_cpu_feature_check(monkeypatch):
+    """``cpu_has_amx_tiles`` is torch's own CPU feature check, read once, and False where torch has none."""
+    check = modeling_utils_segmentation.cpu_has_amx_tiles
+    for supported, expected in ((lambda: True, True), (lambda: False, False), (None, False)):
+        check.cache_clear()
+        if supported is None:
+            monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", supported, raising=False)
+        assert check() is expected
+    monkeypatch.undo()
+    check.cache_clear()
+
+
 def forwards_with_and_without_bfloat16_products(monkeypatch, model_class, config):
     """A seeded tiny ``model_class(config)`` with SDPA on a 36 x 44 input, under CPU bfloat16 autocast: the calls of
     :func:`cpu_bfloat16_attention` (``(query shape, mask shape or None)`` each) and the last hidden state, then the
@@ -176,6 +208,7 @@ def forwards_with_and_without_bfloat16_products(monkeypatch, model_class, config
         return cpu_bfloat16_attention(*args, **kwargs)
 
     monkeypatch.setattr(modeling_utils_segmentation, "cpu_bfloat16_attention", counting)
+    monkeypatch.setattr(modeling_utils_segmentation, "cpu_has_amx_tiles", lambda: False)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(pixel_values).last_hidden_state
         products_calls = list(calls)

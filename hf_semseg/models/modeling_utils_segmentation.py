@@ -6,6 +6,7 @@ folder import it as a sibling, and ``save_pretrained`` copies it next to them. R
 ``return_dict=False`` is transformers' own ``can_return_tuple``.
 """
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import SimpleNamespace
@@ -243,7 +244,7 @@ class TransformerMLP(nn.Module):
 def attention_function(config, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Callable:
     """The attention function of ``config._attn_implementation`` (transformers' ``ALL_ATTENTION_FUNCTIONS``; Swin's
     eager function for ``"eager"`` and for a module built outside a model, where it is unset), with one substitute:
-    SDPA at CPU inference in bfloat16 runs as :func:`cpu_bfloat16_attention`."""
+    SDPA at CPU inference in bfloat16 runs as :func:`cpu_bfloat16_attention` on CPUs without AMX."""
     implementation = config._attn_implementation
     if implementation in (None, "eager"):
         return eager_attention_forward
@@ -254,11 +255,26 @@ def attention_function(config, query: torch.Tensor, key: torch.Tensor, value: to
 
 def runs_cpu_bfloat16_attention(*tensors: torch.Tensor) -> bool:
     """Whether :func:`cpu_bfloat16_attention` stands in for SDPA on ``tensors``: bfloat16 on the CPU (an autocast
-    forward's projections), inference (no operand needs a gradient: it keeps no graph of its own), and not traced
-    (compiled and exported graphs keep SDPA)."""
+    forward's projections), inference (no operand needs a gradient: it keeps no graph of its own), not traced
+    (compiled and exported graphs keep SDPA), and a CPU without AMX (:func:`cpu_has_amx_tiles`)."""
     if needs_gradient(*tensors):
         return False
-    return onednn_runs(*tensors, dtypes=(torch.bfloat16,))
+    return onednn_runs(*tensors, dtypes=(torch.bfloat16,)) and not cpu_has_amx_tiles()
+
+
+@functools.cache
+def cpu_has_amx_tiles() -> bool:
+    """Whether this CPU has Intel's AMX tile units (Xeon from Sapphire Rapids on), as torch's CPU feature check reads
+    it (False where this torch has no such check). There torch's own CPU SDPA kernel is the faster bfloat16
+    attention, and :func:`cpu_bfloat16_attention` does not stand in for it.
+
+    Measured on 2 threads, bfloat16 autocast (benchmarks/README.md, "The bfloat16 attention on two CPUs"): on an
+    Intel Xeon with AMX, SDPA took Pale-T's first-stage groups ``(38, 1, 896, 32)`` in 8.1 against 13.9 ms, and the
+    whole forwards at 512 x 512 ran 0.84 (Pale-T optimised), 0.81 (SeMask-T's backbone, optimised) and 0.90 (the
+    VWFormer head at 640) of their times with the stand-in; on the AMD EPYC (no AMX) the stand-in was written on,
+    SDPA took 15.6 against 7.9 ms on Pale-T's groups. Read once per process: the CPU does not change."""
+    is_supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(is_supported is not None and is_supported())
 
 
 #: the most attention scores :func:`cpu_bfloat16_attention` computes at once (8 MiB in bfloat16): each chunk's
@@ -281,10 +297,12 @@ def cpu_bfloat16_attention(
     signature of transformers' attention functions: ``(B, heads, L, d)`` queries, ``(B, heads, S, d)`` keys and
     values, an additive mask broadcastable to ``(B, heads, L, S)``; returns ``(B, L, heads, d)`` and no weights.
 
-    Why: torch's CPU SDPA kernel takes as long in bfloat16 as in float32 (its softmax and block bookkeeping dominate
-    at head size 32-64), while bfloat16 matrix products run at several times the float32 rate. Measured on 2 threads:
-    Pale-T's first-stage groups ``(19, 1, 896, 32)`` 7.9 against 15.6 ms, VW-MaskFormer's windows ``(64, 8, 100, 64)``
-    8.9 against 16.5 ms. The scores are bfloat16, as those of transformers' eager attention under autocast (the
+    Why: on a CPU without AMX torch's CPU SDPA kernel takes as long in bfloat16 as in float32 (its softmax and block
+    bookkeeping dominate at head size 32-64), while bfloat16 matrix products run at several times the float32 rate.
+    Measured on 2 threads of an AMD EPYC: Pale-T's first-stage groups ``(19, 1, 896, 32)`` 7.9 against 15.6 ms,
+    VW-MaskFormer's windows ``(64, 8, 100, 64)`` 8.9 against 16.5 ms. With AMX SDPA is the faster one (6.6 against
+    4.0 ms on those groups; the windows 4.4 against 5.6 ms, but every model's forward ran faster with SDPA): there it
+    does not stand in (:func:`runs_cpu_bfloat16_attention`). The scores are bfloat16, as those of transformers' eager attention under autocast (the
     softmax itself computes in float32 and overwrites its input: no second score map). Large calls run in chunks of
     at most :data:`SCORES_PER_CHUNK` scores, over the batch and heads and, where one head's scores exceed it, over the
     queries: every score row is the same product and softmax, so the values are the same."""
