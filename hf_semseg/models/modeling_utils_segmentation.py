@@ -268,7 +268,7 @@ def cpu_has_amx_tiles() -> bool:
     it (False where this torch has no such check). There torch's own CPU SDPA kernel is the faster bfloat16
     attention, and :func:`cpu_bfloat16_attention` does not stand in for it.
 
-    Measured on 2 threads, bfloat16 autocast (benchmarks/README.md, "The bfloat16 attention on two CPUs"): on an
+    Measured on 2 threads, bfloat16 autocast (benchmarks/README.md, "On an Intel Xeon with AMX"): on an
     Intel Xeon with AMX, SDPA took Pale-T's first-stage groups ``(38, 1, 896, 32)`` in 8.1 against 13.9 ms, and the
     whole forwards at 512 x 512 ran 0.84 (Pale-T optimised), 0.81 (SeMask-T's backbone, optimised) and 0.90 (the
     VWFormer head at 640) of their times with the stand-in; on the AMD EPYC (no AMX) the stand-in was written on,
