@@ -181,15 +181,17 @@ def test_a_cpu_with_amx_keeps_sdpa(monkeypatch):
 def test_the_amx_check_reads_torchs_cpu_feature_check(monkeypatch):
     """``cpu_has_amx_tiles`` is torch's own CPU feature check, read once, and False where torch has none."""
     check = modeling_utils_segmentation.cpu_has_amx_tiles
-    for supported, expected in ((lambda: True, True), (lambda: False, False), (None, False)):
+    try:
+        for supported, expected in ((lambda: True, True), (lambda: False, False), (None, False)):
+            check.cache_clear()
+            if supported is None:
+                monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+            else:
+                monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", supported, raising=False)
+            assert check() is expected
+    finally:  # the next tests read this CPU's own answer, also after a failure here
+        monkeypatch.undo()
         check.cache_clear()
-        if supported is None:
-            monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-        else:
-            monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", supported, raising=False)
-        assert check() is expected
-    monkeypatch.undo()
-    check.cache_clear()
 
 
 def forwards_with_and_without_bfloat16_products(monkeypatch, model_class, config):

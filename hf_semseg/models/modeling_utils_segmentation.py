@@ -300,10 +300,11 @@ def cpu_bfloat16_attention(
     Why: on a CPU without AMX torch's CPU SDPA kernel takes as long in bfloat16 as in float32 (its softmax and block
     bookkeeping dominate at head size 32-64), while bfloat16 matrix products run at several times the float32 rate.
     Measured on 2 threads of an AMD EPYC: Pale-T's first-stage groups ``(19, 1, 896, 32)`` 7.9 against 15.6 ms,
-    VW-MaskFormer's windows ``(64, 8, 100, 64)`` 8.9 against 16.5 ms. With AMX SDPA is the faster one (6.6 against
-    4.0 ms on those groups; the windows 4.4 against 5.6 ms, but every model's forward ran faster with SDPA): there it
-    does not stand in (:func:`runs_cpu_bfloat16_attention`). The scores are bfloat16, as those of transformers' eager attention under autocast (the
-    softmax itself computes in float32 and overwrites its input: no second score map). Large calls run in chunks of
+    VW-MaskFormer's windows ``(64, 8, 100, 64)`` 8.9 against 16.5 ms. With AMX, SDPA is the faster one (4.0 against
+    6.6 ms on those groups; the windows are the exception, 5.6 against 4.4 ms, but every model's forward ran faster
+    with SDPA): there this function does not stand in (:func:`runs_cpu_bfloat16_attention`). The scores are
+    bfloat16, as those of transformers' eager attention under autocast (the softmax itself computes in float32 and
+    overwrites its input: no second score map). Large calls run in chunks of
     at most :data:`SCORES_PER_CHUNK` scores, over the batch and heads and, where one head's scores exceed it, over the
     queries: every score row is the same product and softmax, so the values are the same."""
     batch_size, num_heads, length, head_dim = query.shape
