@@ -182,6 +182,20 @@ def time_iterations(step: Step, warmup: int, repeats: int, synchronize: Step = n
     return times
 
 
+def balanced_orders(count: int) -> list[list[int]]:
+    """Orders of ``count`` steps for successive rounds in which every step comes right after every other step
+    equally often (a Williams design): ``count`` orders for an even ``count``, each ordered pair adjacent once;
+    those and their reversals for an odd one, each pair adjacent twice. Row ``i`` is ``(a_j + i) mod count`` with
+    ``a = 0, 1, count - 1, 2, count - 2, ...``."""
+    if count < 2:
+        return [list(range(count))]
+    sequence = [0]
+    for k in range(1, count):
+        sequence.append((k + 1) // 2 if k % 2 else count - k // 2)
+    orders = [[(step + row) % count for step in sequence] for row in range(count)]
+    return orders if count % 2 == 0 else orders + [order[::-1] for order in orders]
+
+
 def time_round_robin(
     steps: Mapping[str, Step],
     warmup: int,
@@ -192,9 +206,14 @@ def time_round_robin(
     """Time several steps in ONE process, round-robin: each round runs every step once, so load changes on a shared
     machine hit all of them alike (one model after another drifted by +-15% on a shared machine).
 
-    ``warmup`` untimed rounds, then ``repeats`` timed ones, the device synchronized around each timed call. A step
-    raising one of ``skipped_errors`` during the warm-up is dropped. Returns ``({name: [seconds per timed round]},
-    {name: error message of a dropped step})``.
+    The timed rounds take their orders in turn from :func:`balanced_orders`, so that no step is always timed right
+    after the same one: a step leaves the caches, the allocator and the processor in a state of its own (right after
+    the 2048^2 float32 matmul of the CPU scripts, Swin-T at 224 took 61.5 against 58.5 ms after Pale-T, and Pale-T
+    75.5 against 73.1 ms after Pale-T optimised, on the Xeon of benchmarks/README.md), and in one fixed order that
+    cost fell on the same model in every round. ``warmup`` untimed rounds in the steps' order, then ``repeats`` timed
+    ones, the device synchronized around each timed call. A step raising one of ``skipped_errors`` during the
+    warm-up is dropped. Returns ``({name: [seconds per timed round]}, {name: error message of a dropped step})``,
+    the times in round order.
     """
     steps = dict(steps)
     errors = {}
@@ -206,8 +225,11 @@ def time_round_robin(
                 errors[name] = str(error)
                 del steps[name]
     times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    names = list(steps)
+    orders = balanced_orders(len(names))
+    for repeat in range(repeats):
+        for position in orders[repeat % len(orders)]:
+            name, step = names[position], steps[names[position]]
             synchronize()
             start = time.perf_counter()
             step()
@@ -383,13 +405,33 @@ def _cpu_sdpa_backward_flops(grad_output, query, key, value, *args, out_shape=No
     return sdpa_backward_flop_count(grad_output, query, key, value)
 
 
-def _onednn_linear_flops(inputs_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    # FlopCounterMode passes shapes: (..., C_in) tokens times the (C_out, C_in) weight, 2 FLOPs per multiply-add
+def _onednn_weight_shape(args: tuple, default_count: int, binary_count: int):
+    """The weight's shape among the arguments after the input of a oneDNN pointwise operator, which FlopCounterMode
+    gives as shapes and by packet (every overload calls one formula): ``.default`` (weight, bias, ...: the weight
+    first) or ``.binary`` (other, weight, bias, ...: the added map first, in a post-op that counts no products); the
+    overloads are told apart by their number of arguments (``default_count`` / ``binary_count`` after the input)."""
+    if len(args) == default_count:
+        return args[0]
+    if len(args) == binary_count:
+        return args[1]
+    raise ValueError(
+        f"a oneDNN pointwise operator with {len(args) + 1} arguments; expected "
+        f"{default_count + 1} (.default) or {binary_count + 1} (.binary)"
+    )
+
+
+def _onednn_linear_flops(inputs_shape, *args, out_shape=None, **kwargs) -> int:
+    # (..., C_in) tokens times the (C_out, C_in) weight, 2 FLOPs per multiply-add; mkldnn::_linear_pointwise.default:
+    # (X, W, B, attr, scalars, algorithm), .binary: (X, other, W, B, attr)
+    weight_shape = _onednn_weight_shape(args, 5, 4)
     return 2 * inputs_shape.numel() * weight_shape[0]
 
 
-def _onednn_convolution_flops(inputs_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    # each output element: C_in / groups x kh x kw multiply-adds (the weight's trailing sizes), 2 FLOPs each
+def _onednn_convolution_flops(inputs_shape, *args, out_shape=None, **kwargs) -> int:
+    # each output element: C_in / groups x kh x kw multiply-adds (the weight's trailing sizes), 2 FLOPs each;
+    # mkldnn::_convolution_pointwise.default: (X, W, B, padding, stride, dilation, groups, attr, scalars, algorithm),
+    # .binary: (X, other, W, B, padding, stride, dilation, groups, binary_attr, alpha, unary_attr, scalars, algorithm)
+    weight_shape = _onednn_weight_shape(args, 9, 12)
     return 2 * out_shape.numel() * weight_shape[1:].numel()
 
 

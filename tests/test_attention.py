@@ -174,7 +174,7 @@ def test_a_cpu_with_amx_keeps_sdpa(monkeypatch):
     sdpa = Config("sdpa")
     with torch.no_grad():
         for has_amx, expected in ((True, sdpa_attention_forward), (False, cpu_bfloat16_attention)):
-            monkeypatch.setattr(modeling_utils_segmentation, "cpu_has_amx_tiles", lambda: has_amx)
+            monkeypatch.setattr(modeling_utils_segmentation, "cpu_has_amx_tiles", lambda has_amx=has_amx: has_amx)
             assert attention_function(sdpa, query, key, value) is expected
 
 

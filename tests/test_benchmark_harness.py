@@ -164,3 +164,46 @@ def test_the_optimized_twin_is_pale_optimized_for_inference_with_the_same_gmacs(
     with torch.no_grad(), counter:
         convolution(torch.randn(1, 5, 5, 8).permute(0, 3, 1, 2))
     assert counter.get_total_flops() == 2 * 9 * 8 * 5 * 5
+
+
+def test_products_with_a_residual_post_op_count_their_products_only():
+    """The optimised blocks' residual additions run as oneDNN post-ops (the ``.binary`` overloads, the added map
+    before the weight): counted as the products alone, from the weight's shape, not the added map's."""
+    from hf_semseg.models.modeling_linear import PackedInferenceConvolution, PackedInferenceLinear
+
+    convolution = PackedInferenceConvolution(torch.randn(8, 1, 3, 3), torch.randn(8), 8, torch.float32)
+    channels_first = torch.randn(1, 5, 5, 8).permute(0, 3, 1, 2)
+    dense = PackedInferenceLinear(torch.randn(16, 8), torch.randn(16), torch.float32)
+    counter = harness.flop_counter()
+    with torch.no_grad(), counter:
+        convolution(channels_first, residual=channels_first)
+        dense(torch.randn(2, 5, 8), residual=torch.randn(2, 5, 16))
+    assert counter.get_total_flops() == 2 * 9 * 8 * 5 * 5 + 2 * (2 * 5) * 8 * 16
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5])
+def test_balanced_orders_put_every_step_right_after_every_other_equally_often(count):
+    """A Williams design: every order a permutation; every ordered pair of different steps adjacent in the same
+    number of orders (once for an even count over ``count`` orders, twice for an odd one over ``2 * count``)."""
+    orders = harness.balanced_orders(count)
+    assert len(orders) == (count if count % 2 == 0 else 2 * count)
+    adjacent = {}
+    for order in orders:
+        assert sorted(order) == list(range(count))
+        for before, after in zip(order, order[1:]):
+            adjacent[before, after] = adjacent.get((before, after), 0) + 1
+    assert set(adjacent) == {(a, b) for a in range(count) for b in range(count) if a != b}
+    assert set(adjacent.values()) == {1 if count % 2 == 0 else 2}
+    assert harness.balanced_orders(4)[0] == [0, 1, 3, 2]  # a = 0, 1, n - 1, 2 (worked out by hand)
+
+
+def test_round_robin_rounds_take_the_balanced_orders_in_turn():
+    """``time_round_robin``: the warm-up rounds in the steps' order, then each timed round in the next balanced
+    order; every step timed once per round, its times in round order."""
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times, errors = harness.time_round_robin(steps, warmup=1, repeats=3, synchronize=lambda: None)
+    orders = harness.balanced_orders(3)
+    expected = list("abc") + ["abc"[i] for order in orders[:3] for i in order]
+    assert calls == expected and errors == {}
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}

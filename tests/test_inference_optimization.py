@@ -78,20 +78,23 @@ def output_tensors(output) -> list[torch.Tensor]:
 @pytest.mark.parametrize("build", FAMILIES, ids=lambda build: build.__name__)
 def test_optimized_models_compute_their_outputs(build, autocast, monkeypatch):
     """Every family after ``optimize_for_inference()`` (Pale's BatchNorms not folded): every output equals the
-    unoptimised model's (float32 within 1e-5, bfloat16 within 1e-2 of the largest value: the same products; bit for
-    bit in our checks), and the dense layers that ran oneDNN's product ran it on their prepared weights, each
-    packed once over two forwards."""
+    unoptimised model's in float32 (within 1e-5 of the largest value: the same products, bit for bit in our checks)
+    and under bfloat16 autocast is as close to the float64 model as the unoptimised one (within 1.5x its error: Pale's
+    GELU runs as ``fc1``'s post-op, rounded once), and the dense layers that ran oneDNN's product ran it on their
+    prepared weights, each packed once over two forwards."""
     torch.manual_seed(0)
     model = build().eval()
     pixel_values = torch.randn(1, 3, 64, 64)
     packs = []
     real_pack = modeling_linear.PackedInferenceLinear.__init__
 
-    def counting_pack(self, weight, bias, dtype):
+    def counting_pack(self, weight, bias, dtype, **options):
         packs.append(weight)
-        real_pack(self, weight, bias, dtype)
+        real_pack(self, weight, bias, dtype, **options)
 
     monkeypatch.setattr(modeling_linear.PackedInferenceLinear, "__init__", counting_pack)
+    with torch.no_grad():
+        reference = output_tensors(copy.deepcopy(model).double()(pixel_values.double()))
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         expected = output_tensors(model(pixel_values))
         assert not packs
@@ -104,11 +107,16 @@ def test_optimized_models_compute_their_outputs(build, autocast, monkeypatch):
         again = output_tensors(model(pixel_values))
     assert packed_once > 0 and len(packs) == packed_once  # the second forward packs nothing
     assert len({id(weight) for weight in packs}) == packed_once
-    for ours, theirs, repeated in zip(optimized, expected, again, strict=True):
+    for ours, theirs, repeated, exact in zip(optimized, expected, again, reference, strict=True):
         torch.testing.assert_close(repeated, ours, atol=0, rtol=0)
         scale = theirs.abs().max().item() if theirs.numel() else 1.0
-        tolerance = dict(rtol=1e-5, atol=1e-5 * scale) if not autocast else dict(rtol=0, atol=1e-2 * scale)
-        torch.testing.assert_close(ours, theirs, **tolerance)
+        if not autocast:
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * scale)
+        elif theirs.numel():
+            # bfloat16: as close to the float64 model as the unoptimised one (within 1.5x its error)
+            unoptimised_error = (theirs.double() - exact).abs().max().item()
+            assert unoptimised_error > 0  # bfloat16 rounding shows
+            assert (ours.double() - exact).abs().max().item() <= 1.5 * unoptimised_error
 
 
 def test_a_dense_layer_packs_once_and_again_after_a_change():

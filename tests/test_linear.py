@@ -320,6 +320,69 @@ def test_a_packed_convolution_with_its_relu_by_hand(dtype):
     assert output.dtype == dtype and output.tolist() == [[[[0.0, 0.0], [21.0, 60.0]]]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_packed_products_post_ops_by_hand(dtype):
+    """``PackedInferenceLinear`` and ``PackedInferenceConvolution`` with a residual added in the kernel and
+    ``PackedInferenceLinear`` with the exact GELU as its post-op, on numbers worked out by hand (exact in bfloat16:
+    small integers; GELU(0) = 0, GELU(1) = 0.8413447, GELU(-1) = -0.1586553, Phi(x) x); the residual is only read."""
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bfloat16 kernels for this CPU")
+    weight, bias = torch.tensor([[1.0, 2.0], [3.0, -1.0]]), torch.tensor([1.0, -2.0])
+    tokens = torch.tensor([[2.0, 1.0], [0.0, 4.0]])  # products + bias: [[5, 3], [9, -6]]
+    residual = torch.tensor([[10.0, 20.0], [30.0, 40.0]], dtype=dtype)
+    kept = residual.clone()
+    with torch.no_grad():
+        added = PackedInferenceLinear(weight, bias, dtype)(tokens, residual=residual)
+        activated = PackedInferenceLinear(torch.eye(2), None, dtype, exact_gelu=True)(torch.tensor([[0.0, 1.0]]))
+        activated_negative = PackedInferenceLinear(torch.eye(2), None, dtype, exact_gelu=True)(-torch.ones(1, 2))
+    assert added.dtype == dtype and added.tolist() == [[15.0, 23.0], [39.0, 34.0]]
+    assert torch.equal(residual, kept) and added.data_ptr() != residual.data_ptr()
+    tolerance = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 2**-8, "atol": 0.0}
+    torch.testing.assert_close(activated.float(), torch.tensor([[0.0, 0.8413447]]), **tolerance)
+    torch.testing.assert_close(activated_negative.float(), torch.full((1, 2), -0.1586553), **tolerance)
+    # a 3 x 3 kernel of ones over a 3 x 3 map of ones, "same" padding: 4 / 6 / 9 neighbours, plus 10 * (i + 1)
+    convolution = PackedInferenceConvolution(torch.ones(1, 1, 3, 3), None, 1, dtype)
+    map_residual = (10.0 * torch.arange(1.0, 10.0)).view(1, 1, 3, 3).to(dtype)
+    with torch.no_grad():
+        output = convolution(torch.ones(1, 1, 3, 3, dtype=dtype), residual=map_residual)
+    assert output.tolist() == [[[[14.0, 26.0, 34.0], [46.0, 59.0, 66.0], [74.0, 86.0, 94.0]]]]
+
+
+def test_the_post_ops_equal_the_separate_kernels_in_float32():
+    """On random operands, the residual post-ops equal ``residual + product`` and the GELU post-op ``gelu`` of the
+    product, float32 at float32's own rounding (bit for bit in our checks; not promised)."""
+    torch.manual_seed(0)
+    weight, bias, tokens = torch.randn(24, 40), torch.randn(24), torch.randn(2, 5, 7, 40)
+    residual = torch.randn(2, 5, 7, 24)
+    with torch.no_grad():
+        product = F.linear(tokens, weight, bias)
+        added = PackedInferenceLinear(weight, bias, torch.float32)(tokens, residual=residual)
+        activated = PackedInferenceLinear(weight, bias, torch.float32, exact_gelu=True)(tokens)
+        kernel = torch.randn(40, 1, 3, 3)
+        channels_first = torch.randn(2, 9, 11, 40).permute(0, 3, 1, 2)
+        convolution = PackedInferenceConvolution(kernel, bias.repeat(2)[:40], 40, torch.float32)
+        map_added = convolution(channels_first, residual=channels_first)
+        map_expected = channels_first + F.conv2d(channels_first, kernel, bias.repeat(2)[:40], padding=1, groups=40)
+    torch.testing.assert_close(added, residual + product)
+    torch.testing.assert_close(activated, F.gelu(product))
+    torch.testing.assert_close(map_added, map_expected)
+
+
+def test_a_residual_of_another_dtype_or_after_an_activation_is_refused():
+    """The residual post-op adds a map in the product's dtype to the bare product: a float32 residual on a bfloat16
+    product, or a residual on a product with an activation post-op, are refused, naming both."""
+    weight = torch.randn(4, 3)
+    tokens, residual = torch.randn(2, 3), torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"residual of dtype torch.float64 .* torch.float32 product"):
+        PackedInferenceLinear(weight, None, torch.float32)(tokens, residual=residual.double())
+    with pytest.raises(ValueError, match=r"post-op 'gelu'"):
+        PackedInferenceLinear(weight, None, torch.float32, exact_gelu=True)(tokens, residual=residual)
+    convolution = PackedInferenceConvolution(torch.ones(2, 1, 3, 3), None, 2, torch.float32, activation="relu")
+    channels_first = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"post-op 'relu'"):
+        convolution(channels_first, residual=channels_first)
+
+
 def test_calls_hooks_counts_the_modules_own_hooks():
     """``calls_hooks``: a forward hook or pre-hook of any of the modules, always; a backward hook or pre-hook only
     with grad mode on (under ``no_grad`` a call sets none up); global hooks (torch's module trackers) never."""

@@ -495,6 +495,56 @@ def test_optimized_for_inference_computes_the_model(size, autocast, fold, monkey
             assert relative_error(optimized, loaded) < loaded_error
 
 
+class RecordedOperators(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operator overloads dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.operators = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.operators.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("case", ["float32", "bfloat16-autocast", "bfloat16-weights"])
+def test_an_optimized_block_adds_and_activates_in_its_products(case):
+    """An optimised block runs the exact GELU as ``fc1``'s post-op (no separate GELU kernel), and where the residual
+    stream is in the product dtype (float32; bfloat16 weights without autocast) its three residual additions as
+    post-ops of the CPE convolution, the output layer and ``fc2`` (no separate addition); under bfloat16 autocast the
+    float32 stream is added outside the bfloat16 products. The outputs stay those of the model up to rounding
+    (``test_optimized_for_inference_computes_the_model``; bfloat16 weights here)."""
+    if case != "float32" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bfloat16 kernels for this CPU")
+    model = tiny_inference_model()
+    if case == "bfloat16-weights":
+        model = model.to(torch.bfloat16)
+    block = model.encoder.stages[0].layers[0]
+    hidden_states = torch.randn(1, 8, 8, block.attention.output.dense.in_features)
+    if case == "bfloat16-weights":
+        hidden_states = hidden_states.to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=case == "bfloat16-autocast"):
+        expected, _ = block(hidden_states)
+        block.inference_weights = modeling_pale.InferenceWeights(fold_batch_norm=False)
+        recorder = RecordedOperators()
+        with recorder:
+            optimized, _ = block(hidden_states)
+    mkldnn, aten = torch.ops.mkldnn, torch.ops.aten
+    binary = [
+        op for op in recorder.operators if op in (mkldnn._linear_pointwise.binary, mkldnn._convolution_pointwise.binary)
+    ]
+    additions = [op for op in recorder.operators if op is aten.add.Tensor]
+    assert not [op for op in recorder.operators if op in (aten.gelu.default, aten.gelu_.default)]
+    if case == "bfloat16-autocast":
+        assert binary == [] and len(additions) == 3
+    else:
+        assert binary == [mkldnn._convolution_pointwise.binary] + [mkldnn._linear_pointwise.binary] * 2
+        assert additions == []
+    assert optimized.dtype == expected.dtype
+    tolerance = {"rtol": 1e-6, "atol": 1e-6} if case == "float32" else {"rtol": 2**-7, "atol": 2e-2}
+    torch.testing.assert_close(optimized, expected, **tolerance)
+
+
 def test_fold_batch_norm_by_hand():
     """``fold_batch_norm`` on numbers worked out by hand: one output channel, gamma 2, beta 1, mean 3, var 3,
     eps 1: scale 2 / sqrt(4) = 1, so w' = w and b' = (b - 3) * 1 + 1; a second channel with gamma 1, var 0 and eps

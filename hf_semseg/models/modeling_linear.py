@@ -226,16 +226,36 @@ class PackedInferenceLinear:
     cast and reorder: the bfloat16 cast and reorder of Pale-T's 256 x 256 weights take about as long as their product
     with its 196 tokens at 224 x 224. The same product (in our measurements the same values, bit for bit, except for
     a single token in float32, where oneDNN picks another kernel); the packed copy is extra memory, the size of the
-    weight in ``dtype``."""
+    weight in ``dtype``.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+    ``exact_gelu``: the exact (erf) GELU applied to the product as oneDNN's post-op, before it is stored: in float32
+    the values of ``gelu_`` on the product (bit for bit in our checks, not promised), in bfloat16 the GELU of the
+    float32 accumulator, rounded once (one rounding fewer than a GELU on the stored bfloat16 product)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, exact_gelu: bool = False):
         self.dtype = dtype
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None)
         self.bias = None if bias is None else bias.detach().to(dtype)
+        # oneDNN's post-op and its algorithm: "none" is the erf GELU ("tanh" would be the approximation)
+        self.activation, self.algorithm = ("gelu", "none") if exact_gelu else ("none", "")
 
-    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``(..., C_in)`` -> ``(..., C_out)`` in ``dtype`` (the input cast to it, as autocast casts it)."""
-        return torch.ops.mkldnn._linear_pointwise(hidden_states.to(self.dtype), self.weight, self.bias, "none", [], "")
+    def __call__(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``(..., C_in)`` -> ``(..., C_out)`` in ``dtype`` (the input cast to it, as autocast casts it).
+
+        ``residual``: a ``(..., C_out)`` map in ``dtype`` added to the product in the kernel (oneDNN's binary
+        post-op; the same values as ``residual + product`` in float32: one rounding either way), without a pass of
+        its own; not with ``exact_gelu``. The result is a new map; ``residual`` is only read."""
+        hidden_states = hidden_states.to(self.dtype)
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(
+                hidden_states, self.weight, self.bias, self.activation, [], self.algorithm
+            )
+        if self.activation != "none" or residual.dtype != self.dtype:
+            raise ValueError(
+                f"PackedInferenceLinear: a residual of dtype {residual.dtype} added to a {self.dtype} product with "
+                f"post-op {self.activation!r}; expected a {self.dtype} residual and no post-op"
+            )
+        return torch.ops.mkldnn._linear_pointwise.binary(hidden_states, residual, self.weight, self.bias, "add")
 
 
 def fold_batch_norm(
@@ -286,14 +306,28 @@ class PackedInferenceConvolution:
         self.input_shape: list[int] | None = None
         self.packed_weight: torch.Tensor | None = None
 
-    def __call__(self, channels_first: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` in ``dtype`` -> ``(B, C_out, H', W')``, channels-last."""
+    def __call__(self, channels_first: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, H, W)`` in ``dtype`` -> ``(B, C_out, H', W')``, channels-last.
+
+        ``residual``: a ``(B, C_out, H', W')`` map in ``dtype`` added to the convolution in the kernel (oneDNN's
+        binary post-op; the same values as ``residual + convolution`` in float32), without a pass of its own; not
+        with an ``activation``. The result is a new map; ``residual`` is only read."""
         shape = list(channels_first.shape)
         if shape != self.input_shape:
             self.packed_weight = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, self.padding, self.stride, [1, 1], self.groups, shape
             )
             self.input_shape = shape
+        if residual is not None:
+            if self.activation != "none" or residual.dtype != self.dtype:
+                raise ValueError(
+                    f"PackedInferenceConvolution: a residual of dtype {residual.dtype} added to a {self.dtype} "
+                    f"convolution with post-op {self.activation!r}; expected a {self.dtype} residual and no post-op"
+                )
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                channels_first, residual, self.packed_weight, self.bias, self.padding, self.stride, [1, 1],
+                self.groups, "add", None, None, [], None,
+            )  # fmt: skip
         return torch.ops.mkldnn._convolution_pointwise(
             channels_first,
             self.packed_weight,
