@@ -236,6 +236,7 @@ class PackedInferenceLinear:
         self.dtype = dtype
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None)
         self.bias = None if bias is None else bias.detach().to(dtype)
+        self.exact_gelu = exact_gelu
         # oneDNN's post-op and its algorithm: "none" is the erf GELU ("tanh" would be the approximation)
         self.activation, self.algorithm = ("gelu", "none") if exact_gelu else ("none", "")
 
@@ -250,12 +251,19 @@ class PackedInferenceLinear:
             return torch.ops.mkldnn._linear_pointwise(
                 hidden_states, self.weight, self.bias, self.activation, [], self.algorithm
             )
-        if self.activation != "none" or residual.dtype != self.dtype:
-            raise ValueError(
-                f"PackedInferenceLinear: a residual of dtype {residual.dtype} added to a {self.dtype} product with "
-                f"post-op {self.activation!r}; expected a {self.dtype} residual and no post-op"
-            )
+        check_residual_post_op(self, "product", residual)
         return torch.ops.mkldnn._linear_pointwise.binary(hidden_states, residual, self.weight, self.bias, "add")
+
+
+def check_residual_post_op(prepared, kind: str, residual: torch.Tensor) -> None:
+    """Refuses a ``residual`` that oneDNN's binary add post-op of ``prepared`` (a :class:`PackedInferenceLinear` or
+    :class:`PackedInferenceConvolution`, whose ``kind`` of result it is added to) cannot take: one of another dtype
+    than the result's, or one on a result that already has an activation post-op."""
+    if prepared.activation != "none" or residual.dtype != prepared.dtype:
+        raise ValueError(
+            f"{type(prepared).__name__}: a residual of dtype {residual.dtype} added to a {prepared.dtype} {kind} with "
+            f"post-op {prepared.activation!r}; expected a {prepared.dtype} residual and no post-op"
+        )
 
 
 def fold_batch_norm(
@@ -319,11 +327,7 @@ class PackedInferenceConvolution:
             )
             self.input_shape = shape
         if residual is not None:
-            if self.activation != "none" or residual.dtype != self.dtype:
-                raise ValueError(
-                    f"PackedInferenceConvolution: a residual of dtype {residual.dtype} added to a {self.dtype} "
-                    f"convolution with post-op {self.activation!r}; expected a {self.dtype} residual and no post-op"
-                )
+            check_residual_post_op(self, "convolution", residual)
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 channels_first, residual, self.packed_weight, self.bias, self.padding, self.stride, [1, 1],
                 self.groups, "add", None, None, [], None,

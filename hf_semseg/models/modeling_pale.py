@@ -553,7 +553,7 @@ class PaleBlock(GradientCheckpointingLayer):
         norm = self.layernorm_after
         normed = F.layer_norm(hidden_states, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         expanded = weights.fc1(normed)  # the exact GELU as its post-op, where that is the activation
-        if not weights.fc1_applies_gelu:
+        if not weights.fc1.exact_gelu:
             expanded = self.mlp.activation(expanded)
         if adds_in_products:
             return weights.fc2(expanded, residual=hidden_states)
@@ -620,7 +620,6 @@ class PreparedPaleBlock:
             PackedInferenceLinear(dense.weight, dense.bias, dtype) for dense in (attention.output.dense, mlp.fc2)
         )
         self.fc1 = PackedInferenceLinear(mlp.fc1.weight, mlp.fc1.bias, dtype, exact_gelu=exact_gelu)
-        self.fc1_applies_gelu = exact_gelu
 
 
 #: the module types :meth:`PaleBlock.inference_forward` computes itself (exact types: a subclass has its own forward)
