@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_semseg.models.modeling_linear import (
-    HAS_PACKED_WEIGHT_OPERATORS,
     PLAIN_LINEAR_TYPES,
     OneDNNLinear,
     PackedInferenceConvolution,
@@ -19,7 +18,6 @@ from hf_semseg.models.modeling_linear import (
     linear_backward,
     onednn_inference_linear,
     onednn_linear,
-    packs_inference_weights,
     runs_on_onednn,
     unchanged_since,
     weight_stamps,
@@ -27,10 +25,6 @@ from hf_semseg.models.modeling_linear import (
 
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
-#: torch 2.9 brought oneDNN's own float32 precision settings (``torch.backends.mkldnn.matmul.fp32_precision``, ...)
-needs_onednn_precision_settings = pytest.mark.skipif(
-    getattr(torch.backends.mkldnn, "matmul", None) is None, reason="torch before 2.9 has no oneDNN precision settings"
-)
 
 
 @pytest.fixture
@@ -211,7 +205,6 @@ def test_falls_back_to_the_linear_layer(convolutions, primitives, case, requires
     assert torch.equal(output, expected)
 
 
-@needs_onednn_precision_settings
 @pytest.mark.parametrize("backend", ["conv", "matmul"])
 def test_bfloat16_oneDNN_products_keep_the_linear_layer(backend):
     """A user who lets oneDNN convolutions or matmuls compute float32 in bfloat16 still gets full-precision dense
@@ -228,32 +221,6 @@ def test_bfloat16_oneDNN_products_keep_the_linear_layer(backend):
         assert inference_product_dtype(inputs, weight) == expected_dtype
     finally:
         settings.fp32_precision = previous
-
-
-class OneDNNSettingsBefore29:
-    """``torch.backends.mkldnn`` as torch before 2.9 has it: without the float32 precision settings."""
-
-    def __init__(self, settings):
-        self.settings = settings
-
-    def __getattr__(self, name):
-        if name in ("matmul", "conv", "fp32_precision"):
-            raise AttributeError(name)
-        return getattr(self.settings, name)
-
-
-@pytest.mark.parametrize("matmul_precision", ["highest", "high", "medium"])
-def test_torch_before_2_9_reads_the_float32_matmul_precision(monkeypatch, matmul_precision):
-    """Where torch has no oneDNN precision settings (before 2.9: transformers 5 runs on 2.6 and newer), the float32
-    matmul precision decides for oneDNN's products and convolutions alike: full only at "highest"."""
-    monkeypatch.setattr(torch.backends, "mkldnn", OneDNNSettingsBefore29(torch.backends.mkldnn))
-    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: matmul_precision)
-    inputs, weight = torch.randn(3, 5), torch.randn(2, 5)
-    full = matmul_precision == "highest"
-    assert runs_on_onednn(inputs, weight) is full
-    assert inference_product_dtype(inputs, weight) == (torch.float32 if full else None)
-    assert packs_inference_weights(torch.float32) is (full and HAS_PACKED_WEIGHT_OPERATORS)
-    assert packs_inference_weights(torch.bfloat16) is HAS_PACKED_WEIGHT_OPERATORS  # bfloat16 asks no precision
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])

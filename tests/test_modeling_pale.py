@@ -703,9 +703,6 @@ def test_batch_norm_without_running_statistics_is_not_folded():
     assert relative_error(optimized, expected) < 1e-5
 
 
-@pytest.mark.skipif(
-    getattr(torch.backends.mkldnn, "conv", None) is None, reason="torch before 2.9 has no oneDNN precision settings"
-)
 def test_reduced_precision_float32_convolutions_keep_the_inference_forward(monkeypatch):
     """Where float32 convolutions may run in reduced precision (the user's setting), the prepared weights are not
     used: the block's inference forward runs as without the optimisation."""

@@ -54,21 +54,11 @@ def onednn_runs(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch
     return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
-def full_float32_precision(*onednn_backends: str) -> bool:
-    """Whether oneDNN's ``onednn_backends`` (``"matmul"`` / ``"conv"``, the settings ``torch.backends.mkldnn.matmul``
-    / ``.conv``) compute float32 in full precision: no bfloat16 or TF32 inside float32 products allowed by the user,
-    through the backend's own setting or, where it is ``"none"``, oneDNN's, then PyTorch's
-    (``torch.set_float32_matmul_precision`` sets oneDNN's matmul one).
-
-    torch before 2.9 has none of these settings (transformers 5 runs on 2.6 and newer), only the float32 matmul
-    precision: full at ``"highest"``, read there for both backends (the cautious reading: a user who lowered it gets
-    the plain kernels, which follow it as torch does)."""
-    for name in onednn_backends:
-        backend = getattr(torch.backends.mkldnn, name, None)
-        if backend is None:  # torch before 2.9
-            if torch.get_float32_matmul_precision() != "highest":
-                return False
-            continue
+def full_float32_precision(*onednn_backends) -> bool:
+    """Whether ``onednn_backends`` (``torch.backends.mkldnn.matmul`` / ``.conv``) compute float32 in full precision:
+    no bfloat16 or TF32 inside float32 products allowed by the user, through the backend's own setting or, where it
+    is ``"none"``, oneDNN's, then PyTorch's (``torch.set_float32_matmul_precision`` sets oneDNN's matmul one)."""
+    for backend in onednn_backends:
         precision = backend.fp32_precision
         if precision == "none":  # "none": the oneDNN-wide setting applies, then the global one
             precision = torch.backends.mkldnn.fp32_precision
@@ -83,7 +73,8 @@ def runs_on_onednn(*tensors: torch.Tensor) -> bool:
     """Whether a dense layer over ``tensors`` (its input or output gradient, weight, ...) runs as a oneDNN 1x1
     convolution (the training path): all on the CPU in float32, full-precision float32 matmuls and oneDNN
     convolutions, not traced."""
-    return onednn_runs(*tensors) and full_float32_precision("matmul", "conv")
+    mkldnn = torch.backends.mkldnn
+    return onednn_runs(*tensors) and full_float32_precision(mkldnn.matmul, mkldnn.conv)
 
 
 def inference_product_dtype(*operands: torch.Tensor) -> torch.dtype | None:
@@ -104,7 +95,7 @@ def inference_product_dtype(*operands: torch.Tensor) -> torch.dtype | None:
         supported = onednn_runs(*operands, dtypes=dtypes) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         return dtype if supported else None
     if dtype == torch.float32 and onednn_runs(*operands):
-        return dtype if full_float32_precision("matmul") else None
+        return dtype if full_float32_precision(torch.backends.mkldnn.matmul) else None
     return None
 
 
@@ -161,7 +152,7 @@ def packs_inference_weights(dtype: torch.dtype | None) -> bool:
     of oneDNN's convolutions as well as of its matmuls."""
     if dtype is None or not HAS_PACKED_WEIGHT_OPERATORS:
         return False
-    return dtype == torch.bfloat16 or full_float32_precision("conv")
+    return dtype == torch.bfloat16 or full_float32_precision(torch.backends.mkldnn.conv)
 
 
 #: the oneDNN operators of products with weights packed once (the ones inductor uses for frozen CPU graphs)
