@@ -225,7 +225,9 @@ def convolve_concatenation(
     kernels = conv.weight.split(channels, dim=1)
     terms = []
     windows = None  # the window-token parts' share, summed over them in token order
-    residuals = {}  # id -> (a residual map, the sum of its parts' kernel slices): one convolution per map
+    # [a residual map, the sum of its parts' kernel slices]: one convolution per map, found by identity (a scan,
+    # not id(): torch 2.12's torch.compile breaks its graph on id() of a tensor)
+    residuals = []
     narrow_parts = []  # (part, kernel): added into the sum in place (accumulates_in_place)
     for part, kernel, how in zip(parts, kernels, resizes):
         if isinstance(part, WindowTokenMap):
@@ -234,13 +236,17 @@ def convolve_concatenation(
             windows = share if windows is None else windows.add_(share)
             num_windows = part.num_windows
             if part.residual is not None:
-                summed = residuals.get(id(part.residual), (None, 0))[1]
-                residuals[id(part.residual)] = (part.residual, kernel + summed)
+                for entry in residuals:
+                    if entry[0] is part.residual:
+                        entry[1] = entry[1] + kernel
+                        break
+                else:
+                    residuals.append([part.residual, kernel])
         elif accumulates_in_place(part, kernel, how):
             narrow_parts.append((part, kernel))
         else:
             terms.append((F.conv2d(part, kernel), how))
-    terms += [(F.conv2d(residual, kernel), None) for residual, kernel in residuals.values()]
+    terms += [(F.conv2d(residual, kernel), None) for residual, kernel in residuals]
     if windows is None and not terms:  # narrow parts only: the first one's convolution is the map to add into
         terms.append((F.conv2d(*narrow_parts.pop(0)), None))
     if windows is not None:
