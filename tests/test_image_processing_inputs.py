@@ -11,6 +11,7 @@ import logging
 import sys
 
 import numpy as np
+import PIL
 import pytest
 import torch
 import transformers
@@ -34,6 +35,7 @@ from hf_semseg.models.image_processing_utils_semask_mask2former import get_resiz
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 ONE_LEVEL = 1 / 255 / 0.224 + 1e-5  # one 8-bit intensity level after normalisation (largest over the channels)
+PILLOW_VERSION = tuple(int(part) for part in PIL.__version__.split(".")[:2])
 
 PROCESSORS = [
     KeepRatioImageProcessor,
@@ -125,13 +127,14 @@ def test_uint16_image_after_resize_matches_the_8_bit_image(processor_class):
 
 
 def test_16_bit_grayscale_png_and_pil_image(processor_class, tmp_path):
-    """A 16-bit PNG opens as PIL mode "I;16"; as a PIL image and as a path it gives the 8-bit image's numbers."""
+    """A 16-bit PNG opens as PIL mode "I;16" (Pillow 10.3 and newer; "I", 32-bit integers, before); as a PIL image
+    and as a path it gives the 8-bit image's numbers."""
     rng = np.random.default_rng(2)
     gray8 = rng.integers(0, 256, (5, 9), dtype=np.uint8)
     gray16 = to_16_bits(gray8, rng)
     Image.fromarray(gray16).save(tmp_path / "depth16.png")
     opened = Image.open(tmp_path / "depth16.png")
-    assert opened.mode == "I;16"
+    assert opened.mode == ("I;16" if PILLOW_VERSION >= (10, 3) else "I")
     expected = normalised(np.repeat(gray8[..., None], 3, axis=-1))
     processor = processor_class()
     np.testing.assert_allclose(pixels(processor, opened), expected, atol=1e-5)
