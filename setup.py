@@ -10,19 +10,25 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # transformers 5.21 and newer require it
     packages=find_packages(include=["hf_semseg", "hf_semseg.*"]),
     package_data={"hf_semseg": ["data/*.json"]},
+    # the floors: the oldest releases the whole test suite passed with, all at once (README, "Supported versions").
+    # torch 2.12: below it the packed products' post-ops, torch.compile's graphs or transformers 5's own models fail;
+    # accelerate 1.7: transformers 5.23's Trainer needs 1.3 (it declares 1.1), examples/accelerate_configs/fsdp.yaml
+    # is FSDP2 with full state dicts (1.7); numpy 1.25: below it accelerate cannot reload the RNG states it saved
+    # (torch's weights-only unpickler), so a resumed run silently draws other numbers; timm, pillow and
+    # safetensors: transformers 5's own floors
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.12",
         "transformers>=5.23,<6",
         "datasets>=3.0",
-        "accelerate>=1.0",
+        "accelerate>=1.7",
         "evaluate>=0.4",
-        "safetensors>=0.4",
-        "timm>=1.0",
-        "pillow>=10.0",
-        "numpy>=1.24",
+        "safetensors>=0.8",
+        "timm>=1.0.23",
+        "pillow>=10.0.1",
+        "numpy>=1.25",
     ],
     extras_require={
         # parameterized: imported by transformers' common test modules (tests/transformers_tests.py fetches them);
