@@ -15,15 +15,15 @@ setup(
     package_data={"hf_semseg": ["data/*.json"]},
     # the floors: the oldest releases the whole test suite passed with, all at once (README, "Supported versions").
     # torch 2.12: below it the packed products' post-ops, torch.compile's graphs or transformers 5's own models fail;
-    # accelerate 1.7: transformers 5.23's Trainer needs 1.3 (it declares 1.1), examples/accelerate_configs/fsdp.yaml
-    # is FSDP2 with full state dicts (1.7); numpy 1.25: below it accelerate cannot reload the RNG states it saved
-    # (torch's weights-only unpickler), so a resumed run silently draws other numbers; timm, pillow and
-    # safetensors: transformers 5's own floors
+    # accelerate 1.15: below it a resumed no-trainer run does not continue the uninterrupted one exactly (1.14 and
+    # older; transformers 5.23's Trainer also needs 1.3, the FSDP2 config 1.7); numpy 1.25: below it accelerate
+    # cannot reload the RNG states it saved (torch's weights-only unpickler); timm, pillow and safetensors:
+    # transformers 5's own floors
     install_requires=[
         "torch>=2.12",
         "transformers>=5.23,<6",
         "datasets>=3.0",
-        "accelerate>=1.7",
+        "accelerate>=1.15",
         "evaluate>=0.4",
         "safetensors>=0.8",
         "timm>=1.0.23",
