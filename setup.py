@@ -13,8 +13,9 @@ setup(
     python_requires=">=3.11",  # transformers 5.21 and newer require it
     packages=find_packages(include=["hf_semseg", "hf_semseg.*"]),
     package_data={"hf_semseg": ["data/*.json"]},
-    # the floors: the oldest releases the whole test suite passed with, all at once (README, "Supported versions").
-    # torch 2.12: below it the packed products' post-ops, torch.compile's graphs or transformers 5's own models fail;
+    # the floors: the oldest releases the test suite passed with, all at once (README, "Supported versions").
+    # torch 2.12: the oldest tried that passes (on 2.6-2.9 the packed products' post-ops, torch.compile's graphs or
+    # transformers 5's own models fail; 2.10 and 2.11 untried);
     # accelerate 1.15: below it a resumed no-trainer run does not continue the uninterrupted one exactly (1.14 and
     # older; transformers 5.23's Trainer also needs 1.3, the FSDP2 config 1.7); numpy 1.25: below it accelerate
     # cannot reload the RNG states it saved (torch's weights-only unpickler); timm, pillow and safetensors:
