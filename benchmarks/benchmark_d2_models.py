@@ -258,8 +258,9 @@ def measure_group(args, names: list[str]) -> tuple[list[dict], list[dict]]:
         autocast, _ = harness.device_helpers(torch.device("cpu"), dtype)
         load_before = harness.load_average()
         rounds = harness.forward_round_robin_with_matmul(
-            models, dict.fromkeys(models, pixel_values), args.warmup, repeats, autocast=autocast, matmul_dtype=dtype
-        )
+            models, dict.fromkeys(models, pixel_values), args.warmup, repeats, autocast=autocast, matmul_dtype=dtype,
+            region=harness.autocast_region(torch.device("cpu"), dtype, args.autocast_scope),
+        )  # fmt: skip
         matmul_gflops = harness.gemm_gflops(harness.GEMM_SIZE, harness.median(rounds.matmul_times))
         matmuls.append({
             "dtype": dtype_name, "size": harness.GEMM_SIZE, "times_s": rounds.matmul_times,
@@ -340,6 +341,7 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=640, help="square input side in pixels")
     harness.add_timing_options(parser, warmup=1, repeats=3)
     parser.add_argument("--bf16-repeats", type=int, default=3, help="bf16 autocast rounds (0: none)")
+    harness.add_autocast_scope_option(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny backbones at 128x128, one round each")
     parser.add_argument("--combine", nargs="+", type=Path, help="combine these run reports into --output")
@@ -361,7 +363,7 @@ def main(argv=None) -> None:
         print(f"\nwrote {args.output}")
         return
     harness.set_threads(args.threads)
-    env = harness.environment("cpu", "float32+bfloat16", args.threads)
+    env = harness.environment("cpu", "float32+bfloat16", args.threads, args.autocast_scope)
     print(harness.describe_run(env, f"warmup {args.warmup}", f"repeats {args.repeats} / {args.bf16_repeats} (bf16)"))
     rows, matmuls = [], []
     for group in args.groups:

@@ -153,12 +153,14 @@ def measure_latency(args, size: int) -> dict:
     gmacs = {name: harness.count_gmacs(model, pixel_values[:1]) for name, model in models.items()}
     device, dtype = harness.device_and_dtype(args.device, args.dtype)
     autocast, synchronize = harness.device_helpers(device, dtype)
+    region = harness.autocast_region(device, dtype, args.autocast_scope)
     inputs = dict.fromkeys(models, pixel_values)
     timers = {name: harness.AttentionTimer() for name in names}
     with timed_attention(timers):
         rounds = harness.forward_round_robin_with_matmul(
             models, inputs, args.warmup, args.repeats, synchronize, autocast, None if device.type == "cuda" else dtype,
             compile_models=args.compile, eager_forwards={name: timers[name].wrap(models[name]) for name in names},
+            region=region,
         )  # fmt: skip
     return {
         "gmacs_per_image": gmacs, "times_s": rounds.times, "matmul_times_s": rounds.matmul_times,
@@ -280,7 +282,7 @@ def main(argv=None) -> None:
     if args.memory_worker:
         harness.emit_result(measure_memory(args, args.memory_worker, args.sizes[0]))
         return
-    env = harness.environment(args.device, args.dtype, args.threads)
+    env = harness.environment(args.device, args.dtype, args.threads, args.autocast_scope)
     details = f"batch {args.batch_size}", f"warmup {args.warmup}", f"repeats {args.repeats}"
     print(harness.describe_run(env, *details))
     rows, ratios, matmuls = [], [], []

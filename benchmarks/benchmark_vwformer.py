@@ -102,8 +102,9 @@ def measure_group(args, names) -> dict:
     device, dtype = harness.device_and_dtype(args.device, args.dtype)
     autocast, synchronize = harness.device_helpers(device, dtype)
     rounds = harness.forward_round_robin_with_matmul(
-        models, inputs, args.warmup, args.repeats, synchronize, autocast, dtype, compile_models=args.compile
-    )
+        models, inputs, args.warmup, args.repeats, synchronize, autocast, dtype, compile_models=args.compile,
+        region=harness.autocast_region(device, dtype, args.autocast_scope),
+    )  # fmt: skip
     params = {name: harness.count_params(model) for name, model in models.items()}
     return {
         "gmacs": gmacs, "times_s": rounds.times, "params": params, "matmul_times_s": rounds.matmul_times,
@@ -174,6 +175,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 runs under torch.autocast"
     )
+    harness.add_autocast_scope_option(parser)
     parser.add_argument("--output", type=Path, default=harness.default_output("vwformer", "cpu"), help="JSON report")
     parser.add_argument("--memory-worker", choices=HEADS + WHOLE_MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -187,7 +189,7 @@ def main(argv=None) -> None:
     if args.memory_worker:
         harness.emit_result(measure_memory(args, args.memory_worker))
         return
-    env = harness.environment(args.device, args.dtype, args.threads)
+    env = harness.environment(args.device, args.dtype, args.threads, args.autocast_scope)
     details = f"{args.size}x{args.size}", f"warmup {args.warmup}", f"repeats {args.repeats}"
     print(harness.describe_run(env, *details))
     rows, ratios, matmuls = [], {}, []

@@ -124,6 +124,42 @@ def device_helpers(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[
     return autocast, synchronize
 
 
+#: where a half-dtype run's autocast regions begin and end (``--autocast-scope``)
+AUTOCAST_SCOPES = ("forward", "run")
+
+
+def autocast_region(device: torch.device, dtype: torch.dtype, scope: str) -> Callable[[], Any]:
+    """The context a run enters around all its rounds (``time_round_robin``'s ``region``) for an autocast ``scope``:
+
+    * ``"forward"`` (the default): nothing. Each timed forward enters and leaves its own ``torch.autocast`` region
+      (``device_helpers``), and leaving it empties autocast's cache of cast weights: every forward casts the float32
+      weights that autocast casts again, as every call does where each call is its own region (transformers'
+      ``Trainer`` enters one per evaluation step).
+    * ``"run"``: one ``torch.autocast`` region around all the rounds, inside which each forward's own region nests,
+      so autocast casts a weight once and reuses the cast until the run ends, as a loop inside one ``with
+      torch.autocast(...)`` does. Only what autocast itself casts is cached (leaf float32 tensors that require a
+      gradient, such as parameters, passed to the operators it casts: ``F.linear``, the convolutions); a weight a
+      model casts itself (``.to()``) is cast in every forward either way.
+
+    In float32 both scopes are the same: nothing runs under autocast."""
+    if scope not in AUTOCAST_SCOPES:
+        raise ValueError(f"autocast scope {scope!r}; expected one of {AUTOCAST_SCOPES}")
+    if scope == "forward" or dtype == torch.float32:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def add_autocast_scope_option(parser: argparse.ArgumentParser) -> None:
+    """``--autocast-scope`` (:func:`autocast_region`)."""
+    parser.add_argument(
+        "--autocast-scope",
+        choices=AUTOCAST_SCOPES,
+        default="forward",
+        help="half dtypes: one autocast region per forward (autocast re-casts the weights in each), or one around "
+        "all the rounds (the casts kept across forwards)",
+    )
+
+
 def set_mode(model: torch.nn.Module, mode: str) -> None:
     """``model.eval()`` for ``"forward"``, ``model.train()`` for ``"train"``."""
     if mode == "forward":
@@ -202,9 +238,11 @@ def time_round_robin(
     repeats: int,
     synchronize: Step = no_synchronize,
     skipped_errors: tuple[type[BaseException], ...] = (),
+    region: Callable[[], Any] = contextlib.nullcontext,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Time several steps in ONE process, round-robin: each round runs every step once, so load changes on a shared
-    machine hit all of them alike (one model after another drifted by +-15% on a shared machine).
+    machine hit all of them alike (one model after another drifted by +-15% on a shared machine). ``region``: a
+    context entered once around all the rounds, warm-up and timed (:func:`autocast_region`).
 
     The timed rounds take their orders in turn from :func:`balanced_orders`, so that no step is always timed right
     after the same one: a step leaves the caches, the allocator and the processor in a state of its own (right after
@@ -217,24 +255,25 @@ def time_round_robin(
     """
     steps = dict(steps)
     errors = {}
-    for _ in range(warmup):
-        for name, step in list(steps.items()):
-            try:
+    with region():
+        for _ in range(warmup):
+            for name, step in list(steps.items()):
+                try:
+                    step()
+                except skipped_errors as error:
+                    errors[name] = str(error)
+                    del steps[name]
+        times = {name: [] for name in steps}
+        names = list(steps)
+        orders = balanced_orders(len(names))
+        for repeat in range(repeats):
+            for position in orders[repeat % len(orders)]:
+                name, step = names[position], steps[names[position]]
+                synchronize()
+                start = time.perf_counter()
                 step()
-            except skipped_errors as error:
-                errors[name] = str(error)
-                del steps[name]
-    times = {name: [] for name in steps}
-    names = list(steps)
-    orders = balanced_orders(len(names))
-    for repeat in range(repeats):
-        for position in orders[repeat % len(orders)]:
-            name, step = names[position], steps[names[position]]
-            synchronize()
-            start = time.perf_counter()
-            step()
-            synchronize()
-            times[name].append(time.perf_counter() - start)
+                synchronize()
+                times[name].append(time.perf_counter() - start)
     return times, errors
 
 
@@ -284,6 +323,7 @@ def forward_round_robin_with_matmul(
     matmul_size: int | None = None,
     compile_models: bool = False,
     eager_forwards: Mapping[str, Callable] | None = None,
+    region: Callable[[], Any] = contextlib.nullcontext,
 ) -> ForwardRounds:
     """``time_round_robin`` of ``models[name](inputs[name])`` under ``torch.no_grad()`` and ``autocast``
     (``forward_step``), with one ``matmul_size`` (default ``GEMM_SIZE``) square matmul in ``matmul_dtype`` as one more
@@ -293,7 +333,9 @@ def forward_round_robin_with_matmul(
     With ``compile_models`` every model also runs as ``torch.compile(model)`` (the same weights), named
     ``compiled_name(name)``, in the same rounds; its first call, which compiles it, is timed on its own before the
     warm-up. ``eager_forwards``: what the eager step of a model calls instead of the model itself (a wrapper that
-    records something per forward, such as ``AttentionTimer.wrap(model)``); the compiled twins compile the models."""
+    records something per forward, such as ``AttentionTimer.wrap(model)``); the compiled twins compile the models.
+    ``region``: entered around all the rounds (:func:`autocast_region`; the compiled twins' first calls run outside
+    it)."""
     size = GEMM_SIZE if matmul_size is None else matmul_size
     forwards = {**models, **(eager_forwards or {})}
     steps = {name: forward_step(forwards[name], inputs[name], autocast) for name in models}
@@ -305,7 +347,7 @@ def forward_round_robin_with_matmul(
             steps[compiled_name(name)] = step
     if matmul_dtype is not None:
         steps[gemm_name(size)] = gemm_step(size, matmul_dtype)
-    times, _ = time_round_robin(steps, warmup, repeats, synchronize)
+    times, _ = time_round_robin(steps, warmup, repeats, synchronize, region=region)
     matmul_times = times.pop(gemm_name(size)) if matmul_dtype is not None else None
     return ForwardRounds(times, matmul_times, compile_s)
 
@@ -602,9 +644,9 @@ def git_revision() -> str | None:
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def environment(device: str, dtype: str, threads: int) -> dict:
-    """The ``environment`` of a report: date, versions, platform, CPU, threads, device, dtype, git revision, and
-    the CUDA device on GPU."""
+def environment(device: str, dtype: str, threads: int, autocast_scope: str | None = None) -> dict:
+    """The ``environment`` of a report: date, versions, platform, CPU, threads, device, dtype, git revision, the
+    ``autocast_scope`` where the script has one (:func:`autocast_region`), and the CUDA device on GPU."""
     import transformers
 
     info = {
@@ -620,6 +662,8 @@ def environment(device: str, dtype: str, threads: int) -> dict:
         "dtype": dtype,
         "git_revision": git_revision(),
     }
+    if autocast_scope is not None:
+        info["autocast_scope"] = autocast_scope
     if device.startswith("cuda") and torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda_version"] = torch.version.cuda
@@ -627,11 +671,13 @@ def environment(device: str, dtype: str, threads: int) -> dict:
 
 
 def describe_run(env: dict, *details: str) -> str:
-    """The first line a script prints: versions, device, dtype, threads, CPU, then ``details``."""
+    """The first line a script prints: versions, device, dtype (with the autocast scope where it is not one region
+    per forward), threads, CPU, then ``details``."""
+    scope = env.get("autocast_scope")
     parts = [
         f"torch {env['torch']}",
         f"transformers {env['transformers']}",
-        f"{env['device']} {env['dtype']}",
+        f"{env['device']} {env['dtype']}" + (f" (autocast scope: {scope})" if scope not in (None, "forward") else ""),
         f"{env['threads']} threads",
         env["cpu_model"],
     ]
@@ -704,6 +750,7 @@ def add_device_options(parser: argparse.ArgumentParser, dtype: bool = True) -> N
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     if dtype:
         parser.add_argument("--dtype", choices=DTYPES, default="float32", help="half types run under torch.autocast")
+        add_autocast_scope_option(parser)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -866,7 +913,8 @@ def run_latency_worker(args: argparse.Namespace, bench: StepBenchmark) -> dict:
         steps[gemm_name(GEMM_SIZE)] = gemm_step(GEMM_SIZE, gemm_dtype)
     # the counted call was each model's first warm-up iteration (the GEMM needs none)
     warmup = max(args.warmup - 1, bench.min_warmup)
-    times, round_errors = time_round_robin(steps, warmup, args.repeats, synchronize, bench.skipped_errors)
+    region = autocast_region(device, device_and_dtype(args.device, args.dtype)[1], args.autocast_scope)
+    times, round_errors = time_round_robin(steps, warmup, args.repeats, synchronize, bench.skipped_errors, region)
     errors.update(round_errors)
     if gemm is not None:
         gemm["times_s"] = times.pop(gemm_name(GEMM_SIZE))
@@ -891,7 +939,7 @@ def step_worker_command(
     return script_command(
         bench.script, "--latency-worker" if latency else "--worker",
         "--models", *models, "--mode", mode, "--batch-size", batch_size,
-        "--size", args.size, "--device", args.device, "--dtype", args.dtype,
+        "--size", args.size, "--device", args.device, "--dtype", args.dtype, "--autocast-scope", args.autocast_scope,
         "--threads", args.threads, "--seed", args.seed, *bench.worker_options(args),
         "--warmup", warmup, "--repeats", repeats, *(["--compile"] if latency and args.compile else []),
     )  # fmt: skip
@@ -981,7 +1029,7 @@ def step_benchmark_main(
     line printed."""
     if serve_worker(args, bench):
         return
-    env = environment(args.device, args.dtype, args.threads)
+    env = environment(args.device, args.dtype, args.threads, args.autocast_scope)
     print(
         describe_run(env, f"size {args.size}", *details, f"warmup {args.warmup}", f"repeats {args.repeats}"), flush=True
     )

@@ -1,6 +1,7 @@
 """``benchmarks/harness.py``'s operation count: what the package's layers run on the CPU is counted, the fused
 attention kernel and oneDNN's matmul primitive (the dense layers at inference) included."""
 
+import contextlib
 import time
 from unittest import mock
 
@@ -207,3 +208,43 @@ def test_round_robin_rounds_take_the_balanced_orders_in_turn():
     expected = list("abc") + ["abc"[i] for order in orders[:3] for i in order]
     assert calls == expected and errors == {}
     assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+class CastCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the casts to bfloat16 of one float32 tensor that reach the dispatcher below autocast (where autocast's
+    own casts arrive as ``_to_copy``)."""
+
+    def __init__(self, tensor):
+        super().__init__()
+        self.tensor, self.casts = tensor, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and args[0] is self.tensor and kwargs.get("dtype") == torch.bfloat16:
+            self.casts += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("scope", "casts"), [("forward", 3), ("run", 1)])
+def test_the_autocast_scope_decides_how_often_autocast_casts_a_weight(scope, casts):
+    """``--autocast-scope``: with one region per forward (the default) autocast casts a layer's float32 weight in every
+    forward (its cache is emptied when the forward's region ends); with one region around the rounds, once for the
+    whole run. Three forwards: one warm-up round and two timed ones."""
+    layer = torch.nn.Linear(4, 4)
+    tokens = torch.randn(2, 4)
+    cpu = torch.device("cpu")
+    autocast, _ = harness.device_helpers(cpu, torch.bfloat16)
+    counter = CastCounter(layer.weight)
+    with counter:
+        harness.time_round_robin(
+            {"layer": harness.forward_step(layer, tokens, autocast)}, warmup=1, repeats=2,
+            region=harness.autocast_region(cpu, torch.bfloat16, scope),
+        )  # fmt: skip
+    assert counter.casts == casts
+
+
+def test_the_autocast_scope_is_one_of_two_and_nothing_in_float32():
+    cpu = torch.device("cpu")
+    assert harness.autocast_region(cpu, torch.float32, "run") is contextlib.nullcontext
+    with pytest.raises(ValueError, match="autocast scope 'once'; expected one of \\('forward', 'run'\\)"):
+        harness.autocast_region(cpu, torch.bfloat16, "once")
