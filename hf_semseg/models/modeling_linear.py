@@ -9,7 +9,9 @@ its AVX2 kernels on AMD processors: on the 2-core AMD EPYC (Zen 5) we benchmark 
   cast as autocast casts them) or with bfloat16 operands. The bias is added inside the primitive; ``F.linear``'s
   ``addmm`` first copies the broadcast bias into the output. Swin-T's projections at 512x512 ran 2-3.7x faster than
   ``F.linear`` in float32 and 1.0-1.4x in bfloat16 (autocast's ``F.linear``, which runs oneDNN's bfloat16 matmul as
-  ``addmm``).
+  ``addmm``). The weight is cast here, not by autocast, so autocast's cache of cast weights (kept until its
+  outermost region ends) does not hold it: inside one long autocast region ``F.linear`` casts a weight once, this
+  path in every call. Models optimised for inference (:class:`PackedInferenceLinear`) cast and pack it once.
 * **Training** (the primitive has no autograd formula): in float32, a 1x1 convolution of the tokens laid out
   channels-last; autograd differentiates it with oneDNN's convolution backward. The projections of Swin-T's blocks
   ran 1.4-2x faster in a training step. Under autocast, ``F.linear``.
