@@ -907,13 +907,13 @@ def run_latency_worker(args: argparse.Namespace, bench: StepBenchmark) -> dict:
             steps[compiled_name(name)] = twin.step
             gmacs[compiled_name(name)] = gmacs[name]
     gemm = None
+    _, dtype = device_and_dtype(args.device, args.dtype)
     if device.type == "cpu":
-        gemm_dtype = torch.float32 if args.dtype == "float32" else device_and_dtype(args.device, args.dtype)[1]
-        gemm = {"size": GEMM_SIZE, "dtype": str(gemm_dtype).removeprefix("torch."), "times_s": []}
-        steps[gemm_name(GEMM_SIZE)] = gemm_step(GEMM_SIZE, gemm_dtype)
+        gemm = {"size": GEMM_SIZE, "dtype": args.dtype, "times_s": []}
+        steps[gemm_name(GEMM_SIZE)] = gemm_step(GEMM_SIZE, dtype)
     # the counted call was each model's first warm-up iteration (the GEMM needs none)
     warmup = max(args.warmup - 1, bench.min_warmup)
-    region = autocast_region(device, device_and_dtype(args.device, args.dtype)[1], args.autocast_scope)
+    region = autocast_region(device, dtype, args.autocast_scope)
     times, round_errors = time_round_robin(steps, warmup, args.repeats, synchronize, bench.skipped_errors, region)
     errors.update(round_errors)
     if gemm is not None:
