@@ -115,6 +115,16 @@ def test_uint16_image_is_scaled_by_65535_not_255(processor_class, container):
     np.testing.assert_allclose(pixels(processor, image16)[:, 0, 0], (v / 65535 - MEAN) / STD, atol=0.5 * ONE_LEVEL)
 
 
+def test_a_flipped_array_view_is_the_same_image_as_its_copy(processor_class):
+    """OpenCV's BGR -> RGB idiom ``image[..., ::-1]`` (and any flip) is a numpy view with a negative stride, which
+    ``torch.from_numpy`` refuses; the processors take it as its contiguous copy."""
+    bgr = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    processor = processor_class()
+    for view in (bgr[..., ::-1], bgr[::-1], bgr[:, ::-2]):
+        assert any(stride < 0 for stride in view.strides)
+        np.testing.assert_array_equal(pixels(processor, view), pixels(processor, view.copy()))
+
+
 def test_uint16_image_after_resize_matches_the_8_bit_image(processor_class):
     """Resized (Mask2Former: antialiased when shrinking, as detectron2 resizes uint8 images): the same numbers."""
     rng = np.random.default_rng(1)

@@ -314,8 +314,41 @@ def test_post_process_semantic_segmentation(processor_class):
     assert tuple(with_scores[0].segmentation_scores.shape) == (5, 13, 21)
     assert torch.equal(with_scores[0].segmentation, maps[0])
 
-    with pytest.raises(ValueError, match="target sizes"):
+    with pytest.raises(ValueError, match="Got 1 target_sizes for a batch of 2"):
         processor.post_process_semantic_segmentation(_Outputs(batch_logits), target_sizes=[(4, 4)])
+
+
+#: (target_sizes for a batch of 2, the error's pattern): each named before it reaches an interpolation
+BAD_TARGET_SIZES = [
+    ([(0, 70), (8, 8)], r"target_sizes\[0\] is \(0, 70\); expected a \(height, width\) pair of whole numbers >= 1"),
+    ([(8, 8), (-1, 70)], r"target_sizes\[1\] is \(-1, 70\)"),
+    ([(45, 70, 3), (8, 8)], r"target_sizes\[0\] is \(45, 70, 3\)"),
+    ([45, 70], r"target_sizes\[0\] is 45;"),
+    ([(4.5, 8), (8, 8)], r"target_sizes\[0\] is \(4.5, 8\)"),
+    ([(True, 8), (8, 8)], r"target_sizes\[0\] is \(True, 8\)"),
+    ([("8", 8), (8, 8)], r"target_sizes\[0\] is \('8', 8\)"),
+    (torch.tensor([45, 70]), r"target_sizes is a tensor of shape \(2,\); expected \(2, 2\)"),
+]
+
+
+@pytest.mark.parametrize("target_sizes, message", BAD_TARGET_SIZES)
+def test_post_processing_names_a_malformed_target_size(processor_class, target_sizes, message):
+    logits = torch.zeros(2, 5, 8, 8)
+    with pytest.raises(ValueError, match=message):
+        processor_class().post_process_semantic_segmentation(_Outputs(logits), target_sizes=target_sizes)
+
+
+def test_post_processing_takes_whole_number_sizes_of_any_type_and_refuses_logits_without_a_batch_axis(
+    processor_class,
+):
+    logits = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    processor = processor_class()
+    reference = processor.post_process_semantic_segmentation(_Outputs(logits), target_sizes=[(13, 21), (8, 8)])
+    for sizes in ([(13.0, 21.0), [8, 8]], np.array([[13, 21], [8, 8]]), [torch.tensor([13, 21]), (8, 8)]):
+        maps = processor.post_process_semantic_segmentation(_Outputs(logits), target_sizes=sizes)
+        assert all(torch.equal(a, b) for a, b in zip(maps, reference, strict=True))
+    with pytest.raises(ValueError, match=r"logits have shape \(5, 8, 8\); expected \(batch_size, num_labels"):
+        processor.post_process_semantic_segmentation(_Outputs(logits[0]))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -350,6 +350,29 @@ def test_post_processing_crops_the_padding_before_resizing():
     assert torch.equal(result["segmentation"], expected.argmax(0))
 
 
+def test_post_processing_names_malformed_sizes_and_logits():
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 160})
+    generator = torch.Generator().manual_seed(0)
+    outputs = {
+        "class_queries_logits": torch.randn(2, 3, 4, generator=generator),
+        "masks_queries_logits": torch.randn(2, 3, 16, 24, generator=generator),
+    }
+    cases = [
+        ({"target_sizes": [(20, 34), (0, 34)]}, r"target_sizes\[1\] is \(0, 34\); expected a \(height, width\) pair"),
+        ({"target_sizes": [20, 34]}, r"target_sizes\[0\] is 20;"),
+        ({"target_sizes": [(20, 34)]}, "Got 1 target_sizes for a batch of 2"),
+        ({"image_sizes": [(40, 68), (40, 68, 3)]}, r"image_sizes\[1\] is \(40, 68, 3\)"),
+        ({"image_sizes": torch.tensor([40, 68])}, r"image_sizes is a tensor of shape \(2,\); expected \(2, 2\)"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(ValueError, match=message):
+            processor.post_process_semantic_segmentation(outputs, **arguments)
+    with pytest.raises(ValueError, match=r"masks_queries_logits have shape \(3, 16, 24\); expected \(batch_size, "):
+        processor.post_process_semantic_segmentation({k: v[0] for k, v in outputs.items()})
+    with pytest.raises(ValueError, match=r"logits have shape \(4, 16, 24\); expected \(batch_size, num_labels"):
+        processor.post_process_semantic_segmentation({"logits": torch.zeros(4, 16, 24)})
+
+
 def test_a_bfloat16_model_trains():
     """The no-object weight buffer follows the model to bfloat16; the class loss is computed in float32 anyway (it
     raised 'expected scalar type Float but found BFloat16')."""

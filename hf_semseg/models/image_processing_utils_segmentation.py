@@ -387,9 +387,9 @@ def prepare_image(
     Returns ``(image, channel_format, already_rescaled)``:
 
     * ``image``: PIL images as they are (16-bit and 32-bit modes: see `_prepare_pil_image`); uint8 and float arrays as
-      they are (tensors detached); uint16 arrays/tensors reduced to 8 bits (``round(v * 255 / 65535)``) and other
-      integer dtypes cast to uint8 when their values are in 0-255. Other integer values, bool, complex, empty or
-      non-finite images raise a `ValueError`.
+      they are (tensors detached, numpy views with negative strides copied); uint16 arrays/tensors reduced to 8 bits
+      (``round(v * 255 / 65535)``) and other integer dtypes cast to uint8 when their values are in 0-255. Other
+      integer values, bool, complex, empty or non-finite images raise a `ValueError`.
     * ``channel_format``: the channel axis of a 3D array (`resolve_channel_format`), passed on to ``process_image``
       so that the base does not guess again; None for PIL images and 2D arrays.
     * ``already_rescaled``: a float image with all values in [0, 1] (transformers' ``is_scaled_image``, for float
@@ -413,6 +413,9 @@ def prepare_image(
     channel_format = resolve_channel_format(shape, index, input_data_format) if len(shape) == 3 else None
     if isinstance(image, torch.Tensor):
         image = image.detach()
+    elif any(stride < 0 for stride in image.strides):
+        # a flipped view, e.g. OpenCV's BGR -> RGB `image[..., ::-1]`: torch.from_numpy refuses negative strides
+        image = np.ascontiguousarray(image)
     low, high = (0, 255) if dtype == "uint8" else _value_range(image)  # uint8: nothing to check, skip the pass
 
     already_rescaled = False
@@ -540,6 +543,37 @@ def check_stackable(sizes: list, do_pad: bool, return_tensors: Any) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # The processor skeleton
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def check_post_process_sizes(sizes: Any, batch_size: int, name: str) -> list[tuple[int, int]] | None:
+    """``sizes``, the ``target_sizes`` or ``image_sizes`` of a post-processing call (a list of ``(height, width)``
+    pairs or a ``(batch_size, 2)`` tensor), as one pair of ints per image, each side at least 1 pixel; a malformed
+    entry is a ``ValueError`` naming it (``name[i]``) before it reaches an interpolation. None stays None."""
+    if sizes is None:
+        return None
+    if isinstance(sizes, torch.Tensor):
+        if sizes.ndim != 2 or sizes.shape[1] != 2:
+            raise ValueError(
+                f"{name} is a tensor of shape {tuple(sizes.shape)}; expected ({batch_size}, 2): one (height, width) "
+                "per image"
+            )
+        sizes = sizes.tolist()
+    if len(sizes) != batch_size:
+        raise ValueError(f"Got {len(sizes)} {name} for a batch of {batch_size}; pass one (height, width) per image.")
+    checked = []
+    for index, size in enumerate(sizes):
+        if isinstance(size, (torch.Tensor, np.ndarray)):
+            size = size.tolist()
+        pair = tuple(size) if isinstance(size, (tuple, list)) else None
+        if (
+            pair is None
+            or len(pair) != 2
+            or not all(isinstance(side, (int, float, np.number)) and not isinstance(side, bool) for side in pair)
+            or not all(float(side).is_integer() and side >= 1 for side in pair)
+        ):
+            raise ValueError(f"{name}[{index}] is {size!r}; expected a (height, width) pair of whole numbers >= 1")
+        checked.append((int(pair[0]), int(pair[1])))
+    return checked
 
 
 class SegmentationImageProcessingMixin:
@@ -802,17 +836,14 @@ class SegmentationImageProcessingMixin:
         a time as the original test pipeline does.
         """
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if logits.ndim != 4:
+            raise ValueError(
+                f"logits have shape {tuple(logits.shape)}; expected (batch_size, num_labels, height, width)"
+            )
+        target_sizes = check_post_process_sizes(target_sizes, len(logits), "target_sizes")
         if target_sizes is not None:
-            if len(logits) != len(target_sizes):
-                raise ValueError(
-                    f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits; pass one (height, "
-                    "width) per image."
-                )
-            if isinstance(target_sizes, torch.Tensor):
-                target_sizes = target_sizes.tolist()
             results = []
-            for index in range(len(logits)):
-                height, width = (int(value) for value in target_sizes[index])
+            for index, (height, width) in enumerate(target_sizes):
                 scores = F.interpolate(logits[index][None], size=(height, width), mode="bilinear", align_corners=False)
                 results.append((scores[0].argmax(dim=0), scores[0]))
         else:

@@ -22,6 +22,7 @@ from transformers.image_utils import SizeDict
 
 from .image_processing_utils_segmentation import (
     SegmentationImageProcessorKwargs,
+    check_post_process_sizes,
     get_pad_size,
     round_side,
     validate_size,
@@ -91,15 +92,13 @@ class SeMaskMask2FormerImageProcessingMixin:
     def _get_pad_size(self, output_sizes: list, pad_size: SizeDict | None, size_divisibility=None, **kwargs):
         return get_pad_size(output_sizes, pad_size, size_divisibility)
 
-    def _image_sizes_for(self, target_sizes: list, image_sizes: list | None) -> list | None:
+    def _image_sizes_for(self, target_sizes: list | None, image_sizes: list | None) -> list | None:
         """The unpadded (resized) size of every image: given, or derived from the original sizes (``target_sizes``)
-        with this processor's resize rule."""
-        if image_sizes is not None:
-            return [tuple(int(v) for v in size) for size in image_sizes]
-        if target_sizes is None:
-            return None
+        with this processor's resize rule (both checked by :func:`check_post_process_sizes`)."""
+        if image_sizes is not None or target_sizes is None:
+            return image_sizes
         if not self.do_resize:
-            return [tuple(int(v) for v in size) for size in target_sizes]
+            return target_sizes
         return [self.get_output_size(*size) for size in target_sizes]
 
     def post_process_semantic_segmentation(
@@ -136,14 +135,16 @@ class SeMaskMask2FormerImageProcessingMixin:
         stride4 = mask_logits if mask_logits is not None and class_logits is not None else logits
         if stride4 is None:
             raise ValueError("outputs have neither class_queries_logits/masks_queries_logits nor logits")
+        if stride4.ndim != 4:
+            name, channels = (
+                ("masks_queries_logits", "num_queries") if stride4 is mask_logits else ("logits", "num_labels")
+            )
+            raise ValueError(
+                f"{name} have shape {tuple(stride4.shape)}; expected (batch_size, {channels}, height, width)"
+            )
         batch_size = len(stride4)
-        if isinstance(target_sizes, torch.Tensor):
-            target_sizes = target_sizes.tolist()
-        for name, sizes in (("target_sizes", target_sizes), ("image_sizes", image_sizes)):
-            if sizes is not None and len(sizes) != batch_size:
-                raise ValueError(
-                    f"Got {len(sizes)} {name} for a batch of {batch_size}; pass one (height, width) per image."
-                )
+        target_sizes = check_post_process_sizes(target_sizes, batch_size, "target_sizes")
+        image_sizes = check_post_process_sizes(image_sizes, batch_size, "image_sizes")
         image_sizes = self._image_sizes_for(target_sizes, image_sizes)
         padded_size = (4 * stride4.shape[-2], 4 * stride4.shape[-1])
 
@@ -164,8 +165,7 @@ class SeMaskMask2FormerImageProcessingMixin:
                     )
                 scores = scores[:, :height, :width]
             if target_sizes is not None:
-                target = tuple(int(v) for v in target_sizes[index])
-                scores = F.interpolate(scores[None], size=target, mode="bilinear", align_corners=False)[0]
+                scores = F.interpolate(scores[None], size=target_sizes[index], mode="bilinear", align_corners=False)[0]
             results.append((scores.argmax(dim=0), scores))
 
         if not return_segmentation_scores:
