@@ -2,6 +2,7 @@
 and every input size from 1x1 up gives finite logits of the family's size (and, in training, a finite loss whose
 backward works). Tiny configs, one model per family and VWFormer backbone, built once."""
 
+import copy
 import functools
 import math
 
@@ -203,6 +204,13 @@ def bad_inputs(name: str):
         ("empty_batch", pixel_values[:0], None, "pixel_values has batch size 0: pass at least one image"),
         ("empty_image", pixel_values[:, :, :0], None, "pixel_values has images of size 0x32"),
         ("uint8", pixel_values.to(torch.uint8), None, "pixel_values has dtype torch.uint8"),
+        (
+            "float64",
+            pixel_values.double(),
+            None,
+            r"pixel_values has dtype torch.float64 but \w+'s weights are torch.float32: cast the input",
+        ),
+        ("bfloat16", pixel_values.bfloat16(), None, r"pixel_values has dtype torch.bfloat16 but \w+'s weights"),
         ("list", pixel_values.tolist(), None, "pixel_values must be a torch.Tensor; got list"),
         ("labels_of_two", pixel_values, labels[:2], "labels has batch size 2 but pixel_values has 3"),
         (
@@ -218,6 +226,8 @@ def bad_inputs(name: str):
             ("labels_without_batch_axis", pixel_values[:1], labels[0], r"labels must have shape .*; got \(32, 32\)"),
             ("labels_with_channels", pixel_values, labels[:, None].expand(-1, 2, -1, -1), r"got \(3, 2, 32, 32\)"),
             ("empty_label_map", pixel_values, labels[:, :0], "labels has an empty label map of size 0x32"),
+            # a cast would truncate them: 0.9 -> 0
+            ("float_labels", pixel_values, labels + 0.9, "labels has dtype torch.float32; label maps hold class"),
         ]
     return cases
 
@@ -237,17 +247,40 @@ def test_a_wrong_input_is_named_before_any_module_runs(name, case, no_module_run
 
 def test_labels_of_another_size_are_kept_where_the_loss_resizes_the_logits():
     """Label maps at another resolution than the input are legitimate for the heads whose loss resizes the logits to
-    the labels (and a channel axis of 1 is dropped); SeMask-Mask2Former pads the labels like its input, so a map
-    smaller than the input, which would supervise image pixels with the wrong labels, is refused."""
+    the labels (and a channel axis of 1 is dropped); SeMask-Mask2Former pads the labels like its input, so only
+    the input's size or its padded size is taken: a smaller map would supervise image pixels with the wrong labels,
+    one between the two sizes the zero padding with classes."""
     pixel_values, _ = inputs("semask_fpn", 2, 32, 48)
     labels = torch.randint(0, 4, (2, 1, 64, 96))
     output = model("semask_fpn").eval()(pixel_values, labels=labels)
     assert torch.isfinite(output.loss)
     network = model("semask_mask2former").eval()
-    with pytest.raises(ValueError, match=r"labels of size \(16, 48\) are smaller than the input \(32, 48\)"):
-        network(pixel_values, labels=labels[:, 0, :16, :48])
+    expected = r"must have the input's size \(32, 48\) or its padded size \(32, 64\)"
+    for size in ((16, 48), (32, 56), (48, 64)):
+        with pytest.raises(ValueError, match=rf"labels of size \({size[0]}, {size[1]}\) for an input of .*{expected}"):
+            network(pixel_values, labels=labels[:, 0, : size[0], : size[1]])
     padded_labels = F.pad(labels[:, 0, :32, :48], (0, 16), value=255)  # the processor's padding to 32x64
-    assert torch.isfinite(network(pixel_values, labels=padded_labels).loss)
+    loss = network(pixel_values, labels=padded_labels).loss
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(network(pixel_values, labels=labels[:, 0, :32, :48]).loss, loss, rtol=0, atol=0)
+
+
+def test_pixel_values_of_another_dtype_are_taken_under_autocast_and_by_a_model_of_that_dtype():
+    """The dtype check refuses only what the first convolution would: under autocast float32 and half pixel values
+    run on float32 weights (autocast casts both; float64 it leaves alone, so that stays refused), and a model cast to
+    bfloat16 takes bfloat16 pixel values (the same logits as float32 ones under autocast)."""
+    network = copy.deepcopy(model("semask_fpn")).eval()  # cast to bfloat16 below: not the shared instance
+    pixel_values, _ = inputs("semask_fpn", 1, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_logits = network(pixel_values).logits
+        torch.testing.assert_close(network(pixel_values.half()).logits, autocast_logits, atol=0.1, rtol=0.1)
+        with pytest.raises(ValueError, match="pixel_values has dtype torch.float64 .* not float64"):
+            network(pixel_values.double())
+    assert autocast_logits.dtype == torch.bfloat16 and torch.isfinite(autocast_logits).all()
+    with torch.no_grad():
+        cast_logits = network.to(torch.bfloat16)(pixel_values.bfloat16()).logits
+    assert cast_logits.dtype == torch.bfloat16
+    torch.testing.assert_close(cast_logits.float(), autocast_logits.float(), atol=0.1, rtol=0.1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -579,6 +579,7 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
             pixel_values,
             self.config.backbone_config.num_channels,
             num_channels_name="config.backbone_config.num_channels",
+            model=self,
         )
         # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
@@ -661,6 +662,7 @@ class SemanticMaskClassificationMixin:
             self.config.backbone_config.num_channels,
             labels,
             num_channels_name="config.backbone_config.num_channels",
+            model=self,
         )
         output_hidden_states, output_attentions = resolve_output_flags(
             self.config, kwargs, attentions_need_eager=self.attentions_need_eager
@@ -717,23 +719,22 @@ class SemanticMaskClassificationMixin:
 
     def prepare_labels(self, labels: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """Checks a ``(B, H, W)`` label map and pads it with the ignore index to the padded size of an input of
-        ``input_size`` (a map that is already padded is returned unchanged). The map must cover the input: one
-        smaller than it would be padded over image pixels and supervise them with the wrong labels."""
+        ``input_size`` (a map that is already padded is returned unchanged). The map must have the input's size or
+        its padded size: a smaller one would be padded over image pixels and supervise them with the wrong labels, a
+        larger one (or one of another shape) would supervise the model's zero padding with classes, or the image
+        with the labels of other pixels."""
         ignore_index = self.config.loss_ignore_index
         labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
-        height, width = labels.shape[-2:]
-        if height < input_size[0] or width < input_size[1]:
+        size, input_size = tuple(labels.shape[-2:]), tuple(input_size)
+        padded_size = tuple(self.padded_input_size(input_size))
+        if size not in (input_size, padded_size):
             raise ValueError(
-                f"labels of size {(height, width)} are smaller than the input {tuple(input_size)}: {self.family_name} "
-                "pads the labels with the ignore index like the input, so they must have the input's size (or its "
-                "padded size)"
+                f"labels of size {size} for an input of {input_size}: {self.family_name} pads the labels with the "
+                f"ignore index like the input, so they must have the input's size {input_size} or its padded size "
+                f"{padded_size}"
             )
-        padded_height, padded_width = self.padded_input_size(input_size)
-        if height > padded_height or width > padded_width:
-            raise ValueError(
-                f"labels of size {(height, width)} are larger than the (padded) input {(padded_height, padded_width)}"
-            )
-        return F.pad(labels, (0, padded_width - width, 0, padded_height - height), value=ignore_index)
+        height, width = size
+        return F.pad(labels, (0, padded_size[1] - width, 0, padded_size[0] - height), value=ignore_index)
 
     # the set loss runs eagerly under torch.compile / torch.export: its targets (the classes present in each label
     # map) have data-dependent sizes and the Hungarian matching runs on the host, so no graph can hold it. Disabling

@@ -341,6 +341,7 @@ class SeMaskMaskFormerModel(SeMaskMaskFormerPreTrainedModel):
             pixel_values,
             self.config.backbone_config.num_channels,
             num_channels_name="config.backbone_config.num_channels",
+            model=self,
         )
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         pixel_values = pad_to_size_divisibility(pixel_values, self.config.size_divisibility)

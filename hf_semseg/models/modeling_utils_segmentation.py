@@ -481,14 +481,17 @@ def _eager_attention(config) -> Iterator[None]:
 
 
 def _check_label_map_shape(labels: torch.Tensor) -> torch.Tensor:
-    """``labels`` as ``(B, H, W)`` (a singleton channel axis dropped); any other shape, or an empty map, is an
-    error naming the shape."""
+    """``labels`` as ``(B, H, W)`` (a singleton channel axis dropped); any other shape, an empty map or a
+    non-integer dtype is an error naming it."""
     if labels.ndim == 4 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 3:
         raise ValueError(f"labels must have shape (batch, height, width); got {tuple(labels.shape)}")
     if labels.shape[1] == 0 or labels.shape[2] == 0:
         raise ValueError(f"labels has an empty label map of size {labels.shape[1]}x{labels.shape[2]}")
+    if labels.is_floating_point() or labels.is_complex():
+        # a cast to int64 would truncate them without a word (0.9 -> 0, label maps divided by 255 -> all 0)
+        raise ValueError(f"labels has dtype {labels.dtype}; label maps hold class indices: an integer dtype")
     return labels
 
 
@@ -508,8 +511,9 @@ def check_pixel_values(
     image of at least 1x1 pixel, ``num_channels`` read from ``num_channels_name`` (the model's config, or its
     backbone's). ``labels``, when given, must hold one entry per image: label maps ``(B, H, W)`` or ``(B, 1, H, W)``
     (any non-empty size: the losses resize the logits to the labels) with ``label_maps``, otherwise one class id or
-    target row per image (image classification).
+    target row per image (image classification), label maps of an integer dtype.
 
+    With ``model``, ``pixel_values`` must have its weights' dtype outside autocast (:func:`check_pixel_values_dtype`).
     With ``model`` and ``batch_norm_stride``, a batch of one image in training mode is refused where a plain
     ``BatchNorm2d`` of the model would normalise a single value per channel, for which batch statistics do not
     exist (torch refuses them): ``batch_norm_stride`` is the stride of the smallest map a BatchNorm normalises, 0
@@ -535,6 +539,8 @@ def check_pixel_values(
             f"pixel_values has dtype {pixel_values.dtype}; this model takes floating-point pixel values (normalised "
             "images, as its image processor makes them)"
         )
+    if model is not None:
+        check_pixel_values_dtype(pixel_values, model)
     if labels is not None:
         if not isinstance(labels, torch.Tensor):
             raise ValueError(f"labels must be a torch.Tensor; got {type(labels).__name__}")
@@ -548,6 +554,23 @@ def check_pixel_values(
         else:
             smallest_map = (-(-height // batch_norm_stride), -(-width // batch_norm_stride))
         check_batch_norm_batch(model, batch_size, smallest_map, batch_norm_stride, (height, width))
+
+
+def check_pixel_values_dtype(pixel_values: torch.Tensor, model: nn.Module) -> None:
+    """Refuses floating-point ``pixel_values`` of another dtype than ``model``'s weights (e.g. an image processor's
+    float32 output for a model loaded in bfloat16), which the first convolution would refuse with torch's own
+    message after other modules ran. Under ``torch.autocast`` on their device the operators cast float32 and half
+    inputs and weights, so those mix there (autocast leaves float64 alone)."""
+    weights_dtype = getattr(model, "dtype", None)
+    if not isinstance(weights_dtype, torch.dtype) or pixel_values.dtype == weights_dtype:
+        return
+    if torch.is_autocast_enabled(pixel_values.device.type) and torch.float64 not in (pixel_values.dtype, weights_dtype):
+        return
+    raise ValueError(
+        f"pixel_values has dtype {pixel_values.dtype} but {type(model).__name__}'s weights are {weights_dtype}: cast "
+        "the input (pixel_values.to(model.dtype)), or run the model under torch.autocast (which casts float32 and "
+        "half inputs, not float64)"
+    )
 
 
 def check_batch_norm_batch(

@@ -186,6 +186,7 @@ class VWMask2FormerModel(VWMask2FormerPreTrainedModel):
             pixel_values,
             self.config.backbone_config.num_channels,
             num_channels_name="config.backbone_config.num_channels",
+            model=self,
         )
         # the returned attentions are the masked-attention decoder's, which has a single (eager) implementation
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)

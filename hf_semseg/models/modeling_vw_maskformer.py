@@ -168,6 +168,7 @@ class VWMaskFormerModel(VWMaskFormerPreTrainedModel):
             pixel_values,
             self.config.backbone_config.num_channels,
             num_channels_name="config.backbone_config.num_channels",
+            model=self,
         )
         output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs)
         pixel_values = pad_for_vw(pixel_values, self.config.size_divisibility)

@@ -747,7 +747,11 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
     ) -> VWFormerSemanticSegmenterOutput:
         backbone_config = self.config.backbone_config
         check_pixel_values(
-            pixel_values, backbone_config.num_channels, labels, num_channels_name="config.backbone_config.num_channels"
+            pixel_values,
+            backbone_config.num_channels,
+            labels,
+            num_channels_name="config.backbone_config.num_channels",
+            model=self,
         )
         output_hidden_states, _ = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         height, width = pixel_values.shape[-2:]
