@@ -13,10 +13,6 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
 )
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
-)
 
 from .models.configuration_pale import PaleConfig
 from .models.configuration_semask_mask2former import SeMaskMask2FormerConfig
@@ -90,12 +86,6 @@ from .variants import (
 __version__ = "0.1.0"
 
 
-_PIPELINE_TASK_TABLES = {
-    AutoModelForSemanticSegmentation: MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
-    AutoModelForImageClassification: MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-}
-
-
 def _register_family(config_class, models: dict) -> None:
     """Registers ``config_class`` and its ``{auto class: model class}`` with transformers, marks every class for
     auto-class saving, and gives the family the (shared) keep-ratio image processors."""
@@ -104,12 +94,8 @@ def _register_family(config_class, models: dict) -> None:
     for auto_class, model_class in models.items():
         auto_class.register(config_class, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_class.__name__)
-        # the task pipelines check a model's class name against these tables (they do not see registered classes
-        # and log "is not supported"); the auto mappings only read entries whose model type transformers itself
-        # defines, so the entry changes nothing else
-        task_table = _PIPELINE_TASK_TABLES.get(auto_class)
-        if task_table is not None:
-            task_table.setdefault(config_class.model_type, model_class.__name__)
+    # (the task pipelines' tables of class names list the family where its modeling module is imported:
+    # `list_for_pipeline`, which also runs for a folder loaded with trust_remote_code=True)
     AutoImageProcessor.register(
         config_class,
         image_processor_classes={"torchvision": KeepRatioImageProcessor, "pil": KeepRatioImageProcessorPil},

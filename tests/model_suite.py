@@ -521,7 +521,8 @@ class SegmentationModelSuite:
         """A saved folder loads with ``trust_remote_code=True`` from its own code alone: with hf_semseg importable
         (installed) no ``hf_semseg`` module is imported, and with the package then blocked a second saved copy loads
         all the same (its modules imported anew, under their own folder's name); the logits equal the in-process
-        model's bit for bit, and the saved modules are the package's files unchanged.
+        model's bit for bit, the image-segmentation pipeline knows the saved class (no "is not supported" error
+        logged), and the saved modules are the package's files unchanged.
 
         Both loads share one fresh process (its interpreter and torch start once): the first one proves that nothing
         imported so far is hf_semseg's, so the second one runs as it would in a process of its own."""
@@ -540,7 +541,9 @@ class SegmentationModelSuite:
             import sys, json
             from importlib.util import find_spec
             import torch
-            from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+            from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+            from transformers.pipelines import base as pipeline_base
+            from transformers.testing_utils import CaptureLogger
             io = torch.load({str(tmp_path / "io.pt")!r})
             reports = {{}}
             for state in {states!r}:
@@ -553,7 +556,10 @@ class SegmentationModelSuite:
                 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
                 with torch.no_grad():
                     logits = model(io["pixel_values"]).logits
+                with CaptureLogger(pipeline_base.logger) as captured:  # the saved code lists the class for it
+                    pipeline("image-segmentation", model=model, image_processor=processor)
                 reports[state] = {{
+                    "pipeline_log": captured.out,
                     "max_diff": (logits - io["logits"]).abs().max().item(),
                     "model_module": type(model).__module__,
                     "processor_module": type(processor).__module__,
@@ -572,6 +578,7 @@ class SegmentationModelSuite:
         for state, report in reports.items():
             assert report["hf_semseg_modules"] == [], state
             assert report["max_diff"] == 0.0, state
+            assert "is not supported" not in report["pipeline_log"], report["pipeline_log"]
             # the copy's own modules, imported under its folder's name (not the other copy's, already imported)
             assert report["model_module"].startswith(f"transformers_modules.{state}."), report["model_module"]
             assert report["processor_module"].startswith(f"transformers_modules.{state}."), report["processor_module"]

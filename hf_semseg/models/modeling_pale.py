@@ -58,6 +58,7 @@ from .modeling_utils_segmentation import (
     fcn_auxiliary_head,
     init_conv_kaiming,
     init_norm_and_linear,
+    list_for_pipeline,
     resolve_output_flags,
     segmentation_loss,
     select_hidden_states,
@@ -949,6 +950,10 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
     def compute_loss(self, logits, auxiliary_logits, labels) -> torch.Tensor:
         """Cross-entropy (mean over the labelled pixels) of the upsampled logits + weight x that of the auxiliary."""
         return segmentation_loss(self.config, logits, labels, auxiliary_logits)
+
+
+list_for_pipeline("image-classification", PaleForImageClassification)
+list_for_pipeline("semantic-segmentation", PaleForSemanticSegmentation)
 
 
 __all__ = [

@@ -54,6 +54,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     check_pixel_values,
     check_segmentation_labels,
+    list_for_pipeline,
     resolve_output_flags,
     upsampled_cross_entropy,
 )
@@ -861,6 +862,9 @@ class SeMaskMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, 
             kwargs,
             output_semantic_priors,
         )
+
+
+list_for_pipeline("semantic-segmentation", SeMaskMask2FormerForSemanticSegmentation)
 
 
 __all__ = [

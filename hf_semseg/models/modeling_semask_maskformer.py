@@ -60,6 +60,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     check_pixel_values,
     eager_attention,
+    list_for_pipeline,
     resolve_output_flags,
 )
 
@@ -454,6 +455,9 @@ class SeMaskMaskFormerForSemanticSegmentation(
             kwargs,
             output_semantic_priors,
         )
+
+
+list_for_pipeline("semantic-segmentation", SeMaskMaskFormerForSemanticSegmentation)
 
 
 __all__ = [

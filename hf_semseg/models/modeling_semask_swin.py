@@ -54,6 +54,7 @@ from .modeling_utils_segmentation import (
     init_conv_kaiming,
     init_norm_and_linear,
     layer_norm_linear,
+    list_for_pipeline,
     pixel_cross_entropy,
     recomputes_layer_norm,
     resize_to,
@@ -1014,6 +1015,9 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         loss = upsampled_cross_entropy(logits, labels, ignore_index, mean_all, pixel_weights)
         semantic_loss = upsampled_cross_entropy(semantic_logits, labels, ignore_index, mean_all)
         return loss + self.config.semantic_loss_weight * semantic_loss
+
+
+list_for_pipeline("semantic-segmentation", SeMaskSwinForSemanticSegmentation)
 
 
 __all__ = [

@@ -18,6 +18,10 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
+)
 from transformers.models.swin.modeling_swin import eager_attention_forward
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead
 from transformers.utils import logging
@@ -478,6 +482,24 @@ def _eager_attention(config) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation_internal = previous
+
+
+#: the tables of model class names by which transformers' task pipelines know a model: ``image-segmentation``
+#: (with its other segmentation tables) and ``image-classification``
+PIPELINE_TABLES = {
+    "semantic-segmentation": MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
+    "image-classification": MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+}
+
+
+def list_for_pipeline(task: str, model_class: type) -> None:
+    """Lists ``model_class`` under its config's model type in transformers' table for ``task``
+    (:data:`PIPELINE_TABLES`). A task pipeline checks the model's class name against that table and logs "The model
+    ... is not supported" at ERROR level for any other (it does not see classes registered with the auto classes,
+    nor those of a folder loaded with ``trust_remote_code=True``). Called where a family's modeling module is
+    imported, by hf_semseg or by transformers from a saved folder; the auto classes only read entries of model types
+    transformers itself defines, so the entry changes nothing else."""
+    PIPELINE_TABLES[task].setdefault(model_class.config_class.model_type, model_class.__name__)
 
 
 def _check_label_map_shape(labels: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from .modeling_semask_mask2former import SemanticMaskClassificationMixin, SeMask
 from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     check_pixel_values,
+    list_for_pipeline,
     resolve_output_flags,
     select_hidden_states,
 )
@@ -259,6 +260,9 @@ class VWMask2FormerForSemanticSegmentation(
             Return the class and mask logits of the earlier decoder predictions.
         """
         return self.segment(VWMask2FormerSemanticSegmenterOutput, pixel_values, labels, output_auxiliary_logits, kwargs)
+
+
+list_for_pipeline("semantic-segmentation", VWMask2FormerForSemanticSegmentation)
 
 
 __all__ = [

@@ -45,6 +45,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     check_pixel_values,
     eager_attention,
+    list_for_pipeline,
     resolve_output_flags,
     select_hidden_states,
 )
@@ -238,6 +239,9 @@ class VWMaskFormerForSemanticSegmentation(
             Return the class and mask logits of the earlier decoder layers' predictions.
         """
         return self.segment(VWMaskFormerSemanticSegmenterOutput, pixel_values, labels, output_auxiliary_logits, kwargs)
+
+
+list_for_pipeline("semantic-segmentation", VWMaskFormerForSemanticSegmentation)
 
 
 __all__ = [

@@ -55,6 +55,7 @@ from .modeling_utils_segmentation import (
     folds_into_previous_layer,
     init_conv_kaiming,
     init_norm_and_linear,
+    list_for_pipeline,
     resolve_output_flags,
     segmentation_loss,
     select_hidden_states,
@@ -824,6 +825,9 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         return segmentation_loss(
             self.config, logits, labels, auxiliary_logits, mean_over_all_pixels=self.config.loss_mean_over_all_pixels
         )
+
+
+list_for_pipeline("semantic-segmentation", VWFormerForSemanticSegmentation)
 
 
 __all__ = [
