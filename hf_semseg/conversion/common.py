@@ -19,9 +19,12 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,15 +90,21 @@ def read_checkpoint(
     Returns the state dict (a ``module.`` prefix from DDP on every key is stripped) and the metadata (empty when
     absent; optimizer and scheduler entries are ignored)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error}); "
-            "the file is corrupt, truncated, or not a torch.save file"
-        ) from error
+    with warnings.catch_warnings(record=True) as caught:  # shown only when the file is read: else the error says it
+        warnings.simplefilter("always")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for truncated / foreign files
+            raise CheckpointError(
+                f"{path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error}); "
+                "the file is corrupt, truncated, or not a torch.save file"
+            ) from error
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{path}: holds {_article(type(checkpoint).__name__)} {type(checkpoint).__name__}, not "
@@ -104,7 +113,10 @@ def read_checkpoint(
     other = next(other for other in _LAYOUTS if other is not layout)
     if isinstance(checkpoint.get(layout.weights_entry), dict):
         state_dict = checkpoint[layout.weights_entry]
-        meta = (checkpoint.get(layout.meta_entry) or {}) if layout.meta_entry else {}
+        meta = checkpoint.get(layout.meta_entry) if layout.meta_entry else None
+        if meta is not None:
+            with errors_name_the_file(path):
+                check_mmseg_meta(meta)
     elif other.weights_entry in checkpoint:
         raise CheckpointError(
             f"{path}: {other.article} {other.name} checkpoint ({{'{other.weights_entry}': ...}}); this "
@@ -116,14 +128,62 @@ def read_checkpoint(
         raise CheckpointError(
             f"{path}: no '{layout.weights_entry}' entry (top-level keys: {sorted(map(str, checkpoint))[:10]})"
         )
+    not_strings = [key for key in state_dict if not isinstance(key, str)]
+    if not_strings:
+        raise CheckpointError(
+            f"{path}: state dict keys that are not strings: {not_strings[:10]!r} (a state dict maps parameter names "
+            "to tensors)"
+        )
     not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{path}: entries that are not tensors: {not_tensors[:10]}")
+    not_weights = [
+        f"{key} ({tensor.dtype})"
+        for key, tensor in state_dict.items()
+        if tensor.is_complex() or tensor.dtype == torch.bool
+    ]
+    if not_weights:
+        raise CheckpointError(
+            f"{path}: tensors of a dtype no converted model holds (complex or bool): {not_weights[:10]}; expected "
+            "floating-point weights and integer buffers"
+        )
     if state_dict and all(key.startswith("module.") for key in state_dict):
         state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     with errors_name_the_file(path):
         check_finite(state_dict)
-    return dict(state_dict), dict(meta)
+    return dict(state_dict), dict(meta or {})
+
+
+#: what each entry of an mmseg ``meta`` that a converter reads must be (the others, e.g. ``PALETTE``, are not read)
+_META_ENTRIES = {
+    "CLASSES": "a list of class names",
+    "config": "the run's config text (a string)",
+}
+
+
+def check_mmseg_meta(meta) -> None:
+    """A :class:`CheckpointError` naming the entry unless ``meta`` is a dict whose ``CLASSES`` (class names) and
+    ``config`` (the config text), the entries the converters read, are of the types mmseg saves (or None)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"meta is {_article(type(meta).__name__)} {type(meta).__name__} ({_short_repr(meta)}), expected a dict "
+            "(mmseg's checkpoint metadata: config text, CLASSES, PALETTE)"
+        )
+    for name, expected in _META_ENTRIES.items():
+        value = meta.get(name)
+        if value is None:
+            continue
+        if name == "CLASSES":
+            valid = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+        else:
+            valid = isinstance(value, str)
+        if not valid:
+            raise CheckpointError(f"meta[{name!r}] = {_short_repr(value)}, expected {expected}")
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @contextmanager
@@ -173,7 +233,27 @@ def tensor_shape(state_dict: dict[str, torch.Tensor], key: str, kind: str, ndim:
     shape = tuple(state_dict[key].shape)
     if ndim is not None and len(shape) != ndim:
         raise CheckpointError(f"{key}: shape {shape}, expected {ndim} dimensions")
+    if 0 in shape:  # the sizes read from it (channels, kernel, heads) would be 0
+        raise CheckpointError(f"{key}: shape {shape}, an empty tensor (every size read from it must be positive)")
     return shape
+
+
+def check_attention_heads(what: str, channels: int, heads: int, source: str, error: type = None) -> None:
+    """A :class:`CheckpointError` (or ``error``) naming ``what`` (a Swin stage, a decoder), its ``channels`` and the
+    number of ``heads`` unless the heads split the channels evenly; ``source`` says where the heads come from (the
+    tensors that show them, or the config that sets them)."""
+    if heads <= 0 or channels % heads:
+        raise (error or CheckpointError)(
+            f"{what}: {channels} channels are not divisible by {heads} attention heads ({source}); every head takes "
+            "an equal share of the channels"
+        )
+
+
+def check_swin_heads(embed_dim: int, num_heads: list[int], source: str) -> None:
+    """Each Swin stage ``i`` (``embed_dim * 2**i`` channels) must split evenly into its ``num_heads[i]``
+    (:func:`check_attention_heads`)."""
+    for stage, heads in enumerate(num_heads):
+        check_attention_heads(f"Swin stage {stage}", embed_dim * 2**stage, heads, source)
 
 
 def indices(state_dict: dict, pattern: str) -> list[int]:
@@ -284,7 +364,18 @@ def load_converted(model_class, config, converted: dict[str, torch.Tensor]):
     """``model_class(config)`` with the converted tensors (checked with :func:`check_against_model`; floating tensors
     as float32), in eval mode."""
     model = model_class(config)
-    check_against_model(converted, model.state_dict())
+    model_state = model.state_dict()
+    check_against_model(converted, model_state)
+    not_floating = [
+        f"{key} ({converted[key].dtype})"
+        for key in sorted(converted)
+        if model_state[key].is_floating_point() and not converted[key].is_floating_point()
+    ]
+    if not_floating:
+        raise CheckpointError(
+            f"tensors that are not floating point where the model has floating-point weights (converted names): "
+            f"{not_floating[:10]}"
+        )
     model.load_state_dict(
         {key: value.float() if value.is_floating_point() else value for key, value in converted.items()}, strict=True
     )
@@ -299,6 +390,8 @@ def load_converted(model_class, config, converted: dict[str, torch.Tensor]):
 def checkpoint_id2label(class_names, num_labels: int) -> dict[int, str]:
     """The class names saved with the checkpoint (mmseg ``meta['CLASSES']``) when there is one per class, otherwise
     ``class_0``, ``class_1``, ... (:func:`name_classes` later gives the dataset's names where the dataset is known)."""
+    if class_names is not None and not isinstance(class_names, (list, tuple)):
+        raise CheckpointError(f"meta['CLASSES'] = {_short_repr(class_names)}, expected {_META_ENTRIES['CLASSES']}")
     if class_names is not None and len(class_names) == num_labels:
         return {index: str(name) for index, name in enumerate(class_names)}
     return {index: f"class_{index}" for index in range(num_labels)}
@@ -365,7 +458,7 @@ def build_conversion(
     ``convert_keys()`` -> the renamed tensors (their :class:`CheckpointError` name the file), the model loaded with
     them (:func:`load_converted`), the :class:`Conversion` with ``fields``, and the classes named after the dataset
     when ``class_names`` (saved with the checkpoint) are not one per class."""
-    with errors_name_the_file(path):
+    with errors_name_the_file(path), invalid_config_is_an_error(model_class):
         config, settings = infer()
         model = load_converted(model_class, config, convert_keys())
     has_class_names = class_names is not None and len(class_names) == config.num_labels
@@ -374,6 +467,24 @@ def build_conversion(
     )
     name_classes(conversion)
     return conversion
+
+
+@contextmanager
+def invalid_config_is_an_error(model_class) -> Iterator[None]:
+    """The validation error of a model config built (or changed) inside, from the values a converter read, as a
+    :class:`CheckpointError` naming the config class and the failed check (only the config classes' own validation
+    errors: anything else is a bug and propagates)."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        yield
+    except StrictDataclassError as error:
+        config_class = getattr(model_class, "config_class", None)
+        name = getattr(config_class, "__name__", "the model config")
+        detail = " ".join(str(error).split())
+        raise CheckpointError(
+            f"the values read from the checkpoint and its config make no valid {name}: {detail}"
+        ) from error
 
 
 def get_variant_or_none(name: str):
@@ -618,15 +729,21 @@ def check_reload(model, folder: str | Path, check: ReloadCheck = RELOAD_CHECK, t
 
 
 def check_output_dir(
-    output_dir: str | Path, overwrite: bool = False, checkpoint_path: str | Path | None = None
+    output_dir: str | Path,
+    overwrite: bool = False,
+    checkpoint_path: str | Path | None = None,
+    config_files: tuple = (),
 ) -> Path:
     """Refuses, before any work, an output location the converter cannot fill (a :class:`ConversionError`): a path
     that is a file or lies under one, a folder that cannot be created or written in, a non-empty folder without
     ``overwrite`` (naming a few of its entries and their count), and with ``overwrite`` a folder holding the checkpoint
-    being converted. Returns the absolute path."""
+    being converted or one of the ``config_files`` it reads. Returns the absolute path; a symbolic link to a folder is
+    resolved (the folder it points to is the one written)."""
     target = Path(output_dir).absolute()
     if target.is_symlink() and not target.exists():
         raise ConversionError(f"--output_dir {output_dir} is a broken symbolic link")
+    if target.is_symlink():
+        target = target.resolve()
     if target.exists():
         if not target.is_dir():
             raise ConversionError(f"--output_dir {output_dir} is a file, not a folder")
@@ -642,6 +759,12 @@ def check_output_dir(
                 f"--output_dir {output_dir} holds the checkpoint {checkpoint_path}: --overwrite would delete it; "
                 "choose another folder"
             )
+        for config_file in config_files if entries else ():
+            if Path(config_file).resolve().is_relative_to(target.resolve()):
+                raise ConversionError(
+                    f"--output_dir {output_dir} holds the config file {config_file}, which the conversion reads: "
+                    "--overwrite would delete it; choose another folder"
+                )
     ancestor = target.parent
     while not (ancestor.exists() or ancestor.is_symlink()):
         ancestor = ancestor.parent
@@ -852,22 +975,79 @@ def _report(error: Exception) -> int:
     return 1
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived during a conversion (raised by the handler :func:`terminate_with_cleanup` installs, so that
+    the cleanup a ``KeyboardInterrupt`` runs runs too: the temporary folders are removed)."""
+
+
+#: the exit status of a conversion ended by SIGTERM (128 + the signal number, as the shell reports it)
+TERMINATED_STATUS = 128 + signal.SIGTERM
+
+
+@contextmanager
+def terminate_with_cleanup() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside (the handler in place before is restored afterwards); outside the
+    main thread, where no handler can be installed, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _protected_config_files(converter: Converter, config_file: str | None) -> tuple:
+    """The ``--config_file`` and the ``_base_`` files it includes (what ``--overwrite`` must not delete)."""
+    if config_file is None:
+        return ()
+    from .run_config import config_file_paths
+
+    return config_file_paths(config_file, converter.layout)
+
+
 def converter_main(converter: Converter, card_template: Path, description: str, argv=None) -> int:
     """The command line of a converter script. Before any work it refuses an output location it cannot fill
     (:func:`check_output_dir`) and, with ``--push_to_hub``, a Hub it cannot write to (:func:`check_hub_access`); then
     converts ``--checkpoint_path``, writes ``--output_dir`` completely or not at all, checked in a fresh process
     (:func:`write_output_folder`, :func:`check_reload`; ``--skip_reload_check`` skips the check), prints the summary
     line and uploads with ``--push_to_hub``. A :class:`ConversionError` (a bad checkpoint, a refused output folder or
-    Hub, a failed reload check) or a failed upload is one ``error: ...`` line on stderr and exit status 1."""
+    Hub, a failed reload check) or a failed upload is one ``error: ...`` line on stderr and exit status 1. SIGTERM
+    cleans up as an interrupt does (no temporary folder is left) and is one ``error:`` line and exit status 143."""
     args = parse_converter_args(converter, description, argv)
+    written = []  # set once the output folder is complete
+    with terminate_with_cleanup():
+        try:
+            return _convert_and_write(converter, card_template, args, written)
+        except Terminated:
+            if written:
+                state = "is written" + (" but was not (completely) pushed" if args.push_to_hub else "")
+            else:
+                state = "was left unchanged" if Path(args.output_dir).exists() else "was not written"
+            print(f"error: terminated (SIGTERM); {args.output_dir} {state}", file=sys.stderr)
+            return TERMINATED_STATUS
+
+
+def _convert_and_write(converter: Converter, card_template: Path, args: argparse.Namespace, written: list) -> int:
+    """:func:`converter_main` after the arguments are parsed (``written`` gets an entry once the folder is)."""
     try:
-        check_output_dir(args.output_dir, args.overwrite, args.checkpoint_path)
+        if args.overwrite:
+            config_files = _protected_config_files(converter, args.config_file)
+        else:
+            config_files = ()
+        check_output_dir(args.output_dir, args.overwrite, args.checkpoint_path, config_files)
         token = check_hub_access(args.push_to_hub) if args.push_to_hub else None
         conversion = converter.convert(args.checkpoint_path, args.variant, args.config_file)
         check = None if args.skip_reload_check else converter.reload_check
         fields = write_output_folder(
             conversion, args.output_dir, card_template, converter.card_fields, check, overwrite=args.overwrite
         )
+        written.append(args.output_dir)
     except (ConversionError, HubAccessError) as error:
         return _report(error)
     print(

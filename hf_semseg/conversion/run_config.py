@@ -19,6 +19,7 @@ is read with ``yaml.safe_load`` (``_BASE_`` merged as detectron2 does).
 
 import ast
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,8 @@ def merge_config(base: dict, child: dict) -> dict:
 
 
 def _read_text(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise ConfigFileError(f"--config_file {path}: a directory, not a file ({what})")
     if not path.is_file():
         raise ConfigFileError(f"--config_file {path}: no such file ({what})")
     try:
@@ -166,28 +169,34 @@ def _read_text(path: Path, what: str) -> str:
         raise ConfigFileError(f"--config_file {path}: cannot be read ({error})") from error
 
 
-def read_mmseg_config(path: str | Path, _seen: tuple = ()) -> dict:
-    """The names of an mmseg config file (``.py``), with its ``_base_`` files merged in as mmcv does."""
+def read_mmseg_config(path: str | Path, _seen: tuple = (), files: list | None = None) -> dict:
+    """The names of an mmseg config file (``.py``), with its ``_base_`` files merged in as mmcv does (``files``, when
+    given, gets the path of every file read)."""
     path = Path(path)
     if path.resolve() in _seen:
         raise ConfigFileError(f"--config_file {_seen[0]}: _base_ files include each other ({path})")
     values = parse_mmseg_config_text(_read_text(path, "an mmseg config"), str(path))
+    if files is not None:
+        files.append(path)
     bases = values.pop("_base_", [])
     merged: dict = {}
     for base in [bases] if isinstance(bases, str) else list(bases):
         if not isinstance(base, str):
             raise ConfigFileError(f"{path}: _base_ entries must be file names, got {base!r}")
-        merged = merge_config(merged, read_mmseg_config(path.parent / base, _seen + (path.resolve(),)))
+        merged = merge_config(merged, read_mmseg_config(path.parent / base, _seen + (path.resolve(),), files))
     return merge_config(merged, values)
 
 
-def read_detectron2_config(path: str | Path, _seen: tuple = ()) -> dict:
-    """A detectron2 ``config.yaml`` (``yaml.safe_load``), with its ``_BASE_`` file merged in as detectron2 does."""
+def read_detectron2_config(path: str | Path, _seen: tuple = (), files: list | None = None) -> dict:
+    """A detectron2 ``config.yaml`` (``yaml.safe_load``), with its ``_BASE_`` file merged in as detectron2 does
+    (``files``, when given, gets the path of every file read)."""
     import yaml
 
     path = Path(path)
     if path.resolve() in _seen:
         raise ConfigFileError(f"--config_file {_seen[0]}: _BASE_ files include each other ({path})")
+    if files is not None:
+        files.append(path)
     try:
         values = yaml.safe_load(_read_text(path, "a detectron2 config.yaml"))
     except yaml.YAMLError as error:
@@ -198,7 +207,16 @@ def read_detectron2_config(path: str | Path, _seen: tuple = ()) -> dict:
     base = values.pop("_BASE_", None)
     if base is None:
         return values
-    return _merge_yaml(read_detectron2_config(path.parent / str(base), _seen + (path.resolve(),)), values)
+    return _merge_yaml(read_detectron2_config(path.parent / str(base), _seen + (path.resolve(),), files), values)
+
+
+def config_file_paths(path: str | Path, layout) -> tuple[Path, ...]:
+    """The config file ``path`` and every ``_base_`` (mmseg) or ``_BASE_`` (detectron2) file it includes, for a
+    converter reading checkpoints of ``layout`` (:data:`~.common.MMSEG` or :data:`~.common.DETECTRON2`)."""
+    files: list = []
+    reader = read_mmseg_config if layout.name == "mmseg" else read_detectron2_config
+    reader(path, files=files)
+    return tuple(files)
 
 
 def _merge_yaml(base: dict, child: dict) -> dict:
@@ -438,6 +456,99 @@ def check_consistent(run_configs: list[RunConfig], checks: list[tuple[str, objec
                 )
 
 
+#: where the original Swin's weights (``backbone.patch_embed.proj``, ``backbone.layers.*``: SeMask-FPN, the SeMask and
+#: VW detectron2 backbones) hold each hyper-parameter, for the messages of :func:`swin_consistency_checks`
+_SWIN_WEIGHTS = {
+    "embed_dim": "backbone.patch_embed.proj.weight",
+    "patch_size": "backbone.patch_embed.proj.weight",
+    "depths": "the backbone.layers.*.blocks.* keys",
+    "num_heads": "the relative position bias tables",
+    "window_size": "the relative position bias tables",
+    "mlp_ratio": "backbone.layers.0.blocks.0.mlp.fc1.weight",
+    "qkv_bias": "the backbone's attn.qkv.bias keys",
+    "ape": "no backbone.absolute_pos_embed key",
+    "num_semantic_blocks": "the backbone.layers.*.semantic_layer.class_injection.* keys",
+}
+#: where a detectron2 config (``MODEL.SWIN``) keeps the Swin hyper-parameters the weights hold
+D2_SWIN_PATHS = {
+    "embed_dim": "MODEL.SWIN.EMBED_DIM",
+    "patch_size": "MODEL.SWIN.PATCH_SIZE",
+    "depths": "MODEL.SWIN.DEPTHS",
+    "num_heads": "MODEL.SWIN.NUM_HEADS",
+    "window_size": "MODEL.SWIN.WINDOW_SIZE",
+    "mlp_ratio": "MODEL.SWIN.MLP_RATIO",
+    "qkv_bias": "MODEL.SWIN.QKV_BIAS",
+    "ape": "MODEL.SWIN.APE",
+}
+
+
+def swin_consistency_checks(backbone, paths: dict[str, str]) -> list[tuple[str, object, str]]:
+    """The :func:`check_consistent` checks of a Swin backbone in the original key layout: for each field of
+    ``paths`` (``embed_dim``, ``patch_size``, ``depths``, ``num_heads``, ``window_size``, ``mlp_ratio``, ``qkv_bias``,
+    ``num_semantic_blocks``; ``ape``: always False, the converters refuse absolute position embeddings), the key a run's
+    config keeps it under and its value in ``backbone`` (the fields read from the weights: a dict or a config)."""
+
+    def value(field: str):
+        if field == "ape":
+            return False
+        return backbone[field] if isinstance(backbone, dict) else getattr(backbone, field)
+
+    return [(path, value(field), _SWIN_WEIGHTS[field]) for field, path in paths.items()]
+
+
+def check_representable(run_configs: list[RunConfig], checks: list[tuple[str, Callable, str]]) -> None:
+    """Values of the run that change the model's output, that the weights do not hold and that the converted model
+    cannot represent: for each ``(path, accepts, what the converted model computes)``, a run's config setting ``path``
+    to a value ``accepts`` refuses is refused, naming the key, its value and what the converted model computes."""
+    for run_config in run_configs:
+        for path, accepts, computes in checks:
+            if run_config.has(path) and not accepts(run_config.get(path)):
+                raise ConfigFileError(
+                    f"{run_config.source}: {path} = {run_config.get(path)!r}, but the converted model {computes} "
+                    "and cannot represent this value; it cannot reproduce this run"
+                )
+
+
+def qk_scale_check(path: str, embed_dim: int, num_heads: list[int]) -> tuple[str, Callable, str]:
+    """The :func:`check_representable` check of a Swin's ``qk_scale``: the original scales the attention by
+    ``qk_scale or head_dim ** -0.5``, the converted model always by ``head_dim ** -0.5``."""
+    head_dims = sorted({embed_dim * 2**stage // heads for stage, heads in enumerate(num_heads) if heads > 0})
+
+    def accepts(value) -> bool:
+        if not value:  # None (or 0): the original's default
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return all(math.isclose(value, head_dim**-0.5, rel_tol=1e-6) for head_dim in head_dims)
+
+    dims = "/".join(map(str, head_dims))
+    return path, accepts, f"scales the attention by head_dim ** -0.5 (head_dim {dims}; qk_scale None)"
+
+
+def align_corners_check(path: str) -> tuple[str, Callable, str]:
+    """The :func:`check_representable` check of a decode head's ``align_corners`` (the converted heads resize with
+    ``align_corners=False``)."""
+    return path, lambda value: not value, "resizes with align_corners=False"
+
+
+def check_heads_setting(resolved: "ResolvedSettings", name: str, path: str, what: str, channels: int) -> None:
+    """The attention heads the setting ``name`` (``path`` in a run's config) resolved to must split ``channels``
+    evenly (:func:`~.common.check_attention_heads`; a :class:`ConfigFileError` naming ``what``, the channels, the
+    heads and where they came from); a list of heads (one per stage) is checked against a list of channels."""
+    from .common import check_attention_heads
+
+    if name not in resolved.values:
+        return
+    heads, source = resolved.values[name], resolved.sources[name].removesuffix(" [default]")
+    if isinstance(heads, (list, tuple)):
+        for stage, (stage_heads, stage_channels) in enumerate(zip(heads, channels)):
+            check_attention_heads(
+                f"{what} {stage}", stage_channels, stage_heads, f"{path} from {source}", ConfigFileError
+            )
+    else:
+        check_attention_heads(what, channels, heads, f"{path} from {source}", ConfigFileError)
+
+
 def first_value(run_configs: list[RunConfig], paths: list[str]):
     """``(value, source)`` of the first of ``paths`` any run config sets, ``(None, None)`` when none does."""
     for run_config in run_configs:
@@ -487,6 +598,27 @@ MMSEG_DATASETS = {"ADE20KDataset": "ade20k", "CityscapesDataset": "cityscapes"}
 DETECTRON2_DATASETS = {"ade20k_sem_seg": "ade20k", "cityscapes_fine_sem_seg": "cityscapes"}
 
 
+def _read_value(where: str, name: str, value, read: Callable):
+    """``read(value)``; its ``ValueError`` as a :class:`ConfigFileError` naming ``where`` (the config), the setting
+    ``name``, its value and what was expected."""
+    try:
+        return read(value)
+    except (ValueError, TypeError) as error:
+        raise ConfigFileError(f"{where}: {name} = {value!r}: {error}") from error
+
+
+def _pixel_statistics(where: str, name: str, values, is_std: bool) -> list[float]:
+    """Three mean or std values of the 0-255 scale (a config's ``Normalize`` or ``PIXEL_MEAN`` / ``PIXEL_STD``) on the
+    0-1 scale; anything else (not three finite numbers, a std that is not positive) is a :class:`ConfigFileError`
+    naming ``where`` and the setting ``name``."""
+    expected = "3 positive finite numbers (a std divides the pixels)" if is_std else "3 finite numbers"
+    valid = isinstance(values, (list, tuple)) and len(values) == 3
+    valid = valid and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if not valid or (is_std and min(values) <= 0):
+        raise ConfigFileError(f"{where}: {name} = {values!r}, expected {expected}")
+    return [float(value) / 255.0 for value in values]
+
+
 def _walk_transforms(pipeline):
     """Every transform dict of an mmseg pipeline list, nested ones (``MultiScaleFlipAug.transforms``) included."""
     for step in pipeline if isinstance(pipeline, (list, tuple)) else []:
@@ -532,7 +664,9 @@ def mmseg_pipeline(run_configs: list[RunConfig]) -> dict:
             elif kind == "Resize" and step.get("keep_ratio") is False:
                 raise ConfigFileError(f"{where}: Resize(keep_ratio=False) is not supported by the keep-ratio processor")
             elif kind == "ResizeToMultiple":
-                found["size_divisor"] = positive_int(step.get("size_divisor", 32))
+                found["size_divisor"] = _read_value(
+                    where, "ResizeToMultiple size_divisor", step.get("size_divisor", 32), positive_int
+                )
             elif kind == "Normalize":
                 if step.get("to_rgb", True) is False:
                     raise ConfigFileError(
@@ -540,12 +674,13 @@ def mmseg_pipeline(run_configs: list[RunConfig]) -> dict:
                         "processor does not produce"
                     )
                 for name in ("mean", "std"):
-                    values = step.get(name)
-                    if not (isinstance(values, (list, tuple)) and len(values) == 3):
-                        raise ConfigFileError(f"{where}: Normalize {name} = {values!r}, expected 3 numbers")
-                    found[f"image_{name}"] = [float(number(value)) / 255.0 for value in values]
+                    found[f"image_{name}"] = _pixel_statistics(
+                        where, f"Normalize {name}", step.get(name), name == "std"
+                    )
         if "reduce_zero_label" in test:
-            found["reduce_labels"] = boolean(test["reduce_zero_label"])
+            found["reduce_labels"] = _read_value(
+                f"{run_config.source}: data.test", "reduce_zero_label", test["reduce_zero_label"], boolean
+            )
         dataset = MMSEG_DATASETS.get(dataset_type)
         if dataset_type == "COCOStuffDataset" and "10k" in str(test.get("data_root", run_config.get("data_root", ""))):
             dataset = "coco-stuff-10k"
@@ -571,17 +706,15 @@ def detectron2_pipeline(run_configs: list[RunConfig]) -> dict:
             )
         shortest, longest = run_config.get("INPUT.MIN_SIZE_TEST", None), run_config.get("INPUT.MAX_SIZE_TEST", None)
         if shortest is not None:
-            shortest = positive_int(shortest)
-            longest = positive_int(longest) if longest else None
+            shortest = _read_value(where, "INPUT.MIN_SIZE_TEST", shortest, positive_int)
+            longest = _read_value(where, "INPUT.MAX_SIZE_TEST", longest, positive_int) if longest else None
             if longest is None:
                 raise ConfigFileError(f"{where}: INPUT.MIN_SIZE_TEST is set but INPUT.MAX_SIZE_TEST is not")
             found["test_scale"] = (longest, shortest)
         for name, key in (("image_mean", "MODEL.PIXEL_MEAN"), ("image_std", "MODEL.PIXEL_STD")):
             values = run_config.get(key, None)
             if values is not None:
-                if not (isinstance(values, (list, tuple)) and len(values) == 3):
-                    raise ConfigFileError(f"{where}: {key} = {values!r}, expected 3 numbers")
-                found[name] = [float(number(value)) / 255.0 for value in values]
+                found[name] = _pixel_statistics(where, key, values, name == "image_std")
         test_sets = run_config.get("DATASETS.TEST", None) or []
         for prefix, dataset in DETECTRON2_DATASETS.items():
             if test_sets and str(list(test_sets)[0]).startswith(prefix):

@@ -23,6 +23,7 @@ from .common import (
     build_conversion,
     check_against_model,  # noqa: F401  (importable from here, as before the shared module)
     check_relative_position_index,
+    check_swin_heads,
     checkpoint_id2label,
     errors_name_the_file,
     indices,
@@ -37,11 +38,15 @@ from .model_card import semask_fpn_card_fields
 from .run_config import (
     ResolvedSettings,
     Setting,
+    align_corners_check,
     check_consistent,
+    check_representable,
     mmseg_pipeline,
     mmseg_run_configs,
     positive_int,
+    qk_scale_check,
     resolve_settings,
+    swin_consistency_checks,
     training_only,
 )
 
@@ -158,6 +163,7 @@ def infer_backbone_fields(state_dict: dict[str, torch.Tensor], kind: str) -> tup
     table = "backbone.layers.{}.blocks.0.attn.relative_position_bias_table"
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     num_heads = [tensor_shape(state_dict, table.format(stage), kind, 2)[1] for stage in stages]
+    check_swin_heads(embed_dim, num_heads, "the relative position bias tables")
     injection = r"backbone\.layers\.{}\.semantic_layer\.class_injection\.(\d+)\."
     num_semantic_blocks = [len(indices(state_dict, injection.format(stage))) for stage in stages]
     first_semantic = next(stage for stage, count in enumerate(num_semantic_blocks) if count)
@@ -199,6 +205,18 @@ SETTINGS = [
     training_only("ohem_min_kept", "OHEM pixels kept", "model.decode_head.sampler.min_kept", positive_int, 100000),
 ]
 CONFIG_FILE_HELP = "the run's mmseg config (.py)"
+#: where an mmseg config (``SeMaskSwinTransformer``) keeps the Swin hyper-parameters the weights hold
+MMSEG_SWIN_PATHS = {
+    "embed_dim": "model.backbone.embed_dim",
+    "patch_size": "model.backbone.patch_size",
+    "depths": "model.backbone.depths",
+    "num_heads": "model.backbone.num_heads",
+    "window_size": "model.backbone.window_size",
+    "mlp_ratio": "model.backbone.mlp_ratio",
+    "qkv_bias": "model.backbone.qkv_bias",
+    "ape": "model.backbone.ape",
+    "num_semantic_blocks": "model.backbone.num_sem_blocks",
+}
 
 
 def infer_config_and_settings(
@@ -216,7 +234,9 @@ def infer_config_and_settings(
     (:data:`SETTINGS`): the semantic window (required), stochastic depth, the semantic loss weight and OHEM (training
     only), from ``config_file``, the config text in ``meta``, or the released variant (``variant``, or the one with
     exactly these weights); a required value none of them has stops the conversion, naming it. A config that
-    contradicts the weights (classes, widths, depths, heads, window) is refused.
+    contradicts the weights (classes, widths, patch size, depths, heads, window, MLP ratio, q/k/v bias, semantic
+    blocks, APE) is refused, and so is one whose ``qk_scale`` or ``align_corners`` the converted model cannot
+    represent.
     """
     meta = meta or {}
     if run_configs is None:  # the caller may have read them already
@@ -236,11 +256,15 @@ def infer_config_and_settings(
             ("model.decode_head.type", "BranchFPNHead", "a SeMask-FPN decode head"),
             ("model.decode_head.num_classes", num_classes, "decode_head.conv_seg.weight"),
             ("model.backbone.num_cls", num_semantic_classes, "the semantic layers' mlp_cls_q"),
-            ("model.backbone.embed_dim", backbone["embed_dim"], "backbone.patch_embed.proj.weight"),
-            ("model.backbone.depths", backbone["depths"], "the backbone.layers.*.blocks.* keys"),
-            ("model.backbone.num_heads", backbone["num_heads"], "the relative position bias tables"),
-            ("model.backbone.window_size", backbone["window_size"], "the relative position bias tables"),
+            *swin_consistency_checks(backbone, MMSEG_SWIN_PATHS),
             ("model.decode_head.channels", decoder_channels, "decode_head.conv_seg.weight"),
+        ],
+    )
+    check_representable(
+        run_configs,
+        [
+            qk_scale_check("model.backbone.qk_scale", backbone["embed_dim"], backbone["num_heads"]),
+            align_corners_check("model.decode_head.align_corners"),
         ],
     )
     id2label = checkpoint_id2label(meta.get("CLASSES"), num_classes)

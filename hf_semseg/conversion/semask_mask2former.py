@@ -25,6 +25,7 @@ from .common import (
     CheckpointError,
     Conversion,
     build_conversion,
+    check_attention_heads,
     checkpoint_id2label,
     errors_name_the_file,
     expect_shape,
@@ -37,15 +38,20 @@ from .common import (
     tensor_shape,
 )
 from .run_config import (
+    D2_SWIN_PATHS,
     ResolvedSettings,
     Setting,
     boolean,
     check_consistent,
+    check_heads_setting,
+    check_representable,
     detectron2_pipeline,
     detectron2_run_configs,
     non_negative_int,
     positive_int,
+    qk_scale_check,
     resolve_settings,
+    swin_consistency_checks,
     training_only,
 )
 from .semask_fpn import check_semask_backbone, infer_backbone_fields
@@ -303,6 +309,21 @@ NO_OBJECT_WEIGHT = training_only("no_object_weight", "the no-object weight", "MO
 CONFIG_FILE_HELP = "the run's detectron2 config.yaml (its output folder has it)"
 
 
+def semask_d2_swin_checks(backbone_config: SeMaskSwinConfig) -> list[tuple[str, object, str]]:
+    """What a SeMask detectron2 run's ``MODEL.SWIN`` must agree on with the backbone's weights
+    (:func:`.run_config.swin_consistency_checks`); ``NUM_SEM_BLOCKS`` is one number for every stage there."""
+    blocks = backbone_config.num_semantic_blocks
+    fields = {name: getattr(backbone_config, name) for name in D2_SWIN_PATHS if name != "ape"}
+    fields["num_semantic_blocks"] = blocks[0] if len(set(blocks)) == 1 else list(blocks)
+    return swin_consistency_checks(fields, {**D2_SWIN_PATHS, "num_semantic_blocks": "MODEL.SWIN.NUM_SEM_BLOCKS"})
+
+
+def semask_d2_representable_checks(backbone_config: SeMaskSwinConfig) -> list[tuple]:
+    """The values of a SeMask detectron2 run the converted model cannot represent unless they have the default
+    (:func:`.run_config.check_representable`)."""
+    return [qk_scale_check("MODEL.SWIN.QK_SCALE", backbone_config.embed_dim, backbone_config.num_heads)]
+
+
 def read_no_object_weight(state_dict: dict[str, torch.Tensor], num_classes: int) -> float | None:
     """The no-object class weight from ``criterion.empty_weight`` (``num_classes`` ones, then it); None when the
     checkpoint has no such buffer (or only its shape: a key list), so that the run's config must give it."""
@@ -365,16 +386,27 @@ def infer_config_and_settings(
                 f"sampling_offsets has {sampling_rows} rows, not heads x 3 levels x 4 points x 2 as in Mask2Former"
             )
         encoder_layers = _count(state_dict, r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.")
+        heads = sampling_rows // 24
+        where = f"sampling_offsets: {sampling_rows} rows = heads x 3 levels x 4 points x 2"
+        check_attention_heads("the pixel decoder's deformable attention", feature_size, heads, where)
+        check_attention_heads("the masked-attention decoder (the same NHEADS)", hidden_dim, heads, where)
         head_fields = {
             "encoder_layers": encoder_layers,
             "encoder_feedforward_dim": _shape(
                 state_dict, "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight", 2
             )[0],
-            "num_attention_heads": sampling_rows // 24,
+            "num_attention_heads": heads,
         }
         consistent = [
             ("MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", encoder_layers, "the pixel decoder's encoder layers"),
-            ("MODEL.MASK_FORMER.NHEADS", sampling_rows // 24, "the deformable attention's sampling_offsets"),
+            ("MODEL.MASK_FORMER.NHEADS", heads, "the deformable attention's sampling_offsets"),
+            # the encoder reads the three coarsest stages, and one FPN level (adapter_1) brings it to stride 4
+            (
+                "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES",
+                [f"res{stage + 2}" for stage in range(num_stages - 3, num_stages)],
+                "the deformable encoder's three input_proj levels (strides 8-32)",
+            ),
+            ("MODEL.SEM_SEG_HEAD.COMMON_STRIDE", 4, "one FPN level (adapter_1) below the stride-8 encoder features"),
         ]
         expected_fpn_levels = 1  # transformers' Mask2Former: common stride 4 from stride-8 encoder features
     else:
@@ -411,12 +443,15 @@ def infer_config_and_settings(
             ("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", num_queries, "sem_seg_head.predictor.query_feat.weight"),
             ("MODEL.MASK_FORMER.DEC_LAYERS", decoder_layers, "the predictor's transformer layers"),
             ("MODEL.MASK_FORMER.DIM_FEEDFORWARD", dim_feedforward, "the predictor's transformer_ffn_layers"),
-            ("MODEL.SWIN.EMBED_DIM", backbone_config.embed_dim, "backbone.patch_embed.proj.weight"),
-            ("MODEL.SWIN.DEPTHS", backbone_config.depths, "the backbone.layers.*.blocks.* keys"),
-            ("MODEL.SWIN.NUM_HEADS", backbone_config.num_heads, "the relative position bias tables"),
-            ("MODEL.SWIN.WINDOW_SIZE", backbone_config.window_size, "the relative position bias tables"),
+            (
+                "MODEL.SEM_SEG_HEAD.IN_FEATURES",
+                [f"res{stage + 2}" for stage in range(num_stages)],
+                f"the pixel decoder's levels: every one of the {num_stages} backbone stages",
+            ),
+            *semask_d2_swin_checks(backbone_config),
         ],
     )
+    check_representable(run_configs, semask_d2_representable_checks(backbone_config))
     if id2label is not None and len(id2label) != num_classes:
         raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_classes} classes")
     id2label = id2label if id2label is not None else checkpoint_id2label(None, num_classes)
@@ -441,6 +476,9 @@ def infer_config_and_settings(
     )
     resolved = resolve_settings(
         config, settings, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
+    )
+    check_heads_setting(
+        resolved, DECODER_HEADS.name, DECODER_HEADS.path, "the masked-attention decoder", config.hidden_dim
     )
     return config, resolved
 
@@ -520,12 +558,18 @@ def check_tied_copy(state_dict: dict[str, torch.Tensor], key: str, tied_key: str
 
 def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], list[float]] | None:
     """``(image_mean, image_std)`` on the 0-1 scale from ``pixel_mean``/``pixel_std`` buffers if the checkpoint holds
-    them (detectron2 keeps them non-persistent, so released checkpoints do not)."""
+    them (detectron2 keeps them non-persistent, so released checkpoints do not); a std that is not positive is a
+    :class:`CheckpointError` (non-finite values are refused when the checkpoint is read)."""
     if not all(name in state_dict for name in PIXEL_STATISTICS):
         return None
     for name in PIXEL_STATISTICS:
         if state_dict[name].numel() != 3:
             expect_shape(name, state_dict[name], (3, 1, 1), "one value per RGB channel")
+    if state_dict["pixel_std"].device.type != "meta" and not bool((state_dict["pixel_std"] > 0).all()):
+        raise CheckpointError(
+            f"pixel_std: {state_dict['pixel_std'].flatten().tolist()}, expected 3 positive values (the std divides "
+            "the pixels)"
+        )
     mean, std = (state_dict[name].flatten().double() / 255.0 for name in PIXEL_STATISTICS)
     return mean.tolist(), std.tolist()
 

@@ -38,6 +38,8 @@ from .run_config import (
     Setting,
     boolean,
     check_consistent,
+    check_heads_setting,
+    check_representable,
     detectron2_run_configs,
     positive_int,
     resolve_settings,
@@ -54,6 +56,8 @@ from .semask_mask2former import (
     SIZE_DIVISIBILITY,
     convert_loaded,
     read_no_object_weight,
+    semask_d2_representable_checks,
+    semask_d2_swin_checks,
 )
 
 
@@ -285,12 +289,10 @@ def infer_config_and_settings(
             ("MODEL.MASK_FORMER.DEC_LAYERS", decoder["decoder_layers"], "the DETR decoder layers"),
             ("MODEL.MASK_FORMER.ENC_LAYERS", len(encoder_layers), "the DETR encoder layers"),
             ("MODEL.MASK_FORMER.DIM_FEEDFORWARD", decoder["decoder_ffn_dim"], "the decoder layers' linear1"),
-            ("MODEL.SWIN.EMBED_DIM", backbone_config.embed_dim, "backbone.patch_embed.proj.weight"),
-            ("MODEL.SWIN.DEPTHS", backbone_config.depths, "the backbone.layers.*.blocks.* keys"),
-            ("MODEL.SWIN.NUM_HEADS", backbone_config.num_heads, "the relative position bias tables"),
-            ("MODEL.SWIN.WINDOW_SIZE", backbone_config.window_size, "the relative position bias tables"),
+            *semask_d2_swin_checks(backbone_config),
         ],
     )
+    check_representable(run_configs, semask_d2_representable_checks(backbone_config))
     if id2label is not None and len(id2label) != num_labels:
         raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_labels} classes")
     id2label = id2label if id2label is not None else checkpoint_id2label(None, num_labels)
@@ -303,6 +305,9 @@ def infer_config_and_settings(
     settings = SETTINGS + ([NO_OBJECT_WEIGHT] if "no_object_weight" not in head else [])
     resolved = resolve_settings(
         config, settings, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
+    )
+    check_heads_setting(
+        resolved, DETR_DECODER_HEADS.name, DETR_DECODER_HEADS.path, "the DETR decoder", decoder["d_model"]
     )
     config.force_original_decoder()  # the heads may have changed: the config's copy of them follows
     return config, resolved

@@ -27,6 +27,7 @@ from .common import (
     Converter,
     build_conversion,
     check_relative_position_index,
+    check_swin_heads,
     checkpoint_id2label,
     errors_name_the_file,
     expect_shape,
@@ -42,14 +43,20 @@ from .common import (
 )
 from .model_card import vwformer_card_fields
 from .run_config import (
+    ConfigFileError,
     ResolvedSettings,
     Setting,
+    align_corners_check,
     boolean,
     check_consistent,
+    check_heads_setting,
+    check_representable,
+    first_value,
     int_list,
     mmseg_pipeline,
     mmseg_run_configs,
     positive_int,
+    qk_scale_check,
     resolve_settings,
     training_only,
 )
@@ -229,6 +236,7 @@ def infer_swin_config(state_dict: dict) -> SwinConfig:
     depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     table = "backbone.stages.{}.blocks.0.attn.w_msa.relative_position_bias_table"
     num_heads = [_shape(state_dict, table.format(stage), 2)[1] for stage in stages]
+    check_swin_heads(embed_dim, num_heads, "the relative position bias tables")
     window_size = window_size_from_table(_shape(state_dict, table.format(0))[0], table.format(0))
     mlp_hidden = _shape(state_dict, "backbone.stages.0.blocks.0.ffn.layers.0.0.weight", 2)[0]
     return SwinConfig(
@@ -307,6 +315,42 @@ BACKBONE_TYPES = {"swin": "SwinTransformer", "convnext": "mmcls.ConvNeXt", "mit"
 HEAD_TYPES = {"vw": "VWHead", "vw_city": "VWCityHead"}
 
 
+def _representable_checks(backbone_type: str, backbone_config) -> list[tuple]:
+    """What a run's config may set that changes the output, is not in the weights and that the converted model
+    cannot represent unless it has the default (:func:`.run_config.check_representable`)."""
+    checks = [align_corners_check("model.decode_head.align_corners")]
+    if backbone_type == "swin":
+        standard = [backbone_config.patch_size] + [2] * (len(backbone_config.depths) - 1)
+        checks += [
+            qk_scale_check("model.backbone.qk_scale", backbone_config.embed_dim, backbone_config.num_heads),
+            (
+                "model.backbone.strides",
+                lambda value: isinstance(value, (list, tuple)) and list(value) == standard,
+                f"strides {standard} (the patch embedding by its patch size, each patch merging by 2)",
+            ),
+        ]
+    return checks
+
+
+def _mit_strides(run_configs: list, backbone_config) -> None:
+    """MiT's patch-embedding strides (``model.backbone.strides``) from the run's config, when it sets them (the
+    weights do not hold them; without them, ``MixVisionTransformer``'s default [4, 2, 2, 2] is the run's)."""
+    strides, source = first_value(run_configs, ["model.backbone.strides"])
+    if strides is None:
+        return
+    stages = len(backbone_config.depths)
+    try:
+        strides = [positive_int(stride) for stride in int_list(strides)]
+    except ValueError as error:
+        raise ConfigFileError(f"{source}: model.backbone.strides = {strides!r}: {error}") from error
+    if len(strides) != stages:
+        raise ConfigFileError(
+            f"{source}: model.backbone.strides = {strides}, expected one value per stage ({stages} stages in the "
+            "weights)"
+        )
+    backbone_config.strides = strides
+
+
 def _backbone_checks(backbone_type: str, backbone_config) -> list[tuple[str, object, str]]:
     """What a run's config may say about the backbone that the weights also tell."""
     checks = [("model.backbone.type", BACKBONE_TYPES[backbone_type], "the backbone's key layout")]
@@ -369,6 +413,9 @@ def infer_config_and_settings(
             ("model.decode_head.channels", decoder_hidden_size, "decode_head.linear_fuse.conv.weight"),
         ],
     )
+    check_representable(run_configs, _representable_checks(backbone_type, backbone_config))
+    if backbone_type == "mit":
+        _mit_strides(run_configs, backbone_config)
     id2label = checkpoint_id2label(meta.get("CLASSES"), num_labels)
     config = VWFormerConfig(
         backbone_config=backbone_config,
@@ -388,6 +435,11 @@ def infer_config_and_settings(
             f"{resolved.sources[MIT_HEADS.name]}: {MIT_HEADS.path} = {config.backbone_config.num_attention_heads}, "
             f"expected one value per stage ({len(config.backbone_config.depths)} stages in the weights)"
         )
+    heads = HEAD_SETTINGS[0]  # the decode head's attention heads
+    check_heads_setting(resolved, heads.name, heads.path, "the decode head's attention", decoder_hidden_size)
+    if backbone_type == "mit":
+        hidden_sizes = config.backbone_config.hidden_sizes
+        check_heads_setting(resolved, MIT_HEADS.name, MIT_HEADS.path, "MiT stage", hidden_sizes)
     return config, resolved
 
 

@@ -48,7 +48,9 @@ from .common import (
     Conversion,
     Converter,
     build_conversion,
+    check_attention_heads,
     check_relative_position_index,
+    check_swin_heads,
     checkpoint_id2label,
     errors_name_the_file,
     expect_shape,
@@ -64,15 +66,20 @@ from .common import (
 )
 from .model_card import vw_d2_card_fields
 from .run_config import (
+    D2_SWIN_PATHS,
     ResolvedSettings,
     Setting,
     boolean,
     check_consistent,
+    check_heads_setting,
+    check_representable,
     detectron2_pipeline,
     detectron2_run_configs,
     first_value,
     positive_int,
+    qk_scale_check,
     resolve_settings,
+    swin_consistency_checks,
     training_only,
 )
 from .semask_mask2former import (
@@ -275,6 +282,7 @@ def swin_backbone_fields(state_dict: dict[str, torch.Tensor]) -> dict:
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     table = "backbone.layers.{}.blocks.0.attn.relative_position_bias_table"
     num_heads = [_shape(state_dict, table.format(stage), 2)[1] for stage in stages]
+    check_swin_heads(embed_dim, num_heads, "the relative position bias tables")
     window_size = window_size_from_table(_shape(state_dict, table.format(0))[0], table.format(0))
     mlp_hidden = _shape(state_dict, "backbone.layers.0.blocks.0.mlp.fc1.weight", 2)[0]
     if any(key.startswith("backbone.absolute_pos_embed") for key in state_dict):
@@ -377,10 +385,14 @@ def vw_head_fields(state_dict: dict[str, torch.Tensor]) -> dict:
                     f"{encoder}0.self_attn.sampling_offsets.weight has {sampling_rows} rows, not heads x 3 levels x 4 "
                     "points x 2"
                 )
+            heads = sampling_rows // 24
+            where = f"sampling_offsets: {sampling_rows} rows = heads x 3 levels x 4 points x 2"
+            check_attention_heads("the pixel decoder's deformable attention", VW_FEATURE_SIZE, heads, where)
+            check_attention_heads("the masked-attention decoder (the same NHEADS)", hidden_dim, heads, where)
             fields.update(
                 encoder_layers=len(indices(state_dict, re.escape(encoder) + r"(\d+)\.")),
                 encoder_feedforward_dim=_shape(state_dict, encoder + "0.linear1.weight", 2)[0],
-                num_attention_heads=sampling_rows // 24,
+                num_attention_heads=heads,
             )
     no_object_weight = read_no_object_weight(state_dict, num_labels)
     if no_object_weight is not None:
@@ -601,14 +613,7 @@ def _consistency_checks(state_dict: dict[str, torch.Tensor], head: str, fields: 
         ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", PIXEL_DECODER_NAMES[head], "the pixel decoder's key layout"),
         ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", fields["num_labels"], "sem_seg_head.predictor.class_embed.weight"),
         ("MODEL.SEM_SEG_HEAD.MASK_DIM", VW_FEATURE_SIZE, "sem_seg_head.predictor.mask_embed.layers.2.weight"),
-        ("MODEL.SWIN.EMBED_DIM", backbone.embed_dim, "backbone.patch_embed.proj.weight"),
-        ("MODEL.SWIN.PATCH_SIZE", backbone.patch_size, "backbone.patch_embed.proj.weight"),
-        ("MODEL.SWIN.DEPTHS", backbone.depths, "the backbone.layers.*.blocks.* keys"),
-        ("MODEL.SWIN.NUM_HEADS", backbone.num_heads, "the relative position bias tables"),
-        ("MODEL.SWIN.WINDOW_SIZE", backbone.window_size, "the relative position bias tables"),
-        ("MODEL.SWIN.MLP_RATIO", backbone.mlp_ratio, "backbone.layers.0.blocks.0.mlp.fc1.weight"),
-        ("MODEL.SWIN.QKV_BIAS", backbone.qkv_bias, "the backbone's attn.qkv.bias keys"),
-        ("MODEL.SWIN.APE", False, "no backbone.absolute_pos_embed key"),
+        *swin_consistency_checks(backbone, D2_SWIN_PATHS),
     ]
     if head == "vw_maskformer":
         decoder = fields["decoder_config"]
@@ -696,6 +701,8 @@ def infer_config_and_settings(
     head = detect_vw_head(state_dict)
     fields = vw_head_fields(state_dict)
     check_consistent(run_configs, _consistency_checks(state_dict, head, fields))
+    backbone = fields["backbone_config"]
+    check_representable(run_configs, [qk_scale_check("MODEL.SWIN.QK_SCALE", backbone.embed_dim, backbone.num_heads)])
     num_labels = fields.pop("num_labels")
     if id2label is not None and len(id2label) != num_labels:
         raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_labels} classes")
@@ -704,8 +711,13 @@ def infer_config_and_settings(
     settings = vw_settings(head, "no_object_weight" in fields)
     matched = released_variant(config, variant)
     resolved = resolve_settings(config, settings, run_configs, matched, variant is not None, CONFIG_FILE_HELP)
-    if head == "vw_maskformer":
+    if head != "vw_maskformer":
+        decoder_heads = (DECODER_HEADS.name, DECODER_HEADS.path, "the masked-attention decoder", config.hidden_dim)
+        check_heads_setting(resolved, *decoder_heads)
+    else:
         decoder = config.decoder_config
+        detr_heads = (DETR_DECODER_HEADS.name, DETR_DECODER_HEADS.path, "the DETR decoder", decoder.d_model)
+        check_heads_setting(resolved, *detr_heads)
         if "decoder_config.dropout" in resolved.values:  # the original applies DROPOUT in the attentions and FFN too
             decoder.attention_dropout = decoder.activation_dropout = decoder.dropout
         config.force_original_decoder()  # the decoder heads may have changed: the config's copy of them follows

@@ -1,0 +1,527 @@
+"""Faults an audit of the converters found: malformed checkpoint metadata and keys, degenerate or mistyped tensors,
+attention heads that do not split the channels, mistyped or contradicting run configs, values the converted model
+cannot represent, and the output folder under ``--overwrite`` or SIGTERM. Each is refused before torch sees it: exit
+status 1 (143 for SIGTERM), one ``error:`` line naming the thing, nothing half-written."""
+
+import math
+import os
+import signal
+import tempfile
+import time
+import warnings
+
+import pytest
+import torch
+import yaml
+from test_convert_bad_tensors import _cli, _original, assert_refused, bad_checkpoint, run_cli
+
+from hf_semseg.conversion import common, semask_fpn, semask_mask2former, vwformer
+from hf_semseg.conversion.common import (
+    MMSEG,
+    CheckpointError,
+    checkpoint_id2label,
+    invalid_config_is_an_error,
+    read_checkpoint,
+)
+from hf_semseg.conversion.run_config import (
+    ConfigFileError,
+    RunConfig,
+    detectron2_pipeline,
+    mmseg_pipeline,
+    qk_scale_check,
+)
+from hf_semseg.models.configuration_semask_swin import SeMaskSwinConfig
+from hf_semseg.models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
+
+from conftest import fixture_config_file, fixture_dir
+
+
+def changed_checkpoint(tmp_path, fixture: str, change) -> str:
+    """The fixture's checkpoint, ``change(checkpoint)`` applied to the whole dict, saved as ``bad.pth``."""
+    checkpoint, _ = _original(fixture)
+    change(checkpoint)
+    path = tmp_path / "bad.pth"
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def without_config_text(checkpoint: dict) -> None:
+    checkpoint["meta"] = {key: value for key, value in checkpoint["meta"].items() if key != "config"}
+
+
+def edited_config_text(old: str, new: str):
+    def change(checkpoint):
+        assert old in checkpoint["meta"]["config"], old
+        checkpoint["meta"] = dict(checkpoint["meta"], config=checkpoint["meta"]["config"].replace(old, new, 1))
+
+    return change
+
+
+def config_file(tmp_path, fixture: str, change) -> str:
+    """The fixture's run config (``--config_file``) with ``change`` applied: to the parsed YAML of a detectron2
+    fixture, to the text of an mmseg one (which returns the new text); written into ``tmp_path / "run_config"``."""
+    folder = tmp_path / "run_config"
+    folder.mkdir(exist_ok=True)
+    path = fixture_config_file(fixture, folder)
+    if path.suffix == ".yaml":
+        values = yaml.safe_load(path.read_text())
+        change(values)
+        path.write_text(yaml.safe_dump(values))
+    else:
+        path.write_text(change(path.read_text()))
+    return str(path)
+
+
+def run_with(family, checkpoint, tmp_path, capsys, *extra):
+    """The family's command line on ``checkpoint`` with ``extra`` arguments: exit status, stderr lines, output."""
+    output_dir = tmp_path / "out"
+    arguments = ["--checkpoint_path", str(checkpoint), "--output_dir", str(output_dir), *map(str, extra)]
+    status = _cli(family).main(arguments)
+    return status, capsys.readouterr().err.splitlines(), output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1, 2: checkpoint metadata and keys
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "fixture", "change", "expected"),
+    [
+        ("semask_fpn", "semask_fpn_tiny", lambda ck: ck.update(meta="x"), "meta is a str ('x'), expected a dict"),
+        (
+            "vwformer",
+            "vwformer_tiny",
+            lambda ck: ck["meta"].update(CLASSES=5),
+            "meta['CLASSES'] = 5, expected a list of class names",
+        ),
+        (
+            "semask_fpn",
+            "semask_fpn_tiny",
+            lambda ck: ck["meta"].update(config=["x"]),
+            "meta['config'] = ['x'], expected the run's config text",
+        ),
+    ],
+    ids=["meta-str", "classes-int", "config-list"],
+)
+def test_metadata_of_a_wrong_type_is_refused_naming_the_entry(family, fixture, change, expected, tmp_path, capsys):
+    status, lines, output_dir = run_cli(family, changed_checkpoint(tmp_path, fixture, change), tmp_path, capsys)
+    assert_refused(status, lines, output_dir, "bad.pth", expected)
+
+
+def test_class_names_of_a_wrong_type_are_refused():
+    assert checkpoint_id2label(("a", "b"), 2) == {0: "a", 1: "b"}
+    with pytest.raises(CheckpointError, match=r"meta\['CLASSES'\] = 5, expected a list of class names"):
+        checkpoint_id2label(5, 2)
+
+
+def test_a_state_dict_key_that_is_not_a_string_is_refused(tmp_path, capsys):
+    (tmp_path / "run_config").mkdir()
+    path = tmp_path / "run_config" / "keys.pth"
+    torch.save({"state_dict": {"backbone.a": torch.zeros(1), 7: torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match=r"keys.pth: state dict keys that are not strings: \[7\]"):
+        read_checkpoint(path, MMSEG, "X")
+    checkpoint = bad_checkpoint(tmp_path, "semask_mask2former_tiny", lambda sd: sd.__setitem__(7, torch.zeros(2)))
+    status, lines, output_dir = run_cli("semask_d2", checkpoint, tmp_path, capsys)
+    assert_refused(status, lines, output_dir, "bad.pth", "state dict keys that are not strings: [7]")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3, 4: degenerate sizes and attention heads
+# ---------------------------------------------------------------------------------------------------------------
+
+EMPTY_PATCH_EMBEDDING = [
+    ("semask_fpn", "semask_fpn_tiny", "backbone.patch_embed.proj.weight"),
+    ("vwformer", "vwformer_tiny", "backbone.patch_embed.projection.weight"),
+    ("vwformer_d2", "vw_mask2former_tiny", "backbone.patch_embed.proj.weight"),
+]
+
+
+@pytest.mark.parametrize(
+    ("family", "fixture", "key"), EMPTY_PATCH_EMBEDDING, ids=[case[0] for case in EMPTY_PATCH_EMBEDDING]
+)
+def test_an_empty_patch_embedding_is_refused_naming_it(family, fixture, key, tmp_path, capsys):
+    checkpoint = bad_checkpoint(tmp_path, fixture, lambda sd: sd.__setitem__(key, torch.zeros(0, 3, 4, 4)))
+    status, lines, output_dir = run_cli(family, checkpoint, tmp_path, capsys, fixture)
+    assert_refused(status, lines, output_dir, "bad.pth", f"{key}: shape (0, 3, 4, 4), an empty tensor")
+
+
+def _three_heads(prefix: str):
+    """Every relative position bias table under ``prefix`` with 3 heads (of stage 0's 16 or 32 channels)."""
+
+    def replace(state_dict):
+        tables = [key for key in state_dict if key.startswith(prefix) and key.endswith("relative_position_bias_table")]
+        assert tables
+        for key in tables:
+            state_dict[key] = torch.zeros(state_dict[key].shape[0], 3)
+
+    return replace
+
+
+def test_swin_heads_that_do_not_split_the_channels_are_refused(tmp_path, capsys):
+    (tmp_path / "run_config").mkdir()
+    config = tmp_path / "run_config" / "fpn.py"
+    config.write_text("model = dict(backbone=dict(sem_window_size=7))\n")
+    checkpoint, _ = _original("semask_fpn_tiny")
+    without_config_text(checkpoint)
+    _three_heads("backbone.layers.0.")(checkpoint["state_dict"])
+    torch.save(checkpoint, tmp_path / "bad.pth")
+    status, lines, output_dir = run_with("semask_fpn", tmp_path / "bad.pth", tmp_path, capsys, "--config_file", config)
+    expected = "Swin stage 0: 32 channels are not divisible by 3 attention heads (the relative position bias tables)"
+    assert status == 1 and len(lines) == 1 and expected in lines[0], lines
+    assert not output_dir.exists()
+
+    checkpoint = bad_checkpoint(tmp_path, "vw_mask2former_tiny", _three_heads("backbone.layers.0."))
+    status, lines, output_dir = run_cli("vwformer_d2", checkpoint, tmp_path, capsys)
+    assert_refused(status, lines, output_dir, "Swin stage 0: 16 channels are not divisible by 3 attention heads")
+
+    checkpoint = bad_checkpoint(tmp_path, "vwformer_tiny", _three_heads("backbone.stages.0."))
+    status, lines, output_dir = run_cli("vwformer", checkpoint, tmp_path, capsys)
+    assert_refused(status, lines, output_dir, "Swin stage 0: 32 channels are not divisible by 3 attention heads")
+
+
+def test_deformable_attention_heads_that_do_not_split_the_channels_are_refused(tmp_path, capsys):
+    def heads_3(state_dict):
+        for key in [key for key in state_dict if key.endswith("self_attn.sampling_offsets.weight")]:
+            state_dict[key] = torch.zeros(72, state_dict[key].shape[1])
+
+    checkpoint = bad_checkpoint(tmp_path, "semask_mask2former_tiny", heads_3)
+    status, lines, output_dir = run_cli("semask_d2", checkpoint, tmp_path, capsys)
+    assert_refused(
+        status,
+        lines,
+        output_dir,
+        "the pixel decoder's deformable attention: 32 channels are not divisible by 3 attention heads",
+        "sampling_offsets: 72 rows",
+    )
+
+
+def test_configured_heads_that_do_not_split_the_channels_are_refused(tmp_path, capsys):
+    checkpoint = changed_checkpoint(tmp_path, "vwformer_tiny", edited_config_text("nheads=2", "nheads=3"))
+    status, lines, output_dir = run_cli("vwformer", checkpoint, tmp_path, capsys)
+    assert_refused(
+        status,
+        lines,
+        output_dir,
+        "the decode head's attention: 64 channels are not divisible by 3 attention heads "
+        "(model.decode_head.nheads from the checkpoint's config text)",
+    )
+
+
+def test_a_config_class_validation_error_is_a_named_error():
+    with pytest.raises(CheckpointError, match=r"make no valid SeMaskSwinConfig: .*not divisible by num_heads\[0\] = 3"):
+        with invalid_config_is_an_error(SeMaskSwinForSemanticSegmentation):
+            SeMaskSwinConfig(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[3, 2, 4, 8])
+    with pytest.raises(ZeroDivisionError):  # anything else is a bug, and not hidden
+        with invalid_config_is_an_error(SeMaskSwinForSemanticSegmentation):
+            1 / 0  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5, 9: the test pipeline of a run's config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _mmseg_test(pipeline=(), **test) -> list[RunConfig]:
+    return [
+        RunConfig(
+            {"data": {"test": {"type": "ADE20KDataset", "pipeline": list(pipeline), **test}}}, "--config_file r.py"
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("run_configs", "expected"),
+    [
+        (
+            _mmseg_test([{"type": "ResizeToMultiple", "size_divisor": "32"}]),
+            "r.py: test pipeline: ResizeToMultiple size_divisor = '32': expected a positive integer",
+        ),
+        (
+            _mmseg_test([{"type": "Normalize", "mean": ["a", 1, 2], "std": [1, 1, 1]}]),
+            "r.py: test pipeline: Normalize mean = ['a', 1, 2], expected 3 finite numbers",
+        ),
+        (
+            _mmseg_test([{"type": "Normalize", "mean": [1, 1, 2], "std": [0, 0, 0]}]),
+            "r.py: test pipeline: Normalize std = [0, 0, 0], expected 3 positive finite numbers",
+        ),
+        (_mmseg_test(reduce_zero_label="yes"), "r.py: data.test: reduce_zero_label = 'yes': expected True or False"),
+        (
+            [RunConfig({"INPUT": {"MIN_SIZE_TEST": "512", "MAX_SIZE_TEST": 2048}}, "--config_file c.yaml")],
+            "c.yaml: INPUT.MIN_SIZE_TEST = '512': expected a positive integer",
+        ),
+        (
+            [RunConfig({"INPUT": {"MIN_SIZE_TEST": [512], "MAX_SIZE_TEST": 2048}}, "--config_file c.yaml")],
+            "c.yaml: INPUT.MIN_SIZE_TEST = [512]: expected a positive integer",
+        ),
+        (
+            [RunConfig({"MODEL": {"PIXEL_MEAN": ["a", 1, 2]}}, "--config_file c.yaml")],
+            "c.yaml: MODEL.PIXEL_MEAN = ['a', 1, 2], expected 3 finite numbers",
+        ),
+        (
+            [RunConfig({"MODEL": {"PIXEL_STD": [0, 0, 0]}}, "--config_file c.yaml")],
+            "c.yaml: MODEL.PIXEL_STD = [0, 0, 0], expected 3 positive finite numbers",
+        ),
+        (
+            [RunConfig({"MODEL": {"PIXEL_STD": [1.0, math.inf, 1.0]}}, "--config_file c.yaml")],
+            "c.yaml: MODEL.PIXEL_STD = [1.0, inf, 1.0], expected 3 positive finite numbers",
+        ),
+    ],
+    ids=[
+        "size_divisor",
+        "mean",
+        "std-zero",
+        "reduce_zero_label",
+        "min-size-str",
+        "min-size-list",
+        "pixel-mean",
+        "pixel-std",
+        "pixel-std-inf",
+    ],
+)
+def test_mistyped_test_pipeline_values_are_config_file_errors(run_configs, expected):
+    reader = detectron2_pipeline if run_configs[0].source.endswith(".yaml") else mmseg_pipeline
+    with pytest.raises(ConfigFileError) as error:
+        reader(run_configs)
+    assert expected in str(error.value)
+
+
+def test_a_mistyped_pipeline_value_is_one_line_on_the_command_line(tmp_path, capsys):
+    checkpoint = fixture_dir("semask_mask2former_tiny") / "original_checkpoint.pth"
+    config = config_file(tmp_path, "semask_mask2former_tiny", lambda c: c.update(INPUT={"MIN_SIZE_TEST": "512"}))
+    status, lines, output_dir = run_with("semask_d2", checkpoint, tmp_path, capsys, "--config_file", config)
+    assert status == 1 and lines == [
+        f"error: --config_file {config}: INPUT.MIN_SIZE_TEST = '512': expected a positive integer"
+    ]
+    assert not output_dir.exists()
+
+
+def test_a_pixel_std_buffer_that_is_not_positive_is_refused(tmp_path, capsys):
+    def add_statistics(state_dict):
+        state_dict["pixel_mean"] = torch.zeros(3, 1, 1)
+        state_dict["pixel_std"] = torch.tensor([58.4, 0.0, 57.4]).view(3, 1, 1)
+
+    checkpoint = bad_checkpoint(tmp_path, "semask_mask2former_tiny", add_statistics)
+    status, lines, output_dir = run_cli("semask_mask2former", checkpoint, tmp_path, capsys, "semask_mask2former_tiny")
+    assert_refused(status, lines, output_dir, "bad.pth", "pixel_std: [58.4", "expected 3 positive values")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6, 7: run configs that contradict the weights, or that the converted model cannot represent
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def semask_d2_state_dict():
+    path = fixture_dir("semask_mask2former_tiny") / "original_checkpoint.pth"
+    return semask_mask2former.apply_legacy_renames(semask_mask2former.load_detectron2_checkpoint(path))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("SWIN", "PATCH_SIZE", 8, "MODEL.SWIN.PATCH_SIZE = 8, but the checkpoint's weights have 4"),
+        ("SWIN", "MLP_RATIO", 2.0, "MODEL.SWIN.MLP_RATIO = 2.0, but the checkpoint's weights have 4.0"),
+        ("SWIN", "QKV_BIAS", False, "MODEL.SWIN.QKV_BIAS = False, but the checkpoint's weights have True"),
+        ("SWIN", "APE", True, "MODEL.SWIN.APE = True, but the checkpoint's weights have False"),
+        ("SWIN", "NUM_SEM_BLOCKS", 2, "MODEL.SWIN.NUM_SEM_BLOCKS = 2, but the checkpoint's weights have 1"),
+        (
+            "SEM_SEG_HEAD",
+            "COMMON_STRIDE",
+            8,
+            "MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 8, but the checkpoint's weights have 4",
+        ),
+        (
+            "SEM_SEG_HEAD",
+            "DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES",
+            ["res4", "res5"],
+            "DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ['res4', 'res5'], but the checkpoint's weights have ['res3'",
+        ),
+        ("SWIN", "QK_SCALE", 0.01, "MODEL.SWIN.QK_SCALE = 0.01, but the converted model scales the attention by"),
+    ],
+)
+def test_a_semask_detectron2_config_contradicting_the_weights_is_refused(
+    semask_d2_state_dict, section, key, value, expected, tmp_path
+):
+    values = yaml.safe_load(fixture_config_file("semask_mask2former_tiny", tmp_path).read_text())
+    values["MODEL"][section][key] = value
+    with pytest.raises(ConfigFileError) as error:
+        semask_mask2former.infer_config_and_settings(
+            semask_d2_state_dict, run_configs=[RunConfig(values, "--config_file c.yaml")]
+        )
+    assert str(error.value).startswith("--config_file c.yaml: ") and expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "'mlp_ratio': 4.0",
+            "'mlp_ratio': 2.0",
+            "model.backbone.mlp_ratio = 2.0, but the checkpoint's weights have 4.0",
+        ),
+        ("'num_sem_blocks': [1, 1, 1, 1]", "'num_sem_blocks': [2, 2, 2, 2]", "model.backbone.num_sem_blocks = [2, 2"),
+        ("'qkv_bias': True", "'qkv_bias': False", "model.backbone.qkv_bias = False, but the checkpoint's weights"),
+        ("'ape': False", "'ape': True", "model.backbone.ape = True, but the checkpoint's weights have False"),
+        ("'qk_scale': None", "'qk_scale': 0.01", "model.backbone.qk_scale = 0.01, but the converted model scales"),
+        (
+            "'align_corners': False",
+            "'align_corners': True",
+            "model.decode_head.align_corners = True, but the converted model resizes with align_corners=False",
+        ),
+    ],
+)
+def test_a_semask_fpn_config_contradicting_the_weights_or_unrepresentable_is_refused(old, new, expected, tmp_path):
+    checkpoint, _ = _original("semask_fpn_tiny")
+    edited_config_text(old, new)(checkpoint)
+    with pytest.raises(ConfigFileError) as error:
+        semask_fpn.infer_config_and_settings(checkpoint["state_dict"], checkpoint["meta"])
+    assert str(error.value).startswith("the checkpoint's config text: ") and expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "strides=(4, 2, 2, 2)",
+            "strides=(2, 2, 2, 2)",
+            "model.backbone.strides = (2, 2, 2, 2), but the converted model",
+        ),
+        ("qk_scale=None", "qk_scale=0.01", "model.backbone.qk_scale = 0.01, but the converted model scales"),
+        ("align_corners=False", "align_corners=True", "model.decode_head.align_corners = True, but the converted"),
+    ],
+)
+def test_a_vwformer_config_the_converted_model_cannot_represent_is_refused(old, new, expected, tmp_path, capsys):
+    checkpoint = changed_checkpoint(tmp_path, "vwformer_tiny", edited_config_text(old, new))
+    status, lines, output_dir = run_cli("vwformer", checkpoint, tmp_path, capsys)
+    assert_refused(status, lines, output_dir, expected, "cannot represent")
+
+
+def test_a_vw_detectron2_qk_scale_is_refused_and_the_default_one_accepted(tmp_path, capsys):
+    checkpoint = fixture_dir("vw_mask2former_tiny") / "original_checkpoint.pth"
+    config = config_file(tmp_path, "vw_mask2former_tiny", lambda c: c["MODEL"]["SWIN"].update(QK_SCALE=0.01))
+    status, lines, output_dir = run_with("vwformer_d2", checkpoint, tmp_path, capsys, "--config_file", config)
+    assert status == 1 and len(lines) == 1, lines
+    assert "MODEL.SWIN.QK_SCALE = 0.01, but the converted model scales the attention by head_dim ** -0.5" in lines[0]
+    _, accepts, _ = qk_scale_check("QK_SCALE", 32, [1, 2, 4, 8])  # head_dim 32 in every stage
+    assert accepts(None) and accepts(32**-0.5) and not accepts(0.01) and not accepts("x")
+
+
+def test_mit_strides_of_the_run_are_carried_over():
+    from script_helpers import key_list_state_dict
+
+    state_dict = key_list_state_dict(fixture_dir("vwformer_keys") / "vw_mit_b0_ade20k_CONSTRUCTED_not_released.json")
+    text = "model = dict(backbone=dict(strides=[4, 2, 2, 1]), decode_head=dict(nheads=1, short_cut=True))"
+    config, _ = vwformer.infer_config_and_settings(state_dict, {"config": text})
+    assert list(config.backbone_config.strides) == [4, 2, 2, 1]
+    config, _ = vwformer.infer_config_and_settings(state_dict, {"config": text.replace("strides=[4, 2, 2, 1]", "")})
+    assert list(config.backbone_config.strides) == [4, 2, 2, 2]  # MixVisionTransformer's default
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8, 13: tensor dtypes, directories, foreign files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (torch.long, "backbone.embeddings.norm.weight (torch.int64)"),
+        (torch.bool, "backbone.patch_embed.norm.weight (torch.bool)"),
+        (torch.complex64, "backbone.patch_embed.norm.weight (torch.complex64)"),
+    ],
+)
+def test_weights_that_are_not_floating_point_are_refused(dtype, expected, tmp_path, capsys):
+    key = "backbone.patch_embed.norm.weight"
+    checkpoint = bad_checkpoint(tmp_path, "semask_fpn_tiny", lambda sd: sd.__setitem__(key, sd[key].to(dtype)))
+    status, lines, output_dir = run_cli("semask_fpn", checkpoint, tmp_path, capsys)
+    assert_refused(status, lines, output_dir, "bad.pth", expected)  # one line: no torch warning either
+
+
+def test_directories_and_foreign_files_are_named(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    status, lines, _ = run_with("semask_fpn", tmp_path / "folder", tmp_path, capsys)
+    assert status == 1 and lines == [f"error: {tmp_path / 'folder'}: a directory, not a checkpoint file"]
+    checkpoint = fixture_dir("semask_fpn_tiny") / "original_checkpoint.pth"
+    status, lines, _ = run_with("semask_fpn", checkpoint, tmp_path, capsys, "--config_file", tmp_path / "folder")
+    assert status == 1 and lines == [
+        f"error: --config_file {tmp_path / 'folder'}: a directory, not a file (an mmseg config)"
+    ]
+    import pickle
+
+    (tmp_path / "pickled.pth").write_bytes(pickle.dumps({"state_dict": {"a": object.__new__(RunConfig)}}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:  # torch's warning about the pickle protocol: not shown
+        warnings.simplefilter("always")
+        status, lines, output_dir = run_with("semask_fpn", tmp_path / "pickled.pth", tmp_path, capsys)
+    assert status == 1 and len(lines) == 1 and "cannot be read as a PyTorch checkpoint" in lines[0], lines
+    assert [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 10, 11, 12: the output folder
+# ---------------------------------------------------------------------------------------------------------------
+
+FPN_CHECKPOINT = "semask_fpn_tiny"
+
+
+def test_overwrite_through_a_symbolic_link_replaces_the_folder_it_points_to(tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "old.txt").write_text("old")
+    (tmp_path / "link").symlink_to(real)
+    checkpoint = fixture_dir(FPN_CHECKPOINT) / "original_checkpoint.pth"
+    arguments = [
+        "--checkpoint_path",
+        checkpoint,
+        "--output_dir",
+        tmp_path / "link",
+        "--overwrite",
+        "--skip_reload_check",
+    ]
+    status = _cli("semask_fpn").main([str(argument) for argument in arguments])
+    assert status == 0, capsys.readouterr().err
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == real.resolve()
+    assert (real / "model.safetensors").is_file() and not (real / "old.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]  # no stray .old / .partial entries
+
+
+def test_overwrite_never_deletes_the_config_file_or_its_base(tmp_path, capsys):
+    checkpoint = fixture_dir(FPN_CHECKPOINT) / "original_checkpoint.pth"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "base.py").write_text("model = dict(backbone=dict(sem_window_size=7))\n")
+    (tmp_path / "run.py").write_text("_base_ = ['out/base.py']\n")
+    for config in (out / "base.py", tmp_path / "run.py"):
+        arguments = ["--checkpoint_path", checkpoint, "--output_dir", out, "--config_file", config, "--overwrite"]
+        status = _cli("semask_fpn").main([str(argument) for argument in arguments])
+        lines = capsys.readouterr().err.splitlines()
+        assert status == 1 and len(lines) == 1, lines
+        assert f"--output_dir {out} holds the config file {out / 'base.py'}" in lines[0]
+        assert "--overwrite would delete it" in lines[0]
+        assert (out / "base.py").is_file()
+
+
+def test_sigterm_cleans_up_like_an_interrupt(tmp_path, capsys, monkeypatch):
+    """SIGTERM during the reload check: the temporary output folder and the reload check's folder are removed, one
+    line, exit status 143, and the previous SIGTERM handler is back."""
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    seen = []
+
+    def terminated_run(*args, **kwargs):
+        seen.append(sorted(os.listdir(work)))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not interrupt the conversion")
+
+    monkeypatch.setattr(common.subprocess, "run", terminated_run)
+    previous = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    checkpoint = fixture_dir(FPN_CHECKPOINT) / "original_checkpoint.pth"
+    status = _cli("semask_fpn").main(["--checkpoint_path", str(checkpoint), "--output_dir", str(out)])
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 143 and lines == [f"error: terminated (SIGTERM); {out} was not written"]
+    assert seen and seen[0][0].startswith("hf_semseg_reload_")  # it was interrupted inside the reload check
+    assert os.listdir(work) == [] and sorted(os.listdir(tmp_path)) == ["tmp"]
+    assert signal.getsignal(signal.SIGTERM) is previous
