@@ -27,7 +27,13 @@ from hf_semseg.conversion.common import (
     read_checkpoint,
     resolve_test_pipeline,
 )
-from hf_semseg.conversion.run_config import RunConfig, detectron2_pipeline, mmseg_pipeline, mmseg_run_configs
+from hf_semseg.conversion.run_config import (
+    RunConfig,
+    detectron2_pipeline,
+    mmseg_pipeline,
+    mmseg_run_configs,
+    read_detectron2_config,
+)
 from hf_semseg.demo_data import demo_model_config
 
 
@@ -140,6 +146,25 @@ def test_pipelines_the_processor_cannot_reproduce_are_refused():
     yaml_config = RunConfig({"INPUT": {"FORMAT": "BGR"}}, "--config_file c.yaml")
     with pytest.raises(ConversionError, match=r"c.yaml: INPUT.FORMAT = 'BGR': the model was trained on BGR"):
         detectron2_pipeline([yaml_config])
+
+
+def test_a_detectron2_source_config_is_decoded_as_detectron2_decodes_it(tmp_path):
+    """detectron2's own config files write tuples as strings (``TEST: ("ade20k_sem_seg_val",)``), which its
+    ``CfgNode`` evaluates as Python literals when it merges them; read as plain YAML the dataset was not found (the
+    first character of the string was taken for the first test set). Other strings stay as they are."""
+    (tmp_path / "base.yaml").write_text('MODEL:\n  BACKBONE:\n    NAME: "D2SwinTransformer"\n  SWIN:\n    QK_SCALE:\n')
+    (tmp_path / "run.yaml").write_text(
+        '_BASE_: base.yaml\nDATASETS:\n  TEST: ("ade20k_sem_seg_val",)\nINPUT:\n  MIN_SIZE_TEST: 640\n'
+        '  MAX_SIZE_TEST: "2560"\n  FORMAT: "RGB"\n'
+    )
+    values = read_detectron2_config(tmp_path / "run.yaml")
+    assert values["DATASETS"]["TEST"] == ("ade20k_sem_seg_val",)
+    assert values["INPUT"]["MAX_SIZE_TEST"] == 2560 and values["INPUT"]["FORMAT"] == "RGB"
+    assert values["MODEL"] == {"BACKBONE": {"NAME": "D2SwinTransformer"}, "SWIN": {"QK_SCALE": None}}
+    found = detectron2_pipeline([RunConfig(values, "--config_file run.yaml")])
+    assert found["dataset"] == "ade20k" and found["test_scale"] == (2560, 640)
+    one_name = RunConfig({"DATASETS": {"TEST": "cityscapes_fine_sem_seg_val"}}, "--config_file c.yaml")
+    assert detectron2_pipeline([one_name])["dataset"] == "cityscapes"
 
 
 def test_the_mask2former_family_gets_its_processor_and_its_config_pipeline():

@@ -288,10 +288,11 @@ def test_mistyped_test_pipeline_values_are_config_file_errors(run_configs, expec
 
 def test_a_mistyped_pipeline_value_is_one_line_on_the_command_line(tmp_path, capsys):
     checkpoint = fixture_dir("semask_mask2former_tiny") / "original_checkpoint.pth"
-    config = config_file(tmp_path, "semask_mask2former_tiny", lambda c: c.update(INPUT={"MIN_SIZE_TEST": "512"}))
+    # (a quoted "512" is 512 there: detectron2 evaluates string values as Python literals, and so does the reader)
+    config = config_file(tmp_path, "semask_mask2former_tiny", lambda c: c.update(INPUT={"MIN_SIZE_TEST": "large"}))
     status, lines, output_dir = run_with("semask_d2", checkpoint, tmp_path, capsys, "--config_file", config)
     assert status == 1 and lines == [
-        f"error: --config_file {config}: INPUT.MIN_SIZE_TEST = '512': expected a positive integer"
+        f"error: --config_file {config}: INPUT.MIN_SIZE_TEST = 'large': expected a positive integer"
     ]
     assert not output_dir.exists()
 

@@ -204,10 +204,27 @@ def read_detectron2_config(path: str | Path, _seen: tuple = (), files: list | No
         raise ConfigFileError(f"--config_file {path}: not a YAML file ({detail})") from error
     if not isinstance(values, dict):
         raise ConfigFileError(f"--config_file {path}: holds {type(values).__name__}, not a detectron2 config mapping")
+    values = _decode_yacs_values(values)
     base = values.pop("_BASE_", None)
     if base is None:
         return values
     return _merge_yaml(read_detectron2_config(path.parent / str(base), _seen + (path.resolve(),), files), values)
+
+
+def _decode_yacs_values(value):
+    """``value`` with every string that is a Python literal evaluated, as detectron2's ``CfgNode`` (yacs) decodes
+    the values of a config file it merges: ``TEST: ("ade20k_sem_seg_val",)`` is a tuple there, not a string (other
+    strings, e.g. ``D2SwinTransformer``, stay as they are)."""
+    if isinstance(value, dict):
+        return {key: _decode_yacs_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode_yacs_values(item) for item in value]
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return value
+    return value
 
 
 def config_file_paths(path: str | Path, layout) -> tuple[Path, ...]:
@@ -716,6 +733,8 @@ def detectron2_pipeline(run_configs: list[RunConfig]) -> dict:
             if values is not None:
                 found[name] = _pixel_statistics(where, key, values, name == "image_std")
         test_sets = run_config.get("DATASETS.TEST", None) or []
+        if isinstance(test_sets, str):  # one name rather than a list of them
+            test_sets = [test_sets]
         for prefix, dataset in DETECTRON2_DATASETS.items():
             if test_sets and str(list(test_sets)[0]).startswith(prefix):
                 found["dataset"] = dataset
