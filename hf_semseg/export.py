@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conversion.common import TERMINATED_STATUS, Terminated, quiet_progress_bars, terminate_with_cleanup
+
 
 FORMATS = ("onnx", "torch_export")
 #: the ONNX opset: 19 for DeformConv (FaPN); torch's ONNX functions are written for 18 and converted up
@@ -406,7 +408,23 @@ def load_segmentation_model(folder: str | os.PathLike) -> nn.Module:
             f"--model {folder}: model type {config.model_type!r} is not a semantic-segmentation model (expected one "
             "that AutoModelForSemanticSegmentation loads)"
         )
-    return AutoModelForSemanticSegmentation.from_pretrained(folder)
+    from safetensors import SafetensorError
+
+    try:
+        with quiet_progress_bars():  # the command line's stderr is for errors
+            return AutoModelForSemanticSegmentation.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # a missing, corrupt or mismatched file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"--model {folder}: the model's weights do not load ({first_line})") from error
+
+
+def side_file_paths(output: Path) -> dict[str, Path]:
+    """Where the side files of an export to ``output`` go: ``processor`` (the image processor's settings) and
+    ``labels`` (the labels, the graph's input / output names)."""
+    return {
+        "processor": output.with_name(f"{output.stem}.preprocessor_config.json"),
+        "labels": output.with_name(f"{output.stem}.labels.json"),
+    }
 
 
 def side_files(
@@ -414,10 +432,10 @@ def side_files(
 ) -> dict[Path, bytes]:
     """The files written next to the export: the image processor's settings (the folder's own file) and the labels
     with the graph's input / output names."""
-    files = {}
+    files, paths = {}, side_file_paths(output)
     processor_config = folder / "preprocessor_config.json"
     if processor_config.is_file():
-        files[output.with_name(f"{output.stem}.preprocessor_config.json")] = processor_config.read_bytes()
+        files[paths["processor"]] = processor_config.read_bytes()
     config = model.config
     labels = {
         "format": output_format,
@@ -427,7 +445,7 @@ def side_files(
         "size_divisibility": int(getattr(config, "size_divisibility", 0) or 0),
         "id2label": {str(index): label for index, label in sorted(config.id2label.items())},
     }
-    files[output.with_name(f"{output.stem}.labels.json")] = (json.dumps(labels, indent=2) + "\n").encode()
+    files[paths["labels"]] = (json.dumps(labels, indent=2) + "\n").encode()
     return files
 
 
@@ -436,9 +454,13 @@ def config_channels(config) -> int:
 
 
 def check_output(output: Path) -> None:
-    """:class:`ExportError` when ``output`` cannot be written (a folder, a missing or read-only parent)."""
+    """:class:`ExportError` when ``output`` or a side file next to it cannot be written (a folder, a missing or
+    read-only parent)."""
     if output.is_dir():
         raise ExportError(f"--output {output}: is a folder (expected a file path)")
+    for path in side_file_paths(output).values():
+        if path.is_dir():
+            raise ExportError(f"--output {output}: {path}, where a file goes next to the export, is a folder")
     parent = output.parent
     if not parent.is_dir():
         raise ExportError(f"--output {output}: folder {parent} does not exist (expected an existing, writable folder)")
@@ -483,9 +505,12 @@ def export_folder(
         # the export itself last: its presence means the side files are there too
         for path in sorted(written, key=lambda path: path == output):
             os.replace(written[path], path)
-    except BaseException:
+    except BaseException as error:
         for temporary in written.values():
             temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a folder the permission bits let through (root), a full disk, ...
+            reason = error.strerror or type(error).__name__
+            raise ExportError(f"--output {output}: cannot be written in {output.parent} ({reason})") from error
         raise
     return list(written)
 
@@ -506,10 +531,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(
                 f"--batch_size {arguments.batch_size}: expected a whole number of images, at least 1"
             ) from None
-        paths = export_folder(arguments.model, arguments.format, arguments.output, batch_size)
+        with terminate_with_cleanup():  # SIGTERM cleans up as an interrupt does
+            paths = export_folder(arguments.model, arguments.format, arguments.output, batch_size)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"error: terminated (SIGTERM); {arguments.output} was not written", file=sys.stderr)
+        return TERMINATED_STATUS
     for path in paths:
         print(path)
     return 0

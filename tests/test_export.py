@@ -11,8 +11,11 @@ model would be a strict xfail naming the cause (:data:`ONNX_FAILURES`; none at p
 import copy
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -379,6 +382,67 @@ def test_failed_export_leaves_nothing(saved_folder, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="the exporter failed"):
         export.export_folder(folder, "onnx", tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_cli_names_weights_that_do_not_load(saved_folder, tmp_path, capsys, damage):
+    folder, _ = saved_folder
+    broken = tmp_path / "model"
+    shutil.copytree(folder, broken)
+    weights = broken / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        weights.unlink()
+    output = tmp_path / "out.onnx"
+    assert export.main(["--model", str(broken), "--format", "onnx", "--output", str(output)]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: --model {broken}: the model's weights do not load (")
+    assert not output.exists()
+
+
+def test_cli_refuses_a_side_file_path_that_is_a_folder_before_any_work(saved_folder, tmp_path, capsys):
+    folder, _ = saved_folder
+    (tmp_path / "m.labels.json").mkdir()
+    assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 1
+    line = one_error_line(capsys)
+    assert f"{tmp_path / 'm.labels.json'}, where a file goes next to the export, is a folder" in line
+    assert [path.name for path in tmp_path.iterdir()] == ["m.labels.json"]
+
+
+def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(saved_folder, tmp_path, capsys, monkeypatch):
+    """A folder the permission bits let through (root writing under /proc) or a full disk: the OSError is one
+    error line, the temporary files are gone."""
+    folder, _ = saved_folder
+
+    def full_disk(model, path, batch_size):
+        path.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(export.EXPORTERS, "onnx", full_disk)
+    assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 1
+    assert one_error_line(capsys) == (
+        f"error: --output {tmp_path / 'm.onnx'}: cannot be written in {tmp_path} (No space left on device)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_an_export_cleans_up(saved_folder, tmp_path, capsys, monkeypatch):
+    folder, _ = saved_folder
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminated_export(model, path, batch_size):
+        path.write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+        raise AssertionError("SIGTERM did not interrupt the export")
+
+    monkeypatch.setitem(export.EXPORTERS, "onnx", terminated_export)
+    output = tmp_path / "m.onnx"
+    assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(output)]) == 143
+    assert one_error_line(capsys) == f"error: terminated (SIGTERM); {output} was not written"
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask_022", "umask_077"])

@@ -799,7 +799,7 @@ def _move_into_place(partial: Path, target: Path) -> None:
 
 
 @contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
+def quiet_progress_bars() -> Iterator[None]:
     """No transformers progress bars inside (restored afterwards)."""
     from transformers.utils import logging as transformers_logging
 
@@ -843,7 +843,7 @@ def write_output_folder(
             folder.mkdir()
         partial.mkdir()
         processor = build_image_processor(conversion)
-        with _quiet_progress_bars():  # the command line's stderr is for errors
+        with quiet_progress_bars():  # the command line's stderr is for errors
             conversion.model.save_pretrained(partial)
             processor.save_pretrained(partial)
         fields = card_fields(conversion, processor)
