@@ -36,6 +36,7 @@ from hf_semseg.training import (
     EpochCallback,
     SegmentationTrainer,
     StreamingMeanIoU,
+    check_run_options,
     exit_on_user_error,
     pad_collate,
     parameter_groups,
@@ -118,6 +119,14 @@ def main(argv=None, callbacks=None) -> dict:
             training_args.hub_token = check_hub_access(repo_id, training_args.hub_token, task="train")
         except HubAccessError as error:
             raise SystemExit(f"error: {error}") from None
+    check_run_options(
+        training_args.output_dir,
+        training_args.learning_rate,
+        training_args.per_device_train_batch_size,
+        training_args.per_device_eval_batch_size,
+        training_args.num_train_epochs,
+        training_args.max_steps,
+    )
     training_args.remove_unused_columns = False
     training_args.batch_eval_metrics = True
     # "latest": the output folder's last checkpoint (complete: SegmentationTrainer publishes whole checkpoints only)

@@ -41,6 +41,7 @@ from hf_semseg.training import (
     OPTIONAL_FLAG,
     STAGING_FOLDER,
     MasterWeights,
+    check_run_options,
     exit_on_user_error,
     pad_collate,
     parameter_groups,
@@ -195,6 +196,14 @@ def main(argv=None) -> dict:
             args.hub_token = check_hub_access(repo_id, args.hub_token, task="train")
         except HubAccessError as error:
             raise SystemExit(f"error: {error}") from None
+    check_run_options(
+        args.output_dir,
+        args.learning_rate,
+        args.per_device_train_batch_size,
+        args.per_device_eval_batch_size,
+        args.num_train_epochs,
+        args.max_steps,
+    )
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, "step", "_")  # before any work
     accelerator = Accelerator(
         cpu=args.use_cpu,

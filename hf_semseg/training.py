@@ -78,17 +78,50 @@ def load_splits(
     """``(train, evaluation)`` datasets of :func:`load_segmentation_dataset`, cut to the maximum sizes, with the
     ``sample_index`` column (:func:`with_sample_index`). Of the demo dataset only the samples used are generated
     (sample ``i`` is the same whatever the size)."""
+    for option, value in (("--max_train_samples", max_train_samples), ("--max_eval_samples", max_eval_samples)):
+        if value is not None and value < 1:  # 0 read as "no limit" before, a negative one emptied the split
+            raise RunOptionError(f"{option} {value}: expected at least 1 sample (leave it out for all of them)")
     demo_sizes = (max_train_samples or 64, max_eval_samples or 16)
     dataset = load_segmentation_dataset(dataset_name, demo_sizes=demo_sizes)
     for split in (train_split, eval_split):
         if split not in dataset:
             raise RunOptionError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
+        if len(dataset[split]) == 0:
+            raise RunOptionError(f"dataset {dataset_name or 'demo'}: split {split!r} has no samples")
     train, evaluation = dataset[train_split], dataset[eval_split]
-    if max_train_samples:
+    if max_train_samples is not None:
         train = train.select(range(min(max_train_samples, len(train))))
-    if max_eval_samples:
+    if max_eval_samples is not None:
         evaluation = evaluation.select(range(min(max_eval_samples, len(evaluation))))
     return with_sample_index(train), with_sample_index(evaluation)
+
+
+def check_run_options(
+    output_dir: str,
+    learning_rate: float,
+    train_batch_size: int,
+    eval_batch_size: int,
+    num_train_epochs: float,
+    max_steps: int,
+) -> None:
+    """Refuses, before any work and naming the option, what would end the run in torch's or the Trainer's own error
+    (an output path that is a file, a learning rate or batch size below the smallest that trains) or would end it
+    without a training step (no epochs and no ``--max_steps``)."""
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise RunOptionError(f"--output_dir {output_dir}: is a file (expected a folder)")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise RunOptionError(f"--learning_rate {learning_rate}: expected a positive number")
+    for option, value in (
+        ("--per_device_train_batch_size", train_batch_size),
+        ("--per_device_eval_batch_size", eval_batch_size),
+    ):
+        if value < 1:
+            raise RunOptionError(f"{option} {value}: expected at least 1 image")
+    if max_steps <= 0 and not num_train_epochs > 0:
+        raise RunOptionError(
+            f"--num_train_epochs {num_train_epochs}: no training step (expected a positive number of epochs, or "
+            "--max_steps)"
+        )
 
 
 #: keep-ratio scale ``(longest, shortest)`` of the demo recipe (the generated demo images are 224 x 160)

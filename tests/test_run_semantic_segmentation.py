@@ -193,6 +193,13 @@ def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypa
         (["--scale", "512"], r"--scale takes two numbers \(long short\), got \[512\]"),
         (["--eval_split", "test"], r"dataset demo has no split 'test'; it has \['train', 'validation'\]"),
         (["--resume_from_checkpoint", "latest"], r"--resume_from_checkpoint latest: no checkpoint-N checkpoint in"),
+        # torch's or the Trainer's own errors before, or (no epochs) an untrained model saved with exit status 0
+        (["--learning_rate", "-0.1"], r"--learning_rate -0\.1: expected a positive number"),
+        (["--per_device_train_batch_size", "0"], r"--per_device_train_batch_size 0: expected at least 1 image"),
+        (["--num_train_epochs", "0"], r"--num_train_epochs 0(\.0)?: no training step"),
+        # 0 read as "no limit" before
+        (["--max_train_samples", "0"], r"--max_train_samples 0: expected at least 1 sample"),
+        (["--output_dir", "{tmp}/a_file"], r"--output_dir \S*a_file: is a file \(expected a folder\)"),
     ],
 )
 def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, arguments, message):
@@ -200,6 +207,7 @@ def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, ar
     from hf_semseg.training import exit_on_user_error
 
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    (tmp_path / "a_file").write_text("not a folder")
     scripts = ["run_semantic_segmentation.py", "run_semantic_segmentation_no_trainer.py"]
     for script in scripts[:1] if arguments[0] == "--scale" else scripts:
         output_dir = tmp_path / script

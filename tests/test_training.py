@@ -429,3 +429,22 @@ def test_training_evaluation_reports_boundary_metrics_of_each_unpadded_sample():
     padded = SegmentationMetrics(3)  # what measuring the padded batch would give instead
     padded.update(batch["pixel_values"].argmax(1), batch["labels"])
     assert padded.compute()["mean_boundary_iou"] != pytest.approx(expected["mean_boundary_iou"])
+
+
+def test_sample_limits_below_one_and_empty_splits_are_refused(monkeypatch):
+    """``--max_train_samples 0`` was read as "no limit" and a negative one emptied the split; a split without samples
+    trained on nothing. Each is named now."""
+    from datasets import DatasetDict
+
+    from hf_semseg import training
+
+    splits = {"train": Dataset.from_dict({"x": [1, 2, 3]}), "validation": Dataset.from_dict({"x": [4]})}
+    monkeypatch.setattr(training, "load_segmentation_dataset", lambda name, demo_sizes: DatasetDict(splits))
+    train, evaluation = training.load_splits("d", max_train_samples=2)
+    assert len(train) == 2 and len(evaluation) == 1
+    for option, limits in (("--max_train_samples 0", (0, None)), ("--max_eval_samples -1", (None, -1))):
+        with pytest.raises(training.RunOptionError, match=f"^{option}: expected at least 1 sample"):
+            training.load_splits("d", max_train_samples=limits[0], max_eval_samples=limits[1])
+    splits["validation"] = Dataset.from_dict({"x": []})
+    with pytest.raises(training.RunOptionError, match="^dataset d: split 'validation' has no samples$"):
+        training.load_splits("d")
