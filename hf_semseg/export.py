@@ -309,6 +309,12 @@ def exported_runner(output_format: str, path: str | os.PathLike) -> Callable[[to
     return lambda pixel_values: torch.from_numpy(session.run(None, {"pixel_values": pixel_values.numpy()})[0])
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def verify_export(
     model: nn.Module, output_format: str, path: str | os.PathLike, batch_size: int = 1, sides=VERIFY_SIDES
 ) -> bool:
@@ -327,9 +333,9 @@ def verify_export(
             try:
                 logits = run(pixel_values)
             except Exception as error:  # onnxruntime's and torch.export's failures have no common type
-                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
                 raise ExportError(
-                    f"the {output_format} export of this model fails on an input of {shape} ({first_line}): it does "
+                    f"the {output_format} export of this model fails on an input of {shape} "
+                    f"({first_line(error)[:300]}): it does "
                     "not export with dynamic sizes"
                 ) from error
         if logits.shape != expected.shape:
@@ -401,8 +407,7 @@ def load_segmentation_model(folder: str | os.PathLike) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, KeyError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"--model {folder}: config.json does not load ({first_line})") from error
+        raise ExportError(f"--model {folder}: config.json does not load ({first_line(error)})") from error
     if config.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
         raise ExportError(
             f"--model {folder}: model type {config.model_type!r} is not a semantic-segmentation model (expected one "
@@ -414,8 +419,7 @@ def load_segmentation_model(folder: str | os.PathLike) -> nn.Module:
         with quiet_progress_bars():  # the command line's stderr is for errors
             return AutoModelForSemanticSegmentation.from_pretrained(folder)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # a missing, corrupt or mismatched file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"--model {folder}: the model's weights do not load ({first_line})") from error
+        raise ExportError(f"--model {folder}: the model's weights do not load ({first_line(error)})") from error
 
 
 def side_file_paths(output: Path) -> dict[str, Path]:

@@ -615,7 +615,7 @@ MMSEG_DATASETS = {"ADE20KDataset": "ade20k", "CityscapesDataset": "cityscapes"}
 DETECTRON2_DATASETS = {"ade20k_sem_seg": "ade20k", "cityscapes_fine_sem_seg": "cityscapes"}
 
 
-def _read_value(where: str, name: str, value, read: Callable):
+def read_config_value(where: str, name: str, value, read: Callable):
     """``read(value)``; its ``ValueError`` as a :class:`ConfigFileError` naming ``where`` (the config), the setting
     ``name``, its value and what was expected."""
     try:
@@ -681,7 +681,7 @@ def mmseg_pipeline(run_configs: list[RunConfig]) -> dict:
             elif kind == "Resize" and step.get("keep_ratio") is False:
                 raise ConfigFileError(f"{where}: Resize(keep_ratio=False) is not supported by the keep-ratio processor")
             elif kind == "ResizeToMultiple":
-                found["size_divisor"] = _read_value(
+                found["size_divisor"] = read_config_value(
                     where, "ResizeToMultiple size_divisor", step.get("size_divisor", 32), positive_int
                 )
             elif kind == "Normalize":
@@ -695,7 +695,7 @@ def mmseg_pipeline(run_configs: list[RunConfig]) -> dict:
                         where, f"Normalize {name}", step.get(name), name == "std"
                     )
         if "reduce_zero_label" in test:
-            found["reduce_labels"] = _read_value(
+            found["reduce_labels"] = read_config_value(
                 f"{run_config.source}: data.test", "reduce_zero_label", test["reduce_zero_label"], boolean
             )
         dataset = MMSEG_DATASETS.get(dataset_type)
@@ -723,8 +723,8 @@ def detectron2_pipeline(run_configs: list[RunConfig]) -> dict:
             )
         shortest, longest = run_config.get("INPUT.MIN_SIZE_TEST", None), run_config.get("INPUT.MAX_SIZE_TEST", None)
         if shortest is not None:
-            shortest = _read_value(where, "INPUT.MIN_SIZE_TEST", shortest, positive_int)
-            longest = _read_value(where, "INPUT.MAX_SIZE_TEST", longest, positive_int) if longest else None
+            shortest = read_config_value(where, "INPUT.MIN_SIZE_TEST", shortest, positive_int)
+            longest = read_config_value(where, "INPUT.MAX_SIZE_TEST", longest, positive_int) if longest else None
             if longest is None:
                 raise ConfigFileError(f"{where}: INPUT.MIN_SIZE_TEST is set but INPUT.MAX_SIZE_TEST is not")
             found["test_scale"] = (longest, shortest)

@@ -57,6 +57,7 @@ from .run_config import (
     mmseg_run_configs,
     positive_int,
     qk_scale_check,
+    read_config_value,
     resolve_settings,
     training_only,
 )
@@ -339,10 +340,9 @@ def _mit_strides(run_configs: list, backbone_config) -> None:
     if strides is None:
         return
     stages = len(backbone_config.depths)
-    try:
-        strides = [positive_int(stride) for stride in int_list(strides)]
-    except ValueError as error:
-        raise ConfigFileError(f"{source}: model.backbone.strides = {strides!r}: {error}") from error
+    strides = read_config_value(
+        source, "model.backbone.strides", strides, lambda value: [positive_int(stride) for stride in int_list(value)]
+    )
     if len(strides) != stages:
         raise ConfigFileError(
             f"{source}: model.backbone.strides = {strides}, expected one value per stage ({stages} stages in the "
