@@ -3,6 +3,7 @@
 (deterministic per sample and epoch), a padding collator, the model and its image processor, the optimizer recipe, a
 cross-process BatchNorm, a streaming-mIoU ``compute_metrics`` and prediction overlays."""
 
+import dataclasses
 import json
 import math
 import re
@@ -214,9 +215,32 @@ def resolve_id2label(
     raise RunOptionError("a dataset other than the demo needs --variant or --model_name_or_path for its classes")
 
 
+#: keys of a config's ``to_dict`` that are not dataclass fields but arguments its construction takes as they are
+CONFIG_KEYWORD_KEYS = frozenset({"out_features", "out_indices", "output_attentions", "_name_or_path", "model_type"})
+
+
+def derived_config_keys(config) -> set[str]:
+    """The keys of ``config.to_dict()`` its construction derives from its fields (``hidden_sizes``, ``stage_names``):
+    those of a config built from the fields alone that are neither fields nor :data:`CONFIG_KEYWORD_KEYS`. Keys
+    set after construction (``auto_map``) are not derived; none for a config that is not a dataclass."""
+    if not dataclasses.is_dataclass(config):
+        return set()
+    given = {field.name for field in dataclasses.fields(config)} | CONFIG_KEYWORD_KEYS
+    built = type(config).from_dict({key: value for key, value in config.to_dict().items() if key in given})
+    return set(built.to_dict()) - given
+
+
 def apply_config_overrides(config, overrides: str | dict | None):
-    """Sets config attributes from a JSON object (e.g. ``'{"drop_path_rate": 0.0, "depths": [1, 1, 1, 1]}'``);
-    an attribute the config does not have is an error."""
+    """``config`` with attributes set from a JSON object (e.g. ``'{"drop_path_rate": 0.0, "depths": [1, 1, 1, 1]}'``).
+
+    The config is built again from its fields and the overrides (``from_dict``, as ``from_pretrained`` builds a saved
+    one), so that the values it derives from its fields are derived again (Pale's ``hidden_sizes`` from an overridden
+    ``embed_dim``: setting the attribute alone left them stale) and its own validation runs (a head count that does
+    not divide a stage's width reached torch's reshape, an odd one silently lost a head). A :class:`RunOptionError`
+    names the override for an attribute the config does not have, one it derives from the others, and an invalid
+    combination."""
+    from huggingface_hub.errors import StrictDataclassError
+
     if not overrides:
         return config
     try:
@@ -225,11 +249,22 @@ def apply_config_overrides(config, overrides: str | dict | None):
         raise RunOptionError(f"--config_overrides {overrides!r} is not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise RunOptionError(f"config overrides must be a JSON object, got {overrides!r}")
-    for key, value in values.items():
+    name, current = type(config).__name__, config.to_dict()
+    derived = derived_config_keys(config)
+    for key in values:
         if not hasattr(config, key):
-            raise RunOptionError(f"config override {key!r}: {type(config).__name__} has no such attribute")
-        setattr(config, key, value)
-    return config
+            raise RunOptionError(f"config override {key!r}: {name} has no such attribute")
+        if key in derived:
+            raise RunOptionError(
+                f"config override {key!r}: {name} derives it from its other attributes; override those instead"
+            )
+    merged = {key: value for key, value in {**current, **values}.items() if key not in derived}
+    try:
+        rebuilt = type(config).from_dict(merged)
+    except (StrictDataclassError, ValueError, TypeError) as error:  # the config's validation
+        detail = " ".join(str(error).split())
+        raise RunOptionError(f"--config_overrides {json.dumps(values)}: no valid {name} ({detail})") from None
+    return rebuilt
 
 
 def build_model(

@@ -188,6 +188,43 @@ def test_config_overrides_set_known_attributes_only():
         apply_config_overrides(config, "[1, 2]")
 
 
+def test_config_overrides_rebuild_the_config_derived_values_and_validation_included():
+    """Overrides set as attributes left derived values stale (Pale's ``hidden_sizes`` after ``embed_dim``: the model
+    kept 64 channels) and skipped the config's validation (an odd head count silently lost a head)."""
+    from hf_semseg.training import RunOptionError, apply_config_overrides
+    from hf_semseg.variants import variant_config
+
+    config = apply_config_overrides(variant_config("pale-tiny"), '{"embed_dim": 32, "depths": [1, 1, 2, 1]}')
+    assert (config.embed_dim, config.hidden_sizes, config.hidden_size) == (32, [32, 64, 128, 256], 256)
+    with pytest.raises(RunOptionError, match=r"no valid PaleConfig \(.*num_heads\[0\] = 3 must be even"):
+        apply_config_overrides(variant_config("pale-tiny"), '{"num_heads": [3, 4, 8, 16]}')
+    with pytest.raises(RunOptionError, match="'hidden_sizes': PaleConfig derives it from its other attributes"):
+        apply_config_overrides(variant_config("pale-tiny"), '{"hidden_sizes": [32, 64, 128, 256]}')
+    with pytest.raises(RunOptionError, match=r"no valid VWFormerConfig \("):
+        apply_config_overrides(variant_config("vwformer-convnext-tiny-ade20k"), '{"decoder_hidden_size": 100}')
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "semask-fpn-tiny-ade20k",
+        "pale-tiny-upernet-ade20k",
+        "vwformer-swin-base-ade20k",
+        "semask-mask2former-large-ade20k",
+        "vw-maskformer-swin-tiny-ade20k",
+    ],
+)
+def test_config_overrides_leave_every_other_value_as_it_was(variant):
+    from hf_semseg.training import apply_config_overrides
+    from hf_semseg.variants import variant_config
+
+    config = variant_config(variant)
+    config.auto_map = {"AutoConfig": "configuration_x.XConfig"}  # set when saved with its code: not derived, kept
+    rebuilt = apply_config_overrides(config, {"output_hidden_states": True})
+    assert rebuilt.output_hidden_states and type(rebuilt) is type(config)
+    assert {**rebuilt.to_dict(), "output_hidden_states": False} == config.to_dict()
+
+
 def test_streaming_mean_iou_ignores_the_label_padding_of_trainer_gathers():
     """Trainer pads labels of different processes to one size with -100 before gathering: those pixels are ignored."""
     from transformers import EvalPrediction
