@@ -24,6 +24,7 @@ from .inference import logits_to_size, model_size_divisibility
 from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
+from .segmentation_folders import SegmentationFolderError, load_image_folders
 from .transforms import SegmentationTrainTransform
 
 
@@ -51,8 +52,10 @@ def loading(option: str):
 
 
 def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (64, 16)):
-    """A ``DatasetDict``: the generated demo dataset (``None``), a ``save_to_disk`` folder, a folder of parquet files
-    or images (``imagefolder``), or a Hub dataset id."""
+    """A ``DatasetDict``: the generated demo dataset (``None``), a ``save_to_disk`` folder, a folder of parquet files,
+    a folder of images and label maps (:func:`hf_semseg.segmentation_folders.load_image_folders`: ADE20K's, mmseg's
+    and Cityscapes' layouts), or a Hub dataset id. A folder that is none of these, or whose images and label maps do
+    not pair, is a :class:`RunOptionError` naming the folder or the files."""
     from datasets import load_dataset, load_from_disk
 
     if name is None:
@@ -65,7 +68,10 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
             return load_from_disk(str(path))
         if any(path.rglob("*.parquet")):
             return load_dataset("parquet", data_dir=str(path))
-        return load_dataset("imagefolder", data_dir=str(path))
+        try:
+            return load_image_folders(path)
+        except SegmentationFolderError as error:
+            raise RunOptionError(f"--dataset_name {name}: {error}") from None
     return load_dataset(name)
 
 
