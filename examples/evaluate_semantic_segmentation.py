@@ -100,8 +100,28 @@ def predict_probabilities(model, pixel_values, args) -> torch.Tensor:
     return whole_image_logits(model, pixel_values).softmax(1)
 
 
+def check_options(args) -> None:
+    """Refuses, before any work and naming the option, what would evaluate nothing (``--max_samples`` 0 was read as
+    "no limit" and a negative one emptied the split: NaN metrics with exit status 0), sliding windows that cannot
+    cover the image, and a predictions folder that is a file (a traceback after the evaluation)."""
+    if args.max_samples is not None and args.max_samples < 1:
+        raise RunOptionError(f"--max_samples {args.max_samples}: expected at least 1 sample (leave it out for all)")
+    if args.mode == "slide":
+        for option, value in (("--crop_size", args.crop_size), ("--stride", args.stride)):
+            if value < 1:
+                raise RunOptionError(f"{option} {value}: expected a positive number of pixels")
+        if args.stride > args.crop_size:
+            raise RunOptionError(
+                f"--stride {args.stride}: larger than --crop_size {args.crop_size}, the windows would leave pixels "
+                "uncovered"
+            )
+    if args.predictions_dir is not None and args.predictions_dir.exists() and not args.predictions_dir.is_dir():
+        raise RunOptionError(f"--predictions_dir {args.predictions_dir}: is a file (expected a folder)")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_options(args)
     with loading(f"--model {args.model}"):
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
@@ -113,6 +133,8 @@ def main(argv=None) -> dict:
     if args.split not in splits:
         raise RunOptionError(f"--split {args.split}: dataset {args.dataset_name or 'demo'} has splits {list(splits)}")
     dataset = splits[args.split]
+    if len(dataset) == 0:
+        raise RunOptionError(f"--split {args.split}: dataset {args.dataset_name or 'demo'} has no samples in it")
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     # decoded per sample by to_arrays, which names a file it cannot read

@@ -65,6 +65,7 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
     path = Path(name)
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+            check_saved_splits_have_data(path)
             return load_from_disk(str(path))
         if any(path.rglob("*.parquet")):
             return load_dataset("parquet", data_dir=str(path))
@@ -73,6 +74,24 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
         except SegmentationFolderError as error:
             raise RunOptionError(f"--dataset_name {name}: {error}") from None
     return load_dataset(name)
+
+
+def check_saved_splits_have_data(path: Path) -> None:
+    """Refuses a ``save_to_disk`` folder with a split of no data file (what an empty split saves), which ``datasets``'
+    ``load_from_disk`` fails on with a bare ``IndexError``; the message names the split. A folder not laid out as
+    ``save_to_disk`` writes it is left to ``load_from_disk``, which says what it is."""
+    listing = path / "dataset_dict.json"
+    try:
+        splits = json.loads(listing.read_text())["splits"] if listing.is_file() else [None]
+        empty = [
+            split
+            for split in splits
+            if not json.loads((path / split if split else path).joinpath("state.json").read_text()).get("_data_files")
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if empty:
+        raise RunOptionError(f"--dataset_name {path}: split {empty[0] or 'of the folder'!r} has no samples")
 
 
 def load_splits(

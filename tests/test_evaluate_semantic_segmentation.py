@@ -74,3 +74,48 @@ def test_a_missing_model_or_split_is_one_error_line(saved_model, tmp_path):
     with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
         script.main(["--model", str(folder), "--split", "test", "--max_samples", "1"])
     assert str(exit_info.value) == "error: --split test: dataset demo has splits ['train', 'validation']"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # 0 evaluated every sample, -1 none (NaN metrics, exit status 0)
+        (["--max_samples", "0"], "--max_samples 0: expected at least 1 sample (leave it out for all)"),
+        (["--max_samples", "-1"], "--max_samples -1: expected at least 1 sample (leave it out for all)"),
+        # tracebacks of the sliding-window function, after the model and the dataset were loaded
+        (["--mode", "slide", "--crop_size", "0"], "--crop_size 0: expected a positive number of pixels"),
+        (["--mode", "slide", "--stride", "-3"], "--stride -3: expected a positive number of pixels"),
+        (
+            ["--mode", "slide", "--crop_size", "64", "--stride", "100"],
+            "--stride 100: larger than --crop_size 64, the windows would leave pixels uncovered",
+        ),
+        # FileExistsError after the evaluation
+        (["--predictions_dir", "{tmp}/a_file"], "--predictions_dir {tmp}/a_file: is a file (expected a folder)"),
+    ],
+)
+def test_options_that_cannot_evaluate_are_one_error_line_before_any_work(tmp_path, monkeypatch, arguments, message):
+    from hf_semseg.training import exit_on_user_error
+
+    (tmp_path / "a_file").write_text("not a folder")
+    script = load_script()
+    monkeypatch.setattr(script, "loading", lambda option: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        script.main(["--model", "unused", *(argument.format(tmp=tmp_path) for argument in arguments)])
+    assert str(exit_info.value) == "error: " + message.format(tmp=tmp_path)
+
+
+def test_an_empty_split_is_one_error_line(saved_model, tmp_path):
+    from datasets import DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    from hf_semseg.training import exit_on_user_error
+
+    folder, _ = saved_model
+    features = Features({"image": ImageFeature(), "label": ImageFeature()})
+    one = make_demo_dataset(num_train=1, num_validation=1)["train"].cast(features)
+    DatasetDict({"train": one, "validation": one.select([])}).save_to_disk(tmp_path / "data")
+    script = load_script()
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        script.main(["--model", str(folder), "--dataset_name", str(tmp_path / "data")])
+    assert str(exit_info.value).startswith("error: --")
+    assert "'validation' has no samples" in str(exit_info.value)

@@ -485,3 +485,18 @@ def test_sample_limits_below_one_and_empty_splits_are_refused(monkeypatch):
     splits["validation"] = Dataset.from_dict({"x": []})
     with pytest.raises(training.RunOptionError, match="^dataset d: split 'validation' has no samples$"):
         training.load_splits("d")
+
+
+def test_a_saved_dataset_with_an_empty_split_is_named(tmp_path):
+    """``datasets``' ``load_from_disk`` fails on a split saved without samples with a bare IndexError."""
+    from datasets import DatasetDict
+
+    from hf_semseg import training
+
+    splits = {"train": Dataset.from_dict({"x": [1, 2]}), "validation": Dataset.from_dict({"x": []})}
+    DatasetDict(splits).save_to_disk(tmp_path / "saved")
+    with pytest.raises(training.RunOptionError, match=r"^--dataset_name \S*saved: split 'validation' has no samples$"):
+        training.load_splits(str(tmp_path / "saved"))
+    splits["validation"] = Dataset.from_dict({"x": [3]})
+    DatasetDict(splits).save_to_disk(tmp_path / "whole")
+    assert training.load_segmentation_dataset(str(tmp_path / "whole"))["validation"]["x"] == [3]
