@@ -302,14 +302,21 @@ def test_post_process_semantic_segmentation(processor_class):
     assert resized.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
 
     batch_logits = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0))
-    maps = processor.post_process_semantic_segmentation(_Outputs(batch_logits), target_sizes=[(13, 21), (8, 8)])
+    # logits of two images that were not padded (each covers its whole image): image_sizes say so
+    unpadded = {"image_sizes": [(8, 8), (8, 8)]}
+    maps = processor.post_process_semantic_segmentation(
+        _Outputs(batch_logits), target_sizes=[(13, 21), (8, 8)], **unpadded
+    )
     assert [tuple(m.shape) for m in maps] == [(13, 21), (8, 8)]
     assert torch.equal(maps[1], batch_logits[1].argmax(0))
     expected = F.interpolate(batch_logits[:1], size=(13, 21), mode="bilinear", align_corners=False)[0].argmax(0)
     assert torch.equal(maps[0], expected)
 
     with_scores = processor.post_process_semantic_segmentation(
-        _Outputs(batch_logits), target_sizes=torch.tensor([[13, 21], [8, 8]]), return_segmentation_scores=True
+        _Outputs(batch_logits),
+        target_sizes=torch.tensor([[13, 21], [8, 8]]),
+        return_segmentation_scores=True,
+        **unpadded,
     )
     assert tuple(with_scores[0].segmentation_scores.shape) == (5, 13, 21)
     assert torch.equal(with_scores[0].segmentation, maps[0])
@@ -526,3 +533,35 @@ print(type(processor).__name__, tuple(out["pixel_values"].shape), round(float(ou
     assert result.returncode == 0, result.stderr[-3000:]
     expected = round((124 / 255 - 0.485) / 0.229, 5)
     assert result.stdout.split() == ["KeepRatioImageProcessorPil", "(1,", "3,", "32,", "48)", str(expected)]
+
+
+def test_post_processing_crops_each_image_out_of_a_padded_batch(processor_class):
+    """Images of different sizes are padded into one batch; the post-processing used to stretch the padded logits
+    over each image. With per-pixel logits (a stand-in model: two classes from the first two channels), the batch's
+    maps equal those of each image processed alone, where nothing is padded."""
+    processor = processor_class(size={"longest_edge": 64, "shortest_edge": 32})
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((20, 50), (40, 30))]
+    original_sizes = [image.shape[:2] for image in images]
+
+    def segment(pixel_values, sizes, **kwargs):
+        return processor.post_process_semantic_segmentation(
+            _Outputs(pixel_values[:, :2]), target_sizes=sizes, return_segmentation_scores=True, **kwargs
+        )
+
+    batch = processor(images, return_tensors="pt").pixel_values
+    assert tuple(batch.shape[-2:]) == (43, 64)  # (26, 64) and (43, 32): padded to the largest of each side
+    alone = [segment(processor(image, return_tensors="pt").pixel_values, [size])[0] for image, size in
+             zip(images, original_sizes)]  # fmt: skip
+    batched = segment(batch, original_sizes)
+    for single, together in zip(alone, batched):
+        torch.testing.assert_close(together.segmentation_scores, single.segmentation_scores, rtol=0, atol=1e-6)
+        assert torch.equal(together.segmentation, single.segmentation)
+    # the sizes after resizing may also be given; pad_size pads a single image too
+    explicit = segment(batch, original_sizes, image_sizes=[(26, 64), (43, 32)])
+    assert all(torch.equal(a.segmentation, b.segmentation) for a, b in zip(explicit, batched))
+    processor.pad_size = {"height": 64, "width": 64}
+    padded = processor(images[1], return_tensors="pt").pixel_values
+    assert tuple(padded.shape[-2:]) == (64, 64)
+    (single,) = segment(padded, original_sizes[1:])
+    assert torch.equal(single.segmentation, alone[1].segmentation)

@@ -812,8 +812,21 @@ class SegmentationImageProcessingMixin:
             data["labels"] = [label[0] for label in labels]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
+    def _image_sizes_for(self, target_sizes: list | None, image_sizes: list | None) -> list | None:
+        """The unpadded (resized) size of every image: given, or derived from the original sizes (``target_sizes``)
+        with this processor's resize rule (both checked by :func:`check_post_process_sizes`)."""
+        if image_sizes is not None or target_sizes is None:
+            return image_sizes
+        if not self.do_resize:
+            return target_sizes
+        return [self.get_output_size(*size) for size in target_sizes]
+
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: list[tuple] | None = None, return_segmentation_scores: bool = False
+        self,
+        outputs,
+        target_sizes: list[tuple] | None = None,
+        image_sizes: list[tuple] | None = None,
+        return_segmentation_scores: bool = False,
     ):
         """
         Turn the logits of a semantic-segmentation model into per-pixel class indices.
@@ -824,16 +837,18 @@ class SegmentationImageProcessingMixin:
                 Final `(height, width)` of each prediction, usually the original image sizes. Each image's logits are
                 resized bilinearly (`align_corners=False`, as in mmseg) before the argmax. If unset, the argmax is
                 taken at the logits resolution.
+            image_sizes (`list[tuple[int, int]]`, *optional*):
+                The size of each image after resizing and before padding. By default derived from `target_sizes`
+                with this processor's resize rule (exact when `target_sizes` are the original sizes). Where the
+                images of the batch were padded (to the largest of them, or to `pad_size`), each image's logits are
+                resized to the padded input size and cropped to the image before the resize to its target size, as
+                mmseg 1.x crops its padding; a batch without padding is resized directly.
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 Return `SemanticSegmentationPostProcessorOutput`s (`segmentation` and the resized
                 `segmentation_scores`) instead of bare maps.
 
         Returns:
             `list[torch.Tensor]`: one int64 `(height, width)` map per image (or the output objects described above).
-
-        Note: when images of different sizes were padded into one batch, the logits also cover the padding; crop each
-        image's logits to its unpadded region (see `get_output_size`) before resizing, or process such images one at
-        a time as the original test pipeline does.
         """
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if logits.ndim != 4:
@@ -841,14 +856,26 @@ class SegmentationImageProcessingMixin:
                 f"logits have shape {tuple(logits.shape)}; expected (batch_size, num_labels, height, width)"
             )
         target_sizes = check_post_process_sizes(target_sizes, len(logits), "target_sizes")
-        if target_sizes is not None:
-            results = []
-            for index, (height, width) in enumerate(target_sizes):
-                scores = F.interpolate(logits[index][None], size=(height, width), mode="bilinear", align_corners=False)
-                results.append((scores[0].argmax(dim=0), scores[0]))
-        else:
-            segmentation = logits.argmax(dim=1)
-            results = [(segmentation[index], logits[index]) for index in range(len(logits))]
+        image_sizes = check_post_process_sizes(image_sizes, len(logits), "image_sizes")
+        image_sizes = self._image_sizes_for(target_sizes, image_sizes)
+        padded_size = None
+        if image_sizes is not None and self.do_pad:
+            pad_size = self.pad_size
+            if pad_size is not None and not isinstance(pad_size, SizeDict):
+                pad_size = SizeDict(**dict(pad_size))
+            pad = self._get_pad_size(image_sizes, pad_size)
+            if any(tuple(size) != (pad.height, pad.width) for size in image_sizes):  # else nothing was padded
+                padded_size = (pad.height, pad.width)
+        results = []
+        for index in range(len(logits)):
+            scores = logits[index]
+            if padded_size is not None:  # (C, h, w) at the padded input size, cropped to the image's region
+                height, width = image_sizes[index]
+                scores = F.interpolate(scores[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+                scores = scores[:, :height, :width]
+            if target_sizes is not None:
+                scores = F.interpolate(scores[None], size=target_sizes[index], mode="bilinear", align_corners=False)[0]
+            results.append((scores.argmax(dim=0), scores))
 
         if not return_segmentation_scores:
             return [segmentation for segmentation, _ in results]

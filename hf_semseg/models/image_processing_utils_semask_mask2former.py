@@ -92,15 +92,6 @@ class SeMaskMask2FormerImageProcessingMixin:
     def _get_pad_size(self, output_sizes: list, pad_size: SizeDict | None, size_divisibility=None, **kwargs):
         return get_pad_size(output_sizes, pad_size, size_divisibility)
 
-    def _image_sizes_for(self, target_sizes: list | None, image_sizes: list | None) -> list | None:
-        """The unpadded (resized) size of every image: given, or derived from the original sizes (``target_sizes``)
-        with this processor's resize rule (both checked by :func:`check_post_process_sizes`)."""
-        if image_sizes is not None or target_sizes is None:
-            return image_sizes
-        if not self.do_resize:
-            return target_sizes
-        return [self.get_output_size(*size) for size in target_sizes]
-
     def post_process_semantic_segmentation(
         self,
         outputs,
