@@ -13,9 +13,22 @@ def check_hub_access(repo_id: str, token: str | None = None, task: str = "conver
     (``HF_HUB_OFFLINE``), there is a token (``token``, else ``huggingface_hub.get_token``),
     and ``HfApi().whoami`` says it can write there (role ``write``, or a fine-grained token with ``repo.write`` on the
     repository's namespace or on the repository); a failing ``whoami`` is reported as the Hub being out of reach.
+    ``repo_id`` itself is checked first with the client's own rule (``huggingface_hub.utils.validate_repo_id``:
+    ``name`` or ``namespace/name``, letters, digits, ``-``, ``_``, ``.``, at most 96 characters): a training run's
+    default, the output folder's name, can hold a space, which the no-trainer script's ``create_repo`` refused after
+    the training.
     Returns the token."""
     import huggingface_hub
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        if not isinstance(repo_id, str):
+            raise HFValidationError(f"a repository id is a string, got {type(repo_id).__name__}")
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        detail = (str(error).strip().splitlines() or [""])[0]
+        advice = "; name one with --hub_model_id" if task == "train" else ""
+        raise HubAccessError(f"--push_to_hub: {repo_id!r} is not a Hub repository id: {detail}{advice}") from error
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise HubAccessError(
             "--push_to_hub: the Hub is switched off here (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE to push, or "

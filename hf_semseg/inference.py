@@ -5,33 +5,100 @@ normalised ``pixel_values`` ``(B, 3, H, W)``; they return scores at the input re
 mmsegmentation's ``mode='whole'`` / ``mode='slide'`` and ``--aug-test`` are the reference. A model that pads its input
 to a multiple of ``config.size_divisibility`` (SeMask-Mask2Former, as detectron2) returns logits over the padded
 image: :func:`logits_to_size` crops the padding before resizing, as detectron2's ``sem_seg_postprocess`` does.
+
+Inputs are checked before any forward or resize, each error naming the argument, the value and what is expected:
+``pixel_values`` a finite floating-point ``(B, C, H, W)`` tensor with at least one image of at least 1x1 pixel, on
+the model's device; sizes, windows and scale ratios positive.
 """
+
+import math
+import numbers
+import operator
 
 import torch
 import torch.nn.functional as F
 
 
+def _positive_pair(name: str, value) -> tuple[int, int]:
+    """``value`` as two positive Python integers ``(height, width)`` (ints, NumPy integers, ``torch.Size``); anything
+    else is a ``ValueError`` naming ``name`` and the value."""
+    try:
+        sides = tuple(value)
+        if len(sides) == 2 and not any(isinstance(side, bool) for side in sides):
+            pair = (operator.index(sides[0]), operator.index(sides[1]))
+            if min(pair) >= 1:
+                return pair
+    except TypeError:  # not a sequence, or sides that are not integers (16.0)
+        pass
+    raise ValueError(f"{name} must be two positive integers (height, width), got {value!r}")
+
+
+def _check_pixel_values(pixel_values, model=None) -> None:
+    """What every function here takes: a finite floating-point ``(B, C, H, W)`` tensor, ``B, H, W >= 1``, on the
+    device of ``model``'s weights. Checked before any window is cut or any input resized: torch's own errors
+    (an empty ``torch.cat``, a reshape of 0 elements, ``upsample_bilinear2d`` not implemented for 'Long') named none
+    of it, and NaN pixels gave NaN scores without a word."""
+    if not torch.is_tensor(pixel_values):
+        raise TypeError(f"pixel_values must be a torch.Tensor (B, C, H, W), got {type(pixel_values).__name__}")
+    if pixel_values.dim() != 4:
+        hint = " (a single image needs a batch axis: pixel_values[None])" if pixel_values.dim() == 3 else ""
+        raise ValueError(
+            f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}{hint}"
+        )
+    batch_size, _, height, width = pixel_values.shape
+    if batch_size == 0 or height == 0 or width == 0:
+        raise ValueError(
+            f"pixel_values has shape {tuple(pixel_values.shape)}: pass at least one image of at least 1x1 pixel"
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be floating-point (normalised images, as the image processor makes them), got "
+            f"{pixel_values.dtype}"
+        )
+    device = getattr(model, "device", None)
+    # a model dispatched by accelerate (device_map) moves its inputs itself
+    if isinstance(device, torch.device) and not getattr(model, "hf_device_map", None) and device != pixel_values.device:
+        raise ValueError(
+            f"pixel_values is on {pixel_values.device} but the model's weights are on {device}: move the input "
+            "(pixel_values.to(model.device)) or the model"
+        )
+    # one reduction: NaN or inf make the sum non-finite; the elementwise test (several times a sum's cost on the CPU)
+    # only confirms it, so a sum of finite values that overflowed float32 is no error
+    if not torch.isfinite(pixel_values.sum(dtype=torch.float32)) and not torch.isfinite(pixel_values).all():
+        raise ValueError("pixel_values holds NaN or infinite values: the scores would be NaN")
+
+
 def logits_to_size(logits: torch.Tensor, input_size, size, size_divisibility: int = 0) -> torch.Tensor:
     """``logits`` of a model input of ``input_size`` ``(H, W)``, bilinearly resized to ``size``. With
     ``size_divisibility`` > 0 the model padded its input on the right and bottom to multiples of it and the logits
-    cover that padded image: they are upsampled to the padded size, the padding is cropped, and only then resized."""
-    height, width = (int(side) for side in input_size)
+    cover that padded image: they are upsampled to the padded size, the padding is cropped, and only then resized.
+    ``logits`` must be floating-point ``(B, K, h, w)`` and both sizes two positive integers (a ``ValueError`` /
+    ``TypeError`` naming them; torch's ``interpolate`` named neither)."""
+    if not torch.is_tensor(logits) or logits.dim() != 4:
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise ValueError(f"logits must be a (batch, num_labels, height, width) tensor, got {shape}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating-point scores, got {logits.dtype}")
+    height, width = _positive_pair("input_size", input_size)
+    size = _positive_pair("size", size)
     if size_divisibility and size_divisibility > 0:
         padded = (height + -height % size_divisibility, width + -width % size_divisibility)
         if padded != (height, width):
             logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
-    if tuple(logits.shape[-2:]) == tuple(size):
+    if tuple(logits.shape[-2:]) == size:
         return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def crop_processor_padding(scores: torch.Tensor, processor, image_size) -> torch.Tensor:
     """``scores`` over the pixel values an image processor made from an image of ``image_size`` ``(H, W)``, cropped
     to the resized image when the processor pads its output (SeMask-Mask2Former's pads to ``size_divisibility``, as
-    detectron2), so that resizing them back to the image does not stretch the padding over it."""
+    detectron2), so that resizing them back to the image does not stretch the padding over it. ``image_size`` must be
+    two positive integers (an image's ``(H, W, 3)`` shape is refused, not read as a size)."""
     if not getattr(processor, "size_divisibility", 0):
         return scores
-    height, width = processor.get_output_size(*image_size) if processor.do_resize else tuple(image_size)
+    image_size = _positive_pair("image_size", image_size)
+    height, width = processor.get_output_size(*image_size) if processor.do_resize else image_size
     return scores[..., :height, :width]
 
 
@@ -48,15 +115,35 @@ def _upsampled_logits(model, pixel_values: torch.Tensor, size) -> torch.Tensor:
 @torch.no_grad()
 def whole_image_logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """One forward of the whole image, logits bilinearly resized to the input size (mmseg ``mode='whole'``)."""
+    _check_pixel_values(pixel_values, model)
     return _upsampled_logits(model, pixel_values, pixel_values.shape[-2:])
 
 
 def window_origins(length: int, crop: int, stride: int) -> torch.Tensor:
     """Start offsets of mmseg's sliding windows along one axis: every ``stride``, the last window moved back so that it
-    ends at the border; a single window when the image is smaller than the crop."""
+    ends at the border; a single window when the image is smaller than the crop. All three must be positive (a
+    ``ValueError``; a stride of 0 divided by zero, a crop of 0 gave empty windows)."""
+    if min(length, crop, stride) < 1:
+        raise ValueError(f"length, crop and stride must be positive, got length={length}, crop={crop}, stride={stride}")
     count = max(length - crop + stride - 1, 0) // stride + 1
     starts = torch.arange(count) * stride
     return (torch.minimum(starts + crop, torch.tensor(length)) - crop).clamp(min=0)
+
+
+def _window_settings(crop_size, stride, window_batch_size) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``crop_size`` and ``stride`` as pairs of positive integers, a stride no larger than the crop (mmseg's
+    ``slide_inference`` divides by a count of 0 where windows leave pixels uncovered) and a positive integer
+    ``window_batch_size``; else a ``ValueError`` naming the argument."""
+    crop_size, stride = _positive_pair("crop_size", crop_size), _positive_pair("stride", stride)
+    if stride[0] > crop_size[0] or stride[1] > crop_size[1]:
+        raise ValueError(
+            f"stride {stride} is larger than crop_size {crop_size}: the windows would leave pixels "
+            "uncovered; use a stride <= the crop size"
+        )
+    size = window_batch_size
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"window_batch_size must be a positive integer, got {window_batch_size!r}")
+    return crop_size, stride
 
 
 @torch.no_grad()
@@ -67,16 +154,12 @@ def sliding_window_logits(
     its crop and averaged where windows overlap. Windows of all images are cut with one gather and run
     ``window_batch_size`` at a time. A stride of 0 or one larger than the crop (windows that leave pixels uncovered,
     which mmseg refuses too) is a ``ValueError``."""
-    for name, value in (("crop_size", crop_size), ("stride", stride)):
-        if len(value) != 2 or any(isinstance(side, bool) or not isinstance(side, int) or side < 1 for side in value):
-            raise ValueError(f"{name} must be two positive integers (height, width), got {value!r}")
-    if stride[0] > crop_size[0] or stride[1] > crop_size[1]:
-        raise ValueError(
-            f"stride {tuple(stride)} is larger than crop_size {tuple(crop_size)}: the windows would leave pixels "
-            "uncovered; use a stride <= the crop size"
-        )
-    if window_batch_size < 1:
-        raise ValueError(f"window_batch_size must be >= 1, got {window_batch_size}")
+    crop_size, stride = _window_settings(crop_size, stride, window_batch_size)
+    _check_pixel_values(pixel_values, model)
+    return _sliding_window_logits(model, pixel_values, crop_size, stride, window_batch_size)
+
+
+def _sliding_window_logits(model, pixel_values, crop_size, stride, window_batch_size) -> torch.Tensor:
     batch_size, channels, height, width = pixel_values.shape
     crop_height, crop_width = min(crop_size[0], height), min(crop_size[1], width)
     rows = window_origins(height, crop_height, stride[0])[:, None] + torch.arange(crop_height)  # (nH, h)
@@ -115,18 +198,43 @@ def multi_scale_flip_probabilities(
 ) -> torch.Tensor:
     """mmseg ``--aug-test``: for each scale ratio (and its horizontal flip), resize the input, run whole-image (or,
     with ``crop_size``/``stride``, sliding-window) inference, resize the logits back to the input size and average the
-    softmax probabilities of all passes. Returns ``(B, K, H, W)`` probabilities."""
+    softmax probabilities of all passes. Returns ``(B, K, H, W)`` probabilities.
+
+    ``scales`` must be a non-empty sequence of positive finite ratios, each leaving the input at least 1x1 pixel
+    (mmseg's ``img_ratios``); a ``stride`` needs a ``crop_size`` (without one every pass is whole-image: the stride
+    was ignored). Checked before the first forward."""
+    _check_pixel_values(pixel_values, model)
     size = pixel_values.shape[-2:]
-    total, passes = None, 0
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__len__") or len(scales) == 0:
+        raise ValueError(
+            f"scales must be a non-empty sequence of positive ratios (e.g. (0.5, 1.0, 1.5)), got {scales!r}"
+        )
+    scaled_sizes = []
     for scale in scales:
-        scaled_size = (int(size[0] * scale + 0.5), int(size[1] * scale + 0.5))
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < math.inf:
+            raise ValueError(f"scales must be positive finite ratios, got {scale!r} in {tuple(scales)}")
+        scaled_sizes.append((int(size[0] * scale + 0.5), int(size[1] * scale + 0.5)))
+        if min(scaled_sizes[-1]) < 1:
+            raise ValueError(
+                f"scale {scale} resizes the {size[0]}x{size[1]} input to {scaled_sizes[-1][0]}x{scaled_sizes[-1][1]} "
+                "pixels: each scale must leave at least 1x1 pixel"
+            )
+    if crop_size is None and stride is not None:
+        raise ValueError(
+            f"stride {stride!r} without crop_size: the stride of sliding-window inference needs its crop_size (without "
+            "one every pass is whole-image)"
+        )
+    if crop_size is not None:
+        crop_size, stride = _window_settings(crop_size, crop_size if stride is None else stride, window_batch_size)
+    total, passes = None, 0
+    for scaled_size in scaled_sizes:
         scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
             inputs = scaled.flip(-1) if flipped else scaled
             if crop_size is None:
-                logits = whole_image_logits(model, inputs)
+                logits = _upsampled_logits(model, inputs, inputs.shape[-2:])
             else:
-                logits = sliding_window_logits(model, inputs, crop_size, stride or crop_size, window_batch_size)
+                logits = _sliding_window_logits(model, inputs, crop_size, stride, window_batch_size)
             logits = logits.flip(-1) if flipped else logits
             probabilities = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
             total = probabilities if total is None else total + probabilities

@@ -7,6 +7,10 @@ evaluation never holds the logits of a whole split; ``compute()`` returns the ke
 ``(batch, H, W)`` maps. In a distributed run the counts are summed across processes.
 """
 
+import math
+import numbers
+import warnings
+
 import numpy as np
 import torch
 
@@ -24,16 +28,16 @@ class MeanIoU:
     or boolean maps are a ``TypeError``, never truncated to class ids);
     labels outside ``[0, num_labels)`` other than ``ignore_index`` raise a ``ValueError`` naming them, and
     predictions outside that range count as wrong (they never match a label), as in evaluate's ``mean_iou``.
+    ``compute()`` before any labelled pixel was counted (no update, or only ``ignore_index`` references) returns
+    NaN statistics (0 / 0), as evaluate's ``mean_iou`` does, with a ``UserWarning`` saying why.
     """
 
     def __init__(self, num_labels: int, ignore_index: int = IGNORE_INDEX):
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be positive, got {num_labels}")
-        self.num_labels = num_labels
+        self.num_labels = _check_settings(num_labels, ignore_index)
         self.ignore_index = ignore_index
         # confusion[label, prediction]; missed[label]: pixels of that label predicted as no class at all
-        self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.int64)
-        self.missed = torch.zeros(num_labels, dtype=torch.int64)
+        self.confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.int64)
+        self.missed = torch.zeros(self.num_labels, dtype=torch.int64)
 
     def reset(self) -> None:
         self.confusion.zero_()
@@ -65,6 +69,8 @@ class MeanIoU:
     def compute(self) -> dict:
         """``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` (floats) and ``per_category_iou``,
         ``per_category_accuracy`` (arrays, NaN for classes absent from labels and predictions), as evaluate's."""
+        if self.confusion.sum() + self.missed.sum() == 0:
+            warnings.warn(_NOTHING_COUNTED.format(name="MeanIoU", ignore_index=self.ignore_index), stacklevel=2)
         confusion = self.confusion.double()
         missed = self.missed.double()
         intersection = confusion.diag()
@@ -83,10 +89,43 @@ class MeanIoU:
             }
 
 
+_NOTHING_COUNTED = (
+    "{name}.compute(): no labelled pixel has been counted (no update() yet, or every reference pixel was "
+    "ignore_index={ignore_index}): every statistic is NaN"
+)
+
+
+def _check_settings(num_labels, ignore_index) -> int:
+    """``num_labels`` a positive integer (returned as ``int``) and ``ignore_index`` an integer, else a
+    ``ValueError`` / ``TypeError`` naming them (``torch.zeros`` refused ``2.5`` or ``True`` in its own words;
+    ``ignore_index=None`` reached ``torch.where`` in the boundary metrics)."""
+    if isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral) or num_labels < 1:
+        raise ValueError(f"num_labels must be a positive integer (the number of classes), got {num_labels!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(
+            f"ignore_index must be an integer label value (255 in mmsegmentation and hf-semseg; a value no label "
+            f"has ignores nothing), got {ignore_index!r}"
+        )
+    return int(num_labels)
+
+
+def _as_tensor(name: str, values) -> torch.Tensor:
+    """``values`` (a tensor, an array or nested lists) as a tensor; a list of maps of different sizes is refused."""
+    if torch.is_tensor(values):
+        return values
+    try:
+        return torch.as_tensor(np.asarray(values))
+    except ValueError as error:  # NumPy: "inhomogeneous shape", a list of maps of different sizes
+        raise ValueError(
+            f"{name} must be one array of class ids (a map, or a batch of maps of one size), got a "
+            f"{type(values).__name__} of maps of different shapes: update one image at a time"
+        ) from error
+
+
 def _integer_maps(predictions, references) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both maps as tensors of one shape; float, boolean or complex maps (not class ids) are refused."""
-    predictions = torch.as_tensor(np.asarray(predictions) if not torch.is_tensor(predictions) else predictions)
-    references = torch.as_tensor(np.asarray(references) if not torch.is_tensor(references) else references)
+    """Both maps as tensors of one shape; float, boolean or complex maps (not class ids) are refused, and so are
+    lists of maps of different sizes (evaluate's layout; NumPy's own error named neither argument)."""
+    predictions, references = _as_tensor("predictions", predictions), _as_tensor("references", references)
     for name, values in (("predictions", predictions), ("references", references)):
         if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
             raise TypeError(
@@ -194,9 +233,10 @@ class BoundaryIoU:
 
     ``compute()`` returns ``per_category_boundary_iou = intersection / union`` (NaN for a class with an empty union:
     absent from the references and the predictions on labelled pixels) and ``mean_boundary_iou``, its mean over the
-    other classes. Accumulating intersections and unions over the dataset per class, rather than averaging per image,
-    is ours, the same reduction as :class:`MeanIoU` (the paper defines Boundary IoU for one pair of masks and uses it
-    for instance and panoptic segmentation).
+    other classes; before any labelled pixel was counted they are NaN, with a ``UserWarning`` (every labelled pixel's
+    class has a non-empty inner boundary, so the unions are all 0 exactly then). Accumulating intersections and unions over the
+    dataset per class, rather than averaging per image, is ours, the same reduction as :class:`MeanIoU` (the paper
+    defines Boundary IoU for one pair of masks and uses it for instance and panoptic segmentation).
 
     ``update(predictions, references)`` takes integer maps of equal shape, ``(H, W)`` or ``(batch, H, W)`` (tensors
     or arrays; sizes may differ from one call to the next); float or boolean maps are a ``TypeError``; labels outside
@@ -205,15 +245,14 @@ class BoundaryIoU:
     """
 
     def __init__(self, num_labels: int, dilation_ratio: float = 0.02, ignore_index: int = IGNORE_INDEX):
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be positive, got {num_labels}")
-        if not dilation_ratio >= 0:
-            raise ValueError(f"dilation_ratio must be non-negative, got {dilation_ratio}")
-        self.num_labels = num_labels
+        self.num_labels = _check_settings(num_labels, ignore_index)
+        ratio = dilation_ratio  # not a number, negative, infinite or NaN (which fails every comparison)
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < math.inf:
+            raise ValueError(f"dilation_ratio must be a non-negative finite number, got {dilation_ratio!r}")
         self.dilation_ratio = dilation_ratio
         self.ignore_index = ignore_index
-        self.intersection = torch.zeros(num_labels, dtype=torch.int64)
-        self.union = torch.zeros(num_labels, dtype=torch.int64)
+        self.intersection = torch.zeros(self.num_labels, dtype=torch.int64)
+        self.union = torch.zeros(self.num_labels, dtype=torch.int64)
 
     def reset(self) -> None:
         self.intersection.zero_()
@@ -249,6 +288,8 @@ class BoundaryIoU:
 
     def compute(self) -> dict:
         """``mean_boundary_iou`` (float) and ``per_category_boundary_iou`` (array, NaN for absent classes)."""
+        if self.union.sum() == 0:
+            warnings.warn(_NOTHING_COUNTED.format(name="BoundaryIoU", ignore_index=self.ignore_index), stacklevel=2)
         iou = (self.intersection.double() / self.union.double()).numpy()
         with np.errstate(invalid="ignore"):
             return {
@@ -287,11 +328,11 @@ class TrimapMeanIoU:
     """
 
     def __init__(self, num_labels: int, trimap_width: int = 5, ignore_index: int = IGNORE_INDEX):
-        if trimap_width < 0:
-            raise ValueError(f"trimap_width must be non-negative, got {trimap_width}")
+        if isinstance(trimap_width, bool) or not isinstance(trimap_width, numbers.Integral) or trimap_width < 0:
+            raise ValueError(f"trimap_width must be a non-negative integer (pixels), got {trimap_width!r}")
         self.trimap_width = trimap_width
         self.band = MeanIoU(num_labels, ignore_index=ignore_index)
-        self.num_labels = num_labels
+        self.num_labels = self.band.num_labels
         self.ignore_index = ignore_index
 
     def reset(self) -> None:
@@ -318,8 +359,11 @@ class TrimapMeanIoU:
         self.band.gather()
 
     def compute(self) -> dict:
-        """``trimap_mean_iou`` (float) and ``per_category_trimap_iou`` (array, NaN for classes absent from the band)."""
-        result = self.band.compute()
+        """``trimap_mean_iou`` (float) and ``per_category_trimap_iou`` (array, NaN for classes absent from the band;
+        all NaN when the band is empty, e.g. images of one class: no warning)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = self.band.compute()
         return {"trimap_mean_iou": result["mean_iou"], "per_category_trimap_iou": result["per_category_iou"]}
 
 
@@ -343,7 +387,7 @@ class SegmentationMetrics:
         self.mean_iou = MeanIoU(num_labels, ignore_index)
         self.boundary_iou = BoundaryIoU(num_labels, dilation_ratio, ignore_index)
         self.trimap_mean_iou = TrimapMeanIoU(num_labels, trimap_width, ignore_index)
-        self.num_labels, self.ignore_index = num_labels, ignore_index
+        self.num_labels, self.ignore_index = self.mean_iou.num_labels, ignore_index
 
     def _counts(self) -> list[tuple[object, str]]:
         band = self.trimap_mean_iou.band
@@ -357,6 +401,9 @@ class SegmentationMetrics:
         ]
 
     def update(self, predictions, references) -> None:
+        # the boundary metrics' checks (rank, dtypes, shapes) first: MeanIoU takes any rank, and counted a (B, 1, H, W)
+        # batch before BoundaryIoU refused it, leaving the three metrics out of step
+        predictions, references = _label_maps(predictions, references)
         for metric in (self.mean_iou, self.boundary_iou, self.trimap_mean_iou):
             metric.update(predictions, references)
 

@@ -5,6 +5,7 @@ Every random draw comes from the ``numpy.random.Generator`` passed in, so a seed
 are ``(H, W, 3)`` uint8 RGB arrays, labels ``(H, W)`` integer arrays with 255 = ignore.
 """
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,6 +119,17 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return np.stack([red, green, blue], -1) + (value - chroma)[..., None]
 
 
+def _check_pair(name: str, value, kind, what: str) -> tuple:
+    """``value`` as two positive numbers of ``kind``, else a ``ValueError`` naming ``name`` and the value."""
+    try:
+        sides = tuple(value)
+    except TypeError:  # a single number
+        sides = ()
+    if len(sides) != 2 or not all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in sides):
+        raise ValueError(f"{name} must be two {what}, got {value!r}")
+    return sides
+
+
 @dataclass
 class SegmentationTrainTransform:
     """The original training pipeline: ``Resize(scale, ratio_range)`` -> ``RandomCrop(crop, cat_max_ratio)`` ->
@@ -130,6 +142,12 @@ class SegmentationTrainTransform:
         cat_max_ratio: a crop is redrawn (up to 10 times) while one class covers this share of it (1 disables).
         flip_prob: probability of a horizontal flip.
         photometric: apply the photometric distortion.
+
+    The settings are checked when the transform is made (mmseg asserts a positive ``RandomCrop`` size, a
+    ``RandomFlip`` probability in [0, 1] and ``min_ratio <= max_ratio`` in ``Resize``; positive scales and ratios are
+    ours: a zero one resized every image to nothing, a sample of padding only), and each call's ``image``
+    (``(H, W, 3)`` uint8, at least 1x1), ``label`` (``(H, W)`` integers) and ``rng`` (a ``numpy.random.Generator``)
+    before the first draw: a ``ValueError`` / ``TypeError`` naming the value.
     """
 
     scale: tuple[int, int] = (2048, 512)
@@ -139,9 +157,39 @@ class SegmentationTrainTransform:
     flip_prob: float = 0.5
     photometric: bool = True
 
+    def __post_init__(self):
+        _check_pair("scale", self.scale, numbers.Real, "positive numbers (long, short)")
+        _check_pair("crop_size", self.crop_size, numbers.Integral, "positive integers (height, width)")
+        low, high = _check_pair("ratio_range", self.ratio_range, numbers.Real, "positive numbers (low, high)")
+        if not low <= high < float("inf"):
+            raise ValueError(f"ratio_range must be (low, high) with 0 < low <= high, got {self.ratio_range!r}")
+        if not isinstance(self.flip_prob, numbers.Real) or not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"flip_prob must be a probability in [0, 1], got {self.flip_prob!r}")
+
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(
+                f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
+            )
+        for name, value in (("image", image), ("label", label)):
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{name} must be a NumPy array (np.asarray({name})), got {type(value).__name__}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            # a grey (H, W) image came out as garbage (16x16x40 from 30x40); an alpha channel was dropped only when
+            # the hue or saturation was drawn, so the samples of one batch differed in channels
+            raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            # the resize and the distortion clip to [0, 255] and round to uint8: a [0, 1] float image came out black
+            raise TypeError(f"image must be uint8 (RGB values in [0, 255]), got {image.dtype}")
+        if label.ndim != 2:
+            raise ValueError(f"label must be an (H, W) array of class ids, got shape {label.shape}")
+        if label.dtype == bool or not np.issubdtype(label.dtype, np.integer):
+            # a boolean label was padded with True (ignore 255 -> class 1); a float one kept its fractions
+            raise TypeError(f"label must be integer class ids, got {label.dtype}")
         if image.shape[:2] != label.shape:
             raise ValueError(f"image {image.shape[:2]} and label {label.shape} differ in size")
+        if 0 in label.shape:
+            raise ValueError(f"image and label have size {label.shape}: each side needs at least 1 pixel")
         ratio = rng.uniform(*self.ratio_range)
         size = keep_ratio_size(*image.shape[:2], self.scale[0] * ratio, self.scale[1] * ratio)
         image, label = resize_pair(image, label, size)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from hf_semseg.transforms import (
     SegmentationTrainTransform,
@@ -103,3 +104,83 @@ def test_augmentation_is_the_same_in_a_data_loader_worker():
     for first, second in zip(in_process, in_workers, strict=True):
         assert torch.equal(first["pixel_values"], second["pixel_values"])
         assert torch.equal(first["labels"], second["labels"])
+
+
+# ----- bad settings and inputs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"crop_size": (0, 16)}, r"crop_size must be two positive integers \(height, width\), got \(0, 16\)"),
+        ({"crop_size": 16}, r"crop_size must be two positive integers \(height, width\), got 16"),
+        (
+            {"crop_size": (16.0, 16.0)},
+            r"crop_size must be two positive integers \(height, width\), got \(16\.0, 16\.0\)",
+        ),
+        ({"scale": (0, 0)}, r"scale must be two positive numbers \(long, short\), got \(0, 0\)"),
+        ({"ratio_range": (2.0, 0.5)}, r"ratio_range must be \(low, high\) with 0 < low <= high, got \(2\.0, 0\.5\)"),
+        (
+            {"ratio_range": (-1.0, -0.5)},
+            r"ratio_range must be two positive numbers \(low, high\), got \(-1\.0, -0\.5\)",
+        ),
+        ({"flip_prob": 2}, r"flip_prob must be a probability in \[0, 1\], got 2"),
+    ],
+    ids=["crop 0", "crop int", "crop float", "scale 0", "ratio reversed", "ratio negative", "flip 2"],
+)
+def test_settings_are_checked_when_the_transform_is_made(settings, message):
+    """Before, at the first sample or never: a crop of 0 rows gave empty samples, an int crop was "not subscriptable",
+    a zero scale or a negative ratio resized every image to nothing (a sample of padding only), a reversed ratio
+    range was NumPy's "high - low < 0", a flip probability of 2 flipped every image."""
+    with pytest.raises(ValueError, match=message):
+        SegmentationTrainTransform(**{"scale": (40, 30), "crop_size": (16, 16), **settings})
+
+
+IMAGE = np.random.default_rng(6).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+LABEL = np.random.default_rng(6).integers(0, 3, (30, 40))
+
+
+@pytest.mark.parametrize(
+    "image, label, error, message",
+    [
+        (IMAGE[..., 0], LABEL, ValueError, r"image must be an \(H, W, 3\) RGB array, got shape \(30, 40\)$"),
+        (IMAGE.transpose(2, 0, 1), LABEL, ValueError, r"image must be an \(H, W, 3\) RGB .*got shape \(3, 30, 40\)$"),
+        (np.pad(IMAGE, ((0, 0), (0, 0), (0, 1))), LABEL, ValueError, r"got shape \(30, 40, 4\)$"),
+        (IMAGE / 255, LABEL, TypeError, r"image must be uint8 \(RGB values in \[0, 255\]\), got float64$"),
+        (IMAGE.astype(np.uint16), LABEL, TypeError, r"image must be uint8 .*, got uint16$"),
+        (IMAGE, LABEL > 0, TypeError, r"label must be integer class ids, got bool$"),
+        (IMAGE, LABEL + 0.5, TypeError, r"label must be integer class ids, got float64$"),
+        (
+            IMAGE,
+            LABEL[..., None],
+            ValueError,
+            r"label must be an \(H, W\) array of class ids, got shape \(30, 40, 1\)$",
+        ),
+        (IMAGE[:0], LABEL[:0], ValueError, r"image and label have size \(0, 40\): each side needs at least 1 pixel$"),
+        (
+            Image.fromarray(IMAGE),
+            LABEL,
+            TypeError,
+            r"image must be a NumPy array \(np.asarray\(image\)\), got Image$",
+        ),
+    ],
+    ids=["grey", "CHW", "RGBA", "float", "uint16", "bool label", "float label", "HW1 label", "empty", "PIL"],
+)
+def test_images_and_labels_that_are_not_rgb_bytes_and_class_ids_are_refused(image, label, error, message):
+    """Silent before: a grey image came out as a 16x16x40 sample, an RGBA one kept its alpha channel unless the hue
+    or saturation was drawn, a [0, 1] float image stayed float or was rounded to 0/1 (black) by the resize, a
+    boolean label was padded with True (ignore -> class 1), a float label kept its fractions; an empty image divided
+    by zero in the resize, a PIL image had no ``shape``."""
+    transform = SegmentationTrainTransform(scale=(40, 30), crop_size=(48, 48), ratio_range=(1.0, 1.0))
+    with pytest.raises(error, match=message):
+        transform(image, label, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("rng", [None, 0, np.random.RandomState(0)], ids=["None", "seed", "RandomState"])
+def test_the_generator_must_be_a_numpy_generator(rng):
+    """None or a seed had no ``uniform``; a legacy ``RandomState`` failed at the crop (no ``integers``)."""
+    transform = SegmentationTrainTransform(scale=(40, 30), crop_size=(16, 16))
+    with pytest.raises(
+        TypeError, match=r"rng must be a numpy.random.Generator \(np.random.default_rng\(seed\)\), got "
+    ):
+        transform(IMAGE, LABEL, rng)
