@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -313,3 +314,24 @@ def test_a_usage_error_is_one_line_and_status_1(tmp_path):
         load_example(SCRIPT).main(["--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 1
     assert stderr.getvalue() == "error: the following arguments are required: --checkpoint_path (see --help)\n"
+
+
+@pytest.mark.parametrize("repo_id", ["someone/my model", "a/b/c", "someone/model.git", "", None])
+def test_a_repository_id_the_hub_refuses_is_named_before_the_hub_is_asked(repo_id, monkeypatch):
+    """A training run's default repository id is its output folder's name: with a space in it, the run trained and
+    then failed at ``create_repo``. Mocked: nothing leaves the machine."""
+    from hf_semseg.hub import HubAccessError, check_hub_access
+
+    calls = []
+    writer = {"name": "someone", "auth": {"accessToken": {"role": "write"}}}
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, token=None: calls.append(token) or writer)
+    with pytest.raises(
+        HubAccessError, match=rf"^--push_to_hub: {re.escape(repr(repo_id))} is not a Hub repository id: "
+    ):
+        check_hub_access(repo_id)
+    with pytest.raises(HubAccessError, match=r"; name one with --hub_model_id$"):
+        check_hub_access(repo_id, task="train")
+    assert calls == []  # refused before the token is even looked at
+    assert check_hub_access("someone/my-model") == "hf_test" and calls == ["hf_test"]
