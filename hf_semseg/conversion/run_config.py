@@ -275,16 +275,44 @@ class RunConfig:
         return self.get(path, absent) is not absent
 
 
+#: the sections of an mmseg config the converters read settings from: each must be a dict where the config has it
+MMSEG_SECTIONS = ("model", "model.backbone", "model.decode_head", "data")
+#: the sections of a detectron2 config the converters read settings from: each must be a mapping where it is there
+DETECTRON2_SECTIONS = (
+    "MODEL",
+    "MODEL.SWIN",
+    "MODEL.SEM_SEG_HEAD",
+    "MODEL.MASK_FORMER",
+    "MODEL.MASK_FORMER.TEST",
+    "INPUT",
+    "DATASETS",
+)
+
+
+def check_sections(run_config: RunConfig, sections: tuple[str, ...], expected: str) -> RunConfig:
+    """``run_config``, once each of ``sections`` it has is a mapping (a ``model`` that is not a dict would read as a
+    config without any of its settings: each value "not set", or silently left out); else a :class:`ConfigFileError`
+    naming the section, its value and ``expected``."""
+    for path in sections:
+        if run_config.has(path) and not isinstance(run_config.get(path), dict):
+            raise ConfigFileError(f"{run_config.source}: {path} = {run_config.get(path)!r}, expected {expected}")
+    return run_config
+
+
 def mmseg_run_configs(config_file: str | Path | None, meta: dict) -> list[RunConfig]:
     """The run configs of an mmseg checkpoint, first source first: ``config_file``, then ``meta['config']`` (text a
-    reader cannot parse is reported, not silently skipped)."""
+    reader cannot parse is reported, not silently skipped). A section of :data:`MMSEG_SECTIONS` that is not a dict is
+    an error naming it."""
+    expected = "a dict of settings (dict(...))"
     configs = []
     if config_file is not None:
-        configs.append(RunConfig(read_mmseg_config(config_file), f"--config_file {config_file}"))
+        run_config = RunConfig(read_mmseg_config(config_file), f"--config_file {config_file}")
+        configs.append(check_sections(run_config, MMSEG_SECTIONS, expected))
     text = meta.get("config")
     if isinstance(text, str) and text.strip():
         try:
-            configs.append(RunConfig(parse_mmseg_config_text(text, "meta['config']"), "the checkpoint's config text"))
+            run_config = RunConfig(parse_mmseg_config_text(text, "meta['config']"), "the checkpoint's config text")
+            configs.append(check_sections(run_config, MMSEG_SECTIONS, expected))
         except ConfigFileError as error:
             if config_file is None:
                 raise CheckpointError(f"the config text saved in the checkpoint cannot be read: {error}") from error
@@ -292,10 +320,12 @@ def mmseg_run_configs(config_file: str | Path | None, meta: dict) -> list[RunCon
 
 
 def detectron2_run_configs(config_file: str | Path | None) -> list[RunConfig]:
-    """The run config of a detectron2 checkpoint (which holds none itself): ``config_file`` when given."""
+    """The run config of a detectron2 checkpoint (which holds none itself): ``config_file`` when given. A section of
+    :data:`DETECTRON2_SECTIONS` that is not a mapping (``MODEL: null``) is an error naming it."""
     if config_file is None:
         return []
-    return [RunConfig(read_detectron2_config(config_file), f"--config_file {config_file}")]
+    run_config = RunConfig(read_detectron2_config(config_file), f"--config_file {config_file}")
+    return [check_sections(run_config, DETECTRON2_SECTIONS, "a mapping of settings (a detectron2 config section)")]
 
 
 @dataclass(frozen=True)
@@ -526,6 +556,25 @@ def check_representable(run_configs: list[RunConfig], checks: list[tuple[str, Ca
                 )
 
 
+#: what a detectron2 run's config may set for any SeMask or VW head that changes the output, is not in the weights
+#: and that the converted model cannot represent unless it has the released configs' value
+#: (:func:`check_representable`): the pixel decoder's norm (``get_norm``: "GN" is GroupNorm(32, C); a detectron2
+#: LayerNorm has the same keys) and where the semantic inference happens relative to the resize to the image
+DETECTRON2_HEAD_CHECKS = [
+    (
+        "MODEL.SEM_SEG_HEAD.NORM",
+        lambda value: value == "GN",
+        "normalises the pixel decoder's convolutions with GroupNorm(32, C) (NORM 'GN')",
+    ),
+    (
+        "MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE",
+        lambda value: value is False,
+        "(its image processor) resizes the class scores to the image after the semantic inference "
+        "(SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE False)",
+    ),
+]
+
+
 def qk_scale_check(path: str, embed_dim: int, num_heads: list[int]) -> tuple[str, Callable, str]:
     """The :func:`check_representable` check of a Swin's ``qk_scale``: the original scales the attention by
     ``qk_scale or head_dim ** -0.5``, the converted model always by ``head_dim ** -0.5``."""
@@ -546,6 +595,92 @@ def align_corners_check(path: str) -> tuple[str, Callable, str]:
     """The :func:`check_representable` check of a decode head's ``align_corners`` (the converted heads resize with
     ``align_corners=False``)."""
     return path, lambda value: not value, "resizes with align_corners=False"
+
+
+#: mmcv's batch norms (``norm_cfg`` types): in eval mode each normalises with its running statistics, as the converted
+#: heads' ``nn.BatchNorm2d`` do (SyncBN differs only in training)
+MMCV_BATCH_NORMS = ("BN", "BN2d", "SyncBN", "MMSyncBN")
+#: the options of an mmcv ``norm_cfg`` other than its type: ``eps`` changes the output, the others only training
+_NORM_CFG_OPTIONS = {"type", "eps", "momentum", "requires_grad"}
+
+
+def activation_check(path: str, activation: str, where: str) -> tuple[str, Callable, str]:
+    """The :func:`check_representable` check of an mmcv ``act_cfg``: ``dict(type=activation)`` (``inplace`` does not
+    change the output) is what the converted model applies in ``where``; another activation, or None (none at all),
+    is refused."""
+
+    def accepts(value) -> bool:
+        return isinstance(value, dict) and value.get("type") == activation and set(value) <= {"type", "inplace"}
+
+    return path, accepts, f"applies {activation} in {where} (act_cfg dict(type={activation!r}))"
+
+
+def norm_check(path: str, types: tuple[str, ...], eps: float | None, where: str) -> tuple[str, Callable, str]:
+    """The :func:`check_representable` check of an mmcv ``norm_cfg``: one of ``types`` with the epsilon ``eps`` (a
+    ``norm_cfg`` without ``eps`` has the layers' default, 1e-5; ``eps`` None: any positive one, which the caller
+    carries over) and no option other than ``momentum`` / ``requires_grad`` (training only). Another norm (GN or LN
+    for BN), None (no norm) or another epsilon is refused."""
+
+    def accepts(value) -> bool:
+        if not isinstance(value, dict) or value.get("type") not in types or not set(value) <= _NORM_CFG_OPTIONS:
+            return False
+        value_eps = value.get("eps", 1e-5)
+        if isinstance(value_eps, bool) or not isinstance(value_eps, (int, float)):
+            return False
+        if not (math.isfinite(value_eps) and value_eps > 0):
+            return False
+        return eps is None or math.isclose(value_eps, eps, rel_tol=1e-6)
+
+    names = " or ".join(map(repr, types))
+    epsilon = "a positive eps" if eps is None else f"eps {eps:g}"
+    return path, accepts, f"normalises {where} with norm_cfg type {names}, {epsilon}"
+
+
+def conv_check(path: str, where: str) -> tuple[str, Callable, str]:
+    """The :func:`check_representable` check of an mmcv ``conv_cfg``: None or ``dict(type='Conv2d')`` (``'Conv'``)
+    are plain convolutions; another type (a weight-standardised ``ConvWS``, a deformable ``DCN`` ...) is refused."""
+
+    def accepts(value) -> bool:
+        return value is None or (
+            isinstance(value, dict) and set(value) == {"type"} and value["type"] in ("Conv", "Conv2d")
+        )
+
+    return path, accepts, f"uses plain convolutions in {where} (conv_cfg None or dict(type='Conv2d'))"
+
+
+def stages_check(path: str, computes: str, ordered: bool, negative: bool) -> tuple[str, Callable, str]:
+    """The :func:`check_representable` check of a list of backbone stage indices that must be the four stages:
+    ``[0, 1, 2, 3]`` in this order when ``ordered`` (a decode head's ``in_index`` picks its inputs by position),
+    else in any order (a backbone's ``out_indices``: stages are emitted in order); ``negative``: an index ``-k`` counts
+    from the end, as in Python (``in_index``; mmcls ConvNeXt's ``out_indices``), else it matches no stage."""
+
+    def accepts(value) -> bool:
+        value = [value] if isinstance(value, int) else value
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in value
+        ):
+            return False
+        stages = [i + 4 if negative and -4 <= i < 0 else i for i in value]
+        return stages == [0, 1, 2, 3] if ordered else sorted(set(stages)) == [0, 1, 2, 3]
+
+    return path, accepts, computes
+
+
+def mmseg_loss_check(path: str, options: tuple[str, ...] = ()) -> tuple[str, Callable, str]:
+    """The :func:`check_representable` check of an mmseg decode head's ``loss_decode``: the converted model's loss is
+    a softmax cross-entropy of weight 1 averaged over the pixels (mmseg's default ``CrossEntropyLoss``); a sigmoid
+    or mask loss, class weights, another weight or reduction, another loss or a list of losses is refused.
+    ``options``: further options of that loss the converter carries over (``avg_non_ignore``)."""
+    defaults = {"use_sigmoid": False, "use_mask": False, "reduction": "mean", "class_weight": None, "loss_weight": 1.0}
+
+    def accepts(value) -> bool:
+        if not isinstance(value, dict) or value.get("type") != "CrossEntropyLoss":
+            return False
+        if not set(value) <= {"type", "loss_name", *defaults, *options}:
+            return False
+        return all(value.get(name, default) == default for name, default in defaults.items())
+
+    return path, accepts, "computes one softmax cross-entropy of weight 1.0, averaged (CrossEntropyLoss defaults)"
 
 
 def check_heads_setting(resolved: "ResolvedSettings", name: str, path: str, what: str, channels: int) -> None:
@@ -596,6 +731,18 @@ def boolean(value) -> bool:
 def number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("expected a number")
+    return value
+
+
+def probability(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError("expected a number from 0 to 1")
+    return value
+
+
+def integer(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
     return value
 
 

@@ -36,16 +36,24 @@ from .common import (
 )
 from .model_card import semask_fpn_card_fields
 from .run_config import (
+    MMCV_BATCH_NORMS,
     ResolvedSettings,
     Setting,
+    activation_check,
     align_corners_check,
     check_consistent,
     check_representable,
+    conv_check,
+    integer,
+    mmseg_loss_check,
     mmseg_pipeline,
     mmseg_run_configs,
+    norm_check,
     positive_int,
+    probability,
     qk_scale_check,
     resolve_settings,
+    stages_check,
     swin_consistency_checks,
     training_only,
 )
@@ -203,6 +211,10 @@ SETTINGS = [
         code_default=None,
     ),
     training_only("ohem_min_kept", "OHEM pixels kept", "model.decode_head.sampler.min_kept", positive_int, 100000),
+    training_only(
+        "classifier_dropout_prob", "the classifier dropout", "model.decode_head.dropout_ratio", probability, 0.1
+    ),
+    training_only("loss_ignore_index", "the label the losses ignore", "model.decode_head.ignore_index", integer, 255),
 ]
 CONFIG_FILE_HELP = "the run's mmseg config (.py)"
 #: where an mmseg config (``SeMaskSwinTransformer``) keeps the Swin hyper-parameters the weights hold
@@ -217,6 +229,63 @@ MMSEG_SWIN_PATHS = {
     "ape": "model.backbone.ape",
     "num_semantic_blocks": "model.backbone.num_sem_blocks",
 }
+
+
+def _fpn_strides(value) -> bool:
+    """``feature_strides`` of a ``BranchFPNHead`` the converted head computes: four strides, each twice the one
+    before (each scale head then brings its level to the finest stride by one 2x upsampling per stage)."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(isinstance(stride, int) and not isinstance(stride, bool) and stride > 0 for stride in value)
+        and all(stride == value[0] * 2**level for level, stride in enumerate(value))
+    )
+
+
+def _ohem_sampler(value) -> bool:
+    """A decode head's ``sampler`` the converted model computes: none, or OHEM keeping the ``min_kept`` pixels of the
+    highest loss (``OHEMPixelSampler`` with ``thresh=None``; a probability threshold is not implemented)."""
+    if value is None:
+        return True
+    return (
+        isinstance(value, dict)
+        and value.get("type") == "OHEMPixelSampler"
+        and set(value) <= {"type", "thresh", "min_kept"}
+        and value.get("thresh") is None
+    )
+
+
+#: what a SeMask-FPN run's config may set that changes the output, is not in the weights and that the converted model
+#: cannot represent unless it has the value the original's released configs have (:func:`check_representable`)
+REPRESENTABLE_CHECKS = [
+    align_corners_check("model.decode_head.align_corners"),
+    activation_check("model.decode_head.act_cfg", "ReLU", "the decode head's convolution modules"),
+    norm_check("model.decode_head.norm_cfg", MMCV_BATCH_NORMS, 1e-5, "the decode head's convolutions"),
+    conv_check("model.decode_head.conv_cfg", "the decode head"),
+    stages_check(
+        "model.decode_head.in_index",
+        "feeds the decode head the four backbone stages in order (in_index [0, 1, 2, 3])",
+        ordered=True,
+        negative=True,
+    ),
+    stages_check(
+        "model.backbone.out_indices",
+        "takes the four backbone stages (out_indices (0, 1, 2, 3))",
+        ordered=False,
+        negative=False,
+    ),
+    (
+        "model.decode_head.feature_strides",
+        _fpn_strides,
+        "upsamples each level by 2 once per stage (feature_strides [4, 8, 16, 32])",
+    ),
+    mmseg_loss_check("model.decode_head.loss_decode"),
+    (
+        "model.decode_head.sampler",
+        _ohem_sampler,
+        "samples pixels with OHEM by the loss alone (sampler None or dict(type='OHEMPixelSampler', thresh=None))",
+    ),
+]
 
 
 def infer_config_and_settings(
@@ -235,8 +304,9 @@ def infer_config_and_settings(
     only), from ``config_file``, the config text in ``meta``, or the released variant (``variant``, or the one with
     exactly these weights); a required value none of them has stops the conversion, naming it. A config that
     contradicts the weights (classes, widths, patch size, depths, heads, window, MLP ratio, q/k/v bias, semantic
-    blocks, APE) is refused, and so is one whose ``qk_scale`` or ``align_corners`` the converted model cannot
-    represent.
+    blocks, APE) is refused, and so is one whose ``qk_scale``, ``align_corners``, head activation / norm / convolution,
+    stage indices, FPN strides, loss or pixel sampler the converted model cannot represent
+    (:data:`REPRESENTABLE_CHECKS`). The classifier dropout and the ignored label (training only) are carried over.
     """
     meta = meta or {}
     if run_configs is None:  # the caller may have read them already
@@ -264,7 +334,7 @@ def infer_config_and_settings(
         run_configs,
         [
             qk_scale_check("model.backbone.qk_scale", backbone["embed_dim"], backbone["num_heads"]),
-            align_corners_check("model.decode_head.align_corners"),
+            *REPRESENTABLE_CHECKS,
         ],
     )
     id2label = checkpoint_id2label(meta.get("CLASSES"), num_classes)

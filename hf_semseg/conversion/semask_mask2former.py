@@ -39,6 +39,7 @@ from .common import (
 )
 from .run_config import (
     D2_SWIN_PATHS,
+    DETECTRON2_HEAD_CHECKS,
     ResolvedSettings,
     Setting,
     boolean,
@@ -320,8 +321,12 @@ def semask_d2_swin_checks(backbone_config: SeMaskSwinConfig) -> list[tuple[str, 
 
 def semask_d2_representable_checks(backbone_config: SeMaskSwinConfig) -> list[tuple]:
     """The values of a SeMask detectron2 run the converted model cannot represent unless they have the default
-    (:func:`.run_config.check_representable`)."""
-    return [qk_scale_check("MODEL.SWIN.QK_SCALE", backbone_config.embed_dim, backbone_config.num_heads)]
+    (:func:`.run_config.check_representable`): the Swin's ``QK_SCALE`` and
+    :data:`~.run_config.DETECTRON2_HEAD_CHECKS`."""
+    return [
+        qk_scale_check("MODEL.SWIN.QK_SCALE", backbone_config.embed_dim, backbone_config.num_heads),
+        *DETECTRON2_HEAD_CHECKS,
+    ]
 
 
 def read_no_object_weight(state_dict: dict[str, torch.Tensor], num_classes: int) -> float | None:
@@ -414,6 +419,17 @@ def infer_config_and_settings(
         expected_fpn_levels = num_stages - 1  # FaPN: every level below the coarsest is a lateral level
         # no deformable encoder (TRANSFORMER_ENC_LAYERS is in the run's config but unused by this decoder)
         head_fields = {"encoder_layers": 0}
+    enforce_input_projection = (
+        any(key.startswith("sem_seg_head.predictor.input_proj.") for key in state_dict) and feature_size == hidden_dim
+    )
+    if feature_size == hidden_dim:  # otherwise the projections are there whatever the config says
+        consistent.append(
+            (
+                "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ",
+                enforce_input_projection,
+                "the presence of sem_seg_head.predictor.input_proj.* keys",
+            )
+        )
     if num_fpn_levels != expected_fpn_levels:
         raise CheckpointError(
             f"{num_fpn_levels} FPN levels (adapter_*) in the {HEAD_NAMES[head]} pixel decoder; the original builds "
@@ -435,6 +451,7 @@ def infer_config_and_settings(
                 "MultiScaleMaskedTransformerDecoder",
                 "the transformer decoder's key layout",
             ),
+            ("MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE", "multi_scale_pixel_decoder", "the predictor's input levels"),
             ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes, "sem_seg_head.predictor.class_embed.weight"),
             ("MODEL.SEM_SEG_HEAD.CONVS_DIM", feature_size, "the pixel decoder's convolutions"),
             ("MODEL.SEM_SEG_HEAD.MASK_DIM", mask_feature_size, "sem_seg_head.pixel_decoder.mask_features.weight"),
@@ -464,8 +481,7 @@ def infer_config_and_settings(
         **head_fields,
         decoder_layers=decoder_layers,
         dim_feedforward=dim_feedforward,
-        enforce_input_projection=any(key.startswith("sem_seg_head.predictor.input_proj.") for key in state_dict)
-        and feature_size == hidden_dim,
+        enforce_input_projection=enforce_input_projection,
         num_queries=num_queries,
         **({"no_object_weight": no_object_weight} if no_object_weight is not None else {}),
         id2label=id2label,

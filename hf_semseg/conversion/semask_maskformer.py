@@ -309,6 +309,9 @@ def infer_config_and_settings(
     check_heads_setting(
         resolved, DETR_DECODER_HEADS.name, DETR_DECODER_HEADS.path, "the DETR decoder", decoder["d_model"]
     )
+    if "decoder_config.dropout" in resolved.values:  # the original applies DROPOUT in the attentions and FFN too
+        decoder_config = config.decoder_config
+        decoder_config.attention_dropout = decoder_config.activation_dropout = decoder_config.dropout
     config.force_original_decoder()  # the heads may have changed: the config's copy of them follows
     return config, resolved
 

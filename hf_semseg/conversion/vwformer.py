@@ -43,22 +43,30 @@ from .common import (
 )
 from .model_card import vwformer_card_fields
 from .run_config import (
+    MMCV_BATCH_NORMS,
     ConfigFileError,
     ResolvedSettings,
     Setting,
+    activation_check,
     align_corners_check,
     boolean,
     check_consistent,
     check_heads_setting,
     check_representable,
+    conv_check,
     first_value,
     int_list,
+    integer,
+    mmseg_loss_check,
     mmseg_pipeline,
     mmseg_run_configs,
+    norm_check,
     positive_int,
+    probability,
     qk_scale_check,
     read_config_value,
     resolve_settings,
+    stages_check,
     training_only,
 )
 
@@ -310,16 +318,65 @@ MIT_HEADS = Setting(
     read=int_list,
 )
 DROP_PATH = training_only("backbone_config.drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate")
+#: the training-only values of the decode head (``BaseDecodeHead`` and ``CrossEntropyLoss`` defaults)
+HEAD_TRAINING_SETTINGS = [
+    training_only(
+        "classifier_dropout_prob", "the classifier dropout", "model.decode_head.dropout_ratio", probability, 0.1
+    ),
+    training_only("loss_ignore_index", "the label the loss ignores", "model.decode_head.ignore_index", integer, 255),
+    training_only(
+        "loss_mean_over_all_pixels",
+        "the loss average over all pixels",
+        "model.decode_head.loss_decode.avg_non_ignore",
+        lambda value: not boolean(value),  # mmseg 0.30 averages over the labelled pixels only with avg_non_ignore
+        False,
+    ),
+]
 CONFIG_FILE_HELP = "the run's mmseg config (.py)"
 #: the original backbone and head class of each converted type, as a run's config names them
 BACKBONE_TYPES = {"swin": "SwinTransformer", "convnext": "mmcls.ConvNeXt", "mit": "MixVisionTransformer"}
 HEAD_TYPES = {"vw": "VWHead", "vw_city": "VWCityHead"}
 
 
-def _representable_checks(backbone_type: str, backbone_config) -> list[tuple]:
+#: the activation and norm of each backbone as the converted backbones compute them (transformers' Swin: GELU,
+#: LayerNorm eps 1e-5; ConvNeXt: GELU, channels-first LayerNorm eps 1e-6; MiT: GELU), as a run's config names them
+BACKBONE_ACTIVATION_AND_NORM = {
+    "swin": ("GELU", ("LN",), 1e-5),
+    "convnext": ("GELU", ("LN2d",), 1e-6),
+    "mit": ("GELU", None, None),  # transformers' SegformerModel: LayerNorms of eps 1e-5 (mmseg MiT's default: 1e-6)
+}
+
+
+def _representable_checks(backbone_type: str, backbone_config, head_type: str) -> list[tuple]:
     """What a run's config may set that changes the output, is not in the weights and that the converted model
-    cannot represent unless it has the default (:func:`.run_config.check_representable`)."""
-    checks = [align_corners_check("model.decode_head.align_corners")]
+    cannot represent unless it has the default (:func:`.run_config.check_representable`). The head's ``norm_cfg``
+    epsilon is carried over for a ``VWCityHead`` (every BatchNorm of it follows ``norm_cfg``:
+    :func:`_head_batch_norm_eps`); a ``VWHead`` hard-codes SyncBN (eps 1e-5) for all but two of its BatchNorms, so
+    its ``norm_cfg`` must have eps 1e-5."""
+    head = "the decode head's convolution modules"
+    activation, norms, eps = BACKBONE_ACTIVATION_AND_NORM[backbone_type]
+    checks = [
+        align_corners_check("model.decode_head.align_corners"),
+        activation_check("model.decode_head.act_cfg", "ReLU", head),
+        norm_check("model.decode_head.norm_cfg", MMCV_BATCH_NORMS, None if head_type == "vw_city" else 1e-5, head),
+        conv_check("model.decode_head.conv_cfg", "the decode head"),
+        stages_check(
+            "model.decode_head.in_index",
+            "feeds the decode head the four backbone stages in order (in_index [0, 1, 2, 3])",
+            ordered=True,
+            negative=True,
+        ),
+        stages_check(
+            "model.backbone.out_indices",
+            "takes the four backbone stages (out_indices (0, 1, 2, 3))",
+            ordered=False,
+            negative=backbone_type == "convnext",  # mmcls counts negative indices from the end, mmseg's match none
+        ),
+        mmseg_loss_check("model.decode_head.loss_decode", options=("avg_non_ignore",)),
+        activation_check("model.backbone.act_cfg", activation, "the backbone"),
+    ]
+    if norms is not None:
+        checks.append(norm_check("model.backbone.norm_cfg", norms, eps, "the backbone"))
     if backbone_type == "swin":
         standard = [backbone_config.patch_size] + [2] * (len(backbone_config.depths) - 1)
         checks += [
@@ -371,6 +428,14 @@ def _backbone_checks(backbone_type: str, backbone_config) -> list[tuple[str, obj
     return checks
 
 
+def _head_batch_norm_eps(run_configs: list) -> float:
+    """The epsilon of the decode head's BatchNorms: ``model.decode_head.norm_cfg``'s ``eps`` in the first run config
+    that sets it (checked by :func:`_representable_checks`: any positive one for a ``VWCityHead``, 1e-5 for a
+    ``VWHead``), else mmcv's default 1e-5."""
+    norm_cfg, _ = first_value(run_configs, ["model.decode_head.norm_cfg"])
+    return float(norm_cfg.get("eps", 1e-5)) if isinstance(norm_cfg, dict) else 1e-5
+
+
 def infer_config_and_settings(
     state_dict: dict,
     meta: dict | None = None,
@@ -382,7 +447,9 @@ def infer_config_and_settings(
     (whose ``variant`` is the released variant the checkpoint is). Backbone architecture, head type, channels,
     enlarging ratios and classes from the tensors; the head's attention heads and short-cut (and MiT's heads) from
     ``config_file``, the config text in ``meta`` or the released variant (``variant``, whose weights must then be the
-    checkpoint's, or the one with exactly these weights), else the conversion stops naming them."""
+    checkpoint's, or the one with exactly these weights), else the conversion stops naming them. A config whose head
+    or backbone settings the converted model cannot represent is refused (:func:`_representable_checks`); the head's
+    BatchNorm epsilon and the training-only dropout, ignored label and loss average are carried over."""
     meta = meta or {}
     if run_configs is None:  # the caller may have read them already
         run_configs = mmseg_run_configs(config_file, meta)
@@ -413,7 +480,7 @@ def infer_config_and_settings(
             ("model.decode_head.channels", decoder_hidden_size, "decode_head.linear_fuse.conv.weight"),
         ],
     )
-    check_representable(run_configs, _representable_checks(backbone_type, backbone_config))
+    check_representable(run_configs, _representable_checks(backbone_type, backbone_config, head_type))
     if backbone_type == "mit":
         _mit_strides(run_configs, backbone_config)
     id2label = checkpoint_id2label(meta.get("CLASSES"), num_labels)
@@ -423,10 +490,11 @@ def infer_config_and_settings(
         decoder_hidden_size=decoder_hidden_size,
         enlarging_ratios=ratios,
         low_level_channels=low_level_channels,
+        batch_norm_eps=_head_batch_norm_eps(run_configs),
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )
-    settings = HEAD_SETTINGS + ([MIT_HEADS] if backbone_type == "mit" else []) + [DROP_PATH]
+    settings = HEAD_SETTINGS + ([MIT_HEADS] if backbone_type == "mit" else []) + [DROP_PATH, *HEAD_TRAINING_SETTINGS]
     resolved = resolve_settings(
         config, settings, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
     )

@@ -67,6 +67,7 @@ from .common import (
 from .model_card import vw_d2_card_fields
 from .run_config import (
     D2_SWIN_PATHS,
+    DETECTRON2_HEAD_CHECKS,
     ResolvedSettings,
     Setting,
     boolean,
@@ -702,7 +703,10 @@ def infer_config_and_settings(
     fields = vw_head_fields(state_dict)
     check_consistent(run_configs, _consistency_checks(state_dict, head, fields))
     backbone = fields["backbone_config"]
-    check_representable(run_configs, [qk_scale_check("MODEL.SWIN.QK_SCALE", backbone.embed_dim, backbone.num_heads)])
+    check_representable(
+        run_configs,
+        [qk_scale_check("MODEL.SWIN.QK_SCALE", backbone.embed_dim, backbone.num_heads), *DETECTRON2_HEAD_CHECKS],
+    )
     num_labels = fields.pop("num_labels")
     if id2label is not None and len(id2label) != num_labels:
         raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_labels} classes")
