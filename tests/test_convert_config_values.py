@@ -93,7 +93,7 @@ REFUSED_MMSEG = [
         "semask_fpn_tiny",
         head(norm_cfg={"type": "GN", "num_groups": 8, "requires_grad": True}),
         "model.decode_head.norm_cfg = {'type': 'GN', 'num_groups': 8, 'requires_grad': True}, but the converted "
-        "model normalises the decode head's convolutions with norm_cfg type 'BN' or 'BN2d' or 'SyncBN' or "
+        "model normalises the decode head's convolution modules with norm_cfg type 'BN' or 'BN2d' or 'SyncBN' or "
         "'MMSyncBN', eps 1e-05",
     ),
     (

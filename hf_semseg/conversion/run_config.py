@@ -666,6 +666,33 @@ def stages_check(path: str, computes: str, ordered: bool, negative: bool) -> tup
     return path, accepts, computes
 
 
+def mmseg_head_checks(norm_eps: float | None = 1e-5, negative_out_indices: bool = False) -> list[tuple]:
+    """The :func:`check_representable` checks every mmseg decode head over the four backbone stages shares (SeMask's
+    BranchFPNHead, VWFormer's VWHead / VWCityHead): ``align_corners`` False, convolution modules of plain
+    convolutions, a batch norm of ``norm_eps`` (None: any, carried over by the caller) and ReLU, fed the four stages
+    in order (``in_index``) from a backbone that emits them all (``out_indices``; ``negative_out_indices``: counted
+    from the end, as mmcls' ConvNeXt counts them)."""
+    modules = "the decode head's convolution modules"
+    return [
+        align_corners_check("model.decode_head.align_corners"),
+        activation_check("model.decode_head.act_cfg", "ReLU", modules),
+        norm_check("model.decode_head.norm_cfg", MMCV_BATCH_NORMS, norm_eps, modules),
+        conv_check("model.decode_head.conv_cfg", "the decode head"),
+        stages_check(
+            "model.decode_head.in_index",
+            "feeds the decode head the four backbone stages in order (in_index [0, 1, 2, 3])",
+            ordered=True,
+            negative=True,
+        ),
+        stages_check(
+            "model.backbone.out_indices",
+            "takes the four backbone stages (out_indices (0, 1, 2, 3))",
+            ordered=False,
+            negative=negative_out_indices,
+        ),
+    ]
+
+
 def mmseg_loss_check(path: str, options: tuple[str, ...] = ()) -> tuple[str, Callable, str]:
     """The :func:`check_representable` check of an mmseg decode head's ``loss_decode``: the converted model's loss is
     a softmax cross-entropy of weight 1 averaged over the pixels (mmseg's default ``CrossEntropyLoss``); a sigmoid

@@ -36,24 +36,19 @@ from .common import (
 )
 from .model_card import semask_fpn_card_fields
 from .run_config import (
-    MMCV_BATCH_NORMS,
     ResolvedSettings,
     Setting,
-    activation_check,
-    align_corners_check,
     check_consistent,
     check_representable,
-    conv_check,
     integer,
+    mmseg_head_checks,
     mmseg_loss_check,
     mmseg_pipeline,
     mmseg_run_configs,
-    norm_check,
     positive_int,
     probability,
     qk_scale_check,
     resolve_settings,
-    stages_check,
     swin_consistency_checks,
     training_only,
 )
@@ -258,22 +253,7 @@ def _ohem_sampler(value) -> bool:
 #: what a SeMask-FPN run's config may set that changes the output, is not in the weights and that the converted model
 #: cannot represent unless it has the value the original's released configs have (:func:`check_representable`)
 REPRESENTABLE_CHECKS = [
-    align_corners_check("model.decode_head.align_corners"),
-    activation_check("model.decode_head.act_cfg", "ReLU", "the decode head's convolution modules"),
-    norm_check("model.decode_head.norm_cfg", MMCV_BATCH_NORMS, 1e-5, "the decode head's convolutions"),
-    conv_check("model.decode_head.conv_cfg", "the decode head"),
-    stages_check(
-        "model.decode_head.in_index",
-        "feeds the decode head the four backbone stages in order (in_index [0, 1, 2, 3])",
-        ordered=True,
-        negative=True,
-    ),
-    stages_check(
-        "model.backbone.out_indices",
-        "takes the four backbone stages (out_indices (0, 1, 2, 3))",
-        ordered=False,
-        negative=False,
-    ),
+    *mmseg_head_checks(),
     (
         "model.decode_head.feature_strides",
         _fpn_strides,

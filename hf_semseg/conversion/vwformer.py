@@ -43,20 +43,18 @@ from .common import (
 )
 from .model_card import vwformer_card_fields
 from .run_config import (
-    MMCV_BATCH_NORMS,
     ConfigFileError,
     ResolvedSettings,
     Setting,
     activation_check,
-    align_corners_check,
     boolean,
     check_consistent,
     check_heads_setting,
     check_representable,
-    conv_check,
     first_value,
     int_list,
     integer,
+    mmseg_head_checks,
     mmseg_loss_check,
     mmseg_pipeline,
     mmseg_run_configs,
@@ -66,7 +64,6 @@ from .run_config import (
     qk_scale_check,
     read_config_value,
     resolve_settings,
-    stages_check,
     training_only,
 )
 
@@ -353,25 +350,10 @@ def _representable_checks(backbone_type: str, backbone_config, head_type: str) -
     epsilon is carried over for a ``VWCityHead`` (every BatchNorm of it follows ``norm_cfg``:
     :func:`_head_batch_norm_eps`); a ``VWHead`` hard-codes SyncBN (eps 1e-5) for all but two of its BatchNorms, so
     its ``norm_cfg`` must have eps 1e-5."""
-    head = "the decode head's convolution modules"
     activation, norms, eps = BACKBONE_ACTIVATION_AND_NORM[backbone_type]
     checks = [
-        align_corners_check("model.decode_head.align_corners"),
-        activation_check("model.decode_head.act_cfg", "ReLU", head),
-        norm_check("model.decode_head.norm_cfg", MMCV_BATCH_NORMS, None if head_type == "vw_city" else 1e-5, head),
-        conv_check("model.decode_head.conv_cfg", "the decode head"),
-        stages_check(
-            "model.decode_head.in_index",
-            "feeds the decode head the four backbone stages in order (in_index [0, 1, 2, 3])",
-            ordered=True,
-            negative=True,
-        ),
-        stages_check(
-            "model.backbone.out_indices",
-            "takes the four backbone stages (out_indices (0, 1, 2, 3))",
-            ordered=False,
-            negative=backbone_type == "convnext",  # mmcls counts negative indices from the end, mmseg's match none
-        ),
+        # mmcls counts negative indices from the end, mmseg's Swin and MiT match none
+        *mmseg_head_checks(None if head_type == "vw_city" else 1e-5, negative_out_indices=backbone_type == "convnext"),
         mmseg_loss_check("model.decode_head.loss_decode", options=("avg_non_ignore",)),
         activation_check("model.backbone.act_cfg", activation, "the backbone"),
     ]
