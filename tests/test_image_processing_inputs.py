@@ -409,3 +409,49 @@ def test_valid_kwargs_class_lives_in_the_processor_module(processor_class):
     expected = vars(module).get(f"{processor_class.__name__.removesuffix('Pil')}Kwargs", ImagesKwargs)
     assert processor_class().valid_kwargs is expected
     assert {"do_reduce_labels", "size_divisor"} <= set(expected.__annotations__)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 8. Settings that used to give silently wrong pixel values, a misleading error or a division by zero
+# ------------------------------------------------------------------------------------------------------------------
+
+WRONG_SETTINGS = {
+    "rescale_factor 0": ({"rescale_factor": 0.0}, ["`rescale_factor`", "0.0", "positive"]),
+    "rescale_factor negative": ({"rescale_factor": -1 / 255}, ["`rescale_factor`", "-0.0039", "positive"]),
+    "image_std with a 0": ({"image_std": [0.229, 0.0, 0.225]}, ["`image_std`", "0.229, 0.0, 0.225", "positive"]),
+    "image_std negative": ({"image_std": -0.2}, ["`image_std`", "-0.2", "positive standard deviation"]),
+    "image_mean nan": ({"image_mean": [float("nan"), 0.5, 0.5]}, ["`image_mean`", "nan", "finite"]),
+    "do_center_crop": (
+        {"do_center_crop": True, "crop_size": {"height": 16, "width": 16}},
+        ["do_center_crop=True", "do not crop"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_SETTINGS))
+def test_wrong_setting_is_refused_at_construction_and_per_call(processor_class, case):
+    """A std of 0 gave infinite pixel values, a rescale factor of 0 a constant image (PIL) or a ZeroDivisionError
+    (torchvision), a negative one a sign-flipped image, a crop was silently not done: refused, naming the setting."""
+    settings, parts = WRONG_SETTINGS[case]
+    image = np.zeros((20, 30, 3), np.uint8)
+    with pytest.raises(ValueError) as at_construction:
+        processor_class(**settings)
+    with pytest.raises(ValueError) as per_call:
+        processor_class()(image, **settings)
+    for error in (at_construction, per_call):
+        for part in parts:
+            assert part in str(error.value), (part, str(error.value))
+
+
+@pytest.mark.parametrize("processor_class", PROCESSORS[2:], ids=IDS[2:])
+def test_negative_size_divisibility_is_refused(processor_class):
+    """Was transformers' 'Padding dimensions are negative ... pad_size' error at the first call (about `pad_size`,
+    which the user never set)."""
+    with pytest.raises(ValueError, match=r"`size_divisibility` must be a whole number >= 0 .* got -32"):
+        processor_class(size_divisibility=-32)
+    with pytest.raises(ValueError, match=r"`size_divisibility` must be a whole number >= 0 .* got -32"):
+        processor_class()(np.zeros((20, 30, 3), np.uint8), size_divisibility=-32)
+    assert processor_class(size_divisibility=0)(np.zeros((20, 30, 3), np.uint8)).pixel_values[0].shape[-2:] == (
+        640,
+        960,
+    )

@@ -7,9 +7,22 @@ No official code or weights were ever released; the layout follows the paper (an
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils_segmentation import IGNORE_INDEX, AnyPrecisionConfigMixin, validate_sdn_options
+from .configuration_utils_segmentation import (
+    IGNORE_INDEX,
+    NON_NEGATIVE,
+    POSITIVE,
+    RATE,
+    AnyPrecisionConfigMixin,
+    non_negative,
+    positive,
+    rate,
+    validate_labels,
+    validate_sdn_options,
+    validate_values,
+)
 
 
 @strict
@@ -92,7 +105,7 @@ class PaleConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedConfig)
             setattr(self, name, list(getattr(self, name)))
         self.num_layers = len(self.depths)
         self.hidden_sizes = [self.embed_dim * 2**i for i in range(self.num_layers)]
-        self.hidden_size = self.hidden_sizes[-1]
+        self.hidden_size = self.hidden_sizes[-1] if self.hidden_sizes else self.embed_dim  # no stage: refused
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_layers + 1)]
         # transformers' backbone rule (as SwinConfig): neither given -> the last stage
         self.set_output_features_output_indices(
@@ -102,7 +115,36 @@ class PaleConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedConfig)
 
     def validate_architecture(self):
         validate_sdn_options(self)
+        validate_labels(self)
         num_stages = len(self.depths)
+        if not num_stages:
+            raise ValueError("PaleConfig.depths = []; expected the number of blocks of each stage (one stage at least)")
+        validate_values(self, ("depths",), non_negative, NON_NEGATIVE)
+        validate_values(self, ("num_heads", "pale_sizes", "patch_sizes", "patch_strides"), positive, POSITIVE)
+        validate_values(self, ("num_channels", "embed_dim", "decoder_hidden_size", "pool_scales"), positive, POSITIVE)
+        validate_values(self, ("mlp_ratio", "layer_norm_eps"), positive, POSITIVE)
+        validate_values(self, ("drop_path_rate", "attention_probs_dropout_prob", "hidden_dropout_prob"), rate, RATE)
+        validate_values(self, ("initializer_range", "auxiliary_loss_weight"), non_negative, NON_NEGATIVE)
+        validate_values(self, ("auxiliary_channels",), positive, POSITIVE)
+        validate_values(self, ("auxiliary_num_convs",), non_negative, NON_NEGATIVE)
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise ValueError(
+                f"PaleConfig.mlp_ratio = {self.mlp_ratio} gives MLPs of int({self.embed_dim} * {self.mlp_ratio}) = 0 "
+                "hidden channels in stage 1; expected at least 1"
+            )
+        if self.cpe_kernel_size < 1 or self.cpe_kernel_size % 2 == 0:
+            raise ValueError(
+                f"PaleConfig.cpe_kernel_size = {self.cpe_kernel_size}; expected a positive odd kernel (the position "
+                "encoding conv keeps the map size)"
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"PaleConfig.hidden_act = {self.hidden_act!r}; expected one of transformers' ACT2FN names")
+        if self.use_auxiliary_head and self.auxiliary_num_convs == 0 and num_stages > 2:
+            if self.auxiliary_channels != self.hidden_sizes[2]:
+                raise ValueError(
+                    f"PaleConfig.auxiliary_num_convs = 0 passes stage 3's {self.hidden_sizes[2]} channels straight to "
+                    f"the classifier; expected auxiliary_channels = {self.hidden_sizes[2]}, got {self.auxiliary_channels}"
+                )
         for name in ("num_heads", "pale_sizes", "patch_sizes", "patch_strides"):
             if len(getattr(self, name)) != num_stages:
                 raise ValueError(f"PaleConfig.{name} has {len(getattr(self, name))} entries, depths has {num_stages}")

@@ -13,7 +13,14 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 
 from .configuration_semask_swin import SeMaskSwinConfig
-from .configuration_utils_segmentation import AnyPrecisionConfigMixin, use_four_backbone_stages
+from .configuration_utils_segmentation import (
+    NON_NEGATIVE,
+    AnyPrecisionConfigMixin,
+    non_negative,
+    use_four_backbone_stages,
+    validate_mask2former_values,
+    validate_values,
+)
 
 
 def semask_mask2former_semantic_attention_types(num_labels: int, num_stages: int = 4) -> list[str]:
@@ -155,9 +162,28 @@ class SeMaskMask2FormerConfig(AnyPrecisionConfigMixin, Mask2FormerConfig):
                 "SeMask Mask2Former needs a four-stage SeMask-Swin backbone with a semantic layer in every stage "
                 f"(depths={self.backbone_config.depths}, num_semantic_blocks={self.backbone_config.num_semantic_blocks})"
             )
+        backbone = self.backbone_config
+        if list(backbone.out_features) != backbone.stage_names[1:]:
+            raise ValueError(
+                f"SeMaskMask2FormerConfig.backbone_config.out_features = {backbone.out_features}; the pixel decoder "
+                f"takes the four stages {backbone.stage_names[1:]}"
+            )
         if self.pixel_decoder_type not in PIXEL_DECODER_TYPES:
             raise ValueError(
                 f"pixel_decoder_type = {self.pixel_decoder_type!r}; expected one of {', '.join(PIXEL_DECODER_TYPES)}"
+            )
+        validate_mask2former_values(self)
+        validate_values(self, ("semantic_loss_weight",), non_negative, NON_NEGATIVE)
+        strides = [backbone.patch_size * 2**stage for stage in range(4)]
+        if list(self.feature_strides) != strides:
+            raise ValueError(
+                f"SeMaskMask2FormerConfig.feature_strides = {self.feature_strides}; expected the backbone's strides "
+                f"{strides} (patch_size {backbone.patch_size}, then 2x per stage)"
+            )
+        if self.common_stride not in strides[:2]:
+            raise ValueError(
+                f"SeMaskMask2FormerConfig.common_stride = {self.common_stride}; expected {strides[0]} (mask features "
+                f"at the stride-{strides[0]} level, as released) or {strides[1]} (no FPN level)"
             )
         for name in ("feature_size", "mask_feature_size"):
             if getattr(self, name) % 32:

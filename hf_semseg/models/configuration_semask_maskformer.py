@@ -15,7 +15,19 @@ from transformers.utils import logging
 
 from .configuration_semask_mask2former import semask_backbone_config, sync_backbone_labels
 from .configuration_semask_swin import SeMaskSwinConfig
-from .configuration_utils_segmentation import IGNORE_INDEX, AnyPrecisionConfigMixin, use_four_backbone_stages
+from .configuration_utils_segmentation import (
+    IGNORE_INDEX,
+    NON_NEGATIVE,
+    POSITIVE,
+    RATE,
+    AnyPrecisionConfigMixin,
+    non_negative,
+    positive,
+    rate,
+    use_four_backbone_stages,
+    validate_labels,
+    validate_values,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -88,9 +100,16 @@ class OriginalDETRDecoderMixin:
         self.num_hidden_layers = decoder_config.decoder_layers
 
     def validate_detr_decoder(self) -> None:
-        """Refuses decoder sizes the DETR decoder cannot run and pre-norm layers (transformers' are post-norm)."""
+        """Refuses decoder sizes the DETR decoder cannot run and pre-norm layers (transformers' are post-norm), and
+        labels and MaskFormer loss weights the model cannot use."""
         name = type(self).__name__
         decoder = self.decoder_config
+        validate_labels(self)
+        weights = ("cross_entropy_weight", "mask_weight", "dice_weight", "no_object_weight")
+        validate_values(self, weights, non_negative, NON_NEGATIVE)
+        prefix = f"{name}.decoder_config"
+        validate_values(decoder, ("d_model", "decoder_attention_heads", "decoder_ffn_dim"), positive, POSITIVE, prefix)
+        validate_values(decoder, ("dropout", "attention_dropout", "activation_dropout"), rate, RATE, prefix)
         if decoder.d_model % decoder.decoder_attention_heads:
             raise ValueError(
                 f"{name}.decoder_config.d_model ({decoder.d_model}) must be divisible by "
@@ -184,7 +203,8 @@ class SeMaskMaskFormerConfig(AnyPrecisionConfigMixin, OriginalDETRDecoderMixin, 
                 "SeMask MaskFormer needs a four-stage SeMask-Swin backbone with a semantic layer in every stage "
                 f"(depths={backbone.depths}, num_semantic_blocks={backbone.num_semantic_blocks})"
             )
-        if len(backbone.out_features) != 4:
+        validate_values(self, ("semantic_loss_weight",), non_negative, NON_NEGATIVE)
+        if list(backbone.out_features) != backbone.stage_names[1:]:
             raise ValueError(
                 f"{name}.backbone_config.out_features = {backbone.out_features}: the pixel decoder takes the four "
                 "stages (stage1 ... stage4)"

@@ -37,6 +37,70 @@ def use_four_backbone_stages(backbone_config) -> None:
         backbone_config.out_features = list(stage_names[1:])
 
 
+def validate_values(config: Any, names, check, expected: str, prefix: str | None = None) -> None:
+    """Raises a ``ValueError`` naming the first attribute of ``names`` (of ``config``; a list or tuple value is checked
+    entry by entry) whose value fails ``check``, with its value and ``expected``. ``prefix`` starts the attribute's
+    name in the message (the config's class name unless given, e.g. ``"SeMaskMaskFormerConfig.decoder_config"``)."""
+    prefix = prefix or type(config).__name__
+    for name in names:
+        value = getattr(config, name)
+        entries = value if isinstance(value, (list, tuple)) else [value]
+        for entry in entries:
+            if isinstance(entry, bool) or not isinstance(entry, (int, float)) or not check(entry):
+                raise ValueError(f"{prefix}.{name} = {value!r}; expected {expected}")
+
+
+def positive(value) -> bool:
+    return value > 0
+
+
+def non_negative(value) -> bool:
+    return value >= 0
+
+
+def rate(value) -> bool:
+    """A dropout or stochastic-depth rate: 0 <= value < 1 (1 would drop everything)."""
+    return 0 <= value < 1
+
+
+#: ``expected`` of :func:`validate_values` for the common checks
+POSITIVE = "a positive number"
+NON_NEGATIVE = "a number >= 0"
+RATE = "a rate in [0, 1)"
+
+
+def validate_labels(config: Any) -> None:
+    """At least one class, and ``id2label`` keyed by the class indices ``0 ... num_labels - 1`` (the model predicts
+    ``num_labels`` channels and the post-processing names channel ``i`` ``id2label[i]``)."""
+    name = type(config).__name__
+    if config.num_labels < 1:
+        raise ValueError(f"{name}.num_labels = {config.num_labels}; expected at least 1 class")
+    keys = sorted(int(key) for key in config.id2label)
+    if keys != list(range(config.num_labels)):
+        raise ValueError(
+            f"{name}.id2label has the keys {keys}; expected the class indices 0 ... {config.num_labels - 1} "
+            f"(num_labels = {config.num_labels})"
+        )
+
+
+def validate_mask2former_values(config: Any) -> None:
+    """The sizes, rates and loss settings of transformers' ``Mask2FormerConfig`` fields the SeMask and VW
+    Mask2Former configs share (transformers does not check them; wrong ones fail inside torch or are silently
+    truncated), and the labels."""
+    validate_labels(config)
+    sizes = ("num_queries", "hidden_dim", "num_attention_heads", "feature_size", "mask_feature_size")
+    validate_values(
+        config, (*sizes, "dim_feedforward", "encoder_feedforward_dim", "train_num_points"), positive, POSITIVE
+    )
+    weights = ("class_weight", "mask_weight", "dice_weight", "no_object_weight")
+    validate_values(config, ("encoder_layers", *weights), non_negative, NON_NEGATIVE)
+    validate_values(config, ("dropout",), rate, RATE)
+    validate_values(
+        config, ("oversample_ratio",), lambda value: value >= 1, "a number >= 1 (points sampled per kept point)"
+    )
+    validate_values(config, ("importance_sample_ratio",), lambda value: 0 <= value <= 1, "a fraction in [0, 1]")
+
+
 #: the guidance similarities of the SDN-style neck (``sdn_similarity``; :mod:`modeling_sdn`)
 SDN_SIMILARITIES = ("per_channel", "l2")
 
@@ -114,5 +178,8 @@ __all__ = [
     "STORAGE_WEIGHT_BITS",
     "AnyPrecisionConfigMixin",
     "use_four_backbone_stages",
+    "validate_labels",
+    "validate_mask2former_values",
     "validate_sdn_options",
+    "validate_values",
 ]

@@ -12,7 +12,11 @@ from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 
-from .configuration_utils_segmentation import AnyPrecisionConfigMixin, use_four_backbone_stages
+from .configuration_utils_segmentation import (
+    AnyPrecisionConfigMixin,
+    use_four_backbone_stages,
+    validate_mask2former_values,
+)
 
 
 #: the pixel decoders of the released VW-Mask2Former models: ``"vw"`` (the repository's ``BasePixelDecoder``, the VW
@@ -56,10 +60,10 @@ def validate_vw_d2_config(config) -> None:
             f"{name}.backbone_config must be a Swin config (model_type 'swin'), got {type(backbone).__name__} "
             f"({getattr(backbone, 'model_type', None)!r})"
         )
-    if len(backbone.depths) != 4 or len(backbone.out_features) != 4:
+    if len(backbone.depths) != 4 or list(backbone.out_features) != backbone.stage_names[1:]:
         raise ValueError(
             f"{name} needs the four stages of a four-stage Swin (depths={backbone.depths}, "
-            f"out_features={backbone.out_features})"
+            f"out_features={backbone.out_features}; expected {backbone.stage_names[1:]})"
         )
     if config.size_divisibility <= 0 or config.size_divisibility % VW_SIZE_MULTIPLE:
         raise ValueError(
@@ -120,6 +124,7 @@ class VWMask2FormerConfig(AnyPrecisionConfigMixin, Mask2FormerConfig):
         super().validate_architecture()
         name = type(self).__name__
         validate_vw_d2_config(self)
+        validate_mask2former_values(self)
         if self.pixel_decoder_type not in VW_PIXEL_DECODER_TYPES:
             raise ValueError(
                 f"{name}.pixel_decoder_type = {self.pixel_decoder_type!r}; expected one of "

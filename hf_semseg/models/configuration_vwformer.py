@@ -15,9 +15,17 @@ from .configuration_pale import PaleConfig  # noqa: F401  (registers the "pale" 
 from .configuration_semask_swin import SeMaskSwinConfig  # noqa: F401  (registers "semask_swin")
 from .configuration_utils_segmentation import (
     IGNORE_INDEX,
+    NON_NEGATIVE,
+    POSITIVE,
+    RATE,
     AnyPrecisionConfigMixin,
+    non_negative,
+    positive,
+    rate,
     use_four_backbone_stages,
+    validate_labels,
     validate_sdn_options,
+    validate_values,
 )
 
 
@@ -120,6 +128,13 @@ class VWFormerConfig(AnyPrecisionConfigMixin, PreTrainedConfig):
         validate_sdn_options(self)
         if self.head_type not in VWFORMER_HEAD_TYPES:
             raise ValueError(f"VWFormerConfig.head_type must be one of {VWFORMER_HEAD_TYPES}, got {self.head_type!r}")
+        validate_labels(self)
+        sizes = ("decoder_hidden_size", "num_attention_heads", "num_windows_per_side", "low_level_channels")
+        validate_values(self, (*sizes, "auxiliary_channels", "batch_norm_eps"), positive, POSITIVE)
+        validate_values(self, ("classifier_dropout_prob",), rate, RATE)
+        validate_values(
+            self, ("auxiliary_loss_weight", "auxiliary_num_convs", "initializer_range"), non_negative, NON_NEGATIVE
+        )
         if self.decoder_hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"VWFormerConfig.decoder_hidden_size={self.decoder_hidden_size} is not divisible by "
@@ -138,11 +153,19 @@ class VWFormerConfig(AnyPrecisionConfigMixin, PreTrainedConfig):
                 )
         backbone = self.backbone_config
         out_features = getattr(backbone, "out_features", None)
-        if getattr(backbone, "model_type", None) != "segformer" and out_features is not None:
-            if len(out_features) != 4:
+        stage_names = list(getattr(backbone, "stage_names", None) or [])
+        if getattr(backbone, "model_type", None) == "segformer":
+            if backbone.num_encoder_blocks != 4:
+                raise ValueError(
+                    f"VWFormer needs the four MiT stages (strides 4/8/16/32); backbone_config.num_encoder_blocks is "
+                    f"{backbone.num_encoder_blocks}"
+                )
+        elif out_features is not None:
+            four_stages = len(stage_names) == 5 and list(out_features) != stage_names[1:]
+            if len(out_features) != 4 or four_stages:
                 raise ValueError(
                     f"VWFormer needs the four backbone stages (strides 4/8/16/32); backbone_config.out_features is "
-                    f"{out_features}"
+                    f"{out_features}" + (f", expected {stage_names[1:]}" if len(stage_names) == 5 else "")
                 )
 
 

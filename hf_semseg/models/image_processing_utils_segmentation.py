@@ -136,6 +136,31 @@ def validate_size(size: SizeDict | dict | None) -> None:
             raise ValueError(f"`size['{key}']` must be a positive integer, got {value!r}.")
 
 
+#: the settings `validate_rescale_and_normalize` checks
+RESCALE_AND_NORMALIZE_SETTINGS = ("do_rescale", "rescale_factor", "do_normalize", "image_std", "image_mean")
+
+
+def validate_rescale_and_normalize(
+    do_rescale=None, rescale_factor=None, do_normalize=None, image_std=None, image_mean=None
+):
+    """Raise a `ValueError` on a rescale factor or mean/std that would silently give wrong pixel values: a
+    ``rescale_factor`` <= 0 (all-constant or sign-flipped images), a std that is not positive (infinite or
+    sign-flipped values) and a mean or std that is not finite."""
+    if do_rescale and rescale_factor is not None and not rescale_factor > 0:
+        raise ValueError(f"`rescale_factor` must be positive (e.g. 1/255), got {rescale_factor!r}.")
+    if not do_normalize:
+        return
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        if values is None:
+            continue
+        entries = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not all(np.isfinite(float(value)) for value in entries) or (
+            name == "image_std" and not all(value > 0 for value in entries)
+        ):
+            expected = "a positive standard deviation per channel" if name == "image_std" else "finite values"
+            raise ValueError(f"`{name}` must hold {expected}, got {values!r}.")
+
+
 def get_output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
     """Resized ``(height, width)`` of an image of ``(height, width)`` for the given ``size`` dict.
 
@@ -610,16 +635,38 @@ class SegmentationImageProcessingMixin:
     #: both modules), the PIL classes only themselves (their module never imports torchvision)
     saved_backends: dict[str, str] = {}
 
+    #: the settings `__init__` checks (with `_validate_preprocess_kwargs`), so that a wrong one fails at construction
+    validated_at_construction = (
+        "do_resize",
+        "size",
+        "resample",
+        "size_divisor",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+        "do_center_crop",
+    )
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        # fail at construction, not at the first call, on a size or filter the pipeline cannot reproduce
-        names = ("do_resize", "size", "resample", "size_divisor")
+        # fail at construction, not at the first call, on a setting the pipeline cannot reproduce
+        names = self.validated_at_construction
         self._validate_preprocess_kwargs(**{name: getattr(self, name, None) for name in names})
 
-    def _validate_preprocess_kwargs(self, do_resize=None, size=None, resample=None, **kwargs):
+    def _validate_preprocess_kwargs(self, do_resize=None, size=None, resample=None, do_center_crop=None, **kwargs):
         if do_resize:
             validate_size(size)
             torch_interpolation_mode(resample)
+        if do_center_crop:
+            # transformers' processors center-crop after the resize; the original pipelines never crop, and these
+            # processors do not implement it: refuse it rather than silently ignoring it
+            raise ValueError(
+                f"do_center_crop={do_center_crop!r}: these processors do not crop (the original test pipelines do "
+                "not); use `size={'height': ..., 'width': ...}` for a fixed size."
+            )
+        validate_rescale_and_normalize(**{key: kwargs.get(key) for key in RESCALE_AND_NORMALIZE_SETTINGS})
         super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, resample=resample, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.image_utils import SizeDict
 
 from .image_processing_utils_segmentation import (
+    SegmentationImageProcessingMixin,
     SegmentationImageProcessorKwargs,
     check_post_process_sizes,
     get_pad_size,
@@ -74,8 +75,16 @@ class SeMaskMask2FormerImageProcessingMixin:
     valid_kwargs = SeMaskMask2FormerImageProcessorKwargs
     size = {"shortest_edge": 640, "longest_edge": 2560}
     size_divisibility = 32
+    validated_at_construction = (*SegmentationImageProcessingMixin.validated_at_construction, "size_divisibility")
 
-    def _validate_preprocess_kwargs(self, size_divisor=None, **kwargs):
+    def _validate_preprocess_kwargs(self, size_divisor=None, size_divisibility=None, **kwargs):
+        if size_divisibility is not None and (
+            isinstance(size_divisibility, bool) or not isinstance(size_divisibility, int) or size_divisibility < 0
+        ):
+            raise ValueError(
+                f"`size_divisibility` must be a whole number >= 0 (0: pad to the batch's largest size only), got "
+                f"{size_divisibility!r}."
+            )
         # the keep-ratio processors' `size_divisor` resizes up to a multiple (stretching), which the original
         # Mask2Former pipeline never does; refuse it rather than silently ignoring it
         if size_divisor:
