@@ -83,7 +83,7 @@ class KeepRatioImageProcessor(SegmentationImageProcessingMixin, TorchvisionBacke
     Call with `segmentation_maps=` to also get `labels`; use `return_tensors="pt"` to get `pixel_values` as a
     `(B, 3, H, W)` float32 tensor and `labels` as a `(B, H, W)` int64 tensor. Use
     `post_process_semantic_segmentation(outputs, target_sizes=[(h, w), ...])` to get class-index maps at the original
-    image sizes.
+    image sizes (each image of a padded batch is cropped out before its resize).
     """
 
     valid_kwargs = KeepRatioImageProcessorKwargs
