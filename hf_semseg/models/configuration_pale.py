@@ -7,7 +7,6 @@ No official code or weights were ever released; the layout follows the paper (an
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 
 from .configuration_utils_segmentation import (
@@ -16,10 +15,8 @@ from .configuration_utils_segmentation import (
     POSITIVE,
     RATE,
     AnyPrecisionConfigMixin,
-    non_negative,
-    positive,
-    rate,
     validate_labels,
+    validate_mlp_and_activation,
     validate_sdn_options,
     validate_values,
 )
@@ -119,26 +116,19 @@ class PaleConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedConfig)
         num_stages = len(self.depths)
         if not num_stages:
             raise ValueError("PaleConfig.depths = []; expected the number of blocks of each stage (one stage at least)")
-        validate_values(self, ("depths",), non_negative, NON_NEGATIVE)
-        validate_values(self, ("num_heads", "pale_sizes", "patch_sizes", "patch_strides"), positive, POSITIVE)
-        validate_values(self, ("num_channels", "embed_dim", "decoder_hidden_size", "pool_scales"), positive, POSITIVE)
-        validate_values(self, ("mlp_ratio", "layer_norm_eps"), positive, POSITIVE)
-        validate_values(self, ("drop_path_rate", "attention_probs_dropout_prob", "hidden_dropout_prob"), rate, RATE)
-        validate_values(self, ("initializer_range", "auxiliary_loss_weight"), non_negative, NON_NEGATIVE)
-        validate_values(self, ("auxiliary_channels",), positive, POSITIVE)
-        validate_values(self, ("auxiliary_num_convs",), non_negative, NON_NEGATIVE)
-        if int(self.embed_dim * self.mlp_ratio) < 1:
-            raise ValueError(
-                f"PaleConfig.mlp_ratio = {self.mlp_ratio} gives MLPs of int({self.embed_dim} * {self.mlp_ratio}) = 0 "
-                "hidden channels in stage 1; expected at least 1"
-            )
+        validate_values(
+            self, ("depths", "initializer_range", "auxiliary_loss_weight", "auxiliary_num_convs"), NON_NEGATIVE
+        )
+        validate_values(self, ("num_heads", "pale_sizes", "patch_sizes", "patch_strides"), POSITIVE)
+        validate_values(self, ("num_channels", "embed_dim", "decoder_hidden_size", "pool_scales"), POSITIVE)
+        validate_values(self, ("mlp_ratio", "layer_norm_eps", "auxiliary_channels"), POSITIVE)
+        validate_values(self, ("drop_path_rate", "attention_probs_dropout_prob", "hidden_dropout_prob"), RATE)
+        validate_mlp_and_activation(self)
         if self.cpe_kernel_size < 1 or self.cpe_kernel_size % 2 == 0:
             raise ValueError(
                 f"PaleConfig.cpe_kernel_size = {self.cpe_kernel_size}; expected a positive odd kernel (the position "
                 "encoding conv keeps the map size)"
             )
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"PaleConfig.hidden_act = {self.hidden_act!r}; expected one of transformers' ACT2FN names")
         if self.use_auxiliary_head and self.auxiliary_num_convs == 0 and num_stages > 2:
             if self.auxiliary_channels != self.hidden_sizes[2]:
                 raise ValueError(

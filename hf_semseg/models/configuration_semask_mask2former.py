@@ -16,7 +16,6 @@ from .configuration_semask_swin import SeMaskSwinConfig
 from .configuration_utils_segmentation import (
     NON_NEGATIVE,
     AnyPrecisionConfigMixin,
-    non_negative,
     use_four_backbone_stages,
     validate_mask2former_values,
     validate_values,
@@ -173,7 +172,7 @@ class SeMaskMask2FormerConfig(AnyPrecisionConfigMixin, Mask2FormerConfig):
                 f"pixel_decoder_type = {self.pixel_decoder_type!r}; expected one of {', '.join(PIXEL_DECODER_TYPES)}"
             )
         validate_mask2former_values(self)
-        validate_values(self, ("semantic_loss_weight",), non_negative, NON_NEGATIVE)
+        validate_values(self, ("semantic_loss_weight",), NON_NEGATIVE)
         strides = [backbone.patch_size * 2**stage for stage in range(4)]
         if list(self.feature_strides) != strides:
             raise ValueError(

@@ -21,9 +21,6 @@ from .configuration_utils_segmentation import (
     POSITIVE,
     RATE,
     AnyPrecisionConfigMixin,
-    non_negative,
-    positive,
-    rate,
     use_four_backbone_stages,
     validate_labels,
     validate_values,
@@ -106,10 +103,10 @@ class OriginalDETRDecoderMixin:
         decoder = self.decoder_config
         validate_labels(self)
         weights = ("cross_entropy_weight", "mask_weight", "dice_weight", "no_object_weight")
-        validate_values(self, weights, non_negative, NON_NEGATIVE)
+        validate_values(self, weights, NON_NEGATIVE)
         prefix = f"{name}.decoder_config"
-        validate_values(decoder, ("d_model", "decoder_attention_heads", "decoder_ffn_dim"), positive, POSITIVE, prefix)
-        validate_values(decoder, ("dropout", "attention_dropout", "activation_dropout"), rate, RATE, prefix)
+        validate_values(decoder, ("d_model", "decoder_attention_heads", "decoder_ffn_dim"), POSITIVE, prefix)
+        validate_values(decoder, ("dropout", "attention_dropout", "activation_dropout"), RATE, prefix)
         if decoder.d_model % decoder.decoder_attention_heads:
             raise ValueError(
                 f"{name}.decoder_config.d_model ({decoder.d_model}) must be divisible by "
@@ -203,7 +200,7 @@ class SeMaskMaskFormerConfig(AnyPrecisionConfigMixin, OriginalDETRDecoderMixin, 
                 "SeMask MaskFormer needs a four-stage SeMask-Swin backbone with a semantic layer in every stage "
                 f"(depths={backbone.depths}, num_semantic_blocks={backbone.num_semantic_blocks})"
             )
-        validate_values(self, ("semantic_loss_weight",), non_negative, NON_NEGATIVE)
+        validate_values(self, ("semantic_loss_weight",), NON_NEGATIVE)
         if list(backbone.out_features) != backbone.stage_names[1:]:
             raise ValueError(
                 f"{name}.backbone_config.out_features = {backbone.out_features}: the pixel decoder takes the four "

@@ -7,7 +7,6 @@ Portable module: it imports only transformers and is copied next to saved weight
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 
 from .configuration_utils_segmentation import (
@@ -16,10 +15,8 @@ from .configuration_utils_segmentation import (
     POSITIVE,
     RATE,
     AnyPrecisionConfigMixin,
-    non_negative,
-    positive,
-    rate,
     validate_labels,
+    validate_mlp_and_activation,
     validate_sdn_options,
     validate_values,
 )
@@ -147,22 +144,14 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
         validate_sdn_options(self)
         validate_labels(self)
         num_stages = len(self.depths)
-        validate_values(self, ("depths", "num_semantic_blocks"), non_negative, NON_NEGATIVE)
-        validate_values(self, ("num_heads", "patch_size", "window_size", "semantic_window_size"), positive, POSITIVE)
-        validate_values(self, ("num_channels", "embed_dim", "decoder_hidden_size", "ohem_min_kept"), positive, POSITIVE)
-        validate_values(self, ("mlp_ratio", "layer_norm_eps"), positive, POSITIVE)
+        validate_values(self, ("depths", "num_semantic_blocks"), NON_NEGATIVE)
+        validate_values(self, ("num_heads", "patch_size", "window_size", "semantic_window_size"), POSITIVE)
+        validate_values(self, ("num_channels", "embed_dim", "decoder_hidden_size", "ohem_min_kept"), POSITIVE)
+        validate_values(self, ("mlp_ratio", "layer_norm_eps"), POSITIVE)
         rates = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "semantic_dropout_prob")
-        validate_values(self, (*rates, "classifier_dropout_prob"), rate, RATE)
-        validate_values(self, ("initializer_range", "semantic_loss_weight"), non_negative, NON_NEGATIVE)
-        if int(self.embed_dim * self.mlp_ratio) < 1:
-            raise ValueError(
-                f"SeMaskSwinConfig.mlp_ratio = {self.mlp_ratio} gives MLPs of int({self.embed_dim} * {self.mlp_ratio}) "
-                "= 0 hidden channels in stage 1; expected at least 1"
-            )
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(
-                f"SeMaskSwinConfig.hidden_act = {self.hidden_act!r}; expected one of transformers' ACT2FN names"
-            )
+        validate_values(self, (*rates, "classifier_dropout_prob"), RATE)
+        validate_values(self, ("initializer_range", "semantic_loss_weight"), NON_NEGATIVE)
+        validate_mlp_and_activation(self)
         for name in ("num_heads", "num_semantic_blocks", "semantic_attention_types"):
             value = getattr(self, name)
             if value is not None and len(value) != num_stages:

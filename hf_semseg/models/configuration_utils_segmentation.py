@@ -1,6 +1,6 @@
 """What the configurations of every family share: the ignore index and one vocabulary.
 
-Portable module (no third-party import); the configuration, modeling and image-processing modules of this folder import
+Portable module (it imports transformers' activation table only); the configuration, modeling and image-processing modules of this folder import
 it as a sibling, and it is saved next to them.
 
 The vocabulary, the same attribute name for the same meaning in every family (older names still load through each
@@ -13,8 +13,11 @@ config's ``attribute_map``):
 - ``semantic_loss_weight`` / ``auxiliary_loss_weight``: weights of the semantic (SeMask) and auxiliary (FCN) losses.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from transformers.activations import ACT2FN
 
 
 #: label value that marks unlabelled pixels: ignored by every loss and metric, used to pad label maps
@@ -37,36 +40,45 @@ def use_four_backbone_stages(backbone_config) -> None:
         backbone_config.out_features = list(stage_names[1:])
 
 
-def validate_values(config: Any, names, check, expected: str, prefix: str | None = None) -> None:
+@dataclass(frozen=True)
+class ValueRule:
+    """What :func:`validate_values` requires of each number: ``check`` and, for the message, ``expected``."""
+
+    check: Callable[[float], bool]
+    expected: str
+
+
+POSITIVE = ValueRule(lambda value: value > 0, "a positive number")
+NON_NEGATIVE = ValueRule(lambda value: value >= 0, "a number >= 0")
+#: a dropout or stochastic-depth rate (1 would drop everything)
+RATE = ValueRule(lambda value: 0 <= value < 1, "a rate in [0, 1)")
+
+
+def validate_values(config: Any, names, rule: ValueRule, prefix: str | None = None) -> None:
     """Raises a ``ValueError`` naming the first attribute of ``names`` (of ``config``; a list or tuple value is checked
-    entry by entry) whose value fails ``check``, with its value and ``expected``. ``prefix`` starts the attribute's
-    name in the message (the config's class name unless given, e.g. ``"SeMaskMaskFormerConfig.decoder_config"``)."""
+    entry by entry) whose value is not a number passing ``rule``, with its value and ``rule.expected``. ``prefix``
+    starts the attribute's name in the message (the config's class name unless given, e.g.
+    ``"SeMaskMaskFormerConfig.decoder_config"``)."""
     prefix = prefix or type(config).__name__
     for name in names:
         value = getattr(config, name)
         entries = value if isinstance(value, (list, tuple)) else [value]
         for entry in entries:
-            if isinstance(entry, bool) or not isinstance(entry, (int, float)) or not check(entry):
-                raise ValueError(f"{prefix}.{name} = {value!r}; expected {expected}")
+            if isinstance(entry, bool) or not isinstance(entry, (int, float)) or not rule.check(entry):
+                raise ValueError(f"{prefix}.{name} = {value!r}; expected {rule.expected}")
 
 
-def positive(value) -> bool:
-    return value > 0
-
-
-def non_negative(value) -> bool:
-    return value >= 0
-
-
-def rate(value) -> bool:
-    """A dropout or stochastic-depth rate: 0 <= value < 1 (1 would drop everything)."""
-    return 0 <= value < 1
-
-
-#: ``expected`` of :func:`validate_values` for the common checks
-POSITIVE = "a positive number"
-NON_NEGATIVE = "a number >= 0"
-RATE = "a rate in [0, 1)"
+def validate_mlp_and_activation(config: Any) -> None:
+    """A Swin-style config's MLP width and activation: ``int(embed_dim * mlp_ratio)`` hidden channels in stage 1 (at
+    least 1) and a ``hidden_act`` transformers' ``ACT2FN`` has."""
+    name = type(config).__name__
+    if int(config.embed_dim * config.mlp_ratio) < 1:
+        raise ValueError(
+            f"{name}.mlp_ratio = {config.mlp_ratio} gives MLPs of int({config.embed_dim} * {config.mlp_ratio}) = 0 "
+            "hidden channels in stage 1; expected at least 1"
+        )
+    if config.hidden_act not in ACT2FN:
+        raise ValueError(f"{name}.hidden_act = {config.hidden_act!r}; expected one of transformers' ACT2FN names")
 
 
 def validate_labels(config: Any) -> None:
@@ -89,16 +101,15 @@ def validate_mask2former_values(config: Any) -> None:
     truncated), and the labels."""
     validate_labels(config)
     sizes = ("num_queries", "hidden_dim", "num_attention_heads", "feature_size", "mask_feature_size")
-    validate_values(
-        config, (*sizes, "dim_feedforward", "encoder_feedforward_dim", "train_num_points"), positive, POSITIVE
-    )
+    validate_values(config, (*sizes, "dim_feedforward", "encoder_feedforward_dim", "train_num_points"), POSITIVE)
     weights = ("class_weight", "mask_weight", "dice_weight", "no_object_weight")
-    validate_values(config, ("encoder_layers", *weights), non_negative, NON_NEGATIVE)
-    validate_values(config, ("dropout",), rate, RATE)
+    validate_values(config, ("encoder_layers", *weights), NON_NEGATIVE)
+    validate_values(config, ("dropout",), RATE)
+    points = ValueRule(lambda value: value >= 1, "a number >= 1 (points sampled per kept point)")
+    validate_values(config, ("oversample_ratio",), points)
     validate_values(
-        config, ("oversample_ratio",), lambda value: value >= 1, "a number >= 1 (points sampled per kept point)"
+        config, ("importance_sample_ratio",), ValueRule(lambda value: 0 <= value <= 1, "a fraction in [0, 1]")
     )
-    validate_values(config, ("importance_sample_ratio",), lambda value: 0 <= value <= 1, "a fraction in [0, 1]")
 
 
 #: the guidance similarities of the SDN-style neck (``sdn_similarity``; :mod:`modeling_sdn`)
@@ -176,10 +187,12 @@ __all__ = [
     "IGNORE_INDEX",
     "SDN_SIMILARITIES",
     "STORAGE_WEIGHT_BITS",
+    "ValueRule",
     "AnyPrecisionConfigMixin",
     "use_four_backbone_stages",
     "validate_labels",
     "validate_mask2former_values",
+    "validate_mlp_and_activation",
     "validate_sdn_options",
     "validate_values",
 ]

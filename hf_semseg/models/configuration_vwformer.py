@@ -19,9 +19,6 @@ from .configuration_utils_segmentation import (
     POSITIVE,
     RATE,
     AnyPrecisionConfigMixin,
-    non_negative,
-    positive,
-    rate,
     use_four_backbone_stages,
     validate_labels,
     validate_sdn_options,
@@ -130,11 +127,9 @@ class VWFormerConfig(AnyPrecisionConfigMixin, PreTrainedConfig):
             raise ValueError(f"VWFormerConfig.head_type must be one of {VWFORMER_HEAD_TYPES}, got {self.head_type!r}")
         validate_labels(self)
         sizes = ("decoder_hidden_size", "num_attention_heads", "num_windows_per_side", "low_level_channels")
-        validate_values(self, (*sizes, "auxiliary_channels", "batch_norm_eps"), positive, POSITIVE)
-        validate_values(self, ("classifier_dropout_prob",), rate, RATE)
-        validate_values(
-            self, ("auxiliary_loss_weight", "auxiliary_num_convs", "initializer_range"), non_negative, NON_NEGATIVE
-        )
+        validate_values(self, (*sizes, "auxiliary_channels", "batch_norm_eps"), POSITIVE)
+        validate_values(self, ("classifier_dropout_prob",), RATE)
+        validate_values(self, ("auxiliary_loss_weight", "auxiliary_num_convs", "initializer_range"), NON_NEGATIVE)
         if self.decoder_hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"VWFormerConfig.decoder_hidden_size={self.decoder_hidden_size} is not divisible by "
