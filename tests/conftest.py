@@ -12,11 +12,27 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # remote-code modules loaded by the tests are cached in a throw-away folder, not in the user's ~/.cache; the folder is
-# removed when the session ends (the fresh processes the tests start inherit it through the environment)
+# removed when the session ends (the fresh processes the tests start inherit it through the environment). Each
+# pytest-xdist worker caches in a subfolder of its own: two workers loading saved folders of the same name would
+# write the same module files at once
 if "HF_MODULES_CACHE" not in os.environ:
     _MODULES_CACHE = tempfile.mkdtemp(prefix="hf_semseg_modules_")
-    os.environ["HF_MODULES_CACHE"] = _MODULES_CACHE
+    os.environ["HF_MODULES_CACHE"] = os.environ["HF_SEMSEG_TEST_MODULES_CACHE"] = _MODULES_CACHE
     atexit.register(shutil.rmtree, _MODULES_CACHE, ignore_errors=True)
+elif "PYTEST_XDIST_WORKER" in os.environ and os.environ["HF_MODULES_CACHE"] == os.environ.get(
+    "HF_SEMSEG_TEST_MODULES_CACHE"
+):
+    os.environ["HF_MODULES_CACHE"] = os.path.join(os.environ["HF_MODULES_CACHE"], os.environ["PYTEST_XDIST_WORKER"])
+
+# under pytest-xdist (``-n N``) the workers share the cores: each computes on its share of them, and the processes the
+# tests start inherit that (torch's default of one thread per core in every worker would oversubscribe the machine,
+# and OpenMP's spinning threads then slow every worker down many times)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _THREADS
+    import torch
+
+    torch.set_num_threads(int(_THREADS))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # reference data made by running the original implementations; it lives next to the repository (never inside it),
