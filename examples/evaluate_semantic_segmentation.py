@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
         raise RunOptionError(f"--split {args.split}: dataset {args.dataset_name or 'demo'} has splits {list(splits)}")
     dataset = splits[args.split]
     if len(dataset) == 0:
-        raise RunOptionError(f"--split {args.split}: dataset {args.dataset_name or 'demo'} has no samples in it")
+        raise RunOptionError(f"--dataset_name {args.dataset_name or 'demo'}: split {args.split!r} has no samples")
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     # decoded per sample by to_arrays, which names a file it cannot read

@@ -112,8 +112,8 @@ def load_splits(
     for split in (train_split, eval_split):
         if split not in dataset:
             raise RunOptionError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
-        if len(dataset[split]) == 0:
-            raise RunOptionError(f"dataset {dataset_name or 'demo'}: split {split!r} has no samples")
+        if len(dataset[split]) == 0:  # the words of check_saved_splits_have_data (datasets 3 loads such a split)
+            raise RunOptionError(f"--dataset_name {dataset_name or 'demo'}: split {split!r} has no samples")
     train, evaluation = dataset[train_split], dataset[eval_split]
     if max_train_samples is not None:
         train = train.select(range(min(max_train_samples, len(train))))
