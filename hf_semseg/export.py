@@ -10,7 +10,8 @@ every family here: resize them to the image as ``post_process_semantic_segmentat
 dynamic; the batch size ``B`` is fixed at export (``--batch_size``, 1 by default; see :func:`dynamic_shapes`). Next to the output go ``<stem>.preprocessor_config.json`` (the folder's image processor settings, when it has
 them) and ``<stem>.labels.json`` (``id2label`` and the input / output names). Every file is written to a temporary
 name in the destination folder and renamed when complete. User errors (a missing folder, a model that is not a
-semantic-segmentation model, an unknown format, an unwritable output) exit with status 1 and one line on stderr.
+semantic-segmentation model, an unknown format, an unwritable output or one named with the other format's suffix)
+exit with status 1 and one line on stderr.
 
 ONNX goes through torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``); FaPN's modulated deformable
 convolution (``torchvision.ops.deform_conv2d``) becomes ONNX ``DeformConv`` (opset 19), which onnxruntime implements.
@@ -37,6 +38,9 @@ from .conversion.common import TERMINATED_STATUS, Terminated, quiet_progress_bar
 
 
 FORMATS = ("onnx", "torch_export")
+#: the file suffix of each format's output: an output named with the other format's suffix is refused (a torch.export
+#: archive named ``.onnx`` fails later in onnxruntime as a protobuf it cannot parse); other suffixes are the user's
+FORMAT_SUFFIXES = {"onnx": ".onnx", "torch_export": ".pt2"}
 #: the ONNX opset: 19 for DeformConv (FaPN); torch's ONNX functions are written for 18 and converted up
 ONNX_OPSET = 19
 #: the traced example's height and width: different (export gives equal sizes one symbol), large enough that no map
@@ -400,6 +404,8 @@ def load_segmentation_model(folder: str | os.PathLike) -> nn.Module:
     import hf_semseg  # noqa: F401  (registers the families with the Auto classes)
 
     folder = Path(folder)
+    if folder.is_file():
+        raise ExportError(f"--model {folder}: is a file (expected a model folder written by save_pretrained)")
     if not folder.is_dir():
         raise ExportError(f"--model {folder}: no such folder (expected a model folder written by save_pretrained)")
     if not (folder / "config.json").is_file():
@@ -457,11 +463,18 @@ def config_channels(config) -> int:
     return int(getattr(getattr(config, "backbone_config", None) or config, "num_channels", 3))
 
 
-def check_output(output: Path) -> None:
+def check_output(output: Path, output_format: str) -> None:
     """:class:`ExportError` when ``output`` or a side file next to it cannot be written (a folder, a missing or
-    read-only parent)."""
+    read-only parent), or ``output`` has the suffix of the other format (:data:`FORMAT_SUFFIXES`)."""
     if output.is_dir():
         raise ExportError(f"--output {output}: is a folder (expected a file path)")
+    suffix = output.suffix.lower()
+    for other_format, other_suffix in FORMAT_SUFFIXES.items():
+        if other_format != output_format and suffix == other_suffix:
+            raise ExportError(
+                f"--output {output}: the suffix of a {other_format} file, for a {output_format} export (expected "
+                f"{FORMAT_SUFFIXES[output_format]})"
+            )
     for path in side_file_paths(output).values():
         if path.is_dir():
             raise ExportError(f"--output {output}: {path}, where a file goes next to the export, is a folder")
@@ -491,7 +504,7 @@ def export_folder(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"--batch_size {batch_size}: expected a whole number of images, at least 1")
     output = Path(output)
-    check_output(output)
+    check_output(output, output_format)
     model = load_segmentation_model(folder)
     written = {}  # final path -> temporary path
     try:

@@ -355,6 +355,30 @@ def test_cli_refuses_an_unwritable_output(saved_folder, tmp_path, capsys, where)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_refuses_a_model_path_that_is_a_file(tmp_path, capsys):
+    model_file = tmp_path / "model.safetensors"
+    model_file.write_bytes(b"")
+    assert export.main(["--model", str(model_file), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 1
+    assert one_error_line(capsys) == (
+        f"error: --model {model_file}: is a file (expected a model folder written by save_pretrained)"
+    )
+    assert list(tmp_path.iterdir()) == [model_file]
+
+
+@pytest.mark.parametrize(
+    ("output_format", "name", "expected"), [("onnx", "m.pt2", ".onnx"), ("torch_export", "m.ONNX", ".pt2")]
+)
+def test_cli_refuses_an_output_named_as_the_other_format(saved_folder, tmp_path, capsys, output_format, name, expected):
+    folder, _ = saved_folder
+    output = tmp_path / name
+    assert export.main(["--model", str(folder), "--format", output_format, "--output", str(output)]) == 1
+    other = "torch_export" if output_format == "onnx" else "onnx"
+    assert one_error_line(capsys) == (
+        f"error: --output {output}: the suffix of a {other} file, for a {output_format} export (expected {expected})"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
 def test_cli_refuses_a_bad_batch_size(saved_folder, tmp_path, capsys, value):
     folder, _ = saved_folder
