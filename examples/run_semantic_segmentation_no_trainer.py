@@ -212,12 +212,13 @@ def main(argv=None) -> dict:
         # the shuffling is seeded by --seed on every process, whatever each process's torch seed
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
-    output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)  # the same initial weights on every process
 
     run = set_up_run(args, args, args.seed, accelerator.device, accelerator.main_process_first)
+    # made once the model and the data have loaded: a run that ends on a bad model or dataset leaves no folder
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
     model, train, evaluation = run.model, run.train, run.evaluation
     num_labels = model.config.num_labels
 

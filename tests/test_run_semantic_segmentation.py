@@ -224,4 +224,4 @@ def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, ar
         text = str(exit_info.value)
         step_name = message.replace("checkpoint-N", "step_N") if "no_trainer" in script else message
         assert text.startswith("error: ") and "\n" not in text and re.match(step_name, text[7:]), text
-        assert not (output_dir / "model.safetensors").exists()
+        assert not output_dir.exists(), sorted(output_dir.iterdir())  # nothing left behind, not even the folder
