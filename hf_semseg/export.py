@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conversion.common import TERMINATED_STATUS, Terminated, quiet_progress_bars, terminate_with_cleanup
+from .conversion.common import (
+    TERMINATED_STATUS,
+    Terminated,
+    first_line,
+    quiet_progress_bars,
+    terminate_with_cleanup,
+)
 
 
 FORMATS = ("onnx", "torch_export")
@@ -311,12 +317,6 @@ def exported_runner(output_format: str, path: str | os.PathLike) -> Callable[[to
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda pixel_values: torch.from_numpy(session.run(None, {"pixel_values": pixel_values.numpy()})[0])
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of ``error``'s message (its type's name when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def verify_export(

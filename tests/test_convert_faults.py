@@ -5,6 +5,7 @@ status 1 (143 for SIGTERM), one ``error:`` line naming the thing, nothing half-w
 
 import math
 import os
+import re
 import signal
 import tempfile
 import time
@@ -456,6 +457,45 @@ def test_directories_and_foreign_files_are_named(tmp_path, capsys):
         status, lines, output_dir = run_with("semask_fpn", tmp_path / "pickled.pth", tmp_path, capsys)
     assert status == 1 and len(lines) == 1 and "cannot be read as a PyTorch checkpoint" in lines[0], lines
     assert [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)] == []
+
+
+class _NotAWeight:
+    """An object a checkpoint's metadata should not hold (saved by ``torch.save``, refused by the safe loader)."""
+
+
+def test_unreadable_files_say_why_in_one_plain_line(tmp_path, capsys):
+    """torch's weights-only refusal is a paragraph advising an unsafe load, with terminal escape codes; the error
+    line keeps the safe unpickler's reason: a text file, a truncated archive, a checkpoint holding an object."""
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    status, lines, _ = run_with("semask_fpn", text, tmp_path, capsys)
+    assert status == 1 and len(lines) == 1, lines
+    assert re.fullmatch(
+        rf"error: {re.escape(str(text))}: cannot be read as a PyTorch checkpoint \(Unsupported operand \d+; the file "
+        r"is corrupt, truncated, or not a torch\.save file\)",
+        lines[0],
+    ), lines
+    original = (fixture_dir("semask_fpn_tiny") / "original_checkpoint.pth").read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(original[: len(original) // 2])
+    status, lines, _ = run_with("semask_fpn", truncated, tmp_path, capsys)
+    assert status == 1 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {truncated}: cannot be read as a PyTorch checkpoint (") and lines[0].endswith(
+        "; the file is corrupt, truncated, or not a torch.save file)"
+    ), lines
+    with_object = tmp_path / "with_object.pth"
+    torch.save({"state_dict": {}, "meta": {"hooks": _NotAWeight()}}, with_object)
+    status, lines, _ = run_with("semask_fpn", with_object, tmp_path, capsys)
+    assert (
+        lines
+        == [
+            f"error: {with_object}: cannot be read as a PyTorch checkpoint (it holds a {__name__}._NotAWeight object; the "
+            "converters read tensors and plain values only, never arbitrary objects (torch.load weights_only=True): save "
+            "the state dict alone)"
+        ]
+        and status == 1
+    )
+    assert "\x1b" not in "".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -79,6 +79,28 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line: the safe unpickler's own reason where it gave one
+    (torch wraps it in a paragraph advising an unsafe load, with terminal escape codes), else the error's first line;
+    and what that means for the file."""
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+    if detail is None:
+        return f"{type(error).__name__}: {first_line(error)}; the file is corrupt, truncated, or not a torch.save file"
+    unsupported = re.match(r"Unsupported global: GLOBAL (\S+)", detail.group(1))
+    if unsupported is not None:
+        return (
+            f"it holds a {unsupported.group(1)} object; the converters read tensors and plain values only, never "
+            "arbitrary objects (torch.load weights_only=True): save the state dict alone"
+        )
+    return f"{detail.group(1).strip()}; the file is corrupt, truncated, or not a torch.save file"
+
+
 def read_checkpoint(
     path: str | Path, layout: CheckpointLayout, kind: str, other_layout_hint: str = ""
 ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -99,10 +121,7 @@ def read_checkpoint(
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for truncated / foreign files
-            raise CheckpointError(
-                f"{path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error}); "
-                "the file is corrupt, truncated, or not a torch.save file"
-            ) from error
+            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({load_failure(error)})") from error
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not isinstance(checkpoint, dict):
