@@ -34,6 +34,7 @@ from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     RunOptionError,
+    empty_split_error,
     exit_on_user_error,
     load_segmentation_dataset,
     loading,
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
         raise RunOptionError(f"--split {args.split}: dataset {args.dataset_name or 'demo'} has splits {list(splits)}")
     dataset = splits[args.split]
     if len(dataset) == 0:
-        raise RunOptionError(f"--dataset_name {args.dataset_name or 'demo'}: split {args.split!r} has no samples")
+        raise empty_split_error(args.dataset_name, args.split)
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     # decoded per sample by to_arrays, which names a file it cannot read

@@ -76,6 +76,12 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
     return load_dataset(name)
 
 
+def empty_split_error(dataset_name, split: str) -> RunOptionError:
+    """The error of a split without samples, wherever it is found: before ``load_from_disk`` (which fails on such a
+    split with a bare IndexError; datasets 3.0 loads it) or after loading (the scripts)."""
+    return RunOptionError(f"--dataset_name {dataset_name or 'demo'}: split {split!r} has no samples")
+
+
 def check_saved_splits_have_data(path: Path) -> None:
     """Refuses a ``save_to_disk`` folder with a split of no data file (what an empty split saves), which ``datasets``'
     ``load_from_disk`` fails on with a bare ``IndexError``; the message names the split. A folder not laid out as
@@ -91,7 +97,7 @@ def check_saved_splits_have_data(path: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if empty:
-        raise RunOptionError(f"--dataset_name {path}: split {empty[0] or 'of the folder'!r} has no samples")
+        raise empty_split_error(path, empty[0] or "of the folder")
 
 
 def load_splits(
@@ -112,8 +118,8 @@ def load_splits(
     for split in (train_split, eval_split):
         if split not in dataset:
             raise RunOptionError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
-        if len(dataset[split]) == 0:  # the words of check_saved_splits_have_data (datasets 3 loads such a split)
-            raise RunOptionError(f"--dataset_name {dataset_name or 'demo'}: split {split!r} has no samples")
+        if len(dataset[split]) == 0:
+            raise empty_split_error(dataset_name, split)
     train, evaluation = dataset[train_split], dataset[eval_split]
     if max_train_samples is not None:
         train = train.select(range(min(max_train_samples, len(train))))
