@@ -273,6 +273,26 @@ CASES = {
         "out_features=['stem', 'stage1', 'stage2', 'stage3']",
         "expected ['stage1', 'stage2', 'stage3', 'stage4']",
     ),
+    "vwformer five-stage swin": (
+        lambda: vwformer(
+            tiny_swin(depths=[1] * 5, num_heads=[1, 2, 2, 4, 4], out_features=["stage2", "stage3", "stage4", "stage5"])
+        ),
+        "VWFormer needs the four backbone stages (strides 4/8/16/32)",
+        "['stage2', 'stage3', 'stage4', 'stage5'] of a backbone with 5 stages",
+    ),
+    "vwformer three-stage swin": (
+        lambda: vwformer(
+            tiny_swin(depths=[1] * 3, num_heads=[1, 2, 2], out_features=["stem", "stage1", "stage2", "stage3"])
+        ),
+        "out_features is ['stem', 'stage1', 'stage2', 'stage3'] of a backbone with 3 stages",
+        "expected four",
+    ),
+    "vwformer one label": (
+        lambda: vwformer(id2label={0: "object"}, label2id={"object": 0}),
+        "VWFormerForSemanticSegmentation: VWFormerConfig.num_labels = 1",
+        "expected at least 2 classes",
+        "binary segmentation is num_labels = 2",
+    ),
 }
 
 
@@ -292,3 +312,59 @@ def test_values_the_models_support_still_construct():
     semask_mask2former(encoder_layers=0, no_object_weight=1.5, common_stride=8, dropout=0.0)
     tiny_vw_mask2former_config(encoder_layers=0)
     semask_maskformer(decoder_config={**TINY_DETR_DECODER_KWARGS, "dropout": 0.0})
+
+
+@pytest.mark.parametrize("family", ["pale", "semask_swin"])
+def test_per_pixel_segmentation_model_refuses_one_label(family):
+    """A softmax over one class predicts it everywhere and its loss and gradients are 0: the per-pixel segmentation
+    models refuse ``num_labels = 1`` (their configs also serve the backbones, and Pale's image classifier, where one
+    label is regression, as in transformers), as transformers' BEiT / DPT refuse it."""
+    from hf_semseg import PaleForImageClassification, PaleForSemanticSegmentation, SeMaskSwinForSemanticSegmentation
+
+    one_label = {"id2label": {0: "object"}, "label2id": {"object": 0}}
+    build, config = {
+        "pale": (PaleForSemanticSegmentation, lambda: pale(**one_label)),
+        "semask_swin": (SeMaskSwinForSemanticSegmentation, lambda: semask_swin(**one_label)),
+    }[family]
+    assert_refused(
+        lambda: build(config()), f"{build.__name__}: {type(config()).__name__}.num_labels = 1", "at least 2 classes"
+    )
+    if family == "pale":
+        assert PaleForImageClassification(config()).config.num_labels == 1  # regression stays
+
+
+def test_pale_derived_attributes_follow_embed_dim_and_depths(tmp_path, caplog):
+    """``hidden_sizes`` (which the model builds its stages from), ``hidden_size``, ``num_layers`` and ``stage_names``
+    follow ``embed_dim`` and ``depths``: set after construction (``from_pretrained(..., embed_dim=...)`` sets its
+    keyword arguments on the built config), or given with stale saved values (an edited ``config.json`` or dict).
+    Before, the saved values won and the model silently kept the old widths."""
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation
+
+    pale().save_pretrained(tmp_path)  # embed_dim 16: widths [16, 32, 64, 128]
+    config = AutoConfig.from_pretrained(tmp_path, embed_dim=32)
+    assert config.hidden_sizes == [32, 64, 128, 256] and config.hidden_size == 256
+    model = AutoModelForSemanticSegmentation.from_config(config)
+    assert model.backbone.encoder.stages[0].patch_embed.projection.out_channels == 32
+    assert [stage.patch_embed.projection.out_channels for stage in model.backbone.encoder.stages] == [32, 64, 128, 256]
+
+    edited = pale().to_dict()
+    edited["depths"] = [1, 1, 2]
+    edited["out_features"], edited["out_indices"] = ["stage1", "stage2", "stage3"], [1, 2, 3]
+    for name in ("num_heads", "pale_sizes", "patch_sizes", "patch_strides"):
+        edited[name] = edited[name][:3]
+    with caplog.at_level("WARNING"):
+        config = PaleConfig.from_dict(edited)
+    assert (config.num_layers, config.hidden_sizes, config.stage_names) == (
+        3,
+        [16, 32, 64],
+        ["stem", "stage1", "stage2", "stage3"],
+    )
+    assert "the given num_layers = 4 (derived: 3)" in caplog.text and "stage_names" in caplog.text
+
+    config.update({"embed_dim": 8})
+    assert config.hidden_sizes == [8, 16, 32] and config.hidden_size == 32
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        loaded = PaleConfig.from_pretrained(tmp_path)  # consistent saved values: taken without a word
+    assert loaded.hidden_sizes == [16, 32, 64, 128] and loaded.stage_names == pale().stage_names
+    assert "PaleConfig: the given" not in caplog.text

@@ -8,6 +8,7 @@ No official code or weights were ever released; the layout follows the paper (an
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+from transformers.utils import logging
 
 from .configuration_utils_segmentation import (
     IGNORE_INDEX,
@@ -20,6 +21,12 @@ from .configuration_utils_segmentation import (
     validate_sdn_options,
     validate_values,
 )
+
+
+logger = logging.get_logger(__name__)
+
+#: attributes of :class:`PaleConfig` computed from ``embed_dim`` and ``depths``
+DERIVED_ATTRIBUTES = ("num_layers", "hidden_sizes", "hidden_size", "stage_names")
 
 
 @strict
@@ -100,15 +107,47 @@ class PaleConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedConfig)
     def __post_init__(self, **kwargs):
         for name in ("depths", "num_heads", "pale_sizes", "patch_sizes", "patch_strides", "pool_scales"):
             setattr(self, name, list(getattr(self, name)))
-        self.num_layers = len(self.depths)
-        self.hidden_sizes = [self.embed_dim * 2**i for i in range(self.num_layers)]
-        self.hidden_size = self.hidden_sizes[-1] if self.hidden_sizes else self.embed_dim  # no stage: refused
-        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_layers + 1)]
+        # a saved config.json holds the derived attributes too: they follow embed_dim and depths, not the file
+        saved = {name: kwargs.pop(name) for name in DERIVED_ATTRIBUTES if name in kwargs}
+        self.set_derived_attributes()
+        stale = {
+            name: value
+            for name, value in saved.items()
+            if (list(value) if isinstance(value, list | tuple) else value) != getattr(self, name)
+        }
+        if stale:
+            given = ", ".join(f"{name} = {value} (derived: {getattr(self, name)})" for name, value in stale.items())
+            logger.warning(
+                f"PaleConfig: the given {given} do not follow embed_dim = {self.embed_dim} and depths = {self.depths}; "
+                f"the derived values are used ({', '.join(DERIVED_ATTRIBUTES)} follow those two)"
+            )
         # transformers' backbone rule (as SwinConfig): neither given -> the last stage
         self.set_output_features_output_indices(
             out_features=kwargs.pop("out_features", None), out_indices=kwargs.pop("out_indices", None)
         )
         super().__post_init__(**kwargs)
+
+    def set_derived_attributes(self):
+        """``num_layers``, ``hidden_sizes`` (the stages' channels), ``hidden_size`` and ``stage_names`` from
+        ``embed_dim`` and ``depths``."""
+        num_layers = len(self.depths)
+        hidden_sizes = [self.embed_dim * 2**i for i in range(num_layers)]
+        derived = {
+            "num_layers": num_layers,
+            "hidden_sizes": hidden_sizes,
+            "hidden_size": hidden_sizes[-1] if hidden_sizes else self.embed_dim,  # no stage: refused
+            "stage_names": ["stem"] + [f"stage{index}" for index in range(1, num_layers + 1)],
+        }
+        for name, value in derived.items():
+            super().__setattr__(name, value)
+
+    def __setattr__(self, key, value):
+        """Setting ``embed_dim`` or ``depths`` on a built config (``config.update``, ``from_pretrained(...,
+        embed_dim=...)``, which sets its keyword arguments after construction) updates the derived attributes, from
+        which the model takes its widths."""
+        super().__setattr__(key, value)
+        if key in ("embed_dim", "depths") and "stage_names" in self.__dict__:
+            self.set_derived_attributes()
 
     def validate_architecture(self):
         validate_sdn_options(self)

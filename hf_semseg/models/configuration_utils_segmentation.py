@@ -81,12 +81,20 @@ def validate_mlp_and_activation(config: Any) -> None:
         raise ValueError(f"{name}.hidden_act = {config.hidden_act!r}; expected one of transformers' ACT2FN names")
 
 
-def validate_labels(config: Any) -> None:
+def validate_labels(config: Any, per_pixel_softmax: str | None = None) -> None:
     """At least one class, and ``id2label`` keyed by the class indices ``0 ... num_labels - 1`` (the model predicts
-    ``num_labels`` channels and the post-processing names channel ``i`` ``id2label[i]``)."""
+    ``num_labels`` channels and the post-processing names channel ``i`` ``id2label[i]``). ``per_pixel_softmax``: the
+    name of a model that classifies each pixel with a softmax over the classes, which needs two at least (over one
+    class the prediction is that class everywhere and the loss and its gradients are 0)."""
     name = type(config).__name__
     if config.num_labels < 1:
         raise ValueError(f"{name}.num_labels = {config.num_labels}; expected at least 1 class")
+    if per_pixel_softmax is not None and config.num_labels < 2:
+        raise ValueError(
+            f"{per_pixel_softmax}: {name}.num_labels = {config.num_labels}; expected at least 2 classes (a softmax "
+            "over one class predicts it everywhere and its loss is 0): binary segmentation is num_labels = 2, "
+            "background and foreground"
+        )
     keys = sorted(int(key) for key in config.id2label)
     if keys != list(range(config.num_labels)):
         raise ValueError(

@@ -125,7 +125,7 @@ class VWFormerConfig(AnyPrecisionConfigMixin, PreTrainedConfig):
         validate_sdn_options(self)
         if self.head_type not in VWFORMER_HEAD_TYPES:
             raise ValueError(f"VWFormerConfig.head_type must be one of {VWFORMER_HEAD_TYPES}, got {self.head_type!r}")
-        validate_labels(self)
+        validate_labels(self, per_pixel_softmax="VWFormerForSemanticSegmentation")
         sizes = ("decoder_hidden_size", "num_attention_heads", "num_windows_per_side", "low_level_channels")
         validate_values(self, (*sizes, "auxiliary_channels", "batch_norm_eps"), POSITIVE)
         validate_values(self, ("classifier_dropout_prob",), RATE)
@@ -156,11 +156,22 @@ class VWFormerConfig(AnyPrecisionConfigMixin, PreTrainedConfig):
                     f"{backbone.num_encoder_blocks}"
                 )
         elif out_features is not None:
-            four_stages = len(stage_names) == 5 and list(out_features) != stage_names[1:]
-            if len(out_features) != 4 or four_stages:
+            # a backbone with stage names: its four stages after the stem (another number of stages has other
+            # strides); without them, four maps
+            if stage_names:
+                wrong = len(stage_names) != 5 or list(out_features) != stage_names[1:]
+            else:
+                wrong = len(out_features) != 4
+            if wrong:
+                if len(stage_names) == 5:
+                    expected = f", expected {stage_names[1:]}"
+                elif stage_names:
+                    expected = f" of a backbone with {len(stage_names) - 1} stages {stage_names[1:]}; expected four"
+                else:
+                    expected = ""
                 raise ValueError(
                     f"VWFormer needs the four backbone stages (strides 4/8/16/32); backbone_config.out_features is "
-                    f"{out_features}" + (f", expected {stage_names[1:]}" if len(stage_names) == 5 else "")
+                    f"{out_features}{expected}"
                 )
 
 

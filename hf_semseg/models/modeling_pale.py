@@ -33,6 +33,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_pale import PaleConfig
+from .configuration_utils_segmentation import validate_labels
 from .modeling_linear import (
     PLAIN_LINEAR_TYPES,
     InferenceWeights,
@@ -900,6 +901,7 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
 
     def __init__(self, config: PaleConfig):
         super().__init__(config)
+        validate_labels(config, per_pixel_softmax="PaleForSemanticSegmentation")
         self.backbone = PaleBackbone(config)
         stages = [f"stage{index}" for index in range(1, len(config.depths) + 1)]
         if list(self.backbone.out_features) != stages:

@@ -30,6 +30,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_semask_swin import SeMaskSwinConfig
+from .configuration_utils_segmentation import validate_labels
 from .modeling_linear import (
     InferenceWeights,
     OneDNNLinear,
@@ -956,6 +957,7 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
 
     def __init__(self, config: SeMaskSwinConfig):
         super().__init__(config)
+        validate_labels(config, per_pixel_softmax="SeMaskSwinForSemanticSegmentation")
         self.backbone = SeMaskSwinBackbone(config)
         self.neck = sdn_neck(config, self.backbone.channels)  # None unless config.use_sdn_neck
         self.decode_head = SeMaskFPNHead(config, in_channels=self.backbone.channels)
