@@ -249,7 +249,14 @@ CASES = {
             backbone_config=tiny_swin(out_features=["stem", "stage1", "stage2", "stage3"])
         ),
         "out_features=['stem', 'stage1', 'stage2', 'stage3']",
-        "expected ['stage1', 'stage2', 'stage3', 'stage4']",
+        "expected four depths and out_features ['stage1', 'stage2', 'stage3', 'stage4']",
+    ),
+    "vw maskformer three-stage swin": (
+        lambda: tiny_vw_maskformer_config(
+            backbone_config=tiny_swin(depths=[1] * 3, num_heads=[1, 2, 2], out_features=["stage1", "stage2", "stage3"])
+        ),
+        "depths=[1, 1, 1]",
+        "expected four depths and out_features ['stage1', 'stage2', 'stage3', 'stage4']",
     ),
     "vw mask2former num_queries 0": (
         lambda: tiny_vw_mask2former_config(num_queries=0),
@@ -271,7 +278,7 @@ CASES = {
             backbone_config=tiny_swin(out_features=["stem", "stage1", "stage2", "stage3"])
         ),
         "out_features=['stem', 'stage1', 'stage2', 'stage3']",
-        "expected ['stage1', 'stage2', 'stage3', 'stage4']",
+        "expected four depths and out_features ['stage1', 'stage2', 'stage3', 'stage4']",
     ),
     "vwformer five-stage swin": (
         lambda: vwformer(

@@ -63,7 +63,8 @@ def validate_vw_d2_config(config) -> None:
     if len(backbone.depths) != 4 or list(backbone.out_features) != backbone.stage_names[1:]:
         raise ValueError(
             f"{name} needs the four stages of a four-stage Swin (depths={backbone.depths}, "
-            f"out_features={backbone.out_features}; expected {backbone.stage_names[1:]})"
+            f"out_features={backbone.out_features}; expected four depths and out_features "
+            f"{[f'stage{index}' for index in range(1, 5)]})"
         )
     if config.size_divisibility <= 0 or config.size_divisibility % VW_SIZE_MULTIPLE:
         raise ValueError(
