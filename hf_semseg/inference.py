@@ -93,12 +93,28 @@ def logits_to_size(logits: torch.Tensor, input_size, size, size_divisibility: in
 def crop_processor_padding(scores: torch.Tensor, processor, image_size) -> torch.Tensor:
     """``scores`` over the pixel values an image processor made from an image of ``image_size`` ``(H, W)``, cropped
     to the resized image when the processor pads its output (SeMask-Mask2Former's pads to ``size_divisibility``, as
-    detectron2), so that resizing them back to the image does not stretch the padding over it. ``image_size`` must be
-    two positive integers (an image's ``(H, W, 3)`` shape is refused, not read as a size)."""
-    if not getattr(processor, "size_divisibility", 0):
+    detectron2; any hf-semseg processor to a fixed ``pad_size``), so that resizing them back to the image does not
+    stretch the padding over it. The region is the processor's own (``get_unpadded_size``), the one its
+    ``post_process_semantic_segmentation`` crops. ``image_size`` must be two positive integers (an image's
+    ``(H, W, 3)`` shape is refused, not read as a size), and ``scores`` must cover that region (a ``ValueError``:
+    scores at another resolution would be cropped at the wrong place)."""
+    get_unpadded_size = getattr(processor, "get_unpadded_size", None)
+    if get_unpadded_size is None and not getattr(processor, "size_divisibility", 0):
         return scores
     image_size = _positive_pair("image_size", image_size)
-    height, width = processor.get_output_size(*image_size) if processor.do_resize else image_size
+    if get_unpadded_size is not None:
+        region = get_unpadded_size(*image_size)
+        if region is None:  # the processor does not pad this image: nothing to crop
+            return scores
+    else:
+        region = processor.get_output_size(*image_size) if processor.do_resize else image_size
+    height, width = region
+    if scores.shape[-2] < height or scores.shape[-1] < width:
+        raise ValueError(
+            f"scores have shape {tuple(scores.shape)} but the image lies in the top-left {height}x{width} pixels of "
+            f"the processor's pixel values of a {image_size[0]}x{image_size[1]} image: pass scores at the pixel "
+            "values' resolution (e.g. whole_image_logits' output)"
+        )
     return scores[..., :height, :width]
 
 

@@ -8,6 +8,7 @@ handling of ``image_processing_utils_segmentation.py``. Expected pixel values ar
 
 import json
 import logging
+import re
 import sys
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 import transformers
 from PIL import Image
 from transformers import AutoImageProcessor
+from transformers.image_utils import PILImageResampling
+from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.processing_utils import ImagesKwargs
 
 import hf_semseg  # noqa: F401  (registers the processors with AutoImageProcessor)
@@ -421,6 +424,11 @@ WRONG_SETTINGS = {
     "image_std with a 0": ({"image_std": [0.229, 0.0, 0.225]}, ["`image_std`", "0.229, 0.0, 0.225", "positive"]),
     "image_std negative": ({"image_std": -0.2}, ["`image_std`", "-0.2", "positive standard deviation"]),
     "image_mean nan": ({"image_mean": [float("nan"), 0.5, 0.5]}, ["`image_mean`", "nan", "finite"]),
+    "rescale_factor inf": ({"rescale_factor": float("inf")}, ["`rescale_factor`", "got inf", "finite and positive"]),
+    "pad_size longest_edge": (
+        {"pad_size": {"longest_edge": 128}},
+        ["`pad_size`", "{'height', 'width'}", "{'longest_edge': 128}"],
+    ),
     "do_center_crop": (
         {"do_center_crop": True, "crop_size": {"height": 16, "width": 16}},
         ["do_center_crop=True", "do not crop"],
@@ -455,3 +463,215 @@ def test_negative_size_divisibility_is_refused(processor_class):
         640,
         960,
     )
+
+
+@pytest.mark.parametrize("processor_class", PROCESSORS[:2], ids=IDS[:2])
+@pytest.mark.parametrize("size_divisor", [0, -4])
+def test_size_divisor_below_one_is_refused_at_construction(processor_class, size_divisor):
+    """`size_divisor` is in `validated_at_construction` but was only checked at the first call."""
+    message = rf"`size_divisor` must be a positive integer or None, got {size_divisor}\."
+    with pytest.raises(ValueError, match=message):
+        processor_class(size_divisor=size_divisor)
+    with pytest.raises(ValueError, match=message):
+        processor_class()(np.zeros((20, 30, 3), np.uint8), size_divisor=size_divisor)
+    assert processor_class(size_divisor=32).size_divisor == 32
+
+
+def test_pad_size_with_height_and_width_still_pads(processor_class):
+    out = processor_class(pad_size={"height": 64, "width": 80})(np.zeros((20, 30, 3), np.uint8), do_resize=False)
+    assert np.asarray(out.pixel_values[0]).shape == (3, 64, 80)
+
+
+def test_one_value_mean_and_std_apply_to_every_channel_in_both_backends(processor_class):
+    """The torchvision backend broadcast a one-value `image_mean`/`image_std`; the PIL backend failed inside
+    transformers ("mean must have 3 elements"). Both now give what a float mean/std gives."""
+    image = np.random.default_rng(11).integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    one_value = pixels(processor_class(image_mean=[0.5], image_std=[0.25]), image)
+    expected = (image.astype(np.float64) / 255.0 - 0.5) / 0.25
+    np.testing.assert_allclose(one_value, expected.transpose(2, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(pixels(processor_class(image_mean=0.5, image_std=0.25), image), one_value, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 9. Empty batches, float label maps, a single (H, W, 1) map, RGBA files
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "images",
+    [np.zeros((0, 20, 20, 3), np.uint8), torch.zeros(0, 3, 20, 20, dtype=torch.uint8)],
+    ids=["numpy", "torch"],
+)
+def test_empty_image_batch_is_refused(processor_class, images):
+    """An empty 4D batch gave `pixel_values` of shape (0,) without a word (an empty list was refused)."""
+    shape = tuple(images.shape)
+    with pytest.raises(
+        ValueError, match=rf"`images` is an empty batch \(shape {re.escape(str(shape))}\); pass at least one image\."
+    ):
+        processor_class()(images, return_tensors="pt")
+    with pytest.raises(ValueError, match=r"`images` is a list of empty lists; pass at least one image\."):
+        processor_class()([[]])
+
+
+def test_empty_segmentation_map_batch_is_refused(processor_class):
+    image = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(
+        ValueError,
+        match=r"`segmentation_maps` is an empty batch \(shape \(0, 20, 20\)\); pass at least one segmentation map\.",
+    ):
+        processor_class()(image, segmentation_maps=np.zeros((0, 20, 20), np.uint8))
+    with pytest.raises(ValueError, match=r"`segmentation_maps` is an empty batch \(shape \(0, 20, 20\)\)"):
+        processor_class()(image, segmentation_maps=torch.zeros(0, 20, 20))
+
+
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+@pytest.mark.parametrize("value, shown", [(1.7, "1.7"), (float("nan"), "nan"), (float("inf"), "inf"), (-0.5, "-0.5")])
+def test_float_label_map_with_non_integer_values_is_refused(processor_class, container, value, shown):
+    """1.7 was truncated to label 1 and NaN became -2**63, silently."""
+    image = np.zeros((6, 8, 3), np.uint8)
+    label = np.full((6, 8), 2.0, np.float32)
+    label[3, 5] = value
+    label = torch.from_numpy(label) if container == "torch" else label
+    with pytest.raises(
+        ValueError,
+        match=rf"Segmentation map 1 has the value {shown} at \(row 3, column 5\) \((torch\.)?float32\); expected "
+        r"integer class indices \(a float map may only hold whole numbers such as 3\.0\)\.",
+    ):
+        processor_class()([image, image], segmentation_maps=[np.ones((6, 8), np.float32), label], do_resize=False)
+
+
+def test_float_label_map_with_whole_numbers_is_still_accepted(processor_class):
+    labels = np.array([[3.0, 0.0], [255.0, 7.0]], np.float64)
+    out = processor_class()(np.zeros((2, 2, 3), np.uint8), segmentation_maps=labels, do_resize=False)
+    assert np.asarray(out.labels[0])[:2, :2].tolist() == [[3, 0], [255, 7]]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_single_channels_last_label_map_array_error_says_how_it_was_read(processor_class, channels):
+    """A single (H, W, 1) map array is a batch of H maps: the error said only "Got 1 images but 37 segmentation
+    maps"."""
+    image = np.zeros((37, 53, 3), np.uint8)
+    with pytest.raises(
+        ValueError,
+        match=rf"Got 1 images but 37 segmentation maps; pass one map per image\. `segmentation_maps` is one ndarray "
+        rf"of shape \(37, 53, {channels}\), read as a batch of 37 maps of size \(53, {channels}\): pass a single "
+        r"map as an \(H, W\) array, or as a list of \(H, W\), \(1, H, W\) or \(H, W, 1\) arrays",
+    ):
+        processor_class()(image, segmentation_maps=np.zeros((37, 53, channels), np.uint8))
+    # as the message says: in a list, an (H, W, 1) map is one map
+    out = processor_class()(image, segmentation_maps=[np.full((37, 53, 1), 4, np.uint8)], do_resize=False)
+    assert np.asarray(out.labels[0])[:37, :53].tolist() == [[4] * 53] * 37
+
+
+def test_rgba_file_is_composited_on_white_like_the_pil_image(processor_class, tmp_path):
+    """Given as a path, an RGBA image had its alpha dropped (`convert("RGB")`, both backends); given as a PIL image
+    or array it was composited on white. Now all three agree."""
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 200, 40, 0  # transparent
+    rgba[:, 4:, 3] = 255  # right half opaque
+    rgba[0, 0, 3] = 128  # half transparent
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    processor = processor_class(do_rescale=False, do_normalize=False, do_resize=False)
+    from_path, from_pil, from_array = (
+        processor(image, return_tensors="pt").pixel_values[0, :, :6, :8].numpy()
+        for image in (str(tmp_path / "rgba.png"), Image.open(tmp_path / "rgba.png"), rgba)
+    )
+    np.testing.assert_array_equal(from_path, from_pil)
+    np.testing.assert_array_equal(from_path, from_array)
+    assert from_path[:, 1, 1].tolist() == [255.0, 255.0, 255.0]  # transparent: white, not (200, 40, 0)
+    assert from_path[:, 1, 5].tolist() == [200.0, 40.0, 0.0]
+    assert from_path[:, 0, 0].tolist() == [227.0, 147.0, 127.0]  # 128/255 of the colour over white, rounded
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 10. SeMask-Mask2Former: uint8 images resized as detectron2 does with PIL
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("processor_class", PROCESSORS[2:], ids=IDS[2:])
+@pytest.mark.parametrize("size", [(40, 54), (97, 131), (150, 210), (6, 9), (64, 700)])
+def test_mask2former_nearest_is_pil_nearest_on_uint8_images(processor_class, size):
+    """detectron2 resizes uint8 images with PIL, whose NEAREST samples pixel centres; the torchvision backend took
+    the floor pixel (up to 255 levels off, 14% of the values). (6, 9) and (64, 700) are sizes where torch's
+    float32 "nearest-exact" picks other pixels than PIL."""
+    image = np.random.default_rng(12).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    height, width = size
+    processor = processor_class(resample=PILImageResampling.NEAREST, do_rescale=False, do_normalize=False)
+    out = processor(image, size={"height": height, "width": width}, return_tensors="pt").pixel_values
+    expected = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(out[0, :, :height, :width].numpy(), expected.transpose(2, 0, 1))
+
+
+def test_mask2former_torchvision_refuses_bicubic_on_uint8_images():
+    """torchvision's bicubic is up to 24 levels from PIL's, with which detectron2 (and the PIL backend) resize uint8
+    images: refused, naming the PIL backend. Float images (detectron2's float path: plain bicubic) still work."""
+    processor = SeMaskMask2FormerImageProcessor(resample=PILImageResampling.BICUBIC)
+    with pytest.raises(
+        ValueError,
+        match=r"resample=BICUBIC with integer \(uint8\) images: .*up to 24 intensity levels.*SeMaskMask2FormerImageProcessorPil",
+    ):
+        processor(np.zeros((20, 30, 3), np.uint8))
+    image = np.random.default_rng(13).uniform(0, 255, (20, 30, 3)).astype(np.float32)
+    kwargs = {"do_rescale": False, "do_normalize": False, "return_tensors": "pt"}
+    tv = processor(image, **kwargs).pixel_values
+    pil = SeMaskMask2FormerImageProcessorPil(resample=PILImageResampling.BICUBIC)(image, **kwargs).pixel_values
+    torch.testing.assert_close(tv, pil, atol=1e-3, rtol=0)
+    uint8 = np.random.default_rng(13).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    height, width = SeMaskMask2FormerImageProcessorPil().get_output_size(20, 30)
+    pil = SeMaskMask2FormerImageProcessorPil(resample=PILImageResampling.BICUBIC)(uint8, **kwargs).pixel_values
+    expected = np.asarray(Image.fromarray(uint8).resize((width, height), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(pil[0, :, :height, :width].numpy(), expected.transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 11. post_process_semantic_segmentation: arguments named before torch sees them
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target_sizes, shown",
+    [(5, "int 5"), (((8, 8) for _ in range(2)), "generator <generator")],
+    ids=["int", "generator"],
+)
+def test_post_process_target_sizes_of_the_wrong_type_are_named(processor_class, target_sizes, shown):
+    """Was "TypeError: object of type 'int' has no len()"."""
+    outputs = SemanticSegmenterOutput(logits=torch.randn(2, 4, 16, 16))
+    with pytest.raises(
+        TypeError,
+        match=rf"target_sizes must be a list of 2 \(height, width\) pairs or a \(2, 2\) tensor, one per image; got "
+        rf"{shown}",
+    ):
+        processor_class().post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
+
+
+def test_post_process_logits_without_classes_or_of_integers_are_named(processor_class):
+    """0 classes reached torch's argmax (IndexError) or interpolate (RuntimeError); integer logits its interpolate
+    (NotImplementedError for 'Long')."""
+    processor = processor_class()
+    with pytest.raises(ValueError, match=r"logits have shape \(1, 0, 8, 8\): num_labels is 0; expected at least one"):
+        processor.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=torch.randn(1, 0, 8, 8)))
+    with pytest.raises(TypeError, match=r"logits must be floating-point scores, got torch\.int64"):
+        processor.post_process_semantic_segmentation(
+            SemanticSegmenterOutput(logits=torch.ones(1, 4, 8, 8, dtype=torch.long)), target_sizes=[(20, 30)]
+        )
+
+
+def test_post_process_tuple_output_is_named(processor_class):
+    """A `return_dict=False` tuple gave "AttributeError: 'tuple' object has no attribute 'logits'" (keep-ratio)."""
+    message = (
+        r"outputs \(tuple\) have no logits; pass the model's output object"
+        if processor_class in FAMILIES[KeepRatioImageProcessor]
+        else r"outputs have neither class_queries_logits/masks_queries_logits nor logits"
+    )
+    with pytest.raises(ValueError, match=message):
+        processor_class().post_process_semantic_segmentation((torch.randn(1, 4, 8, 8),))
+
+
+@pytest.mark.parametrize("processor_class", PROCESSORS[2:], ids=IDS[2:])
+def test_mask2former_post_process_class_logits_without_a_class_are_named(processor_class):
+    outputs = {"class_queries_logits": torch.randn(1, 5, 1), "masks_queries_logits": torch.randn(1, 5, 8, 8)}
+    with pytest.raises(ValueError, match=r"class_queries_logits have shape \(1, 5, 1\) \(torch\.float32\); expected"):
+        processor_class().post_process_semantic_segmentation(outputs)
+    outputs = {"class_queries_logits": torch.randn(1, 0, 3), "masks_queries_logits": torch.randn(1, 0, 8, 8)}
+    with pytest.raises(ValueError, match=r"masks_queries_logits have shape \(1, 0, 8, 8\): num_queries is 0"):
+        processor_class().post_process_semantic_segmentation(outputs)

@@ -200,6 +200,49 @@ def test_crop_processor_padding_refuses_what_is_not_an_image_size(image_size):
         crop_processor_padding(torch.zeros(1, 1, 64, 96), processor, image_size)
 
 
+def test_crop_processor_padding_crops_a_keep_ratio_processors_pad_size_as_its_post_processing_does():
+    """A keep-ratio processor with a fixed `pad_size` pads every image, but only processors with `size_divisibility`
+    were cropped: the padding's scores were stretched over the image (wrong metrics in evaluate_semantic_segmentation).
+    The region is now the processor's own, the one its post_process_semantic_segmentation crops."""
+    from hf_semseg import KeepRatioImageProcessor
+
+    processor = KeepRatioImageProcessor(
+        size={"longest_edge": 64, "shortest_edge": 32}, pad_size={"height": 64, "width": 64}
+    )
+    pixel_values = processor(np.zeros((20, 50, 3), np.uint8), return_tensors="pt")["pixel_values"]
+    assert tuple(pixel_values.shape[-2:]) == (64, 64) and processor.get_output_size(20, 50) == (26, 64)
+    scores = torch.zeros(1, 2, 64, 64)
+    scores[:, 1, 26:] = 1.0  # class 1 only in the padding rows
+    cropped = crop_processor_padding(scores, processor, (20, 50))
+    assert torch.equal(cropped, scores[..., :26, :])
+    resized = torch.nn.functional.interpolate(cropped, size=(20, 50), mode="bilinear", align_corners=False)
+    assert resized.argmax(1).unique().tolist() == [0]
+    post_processed = processor.post_process_semantic_segmentation(
+        type("Output", (), {"logits": scores})(), target_sizes=[(20, 50)], return_segmentation_scores=True
+    )[0]
+    torch.testing.assert_close(post_processed["segmentation_scores"], resized[0])
+    # without padding (do_pad=False) the pixel values are the resized image: nothing to crop
+    assert (
+        crop_processor_padding(
+            scores, KeepRatioImageProcessor(do_pad=False, pad_size={"height": 64, "width": 64}), (20, 50)
+        )
+        is scores
+    )
+
+
+def test_crop_processor_padding_refuses_scores_smaller_than_the_image_region():
+    """Scores at another resolution (e.g. the model's stride-4 logits) were cropped at pixel-value coordinates."""
+    from hf_semseg import SeMaskMask2FormerImageProcessor
+
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 100})
+    with pytest.raises(
+        ValueError,
+        match=r"scores have shape \(1, 2, 16, 24\) but the image lies in the top-left 40x67 pixels of the "
+        r"processor's pixel values of a 30x50 image: pass scores at the pixel values' resolution",
+    ):
+        crop_processor_padding(torch.zeros(1, 2, 16, 24), processor, (30, 50))
+
+
 @pytest.mark.parametrize(
     "length, crop, stride", [(10, 4, 0), (10, 0, 2), (0, 4, 2)], ids=["stride 0", "crop 0", "length 0"]
 )

@@ -9,6 +9,7 @@ ImageNet mean/std normalisation on RGB. The flow is ``SegmentationImageProcessin
 Portable remote code: only torch, torchvision, numpy, PIL, transformers and sibling modules are imported.
 """
 
+import PIL.Image
 import torch
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
@@ -20,7 +21,12 @@ from .image_processing_pil_keep_ratio import (  # the PIL twin is saved with thi
     KeepRatioImageProcessorPil,  # noqa: F401
     SeMaskImageProcessorKwargs,
 )
-from .image_processing_utils_segmentation import SegmentationImageProcessingMixin, torch_interpolation_mode
+from .image_processing_utils_segmentation import (
+    SegmentationImageProcessingMixin,
+    has_transparency,
+    load_image_file,
+    torch_interpolation_mode,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -102,9 +108,16 @@ class KeepRatioImageProcessor(SegmentationImageProcessingMixin, TorchvisionBacke
             return (image[:3] * alpha + (1.0 - alpha) * 255.0).round().to(image.dtype)
         return super().convert_to_rgb(image, input_data_format=input_data_format)
 
-    def _read_image_file(self, path: str) -> torch.Tensor:
-        # decoded as transformers' torchvision backend decodes files: a (C, H, W) tensor, uint16 for 16-bit PNGs
-        return self.fetch_images(path)
+    def _read_image_file(self, path: str) -> torch.Tensor | PIL.Image.Image:
+        # decoded as transformers' torchvision backend decodes files: a (C, H, W) tensor, uint16 for 16-bit PNGs;
+        # its decoder drops an alpha channel, so a file with transparency is read as the PIL backend reads it
+        # (composited on white, as `do_convert_rgb` does for the same image given as a PIL image or an array)
+        try:
+            with PIL.Image.open(path) as header:  # reads the header only
+                transparent = has_transparency(header)
+        except Exception:  # a file PIL cannot open: left to the torchvision decoder (and its error)
+            transparent = False
+        return load_image_file(path) if transparent else self.fetch_images(path)
 
     def _stack(self, images: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([image.to(torch.float32) for image in images])

@@ -56,7 +56,13 @@ class KeepRatioImageProcessorPil(SegmentationImageProcessingMixin, PilBackend):
         return super().process_image(image, do_convert_rgb, input_data_format, **kwargs)
 
     def rescale_and_normalize(self, images, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
-        """The torchvision backend's step on a ``(N, C, H, W)`` batch, with this backend's `rescale` and `normalize`."""
+        """The torchvision backend's step on a ``(N, C, H, W)`` batch, with this backend's `rescale` and `normalize`. A
+        one-value `image_mean` / `image_std` applies to every channel, as in the torchvision backend (transformers'
+        `normalize` takes a float for that, and refused a list of one value)."""
+        image_mean, image_std = (
+            values[0] if isinstance(values, (list, tuple)) and len(values) == 1 else values
+            for values in (image_mean, image_std)
+        )
         processed = []
         for image in images:
             if do_rescale:

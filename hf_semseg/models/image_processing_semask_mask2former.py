@@ -9,8 +9,11 @@ padded size with the padding cropped. The flow is that of `KeepRatioImageProcess
 Portable remote code: only torch, torchvision, numpy, PIL, transformers and sibling modules are imported.
 """
 
+import torch
+
 from .image_processing_keep_ratio import KeepRatioImageProcessor
 from .image_processing_pil_semask_mask2former import SeMaskMask2FormerImageProcessorPil  # noqa: F401  (saved with this module)
+from .image_processing_utils_segmentation import pil_nearest_indices, torch_interpolation_mode
 from .image_processing_utils_semask_mask2former import (  # the kwargs class: this module's `valid_kwargs`
     SeMaskMask2FormerImageProcessingMixin,
     SeMaskMask2FormerImageProcessorKwargs,
@@ -30,8 +33,11 @@ class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, Kee
             does (not truncated as in transformers' own processors) and at least 1 pixel. Use 640/2560
             for the ADE20K model and 1024/2048 for Cityscapes. `{"height": H, "width": W}` resizes to a fixed size.
         resample (`PILImageResampling`, *optional*, defaults to `BILINEAR`):
-            Interpolation. uint8 images are resized like PIL's filters (antialiased when shrinking) and rounded, as
-            detectron2 resizes uint8 images with PIL; float images by plain interpolation (detectron2's float path).
+            Interpolation. uint8 images are resized like PIL's filters (BILINEAR: antialiased when shrinking, up to
+            one level from PIL; NEAREST: PIL's pixel-centre sampling exactly), as detectron2 resizes uint8 images
+            with PIL; float images by plain interpolation (detectron2's float path, floor nearest). BICUBIC is
+            refused for uint8 images: torchvision's filter differs from PIL's by up to 24 levels (the PIL backend,
+            `SeMaskMask2FormerImageProcessorPil`, resizes them with PIL itself).
         size_divisibility (`int`, *optional*, defaults to 32):
             Zero padding (after normalisation) on the right and bottom to a multiple of this of the batch's largest
             image; label maps are padded with 255. No stretching.
@@ -49,6 +55,22 @@ class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, Kee
         "pil": "image_processing_pil_semask_mask2former.SeMaskMask2FormerImageProcessorPil",
     }
     antialias_integer_images = True  # detectron2 resizes uint8 images with PIL
+
+    def _resize_images(self, images: torch.Tensor, output_size: tuple[int, int], resample, is_integer: bool):
+        mode = torch_interpolation_mode(resample)
+        if is_integer and mode == "bicubic":
+            raise ValueError(
+                "resample=BICUBIC with integer (uint8) images: detectron2 resizes them with PIL's bicubic filter, "
+                "which the torchvision backend does not reproduce (up to 24 intensity levels off). Use "
+                '`SeMaskMask2FormerImageProcessorPil` (AutoImageProcessor\'s `backend="pil"`), resample=BILINEAR or '
+                "NEAREST, or float images (resized by plain bicubic interpolation, as detectron2 resizes them)."
+            )
+        if is_integer and mode == "nearest":
+            # PIL's NEAREST samples pixel centres; torchvision's NEAREST (floor) is detectron2's float path only
+            rows = torch.from_numpy(pil_nearest_indices(images.shape[-2], output_size[0])).to(images.device)
+            columns = torch.from_numpy(pil_nearest_indices(images.shape[-1], output_size[1])).to(images.device)
+            return images[..., rows[:, None], columns]
+        return super()._resize_images(images, output_size, resample, is_integer)
 
 
 __all__ = ["SeMaskMask2FormerImageProcessor", "SeMaskMask2FormerImageProcessorKwargs"]

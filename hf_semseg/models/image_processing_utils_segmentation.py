@@ -108,13 +108,33 @@ def get_keep_ratio_output_size(height: int, width: int, longest_edge: int, short
     return _scale_size(height, width, scale_factor)
 
 
+def validate_size_divisor(divisor: Any) -> None:
+    """Raise a `ValueError` unless ``divisor`` (``size_divisor``) is None or a positive integer."""
+    if divisor is not None and (isinstance(divisor, bool) or not isinstance(divisor, (int, np.integer)) or divisor < 1):
+        raise ValueError(f"`size_divisor` must be a positive integer or None, got {divisor!r}.")
+
+
+def validate_pad_size(pad_size: SizeDict | dict | None) -> None:
+    """Raise a `ValueError` unless ``pad_size`` is None or ``{"height": H, "width": W}`` with positive integers (any
+    other dict was silently ignored: nothing was padded to it)."""
+    if pad_size is None:
+        return
+    values = {key: value for key, value in dict(pad_size).items() if value is not None}
+    if set(values) != {"height", "width"}:
+        raise ValueError(
+            f"`pad_size` must be a dict with the keys {{'height', 'width'}} (the size to pad to), got {dict(pad_size)}."
+        )
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"`pad_size['{key}']` must be a positive integer, got {value!r}.")
+
+
 def round_up_to_multiple(size: tuple[int, int], divisor: int | None) -> tuple[int, int]:
     """``(height, width)`` with each side rounded up to a multiple of ``divisor`` (mmseg's ``ResizeToMultiple``,
     mmcv ``imresize_to_multiple``); unchanged when ``divisor`` is None."""
     if divisor is None:
         return tuple(size)
-    if not isinstance(divisor, (int, np.integer)) or divisor < 1:
-        raise ValueError(f"`size_divisor` must be a positive integer or None, got {divisor!r}.")
+    validate_size_divisor(divisor)
     return tuple(-(-int(side) // divisor) * divisor for side in size)
 
 
@@ -144,10 +164,10 @@ def validate_rescale_and_normalize(
     do_rescale=None, rescale_factor=None, do_normalize=None, image_std=None, image_mean=None
 ):
     """Raise a `ValueError` on a rescale factor or mean/std that would silently give wrong pixel values: a
-    ``rescale_factor`` <= 0 (all-constant or sign-flipped images), a std that is not positive (infinite or
-    sign-flipped values) and a mean or std that is not finite."""
-    if do_rescale and rescale_factor is not None and not rescale_factor > 0:
-        raise ValueError(f"`rescale_factor` must be positive (e.g. 1/255), got {rescale_factor!r}.")
+    ``rescale_factor`` <= 0 or infinite (all-constant, sign-flipped or infinite images), a std that is not positive
+    (infinite or sign-flipped values) and a mean or std that is not finite."""
+    if do_rescale and rescale_factor is not None and not 0 < rescale_factor < float("inf"):
+        raise ValueError(f"`rescale_factor` must be finite and positive (e.g. 1/255), got {rescale_factor!r}.")
     if not do_normalize:
         return
     for name, values in (("image_mean", image_mean), ("image_std", image_std)):
@@ -215,6 +235,16 @@ def torch_interpolation_mode(resample: Any) -> str:
         ) from None
 
 
+def pil_nearest_indices(input_length: int, output_length: int) -> np.ndarray:
+    """Source index of every output pixel of PIL's ``NEAREST`` resize along one axis of ``input_length`` pixels: the
+    pixel centre ``(i + 0.5) * input_length / output_length``, summed step by step in float64 and truncated as Pillow
+    does it, so that the result is PIL's exactly (torch's ``"nearest-exact"``, in float32, picks another pixel for
+    about one size pair in six)."""
+    step = input_length / output_length
+    centres = np.cumsum(np.concatenate([[step * 0.5], np.full(output_length - 1, step)]))
+    return np.minimum(centres.astype(np.int64), input_length - 1)
+
+
 def resize_label_map(label_map: Any, output_size: tuple[int, int]) -> Any:
     """Nearest-neighbour resize of a ``(1, H, W)`` int64 map, tensor or array (OpenCV ``INTER_NEAREST`` is torch's
     ``"nearest"``, not transformers' default ``NEAREST_EXACT``)."""
@@ -270,6 +300,8 @@ def _flatten(
         if inputs.ndim in single_ndims:
             return [inputs]
         if inputs.ndim == single_ndims[-1] + 1:
+            if len(inputs) == 0:
+                raise ValueError(f"`{name}` is an empty batch (shape {tuple(inputs.shape)}); pass at least one {item}.")
             return list(inputs)
         raise ValueError(
             f"`{name}` has {inputs.ndim} dimensions (shape {tuple(inputs.shape)}); expected a single {item} with "
@@ -280,6 +312,8 @@ def _flatten(
     if len(inputs) == 0:
         raise ValueError(f"`{name}` is an empty list; pass at least one {item}.")
     flat = [value for entry in inputs for value in (entry if isinstance(entry, (list, tuple)) else [entry])]
+    if not flat:
+        raise ValueError(f"`{name}` is a list of empty lists; pass at least one {item}.")
     for index, value in enumerate(flat):
         if not isinstance(value, types):
             raise ValueError(f"{item.capitalize()} {index} is a {_describe(value)}; expected {kinds}.")
@@ -489,9 +523,16 @@ def _is_url_or_base64(source: str) -> bool:
     return len(source) >= 16 and _BASE64.fullmatch(source) is not None
 
 
+def has_transparency(image: PIL.Image.Image) -> bool:
+    """Whether a PIL image has an alpha channel or a transparent colour (as transformers' ``convert_to_rgb`` tells)."""
+    return "A" in image.getbands() or image.info.get("transparency") is not None
+
+
 def load_image_file(path: str) -> PIL.Image.Image:
     """An image file as a PIL image, as transformers' ``load_image`` reads it (EXIF orientation applied, RGB), except
-    that 16-bit grayscale images stay 16-bit (``load_image`` would clip them to 255 when converting to RGB)."""
+    that 16-bit grayscale images stay 16-bit (``load_image`` would clip them to 255 when converting to RGB) and that
+    transparency is composited on white, as ``do_convert_rgb`` does for the same image given as a PIL image or an
+    array (``load_image``'s ``convert("RGB")`` dropped the alpha channel)."""
     image = PIL.Image.open(path)
     image.load()  # decode now, so that a truncated or corrupt file fails here
     if image.mode == "I" and image.format == "PNG":  # a 16-bit PNG as Pillow < 10 opens it
@@ -499,6 +540,9 @@ def load_image_file(path: str) -> PIL.Image.Image:
     image = PIL.ImageOps.exif_transpose(image)
     if image.mode in _SIXTEEN_BIT_PIL_MODES:
         return image
+    if has_transparency(image):
+        white = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
 
 
@@ -521,17 +565,37 @@ def check_segmentation_map(seg_map: Any, index: int) -> Any:
             f"Segmentation map {index} has shape {tuple(seg_map.shape)}; expected a single-channel (H, W) map of "
             "class indices."
         )
+    if is_floating_point(seg_map):
+        # the cast to int64 truncated 1.7 to 1 and turned NaN into -2**63: only whole numbers are class indices
+        values = seg_map.detach().cpu().double().numpy() if isinstance(seg_map, torch.Tensor) else seg_map
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2**62)
+        if bad.any():
+            row, column = (int(position) for position in np.argwhere(bad)[0])
+            raise ValueError(
+                f"Segmentation map {index} has the value {float(values[row, column]):.8g} at (row {row}, column "
+                f"{column}) ({seg_map.dtype}); expected integer class indices (a float map may only hold whole "
+                "numbers such as 3.0)."
+            )
     # int64 from the start, so that label reduction cannot wrap around
     if isinstance(seg_map, torch.Tensor):
         return seg_map.detach().to(torch.int64)
     return np.array(seg_map, dtype=np.int64)
 
 
-def check_segmentation_maps_match(image_sizes: list, map_sizes: list) -> None:
-    """Every segmentation map must have the height and width of its image (before resizing)."""
+def check_segmentation_maps_match(image_sizes: list, map_sizes: list, segmentation_maps: Any = None) -> None:
+    """Every segmentation map must have the height and width of its image (before resizing). ``segmentation_maps``,
+    the argument as given, only words the error: a single ``(H, W, 1)`` array is read as a batch of ``H`` maps."""
     if len(image_sizes) != len(map_sizes):
+        hint = ""
+        if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
+            shape = tuple(segmentation_maps.shape)
+            hint = (
+                f" `segmentation_maps` is one {type(segmentation_maps).__name__} of shape {shape}, read as a batch "
+                f"of {shape[0]} maps of size {shape[1:]}: pass a single map as an (H, W) array, or as a list of "
+                "(H, W), (1, H, W) or (H, W, 1) arrays, one per image, and a batch as a (batch_size, H, W) array."
+            )
         raise ValueError(
-            f"Got {len(image_sizes)} images but {len(map_sizes)} segmentation maps; pass one map per image."
+            f"Got {len(image_sizes)} images but {len(map_sizes)} segmentation maps; pass one map per image.{hint}"
         )
     for index, (image_size, map_size) in enumerate(zip(image_sizes, map_sizes)):
         image_size, map_size = tuple(int(v) for v in image_size), tuple(int(v) for v in map_size)
@@ -570,6 +634,18 @@ def check_stackable(sizes: list, do_pad: bool, return_tensors: Any) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def check_post_process_scores(scores: Any, name: str, channels: str) -> None:
+    """The ``(batch_size, channels, height, width)`` scores a post-processing call reads (``logits`` or
+    ``masks_queries_logits``): floating-point, at least one channel; else an error naming them, before torch's
+    interpolate ("not implemented for 'Long'") or argmax (a reduction over 0 classes) sees them."""
+    if scores.ndim != 4:
+        raise ValueError(f"{name} have shape {tuple(scores.shape)}; expected (batch_size, {channels}, height, width)")
+    if not scores.is_floating_point():
+        raise TypeError(f"{name} must be floating-point scores, got {scores.dtype}")
+    if scores.shape[1] == 0:
+        raise ValueError(f"{name} have shape {tuple(scores.shape)}: {channels} is 0; expected at least one")
+
+
 def check_post_process_sizes(sizes: Any, batch_size: int, name: str) -> list[tuple[int, int]] | None:
     """``sizes``, the ``target_sizes`` or ``image_sizes`` of a post-processing call (a list of ``(height, width)``
     pairs or a ``(batch_size, 2)`` tensor), as one pair of ints per image, each side at least 1 pixel; a malformed
@@ -583,6 +659,11 @@ def check_post_process_sizes(sizes: Any, batch_size: int, name: str) -> list[tup
                 "per image"
             )
         sizes = sizes.tolist()
+    if not isinstance(sizes, (list, tuple, np.ndarray)):
+        raise TypeError(
+            f"{name} must be a list of {batch_size} (height, width) pairs or a ({batch_size}, 2) tensor, one per "
+            f"image; got {type(sizes).__name__} {sizes!r}"
+        )
     if len(sizes) != batch_size:
         raise ValueError(f"Got {len(sizes)} {name} for a batch of {batch_size}; pass one (height, width) per image.")
     checked = []
@@ -647,6 +728,7 @@ class SegmentationImageProcessingMixin:
         "image_mean",
         "image_std",
         "do_center_crop",
+        "pad_size",
     )
 
     def __init__(self, **kwargs):
@@ -655,10 +737,14 @@ class SegmentationImageProcessingMixin:
         names = self.validated_at_construction
         self._validate_preprocess_kwargs(**{name: getattr(self, name, None) for name in names})
 
-    def _validate_preprocess_kwargs(self, do_resize=None, size=None, resample=None, do_center_crop=None, **kwargs):
+    def _validate_preprocess_kwargs(
+        self, do_resize=None, size=None, resample=None, do_center_crop=None, size_divisor=None, pad_size=None, **kwargs
+    ):
         if do_resize:
             validate_size(size)
             torch_interpolation_mode(resample)
+        validate_size_divisor(size_divisor)
+        validate_pad_size(pad_size)
         if do_center_crop:
             # transformers' processors center-crop after the resize; the original pipelines never crop, and these
             # processors do not implement it: refuse it rather than silently ignoring it
@@ -667,7 +753,9 @@ class SegmentationImageProcessingMixin:
                 "not); use `size={'height': ..., 'width': ...}` for a fixed size."
             )
         validate_rescale_and_normalize(**{key: kwargs.get(key) for key in RESCALE_AND_NORMALIZE_SETTINGS})
-        super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, resample=resample, **kwargs)
+        super()._validate_preprocess_kwargs(
+            do_resize=do_resize, size=size, resample=resample, size_divisor=size_divisor, pad_size=pad_size, **kwargs
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The processor's settings. Saved for remote code, ``auto_map`` names every saved backend, so that
@@ -801,7 +889,7 @@ class SegmentationImageProcessingMixin:
                 for index, seg_map in enumerate(flatten_segmentation_maps(segmentation_maps))
             ]
             check_segmentation_maps_match(
-                [image.shape[-2:] for image in images], [label.shape[-2:] for label in labels]
+                [image.shape[-2:] for image in images], [label.shape[-2:] for label in labels], segmentation_maps
             )
         return self._preprocess(images, segmentation_maps=labels, **kwargs)
 
@@ -868,6 +956,27 @@ class SegmentationImageProcessingMixin:
             return target_sizes
         return [self.get_output_size(*size) for size in target_sizes]
 
+    def _padded_size(self, image_sizes: list) -> tuple[int, int] | None:
+        """The ``(height, width)`` `preprocess` pads a batch of images of these (resized) sizes to with this
+        processor's settings (`do_pad`, `pad_size`, a model family's `size_divisibility`); None when it leaves them
+        as they are (no padding, or every image has that size already)."""
+        if not self.do_pad:
+            return None
+        pad_size = self.pad_size
+        if pad_size is not None and not isinstance(pad_size, SizeDict):
+            pad_size = SizeDict(**dict(pad_size))
+        pad = self._get_pad_size(image_sizes, pad_size, size_divisibility=getattr(self, "size_divisibility", None))
+        if all(tuple(size) == (pad.height, pad.width) for size in image_sizes):
+            return None
+        return (pad.height, pad.width)
+
+    def get_unpadded_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """Where an image of ``(height, width)`` lies in the pixel values `preprocess` makes of it alone: its
+        resized ``(height, width)`` at the top left when they are padded, None when they are not (then they are
+        the resized image). Post-processing crops the same region."""
+        image_sizes = self._image_sizes_for([(int(height), int(width))], None)
+        return image_sizes[0] if self._padded_size(image_sizes) is not None else None
+
     def post_process_semantic_segmentation(
         self,
         outputs,
@@ -897,22 +1006,17 @@ class SegmentationImageProcessingMixin:
         Returns:
             `list[torch.Tensor]`: one int64 `(height, width)` map per image (or the output objects described above).
         """
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        if logits.ndim != 4:
+        logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+        if logits is None:
             raise ValueError(
-                f"logits have shape {tuple(logits.shape)}; expected (batch_size, num_labels, height, width)"
+                f"outputs ({type(outputs).__name__}) have no logits; pass the model's output object (a tuple from "
+                "return_dict=False has no field names)"
             )
+        check_post_process_scores(logits, "logits", "num_labels")
         target_sizes = check_post_process_sizes(target_sizes, len(logits), "target_sizes")
         image_sizes = check_post_process_sizes(image_sizes, len(logits), "image_sizes")
         image_sizes = self._image_sizes_for(target_sizes, image_sizes)
-        padded_size = None
-        if image_sizes is not None and self.do_pad:
-            pad_size = self.pad_size
-            if pad_size is not None and not isinstance(pad_size, SizeDict):
-                pad_size = SizeDict(**dict(pad_size))
-            pad = self._get_pad_size(image_sizes, pad_size)
-            if any(tuple(size) != (pad.height, pad.width) for size in image_sizes):  # else nothing was padded
-                padded_size = (pad.height, pad.width)
+        padded_size = self._padded_size(image_sizes) if image_sizes is not None else None
         results = []
         for index in range(len(logits)):
             scores = logits[index]

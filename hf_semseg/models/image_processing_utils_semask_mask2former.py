@@ -23,6 +23,7 @@ from transformers.image_utils import SizeDict
 from .image_processing_utils_segmentation import (
     SegmentationImageProcessingMixin,
     SegmentationImageProcessorKwargs,
+    check_post_process_scores,
     check_post_process_sizes,
     get_pad_size,
     round_side,
@@ -135,13 +136,15 @@ class SeMaskMask2FormerImageProcessingMixin:
         stride4 = mask_logits if mask_logits is not None and class_logits is not None else logits
         if stride4 is None:
             raise ValueError("outputs have neither class_queries_logits/masks_queries_logits nor logits")
-        if stride4.ndim != 4:
-            name, channels = (
-                ("masks_queries_logits", "num_queries") if stride4 is mask_logits else ("logits", "num_labels")
-            )
-            raise ValueError(
-                f"{name} have shape {tuple(stride4.shape)}; expected (batch_size, {channels}, height, width)"
-            )
+        name, channels = ("masks_queries_logits", "num_queries") if stride4 is mask_logits else ("logits", "num_labels")
+        check_post_process_scores(stride4, name, channels)
+        if stride4 is mask_logits:
+            if class_logits.ndim != 3 or not class_logits.is_floating_point() or class_logits.shape[-1] < 2:
+                raise ValueError(
+                    f"class_queries_logits have shape {tuple(class_logits.shape)} ({class_logits.dtype}); expected "
+                    "floating-point (batch_size, num_queries, num_labels + 1) with at least one class besides "
+                    "no-object"
+                )
         batch_size = len(stride4)
         target_sizes = check_post_process_sizes(target_sizes, batch_size, "target_sizes")
         image_sizes = check_post_process_sizes(image_sizes, batch_size, "image_sizes")
