@@ -3,9 +3,11 @@ attention heads that do not split the channels, mistyped or contradicting run co
 cannot represent, and the output folder under ``--overwrite`` or SIGTERM. Each is refused before torch sees it: exit
 status 1 (143 for SIGTERM), one ``error:`` line naming the thing, nothing half-written."""
 
+import json
 import math
 import os
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -566,3 +568,276 @@ def test_sigterm_cleans_up_like_an_interrupt(tmp_path, capsys, monkeypatch):
     assert seen and seen[0][0].startswith("hf_semseg_reload_")  # it was interrupted inside the reload check
     assert os.listdir(work) == [] and sorted(os.listdir(tmp_path)) == ["tmp"]
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A second audit: the output location, layouts the models cannot build, pixel statistics, a full disk, SIGTERM
+# while the replaced folder is removed
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fpn_arguments(output_dir, *extra) -> list[str]:
+    checkpoint = fixture_dir(FPN_CHECKPOINT) / "original_checkpoint.pth"
+    return ["--checkpoint_path", str(checkpoint), "--output_dir", str(output_dir), *map(str, extra)]
+
+
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)], ids=["plain", "overwrite"])
+def test_an_empty_output_dir_is_refused(overwrite, tmp_path, capsys, monkeypatch):
+    """``--output_dir ""`` (an unset shell variable) was the current directory: with --overwrite its files were
+    deleted and replaced by the model, exit status 0."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("mine")
+    status = _cli("semask_fpn").main(fpn_arguments("", *overwrite, "--skip_reload_check"))
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: --output_dir '' is empty (an unset shell variable?)")
+    assert os.listdir(tmp_path) == ["keep.txt"] and (tmp_path / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("output_dir", "expected"),
+    [
+        (".", "is the current directory"),
+        ("..", "holds the current directory"),
+        ("HOME", "is the home directory"),
+    ],
+)
+def test_overwrite_of_the_working_or_home_directory_is_refused(output_dir, expected, tmp_path, capsys, monkeypatch):
+    work, home = tmp_path / "work", tmp_path / "home"
+    for folder in (work, home):
+        folder.mkdir()
+        (folder / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    output_dir = str(home) if output_dir == "HOME" else output_dir
+    status = _cli("semask_fpn").main(fpn_arguments(output_dir, "--overwrite", "--skip_reload_check"))
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 1 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: --output_dir {output_dir} {expected}")
+    assert "--overwrite would delete everything in it" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["home", "work"]
+    assert os.listdir(work) == ["keep.txt"] and os.listdir(home) == ["keep.txt"]
+
+
+def _without(pattern: str):
+    def change(state_dict):
+        for key in [key for key in state_dict if re.match(pattern, key)]:
+            del state_dict[key]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("family", "fixture", "pattern", "expected"),
+    [
+        (
+            "semask_fpn",
+            "semask_fpn_tiny",
+            r"backbone\.(layers\.3\.|norm3\.)|decode_head\.scale_heads\.3\.",
+            "backbone.layers.N.* keys of 3 backbone stages [0, 1, 2], expected 4",
+        ),
+        (
+            "semask_fpn",
+            "semask_fpn_tiny",
+            r"backbone\.layers\.3\.semantic_layer\.",
+            "stage [3] without a semantic layer (no backbone.layers.3.semantic_layer.class_injection.* keys; semantic "
+            "blocks per stage [1, 1, 1, 0])",
+        ),
+        (
+            "semask_mask2former",
+            "semask_mask2former_tiny",
+            r"backbone\.layers\.0\.semantic_layer\.",
+            "stage [0] without a semantic layer",
+        ),
+        (
+            "vwformer",
+            "vwformer_tiny",
+            r"backbone\.(stages\.3\.|norm3\.)",
+            "backbone.stages.N.* keys of 3 backbone stages [0, 1, 2], expected 4",
+        ),
+        (
+            "vwformer_d2",
+            "vw_mask2former_tiny",
+            r"backbone\.(layers\.3\.|norm3\.)",
+            "backbone.layers.N.* keys of 3 backbone stages [0, 1, 2], expected 4",
+        ),
+    ],
+    ids=["fpn-three-stages", "fpn-no-semantic-stage3", "m2f-no-semantic-stage0", "vw-three-stages", "vwd2-three"],
+)
+def test_a_layout_the_model_cannot_build_is_refused_naming_the_stages(
+    family, fixture, pattern, expected, tmp_path, capsys
+):
+    """A stage count or a stage without semantic layers the converted model cannot run: a ValueError traceback from
+    transformers' backbone rules or the reload check's forward, or, with --skip_reload_check, a folder (exit 0)
+    whose model raised on every forward."""
+    checkpoint = bad_checkpoint(tmp_path, fixture, _without(pattern))
+    for extra in ((), ("--skip_reload_check",)):
+        status, lines, output_dir = run_with(
+            family, checkpoint, tmp_path, capsys, *fixture_arguments(tmp_path, fixture), *extra
+        )
+        assert_refused(status, lines, output_dir, "bad.pth", expected)
+
+
+def fixture_arguments(tmp_path, fixture: str) -> tuple:
+    """The ``--config_file`` a converter needs besides the weights: none for the mmseg fixtures (their config text),
+    the run's config for the detectron2 ones."""
+    if fixture in ("semask_fpn_tiny", "vwformer_tiny"):
+        return ()
+    return ("--config_file", config_file(tmp_path, fixture, unchanged))
+
+
+def unchanged(values) -> None:
+    """A :func:`config_file` change that keeps the fixture's config as it is."""
+
+
+def test_a_model_that_does_not_run_in_the_reload_check_is_a_conversion_error(tmp_path):
+    class Broken(torch.nn.Module):
+        def forward(self, pixel_values):
+            raise ValueError("needs all four stages\nsecond line")
+
+    with pytest.raises(common.ConversionError) as error:
+        common.check_reload(Broken(), tmp_path, common.ReloadCheck(input_size=(64, 64)))
+    assert str(error.value) == (
+        "the converted model does not run on a seeded 1x3x64x64 input (ValueError: needs all four stages)"
+    )
+
+
+def _with_statistics(mean=None, std=None):
+    def change(state_dict):
+        if mean is not None:
+            state_dict["pixel_mean"] = torch.tensor(mean).view(3, 1, 1)
+        if std is not None:
+            state_dict["pixel_std"] = torch.tensor(std).view(3, 1, 1)
+
+    return change
+
+
+IMAGENET_MEAN, IMAGENET_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+@pytest.mark.parametrize(
+    ("family", "fixture"),
+    [("semask_mask2former", "semask_mask2former_tiny"), ("vwformer_d2", "vw_mask2former_tiny")],
+)
+def test_pixel_statistics_buffers_that_contradict_the_config_file_are_refused(family, fixture, tmp_path, capsys):
+    """The buffers silently overrode the config file's MODEL.PIXEL_MEAN / PIXEL_STD (0, 0, 0 / 1, 1, 1 in the
+    fixtures), and the summary said the statistics came from --config_file."""
+    checkpoint = bad_checkpoint(tmp_path, fixture, _with_statistics(IMAGENET_MEAN, [1.0, 1.0, 1.0]))
+    config = config_file(tmp_path, fixture, unchanged)
+    status, lines, output_dir = run_with(family, checkpoint, tmp_path, capsys, "--config_file", config)
+    assert_refused(
+        status,
+        lines,
+        output_dir,
+        f"bad.pth: the checkpoint's pixel_mean buffer {IMAGENET_MEAN} differs from MODEL.PIXEL_MEAN = [0.0, 0.0, 0.0] "
+        f"of --config_file {config}",
+        "remove the pixel_mean / pixel_std buffers from the checkpoint or correct MODEL.PIXEL_MEAN",
+    )
+
+
+def test_pixel_statistics_only_the_checkpoint_has_are_used_and_said_so(tmp_path, capsys):
+    def no_statistics(values):
+        del values["MODEL"]["PIXEL_MEAN"], values["MODEL"]["PIXEL_STD"]
+
+    fixture = "semask_mask2former_tiny"
+    checkpoint = bad_checkpoint(tmp_path, fixture, _with_statistics(IMAGENET_MEAN, IMAGENET_STD))
+    config = config_file(tmp_path, fixture, no_statistics)
+    arguments = ["--config_file", config, "--skip_reload_check"]
+    status, lines, output_dir = run_with("semask_mask2former", checkpoint, tmp_path, capsys, *arguments)
+    assert status == 0, lines
+    processor = json.loads((output_dir / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == pytest.approx([value / 255 for value in IMAGENET_MEAN])
+    assert processor["image_std"] == pytest.approx([value / 255 for value in IMAGENET_STD])
+    assert (
+        "image_mean, image_std from the checkpoint's pixel_mean / pixel_std buffers"
+        in (output_dir / "README.md").read_text()
+    )
+    # and the config's values where the buffers agree with them: named as the config's
+    checkpoint = bad_checkpoint(tmp_path, fixture, _with_statistics([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]))
+    shutil.rmtree(output_dir)
+    arguments = ["--config_file", config_file(tmp_path, fixture, unchanged), "--skip_reload_check"]
+    status, _, output_dir = run_with("semask_mask2former", checkpoint, tmp_path, capsys, *arguments)
+    assert status == 0
+    assert json.loads((output_dir / "preprocessor_config.json").read_text())["image_mean"] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("mean", "std", "lone"), [([0.0] * 3, None, "pixel_mean"), (None, [1.0] * 3, "pixel_std")])
+def test_a_lone_pixel_statistics_buffer_is_named(mean, std, lone, tmp_path, capsys):
+    """A lone pixel_mean buffer was silently dropped."""
+    fixture = "semask_mask2former_tiny"
+    checkpoint = bad_checkpoint(tmp_path, fixture, _with_statistics(mean, std))
+    status, lines, output_dir = run_with(
+        "semask_mask2former", checkpoint, tmp_path, capsys, "--config_file", config_file(tmp_path, fixture, unchanged)
+    )
+    assert_refused(status, lines, output_dir, f"bad.pth: {lone}: a normalisation buffer without", "expected both")
+
+
+def test_a_full_disk_while_the_weights_are_written_is_one_line(tmp_path, capsys, monkeypatch):
+    """safetensors' SafetensorError (not an OSError) escaped as a traceback."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk)
+    out = tmp_path / "out"
+    status = _cli("semask_fpn").main(fpn_arguments(out, "--skip_reload_check"))
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 1 and lines == [f"error: cannot write {out} (No space left on device); it was not written"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_in_the_reload_check_is_one_line(tmp_path, capsys, monkeypatch):
+    """torch.save's RuntimeError in the reload check's temporary folder (a full TMPDIR) escaped as a traceback."""
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(common.torch, "save", full_disk)
+    out = tmp_path / "out"
+    status = _cli("semask_fpn").main(fpn_arguments(out))
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 1 and len(lines) == 1, lines
+    assert re.fullmatch(
+        rf"error: cannot write the reload check's temporary folder {re.escape(str(work))}/hf_semseg_reload_\w+ "
+        r"\(RuntimeError: \[enforce fail at inline_container\.cc:672\] \. unexpected pos 704 vs 598; [\d.]+ MiB free "
+        rf"there\); {re.escape(str(out))} was not written",
+        lines[0],
+    )
+    assert os.listdir(work) == [] and os.listdir(tmp_path) == ["tmp"]
+
+
+@pytest.mark.parametrize("interrupts", [1, 2], ids=["removal-finished", "removal-interrupted-twice"])
+def test_sigterm_while_the_replaced_folder_is_removed_says_the_folder_is_written(
+    interrupts, tmp_path, capsys, monkeypatch
+):
+    """SIGTERM while --overwrite removed the set-aside old folder: the message said the folder "was left unchanged"
+    (it held the new model) and a hidden .out.old-XXXX folder was left without a word."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old model")
+    real_rmtree, calls = shutil.rmtree, []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        if ".old-" in str(path) and len(calls) < interrupts:
+            calls.append(path)
+            raise common.Terminated()  # what the SIGTERM handler raises
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(common.shutil, "rmtree", interrupted_rmtree)
+    status = _cli("semask_fpn").main(fpn_arguments(out, "--overwrite", "--skip_reload_check"))
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 143 and (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    leftovers = [name for name in os.listdir(tmp_path) if name != "out"]
+    if interrupts == 1:  # the removal is finished before the exit
+        assert lines == [f"error: terminated (SIGTERM); {out} is written"] and leftovers == []
+    else:
+        assert len(leftovers) == 1 and leftovers[0].startswith(".out.old-")
+        assert lines == [
+            f"error: terminated (SIGTERM); {out} is written; the folder it replaced is left at "
+            f"{tmp_path / leftovers[0]} (delete it)"
+        ]

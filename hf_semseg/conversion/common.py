@@ -275,6 +275,17 @@ def check_swin_heads(embed_dim: int, num_heads: list[int], source: str) -> None:
         check_attention_heads(f"Swin stage {stage}", embed_dim * 2**stage, heads, source)
 
 
+def check_four_stages(stages: list[int], keys: str) -> None:
+    """Every converted model's head takes the four stage outputs of its backbone (strides 4, 8, 16, 32): a
+    :class:`CheckpointError` naming the stage indices found under ``keys`` (``"backbone.layers.N.*"``) unless they are
+    0, 1, 2, 3."""
+    if stages != [0, 1, 2, 3]:
+        raise CheckpointError(
+            f"{keys} keys of {len(stages)} backbone stage{'s' if len(stages) != 1 else ''} {stages}, expected 4 "
+            "(stages 0..3): the decode head takes the four stage outputs (strides 4, 8, 16, 32)"
+        )
+
+
 def indices(state_dict: dict, pattern: str) -> list[int]:
     """Sorted distinct values of the first group of ``pattern`` (``re.match``) over the keys."""
     return sorted({int(match.group(1)) for key in state_dict if (match := re.match(pattern, key))})
@@ -435,12 +446,15 @@ class Conversion:
         state_dict: the original tensors (after the loader's renames) where the caller wants them back.
         has_class_names: whether the checkpoint named its classes (otherwise :func:`name_classes` names them after
             the dataset, when it is known).
-        processor_kwargs: image processor arguments read from the checkpoint's tensors (e.g. pixel statistics).
+        processor_kwargs: image processor arguments the model dictates (e.g. its padding multiple).
         settings: the values the weights do not hold, and where each came from
             (:class:`~.run_config.ResolvedSettings`); None for a converter without such values.
         pipeline: what the run's config says about the test pre-processing and the dataset: ``test_scale``
             ``(longest, shortest)``, ``size_divisor``, ``reduce_labels``, ``image_mean`` / ``image_std`` (0-1 scale),
             ``dataset`` (a :data:`~hf_semseg.variants.DATASETS` key); ``source`` names the config.
+        checkpoint_pipeline: test pre-processing values read from the checkpoint's tensors (a detectron2 checkpoint's
+            ``pixel_mean`` / ``pixel_std`` buffers: ``image_mean`` / ``image_std``), with their ``source``; used where
+            the run's config does not give them (the converter refuses a config that contradicts them).
     """
 
     path: Path
@@ -453,6 +467,7 @@ class Conversion:
     processor_kwargs: dict = field(default_factory=dict)
     settings: object = None
     pipeline: dict = field(default_factory=dict)
+    checkpoint_pipeline: dict = field(default_factory=dict)
     pipeline_fields: tuple = ("test_scale", "size_divisor", "reduce_labels", "image_mean", "image_std")
 
     @property
@@ -560,12 +575,15 @@ def name_classes(conversion: Conversion) -> None:
 def resolve_test_pipeline(conversion: Conversion) -> tuple[dict, list[str], dict]:
     """The test pre-processing of the converted model: ``(values, left at the processor's defaults, sources)``. Each
     of the conversion's ``pipeline_fields`` comes from the first source that knows it: the run's config (config file, then the
-    checkpoint's config text), the released variant, and, for the label reduction only, the dataset the config
+    checkpoint's config text), the values read from the checkpoint's tensors (``checkpoint_pipeline``), the released
+    variant, and, for the label reduction only, the dataset the config
     names; a value no source knows keeps the image processor's default (listed, so the summary and the card say
     so)."""
     sources = []
     if conversion.pipeline:
         sources.append((conversion.pipeline, conversion.pipeline.get("source", "the run's config")))
+    if conversion.checkpoint_pipeline:
+        sources.append((conversion.checkpoint_pipeline, conversion.checkpoint_pipeline["source"]))
     if conversion.variant is not None:
         variant = get_variant(conversion.variant)
         values = {"test_scale": variant.test_scale, "size_divisor": variant.size_divisor}
@@ -711,14 +729,25 @@ def check_reload(model, folder: str | Path, check: ReloadCheck = RELOAD_CHECK, t
     (``AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)``: the folder's own code),
     runs the seeded input of ``check`` and compares the logits with ``model``'s (input and logits pass through files).
     The logits must agree to ``RELOAD_TOLERANCE * max(1, max |logit|)`` (:data:`RELOAD_TOLERANCE`, the same for every
-    family); otherwise, or when the folder does not load, a :class:`ConversionError`."""
+    family); otherwise, when the converted model does not run on the input, when the folder does not load, or when
+    the check's files cannot be written in the temporary folder (a full disk), a :class:`ConversionError`."""
     pixel_values = check.pixel_values()
-    with torch.no_grad():
-        expected = model(pixel_values).logits
+    height, width = check.input_size
+    try:
+        with torch.no_grad():
+            expected = model(pixel_values).logits
+    except ConversionError:
+        raise
+    except Exception as error:  # a layout the model cannot run, read from the checkpoint: not a traceback
+        raise ConversionError(
+            f"the converted model does not run on a seeded 1x3x{height}x{width} input ({type(error).__name__}: "
+            f"{first_line(error)})"
+        ) from error
     limit = RELOAD_TOLERANCE * max(1.0, expected.abs().max().item())
     with tempfile.TemporaryDirectory(prefix="hf_semseg_reload_") as work:
         work = Path(work)
-        torch.save(pixel_values, work / "pixel_values.pt")
+        with _write_errors("the reload check's temporary folder", work):
+            torch.save(pixel_values, work / "pixel_values.pt")
         environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "modules"))
         command = [sys.executable, "-c", _RELOAD_SCRIPT, str(Path(folder).absolute()), "pixel_values.pt", "logits.pt"]
         try:
@@ -731,7 +760,8 @@ def check_reload(model, folder: str | Path, check: ReloadCheck = RELOAD_CHECK, t
                 "the saved folder does not load and run in a fresh process without hf-semseg "
                 f"({lines[-1].strip() if lines else f'exit status {result.returncode}'})"
             )
-        reloaded = torch.load(work / "logits.pt")
+        with _write_errors("the reload check's temporary folder", work):
+            reloaded = torch.load(work / "logits.pt")
     if reloaded.shape != expected.shape:
         raise ConversionError(
             f"the reloaded model's logits have shape {tuple(reloaded.shape)}, the converted model's "
@@ -739,12 +769,52 @@ def check_reload(model, folder: str | Path, check: ReloadCheck = RELOAD_CHECK, t
         )
     difference = (reloaded - expected).abs().max().item()
     if not difference <= limit:  # also NaN
-        height, width = check.input_size
         raise ConversionError(
             f"the saved model, reloaded in a fresh process, differs from the converted one: logits on a seeded "
             f"1x3x{height}x{width} input differ by up to {difference:.3g} (allowed {limit:.3g})"
         )
     return ReloadResult(tuple(check.input_size), difference, limit)
+
+
+def _storage_error_reason(error: BaseException, folder: Path) -> str:
+    """Why writing a file in ``folder`` failed, in a few words: the system's reason (``No space left on device``)
+    where the error (an ``OSError``, safetensors' ``SafetensorError``) gives one, else (torch's ``RuntimeError`` of its
+    zip writer says only that a write failed) the error's type and first line and the space left in ``folder``."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    reason = re.search(r"(?:I/O error: |message: \")([^\"(]+)", str(error))
+    if reason is not None:
+        return reason.group(1).strip()
+    try:
+        free = f"; {shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    return f"{type(error).__name__}: {first_line(error)}{free}"
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """Whether ``error`` is a failure to write or read a file: an ``OSError``, safetensors' ``SafetensorError`` (a
+    full disk while ``model.safetensors`` is written), or torch's ``RuntimeError`` of its zip writer / reader."""
+    if isinstance(error, OSError):
+        return True
+    if type(error).__name__ == "SafetensorError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("PytorchStreamWriter", "PytorchStreamReader", "inline_container", "iostream")
+    )
+
+
+@contextmanager
+def _write_errors(what: str, folder: Path) -> Iterator[None]:
+    """A failure to write or read a file in ``folder`` inside (:func:`_is_storage_error`) as a
+    :class:`ConversionError` naming ``what`` (the folder's role), the folder and the reason."""
+    try:
+        yield
+    except Exception as error:
+        if not _is_storage_error(error):
+            raise
+        raise ConversionError(f"cannot write {what} {folder} ({_storage_error_reason(error, folder)})") from error
 
 
 def check_output_dir(
@@ -756,8 +826,15 @@ def check_output_dir(
     """Refuses, before any work, an output location the converter cannot fill (a :class:`ConversionError`): a path
     that is a file or lies under one, a folder that cannot be created or written in, a non-empty folder without
     ``overwrite`` (naming a few of its entries and their count), and with ``overwrite`` a folder holding the checkpoint
-    being converted or one of the ``config_files`` it reads. Returns the absolute path; a symbolic link to a folder is
-    resolved (the folder it points to is the one written)."""
+    being converted or one of the ``config_files`` it reads, the current working directory or the home directory (or
+    a folder holding either). An empty ``output_dir`` (an unset shell variable, say) is refused: ``Path("")`` would be
+    the current directory. Returns the absolute path; a symbolic link to a folder is resolved (the folder it points to
+    is the one written)."""
+    if str(output_dir) == "":
+        raise ConversionError(
+            f"--output_dir {str(output_dir)!r} is empty (an unset shell variable?); name the folder to write, e.g. "
+            "--output_dir ./converted (the current directory is never written implicitly)"
+        )
     target = Path(output_dir).absolute()
     if target.is_symlink() and not target.exists():
         raise ConversionError(f"--output_dir {output_dir} is a broken symbolic link")
@@ -778,6 +855,14 @@ def check_output_dir(
                 f"--output_dir {output_dir} holds the checkpoint {checkpoint_path}: --overwrite would delete it; "
                 "choose another folder"
             )
+        if entries:
+            for what, folder in (("the current directory", Path.cwd()), ("the home directory", _home())):
+                if folder is not None and folder.resolve().is_relative_to(target.resolve()):
+                    held = "is" if folder.resolve() == target.resolve() else "holds"
+                    raise ConversionError(
+                        f"--output_dir {output_dir} {held} {what} ({folder}): --overwrite would delete everything in "
+                        "it; choose a new folder for the converted model"
+                    )
         for config_file in config_files if entries else ():
             if Path(config_file).resolve().is_relative_to(target.resolve()):
                 raise ConversionError(
@@ -801,9 +886,18 @@ def check_output_dir(
     return target
 
 
-def _move_into_place(partial: Path, target: Path) -> None:
+def _home() -> Path | None:
+    """The user's home directory, None when it cannot be determined."""
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError):
+        return None
+
+
+def _move_into_place(partial: Path, target: Path) -> Path | None:
     """Renames the complete folder ``partial`` to ``target`` (same parent); an existing non-empty ``target``
-    (``--overwrite``) is set aside first and removed only once the new folder is in place."""
+    (``--overwrite``) is set aside first (put back if the rename fails). Returns the set-aside folder, which the caller
+    removes once the new folder is in place (:func:`_remove_replaced`), None when there was none."""
     if target.is_dir() and any(target.iterdir()):
         old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
         os.rename(target, old)
@@ -812,9 +906,29 @@ def _move_into_place(partial: Path, target: Path) -> None:
         except BaseException:
             os.rename(old, target)
             raise
+        return old
+    os.replace(partial, target)  # an empty folder is replaced
+    return None
+
+
+def _remove_replaced(old: Path | None, written: dict) -> None:
+    """Removes the folder ``--overwrite`` replaced (set aside by :func:`_move_into_place`). An interrupt (SIGTERM,
+    Ctrl-C) during the removal finishes it before it propagates; if the folder still cannot be removed, ``written``
+    gets its path as ``"leftover"`` (the command line names it)."""
+    if old is None:
+        return
+    try:
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, target)  # an empty folder is replaced
+    except BaseException:
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            pass  # a second interrupt: the first one propagates, the leftover is named
+        if old.exists():
+            written["leftover"] = old
+        raise
+    if old.exists():
+        written["leftover"] = old
 
 
 @contextmanager
@@ -838,6 +952,7 @@ def write_output_folder(
     card_fields: Callable,
     check: ReloadCheck | None = RELOAD_CHECK,
     overwrite: bool = False,
+    written: dict | None = None,
 ) -> dict:
     """Writes the output folder completely or not at all: saves the model (``config.json`` with ``auto_map``, the
     model code, ``model.safetensors``) and its image processor into a temporary folder next to ``output_dir`` (same
@@ -845,9 +960,10 @@ def write_output_folder(
     the model card ``card_template`` with ``card_fields(conversion, processor)`` and the check's result
     (``$reload_check``), and only then renames it to ``output_dir`` (with ``overwrite``, an existing folder is replaced
     once the new one is complete). On any failure the temporary folder (and any parent folder created for it) is
-    removed and ``output_dir`` is left as it was; a failed check or an unwritable location is a
-    :class:`ConversionError`. Returns the card fields (``reload_check``: the card's line, ``reload_summary``: the
-    summary's)."""
+    removed and ``output_dir`` is left as it was; a failed check or an unwritable location (a full disk included) is a
+    :class:`ConversionError`. ``written`` (a dict, if given) gets ``"output_dir"`` as soon as the new folder is in
+    place, and ``"leftover"``: the replaced folder if it could not be removed (an interrupt during its removal, say).
+    Returns the card fields (``reload_check``: the card's line, ``reload_summary``: the summary's)."""
     from .model_card import render_card
 
     target = check_output_dir(output_dir, overwrite, conversion.path)
@@ -872,8 +988,10 @@ def write_output_folder(
             result = check_reload(conversion.model, partial, check)
             fields.update(reload_check=result.card_line(), reload_summary=result.summary())
         render_card(card_template, partial, fields)
-        _move_into_place(partial, target)
+        old = _move_into_place(partial, target)
     except BaseException as error:
+        storage_error = isinstance(error, Exception) and _is_storage_error(error)  # safetensors' and torch's writers
+        reason = _storage_error_reason(error, target.parent) if storage_error else ""  # before the space is freed
         shutil.rmtree(partial, ignore_errors=True)
         for folder in created:  # deepest first; only folders that are still empty
             try:
@@ -883,9 +1001,14 @@ def write_output_folder(
         untouched = "left unchanged" if target.exists() else "not written"
         if isinstance(error, OSError):
             raise ConversionError(f"cannot write {output_dir} ({error}); it was {untouched}") from error
+        if storage_error:
+            raise ConversionError(f"cannot write {output_dir} ({reason}); it was {untouched}") from error
         if isinstance(error, ConversionError):
             raise ConversionError(f"{error}; {output_dir} was {untouched}") from error
         raise
+    written = {} if written is None else written
+    written["output_dir"] = output_dir
+    _remove_replaced(old, written)
     return fields
 
 
@@ -1039,21 +1162,23 @@ def converter_main(converter: Converter, card_template: Path, description: str, 
     Hub, a failed reload check) or a failed upload is one ``error: ...`` line on stderr and exit status 1. SIGTERM
     cleans up as an interrupt does (no temporary folder is left) and is one ``error:`` line and exit status 143."""
     args = parse_converter_args(converter, description, argv)
-    written = []  # set once the output folder is complete
+    written = {}  # "output_dir" once the output folder is in place (write_output_folder)
     with terminate_with_cleanup():
         try:
             return _convert_and_write(converter, card_template, args, written)
         except Terminated:
-            if written:
+            if "output_dir" in written:
                 state = "is written" + (" but was not (completely) pushed" if args.push_to_hub else "")
+                if "leftover" in written:
+                    state += f"; the folder it replaced is left at {written['leftover']} (delete it)"
             else:
                 state = "was left unchanged" if Path(args.output_dir).exists() else "was not written"
             print(f"error: terminated (SIGTERM); {args.output_dir} {state}", file=sys.stderr)
             return TERMINATED_STATUS
 
 
-def _convert_and_write(converter: Converter, card_template: Path, args: argparse.Namespace, written: list) -> int:
-    """:func:`converter_main` after the arguments are parsed (``written`` gets an entry once the folder is)."""
+def _convert_and_write(converter: Converter, card_template: Path, args: argparse.Namespace, written: dict) -> int:
+    """:func:`converter_main` after the arguments are parsed (``written``: see :func:`write_output_folder`)."""
     try:
         if args.overwrite:
             config_files = _protected_config_files(converter, args.config_file)
@@ -1064,15 +1189,22 @@ def _convert_and_write(converter: Converter, card_template: Path, args: argparse
         conversion = converter.convert(args.checkpoint_path, args.variant, args.config_file)
         check = None if args.skip_reload_check else converter.reload_check
         fields = write_output_folder(
-            conversion, args.output_dir, card_template, converter.card_fields, check, overwrite=args.overwrite
+            conversion,
+            args.output_dir,
+            card_template,
+            converter.card_fields,
+            check,
+            overwrite=args.overwrite,
+            written=written,
         )
-        written.append(args.output_dir)
     except (ConversionError, HubAccessError) as error:
         return _report(error)
     print(
         f"converted {args.checkpoint_path}: {converter.summary.format_map(fields)}, {fields['parameters']} "
         f"parameters; {describe_provenance(conversion)} -> {args.output_dir}; {fields['reload_summary']}"
     )
+    if "leftover" in written:
+        print(f"warning: the folder --overwrite replaced could not be removed: {written['leftover']}", file=sys.stderr)
     if args.push_to_hub:
         try:
             url = push_to_hub(args.output_dir, args.push_to_hub, token)

@@ -22,6 +22,7 @@ from .common import (
     Converter,
     build_conversion,
     check_against_model,  # noqa: F401  (importable from here, as before the shared module)
+    check_four_stages,
     check_relative_position_index,
     check_swin_heads,
     checkpoint_id2label,
@@ -157,20 +158,30 @@ def check_semask_backbone(state_dict: dict[str, torch.Tensor], kind: str) -> Non
 def infer_backbone_fields(state_dict: dict[str, torch.Tensor], kind: str) -> tuple[dict, int]:
     """The :class:`SeMaskSwinConfig` fields of the ``backbone.*`` tensors (patch size, channels, embed dim, depths,
     heads, window size, MLP ratio, qkv bias, semantic blocks per stage) and the number of classes of the semantic
-    layers. Shared by the SeMask-FPN and SeMask-Mask2Former converters (``kind`` names the checkpoints)."""
+    layers. Shared by the SeMask-FPN and SeMask-Mask2Former converters (``kind`` names the checkpoints). Their models
+    take four stages, each with a semantic layer (the original allows none in a stage, ``num_sem_blocks[i] = 0``,
+    which no released model uses): any other layout is a :class:`CheckpointError` naming the stages."""
     check_semask_backbone(state_dict, kind)
     embed_dim, num_channels, patch_size, _ = tensor_shape(state_dict, "backbone.patch_embed.proj.weight", kind, 4)
     stages = indices(state_dict, r"backbone\.layers\.(\d+)\.")
     if stages != list(range(len(stages))):
         raise CheckpointError(f"stages {stages} are not numbered 0..n-1")
+    check_four_stages(stages, "backbone.layers.N.*")
     table = "backbone.layers.{}.blocks.0.attn.relative_position_bias_table"
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     num_heads = [tensor_shape(state_dict, table.format(stage), kind, 2)[1] for stage in stages]
     check_swin_heads(embed_dim, num_heads, "the relative position bias tables")
     injection = r"backbone\.layers\.{}\.semantic_layer\.class_injection\.(\d+)\."
     num_semantic_blocks = [len(indices(state_dict, injection.format(stage))) for stage in stages]
-    first_semantic = next(stage for stage, count in enumerate(num_semantic_blocks) if count)
-    semantic_query = f"backbone.layers.{first_semantic}.semantic_layer.class_injection.0.mlp_cls_q.weight"
+    without = [stage for stage, count in enumerate(num_semantic_blocks) if not count]
+    if without:
+        raise CheckpointError(
+            f"stage{'s' if len(without) > 1 else ''} {without} without a semantic layer (no "
+            f"backbone.layers.{without[0]}.semantic_layer.class_injection.* keys; semantic blocks per stage "
+            f"{num_semantic_blocks}): the converted SeMask models need a semantic layer in each of the four stages "
+            "(every released model has one)"
+        )
+    semantic_query = "backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight"
     mlp_hidden = tensor_shape(state_dict, "backbone.layers.0.blocks.0.mlp.fc1.weight", kind, 2)[0]
     fields = {
         "patch_size": patch_size,

@@ -8,6 +8,7 @@ the same architecture); :func:`convert_state_dict` fails, naming the keys, on an
 :mod:`.semask_d2` (the command line of every SeMask detectron2 checkpoint) sends the Mask2Former ones here.
 """
 
+import math
 import re
 from pathlib import Path
 
@@ -574,10 +575,18 @@ def check_tied_copy(state_dict: dict[str, torch.Tensor], key: str, tied_key: str
 
 def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], list[float]] | None:
     """``(image_mean, image_std)`` on the 0-1 scale from ``pixel_mean``/``pixel_std`` buffers if the checkpoint holds
-    them (detectron2 keeps them non-persistent, so released checkpoints do not); a std that is not positive is a
-    :class:`CheckpointError` (non-finite values are refused when the checkpoint is read)."""
-    if not all(name in state_dict for name in PIXEL_STATISTICS):
+    them (detectron2 keeps them non-persistent, so released checkpoints do not); one buffer without the other, or a
+    std that is not positive, is a :class:`CheckpointError` (non-finite values are refused when the checkpoint is
+    read)."""
+    present = [name for name in PIXEL_STATISTICS if name in state_dict]
+    if not present:
         return None
+    if len(present) == 1:
+        (missing,) = set(PIXEL_STATISTICS) - set(present)
+        raise CheckpointError(
+            f"{present[0]}: a normalisation buffer without {missing}; expected both (detectron2's pixel_mean and "
+            "pixel_std) or neither (the original keeps them out of its checkpoints)"
+        )
     for name in PIXEL_STATISTICS:
         if state_dict[name].numel() != 3:
             expect_shape(name, state_dict[name], (3, 1, 1), "one value per RGB channel")
@@ -588,6 +597,44 @@ def pixel_statistics(state_dict: dict[str, torch.Tensor]) -> tuple[list[float], 
         )
     mean, std = (state_dict[name].flatten().double() / 255.0 for name in PIXEL_STATISTICS)
     return mean.tolist(), std.tolist()
+
+
+#: where the test pre-processing's statistics come from when the checkpoint holds them (:func:`checkpoint_pipeline`)
+CHECKPOINT_STATISTICS_SOURCE = "the checkpoint's pixel_mean / pixel_std buffers"
+
+
+def checkpoint_pipeline(statistics: tuple[list[float], list[float]] | None, pipeline: dict) -> dict:
+    """The test pre-processing values the checkpoint's ``pixel_mean`` / ``pixel_std`` buffers give
+    (:func:`pixel_statistics`; ``Conversion.checkpoint_pipeline``, used where the run's config does not set them),
+    with their ``source``; empty without buffers. The original registers these buffers as non-persistent, so its run
+    normalised with the config's ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``: buffers that differ from the values of the
+    run's config (``pipeline``, :func:`~.run_config.detectron2_pipeline`) are a :class:`CheckpointError` naming
+    both (which one the model was trained with cannot be told)."""
+    if statistics is None:
+        return {}
+    values = dict(zip(("image_mean", "image_std"), statistics))
+    for name, buffer, key in (
+        ("image_mean", "pixel_mean", "MODEL.PIXEL_MEAN"),
+        ("image_std", "pixel_std", "MODEL.PIXEL_STD"),
+    ):
+        configured = pipeline.get(name)
+        if configured is None or all(
+            math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(values[name], configured)
+        ):
+            continue
+        raise CheckpointError(
+            f"the checkpoint's {buffer} buffer {_on_255_scale(values[name])} differs from {key} = "
+            f"{_on_255_scale(configured)} of {pipeline.get('source', 'the run config')}; the original does not save "
+            f"these buffers (non-persistent) and normalises with the config's values, so which ones the model was "
+            f"trained with cannot be told: remove the pixel_mean / pixel_std buffers from the checkpoint or correct "
+            f"{key}"
+        )
+    return {**values, "source": CHECKPOINT_STATISTICS_SOURCE}
+
+
+def _on_255_scale(values: list[float]) -> list[float]:
+    """Statistics of the 0-1 scale on the 0-255 scale of the checkpoint and the config, for messages."""
+    return [round(value * 255.0, 4) for value in values]
 
 
 def convert(
@@ -618,9 +665,10 @@ def convert_loaded(
 ) -> Conversion:
     """:func:`convert` of a state dict already read from ``path`` (and legacy-renamed); the SeMask MaskFormer
     converter passes its own model class, config inference and key mapping (the rest is shared)."""
-    with errors_name_the_file(path):
-        statistics = pixel_statistics(state_dict)
     run_configs = detectron2_run_configs(config_file)  # read once: the settings and the test pipeline
+    pipeline = detectron2_pipeline(run_configs)
+    with errors_name_the_file(path):
+        from_checkpoint = checkpoint_pipeline(pixel_statistics(state_dict), pipeline)
     return build_conversion(
         path,
         model_class,
@@ -629,8 +677,8 @@ def convert_loaded(
         class_names=list(id2label.values()) if id2label is not None else None,
         state_dict=state_dict,
         variant_given=variant is not None,
-        processor_kwargs=dict(zip(("image_mean", "image_std"), statistics)) if statistics else {},
-        pipeline=detectron2_pipeline(run_configs),
+        pipeline=pipeline,
+        checkpoint_pipeline=from_checkpoint,
         pipeline_fields=("test_scale", "reduce_labels", "image_mean", "image_std"),  # the model pads, no divisor
     )
 

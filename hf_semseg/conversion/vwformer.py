@@ -26,6 +26,7 @@ from .common import (
     ConversionError,
     Converter,
     build_conversion,
+    check_four_stages,
     check_relative_position_index,
     check_swin_heads,
     checkpoint_id2label,
@@ -239,6 +240,7 @@ def detect_head_type(state_dict: dict) -> str:
 def infer_swin_config(state_dict: dict) -> SwinConfig:
     embed_dim, num_channels, patch_size, _ = _shape(state_dict, "backbone.patch_embed.projection.weight", 4)
     stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
+    check_four_stages(stages, "backbone.stages.N.*")
     depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     table = "backbone.stages.{}.blocks.0.attn.w_msa.relative_position_bias_table"
     num_heads = [_shape(state_dict, table.format(stage), 2)[1] for stage in stages]
@@ -262,6 +264,7 @@ def infer_swin_config(state_dict: dict) -> SwinConfig:
 def infer_convnext_config(state_dict: dict) -> ConvNextConfig:
     _, num_channels, patch_size, _ = _shape(state_dict, "backbone.downsample_layers.0.0.weight", 4)
     stages = indices(state_dict, r"backbone\.stages\.(\d+)\.")
+    check_four_stages(stages, "backbone.stages.N.*")
     depths = [len(indices(state_dict, rf"backbone\.stages\.{stage}\.(\d+)\.")) for stage in stages]
     hidden_sizes = [_shape(state_dict, f"backbone.stages.{stage}.0.depthwise_conv.weight", 4)[0] for stage in stages]
     return ConvNextConfig(
@@ -277,6 +280,7 @@ def infer_convnext_config(state_dict: dict) -> ConvNextConfig:
 
 def infer_mit_config(state_dict: dict) -> SegformerConfig:
     stages = indices(state_dict, r"backbone\.layers\.(\d+)\.")
+    check_four_stages(stages, "backbone.layers.N.*")
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.1\.(\d+)\.")) for stage in stages]
     hidden_sizes, patch_sizes, sr_ratios, mlp_ratios = [], [], [], []
     for stage in stages:

@@ -49,6 +49,7 @@ from .common import (
     Converter,
     build_conversion,
     check_attention_heads,
+    check_four_stages,
     check_relative_position_index,
     check_swin_heads,
     checkpoint_id2label,
@@ -91,6 +92,7 @@ from .semask_mask2former import (
     NO_OBJECT_WEIGHT,
     SELF_ATTENTION_IN_PROJ,
     check_tied_copy,
+    checkpoint_pipeline,
     pixel_statistics,
     read_no_object_weight,
 )
@@ -280,6 +282,7 @@ def swin_backbone_fields(state_dict: dict[str, torch.Tensor]) -> dict:
     stages = indices(state_dict, r"backbone\.layers\.(\d+)\.")
     if stages != list(range(len(stages))):
         raise CheckpointError(f"the Swin stages of the checkpoint are numbered {stages}, not 0 ... S-1")
+    check_four_stages(stages, "backbone.layers.N.*")
     depths = [len(indices(state_dict, rf"backbone\.layers\.{stage}\.blocks\.(\d+)\.")) for stage in stages]
     table = "backbone.layers.{}.blocks.0.attn.relative_position_bias_table"
     num_heads = [_shape(state_dict, table.format(stage), 2)[1] for stage in stages]
@@ -757,6 +760,9 @@ def convert_loaded(
         head = detect_vw_head(state_dict)
         statistics = pixel_statistics(state_dict)
     run_configs = detectron2_run_configs(config_file)  # read once: the settings and the test pipeline
+    pipeline = detectron2_pipeline(run_configs)
+    with errors_name_the_file(path):
+        from_checkpoint = checkpoint_pipeline(statistics, pipeline)
     conversion = build_conversion(
         path,
         MODEL_CLASSES[head],
@@ -765,8 +771,8 @@ def convert_loaded(
         class_names=list(id2label.values()) if id2label is not None else None,
         state_dict=state_dict,
         variant_given=variant is not None,
-        processor_kwargs=dict(zip(("image_mean", "image_std"), statistics)) if statistics else {},
-        pipeline=detectron2_pipeline(run_configs),
+        pipeline=pipeline,
+        checkpoint_pipeline=from_checkpoint,
         pipeline_fields=PIPELINE_FIELDS,
     )
     # the image processor pads to the model's multiple (the VW block's windows need it; the model pads too)
