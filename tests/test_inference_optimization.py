@@ -23,6 +23,7 @@ from hf_semseg.models.modeling_linear import OneDNNLinear
 
 from model_suite import (
     FOUR_STAGES,
+    ONEDNN_BFLOAT16,
     open_semantic_gates,
     tiny_label_kwargs,
     tiny_pale_kwargs,
@@ -105,7 +106,8 @@ def test_optimized_models_compute_their_outputs(build, autocast, monkeypatch):
         optimized = output_tensors(model(pixel_values))
         packed_once = len(packs)
         again = output_tensors(model(pixel_values))
-    assert packed_once > 0 and len(packs) == packed_once  # the second forward packs nothing
+    # where oneDNN has no bfloat16 kernels for this CPU, nothing needs to run on packed weights under autocast
+    assert (packed_once > 0 or (autocast and not ONEDNN_BFLOAT16)) and len(packs) == packed_once  # once only
     assert len({id(weight) for weight in packs}) == packed_once
     for ours, theirs, repeated, exact in zip(optimized, expected, again, reference, strict=True):
         torch.testing.assert_close(repeated, ours, atol=0, rtol=0)

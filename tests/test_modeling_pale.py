@@ -19,6 +19,7 @@ from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows,
 
 from model_suite import (
     FOUR_STAGES,
+    ONEDNN_BFLOAT16,
     SegmentationModelSuite,
     perturb_sdn_fuse,
     record_results,
@@ -481,7 +482,9 @@ def test_optimized_for_inference_computes_the_model(size, autocast, fold, monkey
             blocks = count_optimized_forwards(monkeypatch)
             assert model.optimize_for_inference(fold_batch_norm=fold) is model
             optimized = model(pixel_values).last_hidden_state
-            assert len(blocks) == sum(model.config.depths)
+            # where oneDNN has no bfloat16 kernels for this CPU the blocks keep the module forward under autocast
+            prepared = not autocast or ONEDNN_BFLOAT16
+            assert len(blocks) == (sum(model.config.depths) if prepared else 0)
             again = model(pixel_values).last_hidden_state  # on the weights prepared by the first forward
     assert optimized.dtype == loaded.dtype and optimized.abs().max() > 0
     torch.testing.assert_close(again, optimized, atol=0, rtol=0)
@@ -735,13 +738,16 @@ def test_optimized_conv_embeddings_run_their_packed_weights_bit_for_bit(size, au
     model = tiny_inference_model().optimize_for_inference()
     pixel_values = torch.randn(2, 3, *size)
     dtypes = count_packed_embeddings(monkeypatch)
+    # where oneDNN has no bfloat16 kernels for this CPU the embeddings keep the module convolution under autocast
+    prepared = not autocast or ONEDNN_BFLOAT16
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         packed = model(pixel_values, output_hidden_states=True).hidden_states
-        assert dtypes == [torch.bfloat16 if autocast else torch.float32] * 4
+        assert dtypes == [(torch.bfloat16 if autocast else torch.float32) if prepared else None] * 4
         monkeypatch.setattr(modeling_pale.PalePatchEmbeddings, "packed_projection_dtype", lambda self, h: None)
         modular = model(pixel_values, output_hidden_states=True).hidden_states
-    embedding = model.encoder.stages[1].patch_embed
-    assert embedding.inference_weights.by_dtype[packed[0].dtype][-1].stride == [2, 2]
+    if prepared:
+        embedding = model.encoder.stages[1].patch_embed
+        assert embedding.inference_weights.by_dtype[packed[0].dtype][-1].stride == [2, 2]
     assert len(packed) == len(modular) == 5 and packed[0].abs().max() > 0
     for ours, theirs in zip(packed, modular):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
