@@ -374,3 +374,76 @@ class TestPaleAnyPrecision(AnyPrecisionSuite, _PaleSuite):
 
 class TestSeMaskMask2FormerAnyPrecision(AnyPrecisionSuite, _Mask2FormerSuite):
     pass
+
+
+# -- what a checkpoint does not fill, and the dtype of a load ------------------------------------------------------
+def all_codes_are_finite(model) -> bool:
+    return all(
+        layer.weight_scale.isfinite().all() and layer.weight_scale.gt(0).all() for _, layer in model.vertical_layers()
+    )
+
+
+def test_layers_a_codes_checkpoint_does_not_fill_are_initialised_then_quantised(tmp_path):
+    """An SDN-style neck turned on for an any-precision folder, and a classifier resized by
+    ``ignore_mismatched_sizes``: the quantised layers the checkpoint lacks are initialised by the family's rules in
+    float, then quantised (before, their codes and scales kept uninitialised memory: NaN logits). The neck starts as
+    the identity up to the 8-bit grid's half step, so the logits stay close to the neck-free model's."""
+    suite, model = tiny_fpn()
+    model.eval().to_any_precision(WIDTHS).save_pretrained(tmp_path)
+    pixel_values, _ = suite.make_inputs(batch_size=1)
+    with torch.no_grad():
+        reference = model(pixel_values).logits
+
+    with_neck = AutoModelForSemanticSegmentation.from_pretrained(tmp_path, use_sdn_neck=True).eval()
+    fuse = with_neck.neck.levels[0].fuse
+    assert isinstance(fuse, VerticalLayeredConv2d) and fuse.holds_codes and all_codes_are_finite(with_neck)
+    # the identity's 1 and 0 on the mid-rise grid of scale 1 / 127.5: 127.5 / 127.5 and 0.5 / 127.5
+    expected = dequantize_weight(*quantize_weight(torch.eye(fuse.out_channels)[..., None, None]), 8)
+    torch.testing.assert_close(
+        dequantize_weight(fuse.weight_codes, fuse.weight_scale, 8)[:, : fuse.out_channels], expected
+    )
+    with torch.no_grad():
+        logits = with_neck(pixel_values).logits
+    assert logits.isfinite().all()
+    assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
+
+    resized = AutoModelForSemanticSegmentation.from_pretrained(
+        tmp_path,
+        id2label={index: f"class {index}" for index in range(6)},
+        label2id={f"class {index}": index for index in range(6)},
+        weight_bits_float_modules=[],  # the classifier quantised too
+        ignore_mismatched_sizes=True,
+    ).eval()
+    classifier = resized.decode_head.classifier
+    assert isinstance(classifier, VerticalLayeredConv2d) and classifier.out_channels == 6
+    assert all_codes_are_finite(resized)
+    with torch.no_grad():
+        assert resized(pixel_values).logits.isfinite().all()
+
+
+def test_a_codes_folder_loaded_in_bfloat16_computes_in_bfloat16(tmp_path):
+    """``from_pretrained(..., dtype=torch.bfloat16)`` keeps the scales in the model's dtype, as ``.to(torch.bfloat16)``
+    does (they stayed float32: a float32 weight that ``F.linear`` refused beside the bfloat16 input, from inside
+    torch)."""
+    suite, model = tiny_fpn()
+    model.eval().to_any_precision(WIDTHS).save_pretrained(tmp_path)
+    pixel_values, _ = suite.make_inputs(batch_size=1)
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert {layer.weight_scale.dtype for _, layer in loaded.vertical_layers()} == {torch.bfloat16}
+    cast = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        logits = loaded(pixel_values.bfloat16()).logits
+        torch.testing.assert_close(logits, cast(pixel_values.bfloat16()).logits, atol=0, rtol=0)
+        reference = model(pixel_values).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_a_float_modules_pattern_that_is_not_a_regular_expression_is_refused_by_the_config():
+    """It failed in ``re`` when the model was built, naming no field."""
+    from hf_semseg import SeMaskSwinConfig
+
+    from model_suite import tiny_semask_swin_kwargs
+
+    with pytest.raises(Exception, match=r"weight_bits_float_modules: '\(bad' is not a regular expression"):
+        SeMaskSwinConfig(**tiny_semask_swin_kwargs(weight_bits=[8, 4], weight_bits_float_modules=["(bad"]))

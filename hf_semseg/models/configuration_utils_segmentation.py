@@ -13,6 +13,7 @@ config's ``attribute_map``):
 - ``semantic_loss_weight`` / ``auxiliary_loss_weight``: weights of the semantic (SeMask) and auxiliary (FCN) losses.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -189,6 +190,14 @@ class AnyPrecisionConfigMixin:
                     f"{name}: weight width {bits!r} is not between 1 and {STORAGE_WEIGHT_BITS} (weight_bits={widths}, "
                     f"active_weight_bits={self.active_weight_bits})"
                 )
+        for pattern in self.weight_bits_float_modules or ():
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(
+                    f"{name}.weight_bits_float_modules: {pattern!r} is not a regular expression ({error}); expected "
+                    "patterns searched in the module names (re.search)"
+                ) from None
 
 
 __all__ = [

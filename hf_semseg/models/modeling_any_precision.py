@@ -116,13 +116,16 @@ class VerticalLayeredWeight:
         if trainable:
             quantized.weight = layer.weight
         else:
-            quantized._hold_codes(*quantize_weight(layer.weight))
+            quantized._hold_codes(*quantize_weight(layer.weight), layer.weight.dtype)
         return quantized
 
-    def _hold_codes(self, codes: torch.Tensor, scale: torch.Tensor) -> None:
+    def _hold_codes(self, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> None:
+        """The codes form: ``codes`` and the scales in the float weight's ``dtype`` (the dtype the dequantised weight
+        computes in: a model built or loaded in bfloat16 keeps its bias in bfloat16, and a float32 scale would make
+        a float32 weight that ``F.linear`` refuses beside them)."""
         self._parameters.pop("weight", None)
         self.register_buffer("weight_codes", codes)
-        self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_scale", scale.to(dtype))
 
     @property
     def holds_codes(self) -> bool:
@@ -145,7 +148,7 @@ class VerticalLayeredWeight:
     def use_codes(self) -> None:
         """Codes form: the 8-bit codes of the current weight become buffers; the float parameter goes."""
         if not self.holds_codes:
-            self._hold_codes(*quantize_weight(self.weight))
+            self._hold_codes(*quantize_weight(self.weight), self.weight.dtype)
 
     def use_float_master_weight(self) -> None:
         """Float master form (once QAT): the weight is a float parameter again, the dequantised 8-bit codes."""
@@ -295,6 +298,23 @@ class AnyPrecisionMixin:
         super().post_init()
         if getattr(self.config, "weight_bits", None):
             self._swap_in_vertical_layers(trainable=False)
+
+    def initialize_weights(self):
+        """transformers' initialisation of what a checkpoint did not fill, for quantised layers too: a layer in the
+        codes form whose codes were not loaded (a layer the checkpoint lacks, such as an SDN-style neck turned on for
+        an any-precision folder, or a classifier resized by ``ignore_mismatched_sizes``) is initialised in its float
+        form by the family's rules, then quantised. Its ``weight`` is otherwise a dequantised copy that the
+        initialisation writes and drops, and the codes kept uninitialised memory (NaN logits)."""
+        unloaded = [
+            layer
+            for _, layer in self.vertical_layers()
+            if layer.holds_codes and not getattr(layer.weight_codes, "_is_hf_initialized", False)
+        ]
+        for layer in unloaded:
+            layer.use_float_master_weight()
+        super().initialize_weights()
+        for layer in unloaded:
+            layer.use_codes()
 
     def _swap_in_vertical_layers(self, trainable: bool) -> None:
         config = self.config
