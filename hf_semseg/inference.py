@@ -99,15 +99,11 @@ def crop_processor_padding(scores: torch.Tensor, processor, image_size) -> torch
     ``(H, W, 3)`` shape is refused, not read as a size), and ``scores`` must cover that region (a ``ValueError``:
     scores at another resolution would be cropped at the wrong place)."""
     get_unpadded_size = getattr(processor, "get_unpadded_size", None)
-    if get_unpadded_size is None and not getattr(processor, "size_divisibility", 0):
+    if get_unpadded_size is None:  # not one of this package's processors: nothing known to crop
         return scores
-    image_size = _positive_pair("image_size", image_size)
-    if get_unpadded_size is not None:
-        region = get_unpadded_size(*image_size)
-        if region is None:  # the processor does not pad this image: nothing to crop
-            return scores
-    else:
-        region = processor.get_output_size(*image_size) if processor.do_resize else image_size
+    region = get_unpadded_size(*_positive_pair("image_size", image_size))
+    if region is None:  # the processor does not pad this image: nothing to crop
+        return scores
     height, width = region
     if scores.shape[-2] < height or scores.shape[-1] < width:
         raise ValueError(
