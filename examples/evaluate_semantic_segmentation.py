@@ -6,30 +6,33 @@
         [--predictions_dir preds/] [--do_reduce_labels [true|false]] [--weight_bits 4]
 
 The labels are reduced (label 0 ignored, the others shifted down by one) as the model's saved image processor says,
-unless ``--do_reduce_labels`` is given. Reports mIoU, mean accuracy, overall accuracy and per-class IoU (streaming,
+unless ``--do_reduce_labels`` is given. Scores are taken to each image's own size as the original of the model's
+family does (mmseg: logits resized to the input, then to the image; detectron2: its semantic inference at the padded
+input, cropped, resized); ``--mode multi_scale`` is the papers' ms+flip (ratios 0.5-1.75 and flips, the model's
+processor at every scale, e.g. VWFormer's multiple-of-64 resize; mmseg averages softmax probabilities, detectron2 raw
+scores). Reports mIoU, mean accuracy, overall accuracy and per-class IoU (streaming,
 nothing held in memory but the confusion matrix). ``--predictions_dir`` writes a colour-coded mask and an overlay PNG
 per image (with the dataset's palette when the classes are a known dataset's, else the demo palette).
 """
 
 import argparse
 import json
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg  # noqa: F401  (registers the Auto classes)
 from hf_semseg.demo_data import DEMO_PALETTE, colorize
-from hf_semseg.inference import (
-    crop_processor_padding,
-    multi_scale_flip_probabilities,
-    sliding_window_logits,
-    whole_image_logits,
-)
+from hf_semseg.inference import TEST_SCALES, classifies_masks, segmentation_scores
 from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
@@ -38,6 +41,7 @@ from hf_semseg.training import (
     exit_on_user_error,
     load_segmentation_dataset,
     loading,
+    require_columns,
     to_arrays,
     without_image_decoding,
 )
@@ -92,13 +96,46 @@ def palette_for(id2label: dict) -> np.ndarray:
     return DEMO_PALETTE[np.arange(len(names)) % len(DEMO_PALETTE)]
 
 
-def predict_probabilities(model, pixel_values, args) -> torch.Tensor:
+def predict(model, processor, image, args) -> torch.Tensor:
+    """The ``(H, W)`` class map of one image at its own size, as the original of the model's family evaluates
+    (:func:`hf_semseg.inference.segmentation_scores`): multi-scale mode is the papers' ms+flip (the processor at every
+    ratio of ``TEST_SCALES``, with VWFormer's ``ResizeToMultiple`` at each; detectron2's ``TEST.AUG`` sizes for
+    Mask2Former-style models)."""
     if args.mode == "slide":
-        window = (args.crop_size, args.crop_size)
-        return sliding_window_logits(model, pixel_values, window, (args.stride, args.stride)).softmax(1)
-    if args.mode == "multi_scale":
-        return multi_scale_flip_probabilities(model, pixel_values)
-    return whole_image_logits(model, pixel_values).softmax(1)
+        window = {"crop_size": (args.crop_size, args.crop_size), "stride": (args.stride, args.stride)}
+        scores = segmentation_scores(model, processor, image, **window)
+    elif args.mode == "multi_scale":
+        scores = segmentation_scores(model, processor, image, scales=TEST_SCALES, flip=True)
+    else:
+        scores = segmentation_scores(model, processor, image)
+    return scores.argmax(0).cpu()
+
+
+@contextmanager
+def staged_folder(folder: Path | None):
+    """Yields a hidden folder beside ``folder`` to write into; on success its files are moved into ``folder``
+    (created then), on any failure it is removed: a failed run leaves no partial predictions (the first samples'
+    PNGs were left in ``--predictions_dir`` before)."""
+    if folder is None:
+        yield None
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        yield staging
+        folder.mkdir(exist_ok=True)
+        for file in sorted(staging.iterdir()):
+            os.replace(file, folder / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def json_number(value):
+    """NaN (a class or boundary band absent from both prediction and labels) as JSON null, not the non-standard NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 def check_options(args) -> None:
@@ -120,6 +157,22 @@ def check_options(args) -> None:
         raise RunOptionError(f"--predictions_dir {args.predictions_dir}: is a file (expected a folder)")
 
 
+def check_mode(args, model, processor) -> None:
+    """Refuses, before any sample, a mode the model's family has no protocol for: sliding windows of a Mask2Former-style
+    model (its originals evaluate whole images), multi-scale with a processor that is not hf-semseg's (the test
+    scales resize with the model's own processor)."""
+    if args.mode == "slide" and classifies_masks(model):
+        raise RunOptionError(
+            f"--mode slide: {type(model).__name__} classifies masks and is evaluated on whole images (its originals "
+            "have no sliding-window inference); use --mode whole or multi_scale"
+        )
+    if args.mode == "multi_scale" and not hasattr(processor, "get_unpadded_size"):
+        raise RunOptionError(
+            f"--mode multi_scale: the model's image processor {type(processor).__name__} is not an hf-semseg "
+            "processor, which the test scales resize with"
+        )
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_options(args)
@@ -127,6 +180,7 @@ def main(argv=None) -> dict:
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     model.eval()
+    check_mode(args, model, processor)
     if args.weight_bits is not None:
         use_weight_bits(model, args.weight_bits)
     with loading(f"--dataset_name {args.dataset_name}"):
@@ -138,6 +192,8 @@ def main(argv=None) -> dict:
         raise empty_split_error(args.dataset_name, args.split)
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    where = f"split {args.split!r} of {args.dataset_name or 'the demo dataset'}"
+    require_columns(dataset, {"--image_column": args.image_column, "--label_column": args.label_column}, where)
     # decoded per sample by to_arrays, which names a file it cannot read
     dataset = without_image_decoding(dataset, (args.image_column, args.label_column))
     num_labels = model.config.num_labels
@@ -146,29 +202,22 @@ def main(argv=None) -> dict:
         reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
     metric = SegmentationMetrics(num_labels)
     palette = palette_for(model.config.id2label)
-    if args.predictions_dir:
-        args.predictions_dir.mkdir(parents=True, exist_ok=True)
-    for index in tqdm(range(len(dataset)), desc=f"evaluating ({args.mode})"):
-        sample = dataset[index]
-        columns = (args.image_column, args.label_column)
-        image, label = to_arrays(*(sample[c] for c in columns), index, num_labels, reduce_labels, columns)
-        pixel_values = processor(image, return_tensors="pt")["pixel_values"].to(model.device)
-        with torch.no_grad():
-            probabilities = predict_probabilities(model, pixel_values, args)
-        # back to the original image size, as the papers evaluate (without a processor's padding)
-        probabilities = crop_processor_padding(probabilities, processor, label.shape)
-        probabilities = F.interpolate(probabilities, size=label.shape, mode="bilinear", align_corners=False)
-        prediction = probabilities.argmax(1)[0].cpu()
-        metric.update(prediction, torch.from_numpy(label))
-        if args.predictions_dir:
-            mask = colorize(prediction.numpy().astype(np.uint8), palette)
-            mask.save(args.predictions_dir / f"{index:05d}_mask.png")
-            Image.blend(Image.fromarray(image), mask, alpha=0.5).save(args.predictions_dir / f"{index:05d}_overlay.png")
+    with staged_folder(args.predictions_dir) as predictions_dir:
+        for index in tqdm(range(len(dataset)), desc=f"evaluating ({args.mode})"):
+            sample = dataset[index]
+            columns = (args.image_column, args.label_column)
+            image, label = to_arrays(*(sample[c] for c in columns), index, num_labels, reduce_labels, columns)
+            prediction = predict(model, processor, image, args)
+            metric.update(prediction, torch.from_numpy(label))
+            if predictions_dir is not None:
+                mask = colorize(prediction.numpy().astype(np.uint8), palette)
+                mask.save(predictions_dir / f"{index:05d}_mask.png")
+                Image.blend(Image.fromarray(image), mask, alpha=0.5).save(predictions_dir / f"{index:05d}_overlay.png")
     result = metric.compute()
     keys = ("mean_iou", "mean_accuracy", "overall_accuracy", "mean_boundary_iou", "trimap_mean_iou")
-    summary = {key: result[key] for key in keys}
+    summary = {key: json_number(result[key]) for key in keys}
     summary["per_category_iou"] = {
-        model.config.id2label[i]: (None if np.isnan(v) else float(v)) for i, v in enumerate(result["per_category_iou"])
+        model.config.id2label[i]: json_number(v) for i, v in enumerate(result["per_category_iou"])
     }
     print(json.dumps(summary, indent=2))
     return summary

@@ -1,6 +1,8 @@
 """Inference the way the papers evaluate: whole image, sliding window, multi-scale + flip.
 
-All functions take an hf-semseg (or transformers) segmentation model whose output has ``logits`` at any stride, and
+:func:`segmentation_scores` is the papers' protocol from an image: the model's own image processor at every test
+scale (mmseg's ``MultiScaleFlipAug``, detectron2's ``TEST.AUG``), each pass's scores taken to the image's own size the
+way the family's original does, and the passes averaged as it does. The other functions take an hf-semseg (or transformers) segmentation model whose output has ``logits`` at any stride, and
 normalised ``pixel_values`` ``(B, 3, H, W)``; they return scores at the input resolution ``(B, K, H, W)``.
 mmsegmentation's ``mode='whole'`` / ``mode='slide'`` and ``--aug-test`` are the reference. A model that pads its input
 to a multiple of ``config.size_divisibility`` (SeMask-Mask2Former, as detectron2) returns logits over the padded
@@ -11,12 +13,15 @@ Inputs are checked before any forward or resize, each error naming the argument,
 the model's device; sizes, windows and scale ratios positive.
 """
 
+import copy
 import math
 import numbers
 import operator
 
+import PIL.Image
 import torch
 import torch.nn.functional as F
+from transformers.image_utils import get_image_size
 
 
 def _positive_pair(name: str, value) -> tuple[int, int]:
@@ -114,6 +119,13 @@ def crop_processor_padding(scores: torch.Tensor, processor, image_size) -> torch
     return scores[..., :height, :width]
 
 
+def classifies_masks(model) -> bool:
+    """Mask2Former / MaskFormer-style models (a config with ``num_queries``): their ``logits`` are detectron2's
+    semantic-inference scores (class probabilities times mask sigmoids), averaged as they are over test-time passes,
+    not per-pixel logits."""
+    return getattr(getattr(model, "config", None), "num_queries", None) is not None
+
+
 def model_size_divisibility(model) -> int:
     """The multiple a model pads its input to (``config.size_divisibility``; 0 for models that do not pad)."""
     return int(getattr(getattr(model, "config", None), "size_divisibility", 0) or 0)
@@ -208,9 +220,14 @@ def multi_scale_flip_probabilities(
     stride: tuple[int, int] | None = None,
     window_batch_size: int = 8,
 ) -> torch.Tensor:
-    """mmseg ``--aug-test``: for each scale ratio (and its horizontal flip), resize the input, run whole-image (or,
-    with ``crop_size``/``stride``, sliding-window) inference, resize the logits back to the input size and average the
-    softmax probabilities of all passes. Returns ``(B, K, H, W)`` probabilities.
+    """Multi-scale + flip on pixel values: for each scale ratio (and its horizontal flip), resize the pixel values,
+    run whole-image (or, with ``crop_size``/``stride``, sliding-window) inference, resize the logits back to the input
+    size and average the softmax probabilities of all passes (mmseg ``--aug-test``); a Mask2Former-style model's
+    semantic scores are averaged as they are (detectron2's test-time augmentation). Returns ``(B, K, H, W)``.
+
+    The originals resize the image itself at every scale and run their whole test pipeline there (VWFormer's
+    ``ResizeToMultiple(64)`` at each scale; detectron2's shortest-edge sizes): :func:`segmentation_scores` does
+    that from an image and the model's processor and is the one that reproduces the papers' ms+flip figures.
 
     ``scales`` must be a non-empty sequence of positive finite ratios, each leaving the input at least 1x1 pixel
     (mmseg's ``img_ratios``); a ``stride`` needs a ``crop_size`` (without one every pass is whole-image: the stride
@@ -238,6 +255,7 @@ def multi_scale_flip_probabilities(
         )
     if crop_size is not None:
         crop_size, stride = _window_settings(crop_size, crop_size if stride is None else stride, window_batch_size)
+    mask_classification = classifies_masks(model)
     total, passes = None, 0
     for scaled_size in scaled_sizes:
         scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
@@ -248,7 +266,157 @@ def multi_scale_flip_probabilities(
             else:
                 logits = _sliding_window_logits(model, inputs, crop_size, stride, window_batch_size)
             logits = logits.flip(-1) if flipped else logits
-            probabilities = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
-            total = probabilities if total is None else total + probabilities
+            scores = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            scores = scores if mask_classification else scores.softmax(dim=1)
+            total = scores if total is None else total + scores
+            passes += 1
+    return total / passes
+
+
+#: mmseg's ``--aug-test`` ratios (``img_ratios``) behind every ms+flip figure of the papers; the detectron2 configs'
+#: ``TEST.AUG.MIN_SIZES`` are the test size times these ratios (256-896 for 512 models, 320-1120 for 640 ones).
+TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def _check_scales(scales) -> tuple[float, ...]:
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__len__") or len(scales) == 0:
+        raise ValueError(
+            f"scales must be a non-empty sequence of positive ratios (e.g. (0.5, 1.0, 1.5)), got {scales!r}"
+        )
+    for scale in scales:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < math.inf:
+            raise ValueError(f"scales must be positive finite ratios, got {scale!r} in {tuple(scales)}")
+    return tuple(float(scale) for scale in scales)
+
+
+def processor_at_scale(processor, scale: float, scales=TEST_SCALES):
+    """A copy of an hf-semseg image processor that resizes to its test size times ``scale``, as the originals' test-time
+    augmentation does.
+
+    * mmseg's ``MultiScaleFlipAug`` (SeMask-FPN, VWFormer, Pale): every bound of the size scaled and truncated,
+      ``int(bound * scale)`` (``img_scale`` (2048, 512) at 0.75 is (1536, 384)); the rest of the pipeline (VWFormer's
+      ``ResizeToMultiple``, the processor's ``size_divisor``) runs at every scale.
+    * detectron2's ``TEST.AUG`` (the processors with ``multi_scale_longest_edge = "largest scale"``): the shortest
+      edge ``int(shortest_edge * scale)``, the longest edge one bound for every scale, ``int(longest_edge *
+      max(scales))`` (the released configs: ``MIN_SIZES`` 256-896 with ``MAX_SIZE`` 3584 = 2048 x 1.75).
+    """
+    size = getattr(processor, "size", None)
+    if size is None or not hasattr(processor, "get_unpadded_size"):
+        raise ValueError(
+            f"{type(processor).__name__} is not an hf-semseg image processor with a test size: multi-scale "
+            "inference resizes the image with the model's own processor at every scale"
+        )
+    scale = _check_scales((scale,))[0]
+    fixed_longest_edge = getattr(processor, "multi_scale_longest_edge", None) == "largest scale"
+    scaled = {}
+    for name in ("height", "width", "shortest_edge", "longest_edge"):
+        bound = getattr(size, name, None)
+        if bound is not None:
+            factor = max(_check_scales(scales)) if name == "longest_edge" and fixed_longest_edge else scale
+            scaled[name] = max(int(bound * factor), 1)
+    scaled_processor = copy.deepcopy(processor)
+    scaled_processor.size = type(size)(**scaled)
+    return scaled_processor
+
+
+def _image_size_of(image) -> tuple[int, int]:
+    """``(height, width)`` of an image the processors take: PIL, or a NumPy array / torch tensor, channels first or
+    last (transformers' own inference of the layout)."""
+    if isinstance(image, PIL.Image.Image):
+        width, height = image.size
+        return int(height), int(width)
+    if not hasattr(image, "shape") or len(image.shape) not in (2, 3):
+        shape = f" of shape {tuple(image.shape)}" if hasattr(image, "shape") else ""
+        raise ValueError(
+            f"image must be a PIL image or an (H, W, C) / (C, H, W) array, got {type(image).__name__}{shape}"
+        )
+    height, width = get_image_size(image if len(image.shape) == 3 else image[..., None])
+    return int(height), int(width)
+
+
+def _pass_scores(model, processor, pixel_values, image_size, unpadded_size, window) -> torch.Tensor:
+    """One test-time pass: ``(K, H, W)`` scores at ``image_size`` of the image in the top-left ``unpadded_size`` of
+    ``pixel_values``.
+
+    Per-pixel models, as mmseg: the logits resized to the pixel values' size (``encode_decode``; sliding windows
+    with ``window``), the processor's padding cropped, then resized to the image (``rescale=True``); logits, not
+    probabilities. Mask2Former-style models, as detectron2: the processor's own post-processing (mask logits
+    upsampled to the padded input, semantic inference there, the padding cropped, resized to the image)."""
+    if window is not None:
+        logits = _sliding_window_logits(model, pixel_values, *window)
+    else:
+        outputs = model(pixel_values=pixel_values)
+        if classifies_masks(model):
+            return processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[image_size], image_sizes=[unpadded_size], return_segmentation_scores=True
+            )[0]["segmentation_scores"]
+        input_size = pixel_values.shape[-2:]
+        logits = logits_to_size(outputs.logits, input_size, input_size, model_size_divisibility(model))
+    logits = logits[..., : unpadded_size[0], : unpadded_size[1]]
+    return logits_to_size(logits, unpadded_size, image_size)[0]
+
+
+@torch.no_grad()
+def segmentation_scores(
+    model,
+    processor,
+    image,
+    scales=(1.0,),
+    flip: bool = False,
+    crop_size: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    window_batch_size: int = 8,
+) -> torch.Tensor:
+    """Class scores ``(K, H, W)`` of one ``image`` (PIL, or an ``(H, W, C)`` array) at its own size, as the papers'
+    evaluation computes them; their argmax is the prediction.
+
+    Every pass runs the model's image processor on the image at one scale (:func:`processor_at_scale`; ``scales``
+    ``(1.0,)`` is the processor as it is, :data:`TEST_SCALES` the papers' ms+flip) and, with ``flip``, again on its
+    mirror image (the resized image flipped, the scores flipped back; a processor's padding stays right and bottom).
+    Whole-image passes, or sliding windows with ``crop_size`` / ``stride`` (mmseg ``mode='slide'``; per-pixel models
+    only). The passes are averaged as the originals average them: softmax probabilities of per-pixel models (mmseg's
+    ``aug_test``), the raw semantic scores of Mask2Former-style models (detectron2's ``SemanticSegmentorWithTTA``).
+    """
+    image_size = _image_size_of(image)
+    scales = _check_scales(scales)
+    if crop_size is None and stride is not None:
+        raise ValueError(f"stride {stride!r} without crop_size: sliding-window inference needs its crop_size")
+    window = None
+    if crop_size is not None:
+        if classifies_masks(model):
+            raise ValueError(
+                f"{type(model).__name__} classifies masks (detectron2's Mask2Former / MaskFormer): its originals "
+                "evaluate whole images; sliding windows (crop_size / stride) are for per-pixel models"
+            )
+        crop_size, stride = _window_settings(crop_size, crop_size if stride is None else stride, window_batch_size)
+        window = (crop_size, stride, window_batch_size)
+    mask_classification = classifies_masks(model)
+    if mask_classification and not hasattr(processor, "get_unpadded_size"):
+        raise ValueError(
+            f"{type(model).__name__} classifies masks: its scores come from its own hf-semseg image processor's "
+            f"post-processing (detectron2's semantic inference), not from a {type(processor).__name__}"
+        )
+    device = getattr(model, "device", None)
+    total, passes = None, 0
+    for scale in scales:
+        scaled_processor = processor if scales == (1.0,) else processor_at_scale(processor, scale, scales)
+        pixel_values = scaled_processor(image, return_tensors="pt")["pixel_values"]
+        if isinstance(device, torch.device):
+            pixel_values = pixel_values.to(device)
+        _check_pixel_values(pixel_values, model)
+        region = (
+            scaled_processor.get_unpadded_size(*image_size) if hasattr(scaled_processor, "get_unpadded_size") else None
+        )
+        unpadded_size = tuple(region) if region is not None else tuple(pixel_values.shape[-2:])
+        image_region = (..., slice(0, unpadded_size[0]), slice(0, unpadded_size[1]))
+        for flipped in (False, True) if flip else (False,):
+            inputs = pixel_values
+            if flipped:  # the image mirrored, the processor's padding (right and bottom) left where it is
+                inputs = pixel_values.clone()
+                inputs[image_region] = pixel_values[image_region].flip(-1)
+            scores = _pass_scores(model, scaled_processor, inputs, image_size, unpadded_size, window)
+            scores = scores.flip(-1) if flipped else scores
+            scores = scores if mask_classification else scores.softmax(dim=0)
+            total = scores if total is None else total + scores
             passes += 1
     return total / passes

@@ -594,6 +594,16 @@ def exit_on_user_error():
         raise SystemExit(f"error: {message}") from None
 
 
+def require_columns(dataset, columns: dict, where: str) -> None:
+    """Refuses, before any sample is read, a dataset without the columns the options name (``{"--image_column":
+    "image", ...}``): a :class:`RunOptionError` naming the option, the missing column, ``where`` (the split) and the
+    columns there are (a ``KeyError`` traceback from the first sample before)."""
+    present = list(dataset.column_names)
+    for option, column in columns.items():
+        if column not in present:
+            raise RunOptionError(f"{option} {column}: {where} has no such column (its columns: {present})")
+
+
 def without_image_decoding(dataset, columns):
     """``dataset`` with its ``datasets.Image`` columns among ``columns`` left undecoded (``{"path", "bytes"}``):
     ``datasets`` decodes them before a transform sees the sample, so an unreadable file (a truncated PNG) would fail

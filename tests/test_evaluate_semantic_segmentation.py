@@ -1,3 +1,4 @@
+import json
 import re
 
 import numpy as np
@@ -124,3 +125,91 @@ def test_an_empty_split_is_one_error_line(saved_model, tmp_path):
         script.main(["--model", str(folder), "--dataset_name", str(tmp_path / "data")])
     assert str(exit_info.value).startswith("error: --")
     assert re.fullmatch(r"error: --dataset_name \S+: split 'validation' has no samples", str(exit_info.value))
+
+
+def saved_dataset(folder, label_value=None, bad_label_at=None):
+    """Three demo validation samples saved to disk; every label ``label_value`` / one sample's label out of range."""
+    from datasets import DatasetDict, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    rows = make_demo_dataset(num_train=1, num_validation=3)["validation"]
+    images, labels = [], []
+    for index, sample in enumerate(rows):
+        label = np.array(sample["label"])
+        if label_value is not None:
+            label[:] = label_value
+        if index == bad_label_at:
+            label[0, 0] = 9  # the model has 4 classes
+        images.append(sample["image"])
+        labels.append(Image.fromarray(label.astype(np.uint8)))
+    features = Features({"image": ImageFeature(), "label": ImageFeature()})
+    split = rows.from_dict({"image": images, "label": labels}, features=features)
+    DatasetDict({"validation": split}).save_to_disk(folder, num_shards={"validation": 1})
+    return folder
+
+
+def test_a_missing_column_is_one_error_line_before_any_prediction(saved_model, tmp_path):
+    from hf_semseg.training import exit_on_user_error
+
+    folder, _ = saved_model
+    data = saved_dataset(tmp_path / "data")
+    script = load_script()
+    predictions = tmp_path / "predictions"
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        script.main(["--model", str(folder), "--dataset_name", str(data), "--label_column", "annotation",
+                     "--predictions_dir", str(predictions)])  # fmt: skip
+    assert str(exit_info.value) == (
+        f"error: --label_column annotation: split 'validation' of {data} has no such column (its columns: "
+        "['image', 'label'])"
+    )  # a KeyError traceback from the first sample before, after the predictions folder was made
+    assert not predictions.exists()
+
+
+def test_a_failed_evaluation_leaves_no_partial_predictions(saved_model, tmp_path):
+    from hf_semseg.training import exit_on_user_error
+
+    folder, _ = saved_model
+    data = saved_dataset(tmp_path / "data", bad_label_at=2)
+    script = load_script()
+    predictions = tmp_path / "predictions"
+    arguments = ["--model", str(folder), "--dataset_name", str(data), "--predictions_dir", str(predictions)]
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        script.main(arguments)
+    assert str(exit_info.value).startswith("error: sample 2: label values [9]")
+    # the first two samples' PNGs were left in the folder
+    assert not predictions.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["data"]
+    predictions.mkdir()
+    (predictions / "earlier.txt").write_text("kept")
+    with pytest.raises(SystemExit), exit_on_user_error():
+        script.main(arguments)
+    assert [path.name for path in predictions.iterdir()] == ["earlier.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "predictions"]
+
+
+def test_metrics_without_a_value_are_json_null(saved_model, tmp_path, capsys):
+    """One class everywhere: no boundary band, so the trimap mIoU is NaN, printed as the non-standard NaN before."""
+    folder, _ = saved_model
+    data = saved_dataset(tmp_path / "data", label_value=1)
+    summary = load_script().main(["--model", str(folder), "--dataset_name", str(data)])
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert summary["trimap_mean_iou"] is None and printed["trimap_mean_iou"] is None
+    assert isinstance(printed["mean_iou"], float) and printed["mean_iou"] == summary["mean_iou"]
+
+
+def test_modes_without_a_protocol_for_the_family_are_refused():
+    from argparse import Namespace
+
+    from test_modeling_semask_mask2former import tiny_config as mask2former_config
+    from transformers import SegformerImageProcessor
+
+    from hf_semseg.training import RunOptionError
+
+    script = load_script()
+    mask2former = hf_semseg.SeMaskMask2FormerForSemanticSegmentation(mask2former_config())
+    processor = hf_semseg.SeMaskMask2FormerImageProcessor()
+    with pytest.raises(RunOptionError, match=r"^--mode slide: SeMaskMask2FormerForSemanticSegmentation classifies"):
+        script.check_mode(Namespace(mode="slide"), mask2former, processor)
+    script.check_mode(Namespace(mode="multi_scale"), mask2former, processor)
+    with pytest.raises(RunOptionError, match=r"^--mode multi_scale: .* SegformerImageProcessor is not an hf-semseg"):
+        script.check_mode(Namespace(mode="multi_scale"), mask2former, SegformerImageProcessor())

@@ -1,16 +1,29 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from test_modeling_semask_mask2former import tiny_config as mask2former_config
 from test_modeling_semask_swin import tiny_config
+from transformers import SegformerImageProcessor
 
-from hf_semseg import SeMaskSwinForSemanticSegmentation
+from hf_semseg import (
+    KeepRatioImageProcessor,
+    SeMaskMask2FormerForSemanticSegmentation,
+    SeMaskMask2FormerImageProcessor,
+    SeMaskSwinForSemanticSegmentation,
+)
 from hf_semseg.inference import (
+    TEST_SCALES,
     logits_to_size,
     multi_scale_flip_probabilities,
+    processor_at_scale,
+    segmentation_scores,
     sliding_window_logits,
     whole_image_logits,
     window_origins,
 )
+from hf_semseg.models.image_processing_utils_semask_mask2former import get_resize_shortest_edge_output_size
 
 from model_suite import open_semantic_gates
 
@@ -143,3 +156,130 @@ def test_scores_over_a_padding_processor_output_are_cropped_to_the_image():
     assert torch.equal(crop_processor_padding(scores, processor, (30, 50)), scores[..., :40, :67])
     keep_ratio = KeepRatioImageProcessor()  # resizes without padding: nothing to crop
     assert crop_processor_padding(scores, keep_ratio, (30, 50)) is scores
+
+
+# --- the papers' protocol from an image: segmentation_scores ------------------------------------------------------
+
+
+def test_processor_at_scale_scales_the_test_size_as_the_originals():
+    keep_ratio = KeepRatioImageProcessor(size={"longest_edge": 2048, "shortest_edge": 512})
+    # mmseg MultiScaleFlipAug: img_scale (2048, 512) x ratio, each bound truncated
+    scaled = [processor_at_scale(keep_ratio, scale).size for scale in TEST_SCALES]
+    assert [(size.longest_edge, size.shortest_edge) for size in scaled] == [
+        (1024, 256), (1536, 384), (2048, 512), (2560, 640), (3072, 768), (3584, 896),
+    ]  # fmt: skip
+    assert keep_ratio.size.longest_edge == 2048  # a copy is scaled
+    fixed = processor_at_scale(KeepRatioImageProcessor(size={"height": 100, "width": 150}), 0.75).size
+    assert (fixed.height, fixed.width) == (75, 112)
+    # detectron2 TEST.AUG of the released SeMask-Mask2Former configs: MIN_SIZES 320..1120 under MAX_SIZE 4480 (640
+    # models), 256..896 under 3584 (512 models)
+    for test_size, min_sizes, max_size in (
+        ((640, 2560), [320, 480, 640, 800, 960, 1120], 4480),
+        ((512, 2048), [256, 384, 512, 640, 768, 896], 3584),
+    ):
+        d2 = SeMaskMask2FormerImageProcessor(size={"shortest_edge": test_size[0], "longest_edge": test_size[1]})
+        scaled = [processor_at_scale(d2, scale).size for scale in TEST_SCALES]
+        assert [size.shortest_edge for size in scaled] == min_sizes
+        assert {size.longest_edge for size in scaled} == {max_size}
+    with pytest.raises(ValueError, match="SegformerImageProcessor is not an hf-semseg image processor"):
+        processor_at_scale(SegformerImageProcessor(), 0.5)
+
+
+@pytest.fixture(scope="module")
+def test_image():
+    return np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+
+
+def record_input_sizes(model):
+    sizes = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(tuple(kwargs["pixel_values"].shape[-2:])), with_kwargs=True
+    )
+    return sizes, hook
+
+
+def test_segmentation_scores_follow_mmseg_aug_test_with_the_pipeline_at_every_scale(model, test_image):
+    """ms+flip as mmseg: the processor (keep-ratio resize, then ResizeToMultiple(16)) at every ratio; logits resized
+    to the input, then to the image; softmax averaged over 12 passes. The sizes by hand: a 45x70 image under
+    (64 x r, 32 x r), rounded up to multiples of 16."""
+    processor = KeepRatioImageProcessor(size={"longest_edge": 64, "shortest_edge": 32}, size_divisor=16)
+    sizes, hook = record_input_sizes(model)
+    try:
+        ours = segmentation_scores(model, processor, test_image, scales=(0.5, 0.75, 1.75), flip=True)
+    finally:
+        hook.remove()
+    # 0.5: factor min(32/70, 16/45) -> 16x25 -> 16x32; 0.75: 24x37 -> 32x48; 1.75: 56x87 -> 64x96
+    assert sizes == [(16, 32), (16, 32), (32, 48), (32, 48), (64, 96), (64, 96)]
+    expected = 0
+    for scale in (0.5, 0.75, 1.75):
+        bounds = {"longest_edge": int(64 * scale), "shortest_edge": int(32 * scale)}
+        pixel_values = processor(test_image, size=bounds, return_tensors="pt")["pixel_values"]
+        for flip in (False, True):
+            inputs = pixel_values.flip(-1) if flip else pixel_values
+            with torch.no_grad():
+                logits = model(pixel_values=inputs).logits
+            logits = F.interpolate(logits, size=inputs.shape[-2:], mode="bilinear")
+            logits = F.interpolate(logits, size=(45, 70), mode="bilinear")
+            expected = expected + (logits.flip(-1) if flip else logits).softmax(1)[0] / 6
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    # single scale: softmax of the logits resized twice, as mmseg's whole inference with rescale
+    single = segmentation_scores(model, processor, test_image)
+    pixel_values = processor(test_image, return_tensors="pt")["pixel_values"]
+    logits = F.interpolate(whole_image_logits(model, pixel_values), size=(45, 70), mode="bilinear")
+    torch.testing.assert_close(single, logits.softmax(1)[0], atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def mask2former():
+    torch.manual_seed(0)
+    return SeMaskMask2FormerForSemanticSegmentation(mask2former_config()).eval()
+
+
+def test_segmentation_scores_of_mask2former_are_detectron2s_test_time_augmentation(mask2former, test_image):
+    """detectron2: the shortest edge 32 x r under one longest edge (128 x 1.75), the resized image flipped (the
+    processor's padding stays right and bottom); each pass's semantic inference at the padded input (mask logits upsampled before the sigmoid),
+    cropped, resized to the image; the raw scores averaged (not their softmax)."""
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 128})
+    ours = segmentation_scores(mask2former, processor, test_image, scales=(0.5, 1.75), flip=True)
+    expected = 0
+    for scale in (0.5, 1.75):
+        bounds = {"shortest_edge": int(32 * scale), "longest_edge": 224}
+        pixel_values = processor(test_image, size=bounds, return_tensors="pt")["pixel_values"]
+        resized = get_resize_shortest_edge_output_size(45, 70, bounds["shortest_edge"], 224)
+        assert pixel_values.shape[-2:] == tuple(-(-side // 32) * 32 for side in resized)  # padded to 32
+        for flip in (False, True):
+            inputs = pixel_values.clone()
+            if flip:
+                inputs[..., : resized[0], : resized[1]] = pixel_values[..., : resized[0], : resized[1]].flip(-1)
+            with torch.no_grad():
+                outputs = mask2former(pixel_values=inputs)
+            scores = processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[(45, 70)], image_sizes=[resized], return_segmentation_scores=True
+            )[0]["segmentation_scores"]
+            expected = expected + (scores.flip(-1) if flip else scores) / 4
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    # one pass is the processor's own (exact) post-processing, not the stride-4 scores' resize
+    with torch.no_grad():
+        outputs = mask2former(**processor(test_image, return_tensors="pt"))
+    exact = processor.post_process_semantic_segmentation(outputs, [(45, 70)], return_segmentation_scores=True)[0]
+    torch.testing.assert_close(segmentation_scores(mask2former, processor, test_image), exact["segmentation_scores"])
+    # the pixel-values function averages the same kind of scores
+    pixel_values = processor(test_image, return_tensors="pt")["pixel_values"]
+    single = multi_scale_flip_probabilities(mask2former, pixel_values, scales=(1.0,), flip=False)
+    torch.testing.assert_close(single, whole_image_logits(mask2former, pixel_values))
+
+
+def test_segmentation_scores_refuse_what_has_no_protocol(model, mask2former, test_image):
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 128})
+    with pytest.raises(ValueError, match="classifies masks .* sliding windows"):
+        segmentation_scores(mask2former, processor, test_image, crop_size=(16, 16))
+    with pytest.raises(ValueError, match="classifies masks: .* not from a SegformerImageProcessor"):
+        segmentation_scores(mask2former, SegformerImageProcessor(), test_image)
+    keep_ratio = KeepRatioImageProcessor(size={"longest_edge": 64, "shortest_edge": 32})
+    with pytest.raises(ValueError, match="stride \\(8, 8\\) without crop_size"):
+        segmentation_scores(model, keep_ratio, test_image, stride=(8, 8))
+    with pytest.raises(ValueError, match="image must be a PIL image or an .* got list"):
+        segmentation_scores(model, keep_ratio, [[1, 2]])
+    # channels first or last, PIL or array: the same image size
+    first = segmentation_scores(model, keep_ratio, torch.from_numpy(test_image).permute(2, 0, 1))
+    assert first.shape == segmentation_scores(model, keep_ratio, Image.fromarray(test_image)).shape == (4, 45, 70)

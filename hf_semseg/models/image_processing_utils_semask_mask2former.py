@@ -76,6 +76,9 @@ class SeMaskMask2FormerImageProcessingMixin:
     valid_kwargs = SeMaskMask2FormerImageProcessorKwargs
     size = {"shortest_edge": 640, "longest_edge": 2560}
     size_divisibility = 32
+    #: detectron2's test-time augmentation (``TEST.AUG``) resizes the shortest edge to each of ``MIN_SIZES`` under one
+    #: ``MAX_SIZE``: the longest edge of the largest scale (hf_semseg.inference.processor_at_scale)
+    multi_scale_longest_edge = "largest scale"
     validated_at_construction = (*SegmentationImageProcessingMixin.validated_at_construction, "size_divisibility")
 
     def _validate_preprocess_kwargs(self, size_divisor=None, size_divisibility=None, **kwargs):
