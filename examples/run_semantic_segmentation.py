@@ -3,7 +3,15 @@
 papers: random keep-ratio resize (ratio 0.5-2.0), random crop with cat_max_ratio 0.75, flip, photometric distortion,
 padding with the ignore index; AdamW without weight decay on norms and position tables, the decode and auxiliary
 heads at ``--head_lr_multiplier`` (10 in the demo recipe) times the learning rate; poly schedule with linear warm-up;
-streaming mIoU evaluation.
+streaming mIoU evaluation. ``--optim`` / ``--optim_args`` choose another optimizer as in ``Trainer`` (``sgd``, ...),
+over the same parameter groups.
+
+With neither ``--do_train`` nor ``--do_eval`` it trains, saves the model, then evaluates it (the demo recipe's
+command); ``--do_train`` alone trains and saves without the final evaluation; ``--do_eval`` alone evaluates the
+``--model_name_or_path`` model without training it (``eval_results.json`` and the predictions are written, no model).
+The evaluation during and after training is at the ``--scale`` resolution (images keep-ratio resized, label maps
+nearest-resized with them), which is quick but not the papers' protocol: numbers comparable to the papers' come from
+``examples/evaluate_semantic_segmentation.py --model OUTPUT_DIR``, which measures at the original label size.
 
     python examples/run_semantic_segmentation.py --output_dir outputs/semask-demo
     python examples/run_semantic_segmentation.py --variant semask-fpn-tiny-ade20k --dataset_name scene_parse_150 \
@@ -26,7 +34,6 @@ recipe's values are the defaults (``--help`` lists them).
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import hf_semseg
@@ -34,12 +41,15 @@ from hf_semseg.hub import HubAccessError, check_hub_access
 from hf_semseg.inference import model_size_divisibility
 from hf_semseg.training import (
     EpochCallback,
+    RunOptionError,
     SegmentationTrainer,
     StreamingMeanIoU,
+    build_optimizer,
+    check_float16_device,
+    check_positive_steps,
     check_run_options,
     exit_on_user_error,
     pad_collate,
-    parameter_groups,
     resolve_checkpoint,
     set_up_run,
     write_predictions,
@@ -86,7 +96,12 @@ class DataArguments:
         metadata={"help": "reduce label 0 (default: the variant's, else no)", "nargs": "?", "const": True},
     )
     scale: list[int] | None = field(
-        default=None, metadata={"help": "keep-ratio scale (long short); default: the variant's, else 224 160"}
+        default=None,
+        metadata={
+            "help": "keep-ratio scale (long short) of the training and of the evaluation after it (labels resized "
+            "with the images; evaluate_semantic_segmentation.py measures at the label size); default: the "
+            "variant's, else 224 160"
+        },
     )
     crop_size: int = 160
     cat_max_ratio: float = 0.75
@@ -99,20 +114,87 @@ RECIPE_DEFAULTS = {
     "learning_rate": 1e-3, "head_lr_multiplier": 10.0, "num_train_epochs": 6.0, "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 8, "lr_scheduler_type": "polynomial", "warmup_steps": 5, "weight_decay": 0.01,
     "eval_strategy": "no", "save_strategy": "no", "logging_steps": 8, "report_to": "none",
-    "dataloader_num_workers": 0, "dataloader_pin_memory": False,
+    "dataloader_num_workers": 0, "dataloader_pin_memory": False, "optim": "adamw_torch",
 }  # fmt: skip
-"""The demo recipe: the parser's defaults (``--help`` shows them); an option given on the command line wins."""
+"""The demo recipe: the parser's defaults (``--help`` shows them); an option given on the command line wins. The
+optimizer is the papers' AdamW (``adamw_torch``; transformers' default is the fused kernel)."""
+
+
+#: the help of the options choosing what a run does (:func:`run_phases`)
+PHASE_HELP = {
+    "do_train": "train and save the model (alone: no final evaluation); with neither option: train, then evaluate",
+    "do_eval": "evaluate after training (alone: evaluate --model_name_or_path without training, nothing saved)",
+}
 
 
 def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    parser.set_defaults(**RECIPE_DEFAULTS)
+    parser.set_defaults(**RECIPE_DEFAULTS, do_train=None, do_eval=None)  # None: not given (run_phases)
+    for name, text in PHASE_HELP.items():
+        parser._option_string_actions[f"--{name}"].help = text
     return parser
 
 
+def parse_options(argv=None):
+    """The three argument dataclasses; a value ``TrainingArguments`` itself refuses (``--logging_steps 0``, ...) is
+    a :class:`RunOptionError` with its message (a ``ValueError`` traceback before)."""
+    try:
+        return build_parser().parse_args_into_dataclasses(argv)
+    except ValueError as error:
+        raise RunOptionError(" ".join(str(error).split())) from None
+
+
+def run_phases(training_args) -> tuple[bool, bool]:
+    """``(train, evaluate)``: transformers' example semantics of ``--do_train`` / ``--do_eval`` (an option not given
+    is off; ``--eval_strategy`` other than ``no`` turns evaluation on, as ``TrainingArguments`` does), except that
+    with neither option given the run trains and evaluates, as the demo recipe's command always did. Neither is a
+    :class:`RunOptionError`."""
+    do_train, do_eval = training_args.do_train, training_args.do_eval
+    if do_train is None and do_eval is None:
+        return True, True
+    if do_eval is None:
+        do_eval = training_args.eval_strategy != "no"
+    if not (do_train or do_eval):
+        raise RunOptionError("--do_train false / --do_eval false: nothing to do (give --do_train and/or --do_eval)")
+    return bool(do_train), bool(do_eval)
+
+
+def check_trainer_options(model_args, training_args, do_train: bool) -> None:
+    """Refuses, before any work, what the Trainer run cannot do as asked: float16 on the CPU (float32 silently),
+    label smoothing (``Trainer``'s smoother is for token logits: a torch error here), a step count below 1 (a
+    ``ZeroDivisionError``), and an evaluation only without a trained model or with ``--push_to_hub``."""
+    if training_args.fp16:
+        check_float16_device("--fp16", training_args.device, "--bf16")
+    if training_args.label_smoothing_factor:
+        raise RunOptionError(
+            f"--label_smoothing_factor {training_args.label_smoothing_factor}: not defined for these segmentation "
+            "losses (the model computes its own loss over the pixels); leave it at 0"
+        )
+    check_positive_steps(
+        {
+            "--gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+            "--logging_steps": training_args.logging_steps if training_args.logging_strategy == "steps" else None,
+            "--save_steps": training_args.save_steps if training_args.save_strategy == "steps" else None,
+            "--eval_steps": training_args.eval_steps if training_args.eval_strategy == "steps" else None,
+        }
+    )
+    if not do_train and not model_args.model_name_or_path:
+        raise RunOptionError(
+            "--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"
+        )
+    if not do_train and training_args.push_to_hub:
+        raise RunOptionError(
+            "--push_to_hub pushes a trained model: it needs --do_train (or neither --do_train nor --do_eval)"
+        )
+
+
 def main(argv=None, callbacks=None) -> dict:
-    """Trains and evaluates; ``callbacks`` are extra ``TrainerCallback``s. Returns the evaluation metrics."""
-    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(argv)
+    """Trains, saves and evaluates (:func:`run_phases`); ``callbacks`` are extra ``TrainerCallback``s. Returns the
+    evaluation metrics (the training metrics of a run without evaluation)."""
+    model_args, data_args, training_args = parse_options(argv)
+    do_train, do_eval = run_phases(training_args)
+    training_args.do_train, training_args.do_eval = do_train, do_eval
+    check_trainer_options(model_args, training_args, do_train)
     if training_args.push_to_hub:  # before any work: a run that cannot push fails now, not after training
         try:
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
@@ -130,24 +212,15 @@ def main(argv=None, callbacks=None) -> dict:
     training_args.remove_unused_columns = False
     training_args.batch_eval_metrics = True
     # "latest": the output folder's last checkpoint (complete: SegmentationTrainer publishes whole checkpoints only)
-    checkpoint = resolve_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint, "checkpoint")
+    checkpoint = resolve_checkpoint(
+        training_args.output_dir, training_args.resume_from_checkpoint, "checkpoint", marker="trainer_state.json"
+    )
     set_seed(training_args.seed)  # the model's initialisation too, not only the training
 
-    run = set_up_run(model_args, data_args, training_args.seed, training_args.device)
+    run = set_up_run(model_args, data_args, training_args.seed, training_args.device, evaluate_only=not do_train)
     model = run.model
 
-    optimizer = torch.optim.AdamW(
-        parameter_groups(
-            model,
-            training_args.weight_decay,
-            model_args.layer_decay,
-            training_args.learning_rate,
-            model_args.head_lr_multiplier,
-        ),
-        lr=training_args.learning_rate,
-        betas=(training_args.adam_beta1, training_args.adam_beta2),
-        eps=training_args.adam_epsilon,
-    )
+    optimizer = build_optimizer(model, training_args, model_args.layer_decay, model_args.head_lr_multiplier)
     trainer = SegmentationTrainer(
         model=model,
         processing_class=run.processor,
@@ -162,19 +235,30 @@ def main(argv=None, callbacks=None) -> dict:
         callbacks=[EpochCallback(run.train_transform), *(callbacks or [])],
     )
     trainer.once_qat = run.once_qat
-    train_result = trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
-    trainer.save_metrics("train", {**train_result.metrics, "train_steps": train_result.global_step})
+    metrics = {}
+    if do_train:  # saved before the evaluation (transformers' order): a bad validation sample loses no training
+        train_result = trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+        trainer.save_model()
+        metrics = {**train_result.metrics, "train_steps": train_result.global_step}
+        trainer.save_metrics("train", metrics)
+    if do_eval:
+        metrics = evaluate(trainer, run, data_args, training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return metrics
+
+
+def evaluate(trainer, run, data_args, output_dir) -> dict:
+    """The evaluation metrics of the trainer's model (at the ``--scale`` resolution), saved as ``eval_results.json``,
+    and the prediction overlays of the first ``--num_predictions`` validation images."""
     metrics = trainer.evaluate()
-    trainer.save_model()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         write_predictions(
-            trainer.model, run.evaluation, data_args.image_column, Path(training_args.output_dir) / "predictions",
+            trainer.model, run.evaluation, data_args.image_column, Path(output_dir) / "predictions",
             data_args.num_predictions, run.settings.scale,
         )  # fmt: skip
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
     return metrics
 
 

@@ -18,7 +18,10 @@ continues from the last ``step_N`` folder of ``--output_dir``. A checkpoint is w
 then renamed, so a ``step_N`` folder is always complete, also when the run was killed while saving; a resumed run ends
 with the weights of an uninterrupted one (every sample's augmentation is a function of seed, epoch and sample index;
 the RNG states are restored), also from the checkpoint of its last step. ``--max_steps`` is the step limit, as in the
-Trainer script.
+Trainer script. The optimizer is always the recipe's AdamW (``--adam_beta1/2``, ``--adam_epsilon``), as in
+transformers' no-trainer examples; the Trainer script takes ``--optim``. The model is saved before the final
+evaluation, which is at the ``--scale`` resolution (label maps nearest-resized with the images): numbers comparable to
+the papers' come from ``examples/evaluate_semantic_segmentation.py --model OUTPUT_DIR`` (original label size).
 """
 
 import argparse
@@ -41,6 +44,8 @@ from hf_semseg.training import (
     OPTIONAL_FLAG,
     STAGING_FOLDER,
     MasterWeights,
+    check_float16_device,
+    check_positive_steps,
     check_run_options,
     exit_on_user_error,
     pad_collate,
@@ -85,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         nargs=2,
         default=None,
-        help="keep-ratio scale (long short); default: the variant's, else 224 160",
+        help="keep-ratio scale (long short) of the training and of the final evaluation; default: the variant's, "
+        "else 224 160",
     )
     data.add_argument("--crop_size", type=int, default=160)
     data.add_argument("--cat_max_ratio", type=float, default=0.75)
@@ -204,7 +210,17 @@ def main(argv=None) -> dict:
         args.num_train_epochs,
         args.max_steps,
     )
-    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, "step", "_")  # before any work
+    check_positive_steps(
+        {
+            "--gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "--logging_steps": args.logging_steps,
+            "--checkpointing_steps": None
+            if args.checkpointing_steps in (None, "epoch")
+            else int(args.checkpointing_steps),
+        }
+    )
+    # before any work; every step_N checkpoint holds the RNG state of process 0
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, "step", "_", "random_states_0.pkl")
     accelerator = Accelerator(
         cpu=args.use_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -212,6 +228,8 @@ def main(argv=None) -> dict:
         # the shuffling is seeded by --seed on every process, whatever each process's torch seed
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
+    if accelerator.mixed_precision == "fp16":  # --mixed_precision fp16 or accelerate's configuration
+        check_float16_device("--mixed_precision fp16", accelerator.device, "--mixed_precision bf16")
     set_seed(args.seed)  # the same initial weights on every process
 
     run = set_up_run(args, args, args.seed, accelerator.device, accelerator.main_process_first)
@@ -313,11 +331,7 @@ def main(argv=None) -> dict:
             break
     bar.close()
 
-    result = evaluate(accelerator, model, run.evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
-    metrics = {f"eval_{key}": value for key, value in summary_metrics(result, run.model.config.id2label).items()}
-    metrics["epoch"] = progress.completed_steps / steps_per_epoch
-    accelerator.print(json.dumps(metrics))
-
+    # saved before the evaluation (transformers' order): a bad validation sample loses no training
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(
@@ -328,6 +342,12 @@ def main(argv=None) -> dict:
     )
     if accelerator.is_main_process:
         run.processor.save_pretrained(output_dir)
+
+    result = evaluate(accelerator, model, run.evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
+    metrics = {f"eval_{key}": value for key, value in summary_metrics(result, run.model.config.id2label).items()}
+    metrics["epoch"] = progress.completed_steps / steps_per_epoch
+    accelerator.print(json.dumps(metrics))
+    if accelerator.is_main_process:
         (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         write_predictions(
             unwrapped,

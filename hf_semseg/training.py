@@ -76,6 +76,18 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
     return load_dataset(name)
 
 
+def check_has_splits(dataset, dataset_name) -> None:
+    """Refuses a loaded dataset that is not a dictionary of splits (a single ``Dataset`` saved with ``save_to_disk``),
+    naming its type and size: ``split in dataset`` compared the split name with its rows, and the error listed every
+    row with its decoded images."""
+    if not hasattr(dataset, "keys"):
+        size = f" of {len(dataset)} rows" if hasattr(dataset, "__len__") else ""
+        raise RunOptionError(
+            f"--dataset_name {dataset_name}: holds one {type(dataset).__name__}{size}, not splits (expected a "
+            "DatasetDict with the --train_split and --eval_split splits, e.g. DatasetDict(train=..., validation=...))"
+        )
+
+
 def empty_split_error(dataset_name, split: str) -> RunOptionError:
     """The error of a split without samples, wherever it is found: before ``load_from_disk`` (which fails on such a
     split with a bare IndexError; datasets 3.0 loads it) or after loading (the scripts)."""
@@ -115,6 +127,7 @@ def load_splits(
             raise RunOptionError(f"{option} {value}: expected at least 1 sample (leave it out for all of them)")
     demo_sizes = (max_train_samples or 64, max_eval_samples or 16)
     dataset = load_segmentation_dataset(dataset_name, demo_sizes=demo_sizes)
+    check_has_splits(dataset, dataset_name)
     for split in (train_split, eval_split):
         if split not in dataset:
             raise RunOptionError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
@@ -153,6 +166,25 @@ def check_run_options(
         raise RunOptionError(
             f"--num_train_epochs {num_train_epochs}: no training step (expected a positive number of epochs, or "
             "--max_steps)"
+        )
+
+
+def check_positive_steps(options: dict) -> None:
+    """Refuses, before any work, a step count (``{"--logging_steps": 0, ...}``) that is not positive: 0 divided a step
+    number (a ``ZeroDivisionError`` after the first training steps) or stopped ``Trainer`` in its own error. None is
+    an option not in use."""
+    for option, value in options.items():
+        if value is not None and not value > 0:
+            raise RunOptionError(f"{option} {value}: expected a positive number of steps")
+
+
+def check_float16_device(option: str, device, alternative: str) -> None:
+    """Refuses float16 mixed precision (``option``) on a CPU, where ``Trainer`` and Accelerate silently train in
+    float32 instead (no float16 autocast there); ``alternative`` is the option of bfloat16 mixed precision."""
+    if torch.device(device).type == "cpu":
+        raise RunOptionError(
+            f"{option}: float16 mixed precision needs a GPU; on the CPU it would silently train in float32 (use "
+            f"{alternative} for bfloat16 mixed precision on the CPU)"
         )
 
 
@@ -210,6 +242,10 @@ def resolve_data_settings(
 
     if scale is not None and len(scale) != 2:
         raise RunOptionError(f"--scale takes two numbers (long short), got {list(scale)}")
+    if scale is not None and not all(side > 0 for side in scale):
+        raise RunOptionError(
+            f"--scale {' '.join(map(str, scale))}: expected two positive numbers of pixels (long short)"
+        )
     if variant is not None:
         record = get_variant(variant)
         default_scale, default_reduce, size_divisor = record.test_scale, record.reduce_labels, record.size_divisor
@@ -228,17 +264,42 @@ def resolve_data_settings(
     )
 
 
+def dataset_reduce_labels(dataset_name: str | None, do_reduce_labels: bool | None) -> bool | None:
+    """``--do_reduce_labels`` as given, or the default of a dataset with its own classes: the demo dataset's label 0
+    (background) is a real class, so it is not reduced unless asked, whatever the variant or the pretrained model
+    reduced (their reduction describes their own dataset, ADE20K's 0 = "other"). None for other datasets: the
+    variant's or the pretrained model's reduction applies (:func:`resolve_data_settings`)."""
+    if dataset_name is None and do_reduce_labels is None:
+        return False
+    return do_reduce_labels
+
+
+def reduced_classes(id2label: dict) -> dict:
+    """The classes of label maps after the label reduction: class 0 dropped (it becomes the ignore index), the others
+    one id lower (``{0: "background", 1: "disc"}`` -> ``{0: "disc"}``)."""
+    return {
+        int(index) - 1: name for index, name in sorted(id2label.items(), key=lambda item: int(item[0])) if int(index)
+    }
+
+
 def resolve_id2label(
-    dataset_name: str | None, model_name_or_path: str | None, variant: str | None, trust_remote_code: bool = False
+    dataset_name: str | None,
+    model_name_or_path: str | None,
+    variant: str | None,
+    trust_remote_code: bool = False,
+    reduce_labels: bool = False,
 ) -> dict:
-    """The classes: the demo classes for the demo dataset, else those of the variant or of the pretrained model."""
+    """The classes of the training targets: the demo classes for the demo dataset (after the label reduction when
+    ``reduce_labels``: :func:`reduced_classes`), else those of the variant or of the pretrained model (which describe
+    the targets of their own label reduction)."""
     from transformers import AutoConfig
 
     from .demo_data import DEMO_CLASSES
     from .variants import variant_config
 
     if dataset_name is None:
-        return dict(enumerate(DEMO_CLASSES))
+        classes = dict(enumerate(DEMO_CLASSES))
+        return reduced_classes(classes) if reduce_labels else classes
     if variant:
         return variant_config(variant).id2label
     if model_name_or_path:
@@ -304,9 +365,11 @@ def build_model(
     variant: str | None = None,
     trust_remote_code: bool = False,
     config_overrides: str | dict | None = None,
+    evaluate_only: bool = False,
 ):
     """A segmentation model for the classes ``id2label``: pretrained (the head is re-initialised when the classes
-    differ), a registered variant (random init), or with neither the small demo SeMask-Swin FPN."""
+    differ, unless ``evaluate_only``: then that is a :class:`RunOptionError`, a random head would be evaluated), a
+    registered variant (random init), or with neither the small demo SeMask-Swin FPN."""
     from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
     from .demo_data import demo_model_config
@@ -318,6 +381,13 @@ def build_model(
         config = AutoConfig.from_pretrained(
             model_name_or_path, id2label=id2label, label2id=label2id, trust_remote_code=trust_remote_code
         )
+        if evaluate_only:
+            trained = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).num_labels
+            if trained != len(id2label):
+                raise RunOptionError(
+                    f"--model_name_or_path {model_name_or_path}: has {trained} classes, the dataset {len(id2label)} "
+                    "(its head would be re-initialised and a random head evaluated); evaluate it on its own classes"
+                )
         return AutoModelForSemanticSegmentation.from_pretrained(
             model_name_or_path,
             config=apply_config_overrides(config, config_overrides),
@@ -354,18 +424,22 @@ def build_transforms(
     crop_size: int,
     cat_max_ratio: float,
     seed: int,
+    splits: tuple[str | None, str | None] = (None, None),
 ) -> tuple["SegmentationDatasetTransform", "SegmentationDatasetTransform"]:
     """``(training transform, evaluation transform)`` of the recipe: random keep-ratio resize around
     ``settings.scale``, ``crop_size`` square crop with ``cat_max_ratio``, flip and photometric distortion, each
     sample's augmentation drawn from (seed, epoch, sample index), so the same in resumed and multi-process runs; the
-    evaluation samples keep-ratio resized to ``settings.scale``."""
+    evaluation samples keep-ratio resized to ``settings.scale``; ``splits`` (training, evaluation) name the split in
+    sample errors. A ``crop_size`` below 1 is a :class:`RunOptionError` naming ``--crop_size``."""
+    if crop_size < 1:
+        raise RunOptionError(f"--crop_size {crop_size}: expected a positive number of pixels (the square crop's side)")
     augmentation = SegmentationTrainTransform(
         scale=settings.scale, crop_size=(crop_size, crop_size), cat_max_ratio=cat_max_ratio
     )
     columns = (image_column, label_column, num_labels, settings.reduce_labels)
     return (
-        make_transform(*columns, augmentation, seed=seed),
-        make_transform(*columns, None, eval_scale=settings.scale),
+        make_transform(*columns, augmentation, seed=seed, split=splits[0]),
+        make_transform(*columns, None, eval_scale=settings.scale, split=splits[1]),
     )
 
 
@@ -394,8 +468,11 @@ class RunSetup:
     once_qat: "OnceQAT | None" = None
 
 
-def set_up_run(model_options, data_options, seed: int, device, main_process_first=nullcontext) -> RunSetup:
-    """The model and data of a run of the example scripts, from their options.
+def set_up_run(
+    model_options, data_options, seed: int, device, main_process_first=nullcontext, evaluate_only: bool = False
+) -> RunSetup:
+    """The model and data of a run of the example scripts, from their options (``evaluate_only``: a run that does
+    not train, whose pretrained model must have the dataset's classes, :func:`build_model`).
 
     ``model_options`` has ``model_name_or_path``, ``variant``, ``trust_remote_code``, ``config_overrides`` and
     ``sync_batchnorm``; ``data_options`` has ``dataset_name``, ``train_split``, ``eval_split``, ``max_train_samples``,
@@ -419,12 +496,25 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
             data_options.max_train_samples,
             data_options.max_eval_samples,
         )
+    columns = {"--image_column": data_options.image_column, "--label_column": data_options.label_column}
+    require_columns(train, columns, f"split {data_options.train_split!r}")
+    require_columns(evaluation, columns, f"split {data_options.eval_split!r}")
     with loading(f"--model_name_or_path {model_options.model_name_or_path}"):
+        saved_processor = (
+            None if model_options.variant else pretrained_processor_settings(model_options.model_name_or_path)
+        )
+        settings = resolve_data_settings(
+            model_options.variant,
+            data_options.scale,
+            dataset_reduce_labels(data_options.dataset_name, data_options.do_reduce_labels),
+            saved_processor,
+        )
         id2label = resolve_id2label(
             data_options.dataset_name,
             model_options.model_name_or_path,
             model_options.variant,
             model_options.trust_remote_code,
+            settings.reduce_labels,
         )
         model = build_model(
             id2label,
@@ -432,9 +522,7 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
             model_options.variant,
             model_options.trust_remote_code,
             model_options.config_overrides,
-        )
-        saved_processor = (
-            None if model_options.variant else pretrained_processor_settings(model_options.model_name_or_path)
+            evaluate_only,
         )
     once_qat = prepare_once_qat(
         model,
@@ -444,12 +532,6 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
     )
     if model_options.sync_batchnorm:
         model = convert_sync_batchnorm(model, device)
-    settings = resolve_data_settings(
-        model_options.variant,
-        data_options.scale,
-        data_options.do_reduce_labels,
-        saved_processor,
-    )
     train_transform, eval_transform = build_transforms(
         data_options.image_column,
         data_options.label_column,
@@ -458,6 +540,7 @@ def set_up_run(model_options, data_options, seed: int, device, main_process_firs
         data_options.crop_size,
         data_options.cat_max_ratio,
         seed,
+        (data_options.train_split, data_options.eval_split),
     )
     # the files are decoded in the transform, which names the sample and file it cannot read
     columns = (data_options.image_column, data_options.label_column)
@@ -617,10 +700,25 @@ def without_image_decoding(dataset, columns):
     return dataset
 
 
-def open_image(value, index, column: str):
+def file_path(value) -> str | None:
+    """The file a dataset value was read from: the ``path`` of an undecoded ``datasets.Image`` value, the
+    ``filename`` of a PIL image opened from a file; None for bytes or arrays in the dataset."""
+    path = value.get("path") if isinstance(value, dict) else getattr(value, "filename", None)
+    return str(path) if path else None
+
+
+def sample_name(index, split: str | None = None, files: dict | None = None) -> str:
+    """How errors name a sample: its split and dataset row, then its files where known
+    (``split 'train' sample 2 (label a/s2.png)``)."""
+    name = f"sample {index}" if split is None else f"split {split!r} sample {index}"
+    known = [f"{column} {path}" for column, path in (files or {}).items() if path]
+    return f"{name} ({', '.join(known)})" if known else name
+
+
+def open_image(value, index, column: str, split: str | None = None):
     """A dataset value as an image: a PIL image or an array as they are, an undecoded ``datasets.Image`` value
     (``{"path", "bytes"}``, :func:`without_image_decoding`) read completely; a file that cannot be read is a
-    :class:`DatasetSampleError` naming the sample, the column and the file."""
+    :class:`DatasetSampleError` naming the split, the sample, the column and the file."""
     if not isinstance(value, dict):
         return value
     from datasets import Image as ImageFeature
@@ -630,34 +728,55 @@ def open_image(value, index, column: str):
         image.load()
     except Exception as error:  # PIL and the file system raise several types for unreadable files
         where = value.get("path") or "bytes in the dataset"
-        raise DatasetSampleError(f"sample {index}: {column} {where} cannot be read ({error})") from error
+        raise DatasetSampleError(f"{sample_name(index, split)}: {column} {where} cannot be read ({error})") from error
     return image
 
 
+def single_channel_label(label: np.ndarray, sample: str, column: str) -> np.ndarray:
+    """A label map as ``(H, W)`` class ids: a 3-D one only when its channels are equal (a grey map saved as RGB);
+    a colour-coded map (channels that differ) is a :class:`DatasetSampleError`, where its first channel alone was
+    taken before (every class of a palette with equal reds became one)."""
+    if label.ndim != 3:
+        return label
+    if label.shape[2] == 1 or (label.shape[2] == 3 and (label == label[..., :1]).all()):
+        return label[..., 0]
+    raise DatasetSampleError(
+        f"{sample}: {column} has {label.shape[2]} channels that differ (a colour-coded map?); a label map must hold "
+        "class ids in one channel (a grey PNG)"
+    )
+
+
 def to_arrays(
-    image, label, index, num_labels: int, reduce_labels: bool, columns: tuple[str, str] = ("image", "label")
+    image,
+    label,
+    index,
+    num_labels: int,
+    reduce_labels: bool,
+    columns: tuple[str, str] = ("image", "label"),
+    split: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One sample as (RGB uint8 array, int64 label array), checked: readable, same size, labels in the classes.
-    ``image`` and ``label`` are PIL images, arrays or undecoded ``datasets.Image`` values (:func:`open_image`);
-    ``columns`` name them in errors. Errors are :class:`DatasetSampleError`."""
-    image, label = open_image(image, index, columns[0]), open_image(label, index, columns[1])
+    """One sample as (RGB uint8 array, int64 label array), checked: readable, one channel of class ids
+    (:func:`single_channel_label`), same size, labels in the classes. ``image`` and ``label`` are PIL images, arrays
+    or undecoded ``datasets.Image`` values (:func:`open_image`); ``columns`` and ``split`` name them in errors, with
+    their files where known (:func:`sample_name`). Errors are :class:`DatasetSampleError`."""
+    sample = sample_name(index, split, {columns[0]: file_path(image), columns[1]: file_path(label)})
+    image, label = open_image(image, index, columns[0], split), open_image(label, index, columns[1], split)
     try:
         image = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image)  # a writable copy
         label = np.array(label, dtype=np.int64)
     except Exception as error:  # PIL raises several types for unreadable files
-        raise DatasetSampleError(f"sample {index}: the image or label cannot be read ({error})") from error
+        raise DatasetSampleError(f"{sample}: the image or label cannot be read ({error})") from error
     if image.ndim != 3 or image.shape[2] != 3:
-        raise DatasetSampleError(f"sample {index}: image has shape {image.shape}, expected (H, W, 3)")
-    if label.ndim == 3:
-        label = label[..., 0]
+        raise DatasetSampleError(f"{sample}: {columns[0]} has shape {image.shape}, expected (H, W, 3)")
+    label = single_channel_label(label, sample, columns[1])
     if image.shape[:2] != label.shape:
-        raise DatasetSampleError(f"sample {index}: image size {image.shape[:2]} differs from label size {label.shape}")
+        raise DatasetSampleError(f"{sample}: image size {image.shape[:2]} differs from label size {label.shape}")
     if reduce_labels:
         label = reduce_zero_label(label)
     bad = np.unique(label[(label != IGNORE_INDEX) & ((label < 0) | (label >= num_labels))])
     if bad.size:
         raise DatasetSampleError(
-            f"sample {index}: label values {bad[:10].tolist()} are outside [0, {num_labels}) and {IGNORE_INDEX}"
+            f"{sample}: label values {bad[:10].tolist()} are outside [0, {num_labels}) and {IGNORE_INDEX}"
         )
     return image, label
 
@@ -689,7 +808,7 @@ def augmentation_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 class SegmentationDatasetTransform:
     """A ``datasets.set_transform`` function: training samples go through ``augmentation`` with the generator
     :func:`augmentation_rng` ``(seed, epoch, sample index)``; evaluation samples are keep-ratio resized to
-    ``eval_scale`` (labels stay at their size unless resized with it).
+    ``eval_scale`` (labels stay at their size unless resized with it). ``split`` names the split in sample errors.
 
     The sample index is the ``sample_index`` column (:func:`with_sample_index`); the epoch is set with
     :meth:`set_epoch` before each epoch's data loader is iterated (:class:`EpochCallback` does it for ``Trainer``). A
@@ -705,8 +824,9 @@ class SegmentationDatasetTransform:
         augmentation: SegmentationTrainTransform | None,
         seed: int = 0,
         eval_scale: tuple[int, int] | None = None,
+        split: str | None = None,
     ):
-        self.image_column, self.label_column = image_column, label_column
+        self.image_column, self.label_column, self.split = image_column, label_column, split
         self.num_labels, self.reduce_labels = num_labels, reduce_labels
         self.augmentation, self.seed, self.eval_scale = augmentation, seed, eval_scale
         self.epoch = 0
@@ -726,9 +846,8 @@ class SegmentationDatasetTransform:
         # the dataset row of each sample, for error messages and the augmentation's generator
         indices = batch.get(SAMPLE_INDEX, range(len(batch[self.image_column])))
         for index, image, label in zip(indices, batch[self.image_column], batch[self.label_column]):
-            image, label = to_arrays(
-                image, label, index, self.num_labels, self.reduce_labels, (self.image_column, self.label_column)
-            )
+            columns = (self.image_column, self.label_column)
+            image, label = to_arrays(image, label, index, self.num_labels, self.reduce_labels, columns, self.split)
             if self.augmentation is not None:
                 image, label = self.augmentation(image, label, augmentation_rng(self.seed, self.epoch, int(index)))
             elif self.eval_scale is not None:
@@ -796,15 +915,24 @@ def last_checkpoint(output_dir, prefix: str, separator: str = "-") -> Path:
     return max(steps)[1]
 
 
-def resolve_checkpoint(output_dir, name: str | None, prefix: str, separator: str = "-") -> Path | None:
+def resolve_checkpoint(
+    output_dir, name: str | None, prefix: str, separator: str = "-", marker: str | None = None
+) -> Path | None:
     """The folder ``--resume_from_checkpoint name`` means: None without it, the last complete checkpoint of
-    ``output_dir`` for ``latest`` (:func:`last_checkpoint`), else the named folder, which must exist."""
+    ``output_dir`` for ``latest`` (:func:`last_checkpoint`), else the named folder, which must exist and, with
+    ``marker``, hold that file, which every checkpoint of the script holds (a folder that is not a checkpoint ended in
+    ``Trainer``'s or Accelerate's traceback, after the output folder was made)."""
     if name is None:
         return None
     if name == "latest":
         return last_checkpoint(output_dir, prefix, separator)
     if not Path(name).is_dir():
         raise RunOptionError(f"--resume_from_checkpoint {name}: no such folder")
+    if marker is not None and not (Path(name) / marker).is_file():
+        raise RunOptionError(
+            f"--resume_from_checkpoint {name}: not a checkpoint folder (a {prefix}{separator}N checkpoint of this "
+            f"script holds {marker} next to the model weights and the optimizer state)"
+        )
     return Path(name)
 
 
@@ -956,6 +1084,32 @@ def parameter_groups(
             group["lr"] = base_lr * scale
         result.append(group)
     return result
+
+
+#: keyword arguments of ``Trainer.get_optimizer_cls_and_kwargs`` that carry the optimizer's own parameter layout
+#: (GaLore / APOLLO ``params``, LOMO ``model``, layer-wise ``optimizer_dict``) instead of taking parameter groups
+OWN_PARAMETER_LAYOUT = ("params", "model", "optimizer_dict")
+
+
+def build_optimizer(model, args, layer_decay: float | None = None, head_lr_multiplier: float = 1.0):
+    """The optimizer ``--optim`` / ``--optim_args`` name (``Trainer.get_optimizer_cls_and_kwargs``, as ``Trainer``
+    builds it) over the recipe's parameter groups (:func:`parameter_groups`: no weight decay on norms, biases and
+    position tables, ``layer_decay``, ``head_lr_multiplier``); ``adamw_torch`` (the default) is the recipe's AdamW
+    with ``--adam_beta1/2`` and ``--adam_epsilon``. An optimizer that lays out the parameters itself (GaLore, APOLLO,
+    LOMO, layer-wise), or one that cannot be made here (a package missing), is a :class:`RunOptionError` naming
+    ``--optim``."""
+    try:
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    except (ValueError, ImportError) as error:
+        detail = (str(error).strip().splitlines() or [""])[0]
+        raise RunOptionError(f"--optim {args.optim.value}: cannot be used here ({detail})") from None
+    if any(key in kwargs for key in OWN_PARAMETER_LAYOUT):
+        raise RunOptionError(
+            f"--optim {args.optim.value}: lays out the parameters itself, so it cannot take the recipe's parameter "
+            "groups (weight-decay exclusions, --layer_decay, --head_lr_multiplier); choose another --optim"
+        )
+    groups = parameter_groups(model, args.weight_decay, layer_decay, args.learning_rate, head_lr_multiplier)
+    return optimizer_cls(groups, **kwargs)
 
 
 class CrossProcessBatchNorm2d(nn.BatchNorm2d):

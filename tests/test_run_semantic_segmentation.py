@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from script_helpers import help_default, load_example
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, TrainerCallback
 
 import hf_semseg
 from hf_semseg import training
@@ -82,9 +83,10 @@ def test_variant_defaults_and_explicit_options_of_the_command_line():
 
 
 def test_mask2former_variant_trains_with_its_processor_scale_and_label_reduction(tmp_path, monkeypatch):
-    """With --variant semask-mask2former-large-ade20k and neither --scale nor --do_reduce_labels, the run uses the
-    variant's test scale and label reduction and saves the Mask2Former image processor (a tiny model of the family
-    stands in for SeMask-L)."""
+    """With --variant semask-mask2former-large-ade20k and no --scale, the run uses the variant's test scale and saves
+    the Mask2Former image processor (a tiny model of the family stands in for SeMask-L). The demo dataset has its own
+    classes: reduced on request only (the variant's reduction is ADE20K's), and then the model's classes are those of
+    the reduced targets (background dropped, the others one id lower: they kept the unreduced names before)."""
     from test_modeling_semask_mask2former import tiny_config
 
     script = load_trainer_script()
@@ -97,13 +99,16 @@ def test_mask2former_variant_trains_with_its_processor_scale_and_label_reduction
     arguments = [
         "--output_dir", str(tmp_path), "--variant", "semask-mask2former-large-ade20k", "--max_train_samples", "2",
         "--max_eval_samples", "1", "--max_steps", "1", "--per_device_train_batch_size", "2", "--crop_size", "64",
-        "--num_predictions", "0",
+        "--num_predictions", "0", "--do_reduce_labels",
     ]  # fmt: skip
     metrics = script.main(arguments)
-    assert 0.0 <= metrics["eval_mean_iou"] <= 1.0
+    assert 0.0 <= metrics["eval_mean_iou"] <= 1.0 and {"eval_iou_disc", "eval_iou_triangle"} <= set(metrics)
+    assert "eval_iou_background" not in metrics
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(processor) is hf_semseg.SeMaskMask2FormerImageProcessor and processor.do_reduce_labels
     assert dict(processor.size) == {"longest_edge": 2560, "shortest_edge": 640}
+    config = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).config
+    assert config.id2label == {0: "disc", 1: "bar", 2: "triangle"} and config.num_labels == 3
 
 
 def test_help_shows_the_recipe_defaults_the_script_uses():
@@ -118,6 +123,7 @@ def test_help_shows_the_recipe_defaults_the_script_uses():
     _, _, training_args = script.build_parser().parse_args_into_dataclasses(["--output_dir", "o"])
     assert (training_args.learning_rate, training_args.num_train_epochs, training_args.warmup_steps) == (1e-3, 6, 5)
     assert (training_args.weight_decay, training_args.lr_scheduler_type.value) == (0.01, "polynomial")
+    assert training_args.optim.value == "adamw_torch"  # the AdamW the script built itself before --optim counted
     _, _, training_args = script.build_parser().parse_args_into_dataclasses(
         ["--output_dir", "o", "--learning_rate", "3e-4", "--max_steps", "9"]
     )
@@ -155,7 +161,7 @@ def test_an_unreadable_training_image_ends_the_run_with_one_line_naming_it(tmp_p
     # one error line (Trainer's progress bar, left open, redraws around it)
     errors = [line for line in re.split(r"[\r\n]|(?=error: )", result.stderr) if line.startswith("error:")]
     assert len(errors) == 1 and re.fullmatch(
-        r"error: sample 2: image (\S*/)?image_2\.png cannot be read \(.*truncated.*\)", errors[0]
+        r"error: split 'train' sample 2: image (\S*/)?image_2\.png cannot be read \(.*truncated.*\)", errors[0]
     ), result.stderr[-2000:]
 
 
@@ -173,6 +179,20 @@ def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypa
         "train without --push_to_hub"
     )
     assert not output_dir.exists()
+
+
+#: options of one script only: the Trainer script's (its --scale takes any count), the Accelerate script's
+TRAINER_ONLY = {"--scale 512", "--label_smoothing_factor", "--fp16", "--do_eval", "--optim"}
+NO_TRAINER_ONLY = {"--checkpointing_steps", "--mixed_precision"}
+
+
+def scripts_taking(arguments) -> list[str]:
+    """The example scripts that take ``arguments`` (its first option decides)."""
+    first = {arguments[0], " ".join(arguments[:2])}
+    scripts = ["run_semantic_segmentation.py", "run_semantic_segmentation_no_trainer.py"]
+    if first & TRAINER_ONLY:
+        return scripts[:1]
+    return scripts[1:] if first & NO_TRAINER_ONLY else scripts
 
 
 @pytest.mark.parametrize(
@@ -205,6 +225,35 @@ def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypa
         # 0 read as "no limit" before
         (["--max_train_samples", "0"], r"--max_train_samples 0: expected at least 1 sample"),
         (["--output_dir", "{tmp}/a_file"], r"--output_dir \S*a_file: is a file \(expected a folder\)"),
+        # a KeyError traceback from the data loader, an empty output folder left
+        (["--image_column", "img"], r"--image_column img: split 'train' has no such column \(its columns: \["),
+        (["--label_column", "lab"], r"--label_column lab: split 'train' has no such column"),
+        # ValueError tracebacks from hf_semseg.transforms
+        (["--crop_size", "0"], r"--crop_size 0: expected a positive number of pixels"),
+        (["--crop_size", "-5"], r"--crop_size -5: expected a positive number of pixels"),
+        (["--scale", "0", "0"], r"--scale 0 0: expected two positive numbers of pixels \(long short\)"),
+        # ZeroDivisionError / ValueError tracebacks, some after training steps
+        (["--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps 0: expected a positive number"),
+        (
+            ["--logging_steps", "0"],
+            r"(--logging_steps 0: expected a positive number of steps|logging strategy \S+ requires non-zero "
+            r"--logging_steps)$",
+        ),
+        (["--checkpointing_steps", "0"], r"--checkpointing_steps 0: expected a positive number of steps"),
+        # torch's RuntimeError from Trainer's label smoother
+        (["--label_smoothing_factor", "0.1"], r"--label_smoothing_factor 0\.1: not defined for these segmentation"),
+        # float32 training, silently
+        (["--fp16", "--use_cpu"], r"--fp16: float16 mixed precision needs a GPU; .*\(use --bf16 "),
+        (["--mixed_precision", "fp16", "--use_cpu"], r"--mixed_precision fp16: .*\(use --mixed_precision bf16 "),
+        # Trainer's ValueError / Accelerate's FileNotFoundError
+        (
+            ["--resume_from_checkpoint", "{tmp}/not_a_checkpoint"],
+            r"--resume_from_checkpoint \S*not_a_checkpoint: not a checkpoint folder \(a checkpoint-N checkpoint of "
+            r"this script holds (trainer_state\.json|random_states_0\.pkl) ",
+        ),
+        # trained: --do_eval alone evaluates a given model
+        (["--do_eval"], r"--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"),
+        (["--optim", "galore_adamw"], r"--optim galore_adamw: cannot be used here \("),
     ],
 )
 def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, arguments, message):
@@ -213,8 +262,8 @@ def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, ar
 
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]
     (tmp_path / "a_file").write_text("not a folder")
-    scripts = ["run_semantic_segmentation.py", "run_semantic_segmentation_no_trainer.py"]
-    for script in scripts[:1] if arguments[0] == "--scale" else scripts:
+    (tmp_path / "not_a_checkpoint").mkdir()
+    for script in scripts_taking(arguments):
         output_dir = tmp_path / script
         module = load_example(REPO_ROOT / "examples" / script)
         with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
@@ -225,3 +274,87 @@ def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, ar
         step_name = message.replace("checkpoint-N", "step_N") if "no_trainer" in script else message
         assert text.startswith("error: ") and "\n" not in text and re.match(step_name, text[7:]), text
         assert not output_dir.exists(), sorted(output_dir.iterdir())  # nothing left behind, not even the folder
+
+
+TINY = '{"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "decoder_hidden_size": 16}'
+#: a one-step run of the tiny demo model on 4 training and 2 validation images
+SHORT_RUN = [
+    "--config_overrides", TINY, "--max_train_samples", "4", "--max_eval_samples", "2", "--max_steps", "1",
+    "--per_device_train_batch_size", "2", "--crop_size", "64", "--num_predictions", "0",
+]  # fmt: skip
+
+
+class OptimizerSpy(TrainerCallback):
+    """Records the optimizer a run trains with and how many steps it trains."""
+
+    optimizer, steps = None, 0
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # unwrapped from Accelerate's
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_do_train_and_do_eval_choose_what_a_run_does_and_optim_is_used(tmp_path):
+    """--do_eval alone trained anyway, and --optim was ignored (the script's own AdamW). Now, as in transformers'
+    examples: --do_train alone trains and saves without evaluating, --do_eval alone evaluates the given model without
+    a training step or a saved model, and neither trains then evaluates (the demo command); --optim sgd trains with
+    SGD over the recipe's parameter groups (the heads at 10 x the learning rate, no decay on norms)."""
+    script = load_trainer_script()
+    trained, spy = tmp_path / "trained", OptimizerSpy()
+    script.main(["--output_dir", str(trained), *SHORT_RUN, "--do_train", "--optim", "sgd"], callbacks=[spy])
+    assert type(spy.optimizer) is torch.optim.SGD and spy.steps == 1
+    assert sorted({(g["initial_lr"], g["weight_decay"]) for g in spy.optimizer.param_groups}) == [
+        (1e-3, 0.0), (1e-3, 0.01), (1e-2, 0.0), (1e-2, 0.01)
+    ]  # fmt: skip
+    assert (trained / "model.safetensors").is_file() and not (trained / "eval_results.json").exists()
+    weights = (trained / "model.safetensors").read_bytes()
+
+    evaluated, spy = tmp_path / "evaluated", OptimizerSpy()
+    metrics = script.main(
+        ["--output_dir", str(evaluated), *SHORT_RUN, "--do_eval", "--model_name_or_path", str(trained)],
+        callbacks=[spy],
+    )
+    assert spy.steps == 0 and (trained / "model.safetensors").read_bytes() == weights  # nothing trained or written
+    assert sorted(path.name for path in evaluated.iterdir()) == ["all_results.json", "eval_results.json"]
+
+    both = script.main(["--output_dir", str(tmp_path / "both"), *SHORT_RUN, "--optim", "sgd"])
+    assert (tmp_path / "both" / "model.safetensors").read_bytes() == weights  # the same training, then evaluated
+    for key in ("eval_mean_iou", "eval_overall_accuracy", "eval_iou_disc"):
+        assert metrics[key] == pytest.approx(both[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("script_name", ["run_semantic_segmentation.py", "run_semantic_segmentation_no_trainer.py"])
+def test_a_bad_validation_sample_found_after_training_loses_no_training(tmp_path, script_name):
+    """The model was saved after the final evaluation, so a bad validation sample lost the whole training (the
+    Accelerate script left an empty folder); it is now saved first, and the error names the split and the file."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    def split(name, bad_row=None):
+        rows = {"image": [], "label": []}
+        for index in range(2):
+            image, label = tmp_path / f"{name}_image_{index}.png", tmp_path / f"{name}_label_{index}.png"
+            Image.fromarray(np.full((64, 64, 3), 60 * index, np.uint8)).save(image)
+            Image.fromarray(np.full((64, 64), 200 if index == bad_row else index, np.uint8)).save(label)
+            rows["image"].append(str(image))
+            rows["label"].append(str(label))
+        return Dataset.from_dict(rows, features=Features({"image": ImageFeature(), "label": ImageFeature()}))
+
+    DatasetDict({"train": split("train"), "validation": split("validation", bad_row=1)}).save_to_disk(tmp_path / "d")
+    output_dir = tmp_path / "out"
+    module = load_example(REPO_ROOT / "examples" / script_name)
+    with pytest.raises(SystemExit) as exit_info, training.exit_on_user_error():
+        module.main(
+            ["--output_dir", str(output_dir), *SHORT_RUN, "--dataset_name", str(tmp_path / "d"), "--variant",
+             "semask-fpn-tiny-ade20k", "--do_reduce_labels", "false", "--scale", "64", "64", "--use_cpu"]
+        )  # fmt: skip
+    assert re.fullmatch(
+        r"error: split 'validation' sample 1 \(image (\S*/)?validation_image_1\.png, label (\S*/)?validation_label_1\.png\): "
+        r"label values \[200\] are outside \[0, 150\) and 255",
+        str(exit_info.value),
+    ), str(exit_info.value)
+    assert AutoModelForSemanticSegmentation.from_pretrained(output_dir).config.num_labels == 150

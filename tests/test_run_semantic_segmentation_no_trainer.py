@@ -99,12 +99,15 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(ful
 
 def test_a_run_resumed_after_its_last_step_trains_no_further_step(tmp_path):
     """--max_steps 5 (the last step in the middle of epoch 2), killed after training: resumed from step_5 the loop
-    trained a sixth step; now it trains none and saves the checkpoint's weights."""
+    trained a sixth step; now it trains none and saves the checkpoint's weights. (The model is saved before the
+    final evaluation, where the run is killed: removed, so that the resumed run must write it.)"""
     limited = [*RUN, "--max_steps", "5", "--checkpointing_steps", "5"]
     killed_losses = no_trainer_losses(
         run(write_killer(tmp_path, 5, "after_training"), tmp_path, *limited, config=LEARNER, expect_rc=17)
     )
-    assert len(killed_losses) == 5 and not (tmp_path / "model.safetensors").exists()
+    assert len(killed_losses) == 5 and not (tmp_path / "eval_results.json").exists()
+    assert weight_difference(tmp_path / "step_5", tmp_path) == (0.0, 0.0)  # saved before the evaluation
+    (tmp_path / "model.safetensors").unlink()
     output = run(NO_TRAINER_SCRIPT, tmp_path, *limited, "--resume_from_checkpoint", "latest", config=LEARNER)
     assert no_trainer_losses(output) == [] and "5 optimizer steps" in output
     assert weight_difference(tmp_path / "step_5", tmp_path) == (0.0, 0.0)

@@ -501,3 +501,141 @@ def test_a_saved_dataset_with_an_empty_split_is_named(tmp_path):
     splits["validation"] = Dataset.from_dict({"x": [3]})
     DatasetDict(splits).save_to_disk(tmp_path / "whole")
     assert training.load_segmentation_dataset(str(tmp_path / "whole"))["validation"]["x"] == [3]
+
+
+def test_a_label_map_in_three_equal_channels_is_read_and_a_colour_coded_one_refused(tmp_path):
+    """The first channel of a 3-D label map was taken silently: a colour-coded mask (palette reds 0, 1, 0, 1) became
+    two classes. A grey map saved as RGB (equal channels) is read; one whose channels differ is refused, naming the
+    split, the sample and the file."""
+    from hf_semseg.training import DatasetSampleError, to_arrays
+
+    image = np.zeros((4, 6, 3), np.uint8)
+    classes = np.arange(24).reshape(4, 6) % 4
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.repeat(classes[..., None], 3, 2).astype(np.uint8)).save(grey)
+    _, label = to_arrays(image, {"path": str(grey), "bytes": None}, 0, 4, False)
+    assert label.shape == (4, 6) and (label == classes).all()
+    palette = np.array([[0, 0, 0], [1, 200, 0], [0, 0, 200], [1, 1, 1]], np.uint8)
+    coloured = tmp_path / "coloured.png"
+    Image.fromarray(palette[classes]).save(coloured)
+    with pytest.raises(DatasetSampleError) as error:
+        to_arrays(image, {"path": str(coloured), "bytes": None}, 5, 4, False, split="train")
+    assert str(error.value) == (
+        f"split 'train' sample 5 (label {coloured}): label has 3 channels that differ (a colour-coded map?); a label "
+        "map must hold class ids in one channel (a grey PNG)"
+    )
+
+
+def test_sample_errors_name_the_split_and_the_files(tmp_path):
+    """'sample 2: label values [7] ...' named neither the split nor the file of the sample."""
+    from hf_semseg.training import DatasetSampleError
+
+    paths = {}
+    for column, array in (("image", np.zeros((8, 8, 3), np.uint8)), ("label", np.full((8, 8), 7, np.uint8))):
+        paths[column] = tmp_path / f"{column}.png"
+        Image.fromarray(array).save(paths[column])
+    features = Features({"image": ImageFeature(decode=False), "label": ImageFeature(decode=False)})
+    dataset = Dataset.from_dict({key: [str(path)] for key, path in paths.items()}, features=features)
+    dataset = with_sample_index(dataset)
+    dataset.set_transform(make_transform("image", "label", 4, False, None, split="validation"))
+    with pytest.raises(DatasetSampleError) as error:
+        dataset[0]
+    assert str(error.value) == (
+        f"split 'validation' sample 0 (image {paths['image']}, label {paths['label']}): label values [7] are outside "
+        "[0, 4) and 255"
+    )
+
+
+def test_a_saved_single_dataset_is_named_by_its_type_not_its_rows(tmp_path):
+    """A ``Dataset`` saved alone (no splits): ``'train' in dataset`` compared the name with the rows, and the error
+    listed every row with its decoded images; now one short line."""
+    from hf_semseg import training
+    from hf_semseg.demo_data import make_demo_dataset
+
+    make_demo_dataset(3, 1)["train"].save_to_disk(tmp_path / "single")
+    with pytest.raises(training.RunOptionError) as error:
+        training.load_splits(str(tmp_path / "single"))
+    assert str(error.value) == (
+        f"--dataset_name {tmp_path / 'single'}: holds one Dataset of 3 rows, not splits (expected a DatasetDict with "
+        "the --train_split and --eval_split splits, e.g. DatasetDict(train=..., validation=...))"
+    )
+
+
+def test_the_demo_classes_decide_its_label_reduction_and_follow_it():
+    """With labels reduced, the targets are class - 1 but the model kept the unreduced names (the demo's 'disc'
+    pixels named 'background'); and an ADE20K variant's reduction dropped the demo's real background class. The
+    demo dataset is reduced only on request, and then its classes are those of the reduced targets."""
+    from hf_semseg.training import dataset_reduce_labels, resolve_data_settings, resolve_id2label
+
+    assert resolve_id2label(None, None, None) == {0: "background", 1: "disc", 2: "bar", 3: "triangle"}
+    assert resolve_id2label(None, None, None, reduce_labels=True) == {0: "disc", 1: "bar", 2: "triangle"}
+    variant = "semask-fpn-tiny-ade20k"  # reduces ADE20K's 0 = "other"
+    assert not resolve_data_settings(variant, None, dataset_reduce_labels(None, None)).reduce_labels
+    assert resolve_data_settings(variant, None, dataset_reduce_labels("scene_parse_150", None)).reduce_labels
+    assert resolve_data_settings(None, None, dataset_reduce_labels(None, True)).reduce_labels
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_refused_naming_what_one_holds(tmp_path):
+    """An existing folder that is no checkpoint ended in Trainer's ValueError or Accelerate's FileNotFoundError."""
+    from hf_semseg.training import RunOptionError, resolve_checkpoint
+
+    (tmp_path / "checkpoint-4").mkdir()
+    with pytest.raises(RunOptionError) as error:
+        resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-4"), "checkpoint", marker="trainer_state.json")
+    assert str(error.value) == (
+        f"--resume_from_checkpoint {tmp_path / 'checkpoint-4'}: not a checkpoint folder (a checkpoint-N checkpoint "
+        "of this script holds trainer_state.json next to the model weights and the optimizer state)"
+    )
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-4"), "checkpoint", marker="trainer_state.json")
+
+
+def test_the_optimizer_is_trainers_choice_over_the_recipe_groups(monkeypatch):
+    """--optim was ignored (the script built AdamW itself). The script's default adamw_torch is still exactly that
+    AdamW (class, betas, epsilon, groups, not fused); --optim sgd --optim_args is SGD over the same groups; an optimizer that lays out the
+    parameters itself is refused."""
+    from test_modeling_semask_swin import tiny_config
+    from transformers import Trainer, TrainingArguments
+
+    from hf_semseg import SeMaskSwinForSemanticSegmentation
+    from hf_semseg.training import RunOptionError, build_optimizer
+
+    model = SeMaskSwinForSemanticSegmentation(tiny_config())
+    recipe = {"output_dir": "o", "learning_rate": 1e-3, "weight_decay": 0.01, "adam_beta2": 0.98, "adam_epsilon": 1e-6}
+
+    def groups(optimizer):
+        return [
+            ({k: v for k, v in g.items() if k != "params"}, [id(p) for p in g["params"]])
+            for g in optimizer.param_groups
+        ]
+
+    adamw = build_optimizer(model, TrainingArguments(**recipe, optim="adamw_torch"), 0.9, 10.0)
+    expected = torch.optim.AdamW(
+        parameter_groups(model, 0.01, 0.9, 1e-3, 10.0), lr=1e-3, betas=(0.9, 0.98), eps=1e-6
+    )  # what the script built before
+    assert type(adamw) is torch.optim.AdamW and groups(adamw) == groups(expected)
+    sgd = build_optimizer(model, TrainingArguments(**recipe, optim="sgd", optim_args="momentum=0.9"), 0.9, 10.0)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+    assert [(g["lr"], g["weight_decay"], ids) for g, ids in groups(sgd)] == [
+        (g["lr"], g["weight_decay"], ids) for g, ids in groups(expected)
+    ]
+    layout = staticmethod(lambda args, model: (torch.optim.AdamW, {"lr": 1.0, "params": []}))
+    monkeypatch.setattr(Trainer, "get_optimizer_cls_and_kwargs", layout)
+    with pytest.raises(RunOptionError, match=r"^--optim adamw_torch_fused: lays out the parameters itself"):
+        build_optimizer(model, TrainingArguments(**recipe))
+
+
+def test_an_evaluation_only_run_refuses_a_model_of_other_classes(tmp_path):
+    """Without training, a pretrained model whose class count differs from the dataset's had its head silently
+    re-initialised (``ignore_mismatched_sizes``) and that random head evaluated; a training run still re-initialises
+    it, as fine-tuning does."""
+    from hf_semseg import SeMaskSwinForSemanticSegmentation
+    from hf_semseg.demo_data import DEMO_CLASSES, demo_model_config
+    from hf_semseg.training import RunOptionError, build_model
+
+    SeMaskSwinForSemanticSegmentation(demo_model_config()).save_pretrained(tmp_path)
+    three = dict(enumerate(DEMO_CLASSES[1:]))
+    with pytest.raises(RunOptionError, match=rf"^--model_name_or_path {tmp_path}: has 4 classes, the dataset 3 "):
+        build_model(three, str(tmp_path), evaluate_only=True)
+    assert build_model(three, str(tmp_path)).config.num_labels == 3  # training: a new head
+    assert build_model(dict(enumerate(DEMO_CLASSES)), str(tmp_path), evaluate_only=True).config.num_labels == 4
