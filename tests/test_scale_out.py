@@ -52,7 +52,8 @@ COMMON = [
 
 # Kill a run (os._exit: no clean-up, like a lost machine) at step KILL_AT_STEP: "after_save" right after its
 # checkpoint was published; "mid_save" while its checkpoint is being written (the model written, the optimizer not);
-# "after_training" when training has ended (its last checkpoint published, the final model not yet saved).
+# "after_training" when training has ended (its last checkpoint published; the Trainer script's final model not yet
+# saved, the Accelerate script's saved, as it is before the final evaluation).
 TRAINER_KILLER = """
 import os, sys
 sys.path.insert(0, {examples!r})
