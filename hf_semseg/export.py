@@ -4,14 +4,19 @@
     python -m hf_semseg.export --model DIR --format torch_export --output model.pt2 [--batch_size N]
 
 ``DIR`` is a folder written by ``save_pretrained`` (any model ``AutoModelForSemanticSegmentation`` loads once hf_semseg
-is imported). The exported graph maps ``pixel_values`` ``(B, 3, H, W)`` float32, normalised as the model's image
-processor does, to ``logits`` ``(B, num_labels, h, w)`` - the model's own logits, at 1/4 of the (padded) input for
-every family here: resize them to the image as ``post_process_semantic_segmentation`` does. Height and width are
-dynamic; the batch size ``B`` is fixed at export (``--batch_size``, 1 by default; see :func:`dynamic_shapes`). Next to the output go ``<stem>.preprocessor_config.json`` (the folder's image processor settings, when it has
-them) and ``<stem>.labels.json`` (``id2label`` and the input / output names). Every file is written to a temporary
-name in the destination folder and renamed when complete. User errors (a missing folder, a model that is not a
-semantic-segmentation model, an unknown format, an unwritable output or one named with the other format's suffix)
-exit with status 1 and one line on stderr.
+is imported; a folder whose config names its own code needs ``--trust_remote_code``). The model is loaded in float32
+whatever dtype it was saved in (a bfloat16 or float16 folder is exported in float32, with a note on stderr). The
+exported graph maps ``pixel_values`` ``(B, 3, H, W)`` float32, normalised as the model's image processor does, to
+``logits`` ``(B, num_labels, h, w)`` - the model's own logits, at 1/4 of the (padded) input for every family here:
+resize them to the image as ``post_process_semantic_segmentation`` does. Height and width are dynamic; the batch size
+``B`` is fixed at export (``--batch_size``, 1 by default; see :func:`dynamic_shapes`). Next to the output go
+``<output name>.preprocessor_config.json`` (the folder's image processor settings, when it has them) and
+``<output name>.labels.json`` (``id2label`` and the input / output names), e.g. ``semask.onnx.labels.json``: exports
+to ``semask.onnx`` and ``semask.pt2`` keep their own; a side file of an earlier export to the same output that this
+one does not write is removed. Every file is written to a temporary name in the destination folder and renamed when
+complete. User errors (a missing folder, a model that is not a semantic-segmentation model, an unknown format, an
+unwritable output or one named with the other format's suffix, an output or side file that would replace a file of
+the model folder, a usage error) exit with status 1 and one line on stderr.
 
 ONNX goes through torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``); FaPN's modulated deformable
 convolution (``torchvision.ops.deform_conv2d``) becomes ONNX ``DeformConv`` (opset 19), which onnxruntime implements.
@@ -20,7 +25,6 @@ Before anything is written, the export is run at :data:`VERIFY_SIDES` and compar
 does not reproduce it (a model whose code fixes sizes in the traced graph, see the README) is refused.
 """
 
-import argparse
 import json
 import os
 import secrets
@@ -37,6 +41,7 @@ from torch import nn
 from .conversion.common import (
     TERMINATED_STATUS,
     Terminated,
+    _ArgumentParser,
     first_line,
     quiet_progress_bars,
     terminate_with_cleanup,
@@ -396,9 +401,27 @@ EXPORTERS = {"onnx": export_onnx, "torch_export": export_torch}
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_segmentation_model(folder: str | os.PathLike) -> nn.Module:
-    """The semantic-segmentation model saved in ``folder``; :class:`ExportError` when there is none."""
+def _error_text(error: BaseException) -> str:
+    """``error``'s message in one line: huggingface_hub's config validation errors put the cause on a second line
+    (``Validation error for field 'embed_dim':`` / ``TypeError: Field 'embed_dim' expected int, ...``), kept here;
+    other errors give their first line."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    if isinstance(error, StrictDataclassError):
+        return " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())[:500]
+    return first_line(error)
+
+
+def load_segmentation_model(folder: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
+    """The semantic-segmentation model saved in ``folder``, in float32 whatever dtype it was saved in (the exported
+    graph takes and computes float32); :class:`ExportError` when there is none. A folder whose config names its own
+    code (``auto_map``) for a model type neither transformers nor hf_semseg provides is refused unless
+    ``trust_remote_code`` (transformers' interactive question is never asked: the command line must not wait on
+    stdin); with it, the folder's code runs only for such a model type (hf_semseg's own folders, which carry a copy of
+    its code, load hf_semseg's)."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoModelForSemanticSegmentation
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
     import hf_semseg  # noqa: F401  (registers the families with the Auto classes)
@@ -411,29 +434,57 @@ def load_segmentation_model(folder: str | os.PathLike) -> nn.Module:
     if not (folder / "config.json").is_file():
         raise ExportError(f"--model {folder}: no config.json (expected a model folder written by save_pretrained)")
     try:
-        config = AutoConfig.from_pretrained(folder)
-    except (ValueError, KeyError, OSError) as error:
+        raw_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ExportError(f"--model {folder}: config.json does not load ({first_line(error)})") from error
-    if config.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
+    if not isinstance(raw_config, dict):
+        raise ExportError(f"--model {folder}: config.json holds a {type(raw_config).__name__} (expected an object)")
+    model_type, auto_map = raw_config.get("model_type"), raw_config.get("auto_map")
+    custom_code = isinstance(auto_map, dict) and bool(auto_map) and model_type not in CONFIG_MAPPING
+    if custom_code and not trust_remote_code:
+        raise ExportError(
+            f"--model {folder}: config.json's model type {model_type!r} is the folder's own code (auto_map), not a "
+            "model transformers or hf_semseg provides; pass --trust_remote_code to run it (only for a folder you trust)"
+        )
+    # the folder's own code only where nothing here provides the model type: hf_semseg's saved folders carry a copy of
+    # its code (auto_map), whose classes traceable_sizes would not recognise
+    trust_remote_code = trust_remote_code and custom_code
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError, OSError, StrictDataclassError) as error:  # a key of the wrong type too
+        raise ExportError(f"--model {folder}: config.json does not load ({_error_text(error)})") from error
+    custom_segmentation = trust_remote_code and "AutoModelForSemanticSegmentation" in (auto_map or {})
+    if config.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES and not custom_segmentation:
         raise ExportError(
             f"--model {folder}: model type {config.model_type!r} is not a semantic-segmentation model (expected one "
             "that AutoModelForSemanticSegmentation loads)"
         )
+    saved_dtype = getattr(config, "dtype", None)
+    saved_dtype = str(saved_dtype).removeprefix("torch.") if saved_dtype is not None else None
     from safetensors import SafetensorError
 
     try:
         with quiet_progress_bars():  # the command line's stderr is for errors
-            return AutoModelForSemanticSegmentation.from_pretrained(folder)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # a missing, corrupt or mismatched file
-        raise ExportError(f"--model {folder}: the model's weights do not load ({first_line(error)})") from error
+            # float32 whatever the folder's dtype: the example input and the documented graph are float32
+            model = AutoModelForSemanticSegmentation.from_pretrained(
+                folder, dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
+    except (OSError, ValueError, RuntimeError, SafetensorError, StrictDataclassError) as error:
+        # a missing, corrupt or mismatched file
+        raise ExportError(f"--model {folder}: the model's weights do not load ({_error_text(error)})") from error
+    if saved_dtype not in (None, "float32"):
+        print(f"note: --model {folder} is saved in {saved_dtype}; it is exported in float32", file=sys.stderr)
+    return model
 
 
 def side_file_paths(output: Path) -> dict[str, Path]:
-    """Where the side files of an export to ``output`` go: ``processor`` (the image processor's settings) and
-    ``labels`` (the labels, the graph's input / output names)."""
+    """Where the side files of an export to ``output`` go, named after the output's full file name so that exports
+    of one model to ``semask.onnx`` and ``semask.pt2`` side by side keep their own: ``processor``
+    (``semask.onnx.preprocessor_config.json``, the image processor's settings) and ``labels``
+    (``semask.onnx.labels.json``: the labels, the graph's input / output names and shapes)."""
     return {
-        "processor": output.with_name(f"{output.stem}.preprocessor_config.json"),
-        "labels": output.with_name(f"{output.stem}.labels.json"),
+        "processor": output.with_name(f"{output.name}.preprocessor_config.json"),
+        "labels": output.with_name(f"{output.name}.labels.json"),
     }
 
 
@@ -485,33 +536,60 @@ def check_output(output: Path, output_format: str) -> None:
         raise ExportError(f"--output {output}: folder {parent} is not writable (expected a writable folder)")
 
 
-def _temporary_path(destination: Path) -> Path:
-    """A new empty file next to ``destination``, made as a plain new file is (mode 0o666 less the umask), so that the
-    file renamed into place is readable as any other the user writes (``mkstemp`` would make it private, 0o600)."""
-    path = destination.parent / f".{destination.name}.{secrets.token_hex(8)}.tmp"
+def _temporary_path(destination: Path, suffix: str | None = None) -> Path:
+    """A new empty file next to ``destination``, hidden, unique and ending with ``suffix`` (``destination``'s by
+    default; ``.semask.3f2a...tmp.pt2``: ``torch.export.save`` and ``load`` warn about any other), made as a plain new file is
+    (mode 0o666 less the umask), so that the file renamed into place is readable as any other the user writes
+    (``mkstemp`` would make it private, 0o600)."""
+    suffix = destination.suffix if suffix is None else suffix
+    path = destination.parent / f".{destination.stem}.{secrets.token_hex(8)}.tmp{suffix}"
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     return path
 
 
+def check_model_files_kept(folder: str | os.PathLike, output: Path) -> None:
+    """:class:`ExportError` when ``output`` or one of its side files (:func:`side_file_paths`) is an existing file
+    inside the model folder ``folder`` (its weights, its config, ...): the export would replace or remove it."""
+    model_folder = Path(folder).resolve()
+    for path in (output, *side_file_paths(output).values()):
+        if path.exists() and path.resolve().is_relative_to(model_folder):
+            where = "" if path == output else f" ({path}, where a file goes next to the export)"
+            raise ExportError(
+                f"--output {output}: would replace the file {path.resolve()} of the model folder --model {folder}"
+                f"{where}; expected a path outside the model folder, or a name none of its files has"
+            )
+
+
 def export_folder(
-    folder: str | os.PathLike, output_format: str, output: str | os.PathLike, batch_size: int = 1
+    folder: str | os.PathLike,
+    output_format: str,
+    output: str | os.PathLike,
+    batch_size: int = 1,
+    trust_remote_code: bool = False,
 ) -> list[Path]:
     """Exports the model saved in ``folder`` as ``output_format`` to ``output`` plus its side files; returns the
     paths written. Every file goes to a temporary name in the destination folder first: on any error nothing is
-    left."""
+    left. A side file of an earlier export to ``output`` that this one does not write (the processor settings of a
+    model that has none) is removed, so that the side files always describe the export next to them. An output or
+    side file that would replace a file of the model folder is refused before any work."""
     if output_format not in FORMATS:
         raise ExportError(f"--format {output_format}: unknown format (expected one of {', '.join(FORMATS)})")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"--batch_size {batch_size}: expected a whole number of images, at least 1")
     output = Path(output)
     check_output(output, output_format)
-    model = load_segmentation_model(folder)
+    check_model_files_kept(folder, output)
+    model = load_segmentation_model(folder, trust_remote_code=trust_remote_code)
     written = {}  # final path -> temporary path
     try:
-        for path, content in side_files(model, Path(folder), output, output_format, batch_size).items():
+        files = side_files(model, Path(folder), output, output_format, batch_size)
+        # an earlier export's side file that this export does not write: removed when this one is put in place
+        stale = [path for path in side_file_paths(output).values() if path not in files and path.is_file()]
+        for path, content in files.items():
             temporary = written[path] = _temporary_path(path)
             temporary.write_bytes(content)
-        temporary = written[output] = _temporary_path(output)
+        # the format's own suffix whatever the output's is (torch.export warns about a .pt2 archive named otherwise)
+        temporary = written[output] = _temporary_path(output, FORMAT_SUFFIXES[output_format])
         EXPORTERS[output_format](model, temporary, batch_size=batch_size)
         try:
             verified = verify_export(model, output_format, temporary, batch_size)
@@ -519,7 +597,9 @@ def export_folder(
             raise ExportError(f"--model {folder}: {error}") from error
         if not verified:
             print(f"note: onnxruntime is not installed: {output} was not checked", file=sys.stderr)
-        # the export itself last: its presence means the side files are there too
+        # stale side files first, the export itself last: its presence means its side files are there too
+        for path in stale:
+            path.unlink(missing_ok=True)
         for path in sorted(written, key=lambda path: path == output):
             os.replace(written[path], path)
     except BaseException as error:
@@ -533,13 +613,20 @@ def export_folder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    # a usage error (a missing or unknown option) is one `error:` line and exit status 1, as the converters'
+    parser = _ArgumentParser(
         prog="python -m hf_semseg.export", description=__doc__.split("\n\n")[0], allow_abbrev=False
     )
     parser.add_argument("--model", required=True, help="a model folder written by save_pretrained")
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--output", required=True, help="the file to write (.onnx or .pt2)")
     parser.add_argument("--batch_size", default="1", help="the number of images the export takes per call (1)")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run the model folder's own code where its config names some (auto_map) for a model type neither "
+        "transformers nor hf_semseg provides; only for a folder you trust (without it such a folder is refused)",
+    )
     arguments = parser.parse_args(argv)
     try:
         try:
@@ -549,7 +636,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"--batch_size {arguments.batch_size}: expected a whole number of images, at least 1"
             ) from None
         with terminate_with_cleanup():  # SIGTERM cleans up as an interrupt does
-            paths = export_folder(arguments.model, arguments.format, arguments.output, batch_size)
+            paths = export_folder(
+                arguments.model,
+                arguments.format,
+                arguments.output,
+                batch_size,
+                trust_remote_code=arguments.trust_remote_code,
+            )
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

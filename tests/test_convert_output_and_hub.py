@@ -294,6 +294,63 @@ def test_tokens_that_can_write_are_accepted(whoami, monkeypatch):
         check_hub_access("model")  # no namespace: the token owner's
 
 
+WRITER_IN_ORGS = {
+    "name": "someone",
+    "orgs": [
+        {"type": "org", "name": "lab", "roleInOrg": "write"},
+        {"type": "org", "name": "team", "roleInOrg": "contributor"},
+        {"type": "org", "name": "readers", "roleInOrg": "read"},
+        {"type": "org", "name": "unsaid"},  # no role listed: counted as writable (blocks nobody)
+    ],
+    "auth": {"accessToken": {"displayName": "laptop", "role": "write"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("whoami", "repo_id", "writable"),
+    [
+        (WRITER_IN_ORGS, "stranger/model", "someone, lab, team, unsaid"),
+        (WRITER_IN_ORGS, "readers/model", "someone, lab, team, unsaid"),
+        # no role, or no auth at all: the namespace is still known to be someone else's
+        ({"name": "someone", "auth": {"accessToken": {"displayName": "laptop"}}}, "stranger/model", "someone"),
+        ({"name": "someone"}, "stranger/model", "someone"),
+    ],
+)
+def test_a_token_is_refused_for_a_namespace_it_cannot_write(whoami, repo_id, writable, monkeypatch):
+    """A write token writes to its owner's namespace and to the organisations where the owner writes, nowhere else."""
+    mock_hub(monkeypatch, whoami=whoami)
+    namespace = repo_id.split("/")[0]
+    token = "token 'laptop'" if "auth" in whoami else "token"
+    with pytest.raises(HubAccessError) as error:
+        check_hub_access(repo_id)
+    assert str(error.value) == (
+        f"--push_to_hub {repo_id}: the {token} of someone cannot write to the namespace {namespace} (it can write to "
+        f"{writable}); name a repository in one of those, or use a token of an account that may write to {namespace} "
+        "through `hf auth login` or HF_TOKEN"
+    )
+
+
+@pytest.mark.parametrize("repo_id", ["someone/model", "Someone/model", "model", "lab/model", "team/m", "unsaid/m"])
+def test_a_write_token_is_accepted_in_its_own_and_its_organisations_namespaces(repo_id, monkeypatch):
+    mock_hub(monkeypatch, whoami=WRITER_IN_ORGS)
+    assert check_hub_access(repo_id) == "hf_test"
+
+
+def test_whoami_without_an_owner_name_is_not_decided_on(monkeypatch):
+    """Nothing to compare the namespace with: accepted (the upload has the last word)."""
+    mock_hub(monkeypatch, whoami={"auth": {"accessToken": {"role": "write"}}})
+    assert check_hub_access("stranger/model") == "hf_test"
+
+
+def test_a_model_scoped_fine_grained_token_covers_the_id_without_namespace(monkeypatch):
+    """``model`` is the token owner's ``someone/model``, which the token is scoped to."""
+    mock_hub(monkeypatch, whoami=fine_grained(("model", "someone/model", ["repo.write"])))
+    assert check_hub_access("model") == "hf_test"
+    assert check_hub_access("someone/model") == "hf_test"
+    with pytest.raises(HubAccessError, match="no write permission on someone or someone/other"):
+        check_hub_access("other")
+
+
 def test_a_failed_upload_is_one_line_and_keeps_the_folder(tmp_path, monkeypatch):
     mock_hub(monkeypatch, upload_error=OSError("quota exceeded\ndetails"))
     out = tmp_path / "out"

@@ -281,16 +281,16 @@ def test_cli_writes_onnx_with_the_processor_settings_and_labels(saved_folder, cl
     result, output, model = cli_onnx
     assert result.returncode == 0, result.stderr[-3000:]
     # the written paths close the output (torch.onnx prints its progress before them)
-    written = ["semask.preprocessor_config.json", "semask.labels.json", "semask.onnx"]
+    written = ["semask.onnx.preprocessor_config.json", "semask.onnx.labels.json", "semask.onnx"]
     assert result.stdout.strip().splitlines()[-3:] == [str(output.parent / name) for name in written]
     assert sorted(path.name for path in output.parent.iterdir()) == [
-        "semask.labels.json",
         "semask.onnx",
-        "semask.preprocessor_config.json",
+        "semask.onnx.labels.json",
+        "semask.onnx.preprocessor_config.json",
     ]
-    processor = json.loads((output.parent / "semask.preprocessor_config.json").read_text())
+    processor = json.loads((output.parent / "semask.onnx.preprocessor_config.json").read_text())
     assert processor == json.loads((folder / "preprocessor_config.json").read_text())
-    labels = json.loads((output.parent / "semask.labels.json").read_text())
+    labels = json.loads((output.parent / "semask.onnx.labels.json").read_text())
     assert labels["id2label"] == {str(index): label for index, label in tiny_label_kwargs()["id2label"].items()}
     assert labels["input"]["name"] == "pixel_values" and labels["output"]["name"] == "logits"
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
@@ -427,11 +427,11 @@ def test_cli_names_weights_that_do_not_load(saved_folder, tmp_path, capsys, dama
 
 def test_cli_refuses_a_side_file_path_that_is_a_folder_before_any_work(saved_folder, tmp_path, capsys):
     folder, _ = saved_folder
-    (tmp_path / "m.labels.json").mkdir()
+    (tmp_path / "m.onnx.labels.json").mkdir()
     assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 1
     line = one_error_line(capsys)
-    assert f"{tmp_path / 'm.labels.json'}, where a file goes next to the export, is a folder" in line
-    assert [path.name for path in tmp_path.iterdir()] == ["m.labels.json"]
+    assert f"{tmp_path / 'm.onnx.labels.json'}, where a file goes next to the export, is a folder" in line
+    assert [path.name for path in tmp_path.iterdir()] == ["m.onnx.labels.json"]
 
 
 def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(saved_folder, tmp_path, capsys, monkeypatch):
@@ -489,3 +489,309 @@ def test_written_files_have_the_permissions_of_any_new_file(saved_folder, tmp_pa
     assert len(written) == 3
     for path in written:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, f"{path.name}: {oct(path.stat().st_mode & 0o777)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# usage errors, config errors, the model folder kept, side files, dtype, remote code, temporary names
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fake_exporters(monkeypatch) -> list:
+    """The exporters replaced by ones that write a few bytes (and record the model's dtype and the path they were
+    given), the verification by a no-op: the command line's own work around an export, in a second."""
+    calls = []
+
+    def fake_export(model, path, batch_size):
+        calls.append({"dtype": next(model.parameters()).dtype, "path": path, "model": model})
+        path.write_bytes(b"an exported graph")
+
+    for output_format in export.FORMATS:
+        monkeypatch.setitem(export.EXPORTERS, output_format, fake_export)
+    monkeypatch.setattr(export, "verify_export", lambda *arguments, **keywords: True)
+    return calls
+
+
+def folder_contents(folder) -> dict:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--output", "x.onnx"], "error: the following arguments are required: --format (see --help)"),
+        (
+            ["--format", "onnx", "--output", "x.onnx", "--opset", "18"],
+            "error: unrecognized arguments: --opset 18 (see --help)",
+        ),
+    ],
+    ids=["missing_format", "unknown_option"],
+)
+def test_cli_usage_errors_are_one_error_line_and_status_1(saved_folder, tmp_path, capsys, arguments, message):
+    """As the converters' command lines: argparse's usage line and exit status 2 are not this project's errors."""
+    folder, _ = saved_folder
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--model", str(folder), *arguments])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == message + "\n"
+
+
+def copy_with_config(folder, copy, **changes):
+    """A copy of the model folder ``folder`` at ``copy`` whose config.json has ``changes``."""
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, **changes}))
+    return copy
+
+
+def test_cli_names_a_config_field_of_the_wrong_type(saved_folder, tmp_path, capsys):
+    folder, _ = saved_folder
+    broken = copy_with_config(folder, tmp_path / "model", embed_dim="abc")
+    output = tmp_path / "out.onnx"
+    assert export.main(["--model", str(broken), "--format", "onnx", "--output", str(output)]) == 1
+    assert one_error_line(capsys) == (
+        f"error: --model {broken}: config.json does not load (Validation error for field 'embed_dim': TypeError: "
+        "Field 'embed_dim' expected int, got str (value: 'abc'))"
+    )
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("output_name", "colliding"),
+    [
+        ("model.safetensors", "model.safetensors"),
+        ("config.json", "config.json"),
+        # a side file of the export (here a file the folder happens to hold)
+        ("m.pt2", "m.pt2.labels.json"),
+    ],
+)
+def test_cli_never_replaces_a_file_of_the_model_folder(saved_folder, tmp_path, capsys, monkeypatch, output_name,
+                                                       colliding):  # fmt: skip
+    folder, _ = saved_folder
+    model = tmp_path / "model"
+    shutil.copytree(folder, model)
+    (model / "m.pt2.labels.json").write_text("{}")
+    before = folder_contents(model)
+    calls = fake_exporters(monkeypatch)
+    output = model / output_name
+    assert export.main(["--model", str(model), "--format", "torch_export", "--output", str(output)]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(
+        f"error: --output {output}: would replace the file {(model / colliding).resolve()} of the model folder "
+        f"--model {model}"
+    )
+    assert line.endswith("expected a path outside the model folder, or a name none of its files has")
+    assert folder_contents(model) == before and calls == []
+
+
+def test_a_new_export_removes_a_stale_processor_file_of_an_earlier_one(saved_folder, tmp_path, monkeypatch):
+    """An export of a model without image processor settings to the name of an earlier export of one with them: the
+    earlier settings do not stay next to it as if they were the new model's."""
+    folder, _ = saved_folder
+    fake_exporters(monkeypatch)
+    output = tmp_path / "out" / "a.pt2"
+    output.parent.mkdir()
+    export.export_folder(folder, "torch_export", output)
+    assert sorted(path.name for path in output.parent.iterdir()) == [
+        "a.pt2",
+        "a.pt2.labels.json",
+        "a.pt2.preprocessor_config.json",
+    ]
+    no_processor = tmp_path / "no_processor"
+    shutil.copytree(folder, no_processor)
+    (no_processor / "preprocessor_config.json").unlink()
+    written = export.export_folder(no_processor, "torch_export", output)
+    assert written == [output.parent / "a.pt2.labels.json", output]
+    assert sorted(path.name for path in output.parent.iterdir()) == ["a.pt2", "a.pt2.labels.json"]
+
+
+def test_onnx_and_torch_export_of_one_model_keep_their_own_side_files(saved_folder, tmp_path, monkeypatch):
+    """The README's two commands, ``export/semask.onnx`` and ``export/semask.pt2 --batch_size 2``: each side file
+    describes its own export (format, batch size)."""
+    folder, _ = saved_folder
+    fake_exporters(monkeypatch)
+    export.export_folder(folder, "onnx", tmp_path / "semask.onnx")
+    export.export_folder(folder, "torch_export", tmp_path / "semask.pt2", batch_size=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "semask.onnx",
+        "semask.onnx.labels.json",
+        "semask.onnx.preprocessor_config.json",
+        "semask.pt2",
+        "semask.pt2.labels.json",
+        "semask.pt2.preprocessor_config.json",
+    ]
+    for name, output_format, batch_size in [("semask.onnx", "onnx", 1), ("semask.pt2", "torch_export", 2)]:
+        labels = json.loads((tmp_path / f"{name}.labels.json").read_text())
+        assert labels["format"] == output_format
+        assert labels["input"]["shape"] == [batch_size, 3, "height", "width"]
+        assert labels["output"]["shape"] == [batch_size, 4, "logits_height", "logits_width"]
+
+
+def test_a_bfloat16_folder_is_exported_in_float32(saved_folder, tmp_path, monkeypatch, capsys):
+    """transformers loads a folder saved in bfloat16 as bfloat16, where the float32 example input would fail inside
+    torch.export: the export loads it in float32 (the weights exactly the saved ones, upcast) and says so."""
+    from hf_semseg import SeMaskSwinForSemanticSegmentation
+
+    folder, model = saved_folder
+    bf16_folder = tmp_path / "bf16"
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    bf16.save_pretrained(bf16_folder)
+    assert json.loads((bf16_folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert SeMaskSwinForSemanticSegmentation.from_pretrained(bf16_folder).dtype == torch.bfloat16
+    calls = fake_exporters(monkeypatch)
+    output = tmp_path / "bf16.onnx"
+    capsys.readouterr()  # the progress bars of the saving and loading above
+    assert export.main(["--model", str(bf16_folder), "--format", "onnx", "--output", str(output)]) == 0
+    assert one_error_line(capsys) == f"note: --model {bf16_folder} is saved in bfloat16; it is exported in float32"
+    (call,) = calls
+    assert call["dtype"] == torch.float32
+    exported = call["model"]
+    for name, tensor in bf16.state_dict().items():
+        expected = tensor.float() if tensor.is_floating_point() else tensor
+        assert torch.equal(exported.state_dict()[name], expected), name
+    # the example input the exporter traces runs on the loaded model
+    with torch.no_grad():
+        assert export.LogitsModel(exported)(torch.randn(1, 3, 64, 96)).dtype == torch.float32
+
+
+def remote_code_folder(saved_folder, tmp_path):
+    """The saved folder as a model only its own code defines: another model type in config.json and its config
+    class, which neither transformers nor hf_semseg registers."""
+    folder, _ = saved_folder
+    remote = copy_with_config(folder, tmp_path / "remote", model_type="semask_swin_remote_test")
+    code = remote / "configuration_semask_swin.py"
+    assert code.read_text().count('model_type = "semask_swin"') == 1
+    code.write_text(code.read_text().replace('model_type = "semask_swin"', 'model_type = "semask_swin_remote_test"'))
+    return remote
+
+
+def test_remote_code_is_refused_without_trust_remote_code_and_stdin_is_never_read(saved_folder, tmp_path):
+    """transformers would ask "Do you wish to run the custom code? [y/N]" on stdin; the command line refuses at once
+    in one line instead, naming the option."""
+    remote = remote_code_folder(saved_folder, tmp_path)
+    output = tmp_path / "out.onnx"
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    arguments = ["--model", str(remote), "--format", "onnx", "--output", str(output)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "hf_semseg.export", *arguments],
+        stdin=subprocess.PIPE,  # held open and never written: a prompt would wait on it
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+    ) as process:
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert stdout == ""
+    assert stderr == (
+        f"error: --model {remote}: config.json's model type 'semask_swin_remote_test' is the folder's own code "
+        "(auto_map), not a model transformers or hf_semseg provides; pass --trust_remote_code to run it (only for a "
+        "folder you trust)\n"
+    )
+    assert not output.exists()
+
+
+def test_trust_remote_code_loads_the_folders_own_code(saved_folder, tmp_path, monkeypatch, capsys):
+    folder, model = saved_folder
+    remote = remote_code_folder(saved_folder, tmp_path)
+    calls = fake_exporters(monkeypatch)
+    output = tmp_path / "out.onnx"
+    arguments = ["--model", str(remote), "--format", "onnx", "--output", str(output), "--trust_remote_code"]
+    assert export.main(arguments) == 0
+    (call,) = calls
+    exported = call["model"]
+    assert type(exported).__module__.startswith("transformers_modules.")  # the folder's code, not hf_semseg's
+    assert exported.config.model_type == "semask_swin_remote_test"
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    np.testing.assert_array_equal(eager_logits(exported, pixel_values), eager_logits(model.eval(), pixel_values))
+    # an hf_semseg folder (auto_map to its copy of hf_semseg's code) still loads hf_semseg's classes, which the
+    # export's tracing replacements know
+    calls.clear()
+    arguments = [
+        "--model",
+        str(folder),
+        "--format",
+        "onnx",
+        "--output",
+        str(tmp_path / "own.onnx"),
+        "--trust_remote_code",
+    ]
+    assert export.main(arguments) == 0
+    assert type(calls[0]["model"]).__module__.startswith("hf_semseg.models.")
+
+
+def test_temporary_files_end_with_the_formats_suffix_and_torch_export_warns_nothing(
+    saved_folder, tmp_path, monkeypatch, caplog
+):
+    """torch.export.save and load warn about a file not ending in .pt2: the export's temporary file (hidden, unique)
+    ends with it."""
+    folder, _ = saved_folder
+    paths = []
+
+    def small_program_export(model, path, batch_size):
+        paths.append(path)
+        torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),)), str(path))
+
+    def load_only(model, output_format, path, batch_size=1):
+        export.exported_runner(output_format, path)
+        return True
+
+    monkeypatch.setitem(export.EXPORTERS, "torch_export", small_program_export)
+    monkeypatch.setattr(export, "verify_export", load_only)
+    with caplog.at_level("WARNING"):
+        export.export_folder(folder, "torch_export", tmp_path / "model.pt2")
+    (path,) = paths
+    assert path.parent == tmp_path and path.name.startswith(".model.") and path.suffix == ".pt2"
+    assert [record.getMessage() for record in caplog.records if "pt2" in record.getMessage()] == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "model.pt2",
+        "model.pt2.labels.json",
+        "model.pt2.preprocessor_config.json",
+    ]
+    first, second = export._temporary_path(tmp_path / "x.onnx"), export._temporary_path(tmp_path / "x.onnx")
+    assert first != second and first.name.startswith(".x.") and first.suffix == second.suffix == ".onnx"
+
+
+class SDNPyramid(torch.nn.Module):
+    """An SDN neck over a four-level pyramid of its input (each level half the previous, rounded up): its deepest
+    map is 1 pixel on a side for inputs of 8 pixels or fewer on that side."""
+
+    def __init__(self):
+        super().__init__()
+        from hf_semseg.models.modeling_sdn import SDNNeck
+
+        torch.manual_seed(0)
+        self.neck = SDNNeck([4, 4, 4, 4], groups=1)
+        with torch.no_grad():  # off the identity start, so that the diffusion reaches the outputs
+            for level in self.neck.levels:
+                level.fuse.weight.add_(0.3 * torch.randn(level.fuse.weight.shape))
+        self.eval()
+
+    def forward(self, pixel_values):
+        levels = [pixel_values]
+        for _ in range(3):
+            levels.append(torch.nn.functional.avg_pool2d(levels[-1], 2, ceil_mode=True))
+        return torch.cat([level.flatten(2) for level in self.neck(levels)], dim=2)
+
+
+def test_an_sdn_neck_export_runs_in_onnxruntime_where_the_deepest_map_is_one_pixel(tmp_path):
+    """Traced at 40x56 (deepest map 5x7); run where the deepest map is 1x1, 1x4, 2x1: eager skips the taps no pixel
+    has, the exported graph evaluates every tap over the whole map (no empty tensor, which onnxruntime's convolution
+    refuses with "Invalid input shape: {0,0}")."""
+    onnxruntime = require_onnx()
+    model = SDNPyramid()
+    example = torch.randn(1, 4, 40, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        program = torch.export.export(model, (example,), dynamic_shapes=export.dynamic_shapes())
+    path = tmp_path / "sdn.onnx"
+    torch.onnx.export(program, input_names=["pixel_values"], output_names=["out"], dynamo=True, verbose=False).save(
+        str(path)
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    for sides in [(8, 8), (3, 30), (16, 5), (32, 32), (40, 56)]:
+        pixel_values = torch.randn(1, 4, *sides, generator=generator)
+        with torch.no_grad():
+            expected = model(pixel_values).numpy()
+        (got,) = session.run(None, {"pixel_values": pixel_values.numpy()})
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"{sides}")

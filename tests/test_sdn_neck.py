@@ -14,6 +14,7 @@ from hf_semseg.models.modeling_sdn import (
     SDNLevel,
     SDNNeck,
     SemanticDifferenceConvolution,
+    _semantic_difference_convolution_for_export,
     init_sdn_weights,
     semantic_difference_convolution,
 )
@@ -130,6 +131,31 @@ def test_tiny_maps():
         weight = torch.randn(2, 1, 3, 3, generator=generator, dtype=torch.float64)
         expected = reference_sdc(features, guidance, weight, 1.0, "per_channel", 2)
         torch.testing.assert_close(semantic_difference_convolution(features, guidance, weight, 1.0, groups=2), expected)
+
+
+@pytest.mark.parametrize("similarity", ["per_channel", "l2"])
+@pytest.mark.parametrize(("out_channels", "groups"), [(3, 1), (6, 2), (4, 4)], ids=["groups1", "groups2", "depthwise"])
+def test_the_export_formulation_matches_the_per_pixel_definition_at_every_size(similarity, out_channels, groups):
+    """What an export traces (every tap over the whole zero-padded map, masked to the in-image neighbours) is the SDC
+    of the definition, maps of 1 pixel on a side included (there the eager version skips taps and slices nothing)."""
+    generator = torch.Generator().manual_seed(11 * groups)
+    weight = torch.randn(out_channels, 4 // groups, 3, 3, generator=generator, dtype=torch.float64)
+    for size in ((1, 1), (1, 4), (3, 1), (2, 2), (5, 7)):
+        features = torch.randn(2, 4, *size, generator=generator, dtype=torch.float64)
+        guidance = 1.5 * torch.randn(2, 4, *size, generator=generator, dtype=torch.float64)
+        expected = reference_sdc(features, guidance, weight, 0.7, similarity, groups)
+        got = _semantic_difference_convolution_for_export(
+            features, guidance, weight, 1 / 0.7**2, similarity == "per_channel", groups
+        )
+        assert got.shape == (2, out_channels, *size)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{size}")
+        # and the eager version, which the export formulation leaves unchanged
+        torch.testing.assert_close(
+            semantic_difference_convolution(features, guidance, weight, 0.7, similarity, groups),
+            expected,
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 @pytest.mark.parametrize("similarity", ["per_channel", "l2"])

@@ -34,6 +34,13 @@ nine-fold copy (unfold) of U or V is ever made. In training the tap is recompute
 (``recompute=True``, torch's non-reentrant activation checkpointing), so autograd keeps only U, V and the weight
 instead of four (B, C, H, W) tensors per tap.
 
+Export (``torch.export``, ONNX): a traced graph cannot skip a tap for the sizes where no pixel has that neighbour
+(a map 1 pixel high or wide, e.g. the deepest level of a 32x32 input), and the valid region of such a tap is empty,
+which onnxruntime's convolution refuses. While exporting (``torch.compiler.is_exporting()``) every tap is therefore
+evaluated on the whole map, its neighbours read from U and V zero-padded by one pixel, and masked to the pixels whose
+neighbour is inside the image (:func:`_semantic_difference_convolution_for_export`): the same sum over the same
+neighbours, with no empty tensor at any size. Eager runs (inference and training) keep the slicing above unchanged.
+
 Portable remote code: imports torch and the standard library only.
 """
 
@@ -92,6 +99,40 @@ def _tap_contribution(
     # (C_out, C_in / groups, 3, 3) -> (C_out, C_in / groups, 1, 1): this tap's weights as a grouped 1x1 convolution
     tap_weight = weight[:, :, ky : ky + 1, kx : kx + 1]
     return F.conv2d(term, tap_weight, groups=groups)  # (B, C_out, H', W')
+
+
+def _semantic_difference_convolution_for_export(
+    features: torch.Tensor,
+    guidance: torch.Tensor,
+    weight: torch.Tensor,
+    inv_lambda_sq: float,
+    per_channel: bool,
+    groups: int,
+) -> torch.Tensor:
+    """:func:`semantic_difference_convolution` as it is traced for export: every tap over the whole (B, C, H, W) map,
+    its neighbours read from U and V zero-padded by one pixel, and its contribution kept (``torch.where``) only where
+    the neighbour is inside the image; the values equal the eager sum within float rounding. Nothing depends on
+    whether a size is 1 (the eager version skips a tap and slices an empty region there, neither of which an export
+    can reproduce: the graph is traced once for every size)."""
+    batch, _, height, width = features.shape
+    padded_features = F.pad(features, (1, 1, 1, 1))  # (B, C, H + 2, W + 2)
+    padded_guidance = F.pad(guidance, (1, 1, 1, 1))
+    rows = torch.arange(height, device=features.device)
+    columns = torch.arange(width, device=features.device)
+    output = features.new_zeros((batch, weight.shape[0], height, width))
+    for ky, kx, dy, dx in _TAPS:
+        # (B, C, H, W): U(p0 + pn) and V(p0 + pn), zero where p0 + pn is outside the image
+        neighbour_features = padded_features[:, :, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        neighbour_guidance = padded_guidance[:, :, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        diff_v = neighbour_guidance - guidance
+        squared = diff_v.square() if per_channel else diff_v.square().mean(dim=1, keepdim=True)
+        similarity = squared.mul(inv_lambda_sq).add(1.0).rsqrt()
+        term = similarity * (neighbour_features - features)
+        contribution = F.conv2d(term, weight[:, :, ky : ky + 1, kx : kx + 1], groups=groups)
+        # (H, W): the pixels whose neighbour is inside the image
+        inside = ((rows + dy >= 0) & (rows + dy < height))[:, None] & ((columns + dx >= 0) & (columns + dx < width))
+        output = output + torch.where(inside, contribution, torch.zeros_like(contribution)).to(output.dtype)
+    return output
 
 
 def semantic_difference_convolution(
@@ -165,6 +206,10 @@ def semantic_difference_convolution(
         and (features.requires_grad or guidance.requires_grad or weight.requires_grad)
     )
 
+    if torch.compiler.is_exporting():  # no size-1 branch, no empty slice in the traced graph (see the module's doc)
+        return _semantic_difference_convolution_for_export(
+            features, guidance, weight, inv_lambda_sq, per_channel, groups
+        )
     output = features.new_zeros((batch, out_channels, height, width))  # (B, C_out, H, W), the running sum
     for ky, kx, dy, dx in _TAPS:
         rows, _ = _valid_slices(height, dy)
