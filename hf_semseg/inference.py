@@ -120,10 +120,16 @@ def crop_processor_padding(scores: torch.Tensor, processor, image_size) -> torch
 
 
 def classifies_masks(model) -> bool:
-    """Mask2Former / MaskFormer-style models (a config with ``num_queries``): their ``logits`` are detectron2's
-    semantic-inference scores (class probabilities times mask sigmoids), averaged as they are over test-time passes,
-    not per-pixel logits."""
-    return getattr(getattr(model, "config", None), "num_queries", None) is not None
+    """Mask2Former / MaskFormer-style models: a config with ``num_queries`` (Mask2Former's) or a ``decoder_config``
+    with it (MaskFormer's DETR decoder). Their ``logits`` are detectron2's semantic-inference scores (class
+    probabilities times mask sigmoids), averaged as they are over test-time passes, not per-pixel logits."""
+    config = getattr(model, "config", None)
+    decoder_config = getattr(config, "decoder_config", None)
+    if isinstance(decoder_config, dict):
+        decoder_queries = decoder_config.get("num_queries")
+    else:
+        decoder_queries = getattr(decoder_config, "num_queries", None)
+    return getattr(config, "num_queries", None) is not None or decoder_queries is not None
 
 
 def model_size_divisibility(model) -> int:
@@ -374,7 +380,8 @@ def segmentation_scores(
     ``(1.0,)`` is the processor as it is, :data:`TEST_SCALES` the papers' ms+flip) and, with ``flip``, again on its
     mirror image (the resized image flipped, the scores flipped back; a processor's padding stays right and bottom).
     Whole-image passes, or sliding windows with ``crop_size`` / ``stride`` (mmseg ``mode='slide'``; per-pixel models
-    only). The passes are averaged as the originals average them: softmax probabilities of per-pixel models (mmseg's
+    only). A model in bfloat16 gets its inputs in bfloat16 (as transformers' pipeline casts them) and the scores are
+    float32. The passes are averaged as the originals average them: softmax probabilities of per-pixel models (mmseg's
     ``aug_test``), the raw semantic scores of Mask2Former-style models (detectron2's ``SemanticSegmentorWithTTA``).
     """
     image_size = _image_size_of(image)
@@ -396,13 +403,15 @@ def segmentation_scores(
             f"{type(model).__name__} classifies masks: its scores come from its own hf-semseg image processor's "
             f"post-processing (detectron2's semantic inference), not from a {type(processor).__name__}"
         )
-    device = getattr(model, "device", None)
+    device, dtype = getattr(model, "device", None), getattr(model, "dtype", None)
     total, passes = None, 0
     for scale in scales:
         scaled_processor = processor if scales == (1.0,) else processor_at_scale(processor, scale, scales)
         pixel_values = scaled_processor(image, return_tensors="pt")["pixel_values"]
         if isinstance(device, torch.device):
             pixel_values = pixel_values.to(device)
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # a bfloat16 model, as the pipeline casts
+            pixel_values = pixel_values.to(dtype)
         _check_pixel_values(pixel_values, model)
         region = (
             scaled_processor.get_unpadded_size(*image_size) if hasattr(scaled_processor, "get_unpadded_size") else None
@@ -414,7 +423,7 @@ def segmentation_scores(
             if flipped:  # the image mirrored, the processor's padding (right and bottom) left where it is
                 inputs = pixel_values.clone()
                 inputs[image_region] = pixel_values[image_region].flip(-1)
-            scores = _pass_scores(model, scaled_processor, inputs, image_size, unpadded_size, window)
+            scores = _pass_scores(model, scaled_processor, inputs, image_size, unpadded_size, window).float()
             scores = scores.flip(-1) if flipped else scores
             scores = scores if mask_classification else scores.softmax(dim=0)
             total = scores if total is None else total + scores

@@ -283,3 +283,30 @@ def test_segmentation_scores_refuse_what_has_no_protocol(model, mask2former, tes
     # channels first or last, PIL or array: the same image size
     first = segmentation_scores(model, keep_ratio, torch.from_numpy(test_image).permute(2, 0, 1))
     assert first.shape == segmentation_scores(model, keep_ratio, Image.fromarray(test_image)).shape == (4, 45, 70)
+
+
+def test_every_mask_classification_family_is_averaged_as_detectron2():
+    """MaskFormer's configs keep ``num_queries`` in their DETR ``decoder_config``: SeMask- and VW-MaskFormer were
+    taken for per-pixel models (softmax averaged, sliding windows accepted)."""
+    from types import SimpleNamespace
+
+    import hf_semseg
+    from hf_semseg.inference import classifies_masks
+
+    for name in ("SeMaskMask2FormerConfig", "SeMaskMaskFormerConfig", "VWMask2FormerConfig", "VWMaskFormerConfig"):
+        assert classifies_masks(SimpleNamespace(config=getattr(hf_semseg, name)())), name
+    for name in ("SeMaskSwinConfig", "PaleConfig", "VWFormerConfig"):
+        assert not classifies_masks(SimpleNamespace(config=getattr(hf_semseg, name)())), name
+
+
+def test_segmentation_scores_of_a_bfloat16_model(model, test_image):
+    """The inputs it makes itself follow the model's dtype (a float32 input was refused, with advice to cast an input
+    the caller never sees); the scores are float32 and near the float32 model's."""
+    import copy
+
+    processor = KeepRatioImageProcessor(size={"longest_edge": 64, "shortest_edge": 32})
+    bfloat16 = copy.deepcopy(model).to(torch.bfloat16)
+    scores = segmentation_scores(bfloat16, processor, test_image, scales=(0.5, 1.0), flip=True)
+    reference = segmentation_scores(model, processor, test_image, scales=(0.5, 1.0), flip=True)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, reference, atol=0.05, rtol=0)
