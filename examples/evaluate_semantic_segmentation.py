@@ -206,7 +206,8 @@ def main(argv=None) -> dict:
         for index in tqdm(range(len(dataset)), desc=f"evaluating ({args.mode})"):
             sample = dataset[index]
             columns = (args.image_column, args.label_column)
-            image, label = to_arrays(*(sample[c] for c in columns), index, num_labels, reduce_labels, columns)
+            values = (sample[column] for column in columns)
+            image, label = to_arrays(*values, index, num_labels, reduce_labels, columns, args.split)
             prediction = predict(model, processor, image, args)
             metric.update(prediction, torch.from_numpy(label))
             if predictions_dir is not None:
