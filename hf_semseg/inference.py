@@ -240,14 +240,8 @@ def multi_scale_flip_probabilities(
     was ignored). Checked before the first forward."""
     _check_pixel_values(pixel_values, model)
     size = pixel_values.shape[-2:]
-    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__len__") or len(scales) == 0:
-        raise ValueError(
-            f"scales must be a non-empty sequence of positive ratios (e.g. (0.5, 1.0, 1.5)), got {scales!r}"
-        )
     scaled_sizes = []
-    for scale in scales:
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < math.inf:
-            raise ValueError(f"scales must be positive finite ratios, got {scale!r} in {tuple(scales)}")
+    for scale in _check_scales(scales):
         scaled_sizes.append((int(size[0] * scale + 0.5), int(size[1] * scale + 0.5)))
         if min(scaled_sizes[-1]) < 1:
             raise ValueError(
@@ -314,11 +308,12 @@ def processor_at_scale(processor, scale: float, scales=TEST_SCALES):
         )
     scale = _check_scales((scale,))[0]
     fixed_longest_edge = getattr(processor, "multi_scale_longest_edge", None) == "largest scale"
+    longest_edge_factor = max(_check_scales(scales)) if fixed_longest_edge else scale
     scaled = {}
     for name in ("height", "width", "shortest_edge", "longest_edge"):
         bound = getattr(size, name, None)
         if bound is not None:
-            factor = max(_check_scales(scales)) if name == "longest_edge" and fixed_longest_edge else scale
+            factor = longest_edge_factor if name == "longest_edge" else scale
             scaled[name] = max(int(bound * factor), 1)
     scaled_processor = copy.deepcopy(processor)
     scaled_processor.size = type(size)(**scaled)
