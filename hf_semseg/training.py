@@ -727,7 +727,7 @@ def open_image(value, index, column: str, split: str | None = None):
         image = ImageFeature().decode_example(value)
         image.load()
     except Exception as error:  # PIL and the file system raise several types for unreadable files
-        where = value.get("path") or "bytes in the dataset"
+        where = file_path(value) or "bytes in the dataset"
         raise DatasetSampleError(f"{sample_name(index, split)}: {column} {where} cannot be read ({error})") from error
     return image
 
