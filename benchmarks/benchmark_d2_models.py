@@ -40,7 +40,8 @@ in fp32 and under bf16 autocast, achieved GFLOP/s, in one run.
 * Achieved GFLOP/s: 2 x GMACs / median latency, and its fraction of the matmul's median GFLOP/s in the same rounds.
 
 ``--smoke`` runs the same code on tiny backbones (Swin embed 32, depths 2-2-2-2, window 4) at 128x128 with one
-round each: a check that everything runs, its figures mean nothing. ``--combine`` reads the reports of several runs
+round each and a 256x256 matmul (a bf16 2048x2048 one takes a minute on a CPU without oneDNN's bf16 kernels): a
+check that everything runs, its figures mean nothing. ``--combine`` reads the reports of several runs
 and writes each pair's per-run ratios and their medians.
 """
 
@@ -114,6 +115,8 @@ SEMASK_VARIANTS = {
 #: the backbone of ``--smoke`` (every group)
 SWIN_SMOKE = {"embed_dim": 32, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 4, 8], "window_size": 4}
 SMOKE_SIZE = 128
+#: side of the matmul step of ``--smoke`` rounds
+SMOKE_GEMM_SIZE = 256
 NUM_LABELS = 150
 DTYPES = ("float32", "bfloat16")
 
@@ -236,6 +239,7 @@ def count_macs(model: torch.nn.Module, pixel_values: torch.Tensor) -> dict:
 def measure_group(args, names: list[str]) -> tuple[list[dict], list[dict]]:
     """The rows of ``names`` (one group: built, counted, timed in fp32 then bf16) and the matmuls of the rounds."""
     size = SMOKE_SIZE if args.smoke else args.size
+    gemm_size = SMOKE_GEMM_SIZE if args.smoke else harness.GEMM_SIZE
     pixel_values = harness.random_pixel_values(1, size, harness.seeded_generator(args.seed))
     models, rows = {}, {}
     for name in names:
@@ -259,11 +263,11 @@ def measure_group(args, names: list[str]) -> tuple[list[dict], list[dict]]:
         load_before = harness.load_average()
         rounds = harness.forward_round_robin_with_matmul(
             models, dict.fromkeys(models, pixel_values), args.warmup, repeats, autocast=autocast, matmul_dtype=dtype,
-            region=harness.autocast_region(torch.device("cpu"), dtype, args.autocast_scope),
+            matmul_size=gemm_size, region=harness.autocast_region(torch.device("cpu"), dtype, args.autocast_scope),
         )  # fmt: skip
-        matmul_gflops = harness.gemm_gflops(harness.GEMM_SIZE, harness.median(rounds.matmul_times))
+        matmul_gflops = harness.gemm_gflops(gemm_size, harness.median(rounds.matmul_times))
         matmuls.append({
-            "dtype": dtype_name, "size": harness.GEMM_SIZE, "times_s": rounds.matmul_times,
+            "dtype": dtype_name, "size": gemm_size, "times_s": rounds.matmul_times,
             "gflops_median": matmul_gflops, "load_before": load_before, "load_after": harness.load_average(),
         })  # fmt: skip
         for name, times in rounds.times.items():
@@ -378,9 +382,7 @@ def main(argv=None) -> None:
     print(harness.format_table(rows, COLUMNS))
     print()
     for matmul in matmuls:
-        print(
-            f"{harness.GEMM_SIZE}^2 {matmul['dtype']} matmul ({matmul['group']}): {matmul['gflops_median']:.1f} GFLOP/s"
-        )
+        print(f"{matmul['size']}^2 {matmul['dtype']} matmul ({matmul['group']}): {matmul['gflops_median']:.1f} GFLOP/s")
     print_ratios(ratios)
     settings = {"size": SMOKE_SIZE if args.smoke else args.size, "smoke": args.smoke, "seed": args.seed}
     report = {"environment": env, "settings": settings, "results": rows, "ratios": ratios, "matmul": matmuls}

@@ -109,3 +109,5 @@ def test_smoke_run_of_three_models(tmp_path):
         assert f"{entry['numerator']} / {entry['denominator']} [{entry['kind']}]" in result.stdout
     assert report["settings"]["smoke"] is True
     assert [matmul["dtype"] for matmul in report["matmul"]] == list(d2_models.DTYPES)
+    assert {matmul["size"] for matmul in report["matmul"]} == {d2_models.SMOKE_GEMM_SIZE}
+    assert f"{d2_models.SMOKE_GEMM_SIZE}^2 float32 matmul (base)" in result.stdout
