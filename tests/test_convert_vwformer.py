@@ -12,6 +12,7 @@ from script_helpers import key_list_state_dict, run_script
 
 import hf_semseg
 from hf_semseg.conversion.common import CheckpointError, parse_converter_args
+from hf_semseg.conversion.run_config import ConfigFileError
 from hf_semseg.conversion.vwformer import (
     CONVERTER,
     convert_checkpoint,
@@ -193,6 +194,37 @@ def test_config_text_heads_decide_whether_the_checkpoint_is_the_released_variant
     other_heads = {"config": "model = dict(decode_head=dict(type='VWHead', short_cut=False, nheads=2))"}
     config, variant = infer_config_and_variant(state_dict, other_heads)
     assert variant is None and config.num_attention_heads == 2
+
+
+@pytest.mark.parametrize(
+    ("norm_cfg", "expected_eps"),
+    [
+        (None, 1e-6),
+        ("dict(type='LN', eps=1e-6)", 1e-6),
+        ("dict(type='LN', eps=0.001)", 1e-3),
+        ("dict(type='LN')", 1e-5),
+    ],
+)
+def test_mit_layer_norm_eps_comes_from_the_run_config(norm_cfg, expected_eps):
+    # MixVisionTransformer's default norm_cfg is dict(type='LN', eps=1e-6); mmcv's LN without eps is nn.LayerNorm's 1e-5
+    state_dict = meta_state_dict(fixture_dir("vwformer_keys") / "vw_mit_b0_ade20k_CONSTRUCTED_not_released.json")
+    norm = "" if norm_cfg is None else f", norm_cfg={norm_cfg}"
+    text = (
+        f"model = dict(backbone=dict(type='MixVisionTransformer', num_heads=[1, 2, 5, 8]{norm}), "
+        "decode_head=dict(type='VWHead', short_cut=True, nheads=1))"
+    )
+    config = infer_config(state_dict, {"config": text})
+    assert config.backbone_config.layer_norm_eps == expected_eps
+
+
+def test_mit_backbone_normalised_otherwise_is_refused():
+    state_dict = meta_state_dict(fixture_dir("vwformer_keys") / "vw_mit_b0_ade20k_CONSTRUCTED_not_released.json")
+    text = (
+        "model = dict(backbone=dict(type='MixVisionTransformer', num_heads=[1, 2, 5, 8], norm_cfg=dict(type='BN')), "
+        "decode_head=dict(type='VWHead', short_cut=True, nheads=1))"
+    )
+    with pytest.raises(ConfigFileError, match=r"model\.backbone\.norm_cfg = \{'type': 'BN'\}.*'LN', a positive eps"):
+        infer_config(state_dict, {"config": text})
 
 
 def test_variant_choices_of_the_command_line_are_the_registry():

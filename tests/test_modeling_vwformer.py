@@ -116,6 +116,24 @@ class TestVWFormerOverMiT(VWFormerSuite):
         return tiny_vwformer_config(backbone)
 
 
+def test_mit_backbone_normalises_with_the_configs_layer_norm_eps():
+    # transformers' SegformerModel builds its LayerNorms with eps 1e-5 whatever layer_norm_eps says; the original MiT
+    # uses its norm_cfg's (1e-6), which the converter carries into layer_norm_eps. A large eps shows in the values.
+    config = TestVWFormerOverMiT().get_config()
+    config.backbone_config.layer_norm_eps = 0.25
+    model = VWFormerForSemanticSegmentation(config).eval()
+    norms = [module for module in model.backbone.modules() if isinstance(module, torch.nn.LayerNorm)]
+    # per stage: the embedding's, the block's two, the stage's; the key reduction's in the three with sr_ratio > 1
+    assert len(norms) == 4 * 4 + 3 and {norm.eps for norm in norms} == {0.25}
+    embedding = model.backbone.stages[0].patch_embeddings
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.no_grad():
+        tokens = embedding(pixel_values)[0]
+        projected = embedding.proj(pixel_values).flatten(2).transpose(1, 2)  # (1, C, h, w) -> (1, h*w, C)
+        expected = F.layer_norm(projected, (16,), embedding.layer_norm.weight, embedding.layer_norm.bias, eps=0.25)
+    torch.testing.assert_close(tokens, expected, rtol=0, atol=1e-6)
+
+
 class TestVWFormerOverSeMaskSwin(VWFormerSuite):
     # Adam's first step moves every weight by about lr: 1e-3 overshoots on this tiny random model (loss 4.32 ->
     # 4.45) where 3e-4 lowers it (-> 3.93)

@@ -340,11 +340,12 @@ HEAD_TYPES = {"vw": "VWHead", "vw_city": "VWCityHead"}
 
 
 #: the activation and norm of each backbone as the converted backbones compute them (transformers' Swin: GELU,
-#: LayerNorm eps 1e-5; ConvNeXt: GELU, channels-first LayerNorm eps 1e-6; MiT: GELU), as a run's config names them
+#: LayerNorm eps 1e-5; ConvNeXt: GELU, channels-first LayerNorm eps 1e-6; MiT: GELU, LayerNorms of the run's eps,
+#: carried over by :func:`_mit_layer_norm_eps`), as a run's config names them
 BACKBONE_ACTIVATION_AND_NORM = {
     "swin": ("GELU", ("LN",), 1e-5),
     "convnext": ("GELU", ("LN2d",), 1e-6),
-    "mit": ("GELU", None, None),  # transformers' SegformerModel: LayerNorms of eps 1e-5 (mmseg MiT's default: 1e-6)
+    "mit": ("GELU", ("LN",), None),
 }
 
 
@@ -418,8 +419,21 @@ def _head_batch_norm_eps(run_configs: list) -> float:
     """The epsilon of the decode head's BatchNorms: ``model.decode_head.norm_cfg``'s ``eps`` in the first run config
     that sets it (checked by :func:`_representable_checks`: any positive one for a ``VWCityHead``, 1e-5 for a
     ``VWHead``), else mmcv's default 1e-5."""
-    norm_cfg, _ = first_value(run_configs, ["model.decode_head.norm_cfg"])
-    return float(norm_cfg.get("eps", 1e-5)) if isinstance(norm_cfg, dict) else 1e-5
+    return _norm_cfg_eps(run_configs, "model.decode_head.norm_cfg", 1e-5)
+
+
+def _mit_layer_norm_eps(run_configs: list) -> float:
+    """The epsilon of every LayerNorm of a MiT backbone: ``model.backbone.norm_cfg``'s ``eps`` in the first run config
+    that sets it (any positive one, checked by :func:`_representable_checks`), else ``MixVisionTransformer``'s default
+    ``dict(type='LN', eps=1e-6)``, the one of every release."""
+    return _norm_cfg_eps(run_configs, "model.backbone.norm_cfg", 1e-6)
+
+
+def _norm_cfg_eps(run_configs: list, path: str, code_default: float) -> float:
+    """``eps`` of the mmcv ``norm_cfg`` at ``path`` in the first run config that sets it (mmcv's norm layers default
+    to 1e-5 where the dict gives none), else ``code_default``, the original class's own ``norm_cfg``."""
+    norm_cfg, _ = first_value(run_configs, [path])
+    return float(norm_cfg.get("eps", 1e-5)) if isinstance(norm_cfg, dict) else code_default
 
 
 def infer_config_and_settings(
@@ -435,7 +449,7 @@ def infer_config_and_settings(
     ``config_file``, the config text in ``meta`` or the released variant (``variant``, whose weights must then be the
     checkpoint's, or the one with exactly these weights), else the conversion stops naming them. A config whose head
     or backbone settings the converted model cannot represent is refused (:func:`_representable_checks`); the head's
-    BatchNorm epsilon and the training-only dropout, ignored label and loss average are carried over."""
+    BatchNorm epsilon, a MiT backbone's LayerNorm epsilon and the training-only dropout, ignored label and loss average are carried over."""
     meta = meta or {}
     if run_configs is None:  # the caller may have read them already
         run_configs = mmseg_run_configs(config_file, meta)
@@ -469,6 +483,7 @@ def infer_config_and_settings(
     check_representable(run_configs, _representable_checks(backbone_type, backbone_config, head_type))
     if backbone_type == "mit":
         _mit_strides(run_configs, backbone_config)
+        backbone_config.layer_norm_eps = _mit_layer_norm_eps(run_configs)
     id2label = checkpoint_id2label(meta.get("CLASSES"), num_labels)
     config = VWFormerConfig(
         backbone_config=backbone_config,

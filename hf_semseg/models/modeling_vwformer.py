@@ -612,6 +612,13 @@ def build_backbone(backbone_config) -> nn.Module:
     if backbone_class is None:
         return AutoBackbone.from_config(backbone_config)
     backbone = backbone_class(backbone_config)
+    if backbone_config.model_type == "segformer":
+        # transformers' SegformerModel builds every LayerNorm with PyTorch's eps (1e-5) whatever the config's
+        # layer_norm_eps says; the original MiT (mmseg MixVisionTransformer) normalises with its norm_cfg's, 1e-6 in
+        # every release, which SegformerConfig's layer_norm_eps defaults to (logits moved by up to 6e-5 otherwise)
+        for module in backbone.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = backbone_config.layer_norm_eps
     if backbone_config.model_type == "swin":
         # SwinBackbone keeps SwinModel's final LayerNorm but never uses it: drop it, so that every parameter is
         # trained (DDP needs no `find_unused_parameters`) and the parameter count is the original model's
