@@ -328,6 +328,7 @@ def semask_d2_state_dict():
         ("SWIN", "MLP_RATIO", 2.0, "MODEL.SWIN.MLP_RATIO = 2.0, but the checkpoint's weights have 4.0"),
         ("SWIN", "QKV_BIAS", False, "MODEL.SWIN.QKV_BIAS = False, but the checkpoint's weights have True"),
         ("SWIN", "APE", True, "MODEL.SWIN.APE = True, but the checkpoint's weights have False"),
+        ("SWIN", "PATCH_NORM", False, "MODEL.SWIN.PATCH_NORM = False, but the checkpoint's weights have True"),
         ("SWIN", "NUM_SEM_BLOCKS", 2, "MODEL.SWIN.NUM_SEM_BLOCKS = 2, but the checkpoint's weights have 1"),
         (
             "SEM_SEG_HEAD",

@@ -11,7 +11,7 @@ import hf_semseg  # noqa: F401  (registers the Auto classes)
 from hf_semseg.conversion import semask_fpn
 from hf_semseg.conversion.common import CheckpointError, Conversion, build_image_processor, check_against_model
 from hf_semseg.conversion.model_card import semask_fpn_card_fields
-from hf_semseg.conversion.run_config import mmseg_pipeline, mmseg_run_configs
+from hf_semseg.conversion.run_config import ConfigFileError, mmseg_pipeline, mmseg_run_configs
 from hf_semseg.conversion.semask_fpn import (
     convert_checkpoint,
     convert_state_dict,
@@ -92,6 +92,41 @@ def test_inferred_config_of_tiny_fixture(tiny_fixture):
     expected_types = ["window" if w else "global" for w in original["derived"]["semantic_attention_windowed_per_stage"]]
     assert config.semantic_attention_types == expected_types
     assert [config.id2label[i] for i in range(config.num_labels)] == list(meta["CLASSES"])
+
+
+def test_absolute_position_embedding_and_no_patch_norm_are_read_from_the_weights(tiny_fixture):
+    # the original's ape (a (1, C, H, W) embedding on the pretrain_img_size // patch_size grid) and patch_norm=False
+    # (no backbone.patch_embed.norm keys); no release uses either, the original code builds both
+    folder = tiny_fixture[0]
+    state_dict, meta = load_original_checkpoint(folder / "original_checkpoint.pth")
+    state_dict = {key: value for key, value in state_dict.items() if not key.startswith("backbone.patch_embed.norm.")}
+    embedding = torch.randn(1, 32, 14, 10, generator=torch.Generator().manual_seed(0)) * 0.02
+    state_dict["backbone.absolute_pos_embed"] = embedding
+    # the fixture's own config text says ape=False, patch_norm=True: refused below; this run's says nothing of them
+    meta = {**meta, "config": "model = dict(backbone=dict(type='SeMaskSwinTransformer', sem_window_size=7))"}
+    config = infer_config(state_dict, meta)
+    assert (config.use_absolute_embeddings, config.image_size, config.use_patch_norm) == (True, [56, 40], False)
+    model = SeMaskSwinForSemanticSegmentation(config).eval()
+    model.load_state_dict(convert_state_dict(state_dict))
+    pixel_values = load_file(folder / "inputs.safetensors")["pixel_values"][..., :72, :100]
+    embeddings = model.backbone.embeddings
+    with torch.no_grad():
+        projected = embeddings.projection(pixel_values)  # (1, 32, 18, 25): no norm
+        resized = torch.nn.functional.interpolate(embedding, size=(18, 25), mode="bicubic", align_corners=False)
+        expected = (projected + resized).permute(0, 2, 3, 1)
+        torch.testing.assert_close(embeddings(pixel_values), expected, rtol=0, atol=0)
+    # a run config that says otherwise is not this checkpoint's
+    for setting, value in (("ape", "False"), ("patch_norm", "True")):
+        text = f"model = dict(backbone=dict(type='SeMaskSwinTransformer', sem_window_size=7, {setting}={value}))"
+        with pytest.raises(
+            ConfigFileError, match=rf"model\.backbone\.{setting} = {value}, but the checkpoint's weights"
+        ):
+            infer_config(state_dict, {**meta, "config": text})
+    wrong = dict(state_dict, **{"backbone.absolute_pos_embed": torch.zeros(1, 16, 14, 10)})
+    with pytest.raises(
+        CheckpointError, match=r"backbone\.absolute_pos_embed: shape \(1, 16, 14, 10\), expected \(1, 32"
+    ):
+        infer_config(wrong, meta)
 
 
 def state_dict_from_key_list(name: str) -> dict[str, torch.Tensor]:

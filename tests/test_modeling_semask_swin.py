@@ -510,6 +510,48 @@ def test_first_hidden_state_is_the_patch_embedding_output():
     torch.testing.assert_close(chosen[4], output.hidden_states[4].detach())
 
 
+def test_absolute_position_embedding_and_patch_norm_switch(tmp_path):
+    """The original's ape: the (1, C, H, W) embedding of the image_size // patch_size grid, resized bicubically to
+    the input's patch grid and added after the patch norm; at its own grid it is added unchanged. patch_norm=False:
+    the projection alone. Both are saved and restored; the model trains the embedding."""
+    torch.manual_seed(0)
+    config = tiny_config(use_absolute_embeddings=True, image_size=[32, 48])
+    model = SeMaskSwinForSemanticSegmentation(config).eval()
+    embeddings = model.backbone.embeddings
+    assert tuple(embeddings.position_embeddings.shape) == (1, 16, 8, 12)
+    assert 0 < embeddings.position_embeddings.std() < 0.03  # the original's trunc-normal(0.02)
+    for size in ((32, 48), (45, 61)):
+        pixel_values = torch.randn(1, 3, *size)
+        padded = F.pad(pixel_values, (0, -size[1] % 4, 0, -size[0] % 4))
+        projected = F.conv2d(padded, embeddings.projection.weight, embeddings.projection.bias, stride=4)
+        normalised = F.layer_norm(projected.permute(0, 2, 3, 1), (16,), embeddings.norm.weight, embeddings.norm.bias)
+        position = embeddings.position_embeddings
+        if size != (32, 48):
+            position = F.interpolate(position, size=projected.shape[-2:], mode="bicubic", align_corners=False)
+        with torch.no_grad():
+            torch.testing.assert_close(embeddings(pixel_values), normalised + position.permute(0, 2, 3, 1))
+    pixel_values = torch.randn(1, 3, 45, 61)
+    model(pixel_values).logits.sum().backward()
+    assert embeddings.position_embeddings.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    reloaded = SeMaskSwinForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    assert reloaded.config.image_size == [32, 48] and reloaded.config.use_absolute_embeddings
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values).logits, model(pixel_values).logits, rtol=0, atol=0)
+    without_norm = SeMaskSwinForSemanticSegmentation(tiny_config(use_patch_norm=False)).eval()
+    embeddings = without_norm.backbone.embeddings
+    assert not any(name.startswith("backbone.embeddings.norm") for name in without_norm.state_dict())
+    with torch.no_grad():
+        projected = F.conv2d(
+            F.pad(pixel_values, (0, 3, 0, 3)), embeddings.projection.weight, embeddings.projection.bias, stride=4
+        )
+        torch.testing.assert_close(embeddings(pixel_values), projected.permute(0, 2, 3, 1), rtol=0, atol=0)
+    with pytest.raises(Exception, match=r"image_size = \[32, 48, 3\]; expected an int or \(height, width\)"):
+        SeMaskSwinConfig(image_size=[32, 48, 3])
+    with pytest.raises(Exception, match=r"image_size = 3 is smaller than patch_size = 4"):
+        SeMaskSwinConfig(image_size=3, use_absolute_embeddings=True)
+
+
 def test_out_features_none_means_the_last_stage_as_transformers_backbones():
     """transformers' rule (BackboneConfigMixin.set_output_features_output_indices): neither out_features nor
     out_indices -> the last stage; the configs of models that take the four stages say so."""

@@ -513,7 +513,8 @@ _SWIN_WEIGHTS = {
     "window_size": "the relative position bias tables",
     "mlp_ratio": "backbone.layers.0.blocks.0.mlp.fc1.weight",
     "qkv_bias": "the backbone's attn.qkv.bias keys",
-    "ape": "no backbone.absolute_pos_embed key",
+    "use_absolute_embeddings": "whether the weights hold backbone.absolute_pos_embed",
+    "use_patch_norm": "whether the weights hold backbone.patch_embed.norm.*",
     "num_semantic_blocks": "the backbone.layers.*.semantic_layer.class_injection.* keys",
 }
 #: where a detectron2 config (``MODEL.SWIN``) keeps the Swin hyper-parameters the weights hold
@@ -525,19 +526,17 @@ D2_SWIN_PATHS = {
     "window_size": "MODEL.SWIN.WINDOW_SIZE",
     "mlp_ratio": "MODEL.SWIN.MLP_RATIO",
     "qkv_bias": "MODEL.SWIN.QKV_BIAS",
-    "ape": "MODEL.SWIN.APE",
+    "use_absolute_embeddings": "MODEL.SWIN.APE",
 }
 
 
 def swin_consistency_checks(backbone, paths: dict[str, str]) -> list[tuple[str, object, str]]:
     """The :func:`check_consistent` checks of a Swin backbone in the original key layout: for each field of
     ``paths`` (``embed_dim``, ``patch_size``, ``depths``, ``num_heads``, ``window_size``, ``mlp_ratio``, ``qkv_bias``,
-    ``num_semantic_blocks``; ``ape``: always False, the converters refuse absolute position embeddings), the key a run's
-    config keeps it under and its value in ``backbone`` (the fields read from the weights: a dict or a config)."""
+    ``num_semantic_blocks``, ``use_absolute_embeddings`` (``ape``), ``use_patch_norm``), the key a run's config keeps
+    it under and its value in ``backbone`` (the fields read from the weights: a dict or a config)."""
 
     def value(field: str):
-        if field == "ape":
-            return False
         return backbone[field] if isinstance(backbone, dict) else getattr(backbone, field)
 
     return [(path, value(field), _SWIN_WEIGHTS[field]) for field, path in paths.items()]

@@ -27,6 +27,7 @@ from .common import (
     check_swin_heads,
     checkpoint_id2label,
     errors_name_the_file,
+    expect_shape,
     indices,
     raise_on_unmapped,
     read_checkpoint,
@@ -62,6 +63,7 @@ KIND = "SeMask-FPN (mmseg)"
 RENAMES: list[tuple[str, str]] = [
     (r"backbone\.patch_embed\.proj\.(weight|bias)", r"backbone.embeddings.projection.\1"),
     (r"backbone\.patch_embed\.norm\.(weight|bias)", r"backbone.embeddings.norm.\1"),
+    (r"backbone\.absolute_pos_embed", r"backbone.embeddings.position_embeddings"),
     (
         r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)",
         r"backbone.encoder.stages.\1.blocks.\2.\3.\4",
@@ -141,8 +143,8 @@ def _shape(state_dict: dict, key: str, ndim: int | None = None) -> tuple[int, ..
 
 
 def check_semask_backbone(state_dict: dict[str, torch.Tensor], kind: str) -> None:
-    """Fails clearly unless the state dict holds a SeMask-Swin backbone (Swin stages with semantic layers, no
-    absolute position embedding); ``kind`` names the checkpoints the converter reads."""
+    """Fails clearly unless the state dict holds a SeMask-Swin backbone (Swin stages with semantic layers); ``kind``
+    names the checkpoints the converter reads."""
     if not any(key.startswith("backbone.layers.") and ".semantic_layer." in key for key in state_dict):
         if any(key.startswith("backbone.layers.") for key in state_dict):
             raise CheckpointError(
@@ -151,13 +153,12 @@ def check_semask_backbone(state_dict: dict[str, torch.Tensor], kind: str) -> Non
         raise CheckpointError(
             f"not a {kind} checkpoint: no 'backbone.layers.*' keys (first keys: {list(state_dict)[:5]})"
         )
-    if "backbone.absolute_pos_embed" in state_dict:
-        raise CheckpointError("backbone.absolute_pos_embed: absolute position embeddings (ape=True) are not supported")
 
 
 def infer_backbone_fields(state_dict: dict[str, torch.Tensor], kind: str) -> tuple[dict, int]:
     """The :class:`SeMaskSwinConfig` fields of the ``backbone.*`` tensors (patch size, channels, embed dim, depths,
-    heads, window size, MLP ratio, qkv bias, semantic blocks per stage) and the number of classes of the semantic
+    heads, window size, MLP ratio, qkv bias, semantic blocks per stage, the patch embedding's norm and absolute
+    position embedding with its pre-training grid) and the number of classes of the semantic
     layers. Shared by the SeMask-FPN and SeMask-Mask2Former converters (``kind`` names the checkpoints). Their models
     take four stages, each with a semantic layer (the original allows none in a stage, ``num_sem_blocks[i] = 0``,
     which no released model uses): any other layout is a :class:`CheckpointError` naming the stages."""
@@ -193,8 +194,23 @@ def infer_backbone_fields(state_dict: dict[str, torch.Tensor], kind: str) -> tup
         "mlp_ratio": mlp_hidden / embed_dim,
         "qkv_bias": "backbone.layers.0.blocks.0.attn.qkv.bias" in state_dict,
         "num_semantic_blocks": num_semantic_blocks,
+        # the original's patch_norm: the LayerNorm's keys are in the weights exactly when it has one
+        "use_patch_norm": any(key.startswith("backbone.patch_embed.norm.") for key in state_dict),
+        **_absolute_embedding_fields(state_dict, kind, embed_dim, patch_size),
     }
     return fields, tensor_shape(state_dict, semantic_query, kind, 2)[0]
+
+
+def _absolute_embedding_fields(state_dict: dict[str, torch.Tensor], kind: str, embed_dim: int, patch_size: int) -> dict:
+    """The original's ``ape``: ``backbone.absolute_pos_embed``, ``(1, embed_dim, H, W)`` on the pre-training patch grid
+    (``pretrain_img_size // patch_size``), gives ``use_absolute_embeddings`` and the ``image_size`` of that grid."""
+    key = "backbone.absolute_pos_embed"
+    if key not in state_dict:
+        return {"use_absolute_embeddings": False}
+    grid = tensor_shape(state_dict, key, kind, 4)[2:]
+    expect_shape(key, state_dict[key], (1, embed_dim, *grid), f"one {embed_dim}-channel embedding per patch of a grid")
+    height, width = (side * patch_size for side in grid)
+    return {"use_absolute_embeddings": True, "image_size": height if height == width else [height, width]}
 
 
 #: the values of a SeMask-FPN model the weights do not hold: where an mmseg config has them, and the defaults of the
@@ -232,7 +248,8 @@ MMSEG_SWIN_PATHS = {
     "window_size": "model.backbone.window_size",
     "mlp_ratio": "model.backbone.mlp_ratio",
     "qkv_bias": "model.backbone.qkv_bias",
-    "ape": "model.backbone.ape",
+    "use_absolute_embeddings": "model.backbone.ape",
+    "use_patch_norm": "model.backbone.patch_norm",
     "num_semantic_blocks": "model.backbone.num_sem_blocks",
 }
 

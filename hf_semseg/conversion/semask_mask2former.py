@@ -315,9 +315,14 @@ def semask_d2_swin_checks(backbone_config: SeMaskSwinConfig) -> list[tuple[str, 
     """What a SeMask detectron2 run's ``MODEL.SWIN`` must agree on with the backbone's weights
     (:func:`.run_config.swin_consistency_checks`); ``NUM_SEM_BLOCKS`` is one number for every stage there."""
     blocks = backbone_config.num_semantic_blocks
-    fields = {name: getattr(backbone_config, name) for name in D2_SWIN_PATHS if name != "ape"}
+    paths = {
+        **D2_SWIN_PATHS,
+        "num_semantic_blocks": "MODEL.SWIN.NUM_SEM_BLOCKS",
+        "use_patch_norm": "MODEL.SWIN.PATCH_NORM",
+    }
+    fields = {name: getattr(backbone_config, name) for name in paths}
     fields["num_semantic_blocks"] = blocks[0] if len(set(blocks)) == 1 else list(blocks)
-    return swin_consistency_checks(fields, {**D2_SWIN_PATHS, "num_semantic_blocks": "MODEL.SWIN.NUM_SEM_BLOCKS"})
+    return swin_consistency_checks(fields, paths)
 
 
 def semask_d2_representable_checks(backbone_config: SeMaskSwinConfig) -> list[tuple]:

@@ -46,7 +46,9 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
     the decode head and the backbone's semantic layers.
 
     Args:
-        image_size: pre-training image size (informational; SeMask-Swin has no absolute position embedding).
+        image_size: pre-training image size, an int or ``(height, width)``: with ``use_absolute_embeddings`` the
+            position embedding is learned on its ``image_size // patch_size`` patch grid (the original's
+            ``pretrain_img_size``); informational otherwise.
         patch_size: patch size of the patch embedding (4 in every release).
         num_channels: input channels.
         embed_dim: channels of stage 1; stage ``i`` has ``embed_dim * 2**i``.
@@ -61,6 +63,9 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
         hidden_act: MLP activation.
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: std of the truncated-normal init of Linear layers.
+        use_absolute_embeddings: add a learned absolute position embedding to the patch embedding, bicubically
+            resized to each input's patch grid (the original's ``ape``; no released model uses one).
+        use_patch_norm: LayerNorm after the patch embedding (the original's ``patch_norm``; every release has it).
         semantic_window_size: window of the windowed semantic attention (equals ``window_size`` in every FPN release).
         num_semantic_blocks: semantic attention modules per stage's semantic layer (1 in every release; 0 removes
             the semantic layer of that stage).
@@ -88,7 +93,7 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
     model_type = "semask_swin"
     attribute_map = {"num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"}
 
-    image_size: int = 224
+    image_size: int | list[int] | tuple[int, ...] = 224
     patch_size: int = 4
     num_channels: int = 3
     embed_dim: int = 96
@@ -103,6 +108,8 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
+    use_absolute_embeddings: bool = False
+    use_patch_norm: bool = True
     semantic_window_size: int = 7
     num_semantic_blocks: list[int] | tuple[int, ...] = (1, 1, 1, 1)
     semantic_attention_types: list[str] | tuple[str, ...] | None = None
@@ -147,7 +154,14 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
         validate_values(self, ("depths", "num_semantic_blocks"), NON_NEGATIVE)
         validate_values(self, ("num_heads", "patch_size", "window_size", "semantic_window_size"), POSITIVE)
         validate_values(self, ("num_channels", "embed_dim", "decoder_hidden_size", "ohem_min_kept"), POSITIVE)
-        validate_values(self, ("mlp_ratio", "layer_norm_eps"), POSITIVE)
+        validate_values(self, ("mlp_ratio", "layer_norm_eps", "image_size"), POSITIVE)
+        if isinstance(self.image_size, (list, tuple)) and len(self.image_size) != 2:
+            raise ValueError(f"SeMaskSwinConfig.image_size = {self.image_size!r}; expected an int or (height, width)")
+        if self.use_absolute_embeddings and min(absolute_embedding_grid(self)) < 1:
+            raise ValueError(
+                f"SeMaskSwinConfig.image_size = {self.image_size!r} is smaller than patch_size = {self.patch_size}: "
+                "the absolute position embedding (use_absolute_embeddings) would have no patch"
+            )
         rates = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "semantic_dropout_prob")
         validate_values(self, (*rates, "classifier_dropout_prob"), RATE)
         validate_values(self, ("initializer_range", "semantic_loss_weight"), NON_NEGATIVE)
@@ -167,6 +181,12 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
                 raise ValueError(f"stage {stage}: {dim} channels are not divisible by num_heads[{stage}] = {heads}")
 
 
+def absolute_embedding_grid(config: SeMaskSwinConfig) -> tuple[int, int]:
+    """The patch grid ``(height, width)`` of the absolute position embedding: ``image_size // patch_size`` per side."""
+    height, width = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+    return height // config.patch_size, width // config.patch_size
+
+
 AutoConfig.register(SeMaskSwinConfig.model_type, SeMaskSwinConfig, exist_ok=True)
 
-__all__ = ["SeMaskSwinConfig", "semask_fpn_semantic_attention_types"]
+__all__ = ["SeMaskSwinConfig", "absolute_embedding_grid", "semask_fpn_semantic_attention_types"]

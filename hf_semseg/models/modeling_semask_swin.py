@@ -29,7 +29,7 @@ from transformers.models.swin.modeling_swin import SwinDropPath
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
-from .configuration_semask_swin import SeMaskSwinConfig
+from .configuration_semask_swin import SeMaskSwinConfig, absolute_embedding_grid
 from .configuration_utils_segmentation import validate_labels
 from .modeling_linear import (
     InferenceWeights,
@@ -215,8 +215,10 @@ def shifted_window_mask(
 
 
 class SeMaskSwinPatchEmbeddings(nn.Module):
-    """Non-overlapping ``patch_size`` conv patchify + LayerNorm. The image is zero-padded right/bottom to a multiple
-    of the patch size first (as the original does). Returns channels-last ``(B, H/4, W/4, C)``."""
+    """Non-overlapping ``patch_size`` conv patchify + LayerNorm (``use_patch_norm``). The image is zero-padded
+    right/bottom to a multiple of the patch size first (as the original does). With ``use_absolute_embeddings`` a
+    learned position embedding of the pre-training patch grid is resized bicubically to this input's grid and added
+    after the norm (the original's ``ape``). Returns channels-last ``(B, H/4, W/4, C)``."""
 
     def __init__(self, config: SeMaskSwinConfig):
         super().__init__()
@@ -224,7 +226,12 @@ class SeMaskSwinPatchEmbeddings(nn.Module):
         self.projection = nn.Conv2d(
             config.num_channels, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size
         )
-        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.norm = (
+            nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps) if config.use_patch_norm else nn.Identity()
+        )
+        self.position_embeddings = None
+        if config.use_absolute_embeddings:
+            self.position_embeddings = nn.Parameter(torch.zeros(1, config.embed_dim, *absolute_embedding_grid(config)))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         height, width = pixel_values.shape[-2:]
@@ -232,8 +239,12 @@ class SeMaskSwinPatchEmbeddings(nn.Module):
         pad_right = (width + self.patch_size - 1) // self.patch_size * self.patch_size - width
         if torch.compiler.is_compiling() or pad_bottom or pad_right:  # see pad_to_multiple
             pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
-        embeddings = self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
-        return self.norm(embeddings)
+        embeddings = self.norm(self.projection(pixel_values).permute(0, 2, 3, 1))  # (B, C, h, w) -> (B, h, w, C)
+        if self.position_embeddings is not None:
+            # resized even to its own grid, as the original does (bicubic at scale 1 returns the same values)
+            position = F.interpolate(self.position_embeddings, size=embeddings.shape[1:3], mode="bicubic")
+            embeddings = embeddings + position.permute(0, 2, 3, 1)
+        return embeddings
 
 
 def window_attention_mask(
@@ -693,6 +704,8 @@ class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
         elif isinstance(module, SeMaskSwinPatchEmbeddings):
             init.kaiming_uniform_(module.projection.weight, a=math.sqrt(5))
             init.zeros_(module.projection.bias)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, std=std)
 
     def optimize_for_inference(self):
         """Prepares the dense layers (as on every family) and the Semantic-FPN head's conv modules once for CPU
