@@ -129,6 +129,20 @@ def test_absolute_position_embedding_and_no_patch_norm_are_read_from_the_weights
         infer_config(wrong, meta)
 
 
+@pytest.mark.parametrize(
+    ("sampler", "expected"), [("thresh=0.7, min_kept=1000", (0.7, 1000)), ("min_kept=50", (None, 50))]
+)
+def test_ohem_threshold_and_pixels_kept_come_from_the_run_config(tiny_fixture, sampler, expected):
+    folder = tiny_fixture[0]
+    state_dict, meta = load_original_checkpoint(folder / "original_checkpoint.pth")
+    text = (
+        "model = dict(backbone=dict(type='SeMaskSwinTransformer', sem_window_size=7), "
+        f"decode_head=dict(type='BranchFPNHead', sampler=dict(type='OHEMPixelSampler', {sampler})))"
+    )
+    config = infer_config(state_dict, {**meta, "config": text})
+    assert (config.use_ohem, config.ohem_threshold, config.ohem_min_kept) == (True, *expected)
+
+
 def state_dict_from_key_list(name: str) -> dict[str, torch.Tensor]:
     return key_list_state_dict(fixture_dir("semask_keys") / f"{name}.json")
 

@@ -22,6 +22,7 @@ from hf_semseg.models.modeling_semask_swin import (
     SeMaskSwinSemanticAttention,
     SeMaskSwinSemanticLayer,
     ohem_pixel_weights,
+    pixel_label_probability,
     semantic_decoder,
     shifted_window_mask,
     upsample2x,
@@ -388,6 +389,25 @@ def test_ohem_keeps_the_hardest_valid_pixels():
     weights = ohem_pixel_weights(losses, labels, ignore_index=255, min_kept=2)
     assert weights.tolist() == [[[0.0, 1.0, 1.0, 0.0]]]  # the two least confident valid pixels
     assert ohem_pixel_weights(losses, labels, 255, min_kept=10).tolist() == [[[1.0, 1.0, 1.0, 0.0]]]
+
+
+def test_ohem_with_a_threshold_keeps_the_pixels_of_low_label_probability():
+    # mmseg's OHEMPixelSampler(thresh): the valid pixels whose softmax probability of their label is below
+    # max(thresh, the min_kept-th lowest of these probabilities), the last valid one where fewer are valid
+    logits = torch.zeros(1, 2, 1, 5)
+    logits[0, 0] = torch.tensor([3.0, 1.0, -2.0, 0.0, 0.5])
+    labels = torch.tensor([[[0, 0, 0, 255, 1]]])
+    probabilities = pixel_label_probability(logits, labels, ignore_index=255)
+    expected = [torch.sigmoid(torch.tensor(v)).item() for v in (3.0, 1.0, -2.0, 0.0, -0.5)]  # class 0 for the ignored
+    torch.testing.assert_close(probabilities[0, 0], torch.tensor(expected))  # 0.953, 0.731, 0.119, 0.5, 0.378
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=1, threshold=0.7)
+    assert weights.tolist() == [[[0.0, 0.0, 1.0, 0.0, 1.0]]]  # below max(0.7, 2nd lowest 0.378) = 0.7
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=3, threshold=0.1)
+    assert weights.tolist() == [[[0.0, 1.0, 1.0, 0.0, 1.0]]]  # below max(0.1, the 4th lowest 0.953)
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=2, threshold=0.1)
+    assert weights.tolist() == [[[0.0, 0.0, 1.0, 0.0, 1.0]]]  # below max(0.1, the 3rd lowest 0.731): not itself
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=1, threshold=1.0)
+    assert weights.tolist() == [[[1.0, 1.0, 1.0, 0.0, 1.0]]]  # every valid pixel below 1
 
 
 def test_loss_normalisation_and_ohem_switch():

@@ -234,6 +234,13 @@ SETTINGS = [
     ),
     training_only("ohem_min_kept", "OHEM pixels kept", "model.decode_head.sampler.min_kept", positive_int, 100000),
     training_only(
+        "ohem_threshold",
+        "the OHEM probability threshold",
+        "model.decode_head.sampler.thresh",
+        lambda value: None if value is None else probability(value),
+        None,
+    ),
+    training_only(
         "classifier_dropout_prob", "the classifier dropout", "model.decode_head.dropout_ratio", probability, 0.1
     ),
     training_only("loss_ignore_index", "the label the losses ignore", "model.decode_head.ignore_index", integer, 255),
@@ -266,15 +273,14 @@ def _fpn_strides(value) -> bool:
 
 
 def _ohem_sampler(value) -> bool:
-    """A decode head's ``sampler`` the converted model computes: none, or OHEM keeping the ``min_kept`` pixels of the
-    highest loss (``OHEMPixelSampler`` with ``thresh=None``; a probability threshold is not implemented)."""
+    """A decode head's ``sampler`` the converted model computes: none, or ``OHEMPixelSampler`` with its ``min_kept``
+    and ``thresh`` (carried over as ``ohem_min_kept`` / ``ohem_threshold``)."""
     if value is None:
         return True
     return (
         isinstance(value, dict)
         and value.get("type") == "OHEMPixelSampler"
         and set(value) <= {"type", "thresh", "min_kept"}
-        and value.get("thresh") is None
     )
 
 
@@ -291,7 +297,7 @@ REPRESENTABLE_CHECKS = [
     (
         "model.decode_head.sampler",
         _ohem_sampler,
-        "samples pixels with OHEM by the loss alone (sampler None or dict(type='OHEMPixelSampler', thresh=None))",
+        "samples pixels with OHEM or not at all (sampler None or dict(type='OHEMPixelSampler', thresh=..., min_kept=...))",
     ),
 ]
 

@@ -78,6 +78,9 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
         semantic_loss_weight: weight of the cross-entropy on the semantic logits (``cate_w`` = 0.4).
         use_ohem: online hard example mining on the main cross-entropy (released ADE20K-L and COCO-Stuff configs).
         ohem_min_kept: pixels kept per image by OHEM (100000).
+        ohem_threshold: ``None`` (every release): OHEM keeps the ``ohem_min_kept`` pixels of the highest loss. A
+            probability: it keeps the pixels whose predicted probability of their label is below the larger of this
+            threshold and the ``ohem_min_kept``-th lowest such probability of the batch (mmseg's ``thresh``).
         loss_ignore_index: label ignored by the losses.
         loss_mean_over_all_pixels: average the per-pixel losses over all pixels, ignored ones included, as mmseg 0.x
             (and so the original training) does; ``False`` averages over the non-ignored pixels only.
@@ -119,6 +122,7 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
     semantic_loss_weight: float | int = 0.4
     use_ohem: bool = False
     ohem_min_kept: int = 100000
+    ohem_threshold: float | int | None = None
     loss_ignore_index: int = IGNORE_INDEX
     loss_mean_over_all_pixels: bool = True
     use_sdn_neck: bool = False
@@ -155,6 +159,11 @@ class SeMaskSwinConfig(AnyPrecisionConfigMixin, BackboneConfigMixin, PreTrainedC
         validate_values(self, ("num_heads", "patch_size", "window_size", "semantic_window_size"), POSITIVE)
         validate_values(self, ("num_channels", "embed_dim", "decoder_hidden_size", "ohem_min_kept"), POSITIVE)
         validate_values(self, ("mlp_ratio", "layer_norm_eps", "image_size"), POSITIVE)
+        threshold = self.ohem_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not 0 <= threshold <= 1):
+            raise ValueError(
+                f"SeMaskSwinConfig.ohem_threshold = {threshold!r}; expected None or a probability from 0 to 1"
+            )
         if isinstance(self.image_size, (list, tuple)) and len(self.image_size) != 2:
             raise ValueError(f"SeMaskSwinConfig.image_size = {self.image_size!r}; expected an int or (height, width)")
         if self.use_absolute_embeddings and min(absolute_embedding_grid(self)) < 1:

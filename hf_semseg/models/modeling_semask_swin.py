@@ -57,6 +57,7 @@ from .modeling_utils_segmentation import (
     layer_norm_linear,
     list_for_pipeline,
     pixel_cross_entropy,
+    pixel_label_probability,
     recomputes_layer_norm,
     resize_to,
     resolve_output_flags,
@@ -947,18 +948,25 @@ def semantic_decoder(priors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return semantic_logits
 
 
-def ohem_pixel_weights(losses: torch.Tensor, labels: torch.Tensor, ignore_index: int, min_kept: int) -> torch.Tensor:
-    """mmseg's ``OHEMPixelSampler`` with ``thresh=None``: weight 1 for the ``min_kept * B`` valid pixels with the
-    highest cross-entropy, 0 elsewhere. ``losses`` ``(B, H, W)``: the pixels' cross-entropy at label size
-    (:func:`pixel_cross_entropy`), ``labels`` ``(B, H, W)``."""
+def ohem_pixel_weights(
+    scores: torch.Tensor, labels: torch.Tensor, ignore_index: int, min_kept: int, threshold: float | None = None
+) -> torch.Tensor:
+    """mmseg's ``OHEMPixelSampler``: weight 1 for the hard valid pixels, 0 elsewhere. ``threshold`` None: ``scores``
+    are the pixels' cross-entropy at label size (:func:`pixel_cross_entropy`), and the ``min_kept * B`` highest are
+    kept. Else ``scores`` are the predicted probabilities of the pixels' labels (:func:`pixel_label_probability`),
+    and the pixels below the larger of ``threshold`` and the ``min_kept * B``-th lowest probability (the highest,
+    with fewer valid pixels) are kept. ``scores`` and ``labels`` ``(B, H, W)``."""
     with torch.no_grad():
         valid = labels != ignore_index
-        valid_losses = losses[valid]
-        keep = min(min_kept * labels.shape[0], valid_losses.numel())
-        threshold_index = valid_losses.topk(keep).indices if keep else valid_losses.new_zeros(0, dtype=torch.long)
-        valid_weights = torch.zeros_like(valid_losses)
-        valid_weights[threshold_index] = 1.0
-        weights = torch.zeros_like(losses)
+        valid_scores = scores[valid]
+        valid_weights = torch.zeros_like(valid_scores)
+        if threshold is None:
+            keep = min(min_kept * labels.shape[0], valid_scores.numel())
+            valid_weights[valid_scores.topk(keep).indices] = 1.0
+        elif valid_scores.numel():
+            kth_lowest = valid_scores.sort().values[min(min_kept * labels.shape[0], valid_scores.numel() - 1)]
+            valid_weights[valid_scores < torch.clamp(kth_lowest, min=threshold)] = 1.0
+        weights = torch.zeros_like(scores)
         weights[valid] = valid_weights
     return weights
 
@@ -1024,8 +1032,11 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         labels = check_segmentation_labels(labels, self.config.num_labels, ignore_index)
         pixel_weights = None
         if self.config.use_ohem:
-            losses = pixel_cross_entropy(logits, labels, ignore_index)
-            pixel_weights = ohem_pixel_weights(losses, labels, ignore_index, self.config.ohem_min_kept)
+            threshold = self.config.ohem_threshold
+            scores = (pixel_cross_entropy if threshold is None else pixel_label_probability)(
+                logits, labels, ignore_index
+            )
+            pixel_weights = ohem_pixel_weights(scores, labels, ignore_index, self.config.ohem_min_kept, threshold)
         mean_all = self.config.loss_mean_over_all_pixels
         loss = upsampled_cross_entropy(logits, labels, ignore_index, mean_all, pixel_weights)
         semantic_loss = upsampled_cross_entropy(semantic_logits, labels, ignore_index, mean_all)

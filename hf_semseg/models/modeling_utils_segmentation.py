@@ -690,6 +690,18 @@ def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
         )
 
 
+def pixel_label_probability(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """The softmax probability ``(B, H, W)`` of each pixel's label (class 0 where it is ``ignore_index``) from
+    ``logits`` resized to the labels, without gradient, one image at a time; for OHEM's threshold."""
+    with torch.no_grad():
+        probabilities = []
+        for i in range(len(labels)):
+            label = labels[i : i + 1].masked_fill(labels[i : i + 1] == ignore_index, 0).unsqueeze(1)
+            resized = resize_to(logits[i : i + 1], labels.shape[-2:])
+            probabilities.append(F.softmax(resized, dim=1).gather(1, label).squeeze(1))
+        return torch.cat(probabilities)
+
+
 def upsampled_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
