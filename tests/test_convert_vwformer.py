@@ -227,6 +227,17 @@ def test_mit_backbone_normalised_otherwise_is_refused():
         infer_config(state_dict, {"config": text})
 
 
+def test_swin_options_transformers_swin_cannot_compute_are_named():
+    checkpoint = torch.load(fixture_dir("vwformer_tiny") / "original_checkpoint.pth", weights_only=True)
+    state_dict, meta = checkpoint["state_dict"], checkpoint["meta"]
+    without_norm = {key: value for key, value in state_dict.items() if not key.startswith("backbone.patch_embed.norm.")}
+    with pytest.raises(CheckpointError, match=r"no backbone\.patch_embed\.norm\.\* keys: .*\(patch_norm=False\)"):
+        infer_config(without_norm, meta)
+    with_ape = dict(state_dict, **{"backbone.absolute_pos_embed": torch.zeros(1, 4096, 16)})
+    with pytest.raises(CheckpointError, match=r"backbone\.absolute_pos_embed: .*\(use_abs_pos_embed=True\)"):
+        infer_config(with_ape, meta)
+
+
 def test_variant_choices_of_the_command_line_are_the_registry():
     args = parse_converter_args(CONVERTER, "x", ["--checkpoint_path", "a", "--output_dir", "b"])
     assert args.variant is None
