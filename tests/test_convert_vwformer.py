@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from script_helpers import key_list_state_dict, run_script
 
@@ -236,6 +237,89 @@ def test_swin_options_transformers_swin_cannot_compute_are_named():
     with_ape = dict(state_dict, **{"backbone.absolute_pos_embed": torch.zeros(1, 4096, 16)})
     with pytest.raises(CheckpointError, match=r"backbone\.absolute_pos_embed: .*\(use_abs_pos_embed=True\)"):
         infer_config(with_ape, meta)
+
+
+def with_auxiliary_head(state_dict: dict, channels: int = 8, kernel: int = 3, in_channels: int = 128) -> dict:
+    """``state_dict`` with an mmseg FCNHead auxiliary head (one 3x3 ConvModule with BN, conv_seg) on stage 3."""
+    generator = torch.Generator().manual_seed(0)
+    num_labels = state_dict["decode_head.conv_seg.weight"].shape[0]
+    head = {
+        "auxiliary_head.convs.0.conv.weight": torch.randn(channels, in_channels, kernel, kernel, generator=generator),
+        "auxiliary_head.convs.0.bn.weight": torch.rand(channels, generator=generator) + 0.5,
+        "auxiliary_head.convs.0.bn.bias": torch.randn(channels, generator=generator) * 0.1,
+        "auxiliary_head.convs.0.bn.running_mean": torch.randn(channels, generator=generator) * 0.1,
+        "auxiliary_head.convs.0.bn.running_var": torch.rand(channels, generator=generator) + 0.5,
+        "auxiliary_head.convs.0.bn.num_batches_tracked": torch.tensor(1),
+        "auxiliary_head.conv_seg.weight": torch.randn(num_labels, channels, 1, 1, generator=generator),
+        "auxiliary_head.conv_seg.bias": torch.randn(num_labels, generator=generator),
+    }
+    return {**state_dict, **head}
+
+
+def with_head_config(text: str, head: str) -> str:
+    """The mmseg config ``text`` with ``head`` (``auxiliary_head=dict(...),``) among the model's settings."""
+    assert text.count("    decode_head=dict(") == 1
+    return text.replace("    decode_head=dict(", f"    {head}\n    decode_head=dict(")
+
+
+def test_an_fcn_auxiliary_head_converts_onto_the_models_auxiliary_head():
+    # no release has one; the model's (transformers' UperNetFCNHead on stage 3) computes mmseg's FCNHead
+    checkpoint = torch.load(fixture_dir("vwformer_tiny") / "original_checkpoint.pth", weights_only=True)
+    state_dict, meta = with_auxiliary_head(checkpoint["state_dict"]), checkpoint["meta"]
+    head = (
+        "auxiliary_head=dict(type='FCNHead', in_channels=128, in_index=2, channels=8, num_convs=1, concat_input=False, "
+        "num_classes=5, norm_cfg=dict(type='SyncBN', requires_grad=True), align_corners=False, "
+        "loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),"
+    )
+    config = infer_config(state_dict, {**meta, "config": with_head_config(meta["config"], head)})
+    assert (config.use_auxiliary_head, config.auxiliary_channels, config.auxiliary_num_convs) == (True, 8, 1)
+    assert (config.auxiliary_concat_input, config.auxiliary_loss_weight) == (False, 0.4)
+    model = hf_semseg.VWFormerForSemanticSegmentation(config).eval()
+    model.load_state_dict(convert_state_dict(state_dict))
+    pixel_values = load_file(fixture_dir("vwformer_tiny") / "inputs.safetensors")["pixel_values"]
+    with torch.no_grad():
+        output = model(pixel_values, output_hidden_states=True)
+        stage3 = model.backbone(pixel_values).feature_maps[2]
+        hidden = F.conv2d(stage3, state_dict["auxiliary_head.convs.0.conv.weight"], padding=1)
+        bn = {name: state_dict[f"auxiliary_head.convs.0.bn.{name}"] for name in ("weight", "bias")}
+        mean, var = (state_dict[f"auxiliary_head.convs.0.bn.running_{name}"] for name in ("mean", "var"))
+        hidden = F.relu(F.batch_norm(hidden, mean, var, bn["weight"], bn["bias"], eps=1e-5))
+        expected = F.conv2d(
+            hidden, state_dict["auxiliary_head.conv_seg.weight"], state_dict["auxiliary_head.conv_seg.bias"]
+        )
+    torch.testing.assert_close(output.auxiliary_logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (dict(kernel=1), r"auxiliary_head\.convs\.0\.conv\.weight: shape \(8, 128, 1, 1\), expected \(8, 128, 3, 3\)"),
+        (
+            dict(in_channels=64),
+            r"auxiliary_head\.convs\.0\.conv\.weight: 64 input channels, but .* third backbone stage",
+        ),
+    ],
+)
+def test_an_auxiliary_head_the_model_cannot_take_is_named(change, expected):
+    checkpoint = torch.load(fixture_dir("vwformer_tiny") / "original_checkpoint.pth", weights_only=True)
+    with pytest.raises(CheckpointError, match=expected):
+        infer_config(with_auxiliary_head(checkpoint["state_dict"], **change), checkpoint["meta"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("in_index=3", r"model\.auxiliary_head\.in_index = 3, but the checkpoint's weights have 2"),
+        ("in_index=2, dilation=2", r"model\.auxiliary_head\.dilation = 2, but the converted model convolves without"),
+        ("in_index=2, concat_input=True", r"model\.auxiliary_head\.concat_input = True, but the checkpoint's weights"),
+    ],
+)
+def test_an_auxiliary_head_config_contradicting_its_weights_is_refused(setting, expected):
+    checkpoint = torch.load(fixture_dir("vwformer_tiny") / "original_checkpoint.pth", weights_only=True)
+    meta = checkpoint["meta"]
+    text = with_head_config(meta["config"], f"auxiliary_head=dict(type='FCNHead', channels=8, num_convs=1, {setting}),")
+    with pytest.raises(ConfigFileError, match=expected):
+        infer_config(with_auxiliary_head(checkpoint["state_dict"]), {**meta, "config": text})
 
 
 def test_variant_choices_of_the_command_line_are_the_registry():

@@ -692,21 +692,26 @@ def mmseg_head_checks(norm_eps: float | None = 1e-5, negative_out_indices: bool 
     ]
 
 
-def mmseg_loss_check(path: str, options: tuple[str, ...] = ()) -> tuple[str, Callable, str]:
+def mmseg_loss_check(
+    path: str, options: tuple[str, ...] = (), carried: tuple[str, ...] = ()
+) -> tuple[str, Callable, str]:
     """The :func:`check_representable` check of an mmseg decode head's ``loss_decode``: the converted model's loss is
     a softmax cross-entropy of weight 1 averaged over the pixels (mmseg's default ``CrossEntropyLoss``); a sigmoid
     or mask loss, class weights, another weight or reduction, another loss or a list of losses is refused.
-    ``options``: further options of that loss the converter carries over (``avg_non_ignore``)."""
+    ``options``: further options of that loss the converter carries over (``avg_non_ignore``); ``carried``: defaults
+    the converter carries over instead (an auxiliary head's ``loss_weight``)."""
     defaults = {"use_sigmoid": False, "use_mask": False, "reduction": "mean", "class_weight": None, "loss_weight": 1.0}
+    defaults = {name: value for name, value in defaults.items() if name not in carried}
 
     def accepts(value) -> bool:
         if not isinstance(value, dict) or value.get("type") != "CrossEntropyLoss":
             return False
-        if not set(value) <= {"type", "loss_name", *defaults, *options}:
+        if not set(value) <= {"type", "loss_name", *defaults, *options, *carried}:
             return False
         return all(value.get(name, default) == default for name, default in defaults.items())
 
-    return path, accepts, "computes one softmax cross-entropy of weight 1.0, averaged (CrossEntropyLoss defaults)"
+    weight = "" if "loss_weight" in carried else " of weight 1.0"
+    return path, accepts, f"computes one softmax cross-entropy{weight}, averaged (CrossEntropyLoss defaults)"
 
 
 def check_heads_setting(resolved: "ResolvedSettings", name: str, path: str, what: str, channels: int) -> None:

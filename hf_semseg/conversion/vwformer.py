@@ -44,14 +44,17 @@ from .common import (
 )
 from .model_card import vwformer_card_fields
 from .run_config import (
+    MMCV_BATCH_NORMS,
     ConfigFileError,
     ResolvedSettings,
     Setting,
     activation_check,
+    align_corners_check,
     boolean,
     check_consistent,
     check_heads_setting,
     check_representable,
+    conv_check,
     first_value,
     int_list,
     integer,
@@ -192,6 +195,10 @@ HEAD_RENAMES: list[tuple[str, str | None]] = [
     (r"decode_head\.low_level_fuse\.conv\.weight", r"decode_head.low_level_fuse.conv.weight"),
     (rf"decode_head\.low_level_fuse\.bn\.{_BN}", r"decode_head.low_level_fuse.batch_norm.\1"),
     (r"decode_head\.conv_seg\.(weight|bias)", r"decode_head.classifier.\1"),
+    # an mmseg FCNHead auxiliary head (no release has one) as transformers' UperNetFCNHead
+    (r"auxiliary_head\.(convs\.\d+|conv_cat)\.conv\.weight", r"auxiliary_head.\1.conv.weight"),
+    (rf"auxiliary_head\.(convs\.\d+|conv_cat)\.bn\.{_BN}", r"auxiliary_head.\1.batch_norm.\2"),
+    (r"auxiliary_head\.conv_seg\.(weight|bias)", r"auxiliary_head.classifier.\1"),
 ]
 
 BACKBONE_RENAMES = {"swin": SWIN_RENAMES, "convnext": CONVNEXT_RENAMES, "mit": MIT_RENAMES}
@@ -426,6 +433,89 @@ def _backbone_checks(backbone_type: str, backbone_config) -> list[tuple[str, obj
     return checks
 
 
+#: the mmseg ``FCNHead`` auxiliary head as the converted model computes it (transformers' ``UperNetFCNHead`` on the
+#: third stage): what a run's config may set that the weights do not hold and that must have these values
+AUXILIARY_HEAD_CHECKS = [
+    align_corners_check("model.auxiliary_head.align_corners"),
+    activation_check("model.auxiliary_head.act_cfg", "ReLU", "the auxiliary head's convolution modules"),
+    norm_check("model.auxiliary_head.norm_cfg", MMCV_BATCH_NORMS, 1e-5, "the auxiliary head's convolution modules"),
+    conv_check("model.auxiliary_head.conv_cfg", "the auxiliary head"),
+    ("model.auxiliary_head.dilation", lambda value: value == 1, "convolves without dilation (dilation 1)"),
+    ("model.auxiliary_head.input_transform", lambda value: value is None, "takes one stage (input_transform None)"),
+    mmseg_loss_check("model.auxiliary_head.loss_decode", carried=("loss_weight",)),
+]
+#: the auxiliary loss weight (training only; ``CrossEntropyLoss``'s default 1.0 where a run's head sets none)
+AUXILIARY_LOSS_WEIGHT = training_only(
+    "auxiliary_loss_weight",
+    "the auxiliary loss weight",
+    "model.auxiliary_head.loss_decode.loss_weight",
+    code_default=1.0,
+)
+
+
+def _auxiliary_head_consistency(auxiliary: dict, num_labels: int, in_channels: int) -> list[tuple[str, object, str]]:
+    """What a run's ``auxiliary_head`` must agree on with its weights (``auxiliary``: :func:`infer_auxiliary_head`'s
+    fields; ``in_channels``: the third stage's)."""
+    return [
+        ("model.auxiliary_head.type", "FCNHead", "the auxiliary_head.* key layout"),
+        ("model.auxiliary_head.in_index", 2, "the input channels of the auxiliary head's first convolution"),
+        ("model.auxiliary_head.in_channels", in_channels, "the auxiliary head's first convolution"),
+        ("model.auxiliary_head.num_classes", num_labels, "auxiliary_head.conv_seg.weight"),
+        ("model.auxiliary_head.channels", auxiliary["auxiliary_channels"], "auxiliary_head.conv_seg.weight"),
+        ("model.auxiliary_head.num_convs", auxiliary["auxiliary_num_convs"], "the auxiliary_head.convs.* keys"),
+        ("model.auxiliary_head.concat_input", auxiliary["auxiliary_concat_input"], "the auxiliary_head.conv_cat keys"),
+        ("model.auxiliary_head.kernel_size", 3, "the auxiliary head's convolution weights"),
+    ]
+
+
+def _backbone_stage_channels(backbone_type: str, backbone_config) -> list[int]:
+    """The channels of the four stages the backbone of ``backbone_config`` emits."""
+    if backbone_type == "swin":
+        return [backbone_config.embed_dim * 2**stage for stage in range(len(backbone_config.depths))]
+    return list(backbone_config.hidden_sizes)
+
+
+def infer_auxiliary_head(state_dict: dict, stage_channels: list[int]) -> dict:
+    """The :class:`VWFormerConfig` fields of an mmseg ``FCNHead`` auxiliary head (``auxiliary_head.*``; none in any
+    release), which the converted model computes as transformers' ``UperNetFCNHead`` on the third stage: its
+    channels, 3x3 convolution modules (with BatchNorm, no bias) and ``concat_input`` from the weights. Empty without
+    one; a :class:`CheckpointError` naming the tensor for a layout that head cannot take."""
+    if not any(key.startswith("auxiliary_head.") for key in state_dict):
+        return {}
+    num_labels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[0]
+    classes, channels, _, _ = _shape(state_dict, "auxiliary_head.conv_seg.weight", 4)
+    if classes != num_labels:
+        raise CheckpointError(
+            f"auxiliary_head.conv_seg.weight: {classes} classes, but the decode head predicts {num_labels}"
+        )
+    num_convs = len(indices(state_dict, r"auxiliary_head\.convs\.(\d+)\."))
+    concat_input = any(key.startswith("auxiliary_head.conv_cat.") for key in state_dict)
+    first = "auxiliary_head.convs.0.conv.weight" if num_convs else "auxiliary_head.conv_seg.weight"
+    in_channels = _shape(state_dict, first, 4)[1]
+    if in_channels != stage_channels[2]:
+        raise CheckpointError(
+            f"{first}: {in_channels} input channels, but the converted auxiliary head takes the third backbone stage "
+            f"({stage_channels[2]} channels; in_index 2 in every mmseg config with one); stage channels {stage_channels}"
+        )
+    for index in range(num_convs):
+        key = f"auxiliary_head.convs.{index}.conv.weight"
+        expect_shape(key, state_dict[key], (channels, in_channels if index == 0 else channels, 3, 3), "a 3x3 conv")
+        if (
+            f"auxiliary_head.convs.{index}.conv.bias" in state_dict
+            or f"auxiliary_head.convs.{index}.bn.weight" not in state_dict
+        ):
+            raise CheckpointError(
+                f"auxiliary_head.convs.{index}: a convolution module without BatchNorm (a conv bias, no bn.* keys); "
+                "the converted auxiliary head's have BatchNorm and no bias"
+            )
+    return {
+        "use_auxiliary_head": True,
+        "auxiliary_channels": channels,
+        "auxiliary_num_convs": num_convs,
+        "auxiliary_concat_input": concat_input,
+    }
+
+
 def _head_batch_norm_eps(run_configs: list) -> float:
     """The epsilon of the decode head's BatchNorms: ``model.decode_head.norm_cfg``'s ``eps`` in the first run config
     that sets it (checked by :func:`_representable_checks`: any positive one for a ``VWCityHead``, 1e-5 for a
@@ -466,13 +556,10 @@ def infer_config_and_settings(
         run_configs = mmseg_run_configs(config_file, meta)
     backbone_type = detect_backbone_type(state_dict)
     head_type = detect_head_type(state_dict)
-    if any(key.startswith("auxiliary_head.") for key in state_dict):
-        raise CheckpointError(
-            "auxiliary_head.* keys: no released VWFormer has an auxiliary head and this converter does not map one"
-        )
     backbone_config = {"swin": infer_swin_config, "convnext": infer_convnext_config, "mit": infer_mit_config}[
         backbone_type
     ](state_dict)
+    auxiliary = infer_auxiliary_head(state_dict, _backbone_stage_channels(backbone_type, backbone_config))
 
     decoder_hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight", 4)[0]
     num_labels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[0]
@@ -492,6 +579,10 @@ def infer_config_and_settings(
         ],
     )
     check_representable(run_configs, _representable_checks(backbone_type, backbone_config, head_type))
+    if auxiliary:
+        stage_channels = _backbone_stage_channels(backbone_type, backbone_config)
+        check_consistent(run_configs, _auxiliary_head_consistency(auxiliary, num_labels, stage_channels[2]))
+        check_representable(run_configs, AUXILIARY_HEAD_CHECKS)
     if backbone_type == "mit":
         _mit_strides(run_configs, backbone_config)
         backbone_config.layer_norm_eps = _mit_layer_norm_eps(run_configs)
@@ -503,10 +594,13 @@ def infer_config_and_settings(
         enlarging_ratios=ratios,
         low_level_channels=low_level_channels,
         batch_norm_eps=_head_batch_norm_eps(run_configs),
+        **auxiliary,
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )
     settings = HEAD_SETTINGS + ([MIT_HEADS] if backbone_type == "mit" else []) + [DROP_PATH, *HEAD_TRAINING_SETTINGS]
+    if auxiliary:
+        settings.append(AUXILIARY_LOSS_WEIGHT)
     resolved = resolve_settings(
         config, settings, run_configs, released_variant(config, variant), variant is not None, CONFIG_FILE_HELP
     )
