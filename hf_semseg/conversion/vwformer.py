@@ -499,6 +499,7 @@ def infer_auxiliary_head(state_dict: dict, stage_channels: list[int]) -> dict:
         )
     for index in range(num_convs):
         key = f"auxiliary_head.convs.{index}.conv.weight"
+        _shape(state_dict, key, 4)  # names a missing one (convolutions numbered with a gap)
         expect_shape(key, state_dict[key], (channels, in_channels if index == 0 else channels, 3, 3), "a 3x3 conv")
         if (
             f"auxiliary_head.convs.{index}.conv.bias" in state_dict
@@ -559,7 +560,8 @@ def infer_config_and_settings(
     backbone_config = {"swin": infer_swin_config, "convnext": infer_convnext_config, "mit": infer_mit_config}[
         backbone_type
     ](state_dict)
-    auxiliary = infer_auxiliary_head(state_dict, _backbone_stage_channels(backbone_type, backbone_config))
+    stage_channels = _backbone_stage_channels(backbone_type, backbone_config)
+    auxiliary = infer_auxiliary_head(state_dict, stage_channels)
 
     decoder_hidden_size = _shape(state_dict, "decode_head.linear_fuse.conv.weight", 4)[0]
     num_labels = _shape(state_dict, "decode_head.conv_seg.weight", 4)[0]
@@ -580,7 +582,6 @@ def infer_config_and_settings(
     )
     check_representable(run_configs, _representable_checks(backbone_type, backbone_config, head_type))
     if auxiliary:
-        stage_channels = _backbone_stage_channels(backbone_type, backbone_config)
         check_consistent(run_configs, _auxiliary_head_consistency(auxiliary, num_labels, stage_channels[2]))
         check_representable(run_configs, AUXILIARY_HEAD_CHECKS)
     if backbone_type == "mit":
