@@ -407,6 +407,48 @@ def test_a_run_config_that_agrees_with_a_released_variant_keeps_it_and_one_that_
         infer_config_and_settings(state_dict, variant=name, config_file=other)
 
 
+def _without_patch_norm(state_dict: dict) -> dict:
+    return {key: value for key, value in state_dict.items() if not key.startswith("backbone.patch_embed.norm.")}
+
+
+def _with_detr_encoder(state_dict: dict) -> dict:
+    return dict(state_dict, **{"sem_seg_head.predictor.transformer.encoder.layers.0.linear1.weight": torch.zeros(8, 8)})
+
+
+def _encoder_on_res2_to_res4(state_dict: dict) -> dict:
+    # input_proj.0 (res5's) given res4's channels, as DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES res2-res4 makes it
+    key = "sem_seg_head.pixel_decoder.input_proj.0.0.weight"
+    return dict(state_dict, **{key: state_dict[key][:, : state_dict[key].shape[1] // 2]})
+
+
+@pytest.mark.parametrize(
+    ("fixture", "edit", "expected"),
+    [
+        (
+            "vw_mask2former_tiny",
+            _without_patch_norm,
+            r"no backbone\.patch_embed\.norm\.\* keys: .*\(MODEL\.SWIN\.PATCH_NORM False\)",
+        ),
+        (
+            "vw_maskformer_tiny",
+            _with_detr_encoder,
+            r"sem_seg_head\.predictor\.transformer\.encoder\.\* keys: a DETR encoder over res5 \(MODEL\.MASK_FORMER\.ENC_LAYERS",
+        ),
+        (
+            "vw_mask2former_deform_tiny",
+            _encoder_on_res2_to_res4,
+            r"input_proj\.0\.0\.weight: 64 input channels, but .* projects res5 \(128 channels\) .*"
+            r"DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES",
+        ),
+    ],
+)
+def test_original_options_the_converted_model_lacks_are_named(fixture, edit, expected):
+    """Options no release uses, which a probe's fixtures of the original code had: each is named (an unmapped-key
+    list, missing converted keys or shape mismatches before)."""
+    with pytest.raises(CheckpointError, match=expected):
+        infer_config_and_settings(edit(dict(fixture_state_dict(fixture))), run_configs=[])
+
+
 def test_a_named_variant_must_have_the_checkpoints_weights():
     state_dict = fixture_state_dict("vw_maskformer_tiny")
     with pytest.raises(CheckpointError, match=r"--variant vw-maskformer-swin-tiny-ade20k: the checkpoint's weights"):
@@ -463,6 +505,13 @@ def _set(path: str, value):
             _set("MODEL.SEM_SEG_HEAD.NHEADS", 7),
             "MODEL.SEM_SEG_HEAD.NHEADS = 7: the VW attention heads must divide the VW block's 512 channels",
         ),
+        (
+            "vw_mask2former_deform_tiny",
+            None,
+            _set("MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES", ["res2", "res3", "res4"]),
+            "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ['res2', 'res3', 'res4'], but the "
+            "checkpoint's weights have ['res3', 'res4', 'res5']",
+        ),
     ],
     ids=[
         "maskformer-with-mask2former-config",
@@ -470,6 +519,7 @@ def _set(path: str, value):
         "deformable-heads",
         "depths",
         "vw-heads",
+        "deformable-levels",
     ],
 )
 def test_a_config_of_another_head_or_run_is_refused_by_name(fixture, other, edit, expected, tmp_path):

@@ -291,6 +291,12 @@ def swin_backbone_fields(state_dict: dict[str, torch.Tensor]) -> dict:
     mlp_hidden = _shape(state_dict, "backbone.layers.0.blocks.0.mlp.fc1.weight", 2)[0]
     if any(key.startswith("backbone.absolute_pos_embed") for key in state_dict):
         raise CheckpointError("backbone.absolute_pos_embed: a Swin with APE, which no released VW model uses")
+    if not any(key.startswith("backbone.patch_embed.norm.") for key in state_dict):
+        raise CheckpointError(
+            "no backbone.patch_embed.norm.* keys: a Swin without the patch embedding's LayerNorm "
+            "(MODEL.SWIN.PATCH_NORM False), which no released VW model has; the converted model's Swin "
+            "(transformers') always applies it"
+        )
     return {
         "patch_size": patch_size,
         "num_channels": num_channels,
@@ -323,6 +329,26 @@ def _check_vw_widths(state_dict: dict[str, torch.Tensor], head: str) -> None:
     ]
     if ratios != [2, 4, 8]:
         raise CheckpointError(f"VW context convolutions of kernel {ratios}; the original's ratios are [2, 4, 8]")
+
+
+#: the backbone levels the deformable VW pixel decoder's encoder reads (DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES in
+#: every release), coarsest first as its input projections are numbered; the VW block then runs on res2
+DEFORMABLE_LEVELS = ["res3", "res4", "res5"]
+
+
+def _check_deformable_levels(state_dict: dict[str, torch.Tensor], backbone: SwinConfig) -> None:
+    """The deformable encoder's input projections must read res5, res4, res3 (their input channels), the levels
+    the converted model feeds it; another DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES is named."""
+    channels = {f"res{stage + 2}": backbone.embed_dim * 2**stage for stage in range(4)}
+    for index, level in enumerate(reversed(DEFORMABLE_LEVELS)):
+        key = f"sem_seg_head.pixel_decoder.input_proj.{index}.0.weight"
+        found = _shape(state_dict, key, 4)[1]
+        if found != channels[level]:
+            raise CheckpointError(
+                f"{key}: {found} input channels, but the converted deformable pixel decoder projects {level} "
+                f"({channels[level]} channels) there: its encoder reads {DEFORMABLE_LEVELS} "
+                "(MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES in every release)"
+            )
 
 
 def vw_head_fields(state_dict: dict[str, torch.Tensor]) -> dict:
@@ -362,6 +388,12 @@ def vw_head_fields(state_dict: dict[str, torch.Tensor]) -> dict:
         layers = indices(state_dict, r"sem_seg_head\.predictor\.transformer\.decoder\.layers\.(\d+)\.")
         if not layers or layers != list(range(len(layers))):
             raise CheckpointError(f"the DETR decoder layers of the checkpoint are numbered {layers}, not 0 ... L-1")
+        if any(key.startswith("sem_seg_head.predictor.transformer.encoder.") for key in state_dict):
+            raise CheckpointError(
+                "sem_seg_head.predictor.transformer.encoder.* keys: a DETR encoder over res5 (MODEL.MASK_FORMER."
+                "ENC_LAYERS > 0), which no released VW-MaskFormer has (ENC_LAYERS 0); the converted model's "
+                "decoder (transformers' MaskFormer) has none"
+            )
         ffn = _shape(state_dict, "sem_seg_head.predictor.transformer.decoder.layers.0.linear1.weight", 2)[0]
         fields["decoder_config"] = {
             "d_model": hidden_size,
@@ -393,6 +425,7 @@ def vw_head_fields(state_dict: dict[str, torch.Tensor]) -> dict:
             where = f"sampling_offsets: {sampling_rows} rows = heads x 3 levels x 4 points x 2"
             check_attention_heads("the pixel decoder's deformable attention", VW_FEATURE_SIZE, heads, where)
             check_attention_heads("the masked-attention decoder (the same NHEADS)", hidden_dim, heads, where)
+            _check_deformable_levels(state_dict, fields["backbone_config"])
             fields.update(
                 encoder_layers=len(indices(state_dict, re.escape(encoder) + r"(\d+)\.")),
                 encoder_feedforward_dim=_shape(state_dict, encoder + "0.linear1.weight", 2)[0],
@@ -659,6 +692,11 @@ def _consistency_checks(state_dict: dict[str, torch.Tensor], head: str, fields: 
                 "the pixel decoder's encoder layers",
             ),
             ("MODEL.MASK_FORMER.NHEADS", fields["num_attention_heads"], "the deformable attention's sampling_offsets"),
+            (
+                "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES",
+                DEFORMABLE_LEVELS,
+                "the input channels of sem_seg_head.pixel_decoder.input_proj.*",
+            ),
         ]
     return checks
 
