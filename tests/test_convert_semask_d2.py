@@ -156,6 +156,17 @@ def test_maskformer_values_not_in_the_weights_are_named_when_no_source_has_them(
     assert model.config.decoder_config.decoder_attention_heads == 8
 
 
+def test_a_detr_encoder_over_res5_is_named():
+    # MODEL.MASK_FORMER.ENC_LAYERS > 0 (the original builds it; no release has one): an unmapped-key list before
+    state_dict = read_state_dict("semask_maskformer_tiny")
+    state_dict["sem_seg_head.predictor.transformer.encoder.layers.0.linear1.weight"] = torch.zeros(8, 8)
+    with pytest.raises(
+        CheckpointError,
+        match=r"transformer\.encoder\.\* keys: a DETR encoder over res5 \(MODEL\.MASK_FORMER\.ENC_LAYERS",
+    ):
+        infer_maskformer_config(state_dict, run_configs=[])
+
+
 def test_a_pre_norm_run_is_refused_by_name(tmp_path):
     config = yaml.safe_load(fixture_config_file("semask_maskformer_tiny", tmp_path).read_text())
     config["MODEL"]["MASK_FORMER"]["PRE_NORM"] = True

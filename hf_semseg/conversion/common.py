@@ -244,6 +244,18 @@ def expect_shape(key: str, tensor: torch.Tensor, expected: tuple[int, ...], what
         raise CheckpointError(f"{key}: shape {tuple(tensor.shape)}, expected {tuple(expected)} ({what})")
 
 
+def check_no_detr_encoder(state_dict: dict[str, torch.Tensor], family: str) -> None:
+    """A :class:`CheckpointError` naming MODEL.MASK_FORMER.ENC_LAYERS when a MaskFormer-style predictor has DETR
+    encoder layers over res5 (``sem_seg_head.predictor.transformer.encoder.*``): no released ``family`` model has any
+    (ENC_LAYERS 0), and the converted decoder (transformers' MaskFormer DETR decoder) has none."""
+    if any(key.startswith("sem_seg_head.predictor.transformer.encoder.") for key in state_dict):
+        raise CheckpointError(
+            "sem_seg_head.predictor.transformer.encoder.* keys: a DETR encoder over res5 (MODEL.MASK_FORMER."
+            f"ENC_LAYERS > 0), which no released {family} has (ENC_LAYERS 0); the converted model's decoder "
+            "(transformers' MaskFormer) has none"
+        )
+
+
 def tensor_shape(state_dict: dict[str, torch.Tensor], key: str, kind: str, ndim: int | None = None) -> tuple[int, ...]:
     """The shape of ``state_dict[key]``; a :class:`CheckpointError` naming the key when it is missing (``kind``: the
     checkpoints the converter reads) or, with ``ndim``, when it has another number of dimensions."""

@@ -25,6 +25,7 @@ from ..variants import FOUR_STAGES
 from .common import (
     CheckpointError,
     Conversion,
+    check_no_detr_encoder,
     checkpoint_id2label,
     find_rename,
     indices,
@@ -169,6 +170,7 @@ def maskformer_head_fields(state_dict: dict[str, torch.Tensor]) -> dict:
     decoder_layers = indices(state_dict, DECODER_LAYER)
     if not decoder_layers or decoder_layers != list(range(len(decoder_layers))):
         raise CheckpointError(f"the DETR decoder layers of the checkpoint are numbered {decoder_layers}, not 0 ... L-1")
+    check_no_detr_encoder(state_dict, "SeMask-MaskFormer")
     ffn_size, ffn_input = _shape(state_dict, "sem_seg_head.predictor.transformer.decoder.layers.0.linear1.weight", 2)
     fpn_feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.layer_4.weight", 4)[0]
     mask_feature_size = _shape(state_dict, "sem_seg_head.pixel_decoder.mask_features.weight", 4)[0]

@@ -50,6 +50,7 @@ from .common import (
     build_conversion,
     check_attention_heads,
     check_four_stages,
+    check_no_detr_encoder,
     check_relative_position_index,
     check_swin_heads,
     checkpoint_id2label,
@@ -388,12 +389,7 @@ def vw_head_fields(state_dict: dict[str, torch.Tensor]) -> dict:
         layers = indices(state_dict, r"sem_seg_head\.predictor\.transformer\.decoder\.layers\.(\d+)\.")
         if not layers or layers != list(range(len(layers))):
             raise CheckpointError(f"the DETR decoder layers of the checkpoint are numbered {layers}, not 0 ... L-1")
-        if any(key.startswith("sem_seg_head.predictor.transformer.encoder.") for key in state_dict):
-            raise CheckpointError(
-                "sem_seg_head.predictor.transformer.encoder.* keys: a DETR encoder over res5 (MODEL.MASK_FORMER."
-                "ENC_LAYERS > 0), which no released VW-MaskFormer has (ENC_LAYERS 0); the converted model's "
-                "decoder (transformers' MaskFormer) has none"
-            )
+        check_no_detr_encoder(state_dict, "VW-MaskFormer")
         ffn = _shape(state_dict, "sem_seg_head.predictor.transformer.decoder.layers.0.linear1.weight", 2)[0]
         fields["decoder_config"] = {
             "d_model": hidden_size,
