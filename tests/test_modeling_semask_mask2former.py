@@ -350,6 +350,25 @@ def test_post_processing_crops_the_padding_before_resizing():
     assert torch.equal(result["segmentation"], expected.argmax(0))
 
 
+def test_post_processing_without_a_padding_multiple_upsamples_to_the_largest_image():
+    """size_divisibility 0 (a run's SIZE_DIVISIBILITY 0): detectron2 pads the batch to its largest image only and the
+    original upsamples the mask logits to that size, which need not be 4 x the stride-4 maps (98 x 138 -> 25 x 35
+    maps; 100 x 140 before, up to 0.98 off on a probe's fixtures of the original)."""
+    processor = SeMaskMask2FormerImageProcessor(size_divisibility=0, do_resize=False)
+    generator = torch.Generator().manual_seed(0)
+    class_logits = torch.randn(2, 3, 4, generator=generator)
+    mask_logits = torch.randn(2, 3, 25, 35, generator=generator)  # the batch: 98 x 138 and 90 x 130 images
+    outputs = {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
+    sizes = [(98, 138), (90, 130)]
+    results = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=sizes, image_sizes=sizes, return_segmentation_scores=True
+    )
+    masks = F.interpolate(mask_logits, size=(98, 138), mode="bilinear", align_corners=False)
+    scores = semantic_scores(class_logits, masks)
+    torch.testing.assert_close(results[0]["segmentation_scores"], scores[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(results[1]["segmentation_scores"], scores[1, :, :90, :130], atol=1e-6, rtol=0)
+
+
 def test_post_processing_names_malformed_sizes_and_logits():
     processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 160})
     generator = torch.Generator().manual_seed(0)

@@ -105,6 +105,23 @@ class SeMaskMask2FormerImageProcessingMixin:
     def _get_pad_size(self, output_sizes: list, pad_size: SizeDict | None, size_divisibility=None, **kwargs):
         return get_pad_size(output_sizes, pad_size, size_divisibility)
 
+    def _padded_input_size(self, stride4: torch.Tensor, image_sizes: list | None) -> tuple[int, int]:
+        """The size of the padded batch the model took, to which the original upsamples the mask logits
+        (detectron2's ``images.tensor``): 4 x the stride-4 maps where the padding multiple is a multiple of 4 (32
+        in every release); otherwise (``size_divisibility`` 0: the batch's largest image, unpadded) the largest of
+        ``image_sizes`` rounded up to the multiple, when its stride-4 maps are these (else 4 x them, as before: a
+        model that pads further itself)."""
+        mask_size = (4 * stride4.shape[-2], 4 * stride4.shape[-1])
+        divisor = self.size_divisibility or 0
+        if image_sizes is None or (divisor and divisor % 4 == 0):
+            return mask_size
+        height, width = (max(size[axis] for size in image_sizes) for axis in (0, 1))
+        if divisor:
+            height, width = (-(-side // divisor) * divisor for side in (height, width))
+        if (-(-height // 4), -(-width // 4)) != tuple(stride4.shape[-2:]):
+            return mask_size
+        return height, width
+
     def post_process_semantic_segmentation(
         self,
         outputs,
@@ -152,7 +169,7 @@ class SeMaskMask2FormerImageProcessingMixin:
         target_sizes = check_post_process_sizes(target_sizes, batch_size, "target_sizes")
         image_sizes = check_post_process_sizes(image_sizes, batch_size, "image_sizes")
         image_sizes = self._image_sizes_for(target_sizes, image_sizes)
-        padded_size = (4 * stride4.shape[-2], 4 * stride4.shape[-1])
+        padded_size = self._padded_input_size(stride4, image_sizes)
 
         results = []
         for index in range(batch_size):
