@@ -109,18 +109,16 @@ class SeMaskMask2FormerImageProcessingMixin:
         """The size of the padded batch the model took, to which the original upsamples the mask logits
         (detectron2's ``images.tensor``): 4 x the stride-4 maps where the padding multiple is a multiple of 4 (32
         in every release); otherwise (``size_divisibility`` 0: the batch's largest image, unpadded) the largest of
-        ``image_sizes`` rounded up to the multiple, when its stride-4 maps are these (else 4 x them, as before: a
-        model that pads further itself)."""
+        ``image_sizes`` rounded up to the multiple (the preprocessing's :func:`get_pad_size`), when its stride-4 maps
+        are these (else 4 x them, as before: a model that pads further itself)."""
         mask_size = (4 * stride4.shape[-2], 4 * stride4.shape[-1])
         divisor = self.size_divisibility or 0
         if image_sizes is None or (divisor and divisor % 4 == 0):
             return mask_size
-        height, width = (max(size[axis] for size in image_sizes) for axis in (0, 1))
-        if divisor:
-            height, width = (-(-side // divisor) * divisor for side in (height, width))
-        if (-(-height // 4), -(-width // 4)) != tuple(stride4.shape[-2:]):
+        padded = get_pad_size(image_sizes, None, divisor)
+        if (-(-padded.height // 4), -(-padded.width // 4)) != tuple(stride4.shape[-2:]):
             return mask_size
-        return height, width
+        return padded.height, padded.width
 
     def post_process_semantic_segmentation(
         self,
