@@ -244,6 +244,26 @@ def expect_shape(key: str, tensor: torch.Tensor, expected: tuple[int, ...], what
         raise CheckpointError(f"{key}: shape {tuple(tensor.shape)}, expected {tuple(expected)} ({what})")
 
 
+def check_transformers_swin_embedding(
+    state_dict: dict[str, torch.Tensor], ape: str, patch_norm: str, family: str
+) -> None:
+    """A :class:`CheckpointError` naming the original's option (``ape`` / ``patch_norm``: how the run's config sets
+    it) when a Swin checkpoint converted onto transformers' Swin has an absolute position embedding
+    (``backbone.absolute_pos_embed``) or no patch-embedding LayerNorm (no ``backbone.patch_embed.norm.*``): no released
+    ``family`` model has either, and transformers' Swin cannot compute them as the originals do."""
+    if any(key.startswith("backbone.absolute_pos_embed") for key in state_dict):
+        raise CheckpointError(
+            f"backbone.absolute_pos_embed: a Swin with an absolute position embedding ({ape}), which no released "
+            f"{family} has; the converted model's Swin (transformers') cannot represent the original's"
+        )
+    if not any(key.startswith("backbone.patch_embed.norm.") for key in state_dict):
+        raise CheckpointError(
+            "no backbone.patch_embed.norm.* keys: a Swin without the patch embedding's LayerNorm "
+            f"({patch_norm}), which no released {family} has; the converted model's Swin (transformers') always "
+            "applies it"
+        )
+
+
 def check_no_detr_encoder(state_dict: dict[str, torch.Tensor], family: str) -> None:
     """A :class:`CheckpointError` naming MODEL.MASK_FORMER.ENC_LAYERS when a MaskFormer-style predictor has DETR
     encoder layers over res5 (``sem_seg_head.predictor.transformer.encoder.*``): no released ``family`` model has any

@@ -29,6 +29,7 @@ from .common import (
     check_four_stages,
     check_relative_position_index,
     check_swin_heads,
+    check_transformers_swin_embedding,
     checkpoint_id2label,
     errors_name_the_file,
     expect_shape,
@@ -254,17 +255,7 @@ def infer_swin_config(state_dict: dict) -> SwinConfig:
     check_swin_heads(embed_dim, num_heads, "the relative position bias tables")
     window_size = window_size_from_table(_shape(state_dict, table.format(0))[0], table.format(0))
     mlp_hidden = _shape(state_dict, "backbone.stages.0.blocks.0.ffn.layers.0.0.weight", 2)[0]
-    # mmseg's Swin options no released VWFormer uses and transformers' Swin (the converted backbone) cannot compute
-    if "backbone.absolute_pos_embed" in state_dict:
-        raise CheckpointError(
-            "backbone.absolute_pos_embed: a Swin with an absolute position embedding (use_abs_pos_embed=True), which "
-            "no released VWFormer has; the converted model's Swin (transformers') cannot represent mmseg's"
-        )
-    if not any(key.startswith("backbone.patch_embed.norm.") for key in state_dict):
-        raise CheckpointError(
-            "no backbone.patch_embed.norm.* keys: a Swin without the patch embedding's LayerNorm (patch_norm=False), "
-            "which no released VWFormer has; the converted model's Swin (transformers') always applies it"
-        )
+    check_transformers_swin_embedding(state_dict, "use_abs_pos_embed=True", "patch_norm=False", "VWFormer")
     return SwinConfig(
         patch_size=patch_size,
         num_channels=num_channels,

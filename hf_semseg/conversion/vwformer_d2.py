@@ -53,6 +53,7 @@ from .common import (
     check_no_detr_encoder,
     check_relative_position_index,
     check_swin_heads,
+    check_transformers_swin_embedding,
     checkpoint_id2label,
     errors_name_the_file,
     expect_shape,
@@ -290,14 +291,7 @@ def swin_backbone_fields(state_dict: dict[str, torch.Tensor]) -> dict:
     check_swin_heads(embed_dim, num_heads, "the relative position bias tables")
     window_size = window_size_from_table(_shape(state_dict, table.format(0))[0], table.format(0))
     mlp_hidden = _shape(state_dict, "backbone.layers.0.blocks.0.mlp.fc1.weight", 2)[0]
-    if any(key.startswith("backbone.absolute_pos_embed") for key in state_dict):
-        raise CheckpointError("backbone.absolute_pos_embed: a Swin with APE, which no released VW model uses")
-    if not any(key.startswith("backbone.patch_embed.norm.") for key in state_dict):
-        raise CheckpointError(
-            "no backbone.patch_embed.norm.* keys: a Swin without the patch embedding's LayerNorm "
-            "(MODEL.SWIN.PATCH_NORM False), which no released VW model has; the converted model's Swin "
-            "(transformers') always applies it"
-        )
+    check_transformers_swin_embedding(state_dict, "MODEL.SWIN.APE True", "MODEL.SWIN.PATCH_NORM False", "VW model")
     return {
         "patch_size": patch_size,
         "num_channels": num_channels,
