@@ -81,7 +81,7 @@ def test_optimized_models_compute_their_outputs(build, autocast, monkeypatch):
     """Every family after ``optimize_for_inference()`` (Pale's BatchNorms not folded): every output equals the
     unoptimised model's in float32 (within 1e-5 of the largest value: the same products, bit for bit in our checks)
     and under bfloat16 autocast is as close to the float64 model as the unoptimised one (within 1.5x its error: Pale's
-    GELU runs as ``fc1``'s post-op, rounded once), and the dense layers that ran oneDNN's product ran it on their
+    GELU runs as ``fc1``'s post-op, rounded once, on CPUs where that is the faster), and the dense layers that ran oneDNN's product ran it on their
     prepared weights, each packed once over two forwards."""
     torch.manual_seed(0)
     model = build().eval()

@@ -14,6 +14,7 @@ from hf_semseg.models.modeling_linear import (
     PackedInferenceConvolution,
     PackedInferenceLinear,
     calls_hooks,
+    gelu_post_op_pays,
     inference_product_dtype,
     linear_backward,
     onednn_inference_linear,
@@ -366,6 +367,21 @@ def test_the_post_ops_equal_the_separate_kernels_in_float32():
     torch.testing.assert_close(added, residual + product)
     torch.testing.assert_close(activated, F.gelu(product))
     torch.testing.assert_close(map_added, map_expected)
+
+
+@pytest.mark.parametrize(
+    ("capability", "pays"), [("AVX512", True), ("AVX2", False), ("DEFAULT", False), ("SVE256", False)]
+)
+def test_the_gelu_post_op_runs_where_aten_runs_avx512(capability, pays, monkeypatch):
+    """``gelu_post_op_pays`` answers from torch's CPU capability: the post-op on AVX-512 (measured faster on an
+    Xeon), the in-place GELU elsewhere (measured faster on an AVX2-only EPYC; unmeasured CPUs keep the unoptimised
+    model's kernel). Read once per process: the cache is cleared around the forced capability."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    gelu_post_op_pays.cache_clear()
+    try:
+        assert gelu_post_op_pays() is pays
+    finally:
+        gelu_post_op_pays.cache_clear()
 
 
 def test_a_residual_of_another_dtype_or_after_an_activation_is_refused():

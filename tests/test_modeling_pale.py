@@ -510,15 +510,18 @@ class RecordedOperators(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("gelu_post_op", [True, False], ids=["gelu-post-op", "gelu-in-place"])
 @pytest.mark.parametrize("case", ["float32", "bfloat16-autocast", "bfloat16-weights"])
-def test_an_optimized_block_adds_and_activates_in_its_products(case):
-    """An optimised block runs the exact GELU as ``fc1``'s post-op (no separate GELU kernel), and where the residual
-    stream is in the product dtype (float32; bfloat16 weights without autocast) its three residual additions as
-    post-ops of the CPE convolution, the output layer and ``fc2`` (no separate addition); under bfloat16 autocast the
-    float32 stream is added outside the bfloat16 products. The outputs stay those of the model up to rounding
-    (``test_optimized_for_inference_computes_the_model``; bfloat16 weights here)."""
+def test_an_optimized_block_adds_and_activates_in_its_products(case, gelu_post_op, monkeypatch):
+    """An optimised block runs the exact GELU as ``fc1``'s post-op (no separate GELU kernel) where the CPU runs that
+    faster (``gelu_post_op_pays``, both answers forced here), and otherwise as one in-place GELU on ``fc1``'s output;
+    where the residual stream is in the product dtype (float32; bfloat16 weights without autocast) its three
+    residual additions run as post-ops of the CPE convolution, the output layer and ``fc2`` (no separate addition);
+    under bfloat16 autocast the float32 stream is added outside the bfloat16 products. The outputs stay those of the
+    model up to rounding (``test_optimized_for_inference_computes_the_model``; bfloat16 weights here)."""
     if case != "float32" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("oneDNN has no bfloat16 kernels for this CPU")
+    monkeypatch.setattr(modeling_pale, "gelu_post_op_pays", lambda: gelu_post_op)
     model = tiny_inference_model()
     if case == "bfloat16-weights":
         model = model.to(torch.bfloat16)
@@ -537,7 +540,8 @@ def test_an_optimized_block_adds_and_activates_in_its_products(case):
         op for op in recorder.operators if op in (mkldnn._linear_pointwise.binary, mkldnn._convolution_pointwise.binary)
     ]
     additions = [op for op in recorder.operators if op is aten.add.Tensor]
-    assert not [op for op in recorder.operators if op in (aten.gelu.default, aten.gelu_.default)]
+    gelus = [op for op in recorder.operators if op in (aten.gelu.default, aten.gelu_.default)]
+    assert gelus == ([] if gelu_post_op else [aten.gelu_.default])
     if case == "bfloat16-autocast":
         assert binary == [] and len(additions) == 3
     else:

@@ -29,6 +29,8 @@ and ONNX exports as a ``MatMul``). Elsewhere it is ``F.linear``.
 Portable module: imports torch only.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -255,6 +257,21 @@ class PackedInferenceLinear:
             )
         check_residual_post_op(self, "product", residual)
         return torch.ops.mkldnn._linear_pointwise.binary(hidden_states, residual, self.weight, self.bias, "add")
+
+
+@functools.cache
+def gelu_post_op_pays() -> bool:
+    """Whether a prepared dense layer followed by the exact GELU runs it as oneDNN's post-op
+    (:class:`PackedInferenceLinear`'s ``exact_gelu``) rather than as ATen's in-place GELU on the stored product: where
+    ATen's kernels run AVX-512 (torch's CPU capability), the CPUs the post-op was measured faster on. Read once per
+    process: the CPU does not change.
+
+    Measured on 2 threads: on an Intel Xeon with AVX-512 and AMX the post-op made Pale-T's optimised forward 0.94x as
+    long at 512 x 512 in bfloat16; on an AMD EPYC with AVX2 only, oneDNN's GELU post-op is the slower one
+    (``(196, 256) -> 1024`` tokens 1.17 against 1.00 ms with the separate GELU, ``(3136, 64) -> 256`` 1.53 against
+    1.03 ms), and Pale-T's optimised forward in float32 ran 0.97x / 0.94x as long at 224 / 512 without it (medians of
+    three A/B runs; benchmarks/README.md). The values are the same (bit for bit in our float32 checks)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def check_residual_post_op(prepared, kind: str, residual: torch.Tensor) -> None:

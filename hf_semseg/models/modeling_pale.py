@@ -41,6 +41,7 @@ from .modeling_linear import (
     PackedInferenceConvolution,
     PackedInferenceLinear,
     fold_batch_norm,
+    gelu_post_op_pays,
     inference_product_dtype,
     onednn_inference_linear,
     packed_convolution_dtype,
@@ -528,12 +529,14 @@ class PaleBlock(GradientCheckpointingLayer):
         oneDNN, the BatchNorms folded into the q/k/v depth-wise convolutions (where asked), and the normalised map cast
         once for the three convolutions (autocast casts it for each).
 
-        The exact GELU runs as ``fc1``'s post-op, and where the residual stream is in the product dtype (float32;
-        bfloat16 weights without autocast) the three residual additions run as post-ops of the CPE convolution, the
+        The exact GELU runs as ``fc1``'s post-op on CPUs where that is the faster (:func:`gelu_post_op_pays`; in
+        place on the product elsewhere), and where the residual stream is in the product dtype (float32; bfloat16
+        weights without autocast) the three residual additions run as post-ops of the CPE convolution, the
         attention's output layer and ``fc2``: in float32 the same values as the separate kernels (bit for bit in our
         checks): up to 4 kernel calls and passes over a map fewer per block. Pale-T's forward with the post-ops
-        against without, in one process (medians of three runs, benchmarks/README.md): float32 0.98x at 512 x 512,
-        no measurable change at 224; bfloat16 autocast (the GELU only) 0.94x at 512, 1.01x at 224."""
+        against without, in one process on an Intel Xeon with AVX-512 (medians of three runs, benchmarks/README.md):
+        float32 0.98x at 512 x 512, no measurable change at 224; bfloat16 autocast (the GELU only) 0.94x at 512, 1.01x
+        at 224."""
         dtype = weights.dtype
         adds_in_products = hidden_states.dtype == dtype
         # x + CPE(x): (B, H, W, C) -> channels-first view -> (B, H, W, C)
@@ -554,9 +557,9 @@ class PaleBlock(GradientCheckpointingLayer):
             hidden_states = hidden_states + weights.output(attended)
         norm = self.layernorm_after
         normed = F.layer_norm(hidden_states, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        expanded = weights.fc1(normed)  # the exact GELU as its post-op, where that is the activation
-        if not weights.fc1.exact_gelu:
-            expanded = self.mlp.activation(expanded)
+        expanded = weights.fc1(normed)  # with the exact GELU as its post-op where that pays (gelu_post_op_pays)
+        if not weights.fc1.exact_gelu:  # the GELU in place on fc1's fresh output, as inference_forward
+            expanded = torch.ops.aten.gelu_(expanded) if self.mlp.exact_gelu else self.mlp.activation(expanded)
         if adds_in_products:
             return weights.fc2(expanded, residual=hidden_states)
         return hidden_states + weights.fc2(expanded)
@@ -606,7 +609,8 @@ def pale_block_weights(block: "PaleBlock") -> tuple:
 class PreparedPaleBlock:
     """A :class:`PaleBlock`'s weights prepared for :meth:`PaleBlock.optimized_inference_forward` in one product
     ``dtype``: the CPE and q/k/v depth-wise convolutions (the BatchNorms folded in where ``fold_batch_norm``) and the
-    dense layers, cast and packed for oneDNN; ``fc1`` with the exact GELU as its post-op where ``exact_gelu``."""
+    dense layers, cast and packed for oneDNN; ``fc1`` with the exact GELU as its post-op where ``exact_gelu`` and
+    the CPU runs that faster (:func:`gelu_post_op_pays`)."""
 
     def __init__(self, block: "PaleBlock", dtype: torch.dtype, fold_batch_norm: bool, exact_gelu: bool):
         self.dtype = dtype
@@ -621,7 +625,8 @@ class PreparedPaleBlock:
         self.output, self.fc2 = (
             PackedInferenceLinear(dense.weight, dense.bias, dtype) for dense in (attention.output.dense, mlp.fc2)
         )
-        self.fc1 = PackedInferenceLinear(mlp.fc1.weight, mlp.fc1.bias, dtype, exact_gelu=exact_gelu)
+        post_op = exact_gelu and gelu_post_op_pays()
+        self.fc1 = PackedInferenceLinear(mlp.fc1.weight, mlp.fc1.bias, dtype, exact_gelu=post_op)
 
 
 #: the module types :meth:`PaleBlock.inference_forward` computes itself (exact types: a subclass has its own forward)
