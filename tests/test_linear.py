@@ -8,12 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_semseg.models import modeling_linear
 from hf_semseg.models.modeling_linear import (
     PLAIN_LINEAR_TYPES,
     OneDNNLinear,
     PackedInferenceConvolution,
     PackedInferenceLinear,
+    aten_runs_avx512,
     calls_hooks,
+    float32_product_on_onednn,
     gelu_post_op_pays,
     inference_product_dtype,
     linear_backward,
@@ -92,19 +95,32 @@ def test_values_and_gradients_are_the_linear_layers(convolutions, shape, with_bi
         torch.testing.assert_close(bias.grad.double(), grad_rows.sum(0), rtol=1e-6, atol=1e-5)
 
 
+@pytest.fixture
+def float32_on_onednn(monkeypatch):
+    """Float32 inference products on oneDNN's matmul primitive, as on a CPU with AVX-512, whatever this CPU is."""
+    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: True)
+
+
 @pytest.mark.parametrize(
     "shape", [(7, 5), (2, 3, 4, 5), (1, 200, 5)], ids=["tokens", "windows (B, nW, N, C)", "one image"]
 )
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_inference_runs_the_matmul_primitive(convolutions, primitives, shape, with_bias):
+@pytest.mark.parametrize("on_onednn", [True, False], ids=["avx512", "avx2"])
+def test_inference_runs_the_matmul_primitive(convolutions, primitives, shape, with_bias, on_onednn, monkeypatch):
+    """Float32 inference runs oneDNN's matmul primitive where ``float32_product_on_onednn`` (AVX-512), and exactly
+    ``F.linear`` elsewhere; neither is the training path's convolution."""
+    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: on_onednn)
     generator = torch.Generator().manual_seed(2)
     inputs = torch.randn(shape, generator=generator)
     weight = torch.randn(6, shape[-1], generator=generator, requires_grad=True)  # a parameter, under no_grad
     bias = torch.randn(6, generator=generator, requires_grad=True) if with_bias else None
     with torch.no_grad():
         output = onednn_linear(inputs, weight, bias)
-    assert primitives == [(torch.float32, torch.float32, torch.float32 if with_bias else None)]
+        linear = F.linear(inputs, weight, bias)
+    assert primitives == ([(torch.float32, torch.float32, torch.float32 if with_bias else None)] if on_onednn else [])
     assert convolutions == []
+    if not on_onednn:
+        assert torch.equal(output, linear)
     assert output.shape == (*shape[:-1], 6) and output.is_contiguous() and not output.requires_grad
     expected = float64_linear(inputs, weight.detach(), None if bias is None else bias.detach())
     torch.testing.assert_close(output.double(), expected, rtol=1e-6, atol=1e-5)
@@ -141,7 +157,7 @@ def test_a_hand_computed_product(requires_grad):
 
 
 @pytest.mark.parametrize("requires_grad", [True, False], ids=["training", "inference"])
-def test_a_non_contiguous_input(convolutions, primitives, requires_grad):
+def test_a_non_contiguous_input(convolutions, primitives, requires_grad, float32_on_onednn):
     inputs = torch.randn(4, 6, 5).transpose(0, 1)  # (6, 4, 5), not contiguous
     weight, bias = torch.randn(3, 5, requires_grad=requires_grad), torch.randn(3)
     torch.testing.assert_close(onednn_linear(inputs, weight, bias), F.linear(inputs, weight, bias))
@@ -372,16 +388,17 @@ def test_the_post_ops_equal_the_separate_kernels_in_float32():
 @pytest.mark.parametrize(
     ("capability", "pays"), [("AVX512", True), ("AVX2", False), ("DEFAULT", False), ("SVE256", False)]
 )
-def test_the_gelu_post_op_runs_where_aten_runs_avx512(capability, pays, monkeypatch):
-    """``gelu_post_op_pays`` answers from torch's CPU capability: the post-op on AVX-512 (measured faster on an
-    Xeon), the in-place GELU elsewhere (measured faster on an AVX2-only EPYC; unmeasured CPUs keep the unoptimised
-    model's kernel). Read once per process: the cache is cleared around the forced capability."""
+def test_onednn_float32_kernels_run_where_aten_runs_avx512(capability, pays, monkeypatch):
+    """``gelu_post_op_pays`` and ``float32_product_on_onednn`` answer from torch's CPU capability: oneDNN's GELU
+    post-op and per-call float32 product on AVX-512 (measured faster there), ATen's GELU and ``F.linear`` elsewhere
+    (measured faster on an AVX2-only EPYC; unmeasured CPUs keep the kernels of the unoptimised PyTorch layer). Read
+    once per process: the cache is cleared around the forced capability."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    gelu_post_op_pays.cache_clear()
+    aten_runs_avx512.cache_clear()
     try:
-        assert gelu_post_op_pays() is pays
+        assert gelu_post_op_pays() is pays and float32_product_on_onednn() is pays
     finally:
-        gelu_post_op_pays.cache_clear()
+        aten_runs_avx512.cache_clear()
 
 
 def test_a_residual_of_another_dtype_or_after_an_activation_is_refused():

@@ -1,8 +1,8 @@
 """The dense layer every family's token MLPs, projections and heads use: ``nn.Linear``, run on the CPU through oneDNN.
 
 Why: PyTorch runs a float32 ``nn.Linear`` on the CPU as a BLAS ``sgemm`` (MKL in the official wheels), and MKL picks
-its AVX2 kernels on AMD processors: on the 2-core AMD EPYC (Zen 5) we benchmark on, a 2048^2 matmul reaches about
-190 GFLOP/s, while oneDNN's products of the same operands reach 350-450 GFLOP/s (AVX-512). Two oneDNN routes:
+its AVX2 kernels on AMD processors: on a 2-core AMD EPYC (Zen 5, AVX-512) we benchmarked on, a 2048^2 matmul reaches
+about 190 GFLOP/s, while oneDNN's products of the same operands reach 350-450 GFLOP/s (AVX-512). Two oneDNN routes:
 
 * **Inference** (no operand needs a gradient): oneDNN's matmul primitive, ``mkldnn::_linear_pointwise`` (the op
   inductor lowers a CPU linear layer to), in float32, or in bfloat16 under CPU autocast to bfloat16 (the operands
@@ -19,6 +19,10 @@ its AVX2 kernels on AMD processors: on the 2-core AMD EPYC (Zen 5) we benchmark 
 The values are the same product with another summation order (relative differences of 1e-7 to 1e-6 in float32, like
 any change of BLAS kernel); no layout changes hands: the ``(..., C)`` tokens go in as they are (the convolution views
 them as a ``(1, C, T, 1)`` channels-last map) and the output comes back as ``(..., C_out)``.
+
+On a CPU without AVX-512 (torch's CPU capability AVX2) both libraries run AVX2 kernels and MKL's float32 product is
+the faster for a weight as loaded: there the float32 inference path is ``F.linear`` (:func:`float32_product_on_onednn`;
+packed weights, bfloat16 and the training path are unchanged).
 
 It runs only where oneDNN computes at the precision asked for: the CPU, float32 operands with the float32 precision
 of matmuls and of oneDNN's matmuls / convolutions left at full precision (a user who allows bfloat16 or TF32 inside
@@ -141,8 +145,9 @@ def onednn_inference_linear(
     """oneDNN's matmul primitive on the operands cast to ``dtype`` (a no-op for those already in it): the inference
     path of :func:`onednn_linear`, for a caller that has already obtained ``dtype`` from
     :func:`inference_product_dtype` for operands like these (same device, dtypes and autocast state); where that
-    gave None, ``F.linear`` (what :func:`onednn_linear` runs for operands that need no gradient)."""
-    if dtype is None:
+    gave None, ``F.linear`` (what :func:`onednn_linear` runs for operands that need no gradient), and in float32 also
+    on CPUs where MKL's product is the faster (:func:`float32_product_on_onednn`)."""
+    if dtype is None or (dtype == torch.float32 and not float32_product_on_onednn()):
         return F.linear(hidden_states, weight, bias)
     hidden_states, weight = hidden_states.to(dtype), weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
@@ -260,18 +265,35 @@ class PackedInferenceLinear:
 
 
 @functools.cache
+def aten_runs_avx512() -> bool:
+    """Whether ATen's CPU kernels run AVX-512 on this CPU (torch's CPU capability, which ``ATEN_CPU_CAPABILITY``
+    can lower): the CPUs where oneDNN's float32 kernels were measured faster than ATen's and MKL's
+    (:func:`gelu_post_op_pays`, :func:`float32_product_on_onednn`). Read once per process: the CPU does not change."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def gelu_post_op_pays() -> bool:
     """Whether a prepared dense layer followed by the exact GELU runs it as oneDNN's post-op
     (:class:`PackedInferenceLinear`'s ``exact_gelu``) rather than as ATen's in-place GELU on the stored product: where
-    ATen's kernels run AVX-512 (torch's CPU capability), the CPUs the post-op was measured faster on. Read once per
-    process: the CPU does not change.
+    ATen runs AVX-512 (:func:`aten_runs_avx512`), the CPUs the post-op was measured faster on.
 
     Measured on 2 threads: on an Intel Xeon with AVX-512 and AMX the post-op made Pale-T's optimised forward 0.94x as
     long at 512 x 512 in bfloat16; on an AMD EPYC with AVX2 only, oneDNN's GELU post-op is the slower one
     (``(196, 256) -> 1024`` tokens 1.17 against 1.00 ms with the separate GELU, ``(3136, 64) -> 256`` 1.53 against
     1.03 ms), and Pale-T's optimised forward in float32 ran 0.97x / 0.94x as long at 224 / 512 without it (medians of
     three A/B runs; benchmarks/README.md). The values are the same (bit for bit in our float32 checks)."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return aten_runs_avx512()
+
+
+def float32_product_on_onednn() -> bool:
+    """Whether a float32 dense layer at inference with its weight as loaded (:func:`onednn_inference_linear`; not a
+    packed one) runs as oneDNN's matmul primitive rather than as ``F.linear`` (MKL's sgemm in the official wheels):
+    where ATen runs AVX-512 (:func:`aten_runs_avx512`). There oneDNN's AVX-512 kernels outrun MKL, which takes its
+    AVX2 kernels on AMD processors (the module docstring); on a CPU with AVX2 only both run AVX2 and MKL is the
+    faster: on 2 threads of an AMD EPYC without AVX-512, Pale-T as loaded ran 0.92x / 0.97x as long at 224 / 512
+    with ``F.linear`` and SeMask-T's FPN 0.96x at 512 (medians of three A/B runs in one process;
+    benchmarks/README.md). The same product up to float32 rounding (another summation order)."""
+    return aten_runs_avx512()
 
 
 def check_residual_post_op(prepared, kind: str, residual: torch.Tensor) -> None:
