@@ -72,13 +72,18 @@ def float64_linear(inputs, weight, bias):
     "shape", [(7, 5), (2, 3, 4, 5), (1, 200, 5)], ids=["tokens", "windows (B, nW, N, C)", "one image"]
 )
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_values_and_gradients_are_the_linear_layers(convolutions, shape, with_bias):
+@pytest.mark.parametrize("on_onednn", [True, False], ids=["avx512", "avx2"])
+def test_values_and_gradients_are_the_linear_layers(convolutions, shape, with_bias, on_onednn, monkeypatch):
+    """In training, where ``float32_product_on_onednn`` (AVX-512) the tokens go through oneDNN's 1x1 convolution,
+    elsewhere through ``F.linear``; the values and gradients are the linear layer's either way."""
+    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: on_onednn)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(shape, generator=generator, requires_grad=True)
     weight = torch.randn(6, shape[-1], generator=generator, requires_grad=True)
     bias = torch.randn(6, generator=generator, requires_grad=True) if with_bias else None
     output = onednn_linear(inputs, weight, bias)
-    assert convolutions == [(1, shape[-1], inputs.numel() // shape[-1], 1)]  # the tokens as a (1, C, T, 1) map
+    # the tokens as a (1, C, T, 1) map
+    assert convolutions == ([(1, shape[-1], inputs.numel() // shape[-1], 1)] if on_onednn else [])
     assert output.shape == (*shape[:-1], 6) and output.is_contiguous()
     expected = float64_linear(inputs, weight, bias)
     torch.testing.assert_close(output.double(), expected, rtol=1e-6, atol=1e-5)
@@ -223,7 +228,7 @@ def test_falls_back_to_the_linear_layer(convolutions, primitives, case, requires
 
 
 @pytest.mark.parametrize("backend", ["conv", "matmul"])
-def test_bfloat16_oneDNN_products_keep_the_linear_layer(backend):
+def test_bfloat16_oneDNN_products_keep_the_linear_layer(backend, float32_on_onednn):
     """A user who lets oneDNN convolutions or matmuls compute float32 in bfloat16 still gets full-precision dense
     layers: a path that would compute through them is not taken (the training path's convolution stands in for a
     matmul, so it needs both)."""

@@ -21,8 +21,8 @@ any change of BLAS kernel); no layout changes hands: the ``(..., C)`` tokens go 
 them as a ``(1, C, T, 1)`` channels-last map) and the output comes back as ``(..., C_out)``.
 
 On a CPU without AVX-512 (torch's CPU capability AVX2) both libraries run AVX2 kernels and MKL's float32 product is
-the faster for a weight as loaded: there the float32 inference path is ``F.linear`` (:func:`float32_product_on_onednn`;
-packed weights, bfloat16 and the training path are unchanged).
+the faster for a weight as loaded: there float32 inference and training run ``F.linear``
+(:func:`float32_product_on_onednn`; packed weights and bfloat16 are unchanged).
 
 It runs only where oneDNN computes at the precision asked for: the CPU, float32 operands with the float32 precision
 of matmuls and of oneDNN's matmuls / convolutions left at full precision (a user who allows bfloat16 or TF32 inside
@@ -80,9 +80,12 @@ def full_float32_precision(*onednn_backends) -> bool:
 def runs_on_onednn(*tensors: torch.Tensor) -> bool:
     """Whether a dense layer over ``tensors`` (its input or output gradient, weight, ...) runs as a oneDNN 1x1
     convolution (the training path): all on the CPU in float32, full-precision float32 matmuls and oneDNN
-    convolutions, not traced."""
+    convolutions, not traced, and a CPU where oneDNN's float32 products are the faster
+    (:func:`float32_product_on_onednn`)."""
     mkldnn = torch.backends.mkldnn
-    return onednn_runs(*tensors) and full_float32_precision(mkldnn.matmul, mkldnn.conv)
+    if not (onednn_runs(*tensors) and full_float32_precision(mkldnn.matmul, mkldnn.conv)):
+        return False
+    return float32_product_on_onednn()
 
 
 def inference_product_dtype(*operands: torch.Tensor) -> torch.dtype | None:
@@ -286,13 +289,15 @@ def gelu_post_op_pays() -> bool:
 
 
 def float32_product_on_onednn() -> bool:
-    """Whether a float32 dense layer at inference with its weight as loaded (:func:`onednn_inference_linear`; not a
-    packed one) runs as oneDNN's matmul primitive rather than as ``F.linear`` (MKL's sgemm in the official wheels):
-    where ATen runs AVX-512 (:func:`aten_runs_avx512`). There oneDNN's AVX-512 kernels outrun MKL, which takes its
-    AVX2 kernels on AMD processors (the module docstring); on a CPU with AVX2 only both run AVX2 and MKL is the
-    faster: on 2 threads of an AMD EPYC without AVX-512, Pale-T as loaded ran 0.92x / 0.97x as long at 224 / 512
-    with ``F.linear`` and SeMask-T's FPN 0.96x at 512 (medians of three A/B runs in one process;
-    benchmarks/README.md). The same product up to float32 rounding (another summation order)."""
+    """Whether a float32 dense layer with its weight as loaded runs on oneDNN rather than as ``F.linear`` (MKL's sgemm
+    in the official wheels): at inference oneDNN's matmul primitive (:func:`onednn_inference_linear`; packed weights
+    are another matter), in training the 1x1 convolution (:func:`runs_on_onednn`). Where ATen runs AVX-512
+    (:func:`aten_runs_avx512`): there oneDNN's AVX-512 kernels outrun MKL, which takes its AVX2 kernels on AMD
+    processors (the module docstring). On a CPU with AVX2 only both run AVX2 and MKL is the faster: on 2 threads of
+    an AMD EPYC without AVX-512, with ``F.linear`` Pale-T as loaded ran 0.92x / 0.97x as long at 224 / 512 and
+    SeMask-T's FPN 0.96x at 512, and training steps at batch 2, 256 x 256, took 0.63x (Pale-T) and 0.77x (SeMask-T
+    FPN with its loss) as long (medians of three A/B runs in one process; benchmarks/README.md). The same products
+    up to float32 rounding (another summation order)."""
     return aten_runs_avx512()
 
 
