@@ -406,6 +406,31 @@ def test_onednn_float32_kernels_run_where_aten_runs_avx512(capability, pays, mon
         aten_runs_avx512.cache_clear()
 
 
+def test_a_float32_prepared_layer_where_mkl_is_faster_is_f_linear(monkeypatch):
+    """Where ``float32_product_on_onednn`` is False (AVX2 only), a float32 ``PackedInferenceLinear`` keeps a copy of
+    the weight in its own layout and computes ``F.linear`` on it, then the GELU or the residual addition in place:
+    exactly those values; a residual of another shape is refused (``add_`` would broadcast it), naming both."""
+    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: False)
+    torch.manual_seed(0)
+    weight, bias, tokens = torch.randn(24, 40), torch.randn(24), torch.randn(2, 5, 7, 40)
+    residual = torch.randn(2, 5, 7, 24)
+    prepared = PackedInferenceLinear(weight, bias, torch.float32)
+    assert not prepared.on_onednn and prepared.weight.layout == torch.strided
+    assert torch.equal(prepared.weight, weight) and prepared.weight.data_ptr() != weight.data_ptr()
+    with torch.no_grad():
+        product = F.linear(tokens, weight, bias)
+        assert torch.equal(prepared(tokens), product)
+        assert torch.equal(prepared(tokens, residual=residual), product + residual)
+        activated = PackedInferenceLinear(weight, bias, torch.float32, exact_gelu=True)(tokens)
+        assert torch.equal(activated, F.gelu(product))
+        with pytest.raises(
+            ValueError, match=r"residual of shape \(7, 24\) added to a product of shape \(2, 5, 7, 24\)"
+        ):
+            prepared(tokens, residual=residual[0, 0])
+        weight.mul_(2.0)  # the prepared copy is what the layer held when it was prepared
+        assert torch.equal(prepared(tokens), product)
+
+
 def test_a_residual_of_another_dtype_or_after_an_activation_is_refused():
     """The residual post-op adds a map in the product's dtype to the bare product: a float32 residual on a bfloat16
     product, or a residual on a product with an activation post-op, are refused, naming both."""

@@ -14,7 +14,7 @@ from hf_semseg import (
     PaleForSemanticSegmentation,
     PaleModel,
 )
-from hf_semseg.models import modeling_pale
+from hf_semseg.models import modeling_linear, modeling_pale
 from hf_semseg.models.modeling_pale import PaleShapedAttention, pale_group_rows, pale_ungroup_rows
 
 from model_suite import (
@@ -511,17 +511,20 @@ class RecordedOperators(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize("gelu_post_op", [True, False], ids=["gelu-post-op", "gelu-in-place"])
-@pytest.mark.parametrize("case", ["float32", "bfloat16-autocast", "bfloat16-weights"])
+@pytest.mark.parametrize("case", ["float32", "float32-avx2", "bfloat16-autocast", "bfloat16-weights"])
 def test_an_optimized_block_adds_and_activates_in_its_products(case, gelu_post_op, monkeypatch):
     """An optimised block runs the exact GELU as ``fc1``'s post-op (no separate GELU kernel) where the CPU runs that
     faster (``gelu_post_op_pays``, both answers forced here), and otherwise as one in-place GELU on ``fc1``'s output;
     where the residual stream is in the product dtype (float32; bfloat16 weights without autocast) its three
-    residual additions run as post-ops of the CPE convolution, the output layer and ``fc2`` (no separate addition);
-    under bfloat16 autocast the float32 stream is added outside the bfloat16 products. The outputs stay those of the
-    model up to rounding (``test_optimized_for_inference_computes_the_model``; bfloat16 weights here)."""
-    if case != "float32" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    residual additions run as post-ops of the CPE convolution, the output layer and ``fc2`` (no separate addition),
+    except that on a CPU whose float32 products are MKL's (``float32_product_on_onednn`` False: "float32-avx2") the
+    two dense layers' ones are in-place additions after ``F.linear``; under bfloat16 autocast the float32 stream is
+    added outside the bfloat16 products. The outputs stay those of the model up to rounding
+    (``test_optimized_for_inference_computes_the_model``; bfloat16 weights here)."""
+    if not case.startswith("float32") and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("oneDNN has no bfloat16 kernels for this CPU")
     monkeypatch.setattr(modeling_pale, "gelu_post_op_pays", lambda: gelu_post_op)
+    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: case != "float32-avx2")
     model = tiny_inference_model()
     if case == "bfloat16-weights":
         model = model.to(torch.bfloat16)
@@ -541,14 +544,20 @@ def test_an_optimized_block_adds_and_activates_in_its_products(case, gelu_post_o
     ]
     additions = [op for op in recorder.operators if op is aten.add.Tensor]
     gelus = [op for op in recorder.operators if op in (aten.gelu.default, aten.gelu_.default)]
-    assert gelus == ([] if gelu_post_op else [aten.gelu_.default])
+    # F.linear has no post-op: the prepared fc1 then runs the GELU in place itself
+    assert gelus == ([] if gelu_post_op and case != "float32-avx2" else [aten.gelu_.default])
+    in_place_additions = [op for op in recorder.operators if op is aten.add_.Tensor]
     if case == "bfloat16-autocast":
         assert binary == [] and len(additions) == 3
+    elif case == "float32-avx2":
+        assert binary == [mkldnn._convolution_pointwise.binary] and additions == []
+        assert in_place_additions == [aten.add_.Tensor] * 2
+        assert not [op for op in recorder.operators if op is mkldnn._linear_pointwise.default]
     else:
         assert binary == [mkldnn._convolution_pointwise.binary] + [mkldnn._linear_pointwise.binary] * 2
         assert additions == []
     assert optimized.dtype == expected.dtype
-    tolerance = {"rtol": 1e-6, "atol": 1e-6} if case == "float32" else {"rtol": 2**-7, "atol": 2e-2}
+    tolerance = {"rtol": 1e-6, "atol": 1e-6} if case.startswith("float32") else {"rtol": 2**-7, "atol": 2e-2}
     torch.testing.assert_close(optimized, expected, **tolerance)
 
 

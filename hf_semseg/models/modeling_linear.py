@@ -238,7 +238,9 @@ class PackedInferenceLinear:
     cast and reorder: the bfloat16 cast and reorder of Pale-T's 256 x 256 weights take about as long as their product
     with its 196 tokens at 224 x 224. The same product (in our measurements the same values, bit for bit, except for
     a single token in float32, where oneDNN picks another kernel); the packed copy is extra memory, the size of the
-    weight in ``dtype``.
+    weight in ``dtype``. In float32 on a CPU where MKL's product is the faster (:func:`float32_product_on_onednn`:
+    AVX2 only) nothing is packed: the copy keeps the weight's layout and the product is ``F.linear``, followed by the
+    GELU or the residual addition as separate in-place kernels (the same values in float32).
 
     ``exact_gelu``: the exact (erf) GELU applied to the product as oneDNN's post-op, before it is stored: in float32
     the values of ``gelu_`` on the product (bit for bit in our checks, not promised), in bfloat16 the GELU of the
@@ -246,7 +248,11 @@ class PackedInferenceLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, exact_gelu: bool = False):
         self.dtype = dtype
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None)
+        #: whether the product is oneDNN's matmul primitive on the packed weight (else F.linear on the weight as it is)
+        self.on_onednn = dtype != torch.float32 or float32_product_on_onednn()
+        weight = weight.detach().to(dtype)
+        # a copy either way: the prepared weight is what the layer held when it was prepared, on every CPU
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None) if self.on_onednn else weight.clone()
         self.bias = None if bias is None else bias.detach().to(dtype)
         self.exact_gelu = exact_gelu
         # oneDNN's post-op and its algorithm: "none" is the erf GELU ("tanh" would be the approximation)
@@ -259,11 +265,24 @@ class PackedInferenceLinear:
         post-op; the same values as ``residual + product`` in float32: one rounding either way), without a pass of
         its own; not with ``exact_gelu``. The result is a new map; ``residual`` is only read."""
         hidden_states = hidden_states.to(self.dtype)
+        if residual is not None:
+            check_residual_post_op(self, "product", residual)
+        if not self.on_onednn:
+            product = F.linear(hidden_states, self.weight, self.bias)
+            if self.exact_gelu:
+                return torch.ops.aten.gelu_(product)
+            if residual is None:
+                return product
+            if residual.shape != product.shape:  # add_ would broadcast a smaller one where the post-op refuses it
+                raise ValueError(
+                    f"PackedInferenceLinear: a residual of shape {tuple(residual.shape)} added to a product of shape "
+                    f"{tuple(product.shape)}; expected the product's shape"
+                )
+            return product.add_(residual)
         if residual is None:
             return torch.ops.mkldnn._linear_pointwise(
                 hidden_states, self.weight, self.bias, self.activation, [], self.algorithm
             )
-        check_residual_post_op(self, "product", residual)
         return torch.ops.mkldnn._linear_pointwise.binary(hidden_states, residual, self.weight, self.bias, "add")
 
 
