@@ -248,7 +248,7 @@ class PackedInferenceLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, exact_gelu: bool = False):
         self.dtype = dtype
-        #: whether the product is oneDNN's matmul primitive on the packed weight (else F.linear on the weight as it is)
+        #: whether the product is oneDNN's matmul primitive on the packed weight (else F.linear on a plain copy)
         self.on_onednn = dtype != torch.float32 or float32_product_on_onednn()
         weight = weight.detach().to(dtype)
         # a copy either way: the prepared weight is what the layer held when it was prepared, on every CPU
@@ -263,7 +263,8 @@ class PackedInferenceLinear:
 
         ``residual``: a ``(..., C_out)`` map in ``dtype`` added to the product in the kernel (oneDNN's binary
         post-op; the same values as ``residual + product`` in float32: one rounding either way), without a pass of
-        its own; not with ``exact_gelu``. The result is a new map; ``residual`` is only read."""
+        its own (on a plain copy, an in-place addition to ``F.linear``'s fresh output); not with ``exact_gelu``. The
+        result is a new map; ``residual`` is only read."""
         hidden_states = hidden_states.to(self.dtype)
         if residual is not None:
             check_residual_post_op(self, "product", residual)
