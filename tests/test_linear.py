@@ -102,7 +102,8 @@ def test_values_and_gradients_are_the_linear_layers(convolutions, shape, with_bi
 
 @pytest.fixture
 def float32_on_onednn(monkeypatch):
-    """Float32 inference products on oneDNN's matmul primitive, as on a CPU with AVX-512, whatever this CPU is."""
+    """Float32 products on oneDNN (the matmul primitive, the packed weights and their post-ops, the training
+    convolution), as on a CPU with AVX-512, whatever this CPU is: the oneDNN route's tests run on every CPU."""
     monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: True)
 
 
@@ -276,7 +277,7 @@ def test_the_layer_is_an_nn_linear_with_its_state_dict():
 
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_packed_weight_is_the_same_product(with_bias, dtype):
+def test_the_packed_weight_is_the_same_product(with_bias, dtype, float32_on_onednn):
     """``PackedInferenceLinear``: the weight cast and packed once; on a hand-computed product exactly, and on random
     ``(2, 5, 7, C)`` tokens what the per-call cast and reorder (:func:`onednn_inference_linear`) computes, bit for bit
     (float32 inputs are cast to ``dtype``, as autocast casts them); the parameters stay as they are."""
@@ -343,7 +344,7 @@ def test_a_packed_convolution_with_its_relu_by_hand(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_packed_products_post_ops_by_hand(dtype):
+def test_the_packed_products_post_ops_by_hand(dtype, float32_on_onednn):
     """``PackedInferenceLinear`` and ``PackedInferenceConvolution`` with a residual added in the kernel and
     ``PackedInferenceLinear`` with the exact GELU as its post-op, on numbers worked out by hand (exact in bfloat16:
     small integers; GELU(0) = 0, GELU(1) = 0.8413447, GELU(-1) = -0.1586553, Phi(x) x); the residual is only read."""
@@ -370,7 +371,7 @@ def test_the_packed_products_post_ops_by_hand(dtype):
     assert output.tolist() == [[[[14.0, 26.0, 34.0], [46.0, 59.0, 66.0], [74.0, 86.0, 94.0]]]]
 
 
-def test_the_post_ops_equal_the_separate_kernels_in_float32():
+def test_the_post_ops_equal_the_separate_kernels_in_float32(float32_on_onednn):
     """On random operands, the residual post-ops equal ``residual + product`` and the GELU post-op ``gelu`` of the
     product, float32 at float32's own rounding (bit for bit in our checks; not promised)."""
     torch.manual_seed(0)
