@@ -40,6 +40,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("HF_SEMSEG_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
 
+@pytest.fixture
+def float32_on_onednn(monkeypatch):
+    """Float32 products on oneDNN (the matmul primitive, the packed weights and their post-ops, the training
+    convolution), as on a CPU with AVX-512, whatever this CPU is: the oneDNN route's tests run on every CPU."""
+    from hf_semseg.models import modeling_linear
+
+    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: True)
+
+
 def fixture_dir(name: str) -> Path:
     """Path of a shared fixture folder; skips the calling test with the reason when it is absent."""
     path = FIXTURES / name

@@ -167,14 +167,11 @@ def test_the_optimized_twin_is_pale_optimized_for_inference_with_the_same_gmacs(
     assert counter.get_total_flops() == 2 * 9 * 8 * 5 * 5
 
 
-def test_products_with_a_residual_post_op_count_their_products_only(monkeypatch):
+def test_products_with_a_residual_post_op_count_their_products_only(float32_on_onednn):
     """The optimised blocks' residual additions run as oneDNN post-ops (the ``.binary`` overloads, the added map
     before the weight): counted as the products alone, from the weight's shape, not the added map's. (The dense
     layer's float32 product forced onto oneDNN, as on a CPU with AVX-512, whatever this CPU is.)"""
-    from hf_semseg.models import modeling_linear
     from hf_semseg.models.modeling_linear import PackedInferenceConvolution, PackedInferenceLinear
-
-    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: True)
 
     convolution = PackedInferenceConvolution(torch.randn(8, 1, 3, 3), torch.randn(8), 8, torch.float32)
     channels_first = torch.randn(1, 5, 5, 8).permute(0, 3, 1, 2)

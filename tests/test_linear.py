@@ -100,13 +100,6 @@ def test_values_and_gradients_are_the_linear_layers(convolutions, shape, with_bi
         torch.testing.assert_close(bias.grad.double(), grad_rows.sum(0), rtol=1e-6, atol=1e-5)
 
 
-@pytest.fixture
-def float32_on_onednn(monkeypatch):
-    """Float32 products on oneDNN (the matmul primitive, the packed weights and their post-ops, the training
-    convolution), as on a CPU with AVX-512, whatever this CPU is: the oneDNN route's tests run on every CPU."""
-    monkeypatch.setattr(modeling_linear, "float32_product_on_onednn", lambda: True)
-
-
 @pytest.mark.parametrize(
     "shape", [(7, 5), (2, 3, 4, 5), (1, 200, 5)], ids=["tokens", "windows (B, nW, N, C)", "one image"]
 )

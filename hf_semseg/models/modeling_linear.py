@@ -83,9 +83,7 @@ def runs_on_onednn(*tensors: torch.Tensor) -> bool:
     convolutions, not traced, and a CPU where oneDNN's float32 products are the faster
     (:func:`float32_product_on_onednn`)."""
     mkldnn = torch.backends.mkldnn
-    if not (onednn_runs(*tensors) and full_float32_precision(mkldnn.matmul, mkldnn.conv)):
-        return False
-    return float32_product_on_onednn()
+    return onednn_runs(*tensors) and full_float32_precision(mkldnn.matmul, mkldnn.conv) and float32_product_on_onednn()
 
 
 def inference_product_dtype(*operands: torch.Tensor) -> torch.dtype | None:
