@@ -46,6 +46,7 @@ from .conversion.common import (
     quiet_progress_bars,
     terminate_with_cleanup,
 )
+from .models.modeling_utils_segmentation import reshape_copy
 
 
 FORMATS = ("onnx", "torch_export")
@@ -136,14 +137,55 @@ def _always_padding_patch_merging(self, input_feature: torch.Tensor, height: int
     return F.pad(input_feature, (0, 0, 0, width % 2, 0, height % 2))
 
 
-def _always_cropping_window_padding(self, hidden_states: torch.Tensor, height: int, width: int):
-    """transformers' ``SwinLayer.maybe_pad`` (always pads, maybe by 0) returning padding flags that make the layer
-    always crop back to ``height x width`` (the identity when nothing was padded) instead of branching on them."""
+def _window_partition(hidden_states: torch.Tensor, window: int) -> torch.Tensor:
+    """transformers' Swin ``window_partition`` copying with :func:`reshape_copy`: ``(B, H, W, C)`` -> ``(B * windows,
+    window ** 2, C)``, windows row-major, tokens row-major inside a window."""
+    batch_size, height, width, channels = hidden_states.shape
+    # (B, H/w, w, W/w, w, C) -> (B, H/w, W/w, w, w, C)
+    grid = hidden_states.view(batch_size, height // window, window, width // window, window, channels).transpose(2, 3)
+    return reshape_copy(grid, batch_size * (height // window) * (width // window), window * window, channels)
+
+
+def _window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`_window_partition`: ``(B * windows, window ** 2, C)`` -> ``(B, H, W, C)``."""
+    channels = windows.shape[-1]
+    batch_size = windows.shape[0] // ((height // window) * (width // window))
+    # (B, H/w, W/w, w, w, C) -> (B, H/w, w, W/w, w, C)
+    grid = windows.view(batch_size, height // window, width // window, window, window, channels).transpose(2, 3)
+    return reshape_copy(grid, batch_size, height, width, channels)
+
+
+def _traceable_swin_layer(
+    self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False, **kwargs
+):
+    """transformers' ``SwinLayer.forward`` padding the map to whole windows always (maybe by 0) and cropping it back
+    with ``narrow`` and a copy, where transformers' forward pads and crops only where the size needs it, and crops
+    with a slice and ``.contiguous()``, whose strides torch.export keeps as a guard on the size: a program traced at a
+    size that one layer pads would refuse every size it does not pad, and the reverse. The same operations and values
+    otherwise (``set_shift_and_window_size`` is called where transformers' forward calls it: never in the backbone,
+    which partitions maps of any size)."""
+    if not always_partition:
+        self.set_shift_and_window_size(input_dimensions)
+    height, width = input_dimensions
+    batch_size, _, channels = hidden_states.shape
+    shortcut = hidden_states
     window = self.window_size
+    # (B, h * w, C) -> (B, h, w, C), padded to whole windows at the bottom and the right
+    hidden_states = self.layernorm_before(hidden_states).view(batch_size, height, width, channels)
     pad_right = (width + window - 1) // window * window - width
     pad_bottom = (height + window - 1) // window * window - height
     hidden_states = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
-    return hidden_states, (0, 0, 0, 1, 0, 1)  # read by SwinLayer.forward as "was padded" only
+    _, height_pad, width_pad, _ = hidden_states.shape
+    # (B, h', w', C) -> (B * windows, window ** 2, C)
+    windows = _window_partition(self.cyclic_shift(hidden_states), window)
+    attn_mask = self.get_attn_mask(height_pad, width_pad, dtype=hidden_states.dtype, device=windows.device)
+    attention_output, attn_weights = self.attention(windows, attn_mask, **kwargs)
+    attention_windows = self.dropout(attention_output)
+    merged = self.cyclic_shift(_window_reverse(attention_windows, window, height_pad, width_pad), reverse=True)
+    # (B, h', w', C) -> the top-left h x w -> (B, h * w, C)
+    cropped = reshape_copy(merged.narrow(1, 0, height).narrow(2, 0, width), batch_size, height * width, channels)
+    hidden_states = shortcut + self.drop_path(cropped)
+    return self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states, attn_weights
 
 
 def _traceable_reference_points(self, spatial_shapes_list, valid_ratios: torch.Tensor, device) -> torch.Tensor:
@@ -213,7 +255,7 @@ def _size_branch_free_methods() -> dict[type, tuple[str, Callable]]:
     return {
         modeling_swin.SwinPatchEmbeddings: ("maybe_pad", _always_padding_patch_embeddings),
         modeling_swin.SwinPatchMerging: ("maybe_pad", _always_padding_patch_merging),
-        modeling_swin.SwinLayer: ("maybe_pad", _always_cropping_window_padding),
+        modeling_swin.SwinLayer: ("forward", _traceable_swin_layer),
         modeling_mask2former.Mask2FormerPixelDecoderEncoderOnly: ("get_reference_points", _traceable_reference_points),
         modeling_mask2former.Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention: (
             "forward",
@@ -374,7 +416,11 @@ def custom_translation_table() -> dict[Callable, Callable]:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, batch_size: int = 1) -> None:
     """Writes ``pixel_values -> logits`` (``batch_size`` images of any size) as one ONNX file, weights inside."""
-    program = export_program(model, batch_size)
+    save_onnx(export_program(model, batch_size), path)
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
+    """Writes an :func:`export_program` as one ONNX file, weights inside."""
     onnx_program = torch.onnx.export(
         program,
         input_names=["pixel_values"],

@@ -20,11 +20,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_compile import MODELS
+from test_compile import MODELS, pale_config
 from transformers import SwinConfig
 
 import hf_semseg.export as export
-from hf_semseg import VWFormerConfig, VWFormerForSemanticSegmentation
+from hf_semseg import PaleConfig, PaleForSemanticSegmentation, VWFormerConfig, VWFormerForSemanticSegmentation
 
 from conftest import REPO_ROOT
 from model_suite import FOUR_STAGES, tiny_label_kwargs, tiny_vwformer_backbone_config, tiny_vwformer_kwargs
@@ -105,9 +105,25 @@ def eager_logits(model, pixel_values: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory, request):
-    """``name -> (path of the ONNX file, the eager reference model)``, exported on first use; SeMask-FPN's is the
-    one the command line writes (:func:`cli_onnx`)."""
+def programs():
+    """``name -> (torch.export program, the eager reference model)``, exported on first use (an ONNX file is made
+    from the same program, :func:`onnx_files`)."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            model = fresh_model(name)
+            reference = copy.deepcopy(model)  # the export switches the model to eager attention
+            made[name] = (export.export_program(model), reference)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory, request, programs):
+    """``name -> (path of the ONNX file, the eager reference model)``, written on first use from the model's program
+    (:func:`programs`); SeMask-FPN's is the one the command line writes (:func:`cli_onnx`)."""
     folder = tmp_path_factory.mktemp("onnx")
     made = {}
 
@@ -117,10 +133,9 @@ def onnx_files(tmp_path_factory, request):
             assert result.returncode == 0, result.stderr[-3000:]
             return output, model
         if name not in made:
-            model = fresh_model(name)
-            reference = copy.deepcopy(model)  # the export switches the model to eager attention
+            program, reference = programs(name)
             path = folder / f"{name}.onnx"
-            export.export_onnx(model, path)
+            export.save_onnx(program, path)
             made[name] = (path, reference)
         return made[name]
 
@@ -140,6 +155,42 @@ def test_onnx_matches_eager_at_two_sizes(name, onnx_files):
         (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
         expected = eager_logits(reference, pixel_values)
         assert logits.shape == expected.shape, size
+        assert expected.std() > 1e-2, f"{name}: logits too flat for a 1e-4 comparison to mean anything"
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"{name} at {size}")
+
+
+#: the torch.export programs checked by default besides SeMask-FPN's (test_torch_export_round_trip): the ONNX
+#: round trips' own (made once for both) and the deformable-attention encoder's; the others with RUN_SLOW=1
+DEFAULT_PROGRAMS = DEFAULT_ONNX | {"semask_mask2former_msdeformattn"}
+#: sizes where maps of the tiny models are one window or pale group high (stride 16 and 32: 4 and 2 rows) and the
+#: VW head's window cells one row (a stride-8 map of 8 rows in its 8 x 8 grid), every map at least 2 pixels on a
+#: side (torch's convolutions guard against 1); the VW detectron2 models pad their input to multiples of 64, at
+#: least 128: 128 x 128
+ONE_WINDOW_SIZES = {"vw": (1, 3, 128, 96), "other": (1, 3, 64, 200)}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name in DEFAULT_PROGRAMS else [SLOW])
+        for name in EXPORT_MODELS
+        if name != "semask_fpn"
+    ],
+)
+def test_program_matches_eager_at_other_sizes(name, programs):
+    """A torch.export program computes the model's logits at sizes other than the traced one, including a size where
+    a map is one window, pale group or VW window cell on a side (SeMask's, transformers' Swin's and Pale's reshapes
+    and the VW head's copies do not leave guards on a map's window count in the program; transformers' Swin layer is
+    traced without its size-dependent crop, the deformable encoders without a tensor of their sizes). SeMask-FPN's:
+    test_torch_export_round_trip."""
+    program, reference = programs(name)
+    module = program.module()
+    generator = torch.Generator().manual_seed(4)
+    for size in (*sizes_of(name), ONE_WINDOW_SIZES["vw" if name.startswith("vw_mask") else "other"]):
+        pixel_values = torch.randn(*size, generator=generator)
+        expected = eager_logits(reference, pixel_values)
+        with torch.no_grad():
+            logits = module(pixel_values).numpy()
         assert expected.std() > 1e-2, f"{name}: logits too flat for a 1e-4 comparison to mean anything"
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"{name} at {size}")
 
@@ -182,6 +233,29 @@ def test_torch_export_round_trip(name, tmp_path):
         np.testing.assert_allclose(logits.numpy(), eager_logits(reference, pixel_values), rtol=0, atol=1e-4)
     with pytest.raises(Exception, match="size"), torch.no_grad():
         program(pixel_values[:1])
+
+
+def test_pale_program_attends_maps_shorter_than_the_pale_size_as_the_model():
+    """Traced, a Pale map shorter (or narrower) than its pale size ``s`` is padded to ``s`` rows and the padded keys
+    masked instead of ``s`` being clamped to the map: the program, traced where every map is at least 7 on a side,
+    computes the model's logits (SDPA over the real rows) at sizes where stages 2 to 4 are 2-6 rows or columns: one
+    pale group there (before, the program refused them: its reshapes kept a guard that N is not 1). Maps of 1 row or
+    column stay refused, by torch's own guard on convolutions (README, export)."""
+    torch.manual_seed(0)
+    model = PaleForSemanticSegmentation(
+        PaleConfig(**{**pale_config().to_dict(), "pale_sizes": [7, 7, 7, 7], "depths": [1, 1, 1, 1]})
+    ).eval()
+    reference = copy.deepcopy(model)
+    program = export.export_program(model).module()
+    generator = torch.Generator().manual_seed(3)
+    # stage maps (rows x columns): 16x24, 8x12, 4x6, 2x3 / 13x25, 7x13, 4x7, 2x4 / 10x50, 5x25, 3x13, 2x7
+    for sides in ((64, 96), (49, 97), (40, 200)):
+        pixel_values = torch.randn(1, 3, *sides, generator=generator)
+        expected = eager_logits(reference, pixel_values)
+        with torch.no_grad():
+            logits = program(pixel_values).numpy()
+        assert expected.std() > 1e-2
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"at {sides}")
 
 
 @pytest.mark.parametrize("output_size", [1, 2, 3, 6, (2, 5)])

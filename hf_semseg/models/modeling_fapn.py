@@ -291,8 +291,11 @@ class SeMaskMSFaPNPixelDecoder(Mask2FormerPixelDecoder):
             ],
             1,
         )
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=input_embeds_flat.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        split_sizes = [height * width for height, width in spatial_shapes_list]
+        # each level's first token, one tensor element per size (new_full): a tensor of the size list
+        # (torch.as_tensor) would fix the sizes in a torch.export program, which then refuses any other input size
+        starts = [sum(split_sizes[:level]) for level in range(len(split_sizes))]
+        level_start_index = torch.stack([input_embeds_flat.new_full((), start, dtype=torch.long) for start in starts])
         batch_size = input_embeds_flat.shape[0]
         # no padding mask (the original passes none): every valid ratio is 1
         valid_ratios = input_embeds_flat.new_ones(batch_size, self.num_feature_levels, 2)
@@ -304,10 +307,10 @@ class SeMaskMSFaPNPixelDecoder(Mask2FormerPixelDecoder):
             level_start_index=level_start_index,
             valid_ratios=valid_ratios,
         ).last_hidden_state
-        split_sizes = [height * width for height, width in spatial_shapes_list]
+        channels = encoder_output.shape[-1]
         # (B, sum h * w, C) -> one (B, C, h, w) map per level
         return [
-            tokens.transpose(1, 2).reshape(batch_size, -1, height, width)
+            tokens.transpose(1, 2).reshape(batch_size, channels, height, width)
             for tokens, (height, width) in zip(encoder_output.split(split_sizes, dim=1), spatial_shapes_list)
         ]
 

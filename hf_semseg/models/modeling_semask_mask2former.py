@@ -10,7 +10,7 @@ Structure:
 - ``SeMaskSwinBackbone``: Swin stages each closed by a Semantic Layer; returns the four normalised feature maps
   (strides 4-32) and the per-stage semantic priors (class logits);
 - transformers' ``Mask2FormerPixelDecoder`` (multi-scale deformable-attention encoder on strides 8-32 plus one FPN
-  level at stride 4) and ``Mask2FormerTransformerModule`` (masked-attention decoder, learnable queries) - the same
+  level at stride 4; its forward as :class:`SeMaskMSDeformAttnPixelDecoder`, traceable at any size) and ``Mask2FormerTransformerModule`` (masked-attention decoder, learnable queries) - the same
   modules and parameter names as ``Mask2FormerForUniversalSegmentation``;
 - a class head on every decoder layer's queries;
 - the parameter-free semantic head of SeMask on the priors, used by the training loss only.
@@ -34,6 +34,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoder,
+    Mask2FormerPixelDecoderOutput,
     Mask2FormerPreTrainedModel,
     Mask2FormerTransformerModule,
     dice_loss,
@@ -491,8 +492,29 @@ def group_norms_for_single_values(module: nn.Module) -> None:
     )
 
 
+class SeMaskMSDeformAttnPixelDecoder(Mask2FormerPixelDecoder):
+    """transformers' ``Mask2FormerPixelDecoder`` (the original ``MSDeformAttnPixelDecoder``), the same parameters and
+    computation, with the encoder's inputs made as the MSFaPN decoder's (:meth:`SeMaskMSFaPNPixelDecoder.encode`:
+    every size followed symbolically, where transformers' forward makes a tensor of the sizes, which fixes them in a
+    torch.export program), then the FPN level: ``layer_1(adapter_1(x) + bilinear_up(encoder's stride-8 map))``."""
+
+    encode = SeMaskMSFaPNPixelDecoder.encode
+
+    def forward(self, features: tuple[torch.Tensor, ...], **kwargs) -> Mask2FormerPixelDecoderOutput:
+        levels = self.encode(features)  # strides 32, 16, 8
+        fpn_inputs = features[: self.num_fpn_levels][::-1]
+        for lateral_conv, output_conv, feature in zip(self.lateral_convolutions, self.output_convolutions, fpn_inputs):
+            lateral = lateral_conv(feature)
+            summed = lateral + F.interpolate(levels[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            levels.append(output_conv(summed))
+        return Mask2FormerPixelDecoderOutput(
+            mask_features=self.mask_projection(levels[-1]),
+            multi_scale_features=tuple(levels[: self.num_feature_levels]),
+        )
+
+
 PIXEL_DECODERS = {
-    "msdeformattn": Mask2FormerPixelDecoder,
+    "msdeformattn": SeMaskMSDeformAttnPixelDecoder,
     "fapn": SeMaskFaPNPixelDecoder,
     "msfapn": SeMaskMSFaPNPixelDecoder,
 }

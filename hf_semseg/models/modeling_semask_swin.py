@@ -59,6 +59,7 @@ from .modeling_utils_segmentation import (
     pixel_cross_entropy,
     pixel_label_probability,
     recomputes_layer_norm,
+    reshape_copy,
     resize_to,
     resolve_output_flags,
     select_hidden_states,
@@ -170,7 +171,8 @@ def window_partition(hidden_states: torch.Tensor, window_size: int) -> torch.Ten
     windows = hidden_states.view(
         batch_size, height // window_size, window_size, width // window_size, window_size, channels
     ).transpose(2, 3)
-    return windows.reshape(batch_size, -1, window_size * window_size, channels)
+    num_windows = (height // window_size) * (width // window_size)
+    return reshape_copy(windows, batch_size, num_windows, window_size * window_size, channels)
 
 
 def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
@@ -180,7 +182,7 @@ def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: 
     hidden_states = windows.view(
         batch_size, height // window_size, width // window_size, window_size, window_size, channels
     ).transpose(2, 3)
-    return hidden_states.reshape(batch_size, height, width, channels)
+    return reshape_copy(hidden_states, batch_size, height, width, channels)
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:

@@ -649,6 +649,14 @@ def check_segmentation_labels(labels: torch.Tensor, num_labels: int, ignore_inde
     return labels
 
 
+def reshape_copy(hidden_states: torch.Tensor, *shape: int) -> torch.Tensor:
+    """``hidden_states.reshape(*shape)`` of a permuted or transposed view, always as a copy: the copy ``reshape`` makes
+    anyway where the permuted dimensions are not of size 1, without its choice between a view and a copy. That choice
+    reads the strides, which torch.export keeps as a guard on the sizes: a program traced where a map has several
+    windows would refuse an input where it has one window on a side (found with Pale's pales and SeMask's windows)."""
+    return hidden_states.clone(memory_format=torch.contiguous_format).view(shape)
+
+
 def resize_to(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize (``align_corners=False``, mmseg's ``resize``); the identity when the size already matches."""
     # traced (torch.compile / torch.export) it always interpolates (the identity at equal sizes): comparing symbolic

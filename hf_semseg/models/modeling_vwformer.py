@@ -56,6 +56,7 @@ from .modeling_utils_segmentation import (
     init_conv_kaiming,
     init_norm_and_linear,
     list_for_pipeline,
+    reshape_copy,
     resolve_output_flags,
     segmentation_loss,
     select_hidden_states,
@@ -93,7 +94,7 @@ def window_partition(channels_last: torch.Tensor, num_windows: int) -> torch.Ten
     # (B, nh, ph, nw, pw, C) -> (B, nh, nw, ph, pw, C)
     windows = channels_last.view(batch_size, num_windows, window_height, num_windows, window_width, channels)
     windows = windows.permute(0, 1, 3, 2, 4, 5)
-    return windows.reshape(batch_size * num_windows * num_windows, window_height * window_width, channels)
+    return reshape_copy(windows, batch_size * num_windows * num_windows, window_height * window_width, channels)
 
 
 def window_reverse(windows: torch.Tensor, num_windows: int, height: int, width: int) -> torch.Tensor:
@@ -103,7 +104,7 @@ def window_reverse(windows: torch.Tensor, num_windows: int, height: int, width: 
     batch_size = windows.shape[0] // (num_windows * num_windows)
     # (B, nh, nw, ph, pw, C) -> (B, nh, ph, nw, pw, C)
     windows = windows.view(batch_size, num_windows, num_windows, window_height, window_width, channels)
-    return windows.permute(0, 1, 3, 2, 4, 5).reshape(batch_size, height, width, channels)
+    return reshape_copy(windows.permute(0, 1, 3, 2, 4, 5), batch_size, height, width, channels)
 
 
 def copy_shift_pad(context: torch.Tensor, ratio: int, window_height: int, window_width: int) -> torch.Tensor:
@@ -169,8 +170,8 @@ def context_windows(padded: torch.Tensor, ratio: int, num_windows: int, window_h
         windows = windows.reshape(
             batch_size, channels, num_windows, num_windows, window_height, ratio, window_width, ratio
         ).permute(0, 2, 3, 4, 6, 5, 7, 1)
-    return windows.reshape(
-        batch_size * num_windows * num_windows, window_height * window_width, ratio * ratio * channels
+    return reshape_copy(
+        windows, batch_size * num_windows * num_windows, window_height * window_width, ratio * ratio * channels
     )
 
 
