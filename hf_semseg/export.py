@@ -46,6 +46,7 @@ from .conversion.common import (
     quiet_progress_bars,
     terminate_with_cleanup,
 )
+from .models.modeling_semask_swin import window_partition, window_reverse
 from .models.modeling_utils_segmentation import reshape_copy
 
 
@@ -137,24 +138,6 @@ def _always_padding_patch_merging(self, input_feature: torch.Tensor, height: int
     return F.pad(input_feature, (0, 0, 0, width % 2, 0, height % 2))
 
 
-def _window_partition(hidden_states: torch.Tensor, window: int) -> torch.Tensor:
-    """transformers' Swin ``window_partition`` copying with :func:`reshape_copy`: ``(B, H, W, C)`` -> ``(B * windows,
-    window ** 2, C)``, windows row-major, tokens row-major inside a window."""
-    batch_size, height, width, channels = hidden_states.shape
-    # (B, H/w, w, W/w, w, C) -> (B, H/w, W/w, w, w, C)
-    grid = hidden_states.view(batch_size, height // window, window, width // window, window, channels).transpose(2, 3)
-    return reshape_copy(grid, batch_size * (height // window) * (width // window), window * window, channels)
-
-
-def _window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`_window_partition`: ``(B * windows, window ** 2, C)`` -> ``(B, H, W, C)``."""
-    channels = windows.shape[-1]
-    batch_size = windows.shape[0] // ((height // window) * (width // window))
-    # (B, H/w, W/w, w, w, C) -> (B, H/w, w, W/w, w, C)
-    grid = windows.view(batch_size, height // window, width // window, window, window, channels).transpose(2, 3)
-    return reshape_copy(grid, batch_size, height, width, channels)
-
-
 def _traceable_swin_layer(
     self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False, **kwargs
 ):
@@ -177,11 +160,14 @@ def _traceable_swin_layer(
     hidden_states = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
     _, height_pad, width_pad, _ = hidden_states.shape
     # (B, h', w', C) -> (B * windows, window ** 2, C)
-    windows = _window_partition(self.cyclic_shift(hidden_states), window)
+    windows = window_partition(self.cyclic_shift(hidden_states), window).flatten(0, 1)  # SeMask-Swin's, copying
     attn_mask = self.get_attn_mask(height_pad, width_pad, dtype=hidden_states.dtype, device=windows.device)
     attention_output, attn_weights = self.attention(windows, attn_mask, **kwargs)
     attention_windows = self.dropout(attention_output)
-    merged = self.cyclic_shift(_window_reverse(attention_windows, window, height_pad, width_pad), reverse=True)
+    # (B * windows, window ** 2, C) -> (B, windows, window ** 2, C) -> (B, h', w', C)
+    windows_per_image = (height_pad // window) * (width_pad // window)
+    per_image = attention_windows.view(batch_size, windows_per_image, window * window, channels)
+    merged = self.cyclic_shift(window_reverse(per_image, window, height_pad, width_pad), reverse=True)
     # (B, h', w', C) -> the top-left h x w -> (B, h * w, C)
     cropped = reshape_copy(merged.narrow(1, 0, height).narrow(2, 0, width), batch_size, height * width, channels)
     hidden_states = shortcut + self.drop_path(cropped)
