@@ -104,6 +104,19 @@ def eager_logits(model, pixel_values: torch.Tensor) -> np.ndarray:
         return model(pixel_values=pixel_values).logits.numpy()
 
 
+def assert_program_computes_the_model(program, reference, sizes, seed: int, name: str) -> None:
+    """``program`` (a torch.export program's module) computes ``reference``'s logits within 1e-4 at each of
+    ``sizes`` (random inputs from ``seed``), where the logits vary enough for that to mean something."""
+    generator = torch.Generator().manual_seed(seed)
+    for size in sizes:
+        pixel_values = torch.randn(*size, generator=generator)
+        expected = eager_logits(reference, pixel_values)
+        with torch.no_grad():
+            logits = program(pixel_values).numpy()
+        assert expected.std() > 1e-2, f"{name}: logits too flat for a 1e-4 comparison to mean anything"
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"{name} at {size}")
+
+
 @pytest.fixture(scope="module")
 def programs():
     """``name -> (torch.export program, the eager reference model)``, exported on first use (an ONNX file is made
@@ -184,15 +197,8 @@ def test_program_matches_eager_at_other_sizes(name, programs):
     traced without its size-dependent crop, the deformable encoders without a tensor of their sizes). SeMask-FPN's:
     test_torch_export_round_trip."""
     program, reference = programs(name)
-    module = program.module()
-    generator = torch.Generator().manual_seed(4)
-    for size in (*sizes_of(name), ONE_WINDOW_SIZES["vw" if name.startswith("vw_mask") else "other"]):
-        pixel_values = torch.randn(*size, generator=generator)
-        expected = eager_logits(reference, pixel_values)
-        with torch.no_grad():
-            logits = module(pixel_values).numpy()
-        assert expected.std() > 1e-2, f"{name}: logits too flat for a 1e-4 comparison to mean anything"
-        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"{name} at {size}")
+    sizes = (*sizes_of(name), ONE_WINDOW_SIZES["vw" if name.startswith("vw_mask") else "other"])
+    assert_program_computes_the_model(program.module(), reference, sizes, seed=4, name=name)
 
 
 @pytest.mark.parametrize(
@@ -247,15 +253,9 @@ def test_pale_program_attends_maps_shorter_than_the_pale_size_as_the_model():
     ).eval()
     reference = copy.deepcopy(model)
     program = export.export_program(model).module()
-    generator = torch.Generator().manual_seed(3)
     # stage maps (rows x columns): 16x24, 8x12, 4x6, 2x3 / 13x25, 7x13, 4x7, 2x4 / 10x50, 5x25, 3x13, 2x7
-    for sides in ((64, 96), (49, 97), (40, 200)):
-        pixel_values = torch.randn(1, 3, *sides, generator=generator)
-        expected = eager_logits(reference, pixel_values)
-        with torch.no_grad():
-            logits = program(pixel_values).numpy()
-        assert expected.std() > 1e-2
-        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"at {sides}")
+    sizes = [(1, 3, *sides) for sides in ((64, 96), (49, 97), (40, 200))]
+    assert_program_computes_the_model(program, reference, sizes, seed=3, name="pale with pales of 7")
 
 
 @pytest.mark.parametrize("output_size", [1, 2, 3, 6, (2, 5)])

@@ -23,10 +23,14 @@ layers: same parameters, same state-dict keys.
 Portable module: imports only torch, transformers and sibling modules.
 """
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerPixelDecoder,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    Mask2FormerPixelDecoderOutput,
 )
 
 from .modeling_linear import needs_gradient, replace_modules, traced, use_onednn_linear
@@ -223,7 +227,77 @@ def use_cpu_deformable_encoder(decoder: torch.nn.Module) -> None:
     use_onednn_linear(decoder)
 
 
+class DeformableEncoderPixelDecoder(Mask2FormerPixelDecoder):
+    """transformers' ``Mask2FormerPixelDecoder`` (the original ``MSDeformAttnPixelDecoder``: SeMask-Mask2Former's
+    ``msdeformattn``), the same parameters and computation, its encoder as :func:`use_cpu_deformable_encoder` makes
+    it, and a forward whose sizes stay symbolic when traced, where transformers' makes a tensor of the level sizes,
+    which fixes them in a torch.export program. SeMask's MSFaPN decoder changes how an FPN level is fused
+    (:meth:`fuse_fpn_level`), VW-Mask2Former's deformable decoder what follows the encoder."""
+
+    def __init__(self, config, feature_channels: list[int]):
+        super().__init__(config, feature_channels=feature_channels)
+        use_cpu_deformable_encoder(self)
+
+    def encode(self, features: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The deformable-attention encoder on the three coarsest maps -> their refined maps, coarsest first."""
+        coarsest_first = features[::-1][: self.num_feature_levels]
+        inputs_embeds = [projection(x) for projection, x in zip(self.input_projections, coarsest_first)]
+        spatial_shapes_list = [tuple(embed.shape[-2:]) for embed in inputs_embeds]
+        # (B, C, h, w) -> (B, h * w, C), the levels concatenated
+        input_embeds_flat = torch.cat([embed.flatten(2).transpose(1, 2) for embed in inputs_embeds], 1)
+        position_embeddings = torch.cat(
+            [
+                self.position_embedding(x.shape, x.device, x.dtype).flatten(2).transpose(1, 2)
+                + self.level_embed[level].view(1, 1, -1)
+                for level, x in enumerate(coarsest_first)
+            ],
+            1,
+        )
+        split_sizes = [height * width for height, width in spatial_shapes_list]
+        # each level's first token, one tensor element per size (new_full): a tensor of the size list
+        # (torch.as_tensor) would fix the sizes in a torch.export program, which then refuses any other input size
+        starts = [0, *itertools.accumulate(split_sizes[:-1])]
+        level_start_index = torch.stack([input_embeds_flat.new_full((), start, dtype=torch.long) for start in starts])
+        batch_size = input_embeds_flat.shape[0]
+        # no padding mask (the original passes none): every valid ratio is 1
+        valid_ratios = input_embeds_flat.new_ones(batch_size, self.num_feature_levels, 2)
+        encoder_output = self.encoder(
+            inputs_embeds=input_embeds_flat,
+            attention_mask=torch.zeros(input_embeds_flat.shape[:2], dtype=torch.bool, device=input_embeds_flat.device),
+            position_embeddings=position_embeddings,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+        ).last_hidden_state
+        channels = encoder_output.shape[-1]
+        # (B, sum h * w, C) -> one (B, C, h, w) map per level
+        return [
+            tokens.transpose(1, 2).reshape(batch_size, channels, height, width)
+            for tokens, (height, width) in zip(encoder_output.split(split_sizes, dim=1), spatial_shapes_list)
+        ]
+
+    def fuse_fpn_level(self, index: int, lateral: torch.Tensor, summed: torch.Tensor, output_conv) -> torch.Tensor:
+        """FPN level ``index`` (finest last) from its lateral features and their sum with the upsampled coarser level:
+        ``layer_k(summed)``."""
+        return output_conv(summed)
+
+    def forward(self, features: tuple[torch.Tensor, ...], **kwargs) -> Mask2FormerPixelDecoderOutput:
+        levels = self.encode(features)  # strides 32, 16, 8
+        fpn_inputs = features[: self.num_fpn_levels][::-1]
+        for index, (lateral_conv, output_conv, feature) in enumerate(
+            zip(self.lateral_convolutions, self.output_convolutions, fpn_inputs)
+        ):
+            lateral = lateral_conv(feature)
+            summed = lateral + F.interpolate(levels[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            levels.append(self.fuse_fpn_level(index, lateral, summed, output_conv))
+        return Mask2FormerPixelDecoderOutput(
+            mask_features=self.mask_projection(levels[-1]),
+            multi_scale_features=tuple(levels[: self.num_feature_levels]),
+        )
+
+
 __all__ = [
+    "DeformableEncoderPixelDecoder",
     "GatheringMultiscaleDeformableAttention",
     "deformable_attention_projections",
     "gathers_deformable_attention",

@@ -35,11 +35,10 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 from transformers import initialization as init
 from transformers.models.mask2former.modeling_mask2former import (
-    Mask2FormerPixelDecoder,
     Mask2FormerPixelDecoderOutput,
 )
 
-from .modeling_deformable_attention import use_cpu_deformable_encoder
+from .modeling_deformable_attention import DeformableEncoderPixelDecoder
 from .modeling_linear import needs_gradient, traced
 
 
@@ -263,7 +262,7 @@ class SeMaskFaPNPixelDecoder(nn.Module):
         )
 
 
-class SeMaskMSFaPNPixelDecoder(Mask2FormerPixelDecoder):
+class SeMaskMSFaPNPixelDecoder(DeformableEncoderPixelDecoder):
     """SeMask's MSFaPN pixel decoder (original ``MSDeformAttnPixelFANDecoder``): transformers' Mask2Former pixel
     decoder, whose FPN levels (stride 4) align ``adapter_k(x) + bilinear_up(coarser level)`` against the lateral
     features with ``align_k`` before ``layer_k``. Same parameter names as ``Mask2FormerPixelDecoder`` plus ``align_k``.
@@ -271,62 +270,13 @@ class SeMaskMSFaPNPixelDecoder(Mask2FormerPixelDecoder):
 
     def __init__(self, config, feature_channels: list[int]):
         super().__init__(config, feature_channels=feature_channels)
-        use_cpu_deformable_encoder(self)
         for level in range(1, self.num_fpn_levels + 1):
             self.add_module(f"align_{level}", FeatureAlign(config.feature_size))
         self.feature_aligns = [getattr(self, f"align_{level}") for level in range(1, self.num_fpn_levels + 1)][::-1]
 
-    def encode(self, features: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        """The deformable-attention encoder on the three coarsest maps -> their refined maps, coarsest first."""
-        coarsest_first = features[::-1][: self.num_feature_levels]
-        inputs_embeds = [projection(x) for projection, x in zip(self.input_projections, coarsest_first)]
-        spatial_shapes_list = [tuple(embed.shape[-2:]) for embed in inputs_embeds]
-        # (B, C, h, w) -> (B, h * w, C), the levels concatenated
-        input_embeds_flat = torch.cat([embed.flatten(2).transpose(1, 2) for embed in inputs_embeds], 1)
-        position_embeddings = torch.cat(
-            [
-                self.position_embedding(x.shape, x.device, x.dtype).flatten(2).transpose(1, 2)
-                + self.level_embed[level].view(1, 1, -1)
-                for level, x in enumerate(coarsest_first)
-            ],
-            1,
-        )
-        split_sizes = [height * width for height, width in spatial_shapes_list]
-        # each level's first token, one tensor element per size (new_full): a tensor of the size list
-        # (torch.as_tensor) would fix the sizes in a torch.export program, which then refuses any other input size
-        starts = [sum(split_sizes[:level]) for level in range(len(split_sizes))]
-        level_start_index = torch.stack([input_embeds_flat.new_full((), start, dtype=torch.long) for start in starts])
-        batch_size = input_embeds_flat.shape[0]
-        # no padding mask (the original passes none): every valid ratio is 1
-        valid_ratios = input_embeds_flat.new_ones(batch_size, self.num_feature_levels, 2)
-        encoder_output = self.encoder(
-            inputs_embeds=input_embeds_flat,
-            attention_mask=torch.zeros(input_embeds_flat.shape[:2], dtype=torch.bool, device=input_embeds_flat.device),
-            position_embeddings=position_embeddings,
-            spatial_shapes_list=spatial_shapes_list,
-            level_start_index=level_start_index,
-            valid_ratios=valid_ratios,
-        ).last_hidden_state
-        channels = encoder_output.shape[-1]
-        # (B, sum h * w, C) -> one (B, C, h, w) map per level
-        return [
-            tokens.transpose(1, 2).reshape(batch_size, channels, height, width)
-            for tokens, (height, width) in zip(encoder_output.split(split_sizes, dim=1), spatial_shapes_list)
-        ]
-
-    def forward(self, features: tuple[torch.Tensor, ...], **kwargs) -> Mask2FormerPixelDecoderOutput:
-        levels = self.encode(features)
-        fpn_inputs = features[: self.num_fpn_levels][::-1]
-        for lateral_conv, align, output_conv, feature in zip(
-            self.lateral_convolutions, self.feature_aligns, self.output_convolutions, fpn_inputs
-        ):
-            lateral = lateral_conv(feature)
-            summed = lateral + F.interpolate(levels[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-            levels.append(output_conv(align(lateral, summed, offset_norm=output_conv[1])))
-        return Mask2FormerPixelDecoderOutput(
-            mask_features=self.mask_projection(levels[-1]),
-            multi_scale_features=tuple(levels[: self.num_feature_levels]),
-        )
+    def fuse_fpn_level(self, index: int, lateral: torch.Tensor, summed: torch.Tensor, output_conv) -> torch.Tensor:
+        """``layer_k(align_k(lateral, summed))``: the sum aligned against the lateral features first."""
+        return output_conv(self.feature_aligns[index](lateral, summed, offset_norm=output_conv[1]))
 
 
 __all__ = [

@@ -10,7 +10,8 @@ Structure:
 - ``SeMaskSwinBackbone``: Swin stages each closed by a Semantic Layer; returns the four normalised feature maps
   (strides 4-32) and the per-stage semantic priors (class logits);
 - transformers' ``Mask2FormerPixelDecoder`` (multi-scale deformable-attention encoder on strides 8-32 plus one FPN
-  level at stride 4; its forward as :class:`SeMaskMSDeformAttnPixelDecoder`, traceable at any size) and ``Mask2FormerTransformerModule`` (masked-attention decoder, learnable queries) - the same
+  level at stride 4; its forward as ``DeformableEncoderPixelDecoder``'s, traceable at any size) and
+  ``Mask2FormerTransformerModule`` (masked-attention decoder, learnable queries) - the same
   modules and parameter names as ``Mask2FormerForUniversalSegmentation``;
 - a class head on every decoder layer's queries;
 - the parameter-free semantic head of SeMask on the priors, used by the training loss only.
@@ -33,8 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.models.mask2former.modeling_mask2former import (
-    Mask2FormerPixelDecoder,
-    Mask2FormerPixelDecoderOutput,
     Mask2FormerPreTrainedModel,
     Mask2FormerTransformerModule,
     dice_loss,
@@ -47,7 +46,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
-from .modeling_deformable_attention import use_cpu_deformable_encoder
+from .modeling_deformable_attention import DeformableEncoderPixelDecoder
 from .modeling_fapn import FeatureAlign, SeMaskFaPNPixelDecoder, SeMaskMSFaPNPixelDecoder, init_feature_align
 from .modeling_linear import replace_modules
 from .modeling_semask_swin import SeMaskSwinBackbone
@@ -492,29 +491,8 @@ def group_norms_for_single_values(module: nn.Module) -> None:
     )
 
 
-class SeMaskMSDeformAttnPixelDecoder(Mask2FormerPixelDecoder):
-    """transformers' ``Mask2FormerPixelDecoder`` (the original ``MSDeformAttnPixelDecoder``), the same parameters and
-    computation, with the encoder's inputs made as the MSFaPN decoder's (:meth:`SeMaskMSFaPNPixelDecoder.encode`:
-    every size followed symbolically, where transformers' forward makes a tensor of the sizes, which fixes them in a
-    torch.export program), then the FPN level: ``layer_1(adapter_1(x) + bilinear_up(encoder's stride-8 map))``."""
-
-    encode = SeMaskMSFaPNPixelDecoder.encode
-
-    def forward(self, features: tuple[torch.Tensor, ...], **kwargs) -> Mask2FormerPixelDecoderOutput:
-        levels = self.encode(features)  # strides 32, 16, 8
-        fpn_inputs = features[: self.num_fpn_levels][::-1]
-        for lateral_conv, output_conv, feature in zip(self.lateral_convolutions, self.output_convolutions, fpn_inputs):
-            lateral = lateral_conv(feature)
-            summed = lateral + F.interpolate(levels[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-            levels.append(output_conv(summed))
-        return Mask2FormerPixelDecoderOutput(
-            mask_features=self.mask_projection(levels[-1]),
-            multi_scale_features=tuple(levels[: self.num_feature_levels]),
-        )
-
-
 PIXEL_DECODERS = {
-    "msdeformattn": SeMaskMSDeformAttnPixelDecoder,
+    "msdeformattn": DeformableEncoderPixelDecoder,
     "fapn": SeMaskFaPNPixelDecoder,
     "msfapn": SeMaskMSFaPNPixelDecoder,
 }
@@ -531,7 +509,6 @@ class SeMaskMask2FormerPixelLevelModule(nn.Module):
         self.encoder = SeMaskSwinBackbone(config.backbone_config)
         self.decoder = PIXEL_DECODERS[config.pixel_decoder_type](config, feature_channels=self.encoder.channels)
         group_norms_for_single_values(self.decoder)
-        use_cpu_deformable_encoder(self.decoder)  # transformers' Mask2FormerPixelDecoder's (MSFaPN's has it already)
         self.decoder_outside_autocast = config.pixel_decoder_type != "fapn"
 
 

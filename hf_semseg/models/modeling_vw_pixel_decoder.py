@@ -46,12 +46,10 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.mask2former.modeling_mask2former import (
-    Mask2FormerPixelDecoder,
     Mask2FormerPixelDecoderOutput,
 )
 
-from .modeling_deformable_attention import use_cpu_deformable_encoder
-from .modeling_fapn import SeMaskMSFaPNPixelDecoder
+from .modeling_deformable_attention import DeformableEncoderPixelDecoder
 from .modeling_linear import OneDNNLinear, calls_hooks
 from .modeling_utils_segmentation import folds_attention_projections
 from .modeling_vwformer import (
@@ -348,7 +346,7 @@ class VWBasePixelDecoder(nn.Module):
         )
 
 
-class VWDeformAttnPixelDecoder(Mask2FormerPixelDecoder):
+class VWDeformAttnPixelDecoder(DeformableEncoderPixelDecoder):
     """VW-Mask2Former's deformable pixel decoder (original ``VWDeformAttnPixelDecoder``): transformers'
     ``Mask2FormerPixelDecoder`` without its stride-4 FPN level and mask projection (the VW checkpoints have neither):
     ``input_projections`` (1x1 conv with bias, GroupNorm), ``level_embed`` and the multi-scale deformable-attention
@@ -359,7 +357,6 @@ class VWDeformAttnPixelDecoder(Mask2FormerPixelDecoder):
 
     def __init__(self, config, feature_channels: list[int]):
         super().__init__(config, feature_channels=feature_channels)
-        use_cpu_deformable_encoder(self)
         del self.mask_projection
         for level in range(1, self.num_fpn_levels + 1):
             delattr(self, f"adapter_{level}")
@@ -373,10 +370,6 @@ class VWDeformAttnPixelDecoder(Mask2FormerPixelDecoder):
             use_short_cut=False,
             use_image_pool=False,
         )
-
-    # the deformable-attention encoder on the three coarsest maps -> their refined maps, coarsest first (the same
-    # computation as SeMask's MSFaPN decoder, which subclasses Mask2FormerPixelDecoder as this class does)
-    encode = SeMaskMSFaPNPixelDecoder.encode
 
     def forward(self, features: tuple[torch.Tensor, ...], **kwargs) -> Mask2FormerPixelDecoderOutput:
         levels = self.encode(features)  # strides 32, 16, 8
