@@ -17,35 +17,35 @@ per image (with the dataset's palette when the classes are a known dataset's, el
 
 import argparse
 import json
-import math
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg  # noqa: F401  (registers the Auto classes)
-from hf_semseg.demo_data import DEMO_PALETTE, colorize
+from hf_semseg.demo_data import colorize, palette_for
 from hf_semseg.inference import TEST_SCALES, classifies_masks, segmentation_scores
 from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     RunOptionError,
+    check_has_splits,
     empty_split_error,
     exit_on_user_error,
+    json_number,
     load_segmentation_dataset,
     loading,
     require_columns,
     to_arrays,
     without_image_decoding,
 )
-from hf_semseg.variants import dataset_labels, datasets_with_labels
 
 
 def parse_args(argv=None):
@@ -86,16 +86,6 @@ def use_weight_bits(model, bits: int) -> None:
         raise RunOptionError(f"--weight_bits {bits}: {error}") from None
 
 
-def palette_for(id2label: dict) -> np.ndarray:
-    """The palette of the known dataset with these classes, else the demo palette (cycled)."""
-    names = [id2label[i] for i in range(len(id2label))]
-    for dataset in datasets_with_labels():
-        labels, palette = dataset_labels(dataset)
-        if [labels[i] for i in range(len(labels))] == names:
-            return np.array(palette, dtype=np.uint8)
-    return DEMO_PALETTE[np.arange(len(names)) % len(DEMO_PALETTE)]
-
-
 def predict(model, processor, image, args) -> torch.Tensor:
     """The ``(H, W)`` class map of one image at its own size, as the original of the model's family evaluates
     (:func:`hf_semseg.inference.segmentation_scores`): multi-scale mode is the papers' ms+flip (the processor at every
@@ -111,11 +101,16 @@ def predict(model, processor, image, args) -> torch.Tensor:
     return scores.argmax(0).cpu()
 
 
+#: the files a run writes into ``--predictions_dir`` (``00012_mask.png``, ``00012_overlay.png``)
+PREDICTION_FILE = re.compile(r"^\d{5,}_(mask|overlay)\.png$")
+
+
 @contextmanager
 def staged_folder(folder: Path | None):
     """Yields a hidden folder beside ``folder`` to write into; on success its files are moved into ``folder``
-    (created then), on any failure it is removed: a failed run leaves no partial predictions (the first samples'
-    PNGs were left in ``--predictions_dir`` before)."""
+    (created then) and the predictions of an earlier run that this one did not write are removed (a run over fewer
+    samples, or of another model, left the older run's later samples mixed with its own); other files are left. On
+    any failure the hidden folder is removed: a failed run leaves no partial predictions and ``folder`` as it was."""
     if folder is None:
         yield None
         return
@@ -124,18 +119,15 @@ def staged_folder(folder: Path | None):
     try:
         yield staging
         folder.mkdir(exist_ok=True)
+        written = set()
         for file in sorted(staging.iterdir()):
             os.replace(file, folder / file.name)
+            written.add(file.name)
+        for file in folder.iterdir():
+            if PREDICTION_FILE.match(file.name) and file.name not in written and file.is_file():
+                file.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def json_number(value):
-    """NaN (a class or boundary band absent from both prediction and labels) as JSON null, not the non-standard NaN."""
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 def check_options(args) -> None:
@@ -185,6 +177,7 @@ def main(argv=None) -> dict:
         use_weight_bits(model, args.weight_bits)
     with loading(f"--dataset_name {args.dataset_name}"):
         splits = load_segmentation_dataset(args.dataset_name)
+    check_has_splits(splits, args.dataset_name, f"a split {args.split!r} (--split)")
     if args.split not in splits:
         raise RunOptionError(f"--split {args.split}: dataset {args.dataset_name or 'demo'} has splits {list(splits)}")
     dataset = splits[args.split]
@@ -211,7 +204,7 @@ def main(argv=None) -> dict:
             prediction = predict(model, processor, image, args)
             metric.update(prediction, torch.from_numpy(label))
             if predictions_dir is not None:
-                mask = colorize(prediction.numpy().astype(np.uint8), palette)
+                mask = colorize(prediction.numpy(), palette)
                 mask.save(predictions_dir / f"{index:05d}_mask.png")
                 Image.blend(Image.fromarray(image), mask, alpha=0.5).save(predictions_dir / f"{index:05d}_overlay.png")
     result = metric.compute()

@@ -45,10 +45,13 @@ from hf_semseg.training import (
     SegmentationTrainer,
     StreamingMeanIoU,
     build_optimizer,
+    check_checkpoint_weights,
     check_float16_device,
+    check_not_negative,
     check_positive_steps,
     check_run_options,
     exit_on_user_error,
+    json_metrics,
     pad_collate,
     resolve_checkpoint,
     set_up_run,
@@ -162,7 +165,8 @@ def run_phases(training_args) -> tuple[bool, bool]:
 def check_trainer_options(model_args, training_args, do_train: bool) -> None:
     """Refuses, before any work, what the Trainer run cannot do as asked: float16 on the CPU (float32 silently),
     label smoothing (``Trainer``'s smoother is for token logits: a torch error here), a step count below 1 (a
-    ``ZeroDivisionError``), and an evaluation only without a trained model or with ``--push_to_hub``."""
+    ``ZeroDivisionError``), a negative worker count or gradient norm, and an evaluation only without a trained model
+    or with ``--push_to_hub``."""
     if training_args.fp16:
         check_float16_device("--fp16", training_args.device, "--bf16")
     if training_args.label_smoothing_factor:
@@ -176,6 +180,12 @@ def check_trainer_options(model_args, training_args, do_train: bool) -> None:
             "--logging_steps": training_args.logging_steps if training_args.logging_strategy == "steps" else None,
             "--save_steps": training_args.save_steps if training_args.save_strategy == "steps" else None,
             "--eval_steps": training_args.eval_steps if training_args.eval_strategy == "steps" else None,
+        }
+    )
+    check_not_negative(
+        {
+            "--dataloader_num_workers": training_args.dataloader_num_workers,
+            "--max_grad_norm": training_args.max_grad_norm,  # 0 disables clipping; a negative one reads as 0 here
         }
     )
     if not do_train and not model_args.model_name_or_path:
@@ -217,8 +227,13 @@ def main(argv=None, callbacks=None) -> dict:
     )
     set_seed(training_args.seed)  # the model's initialisation too, not only the training
 
-    run = set_up_run(model_args, data_args, training_args.seed, training_args.device, evaluate_only=not do_train)
+    # an evaluation during training (--eval_strategy) needs the evaluation split too
+    evaluates = do_eval or training_args.eval_strategy != "no"
+    run = set_up_run(
+        model_args, data_args, training_args.seed, training_args.device, evaluate_only=not do_train, evaluates=evaluates
+    )
     model = run.model
+    check_checkpoint_weights(model, checkpoint)
 
     optimizer = build_optimizer(model, training_args, model_args.layer_decay, model_args.head_lr_multiplier)
     trainer = SegmentationTrainer(
@@ -253,7 +268,7 @@ def evaluate(trainer, run, data_args, output_dir) -> dict:
     and the prediction overlays of the first ``--num_predictions`` validation images."""
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    trainer.save_metrics("eval", json_metrics(metrics))
     if trainer.is_world_process_zero():
         write_predictions(
             trainer.model, run.evaluation, data_args.image_column, Path(output_dir) / "predictions",

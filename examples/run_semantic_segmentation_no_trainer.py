@@ -44,10 +44,14 @@ from hf_semseg.training import (
     OPTIONAL_FLAG,
     STAGING_FOLDER,
     MasterWeights,
+    RunOptionError,
+    check_checkpoint_weights,
     check_float16_device,
+    check_not_negative,
     check_positive_steps,
     check_run_options,
     exit_on_user_error,
+    json_metrics,
     pad_collate,
     parameter_groups,
     publish_checkpoint,
@@ -219,6 +223,19 @@ def main(argv=None) -> dict:
             else int(args.checkpointing_steps),
         }
     )
+    check_not_negative(
+        {
+            "--max_grad_norm": args.max_grad_norm,
+            "--warmup_steps": args.warmup_steps,
+            "--lr_end": args.lr_end,
+            "--dataloader_num_workers": args.dataloader_num_workers,
+        }
+    )
+    if not args.lr_end < args.learning_rate:  # transformers' schedule refuses it after the model has loaded
+        raise RunOptionError(
+            f"--lr_end {args.lr_end}: the poly decay ends below the learning rate, expected less than "
+            f"--learning_rate {args.learning_rate}"
+        )
     # before any work; every step_N checkpoint holds the RNG state of process 0
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, "step", "_", "random_states_0.pkl")
     accelerator = Accelerator(
@@ -233,6 +250,7 @@ def main(argv=None) -> dict:
     set_seed(args.seed)  # the same initial weights on every process
 
     run = set_up_run(args, args, args.seed, accelerator.device, accelerator.main_process_first)
+    check_checkpoint_weights(run.model, checkpoint)
     # made once the model and the data have loaded: a run that ends on a bad model or dataset leaves no folder
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -348,7 +366,7 @@ def main(argv=None) -> dict:
     metrics["epoch"] = progress.completed_steps / steps_per_epoch
     accelerator.print(json.dumps(metrics))
     if accelerator.is_main_process:
-        (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        (output_dir / "eval_results.json").write_text(json.dumps(json_metrics(metrics), indent=2))
         write_predictions(
             unwrapped,
             evaluation,

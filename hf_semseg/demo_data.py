@@ -80,6 +80,24 @@ def demo_model_config(drop_path_rate: float = 0.1):
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray = DEMO_PALETTE) -> Image.Image:
-    """Class-id map -> RGB image with one colour per class (ids outside the palette, e.g. 255, are white)."""
-    palette = np.concatenate([np.asarray(palette, dtype=np.uint8), np.full((256 - len(palette), 3), 255, np.uint8)])
-    return Image.fromarray(palette[np.asarray(labels, dtype=np.uint8)])
+    """Class-id map -> RGB image with one colour per class; ids outside the palette (255, negative ones) are white.
+    Any number of classes: the ids are not cast to 8 bits (class 256 became class 0's colour before)."""
+    labels = np.asarray(labels)
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    outside = (labels < 0) | (labels >= len(palette))
+    colours = palette[np.where(outside, 0, labels)] if len(palette) else np.empty((*labels.shape, 3), np.uint8)
+    colours[outside] = 255
+    return Image.fromarray(colours)
+
+
+def palette_for(id2label: dict) -> np.ndarray:
+    """The palette of the known dataset with these classes (:func:`hf_semseg.variants.dataset_labels`), else the demo
+    palette cycled over the classes."""
+    from .variants import dataset_labels, datasets_with_labels
+
+    names = [id2label.get(i) for i in range(len(id2label))]
+    for dataset in datasets_with_labels():
+        labels, palette = dataset_labels(dataset)
+        if [labels[i] for i in range(len(labels))] == names:
+            return np.array(palette, dtype=np.uint8)
+    return DEMO_PALETTE[np.arange(len(names)) % len(DEMO_PALETTE)]

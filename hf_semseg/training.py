@@ -76,15 +76,15 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
     return load_dataset(name)
 
 
-def check_has_splits(dataset, dataset_name) -> None:
+def check_has_splits(dataset, dataset_name, splits: str = "the --train_split and --eval_split splits") -> None:
     """Refuses a loaded dataset that is not a dictionary of splits (a single ``Dataset`` saved with ``save_to_disk``),
-    naming its type and size: ``split in dataset`` compared the split name with its rows, and the error listed every
-    row with its decoded images."""
+    naming its type and size and the ``splits`` expected: ``split in dataset`` compared the split name with its rows,
+    and the error listed every row with its decoded images."""
     if not hasattr(dataset, "keys"):
         size = f" of {len(dataset)} rows" if hasattr(dataset, "__len__") else ""
         raise RunOptionError(
             f"--dataset_name {dataset_name}: holds one {type(dataset).__name__}{size}, not splits (expected a "
-            "DatasetDict with the --train_split and --eval_split splits, e.g. DatasetDict(train=..., validation=...))"
+            f"DatasetDict with {splits}, e.g. DatasetDict(train=..., validation=...))"
         )
 
 
@@ -118,27 +118,30 @@ def load_splits(
     eval_split: str = "validation",
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    needed: tuple[bool, bool] = (True, True),
 ):
     """``(train, evaluation)`` datasets of :func:`load_segmentation_dataset`, cut to the maximum sizes, with the
     ``sample_index`` column (:func:`with_sample_index`). Of the demo dataset only the samples used are generated
-    (sample ``i`` is the same whatever the size)."""
+    (sample ``i`` is the same whatever the size). ``needed`` says which of the two the run uses: a split it does not
+    use may be absent (None then; an evaluation-only run needs no training split, as in transformers' examples)."""
     for option, value in (("--max_train_samples", max_train_samples), ("--max_eval_samples", max_eval_samples)):
         if value is not None and value < 1:  # 0 read as "no limit" before, a negative one emptied the split
             raise RunOptionError(f"{option} {value}: expected at least 1 sample (leave it out for all of them)")
     demo_sizes = (max_train_samples or 64, max_eval_samples or 16)
     dataset = load_segmentation_dataset(dataset_name, demo_sizes=demo_sizes)
     check_has_splits(dataset, dataset_name)
-    for split in (train_split, eval_split):
+    selected = []
+    for split, use, limit in ((train_split, needed[0], max_train_samples), (eval_split, needed[1], max_eval_samples)):
+        if not use:
+            selected.append(None)
+            continue
         if split not in dataset:
             raise RunOptionError(f"dataset {dataset_name or 'demo'} has no split {split!r}; it has {list(dataset)}")
         if len(dataset[split]) == 0:
             raise empty_split_error(dataset_name, split)
-    train, evaluation = dataset[train_split], dataset[eval_split]
-    if max_train_samples is not None:
-        train = train.select(range(min(max_train_samples, len(train))))
-    if max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(max_eval_samples, len(evaluation))))
-    return with_sample_index(train), with_sample_index(evaluation)
+        rows = dataset[split] if limit is None else dataset[split].select(range(min(limit, len(dataset[split]))))
+        selected.append(with_sample_index(rows))
+    return tuple(selected)
 
 
 def check_run_options(
@@ -176,6 +179,16 @@ def check_positive_steps(options: dict) -> None:
     for option, value in options.items():
         if value is not None and not value > 0:
             raise RunOptionError(f"{option} {value}: expected a positive number of steps")
+
+
+def check_not_negative(options: dict) -> None:
+    """Refuses, before any work, a count or a norm (``{"--dataloader_num_workers": -1, ...}``) below 0: torch's
+    ``DataLoader`` refused a negative worker count in its own error after the model had loaded, and a negative
+    ``--max_grad_norm`` scaled every gradient by a negative factor (the run climbed its loss). None is an option not in
+    use."""
+    for option, value in options.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise RunOptionError(f"{option} {value}: expected 0 or a positive number")
 
 
 def check_float16_device(option: str, device, alternative: str) -> None:
@@ -450,11 +463,11 @@ class RunSetup:
     Attributes:
         model: the model to train (with cross-process BatchNorm when asked).
         settings: scale and label reduction of the data (:func:`resolve_data_settings`).
-        train: the training split, its transform set to ``train_transform``.
+        train: the training split, its transform set to ``train_transform`` (None for a run that does not train).
         train_transform: the augmentation; call its ``set_epoch`` before each epoch.
         evaluation: the evaluation split, its images undecoded (:func:`without_image_decoding`; for the prediction
-            overlays).
-        evaluation_with_transform: the evaluation split, keep-ratio resized to the scale.
+            overlays); None for a run that does not evaluate.
+        evaluation_with_transform: the evaluation split, keep-ratio resized to the scale (or None).
         processor: the evaluation pre-processing to save next to the model (:func:`build_processor`).
     """
 
@@ -469,10 +482,17 @@ class RunSetup:
 
 
 def set_up_run(
-    model_options, data_options, seed: int, device, main_process_first=nullcontext, evaluate_only: bool = False
+    model_options,
+    data_options,
+    seed: int,
+    device,
+    main_process_first=nullcontext,
+    evaluate_only: bool = False,
+    evaluates: bool = True,
 ) -> RunSetup:
     """The model and data of a run of the example scripts, from their options (``evaluate_only``: a run that does
-    not train, whose pretrained model must have the dataset's classes, :func:`build_model`).
+    not train, whose pretrained model must have the dataset's classes, :func:`build_model`, and which needs no
+    training split; ``evaluates``: False for a run that never evaluates, which needs no evaluation split).
 
     ``model_options`` has ``model_name_or_path``, ``variant``, ``trust_remote_code``, ``config_overrides`` and
     ``sync_batchnorm``; ``data_options`` has ``dataset_name``, ``train_split``, ``eval_split``, ``max_train_samples``,
@@ -488,6 +508,12 @@ def set_up_run(
             get_variant(model_options.variant)
         except KeyError as error:
             raise RunOptionError(f"--variant {error.args[0]}") from None
+        if model_options.model_name_or_path:  # the variant's classes and data settings went to the other model
+            raise RunOptionError(
+                f"--variant {model_options.variant} and --model_name_or_path {model_options.model_name_or_path}: give "
+                "one of them (a variant is a new model of random weights with its recipe's data settings; a "
+                "pretrained model brings its own classes and image processor)"
+            )
     with main_process_first(), loading(f"--dataset_name {data_options.dataset_name}"):
         train, evaluation = load_splits(
             data_options.dataset_name,
@@ -495,10 +521,12 @@ def set_up_run(
             data_options.eval_split,
             data_options.max_train_samples,
             data_options.max_eval_samples,
+            needed=(not evaluate_only, evaluates),
         )
     columns = {"--image_column": data_options.image_column, "--label_column": data_options.label_column}
-    require_columns(train, columns, f"split {data_options.train_split!r}")
-    require_columns(evaluation, columns, f"split {data_options.eval_split!r}")
+    for split, name in ((train, data_options.train_split), (evaluation, data_options.eval_split)):
+        if split is not None:
+            require_columns(split, columns, f"split {name!r}")
     with loading(f"--model_name_or_path {model_options.model_name_or_path}"):
         saved_processor = (
             None if model_options.variant else pretrained_processor_settings(model_options.model_name_or_path)
@@ -544,15 +572,18 @@ def set_up_run(
     )
     # the files are decoded in the transform, which names the sample and file it cannot read
     columns = (data_options.image_column, data_options.label_column)
-    train, evaluation = without_image_decoding(train, columns), without_image_decoding(evaluation, columns)
-    train.set_transform(train_transform)
+    if train is not None:
+        train = without_image_decoding(train, columns)
+        train.set_transform(train_transform)
+    if evaluation is not None:
+        evaluation = without_image_decoding(evaluation, columns)
     return RunSetup(
         model=model,
         settings=settings,
         train=train,
         train_transform=train_transform,
         evaluation=evaluation,
-        evaluation_with_transform=evaluation.with_transform(eval_transform),
+        evaluation_with_transform=None if evaluation is None else evaluation.with_transform(eval_transform),
         processor=build_processor(
             settings.scale, settings.reduce_labels, model.config.model_type, settings.size_divisor
         ),
@@ -746,6 +777,19 @@ def single_channel_label(label: np.ndarray, sample: str, column: str) -> np.ndar
     )
 
 
+def rgb_array(image) -> np.ndarray:
+    """An image value of a dataset as a writable array: a PIL image converted to RGB; an array as it is; nested
+    lists (``datasets``' ``Array3D`` values) as the uint8 image they hold when their integers are in [0, 255] (numpy
+    reads them as int64, which the transforms refused)."""
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))
+    array = np.array(image)
+    if isinstance(image, (list, tuple)) and array.dtype.kind in "iu" and array.size:
+        if array.min() >= 0 and array.max() <= 255:
+            return array.astype(np.uint8)
+    return array
+
+
 def to_arrays(
     image,
     label,
@@ -762,7 +806,7 @@ def to_arrays(
     sample = sample_name(index, split, {columns[0]: file_path(image), columns[1]: file_path(label)})
     image, label = open_image(image, index, columns[0], split), open_image(label, index, columns[1], split)
     try:
-        image = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image)  # a writable copy
+        image = rgb_array(image)
         label = np.array(label, dtype=np.int64)
     except Exception as error:  # PIL raises several types for unreadable files
         raise DatasetSampleError(f"{sample}: the image or label cannot be read ({error})") from error
@@ -934,6 +978,42 @@ def resolve_checkpoint(
             f"script holds {marker} next to the model weights and the optimizer state)"
         )
     return Path(name)
+
+
+def check_checkpoint_weights(model: nn.Module, checkpoint: Path | None) -> None:
+    """Refuses, before any training, a ``--resume_from_checkpoint`` folder whose saved model weights
+    (``model.safetensors``, what ``Trainer`` and ``Accelerator.save_state`` write) are not this model's: a tensor of
+    another shape or a tensor the model does not have (the checkpoint of another model or configuration ended in
+    torch's ``load_state_dict`` traceback, after the output folder was made). The file's header is read, not its
+    tensors. A checkpoint without that file (sharded FSDP states) is left to the loader."""
+    if checkpoint is None:
+        return
+    weights = Path(checkpoint) / "model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    problem = None
+    try:
+        with safe_open(str(weights), "pt") as saved:
+            for key in saved.keys():
+                shape = tuple(saved.get_slice(key).get_shape())
+                if key not in expected:
+                    problem = f"holds {key!r}, which {type(model).__name__} does not have"
+                elif shape != expected[key]:
+                    problem = f"{key!r} has shape {shape}, the model's is {expected[key]}"
+                if problem:
+                    break
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise RunOptionError(
+            f"--resume_from_checkpoint {checkpoint}: {weights.name} cannot be read ({error})"
+        ) from None
+    if problem:
+        raise RunOptionError(
+            f"--resume_from_checkpoint {checkpoint}: {weights.name} {problem} (a checkpoint of another model or "
+            "configuration?)"
+        )
 
 
 class SegmentationTrainer(Trainer):
@@ -1215,6 +1295,20 @@ class StreamingMeanIoU:
         return summary_metrics(result, self.id2label)
 
 
+def json_number(value):
+    """NaN (a class or boundary band absent from both prediction and labels) as JSON null, not the non-standard NaN
+    that ``json.dumps`` writes; other numbers as floats, other values as they are."""
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def json_metrics(metrics: dict) -> dict:
+    """``metrics`` with every NaN as null (:func:`json_number`), for the ``eval_results.json`` the scripts write."""
+    return {key: json_number(value) for key, value in metrics.items()}
+
+
 def summary_metrics(result: dict, id2label: dict) -> dict:
     """The scalar metrics of :meth:`~hf_semseg.metrics.SegmentationMetrics.compute` and one ``iou_<class>`` per
     class, as the training scripts log them."""
@@ -1226,9 +1320,10 @@ def summary_metrics(result: dict, id2label: dict) -> dict:
 
 
 def write_predictions(model, dataset, image_column: str, output_dir: Path, count: int, scale) -> None:
-    """Colour-coded predictions and overlays (PNG, demo palette) of the first ``count`` images of ``dataset``, each
+    """Colour-coded predictions and overlays (PNG; the palette of the model's classes' dataset where known, else the
+    demo palette: :func:`~hf_semseg.demo_data.palette_for`) of the first ``count`` images of ``dataset``, each
     keep-ratio resized to ``scale`` for the model and its logits upsampled back to the image size."""
-    from .demo_data import colorize
+    from .demo_data import colorize, palette_for
     from .transforms import keep_ratio_size, resize_pair
 
     if count <= 0:
@@ -1238,15 +1333,16 @@ def write_predictions(model, dataset, image_column: str, output_dir: Path, count
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    palette = palette_for(model.config.id2label)
     for index in range(min(count, len(dataset))):
-        image = open_image(dataset[index][image_column], index, image_column).convert("RGB")
-        array = np.array(image)  # writable, for torch.from_numpy
+        array = rgb_array(open_image(dataset[index][image_column], index, image_column))  # writable
+        image = Image.fromarray(array)
         resized, _ = resize_pair(array, np.zeros(array.shape[:2], np.int64), keep_ratio_size(*array.shape[:2], *scale))
         with torch.no_grad():
             logits = model(pixel_values=normalise(resized)[None].to(device)).logits
         # a model that pads its input (SeMask-Mask2Former) has logits over the padding too: cropped first
         logits = logits_to_size(logits.float(), resized.shape[:2], array.shape[:2], model_size_divisibility(model))
-        prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        colorize(prediction).save(output_dir / f"prediction_{index}.png")
-        Image.blend(image, colorize(prediction), alpha=0.5).save(output_dir / f"overlay_{index}.png")
+        mask = colorize(logits.argmax(1)[0].cpu().numpy(), palette)
+        mask.save(output_dir / f"prediction_{index}.png")
+        Image.blend(image, mask, alpha=0.5).save(output_dir / f"overlay_{index}.png")
     model.train(was_training)

@@ -31,3 +31,11 @@ def test_colorize_uses_the_palette_and_white_for_ignore():
     colours = np.array(colorize(np.array([[0, 3, 255]], dtype=np.uint8)))
     assert colours[0, 0].tolist() == [40, 40, 40] and colours[0, 1].tolist() == [250, 210, 60]
     assert colours[0, 2].tolist() == [255, 255, 255]
+
+
+def test_colorize_takes_more_classes_than_a_byte_holds():
+    """Ids were cast to 8 bits (class 256 took class 0's colour) and a palette of over 256 colours ended in numpy's
+    "negative dimensions" error."""
+    palette = np.stack([np.arange(300) % 256, np.arange(300) // 256, np.full(300, 7)], axis=1).astype(np.uint8)
+    colours = np.array(colorize(np.array([[0, 256, 299, 300, -1]]), palette))
+    assert colours[0].tolist() == [[0, 0, 7], [0, 1, 7], [43, 1, 7], [255, 255, 255], [255, 255, 255]]

@@ -214,3 +214,31 @@ def test_modes_without_a_protocol_for_the_family_are_refused():
     script.check_mode(Namespace(mode="multi_scale"), mask2former, processor)
     with pytest.raises(RunOptionError, match=r"^--mode multi_scale: .* SegformerImageProcessor is not an hf-semseg"):
         script.check_mode(Namespace(mode="multi_scale"), mask2former, SegformerImageProcessor())
+
+
+def test_a_saved_single_dataset_is_named_by_its_type_not_its_rows(saved_model, tmp_path):
+    """A ``Dataset`` saved alone: the split check compared the split name with its rows, and the error listed every
+    row with its decoded images."""
+    from hf_semseg.training import exit_on_user_error
+
+    folder, _ = saved_model
+    make_demo_dataset(1, 2)["validation"].save_to_disk(tmp_path / "single")
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        load_script().main(["--model", str(folder), "--dataset_name", str(tmp_path / "single")])
+    assert str(exit_info.value) == (
+        f"error: --dataset_name {tmp_path / 'single'}: holds one Dataset of 2 rows, not splits (expected a DatasetDict "
+        "with a split 'validation' (--split), e.g. DatasetDict(train=..., validation=...))"
+    )
+
+
+def test_predictions_of_an_earlier_run_do_not_stay_mixed_with_a_new_run(saved_model, tmp_path):
+    """A second run over fewer samples into the same folder kept the first run's later samples beside its own."""
+    folder, _ = saved_model
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    (predictions / "notes.txt").write_text("kept")
+    script = load_script()
+    script.main(["--model", str(folder), "--max_samples", "3", "--predictions_dir", str(predictions)])
+    assert len(list(predictions.glob("0000[0-2]_*.png"))) == 6
+    script.main(["--model", str(folder), "--max_samples", "1", "--predictions_dir", str(predictions)])
+    assert sorted(path.name for path in predictions.iterdir()) == ["00000_mask.png", "00000_overlay.png", "notes.txt"]

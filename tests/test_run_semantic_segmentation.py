@@ -1,11 +1,15 @@
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import save_file
 from script_helpers import help_default, load_example
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, TrainerCallback
 
@@ -183,7 +187,7 @@ def test_push_to_hub_without_hub_access_fails_before_any_work(tmp_path, monkeypa
 
 #: options of one script only: the Trainer script's (its --scale takes any count), the Accelerate script's
 TRAINER_ONLY = {"--scale 512", "--label_smoothing_factor", "--fp16", "--do_eval", "--optim"}
-NO_TRAINER_ONLY = {"--checkpointing_steps", "--mixed_precision"}
+NO_TRAINER_ONLY = {"--checkpointing_steps", "--mixed_precision", "--lr_end"}
 
 
 def scripts_taking(arguments) -> list[str]:
@@ -254,6 +258,25 @@ def scripts_taking(arguments) -> list[str]:
         # trained: --do_eval alone evaluates a given model
         (["--do_eval"], r"--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"),
         (["--optim", "galore_adamw"], r"--optim galore_adamw: cannot be used here \("),
+        # torch's DataLoader's ValueError after the model had loaded
+        (["--dataloader_num_workers", "-1"], r"--dataloader_num_workers -1: expected 0 or a positive number$"),
+        # the Accelerate script scaled the gradients by a negative factor: its loss climbed, exit status 0
+        (["--max_grad_norm", "-1"], r"--max_grad_norm -1(\.0)?: expected 0 or a positive number$"),
+        # a schedule shifted silently (Accelerate script; TrainingArguments refuses it itself)
+        (["--warmup_steps", "-5"], r"(--warmup_steps -5: expected 0 or a positive number|.*warmup_steps >= 0)"),
+        # transformers' ValueError from the schedule, after the model had loaded
+        (["--lr_end", "0.1"], r"--lr_end 0\.1: the poly decay ends below the learning rate, expected less than "),
+        # torch's load_state_dict traceback, after the model had loaded and the output folder was made
+        (
+            ["--resume_from_checkpoint", "{tmp}/other_checkpoint"],
+            r"--resume_from_checkpoint \S*other_checkpoint: model\.safetensors 'decode_head\.classifier\.weight' has "
+            r"shape \(4, 3\), the model's is \(4, 64, 1, 1\) \(a checkpoint of another model or configuration\?\)$",
+        ),
+        # the variant's classes and data settings were applied to the pretrained model, silently
+        (
+            ["--variant", "semask-fpn-tiny-ade20k", "--model_name_or_path", "{tmp}/no_such_model"],
+            r"--variant semask-fpn-tiny-ade20k and --model_name_or_path \S*no_such_model: give one of them ",
+        ),
     ],
 )
 def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, arguments, message):
@@ -263,6 +286,11 @@ def test_bad_options_end_both_scripts_with_one_line_before_any_work(tmp_path, ar
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "not_a_checkpoint").mkdir()
+    other_checkpoint = tmp_path / "other_checkpoint"
+    other_checkpoint.mkdir()
+    for marker in ("trainer_state.json", "random_states_0.pkl"):  # what each script's checkpoints hold
+        (other_checkpoint / marker).write_text("{}")
+    save_file({"decode_head.classifier.weight": torch.zeros(4, 3)}, other_checkpoint / "model.safetensors")
     for script in scripts_taking(arguments):
         output_dir = tmp_path / script
         module = load_example(REPO_ROOT / "examples" / script)
@@ -358,3 +386,28 @@ def test_a_bad_validation_sample_found_after_training_loses_no_training(tmp_path
         str(exit_info.value),
     ), str(exit_info.value)
     assert AutoModelForSemanticSegmentation.from_pretrained(output_dir).config.num_labels == 150
+
+
+def test_an_evaluation_only_run_needs_no_training_split_and_writes_json_null(tmp_path):
+    """--do_eval alone refused a dataset without a training split; and a metric without a value (one class
+    everywhere: no boundary band) was written into eval_results.json as the non-standard NaN."""
+    from datasets import DatasetDict
+
+    from hf_semseg.demo_data import make_demo_dataset
+
+    script = load_trainer_script()
+    trained = tmp_path / "trained"
+    script.main(["--output_dir", str(trained), *SHORT_RUN, "--do_train"])
+    validation = make_demo_dataset(num_train=1, num_validation=2)["validation"]
+    one_class = validation.map(lambda row: {"label": Image.fromarray(np.full_like(np.array(row["label"]), 1))})
+    DatasetDict({"validation": one_class}).save_to_disk(tmp_path / "data")
+    evaluated = tmp_path / "evaluated"
+    metrics = script.main(
+        ["--output_dir", str(evaluated), "--do_eval", "--model_name_or_path", str(trained),
+         "--dataset_name", str(tmp_path / "data"), "--crop_size", "64"]
+    )  # fmt: skip
+    assert math.isnan(metrics["eval_trimap_mean_iou"])
+    saved = json.loads(
+        (evaluated / "eval_results.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON")
+    )
+    assert saved["eval_trimap_mean_iou"] is None and saved["eval_mean_iou"] == pytest.approx(metrics["eval_mean_iou"])

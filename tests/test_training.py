@@ -639,3 +639,79 @@ def test_an_evaluation_only_run_refuses_a_model_of_other_classes(tmp_path):
         build_model(three, str(tmp_path), evaluate_only=True)
     assert build_model(three, str(tmp_path)).config.num_labels == 3  # training: a new head
     assert build_model(dict(enumerate(DEMO_CLASSES)), str(tmp_path), evaluate_only=True).config.num_labels == 4
+
+
+def test_images_stored_as_arrays_are_read_as_uint8_images(tmp_path):
+    """``Array3D`` uint8 images reach the transform as nested lists, which numpy read as int64: the transform's
+    "image must be uint8" error (a traceback), and the prediction overlays could not open them."""
+    from datasets import Array2D, Array3D
+    from test_modeling_semask_swin import tiny_config
+
+    from hf_semseg import SeMaskSwinForSemanticSegmentation
+    from hf_semseg.training import normalise, write_predictions
+
+    image = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    features = Features({"image": Array3D((8, 12, 3), "uint8"), "label": Array2D((8, 12), "uint8")})
+    rows = {"image": [image], "label": [np.full((8, 12), 2, np.uint8)]}
+    dataset = with_sample_index(Dataset.from_dict(rows, features=features))
+    dataset.set_transform(make_transform("image", "label", 4, False, None))
+    sample = dataset[0]
+    torch.testing.assert_close(sample["pixel_values"], normalise(image), rtol=0, atol=0)
+    assert sample["labels"].unique().tolist() == [2]
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    write_predictions(model, Dataset.from_dict(rows, features=features), "image", tmp_path, 1, (64, 32))
+    overlay = np.asarray(Image.open(tmp_path / "overlay_0.png"), dtype=np.int64)
+    prediction = np.asarray(Image.open(tmp_path / "prediction_0.png"), dtype=np.int64)
+    assert overlay.shape == (8, 12, 3)
+    assert np.abs(overlay - (image.astype(np.int64) + prediction) / 2).max() <= 1  # the blend of image and mask
+
+
+def test_a_run_needs_only_the_splits_it_uses():
+    """An evaluation-only run refused a dataset without a training split, a training-only run one without a
+    validation split (transformers' examples need only the split of each phase)."""
+    from datasets import DatasetDict
+
+    from hf_semseg import training
+
+    splits = {"validation": Dataset.from_dict({"x": [4, 5]})}
+    original = training.load_segmentation_dataset
+    try:
+        training.load_segmentation_dataset = lambda name, demo_sizes: DatasetDict(splits)
+        train, evaluation = training.load_splits("d", needed=(False, True))
+        assert train is None and evaluation["x"] == [4, 5] and evaluation["sample_index"] == [0, 1]
+        with pytest.raises(training.RunOptionError, match=r"^dataset d has no split 'train'; it has \['validation'\]$"):
+            training.load_splits("d")
+        splits["train"] = splits.pop("validation")
+        train, evaluation = training.load_splits("d", max_train_samples=1, needed=(True, False))
+        assert evaluation is None and train["x"] == [4]
+    finally:
+        training.load_segmentation_dataset = original
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_tensor(tmp_path):
+    """Resuming from the checkpoint of another configuration ended in torch's load_state_dict traceback, after the
+    model had loaded and the output folder was made."""
+    from safetensors.torch import save_file
+    from test_modeling_semask_swin import tiny_config
+
+    from hf_semseg import SeMaskSwinForSemanticSegmentation
+    from hf_semseg.training import RunOptionError, check_checkpoint_weights
+
+    model = SeMaskSwinForSemanticSegmentation(tiny_config())
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    save_file(weights, tmp_path / "model.safetensors")
+    check_checkpoint_weights(model, tmp_path)  # its own checkpoint
+    check_checkpoint_weights(model, None)
+    other = SeMaskSwinForSemanticSegmentation(tiny_config(decoder_hidden_size=24))
+    with pytest.raises(RunOptionError) as error:
+        check_checkpoint_weights(other, tmp_path)
+    assert str(error.value) == (
+        f"--resume_from_checkpoint {tmp_path}: model.safetensors 'decode_head.classifier.weight' has shape (4, 16, 1, "
+        "1), the model's is (4, 24, 1, 1) (a checkpoint of another model or configuration?)"
+    )
+    save_file({**weights, "head.extra": torch.zeros(1)}, tmp_path / "model.safetensors")
+    with pytest.raises(RunOptionError, match=r"model\.safetensors holds 'head\.extra', which SeMaskSwinForSemantic"):
+        check_checkpoint_weights(model, tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(RunOptionError, match=r"model\.safetensors cannot be read \("):
+        check_checkpoint_weights(model, tmp_path)
