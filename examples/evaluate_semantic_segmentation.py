@@ -115,7 +115,7 @@ def staged_folder(folder: Path | None):
         yield None
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name[:100]}.partial-", dir=folder.parent))
     try:
         yield staging
         folder.mkdir(exist_ok=True)

@@ -574,7 +574,7 @@ def _temporary_path(destination: Path, suffix: str | None = None) -> Path:
     (mode 0o666 less the umask), so that the file renamed into place is readable as any other the user writes
     (``mkstemp`` would make it private, 0o600)."""
     suffix = destination.suffix if suffix is None else suffix
-    path = destination.parent / f".{destination.stem}.{secrets.token_hex(8)}.tmp{suffix}"
+    path = destination.parent / f".{destination.stem[:100]}.{secrets.token_hex(8)}.tmp{suffix}"  # fits 255 bytes
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     return path
 

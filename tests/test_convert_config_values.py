@@ -373,3 +373,76 @@ def test_values_the_converted_model_computes_are_accepted(fixture, change, tmp_p
     arguments = ["--config_file", config_file, "--skip_reload_check"]
     status, _, errors = run_converter(fixture, tmp_path, capsys, *arguments)
     assert status == 0 and errors == [], errors
+
+
+def mask_former(**values):
+    return lambda config: config["MODEL"]["MASK_FORMER"].update(values)
+
+
+@pytest.mark.parametrize(
+    "fixture, kind, change, expected",
+    [
+        (
+            "semask_fpn_tiny",
+            "mmseg",
+            backbone(drop_path_rate=1.5),
+            "model.backbone.drop_path_rate = 1.5: expected a rate",
+        ),
+        (
+            "vwformer_tiny",
+            "mmseg",
+            backbone(drop_path_rate=-0.1),
+            "model.backbone.drop_path_rate = -0.1: expected a rate",
+        ),
+        ("semask_fpn_tiny", "mmseg", head(cate_w=-1.0), "model.decode_head.cate_w = -1.0: expected a loss weight >= 0"),
+        ("semask_fpn_tiny", "mmseg", head(cate_w=12345.5), "model.decode_head.cate_w = inf: expected a finite number"),
+        (
+            "semask_mask2former_tiny",
+            "d2",
+            mask_former(CLASS_WEIGHT=-2.0),
+            "CLASS_WEIGHT = -2.0: expected a loss weight",
+        ),
+        (
+            "semask_mask2former_tiny",
+            "d2",
+            mask_former(MASK_WEIGHT=float("inf")),
+            "MASK_WEIGHT = inf: expected a finite",
+        ),
+        (
+            "semask_maskformer_tiny",
+            "d2",
+            mask_former(DROPOUT=1.5),
+            "MODEL.MASK_FORMER.DROPOUT = 1.5: expected a number",
+        ),
+        (
+            "semask_mask2former_tiny",
+            "d2",
+            lambda config: config["MODEL"]["SWIN"].update(DROP_PATH_RATE=1.5),
+            "MODEL.SWIN.DROP_PATH_RATE = 1.5: expected a rate from 0 up to, not including, 1",
+        ),
+        (
+            "vw_mask2former_tiny",
+            "d2",
+            mask_former(OVERSAMPLE_RATIO=0.5),
+            "OVERSAMPLE_RATIO = 0.5: expected a number >= 1",
+        ),
+        (
+            "vw_mask2former_tiny",
+            "d2",
+            mask_former(IMPORTANCE_SAMPLE_RATIO=1.5),
+            "IMPORTANCE_SAMPLE_RATIO = 1.5: expected a number from 0 to 1",
+        ),
+    ],
+)
+def test_training_only_values_out_of_their_range_are_refused(fixture, kind, change, expected, tmp_path, capsys):
+    """Read as any number and set on the config after its validation: the config's own check failed later, in
+    save_pretrained (a traceback), or nothing checked them (a drop-path rate of 1.5, an infinite loss weight written
+    into config.json)."""
+    if kind == "mmseg":
+        config_file = mmseg_config(fixture, tmp_path, change)
+        text = open(config_file).read().replace("12345.5", "1e999")  # a literal that reads as inf
+        open(config_file, "w").write(text)
+    else:
+        config_file = detectron2_config(fixture, tmp_path, change)
+    error = refused(fixture, tmp_path, capsys, "--config_file", config_file)
+    assert error.startswith(f"error: --config_file {config_file}: ") and expected in error, error

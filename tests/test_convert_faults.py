@@ -842,3 +842,125 @@ def test_sigterm_while_the_replaced_folder_is_removed_says_the_folder_is_written
             f"error: terminated (SIGTERM); {out} is written; the folder it replaced is left at "
             f"{tmp_path / leftovers[0]} (delete it)"
         ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A third audit: tensors no model holds, errors in the checkpoint's own key names, class names that do not fit,
+# long output names, the config reader's size bound, Ctrl-C
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("convert", "expected"),
+    [
+        (lambda tensor: tensor.to(torch.float8_e4m3fn), "(torch.float8_e4m3fn, an 8-bit float)"),
+        (lambda tensor: tensor.to_sparse(), "(torch.sparse_coo layout)"),
+        (lambda tensor: tensor.to("meta"), "(meta device: no values)"),
+    ],
+    ids=["float8", "sparse", "meta"],
+)
+def test_tensors_without_a_dense_float_or_integer_value_are_refused(convert, expected, tmp_path, capsys):
+    """An 8-bit float or a sparse tensor reached torch's "not implemented" in the finiteness check, a tensor saved
+    from the meta device torch's "Cannot copy out of meta tensor" in load_state_dict: tracebacks."""
+    key = "backbone.layers.0.blocks.0.mlp.fc1.weight"
+    checkpoint = bad_checkpoint(tmp_path, "semask_fpn_tiny", lambda sd: sd.__setitem__(key, convert(sd[key])))
+    status, lines, output_dir = run_cli("semask_fpn", checkpoint, tmp_path, capsys)
+    assert_refused(status, lines, output_dir, "bad.pth: tensors no converted model can hold: ", f"{key} {expected}")
+
+
+def test_missing_and_misshapen_tensors_are_named_by_the_checkpoint_keys(tmp_path, capsys):
+    """The errors named only the converted model's keys (decode_head.classifier.bias), which the checkpoint never
+    holds."""
+
+    def change(state_dict):
+        del state_dict["decode_head.conv_seg.bias"]
+        state_dict["backbone.layers.3.blocks.1.mlp.fc2.weight"] = torch.zeros(3, 3)
+
+    checkpoint = bad_checkpoint(tmp_path, "semask_fpn_tiny", change)
+    status, lines, output_dir = run_cli("semask_fpn", checkpoint, tmp_path, capsys)
+    assert_refused(
+        status,
+        lines,
+        output_dir,
+        "missing from the checkpoint: ['decode_head.conv_seg.bias (converted: decode_head.classifier.bias)']",
+        "shape mismatches: ['backbone.layers.3.blocks.1.mlp.fc2.weight (converted: "
+        "backbone.encoder.stages.3.blocks.1.mlp.fc2.weight): checkpoint (3, 3) vs model (256, 1024)']",
+    )
+
+
+def test_a_detectron2_tensor_of_another_shape_is_named_by_its_checkpoint_key(tmp_path, capsys):
+    key = "backbone.layers.3.blocks.1.mlp.fc2.weight"
+    checkpoint = bad_checkpoint(tmp_path, "semask_mask2former_tiny", lambda sd: sd.__setitem__(key, torch.zeros(3, 3)))
+    status, lines, output_dir = run_cli("semask_d2", checkpoint, tmp_path, capsys, fixture="semask_mask2former_tiny")
+    assert_refused(status, lines, output_dir, f"shape mismatches: ['{key} (converted: model.pixel_level_module.")
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        (["a", "b", "c", "d"], "meta['CLASSES'] names 4 classes, the weights have 5: the names cannot be matched"),
+        (["a", "b", "c", "d", "e", "f"], "meta['CLASSES'] names 6 classes, the weights have 5"),
+        (["a", "a", "c", "d", "e"], "meta['CLASSES'] names more than one class ['a']: a class name must name one"),
+    ],
+    ids=["fewer", "more", "repeated"],
+)
+def test_class_names_that_do_not_name_the_classes_one_each_are_refused(classes, expected, tmp_path, capsys):
+    """Names not one per class were dropped for class_0, class_1, ... without a word; a repeated name gave a
+    label2id without class 0."""
+    checkpoint = changed_checkpoint(
+        tmp_path, "semask_fpn_tiny", lambda checkpoint: checkpoint["meta"].__setitem__("CLASSES", classes)
+    )
+    status, lines, output_dir = run_cli("semask_fpn", checkpoint, tmp_path, capsys)
+    assert_refused(status, lines, output_dir, expected)
+    with pytest.raises(CheckpointError, match=r"^id2label names more than one class \['x'\]"):
+        common.given_id2label({0: "x", 1: "x", 2: "y"}, 3)  # the detectron2 converters' class names
+
+
+def test_a_long_output_folder_name_the_file_system_takes_is_written(tmp_path, capsys):
+    """The hidden folders next to it (.{name}.write-test-..., .partial-, .old-) went past 255 bytes: "cannot write
+    in ... (File name too long)" for a name mkdir takes."""
+    out = tmp_path / ("x" * 240)
+    status = _cli("semask_fpn").main(fpn_arguments(out, "--skip_reload_check"))
+    assert status == 0, capsys.readouterr().err
+    assert (out / "model.safetensors").is_file() and os.listdir(tmp_path) == [out.name]
+    status = _cli("semask_fpn").main(fpn_arguments(out, "--skip_reload_check", "--overwrite"))
+    assert status == 0 and os.listdir(tmp_path) == [out.name]
+
+
+def test_a_config_that_doubles_a_list_step_by_step_is_refused(tmp_path):
+    """The length bound held for [0] * n but not for a + a repeated: a 10**8-element list was built (49 s)."""
+    from hf_semseg.conversion.run_config import parse_mmseg_config_text
+
+    text = "a = [0] * 100000\nb = a + a\n"
+    with pytest.raises(ConfigFileError, match=r"^c\.py, line 2: cannot evaluate `a \+ a`$"):
+        parse_mmseg_config_text(text, "c.py")
+    with pytest.raises(ConfigFileError, match=r"^c\.py, line 2: cannot evaluate `a \* a`$"):  # squaring, likewise
+        parse_mmseg_config_text("a = 99999999999 * 99999999999\nb = a * a\n", "c.py")
+    assert parse_mmseg_config_text("a = [1] * 3 + [2]\nb = 6 * 7\n", "c.py") == {"a": [1, 1, 1, 2], "b": 42}
+
+
+def test_a_device_or_an_entry_that_is_not_a_state_dict_is_named_for_what_it_is(tmp_path, capsys):
+    status, lines, _ = run_with("semask_fpn", "/dev/zero", tmp_path, capsys)
+    assert status == 1 and lines == [
+        "error: /dev/zero: not a regular file (a device, pipe or socket), expected a checkpoint file"
+    ]
+    torch.save({"state_dict": None, "meta": {}}, tmp_path / "none.pth")
+    status, lines, _ = run_with("semask_fpn", tmp_path / "none.pth", tmp_path, capsys)
+    assert status == 1 and lines == [
+        f"error: {tmp_path / 'none.pth'}: its 'state_dict' entry is a NoneType (None), expected a dict of tensors "
+        "(the state dict)"
+    ]
+
+
+def test_ctrl_c_is_one_line_and_cleans_up(tmp_path, capsys, monkeypatch):
+    """Ctrl-C ended in a 30-100 line KeyboardInterrupt traceback (the cleanup was right)."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "check_reload", interrupted)
+    out = tmp_path / "out"
+    status = _cli("semask_fpn").main(fpn_arguments(out))
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 130 and lines == [f"error: interrupted (Ctrl-C); {out} was not written"]
+    assert os.listdir(tmp_path) == []

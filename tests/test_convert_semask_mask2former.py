@@ -302,17 +302,27 @@ def test_unmapped_missing_and_misshaped_keys_are_named(converted, tmp_path):
         convert_state_dict(dict(state_dict, **{"sem_seg_head.predictor.extra_head.weight": torch.zeros(1)}))
     missing = {k: v for k, v in state_dict.items() if k != "sem_seg_head.pixel_decoder.adapter_1.norm.bias"}
     config = infer_config(missing, variant=None, config_file=fixture_config_file(folder.name, tmp_path))
-    with pytest.raises(
+    model_state = SeMaskMask2FormerForSemanticSegmentation(config).state_dict()
+    with pytest.raises(  # without the checkpoint's tensors only the converted name is known
         CheckpointError,
-        match=r"missing from the checkpoint: \['model\.pixel_level_module\.decoder\.adapter_1\.1\.bias'\]",
+        match=r"missing from the checkpoint: \['model\.pixel_level_module\.decoder\.adapter_1\.1\.bias \(converted "
+        r"name\)'\]",
     ):
-        check_against_model(convert_state_dict(missing), SeMaskMask2FormerForSemanticSegmentation(config).state_dict())
+        check_against_model(convert_state_dict(missing), model_state)
+    with pytest.raises(  # the checkpoint key, from its converted sibling's (adapter_1.norm.weight)
+        CheckpointError,
+        match=r"missing from the checkpoint: \['sem_seg_head\.pixel_decoder\.adapter_1\.norm\.bias \(converted: "
+        r"model\.pixel_level_module\.decoder\.adapter_1\.1\.bias\)'\]",
+    ):
+        check_against_model(convert_state_dict(missing), model_state, missing)
     misshaped = dict(state_dict)
     misshaped["sem_seg_head.predictor.decoder_norm.weight"] = torch.zeros(7)
-    with pytest.raises(CheckpointError, match=r"decoder\.layernorm\.weight: checkpoint \(7,\)"):
-        check_against_model(
-            convert_state_dict(misshaped), SeMaskMask2FormerForSemanticSegmentation(config).state_dict()
-        )
+    with pytest.raises(
+        CheckpointError,
+        match=r"sem_seg_head\.predictor\.decoder_norm\.weight \(converted: [\w.]+decoder\.layernorm\.weight\): "
+        r"checkpoint \(7,\)",
+    ):
+        check_against_model(convert_state_dict(misshaped), model_state, misshaped)
     with pytest.raises(CheckpointError, match="missing key 'sem_seg_head.predictor.class_embed.weight'"):
         infer_config({k: v for k, v in state_dict.items() if "class_embed" not in k})
 

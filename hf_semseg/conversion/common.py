@@ -114,6 +114,8 @@ def read_checkpoint(
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: a directory, not a checkpoint file")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a device, pipe or socket), expected a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     with warnings.catch_warnings(record=True) as caught:  # shown only when the file is read: else the error says it
@@ -143,6 +145,12 @@ def read_checkpoint(
         )
     elif checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         state_dict, meta = checkpoint, {}
+    elif layout.weights_entry in checkpoint:
+        value = checkpoint[layout.weights_entry]
+        raise CheckpointError(
+            f"{path}: its '{layout.weights_entry}' entry is {_article(type(value).__name__)} {type(value).__name__} "
+            f"({_short_repr(value)}), expected a dict of tensors (the state dict)"
+        )
     else:
         raise CheckpointError(
             f"{path}: no '{layout.weights_entry}' entry (top-level keys: {sorted(map(str, checkpoint))[:10]})"
@@ -157,20 +165,47 @@ def read_checkpoint(
     if not_tensors:
         raise CheckpointError(f"{path}: entries that are not tensors: {not_tensors[:10]}")
     not_weights = [
-        f"{key} ({tensor.dtype})"
-        for key, tensor in state_dict.items()
-        if tensor.is_complex() or tensor.dtype == torch.bool
+        f"{key} ({reason})" for key, tensor in state_dict.items() if (reason := unconvertible_tensor(tensor))
     ]
     if not_weights:
+        more = f" and {len(not_weights) - 10} more" if len(not_weights) > 10 else ""
         raise CheckpointError(
-            f"{path}: tensors of a dtype no converted model holds (complex or bool): {not_weights[:10]}; expected "
-            "floating-point weights and integer buffers"
+            f"{path}: tensors no converted model can hold: {not_weights[:10]}{more}; expected dense floating-point "
+            "weights (16, 32 or 64 bits) and integer buffers, with their values"
         )
     if state_dict and all(key.startswith("module.") for key in state_dict):
         state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     with errors_name_the_file(path):
         check_finite(state_dict)
     return dict(state_dict), dict(meta or {})
+
+
+def unconvertible_tensor(tensor: torch.Tensor) -> str | None:
+    """Why a checkpoint tensor cannot become a weight or buffer of a converted model (its dtype, layout or device),
+    None when it can: the converters check and copy dense tensors with values, as float32 weights or integer
+    buffers (an 8-bit float reached torch's "not implemented" in the finiteness check, a tensor saved from the meta
+    device the model's ``load_state_dict``)."""
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        return f"{tensor.dtype}"
+    if tensor.is_quantized:
+        return f"quantized {tensor.dtype}"
+    if tensor.is_floating_point() and tensor.dtype.itemsize < 2:
+        return f"{tensor.dtype}, an 8-bit float"
+    if tensor.layout != torch.strided:
+        return f"{tensor.layout} layout"
+    if tensor.device.type == "meta":
+        return "meta device: no values"
+    return None
+
+
+#: what the converters reading one layout tell of a checkpoint of the other layout (:func:`read_checkpoint`)
+MMSEG_CONVERTERS_HINT = (
+    " - convert mmseg checkpoints with convert_semask_fpn_to_hf.py (SeMask-FPN) or convert_vwformer_to_hf.py (VWFormer)"
+)
+DETECTRON2_CONVERTERS_HINT = (
+    " - convert detectron2 checkpoints with convert_semask_d2_to_hf.py (SeMask MaskFormer / Mask2Former) or "
+    "convert_vwformer_d2_to_hf.py (VW-MaskFormer / VW-Mask2Former)"
+)
 
 
 #: what each entry of an mmseg ``meta`` that a converter reads must be (the others, e.g. ``PALETTE``, are not read)
@@ -402,32 +437,72 @@ def raise_on_unmapped(unmapped: list[str]) -> None:
         raise CheckpointError(f"{len(unmapped)} keys have no conversion rule: {unmapped[:20]}{more}")
 
 
-def check_against_model(converted: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]) -> None:
-    """Every converted key must exist in the model with the same shape, and every model key must be provided."""
+def checkpoint_origins(converted: dict[str, torch.Tensor], original: dict[str, torch.Tensor] | None) -> dict[str, str]:
+    """The checkpoint key each converted tensor was made from, found by its memory: a renamed tensor is the
+    original one, and a reshaped, transposed or split one a view of it (a tensor the converter computed anew, e.g. a
+    folded norm, has none)."""
+    if not original:
+        return {}
+    owners = {
+        tensor.untyped_storage().data_ptr(): key
+        for key, tensor in original.items()
+        if tensor.numel() and tensor.device.type != "meta"
+    }
+    return {
+        key: owners[pointer]
+        for key, tensor in converted.items()
+        if tensor.numel() and (pointer := tensor.untyped_storage().data_ptr()) in owners
+    }
+
+
+def check_against_model(
+    converted: dict[str, torch.Tensor],
+    model_state: dict[str, torch.Tensor],
+    original: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Every converted key must exist in the model with the same shape, and every model key must be provided. The
+    error names the checkpoint's own key of each tensor where it can (:func:`checkpoint_origins`): of a missing
+    tensor, the checkpoint key its converted sibling (``weight`` / ``bias``) came from, with its own last part."""
+    origins = checkpoint_origins(converted, original)
+
+    def named(key: str) -> str:
+        return f"{origins[key]} (converted: {key})" if key in origins else f"{key} (converted name)"
+
+    def missing_origin(key: str) -> str:
+        prefix, _, leaf = key.rpartition(".")
+        for sibling in sorted(converted):
+            sibling_prefix, _, sibling_leaf = sibling.rpartition(".")
+            origin = origins.get(sibling)
+            if sibling_prefix == prefix and origin and origin.rpartition(".")[2] == sibling_leaf:
+                return f"{origin.rpartition('.')[0]}.{leaf} (converted: {key})"
+        return f"{key} (converted name)"
+
     missing = sorted(set(model_state) - set(converted))
     unexpected = sorted(set(converted) - set(model_state))
     mismatched = [
-        f"{key}: checkpoint {tuple(converted[key].shape)} vs model {tuple(model_state[key].shape)}"
+        f"{named(key)}: checkpoint {tuple(converted[key].shape)} vs model {tuple(model_state[key].shape)}"
         for key in sorted(set(converted) & set(model_state))
         if tuple(converted[key].shape) != tuple(model_state[key].shape)
     ]
     problems = []
     if missing:
-        problems.append(f"missing from the checkpoint: {missing}")
+        problems.append(f"missing from the checkpoint: {[missing_origin(key) for key in missing]}")
     if unexpected:
-        problems.append(f"not in the model: {unexpected}")
+        problems.append(f"not in the model: {[named(key) for key in unexpected]}")
     if mismatched:
         problems.append(f"shape mismatches: {mismatched}")
     if problems:
         raise CheckpointError("; ".join(problems))
 
 
-def load_converted(model_class, config, converted: dict[str, torch.Tensor]):
-    """``model_class(config)`` with the converted tensors (checked with :func:`check_against_model`; floating tensors
-    as float32), in eval mode."""
+def load_converted(
+    model_class, config, converted: dict[str, torch.Tensor], original: dict[str, torch.Tensor] | None = None
+):
+    """``model_class(config)`` with the converted tensors (checked with :func:`check_against_model`, whose errors
+    name the keys of the ``original`` checkpoint tensors where known; floating tensors as float32), in eval mode."""
     model = model_class(config)
     model_state = model.state_dict()
-    check_against_model(converted, model_state)
+    check_against_model(converted, model_state, original)
     not_floating = [
         f"{key} ({converted[key].dtype})"
         for key in sorted(converted)
@@ -450,13 +525,41 @@ def load_converted(model_class, config, converted: dict[str, torch.Tensor]):
 
 
 def checkpoint_id2label(class_names, num_labels: int) -> dict[int, str]:
-    """The class names saved with the checkpoint (mmseg ``meta['CLASSES']``) when there is one per class, otherwise
-    ``class_0``, ``class_1``, ... (:func:`name_classes` later gives the dataset's names where the dataset is known)."""
-    if class_names is not None and not isinstance(class_names, (list, tuple)):
+    """The class names saved with the checkpoint (mmseg ``meta['CLASSES']``), one per class; without them
+    ``class_0``, ``class_1``, ... (:func:`name_classes` later gives the dataset's names where the dataset is known).
+    Names that are not one per class, or that name a class twice, are a :class:`CheckpointError`: they cannot be
+    matched to the classes (they were dropped silently for generic names before)."""
+    if class_names is None:
+        return {index: f"class_{index}" for index in range(num_labels)}
+    if not isinstance(class_names, (list, tuple)):
         raise CheckpointError(f"meta['CLASSES'] = {_short_repr(class_names)}, expected {_META_ENTRIES['CLASSES']}")
-    if class_names is not None and len(class_names) == num_labels:
-        return {index: str(name) for index, name in enumerate(class_names)}
-    return {index: f"class_{index}" for index in range(num_labels)}
+    if len(class_names) != num_labels:
+        raise CheckpointError(
+            f"meta['CLASSES'] names {len(class_names)} classes, the weights have {num_labels}: the names cannot be "
+            "matched to the classes (metadata of another model?)"
+        )
+    check_unique_class_names(class_names, "meta['CLASSES']")
+    return {index: str(name) for index, name in enumerate(class_names)}
+
+
+def given_id2label(id2label: dict[int, str] | None, num_labels: int) -> dict[int, str]:
+    """The class names a caller gives a detectron2 conversion (whose checkpoints hold none): one per class, each
+    naming one class (a :class:`CheckpointError` otherwise); without them ``class_0``, ``class_1``, ..."""
+    if id2label is None:
+        return checkpoint_id2label(None, num_labels)
+    if len(id2label) != num_labels:
+        raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_labels} classes")
+    check_unique_class_names(id2label.values(), "id2label")
+    return id2label
+
+
+def check_unique_class_names(names, where: str) -> None:
+    """A :class:`CheckpointError` naming the class names ``where`` holds more than once (a config's ``label2id``
+    maps a name to one class)."""
+    names = [str(name) for name in names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CheckpointError(f"{where} names more than one class {repeated[:10]}: a class name must name one class")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -517,16 +620,22 @@ def build_conversion(
     infer: Callable[[], tuple[object, object]],
     convert_keys: Callable[[], dict[str, torch.Tensor]],
     class_names=None,
+    original: dict[str, torch.Tensor] | None = None,
     **fields,
 ) -> Conversion:
     """The steps every converter ends with: ``infer()`` -> ``(config, settings)`` (the
     :class:`~.run_config.ResolvedSettings`, whose ``variant`` is the released variant the checkpoint is) and
     ``convert_keys()`` -> the renamed tensors (their :class:`CheckpointError` name the file), the model loaded with
-    them (:func:`load_converted`), the :class:`Conversion` with ``fields``, and the classes named after the dataset
+    them (:func:`load_converted`; ``original``: the checkpoint's tensors, which its errors name), the
+    :class:`Conversion` with ``fields``, and the classes named after the dataset
     when ``class_names`` (saved with the checkpoint) are not one per class."""
     with errors_name_the_file(path), invalid_config_is_an_error(model_class):
         config, settings = infer()
-        model = load_converted(model_class, config, convert_keys())
+        # the values set after the config was built (the training-only ones) are checked now, not in save_pretrained
+        for part in (config, *(getattr(config, name, None) for name in ("backbone_config", "decoder_config"))):
+            if hasattr(part, "validate"):
+                part.validate()
+        model = load_converted(model_class, config, convert_keys(), original)
     has_class_names = class_names is not None and len(class_names) == config.num_labels
     conversion = Conversion(
         Path(path), model, variant=settings.variant, has_class_names=has_class_names, settings=settings, **fields
@@ -906,7 +1015,7 @@ def check_output_dir(
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ConversionError(f"--output_dir {output_dir} cannot be created: {ancestor} is not a folder")
-    probe = ancestor / f".{target.name}.write-test-{secrets.token_hex(4)}"
+    probe = ancestor / hidden_sibling_name(target.name, "write-test")
     try:
         probe.mkdir()
         probe.rmdir()
@@ -916,6 +1025,13 @@ def check_output_dir(
             "can write to"
         ) from error
     return target
+
+
+def hidden_sibling_name(name: str, tag: str) -> str:
+    """The name of a hidden folder beside ``name`` (``.name.tag-1a2b3c4d``): the probe, the folder being written and
+    the one ``--overwrite`` sets aside. Long names are cut to 100 characters, so that a name the file system takes
+    for the output folder itself (up to 255 bytes) does not fail as "File name too long" for these."""
+    return f".{name[:100]}.{tag}-{secrets.token_hex(4)}"
 
 
 def _home() -> Path | None:
@@ -931,7 +1047,7 @@ def _move_into_place(partial: Path, target: Path) -> Path | None:
     (``--overwrite``) is set aside first (put back if the rename fails). Returns the set-aside folder, which the caller
     removes once the new folder is in place (:func:`_remove_replaced`), None when there was none."""
     if target.is_dir() and any(target.iterdir()):
-        old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+        old = target.parent / hidden_sibling_name(target.name, "old")
         os.rename(target, old)
         try:
             os.rename(partial, target)
@@ -1004,7 +1120,7 @@ def write_output_folder(
     while not folder.exists():
         created.append(folder)
         folder = folder.parent
-    partial = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+    partial = target.parent / hidden_sibling_name(target.name, "partial")
     try:
         for folder in reversed(created):
             folder.mkdir()
@@ -1154,8 +1270,9 @@ class Terminated(BaseException):
     the cleanup a ``KeyboardInterrupt`` runs runs too: the temporary folders are removed)."""
 
 
-#: the exit status of a conversion ended by SIGTERM (128 + the signal number, as the shell reports it)
+#: the exit status of a conversion ended by SIGTERM or Ctrl-C (128 + the signal number, as the shell reports it)
 TERMINATED_STATUS = 128 + signal.SIGTERM
+INTERRUPTED_STATUS = 128 + signal.SIGINT
 
 
 @contextmanager
@@ -1192,21 +1309,23 @@ def converter_main(converter: Converter, card_template: Path, description: str, 
     (:func:`write_output_folder`, :func:`check_reload`; ``--skip_reload_check`` skips the check), prints the summary
     line and uploads with ``--push_to_hub``. A :class:`ConversionError` (a bad checkpoint, a refused output folder or
     Hub, a failed reload check) or a failed upload is one ``error: ...`` line on stderr and exit status 1. SIGTERM
-    cleans up as an interrupt does (no temporary folder is left) and is one ``error:`` line and exit status 143."""
+    cleans up as an interrupt does (no temporary folder is left) and is one ``error:`` line and exit status 143;
+    Ctrl-C the same with exit status 130 (a traceback before)."""
     args = parse_converter_args(converter, description, argv)
     written = {}  # "output_dir" once the output folder is in place (write_output_folder)
     with terminate_with_cleanup():
         try:
             return _convert_and_write(converter, card_template, args, written)
-        except Terminated:
+        except (Terminated, KeyboardInterrupt) as stop:
             if "output_dir" in written:
                 state = "is written" + (" but was not (completely) pushed" if args.push_to_hub else "")
                 if "leftover" in written:
                     state += f"; the folder it replaced is left at {written['leftover']} (delete it)"
             else:
                 state = "was left unchanged" if Path(args.output_dir).exists() else "was not written"
-            print(f"error: terminated (SIGTERM); {args.output_dir} {state}", file=sys.stderr)
-            return TERMINATED_STATUS
+            how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+            print(f"error: {how}; {args.output_dir} {state}", file=sys.stderr)
+            return TERMINATED_STATUS if isinstance(stop, Terminated) else INTERRUPTED_STATUS
 
 
 def _convert_and_write(converter: Converter, card_template: Path, args: argparse.Namespace, written: dict) -> int:

@@ -102,6 +102,10 @@ def _arithmetic(node: ast.BinOp, left, right, where: str):
     allowed = numbers or (sequences and isinstance(node.op, ast.Add)) or (repeat and isinstance(node.op, ast.Mult))
     if allowed and repeat and not sequences and len(left) * max(right, 0) > _MAX_LENGTH:
         allowed = False
+    if allowed and sequences and len(left) + len(right) > _MAX_LENGTH:  # doubling by a + a, step by step
+        allowed = False
+    if allowed and numbers and isinstance(node.op, ast.Mult) and all(isinstance(v, int) for v in (left, right)):
+        allowed = abs(left).bit_length() + abs(right).bit_length() <= 128  # squaring by a * a: no config holds these
     if allowed and isinstance(node.op, (ast.Div, ast.FloorDiv)) and right == 0:
         allowed = False
     if not allowed:
@@ -354,7 +358,7 @@ class Setting:
 
 def training_only(name: str, description: str, path: str, read: Callable = None, code_default=_MISSING) -> Setting:
     """A :class:`Setting` only training reads (a loss weight, stochastic depth): without a source it keeps the
-    package's default, and the conversion says so."""
+    package's default, and the conversion says so. ``read`` checks the value (default: a finite number)."""
     return Setting(name, description, path, code_default, read or number, required=False)
 
 
@@ -760,8 +764,27 @@ def boolean(value) -> bool:
 
 
 def number(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("expected a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def loss_weight(value) -> float:
+    if not number(value) >= 0:
+        raise ValueError("expected a loss weight >= 0")
+    return value
+
+
+def drop_rate(value) -> float:
+    """Stochastic depth: a rate in [0, 1) (1 would drop every residual branch)."""
+    if not 0 <= number(value) < 1:
+        raise ValueError("expected a rate from 0 up to, not including, 1")
+    return value
+
+
+def at_least_one(value) -> float:
+    if not number(value) >= 1:
+        raise ValueError("expected a number >= 1")
     return value
 
 

@@ -16,6 +16,7 @@ from ..models.configuration_semask_swin import SeMaskSwinConfig, semask_fpn_sema
 from ..models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
 from ..variants import FOUR_STAGES
 from .common import (
+    DETECTRON2_CONVERTERS_HINT,
     MMSEG,
     CheckpointError,
     Conversion,
@@ -42,7 +43,9 @@ from .run_config import (
     Setting,
     check_consistent,
     check_representable,
+    drop_rate,
     integer,
+    loss_weight,
     mmseg_head_checks,
     mmseg_loss_check,
     mmseg_pipeline,
@@ -133,9 +136,7 @@ def load_original_checkpoint(path: str | Path, kind: str = KIND) -> tuple[dict[s
     names the checkpoints the calling converter reads, for the error messages.
 
     Returns the state dict (a ``module.`` prefix from DDP is stripped) and ``meta`` (empty when absent)."""
-    return read_checkpoint(
-        path, MMSEG, kind, " - use convert_semask_mask2former_to_hf.py for SeMask-Mask2Former (detectron2)"
-    )
+    return read_checkpoint(path, MMSEG, kind, DETECTRON2_CONVERTERS_HINT)
 
 
 def _shape(state_dict: dict, key: str, ndim: int | None = None) -> tuple[int, ...]:
@@ -223,8 +224,8 @@ SETTINGS = [
         code_default=7,
         read=positive_int,
     ),
-    training_only("drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", code_default=0.2),
-    training_only("semantic_loss_weight", "the semantic loss weight", "model.decode_head.cate_w"),
+    training_only("drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", drop_rate, 0.2),
+    training_only("semantic_loss_weight", "the semantic loss weight", "model.decode_head.cate_w", loss_weight),
     training_only(
         "use_ohem",
         "online hard example mining",
@@ -411,6 +412,7 @@ def convert(path: str | Path, variant: str | None = None, config_file: str | Pat
         SeMaskSwinForSemanticSegmentation,
         infer=lambda: infer_config_and_settings(state_dict, meta, variant, run_configs=run_configs),
         convert_keys=lambda: convert_state_dict(state_dict),
+        original=state_dict,
         class_names=meta.get("CLASSES"),
         meta=meta,
         variant_given=variant is not None,

@@ -23,14 +23,15 @@ from ..models.modeling_semask_mask2former import SeMaskMask2FormerForSemanticSeg
 from ..variants import FOUR_STAGES, SEMASK_MASK2FORMER_DEFAULT_SEMANTIC_WINDOW
 from .common import (
     DETECTRON2,
+    MMSEG_CONVERTERS_HINT,
     CheckpointError,
     Conversion,
     build_conversion,
     check_attention_heads,
-    checkpoint_id2label,
     errors_name_the_file,
     expect_shape,
     find_rename,
+    given_id2label,
     indices,
     raise_on_unmapped,
     read_checkpoint,
@@ -43,14 +44,18 @@ from .run_config import (
     DETECTRON2_HEAD_CHECKS,
     ResolvedSettings,
     Setting,
+    at_least_one,
     boolean,
     check_consistent,
     check_heads_setting,
     check_representable,
     detectron2_pipeline,
     detectron2_run_configs,
+    drop_rate,
+    loss_weight,
     non_negative_int,
     positive_int,
+    probability,
     qk_scale_check,
     resolve_settings,
     swin_consistency_checks,
@@ -162,9 +167,7 @@ def load_detectron2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads a detectron2 checkpoint (``{'model': state_dict, ...}``; a bare state dict is accepted too) safely
     (:func:`.common.read_checkpoint`). A ``module.`` prefix from DDP is stripped; optimizer/scheduler entries are
     ignored."""
-    state_dict, _ = read_checkpoint(
-        path, DETECTRON2, f"{KIND} (detectron2)", " - use convert_semask_fpn_to_hf.py for SeMask-FPN"
-    )
+    state_dict, _ = read_checkpoint(path, DETECTRON2, f"{KIND} (detectron2)", MMSEG_CONVERTERS_HINT)
     return state_dict
 
 
@@ -279,19 +282,21 @@ SIZE_DIVISIBILITY = Setting(
     code_default=32,
     read=non_negative_int,
 )
-DROP_PATH = training_only("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE")
+DROP_PATH = training_only("backbone_config.drop_path_rate", "stochastic depth", "MODEL.SWIN.DROP_PATH_RATE", drop_rate)
 #: the training-only values of Mask2Former's set loss (its weights and point sampling), every Mask2Former head's
 MASK2FORMER_LOSS_SETTINGS = [
-    training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT"),
-    training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
-    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    training_only("class_weight", "the class loss weight", "MODEL.MASK_FORMER.CLASS_WEIGHT", loss_weight),
+    training_only("mask_weight", "the mask loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT", loss_weight),
+    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT", loss_weight),
     training_only("train_num_points", "the sampled points", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", positive_int),
-    training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
-    training_only("importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
+    training_only("oversample_ratio", "the oversample ratio", "MODEL.MASK_FORMER.OVERSAMPLE_RATIO", at_least_one),
+    training_only(
+        "importance_sample_ratio", "the importance ratio", "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO", probability
+    ),
 ]
 #: the semantic head's loss weight (SeMask's heads)
 SEMANTIC_LOSS_WEIGHT = training_only(
-    "semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT"
+    "semantic_loss_weight", "the semantic loss weight", "MODEL.MASK_FORMER.CATE_WEIGHT", loss_weight
 )
 SETTINGS = [
     SEMANTIC_WINDOW,
@@ -307,7 +312,9 @@ DECODER_HEADS = Setting(
     "num_attention_heads", "the decoder attention heads", "MODEL.MASK_FORMER.NHEADS", code_default=8, read=positive_int
 )
 #: the no-object class weight, when the checkpoint has no ``criterion.empty_weight`` that holds it
-NO_OBJECT_WEIGHT = training_only("no_object_weight", "the no-object weight", "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT")
+NO_OBJECT_WEIGHT = training_only(
+    "no_object_weight", "the no-object weight", "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT", loss_weight
+)
 CONFIG_FILE_HELP = "the run's detectron2 config.yaml (its output folder has it)"
 
 
@@ -475,9 +482,7 @@ def infer_config_and_settings(
         ],
     )
     check_representable(run_configs, semask_d2_representable_checks(backbone_config))
-    if id2label is not None and len(id2label) != num_classes:
-        raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_classes} classes")
-    id2label = id2label if id2label is not None else checkpoint_id2label(None, num_classes)
+    id2label = given_id2label(id2label, num_classes)
     config = SeMaskMask2FormerConfig(
         backbone_config=backbone_config,
         pixel_decoder_type=head,
@@ -679,6 +684,7 @@ def convert_loaded(
         model_class,
         infer=lambda: infer_config_and_settings(state_dict, id2label, variant, run_configs=run_configs),
         convert_keys=lambda: convert_state_dict(state_dict),
+        original=state_dict,
         class_names=list(id2label.values()) if id2label is not None else None,
         state_dict=state_dict,
         variant_given=variant is not None,

@@ -42,7 +42,9 @@ from .run_config import (
     check_heads_setting,
     check_representable,
     detectron2_run_configs,
+    loss_weight,
     positive_int,
+    probability,
     resolve_settings,
     training_only,
 )
@@ -241,9 +243,9 @@ DETR_PRE_NORM = Setting(
 )
 #: the training-only values of MaskFormer's decoder and set loss, every MaskFormer head's
 MASKFORMER_TRAINING_SETTINGS = [
-    training_only("decoder_config.dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
-    training_only("mask_weight", "the mask (focal) loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT"),
-    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    training_only("decoder_config.dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT", probability),
+    training_only("mask_weight", "the mask (focal) loss weight", "MODEL.MASK_FORMER.MASK_WEIGHT", loss_weight),
+    training_only("dice_weight", "the dice loss weight", "MODEL.MASK_FORMER.DICE_WEIGHT", loss_weight),
     training_only("use_auxiliary_loss", "deep supervision", "MODEL.MASK_FORMER.DEEP_SUPERVISION", boolean),
 ]
 SETTINGS = [

@@ -20,6 +20,7 @@ from ..models.configuration_vwformer import VWFormerConfig
 from ..models.modeling_vwformer import VWFormerForSemanticSegmentation
 from ..variants import FOUR_STAGES, MIT_ATTENTION_HEADS
 from .common import (
+    DETECTRON2_CONVERTERS_HINT,
     MMSEG,
     CheckpointError,
     Conversion,
@@ -56,9 +57,11 @@ from .run_config import (
     check_heads_setting,
     check_representable,
     conv_check,
+    drop_rate,
     first_value,
     int_list,
     integer,
+    loss_weight,
     mmseg_head_checks,
     mmseg_loss_check,
     mmseg_pipeline,
@@ -327,7 +330,9 @@ MIT_HEADS = Setting(
     code_default=[1, 2, 4, 8],
     read=int_list,
 )
-DROP_PATH = training_only("backbone_config.drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate")
+DROP_PATH = training_only(
+    "backbone_config.drop_path_rate", "stochastic depth", "model.backbone.drop_path_rate", drop_rate
+)
 #: the training-only values of the decode head (``BaseDecodeHead`` and ``CrossEntropyLoss`` defaults)
 HEAD_TRAINING_SETTINGS = [
     training_only(
@@ -440,7 +445,8 @@ AUXILIARY_LOSS_WEIGHT = training_only(
     "auxiliary_loss_weight",
     "the auxiliary loss weight",
     "model.auxiliary_head.loss_decode.loss_weight",
-    code_default=1.0,
+    loss_weight,
+    1.0,
 )
 
 
@@ -732,7 +738,7 @@ def convert(path: str | Path, variant: str | None = None, config_file: str | Pat
     """Converts an original VWFormer checkpoint file (see :func:`infer_config_and_settings` for ``variant`` and
     ``config_file``): the model (eval mode), its ``meta``, the released variant it is and the run's test
     pre-processing."""
-    state_dict, meta = read_checkpoint(path, MMSEG, KIND)
+    state_dict, meta = read_checkpoint(path, MMSEG, KIND, DETECTRON2_CONVERTERS_HINT)
     with errors_name_the_file(path):  # read once: the settings and the test pipeline both use them
         run_configs = mmseg_run_configs(config_file, meta)
     return build_conversion(
@@ -740,6 +746,7 @@ def convert(path: str | Path, variant: str | None = None, config_file: str | Pat
         VWFormerForSemanticSegmentation,
         infer=lambda: infer_config_and_settings(state_dict, meta, variant, run_configs=run_configs),
         convert_keys=lambda: convert_state_dict(state_dict),
+        original=state_dict,
         class_names=meta.get("CLASSES"),
         meta=meta,
         variant_given=variant is not None,

@@ -44,6 +44,7 @@ from ..models.modeling_vw_maskformer import VWMaskFormerForSemanticSegmentation
 from ..variants import FOUR_STAGES
 from .common import (
     DETECTRON2,
+    MMSEG_CONVERTERS_HINT,
     CheckpointError,
     Conversion,
     Converter,
@@ -54,10 +55,10 @@ from .common import (
     check_relative_position_index,
     check_swin_heads,
     check_transformers_swin_embedding,
-    checkpoint_id2label,
     errors_name_the_file,
     expect_shape,
     find_rename,
+    given_id2label,
     indices,
     raise_on_unmapped,
     read_checkpoint,
@@ -81,6 +82,7 @@ from .run_config import (
     detectron2_run_configs,
     first_value,
     positive_int,
+    probability,
     qk_scale_check,
     resolve_settings,
     swin_consistency_checks,
@@ -235,7 +237,7 @@ def vw_attention_in_proj_pattern(head: str) -> re.Pattern:
 def load_vw_d2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads a detectron2 checkpoint (``{'model': state_dict, ...}``; a bare state dict too) safely
     (:func:`.common.read_checkpoint`); optimizer / scheduler entries are ignored."""
-    state_dict, _ = read_checkpoint(path, DETECTRON2, KIND, " - use the VWFormer (mmseg) converter for mmseg ones")
+    state_dict, _ = read_checkpoint(path, DETECTRON2, KIND, MMSEG_CONVERTERS_HINT)
     return state_dict
 
 
@@ -589,7 +591,7 @@ VW_MASK2FORMER_SETTINGS = [
     ),
     SIZE_DIVISIBILITY,
     DROP_PATH,
-    training_only("dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT"),
+    training_only("dropout", "the decoder dropout", "MODEL.MASK_FORMER.DROPOUT", probability),
     *MASK2FORMER_LOSS_SETTINGS,
     training_only("use_auxiliary_loss", "deep supervision", "MODEL.MASK_FORMER.DEEP_SUPERVISION", boolean),
 ]
@@ -739,9 +741,7 @@ def infer_config_and_settings(
         [qk_scale_check("MODEL.SWIN.QK_SCALE", backbone.embed_dim, backbone.num_heads), *DETECTRON2_HEAD_CHECKS],
     )
     num_labels = fields.pop("num_labels")
-    if id2label is not None and len(id2label) != num_labels:
-        raise CheckpointError(f"{len(id2label)} class names given for a checkpoint with {num_labels} classes")
-    id2label = id2label if id2label is not None else checkpoint_id2label(None, num_labels)
+    id2label = given_id2label(id2label, num_labels)
     config = VW_HEADS[head][1](**fields, id2label=id2label, label2id={label: i for i, label in id2label.items()})
     settings = vw_settings(head, "no_object_weight" in fields)
     matched = released_variant(config, variant)
@@ -796,6 +796,7 @@ def convert_loaded(
         MODEL_CLASSES[head],
         infer=lambda: infer_config_and_settings(state_dict, id2label, variant, run_configs=run_configs),
         convert_keys=lambda: convert_vw_d2_state_dict(state_dict),
+        original=state_dict,
         class_names=list(id2label.values()) if id2label is not None else None,
         state_dict=state_dict,
         variant_given=variant is not None,
