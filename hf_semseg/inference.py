@@ -21,7 +21,9 @@ import operator
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from transformers.image_utils import get_image_size
+from transformers.image_utils import ChannelDimension
+
+from .models.image_processing_utils_segmentation import resolve_channel_format
 
 
 def _positive_pair(name: str, value) -> tuple[int, int]:
@@ -320,19 +322,24 @@ def processor_at_scale(processor, scale: float, scales=TEST_SCALES):
     return scaled_processor
 
 
-def _image_size_of(image) -> tuple[int, int]:
-    """``(height, width)`` of an image the processors take: PIL, or a NumPy array / torch tensor, channels first or
-    last (transformers' own inference of the layout)."""
+def _image_size_of(image, input_data_format=None) -> tuple[int, int]:
+    """``(height, width)`` of an image the processors take: PIL, or a NumPy array / torch tensor, grayscale
+    ``(H, W)`` or with 1, 3 or 4 channels first or last, the channel axis found as the processors find it
+    (:func:`~hf_semseg.models.image_processing_utils_segmentation.resolve_channel_format`; ``input_data_format``
+    states it). transformers' ``get_image_size`` took a 3-row grayscale image for 3 channels and knew no RGBA."""
     if isinstance(image, PIL.Image.Image):
         width, height = image.size
         return int(height), int(width)
     if not hasattr(image, "shape") or len(image.shape) not in (2, 3):
         shape = f" of shape {tuple(image.shape)}" if hasattr(image, "shape") else ""
         raise ValueError(
-            f"image must be a PIL image or an (H, W, C) / (C, H, W) array, got {type(image).__name__}{shape}"
+            f"image must be a PIL image or an (H, W), (H, W, C) or (C, H, W) array, got {type(image).__name__}{shape}"
         )
-    height, width = get_image_size(image if len(image.shape) == 3 else image[..., None])
-    return int(height), int(width)
+    shape = tuple(int(side) for side in image.shape)
+    if len(shape) == 2:
+        return shape
+    channels_first = resolve_channel_format(shape, 0, input_data_format) == ChannelDimension.FIRST
+    return shape[1:] if channels_first else shape[:2]
 
 
 def _pass_scores(model, processor, pixel_values, image_size, unpadded_size, window) -> torch.Tensor:
@@ -367,8 +374,10 @@ def segmentation_scores(
     crop_size: tuple[int, int] | None = None,
     stride: tuple[int, int] | None = None,
     window_batch_size: int = 8,
+    input_data_format=None,
 ) -> torch.Tensor:
-    """Class scores ``(K, H, W)`` of one ``image`` (PIL, or an ``(H, W, C)`` array) at its own size, as the papers'
+    """Class scores ``(K, H, W)`` of one ``image`` (PIL, or an array: ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``;
+    ``input_data_format`` states where the channels are, as for the processors) at its own size, as the papers'
     evaluation computes them; their argmax is the prediction.
 
     Every pass runs the model's image processor on the image at one scale (:func:`processor_at_scale`; ``scales``
@@ -379,7 +388,8 @@ def segmentation_scores(
     float32. The passes are averaged as the originals average them: softmax probabilities of per-pixel models (mmseg's
     ``aug_test``), the raw semantic scores of Mask2Former-style models (detectron2's ``SemanticSegmentorWithTTA``).
     """
-    image_size = _image_size_of(image)
+    image_size = _image_size_of(image, input_data_format)
+    layout = {} if input_data_format is None else {"input_data_format": input_data_format}
     scales = _check_scales(scales)
     if crop_size is None and stride is not None:
         raise ValueError(f"stride {stride!r} without crop_size: sliding-window inference needs its crop_size")
@@ -402,7 +412,7 @@ def segmentation_scores(
     total, passes = None, 0
     for scale in scales:
         scaled_processor = processor if scales == (1.0,) else processor_at_scale(processor, scale, scales)
-        pixel_values = scaled_processor(image, return_tensors="pt")["pixel_values"]
+        pixel_values = scaled_processor(image, return_tensors="pt", **layout)["pixel_values"]
         if isinstance(device, torch.device):
             pixel_values = pixel_values.to(device)
         if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # a bfloat16 model, as the pipeline casts

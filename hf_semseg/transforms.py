@@ -50,18 +50,22 @@ def bilinear_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def random_crop_origin(label: np.ndarray, crop: tuple[int, int], cat_max_ratio: float, rng) -> tuple[int, int]:
-    """mmseg ``RandomCrop``: up to 10 random crops, keeping the first whose most frequent class covers less than
-    ``cat_max_ratio`` of its labelled pixels (and that holds more than one class); else the last one drawn."""
+    """mmseg ``RandomCrop``: a random crop, checked up to 10 times: kept once its most frequent class covers less
+    than ``cat_max_ratio`` of its labelled pixels (and it holds more than one class), else drawn again; the last
+    draw (the 11th) is kept unchecked."""
     height, width = label.shape
     max_top, max_left = max(height - crop[0], 0), max(width - crop[1], 0)
-    for _ in range(10 if cat_max_ratio < 1.0 else 1):
-        top, left = int(rng.integers(0, max_top + 1)), int(rng.integers(0, max_left + 1))
-        if cat_max_ratio >= 1.0:
-            break
+
+    def draw() -> tuple[int, int]:
+        return int(rng.integers(0, max_top + 1)), int(rng.integers(0, max_left + 1))
+
+    top, left = draw()
+    for _ in range(10 if cat_max_ratio < 1.0 else 0):
         window = label[top : top + crop[0], left : left + crop[1]]
         _, counts = np.unique(window[window != IGNORE_INDEX], return_counts=True)
         if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
             break
+        top, left = draw()
     return top, left
 
 
@@ -191,7 +195,8 @@ class SegmentationTrainTransform:
         if 0 in label.shape:
             raise ValueError(f"image and label have size {label.shape}: each side needs at least 1 pixel")
         ratio = rng.uniform(*self.ratio_range)
-        size = keep_ratio_size(*image.shape[:2], self.scale[0] * ratio, self.scale[1] * ratio)
+        # mmseg's Resize.random_sample_ratio: the scale times the ratio, truncated, bounds the keep-ratio resize
+        size = keep_ratio_size(*image.shape[:2], int(self.scale[0] * ratio), int(self.scale[1] * ratio))
         image, label = resize_pair(image, label, size)
         top, left = random_crop_origin(label, self.crop_size, self.cat_max_ratio, rng)
         image = image[top : top + self.crop_size[0], left : left + self.crop_size[1]]

@@ -675,3 +675,22 @@ def test_mask2former_post_process_class_logits_without_a_class_are_named(process
     outputs = {"class_queries_logits": torch.randn(1, 0, 3), "masks_queries_logits": torch.randn(1, 0, 8, 8)}
     with pytest.raises(ValueError, match=r"masks_queries_logits have shape \(1, 0, 8, 8\): num_queries is 0"):
         processor_class().post_process_semantic_segmentation(outputs)
+
+
+@pytest.mark.parametrize("processor_class", [KeepRatioImageProcessor, SeMaskMask2FormerImageProcessor])
+@pytest.mark.parametrize(
+    "logits, expected",
+    [
+        (
+            np.zeros((1, 4, 8, 8), np.float32),
+            r"got ndarray; convert NumPy scores \(ONNX Runtime's outputs\) with torch",
+        ),
+        ([torch.zeros(4, 8, 8)], "got list$"),
+    ],
+    ids=["numpy", "list"],
+)
+def test_post_processing_scores_that_are_not_a_tensor_are_named(processor_class, logits, expected):
+    """ONNX Runtime's NumPy logits ended in "'numpy.ndarray' object has no attribute 'is_floating_point'"."""
+    with pytest.raises(TypeError, match=r"^logits must be a torch tensor of shape \(batch_size, num_labels, height, "
+                       rf"width\), {expected}"):  # fmt: skip
+        processor_class().post_process_semantic_segmentation({"logits": logits}, target_sizes=[(20, 30)])

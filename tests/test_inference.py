@@ -310,3 +310,23 @@ def test_segmentation_scores_of_a_bfloat16_model(model, test_image):
     reference = segmentation_scores(model, processor, test_image, scales=(0.5, 1.0), flip=True)
     assert scores.dtype == torch.float32
     torch.testing.assert_close(scores, reference, atol=0.05, rtol=0)
+
+
+def test_the_image_size_is_read_as_the_processor_reads_the_layout(model):
+    """transformers' get_image_size took a grayscale image 3 rows high for 3 channels (scores of shape (K, W, 1),
+    silently) and stopped at RGBA arrays with its own error; the processors read both."""
+    processor = KeepRatioImageProcessor(size={"longest_edge": 64, "shortest_edge": 32})
+    grey = np.random.default_rng(0).integers(0, 256, (3, 50), dtype=np.uint8)
+    scores = segmentation_scores(model, processor, grey)
+    assert scores.shape[1:] == (3, 50)
+    torch.testing.assert_close(scores, segmentation_scores(model, processor, Image.fromarray(grey)))
+    rgba = np.random.default_rng(1).integers(0, 256, (45, 70, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque: the RGB image
+    assert segmentation_scores(model, processor, rgba).shape[1:] == (45, 70)
+    torch.testing.assert_close(
+        segmentation_scores(model, processor, torch.from_numpy(rgba).permute(2, 0, 1)),
+        segmentation_scores(model, processor, rgba[..., :3]),
+    )
+    ambiguous = np.random.default_rng(2).integers(0, 256, (4, 30, 3), dtype=np.uint8)  # 4 rows of RGB
+    scores = segmentation_scores(model, processor, ambiguous, input_data_format="channels_last")
+    assert scores.shape[1:] == (4, 30)

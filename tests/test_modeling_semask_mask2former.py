@@ -334,6 +334,20 @@ def test_pil_backend_resizes_uint8_exactly_like_pil_and_torchvision_within_one_l
     assert (tv["pixel_values"] - pil["pixel_values"]).abs().max() <= 1.0
 
 
+@pytest.mark.parametrize("shape", [(4000, 2, 3), (2000, 1, 3), (513, 2, 3)])
+def test_an_image_shrunk_to_one_pixel_wide_keeps_its_rows(shape):
+    """torch's antialiased interpolation gives one value for every row of a one-pixel-wide output: the torchvision
+    backend made such an image one flat colour (117 levels from PIL's)."""
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    settings = {"do_rescale": False, "do_normalize": False, "do_pad": False}
+    if shape[0] == 513:
+        settings["size"] = {"shortest_edge": 32, "longest_edge": 64}
+    tv = SeMaskMask2FormerImageProcessor(**settings)(image, return_tensors="pt")["pixel_values"][0]
+    pil = SeMaskMask2FormerImageProcessorPil(**settings)(image, return_tensors="pt")["pixel_values"][0]
+    assert tv.shape[-1] == 1 and tv.shape == pil.shape
+    assert (tv - pil).abs().max() <= 1.0 and tv.unique().numel() > 20  # one value before
+
+
 def test_post_processing_crops_the_padding_before_resizing():
     processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 160})
     generator = torch.Generator().manual_seed(0)

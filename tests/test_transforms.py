@@ -184,3 +184,27 @@ def test_the_generator_must_be_a_numpy_generator(rng):
         TypeError, match=r"rng must be a numpy.random.Generator \(np.random.default_rng\(seed\)\), got "
     ):
         transform(IMAGE, LABEL, rng)
+
+
+def test_the_random_scale_is_truncated_before_the_keep_ratio_resize_as_mmseg():
+    """mmseg's ``Resize.random_sample_ratio`` bounds the resize by ``int(scale * ratio)``; the float bounds gave 70%
+    of random sizes one pixel more (600 x 253 at ratio 0.52479...: 637 x 269 for mmseg's 636 x 268)."""
+    ratio = 0.5247914532927936
+    image, label = np.zeros((600, 253, 3), np.uint8), np.zeros((600, 253), np.int64)
+    transform = SegmentationTrainTransform(
+        scale=(2048, 512), crop_size=(700, 300), ratio_range=(ratio, ratio), flip_prob=0.0, photometric=False
+    )
+    _, out_label = transform(image, label, np.random.default_rng(0))
+    labelled = np.argwhere(out_label != 255)
+    assert tuple(labelled.max(0) + 1) == keep_ratio_size(600, 253, 1074, 268) == (636, 268)
+
+
+def test_a_crop_that_stays_unbalanced_is_the_eleventh_draw_as_mmseg():
+    """mmseg's ``RandomCrop`` checks a crop and draws again up to 10 times, keeping the 11th draw unchecked; the
+    10th draw, which had failed the check, was kept."""
+    label = np.zeros((100, 100), dtype=np.int64)  # one class everywhere: no crop passes
+    top, left = random_crop_origin(label, (40, 40), 0.75, np.random.default_rng(3))
+    replay = np.random.default_rng(3)
+    draws = [(int(replay.integers(0, 61)), int(replay.integers(0, 61))) for _ in range(11)]
+    assert (top, left) == draws[-1] != draws[-2]
+    assert random_crop_origin(label, (40, 40), 1.0, np.random.default_rng(3)) == draws[0]  # no check: one draw

@@ -126,8 +126,15 @@ class KeepRatioImageProcessor(SegmentationImageProcessingMixin, TorchvisionBacke
         # the torchvision mode is passed explicitly: the base maps PIL's NEAREST to NEAREST_EXACT, OpenCV's is NEAREST
         mode = _TORCHVISION_MODES[torch_interpolation_mode(resample)]
         antialias = self.antialias_integer_images and is_integer and mode != tvF.InterpolationMode.NEAREST
-        size = SizeDict(height=output_size[0], width=output_size[1])
-        images = self.resize(images, size, resample=mode, antialias=antialias)
+        if antialias and output_size[1] == 1:
+            # torch's antialiased interpolation gives every row one value when the output is one pixel wide (a torch
+            # bug: a 4000 x 2 image became one flat colour); the same separable filter on the transposed image, one
+            # pixel high, is right (within a level of PIL's)
+            size = SizeDict(height=1, width=output_size[0])
+            images = self.resize(images.transpose(-1, -2), size, resample=mode, antialias=True).transpose(-1, -2)
+        else:
+            size = SizeDict(height=output_size[0], width=output_size[1])
+            images = self.resize(images, size, resample=mode, antialias=antialias)
         return images.round_().clamp_(0, 255) if is_integer else images
 
 

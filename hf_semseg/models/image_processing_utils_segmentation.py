@@ -634,10 +634,21 @@ def check_stackable(sizes: list, do_pad: bool, return_tensors: Any) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def check_scores_tensor(scores: Any, name: str, shape: str) -> None:
+    """A ``TypeError`` naming ``scores`` unless they are a torch tensor (NumPy arrays, e.g. ONNX Runtime's outputs,
+    and lists failed with an ``AttributeError`` deep inside the post-processing)."""
+    if not isinstance(scores, torch.Tensor):
+        hint = (
+            "; convert NumPy scores (ONNX Runtime's outputs) with torch.from_numpy" if hasattr(scores, "shape") else ""
+        )
+        raise TypeError(f"{name} must be a torch tensor of shape {shape}, got {type(scores).__name__}{hint}")
+
+
 def check_post_process_scores(scores: Any, name: str, channels: str) -> None:
     """The ``(batch_size, channels, height, width)`` scores a post-processing call reads (``logits`` or
     ``masks_queries_logits``): floating-point, at least one channel; else an error naming them, before torch's
     interpolate ("not implemented for 'Long'") or argmax (a reduction over 0 classes) sees them."""
+    check_scores_tensor(scores, name, f"(batch_size, {channels}, height, width)")
     if scores.ndim != 4:
         raise ValueError(f"{name} have shape {tuple(scores.shape)}; expected (batch_size, {channels}, height, width)")
     if not scores.is_floating_point():

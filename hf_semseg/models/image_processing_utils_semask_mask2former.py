@@ -25,6 +25,7 @@ from .image_processing_utils_segmentation import (
     SegmentationImageProcessorKwargs,
     check_post_process_scores,
     check_post_process_sizes,
+    check_scores_tensor,
     get_pad_size,
     round_side,
     validate_size,
@@ -157,6 +158,7 @@ class SeMaskMask2FormerImageProcessingMixin:
         name, channels = ("masks_queries_logits", "num_queries") if stride4 is mask_logits else ("logits", "num_labels")
         check_post_process_scores(stride4, name, channels)
         if stride4 is mask_logits:
+            check_scores_tensor(class_logits, "class_queries_logits", "(batch_size, num_queries, num_labels + 1)")
             if class_logits.ndim != 3 or not class_logits.is_floating_point() or class_logits.shape[-1] < 2:
                 raise ValueError(
                     f"class_queries_logits have shape {tuple(class_logits.shape)} ({class_logits.dtype}); expected "
