@@ -410,6 +410,19 @@ class SegmentationModelSuite:
         assert output.logits.shape == (2, model.config.num_labels, *self.expected_logits_size(*self.image_size))
         torch.testing.assert_close(as_tuple[0], output.logits, atol=0, rtol=0)
 
+    def test_output_hidden_states_chooses_by_index(self):
+        """transformers' ``output_hidden_states=[0, -1]``: the chosen states as ``True`` gives them, None elsewhere
+        (SeMask's Mask2Former and MaskFormer returned all of them)."""
+        model = self.make_model()
+        pixel_values, _ = self.make_inputs(batch_size=1)
+        with torch.no_grad():
+            every = model(pixel_values, output_hidden_states=True).hidden_states
+            chosen = model(pixel_values, output_hidden_states=[0, -1]).hidden_states
+        assert len(chosen) == len(every) > 2
+        assert all(state is None for state in chosen[1:-1])
+        for index in (0, -1):
+            torch.testing.assert_close(chosen[index], every[index], atol=0, rtol=0)
+
     def test_labels_outside_the_classes_are_an_error_naming_them(self):
         model = self.make_model()
         pixel_values, labels = self.make_inputs(batch_size=1)

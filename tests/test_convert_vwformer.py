@@ -71,7 +71,7 @@ def test_converted_fixture_reproduces_the_original(name, head_type, logits_atol)
     model, _, pixel_values, expected = load_fixture(fixture_dir(name))
     assert model.config.head_type == head_type
     with torch.no_grad():
-        features, _ = model.backbone_features(pixel_values)
+        features, _, _ = model.backbone_features(pixel_values)
         logits = model(pixel_values).logits
     for index, feature in enumerate(features):
         torch.testing.assert_close(feature, expected[f"backbone.out{index}"], atol=1e-4, rtol=0)

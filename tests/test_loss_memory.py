@@ -425,3 +425,23 @@ def test_hooked_layers_of_the_recomputing_functions_run_as_modules():
         torch.testing.assert_close(output, expected_output, rtol=1e-12, atol=1e-12)
         for gradient, expected in zip(gradients, expected_gradients):
             torch.testing.assert_close(gradient, expected, rtol=1e-10, atol=1e-12, msg=layer_name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_narrow_float_logits_give_the_float32_loss(dtype):
+    """A float16 model's loss was summed in float16: one image's pixels passed 65504 (an infinite loss at about 47k
+    labelled pixels); a bfloat16 one's was rounded (1.953125 for 1.9558). mmseg computes its losses in float32."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 64, 64, generator=generator).to(dtype)
+    labels = torch.randint(0, 6, (2, 256, 256), generator=generator)
+    narrow = logits.clone().requires_grad_()
+    loss = upsampled_cross_entropy(narrow, labels, 255)
+    loss.backward()
+    reference_logits = logits.float().requires_grad_()
+    reference = whole_batch_cross_entropy(reference_logits, labels, 255, False)
+    reference.backward()
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert narrow.grad.dtype == dtype
+    torch.testing.assert_close(narrow.grad.float(), reference_logits.grad, rtol=1e-2, atol=1e-7)  # fp16's step
+    probabilities = pixel_cross_entropy(logits, labels, 255)
+    assert probabilities.dtype == torch.float32 and probabilities.sum().isfinite()

@@ -409,7 +409,7 @@ def test_a_size_the_backbone_runs_on_is_the_plain_backbone_and_head(name, size):
     network = model(name).eval()
     pixel_values, _ = inputs(name, 2, *size)
     with torch.no_grad():
-        features, _ = network.backbone_features(pixel_values)
+        features, _, _ = network.backbone_features(pixel_values)
         expected = network.decode_head(features)
         output = network(pixel_values)
     torch.testing.assert_close(output.logits, expected, atol=0, rtol=0)

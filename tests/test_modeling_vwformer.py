@@ -116,6 +116,32 @@ class TestVWFormerOverMiT(VWFormerSuite):
         return tiny_vwformer_config(backbone)
 
 
+@pytest.mark.parametrize(
+    "suite",
+    [TestVWFormerOverSwin, TestVWFormerOverMiT, TestVWFormerCityHeadOverConvNeXt],
+    ids=["swin", "mit", "convnext"],
+)
+def test_output_attentions_returns_the_backbones_as_upernet(suite):
+    """``output_attentions=True`` was accepted and nothing returned (the output had no ``attentions``): the
+    backbone's attention probabilities now, as transformers' UperNet returns them; None for ConvNeXt."""
+    model = suite().make_model()
+    model.set_attn_implementation("eager")  # transformers' backbones return no probabilities from SDPA (an empty tuple)
+    pixel_values = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        output = model(pixel_values, output_attentions=True)
+        backbone = model.backbone(pixel_values, output_attentions=True)
+        plain = model(pixel_values)
+    assert plain.attentions is None
+    torch.testing.assert_close(output.logits, plain.logits)
+    if suite is TestVWFormerCityHeadOverConvNeXt:
+        assert output.attentions is None
+        return
+    assert len(output.attentions) == len(backbone.attentions) >= 4
+    for actual, reference in zip(output.attentions, backbone.attentions):
+        torch.testing.assert_close(actual, reference, atol=0, rtol=0)
+        torch.testing.assert_close(actual.sum(-1), torch.ones_like(actual.sum(-1)))  # probabilities over the keys
+
+
 def test_mit_backbone_normalises_with_the_configs_layer_norm_eps():
     # transformers' SegformerModel builds its LayerNorms with eps 1e-5 whatever layer_norm_eps says; the original MiT
     # uses its norm_cfg's (1e-6), which the converter carries into layer_norm_eps. A large eps shows in the values.

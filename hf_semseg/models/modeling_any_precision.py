@@ -42,8 +42,11 @@ from .modeling_linear import OneDNNLinear, onednn_linear
 
 
 #: modules kept in floating point unless ``config.weight_bits_float_modules`` says otherwise (``re.search`` on module
-#: names): the patch embedding that meets the pixels (Swin and SeMask-Swin, ConvNeXt, MiT, Pale's first stage) and the
-#: final classifiers (decode / auxiliary heads, the mask classifiers' class predictor)
+#: names): the patch embedding that meets the pixels (Swin and SeMask-Swin, ConvNeXt, MiT, Pale's first stage), the
+#: final classifiers (decode / auxiliary heads, the mask classifiers' class predictor), and the SDN-style neck's
+#: ``fuse`` layers, which carry the features through the neck (initialised to [I | 0]: the mid-rise grid has no zero,
+#: so quantised they added half a step of every diffusion channel, 0.25 of it at 2 bits, and the neck turned on for
+#: an any-precision folder did not start as the identity)
 DEFAULT_FLOAT_MODULES = (
     r"(^|\.)embeddings\.(patch_embeddings\.)?projection$",
     r"(^|\.)embeddings\.patch_embeddings$",
@@ -51,6 +54,7 @@ DEFAULT_FLOAT_MODULES = (
     r"(^|\.)stages\.0\.patch_embed\.projection$",
     r"(^|\.)classifier$",
     r"(^|\.)class_predictor$",
+    r"(^|\.)neck\.levels\.\d+\.fuse$",
 )
 
 _HALF_RANGE = 2 ** (STORAGE_WEIGHT_BITS - 1) - 0.5  # 127.5: the extreme mid-rise level, in steps
@@ -334,9 +338,13 @@ class AnyPrecisionMixin:
         """Quantises this float model's layers in place (``trainable=False``: 8-bit codes, by rounding to the mid-rise
         grid; ``True``: float master weights for once QAT) and records ``weight_bits`` in the config. Returns the
         model."""
+        if not isinstance(weight_bits, (list, tuple)):
+            raise ValueError(f"weight_bits must be a list of widths, e.g. [8, 4, 2], got {weight_bits!r}")
         widths = [check_weight_width(bits, "weight_bits entry") for bits in weight_bits]
         if not widths:
             raise ValueError("to_any_precision needs at least one weight width, got an empty weight_bits")
+        if len(set(widths)) != len(widths):  # the config refuses them when the saved folder is loaded
+            raise ValueError(f"weight_bits must list distinct widths, got {widths}")
         if any(True for _ in self.vertical_layers()):
             raise ValueError(
                 f"{type(self).__name__} is already any-precision (weight_bits={self.config.weight_bits}); "

@@ -605,7 +605,10 @@ def pale_block_weights(block: "PaleBlock") -> tuple:
         depthwise, norm, pointwise = projection["depthwise"]._parameters, projection["norm"], projection["pointwise"]
         norm_parameters, norm_buffers = norm._parameters, norm._buffers
         weights += [depthwise["weight"], depthwise["bias"], norm_parameters["weight"], norm_parameters["bias"]]
-        weights += [norm_buffers["running_mean"], norm_buffers["running_var"], norm.eps]
+        # a train-mode forward updates the running statistics in its kernel without bumping their version counters;
+        # num_batches_tracked's count is bumped (else the folded statistics stayed those of before)
+        weights += [norm_buffers["running_mean"], norm_buffers["running_var"], norm_buffers["num_batches_tracked"]]
+        weights += [norm.eps]
         weights += [pointwise._parameters["weight"], pointwise._parameters["bias"]]
     for dense in (attention["output"]._modules["dense"], mlp["fc1"], mlp["fc2"]):
         weights += [dense._parameters["weight"], dense._parameters["bias"]]

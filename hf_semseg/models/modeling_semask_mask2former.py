@@ -56,6 +56,7 @@ from .modeling_utils_segmentation import (
     check_segmentation_labels,
     list_for_pipeline,
     resolve_output_flags,
+    select_hidden_states,
     upsampled_cross_entropy,
 )
 
@@ -609,7 +610,9 @@ class SeMaskMask2FormerModel(SeMaskMask2FormerPreTrainedModel):
             transformer_decoder_last_hidden_state=transformer_output.last_hidden_state,
             transformer_decoder_intermediate_states=transformer_output.intermediate_hidden_states,
             masks_queries_logits=transformer_output.masks_queries_logits,
-            hidden_states=feature_maps if output_hidden_states else None,
+            hidden_states=select_hidden_states(feature_maps, kwargs.get("output_hidden_states"))
+            if output_hidden_states
+            else None,
             pixel_decoder_hidden_states=decoder_output.multi_scale_features if output_hidden_states else None,
             transformer_decoder_hidden_states=transformer_output.hidden_states if output_hidden_states else None,
             attentions=transformer_output.attentions if output_attentions else None,

@@ -62,6 +62,7 @@ from .modeling_utils_segmentation import (
     eager_attention,
     list_for_pipeline,
     resolve_output_flags,
+    select_hidden_states,
 )
 
 
@@ -368,7 +369,9 @@ class SeMaskMaskFormerModel(SeMaskMaskFormerPreTrainedModel):
             pixel_decoder_last_hidden_state=decoder_output.last_hidden_state,
             transformer_decoder_last_hidden_state=transformer_output.last_hidden_state,
             transformer_decoder_intermediate_states=intermediate_states,
-            hidden_states=feature_maps if output_hidden_states else None,
+            hidden_states=select_hidden_states(feature_maps, kwargs.get("output_hidden_states"))
+            if output_hidden_states
+            else None,
             pixel_decoder_hidden_states=decoder_output.hidden_states if output_hidden_states else None,
             transformer_decoder_hidden_states=transformer_output.hidden_states if output_hidden_states else None,
             attentions=transformer_output.attentions if output_attentions else None,

@@ -832,7 +832,9 @@ class SeMaskFPNConvModule(nn.Module):
         if dtype is None:
             return self.activation(convolve_and_normalize(self.conv, self.batch_norm, hidden_states))
         conv, norm = self.conv, self.batch_norm
-        sources = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps)
+        # num_batches_tracked: a train-mode forward updates the running statistics without bumping their versions
+        statistics = (norm.running_mean, norm.running_var, norm.num_batches_tracked)
+        sources = (conv.weight, conv.bias, norm.weight, norm.bias, *statistics, norm.eps)
         packed = self.inference_weights.prepared(
             dtype,
             sources,

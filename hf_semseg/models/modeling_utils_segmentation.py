@@ -666,6 +666,11 @@ def resize_to(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return F.interpolate(hidden_states, size=size, mode="bilinear", align_corners=False)
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 when it is of a narrower floating dtype (float16, bfloat16), else as it is."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _image_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -674,7 +679,10 @@ def _image_cross_entropy(
     resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
 ) -> torch.Tensor:
     """The summed (weighted) pixel cross-entropy of one chunk of images: ``logits`` ``(b, K, h, w)`` resized to the
-    labels' ``(b, H, W)``."""
+    labels' ``(b, H, W)``. In float32 at least (:func:`at_least_float32`), as mmseg's ``force_fp32`` losses: a
+    float16 model's sum over one image's pixels passed float16's 65504 (an infinite loss), a bfloat16 one's was
+    rounded."""
+    logits = at_least_float32(logits)
     losses = F.cross_entropy(resize(logits, labels.shape[-2:]), labels, ignore_index=ignore_index, reduction="none")
     if pixel_weights is not None:
         losses = losses * pixel_weights
@@ -682,13 +690,13 @@ def _image_cross_entropy(
 
 
 def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """The per-pixel cross-entropy ``(B, H, W)`` of ``logits`` resized to the labels, without gradient, computed one
-    image at a time (only one image's logits at label size exist at once); for OHEM's pixel selection."""
+    """The per-pixel cross-entropy ``(B, H, W)`` of ``logits`` resized to the labels, in float32, without gradient,
+    computed one image at a time (only one image's logits at label size exist at once); for OHEM's pixel selection."""
     with torch.no_grad():
         return torch.cat(
             [
                 F.cross_entropy(
-                    resize_to(logits[i : i + 1], labels.shape[-2:]),
+                    resize_to(at_least_float32(logits[i : i + 1]), labels.shape[-2:]),
                     labels[i : i + 1],
                     ignore_index=ignore_index,
                     reduction="none",
@@ -705,7 +713,7 @@ def pixel_label_probability(logits: torch.Tensor, labels: torch.Tensor, ignore_i
         probabilities = []
         for i in range(len(labels)):
             label = labels[i : i + 1].masked_fill(labels[i : i + 1] == ignore_index, 0).unsqueeze(1)
-            resized = resize_to(logits[i : i + 1], labels.shape[-2:])
+            resized = resize_to(at_least_float32(logits[i : i + 1]), labels.shape[-2:])
             probabilities.append(F.softmax(resized, dim=1).gather(1, label).squeeze(1))
         return torch.cat(probabilities)
 

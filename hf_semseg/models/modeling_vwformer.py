@@ -74,12 +74,15 @@ class VWFormerSemanticSegmenterOutput(ModelOutput):
         auxiliary_logits: scores of the FCN auxiliary head at 1/16 of the input size, when the model has one.
         hidden_states: the backbone's hidden states, when ``output_hidden_states=True`` (as UperNet: for a backbone
             model its embedding output and stage outputs; for the MiT encoder its four stage outputs).
+        attentions: the backbone's attention probabilities, when ``output_attentions=True`` (as UperNet; None for a
+            backbone without them, e.g. ConvNeXt).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     auxiliary_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -736,16 +739,20 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         self.post_init()
 
     def backbone_features(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
-    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
-        """The four feature maps (strides 4/8/16/32) of the backbone, NCHW, and the backbone's own ``hidden_states``
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """The four feature maps (strides 4/8/16/32) of the backbone, NCHW, the backbone's own ``hidden_states``
         when ``output_hidden_states`` (for a backbone model, as UperNet returns them; for the MiT encoder, which
-        has no backbone class, its four stage outputs)."""
+        has no backbone class, its four stage outputs), and its ``attentions`` when ``output_attentions`` (None for
+        a backbone without attention probabilities, e.g. ConvNeXt)."""
+        flags = {"output_attentions": True} if output_attentions else {}
         if self.backbone.config.model_type == "segformer":  # the MiT encoder: its hidden states are the stages
-            stages = tuple(self.backbone(pixel_values, output_hidden_states=True, return_dict=True).hidden_states)
-            return stages, stages if output_hidden_states else None
-        output = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        return tuple(output.feature_maps), output.hidden_states if output_hidden_states else None
+            output = self.backbone(pixel_values, output_hidden_states=True, return_dict=True, **flags)
+            stages = tuple(output.hidden_states)
+            return stages, stages if output_hidden_states else None, getattr(output, "attentions", None)
+        output = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True, **flags)
+        hidden_states = output.hidden_states if output_hidden_states else None
+        return tuple(output.feature_maps), hidden_states, getattr(output, "attentions", None) if flags else None
 
     @can_return_tuple
     def forward(
@@ -762,13 +769,16 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
             num_channels_name="config.backbone_config.num_channels",
             model=self,
         )
-        output_hidden_states, _ = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
+        # the backbone runs eager attention for a call that returns attentions (its own config's switch)
+        output_hidden_states, output_attentions = resolve_output_flags(self.config, kwargs, attentions_need_eager=False)
         height, width = pixel_values.shape[-2:]
         input_height, input_width = self.backbone_input_size(height, width)
         self.check_single_image_training(pixel_values.shape[0], height, width)
         if (input_height, input_width) != (height, width):
             pixel_values = F.pad(pixel_values, (0, input_width - width, 0, input_height - height))
-        features, hidden_states = self.backbone_features(pixel_values, output_hidden_states)
+        features, hidden_states, attentions = self.backbone_features(
+            pixel_values, output_hidden_states, output_attentions
+        )
         logits, auxiliary_logits, _ = decode_with_auxiliary_head(self, features, None)
         if (input_height, input_width) != (height, width):
             logits = self.crop_to_input(logits, 0, height, width)
@@ -782,6 +792,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
             hidden_states=select_hidden_states(hidden_states, kwargs.get("output_hidden_states"))
             if output_hidden_states
             else None,
+            attentions=attentions,
         )
         return output
 
