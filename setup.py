@@ -21,7 +21,8 @@ setup(
     # cannot reload the RNG states it saved (torch's weights-only unpickler); timm, pillow and safetensors:
     # transformers 5's own floors
     install_requires=[
-        "torch>=2.12",
+        "torch>=2.12.1",
+        "torchvision>=0.27.1",  # imported by the models (FaPN's deform_conv2d, the torchvision image processors)
         "transformers>=5.23,<6",
         "datasets>=3.0",
         "accelerate>=1.15",
@@ -29,7 +30,7 @@ setup(
         "safetensors>=0.8",
         "timm>=1.0.23",
         "pillow>=10.0.1",
-        "numpy>=1.25",
+        "numpy>=1.25.2",
     ],
     extras_require={
         # parameterized: imported by transformers' common test modules (tests/transformers_tests.py fetches them);

@@ -193,7 +193,7 @@ def mean_std(values: list[float]) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--reuse", action="store_true", help="keep the trained folders of an earlier run in work_dir")
     parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "any-precision-demo")

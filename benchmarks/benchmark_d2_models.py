@@ -339,7 +339,7 @@ def print_ratios(ratios: list[dict], median: bool = False) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", nargs="+", choices=tuple(GROUPS), default=list(GROUPS))
     parser.add_argument("--models", nargs="+", choices=MODELS, help="only these models (of the chosen groups)")
     parser.add_argument("--size", type=int, default=640, help="square input side in pixels")

@@ -250,7 +250,7 @@ def attention_split(pale: dict, swin: dict) -> dict:
 
 def parse_args(argv=None):
     """The options: sizes, batch, timing, ``--device`` and ``--dtype`` (half types run under ``torch.autocast``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512], help="square input sides in pixels")
     parser.add_argument("--batch-size", type=int, default=1)
     harness.add_timing_options(parser, warmup=2, repeats=10)

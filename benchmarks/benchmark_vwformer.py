@@ -165,7 +165,7 @@ def measure_pair(args, names) -> tuple[list[dict], dict, dict]:
 
 def parse_args(argv=None):
     """The options; the device is always the CPU, the batch one; ``--dtype bfloat16`` runs under ``torch.autocast``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=640, help="square input side in pixels")
     harness.add_timing_options(parser, warmup=2, repeats=10)
     parser.add_argument("--skip-whole-models", action="store_true", help="measure the heads only")

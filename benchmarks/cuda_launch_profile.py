@@ -166,7 +166,7 @@ COLUMNS = (
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=harness.DTYPES, default="bfloat16", help="autocast dtype (fp32 weights)")
     parser.add_argument("--size", type=int, default=None, help="one input size instead of run_cuda.py's shapes")

@@ -1735,11 +1735,11 @@ def parse_decoder_args(bench: DecoderBenchmark, description: str, argv: Sequence
 
 
 def decoder_benchmark_main(bench: DecoderBenchmark, doc: str, argv: Sequence[str] | None = None) -> None:
-    """The ``main`` of a decoder benchmark whose docstring is ``doc`` (its first line describes the command):
+    """The ``main`` of a decoder benchmark whose docstring is ``doc`` (its first paragraph describes the command):
     ``--combine``, a memory worker's one measurement, or the whole run, its printout and its JSON report
     (``environment``, ``settings``, ``results``, ``gemm``, ``ratios``, what ``bench.extend_report`` adds,
     ``wall_s``)."""
-    args = parse_decoder_args(bench, doc.splitlines()[0], argv)
+    args = parse_decoder_args(bench, doc.split("\n\n")[0], argv)
     if args.combine:
         combined = combine_decoder_runs(args.combine, bench)
         print_combined(combined)

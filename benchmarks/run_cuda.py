@@ -722,7 +722,7 @@ def cuda_available() -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda[:N] (the benchmark), or cpu (only with --smoke)")
     parser.add_argument("--dtype", choices=harness.DTYPES, default="bfloat16", help="autocast dtype (fp32 weights)")
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))

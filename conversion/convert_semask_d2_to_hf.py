@@ -25,7 +25,7 @@ MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "sem
 
 
 def main(argv=None) -> int:
-    return converter_main(CONVERTER, MODEL_CARD_TEMPLATE, __doc__.splitlines()[1], argv)
+    return converter_main(CONVERTER, MODEL_CARD_TEMPLATE, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

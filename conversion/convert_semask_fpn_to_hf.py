@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Convert an original SeMask-FPN checkpoint (Picsart-AI-Research/SeMask-Segmentation, mmseg 0.11) to hf-semseg.
 
-    python conversion/convert_semask_fpn_to_hf.py --checkpoint_path semask_tiny_fpn_ade20k.pth --output_dir out/
-        [--push_to_hub user/semask-tiny-fpn-ade20k]
+    python conversion/convert_semask_fpn_to_hf.py --checkpoint_path semask_tiny_fpn_ade20k.pth --output_dir out/ \
+        [--config_file run.py] [--variant NAME] [--push_to_hub user/semask-tiny-fpn-ade20k]
 
 What every converter does (key accounting, output folder, reload check, Hub upload): ``hf_semseg.conversion.common``.
 
 The whole config is inferred from the checkpoint (see ``hf_semseg.conversion.semask_fpn``). What is not in the
-weights (semantic window, test pipeline, dataset) comes from the checkpoint's config text or from the registered
-variant with the same architecture, which the summary line names.
+weights (semantic window, test pipeline, dataset) comes, in this order, from the run's mmseg config
+(``--config_file``), from the checkpoint's config text, or from the released variant whose weights are exactly the
+checkpoint's (found by matching, or named with ``--variant``), which the summary line names; otherwise the converter
+stops and names what is missing.
 """
 
 import sys
@@ -22,7 +24,7 @@ MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "sem
 
 
 def main(argv=None) -> int:
-    return converter_main(CONVERTER, MODEL_CARD_TEMPLATE, __doc__.splitlines()[1], argv)
+    return converter_main(CONVERTER, MODEL_CARD_TEMPLATE, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

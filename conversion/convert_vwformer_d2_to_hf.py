@@ -13,8 +13,9 @@ The architecture is read from the checkpoint. What the weights do not hold (VW-M
 short-cut, the decoder heads where no deformable attention shows them, pre-norm, the padding multiple, the test
 resize, the class names) comes from the run's detectron2 ``config.yaml`` (``--config_file``), else from the released
 variant with exactly these weights (named in the summary line); otherwise the converter stops and names what is
-missing. A padding multiple that is not a multiple of 64 (the released yamls say 32) becomes the next multiple of 64,
-which gives the same results wherever the original runs, and the summary line says so.
+missing. A padding multiple that is not a multiple of 64 (the released yamls say 32) becomes its least common
+multiple with 64 (32 -> 64, 96 -> 192), which gives the same results wherever the original runs, and the summary
+line says so.
 """
 
 import sys
@@ -28,7 +29,7 @@ MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "vwf
 
 
 def main(argv=None) -> int:
-    return converter_main(CONVERTER, MODEL_CARD_TEMPLATE, __doc__.splitlines()[1], argv)
+    return converter_main(CONVERTER, MODEL_CARD_TEMPLATE, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

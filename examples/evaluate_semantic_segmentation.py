@@ -49,7 +49,7 @@ from hf_semseg.training import (
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="saved model folder or Hub id")
     parser.add_argument("--dataset_name", default=None, help="Hub id or local folder; none = the demo dataset")
     parser.add_argument("--split", default="validation")

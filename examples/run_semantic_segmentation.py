@@ -131,7 +131,7 @@ PHASE_HELP = {
 
 
 def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
     parser.set_defaults(**RECIPE_DEFAULTS, do_train=None, do_eval=None)  # None: not given (run_phases)
     for name, text in PHASE_HELP.items():
         parser._option_string_actions[f"--{name}"].help = text

@@ -65,7 +65,7 @@ from hf_semseg.training import (
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None, help="saved model folder or Hub id")

@@ -407,11 +407,12 @@ def build_model(
             ignore_mismatched_sizes=True,
             trust_remote_code=trust_remote_code,
         )
+    config = variant_config(variant) if variant else demo_model_config()
+    # the classes of the targets (the demo model kept its 4 classes for the 3 of the reduced demo labels before)
+    config.id2label, config.label2id = id2label, label2id
     if variant:
-        config = variant_config(variant)
-        config.id2label, config.label2id = id2label, label2id
         return AutoModelForSemanticSegmentation.from_config(apply_config_overrides(config, config_overrides))
-    return SeMaskSwinForSemanticSegmentation(apply_config_overrides(demo_model_config(), config_overrides))
+    return SeMaskSwinForSemanticSegmentation(apply_config_overrides(config, config_overrides))
 
 
 def build_processor(

@@ -1048,6 +1048,23 @@ def test_model_card_says_no_weights_exist(tmp_path):
     assert "| Pale-T | 22M | 4.2G | 83.4 |" in card
     assert "pipeline_tag: image-segmentation" in card and "me/pale-demo" in card
     assert "$" not in card.split("```")[0]
+    assert 'AutoModelForSemanticSegmentation.from_pretrained("me/pale-demo"' in card and "use_sdn_neck" in card
+
+
+def test_a_classification_model_card_loads_it_with_the_classification_auto_class(tmp_path):
+    """The card of a PaleForImageClassification told to load it with AutoModelForSemanticSegmentation (its auto_map
+    has only AutoModelForImageClassification: a ValueError without hf-semseg) and offered the segmentation neck."""
+    from hf_semseg import PaleForImageClassification
+    from hf_semseg.conversion.model_card import write_pale_model_card
+
+    from conftest import REPO_ROOT
+
+    model = PaleForImageClassification(tiny_pale_config())
+    card = write_pale_model_card(REPO_ROOT / "model_cards" / "pale.md", tmp_path, model, "me/pale-cls").read_text()
+    assert "pipeline_tag: image-classification" in card
+    assert 'model = AutoModelForImageClassification.from_pretrained("me/pale-cls", trust_remote_code=True)' in card
+    assert "AutoModelForSemanticSegmentation" not in card and "use_sdn_neck" not in card
+    assert "$" not in card and "see below" not in card
 
 
 def test_a_segmentation_model_without_the_four_stages_and_scalar_class_labels_are_named():

@@ -715,3 +715,15 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_tensor(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(RunOptionError, match=r"model\.safetensors cannot be read \("):
         check_checkpoint_weights(model, tmp_path)
+
+
+def test_the_demo_model_has_the_classes_of_its_targets():
+    """With ``--do_reduce_labels`` the demo targets are 3 classes (disc, bar, triangle), but the demo model was built
+    with its 4 classes, background included, whatever the classes given."""
+    from hf_semseg.training import build_model, resolve_id2label
+
+    reduced = build_model(resolve_id2label(None, None, None, reduce_labels=True))
+    assert reduced.config.id2label == {0: "disc", 1: "bar", 2: "triangle"}
+    assert reduced.config.label2id == {"disc": 0, "bar": 1, "triangle": 2}
+    assert reduced.decode_head.classifier.out_channels == 3
+    assert build_model(resolve_id2label(None, None, None)).decode_head.classifier.out_channels == 4

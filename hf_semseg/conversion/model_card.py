@@ -371,17 +371,29 @@ def vw_d2_card_fields(conversion, processor) -> dict:
     }
 
 
+#: the Pale card's paragraph on the SDN-style neck (segmentation models: the neck sits before the decode head)
+PALE_NECK_NOTE = """
+Finetuning with sharper boundaries: `from_pretrained(..., use_sdn_neck=True)` adds an SDN-style neck (unofficial
+reconstruction; no official code exists) of Tan et al., "Semantic Diffusion Network for Semantic Segmentation"
+(NeurIPS 2022) between the backbone and the decode head. It is not part of this checkpoint: it starts as the
+identity (the outputs are unchanged until it is trained) and learns during finetuning.
+"""
+
+
 def write_pale_model_card(template_path: Path, output_dir: Path, model, repo_id: str | None = None) -> Path:
     """Renders the Pale card (``model_cards/pale.md``) for ``model`` into ``output_dir/README.md``. Pale has no
     released weights, so the card describes a model the user initialised or trained."""
     config = model.config
     task = type(model).__name__
     name = repo_id.split("/")[-1] if repo_id else f"pale-{config.embed_dim}"
+    classifies = "Classification" in task
     fields = {
         "model_name": name,
         "architecture": task,
-        "pipeline_tag": "image-classification" if "Classification" in task else "image-segmentation",
-        "weights_note": "The weights in this repository were trained (or initialised) by its owner; see below for how.",
+        "pipeline_tag": "image-classification" if classifies else "image-segmentation",
+        "auto_class": "AutoModelForImageClassification" if classifies else "AutoModelForSemanticSegmentation",
+        "neck_note": "" if classifies else PALE_NECK_NOTE,
+        "weights_note": "The weights in this repository were trained (or initialised) by its owner.",
         "hidden_sizes": _joined(config.hidden_sizes),
         "depths": _joined(config.depths),
         "num_heads": _joined(config.num_heads),

@@ -1,0 +1,39 @@
+"""Every command line's ``--help`` opens with its docstring's first paragraph: they took the docstring's second line,
+which was blank (no description) or the middle of a sentence."""
+
+import ast
+import re
+
+import pytest
+from script_helpers import load_example
+
+from conftest import REPO_ROOT
+
+
+SCRIPTS = [
+    "examples/run_semantic_segmentation.py",
+    "examples/run_semantic_segmentation_no_trainer.py",
+    "examples/evaluate_semantic_segmentation.py",
+    "examples/semask_demo.py",
+    *(f"conversion/convert_{name}_to_hf.py" for name in ("semask_fpn", "semask_d2", "vwformer", "vwformer_d2")),
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_describes_the_command_with_its_docstring(script, capsys):
+    path = REPO_ROOT / script
+    first_paragraph = ast.get_docstring(ast.parse(path.read_text())).split("\n\n")[0]
+    module = load_example(path)
+    entry = getattr(module, "main", None)
+    with pytest.raises(SystemExit) as exit_info:
+        if "run_semantic_segmentation.py" in script:
+            module.build_parser().parse_args_into_dataclasses(["--help"])
+        elif "convert_" in script or "no_trainer" in script or "demo" in script:
+            entry(["--help"])
+        else:
+            module.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ")
+    # argparse rewraps the paragraph (also at hyphens): compared without whitespace
+    assert re.sub(r"\s", "", first_paragraph) in re.sub(r"\s", "", text), text[:600]
