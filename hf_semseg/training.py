@@ -663,7 +663,8 @@ def prepare_once_qat(model: nn.Module, weight_bits, loss_weights=None, distillat
             raise RunOptionError("--weight_bits_loss_weights / --weight_bits_distillation need --weight_bits")
         return None
     widths = sorted(weight_bits, reverse=True)
-    if len(set(widths)) != len(widths) or any(not 1 <= bits <= 8 for bits in widths):
+    integral = all(isinstance(bits, int) and not isinstance(bits, bool) for bits in widths)
+    if not integral or len(set(widths)) != len(widths) or any(not 1 <= bits <= 8 for bits in widths):
         raise RunOptionError(
             f"--weight_bits {' '.join(map(str, weight_bits))}: distinct widths between 1 and 8 expected"
         )

@@ -318,6 +318,7 @@ def test_once_qat_options_are_checked():
     for bits, weights, message in (
         ([8, 8], None, "distinct widths"),
         ([9], None, "distinct widths"),
+        ([8, 4.5], None, r"--weight_bits 8 4\.5: distinct widths between 1 and 8 expected"),  # a plain ValueError
         ([8, 4], [1.0], "one non-negative weight per width"),
         ([8, 4], [1.0, -1.0], "one non-negative weight per width"),
     ):

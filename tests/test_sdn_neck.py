@@ -460,6 +460,22 @@ def test_neck_options_are_checked_by_every_config():
             config_class(sdn_groups="grouped")
 
 
+def test_groups_that_do_not_divide_the_backbone_widths_are_named_as_the_config_names_them():
+    """``sdn_groups=3`` passes the config (which does not know the widths) and failed at the model's construction with
+    "groups must be ... dividing 16", naming neither the config nor the option."""
+    from hf_semseg import SeMaskSwinConfig, SeMaskSwinForSemanticSegmentation
+
+    from model_suite import FOUR_STAGES, tiny_semask_swin_kwargs
+
+    config = SeMaskSwinConfig(**tiny_semask_swin_kwargs(), out_features=FOUR_STAGES, use_sdn_neck=True, sdn_groups=3)
+    with pytest.raises(ValueError) as error:
+        SeMaskSwinForSemanticSegmentation(config)
+    assert str(error.value) == (
+        "SeMaskSwinConfig: the SDN neck over levels of [16, 32, 64, 128] channels (sdn_groups=3, sdn_width=None): "
+        "groups must be 'depthwise' or a positive int dividing 16; got 3"
+    )
+
+
 def test_a_saved_model_loads_with_the_neck_switched_on_unchanged(tmp_path):
     """What the model cards promise: ``from_pretrained(folder, use_sdn_neck=True)`` adds the neck (its weights
     initialised by transformers' loading as the identity) and the model computes what it did."""

@@ -402,13 +402,19 @@ def sdn_neck(config, in_channels: Sequence[int]) -> "SDNNeck | None":
     then has no neck module and no neck keys)."""
     if not getattr(config, "use_sdn_neck", False):
         return None
-    return SDNNeck(
-        list(in_channels),
-        lambda_=config.sdn_lambda,
-        similarity=config.sdn_similarity,
-        groups=config.sdn_groups,
-        width=getattr(config, "sdn_width", None),
-    )
+    try:
+        return SDNNeck(
+            list(in_channels),
+            lambda_=config.sdn_lambda,
+            similarity=config.sdn_similarity,
+            groups=config.sdn_groups,
+            width=getattr(config, "sdn_width", None),
+        )
+    except ValueError as error:  # a value that does not fit the backbone's widths, named as the config names it
+        raise ValueError(
+            f"{type(config).__name__}: the SDN neck over levels of {list(in_channels)} channels (sdn_groups="
+            f"{config.sdn_groups!r}, sdn_width={getattr(config, 'sdn_width', None)!r}): {error}"
+        ) from None
 
 
 def init_sdn_weights(module: nn.Module, init=nn.init) -> None:
