@@ -416,18 +416,26 @@ def build_model(
 
 
 def build_processor(
-    scale: tuple[int, int], do_reduce_labels: bool, family: str | None = None, size_divisor: int | None = None
+    scale: tuple[int, int],
+    do_reduce_labels: bool,
+    family: str | None = None,
+    size_divisor: int | None = None,
+    size_divisibility: int | None = None,
 ):
     """The evaluation pre-processing, saved next to the trained model so that ``AutoImageProcessor`` loads it: the
     image processor class of the model's ``family`` (its config's ``model_type``; the keep-ratio resize, or
     detectron2's ``ResizeShortestEdge`` for SeMask Mask2Former) bounded by ``scale``, then resized up to a multiple of
-    ``size_divisor`` when given."""
+    ``size_divisor`` when given; a processor that pads (the detectron2 families') pads to the model's
+    ``size_divisibility`` when given (VW's 64: the processor's default of 32 was saved for them)."""
     from .variants import image_processor_class
 
     kwargs = {"size": {"longest_edge": max(scale), "shortest_edge": min(scale)}, "do_reduce_labels": do_reduce_labels}
     if size_divisor is not None:
         kwargs["size_divisor"] = size_divisor
-    return image_processor_class(family or "")(**kwargs)
+    processor_class = image_processor_class(family or "")
+    if size_divisibility is not None and hasattr(processor_class, "size_divisibility"):
+        kwargs["size_divisibility"] = size_divisibility
+    return processor_class(**kwargs)
 
 
 def build_transforms(
@@ -586,7 +594,11 @@ def set_up_run(
         evaluation=evaluation,
         evaluation_with_transform=None if evaluation is None else evaluation.with_transform(eval_transform),
         processor=build_processor(
-            settings.scale, settings.reduce_labels, model.config.model_type, settings.size_divisor
+            settings.scale,
+            settings.reduce_labels,
+            model.config.model_type,
+            settings.size_divisor,
+            getattr(model.config, "size_divisibility", None),
         ),
         once_qat=once_qat,
     )

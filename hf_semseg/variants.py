@@ -73,7 +73,9 @@ def dataset_labels(dataset: str) -> tuple[dict[int, str], list[list[int]]]:
     if dataset not in table:
         raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(table)}")
     entry = table[dataset]
-    return dict(enumerate(entry["classes"])), entry["palette"]
+    return dict(enumerate(entry["classes"])), [
+        list(colour) for colour in entry["palette"]
+    ]  # a copy: the table is cached
 
 
 def datasets_with_labels() -> list[str]:

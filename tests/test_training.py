@@ -277,6 +277,10 @@ def test_processor_is_the_model_family_processor():
     keep_ratio = build_processor((2560, 640), True, "vwformer", size_divisor=64)
     assert type(keep_ratio) is KeepRatioImageProcessor and keep_ratio.size_divisor == 64 and keep_ratio.do_reduce_labels
     assert type(build_processor((224, 160), False)) is KeepRatioImageProcessor  # the demo model, no family given
+    # the VW detectron2 models pad to 64: their processor was saved with the default 32
+    vw = build_processor((2048, 512), True, "vw_mask2former", size_divisibility=64)
+    assert type(vw) is SeMaskMask2FormerImageProcessor and vw.size_divisibility == 64
+    assert build_processor((2048, 512), True, "semask_swin", size_divisibility=64).size_divisor is None  # no padding
 
 
 def test_streaming_miou_crops_the_logits_of_a_padding_model():

@@ -160,3 +160,13 @@ def test_variant_configs_name_their_model_class_and_families_are_checked():
     assert variant_config("semask-fpn-tiny-ade20k").architectures == ["SeMaskSwinForSemanticSegmentation"]
     with pytest.raises(ValueError, match=r"unknown family 'semask'; the families .*'semask_swin'"):
         list_variants("semask")
+
+
+def test_dataset_labels_returns_a_palette_the_caller_may_change():
+    """The cached table's palette was returned itself: a caller's change changed it for every later call."""
+    _, palette = hf_semseg.dataset_labels("cityscapes")
+    first = list(palette[0])
+    palette[0][0] = 1 - palette[0][0]
+    palette.append([0, 0, 0])
+    again = hf_semseg.dataset_labels("cityscapes")[1]
+    assert again[0] == first and len(again) == 19
