@@ -22,6 +22,7 @@ label map is a :class:`SegmentationFolderError` naming the files, before anythin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +83,27 @@ def folder_layout(root: Path) -> FolderLayout | None:
     return None
 
 
+def files_under(folder: Path) -> list[Path]:
+    """The files below ``folder``, subfolders reached through symbolic links included (``Path.rglob`` skipped them:
+    Cityscapes city folders linked in were left out silently; mmseg's scandir follows them), each folder once, hidden
+    names (``.DS_Store``, macOS ``._a.jpg``) left out as mmseg's scandir leaves them."""
+    found, visited = [], set()
+    for directory, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:  # a link back up the tree
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [Path(directory) / name for name in files if not name.startswith(".")]
+    return found
+
+
 def split_folders(image_root: Path, label_root: Path, layout: FolderLayout) -> dict[str, tuple[Path, Path]]:
     """``{split name: (image folder, label folder)}``: the subfolders of ``image_root`` with a label folder of the same
     name, or, where ``image_root`` holds images itself, one ``train`` split of the two roots (Cityscapes always has
-    split folders: its images are in city folders)."""
-    if layout is not CITYSCAPES and any(layout.is_image(path) for path in image_root.iterdir() if path.is_file()):
-        return {"train": (image_root, label_root)}
+    split folders: its images are in city folders). Images directly in ``image_root`` beside split folders are a
+    :class:`SegmentationFolderError` (they made one ``train`` split of every split's files)."""
     splits = {}
     for folder in sorted(path for path in image_root.iterdir() if path.is_dir()):
         if (label_root / folder.name).is_dir():
@@ -97,16 +113,27 @@ def split_folders(image_root: Path, label_root: Path, layout: FolderLayout) -> d
                     f"{image_root}: split folders {splits[split][0].name!r} and {folder.name!r} are both split {split!r}"
                 )
             splits[split] = (folder, label_root / folder.name)
+    loose = [] if layout is CITYSCAPES else sorted(path for path in image_root.iterdir() if path.is_file())
+    loose = [path for path in loose if layout.is_image(path) and not path.name.startswith(".")]
+    if loose and splits:
+        raise SegmentationFolderError(
+            f"{image_root}: holds images itself ({loose[0].name}"
+            + (f" and {len(loose) - 1} more" if len(loose) > 1 else "")
+            + f") beside split folders ({', '.join(folder.name for folder, _ in splits.values())}); move them into a "
+            "split folder or remove them"
+        )
+    if loose:
+        return {"train": (image_root, label_root)}
     return splits
 
 
 def pair_split(image_folder: Path, label_folder: Path, layout: FolderLayout) -> tuple[list[str], list[str]]:
     """The image files below ``image_folder`` and their label maps below ``label_folder`` (sorted by path), every file
     of both in exactly one pair."""
-    images = sorted(path for path in image_folder.rglob("*") if path.is_file() and layout.is_image(path))
+    images = sorted(path for path in files_under(image_folder) if layout.is_image(path))
     if not images:
         raise SegmentationFolderError(f"{image_folder}: no image files ({layout.name} layout)")
-    labels = {path for path in label_folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS}
+    labels = {path for path in files_under(label_folder) if path.suffix.lower() in IMAGE_EXTENSIONS}
     pairs = [(image, label_folder / layout.label_path(image.relative_to(image_folder))) for image in images]
     missing = [(image, label) for image, label in pairs if label not in labels]
     if missing:

@@ -68,12 +68,28 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
             check_saved_splits_have_data(path)
             return load_from_disk(str(path))
         if any(path.rglob("*.parquet")):
+            if declares_dataset_configs(path):  # a local copy of a Hub dataset: its default config, as the Hub loads it
+                return load_dataset(str(path))
             return load_dataset("parquet", data_dir=str(path))
         try:
             return load_image_folders(path)
         except SegmentationFolderError as error:
             raise RunOptionError(f"--dataset_name {name}: {error}") from None
     return load_dataset(name)
+
+
+def declares_dataset_configs(path: Path) -> bool:
+    """Whether the folder's ``README.md`` (a dataset card, as a Hub dataset repository has) declares ``configs`` in its
+    YAML header: then the folder's parquet files belong to several configs, and reading them all as one dataset
+    concatenated every config's rows into each split."""
+    card = path / "README.md"
+    if not card.is_file():
+        return False
+    lines = card.read_text(errors="replace").splitlines()
+    if not lines or lines[0].strip() != "---":
+        return False
+    header = lines[1 : lines.index("---", 1)] if "---" in lines[1:] else []
+    return any(line.startswith("configs:") for line in header)
 
 
 def check_has_splits(dataset, dataset_name, splits: str = "the --train_split and --eval_split splits") -> None:
@@ -263,9 +279,18 @@ def resolve_data_settings(
         record = get_variant(variant)
         default_scale, default_reduce, size_divisor = record.test_scale, record.reduce_labels, record.size_divisor
     elif pretrained_processor is not None:
-        size = pretrained_processor.get("size") or {}
-        keep_ratio = size.get("longest_edge") and size.get("shortest_edge")
-        default_scale = (size["longest_edge"], size["shortest_edge"]) if keep_ratio else DEMO_SCALE
+        size = pretrained_processor.get("size")
+        keep_ratio = isinstance(size, dict) and size.get("longest_edge") and size.get("shortest_edge")
+        if keep_ratio:
+            default_scale = (size["longest_edge"], size["shortest_edge"])
+        elif size and scale is None:
+            # a fixed (height, width), a shortest edge alone, or transformers' older int: the demo scale was used
+            raise RunOptionError(
+                f"the image processor of --model_name_or_path resizes to size {size}, which is not a keep-ratio scale "
+                "(longest_edge and shortest_edge): give the training scale with --scale LONG SHORT"
+            )
+        else:
+            default_scale = DEMO_SCALE
         default_reduce = bool(pretrained_processor.get("do_reduce_labels", False))
         size_divisor = pretrained_processor.get("size_divisor")
     else:
@@ -785,6 +810,12 @@ def single_channel_label(label: np.ndarray, sample: str, column: str) -> np.ndar
         return label
     if label.shape[2] == 1 or (label.shape[2] == 3 and (label == label[..., :1]).all()):
         return label[..., 0]
+    if label.shape[2] in (2, 4):  # LA, RGBA: the message said the channels differed where only the alpha did
+        colours = "grey" if (label[..., :-1] == label[..., :1]).all() else "colour"
+        raise DatasetSampleError(
+            f"{sample}: {column} is a {colours} map with an alpha channel ({label.shape[2]} channels); a label map "
+            "must hold class ids in one channel (a grey PNG without alpha)"
+        )
     raise DatasetSampleError(
         f"{sample}: {column} has {label.shape[2]} channels that differ (a colour-coded map?); a label map must hold "
         "class ids in one channel (a grey PNG)"

@@ -164,3 +164,43 @@ def test_trainer_script_trains_and_evaluates_on_an_ade20k_folder(tmp_path):
     # wall and building, the only classes whose IoU is defined whatever the model predicts
     assert 0.0 <= metrics["eval_iou_wall"] <= 1.0 and 0.0 <= metrics["eval_iou_building"] <= 1.0
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_split_subfolders_linked_in_are_read(tmp_path):
+    """``Path.rglob`` does not follow links to folders: Cityscapes city folders linked in (a subset made of links)
+    were left out silently; mmseg's scandir follows them."""
+    import os
+
+    for split in ("train", "val"):
+        for city, seed in (("aachen", 0), ("bremen", 1)):
+            store = tmp_path / "store" / split / city
+            write_image(store / "img" / f"{city}_000000_000019_leftImg8bit.png", seed)
+            write_label(store / "gt" / f"{city}_000000_000019_gtFine_labelTrainIds.png", seed)
+            for kind, part in (("leftImg8bit", "img"), ("gtFine", "gt")):
+                (tmp_path / "data" / kind / split).mkdir(parents=True, exist_ok=True)
+                os.symlink(store / part, tmp_path / "data" / kind / split / city)
+    train_images = tmp_path / "data" / "leftImg8bit" / "train"
+    os.symlink(train_images, train_images / "aachen" / "loop")  # a link back up the tree: read once
+    dataset = load_image_folders(tmp_path / "data")
+    assert dataset["train"].num_rows == 2 and dataset["validation"].num_rows == 2  # 1 and 1 before; no loop either
+    for row in dataset["train"]:
+        city = row["image"].filename.split("/")[-2]
+        np.testing.assert_array_equal(np.asarray(row["label"])[:3, 0], [0, 1, 2] if city == "aachen" else [1, 2, 0])
+
+
+def test_images_beside_split_folders_and_hidden_files(tmp_path):
+    """An image directly in images/ beside training/ and validation/ made one train split of every split's files
+    (the validation images trained on); macOS ``._a.jpg`` files were paired as images and failed to decode."""
+    ade_layout(tmp_path, with_test=False)
+    write_image(tmp_path / "images" / "training" / "._a.jpg", 5)
+    (tmp_path / "annotations" / "training" / ".DS_Store").write_bytes(b"\0")
+    dataset = load_image_folders(tmp_path)
+    assert dataset["train"].num_rows == 3 and dataset["validation"].num_rows == 1
+    write_image(tmp_path / "images" / "extra.jpg", 7)
+    write_label(tmp_path / "annotations" / "extra.png", 7)
+    with pytest.raises(SegmentationFolderError) as error:
+        load_image_folders(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'images'}: holds images itself (extra.jpg) beside split folders (training, validation); move "
+        "them into a split folder or remove them"
+    )

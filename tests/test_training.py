@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -731,3 +733,52 @@ def test_the_demo_model_has_the_classes_of_its_targets():
     assert reduced.config.label2id == {"disc": 0, "bar": 1, "triangle": 2}
     assert reduced.decode_head.classifier.out_channels == 3
     assert build_model(resolve_id2label(None, None, None)).decode_head.classifier.out_channels == 4
+
+
+def test_a_local_copy_of_a_hub_dataset_with_several_configs_reads_its_default_config(tmp_path, monkeypatch):
+    """Every parquet file below the folder was read as one dataset: a multi-config repository's configs were
+    concatenated into each split (the Hub, and datasets.load_dataset(folder), read the default config)."""
+    from hf_semseg.training import load_segmentation_dataset
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = Dataset.from_dict({"x": [0, 1, 2, 3]})
+    for config, count in (("full", 4), ("mini", 1)):
+        (tmp_path / "repo" / config).mkdir(parents=True)
+        for split in ("train", "validation"):
+            rows.select(range(count)).to_parquet(str(tmp_path / "repo" / config / f"{split}-00000-of-00001.parquet"))
+    card = ["---", "configs:"]
+    for config, default in (("full", True), ("mini", False)):
+        card += [f"- config_name: {config}", *(["  default: true"] if default else []), "  data_files:"]
+        card += [f"  - split: {split}\n    path: {config}/{split}-*" for split in ("train", "validation")]
+    (tmp_path / "repo" / "README.md").write_text("\n".join([*card, "---", "# a dataset"]) + "\n")
+    dataset = load_segmentation_dataset(str(tmp_path / "repo"))
+    assert {split: rows.num_rows for split, rows in dataset.items()} == {"train": 4, "validation": 4}  # 5 and 5
+
+
+@pytest.mark.parametrize("size", [512, {"height": 512, "width": 512}, {"shortest_edge": 512}])
+def test_a_pretrained_processor_without_a_keep_ratio_scale_needs_the_scale_given(size):
+    """An int size (transformers' older configs) ended in "cannot be loaded (AttributeError ...)"; a fixed height and
+    width trained at the demo scale, 224 x 160, without a word."""
+    from hf_semseg.training import RunOptionError, resolve_data_settings
+
+    saved = {"size": size, "do_reduce_labels": True}
+    with pytest.raises(RunOptionError, match=rf"resizes to size {re.escape(str(size))}, which is not a keep-ratio"):
+        resolve_data_settings(None, None, None, saved)
+    settings = resolve_data_settings(None, [640, 480], None, saved)
+    assert settings.scale == (640, 480) and settings.reduce_labels
+    keep_ratio = {"size": {"longest_edge": 1024, "shortest_edge": 512}}
+    assert resolve_data_settings(None, None, None, keep_ratio).scale == (1024, 512)
+
+
+def test_a_label_map_with_an_alpha_channel_is_named_for_it():
+    from hf_semseg.training import DatasetSampleError, single_channel_label
+
+    grey = np.dstack([np.full((2, 2, 3), 4, np.uint8), np.full((2, 2, 1), 255, np.uint8)])
+    with pytest.raises(
+        DatasetSampleError, match=r"^sample 0: label is a grey map with an alpha channel \(4 channels\)"
+    ):
+        single_channel_label(grey, "sample 0", "label")
+    colour = grey.copy()
+    colour[0, 0, 1] = 9
+    with pytest.raises(DatasetSampleError, match=r"is a colour map with an alpha channel"):
+        single_channel_label(colour, "sample 0", "label")
