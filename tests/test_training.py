@@ -263,8 +263,8 @@ def test_data_settings_are_the_variant_facts_unless_given():
     assert (finetuned.scale, finetuned.reduce_labels, finetuned.size_divisor) == ((2048, 512), True, 32)
     assert resolve_data_settings(None, [640, 480], False, saved).scale == (640, 480)
     assert resolve_data_settings(None, [640, 480], False, saved).reduce_labels is False
-    fixed_size = resolve_data_settings(None, None, None, {"size": {"height": 512, "width": 512}})
-    assert (fixed_size.scale, fixed_size.reduce_labels) == (DEMO_SCALE, False)  # not a keep-ratio size
+    with pytest.raises(ValueError, match="not a keep-ratio scale"):  # the demo scale, silently, before
+        resolve_data_settings(None, None, None, {"size": {"height": 512, "width": 512}})
     with pytest.raises(KeyError, match="unknown variant"):
         resolve_data_settings("semask-fpn-huge-ade20k")
 
