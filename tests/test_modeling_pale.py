@@ -821,21 +821,23 @@ def test_block_weights_are_the_modules_tensors():
     model = tiny_inference_model(qkv_bias=False)
     block = model.encoder.stages[1].layers[0]
     norm = block.attention.key.norm
-    norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
+    norm.track_running_stats, norm.running_mean, norm.running_var, norm.num_batches_tracked = False, None, None, None
     attention, mlp = block.attention, block.mlp
     expected = [block.cpe.weight, block.cpe.bias]
     for projection in (attention.query, attention.key, attention.value):
         depthwise, norm, pointwise = projection.depthwise, projection.norm, projection.pointwise
         expected += [depthwise.weight, depthwise.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var]
-        expected += [norm.eps, pointwise.weight, pointwise.bias]
+        # the count a train-mode forward bumps (the statistics' own version counters stay)
+        expected += [norm.num_batches_tracked, norm.eps, pointwise.weight, pointwise.bias]
     for dense in (attention.output.dense, mlp.fc1, mlp.fc2):
         expected += [dense.weight, dense.bias]
     weights = modeling_pale.pale_block_weights(block)
-    assert len(weights) == len(expected) == 35
+    assert len(weights) == len(expected) == 38
     assert all(ours is theirs for ours, theirs in zip(weights, expected))
-    # 9 entries per projection after the CPE's 2: the key's running statistics and its eps at 15, 16, 17
-    assert weights[15] is None and weights[16] is None and weights[17] == attention.key.norm.eps == 1e-5
-    assert weights[3] is None and weights[10] is None  # the query's depth-wise and point-wise biases (none)
+    # 10 entries per projection after the CPE's 2: the key's running statistics, count and eps at 16, 17, 18, 19
+    assert weights[16] is None and weights[17] is None and weights[18] is None
+    assert weights[19] == attention.key.norm.eps == 1e-5
+    assert weights[3] is None and weights[11] is None  # the query's depth-wise and point-wise biases (none)
 
 
 def test_500x375_input_sizes():
