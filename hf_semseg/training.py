@@ -1025,12 +1025,30 @@ def resolve_checkpoint(
     return Path(name)
 
 
+def saved_weight_shapes(model: nn.Module) -> list[dict[str, tuple[int, ...]]]:
+    """The names and shapes of ``model``'s tensors as a checkpoint can hold them: as ``state_dict()`` names them
+    (``Accelerator.save_state``) and, where transformers renames a model's weights when it saves them
+    (``save_pretrained``, which ``Trainer`` checkpoints use: transformers' Swin's ``attention.self.query`` for
+    ``attention.q_proj``), as saved. The saved form is left out if transformers cannot make it."""
+    state = model.state_dict()
+    forms = [{name: tuple(tensor.shape) for name, tensor in state.items()}]
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        saved = revert_weight_conversion(model, dict(state))
+        forms.append({name: tuple(tensor.shape) for name, tensor in dict(saved).items()})
+    except Exception:  # not a transformers model, or another transformers version's internals
+        pass
+    return forms
+
+
 def check_checkpoint_weights(model: nn.Module, checkpoint: Path | None) -> None:
     """Refuses, before any training, a ``--resume_from_checkpoint`` folder whose saved model weights
     (``model.safetensors``, what ``Trainer`` and ``Accelerator.save_state`` write) are not this model's: a tensor of
     another shape or a tensor the model does not have (the checkpoint of another model or configuration ended in
-    torch's ``load_state_dict`` traceback, after the output folder was made). The file's header is read, not its
-    tensors. A checkpoint without that file (sharded FSDP states) is left to the loader."""
+    torch's ``load_state_dict`` traceback, after the output folder was made), compared with the model's tensors under
+    the names a checkpoint of either script gives them (:func:`saved_weight_shapes`). The file's header is read, not
+    its tensors. A checkpoint without that file (sharded FSDP states) is left to the loader."""
     if checkpoint is None:
         return
     weights = Path(checkpoint) / "model.safetensors"
@@ -1038,23 +1056,21 @@ def check_checkpoint_weights(model: nn.Module, checkpoint: Path | None) -> None:
         return
     from safetensors import safe_open
 
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    problem = None
     try:
         with safe_open(str(weights), "pt") as saved:
-            for key in saved.keys():
-                shape = tuple(saved.get_slice(key).get_shape())
-                if key not in expected:
-                    problem = f"holds {key!r}, which {type(model).__name__} does not have"
-                elif shape != expected[key]:
-                    problem = f"{key!r} has shape {shape}, the model's is {expected[key]}"
-                if problem:
-                    break
+            shapes = {key: tuple(saved.get_slice(key).get_shape()) for key in saved.keys()}
     except Exception as error:  # safetensors raises its own error types for a damaged file
         raise RunOptionError(
             f"--resume_from_checkpoint {checkpoint}: {weights.name} cannot be read ({error})"
         ) from None
-    if problem:
+    expected = max(saved_weight_shapes(model), key=lambda form: len(form.keys() & shapes.keys()))
+    for key, shape in shapes.items():
+        if key not in expected:
+            problem = f"holds {key!r}, which {type(model).__name__} does not have"
+        elif shape != expected[key]:
+            problem = f"{key!r} has shape {shape}, the model's is {expected[key]}"
+        else:
+            continue
         raise RunOptionError(
             f"--resume_from_checkpoint {checkpoint}: {weights.name} {problem} (a checkpoint of another model or "
             "configuration?)"

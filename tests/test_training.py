@@ -782,3 +782,24 @@ def test_a_label_map_with_an_alpha_channel_is_named_for_it():
     colour[0, 0, 1] = 9
     with pytest.raises(DatasetSampleError, match=r"is a colour map with an alpha channel"):
         single_channel_label(colour, "sample 0", "label")
+
+
+def test_a_checkpoint_of_a_model_whose_weights_transformers_renames_when_saving_is_accepted(tmp_path):
+    """``save_pretrained`` (what Trainer's checkpoints hold) saves transformers' Swin under its original names
+    (``attention.self.query`` for ``attention.q_proj``, no ``swin.`` prefix in a SwinBackbone), Accelerate's
+    ``save_state`` under the ``state_dict`` names: a VWFormer over transformers' Swin resumes from either."""
+    from safetensors.torch import save_file
+    from test_modeling_vwformer import TestVWFormerOverSwin
+
+    from hf_semseg.training import RunOptionError, check_checkpoint_weights
+
+    model = TestVWFormerOverSwin().make_model()
+    model.save_pretrained(tmp_path / "trainer")
+    save_file(
+        {name: tensor.contiguous() for name, tensor in model.state_dict().items()}, tmp_path / "model.safetensors"
+    )
+    check_checkpoint_weights(model, tmp_path / "trainer")  # refused before: 98 of 200 names are the saved form's
+    check_checkpoint_weights(model, tmp_path)
+    wider = TestVWFormerOverSwin().make_model(decoder_hidden_size=32)
+    with pytest.raises(RunOptionError, match=r"'decode_head\.classifier\.weight' has shape \(4, 64, 1, 1\), the mod"):
+        check_checkpoint_weights(wider, tmp_path / "trainer")
