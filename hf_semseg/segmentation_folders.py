@@ -16,7 +16,7 @@ pairs every image with its label map instead and returns a ``DatasetDict`` with 
 
 Split folders are named as ``datasets`` names splits: ``training`` reads as ``train``, ``val`` and ``valid`` as
 ``validation``, ``testing`` as ``test``. A split folder of images without its label-map folder (ADE20K's test
-release) is left out. An image without its label map, a label map without its image, or two images with the same
+release), or with an empty label-map folder, is left out. An image without its label map, a label map without its image, or two images with the same
 label map is a :class:`SegmentationFolderError` naming the files, before anything is read.
 """
 
@@ -99,6 +99,11 @@ def files_under(folder: Path) -> list[Path]:
     return found
 
 
+def holds_files(folder: Path) -> bool:
+    """Whether any file is below ``folder`` (hidden ones aside), stopping at the first."""
+    return any(not name.startswith(".") for _, _, files in os.walk(folder, followlinks=True) for name in files)
+
+
 def split_folders(image_root: Path, label_root: Path, layout: FolderLayout) -> dict[str, tuple[Path, Path]]:
     """``{split name: (image folder, label folder)}``: the subfolders of ``image_root`` with a label folder of the same
     name, or, where ``image_root`` holds images itself, one ``train`` split of the two roots (Cityscapes always has
@@ -106,7 +111,10 @@ def split_folders(image_root: Path, label_root: Path, layout: FolderLayout) -> d
     :class:`SegmentationFolderError` (they made one ``train`` split of every split's files)."""
     splits = {}
     for folder in sorted(path for path in image_root.iterdir() if path.is_dir()):
-        if (label_root / folder.name).is_dir():
+        # images with a label folder without files are a split without label maps, as one without a label folder
+        # (an empty annotations/testing refused every split before); a split with neither is named below as empty
+        labels = label_root / folder.name
+        if labels.is_dir() and (holds_files(labels) or not holds_files(folder)):
             split = SPLIT_NAMES.get(folder.name, folder.name)
             if split in splits:
                 raise SegmentationFolderError(

@@ -204,3 +204,13 @@ def test_images_beside_split_folders_and_hidden_files(tmp_path):
         f"{tmp_path / 'images'}: holds images itself (extra.jpg) beside split folders (training, validation); move "
         "them into a split folder or remove them"
     )
+
+
+def test_a_split_with_an_empty_label_folder_is_left_out_as_one_without(tmp_path):
+    """An empty annotations/testing beside images/testing refused the whole dataset ("1 image(s) without a label
+    map"), train and validation included; it is left out as ADE20K's test release without label maps is."""
+    ade_layout(tmp_path)
+    (tmp_path / "annotations" / "testing").mkdir()
+    (tmp_path / "annotations" / "testing" / ".DS_Store").write_bytes(b"\0")
+    dataset = load_image_folders(tmp_path)
+    assert sorted(dataset) == ["train", "validation"]
