@@ -16,13 +16,15 @@ pairs every image with its label map instead and returns a ``DatasetDict`` with 
 
 Split folders are named as ``datasets`` names splits: ``training`` reads as ``train``, ``val`` and ``valid`` as
 ``validation``, ``testing`` as ``test``. A split folder of images without its label-map folder (ADE20K's test
-release), or with an empty label-map folder, is left out. An image without its label map, a label map without its image, or two images with the same
-label map is a :class:`SegmentationFolderError` naming the files, before anything is read.
+release), or with an empty label-map folder, is left out. An image without its label map, a label map without its
+image, or two images with the same label map is a :class:`SegmentationFolderError` naming the files, before anything is
+read.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,25 +85,25 @@ def folder_layout(root: Path) -> FolderLayout | None:
     return None
 
 
-def files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> Iterator[Path]:
     """The files below ``folder``, subfolders reached through symbolic links included (``Path.rglob`` skipped them:
-    Cityscapes city folders linked in were left out silently; mmseg's scandir follows them), each folder once, hidden
-    names (``.DS_Store``, macOS ``._a.jpg``) left out as mmseg's scandir leaves them."""
-    found, visited = [], set()
+    Cityscapes city folders linked in were left out silently; mmseg's scandir follows them), each folder once (a link
+    back up the tree is not walked again), hidden names (``.DS_Store``, macOS ``._a.jpg``) left out as mmseg's
+    scandir leaves them."""
+    visited = set()
     for directory, subfolders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(directory)
-        if real in visited:  # a link back up the tree
+        if real in visited:
             subfolders[:] = []
             continue
         visited.add(real)
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found += [Path(directory) / name for name in files if not name.startswith(".")]
-    return found
+        yield from (Path(directory) / name for name in files if not name.startswith("."))
 
 
 def holds_files(folder: Path) -> bool:
-    """Whether any file is below ``folder`` (hidden ones aside), stopping at the first."""
-    return any(not name.startswith(".") for _, _, files in os.walk(folder, followlinks=True) for name in files)
+    """Whether any file is below ``folder`` (:func:`files_under`), stopping at the first."""
+    return next(files_under(folder), None) is not None
 
 
 def split_folders(image_root: Path, label_root: Path, layout: FolderLayout) -> dict[str, tuple[Path, Path]]:
