@@ -32,13 +32,14 @@ recipe's values are the defaults (``--help`` lists them).
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import hf_semseg
 from hf_semseg.hub import HubAccessError, check_hub_access
-from hf_semseg.inference import model_size_divisibility
+from hf_semseg.inference import model_padded_size
 from hf_semseg.training import (
     EpochCallback,
     RunOptionError,
@@ -244,7 +245,7 @@ def main(argv=None, callbacks=None) -> dict:
         eval_dataset=run.evaluation_with_transform,
         data_collator=pad_collate,
         compute_metrics=StreamingMeanIoU(
-            model.config.num_labels, model.config.id2label, size_divisibility=model_size_divisibility(model)
+            model.config.num_labels, model.config.id2label, padded_input_size=partial(model_padded_size, model)
         ),
         optimizers=(optimizer, None),
         callbacks=[EpochCallback(run.train_transform), *(callbacks or [])],

@@ -38,7 +38,7 @@ from transformers import get_polynomial_decay_schedule_with_warmup
 
 import hf_semseg
 from hf_semseg.hub import HubAccessError, check_hub_access
-from hf_semseg.inference import logits_to_size, model_size_divisibility
+from hf_semseg.inference import logits_to_size, model_padded_size
 from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
@@ -180,7 +180,7 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
     was_training = model.training
     model.eval()
     metric = SegmentationMetrics(num_labels)
-    divisor = model_size_divisibility(accelerator.unwrap_model(model))
+    unwrapped = accelerator.unwrap_model(model)
     batches = iter(loader)
     for _ in tqdm(range(rounds), desc="evaluation", disable=not accelerator.is_local_main_process):
         batch = next(batches, None)
@@ -190,7 +190,9 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
             continue
         labels = batch["labels"]
         # crop a padding model's logits (SeMask-Mask2Former) to the collated input before upsampling
-        logits = logits_to_size(logits.float(), pixel_values.shape[-2:], labels.shape[-2:], divisor)
+        input_size = pixel_values.shape[-2:]
+        padded_size = model_padded_size(unwrapped, input_size)
+        logits = logits_to_size(logits.float(), input_size, labels.shape[-2:], padded_size)
         update_unpadded(metric, logits.argmax(1).cpu(), labels)
     # the counts summed over the processes, on the accelerator's device (NCCL needs it)
     metric.reduce(lambda counts: accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu())

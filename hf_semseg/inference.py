@@ -5,8 +5,9 @@ scale (mmseg's ``MultiScaleFlipAug``, detectron2's ``TEST.AUG``), each pass's sc
 way the family's original does, and the passes averaged as it does. The other functions take an hf-semseg (or transformers) segmentation model whose output has ``logits`` at any stride, and
 normalised ``pixel_values`` ``(B, 3, H, W)``; they return scores at the input resolution ``(B, K, H, W)``.
 mmsegmentation's ``mode='whole'`` / ``mode='slide'`` and ``--aug-test`` are the reference. A model that pads its input
-to a multiple of ``config.size_divisibility`` (SeMask-Mask2Former, as detectron2) returns logits over the padded
-image: :func:`logits_to_size` crops the padding before resizing, as detectron2's ``sem_seg_postprocess`` does.
+(the detectron2-style models: to multiples of ``config.size_divisibility``, VW's to at least 128 a side;
+:func:`model_padded_size`) returns logits over the padded image: :func:`logits_to_size` crops the padding before
+resizing, as detectron2's ``sem_seg_postprocess`` does.
 
 Inputs are checked before any forward or resize, each error naming the argument, the value and what is expected:
 ``pixel_values`` a finite floating-point ``(B, C, H, W)`` tensor with at least one image of at least 1x1 pixel, on
@@ -75,12 +76,12 @@ def _check_pixel_values(pixel_values, model=None) -> None:
         raise ValueError("pixel_values holds NaN or infinite values: the scores would be NaN")
 
 
-def logits_to_size(logits: torch.Tensor, input_size, size, size_divisibility: int = 0) -> torch.Tensor:
-    """``logits`` of a model input of ``input_size`` ``(H, W)``, bilinearly resized to ``size``. With
-    ``size_divisibility`` > 0 the model padded its input on the right and bottom to multiples of it and the logits
-    cover that padded image: they are upsampled to the padded size, the padding is cropped, and only then resized.
-    ``logits`` must be floating-point ``(B, K, h, w)`` and both sizes two positive integers (a ``ValueError`` /
-    ``TypeError`` naming them; torch's ``interpolate`` named neither)."""
+def logits_to_size(logits: torch.Tensor, input_size, size, padded_size=None) -> torch.Tensor:
+    """``logits`` of a model input of ``input_size`` ``(H, W)``, bilinearly resized to ``size``. With ``padded_size``
+    (the size the model padded that input to on the right and bottom, :func:`model_padded_size`) the logits cover
+    the padded image: they are upsampled to the padded size, the padding is cropped, and only then resized.
+    ``logits`` must be floating-point ``(B, K, h, w)`` and the sizes two positive integers, ``padded_size`` at least
+    ``input_size`` (a ``ValueError`` / ``TypeError`` naming them; torch's ``interpolate`` named neither)."""
     if not torch.is_tensor(logits) or logits.dim() != 4:
         shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
         raise ValueError(f"logits must be a (batch, num_labels, height, width) tensor, got {shape}")
@@ -88,8 +89,10 @@ def logits_to_size(logits: torch.Tensor, input_size, size, size_divisibility: in
         raise TypeError(f"logits must be floating-point scores, got {logits.dtype}")
     height, width = _positive_pair("input_size", input_size)
     size = _positive_pair("size", size)
-    if size_divisibility and size_divisibility > 0:
-        padded = (height + -height % size_divisibility, width + -width % size_divisibility)
+    if padded_size is not None:
+        padded = _positive_pair("padded_size", padded_size)
+        if padded[0] < height or padded[1] < width:
+            raise ValueError(f"padded_size {padded} is smaller than the input_size {(height, width)} it pads")
         if padded != (height, width):
             logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
     if tuple(logits.shape[-2:]) == size:
@@ -134,14 +137,21 @@ def classifies_masks(model) -> bool:
     return getattr(config, "num_queries", None) is not None or decoder_queries is not None
 
 
-def model_size_divisibility(model) -> int:
-    """The multiple a model pads its input to (``config.size_divisibility``; 0 for models that do not pad)."""
-    return int(getattr(getattr(model, "config", None), "size_divisibility", 0) or 0)
+def model_padded_size(model, input_size) -> tuple[int, int]:
+    """The ``(height, width)`` a model pads an input of ``input_size`` to before its backbone: the model's own
+    ``padded_input_size`` (the detectron2-style models: each side to a multiple of ``config.size_divisibility``, VW's
+    to at least 128), the input size itself for a model that does not pad."""
+    input_size = _positive_pair("input_size", input_size)
+    padded_input_size = getattr(model, "padded_input_size", None)
+    if padded_input_size is None:
+        return input_size
+    return tuple(int(side) for side in padded_input_size(input_size))
 
 
 def _upsampled_logits(model, pixel_values: torch.Tensor, size) -> torch.Tensor:
     logits = model(pixel_values=pixel_values).logits
-    return logits_to_size(logits, pixel_values.shape[-2:], size, model_size_divisibility(model))
+    input_size = pixel_values.shape[-2:]
+    return logits_to_size(logits, input_size, size, model_padded_size(model, input_size))
 
 
 @torch.no_grad()
@@ -359,7 +369,7 @@ def _pass_scores(model, processor, pixel_values, image_size, unpadded_size, wind
                 outputs, target_sizes=[image_size], image_sizes=[unpadded_size], return_segmentation_scores=True
             )[0]["segmentation_scores"]
         input_size = pixel_values.shape[-2:]
-        logits = logits_to_size(outputs.logits, input_size, input_size, model_size_divisibility(model))
+        logits = logits_to_size(outputs.logits, input_size, input_size, model_padded_size(model, input_size))
     logits = logits[..., : unpadded_size[0], : unpadded_size[1]]
     return logits_to_size(logits, unpadded_size, image_size)[0]
 

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.hf_argparser import string_to_bool
 
-from .inference import logits_to_size, model_size_divisibility
+from .inference import logits_to_size, model_padded_size
 from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
@@ -1324,19 +1324,20 @@ def update_unpadded(metric, predictions: torch.Tensor, labels: torch.Tensor, ign
 class StreamingMeanIoU:
     """``compute_metrics`` for ``Trainer(batch_eval_metrics=True)``: upsample the logits to the label size, argmax,
     accumulate (:class:`~hf_semseg.metrics.SegmentationMetrics`: mIoU, Boundary IoU, trimap mIoU); only the counts are
-    kept between batches. ``size_divisibility``: the multiple a model pads its input to
-    (:func:`~hf_semseg.inference.model_size_divisibility`), whose logits are cropped before the upsampling."""
+    kept between batches. ``padded_input_size``: for a model that pads its input, the size it pads an input of a
+    given ``(height, width)`` to (``functools.partial(model_padded_size, model)``,
+    :func:`~hf_semseg.inference.model_padded_size`); its logits are cropped to the input before the upsampling."""
 
     def __init__(
         self,
         num_labels: int,
         id2label: dict | None = None,
         ignore_index: int = IGNORE_INDEX,
-        size_divisibility: int = 0,
+        padded_input_size=None,
     ):
         self.metric = SegmentationMetrics(num_labels, ignore_index)
         self.id2label = id2label or {}
-        self.size_divisibility = size_divisibility
+        self.padded_input_size = padded_input_size
 
     def __call__(self, eval_prediction, compute_result: bool = False) -> dict:
         logits = eval_prediction.predictions
@@ -1346,7 +1347,9 @@ class StreamingMeanIoU:
         # Trainer pads the labels of different processes to one size with -100 before gathering them
         labels = torch.where(labels == -100, torch.full_like(labels, self.metric.ignore_index), labels)
         # the labels have the (collated) input's size; a padding model's logits are cropped to it first
-        upsampled = logits_to_size(logits.float(), labels.shape[-2:], labels.shape[-2:], self.size_divisibility)
+        input_size = labels.shape[-2:]
+        padded_size = None if self.padded_input_size is None else self.padded_input_size(input_size)
+        upsampled = logits_to_size(logits.float(), input_size, input_size, padded_size)
         update_unpadded(self.metric, upsampled.argmax(1).cpu(), labels.cpu(), self.metric.ignore_index)
         if not compute_result:
             return {}
@@ -1402,7 +1405,8 @@ def write_predictions(model, dataset, image_column: str, output_dir: Path, count
         with torch.no_grad():
             logits = model(pixel_values=normalise(resized)[None].to(device)).logits
         # a model that pads its input (SeMask-Mask2Former) has logits over the padding too: cropped first
-        logits = logits_to_size(logits.float(), resized.shape[:2], array.shape[:2], model_size_divisibility(model))
+        padded_size = model_padded_size(model, resized.shape[:2])
+        logits = logits_to_size(logits.float(), resized.shape[:2], array.shape[:2], padded_size)
         mask = colorize(logits.argmax(1)[0].cpu().numpy(), palette)
         mask.save(output_dir / f"prediction_{index}.png")
         Image.blend(image, mask, alpha=0.5).save(output_dir / f"overlay_{index}.png")

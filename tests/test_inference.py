@@ -103,6 +103,9 @@ class PaddingStub(torch.nn.Module):
         super().__init__()
         self.config = type("Config", (), {"size_divisibility": 8, "num_labels": 1})()
 
+    def padded_input_size(self, input_size):
+        return tuple(side + -side % 8 for side in input_size)
+
     def forward(self, pixel_values):
         height, width = pixel_values.shape[-2:]
         padded = F.pad(pixel_values[:, :1], (0, -width % 8, 0, -height % 8), value=1000.0)
@@ -124,8 +127,8 @@ def test_logits_over_a_padded_input_are_cropped_before_resizing():
         mode="bilinear",
         align_corners=False,
     )
-    assert torch.allclose(logits_to_size(quarter, (6, 5), (12, 10), 8), expected)
-    assert torch.equal(logits_to_size(image, (6, 5), (6, 5), 0), image)  # nothing to crop or resize
+    assert torch.allclose(logits_to_size(quarter, (6, 5), (12, 10), (8, 8)), expected)
+    assert torch.equal(logits_to_size(image, (6, 5), (6, 5)), image)  # nothing to crop or resize
 
 
 @pytest.mark.parametrize(
@@ -330,3 +333,33 @@ def test_the_image_size_is_read_as_the_processor_reads_the_layout(model):
     ambiguous = np.random.default_rng(2).integers(0, 256, (4, 30, 3), dtype=np.uint8)  # 4 rows of RGB
     scores = segmentation_scores(model, processor, ambiguous, input_data_format="channels_last")
     assert scores.shape[1:] == (4, 30)
+
+
+@pytest.mark.parametrize("model_class", ["VWMaskFormerForSemanticSegmentation", "VWMask2FormerForSemanticSegmentation"])
+def test_vw_logits_are_cropped_at_the_models_own_padding(model_class):
+    """The VW segmenters pad each side to a multiple of ``size_divisibility`` and to at least 128; the logits of a
+    64 x 96 input cover 128 x 128. Only the multiple (64 x 128) was cropped: the padding was stretched over the image
+    (up to 1.6 apart, 23% of the pixels of another class)."""
+    import hf_semseg
+    from hf_semseg.inference import model_padded_size
+
+    from model_suite import tiny_vw_mask2former_config, tiny_vw_maskformer_config
+
+    make_config = tiny_vw_maskformer_config if "MaskFormer" in model_class else tiny_vw_mask2former_config
+    config = make_config()
+    config.size_divisibility = 64
+    torch.manual_seed(0)
+    model = getattr(hf_semseg, model_class)(config).eval()
+    with torch.no_grad():  # away from the near-constant start, so that the classes vary over the image
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1 or name.endswith("bias"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    assert model_padded_size(model, (64, 96)) == (128, 128)
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+        expected = F.interpolate(logits, size=(128, 128), mode="bilinear", align_corners=False)[..., :64, :96]
+        assert torch.allclose(whole_image_logits(model, pixel_values), expected, atol=1e-6)
+        # the 64 x 128 crop of the multiple alone is far from it
+        stretched = F.interpolate(logits, size=(64, 128), mode="bilinear", align_corners=False)[..., :64, :96]
+        assert (stretched - expected).abs().max() > 0.1

@@ -186,7 +186,7 @@ def test_logits_to_size_names_its_arguments(logits, input_size, size, error, mes
     """torch's interpolate refused these in its own words ("Input and output sizes should be greater than 0", "same
     number of spatial dimensions", not implemented for 'Long'); an input of 0 rows was resized silently."""
     with pytest.raises(error, match=message):
-        logits_to_size(logits, input_size, size, size_divisibility=8)
+        logits_to_size(logits, input_size, size, padded_size=(8, 8))
 
 
 @pytest.mark.parametrize("image_size", [(30, 50, 3), (-3, 50), 30])
@@ -253,3 +253,8 @@ def test_window_origins_need_positive_sizes(length, crop, stride):
 
 
 # ----- the Hub ----------------------------------------------------------------------------------------------------
+
+
+def test_logits_to_size_refuses_a_padded_size_below_the_input():
+    with pytest.raises(ValueError, match=r"padded_size \(8, 4\) is smaller than the input_size \(8, 8\)"):
+        logits_to_size(torch.zeros(1, 2, 4, 4), (8, 8), (8, 8), padded_size=(8, 4))

@@ -298,7 +298,7 @@ def test_streaming_miou_crops_the_logits_of_a_padding_model():
     logits[:, 1, :6, 3:5] = 5.0  # the image: right columns class 1
     logits[:, 1, :, 5:] = 9.0  # the padding on the right: class 1 everywhere
     logits[:, 1, 6:, :] = 9.0  # the padding at the bottom
-    cropped = StreamingMeanIoU(2, size_divisibility=8)
+    cropped = StreamingMeanIoU(2, padded_input_size=lambda size: tuple(side + -side % 8 for side in size))
     assert cropped(EvalPrediction(logits.numpy(), labels.numpy()), compute_result=True)["mean_iou"] == 1.0
     stretched = StreamingMeanIoU(2)
     assert stretched(EvalPrediction(logits.numpy(), labels.numpy()), compute_result=True)["mean_iou"] < 0.8
