@@ -325,6 +325,80 @@ def test_post_process_semantic_segmentation(processor_class):
         processor.post_process_semantic_segmentation(_Outputs(batch_logits), target_sizes=[(4, 4)])
 
 
+def _pixel_logits(pixel_values: torch.Tensor) -> _Outputs:
+    """A stand-in model: the first two channels as per-pixel logits (stride 1: the padding crops exactly)."""
+    return _Outputs(pixel_values[:, :2].clone())
+
+
+def _mixed_images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 30), (20, 50))]
+
+
+def test_post_processing_takes_the_calls_pad_size_and_size(processor_class):
+    """A `pad_size` or `size` given to the call placed the images elsewhere than this processor's own settings say:
+    post-processing cropped (or, unpadded, stretched) at the settings' places, 52% of a single image's pixels of
+    another class. It takes the call's settings now, and refuses logits of another input instead of guessing."""
+    processor = processor_class(size={"longest_edge": 64, "shortest_edge": 32})
+    images = _mixed_images()
+    sizes = [image.shape[:2] for image in images]
+    alone = [
+        processor.post_process_semantic_segmentation(
+            _pixel_logits(processor(image, return_tensors="pt").pixel_values), target_sizes=[size]
+        )[0]
+        for image, size in zip(images, sizes)
+    ]
+    pad_size = {"height": 64, "width": 64}
+    padded = processor(images[0], pad_size=pad_size, return_tensors="pt").pixel_values
+    with pytest.raises(ValueError, match=r"logits of 64x64 do not match the 43x32 pixel values of image 0 .* pad_size"):
+        processor.post_process_semantic_segmentation(_pixel_logits(padded), target_sizes=sizes[:1])
+    (single,) = processor.post_process_semantic_segmentation(
+        _pixel_logits(padded), target_sizes=sizes[:1], pad_size=pad_size
+    )
+    assert torch.equal(single, alone[0])
+    batch = processor(images, pad_size=pad_size, return_tensors="pt").pixel_values
+    maps = processor.post_process_semantic_segmentation(_pixel_logits(batch), target_sizes=sizes, pad_size=pad_size)
+    assert all(torch.equal(got, expected) for got, expected in zip(maps, alone, strict=True))
+
+    # a `size` of another aspect in a padded batch: the derived crop is refused, the call's size followed
+    size = {"height": 48, "width": 48}
+    batch = processor(images, size=size, return_tensors="pt").pixel_values  # fixed 48 x 48: nothing padded
+    with pytest.raises(ValueError, match=r"logits of 48x48 do not match the 43x64 pixel values of image 0"):
+        processor.post_process_semantic_segmentation(_pixel_logits(batch), target_sizes=sizes)
+    maps = processor.post_process_semantic_segmentation(_pixel_logits(batch), target_sizes=sizes, size=size)
+    for image_map, image, target in zip(maps, batch, sizes):
+        logits = _pixel_logits(image[None]).logits  # at the 48 x 48 input: straight to the target
+        expected = F.interpolate(logits, size=target, mode="bilinear", align_corners=False)[0].argmax(0)
+        assert torch.equal(image_map, expected)
+    with pytest.raises(TypeError, match=r"unexpected settings \['do_normalize'\]; it takes .*'pad_size'"):
+        processor.post_process_semantic_segmentation(_pixel_logits(batch), target_sizes=sizes, do_normalize=False)
+    with pytest.raises(ValueError, match="pad_size"):
+        processor.post_process_semantic_segmentation(_pixel_logits(batch), target_sizes=sizes, pad_size={"height": 0})
+
+
+def test_post_processing_resizes_through_the_input_size_as_mmseg(processor_class):
+    """mmseg resizes the logits to the model's input (``encode_decode``), crops the padding, then resizes to the
+    original size (``rescale=True``); an unpadded image's logits went straight to the target (0.14% of the pixels of
+    another class), so one image gave different maps alone and in a padded batch."""
+    processor = processor_class(size={"longest_edge": 90, "shortest_edge": 64})
+    image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    pixel_values = processor(image, return_tensors="pt").pixel_values  # 64 x 90
+    outputs = _Outputs(torch.randn(1, 3, 16, 23, generator=torch.Generator().manual_seed(0)))
+    (scores,) = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(50, 70)], return_segmentation_scores=True
+    )
+    expected = F.interpolate(outputs.logits, size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=False)
+    expected = F.interpolate(expected, size=(50, 70), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(scores.segmentation_scores, expected, atol=1e-6)
+    direct = F.interpolate(outputs.logits, size=(50, 70), mode="bilinear", align_corners=False)[0]
+    assert (direct - expected).abs().max() > 1e-2
+    # scores already at the target size are taken as they are
+    (same,) = processor.post_process_semantic_segmentation(
+        _Outputs(expected[None]), target_sizes=[(50, 70)], return_segmentation_scores=True
+    )
+    assert torch.equal(same.segmentation_scores, expected)
+
+
 #: (target_sizes for a batch of 2, the error's pattern): each named before it reaches an interpolation
 BAD_TARGET_SIZES = [
     ([(0, 70), (8, 8)], r"target_sizes\[0\] is \(0, 70\); expected a \(height, width\) pair of whole numbers >= 1"),
@@ -348,13 +422,14 @@ def test_post_processing_names_a_malformed_target_size(processor_class, target_s
 def test_post_processing_takes_whole_number_sizes_of_any_type_and_refuses_logits_without_a_batch_axis(
     processor_class,
 ):
-    logits = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    # at stride 64 of the 512 x 827 batch these two images are padded to (a square map would be another input's)
+    logits = torch.randn(2, 5, 8, 13, generator=torch.Generator().manual_seed(0))
     processor = processor_class()
     reference = processor.post_process_semantic_segmentation(_Outputs(logits), target_sizes=[(13, 21), (8, 8)])
     for sizes in ([(13.0, 21.0), [8, 8]], np.array([[13, 21], [8, 8]]), [torch.tensor([13, 21]), (8, 8)]):
         maps = processor.post_process_semantic_segmentation(_Outputs(logits), target_sizes=sizes)
         assert all(torch.equal(a, b) for a, b in zip(maps, reference, strict=True))
-    with pytest.raises(ValueError, match=r"logits have shape \(5, 8, 8\); expected \(batch_size, num_labels"):
+    with pytest.raises(ValueError, match=r"logits have shape \(5, 8, 13\); expected \(batch_size, num_labels"):
         processor.post_process_semantic_segmentation(_Outputs(logits[0]))
 
 

@@ -383,6 +383,28 @@ def test_post_processing_without_a_padding_multiple_upsamples_to_the_largest_ima
     torch.testing.assert_close(results[1]["segmentation_scores"], scores[1, :, :90, :130], atol=1e-6, rtol=0)
 
 
+def test_post_processing_takes_the_calls_size():
+    """A `size` given to the call resizes the images to other sizes than this processor's own rule gives: the
+    padding was cropped at the rule's places (46% of the first image's pixels of another class). The call's settings
+    are taken now, and a batch the processor's own settings would pad to another size is refused."""
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    call_size = {"shortest_edge": 64, "longest_edge": 128}
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 30), (20, 50))]
+    sizes = [image.shape[:2] for image in images]
+    pixel_values = processor(images, size=call_size, return_tensors="pt").pixel_values  # 96 x 128
+    outputs = {  # two queries, one per class, whose masks are the first two channels at stride 4
+        "class_queries_logits": torch.tensor([[10.0, 0, 0], [0, 10.0, 0]]).expand(2, 2, 3),
+        "masks_queries_logits": 3 * F.avg_pool2d(pixel_values[:, :2], 4),
+    }
+    with pytest.raises(ValueError, match=r"cover a 96x128 input, but preprocessing with .* pads images of .* to 64x64"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, size=call_size)
+    image_sizes = [(85, 64), (51, 128)]  # ResizeShortestEdge(64, 128) of the two images
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, image_sizes=image_sizes)
+    assert all(torch.equal(got, want) for got, want in zip(maps, expected, strict=True))
+
+
 def test_post_processing_names_malformed_sizes_and_logits():
     processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 160})
     generator = torch.Generator().manual_seed(0)

@@ -957,8 +957,10 @@ class KeepRatioImageProcessingTester(ImageProcessingTester):
         return (self.num_channels, *self.padded_size(sizes))
 
     def prepare_post_process_semantic_segmentation_inputs(self):
-        # upstream reads size["height"] / size["width"], which a keep-ratio size has not
-        height, width = 8, 12
+        # upstream reads size["height"] / size["width"], which a keep-ratio size has not; the output of a model at
+        # stride 4 for a 1 x 4 image (the size the target_sizes test asks for), resized to 16 x 64 (logits of another
+        # input's shape are refused: their padding would be cropped at the wrong place)
+        height, width = 4, 16
         inputs = {
             "outputs": SemanticSegmenterOutput(logits=torch.randn(self.batch_size, self.num_labels, height, width))
         }

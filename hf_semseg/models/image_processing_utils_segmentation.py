@@ -15,6 +15,7 @@ Portable module: imported with single-dot imports by both backends and saved nex
 torch, numpy, PIL and transformers - never torchvision (the PIL backend must work where it is not installed).
 """
 
+import math
 import os
 import re
 from typing import Any
@@ -693,6 +694,33 @@ def check_post_process_sizes(sizes: Any, batch_size: int, name: str) -> list[tup
     return checked
 
 
+def logits_cover(logits_size, input_size) -> bool:
+    """Whether logits of ``logits_size`` ``(h, w)`` can be a model's output over an input of ``input_size``
+    ``(H, W)``: one stride ``s`` for both sides, each side ``H / s`` rounded either way (``|h - H / s| <= 1``), so a
+    map of another aspect ratio (another input's) is told apart from any model's output stride."""
+    lowest, highest = 0.0, math.inf  # the strides s both sides allow
+    for side, input_side in zip(logits_size, input_size):
+        lowest = max(lowest, input_side / (side + 1))
+        highest = min(highest, input_side / (side - 1) if side > 1 else math.inf)
+    return lowest <= highest
+
+
+def check_logits_match_input(logits: torch.Tensor, input_sizes: list, settings: str) -> None:
+    """Refuse logits that cannot come from the model inputs the post-processing ``settings`` (described) give
+    (``input_sizes``, one ``(height, width)`` per image: the padded batch's, or the resized image's): the images
+    were processed with other settings (a `size` or `pad_size` given to the call), and cropping at the settings'
+    places would be wrong."""
+    logits_size = tuple(logits.shape[-2:])
+    for index, input_size in enumerate(input_sizes):
+        if not logits_cover(logits_size, input_size):
+            raise ValueError(
+                f"logits of {logits_size[0]}x{logits_size[1]} do not match the {input_size[0]}x{input_size[1]} "
+                f"pixel values of image {index} that preprocessing with {settings} makes (at no one output "
+                "stride): pass post_process_semantic_segmentation the settings the images were processed with "
+                "(e.g. `size=...`, `pad_size=...`)"
+            )
+
+
 class SegmentationImageProcessingMixin:
     """Defaults, the preprocessing flow and post-processing shared by every processor of this folder (placed before
     ``TorchvisionBackend`` / ``PilBackend`` in the bases).
@@ -958,25 +986,62 @@ class SegmentationImageProcessingMixin:
             data["labels"] = [label[0] for label in labels]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _image_sizes_for(self, target_sizes: list | None, image_sizes: list | None) -> list | None:
+    #: the preprocessing settings that decide where an image lies in its pixel values (the resized size, the
+    #: padding); post-processing takes the same overrides as the call that made the pixel values
+    layout_settings = ("do_resize", "size", "size_divisor", "do_pad", "pad_size")
+
+    def _layout(self, overrides: dict) -> dict:
+        """This processor's :attr:`layout_settings`, with ``overrides`` (the ones a `preprocess` call was given) in
+        their place; anything else is a `TypeError` naming it, a wrong value the `ValueError` `preprocess` raises."""
+        unknown = sorted(set(overrides) - set(self.layout_settings))
+        if unknown:
+            raise TypeError(
+                f"post_process_semantic_segmentation() got unexpected settings {unknown}; it takes the preprocessing "
+                f"settings that place an image in its pixel values: {list(self.layout_settings)}"
+            )
+        layout = {name: getattr(self, name, None) for name in self.layout_settings}
+        layout.update({name: value for name, value in overrides.items() if value is not None})
+        self._validate_preprocess_kwargs(resample=self.resample, **layout)
+        for name in ("size", "pad_size"):
+            if layout[name] is not None and not isinstance(layout[name], SizeDict):
+                layout[name] = SizeDict(**dict(layout[name]))
+        return layout
+
+    @staticmethod
+    def _layout_description(layout: dict) -> str:
+        """``layout``'s settings for a message, sizes as plain dicts of their set keys."""
+        described = []
+        for name, value in layout.items():
+            if isinstance(value, SizeDict):
+                value = {key: getattr(value, key) for key in ("height", "width", "shortest_edge", "longest_edge")}
+                value = {key: side for key, side in value.items() if side is not None}
+            described.append(f"{name}={value!r}")
+        return ", ".join(described)
+
+    def _image_sizes_for(self, target_sizes: list | None, image_sizes: list | None, layout: dict | None = None):
         """The unpadded (resized) size of every image: given, or derived from the original sizes (``target_sizes``)
-        with this processor's resize rule (both checked by :func:`check_post_process_sizes`)."""
+        with the resize rule of ``layout`` (:meth:`_layout`; this processor's settings by default; both sizes checked
+        by :func:`check_post_process_sizes`)."""
         if image_sizes is not None or target_sizes is None:
             return image_sizes
-        if not self.do_resize:
+        layout = self._layout({}) if layout is None else layout
+        if not layout["do_resize"]:
             return target_sizes
-        return [self.get_output_size(*size) for size in target_sizes]
+        return [
+            self._resize_steps([(int(height), int(width))], layout["size"], size_divisor=layout.get("size_divisor"))[
+                -1
+            ][0]
+            for height, width in target_sizes
+        ]
 
-    def _padded_size(self, image_sizes: list) -> tuple[int, int] | None:
-        """The ``(height, width)`` `preprocess` pads a batch of images of these (resized) sizes to with this
-        processor's settings (`do_pad`, `pad_size`, a model family's `size_divisibility`); None when it leaves them
-        as they are (no padding, or every image has that size already)."""
-        if not self.do_pad:
+    def _padded_size(self, image_sizes: list, layout: dict | None = None) -> tuple[int, int] | None:
+        """The ``(height, width)`` `preprocess` pads a batch of images of these (resized) sizes to with the settings
+        of ``layout`` (:meth:`_layout`; `do_pad`, `pad_size`, a model family's `size_divisibility`); None when it
+        leaves them as they are (no padding, or every image has that size already)."""
+        layout = self._layout({}) if layout is None else layout
+        if not layout["do_pad"]:
             return None
-        pad_size = self.pad_size
-        if pad_size is not None and not isinstance(pad_size, SizeDict):
-            pad_size = SizeDict(**dict(pad_size))
-        pad = self._get_pad_size(image_sizes, pad_size, size_divisibility=getattr(self, "size_divisibility", None))
+        pad = self._get_pad_size(image_sizes, layout["pad_size"], size_divisibility=layout.get("size_divisibility"))
         if all(tuple(size) == (pad.height, pad.width) for size in image_sizes):
             return None
         return (pad.height, pad.width)
@@ -994,25 +1059,31 @@ class SegmentationImageProcessingMixin:
         target_sizes: list[tuple] | None = None,
         image_sizes: list[tuple] | None = None,
         return_segmentation_scores: bool = False,
+        **preprocess_settings,
     ):
         """
-        Turn the logits of a semantic-segmentation model into per-pixel class indices.
+        Turn the logits of a semantic-segmentation model into per-pixel class indices, as mmseg's test: the logits
+        resized (bilinear, `align_corners=False`) to the model's input size, the padding cropped, then resized to
+        the original size (`encode_decode`, then `rescale=True`).
 
         Args:
             outputs: model output with a `logits` field of shape `(batch_size, num_labels, height, width)`.
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
-                Final `(height, width)` of each prediction, usually the original image sizes. Each image's logits are
-                resized bilinearly (`align_corners=False`, as in mmseg) before the argmax. If unset, the argmax is
+                Final `(height, width)` of each prediction, usually the original image sizes. If unset, the argmax is
                 taken at the logits resolution.
             image_sizes (`list[tuple[int, int]]`, *optional*):
                 The size of each image after resizing and before padding. By default derived from `target_sizes`
-                with this processor's resize rule (exact when `target_sizes` are the original sizes). Where the
-                images of the batch were padded (to the largest of them, or to `pad_size`), each image's logits are
-                resized to the padded input size and cropped to the image before the resize to its target size, as
-                mmseg 1.x crops its padding; a batch without padding is resized directly.
+                with the resize rule (exact when `target_sizes` are the original sizes). Where the images of the
+                batch were padded (to the largest of them, or to `pad_size`), each image's logits are resized to
+                the padded input size and cropped to the image before the resize to its target size.
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 Return `SemanticSegmentationPostProcessorOutput`s (`segmentation` and the resized
                 `segmentation_scores`) instead of bare maps.
+            **preprocess_settings:
+                The settings the images were processed with where the call overrode this processor's own (`size`,
+                `do_resize`, `size_divisor`, `do_pad`, `pad_size`): they decide where each image lies in the
+                pixel values. Logits that do not match the input size those settings give (at the stride of any
+                model here) are refused instead of being cropped at the wrong place.
 
         Returns:
             `list[torch.Tensor]`: one int64 `(height, width)` map per image (or the output objects described above).
@@ -1024,18 +1095,33 @@ class SegmentationImageProcessingMixin:
                 "return_dict=False has no field names)"
             )
         check_post_process_scores(logits, "logits", "num_labels")
+        layout = self._layout(preprocess_settings)
         target_sizes = check_post_process_sizes(target_sizes, len(logits), "target_sizes")
         image_sizes = check_post_process_sizes(image_sizes, len(logits), "image_sizes")
-        image_sizes = self._image_sizes_for(target_sizes, image_sizes)
-        padded_size = self._padded_size(image_sizes) if image_sizes is not None else None
+        image_sizes = self._image_sizes_for(target_sizes, image_sizes, layout)
+        input_sizes = None
+        if image_sizes is not None:
+            padded_size = self._padded_size(image_sizes, layout)
+            input_sizes = [padded_size or tuple(size) for size in image_sizes]
+            if (
+                padded_size is None
+                and target_sizes is not None
+                and all(tuple(logits.shape[-2:]) == tuple(size) for size in target_sizes)
+            ):
+                input_sizes = None  # scores already at the target size (nothing padded, nothing to crop)
+            else:
+                check_logits_match_input(logits, input_sizes, self._layout_description(layout))
         results = []
         for index in range(len(logits)):
             scores = logits[index]
-            if padded_size is not None:  # (C, h, w) at the padded input size, cropped to the image's region
+            if input_sizes is not None:  # (C, H, W) at the model's (padded) input, cropped to the image's region
                 height, width = image_sizes[index]
-                scores = F.interpolate(scores[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+                if tuple(scores.shape[-2:]) != input_sizes[index]:
+                    scores = F.interpolate(scores[None], size=input_sizes[index], mode="bilinear", align_corners=False)[
+                        0
+                    ]
                 scores = scores[:, :height, :width]
-            if target_sizes is not None:
+            if target_sizes is not None and tuple(scores.shape[-2:]) != tuple(target_sizes[index]):
                 scores = F.interpolate(scores[None], size=target_sizes[index], mode="bilinear", align_corners=False)[0]
             results.append((scores.argmax(dim=0), scores))
 

@@ -69,6 +69,11 @@ def get_output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
     return get_keep_ratio_processor_output_size(height, width, size)
 
 
+#: the largest side a model here pads a small input up to (the VW segmenters' minimum input side, 128): a batch
+#: padded to less than that may be padded further by the model
+LARGEST_MINIMUM_MODEL_SIDE = 128
+
+
 class SeMaskMask2FormerImageProcessingMixin:
     """Defaults, size rule, padded size and post-processing of `SeMaskMask2FormerImageProcessor` and
     `SeMaskMask2FormerImageProcessorPil`. They sit in front of the keep-ratio processors in the MRO and reuse their
@@ -81,6 +86,7 @@ class SeMaskMask2FormerImageProcessingMixin:
     #: ``MAX_SIZE``: the longest edge of the largest scale (hf_semseg.inference.processor_at_scale)
     multi_scale_longest_edge = "largest scale"
     validated_at_construction = (*SegmentationImageProcessingMixin.validated_at_construction, "size_divisibility")
+    layout_settings = ("do_resize", "size", "do_pad", "pad_size", "size_divisibility")
 
     def _validate_preprocess_kwargs(self, size_divisor=None, size_divisibility=None, **kwargs):
         if size_divisibility is not None and (
@@ -106,20 +112,41 @@ class SeMaskMask2FormerImageProcessingMixin:
     def _get_pad_size(self, output_sizes: list, pad_size: SizeDict | None, size_divisibility=None, **kwargs):
         return get_pad_size(output_sizes, pad_size, size_divisibility)
 
-    def _padded_input_size(self, stride4: torch.Tensor, image_sizes: list | None) -> tuple[int, int]:
+    def _padded_input_size(self, stride4: torch.Tensor, image_sizes: list | None, layout: dict) -> tuple[int, int]:
         """The size of the padded batch the model took, to which the original upsamples the mask logits
         (detectron2's ``images.tensor``): 4 x the stride-4 maps where the padding multiple is a multiple of 4 (32
         in every release); otherwise (``size_divisibility`` 0: the batch's largest image, unpadded) the largest of
         ``image_sizes`` rounded up to the multiple (the preprocessing's :func:`get_pad_size`), when its stride-4 maps
-        are these (else 4 x them, as before: a model that pads further itself)."""
+        are these (else 4 x them, as before: a model that pads further itself).
+
+        With ``image_sizes`` (from the settings of ``layout``), the batch those settings pad must be the model's
+        input: the same size, or smaller where a model pads further (VW's segmenters: each side to the smallest
+        multiple of at least :data:`LARGEST_MINIMUM_MODEL_SIDE`); other sizes mean the images were processed with other settings and
+        are refused (a `ValueError`), since the crop would be at the wrong place."""
         mask_size = (4 * stride4.shape[-2], 4 * stride4.shape[-1])
-        divisor = self.size_divisibility or 0
-        if image_sizes is None or (divisor and divisor % 4 == 0):
+        divisor = layout["size_divisibility"] or 0
+        if image_sizes is None:
             return mask_size
-        padded = get_pad_size(image_sizes, None, divisor)
-        if (-(-padded.height // 4), -(-padded.width // 4)) != tuple(stride4.shape[-2:]):
+        pad_size = layout["pad_size"] if layout["do_pad"] else None
+        padded = get_pad_size(image_sizes, pad_size, divisor if layout["do_pad"] else 0)
+        padded = (padded.height, padded.width)
+        if divisor and divisor % 4 == 0:
+            minimum_side = -(-LARGEST_MINIMUM_MODEL_SIDE // divisor) * divisor  # the minimum, as a multiple
+            explained = all(
+                side == model_side or side < model_side == minimum_side for side, model_side in zip(padded, mask_size)
+            )
+            if not explained:
+                raise ValueError(
+                    f"the stride-4 maps of {stride4.shape[-2]}x{stride4.shape[-1]} cover a {mask_size[0]}x"
+                    f"{mask_size[1]} input, but preprocessing with "
+                    f"{self._layout_description(layout)} pads images of {[tuple(size) for size in image_sizes]} to "
+                    f"{padded[0]}x{padded[1]}: pass post_process_semantic_segmentation the settings the images were "
+                    "processed with (e.g. `size=...`, `pad_size=...`), or their `image_sizes`"
+                )
             return mask_size
-        return padded.height, padded.width
+        if (-(-padded[0] // 4), -(-padded[1] // 4)) != tuple(stride4.shape[-2:]):
+            return mask_size
+        return padded
 
     def post_process_semantic_segmentation(
         self,
@@ -127,6 +154,7 @@ class SeMaskMask2FormerImageProcessingMixin:
         target_sizes: list[tuple] | None = None,
         image_sizes: list[tuple] | None = None,
         return_segmentation_scores: bool = False,
+        **preprocess_settings,
     ):
         """
         Turn the output of `SeMaskMask2FormerForSemanticSegmentation` into per-pixel class indices, as the original:
@@ -146,6 +174,10 @@ class SeMaskMask2FormerImageProcessingMixin:
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
                 Return `SemanticSegmentationPostProcessorOutput`s with `segmentation` and the class scores
                 `segmentation_scores` `(num_labels, height, width)` (the original's `sem_seg`).
+            **preprocess_settings:
+                The settings the images were processed with where the call overrode this processor's own (`size`,
+                `do_resize`, `do_pad`, `pad_size`, `size_divisibility`): they decide each image's region in the
+                padded batch. A batch those settings would not pad to the model's input size is refused.
 
         Returns:
             `list[torch.Tensor]`: one int64 `(height, width)` map per image (or the output objects described above).
@@ -168,8 +200,9 @@ class SeMaskMask2FormerImageProcessingMixin:
         batch_size = len(stride4)
         target_sizes = check_post_process_sizes(target_sizes, batch_size, "target_sizes")
         image_sizes = check_post_process_sizes(image_sizes, batch_size, "image_sizes")
-        image_sizes = self._image_sizes_for(target_sizes, image_sizes)
-        padded_size = self._padded_input_size(stride4, image_sizes)
+        layout = self._layout(preprocess_settings)
+        image_sizes = self._image_sizes_for(target_sizes, image_sizes, layout)
+        padded_size = self._padded_input_size(stride4, image_sizes, layout)
 
         results = []
         for index in range(batch_size):
