@@ -54,6 +54,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
     attention_function,
+    batch_norm_statistics_updated_once,
     check_pixel_values,
     decode_with_auxiliary_head,
     eager_attention,
@@ -453,6 +454,7 @@ class PaleBlock(GradientCheckpointingLayer):
         #: preparations :class:`PreparedPaleBlock`); not a parameter or a buffer
         self.inference_weights: InferenceWeights | None = None
 
+    @batch_norm_statistics_updated_once
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
         if self.runs_inference_forward(hidden_states):

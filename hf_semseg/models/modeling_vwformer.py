@@ -44,6 +44,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     attention_function,
     batch_norm_scale_and_shift,
+    batch_norm_statistics_updated_once,
     check_batch_norm_batch,
     check_pixel_values,
     convolve_and_normalize,
@@ -452,6 +453,7 @@ class VWFormerVaryingWindowAttention(GradientCheckpointingLayer):
         # attention functions return (B*nh*nw, tokens, heads, head_dim)
         return attended.reshape(num_windows, num_tokens, channels), output_weight, output_bias, output_norm
 
+    @batch_norm_statistics_updated_once
     def forward(self, fused: torch.Tensor, query_tokens: torch.Tensor, project_output: bool = True):
         """``fused``: ``(B, C, h, w)``, ``h`` and ``w`` multiples of the window grid; ``query_tokens``: the same map as
         ``(B*nh*nw, ph*pw, C)`` windows. Returns the branch output as a ``(B, C, h, w)`` map; with
