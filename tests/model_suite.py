@@ -402,6 +402,14 @@ class SegmentationModelSuite:
         assert_same_weights(model.state_dict(), reloaded.state_dict())
         assert reloaded_logits_difference(actual, expected) <= reload_tolerance(expected)
 
+    def test_an_id2label_override_when_loading_is_validated(self, tmp_path):
+        """``from_pretrained(..., id2label=...)`` sets the labels after the config validated itself: classes keyed
+        1 and 2 loaded as 2 channels named wrongly (the pipeline failed later with a bare KeyError)."""
+        self.make_model().save_pretrained(tmp_path)
+        labels = {1: "tree", 2: "road"}
+        with pytest.raises(ValueError, match=r"id2label has the keys \[1, 2\]; expected the class indices 0 \.\.\. 1"):
+            AutoModelForSemanticSegmentation.from_pretrained(tmp_path, id2label=labels, ignore_mismatched_sizes=True)
+
     def test_logits_shape_and_return_dict(self):
         model = self.make_model()
         pixel_values, _ = self.make_inputs()

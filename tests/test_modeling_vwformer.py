@@ -452,3 +452,12 @@ def test_inference_folds_the_batch_norms_into_the_layers_before_them(monkeypatch
         unfolded = head(features)
     assert unfolded.abs().max() > 0.1
     torch.testing.assert_close(folded, unfolded, rtol=1e-10, atol=1e-10)
+
+
+def test_one_class_by_id2label_is_refused_when_loading(tmp_path):
+    """``num_labels=1`` was refused, ``id2label={0: "fg"}`` loaded a one-channel softmax whose loss is 0."""
+    from hf_semseg import VWFormerForSemanticSegmentation
+
+    VWFormerForSemanticSegmentation(tiny_vwformer_config(tiny_swin())).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"VWFormerForSemanticSegmentation: .*num_labels = 1; expected at least 2"):
+        VWFormerForSemanticSegmentation.from_pretrained(tmp_path, id2label={0: "fg"}, ignore_mismatched_sizes=True)

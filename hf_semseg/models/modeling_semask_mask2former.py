@@ -46,6 +46,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_semask_mask2former import SeMaskMask2FormerConfig
+from .configuration_utils_segmentation import validate_labels
 from .modeling_deformable_attention import DeformableEncoderPixelDecoder
 from .modeling_fapn import FeatureAlign, SeMaskFaPNPixelDecoder, SeMaskMSFaPNPixelDecoder, init_feature_align
 from .modeling_linear import replace_modules
@@ -832,6 +833,8 @@ class SeMaskMask2FormerForSemanticSegmentation(SemanticMaskClassificationMixin, 
 
     def __init__(self, config: SeMaskMask2FormerConfig):
         super().__init__(config)
+        # again: from_pretrained sets an id2label / num_labels override after the config validated itself
+        validate_labels(config)
         self.model = SeMaskMask2FormerModel(config)
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
         self.criterion = SeMaskMask2FormerLoss(config)

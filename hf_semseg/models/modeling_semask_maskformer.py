@@ -48,6 +48,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
 from .configuration_semask_maskformer import SeMaskMaskFormerConfig
+from .configuration_utils_segmentation import validate_labels
 from .modeling_semask_mask2former import (
     SemanticMaskClassificationMixin,
     SeMaskMask2FormerLoss,
@@ -424,6 +425,8 @@ class SeMaskMaskFormerForSemanticSegmentation(
 
     def __init__(self, config: SeMaskMaskFormerConfig):
         super().__init__(config)
+        # again: from_pretrained sets an id2label / num_labels override after the config validated itself
+        validate_labels(config)
         self.model = SeMaskMaskFormerModel(config)
         hidden_size = config.decoder_config.hidden_size
         self.class_predictor = nn.Linear(hidden_size, config.num_labels + 1)

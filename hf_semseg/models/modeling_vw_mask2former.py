@@ -35,6 +35,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
+from .configuration_utils_segmentation import validate_labels
 from .configuration_vw_mask2former import VWMask2FormerConfig
 from .modeling_semask_mask2former import SemanticMaskClassificationMixin, SeMaskMask2FormerLoss
 from .modeling_utils_segmentation import (
@@ -238,6 +239,8 @@ class VWMask2FormerForSemanticSegmentation(
 
     def __init__(self, config: VWMask2FormerConfig):
         super().__init__(config)
+        # again: from_pretrained sets an id2label / num_labels override after the config validated itself
+        validate_labels(config)
         self.model = VWMask2FormerModel(config)
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
         self.criterion = SeMaskMask2FormerLoss(config)

@@ -38,6 +38,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
+from .configuration_utils_segmentation import validate_labels
 from .configuration_vw_maskformer import VWMaskFormerConfig
 from .modeling_semask_mask2former import SemanticMaskClassificationMixin
 from .modeling_semask_maskformer import DETRMaskPredictionMixin, SeMaskMaskFormerLoss
@@ -215,6 +216,8 @@ class VWMaskFormerForSemanticSegmentation(
 
     def __init__(self, config: VWMaskFormerConfig):
         super().__init__(config)
+        # again: from_pretrained sets an id2label / num_labels override after the config validated itself
+        validate_labels(config)
         self.model = VWMaskFormerModel(config)
         hidden_size = config.decoder_config.hidden_size
         self.class_predictor = nn.Linear(hidden_size, config.num_labels + 1)

@@ -35,6 +35,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
+from .configuration_utils_segmentation import validate_labels
 from .configuration_vwformer import VWFormerConfig
 from .modeling_linear import OneDNNLinear, calls_hooks, onednn_linear
 from .modeling_pale import PaleBackbone
@@ -733,6 +734,8 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
 
     def __init__(self, config: VWFormerConfig):
         super().__init__(config)
+        # again: from_pretrained sets an id2label / num_labels override after the config validated itself
+        validate_labels(config, per_pixel_softmax="VWFormerForSemanticSegmentation")
         self.backbone = build_backbone(config.backbone_config)
         in_channels = backbone_channels(self.backbone)
         self.neck = sdn_neck(config, in_channels)  # None unless config.use_sdn_neck
