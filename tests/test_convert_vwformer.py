@@ -459,3 +459,107 @@ def test_window_partition_is_used_on_channels_last_views():
     a = window_partition(x.permute(0, 2, 3, 1), 8)
     b = window_partition(x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), 8)
     assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run's config file decides the test pre-processing, over a released variant's
+# ---------------------------------------------------------------------------------------------------------------
+
+#: an mmseg config of a VWFormer ConvNeXt-T ADE20K run (the released weights' settings) whose test pipeline has no
+#: ResizeToMultiple step (the released run's has ResizeToMultiple(size_divisor=64))
+RUN_CONFIG = """
+model = dict(backbone=dict(type='mmcls.ConvNeXt'),
+             decode_head=dict(type='VWHead', num_classes=150, channels=512, nheads=1, short_cut=True))
+data = dict(test=dict(type='ADE20KDataset', pipeline=[
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiScaleFlipAug', img_scale=(2048, 512), flip=False, transforms=[
+        dict(type='Resize', keep_ratio=True),
+        dict(type='Normalize', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True),
+        dict(type='ImageToTensor', keys=['img']), dict(type='Collect', keys=['img'])])]))
+"""
+
+
+def convert_with_config_file(tmp_path, text: str, key_list: str = "vw_convnext_tiny_ade20k_512"):
+    """A meta-device conversion of the released ``key_list`` layout with the mmseg config ``text`` as
+    ``--config_file``: ``(conversion, config file)``."""
+    from hf_semseg.conversion.common import Conversion
+    from hf_semseg.conversion.run_config import mmseg_pipeline, mmseg_run_configs
+    from hf_semseg.conversion.vwformer import infer_config_and_settings
+    from hf_semseg.models.modeling_vwformer import VWFormerForSemanticSegmentation
+
+    config_file = tmp_path / "run.py"
+    config_file.write_text(text)
+    run_configs = mmseg_run_configs(config_file, {})
+    state_dict = meta_state_dict(fixture_dir("vwformer_keys") / f"{key_list}.json")
+    config, settings = infer_config_and_settings(state_dict, {}, run_configs=run_configs)
+    with torch.device("meta"):
+        model = VWFormerForSemanticSegmentation(config)
+    conversion = Conversion(
+        tmp_path / "ckpt.pth", model, settings.variant, settings=settings, pipeline=mmseg_pipeline(run_configs)
+    )
+    return conversion, config_file
+
+
+def test_a_config_files_test_pipeline_is_the_runs_own(tmp_path):
+    """A step the config's test pipeline lacks did not happen in the run: no ResizeToMultiple is no size_divisor,
+    not the matched released variant's 64; and the summary says where each value came from."""
+    from hf_semseg.conversion.common import build_image_processor, describe_pipeline
+
+    conversion, config_file = convert_with_config_file(tmp_path, RUN_CONFIG)
+    assert conversion.variant == "vwformer-convnext-tiny-ade20k"  # the weights are the released ones
+    processor = build_image_processor(conversion)
+    assert processor.size_divisor is None and processor.do_reduce_labels  # ADE20KDataset reduces, as the variant
+    assert dict(processor.size) == {"longest_edge": 2048, "shortest_edge": 512}
+    assert describe_pipeline(conversion) == (
+        f"test pre-processing: test_scale, size_divisor, reduce_labels, image_mean, image_std from --config_file "
+        f"{config_file}"
+    )
+    # with the step, its value
+    with_step = RUN_CONFIG.replace(
+        "dict(type='Resize', keep_ratio=True),", "dict(type='ResizeToMultiple', size_divisor=32),"
+    )
+    assert build_image_processor(convert_with_config_file(tmp_path, with_step)[0]).size_divisor == 32
+    # a pipeline without a test scale is refused, not completed from the variant
+    without_scale = RUN_CONFIG.replace("img_scale=(2048, 512), ", "")
+    with pytest.raises(ConfigFileError, match=r"run\.py: test pipeline: no MultiScaleFlipAug img_scale, expected"):
+        convert_with_config_file(tmp_path, without_scale)
+
+
+def test_a_config_files_dataset_decides_the_label_reduction_over_the_variant(tmp_path):
+    """The dataset class the config tests on decides ``reduce_labels`` where ``reduce_zero_label`` is not set (mmseg's
+    own default for the class), never the matched ADE20K variant's True; a dataset class of unknown behaviour leaves it
+    NOT GIVEN, and says so."""
+    from hf_semseg.conversion.common import build_image_processor, describe_pipeline
+
+    coco = RUN_CONFIG.replace("type='ADE20KDataset'", "type='COCOStuffDataset'")  # CustomDataset's default: False
+    conversion, config_file = convert_with_config_file(tmp_path, coco)
+    assert conversion.variant == "vwformer-convnext-tiny-ade20k"
+    assert not build_image_processor(conversion).do_reduce_labels
+    assert f"reduce_labels, image_mean, image_std from --config_file {config_file}" in describe_pipeline(conversion)
+    own = RUN_CONFIG.replace("type='ADE20KDataset'", "type='MyDataset'")
+    conversion, config_file = convert_with_config_file(tmp_path, own)
+    assert not build_image_processor(conversion).do_reduce_labels  # the processor's default, not the variant's True
+    assert describe_pipeline(conversion).endswith(
+        f"; reduce_labels NOT GIVEN (--config_file {config_file} does not say; the image processor's defaults)"
+    )
+
+
+def test_a_config_file_of_another_dataset_is_refused_naming_both_class_counts(tmp_path):
+    """The released ``vw_convnext_small_fp16_512x512_160k_ade20k.py`` is a copy of the Cityscapes config (its test
+    dataset CityscapesDataset, 19 classes); with the 150-class ADE20K weights it is not the run's config. A decode head
+    ``num_classes`` that disagrees with the weights is refused as well."""
+    cityscapes = RUN_CONFIG.replace("type='ADE20KDataset'", "type='CityscapesDataset'")
+    with pytest.raises(
+        ConfigFileError,
+        match=r"run\.py: the test dataset CityscapesDataset has 19 classes, but the checkpoint's weights have 150 "
+        r"\(decode_head\.conv_seg\.weight\)",
+    ):
+        convert_with_config_file(tmp_path, cityscapes)
+    # a run on its own classes of the dataset names them: not refused
+    subset = cityscapes.replace("type='CityscapesDataset',", "type='CityscapesDataset', classes=['a'] * 150,")
+    assert not convert_with_config_file(tmp_path, subset)[0].pipeline["reduce_labels"]
+    head = RUN_CONFIG.replace("num_classes=150", "num_classes=19")
+    with pytest.raises(
+        ConfigFileError, match=r"model\.decode_head\.num_classes = 19, but the checkpoint's weights have 150"
+    ):
+        convert_with_config_file(tmp_path, head)

@@ -593,3 +593,188 @@ def test_a_padding_multiple_that_is_not_a_multiple_of_64_becomes_the_next_one(tm
     config, settings = infer_config_and_settings(fixture_state_dict(name), config_file=config_file)
     assert config.size_divisibility == 64 and "size_divisibility=64 (original default)" in settings.describe()
     assert "SIZE_DIVISIBILITY 32 of the run padded to 64" in settings.describe()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the original repositories' _BASE_ files compute a training value with !!python/object/apply:eval
+# ---------------------------------------------------------------------------------------------------------------
+
+#: laid out as configs/ade20k/semantic-segmentation/Base-ADE20K-SemanticSegmentation.yaml of the original repositories
+#: (yan-hao-tian/VW Mask2Former, Picsart-AI-Research/SeMask-Segmentation), which detectron2 reads with yaml.unsafe_load
+BASE_YAML = """\
+MODEL:
+  BACKBONE:
+    FREEZE_AT: 0
+    NAME: "build_resnet_backbone"
+  WEIGHTS: "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
+  PIXEL_MEAN: [123.675, 116.280, 103.530]
+  PIXEL_STD: [58.395, 57.120, 57.375]
+DATASETS:
+  TRAIN: ("ade20k_sem_seg_train",)
+  TEST: ("ade20k_sem_seg_val",)
+SOLVER:
+  IMS_PER_BATCH: 16
+  BASE_LR: 0.0001
+  MAX_ITER: 160000
+INPUT:
+  MIN_SIZE_TRAIN: !!python/object/apply:eval ["[int(x * 0.1 * 640) for x in range(5, 21)]"]
+  MIN_SIZE_TRAIN_SAMPLING: "choice"
+  MIN_SIZE_TEST: 512
+  MAX_SIZE_TRAIN: 2048
+  MAX_SIZE_TEST: 2048
+  CROP:
+    ENABLED: True
+    TYPE: "absolute"
+    SIZE: (512, 512)
+    SINGLE_CATEGORY_MAX_AREA: 1.0
+  COLOR_AUG_SSD: True
+  SIZE_DIVISIBILITY: 512  # used in dataset mapper
+  FORMAT: "RGB"
+  DATASET_MAPPER_NAME: "mask_former_semantic"
+TEST:
+  EVAL_PERIOD: 5000
+VERSION: 2
+"""
+
+
+def base_and_child_yaml(folder: Path, name: str, base: str = BASE_YAML) -> Path:
+    """The fixture's config split as the original repositories write theirs: ``base`` as
+    ``Base-ADE20K-SemanticSegmentation.yaml`` and a child naming it in ``_BASE_`` with the fixture's own values, less
+    ``INPUT.MIN_SIZE_TRAIN`` (the Base computes it). Returns the child."""
+    config = yaml.safe_load(fixture_config_file(name, folder).read_text())
+    del config["INPUT"]["MIN_SIZE_TRAIN"]
+    (folder / "Base-ADE20K-SemanticSegmentation.yaml").write_text(base)
+    child = folder / "maskformer_child.yaml"
+    child.write_text("_BASE_: Base-ADE20K-SemanticSegmentation.yaml\n" + yaml.safe_dump(config))
+    return child
+
+
+def test_a_base_file_computing_a_training_value_with_eval_is_read_without_evaluating_it(tmp_path):
+    """MIN_SIZE_TRAIN is a training value: the conversion through the _BASE_ chain goes through, and gives the
+    model the flat config gives; the expression is kept as text, never evaluated."""
+    from hf_semseg.conversion.run_config import NotEvaluated, read_detectron2_config
+
+    name = "vw_maskformer_tiny"
+    checkpoint = fixture_dir(name) / "original_checkpoint.pth"
+    child = base_and_child_yaml(tmp_path, name)
+    merged = read_detectron2_config(child)
+    base = tmp_path / "Base-ADE20K-SemanticSegmentation.yaml"
+    assert merged["INPUT"]["MIN_SIZE_TRAIN"] == NotEvaluated("[int(x * 0.1 * 640) for x in range(5, 21)]", str(base))
+    assert merged["INPUT"]["MIN_SIZE_TEST"] == 512 and merged["INPUT"]["MIN_SIZE_TRAIN_SAMPLING"] == "choice"
+    from_chain = convert(checkpoint, None, child)
+    flat = convert(checkpoint, None, fixture_config_file(name, tmp_path))
+    assert from_chain.model.config.to_dict() == flat.model.config.to_dict()
+    pixel_values = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(from_chain.model(pixel_values).logits, flat.model(pixel_values).logits)
+    assert build_image_processor(from_chain).to_dict() == build_image_processor(flat).to_dict()
+
+
+def test_a_value_the_converter_needs_computed_by_eval_stops_it_by_name(tmp_path):
+    """A value the conversion reads that a file computes by an expression: one line naming the key, the file and the
+    expression, not evaluated; any other python tag is refused as before."""
+    name = "vw_maskformer_tiny"
+    checkpoint = fixture_dir(name) / "original_checkpoint.pth"
+    expression = "__import__('os').system('touch " + str(tmp_path / "ran") + "') or 512"
+    base = BASE_YAML.replace(
+        "  MIN_SIZE_TEST: 512\n", f"  MIN_SIZE_TEST: !!python/object/apply:eval [{expression!r}]\n"
+    )
+    child = base_and_child_yaml(tmp_path, name, base)
+    config = yaml.safe_load(child.read_text().split("\n", 1)[1])
+    del config["INPUT"]["MIN_SIZE_TEST"]  # the Base's value is the one read
+    child.write_text("_BASE_: Base-ADE20K-SemanticSegmentation.yaml\n" + yaml.safe_dump(config))
+    status, _, errors = run_converter(
+        "--checkpoint_path", checkpoint, "--output_dir", tmp_path / "out", "--config_file", child
+    )
+    base_file = tmp_path / "Base-ADE20K-SemanticSegmentation.yaml"
+    assert status == 1 and errors == [
+        f"error: --config_file {child}: INPUT.MIN_SIZE_TEST is computed in {base_file} by "
+        f"!!python/object/apply:eval {expression!r}, which is not evaluated (a config file's code is never run); set "
+        "the value itself in the config file"
+    ], errors
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+    system = BASE_YAML.replace(
+        "  MIN_SIZE_TEST: 512\n", f"  MIN_SIZE_TEST: !!python/object/apply:os.system ['touch {tmp_path / 'ran'}']\n"
+    )
+    base_and_child_yaml(tmp_path, name, system)
+    status, _, errors = run_converter(
+        "--checkpoint_path", checkpoint, "--output_dir", tmp_path / "out", "--config_file", child
+    )
+    assert status == 1 and len(errors) == 1, errors
+    assert f"--config_file {base_file}: not a YAML file (could not determine a constructor for the tag " in errors[0]
+    assert "python/object/apply:os.system" in errors[0] and not (tmp_path / "ran").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# detectron2 model-zoo .pkl files: plain pickles of numpy arrays
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_model_zoo_pkl_of_numpy_arrays_converts_to_the_same_model_as_the_pth(tmp_path):
+    """detectron2 loads a ``.pkl`` (``{'model': {name: numpy array}, '__author__': ..., 'matching_heuristics': ...}``,
+    a plain pickle, not a torch zip) as it loads a ``.pth``; so does the converter, keeping each array's dtype; a
+    torch.save'd dict of numpy arrays too. The converted models are the ``.pth``'s."""
+    import pickle
+
+    name = "vw_mask2former_tiny"
+    checkpoint = fixture_dir(name) / "original_checkpoint.pth"
+    config_file = fixture_config_file(name, tmp_path)
+    arrays = {key: tensor.numpy() for key, tensor in torch.load(checkpoint, weights_only=True)["model"].items()}
+    model_zoo = tmp_path / "model_final.pkl"
+    with open(model_zoo, "wb") as file:
+        pickle.dump({"model": arrays, "__author__": "VW", "matching_heuristics": True}, file)
+    torch.save({"model": arrays}, tmp_path / "numpy.pth")
+    expected = convert(checkpoint, None, config_file).model
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected_logits = expected(pixel_values).logits
+    for path in (model_zoo, tmp_path / "numpy.pth"):
+        state_dict = load_vw_d2_checkpoint(path)
+        assert {key: tensor.dtype for key, tensor in state_dict.items()} == {
+            key: tensor.dtype for key, tensor in fixture_state_dict(name).items()
+        }
+        model = convert(path, None, config_file).model
+        with torch.no_grad():
+            assert torch.equal(model(pixel_values).logits, expected_logits), path
+        assert all(torch.equal(model.state_dict()[key], value) for key, value in expected.state_dict().items())
+
+
+class _RunsACommand:
+    """Pickled as a call of ``os.system``: what a malicious pickle holds."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_pickle_referencing_any_other_global_is_refused_by_name_without_running_it(tmp_path, protocol):
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(pickle.dumps({"model": {"weight": _RunsACommand(marker)}, "__author__": "x"}, protocol=protocol))
+    status, _, errors = run_converter("--checkpoint_path", path, "--output_dir", tmp_path / "out")
+    system = f"{os.system.__module__}.system"  # posix.system
+    assert status == 1 and errors == [
+        f"error: {path}: cannot be read as a PyTorch checkpoint (a plain pickle referencing the global {system}, which "
+        "is not loaded: the converters read tensors, numpy arrays and plain values only)"
+    ], errors
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_numpy_arrays_no_tensor_can_hold_are_refused_by_name(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    path = tmp_path / "model_final.pkl"
+    weights = {"a.weight": np.zeros(2, np.float32), "b.names": np.array(["x", 1], dtype=object)}
+    path.write_bytes(pickle.dumps({"model": weights}))
+    with pytest.raises(CheckpointError, match=r"numpy arrays no tensor can hold: \['b\.names \(numpy object\)'\]"):
+        load_vw_d2_checkpoint(path)

@@ -16,6 +16,7 @@ naming the keys; the output folder holds ``model.safetensors``, ``config.json`` 
 import argparse
 import math
 import os
+import pickle
 import re
 import secrets
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -101,6 +103,135 @@ def load_failure(error: Exception) -> str:
     return f"{detail.group(1).strip()}; the file is corrupt, truncated, or not a torch.save file"
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A plain pickle references a global (a class or function) the restricted reader does not load."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes`` (the raw data of a numpy array): latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise RefusedGlobal(f"_codecs.encode (with {encoding!r}, not latin1)")
+    return text.encode("latin1")
+
+
+def numpy_pickle_globals() -> dict[tuple[str, str], object]:
+    """The globals a pickle of numpy arrays references, and nothing else: numpy's array and scalar reconstruction
+    functions (under their numpy 1 and numpy 2 module names), ``numpy.ndarray``, ``numpy.dtype``, and the latin-1
+    ``_codecs.encode`` of protocol 2. Each builds an array, a dtype or bytes from plain values; none runs code a
+    file chooses."""
+    import numpy
+
+    core = numpy._core if hasattr(numpy, "_core") else numpy.core
+    allowed = {("numpy", "ndarray"): numpy.ndarray, ("numpy", "dtype"): numpy.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = core.numeric._frombuffer
+    allowed[("_codecs", "encode")] = _latin1_encode
+    return allowed
+
+
+class NumpyUnpickler(pickle.Unpickler):
+    """Reads a plain pickle (a detectron2 model-zoo ``.pkl``) of plain values and numpy arrays: ``find_class`` gives
+    only :func:`numpy_pickle_globals` and refuses any other global by name (:class:`RefusedGlobal`) before it is
+    imported, so nothing the file names is run. ``latin1``: how detectron2 reads the Python 2 pickles of the model
+    zoo."""
+
+    def __init__(self, file):
+        super().__init__(file, encoding="latin1")
+        self._allowed = numpy_pickle_globals()
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._allowed:
+            raise RefusedGlobal(f"{module}.{name}")
+        return self._allowed[(module, name)]
+
+
+def _numpy_safe_globals() -> list:
+    """What ``torch.load(weights_only=True)`` must also allow to read numpy arrays saved by ``torch.save``: the
+    reconstruction functions, and the dtype classes its unpickler checks when it sets a dtype's state (numeric and
+    boolean dtypes; object arrays are refused later, by name)."""
+    import numpy
+
+    objects = [value for (module, _), value in numpy_pickle_globals().items() if module != "_codecs"]
+    codes = numpy.typecodes["AllInteger"] + numpy.typecodes["AllFloat"] + "?O"
+    return objects + [type(numpy.dtype(code)) for code in codes]
+
+
+def _numpy_array_types() -> tuple[type, ...]:
+    """The numpy types a state dict read from a pickle may hold as weights (:func:`numpy_arrays_as_tensors`)."""
+    import numpy
+
+    return numpy.ndarray, numpy.generic
+
+
+def _read_plain_pickle(path: Path):
+    """The object a plain (not ``torch.save``) pickle file holds (:class:`NumpyUnpickler`); a :class:`RefusedGlobal`
+    when it references anything but numpy arrays, any other error when it is not such a pickle."""
+    with open(path, "rb") as file:
+        return NumpyUnpickler(file).load()
+
+
+def _load_checkpoint_file(path: Path):
+    """``torch.load(weights_only=True)`` of ``path``, numpy arrays allowed; a file torch cannot read that is not a
+    zip archive (a detectron2 model-zoo ``.pkl``) is read as a plain pickle of numpy arrays
+    (:func:`_read_plain_pickle`). torch's warnings are shown only when torch read the file."""
+    with warnings.catch_warnings(record=True) as caught:  # shown only when the file is read: else the error says it
+        warnings.simplefilter("always")
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for truncated / foreign files
+            torch_error = error
+        else:
+            torch_error = None
+    if torch_error is None:
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return checkpoint
+    reason = load_failure(torch_error)
+    if not zipfile.is_zipfile(path):
+        try:
+            checkpoint = _read_plain_pickle(path)
+        except RefusedGlobal as refused:
+            raise CheckpointError(
+                f"{path}: cannot be read as a PyTorch checkpoint (a plain pickle referencing the global "
+                f"{refused.name}, which is not loaded: the converters read tensors, numpy arrays and plain values "
+                "only)"
+            ) from torch_error
+        except Exception:  # not a plain pickle either: torch's reason is the one to give
+            checkpoint = None
+        if isinstance(checkpoint, dict):
+            return checkpoint
+    raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({reason})") from torch_error
+
+
+def numpy_arrays_as_tensors(state_dict: dict) -> dict:
+    """``state_dict`` with its numpy arrays (and numpy scalars) as tensors of the same dtype (``torch.from_numpy``;
+    a non-native byte order is swapped, a read-only array copied). An array of a dtype torch has no tensor for (object,
+    strings) is a :class:`CheckpointError` naming the keys and dtypes."""
+    import numpy
+
+    converted, refused = {}, []
+    for key, value in state_dict.items():
+        if isinstance(value, (numpy.ndarray, numpy.generic)):
+            array = numpy.asarray(value)
+            if array.dtype.hasobject or array.dtype.kind not in "biuf":
+                refused.append(f"{key} (numpy {array.dtype})")
+                continue
+            if not array.dtype.isnative:
+                array = array.astype(array.dtype.newbyteorder("="))
+            value = torch.from_numpy(array if array.flags.writeable else array.copy())
+        converted[key] = value
+    if refused:
+        raise CheckpointError(f"numpy arrays no tensor can hold: {refused[:10]}; expected numeric arrays (the weights)")
+    return converted
+
+
 def read_checkpoint(
     path: str | Path, layout: CheckpointLayout, kind: str, other_layout_hint: str = ""
 ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -118,14 +249,7 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: not a regular file (a device, pipe or socket), expected a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    with warnings.catch_warnings(record=True) as caught:  # shown only when the file is read: else the error says it
-        warnings.simplefilter("always")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for truncated / foreign files
-            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({load_failure(error)})") from error
-    for warning in caught:
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    checkpoint = _load_checkpoint_file(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{path}: holds {_article(type(checkpoint).__name__)} {type(checkpoint).__name__}, not "
@@ -143,7 +267,7 @@ def read_checkpoint(
             f"{path}: {other.article} {other.name} checkpoint ({{'{other.weights_entry}': ...}}); this "
             f"converter reads {kind} checkpoints{other_layout_hint}"
         )
-    elif checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+    elif checkpoint and all(isinstance(value, (torch.Tensor, *_numpy_array_types())) for value in checkpoint.values()):
         state_dict, meta = checkpoint, {}
     elif layout.weights_entry in checkpoint:
         value = checkpoint[layout.weights_entry]
@@ -161,6 +285,8 @@ def read_checkpoint(
             f"{path}: state dict keys that are not strings: {not_strings[:10]!r} (a state dict maps parameter names "
             "to tensors)"
         )
+    with errors_name_the_file(path):
+        state_dict = numpy_arrays_as_tensors(state_dict)
     not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{path}: entries that are not tensors: {not_tensors[:10]}")
@@ -586,7 +712,8 @@ class Conversion:
             (:class:`~.run_config.ResolvedSettings`); None for a converter without such values.
         pipeline: what the run's config says about the test pre-processing and the dataset: ``test_scale``
             ``(longest, shortest)``, ``size_divisor``, ``reduce_labels``, ``image_mean`` / ``image_std`` (0-1 scale),
-            ``dataset`` (a :data:`~hf_semseg.variants.DATASETS` key); ``source`` names the config.
+            ``dataset`` (a :data:`~hf_semseg.variants.DATASETS` key); ``source`` names the config; ``undecided``: the
+            fields the config decides but does not tell (no other source may fill them in).
         checkpoint_pipeline: test pre-processing values read from the checkpoint's tensors (a detectron2 checkpoint's
             ``pixel_mean`` / ``pixel_std`` buffers: ``image_mean`` / ``image_std``), with their ``source``; used where
             the run's config does not give them (the converter refuses a config that contradicts them).
@@ -715,14 +842,18 @@ def name_classes(conversion: Conversion) -> None:
 
 def resolve_test_pipeline(conversion: Conversion) -> tuple[dict, list[str], dict]:
     """The test pre-processing of the converted model: ``(values, left at the processor's defaults, sources)``. Each
-    of the conversion's ``pipeline_fields`` comes from the first source that knows it: the run's config (config file, then the
-    checkpoint's config text), the values read from the checkpoint's tensors (``checkpoint_pipeline``), the released
-    variant, and, for the label reduction only, the dataset the config
-    names; a value no source knows keeps the image processor's default (listed, so the summary and the card say
-    so)."""
+    of the conversion's ``pipeline_fields`` comes from the first source that knows it: the run's config (config file,
+    then the checkpoint's config text), the label reduction of the dataset the config names, the values read from the
+    checkpoint's tensors (``checkpoint_pipeline``), then the released variant. The run's config is the run's: what its
+    test pipeline and dataset decide (a step it lacks, a dataset's own label reduction, a value it leaves
+    ``undecided``) is never filled in from a released variant, whose dataset may be another one. A value no source
+    knows keeps the image processor's default (listed, so the summary and the card say so)."""
     sources = []
     if conversion.pipeline:
         sources.append((conversion.pipeline, conversion.pipeline.get("source", "the run's config")))
+    dataset = conversion.pipeline.get("dataset")
+    if dataset is not None:
+        sources.append(({"reduce_labels": get_dataset(dataset).reduce_labels}, f"dataset {get_dataset(dataset).name}"))
     if conversion.checkpoint_pipeline:
         sources.append((conversion.checkpoint_pipeline, conversion.checkpoint_pipeline["source"]))
     if conversion.variant is not None:
@@ -732,13 +863,11 @@ def resolve_test_pipeline(conversion: Conversion) -> tuple[dict, list[str], dict
         processor_class = image_processor_class(variant.family)  # its defaults are the released models' statistics
         values["image_mean"], values["image_std"] = list(processor_class.image_mean), list(processor_class.image_std)
         sources.append((values, f"released variant {conversion.variant}"))
-    dataset = conversion.pipeline.get("dataset")
-    if dataset is not None:
-        sources.append(({"reduce_labels": get_dataset(dataset).reduce_labels}, f"dataset {get_dataset(dataset).name}"))
+    undecided = conversion.pipeline.get("undecided", ())
     pipeline, where, defaults = {}, {}, []
     for name in conversion.pipeline_fields:
         found = next(((values, how) for values, how in sources if name in values), None)
-        if found is None:
+        if found is None or name in undecided:
             defaults.append(name)
         else:
             pipeline[name], where[name] = found[0][name], found[1]
@@ -772,7 +901,12 @@ def describe_pipeline(conversion: Conversion) -> str:
         by_source.setdefault(source, []).append(name)
     parts = [f"{', '.join(names)} from {source}" for source, names in by_source.items()]
     defaults = [name for name in defaults if name not in conversion.processor_kwargs]
-    if defaults:
+    if defaults and conversion.pipeline.get("undecided"):
+        parts.append(
+            f"{', '.join(defaults)} NOT GIVEN ({conversion.pipeline['source']} does not say; the image processor's "
+            "defaults)"
+        )
+    elif defaults:
         parts.append(
             f"{', '.join(defaults)} NOT GIVEN (the image processor's defaults; pass --config_file to set them)"
         )

@@ -14,7 +14,8 @@ config leaves out has the value the original code gives it (the class's or detec
 
 Config files are read without running them: an mmseg config is parsed (:mod:`ast`) and only literals, ``dict(...)``
 calls, arithmetic and earlier names are evaluated (``_base_`` files are merged as mmcv merges them); a detectron2 config
-is read with ``yaml.safe_load`` (``_BASE_`` merged as detectron2 does).
+is read with ``yaml.safe_load`` (``_BASE_`` merged as detectron2 does; an ``!!python/object/apply:eval`` value is kept as
+its unevaluated text, and a converter that needs it stops, naming it).
 """
 
 import ast
@@ -191,9 +192,44 @@ def read_mmseg_config(path: str | Path, _seen: tuple = (), files: list | None = 
     return merge_config(merged, values)
 
 
+@dataclass(frozen=True)
+class NotEvaluated:
+    """A value a detectron2 config file computes with ``!!python/object/apply:eval [expression]`` (detectron2 reads
+    its configs with ``yaml.unsafe_load``; the original repositories' Base files compute ``INPUT.MIN_SIZE_TRAIN``
+    this way). The expression is kept as text and never evaluated: a converter that needs the value stops, naming it
+    (:func:`check_evaluated`)."""
+
+    expression: str
+    file: str
+
+    def __repr__(self) -> str:
+        return f"eval({self.expression!r}) (not evaluated)"
+
+
+def _yaml_loader(path: Path):
+    """``yaml.SafeLoader`` plus one tag: ``!!python/object/apply:eval [expression]`` becomes a :class:`NotEvaluated`
+    naming ``path`` (any other ``python/*`` tag is still refused, as ``yaml.safe_load`` refuses it)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def not_evaluated(loader, node):
+        arguments = loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else []
+        if len(arguments) != 1 or not isinstance(arguments[0], str):
+            raise yaml.constructor.ConstructorError(
+                None, None, "expected one expression (a string) after !!python/object/apply:eval", node.start_mark
+            )
+        return NotEvaluated(arguments[0], str(path))
+
+    Loader.add_constructor("tag:yaml.org,2002:python/object/apply:eval", not_evaluated)
+    return Loader
+
+
 def read_detectron2_config(path: str | Path, _seen: tuple = (), files: list | None = None) -> dict:
-    """A detectron2 ``config.yaml`` (``yaml.safe_load``), with its ``_BASE_`` file merged in as detectron2 does
-    (``files``, when given, gets the path of every file read)."""
+    """A detectron2 ``config.yaml`` (``yaml.safe_load``, with the ``!!python/object/apply:eval`` values of the original
+    repositories' Base files kept unevaluated: :class:`NotEvaluated`), with its ``_BASE_`` file merged in as
+    detectron2 does (``files``, when given, gets the path of every file read)."""
     import yaml
 
     path = Path(path)
@@ -202,7 +238,7 @@ def read_detectron2_config(path: str | Path, _seen: tuple = (), files: list | No
     if files is not None:
         files.append(path)
     try:
-        values = yaml.safe_load(_read_text(path, "a detectron2 config.yaml"))
+        values = yaml.load(_read_text(path, "a detectron2 config.yaml"), Loader=_yaml_loader(path))
     except yaml.YAMLError as error:
         detail = " ".join(str(error).split())
         raise ConfigFileError(f"--config_file {path}: not a YAML file ({detail})") from error
@@ -213,6 +249,20 @@ def read_detectron2_config(path: str | Path, _seen: tuple = (), files: list | No
     if base is None:
         return values
     return _merge_yaml(read_detectron2_config(path.parent / str(base), _seen + (path.resolve(),), files), values)
+
+
+def check_evaluated(where: str, key: str, value):
+    """``value``, unless it is (or holds) a :class:`NotEvaluated` expression: then a :class:`ConfigFileError` naming
+    the config (``where``), the ``key``, the file that computes it and the expression, which is not evaluated."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_evaluated(where, key, item)
+    if isinstance(value, NotEvaluated):
+        raise ConfigFileError(
+            f"{where}: {key} is computed in {value.file} by !!python/object/apply:eval {value.expression!r}, which is "
+            "not evaluated (a config file's code is never run); set the value itself in the config file"
+        )
+    return value
 
 
 def _decode_yacs_values(value):
@@ -264,19 +314,26 @@ class RunConfig:
 
     def get(self, path: str, default=_MISSING):
         """The value at the dotted ``path`` (``"model.backbone.sem_window_size"``); ``default`` (else a
-        ``KeyError``) when absent."""
+        ``KeyError``) when absent. A value the file computes by an expression that is not evaluated
+        (:class:`NotEvaluated`) is a :class:`ConfigFileError` naming it (:func:`check_evaluated`): only what a
+        converter reads must be a value, so a training-only one elsewhere in the file does not stop it."""
+        node = self._lookup(path)
+        if node is _MISSING:
+            if default is _MISSING:
+                raise KeyError(path)
+            return default
+        return node if isinstance(node, dict) else check_evaluated(self.source, path, node)
+
+    def has(self, path: str) -> bool:
+        return self._lookup(path) is not _MISSING
+
+    def _lookup(self, path: str):
         node = self.values
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
-                if default is _MISSING:
-                    raise KeyError(path)
-                return default
+                return _MISSING
             node = node[part]
         return node
-
-    def has(self, path: str) -> bool:
-        absent = object()
-        return self.get(path, absent) is not absent
 
 
 #: the sections of an mmseg config the converters read settings from: each must be a dict where the config has it
@@ -861,52 +918,123 @@ def _edges(scale, where: str) -> tuple[int, int]:
     return max(scale), min(scale)
 
 
-def mmseg_pipeline(run_configs: list[RunConfig]) -> dict:
-    """What the first run config with a test pipeline says about the test pre-processing (``test_scale``,
-    ``size_divisor``, ``image_mean`` / ``image_std`` on the 0-1 scale, ``reduce_labels``) and the ``dataset``, with
-    ``source``; empty when no config has a test pipeline or dataset. A pipeline the image processor cannot reproduce
-    (BGR input, a fixed-size resize) is an error naming the step."""
+#: mmseg dataset classes -> ``reduce_zero_label`` when the config leaves it out: the class's own (``ADE20KDataset``
+#: always reduces; ``CityscapesDataset`` and ``COCOStuffDataset`` take ``CustomDataset``'s default, False: the
+#: released COCO-Stuff configs set it explicitly)
+MMSEG_DATASET_REDUCE_ZERO_LABEL = {
+    "ADE20KDataset": True,
+    "CityscapesDataset": False,
+    "COCOStuffDataset": False,
+    "CustomDataset": False,
+}
+
+
+def _mmseg_test_data(run_config: RunConfig) -> tuple[dict, object, object]:
+    """``(data.test, its pipeline, its dataset type)`` of an mmseg run config (the top-level ``test_pipeline`` /
+    ``dataset_type`` where ``data.test`` does not set them); None for what the config does not give."""
+    test = run_config.get("data.test", None)
+    test = test if isinstance(test, dict) else {}
+    pipeline = test.get("pipeline", run_config.get("test_pipeline", None))
+    return test, pipeline, test.get("type", run_config.get("dataset_type", None))
+
+
+def _pipeline_steps(pipeline, where: str) -> dict:
+    """What an mmseg test pipeline's steps say about the test pre-processing. The pipeline is the run's: a step it
+    lacks did not happen, so a missing ``ResizeToMultiple`` is no resize to a multiple (``size_divisor`` None), never
+    the released variant's; a pipeline without a test scale (``MultiScaleFlipAug.img_scale``) is refused. Without a
+    ``Normalize`` step the statistics are left to the next source (a pipeline without normalisation is no run of
+    these models; mmseg 1.x normalises in the model's ``data_preprocessor``, which these converters do not read). A
+    step the image processor cannot reproduce (BGR input, a fixed-size resize) is an error naming it."""
+    found: dict = {"size_divisor": None}
+    for step in _walk_transforms(pipeline):
+        kind = step.get("type")
+        if kind == "MultiScaleFlipAug" and "img_scale" in step:
+            found["test_scale"] = _edges(step["img_scale"], where)
+        elif kind == "Resize" and step.get("keep_ratio") is False:
+            raise ConfigFileError(f"{where}: Resize(keep_ratio=False) is not supported by the keep-ratio processor")
+        elif kind == "ResizeToMultiple":
+            found["size_divisor"] = read_config_value(
+                where, "ResizeToMultiple size_divisor", step.get("size_divisor", 32), positive_int
+            )
+        elif kind == "Normalize":
+            if step.get("to_rgb", True) is False:
+                raise ConfigFileError(
+                    f"{where}: Normalize(to_rgb=False): the model was trained on BGR images, which the image "
+                    "processor does not produce"
+                )
+            for name in ("mean", "std"):
+                found[f"image_{name}"] = _pixel_statistics(where, f"Normalize {name}", step.get(name), name == "std")
+    return found
+
+
+def _dataset_settings(run_config: RunConfig, test: dict, dataset_type) -> dict:
+    """What an mmseg run config says about its test dataset: the registry ``dataset`` its type names (COCO-Stuff
+    only when the data root says which one) and ``reduce_labels``: ``reduce_zero_label`` where set, else the dataset
+    class's own (:data:`MMSEG_DATASET_REDUCE_ZERO_LABEL`). A dataset class of unknown behaviour leaves the label
+    reduction ``undecided`` (it is then NOT GIVEN, never taken from a released variant of another dataset)."""
     found: dict = {}
+    if "reduce_zero_label" in test:
+        found["reduce_labels"] = read_config_value(
+            f"{run_config.source}: data.test", "reduce_zero_label", test["reduce_zero_label"], boolean
+        )
+    elif dataset_type in MMSEG_DATASET_REDUCE_ZERO_LABEL:
+        found["reduce_labels"] = MMSEG_DATASET_REDUCE_ZERO_LABEL[dataset_type]
+    elif dataset_type is not None:
+        found["undecided"] = ("reduce_labels",)
+    dataset = MMSEG_DATASETS.get(dataset_type)
+    if dataset_type == "COCOStuffDataset" and "10k" in str(test.get("data_root", run_config.get("data_root", ""))):
+        dataset = "coco-stuff-10k"
+    if dataset is not None:
+        found["dataset"] = dataset
+    return found
+
+
+def mmseg_pipeline(run_configs: list[RunConfig]) -> dict:
+    """What the first run config with a test pipeline or test dataset says about the test pre-processing
+    (``test_scale``, ``size_divisor``, ``image_mean`` / ``image_std`` on the 0-1 scale: :func:`_pipeline_steps`;
+    ``reduce_labels`` and the ``dataset``: :func:`_dataset_settings`), with ``source``; empty when no config has a
+    test pipeline or dataset. That config is the run's: what it says (a missing step included) is taken over any
+    released variant's values."""
     for run_config in run_configs:
-        test = run_config.get("data.test", None)
-        test = test if isinstance(test, dict) else {}
-        pipeline = test.get("pipeline", run_config.get("test_pipeline", None))
-        dataset_type = test.get("type", run_config.get("dataset_type", None))
+        test, pipeline, dataset_type = _mmseg_test_data(run_config)
         if pipeline is None and dataset_type is None:
             continue
-        where = f"{run_config.source}: test pipeline"
-        for step in _walk_transforms(pipeline):
-            kind = step.get("type")
-            if kind == "MultiScaleFlipAug" and "img_scale" in step:
-                found["test_scale"] = _edges(step["img_scale"], where)
-            elif kind == "Resize" and step.get("keep_ratio") is False:
-                raise ConfigFileError(f"{where}: Resize(keep_ratio=False) is not supported by the keep-ratio processor")
-            elif kind == "ResizeToMultiple":
-                found["size_divisor"] = read_config_value(
-                    where, "ResizeToMultiple size_divisor", step.get("size_divisor", 32), positive_int
-                )
-            elif kind == "Normalize":
-                if step.get("to_rgb", True) is False:
-                    raise ConfigFileError(
-                        f"{where}: Normalize(to_rgb=False): the model was trained on BGR images, which the image "
-                        "processor does not produce"
-                    )
-                for name in ("mean", "std"):
-                    found[f"image_{name}"] = _pixel_statistics(
-                        where, f"Normalize {name}", step.get(name), name == "std"
-                    )
-        if "reduce_zero_label" in test:
-            found["reduce_labels"] = read_config_value(
-                f"{run_config.source}: data.test", "reduce_zero_label", test["reduce_zero_label"], boolean
+        found: dict = {}
+        if pipeline is not None:
+            where = f"{run_config.source}: test pipeline"
+            found.update(_pipeline_steps(pipeline, where))
+        found.update(_dataset_settings(run_config, test, dataset_type))
+        if pipeline is not None and "test_scale" not in found:
+            raise ConfigFileError(
+                f"{where}: no MultiScaleFlipAug img_scale, expected the test scale (one (width, height) pair) the "
+                "image processor resizes to"
             )
-        dataset = MMSEG_DATASETS.get(dataset_type)
-        if dataset_type == "COCOStuffDataset" and "10k" in str(test.get("data_root", run_config.get("data_root", ""))):
-            dataset = "coco-stuff-10k"
-        if dataset is not None:
-            found["dataset"] = dataset
         found["source"] = run_config.source
         return found
-    return found
+    return {}
+
+
+def check_dataset_classes(run_configs: list[RunConfig], num_classes: int, where: str) -> None:
+    """The dataset an mmseg run config tests on (``data.test.type``) must have the checkpoint's ``num_classes``
+    (``where``: the weights that show them) unless the config names its own ``classes``: a config of another
+    dataset (the released ``vw_convnext_small_fp16_512x512_160k_ade20k.py`` is a copy of the Cityscapes config) would
+    give the converted model that dataset's test pre-processing, a :class:`ConfigFileError` naming both numbers."""
+    from ..variants import get_dataset
+
+    for run_config in run_configs:
+        test, pipeline, dataset_type = _mmseg_test_data(run_config)
+        if pipeline is None and dataset_type is None:
+            continue
+        dataset = _dataset_settings(run_config, test, dataset_type).get("dataset")
+        if dataset is None or "classes" in test:
+            return
+        expected = get_dataset(dataset).num_labels
+        if expected != num_classes:
+            raise ConfigFileError(
+                f"{run_config.source}: the test dataset {dataset_type} has {expected} classes, but the checkpoint's "
+                f"weights have {num_classes} ({where}); it is not the config of the run that saved this checkpoint"
+            )
+        return
 
 
 def detectron2_pipeline(run_configs: list[RunConfig]) -> dict:
@@ -947,10 +1075,12 @@ def detectron2_pipeline(run_configs: list[RunConfig]) -> dict:
 
 __all__ = [
     "ConfigFileError",
+    "NotEvaluated",
     "RunConfig",
     "Setting",
     "ResolvedSettings",
     "check_consistent",
+    "check_evaluated",
     "detectron2_run_configs",
     "first_value",
     "mmseg_run_configs",

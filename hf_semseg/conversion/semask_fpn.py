@@ -42,6 +42,7 @@ from .run_config import (
     ResolvedSettings,
     Setting,
     check_consistent,
+    check_dataset_classes,
     check_representable,
     drop_rate,
     integer,
@@ -345,6 +346,7 @@ def infer_config_and_settings(
             ("model.decode_head.channels", decoder_channels, "decode_head.conv_seg.weight"),
         ],
     )
+    check_dataset_classes(run_configs, num_classes, "decode_head.conv_seg.weight")
     check_representable(
         run_configs,
         [

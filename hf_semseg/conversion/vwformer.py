@@ -54,6 +54,7 @@ from .run_config import (
     align_corners_check,
     boolean,
     check_consistent,
+    check_dataset_classes,
     check_heads_setting,
     check_representable,
     conv_check,
@@ -577,6 +578,7 @@ def infer_config_and_settings(
             ("model.decode_head.channels", decoder_hidden_size, "decode_head.linear_fuse.conv.weight"),
         ],
     )
+    check_dataset_classes(run_configs, num_labels, "decode_head.conv_seg.weight")
     check_representable(run_configs, _representable_checks(backbone_type, backbone_config, head_type))
     if auxiliary:
         check_consistent(run_configs, _auxiliary_head_consistency(auxiliary, num_labels, stage_channels[2]))
