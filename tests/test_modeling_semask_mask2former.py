@@ -486,3 +486,22 @@ def test_the_eval_loss_is_the_same_for_the_same_inputs():
     with torch.no_grad():
         trained = [model(pixel_values=pixel_values, labels=labels).loss.item() for _ in range(2)]
     assert trained[0] != trained[1]
+
+
+def test_no_object_weight_follows_the_config_when_loading(tmp_path):
+    """The loss's class weights were a saved buffer: ``from_pretrained(..., no_object_weight=0.5)`` (and the
+    training scripts' ``--config_overrides``) set the config, while the loss kept the saved 0.1. A folder saved
+    with the buffer (before) loads too, its copy ignored."""
+    from safetensors.torch import load_file, save_file
+
+    model = SeMaskMask2FormerForSemanticSegmentation(tiny_config())
+    assert "criterion.empty_weight" not in model.state_dict()
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["criterion.empty_weight"] = torch.tensor([1.0] * tiny_config().num_labels + [0.1])
+    save_file(tensors, weights, metadata={"format": "pt"})
+    reloaded = SeMaskMask2FormerForSemanticSegmentation.from_pretrained(tmp_path, no_object_weight=0.5)
+    assert reloaded.config.no_object_weight == 0.5
+    expected = torch.tensor([1.0] * reloaded.config.num_labels + [0.5])
+    assert torch.equal(reloaded.criterion.empty_weight, expected)

@@ -152,7 +152,6 @@ HEAD_RENAMES: list[tuple[str, str]] = [
         HF_TRANSFORMER + r"decoder.mask_predictor.mask_embedder.\1.0.\2",
     ),
     (PREDICTOR + r"class_embed\.(weight|bias)", r"class_predictor.\1"),
-    (r"criterion\.empty_weight", "criterion.empty_weight"),
 ]
 
 TIED_OFFSET_NORM = re.compile(PIXEL_DECODER + r"align_(\d+)\.offset\.norm\.(weight|bias)")
@@ -161,6 +160,8 @@ SELF_ATTENTION_IN_PROJ = re.compile(
 )
 # the d2 meta-architecture's normalisation buffers (non-persistent in the original, but tolerated when present)
 PIXEL_STATISTICS = ("pixel_mean", "pixel_std")
+#: the set loss's class weights (ones, then the no-object weight): read into ``no_object_weight``, not a model tensor
+NO_OBJECT_WEIGHT_KEY = "criterion.empty_weight"
 
 
 def load_detectron2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -541,7 +542,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     hidden_dim = queries.shape[1] if queries is not None and queries.ndim == 2 else None
     unmapped = []
     for key, tensor in state_dict.items():
-        if key.startswith("backbone.") or key in PIXEL_STATISTICS:
+        if key.startswith("backbone.") or key in PIXEL_STATISTICS or key == NO_OBJECT_WEIGHT_KEY:
             continue
         match = TIED_OFFSET_NORM.fullmatch(key)
         if match:  # one GroupNorm under two keys: the output conv's copy is loaded, this one must equal it

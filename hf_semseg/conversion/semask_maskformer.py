@@ -54,6 +54,7 @@ from .semask_mask2former import (
     CONFIG_FILE_HELP,
     DROP_PATH,
     NO_OBJECT_WEIGHT,
+    NO_OBJECT_WEIGHT_KEY,
     SEMANTIC_LOSS_WEIGHT,
     SEMANTIC_WINDOW,
     SIZE_DIVISIBILITY,
@@ -116,7 +117,6 @@ MASKFORMER_HEAD_RENAMES: list[tuple[str, str | None]] = [
     # prediction heads
     (PREDICTOR + r"class_embed\.(weight|bias)", r"class_predictor.\1"),
     (PREDICTOR + r"mask_embed\.layers\.(\d+)\.(weight|bias)", r"mask_embedder.\1.0.\2"),
-    (r"criterion\.empty_weight", "criterion.empty_weight"),
 ]
 
 PACKED_ATTENTION = re.compile(DECODER_LAYER + r"(self_attn|multihead_attn)\.in_proj_(weight|bias)")
@@ -137,7 +137,7 @@ def convert_maskformer_head(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     hidden_size = queries.shape[1] if queries is not None and queries.ndim == 2 else None
     converted, unmapped = {}, []
     for key, tensor in state_dict.items():
-        if key.startswith("backbone.") or key in PIXEL_STATISTICS:
+        if key.startswith("backbone.") or key in PIXEL_STATISTICS or key == NO_OBJECT_WEIGHT_KEY:
             continue
         match = PACKED_ATTENTION.fullmatch(key)
         if match:

@@ -94,6 +94,7 @@ from .semask_mask2former import (
     DROP_PATH,
     MASK2FORMER_LOSS_SETTINGS,
     NO_OBJECT_WEIGHT,
+    NO_OBJECT_WEIGHT_KEY,
     SELF_ATTENTION_IN_PROJ,
     check_tied_copy,
     checkpoint_pipeline,
@@ -481,7 +482,7 @@ def convert_vw_d2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, t
     converted: dict[str, torch.Tensor] = {}
     unmapped = []
     for key, tensor in state_dict.items():
-        if key in PIXEL_STATISTICS:
+        if key in PIXEL_STATISTICS or key == NO_OBJECT_WEIGHT_KEY:
             continue
         if key.startswith("backbone."):
             result = _convert_backbone_key(key, tensor, state_dict)

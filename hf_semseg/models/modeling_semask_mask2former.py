@@ -285,7 +285,8 @@ class SeMaskMask2FormerLoss(nn.Module):
         }
         empty_weight = torch.ones(config.num_labels + 1)
         empty_weight[-1] = config.no_object_weight
-        self.register_buffer("empty_weight", empty_weight)
+        # not persistent: the config's value, also where from_pretrained overrides it (a saved copy won before)
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
         self._points_generator = None  # set for the duration of an eval-mode forward
 
     @contextmanager
@@ -641,6 +642,9 @@ class SemanticMaskClassificationMixin:
 
     #: the model's name in messages
     family_name = "SeMask-Mask2Former"
+    #: the loss's no-object weighting is built from the config (``no_object_weight``), not loaded: folders saved
+    #: before it was a non-persistent buffer hold it
+    _keys_to_ignore_on_load_unexpected = [r"criterion\.empty_weight"]
     #: whether the backbone is SeMask's: semantic priors, a semantic head and its loss term
     has_semantic_head = True
     #: the returned attentions come from layers with a single (eager) implementation (see ``resolve_output_flags``)

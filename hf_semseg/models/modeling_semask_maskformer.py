@@ -171,7 +171,8 @@ class SeMaskMaskFormerLoss(nn.Module):
         }
         empty_weight = torch.ones(config.num_labels + 1)
         empty_weight[-1] = config.no_object_weight
-        self.register_buffer("empty_weight", empty_weight)
+        # not persistent: the config's value, also where from_pretrained overrides it (a saved copy won before)
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
 
     # the same computations as SeMask-Mask2Former's criterion (they read num_labels, empty_weight and ignore_index):
     # the weighted class cross-entropy, the semantic head's cross-entropy and the (all-reduced) target mask count
