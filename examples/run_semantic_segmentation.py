@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Finetune an hf-semseg (or transformers) segmentation model with transformers' Trainer, with the recipe of the
-papers: random keep-ratio resize (ratio 0.5-2.0), random crop with cat_max_ratio 0.75, flip, photometric distortion,
-padding with the ignore index; AdamW without weight decay on norms and position tables, the decode and auxiliary
+"""Finetune an hf-semseg (or transformers) segmentation model with transformers' Trainer, with mmseg's recipe (as
+VWFormer's runs use it): random keep-ratio resize (ratio 0.5-2.0), random crop with cat_max_ratio 0.75, flip,
+photometric distortion, padding to the crop after the normalisation (labels with the ignore index); AdamW without weight decay on norms and position tables, the decode and auxiliary
 heads at ``--head_lr_multiplier`` (10 in the demo recipe) times the learning rate; poly schedule with linear warm-up;
 streaming mIoU evaluation. ``--optim`` / ``--optim_args`` choose another optimizer as in ``Trainer`` (``sgd``, ...),
 over the same parameter groups.
@@ -15,7 +15,7 @@ nearest-resized with them), which is quick but not the papers' protocol: numbers
 
     python examples/run_semantic_segmentation.py --output_dir outputs/semask-demo
     python examples/run_semantic_segmentation.py --variant semask-fpn-tiny-ade20k --dataset_name scene_parse_150 \
-        --crop_size 512 --output_dir out --push_to_hub
+        --label_column annotation --crop_size 512 --output_dir out --push_to_hub
 
 With no ``--dataset_name`` it trains on the generated demo dataset; with no ``--variant`` / ``--model_name_or_path`` a
 small SeMask-Swin FPN. With ``--variant``, its test scale and label reduction (``hf_semseg.variants``) are the
@@ -131,8 +131,18 @@ PHASE_HELP = {
 }
 
 
+class OneLineUsageParser(HfArgumentParser):
+    """A usage error is one ``error:`` line and exit status 1, as every other user error (argparse: the usage and
+    status 2)."""
+
+    def error(self, message: str):
+        self.exit(1, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
+    parser = OneLineUsageParser(
+        (ModelArguments, DataArguments, TrainingArguments), description=__doc__.split("\n\n")[0]
+    )
     parser.set_defaults(**RECIPE_DEFAULTS, do_train=None, do_eval=None)  # None: not given (run_phases)
     for name, text in PHASE_HELP.items():
         parser._option_string_actions[f"--{name}"].help = text
@@ -163,11 +173,15 @@ def run_phases(training_args) -> tuple[bool, bool]:
     return bool(do_train), bool(do_eval)
 
 
+#: the end rate of transformers' polynomial schedule when ``--lr_scheduler_kwargs`` sets none
+POLYNOMIAL_LR_END = 1e-7
+
+
 def check_trainer_options(model_args, training_args, do_train: bool) -> None:
     """Refuses, before any work, what the Trainer run cannot do as asked: float16 on the CPU (float32 silently),
     label smoothing (``Trainer``'s smoother is for token logits: a torch error here), a step count below 1 (a
-    ``ZeroDivisionError``), a negative worker count or gradient norm, and an evaluation only without a trained model
-    or with ``--push_to_hub``."""
+    ``ZeroDivisionError``), a negative worker count or gradient norm, a learning rate at or below the polynomial
+    schedule's end, and an evaluation only without a trained model or with ``--push_to_hub``."""
     if training_args.fp16:
         check_float16_device("--fp16", training_args.device, "--bf16")
     if training_args.label_smoothing_factor:
@@ -189,6 +203,17 @@ def check_trainer_options(model_args, training_args, do_train: bool) -> None:
             "--max_grad_norm": training_args.max_grad_norm,  # 0 disables clipping; a negative one reads as 0 here
         }
     )
+    if (
+        do_train
+        and str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)) == "polynomial"
+    ):
+        # transformers' polynomial schedule refuses an end above the rate with a traceback after the model has loaded
+        lr_end = (training_args.lr_scheduler_kwargs or {}).get("lr_end", POLYNOMIAL_LR_END)
+        if 0 < training_args.learning_rate <= lr_end:  # a rate that is not positive is named as such below
+            raise RunOptionError(
+                f"--learning_rate {training_args.learning_rate}: the polynomial schedule decays to lr_end {lr_end}, "
+                "so the rate must be above it (or set a lower lr_end in --lr_scheduler_kwargs)"
+            )
     if not do_train and not model_args.model_name_or_path:
         raise RunOptionError(
             "--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"
@@ -243,7 +268,7 @@ def main(argv=None, callbacks=None) -> dict:
         args=training_args,
         train_dataset=run.train,
         eval_dataset=run.evaluation_with_transform,
-        data_collator=pad_collate,
+        data_collator=partial(pad_collate, with_sizes=True),
         compute_metrics=StreamingMeanIoU(
             model.config.num_labels, model.config.id2label, padded_input_size=partial(model_padded_size, model)
         ),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Finetune an hf-semseg (or transformers) segmentation model with an explicit Accelerate loop: the recipe of
 ``run_semantic_segmentation.py`` (random keep-ratio resize, crop with cat_max_ratio, flip, photometric distortion,
-padding with the ignore index; AdamW without weight decay on norms and position tables, the heads at
+padding to the crop after the normalisation; AdamW without weight decay on norms and position tables, the heads at
 ``--head_lr_multiplier`` times the learning rate; poly schedule with linear warm-up) with gradient accumulation,
 mixed precision, checkpoints every N steps and resumption, mIoU summed over all processes.
 
@@ -27,6 +27,7 @@ the papers' come from ``examples/evaluate_semantic_segmentation.py --model OUTPU
 import argparse
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,12 +38,13 @@ from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
 import hf_semseg
+from hf_semseg.conversion.common import _ArgumentParser as OneLineUsageParser
 from hf_semseg.hub import HubAccessError, check_hub_access
-from hf_semseg.inference import logits_to_size, model_padded_size
 from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     STAGING_FOLDER,
+    UNPADDED_SIZES,
     MasterWeights,
     RunOptionError,
     check_checkpoint_weights,
@@ -50,12 +52,14 @@ from hf_semseg.training import (
     check_not_negative,
     check_positive_steps,
     check_run_options,
+    class_maps,
     exit_on_user_error,
     json_metrics,
     pad_collate,
     parameter_groups,
     publish_checkpoint,
     resolve_checkpoint,
+    same_size_groups,
     set_up_run,
     summary_metrics,
     update_unpadded,
@@ -64,7 +68,8 @@ from hf_semseg.training import (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    # a usage error is one `error:` line and exit status 1, as every other user error
+    parser = OneLineUsageParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     model = parser.add_argument_group("model")
@@ -170,30 +175,38 @@ def save_checkpoint(accelerator, output_dir: Path, step: int) -> None:
 
 @torch.no_grad()
 def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> dict:
-    """mIoU of ``model`` on ``dataset``: each process evaluates its shard (images of any size, nothing gathered but
-    the confusion matrices, which are summed). Every process runs as many forward passes as the one with the most
-    batches (repeating a batch, not counted), since a sharded (FSDP) forward is a collective operation."""
+    """mIoU of ``model`` on ``dataset``: each process evaluates its shard (images of any size, each at its own size;
+    nothing gathered but the confusion matrices, which are summed). With several processes every process runs
+    ``batch_size`` forward passes per round, as many rounds as the one with the most batches (repeating an image, not
+    counted), since a sharded (FSDP) forward is a collective operation."""
     shard = dataset.shard(num_shards=accelerator.num_processes, index=accelerator.process_index, contiguous=True)
-    loader = DataLoader(shard, batch_size=batch_size, collate_fn=pad_collate)
+    collate = partial(pad_collate, with_sizes=True)
+    loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate)
     rounds = int(accelerator.gather(torch.tensor([len(loader)], device=accelerator.device)).max())
-    spare = pad_collate([dataset[0]])  # for a process whose shard is empty
+    spare = collate([dataset[0]])  # for a process whose shard is empty
     was_training = model.training
     model.eval()
     metric = SegmentationMetrics(num_labels)
     unwrapped = accelerator.unwrap_model(model)
+    single_process = accelerator.num_processes == 1
     batches = iter(loader)
     for _ in tqdm(range(rounds), desc="evaluation", disable=not accelerator.is_local_main_process):
         batch = next(batches, None)
-        pixel_values = (spare if batch is None else batch)["pixel_values"].to(accelerator.device)
-        logits = model(pixel_values=pixel_values).logits
+        # each image size alone, as mmseg tests (the batch's zero padding changed what the model saw); with several
+        # processes each image alone and batch_size forwards per round, since a sharded (FSDP) forward is collective
         if batch is None:
-            continue
-        labels = batch["labels"]
-        # crop a padding model's logits (SeMask-Mask2Former) to the collated input before upsampling
-        input_size = pixel_values.shape[-2:]
-        padded_size = model_padded_size(unwrapped, input_size)
-        logits = logits_to_size(logits.float(), input_size, labels.shape[-2:], padded_size)
-        update_unpadded(metric, logits.argmax(1).cpu(), labels)
+            groups = []
+        elif single_process:
+            groups = same_size_groups(batch[UNPADDED_SIZES])
+        else:
+            groups = [(tuple(size), [index]) for index, size in enumerate(batch[UNPADDED_SIZES].tolist())]
+        for (height, width), indices in groups:
+            pixel_values = batch["pixel_values"][indices, :, :height, :width].to(accelerator.device)
+            logits = model(pixel_values=pixel_values).logits
+            maps = class_maps(unwrapped, logits, (height, width)).cpu()
+            update_unpadded(metric, maps, batch["labels"][indices, :height, :width])
+        for _ in range(0 if single_process else batch_size - len(groups)):
+            model(pixel_values=spare["pixel_values"].to(accelerator.device))
     # the counts summed over the processes, on the accelerator's device (NCCL needs it)
     metric.reduce(lambda counts: accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu())
     model.train(was_training)

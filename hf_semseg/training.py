@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from .inference import logits_to_size, model_padded_size
 from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
+from .models.image_processing_utils_segmentation import sixteen_to_eight_bits
 from .segmentation_folders import SegmentationFolderError, load_image_folders
 from .transforms import SegmentationTrainTransform
 
@@ -586,6 +588,7 @@ def set_up_run(
             model_options.config_overrides,
             evaluate_only,
         )
+    check_ignore_index(model.config)
     once_qat = prepare_once_qat(
         model,
         getattr(model_options, "weight_bits", None),
@@ -627,6 +630,19 @@ def set_up_run(
         ),
         once_qat=once_qat,
     )
+
+
+def check_ignore_index(config) -> None:
+    """The scripts' data use mmseg's ignore index, 255: labels, the crop's padding and the metrics ignore it. A
+    model with more than 255 classes (class 255 would be ignored: left out of the loss and of the mIoU, silently) or
+    whose loss ignores another index is refused, naming the value."""
+    ignore_index = getattr(config, "loss_ignore_index", IGNORE_INDEX)
+    if config.num_labels > IGNORE_INDEX or ignore_index != IGNORE_INDEX:
+        raise RunOptionError(
+            f"the model has {config.num_labels} classes and loss_ignore_index {ignore_index}; these scripts read "
+            f"label {IGNORE_INDEX} as ignored (mmseg's), so they train models of at most {IGNORE_INDEX} classes whose "
+            f"loss ignores {IGNORE_INDEX}"
+        )
 
 
 @dataclass
@@ -751,7 +767,7 @@ def require_columns(dataset, columns: dict, where: str) -> None:
     """Refuses, before any sample is read, a dataset without the columns the options name (``{"--image_column":
     "image", ...}``): a :class:`RunOptionError` naming the option, the missing column, ``where`` (the split) and the
     columns there are (a ``KeyError`` traceback from the first sample before)."""
-    present = list(dataset.column_names)
+    present = [column for column in dataset.column_names if column != SAMPLE_INDEX]  # ours, not the dataset's
     for option, column in columns.items():
         if column not in present:
             raise RunOptionError(f"{option} {column}: {where} has no such column (its columns: {present})")
@@ -822,17 +838,65 @@ def single_channel_label(label: np.ndarray, sample: str, column: str) -> np.ndar
     )
 
 
-def rgb_array(image) -> np.ndarray:
-    """An image value of a dataset as a writable array: a PIL image converted to RGB; an array as it is; nested
-    lists (``datasets``' ``Array3D`` values) as the uint8 image they hold when their integers are in [0, 255] (numpy
-    reads them as int64, which the transforms refused)."""
+#: PIL modes of 16-bit grey images (16-bit PNGs open as "I;16")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def rgb_array(image, sample: str = "the image") -> np.ndarray:
+    """An image value of a dataset as a writable ``(H, W, 3)`` uint8 RGB array, as mmseg reads image files (OpenCV's
+    colour read: grey replicated, 16 bits reduced to 8): a PIL image converted to RGB, a 16-bit one (modes
+    ``I;16*``, or ``I`` from a PNG) first reduced as ``round(v * 255 / 65535)`` (PIL's RGB conversion clipped it:
+    99% white); arrays (``datasets``' ``Array3D`` values come as nested lists) uint8, uint16 (reduced) or integers
+    in [0, 255]. Float images are refused (``DatasetSampleError`` naming ``sample``): a [0, 1] image read as
+    0-255 was black, so the scale is not guessed."""
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and getattr(image, "format", None) == "PNG"):
+            grey = sixteen_to_eight_bits(np.asarray(image).astype(np.uint16))
+            return np.repeat(grey[..., None], 3, axis=2)
+        if image.mode not in ("I", "F"):
+            return np.array(image.convert("RGB"))
     array = np.array(image)
-    if isinstance(image, (list, tuple)) and array.dtype.kind in "iu" and array.size:
-        if array.min() >= 0 and array.max() <= 255:
-            return array.astype(np.uint8)
+    if isinstance(image, Image.Image) and array.ndim == 2:  # mode I or F: one grey channel
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.dtype.kind == "f":
+        raise DatasetSampleError(
+            f"{sample}: the image is floating point ({array.dtype}); store images as uint8 RGB (0-255), e.g. "
+            "(image * 255).round().astype('uint8') for values in [0, 1]"
+        )
+    if array.dtype == np.uint16:
+        return sixteen_to_eight_bits(array)
+    if array.dtype.kind in "iu" and array.dtype != np.uint8 and array.size:
+        if array.min() < 0 or array.max() > 255:
+            raise DatasetSampleError(
+                f"{sample}: the image holds {array.dtype} values in [{array.min()}, {array.max()}]; expected uint8 "
+                "(0-255) or uint16 (16-bit) values"
+            )
+        return array.astype(np.uint8)
     return array
+
+
+def lossy_label_file(label) -> str | None:
+    """The format of a label map stored lossily (``JPEG``: class ids change at every edge), else None."""
+    image_format = getattr(label, "format", None)
+    path = file_path(label) or ""
+    if image_format == "JPEG" or path.lower().endswith((".jpg", ".jpeg")):
+        return "JPEG"
+    return None
+
+
+#: the lossy label warning is given once per process
+_warned_lossy_labels = False
+
+
+def warn_lossy_label(sample: str) -> None:
+    global _warned_lossy_labels
+    if not _warned_lossy_labels:
+        _warned_lossy_labels = True
+        warnings.warn(
+            f"{sample}: the label map is a JPEG, whose lossy compression changes class ids at the edges of every "
+            "region (22% of the pixels in a 150-class test); store label maps as PNG",
+            stacklevel=2,
+        )
 
 
 def to_arrays(
@@ -849,24 +913,40 @@ def to_arrays(
     or undecoded ``datasets.Image`` values (:func:`open_image`); ``columns`` and ``split`` name them in errors, with
     their files where known (:func:`sample_name`). Errors are :class:`DatasetSampleError`."""
     sample = sample_name(index, split, {columns[0]: file_path(image), columns[1]: file_path(label)})
+    if lossy_label_file(label):
+        warn_lossy_label(sample)
     image, label = open_image(image, index, columns[0], split), open_image(label, index, columns[1], split)
+    if lossy_label_file(label):
+        warn_lossy_label(sample)
     try:
-        image = rgb_array(image)
-        label = np.array(label, dtype=np.int64)
+        image = rgb_array(image, sample)
+        label = np.array(label)
+    except DatasetSampleError:
+        raise
     except Exception as error:  # PIL raises several types for unreadable files
         raise DatasetSampleError(f"{sample}: the image or label cannot be read ({error})") from error
     if image.ndim != 3 or image.shape[2] != 3:
         raise DatasetSampleError(f"{sample}: {columns[0]} has shape {image.shape}, expected (H, W, 3)")
-    label = single_channel_label(label, sample, columns[1])
+    if label.dtype.kind not in "iub":  # a float map (an Array2D of floats, a mode F TIFF) was truncated: 0.6 -> 0
+        raise DatasetSampleError(
+            f"{sample}: {columns[1]} holds {label.dtype} values; a label map must hold integer class ids"
+        )
+    label = single_channel_label(label.astype(np.int64), sample, columns[1])
     if image.shape[:2] != label.shape:
         raise DatasetSampleError(f"{sample}: image size {image.shape[:2]} differs from label size {label.shape}")
+    # checked as stored: with reduce_labels, 0 is the ignored background and k is class k - 1 (mmseg's)
+    low, high = (1, num_labels + 1) if reduce_labels else (0, num_labels)
+    outside = (label != IGNORE_INDEX) & ((label < low) | (label >= high))
+    if reduce_labels:
+        outside &= label != 0
+    bad = np.unique(label[outside])
+    if bad.size:
+        reduced = " (with reduce_labels: 0 ignored, k the class k - 1)" if reduce_labels else ""
+        raise DatasetSampleError(
+            f"{sample}: label values {bad[:10].tolist()} are outside [{low}, {high}) and {IGNORE_INDEX}{reduced}"
+        )
     if reduce_labels:
         label = reduce_zero_label(label)
-    bad = np.unique(label[(label != IGNORE_INDEX) & ((label < 0) | (label >= num_labels))])
-    if bad.size:
-        raise DatasetSampleError(
-            f"{sample}: label values {bad[:10].tolist()} are outside [0, {num_labels}) and {IGNORE_INDEX}"
-        )
     return image, label
 
 
@@ -924,7 +1004,7 @@ class SegmentationDatasetTransform:
         self.epoch = int(epoch)
 
     def __call__(self, batch: dict) -> dict:
-        from .transforms import keep_ratio_size, resize_pair
+        from .transforms import keep_ratio_size, pad_to_crop, resize_pair
 
         if self.augmentation is not None and SAMPLE_INDEX not in batch:
             raise ValueError(
@@ -941,8 +1021,11 @@ class SegmentationDatasetTransform:
                 image, label = self.augmentation(image, label, augmentation_rng(self.seed, self.epoch, int(index)))
             elif self.eval_scale is not None:
                 image, label = resize_pair(image, label, keep_ratio_size(*image.shape[:2], *self.eval_scale))
-            pixel_values.append(normalise(image))
-            labels.append(torch.from_numpy(np.ascontiguousarray(label)))
+            image, label = normalise(image), torch.from_numpy(np.ascontiguousarray(label))
+            if self.augmentation is not None:  # mmseg's Normalize -> Pad: the padding is the mean colour
+                image, label = pad_to_crop(image, label, self.augmentation.crop_size)
+            pixel_values.append(image)
+            labels.append(label)
         return {"pixel_values": pixel_values, "labels": labels}
 
 
@@ -1094,10 +1177,46 @@ class SegmentationTrainer(Trainer):
     once_qat: OnceQAT | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {key: value for key, value in inputs.items() if key != UNPADDED_SIZES}
         if self.once_qat is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = self.once_qat.loss(model, self.accelerator.unwrap_model(model), inputs)
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation as mmseg tests, one image size at a time: a batch of :func:`pad_collate` with
+        ``with_sizes=True`` is run in groups of samples of one size (with several processes, each sample alone: the
+        same number of forwards everywhere, since evaluation batches are even), each at that size (zero padding to the batch's
+        largest image changed what the model saw, so the mIoU depended on the evaluation batch size: 0.6308 at 1,
+        0.5995 at 8). Returns the loss (the samples' mean) and ``(B, H, W)`` int64 class maps at the collated size
+        (the ignore index outside each image) for :class:`StreamingMeanIoU`; a batch without sizes goes to
+        ``Trainer`` as it is."""
+        sizes = inputs.get(UNPADDED_SIZES)
+        if sizes is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
+        maps = torch.full((len(pixel_values), *pixel_values.shape[-2:]), IGNORE_INDEX, device=pixel_values.device)
+        total_loss = None
+        if self.accelerator.num_processes == 1:
+            groups = same_size_groups(sizes)
+        else:  # each image alone: as many forwards in every process (a sharded, FSDP, forward is collective)
+            groups = [(tuple(size), [index]) for index, size in enumerate(torch.as_tensor(sizes).tolist())]
+        for (height, width), indices in groups:
+            rows = torch.tensor(indices, device=pixel_values.device)
+            group = {"pixel_values": pixel_values[rows, :, :height, :width]}
+            if labels is not None:
+                group["labels"] = labels[rows, :height, :width]
+            loss, logits, _ = super().prediction_step(model, group, prediction_loss_only, ignore_keys)
+            if loss is not None:
+                total_loss = loss * len(indices) if total_loss is None else total_loss + loss * len(indices)
+            if logits is not None:
+                logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+                unwrapped = self.accelerator.unwrap_model(model)
+                maps[rows, :height, :width] = class_maps(unwrapped, logits, (height, width)).to(maps.device)
+        loss = None if total_loss is None else total_loss / len(pixel_values)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, maps, labels
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -1155,19 +1274,43 @@ class SegmentationTrainer(Trainer):
         return super()._run_epoch(*args, **kwargs)
 
 
-def pad_collate(samples: list[dict]) -> dict:
-    """Stacks samples, padding pixels with 0 and labels with the ignore index on the right/bottom to the largest
-    size."""
+#: the key of each sample's own ``(height, width)`` in a batch of :func:`pad_collate` with ``with_sizes=True``
+UNPADDED_SIZES = "unpadded_sizes"
+
+
+def pad_collate(samples: list[dict], with_sizes: bool = False) -> dict:
+    """Stacks samples, padding pixels with 0 (the mean colour, after normalisation) and labels with the ignore index
+    on the right/bottom to the largest size. ``with_sizes``: each sample's own ``(height, width)`` under
+    :data:`UNPADDED_SIZES` too (the evaluation runs each size alone: :meth:`SegmentationTrainer.prediction_step`)."""
     height = max(s["pixel_values"].shape[-2] for s in samples)
     width = max(s["pixel_values"].shape[-1] for s in samples)
 
     def pad(tensor, value):
         return F.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]), value=value)
 
-    return {
+    batch = {
         "pixel_values": torch.stack([pad(s["pixel_values"], 0.0) for s in samples]),
         "labels": torch.stack([pad(s["labels"], IGNORE_INDEX) for s in samples]).long(),
     }
+    if with_sizes:
+        batch[UNPADDED_SIZES] = torch.tensor([tuple(s["pixel_values"].shape[-2:]) for s in samples])
+    return batch
+
+
+def same_size_groups(sizes) -> list[tuple[tuple[int, int], list[int]]]:
+    """The samples of a collated batch grouped by their own ``(height, width)`` (``sizes``, one row per sample),
+    in order of first appearance: ``[(size, [sample indices]), ...]``."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(torch.as_tensor(sizes).tolist()):
+        groups.setdefault(tuple(size), []).append(index)
+    return list(groups.items())
+
+
+def class_maps(model, logits: torch.Tensor, size) -> torch.Tensor:
+    """``(B, H, W)`` int64 predictions at ``size`` from the ``logits`` of inputs of that size, a padding model's
+    padding cropped first (:func:`~hf_semseg.inference.model_padded_size`)."""
+    size = tuple(int(side) for side in size)
+    return logits_to_size(logits.float(), size, size, model_padded_size(model, size)).argmax(1)
 
 
 #: parameter-name prefixes of the decode and auxiliary heads, which ``head_lr_multiplier`` applies to
@@ -1322,8 +1465,8 @@ def update_unpadded(metric, predictions: torch.Tensor, labels: torch.Tensor, ign
 
 
 class StreamingMeanIoU:
-    """``compute_metrics`` for ``Trainer(batch_eval_metrics=True)``: upsample the logits to the label size, argmax,
-    accumulate (:class:`~hf_semseg.metrics.SegmentationMetrics`: mIoU, Boundary IoU, trimap mIoU); only the counts are
+    """``compute_metrics`` for ``Trainer(batch_eval_metrics=True)``: upsample the logits to the label size, argmax
+    (or take the class maps :meth:`SegmentationTrainer.prediction_step` returns at that size), accumulate (:class:`~hf_semseg.metrics.SegmentationMetrics`: mIoU, Boundary IoU, trimap mIoU); only the counts are
     kept between batches. ``padded_input_size``: for a model that pads its input, the size it pads an input of a
     given ``(height, width)`` to (``functools.partial(model_padded_size, model)``,
     :func:`~hf_semseg.inference.model_padded_size`); its logits are cropped to the input before the upsampling."""
@@ -1346,11 +1489,14 @@ class StreamingMeanIoU:
         logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
         # Trainer pads the labels of different processes to one size with -100 before gathering them
         labels = torch.where(labels == -100, torch.full_like(labels, self.metric.ignore_index), labels)
-        # the labels have the (collated) input's size; a padding model's logits are cropped to it first
-        input_size = labels.shape[-2:]
-        padded_size = None if self.padded_input_size is None else self.padded_input_size(input_size)
-        upsampled = logits_to_size(logits.float(), input_size, input_size, padded_size)
-        update_unpadded(self.metric, upsampled.argmax(1).cpu(), labels.cpu(), self.metric.ignore_index)
+        if logits.dim() == 3 and not logits.is_floating_point():  # class maps at the labels' size already
+            predictions = torch.where(logits == -100, torch.full_like(logits, self.metric.ignore_index), logits)
+        else:
+            # the labels have the (collated) input's size; a padding model's logits are cropped to it first
+            input_size = labels.shape[-2:]
+            padded_size = None if self.padded_input_size is None else self.padded_input_size(input_size)
+            predictions = logits_to_size(logits.float(), input_size, input_size, padded_size).argmax(1)
+        update_unpadded(self.metric, predictions.cpu(), labels.cpu(), self.metric.ignore_index)
         if not compute_result:
             return {}
         # no gather(): Trainer already gathers predictions and labels of all processes before calling this

@@ -1,5 +1,6 @@
 """The mmsegmentation (0.x) training augmentation, on NumPy arrays: random keep-ratio resize, random crop with
-``cat_max_ratio``, horizontal flip, photometric distortion and padding (image 0, label 255).
+``cat_max_ratio``, horizontal flip and photometric distortion; then, after the normalisation, padding to the crop size
+(pixel values 0, labels 255: :func:`pad_to_crop`), as mmseg's ``Normalize`` -> ``Pad``.
 
 Every random draw comes from the ``numpy.random.Generator`` passed in, so a seeded pipeline is reproducible. Images
 are ``(H, W, 3)`` uint8 RGB arrays, labels ``(H, W)`` integer arrays with 255 = ignore.
@@ -136,8 +137,10 @@ def _check_pair(name: str, value, kind, what: str) -> tuple:
 
 @dataclass
 class SegmentationTrainTransform:
-    """The original training pipeline: ``Resize(scale, ratio_range)`` -> ``RandomCrop(crop, cat_max_ratio)`` ->
-    ``RandomFlip(0.5)`` -> ``PhotoMetricDistortion`` -> ``Pad(crop, 0 / 255)``.
+    """The original training pipeline up to the normalisation: ``Resize(scale, ratio_range)`` ->
+    ``RandomCrop(crop, cat_max_ratio)`` -> ``RandomFlip(0.5)`` -> ``PhotoMetricDistortion``. The crop is at most
+    ``crop_size``; mmseg pads it to that size after ``Normalize`` (pixel values 0, the mean colour; labels 255):
+    :func:`pad_to_crop` on the normalised sample (padding the uint8 image with 0 made the padding black, -2.1).
 
     Args:
         scale: keep-ratio scale ``(long, short)`` before the random ratio, e.g. ``(2048, 512)``.
@@ -205,7 +208,15 @@ class SegmentationTrainTransform:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
             image = photometric_distortion(image, rng)
-        pad_bottom, pad_right = self.crop_size[0] - image.shape[0], self.crop_size[1] - image.shape[1]
-        image = np.pad(image, ((0, pad_bottom), (0, pad_right), (0, 0)), constant_values=0)
-        label = np.pad(label, ((0, pad_bottom), (0, pad_right)), constant_values=IGNORE_INDEX)
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+def pad_to_crop(pixel_values: torch.Tensor, label: torch.Tensor, crop_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """mmseg's ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)`` after ``Normalize``: normalised ``(3, h, w)``
+    pixel values padded with 0 and the ``(h, w)`` label with the ignore index on the bottom and right to
+    ``crop_size`` ``(height, width)`` (a sample larger than it is a ``ValueError``)."""
+    height, width = pixel_values.shape[-2:]
+    if height > crop_size[0] or width > crop_size[1]:
+        raise ValueError(f"a sample of {height}x{width} does not fit the crop size {tuple(crop_size)}")
+    padding = (0, crop_size[1] - width, 0, crop_size[0] - height)
+    return F.pad(pixel_values, padding, value=0.0), F.pad(label, padding, value=IGNORE_INDEX)

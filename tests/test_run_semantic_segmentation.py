@@ -266,6 +266,16 @@ def scripts_taking(arguments) -> list[str]:
         (["--warmup_steps", "-5"], r"(--warmup_steps -5: expected 0 or a positive number|.*warmup_steps >= 0)"),
         # transformers' ValueError from the schedule, after the model had loaded
         (["--lr_end", "0.1"], r"--lr_end 0\.1: the poly decay ends below the learning rate, expected less than "),
+        # the data ignore 255 (labels, padding, metrics): another index, or a class 255, was trained and measured
+        (
+            ["--config_overrides", '{{"loss_ignore_index": 254}}'],  # str.format's braces
+            r"the model has \d+ classes and loss_ignore_index 254; these scripts read label 255 as ignored",
+        ),
+        # the same from the Trainer script's polynomial schedule (transformers' ValueError, an empty output folder)
+        (
+            ["--learning_rate", "1e-8"],
+            r"(--learning_rate 1e-08: the polynomial schedule decays to lr_end 1e-07|--lr_end 1e-07: the poly decay)",
+        ),
         # torch's load_state_dict traceback, after the model had loaded and the output folder was made
         (
             ["--resume_from_checkpoint", "{tmp}/other_checkpoint"],

@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,9 @@ def test_reduce_labels_and_training_transform_shapes():
     first, second = dataset[0], dataset[1]
     assert first["pixel_values"].shape == (3, 12, 12) and first["labels"].shape == (12, 12)
     assert set(first["labels"].unique().tolist()) == {255}  # label 0 is reduced to ignore, padding is 255
+    # the 8 x 8 image padded after the normalisation, as mmseg's Normalize -> Pad: the mean colour (0), not black
+    assert (first["pixel_values"][:, 8:] == 0).all() and (first["pixel_values"][:, :, 8:] == 0).all()
+    assert (first["pixel_values"][:, :8, :8] != 0).any()
     assert set(second["labels"].unique().tolist()) == {2, 255}
 
 
@@ -367,7 +371,7 @@ def test_an_unreadable_file_is_named_with_its_sample(tmp_path):
     with pytest.raises(DatasetSampleError, match=r"^sample 7: label bytes in the dataset cannot be read"):
         to_arrays(np.zeros((16, 24, 3), np.uint8), {"path": None, "bytes": bad.read_bytes()}, 7, 4, False)
     with pytest.raises(DatasetSampleError, match=r"^sample 3: image size \(16, 24\) differs from label size"):
-        to_arrays(np.zeros((16, 24, 3), np.uint8), np.zeros((24, 16)), 3, 4, False)
+        to_arrays(np.zeros((16, 24, 3), np.uint8), np.zeros((24, 16), np.int64), 3, 4, False)
 
 
 def test_a_sample_error_ends_a_script_with_one_line():
@@ -803,3 +807,125 @@ def test_a_checkpoint_of_a_model_whose_weights_transformers_renames_when_saving_
     wider = TestVWFormerOverSwin().make_model(decoder_hidden_size=32)
     with pytest.raises(RunOptionError, match=r"'decode_head\.classifier\.weight' has shape \(4, 64, 1, 1\), the mod"):
         check_checkpoint_weights(wider, tmp_path / "trainer")
+
+
+def _varied_size_samples(num_labels: int = 4) -> list[dict]:
+    """Normalised images of three sizes with random label maps (a few pixels ignored), as the evaluation transform
+    gives them."""
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for height, width in ((64, 96), (48, 64), (64, 96), (80, 48)):
+        labels = torch.randint(0, num_labels, (height, width), generator=generator)
+        labels[:3, :5] = 255
+        samples.append({"pixel_values": torch.randn(3, height, width, generator=generator), "labels": labels})
+    return samples
+
+
+def _perturbed_semask_model():
+    from test_modeling_semask_swin import tiny_config
+
+    from hf_semseg import SeMaskSwinForSemanticSegmentation
+
+    torch.manual_seed(0)
+    model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
+    with torch.no_grad():  # away from the near-constant start, so that the classes vary over the image
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1 or name.endswith("bias"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(tmp_path):
+    """Zero padding to the batch's largest image changed what the model saw: the mIoU depended on
+    --per_device_eval_batch_size (0.6308 at 1, 0.5995 at 8 on varied-size images). Both scripts evaluate each size
+    alone now, as mmseg tests one image at a time; the padded batch still gives other numbers (the test can fail)."""
+    from functools import partial
+
+    from script_helpers import load_example
+    from transformers import TrainingArguments
+
+    from hf_semseg.training import SegmentationTrainer, StreamingMeanIoU
+
+    samples, model = _varied_size_samples(), _perturbed_semask_model()
+    dataset = Dataset.from_list([{key: value.numpy() for key, value in sample.items()} for sample in samples])
+    dataset = dataset.with_format("torch")
+
+    def trainer_metrics(batch_size: int, with_sizes: bool = True) -> dict:
+        arguments = TrainingArguments(
+            output_dir=str(tmp_path / f"run{batch_size}"),
+            per_device_eval_batch_size=batch_size,
+            batch_eval_metrics=True,
+            report_to=[],
+            use_cpu=True,
+        )
+        trainer = SegmentationTrainer(
+            model=model,
+            args=arguments,
+            eval_dataset=dataset,
+            data_collator=partial(pad_collate, with_sizes=with_sizes),
+            compute_metrics=StreamingMeanIoU(4),
+        )
+        return trainer.evaluate()
+
+    single, batched = trainer_metrics(1), trainer_metrics(3)
+    assert single["eval_mean_iou"] == batched["eval_mean_iou"]
+    assert single["eval_overall_accuracy"] == batched["eval_overall_accuracy"]
+    assert abs(single["eval_loss"] - batched["eval_loss"]) < 1e-5
+    assert trainer_metrics(3, with_sizes=False)["eval_mean_iou"] != single["eval_mean_iou"]
+
+    from accelerate import Accelerator
+
+    script = load_example(Path(__file__).resolve().parents[1] / "examples" / "run_semantic_segmentation_no_trainer.py")
+    accelerator = Accelerator(cpu=True)
+    for batch_size in (1, 3):
+        result = script.evaluate(accelerator, model, dataset, batch_size, 4)
+        assert result["mean_iou"] == pytest.approx(single["eval_mean_iou"], abs=1e-12)
+
+
+def test_image_values_are_read_as_mmseg_reads_image_files_or_refused():
+    """A 16-bit grey image was clipped by PIL's RGB conversion (99% white; OpenCV, mmseg's reader, scales it to 8
+    bits); a float image in [0, 1] was read as 0-255 values (black: mIoU 0.21 for 0.62), a float label map truncated
+    (0.6 -> class 0)."""
+    from hf_semseg.training import DatasetSampleError, to_arrays
+
+    eight = np.random.default_rng(0).integers(0, 256, (6, 5), dtype=np.uint8)
+    label = np.zeros((6, 5), np.int64)
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)  # mode I;16, the 8-bit values exactly
+    assert sixteen.mode.startswith("I;16")
+    image, _ = to_arrays(sixteen, label, 0, 4, False)
+    assert image.dtype == np.uint8 and image.shape == (6, 5, 3)
+    np.testing.assert_array_equal(image, np.repeat(eight[..., None], 3, axis=2))
+    image, _ = to_arrays(np.repeat(eight[..., None], 3, axis=2).astype(np.uint16) * 257, label, 0, 4, False)
+    np.testing.assert_array_equal(image[..., 0], eight)
+    with pytest.raises(DatasetSampleError, match=r"sample 3: the image is floating point \(float32\); store images"):
+        to_arrays(np.random.rand(6, 5, 3).astype(np.float32), label, 3, 4, False)
+    with pytest.raises(DatasetSampleError, match=r"sample 3: label holds float64 values; a label map must hold int"):
+        to_arrays(np.zeros((6, 5, 3), np.uint8), np.full((6, 5), 0.6), 3, 4, False)
+    with pytest.raises(DatasetSampleError, match=r"sample 3: label holds float32 values"):
+        to_arrays(np.zeros((6, 5, 3), np.uint8), Image.fromarray(np.ones((6, 5), np.float32)), 3, 4, False)
+
+
+def test_out_of_range_labels_are_named_as_stored():
+    """With reduce_labels the message gave the reduced value (the file holds 7, it said [6])."""
+    from hf_semseg.training import DatasetSampleError, to_arrays
+
+    image, label = np.zeros((4, 4, 3), np.uint8), np.array([[0, 1, 4, 255]] * 4)
+    _, reduced = to_arrays(image, label, 0, 4, True)  # 4 classes stored as 1..4 with 0 the background
+    assert reduced[0].tolist() == [255, 0, 3, 255]
+    label[0, 0] = 7
+    with pytest.raises(DatasetSampleError, match=r"label values \[7\] are outside \[1, 5\) and 255 \(with reduce_"):
+        to_arrays(image, label, 0, 4, True)
+    with pytest.raises(DatasetSampleError, match=r"label values \[4, 7\] are outside \[0, 4\) and 255$"):
+        to_arrays(image, label, 0, 4, False)
+
+
+def test_a_jpeg_label_map_is_warned_about(tmp_path):
+    """JPEG's compression changes class ids at every edge (22% of the pixels of a 150-class test), silently."""
+    import hf_semseg.training as training
+
+    label = np.zeros((16, 16), np.uint8)
+    label[4:12, 4:12] = 3
+    Image.fromarray(label).save(tmp_path / "label.jpg", quality=90)
+    training._warned_lossy_labels = False
+    with pytest.warns(UserWarning, match=r"sample 0 \(label \S+label\.jpg\): the label map is a JPEG"):
+        training.to_arrays(np.zeros((16, 16, 3), np.uint8), Image.open(tmp_path / "label.jpg"), 0, 150, False)

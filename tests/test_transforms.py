@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hf_semseg.transforms import (
     SegmentationTrainTransform,
     hsv_to_rgb,
     keep_ratio_size,
+    pad_to_crop,
     photometric_distortion,
     random_crop_origin,
     rgb_to_hsv,
@@ -46,9 +48,15 @@ def test_pipeline_output_sizes_padding_and_labels():
     label = rng.integers(0, 3, (30, 40))
     transform = SegmentationTrainTransform(scale=(40, 30), crop_size=(48, 48), ratio_range=(1.0, 1.0), flip_prob=0.0)
     out_image, out_label = transform(image, label, np.random.default_rng(3))
-    assert out_image.shape == (48, 48, 3) and out_label.shape == (48, 48)
-    assert (out_image[30:] == 0).all() and (out_label[30:] == 255).all() and (out_label[:, 40:] == 255).all()
-    np.testing.assert_array_equal(out_label[:30, :40], label)  # no resize at ratio 1, no flip
+    assert out_image.shape == (30, 40, 3) and out_label.shape == (30, 40)  # padded after the normalisation
+    np.testing.assert_array_equal(out_label, label)  # no resize at ratio 1, no flip
+    pixel_values, padded_label = pad_to_crop(torch.ones(3, 30, 40), torch.from_numpy(label), (48, 48))
+    assert pixel_values.shape == (3, 48, 48) and padded_label.shape == (48, 48)
+    assert (pixel_values[:, 30:] == 0).all() and (pixel_values[:, :, 40:] == 0).all()
+    assert (pixel_values[:, :30, :40] == 1).all()
+    assert (padded_label[30:] == 255).all() and (padded_label[:, 40:] == 255).all()
+    with pytest.raises(ValueError, match=r"a sample of 30x40 does not fit the crop size \(16, 16\)"):
+        pad_to_crop(torch.ones(3, 30, 40), torch.from_numpy(label), (16, 16))
     flipped = SegmentationTrainTransform(
         scale=(40, 30), crop_size=(30, 40), ratio_range=(1.0, 1.0), flip_prob=1.0, photometric=False
     )(image, label, np.random.default_rng(3))
