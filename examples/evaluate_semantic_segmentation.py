@@ -15,11 +15,11 @@ nothing held in memory but the confusion matrix). ``--predictions_dir`` writes a
 per image (with the dataset's palette when the classes are a known dataset's, else the demo palette).
 """
 
-import argparse
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg  # noqa: F401  (registers the Auto classes)
+from hf_semseg.conversion.common import INTERRUPTED_STATUS, TERMINATED_STATUS, Terminated, terminate_with_cleanup
+from hf_semseg.conversion.common import _ArgumentParser as OneLineUsageParser
 from hf_semseg.demo_data import colorize, palette_for
 from hf_semseg.inference import TEST_SCALES, classifies_masks, segmentation_scores
 from hf_semseg.metrics import SegmentationMetrics
@@ -49,7 +51,8 @@ from hf_semseg.training import (
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # a usage error is one `error:` line and exit status 1, as every other user error
+    parser = OneLineUsageParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="saved model folder or Hub id")
     parser.add_argument("--dataset_name", default=None, help="Hub id or local folder; none = the demo dataset")
     parser.add_argument("--split", default="validation")
@@ -114,8 +117,13 @@ def staged_folder(folder: Path | None):
     if folder is None:
         yield None
         return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name[:100]}.partial-", dir=folder.parent))
+    created = [parent for parent in [folder.parent, *folder.parent.parents] if not parent.exists()]
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name[:100]}.partial-", dir=folder.parent))
+    except OSError as error:
+        remove_empty(created)
+        raise RunOptionError(f"--predictions_dir {folder}: cannot be written ({error.strerror or error})") from None
     try:
         yield staging
         folder.mkdir(exist_ok=True)
@@ -126,8 +134,24 @@ def staged_folder(folder: Path | None):
         for file in folder.iterdir():
             if PREDICTION_FILE.match(file.name) and file.name not in written and file.is_file():
                 file.unlink()
+    except BaseException as error:
+        if not folder.exists():  # the run failed before its predictions were put in place
+            shutil.rmtree(staging, ignore_errors=True)
+            remove_empty(created)
+        if isinstance(error, OSError):  # a full disk, a file-size limit, ...
+            raise RunOptionError(f"--predictions_dir {folder}: cannot be written ({error.strerror or error})") from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Removes the ``folders`` a failed run created (deepest first), where they are still empty."""
+    for created in folders:
+        try:
+            created.rmdir()
+        except OSError:
+            break
 
 
 def check_options(args) -> None:
@@ -145,8 +169,24 @@ def check_options(args) -> None:
                 f"--stride {args.stride}: larger than --crop_size {args.crop_size}, the windows would leave pixels "
                 "uncovered"
             )
-    if args.predictions_dir is not None and args.predictions_dir.exists() and not args.predictions_dir.is_dir():
-        raise RunOptionError(f"--predictions_dir {args.predictions_dir}: is a file (expected a folder)")
+    if args.predictions_dir is not None:
+        check_predictions_dir(args.predictions_dir)
+
+
+def check_predictions_dir(folder: Path) -> None:
+    """The predictions folder must be a folder, or go where one can be made: its nearest existing parent a writable
+    folder (a file there, or a read-only parent, failed after the evaluation with a traceback); a path the system
+    cannot check (a name too long, a folder that cannot be entered) is named."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise RunOptionError(f"--predictions_dir {folder}: is a file (expected a folder)")
+        existing = next(path for path in [folder, *folder.parents] if path.exists())
+        if not existing.is_dir():
+            raise RunOptionError(f"--predictions_dir {folder}: {existing} is a file (expected a folder)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunOptionError(f"--predictions_dir {folder}: folder {existing} is not writable")
+    except OSError as error:
+        raise RunOptionError(f"--predictions_dir {folder}: cannot be checked ({error.strerror or error})") from None
 
 
 def check_mode(args, model, processor) -> None:
@@ -218,5 +258,12 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main()
+    try:
+        with exit_on_user_error(), terminate_with_cleanup():  # SIGTERM unwinds as Ctrl-C does: no staging left
+            main()
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); no predictions were written", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
+    except Terminated:
+        print("error: terminated (SIGTERM); no predictions were written", file=sys.stderr)
+        sys.exit(TERMINATED_STATUS)

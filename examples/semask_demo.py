@@ -9,7 +9,6 @@ Writes ``image.png`` (the generated scene), ``ground_truth.png``, ``prediction.p
 ``AutoModelForSemanticSegmentation.from_pretrained`` loads, with or without hf-semseg installed).
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -19,12 +18,13 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import hf_semseg
+from hf_semseg.conversion.common import _ArgumentParser as OneLineUsageParser
 from hf_semseg.demo_data import DEMO_CLASSES as CLASSES
 from hf_semseg.demo_data import colorize, demo_model_config, generate_scene
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineUsageParser(description=__doc__.split("\n\n")[0])  # usage errors: one line, status 1
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)

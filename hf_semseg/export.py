@@ -39,9 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conversion.common import (
+    INTERRUPTED_STATUS,
     TERMINATED_STATUS,
     Terminated,
     _ArgumentParser,
+    _is_storage_error,
     first_line,
     quiet_progress_bars,
     terminate_with_cleanup,
@@ -421,8 +423,13 @@ def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) ->
 
 def export_torch(model: nn.Module, path: str | os.PathLike, batch_size: int = 1) -> None:
     """Writes the ``torch.export`` program of ``pixel_values -> logits`` (``batch_size`` images of any size) at
-    ``path`` (``torch.export.save``)."""
-    torch.export.save(export_program(model, batch_size), str(path))
+    ``path``: ``torch.export.save`` into memory, then one Python write (torch's zip writer, failing on a full disk,
+    threw from a destructor and aborted the process: SIGABRT, no message)."""
+    import io
+
+    archive = io.BytesIO()
+    torch.export.save(export_program(model, batch_size), archive)
+    Path(path).write_bytes(archive.getbuffer())
 
 
 EXPORTERS = {"onnx": export_onnx, "torch_export": export_torch}
@@ -609,9 +616,17 @@ def export_folder(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"--batch_size {batch_size}: expected a whole number of images, at least 1")
     output = Path(output)
-    check_output(output, output_format)
-    check_model_files_kept(folder, output)
-    model = load_segmentation_model(folder, trust_remote_code=trust_remote_code)
+    try:  # on Python 3.11 the path checks raise for a name too long or a folder that cannot be entered
+        check_output(output, output_format)
+        check_model_files_kept(folder, output)
+    except OSError as error:
+        path = error.filename or output
+        raise ExportError(f"--output {output}: {path} cannot be checked ({error.strerror or error})") from None
+    try:
+        model = load_segmentation_model(folder, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        path = error.filename or folder
+        raise ExportError(f"--model {folder}: {path} cannot be read ({error.strerror or error})") from None
     written = {}  # final path -> temporary path
     try:
         files = side_files(model, Path(folder), output, output_format, batch_size)
@@ -622,7 +637,16 @@ def export_folder(
             temporary.write_bytes(content)
         # the format's own suffix whatever the output's is (torch.export warns about a .pt2 archive named otherwise)
         temporary = written[output] = _temporary_path(output, FORMAT_SUFFIXES[output_format])
-        EXPORTERS[output_format](model, temporary, batch_size=batch_size)
+        try:
+            EXPORTERS[output_format](model, temporary, batch_size=batch_size)
+        except Exception as error:
+            if _is_storage_error(error):  # torch.export's zip writer on a full disk: a RuntimeError
+                raise
+            # a model that does not trace (transformers' DPT, say): its error in one line, not torch's traceback
+            raise ExportError(
+                f"--model {folder}: {type(model).__name__} does not export as {output_format} "
+                f"({type(error).__name__}: {_error_text(error)})"
+            ) from error
         try:
             verified = verify_export(model, output_format, temporary, batch_size)
         except ExportError as error:
@@ -637,8 +661,8 @@ def export_folder(
     except BaseException as error:
         for temporary in written.values():
             temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError):  # a folder the permission bits let through (root), a full disk, ...
-            reason = error.strerror or type(error).__name__
+        if _is_storage_error(error):  # a folder the permission bits let through (root), a full disk, ...
+            reason = getattr(error, "strerror", None) or first_line(error)
             raise ExportError(f"--output {output}: cannot be written in {output.parent} ({reason})") from error
         raise
     return list(written)
@@ -681,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"error: terminated (SIGTERM); {arguments.output} was not written", file=sys.stderr)
         return TERMINATED_STATUS
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {arguments.output} was not written", file=sys.stderr)
+        return INTERRUPTED_STATUS
     for path in paths:
         print(path)
     return 0

@@ -94,6 +94,15 @@ def test_a_missing_model_or_split_is_one_error_line(saved_model, tmp_path):
         ),
         # FileExistsError after the evaluation
         (["--predictions_dir", "{tmp}/a_file"], "--predictions_dir {tmp}/a_file: is a file (expected a folder)"),
+        # FileExistsError / a traceback from the path check, after the evaluation
+        (
+            ["--predictions_dir", "{tmp}/a_file/predictions"],
+            "--predictions_dir {tmp}/a_file/predictions: {tmp}/a_file is a file (expected a folder)",
+        ),
+        (
+            ["--predictions_dir", "{tmp}/" + "p" * 300],
+            "--predictions_dir {tmp}/" + "p" * 300 + ": cannot be checked (File name too long)",
+        ),
     ],
 )
 def test_options_that_cannot_evaluate_are_one_error_line_before_any_work(tmp_path, monkeypatch, arguments, message):
@@ -242,3 +251,25 @@ def test_predictions_of_an_earlier_run_do_not_stay_mixed_with_a_new_run(saved_mo
     assert len(list(predictions.glob("0000[0-2]_*.png"))) == 6
     script.main(["--model", str(folder), "--max_samples", "1", "--predictions_dir", str(predictions)])
     assert sorted(path.name for path in predictions.iterdir()) == ["00000_mask.png", "00000_overlay.png", "notes.txt"]
+
+
+def test_a_write_failure_is_one_line_and_removes_the_folders_it_made(saved_model, tmp_path, monkeypatch):
+    """A full disk or a file-size limit while the PNGs were written: an OSError traceback, and the parent folders
+    the run had made stayed."""
+    from hf_semseg.training import exit_on_user_error
+
+    folder, _ = saved_model
+    script = load_script()
+
+    class FullDisk:
+        def save(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(script, "colorize", lambda *args: FullDisk())
+    predictions = tmp_path / "new1" / "new2" / "predictions"
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        script.main(["--model", str(folder), "--max_samples", "1", "--predictions_dir", str(predictions)])
+    assert (
+        str(exit_info.value) == f"error: --predictions_dir {predictions}: cannot be written (No space left on device)"
+    )
+    assert list(tmp_path.iterdir()) == []

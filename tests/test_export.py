@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -477,9 +478,84 @@ def test_failed_export_leaves_nothing(saved_folder, tmp_path, monkeypatch):
         raise RuntimeError("the exporter failed")
 
     monkeypatch.setitem(export.EXPORTERS, "onnx", failing_export)
-    with pytest.raises(RuntimeError, match="the exporter failed"):
+    # a model that does not trace (transformers' DPT): one line naming it, not torch's 277-line traceback
+    with pytest.raises(export.ExportError, match=r"--model \S+: \w+ does not export as onnx \(RuntimeError: the expo"):
         export.export_folder(folder, "onnx", tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "failure, status, message",
+    [
+        (RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file"), 1, ""),
+        (KeyboardInterrupt(), 130, "error: interrupted; {output} was not written"),
+    ],
+    ids=["zip writer", "ctrl-c"],
+)
+def test_a_write_failure_or_ctrl_c_is_one_line_and_leaves_nothing(
+    saved_folder, tmp_path, capsys, monkeypatch, failure, status, message
+):
+    """torch's zip writer fails with a RuntimeError (not an OSError) on a full disk; Ctrl-C was a 396-line
+    traceback."""
+    folder, _ = saved_folder
+
+    def failing_export(model, path, batch_size):
+        path.write_bytes(b"half")
+        raise failure
+
+    monkeypatch.setitem(export.EXPORTERS, "onnx", failing_export)
+    output = tmp_path / "m.onnx"
+    assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(output)]) == status
+    line = one_error_line(capsys)
+    expected = message.format(output=output) or f"error: --output {output}: cannot be written in {tmp_path} ("
+    assert line.startswith(expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_name_too_long_is_one_line(saved_folder, tmp_path, capsys):
+    """Python 3.11's path checks raise for a name over 255 bytes (a traceback)."""
+    folder, _ = saved_folder
+    output = tmp_path / ("m" * 300 + ".onnx")
+    assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(output)]) == 1
+    assert one_error_line(capsys).startswith(f"error: --output {output}: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_torch_export_archive_larger_than_the_disk_allows_is_one_line(tmp_path):
+    """torch's zip writer, failing under the file-size limit (a full disk alike), threw from a destructor: the
+    process aborted (SIGABRT). The archive is written by Python now: one line, exit status 1, nothing left."""
+    code = textwrap.dedent(
+        """
+        import resource, sys, torch
+        from torch import nn
+        import hf_semseg.export as export
+
+        class Big(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.weight = nn.Parameter(torch.randn(1024, 1024))  # 4 MiB
+
+            def forward(self, x):
+                return x @ self.weight
+
+        export.load_segmentation_model = lambda folder, trust_remote_code=False: Big()
+        export.side_files = lambda *args: {}
+        export.verify_export = lambda *args: True
+        export.export_program = lambda model, batch_size=1: torch.export.export(Big(), (torch.randn(2, 1024),))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        sys.exit(export.main(sys.argv[1:]))
+        """
+    )
+    (tmp_path / "model").mkdir()
+    output = tmp_path / "out" / "m.pt2"
+    output.parent.mkdir()
+    arguments = ["--model", str(tmp_path / "model"), "--format", "torch_export", "--output", str(output)]
+    result = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert (
+        result.stderr.startswith(f"error: --output {output}: cannot be written in ") and result.stderr.count("\n") == 1
+    )
+    assert list(output.parent.iterdir()) == []
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])

@@ -37,3 +37,20 @@ def test_help_describes_the_command_with_its_docstring(script, capsys):
     assert text.startswith("usage: ")
     # argparse rewraps the paragraph (also at hyphens): compared without whitespace
     assert re.sub(r"\s", "", first_paragraph) in re.sub(r"\s", "", text), text[:600]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_usage_error_is_one_line_and_exit_status_1(script, capsys):
+    """argparse's own: the whole usage and exit status 2 (14 lines for the evaluation script); every other user
+    error of these commands is one ``error:`` line and status 1."""
+    module = load_example(REPO_ROOT / script)
+    with pytest.raises(SystemExit) as exit_info:
+        if "run_semantic_segmentation.py" in script:
+            module.build_parser().parse_args_into_dataclasses(["--crop_size", "abc"])
+        elif hasattr(module, "parse_args"):
+            module.parse_args(["--no_such_option", "1"])
+        else:
+            module.main(["--no_such_option", "1"])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.endswith(" (see --help)\n") and error.count("\n") == 1, error
