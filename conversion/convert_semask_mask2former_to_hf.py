@@ -12,16 +12,21 @@ deformable-attention, FaPN or MSFaPN pixel decoder).
 import sys
 from pathlib import Path
 
-from hf_semseg.conversion.common import converter_main
-from hf_semseg.conversion.semask_d2 import CONVERTER
-
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "semask_d2.md"
 
 
 def main(argv=None) -> int:
+    # imported here, under the Ctrl-C guard below: torch and transformers take seconds to import
+    from hf_semseg.conversion.common import converter_main
+    from hf_semseg.conversion.semask_d2 import CONVERTER
+
     return converter_main(CONVERTER, MODEL_CARD_TEMPLATE, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # during the imports; once converting, converter_main reports Ctrl-C itself
+        print("error: interrupted (Ctrl-C) while starting; nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -3,6 +3,7 @@
 text, or the released variant with exactly its weights; otherwise the converter stops and names them."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -302,3 +303,49 @@ def test_detectron2_configs_merge_their_base(tmp_path):
     (tmp_path / "bad.yaml").write_text("MODEL: [unclosed\n")
     with pytest.raises(ConfigFileError, match="bad.yaml: not a YAML file"):
         read_detectron2_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("_base_ = 5\n", "5"),
+        ("_base_ = None\n", "None"),
+        ("_base_ = dict(a='x.py')\n", "{'a': 'x.py'}"),
+        ("_base_ = ['a.py', 3]\n", "['a.py', 3]"),
+    ],
+)
+def test_a_base_that_is_not_file_names_is_refused_naming_it(text, shown, tmp_path, capsys):
+    """``_base_ = 5`` or ``None`` was a TypeError traceback (``list(bases)`` ran before the check of its entries);
+    ``_base_ = dict(a='x.py')`` was read as a file named ``a``."""
+    config_file = tmp_path / "run.py"
+    config_file.write_text(text)
+    errors = refused_with("semask_fpn_tiny", config_file, tmp_path, capsys)
+    assert errors == [
+        f"error: --config_file {config_file}: _base_ = {shown}, expected a file name or a list of file names (the "
+        "configs it builds on)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "name", "text"),
+    [
+        ("semask_fpn_tiny", "unary.py", "a = " + "-" * 2900 + "1\n"),  # ast.parse takes it; evaluating it recursed
+        ("semask_fpn_tiny", "parser.py", "a = " + "-" * 20000 + "1\n"),  # past the parser's own stack
+        ("semask_fpn_tiny", "sum.py", "a = " + " + ".join(["1"] * 3000) + "\n"),
+        ("semask_fpn_tiny", "names.py", "a0 = 1\n" + "".join(f"a{i} = dict(x=a{i - 1})\n" for i in range(1, 3000))),
+        ("semask_mask2former_tiny", "lists.yaml", "A: " + "[" * 5000 + "]" * 5000 + "\n"),
+    ],
+)
+def test_a_config_nested_too_deeply_is_refused_in_one_line(fixture, name, text, tmp_path, capsys):
+    """Text nested some thousands of levels deep (hand-made or corrupt: no run's config is) was a RecursionError
+    traceback from the mmseg evaluator and from yaml's composer."""
+    config_file = tmp_path / name
+    config_file.write_text(text)
+    errors = refused_with(fixture, config_file, tmp_path, capsys)
+    assert re.fullmatch(rf"error: (--config_file )?{re.escape(str(config_file))}: nested too deeply .*", errors[0])
+
+
+def test_config_text_nested_too_deeply_is_a_config_file_error():
+    """The checkpoint's own config text (``meta['config']``) is read by the same evaluator."""
+    with pytest.raises(ConfigFileError, match=r"^meta\['config'\]: nested too deeply to be read"):
+        parse_mmseg_config_text("a = " + "-" * 2900 + "1\n", "meta['config']")

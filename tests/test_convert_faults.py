@@ -3,12 +3,15 @@ attention heads that do not split the channels, mistyped or contradicting run co
 cannot represent, and the output folder under ``--overwrite`` or SIGTERM. Each is refused before torch sees it: exit
 status 1 (143 for SIGTERM), one ``error:`` line naming the thing, nothing half-written."""
 
+import errno
 import json
 import math
 import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -22,6 +25,7 @@ from hf_semseg.conversion import common, semask_fpn, semask_mask2former, vwforme
 from hf_semseg.conversion.common import (
     MMSEG,
     CheckpointError,
+    ConversionError,
     checkpoint_id2label,
     invalid_config_is_an_error,
     read_checkpoint,
@@ -32,11 +36,12 @@ from hf_semseg.conversion.run_config import (
     detectron2_pipeline,
     mmseg_pipeline,
     qk_scale_check,
+    read_mmseg_config,
 )
 from hf_semseg.models.configuration_semask_swin import SeMaskSwinConfig
 from hf_semseg.models.modeling_semask_swin import SeMaskSwinForSemanticSegmentation
 
-from conftest import fixture_config_file, fixture_dir
+from conftest import REPO_ROOT, fixture_config_file, fixture_dir
 
 
 def changed_checkpoint(tmp_path, fixture: str, change) -> str:
@@ -963,4 +968,134 @@ def test_ctrl_c_is_one_line_and_cleans_up(tmp_path, capsys, monkeypatch):
     status = _cli("semask_fpn").main(fpn_arguments(out))
     lines = capsys.readouterr().err.splitlines()
     assert status == 130 and lines == [f"error: interrupted (Ctrl-C); {out} was not written"]
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A third audit: paths whose status cannot be read, Ctrl-C while a converter starts
+# ---------------------------------------------------------------------------------------------------------------
+
+#: a file name over the 255 bytes file systems take: stat() fails with ENAMETOOLONG (as root too), not ENOENT
+LONG_NAME = "x" * 300
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (
+            "--checkpoint_path",
+            "{path}: cannot be accessed (File name too long), expected a checkpoint file you can read",
+        ),
+        (
+            "--output_dir",
+            "--output_dir {path}: cannot be accessed (File name too long), expected a folder you can write to",
+        ),
+        (
+            "--config_file",
+            "--config_file {path}: cannot be accessed (File name too long), expected an mmseg config you can read",
+        ),
+    ],
+)
+def test_a_path_whose_status_cannot_be_read_is_one_line_naming_it(option, expected, tmp_path, capsys):
+    """Python 3.11's Path.is_dir / exists raise OSError for a name over 255 bytes (or a folder the user cannot
+    enter): a 20-30 line traceback instead of the path and the system's reason."""
+    path = tmp_path / LONG_NAME
+    arguments = {"--checkpoint_path": fixture_dir(FPN_CHECKPOINT) / "original_checkpoint.pth"}
+    arguments["--output_dir"] = tmp_path / "out"
+    arguments[option] = path
+    status = _cli("semask_fpn").main([str(item) for pair in arguments.items() for item in pair])
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 1 and lines == ["error: " + expected.format(path=path)], lines
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_the_user_cannot_enter_or_list_is_named_with_the_reason(tmp_path, monkeypatch):
+    """As root no permission is ever denied: stat() and listdir() fail here as they do for a user who cannot enter
+    (or list) the folder (EACCES), which Path.is_dir / iterdir raised as a bare PermissionError."""
+    private, unlisted = tmp_path / "private", tmp_path / "unlisted"
+    unlisted.mkdir()
+    (unlisted / "old.txt").write_text("old")
+    real_stat, real_listdir = os.stat, os.listdir
+
+    def stat(path, *args, **kwargs):
+        if str(path).startswith(str(private)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_stat(path, *args, **kwargs)
+
+    def listdir(path="."):
+        if str(path) == str(unlisted):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "listdir", listdir)
+    checkpoint = private / "checkpoint.pth"
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(checkpoint, MMSEG, "mmseg")
+    assert str(refused.value) == (
+        f"{checkpoint}: cannot be accessed (Permission denied), expected a checkpoint file you can read"
+    )
+    with pytest.raises(ConversionError) as refused:
+        common.check_output_dir(private / "out")
+    assert str(refused.value) == (
+        f"--output_dir {private / 'out'}: cannot be accessed (Permission denied), expected a folder you can write to"
+    )
+    with pytest.raises(ConversionError) as refused:
+        common.check_output_dir(unlisted, overwrite=True)
+    assert str(refused.value) == (
+        f"--output_dir {unlisted} cannot be listed (Permission denied), expected a folder you can read and write"
+    )
+    with pytest.raises(ConfigFileError) as refused:
+        read_mmseg_config(private / "run.py")
+    assert str(refused.value) == (
+        f"--config_file {private / 'run.py'}: cannot be accessed (Permission denied), expected an mmseg config you "
+        "can read"
+    )
+
+
+def _loads_extension_modules(pid: int) -> bool:
+    """Whether the process has mapped a compiled module of an installed package (its imports are under way: the
+    first, numpy's or regex's, comes some 0.1 s after the start; torch and transformers take seconds more)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any("site-packages" in line and ".so" in line for line in maps)
+    except OSError:  # the process has ended
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="the imports are seen starting in /proc/PID/maps")
+@pytest.mark.parametrize(
+    ("family", "fixture"),
+    [
+        ("semask_fpn", "semask_fpn_tiny"),
+        ("semask_d2", "semask_mask2former_tiny"),
+        ("semask_mask2former", "semask_mask2former_tiny"),
+        ("vwformer", "vwformer_tiny"),
+        ("vwformer_d2", "vw_mask2former_tiny"),
+    ],
+)
+def test_ctrl_c_while_a_converter_starts_is_one_line(family, fixture, tmp_path):
+    """Ctrl-C in a converter's first seconds, while torch, transformers and hf_semseg were imported at the script's
+    top, was an 80-line traceback and the process killed by SIGINT (exit -2). The signal is sent as soon as the
+    script's imports are seen under way, seconds before they end."""
+    out = tmp_path / "out"
+    script = REPO_ROOT / "conversion" / f"convert_{family}_to_hf.py"
+    checkpoint = fixture_dir(fixture) / "original_checkpoint.pth"
+    command = [sys.executable, str(script), "--checkpoint_path", str(checkpoint), "--output_dir", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not _loads_extension_modules(process.pid):
+            assert process.poll() is None, ("the converter ended before its imports were seen", process.communicate())
+            time.sleep(0.002)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    lines = stderr.splitlines()
+    assert process.returncode == 130 and lines == ["error: interrupted (Ctrl-C) while starting; nothing was written"], (
+        process.returncode,
+        lines[-5:],
+    )
     assert os.listdir(tmp_path) == []

@@ -14,6 +14,7 @@ naming the keys; the output folder holds ``model.safetensors``, ``config.json`` 
 """
 
 import argparse
+import errno
 import math
 import os
 import pickle
@@ -232,6 +233,29 @@ def numpy_arrays_as_tensors(state_dict: dict) -> dict:
     return converted
 
 
+#: the ``stat()`` errors that mean nothing is at a path (pathlib's ``exists`` / ``is_dir`` / ``is_file`` answer False)
+_ABSENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def check_accessible(path: str | Path, what: str, expected: str, error: type = ConversionError) -> None:
+    """Refuses ``path`` when its status cannot be read for a reason other than its absence: a name longer than the
+    file system takes (ENAMETOOLONG), a folder on the way the user cannot enter (EACCES). pathlib's ``exists`` /
+    ``is_dir`` / ``is_file`` raise these as a bare ``OSError`` on Python 3.11 (a traceback) and call the path absent
+    on later versions (a wrong reason), so the checks that use them call this first: ``error`` names ``what``, the
+    system's reason and ``expected``. A symbolic link and what it points to are both checked; an absent path passes
+    (the caller says it is absent)."""
+    for follow_symlinks in (False, True):
+        try:
+            os.stat(path, follow_symlinks=follow_symlinks)
+        except ValueError:  # a NUL byte in the name: absent for pathlib too
+            return
+        except OSError as failure:
+            if failure.errno in _ABSENT_ERRNOS:
+                return
+            reason = failure.strerror or first_line(failure)
+            raise error(f"{what}: cannot be accessed ({reason}), expected {expected}") from failure
+
+
 def read_checkpoint(
     path: str | Path, layout: CheckpointLayout, kind: str, other_layout_hint: str = ""
 ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -243,6 +267,7 @@ def read_checkpoint(
     Returns the state dict (a ``module.`` prefix from DDP on every key is stripped) and the metadata (empty when
     absent; optimizer and scheduler entries are ignored)."""
     path = Path(path)
+    check_accessible(path, str(path), "a checkpoint file you can read", CheckpointError)
     if path.is_dir():
         raise CheckpointError(f"{path}: a directory, not a checkpoint file")
     if path.exists() and not path.is_file():
@@ -1111,6 +1136,7 @@ def check_output_dir(
             "--output_dir ./converted (the current directory is never written implicitly)"
         )
     target = Path(output_dir).absolute()
+    check_accessible(target, f"--output_dir {output_dir}", "a folder you can write to")
     if target.is_symlink() and not target.exists():
         raise ConversionError(f"--output_dir {output_dir} is a broken symbolic link")
     if target.is_symlink():
@@ -1118,7 +1144,7 @@ def check_output_dir(
     if target.exists():
         if not target.is_dir():
             raise ConversionError(f"--output_dir {output_dir} is a file, not a folder")
-        entries = sorted(path.name for path in target.iterdir())
+        entries = _folder_entries(target, output_dir)
         if entries and not overwrite:
             listed = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise ConversionError(
@@ -1159,6 +1185,18 @@ def check_output_dir(
             "can write to"
         ) from error
     return target
+
+
+def _folder_entries(folder: Path, output_dir: str | Path) -> list[str]:
+    """The sorted names in the existing ``--output_dir`` ``folder``; a folder the user cannot list (no read
+    permission) is a :class:`ConversionError` naming it and the system's reason."""
+    try:
+        return sorted(path.name for path in folder.iterdir())
+    except OSError as error:
+        raise ConversionError(
+            f"--output_dir {output_dir} cannot be listed ({error.strerror or first_line(error)}), expected a folder "
+            "you can read and write"
+        ) from error
 
 
 def hidden_sibling_name(name: str, tag: str) -> str:
@@ -1456,7 +1494,8 @@ def converter_main(converter: Converter, card_template: Path, description: str, 
                 if "leftover" in written:
                     state += f"; the folder it replaced is left at {written['leftover']} (delete it)"
             else:
-                state = "was left unchanged" if Path(args.output_dir).exists() else "was not written"
+                # os.path.exists: False, not an OSError, for a path whose status cannot be read
+                state = "was left unchanged" if os.path.exists(args.output_dir) else "was not written"
             how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
             print(f"error: {how}; {args.output_dir} {state}", file=sys.stderr)
             return TERMINATED_STATUS if isinstance(stop, Terminated) else INTERRUPTED_STATUS

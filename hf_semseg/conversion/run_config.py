@@ -21,11 +21,12 @@ its unevaluated text, and a converter that needs it stops, naming it).
 import ast
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import CheckpointError, ConversionError
+from .common import CheckpointError, ConversionError, _short_repr, check_accessible
 
 
 class ConfigFileError(ConversionError):
@@ -121,6 +122,20 @@ def _arithmetic(node: ast.BinOp, left, right, where: str):
     return operations[type(node.op)]()
 
 
+@contextmanager
+def nesting_is_a_config_error(where: str) -> Iterator[None]:
+    """A ``RecursionError`` inside as a :class:`ConfigFileError` naming the config (``where``): Python's stack ends
+    some hundreds of levels into nested lists, dicts or operators (yaml's composer, :func:`_evaluate`, the copies and
+    merges), and no run's config nests that deeply: such text is hand-made or corrupt, and is refused in one line."""
+    try:
+        yield
+    except RecursionError as error:
+        raise ConfigFileError(
+            f"{where}: nested too deeply to be read (hundreds of levels of lists, dicts or operators), expected a "
+            "run's config, which nests a few levels"
+        ) from error
+
+
 def parse_mmseg_config_text(text: str, where: str) -> dict:
     """The top-level names of an mmseg config's text (a config file, or ``meta['config']``), evaluated without running
     it (:func:`_evaluate`); ``where`` names the text in errors. Imports and other statements are refused, naming the
@@ -128,9 +143,20 @@ def parse_mmseg_config_text(text: str, where: str) -> dict:
     if "{{" in text and "_base_." in text:
         raise ConfigFileError(f"{where}: `{{{{_base_.…}}}}` references are not supported; pass the run's dumped config")
     try:
-        module = ast.parse(text)
+        with nesting_is_a_config_error(where):
+            module = ast.parse(text)
     except SyntaxError as error:
         raise ConfigFileError(f"{where}: not a Python (mmseg) config: line {error.lineno}: {error.msg}") from error
+    except MemoryError as error:  # the parser's own stack: an expression thousands of operators deep
+        raise ConfigFileError(
+            f"{where}: nested too deeply (or too large) to be parsed, expected a run's config, which nests a few levels"
+        ) from error
+    with nesting_is_a_config_error(where):
+        return _module_names(module, where)
+
+
+def _module_names(module: ast.Module, where: str) -> dict:
+    """The names the statements of a parsed mmseg config assign (:func:`parse_mmseg_config_text`)."""
     names: dict = {}
     for statement in module.body:
         if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
@@ -164,6 +190,7 @@ def merge_config(base: dict, child: dict) -> dict:
 
 
 def _read_text(path: Path, what: str) -> str:
+    check_accessible(path, f"--config_file {path}", f"{what} you can read", ConfigFileError)
     if path.is_dir():
         raise ConfigFileError(f"--config_file {path}: a directory, not a file ({what})")
     if not path.is_file():
@@ -183,13 +210,25 @@ def read_mmseg_config(path: str | Path, _seen: tuple = (), files: list | None = 
     values = parse_mmseg_config_text(_read_text(path, "an mmseg config"), str(path))
     if files is not None:
         files.append(path)
-    bases = values.pop("_base_", [])
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else list(bases):
-        if not isinstance(base, str):
-            raise ConfigFileError(f"{path}: _base_ entries must be file names, got {base!r}")
-        merged = merge_config(merged, read_mmseg_config(path.parent / base, _seen + (path.resolve(),), files))
-    return merge_config(merged, values)
+    with nesting_is_a_config_error(f"--config_file {path}"):
+        for base in _base_files(values.pop("_base_", []), path):
+            merged = merge_config(merged, read_mmseg_config(path.parent / base, _seen + (path.resolve(),), files))
+        return merge_config(merged, values)
+
+
+def _base_files(bases, path: Path) -> list[str]:
+    """The file names of an mmseg config's ``_base_`` (one name or a list / tuple of them, as mmcv takes it); any
+    other value (``None``, a number, a dict, whose keys would be read as file names) is a :class:`ConfigFileError`
+    naming the config ``path`` and the value."""
+    if isinstance(bases, str):
+        return [bases]
+    if isinstance(bases, (list, tuple)) and all(isinstance(base, str) for base in bases):
+        return list(bases)
+    raise ConfigFileError(
+        f"--config_file {path}: _base_ = {_short_repr(bases)}, expected a file name or a list of file names (the "
+        "configs it builds on)"
+    )
 
 
 @dataclass(frozen=True)
@@ -237,18 +276,22 @@ def read_detectron2_config(path: str | Path, _seen: tuple = (), files: list | No
         raise ConfigFileError(f"--config_file {_seen[0]}: _BASE_ files include each other ({path})")
     if files is not None:
         files.append(path)
-    try:
-        values = yaml.load(_read_text(path, "a detectron2 config.yaml"), Loader=_yaml_loader(path))
-    except yaml.YAMLError as error:
-        detail = " ".join(str(error).split())
-        raise ConfigFileError(f"--config_file {path}: not a YAML file ({detail})") from error
-    if not isinstance(values, dict):
-        raise ConfigFileError(f"--config_file {path}: holds {type(values).__name__}, not a detectron2 config mapping")
-    values = _decode_yacs_values(values)
-    base = values.pop("_BASE_", None)
-    if base is None:
-        return values
-    return _merge_yaml(read_detectron2_config(path.parent / str(base), _seen + (path.resolve(),), files), values)
+    text = _read_text(path, "a detectron2 config.yaml")
+    with nesting_is_a_config_error(f"--config_file {path}"):
+        try:
+            values = yaml.load(text, Loader=_yaml_loader(path))
+        except yaml.YAMLError as error:
+            detail = " ".join(str(error).split())
+            raise ConfigFileError(f"--config_file {path}: not a YAML file ({detail})") from error
+        if not isinstance(values, dict):
+            raise ConfigFileError(
+                f"--config_file {path}: holds {type(values).__name__}, not a detectron2 config mapping"
+            )
+        values = _decode_yacs_values(values)
+        base = values.pop("_BASE_", None)
+        if base is None:
+            return values
+        return _merge_yaml(read_detectron2_config(path.parent / str(base), _seen + (path.resolve(),), files), values)
 
 
 def check_evaluated(where: str, key: str, value):
