@@ -58,21 +58,23 @@ def batch_norm_statistics_updated_once(forward: Callable) -> Callable:
         )
         if not recomputing:
             return forward(self, *args, **kwargs)
-        # the recompute must save what the forward saved (torch's check), so the norms run as they did and their
-        # statistics are put back afterwards
-        statistics = [
-            (buffer, buffer.clone())
+        # the recompute must save what the forward saved (torch's check), so the norms run as they did, on copies of
+        # their statistics; the originals are put back untouched (an in-place restore would change a tensor the
+        # recomputed graph saved: reentrant checkpointing's backward then fails)
+        swapped = [
+            (module, name, buffer)
             for module in self.modules()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
-            if buffer is not None
+            for name, buffer in module._buffers.items()
+            if name in ("running_mean", "running_var", "num_batches_tracked") and buffer is not None
         ]
+        for module, name, buffer in swapped:
+            module._buffers[name] = buffer.clone()
         try:
             return forward(self, *args, **kwargs)
         finally:
-            with torch.no_grad():
-                for buffer, value in statistics:
-                    buffer.copy_(value)
+            for module, name, buffer in swapped:
+                module._buffers[name] = buffer
 
     return forward_tracking_statistics_once
 
