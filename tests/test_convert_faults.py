@@ -1082,7 +1082,15 @@ def test_ctrl_c_while_a_converter_starts_is_one_line(family, fixture, tmp_path):
     script = REPO_ROOT / "conversion" / f"convert_{family}_to_hf.py"
     checkpoint = fixture_dir(fixture) / "original_checkpoint.pth"
     command = [sys.executable, str(script), "--checkpoint_path", str(checkpoint), "--output_dir", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts jobs in the background ignores SIGINT in them, and Python keeps an ignored SIGINT ignored:
+    # the child gets the default disposition, as a command typed at a terminal has
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         while not _loads_extension_modules(process.pid):
             assert process.poll() is None, ("the converter ended before its imports were seen", process.communicate())
