@@ -194,12 +194,7 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
         batch = next(batches, None)
         # each image size alone, as mmseg tests (the batch's zero padding changed what the model saw); with several
         # processes each image alone and batch_size forwards per round, since a sharded (FSDP) forward is collective
-        if batch is None:
-            groups = []
-        elif single_process:
-            groups = same_size_groups(batch[UNPADDED_SIZES])
-        else:
-            groups = [(tuple(size), [index]) for index, size in enumerate(batch[UNPADDED_SIZES].tolist())]
+        groups = [] if batch is None else same_size_groups(batch[UNPADDED_SIZES], single_process)
         for (height, width), indices in groups:
             pixel_values = batch["pixel_values"][indices, :, :height, :width].to(accelerator.device)
             logits = model(pixel_values=pixel_values).logits

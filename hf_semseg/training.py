@@ -24,8 +24,8 @@ from transformers.hf_argparser import string_to_bool
 from .inference import logits_to_size, model_padded_size
 from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
+from .models.image_processing_utils_segmentation import is_sixteen_bit_pil_image, sixteen_to_eight_bits
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
-from .models.image_processing_utils_segmentation import sixteen_to_eight_bits
 from .segmentation_folders import SegmentationFolderError, load_image_folders
 from .transforms import SegmentationTrainTransform
 
@@ -838,10 +838,6 @@ def single_channel_label(label: np.ndarray, sample: str, column: str) -> np.ndar
     )
 
 
-#: PIL modes of 16-bit grey images (16-bit PNGs open as "I;16")
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
 def rgb_array(image, sample: str = "the image") -> np.ndarray:
     """An image value of a dataset as a writable ``(H, W, 3)`` uint8 RGB array, as mmseg reads image files (OpenCV's
     colour read: grey replicated, 16 bits reduced to 8): a PIL image converted to RGB, a 16-bit one (modes
@@ -850,7 +846,7 @@ def rgb_array(image, sample: str = "the image") -> np.ndarray:
     in [0, 255]. Float images are refused (``DatasetSampleError`` naming ``sample``): a [0, 1] image read as
     0-255 was black, so the scale is not guessed."""
     if isinstance(image, Image.Image):
-        if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and getattr(image, "format", None) == "PNG"):
+        if is_sixteen_bit_pil_image(image):
             grey = sixteen_to_eight_bits(np.asarray(image).astype(np.uint16))
             return np.repeat(grey[..., None], 3, axis=2)
         if image.mode not in ("I", "F"):
@@ -913,10 +909,8 @@ def to_arrays(
     or undecoded ``datasets.Image`` values (:func:`open_image`); ``columns`` and ``split`` name them in errors, with
     their files where known (:func:`sample_name`). Errors are :class:`DatasetSampleError`."""
     sample = sample_name(index, split, {columns[0]: file_path(image), columns[1]: file_path(label)})
-    if lossy_label_file(label):
-        warn_lossy_label(sample)
     image, label = open_image(image, index, columns[0], split), open_image(label, index, columns[1], split)
-    if lossy_label_file(label):
+    if lossy_label_file(label):  # a decoded JPEG keeps its format, a file read by path its name
         warn_lossy_label(sample)
     try:
         image = rgb_array(image, sample)
@@ -1197,11 +1191,7 @@ class SegmentationTrainer(Trainer):
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
         maps = torch.full((len(pixel_values), *pixel_values.shape[-2:]), IGNORE_INDEX, device=pixel_values.device)
         total_loss = None
-        if self.accelerator.num_processes == 1:
-            groups = same_size_groups(sizes)
-        else:  # each image alone: as many forwards in every process (a sharded, FSDP, forward is collective)
-            groups = [(tuple(size), [index]) for index, size in enumerate(torch.as_tensor(sizes).tolist())]
-        for (height, width), indices in groups:
+        for (height, width), indices in same_size_groups(sizes, self.accelerator.num_processes == 1):
             rows = torch.tensor(indices, device=pixel_values.device)
             group = {"pixel_values": pixel_values[rows, :, :height, :width]}
             if labels is not None:
@@ -1297,13 +1287,14 @@ def pad_collate(samples: list[dict], with_sizes: bool = False) -> dict:
     return batch
 
 
-def same_size_groups(sizes) -> list[tuple[tuple[int, int], list[int]]]:
+def same_size_groups(sizes, single_process: bool = True) -> list[tuple[tuple[int, int], list[int]]]:
     """The samples of a collated batch grouped by their own ``(height, width)`` (``sizes``, one row per sample),
-    in order of first appearance: ``[(size, [sample indices]), ...]``."""
+    in order of first appearance: ``[(size, [sample indices]), ...]``. With several processes each sample is a group
+    of its own: every process then runs as many forwards per batch (a sharded, FSDP, forward is collective)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for index, size in enumerate(torch.as_tensor(sizes).tolist()):
-        groups.setdefault(tuple(size), []).append(index)
-    return list(groups.items())
+        groups.setdefault(tuple(size) if single_process else (tuple(size), index), []).append(index)
+    return [(key if single_process else key[0], indices) for key, indices in groups.items()]
 
 
 def class_maps(model, logits: torch.Tensor, size) -> torch.Tensor:

@@ -415,13 +415,18 @@ def resolve_channel_format(shape: tuple, index: int, input_data_format: Any = No
     )
 
 
+def is_sixteen_bit_pil_image(image: PIL.Image.Image) -> bool:
+    """A 16-bit grayscale PIL image: modes ``I;16*``, or mode ``I`` read from a PNG (Pillow before 10)."""
+    return image.mode in _SIXTEEN_BIT_PIL_MODES or (image.mode == "I" and getattr(image, "format", None) == "PNG")
+
+
 def _prepare_pil_image(image: PIL.Image.Image, index: int) -> Any:
     """PIL images whose values PIL's RGB conversion would clip to 0-255: 16-bit grayscale (modes ``I;16*``, and mode
     ``I`` read from a PNG) to 8 bits, 32-bit integers (mode ``I``) when they hold 8-bit values, 32-bit floats (mode
     ``F``) as float arrays (then checked as any float array)."""
     if image.width == 0 or image.height == 0:
         raise ValueError(f"Image {index} is a PIL image of size {image.size} (width, height); it has no pixels.")
-    if image.mode in _SIXTEEN_BIT_PIL_MODES or (image.mode == "I" and getattr(image, "format", None) == "PNG"):
+    if is_sixteen_bit_pil_image(image):
         return PIL.Image.fromarray(sixteen_to_eight_bits(np.asarray(image).astype(np.uint16)))
     if image.mode == "I":
         array = np.asarray(image)
