@@ -410,6 +410,39 @@ class SegmentationModelSuite:
         with pytest.raises(ValueError, match=r"id2label has the keys \[1, 2\]; expected the class indices 0 \.\.\. 1"):
             AutoModelForSemanticSegmentation.from_pretrained(tmp_path, id2label=labels, ignore_mismatched_sizes=True)
 
+    def test_a_model_built_on_the_meta_device_loads_its_state_dict_by_assignment(self):
+        """PyTorch's meta-device loading: build under ``torch.device("meta")``, then ``load_state_dict(...,
+        assign=True)``. Buffers no state dict holds (relative position indices, the loss's class weights) would stay
+        on the meta device, where a CPU table indexed by them read uninitialised memory (wrong logits, no error):
+        such a load is refused, naming a buffer, before anything is loaded; built first (``to_empty`` then
+        ``init_weights``) the model loads to the original's logits. A model without such buffers loads directly
+        (any-precision layers too: they took no state by assignment before, and failed in the forward)."""
+        model = self.make_model()
+        pixel_values, _ = self.make_inputs()
+        with torch.no_grad():
+            expected = model(pixel_values).logits
+        with torch.device("meta"):
+            built = self.model_class(model.config)
+        unbuilt = [
+            name
+            for module in built.modules()
+            for name, buffer in module._buffers.items()
+            if name in module._non_persistent_buffers_set and buffer is not None
+        ]
+        if unbuilt:
+            on_meta = [name for name, parameter in built.named_parameters() if parameter.is_meta]
+            with pytest.raises(ValueError, match=rf"load_state_dict\(assign=True\): the buffers \S*{unbuilt[0]}"):
+                built.load_state_dict(model.state_dict(), assign=True)
+            # nothing loaded (transformers' Mask2Former builds its level_embed with torch.Tensor: never on meta)
+            assert [name for name, parameter in built.named_parameters() if parameter.is_meta] == on_meta != []
+            built.to_empty(device="cpu")
+            built.init_weights()
+        built.load_state_dict(model.state_dict(), assign=True)
+        assert not any(tensor.is_meta for tensor in (*built.parameters(), *built.buffers()))
+        with torch.no_grad():
+            actual = built.eval()(pixel_values).logits
+        torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+
     def test_logits_shape_and_return_dict(self):
         model = self.make_model()
         pixel_values, _ = self.make_inputs()

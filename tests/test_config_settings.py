@@ -375,3 +375,67 @@ def test_pale_derived_attributes_follow_embed_dim_and_depths(tmp_path, caplog):
         loaded = PaleConfig.from_pretrained(tmp_path)  # consistent saved values: taken without a word
     assert loaded.hidden_sizes == [16, 32, 64, 128] and loaded.stage_names == pale().stage_names
     assert "PaleConfig: the given" not in caplog.text
+
+
+#: values given after the config checked itself (``from_pretrained(dir, name=value)`` sets them on the loaded config,
+#: as ``config.name = value`` does): (model class, config, name, value, parts of the message). Before, the model was
+#: built with them: a typo of an attention type silently ran global attention, a width of 9 bits computed with 9,
+#: others failed inside torch (a reshape, a division by zero) without naming the setting.
+def overrides():
+    from hf_semseg import (
+        PaleForSemanticSegmentation,
+        SeMaskMask2FormerForSemanticSegmentation,
+        SeMaskSwinForSemanticSegmentation,
+        VWFormerForSemanticSegmentation,
+    )
+
+    return {
+        "semask attention type typo": (
+            SeMaskSwinForSemanticSegmentation,
+            semask_swin,
+            "semantic_attention_types",
+            ["Window", "window", "global", "global"],
+            "semantic_attention_types[0] = 'Window'",
+        ),
+        "weight width 9": (
+            SeMaskSwinForSemanticSegmentation,
+            lambda: semask_swin(weight_bits=[8, 4]),
+            "active_weight_bits",
+            9,
+            "weight width 9",
+        ),
+        "pale pale_sizes 0": (PaleForSemanticSegmentation, pale, "pale_sizes", [0, 0, 0, 0], "PaleConfig.pale_sizes"),
+        "vwformer heads 3": (
+            VWFormerForSemanticSegmentation,
+            vwformer,
+            "num_attention_heads",
+            3,
+            "num_attention_heads",
+        ),
+        "mask2former decoder": (
+            SeMaskMask2FormerForSemanticSegmentation,
+            semask_mask2former,
+            "pixel_decoder_type",
+            "bogus",
+            "pixel_decoder_type = 'bogus'",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["semask attention type typo", "weight width 9", "pale pale_sizes 0", "vwformer heads 3", "mask2former decoder"],
+)
+def test_values_set_after_construction_are_checked_when_a_model_is_built(case, tmp_path):
+    """The model constructors run the config's checks again (``PreTrainedConfig.validate``, those of its constructor
+    and of ``save_pretrained``): a wrong value given to ``from_pretrained`` or set on a config is refused with the
+    constructor's message, before any layer is built; the same value given to the constructor is refused alike."""
+    from transformers import AutoModelForSemanticSegmentation
+
+    model_class, config_builder, name, value, part = overrides()[case]
+    model_class(config_builder()).save_pretrained(tmp_path)
+    assert_refused(lambda: AutoModelForSemanticSegmentation.from_pretrained(tmp_path, **{name: value}), part)
+    config = config_builder()
+    setattr(config, name, value)
+    assert_refused(lambda: model_class(config), part)
+    assert_refused(lambda: type(config).from_dict({**config_builder().to_dict(), name: value}), part)

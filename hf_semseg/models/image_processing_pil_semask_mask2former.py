@@ -20,8 +20,9 @@ from .image_processing_utils_semask_mask2former import (  # the kwargs class: th
 class SeMaskMask2FormerImageProcessorPil(SeMaskMask2FormerImageProcessingMixin, KeepRatioImageProcessorPil):
     r"""
     Image processor for SeMask Mask2Former semantic segmentation (PIL/NumPy backend; does not need torchvision). It takes
-    the same arguments, has the same defaults and gives the same numbers (up to one intensity level for shrunk uint8
-    images) as `SeMaskMask2FormerImageProcessor` (see its docstring): detectron2's `ResizeShortestEdge` (uint8 images
+    the same arguments, has the same defaults and gives the same numbers as `SeMaskMask2FormerImageProcessor` (see its
+    docstring), up to one intensity level wherever a uint8 image is resized (enlarged or shrunk; torchvision's filter
+    there, PIL's here, which is the original's): detectron2's `ResizeShortestEdge` (uint8 images
     resized by PIL, exactly as the original), ImageNet normalisation, zero padding to a multiple of 32.
     """
 

@@ -170,9 +170,12 @@ class VerticalLayeredWeight:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
-        """Reads the codes (either form) or a float ``weight`` (quantised by the codes form), and the bias."""
-        own = {prefix + name for name in ("weight", "weight_codes", "weight_scale", "bias")}
+        """Reads the codes (either form) or a float ``weight`` (quantised by the codes form), and the bias. With
+        ``load_state_dict(..., assign=True)`` (``local_metadata["assign_to_params_buffers"]``, PyTorch's loading into
+        a model built on the meta device) the layer takes the state dict's tensors instead of copying into its own,
+        as PyTorch's modules do."""
         codes_key, scale_key, float_key = prefix + "weight_codes", prefix + "weight_scale", prefix + "weight"
+        assign = local_metadata.get("assign_to_params_buffers", False)
         with torch.no_grad():
             if codes_key in state_dict and scale_key in state_dict:
                 codes, scale = state_dict[codes_key], state_dict[scale_key]
@@ -182,13 +185,8 @@ class VerticalLayeredWeight:
                         f"{codes_key}: int8 codes of shape {tuple(shape)} and {scale_key} of shape {tuple(shape[:1])} "
                         f"expected, got {codes.dtype} {tuple(codes.shape)} and {tuple(scale.shape)}"
                     )
-                elif self.holds_codes:
-                    self.weight_codes.copy_(codes)
-                    self.weight_scale.copy_(scale)
                 else:
-                    self.weight.copy_(
-                        dequantize_weight(codes.to(self.weight.device), scale.float(), STORAGE_WEIGHT_BITS)
-                    )
+                    self._load_codes(codes, scale, assign)
             elif float_key in state_dict:
                 weight = state_dict[float_key]
                 if weight.shape != self._weight_shape():
@@ -197,21 +195,47 @@ class VerticalLayeredWeight:
                     )
                 elif self.holds_codes:
                     codes, scale = quantize_weight(weight)
-                    self.weight_codes.copy_(codes)
-                    self.weight_scale.copy_(scale)
+                    self._load_codes(codes, scale.to(weight.dtype) if assign else scale, assign)
                 else:
-                    self.weight.copy_(weight)
+                    self._load_parameter("weight", weight, assign)
             else:
                 missing_keys.extend([codes_key, scale_key])
             if self.bias is not None:
                 if prefix + "bias" in state_dict:
-                    self.bias.copy_(state_dict[prefix + "bias"])
+                    self._load_parameter("bias", state_dict[prefix + "bias"], assign)
                 else:
                     missing_keys.append(prefix + "bias")
         if strict:
+            own = {prefix + name for name in ("weight", "weight_codes", "weight_scale", "bias")}
             for key in state_dict:
                 if key.startswith(prefix) and "." not in key[len(prefix) :] and key not in own:
                     unexpected_keys.append(key)
+
+    def _load_codes(self, codes: torch.Tensor, scale: torch.Tensor, assign: bool) -> None:
+        """Loads 8-bit ``codes`` and their ``scale`` into either form (the float master form holds them dequantised);
+        ``assign``: takes the tensors (their device and dtype) instead of copying into the layer's own."""
+        if self.holds_codes:
+            if assign:
+                self._buffers["weight_codes"], self._buffers["weight_scale"] = codes, scale
+            else:
+                self.weight_codes.copy_(codes)
+                self.weight_scale.copy_(scale)
+        elif assign:
+            weight = dequantize_weight(codes, scale.float(), STORAGE_WEIGHT_BITS).to(scale.dtype)
+            self._load_parameter("weight", weight, assign)
+        else:
+            self.weight.copy_(dequantize_weight(codes.to(self.weight.device), scale.float(), STORAGE_WEIGHT_BITS))
+
+    def _load_parameter(self, name: str, value: torch.Tensor, assign: bool) -> None:
+        """Loads ``value`` into the parameter ``name``: copied, or with ``assign`` taken as the parameter (keeping the
+        layer's ``requires_grad``), as PyTorch's ``load_state_dict(..., assign=True)`` does."""
+        parameter = self._parameters[name]
+        if not assign:
+            parameter.copy_(value)
+        elif isinstance(value, nn.Parameter):
+            setattr(self, name, value)
+        else:
+            setattr(self, name, nn.Parameter(value, requires_grad=parameter.requires_grad))
 
     def extra_repr(self) -> str:
         form = "codes" if self.holds_codes else "float master"

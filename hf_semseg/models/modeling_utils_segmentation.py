@@ -93,6 +93,43 @@ class SegmentationModelDefaults(AnyPrecisionMixin):
     _supports_flex_attn = False
     accepts_loss_kwargs = False
 
+    def __init__(self, config, *inputs, **kwargs):
+        # transformers sets the values given to ``from_pretrained`` (and a user sets ``config.x = y``) after the
+        # config checked itself: check them again before they build layers (a bad value would otherwise build a
+        # model that computes something else, or fail inside torch without naming the setting). The checks of the
+        # config's constructor and of ``save_pretrained`` (``PreTrainedConfig.validate``), so the same messages; raised
+        # as the check's own ValueError / TypeError (the strict dataclass error wraps it), as the models always did
+        try:
+            config.validate()
+        except Exception as error:
+            if isinstance(error.__cause__, (ValueError, TypeError)):
+                raise error.__cause__ from None
+            raise
+        super().__init__(config, *inputs, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, refusing ``assign=True`` into a model whose non-persistent buffers are on
+        the meta device (built under ``torch.device("meta")``): those buffers (relative position indices, the loss's
+        class weights) are computed when the model is built and are in no state dict, so they would stay on the meta
+        device, and a CPU index read through a meta one gives uninitialised memory: wrong logits, no error. Raised
+        before anything is loaded."""
+        if assign:
+            unbuilt = [
+                f"{module_name}.{name}" if module_name else name
+                for module_name, module in self.named_modules()
+                for name, buffer in module._buffers.items()
+                if buffer is not None and buffer.is_meta and name in module._non_persistent_buffers_set
+            ]
+            if unbuilt:
+                more = f" and {len(unbuilt) - 3} more" if len(unbuilt) > 3 else ""
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict(assign=True): the buffers {', '.join(unbuilt[:3])}{more} "
+                    "are on the meta device and in no state dict (the model computes them when it is built); build "
+                    "them first: model.to_empty(device=...) then model.init_weights(), then load_state_dict (or "
+                    "build the model on a device, or load it with from_pretrained)"
+                )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def optimize_for_inference(self):
         """Prepares the model's dense layers once for CPU inference, as ``torch.jit.optimize_for_inference`` does
         for deployment; returns the model (changed in place). Where a :class:`OneDNNLinear` runs oneDNN's product at
