@@ -49,6 +49,7 @@ from hf_semseg.training import (
     check_checkpoint_weights,
     check_float16_device,
     check_not_negative,
+    check_once_qat_without_recompute,
     check_positive_steps,
     check_run_options,
     exit_on_user_error,
@@ -181,7 +182,8 @@ def check_trainer_options(model_args, training_args, do_train: bool) -> None:
     """Refuses, before any work, what the Trainer run cannot do as asked: float16 on the CPU (float32 silently),
     label smoothing (``Trainer``'s smoother is for token logits: a torch error here), a step count below 1 (a
     ``ZeroDivisionError``), a negative worker count or gradient norm, a learning rate at or below the polynomial
-    schedule's end, and an evaluation only without a trained model or with ``--push_to_hub``."""
+    schedule's end, once QAT at several widths with gradient checkpointing, and an evaluation only without a trained
+    model or with ``--push_to_hub``."""
     if training_args.fp16:
         check_float16_device("--fp16", training_args.device, "--bf16")
     if training_args.label_smoothing_factor:
@@ -214,6 +216,12 @@ def check_trainer_options(model_args, training_args, do_train: bool) -> None:
                 f"--learning_rate {training_args.learning_rate}: the polynomial schedule decays to lr_end {lr_end}, "
                 "so the rate must be above it (or set a lower lr_end in --lr_scheduler_kwargs)"
             )
+    if do_train and (training_args.gradient_checkpointing or getattr(training_args, "activation_checkpointing", None)):
+        # transformers 5.25 renamed the option (the old name an alias): the names this version takes
+        names = [
+            name for name in ("gradient_checkpointing", "activation_checkpointing") if hasattr(training_args, name)
+        ]
+        check_once_qat_without_recompute(model_args.weight_bits, " / ".join(f"--{name}" for name in names))
     if not do_train and not model_args.model_name_or_path:
         raise RunOptionError(
             "--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"

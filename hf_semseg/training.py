@@ -661,6 +661,8 @@ class OnceQAT:
     def loss(self, model: nn.Module, unwrapped: nn.Module, inputs: dict):
         """``(total loss, outputs at the widest width)``; ``model`` is what runs (a DDP wrapper), ``unwrapped`` the
         model whose width is set. All widths run inside this one call, before one backward pass."""
+        if torch.is_grad_enabled() and getattr(unwrapped, "is_gradient_checkpointing", False):
+            check_once_qat_without_recompute(self.weight_bits, "gradient checkpointing")
         total, widest, teacher = 0.0, None, None
         try:
             for bits, weight in zip(self.weight_bits, self.loss_weights):
@@ -705,6 +707,20 @@ class MasterWeights:
         with torch.no_grad():
             for name, layer in layers.items():
                 layer.weight.copy_(state[f"{name}.weight"])
+
+
+def check_once_qat_without_recompute(weight_bits, option: str) -> None:
+    """Refuses once QAT at several widths with gradient checkpointing (``option``, as the user turned it on): the
+    width is the layers' state, set before each width's forward and back at the widest before the one backward
+    pass, where the checkpointed layers recompute their forward: at the widest width, so every narrower width's
+    gradients were wrong (up to 1.3x the right ones in relative terms), with the same losses in the log. One width
+    recomputes as it ran."""
+    if weight_bits and len(set(weight_bits)) > 1:
+        raise RunOptionError(
+            f"--weight_bits {' '.join(map(str, weight_bits))} with {option}: the backward pass recomputes the "
+            "checkpointed layers at the widest width only, so the narrower widths' gradients would be wrong; train "
+            "once QAT without gradient checkpointing (or at one width)"
+        )
 
 
 def prepare_once_qat(model: nn.Module, weight_bits, loss_weights=None, distillation: float = 0.0) -> OnceQAT | None:
