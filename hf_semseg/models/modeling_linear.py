@@ -38,6 +38,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def traced() -> bool:
@@ -198,35 +199,80 @@ def unchanged_since(sources: tuple, made_from: tuple, stamps: tuple) -> bool:
     return True
 
 
+class OptimizerSteps:
+    """How many ``torch.optim`` optimiser steps this process has taken since :class:`InferenceWeights` were first made
+    (a global post-step hook, registered then): fused optimisers (``fused=True``; transformers' Trainer defaults to
+    ``adamw_torch_fused``) write the parameters in place without bumping their version counters, so
+    :func:`weight_stamps` cannot see their steps. Any step in the process makes every preparation stale."""
+
+    count = 0
+    hooked = False
+
+    @classmethod
+    def watch(cls) -> None:
+        if not cls.hooked:
+            register_optimizer_step_post_hook(cls.step_taken)
+            cls.hooked = True
+
+    @classmethod
+    def step_taken(cls, optimizer, args, kwargs) -> None:
+        cls.count += 1
+
+
 class InferenceWeights:
     """A module's weights prepared once for inference (``optimize_for_inference``), per product dtype, with a
     record of what each preparation was made from, to tell when it is stale: the very tensors (not replaced) and
-    their :func:`weight_stamps` (not changed in place, not moved). ``settings``: the options of the preparation.
-    Copies (``copy.deepcopy``, pickling) keep the settings, not the prepared tensors (oneDNN's packed tensors have
-    no storage to copy): they are made again on the copy's first inference forward."""
+    their :func:`weight_stamps` (not changed in place, not moved), and no optimiser step taken since
+    (:class:`OptimizerSteps`). ``settings``: the options of the preparation. Copies (``copy.deepcopy``, pickling)
+    keep the settings, not the prepared tensors (oneDNN's packed tensors have no storage to copy): they are made
+    again on the copy's first inference forward; so is every preparation after its module was converted or moved
+    (:class:`HoldsInferenceWeights`)."""
 
     def __init__(self, **settings):
         self.settings = settings
         self.by_dtype: dict = {}
+        OptimizerSteps.watch()
 
     def prepared(self, dtype: torch.dtype, sources: tuple, make):
         """The preparation for ``dtype`` made from ``sources`` (tensors and settings), by ``make()`` when there is
         none yet or ``sources`` changed since it was made."""
         entry = self.by_dtype.get(dtype)
         if entry is not None:
-            made_from, stamps, prepared = entry
-            if unchanged_since(sources, made_from, stamps):
+            made_from, stamps, steps, prepared = entry
+            if steps == OptimizerSteps.count and unchanged_since(sources, made_from, stamps):
                 return prepared
             del self.by_dtype[dtype]  # the stale tensors go before the new ones are made
         prepared = make()
-        self.by_dtype[dtype] = (sources, weight_stamps(sources), prepared)
+        self.by_dtype[dtype] = (sources, weight_stamps(sources), OptimizerSteps.count, prepared)
         return prepared
+
+    def drop_prepared(self) -> None:
+        """Drops every preparation (the settings stay: they are made again on the next inference forward)."""
+        self.by_dtype.clear()
 
     def __getstate__(self) -> dict:
         return {"settings": self.settings}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state["settings"])
+
+
+class HoldsInferenceWeights:
+    """Base (listed before ``nn.Module``'s classes) of the modules that hold :class:`InferenceWeights`: converting or
+    moving the module (``.to()``, ``.half()``, ``.float()``, ``.cuda()``, ``to_empty()``: ``nn.Module._apply``, on it
+    or on a module containing it) drops its preparations, made again in the new dtype / on the new device on the
+    next inference forward. The converted weights may take the address the old ones freed, where :func:`weight_stamps`
+    cannot tell them apart (a float32 -> bfloat16 -> float32 round trip served the copy of the unrounded weights), and
+    a copy for a dtype the module no longer has was kept until :meth:`clear_inference_optimization`."""
+
+    #: set by the models' ``optimize_for_inference`` (None: off); not a parameter or a buffer
+    inference_weights: InferenceWeights | None = None
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        if self.inference_weights is not None:
+            self.inference_weights.drop_prepared()
+        return module
 
 
 class PackedInferenceLinear:
@@ -498,13 +544,10 @@ def linear_backward(
     return grad_output.matmul(weight), grad_weight, grad_bias
 
 
-class OneDNNLinear(nn.Linear):
+class OneDNNLinear(HoldsInferenceWeights, nn.Linear):
     """``nn.Linear`` (same parameters, state dict and init) whose forward is :func:`onednn_linear`; optimised for
     inference (:func:`optimize_linear_layers_for_inference`), its oneDNN products use the weight cast and packed
     once (:class:`PackedInferenceLinear`) instead of in every call."""
-
-    #: set by :func:`optimize_linear_layers_for_inference` (None: off); not a parameter or a buffer
-    inference_weights: InferenceWeights | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias

@@ -36,6 +36,7 @@ from .configuration_pale import PaleConfig
 from .configuration_utils_segmentation import validate_labels
 from .modeling_linear import (
     PLAIN_LINEAR_TYPES,
+    HoldsInferenceWeights,
     InferenceWeights,
     OneDNNLinear,
     PackedInferenceConvolution,
@@ -235,7 +236,7 @@ def padded_key_mask(keys: torch.Tensor, padded_height: int, pale_size: int) -> t
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class PalePatchEmbeddings(nn.Module):
+class PalePatchEmbeddings(HoldsInferenceWeights, nn.Module):
     """Overlapping conv embedding ``Conv2d(k, stride, padding k // 2)`` (+ LayerNorm); channels-last output."""
 
     def __init__(self, config: PaleConfig, in_channels: int, out_channels: int, kernel_size: int, stride: int):
@@ -438,7 +439,7 @@ class PaleShapedAttention(nn.Module):
         return self.output(attended), weights
 
 
-class PaleBlock(GradientCheckpointingLayer):
+class PaleBlock(HoldsInferenceWeights, GradientCheckpointingLayer):
     """``x + CPE(x)`` (depth-wise conv position encoding, Chu et al. 2021), then pre-norm PS-Attention and MLP."""
 
     def __init__(self, config: PaleConfig, dim: int, num_heads: int, pale_size: int, drop_path_rate: float):

@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from .configuration_semask_swin import SeMaskSwinConfig, absolute_embedding_grid
 from .configuration_utils_segmentation import validate_labels
 from .modeling_linear import (
+    HoldsInferenceWeights,
     InferenceWeights,
     OneDNNLinear,
     PackedInferenceConvolution,
@@ -813,7 +814,7 @@ class SeMaskSwinBackbone(BackboneMixin, SeMaskSwinPreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class SeMaskFPNConvModule(nn.Module):
+class SeMaskFPNConvModule(HoldsInferenceWeights, nn.Module):
     """3x3 conv (no bias) -> BatchNorm -> ReLU (mmcv ``ConvModule``; SyncBN in the original multi-GPU training)."""
 
     def __init__(self, in_channels: int, out_channels: int):
