@@ -36,6 +36,8 @@ from hf_semseg.conversion.run_config import (
 )
 from hf_semseg.demo_data import demo_model_config
 
+from conftest import REPO_ROOT
+
 
 def saved(tmp_path, checkpoint, name="checkpoint.pth") -> Path:
     path = tmp_path / name
@@ -132,6 +134,22 @@ def test_test_pipeline_sources_in_order():
     processor = build_image_processor(conversion_of(vw, pipeline=from_text))
     assert dict(processor.size) == {"longest_edge": 1024, "shortest_edge": 256} and processor.size_divisor == 32
     assert list(processor.image_mean) == [0.5, 0.5, 0.5] and list(processor.image_std) == [0.2, 0.2, 0.2]
+
+
+def test_model_cards_state_the_processors_own_normalisation():
+    """The card's test pre-processing row said "ImageNet mean/std" for every conversion, also where the run's config
+    normalises otherwise (the saved processor had the config's values): it states the processor's own."""
+    from hf_semseg.conversion.model_card import _normalisation
+
+    vw = hf_semseg.variant_config("vwformer-convnext-base-ade20k")
+    from_text = mmseg_pipeline(mmseg_run_configs(None, {"config": CONFIG_TEXT}))
+    own = build_image_processor(conversion_of(vw, pipeline=from_text))
+    assert _normalisation(own) == "mean (0.5, 0.5, 0.5) / std (0.2, 0.2, 0.2) (0-1 scale)"
+    assert _normalisation(build_image_processor(conversion_of(vw))) == "ImageNet mean/std"
+    own.do_normalize = False
+    assert _normalisation(own) == "no normalisation"
+    for template in (REPO_ROOT / "model_cards").glob("*.md"):
+        assert "ImageNet mean/std" not in template.read_text(), template.name
 
 
 def test_pipelines_the_processor_cannot_reproduce_are_refused():

@@ -79,6 +79,7 @@ def converted_card_fields(conversion, processor, architecture: str | None = None
         "num_labels": model.config.num_labels,
         "parameters": _parameters(model),
         "reduce_labels_note": "; labels reduced (0 = ignore, class i+1 -> i)" if processor.do_reduce_labels else "",
+        "normalisation": _normalisation(processor),
         "ignore_index": IGNORE_INDEX,
         "reported_row": reported_row,
         "repo_id": f"<user>/{_slug(name)}",
@@ -91,6 +92,25 @@ def _settings_provenance(conversion, pipeline: str) -> str:
     checkpoint's config text or a released variant with exactly these weights), and the test pre-processing's."""
     settings = conversion.settings.describe() if conversion.settings is not None else "every value is in the weights"
     return f"Values the weights do not hold: {settings}. The {pipeline[0].lower()}{pipeline[1:]}."
+
+
+def _normalisation(processor) -> str:
+    """The test pre-processing's normalisation as the card states it: "ImageNet mean/std" where the processor has
+    those, its own mean and std (0-1 scale) otherwise: a conversion whose config normalises otherwise saves those."""
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    if not getattr(processor, "do_normalize", True):
+        return "no normalisation"
+    mean, std = [float(value) for value in processor.image_mean], [float(value) for value in processor.image_std]
+    if mean == [float(value) for value in IMAGENET_DEFAULT_MEAN] and std == [
+        float(value) for value in IMAGENET_DEFAULT_STD
+    ]:
+        return "ImageNet mean/std"
+    return f"mean {_rounded(mean)} / std {_rounded(std)} (0-1 scale)"
+
+
+def _rounded(values: list[float]) -> str:
+    return "(" + ", ".join(f"{value:.4g}" for value in values) + ")"
 
 
 def _keep_ratio_scale(processor) -> str:
