@@ -294,6 +294,14 @@ CASES = {
         "out_features is ['stem', 'stage1', 'stage2', 'stage3'] of a backbone with 3 stages",
         "expected four",
     ),
+    # the detectron2-style families have no neck: the option was kept as an unknown key and the model built without
+    "mask2former sdn neck": (
+        lambda: semask_mask2former(use_sdn_neck=True),
+        "SeMaskMask2FormerConfig.use_sdn_neck = True: this family has no SDN-style neck",
+    ),
+    "maskformer sdn neck": (lambda: semask_maskformer(use_sdn_neck=True), "SeMaskMaskFormerConfig.use_sdn_neck"),
+    "vw mask2former sdn neck": (lambda: tiny_vw_mask2former_config(use_sdn_neck=True), "VWMask2FormerConfig.use_sdn"),
+    "vw maskformer sdn neck": (lambda: tiny_vw_maskformer_config(use_sdn_neck=True), "VWMaskFormerConfig.use_sdn_neck"),
     "vwformer one label": (
         lambda: vwformer(id2label={0: "object"}, label2id={"object": 0}),
         "VWFormerForSemanticSegmentation: VWFormerConfig.num_labels = 1",
@@ -439,3 +447,24 @@ def test_values_set_after_construction_are_checked_when_a_model_is_built(case, t
     setattr(config, name, value)
     assert_refused(lambda: model_class(config), part)
     assert_refused(lambda: type(config).from_dict({**config_builder().to_dict(), name: value}), part)
+
+
+@pytest.mark.parametrize("family", ["pale", "semask_swin"])
+def test_segmentation_models_built_from_a_default_backbone_stage_choice_name_the_fix(family):
+    """A config built with transformers' backbone default (``out_features`` unset: the last stage only) is refused
+    when the segmentation model is built, naming the setting that fixes it (SeMask-FPN was built and failed in its
+    first forward with a message that did not say what to set); so is a SeMask stage without semantic blocks."""
+    from hf_semseg import PaleForSemanticSegmentation, SeMaskSwinForSemanticSegmentation
+
+    build, config = {
+        "pale": (PaleForSemanticSegmentation, PaleConfig(**tiny_pale_kwargs(), **tiny_label_kwargs())),
+        "semask_swin": (SeMaskSwinForSemanticSegmentation, SeMaskSwinConfig(**tiny_semask_swin_kwargs())),
+    }[family]
+    assert config.out_features == ["stage4"]
+    fix = "set out_features=['stage1', 'stage2', 'stage3', 'stage4']"
+    assert_refused(lambda: build(config), "config.out_features is ['stage4'] (unset means the last stage only", fix)
+    if family == "semask_swin":
+        assert_refused(
+            lambda: build(semask_swin(num_semantic_blocks=[1, 0, 1, 1])),
+            "SeMaskSwinConfig.num_semantic_blocks = [1, 0, 1, 1]; expected at least one semantic block in every stage",
+        )

@@ -16,6 +16,7 @@ from .configuration_semask_swin import SeMaskSwinConfig
 from .configuration_utils_segmentation import (
     NON_NEGATIVE,
     AnyPrecisionConfigMixin,
+    refuse_sdn_neck,
     use_four_backbone_stages,
     validate_mask2former_values,
     validate_values,
@@ -150,6 +151,7 @@ class SeMaskMask2FormerConfig(AnyPrecisionConfigMixin, Mask2FormerConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
+        refuse_sdn_neck(self)
         backbone_type = getattr(self.backbone_config, "model_type", None)
         if backbone_type != SeMaskSwinConfig.model_type:  # duck-typed: remote code loads its own copy of the class
             raise ValueError(

@@ -21,6 +21,7 @@ from .configuration_utils_segmentation import (
     POSITIVE,
     RATE,
     AnyPrecisionConfigMixin,
+    refuse_sdn_neck,
     use_four_backbone_stages,
     validate_labels,
     validate_values,
@@ -187,6 +188,7 @@ class SeMaskMaskFormerConfig(AnyPrecisionConfigMixin, OriginalDETRDecoderMixin, 
 
     def validate_architecture(self):
         super().validate_architecture()
+        refuse_sdn_neck(self)
         name = type(self).__name__
         backbone_type = getattr(self.backbone_config, "model_type", None)
         if backbone_type != SeMaskSwinConfig.model_type:  # duck-typed: remote code loads its own copy of the class

@@ -150,6 +150,17 @@ def validate_sdn_options(config: Any) -> None:
         raise ValueError(f"{name}.sdn_width must be None or a positive number of channels, got {width!r}")
 
 
+def refuse_sdn_neck(config: Any) -> None:
+    """The families without an SDN-style neck (the detectron2-style ones) refuse ``use_sdn_neck = True``, an option of
+    SeMask-FPN, Pale-UperNet and VWFormer: their configs take unknown keys, and the model was built without a neck,
+    silently."""
+    if getattr(config, "use_sdn_neck", False):
+        raise ValueError(
+            f"{type(config).__name__}.use_sdn_neck = True: this family has no SDN-style neck (an option of SeMask-FPN, "
+            "Pale-UperNet and VWFormer); leave it unset"
+        )
+
+
 #: bits of the stored weight codes of an any-precision model (:mod:`modeling_any_precision`); every narrower width is
 #: a prefix of them
 STORAGE_WEIGHT_BITS = 8
@@ -211,5 +222,6 @@ __all__ = [
     "validate_mask2former_values",
     "validate_mlp_and_activation",
     "validate_sdn_options",
+    "refuse_sdn_neck",
     "validate_values",
 ]

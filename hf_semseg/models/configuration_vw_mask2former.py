@@ -14,6 +14,7 @@ from transformers.models.mask2former.configuration_mask2former import Mask2Forme
 
 from .configuration_utils_segmentation import (
     AnyPrecisionConfigMixin,
+    refuse_sdn_neck,
     use_four_backbone_stages,
     validate_mask2former_values,
 )
@@ -123,6 +124,7 @@ class VWMask2FormerConfig(AnyPrecisionConfigMixin, Mask2FormerConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
+        refuse_sdn_neck(self)
         name = type(self).__name__
         validate_vw_d2_config(self)
         validate_mask2former_values(self)

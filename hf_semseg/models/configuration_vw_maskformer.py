@@ -13,7 +13,12 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.maskformer.configuration_maskformer import MaskFormerConfig
 
 from .configuration_semask_maskformer import SEMASK_MASKFORMER_DECODER, OriginalDETRDecoderMixin
-from .configuration_utils_segmentation import IGNORE_INDEX, AnyPrecisionConfigMixin, use_four_backbone_stages
+from .configuration_utils_segmentation import (
+    IGNORE_INDEX,
+    AnyPrecisionConfigMixin,
+    refuse_sdn_neck,
+    use_four_backbone_stages,
+)
 from .configuration_vw_mask2former import (
     VW_FEATURE_SIZE,
     VW_SIZE_MULTIPLE,
@@ -83,6 +88,7 @@ class VWMaskFormerConfig(AnyPrecisionConfigMixin, OriginalDETRDecoderMixin, Mask
 
     def validate_architecture(self):
         super().validate_architecture()
+        refuse_sdn_neck(self)
         name = type(self).__name__
         validate_vw_d2_config(self)
         if self.mask_feature_size != VW_FEATURE_SIZE:

@@ -985,6 +985,21 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         super().__init__(config)
         validate_labels(config, per_pixel_softmax="SeMaskSwinForSemanticSegmentation")
         self.backbone = SeMaskSwinBackbone(config)
+        # the Semantic-FPN head and its semantic decoder take four stages, each with its semantic layer (before: a
+        # model built from a default config, whose out_features is the last stage only, failed in its first forward)
+        stages = [f"stage{index}" for index in range(1, 5)]
+        if list(self.backbone.out_features) != stages:
+            raise ValueError(
+                f"SeMaskSwinForSemanticSegmentation takes four stages, but config.out_features is "
+                f"{self.backbone.out_features} (unset means the last stage only, as transformers' backbones): set "
+                f"out_features={stages}"
+            )
+        if not all(config.num_semantic_blocks):
+            raise ValueError(
+                f"SeMaskSwinForSemanticSegmentation: SeMaskSwinConfig.num_semantic_blocks = "
+                f"{config.num_semantic_blocks}; expected at least one semantic block in every stage (the semantic "
+                "decoder reads every stage's semantic prior)"
+            )
         self.neck = sdn_neck(config, self.backbone.channels)  # None unless config.use_sdn_neck
         self.decode_head = SeMaskFPNHead(config, in_channels=self.backbone.channels)
         self.post_init()
