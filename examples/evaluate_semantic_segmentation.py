@@ -10,7 +10,7 @@ unless ``--do_reduce_labels`` is given. Scores are taken to each image's own siz
 family does (mmseg: logits resized to the input, then to the image; detectron2: its semantic inference at the padded
 input, cropped, resized); ``--mode multi_scale`` is the papers' ms+flip (ratios 0.5-1.75 and flips, the model's
 processor at every scale, e.g. VWFormer's multiple-of-64 resize; mmseg averages softmax probabilities, detectron2 raw
-scores). Reports mIoU, mean accuracy, overall accuracy and per-class IoU (streaming,
+scores). Reports mIoU, mean accuracy, overall accuracy, per-class IoU, Boundary IoU and trimap mIoU (streaming,
 nothing held in memory but the confusion matrix). ``--predictions_dir`` writes a colour-coded mask and an overlay PNG
 per image (with the dataset's palette when the classes are a known dataset's, else the demo palette).
 """
@@ -38,6 +38,7 @@ from hf_semseg.metrics import SegmentationMetrics
 from hf_semseg.training import (
     OPTIONAL_FLAG,
     RunOptionError,
+    active_weight_bits,
     check_has_splits,
     empty_split_error,
     exit_on_user_error,
@@ -250,6 +251,8 @@ def main(argv=None) -> dict:
     result = metric.compute()
     keys = ("mean_iou", "mean_accuracy", "overall_accuracy", "mean_boundary_iou", "trimap_mean_iou")
     summary = {key: json_number(result[key]) for key in keys}
+    if active_weight_bits(model) is not None:  # the width it measured (--weight_bits, else the folder's own)
+        summary["weight_bits"] = active_weight_bits(model)
     summary["per_category_iou"] = {
         model.config.id2label[i]: json_number(v) for i, v in enumerate(result["per_category_iou"])
     }

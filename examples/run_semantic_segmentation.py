@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Finetune an hf-semseg (or transformers) segmentation model with transformers' Trainer, with mmseg's recipe (as
 VWFormer's runs use it): random keep-ratio resize (ratio 0.5-2.0), random crop with cat_max_ratio 0.75, flip,
-photometric distortion, padding to the crop after the normalisation (labels with the ignore index); AdamW without weight decay on norms and position tables, the decode and auxiliary
+photometric distortion, padding to the crop after the normalisation (labels with the ignore index); AdamW without weight decay on norms, biases and position tables, the decode and auxiliary
 heads at ``--head_lr_multiplier`` (10 in the demo recipe) times the learning rate; poly schedule with linear warm-up;
 streaming mIoU evaluation. ``--optim`` / ``--optim_args`` choose another optimizer as in ``Trainer`` (``sgd``, ...),
 over the same parameter groups.
@@ -45,6 +45,7 @@ from hf_semseg.training import (
     RunOptionError,
     SegmentationTrainer,
     StreamingMeanIoU,
+    active_weight_bits,
     build_optimizer,
     check_checkpoint_weights,
     check_float16_device,
@@ -301,6 +302,8 @@ def evaluate(trainer, run, data_args, output_dir) -> dict:
     """The evaluation metrics of the trainer's model (at the ``--scale`` resolution), saved as ``eval_results.json``,
     and the prediction overlays of the first ``--num_predictions`` validation images."""
     metrics = trainer.evaluate()
+    if active_weight_bits(trainer.model) is not None:  # once QAT: the model as saved, at its widest width
+        metrics["eval_weight_bits"] = active_weight_bits(trainer.model)
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", json_metrics(metrics))
     if trainer.is_world_process_zero():

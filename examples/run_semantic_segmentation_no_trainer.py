@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Finetune an hf-semseg (or transformers) segmentation model with an explicit Accelerate loop: the recipe of
 ``run_semantic_segmentation.py`` (random keep-ratio resize, crop with cat_max_ratio, flip, photometric distortion,
-padding to the crop after the normalisation; AdamW without weight decay on norms and position tables, the heads at
+padding to the crop after the normalisation; AdamW without weight decay on norms, biases and position tables, the heads at
 ``--head_lr_multiplier`` times the learning rate; poly schedule with linear warm-up) with gradient accumulation,
 mixed precision, checkpoints every N steps and resumption, mIoU summed over all processes.
 
@@ -47,6 +47,7 @@ from hf_semseg.training import (
     UNPADDED_SIZES,
     MasterWeights,
     RunOptionError,
+    active_weight_bits,
     check_checkpoint_weights,
     check_float16_device,
     check_not_negative,
@@ -373,6 +374,8 @@ def main(argv=None) -> dict:
 
     result = evaluate(accelerator, model, run.evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
     metrics = {f"eval_{key}": value for key, value in summary_metrics(result, run.model.config.id2label).items()}
+    if active_weight_bits(unwrapped) is not None:  # once QAT: the model as saved, at its widest width
+        metrics["eval_weight_bits"] = active_weight_bits(unwrapped)
     metrics["epoch"] = progress.completed_steps / steps_per_epoch
     accelerator.print(json.dumps(metrics))
     if accelerator.is_main_process:

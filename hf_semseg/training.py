@@ -709,6 +709,16 @@ class MasterWeights:
                 layer.weight.copy_(state[f"{name}.weight"])
 
 
+def active_weight_bits(model) -> int | None:
+    """The weight width an any-precision model computes with (the scripts report it next to the metrics they
+    measured at it: a folder saved after ``set_weight_bits(2)`` evaluates at 2 bits, a once-QAT run at its widest),
+    or None for a float model."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "weight_bits", None):
+        return None
+    return config.active_weight_bits or max(config.weight_bits)
+
+
 def check_once_qat_without_recompute(weight_bits, option: str) -> None:
     """Refuses once QAT at several widths with gradient checkpointing (``option``, as the user turned it on): the
     width is the layers' state, set before each width's forward and back at the widest before the one backward
@@ -1380,6 +1390,16 @@ def parameter_groups(
 #: keyword arguments of ``Trainer.get_optimizer_cls_and_kwargs`` that carry the optimizer's own parameter layout
 #: (GaLore / APOLLO ``params``, LOMO ``model``, layer-wise ``optimizer_dict``) instead of taking parameter groups
 OWN_PARAMETER_LAYOUT = ("params", "model", "optimizer_dict")
+#: parts of the ``--optim`` names of those optimizers (transformers' GaLore, APOLLO, LOMO and layer-wise ones): refused
+#: by name before transformers asks for their package and their target modules
+OWN_PARAMETER_LAYOUT_NAMES = ("galore", "apollo", "lomo", "layerwise")
+
+
+def own_parameter_layout_error(name: str) -> RunOptionError:
+    return RunOptionError(
+        f"--optim {name}: lays out the parameters itself, so it cannot take the recipe's parameter groups "
+        "(weight-decay exclusions, --layer_decay, --head_lr_multiplier); choose another --optim"
+    )
 
 
 def build_optimizer(model, args, layer_decay: float | None = None, head_lr_multiplier: float = 1.0):
@@ -1389,16 +1409,16 @@ def build_optimizer(model, args, layer_decay: float | None = None, head_lr_multi
     with ``--adam_beta1/2`` and ``--adam_epsilon``. An optimizer that lays out the parameters itself (GaLore, APOLLO,
     LOMO, layer-wise), or one that cannot be made here (a package missing), is a :class:`RunOptionError` naming
     ``--optim``."""
+    name = str(getattr(args.optim, "value", args.optim))
+    if any(part in name for part in OWN_PARAMETER_LAYOUT_NAMES):
+        raise own_parameter_layout_error(name)
     try:
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     except (ValueError, ImportError) as error:
         detail = (str(error).strip().splitlines() or [""])[0]
         raise RunOptionError(f"--optim {args.optim.value}: cannot be used here ({detail})") from None
     if any(key in kwargs for key in OWN_PARAMETER_LAYOUT):
-        raise RunOptionError(
-            f"--optim {args.optim.value}: lays out the parameters itself, so it cannot take the recipe's parameter "
-            "groups (weight-decay exclusions, --layer_decay, --head_lr_multiplier); choose another --optim"
-        )
+        raise own_parameter_layout_error(name)
     groups = parameter_groups(model, args.weight_decay, layer_decay, args.learning_rate, head_lr_multiplier)
     return optimizer_cls(groups, **kwargs)
 

@@ -1,3 +1,4 @@
+import copy
 import json
 import re
 
@@ -273,3 +274,25 @@ def test_a_write_failure_is_one_line_and_removes_the_folders_it_made(saved_model
         str(exit_info.value) == f"error: --predictions_dir {predictions}: cannot be written (No space left on device)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_any_precision_model_is_evaluated_and_reported_at_its_width(saved_model, tmp_path, capsys):
+    """``--weight_bits B`` evaluates at B bits (a float model quantised first); the summary says the width it measured,
+    also where the folder's own width decided it (a folder saved after ``set_weight_bits(2)`` evaluates at 2 bits,
+    which the output did not say); a float model's summary has no width."""
+    folder, model = saved_model
+    script = load_script()
+    arguments = ["--max_samples", "2"]
+    float_summary = script.main(["--model", str(folder), *arguments])
+    assert "weight_bits" not in float_summary
+    two_bits = script.main(["--model", str(folder), *arguments, "--weight_bits", "2"])
+    assert two_bits["weight_bits"] == 2 and two_bits["mean_iou"] != float_summary["mean_iou"]
+    saved_at_two = tmp_path / "two_bits"
+    quantised = copy.deepcopy(model).to_any_precision([8, 4, 2]).set_weight_bits(2)
+    quantised.save_pretrained(saved_at_two)
+    hf_semseg.KeepRatioImageProcessor(size={"longest_edge": 224, "shortest_edge": 160}).save_pretrained(saved_at_two)
+    capsys.readouterr()
+    own_width = script.main(["--model", str(saved_at_two), *arguments])
+    assert own_width["weight_bits"] == 2 and json.loads(capsys.readouterr().out)["weight_bits"] == 2
+    assert own_width["mean_iou"] == two_bits["mean_iou"]
+    assert script.main(["--model", str(saved_at_two), *arguments, "--weight_bits", "8"])["weight_bits"] == 8

@@ -60,6 +60,7 @@ def test_trainer_script_saves_codes_and_the_checkpoints_keep_the_master_weights(
     assert len(losses) == 6 and all(loss > 0 for loss in losses)
     config = json.loads((output_dir / "config.json").read_text())
     assert config["weight_bits"] == [8, 2] and config["active_weight_bits"] == 8
+    assert eval_results(output_dir)["eval_weight_bits"] == 8  # measured at the widest width, and said so
     with safe_open(output_dir / "model.safetensors", "pt") as saved:
         codes = [key for key in saved.keys() if key.endswith(".weight_codes")]
         assert len(codes) > 20 and all(saved.get_tensor(key).dtype == torch.int8 for key in codes)
@@ -124,6 +125,7 @@ def test_accelerate_loop_trains_as_the_trainer_script_and_resumes_exactly(qat_ru
     torch.testing.assert_close(losses, reference_losses, rtol=2e-3, atol=0)
     differing, _, _ = code_differences(reference_dir, loop_dir)
     assert differing == 0
+    assert eval_results(loop_dir)["eval_weight_bits"] == 8
 
     killed_dir = tmp_path / "killed"
     killer = tmp_path / "killer.py"

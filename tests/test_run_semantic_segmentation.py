@@ -257,7 +257,7 @@ def scripts_taking(arguments) -> list[str]:
         ),
         # trained: --do_eval alone evaluates a given model
         (["--do_eval"], r"--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"),
-        (["--optim", "galore_adamw"], r"--optim galore_adamw: cannot be used here \("),
+        (["--optim", "galore_adamw"], r"--optim galore_adamw: lays out the parameters itself, so it cannot take "),
         # the checkpointed layers recomputed at the widest width: the narrower widths' gradients wrong, silently
         (
             ["--gradient_checkpointing", "--weight_bits", "8", "2"],
