@@ -726,7 +726,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda[:N] (the benchmark), or cpu (only with --smoke)")
     parser.add_argument("--dtype", choices=harness.DTYPES, default="bfloat16", help="autocast dtype (fp32 weights)")
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
-    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE_SHAPE[0]}x{SMOKE_SHAPE[0]} (Pale 224, VW-D2 128), "
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE_SHAPE[0]}x{SMOKE_SHAPE[0]} (Pale 224, VW-D2 and the D2 models {benchmark_d2_models.SMOKE_SIZE}), "
                         f"batch {SMOKE_SHAPE[1]}, no warm-up, 1 repeat, tiny Mask2Formers, 128^3 matmul")  # fmt: skip
     parser.add_argument("--output_dir", "--output-dir", default=None, help="folder of the reports "
                         "(default benchmarks/results)")  # fmt: skip

@@ -562,7 +562,7 @@ def check_output(output: Path, output_format: str) -> None:
     for other_format, other_suffix in FORMAT_SUFFIXES.items():
         if other_format != output_format and suffix == other_suffix:
             raise ExportError(
-                f"--output {output}: the suffix of a {other_format} file, for a {output_format} export (expected "
+                f"--output {output}: the suffix of a {other_format} file, for an export to {output_format} (expected "
                 f"{FORMAT_SUFFIXES[output_format]})"
             )
     for path in side_file_paths(output).values():

@@ -310,7 +310,8 @@ def processor_at_scale(processor, scale: float, scales=TEST_SCALES):
       ``ResizeToMultiple``, the processor's ``size_divisor``) runs at every scale.
     * detectron2's ``TEST.AUG`` (the processors with ``multi_scale_longest_edge = "largest scale"``): the shortest
       edge ``int(shortest_edge * scale)``, the longest edge one bound for every scale, ``int(longest_edge *
-      max(scales))`` (the released configs: ``MIN_SIZES`` 256-896 with ``MAX_SIZE`` 3584 = 2048 x 1.75).
+      max(scales))`` (the released configs: ``MIN_SIZES`` the test size times the ratios, ``MAX_SIZE`` its longest
+      edge times 1.75: 256-896 under 3584 = 2048 x 1.75 for 512 px models, 320-1120 under 4480 for 640 px ones).
     """
     size = getattr(processor, "size", None)
     if size is None or not hasattr(processor, "get_unpadded_size"):

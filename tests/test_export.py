@@ -449,7 +449,7 @@ def test_cli_refuses_an_output_named_as_the_other_format(saved_folder, tmp_path,
     assert export.main(["--model", str(folder), "--format", output_format, "--output", str(output)]) == 1
     other = "torch_export" if output_format == "onnx" else "onnx"
     assert one_error_line(capsys) == (
-        f"error: --output {output}: the suffix of a {other} file, for a {output_format} export (expected {expected})"
+        f"error: --output {output}: the suffix of a {other} file, for an export to {output_format} (expected {expected})"
     )
     assert list(tmp_path.iterdir()) == []
 

@@ -6,8 +6,10 @@ lower bit is an enhance layer: the b-bit network is the basic layer plus its enh
 trained once for all widths ("once QAT"). No code was released; what follows is our reconstruction, and the choices the
 paper leaves open are marked as ours.
 
-**Representation** (weight-only, per output channel, on every ``nn.Linear`` / ``nn.Conv2d`` but the patch embedding
-and the final classifiers):
+**Representation** (weight-only, per output channel, on every layer of exactly the types ``nn.Linear`` /
+``nn.Conv2d`` but the patch embedding, the final classifiers and the SDN neck's ``fuse`` layers: other layer types,
+such as transformers' ``nn.MultiheadAttention`` in the Mask2Former decoders, FaPN's deformable convolutions and the SDN
+neck's SDC, keep float weights at every width):
 
 - 8-bit codes ``q = clamp(floor(w / s), -128, 127)`` with ``s = max|w_c| / 127.5`` per output channel ``c``, stored as
   two's-complement ``int8`` next to ``s`` (float32).
