@@ -134,6 +134,23 @@ def split_folders(image_root: Path, label_root: Path, layout: FolderLayout) -> d
         )
     if loose:
         return {"train": (image_root, label_root)}
+    # a label folder whose images are in a folder of another name (annotations/validation beside images/val): the
+    # image folder read as an unlabelled test split, left out without a word
+    image_names = {folder.name for folder in image_root.iterdir() if folder.is_dir()}
+    unmatched = sorted(
+        folder.name
+        for folder in label_root.iterdir()
+        if folder.is_dir()
+        and folder.name not in image_names
+        and not folder.name.startswith(".")
+        and holds_files(folder)
+    )
+    if unmatched:
+        raise SegmentationFolderError(
+            f"{label_root}: label-map folder {unmatched[0]!r} has no image folder of the same name in {image_root} "
+            f"(its folders: {', '.join(sorted(image_names)) or 'none'}); name the image and label folders of a split "
+            "alike"
+        )
     return splits
 
 

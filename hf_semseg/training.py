@@ -26,7 +26,7 @@ from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import is_sixteen_bit_pil_image, sixteen_to_eight_bits
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
-from .segmentation_folders import SegmentationFolderError, load_image_folders
+from .segmentation_folders import SegmentationFolderError, files_under, folder_layout, load_image_folders
 from .transforms import SegmentationTrainTransform
 
 
@@ -64,12 +64,29 @@ def load_segmentation_dataset(name: str | None, demo_sizes: tuple[int, int] = (6
         from .demo_data import make_demo_dataset
 
         return make_demo_dataset(num_train=demo_sizes[0], num_validation=demo_sizes[1])
+    if not str(name).strip():  # an unset shell variable: read as the current folder, the whole tree was searched
+        raise RunOptionError(f"--dataset_name {name!r}: empty (expected a folder, or a Hub dataset id)")
     path = Path(name)
+    if path.is_file():
+        raise RunOptionError(
+            f"--dataset_name {name}: is a file (expected a folder: of parquet files, images and label maps, or a "
+            "save_to_disk dataset; or a Hub dataset id)"
+        )
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        # a path, not a Hub id ("user/name"): the Hub client's "couldn't reach" message named the wrong cause
+        raise RunOptionError(f"--dataset_name {name}: no such folder")
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
             check_saved_splits_have_data(path)
             return load_from_disk(str(path))
-        if any(path.rglob("*.parquet")):
+        # hidden folders (a tool's cache) left out, as the image layouts leave them out
+        parquet_files = sorted(file for file in files_under(path) if file.suffix == ".parquet")
+        if parquet_files:
+            if folder_layout(path) is not None:
+                raise RunOptionError(
+                    f"--dataset_name {name}: holds both parquet files ({parquet_files[0]}) and a folder of images and "
+                    "label maps; give the folder of one of them"
+                )
             if declares_dataset_configs(path):  # a local copy of a Hub dataset: its default config, as the Hub loads it
                 return load_dataset(str(path))
             return load_dataset("parquet", data_dir=str(path))
@@ -573,6 +590,14 @@ def set_up_run(
             dataset_reduce_labels(data_options.dataset_name, data_options.do_reduce_labels),
             saved_processor,
         )
+        if settings.reduce_labels and data_options.do_reduce_labels is None:
+            source = f"--variant {model_options.variant}" if model_options.variant else "--model_name_or_path"
+            warnings.warn(
+                f"--dataset_name {data_options.dataset_name}: labels reduced as {source}'s dataset reduces them (label "
+                "0 ignored, label k trained as class k - 1, ADE20K's convention); if label 0 of this dataset is a "
+                "class, give --do_reduce_labels false",
+                stacklevel=2,
+            )
         id2label = resolve_id2label(
             data_options.dataset_name,
             model_options.model_name_or_path,
@@ -906,18 +931,36 @@ def lossy_label_file(label) -> str | None:
     return None
 
 
-#: the lossy label warning is given once per process
-_warned_lossy_labels = False
+#: the label warnings given in this process (each once): "lossy", "binary"
+_warned_labels: set[str] = set()
+
+
+def warn_once(kind: str, message: str) -> None:
+    if kind not in _warned_labels:
+        _warned_labels.add(kind)
+        warnings.warn(message, stacklevel=3)
 
 
 def warn_lossy_label(sample: str) -> None:
-    global _warned_lossy_labels
-    if not _warned_lossy_labels:
-        _warned_lossy_labels = True
-        warnings.warn(
-            f"{sample}: the label map is a JPEG, whose lossy compression changes class ids at the edges of every "
-            "region (22% of the pixels in a 150-class test); store label maps as PNG",
-            stacklevel=2,
+    warn_once(
+        "lossy",
+        f"{sample}: the label map is a JPEG, whose lossy compression changes class ids at the edges of every region "
+        "(22% of the pixels in a 150-class test); store label maps as PNG",
+    )
+
+
+def warn_binary_mask(label: np.ndarray, sample: str) -> None:
+    """Warns (once) about a label map of 0 and 255 alone: 255 is the ignore index (mmseg's, transformers'), so a binary
+    mask saved as 0 / 255, the common way, had its object left out of the loss and the metrics, silently (an
+    evaluation of a model that finds no object read mIoU 1.0)."""
+    if "binary" in _warned_labels or label.max(initial=0) != IGNORE_INDEX:
+        return
+    if np.any(label == 0) and not np.any((label != 0) & (label != IGNORE_INDEX)):
+        warn_once(
+            "binary",
+            f"{sample}: the label map holds only 0 and {IGNORE_INDEX}; {IGNORE_INDEX} is the ignore index, so those "
+            "pixels are left out of the loss and the metrics. A binary mask saved as 0 / 255 has its object ignored: "
+            "store it as 0 / 1 (mask // 255)",
         )
 
 
@@ -935,6 +978,16 @@ def to_arrays(
     or undecoded ``datasets.Image`` values (:func:`open_image`); ``columns`` and ``split`` name them in errors, with
     their files where known (:func:`sample_name`). Errors are :class:`DatasetSampleError`."""
     sample = sample_name(index, split, {columns[0]: file_path(image), columns[1]: file_path(label)})
+    for column, value, expected in zip(columns, (image, label), ("an image", "a label map")):
+        if isinstance(value, (str, bytes, int, float)):  # read as a 0-d array: "shape ()" named no cause
+            hint = (
+                "a column of file paths: cast it to datasets.Image()"
+                if isinstance(value, str)
+                else "a classification dataset's class number?"
+                if isinstance(value, int)
+                else "expected an image value"
+            )
+            raise DatasetSampleError(f"{sample}: {column} holds {value!r:.80}, not {expected} ({hint})")
     image, label = open_image(image, index, columns[0], split), open_image(label, index, columns[1], split)
     if lossy_label_file(label):  # a decoded JPEG keeps its format, a file read by path its name
         warn_lossy_label(sample)
@@ -954,6 +1007,7 @@ def to_arrays(
     label = single_channel_label(label.astype(np.int64), sample, columns[1])
     if image.shape[:2] != label.shape:
         raise DatasetSampleError(f"{sample}: image size {image.shape[:2]} differs from label size {label.shape}")
+    warn_binary_mask(label, sample)
     # checked as stored: with reduce_labels, 0 is the ignored background and k is class k - 1 (mmseg's)
     low, high = (1, num_labels + 1) if reduce_labels else (0, num_labels)
     outside = (label != IGNORE_INDEX) & ((label < low) | (label >= high))

@@ -427,3 +427,30 @@ def test_an_evaluation_only_run_needs_no_training_split_and_writes_json_null(tmp
         (evaluated / "eval_results.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON")
     )
     assert saved["eval_trimap_mean_iou"] is None and saved["eval_mean_iou"] == pytest.approx(metrics["eval_mean_iou"])
+
+
+def test_a_label_reduction_taken_from_the_pretrained_model_is_announced(tmp_path):
+    """A dataset other than the demo takes the label reduction of the variant or pretrained model (their dataset's:
+    ADE20K's label 0 = "other"). On a user's own dataset whose label 0 is a class, that turned class 0 into ignored
+    pixels without a word; it is announced, naming the option that keeps it, and --do_reduce_labels false keeps it."""
+    import warnings
+
+    from test_evaluate_semantic_segmentation import saved_dataset
+
+    from hf_semseg.demo_data import demo_model_config
+
+    folder = tmp_path / "model"
+    hf_semseg.SeMaskSwinForSemanticSegmentation(demo_model_config()).save_pretrained(folder)
+    size = {"longest_edge": 64, "shortest_edge": 48}
+    hf_semseg.KeepRatioImageProcessor(size=size, do_reduce_labels=True).save_pretrained(folder)
+    data = saved_dataset(tmp_path / "data")
+    arguments = ["--model_name_or_path", str(folder), "--dataset_name", str(data), "--do_eval"]
+    arguments += ["--max_eval_samples", "1", "--num_predictions", "0"]
+    with pytest.warns(
+        UserWarning, match=r"labels reduced as --model_name_or_path's dataset reduces them .* give --do_r"
+    ):
+        load_trainer_script().main(["--output_dir", str(tmp_path / "reduced"), *arguments])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_trainer_script().main(["--output_dir", str(tmp_path / "kept"), *arguments, "--do_reduce_labels", "false"])
+    assert not [warning for warning in caught if "labels reduced" in str(warning.message)]

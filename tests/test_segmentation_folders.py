@@ -105,7 +105,8 @@ def test_cityscapes_without_train_ids_names_the_script_that_writes_them(tmp_path
         ("shared_label", r"\S*training/a\.jpg and \S*training/a\.png share the label map \S*training/a\.png"),
         ("two_train_splits", r"split folders 'train' and 'training' are both split 'train'"),
         ("class_folders", r"not a segmentation dataset folder \(expected a save_to_disk folder, .*images/ with "),
-        ("no_paired_split", r"no split folder of \S*images has a label-map folder of the same name"),
+        # (the label folders named first: "no split folder of images/ has a label-map folder of the same name" before)
+        ("no_paired_split", r"label-map folder 'train-old' has no image folder of the same name in \S*images \(its "),
         ("empty_split", r"\S*images/training: no image files"),
     ],
 )
@@ -214,3 +215,41 @@ def test_a_split_with_an_empty_label_folder_is_left_out_as_one_without(tmp_path)
     (tmp_path / "annotations" / "testing" / ".DS_Store").write_bytes(b"\0")
     dataset = load_image_folders(tmp_path)
     assert sorted(dataset) == ["train", "validation"]
+
+
+def test_dataset_names_that_are_no_folder_say_so(tmp_path):
+    """An empty name (an unset shell variable) searched the whole current tree (the repository's .venv included) and
+    failed on pyarrow's test files; a path that does not exist was "not reachable on the Hub"; a parquet file given
+    itself was "no data file found"; a stray parquet file in a tool's hidden folder made an image folder load as
+    parquet; a folder of both is refused, naming a parquet file."""
+    from hf_semseg.training import load_segmentation_dataset
+
+    with pytest.raises(RunOptionError, match=r"^--dataset_name '': empty \(expected a folder, or a Hub dataset id\)$"):
+        load_segmentation_dataset("")
+    with pytest.raises(RunOptionError, match=r"^--dataset_name \./typo_folder: no such folder$"):
+        load_segmentation_dataset("./typo_folder")
+    (tmp_path / "train.parquet").write_bytes(b"PAR1")
+    with pytest.raises(RunOptionError, match=r"train\.parquet: is a file \(expected a folder: of parquet files, "):
+        load_segmentation_dataset(str(tmp_path / "train.parquet"))
+    root = tmp_path / "ade"
+    ade_layout(root)
+    (root / ".cache").mkdir()
+    (root / ".cache" / "export-train.parquet").write_bytes(b"PAR1")
+    dataset = load_segmentation_dataset(str(root))
+    assert {split: rows.num_rows for split, rows in dataset.items()} == {"train": 3, "validation": 1}
+    (root / "export-train.parquet").write_bytes(b"PAR1")
+    with pytest.raises(RunOptionError, match=r"holds both parquet files \(\S+export-train\.parquet\) and a folder of"):
+        load_segmentation_dataset(str(root))
+
+
+def test_a_label_folder_without_an_image_folder_of_its_name_is_named(tmp_path):
+    """images/val beside annotations/validation: the image folder was read as an unlabelled test split and left out,
+    and the run failed later with "has no split 'validation'; it has ['train']"."""
+    ade_layout(tmp_path, with_test=False)
+    (tmp_path / "images" / "validation").rename(tmp_path / "images" / "val")
+    with pytest.raises(
+        SegmentationFolderError,
+        match=r"annotations: label-map folder 'validation' has no image folder of the same name in \S+images \(its "
+        r"folders: training, val\); name the image and label folders of a split alike$",
+    ):
+        load_image_folders(tmp_path)

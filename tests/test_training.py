@@ -1,4 +1,5 @@
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -926,6 +927,42 @@ def test_a_jpeg_label_map_is_warned_about(tmp_path):
     label = np.zeros((16, 16), np.uint8)
     label[4:12, 4:12] = 3
     Image.fromarray(label).save(tmp_path / "label.jpg", quality=90)
-    training._warned_lossy_labels = False
+    training._warned_labels.clear()
     with pytest.warns(UserWarning, match=r"sample 0 \(label \S+label\.jpg\): the label map is a JPEG"):
         training.to_arrays(np.zeros((16, 16, 3), np.uint8), Image.open(tmp_path / "label.jpg"), 0, 150, False)
+
+
+def test_a_binary_mask_saved_as_0_and_255_is_warned_about():
+    """255 is the ignore index: a binary mask saved as 0 / 255 had its object ignored, silently (a model that finds no
+    object evaluated at mIoU 1.0). Warned once, naming the sample; a map with another class besides is not."""
+    import hf_semseg.training as training
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    label = np.zeros((16, 16), np.uint8)
+    training._warned_labels.clear()
+    label[4:12, 4:12] = 1
+    label[0, :] = 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training.to_arrays(image, label, 0, 2, False)  # 0, 1 and ignored pixels: a usual map
+    label[4:12, 4:12] = 255
+    with pytest.warns(UserWarning, match=r"^sample 3: the label map holds only 0 and 255; 255 is the ignore index"):
+        _, loaded = training.to_arrays(image, label, 3, 2, False)
+    assert (loaded == 255).sum() == 80  # the values as given: a warning, not a change
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training.to_arrays(image, label, 4, 2, False)  # once per process
+
+
+def test_a_value_that_is_no_image_is_named_for_what_it_is():
+    """A column of file paths (strings) or a classification dataset's class numbers were read as 0-d arrays: "image
+    has shape (), expected (H, W, 3)" / "label size ()" named no cause."""
+    from hf_semseg.training import DatasetSampleError, to_arrays
+
+    label = np.zeros((4, 4), np.uint8)
+    with pytest.raises(
+        DatasetSampleError, match=r"^sample 0: image holds 'a/b\.png', not an image \(a column of file pa"
+    ):
+        to_arrays("a/b.png", label, 0, 4, False)
+    with pytest.raises(DatasetSampleError, match=r"^sample 1: label holds 3, not a label map \(a classification datas"):
+        to_arrays(np.zeros((4, 4, 3), np.uint8), 3, 1, 4, False)
