@@ -805,7 +805,7 @@ def test_a_checkpoint_of_a_model_whose_weights_transformers_renames_when_saving_
     )
     check_checkpoint_weights(model, tmp_path / "trainer")  # refused before: 98 of 200 names are the saved form's
     check_checkpoint_weights(model, tmp_path)
-    wider = TestVWFormerOverSwin().make_model(decoder_hidden_size=32)
+    wider = TestVWFormerOverSwin().make_model(decoder_hidden_size=128)
     with pytest.raises(RunOptionError, match=r"'decode_head\.classifier\.weight' has shape \(4, 64, 1, 1\), the mod"):
         check_checkpoint_weights(wider, tmp_path / "trainer")
 
