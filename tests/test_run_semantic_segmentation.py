@@ -206,7 +206,8 @@ def scripts_taking(arguments) -> list[str]:
             ["--variant", "semask-fpn-huge-ade20k"],
             r"--variant unknown variant 'semask-fpn-huge-ade20k'; known variants: ",
         ),
-        (["--dataset_name", "{tmp}/no_such_dataset"], r"--dataset_name \S*no_such_dataset: cannot be loaded \(\w+"),
+        # (a path that does not exist was "cannot be loaded (... Couldn't reach ... on the Hub)")
+        (["--dataset_name", "{tmp}/no_such_dataset"], r"--dataset_name \S*no_such_dataset: no such folder$"),
         (["--model_name_or_path", "{tmp}/no_such_model"], r"--model_name_or_path \S*no_such_model: cannot be loaded"),
         (["--config_overrides", "{{depths: 1"], r"--config_overrides '\{depths: 1' is not valid JSON"),
         (
