@@ -251,8 +251,9 @@ def main(argv=None) -> dict:
     result = metric.compute()
     keys = ("mean_iou", "mean_accuracy", "overall_accuracy", "mean_boundary_iou", "trimap_mean_iou")
     summary = {key: json_number(result[key]) for key in keys}
-    if active_weight_bits(model) is not None:  # the width it measured (--weight_bits, else the folder's own)
-        summary["weight_bits"] = active_weight_bits(model)
+    weight_bits = active_weight_bits(model)
+    if weight_bits is not None:  # the width it measured (--weight_bits, else the folder's own)
+        summary["weight_bits"] = weight_bits
     summary["per_category_iou"] = {
         model.config.id2label[i]: json_number(v) for i, v in enumerate(result["per_category_iou"])
     }

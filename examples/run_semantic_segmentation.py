@@ -302,8 +302,9 @@ def evaluate(trainer, run, data_args, output_dir) -> dict:
     """The evaluation metrics of the trainer's model (at the ``--scale`` resolution), saved as ``eval_results.json``,
     and the prediction overlays of the first ``--num_predictions`` validation images."""
     metrics = trainer.evaluate()
-    if active_weight_bits(trainer.model) is not None:  # once QAT: the model as saved, at its widest width
-        metrics["eval_weight_bits"] = active_weight_bits(trainer.model)
+    weight_bits = active_weight_bits(trainer.model)
+    if weight_bits is not None:  # once QAT: the model as saved, at its widest width
+        metrics["eval_weight_bits"] = weight_bits
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", json_metrics(metrics))
     if trainer.is_world_process_zero():

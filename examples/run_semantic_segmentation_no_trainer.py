@@ -374,8 +374,9 @@ def main(argv=None) -> dict:
 
     result = evaluate(accelerator, model, run.evaluation_with_transform, args.per_device_eval_batch_size, num_labels)
     metrics = {f"eval_{key}": value for key, value in summary_metrics(result, run.model.config.id2label).items()}
-    if active_weight_bits(unwrapped) is not None:  # once QAT: the model as saved, at its widest width
-        metrics["eval_weight_bits"] = active_weight_bits(unwrapped)
+    weight_bits = active_weight_bits(unwrapped)
+    if weight_bits is not None:  # once QAT: the model as saved, at its widest width
+        metrics["eval_weight_bits"] = weight_bits
     metrics["epoch"] = progress.completed_steps / steps_per_epoch
     accelerator.print(json.dumps(metrics))
     if accelerator.is_main_process:

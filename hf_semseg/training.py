@@ -1470,7 +1470,7 @@ def build_optimizer(model, args, layer_decay: float | None = None, head_lr_multi
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     except (ValueError, ImportError) as error:
         detail = (str(error).strip().splitlines() or [""])[0]
-        raise RunOptionError(f"--optim {args.optim.value}: cannot be used here ({detail})") from None
+        raise RunOptionError(f"--optim {name}: cannot be used here ({detail})") from None
     if any(key in kwargs for key in OWN_PARAMETER_LAYOUT):
         raise own_parameter_layout_error(name)
     groups = parameter_groups(model, args.weight_decay, layer_decay, args.learning_rate, head_lr_multiplier)

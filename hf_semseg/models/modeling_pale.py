@@ -56,6 +56,7 @@ from .modeling_utils_segmentation import (
     TransformerMLP,
     attention_function,
     batch_norm_statistics_updated_once,
+    check_backbone_stages,
     check_pixel_values,
     decode_with_auxiliary_head,
     eager_attention,
@@ -920,13 +921,7 @@ class PaleForSemanticSegmentation(PalePreTrainedModel):
         super().__init__(config)
         validate_labels(config, per_pixel_softmax="PaleForSemanticSegmentation")
         self.backbone = PaleBackbone(config)
-        stages = [f"stage{index}" for index in range(1, len(config.depths) + 1)]
-        if list(self.backbone.out_features) != stages:
-            raise ValueError(
-                f"PaleForSemanticSegmentation takes the backbone's {len(stages)} stages, but config.out_features is "
-                f"{self.backbone.out_features} (unset means the last stage only, as transformers' backbones): set "
-                f"out_features={stages}"
-            )
+        check_backbone_stages("PaleForSemanticSegmentation", self.backbone.out_features, len(config.depths))
         # the fields transformers' UperNetHead reads
         head_config = SimpleNamespace(
             pool_scales=config.pool_scales, hidden_size=config.decoder_hidden_size, num_labels=config.num_labels

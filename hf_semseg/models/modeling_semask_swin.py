@@ -46,6 +46,7 @@ from .modeling_utils_segmentation import (
     SegmentationModelDefaults,
     TransformerMLP,
     attention_function,
+    check_backbone_stages,
     check_pixel_values,
     check_segmentation_labels,
     convolve_and_normalize,
@@ -987,13 +988,7 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
         self.backbone = SeMaskSwinBackbone(config)
         # the Semantic-FPN head and its semantic decoder take four stages, each with its semantic layer (before: a
         # model built from a default config, whose out_features is the last stage only, failed in its first forward)
-        stages = [f"stage{index}" for index in range(1, 5)]
-        if list(self.backbone.out_features) != stages:
-            raise ValueError(
-                f"SeMaskSwinForSemanticSegmentation takes four stages, but config.out_features is "
-                f"{self.backbone.out_features} (unset means the last stage only, as transformers' backbones): set "
-                f"out_features={stages}"
-            )
+        check_backbone_stages("SeMaskSwinForSemanticSegmentation", self.backbone.out_features, 4)
         if not all(config.num_semantic_blocks):
             raise ValueError(
                 f"SeMaskSwinForSemanticSegmentation: SeMaskSwinConfig.num_semantic_blocks = "
@@ -1021,12 +1016,8 @@ class SeMaskSwinForSemanticSegmentation(SeMaskSwinPreTrainedModel):
             output_hidden_states=kwargs.get("output_hidden_states") or output_hidden_states,
             return_dict=True,
         )
+        # four stages with semantic priors: checked when the model was built
         feature_maps, priors = backbone_output.feature_maps, backbone_output.semantic_priors
-        if len(feature_maps) != 4 or any(prior is None for prior in priors):
-            raise ValueError(
-                "SeMaskSwinForSemanticSegmentation needs all four stages with semantic layers "
-                f"(out_features={self.backbone.out_features}, num_semantic_blocks={self.config.num_semantic_blocks})"
-            )
         if self.neck is not None:
             feature_maps = self.neck(feature_maps)
         logits = self.decode_head(feature_maps)

@@ -79,6 +79,18 @@ def batch_norm_statistics_updated_once(forward: Callable) -> Callable:
     return forward_tracking_statistics_once
 
 
+def check_backbone_stages(model_name: str, out_features, num_stages: int) -> None:
+    """A segmentation model whose head reads the backbone's ``num_stages`` stages refuses a config that selects
+    others (transformers' backbone default, ``out_features`` unset, is the last stage only), naming the setting that
+    fixes it."""
+    stages = [f"stage{index}" for index in range(1, num_stages + 1)]
+    if list(out_features) != stages:
+        raise ValueError(
+            f"{model_name} takes the backbone's {num_stages} stages, but config.out_features is {list(out_features)} "
+            f"(unset means the last stage only, as transformers' backbones): set out_features={stages}"
+        )
+
+
 class SegmentationModelDefaults(AnyPrecisionMixin):
     """Class attributes every family's ``PreTrainedModel`` shares (listed first among its bases): image input,
     activation checkpointing, attention through SDPA or eager (window biases are additive masks, so no flash / flex),
@@ -927,6 +939,7 @@ def init_conv_kaiming(conv: nn.Conv2d) -> None:
 __all__ = [
     "SegmentationModelDefaults",
     "TransformerMLP",
+    "check_backbone_stages",
     "check_batch_norm_batch",
     "check_pixel_values",
     "check_segmentation_labels",
