@@ -8,7 +8,11 @@ is imported; a folder whose config names its own code needs ``--trust_remote_cod
 whatever dtype it was saved in (a bfloat16 or float16 folder is exported in float32, with a note on stderr). The
 exported graph maps ``pixel_values`` ``(B, 3, H, W)`` float32, normalised as the model's image processor does, to
 ``logits`` ``(B, num_labels, h, w)`` - the model's own logits, at 1/4 of the (padded) input for every family here:
-resize them to the image as ``post_process_semantic_segmentation`` does. Height and width are dynamic; the batch size
+resize them to the image as ``post_process_semantic_segmentation`` does. A mask-classification model's graph (SeMask- and
+VW-MaskFormer / Mask2Former) gives after ``logits`` its ``class_queries_logits`` ``(B, Q, num_labels + 1)`` and
+``masks_queries_logits`` ``(B, Q, h, w)``: its image processor's ``post_process_semantic_segmentation`` of those two
+(a dict of tensors) gives the PyTorch model's class maps, where ``logits`` alone give its approximation (a program
+returns the three as a tuple, an ONNX file names them). Height and width are dynamic; the batch size
 ``B`` is fixed at export (``--batch_size``, 1 by default; see :func:`dynamic_shapes`). Next to the output go
 ``<output name>.preprocessor_config.json`` (the folder's image processor settings, when it has them) and
 ``<output name>.labels.json`` (``id2label`` and the input / output names), e.g. ``semask.onnx.labels.json``: exports
@@ -72,15 +76,49 @@ class ExportError(Exception):
     """A user error of the export: its message is one line naming the thing and what was expected."""
 
 
+#: what a mask-classification model (SeMask-MaskFormer / Mask2Former, VW-MaskFormer / Mask2Former) exports besides
+#: ``logits``: the per-query class and mask logits, from which its image processor computes the papers' class maps
+#: exactly (``logits`` alone, the class scores combined at 1/4 resolution, give only its approximation)
+MASK_CLASSIFICATION_OUTPUTS = ("class_queries_logits", "masks_queries_logits")
+
+
+def export_output_names(model: nn.Module) -> tuple[str, ...]:
+    """The outputs the export of ``model`` gives, in order: ``logits``, then :data:`MASK_CLASSIFICATION_OUTPUTS` for a
+    model whose forward returns them (read from the output class its ``forward`` declares, as transformers' and this
+    package's models do; a model that declares none exports ``logits`` only)."""
+    import dataclasses
+    import inspect
+    import typing
+
+    forward = type(model).forward
+    try:
+        output_class = typing.get_type_hints(forward).get("return")
+    except Exception:  # an annotation that does not resolve (a remote-code model's, say)
+        output_class = inspect.signature(forward).return_annotation
+    candidates = typing.get_args(output_class) or (output_class,)  # ``tuple | SomeOutput`` too
+    for candidate in candidates:
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+            fields = {field.name for field in dataclasses.fields(candidate)}
+            if "logits" in fields and set(MASK_CLASSIFICATION_OUTPUTS) <= fields:
+                return ("logits", *MASK_CLASSIFICATION_OUTPUTS)
+    return ("logits",)
+
+
 class LogitsModel(nn.Module):
-    """``pixel_values -> logits`` of a segmentation model (the graph that is exported)."""
+    """``pixel_values -> logits`` of a segmentation model (the graph that is exported), or ``pixel_values ->
+    (logits, class_queries_logits, masks_queries_logits)`` of a mask-classification model
+    (:func:`export_output_names`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.output_names = export_output_names(model)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values, return_dict=True).logits
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = self.model(pixel_values=pixel_values, return_dict=True)
+        if self.output_names == ("logits",):
+            return outputs.logits
+        return tuple(outputs[name] for name in self.output_names)
 
 
 def dynamic_shapes() -> dict:
@@ -296,7 +334,8 @@ def traceable_sizes(model: nn.Module) -> Iterator[None]:
 
 
 def prepare_for_export(model: nn.Module) -> LogitsModel:
-    """The model in eval mode with eager attention, wrapped to return its logits only."""
+    """The model in eval mode with eager attention, wrapped to return its exported outputs only (a tensor or a tuple:
+    :class:`LogitsModel`)."""
     model.eval()
     if hasattr(model, "set_attn_implementation"):
         # SDPA's output strides differ between the traced kernel and its decomposition, which breaks the re-traced
@@ -306,7 +345,8 @@ def prepare_for_export(model: nn.Module) -> LogitsModel:
 
 
 def export_program(model: nn.Module, batch_size: int = 1) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``pixel_values -> logits`` for ``batch_size`` images of any height and width."""
+    """``torch.export`` of ``pixel_values -> logits`` (a tuple of :func:`export_output_names` for a
+    mask-classification model) for ``batch_size`` images of any height and width."""
     wrapped = prepare_for_export(model)
     pixel_values = example_input(model, batch_size)
     # size-oblivious tracing: sizes of 1 are not special-cased, which would add guards fixing a size in the program
@@ -340,54 +380,70 @@ def _deform_conv2d_to_onnx(
     )
 
 
-def exported_runner(output_format: str, path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``pixel_values -> logits`` of an exported file: onnxruntime for ONNX (None when it is not installed), the
-    loaded program for torch.export."""
+def exported_runner(output_format: str, path: str | os.PathLike) -> Callable[[torch.Tensor], tuple] | None:
+    """``pixel_values -> (every output of the export, in order)`` of an exported file: onnxruntime for ONNX (None
+    when it is not installed), the loaded program for torch.export."""
     if output_format == "torch_export":
         program = torch.export.load(str(path)).module()
-        return lambda pixel_values: program(pixel_values)
+
+        def run_program(pixel_values: torch.Tensor) -> tuple:
+            outputs = program(pixel_values)
+            return outputs if isinstance(outputs, tuple) else (outputs,)
+
+        return run_program
     try:
         import onnxruntime
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda pixel_values: torch.from_numpy(session.run(None, {"pixel_values": pixel_values.numpy()})[0])
+    return lambda pixel_values: tuple(
+        torch.from_numpy(output) for output in session.run(None, {"pixel_values": pixel_values.numpy()})
+    )
 
 
 def verify_export(
     model: nn.Module, output_format: str, path: str | os.PathLike, batch_size: int = 1, sides=VERIFY_SIDES
 ) -> bool:
-    """Checks that the exported file computes the model's logits on ``batch_size`` images of each of ``sides``
-    (within :data:`VERIFY_TOLERANCE` of the largest logit); :class:`ExportError` names the first size where it does
-    not. False when it cannot be run (onnxruntime missing)."""
+    """Checks that the exported file computes the model's outputs (:func:`export_output_names`) on ``batch_size``
+    images of each of ``sides``, each within :data:`VERIFY_TOLERANCE` of its own largest value; :class:`ExportError`
+    names the first output and size where it does not. False when it cannot be run (onnxruntime missing)."""
     run = exported_runner(output_format, path)
     if run is None:
         return False
+    names = export_output_names(model)
     generator = torch.Generator().manual_seed(1)
     for side in sides:
         pixel_values = torch.randn(batch_size, config_channels(model.config), *side, generator=generator)
         shape = "x".join(str(side) for side in pixel_values.shape)
         with torch.no_grad():
-            expected = model(pixel_values=pixel_values, return_dict=True).logits
+            model_outputs = model(pixel_values=pixel_values, return_dict=True)
             try:
-                logits = run(pixel_values)
+                exported = run(pixel_values)
             except Exception as error:  # onnxruntime's and torch.export's failures have no common type
                 raise ExportError(
                     f"the {output_format} export of this model fails on an input of {shape} "
                     f"({first_line(error)[:300]}): it does "
                     "not export with dynamic sizes"
                 ) from error
-        if logits.shape != expected.shape:
+        if len(exported) != len(names):
             raise ExportError(
-                f"the {output_format} export of this model returns logits of shape {tuple(logits.shape)} where the "
-                f"model returns {tuple(expected.shape)} on an input of {shape}: it does not export with dynamic sizes"
+                f"the {output_format} export of this model gives {len(exported)} outputs where {len(names)} were "
+                f"exported ({', '.join(names)})"
             )
-        difference = (logits - expected).abs().max().item()
-        if not difference <= VERIFY_TOLERANCE * max(1.0, expected.abs().max().item()):
-            raise ExportError(
-                f"the {output_format} export of this model computes other logits than the model on an input of "
-                f"{shape} (largest difference {difference:.3g}): it does not export with dynamic sizes"
-            )
+        for name, output in zip(names, exported):
+            expected = model_outputs[name]
+            if output.shape != expected.shape:
+                raise ExportError(
+                    f"the {output_format} export of this model returns {name} of shape {tuple(output.shape)} where "
+                    f"the model returns {tuple(expected.shape)} on an input of {shape}: it does not export with "
+                    "dynamic sizes"
+                )
+            difference = (output - expected).abs().max().item()
+            if not difference <= VERIFY_TOLERANCE * max(1.0, expected.abs().max().item()):
+                raise ExportError(
+                    f"the {output_format} export of this model computes other {name} than the model on an input of "
+                    f"{shape} (largest difference {difference:.3g}): it does not export with dynamic sizes"
+                )
     return True
 
 
@@ -403,16 +459,23 @@ def custom_translation_table() -> dict[Callable, Callable]:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, batch_size: int = 1) -> None:
-    """Writes ``pixel_values -> logits`` (``batch_size`` images of any size) as one ONNX file, weights inside."""
-    save_onnx(export_program(model, batch_size), path)
+    """Writes ``pixel_values -> logits`` (plus the query outputs of a mask-classification model:
+    :func:`export_output_names`) for ``batch_size`` images of any size as one ONNX file, weights inside."""
+    save_onnx(export_program(model, batch_size), path, export_output_names(model))
 
 
-def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
-    """Writes an :func:`export_program` as one ONNX file, weights inside."""
+def save_onnx(
+    program: torch.export.ExportedProgram, path: str | os.PathLike, output_names: tuple[str, ...] = ("logits",)
+) -> None:
+    """Writes an :func:`export_program` as one ONNX file, weights inside, its outputs named ``output_names`` (the
+    model's :func:`export_output_names`: one name per output of the program, checked)."""
+    outputs = len(program.graph_signature.user_outputs)
+    if outputs != len(output_names):
+        raise ValueError(f"the program has {outputs} outputs, {len(output_names)} names given ({output_names})")
     onnx_program = torch.onnx.export(
         program,
         input_names=["pixel_values"],
-        output_names=["logits"],
+        output_names=list(output_names),
         opset_version=ONNX_OPSET,
         dynamo=True,
         custom_translation_table=custom_translation_table(),
@@ -422,7 +485,8 @@ def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) ->
 
 
 def export_torch(model: nn.Module, path: str | os.PathLike, batch_size: int = 1) -> None:
-    """Writes the ``torch.export`` program of ``pixel_values -> logits`` (``batch_size`` images of any size) at
+    """Writes the ``torch.export`` program of ``pixel_values -> logits`` (a tuple with the query outputs after it for
+    a mask-classification model: :func:`export_output_names`), ``batch_size`` images of any size, at
     ``path``: ``torch.export.save`` into memory, then one Python write (torch's zip writer, failing on a full disk,
     threw from a destructor and aborted the process: SIGABRT, no message)."""
     import io
@@ -537,16 +601,33 @@ def side_files(
     if processor_config.is_file():
         files[paths["processor"]] = processor_config.read_bytes()
     config = model.config
+    outputs = export_output_shapes(model, batch_size)
     labels = {
         "format": output_format,
         "model_type": config.model_type,
         "input": {"name": "pixel_values", "shape": [batch_size, config_channels(config), "height", "width"]},
-        "output": {"name": "logits", "shape": [batch_size, config.num_labels, "logits_height", "logits_width"]},
+        # the segmentation scores (the first output); "outputs" lists every output of the graph, in order
+        "output": {"name": "logits", "shape": outputs["logits"]},
+        "outputs": [{"name": name, "shape": shape} for name, shape in outputs.items()],
         "size_divisibility": int(getattr(config, "size_divisibility", 0) or 0),
         "id2label": {str(index): label for index, label in sorted(config.id2label.items())},
     }
     files[paths["labels"]] = (json.dumps(labels, indent=2) + "\n").encode()
     return files
+
+
+def export_output_shapes(model: nn.Module, batch_size: int) -> dict[str, list]:
+    """Each exported output's shape (:func:`export_output_names`), the sizes that follow the input named: the query
+    outputs' number of queries is the config's (``num_queries``, or its decoder config's)."""
+    config = model.config
+    map_shape = ["logits_height", "logits_width"]
+    shapes = {"logits": [batch_size, config.num_labels, *map_shape]}
+    if export_output_names(model) != ("logits",):
+        decoder_config = getattr(config, "decoder_config", None)
+        queries = getattr(config, "num_queries", None) or getattr(decoder_config, "num_queries", None) or "num_queries"
+        shapes["class_queries_logits"] = [batch_size, queries, config.num_labels + 1]
+        shapes["masks_queries_logits"] = [batch_size, queries, *map_shape]
+    return shapes
 
 
 def config_channels(config) -> int:

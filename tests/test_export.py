@@ -45,8 +45,9 @@ def require_onnx():
 SIZES = ((1, 3, 64, 96), (1, 3, 81, 70))
 VW_D2_SIZES = ((1, 3, 136, 200), (1, 3, 150, 130))
 #: the round trips run by default (the others with RUN_SLOW=1, 1-10 min each): SeMask-FPN, whose file the
-#: command-line test writes, Pale-UperNet (pyramid pooling) and VWFormer over transformers' Swin (its size branches)
-DEFAULT_ONNX = {"semask_fpn", "pale", "vwformer"}
+#: command-line test writes, Pale-UperNet (pyramid pooling), VWFormer over transformers' Swin (its size branches) and
+#: a mask-classification model (its three outputs; its program is checked by default anyway)
+DEFAULT_ONNX = {"semask_fpn", "pale", "vwformer", "semask_mask2former_msdeformattn"}
 SLOW = pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="an ONNX export takes 1-10 min; set RUN_SLOW=1")
 
 #: the exports that do not reproduce their model at other sizes (the command line refuses them): strict xfails naming
@@ -84,6 +85,10 @@ EXPORT_MODELS = {
 }
 
 
+#: the mask-classification models, whose exports give the query outputs after the logits
+MASK_CLASSIFICATION = {name for name in EXPORT_MODELS if name.startswith(("semask_mask", "vw_mask"))}
+
+
 def sizes_of(name: str):
     return VW_D2_SIZES if name.startswith("vw_mask") else SIZES
 
@@ -105,17 +110,36 @@ def eager_logits(model, pixel_values: torch.Tensor) -> np.ndarray:
         return model(pixel_values=pixel_values).logits.numpy()
 
 
+def eager_outputs(model, pixel_values: torch.Tensor) -> dict[str, np.ndarray]:
+    """The model's outputs that its export gives (:func:`hf_semseg.export.export_output_names`), by name."""
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values)
+    return {name: outputs[name].numpy() for name in export.export_output_names(model)}
+
+
+def assert_outputs_equal(outputs, expected: dict[str, np.ndarray], where: str) -> None:
+    """``outputs`` (an export's, in order) equal ``expected`` within 1e-4 each, where each varies enough for that to
+    mean something (the mask logits within 1e-4 of their largest value, which exceeds 1)."""
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    assert len(outputs) == len(expected), where
+    for output, (name, reference) in zip(outputs, expected.items()):
+        output = output.numpy() if isinstance(output, torch.Tensor) else output
+        assert output.shape == reference.shape, f"{where}: {name}"
+        assert reference.std() > 1e-2, f"{where}: {name} too flat for a 1e-4 comparison to mean anything"
+        atol = 1e-4 * max(1.0, float(np.abs(reference).max()))
+        np.testing.assert_allclose(output, reference, rtol=0, atol=atol, err_msg=f"{where}: {name}")
+
+
 def assert_program_computes_the_model(program, reference, sizes, seed: int, name: str) -> None:
-    """``program`` (a torch.export program's module) computes ``reference``'s logits within 1e-4 at each of
-    ``sizes`` (random inputs from ``seed``), where the logits vary enough for that to mean something."""
+    """``program`` (a torch.export program's module) computes ``reference``'s exported outputs within 1e-4 at each
+    of ``sizes`` (random inputs from ``seed``), where they vary enough for that to mean something."""
     generator = torch.Generator().manual_seed(seed)
     for size in sizes:
         pixel_values = torch.randn(*size, generator=generator)
-        expected = eager_logits(reference, pixel_values)
+        expected = eager_outputs(reference, pixel_values)
         with torch.no_grad():
-            logits = program(pixel_values).numpy()
-        assert expected.std() > 1e-2, f"{name}: logits too flat for a 1e-4 comparison to mean anything"
-        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"{name} at {size}")
+            outputs = program(pixel_values)
+        assert_outputs_equal(outputs, expected, f"{name} at {size}")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +173,7 @@ def onnx_files(tmp_path_factory, request, programs):
         if name not in made:
             program, reference = programs(name)
             path = folder / f"{name}.onnx"
-            export.save_onnx(program, path)
+            export.save_onnx(program, path, export.export_output_names(reference))
             made[name] = (path, reference)
         return made[name]
 
@@ -162,15 +186,63 @@ def test_onnx_matches_eager_at_two_sizes(name, onnx_files):
     path, reference = onnx_files(name)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_inputs()] == ["pixel_values"]
-    assert [node.name for node in session.get_outputs()] == ["logits"]
+    names = ["logits", *(export.MASK_CLASSIFICATION_OUTPUTS if name in MASK_CLASSIFICATION else ())]
+    assert [node.name for node in session.get_outputs()] == names
     generator = torch.Generator().manual_seed(1)
     for size in sizes_of(name):
         pixel_values = torch.randn(*size, generator=generator)
-        (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
-        expected = eager_logits(reference, pixel_values)
-        assert logits.shape == expected.shape, size
-        assert expected.std() > 1e-2, f"{name}: logits too flat for a 1e-4 comparison to mean anything"
-        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4, err_msg=f"{name} at {size}")
+        outputs = session.run(None, {"pixel_values": pixel_values.numpy()})
+        assert_outputs_equal(outputs, eager_outputs(reference, pixel_values), f"{name} at {size}")
+
+
+def test_export_output_names_follow_the_models_output_class():
+    """Mask-classification models export their query outputs after the logits, the others the logits only; a model
+    whose forward declares no output class (a remote-code model's, say) exports the logits only."""
+    assert MASK_CLASSIFICATION == {
+        "semask_mask2former_msdeformattn", "semask_mask2former_fapn", "semask_mask2former_msfapn", "semask_maskformer",
+        "vw_mask2former_vw", "vw_mask2former_vw_deformable", "vw_maskformer",
+    }  # fmt: skip
+    for name, (_, model_class, _) in EXPORT_MODELS.items():
+        model = model_class.__new__(model_class)  # the names come from the class: nothing is built
+        expected = (
+            ("logits", "class_queries_logits", "masks_queries_logits") if name in MASK_CLASSIFICATION else ("logits",)
+        )
+        assert export.export_output_names(model) == expected, name
+
+    class Undeclared(torch.nn.Module):
+        def forward(self, pixel_values):
+            return pixel_values
+
+    assert export.export_output_names(Undeclared()) == ("logits",)
+
+
+def test_post_processing_the_onnx_query_outputs_gives_the_pytorch_class_maps(onnx_files):
+    """The image processor's post-processing of a mask-classification export's query outputs (a dict of tensors, as
+    onnxruntime names them) gives the class maps it gives for the PyTorch model's outputs: the papers' path, mask
+    logits upsampled before the sigmoid, rather than the approximation from the combined ``logits``."""
+    from hf_semseg import SeMaskMask2FormerImageProcessor
+
+    onnxruntime = require_onnx()
+    path, reference = onnx_files("semask_mask2former_msdeformattn")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    processor = SeMaskMask2FormerImageProcessor()
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    names = [node.name for node in session.get_outputs()]
+    exported = dict(zip(names, map(torch.from_numpy, session.run(None, {"pixel_values": pixel_values.numpy()}))))
+    with torch.no_grad():
+        outputs = reference(pixel_values=pixel_values)
+    sizes = {"target_sizes": [(61, 90)], "image_sizes": [(64, 96)], "return_segmentation_scores": True}
+    expected = processor.post_process_semantic_segmentation(outputs, **sizes)[0]
+    queries = {name: exported[name] for name in export.MASK_CLASSIFICATION_OUTPUTS}
+    result = processor.post_process_semantic_segmentation(queries, **sizes)[0]
+    approximation = processor.post_process_semantic_segmentation({"logits": exported["logits"]}, **sizes)[0]
+    assert result.segmentation.shape == (61, 90) and torch.equal(result.segmentation, expected.segmentation)
+    scores = expected.segmentation_scores
+    assert scores.shape == (4, 61, 90) and scores.std() > 1e-2
+    torch.testing.assert_close(result.segmentation_scores, scores, rtol=0, atol=1e-5)
+    # what the logits alone give (their resize, not the mask logits'): scores off by more than the export's rounding
+    # (about 1e-4 for this tiny random model, whose masks are smooth; up to a third of the class maps elsewhere)
+    assert (approximation.segmentation_scores - scores).abs().max() > 5e-5
 
 
 #: the torch.export programs checked by default besides SeMask-FPN's (test_torch_export_round_trip): the ONNX
@@ -236,8 +308,8 @@ def test_torch_export_round_trip(name, tmp_path):
     for sides in TORCH_EXPORT_SIDES:
         pixel_values = torch.randn(2, 3, *sides, generator=generator)
         with torch.no_grad():
-            logits = program(pixel_values)
-        np.testing.assert_allclose(logits.numpy(), eager_logits(reference, pixel_values), rtol=0, atol=1e-4)
+            outputs = program(pixel_values)
+        assert_outputs_equal(outputs, eager_outputs(reference, pixel_values), f"{name} at {sides}")
     with pytest.raises(Exception, match="size"), torch.no_grad():
         program(pixel_values[:1])
 
@@ -385,6 +457,29 @@ def test_verification_refuses_an_export_that_computes_other_logits(cli_onnx):
             parameter.add_(0.05)
     with pytest.raises(export.ExportError, match=r"computes other logits than the model on an input of 1x3x424x488"):
         export.verify_export(other, "onnx", output)
+
+
+def test_verification_names_a_query_output_the_export_computes_otherwise(tmp_path, monkeypatch):
+    """A mask-classification export is checked on each of its outputs: class logits off by more than 1e-4 of their
+    largest value are refused, naming the output (the combined logits are right)."""
+    model = fresh_model("semask_mask2former_msdeformattn")
+
+    def runner(output_format, path):
+        def run(pixel_values):
+            with torch.no_grad():
+                outputs = model(pixel_values=pixel_values)
+            class_logits = outputs.class_queries_logits.clone()
+            class_logits[0, 0, 0] += 1e-3 * max(1.0, class_logits.abs().max().item())
+            return outputs.logits, class_logits, outputs.masks_queries_logits
+
+        return run
+
+    monkeypatch.setattr(export, "exported_runner", runner)
+    with pytest.raises(export.ExportError, match=r"computes other class_queries_logits than the model on an input"):
+        export.verify_export(model, "onnx", tmp_path / "unused.onnx")
+    monkeypatch.setattr(export, "exported_runner", lambda output_format, path: lambda pixel_values: (None,))
+    with pytest.raises(export.ExportError, match=r"gives 1 outputs where 3 were exported"):
+        export.verify_export(model, "onnx", tmp_path / "unused.onnx")
 
 
 def one_error_line(capsys) -> str:
@@ -774,6 +869,28 @@ def test_onnx_and_torch_export_of_one_model_keep_their_own_side_files(saved_fold
         assert labels["format"] == output_format
         assert labels["input"]["shape"] == [batch_size, 3, "height", "width"]
         assert labels["output"]["shape"] == [batch_size, 4, "logits_height", "logits_width"]
+        assert labels["outputs"] == [labels["output"]]
+
+
+def test_the_labels_of_a_mask_classification_export_list_its_query_outputs(tmp_path, monkeypatch):
+    """A mask-classification model's labels file lists its three outputs in the graph's order, with the config's
+    number of queries (a SeMask-Mask2Former's own, a VW-MaskFormer's in its decoder config)."""
+    fake_exporters(monkeypatch)
+    for name, queries in [("semask_mask2former_msdeformattn", 6), ("vw_maskformer", 5)]:
+        make_config, model_class, _ = EXPORT_MODELS[name]
+        config = make_config()
+        if name == "vw_maskformer":  # its decoder's (6 in the tiny config)
+            config.decoder_config.num_queries = queries
+        model = model_class(config)
+        model.save_pretrained(tmp_path / name)
+        export.export_folder(tmp_path / name, "onnx", tmp_path / f"{name}.onnx", batch_size=2)
+        labels = json.loads((tmp_path / f"{name}.onnx.labels.json").read_text())
+        assert labels["output"] == {"name": "logits", "shape": [2, 4, "logits_height", "logits_width"]}
+        assert labels["outputs"] == [
+            labels["output"],
+            {"name": "class_queries_logits", "shape": [2, queries, 5]},
+            {"name": "masks_queries_logits", "shape": [2, queries, "logits_height", "logits_width"]},
+        ]
 
 
 def test_a_bfloat16_folder_is_exported_in_float32(saved_folder, tmp_path, monkeypatch, capsys):
