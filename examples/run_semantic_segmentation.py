@@ -50,7 +50,6 @@ from hf_semseg.training import (
     check_checkpoint_weights,
     check_float16_device,
     check_not_negative,
-    check_once_qat_without_recompute,
     check_positive_steps,
     check_run_options,
     exit_on_user_error,
@@ -217,12 +216,6 @@ def check_trainer_options(model_args, training_args, do_train: bool) -> None:
                 f"--learning_rate {training_args.learning_rate}: the polynomial schedule decays to lr_end {lr_end}, "
                 "so the rate must be above it (or set a lower lr_end in --lr_scheduler_kwargs)"
             )
-    if do_train and (training_args.gradient_checkpointing or getattr(training_args, "activation_checkpointing", None)):
-        # transformers 5.25 renamed the option (the old name an alias): the names this version takes
-        names = [
-            name for name in ("gradient_checkpointing", "activation_checkpointing") if hasattr(training_args, name)
-        ]
-        check_once_qat_without_recompute(model_args.weight_bits, " / ".join(f"--{name}" for name in names))
     if not do_train and not model_args.model_name_or_path:
         raise RunOptionError(
             "--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"

@@ -677,7 +677,9 @@ class OnceQAT:
     straight-through estimator, and sums ``loss_weights[i]`` times the loss at ``weight_bits[i]``; with
     ``distillation`` > 0 each narrower width also learns the widest width's per-pixel class distribution
     (``distillation`` times the mean KL divergence over pixels, the widest output detached), as Any-Precision DNN
-    does. The widths run widest first, and the model is left at the widest."""
+    does. The widths run widest first, and the model is left at the widest. Under activation checkpointing each
+    checkpointed layer recomputes at the width its forward ran at (``RecomputeAtForwardWidth``), so every width's
+    gradients are the ones without checkpointing."""
 
     weight_bits: list[int]
     loss_weights: list[float]
@@ -686,8 +688,6 @@ class OnceQAT:
     def loss(self, model: nn.Module, unwrapped: nn.Module, inputs: dict):
         """``(total loss, outputs at the widest width)``; ``model`` is what runs (a DDP wrapper), ``unwrapped`` the
         model whose width is set. All widths run inside this one call, before one backward pass."""
-        if torch.is_grad_enabled() and getattr(unwrapped, "is_gradient_checkpointing", False):
-            check_once_qat_without_recompute(self.weight_bits, "gradient checkpointing")
         total, widest, teacher = 0.0, None, None
         try:
             for bits, weight in zip(self.weight_bits, self.loss_weights):
@@ -742,20 +742,6 @@ def active_weight_bits(model) -> int | None:
     if not getattr(config, "weight_bits", None):
         return None
     return config.active_weight_bits or max(config.weight_bits)
-
-
-def check_once_qat_without_recompute(weight_bits, option: str) -> None:
-    """Refuses once QAT at several widths with gradient checkpointing (``option``, as the user turned it on): the
-    width is the layers' state, set before each width's forward and back at the widest before the one backward
-    pass, where the checkpointed layers recompute their forward: at the widest width, so every narrower width's
-    gradients were wrong (up to 1.3x the right ones in relative terms), with the same losses in the log. One width
-    recomputes as it ran."""
-    if weight_bits and len(set(weight_bits)) > 1:
-        raise RunOptionError(
-            f"--weight_bits {' '.join(map(str, weight_bits))} with {option}: the backward pass recomputes the "
-            "checkpointed layers at the widest width only, so the narrower widths' gradients would be wrong; train "
-            "once QAT without gradient checkpointing (or at one width)"
-        )
 
 
 def prepare_once_qat(model: nn.Module, weight_bits, loss_weights=None, distillation: float = 0.0) -> OnceQAT | None:

@@ -345,29 +345,52 @@ def test_once_qat_step_lowers_every_widths_loss():
     assert all(after[bits] < before[bits] for bits in WIDTHS), (before, after)
 
 
-def test_once_qat_at_several_widths_refuses_gradient_checkpointing():
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_once_qat_at_several_widths_under_activation_checkpointing_has_the_gradients_without(use_reentrant):
     """The width is the layers' state, back at the widest before the one backward pass, where checkpointed layers
-    recompute their forward: every narrower width's gradients were wrong (0.4-1.3 relative), the losses unchanged.
-    Refused by name at several widths; one width recomputes as it ran (the same gradients as without)."""
+    recompute their forward: without :class:`RecomputeAtForwardWidth` every narrower width's gradients were wrong
+    (0.4-1.3 relative), the losses unchanged. Each checkpointed layer recomputes at its forward's width: the same
+    losses and gradients as without checkpointing, reentrant or not, and the model is left at the widest width."""
     suite = _SeMaskFPNSuite()
     pixel_values, labels = suite.make_inputs()
     inputs = {"pixel_values": pixel_values, "labels": labels}
-    model = suite.make_model(**suite.deterministic_overrides).train()
-    plan = prepare_once_qat(model, [8, 2])
-    model.gradient_checkpointing_enable()
-    with pytest.raises(RunOptionError, match=r"--weight_bits 8 2 with gradient checkpointing: the backward pass "):
-        plan.loss(model, model, inputs)
-    with torch.no_grad():  # evaluation recomputes nothing
-        plan.loss(model, model, inputs)
-    gradients = []
+    results = []
     for checkpointing in (True, False):
         model = suite.make_model(**suite.deterministic_overrides).train()
-        plan = prepare_once_qat(model, [2])
+        plan = prepare_once_qat(model, [8, 4, 2])
         if checkpointing:
-            model.gradient_checkpointing_enable()
-        plan.loss(model, model, inputs)[0].backward()
-        gradients.append(model.backbone.encoder.stages[0].blocks[0].mlp.fc1.weight.grad)
-    torch.testing.assert_close(gradients[0], gradients[1], atol=0, rtol=0)
+            model.gradient_checkpointing_enable({"use_reentrant": use_reentrant})
+            assert model.is_gradient_checkpointing
+        total, _ = plan.loss(model, model, inputs)
+        total.backward()
+        assert model.config.active_weight_bits == 8
+        gradients = {
+            name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None
+        }
+        results.append((total.item(), gradients))
+    (checkpointed_loss, checkpointed), (loss, expected) = results
+    assert checkpointed_loss == loss and checkpointed.keys() == expected.keys()
+    master = "backbone.encoder.stages.0.blocks.0.mlp.fc1.weight"  # a quantised layer inside a checkpointed block
+    assert master in expected and expected[master].abs().sum() > 0
+    for name, gradient in expected.items():
+        torch.testing.assert_close(checkpointed[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_deep_copy_of_a_checkpointing_model_recomputes_at_its_own_width():
+    """The checkpointing function holds the model it sets the width of: a deep copy's layers set the copy's."""
+    import copy
+
+    from hf_semseg.models.modeling_any_precision import RecomputeAtForwardWidth
+
+    suite = _SeMaskFPNSuite()
+    model = suite.make_model(**suite.deterministic_overrides).train()
+    prepare_once_qat(model, [8, 2])
+    model.gradient_checkpointing_enable()
+    copied = copy.deepcopy(model)
+    block = copied.backbone.encoder.stages[0].blocks[0]
+    assert isinstance(block._gradient_checkpointing_func, RecomputeAtForwardWidth)
+    assert block._gradient_checkpointing_func.model is copied
+    assert model.backbone.encoder.stages[0].blocks[0]._gradient_checkpointing_func.model is model
 
 
 def test_once_qat_options_are_checked():

@@ -115,6 +115,20 @@ def test_gradient_accumulation_and_bf16(tmp_path):
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["weight_bits"] == [8, 2]
 
 
+def test_activation_checkpointing_trains_as_without(tmp_path):
+    """``--gradient_checkpointing`` with several widths: each checkpointed layer recomputes at the width its forward
+    ran at, so three steps give the float master weights of three steps without checkpointing, up to float rounding
+    (before, the narrower widths' gradients came from a recompute at the widest width, with the same logged losses)."""
+    weights = {}
+    for name, extra in (("plain", []), ("checkpointed", ["--gradient_checkpointing"])):
+        steps = ["--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3", *HEADS_AT_BACKBONE_LR]
+        run(TRAINER_SCRIPT, tmp_path / name, *steps, *QAT, *extra, config=CONFIG)
+        weights[name] = load_file(tmp_path / name / "checkpoint-3" / MASTER_WEIGHTS_FILE)
+    assert weights["plain"].keys() == weights["checkpointed"].keys() and len(weights["plain"]) > 10
+    largest = max((weights["plain"][key] - weights["checkpointed"][key]).abs().max().item() for key in weights["plain"])
+    assert largest < 1e-6, largest
+
+
 def test_accelerate_loop_trains_as_the_trainer_script_and_resumes_exactly(qat_run, tmp_path):
     """The Accelerate loop with --weight_bits: the Trainer script's losses and codes; killed after step 3 and resumed
     (its master weights registered for checkpointing), the uninterrupted loop's codes."""

@@ -259,12 +259,6 @@ def scripts_taking(arguments) -> list[str]:
         # trained: --do_eval alone evaluates a given model
         (["--do_eval"], r"--do_eval without --do_train evaluates a trained model: give it with --model_name_or_path"),
         (["--optim", "galore_adamw"], r"--optim galore_adamw: lays out the parameters itself, so it cannot take "),
-        # the checkpointed layers recomputed at the widest width: the narrower widths' gradients wrong, silently
-        (
-            ["--gradient_checkpointing", "--weight_bits", "8", "2"],
-            r"--weight_bits 8 2 with --gradient_checkpointing( / --activation_checkpointing)?: the backward pass "
-            r"recomputes the checkpointed layers ",
-        ),
         # torch's DataLoader's ValueError after the model had loaded
         (["--dataloader_num_workers", "-1"], r"--dataloader_num_workers -1: expected 0 or a positive number$"),
         # the Accelerate script scaled the gradients by a negative factor: its loss climbed, exit status 0

@@ -34,10 +34,12 @@ Portable module: imports torch and its sibling configuration module only.
 """
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .configuration_utils_segmentation import STORAGE_WEIGHT_BITS
 from .modeling_linear import OneDNNLinear, onednn_linear
@@ -316,6 +318,43 @@ def replace_with_vertical_layers(model: nn.Module, float_modules, trainable: boo
     return kept
 
 
+class RecomputeAtForwardWidth:
+    """A checkpointing function (transformers' ``_gradient_checkpointing_func``, installed by
+    :meth:`AnyPrecisionMixin._set_gradient_checkpointing`) whose recompute runs at the weight width its forward ran at.
+
+    The width is the quantised layers' state: once QAT runs the model at every width before one backward pass, which
+    recomputes the checkpointed layers when the model is back at the widest, so without this every narrower width's
+    gradients would be the widest width's recompute's. The checkpointed function is wrapped to set the model's width of
+    its forward around itself, in the forward and in the recompute alike. An object holding ``model``, not a closure:
+    ``copy.deepcopy`` of the model gives the copy's layers a function that sets the copy's width."""
+
+    def __init__(self, model: nn.Module, checkpoint_function: Callable):
+        self.model = model
+        self.checkpoint_function = checkpoint_function
+
+    def _width(self) -> int | None:
+        config = self.model.config
+        if not getattr(config, "weight_bits", None):
+            return None
+        return config.active_weight_bits or max(config.weight_bits)
+
+    def __call__(self, function: Callable, *args, **kwargs):
+        bits = self._width()
+        if bits is None:  # float weights: nothing to restore
+            return self.checkpoint_function(function, *args, **kwargs)
+        return self.checkpoint_function(partial(self._at_width, bits, function), *args, **kwargs)
+
+    def _at_width(self, bits: int, function: Callable, *args, **kwargs):
+        current = self._width()
+        if current == bits:
+            return function(*args, **kwargs)
+        self.model.set_weight_bits(bits)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self.model.set_weight_bits(current)
+
+
 class AnyPrecisionMixin:
     """The any-precision methods of every family's ``PreTrainedModel`` (through ``SegmentationModelDefaults``).
 
@@ -345,6 +384,19 @@ class AnyPrecisionMixin:
         super().initialize_weights()
         for layer in unloaded:
             layer.use_codes()
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable | None = None, every_n_layers: int = 1
+    ):
+        """transformers' activation checkpointing, its function wrapped so that a checkpointed layer recomputes at the
+        weight width its forward ran at (:class:`RecomputeAtForwardWidth`; float models: the same function)."""
+        if gradient_checkpointing_func is None:
+            gradient_checkpointing_func = checkpoint
+        if enable and not isinstance(gradient_checkpointing_func, RecomputeAtForwardWidth):
+            gradient_checkpointing_func = RecomputeAtForwardWidth(self, gradient_checkpointing_func)
+        super()._set_gradient_checkpointing(
+            enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, every_n_layers=every_n_layers
+        )
 
     def _swap_in_vertical_layers(self, trainable: bool) -> None:
         config = self.config
@@ -412,6 +464,7 @@ class AnyPrecisionMixin:
 __all__ = [
     "DEFAULT_FLOAT_MODULES",
     "AnyPrecisionMixin",
+    "RecomputeAtForwardWidth",
     "VerticalLayeredConv2d",
     "VerticalLayeredLinear",
     "VerticalLayeredWeight",
