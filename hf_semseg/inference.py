@@ -353,6 +353,21 @@ def _image_size_of(image, input_data_format=None) -> tuple[int, int]:
     return shape[1:] if channels_first else shape[:2]
 
 
+def _model_padding_settings(model, processor, input_size: tuple[int, int]) -> dict:
+    """The settings that tell a mask-classification processor's post-processing the padded input the model took,
+    where its own cannot: a processor that pads to no multiple of 4 (``size_divisibility`` 0) reads stride-4 maps
+    that cover up to 3 rows or columns more than the input as the model's own rounding, when a model that pads itself
+    (to ``config.size_divisibility``) put padding there, which would then be stretched over the image. With the
+    model's multiple the post-processing upsamples to the model's padded input and crops its padding."""
+    divisor = getattr(processor, "size_divisibility", None) or 0
+    if (divisor and divisor % 4 == 0) or model_padded_size(model, input_size) == tuple(input_size):
+        return {}
+    settings = {"size_divisibility": int(getattr(model.config, "size_divisibility", 0) or 0)}
+    if not getattr(processor, "do_pad", True):  # one image: its own size, then the model's multiple
+        settings.update(do_pad=True, pad_size=None)
+    return settings
+
+
 def _pass_scores(model, processor, pixel_values, image_size, unpadded_size, window) -> torch.Tensor:
     """One test-time pass: ``(K, H, W)`` scores at ``image_size`` of the image in the top-left ``unpadded_size`` of
     ``pixel_values``.
@@ -367,7 +382,11 @@ def _pass_scores(model, processor, pixel_values, image_size, unpadded_size, wind
         outputs = model(pixel_values=pixel_values)
         if classifies_masks(model):
             return processor.post_process_semantic_segmentation(
-                outputs, target_sizes=[image_size], image_sizes=[unpadded_size], return_segmentation_scores=True
+                outputs,
+                target_sizes=[image_size],
+                image_sizes=[unpadded_size],
+                return_segmentation_scores=True,
+                **_model_padding_settings(model, processor, tuple(pixel_values.shape[-2:])),
             )[0]["segmentation_scores"]
         input_size = pixel_values.shape[-2:]
         logits = logits_to_size(outputs.logits, input_size, input_size, model_padded_size(model, input_size))

@@ -272,6 +272,30 @@ def test_segmentation_scores_of_mask2former_are_detectron2s_test_time_augmentati
     torch.testing.assert_close(single, whole_image_logits(mask2former, pixel_values))
 
 
+@pytest.mark.parametrize("do_pad", [True, False])
+def test_mask_scores_of_a_processor_without_a_multiple_crop_the_models_own_padding(mask2former, do_pad):
+    """A processor with ``size_divisibility`` 0 gives the model an image 1-3 px short of its multiple of 32 on each
+    side (62 x 126): the model pads to 64 x 128 itself, and its stride-4 maps (16 x 32) would also be those of an
+    unpadded 62 x 126. The scores are the mask logits upsampled to the model's 64 x 128, its padding cropped (before,
+    62 x 126 read as the padded size: the padding stretched over the image, 4.6 off on a tiny model)."""
+    generator = torch.Generator().manual_seed(8)
+    image = Image.fromarray(torch.randint(0, 256, (124, 252, 3), generator=generator, dtype=torch.uint8).numpy())
+    processor = SeMaskMask2FormerImageProcessor(
+        size={"shortest_edge": 62, "longest_edge": 400}, size_divisibility=0, do_pad=do_pad
+    )
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape[-2:] == (62, 126)
+    with torch.no_grad():
+        outputs = mask2former(pixel_values=pixel_values)
+    masks = outputs.masks_queries_logits
+    assert masks.shape[-2:] == (16, 32)
+    masks = F.interpolate(masks, size=(64, 128), mode="bilinear", align_corners=False)
+    probabilities = outputs.class_queries_logits.softmax(-1)[..., :-1]
+    expected = torch.einsum("bqk,bqhw->bkhw", probabilities, masks.sigmoid())[..., :62, :126]
+    expected = F.interpolate(expected, size=(124, 252), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(segmentation_scores(mask2former, processor, image), expected, atol=1e-5, rtol=0)
+
+
 def test_segmentation_scores_refuse_what_has_no_protocol(model, mask2former, test_image):
     processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 128})
     with pytest.raises(ValueError, match="classifies masks .* sliding windows"):

@@ -177,7 +177,10 @@ class SeMaskMask2FormerImageProcessingMixin:
             **preprocess_settings:
                 The settings the images were processed with where the call overrode this processor's own (`size`,
                 `do_resize`, `do_pad`, `pad_size`, `size_divisibility`): they decide each image's region in the
-                padded batch. A batch those settings would not pad to the model's input size is refused.
+                padded batch. A batch those settings would not pad to the model's input size is refused. Settings
+                that pad to no multiple of 4 (``size_divisibility`` 0) cannot tell padding the model added itself
+                from its own rounding: pass the model's (``size_divisibility=model.config.size_divisibility``), as
+                ``hf_semseg.inference.segmentation_scores`` does.
 
         Returns:
             `list[torch.Tensor]`: one int64 `(height, width)` map per image (or the output objects described above).
