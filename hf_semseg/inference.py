@@ -241,7 +241,9 @@ def multi_scale_flip_probabilities(
     """Multi-scale + flip on pixel values: for each scale ratio (and its horizontal flip), resize the pixel values,
     run whole-image (or, with ``crop_size``/``stride``, sliding-window) inference, resize the logits back to the input
     size and average the softmax probabilities of all passes (mmseg ``--aug-test``); a Mask2Former-style model's
-    semantic scores are averaged as they are (detectron2's test-time augmentation). Returns ``(B, K, H, W)``.
+    semantic scores are averaged as they are, as detectron2's test-time augmentation averages them, but they are its
+    combined stride-4 ``logits`` resized (an approximation: detectron2 upsamples the mask logits before the sigmoid,
+    as :func:`segmentation_scores` does). Returns ``(B, K, H, W)``.
 
     The originals resize the image itself at every scale and run their whole test pipeline there (VWFormer's
     ``ResizeToMultiple(64)`` at each scale; detectron2's shortest-edge sizes): :func:`segmentation_scores` does
@@ -311,7 +313,9 @@ def processor_at_scale(processor, scale: float, scales=TEST_SCALES):
     * detectron2's ``TEST.AUG`` (the processors with ``multi_scale_longest_edge = "largest scale"``): the shortest
       edge ``int(shortest_edge * scale)``, the longest edge one bound for every scale, ``int(longest_edge *
       max(scales))`` (the released configs: ``MIN_SIZES`` the test size times the ratios, ``MAX_SIZE`` its longest
-      edge times 1.75: 256-896 under 3584 = 2048 x 1.75 for 512 px models, 320-1120 under 4480 for 640 px ones).
+      edge times 1.75: 256-896 under 3584 = 2048 x 1.75 for 512 px ADE20K models, 320-1120 under 4480 for 640 px
+      ones; Cityscapes' config says 4096 where this gives 3584, the same sizes for its 2:1 images). detectron2 resizes
+      each scale from the image its test loader already resized (two roundings), these from the original.
     """
     size = getattr(processor, "size", None)
     if size is None or not hasattr(processor, "get_unpadded_size"):
