@@ -335,6 +335,28 @@ def _mixed_images():
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 30), (20, 50))]
 
 
+def test_one_image_of_a_padded_batch_post_processed_alone_is_refused_unless_the_batch_size_is_given(processor_class):
+    """Images of 384x512 and 384x506 resize to 256x341 and 256x337 in a batch padded to 256x341: the second image's
+    stride-4 logits (64x86), post-processed alone, cover 4 columns more than its own 256x337 (84.25 at stride 4,
+    which a non-whole stride of 3.93 explained): the padding was stretched over the image (6.6% of the pixels of
+    another class with a colour stub). Refused at every whole stride; with the batch's ``pad_size`` exact."""
+    processor = processor_class(size={"shortest_edge": 256, "longest_edge": 512})
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (384, width, 3), dtype=np.uint8) for width in (512, 506)]
+    batch = processor(images, return_tensors="pt").pixel_values
+    assert tuple(batch.shape[-2:]) == (256, 341)
+    logits = F.avg_pool2d(batch[:, :2], 4, ceil_mode=True)  # a stride-4 stand-in model
+    assert tuple(logits.shape[-2:]) == (64, 86)
+    with pytest.raises(ValueError, match=r"logits of 64x86 do not match the 256x337 pixel values of image 0"):
+        processor.post_process_semantic_segmentation(_Outputs(logits[1:]), target_sizes=[(384, 506)])
+    pad_size = {"height": 256, "width": 341}
+    (alone,) = processor.post_process_semantic_segmentation(
+        _Outputs(logits[1:]), target_sizes=[(384, 506)], pad_size=pad_size
+    )
+    whole = processor.post_process_semantic_segmentation(_Outputs(logits), target_sizes=[(384, 512), (384, 506)])
+    assert torch.equal(alone, whole[1])
+
+
 def test_post_processing_takes_the_calls_pad_size_and_size(processor_class):
     """A `pad_size` or `size` given to the call placed the images elsewhere than this processor's own settings say:
     post-processing cropped (or, unpadded, stretched) at the settings' places, 52% of a single image's pixels of

@@ -15,7 +15,6 @@ Portable module: imported with single-dot imports by both backends and saved nex
 torch, numpy, PIL and transformers - never torchvision (the PIL backend must work where it is not installed).
 """
 
-import math
 import os
 import re
 from typing import Any
@@ -701,13 +700,17 @@ def check_post_process_sizes(sizes: Any, batch_size: int, name: str) -> list[tup
 
 def logits_cover(logits_size, input_size) -> bool:
     """Whether logits of ``logits_size`` ``(h, w)`` can be a model's output over an input of ``input_size``
-    ``(H, W)``: one stride ``s`` for both sides, each side ``H / s`` rounded either way (``|h - H / s| <= 1``), so a
-    map of another aspect ratio (another input's) is told apart from any model's output stride."""
-    lowest, highest = 0.0, math.inf  # the strides s both sides allow
-    for side, input_side in zip(logits_size, input_size):
-        lowest = max(lowest, input_side / (side + 1))
-        highest = min(highest, input_side / (side - 1) if side > 1 else math.inf)
-    return lowest <= highest
+    ``(H, W)``: one whole output stride ``s`` for both sides, each side ``H / s`` rounded down or up (a model's
+    strided layers round one way or the other), so a map of another aspect ratio (another input's), or of an input a
+    few pixels larger (one image of a padded batch post-processed alone), is told apart from any model's output."""
+    largest_stride = max(input_size)
+    for stride in range(1, largest_stride + 1):
+        if all(
+            side in (input_side // stride, -(-input_side // stride))
+            for side, input_side in zip(logits_size, input_size)
+        ):
+            return True
+    return False
 
 
 def check_logits_match_input(logits: torch.Tensor, input_sizes: list, settings: str) -> None:
