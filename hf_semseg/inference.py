@@ -359,12 +359,12 @@ def _image_size_of(image, input_data_format=None) -> tuple[int, int]:
 
 def _model_padding_settings(model, processor, input_size: tuple[int, int]) -> dict:
     """The settings that tell a mask-classification processor's post-processing the padded input the model took,
-    where its own cannot: a processor that pads to no multiple of 4 (``size_divisibility`` 0) reads stride-4 maps
-    that cover up to 3 rows or columns more than the input as the model's own rounding, when a model that pads itself
-    (to ``config.size_divisibility``) put padding there, which would then be stretched over the image. With the
-    model's multiple the post-processing upsamples to the model's padded input and crops its padding."""
-    divisor = getattr(processor, "size_divisibility", None) or 0
-    if (divisor and divisor % 4 == 0) or model_padded_size(model, input_size) == tuple(input_size):
+    where the model padded its input further than the processor did: a processor that pads to no multiple of 4
+    (``size_divisibility`` 0) would read stride-4 maps covering up to 3 rows or columns of the model's padding as the
+    model's own rounding and stretch that padding over the image; one that pads to a finer multiple than the model's
+    (32 for a VW segmenter's 64) would refuse the maps. With the model's multiple the post-processing upsamples to the
+    model's padded input and crops its padding."""
+    if model_padded_size(model, input_size) == tuple(input_size):
         return {}
     settings = {"size_divisibility": int(getattr(model.config, "size_divisibility", 0) or 0)}
     if not getattr(processor, "do_pad", True):  # one image: its own size, then the model's multiple

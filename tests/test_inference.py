@@ -296,6 +296,33 @@ def test_mask_scores_of_a_processor_without_a_multiple_crop_the_models_own_paddi
     torch.testing.assert_close(segmentation_scores(mask2former, processor, image), expected, atol=1e-5, rtol=0)
 
 
+def test_mask_scores_of_a_processor_padding_to_a_finer_multiple_than_the_model_are_the_models_own():
+    """A VW-Mask2Former pads to multiples of 64 (at least 128); behind a processor padding to 32, an image resized
+    to 120 x 160 reaches it as 128 x 160 and it pads to 128 x 192. ``segmentation_scores`` gives the scores of a
+    processor padding to 64 (the post-processing refused the maps before); the processor's own post-processing names
+    the multiple to use."""
+    from hf_semseg import VWMask2FormerForSemanticSegmentation
+
+    from model_suite import tiny_vw_mask2former_config
+
+    torch.manual_seed(0)
+    model = VWMask2FormerForSemanticSegmentation(tiny_vw_mask2former_config()).eval()
+    generator = torch.Generator().manual_seed(9)
+    image = Image.fromarray(torch.randint(0, 256, (128, 171, 3), generator=generator, dtype=torch.uint8).numpy())
+    size = {"shortest_edge": 120, "longest_edge": 640}
+    finer = SeMaskMask2FormerImageProcessor(size=size, size_divisibility=32)
+    model_multiple = SeMaskMask2FormerImageProcessor(size=size, size_divisibility=64)
+    expected = segmentation_scores(model, model_multiple, image)
+    assert expected.shape == (4, 128, 171) and expected.std() > 1e-3
+    torch.testing.assert_close(segmentation_scores(model, finer, image), expected, atol=1e-6, rtol=0)
+    pixel_values = finer(image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape[-2:] == (128, 160)
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values)
+    with pytest.raises(ValueError, match=r"the model pads its input to multiples of 64, these settings to multiples "):
+        finer.post_process_semantic_segmentation(outputs, target_sizes=[(128, 171)])
+
+
 def test_segmentation_scores_refuse_what_has_no_protocol(model, mask2former, test_image):
     processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 128})
     with pytest.raises(ValueError, match="classifies masks .* sliding windows"):

@@ -136,12 +136,27 @@ class SeMaskMask2FormerImageProcessingMixin:
                 side == model_side or side < model_side == minimum_side for side, model_side in zip(padded, mask_size)
             )
             if not explained:
+                # a model that pads to a coarser multiple than these settings (a VW segmenter's 64 behind 32)
+                model_multiple = divisor
+                while all(side % (2 * model_multiple) == 0 for side in mask_size):
+                    model_multiple *= 2
+                coarser = model_multiple > divisor and all(
+                    model_side == -(-side // model_multiple) * model_multiple or model_side == minimum_side
+                    for side, model_side in zip(padded, mask_size)
+                )
+                advice = (
+                    f"the model pads its input to multiples of {model_multiple}, these settings to multiples of "
+                    f"{divisor}: process and post-process the images with size_divisibility={model_multiple} (the "
+                    "model's config.size_divisibility)"
+                    if coarser
+                    else "pass post_process_semantic_segmentation the settings the images were processed with (e.g. "
+                    "`size=...`, `pad_size=...`), or their `image_sizes`"
+                )
                 raise ValueError(
                     f"the stride-4 maps of {stride4.shape[-2]}x{stride4.shape[-1]} cover a {mask_size[0]}x"
                     f"{mask_size[1]} input, but preprocessing with "
                     f"{self._layout_description(layout)} pads images of {[tuple(size) for size in image_sizes]} to "
-                    f"{padded[0]}x{padded[1]}: pass post_process_semantic_segmentation the settings the images were "
-                    "processed with (e.g. `size=...`, `pad_size=...`), or their `image_sizes`"
+                    f"{padded[0]}x{padded[1]}: {advice}"
                 )
             return mask_size
         if (-(-padded[0] // 4), -(-padded[1] // 4)) != tuple(stride4.shape[-2:]):
