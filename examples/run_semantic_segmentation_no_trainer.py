@@ -286,6 +286,9 @@ def main(argv=None) -> dict:
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    # the batches of each epoch's last window where it is shorter than the others: their loss is averaged over the
+    # window (Trainer's and mmcv's accumulation), where accelerate divides every batch's by the full count
+    short_window = len(train_loader) % args.gradient_accumulation_steps
     max_train_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     # stepped once per optimizer step, by hand: the schedule is in optimizer steps for any number of processes
@@ -315,16 +318,20 @@ def main(argv=None) -> dict:
     for epoch in range(start_epoch, num_epochs if progress.completed_steps < max_train_steps else start_epoch):
         run.train_transform.set_epoch(epoch)  # before the loader starts (its workers copy the transform)
         train_loader.set_epoch(epoch)  # the shuffling of this epoch
-        loader = train_loader
+        loader, first_batch = train_loader, 0
         if epoch == start_epoch and done_in_epoch:
-            loader = accelerator.skip_first_batches(train_loader, done_in_epoch * args.gradient_accumulation_steps)
-        for batch in loader:
+            first_batch = done_in_epoch * args.gradient_accumulation_steps
+            loader = accelerator.skip_first_batches(train_loader, first_batch)
+        for batch_index, batch in enumerate(loader, start=first_batch):
             with accelerator.accumulate(model):
                 if run.once_qat is None:
                     loss = model(**batch).loss
                 else:  # every width inside one call, before one backward pass (DDP sees one forward)
                     loss, _ = run.once_qat.loss(model, accelerator.unwrap_model(model), batch)
-                accelerator.backward(loss)
+                if short_window and batch_index >= len(train_loader) - short_window:
+                    accelerator.backward(loss * (args.gradient_accumulation_steps / short_window))
+                else:
+                    accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()

@@ -1236,6 +1236,15 @@ class SegmentationTrainer(Trainer):
     #: once quantisation-aware training (``--weight_bits``): the training loss sums every width's
     once_qat: OnceQAT | None = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # every loss these scripts train is a pixel mean that takes no ``num_items_in_batch``: Trainer divides it by
+        # the accumulation steps and does not scale it by the process count. transformers' segmentation models
+        # (Segformer, UperNet, DPT, ...) take ``**kwargs`` and declare nothing, which Trainer reads as a loss
+        # normalised by the batch's items: their loss and gradients were N times too large under N accumulation steps
+        # or processes (hf-semseg's declare ``accepts_loss_kwargs = False``)
+        self.model_accepts_loss_kwargs = False
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key != UNPADDED_SIZES}
         if self.once_qat is None or not model.training:
@@ -1248,15 +1257,19 @@ class SegmentationTrainer(Trainer):
         ``with_sizes=True`` is run in groups of samples of one size (with several processes, each sample alone: the
         same number of forwards everywhere, since evaluation batches are even), each at that size (zero padding to the batch's
         largest image changed what the model saw, so the mIoU depended on the evaluation batch size: 0.6308 at 1,
-        0.5995 at 8). Returns the loss (the samples' mean) and ``(B, H, W)`` int64 class maps at the collated size
-        (the ignore index outside each image) for :class:`StreamingMeanIoU`; a batch without sizes goes to
-        ``Trainer`` as it is."""
+        0.5995 at 8). Returns ``(B, H, W)`` int64 class maps at the collated size (the ignore index outside each
+        image) and, with labels, each sample's loss (its group's) as ``(class maps, sample losses)`` for
+        :class:`StreamingMeanIoU`, which reports their mean as ``eval_loss``: ``Trainer`` repeats one loss per
+        batch for its samples, and with several processes the last batch's padding duplicates (accelerate's even
+        batches) were counted in it (+2.8% for 9 images on 2 processes), where ``gather_for_metrics`` drops the
+        duplicates of every per-sample output. With ``prediction_loss_only`` the batch's mean loss as ``Trainer``
+        takes it; a batch without sizes goes to ``Trainer`` as it is."""
         sizes = inputs.get(UNPADDED_SIZES)
         if sizes is None:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
         maps = torch.full((len(pixel_values), *pixel_values.shape[-2:]), IGNORE_INDEX, device=pixel_values.device)
-        total_loss = None
+        sample_losses = None
         for (height, width), indices in same_size_groups(sizes, self.accelerator.num_processes == 1):
             rows = torch.tensor(indices, device=pixel_values.device)
             group = {"pixel_values": pixel_values[rows, :, :height, :width]}
@@ -1264,15 +1277,18 @@ class SegmentationTrainer(Trainer):
                 group["labels"] = labels[rows, :height, :width]
             loss, logits, _ = super().prediction_step(model, group, prediction_loss_only, ignore_keys)
             if loss is not None:
-                total_loss = loss * len(indices) if total_loss is None else total_loss + loss * len(indices)
+                if sample_losses is None:
+                    sample_losses = torch.zeros(len(pixel_values), device=loss.device, dtype=torch.float32)
+                sample_losses[rows.to(loss.device)] = loss.float()
             if logits is not None:
                 logits = logits[0] if isinstance(logits, (tuple, list)) else logits
                 unwrapped = self.accelerator.unwrap_model(model)
                 maps[rows, :height, :width] = class_maps(unwrapped, logits, (height, width)).to(maps.device)
-        loss = None if total_loss is None else total_loss / len(pixel_values)
         if prediction_loss_only:
-            return loss, None, None
-        return loss, maps, labels
+            return None if sample_losses is None else sample_losses.mean(), None, None
+        if sample_losses is None:
+            return None, maps, labels
+        return None, (maps, sample_losses), labels
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -1536,7 +1552,9 @@ class StreamingMeanIoU:
     (or take the class maps :meth:`SegmentationTrainer.prediction_step` returns at that size), accumulate (:class:`~hf_semseg.metrics.SegmentationMetrics`: mIoU, Boundary IoU, trimap mIoU); only the counts are
     kept between batches. ``padded_input_size``: for a model that pads its input, the size it pads an input of a
     given ``(height, width)`` to (``functools.partial(model_padded_size, model)``,
-    :func:`~hf_semseg.inference.model_padded_size`); its logits are cropped to the input before the upsampling."""
+    :func:`~hf_semseg.inference.model_padded_size`); its logits are cropped to the input before the upsampling.
+    Predictions ``(class maps, sample losses)`` (:meth:`SegmentationTrainer.prediction_step`'s) add the samples'
+    mean loss to the result as ``loss`` (``eval_loss`` in Trainer's metrics)."""
 
     def __init__(
         self,
@@ -1548,9 +1566,14 @@ class StreamingMeanIoU:
         self.metric = SegmentationMetrics(num_labels, ignore_index)
         self.id2label = id2label or {}
         self.padded_input_size = padded_input_size
+        self.loss_sum, self.loss_count = 0.0, 0
 
     def __call__(self, eval_prediction, compute_result: bool = False) -> dict:
         logits = eval_prediction.predictions
+        if isinstance(logits, (tuple, list)) and len(logits) == 2 and torch.as_tensor(logits[1]).dim() == 1:
+            sample_losses = torch.as_tensor(logits[1]).double()
+            self.loss_sum += sample_losses.sum().item()
+            self.loss_count += sample_losses.numel()
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         labels = eval_prediction.label_ids
         logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
@@ -1569,7 +1592,11 @@ class StreamingMeanIoU:
         # no gather(): Trainer already gathers predictions and labels of all processes before calling this
         result = self.metric.compute()
         self.metric.reset()
-        return summary_metrics(result, self.id2label)
+        summary = summary_metrics(result, self.id2label)
+        if self.loss_count:
+            summary["loss"] = self.loss_sum / self.loss_count
+        self.loss_sum, self.loss_count = 0.0, 0
+        return summary
 
 
 def json_number(value):

@@ -966,3 +966,39 @@ def test_a_value_that_is_no_image_is_named_for_what_it_is():
         to_arrays("a/b.png", label, 0, 4, False)
     with pytest.raises(DatasetSampleError, match=r"^sample 1: label holds 3, not a label map \(a classification datas"):
         to_arrays(np.zeros((4, 4, 3), np.uint8), 3, 1, 4, False)
+
+
+def test_a_transformers_model_loss_is_averaged_over_accumulation_steps_as_hf_semsegs(tmp_path):
+    """transformers' Segformer takes ``**kwargs`` in its forward and declares no ``accepts_loss_kwargs``: Trainer
+    read its pixel-mean loss as one normalised by the batch's items and did not divide it by the accumulation steps
+    (and scaled it by the process count): 4 accumulation steps gave 4x the gradients. The script's Trainer divides
+    every model's loss by the steps, as for hf-semseg's models."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, TrainingArguments
+
+    from hf_semseg.training import SegmentationTrainer
+
+    config = SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 2],
+        patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=3,
+        drop_path_rate=0.0, classifier_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = SegformerForSemanticSegmentation(config).train()
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "pixel_values": torch.randn(2, 3, 32, 32, generator=generator),
+        "labels": torch.randint(0, 3, (2, 32, 32), generator=generator),
+    }
+    model.zero_grad()
+    model(**inputs).loss.backward()
+    expected = {name: parameter.grad / 4 for name, parameter in model.named_parameters()}
+    model.zero_grad()
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), gradient_accumulation_steps=4, use_cpu=True, report_to=[], disable_tqdm=True
+    )
+    trainer = SegmentationTrainer(model=model, args=arguments)
+    trainer.current_gradient_accumulation_steps = 4  # as the training loop sets it
+    trainer.training_step(model, dict(inputs), num_items_in_batch=torch.tensor(2 * 32 * 32))
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-5, atol=1e-8, msg=name)
+    assert trainer.model_accepts_loss_kwargs is False
