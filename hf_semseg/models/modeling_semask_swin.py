@@ -691,8 +691,10 @@ class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
     def _init_weights(self, module):
         """The original init: trunc-normal(0.02) Linears with zero bias (this also overrides the semantic attention's
         own kaiming init, as the original backbone init does), relative position bias tables trunc-normal(0.02),
-        LayerNorm 1/0, gamma 0, the patch embedding PyTorch's conv default (kaiming-uniform) with zero bias,
-        decode-head convs kaiming (fan-out, ReLU) with BN 1/0, classifier normal(0.01). Non-persistent buffers are
+        LayerNorm 1/0, gamma 0, the patch embedding PyTorch's conv default (kaiming-uniform weight, bias uniform in
+        +-1/sqrt(fan-in): the original's backbone init leaves convolutions alone; a zero bias made the tokens of
+        zero-padded crop areas zero vectors, whose LayerNorm has no variance, and gradients of 1e9 on the first
+        steps of a model trained from scratch), decode-head convs kaiming (fan-out, ReLU) with BN 1/0, classifier normal(0.01). Non-persistent buffers are
         rebuilt here."""
         std = self.config.initializer_range
         init_norm_and_linear(module, std)
@@ -708,7 +710,8 @@ class SeMaskSwinPreTrainedModel(SegmentationModelDefaults, PreTrainedModel):
             init.zeros_(module.classifier.bias)
         elif isinstance(module, SeMaskSwinPatchEmbeddings):
             init.kaiming_uniform_(module.projection.weight, a=math.sqrt(5))
-            init.zeros_(module.projection.bias)
+            fan_in = module.projection.weight[0].numel()
+            init.uniform_(module.projection.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
             if module.position_embeddings is not None:
                 init.trunc_normal_(module.position_embeddings, std=std)
 
