@@ -82,7 +82,9 @@ class KeepRatioImageProcessor(SegmentationImageProcessingMixin, TorchvisionBacke
         do_pad (`bool`, *optional*, defaults to `True`):
             Images of different sizes in one batch are padded on the right and bottom to the largest height and width
             of the batch (or to `pad_size`), pixel values with 0 (after normalisation) and labels with 255, so that
-            they can be batched. A batch of same-size images is not changed.
+            they can be batched. A batch of same-size images is not changed. The model sees the padding as
+            context: an image's map in such a batch differs near the padded border from its map alone (mmseg tests
+            one image at a time).
         pad_size (`dict[str, int]`, *optional*):
             Fixed `{"height": H, "width": W}` to pad to instead of the batch maximum.
 

@@ -40,7 +40,8 @@ class SeMaskMask2FormerImageProcessor(SeMaskMask2FormerImageProcessingMixin, Kee
             `SeMaskMask2FormerImageProcessorPil`, resizes them with PIL itself).
         size_divisibility (`int`, *optional*, defaults to 32):
             Zero padding (after normalisation) on the right and bottom to a multiple of this of the batch's largest
-            image; label maps are padded with 255. No stretching.
+            image; label maps are padded with 255. No stretching. The model sees the padding as context: an
+            image's map in a batch with larger images differs from its map alone (detectron2 tests one at a time).
         do_reduce_labels (`bool`, *optional*, defaults to `False`):
             Map label 0 to 255 and reduce the others by 1 (ADE20K annotation files, as the original's preparation
             script does).
