@@ -19,6 +19,7 @@ import math
 import numbers
 import operator
 
+import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
@@ -315,7 +316,8 @@ def processor_at_scale(processor, scale: float, scales=TEST_SCALES):
       max(scales))`` (the released configs: ``MIN_SIZES`` the test size times the ratios, ``MAX_SIZE`` its longest
       edge times 1.75: 256-896 under 3584 = 2048 x 1.75 for 512 px ADE20K models, 320-1120 under 4480 for 640 px
       ones; Cityscapes' config says 4096 where this gives 3584, the same sizes for its 2:1 images). detectron2 resizes
-      each scale from the image its test loader already resized (two roundings), these from the original.
+      each scale from the image its test loader already resized (:func:`tta_source_image`, which
+      :func:`segmentation_scores` passes these processors).
     """
     size = getattr(processor, "size", None)
     if size is None or not hasattr(processor, "get_unpadded_size"):
@@ -398,6 +400,18 @@ def _pass_scores(model, processor, pixel_values, image_size, unpadded_size, wind
     return logits_to_size(logits, unpadded_size, image_size)[0]
 
 
+def tta_source_image(processor, image, layout: dict | None = None) -> np.ndarray:
+    """``image`` as detectron2's test loader hands it to its test-time augmentation (``DatasetMapperTTA``): resized
+    to the processor's own test size (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``) and rounded to uint8,
+    neither normalised nor padded; ``(H, W, 3)`` uint8. Each scale is resized from it (two resizes, and sizes computed
+    from its size: a pixel apart from those computed from the original's at some scales)."""
+    resized = processor(
+        image, do_rescale=False, do_normalize=False, do_pad=False, return_tensors="pt", **(layout or {})
+    )["pixel_values"][0]
+    # (3, H, W) float values of the uint8 scale -> (H, W, 3) uint8, as PIL's resize of a uint8 image gives
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
 @torch.no_grad()
 def segmentation_scores(
     model,
@@ -421,6 +435,8 @@ def segmentation_scores(
     only). A model in bfloat16 gets its inputs in bfloat16 (as transformers' pipeline casts them) and the scores are
     float32. The passes are averaged as the originals average them: softmax probabilities of per-pixel models (mmseg's
     ``aug_test``), the raw semantic scores of Mask2Former-style models (detectron2's ``SemanticSegmentorWithTTA``).
+    Several scales of a detectron2-style processor resize the image its test loader gives
+    (:func:`tta_source_image`), as detectron2's ``DatasetMapperTTA`` does, not the original.
     """
     image_size = _image_size_of(image, input_data_format)
     layout = {} if input_data_format is None else {"input_data_format": input_data_format}
@@ -443,17 +459,22 @@ def segmentation_scores(
             f"post-processing (detectron2's semantic inference), not from a {type(processor).__name__}"
         )
     device, dtype = getattr(model, "device", None), getattr(model, "dtype", None)
+    # detectron2's test-time augmentation resizes every scale from the image its test loader already resized
+    source, source_size, source_layout = image, image_size, layout
+    if scales != (1.0,) and getattr(processor, "multi_scale_longest_edge", None) == "largest scale":
+        source = tta_source_image(processor, image, layout)
+        source_size, source_layout = source.shape[:2], {"input_data_format": "channels_last"}
     total, passes = None, 0
     for scale in scales:
         scaled_processor = processor if scales == (1.0,) else processor_at_scale(processor, scale, scales)
-        pixel_values = scaled_processor(image, return_tensors="pt", **layout)["pixel_values"]
+        pixel_values = scaled_processor(source, return_tensors="pt", **source_layout)["pixel_values"]
         if isinstance(device, torch.device):
             pixel_values = pixel_values.to(device)
         if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # a bfloat16 model, as the pipeline casts
             pixel_values = pixel_values.to(dtype)
         _check_pixel_values(pixel_values, model)
         region = (
-            scaled_processor.get_unpadded_size(*image_size) if hasattr(scaled_processor, "get_unpadded_size") else None
+            scaled_processor.get_unpadded_size(*source_size) if hasattr(scaled_processor, "get_unpadded_size") else None
         )
         unpadded_size = tuple(region) if region is not None else tuple(pixel_values.shape[-2:])
         image_region = (..., slice(0, unpadded_size[0]), slice(0, unpadded_size[1]))

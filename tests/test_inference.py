@@ -239,16 +239,25 @@ def mask2former():
 
 
 def test_segmentation_scores_of_mask2former_are_detectron2s_test_time_augmentation(mask2former, test_image):
-    """detectron2: the shortest edge 32 x r under one longest edge (128 x 1.75), the resized image flipped (the
-    processor's padding stays right and bottom); each pass's semantic inference at the padded input (mask logits upsampled before the sigmoid),
-    cropped, resized to the image; the raw scores averaged (not their softmax)."""
-    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 128})
+    """detectron2: its test loader's image (the original resized to the test size 32 under 128, uint8, by PIL), each
+    scale's shortest edge 32 x r under one longest edge (128 x 1.75) resized from that image (DatasetMapperTTA: two
+    resizes; at 1.75 its 32 x 50 gives 56 x 88 where the original 45 x 70 would give 56 x 87), the resized image
+    flipped (the processor's padding stays right and bottom); each pass's semantic inference at the padded input (mask
+    logits upsampled before the sigmoid), cropped, resized to the original image; the raw scores averaged (not their
+    softmax). The PIL processor: PIL's resize, as detectron2's."""
+    from hf_semseg import SeMaskMask2FormerImageProcessorPil
+
+    processor = SeMaskMask2FormerImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 128})
     ours = segmentation_scores(mask2former, processor, test_image, scales=(0.5, 1.75), flip=True)
+    loader_size = get_resize_shortest_edge_output_size(45, 70, 32, 128)
+    assert loader_size == (32, 50)
+    loader_image = np.asarray(Image.fromarray(test_image).resize(loader_size[::-1], Image.BILINEAR))
     expected = 0
-    for scale in (0.5, 1.75):
+    for scale, expected_size in ((0.5, (16, 25)), (1.75, (56, 88))):
         bounds = {"shortest_edge": int(32 * scale), "longest_edge": 224}
-        pixel_values = processor(test_image, size=bounds, return_tensors="pt")["pixel_values"]
-        resized = get_resize_shortest_edge_output_size(45, 70, bounds["shortest_edge"], 224)
+        pixel_values = processor(loader_image, size=bounds, return_tensors="pt")["pixel_values"]
+        resized = get_resize_shortest_edge_output_size(*loader_size, bounds["shortest_edge"], 224)
+        assert resized == expected_size
         assert pixel_values.shape[-2:] == tuple(-(-side // 32) * 32 for side in resized)  # padded to 32
         for flip in (False, True):
             inputs = pixel_values.clone()
@@ -261,6 +270,7 @@ def test_segmentation_scores_of_mask2former_are_detectron2s_test_time_augmentati
             )[0]["segmentation_scores"]
             expected = expected + (scores.flip(-1) if flip else scores) / 4
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 128})
     # one pass is the processor's own (exact) post-processing, not the stride-4 scores' resize
     with torch.no_grad():
         outputs = mask2former(**processor(test_image, return_tensors="pt"))
