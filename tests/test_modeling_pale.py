@@ -470,8 +470,8 @@ def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
 @pytest.mark.parametrize("size", [(48, 48), (36, 44)], ids=["square", "padded"])
 def test_optimized_for_inference_computes_the_model(size, autocast, fold, monkeypatch):
     """After ``optimize_for_inference`` every block runs on its prepared weights, and the output is the model's:
-    without folding the same kernels' (float32 within 1e-6, bfloat16 within the module forward's own error), with
-    the BatchNorms folded float32 within 1e-5 and bfloat16 as close to the float64 model as the unoptimised one
+    without folding the same kernels' (float32 within 1e-6, bfloat16 within 1.5x the module forward's own error),
+    with the BatchNorms folded float32 within 1e-5 and bfloat16 as close to the float64 model as the unoptimised one
     (within 1.5x its error)."""
     model = tiny_inference_model()
     pixel_values = torch.randn(2, 3, *size)
@@ -495,7 +495,10 @@ def test_optimized_for_inference_computes_the_model(size, autocast, fold, monkey
         assert loaded_error > 1e-3  # bfloat16 rounding shows
         assert optimized_error < 1.5 * loaded_error
         if not fold:
-            assert relative_error(optimized, loaded) < loaded_error
+            # the prepared blocks' packed bfloat16 products sum in another order than the module forward's: on a CPU
+            # with oneDNN bfloat16 kernels the two outputs are a bfloat16 step or so apart, as far as either is from
+            # float64 (0.0095 against 0.0088 on an AVX-512 BF16 EPYC)
+            assert relative_error(optimized, loaded) < 1.5 * loaded_error
 
 
 class RecordedOperators(torch.utils._python_dispatch.TorchDispatchMode):
