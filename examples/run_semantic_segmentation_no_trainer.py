@@ -198,8 +198,9 @@ def evaluate(accelerator, model, dataset, batch_size: int, num_labels: int) -> d
         groups = [] if batch is None else same_size_groups(batch[UNPADDED_SIZES], single_process)
         for (height, width), indices in groups:
             pixel_values = batch["pixel_values"][indices, :, :height, :width].to(accelerator.device)
-            logits = model(pixel_values=pixel_values).logits
-            maps = class_maps(unwrapped, logits, (height, width)).cpu()
+            outputs = model(pixel_values=pixel_values)
+            query_outputs = (outputs.get("class_queries_logits"), outputs.get("masks_queries_logits"))
+            maps = class_maps(unwrapped, outputs.logits, (height, width), *query_outputs).cpu()
             update_unpadded(metric, maps, batch["labels"][indices, :height, :width])
         for _ in range(0 if single_process else batch_size - len(groups)):
             model(pixel_values=spare["pixel_values"].to(accelerator.device))

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.hf_argparser import string_to_bool
 
-from .inference import logits_to_size, model_padded_size
+from .inference import classifies_masks, logits_to_size, model_padded_size
 from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import is_sixteen_bit_pil_image, sixteen_to_eight_bits
@@ -1281,9 +1281,10 @@ class SegmentationTrainer(Trainer):
                     sample_losses = torch.zeros(len(pixel_values), device=loss.device, dtype=torch.float32)
                 sample_losses[rows.to(loss.device)] = loss.float()
             if logits is not None:
-                logits = logits[0] if isinstance(logits, (tuple, list)) else logits
                 unwrapped = self.accelerator.unwrap_model(model)
-                maps[rows, :height, :width] = class_maps(unwrapped, logits, (height, width)).to(maps.device)
+                logits, class_logits, mask_logits = prediction_outputs(unwrapped, logits)
+                group_maps = class_maps(unwrapped, logits, (height, width), class_logits, mask_logits)
+                maps[rows, :height, :width] = group_maps.to(maps.device)
         if prediction_loss_only:
             return None if sample_losses is None else sample_losses.mean(), None, None
         if sample_losses is None:
@@ -1379,11 +1380,43 @@ def same_size_groups(sizes, single_process: bool = True) -> list[tuple[tuple[int
     return [(key if single_process else key[0], indices) for key, indices in groups.items()]
 
 
-def class_maps(model, logits: torch.Tensor, size) -> torch.Tensor:
-    """``(B, H, W)`` int64 predictions at ``size`` from the ``logits`` of inputs of that size, a padding model's
-    padding cropped first (:func:`~hf_semseg.inference.model_padded_size`)."""
+def prediction_outputs(model, logits) -> tuple:
+    """``(logits, class_queries_logits, masks_queries_logits)`` from what ``Trainer.prediction_step`` returns as the
+    logits (the model output's values but the loss, in its fields' order: a mask-classification model's are
+    ``logits, class_queries_logits, masks_queries_logits, ...``); the query outputs None for other models."""
+    if not isinstance(logits, (tuple, list)):
+        return logits, None, None
+    if classifies_masks(model) and len(logits) >= 3:
+        class_logits, mask_logits = logits[1], logits[2]
+        if class_logits.dim() == 3 and mask_logits.dim() == 4 and class_logits.shape[:2] == mask_logits.shape[:2]:
+            return logits[0], class_logits, mask_logits
+    return logits[0], None, None
+
+
+def class_maps(
+    model,
+    logits: torch.Tensor,
+    size,
+    class_queries_logits: torch.Tensor | None = None,
+    masks_queries_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(B, H, W)`` int64 predictions at ``size`` from the outputs of inputs of that size, a padding model's padding
+    cropped first (:func:`~hf_semseg.inference.model_padded_size`). With a mask-classification model's query outputs,
+    detectron2's semantic inference (as its image processor's post-processing): each image's mask logits upsampled to
+    the padded input, ``sum_q softmax(class_q)[k] * sigmoid(mask_q)`` there, the padding cropped; else ``logits``
+    upsampled (for a mask-classification model, its combined stride-4 scores: an approximation of that)."""
     size = tuple(int(side) for side in size)
-    return logits_to_size(logits.float(), size, size, model_padded_size(model, size)).argmax(1)
+    padded_size = model_padded_size(model, size)
+    if class_queries_logits is None or masks_queries_logits is None:
+        return logits_to_size(logits.float(), size, size, padded_size).argmax(1)
+    maps = []
+    for class_logits, mask_logits in zip(class_queries_logits.float(), masks_queries_logits.float()):  # one image
+        # (Q, h, w) stride-4 mask logits -> (Q, H', W') at the padded input
+        masks = F.interpolate(mask_logits[None], size=padded_size or size, mode="bilinear", align_corners=False)[0]
+        probabilities = class_logits.softmax(-1)[:, :-1]  # (Q, K): the no-object class dropped
+        scores = torch.einsum("qk,qhw->khw", probabilities, masks.sigmoid())
+        maps.append(scores[:, : size[0], : size[1]].argmax(0))
+    return torch.stack(maps)
 
 
 #: parameter-name prefixes of the decode and auxiliary heads, which ``head_lr_multiplier`` applies to

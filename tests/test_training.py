@@ -1002,3 +1002,47 @@ def test_a_transformers_model_loss_is_averaged_over_accumulation_steps_as_hf_sem
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-5, atol=1e-8, msg=name)
     assert trainer.model_accepts_loss_kwargs is False
+
+
+def test_training_evaluation_of_a_mask_classification_model_is_detectron2s_semantic_inference(tmp_path):
+    """The scripts' evaluation (``class_maps`` from ``Trainer.prediction_step``'s outputs, or the Accelerate loop's)
+    of a mask-classification model computes its processor's post-processing: mask logits upsampled to the model's
+    padded input before the sigmoid, the padding cropped. It resized the combined stride-4 scores (other classes on
+    a share of the pixels)."""
+    from test_modeling_semask_mask2former import tiny_config
+
+    from hf_semseg import SeMaskMask2FormerForSemanticSegmentation, SeMaskMask2FormerImageProcessor
+    from hf_semseg.training import class_maps, prediction_outputs
+
+    torch.manual_seed(0)
+    model = SeMaskMask2FormerForSemanticSegmentation(tiny_config()).eval()
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # weights far from the init, so that the maps hold several classes and the paths disagree
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    pixel_values = torch.randn(2, 3, 45, 70, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values)
+    processor = SeMaskMask2FormerImageProcessor()
+    expected = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(45, 70)] * 2, image_sizes=[(45, 70)] * 2
+    )
+    # Trainer's prediction_step hands the output's values but the loss, in field order
+    trainer_logits = tuple(value for key, value in outputs.items() if key != "loss")
+    logits, class_logits, mask_logits = prediction_outputs(model, trainer_logits)
+    maps = class_maps(model, logits, (45, 70), class_logits, mask_logits)
+    assert maps.shape == (2, 45, 70) and len(maps.unique()) > 1
+    assert torch.equal(maps, torch.stack(expected))
+    approximation = class_maps(model, outputs.logits, (45, 70))
+    assert not torch.equal(approximation, maps)
+    # through the Trainer script's own prediction step: the same maps
+    from transformers import TrainingArguments
+
+    from hf_semseg.training import UNPADDED_SIZES, SegmentationTrainer
+
+    arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True)
+    trainer = SegmentationTrainer(model=model, args=arguments)
+    labels = torch.zeros(2, 45, 70, dtype=torch.long)
+    inputs = {"pixel_values": pixel_values, "labels": labels, UNPADDED_SIZES: torch.tensor([[45, 70], [45, 70]])}
+    _, (trainer_maps, _), _ = trainer.prediction_step(model, inputs, prediction_loss_only=False)
+    assert torch.equal(trainer_maps, maps)
