@@ -29,11 +29,14 @@ Before anything is written, the export is run at :data:`VERIFY_SIDES` and compar
 does not reproduce it (a model whose code fixes sizes in the traced graph, see the README) is refused.
 """
 
+import dataclasses
+import inspect
 import json
 import os
 import secrets
 import sys
 import types
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,10 +89,6 @@ def export_output_names(model: nn.Module) -> tuple[str, ...]:
     """The outputs the export of ``model`` gives, in order: ``logits``, then :data:`MASK_CLASSIFICATION_OUTPUTS` for a
     model whose forward returns them (read from the output class its ``forward`` declares, as transformers' and this
     package's models do; a model that declares none exports ``logits`` only)."""
-    import dataclasses
-    import inspect
-    import typing
-
     forward = type(model).forward
     try:
         output_class = typing.get_type_hints(forward).get("return")

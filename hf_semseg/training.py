@@ -26,6 +26,8 @@ from .metrics import SegmentationMetrics
 from .models.configuration_utils_segmentation import IGNORE_INDEX
 from .models.image_processing_utils_segmentation import is_sixteen_bit_pil_image, sixteen_to_eight_bits
 from .models.image_processing_utils_segmentation import reduce_labels as reduce_zero_label
+from .models.modeling_any_precision import active_weight_bits  # noqa: F401  (the scripts report the width with it)
+from .models.modeling_semask_mask2former import semantic_scores
 from .segmentation_folders import SegmentationFolderError, files_under, folder_layout, load_image_folders
 from .transforms import SegmentationTrainTransform
 
@@ -734,16 +736,6 @@ class MasterWeights:
                 layer.weight.copy_(state[f"{name}.weight"])
 
 
-def active_weight_bits(model) -> int | None:
-    """The weight width an any-precision model computes with (the scripts report it next to the metrics they
-    measured at it: a folder saved after ``set_weight_bits(2)`` evaluates at 2 bits, a once-QAT run at its widest),
-    or None for a float model."""
-    config = getattr(model, "config", None)
-    if not getattr(config, "weight_bits", None):
-        return None
-    return config.active_weight_bits or max(config.weight_bits)
-
-
 def prepare_once_qat(model: nn.Module, weight_bits, loss_weights=None, distillation: float = 0.0) -> OnceQAT | None:
     """Makes ``model`` ready for once QAT at ``weight_bits`` (``--weight_bits``): a float model gets float master
     weights behind quantised layers, an any-precision one (a saved codes folder) its dequantised 8-bit codes as master
@@ -1410,12 +1402,13 @@ def class_maps(
     if class_queries_logits is None or masks_queries_logits is None:
         return logits_to_size(logits.float(), size, size, padded_size).argmax(1)
     maps = []
-    for class_logits, mask_logits in zip(class_queries_logits.float(), masks_queries_logits.float()):  # one image
-        # (Q, h, w) stride-4 mask logits -> (Q, H', W') at the padded input
-        masks = F.interpolate(mask_logits[None], size=padded_size or size, mode="bilinear", align_corners=False)[0]
-        probabilities = class_logits.softmax(-1)[:, :-1]  # (Q, K): the no-object class dropped
-        scores = torch.einsum("qk,qhw->khw", probabilities, masks.sigmoid())
-        maps.append(scores[:, : size[0], : size[1]].argmax(0))
+    for index in range(len(class_queries_logits)):  # one image at a time: Q full-size masks each
+        # (1, Q, h, w) stride-4 mask logits -> (1, Q, H', W') at the padded input
+        masks = F.interpolate(
+            masks_queries_logits[index : index + 1].float(), size=padded_size, mode="bilinear", align_corners=False
+        )
+        scores = semantic_scores(class_queries_logits[index : index + 1].float(), masks)  # (1, K, H', W')
+        maps.append(scores[0, :, : size[0], : size[1]].argmax(0))
     return torch.stack(maps)
 
 

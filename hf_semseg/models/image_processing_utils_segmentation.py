@@ -702,15 +702,15 @@ def logits_cover(logits_size, input_size) -> bool:
     """Whether logits of ``logits_size`` ``(h, w)`` can be a model's output over an input of ``input_size``
     ``(H, W)``: one whole output stride ``s`` for both sides, each side ``H / s`` rounded down or up (a model's
     strided layers round one way or the other), so a map of another aspect ratio (another input's), or of an input a
-    few pixels larger (one image of a padded batch post-processed alone), is told apart from any model's output."""
-    largest_stride = max(input_size)
-    for stride in range(1, largest_stride + 1):
-        if all(
-            side in (input_side // stride, -(-input_side // stride))
-            for side, input_side in zip(logits_size, input_size)
-        ):
-            return True
-    return False
+    few pixels larger (one image of a padded batch post-processed alone), is told apart from any model's output.
+    A side ``h`` allows the whole strides with ``h - 1 < H / s < h + 1``: from ``H // (h + 1) + 1`` to
+    ``(H - 1) // (h - 1)`` (no bound above for ``h <= 1``)."""
+    lowest, highest = 1, max(input_size)
+    for side, input_side in zip(logits_size, input_size):
+        lowest = max(lowest, input_side // (side + 1) + 1)
+        if side > 1:
+            highest = min(highest, (input_side - 1) // (side - 1))
+    return lowest <= highest
 
 
 def check_logits_match_input(logits: torch.Tensor, input_sizes: list, settings: str) -> None:

@@ -318,6 +318,15 @@ def replace_with_vertical_layers(model: nn.Module, float_modules, trainable: boo
     return kept
 
 
+def active_weight_bits(model) -> int | None:
+    """The weight width an any-precision model computes with (``config.active_weight_bits``, by default its widest
+    ``weight_bits``: a folder saved after ``set_weight_bits(2)`` computes at 2 bits), or None for a float model."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "weight_bits", None):
+        return None
+    return config.active_weight_bits or max(config.weight_bits)
+
+
 class RecomputeAtForwardWidth:
     """A checkpointing function (transformers' ``_gradient_checkpointing_func``, installed by
     :meth:`AnyPrecisionMixin._set_gradient_checkpointing`) whose recompute runs at the weight width its forward ran at.
@@ -332,20 +341,14 @@ class RecomputeAtForwardWidth:
         self.model = model
         self.checkpoint_function = checkpoint_function
 
-    def _width(self) -> int | None:
-        config = self.model.config
-        if not getattr(config, "weight_bits", None):
-            return None
-        return config.active_weight_bits or max(config.weight_bits)
-
     def __call__(self, function: Callable, *args, **kwargs):
-        bits = self._width()
+        bits = active_weight_bits(self.model)
         if bits is None:  # float weights: nothing to restore
             return self.checkpoint_function(function, *args, **kwargs)
         return self.checkpoint_function(partial(self._at_width, bits, function), *args, **kwargs)
 
     def _at_width(self, bits: int, function: Callable, *args, **kwargs):
-        current = self._width()
+        current = active_weight_bits(self.model)
         if current == bits:
             return function(*args, **kwargs)
         self.model.set_weight_bits(bits)
@@ -399,11 +402,9 @@ class AnyPrecisionMixin:
         )
 
     def _swap_in_vertical_layers(self, trainable: bool) -> None:
-        config = self.config
-        float_modules = config.weight_bits_float_modules
-        active = config.active_weight_bits or max(config.weight_bits)
+        float_modules = self.config.weight_bits_float_modules
         replace_with_vertical_layers(
-            self, DEFAULT_FLOAT_MODULES if float_modules is None else float_modules, trainable, active
+            self, DEFAULT_FLOAT_MODULES if float_modules is None else float_modules, trainable, active_weight_bits(self)
         )
 
     def vertical_layers(self) -> Iterator[tuple[str, VerticalLayeredWeight]]:
@@ -465,6 +466,7 @@ __all__ = [
     "DEFAULT_FLOAT_MODULES",
     "AnyPrecisionMixin",
     "RecomputeAtForwardWidth",
+    "active_weight_bits",
     "VerticalLayeredConv2d",
     "VerticalLayeredLinear",
     "VerticalLayeredWeight",
