@@ -14,7 +14,11 @@ from hf_semseg.models.configuration_pale import PaleConfig
 from hf_semseg.models.configuration_semask_swin import SeMaskSwinConfig
 from hf_semseg.models.modeling_pale import PaleModel
 from hf_semseg.models.modeling_semask_swin import SeMaskSwinModel
-from hf_semseg.models.modeling_utils_segmentation import attention_function, cpu_bfloat16_attention
+from hf_semseg.models.modeling_utils_segmentation import (
+    attention_function,
+    cpu_bfloat16_attention,
+    exported_eager_attention,
+)
 
 from model_suite import tiny_pale_kwargs, tiny_semask_swin_kwargs
 
@@ -165,6 +169,52 @@ def test_function_choice(cpu_without_amx):
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.compiler, "is_compiling", lambda: True)
         assert attention_function(sdpa, query, key, value) is sdpa_attention_forward
+
+
+def test_exports_trace_the_batched_product_attention():
+    """While exporting, the eager implementation (what ``hf_semseg.export`` sets) is
+    :func:`exported_eager_attention`; compiled, and not traced, Swin's eager function."""
+    query, key, value = (tensor.float() for tensor in bfloat16_operands())
+    eager = Config("eager")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.compiler, "is_exporting", lambda: True)
+        assert attention_function(eager, query, key, value) is exported_eager_attention
+        assert attention_function(Config(None), query, key, value) is exported_eager_attention
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert attention_function(eager, query, key, value) is eager_attention_forward
+
+
+class Module(torch.nn.Module):
+    pass
+
+
+@pytest.mark.parametrize(
+    "shape, keys, masked",
+    [((2, 3, 40, 16), 24, True), ((5, 1, 1, 8), 1, False), ((3, 2, 1, 8), 7, True), ((1, 4, 9, 8), 9, False)],
+    ids=["heads, key mask", "one token, one key", "one query token", "one image"],
+)
+def test_exported_eager_attention_equals_swins_eager_function(shape, keys, masked):
+    """The same outputs and weights as transformers' Swin eager function (same dtype, same products), with one
+    token per window (VWFormer's cells at inputs of at most 64 px) among the cases; the output as the eager
+    function returns it, ``(B, tokens, heads, head_dim)`` and contiguous."""
+    generator = torch.Generator().manual_seed(3)
+    batch, heads, length, head_dim = shape
+    query = torch.randn(batch, heads, length, head_dim, generator=generator)
+    key, value = (torch.randn(batch, heads, keys, head_dim, generator=generator) for _ in range(2))
+    mask = None
+    if masked:  # a window mask: (B, 1, 1, keys) with -100 on some keys, as Swin's shifted windows add it
+        mask = torch.where(torch.rand(batch, 1, 1, keys, generator=generator) < 0.3, -100.0, 0.0)
+    module = Module().eval()
+    expected, expected_weights = eager_attention_forward(module, query, key, value, mask, scaling=0.3)
+    output, weights = exported_eager_attention(module, query, key, value, mask, scaling=0.3)
+    assert output.shape == (batch, length, heads, head_dim) and output.is_contiguous()
+    torch.testing.assert_close(output, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(weights, expected_weights, rtol=0, atol=1e-6)
+    assert expected.std() > 0.1 or keys == 1
+    default, _ = exported_eager_attention(module, query, key, value, mask)
+    explicit, _ = exported_eager_attention(module, query, key, value, mask, scaling=head_dim**-0.5)
+    assert torch.equal(default, explicit)
 
 
 def test_a_cpu_with_amx_keeps_sdpa(monkeypatch):

@@ -46,8 +46,9 @@ SIZES = ((1, 3, 64, 96), (1, 3, 81, 70))
 VW_D2_SIZES = ((1, 3, 136, 200), (1, 3, 150, 130))
 #: the round trips run by default (the others with RUN_SLOW=1, 1-10 min each): SeMask-FPN, whose file the
 #: command-line test writes, Pale-UperNet (pyramid pooling), VWFormer over transformers' Swin (its size branches) and
-#: a mask-classification model (its three outputs; its program is checked by default anyway)
-DEFAULT_ONNX = {"semask_fpn", "pale", "vwformer", "semask_mask2former_msdeformattn"}
+#: over ConvNeXt (its padding to the backbone's minimum side; 15 s), and a mask-classification model (its three
+#: outputs; its program is checked by default anyway)
+DEFAULT_ONNX = {"semask_fpn", "pale", "vwformer", "vwformer_convnext", "semask_mask2former_msdeformattn"}
 SLOW = pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="an ONNX export takes 1-10 min; set RUN_SLOW=1")
 
 #: the exports that do not reproduce their model at other sizes (the command line refuses them): strict xfails naming
@@ -79,6 +80,11 @@ EXPORT_MODELS = {
     ),
     "vwformer_convnext": (
         lambda: VWFormerConfig(backbone_config=tiny_vwformer_backbone_config("convnext"), **tiny_vwformer_kwargs()),
+        VWFormerForSemanticSegmentation,
+        (),
+    ),
+    "vwformer_mit": (
+        lambda: VWFormerConfig(backbone_config=tiny_vwformer_backbone_config("mit"), **tiny_vwformer_kwargs()),
         VWFormerForSemanticSegmentation,
         (),
     ),
@@ -272,6 +278,46 @@ def test_program_matches_eager_at_other_sizes(name, programs):
     program, reference = programs(name)
     sizes = (*sizes_of(name), ONE_WINDOW_SIZES["vw" if name.startswith("vw_mask") else "other"])
     assert_program_computes_the_model(program.module(), reference, sizes, seed=4, name=name)
+
+
+def test_vwformer_exports_serve_inputs_of_at_most_64_px(programs, onnx_files):
+    """Both sides of at most 64 px: each cell of the VW head's 8 x 8 window grid is one token. The program (traced
+    where cells hold 8 x 9 tokens) and the ONNX file compute the model's logits there; before, the program refused
+    them (torch's ``matmul`` and ``flatten`` of the attention operands keep a guard that a cell is not one token: the
+    export traces :func:`exported_eager_attention`'s copies and ``bmm`` instead)."""
+    onnxruntime = require_onnx()
+    program, reference = programs("vwformer")
+    sizes = (
+        (1, 3, 64, 48),
+        (1, 3, 40, 56),
+    )  # stride-8 maps 8 x 6 and 5 x 7: cells of 1 x 1 (at least 2 px at stride 32)
+    assert_program_computes_the_model(program.module(), reference, sizes, seed=7, name="vwformer")
+    path, _ = onnx_files("vwformer")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(7)
+    for size in sizes:
+        pixel_values = torch.randn(*size, generator=generator)
+        outputs = session.run(None, {"pixel_values": pixel_values.numpy()})
+        assert_outputs_equal(outputs, eager_outputs(reference, pixel_values), f"vwformer at {size}")
+
+
+@pytest.mark.parametrize("name, minimum", [("vwformer_convnext", 32), pytest.param("vwformer_mit", 29, marks=[SLOW])])
+def test_vwformer_onnx_pads_sides_below_the_backbones_minimum(name, minimum, programs, onnx_files):
+    """ConvNeXt runs from 32 px, the released MiT from 29; the model pads a shorter side to that and crops the
+    logits. Its ONNX file (traced at 458 x 522) does the same: the padding is ``max(side, minimum) - side`` in the
+    graph, where the traced branch (no padding) used to be fixed in it and onnxruntime failed below the minimum. The
+    program refuses these sizes by torch's own guards on 1-pixel maps (README, export): its stride-32 map is 1 x 1."""
+    onnxruntime = require_onnx()
+    path, reference = onnx_files(name)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(8)
+    for size in ((1, 3, 24, 40), (1, 3, 17, 90), (1, 3, 5, 20)):
+        pixel_values = torch.randn(*size, generator=generator)
+        outputs = session.run(None, {"pixel_values": pixel_values.numpy()})
+        assert_outputs_equal(outputs, eager_outputs(reference, pixel_values), f"{name} at {size}")
+    program, _ = programs(name)
+    with pytest.raises(Exception, match=rf"Guard failed: .*torch\.sym_max\({minimum}, pixel_values\.size\(\)"):
+        program.module()(pixel_values)
 
 
 @pytest.mark.parametrize(

@@ -336,10 +336,52 @@ def attention_function(config, query: torch.Tensor, key: torch.Tensor, value: to
     SDPA at CPU inference in bfloat16 runs as :func:`cpu_bfloat16_attention` on CPUs without AMX."""
     implementation = config._attn_implementation
     if implementation in (None, "eager"):
-        return eager_attention_forward
+        return exported_eager_attention if torch.compiler.is_exporting() else eager_attention_forward
     if implementation == "sdpa" and runs_cpu_bfloat16_attention(query, key, value):
         return cpu_bfloat16_attention
     return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+def exported_eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swin's eager attention (:func:`eager_attention_forward`, what an export traces) with the heads folded into the
+    batch by copies (:func:`reshape_copy`) and its two products as ``torch.bmm``. torch's ``matmul`` (and
+    ``flatten``) fold the batch dimensions of the transposed operands with a view or a copy as their strides allow,
+    and the strides depend on whether a window has one token: a torch.export program keeps that choice as a guard,
+    so a program of VWFormer traced where each cell of its 8 x 8 window grid holds several tokens refused inputs of
+    at most 64 px, where a cell is one token. The same values; used while exporting only (:func:`attention_function`).
+    Returns ``(B, tokens, heads, head_dim)``, contiguous, and the weights ``(B, heads, tokens, keys)``."""
+    batch_size, num_heads, num_tokens, head_dim = query.shape
+    num_keys = key.shape[2]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    # (B, heads, tokens, d) @ (B, heads, d, keys) as (B*heads, tokens, d) @ (B*heads, d, keys)
+    query = reshape_copy(query, batch_size * num_heads, num_tokens, head_dim)
+    key = reshape_copy(key, batch_size * num_heads, num_keys, head_dim)
+    scores = torch.bmm(query, key.transpose(1, 2)) * scaling
+    scores = scores.view(batch_size, num_heads, num_tokens, num_keys)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    value = reshape_copy(value, batch_size * num_heads, num_keys, head_dim)
+    attended = torch.bmm(weights.view(batch_size * num_heads, num_tokens, num_keys), value)  # (B*heads, tokens, d)
+    # (B*heads, tokens, d) -> (B, heads, tokens, d) -> (B, tokens, heads, d)
+    attended = reshape_copy(
+        attended.view(batch_size, num_heads, num_tokens, head_dim).transpose(1, 2),
+        batch_size,
+        num_tokens,
+        num_heads,
+        head_dim,
+    )
+    return attended, weights
 
 
 def runs_cpu_bfloat16_attention(*tensors: torch.Tensor) -> bool:

@@ -633,9 +633,32 @@ def build_backbone(backbone_config) -> nn.Module:
     return backbone
 
 
+def backbone_feature_lengths(backbone_config, side: int) -> list[int] | None:
+    """Along one axis, the lengths of the four feature maps (strides 4/8/16/32) the backbone of ``backbone_config``
+    makes from an input of ``side`` pixels; ``None`` for a backbone not known here (:func:`backbone_feature_sides`).
+    Integer arithmetic on ``side`` only, with ``torch.sym_max`` for the clamp, so that a traced ``side`` stays
+    symbolic: no guard on it in a torch.export program, no branch fixed for the traced size in an ONNX graph."""
+    model_type = backbone_config.model_type
+    if model_type == "convnext":
+        lengths = [side // backbone_config.patch_size]
+        for _ in range(1, backbone_config.num_stages):
+            lengths.append(lengths[-1] // 2)
+        return lengths
+    if model_type == "segformer":
+        lengths, length = [], side
+        for kernel, stride in zip(backbone_config.patch_sizes, backbone_config.strides):
+            length = torch.sym_max((length + 2 * (kernel // 2) - kernel) // stride + 1, 0)
+            lengths.append(length)
+        return lengths
+    if model_type in ("swin", "semask_swin", "pale"):
+        return [(side + 4 * 2**level - 1) // (4 * 2**level) for level in range(4)]
+    return None
+
+
 def backbone_feature_sides(backbone_config, side: int) -> tuple[list[int] | None, bool]:
     """Along one axis, the lengths of the four feature maps (strides 4/8/16/32) the backbone of ``backbone_config``
-    makes from an input of ``side`` pixels, and whether it runs on that side at all.
+    makes from an input of ``side`` pixels (:func:`backbone_feature_lengths`), and whether it runs on that side at
+    all.
 
     * ConvNeXt: a ``patch_size`` stem of that stride and 2x2 stride-2 downsamplings, all unpadded, so remainders are
       dropped and the stride-32 map needs at least 32 px (transformers' ``ConvNextBackbone`` fails below that);
@@ -645,24 +668,13 @@ def backbone_feature_sides(backbone_config, side: int) -> tuple[list[int] | None
 
     Other backbones (through ``AutoBackbone``) are not known here: ``(None, True)``.
     """
-    model_type = backbone_config.model_type
-    if model_type == "convnext":
-        sides = [side // backbone_config.patch_size]
-        for _ in range(1, backbone_config.num_stages):
-            sides.append(sides[-1] // 2)
-        return sides, sides[-1] >= 1
-    if model_type == "segformer":
-        sides, runs, length = [], True, side
-        for kernel, stride, ratio in zip(
-            backbone_config.patch_sizes, backbone_config.strides, backbone_config.sr_ratios
-        ):
-            length = max((length + 2 * (kernel // 2) - kernel) // stride + 1, 0)
-            runs = runs and length >= max(ratio, 1)
-            sides.append(length)
-        return sides, runs
-    if model_type in ("swin", "semask_swin", "pale"):
-        return [-(-side // (4 * 2**level)) for level in range(4)], True
-    return None, True
+    lengths = backbone_feature_lengths(backbone_config, side)
+    if lengths is None:
+        return None, True
+    if backbone_config.model_type == "segformer":
+        ratios = backbone_config.sr_ratios
+        return lengths, all(length >= max(ratio, 1) for length, ratio in zip(lengths, ratios))
+    return lengths, lengths[-1] >= 1
 
 
 def minimum_backbone_side(backbone_config) -> int:
@@ -779,13 +791,17 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         height, width = pixel_values.shape[-2:]
         input_height, input_width = self.backbone_input_size(height, width)
         self.check_single_image_training(pixel_values.shape[0], height, width)
-        if (input_height, input_width) != (height, width):
+        # traced, a backbone with a minimum side pads (maybe by 0) and crops at every size: no branch on the size
+        pads = minimum_backbone_side(backbone_config) > 1 and (
+            torch.compiler.is_compiling() or (input_height, input_width) != (height, width)
+        )
+        if pads:
             pixel_values = F.pad(pixel_values, (0, input_width - width, 0, input_height - height))
         features, hidden_states, attentions = self.backbone_features(
             pixel_values, output_hidden_states, output_attentions
         )
         logits, auxiliary_logits, _ = decode_with_auxiliary_head(self, features, None)
-        if (input_height, input_width) != (height, width):
+        if pads:
             logits = self.crop_to_input(logits, 0, height, width)
             if auxiliary_logits is not None:
                 auxiliary_logits = self.crop_to_input(auxiliary_logits, 2, height, width)
@@ -803,21 +819,17 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
 
     def backbone_input_size(self, height: int, width: int) -> tuple[int, int]:
         """The input size the backbone gets for an input of ``height x width``: each side below the backbone's
-        minimum (:func:`minimum_backbone_side`) raised to it, every other side unchanged."""
-        backbone_config = self.config.backbone_config
-        sizes = []
-        for side in (height, width):
-            if not backbone_feature_sides(backbone_config, side)[1]:
-                side = minimum_backbone_side(backbone_config)
-            sizes.append(side)
-        return sizes[0], sizes[1]
+        minimum (:func:`minimum_backbone_side`) raised to it, every other side unchanged (``torch.sym_max``: no
+        branch on a traced side; the backbone runs on every side from its minimum on)."""
+        minimum = minimum_backbone_side(self.config.backbone_config)
+        return torch.sym_max(height, minimum), torch.sym_max(width, minimum)
 
     def crop_to_input(self, scores: torch.Tensor, level: int, height: int, width: int) -> torch.Tensor:
         """Scores of a padded input at the stride of backbone level ``level`` cropped to an input of
         ``height x width``: the size the backbone's map of that level has for that input (at least 1)."""
         backbone_config = self.config.backbone_config
-        crop_height = max(backbone_feature_sides(backbone_config, height)[0][level], 1)
-        crop_width = max(backbone_feature_sides(backbone_config, width)[0][level], 1)
+        crop_height = torch.sym_max(backbone_feature_lengths(backbone_config, height)[level], 1)
+        crop_width = torch.sym_max(backbone_feature_lengths(backbone_config, width)[level], 1)
         return scores[..., :crop_height, :crop_width]
 
     def check_single_image_training(self, batch_size: int, height: int, width: int) -> None:
