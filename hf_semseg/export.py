@@ -55,6 +55,8 @@ from .conversion.common import (
     quiet_progress_bars,
     terminate_with_cleanup,
 )
+from .models.configuration_utils_segmentation import STORAGE_WEIGHT_BITS
+from .models.modeling_any_precision import active_weight_bits
 from .models.modeling_semask_swin import window_partition, window_reverse
 from .models.modeling_utils_segmentation import reshape_copy
 
@@ -609,6 +611,8 @@ def side_files(
         "output": {"name": "logits", "shape": outputs["logits"]},
         "outputs": [{"name": name, "shape": shape} for name, shape in outputs.items()],
         "size_divisibility": int(getattr(config, "size_divisibility", 0) or 0),
+        # the weight width an any-precision model was exported at (its weights are fixed in the graph); null: float
+        "weight_bits": active_weight_bits(model),
         "id2label": {str(index): label for index, label in sorted(config.id2label.items())},
     }
     files[paths["labels"]] = (json.dumps(labels, indent=2) + "\n").encode()
@@ -685,16 +689,25 @@ def export_folder(
     output: str | os.PathLike,
     batch_size: int = 1,
     trust_remote_code: bool = False,
+    weight_bits: int | None = None,
 ) -> list[Path]:
     """Exports the model saved in ``folder`` as ``output_format`` to ``output`` plus its side files; returns the
     paths written. Every file goes to a temporary name in the destination folder first: on any error nothing is
     left. A side file of an earlier export to ``output`` that this one does not write (the processor settings of a
     model that has none) is removed, so that the side files always describe the export next to them. An output or
-    side file that would replace a file of the model folder is refused before any work."""
+    side file that would replace a file of the model folder is refused before any work. ``weight_bits``: the width
+    an any-precision model is exported at (its ``set_weight_bits``; None: the width its folder records, by default
+    its widest); refused for a float model."""
     if output_format not in FORMATS:
         raise ExportError(f"--format {output_format}: unknown format (expected one of {', '.join(FORMATS)})")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"--batch_size {batch_size}: expected a whole number of images, at least 1")
+    if weight_bits is not None and (
+        isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 1 <= weight_bits <= STORAGE_WEIGHT_BITS
+    ):
+        raise ExportError(
+            f"--weight_bits {weight_bits}: expected a whole number of bits from 1 to {STORAGE_WEIGHT_BITS}"
+        )
     output = Path(output)
     try:  # on Python 3.11 the path checks raise for a name too long or a folder that cannot be entered
         check_output(output, output_format)
@@ -707,6 +720,13 @@ def export_folder(
     except OSError as error:
         path = error.filename or folder
         raise ExportError(f"--model {folder}: {path} cannot be read ({error.strerror or error})") from None
+    if weight_bits is not None:
+        if active_weight_bits(model) is None:
+            raise ExportError(
+                f"--weight_bits {weight_bits}: {folder} holds a float model (config.weight_bits is None); expected "
+                "an any-precision model (saved after model.to_any_precision(...))"
+            )
+        model.set_weight_bits(weight_bits)
     written = {}  # final path -> temporary path
     try:
         files = side_files(model, Path(folder), output, output_format, batch_size)
@@ -758,6 +778,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="the file to write (.onnx or .pt2)")
     parser.add_argument("--batch_size", default="1", help="the number of images the export takes per call (1)")
     parser.add_argument(
+        "--weight_bits",
+        default=None,
+        help="an any-precision model's weight width for the export, 1 to 8 bits (default: the width its folder "
+        "records, by default its widest); labels.json records the width",
+    )
+    parser.add_argument(
         "--trust_remote_code",
         action="store_true",
         help="run the model folder's own code where its config names some (auto_map) for a model type neither "
@@ -771,6 +797,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(
                 f"--batch_size {arguments.batch_size}: expected a whole number of images, at least 1"
             ) from None
+        weight_bits = arguments.weight_bits
+        if weight_bits is not None:
+            try:
+                weight_bits = int(weight_bits)
+            except ValueError:
+                raise ExportError(
+                    f"--weight_bits {weight_bits}: expected a whole number of bits from 1 to {STORAGE_WEIGHT_BITS}"
+                ) from None
         with terminate_with_cleanup():  # SIGTERM cleans up as an interrupt does
             paths = export_folder(
                 arguments.model,
@@ -778,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.output,
                 batch_size,
                 trust_remote_code=arguments.trust_remote_code,
+                weight_bits=weight_bits,
             )
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)

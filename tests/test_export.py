@@ -1108,3 +1108,72 @@ def test_an_sdn_neck_export_runs_in_onnxruntime_where_the_deepest_map_is_one_pix
             expected = model(pixel_values).numpy()
         (got,) = session.run(None, {"pixel_values": pixel_values.numpy()})
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"{sides}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# any-precision models: the width of the export
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def any_precision_folder(tmp_path_factory):
+    """A tiny SeMask-FPN made any-precision (8, 4 and 2 bits; the folder records 8, its widest) and saved."""
+    folder = tmp_path_factory.mktemp("any_precision")
+    model = fresh_model("semask_fpn").to_any_precision([8, 4, 2])
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_cli_exports_an_any_precision_model_at_the_width_asked(any_precision_folder, tmp_path):
+    """``--weight_bits 2``: the program computes the model at 2 bits (not at the 8 its folder records), and
+    ``labels.json`` says so; without the option the export is at the folder's width, recorded the same way."""
+    folder, model = any_precision_folder
+    output = tmp_path / "m.pt2"
+    assert (
+        export.main(["--model", str(folder), "--format", "torch_export", "--output", str(output), "--weight_bits", "2"])
+        == 0
+    )
+    program = torch.export.load(str(output)).module()
+    pixel_values = torch.randn(1, 3, 72, 88, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        exported = program(pixel_values).numpy()
+    expected = eager_logits(copy.deepcopy(model).set_weight_bits(2).eval(), pixel_values)
+    widest = eager_logits(copy.deepcopy(model).set_weight_bits(8).eval(), pixel_values)
+    np.testing.assert_allclose(exported, expected, rtol=0, atol=1e-4)
+    assert np.abs(widest - expected).max() > 100 * 1e-4  # 2 bits compute other logits than 8
+    assert json.loads((tmp_path / "m.pt2.labels.json").read_text())["weight_bits"] == 2
+
+
+def test_labels_record_the_width_of_the_export(any_precision_folder, saved_folder, tmp_path, monkeypatch):
+    """``weight_bits`` in ``labels.json``: the any-precision folder's own width without ``--weight_bits``, null for
+    a float model."""
+    calls = fake_exporters(monkeypatch)
+    for (folder, _), name, expected in ((any_precision_folder, "a", 8), (saved_folder, "f", None)):
+        export.export_folder(folder, "onnx", tmp_path / f"{name}.onnx")
+        assert json.loads((tmp_path / f"{name}.onnx.labels.json").read_text())["weight_bits"] == expected
+    assert [call["model"].config.active_weight_bits for call in calls] == [8, None]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("9", "--weight_bits 9: expected a whole number of bits from 1 to 8"),
+        ("0", "--weight_bits 0: expected a whole number of bits from 1 to 8"),
+        ("two", "--weight_bits two: expected a whole number of bits from 1 to 8"),
+        (
+            "4",
+            "--weight_bits 4: {folder} holds a float model (config.weight_bits is None); expected an any-precision "
+            "model (saved after model.to_any_precision(...))",
+        ),
+    ],
+    ids=["too_wide", "zero", "not_a_number", "float_model"],
+)
+def test_cli_refuses_a_bad_weight_width(saved_folder, tmp_path, capsys, monkeypatch, value, message):
+    """One error line and exit status 1, before anything is written (a float model: after loading, before the
+    export runs)."""
+    calls = fake_exporters(monkeypatch)
+    folder, _ = saved_folder
+    arguments = ["--model", str(folder), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]
+    assert export.main([*arguments, "--weight_bits", value]) == 1
+    assert one_error_line(capsys) == "error: " + message.format(folder=folder)
+    assert list(tmp_path.iterdir()) == [] and calls == []
