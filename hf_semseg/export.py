@@ -56,7 +56,7 @@ from .conversion.common import (
     terminate_with_cleanup,
 )
 from .models.configuration_utils_segmentation import STORAGE_WEIGHT_BITS
-from .models.modeling_any_precision import active_weight_bits
+from .models.modeling_any_precision import active_weight_bits, check_weight_width
 from .models.modeling_semask_swin import window_partition, window_reverse
 from .models.modeling_utils_segmentation import reshape_copy
 
@@ -683,6 +683,11 @@ def check_model_files_kept(folder: str | os.PathLike, output: Path) -> None:
             )
 
 
+def weight_bits_error(value) -> ExportError:
+    """The error for a ``--weight_bits`` value that is not a width an any-precision model computes at."""
+    return ExportError(f"--weight_bits {value}: expected a whole number of bits from 1 to {STORAGE_WEIGHT_BITS}")
+
+
 def export_folder(
     folder: str | os.PathLike,
     output_format: str,
@@ -702,12 +707,11 @@ def export_folder(
         raise ExportError(f"--format {output_format}: unknown format (expected one of {', '.join(FORMATS)})")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"--batch_size {batch_size}: expected a whole number of images, at least 1")
-    if weight_bits is not None and (
-        isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 1 <= weight_bits <= STORAGE_WEIGHT_BITS
-    ):
-        raise ExportError(
-            f"--weight_bits {weight_bits}: expected a whole number of bits from 1 to {STORAGE_WEIGHT_BITS}"
-        )
+    if weight_bits is not None:
+        try:
+            check_weight_width(weight_bits)
+        except ValueError:
+            raise weight_bits_error(weight_bits) from None
     output = Path(output)
     try:  # on Python 3.11 the path checks raise for a name too long or a folder that cannot be entered
         check_output(output, output_format)
@@ -802,9 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 weight_bits = int(weight_bits)
             except ValueError:
-                raise ExportError(
-                    f"--weight_bits {weight_bits}: expected a whole number of bits from 1 to {STORAGE_WEIGHT_BITS}"
-                ) from None
+                raise weight_bits_error(weight_bits) from None
         with terminate_with_cleanup():  # SIGTERM cleans up as an interrupt does
             paths = export_folder(
                 arguments.model,

@@ -749,6 +749,8 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         # again: from_pretrained sets an id2label / num_labels override after the config validated itself
         validate_labels(config, per_pixel_softmax="VWFormerForSemanticSegmentation")
         self.backbone = build_backbone(config.backbone_config)
+        # the smallest side the backbone runs on (1: any), read in every forward: searched once here
+        self.minimum_input_side = minimum_backbone_side(config.backbone_config)
         in_channels = backbone_channels(self.backbone)
         self.neck = sdn_neck(config, in_channels)  # None unless config.use_sdn_neck
         self.decode_head = VWFormerHead(config, in_channels)
@@ -792,7 +794,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         input_height, input_width = self.backbone_input_size(height, width)
         self.check_single_image_training(pixel_values.shape[0], height, width)
         # traced, a backbone with a minimum side pads (maybe by 0) and crops at every size: no branch on the size
-        pads = minimum_backbone_side(backbone_config) > 1 and (
+        pads = self.minimum_input_side > 1 and (
             torch.compiler.is_compiling() or (input_height, input_width) != (height, width)
         )
         if pads:
@@ -821,8 +823,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         """The input size the backbone gets for an input of ``height x width``: each side below the backbone's
         minimum (:func:`minimum_backbone_side`) raised to it, every other side unchanged (``torch.sym_max``: no
         branch on a traced side; the backbone runs on every side from its minimum on)."""
-        minimum = minimum_backbone_side(self.config.backbone_config)
-        return torch.sym_max(height, minimum), torch.sym_max(width, minimum)
+        return torch.sym_max(height, self.minimum_input_side), torch.sym_max(width, self.minimum_input_side)
 
     def crop_to_input(self, scores: torch.Tensor, level: int, height: int, width: int) -> torch.Tensor:
         """Scores of a padded input at the stride of backbone level ``level`` cropped to an input of
@@ -848,7 +849,7 @@ class VWFormerForSemanticSegmentation(VWFormerPreTrainedModel):
         width_sides, _ = backbone_feature_sides(backbone_config, input_width)
         if height_sides is None or width_sides is None:
             return
-        side = minimum_backbone_side(backbone_config)
+        side = self.minimum_input_side
         while backbone_feature_sides(backbone_config, side)[0][3] < 2:
             side += 1
         check_batch_norm_batch(
