@@ -169,7 +169,7 @@ class SegmentationTrainTransform:
         _check_pair("crop_size", self.crop_size, numbers.Integral, "positive integers (height, width)")
         low, high = _check_pair("ratio_range", self.ratio_range, numbers.Real, "positive numbers (low, high)")
         if not low <= high < float("inf"):
-            raise ValueError(f"ratio_range must be (low, high) with 0 < low <= high, got {self.ratio_range!r}")
+            raise ValueError(f"ratio_range must be (low, high) with 0 < low <= high < inf, got {self.ratio_range!r}")
         if not isinstance(self.flip_prob, numbers.Real) or not 0 <= self.flip_prob <= 1:
             raise ValueError(f"flip_prob must be a probability in [0, 1], got {self.flip_prob!r}")
 

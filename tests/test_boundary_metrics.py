@@ -127,7 +127,7 @@ def test_min_max_band_equals_iterated_3x3_erosion_and_distance_search():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("shape", [(17, 23), (32, 32)])
-@pytest.mark.parametrize("dilation_ratio", [0.02, 0.06, 0.1])
+@pytest.mark.parametrize("dilation_ratio", [0.0, 0.02, 0.06, 0.1])  # 0: a band of 1 pixel
 def test_boundary_iou_equals_slow_definition(seed, shape, dilation_ratio):
     num_labels = 4
     rng = np.random.default_rng(seed)
@@ -364,3 +364,13 @@ def test_gather_reduces_the_whole_state(monkeypatch):
         }
         for name, value in state.items():
             assert torch.equal(getattr(holder, name), 2 * value), name
+
+
+def test_a_one_pixel_image_is_counted():
+    """A 1 x 1 image is its own inner boundary (the outside of the image is not the class): a right prediction adds
+    one pixel to the class's intersection and union, a wrong one one pixel to the union of each of the two classes."""
+    metric = BoundaryIoU(3)
+    metric.update(torch.tensor([[2]]), torch.tensor([[2]]))
+    assert metric.intersection.tolist() == [0, 0, 1] and metric.union.tolist() == [0, 0, 1]
+    metric.update(torch.tensor([[[1]]]), torch.tensor([[[2]]]))
+    assert metric.intersection.tolist() == [0, 0, 1] and metric.union.tolist() == [0, 1, 2]

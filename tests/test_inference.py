@@ -40,6 +40,8 @@ def test_window_origins_follow_mmseg():
     assert window_origins(10, 4, 3).tolist() == [0, 3, 6]
     assert window_origins(11, 4, 3).tolist() == [0, 3, 6, 7]  # the last window ends at the border
     assert window_origins(3, 3, 3).tolist() == [0]
+    assert window_origins(1, 1, 1).tolist() == [0]  # sizes of 1 are positive
+    assert window_origins(4, 1, 1).tolist() == [0, 1, 2, 3]
 
 
 def mmseg_slide_reference(model, image, crop, stride):

@@ -241,6 +241,11 @@ def test_crop_processor_padding_refuses_scores_smaller_than_the_image_region():
         r"processor's pixel values of a 30x50 image: pass scores at the pixel values' resolution",
     ):
         crop_processor_padding(torch.zeros(1, 2, 16, 24), processor, (30, 50))
+    # short on one side only is enough (the region is 40 x 67)
+    for shape in ((1, 2, 39, 80), (1, 2, 48, 66)):
+        with pytest.raises(ValueError, match=rf"scores have shape \(1, 2, {shape[2]}, {shape[3]}\) but the image lies"):
+            crop_processor_padding(torch.zeros(shape), processor, (30, 50))
+    assert crop_processor_padding(torch.zeros(1, 2, 40, 67), processor, (30, 50)).shape == (1, 2, 40, 67)
 
 
 @pytest.mark.parametrize(

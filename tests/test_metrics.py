@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_semseg.metrics import MeanIoU
+from hf_semseg.metrics import BoundaryIoU, MeanIoU, SegmentationMetrics, TrimapMeanIoU
 
 
 def evaluate_mean_iou(predictions, references, num_labels, ignore_index):
@@ -88,3 +88,37 @@ def test_predictions_that_are_not_class_ids_are_refused(dtype):
     with pytest.raises(TypeError, match=rf"references must be integer class ids, got {dtype}"):
         metric.update(torch.tensor([[0, 1]]), torch.tensor([[0.0, 1.0]]).to(dtype))
     assert metric.confusion.sum() == 0
+
+
+def test_class_ids_at_the_ends_of_the_range():
+    """A prediction equal to ``num_labels`` (one past the last class) or -1 is a miss, counted in its label's area
+    only; a reference equal to ``num_labels`` is refused, naming it; 0 and ``num_labels - 1`` are classes."""
+    metric = MeanIoU(num_labels=3)
+    metric.update(torch.tensor([[0, 3, 2, -1]]), torch.tensor([[0, 2, 2, 0]]))
+    # class 0: I=1, label area 2 (one missed) -> 1/2; class 1: absent -> NaN; class 2: I=1, label area 2 -> 1/2
+    np.testing.assert_allclose(metric.compute()["per_category_iou"], [1 / 2, np.nan, 1 / 2])
+    assert metric.missed.tolist() == [1, 0, 1] and metric.confusion.sum() == 2
+    with pytest.raises(ValueError, match=r"references contain labels \[3\] outside \[0, 3\) and 255"):
+        metric.update(torch.tensor([[0, 1]]), torch.tensor([[3, 1]]))
+
+
+@pytest.mark.parametrize("make", [lambda: MeanIoU(3), lambda: SegmentationMetrics(3)], ids=["MeanIoU", "all"])
+def test_gather_outside_a_distributed_run_leaves_the_counts(make):
+    """Without a process group (a single process, the evaluation script's default) ``gather`` has nothing to sum:
+    the counts and the results stay as they were."""
+    metric = make()
+    metric.update(torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 1], [1, 2]]))
+    before = metric.compute()
+    metric.gather()
+    after = metric.compute()
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+def test_the_band_widths_default_to_the_papers():
+    """Boundary IoU's dilation ratio is the paper's 0.02 of the diagonal; the trimap's half-width is 5 pixels (ours,
+    documented); the combined metrics pass the same defaults on."""
+    assert BoundaryIoU(3).dilation_ratio == 0.02 and TrimapMeanIoU(3).trimap_width == 5
+    metrics = SegmentationMetrics(3)
+    assert (metrics.boundary_iou.dilation_ratio, metrics.trimap_mean_iou.trimap_width) == (0.02, 5)

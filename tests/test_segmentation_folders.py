@@ -97,6 +97,19 @@ def test_cityscapes_without_train_ids_names_the_script_that_writes_them(tmp_path
         load_image_folders(tmp_path)
 
 
+def test_cityscapes_missing_a_label_map_its_label_ids_do_not_explain_is_named(tmp_path):
+    """Without the image's ``*_gtFine_labelIds.png`` either, the train-id script is not the fix: the missing file is
+    named as in every other layout."""
+    cityscapes_layout(tmp_path, train_ids=False)
+    next((tmp_path / "gtFine").rglob("*_gtFine_labelIds.png")).unlink()
+    with pytest.raises(
+        SegmentationFolderError,
+        match=r"1 image\(s\) without a label map: \S*aachen_000000_000019_"
+        r"leftImg8bit\.png has no \S*aachen_000000_000019_gtFine_labelTrainIds\.png$",
+    ):
+        load_image_folders(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -195,6 +208,9 @@ def test_images_beside_split_folders_and_hidden_files(tmp_path):
     ade_layout(tmp_path, with_test=False)
     write_image(tmp_path / "images" / "training" / "._a.jpg", 5)
     (tmp_path / "annotations" / "training" / ".DS_Store").write_bytes(b"\0")
+    # files that are no images, or hidden, beside the split folders are not images beside them
+    (tmp_path / "images" / "README.txt").write_text("ADE20K")
+    write_image(tmp_path / "images" / ".thumbnail.jpg", 6)
     dataset = load_image_folders(tmp_path)
     assert dataset["train"].num_rows == 3 and dataset["validation"].num_rows == 1
     write_image(tmp_path / "images" / "extra.jpg", 7)

@@ -127,14 +127,21 @@ def test_augmentation_is_the_same_in_a_data_loader_worker():
             r"crop_size must be two positive integers \(height, width\), got \(16\.0, 16\.0\)",
         ),
         ({"scale": (0, 0)}, r"scale must be two positive numbers \(long, short\), got \(0, 0\)"),
-        ({"ratio_range": (2.0, 0.5)}, r"ratio_range must be \(low, high\) with 0 < low <= high, got \(2\.0, 0\.5\)"),
+        (
+            {"ratio_range": (2.0, 0.5)},
+            r"ratio_range must be \(low, high\) with 0 < low <= high < inf, got \(2\.0, 0\.5\)",
+        ),
+        (
+            {"ratio_range": (0.5, float("inf"))},
+            r"ratio_range must be \(low, high\) with 0 < low <= high < inf, got \(0\.5, inf\)",
+        ),
         (
             {"ratio_range": (-1.0, -0.5)},
             r"ratio_range must be two positive numbers \(low, high\), got \(-1\.0, -0\.5\)",
         ),
         ({"flip_prob": 2}, r"flip_prob must be a probability in \[0, 1\], got 2"),
     ],
-    ids=["crop 0", "crop int", "crop float", "scale 0", "ratio reversed", "ratio negative", "flip 2"],
+    ids=["crop 0", "crop int", "crop float", "scale 0", "ratio reversed", "ratio infinite", "ratio negative", "flip 2"],
 )
 def test_settings_are_checked_when_the_transform_is_made(settings, message):
     """Before, at the first sample or never: a crop of 0 rows gave empty samples, an int crop was "not subscriptable",
@@ -216,3 +223,122 @@ def test_a_crop_that_stays_unbalanced_is_the_eleventh_draw_as_mmseg():
     draws = [(int(replay.integers(0, 61)), int(replay.integers(0, 61))) for _ in range(11)]
     assert (top, left) == draws[-1] != draws[-2]
     assert random_crop_origin(label, (40, 40), 1.0, np.random.default_rng(3)) == draws[0]  # no check: one draw
+
+
+class ScriptedDraws:
+    """A stand-in for the generator that answers each draw from a script of ``(draw, value)`` pairs, in order, a draw
+    written as its call (``"integers(2)"``: a coin), and checks the calls against the script."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+
+    def _next(self, call):
+        assert self.script, f"an unscripted draw {call}"
+        expected, value = self.script.pop(0)
+        assert call == expected, f"drew {call}, the script expected {expected}"
+        return value
+
+    def integers(self, *args):
+        return self._next(f"integers({', '.join(map(repr, args))})")
+
+    def uniform(self, *args):
+        return self._next(f"uniform({', '.join(map(repr, args))})")
+
+
+# mmseg PhotoMetricDistortion's decisions, in our draw order: brightness coin (and delta in [-32, 32)), contrast-first
+# coin, the contrast coin (and factor in [0.5, 1.5)) when first, the saturation and hue coins, the saturation factor
+# ([0.5, 1.5)) and the hue shift (-18..18 on OpenCV's 0-180 scale), the contrast coin (and factor) when last
+COIN = "integers(2)"
+BRIGHTNESS, FACTOR, HUE = "uniform(-32, 32)", "uniform(0.5, 1.5)", "integers(-18, 19)"
+NO_CHANGE = [(COIN, 0)] * 5
+
+
+@pytest.mark.parametrize(
+    "script, pixel, expected",
+    [
+        # brightness +10 only
+        ([(COIN, 1), (BRIGHTNESS, 10.0), *NO_CHANGE[1:]], (200, 100, 50), (210, 110, 60)),
+        # brightness clips at 255 and at 0 before the contrast x0.5 / x1.5 applied last (127.5 rounds to even)
+        ([(COIN, 1), (BRIGHTNESS, 30.0), *NO_CHANGE[1:4], (COIN, 1), (FACTOR, 0.5)], (240, 100, 50), (128, 65, 40)),
+        ([(COIN, 1), (BRIGHTNESS, -30.0), *NO_CHANGE[1:4], (COIN, 1), (FACTOR, 1.5)], (20, 100, 50), (0, 105, 30)),
+        # contrast x0.5, applied last (contrast-first coin 0)
+        ([*NO_CHANGE[:4], (COIN, 1), (FACTOR, 0.5)], (200, 100, 50), (100, 50, 25)),
+        # contrast x1.5, applied first (contrast-first coin 1): once, before the colour steps
+        ([(COIN, 0), (COIN, 1), (COIN, 1), (FACTOR, 1.5), (COIN, 0), (COIN, 0)], (100, 60, 20), (150, 90, 30)),
+        # saturation x0.5 only: (200, 100, 100) has s = 0.5, v = 200; s = 0.25 gives chroma 50
+        ([(COIN, 0), (COIN, 0), (COIN, 1), (COIN, 0), (FACTOR, 0.5), (COIN, 0)], (200, 100, 100), (200, 150, 150)),
+        # contrast x1.5 first clips at 255 before the saturation x0.6: (255, 150, 150) has s = 105 / 255, chroma 63
+        (
+            [(COIN, 0), (COIN, 1), (COIN, 1), (FACTOR, 1.5), (COIN, 1), (COIN, 0), (FACTOR, 0.6)],
+            (200, 100, 100),
+            (255, 192, 192),
+        ),
+        # saturation x1.5 clips at 1: (200, 125, 50) has s = 0.75, hue 30; s = 1 gives chroma 200, middle channel 100
+        ([(COIN, 0), (COIN, 0), (COIN, 1), (COIN, 0), (FACTOR, 1.5), (COIN, 0)], (200, 125, 50), (200, 100, 0)),
+        # hue +120 degrees only (a shift of 60 on OpenCV's 0-180 scale): red becomes green
+        ([(COIN, 0), (COIN, 0), (COIN, 0), (COIN, 1), (HUE, 60), (COIN, 0)], (255, 0, 0), (0, 255, 0)),
+    ],
+    ids=[
+        "brightness",
+        "clipped-high",
+        "clipped-low",
+        "contrast-last",
+        "contrast-first",
+        "saturation",
+        "contrast-clipped",
+        "saturation-clipped",
+        "hue",
+    ],
+)
+def test_photometric_distortion_applies_each_drawn_step_once(script, pixel, expected):
+    """Each step the draws switch on changes the pixel as mmseg's PhotoMetricDistortion does (hand-computed values),
+    the others leave it alone; every draw of the script is used."""
+    image = np.array([[pixel]], dtype=np.uint8)
+    draws = ScriptedDraws(*script)
+    np.testing.assert_array_equal(photometric_distortion(image, draws)[0, 0], expected)
+    assert draws.script == []
+
+
+@pytest.mark.parametrize("size", [(513, 256), (512, 257), (600, 100), (100, 300)])
+def test_a_sample_larger_than_the_crop_on_either_side_is_refused(size):
+    """One side beyond the crop size is enough: padding by a negative amount would have cut it silently."""
+    with pytest.raises(ValueError, match=rf"a sample of {size[0]}x{size[1]} does not fit the crop size \(512, 256\)"):
+        pad_to_crop(torch.zeros(3, *size), torch.zeros(size, dtype=torch.long), (512, 256))
+
+
+def test_a_sample_is_padded_on_the_bottom_and_right_to_a_crop_of_other_sides():
+    pixel_values, label = pad_to_crop(torch.ones(3, 2, 3), torch.zeros(2, 3, dtype=torch.long), (4, 5))
+    expected_label = torch.full((4, 5), 255)
+    expected_label[:2, :3] = 0
+    torch.testing.assert_close(label, expected_label)
+    torch.testing.assert_close(pixel_values, (expected_label == 0).float().expand(3, 4, 5))
+
+
+def test_the_scale_times_the_ratio_bounds_both_sides():
+    """At ratio 0.5, ``scale=(2048, 512)`` bounds a 100 x 1000 image by (1024, 256): the long side binds (102 x 1024);
+    the short side alone would give 256 x 2560."""
+    transform = SegmentationTrainTransform(
+        crop_size=(300, 3000), ratio_range=(0.5, 0.5), flip_prob=0.0, photometric=False
+    )
+    _, label = transform(np.zeros((100, 1000, 3), np.uint8), np.zeros((100, 1000), np.int64), np.random.default_rng(0))
+    assert label.shape == keep_ratio_size(100, 1000, 1024, 256) == (102, 1024)
+
+
+def test_the_defaults_are_mmsegs_ade20k_training_pipeline():
+    """mmseg's ADE20K 512 x 512 pipeline: Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)),
+    RandomCrop(crop_size=(512, 512), cat_max_ratio=0.75), RandomFlip(prob=0.5), PhotoMetricDistortion."""
+    transform = SegmentationTrainTransform()
+    assert (transform.scale, transform.crop_size, transform.ratio_range) == ((2048, 512), (512, 512), (0.5, 2.0))
+    assert (transform.cat_max_ratio, transform.flip_prob, transform.photometric) == (0.75, 0.5, True)
+
+
+def test_a_crop_whose_largest_class_is_exactly_the_ratio_is_drawn_again():
+    """mmseg keeps a crop when its largest class covers *less than* ``cat_max_ratio``: in a tiling of 2 x 2 blocks
+    with three pixels of one class every 2 x 2 crop covers exactly 0.75, so all 10 checks fail and the 11th draw is
+    kept, as with a single class."""
+    label = np.tile(np.array([[1, 1], [1, 2]]), (4, 4))
+    top, left = random_crop_origin(label, (2, 2), 0.75, np.random.default_rng(5))
+    replay = np.random.default_rng(5)
+    draws = [(int(replay.integers(0, 7)), int(replay.integers(0, 7))) for _ in range(11)]
+    assert (top, left) == draws[-1]
+    assert random_crop_origin(label, (2, 2), 0.76, np.random.default_rng(5)) == draws[0]  # 0.75 < 0.76: the first
