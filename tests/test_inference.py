@@ -95,6 +95,8 @@ def test_multi_scale_flip_averages_softmax_over_passes(model):
             expected = expected + F.interpolate(logits, size=(32, 48), mode="bilinear").softmax(1) / 4
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ours.sum(1), torch.ones(1, 32, 48))
+    # flipping is the default, as mmseg's --aug-test
+    torch.testing.assert_close(multi_scale_flip_probabilities(model, image, scales=(0.5, 1.25)), ours, atol=0, rtol=0)
 
 
 class PaddingStub(torch.nn.Module):
