@@ -74,6 +74,15 @@ def test_sliding_window_equals_the_mmseg_loop(model, window_batch_size):
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_windows_that_tile_without_overlap_are_allowed(model):
+    """A stride equal to the crop leaves no pixel uncovered (only a larger one is refused)."""
+    image = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = sliding_window_logits(model, image, (24, 24), (24, 24))
+        reference = mmseg_slide_reference(model, image, (24, 24), (24, 24))
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_sliding_window_larger_than_the_image_is_whole_inference(model):
     image = torch.randn(1, 3, 30, 26)
     torch.testing.assert_close(
@@ -95,8 +104,14 @@ def test_multi_scale_flip_averages_softmax_over_passes(model):
             expected = expected + F.interpolate(logits, size=(32, 48), mode="bilinear").softmax(1) / 4
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ours.sum(1), torch.ones(1, 32, 48))
-    # flipping is the default, as mmseg's --aug-test
+    # flipping is the default, as mmseg's --aug-test, and so are its ADE20K ratios
     torch.testing.assert_close(multi_scale_flip_probabilities(model, image, scales=(0.5, 1.25)), ours, atol=0, rtol=0)
+    torch.testing.assert_close(
+        multi_scale_flip_probabilities(model, image),
+        multi_scale_flip_probabilities(model, image, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True),
+        atol=0,
+        rtol=0,
+    )
 
 
 class PaddingStub(torch.nn.Module):
