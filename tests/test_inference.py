@@ -74,6 +74,14 @@ def test_sliding_window_equals_the_mmseg_loop(model, window_batch_size):
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_sliding_windows_of_other_height_and_width_equal_the_mmseg_loop(model):
+    image = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours = sliding_window_logits(model, image, (16, 32), (8, 24))
+        reference = mmseg_slide_reference(model, image, (16, 32), (8, 24))
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_windows_that_tile_without_overlap_are_allowed(model):
     """A stride equal to the crop leaves no pixel uncovered (only a larger one is refused)."""
     image = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(5))
@@ -249,6 +257,14 @@ def test_segmentation_scores_follow_mmseg_aug_test_with_the_pipeline_at_every_sc
     pixel_values = processor(test_image, return_tensors="pt")["pixel_values"]
     logits = F.interpolate(whole_image_logits(model, pixel_values), size=(45, 70), mode="bilinear")
     torch.testing.assert_close(single, logits.softmax(1)[0], atol=1e-6, rtol=0)
+    # sliding windows: a crop size alone slides with a stride of the crop (windows that tile the image)
+    windows = sliding_window_logits(model, pixel_values, (16, 16), (16, 16))
+    torch.testing.assert_close(
+        segmentation_scores(model, processor, test_image, crop_size=(16, 16)),
+        F.interpolate(windows, size=(45, 70), mode="bilinear").softmax(1)[0],
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -413,6 +429,12 @@ def test_the_image_size_is_read_as_the_processor_reads_the_layout(model):
     ambiguous = np.random.default_rng(2).integers(0, 256, (4, 30, 3), dtype=np.uint8)  # 4 rows of RGB
     scores = segmentation_scores(model, processor, ambiguous, input_data_format="channels_last")
     assert scores.shape[1:] == (4, 30)
+    # 3 rows of RGB, which the processor alone would take for channels first: the stated layout reaches it
+    three_rows = np.random.default_rng(3).integers(0, 256, (3, 30, 3), dtype=np.uint8)
+    torch.testing.assert_close(
+        segmentation_scores(model, processor, three_rows, input_data_format="channels_last"),
+        segmentation_scores(model, processor, Image.fromarray(three_rows)),
+    )
 
 
 @pytest.mark.parametrize("model_class", ["VWMaskFormerForSemanticSegmentation", "VWMask2FormerForSemanticSegmentation"])

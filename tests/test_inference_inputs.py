@@ -118,8 +118,10 @@ def test_a_model_on_another_device_is_named(inference):
         ((16, 16), None, 8, r"stride must be two positive integers \(height, width\), got None"),
         ((16, 16), (8, 8), 2.5, r"window_batch_size must be a positive integer, got 2\.5"),
         ((16, 16), (8, 8), 0, r"window_batch_size must be a positive integer, got 0"),
+        ((8, 16), (12, 4), 8, r"stride \(12, 4\) is larger than crop_size \(8, 16\): the windows would leave"),
+        ((16, 8), (4, 12), 8, r"stride \(4, 12\) is larger than crop_size \(16, 8\): the windows would leave"),
     ],
-    ids=["int crop", "no stride", "float batch", "zero batch"],
+    ids=["int crop", "no stride", "float batch", "zero batch", "tall stride", "wide stride"],
 )
 def test_window_settings_that_are_not_pairs_are_named(crop, stride, window_batch_size, message):
     """``len()`` of an int, of None, and ``range()`` of a float were Python's errors, naming no argument."""
@@ -146,9 +148,10 @@ def test_numpy_integer_windows_are_windows():
         ((1.0, 0), r"scales must be positive finite ratios, got 0 in \(1\.0, 0\)"),
         ((1.0, -0.5), r"scales must be positive finite ratios, got -0\.5 in \(1\.0, -0\.5\)"),
         ((1.0, math.nan), r"scales must be positive finite ratios, got nan in \(1\.0, nan\)"),
+        ((1.0, math.inf), r"scales must be positive finite ratios, got inf in \(1\.0, inf\)"),
         ((1.0, 0.05), r"scale 0\.05 resizes the 8x8 input to 0x0 pixels: each scale must leave at least 1x1 pixel"),
     ],
-    ids=["empty", "number", "zero", "negative", "nan", "too small"],
+    ids=["empty", "number", "zero", "negative", "nan", "infinite", "too small"],
 )
 def test_scales_are_checked_before_the_first_pass(scales, message):
     """No scales divided None by 0 passes (a TypeError); a zero, negative or too small ratio was torch's "Input and
@@ -246,6 +249,8 @@ def test_crop_processor_padding_refuses_scores_smaller_than_the_image_region():
         with pytest.raises(ValueError, match=rf"scores have shape \(1, 2, {shape[2]}, {shape[3]}\) but the image lies"):
             crop_processor_padding(torch.zeros(shape), processor, (30, 50))
     assert crop_processor_padding(torch.zeros(1, 2, 40, 67), processor, (30, 50)).shape == (1, 2, 40, 67)
+    # a 1 x 1 image is an image size (shortest edge 40: 40 x 40)
+    assert crop_processor_padding(torch.zeros(1, 2, 64, 64), processor, (1, 1)).shape == (1, 2, 40, 40)
 
 
 @pytest.mark.parametrize(

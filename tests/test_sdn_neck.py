@@ -3,6 +3,7 @@ semantic difference convolution against a slow per-pixel reference written from 
 gradients, the identity at initialisation, shapes over an odd-sized pyramid and a hand-computed example."""
 
 import math
+import re
 import weakref
 
 import pytest
@@ -372,6 +373,28 @@ def test_level_alone_and_argument_checks():
         SDNNeck(CHANNELS)((pyramid()[0], pyramid()[0], *pyramid()[2:]))
     with pytest.raises(ValueError, match="weight must be"):
         semantic_difference_convolution(features, features, torch.randn(8, 3, 3, 3), 1.0, groups=2)
+
+
+def test_the_convolution_names_each_bad_argument():
+    """Each check on its own: a wrong rank of either input, a batch or a size of the guidance that differs alone, a
+    lambda of 0 (a division by zero) and groups dividing only one of the widths."""
+    features, weight = torch.randn(2, 8, 7, 5), torch.randn(8, 8, 3, 3)
+    guidance = torch.randn(2, 16, 7, 5)
+    for bad_features, bad_guidance in ((features[0], guidance), (features, guidance[0])):
+        with pytest.raises(ValueError, match=r"features and guidance must be \(B, C, H, W\)"):
+            semantic_difference_convolution(bad_features, bad_guidance, weight, 1.0, similarity="l2")
+    for bad_guidance in (guidance[:1], guidance[..., :4]):
+        with pytest.raises(
+            ValueError, match=re.escape(f"guidance {tuple(bad_guidance.shape)} must match the features (2, 8, 7, 5)")
+        ):
+            semantic_difference_convolution(features, bad_guidance, weight, 1.0, similarity="l2")
+    with pytest.raises(ValueError, match=r"lambda_ must be > 0; got 0\.0"):
+        semantic_difference_convolution(features, guidance, weight, 0.0, similarity="l2")
+    for in_channels, out_channels in ((8, 6), (6, 8)):
+        with pytest.raises(
+            ValueError, match=rf"groups=4 must divide in_channels={in_channels} and out_channels={out_channels}"
+        ):
+            SemanticDifferenceConvolution(in_channels, out_channels, groups=4)
 
 
 def test_parameter_counts_for_swin_b_channels():
