@@ -312,6 +312,8 @@ def test_neck_shapes_on_an_odd_pyramid(options):
     assert [tuple(out.shape) for out in outputs] == [tuple(feature.shape) for feature in features]
     assert all(not torch.equal(out, feature) for out, feature in zip(outputs, features))
     # single-image inference, a 3x3 top level whose top guide is 2x2, any number of levels
+    assert tuple(neck.top_guide(features[-1]).shape) == (2, 64, 2, 2)  # stride 2, padding 1: ceil(3 / 2)
+    assert tuple(neck.top_guide(torch.zeros(1, 64, 5, 4)).shape) == (1, 64, 3, 2)
     neck.eval()
     single = tuple(feature[:1] for feature in features)
     assert [out.shape for out in neck(single)] == [feature.shape for feature in single]
