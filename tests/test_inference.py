@@ -65,29 +65,21 @@ def mmseg_slide_reference(model, image, crop, stride):
     return preds / count
 
 
-@pytest.mark.parametrize("window_batch_size", [1, 5])
-def test_sliding_window_equals_the_mmseg_loop(model, window_batch_size):
-    image = torch.randn(2, 3, 40, 52, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize(
+    "batch, crop, stride, window_batch_size",
+    [
+        (2, (24, 24), (16, 16), 1),
+        (2, (24, 24), (16, 16), 5),
+        (1, (16, 32), (8, 24), 8),  # windows of other height and width
+        (1, (24, 24), (24, 24), 8),  # a stride equal to the crop tiles the image: allowed (only a larger one is not)
+    ],
+    ids=["one window a batch", "five windows a batch", "non-square", "tiling"],
+)
+def test_sliding_window_equals_the_mmseg_loop(model, batch, crop, stride, window_batch_size):
+    image = torch.randn(batch, 3, 40, 52, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        ours = sliding_window_logits(model, image, (24, 24), (16, 16), window_batch_size=window_batch_size)
-        reference = mmseg_slide_reference(model, image, (24, 24), (16, 16))
-    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
-
-
-def test_sliding_windows_of_other_height_and_width_equal_the_mmseg_loop(model):
-    image = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        ours = sliding_window_logits(model, image, (16, 32), (8, 24))
-        reference = mmseg_slide_reference(model, image, (16, 32), (8, 24))
-    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
-
-
-def test_windows_that_tile_without_overlap_are_allowed(model):
-    """A stride equal to the crop leaves no pixel uncovered (only a larger one is refused)."""
-    image = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        ours = sliding_window_logits(model, image, (24, 24), (24, 24))
-        reference = mmseg_slide_reference(model, image, (24, 24), (24, 24))
+        ours = sliding_window_logits(model, image, crop, stride, window_batch_size=window_batch_size)
+        reference = mmseg_slide_reference(model, image, crop, stride)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
