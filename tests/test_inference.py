@@ -259,6 +259,23 @@ def test_segmentation_scores_follow_mmseg_aug_test_with_the_pipeline_at_every_sc
     )
 
 
+def test_segmentation_scores_crop_a_fixed_pad_size_to_the_resized_image(model, test_image):
+    """A processor that pads every image to a fixed 64 x 64: the 45 x 70 image, resized to 32 x 50, lies in its top-left corner; only
+    those logits are resized to the image (the padding's rows are not stretched over it)."""
+    processor = KeepRatioImageProcessor(
+        size={"longest_edge": 64, "shortest_edge": 32}, pad_size={"height": 64, "width": 64}
+    )
+    assert processor.get_unpadded_size(45, 70) == (32, 50)
+    pixel_values = processor(test_image, return_tensors="pt")["pixel_values"]
+    assert tuple(pixel_values.shape[-2:]) == (64, 64)
+    logits = whole_image_logits(model, pixel_values)[..., :32, :50]
+    expected = F.interpolate(logits, size=(45, 70), mode="bilinear").softmax(1)[0]
+    torch.testing.assert_close(segmentation_scores(model, processor, test_image), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        segmentation_scores(model, processor, test_image, scales=(1.0, 1.0)), expected, atol=1e-6, rtol=0
+    )
+
+
 @pytest.fixture(scope="module")
 def mask2former():
     torch.manual_seed(0)
