@@ -260,8 +260,8 @@ def test_segmentation_scores_follow_mmseg_aug_test_with_the_pipeline_at_every_sc
 
 
 def test_segmentation_scores_crop_a_fixed_pad_size_to_the_resized_image(model, test_image):
-    """A processor that pads every image to a fixed 64 x 64: the 45 x 70 image, resized to 32 x 50, lies in its top-left corner; only
-    those logits are resized to the image (the padding's rows are not stretched over it)."""
+    """A processor that pads every image to a fixed 64 x 64: the 45 x 70 image, resized to 32 x 50, lies in its
+    top-left corner; only those logits are resized to the image (the padding is not stretched over it)."""
     processor = KeepRatioImageProcessor(
         size={"longest_edge": 64, "shortest_edge": 32}, pad_size={"height": 64, "width": 64}
     )
