@@ -276,6 +276,26 @@ def test_segmentation_scores_crop_a_fixed_pad_size_to_the_resized_image(model, t
     )
 
 
+def test_flipped_pass_of_a_portrait_image_mirrors_only_its_region_of_a_fixed_pad_size(model, test_image):
+    """A 70 x 45 (portrait) image resized to 50 x 32 in the top-left corner of a fixed 64 x 64 padding: the flipped
+    pass mirrors those 50 rows of 32 columns, the padding right and bottom stays; both passes' logits cropped to the
+    region, resized to the image, softmax averaged. (The landscape cases cannot tell the region's rows from its
+    columns: mirroring padding rows of zeros changes nothing.)"""
+    portrait = np.ascontiguousarray(test_image.transpose(1, 0, 2))
+    processor = KeepRatioImageProcessor(
+        size={"longest_edge": 64, "shortest_edge": 32}, pad_size={"height": 64, "width": 64}
+    )
+    assert processor.get_unpadded_size(70, 45) == (50, 32)
+    pixel_values = processor(portrait, return_tensors="pt")["pixel_values"]
+    mirrored = pixel_values.clone()
+    mirrored[..., :50, :32] = pixel_values[..., :50, :32].flip(-1)
+    expected = 0
+    for inputs, flipped in ((pixel_values, False), (mirrored, True)):
+        logits = F.interpolate(whole_image_logits(model, inputs)[..., :50, :32], size=(70, 45), mode="bilinear")
+        expected = expected + (logits.flip(-1) if flipped else logits).softmax(1)[0] / 2
+    torch.testing.assert_close(segmentation_scores(model, processor, portrait, flip=True), expected, atol=1e-6, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def mask2former():
     torch.manual_seed(0)
@@ -443,6 +463,20 @@ def test_the_image_size_is_read_as_the_processor_reads_the_layout(model):
     torch.testing.assert_close(
         segmentation_scores(model, processor, three_rows, input_data_format="channels_last"),
         segmentation_scores(model, processor, Image.fromarray(three_rows)),
+    )
+
+
+def test_the_stated_layout_reaches_detectron2s_test_loader_image(mask2former):
+    """Several scales of a detectron2-style processor resize the image its test loader gives (``tta_source_image``):
+    3 rows of RGB stated channels last must reach that first resize too, not be taken for channels first there."""
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 128})
+    three_rows = np.random.default_rng(3).integers(0, 256, (3, 30, 3), dtype=np.uint8)
+    scores = segmentation_scores(
+        mask2former, processor, three_rows, scales=(0.5, 1.0), input_data_format="channels_last"
+    )
+    assert scores.shape[1:] == (3, 30)
+    torch.testing.assert_close(
+        scores, segmentation_scores(mask2former, processor, Image.fromarray(three_rows), scales=(0.5, 1.0))
     )
 
 
