@@ -30,6 +30,7 @@ from hf_semseg.models.image_processing_semask_mask2former import SeMaskMask2Form
 from hf_semseg.models.image_processing_utils_segmentation import (
     ALREADY_RESCALED_WARNING,
     get_keep_ratio_output_size,
+    logits_cover,
     round_side,
 )
 from hf_semseg.models.image_processing_utils_semask_mask2former import get_resize_shortest_edge_output_size
@@ -310,6 +311,55 @@ def test_existing_image_file_as_str_or_path(processor_class, tmp_path):
         np.testing.assert_allclose(out[0, :, :6, :8].double().numpy(), normalised(image), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "source, fetched",
+    [
+        ("https://example.org/cat.png", True),
+        ("http://example.org/cat.png", True),
+        ("data:image/png;base64,iVBORw0KGgo=", True),
+        ("iVBORw0KGgoAAAANSUhE", True),  # 20 base64 characters: transformers' loader decodes it
+        ("iVBORw0KGgoAAAAN", True),  # 16: the shortest string taken for base64
+        ("iVBORw0KGgoAAAA", False),  # 15: a missing file's name
+        ("cat.png", False),
+    ],
+)
+def test_url_and_base64_strings_go_to_transformers_loader_and_other_strings_are_missing_files(
+    processor_class, monkeypatch, source, fetched
+):
+    """A string that is no file is fetched as transformers' ``load_image`` does (a URL, a data URL, a base64 text of
+    16 characters or more); any other string is a missing file, named as one. The loader is mocked (no network)."""
+    image = np.full((6, 8, 3), 7, np.uint8)
+    calls = []
+
+    def fetch_images(self, text):
+        calls.append(text)
+        return Image.fromarray(image)
+
+    monkeypatch.setattr(processor_class, "fetch_images", fetch_images)
+    processor = processor_class(do_resize=False, do_rescale=False, do_normalize=False)
+    if fetched:
+        out = processor(source, return_tensors="pt").pixel_values
+        assert calls == [source]
+        assert out[0, :, :6, :8].unique().tolist() == [7.0]
+    else:
+        with pytest.raises(FileNotFoundError, match=rf"Image 0: no such image file: '{source}'"):
+            processor(source)
+        assert calls == []
+
+
+def test_a_fetch_that_fails_names_the_source_and_the_error(processor_class, monkeypatch):
+    def fetch_images(self, text):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(processor_class, "fetch_images", fetch_images)
+    with pytest.raises(
+        ValueError,
+        match=r"Image 0: could not load the image 'https://example\.org/cat\.png': it is not an existing file, and "
+        r"reading it as a URL or base64-encoded image failed with ConnectionError: no route to host",
+    ):
+        processor_class()("https://example.org/cat.png")
+
+
 @pytest.mark.parametrize("damage", ["corrupt", "truncated_png", "truncated_jpeg"])
 def test_unreadable_image_file_is_named(processor_class, tmp_path, damage):
     rng = np.random.default_rng(5)
@@ -394,6 +444,8 @@ def test_label_batch_of_another_length_is_refused(processor_class):
 
 def test_to_dict_survives_save_and_reload_with_either_backend(processor_class, tmp_path):
     processor = processor_class(image_mean=[0.5, 0.4, 0.3], do_reduce_labels=True)
+    # before any save: no remote code to name (and its repr, which reads to_dict, works)
+    assert "auto_map" not in processor.to_dict() and "image_mean" in repr(processor)
     processor.save_pretrained(tmp_path)
     saved = processor.to_dict()
     assert json.loads((tmp_path / "preprocessor_config.json").read_text())["auto_map"] == saved["auto_map"]
@@ -433,6 +485,9 @@ WRONG_SETTINGS = {
         {"do_center_crop": True, "crop_size": {"height": 16, "width": 16}},
         ["do_center_crop=True", "do not crop"],
     ),
+    "pad_size height 0": ({"pad_size": {"height": 0, "width": 64}}, ["`pad_size['height']`", "positive", "got 0"]),
+    "size shortest_edge 0": ({"size": {"shortest_edge": 0}}, ["`size['shortest_edge']`", "positive", "got 0"]),
+    "size height negative": ({"size": {"height": -3, "width": 4}}, ["`size['height']`", "positive", "got -3"]),
 }
 
 
@@ -480,6 +535,14 @@ def test_size_divisor_below_one_is_refused_at_construction(processor_class, size
 def test_pad_size_with_height_and_width_still_pads(processor_class):
     out = processor_class(pad_size={"height": 64, "width": 80})(np.zeros((20, 30, 3), np.uint8), do_resize=False)
     assert np.asarray(out.pixel_values[0]).shape == (3, 64, 80)
+
+
+@pytest.mark.parametrize("pad_size", [(64, 16), (16, 64)], ids=["narrower", "lower"])
+def test_a_pad_size_smaller_on_one_side_than_the_image_is_refused(processor_class, pad_size):
+    """Padding cannot crop: a pad size below the (resized) image on either side alone is refused, naming both."""
+    processor = processor_class(pad_size={"height": pad_size[0], "width": pad_size[1]})
+    with pytest.raises(ValueError, match=rf"`pad_size`=\({pad_size[0]}, {pad_size[1]}\) is smaller than .* \(20, 30\)"):
+        processor(np.zeros((20, 30, 3), np.uint8), do_resize=False)
 
 
 def test_one_value_mean_and_std_apply_to_every_channel_in_both_backends(processor_class):
@@ -546,6 +609,34 @@ def test_float_label_map_with_whole_numbers_is_still_accepted(processor_class):
     assert np.asarray(out.labels[0])[:2, :2].tolist() == [[3, 0], [255, 7]]
 
 
+def test_a_singleton_channel_of_a_label_map_is_dropped_first_or_last_and_a_one_row_map_is_a_map(processor_class):
+    image = np.zeros((6, 5, 3), np.uint8)
+    labels = np.arange(30).reshape(6, 5)
+    processor = processor_class(do_resize=False, do_pad=False)
+    for seg_map in (labels, labels[None], labels[..., None], torch.from_numpy(labels)[None]):
+        out = processor([image], segmentation_maps=[seg_map], return_tensors="pt").labels
+        assert out[0].tolist() == labels.tolist(), tuple(seg_map.shape)
+    one_row = processor([Image.new("RGB", (5, 1))], segmentation_maps=[np.array([[1, 2, 3, 4, 5]])])
+    assert np.asarray(one_row.labels[0]).tolist() == [[1, 2, 3, 4, 5]]
+
+
+@pytest.mark.parametrize(
+    "logits_size, input_size, covers",
+    [
+        ((1, 1), (16, 16), True),  # strides 9 ... 16 (a side of 1 bounds the stride from below only)
+        ((1, 4), (8, 32), True),  # strides 7 ... 10
+        ((4, 4), (16, 16), True),  # strides 4 and 5
+        ((5, 5), (16, 16), True),  # stride 3: 16 / 3 = 5.3, rounded down
+        ((4, 8), (16, 16), False),  # another aspect ratio: no stride gives both
+        ((8, 8), (16, 20), False),  # the 16 side allows stride 2 only, and 20 / 2 = 10: an input 4 pixels wider
+    ],
+)
+def test_logits_cover_an_input_at_one_whole_stride(logits_size, input_size, covers):
+    """Hand-computed: side ``h`` of an input side ``H`` allows the strides ``H // (h + 1) + 1`` ...
+    ``(H - 1) // (h - 1)``."""
+    assert logits_cover(logits_size, input_size) is covers
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_single_channels_last_label_map_array_error_says_how_it_was_read(processor_class, channels):
     """A single (H, W, 1) map array is a batch of H maps: the error said only "Got 1 images but 37 segmentation
@@ -561,6 +652,26 @@ def test_single_channels_last_label_map_array_error_says_how_it_was_read(process
     # as the message says: in a list, an (H, W, 1) map is one map
     out = processor_class()(image, segmentation_maps=[np.full((37, 53, 1), 4, np.uint8)], do_resize=False)
     assert np.asarray(out.labels[0])[:37, :53].tolist() == [[4] * 53] * 37
+
+
+def test_palette_file_with_a_transparent_colour_is_composited_on_white_like_the_pil_image(processor_class, tmp_path):
+    """A palette PNG whose colour 1 is transparent (``info["transparency"]``, no alpha band): as a path, as a PIL
+    image and as the RGBA array, the transparent pixels are white."""
+    palette = Image.new("P", (8, 6), 0)
+    palette.putpalette([200, 40, 0, 10, 20, 30] + [0] * 762)
+    palette.paste(1, (0, 0, 4, 6))  # left half: colour 1, transparent
+    palette.save(tmp_path / "palette.png", transparency=1)
+    opened = Image.open(tmp_path / "palette.png")
+    assert opened.mode == "P" and "A" not in opened.getbands() and opened.info.get("transparency") == 1
+    processor = processor_class(do_rescale=False, do_normalize=False, do_resize=False)
+    from_path, from_pil, from_array = (
+        processor(image, return_tensors="pt").pixel_values[0, :, :6, :8].numpy()
+        for image in (str(tmp_path / "palette.png"), opened, np.array(opened.convert("RGBA")))
+    )
+    np.testing.assert_array_equal(from_path, from_pil)
+    np.testing.assert_array_equal(from_path, from_array)
+    assert from_path[:, 0, 0].tolist() == [255.0, 255.0, 255.0]  # transparent: white, not (10, 20, 30)
+    assert from_path[:, 0, 5].tolist() == [200.0, 40.0, 0.0]
 
 
 def test_rgba_file_is_composited_on_white_like_the_pil_image(processor_class, tmp_path):

@@ -80,6 +80,26 @@ def test_processed_shape_follows_keep_ratio_rule(processor_class, input_size, ex
     assert pixel_values.dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ({"shortest_edge": 512}, (512, 683)),  # f = 512/375; 500 * f = 682.67 -> 683
+        ({"longest_edge": 512}, (384, 512)),  # f = 512/500; 375 * f = 384
+        ({"shortest_edge": 100}, (100, 133)),  # f = 100/375 shrinks; 500 * f = 133.3 -> 133
+    ],
+)
+def test_one_edge_sizes_scale_that_edge_keeping_the_ratio(processor_class, size, expected):
+    """``{"shortest_edge": S}`` alone scales the short side to S, ``{"longest_edge": L}`` alone the long side to L,
+    whatever the other side becomes (mmcv ``imrescale`` with a float factor; rounded half up)."""
+    processor = processor_class(size=size)
+    assert processor.get_output_size(375, 500) == expected
+    if "shortest_edge" in size:  # an int size is a shortest edge, as transformers' keep-ratio processors read it
+        assert dict(processor_class(size=size["shortest_edge"]).size) == size
+    assert processor.get_output_size(500, 375) == expected[::-1]
+    image = np.zeros((375, 500, 3), dtype=np.uint8)
+    assert tuple(processor(image, return_tensors="pt").pixel_values.shape) == (1, 3, *expected)
+
+
 def test_fixed_size_and_no_resize(processor_class):
     image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     fixed = processor_class(size={"height": 64, "width": 48})(image, return_tensors="pt").pixel_values
@@ -510,6 +530,9 @@ def test_save_and_load_round_trip(processor_class, tmp_path):
         ([np.zeros((20, 30, 3), np.uint8), np.zeros((1, 20, 30, 3), np.uint8)], r"Image 1 has 4 dimensions"),
         ([np.zeros((20, 30, 3), np.uint8), 3.0], r"Image 1 is a"),
         (np.zeros((20, 30, 3), bool), r"Image 0 has dtype bool"),
+        (np.zeros((20, 0, 3), np.uint8), r"Image 0 has shape \(20, 0, 3\); it has no pixels"),
+        (Image.new("RGB", (0, 5)), r"Image 0 is a PIL image of size \(0, 5\) \(width, height\); it has no pixels"),
+        (Image.new("RGB", (5, 0)), r"Image 0 is a PIL image of size \(5, 0\) \(width, height\); it has no pixels"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(processor_class, bad_input, message):
@@ -517,11 +540,31 @@ def test_bad_inputs_raise_clear_errors(processor_class, bad_input, message):
         processor_class()(bad_input)
 
 
+@pytest.mark.parametrize("resample", ["bicubic", "torchvision enum", int(Image.Resampling.BICUBIC)])
+def test_resample_names_and_enums_are_the_pil_filter(processor_class, resample):
+    """A mode name, torchvision's enum or PIL's integer resample the same as ``PILImageResampling.BICUBIC``."""
+    if resample == "torchvision enum":
+        from torchvision.transforms import InterpolationMode
+
+        resample = InterpolationMode.BICUBIC
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    expected = processor_class(resample=Image.Resampling.BICUBIC)(image, return_tensors="pt").pixel_values
+    bilinear = processor_class()(image, return_tensors="pt").pixel_values
+    ours = processor_class(resample=resample)(image, return_tensors="pt").pixel_values
+    torch.testing.assert_close(ours, expected, atol=0, rtol=0)
+    assert not torch.equal(ours, bilinear)
+
+
 def test_bad_options_raise_clear_errors(processor_class):
     with pytest.raises(ValueError, match="support `size` dicts"):
         processor_class(size={"max_height": 100, "max_width": 100})
     with pytest.raises(ValueError, match="Unsupported `resample`"):
         processor_class(resample=Image.Resampling.LANCZOS)
+    from torchvision.transforms import InterpolationMode
+
+    for name in ("area", "lanczos", InterpolationMode.LANCZOS):  # names and enums of modes without an equivalent
+        with pytest.raises(ValueError, match=r"Unsupported `resample`=.*support PILImageResampling\.NEAREST"):
+            processor_class(resample=name)
     with pytest.raises(ValueError, match="1 channel"):
         processor_class()(np.zeros((20, 30), np.uint8), do_convert_rgb=False)
     with pytest.raises(ValueError, match=r"Segmentation map 0 .*mode 'RGB'"):
