@@ -32,6 +32,7 @@ from hf_semseg.models.image_processing_utils_segmentation import (
     get_keep_ratio_output_size,
     logits_cover,
     round_side,
+    sixteen_to_eight_bits,
 )
 from hf_semseg.models.image_processing_utils_semask_mask2former import get_resize_shortest_edge_output_size
 
@@ -119,6 +120,16 @@ def test_uint16_image_is_scaled_by_65535_not_255(processor_class, container):
     np.testing.assert_allclose(pixels(processor, image16)[:, 0, 0], (v / 65535 - MEAN) / STD, atol=0.5 * ONE_LEVEL)
 
 
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+def test_every_16_bit_value_is_reduced_to_the_nearest_8_bit_value(container):
+    """``round(v * 255 / 65535)`` = ``round(v / 257)`` for all 65536 values (no ties: 257 is odd), in integers."""
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    reduced = sixteen_to_eight_bits(torch.from_numpy(values.astype(np.int32)) if container == "torch" else values)
+    expected = np.round(np.arange(65536) / 257).reshape(256, 256)
+    np.testing.assert_array_equal(np.asarray(reduced).astype(np.int64), expected)
+    assert np.asarray(reduced).dtype == np.uint8
+
+
 def test_a_flipped_array_view_is_the_same_image_as_its_copy(processor_class):
     """OpenCV's BGR -> RGB idiom ``image[..., ::-1]`` (and any flip) is a numpy view with a negative stride, which
     ``torch.from_numpy`` refuses; the processors take it as its contiguous copy."""
@@ -180,6 +191,11 @@ def test_other_integer_dtypes_beyond_8_bit_values_are_refused(processor_class, d
 def test_other_integer_dtypes_with_8_bit_values_are_8_bit(processor_class):
     rng = np.random.default_rng(3)
     image8 = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    image8[0, 0], image8[0, 1] = 0, 255  # both ends of the range are 8-bit values
+    image = image8.astype(np.int16)
+    image[0, 0, 0] = 256
+    with pytest.raises(ValueError, match=r"Image 0 has dtype int16 with values in \[0, 256\]"):
+        processor_class()(image)
     processor = processor_class()
     for image in (image8.astype(np.int32), torch.from_numpy(image8.astype(np.int64))):
         np.testing.assert_allclose(pixels(processor, image), normalised(image8), atol=1e-5)
@@ -190,6 +206,13 @@ def test_pil_32_bit_integer_image_beyond_8_bits_is_refused(processor_class):
     assert image.mode == "I"
     with pytest.raises(ValueError, match=r"Image 0 is a PIL image in mode 'I' .*values in \[4000, 4000\]"):
         processor_class()(image)
+    for low, high in ((-1, 0), (0, 256)):
+        with pytest.raises(ValueError, match=rf"mode 'I' .*values in \[{low}, {high}\]"):
+            processor_class()(Image.fromarray(np.array([[low, high]], np.int32)))
+    # 0 and 255 are 8-bit values: the image of mode 'L'
+    eight_bit = np.array([[0, 255, 17], [255, 0, 4]], np.int32)
+    as_l = pixels(processor_class(), Image.fromarray(eight_bit.astype(np.uint8)))
+    np.testing.assert_array_equal(pixels(processor_class(), Image.fromarray(eight_bit)), as_l)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -219,7 +242,17 @@ def test_float_image_in_0_255_and_uint8_do_not_warn(processor_class, warnings_of
     image = np.full((6, 7, 3), 128.0, np.float32)
     np.testing.assert_allclose(pixels(processor, image)[:, 0, 0], (128 / 255 - MEAN) / STD, atol=1e-5)
     pixels(processor, np.zeros((6, 7, 3), np.uint8))
+    pixels(processor, Image.new("RGB", (7, 6), (1, 0, 1)))  # a PIL image is 8-bit: never "already rescaled"
+    pixels(processor, np.full((6, 7, 3), 1.5, np.float32))  # above 1: not in [0, 1]
     assert warnings_of() == []
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (0.0, 0.0), (1.0, 1.0)])
+def test_the_ends_of_0_1_are_in_it(processor_class, warnings_of, low, high):
+    image = np.full((6, 7, 3), low, np.float32)
+    image[0, 0] = high
+    pixels(processor_class(), image)
+    assert warnings_of() == [ALREADY_RESCALED_WARNING]
 
 
 def test_non_finite_float_image_is_refused(processor_class):
@@ -227,6 +260,10 @@ def test_non_finite_float_image_is_refused(processor_class):
     image[1, 2, 0] = np.nan
     with pytest.raises(ValueError, match="Image 1 has non-finite values"):
         processor_class()([np.zeros((6, 7, 3), np.float32) + 3, image])
+    for value, shown in ((np.inf, r"\[10.0, inf\]"), (-np.inf, r"\[-inf, 10.0\]")):  # finite at the other end
+        image[1, 2, 0] = value
+        with pytest.raises(ValueError, match=rf"Image 0 has non-finite values \(NaN or infinity; range {shown}\)"):
+            processor_class()(image)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -270,6 +307,7 @@ def test_ambiguous_layout_is_guessed_with_one_warning_naming_the_image(processor
     assert len(messages) == 1, messages  # ours only, not transformers' (which the PIL backend printed twice)
     assert "Image 1 has shape (3, 40, 3)" in messages[0]
     assert "channels first" in messages[0] and 'input_data_format="channels_last"' in messages[0]
+    assert "i.e. 3 channel(s) of 40 x 3 pixels" in messages[0]
 
 
 def test_unambiguous_layouts_stay_silent(processor_class, warnings_of):
@@ -277,6 +315,15 @@ def test_unambiguous_layouts_stay_silent(processor_class, warnings_of):
     for image in (np.zeros((5, 40, 3), np.uint8), np.zeros((3, 40, 5), np.uint8), np.zeros((7, 9), np.uint8)):
         processor(image, do_resize=False)
     assert warnings_of() == []
+
+
+@pytest.mark.parametrize("shape", [(20, 30, 2), (2, 20, 30)], ids=["channels last", "channels first"])
+def test_a_two_channel_array_is_named_as_grayscale_and_alpha_either_way(processor_class, shape):
+    with pytest.raises(ValueError, match=r"2-channel \(grayscale \+ alpha\) arrays are not supported"):
+        processor_class()(np.zeros(shape, np.uint8))
+    with pytest.raises(ValueError, match=r"could not find a channel dimension") as error:
+        processor_class()(np.zeros((20, 30, 5), np.uint8))
+    assert "2-channel" not in str(error.value)
 
 
 def test_bad_input_data_format_is_named(processor_class):
@@ -358,6 +405,15 @@ def test_a_fetch_that_fails_names_the_source_and_the_error(processor_class, monk
         r"reading it as a URL or base64-encoded image failed with ConnectionError: no route to host",
     ):
         processor_class()("https://example.org/cat.png")
+    long_url = "https://example.org/" + "a" * 60 + ".png"  # 84 characters: the first 77 shown, then "..."
+    with pytest.raises(ValueError, match=rf"could not load the image '{re.escape(long_url[:77])}\.\.\.': it is not"):
+        processor_class()(long_url)
+    exactly_80 = "https://example.org/" + "a" * 56 + ".png"
+    with pytest.raises(ValueError, match=rf"could not load the image '{re.escape(exactly_80)}': it is not"):
+        processor_class()(exactly_80)
+    one_more = exactly_80[:-4] + "a.png"  # 81 characters
+    with pytest.raises(ValueError, match=rf"could not load the image '{re.escape(one_more[:77])}\.\.\.': it is not"):
+        processor_class()(one_more)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated_png", "truncated_jpeg"])
@@ -530,11 +586,18 @@ def test_size_divisor_below_one_is_refused_at_construction(processor_class, size
     with pytest.raises(ValueError, match=message):
         processor_class()(np.zeros((20, 30, 3), np.uint8), size_divisor=size_divisor)
     assert processor_class(size_divisor=32).size_divisor == 32
+    # 1 is positive: every size is a multiple of it (45 x 70 under (64, 32): 32 x 50, as without a divisor)
+    processor = processor_class(size={"longest_edge": 64, "shortest_edge": 32}, size_divisor=1)
+    assert tuple(processor(np.zeros((45, 70, 3), np.uint8), return_tensors="pt").pixel_values.shape) == (1, 3, 32, 50)
 
 
 def test_pad_size_with_height_and_width_still_pads(processor_class):
     out = processor_class(pad_size={"height": 64, "width": 80})(np.zeros((20, 30, 3), np.uint8), do_resize=False)
     assert np.asarray(out.pixel_values[0]).shape == (3, 64, 80)
+    # sizes of 1 are positive sizes
+    one = processor_class(size={"height": 1, "width": 1}, pad_size={"height": 1, "width": 1})
+    assert np.asarray(one(np.zeros((20, 30, 3), np.uint8)).pixel_values[0]).shape == (3, 1, 1)
+    assert processor_class(size={"shortest_edge": 1}).get_output_size(20, 30)[0] == 1
 
 
 @pytest.mark.parametrize("pad_size", [(64, 16), (16, 64)], ids=["narrower", "lower"])
@@ -553,6 +616,10 @@ def test_one_value_mean_and_std_apply_to_every_channel_in_both_backends(processo
     expected = (image.astype(np.float64) / 255.0 - 0.5) / 0.25
     np.testing.assert_allclose(one_value, expected.transpose(2, 0, 1), atol=1e-5)
     np.testing.assert_allclose(pixels(processor_class(image_mean=0.5, image_std=0.25), image), one_value, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Image 0 has 3 channel\(s\) but `image_mean` has 2 values"):
+        processor_class(image_mean=[0.5, 0.4])(image)
+    with pytest.raises(ValueError, match=r"Image 0 has 3 channel\(s\) but `image_std` has 4 values"):
+        processor_class(image_std=[0.2, 0.2, 0.2, 0.2])(image)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -603,6 +670,24 @@ def test_float_label_map_with_non_integer_values_is_refused(processor_class, con
         processor_class()([image, image], segmentation_maps=[np.ones((6, 8), np.float32), label], do_resize=False)
 
 
+def test_float_label_map_values_from_2_to_the_62_are_refused(processor_class):
+    """int64 holds them, but 2**62 is the documented bound (far beyond any class index; 2**63 overflows int64)."""
+    seg_map = np.zeros((6, 7), np.float64)
+    seg_map[1, 2] = 2.0**62
+    with pytest.raises(
+        ValueError,
+        match=r"Segmentation map 0 has the value 4.611686e\+18 at \(row 1, column 2\) \(float64\); expected class "
+        r"indices below 2\*\*62 in magnitude\.$",
+    ):
+        processor_class()(np.zeros((6, 7, 3), np.uint8), segmentation_maps=seg_map)
+    seg_map[1, 2] = -(2.0**62)
+    with pytest.raises(
+        ValueError,
+        match=r"has the value -4.611686e\+18 at \(row 1, column 2\) \(float64\); expected class indices below",
+    ):
+        processor_class()(np.zeros((6, 7, 3), np.uint8), segmentation_maps=seg_map)
+
+
 def test_float_label_map_with_whole_numbers_is_still_accepted(processor_class):
     labels = np.array([[3.0, 0.0], [255.0, 7.0]], np.float64)
     out = processor_class()(np.zeros((2, 2, 3), np.uint8), segmentation_maps=labels, do_resize=False)
@@ -629,6 +714,9 @@ def test_a_singleton_channel_of_a_label_map_is_dropped_first_or_last_and_a_one_r
         ((5, 5), (16, 16), True),  # stride 3: 16 / 3 = 5.3, rounded down
         ((4, 8), (16, 16), False),  # another aspect ratio: no stride gives both
         ((8, 8), (16, 20), False),  # the 16 side allows stride 2 only, and 20 / 2 = 10: an input 4 pixels wider
+        ((2, 8), (4, 32), False),  # a side of 2 bounds the stride from above too: 2 ... 3 against 4
+        ((16, 16), (68, 68), False),  # strides 5 ... 4: 68 / 4 = 17 rows, 68 / 5 = 13.6
+        ((16, 16), (60, 60), False),  # strides 4 ... 3: 60 / 4 = 15, 60 / 3 = 20
     ],
 )
 def test_logits_cover_an_input_at_one_whole_stride(logits_size, input_size, covers):
@@ -672,6 +760,30 @@ def test_palette_file_with_a_transparent_colour_is_composited_on_white_like_the_
     np.testing.assert_array_equal(from_path, from_array)
     assert from_path[:, 0, 0].tolist() == [255.0, 255.0, 255.0]  # transparent: white, not (10, 20, 30)
     assert from_path[:, 0, 5].tolist() == [200.0, 40.0, 0.0]
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_float_rgba_in_0_1_is_composited_on_white_and_beyond_it_is_refused(processor_class, layout):
+    """Hand-computed: opaque pixels keep their colour, a transparent one is white, (0.4, 0, 0.6) at alpha 0.5 over
+    white is (0.7, 0.5, 0.8); 0 and 1 themselves are in range. Values beyond [0, 1] cannot be composited: refused."""
+    rgba = np.zeros((6, 7, 4), np.float32)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 0.2, 1.0, 1.0
+    rgba[0, 0, 3] = 0.0
+    rgba[0, 1] = (0.4, 0.0, 0.6, 0.5)
+
+    def laid_out(array):
+        return np.ascontiguousarray(array.transpose(2, 0, 1)) if layout == "channels_first" else array
+
+    processor = processor_class(do_resize=False, do_rescale=False, do_normalize=False)
+    out = processor(laid_out(rgba), return_tensors="pt").pixel_values[0]
+    torch.testing.assert_close(out[:, 0, 0], torch.tensor([1.0, 1.0, 1.0]))
+    torch.testing.assert_close(out[:, 0, 1], torch.tensor([0.7, 0.5, 0.8]))
+    torch.testing.assert_close(out[:, 1, 1], torch.tensor([0.2, 1.0, 0.0]))
+    for value, shown in ((1.5, r"\[0.0, 1.5\]"), (-0.25, r"\[-0.25, 1.0\]")):
+        bad = rgba.copy()
+        bad[2, 2, 0] = value
+        with pytest.raises(ValueError, match=rf"Image 0 is a float RGBA image with values in {shown}; float RGBA"):
+            processor(laid_out(bad))
 
 
 def test_rgba_file_is_composited_on_white_like_the_pil_image(processor_class, tmp_path):

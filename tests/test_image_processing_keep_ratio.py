@@ -21,7 +21,7 @@ from PIL import Image
 
 from hf_semseg.models.image_processing_keep_ratio import KeepRatioImageProcessor
 from hf_semseg.models.image_processing_pil_keep_ratio import KeepRatioImageProcessorPil
-from hf_semseg.models.image_processing_utils_segmentation import get_keep_ratio_output_size
+from hf_semseg.models.image_processing_utils_segmentation import check_post_process_sizes, get_keep_ratio_output_size
 
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "hf_semseg" / "models"
@@ -367,7 +367,12 @@ def test_one_image_of_a_padded_batch_post_processed_alone_is_refused_unless_the_
     assert tuple(batch.shape[-2:]) == (256, 341)
     logits = F.avg_pool2d(batch[:, :2], 4, ceil_mode=True)  # a stride-4 stand-in model
     assert tuple(logits.shape[-2:]) == (64, 86)
-    with pytest.raises(ValueError, match=r"logits of 64x86 do not match the 256x337 pixel values of image 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"logits of 64x86 do not match the 256x337 pixel values of image 0 that preprocessing with "
+        r"do_resize=True, size=\{'shortest_edge': 256, 'longest_edge': 512\}, size_divisor=None, do_pad=True, "
+        r"pad_size=None makes",
+    ):
         processor.post_process_semantic_segmentation(_Outputs(logits[1:]), target_sizes=[(384, 506)])
     pad_size = {"height": 256, "width": 341}
     (alone,) = processor.post_process_semantic_segmentation(
@@ -473,6 +478,8 @@ def test_post_processing_takes_whole_number_sizes_of_any_type_and_refuses_logits
         assert all(torch.equal(a, b) for a, b in zip(maps, reference, strict=True))
     with pytest.raises(ValueError, match=r"logits have shape \(5, 8, 13\); expected \(batch_size, num_labels"):
         processor.post_process_semantic_segmentation(_Outputs(logits[0]))
+    # a side of 1 is a size (>= 1): a one-row or one-column image
+    assert check_post_process_sizes([(1, 21), (8.0, 1)], 2, "target_sizes") == [(1, 21), (8, 1)]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -526,7 +533,11 @@ def test_save_and_load_round_trip(processor_class, tmp_path):
     [
         (np.zeros((20, 30, 2), np.uint8), r"Image 0 has shape \(20, 30, 2\).*2-channel"),
         (np.zeros((20, 30, 5), np.uint8), r"Image 0 has shape \(20, 30, 5\).*1 \(grayscale\), 3 \(RGB\) or 4"),
-        (np.zeros((1, 2, 20, 30, 3), np.uint8), r"`images` has 5 dimensions"),
+        (
+            np.zeros((1, 2, 20, 30, 3), np.uint8),
+            r"`images` has 5 dimensions \(shape \(1, 2, 20, 30, 3\)\); expected a single image with 2 \(H, W\) or "
+            r"3 \(\(H, W, C\) or \(C, H, W\)\) dimensions, or a batch with 4 dimensions\.",
+        ),
         ([np.zeros((20, 30, 3), np.uint8), np.zeros((1, 20, 30, 3), np.uint8)], r"Image 1 has 4 dimensions"),
         ([np.zeros((20, 30, 3), np.uint8), 3.0], r"Image 1 is a"),
         (np.zeros((20, 30, 3), bool), r"Image 0 has dtype bool"),

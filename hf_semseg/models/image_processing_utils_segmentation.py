@@ -576,10 +576,15 @@ def check_segmentation_map(seg_map: Any, index: int) -> Any:
         bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2**62)
         if bad.any():
             row, column = (int(position) for position in np.argwhere(bad)[0])
+            value = float(values[row, column])
+            expected = (
+                "expected class indices below 2**62 in magnitude"
+                if np.isfinite(value) and value == np.round(value)
+                else "expected integer class indices (a float map may only hold whole numbers such as 3.0)"
+            )
             raise ValueError(
-                f"Segmentation map {index} has the value {float(values[row, column]):.8g} at (row {row}, column "
-                f"{column}) ({seg_map.dtype}); expected integer class indices (a float map may only hold whole "
-                "numbers such as 3.0)."
+                f"Segmentation map {index} has the value {value:.8g} at (row {row}, column {column}) "
+                f"({seg_map.dtype}); {expected}."
             )
     # int64 from the start, so that label reduction cannot wrap around
     if isinstance(seg_map, torch.Tensor):
