@@ -1,5 +1,6 @@
 import itertools
 import math
+import re
 
 import numpy as np
 import PIL.Image
@@ -397,12 +398,52 @@ def test_post_processing_takes_the_calls_size():
         "class_queries_logits": torch.tensor([[10.0, 0, 0], [0, 10.0, 0]]).expand(2, 2, 3),
         "masks_queries_logits": 3 * F.avg_pool2d(pixel_values[:, :2], 4),
     }
-    with pytest.raises(ValueError, match=r"cover a 96x128 input, but preprocessing with .* pads images of .* to 64x64"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the stride-4 maps of 24x32 cover a 96x128 input, but preprocessing with .* pads images of "
+        r"\[\(43, 32\), \(26, 64\)\] to 64x64: pass",
+    ):
         processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
     maps = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, size=call_size)
     image_sizes = [(85, 64), (51, 128)]  # ResizeShortestEdge(64, 128) of the two images
     expected = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, image_sizes=image_sizes)
     assert all(torch.equal(got, want) for got, want in zip(maps, expected, strict=True))
+
+
+def test_post_processing_of_a_one_class_model_and_of_semantic_logits_alone():
+    """Class logits of one class and no-object (num_labels 1) are a model's; outputs with only ``logits`` (semantic
+    scores at stride 4) are upsampled bilinearly (align_corners False) to the padded input, cropped, resized: by hand.
+    An image size beyond the padded input on one side alone is refused."""
+    processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.randn(1, 3, 8, 8, generator=generator)
+    one_class = {"class_queries_logits": torch.randn(1, 3, 2, generator=generator), "masks_queries_logits": masks}
+    (scores,) = processor.post_process_semantic_segmentation(
+        one_class, image_sizes=[(32, 20)], return_segmentation_scores=True
+    )
+    upsampled = F.interpolate(masks, size=(32, 32), mode="bilinear", align_corners=False)[0].sigmoid()
+    probabilities = one_class["class_queries_logits"][0].softmax(-1)[:, :1]
+    expected = (probabilities[:, :, None, None] * upsampled[:, None]).sum(0)[:, :32, :20]
+    torch.testing.assert_close(scores["segmentation_scores"], expected)
+    assert scores["segmentation"].unique().tolist() == [0]
+
+    logits = torch.randn(2, 4, 8, 8, generator=generator)
+    maps = processor.post_process_semantic_segmentation(
+        {"logits": logits},
+        target_sizes=[(40, 30), (5, 9)],
+        image_sizes=[(32, 24), (20, 32)],
+        return_segmentation_scores=True,
+    )
+    for index, (image_size, target) in enumerate((((32, 24), (40, 30)), ((20, 32), (5, 9)))):
+        upsampled = F.interpolate(logits[index : index + 1], size=(32, 32), mode="bilinear", align_corners=False)
+        cropped = upsampled[..., : image_size[0], : image_size[1]]
+        want = F.interpolate(cropped, size=target, mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(maps[index]["segmentation_scores"], want)
+        assert torch.equal(maps[index]["segmentation"], want.argmax(0))
+    for image_size in ((33, 20), (20, 33)):
+        with pytest.raises(ValueError, match=rf"image size {re.escape(str(image_size))} of image 0 exceeds the padded"):
+            # (settings without a padding multiple: the padded-size check cannot tell, this one does)
+            processor.post_process_semantic_segmentation(one_class, image_sizes=[image_size], size_divisibility=0)
 
 
 def test_post_processing_names_malformed_sizes_and_logits():
