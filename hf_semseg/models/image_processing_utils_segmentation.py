@@ -579,7 +579,7 @@ def check_segmentation_map(seg_map: Any, index: int) -> Any:
             value = float(values[row, column])
             expected = (
                 "expected class indices below 2**62 in magnitude"
-                if np.isfinite(value) and value == np.round(value)
+                if value.is_integer()  # whole and finite: refused for its size only
                 else "expected integer class indices (a float map may only hold whole numbers such as 3.0)"
             )
             raise ValueError(
