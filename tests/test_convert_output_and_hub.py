@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -336,10 +335,28 @@ def test_a_write_token_is_accepted_in_its_own_and_its_organisations_namespaces(r
     assert check_hub_access(repo_id) == "hf_test"
 
 
-def test_whoami_without_an_owner_name_is_not_decided_on(monkeypatch):
+@pytest.mark.parametrize(
+    "owner", [{}, {"name": ""}, {"name": None}, {"name": 42}], ids=["absent", "empty", "null", "int"]
+)
+def test_whoami_without_an_owner_name_is_not_decided_on(owner, monkeypatch):
     """Nothing to compare the namespace with: accepted (the upload has the last word)."""
-    mock_hub(monkeypatch, whoami={"auth": {"accessToken": {"role": "write"}}})
+    mock_hub(monkeypatch, whoami={**owner, "auth": {"accessToken": {"role": "write"}}})
     assert check_hub_access("stranger/model") == "hf_test"
+
+
+def test_malformed_organisation_entries_of_whoami_are_skipped(monkeypatch):
+    """An organisation entry that is not a mapping or has no string name grants nothing (and breaks nothing)."""
+    orgs = [
+        "lab",
+        None,
+        {"name": 5, "roleInOrg": "admin"},
+        {"roleInOrg": "write"},
+        {"name": "team", "roleInOrg": "admin"},
+    ]
+    mock_hub(monkeypatch, whoami={"name": "someone", "orgs": orgs, "auth": {"accessToken": {"role": "write"}}})
+    assert check_hub_access("team/model") == "hf_test"
+    with pytest.raises(HubAccessError, match=r"cannot write to the namespace lab \(it can write to someone, team\);"):
+        check_hub_access("lab/model")
 
 
 def test_a_model_scoped_fine_grained_token_covers_the_id_without_namespace(monkeypatch):
@@ -384,10 +401,15 @@ def test_a_repository_id_the_hub_refuses_is_named_before_the_hub_is_asked(repo_i
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
     monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, token=None: calls.append(token) or writer)
-    with pytest.raises(
-        HubAccessError, match=rf"^--push_to_hub: {re.escape(repr(repo_id))} is not a Hub repository id: "
-    ):
+    if isinstance(repo_id, str):  # the client's own reason, its first line
+        with pytest.raises(huggingface_hub.utils.HFValidationError) as reason:
+            huggingface_hub.utils.validate_repo_id(repo_id)
+        detail = str(reason.value).strip().splitlines()[0]
+    else:
+        detail = "a repository id is a string, got NoneType"
+    with pytest.raises(HubAccessError) as refusal:
         check_hub_access(repo_id)
+    assert str(refusal.value) == f"--push_to_hub: {repo_id!r} is not a Hub repository id: {detail}"
     with pytest.raises(HubAccessError, match=r"; name one with --hub_model_id$"):
         check_hub_access(repo_id, task="train")
     assert calls == []  # refused before the token is even looked at

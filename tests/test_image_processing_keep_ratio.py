@@ -566,6 +566,23 @@ def test_resample_names_and_enums_are_the_pil_filter(processor_class, resample):
     assert not torch.equal(ours, bilinear)
 
 
+def test_nearest_and_bicubic_image_resizes_by_hand(processor_class):
+    """NEAREST repeats pixels (OpenCV INTER_NEAREST, floor of ``dst * in / out``); BICUBIC of a uint8 step overshoots
+    (torch's and OpenCV's A = -0.75) and is clamped to 0-255 as OpenCV saturates uint8."""
+    raw = {"do_rescale": False, "do_normalize": False, "return_tensors": "pt"}
+    image = np.array([[10, 20, 30], [40, 50, 60]], np.uint8)[..., None].repeat(3, -1)
+    nearest = processor_class(size={"height": 4, "width": 6}, resample=Image.Resampling.NEAREST)(image, **raw)
+    expected = [[10, 10, 20, 20, 30, 30]] * 2 + [[40, 40, 50, 50, 60, 60]] * 2
+    assert nearest.pixel_values[0].tolist() == [expected] * 3
+
+    step = np.zeros((2, 4, 3), np.uint8)
+    step[:, 2:] = 255
+    unclamped = F.interpolate(torch.full((1, 1, 2, 4), 255.0) * (torch.arange(4) >= 2), size=(2, 8), mode="bicubic")
+    assert unclamped.min() < -26 and unclamped.max() > 281  # the overshoot the clamp removes
+    bicubic = processor_class(size={"height": 2, "width": 8}, resample=Image.Resampling.BICUBIC)(step, **raw)
+    assert bicubic.pixel_values[0].tolist() == [[[0, 0, 0, 58, 197, 255, 255, 255]] * 2] * 3
+
+
 def test_bad_options_raise_clear_errors(processor_class):
     with pytest.raises(ValueError, match="support `size` dicts"):
         processor_class(size={"max_height": 100, "max_width": 100})
