@@ -446,6 +446,36 @@ def test_post_processing_of_a_one_class_model_and_of_semantic_logits_alone():
             processor.post_process_semantic_segmentation(one_class, image_sizes=[image_size], size_divisibility=0)
 
 
+def test_post_processing_refusals_name_the_padded_size_and_the_advice_that_fits():
+    """Non-square padded inputs. A model padding to multiples of 64 (and to at least 128) behind settings padding to
+    32 is told to use 64, also where one side is the model's minimum; maps whose sides are no coarser multiple are
+    told to pass the processing settings; an image taller than a wide padded input is refused."""
+    processor = SeMaskMask2FormerImageProcessor(size_divisibility=32)
+
+    def outputs(height: int, width: int) -> dict:  # stride-4 maps of a (4 * height) x (4 * width) input
+        return {"class_queries_logits": torch.zeros(1, 2, 3), "masks_queries_logits": torch.zeros(1, 2, height, width)}
+
+    coarser = (
+        r"the model pads its input to multiples of 64, these settings to multiples of 32: process and post-process "
+        r"the images with size_divisibility=64 \(the model's config.size_divisibility\)$"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^the stride-4 maps of 32x48 cover a 128x192 input, but preprocessing with do_resize=True, "
+        r"size=\{'shortest_edge': 640, 'longest_edge': 2560\}, do_pad=True, pad_size=None, size_divisibility=32 pads "
+        rf"images of \[\(64, 160\)\] to 64x160: {coarser}",
+    ):  # 64 -> 128 (the minimum side), 160 -> 192 (a multiple of 64)
+        processor.post_process_semantic_segmentation(outputs(32, 48), image_sizes=[(64, 160)])
+    with pytest.raises(
+        ValueError,
+        match=r"^the stride-4 maps of 32x24 cover a 128x96 input, .* pads images of \[\(192, 96\)\] to 192x96: pass "
+        r"post_process_semantic_segmentation the settings the images were processed with",
+    ):  # 96 is no multiple of 64: a model padding to 32 that saw other images
+        processor.post_process_semantic_segmentation(outputs(32, 24), image_sizes=[(192, 96)])
+    with pytest.raises(ValueError, match=r"image size \(40, 20\) of image 0 exceeds the padded input \(32, 64\)"):
+        processor.post_process_semantic_segmentation(outputs(8, 16), image_sizes=[(40, 20)], size_divisibility=0)
+
+
 def test_post_processing_names_malformed_sizes_and_logits():
     processor = SeMaskMask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 160})
     generator = torch.Generator().manual_seed(0)
