@@ -486,6 +486,8 @@ def test_cli_writes_onnx_with_the_processor_settings_and_labels(saved_folder, cl
     labels = json.loads((output.parent / "semask.onnx.labels.json").read_text())
     assert labels["id2label"] == {str(index): label for index, label in tiny_label_kwargs()["id2label"].items()}
     assert labels["input"]["name"] == "pixel_values" and labels["output"]["name"] == "logits"
+    # a float model without a padding multiple in its config
+    assert (labels["format"], labels["size_divisibility"], labels["weight_bits"]) == ("onnx", 0, None)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     pixel_values = torch.randn(1, 3, 72, 88, generator=torch.Generator().manual_seed(3))
     (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
@@ -551,6 +553,13 @@ def test_cli_refuses_a_model_that_is_not_a_segmentation_model(tmp_path, capsys):
     line = one_error_line(capsys)
     assert "'bert'" in line and "not a semantic-segmentation model" in line
     assert not (tmp_path / "m.onnx").exists()
+    # a folder's own segmentation class for a model type transformers provides, without --trust_remote_code: the
+    # folder's code is not run, and transformers' BERT is no segmentation model
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSemanticSegmentation": "modeling_bert_seg.BertForSemanticSegmentation"}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 1
+    assert one_error_line(capsys) == line
 
 
 def test_cli_refuses_an_unknown_format(saved_folder, tmp_path, capsys):
@@ -826,6 +835,44 @@ def test_cli_usage_errors_are_one_error_line_and_status_1(saved_folder, tmp_path
     assert capsys.readouterr().err == message + "\n"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "missing"),
+    [
+        (["--format", "onnx", "--output", "x.onnx"], "--model"),
+        (["--model", "m", "--format", "onnx"], "--output"),
+        (["--model", "m", "--format", "onnx", "--out", "x.onnx"], "--output"),  # no abbreviations
+    ],
+    ids=["model", "output", "abbreviated_output"],
+)
+def test_cli_requires_its_options_by_their_full_names(arguments, missing, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(arguments)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"error: the following arguments are required: {missing} (see --help)\n"
+
+
+def test_a_path_too_long_to_check_is_named(saved_folder, tmp_path, capsys):
+    """Python 3.11's path checks raise for a name over 255 bytes or a path over 4095: the error names the path that
+    could not be checked (a side file's name is longer than the export's; config.json is inside the folder)."""
+    if sys.version_info >= (3, 12):
+        pytest.skip("Python 3.12+ path checks report a path too long as absent")
+    folder, _ = saved_folder
+    output = tmp_path / ("m" * 240 + ".onnx")  # 245 bytes; its side files' names are longer than 255
+    processor_file = f"{output}.preprocessor_config.json"
+    assert export.main(["--model", str(folder), "--format", "onnx", "--output", str(output)]) == 1
+    assert (
+        one_error_line(capsys) == f"error: --output {output}: {processor_file} cannot be checked (File name too long)"
+    )
+    deep = tmp_path / "deep"
+    while len(str(deep)) < 4080:  # a folder whose config.json path is longer than 4095 bytes
+        deep = deep / ("d" * min(200, 4084 - len(str(deep))))
+    deep.mkdir(parents=True)
+    assert export.main(["--model", str(deep), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 1
+    line = one_error_line(capsys)
+    assert line == f"error: --model {deep}: {deep / 'config.json'} cannot be read (File name too long)"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["deep"]
+
+
 def copy_with_config(folder, copy, **changes):
     """A copy of the model folder ``folder`` at ``copy`` whose config.json has ``changes``."""
     shutil.copytree(folder, copy)
@@ -865,12 +912,11 @@ def test_cli_never_replaces_a_file_of_the_model_folder(saved_folder, tmp_path, c
     calls = fake_exporters(monkeypatch)
     output = model / output_name
     assert export.main(["--model", str(model), "--format", "torch_export", "--output", str(output)]) == 1
-    line = one_error_line(capsys)
-    assert line.startswith(
+    where = "" if colliding == output_name else f" ({model / colliding}, where a file goes next to the export)"
+    assert one_error_line(capsys) == (
         f"error: --output {output}: would replace the file {(model / colliding).resolve()} of the model folder "
-        f"--model {model}"
+        f"--model {model}{where}; expected a path outside the model folder, or a name none of its files has"
     )
-    assert line.endswith("expected a path outside the model folder, or a name none of its files has")
     assert folder_contents(model) == before and calls == []
 
 
@@ -881,7 +927,12 @@ def test_a_new_export_removes_a_stale_processor_file_of_an_earlier_one(saved_fol
     fake_exporters(monkeypatch)
     output = tmp_path / "out" / "a.pt2"
     output.parent.mkdir()
+    replaced, replace = [], os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda source, target: replaced.append(os.path.basename(target)) or replace(source, target)
+    )
     export.export_folder(folder, "torch_export", output)
+    assert replaced[-1] == "a.pt2"  # the export last: where it is, its side files are
     assert sorted(path.name for path in output.parent.iterdir()) == [
         "a.pt2",
         "a.pt2.labels.json",
@@ -937,6 +988,8 @@ def test_the_labels_of_a_mask_classification_export_list_its_query_outputs(tmp_p
             {"name": "class_queries_logits", "shape": [2, queries, 5]},
             {"name": "masks_queries_logits", "shape": [2, queries, "logits_height", "logits_width"]},
         ]
+        # the padding multiple the graph's input needs (the config's: 32 for a SeMask-Mask2Former, 64 for a VW model)
+        assert labels["size_divisibility"] == config.size_divisibility > 0
 
 
 def test_a_bfloat16_folder_is_exported_in_float32(saved_folder, tmp_path, monkeypatch, capsys):
@@ -1001,6 +1054,9 @@ def test_remote_code_is_refused_without_trust_remote_code_and_stdin_is_never_rea
         "(auto_map), not a model transformers or hf_semseg provides; pass --trust_remote_code to run it (only for a "
         "folder you trust)\n"
     )
+    assert not output.exists()
+    with pytest.raises(export.ExportError, match=r"pass --trust_remote_code to run it"):
+        export.export_folder(remote, "onnx", output)  # the function's default: not trusted either
     assert not output.exists()
 
 

@@ -2,6 +2,7 @@
 which was blank (no description) or the middle of a sentence."""
 
 import ast
+import importlib
 import re
 
 import pytest
@@ -16,19 +17,27 @@ SCRIPTS = [
     "examples/evaluate_semantic_segmentation.py",
     "examples/semask_demo.py",
     *(f"conversion/convert_{name}_to_hf.py" for name in ("semask_fpn", "semask_d2", "vwformer", "vwformer_d2")),
+    "hf_semseg/export.py",  # python -m hf_semseg.export
 ]
+
+
+def load_command(script: str):
+    """The command's module: a package module (relative imports) imported, a script loaded from its path."""
+    if script.startswith("hf_semseg/"):
+        return importlib.import_module(script.removesuffix(".py").replace("/", "."))
+    return load_example(REPO_ROOT / script)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_describes_the_command_with_its_docstring(script, capsys):
     path = REPO_ROOT / script
     first_paragraph = ast.get_docstring(ast.parse(path.read_text())).split("\n\n")[0]
-    module = load_example(path)
+    module = load_command(script)
     entry = getattr(module, "main", None)
     with pytest.raises(SystemExit) as exit_info:
         if "run_semantic_segmentation.py" in script:
             module.build_parser().parse_args_into_dataclasses(["--help"])
-        elif "convert_" in script or "no_trainer" in script or "demo" in script:
+        elif "convert_" in script or "no_trainer" in script or "demo" in script or "export" in script:
             entry(["--help"])
         else:
             module.parse_args(["--help"])
@@ -43,7 +52,7 @@ def test_help_describes_the_command_with_its_docstring(script, capsys):
 def test_a_usage_error_is_one_line_and_exit_status_1(script, capsys):
     """argparse's own: the whole usage and exit status 2 (14 lines for the evaluation script); every other user
     error of these commands is one ``error:`` line and status 1."""
-    module = load_example(REPO_ROOT / script)
+    module = load_command(script)
     with pytest.raises(SystemExit) as exit_info:
         if "run_semantic_segmentation.py" in script:
             module.build_parser().parse_args_into_dataclasses(["--crop_size", "abc"])
