@@ -93,6 +93,24 @@ def test_pixel_cross_entropy_is_the_per_pixel_loss_without_gradient():
     assert not losses.requires_grad and losses.shape == labels.shape
 
 
+def test_one_labelled_pixel_and_a_loss_without_gradient_by_hand():
+    """Over the labelled pixels only: one labelled pixel gives its own cross-entropy (not half of it), none gives 0.
+    Under ``torch.no_grad`` a leaf that requires a gradient gets none computed (the loss alone, as eager)."""
+    logits = torch.tensor([[[[2.0]], [[0.0]], [[-1.0]]]], dtype=torch.float64)  # (1, 3, 1, 1): every pixel the same
+    labels = torch.full((1, 2, 3), 255)
+    labels[0, 1, 2] = 1
+    expected = -torch.log_softmax(logits[0, :, 0, 0], 0)[1]
+    torch.testing.assert_close(upsampled_cross_entropy(logits, labels, 255), expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(upsampled_cross_entropy(logits, labels, 255, True), expected / 6, atol=1e-12, rtol=0)
+    assert upsampled_cross_entropy(logits, torch.full((1, 2, 3), 255), 255).item() == 0.0
+
+    leaf = logits.clone().requires_grad_()
+    with torch.no_grad():
+        loss = upsampled_cross_entropy(leaf, labels, 255)
+    assert not loss.requires_grad and leaf.grad is None
+    torch.testing.assert_close(loss, expected, atol=1e-12, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The Transformer MLPs (Swin, Pale): GELU recomputed in the backward pass
 # ---------------------------------------------------------------------------------------------------------------------

@@ -445,3 +445,41 @@ def test_mask2former_group_norm_of_single_values_is_the_one_of_a_larger_batch():
         batched = network(pixel_values).logits  # torch's GroupNorm runs on the batch of two
         singles = torch.cat([network(pixel_values[i : i + 1]).logits for i in range(2)])
     torch.testing.assert_close(singles, batched, atol=1e-5, rtol=1e-5)
+
+
+def test_label_values_and_shapes_at_their_bounds():
+    """``[0, num_labels)`` and the ignore index are labels; -1 and ``num_labels`` are not. Image-classification
+    labels (``label_maps=False``) may be one class id for a batch of one image (a 0-d tensor)."""
+    from hf_semseg.models.modeling_utils_segmentation import check_pixel_values, check_segmentation_labels
+
+    labels = torch.tensor([[[0, 3], [255, 2]]])
+    assert torch.equal(check_segmentation_labels(labels.to(torch.uint8), 4, 255), labels)
+    assert check_segmentation_labels(labels, 4, 255).dtype == torch.int64
+    for value in (4, -1):
+        bad = labels.clone()
+        bad[0, 0, 0] = value
+        with pytest.raises(
+            ValueError, match=rf"^labels contain values \[{value}\] outside \[0, 3\] and the ignore index"
+        ):
+            check_segmentation_labels(bad, 4, 255)
+    pixel_values = torch.zeros(1, 3, 2, 2)
+    check_pixel_values(pixel_values, 3, torch.tensor(2), label_maps=False)
+    check_pixel_values(pixel_values, 3, torch.tensor([2]), label_maps=False)
+    with pytest.raises(ValueError, match=r"labels has batch size 2 but pixel_values has 1"):
+        check_pixel_values(pixel_values, 3, torch.tensor([2, 1]), label_maps=False)
+
+
+def test_batch_norm_check_refuses_only_a_one_pixel_map():
+    """A single image is refused in training only where the BatchNorm's smallest map is 1 x 1: 3 x 2, 1 x 2 and
+    2 x 1 maps train."""
+    from hf_semseg.models.modeling_utils_segmentation import check_batch_norm_batch
+
+    network = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).train()
+    for smallest_map in ((3, 2), (1, 2), (2, 1)):
+        check_batch_norm_batch(network, 1, smallest_map, 32, (32 * smallest_map[0], 32 * smallest_map[1]))
+    with pytest.raises(
+        ValueError, match=r"cannot take a batch of 1 image of 32x32: its stride-32 map is 1x1, .* 33 px"
+    ):
+        check_batch_norm_batch(network, 1, (1, 1), 32, (32, 32))
+    check_batch_norm_batch(network, 2, (1, 1), 32, (32, 32))
+    check_batch_norm_batch(network.eval(), 1, (1, 1), 32, (32, 32))
