@@ -1084,3 +1084,24 @@ def test_a_segmentation_model_without_the_four_stages_and_scalar_class_labels_ar
     classifier = PaleForImageClassification(tiny_pale_config()).eval()
     with pytest.raises(ValueError, match=r"labels of shape \(\) and dtype torch.int64 for 1 images"):
         classifier(torch.randn(1, 3, 32, 32), labels=torch.tensor(2))
+
+
+def test_segmentation_loss_by_hand_averages_over_the_labelled_pixels():
+    """Pale-UperNet's loss (transformers' UperNet convention, as documented): the cross-entropy of the bilinearly
+    upsampled logits averaged over the labelled pixels, plus 0.4 x the auxiliary head's; ignored pixels (255) count
+    in neither sum nor count."""
+    torch.manual_seed(0)
+    model = PaleForSemanticSegmentation(tiny_pale_config()).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    labels = torch.randint(0, model.config.num_labels, (1, 64, 64), generator=torch.Generator().manual_seed(1))
+    labels[:, :40] = 255  # most pixels ignored: averaging over all of them would be 2.6x smaller
+    with torch.no_grad():
+        output = model(pixel_values, labels=labels)
+
+    def labelled_mean(logits):
+        upsampled = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+        losses = F.cross_entropy(upsampled, labels, ignore_index=255, reduction="none")
+        return losses.sum() / (labels != 255).sum()
+
+    expected = labelled_mean(output.logits) + 0.4 * labelled_mean(output.auxiliary_logits)
+    torch.testing.assert_close(output.loss, expected, atol=1e-6, rtol=1e-6)
