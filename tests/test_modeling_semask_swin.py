@@ -405,6 +405,16 @@ def test_ohem_with_a_threshold_keeps_the_pixels_of_low_label_probability():
     batched = pixel_label_probability(logits.expand(2, -1, -1, -1), torch.cat([labels, second]), ignore_index=255)
     assert torch.equal(batched[0], probabilities[0])
     torch.testing.assert_close(batched[1, 0], torch.tensor(expected[:4] + [1 - expected[4]]))
+    # several rows and classes: each pixel's probability of its own label (class 0 where ignored)
+    grid_logits = torch.randn(1, 3, 2, 3, generator=torch.Generator().manual_seed(0))
+    grid_labels = torch.tensor([[[0, 1, 2], [2, 255, 1]]])
+    softmax = grid_logits.softmax(dim=1)[0]
+    by_hand = [
+        [softmax[0, 0, 0], softmax[1, 0, 1], softmax[2, 0, 2]],
+        [softmax[2, 1, 0], softmax[0, 1, 1], softmax[1, 1, 2]],
+    ]
+    grid = pixel_label_probability(grid_logits, grid_labels, ignore_index=255)
+    torch.testing.assert_close(grid[0], torch.tensor(by_hand))
     weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=1, threshold=0.7)
     assert weights.tolist() == [[[0.0, 0.0, 1.0, 0.0, 1.0]]]  # below max(0.7, 2nd lowest 0.378) = 0.7
     weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=3, threshold=0.1)
