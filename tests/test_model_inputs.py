@@ -5,6 +5,7 @@ backward works). Tiny configs, one model per family and VWFormer backbone, built
 import copy
 import functools
 import math
+import re
 
 import pytest
 import torch
@@ -483,3 +484,22 @@ def test_batch_norm_check_refuses_only_a_one_pixel_map():
         check_batch_norm_batch(network, 1, (1, 1), 32, (32, 32))
     check_batch_norm_batch(network, 2, (1, 1), 32, (32, 32))
     check_batch_norm_batch(network.eval(), 1, (1, 1), 32, (32, 32))
+
+
+def test_hidden_state_indices_at_their_bounds():
+    """transformers' ``output_hidden_states=[...]``: indices from ``-count`` to ``count - 1`` (negative ones from the
+    end), the chosen states in place and None elsewhere; ``True`` / ``False`` keep them all; any other index, a bool
+    or a non-integer in the list, is refused naming it."""
+    from hf_semseg.models.modeling_utils_segmentation import select_hidden_states
+
+    states = ("s0", "s1", "s2")
+    assert select_hidden_states(states, True) == states
+    assert select_hidden_states(states, [0, -1]) == ("s0", None, "s2")
+    assert select_hidden_states(states, (-3, 2)) == ("s0", None, "s2")
+    assert select_hidden_states(states, [1, -2]) == (None, "s1", None)
+    assert select_hidden_states(states, []) == (None, None, None)
+    for index in (3, -4, True, 1.0, "1"):
+        with pytest.raises(
+            ValueError, match=rf"^output_hidden_states index {re.escape(repr(index))} is not one of the 3"
+        ):
+            select_hidden_states(states, [0, index])
