@@ -815,40 +815,30 @@ def folder_contents(folder) -> dict:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
+REQUIRED = "error: the following arguments are required: {} (see --help)"
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--output", "x.onnx"], "error: the following arguments are required: --format (see --help)"),
+        (["--model", "m", "--output", "x.onnx"], REQUIRED.format("--format")),
+        (["--format", "onnx", "--output", "x.onnx"], REQUIRED.format("--model")),
+        (["--model", "m", "--format", "onnx"], REQUIRED.format("--output")),
+        (["--model", "m", "--format", "onnx", "--out", "x.onnx"], REQUIRED.format("--output")),  # no abbreviations
         (
-            ["--format", "onnx", "--output", "x.onnx", "--opset", "18"],
+            ["--model", "m", "--format", "onnx", "--output", "x.onnx", "--opset", "18"],
             "error: unrecognized arguments: --opset 18 (see --help)",
         ),
     ],
-    ids=["missing_format", "unknown_option"],
+    ids=["missing_format", "missing_model", "missing_output", "abbreviated_output", "unknown_option"],
 )
-def test_cli_usage_errors_are_one_error_line_and_status_1(saved_folder, tmp_path, capsys, arguments, message):
-    """As the converters' command lines: argparse's usage line and exit status 2 are not this project's errors."""
-    folder, _ = saved_folder
-    with pytest.raises(SystemExit) as exit_info:
-        export.main(["--model", str(folder), *arguments])
-    assert exit_info.value.code == 1
-    assert capsys.readouterr().err == message + "\n"
-
-
-@pytest.mark.parametrize(
-    ("arguments", "missing"),
-    [
-        (["--format", "onnx", "--output", "x.onnx"], "--model"),
-        (["--model", "m", "--format", "onnx"], "--output"),
-        (["--model", "m", "--format", "onnx", "--out", "x.onnx"], "--output"),  # no abbreviations
-    ],
-    ids=["model", "output", "abbreviated_output"],
-)
-def test_cli_requires_its_options_by_their_full_names(arguments, missing, capsys):
+def test_cli_usage_errors_are_one_error_line_and_status_1(capsys, arguments, message):
+    """As the converters' command lines: argparse's usage line and exit status 2 are not this project's errors.
+    Options are required by their full names (argparse would take ``--out`` for ``--output``)."""
     with pytest.raises(SystemExit) as exit_info:
         export.main(arguments)
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err == f"error: the following arguments are required: {missing} (see --help)\n"
+    assert capsys.readouterr().err == message + "\n"
 
 
 def test_a_path_too_long_to_check_is_named(saved_folder, tmp_path, capsys):

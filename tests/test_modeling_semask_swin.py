@@ -400,6 +400,14 @@ def test_ohem_with_a_threshold_keeps_the_pixels_of_low_label_probability():
     probabilities = pixel_label_probability(logits, labels, ignore_index=255)
     expected = [torch.sigmoid(torch.tensor(v)).item() for v in (3.0, 1.0, -2.0, 0.0, -0.5)]  # class 0 for the ignored
     torch.testing.assert_close(probabilities[0, 0], torch.tensor(expected))  # 0.953, 0.731, 0.119, 0.5, 0.378
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=1, threshold=0.7)
+    assert weights.tolist() == [[[0.0, 0.0, 1.0, 0.0, 1.0]]]  # below max(0.7, 2nd lowest 0.378) = 0.7
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=3, threshold=0.1)
+    assert weights.tolist() == [[[0.0, 1.0, 1.0, 0.0, 1.0]]]  # below max(0.1, the 4th lowest 0.953)
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=2, threshold=0.1)
+    assert weights.tolist() == [[[0.0, 0.0, 1.0, 0.0, 1.0]]]  # below max(0.1, the 3rd lowest 0.731): not itself
+    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=1, threshold=1.0)
+    assert weights.tolist() == [[[1.0, 1.0, 1.0, 0.0, 1.0]]]  # every valid pixel below 1
     # a batch: each image's own labels (the second image's first pixel is ignored, its last labelled 0)
     second = torch.tensor([[[255, 0, 0, 255, 0]]])
     batched = pixel_label_probability(logits.expand(2, -1, -1, -1), torch.cat([labels, second]), ignore_index=255)
@@ -415,14 +423,6 @@ def test_ohem_with_a_threshold_keeps_the_pixels_of_low_label_probability():
     ]
     grid = pixel_label_probability(grid_logits, grid_labels, ignore_index=255)
     torch.testing.assert_close(grid[0], torch.tensor(by_hand))
-    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=1, threshold=0.7)
-    assert weights.tolist() == [[[0.0, 0.0, 1.0, 0.0, 1.0]]]  # below max(0.7, 2nd lowest 0.378) = 0.7
-    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=3, threshold=0.1)
-    assert weights.tolist() == [[[0.0, 1.0, 1.0, 0.0, 1.0]]]  # below max(0.1, the 4th lowest 0.953)
-    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=2, threshold=0.1)
-    assert weights.tolist() == [[[0.0, 0.0, 1.0, 0.0, 1.0]]]  # below max(0.1, the 3rd lowest 0.731): not itself
-    weights = ohem_pixel_weights(probabilities, labels, ignore_index=255, min_kept=1, threshold=1.0)
-    assert weights.tolist() == [[[1.0, 1.0, 1.0, 0.0, 1.0]]]  # every valid pixel below 1
 
 
 def test_loss_normalisation_and_ohem_switch():

@@ -33,14 +33,13 @@ def test_help_describes_the_command_with_its_docstring(script, capsys):
     path = REPO_ROOT / script
     first_paragraph = ast.get_docstring(ast.parse(path.read_text())).split("\n\n")[0]
     module = load_command(script)
-    entry = getattr(module, "main", None)
     with pytest.raises(SystemExit) as exit_info:
         if "run_semantic_segmentation.py" in script:
             module.build_parser().parse_args_into_dataclasses(["--help"])
-        elif "convert_" in script or "no_trainer" in script or "demo" in script or "export" in script:
-            entry(["--help"])
-        else:
+        elif "evaluate_" in script:
             module.parse_args(["--help"])
+        else:  # the commands whose entry point takes the argument list
+            module.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: ")
