@@ -3,6 +3,7 @@ property, the width switch, saving and loading (in a fresh process without hf-se
 common model suite of the four families with the representation on."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -257,9 +258,59 @@ def test_wrong_codes_are_refused_naming_the_key():
     model.to_any_precision(WIDTHS)
     state = model.state_dict()
     key = "decode_head.scale_heads.0.convs.0.conv.weight_codes"
+    shape = tuple(state[key].shape)
     state[key] = state[key].float()
-    with pytest.raises(RuntimeError, match=key.replace(".", r"\.") + ": int8 codes of shape"):
+    scale_key = key.replace("weight_codes", "weight_scale")
+    expected = (
+        f"{key}: int8 codes of shape {shape} and {scale_key} of shape {shape[:1]} expected, "
+        f"got torch.float32 {shape} and {shape[:1]}"
+    )
+    with pytest.raises(RuntimeError, match=re.escape(expected)):
         model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("trainable", [False, True], ids=["codes", "float master"])
+def test_a_layers_unexpected_and_missing_keys_are_reported_as_pytorchs_modules_report_them(trainable):
+    torch.manual_seed(0)
+    float_layer = nn.Linear(3, 2)
+    layer = VerticalLayeredLinear.from_float(nn.Linear(3, 2), trainable=trainable, active_bits=8)
+    state = layer.state_dict()
+    # a key of the layer's own level that is not its own: unexpected, as for nn.Linear
+    extra = torch.zeros(1)
+    with pytest.raises(RuntimeError, match='Unexpected key\\(s\\) in state_dict: "weight_extra"') as ours:
+        layer.load_state_dict({**state, "weight_extra": extra})
+    with pytest.raises(RuntimeError) as pytorchs:
+        float_layer.load_state_dict({**float_layer.state_dict(), "weight_extra": extra})
+    assert str(ours.value).split(":", 1)[1] == str(pytorchs.value).split(":", 1)[1]
+    assert layer.load_state_dict({**state, "weight_extra": extra}, strict=False).unexpected_keys == ["weight_extra"]
+    # one of the codes / scale pair absent: that one is missing, not both
+    for absent in ("weight_scale", "weight_codes"):
+        partial_state = {key: value for key, value in state.items() if key != absent}
+        assert layer.load_state_dict(partial_state, strict=False).missing_keys == [absent]
+    no_weight = {"bias": state["bias"]}
+    assert layer.load_state_dict(no_weight, strict=False).missing_keys == ["weight_codes", "weight_scale"]
+    no_bias = {key: value for key, value in state.items() if key != "bias"}
+    assert layer.load_state_dict(no_bias, strict=False).missing_keys == ["bias"]
+
+
+def test_to_any_precision_by_default_keeps_widths_8_4_2_and_computes_at_8():
+    _, model = tiny_fpn()
+    model.to_any_precision()
+    assert model.config.weight_bits == [8, 4, 2] and model.config.active_weight_bits == 8
+    assert {layer.active_bits for _, layer in model.vertical_layers()} == {8}
+
+
+def test_one_bit_is_a_width_the_sign_of_each_code():
+    layer = VerticalLayeredLinear.from_float(nn.Linear(4, 1), trainable=False, active_bits=1)
+    layer.load_state_dict({"weight": torch.tensor([[1.0, -1.0, 0.3, -0.01]]), "bias": torch.zeros(1)})
+    # codes [127, -128, 38, -2] >> 7 = [0, -1, 0, -1]; (q1 + 1/2) * 128 s with s = 1 / 127.5
+    torch.testing.assert_close(layer.weight, torch.tensor([[0.5, -0.5, 0.5, -0.5]]) * (128 / 127.5))
+    # the model takes 1 as a width to keep and to compute with
+    _, model = tiny_fpn()
+    model.to_any_precision([8, 1], active_bits=1)
+    assert model.config.active_weight_bits == 1
+    model.set_weight_bits(8).set_weight_bits(1)
+    assert model.config.active_weight_bits == 1 and {b.active_bits for _, b in model.vertical_layers()} == {1}
 
 
 def test_saved_folder_holds_codes_and_reloads_at_every_width_in_a_fresh_process_without_hf_semseg(tmp_path):

@@ -202,8 +202,8 @@ class VerticalLayeredWeight:
                     self._load_codes(codes, scale.to(weight.dtype) if assign else scale, assign)
                 else:
                     self._load_parameter("weight", weight, assign)
-            else:
-                missing_keys.extend([codes_key, scale_key])
+            else:  # neither a float weight nor both codes and scales: the absent ones of the pair are missing
+                missing_keys.extend(key for key in (codes_key, scale_key) if key not in state_dict)
             if self.bias is not None:
                 if prefix + "bias" in state_dict:
                     self._load_parameter("bias", state_dict[prefix + "bias"], assign)
