@@ -334,9 +334,11 @@ def test_layer_decay_keeps_every_backbone_stage_below_the_heads():
         for name, parameter in model.named_parameters():
             if name.startswith(backbone_prefix):
                 assert rates[id(parameter)] <= 0.5, (name, rates[id(parameter)])
-                for stage in range(4):
-                    if name.startswith(stage_pattern.format(stage)):
-                        assert rates[id(parameter)] == 0.5 ** (4 - stage), name
+                stages = [stage for stage in range(4) if name.startswith(stage_pattern.format(stage))]
+                if stages:  # stage i of 4 at 0.5 ** (4 - i)
+                    assert rates[id(parameter)] == 0.5 ** (4 - stages[0]), name
+                elif ".embeddings." in name:  # the patch embedding below every stage: 0.5 ** 4
+                    assert rates[id(parameter)] == 0.5**4, name
             else:
                 assert rates[id(parameter)] == 1.0, name
 
@@ -1046,3 +1048,230 @@ def test_training_evaluation_of_a_mask_classification_model_is_detectron2s_seman
     inputs = {"pixel_values": pixel_values, "labels": labels, UNPADDED_SIZES: torch.tensor([[45, 70], [45, 70]])}
     _, (trainer_maps, _), _ = trainer.prediction_step(model, inputs, prediction_loss_only=False)
     assert torch.equal(trainer_maps, maps)
+
+
+# -- boundaries and values the mutation pass found no test could fail -----------------------------------------------
+def test_normalisation_is_mmsegs_imagenet_mean_and_std_in_0_255():
+    from hf_semseg.training import normalise
+
+    image = np.array([[[255, 0, 128], [0, 255, 7]]], np.uint8)  # (1, 2, 3)
+    # mmseg's Normalize: (v - mean) / std with mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375)
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    expected = torch.tensor(((image.astype(np.float64) - mean) / std).transpose(2, 0, 1), dtype=torch.float32)
+    result = normalise(image)
+    assert result.shape == (3, 1, 2) and result.dtype == torch.float32
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, refused",
+    [
+        ({}, None),
+        ({"learning_rate": 1e-12}, None),
+        ({"learning_rate": 0.0}, "--learning_rate 0.0: expected a positive number"),
+        ({"train_batch_size": 0}, "--per_device_train_batch_size 0: expected at least 1 image"),
+        ({"eval_batch_size": 0}, "--per_device_eval_batch_size 0: expected at least 1 image"),
+        ({"num_train_epochs": 0, "max_steps": 1}, None),
+        ({"num_train_epochs": 0.5, "max_steps": -1}, None),
+        ({"num_train_epochs": 0, "max_steps": 0}, "--num_train_epochs 0: no training step"),
+        ({"num_train_epochs": 0, "max_steps": -1}, "--num_train_epochs 0: no training step"),
+    ],
+)
+def test_run_options_at_their_bounds(tmp_path, options, refused):
+    """One image per batch, any positive learning rate, and one step by epochs or by --max_steps train."""
+    from hf_semseg.training import RunOptionError, check_run_options
+
+    values = dict(learning_rate=1e-4, train_batch_size=1, eval_batch_size=1, num_train_epochs=1, max_steps=-1)
+    values.update(options)
+    if refused is None:
+        check_run_options(str(tmp_path), **values)
+    else:
+        with pytest.raises(RunOptionError, match="^" + re.escape(refused)):
+            check_run_options(str(tmp_path), **values)
+
+
+def test_models_of_up_to_255_classes_train_with_the_ignore_index_255():
+    from types import SimpleNamespace
+
+    from hf_semseg.training import RunOptionError, check_ignore_index
+
+    check_ignore_index(SimpleNamespace(num_labels=255))  # classes 0 ... 254: 255 stays the ignore index
+    check_ignore_index(SimpleNamespace(num_labels=4, loss_ignore_index=255))
+    with pytest.raises(RunOptionError, match="^the model has 256 classes and loss_ignore_index 255; "):
+        check_ignore_index(SimpleNamespace(num_labels=256))
+    with pytest.raises(RunOptionError, match="^the model has 4 classes and loss_ignore_index -100; "):
+        check_ignore_index(SimpleNamespace(num_labels=4, loss_ignore_index=-100))
+
+
+def test_32_bit_and_float_pil_images_and_integer_arrays_are_read_or_refused():
+    """PIL modes I (32-bit integers, not from a PNG) and F (float) hold one grey channel; integer arrays other than
+    uint8 are taken when their values are 8-bit ones."""
+    from hf_semseg.training import DatasetSampleError, rgb_array
+
+    grey = np.array([[0, 7], [128, 255]], np.int32)
+    image = rgb_array(Image.fromarray(grey, mode="I"), "sample 0")
+    assert image.dtype == np.uint8 and image.shape == (2, 2, 3)
+    np.testing.assert_array_equal(image, np.repeat(grey[..., None], 3, axis=2))
+    with pytest.raises(DatasetSampleError, match=r"^sample 0: the image is floating point \(float32\)"):
+        rgb_array(Image.fromarray(grey.astype(np.float32), mode="F"), "sample 0")
+    np.testing.assert_array_equal(rgb_array(np.full((2, 2, 3), 255, np.int64)), np.full((2, 2, 3), 255, np.uint8))
+    for low, high in ((-1, 3), (0, 256)):
+        array = np.array([[[low, 0, high]]], np.int64)
+        with pytest.raises(DatasetSampleError, match=rf"^x: the image holds int64 values in \[{low}, {high}\]; exp"):
+            rgb_array(array, "x")
+    assert rgb_array(np.zeros((0, 0, 3), np.int64)).shape == (0, 0, 3)  # empty: no min / max to take
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (4, 4, 4), (4, 4, 1)])
+def test_an_image_array_that_is_not_rgb_is_refused_naming_its_shape(shape):
+    from hf_semseg.training import DatasetSampleError, to_arrays
+
+    with pytest.raises(DatasetSampleError, match=rf"^sample 2: image has shape {re.escape(str(shape))}, expected"):
+        to_arrays(np.zeros(shape, np.uint8), np.zeros((4, 4), np.uint8), 2, 4, False)
+
+
+def test_a_label_map_with_one_channel_axis_is_read_as_its_class_ids():
+    from hf_semseg.training import to_arrays
+
+    label = np.array([[0, 1], [2, 3]], np.uint8)
+    _, loaded = to_arrays(np.zeros((2, 2, 3), np.uint8), label[..., None], 0, 4, False)
+    assert loaded.tolist() == label.tolist()
+
+
+def test_only_a_map_of_0_and_255_alone_is_warned_as_a_binary_mask():
+    import hf_semseg.training as training
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    for values in (np.zeros((4, 4), np.uint8), np.full((4, 4), 255, np.uint8)):  # all background, all ignored
+        training._warned_labels.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            training.to_arrays(image, values, 0, 2, False)
+
+
+def test_a_jpeg_label_decoded_in_memory_is_warned_about_too():
+    import io
+
+    import hf_semseg.training as training
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, format="JPEG")
+    decoded = Image.open(io.BytesIO(buffer.getvalue()))  # format JPEG, no file name
+    assert training.lossy_label_file(decoded) == "JPEG"
+    assert training.lossy_label_file(Image.fromarray(np.zeros((8, 8), np.uint8))) is None
+    assert training.lossy_label_file({"path": "x/label.JPG", "bytes": None}) == "JPEG"
+    assert training.lossy_label_file({"path": "x/label.png", "bytes": None}) is None
+
+
+def test_streaming_mean_iou_reports_the_mean_sample_loss_of_one_evaluation_at_a_time():
+    """The per-sample losses of every batch are averaged over the samples (not the batches), and the next evaluation
+    starts from nothing."""
+    from transformers import EvalPrediction
+
+    from hf_semseg.training import StreamingMeanIoU
+
+    metric = StreamingMeanIoU(2)
+    logits, labels = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
+    metric(EvalPrediction((logits, torch.tensor([1.0, 2.0])), labels), compute_result=False)
+    first = metric(EvalPrediction((logits, torch.tensor([6.0])), labels), compute_result=True)
+    assert first["loss"] == pytest.approx(3.0)  # (1 + 2 + 6) / 3, not the mean of the batch means (3.75)
+    second = metric(EvalPrediction((logits, torch.tensor([0.5])), labels), compute_result=True)
+    assert second["loss"] == pytest.approx(0.5)
+    assert "loss" not in metric(EvalPrediction(logits, labels), compute_result=True)
+
+
+def test_json_numbers_keep_integers_strings_and_none_and_write_nan_as_null():
+    from hf_semseg.training import json_metrics
+
+    metrics = {"epoch": 3, "flag": True, "name": "a", "none": None, "iou": np.float32(0.5), "nan": float("nan")}
+    result = json_metrics(metrics)
+    assert result == {"epoch": 3, "flag": True, "name": "a", "none": None, "iou": 0.5, "nan": None}
+    assert type(result["epoch"]) is int and type(result["flag"]) is bool and type(result["iou"]) is float
+
+
+def test_a_transform_before_any_epoch_is_set_augments_as_epoch_0():
+    from hf_semseg.demo_data import make_demo_dataset
+
+    dataset = with_sample_index(make_demo_dataset(num_train=2, num_validation=1, height=40, width=56)["train"])
+    augmentation = SegmentationTrainTransform(scale=(56, 40), crop_size=(32, 32))
+    raw = dataset.with_format(None)[[1]]
+    fresh = make_transform("image", "label", 4, False, augmentation, seed=5)
+    at_zero = make_transform("image", "label", 4, False, augmentation, seed=5)
+    at_zero.set_epoch(0)
+    assert torch.equal(fresh(raw)["pixel_values"][0], at_zero(raw)["pixel_values"][0])
+    at_zero.set_epoch(1)
+    assert not torch.equal(fresh(raw)["pixel_values"][0], at_zero(raw)["pixel_values"][0])
+
+
+def test_each_sample_is_scored_on_its_labelled_extent_only():
+    """A collated batch's labels are padded right and bottom with 255: each sample reaches the metric cropped to its
+    last labelled row and column."""
+    from hf_semseg.training import update_unpadded
+
+    class Spy:
+        def __init__(self):
+            self.shapes = []
+
+        def update(self, prediction, label):
+            self.shapes.append((tuple(prediction.shape), tuple(label.shape)))
+
+    labels = torch.full((3, 5, 6), 255)
+    labels[0, :2, :3] = 1  # a 2 x 3 sample
+    labels[1, :4, :6] = 0  # a 4 x 6 one with an ignored pixel inside its extent
+    labels[1, 3, 5] = 255
+    spy = Spy()
+    update_unpadded(spy, torch.zeros(3, 5, 6, dtype=torch.long), labels)  # the third: nothing labelled, skipped
+    assert spy.shapes == [((2, 3), (2, 3)), ((4, 6), (4, 6))]
+
+
+def test_prediction_outputs_take_the_query_outputs_only_of_a_mask_classification_model():
+    from types import SimpleNamespace
+
+    from hf_semseg.training import prediction_outputs
+
+    logits, class_logits, mask_logits = torch.zeros(2, 4, 8, 8), torch.zeros(2, 5, 4), torch.zeros(2, 5, 2, 2)
+    mask_model = SimpleNamespace(config=SimpleNamespace(num_queries=5))
+    per_pixel_model = SimpleNamespace(config=SimpleNamespace())
+    three = (logits, class_logits, mask_logits)  # exactly the three fields
+    assert all(a is b for a, b in zip(prediction_outputs(mask_model, three), three))
+    assert prediction_outputs(mask_model, (*three, torch.zeros(1)))[2] is mask_logits
+    for model, outputs in (
+        (per_pixel_model, three),  # another model's three outputs are no queries
+        (mask_model, (logits, class_logits)),  # too few
+        (mask_model, (logits, mask_logits, class_logits)),  # not (B, Q, K) and (B, Q, h, w)
+        (mask_model, (logits, class_logits, torch.zeros(2, 6, 2, 2))),  # other query counts
+        (mask_model, (logits, torch.zeros(3, 5, 4), mask_logits)),  # other batch sizes
+    ):
+        first, *queries = prediction_outputs(model, outputs)
+        assert first is logits and queries == [None, None]
+    assert prediction_outputs(mask_model, logits) == (logits, None, None)
+
+
+def test_a_dataset_name_with_one_slash_is_a_hub_id_and_with_more_a_path(monkeypatch, tmp_path):
+    import datasets
+
+    import hf_semseg.training as training
+
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *args, **kwargs: asked.append(name) or "hub")
+    monkeypatch.chdir(tmp_path)
+    assert training.load_segmentation_dataset("someone/ade20k-copy") == "hub" and asked == ["someone/ade20k-copy"]
+    with pytest.raises(training.RunOptionError, match=r"^--dataset_name someone/ade20k/train: no such folder$"):
+        training.load_segmentation_dataset("someone/ade20k/train")
+    assert asked == ["someone/ade20k-copy"]
+
+
+def test_only_a_readmes_yaml_header_declares_dataset_configs(tmp_path):
+    from hf_semseg.training import declares_dataset_configs
+
+    card = tmp_path / "README.md"
+    assert not declares_dataset_configs(tmp_path)  # no card
+    card.write_text("")
+    assert not declares_dataset_configs(tmp_path)
+    card.write_text("---\nconfigs:\n- config_name: a\n---\n# A dataset\n")
+    assert declares_dataset_configs(tmp_path)
+    card.write_text("---\nlicense: mit\n---\n# A dataset\n")
+    assert not declares_dataset_configs(tmp_path)
+    # a body (no header) with a rule, a "configs:" line and another rule
+    card.write_text("# A dataset\n---\nconfigs:\n---\n")
+    assert not declares_dataset_configs(tmp_path)
