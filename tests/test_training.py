@@ -1,4 +1,5 @@
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -421,6 +422,15 @@ def test_checkpoints_are_published_whole_and_latest_is_the_largest_step(tmp_path
     (staged / "other").write_text("newer")
     publish_checkpoint(staged, tmp_path / "checkpoint-20")
     assert sorted(p.name for p in (tmp_path / "checkpoint-20").iterdir()) == ["other"]
+    # the staging folder stays while another checkpoint is being written in it; another parent folder always stays
+    (tmp_path / STAGING_FOLDER / "checkpoint-30").mkdir(parents=True)
+    staged.mkdir()
+    publish_checkpoint(staged, tmp_path / "checkpoint-21")
+    assert [p.name for p in (tmp_path / STAGING_FOLDER).iterdir()] == ["checkpoint-30"]
+    (tmp_path / "elsewhere" / "checkpoint-22").mkdir(parents=True)
+    publish_checkpoint(tmp_path / "elsewhere" / "checkpoint-22", tmp_path / "checkpoint-22")
+    assert (tmp_path / "elsewhere").is_dir() and (tmp_path / "checkpoint-22").is_dir()
+    shutil.rmtree(tmp_path / STAGING_FOLDER)
     assert resolve_checkpoint(tmp_path, None, "checkpoint") is None
     assert resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-2"), "checkpoint").name == "checkpoint-2"
     with pytest.raises(RunOptionError, match="step_404: no such folder"):
@@ -672,9 +682,10 @@ def test_images_stored_as_arrays_are_read_as_uint8_images(tmp_path):
     torch.testing.assert_close(sample["pixel_values"], normalise(image), rtol=0, atol=0)
     assert sample["labels"].unique().tolist() == [2]
     model = SeMaskSwinForSemanticSegmentation(tiny_config()).eval()
-    write_predictions(model, Dataset.from_dict(rows, features=features), "image", tmp_path, 1, (64, 32))
-    overlay = np.asarray(Image.open(tmp_path / "overlay_0.png"), dtype=np.int64)
-    prediction = np.asarray(Image.open(tmp_path / "prediction_0.png"), dtype=np.int64)
+    output = tmp_path / "predictions" / "run"  # folders made as needed
+    write_predictions(model, Dataset.from_dict(rows, features=features), "image", output, 1, (64, 32))
+    overlay = np.asarray(Image.open(output / "overlay_0.png"), dtype=np.int64)
+    prediction = np.asarray(Image.open(output / "prediction_0.png"), dtype=np.int64)
     assert overlay.shape == (8, 12, 3)
     assert np.abs(overlay - (image.astype(np.int64) + prediction) / 2).max() <= 1  # the blend of image and mask
 
@@ -785,10 +796,11 @@ def test_a_label_map_with_an_alpha_channel_is_named_for_it():
         DatasetSampleError, match=r"^sample 0: label is a grey map with an alpha channel \(4 channels\)"
     ):
         single_channel_label(grey, "sample 0", "label")
-    colour = grey.copy()
-    colour[0, 0, 1] = 9
-    with pytest.raises(DatasetSampleError, match=r"is a colour map with an alpha channel"):
-        single_channel_label(colour, "sample 0", "label")
+    for channel in (1, 2):  # green or blue differing from red
+        colour = grey.copy()
+        colour[0, 0, channel] = 9
+        with pytest.raises(DatasetSampleError, match=r"is a colour map with an alpha channel"):
+            single_channel_label(colour, "sample 0", "label")
 
 
 def test_a_checkpoint_of_a_model_whose_weights_transformers_renames_when_saving_is_accepted(tmp_path):
@@ -1272,6 +1284,50 @@ def test_only_a_readmes_yaml_header_declares_dataset_configs(tmp_path):
     assert declares_dataset_configs(tmp_path)
     card.write_text("---\nlicense: mit\n---\n# A dataset\n")
     assert not declares_dataset_configs(tmp_path)
+    card.write_text("---\n---\n# A dataset\n")  # an empty header
+    assert not declares_dataset_configs(tmp_path)
     # a body (no header) with a rule, a "configs:" line and another rule
     card.write_text("# A dataset\n---\nconfigs:\n---\n")
     assert not declares_dataset_configs(tmp_path)
+
+
+def test_the_demo_dataset_is_made_at_the_sizes_asked_or_64_and_16(monkeypatch):
+    import hf_semseg.demo_data as demo_data
+    from hf_semseg.training import load_splits
+
+    made, make = [], demo_data.make_demo_dataset
+    monkeypatch.setattr(
+        demo_data, "make_demo_dataset", lambda **sizes: made.append(sizes) or make(**sizes, height=8, width=8)
+    )
+    assert [len(split) for split in load_splits(None)] == [64, 16]
+    assert [len(split) for split in load_splits(None, max_train_samples=3, max_eval_samples=2)] == [3, 2]
+    assert made == [{"num_train": 64, "num_validation": 16}, {"num_train": 3, "num_validation": 2}]
+
+
+def test_out_of_range_labels_are_listed_up_to_ten():
+    from hf_semseg.training import DatasetSampleError, to_arrays
+
+    label = np.arange(4, 16).reshape(3, 4)  # 12 values outside 4 classes
+    with pytest.raises(DatasetSampleError, match=r"label values \[4, 5, 6, 7, 8, 9, 10, 11, 12, 13\] are outside"):
+        to_arrays(np.zeros((3, 4, 3), np.uint8), label, 0, 4, False)
+
+
+def test_with_several_processes_each_sample_is_a_group_of_its_own():
+    from hf_semseg.training import same_size_groups
+
+    sizes = [[4, 6], [8, 8], [4, 6]]
+    assert same_size_groups(sizes) == [((4, 6), [0, 2]), ((8, 8), [1])]
+    assert same_size_groups(sizes, single_process=False) == [((4, 6), [0]), ((8, 8), [1]), ((4, 6), [2])]
+
+
+def test_only_decoded_image_columns_are_left_undecoded():
+    from datasets import Array2D
+
+    from hf_semseg.training import without_image_decoding
+
+    features = Features({"image": ImageFeature(), "label": Array2D((2, 2), "uint8"), "other": ImageFeature()})
+    rows = {"image": [Image.new("RGB", (2, 2))], "label": [np.zeros((2, 2), np.uint8)], "other": [None]}
+    dataset = without_image_decoding(Dataset.from_dict(rows, features=features), ("image", "label", "absent"))
+    assert dataset.features["image"] == ImageFeature(decode=False)  # the image: undecoded
+    assert dataset.features["label"] == Array2D((2, 2), "uint8")  # an array column and an absent one: as they were
+    assert dataset.features["other"] == ImageFeature()  # a column not asked for: decoded
