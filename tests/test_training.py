@@ -688,6 +688,9 @@ def test_images_stored_as_arrays_are_read_as_uint8_images(tmp_path):
     prediction = np.asarray(Image.open(output / "prediction_0.png"), dtype=np.int64)
     assert overlay.shape == (8, 12, 3)
     assert np.abs(overlay - (image.astype(np.int64) + prediction) / 2).max() <= 1  # the blend of image and mask
+    (output / "prediction_0.png").unlink()
+    write_predictions(model, Dataset.from_dict(rows, features=features), "image", output, 1, (64, 32))  # again
+    assert np.array_equal(np.asarray(Image.open(output / "prediction_0.png"), dtype=np.int64), prediction)
 
 
 def test_a_run_needs_only_the_splits_it_uses():
