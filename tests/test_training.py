@@ -935,6 +935,9 @@ def test_out_of_range_labels_are_named_as_stored():
         to_arrays(image, label, 0, 4, True)
     with pytest.raises(DatasetSampleError, match=r"label values \[4, 7\] are outside \[0, 4\) and 255$"):
         to_arrays(image, label, 0, 4, False)
+    many = np.arange(4, 16).reshape(3, 4)  # 12 values outside 4 classes: the first ten are listed
+    with pytest.raises(DatasetSampleError, match=r"label values \[4, 5, 6, 7, 8, 9, 10, 11, 12, 13\] are outside"):
+        to_arrays(np.zeros((3, 4, 3), np.uint8), many, 0, 4, False)
 
 
 def test_a_jpeg_label_map_is_warned_about(tmp_path):
@@ -957,6 +960,10 @@ def test_a_binary_mask_saved_as_0_and_255_is_warned_about():
     image = np.zeros((16, 16, 3), np.uint8)
     label = np.zeros((16, 16), np.uint8)
     training._warned_labels.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for values in (label, np.full((16, 16), 255, np.uint8)):  # all background, all ignored: not 0 and 255
+            training.to_arrays(image, values, 0, 2, False)
     label[4:12, 4:12] = 1
     label[0, :] = 255
     with warnings.catch_warnings():
@@ -1153,17 +1160,6 @@ def test_a_label_map_with_one_channel_axis_is_read_as_its_class_ids():
     assert loaded.tolist() == label.tolist()
 
 
-def test_only_a_map_of_0_and_255_alone_is_warned_as_a_binary_mask():
-    import hf_semseg.training as training
-
-    image = np.zeros((4, 4, 3), np.uint8)
-    for values in (np.zeros((4, 4), np.uint8), np.full((4, 4), 255, np.uint8)):  # all background, all ignored
-        training._warned_labels.clear()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            training.to_arrays(image, values, 0, 2, False)
-
-
 def test_a_jpeg_label_decoded_in_memory_is_warned_about_too():
     import io
 
@@ -1305,14 +1301,6 @@ def test_the_demo_dataset_is_made_at_the_sizes_asked_or_64_and_16(monkeypatch):
     assert [len(split) for split in load_splits(None)] == [64, 16]
     assert [len(split) for split in load_splits(None, max_train_samples=3, max_eval_samples=2)] == [3, 2]
     assert made == [{"num_train": 64, "num_validation": 16}, {"num_train": 3, "num_validation": 2}]
-
-
-def test_out_of_range_labels_are_listed_up_to_ten():
-    from hf_semseg.training import DatasetSampleError, to_arrays
-
-    label = np.arange(4, 16).reshape(3, 4)  # 12 values outside 4 classes
-    with pytest.raises(DatasetSampleError, match=r"label values \[4, 5, 6, 7, 8, 9, 10, 11, 12, 13\] are outside"):
-        to_arrays(np.zeros((3, 4, 3), np.uint8), label, 0, 4, False)
 
 
 def test_with_several_processes_each_sample_is_a_group_of_its_own():
